@@ -1,0 +1,73 @@
+//! tracing-subscriber set-up: an `EnvFilter` from RUST_LOG or `--log-level`, text or JSON
+//! lines on stderr.
+
+use std::io::IsTerminal as _;
+use std::str::FromStr as _;
+
+use anyhow::{Context as _, anyhow, bail};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::LevelFilter;
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Install the global subscriber. RUST_LOG wins over `level` when it is set and non-empty.
+pub fn init(level: &str, format: LogFormat) -> anyhow::Result<()> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(directives) if !directives.trim().is_empty() => EnvFilter::try_new(&directives)
+            .with_context(|| format!("invalid RUST_LOG {directives:?}"))?,
+        Ok(_) | Err(std::env::VarError::NotPresent) => filter_from_level(level)?,
+        Err(std::env::VarError::NotUnicode(_)) => bail!("RUST_LOG is not valid UTF-8"),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let installed = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        LogFormat::Json => builder.with_ansi(false).json().try_init(),
+    };
+    installed.map_err(|e| anyhow!("could not set up logging: {e}"))
+}
+
+/// A bare word must be a level name: `EnvFilter` would otherwise read a typo such as
+/// `verbose` as "everything from target `verbose`" and silently log nothing else.
+fn filter_from_level(level: &str) -> anyhow::Result<EnvFilter> {
+    let level = level.trim();
+    let looks_like_directives = level.contains(['=', ',', '[', ':']);
+    if !looks_like_directives && LevelFilter::from_str(level).is_err() {
+        bail!(
+            "invalid --log-level {level:?}: use error, warn, info, debug, trace, off, \
+             or a filter such as info,warren_core=debug"
+        );
+    }
+    EnvFilter::try_new(level).with_context(|| format!("invalid --log-level {level:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_and_directives() {
+        for ok in [
+            "info",
+            "DEBUG",
+            "off",
+            "info,warren_core=debug",
+            "warren_core=trace",
+        ] {
+            assert!(filter_from_level(ok).is_ok(), "{ok}");
+        }
+        for bad in ["verbose", "", "info,warren_core=loud"] {
+            assert!(filter_from_level(bad).is_err(), "{bad}");
+        }
+    }
+}

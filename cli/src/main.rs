@@ -1,0 +1,203 @@
+//! `warren`: run and inspect a Warren node from the command line.
+//!
+//! Output contract: the human lines on stdout are stable (scripts and the tests in
+//! `cli/tests/cli.rs` read them), logs go to stderr, and every failure ends with one line
+//! `error: <what went wrong>` on stderr and exit status 1. Usage errors are reported by
+//! clap and exit with status 2.
+
+mod id;
+mod logging;
+mod output;
+mod run;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+use crate::logging::LogFormat;
+
+const LONG_ABOUT: &str = "\
+Warren is a Matrix homeserver small enough to live on the device it serves.
+
+`warren run` starts a node. On first start it creates an ed25519 key in the data \
+directory; the key's public half, written as 64 lowercase hex characters, is the node's \
+Matrix server name (so users look like @alice:3f9a…c2) and also its libp2p peer id. The \
+node keeps its database in the same directory and serves the standard Matrix \
+client-server API on http://127.0.0.1:8008, so any Matrix client (Element, \
+matrix-rust-sdk, bots) can log in to it.
+
+Status: this version runs a single node. Peer-to-peer federation between nodes over \
+libp2p is being built.
+
+Quick start:
+  warren run           start a node with the defaults (stop it with Ctrl-C)
+  warren id            print this node's server name and peer id without starting it
+
+Output: stable `key: value` lines for people and scripts on stdout; logs on stderr \
+(RUST_LOG, if set, overrides --log-level); failures print one `error: …` line on stderr \
+and exit with status 1. See docs/operations.md for data layout, backups and upgrades.";
+
+const RUN_LONG_ABOUT: &str = "\
+Start the node and keep it running until SIGINT (Ctrl-C) or SIGTERM. On a signal it \
+finishes in-flight requests, flushes the database and exits with status 0; a second \
+signal during that shutdown exits at once with status 1 (the database stays consistent \
+and is recovered on the next start).
+
+Once the node is serving, these lines appear on stdout, in this order (stable, scripts \
+may rely on them; the `client API:` line comes last):
+  server name: <64 lowercase hex characters>
+  peer id: <libp2p peer id, 12D3KooW…>
+  data dir: <absolute path>
+  client API: http://<ip>:<port>
+On a signal it prints `stopping: <signal> received`, and `stopped` once the node is down.
+
+With --client-addr 127.0.0.1:0 the system picks a free port; read it from the \
+`client API:` line. Registration of new users is open while the client API listens on \
+a loopback address and closed otherwise.
+
+Only one node may use a data directory at a time; a second one is refused.";
+
+const ID_LONG_ABOUT: &str = "\
+Print this node's server name and libp2p peer id without starting the node. If the data \
+directory has no key yet, one is created (the same one `warren run` would create), so \
+you can learn your server name before the first start.
+
+Human output:
+  server name: <64 lowercase hex characters>
+  peer id: <libp2p peer id, 12D3KooW…>
+  data dir: <absolute path>
+With --json, one JSON object: {\"server_name\": …, \"peer_id\": …, \"data_dir\": …}.";
+
+/// A Matrix homeserver that runs on the device it serves.
+#[derive(Debug, Parser)]
+#[command(name = "warren", version, long_about = LONG_ABOUT, propagate_version = true)]
+struct Cli {
+    /// The node's data directory: signing key, database, lock file. [default: your
+    /// platform's data directory, e.g. ~/.local/share/warren on Linux]
+    #[arg(long, global = true, env = "WARREN_DATA_DIR", value_name = "PATH")]
+    data_dir: Option<PathBuf>,
+
+    /// Log level (error, warn, info, debug, trace, off) or a full filter such as
+    /// `info,warren_core=debug`. RUST_LOG, if set, wins.
+    #[arg(long, global = true, default_value = "info", value_name = "LEVEL")]
+    log_level: String,
+
+    /// Log line format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start the node and serve the Matrix client API until Ctrl-C or SIGTERM.
+    #[command(long_about = RUN_LONG_ABOUT)]
+    Run {
+        /// Address for the Matrix client-server API. Port 0 picks a free port.
+        #[arg(
+            long,
+            env = "WARREN_CLIENT_ADDR",
+            default_value = "127.0.0.1:8008",
+            value_name = "IP:PORT"
+        )]
+        client_addr: SocketAddr,
+    },
+    /// Print the node's server name and libp2p peer id (creates the key if missing).
+    #[command(long_about = ID_LONG_ABOUT)]
+    Id {
+        /// Print one JSON object instead of `key: value` lines.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}`: the whole cause chain on one line, never a backtrace or Debug dump.
+            output::error_line(&format!("{e:#}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    logging::init(&cli.log_level, cli.log_format)?;
+    let data_dir = resolve_data_dir(cli.data_dir)?;
+    match cli.command {
+        Command::Run { client_addr } => run::run(data_dir, client_addr),
+        Command::Id { json } => id::id(&data_dir, json),
+    }
+}
+
+/// `--data-dir` / `WARREN_DATA_DIR`, else the platform's per-user data directory; made
+/// absolute so the printed path is unambiguous.
+fn resolve_data_dir(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let dir = match given {
+        Some(dir) if dir.as_os_str().is_empty() => {
+            bail!("the data directory must not be empty (check --data-dir and WARREN_DATA_DIR)")
+        }
+        Some(dir) => dir,
+        None => directories::ProjectDirs::from("org", "warren", "warren")
+            .map(|dirs| dirs.data_dir().to_path_buf())
+            .context(
+                "could not find a data directory for this user (is HOME set?); \
+                 pass --data-dir or set WARREN_DATA_DIR",
+            )?,
+    };
+    Ok(std::path::absolute(&dir).unwrap_or(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_defaults() {
+        let Ok(cli) = Cli::try_parse_from(["warren", "run"]) else {
+            panic!("`warren run` must parse");
+        };
+        assert_eq!(cli.log_level, "info");
+        assert!(matches!(
+            cli.command,
+            Command::Run { client_addr } if client_addr == SocketAddr::from(([127, 0, 0, 1], 8008))
+        ));
+    }
+
+    #[test]
+    fn global_flags_after_the_subcommand() {
+        let Ok(cli) = Cli::try_parse_from(["warren", "id", "--json", "--data-dir", "/tmp/x"])
+        else {
+            panic!("`warren id --json --data-dir` must parse");
+        };
+        assert_eq!(cli.data_dir, Some(PathBuf::from("/tmp/x")));
+        assert!(matches!(cli.command, Command::Id { json: true }));
+    }
+
+    #[test]
+    fn empty_data_dir_is_an_error() {
+        assert!(resolve_data_dir(Some(PathBuf::new())).is_err());
+    }
+
+    #[test]
+    fn relative_data_dir_is_made_absolute() {
+        let Ok(dir) = resolve_data_dir(Some(PathBuf::from("some/dir"))) else {
+            panic!("relative data dir rejected");
+        };
+        assert!(dir.is_absolute());
+        assert!(dir.ends_with("some/dir"));
+    }
+}

@@ -1,0 +1,473 @@
+//! End-to-end tests of the `warren` binary: spawn it, read its stable stdout lines, talk
+//! HTTP to it, signal it. No fixed sleeps: every wait has a deadline.
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Generous: debug builds on a loaded 2-core CI machine.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn warren() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_warren"));
+    // The tests' own environment must not leak into the node.
+    for var in ["WARREN_DATA_DIR", "WARREN_CLIENT_ADDR", "RUST_LOG"] {
+        cmd.env_remove(var);
+    }
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+fn tempdir() -> tempfile::TempDir {
+    match tempfile::tempdir() {
+        Ok(dir) => dir,
+        Err(e) => panic!("cannot create a temporary directory: {e}"),
+    }
+}
+
+fn output(cmd: &mut Command) -> std::process::Output {
+    match cmd.output() {
+        Ok(out) => out,
+        Err(e) => panic!("cannot run warren: {e}"),
+    }
+}
+
+fn is_lower_hex_64(s: &str) -> bool {
+    s.len() == 64 && s.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f'))
+}
+
+/// Failures must be one clean line: `error: …`, no panic, no backtrace, no Debug dump.
+fn assert_clean_error(stderr: &str) -> String {
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .collect();
+    assert_eq!(
+        errors.len(),
+        1,
+        "expected one `error:` line, stderr was:\n{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains("backtrace"), "{stderr}");
+    assert!(!stderr.contains("Backtrace"), "{stderr}");
+    errors[0].to_owned()
+}
+
+fn id_json(data_dir: &Path) -> serde_json::Value {
+    let out = output(
+        warren()
+            .arg("id")
+            .arg("--json")
+            .arg("--data-dir")
+            .arg(data_dir),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "warren id failed: {}\n{stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    match serde_json::from_str(&stdout) {
+        Ok(value) => value,
+        Err(e) => panic!("`warren id --json` printed invalid JSON ({e}): {stdout}"),
+    }
+}
+
+/// A `warren run` child with its stdout lines arriving on a channel and stderr collected.
+struct RunningNode {
+    child: Child,
+    stdout: Receiver<String>,
+    stdout_seen: Vec<String>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl RunningNode {
+    fn start(data_dir: &Path, client_addr: &str) -> RunningNode {
+        let mut child = match warren()
+            .arg("run")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--client-addr")
+            .arg(client_addr)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+        {
+            Ok(child) => child,
+            Err(e) => panic!("cannot start warren run: {e}"),
+        };
+        let (tx, stdout) = mpsc::channel();
+        if let Some(out) = child.stdout.take() {
+            thread::spawn(move || {
+                for line in BufReader::new(out).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        let stderr = Arc::new(Mutex::new(String::new()));
+        if let Some(mut err) = child.stderr.take() {
+            let sink = Arc::clone(&stderr);
+            thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = err.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    sink.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push_str(&text);
+                }
+            });
+        }
+        RunningNode {
+            child,
+            stdout,
+            stdout_seen: Vec::new(),
+            stderr,
+        }
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Read stdout until a line starts with `prefix`; return the rest of that line.
+    fn wait_for_line(&mut self, prefix: &str) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stdout.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line.strip_prefix(prefix).map(str::to_owned);
+                    self.stdout_seen.push(line);
+                    if let Some(rest) = found {
+                        return rest;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => panic!(
+                    "no `{prefix}` line within {DEADLINE:?}; stdout so far: {:?}\nstderr:\n{}",
+                    self.stdout_seen,
+                    self.stderr()
+                ),
+                Err(RecvTimeoutError::Disconnected) => panic!(
+                    "warren exited before printing `{prefix}`; stdout: {:?}\nstderr:\n{}",
+                    self.stdout_seen,
+                    self.stderr()
+                ),
+            }
+        }
+    }
+
+    fn client_url(&mut self) -> String {
+        self.wait_for_line("client API: ")
+    }
+
+    #[cfg(unix)]
+    fn terminate(&self) {
+        let pid = self.child.id().to_string();
+        match Command::new("kill").args(["-TERM", &pid]).status() {
+            Ok(status) if status.success() => {}
+            other => panic!("kill -TERM {pid} failed: {other:?}"),
+        }
+    }
+
+    fn wait(&mut self) -> ExitStatus {
+        match wait_with_deadline(&mut self.child) {
+            Some(status) => status,
+            None => panic!(
+                "warren did not exit within {DEADLINE:?}; stderr:\n{}",
+                self.stderr()
+            ),
+        }
+    }
+}
+
+impl Drop for RunningNode {
+    fn drop(&mut self) {
+        // Only reached with a live child when a test has already failed.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn wait_with_deadline(child: &mut Child) -> Option<ExitStatus> {
+    let deadline = Instant::now() + DEADLINE;
+    while Instant::now() < deadline {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) => thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("cannot wait for warren: {e}"),
+        }
+    }
+    None
+}
+
+/// Run a command to completion within the deadline, collecting stdout and stderr.
+fn finish(mut cmd: Command) -> (ExitStatus, String, String) {
+    let mut child = match cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn() {
+        Ok(child) => child,
+        Err(e) => panic!("cannot start warren: {e}"),
+    };
+    let out = read_all(child.stdout.take());
+    let err = read_all(child.stderr.take());
+    let Some(status) = wait_with_deadline(&mut child) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("warren did not exit within {DEADLINE:?}");
+    };
+    let out = out.join().unwrap_or_default();
+    let err = err.join().unwrap_or_default();
+    (status, out, err)
+}
+
+/// Drain a pipe on its own thread so the child never blocks on a full pipe.
+fn read_all<R: std::io::Read + Send + 'static>(pipe: Option<R>) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_string(&mut text);
+        }
+        text
+    })
+}
+
+/// Minimal HTTP/1.1 GET over a std TcpStream; returns (status code, body-ish text).
+fn http_get(base_url: &str, path: &str) -> (u16, String) {
+    let Some(authority) = base_url.strip_prefix("http://") else {
+        panic!("client URL is not http://…: {base_url}");
+    };
+    let authority = authority.trim_end_matches('/');
+    let mut stream = match TcpStream::connect(authority) {
+        Ok(stream) => stream,
+        Err(e) => panic!("cannot connect to {authority}: {e}"),
+    };
+    let timeouts = [
+        stream.set_read_timeout(Some(DEADLINE)),
+        stream.set_write_timeout(Some(DEADLINE)),
+    ];
+    assert!(timeouts.iter().all(Result::is_ok));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+    if let Err(e) = stream.write_all(request.as_bytes()) {
+        panic!("cannot send the request: {e}");
+    }
+    let mut response = Vec::new();
+    if let Err(e) = stream.read_to_end(&mut response) {
+        panic!("cannot read the response: {e}");
+    }
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok());
+    let Some(status) = status else {
+        panic!("not an HTTP response: {response:?}");
+    };
+    (status, response)
+}
+
+#[test]
+fn help_teaches_the_commands() {
+    let out = output(warren().arg("--help"));
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for word in ["run", "id", "--data-dir", "server name", "127.0.0.1:8008"] {
+        assert!(help.contains(word), "--help lacks {word:?}:\n{help}");
+    }
+    let out = output(warren().args(["run", "--help"]));
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for word in [
+        "--client-addr",
+        "WARREN_CLIENT_ADDR",
+        "client API:",
+        "SIGTERM",
+    ] {
+        assert!(help.contains(word), "run --help lacks {word:?}:\n{help}");
+    }
+}
+
+#[test]
+fn id_json_is_stable_and_well_formed() {
+    let dir = tempdir();
+    let data_dir = dir.path().join("node");
+    let first = id_json(&data_dir);
+    let second = id_json(&data_dir);
+    assert_eq!(
+        first, second,
+        "the identity must persist across invocations"
+    );
+
+    let Some(server_name) = first["server_name"].as_str() else {
+        panic!("no server_name string in {first}");
+    };
+    assert!(is_lower_hex_64(server_name), "{server_name}");
+    let Some(peer_id) = first["peer_id"].as_str() else {
+        panic!("no peer_id string in {first}");
+    };
+    assert!(peer_id.starts_with("12D3KooW"), "{peer_id}");
+
+    let key = data_dir.join(warren_core::identity::KEY_FILE);
+    assert!(key.is_file(), "{} was not created", key.display());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = match std::fs::metadata(&key) {
+            Ok(meta) => meta.permissions().mode() & 0o777,
+            Err(e) => panic!("cannot stat the key: {e}"),
+        };
+        assert_eq!(mode, 0o600, "signing key must be private");
+    }
+
+    // The human form says the same thing.
+    let out = output(warren().arg("id").arg("--data-dir").arg(&data_dir));
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("server name: {server_name}\n")),
+        "{text}"
+    );
+    assert!(text.contains(&format!("peer id: {peer_id}\n")), "{text}");
+
+    // And the environment variable is honoured.
+    let out = output(
+        warren()
+            .args(["id", "--json"])
+            .env("WARREN_DATA_DIR", &data_dir),
+    );
+    assert!(out.status.success());
+    let via_env: serde_json::Value = match serde_json::from_slice(&out.stdout) {
+        Ok(value) => value,
+        Err(e) => panic!("invalid JSON: {e}"),
+    };
+    assert_eq!(via_env["server_name"], first["server_name"]);
+}
+
+#[cfg(unix)]
+#[test]
+fn run_serves_the_client_api_and_stops_on_sigterm() {
+    let dir = tempdir();
+    let data_dir = dir.path().join("node");
+    let expected = id_json(&data_dir);
+
+    let mut node = RunningNode::start(&data_dir, "127.0.0.1:0");
+    let url = node.client_url();
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    assert!(
+        !url.ends_with(":0"),
+        "port 0 must be resolved to the real port: {url}"
+    );
+    for (prefix, key) in [("server name: ", "server_name"), ("peer id: ", "peer_id")] {
+        let line = node.stdout_seen.iter().find_map(|l| l.strip_prefix(prefix));
+        assert_eq!(
+            line,
+            expected[key].as_str(),
+            "stdout: {:?}",
+            node.stdout_seen
+        );
+    }
+
+    let (status, response) = http_get(&url, "/_matrix/client/versions");
+    assert_eq!(status, 200, "{response}");
+    assert!(response.contains("versions"), "{response}");
+
+    node.terminate();
+    let status = node.wait();
+    assert!(
+        status.success(),
+        "exit {status}; stderr:\n{}",
+        node.stderr()
+    );
+    node.wait_for_line("stopped");
+}
+
+#[cfg(unix)]
+#[test]
+fn second_node_on_the_same_data_dir_is_refused() {
+    let dir = tempdir();
+    let data_dir = dir.path().join("node");
+    let mut first = RunningNode::start(&data_dir, "127.0.0.1:0");
+    let url = first.client_url();
+
+    let mut second = warren();
+    second
+        .arg("run")
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .args(["--client-addr", "127.0.0.1:0"]);
+    let (status, stdout, stderr) = finish(second);
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    let line = assert_clean_error(&stderr);
+    assert!(line.contains("in use"), "{line}");
+    assert!(!stdout.contains("client API:"), "{stdout}");
+
+    // The first node is unharmed.
+    let (code, response) = http_get(&url, "/_matrix/client/versions");
+    assert_eq!(code, 200, "{response}");
+    first.terminate();
+    let status = first.wait();
+    assert!(
+        status.success(),
+        "exit {status}; stderr:\n{}",
+        first.stderr()
+    );
+}
+
+#[test]
+fn busy_client_port_is_reported() {
+    let holder = match TcpListener::bind("127.0.0.1:0") {
+        Ok(listener) => listener,
+        Err(e) => panic!("cannot bind a test port: {e}"),
+    };
+    let addr = match holder.local_addr() {
+        Ok(addr) => addr.to_string(),
+        Err(e) => panic!("no local address: {e}"),
+    };
+    let dir = tempdir();
+    let mut cmd = warren();
+    cmd.arg("run")
+        .arg("--data-dir")
+        .arg(dir.path().join("node"))
+        .args(["--client-addr", &addr]);
+    let (status, stdout, stderr) = finish(cmd);
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    let line = assert_clean_error(&stderr);
+    assert!(line.contains(&addr), "the error should name {addr}: {line}");
+    drop(holder);
+}
+
+#[test]
+fn bad_log_level_is_a_clean_error() {
+    let dir = tempdir();
+    let (status, _, stderr) = {
+        let mut cmd = warren();
+        cmd.args(["id", "--log-level", "verbose", "--data-dir"])
+            .arg(dir.path());
+        finish(cmd)
+    };
+    assert_eq!(status.code(), Some(1));
+    let line = assert_clean_error(&stderr);
+    assert!(line.contains("--log-level"), "{line}");
+}

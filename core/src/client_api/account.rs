@@ -1,0 +1,416 @@
+//! Registration, login, logout, whoami, password changes, devices and UIAA.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use argon2::{
+    Argon2, PasswordHash, PasswordHasher, PasswordVerifier,
+    password_hash::{SaltString, rand_core::OsRng},
+};
+use axum::{Json, extract::State};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::extract::{Auth, Body, Caller, P, Q};
+use crate::error::Error;
+use crate::rooms::random_string;
+use crate::server::{Server, UiaaSession};
+use crate::storage;
+
+type JsonResult = Result<Json<Value>, Error>;
+
+/// Hash a password with argon2id, off the async threads.
+pub async fn hash_password(password: String) -> Result<String, Error> {
+    tokio::task::spawn_blocking(move || {
+        let salt = SaltString::generate(&mut OsRng);
+        Argon2::default().hash_password(password.as_bytes(), &salt).map(|h| h.to_string())
+    })
+    .await
+    .map_err(Error::internal)?
+    .map_err(Error::internal)
+}
+
+/// Check a password against a stored argon2 hash, off the async threads.
+pub async fn verify_password(password: String, hash: String) -> bool {
+    tokio::task::spawn_blocking(move || {
+        PasswordHash::new(&hash).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+    })
+    .await
+    .unwrap_or(false)
+}
+
+fn new_session(server: &Server, user_id: Option<String>) -> String {
+    let session = random_string(24);
+    let mut map = server.uiaa.lock();
+    // Sessions live for an hour; sweep old ones whenever a new one starts.
+    map.retain(|_, s| s.created.elapsed().as_secs() < 3600);
+    map.insert(session.clone(), UiaaSession { completed: Vec::new(), user_id, created: Instant::now() });
+    session
+}
+
+fn registration_flows(server: &Server) -> Vec<Value> {
+    let mut flows = Vec::new();
+    if server.config.registration_open() {
+        flows.push(json!({"stages": ["m.login.dummy"]}));
+    }
+    if !server.config.registration_tokens.is_empty() {
+        flows.push(json!({"stages": ["m.login.registration_token"]}));
+    }
+    flows
+}
+
+fn valid_localpart(l: &str) -> bool {
+    !l.is_empty() && l.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'=' | b'-' | b'/' | b'+'))
+}
+
+#[derive(Deserialize)]
+pub(super) struct RegisterBody {
+    username: Option<String>,
+    password: Option<String>,
+    device_id: Option<String>,
+    initial_device_display_name: Option<String>,
+    auth: Option<Value>,
+    #[serde(default)]
+    inhibit_login: bool,
+}
+
+#[derive(Deserialize)]
+pub(super) struct KindQuery {
+    kind: Option<String>,
+}
+
+/// `POST /register`.
+pub(super) async fn register(
+    State(server): State<Arc<Server>>,
+    Q(q): Q<KindQuery>,
+    Body(body): Body<RegisterBody>,
+) -> JsonResult {
+    if q.kind.as_deref() == Some("guest") {
+        return Err(Error::Forbidden("guest access is not enabled on this node".into()));
+    }
+    let flows = registration_flows(&server);
+    if flows.is_empty() {
+        return Err(Error::RegistrationDisabled);
+    }
+    let localpart = match &body.username {
+        Some(u) => u.to_lowercase(),
+        None => random_string(12).to_lowercase(),
+    };
+    if !valid_localpart(&localpart) {
+        return Err(Error::InvalidUsername("user names may contain only a-z, 0-9 and ._=-/+".into()));
+    }
+    let user_id = server.user_id(&localpart);
+    if user_id.len() > 255 {
+        return Err(Error::InvalidUsername("user id is too long".into()));
+    }
+    if server.db.read(|c| storage::user_exists(c, &user_id))? {
+        return Err(Error::UserInUse);
+    }
+    // User-interactive auth: one dummy stage when open, or a registration token.
+    let Some(auth) = body.auth else {
+        let session = new_session(&server, None);
+        return Err(Error::Uiaa(json!({"flows": flows, "params": {}, "session": session})));
+    };
+    match auth["type"].as_str() {
+        Some("m.login.dummy") if server.config.registration_open() => {}
+        Some("m.login.registration_token") => {
+            let token = auth["token"].as_str().unwrap_or_default();
+            if !server.config.registration_tokens.iter().any(|t| t == token) {
+                return Err(Error::Uiaa(json!({
+                    "flows": flows, "params": {}, "session": auth["session"],
+                    "errcode": "M_FORBIDDEN", "error": "invalid registration token"
+                })));
+            }
+            server.write(|tx| storage::use_registration_token(tx, token))?;
+        }
+        _ => {
+            let session = auth["session"].as_str().map(str::to_owned).unwrap_or_else(|| new_session(&server, None));
+            return Err(Error::Uiaa(json!({
+                "flows": flows, "params": {}, "session": session,
+                "errcode": "M_FORBIDDEN", "error": "unsupported or disallowed authentication stage"
+            })));
+        }
+    }
+    if let Some(session) = auth["session"].as_str() {
+        server.uiaa.lock().remove(session);
+    }
+    let hash = match body.password {
+        Some(p) => Some(hash_password(p).await?),
+        None => None,
+    };
+    let device_id = body.device_id.unwrap_or_else(|| random_string(10).to_uppercase());
+    let token = random_string(40);
+    let created = server.write(|tx| {
+        if storage::user_exists(tx, &user_id)? {
+            return Ok(false);
+        }
+        storage::create_user(tx, &user_id, hash.as_deref(), false, &localpart)?;
+        if !body.inhibit_login {
+            storage::upsert_device(tx, &user_id, &device_id, body.initial_device_display_name.as_deref())?;
+            storage::insert_token(tx, &token, &user_id, &device_id)?;
+        }
+        Ok(true)
+    })?;
+    if !created {
+        return Err(Error::UserInUse);
+    }
+    tracing::info!(%user_id, "registered user");
+    if body.inhibit_login {
+        return Ok(Json(json!({"user_id": user_id, "home_server": server.server_name()})));
+    }
+    Ok(Json(json!({
+        "user_id": user_id,
+        "access_token": token,
+        "device_id": device_id,
+        "home_server": server.server_name(),
+    })))
+}
+
+#[derive(Deserialize)]
+pub(super) struct AvailableQuery {
+    username: String,
+}
+
+/// `GET /register/available`.
+pub(super) async fn available(State(server): State<Arc<Server>>, Q(q): Q<AvailableQuery>) -> JsonResult {
+    let local = q.username.to_lowercase();
+    if !valid_localpart(&local) {
+        return Err(Error::InvalidUsername("user names may contain only a-z, 0-9 and ._=-/+".into()));
+    }
+    if server.db.read(|c| storage::user_exists(c, &server.user_id(&local)))? {
+        return Err(Error::UserInUse);
+    }
+    Ok(Json(json!({"available": true})))
+}
+
+#[derive(Deserialize)]
+pub(super) struct TokenValidityQuery {
+    token: String,
+}
+
+/// `GET /register/m.login.registration_token/validity`.
+pub(super) async fn token_validity(State(server): State<Arc<Server>>, Q(q): Q<TokenValidityQuery>) -> JsonResult {
+    Ok(Json(json!({"valid": server.config.registration_tokens.contains(&q.token)})))
+}
+
+/// `GET /login`.
+pub(super) async fn login_flows() -> Json<Value> {
+    Json(json!({"flows": [{"type": "m.login.password"}]}))
+}
+
+#[derive(Deserialize)]
+pub(super) struct LoginBody {
+    #[serde(rename = "type")]
+    kind: String,
+    identifier: Option<Value>,
+    user: Option<String>,
+    password: Option<String>,
+    device_id: Option<String>,
+    initial_device_display_name: Option<String>,
+}
+
+fn user_from_identifier(server: &Server, identifier: Option<&Value>, user: Option<&str>) -> Result<String, Error> {
+    let raw = match identifier {
+        Some(id) if id["type"] == "m.id.user" => id["user"].as_str(),
+        Some(_) => return Err(Error::Unrecognized(http::StatusCode::BAD_REQUEST, "unsupported identifier type".into())),
+        None => user,
+    }
+    .ok_or_else(|| Error::MissingParam("no user given".into()))?;
+    let raw = raw.to_lowercase();
+    Ok(if raw.starts_with('@') { raw } else { server.user_id(&raw) })
+}
+
+async fn check_password(server: &Server, user_id: &str, password: &str) -> Result<(), Error> {
+    let stored = server.db.read(|c| storage::user_password(c, user_id))?;
+    match stored {
+        Some((_, true)) => Err(Error::UserDeactivated),
+        Some((Some(hash), false)) => {
+            if verify_password(password.to_owned(), hash).await {
+                Ok(())
+            } else {
+                Err(Error::InvalidCredentials)
+            }
+        }
+        _ => Err(Error::InvalidCredentials),
+    }
+}
+
+/// `POST /login`.
+pub(super) async fn login(State(server): State<Arc<Server>>, Body(body): Body<LoginBody>) -> JsonResult {
+    if body.kind != "m.login.password" {
+        return Err(Error::Unrecognized(http::StatusCode::BAD_REQUEST, format!("unsupported login type {}", body.kind)));
+    }
+    let user_id = user_from_identifier(&server, body.identifier.as_ref(), body.user.as_deref())?;
+    let password = body.password.ok_or_else(|| Error::MissingParam("password is required".into()))?;
+    check_password(&server, &user_id, &password).await?;
+    let device_id = body.device_id.unwrap_or_else(|| random_string(10).to_uppercase());
+    let token = random_string(40);
+    server.write(|tx| {
+        // Logging in again with a known device replaces its old token.
+        tx.execute(
+            "DELETE FROM access_tokens WHERE user_id = ?1 AND device_id = ?2",
+            rusqlite::params![user_id, device_id],
+        )?;
+        storage::upsert_device(tx, &user_id, &device_id, body.initial_device_display_name.as_deref())?;
+        storage::insert_token(tx, &token, &user_id, &device_id)
+    })?;
+    Ok(Json(json!({
+        "user_id": user_id,
+        "access_token": token,
+        "device_id": device_id,
+        "home_server": server.server_name(),
+    })))
+}
+
+/// `POST /logout`: ends the session and removes its device.
+pub(super) async fn logout(State(server): State<Arc<Server>>, Auth(caller): Auth) -> JsonResult {
+    server.write(|tx| storage::delete_device(tx, &caller.user_id, &caller.device_id))?;
+    Ok(Json(json!({})))
+}
+
+/// `POST /logout/all`.
+pub(super) async fn logout_all(State(server): State<Arc<Server>>, Auth(caller): Auth) -> JsonResult {
+    server.write(|tx| storage::delete_all_devices(tx, &caller.user_id))?;
+    Ok(Json(json!({})))
+}
+
+/// `GET /account/whoami`.
+pub(super) async fn whoami(Auth(caller): Auth) -> Json<Value> {
+    Json(json!({"user_id": caller.user_id, "device_id": caller.device_id, "is_guest": false}))
+}
+
+/// UIAA with `m.login.password` for sensitive operations on one's own account.
+async fn require_password_uiaa(server: &Server, caller: &Caller, auth: Option<&Value>) -> Result<(), Error> {
+    let flows = json!([{"stages": ["m.login.password"]}]);
+    let Some(auth) = auth.filter(|a| !a.is_null()) else {
+        let session = new_session(server, Some(caller.user_id.clone()));
+        return Err(Error::Uiaa(json!({"flows": flows, "params": {}, "session": session})));
+    };
+    let session = auth["session"].clone();
+    let retry = |msg: &str| {
+        Error::Uiaa(json!({"flows": flows, "params": {}, "session": session, "errcode": "M_FORBIDDEN", "error": msg}))
+    };
+    if auth["type"] != "m.login.password" {
+        return Err(retry("unsupported authentication stage"));
+    }
+    let user = user_from_identifier(server, auth.get("identifier"), auth["user"].as_str())
+        .unwrap_or_else(|_| caller.user_id.clone());
+    if user != caller.user_id {
+        return Err(retry("you can only authenticate as yourself"));
+    }
+    let password = auth["password"].as_str().unwrap_or_default();
+    check_password(server, &caller.user_id, password).await.map_err(|_| retry("invalid password"))?;
+    if let Some(s) = auth["session"].as_str() {
+        server.uiaa.lock().remove(s);
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+pub(super) struct PasswordBody {
+    new_password: String,
+    logout_devices: Option<bool>,
+    auth: Option<Value>,
+}
+
+/// `POST /account/password`.
+pub(super) async fn change_password(
+    State(server): State<Arc<Server>>,
+    Auth(caller): Auth,
+    Body(body): Body<PasswordBody>,
+) -> JsonResult {
+    require_password_uiaa(&server, &caller, body.auth.as_ref()).await?;
+    let hash = hash_password(body.new_password).await?;
+    server.write(|tx| {
+        storage::set_password(tx, &caller.user_id, &hash)?;
+        if body.logout_devices.unwrap_or(true) {
+            storage::delete_other_tokens(tx, &caller.user_id, &caller.device_id)?;
+        }
+        Ok(())
+    })?;
+    Ok(Json(json!({})))
+}
+
+fn device_json(d: &storage::DeviceRow) -> Value {
+    json!({
+        "device_id": d.device_id,
+        "display_name": d.display_name,
+        "last_seen_ts": d.last_seen_ts,
+        "last_seen_ip": d.last_seen_ip,
+    })
+}
+
+/// `GET /devices`.
+pub(super) async fn devices(State(server): State<Arc<Server>>, Auth(caller): Auth) -> JsonResult {
+    let list = server.db.read(|c| storage::list_devices(c, &caller.user_id))?;
+    Ok(Json(json!({"devices": list.iter().map(device_json).collect::<Vec<_>>()})))
+}
+
+/// `GET /devices/{deviceId}`.
+pub(super) async fn device(State(server): State<Arc<Server>>, Auth(caller): Auth, P(id): P<String>) -> JsonResult {
+    let list = server.db.read(|c| storage::list_devices(c, &caller.user_id))?;
+    list.iter()
+        .find(|d| d.device_id == id)
+        .map(|d| Json(device_json(d)))
+        .ok_or_else(|| Error::NotFound("no such device".into()))
+}
+
+#[derive(Deserialize)]
+pub(super) struct RenameBody {
+    display_name: Option<String>,
+}
+
+/// `PUT /devices/{deviceId}`.
+pub(super) async fn rename_device(
+    State(server): State<Arc<Server>>,
+    Auth(caller): Auth,
+    P(id): P<String>,
+    Body(body): Body<RenameBody>,
+) -> JsonResult {
+    let found = server.write(|tx| storage::rename_device(tx, &caller.user_id, &id, body.display_name.as_deref()))?;
+    if !found {
+        return Err(Error::NotFound("no such device".into()));
+    }
+    Ok(Json(json!({})))
+}
+
+#[derive(Deserialize)]
+pub(super) struct AuthOnlyBody {
+    auth: Option<Value>,
+}
+
+/// `DELETE /devices/{deviceId}` (UIAA).
+pub(super) async fn delete_device(
+    State(server): State<Arc<Server>>,
+    Auth(caller): Auth,
+    P(id): P<String>,
+    Body(body): Body<AuthOnlyBody>,
+) -> JsonResult {
+    require_password_uiaa(&server, &caller, body.auth.as_ref()).await?;
+    if !server.write(|tx| storage::delete_device(tx, &caller.user_id, &id))? {
+        return Err(Error::NotFound("no such device".into()));
+    }
+    Ok(Json(json!({})))
+}
+
+#[derive(Deserialize)]
+pub(super) struct DeleteDevicesBody {
+    devices: Vec<String>,
+    auth: Option<Value>,
+}
+
+/// `POST /delete_devices` (UIAA).
+pub(super) async fn delete_devices(
+    State(server): State<Arc<Server>>,
+    Auth(caller): Auth,
+    Body(body): Body<DeleteDevicesBody>,
+) -> JsonResult {
+    require_password_uiaa(&server, &caller, body.auth.as_ref()).await?;
+    server.write(|tx| {
+        for d in &body.devices {
+            storage::delete_device(tx, &caller.user_id, d)?;
+        }
+        Ok(())
+    })?;
+    Ok(Json(json!({})))
+}

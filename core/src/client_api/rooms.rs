@@ -1,0 +1,567 @@
+//! Room endpoints: create, send, state, redact, event, context, messages, members.
+
+use std::sync::Arc;
+
+use axum::{Json, extract::State};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::extract::{Auth, Body, Caller, P, Q};
+use super::visibility::{Visibility, visibility_for};
+use crate::error::Error;
+use crate::events::{ClientEventOptions, NewEvent, client_event};
+use crate::rooms::{self, CreateRoom};
+use crate::server::Server;
+use crate::storage::{self, StoredEvent, now_ms};
+use crate::streams::SyncToken;
+
+type JsonResult = Result<Json<Value>, Error>;
+
+pub fn opts(caller: &Caller) -> ClientEventOptions<'_> {
+    ClientEventOptions { viewer: Some((&caller.user_id, &caller.device_id)), include_room_id: true, now_ms: now_ms() }
+}
+
+#[derive(Deserialize)]
+pub(super) struct CreateRoomBody {
+    visibility: Option<String>,
+    room_alias_name: Option<String>,
+    name: Option<String>,
+    topic: Option<String>,
+    #[serde(default)]
+    invite: Vec<String>,
+    room_version: Option<String>,
+    creation_content: Option<Value>,
+    #[serde(default)]
+    initial_state: Vec<InitialState>,
+    preset: Option<String>,
+    #[serde(default)]
+    is_direct: bool,
+    power_level_content_override: Option<Value>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct InitialState {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    state_key: String,
+    content: Value,
+}
+
+/// `POST /createRoom`.
+pub(super) async fn create_room(
+    State(server): State<Arc<Server>>,
+    Auth(caller): Auth,
+    Body(body): Body<CreateRoomBody>,
+) -> JsonResult {
+    let public = match body.visibility.as_deref() {
+        None | Some("private") => false,
+        Some("public") => true,
+        Some(other) => return Err(Error::BadJson(format!("unknown visibility {other}"))),
+    };
+    for invitee in &body.invite {
+        super::membership::check_invitee(&server, invitee)?;
+    }
+    let req = CreateRoom {
+        preset: body.preset,
+        public,
+        name: body.name,
+        topic: body.topic,
+        alias_localpart: body.room_alias_name,
+        invite: body.invite,
+        is_direct: body.is_direct,
+        creation_content: body.creation_content,
+        initial_state: body.initial_state.into_iter().map(|s| (s.kind, s.state_key, s.content)).collect(),
+        power_level_content_override: body.power_level_content_override,
+        room_version: body.room_version,
+    };
+    let room_id = server.write(|tx| rooms::create_room(tx, &server, &caller.user_id, req))?;
+    tracing::info!(%room_id, creator = %caller.user_id, "room created");
+    Ok(Json(json!({"room_id": room_id})))
+}
+
+/// Append an event for the caller and answer with its id.
+pub(super) fn send(
+    server: &Server,
+    caller: &Caller,
+    room_id: &str,
+    ev: NewEvent,
+    txn: Option<&str>,
+) -> Result<String, Error> {
+    let txn = txn.map(|t| (caller.device_id.as_str(), t));
+    let appended = server.write(|tx| rooms::append_event(tx, server, room_id, ev, txn))?;
+    Ok(appended.event_id)
+}
+
+/// `PUT /rooms/{roomId}/send/{eventType}/{txnId}`.
+pub(super) async fn send_message(
+    State(server): State<Arc<Server>>,
+    Auth(caller): Auth,
+    P((room_id, kind, txn_id)): P<(String, String, String)>,
+    Body(content): Body<Value>,
+) -> JsonResult {
+    let ev = NewEvent { kind, state_key: None, content, sender: caller.user_id.clone(), redacts: None };
+    let event_id = send(&server, &caller, &room_id, ev, Some(&txn_id))?;
+    Ok(Json(json!({"event_id": event_id})))
+}
+
+/// `PUT /rooms/{roomId}/state/{eventType}/{stateKey}`.
+pub(super) async fn put_state(
+    State(server): State<Arc<Server>>,
+    Auth(caller): Auth,
+    P((room_id, kind, state_key)): P<(String, String, String)>,
+    Body(content): Body<Value>,
+) -> JsonResult {
+    put_state_inner(server, caller, room_id, kind, state_key, content)
+}
+
+/// `PUT /rooms/{roomId}/state/{eventType}` (empty state key).
+pub(super) async fn put_state_empty(
+    State(server): State<Arc<Server>>,
+    Auth(caller): Auth,
+    P((room_id, kind)): P<(String, String)>,
+    Body(content): Body<Value>,
+) -> JsonResult {
+    put_state_inner(server, caller, room_id, kind, String::new(), content)
+}
+
+fn put_state_inner(
+    server: Arc<Server>,
+    caller: Caller,
+    room_id: String,
+    kind: String,
+    state_key: String,
+    content: Value,
+) -> JsonResult {
+    if kind == "m.room.member" {
+        super::membership::check_invitee(&server, &state_key)?;
+    }
+    let ev = NewEvent { kind, state_key: Some(state_key), content, sender: caller.user_id.clone(), redacts: None };
+    let event_id = send(&server, &caller, &room_id, ev, None)?;
+    Ok(Json(json!({"event_id": event_id})))
+}
+
+#[derive(Deserialize)]
+pub(super) struct FormatQuery {
+    format: Option<String>,
+}
+
+/// `GET /rooms/{roomId}/state/{eventType}/{stateKey}`.
+pub(super) async fn get_state(
+    State(server): State<Arc<Server>>,
+    Auth(caller): Auth,
+    P((room_id, kind, state_key)): P<(String, String, String)>,
+    Q(q): Q<FormatQuery>,
+) -> JsonResult {
+    get_state_inner(&server, &caller, &room_id, &kind, &state_key, q.format.as_deref())
+}
+
+/// `GET /rooms/{roomId}/state/{eventType}` (empty state key).
+pub(super) async fn get_state_empty(
+    State(server): State<Arc<Server>>,
+    Auth(caller): Auth,
+    P((room_id, kind)): P<(String, String)>,
+    Q(q): Q<FormatQuery>,
+) -> JsonResult {
+    get_state_inner(&server, &caller, &room_id, &kind, "", q.format.as_deref())
+}
+
+fn get_state_inner(
+    server: &Server,
+    caller: &Caller,
+    room_id: &str,
+    kind: &str,
+    state_key: &str,
+    format: Option<&str>,
+) -> JsonResult {
+    let ev = server.db.read_tx(|c| {
+        let state = visible_state(c, room_id, &caller.user_id)?;
+        match state.get(&(kind.to_owned(), state_key.to_owned())) {
+            Some(id) => storage::get_event(c, id),
+            None => Ok(None),
+        }
+    })?;
+    let ev = ev.ok_or_else(|| Error::NotFound("state event not found".into()))?;
+    let full = client_event(&ev, opts(caller));
+    if format == Some("event") { Ok(Json(full)) } else { Ok(Json(full["content"].clone())) }
+}
+
+/// The state a user may see: current state while joined, the state when they left otherwise.
+pub(super) fn visible_state(
+    c: &rusqlite::Connection,
+    room_id: &str,
+    user_id: &str,
+) -> Result<storage::StateMap, Error> {
+    match storage::membership(c, room_id, user_id)? {
+        Some((m, _, _)) if m == "join" => storage::current_state(c, room_id),
+        Some((m, _, pos)) if m == "leave" || m == "ban" => state_at(c, room_id, pos),
+        _ => Err(Error::Forbidden(format!("you are not a member of {room_id}"))),
+    }
+}
+
+/// The room state right after the event at stream position `pos` (or the newest before it).
+pub fn state_at(c: &rusqlite::Connection, room_id: &str, pos: i64) -> Result<storage::StateMap, Error> {
+    let Some(ev) = storage::last_event_at(c, room_id, pos)? else { return Ok(Default::default()) };
+    let mut state = match ev.state_group_before {
+        Some(g) => storage::load_state_group(c, g)?,
+        None => Default::default(),
+    };
+    if let Some(sk) = &ev.state_key {
+        state.insert((ev.kind.clone(), sk.clone()), ev.event_id.clone());
+    }
+    Ok(state)
+}
+
+/// `GET /rooms/{roomId}/state`.
+pub(super) async fn get_all_state(
+    State(server): State<Arc<Server>>,
+    Auth(caller): Auth,
+    P(room_id): P<String>,
+) -> JsonResult {
+    let events = server.db.read_tx(|c| {
+        let state = visible_state(c, &room_id, &caller.user_id)?;
+        let mut out = Vec::with_capacity(state.len());
+        for id in state.values() {
+            if let Some(ev) = storage::get_event(c, id)? {
+                out.push(client_event(&ev, opts(&caller)));
+            }
+        }
+        Ok(out)
+    })?;
+    Ok(Json(Value::Array(events)))
+}
+
+#[derive(Deserialize)]
+pub(super) struct RedactBody {
+    reason: Option<String>,
+}
+
+/// `PUT /rooms/{roomId}/redact/{eventId}/{txnId}`.
+pub(super) async fn redact(
+    State(server): State<Arc<Server>>,
+    Auth(caller): Auth,
+    P((room_id, event_id, txn_id)): P<(String, String, String)>,
+    Body(body): Body<RedactBody>,
+) -> JsonResult {
+    let allowed = server.db.read(|c| rooms::check_redaction_allowed(c, &room_id, &caller.user_id, &event_id))?;
+    if !allowed {
+        return Err(Error::Forbidden("you may not redact this event".into()));
+    }
+    let mut content = json!({});
+    if let Some(reason) = body.reason {
+        content["reason"] = json!(reason);
+    }
+    let ev = NewEvent {
+        kind: "m.room.redaction".into(),
+        state_key: None,
+        content,
+        sender: caller.user_id.clone(),
+        redacts: Some(event_id),
+    };
+    let event_id = send(&server, &caller, &room_id, ev, Some(&format!("redact-{txn_id}")))?;
+    Ok(Json(json!({"event_id": event_id})))
+}
+
+/// `GET /rooms/{roomId}/event/{eventId}`.
+pub(super) async fn get_event(
+    State(server): State<Arc<Server>>,
+    Auth(caller): Auth,
+    P((room_id, event_id)): P<(String, String)>,
+) -> JsonResult {
+    let ev = server.db.read_tx(|c| {
+        let vis = visibility_for(c, &room_id, &caller.user_id)?;
+        Ok(storage::get_event(c, &event_id)?.filter(|e| e.room_id == room_id && vis.allows(e.stream_ordering)))
+    })?;
+    let ev = ev.ok_or_else(|| Error::NotFound("event not found".into()))?;
+    Ok(Json(client_event(&ev, opts(&caller))))
+}
+
+/// Event filter for `/messages` and `/context` (the RoomEventFilter subset clients use).
+#[derive(Deserialize, Default, Clone)]
+pub struct RoomEventFilter {
+    pub limit: Option<usize>,
+    pub types: Option<Vec<String>>,
+    #[serde(default)]
+    pub not_types: Vec<String>,
+    pub senders: Option<Vec<String>>,
+    #[serde(default)]
+    pub not_senders: Vec<String>,
+    #[serde(default)]
+    pub lazy_load_members: bool,
+    pub contains_url: Option<bool>,
+}
+
+fn type_matches(pattern: &str, ty: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => ty.starts_with(prefix),
+        None => pattern == ty,
+    }
+}
+
+impl RoomEventFilter {
+    /// Whether an event passes the filter.
+    pub fn allows(&self, e: &StoredEvent) -> bool {
+        if self.not_types.iter().any(|p| type_matches(p, &e.kind)) || self.not_senders.contains(&e.sender) {
+            return false;
+        }
+        if let Some(types) = &self.types {
+            if !types.iter().any(|p| type_matches(p, &e.kind)) {
+                return false;
+            }
+        }
+        if let Some(senders) = &self.senders {
+            if !senders.contains(&e.sender) {
+                return false;
+            }
+        }
+        if let Some(want) = self.contains_url {
+            let has = e.json.contains("\"url\"");
+            if has != want {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct MessagesQuery {
+    from: Option<String>,
+    to: Option<String>,
+    dir: Option<String>,
+    limit: Option<usize>,
+    filter: Option<String>,
+}
+
+fn parse_token(t: &str) -> Result<i64, Error> {
+    SyncToken::parse(t).map(|t| t.pos).ok_or_else(|| Error::InvalidParam(format!("invalid pagination token {t}")))
+}
+
+/// Members whose state a lazy-loading client needs for these events.
+pub fn lazy_members(
+    c: &rusqlite::Connection,
+    state: &storage::StateMap,
+    events: &[StoredEvent],
+    caller: &Caller,
+) -> Result<Vec<Value>, Error> {
+    let mut senders: Vec<&str> = events.iter().map(|e| e.sender.as_str()).collect();
+    senders.sort();
+    senders.dedup();
+    let mut out = Vec::new();
+    for s in senders {
+        if let Some(id) = state.get(&("m.room.member".to_owned(), s.to_owned())) {
+            if let Some(ev) = storage::get_event(c, id)? {
+                out.push(client_event(&ev, opts(caller)));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `GET /rooms/{roomId}/messages`.
+pub(super) async fn messages(
+    State(server): State<Arc<Server>>,
+    Auth(caller): Auth,
+    P(room_id): P<String>,
+    Q(q): Q<MessagesQuery>,
+) -> JsonResult {
+    let backwards = match q.dir.as_deref() {
+        Some("b") | None => true,
+        Some("f") => false,
+        Some(other) => return Err(Error::InvalidParam(format!("dir must be b or f, not {other}"))),
+    };
+    let filter: RoomEventFilter = match &q.filter {
+        Some(f) => serde_json::from_str(f).map_err(|e| Error::BadJson(format!("invalid filter: {e}")))?,
+        None => RoomEventFilter::default(),
+    };
+    let limit = q.limit.or(filter.limit).unwrap_or(10).clamp(1, 1000);
+    let current = server.notifier.current().pos;
+    let from = match &q.from {
+        Some(t) => parse_token(t)?,
+        None if backwards => current,
+        None => 0,
+    };
+    let to = q.to.as_deref().map(parse_token).transpose()?;
+    let (chunk, end, state) = server.db.read_tx(|c| {
+        let vis = visibility_for(c, &room_id, &caller.user_id)?;
+        let mut out: Vec<StoredEvent> = Vec::new();
+        let mut cursor = from;
+        let mut exhausted = false;
+        // Filtered-out events still advance the cursor; fetch in pages until full.
+        while out.len() < limit && !exhausted {
+            let (after, up_to) = if backwards {
+                (to.unwrap_or(0).max(vis.min_pos()), cursor)
+            } else {
+                (cursor, to.unwrap_or(current).min(vis.max_pos()))
+            };
+            if after >= up_to {
+                break;
+            }
+            let page = storage::room_events(c, &room_id, after, up_to, limit * 2, backwards)?;
+            exhausted = page.len() < limit * 2;
+            for e in page {
+                cursor = if backwards { e.stream_ordering - 1 } else { e.stream_ordering };
+                if vis.allows(e.stream_ordering) && filter.allows(&e) {
+                    out.push(e);
+                    if out.len() == limit {
+                        break;
+                    }
+                }
+            }
+        }
+        let more = !exhausted || out.len() == limit;
+        let end = more.then(|| SyncToken { pos: cursor, typing: 0 }.to_string());
+        let state = if filter.lazy_load_members {
+            lazy_members(c, &storage::current_state(c, &room_id)?, &out, &caller)?
+        } else {
+            Vec::new()
+        };
+        Ok((out, end, state))
+    })?;
+    let start = q.from.clone().unwrap_or_else(|| SyncToken { pos: from, typing: 0 }.to_string());
+    let mut body = json!({
+        "start": start,
+        "chunk": chunk.iter().map(|e| client_event(e, opts(&caller))).collect::<Vec<_>>(),
+    });
+    if let Some(end) = end {
+        body["end"] = json!(end);
+    }
+    if !state.is_empty() {
+        body["state"] = json!(state);
+    }
+    Ok(Json(body))
+}
+
+#[derive(Deserialize)]
+pub(super) struct ContextQuery {
+    limit: Option<usize>,
+    filter: Option<String>,
+}
+
+/// `GET /rooms/{roomId}/context/{eventId}`.
+pub(super) async fn context(
+    State(server): State<Arc<Server>>,
+    Auth(caller): Auth,
+    P((room_id, event_id)): P<(String, String)>,
+    Q(q): Q<ContextQuery>,
+) -> JsonResult {
+    let filter: RoomEventFilter = match &q.filter {
+        Some(f) => serde_json::from_str(f).map_err(|e| Error::BadJson(format!("invalid filter: {e}")))?,
+        None => RoomEventFilter::default(),
+    };
+    let limit = q.limit.unwrap_or(10).min(100);
+    let body = server.db.read_tx(|c| {
+        let vis = visibility_for(c, &room_id, &caller.user_id)?;
+        let Some(ev) = storage::get_event(c, &event_id)?.filter(|e| e.room_id == room_id && vis.allows(e.stream_ordering))
+        else {
+            return Err(Error::NotFound("event not found".into()));
+        };
+        let before_n = limit / 2;
+        let after_n = limit - before_n;
+        let before: Vec<StoredEvent> = storage::room_events(c, &room_id, vis.min_pos(), ev.stream_ordering - 1, before_n, true)?
+            .into_iter()
+            .filter(|e| filter.allows(e))
+            .collect();
+        let after: Vec<StoredEvent> =
+            storage::room_events(c, &room_id, ev.stream_ordering, vis.max_pos(), after_n, false)?
+                .into_iter()
+                .filter(|e| filter.allows(e))
+                .collect();
+        let start = before.last().map(|e| e.stream_ordering - 1).unwrap_or(ev.stream_ordering - 1);
+        let end = after.last().map(|e| e.stream_ordering).unwrap_or(ev.stream_ordering);
+        let state_map = state_at(c, &room_id, ev.stream_ordering)?;
+        let state: Vec<Value> = if filter.lazy_load_members {
+            let mut all = before.clone();
+            all.extend(after.iter().cloned());
+            all.push(ev.clone());
+            lazy_members(c, &state_map, &all, &caller)?
+        } else {
+            let mut v = Vec::new();
+            for id in state_map.values() {
+                if let Some(s) = storage::get_event(c, id)? {
+                    v.push(client_event(&s, opts(&caller)));
+                }
+            }
+            v
+        };
+        Ok(json!({
+            "event": client_event(&ev, opts(&caller)),
+            "events_before": before.iter().map(|e| client_event(e, opts(&caller))).collect::<Vec<_>>(),
+            "events_after": after.iter().map(|e| client_event(e, opts(&caller))).collect::<Vec<_>>(),
+            "start": SyncToken { pos: start, typing: 0 }.to_string(),
+            "end": SyncToken { pos: end, typing: 0 }.to_string(),
+            "state": state,
+        }))
+    })?;
+    Ok(Json(body))
+}
+
+#[derive(Deserialize)]
+pub(super) struct MembersQuery {
+    at: Option<String>,
+    membership: Option<String>,
+    not_membership: Option<String>,
+}
+
+/// `GET /rooms/{roomId}/members`.
+pub(super) async fn members(
+    State(server): State<Arc<Server>>,
+    Auth(caller): Auth,
+    P(room_id): P<String>,
+    Q(q): Q<MembersQuery>,
+) -> JsonResult {
+    let chunk = server.db.read_tx(|c| {
+        let mut state = visible_state(c, &room_id, &caller.user_id)?;
+        if let Some(at) = &q.at {
+            let pos = parse_token(at)?;
+            let vis = visibility_for(c, &room_id, &caller.user_id)?;
+            state = state_at(c, &room_id, pos.min(vis.max_pos()))?;
+        }
+        let mut out = Vec::new();
+        for ((ty, _), id) in state.iter() {
+            if ty != "m.room.member" {
+                continue;
+            }
+            let Some(ev) = storage::get_event(c, id)? else { continue };
+            let v = client_event(&ev, opts(&caller));
+            let m = v["content"]["membership"].as_str().unwrap_or("");
+            if q.membership.as_deref().is_some_and(|want| want != m) || q.not_membership.as_deref() == Some(m) {
+                continue;
+            }
+            out.push(v);
+        }
+        Ok(out)
+    })?;
+    Ok(Json(json!({"chunk": chunk})))
+}
+
+/// `GET /rooms/{roomId}/joined_members`.
+pub(super) async fn joined_members(
+    State(server): State<Arc<Server>>,
+    Auth(caller): Auth,
+    P(room_id): P<String>,
+) -> JsonResult {
+    let joined = server.db.read_tx(|c| {
+        let state = visible_state(c, &room_id, &caller.user_id)?;
+        let mut out = serde_json::Map::new();
+        for ((ty, sk), id) in state.iter() {
+            if ty != "m.room.member" {
+                continue;
+            }
+            let Some(ev) = storage::get_event(c, id)? else { continue };
+            let v: Value = serde_json::from_str(&ev.json)?;
+            if v["content"]["membership"] == "join" {
+                out.insert(
+                    sk.clone(),
+                    json!({"display_name": v["content"]["displayname"], "avatar_url": v["content"]["avatar_url"]}),
+                );
+            }
+        }
+        Ok(out)
+    })?;
+    Ok(Json(json!({"joined": joined})))
+}
+
+/// Unused-variable guard for `Visibility` re-export in this module's signatures.
+#[allow(dead_code)]
+fn _assert_visibility(_: Visibility) {}

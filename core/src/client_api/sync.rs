@@ -1,0 +1,62 @@
+//! `GET /sync`: parse parameters, then hand over to the sync service.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::{Json, extract::State};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::extract::{Auth, Q, parse_json};
+use crate::error::Error;
+use crate::server::Server;
+use crate::storage;
+use crate::streams::SyncToken;
+use crate::sync::{Filter, SyncParams, sync};
+
+#[derive(Deserialize)]
+pub(super) struct SyncQuery {
+    since: Option<String>,
+    timeout: Option<u64>,
+    filter: Option<String>,
+    #[serde(default)]
+    full_state: bool,
+    #[allow(dead_code)]
+    set_presence: Option<String>,
+}
+
+/// `GET /sync`.
+pub(super) async fn sync_events(
+    State(server): State<Arc<Server>>,
+    Auth(caller): Auth,
+    Q(q): Q<SyncQuery>,
+) -> Result<Json<Value>, Error> {
+    if let Some(p) = &q.set_presence {
+        if !matches!(p.as_str(), "online" | "offline" | "unavailable") {
+            return Err(Error::InvalidParam(format!("invalid set_presence {p}")));
+        }
+    }
+    let since = match &q.since {
+        Some(s) => Some(SyncToken::parse(s).ok_or_else(|| Error::InvalidParam(format!("invalid since token {s}")))?),
+        None => None,
+    };
+    let filter: Filter = match q.filter.as_deref() {
+        None => Filter::default(),
+        Some(f) if f.trim_start().starts_with('{') => parse_json(f.as_bytes())?,
+        Some(id) => {
+            let id: i64 = id.parse().map_err(|_| Error::InvalidParam(format!("invalid filter id {id}")))?;
+            let raw = server
+                .db
+                .read(|c| storage::load_filter(c, &caller.user_id, id))?
+                .ok_or_else(|| Error::NotFound("filter not found".into()))?;
+            parse_json(raw.as_bytes())?
+        }
+    };
+    let params = SyncParams {
+        since,
+        timeout: Duration::from_millis(q.timeout.unwrap_or(0)),
+        filter,
+        full_state: q.full_state,
+    };
+    Ok(Json(sync(server, caller, params).await?))
+}

@@ -1,0 +1,31 @@
+//! `/versions` and `/capabilities`.
+
+use axum::Json;
+use serde_json::{Value, json};
+
+use super::extract::Auth;
+use crate::events::{DEFAULT_ROOM_VERSION, SUPPORTED_ROOM_VERSIONS};
+
+/// `GET /_matrix/client/versions`.
+pub(super) async fn versions() -> Json<Value> {
+    Json(json!({
+        "versions": ["r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10", "v1.11"],
+        "unstable_features": {},
+    }))
+}
+
+/// `GET /capabilities`.
+pub(super) async fn capabilities(Auth(_caller): Auth) -> Json<Value> {
+    let available: serde_json::Map<String, Value> =
+        SUPPORTED_ROOM_VERSIONS.iter().map(|v| ((*v).to_owned(), json!("stable"))).collect();
+    Json(json!({
+        "capabilities": {
+            "m.change_password": {"enabled": true},
+            "m.room_versions": {"default": DEFAULT_ROOM_VERSION, "available": available},
+            "m.set_displayname": {"enabled": true},
+            "m.set_avatar_url": {"enabled": true},
+            "m.3pid_changes": {"enabled": false},
+            "m.get_login_token": {"enabled": false},
+        }
+    }))
+}

@@ -1,0 +1,83 @@
+//! Typed node configuration with defaults that need no editing.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+/// Who may create accounts through `/register`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum RegistrationPolicy {
+    /// Open when the client API listens on loopback only (the device's own apps),
+    /// closed otherwise unless a registration token is presented.
+    #[default]
+    Auto,
+    /// Anyone who can reach the client API may register.
+    Open,
+    /// Only with a registration token.
+    Closed,
+}
+
+/// Everything a node needs to start.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Holds the signing key, the SQLite database and the lock file.
+    pub data_dir: PathBuf,
+    /// Where the client-server API listens. Port 0 picks a free port.
+    pub client_addr: SocketAddr,
+    /// Largest accepted request body on the client API (JSON endpoints).
+    pub max_request_bytes: usize,
+    /// Registration policy, see [`RegistrationPolicy`].
+    pub registration: RegistrationPolicy,
+    /// Tokens accepted by `m.login.registration_token`.
+    pub registration_tokens: Vec<String>,
+}
+
+/// Default client API address: loopback only, the port clients expect.
+pub const DEFAULT_CLIENT_ADDR: SocketAddr = SocketAddr::new(
+    std::net::IpAddr::V4(Ipv4Addr::LOCALHOST),
+    8008,
+);
+
+/// Default body limit for JSON requests (Synapse uses a similar order of magnitude).
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1024 * 1024;
+
+impl Config {
+    /// A configuration with every default filled in.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Config {
+        Config {
+            data_dir: data_dir.into(),
+            client_addr: DEFAULT_CLIENT_ADDR,
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            registration: RegistrationPolicy::Auto,
+            registration_tokens: Vec::new(),
+        }
+    }
+
+    /// Whether `/register` without a token is allowed under this configuration.
+    pub fn registration_open(&self) -> bool {
+        match self.registration {
+            RegistrationPolicy::Open => true,
+            RegistrationPolicy::Closed => false,
+            RegistrationPolicy::Auto => self.client_addr.ip().is_loopback(),
+        }
+    }
+
+    /// The SQLite database file.
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("warren.db")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_registration_follows_loopback() {
+        let mut c = Config::new("/tmp/x");
+        assert!(c.registration_open());
+        c.client_addr = "0.0.0.0:8008".parse().expect("addr");
+        assert!(!c.registration_open());
+        c.registration = RegistrationPolicy::Open;
+        assert!(c.registration_open());
+    }
+}

@@ -1,0 +1,165 @@
+//! The one error enum of the homeserver, mapped to Matrix error JSON.
+//!
+//! Every failure a client can cause ends up here and leaves as
+//! `{"errcode": "...", "error": "..."}` with the right HTTP status.
+
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+
+/// An error answered to a client (or logged, for internal failures).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// 400 `M_NOT_JSON`: the body is not JSON at all.
+    #[error("{0}")]
+    NotJson(String),
+    /// 400 `M_BAD_JSON`: JSON of the wrong shape.
+    #[error("{0}")]
+    BadJson(String),
+    /// 400 `M_INVALID_PARAM`: a parameter with a bad value.
+    #[error("{0}")]
+    InvalidParam(String),
+    /// 400 `M_MISSING_PARAM`.
+    #[error("{0}")]
+    MissingParam(String),
+    /// 401 `M_MISSING_TOKEN`.
+    #[error("missing access token")]
+    MissingToken,
+    /// 401 `M_UNKNOWN_TOKEN`.
+    #[error("unknown or expired access token")]
+    UnknownToken,
+    /// 403 `M_FORBIDDEN`: auth rules or policy say no.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 403 `M_USER_DEACTIVATED`.
+    #[error("this account has been deactivated")]
+    UserDeactivated,
+    /// 404 `M_NOT_FOUND`.
+    #[error("{0}")]
+    NotFound(String),
+    /// 404/405 `M_UNRECOGNIZED`.
+    #[error("{1}")]
+    Unrecognized(StatusCode, String),
+    /// 413 `M_TOO_LARGE`.
+    #[error("{0}")]
+    TooLarge(String),
+    /// 400 `M_USER_IN_USE`.
+    #[error("user id already taken")]
+    UserInUse,
+    /// 400 `M_INVALID_USERNAME`.
+    #[error("{0}")]
+    InvalidUsername(String),
+    /// 400 `M_EXCLUSIVE`... not used yet; 400 `M_ROOM_IN_USE`.
+    #[error("{0}")]
+    RoomInUse(String),
+    /// 400 `M_UNSUPPORTED_ROOM_VERSION`.
+    #[error("{0}")]
+    UnsupportedRoomVersion(String),
+    /// 400 `M_INVALID_ROOM_STATE`.
+    #[error("{0}")]
+    InvalidRoomState(String),
+    /// 401 UIAA: more authentication stages are needed; the body is the UIAA object.
+    #[error("additional authentication required")]
+    Uiaa(serde_json::Value),
+    /// 403 `M_FORBIDDEN` for wrong passwords (spec: login failures are 403).
+    #[error("invalid username or password")]
+    InvalidCredentials,
+    /// 403 `M_FORBIDDEN` registration closed.
+    #[error("registration is disabled on this node")]
+    RegistrationDisabled,
+    /// 500 `M_UNKNOWN`: our own fault. The detail is logged, not sent.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// Shorthand for an internal error from any displayable cause.
+    pub fn internal(e: impl std::fmt::Display) -> Error {
+        Error::Internal(e.to_string())
+    }
+
+    /// The HTTP status and Matrix `errcode`.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        use Error::*;
+        match self {
+            NotJson(_) => (StatusCode::BAD_REQUEST, "M_NOT_JSON"),
+            BadJson(_) => (StatusCode::BAD_REQUEST, "M_BAD_JSON"),
+            InvalidParam(_) => (StatusCode::BAD_REQUEST, "M_INVALID_PARAM"),
+            MissingParam(_) => (StatusCode::BAD_REQUEST, "M_MISSING_PARAM"),
+            MissingToken => (StatusCode::UNAUTHORIZED, "M_MISSING_TOKEN"),
+            UnknownToken => (StatusCode::UNAUTHORIZED, "M_UNKNOWN_TOKEN"),
+            Forbidden(_) | InvalidCredentials | RegistrationDisabled => {
+                (StatusCode::FORBIDDEN, "M_FORBIDDEN")
+            }
+            UserDeactivated => (StatusCode::FORBIDDEN, "M_USER_DEACTIVATED"),
+            NotFound(_) => (StatusCode::NOT_FOUND, "M_NOT_FOUND"),
+            Unrecognized(status, _) => (*status, "M_UNRECOGNIZED"),
+            TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE"),
+            UserInUse => (StatusCode::BAD_REQUEST, "M_USER_IN_USE"),
+            InvalidUsername(_) => (StatusCode::BAD_REQUEST, "M_INVALID_USERNAME"),
+            RoomInUse(_) => (StatusCode::BAD_REQUEST, "M_ROOM_IN_USE"),
+            UnsupportedRoomVersion(_) => (StatusCode::BAD_REQUEST, "M_UNSUPPORTED_ROOM_VERSION"),
+            InvalidRoomState(_) => (StatusCode::BAD_REQUEST, "M_INVALID_ROOM_STATE"),
+            Uiaa(_) => (StatusCode::UNAUTHORIZED, "M_FORBIDDEN"),
+            Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN"),
+        }
+    }
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        Error::Internal(format!("database: {e}"))
+    }
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(e: serde_json::Error) -> Self {
+        Error::Internal(format!("json: {e}"))
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let (status, errcode) = self.status_and_code();
+        let body = match self {
+            Error::Uiaa(body) => body,
+            Error::Internal(detail) => {
+                tracing::error!(%detail, "internal error");
+                serde_json::json!({"errcode": errcode, "error": "internal server error"})
+            }
+            other => serde_json::json!({"errcode": errcode, "error": other.to_string()}),
+        };
+        (status, axum::Json(body)).into_response()
+    }
+}
+
+/// Why a node could not start. Its `Display` is one human line, fit for a CLI.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Another process holds the data directory's lock.
+    #[error("data directory {0} is in use by another warren node")]
+    Locked(String),
+    /// The client API address is taken.
+    #[error("address {0} is already in use")]
+    AddrInUse(String),
+    /// Could not bind for another reason.
+    #[error("cannot listen on {0}: {1}")]
+    Bind(String, String),
+    /// The signing key file is unreadable or malformed.
+    #[error("cannot read signing key {0}: {1}")]
+    Key(String, String),
+    /// The database schema is newer than this build understands.
+    #[error(
+        "database {path} was written by a newer version of warren (schema {found}, this build knows up to {known}); upgrade warren"
+    )]
+    NewerDatabase {
+        /// Database file.
+        path: String,
+        /// Schema version in the file.
+        found: i64,
+        /// Newest schema this build knows.
+        known: i64,
+    },
+    /// Any other I/O or database failure at start.
+    #[error("{0}")]
+    Other(String),
+}

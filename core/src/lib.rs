@@ -1,0 +1,24 @@
+//! warren-core: a Matrix homeserver small enough to live on the device it serves.
+//!
+//! This crate knows nothing about libp2p. It owns storage, the room DAG engine, the
+//! client-server API and `/sync`. The P2P transport plugs in from `warren-p2p`.
+//!
+//! Entry points: [`Config`] describes a node, [`Node::start`] opens the data directory,
+//! binds the client API and serves it until [`Node::shutdown`].
+
+pub mod client_api;
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod identity;
+pub mod node;
+pub mod rooms;
+pub mod server;
+pub mod storage;
+pub mod streams;
+pub mod sync;
+
+pub use config::{Config, RegistrationPolicy};
+pub use error::{Error, StartError};
+pub use identity::Identity;
+pub use node::Node;

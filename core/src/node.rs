@@ -1,0 +1,143 @@
+//! A running node: data directory lock, database, client API listener, background tasks.
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::error::{Error, StartError};
+use crate::identity::Identity;
+use crate::server::Server;
+use crate::storage::Db;
+use crate::streams::Notifier;
+
+/// Lock file that keeps two nodes off one data directory.
+pub const LOCK_FILE: &str = "warren.lock";
+
+/// A started node. Dropping it without [`Node::shutdown`] aborts the server task.
+pub struct Node {
+    server: Arc<Server>,
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+    background: Vec<JoinHandle<()>>,
+    _lock: File,
+}
+
+fn lock_data_dir(config: &Config) -> Result<File, StartError> {
+    let path = config.data_dir.join(LOCK_FILE);
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StartError::Other(format!("cannot open lock file {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StartError::Locked(config.data_dir.display().to_string())),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(StartError::Other(format!("cannot lock {}: {e}", path.display())))
+        }
+    }
+}
+
+impl Node {
+    /// Open the data directory, bind the client API and start serving.
+    pub async fn start(config: Config) -> Result<Node, StartError> {
+        let identity = Identity::load_or_create(&config.data_dir)?;
+        let lock = lock_data_dir(&config)?;
+        let db = Db::open(&config.database_path())?;
+        let pos = db.max_stream_position().map_err(|e| StartError::Other(e.to_string()))?;
+        let listener = tokio::net::TcpListener::bind(config.client_addr).await.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AddrInUse {
+                StartError::AddrInUse(config.client_addr.to_string())
+            } else {
+                StartError::Bind(config.client_addr.to_string(), e.to_string())
+            }
+        })?;
+        let addr = listener.local_addr().map_err(|e| StartError::Other(e.to_string()))?;
+        let server = Arc::new(Server {
+            config,
+            identity,
+            db,
+            notifier: Notifier::new(pos),
+            uiaa: Default::default(),
+            started: Instant::now(),
+        });
+        let app = crate::client_api::router(server.clone());
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let shutdown = async {
+                let _ = stop_rx.await;
+            };
+            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+                tracing::error!(error = %e, "client API server failed");
+            }
+        });
+        let typing_server = server.clone();
+        let typing = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                typing_server.notifier.expire_typing();
+            }
+        });
+        tracing::info!(server_name = %server.server_name(), %addr, "node started");
+        Ok(Node { server, addr, stop: Some(stop_tx), task: Some(task), background: vec![typing], _lock: lock })
+    }
+
+    /// The server name: 64 lowercase hex characters of the public key.
+    pub fn server_name(&self) -> &str {
+        self.server.server_name()
+    }
+
+    /// Base URL of the client-server API.
+    pub fn client_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The bound client API address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The node's services (for embedding and tests).
+    pub fn server(&self) -> &Arc<Server> {
+        &self.server
+    }
+
+    /// Stop accepting requests, let in-flight ones finish, flush the database.
+    pub async fn shutdown(mut self) -> Result<(), Error> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            // Long-polling /sync calls would hold graceful shutdown for up to their timeout;
+            // give in-flight requests a moment, then stop.
+            if tokio::time::timeout(Duration::from_secs(5), task).await.is_err() {
+                tracing::warn!("in-flight requests did not finish in 5 s; stopping anyway");
+            }
+        }
+        for t in self.background.drain(..) {
+            t.abort();
+        }
+        self.server.db.checkpoint()?;
+        tracing::info!("node stopped");
+        Ok(())
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        for t in self.background.drain(..) {
+            t.abort();
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! Appending a local event to a room: DAG fields, auth events, signing, auth, persist.
+
+use ruma::{UserId, events::TimelineEventType, state_res};
+use rusqlite::Connection;
+use serde_json::{Map, Value, json};
+
+use super::auth::check_local_event;
+use crate::error::Error;
+use crate::events::{self, ClientEventOptions, NewEvent, Pdu, build_pdu, client_event, redact_json, rules_for};
+use crate::server::Server;
+use crate::storage::{self, StateMap, StoredEvent, next_stream_position, now_ms};
+
+/// Most prev_events referenced by one event, as the spec recommends (Synapse uses 10).
+const MAX_PREV_EVENTS: usize = 10;
+
+/// Result of appending an event.
+#[derive(Clone, Debug)]
+pub struct Appended {
+    /// The new event id.
+    pub event_id: String,
+    /// Its stream position.
+    pub pos: i64,
+}
+
+/// Load a stored event as a [`Pdu`].
+pub fn load_pdu(c: &Connection, event_id: &str) -> Result<Option<Pdu>, Error> {
+    match storage::get_event(c, event_id)? {
+        Some(e) => Ok(Some(Pdu::from_json(&e.event_id, &e.json)?)),
+        None => Ok(None),
+    }
+}
+
+/// Build, authorise and persist a local event in an existing room.
+///
+/// `txn` is the sending device and its transaction id, to make sends idempotent.
+pub fn append_event(
+    c: &Connection,
+    server: &Server,
+    room_id: &str,
+    ev: NewEvent,
+    txn: Option<(&str, &str)>,
+) -> Result<Appended, Error> {
+    if let Some((device, txn_id)) = txn {
+        if let Some(existing) = storage::txn_event(c, &ev.sender, device, txn_id)? {
+            let pos = storage::get_event(c, &existing)?.map(|e| e.stream_ordering).unwrap_or(0);
+            return Ok(Appended { event_id: existing, pos });
+        }
+    }
+    let Some((version, group_before)) = storage::room_info(c, room_id)? else {
+        return Err(Error::Forbidden(format!("unknown room {room_id}")));
+    };
+    let (_, rules) = rules_for(&version)?;
+    let extremities = storage::forward_extremities(c, room_id)?;
+    let depth = extremities.iter().map(|(_, d)| *d).max().unwrap_or(0).saturating_add(1);
+    let prev: Vec<String> = extremities.into_iter().take(MAX_PREV_EVENTS).map(|(id, _)| id).collect();
+
+    let sender = UserId::parse(&ev.sender).map_err(|e| Error::InvalidParam(format!("bad sender: {e}")))?;
+    let content_raw = serde_json::value::to_raw_value(&ev.content)?;
+    let kind = TimelineEventType::from(ev.kind.as_str());
+    let auth_types = state_res::auth_types_for_event(
+        &kind,
+        &sender,
+        ev.state_key.as_deref(),
+        &content_raw,
+        &rules.authorization,
+    )
+    .map_err(|e| Error::BadJson(format!("invalid content for {}: {e}", ev.kind)))?;
+    let mut auth_events = Vec::with_capacity(auth_types.len());
+    for (ty, sk) in &auth_types {
+        if let Some(id) = storage::current_state_event(c, room_id, &ty.to_string(), sk)? {
+            if !auth_events.contains(&id) {
+                auth_events.push(id);
+            }
+        }
+    }
+    let (event_id, object) =
+        build_pdu(&server.identity, &rules, Some(room_id), &ev, &prev, &auth_events, depth, now_ms())?;
+    let json = serde_json::to_string(&object)?;
+    let pdu = Pdu::from_json(&event_id, &json)?;
+    check_local_event(c, &rules, room_id, &pdu)?;
+    let pos = persist(c, server, room_id, &version, &pdu, &json, group_before, txn)?;
+    Ok(Appended { event_id, pos })
+}
+
+/// Persist an authorised event: state, memberships, extremities, redaction, counts.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn persist(
+    c: &Connection,
+    server: &Server,
+    room_id: &str,
+    version: &str,
+    pdu: &Pdu,
+    json: &str,
+    group_before: Option<i64>,
+    txn: Option<(&str, &str)>,
+) -> Result<i64, Error> {
+    let pos = next_stream_position(c)?;
+    let kind = pdu.kind.to_string();
+    let mut unsigned = Map::new();
+    if let Some(sk) = &pdu.state_key {
+        if let Some(prev_id) = storage::current_state_event(c, room_id, &kind, sk)? {
+            if let Some(prev) = storage::get_event(c, &prev_id)? {
+                let prev_json: Value = serde_json::from_str(&prev.json)?;
+                unsigned.insert("prev_content".into(), prev_json["content"].clone());
+                unsigned.insert("prev_sender".into(), Value::String(prev.sender.clone()));
+                unsigned.insert("replaces_state".into(), Value::String(prev_id));
+            }
+        }
+        let mut changes = StateMap::new();
+        changes.insert((kind.clone(), sk.clone()), pdu.event_id.to_string());
+        let group = storage::new_state_group(c, room_id, group_before, &changes)?;
+        storage::set_current_state_group(c, room_id, group)?;
+        storage::set_current_state(c, room_id, &kind, sk, pdu.event_id.as_str())?;
+        if kind == "m.room.member" {
+            let content: Value = serde_json::from_str(pdu.content.get())?;
+            let membership = content["membership"].as_str().unwrap_or("leave");
+            storage::set_membership(c, room_id, sk, membership, pdu.event_id.as_str(), pos)?;
+        }
+    }
+    let stored = StoredEvent {
+        stream_ordering: pos,
+        event_id: pdu.event_id.to_string(),
+        room_id: room_id.to_owned(),
+        kind: kind.clone(),
+        state_key: pdu.state_key.clone(),
+        sender: pdu.sender.to_string(),
+        depth: pdu.depth,
+        origin_server_ts: i64::from(pdu.origin_server_ts.get()),
+        json: json.to_owned(),
+        unsigned: (!unsigned.is_empty()).then(|| Value::Object(unsigned).to_string()),
+        redacted_by: None,
+        state_group_before: group_before,
+        txn_device: txn.map(|(d, _)| d.to_owned()),
+        txn_id: txn.map(|(_, t)| t.to_owned()),
+    };
+    storage::insert_event(c, &stored)?;
+    let prev: Vec<String> = pdu.prev_events.iter().map(|e| e.to_string()).collect();
+    storage::update_forward_extremities(c, room_id, pdu.event_id.as_str(), &prev)?;
+    if let Some((device, txn_id)) = txn {
+        storage::insert_txn(c, &stored.sender, device, txn_id, &stored.event_id)?;
+    }
+    if kind == "m.room.redaction" {
+        if let Some(target) = &pdu.redacts {
+            apply_redaction(c, server, room_id, version, &stored, target.as_str())?;
+        }
+    }
+    if pdu.state_key.is_none() && matches!(kind.as_str(), "m.room.message" | "m.room.encrypted" | "m.sticker") {
+        count_notifications(c, room_id, &stored, pdu)?;
+    }
+    Ok(pos)
+}
+
+/// Redact the target in place (when allowed), remembering the redaction in `unsigned`.
+fn apply_redaction(
+    c: &Connection,
+    _server: &Server,
+    room_id: &str,
+    version: &str,
+    redaction: &StoredEvent,
+    target: &str,
+) -> Result<(), Error> {
+    let Some(ev) = storage::get_event(c, target)? else { return Ok(()) };
+    if ev.room_id != room_id || ev.redacted_by.is_some() {
+        return Ok(());
+    }
+    if !super::check_redaction_allowed(c, room_id, &redaction.sender, target)? {
+        return Ok(());
+    }
+    let (_, rules) = rules_for(version)?;
+    let redacted = redact_json(&ev.json, &rules)?;
+    storage::mark_redacted(c, target, &redacted, &redaction.event_id)?;
+    let because = client_event(redaction, ClientEventOptions { include_room_id: true, now_ms: now_ms(), viewer: None });
+    let mut unsigned: Map<String, Value> =
+        ev.unsigned.as_deref().and_then(|u| serde_json::from_str(u).ok()).unwrap_or_default();
+    // prev_content of a redacted state event must not leak the content either.
+    unsigned.remove("prev_content");
+    unsigned.insert("redacted_because".into(), because);
+    c.execute(
+        "UPDATE events SET unsigned = ?2 WHERE event_id = ?1",
+        rusqlite::params![target, Value::Object(unsigned).to_string()],
+    )?;
+    Ok(())
+}
+
+/// Unread counts for the other joined local members.
+///
+/// A stand-in for full push-rule evaluation (the push rules come with the daily-client
+/// work): every message counts as a notification; it highlights when the body mentions
+/// the member's user id, localpart or display name, or `m.mentions` names them.
+fn count_notifications(c: &Connection, room_id: &str, ev: &StoredEvent, pdu: &Pdu) -> Result<(), Error> {
+    let content: Value = serde_json::from_str(pdu.content.get()).unwrap_or(json!({}));
+    let body = content["body"].as_str().unwrap_or("").to_lowercase();
+    let mentioned: Vec<&str> = content["m.mentions"]["user_ids"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let mut targets = Vec::new();
+    for user in storage::room_members(c, room_id, "join")? {
+        if user == ev.sender {
+            continue;
+        }
+        let localpart = user.trim_start_matches('@').split(':').next().unwrap_or("").to_lowercase();
+        let displayname = storage::profile(c, &user)?.and_then(|p| p.0).map(|d| d.to_lowercase());
+        let highlight = mentioned.contains(&user.as_str())
+            || (!body.is_empty()
+                && (body.contains(&user.to_lowercase())
+                    || (!localpart.is_empty() && body.contains(&localpart))
+                    || displayname.is_some_and(|d| !d.is_empty() && body.contains(&d))));
+        targets.push((user, highlight));
+    }
+    storage::bump_notification_counts(c, room_id, &targets)
+}
+
+/// The create-event path: no prev or auth events, and (v12) the room id comes from it.
+pub(super) fn append_create(
+    c: &Connection,
+    server: &Server,
+    version: &str,
+    ev: NewEvent,
+    is_public: bool,
+) -> Result<String, Error> {
+    let (_, rules) = rules_for(version)?;
+    let room_id_field = if rules.authorization.room_create_event_id_as_room_id {
+        None
+    } else {
+        Some(format!("!{}:{}", random_string(18), server.server_name()))
+    };
+    let (event_id, object) =
+        build_pdu(&server.identity, &rules, room_id_field.as_deref(), &ev, &[], &[], 1, now_ms())?;
+    let room_id = room_id_field.unwrap_or_else(|| events::room_id_from_create_event_id(&event_id));
+    let json = serde_json::to_string(&object)?;
+    let pdu = Pdu::from_json(&event_id, &json)?;
+    storage::insert_room(c, &room_id, version, &ev.sender, is_public)?;
+    check_local_event(c, &rules, &room_id, &pdu)?;
+    persist(c, server, &room_id, version, &pdu, &json, None, None)?;
+    Ok(room_id)
+}
+
+/// A random alphanumeric string.
+pub fn random_string(len: usize) -> String {
+    use rand::Rng;
+    use rand::distributions::Alphanumeric;
+    rand::thread_rng().sample_iter(&Alphanumeric).take(len).map(char::from).collect()
+}

@@ -1,0 +1,178 @@
+//! `/createRoom`: the create event, the creator's join, power levels, presets,
+//! initial state, name, topic, alias and invites, in the order the spec gives.
+
+use rusqlite::Connection;
+use serde_json::{Value, json};
+
+use super::append::{append_create, append_event};
+use crate::error::Error;
+use crate::events::{DEFAULT_ROOM_VERSION, NewEvent, rules_for};
+use crate::server::Server;
+use crate::storage;
+
+/// A parsed `/createRoom` request.
+#[derive(Clone, Debug, Default)]
+pub struct CreateRoom {
+    /// `private_chat`, `trusted_private_chat` or `public_chat`.
+    pub preset: Option<String>,
+    /// Published in the directory.
+    pub public: bool,
+    /// `m.room.name`.
+    pub name: Option<String>,
+    /// `m.room.topic`.
+    pub topic: Option<String>,
+    /// Local alias localpart.
+    pub alias_localpart: Option<String>,
+    /// Users to invite.
+    pub invite: Vec<String>,
+    /// Mark the invites as direct chats.
+    pub is_direct: bool,
+    /// Extra `m.room.create` content.
+    pub creation_content: Option<Value>,
+    /// Extra state: (type, state_key, content).
+    pub initial_state: Vec<(String, String, Value)>,
+    /// Merged over the default power levels.
+    pub power_level_content_override: Option<Value>,
+    /// Requested room version.
+    pub room_version: Option<String>,
+}
+
+/// Create a room and return its id.
+pub fn create_room(c: &Connection, server: &Server, creator: &str, req: CreateRoom) -> Result<String, Error> {
+    let version = req.room_version.clone().unwrap_or_else(|| DEFAULT_ROOM_VERSION.to_owned());
+    let (_, rules) = rules_for(&version)?;
+    let alias = match &req.alias_localpart {
+        Some(local) => {
+            if local.is_empty() || local.contains(':') || local.contains(char::is_whitespace) {
+                return Err(Error::InvalidParam("room_alias_name is not a valid alias localpart".into()));
+            }
+            let alias = format!("#{local}:{}", server.server_name());
+            if storage::alias_room(c, &alias)?.is_some() {
+                return Err(Error::RoomInUse(format!("alias {alias} already exists")));
+            }
+            Some(alias)
+        }
+        None => None,
+    };
+    let preset = req.preset.clone().unwrap_or_else(|| {
+        if req.public { "public_chat".into() } else { "private_chat".into() }
+    });
+    if !matches!(preset.as_str(), "private_chat" | "trusted_private_chat" | "public_chat") {
+        return Err(Error::BadJson(format!("unknown preset {preset}")));
+    }
+
+    // 1. m.room.create
+    let mut create = match &req.creation_content {
+        Some(Value::Object(o)) => Value::Object(o.clone()),
+        Some(_) => return Err(Error::BadJson("creation_content must be an object".into())),
+        None => json!({}),
+    };
+    create["room_version"] = json!(version);
+    if !rules.authorization.use_room_create_sender {
+        create["creator"] = json!(creator);
+    }
+    let ev = |kind: &str, state_key: &str, content: Value| NewEvent {
+        kind: kind.to_owned(),
+        state_key: Some(state_key.to_owned()),
+        content,
+        sender: creator.to_owned(),
+        redacts: None,
+    };
+    let room_id = append_create(c, server, &version, ev("m.room.create", "", create), req.public)?;
+
+    // 2. The creator joins.
+    let (displayname, avatar_url) = storage::profile(c, creator)?.unwrap_or((None, None));
+    let mut member = json!({"membership": "join"});
+    if let Some(d) = displayname {
+        member["displayname"] = json!(d);
+    }
+    if let Some(a) = avatar_url {
+        member["avatar_url"] = json!(a);
+    }
+    append_event(c, server, &room_id, ev("m.room.member", creator, member), None)?;
+
+    // 3. Power levels (creators are implicit from v12 and must not be listed).
+    let mut users = serde_json::Map::new();
+    if !rules.authorization.explicitly_privilege_room_creators {
+        users.insert(creator.to_owned(), json!(100));
+    }
+    if preset == "trusted_private_chat" {
+        for invitee in &req.invite {
+            users.insert(invitee.clone(), json!(100));
+        }
+    }
+    let mut power = json!({
+        "users": users,
+        "users_default": 0,
+        "events": {
+            "m.room.name": 50,
+            "m.room.power_levels": 100,
+            "m.room.history_visibility": 100,
+            "m.room.canonical_alias": 50,
+            "m.room.avatar": 50,
+            "m.room.tombstone": 100,
+            "m.room.server_acl": 100,
+            "m.room.encryption": 100,
+        },
+        "events_default": 0,
+        "state_default": 50,
+        "ban": 50,
+        "kick": 50,
+        "redact": 50,
+        "invite": 0,
+        "notifications": {"room": 50},
+    });
+    if let Some(Value::Object(over)) = &req.power_level_content_override {
+        for (k, v) in over {
+            power[k] = v.clone();
+        }
+    }
+    append_event(c, server, &room_id, ev("m.room.power_levels", "", power), None)?;
+
+    // 4. Canonical alias.
+    if let Some(alias) = &alias {
+        storage::insert_alias(c, alias, &room_id, creator)?;
+        append_event(c, server, &room_id, ev("m.room.canonical_alias", "", json!({"alias": alias})), None)?;
+    }
+
+    // 5. Preset state, unless initial_state overrides it.
+    let overridden = |ty: &str| req.initial_state.iter().any(|(t, sk, _)| t == ty && sk.is_empty());
+    let join_rule = if preset == "public_chat" { "public" } else { "invite" };
+    let mut preset_state = vec![
+        ("m.room.join_rules", json!({"join_rule": join_rule})),
+        ("m.room.history_visibility", json!({"history_visibility": "shared"})),
+    ];
+    if preset != "public_chat" {
+        preset_state.push(("m.room.guest_access", json!({"guest_access": "can_join"})));
+    }
+    for (ty, content) in preset_state {
+        if !overridden(ty) {
+            append_event(c, server, &room_id, ev(ty, "", content), None)?;
+        }
+    }
+
+    // 6. initial_state, then name and topic.
+    for (ty, sk, content) in &req.initial_state {
+        if ty == "m.room.create" || ty == "m.room.member" {
+            return Err(Error::BadJson(format!("{ty} cannot be set through initial_state")));
+        }
+        append_event(c, server, &room_id, ev(ty, sk, content.clone()), None)?;
+    }
+    if let Some(name) = &req.name {
+        append_event(c, server, &room_id, ev("m.room.name", "", json!({"name": name})), None)?;
+    }
+    if let Some(topic) = &req.topic {
+        let content = json!({"topic": topic, "m.topic": [{"mimetype": "text/plain", "body": topic}]});
+        append_event(c, server, &room_id, ev("m.room.topic", "", content), None)?;
+    }
+
+    // 7. Invites.
+    for invitee in &req.invite {
+        let mut content = json!({"membership": "invite"});
+        if req.is_direct {
+            content["is_direct"] = json!(true);
+        }
+        append_event(c, server, &room_id, ev("m.room.member", invitee, content), None)?;
+    }
+    Ok(room_id)
+}

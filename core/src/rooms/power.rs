@@ -1,0 +1,62 @@
+//! Reading power levels for decisions the auth rules leave to the server
+//! (applying redactions, notification counts).
+
+use std::collections::HashSet;
+
+use rusqlite::Connection;
+use serde_json::Value;
+
+use crate::error::Error;
+use crate::storage;
+
+/// The parts of `m.room.power_levels` (and the creators) a server decision needs.
+#[derive(Clone, Debug, Default)]
+pub struct PowerLevels {
+    content: Value,
+    creators: HashSet<String>,
+    creators_infinite: bool,
+}
+
+impl PowerLevels {
+    /// A user's power (`i64::MAX` for v12 creators).
+    pub fn user_level(&self, user_id: &str) -> i64 {
+        if self.creators_infinite && self.creators.contains(user_id) {
+            return i64::MAX;
+        }
+        if self.content.is_null() {
+            // No power levels event: the creator has 100, everyone else 0.
+            return if self.creators.contains(user_id) { 100 } else { 0 };
+        }
+        self.content["users"][user_id]
+            .as_i64()
+            .or_else(|| self.content["users_default"].as_i64())
+            .unwrap_or(0)
+    }
+
+    /// A named threshold such as `redact`, `kick`, `ban` (default 50) or `invite` (0).
+    pub fn threshold(&self, name: &str) -> i64 {
+        let default = if name == "invite" { 0 } else { 50 };
+        self.content[name].as_i64().unwrap_or(default)
+    }
+}
+
+/// Power levels from the room's current state.
+pub fn power_levels(c: &Connection, room_id: &str) -> Result<PowerLevels, Error> {
+    let content_of = |ty: &str| -> Result<Option<(Value, String)>, Error> {
+        let Some(id) = storage::current_state_event(c, room_id, ty, "")? else { return Ok(None) };
+        let Some(ev) = storage::get_event(c, &id)? else { return Ok(None) };
+        let v: Value = serde_json::from_str(&ev.json)?;
+        Ok(Some((v["content"].clone(), ev.sender)))
+    };
+    let mut creators = HashSet::new();
+    let mut creators_infinite = false;
+    if let Some((create, sender)) = content_of("m.room.create")? {
+        creators_infinite = create["room_version"].as_str() == Some("12");
+        creators.insert(sender);
+        if let Some(extra) = create["additional_creators"].as_array() {
+            creators.extend(extra.iter().filter_map(|u| u.as_str().map(str::to_owned)));
+        }
+    }
+    let content = content_of("m.room.power_levels")?.map(|(c, _)| c).unwrap_or(Value::Null);
+    Ok(PowerLevels { content, creators, creators_infinite })
+}

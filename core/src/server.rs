@@ -1,0 +1,71 @@
+//! The shared services of one node: configuration, identity, database, notifier.
+//!
+//! Handlers get an `Arc<Server>`; services in `rooms`, `sync` and `client_api` take it.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use parking_lot::Mutex;
+use rusqlite::Transaction;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::identity::Identity;
+use crate::storage::Db;
+use crate::streams::Notifier;
+
+/// An in-progress user-interactive authentication session.
+#[derive(Clone, Debug)]
+pub struct UiaaSession {
+    /// Stages completed so far.
+    pub completed: Vec<String>,
+    /// For authenticated endpoints: the user the session belongs to.
+    pub user_id: Option<String>,
+    /// Created at, for expiry.
+    pub created: Instant,
+}
+
+/// One node's services.
+pub struct Server {
+    /// Configuration.
+    pub config: Config,
+    /// Signing key and server name.
+    pub identity: Identity,
+    /// SQLite.
+    pub db: Db,
+    /// Stream positions and wake-ups.
+    pub notifier: Notifier,
+    /// UIAA sessions, keyed by session id.
+    pub uiaa: Mutex<HashMap<String, UiaaSession>>,
+    /// When the node started.
+    pub started: Instant,
+}
+
+impl Server {
+    /// Run a write transaction, then publish the stream position it reached so waiting
+    /// `/sync` calls wake up.
+    pub fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T, Error>) -> Result<T, Error> {
+        let (out, pos) = self.db.write(|tx| {
+            let out = f(tx)?;
+            let pos: i64 = tx.query_row("SELECT pos FROM stream_sequence", [], |r| r.get(0))?;
+            Ok((out, pos))
+        })?;
+        self.notifier.committed(pos);
+        Ok(out)
+    }
+
+    /// The server name (64 hex characters).
+    pub fn server_name(&self) -> &str {
+        self.identity.server_name()
+    }
+
+    /// `@localpart:server`.
+    pub fn user_id(&self, localpart: &str) -> String {
+        format!("@{localpart}:{}", self.server_name())
+    }
+
+    /// Whether a user id belongs to this server.
+    pub fn is_local_user(&self, user_id: &str) -> bool {
+        user_id.rsplit_once(':').is_some_and(|(_, server)| server == self.server_name())
+    }
+}

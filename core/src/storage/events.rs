@@ -1,0 +1,170 @@
+//! Events (PDUs as canonical JSON), transaction ids and forward extremities.
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use crate::error::Error;
+
+/// An event as stored.
+#[derive(Clone, Debug)]
+pub struct StoredEvent {
+    /// Position in the event stream.
+    pub stream_ordering: i64,
+    /// `$…` event id.
+    pub event_id: String,
+    /// Room it belongs to.
+    pub room_id: String,
+    /// Event type.
+    pub kind: String,
+    /// State key for state events.
+    pub state_key: Option<String>,
+    /// Sender user id.
+    pub sender: String,
+    /// DAG depth.
+    pub depth: i64,
+    /// Origin timestamp.
+    pub origin_server_ts: i64,
+    /// The PDU as canonical JSON (redacted in place once redacted).
+    pub json: String,
+    /// Server-local `unsigned` additions (prev_content, replaces_state, redacted_because).
+    pub unsigned: Option<String>,
+    /// Id of the redaction that redacted this event.
+    pub redacted_by: Option<String>,
+    /// State group holding the room state before this event.
+    pub state_group_before: Option<i64>,
+    /// Device that sent it with a transaction id, for echoing `transaction_id`.
+    pub txn_device: Option<String>,
+    /// Client transaction id.
+    pub txn_id: Option<String>,
+}
+
+const COLUMNS: &str = "stream_ordering, event_id, room_id, type, state_key, sender, depth, origin_server_ts, json, unsigned, redacted_by, state_group_before, txn_device, txn_id";
+
+fn from_row(r: &Row<'_>) -> rusqlite::Result<StoredEvent> {
+    Ok(StoredEvent {
+        stream_ordering: r.get(0)?,
+        event_id: r.get(1)?,
+        room_id: r.get(2)?,
+        kind: r.get(3)?,
+        state_key: r.get(4)?,
+        sender: r.get(5)?,
+        depth: r.get(6)?,
+        origin_server_ts: r.get(7)?,
+        json: r.get(8)?,
+        unsigned: r.get(9)?,
+        redacted_by: r.get(10)?,
+        state_group_before: r.get(11)?,
+        txn_device: r.get(12)?,
+        txn_id: r.get(13)?,
+    })
+}
+
+/// Persist a new event row.
+pub fn insert_event(c: &Connection, e: &StoredEvent) -> Result<(), Error> {
+    c.prepare_cached(&format!(
+        "INSERT INTO events ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+    ))?
+    .execute(params![
+        e.stream_ordering,
+        e.event_id,
+        e.room_id,
+        e.kind,
+        e.state_key,
+        e.sender,
+        e.depth,
+        e.origin_server_ts,
+        e.json,
+        e.unsigned,
+        e.redacted_by,
+        e.state_group_before,
+        e.txn_device,
+        e.txn_id
+    ])?;
+    Ok(())
+}
+
+/// One event by id.
+pub fn get_event(c: &Connection, event_id: &str) -> Result<Option<StoredEvent>, Error> {
+    Ok(c
+        .prepare_cached(&format!("SELECT {COLUMNS} FROM events WHERE event_id = ?1"))?
+        .query_row([event_id], from_row)
+        .optional()?)
+}
+
+/// Events of a room with `from < stream_ordering <= to`, newest first when `backwards`,
+/// at most `limit`.
+pub fn room_events(
+    c: &Connection,
+    room_id: &str,
+    after: i64,
+    up_to: i64,
+    limit: usize,
+    backwards: bool,
+) -> Result<Vec<StoredEvent>, Error> {
+    let order = if backwards { "DESC" } else { "ASC" };
+    let mut st = c.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM events WHERE room_id = ?1 AND stream_ordering > ?2 AND stream_ordering <= ?3
+         ORDER BY stream_ordering {order} LIMIT ?4"
+    ))?;
+    let rows = st.query_map(params![room_id, after, up_to, limit as i64], from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The newest event of a room at or before `pos`.
+pub fn last_event_at(c: &Connection, room_id: &str, pos: i64) -> Result<Option<StoredEvent>, Error> {
+    Ok(c
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM events WHERE room_id = ?1 AND stream_ordering <= ?2 ORDER BY stream_ordering DESC LIMIT 1"
+        ))?
+        .query_row(params![room_id, pos], from_row)
+        .optional()?)
+}
+
+/// Replace an event's JSON after redaction.
+pub fn mark_redacted(c: &Connection, event_id: &str, redacted_json: &str, redacted_by: &str) -> Result<(), Error> {
+    c.execute(
+        "UPDATE events SET json = ?2, redacted_by = ?3 WHERE event_id = ?1",
+        params![event_id, redacted_json, redacted_by],
+    )?;
+    Ok(())
+}
+
+/// The event a client transaction already produced, if any.
+pub fn txn_event(c: &Connection, user_id: &str, device_id: &str, txn_id: &str) -> Result<Option<String>, Error> {
+    Ok(c
+        .query_row(
+            "SELECT event_id FROM event_txns WHERE user_id = ?1 AND device_id = ?2 AND txn_id = ?3",
+            params![user_id, device_id, txn_id],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+/// Remember which event a client transaction produced.
+pub fn insert_txn(c: &Connection, user_id: &str, device_id: &str, txn_id: &str, event_id: &str) -> Result<(), Error> {
+    c.execute(
+        "INSERT INTO event_txns (user_id, device_id, txn_id, event_id) VALUES (?1, ?2, ?3, ?4)",
+        params![user_id, device_id, txn_id, event_id],
+    )?;
+    Ok(())
+}
+
+/// The room's forward extremities with their depths.
+pub fn forward_extremities(c: &Connection, room_id: &str) -> Result<Vec<(String, i64)>, Error> {
+    let mut st = c.prepare_cached(
+        "SELECT f.event_id, e.depth FROM forward_extremities f JOIN events e ON e.event_id = f.event_id
+         WHERE f.room_id = ?1 ORDER BY e.depth DESC",
+    )?;
+    let rows = st.query_map([room_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// A new event becomes an extremity; the events it references stop being ones.
+pub fn update_forward_extremities(c: &Connection, room_id: &str, event_id: &str, prev_events: &[String]) -> Result<(), Error> {
+    let mut del = c.prepare_cached("DELETE FROM forward_extremities WHERE room_id = ?1 AND event_id = ?2")?;
+    for p in prev_events {
+        del.execute(params![room_id, p])?;
+    }
+    c.prepare_cached("INSERT OR IGNORE INTO forward_extremities (room_id, event_id) VALUES (?1, ?2)")?
+        .execute(params![room_id, event_id])?;
+    Ok(())
+}

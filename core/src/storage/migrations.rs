@@ -1,0 +1,193 @@
+//! Versioned schema migrations, tracked with `PRAGMA user_version`.
+//!
+//! Each entry moves the schema from version `i` to `i + 1`. A database whose version is
+//! higher than this build knows is refused, never altered.
+
+use rusqlite::Connection;
+
+use crate::error::StartError;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: the foundation.
+    r#"
+    CREATE TABLE stream_sequence (pos INTEGER NOT NULL);
+    INSERT INTO stream_sequence (pos) VALUES (0);
+
+    CREATE TABLE users (
+        user_id TEXT PRIMARY KEY,
+        password_hash TEXT,
+        displayname TEXT,
+        avatar_url TEXT,
+        is_admin INTEGER NOT NULL DEFAULT 0,
+        deactivated INTEGER NOT NULL DEFAULT 0,
+        created_ts INTEGER NOT NULL
+    );
+    CREATE TABLE devices (
+        user_id TEXT NOT NULL REFERENCES users(user_id),
+        device_id TEXT NOT NULL,
+        display_name TEXT,
+        last_seen_ts INTEGER,
+        last_seen_ip TEXT,
+        PRIMARY KEY (user_id, device_id)
+    );
+    CREATE TABLE access_tokens (
+        token TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        FOREIGN KEY (user_id, device_id) REFERENCES devices(user_id, device_id) ON DELETE CASCADE
+    );
+    CREATE TABLE registration_tokens_used (token TEXT PRIMARY KEY, uses INTEGER NOT NULL);
+
+    CREATE TABLE rooms (
+        room_id TEXT PRIMARY KEY,
+        room_version TEXT NOT NULL,
+        creator TEXT NOT NULL,
+        is_public INTEGER NOT NULL DEFAULT 0,
+        current_state_group INTEGER,
+        created_ts INTEGER NOT NULL
+    );
+    CREATE TABLE events (
+        stream_ordering INTEGER PRIMARY KEY,
+        event_id TEXT NOT NULL UNIQUE,
+        room_id TEXT NOT NULL,
+        type TEXT NOT NULL,
+        state_key TEXT,
+        sender TEXT NOT NULL,
+        depth INTEGER NOT NULL,
+        origin_server_ts INTEGER NOT NULL,
+        json TEXT NOT NULL,
+        unsigned TEXT,
+        redacted_by TEXT,
+        state_group_before INTEGER,
+        txn_device TEXT,
+        txn_id TEXT
+    );
+    CREATE INDEX events_room_stream ON events(room_id, stream_ordering);
+    CREATE TABLE event_txns (
+        user_id TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        txn_id TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        PRIMARY KEY (user_id, device_id, txn_id)
+    );
+    CREATE TABLE forward_extremities (
+        room_id TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        PRIMARY KEY (room_id, event_id)
+    );
+    CREATE TABLE state_groups (
+        id INTEGER PRIMARY KEY,
+        room_id TEXT NOT NULL,
+        prev_group INTEGER,
+        chain_len INTEGER NOT NULL
+    );
+    CREATE TABLE state_group_entries (
+        state_group INTEGER NOT NULL,
+        type TEXT NOT NULL,
+        state_key TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        PRIMARY KEY (state_group, type, state_key)
+    );
+    CREATE TABLE current_state (
+        room_id TEXT NOT NULL,
+        type TEXT NOT NULL,
+        state_key TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        PRIMARY KEY (room_id, type, state_key)
+    );
+    CREATE TABLE memberships (
+        room_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        membership TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        stream_ordering INTEGER NOT NULL,
+        forgotten INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (room_id, user_id)
+    );
+    CREATE INDEX memberships_user ON memberships(user_id, stream_ordering);
+
+    CREATE TABLE account_data (
+        user_id TEXT NOT NULL,
+        room_id TEXT NOT NULL,
+        type TEXT NOT NULL,
+        content TEXT NOT NULL,
+        stream_ordering INTEGER NOT NULL,
+        PRIMARY KEY (user_id, room_id, type)
+    );
+    CREATE INDEX account_data_stream ON account_data(user_id, stream_ordering);
+    CREATE TABLE receipts (
+        room_id TEXT NOT NULL,
+        receipt_type TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        thread_id TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        ts INTEGER NOT NULL,
+        stream_ordering INTEGER NOT NULL,
+        PRIMARY KEY (room_id, receipt_type, user_id, thread_id)
+    );
+    CREATE INDEX receipts_stream ON receipts(room_id, stream_ordering);
+    CREATE TABLE filters (
+        user_id TEXT NOT NULL,
+        filter_id INTEGER NOT NULL,
+        json TEXT NOT NULL,
+        PRIMARY KEY (user_id, filter_id)
+    );
+    CREATE TABLE room_aliases (
+        alias TEXT PRIMARY KEY,
+        room_id TEXT NOT NULL,
+        creator TEXT NOT NULL
+    );
+    CREATE TABLE notification_counts (
+        user_id TEXT NOT NULL,
+        room_id TEXT NOT NULL,
+        notifications INTEGER NOT NULL DEFAULT 0,
+        highlights INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (user_id, room_id)
+    );
+    "#,
+];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Bring the schema up to [`SCHEMA_VERSION`], refusing newer databases.
+pub fn run(conn: &mut Connection, shown: &str) -> Result<(), StartError> {
+    let err = |e: rusqlite::Error| StartError::Other(format!("migrating database {shown}: {e}"));
+    let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(err)?;
+    if found > SCHEMA_VERSION {
+        return Err(StartError::NewerDatabase { path: shown.to_owned(), found, known: SCHEMA_VERSION });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let tx = conn.transaction().map_err(err)?;
+        tx.execute_batch(sql).map_err(err)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(err)?;
+        tx.commit().map_err(err)?;
+        tracing::info!(version = i + 1, "applied database migration");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newer_database_is_refused_untouched() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db");
+        let mut conn = Connection::open(&path).expect("open");
+        run(&mut conn, "db").expect("migrate");
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 5).expect("bump");
+        let err = run(&mut conn, "db").expect_err("must refuse");
+        assert!(err.to_string().contains("newer version"), "{err}");
+        let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).expect("v");
+        assert_eq!(v, SCHEMA_VERSION + 5);
+    }
+
+    #[test]
+    fn migrations_are_idempotent() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        run(&mut conn, "mem").expect("first");
+        run(&mut conn, "mem").expect("second");
+    }
+}

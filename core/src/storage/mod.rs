@@ -1,0 +1,147 @@
+//! SQLite storage: one writer connection, a small pool of readers, versioned migrations.
+//!
+//! All SQL lives under this module. The writer is a mutex-guarded connection: every
+//! write runs in one transaction on it, so writes (and the stream positions assigned
+//! inside them) commit strictly in order, and a reader never sees a position whose row
+//! is still being written. Nothing holds a connection across an `.await`.
+
+mod account_data;
+mod events;
+mod migrations;
+mod receipts;
+mod rooms;
+mod state;
+mod users;
+
+pub use account_data::*;
+pub use events::*;
+pub use receipts::*;
+pub use rooms::*;
+pub use state::*;
+pub use users::*;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use parking_lot::Mutex;
+use rusqlite::{Connection, OpenFlags, Transaction};
+
+use crate::error::{Error, StartError};
+use crate::streams::StreamPosition;
+
+pub use migrations::SCHEMA_VERSION;
+
+/// Number of read connections. Two cores: more readers would only contend.
+const READERS: usize = 3;
+
+/// The database handle. Cheap to share behind an `Arc`.
+pub struct Db {
+    writer: Mutex<Connection>,
+    readers: Vec<Mutex<Connection>>,
+    next_reader: AtomicUsize,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Db")
+    }
+}
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "busy_timeout", 5000)?;
+    Ok(())
+}
+
+impl Db {
+    /// Open (or create) the database file and bring its schema up to date.
+    pub fn open(path: &Path) -> Result<Db, StartError> {
+        let shown = path.display().to_string();
+        let open_err = |e: rusqlite::Error| StartError::Other(format!("cannot open database {shown}: {e}"));
+        let mut writer = Connection::open(path).map_err(open_err)?;
+        configure(&writer).map_err(open_err)?;
+        migrations::run(&mut writer, &shown)?;
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let conn = Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(open_err)?;
+            conn.pragma_update(None, "busy_timeout", 5000).map_err(open_err)?;
+            readers.push(Mutex::new(conn));
+        }
+        Ok(Db { writer: Mutex::new(writer), readers, next_reader: AtomicUsize::new(0) })
+    }
+
+    /// Run `f` in one write transaction; commits if it returns `Ok`.
+    pub fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T, Error>) -> Result<T, Error> {
+        let mut conn = self.writer.lock();
+        let tx = conn.transaction()?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Run `f` on a read connection (a consistent snapshot for its duration when it uses
+    /// a transaction; single statements are consistent on their own).
+    pub fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T, Error>) -> Result<T, Error> {
+        // Prefer a free reader; fall back to waiting on the round-robin choice.
+        for r in &self.readers {
+            if let Some(conn) = r.try_lock() {
+                return f(&conn);
+            }
+        }
+        let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
+        let conn = self.readers[i].lock();
+        f(&conn)
+    }
+
+    /// Run `f` inside a read transaction, so several queries see one snapshot.
+    pub fn read_tx<T>(&self, f: impl FnOnce(&Connection) -> Result<T, Error>) -> Result<T, Error> {
+        self.read(|conn| {
+            conn.execute_batch("BEGIN DEFERRED")?;
+            let out = f(conn);
+            // A read-only transaction has nothing to commit; end it either way.
+            let _ = conn.execute_batch("COMMIT");
+            out
+        })
+    }
+
+    /// The highest committed stream position.
+    pub fn max_stream_position(&self) -> Result<StreamPosition, Error> {
+        self.read(|c| Ok(c.query_row("SELECT pos FROM stream_sequence", [], |r| r.get(0))?))
+    }
+
+    /// Flush the WAL into the main file (on clean shutdown).
+    pub fn checkpoint(&self) -> Result<(), Error> {
+        let conn = self.writer.lock();
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
+        Ok(())
+    }
+
+    /// Size of the database file plus WAL, in bytes.
+    pub fn size_bytes(&self) -> Result<i64, Error> {
+        self.read(|c| {
+            let pages: i64 = c.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+            let size: i64 = c.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+            Ok(pages * size)
+        })
+    }
+}
+
+/// Take the next stream position. Must be called inside the write transaction that
+/// persists the row carrying it, so positions commit in order.
+pub fn next_stream_position(tx: &rusqlite::Connection) -> Result<StreamPosition, Error> {
+    Ok(tx.query_row("UPDATE stream_sequence SET pos = pos + 1 RETURNING pos", [], |r| r.get(0))?)
+}
+
+/// Current time in milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,183 @@
+//! Stream positions and the notifier that wakes long-polling `/sync` calls.
+//!
+//! Every persisted row `/sync` can return (events, receipts, account data, membership)
+//! takes a position from one monotonic sequence inside its write transaction. Typing
+//! notifications are not persisted and count on their own in-memory serial. A sync token
+//! carries both: `s{position}_{typing}`.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+/// A position in the persisted stream.
+pub type StreamPosition = i64;
+
+/// What a `/sync` `since` token or `/messages` `from` token encodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SyncToken {
+    /// Persisted stream position.
+    pub pos: StreamPosition,
+    /// Typing serial.
+    pub typing: u64,
+}
+
+impl SyncToken {
+    /// Parse `s{pos}_{typing}`; also accepts a bare `s{pos}`.
+    pub fn parse(s: &str) -> Option<SyncToken> {
+        let rest = s.strip_prefix('s')?;
+        let (pos, typing) = match rest.split_once('_') {
+            Some((p, t)) => (p.parse().ok()?, t.parse().ok()?),
+            None => (rest.parse().ok()?, 0),
+        };
+        if pos < 0 {
+            return None;
+        }
+        Some(SyncToken { pos, typing })
+    }
+}
+
+impl std::fmt::Display for SyncToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "s{}_{}", self.pos, self.typing)
+    }
+}
+
+/// Who is typing where, with expiry.
+#[derive(Default)]
+struct TypingState {
+    serial: u64,
+    rooms: HashMap<String, (u64, HashMap<String, Instant>)>,
+}
+
+/// Publishes positions after commit and wakes waiters.
+pub struct Notifier {
+    tx: watch::Sender<SyncToken>,
+    typing: Mutex<TypingState>,
+}
+
+impl Notifier {
+    /// Start at the database's committed position.
+    pub fn new(pos: StreamPosition) -> Notifier {
+        let (tx, _) = watch::channel(SyncToken { pos, typing: 0 });
+        Notifier { tx, typing: Mutex::new(TypingState::default()) }
+    }
+
+    /// The newest fully committed token.
+    pub fn current(&self) -> SyncToken {
+        *self.tx.borrow()
+    }
+
+    /// Subscribe to token changes.
+    pub fn subscribe(&self) -> watch::Receiver<SyncToken> {
+        self.tx.subscribe()
+    }
+
+    /// Call after a write transaction that took `pos` has committed.
+    pub fn committed(&self, pos: StreamPosition) {
+        self.tx.send_if_modified(|t| {
+            if pos > t.pos {
+                t.pos = pos;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Set or clear a user's typing flag in a room.
+    pub fn set_typing(&self, room_id: &str, user_id: &str, timeout: Option<Duration>) {
+        let serial = {
+            let mut st = self.typing.lock();
+            st.serial += 1;
+            let serial = st.serial;
+            let entry = st.rooms.entry(room_id.to_owned()).or_default();
+            entry.0 = serial;
+            match timeout {
+                Some(t) => {
+                    entry.1.insert(user_id.to_owned(), Instant::now() + t.min(Duration::from_secs(120)));
+                }
+                None => {
+                    entry.1.remove(user_id);
+                }
+            }
+            serial
+        };
+        self.tx.send_modify(|t| t.typing = serial);
+    }
+
+    /// Users typing in a room now, if the room's typing changed after `since_serial`
+    /// (or always when `force`).
+    pub fn typing_since(&self, room_id: &str, since_serial: u64, force: bool) -> Option<Vec<String>> {
+        let st = self.typing.lock();
+        let (serial, users) = st.rooms.get(room_id)?;
+        // A serial from before a restart is larger than ours: treat it as stale.
+        if !force && *serial <= since_serial && since_serial <= st.serial {
+            return None;
+        }
+        let now = Instant::now();
+        let mut list: Vec<String> = users.iter().filter(|(_, exp)| **exp > now).map(|(u, _)| u.clone()).collect();
+        list.sort();
+        Some(list)
+    }
+
+    /// Expire typing notices whose timeout passed, bumping the serial so syncs see it.
+    pub fn expire_typing(&self) {
+        let changed = {
+            let mut st = self.typing.lock();
+            let now = Instant::now();
+            let mut changed = false;
+            let mut next = st.serial;
+            for (serial, users) in st.rooms.values_mut() {
+                let before = users.len();
+                users.retain(|_, exp| *exp > now);
+                if users.len() != before {
+                    next += 1;
+                    *serial = next;
+                    changed = true;
+                }
+            }
+            st.serial = next;
+            changed.then_some(next)
+        };
+        if let Some(serial) = changed {
+            self.tx.send_modify(|t| t.typing = serial);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip() {
+        let t = SyncToken { pos: 42, typing: 7 };
+        assert_eq!(SyncToken::parse(&t.to_string()), Some(t));
+        assert_eq!(SyncToken::parse("s5"), Some(SyncToken { pos: 5, typing: 0 }));
+        assert_eq!(SyncToken::parse("x5"), None);
+        assert_eq!(SyncToken::parse("s-1_0"), None);
+    }
+
+    #[test]
+    fn positions_only_move_forward() {
+        let n = Notifier::new(10);
+        n.committed(12);
+        n.committed(11);
+        assert_eq!(n.current().pos, 12);
+    }
+
+    #[tokio::test]
+    async fn typing_wakes_waiters() {
+        let n = Notifier::new(0);
+        let mut rx = n.subscribe();
+        n.set_typing("!r:x", "@a:x", Some(Duration::from_secs(30)));
+        rx.changed().await.expect("changed");
+        assert_eq!(n.typing_since("!r:x", 0, false), Some(vec!["@a:x".to_owned()]));
+        let serial = n.current().typing;
+        assert_eq!(n.typing_since("!r:x", serial, false), None);
+        n.set_typing("!r:x", "@a:x", None);
+        assert_eq!(n.typing_since("!r:x", serial, false), Some(vec![]));
+    }
+}

@@ -1,0 +1,406 @@
+//! `/sync` v3.
+//!
+//! A response is computed at the newest committed position `now`: for each room the
+//! user is in, the events in `(since, now]`, the state they need, ephemeral data and
+//! account data. With nothing to say and a `timeout`, the call waits on the notifier (no
+//! polling) and recomputes when a commit or typing change lands. The work per call is
+//! bounded by the user's rooms and the timeline limit, never by room history.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::client_api::{Caller, RoomEventFilter, client_opts, lazy_members, state_at};
+use crate::error::Error;
+use crate::events::{client_event, stripped_state};
+use crate::server::Server;
+use crate::storage::{self, StateMap, StoredEvent};
+use crate::streams::SyncToken;
+
+/// The longest a `/sync` may wait.
+const MAX_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A sync filter (the parts that change what is returned).
+#[derive(Deserialize, Default, Clone)]
+pub struct Filter {
+    /// Room filters.
+    #[serde(default)]
+    pub room: RoomFilter,
+    /// Global account data filter.
+    #[serde(default)]
+    pub account_data: EventFilter,
+    /// Presence filter.
+    #[serde(default)]
+    pub presence: EventFilter,
+    /// Field restrictions (accepted; the full events are returned).
+    #[serde(default)]
+    pub event_fields: Option<Vec<String>>,
+    /// `client` or `federation` (accepted; client format is returned).
+    #[serde(default)]
+    pub event_format: Option<String>,
+}
+
+/// Filter on non-room events.
+#[derive(Deserialize, Default, Clone)]
+pub struct EventFilter {
+    /// Maximum count.
+    pub limit: Option<usize>,
+    /// Allowed types.
+    pub types: Option<Vec<String>>,
+    /// Excluded types.
+    #[serde(default)]
+    pub not_types: Vec<String>,
+}
+
+impl EventFilter {
+    fn allows(&self, ty: &str) -> bool {
+        let m = |p: &String| p.strip_suffix('*').map_or(p == ty, |pre| ty.starts_with(pre));
+        !self.not_types.iter().any(m) && self.types.as_ref().is_none_or(|t| t.iter().any(m))
+    }
+}
+
+/// Filter on rooms.
+#[derive(Deserialize, Default, Clone)]
+pub struct RoomFilter {
+    /// Only these rooms.
+    pub rooms: Option<Vec<String>>,
+    /// Not these rooms.
+    #[serde(default)]
+    pub not_rooms: Vec<String>,
+    /// Include rooms the user left in an initial sync.
+    #[serde(default)]
+    pub include_leave: bool,
+    /// Timeline events.
+    #[serde(default)]
+    pub timeline: RoomEventFilter,
+    /// State events (and `lazy_load_members`).
+    #[serde(default)]
+    pub state: RoomEventFilter,
+    /// Typing and receipts.
+    #[serde(default)]
+    pub ephemeral: RoomEventFilter,
+    /// Room account data.
+    #[serde(default)]
+    pub account_data: EventFilter,
+}
+
+/// Parsed `/sync` parameters.
+pub struct SyncParams {
+    /// Where the client is.
+    pub since: Option<SyncToken>,
+    /// Long-poll duration.
+    pub timeout: Duration,
+    /// Effective filter.
+    pub filter: Filter,
+    /// Return full state for every room.
+    pub full_state: bool,
+}
+
+/// Run `/sync`, waiting up to the timeout for something to return.
+pub async fn sync(server: Arc<Server>, caller: Caller, params: SyncParams) -> Result<Value, Error> {
+    let deadline = Instant::now() + params.timeout.min(MAX_TIMEOUT);
+    let mut rx = server.notifier.subscribe();
+    loop {
+        rx.borrow_and_update();
+        let now = server.notifier.current();
+        let (body, has_data) = {
+            let server = server.clone();
+            let caller = caller.clone();
+            let filter = params.filter.clone();
+            let since = params.since;
+            let full_state = params.full_state;
+            tokio::task::spawn_blocking(move || {
+                server.db.read_tx(|c| build(c, &server, &caller, since, now, &filter, full_state))
+            })
+            .await
+            .map_err(Error::internal)??
+        };
+        if has_data || params.since.is_none() || params.full_state {
+            return Ok(body);
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Ok(body);
+        }
+        if tokio::time::timeout(remaining, rx.changed()).await.is_err() {
+            return Ok(body);
+        }
+    }
+}
+
+fn room_allowed(f: &RoomFilter, room_id: &str) -> bool {
+    !f.not_rooms.iter().any(|r| r == room_id) && f.rooms.as_ref().is_none_or(|r| r.iter().any(|x| x == room_id))
+}
+
+/// Build one response at `now`. Returns the body and whether it carries anything.
+fn build(
+    c: &Connection,
+    server: &Server,
+    caller: &Caller,
+    since: Option<SyncToken>,
+    now: SyncToken,
+    filter: &Filter,
+    full_state: bool,
+) -> Result<(Value, bool), Error> {
+    // A token from the future (e.g. a database restored from backup) is treated as initial.
+    let since = since.filter(|s| s.pos <= now.pos);
+    let since_pos = since.map(|s| s.pos).unwrap_or(0);
+    let mut join = Map::new();
+    let mut invite = Map::new();
+    let mut leave = Map::new();
+    let mut has_data = false;
+
+    for (room_id, membership, event_id, mpos) in storage::user_memberships(c, &caller.user_id)? {
+        if !room_allowed(&filter.room, &room_id) {
+            continue;
+        }
+        let changed = mpos > since_pos;
+        match membership.as_str() {
+            "join" => {
+                let newly = since.is_none() || changed;
+                if let Some(room) = joined_room(c, server, caller, &room_id, since, now, filter, full_state || newly)? {
+                    has_data |= room.1;
+                    join.insert(room_id, room.0);
+                }
+            }
+            "invite" if since.is_none() || changed => {
+                invite.insert(room_id.clone(), json!({"invite_state": {"events": invite_state(c, &room_id, &event_id)?}}));
+                has_data = true;
+            }
+            "leave" | "ban" if (since.is_some() && changed) || (since.is_none() && filter.room.include_leave) => {
+                leave.insert(room_id.clone(), left_room(c, caller, &room_id, since_pos, mpos, filter)?);
+                has_data = true;
+            }
+            _ => {}
+        }
+    }
+
+    let mut account_data = Vec::new();
+    for (room, ty, content) in storage::account_data_since(c, &caller.user_id, since_pos, now.pos)? {
+        if room.is_empty() && filter.account_data.allows(&ty) {
+            account_data.push(json!({"type": ty, "content": serde_json::from_str::<Value>(&content)?}));
+        }
+    }
+    has_data |= !account_data.is_empty();
+
+    let body = json!({
+        "next_batch": now.to_string(),
+        "rooms": {"join": join, "invite": invite, "leave": leave, "knock": {}},
+        "account_data": {"events": account_data},
+        "presence": {"events": []},
+        "to_device": {"events": []},
+        "device_lists": {"changed": [], "left": []},
+        "device_one_time_keys_count": {"signed_curve25519": 0},
+        "device_unused_fallback_key_types": [],
+    });
+    Ok((body, has_data))
+}
+
+fn event_list(c: &Connection, ids: impl Iterator<Item = String>, caller: &Caller) -> Result<Vec<Value>, Error> {
+    let mut out = Vec::new();
+    for id in ids {
+        if let Some(ev) = storage::get_event(c, &id)? {
+            out.push(client_event(&ev, sync_opts(caller)));
+        }
+    }
+    Ok(out)
+}
+
+fn sync_opts(caller: &Caller) -> crate::events::ClientEventOptions<'_> {
+    crate::events::ClientEventOptions { include_room_id: false, ..client_opts(caller) }
+}
+
+/// The joined-room section; `None` when the room has nothing new for an incremental sync.
+#[allow(clippy::too_many_arguments)]
+fn joined_room(
+    c: &Connection,
+    server: &Server,
+    caller: &Caller,
+    room_id: &str,
+    since: Option<SyncToken>,
+    now: SyncToken,
+    filter: &Filter,
+    full: bool,
+) -> Result<Option<(Value, bool)>, Error> {
+    let since_pos = if full { 0 } else { since.map(|s| s.pos).unwrap_or(0) };
+    let limit = filter.room.timeline.limit.unwrap_or(10).clamp(1, 100);
+    // Newest first, then reversed; take one extra to learn whether the timeline is limited.
+    let mut fetched = Vec::new();
+    let mut cursor = now.pos;
+    let mut exhausted = false;
+    while fetched.len() <= limit && !exhausted {
+        let page = storage::room_events(c, room_id, since_pos, cursor, limit + 1, true)?;
+        exhausted = page.len() < limit + 1;
+        for e in page {
+            cursor = e.stream_ordering - 1;
+            if filter.room.timeline.allows(&e) {
+                fetched.push(e);
+                if fetched.len() > limit {
+                    break;
+                }
+            }
+        }
+    }
+    let limited = fetched.len() > limit;
+    fetched.truncate(limit);
+    fetched.reverse();
+    let timeline: Vec<StoredEvent> = fetched;
+
+    let typing_users = if filter.room.ephemeral.limit == Some(0) {
+        None
+    } else {
+        server.notifier.typing_since(room_id, since.map(|s| s.typing).unwrap_or(0), since.is_none())
+    };
+    let receipts = storage::receipts_since(c, room_id, if since.is_some() { since_pos } else { 0 }, now.pos)?;
+    let room_data = storage::account_data_since(c, &caller.user_id, since_pos, now.pos)?
+        .into_iter()
+        .filter(|(r, ty, _)| r == room_id && filter.room.account_data.allows(ty))
+        .collect::<Vec<_>>();
+
+    // State: full at the start of the timeline for initial/newly joined rooms, the delta
+    // since `since` when the timeline is limited, nothing otherwise (it is in the timeline).
+    let timeline_start = timeline.first().map(|e| e.stream_ordering - 1).unwrap_or(now.pos);
+    let state_events: Vec<Value> = if full || limited {
+        let start_state = state_at(c, room_id, timeline_start)?;
+        let wanted: StateMap = if full {
+            start_state
+        } else {
+            let before = state_at(c, room_id, since_pos)?;
+            start_state.into_iter().filter(|(k, v)| before.get(k) != Some(v)).collect()
+        };
+        let wanted = if filter.room.state.lazy_load_members {
+            lazy_filter(wanted, &timeline, &caller.user_id)
+        } else {
+            wanted
+        };
+        let in_timeline: std::collections::HashSet<&str> = timeline.iter().map(|e| e.event_id.as_str()).collect();
+        let ids = wanted.into_values().filter(|id| !in_timeline.contains(id.as_str()));
+        event_list(c, ids, caller)?
+            .into_iter()
+            .filter(|v| v["type"].as_str().is_some_and(|t| filter.room.state.types.as_ref().is_none_or(|ts| ts.iter().any(|x| x == t))))
+            .collect()
+    } else {
+        Vec::new()
+    };
+
+    let mut ephemeral = Vec::new();
+    if let Some(users) = &typing_users {
+        ephemeral.push(json!({"type": "m.typing", "content": {"user_ids": users}}));
+    }
+    if let Some(r) = receipt_event(&receipts, &caller.user_id) {
+        ephemeral.push(r);
+    }
+    let has_data = !timeline.is_empty() || !state_events.is_empty() || !ephemeral.is_empty() || !room_data.is_empty();
+    if !has_data && since.is_some() && !full {
+        return Ok(None);
+    }
+    let (notifications, highlights) = storage::notification_counts(c, room_id, &caller.user_id)?;
+    let mut account_data = Vec::new();
+    for (_, ty, content) in room_data {
+        account_data.push(json!({"type": ty, "content": serde_json::from_str::<Value>(&content)?}));
+    }
+    let body = json!({
+        "timeline": {
+            "events": timeline.iter().map(|e| client_event(e, sync_opts(caller))).collect::<Vec<_>>(),
+            "limited": limited,
+            "prev_batch": SyncToken { pos: timeline_start, typing: 0 }.to_string(),
+        },
+        "state": {"events": state_events},
+        "ephemeral": {"events": ephemeral},
+        "account_data": {"events": account_data},
+        "unread_notifications": {"notification_count": notifications, "highlight_count": highlights},
+        "summary": summary(c, room_id, &caller.user_id)?,
+    });
+    Ok(Some((body, has_data)))
+}
+
+/// Keep non-member state, plus members who sent timeline events and the user themself.
+fn lazy_filter(state: StateMap, timeline: &[StoredEvent], me: &str) -> StateMap {
+    state
+        .into_iter()
+        .filter(|((ty, sk), _)| ty != "m.room.member" || sk == me || timeline.iter().any(|e| &e.sender == sk))
+        .collect()
+}
+
+fn receipt_event(receipts: &[storage::Receipt], me: &str) -> Option<Value> {
+    let mut content: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+    for r in receipts {
+        if r.receipt_type == "m.read.private" && r.user_id != me {
+            continue;
+        }
+        let mut info = json!({"ts": r.ts});
+        if !r.thread_id.is_empty() {
+            info["thread_id"] = json!(r.thread_id);
+        }
+        let by_type = content.entry(r.event_id.clone()).or_default();
+        let users = by_type.entry(r.receipt_type.clone()).or_insert_with(|| json!({}));
+        users[&r.user_id] = info;
+    }
+    (!content.is_empty()).then(|| json!({"type": "m.receipt", "content": content}))
+}
+
+fn summary(c: &Connection, room_id: &str, me: &str) -> Result<Value, Error> {
+    let joined = storage::count_members(c, room_id, "join")?;
+    let invited = storage::count_members(c, room_id, "invite")?;
+    let mut heroes: Vec<String> = storage::room_members(c, room_id, "join")?
+        .into_iter()
+        .chain(storage::room_members(c, room_id, "invite")?)
+        .filter(|u| u != me)
+        .collect();
+    heroes.truncate(5);
+    Ok(json!({"m.joined_member_count": joined, "m.invited_member_count": invited, "m.heroes": heroes}))
+}
+
+fn invite_state(c: &Connection, room_id: &str, invite_event_id: &str) -> Result<Vec<Value>, Error> {
+    let mut out = Vec::new();
+    for ty in ["m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar", "m.room.canonical_alias", "m.room.encryption", "m.room.topic"] {
+        if let Some(id) = storage::current_state_event(c, room_id, ty, "")? {
+            if let Some(ev) = storage::get_event(c, &id)? {
+                out.push(stripped_state(&ev));
+            }
+        }
+    }
+    if let Some(ev) = storage::get_event(c, invite_event_id)? {
+        out.push(stripped_state(&ev));
+        // The inviter's own member event lets clients show who invited.
+        if let Some(id) = storage::current_state_event(c, room_id, "m.room.member", &ev.sender)? {
+            if let Some(inviter) = storage::get_event(c, &id)? {
+                out.push(stripped_state(&inviter));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn left_room(c: &Connection, caller: &Caller, room_id: &str, since_pos: i64, leave_pos: i64, filter: &Filter) -> Result<Value, Error> {
+    let limit = filter.room.timeline.limit.unwrap_or(10).clamp(1, 100);
+    let mut events = storage::room_events(c, room_id, since_pos, leave_pos, limit + 1, true)?;
+    let limited = events.len() > limit;
+    events.truncate(limit);
+    events.reverse();
+    let start = events.first().map(|e| e.stream_ordering - 1).unwrap_or(leave_pos);
+    let state = if limited || since_pos == 0 {
+        let ids = state_at(c, room_id, start)?.into_values();
+        event_list(c, ids, caller)?
+    } else {
+        Vec::new()
+    };
+    let members = if filter.room.state.lazy_load_members {
+        lazy_members(c, &state_at(c, room_id, start)?, &events, caller)?
+    } else {
+        state
+    };
+    Ok(json!({
+        "timeline": {
+            "events": events.iter().map(|e| client_event(e, sync_opts(caller))).collect::<Vec<_>>(),
+            "limited": limited,
+            "prev_batch": SyncToken { pos: start, typing: 0 }.to_string(),
+        },
+        "state": {"events": members},
+        "account_data": {"events": []},
+    }))
+}
