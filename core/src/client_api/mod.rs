@@ -47,7 +47,8 @@ async fn method_not_allowed() -> Error {
 
 /// The whole client-server API router.
 pub fn router(server: Arc<Server>) -> Router {
-    let mut r: Router<Arc<Server>> = Router::new().route("/_matrix/client/versions", get(versions::versions));
+    let mut r: Router<Arc<Server>> = Router::new()
+        .route("/_matrix/client/versions", get(versions::versions).fallback(method_not_allowed));
     let routes: Vec<(&str, MethodRouter<Arc<Server>>)> = vec![
         ("/capabilities", get(versions::capabilities)),
         ("/register", post(account::register)),
