@@ -32,10 +32,8 @@ pub struct Config {
 }
 
 /// Default client API address: loopback only, the port clients expect.
-pub const DEFAULT_CLIENT_ADDR: SocketAddr = SocketAddr::new(
-    std::net::IpAddr::V4(Ipv4Addr::LOCALHOST),
-    8008,
-);
+pub const DEFAULT_CLIENT_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 8008);
 
 /// Default body limit for JSON requests (Synapse uses a similar order of magnitude).
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1024 * 1024;

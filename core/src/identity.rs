@@ -31,7 +31,9 @@ pub struct Identity {
 impl std::fmt::Debug for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the secret.
-        f.debug_struct("Identity").field("server_name", &self.server_name).finish()
+        f.debug_struct("Identity")
+            .field("server_name", &self.server_name)
+            .finish()
     }
 }
 
@@ -39,17 +41,24 @@ impl Identity {
     /// Load the key from `data_dir`, creating the directory and a fresh key on first start.
     pub fn load_or_create(data_dir: &Path) -> Result<Identity, StartError> {
         fs::create_dir_all(data_dir).map_err(|e| {
-            StartError::Other(format!("cannot create data directory {}: {e}", data_dir.display()))
+            StartError::Other(format!(
+                "cannot create data directory {}: {e}",
+                data_dir.display()
+            ))
         })?;
         let path = data_dir.join(KEY_FILE);
         let shown = path.display().to_string();
         let seed = match fs::read(&path) {
             Ok(bytes) => <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
-                StartError::Key(shown.clone(), format!("expected 32 bytes, found {}", bytes.len()))
+                StartError::Key(
+                    shown.clone(),
+                    format!("expected 32 bytes, found {}", bytes.len()),
+                )
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let seed: [u8; 32] = rand::random();
-                write_private(&path, &seed).map_err(|e| StartError::Key(shown.clone(), e.to_string()))?;
+                write_private(&path, &seed)
+                    .map_err(|e| StartError::Key(shown.clone(), e.to_string()))?;
                 seed
             }
             Err(e) => return Err(StartError::Key(shown, e.to_string())),
@@ -64,7 +73,12 @@ impl Identity {
         let der = signing.to_pkcs8_der().map_err(|e| e.to_string())?;
         let keypair = Ed25519KeyPair::from_der(der.as_bytes(), KEY_VERSION.to_owned())
             .map_err(|e| e.to_string())?;
-        Ok(Identity { seed, public, server_name: hex::encode(public), keypair })
+        Ok(Identity {
+            seed,
+            public,
+            server_name: hex::encode(public),
+            keypair,
+        })
     }
 
     /// 64 lowercase hex characters.
@@ -90,7 +104,11 @@ impl Identity {
 
 /// Decode the verify key from a P2P server name (64 lowercase hex characters).
 pub fn public_key_from_server_name(name: &str) -> Option<[u8; 32]> {
-    if name.len() != 64 || !name.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if name.len() != 64
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         return None;
     }
     let bytes = hex::decode(name).ok()?;
@@ -124,11 +142,17 @@ mod tests {
         let b = Identity::load_or_create(dir.path()).expect("load");
         assert_eq!(a.server_name(), b.server_name());
         assert_eq!(a.server_name().len(), 64);
-        assert_eq!(public_key_from_server_name(a.server_name()), Some(a.public_key()));
+        assert_eq!(
+            public_key_from_server_name(a.server_name()),
+            Some(a.public_key())
+        );
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = fs::metadata(dir.path().join(KEY_FILE)).expect("meta").permissions().mode();
+            let mode = fs::metadata(dir.path().join(KEY_FILE))
+                .expect("meta")
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
     }

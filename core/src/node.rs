@@ -38,10 +38,13 @@ fn lock_data_dir(config: &Config) -> Result<File, StartError> {
         .map_err(|e| StartError::Other(format!("cannot open lock file {}: {e}", path.display())))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(StartError::Locked(config.data_dir.display().to_string())),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(StartError::Other(format!("cannot lock {}: {e}", path.display())))
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err(StartError::Locked(config.data_dir.display().to_string()))
         }
+        Err(std::fs::TryLockError::Error(e)) => Err(StartError::Other(format!(
+            "cannot lock {}: {e}",
+            path.display()
+        ))),
     }
 }
 
@@ -51,15 +54,21 @@ impl Node {
         let identity = Identity::load_or_create(&config.data_dir)?;
         let lock = lock_data_dir(&config)?;
         let db = Db::open(&config.database_path())?;
-        let pos = db.max_stream_position().map_err(|e| StartError::Other(e.to_string()))?;
-        let listener = tokio::net::TcpListener::bind(config.client_addr).await.map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AddrInUse {
-                StartError::AddrInUse(config.client_addr.to_string())
-            } else {
-                StartError::Bind(config.client_addr.to_string(), e.to_string())
-            }
-        })?;
-        let addr = listener.local_addr().map_err(|e| StartError::Other(e.to_string()))?;
+        let pos = db
+            .max_stream_position()
+            .map_err(|e| StartError::Other(e.to_string()))?;
+        let listener = tokio::net::TcpListener::bind(config.client_addr)
+            .await
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::AddrInUse {
+                    StartError::AddrInUse(config.client_addr.to_string())
+                } else {
+                    StartError::Bind(config.client_addr.to_string(), e.to_string())
+                }
+            })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| StartError::Other(e.to_string()))?;
         let server = Arc::new(Server {
             config,
             identity,
@@ -74,7 +83,10 @@ impl Node {
             let shutdown = async {
                 let _ = stop_rx.await;
             };
-            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
                 tracing::error!(error = %e, "client API server failed");
             }
         });
@@ -87,7 +99,14 @@ impl Node {
             }
         });
         tracing::info!(server_name = %server.server_name(), %addr, "node started");
-        Ok(Node { server, addr, stop: Some(stop_tx), task: Some(task), background: vec![typing], _lock: lock })
+        Ok(Node {
+            server,
+            addr,
+            stop: Some(stop_tx),
+            task: Some(task),
+            background: vec![typing],
+            _lock: lock,
+        })
     }
 
     /// The server name: 64 lowercase hex characters of the public key.
@@ -118,7 +137,10 @@ impl Node {
         if let Some(task) = self.task.take() {
             // Long-polling /sync calls would hold graceful shutdown for up to their timeout;
             // give in-flight requests a moment, then stop.
-            if tokio::time::timeout(Duration::from_secs(5), task).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .is_err()
+            {
                 tracing::warn!("in-flight requests did not finish in 5 s; stopping anyway");
             }
         }

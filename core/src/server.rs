@@ -44,7 +44,10 @@ pub struct Server {
 impl Server {
     /// Run a write transaction, then publish the stream position it reached so waiting
     /// `/sync` calls wake up.
-    pub fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T, Error>) -> Result<T, Error> {
+    pub fn write<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, Error>,
+    ) -> Result<T, Error> {
         let (out, pos) = self.db.write(|tx| {
             let out = f(tx)?;
             let pos: i64 = tx.query_row("SELECT pos FROM stream_sequence", [], |r| r.get(0))?;
@@ -66,6 +69,8 @@ impl Server {
 
     /// Whether a user id belongs to this server.
     pub fn is_local_user(&self, user_id: &str) -> bool {
-        user_id.rsplit_once(':').is_some_and(|(_, server)| server == self.server_name())
+        user_id
+            .rsplit_once(':')
+            .is_some_and(|(_, server)| server == self.server_name())
     }
 }

@@ -61,7 +61,10 @@ impl Notifier {
     /// Start at the database's committed position.
     pub fn new(pos: StreamPosition) -> Notifier {
         let (tx, _) = watch::channel(SyncToken { pos, typing: 0 });
-        Notifier { tx, typing: Mutex::new(TypingState::default()) }
+        Notifier {
+            tx,
+            typing: Mutex::new(TypingState::default()),
+        }
     }
 
     /// The newest fully committed token.
@@ -96,7 +99,10 @@ impl Notifier {
             entry.0 = serial;
             match timeout {
                 Some(t) => {
-                    entry.1.insert(user_id.to_owned(), Instant::now() + t.min(Duration::from_secs(120)));
+                    entry.1.insert(
+                        user_id.to_owned(),
+                        Instant::now() + t.min(Duration::from_secs(120)),
+                    );
                 }
                 None => {
                     entry.1.remove(user_id);
@@ -109,7 +115,12 @@ impl Notifier {
 
     /// Users typing in a room now, if the room's typing changed after `since_serial`
     /// (or always when `force`).
-    pub fn typing_since(&self, room_id: &str, since_serial: u64, force: bool) -> Option<Vec<String>> {
+    pub fn typing_since(
+        &self,
+        room_id: &str,
+        since_serial: u64,
+        force: bool,
+    ) -> Option<Vec<String>> {
         let st = self.typing.lock();
         let (serial, users) = st.rooms.get(room_id)?;
         // A serial from before a restart is larger than ours: treat it as stale.
@@ -117,7 +128,11 @@ impl Notifier {
             return None;
         }
         let now = Instant::now();
-        let mut list: Vec<String> = users.iter().filter(|(_, exp)| **exp > now).map(|(u, _)| u.clone()).collect();
+        let mut list: Vec<String> = users
+            .iter()
+            .filter(|(_, exp)| **exp > now)
+            .map(|(u, _)| u.clone())
+            .collect();
         list.sort();
         Some(list)
     }
@@ -155,7 +170,10 @@ mod tests {
     fn tokens_round_trip() {
         let t = SyncToken { pos: 42, typing: 7 };
         assert_eq!(SyncToken::parse(&t.to_string()), Some(t));
-        assert_eq!(SyncToken::parse("s5"), Some(SyncToken { pos: 5, typing: 0 }));
+        assert_eq!(
+            SyncToken::parse("s5"),
+            Some(SyncToken { pos: 5, typing: 0 })
+        );
         assert_eq!(SyncToken::parse("x5"), None);
         assert_eq!(SyncToken::parse("s-1_0"), None);
     }
@@ -174,7 +192,10 @@ mod tests {
         let mut rx = n.subscribe();
         n.set_typing("!r:x", "@a:x", Some(Duration::from_secs(30)));
         rx.changed().await.expect("changed");
-        assert_eq!(n.typing_since("!r:x", 0, false), Some(vec!["@a:x".to_owned()]));
+        assert_eq!(
+            n.typing_since("!r:x", 0, false),
+            Some(vec!["@a:x".to_owned()])
+        );
         let serial = n.current().typing;
         assert_eq!(n.typing_since("!r:x", serial, false), None);
         n.set_typing("!r:x", "@a:x", None);

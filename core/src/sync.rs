@@ -58,7 +58,10 @@ pub struct EventFilter {
 
 impl EventFilter {
     fn allows(&self, ty: &str) -> bool {
-        let m = |p: &String| p.strip_suffix('*').map_or(p == ty, |pre| ty.starts_with(pre));
+        let m = |p: &String| {
+            p.strip_suffix('*')
+                .map_or(p == ty, |pre| ty.starts_with(pre))
+        };
         !self.not_types.iter().any(m) && self.types.as_ref().is_none_or(|t| t.iter().any(m))
     }
 }
@@ -114,7 +117,9 @@ pub async fn sync(server: Arc<Server>, caller: Caller, params: SyncParams) -> Re
             let since = params.since;
             let full_state = params.full_state;
             tokio::task::spawn_blocking(move || {
-                server.db.read_tx(|c| build(c, &server, &caller, since, now, &filter, full_state))
+                server
+                    .db
+                    .read_tx(|c| build(c, &server, &caller, since, now, &filter, full_state))
             })
             .await
             .map_err(Error::internal)??
@@ -133,7 +138,10 @@ pub async fn sync(server: Arc<Server>, caller: Caller, params: SyncParams) -> Re
 }
 
 fn room_allowed(f: &RoomFilter, room_id: &str) -> bool {
-    !f.not_rooms.iter().any(|r| r == room_id) && f.rooms.as_ref().is_none_or(|r| r.iter().any(|x| x == room_id))
+    !f.not_rooms.iter().any(|r| r == room_id)
+        && f.rooms
+            .as_ref()
+            .is_none_or(|r| r.iter().any(|x| x == room_id))
 }
 
 /// Build one response at `now`. Returns the body and whether it carries anything.
@@ -162,17 +170,35 @@ fn build(
         match membership.as_str() {
             "join" => {
                 let newly = since.is_none() || changed;
-                if let Some(room) = joined_room(c, server, caller, &room_id, since, now, filter, full_state || newly)? {
+                if let Some(room) = joined_room(
+                    c,
+                    server,
+                    caller,
+                    &room_id,
+                    since,
+                    now,
+                    filter,
+                    full_state || newly,
+                )? {
                     has_data |= room.1;
                     join.insert(room_id, room.0);
                 }
             }
             "invite" if since.is_none() || changed => {
-                invite.insert(room_id.clone(), json!({"invite_state": {"events": invite_state(c, &room_id, &event_id)?}}));
+                invite.insert(
+                    room_id.clone(),
+                    json!({"invite_state": {"events": invite_state(c, &room_id, &event_id)?}}),
+                );
                 has_data = true;
             }
-            "leave" | "ban" if (since.is_some() && changed) || (since.is_none() && filter.room.include_leave) => {
-                leave.insert(room_id.clone(), left_room(c, caller, &room_id, since_pos, mpos, filter)?);
+            "leave" | "ban"
+                if (since.is_some() && changed)
+                    || (since.is_none() && filter.room.include_leave) =>
+            {
+                leave.insert(
+                    room_id.clone(),
+                    left_room(c, caller, &room_id, since_pos, mpos, filter)?,
+                );
                 has_data = true;
             }
             _ => {}
@@ -180,9 +206,11 @@ fn build(
     }
 
     let mut account_data = Vec::new();
-    for (room, ty, content) in storage::account_data_since(c, &caller.user_id, since_pos, now.pos)? {
+    for (room, ty, content) in storage::account_data_since(c, &caller.user_id, since_pos, now.pos)?
+    {
         if room.is_empty() && filter.account_data.allows(&ty) {
-            account_data.push(json!({"type": ty, "content": serde_json::from_str::<Value>(&content)?}));
+            account_data
+                .push(json!({"type": ty, "content": serde_json::from_str::<Value>(&content)?}));
         }
     }
     has_data |= !account_data.is_empty();
@@ -200,7 +228,11 @@ fn build(
     Ok((body, has_data))
 }
 
-fn event_list(c: &Connection, ids: impl Iterator<Item = String>, caller: &Caller) -> Result<Vec<Value>, Error> {
+fn event_list(
+    c: &Connection,
+    ids: impl Iterator<Item = String>,
+    caller: &Caller,
+) -> Result<Vec<Value>, Error> {
     let mut out = Vec::new();
     for id in ids {
         if let Some(ev) = storage::get_event(c, &id)? {
@@ -211,7 +243,10 @@ fn event_list(c: &Connection, ids: impl Iterator<Item = String>, caller: &Caller
 }
 
 fn sync_opts(caller: &Caller) -> crate::events::ClientEventOptions<'_> {
-    crate::events::ClientEventOptions { include_room_id: false, ..client_opts(caller) }
+    crate::events::ClientEventOptions {
+        include_room_id: false,
+        ..client_opts(caller)
+    }
 }
 
 /// The joined-room section; `None` when the room has nothing new for an incremental sync.
@@ -226,7 +261,11 @@ fn joined_room(
     filter: &Filter,
     full: bool,
 ) -> Result<Option<(Value, bool)>, Error> {
-    let since_pos = if full { 0 } else { since.map(|s| s.pos).unwrap_or(0) };
+    let since_pos = if full {
+        0
+    } else {
+        since.map(|s| s.pos).unwrap_or(0)
+    };
     let limit = filter.room.timeline.limit.unwrap_or(10).clamp(1, 100);
     // Newest first, then reversed; take one extra to learn whether the timeline is limited.
     let mut fetched = Vec::new();
@@ -253,9 +292,18 @@ fn joined_room(
     let typing_users = if filter.room.ephemeral.limit == Some(0) {
         None
     } else {
-        server.notifier.typing_since(room_id, since.map(|s| s.typing).unwrap_or(0), since.is_none())
+        server.notifier.typing_since(
+            room_id,
+            since.map(|s| s.typing).unwrap_or(0),
+            since.is_none(),
+        )
     };
-    let receipts = storage::receipts_since(c, room_id, if since.is_some() { since_pos } else { 0 }, now.pos)?;
+    let receipts = storage::receipts_since(
+        c,
+        room_id,
+        if since.is_some() { since_pos } else { 0 },
+        now.pos,
+    )?;
     let room_data = storage::account_data_since(c, &caller.user_id, since_pos, now.pos)?
         .into_iter()
         .filter(|(r, ty, _)| r == room_id && filter.room.account_data.allows(ty))
@@ -263,25 +311,43 @@ fn joined_room(
 
     // State: full at the start of the timeline for initial/newly joined rooms, the delta
     // since `since` when the timeline is limited, nothing otherwise (it is in the timeline).
-    let timeline_start = timeline.first().map(|e| e.stream_ordering - 1).unwrap_or(now.pos);
+    let timeline_start = timeline
+        .first()
+        .map(|e| e.stream_ordering - 1)
+        .unwrap_or(now.pos);
     let state_events: Vec<Value> = if full || limited {
         let start_state = state_at(c, room_id, timeline_start)?;
         let wanted: StateMap = if full {
             start_state
         } else {
             let before = state_at(c, room_id, since_pos)?;
-            start_state.into_iter().filter(|(k, v)| before.get(k) != Some(v)).collect()
+            start_state
+                .into_iter()
+                .filter(|(k, v)| before.get(k) != Some(v))
+                .collect()
         };
         let wanted = if filter.room.state.lazy_load_members {
             lazy_filter(wanted, &timeline, &caller.user_id)
         } else {
             wanted
         };
-        let in_timeline: std::collections::HashSet<&str> = timeline.iter().map(|e| e.event_id.as_str()).collect();
-        let ids = wanted.into_values().filter(|id| !in_timeline.contains(id.as_str()));
+        let in_timeline: std::collections::HashSet<&str> =
+            timeline.iter().map(|e| e.event_id.as_str()).collect();
+        let ids = wanted
+            .into_values()
+            .filter(|id| !in_timeline.contains(id.as_str()));
         event_list(c, ids, caller)?
             .into_iter()
-            .filter(|v| v["type"].as_str().is_some_and(|t| filter.room.state.types.as_ref().is_none_or(|ts| ts.iter().any(|x| x == t))))
+            .filter(|v| {
+                v["type"].as_str().is_some_and(|t| {
+                    filter
+                        .room
+                        .state
+                        .types
+                        .as_ref()
+                        .is_none_or(|ts| ts.iter().any(|x| x == t))
+                })
+            })
             .collect()
     } else {
         Vec::new()
@@ -294,7 +360,10 @@ fn joined_room(
     if let Some(r) = receipt_event(&receipts, &caller.user_id) {
         ephemeral.push(r);
     }
-    let has_data = !timeline.is_empty() || !state_events.is_empty() || !ephemeral.is_empty() || !room_data.is_empty();
+    let has_data = !timeline.is_empty()
+        || !state_events.is_empty()
+        || !ephemeral.is_empty()
+        || !room_data.is_empty();
     if !has_data && since.is_some() && !full {
         return Ok(None);
     }
@@ -322,7 +391,9 @@ fn joined_room(
 fn lazy_filter(state: StateMap, timeline: &[StoredEvent], me: &str) -> StateMap {
     state
         .into_iter()
-        .filter(|((ty, sk), _)| ty != "m.room.member" || sk == me || timeline.iter().any(|e| &e.sender == sk))
+        .filter(|((ty, sk), _)| {
+            ty != "m.room.member" || sk == me || timeline.iter().any(|e| &e.sender == sk)
+        })
         .collect()
 }
 
@@ -337,7 +408,9 @@ fn receipt_event(receipts: &[storage::Receipt], me: &str) -> Option<Value> {
             info["thread_id"] = json!(r.thread_id);
         }
         let by_type = content.entry(r.event_id.clone()).or_default();
-        let users = by_type.entry(r.receipt_type.clone()).or_insert_with(|| json!({}));
+        let users = by_type
+            .entry(r.receipt_type.clone())
+            .or_insert_with(|| json!({}));
         users[&r.user_id] = info;
     }
     (!content.is_empty()).then(|| json!({"type": "m.receipt", "content": content}))
@@ -352,37 +425,57 @@ fn summary(c: &Connection, room_id: &str, me: &str) -> Result<Value, Error> {
         .filter(|u| u != me)
         .collect();
     heroes.truncate(5);
-    Ok(json!({"m.joined_member_count": joined, "m.invited_member_count": invited, "m.heroes": heroes}))
+    Ok(
+        json!({"m.joined_member_count": joined, "m.invited_member_count": invited, "m.heroes": heroes}),
+    )
 }
 
 fn invite_state(c: &Connection, room_id: &str, invite_event_id: &str) -> Result<Vec<Value>, Error> {
     let mut out = Vec::new();
-    for ty in ["m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar", "m.room.canonical_alias", "m.room.encryption", "m.room.topic"] {
-        if let Some(id) = storage::current_state_event(c, room_id, ty, "")? {
-            if let Some(ev) = storage::get_event(c, &id)? {
-                out.push(stripped_state(&ev));
-            }
+    for ty in [
+        "m.room.create",
+        "m.room.join_rules",
+        "m.room.name",
+        "m.room.avatar",
+        "m.room.canonical_alias",
+        "m.room.encryption",
+        "m.room.topic",
+    ] {
+        if let Some(id) = storage::current_state_event(c, room_id, ty, "")?
+            && let Some(ev) = storage::get_event(c, &id)?
+        {
+            out.push(stripped_state(&ev));
         }
     }
     if let Some(ev) = storage::get_event(c, invite_event_id)? {
         out.push(stripped_state(&ev));
         // The inviter's own member event lets clients show who invited.
-        if let Some(id) = storage::current_state_event(c, room_id, "m.room.member", &ev.sender)? {
-            if let Some(inviter) = storage::get_event(c, &id)? {
-                out.push(stripped_state(&inviter));
-            }
+        if let Some(id) = storage::current_state_event(c, room_id, "m.room.member", &ev.sender)?
+            && let Some(inviter) = storage::get_event(c, &id)?
+        {
+            out.push(stripped_state(&inviter));
         }
     }
     Ok(out)
 }
 
-fn left_room(c: &Connection, caller: &Caller, room_id: &str, since_pos: i64, leave_pos: i64, filter: &Filter) -> Result<Value, Error> {
+fn left_room(
+    c: &Connection,
+    caller: &Caller,
+    room_id: &str,
+    since_pos: i64,
+    leave_pos: i64,
+    filter: &Filter,
+) -> Result<Value, Error> {
     let limit = filter.room.timeline.limit.unwrap_or(10).clamp(1, 100);
     let mut events = storage::room_events(c, room_id, since_pos, leave_pos, limit + 1, true)?;
     let limited = events.len() > limit;
     events.truncate(limit);
     events.reverse();
-    let start = events.first().map(|e| e.stream_ordering - 1).unwrap_or(leave_pos);
+    let start = events
+        .first()
+        .map(|e| e.stream_ordering - 1)
+        .unwrap_or(leave_pos);
     let state = if limited || since_pos == 0 {
         let ids = state_at(c, room_id, start)?.into_values();
         event_list(c, ids, caller)?

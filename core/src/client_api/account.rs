@@ -23,7 +23,9 @@ type JsonResult = Result<Json<Value>, Error>;
 pub async fn hash_password(password: String) -> Result<String, Error> {
     tokio::task::spawn_blocking(move || {
         let salt = SaltString::generate(&mut OsRng);
-        Argon2::default().hash_password(password.as_bytes(), &salt).map(|h| h.to_string())
+        Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
     })
     .await
     .map_err(Error::internal)?
@@ -33,7 +35,11 @@ pub async fn hash_password(password: String) -> Result<String, Error> {
 /// Check a password against a stored argon2 hash, off the async threads.
 pub async fn verify_password(password: String, hash: String) -> bool {
     tokio::task::spawn_blocking(move || {
-        PasswordHash::new(&hash).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+        PasswordHash::new(&hash).is_ok_and(|h| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
     })
     .await
     .unwrap_or(false)
@@ -44,7 +50,14 @@ fn new_session(server: &Server, user_id: Option<String>) -> String {
     let mut map = server.uiaa.lock();
     // Sessions live for an hour; sweep old ones whenever a new one starts.
     map.retain(|_, s| s.created.elapsed().as_secs() < 3600);
-    map.insert(session.clone(), UiaaSession { completed: Vec::new(), user_id, created: Instant::now() });
+    map.insert(
+        session.clone(),
+        UiaaSession {
+            completed: Vec::new(),
+            user_id,
+            created: Instant::now(),
+        },
+    );
     session
 }
 
@@ -60,7 +73,10 @@ fn registration_flows(server: &Server) -> Vec<Value> {
 }
 
 fn valid_localpart(l: &str) -> bool {
-    !l.is_empty() && l.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'=' | b'-' | b'/' | b'+'))
+    !l.is_empty()
+        && l.bytes().all(
+            |b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'=' | b'-' | b'/' | b'+'),
+        )
 }
 
 #[derive(Deserialize)]
@@ -86,7 +102,9 @@ pub(super) async fn register(
     Body(body): Body<RegisterBody>,
 ) -> JsonResult {
     if q.kind.as_deref() == Some("guest") {
-        return Err(Error::Forbidden("guest access is not enabled on this node".into()));
+        return Err(Error::Forbidden(
+            "guest access is not enabled on this node".into(),
+        ));
     }
     let flows = registration_flows(&server);
     if flows.is_empty() {
@@ -97,7 +115,9 @@ pub(super) async fn register(
         None => random_string(12).to_lowercase(),
     };
     if !valid_localpart(&localpart) {
-        return Err(Error::InvalidUsername("user names may contain only a-z, 0-9 and ._=-/+".into()));
+        return Err(Error::InvalidUsername(
+            "user names may contain only a-z, 0-9 and ._=-/+".into(),
+        ));
     }
     let user_id = server.user_id(&localpart);
     if user_id.len() > 255 {
@@ -109,7 +129,9 @@ pub(super) async fn register(
     // User-interactive auth: one dummy stage when open, or a registration token.
     let Some(auth) = body.auth else {
         let session = new_session(&server, None);
-        return Err(Error::Uiaa(json!({"flows": flows, "params": {}, "session": session})));
+        return Err(Error::Uiaa(
+            json!({"flows": flows, "params": {}, "session": session}),
+        ));
     };
     match auth["type"].as_str() {
         Some("m.login.dummy") if server.config.registration_open() => {}
@@ -124,7 +146,10 @@ pub(super) async fn register(
             server.write(|tx| storage::use_registration_token(tx, token))?;
         }
         _ => {
-            let session = auth["session"].as_str().map(str::to_owned).unwrap_or_else(|| new_session(&server, None));
+            let session = auth["session"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| new_session(&server, None));
             return Err(Error::Uiaa(json!({
                 "flows": flows, "params": {}, "session": session,
                 "errcode": "M_FORBIDDEN", "error": "unsupported or disallowed authentication stage"
@@ -138,7 +163,9 @@ pub(super) async fn register(
         Some(p) => Some(hash_password(p).await?),
         None => None,
     };
-    let device_id = body.device_id.unwrap_or_else(|| random_string(10).to_uppercase());
+    let device_id = body
+        .device_id
+        .unwrap_or_else(|| random_string(10).to_uppercase());
     let token = random_string(40);
     let created = server.write(|tx| {
         if storage::user_exists(tx, &user_id)? {
@@ -146,7 +173,12 @@ pub(super) async fn register(
         }
         storage::create_user(tx, &user_id, hash.as_deref(), false, &localpart)?;
         if !body.inhibit_login {
-            storage::upsert_device(tx, &user_id, &device_id, body.initial_device_display_name.as_deref())?;
+            storage::upsert_device(
+                tx,
+                &user_id,
+                &device_id,
+                body.initial_device_display_name.as_deref(),
+            )?;
             storage::insert_token(tx, &token, &user_id, &device_id)?;
         }
         Ok(true)
@@ -156,7 +188,9 @@ pub(super) async fn register(
     }
     tracing::info!(%user_id, "registered user");
     if body.inhibit_login {
-        return Ok(Json(json!({"user_id": user_id, "home_server": server.server_name()})));
+        return Ok(Json(
+            json!({"user_id": user_id, "home_server": server.server_name()}),
+        ));
     }
     Ok(Json(json!({
         "user_id": user_id,
@@ -172,12 +206,20 @@ pub(super) struct AvailableQuery {
 }
 
 /// `GET /register/available`.
-pub(super) async fn available(State(server): State<Arc<Server>>, Q(q): Q<AvailableQuery>) -> JsonResult {
+pub(super) async fn available(
+    State(server): State<Arc<Server>>,
+    Q(q): Q<AvailableQuery>,
+) -> JsonResult {
     let local = q.username.to_lowercase();
     if !valid_localpart(&local) {
-        return Err(Error::InvalidUsername("user names may contain only a-z, 0-9 and ._=-/+".into()));
+        return Err(Error::InvalidUsername(
+            "user names may contain only a-z, 0-9 and ._=-/+".into(),
+        ));
     }
-    if server.db.read(|c| storage::user_exists(c, &server.user_id(&local)))? {
+    if server
+        .db
+        .read(|c| storage::user_exists(c, &server.user_id(&local)))?
+    {
         return Err(Error::UserInUse);
     }
     Ok(Json(json!({"available": true})))
@@ -189,8 +231,13 @@ pub(super) struct TokenValidityQuery {
 }
 
 /// `GET /register/m.login.registration_token/validity`.
-pub(super) async fn token_validity(State(server): State<Arc<Server>>, Q(q): Q<TokenValidityQuery>) -> JsonResult {
-    Ok(Json(json!({"valid": server.config.registration_tokens.contains(&q.token)})))
+pub(super) async fn token_validity(
+    State(server): State<Arc<Server>>,
+    Q(q): Q<TokenValidityQuery>,
+) -> JsonResult {
+    Ok(Json(
+        json!({"valid": server.config.registration_tokens.contains(&q.token)}),
+    ))
 }
 
 /// `GET /login`.
@@ -209,15 +256,28 @@ pub(super) struct LoginBody {
     initial_device_display_name: Option<String>,
 }
 
-fn user_from_identifier(server: &Server, identifier: Option<&Value>, user: Option<&str>) -> Result<String, Error> {
+fn user_from_identifier(
+    server: &Server,
+    identifier: Option<&Value>,
+    user: Option<&str>,
+) -> Result<String, Error> {
     let raw = match identifier {
         Some(id) if id["type"] == "m.id.user" => id["user"].as_str(),
-        Some(_) => return Err(Error::Unrecognized(http::StatusCode::BAD_REQUEST, "unsupported identifier type".into())),
+        Some(_) => {
+            return Err(Error::Unrecognized(
+                http::StatusCode::BAD_REQUEST,
+                "unsupported identifier type".into(),
+            ));
+        }
         None => user,
     }
     .ok_or_else(|| Error::MissingParam("no user given".into()))?;
     let raw = raw.to_lowercase();
-    Ok(if raw.starts_with('@') { raw } else { server.user_id(&raw) })
+    Ok(if raw.starts_with('@') {
+        raw
+    } else {
+        server.user_id(&raw)
+    })
 }
 
 async fn check_password(server: &Server, user_id: &str, password: &str) -> Result<(), Error> {
@@ -236,14 +296,24 @@ async fn check_password(server: &Server, user_id: &str, password: &str) -> Resul
 }
 
 /// `POST /login`.
-pub(super) async fn login(State(server): State<Arc<Server>>, Body(body): Body<LoginBody>) -> JsonResult {
+pub(super) async fn login(
+    State(server): State<Arc<Server>>,
+    Body(body): Body<LoginBody>,
+) -> JsonResult {
     if body.kind != "m.login.password" {
-        return Err(Error::Unrecognized(http::StatusCode::BAD_REQUEST, format!("unsupported login type {}", body.kind)));
+        return Err(Error::Unrecognized(
+            http::StatusCode::BAD_REQUEST,
+            format!("unsupported login type {}", body.kind),
+        ));
     }
     let user_id = user_from_identifier(&server, body.identifier.as_ref(), body.user.as_deref())?;
-    let password = body.password.ok_or_else(|| Error::MissingParam("password is required".into()))?;
+    let password = body
+        .password
+        .ok_or_else(|| Error::MissingParam("password is required".into()))?;
     check_password(&server, &user_id, &password).await?;
-    let device_id = body.device_id.unwrap_or_else(|| random_string(10).to_uppercase());
+    let device_id = body
+        .device_id
+        .unwrap_or_else(|| random_string(10).to_uppercase());
     let token = random_string(40);
     server.write(|tx| {
         // Logging in again with a known device replaces its old token.
@@ -251,7 +321,12 @@ pub(super) async fn login(State(server): State<Arc<Server>>, Body(body): Body<Lo
             "DELETE FROM access_tokens WHERE user_id = ?1 AND device_id = ?2",
             rusqlite::params![user_id, device_id],
         )?;
-        storage::upsert_device(tx, &user_id, &device_id, body.initial_device_display_name.as_deref())?;
+        storage::upsert_device(
+            tx,
+            &user_id,
+            &device_id,
+            body.initial_device_display_name.as_deref(),
+        )?;
         storage::insert_token(tx, &token, &user_id, &device_id)
     })?;
     Ok(Json(json!({
@@ -269,7 +344,10 @@ pub(super) async fn logout(State(server): State<Arc<Server>>, Auth(caller): Auth
 }
 
 /// `POST /logout/all`.
-pub(super) async fn logout_all(State(server): State<Arc<Server>>, Auth(caller): Auth) -> JsonResult {
+pub(super) async fn logout_all(
+    State(server): State<Arc<Server>>,
+    Auth(caller): Auth,
+) -> JsonResult {
     server.write(|tx| storage::delete_all_devices(tx, &caller.user_id))?;
     Ok(Json(json!({})))
 }
@@ -280,15 +358,23 @@ pub(super) async fn whoami(Auth(caller): Auth) -> Json<Value> {
 }
 
 /// UIAA with `m.login.password` for sensitive operations on one's own account.
-async fn require_password_uiaa(server: &Server, caller: &Caller, auth: Option<&Value>) -> Result<(), Error> {
+async fn require_password_uiaa(
+    server: &Server,
+    caller: &Caller,
+    auth: Option<&Value>,
+) -> Result<(), Error> {
     let flows = json!([{"stages": ["m.login.password"]}]);
     let Some(auth) = auth.filter(|a| !a.is_null()) else {
         let session = new_session(server, Some(caller.user_id.clone()));
-        return Err(Error::Uiaa(json!({"flows": flows, "params": {}, "session": session})));
+        return Err(Error::Uiaa(
+            json!({"flows": flows, "params": {}, "session": session}),
+        ));
     };
     let session = auth["session"].clone();
     let retry = |msg: &str| {
-        Error::Uiaa(json!({"flows": flows, "params": {}, "session": session, "errcode": "M_FORBIDDEN", "error": msg}))
+        Error::Uiaa(
+            json!({"flows": flows, "params": {}, "session": session, "errcode": "M_FORBIDDEN", "error": msg}),
+        )
     };
     if auth["type"] != "m.login.password" {
         return Err(retry("unsupported authentication stage"));
@@ -299,7 +385,9 @@ async fn require_password_uiaa(server: &Server, caller: &Caller, auth: Option<&V
         return Err(retry("you can only authenticate as yourself"));
     }
     let password = auth["password"].as_str().unwrap_or_default();
-    check_password(server, &caller.user_id, password).await.map_err(|_| retry("invalid password"))?;
+    check_password(server, &caller.user_id, password)
+        .await
+        .map_err(|_| retry("invalid password"))?;
     if let Some(s) = auth["session"].as_str() {
         server.uiaa.lock().remove(s);
     }
@@ -342,13 +430,23 @@ fn device_json(d: &storage::DeviceRow) -> Value {
 
 /// `GET /devices`.
 pub(super) async fn devices(State(server): State<Arc<Server>>, Auth(caller): Auth) -> JsonResult {
-    let list = server.db.read(|c| storage::list_devices(c, &caller.user_id))?;
-    Ok(Json(json!({"devices": list.iter().map(device_json).collect::<Vec<_>>()})))
+    let list = server
+        .db
+        .read(|c| storage::list_devices(c, &caller.user_id))?;
+    Ok(Json(
+        json!({"devices": list.iter().map(device_json).collect::<Vec<_>>()}),
+    ))
 }
 
 /// `GET /devices/{deviceId}`.
-pub(super) async fn device(State(server): State<Arc<Server>>, Auth(caller): Auth, P(id): P<String>) -> JsonResult {
-    let list = server.db.read(|c| storage::list_devices(c, &caller.user_id))?;
+pub(super) async fn device(
+    State(server): State<Arc<Server>>,
+    Auth(caller): Auth,
+    P(id): P<String>,
+) -> JsonResult {
+    let list = server
+        .db
+        .read(|c| storage::list_devices(c, &caller.user_id))?;
     list.iter()
         .find(|d| d.device_id == id)
         .map(|d| Json(device_json(d)))
@@ -367,7 +465,9 @@ pub(super) async fn rename_device(
     P(id): P<String>,
     Body(body): Body<RenameBody>,
 ) -> JsonResult {
-    let found = server.write(|tx| storage::rename_device(tx, &caller.user_id, &id, body.display_name.as_deref()))?;
+    let found = server.write(|tx| {
+        storage::rename_device(tx, &caller.user_id, &id, body.display_name.as_deref())
+    })?;
     if !found {
         return Err(Error::NotFound("no such device".into()));
     }

@@ -14,14 +14,18 @@ type JsonResult = Result<Json<Value>, Error>;
 
 fn own(caller: &Caller, user_id: &str) -> Result<(), Error> {
     if caller.user_id != user_id {
-        return Err(Error::Forbidden("you can only access your own account data".into()));
+        return Err(Error::Forbidden(
+            "you can only access your own account data".into(),
+        ));
     }
     Ok(())
 }
 
 fn put(server: &Server, user: &str, room: &str, ty: &str, content: &Value) -> Result<(), Error> {
     if ty == "m.fully_read" && room.is_empty() {
-        return Err(Error::BadJson("m.fully_read is per-room account data".into()));
+        return Err(Error::BadJson(
+            "m.fully_read is per-room account data".into(),
+        ));
     }
     let content = content.to_string();
     server.write(|tx| {
@@ -31,7 +35,9 @@ fn put(server: &Server, user: &str, room: &str, ty: &str, content: &Value) -> Re
 }
 
 fn get(server: &Server, user: &str, room: &str, ty: &str) -> JsonResult {
-    let raw = server.db.read(|c| storage::account_data(c, user, room, ty))?;
+    let raw = server
+        .db
+        .read(|c| storage::account_data(c, user, room, ty))?;
     let raw = raw.ok_or_else(|| Error::NotFound("account data not found".into()))?;
     Ok(Json(serde_json::from_str(&raw)?))
 }
@@ -49,7 +55,11 @@ pub(super) async fn put_global(
 }
 
 /// `GET /user/{userId}/account_data/{type}`.
-pub(super) async fn get_global(State(server): State<Arc<Server>>, Auth(caller): Auth, P((user, ty)): P<(String, String)>) -> JsonResult {
+pub(super) async fn get_global(
+    State(server): State<Arc<Server>>,
+    Auth(caller): Auth,
+    P((user, ty)): P<(String, String)>,
+) -> JsonResult {
     own(&caller, &user)?;
     get(&server, &user, "", &ty)
 }
@@ -80,12 +90,20 @@ pub(super) async fn get_room(
 }
 
 fn tags(server: &Server, user: &str, room: &str) -> Result<Value, Error> {
-    let raw = server.db.read(|c| storage::account_data(c, user, room, "m.tag"))?;
-    Ok(raw.and_then(|r| serde_json::from_str(&r).ok()).unwrap_or_else(|| json!({"tags": {}})))
+    let raw = server
+        .db
+        .read(|c| storage::account_data(c, user, room, "m.tag"))?;
+    Ok(raw
+        .and_then(|r| serde_json::from_str(&r).ok())
+        .unwrap_or_else(|| json!({"tags": {}})))
 }
 
 /// `GET /user/{userId}/rooms/{roomId}/tags`.
-pub(super) async fn get_tags(State(server): State<Arc<Server>>, Auth(caller): Auth, P((user, room)): P<(String, String)>) -> JsonResult {
+pub(super) async fn get_tags(
+    State(server): State<Arc<Server>>,
+    Auth(caller): Auth,
+    P((user, room)): P<(String, String)>,
+) -> JsonResult {
     own(&caller, &user)?;
     Ok(Json(tags(&server, &user, &room)?))
 }
@@ -134,9 +152,15 @@ pub(super) async fn create_filter(
 }
 
 /// `GET /user/{userId}/filter/{filterId}`.
-pub(super) async fn get_filter(State(server): State<Arc<Server>>, Auth(caller): Auth, P((user, id)): P<(String, String)>) -> JsonResult {
+pub(super) async fn get_filter(
+    State(server): State<Arc<Server>>,
+    Auth(caller): Auth,
+    P((user, id)): P<(String, String)>,
+) -> JsonResult {
     own(&caller, &user)?;
-    let id: i64 = id.parse().map_err(|_| Error::NotFound("filter not found".into()))?;
+    let id: i64 = id
+        .parse()
+        .map_err(|_| Error::NotFound("filter not found".into()))?;
     let raw = server.db.read(|c| storage::load_filter(c, &user, id))?;
     let raw = raw.ok_or_else(|| Error::NotFound("filter not found".into()))?;
     Ok(Json(serde_json::from_str(&raw)?))

@@ -15,7 +15,10 @@ use crate::storage::{self, Receipt, next_stream_position, now_ms};
 type JsonResult = Result<Json<Value>, Error>;
 
 fn require_joined(server: &Server, room_id: &str, user_id: &str) -> Result<(), Error> {
-    match server.db.read(|c| storage::membership(c, room_id, user_id))? {
+    match server
+        .db
+        .read(|c| storage::membership(c, room_id, user_id))?
+    {
         Some((m, _, _)) if m == "join" => Ok(()),
         _ => Err(Error::Forbidden(format!("you are not joined to {room_id}"))),
     }
@@ -35,18 +38,34 @@ pub(super) async fn typing(
     Body(body): Body<TypingBody>,
 ) -> JsonResult {
     if user_id != caller.user_id {
-        return Err(Error::Forbidden("you can only set your own typing state".into()));
+        return Err(Error::Forbidden(
+            "you can only set your own typing state".into(),
+        ));
     }
     require_joined(&server, &room_id, &user_id)?;
-    let timeout = body.typing.then(|| Duration::from_millis(body.timeout.unwrap_or(30_000)));
+    let timeout = body
+        .typing
+        .then(|| Duration::from_millis(body.timeout.unwrap_or(30_000)));
     server.notifier.set_typing(&room_id, &user_id, timeout);
     Ok(Json(json!({})))
 }
 
-fn store_receipt(server: &Server, caller: &Caller, room_id: &str, ty: &str, event_id: &str, thread: Option<String>) -> Result<(), Error> {
-    let known = server.db.read(|c| storage::get_event(c, event_id))?.is_some_and(|e| e.room_id == room_id);
+fn store_receipt(
+    server: &Server,
+    caller: &Caller,
+    room_id: &str,
+    ty: &str,
+    event_id: &str,
+    thread: Option<String>,
+) -> Result<(), Error> {
+    let known = server
+        .db
+        .read(|c| storage::get_event(c, event_id))?
+        .is_some_and(|e| e.room_id == room_id);
     if !known {
-        return Err(Error::NotFound(format!("event {event_id} not found in {room_id}")));
+        return Err(Error::NotFound(format!(
+            "event {event_id} not found in {room_id}"
+        )));
     }
     let receipt = Receipt {
         receipt_type: ty.to_owned(),
@@ -63,7 +82,12 @@ fn store_receipt(server: &Server, caller: &Caller, room_id: &str, ty: &str, even
     })
 }
 
-fn store_fully_read(server: &Server, caller: &Caller, room_id: &str, event_id: &str) -> Result<(), Error> {
+fn store_fully_read(
+    server: &Server,
+    caller: &Caller,
+    room_id: &str,
+    event_id: &str,
+) -> Result<(), Error> {
     let content = json!({"event_id": event_id}).to_string();
     server.write(|tx| {
         let pos = next_stream_position(tx)?;
@@ -85,7 +109,9 @@ pub(super) async fn receipt(
 ) -> JsonResult {
     require_joined(&server, &room_id, &caller.user_id)?;
     match ty.as_str() {
-        "m.read" | "m.read.private" => store_receipt(&server, &caller, &room_id, &ty, &event_id, body.thread_id)?,
+        "m.read" | "m.read.private" => {
+            store_receipt(&server, &caller, &room_id, &ty, &event_id, body.thread_id)?
+        }
         "m.fully_read" => store_fully_read(&server, &caller, &room_id, &event_id)?,
         other => return Err(Error::InvalidParam(format!("unknown receipt type {other}"))),
     }

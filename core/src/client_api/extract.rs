@@ -30,13 +30,20 @@ pub struct Caller {
 pub struct Auth(pub Caller);
 
 fn access_token(parts: &Parts) -> Option<String> {
-    if let Some(h) = parts.headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-        if let Some(t) = h.strip_prefix("Bearer ") {
-            return Some(t.trim().to_owned());
-        }
+    if let Some(h) = parts
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        && let Some(t) = h.strip_prefix("Bearer ")
+    {
+        return Some(t.trim().to_owned());
     }
     // Tokens we issue are alphanumeric, so no percent-decoding is needed to match them.
-    parts.uri.query()?.split('&').find_map(|kv| kv.strip_prefix("access_token=").map(str::to_owned))
+    parts
+        .uri
+        .query()?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("access_token=").map(str::to_owned))
 }
 
 impl FromRequestParts<Arc<Server>> for Auth {
@@ -46,7 +53,11 @@ impl FromRequestParts<Arc<Server>> for Auth {
         let token = access_token(parts).ok_or(Error::MissingToken)?;
         let owner = server.db.read(|c| storage::token_owner(c, &token))?;
         match owner {
-            Some(o) if !o.deactivated => Ok(Auth(Caller { user_id: o.user_id, device_id: o.device_id, token })),
+            Some(o) if !o.deactivated => Ok(Auth(Caller {
+                user_id: o.user_id,
+                device_id: o.device_id,
+                token,
+            })),
             _ => Err(Error::UnknownToken),
         }
     }
@@ -61,20 +72,25 @@ impl<T: DeserializeOwned> FromRequest<Arc<Server>> for Body<T> {
     async fn from_request(req: Request, server: &Arc<Server>) -> Result<Self, Error> {
         let limit = server.config.max_request_bytes;
         let too_large = || Error::TooLarge(format!("request body exceeds {limit} bytes"));
-        if let Some(len) = req.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()) {
-            if len.parse::<usize>().is_ok_and(|n| n > limit) {
-                return Err(too_large());
-            }
+        if let Some(len) = req
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            && len.parse::<usize>().is_ok_and(|n| n > limit)
+        {
+            return Err(too_large());
         }
-        let bytes = axum::body::to_bytes(req.into_body(), limit).await.map_err(|_| too_large())?;
+        let bytes = axum::body::to_bytes(req.into_body(), limit)
+            .await
+            .map_err(|_| too_large())?;
         parse_json(if bytes.is_empty() { b"{}" } else { &bytes }).map(Body)
     }
 }
 
 /// Parse JSON, telling "not JSON" apart from "JSON of the wrong shape".
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
-    let value: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| Error::NotJson(format!("request body is not JSON: {e}")))?;
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| Error::NotJson(format!("request body is not JSON: {e}")))?;
     if !value.is_object() {
         return Err(Error::BadJson("request body must be a JSON object".into()));
     }

@@ -18,7 +18,9 @@ type JsonResult = Result<Json<Value>, Error>;
 /// Members on other nodes need federation, which arrives with the federation work.
 pub(super) fn check_invitee(server: &Server, user_id: &str) -> Result<(), Error> {
     let Ok(parsed) = ruma::UserId::parse(user_id) else {
-        return Err(Error::InvalidParam(format!("{user_id} is not a valid user id")));
+        return Err(Error::InvalidParam(format!(
+            "{user_id} is not a valid user id"
+        )));
     };
     if parsed.server_name().as_str() != server.server_name() {
         return Err(Error::Forbidden(format!(
@@ -28,11 +30,19 @@ pub(super) fn check_invitee(server: &Server, user_id: &str) -> Result<(), Error>
     Ok(())
 }
 
-fn member_event(server: &Server, caller: &Caller, target: &str, membership: &str, reason: Option<String>) -> Result<NewEvent, Error> {
+fn member_event(
+    server: &Server,
+    caller: &Caller,
+    target: &str,
+    membership: &str,
+    reason: Option<String>,
+) -> Result<NewEvent, Error> {
     let mut content = json!({"membership": membership});
     if membership == "join" {
-        let (displayname, avatar_url) =
-            server.db.read(|c| storage::profile(c, target))?.unwrap_or((None, None));
+        let (displayname, avatar_url) = server
+            .db
+            .read(|c| storage::profile(c, target))?
+            .unwrap_or((None, None));
         if let Some(d) = displayname {
             content["displayname"] = json!(d);
         }
@@ -58,7 +68,11 @@ pub(super) struct ReasonBody {
 }
 
 fn join(server: &Server, caller: &Caller, room_id: &str, reason: Option<String>) -> JsonResult {
-    if server.db.read(|c| storage::room_info(c, room_id))?.is_none() {
+    if server
+        .db
+        .read(|c| storage::room_info(c, room_id))?
+        .is_none()
+    {
         return Err(Error::NotFound(format!(
             "room {room_id} is not known to this node (joining rooms on other nodes needs federation)"
         )));
@@ -117,13 +131,24 @@ pub(super) struct TargetBody {
     reason: Option<String>,
 }
 
-async fn act_on(server: Arc<Server>, caller: Caller, room_id: String, body: TargetBody, membership: &str) -> JsonResult {
+async fn act_on(
+    server: Arc<Server>,
+    caller: Caller,
+    room_id: String,
+    body: TargetBody,
+    membership: &str,
+) -> JsonResult {
     check_invitee(&server, &body.user_id)?;
     if membership == "leave" && body.user_id != caller.user_id {
         // Kick/unban: only meaningful against an existing membership.
-        let current = server.db.read(|c| storage::membership(c, &room_id, &body.user_id))?;
+        let current = server
+            .db
+            .read(|c| storage::membership(c, &room_id, &body.user_id))?;
         if current.is_none() {
-            return Err(Error::Forbidden(format!("{} is not in the room", body.user_id)));
+            return Err(Error::Forbidden(format!(
+                "{} is not in the room",
+                body.user_id
+            )));
         }
     }
     let ev = member_event(&server, &caller, &body.user_id, membership, body.reason)?;
@@ -172,19 +197,31 @@ pub(super) async fn unban(
 }
 
 /// `POST /rooms/{roomId}/forget`.
-pub(super) async fn forget(State(server): State<Arc<Server>>, Auth(caller): Auth, P(room_id): P<String>) -> JsonResult {
-    server.write(|tx| match storage::membership(tx, &room_id, &caller.user_id)? {
-        Some((m, _, _)) if m == "join" || m == "invite" => {
-            Err(Error::Unrecognized(http::StatusCode::BAD_REQUEST, "leave the room before forgetting it".into()))
-        }
-        Some(_) => storage::forget_room(tx, &room_id, &caller.user_id),
-        None => Err(Error::NotFound("you were never in this room".into())),
-    })?;
+pub(super) async fn forget(
+    State(server): State<Arc<Server>>,
+    Auth(caller): Auth,
+    P(room_id): P<String>,
+) -> JsonResult {
+    server.write(
+        |tx| match storage::membership(tx, &room_id, &caller.user_id)? {
+            Some((m, _, _)) if m == "join" || m == "invite" => Err(Error::Unrecognized(
+                http::StatusCode::BAD_REQUEST,
+                "leave the room before forgetting it".into(),
+            )),
+            Some(_) => storage::forget_room(tx, &room_id, &caller.user_id),
+            None => Err(Error::NotFound("you were never in this room".into())),
+        },
+    )?;
     Ok(Json(json!({})))
 }
 
 /// `GET /joined_rooms`.
-pub(super) async fn joined_rooms(State(server): State<Arc<Server>>, Auth(caller): Auth) -> JsonResult {
-    let rooms = server.db.read(|c| storage::rooms_with_membership(c, &caller.user_id, "join"))?;
+pub(super) async fn joined_rooms(
+    State(server): State<Arc<Server>>,
+    Auth(caller): Auth,
+) -> JsonResult {
+    let rooms = server
+        .db
+        .read(|c| storage::rooms_with_membership(c, &caller.user_id, "join"))?;
     Ok(Json(json!({"joined_rooms": rooms})))
 }

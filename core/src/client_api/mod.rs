@@ -31,7 +31,11 @@ use crate::error::Error;
 use crate::server::Server;
 
 /// Register `route` under `/_matrix/client/v3` and the legacy `/r0` prefix.
-fn client(router: Router<Arc<Server>>, path: &str, route: MethodRouter<Arc<Server>>) -> Router<Arc<Server>> {
+fn client(
+    router: Router<Arc<Server>>,
+    path: &str,
+    route: MethodRouter<Arc<Server>>,
+) -> Router<Arc<Server>> {
     router
         .route(&format!("/_matrix/client/v3{path}"), route.clone())
         .route(&format!("/_matrix/client/r0{path}"), route)
@@ -42,42 +46,79 @@ async fn unrecognized() -> Error {
 }
 
 async fn method_not_allowed() -> Error {
-    Error::Unrecognized(StatusCode::METHOD_NOT_ALLOWED, "method not allowed for this endpoint".into())
+    Error::Unrecognized(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed for this endpoint".into(),
+    )
 }
 
 /// The whole client-server API router.
 pub fn router(server: Arc<Server>) -> Router {
-    let mut r: Router<Arc<Server>> = Router::new()
-        .route("/_matrix/client/versions", get(versions::versions).fallback(method_not_allowed));
+    let mut r: Router<Arc<Server>> = Router::new().route(
+        "/_matrix/client/versions",
+        get(versions::versions).fallback(method_not_allowed),
+    );
     let routes: Vec<(&str, MethodRouter<Arc<Server>>)> = vec![
         ("/capabilities", get(versions::capabilities)),
         ("/register", post(account::register)),
         ("/register/available", get(account::available)),
-        ("/register/m.login.registration_token/validity", get(account::token_validity)),
+        (
+            "/register/m.login.registration_token/validity",
+            get(account::token_validity),
+        ),
         ("/login", get(account::login_flows).post(account::login)),
         ("/logout", post(account::logout)),
         ("/logout/all", post(account::logout_all)),
         ("/account/whoami", get(account::whoami)),
         ("/account/password", post(account::change_password)),
         ("/devices", get(account::devices)),
-        ("/devices/{device_id}", get(account::device).put(account::rename_device).delete(account::delete_device)),
+        (
+            "/devices/{device_id}",
+            get(account::device)
+                .put(account::rename_device)
+                .delete(account::delete_device),
+        ),
         ("/delete_devices", post(account::delete_devices)),
         ("/profile/{user_id}", get(profile::get_profile)),
-        ("/profile/{user_id}/{field}", get(profile::get_field).put(profile::set_field)),
+        (
+            "/profile/{user_id}/{field}",
+            get(profile::get_field).put(profile::set_field),
+        ),
         ("/createRoom", post(rooms::create_room)),
-        ("/rooms/{room_id}/send/{event_type}/{txn_id}", put(rooms::send_message)),
+        (
+            "/rooms/{room_id}/send/{event_type}/{txn_id}",
+            put(rooms::send_message),
+        ),
         ("/rooms/{room_id}/state", get(rooms::get_all_state)),
-        ("/rooms/{room_id}/state/{event_type}", get(rooms::get_state_empty).put(rooms::put_state_empty)),
-        ("/rooms/{room_id}/state/{event_type}/", get(rooms::get_state_empty).put(rooms::put_state_empty)),
-        ("/rooms/{room_id}/state/{event_type}/{state_key}", get(rooms::get_state).put(rooms::put_state)),
-        ("/rooms/{room_id}/redact/{event_id}/{txn_id}", put(rooms::redact)),
+        (
+            "/rooms/{room_id}/state/{event_type}",
+            get(rooms::get_state_empty).put(rooms::put_state_empty),
+        ),
+        (
+            "/rooms/{room_id}/state/{event_type}/",
+            get(rooms::get_state_empty).put(rooms::put_state_empty),
+        ),
+        (
+            "/rooms/{room_id}/state/{event_type}/{state_key}",
+            get(rooms::get_state).put(rooms::put_state),
+        ),
+        (
+            "/rooms/{room_id}/redact/{event_id}/{txn_id}",
+            put(rooms::redact),
+        ),
         ("/rooms/{room_id}/event/{event_id}", get(rooms::get_event)),
         ("/rooms/{room_id}/context/{event_id}", get(rooms::context)),
         ("/rooms/{room_id}/messages", get(rooms::messages)),
         ("/rooms/{room_id}/members", get(rooms::members)),
-        ("/rooms/{room_id}/joined_members", get(rooms::joined_members)),
+        (
+            "/rooms/{room_id}/joined_members",
+            get(rooms::joined_members),
+        ),
         ("/rooms/{room_id}/join", post(membership::join_by_id)),
-        ("/join/{room_id_or_alias}", post(membership::join_by_id_or_alias)),
+        (
+            "/join/{room_id_or_alias}",
+            post(membership::join_by_id_or_alias),
+        ),
         ("/rooms/{room_id}/leave", post(membership::leave)),
         ("/rooms/{room_id}/invite", post(membership::invite)),
         ("/rooms/{room_id}/kick", post(membership::kick)),
@@ -86,17 +127,35 @@ pub fn router(server: Arc<Server>) -> Router {
         ("/rooms/{room_id}/forget", post(membership::forget)),
         ("/joined_rooms", get(membership::joined_rooms)),
         ("/rooms/{room_id}/typing/{user_id}", put(ephemeral::typing)),
-        ("/rooms/{room_id}/receipt/{receipt_type}/{event_id}", post(ephemeral::receipt)),
-        ("/rooms/{room_id}/read_markers", post(ephemeral::read_markers)),
-        ("/user/{user_id}/account_data/{event_type}", get(account_data::get_global).put(account_data::put_global)),
+        (
+            "/rooms/{room_id}/receipt/{receipt_type}/{event_id}",
+            post(ephemeral::receipt),
+        ),
+        (
+            "/rooms/{room_id}/read_markers",
+            post(ephemeral::read_markers),
+        ),
+        (
+            "/user/{user_id}/account_data/{event_type}",
+            get(account_data::get_global).put(account_data::put_global),
+        ),
         (
             "/user/{user_id}/rooms/{room_id}/account_data/{event_type}",
             get(account_data::get_room).put(account_data::put_room),
         ),
-        ("/user/{user_id}/rooms/{room_id}/tags", get(account_data::get_tags)),
-        ("/user/{user_id}/rooms/{room_id}/tags/{tag}", put(account_data::put_tag).delete(account_data::delete_tag)),
+        (
+            "/user/{user_id}/rooms/{room_id}/tags",
+            get(account_data::get_tags),
+        ),
+        (
+            "/user/{user_id}/rooms/{room_id}/tags/{tag}",
+            put(account_data::put_tag).delete(account_data::delete_tag),
+        ),
         ("/user/{user_id}/filter", post(account_data::create_filter)),
-        ("/user/{user_id}/filter/{filter_id}", get(account_data::get_filter)),
+        (
+            "/user/{user_id}/filter/{filter_id}",
+            get(account_data::get_filter),
+        ),
         ("/sync", get(sync::sync_events)),
     ];
     for (path, route) in routes {
@@ -104,8 +163,19 @@ pub fn router(server: Arc<Server>) -> Router {
     }
     let cors = CorsLayer::new()
         .allow_origin(Any)
-        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::OPTIONS])
-        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::ACCEPT, header::HeaderName::from_static("x-requested-with")]);
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::ACCEPT,
+            header::HeaderName::from_static("x-requested-with"),
+        ]);
     r.route("/_warren/health", get(|| async { "ok" }))
         .fallback(unrecognized)
         .layer(axum::extract::DefaultBodyLimit::disable())

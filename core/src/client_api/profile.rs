@@ -15,11 +15,17 @@ use crate::storage;
 type JsonResult = Result<Json<Value>, Error>;
 
 fn load(server: &Server, user_id: &str) -> Result<(Option<String>, Option<String>), Error> {
-    server.db.read(|c| storage::profile(c, user_id))?.ok_or_else(|| Error::NotFound("profile not found".into()))
+    server
+        .db
+        .read(|c| storage::profile(c, user_id))?
+        .ok_or_else(|| Error::NotFound("profile not found".into()))
 }
 
 /// `GET /profile/{userId}`.
-pub(super) async fn get_profile(State(server): State<Arc<Server>>, P(user_id): P<String>) -> JsonResult {
+pub(super) async fn get_profile(
+    State(server): State<Arc<Server>>,
+    P(user_id): P<String>,
+) -> JsonResult {
     let (displayname, avatar_url) = load(&server, &user_id)?;
     let mut out = json!({});
     if let Some(d) = displayname {
@@ -32,7 +38,10 @@ pub(super) async fn get_profile(State(server): State<Arc<Server>>, P(user_id): P
 }
 
 /// `GET /profile/{userId}/{field}`.
-pub(super) async fn get_field(State(server): State<Arc<Server>>, P((user_id, field)): P<(String, String)>) -> JsonResult {
+pub(super) async fn get_field(
+    State(server): State<Arc<Server>>,
+    P((user_id, field)): P<(String, String)>,
+) -> JsonResult {
     let (displayname, avatar_url) = load(&server, &user_id)?;
     let value = match field.as_str() {
         "displayname" => displayname,
@@ -53,7 +62,9 @@ pub(super) async fn set_field(
     Body(body): Body<Value>,
 ) -> JsonResult {
     if user_id != caller.user_id {
-        return Err(Error::Forbidden("you can only change your own profile".into()));
+        return Err(Error::Forbidden(
+            "you can only change your own profile".into(),
+        ));
     }
     let value = match &body[&field] {
         Value::String(s) => Some(s.clone()),
@@ -71,7 +82,10 @@ pub(super) async fn set_field(
 
 fn update_member_events(server: &Server, caller: &Caller) -> Result<(), Error> {
     let (rooms, profile) = server.db.read(|c| {
-        Ok((storage::rooms_with_membership(c, &caller.user_id, "join")?, storage::profile(c, &caller.user_id)?))
+        Ok((
+            storage::rooms_with_membership(c, &caller.user_id, "join")?,
+            storage::profile(c, &caller.user_id)?,
+        ))
     })?;
     let (displayname, avatar_url) = profile.unwrap_or((None, None));
     for room_id in rooms {

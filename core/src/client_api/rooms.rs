@@ -18,7 +18,11 @@ use crate::streams::SyncToken;
 type JsonResult = Result<Json<Value>, Error>;
 
 pub fn opts(caller: &Caller) -> ClientEventOptions<'_> {
-    ClientEventOptions { viewer: Some((&caller.user_id, &caller.device_id)), include_room_id: true, now_ms: now_ms() }
+    ClientEventOptions {
+        viewer: Some((&caller.user_id, &caller.device_id)),
+        include_room_id: true,
+        now_ms: now_ms(),
+    }
 }
 
 #[derive(Deserialize)]
@@ -71,7 +75,11 @@ pub(super) async fn create_room(
         invite: body.invite,
         is_direct: body.is_direct,
         creation_content: body.creation_content,
-        initial_state: body.initial_state.into_iter().map(|s| (s.kind, s.state_key, s.content)).collect(),
+        initial_state: body
+            .initial_state
+            .into_iter()
+            .map(|s| (s.kind, s.state_key, s.content))
+            .collect(),
         power_level_content_override: body.power_level_content_override,
         room_version: body.room_version,
     };
@@ -100,7 +108,13 @@ pub(super) async fn send_message(
     P((room_id, kind, txn_id)): P<(String, String, String)>,
     Body(content): Body<Value>,
 ) -> JsonResult {
-    let ev = NewEvent { kind, state_key: None, content, sender: caller.user_id.clone(), redacts: None };
+    let ev = NewEvent {
+        kind,
+        state_key: None,
+        content,
+        sender: caller.user_id.clone(),
+        redacts: None,
+    };
     let event_id = send(&server, &caller, &room_id, ev, Some(&txn_id))?;
     Ok(Json(json!({"event_id": event_id})))
 }
@@ -136,7 +150,13 @@ fn put_state_inner(
     if kind == "m.room.member" {
         super::membership::check_invitee(&server, &state_key)?;
     }
-    let ev = NewEvent { kind, state_key: Some(state_key), content, sender: caller.user_id.clone(), redacts: None };
+    let ev = NewEvent {
+        kind,
+        state_key: Some(state_key),
+        content,
+        sender: caller.user_id.clone(),
+        redacts: None,
+    };
     let event_id = send(&server, &caller, &room_id, ev, None)?;
     Ok(Json(json!({"event_id": event_id})))
 }
@@ -153,7 +173,14 @@ pub(super) async fn get_state(
     P((room_id, kind, state_key)): P<(String, String, String)>,
     Q(q): Q<FormatQuery>,
 ) -> JsonResult {
-    get_state_inner(&server, &caller, &room_id, &kind, &state_key, q.format.as_deref())
+    get_state_inner(
+        &server,
+        &caller,
+        &room_id,
+        &kind,
+        &state_key,
+        q.format.as_deref(),
+    )
 }
 
 /// `GET /rooms/{roomId}/state/{eventType}` (empty state key).
@@ -183,7 +210,11 @@ fn get_state_inner(
     })?;
     let ev = ev.ok_or_else(|| Error::NotFound("state event not found".into()))?;
     let full = client_event(&ev, opts(caller));
-    if format == Some("event") { Ok(Json(full)) } else { Ok(Json(full["content"].clone())) }
+    if format == Some("event") {
+        Ok(Json(full))
+    } else {
+        Ok(Json(full["content"].clone()))
+    }
 }
 
 /// The state a user may see: current state while joined, the state when they left otherwise.
@@ -195,13 +226,21 @@ pub(super) fn visible_state(
     match storage::membership(c, room_id, user_id)? {
         Some((m, _, _)) if m == "join" => storage::current_state(c, room_id),
         Some((m, _, pos)) if m == "leave" || m == "ban" => state_at(c, room_id, pos),
-        _ => Err(Error::Forbidden(format!("you are not a member of {room_id}"))),
+        _ => Err(Error::Forbidden(format!(
+            "you are not a member of {room_id}"
+        ))),
     }
 }
 
 /// The room state right after the event at stream position `pos` (or the newest before it).
-pub fn state_at(c: &rusqlite::Connection, room_id: &str, pos: i64) -> Result<storage::StateMap, Error> {
-    let Some(ev) = storage::last_event_at(c, room_id, pos)? else { return Ok(Default::default()) };
+pub fn state_at(
+    c: &rusqlite::Connection,
+    room_id: &str,
+    pos: i64,
+) -> Result<storage::StateMap, Error> {
+    let Some(ev) = storage::last_event_at(c, room_id, pos)? else {
+        return Ok(Default::default());
+    };
     let mut state = match ev.state_group_before {
         Some(g) => storage::load_state_group(c, g)?,
         None => Default::default(),
@@ -243,7 +282,9 @@ pub(super) async fn redact(
     P((room_id, event_id, txn_id)): P<(String, String, String)>,
     Body(body): Body<RedactBody>,
 ) -> JsonResult {
-    let allowed = server.db.read(|c| rooms::check_redaction_allowed(c, &room_id, &caller.user_id, &event_id))?;
+    let allowed = server
+        .db
+        .read(|c| rooms::check_redaction_allowed(c, &room_id, &caller.user_id, &event_id))?;
     if !allowed {
         return Err(Error::Forbidden("you may not redact this event".into()));
     }
@@ -258,7 +299,13 @@ pub(super) async fn redact(
         sender: caller.user_id.clone(),
         redacts: Some(event_id),
     };
-    let event_id = send(&server, &caller, &room_id, ev, Some(&format!("redact-{txn_id}")))?;
+    let event_id = send(
+        &server,
+        &caller,
+        &room_id,
+        ev,
+        Some(&format!("redact-{txn_id}")),
+    )?;
     Ok(Json(json!({"event_id": event_id})))
 }
 
@@ -270,7 +317,8 @@ pub(super) async fn get_event(
 ) -> JsonResult {
     let ev = server.db.read_tx(|c| {
         let vis = visibility_for(c, &room_id, &caller.user_id)?;
-        Ok(storage::get_event(c, &event_id)?.filter(|e| e.room_id == room_id && vis.allows(e.stream_ordering)))
+        Ok(storage::get_event(c, &event_id)?
+            .filter(|e| e.room_id == room_id && vis.allows(e.stream_ordering)))
     })?;
     let ev = ev.ok_or_else(|| Error::NotFound("event not found".into()))?;
     Ok(Json(client_event(&ev, opts(&caller))))
@@ -301,18 +349,20 @@ fn type_matches(pattern: &str, ty: &str) -> bool {
 impl RoomEventFilter {
     /// Whether an event passes the filter.
     pub fn allows(&self, e: &StoredEvent) -> bool {
-        if self.not_types.iter().any(|p| type_matches(p, &e.kind)) || self.not_senders.contains(&e.sender) {
+        if self.not_types.iter().any(|p| type_matches(p, &e.kind))
+            || self.not_senders.contains(&e.sender)
+        {
             return false;
         }
-        if let Some(types) = &self.types {
-            if !types.iter().any(|p| type_matches(p, &e.kind)) {
-                return false;
-            }
+        if let Some(types) = &self.types
+            && !types.iter().any(|p| type_matches(p, &e.kind))
+        {
+            return false;
         }
-        if let Some(senders) = &self.senders {
-            if !senders.contains(&e.sender) {
-                return false;
-            }
+        if let Some(senders) = &self.senders
+            && !senders.contains(&e.sender)
+        {
+            return false;
         }
         if let Some(want) = self.contains_url {
             let has = e.json.contains("\"url\"");
@@ -334,7 +384,9 @@ pub(super) struct MessagesQuery {
 }
 
 fn parse_token(t: &str) -> Result<i64, Error> {
-    SyncToken::parse(t).map(|t| t.pos).ok_or_else(|| Error::InvalidParam(format!("invalid pagination token {t}")))
+    SyncToken::parse(t)
+        .map(|t| t.pos)
+        .ok_or_else(|| Error::InvalidParam(format!("invalid pagination token {t}")))
 }
 
 /// Members whose state a lazy-loading client needs for these events.
@@ -349,10 +401,10 @@ pub fn lazy_members(
     senders.dedup();
     let mut out = Vec::new();
     for s in senders {
-        if let Some(id) = state.get(&("m.room.member".to_owned(), s.to_owned())) {
-            if let Some(ev) = storage::get_event(c, id)? {
-                out.push(client_event(&ev, opts(caller)));
-            }
+        if let Some(id) = state.get(&("m.room.member".to_owned(), s.to_owned()))
+            && let Some(ev) = storage::get_event(c, id)?
+        {
+            out.push(client_event(&ev, opts(caller)));
         }
     }
     Ok(out)
@@ -368,10 +420,16 @@ pub(super) async fn messages(
     let backwards = match q.dir.as_deref() {
         Some("b") | None => true,
         Some("f") => false,
-        Some(other) => return Err(Error::InvalidParam(format!("dir must be b or f, not {other}"))),
+        Some(other) => {
+            return Err(Error::InvalidParam(format!(
+                "dir must be b or f, not {other}"
+            )));
+        }
     };
     let filter: RoomEventFilter = match &q.filter {
-        Some(f) => serde_json::from_str(f).map_err(|e| Error::BadJson(format!("invalid filter: {e}")))?,
+        Some(f) => {
+            serde_json::from_str(f).map_err(|e| Error::BadJson(format!("invalid filter: {e}")))?
+        }
         None => RoomEventFilter::default(),
     };
     let limit = q.limit.or(filter.limit).unwrap_or(10).clamp(1, 1000);
@@ -400,7 +458,11 @@ pub(super) async fn messages(
             let page = storage::room_events(c, &room_id, after, up_to, limit * 2, backwards)?;
             exhausted = page.len() < limit * 2;
             for e in page {
-                cursor = if backwards { e.stream_ordering - 1 } else { e.stream_ordering };
+                cursor = if backwards {
+                    e.stream_ordering - 1
+                } else {
+                    e.stream_ordering
+                };
                 if vis.allows(e.stream_ordering) && filter.allows(&e) {
                     out.push(e);
                     if out.len() == limit {
@@ -410,7 +472,13 @@ pub(super) async fn messages(
             }
         }
         let more = !exhausted || out.len() == limit;
-        let end = more.then(|| SyncToken { pos: cursor, typing: 0 }.to_string());
+        let end = more.then(|| {
+            SyncToken {
+                pos: cursor,
+                typing: 0,
+            }
+            .to_string()
+        });
         let state = if filter.lazy_load_members {
             lazy_members(c, &storage::current_state(c, &room_id)?, &out, &caller)?
         } else {
@@ -418,7 +486,13 @@ pub(super) async fn messages(
         };
         Ok((out, end, state))
     })?;
-    let start = q.from.clone().unwrap_or_else(|| SyncToken { pos: from, typing: 0 }.to_string());
+    let start = q.from.clone().unwrap_or_else(|| {
+        SyncToken {
+            pos: from,
+            typing: 0,
+        }
+        .to_string()
+    });
     let mut body = json!({
         "start": start,
         "chunk": chunk.iter().map(|e| client_event(e, opts(&caller))).collect::<Vec<_>>(),
@@ -446,7 +520,9 @@ pub(super) async fn context(
     Q(q): Q<ContextQuery>,
 ) -> JsonResult {
     let filter: RoomEventFilter = match &q.filter {
-        Some(f) => serde_json::from_str(f).map_err(|e| Error::BadJson(format!("invalid filter: {e}")))?,
+        Some(f) => {
+            serde_json::from_str(f).map_err(|e| Error::BadJson(format!("invalid filter: {e}")))?
+        }
         None => RoomEventFilter::default(),
     };
     let limit = q.limit.unwrap_or(10).min(100);
@@ -522,10 +598,14 @@ pub(super) async fn members(
             if ty != "m.room.member" {
                 continue;
             }
-            let Some(ev) = storage::get_event(c, id)? else { continue };
+            let Some(ev) = storage::get_event(c, id)? else {
+                continue;
+            };
             let v = client_event(&ev, opts(&caller));
             let m = v["content"]["membership"].as_str().unwrap_or("");
-            if q.membership.as_deref().is_some_and(|want| want != m) || q.not_membership.as_deref() == Some(m) {
+            if q.membership.as_deref().is_some_and(|want| want != m)
+                || q.not_membership.as_deref() == Some(m)
+            {
                 continue;
             }
             out.push(v);

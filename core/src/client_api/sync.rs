@@ -31,20 +31,25 @@ pub(super) async fn sync_events(
     Auth(caller): Auth,
     Q(q): Q<SyncQuery>,
 ) -> Result<Json<Value>, Error> {
-    if let Some(p) = &q.set_presence {
-        if !matches!(p.as_str(), "online" | "offline" | "unavailable") {
-            return Err(Error::InvalidParam(format!("invalid set_presence {p}")));
-        }
+    if let Some(p) = &q.set_presence
+        && !matches!(p.as_str(), "online" | "offline" | "unavailable")
+    {
+        return Err(Error::InvalidParam(format!("invalid set_presence {p}")));
     }
     let since = match &q.since {
-        Some(s) => Some(SyncToken::parse(s).ok_or_else(|| Error::InvalidParam(format!("invalid since token {s}")))?),
+        Some(s) => Some(
+            SyncToken::parse(s)
+                .ok_or_else(|| Error::InvalidParam(format!("invalid since token {s}")))?,
+        ),
         None => None,
     };
     let filter: Filter = match q.filter.as_deref() {
         None => Filter::default(),
         Some(f) if f.trim_start().starts_with('{') => parse_json(f.as_bytes())?,
         Some(id) => {
-            let id: i64 = id.parse().map_err(|_| Error::InvalidParam(format!("invalid filter id {id}")))?;
+            let id: i64 = id
+                .parse()
+                .map_err(|_| Error::InvalidParam(format!("invalid filter id {id}")))?;
             let raw = server
                 .db
                 .read(|c| storage::load_filter(c, &caller.user_id, id))?

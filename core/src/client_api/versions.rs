@@ -16,8 +16,10 @@ pub(super) async fn versions() -> Json<Value> {
 
 /// `GET /capabilities`.
 pub(super) async fn capabilities(Auth(_caller): Auth) -> Json<Value> {
-    let available: serde_json::Map<String, Value> =
-        SUPPORTED_ROOM_VERSIONS.iter().map(|v| ((*v).to_owned(), json!("stable"))).collect();
+    let available: serde_json::Map<String, Value> = SUPPORTED_ROOM_VERSIONS
+        .iter()
+        .map(|v| ((*v).to_owned(), json!("stable")))
+        .collect();
     Json(json!({
         "capabilities": {
             "m.change_password": {"enabled": true},

@@ -36,20 +36,34 @@ impl Visibility {
 /// Work out what `user_id` may read of `room_id`.
 pub fn visibility_for(c: &Connection, room_id: &str, user_id: &str) -> Result<Visibility, Error> {
     let Some((membership, _, pos)) = storage::membership(c, room_id, user_id)? else {
-        return Err(Error::Forbidden(format!("you are not a member of {room_id}")));
+        return Err(Error::Forbidden(format!(
+            "you are not a member of {room_id}"
+        )));
     };
     let history = match storage::current_state_event(c, room_id, "m.room.history_visibility", "")? {
         Some(id) => storage::get_event(c, &id)?
             .and_then(|e| serde_json::from_str::<Value>(&e.json).ok())
-            .and_then(|v| v["content"]["history_visibility"].as_str().map(str::to_owned))
+            .and_then(|v| {
+                v["content"]["history_visibility"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
             .unwrap_or_else(|| "shared".into()),
         None => "shared".into(),
     };
     let full_history = matches!(history.as_str(), "shared" | "world_readable");
     match membership.as_str() {
-        "join" => Ok(Visibility { min: if full_history { 0 } else { pos - 1 }, max: i64::MAX }),
+        "join" => Ok(Visibility {
+            min: if full_history { 0 } else { pos - 1 },
+            max: i64::MAX,
+        }),
         "leave" | "ban" => Ok(Visibility { min: 0, max: pos }),
-        "invite" if history == "invited" || history == "world_readable" => Ok(Visibility { min: pos - 1, max: pos }),
-        _ => Err(Error::Forbidden(format!("you are not a member of {room_id}"))),
+        "invite" if history == "invited" || history == "world_readable" => Ok(Visibility {
+            min: pos - 1,
+            max: pos,
+        }),
+        _ => Err(Error::Forbidden(format!(
+            "you are not a member of {room_id}"
+        ))),
     }
 }

@@ -48,10 +48,10 @@ pub fn build_pdu(
         "depth": depth,
     });
     if let Some(redacts) = &ev.redacts {
-        if rules.redaction.content_field_redacts {
-            if let Some(obj) = content.as_object_mut() {
-                obj.insert("redacts".to_owned(), Value::String(redacts.clone()));
-            }
+        if rules.redaction.content_field_redacts
+            && let Some(obj) = content.as_object_mut()
+        {
+            obj.insert("redacts".to_owned(), Value::String(redacts.clone()));
         }
         // Older clients and servers read the top-level field; keep both.
         value["redacts"] = Value::String(redacts.clone());
@@ -68,9 +68,15 @@ pub fn build_pdu(
         Ok(_) => return Err(Error::internal("event is not an object")),
         Err(e) => return Err(Error::BadJson(format!("event is not canonical JSON: {e}"))),
     };
-    hash_and_sign_event(identity.server_name(), identity.keypair(), &mut object, &rules.redaction)
-        .map_err(|e| Error::BadJson(format!("cannot sign event: {e}")))?;
-    let hash = reference_hash(&object, rules).map_err(|e| Error::TooLarge(format!("event rejected: {e}")))?;
+    hash_and_sign_event(
+        identity.server_name(),
+        identity.keypair(),
+        &mut object,
+        &rules.redaction,
+    )
+    .map_err(|e| Error::BadJson(format!("cannot sign event: {e}")))?;
+    let hash = reference_hash(&object, rules)
+        .map_err(|e| Error::TooLarge(format!("event rejected: {e}")))?;
     Ok((format!("${hash}"), object))
 }
 
@@ -112,9 +118,21 @@ mod tests {
         for v in ["10", "11", "12"] {
             let (_, rules) = rules_for(v).expect("rules");
             let room = format!("!r:{}", id.server_name());
-            let (event_id, obj) =
-                build_pdu(&id, &rules, Some(&room), &message(id.server_name()), &[], &[], 1, 1000).expect("build");
-            assert!(event_id.starts_with('$') && !event_id.contains(':'), "{event_id}");
+            let (event_id, obj) = build_pdu(
+                &id,
+                &rules,
+                Some(&room),
+                &message(id.server_name()),
+                &[],
+                &[],
+                1,
+                1000,
+            )
+            .expect("build");
+            assert!(
+                event_id.starts_with('$') && !event_id.contains(':'),
+                "{event_id}"
+            );
             let key = crate::identity::public_key_from_server_name(id.server_name()).expect("key");
             let mut keys = std::collections::BTreeMap::new();
             keys.insert(
@@ -132,12 +150,27 @@ mod tests {
     fn tampering_breaks_the_content_hash() {
         let id = identity();
         let (_, rules) = rules_for("12").expect("rules");
-        let (_, mut obj) =
-            build_pdu(&id, &rules, Some("!r"), &message(id.server_name()), &[], &[], 1, 1000).expect("build");
-        obj.insert("content".into(), CanonicalJsonValue::try_from(json!({"body": "evil"})).expect("cv"));
+        let (_, mut obj) = build_pdu(
+            &id,
+            &rules,
+            Some("!r"),
+            &message(id.server_name()),
+            &[],
+            &[],
+            1,
+            1000,
+        )
+        .expect("build");
+        obj.insert(
+            "content".into(),
+            CanonicalJsonValue::try_from(json!({"body": "evil"})).expect("cv"),
+        );
         let key = crate::identity::public_key_from_server_name(id.server_name()).expect("key");
         let mut keys = std::collections::BTreeMap::new();
-        keys.insert(crate::identity::KEY_ID.to_owned(), ruma::serde::Base64::new(key.to_vec()));
+        keys.insert(
+            crate::identity::KEY_ID.to_owned(),
+            ruma::serde::Base64::new(key.to_vec()),
+        );
         let mut map = std::collections::BTreeMap::new();
         map.insert(id.server_name().to_owned(), keys);
         // Signatures cover the redacted form, so they still verify; the hash does not.
@@ -161,16 +194,29 @@ mod tests {
         let (_, obj) = build_pdu(&id, &rules11, Some("!r:x"), &ev, &[], &[], 1, 1).expect("build");
         let json = serde_json::to_string(&obj).expect("json");
         // v11 keeps the whole create content.
-        let red: Value = serde_json::from_str(&redact_json(&json, &rules11).expect("redact")).expect("parse");
+        let red: Value =
+            serde_json::from_str(&redact_json(&json, &rules11).expect("redact")).expect("parse");
         assert_eq!(red["content"]["extra"], json!(1));
         // v10 keeps only `creator`.
         let (_, rules10) = rules_for("10").expect("rules");
-        let red: Value = serde_json::from_str(&redact_json(&json, &rules10).expect("redact")).expect("parse");
+        let red: Value =
+            serde_json::from_str(&redact_json(&json, &rules10).expect("redact")).expect("parse");
         assert!(red["content"].get("extra").is_none());
         // Messages lose their content in every version.
-        let (_, obj) = build_pdu(&id, &rules11, Some("!r:x"), &message(id.server_name()), &[], &[], 1, 1).expect("b");
+        let (_, obj) = build_pdu(
+            &id,
+            &rules11,
+            Some("!r:x"),
+            &message(id.server_name()),
+            &[],
+            &[],
+            1,
+            1,
+        )
+        .expect("b");
         let json = serde_json::to_string(&obj).expect("json");
-        let red: Value = serde_json::from_str(&redact_json(&json, &rules11).expect("redact")).expect("parse");
+        let red: Value =
+            serde_json::from_str(&redact_json(&json, &rules11).expect("redact")).expect("parse");
         assert_eq!(red["content"], json!({}));
         assert!(red.get("signatures").is_some() && red.get("hashes").is_some());
     }

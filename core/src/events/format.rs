@@ -15,7 +15,14 @@ pub struct ClientEventOptions<'a> {
     pub now_ms: i64,
 }
 
-const CLIENT_FIELDS: &[&str] = &["type", "content", "sender", "origin_server_ts", "state_key", "redacts"];
+const CLIENT_FIELDS: &[&str] = &[
+    "type",
+    "content",
+    "sender",
+    "origin_server_ts",
+    "state_key",
+    "redacts",
+];
 
 /// Render a stored event in the client format (`ClientEvent` / `ClientEventWithoutRoomID`).
 pub fn client_event(e: &StoredEvent, opts: ClientEventOptions<'_>) -> Value {
@@ -27,23 +34,33 @@ pub fn client_event(e: &StoredEvent, opts: ClientEventOptions<'_>) -> Value {
         }
     }
     // From v11 `redacts` lives in content; clients still look for it at the top level.
-    if e.kind == "m.room.redaction" && !out.contains_key("redacts") {
-        if let Some(r) = pdu.get("content").and_then(|c| c.get("redacts")) {
-            out.insert("redacts".to_owned(), r.clone());
-        }
+    if e.kind == "m.room.redaction"
+        && !out.contains_key("redacts")
+        && let Some(r) = pdu.get("content").and_then(|c| c.get("redacts"))
+    {
+        out.insert("redacts".to_owned(), r.clone());
     }
-    out.entry("content").or_insert_with(|| Value::Object(Map::new()));
+    out.entry("content")
+        .or_insert_with(|| Value::Object(Map::new()));
     out.insert("event_id".to_owned(), Value::String(e.event_id.clone()));
     if opts.include_room_id {
         out.insert("room_id".to_owned(), Value::String(e.room_id.clone()));
     }
-    let mut unsigned: Map<String, Value> =
-        e.unsigned.as_deref().and_then(|u| serde_json::from_str(u).ok()).unwrap_or_default();
-    unsigned.insert("age".to_owned(), Value::from((opts.now_ms - e.origin_server_ts).max(0)));
-    if let (Some((user, device)), Some(txn_device), Some(txn_id)) = (opts.viewer, &e.txn_device, &e.txn_id) {
-        if user == e.sender && device == txn_device {
-            unsigned.insert("transaction_id".to_owned(), Value::String(txn_id.clone()));
-        }
+    let mut unsigned: Map<String, Value> = e
+        .unsigned
+        .as_deref()
+        .and_then(|u| serde_json::from_str(u).ok())
+        .unwrap_or_default();
+    unsigned.insert(
+        "age".to_owned(),
+        Value::from((opts.now_ms - e.origin_server_ts).max(0)),
+    );
+    if let (Some((user, device)), Some(txn_device), Some(txn_id)) =
+        (opts.viewer, &e.txn_device, &e.txn_id)
+        && user == e.sender
+        && device == txn_device
+    {
+        unsigned.insert("transaction_id".to_owned(), Value::String(txn_id.clone()));
     }
     out.insert("unsigned".to_owned(), Value::Object(unsigned));
     Value::Object(out)

@@ -24,12 +24,15 @@ pub const DEFAULT_ROOM_VERSION: &str = "12";
 /// Rules for a supported room version string.
 pub fn rules_for(version: &str) -> Result<(RoomVersionId, RoomVersionRules), Error> {
     if !SUPPORTED_ROOM_VERSIONS.contains(&version) {
-        return Err(Error::UnsupportedRoomVersion(format!("room version {version} is not supported")));
+        return Err(Error::UnsupportedRoomVersion(format!(
+            "room version {version} is not supported"
+        )));
     }
-    let id = RoomVersionId::try_from(version)
-        .map_err(|_| Error::UnsupportedRoomVersion(format!("room version {version} is not supported")))?;
-    let rules = id
-        .rules()
-        .ok_or_else(|| Error::UnsupportedRoomVersion(format!("room version {version} has no known rules")))?;
+    let id = RoomVersionId::try_from(version).map_err(|_| {
+        Error::UnsupportedRoomVersion(format!("room version {version} is not supported"))
+    })?;
+    let rules = id.rules().ok_or_else(|| {
+        Error::UnsupportedRoomVersion(format!("room version {version} has no known rules"))
+    })?;
     Ok((id, rules))
 }

@@ -64,12 +64,16 @@ struct RedactsContent {
 impl Pdu {
     /// Parse a stored or received PDU.
     pub fn from_json(event_id: &str, json: &str) -> Result<Pdu, Error> {
-        let f: Fields = serde_json::from_str(json).map_err(|e| Error::BadJson(format!("invalid PDU: {e}")))?;
-        let event_id = EventId::parse(event_id).map_err(|e| Error::BadJson(format!("invalid event id: {e}")))?;
+        let f: Fields =
+            serde_json::from_str(json).map_err(|e| Error::BadJson(format!("invalid PDU: {e}")))?;
+        let event_id = EventId::parse(event_id)
+            .map_err(|e| Error::BadJson(format!("invalid event id: {e}")))?;
         let redacts = match f.redacts {
             Some(r) => Some(r),
             None if f.kind == TimelineEventType::RoomRedaction => {
-                serde_json::from_str::<RedactsContent>(f.content.get()).ok().and_then(|c| c.redacts)
+                serde_json::from_str::<RedactsContent>(f.content.get())
+                    .ok()
+                    .and_then(|c| c.redacts)
             }
             None => None,
         };

@@ -6,7 +6,9 @@ use serde_json::{Map, Value, json};
 
 use super::auth::check_local_event;
 use crate::error::Error;
-use crate::events::{self, ClientEventOptions, NewEvent, Pdu, build_pdu, client_event, redact_json, rules_for};
+use crate::events::{
+    self, ClientEventOptions, NewEvent, Pdu, build_pdu, client_event, redact_json, rules_for,
+};
 use crate::server::Server;
 use crate::storage::{self, StateMap, StoredEvent, next_stream_position, now_ms};
 
@@ -40,21 +42,36 @@ pub fn append_event(
     ev: NewEvent,
     txn: Option<(&str, &str)>,
 ) -> Result<Appended, Error> {
-    if let Some((device, txn_id)) = txn {
-        if let Some(existing) = storage::txn_event(c, &ev.sender, device, txn_id)? {
-            let pos = storage::get_event(c, &existing)?.map(|e| e.stream_ordering).unwrap_or(0);
-            return Ok(Appended { event_id: existing, pos });
-        }
+    if let Some((device, txn_id)) = txn
+        && let Some(existing) = storage::txn_event(c, &ev.sender, device, txn_id)?
+    {
+        let pos = storage::get_event(c, &existing)?
+            .map(|e| e.stream_ordering)
+            .unwrap_or(0);
+        return Ok(Appended {
+            event_id: existing,
+            pos,
+        });
     }
     let Some((version, group_before)) = storage::room_info(c, room_id)? else {
         return Err(Error::Forbidden(format!("unknown room {room_id}")));
     };
     let (_, rules) = rules_for(&version)?;
     let extremities = storage::forward_extremities(c, room_id)?;
-    let depth = extremities.iter().map(|(_, d)| *d).max().unwrap_or(0).saturating_add(1);
-    let prev: Vec<String> = extremities.into_iter().take(MAX_PREV_EVENTS).map(|(id, _)| id).collect();
+    let depth = extremities
+        .iter()
+        .map(|(_, d)| *d)
+        .max()
+        .unwrap_or(0)
+        .saturating_add(1);
+    let prev: Vec<String> = extremities
+        .into_iter()
+        .take(MAX_PREV_EVENTS)
+        .map(|(id, _)| id)
+        .collect();
 
-    let sender = UserId::parse(&ev.sender).map_err(|e| Error::InvalidParam(format!("bad sender: {e}")))?;
+    let sender =
+        UserId::parse(&ev.sender).map_err(|e| Error::InvalidParam(format!("bad sender: {e}")))?;
     let content_raw = serde_json::value::to_raw_value(&ev.content)?;
     let kind = TimelineEventType::from(ev.kind.as_str());
     let auth_types = state_res::auth_types_for_event(
@@ -67,14 +84,22 @@ pub fn append_event(
     .map_err(|e| Error::BadJson(format!("invalid content for {}: {e}", ev.kind)))?;
     let mut auth_events = Vec::with_capacity(auth_types.len());
     for (ty, sk) in &auth_types {
-        if let Some(id) = storage::current_state_event(c, room_id, &ty.to_string(), sk)? {
-            if !auth_events.contains(&id) {
-                auth_events.push(id);
-            }
+        if let Some(id) = storage::current_state_event(c, room_id, &ty.to_string(), sk)?
+            && !auth_events.contains(&id)
+        {
+            auth_events.push(id);
         }
     }
-    let (event_id, object) =
-        build_pdu(&server.identity, &rules, Some(room_id), &ev, &prev, &auth_events, depth, now_ms())?;
+    let (event_id, object) = build_pdu(
+        &server.identity,
+        &rules,
+        Some(room_id),
+        &ev,
+        &prev,
+        &auth_events,
+        depth,
+        now_ms(),
+    )?;
     let json = serde_json::to_string(&object)?;
     let pdu = Pdu::from_json(&event_id, &json)?;
     check_local_event(c, &rules, room_id, &pdu)?;
@@ -98,13 +123,13 @@ pub(super) fn persist(
     let kind = pdu.kind.to_string();
     let mut unsigned = Map::new();
     if let Some(sk) = &pdu.state_key {
-        if let Some(prev_id) = storage::current_state_event(c, room_id, &kind, sk)? {
-            if let Some(prev) = storage::get_event(c, &prev_id)? {
-                let prev_json: Value = serde_json::from_str(&prev.json)?;
-                unsigned.insert("prev_content".into(), prev_json["content"].clone());
-                unsigned.insert("prev_sender".into(), Value::String(prev.sender.clone()));
-                unsigned.insert("replaces_state".into(), Value::String(prev_id));
-            }
+        if let Some(prev_id) = storage::current_state_event(c, room_id, &kind, sk)?
+            && let Some(prev) = storage::get_event(c, &prev_id)?
+        {
+            let prev_json: Value = serde_json::from_str(&prev.json)?;
+            unsigned.insert("prev_content".into(), prev_json["content"].clone());
+            unsigned.insert("prev_sender".into(), Value::String(prev.sender.clone()));
+            unsigned.insert("replaces_state".into(), Value::String(prev_id));
         }
         let mut changes = StateMap::new();
         changes.insert((kind.clone(), sk.clone()), pdu.event_id.to_string());
@@ -139,12 +164,17 @@ pub(super) fn persist(
     if let Some((device, txn_id)) = txn {
         storage::insert_txn(c, &stored.sender, device, txn_id, &stored.event_id)?;
     }
-    if kind == "m.room.redaction" {
-        if let Some(target) = &pdu.redacts {
-            apply_redaction(c, server, room_id, version, &stored, target.as_str())?;
-        }
+    if kind == "m.room.redaction"
+        && let Some(target) = &pdu.redacts
+    {
+        apply_redaction(c, server, room_id, version, &stored, target.as_str())?;
     }
-    if pdu.state_key.is_none() && matches!(kind.as_str(), "m.room.message" | "m.room.encrypted" | "m.sticker") {
+    if pdu.state_key.is_none()
+        && matches!(
+            kind.as_str(),
+            "m.room.message" | "m.room.encrypted" | "m.sticker"
+        )
+    {
         count_notifications(c, room_id, &stored, pdu)?;
     }
     Ok(pos)
@@ -159,7 +189,9 @@ fn apply_redaction(
     redaction: &StoredEvent,
     target: &str,
 ) -> Result<(), Error> {
-    let Some(ev) = storage::get_event(c, target)? else { return Ok(()) };
+    let Some(ev) = storage::get_event(c, target)? else {
+        return Ok(());
+    };
     if ev.room_id != room_id || ev.redacted_by.is_some() {
         return Ok(());
     }
@@ -169,9 +201,19 @@ fn apply_redaction(
     let (_, rules) = rules_for(version)?;
     let redacted = redact_json(&ev.json, &rules)?;
     storage::mark_redacted(c, target, &redacted, &redaction.event_id)?;
-    let because = client_event(redaction, ClientEventOptions { include_room_id: true, now_ms: now_ms(), viewer: None });
-    let mut unsigned: Map<String, Value> =
-        ev.unsigned.as_deref().and_then(|u| serde_json::from_str(u).ok()).unwrap_or_default();
+    let because = client_event(
+        redaction,
+        ClientEventOptions {
+            include_room_id: true,
+            now_ms: now_ms(),
+            viewer: None,
+        },
+    );
+    let mut unsigned: Map<String, Value> = ev
+        .unsigned
+        .as_deref()
+        .and_then(|u| serde_json::from_str(u).ok())
+        .unwrap_or_default();
     // prev_content of a redacted state event must not leak the content either.
     unsigned.remove("prev_content");
     unsigned.insert("redacted_because".into(), because);
@@ -187,7 +229,12 @@ fn apply_redaction(
 /// A stand-in for full push-rule evaluation (the push rules come with the daily-client
 /// work): every message counts as a notification; it highlights when the body mentions
 /// the member's user id, localpart or display name, or `m.mentions` names them.
-fn count_notifications(c: &Connection, room_id: &str, ev: &StoredEvent, pdu: &Pdu) -> Result<(), Error> {
+fn count_notifications(
+    c: &Connection,
+    room_id: &str,
+    ev: &StoredEvent,
+    pdu: &Pdu,
+) -> Result<(), Error> {
     let content: Value = serde_json::from_str(pdu.content.get()).unwrap_or(json!({}));
     let body = content["body"].as_str().unwrap_or("").to_lowercase();
     let mentioned: Vec<&str> = content["m.mentions"]["user_ids"]
@@ -199,8 +246,15 @@ fn count_notifications(c: &Connection, room_id: &str, ev: &StoredEvent, pdu: &Pd
         if user == ev.sender {
             continue;
         }
-        let localpart = user.trim_start_matches('@').split(':').next().unwrap_or("").to_lowercase();
-        let displayname = storage::profile(c, &user)?.and_then(|p| p.0).map(|d| d.to_lowercase());
+        let localpart = user
+            .trim_start_matches('@')
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .to_lowercase();
+        let displayname = storage::profile(c, &user)?
+            .and_then(|p| p.0)
+            .map(|d| d.to_lowercase());
         let highlight = mentioned.contains(&user.as_str())
             || (!body.is_empty()
                 && (body.contains(&user.to_lowercase())
@@ -225,8 +279,16 @@ pub(super) fn append_create(
     } else {
         Some(format!("!{}:{}", random_string(18), server.server_name()))
     };
-    let (event_id, object) =
-        build_pdu(&server.identity, &rules, room_id_field.as_deref(), &ev, &[], &[], 1, now_ms())?;
+    let (event_id, object) = build_pdu(
+        &server.identity,
+        &rules,
+        room_id_field.as_deref(),
+        &ev,
+        &[],
+        &[],
+        1,
+        now_ms(),
+    )?;
     let room_id = room_id_field.unwrap_or_else(|| events::room_id_from_create_event_id(&event_id));
     let json = serde_json::to_string(&object)?;
     let pdu = Pdu::from_json(&event_id, &json)?;
@@ -240,5 +302,9 @@ pub(super) fn append_create(
 pub fn random_string(len: usize) -> String {
     use rand::Rng;
     use rand::distributions::Alphanumeric;
-    rand::thread_rng().sample_iter(&Alphanumeric).take(len).map(char::from).collect()
+    rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
 }

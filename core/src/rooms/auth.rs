@@ -12,7 +12,12 @@ use crate::storage;
 ///
 /// For local events the auth events are chosen from the current state, so the
 /// state-dependent check against the current state covers both spec checks.
-pub fn check_local_event(c: &Connection, rules: &RoomVersionRules, room_id: &str, pdu: &Pdu) -> Result<(), Error> {
+pub fn check_local_event(
+    c: &Connection,
+    rules: &RoomVersionRules,
+    room_id: &str,
+    pdu: &Pdu,
+) -> Result<(), Error> {
     let fetch_event = |id: &EventId| load_pdu(c, id.as_str()).ok().flatten();
     state_res::check_state_independent_auth_rules(&rules.authorization, pdu, fetch_event)
         .map_err(|e| Error::Forbidden(format!("event not allowed: {e}")))?;

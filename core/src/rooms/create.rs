@@ -38,13 +38,23 @@ pub struct CreateRoom {
 }
 
 /// Create a room and return its id.
-pub fn create_room(c: &Connection, server: &Server, creator: &str, req: CreateRoom) -> Result<String, Error> {
-    let version = req.room_version.clone().unwrap_or_else(|| DEFAULT_ROOM_VERSION.to_owned());
+pub fn create_room(
+    c: &Connection,
+    server: &Server,
+    creator: &str,
+    req: CreateRoom,
+) -> Result<String, Error> {
+    let version = req
+        .room_version
+        .clone()
+        .unwrap_or_else(|| DEFAULT_ROOM_VERSION.to_owned());
     let (_, rules) = rules_for(&version)?;
     let alias = match &req.alias_localpart {
         Some(local) => {
             if local.is_empty() || local.contains(':') || local.contains(char::is_whitespace) {
-                return Err(Error::InvalidParam("room_alias_name is not a valid alias localpart".into()));
+                return Err(Error::InvalidParam(
+                    "room_alias_name is not a valid alias localpart".into(),
+                ));
             }
             let alias = format!("#{local}:{}", server.server_name());
             if storage::alias_room(c, &alias)?.is_some() {
@@ -55,9 +65,16 @@ pub fn create_room(c: &Connection, server: &Server, creator: &str, req: CreateRo
         None => None,
     };
     let preset = req.preset.clone().unwrap_or_else(|| {
-        if req.public { "public_chat".into() } else { "private_chat".into() }
+        if req.public {
+            "public_chat".into()
+        } else {
+            "private_chat".into()
+        }
     });
-    if !matches!(preset.as_str(), "private_chat" | "trusted_private_chat" | "public_chat") {
+    if !matches!(
+        preset.as_str(),
+        "private_chat" | "trusted_private_chat" | "public_chat"
+    ) {
         return Err(Error::BadJson(format!("unknown preset {preset}")));
     }
 
@@ -78,7 +95,13 @@ pub fn create_room(c: &Connection, server: &Server, creator: &str, req: CreateRo
         sender: creator.to_owned(),
         redacts: None,
     };
-    let room_id = append_create(c, server, &version, ev("m.room.create", "", create), req.public)?;
+    let room_id = append_create(
+        c,
+        server,
+        &version,
+        ev("m.room.create", "", create),
+        req.public,
+    )?;
 
     // 2. The creator joins.
     let (displayname, avatar_url) = storage::profile(c, creator)?.unwrap_or((None, None));
@@ -89,7 +112,13 @@ pub fn create_room(c: &Connection, server: &Server, creator: &str, req: CreateRo
     if let Some(a) = avatar_url {
         member["avatar_url"] = json!(a);
     }
-    append_event(c, server, &room_id, ev("m.room.member", creator, member), None)?;
+    append_event(
+        c,
+        server,
+        &room_id,
+        ev("m.room.member", creator, member),
+        None,
+    )?;
 
     // 3. Power levels (creators are implicit from v12 and must not be listed).
     let mut users = serde_json::Map::new();
@@ -127,20 +156,43 @@ pub fn create_room(c: &Connection, server: &Server, creator: &str, req: CreateRo
             power[k] = v.clone();
         }
     }
-    append_event(c, server, &room_id, ev("m.room.power_levels", "", power), None)?;
+    append_event(
+        c,
+        server,
+        &room_id,
+        ev("m.room.power_levels", "", power),
+        None,
+    )?;
 
     // 4. Canonical alias.
     if let Some(alias) = &alias {
         storage::insert_alias(c, alias, &room_id, creator)?;
-        append_event(c, server, &room_id, ev("m.room.canonical_alias", "", json!({"alias": alias})), None)?;
+        append_event(
+            c,
+            server,
+            &room_id,
+            ev("m.room.canonical_alias", "", json!({"alias": alias})),
+            None,
+        )?;
     }
 
     // 5. Preset state, unless initial_state overrides it.
-    let overridden = |ty: &str| req.initial_state.iter().any(|(t, sk, _)| t == ty && sk.is_empty());
-    let join_rule = if preset == "public_chat" { "public" } else { "invite" };
+    let overridden = |ty: &str| {
+        req.initial_state
+            .iter()
+            .any(|(t, sk, _)| t == ty && sk.is_empty())
+    };
+    let join_rule = if preset == "public_chat" {
+        "public"
+    } else {
+        "invite"
+    };
     let mut preset_state = vec![
         ("m.room.join_rules", json!({"join_rule": join_rule})),
-        ("m.room.history_visibility", json!({"history_visibility": "shared"})),
+        (
+            "m.room.history_visibility",
+            json!({"history_visibility": "shared"}),
+        ),
     ];
     if preset != "public_chat" {
         preset_state.push(("m.room.guest_access", json!({"guest_access": "can_join"})));
@@ -154,15 +206,24 @@ pub fn create_room(c: &Connection, server: &Server, creator: &str, req: CreateRo
     // 6. initial_state, then name and topic.
     for (ty, sk, content) in &req.initial_state {
         if ty == "m.room.create" || ty == "m.room.member" {
-            return Err(Error::BadJson(format!("{ty} cannot be set through initial_state")));
+            return Err(Error::BadJson(format!(
+                "{ty} cannot be set through initial_state"
+            )));
         }
         append_event(c, server, &room_id, ev(ty, sk, content.clone()), None)?;
     }
     if let Some(name) = &req.name {
-        append_event(c, server, &room_id, ev("m.room.name", "", json!({"name": name})), None)?;
+        append_event(
+            c,
+            server,
+            &room_id,
+            ev("m.room.name", "", json!({"name": name})),
+            None,
+        )?;
     }
     if let Some(topic) = &req.topic {
-        let content = json!({"topic": topic, "m.topic": [{"mimetype": "text/plain", "body": topic}]});
+        let content =
+            json!({"topic": topic, "m.topic": [{"mimetype": "text/plain", "body": topic}]});
         append_event(c, server, &room_id, ev("m.room.topic", "", content), None)?;
     }
 
@@ -172,7 +233,13 @@ pub fn create_room(c: &Connection, server: &Server, creator: &str, req: CreateRo
         if req.is_direct {
             content["is_direct"] = json!(true);
         }
-        append_event(c, server, &room_id, ev("m.room.member", invitee, content), None)?;
+        append_event(
+            c,
+            server,
+            &room_id,
+            ev("m.room.member", invitee, content),
+            None,
+        )?;
     }
     Ok(room_id)
 }

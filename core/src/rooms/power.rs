@@ -25,7 +25,11 @@ impl PowerLevels {
         }
         if self.content.is_null() {
             // No power levels event: the creator has 100, everyone else 0.
-            return if self.creators.contains(user_id) { 100 } else { 0 };
+            return if self.creators.contains(user_id) {
+                100
+            } else {
+                0
+            };
         }
         self.content["users"][user_id]
             .as_i64()
@@ -43,8 +47,12 @@ impl PowerLevels {
 /// Power levels from the room's current state.
 pub fn power_levels(c: &Connection, room_id: &str) -> Result<PowerLevels, Error> {
     let content_of = |ty: &str| -> Result<Option<(Value, String)>, Error> {
-        let Some(id) = storage::current_state_event(c, room_id, ty, "")? else { return Ok(None) };
-        let Some(ev) = storage::get_event(c, &id)? else { return Ok(None) };
+        let Some(id) = storage::current_state_event(c, room_id, ty, "")? else {
+            return Ok(None);
+        };
+        let Some(ev) = storage::get_event(c, &id)? else {
+            return Ok(None);
+        };
         let v: Value = serde_json::from_str(&ev.json)?;
         Ok(Some((v["content"].clone(), ev.sender)))
     };
@@ -57,6 +65,12 @@ pub fn power_levels(c: &Connection, room_id: &str) -> Result<PowerLevels, Error>
             creators.extend(extra.iter().filter_map(|u| u.as_str().map(str::to_owned)));
         }
     }
-    let content = content_of("m.room.power_levels")?.map(|(c, _)| c).unwrap_or(Value::Null);
-    Ok(PowerLevels { content, creators, creators_infinite })
+    let content = content_of("m.room.power_levels")?
+        .map(|(c, _)| c)
+        .unwrap_or(Value::Null);
+    Ok(PowerLevels {
+        content,
+        creators,
+        creators_infinite,
+    })
 }

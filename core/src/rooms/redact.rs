@@ -8,8 +8,15 @@ use crate::storage;
 
 /// The spec leaves this check to the server: a redaction applies only when its sender
 /// sent the target or has at least the room's `redact` power level.
-pub fn check_redaction_allowed(c: &Connection, room_id: &str, sender: &str, target: &str) -> Result<bool, Error> {
-    let Some(ev) = storage::get_event(c, target)? else { return Ok(false) };
+pub fn check_redaction_allowed(
+    c: &Connection,
+    room_id: &str,
+    sender: &str,
+    target: &str,
+) -> Result<bool, Error> {
+    let Some(ev) = storage::get_event(c, target)? else {
+        return Ok(false);
+    };
     if ev.room_id != room_id {
         return Ok(false);
     }

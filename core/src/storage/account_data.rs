@@ -5,7 +5,14 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::error::Error;
 
 /// Store account data at a new stream position.
-pub fn set_account_data(c: &Connection, user_id: &str, room_id: &str, ty: &str, content: &str, pos: i64) -> Result<(), Error> {
+pub fn set_account_data(
+    c: &Connection,
+    user_id: &str,
+    room_id: &str,
+    ty: &str,
+    content: &str,
+    pos: i64,
+) -> Result<(), Error> {
     c.execute(
         "INSERT INTO account_data (user_id, room_id, type, content, stream_ordering) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (user_id, room_id, type) DO UPDATE SET content = excluded.content, stream_ordering = excluded.stream_ordering",
@@ -15,21 +22,32 @@ pub fn set_account_data(c: &Connection, user_id: &str, room_id: &str, ty: &str, 
 }
 
 /// One account data item.
-pub fn account_data(c: &Connection, user_id: &str, room_id: &str, ty: &str) -> Result<Option<String>, Error> {
-    Ok(c
-        .query_row(
-            "SELECT content FROM account_data WHERE user_id = ?1 AND room_id = ?2 AND type = ?3",
-            params![user_id, room_id, ty],
-            |r| r.get(0),
-        )
-        .optional()?)
+pub fn account_data(
+    c: &Connection,
+    user_id: &str,
+    room_id: &str,
+    ty: &str,
+) -> Result<Option<String>, Error> {
+    Ok(c.query_row(
+        "SELECT content FROM account_data WHERE user_id = ?1 AND room_id = ?2 AND type = ?3",
+        params![user_id, room_id, ty],
+        |r| r.get(0),
+    )
+    .optional()?)
 }
 
 /// Account data changed in `(after, up_to]`: (room_id, type, content).
-pub fn account_data_since(c: &Connection, user_id: &str, after: i64, up_to: i64) -> Result<Vec<(String, String, String)>, Error> {
+pub fn account_data_since(
+    c: &Connection,
+    user_id: &str,
+    after: i64,
+    up_to: i64,
+) -> Result<Vec<(String, String, String)>, Error> {
     let mut st = c.prepare_cached(
         "SELECT room_id, type, content FROM account_data WHERE user_id = ?1 AND stream_ordering > ?2 AND stream_ordering <= ?3",
     )?;
-    let rows = st.query_map(params![user_id, after, up_to], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    let rows = st.query_map(params![user_id, after, up_to], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }

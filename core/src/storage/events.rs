@@ -84,10 +84,11 @@ pub fn insert_event(c: &Connection, e: &StoredEvent) -> Result<(), Error> {
 
 /// One event by id.
 pub fn get_event(c: &Connection, event_id: &str) -> Result<Option<StoredEvent>, Error> {
-    Ok(c
-        .prepare_cached(&format!("SELECT {COLUMNS} FROM events WHERE event_id = ?1"))?
-        .query_row([event_id], from_row)
-        .optional()?)
+    Ok(
+        c.prepare_cached(&format!("SELECT {COLUMNS} FROM events WHERE event_id = ?1"))?
+            .query_row([event_id], from_row)
+            .optional()?,
+    )
 }
 
 /// Events of a room with `from < stream_ordering <= to`, newest first when `backwards`,
@@ -110,7 +111,11 @@ pub fn room_events(
 }
 
 /// The newest event of a room at or before `pos`.
-pub fn last_event_at(c: &Connection, room_id: &str, pos: i64) -> Result<Option<StoredEvent>, Error> {
+pub fn last_event_at(
+    c: &Connection,
+    room_id: &str,
+    pos: i64,
+) -> Result<Option<StoredEvent>, Error> {
     Ok(c
         .prepare_cached(&format!(
             "SELECT {COLUMNS} FROM events WHERE room_id = ?1 AND stream_ordering <= ?2 ORDER BY stream_ordering DESC LIMIT 1"
@@ -120,7 +125,12 @@ pub fn last_event_at(c: &Connection, room_id: &str, pos: i64) -> Result<Option<S
 }
 
 /// Replace an event's JSON after redaction.
-pub fn mark_redacted(c: &Connection, event_id: &str, redacted_json: &str, redacted_by: &str) -> Result<(), Error> {
+pub fn mark_redacted(
+    c: &Connection,
+    event_id: &str,
+    redacted_json: &str,
+    redacted_by: &str,
+) -> Result<(), Error> {
     c.execute(
         "UPDATE events SET json = ?2, redacted_by = ?3 WHERE event_id = ?1",
         params![event_id, redacted_json, redacted_by],
@@ -129,18 +139,28 @@ pub fn mark_redacted(c: &Connection, event_id: &str, redacted_json: &str, redact
 }
 
 /// The event a client transaction already produced, if any.
-pub fn txn_event(c: &Connection, user_id: &str, device_id: &str, txn_id: &str) -> Result<Option<String>, Error> {
-    Ok(c
-        .query_row(
-            "SELECT event_id FROM event_txns WHERE user_id = ?1 AND device_id = ?2 AND txn_id = ?3",
-            params![user_id, device_id, txn_id],
-            |r| r.get(0),
-        )
-        .optional()?)
+pub fn txn_event(
+    c: &Connection,
+    user_id: &str,
+    device_id: &str,
+    txn_id: &str,
+) -> Result<Option<String>, Error> {
+    Ok(c.query_row(
+        "SELECT event_id FROM event_txns WHERE user_id = ?1 AND device_id = ?2 AND txn_id = ?3",
+        params![user_id, device_id, txn_id],
+        |r| r.get(0),
+    )
+    .optional()?)
 }
 
 /// Remember which event a client transaction produced.
-pub fn insert_txn(c: &Connection, user_id: &str, device_id: &str, txn_id: &str, event_id: &str) -> Result<(), Error> {
+pub fn insert_txn(
+    c: &Connection,
+    user_id: &str,
+    device_id: &str,
+    txn_id: &str,
+    event_id: &str,
+) -> Result<(), Error> {
     c.execute(
         "INSERT INTO event_txns (user_id, device_id, txn_id, event_id) VALUES (?1, ?2, ?3, ?4)",
         params![user_id, device_id, txn_id, event_id],
@@ -159,12 +179,20 @@ pub fn forward_extremities(c: &Connection, room_id: &str) -> Result<Vec<(String,
 }
 
 /// A new event becomes an extremity; the events it references stop being ones.
-pub fn update_forward_extremities(c: &Connection, room_id: &str, event_id: &str, prev_events: &[String]) -> Result<(), Error> {
-    let mut del = c.prepare_cached("DELETE FROM forward_extremities WHERE room_id = ?1 AND event_id = ?2")?;
+pub fn update_forward_extremities(
+    c: &Connection,
+    room_id: &str,
+    event_id: &str,
+    prev_events: &[String],
+) -> Result<(), Error> {
+    let mut del =
+        c.prepare_cached("DELETE FROM forward_extremities WHERE room_id = ?1 AND event_id = ?2")?;
     for p in prev_events {
         del.execute(params![room_id, p])?;
     }
-    c.prepare_cached("INSERT OR IGNORE INTO forward_extremities (room_id, event_id) VALUES (?1, ?2)")?
-        .execute(params![room_id, event_id])?;
+    c.prepare_cached(
+        "INSERT OR IGNORE INTO forward_extremities (room_id, event_id) VALUES (?1, ?2)",
+    )?
+    .execute(params![room_id, event_id])?;
     Ok(())
 }

@@ -153,14 +153,21 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 /// Bring the schema up to [`SCHEMA_VERSION`], refusing newer databases.
 pub fn run(conn: &mut Connection, shown: &str) -> Result<(), StartError> {
     let err = |e: rusqlite::Error| StartError::Other(format!("migrating database {shown}: {e}"));
-    let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(err)?;
+    let found: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(err)?;
     if found > SCHEMA_VERSION {
-        return Err(StartError::NewerDatabase { path: shown.to_owned(), found, known: SCHEMA_VERSION });
+        return Err(StartError::NewerDatabase {
+            path: shown.to_owned(),
+            found,
+            known: SCHEMA_VERSION,
+        });
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
         let tx = conn.transaction().map_err(err)?;
         tx.execute_batch(sql).map_err(err)?;
-        tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(err)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)
+            .map_err(err)?;
         tx.commit().map_err(err)?;
         tracing::info!(version = i + 1, "applied database migration");
     }
@@ -177,10 +184,13 @@ mod tests {
         let path = dir.path().join("db");
         let mut conn = Connection::open(&path).expect("open");
         run(&mut conn, "db").expect("migrate");
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 5).expect("bump");
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 5)
+            .expect("bump");
         let err = run(&mut conn, "db").expect_err("must refuse");
         assert!(err.to_string().contains("newer version"), "{err}");
-        let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).expect("v");
+        let v: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .expect("v");
         assert_eq!(v, SCHEMA_VERSION + 5);
     }
 

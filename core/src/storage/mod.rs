@@ -59,7 +59,8 @@ impl Db {
     /// Open (or create) the database file and bring its schema up to date.
     pub fn open(path: &Path) -> Result<Db, StartError> {
         let shown = path.display().to_string();
-        let open_err = |e: rusqlite::Error| StartError::Other(format!("cannot open database {shown}: {e}"));
+        let open_err =
+            |e: rusqlite::Error| StartError::Other(format!("cannot open database {shown}: {e}"));
         let mut writer = Connection::open(path).map_err(open_err)?;
         configure(&writer).map_err(open_err)?;
         migrations::run(&mut writer, &shown)?;
@@ -70,14 +71,22 @@ impl Db {
                 OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
             )
             .map_err(open_err)?;
-            conn.pragma_update(None, "busy_timeout", 5000).map_err(open_err)?;
+            conn.pragma_update(None, "busy_timeout", 5000)
+                .map_err(open_err)?;
             readers.push(Mutex::new(conn));
         }
-        Ok(Db { writer: Mutex::new(writer), readers, next_reader: AtomicUsize::new(0) })
+        Ok(Db {
+            writer: Mutex::new(writer),
+            readers,
+            next_reader: AtomicUsize::new(0),
+        })
     }
 
     /// Run `f` in one write transaction; commits if it returns `Ok`.
-    pub fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T, Error>) -> Result<T, Error> {
+    pub fn write<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, Error>,
+    ) -> Result<T, Error> {
         let mut conn = self.writer.lock();
         let tx = conn.transaction()?;
         let out = f(&tx)?;
@@ -135,7 +144,11 @@ impl Db {
 /// Take the next stream position. Must be called inside the write transaction that
 /// persists the row carrying it, so positions commit in order.
 pub fn next_stream_position(tx: &rusqlite::Connection) -> Result<StreamPosition, Error> {
-    Ok(tx.query_row("UPDATE stream_sequence SET pos = pos + 1 RETURNING pos", [], |r| r.get(0))?)
+    Ok(tx.query_row(
+        "UPDATE stream_sequence SET pos = pos + 1 RETURNING pos",
+        [],
+        |r| r.get(0),
+    )?)
 }
 
 /// Current time in milliseconds since the epoch.

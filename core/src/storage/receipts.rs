@@ -32,13 +32,24 @@ pub fn set_receipt(c: &Connection, room_id: &str, r: &Receipt, pos: i64) -> Resu
 }
 
 /// Receipts of a room changed in `(after, up_to]`.
-pub fn receipts_since(c: &Connection, room_id: &str, after: i64, up_to: i64) -> Result<Vec<Receipt>, Error> {
+pub fn receipts_since(
+    c: &Connection,
+    room_id: &str,
+    after: i64,
+    up_to: i64,
+) -> Result<Vec<Receipt>, Error> {
     let mut st = c.prepare_cached(
         "SELECT receipt_type, user_id, thread_id, event_id, ts FROM receipts
          WHERE room_id = ?1 AND stream_ordering > ?2 AND stream_ordering <= ?3",
     )?;
     let rows = st.query_map(params![room_id, after, up_to], |r| {
-        Ok(Receipt { receipt_type: r.get(0)?, user_id: r.get(1)?, thread_id: r.get(2)?, event_id: r.get(3)?, ts: r.get(4)? })
+        Ok(Receipt {
+            receipt_type: r.get(0)?,
+            user_id: r.get(1)?,
+            thread_id: r.get(2)?,
+            event_id: r.get(3)?,
+            ts: r.get(4)?,
+        })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }

@@ -6,7 +6,13 @@ use super::StateMap;
 use crate::error::Error;
 
 /// Register a new room.
-pub fn insert_room(c: &Connection, room_id: &str, version: &str, creator: &str, is_public: bool) -> Result<(), Error> {
+pub fn insert_room(
+    c: &Connection,
+    room_id: &str,
+    version: &str,
+    creator: &str,
+    is_public: bool,
+) -> Result<(), Error> {
     c.execute(
         "INSERT INTO rooms (room_id, room_version, creator, is_public, created_ts) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![room_id, version, creator, is_public, super::now_ms()],
@@ -16,10 +22,11 @@ pub fn insert_room(c: &Connection, room_id: &str, version: &str, creator: &str, 
 
 /// Room version and current state group, if the room is known.
 pub fn room_info(c: &Connection, room_id: &str) -> Result<Option<(String, Option<i64>)>, Error> {
-    Ok(c
-        .prepare_cached("SELECT room_version, current_state_group FROM rooms WHERE room_id = ?1")?
-        .query_row([room_id], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?)
+    Ok(
+        c.prepare_cached("SELECT room_version, current_state_group FROM rooms WHERE room_id = ?1")?
+            .query_row([room_id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?,
+    )
 }
 
 /// Point the room at a new current state group.
@@ -31,27 +38,43 @@ pub fn set_current_state_group(c: &Connection, room_id: &str, group: i64) -> Res
 
 /// Set the published-directory flag.
 pub fn set_room_public(c: &Connection, room_id: &str, public: bool) -> Result<(), Error> {
-    c.execute("UPDATE rooms SET is_public = ?2 WHERE room_id = ?1", params![room_id, public])?;
+    c.execute(
+        "UPDATE rooms SET is_public = ?2 WHERE room_id = ?1",
+        params![room_id, public],
+    )?;
     Ok(())
 }
 
 /// The event id currently holding `(type, state_key)`.
-pub fn current_state_event(c: &Connection, room_id: &str, ty: &str, state_key: &str) -> Result<Option<String>, Error> {
-    Ok(c
-        .prepare_cached("SELECT event_id FROM current_state WHERE room_id = ?1 AND type = ?2 AND state_key = ?3")?
-        .query_row(params![room_id, ty, state_key], |r| r.get(0))
-        .optional()?)
+pub fn current_state_event(
+    c: &Connection,
+    room_id: &str,
+    ty: &str,
+    state_key: &str,
+) -> Result<Option<String>, Error> {
+    Ok(c.prepare_cached(
+        "SELECT event_id FROM current_state WHERE room_id = ?1 AND type = ?2 AND state_key = ?3",
+    )?
+    .query_row(params![room_id, ty, state_key], |r| r.get(0))
+    .optional()?)
 }
 
 /// The whole current state of a room.
 pub fn current_state(c: &Connection, room_id: &str) -> Result<StateMap, Error> {
-    let mut st = c.prepare_cached("SELECT type, state_key, event_id FROM current_state WHERE room_id = ?1")?;
+    let mut st =
+        c.prepare_cached("SELECT type, state_key, event_id FROM current_state WHERE room_id = ?1")?;
     let rows = st.query_map([room_id], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// Record a state entry as current.
-pub fn set_current_state(c: &Connection, room_id: &str, ty: &str, state_key: &str, event_id: &str) -> Result<(), Error> {
+pub fn set_current_state(
+    c: &Connection,
+    room_id: &str,
+    ty: &str,
+    state_key: &str,
+    event_id: &str,
+) -> Result<(), Error> {
     c.prepare_cached(
         "INSERT INTO current_state (room_id, type, state_key, event_id) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (room_id, type, state_key) DO UPDATE SET event_id = excluded.event_id",
@@ -61,7 +84,14 @@ pub fn set_current_state(c: &Connection, room_id: &str, ty: &str, state_key: &st
 }
 
 /// Record a user's current membership.
-pub fn set_membership(c: &Connection, room_id: &str, user_id: &str, membership: &str, event_id: &str, pos: i64) -> Result<(), Error> {
+pub fn set_membership(
+    c: &Connection,
+    room_id: &str,
+    user_id: &str,
+    membership: &str,
+    event_id: &str,
+    pos: i64,
+) -> Result<(), Error> {
     c.prepare_cached(
         "INSERT INTO memberships (room_id, user_id, membership, event_id, stream_ordering) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership,
@@ -72,7 +102,11 @@ pub fn set_membership(c: &Connection, room_id: &str, user_id: &str, membership: 
 }
 
 /// A user's membership in a room: (membership, event id, stream position).
-pub fn membership(c: &Connection, room_id: &str, user_id: &str) -> Result<Option<(String, String, i64)>, Error> {
+pub fn membership(
+    c: &Connection,
+    room_id: &str,
+    user_id: &str,
+) -> Result<Option<(String, String, i64)>, Error> {
     Ok(c
         .prepare_cached("SELECT membership, event_id, stream_ordering FROM memberships WHERE room_id = ?1 AND user_id = ?2")?
         .query_row(params![room_id, user_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
@@ -80,38 +114,57 @@ pub fn membership(c: &Connection, room_id: &str, user_id: &str) -> Result<Option
 }
 
 /// Rooms where the user currently has `membership`.
-pub fn rooms_with_membership(c: &Connection, user_id: &str, membership: &str) -> Result<Vec<String>, Error> {
-    let mut st = c.prepare_cached("SELECT room_id FROM memberships WHERE user_id = ?1 AND membership = ?2 ORDER BY room_id")?;
+pub fn rooms_with_membership(
+    c: &Connection,
+    user_id: &str,
+    membership: &str,
+) -> Result<Vec<String>, Error> {
+    let mut st = c.prepare_cached(
+        "SELECT room_id FROM memberships WHERE user_id = ?1 AND membership = ?2 ORDER BY room_id",
+    )?;
     let rows = st.query_map(params![user_id, membership], |r| r.get(0))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// Every membership row of a user: (room, membership, event id, position).
-pub fn user_memberships(c: &Connection, user_id: &str) -> Result<Vec<(String, String, String, i64)>, Error> {
+pub fn user_memberships(
+    c: &Connection,
+    user_id: &str,
+) -> Result<Vec<(String, String, String, i64)>, Error> {
     let mut st = c.prepare_cached(
         "SELECT room_id, membership, event_id, stream_ordering FROM memberships WHERE user_id = ?1 AND forgotten = 0",
     )?;
-    let rows = st.query_map([user_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+    let rows = st.query_map([user_id], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+    })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// Members of a room with a given membership.
 pub fn room_members(c: &Connection, room_id: &str, membership: &str) -> Result<Vec<String>, Error> {
-    let mut st = c.prepare_cached("SELECT user_id FROM memberships WHERE room_id = ?1 AND membership = ?2 ORDER BY user_id")?;
+    let mut st = c.prepare_cached(
+        "SELECT user_id FROM memberships WHERE room_id = ?1 AND membership = ?2 ORDER BY user_id",
+    )?;
     let rows = st.query_map(params![room_id, membership], |r| r.get(0))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// Count members with a membership.
 pub fn count_members(c: &Connection, room_id: &str, membership: &str) -> Result<i64, Error> {
-    Ok(c
-        .prepare_cached("SELECT COUNT(*) FROM memberships WHERE room_id = ?1 AND membership = ?2")?
-        .query_row(params![room_id, membership], |r| r.get(0))?)
+    Ok(
+        c.prepare_cached(
+            "SELECT COUNT(*) FROM memberships WHERE room_id = ?1 AND membership = ?2",
+        )?
+        .query_row(params![room_id, membership], |r| r.get(0))?,
+    )
 }
 
 /// Hide a left room from the user's sync.
 pub fn forget_room(c: &Connection, room_id: &str, user_id: &str) -> Result<(), Error> {
-    c.execute("UPDATE memberships SET forgotten = 1 WHERE room_id = ?1 AND user_id = ?2", params![room_id, user_id])?;
+    c.execute(
+        "UPDATE memberships SET forgotten = 1 WHERE room_id = ?1 AND user_id = ?2",
+        params![room_id, user_id],
+    )?;
     Ok(())
 }
 
@@ -129,7 +182,12 @@ pub fn share_room(c: &Connection, a: &str, b: &str) -> Result<bool, Error> {
 }
 
 /// Map an alias to a room.
-pub fn insert_alias(c: &Connection, alias: &str, room_id: &str, creator: &str) -> Result<bool, Error> {
+pub fn insert_alias(
+    c: &Connection,
+    alias: &str,
+    room_id: &str,
+    creator: &str,
+) -> Result<bool, Error> {
     Ok(c.execute(
         "INSERT OR IGNORE INTO room_aliases (alias, room_id, creator) VALUES (?1, ?2, ?3)",
         params![alias, room_id, creator],
@@ -138,7 +196,12 @@ pub fn insert_alias(c: &Connection, alias: &str, room_id: &str, creator: &str) -
 
 /// Resolve an alias.
 pub fn alias_room(c: &Connection, alias: &str) -> Result<Option<String>, Error> {
-    Ok(c.query_row("SELECT room_id FROM room_aliases WHERE alias = ?1", [alias], |r| r.get(0)).optional()?)
+    Ok(c.query_row(
+        "SELECT room_id FROM room_aliases WHERE alias = ?1",
+        [alias],
+        |r| r.get(0),
+    )
+    .optional()?)
 }
 
 /// Rooms of the local server, for status output: (room_id, joined members).
@@ -152,7 +215,11 @@ pub fn list_rooms(c: &Connection) -> Result<Vec<(String, i64)>, Error> {
 }
 
 /// Increase unread counts for the given users.
-pub fn bump_notification_counts(c: &Connection, room_id: &str, users: &[(String, bool)]) -> Result<(), Error> {
+pub fn bump_notification_counts(
+    c: &Connection,
+    room_id: &str,
+    users: &[(String, bool)],
+) -> Result<(), Error> {
     let mut st = c.prepare_cached(
         "INSERT INTO notification_counts (user_id, room_id, notifications, highlights) VALUES (?1, ?2, 1, ?3)
          ON CONFLICT (user_id, room_id) DO UPDATE SET notifications = notifications + 1, highlights = highlights + excluded.highlights",
@@ -164,13 +231,24 @@ pub fn bump_notification_counts(c: &Connection, room_id: &str, users: &[(String,
 }
 
 /// Reset unread counts (on a read receipt).
-pub fn reset_notification_counts(c: &Connection, room_id: &str, user_id: &str) -> Result<(), Error> {
-    c.execute("DELETE FROM notification_counts WHERE room_id = ?1 AND user_id = ?2", params![room_id, user_id])?;
+pub fn reset_notification_counts(
+    c: &Connection,
+    room_id: &str,
+    user_id: &str,
+) -> Result<(), Error> {
+    c.execute(
+        "DELETE FROM notification_counts WHERE room_id = ?1 AND user_id = ?2",
+        params![room_id, user_id],
+    )?;
     Ok(())
 }
 
 /// Unread counts: (notifications, highlights).
-pub fn notification_counts(c: &Connection, room_id: &str, user_id: &str) -> Result<(i64, i64), Error> {
+pub fn notification_counts(
+    c: &Connection,
+    room_id: &str,
+    user_id: &str,
+) -> Result<(i64, i64), Error> {
     Ok(c
         .prepare_cached("SELECT notifications, highlights FROM notification_counts WHERE room_id = ?1 AND user_id = ?2")?
         .query_row(params![room_id, user_id], |r| Ok((r.get(0)?, r.get(1)?)))

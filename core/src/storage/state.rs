@@ -25,7 +25,13 @@ pub fn new_state_group(
     changes: &StateMap,
 ) -> Result<i64, Error> {
     let prev_len: Option<i64> = match prev {
-        Some(p) => c.query_row("SELECT chain_len FROM state_groups WHERE id = ?1", [p], |r| r.get(0)).optional()?,
+        Some(p) => c
+            .query_row(
+                "SELECT chain_len FROM state_groups WHERE id = ?1",
+                [p],
+                |r| r.get(0),
+            )
+            .optional()?,
         None => None,
     };
     let (prev_group, chain_len, entries) = match (prev, prev_len) {
@@ -57,7 +63,11 @@ pub fn load_state_group(c: &Connection, group: i64) -> Result<StateMap, Error> {
     let mut chain = vec![group];
     let mut cur = group;
     while let Some(prev) = c
-        .query_row("SELECT prev_group FROM state_groups WHERE id = ?1", [cur], |r| r.get::<_, Option<i64>>(0))
+        .query_row(
+            "SELECT prev_group FROM state_groups WHERE id = ?1",
+            [cur],
+            |r| r.get::<_, Option<i64>>(0),
+        )
         .optional()?
         .flatten()
     {
@@ -65,7 +75,9 @@ pub fn load_state_group(c: &Connection, group: i64) -> Result<StateMap, Error> {
         cur = prev;
     }
     let mut state = StateMap::new();
-    let mut st = c.prepare_cached("SELECT type, state_key, event_id FROM state_group_entries WHERE state_group = ?1")?;
+    let mut st = c.prepare_cached(
+        "SELECT type, state_key, event_id FROM state_group_entries WHERE state_group = ?1",
+    )?;
     for g in chain.iter().rev() {
         let rows = st.query_map([g], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))?;
         for row in rows {
@@ -87,13 +99,23 @@ mod tests {
         let mut prev = None;
         for i in 0..100 {
             let mut ch = StateMap::new();
-            ch.insert(("m.room.member".into(), format!("@u{}:x", i % 10)), format!("$e{i}"));
+            ch.insert(
+                ("m.room.member".into(), format!("@u{}:x", i % 10)),
+                format!("$e{i}"),
+            );
             prev = Some(new_state_group(&conn, "!r:x", prev, &ch).expect("group"));
         }
         let state = load_state_group(&conn, prev.expect("some")).expect("load");
         assert_eq!(state.len(), 10);
-        assert_eq!(state.get(&("m.room.member".into(), "@u3:x".into())).map(String::as_str), Some("$e93"));
-        let max_len: i64 = conn.query_row("SELECT MAX(chain_len) FROM state_groups", [], |r| r.get(0)).expect("q");
+        assert_eq!(
+            state
+                .get(&("m.room.member".into(), "@u3:x".into()))
+                .map(String::as_str),
+            Some("$e93")
+        );
+        let max_len: i64 = conn
+            .query_row("SELECT MAX(chain_len) FROM state_groups", [], |r| r.get(0))
+            .expect("q");
         assert!(max_len <= MAX_CHAIN);
     }
 }

@@ -29,7 +29,13 @@ pub struct DeviceRow {
 }
 
 /// Insert a new account.
-pub fn create_user(c: &Connection, user_id: &str, password_hash: Option<&str>, is_admin: bool, displayname: &str) -> Result<(), Error> {
+pub fn create_user(
+    c: &Connection,
+    user_id: &str,
+    password_hash: Option<&str>,
+    is_admin: bool,
+    displayname: &str,
+) -> Result<(), Error> {
     c.execute(
         "INSERT INTO users (user_id, password_hash, is_admin, displayname, created_ts) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![user_id, password_hash, is_admin, displayname, super::now_ms()],
@@ -39,21 +45,34 @@ pub fn create_user(c: &Connection, user_id: &str, password_hash: Option<&str>, i
 
 /// Whether the account exists (deactivated or not).
 pub fn user_exists(c: &Connection, user_id: &str) -> Result<bool, Error> {
-    Ok(c.query_row("SELECT 1 FROM users WHERE user_id = ?1", [user_id], |_| Ok(())).optional()?.is_some())
+    Ok(
+        c.query_row("SELECT 1 FROM users WHERE user_id = ?1", [user_id], |_| {
+            Ok(())
+        })
+        .optional()?
+        .is_some(),
+    )
 }
 
 /// Password hash and deactivation flag.
-pub fn user_password(c: &Connection, user_id: &str) -> Result<Option<(Option<String>, bool)>, Error> {
-    Ok(c
-        .query_row("SELECT password_hash, deactivated FROM users WHERE user_id = ?1", [user_id], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .optional()?)
+pub fn user_password(
+    c: &Connection,
+    user_id: &str,
+) -> Result<Option<(Option<String>, bool)>, Error> {
+    Ok(c.query_row(
+        "SELECT password_hash, deactivated FROM users WHERE user_id = ?1",
+        [user_id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .optional()?)
 }
 
 /// Replace the password hash.
 pub fn set_password(c: &Connection, user_id: &str, hash: &str) -> Result<(), Error> {
-    c.execute("UPDATE users SET password_hash = ?2 WHERE user_id = ?1", params![user_id, hash])?;
+    c.execute(
+        "UPDATE users SET password_hash = ?2 WHERE user_id = ?1",
+        params![user_id, hash],
+    )?;
     Ok(())
 }
 
@@ -65,7 +84,12 @@ pub fn list_users(c: &Connection) -> Result<Vec<(String, bool, bool)>, Error> {
 }
 
 /// Create or keep a device.
-pub fn upsert_device(c: &Connection, user_id: &str, device_id: &str, display_name: Option<&str>) -> Result<(), Error> {
+pub fn upsert_device(
+    c: &Connection,
+    user_id: &str,
+    device_id: &str,
+    display_name: Option<&str>,
+) -> Result<(), Error> {
     c.execute(
         "INSERT INTO devices (user_id, device_id, display_name, last_seen_ts) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (user_id, device_id) DO UPDATE SET display_name = COALESCE(excluded.display_name, display_name)",
@@ -75,7 +99,12 @@ pub fn upsert_device(c: &Connection, user_id: &str, device_id: &str, display_nam
 }
 
 /// Store a new access token.
-pub fn insert_token(c: &Connection, token: &str, user_id: &str, device_id: &str) -> Result<(), Error> {
+pub fn insert_token(
+    c: &Connection,
+    token: &str,
+    user_id: &str,
+    device_id: &str,
+) -> Result<(), Error> {
     c.execute(
         "INSERT INTO access_tokens (token, user_id, device_id) VALUES (?1, ?2, ?3)",
         params![token, user_id, device_id],
@@ -85,14 +114,19 @@ pub fn insert_token(c: &Connection, token: &str, user_id: &str, device_id: &str)
 
 /// Who owns this token, if anyone.
 pub fn token_owner(c: &Connection, token: &str) -> Result<Option<TokenOwner>, Error> {
-    Ok(c
-        .query_row(
-            "SELECT t.user_id, t.device_id, u.deactivated FROM access_tokens t
+    Ok(c.query_row(
+        "SELECT t.user_id, t.device_id, u.deactivated FROM access_tokens t
              JOIN users u ON u.user_id = t.user_id WHERE t.token = ?1",
-            [token],
-            |r| Ok(TokenOwner { user_id: r.get(0)?, device_id: r.get(1)?, deactivated: r.get(2)? }),
-        )
-        .optional()?)
+        [token],
+        |r| {
+            Ok(TokenOwner {
+                user_id: r.get(0)?,
+                device_id: r.get(1)?,
+                deactivated: r.get(2)?,
+            })
+        },
+    )
+    .optional()?)
 }
 
 /// Remove one token (logout).
@@ -103,8 +137,14 @@ pub fn delete_token(c: &Connection, token: &str) -> Result<(), Error> {
 
 /// Remove a device and, through the foreign key, its tokens.
 pub fn delete_device(c: &Connection, user_id: &str, device_id: &str) -> Result<bool, Error> {
-    c.execute("DELETE FROM access_tokens WHERE user_id = ?1 AND device_id = ?2", params![user_id, device_id])?;
-    Ok(c.execute("DELETE FROM devices WHERE user_id = ?1 AND device_id = ?2", params![user_id, device_id])? > 0)
+    c.execute(
+        "DELETE FROM access_tokens WHERE user_id = ?1 AND device_id = ?2",
+        params![user_id, device_id],
+    )?;
+    Ok(c.execute(
+        "DELETE FROM devices WHERE user_id = ?1 AND device_id = ?2",
+        params![user_id, device_id],
+    )? > 0)
 }
 
 /// Remove every device and token of a user (logout/all).
@@ -116,8 +156,14 @@ pub fn delete_all_devices(c: &Connection, user_id: &str) -> Result<(), Error> {
 
 /// Remove every token of a user except those of `keep_device`.
 pub fn delete_other_tokens(c: &Connection, user_id: &str, keep_device: &str) -> Result<(), Error> {
-    c.execute("DELETE FROM access_tokens WHERE user_id = ?1 AND device_id != ?2", params![user_id, keep_device])?;
-    c.execute("DELETE FROM devices WHERE user_id = ?1 AND device_id != ?2", params![user_id, keep_device])?;
+    c.execute(
+        "DELETE FROM access_tokens WHERE user_id = ?1 AND device_id != ?2",
+        params![user_id, keep_device],
+    )?;
+    c.execute(
+        "DELETE FROM devices WHERE user_id = ?1 AND device_id != ?2",
+        params![user_id, keep_device],
+    )?;
     Ok(())
 }
 
@@ -127,43 +173,66 @@ pub fn list_devices(c: &Connection, user_id: &str) -> Result<Vec<DeviceRow>, Err
         "SELECT device_id, display_name, last_seen_ts, last_seen_ip FROM devices WHERE user_id = ?1 ORDER BY device_id",
     )?;
     let rows = st.query_map([user_id], |r| {
-        Ok(DeviceRow { device_id: r.get(0)?, display_name: r.get(1)?, last_seen_ts: r.get(2)?, last_seen_ip: r.get(3)? })
+        Ok(DeviceRow {
+            device_id: r.get(0)?,
+            display_name: r.get(1)?,
+            last_seen_ts: r.get(2)?,
+            last_seen_ip: r.get(3)?,
+        })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// Rename a device; false when it does not exist.
-pub fn rename_device(c: &Connection, user_id: &str, device_id: &str, name: Option<&str>) -> Result<bool, Error> {
+pub fn rename_device(
+    c: &Connection,
+    user_id: &str,
+    device_id: &str,
+    name: Option<&str>,
+) -> Result<bool, Error> {
     Ok(c.execute(
         "UPDATE devices SET display_name = ?3 WHERE user_id = ?1 AND device_id = ?2",
         params![user_id, device_id, name],
     )? > 0)
 }
 
-/// Profile fields: (displayname, avatar_url); `None` when the user is unknown.
-pub fn profile(c: &Connection, user_id: &str) -> Result<Option<(Option<String>, Option<String>)>, Error> {
-    Ok(c
-        .query_row("SELECT displayname, avatar_url FROM users WHERE user_id = ?1", [user_id], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .optional()?)
+/// `(displayname, avatar_url)`.
+pub type Profile = (Option<String>, Option<String>);
+
+/// Profile fields; `None` when the user is unknown.
+pub fn profile(c: &Connection, user_id: &str) -> Result<Option<Profile>, Error> {
+    Ok(c.query_row(
+        "SELECT displayname, avatar_url FROM users WHERE user_id = ?1",
+        [user_id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .optional()?)
 }
 
 /// Set the display name.
 pub fn set_displayname(c: &Connection, user_id: &str, name: Option<&str>) -> Result<(), Error> {
-    c.execute("UPDATE users SET displayname = ?2 WHERE user_id = ?1", params![user_id, name])?;
+    c.execute(
+        "UPDATE users SET displayname = ?2 WHERE user_id = ?1",
+        params![user_id, name],
+    )?;
     Ok(())
 }
 
 /// Set the avatar URL.
 pub fn set_avatar_url(c: &Connection, user_id: &str, url: Option<&str>) -> Result<(), Error> {
-    c.execute("UPDATE users SET avatar_url = ?2 WHERE user_id = ?1", params![user_id, url])?;
+    c.execute(
+        "UPDATE users SET avatar_url = ?2 WHERE user_id = ?1",
+        params![user_id, url],
+    )?;
     Ok(())
 }
 
 /// Mark an account deactivated.
 pub fn deactivate_user(c: &Connection, user_id: &str) -> Result<(), Error> {
-    c.execute("UPDATE users SET deactivated = 1, password_hash = NULL WHERE user_id = ?1", [user_id])?;
+    c.execute(
+        "UPDATE users SET deactivated = 1, password_hash = NULL WHERE user_id = ?1",
+        [user_id],
+    )?;
     delete_all_devices(c, user_id)
 }
 
@@ -174,23 +243,31 @@ pub fn save_filter(c: &Connection, user_id: &str, json: &str) -> Result<i64, Err
         [user_id],
         |r| r.get(0),
     )?;
-    c.execute("INSERT INTO filters (user_id, filter_id, json) VALUES (?1, ?2, ?3)", params![user_id, id, json])?;
+    c.execute(
+        "INSERT INTO filters (user_id, filter_id, json) VALUES (?1, ?2, ?3)",
+        params![user_id, id, json],
+    )?;
     Ok(id)
 }
 
 /// Load a filter.
 pub fn load_filter(c: &Connection, user_id: &str, filter_id: i64) -> Result<Option<String>, Error> {
-    Ok(c
-        .query_row("SELECT json FROM filters WHERE user_id = ?1 AND filter_id = ?2", params![user_id, filter_id], |r| {
-            r.get(0)
-        })
-        .optional()?)
+    Ok(c.query_row(
+        "SELECT json FROM filters WHERE user_id = ?1 AND filter_id = ?2",
+        params![user_id, filter_id],
+        |r| r.get(0),
+    )
+    .optional()?)
 }
 
 /// Count one use of a registration token; returns the uses before this one.
 pub fn use_registration_token(c: &Connection, token: &str) -> Result<i64, Error> {
     let before: i64 = c
-        .query_row("SELECT uses FROM registration_tokens_used WHERE token = ?1", [token], |r| r.get(0))
+        .query_row(
+            "SELECT uses FROM registration_tokens_used WHERE token = ?1",
+            [token],
+            |r| r.get(0),
+        )
         .optional()?
         .unwrap_or(0);
     c.execute(
