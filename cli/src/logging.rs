@@ -42,7 +42,16 @@ pub fn init(level: &str, format: LogFormat) -> anyhow::Result<()> {
 fn filter_from_level(level: &str) -> anyhow::Result<EnvFilter> {
     let level = level.trim();
     let looks_like_directives = level.contains(['=', ',', '[', ':']);
-    if !looks_like_directives && LevelFilter::from_str(level).is_err() {
+    // Each `target=level` directive must name a real level too: EnvFilter would read an
+    // unknown one as a span-field match and quietly accept it.
+    let bad_directive = level
+        .split(',')
+        .filter_map(|d| d.rsplit_once('='))
+        .any(|(_, lvl)| LevelFilter::from_str(lvl.trim()).is_err());
+    if level.is_empty()
+        || bad_directive
+        || (!looks_like_directives && LevelFilter::from_str(level).is_err())
+    {
         bail!(
             "invalid --log-level {level:?}: use error, warn, info, debug, trace, off, \
              or a filter such as info,warren_core=debug"

@@ -112,6 +112,65 @@ mod tests {
         }
     }
 
+    /// The spec's published examples (appendices, "Signing JSON" and "Signing events"),
+    /// made with the seed `YJDBA9Xnr2sVqXD9Vj7XVUnmFZcZrlw8Md7kMW+3XA1`.
+    fn spec_identity() -> Identity {
+        use base64::Engine;
+        let seed = base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode("YJDBA9Xnr2sVqXD9Vj7XVUnmFZcZrlw8Md7kMW+3XA1")
+            .expect("seed");
+        Identity::from_seed(seed.try_into().expect("32 bytes")).expect("identity")
+    }
+
+    #[test]
+    fn signing_json_matches_the_spec_examples() {
+        let id = spec_identity();
+        for (input, expected) in [
+            (
+                json!({}),
+                "K8280/U9SSy9IVtjBuVeLr+HpOB4BQFWbg+UZaADMtTdGYI7Geitb76LTrr5QV/7Xg4ahLwYGYZzuHGZKM5ZAQ",
+            ),
+            (
+                json!({"one": 1, "two": "Two"}),
+                "KqmLSbO39/Bzb0QIYE82zqLwsA+PDzYIpIRA2sRQ4sL53+sN6/fpNSoqE7BP7vBZhG6kYdD13EIMJpvhJI+6Bw",
+            ),
+        ] {
+            let mut obj = match CanonicalJsonValue::try_from(input).expect("canonical") {
+                CanonicalJsonValue::Object(o) => o,
+                _ => unreachable!("object literal"),
+            };
+            ruma::signatures::sign_json("domain", id.keypair(), &mut obj).expect("sign");
+            let v = serde_json::to_value(&obj).expect("value");
+            assert_eq!(v["signatures"]["domain"]["ed25519:p2p"], expected);
+        }
+    }
+
+    #[test]
+    fn signing_events_matches_the_spec_example() {
+        let id = spec_identity();
+        let event = json!({
+            "room_id": "!x:domain", "sender": "@a:domain", "origin": "domain",
+            "origin_server_ts": 1000000, "signatures": {}, "hashes": {}, "type": "X",
+            "content": {}, "prev_events": [], "auth_events": [], "depth": 3,
+            "unsigned": {"age_ts": 1000000}
+        });
+        let mut obj = match CanonicalJsonValue::try_from(event).expect("canonical") {
+            CanonicalJsonValue::Object(o) => o,
+            _ => unreachable!("object literal"),
+        };
+        let (_, rules) = rules_for("10").expect("rules");
+        hash_and_sign_event("domain", id.keypair(), &mut obj, &rules.redaction).expect("sign");
+        let v = serde_json::to_value(&obj).expect("value");
+        assert_eq!(
+            v["hashes"]["sha256"],
+            "5jM4wQpv6lnBo7CLIghJuHdW+s2CMBJPUOGOC89ncos"
+        );
+        assert_eq!(
+            v["signatures"]["domain"]["ed25519:p2p"],
+            "KxwGjPSDEtvnFgU00fwFz+l6d2pJM6XBIaMEn81SXPTRl16AqLAYqfIReFGZlHi5KLjAWbOoMszkwsQma+lYAg"
+        );
+    }
+
     #[test]
     fn built_events_verify_with_the_key_from_the_server_name() {
         let id = identity();
