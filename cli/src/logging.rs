@@ -37,6 +37,11 @@ pub fn init(level: &str, format: LogFormat) -> anyhow::Result<()> {
     installed.map_err(|e| anyhow!("could not set up logging: {e}"))
 }
 
+/// Libraries too chatty at `info` for a node's everyday log: ruma's state resolution logs
+/// every auth check of every event. `--log-level info` (the default) holds them at
+/// `warn`; any other level, an explicit filter, or RUST_LOG shows them as asked.
+const QUIET_AT_INFO: &[&str] = &["ruma_state_res"];
+
 /// A bare word must be a level name: `EnvFilter` would otherwise read a typo such as
 /// `verbose` as "everything from target `verbose`" and silently log nothing else.
 fn filter_from_level(level: &str) -> anyhow::Result<EnvFilter> {
@@ -57,7 +62,15 @@ fn filter_from_level(level: &str) -> anyhow::Result<EnvFilter> {
              or a filter such as info,warren_core=debug"
         );
     }
-    EnvFilter::try_new(level).with_context(|| format!("invalid --log-level {level:?}"))
+    let directives = if level.eq_ignore_ascii_case("info") {
+        std::iter::once(level.to_owned())
+            .chain(QUIET_AT_INFO.iter().map(|target| format!("{target}=warn")))
+            .collect::<Vec<_>>()
+            .join(",")
+    } else {
+        level.to_owned()
+    };
+    EnvFilter::try_new(&directives).with_context(|| format!("invalid --log-level {level:?}"))
 }
 
 #[cfg(test)]
@@ -78,5 +91,29 @@ mod tests {
         for bad in ["verbose", "", "info,warren_core=loud"] {
             assert!(filter_from_level(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn info_holds_chatty_libraries_at_warn() {
+        let shown = |level: &str| match filter_from_level(level) {
+            Ok(filter) => filter.to_string(),
+            Err(e) => panic!("{level}: {e:#}"),
+        };
+        assert!(
+            shown("info").contains("ruma_state_res=warn"),
+            "{}",
+            shown("info")
+        );
+        assert!(
+            !shown("debug").contains("ruma_state_res"),
+            "{}",
+            shown("debug")
+        );
+        assert!(
+            !shown("warn").contains("ruma_state_res"),
+            "{}",
+            shown("warn")
+        );
+        assert!(!shown("info,ruma_state_res=info").contains("=warn"));
     }
 }
