@@ -173,13 +173,13 @@ pub(super) async fn register(
         }
         storage::create_user(tx, &user_id, hash.as_deref(), false, &localpart)?;
         if !body.inhibit_login {
-            storage::upsert_device(
+            storage::start_session(
                 tx,
                 &user_id,
                 &device_id,
                 body.initial_device_display_name.as_deref(),
+                &token,
             )?;
-            storage::insert_token(tx, &token, &user_id, &device_id)?;
         }
         Ok(true)
     })?;
@@ -316,18 +316,13 @@ pub(super) async fn login(
         .unwrap_or_else(|| random_string(10).to_uppercase());
     let token = random_string(40);
     server.write(|tx| {
-        // Logging in again with a known device replaces its old token.
-        tx.execute(
-            "DELETE FROM access_tokens WHERE user_id = ?1 AND device_id = ?2",
-            rusqlite::params![user_id, device_id],
-        )?;
-        storage::upsert_device(
+        storage::start_session(
             tx,
             &user_id,
             &device_id,
             body.initial_device_display_name.as_deref(),
-        )?;
-        storage::insert_token(tx, &token, &user_id, &device_id)
+            &token,
+        )
     })?;
     Ok(Json(json!({
         "user_id": user_id,

@@ -103,7 +103,7 @@ pub fn append_event(
     let json = serde_json::to_string(&object)?;
     let pdu = Pdu::from_json(&event_id, &json)?;
     check_local_event(c, &rules, room_id, &pdu)?;
-    let pos = persist(c, server, room_id, &version, &pdu, &json, group_before, txn)?;
+    let pos = persist(c, room_id, &version, &pdu, &json, group_before, txn)?;
     Ok(Appended { event_id, pos })
 }
 
@@ -111,7 +111,6 @@ pub fn append_event(
 #[allow(clippy::too_many_arguments)]
 pub(super) fn persist(
     c: &Connection,
-    server: &Server,
     room_id: &str,
     version: &str,
     pdu: &Pdu,
@@ -167,7 +166,7 @@ pub(super) fn persist(
     if kind == "m.room.redaction"
         && let Some(target) = &pdu.redacts
     {
-        apply_redaction(c, server, room_id, version, &stored, target.as_str())?;
+        apply_redaction(c, room_id, version, &stored, target.as_str())?;
     }
     if pdu.state_key.is_none()
         && matches!(
@@ -183,7 +182,6 @@ pub(super) fn persist(
 /// Redact the target in place (when allowed), remembering the redaction in `unsigned`.
 fn apply_redaction(
     c: &Connection,
-    _server: &Server,
     room_id: &str,
     version: &str,
     redaction: &StoredEvent,
@@ -217,11 +215,7 @@ fn apply_redaction(
     // prev_content of a redacted state event must not leak the content either.
     unsigned.remove("prev_content");
     unsigned.insert("redacted_because".into(), because);
-    c.execute(
-        "UPDATE events SET unsigned = ?2 WHERE event_id = ?1",
-        rusqlite::params![target, Value::Object(unsigned).to_string()],
-    )?;
-    Ok(())
+    storage::set_unsigned(c, target, &Value::Object(unsigned).to_string())
 }
 
 /// Unread counts for the other joined local members.
@@ -294,7 +288,7 @@ pub(super) fn append_create(
     let pdu = Pdu::from_json(&event_id, &json)?;
     storage::insert_room(c, &room_id, version, &ev.sender, is_public)?;
     check_local_event(c, &rules, &room_id, &pdu)?;
-    persist(c, server, &room_id, version, &pdu, &json, None, None)?;
+    persist(c, &room_id, version, &pdu, &json, None, None)?;
     Ok(room_id)
 }
 

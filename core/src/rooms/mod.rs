@@ -20,6 +20,7 @@ mod tests {
 
     use super::*;
     use crate::events::NewEvent;
+    use crate::server::Server;
     use crate::{Config, Error, Node};
 
     fn ev(
@@ -35,6 +36,10 @@ mod tests {
             sender: sender.into(),
             redacts: None,
         }
+    }
+
+    fn append(server: &Server, room: &str, e: NewEvent) -> Result<Appended, Error> {
+        server.write(|tx| append_event(tx, server, room, e, None))
     }
 
     #[tokio::test]
@@ -64,89 +69,62 @@ mod tests {
 
         // Not in the room: may not send.
         let msg = json!({"msgtype": "m.text", "body": "hi"});
-        let r = server.write(|tx| {
-            append_event(
-                tx,
-                &server,
-                &room,
-                ev(&eve, "m.room.message", None, msg.clone()),
-                None,
-            )
-        });
+        let r = append(
+            &server,
+            &room,
+            ev(&eve, "m.room.message", None, msg.clone()),
+        );
         assert!(forbidden(r));
         // Joining a public room works; then messages are allowed, but not power-50 state.
-        server
-            .write(|tx| {
-                append_event(
-                    tx,
-                    &server,
-                    &room,
-                    ev(
-                        &bob,
-                        "m.room.member",
-                        Some(&bob),
-                        json!({"membership": "join"}),
-                    ),
-                    None,
-                )
-            })
-            .expect("join");
-        let sent = server
-            .write(|tx| {
-                append_event(
-                    tx,
-                    &server,
-                    &room,
-                    ev(&bob, "m.room.message", None, msg.clone()),
-                    None,
-                )
-            })
-            .expect("send");
-        let r = server.write(|tx| {
-            append_event(
-                tx,
-                &server,
-                &room,
-                ev(&bob, "m.room.name", Some(""), json!({"name": "x"})),
-                None,
-            )
-        });
+        append(
+            &server,
+            &room,
+            ev(
+                &bob,
+                "m.room.member",
+                Some(&bob),
+                json!({"membership": "join"}),
+            ),
+        )
+        .expect("join");
+        let sent = append(
+            &server,
+            &room,
+            ev(&bob, "m.room.message", None, msg.clone()),
+        )
+        .expect("send");
+        let r = append(
+            &server,
+            &room,
+            ev(&bob, "m.room.name", Some(""), json!({"name": "x"})),
+        );
         assert!(forbidden(r));
         // Bob may not kick alice, nor join on her behalf.
-        let r = server.write(|tx| {
-            append_event(
-                tx,
-                &server,
-                &room,
-                ev(
-                    &bob,
-                    "m.room.member",
-                    Some(&alice),
-                    json!({"membership": "leave"}),
-                ),
-                None,
-            )
-        });
+        let r = append(
+            &server,
+            &room,
+            ev(
+                &bob,
+                "m.room.member",
+                Some(&alice),
+                json!({"membership": "leave"}),
+            ),
+        );
         assert!(forbidden(r));
         // A redaction by someone without power who did not send the target is refused;
         // the sender and the creator may redact.
         let other = server.user_id("carol");
-        server
-            .write(|tx| {
-                append_event(
-                    tx,
-                    &server,
-                    &room,
-                    ev(
-                        &other,
-                        "m.room.member",
-                        Some(&other),
-                        json!({"membership": "join"}),
-                    ),
-                    None,
-                )
-            })
-            .expect("carol joins");
+        append(
+            &server,
+            &room,
+            ev(
+                &other,
+                "m.room.member",
+                Some(&other),
+                json!({"membership": "join"}),
+            ),
+        )
+        .expect("carol joins");
         server
             .db
             .read(|c| {
@@ -157,17 +135,12 @@ mod tests {
             })
             .expect("checks");
         // Each accepted event took a fresh, increasing stream position.
-        let again = server
-            .write(|tx| {
-                append_event(
-                    tx,
-                    &server,
-                    &room,
-                    ev(&bob, "m.room.message", None, msg.clone()),
-                    None,
-                )
-            })
-            .expect("send");
+        let again = append(
+            &server,
+            &room,
+            ev(&bob, "m.room.message", None, msg.clone()),
+        )
+        .expect("send");
         assert!(again.pos > sent.pos);
         node.shutdown().await.expect("shutdown");
     }

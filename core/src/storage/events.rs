@@ -138,6 +138,15 @@ pub fn mark_redacted(
     Ok(())
 }
 
+/// Replace an event's server-local `unsigned` additions.
+pub fn set_unsigned(c: &Connection, event_id: &str, unsigned: &str) -> Result<(), Error> {
+    c.execute(
+        "UPDATE events SET unsigned = ?2 WHERE event_id = ?1",
+        params![event_id, unsigned],
+    )?;
+    Ok(())
+}
+
 /// The event a client transaction already produced, if any.
 pub fn txn_event(
     c: &Connection,

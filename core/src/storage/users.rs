@@ -112,6 +112,23 @@ pub fn insert_token(
     Ok(())
 }
 
+/// Sign a device in: create it if new and give it `token`, replacing any token the
+/// device had (logging in again with a known device id).
+pub fn start_session(
+    c: &Connection,
+    user_id: &str,
+    device_id: &str,
+    display_name: Option<&str>,
+    token: &str,
+) -> Result<(), Error> {
+    c.execute(
+        "DELETE FROM access_tokens WHERE user_id = ?1 AND device_id = ?2",
+        params![user_id, device_id],
+    )?;
+    upsert_device(c, user_id, device_id, display_name)?;
+    insert_token(c, token, user_id, device_id)
+}
+
 /// Who owns this token, if anyone.
 pub fn token_owner(c: &Connection, token: &str) -> Result<Option<TokenOwner>, Error> {
     Ok(c.query_row(
