@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::extract::{Auth, Body, Caller, P, Q};
-use super::visibility::{Visibility, visibility_for};
+use super::visibility::visibility_for;
 use crate::error::Error;
 use crate::events::{ClientEventOptions, NewEvent, client_event};
 use crate::rooms::{self, CreateRoom};
@@ -641,7 +641,3 @@ pub(super) async fn joined_members(
     })?;
     Ok(Json(json!({"joined": joined})))
 }
-
-/// Unused-variable guard for `Visibility` re-export in this module's signatures.
-#[allow(dead_code)]
-fn _assert_visibility(_: Visibility) {}
