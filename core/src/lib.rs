@@ -10,6 +10,7 @@ pub mod client_api;
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod federation;
 pub mod identity;
 pub mod node;
 pub mod rooms;

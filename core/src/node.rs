@@ -76,6 +76,7 @@ impl Node {
             notifier: Notifier::new(pos),
             uiaa: Default::default(),
             started: Instant::now(),
+            transport: Default::default(),
         });
         let app = crate::client_api::router(server.clone());
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -127,6 +128,20 @@ impl Node {
     /// The node's services (for embedding and tests).
     pub fn server(&self) -> &Arc<Server> {
         &self.server
+    }
+
+    /// The inbound server-server API, for a transport to serve on its streams.
+    pub fn federation_router(&self) -> axum::Router {
+        crate::federation::router(self.server.clone())
+    }
+
+    /// Attach the transport that carries outbound federation requests. Only the first
+    /// call has an effect; it returns whether this one did.
+    pub fn set_transport(
+        &self,
+        transport: Arc<dyn crate::federation::FederationTransport>,
+    ) -> bool {
+        self.server.transport.set(transport).is_ok()
     }
 
     /// Stop accepting requests, let in-flight ones finish, flush the database.

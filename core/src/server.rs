@@ -3,6 +3,7 @@
 //! Handlers get an `Arc<Server>`; services in `rooms`, `sync` and `client_api` take it.
 
 use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use parking_lot::Mutex;
@@ -10,6 +11,7 @@ use rusqlite::Transaction;
 
 use crate::config::Config;
 use crate::error::Error;
+use crate::federation::FederationTransport;
 use crate::identity::Identity;
 use crate::storage::Db;
 use crate::streams::Notifier;
@@ -39,6 +41,8 @@ pub struct Server {
     pub uiaa: Mutex<HashMap<String, UiaaSession>>,
     /// When the node started.
     pub started: Instant,
+    /// How federation requests leave this node; set once by the embedding crate.
+    pub transport: OnceLock<Arc<dyn FederationTransport>>,
 }
 
 impl Server {
@@ -55,6 +59,11 @@ impl Server {
         })?;
         self.notifier.committed(pos);
         Ok(out)
+    }
+
+    /// The federation transport, once one is attached.
+    pub fn transport(&self) -> Option<&Arc<dyn FederationTransport>> {
+        self.transport.get()
     }
 
     /// The server name (64 hex characters).

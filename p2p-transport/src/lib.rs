@@ -3,18 +3,366 @@
 //! A Warren node has exactly one ed25519 keypair. It is the Matrix server signing key
 //! *and* the libp2p identity, so a node's Matrix server name (64 lowercase hex
 //! characters of the public key) and its libp2p [`PeerId`] are two spellings of the same
-//! key. The [`identity`] module converts between them as pure functions, in both
-//! directions, with no key server and no DNS (DESIGN.md §2).
+//! key; the [`identity`] module converts between them (DESIGN.md §2).
 //!
-//! This stage ships only that mapping. The libp2p swarm (QUIC first, TCP + Noise + Yamux
-//! fallback), discovery (mDNS, Kademlia, identify, AutoNAT, relay, DCUtR) and the
-//! HTTP-over-libp2p federation carriage (`/matrix/federation/1`, implementing
-//! `warren-core`'s `FederationTransport`) arrive with the P2P issue.
+//! [`P2p`] runs the swarm (QUIC first, TCP + Noise + Yamux as fallback; identify, ping,
+//! AutoNAT, relay v2 client and optional server, DCUtR, Kademlia, mDNS) and carries the
+//! Matrix server-server API as HTTP/1.1 on libp2p streams (protocol
+//! `/matrix/federation/1`, see `docs/p2p-federation.md`). It implements `warren-core`'s
+//! [`FederationTransport`]; it knows nothing about rooms.
 
+mod addr;
+mod address_book;
+mod behaviour;
+mod carriage;
+mod config;
+mod driver;
 pub mod identity;
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use bytes::Bytes;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use warren_core::Node;
+use warren_core::federation::{FederationTransport, PeerEvent, TransportError, TransportFuture};
+use warren_core::server::Server;
+
+pub use carriage::PROTOCOL;
+pub use config::{ConfigError, DhtMode, P2pConfig, default_listen};
 pub use identity::{
     AddressError, SERVER_NAME_LEN, keypair_from_seed, peer_id_for_server_name,
     peer_id_from_public_key, public_key_from_server_name, server_name_for_peer_id,
 };
-pub use libp2p_identity::{Keypair, PeerId};
+pub use libp2p::{Multiaddr, PeerId};
+pub use libp2p_identity::Keypair;
+
+use carriage::Limits;
+use driver::{Command, Driver};
+
+/// How a peer is connected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectionKind {
+    /// At least one connection goes straight to the peer.
+    Direct,
+    /// Only relayed circuits reach the peer.
+    Relayed,
+}
+
+impl std::fmt::Display for ConnectionKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ConnectionKind::Direct => "direct",
+            ConnectionKind::Relayed => "relayed",
+        })
+    }
+}
+
+/// A connected peer.
+#[derive(Clone, Debug)]
+pub struct PeerInfo {
+    /// Its libp2p id.
+    pub peer_id: PeerId,
+    /// Its Matrix server name, if it is a Warren (ed25519) peer.
+    pub server_name: Option<String>,
+    /// Addresses it is known at.
+    pub addresses: Vec<Multiaddr>,
+    /// Direct or relayed.
+    pub connection: ConnectionKind,
+    /// Last measured round-trip time.
+    pub rtt: Option<Duration>,
+}
+
+/// Why the transport could not start or a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum P2pError {
+    /// The configuration was rejected.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The swarm could not be built or could not listen.
+    #[error("cannot start the P2P transport: {0}")]
+    Start(String),
+    /// Dialling failed.
+    #[error("{0}")]
+    Dial(String),
+    /// The transport has stopped.
+    #[error("the P2P transport is shut down")]
+    ShutDown,
+}
+
+/// A running transport. Cheap to clone; all clones drive the same swarm.
+#[derive(Clone)]
+pub struct P2p {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    local_peer: PeerId,
+    commands: mpsc::Sender<Command>,
+    control: libp2p_stream::Control,
+    events: broadcast::Sender<PeerEvent>,
+    limits: Limits,
+    connect_timeout: Duration,
+}
+
+impl P2p {
+    /// Start the transport for `server`'s identity, serving inbound federation streams
+    /// with `router` and keeping the address book in `server`'s database.
+    pub async fn start(
+        config: P2pConfig,
+        server: Arc<Server>,
+        router: Router,
+    ) -> Result<P2p, P2pError> {
+        config.validate()?;
+        let key = keypair_from_seed(server.identity.secret_seed());
+        let local_peer = key.public().to_peer_id();
+        let mut swarm =
+            behaviour::build_swarm(key, &config).map_err(|e| P2pError::Start(e.to_string()))?;
+        let mut control = swarm.behaviour().stream.new_control();
+        let incoming = control
+            .accept(PROTOCOL)
+            .map_err(|e| P2pError::Start(e.to_string()))?;
+        // Keep libp2p from advertising the loopback-only view of addresses as external.
+        swarm.behaviour_mut().kad.set_mode(match config.dht_mode {
+            DhtMode::Auto => None,
+            DhtMode::Server => Some(libp2p::kad::Mode::Server),
+            DhtMode::Client => Some(libp2p::kad::Mode::Client),
+        });
+        let limits = Limits {
+            max_body: config.max_body_bytes,
+            max_header: config.max_header_bytes,
+            request_timeout: config.request_timeout,
+            per_peer: config.max_inbound_per_peer,
+            total: config.max_inbound_total,
+        };
+        let connect_timeout = config.connect_timeout;
+        let (commands, command_rx) = mpsc::channel(256);
+        let (events, _) = broadcast::channel(256);
+        let book = address_book::AddressBook::start(server);
+        let mut driver = Driver::new(swarm, config, command_rx, events.clone(), book);
+        driver.start().map_err(P2pError::Start)?;
+        tokio::spawn(driver.run());
+        tokio::spawn(carriage::serve(incoming, router, limits));
+        tracing::info!(peer_id = %local_peer, "P2P transport started");
+        Ok(P2p {
+            inner: Arc::new(Inner {
+                local_peer,
+                commands,
+                control,
+                events,
+                limits,
+                connect_timeout,
+            }),
+        })
+    }
+
+    /// Start the transport for a running node: serve its federation router, and make
+    /// this transport the one its federation requests use.
+    pub async fn attach(node: &Node, config: P2pConfig) -> Result<P2p, P2pError> {
+        let p2p = P2p::start(config, node.server().clone(), node.federation_router()).await?;
+        node.set_transport(Arc::new(p2p.clone()));
+        Ok(p2p)
+    }
+
+    /// This node's libp2p id.
+    pub fn peer_id(&self) -> PeerId {
+        self.inner.local_peer
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, P2pError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .commands
+            .send(make(tx))
+            .await
+            .map_err(|_| P2pError::ShutDown)?;
+        rx.await.map_err(|_| P2pError::ShutDown)
+    }
+
+    /// Connect to a multiaddr (with or without `/p2p/<peer id>`); returns the peer
+    /// reached. The address is remembered in the address book on success.
+    pub async fn dial(&self, addr: Multiaddr) -> Result<PeerId, P2pError> {
+        let reached = self.ask(|reply| Command::DialAddr { addr, reply });
+        match tokio::time::timeout(self.inner.connect_timeout, reached).await {
+            Ok(r) => r?.map_err(P2pError::Dial),
+            Err(_) => Err(P2pError::Dial(format!(
+                "no connection within {:?}",
+                self.inner.connect_timeout
+            ))),
+        }
+    }
+
+    /// Connected peers.
+    pub async fn peers(&self) -> Result<Vec<PeerInfo>, P2pError> {
+        self.ask(Command::Peers).await
+    }
+
+    /// The addresses this node listens on (what another node can dial), each ending in
+    /// this node's `/p2p/<peer id>`.
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, P2pError> {
+        let addrs = self.ask(Command::ListenAddrs).await?;
+        let me = self.inner.local_peer;
+        Ok(addrs
+            .into_iter()
+            .map(|a| a.with(libp2p::multiaddr::Protocol::P2p(me)))
+            .collect())
+    }
+
+    /// Wait until the node listens on at least one address, up to `timeout`.
+    pub async fn wait_listening(&self, timeout: Duration) -> Result<Vec<Multiaddr>, P2pError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut events = self.subscribe();
+        loop {
+            let addrs = self.listen_addrs().await?;
+            if !addrs.is_empty() {
+                return Ok(addrs);
+            }
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Ok(_) => continue,
+                Err(_) => return Err(P2pError::Start("not listening on any address".into())),
+            }
+        }
+    }
+
+    /// Call after the device's network changed (Wi-Fi ↔ cellular): re-bind listeners,
+    /// renew relay reservations and tell peers the new addresses.
+    pub async fn network_changed(&self) -> Result<(), P2pError> {
+        self.ask(Command::NetworkChanged).await
+    }
+
+    /// Peer events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<PeerEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Stop the swarm: close every connection and listener. Idempotent.
+    pub async fn shutdown(&self) {
+        let _ = self.ask(Command::Shutdown).await;
+    }
+
+    /// Make sure a connection to `peer` exists: known addresses and relay circuits
+    /// first, then a DHT lookup.
+    async fn connect(&self, peer: PeerId) -> Result<(), String> {
+        let (connected, addrs) = self
+            .ask(|reply| Command::Candidates { peer, reply })
+            .await
+            .map_err(|e| e.to_string())?;
+        if connected {
+            return Ok(());
+        }
+        let mut tried = String::new();
+        if !addrs.is_empty() {
+            match self.dial_peer(peer, addrs.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(e) => tried = format!("known addresses failed ({e}); "),
+            }
+        }
+        let found = self
+            .ask(|reply| Command::FindPeer { peer, reply })
+            .await
+            .map_err(|e| e.to_string())?;
+        let fresh: Vec<_> = found.into_iter().filter(|a| !addrs.contains(a)).collect();
+        if fresh.is_empty() {
+            return Err(format!("{tried}no address found in the DHT"));
+        }
+        self.dial_peer(peer, fresh)
+            .await
+            .map_err(|e| format!("{tried}addresses from the DHT failed ({e})"))
+    }
+
+    async fn dial_peer(&self, peer: PeerId, addrs: Vec<libp2p::Multiaddr>) -> Result<(), String> {
+        self.ask(|reply| Command::Dial { peer, addrs, reply })
+            .await
+            .map_err(|e| e.to_string())?
+    }
+
+    /// Open a raw federation stream to `server_name`, connecting first. For tests and
+    /// diagnostics; federation uses [`FederationTransport::request`].
+    #[doc(hidden)]
+    pub async fn open_stream(&self, server_name: &str) -> Result<libp2p::Stream, TransportError> {
+        let peer = self.destination(server_name)?;
+        self.connected_stream(server_name, peer).await
+    }
+
+    fn destination(&self, server_name: &str) -> Result<PeerId, TransportError> {
+        let peer = peer_id_for_server_name(server_name)
+            .map_err(|e| TransportError::NotAddressable(e.to_string()))?;
+        if peer == self.inner.local_peer {
+            return Err(TransportError::NotAddressable(
+                "a node does not send federation requests to itself".into(),
+            ));
+        }
+        Ok(peer)
+    }
+
+    async fn connected_stream(
+        &self,
+        server_name: &str,
+        peer: PeerId,
+    ) -> Result<libp2p::Stream, TransportError> {
+        let after = self.inner.connect_timeout;
+        let timeout = || TransportError::Timeout {
+            server: server_name.to_owned(),
+            after,
+            stage: "connect",
+        };
+        let connect = async {
+            self.connect(peer)
+                .await
+                .map_err(|reason| TransportError::Unreachable {
+                    server: server_name.to_owned(),
+                    reason,
+                })?;
+            let mut control = self.inner.control.clone();
+            control
+                .open_stream(peer, PROTOCOL)
+                .await
+                .map_err(|e| TransportError::Unreachable {
+                    server: server_name.to_owned(),
+                    reason: e.to_string(),
+                })
+        };
+        tokio::time::timeout(after, connect)
+            .await
+            .map_err(|_| timeout())?
+    }
+
+    /// Send one federation request to `server_name` and return the response.
+    pub async fn send(
+        &self,
+        server_name: &str,
+        request: http::Request<Bytes>,
+    ) -> Result<http::Response<Bytes>, TransportError> {
+        let peer = self.destination(server_name)?;
+        let stream = self.connected_stream(server_name, peer).await?;
+        let limits = self.inner.limits;
+        let exchange = carriage::exchange(stream, server_name, request, limits);
+        match tokio::time::timeout(limits.request_timeout, exchange).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(reason)) => Err(TransportError::Protocol {
+                server: server_name.to_owned(),
+                reason,
+            }),
+            Err(_) => Err(TransportError::Timeout {
+                server: server_name.to_owned(),
+                after: limits.request_timeout,
+                stage: "request",
+            }),
+        }
+    }
+}
+
+impl FederationTransport for P2p {
+    fn request(&self, destination: &str, request: http::Request<Bytes>) -> TransportFuture<'_> {
+        let destination = destination.to_owned();
+        Box::pin(async move { self.send(&destination, request).await })
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<PeerEvent> {
+        P2p::subscribe(self)
+    }
+}

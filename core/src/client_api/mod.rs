@@ -41,7 +41,7 @@ fn client(
         .route(&format!("/_matrix/client/r0{path}"), route)
 }
 
-async fn unrecognized() -> Error {
+pub(crate) async fn unrecognized() -> Error {
     Error::Unrecognized(StatusCode::NOT_FOUND, "unrecognized request".into())
 }
 

@@ -145,6 +145,17 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (user_id, room_id)
     );
     "#,
+    // 2: the P2P address book: every address a peer was seen at, and when.
+    r#"
+    CREATE TABLE peer_addresses (
+        peer_id TEXT NOT NULL,
+        address TEXT NOT NULL,
+        source TEXT NOT NULL,
+        last_seen_ts INTEGER NOT NULL,
+        PRIMARY KEY (peer_id, address)
+    );
+    CREATE INDEX peer_addresses_by_time ON peer_addresses(last_seen_ts);
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -8,6 +8,7 @@
 mod account_data;
 mod events;
 mod migrations;
+mod peers;
 mod receipts;
 mod rooms;
 mod state;
@@ -15,6 +16,7 @@ mod users;
 
 pub use account_data::*;
 pub use events::*;
+pub use peers::*;
 pub use receipts::*;
 pub use rooms::*;
 pub use state::*;

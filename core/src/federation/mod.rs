@@ -1,0 +1,16 @@
+//! Federation: how this node talks to other Warren nodes.
+//!
+//! `core` knows nothing about libp2p. It defines the [`FederationTransport`] seam (send
+//! an `http::Request` to a server name, get an `http::Response`), and serves the inbound
+//! server-server API as an axum [`router`] that a transport mounts on its streams. The
+//! transport attaches the authenticated origin of each inbound request as an
+//! [`AuthenticatedOrigin`] extension.
+
+mod keys;
+mod router;
+pub mod transport;
+
+pub use router::router;
+pub use transport::{
+    AuthenticatedOrigin, FederationTransport, PeerEvent, TransportError, TransportFuture,
+};

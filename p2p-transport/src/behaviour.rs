@@ -1,0 +1,113 @@
+//! The composed libp2p behaviour and the swarm built around it.
+
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::{
+    StreamProtocol, Swarm, SwarmBuilder, autonat, connection_limits, dcutr, identify, identity,
+    kad, mdns, noise, peer_store, ping, relay, tcp, yamux,
+};
+
+use crate::config::{DhtMode, P2pConfig};
+
+/// Kademlia protocol id. Warren keeps its own DHT rather than joining the IPFS one:
+/// only Warren nodes can answer where another Warren node is.
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/warren/kad/1.0.0");
+
+/// identify protocol version string.
+pub const IDENTIFY_PROTOCOL: &str = "/warren/1.0.0";
+
+/// Everything a Warren node runs on its swarm.
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    pub(crate) limits: connection_limits::Behaviour,
+    pub(crate) relay_client: relay::client::Behaviour,
+    pub(crate) relay_server: Toggle<relay::Behaviour>,
+    pub(crate) identify: identify::Behaviour,
+    pub(crate) ping: ping::Behaviour,
+    pub(crate) autonat: autonat::Behaviour,
+    pub(crate) dcutr: dcutr::Behaviour,
+    pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
+    pub(crate) peers: peer_store::Behaviour<peer_store::memory_store::MemoryStore>,
+    pub(crate) stream: libp2p_stream::Behaviour,
+}
+
+/// Build the swarm: QUIC and TCP (Noise + Yamux), the relay client transport, and the
+/// behaviours above, configured from `config`.
+pub fn build_swarm(
+    key: identity::Keypair,
+    config: &P2pConfig,
+) -> Result<Swarm<Behaviour>, Box<dyn std::error::Error + Send + Sync>> {
+    let limits = connection_limits::ConnectionLimits::default()
+        .with_max_established(Some(config.max_connections))
+        .with_max_established_per_peer(Some(config.max_connections_per_peer))
+        .with_max_pending_incoming(Some(config.max_pending_incoming));
+    let mdns_on = config.mdns;
+    let relay_on = config.relay_server;
+    let dht_mode = config.dht_mode;
+    let idle = config.idle_connection_timeout;
+    let swarm = SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )?
+        .with_quic()
+        .with_relay_client(noise::Config::new, yamux::Config::default)?
+        .with_behaviour(move |key, relay_client| {
+            let id = key.public().to_peer_id();
+            let mut kad = kad::Behaviour::with_config(
+                id,
+                kad::store::MemoryStore::new(id),
+                kad::Config::new(KAD_PROTOCOL),
+            );
+            match dht_mode {
+                DhtMode::Auto => {}
+                DhtMode::Server => kad.set_mode(Some(kad::Mode::Server)),
+                DhtMode::Client => kad.set_mode(Some(kad::Mode::Client)),
+            }
+            let mdns = if mdns_on {
+                match mdns::tokio::Behaviour::new(mdns::Config::default(), id) {
+                    Ok(m) => Some(m),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "mDNS unavailable; LAN discovery is off");
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            Behaviour {
+                limits: connection_limits::Behaviour::new(limits),
+                relay_client,
+                relay_server: Toggle::from(
+                    relay_on.then(|| relay::Behaviour::new(id, relay::Config::default())),
+                ),
+                identify: identify::Behaviour::new(
+                    identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
+                        .with_agent_version(format!("warren/{}", env!("CARGO_PKG_VERSION")))
+                        .with_push_listen_addr_updates(true),
+                ),
+                ping: ping::Behaviour::default(),
+                // A mesh with no internet is a normal deployment: LAN addresses count.
+                autonat: autonat::Behaviour::new(
+                    id,
+                    autonat::Config {
+                        only_global_ips: false,
+                        ..Default::default()
+                    },
+                ),
+                dcutr: dcutr::Behaviour::new(id),
+                kad,
+                mdns: Toggle::from(mdns),
+                peers: peer_store::Behaviour::new(peer_store::memory_store::MemoryStore::new(
+                    Default::default(),
+                )),
+                stream: libp2p_stream::Behaviour::new(),
+            }
+        })?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+        .build();
+    Ok(swarm)
+}

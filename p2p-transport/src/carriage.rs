@@ -1,0 +1,142 @@
+//! Federation carriage: one HTTP/1.1 exchange per libp2p stream, protocol
+//! [`PROTOCOL`].
+//!
+//! The dialer opens a stream, writes one request (with `Host: <destination server
+//! name>`), reads one response, and the stream is closed. No keep-alive, no pipelining:
+//! streams are cheap on QUIC and Yamux, and one exchange per stream means a stuck request
+//! never blocks another. The listener serves each stream with the caller's axum router
+//! and tags the request with the peer's authenticated server name.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use bytes::Bytes;
+use futures::StreamExt;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use libp2p::{PeerId, Stream, StreamProtocol};
+use parking_lot::Mutex;
+use tokio::sync::Semaphore;
+use tokio_util::compat::FuturesAsyncReadCompatExt;
+use tower::ServiceExt;
+use warren_core::federation::AuthenticatedOrigin;
+
+use crate::identity::server_name_for_peer_id;
+
+/// The libp2p protocol id of the federation carriage.
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/matrix/federation/1");
+
+/// Time a peer gets to send a complete request head after opening a stream.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Size and time limits for one exchange.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    pub max_body: usize,
+    pub max_header: usize,
+    pub request_timeout: Duration,
+    pub per_peer: usize,
+    pub total: usize,
+}
+
+/// Serve every inbound federation stream until `incoming` ends.
+pub(crate) async fn serve(
+    mut incoming: libp2p_stream::IncomingStreams,
+    router: Router,
+    limits: Limits,
+) {
+    let total = Arc::new(Semaphore::new(limits.total));
+    let per_peer: Arc<Mutex<HashMap<PeerId, Arc<Semaphore>>>> = Arc::default();
+    while let Some((peer, stream)) = incoming.next().await {
+        let Ok(origin) = server_name_for_peer_id(&peer) else {
+            tracing::debug!(%peer, "federation stream from a non-Warren peer id; dropped");
+            continue;
+        };
+        let peer_slots = {
+            let mut map = per_peer.lock();
+            // Forget idle peers so the map cannot grow with every peer ever seen.
+            if map.len() > 1024 {
+                map.retain(|_, s| s.available_permits() < limits.per_peer);
+            }
+            map.entry(peer)
+                .or_insert_with(|| Arc::new(Semaphore::new(limits.per_peer)))
+                .clone()
+        };
+        // Over the limit, the stream is dropped (reset) at once: a peer flooding us with
+        // streams only hurts itself.
+        let (Ok(mine), Ok(all)) = (
+            peer_slots.try_acquire_owned(),
+            total.clone().try_acquire_owned(),
+        ) else {
+            tracing::warn!(%peer, "too many concurrent federation requests; stream reset");
+            continue;
+        };
+        let router = router.clone();
+        tokio::spawn(async move {
+            serve_stream(stream, origin, router, limits).await;
+            drop((mine, all));
+        });
+    }
+}
+
+async fn serve_stream(stream: Stream, origin: String, router: Router, limits: Limits) {
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let mut req = req.map(|body| axum::body::Body::new(Limited::new(body, limits.max_body)));
+        req.extensions_mut()
+            .insert(AuthenticatedOrigin(origin.clone()));
+        router.clone().oneshot(req)
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .max_buf_size(limits.max_header)
+        .keep_alive(false)
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(stream.compat()), service);
+    match tokio::time::timeout(limits.request_timeout, conn).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "federation stream ended with an error"),
+        Err(_) => tracing::debug!("federation request exceeded its time limit; stream closed"),
+    }
+}
+
+/// Write `request` on `stream` and read the response, within the limits.
+pub(crate) async fn exchange(
+    stream: Stream,
+    host: &str,
+    request: Request<Bytes>,
+    limits: Limits,
+) -> Result<Response<Bytes>, String> {
+    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+        .max_buf_size(limits.max_header)
+        .handshake::<_, Full<Bytes>>(TokioIo::new(stream.compat()))
+        .await
+        .map_err(|e| format!("HTTP handshake: {e}"))?;
+    let conn = tokio::spawn(conn);
+    let (mut parts, body) = request.into_parts();
+    if let Ok(value) = http::HeaderValue::from_str(host) {
+        parts.headers.insert(http::header::HOST, value);
+    }
+    let response = sender
+        .send_request(Request::from_parts(parts, Full::new(body)))
+        .await
+        .map_err(|e| format!("sending request: {e}"));
+    let response = match response {
+        Ok(r) => r,
+        Err(e) => {
+            conn.abort();
+            return Err(e);
+        }
+    };
+    let (parts, body) = response.into_parts();
+    let body = Limited::new(body, limits.max_body)
+        .collect()
+        .await
+        .map_err(|e| format!("reading response body: {e}"))?
+        .to_bytes();
+    conn.abort();
+    Ok(Response::from_parts(parts, body))
+}

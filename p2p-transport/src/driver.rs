@@ -1,0 +1,593 @@
+//! The swarm task: owns the libp2p `Swarm`, turns its events into address-book writes
+//! and [`PeerEvent`]s, and answers commands from the [`crate::P2p`] handle.
+//!
+//! Everything that touches the swarm happens on this one task, so no locks guard it.
+//! Requests never wait on it for long: it only starts dials and lookups and replies when
+//! their outcome arrives.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use libp2p::core::ConnectedPoint;
+use libp2p::core::transport::ListenerId;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Swarm, identify, kad, mdns, ping, relay};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use warren_core::federation::PeerEvent;
+
+use crate::addr::{circuit_via, is_relayed, peer_of, sort_for_dialling, without_peer};
+use crate::address_book::AddressBook;
+use crate::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL};
+use crate::config::P2pConfig;
+use crate::identity::server_name_for_peer_id;
+use crate::{ConnectionKind, PeerInfo};
+
+/// At most this many relay reservations are held at once.
+const MAX_RESERVATIONS: usize = 2;
+/// A peer's rediscovery is reported at most this often (mDNS re-announces constantly).
+const REDISCOVERY_QUIET: Duration = Duration::from_secs(10);
+/// How often the DHT routing table is refreshed.
+const DHT_REFRESH: Duration = Duration::from_secs(300);
+
+/// What the handle asks the swarm task to do.
+pub(crate) enum Command {
+    /// Connect to `peer` using `addrs` (and whatever the behaviours know).
+    Dial {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// Connect to a multiaddr, with or without `/p2p/<id>`; replies with the peer reached.
+    DialAddr {
+        addr: Multiaddr,
+        reply: oneshot::Sender<Result<PeerId, String>>,
+    },
+    /// Whether `peer` is connected, and every address worth trying for it.
+    Candidates {
+        peer: PeerId,
+        reply: oneshot::Sender<(bool, Vec<Multiaddr>)>,
+    },
+    /// Ask the DHT where `peer` is; replies with the addresses found.
+    FindPeer {
+        peer: PeerId,
+        reply: oneshot::Sender<Vec<Multiaddr>>,
+    },
+    Peers(oneshot::Sender<Vec<PeerInfo>>),
+    ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
+    NetworkChanged(oneshot::Sender<()>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Per-peer facts the swarm itself does not keep.
+#[derive(Default)]
+struct PeerState {
+    /// Open connections and their remote addresses.
+    connections: HashMap<ConnectionId, Multiaddr>,
+    rtt: Option<Duration>,
+    /// Offers circuit relay v2 (seen in identify).
+    relay: bool,
+    last_reported: Option<Instant>,
+}
+
+pub(crate) struct Driver {
+    swarm: Swarm<Behaviour>,
+    config: P2pConfig,
+    commands: mpsc::Receiver<Command>,
+    events: broadcast::Sender<PeerEvent>,
+    book: AddressBook,
+    peers: HashMap<PeerId, PeerState>,
+    /// Every peer ever heard of (address book and this run), for discovered vs
+    /// rediscovered.
+    known: HashSet<PeerId>,
+    bootstrap: HashMap<PeerId, Multiaddr>,
+    listeners: Vec<ListenerId>,
+    /// Relays this node holds (or is asking for) a reservation with.
+    reservations: HashMap<PeerId, ListenerId>,
+    dial_waiters: HashMap<PeerId, Vec<oneshot::Sender<Result<(), String>>>>,
+    addr_waiters: HashMap<ConnectionId, oneshot::Sender<Result<PeerId, String>>>,
+    lookups: HashMap<kad::QueryId, (PeerId, oneshot::Sender<Vec<Multiaddr>>)>,
+}
+
+impl Driver {
+    pub(crate) fn new(
+        swarm: Swarm<Behaviour>,
+        config: P2pConfig,
+        commands: mpsc::Receiver<Command>,
+        events: broadcast::Sender<PeerEvent>,
+        book: AddressBook,
+    ) -> Driver {
+        let bootstrap = config
+            .bootstrap
+            .iter()
+            .filter_map(|a| peer_of(a).map(|p| (p, without_peer(a))))
+            .collect();
+        Driver {
+            swarm,
+            config,
+            commands,
+            events,
+            book,
+            peers: HashMap::new(),
+            known: HashSet::new(),
+            bootstrap,
+            listeners: Vec::new(),
+            reservations: HashMap::new(),
+            dial_waiters: HashMap::new(),
+            addr_waiters: HashMap::new(),
+            lookups: HashMap::new(),
+        }
+    }
+
+    /// Listen, load the address book and dial known and bootstrap peers.
+    pub(crate) fn start(&mut self) -> Result<(), String> {
+        self.listen()?;
+        let remembered = self.book.load();
+        let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
+        for (peer, addr) in remembered {
+            self.known.insert(peer);
+            self.add_address(peer, addr.clone());
+            by_peer.entry(peer).or_default().push(addr);
+        }
+        for (peer, addr) in self.bootstrap.clone() {
+            self.known.insert(peer);
+            self.add_address(peer, addr.clone());
+            self.swarm
+                .behaviour_mut()
+                .kad
+                .add_address(&peer, addr.clone());
+            self.book.record(peer, &addr, "config");
+            by_peer.entry(peer).or_default().push(addr);
+        }
+        // Reconnect to everyone we knew, without waiting for any discovery.
+        for (peer, mut addrs) in by_peer {
+            sort_for_dialling(&mut addrs);
+            let opts = DialOpts::peer_id(peer)
+                .addresses(addrs)
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            if let Err(e) = self.swarm.dial(opts) {
+                tracing::debug!(%peer, error = %e, "redial of a known peer not started");
+            }
+        }
+        Ok(())
+    }
+
+    fn listen(&mut self) -> Result<(), String> {
+        for addr in self.config.listen.clone() {
+            let id = self
+                .swarm
+                .listen_on(addr.clone())
+                .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            self.listeners.push(id);
+        }
+        Ok(())
+    }
+
+    fn add_address(&mut self, peer: PeerId, addr: Multiaddr) {
+        self.swarm
+            .behaviour_mut()
+            .peers
+            .store_mut()
+            .add_address(&peer, &addr);
+    }
+
+    pub(crate) async fn run(mut self) {
+        let mut refresh = tokio::time::interval(DHT_REFRESH);
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                command = self.commands.recv() => match command {
+                    Some(Command::Shutdown(done)) => {
+                        let _ = done.send(());
+                        break;
+                    }
+                    Some(c) => self.on_command(c),
+                    None => break,
+                },
+                _ = refresh.tick() => {
+                    // Fails harmlessly while the routing table is empty.
+                    let _ = self.swarm.behaviour_mut().kad.bootstrap();
+                }
+            }
+        }
+        tracing::debug!("p2p swarm task stopped");
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Dial { peer, addrs, reply } => self.dial(peer, addrs, reply),
+            Command::DialAddr { addr, reply } => self.dial_addr(addr, reply),
+            Command::Candidates { peer, reply } => {
+                let _ = reply.send((self.swarm.is_connected(&peer), self.candidates(peer)));
+            }
+            Command::FindPeer { peer, reply } => {
+                let id = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+                self.lookups.insert(id, (peer, reply));
+            }
+            Command::Peers(reply) => {
+                let _ = reply.send(self.peer_infos());
+            }
+            Command::ListenAddrs(reply) => {
+                let _ = reply.send(self.swarm.listeners().cloned().collect());
+            }
+            Command::NetworkChanged(reply) => {
+                self.network_changed();
+                let _ = reply.send(());
+            }
+            Command::Shutdown(_) => {}
+        }
+    }
+
+    /// Every address worth trying for `peer`: what the peer store knows, then circuits
+    /// through every relay we are connected to.
+    fn candidates(&self, peer: PeerId) -> Vec<Multiaddr> {
+        let mut addrs: Vec<Multiaddr> = self
+            .swarm
+            .behaviour()
+            .peers
+            .address_of_peer(&peer)
+            .map(|it| it.cloned().collect())
+            .unwrap_or_default();
+        for (relay, state) in &self.peers {
+            if !state.relay || *relay == peer {
+                continue;
+            }
+            let relay_addr = state.connections.values().find(|a| !is_relayed(a));
+            if let Some(relay_addr) = relay_addr {
+                addrs.push(circuit_via(relay_addr, *relay, peer));
+            }
+        }
+        addrs.dedup();
+        sort_for_dialling(&mut addrs);
+        addrs
+    }
+
+    fn dial(
+        &mut self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        reply: oneshot::Sender<Result<(), String>>,
+    ) {
+        if self.swarm.is_connected(&peer) {
+            let _ = reply.send(Ok(()));
+            return;
+        }
+        let opts = DialOpts::peer_id(peer)
+            .addresses(addrs)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .extend_addresses_through_behaviour()
+            .build();
+        match self.swarm.dial(opts) {
+            // Already dialling counts: the waiter is answered when that dial ends.
+            Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => {
+                self.dial_waiters.entry(peer).or_default().push(reply);
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e.to_string()));
+            }
+        }
+    }
+
+    fn dial_addr(&mut self, addr: Multiaddr, reply: oneshot::Sender<Result<PeerId, String>>) {
+        let opts = match peer_of(&addr) {
+            Some(peer) => DialOpts::peer_id(peer)
+                .addresses(vec![without_peer(&addr)])
+                .condition(PeerCondition::Always)
+                .build(),
+            None => DialOpts::unknown_peer_id().address(addr.clone()).build(),
+        };
+        let id = opts.connection_id();
+        match self.swarm.dial(opts) {
+            Ok(()) => {
+                self.addr_waiters.insert(id, reply);
+            }
+            Err(e) => {
+                let _ = reply.send(Err(format!("cannot dial {addr}: {e}")));
+            }
+        }
+    }
+
+    fn peer_infos(&self) -> Vec<PeerInfo> {
+        let mut out: Vec<PeerInfo> = self
+            .peers
+            .iter()
+            .filter(|(_, s)| !s.connections.is_empty())
+            .map(|(peer, s)| {
+                let direct = s.connections.values().any(|a| !is_relayed(a));
+                let mut addresses: Vec<Multiaddr> = self
+                    .swarm
+                    .behaviour()
+                    .peers
+                    .address_of_peer(peer)
+                    .map(|it| it.cloned().collect())
+                    .unwrap_or_default();
+                if addresses.is_empty() {
+                    addresses = s.connections.values().cloned().collect();
+                }
+                PeerInfo {
+                    peer_id: *peer,
+                    server_name: server_name_for_peer_id(peer).ok(),
+                    addresses,
+                    connection: if direct {
+                        ConnectionKind::Direct
+                    } else {
+                        ConnectionKind::Relayed
+                    },
+                    rtt: s.rtt,
+                }
+            })
+            .collect();
+        out.sort_by_key(|p| p.peer_id.to_base58());
+        out
+    }
+
+    /// After a network switch: listen afresh, renew relay reservations, tell peers our
+    /// new addresses and reconnect to bootstrap peers.
+    fn network_changed(&mut self) {
+        for id in self.listeners.drain(..) {
+            self.swarm.remove_listener(id);
+        }
+        for (_, id) in self.reservations.drain() {
+            self.swarm.remove_listener(id);
+        }
+        if let Err(e) = self.listen() {
+            tracing::warn!(error = %e, "re-listening after a network change failed");
+        }
+        let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        self.swarm.behaviour_mut().identify.push(connected);
+        for (peer, addr) in self.bootstrap.clone() {
+            let opts = DialOpts::peer_id(peer)
+                .addresses(vec![addr])
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            let _ = self.swarm.dial(opts);
+            self.maybe_reserve(peer);
+        }
+        let _ = self.swarm.behaviour_mut().kad.bootstrap();
+    }
+
+    /// Hold a reservation with a bootstrap peer that relays, so peers that cannot reach
+    /// us directly can through it.
+    fn maybe_reserve(&mut self, relay: PeerId) {
+        if self.reservations.contains_key(&relay) || self.reservations.len() >= MAX_RESERVATIONS {
+            return;
+        }
+        let Some(state) = self.peers.get(&relay) else {
+            return;
+        };
+        if !state.relay || !self.bootstrap.contains_key(&relay) {
+            return;
+        }
+        let Some(addr) = state.connections.values().find(|a| !is_relayed(a)).cloned() else {
+            return;
+        };
+        let circuit = without_peer(&addr)
+            .with(libp2p::multiaddr::Protocol::P2p(relay))
+            .with(libp2p::multiaddr::Protocol::P2pCircuit);
+        match self.swarm.listen_on(circuit.clone()) {
+            Ok(id) => {
+                tracing::info!(%relay, "requesting a relay reservation");
+                self.reservations.insert(relay, id);
+            }
+            Err(e) => tracing::warn!(%relay, error = %e, "cannot listen through relay"),
+        }
+    }
+
+    /// A peer was heard of: report it as discovered or rediscovered.
+    fn seen(&mut self, peer: PeerId) {
+        let Ok(server_name) = server_name_for_peer_id(&peer) else {
+            return;
+        };
+        if self.known.insert(peer) {
+            let _ = self.events.send(PeerEvent::Discovered { server_name });
+            return;
+        }
+        if self.swarm.is_connected(&peer) {
+            return;
+        }
+        let state = self.peers.entry(peer).or_default();
+        let now = Instant::now();
+        if state
+            .last_reported
+            .is_some_and(|t| now.duration_since(t) < REDISCOVERY_QUIET)
+        {
+            return;
+        }
+        state.last_reported = Some(now);
+        let _ = self.events.send(PeerEvent::Rediscovered { server_name });
+    }
+
+    fn emit_listen_addrs(&self) {
+        let addrs = self.swarm.listeners().map(|a| a.to_string()).collect();
+        let _ = self.events.send(PeerEvent::ListenAddrsChanged { addrs });
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                let remote = endpoint.get_remote_address().clone();
+                if let ConnectedPoint::Dialer { .. } = endpoint {
+                    self.book
+                        .record(peer_id, &without_peer(&remote), "connected");
+                }
+                self.seen(peer_id);
+                self.peers
+                    .entry(peer_id)
+                    .or_default()
+                    .connections
+                    .insert(connection_id, remote);
+                if num_established.get() == 1
+                    && let Ok(server_name) = server_name_for_peer_id(&peer_id)
+                {
+                    tracing::debug!(%peer_id, "peer connected");
+                    let _ = self.events.send(PeerEvent::Connected { server_name });
+                }
+                for w in self.dial_waiters.remove(&peer_id).unwrap_or_default() {
+                    let _ = w.send(Ok(()));
+                }
+                if let Some(w) = self.addr_waiters.remove(&connection_id) {
+                    let _ = w.send(Ok(peer_id));
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                num_established,
+                ..
+            } => {
+                if let Some(state) = self.peers.get_mut(&peer_id) {
+                    state.connections.remove(&connection_id);
+                }
+                if num_established == 0 {
+                    if let Some(id) = self.reservations.remove(&peer_id) {
+                        self.swarm.remove_listener(id);
+                    }
+                    if let Ok(server_name) = server_name_for_peer_id(&peer_id) {
+                        let _ = self.events.send(PeerEvent::Disconnected { server_name });
+                    }
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                peer_id,
+                error,
+            } => {
+                let reason = error.to_string();
+                if let Some(peer) = peer_id
+                    && !self.swarm.is_connected(&peer)
+                {
+                    for w in self.dial_waiters.remove(&peer).unwrap_or_default() {
+                        let _ = w.send(Err(reason.clone()));
+                    }
+                }
+                if let Some(w) = self.addr_waiters.remove(&connection_id) {
+                    let _ = w.send(Err(reason));
+                }
+            }
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "listening");
+                self.emit_listen_addrs();
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                tracing::debug!(%address, "no longer listening");
+                self.emit_listen_addrs();
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                ..
+            } => {
+                self.reservations.retain(|_, id| *id != listener_id);
+                if let Err(e) = reason {
+                    tracing::debug!(error = %e, "listener closed");
+                }
+                self.emit_listen_addrs();
+            }
+            _ => {}
+        }
+    }
+
+    fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                self.on_identify(peer_id, info)
+            }
+            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                for (peer, addr) in found {
+                    self.add_address(peer, addr.clone());
+                    self.book.record(peer, &addr, "mdns");
+                    self.seen(peer);
+                    // On a LAN, connect eagerly: that is the whole point of mDNS here.
+                    if !self.swarm.is_connected(&peer) {
+                        let opts = DialOpts::peer_id(peer)
+                            .addresses(vec![addr])
+                            .condition(PeerCondition::DisconnectedAndNotDialing)
+                            .build();
+                        let _ = self.swarm.dial(opts);
+                    }
+                }
+            }
+            BehaviourEvent::Kad(kad::Event::RoutingUpdated {
+                peer, addresses, ..
+            }) => {
+                for addr in addresses.iter() {
+                    self.book.record(peer, addr, "dht");
+                }
+                self.seen(peer);
+            }
+            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id, result, step, ..
+            }) => self.on_query(id, result, step.last),
+            BehaviourEvent::Ping(ping::Event {
+                peer,
+                result: Ok(rtt),
+                ..
+            }) => {
+                self.peers.entry(peer).or_default().rtt = Some(rtt);
+            }
+            BehaviourEvent::RelayClient(relay::client::Event::ReservationReqAccepted {
+                relay_peer_id,
+                ..
+            }) => {
+                tracing::info!(relay = %relay_peer_id, "relay reservation accepted");
+            }
+            _ => {}
+        }
+    }
+
+    fn on_identify(&mut self, peer: PeerId, info: identify::Info) {
+        let speaks_kad = info.protocols.contains(&KAD_PROTOCOL);
+        for addr in &info.listen_addrs {
+            let addr = without_peer(addr);
+            self.book.record(peer, &addr, "identify");
+            if speaks_kad {
+                self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+            }
+        }
+        if info.protocols.contains(&relay::HOP_PROTOCOL_NAME) {
+            self.peers.entry(peer).or_default().relay = true;
+            self.maybe_reserve(peer);
+        }
+    }
+
+    fn on_query(&mut self, id: kad::QueryId, result: kad::QueryResult, last: bool) {
+        let kad::QueryResult::GetClosestPeers(result) = result else {
+            return;
+        };
+        let peers = match result {
+            Ok(ok) => ok.peers,
+            Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
+        };
+        let Some((target, _)) = self.lookups.get(&id) else {
+            return;
+        };
+        let target = *target;
+        let found: Vec<Multiaddr> = peers
+            .into_iter()
+            .filter(|p| p.peer_id == target)
+            .flat_map(|p| p.addrs)
+            .collect();
+        for addr in &found {
+            self.add_address(target, addr.clone());
+            self.book.record(target, addr, "dht");
+        }
+        // Answer as soon as the target turns up, or when the lookup ends without it.
+        if (!found.is_empty() || last)
+            && let Some((_, reply)) = self.lookups.remove(&id)
+        {
+            let _ = reply.send(found);
+            if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+                q.finish();
+            }
+        }
+    }
+}
