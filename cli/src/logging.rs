@@ -38,9 +38,16 @@ pub fn init(level: &str, format: LogFormat) -> anyhow::Result<()> {
 }
 
 /// Libraries too chatty at `info` for a node's everyday log: ruma's state resolution logs
-/// every auth check of every event. `--log-level info` (the default) holds them at
+/// every auth check of every event; libp2p logs every interface mDNS binds to, and
+/// Kademlia warns about a failed bootstrap each time a node that knows no peer yet (the
+/// normal state of a fresh node) gains a listen address. `--log-level info` (the default) holds them at
 /// `warn`; any other level, an explicit filter, or RUST_LOG shows them as asked.
-const QUIET_AT_INFO: &[&str] = &["ruma_state_res"];
+const QUIET_AT_INFO: &[(&str, &str)] = &[
+    ("ruma_state_res", "warn"),
+    ("libp2p_swarm", "warn"),
+    ("libp2p_mdns", "warn"),
+    ("libp2p_kad", "error"),
+];
 
 /// A bare word must be a level name: `EnvFilter` would otherwise read a typo such as
 /// `verbose` as "everything from target `verbose`" and silently log nothing else.
@@ -64,7 +71,11 @@ fn filter_from_level(level: &str) -> anyhow::Result<EnvFilter> {
     }
     let directives = if level.eq_ignore_ascii_case("info") {
         std::iter::once(level.to_owned())
-            .chain(QUIET_AT_INFO.iter().map(|target| format!("{target}=warn")))
+            .chain(
+                QUIET_AT_INFO
+                    .iter()
+                    .map(|(target, at)| format!("{target}={at}")),
+            )
             .collect::<Vec<_>>()
             .join(",")
     } else {

@@ -29,8 +29,9 @@ node keeps its database in the same directory and serves the standard Matrix \
 client-server API on http://127.0.0.1:8008, so any Matrix client (Element, \
 matrix-rust-sdk, bots) can log in to it.
 
-Status: this version runs a single node. Peer-to-peer federation between nodes over \
-libp2p is being built.
+Nodes find and reach each other over libp2p (QUIC first, TCP as fallback): mDNS on the \
+LAN, a Kademlia DHT seeded by --bootstrap peers, and circuit relays for nodes that \
+cannot be reached directly. Rooms spanning nodes are being built.
 
 Quick start:
   warren run           start a node with the defaults (stop it with Ctrl-C)
@@ -51,8 +52,10 @@ may rely on them; the `client API:` line comes last):
   server name: <64 lowercase hex characters>
   peer id: <libp2p peer id, 12D3KooW…>
   data dir: <absolute path>
+  p2p listen: <multiaddr ending in /p2p/<peer id>>   (one line per address)
   client API: http://<ip>:<port>
-On a signal it prints `stopping: <signal> received`, and `stopped` once the node is down.
+Another node can `--bootstrap` from (or, later, `warren connect` to) any `p2p listen:` \
+address. On a signal it prints `stopping: <signal> received`, and `stopped` once the node is down.
 
 With --client-addr 127.0.0.1:0 the system picks a free port; read it from the \
 `client API:` line. Registration of new users is open while the client API listens on \
@@ -106,6 +109,9 @@ enum Command {
             value_name = "IP:PORT"
         )]
         client_addr: SocketAddr,
+
+        #[command(flatten)]
+        p2p: run::P2pArgs,
     },
     /// Print the node's server name and libp2p peer id (creates the key if missing).
     #[command(long_about = ID_LONG_ABOUT)]
@@ -132,7 +138,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
     logging::init(&cli.log_level, cli.log_format)?;
     let data_dir = resolve_data_dir(cli.data_dir)?;
     match cli.command {
-        Command::Run { client_addr } => run::run(data_dir, client_addr),
+        Command::Run { client_addr, p2p } => run::run(data_dir, client_addr, p2p),
         Command::Id { json } => id::id(&data_dir, json),
     }
 }
@@ -173,7 +179,7 @@ mod tests {
         assert_eq!(cli.log_level, "info");
         assert!(matches!(
             cli.command,
-            Command::Run { client_addr } if client_addr == SocketAddr::from(([127, 0, 0, 1], 8008))
+            Command::Run { client_addr, .. } if client_addr == SocketAddr::from(([127, 0, 0, 1], 8008))
         ));
     }
 

@@ -385,6 +385,21 @@ fn run_serves_the_client_api_and_stops_on_sigterm() {
     assert_eq!(status, 200, "{response}");
     assert!(response.contains("versions"), "{response}");
 
+    // Every P2P listen address is printed, dialable as is: it ends in our peer id.
+    let peer_suffix = format!("/p2p/{}", expected["peer_id"].as_str().unwrap_or("?"));
+    let listens: Vec<&str> = node
+        .stdout_seen
+        .iter()
+        .filter_map(|l| l.strip_prefix("p2p listen: "))
+        .collect();
+    assert!(!listens.is_empty(), "stdout: {:?}", node.stdout_seen);
+    for addr in &listens {
+        assert!(
+            addr.ends_with(&peer_suffix),
+            "{addr} must end in {peer_suffix}"
+        );
+    }
+
     node.terminate();
     let status = node.wait();
     assert!(
@@ -455,6 +470,46 @@ fn busy_client_port_is_reported() {
     );
     let line = assert_clean_error(&stderr);
     assert!(line.contains(&addr), "the error should name {addr}: {line}");
+    drop(holder);
+}
+
+#[test]
+fn bad_p2p_flags_are_clean_errors() {
+    let holder = match TcpListener::bind("127.0.0.1:0") {
+        Ok(listener) => listener,
+        Err(e) => panic!("cannot bind a test port: {e}"),
+    };
+    let port = match holder.local_addr() {
+        Ok(addr) => addr.port(),
+        Err(e) => panic!("no local address: {e}"),
+    };
+    let cases: [(&[&str], &str); 2] = [
+        (&["--bootstrap", "/ip4/127.0.0.1/tcp/4001"], "/p2p/"),
+        (
+            &["--p2p-listen", &format!("/ip4/127.0.0.1/tcp/{port}")],
+            "listen",
+        ),
+    ];
+    for (args, expect) in cases {
+        let dir = tempdir();
+        let mut cmd = warren();
+        cmd.arg("run")
+            .arg("--data-dir")
+            .arg(dir.path().join("node"))
+            .args(["--client-addr", "127.0.0.1:0", "--no-mdns"])
+            .args(args);
+        let (status, stdout, stderr) = finish(cmd);
+        assert_eq!(
+            status.code(),
+            Some(1),
+            "{args:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+        );
+        let line = assert_clean_error(&stderr);
+        assert!(
+            line.contains(expect),
+            "{args:?}: the error should mention {expect}: {line}"
+        );
+    }
     drop(holder);
 }
 

@@ -57,11 +57,13 @@ pub fn build_swarm(
         .with_relay_client(noise::Config::new, yamux::Config::default)?
         .with_behaviour(move |key, relay_client| {
             let id = key.public().to_peer_id();
-            let mut kad = kad::Behaviour::with_config(
-                id,
-                kad::store::MemoryStore::new(id),
-                kad::Config::new(KAD_PROTOCOL),
-            );
+            let mut kad_config = kad::Config::new(KAD_PROTOCOL);
+            // The driver bootstraps once a DHT peer is known, then periodically; libp2p's
+            // own timer would warn every few seconds on a node that knows nobody yet.
+            kad_config.set_periodic_bootstrap_interval(None);
+            kad_config.set_query_timeout(std::time::Duration::from_secs(10));
+            let mut kad =
+                kad::Behaviour::with_config(id, kad::store::MemoryStore::new(id), kad_config);
             match dht_mode {
                 DhtMode::Auto => {}
                 DhtMode::Server => kad.set_mode(Some(kad::Mode::Server)),

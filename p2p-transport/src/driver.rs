@@ -55,7 +55,8 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Vec<Multiaddr>>,
     },
     Peers(oneshot::Sender<Vec<PeerInfo>>),
-    ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
+    /// Current listen addresses, and whether every configured listener has one.
+    ListenAddrs(oneshot::Sender<(bool, Vec<Multiaddr>)>),
     NetworkChanged(oneshot::Sender<()>),
     Shutdown(oneshot::Sender<()>),
 }
@@ -88,6 +89,10 @@ pub(crate) struct Driver {
     dial_waiters: HashMap<PeerId, Vec<oneshot::Sender<Result<(), String>>>>,
     addr_waiters: HashMap<ConnectionId, oneshot::Sender<Result<PeerId, String>>>,
     lookups: HashMap<kad::QueryId, (PeerId, oneshot::Sender<Vec<Multiaddr>>)>,
+    /// Whether the DHT has been bootstrapped since its first peer arrived.
+    dht_bootstrapped: bool,
+    /// Configured listeners that have not reported an address yet.
+    pending_listeners: HashSet<ListenerId>,
 }
 
 impl Driver {
@@ -117,6 +122,8 @@ impl Driver {
             dial_waiters: HashMap::new(),
             addr_waiters: HashMap::new(),
             lookups: HashMap::new(),
+            dht_bootstrapped: false,
+            pending_listeners: HashSet::new(),
         }
     }
 
@@ -161,6 +168,7 @@ impl Driver {
                 .listen_on(addr.clone())
                 .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
             self.listeners.push(id);
+            self.pending_listeners.insert(id);
         }
         Ok(())
     }
@@ -210,7 +218,8 @@ impl Driver {
                 let _ = reply.send(self.peer_infos());
             }
             Command::ListenAddrs(reply) => {
-                let _ = reply.send(self.swarm.listeners().cloned().collect());
+                let ready = self.pending_listeners.is_empty();
+                let _ = reply.send((ready, self.swarm.listeners().cloned().collect()));
             }
             Command::NetworkChanged(reply) => {
                 self.network_changed();
@@ -473,8 +482,12 @@ impl Driver {
                     let _ = w.send(Err(reason));
                 }
             }
-            SwarmEvent::NewListenAddr { address, .. } => {
+            SwarmEvent::NewListenAddr {
+                address,
+                listener_id,
+            } => {
                 tracing::info!(%address, "listening");
+                self.pending_listeners.remove(&listener_id);
                 self.emit_listen_addrs();
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
@@ -487,6 +500,7 @@ impl Driver {
                 ..
             } => {
                 self.reservations.retain(|_, id| *id != listener_id);
+                self.pending_listeners.remove(&listener_id);
                 if let Err(e) = reason {
                     tracing::debug!(error = %e, "listener closed");
                 }
@@ -552,6 +566,9 @@ impl Driver {
             if speaks_kad {
                 self.swarm.behaviour_mut().kad.add_address(&peer, addr);
             }
+        }
+        if speaks_kad && !self.dht_bootstrapped {
+            self.dht_bootstrapped = self.swarm.behaviour_mut().kad.bootstrap().is_ok();
         }
         if info.protocols.contains(&relay::HOP_PROTOCOL_NAME) {
             self.peers.entry(peer).or_default().relay = true;

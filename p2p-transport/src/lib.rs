@@ -204,7 +204,7 @@ impl P2p {
     /// The addresses this node listens on (what another node can dial), each ending in
     /// this node's `/p2p/<peer id>`.
     pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, P2pError> {
-        let addrs = self.ask(Command::ListenAddrs).await?;
+        let (_, addrs) = self.ask(Command::ListenAddrs).await?;
         let me = self.inner.local_peer;
         Ok(addrs
             .into_iter()
@@ -212,13 +212,18 @@ impl P2p {
             .collect())
     }
 
-    /// Wait until the node listens on at least one address, up to `timeout`.
+    /// Wait until every configured listener has an address (or, after `timeout`, at
+    /// least one does), and return the listen addresses.
     pub async fn wait_listening(&self, timeout: Duration) -> Result<Vec<Multiaddr>, P2pError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut events = self.subscribe();
         loop {
+            let (ready, _) = self.ask(Command::ListenAddrs).await?;
             let addrs = self.listen_addrs().await?;
-            if !addrs.is_empty() {
+            if ready && !addrs.is_empty() {
+                return Ok(addrs);
+            }
+            if tokio::time::Instant::now() >= deadline && !addrs.is_empty() {
                 return Ok(addrs);
             }
             match tokio::time::timeout_at(deadline, events.recv()).await {
