@@ -488,6 +488,12 @@ impl Driver {
             } => {
                 tracing::info!(%address, "listening");
                 self.pending_listeners.remove(&listener_id);
+                // An operator who turns relaying on says this node is reachable; without
+                // this, relay v2 only advertises itself once AutoNAT confirms an address,
+                // which takes several probes (and never happens on a LAN of two).
+                if self.config.relay_server && !is_relayed(&address) {
+                    self.swarm.add_external_address(address.clone());
+                }
                 self.emit_listen_addrs();
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
