@@ -265,7 +265,37 @@ async fn cross_signing_bootstrap_reset_and_key_backup() {
         "backup exists"
     );
 
-    drop((backups, alice));
+    // A room key alice makes is uploaded to the backup (PUT /room_keys/keys).
+    let mut create = CreateRoomRequest::new();
+    create.initial_state = vec![
+        InitialStateEvent::with_empty_state_key(
+            RoomEncryptionEventContent::with_recommended_defaults(),
+        )
+        .to_raw_any(),
+    ];
+    let room = alice.create_room(create).await.expect("encrypted room");
+    sync_once(&alice).await.expect("sync");
+    send_text(&room, "backed up").await;
+    tokio::time::timeout(
+        WAIT,
+        backups
+            .wait_for_steady_state()
+            .with_delay(Duration::from_millis(10)),
+    )
+    .await
+    .expect("backup upload finishes in time")
+    .expect("backup upload succeeds");
+    let latest = alice
+        .send(get_latest_backup_info::v3::Request::new())
+        .await
+        .expect("GET /room_keys/version");
+    assert!(
+        latest.count >= 1u32.into(),
+        "keys in the backup: {}",
+        latest.count
+    );
+
+    drop((backups, room, alice));
     shutdown_node(node).await.expect("shutdown");
 }
 
@@ -786,5 +816,114 @@ async fn key_backup_versions_and_replacement() {
     // v1 is current again.
     let current = raw.ok(M::GET, "/room_keys/version", t, None).await;
     assert_eq!(current["version"], v1.as_str());
+    shutdown_node(node).await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn device_list_changes_follow_shared_rooms() {
+    let (_dir, node, raw, alice, bob) = raw_fixture().await;
+    let start = raw.sync(&alice, None).await["next_batch"]
+        .as_str()
+        .expect("next_batch")
+        .to_owned();
+    let room = raw
+        .ok(
+            M::POST,
+            "/createRoom",
+            &alice.access_token,
+            Some(json!({"preset": "private_chat", "invite": [bob.user_id]})),
+        )
+        .await["room_id"]
+        .as_str()
+        .expect("room_id")
+        .to_owned();
+    let room_path = path_segment(&room);
+    raw.ok(
+        M::POST,
+        &format!("/rooms/{room_path}/join"),
+        &bob.access_token,
+        Some(json!({})),
+    )
+    .await;
+    // Bob newly shares a room with alice: he is in `changed`.
+    let joined = raw.sync(&alice, Some(&start)).await;
+    assert_eq!(
+        joined["device_lists"]["changed"],
+        json!([bob.user_id]),
+        "{joined}"
+    );
+    let t1 = joined["next_batch"]
+        .as_str()
+        .expect("next_batch")
+        .to_owned();
+
+    // A new device of bob that goes away again is a device-list change.
+    let login = raw
+        .http
+        .post(format!("{}/_matrix/client/v3/login", raw.base))
+        .json(&json!({"type": "m.login.password", "user": "bob", "password": BOB_PASSWORD}))
+        .send()
+        .await
+        .expect("login");
+    let login: Value = login.json().await.expect("login JSON");
+    let token = login["access_token"].as_str().expect("token");
+    raw.ok(M::POST, "/logout", token, Some(json!({}))).await;
+    let changed = raw.sync(&alice, Some(&t1)).await;
+    assert_eq!(
+        changed["device_lists"]["changed"],
+        json!([bob.user_id]),
+        "{changed}"
+    );
+    let t2 = changed["next_batch"]
+        .as_str()
+        .expect("next_batch")
+        .to_owned();
+    let keys_changes = raw
+        .ok(
+            M::GET,
+            &format!(
+                "/keys/changes?from={}&to={}",
+                path_segment(&t1),
+                path_segment(&t2)
+            ),
+            &alice.access_token,
+            None,
+        )
+        .await;
+    assert_eq!(keys_changes, json!({"changed": [bob.user_id], "left": []}));
+    let quiet = raw
+        .ok(
+            M::GET,
+            &format!(
+                "/keys/changes?from={}&to={}",
+                path_segment(&t2),
+                path_segment(&t2)
+            ),
+            &alice.access_token,
+            None,
+        )
+        .await;
+    assert_eq!(quiet, json!({"changed": [], "left": []}));
+
+    // Bob leaves the only shared room: he is in `left`.
+    raw.ok(
+        M::POST,
+        &format!("/rooms/{room_path}/leave"),
+        &bob.access_token,
+        Some(json!({})),
+    )
+    .await;
+    let left = raw.sync(&alice, Some(&t2)).await;
+    assert_eq!(left["device_lists"]["left"], json!([bob.user_id]), "{left}");
+    assert_eq!(left["device_lists"]["changed"], json!([]), "{left}");
+    raw.err(
+        M::GET,
+        "/keys/changes?from=nonsense&to=s1",
+        &alice.access_token,
+        None,
+        400,
+        "M_INVALID_PARAM",
+    )
+    .await;
     shutdown_node(node).await.expect("shutdown");
 }

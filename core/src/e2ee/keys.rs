@@ -513,20 +513,32 @@ mod tests {
         let (_dir, db) = test_util::db();
         test_util::device(&db, ALICE, "A1");
         otk(&db, ALICE, "A1", "AAAA");
-        db.write(|tx| storage::set_device_keys(tx, ALICE, "A1", "{}"))
-            .expect("keys");
+        db.write(|tx| {
+            storage::set_device_keys(tx, ALICE, "A1", "{}")?;
+            storage::insert_to_device(tx, 1_000, ALICE, "A1", BOB, "m.test", "{}")
+        })
+        .expect("keys and a pending message");
+        let before = db.max_stream_position().expect("pos");
         db.write(|tx| storage::delete_device(tx, ALICE, "A1").map(|_| ()))
             .expect("delete");
-        let (keys, counts) = db
+        let (keys, counts, inbox, changes) = db
             .read(|c| {
                 Ok((
                     storage::device_keys(c, ALICE, "A1")?,
                     storage::one_time_key_counts(c, ALICE, "A1")?,
+                    storage::has_to_device_up_to(c, ALICE, "A1", i64::MAX)?,
+                    storage::device_list_changes_visible_to(c, ALICE, before, i64::MAX)?,
                 ))
             })
             .expect("read");
         assert_eq!(keys, None);
         assert!(counts.is_empty());
+        assert!(!inbox, "pending to-device messages go with the device");
+        assert_eq!(
+            changes,
+            vec![ALICE.to_owned()],
+            "the deletion is a device-list change"
+        );
         // Re-creating the device id starts from nothing.
         test_util::device(&db, ALICE, "A1");
         assert_eq!(claim_for(&db, ALICE, "A1"), json!({}));

@@ -283,6 +283,27 @@ mod tests {
     }
 
     #[test]
+    fn a_version_1_database_gains_the_e2ee_tables() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        conn.execute_batch(MIGRATIONS[0]).expect("v1 schema");
+        conn.pragma_update(None, "user_version", 1).expect("v1");
+        run(&mut conn, "mem").expect("upgrade");
+        let v: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .expect("v");
+        assert_eq!(v, SCHEMA_VERSION);
+        let tables: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'
+                 AND name IN ('e2e_device_keys', 'to_device_inbox', 'room_key_backups')",
+                [],
+                |r| r.get(0),
+            )
+            .expect("count");
+        assert_eq!(tables, 3);
+    }
+
+    #[test]
     fn migrations_are_idempotent() {
         let mut conn = Connection::open_in_memory().expect("open");
         run(&mut conn, "mem").expect("first");
