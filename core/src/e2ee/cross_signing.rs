@@ -155,6 +155,13 @@ fn signed_part_with_signatures(v: &Value) -> Value {
 pub fn commit(server: &Server, caller: &Caller, prepared: &Prepared) -> Result<(), Error> {
     let user = caller.user_id.as_str();
     server.write(|tx| {
+        // Another upload may have landed since `prepare` decided no auth was needed; it
+        // must not be replaced without auth.
+        if !prepared.needs_auth && needs_auth(tx, user, &prepared.keys)? {
+            return Err(Error::Forbidden(
+                "cross-signing keys changed meanwhile; retry the upload".into(),
+            ));
+        }
         let mut changed = false;
         for k in &prepared.keys {
             let old = storage::cross_signing_key(tx, user, k.key_type)?;
