@@ -511,6 +511,30 @@ async fn bad_key_uploads_are_rejected() {
         "M_INVALID_PARAM",
     )
     .await;
+    // Signatures on keys that do not exist are reported per key, not as a request error.
+    let sigs = json!({alice.user_id.clone(): {"NOPE": {"user_id": alice.user_id, "signatures": {}}},
+                      "@carol:elsewhere": {"X": {"user_id": "@carol:elsewhere"}}});
+    let answer = raw
+        .ok(M::POST, "/keys/signatures/upload", t, Some(sigs))
+        .await;
+    assert_eq!(
+        answer["failures"][&alice.user_id]["NOPE"]["errcode"], "M_INVALID_SIGNATURE",
+        "{answer}"
+    );
+    assert_eq!(
+        answer["failures"]["@carol:elsewhere"]["X"]["errcode"], "M_INVALID_SIGNATURE",
+        "{answer}"
+    );
+    let not_object = json!({alice.user_id.clone(): {"NOPE": "text"}});
+    raw.err(
+        M::POST,
+        "/keys/signatures/upload",
+        t,
+        Some(not_object),
+        400,
+        "M_BAD_JSON",
+    )
+    .await;
     shutdown_node(node).await.expect("shutdown");
 }
 
