@@ -57,6 +57,13 @@ pub enum Error {
     /// 400 `M_INVALID_ROOM_STATE`.
     #[error("{0}")]
     InvalidRoomState(String),
+    /// 400 `M_INVALID_SIGNATURE`: a key's signature is missing or does not verify.
+    #[error("{0}")]
+    InvalidSignature(String),
+    /// 403 `M_WRONG_ROOM_KEYS_VERSION`: a key backup write names a version that is not
+    /// the current one; carries the current version.
+    #[error("the backup version is not the current one")]
+    WrongRoomKeysVersion(Option<String>),
     /// 401 UIAA: more authentication stages are needed; the body is the UIAA object.
     #[error("additional authentication required")]
     Uiaa(serde_json::Value),
@@ -99,6 +106,8 @@ impl Error {
             RoomInUse(_) => (StatusCode::BAD_REQUEST, "M_ROOM_IN_USE"),
             UnsupportedRoomVersion(_) => (StatusCode::BAD_REQUEST, "M_UNSUPPORTED_ROOM_VERSION"),
             InvalidRoomState(_) => (StatusCode::BAD_REQUEST, "M_INVALID_ROOM_STATE"),
+            InvalidSignature(_) => (StatusCode::BAD_REQUEST, "M_INVALID_SIGNATURE"),
+            WrongRoomKeysVersion(_) => (StatusCode::FORBIDDEN, "M_WRONG_ROOM_KEYS_VERSION"),
             Uiaa(_) => (StatusCode::UNAUTHORIZED, "M_FORBIDDEN"),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN"),
         }
@@ -122,6 +131,11 @@ impl IntoResponse for Error {
         let (status, errcode) = self.status_and_code();
         let body = match self {
             Error::Uiaa(body) => body,
+            Error::WrongRoomKeysVersion(current) => serde_json::json!({
+                "errcode": errcode,
+                "error": "the backup version is not the current one",
+                "current_version": current,
+            }),
             Error::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
                 serde_json::json!({"errcode": errcode, "error": "internal server error"})

@@ -8,6 +8,7 @@
 
 pub mod client_api;
 pub mod config;
+pub mod e2ee;
 pub mod error;
 pub mod events;
 pub mod federation;

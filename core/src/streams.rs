@@ -3,7 +3,9 @@
 //! Every persisted row `/sync` can return (events, receipts, account data, membership)
 //! takes a position from one monotonic sequence inside its write transaction. Typing
 //! notifications are not persisted and count on their own in-memory serial. A sync token
-//! carries both: `s{position}_{typing}`.
+//! carries both: `s{position}_{typing}`. When `/sync` delivered only part of a device's
+//! to-device inbox (it caps each response), the token also says how far that inbox was
+//! delivered: `s{position}_{typing}_{to_device}`.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -21,26 +23,48 @@ pub struct SyncToken {
     pub pos: StreamPosition,
     /// Typing serial.
     pub typing: u64,
+    /// How far the device's to-device inbox was delivered, when that is behind `pos`.
+    pub to_device: Option<StreamPosition>,
 }
 
 impl SyncToken {
-    /// Parse `s{pos}_{typing}`; also accepts a bare `s{pos}`.
+    /// A token at a stream position (typing serial 0, to-device inbox at `pos`).
+    pub fn at(pos: StreamPosition) -> SyncToken {
+        SyncToken {
+            pos,
+            ..SyncToken::default()
+        }
+    }
+
+    /// Parse `s{pos}_{typing}_{to_device}`; the last parts are optional.
     pub fn parse(s: &str) -> Option<SyncToken> {
-        let rest = s.strip_prefix('s')?;
-        let (pos, typing) = match rest.split_once('_') {
-            Some((p, t)) => (p.parse().ok()?, t.parse().ok()?),
-            None => (rest.parse().ok()?, 0),
-        };
-        if pos < 0 {
+        let mut parts = s.strip_prefix('s')?.split('_');
+        let pos: StreamPosition = parts.next()?.parse().ok()?;
+        let typing = parts.next().map(str::parse).transpose().ok()?.unwrap_or(0);
+        let to_device: Option<StreamPosition> = parts.next().map(str::parse).transpose().ok()?;
+        if parts.next().is_some() || pos < 0 || to_device.is_some_and(|t| t < 0 || t > pos) {
             return None;
         }
-        Some(SyncToken { pos, typing })
+        Some(SyncToken {
+            pos,
+            typing,
+            to_device,
+        })
+    }
+
+    /// The to-device inbox position this token acknowledges.
+    pub fn to_device_pos(&self) -> StreamPosition {
+        self.to_device.unwrap_or(self.pos)
     }
 }
 
 impl std::fmt::Display for SyncToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "s{}_{}", self.pos, self.typing)
+        write!(f, "s{}_{}", self.pos, self.typing)?;
+        match self.to_device {
+            Some(td) if td < self.pos => write!(f, "_{td}"),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -60,7 +84,7 @@ pub struct Notifier {
 impl Notifier {
     /// Start at the database's committed position.
     pub fn new(pos: StreamPosition) -> Notifier {
-        let (tx, _) = watch::channel(SyncToken { pos, typing: 0 });
+        let (tx, _) = watch::channel(SyncToken::at(pos));
         Notifier {
             tx,
             typing: Mutex::new(TypingState::default()),
@@ -168,14 +192,26 @@ mod tests {
 
     #[test]
     fn tokens_round_trip() {
-        let t = SyncToken { pos: 42, typing: 7 };
+        let t = SyncToken {
+            pos: 42,
+            typing: 7,
+            to_device: None,
+        };
         assert_eq!(SyncToken::parse(&t.to_string()), Some(t));
-        assert_eq!(
-            SyncToken::parse("s5"),
-            Some(SyncToken { pos: 5, typing: 0 })
-        );
+        assert_eq!(SyncToken::parse("s5"), Some(SyncToken::at(5)));
         assert_eq!(SyncToken::parse("x5"), None);
         assert_eq!(SyncToken::parse("s-1_0"), None);
+        let capped = SyncToken {
+            to_device: Some(40),
+            ..t
+        };
+        assert_eq!(capped.to_string(), "s42_7_40");
+        assert_eq!(SyncToken::parse("s42_7_40"), Some(capped));
+        assert_eq!(capped.to_device_pos(), 40);
+        assert_eq!(t.to_device_pos(), 42);
+        // The inbox cannot be ahead of the stream; no fourth part.
+        assert_eq!(SyncToken::parse("s42_7_43"), None);
+        assert_eq!(SyncToken::parse("s42_7_40_1"), None);
     }
 
     #[test]

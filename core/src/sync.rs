@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::client_api::{Caller, RoomEventFilter, client_opts, lazy_members, state_at};
+use crate::e2ee;
 use crate::error::Error;
 use crate::events::{client_event, stripped_state};
 use crate::server::Server;
@@ -106,6 +107,10 @@ pub struct SyncParams {
 /// Run `/sync`, waiting up to the timeout for something to return.
 pub async fn sync(server: Arc<Server>, caller: Caller, params: SyncParams) -> Result<Value, Error> {
     let deadline = Instant::now() + params.timeout.min(MAX_TIMEOUT);
+    // Syncing with `since` acknowledges the to-device messages delivered up to it.
+    if let Some(since) = &params.since {
+        e2ee::to_device::acknowledge(&server, &caller, since)?;
+    }
     let mut rx = server.notifier.subscribe();
     loop {
         rx.borrow_and_update();
@@ -215,17 +220,67 @@ fn build(
     }
     has_data |= !account_data.is_empty();
 
+    let keys = e2ee_sections(c, caller, since, now)?;
+    has_data |= keys.has_data;
+    let next_batch = SyncToken {
+        to_device: keys.to_device_up_to,
+        ..now
+    };
     let body = json!({
-        "next_batch": now.to_string(),
+        "next_batch": next_batch.to_string(),
         "rooms": {"join": join, "invite": invite, "leave": leave, "knock": {}},
         "account_data": {"events": account_data},
         "presence": {"events": []},
-        "to_device": {"events": []},
-        "device_lists": {"changed": [], "left": []},
-        "device_one_time_keys_count": {"signed_curve25519": 0},
-        "device_unused_fallback_key_types": [],
+        "to_device": {"events": keys.to_device},
+        "device_lists": {"changed": keys.device_lists.changed, "left": keys.device_lists.left},
+        "device_one_time_keys_count": keys.one_time_key_counts,
+        "device_unused_fallback_key_types": keys.unused_fallback_key_types,
     });
     Ok((body, has_data))
+}
+
+/// The end-to-end encryption parts of a sync response.
+struct E2eeSections {
+    to_device: Vec<Value>,
+    /// Set when the to-device inbox was only partly delivered.
+    to_device_up_to: Option<i64>,
+    device_lists: e2ee::device_lists::DeviceListChanges,
+    one_time_key_counts: Value,
+    unused_fallback_key_types: Vec<String>,
+    has_data: bool,
+}
+
+/// To-device messages after the acknowledged inbox position, device-list changes since
+/// `since` (incremental syncs only: an initial sync fetches every key anyway), and the
+/// device's key counts, which are always present so clients know when to upload more.
+fn e2ee_sections(
+    c: &Connection,
+    caller: &Caller,
+    since: Option<SyncToken>,
+    now: SyncToken,
+) -> Result<E2eeSections, Error> {
+    let inbox_from = since.map(|s| s.to_device_pos()).unwrap_or(0);
+    let delivery = e2ee::to_device::for_sync(c, caller, inbox_from, now.pos)?;
+    let device_lists = match since {
+        Some(s) => e2ee::device_lists::changes(c, &caller.user_id, s.pos, now.pos)?,
+        None => Default::default(),
+    };
+    Ok(E2eeSections {
+        has_data: !delivery.events.is_empty() || !device_lists.is_empty(),
+        to_device: delivery.events,
+        to_device_up_to: delivery.delivered_up_to,
+        device_lists,
+        one_time_key_counts: e2ee::keys::one_time_key_counts(
+            c,
+            &caller.user_id,
+            &caller.device_id,
+        )?,
+        unused_fallback_key_types: storage::unused_fallback_key_types(
+            c,
+            &caller.user_id,
+            &caller.device_id,
+        )?,
+    })
 }
 
 fn event_list(
@@ -376,7 +431,7 @@ fn joined_room(
         "timeline": {
             "events": timeline.iter().map(|e| client_event(e, sync_opts(caller))).collect::<Vec<_>>(),
             "limited": limited,
-            "prev_batch": SyncToken { pos: timeline_start, typing: 0 }.to_string(),
+            "prev_batch": SyncToken::at(timeline_start).to_string(),
         },
         "state": {"events": state_events},
         "ephemeral": {"events": ephemeral},
@@ -491,7 +546,7 @@ fn left_room(
         "timeline": {
             "events": events.iter().map(|e| client_event(e, sync_opts(caller))).collect::<Vec<_>>(),
             "limited": limited,
-            "prev_batch": SyncToken { pos: start, typing: 0 }.to_string(),
+            "prev_batch": SyncToken::at(start).to_string(),
         },
         "state": {"events": members},
         "account_data": {"events": []},

@@ -353,7 +353,7 @@ pub(super) async fn whoami(Auth(caller): Auth) -> Json<Value> {
 }
 
 /// UIAA with `m.login.password` for sensitive operations on one's own account.
-async fn require_password_uiaa(
+pub(super) async fn require_password_uiaa(
     server: &Server,
     caller: &Caller,
     auth: Option<&Value>,

@@ -7,10 +7,13 @@ mod account;
 mod account_data;
 mod ephemeral;
 mod extract;
+mod keys;
 mod membership;
 mod profile;
+mod room_keys;
 pub mod rooms;
 mod sync;
+mod to_device;
 mod versions;
 mod visibility;
 
@@ -157,6 +160,44 @@ pub fn router(server: Arc<Server>) -> Router {
             get(account_data::get_filter),
         ),
         ("/sync", get(sync::sync_events)),
+        ("/keys/upload", post(keys::upload)),
+        ("/keys/query", post(keys::query)),
+        ("/keys/claim", post(keys::claim)),
+        ("/keys/changes", get(keys::changes)),
+        (
+            "/keys/device_signing/upload",
+            post(keys::upload_signing_keys),
+        ),
+        ("/keys/signatures/upload", post(keys::upload_signatures)),
+        ("/sendToDevice/{event_type}/{txn_id}", put(to_device::send)),
+        (
+            "/room_keys/version",
+            get(room_keys::current_version).post(room_keys::create_version),
+        ),
+        (
+            "/room_keys/version/{version}",
+            get(room_keys::get_version)
+                .put(room_keys::update_version)
+                .delete(room_keys::delete_version),
+        ),
+        (
+            "/room_keys/keys",
+            get(room_keys::get_all)
+                .put(room_keys::put_all)
+                .delete(room_keys::delete_all),
+        ),
+        (
+            "/room_keys/keys/{room_id}",
+            get(room_keys::get_room)
+                .put(room_keys::put_room)
+                .delete(room_keys::delete_room),
+        ),
+        (
+            "/room_keys/keys/{room_id}/{session_id}",
+            get(room_keys::get_session)
+                .put(room_keys::put_session)
+                .delete(room_keys::delete_session),
+        ),
     ];
     for (path, route) in routes {
         r = client(r, path, route.fallback(method_not_allowed));

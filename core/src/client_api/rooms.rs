@@ -472,13 +472,7 @@ pub(super) async fn messages(
             }
         }
         let more = !exhausted || out.len() == limit;
-        let end = more.then(|| {
-            SyncToken {
-                pos: cursor,
-                typing: 0,
-            }
-            .to_string()
-        });
+        let end = more.then(|| SyncToken::at(cursor).to_string());
         let state = if filter.lazy_load_members {
             lazy_members(c, &storage::current_state(c, &room_id)?, &out, &caller)?
         } else {
@@ -486,13 +480,10 @@ pub(super) async fn messages(
         };
         Ok((out, end, state))
     })?;
-    let start = q.from.clone().unwrap_or_else(|| {
-        SyncToken {
-            pos: from,
-            typing: 0,
-        }
-        .to_string()
-    });
+    let start = q
+        .from
+        .clone()
+        .unwrap_or_else(|| SyncToken::at(from).to_string());
     let mut body = json!({
         "start": start,
         "chunk": chunk.iter().map(|e| client_event(e, opts(&caller))).collect::<Vec<_>>(),
@@ -564,8 +555,8 @@ pub(super) async fn context(
             "event": client_event(&ev, opts(&caller)),
             "events_before": before.iter().map(|e| client_event(e, opts(&caller))).collect::<Vec<_>>(),
             "events_after": after.iter().map(|e| client_event(e, opts(&caller))).collect::<Vec<_>>(),
-            "start": SyncToken { pos: start, typing: 0 }.to_string(),
-            "end": SyncToken { pos: end, typing: 0 }.to_string(),
+            "start": SyncToken::at(start).to_string(),
+            "end": SyncToken::at(end).to_string(),
             "state": state,
         }))
     })?;

@@ -145,7 +145,95 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (user_id, room_id)
     );
     "#,
-    // 2: the P2P address book: every address a peer was seen at, and when.
+    // 2: end-to-end encryption. Device-scoped rows reference `devices` with ON DELETE
+    // CASCADE, so removing a device (logout, delete, password change) can never leave its
+    // keys or pending to-device messages behind.
+    r#"
+    CREATE TABLE e2e_device_keys (
+        user_id TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        key_json TEXT NOT NULL,
+        PRIMARY KEY (user_id, device_id),
+        FOREIGN KEY (user_id, device_id) REFERENCES devices(user_id, device_id) ON DELETE CASCADE
+    );
+    CREATE TABLE e2e_one_time_keys (
+        user_id TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        algorithm TEXT NOT NULL,
+        key_id TEXT NOT NULL,
+        key_json TEXT NOT NULL,
+        PRIMARY KEY (user_id, device_id, algorithm, key_id),
+        FOREIGN KEY (user_id, device_id) REFERENCES devices(user_id, device_id) ON DELETE CASCADE
+    );
+    CREATE TABLE e2e_fallback_keys (
+        user_id TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        algorithm TEXT NOT NULL,
+        key_id TEXT NOT NULL,
+        key_json TEXT NOT NULL,
+        used INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (user_id, device_id, algorithm),
+        FOREIGN KEY (user_id, device_id) REFERENCES devices(user_id, device_id) ON DELETE CASCADE
+    );
+    CREATE TABLE e2e_cross_signing_keys (
+        user_id TEXT NOT NULL,
+        key_type TEXT NOT NULL,
+        public_key TEXT NOT NULL,
+        key_json TEXT NOT NULL,
+        PRIMARY KEY (user_id, key_type)
+    );
+    CREATE TABLE e2e_signatures (
+        target_user_id TEXT NOT NULL,
+        target_key_id TEXT NOT NULL,
+        signer_user_id TEXT NOT NULL,
+        signer_key_id TEXT NOT NULL,
+        signature TEXT NOT NULL,
+        PRIMARY KEY (target_user_id, target_key_id, signer_user_id, signer_key_id)
+    );
+    CREATE TABLE device_list_changes (
+        stream_ordering INTEGER PRIMARY KEY,
+        user_id TEXT NOT NULL
+    );
+    CREATE INDEX device_list_changes_user ON device_list_changes(user_id, stream_ordering);
+    CREATE TABLE to_device_inbox (
+        stream_ordering INTEGER PRIMARY KEY,
+        user_id TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        sender TEXT NOT NULL,
+        type TEXT NOT NULL,
+        content TEXT NOT NULL,
+        FOREIGN KEY (user_id, device_id) REFERENCES devices(user_id, device_id) ON DELETE CASCADE
+    );
+    CREATE INDEX to_device_inbox_device ON to_device_inbox(user_id, device_id, stream_ordering);
+    CREATE TABLE to_device_txns (
+        user_id TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        txn_id TEXT NOT NULL,
+        PRIMARY KEY (user_id, device_id, txn_id),
+        FOREIGN KEY (user_id, device_id) REFERENCES devices(user_id, device_id) ON DELETE CASCADE
+    );
+    CREATE TABLE room_key_backup_versions (
+        user_id TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        algorithm TEXT NOT NULL,
+        auth_data TEXT NOT NULL,
+        etag INTEGER NOT NULL DEFAULT 0,
+        deleted INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (user_id, version)
+    );
+    CREATE TABLE room_key_backups (
+        user_id TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        room_id TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        first_message_index INTEGER NOT NULL,
+        forwarded_count INTEGER NOT NULL,
+        is_verified INTEGER NOT NULL,
+        session_data TEXT NOT NULL,
+        PRIMARY KEY (user_id, version, room_id, session_id)
+    );
+    "#,
+    // 3: the P2P address book: every address a peer was seen at, and when.
     r#"
     CREATE TABLE peer_addresses (
         peer_id TEXT NOT NULL,
@@ -203,6 +291,27 @@ mod tests {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .expect("v");
         assert_eq!(v, SCHEMA_VERSION + 5);
+    }
+
+    #[test]
+    fn a_version_1_database_gains_the_e2ee_tables() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        conn.execute_batch(MIGRATIONS[0]).expect("v1 schema");
+        conn.pragma_update(None, "user_version", 1).expect("v1");
+        run(&mut conn, "mem").expect("upgrade");
+        let v: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .expect("v");
+        assert_eq!(v, SCHEMA_VERSION);
+        let tables: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'
+                 AND name IN ('e2e_device_keys', 'to_device_inbox', 'room_key_backups')",
+                [],
+                |r| r.get(0),
+            )
+            .expect("count");
+        assert_eq!(tables, 3);
     }
 
     #[test]

@@ -6,20 +6,28 @@
 //! is still being written. Nothing holds a connection across an `.await`.
 
 mod account_data;
+mod cross_signing;
+mod device_keys;
 mod events;
 mod migrations;
 mod peers;
 mod receipts;
+mod room_keys;
 mod rooms;
 mod state;
+mod to_device;
 mod users;
 
 pub use account_data::*;
+pub use cross_signing::*;
+pub use device_keys::*;
 pub use events::*;
 pub use peers::*;
 pub use receipts::*;
+pub use room_keys::*;
 pub use rooms::*;
 pub use state::*;
+pub use to_device::*;
 pub use users::*;
 
 use std::path::Path;

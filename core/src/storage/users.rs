@@ -152,35 +152,39 @@ pub fn delete_token(c: &Connection, token: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// Remove a device and, through the foreign key, its tokens.
+/// Remove a device and, through the foreign keys, its tokens, keys and pending to-device
+/// messages. Other users learn of it as a device-list change.
 pub fn delete_device(c: &Connection, user_id: &str, device_id: &str) -> Result<bool, Error> {
     c.execute(
         "DELETE FROM access_tokens WHERE user_id = ?1 AND device_id = ?2",
         params![user_id, device_id],
     )?;
-    Ok(c.execute(
+    let removed = c.execute(
         "DELETE FROM devices WHERE user_id = ?1 AND device_id = ?2",
         params![user_id, device_id],
-    )? > 0)
+    )? > 0;
+    if removed {
+        super::delete_signatures_on(c, user_id, device_id)?;
+        super::mark_device_list_changed(c, user_id)?;
+    }
+    Ok(removed)
 }
 
 /// Remove every device and token of a user (logout/all).
 pub fn delete_all_devices(c: &Connection, user_id: &str) -> Result<(), Error> {
-    c.execute("DELETE FROM access_tokens WHERE user_id = ?1", [user_id])?;
-    c.execute("DELETE FROM devices WHERE user_id = ?1", [user_id])?;
+    for device_id in super::device_ids(c, user_id)? {
+        delete_device(c, user_id, &device_id)?;
+    }
     Ok(())
 }
 
-/// Remove every token of a user except those of `keep_device`.
+/// Remove every token and device of a user except those of `keep_device`.
 pub fn delete_other_tokens(c: &Connection, user_id: &str, keep_device: &str) -> Result<(), Error> {
-    c.execute(
-        "DELETE FROM access_tokens WHERE user_id = ?1 AND device_id != ?2",
-        params![user_id, keep_device],
-    )?;
-    c.execute(
-        "DELETE FROM devices WHERE user_id = ?1 AND device_id != ?2",
-        params![user_id, keep_device],
-    )?;
+    for device_id in super::device_ids(c, user_id)? {
+        if device_id != keep_device {
+            delete_device(c, user_id, &device_id)?;
+        }
+    }
     Ok(())
 }
 

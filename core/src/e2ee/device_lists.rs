@@ -1,0 +1,107 @@
+//! Which users' device lists a user must re-fetch: `/sync` `device_lists` and
+//! `GET /keys/changes`.
+
+use std::collections::BTreeSet;
+
+use rusqlite::Connection;
+
+use crate::error::Error;
+use crate::storage;
+use crate::streams::StreamPosition;
+
+/// `changed` and `left` for `user_id` over `(after, up_to]`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct DeviceListChanges {
+    /// Users whose keys changed, or who newly share a room with the user.
+    pub changed: Vec<String>,
+    /// Users who no longer share any room with the user.
+    pub left: Vec<String>,
+}
+
+impl DeviceListChanges {
+    /// Whether there is nothing to report.
+    pub fn is_empty(&self) -> bool {
+        self.changed.is_empty() && self.left.is_empty()
+    }
+}
+
+/// Compute the changes. A user who newly shares a room counts as changed (the client has
+/// never tracked their devices); a user in `left` is never also in `changed`.
+pub fn changes(
+    c: &Connection,
+    user_id: &str,
+    after: StreamPosition,
+    up_to: StreamPosition,
+) -> Result<DeviceListChanges, Error> {
+    if after >= up_to {
+        return Ok(DeviceListChanges::default());
+    }
+    let mut changed: BTreeSet<String> =
+        storage::device_list_changes_visible_to(c, user_id, after, up_to)?
+            .into_iter()
+            .collect();
+    changed.extend(storage::newly_shared_users(c, user_id, after, up_to)?);
+    let mut left = BTreeSet::new();
+    for other in storage::possibly_unshared_users(c, user_id, after, up_to)? {
+        if !storage::share_room(c, user_id, &other)? {
+            changed.remove(&other);
+            left.insert(other);
+        }
+    }
+    Ok(DeviceListChanges {
+        changed: changed.into_iter().collect(),
+        left: left.into_iter().collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::e2ee::test_util;
+
+    const ALICE: &str = "@alice:x";
+    const BOB: &str = "@bob:x";
+    const CAROL: &str = "@carol:x";
+
+    fn member(db: &storage::Db, room: &str, user: &str, membership: &str) -> StreamPosition {
+        db.write(|tx| {
+            let pos = storage::next_stream_position(tx)?;
+            storage::set_membership(tx, room, user, membership, &format!("$e{pos}"), pos)?;
+            Ok(pos)
+        })
+        .expect("membership")
+    }
+
+    fn key_change(db: &storage::Db, user: &str) -> StreamPosition {
+        db.write(|tx| storage::mark_device_list_changed(tx, user))
+            .expect("mark")
+    }
+
+    #[test]
+    fn changes_follow_shared_rooms() {
+        let (_dir, db) = test_util::db();
+        let start = member(&db, "!r:x", ALICE, "join");
+        let bob_joins = member(&db, "!r:x", BOB, "join");
+        // Carol changes keys but shares no room with alice: not reported.
+        key_change(&db, CAROL);
+        let at = |after, up_to| {
+            db.read(|c| changes(c, ALICE, after, up_to))
+                .expect("changes")
+        };
+        assert_eq!(at(start, bob_joins).changed, vec![BOB.to_owned()]);
+        let bob_keys = key_change(&db, BOB);
+        let own_keys = key_change(&db, ALICE);
+        assert_eq!(at(bob_joins, bob_keys).changed, vec![BOB.to_owned()]);
+        assert_eq!(at(bob_keys, own_keys).changed, vec![ALICE.to_owned()]);
+        assert!(at(own_keys, own_keys).is_empty());
+
+        // Bob leaves: he is in `left`, not `changed`, even though his keys changed.
+        let bob_leaves = member(&db, "!r:x", BOB, "leave");
+        let seen = at(start, bob_leaves);
+        assert_eq!(seen.left, vec![BOB.to_owned()]);
+        assert!(!seen.changed.contains(&BOB.to_owned()));
+        // Bob's later key changes are private to him now.
+        let later = key_change(&db, BOB);
+        assert!(at(bob_leaves, later).is_empty());
+    }
+}
