@@ -57,7 +57,8 @@ impl AddressBook {
     pub(crate) fn record(&self, peer: PeerId, addr: &Multiaddr, source: &str) {
         let row = PeerAddress {
             peer_id: peer.to_base58(),
-            address: addr.to_string(),
+            // Stored without `/p2p/<id>` so one address is one row whatever reported it.
+            address: crate::addr::without_peer(addr).to_string(),
             source: source.to_owned(),
             last_seen_ts: now_ms(),
         };

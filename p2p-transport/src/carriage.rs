@@ -103,18 +103,37 @@ async fn serve_stream(stream: Stream, origin: String, router: Router, limits: Li
     }
 }
 
+/// Why an exchange failed.
+#[derive(Debug)]
+pub(crate) enum ExchangeError {
+    /// The stream closed before any response head arrived. The listener drops streams it
+    /// cannot take (over a limit, or arriving faster than it accepts them) before
+    /// reading them, so such a request was not processed and may be sent again.
+    NoResponse(String),
+    /// Anything else: the response was cut short, too big or malformed.
+    Failed(String),
+}
+
+impl std::fmt::Display for ExchangeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExchangeError::NoResponse(e) | ExchangeError::Failed(e) => f.write_str(e),
+        }
+    }
+}
+
 /// Write `request` on `stream` and read the response, within the limits.
 pub(crate) async fn exchange(
     stream: Stream,
     host: &str,
     request: Request<Bytes>,
     limits: Limits,
-) -> Result<Response<Bytes>, String> {
+) -> Result<Response<Bytes>, ExchangeError> {
     let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
         .max_buf_size(limits.max_header)
         .handshake::<_, Full<Bytes>>(TokioIo::new(stream.compat()))
         .await
-        .map_err(|e| format!("HTTP handshake: {e}"))?;
+        .map_err(|e| ExchangeError::NoResponse(format!("HTTP handshake: {e}")))?;
     let conn = tokio::spawn(conn);
     let (mut parts, body) = request.into_parts();
     if let Ok(value) = http::HeaderValue::from_str(host) {
@@ -123,7 +142,7 @@ pub(crate) async fn exchange(
     let response = sender
         .send_request(Request::from_parts(parts, Full::new(body)))
         .await
-        .map_err(|e| format!("sending request: {e}"));
+        .map_err(|e| ExchangeError::NoResponse(format!("no response: {e}")));
     let response = match response {
         Ok(r) => r,
         Err(e) => {
@@ -135,7 +154,7 @@ pub(crate) async fn exchange(
     let body = Limited::new(body, limits.max_body)
         .collect()
         .await
-        .map_err(|e| format!("reading response body: {e}"))?
+        .map_err(|e| ExchangeError::Failed(format!("reading response body: {e}")))?
         .to_bytes();
     conn.abort();
     Ok(Response::from_parts(parts, body))

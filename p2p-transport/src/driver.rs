@@ -31,6 +31,24 @@ const REDISCOVERY_QUIET: Duration = Duration::from_secs(10);
 /// How often the DHT routing table is refreshed.
 const DHT_REFRESH: Duration = Duration::from_secs(300);
 
+/// An error and its causes on one line (libp2p's transport errors print an empty
+/// message and keep the reason in `source()`).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !text.is_empty() && !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
 /// What the handle asks the swarm task to do.
 pub(crate) enum Command {
     /// Connect to `peer` using `addrs` (and whatever the behaviours know).
@@ -166,7 +184,7 @@ impl Driver {
             let id = self
                 .swarm
                 .listen_on(addr.clone())
-                .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+                .map_err(|e| format!("cannot listen on {addr}: {}", error_chain(&e)))?;
             self.listeners.push(id);
             self.pending_listeners.insert(id);
         }
@@ -429,11 +447,23 @@ impl Driver {
                         .record(peer_id, &without_peer(&remote), "connected");
                 }
                 self.seen(peer_id);
-                self.peers
-                    .entry(peer_id)
-                    .or_default()
-                    .connections
-                    .insert(connection_id, remote);
+                let direct = !is_relayed(&remote);
+                let state = self.peers.entry(peer_id).or_default();
+                state.connections.insert(connection_id, remote);
+                // Prefer direct connections (after DCUtR, or a dial that raced a circuit):
+                // circuits are capped in time and bytes, and streams pick a connection at
+                // random, so relayed ones are closed once a direct one exists.
+                if direct {
+                    let relayed: Vec<ConnectionId> = state
+                        .connections
+                        .iter()
+                        .filter(|(_, a)| is_relayed(a))
+                        .map(|(id, _)| *id)
+                        .collect();
+                    for id in relayed {
+                        self.swarm.close_connection(id);
+                    }
+                }
                 if num_established.get() == 1
                     && let Ok(server_name) = server_name_for_peer_id(&peer_id)
                 {

@@ -41,6 +41,12 @@ pub use libp2p_identity::Keypair;
 use carriage::Limits;
 use driver::{Command, Driver};
 
+/// Why [`P2p::connect`] failed.
+enum ConnectError {
+    ShutDown,
+    Failed(String),
+}
+
 /// How a peer is connected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConnectionKind {
@@ -206,9 +212,13 @@ impl P2p {
     pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, P2pError> {
         let (_, addrs) = self.ask(Command::ListenAddrs).await?;
         let me = self.inner.local_peer;
+        // Relayed listen addresses already end in our id; direct ones do not.
         Ok(addrs
             .into_iter()
-            .map(|a| a.with(libp2p::multiaddr::Protocol::P2p(me)))
+            .map(|a| match addr::peer_of(&a) {
+                Some(_) => a,
+                None => a.with(libp2p::multiaddr::Protocol::P2p(me)),
+            })
             .collect())
     }
 
@@ -251,17 +261,17 @@ impl P2p {
 
     /// Make sure a connection to `peer` exists: known addresses and relay circuits
     /// first, then a DHT lookup.
-    async fn connect(&self, peer: PeerId) -> Result<(), String> {
+    async fn connect(&self, peer: PeerId) -> Result<(), ConnectError> {
         let (connected, addrs) = self
             .ask(|reply| Command::Candidates { peer, reply })
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| ConnectError::ShutDown)?;
         if connected {
             return Ok(());
         }
         let mut tried = String::new();
         if !addrs.is_empty() {
-            match self.dial_peer(peer, addrs.clone()).await {
+            match self.dial_peer(peer, addrs.clone()).await? {
                 Ok(()) => return Ok(()),
                 Err(e) => tried = format!("known addresses failed ({e}); "),
             }
@@ -269,20 +279,26 @@ impl P2p {
         let found = self
             .ask(|reply| Command::FindPeer { peer, reply })
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| ConnectError::ShutDown)?;
         let fresh: Vec<_> = found.into_iter().filter(|a| !addrs.contains(a)).collect();
         if fresh.is_empty() {
-            return Err(format!("{tried}no address found in the DHT"));
+            return Err(ConnectError::Failed(format!(
+                "{tried}no address found in the DHT"
+            )));
         }
         self.dial_peer(peer, fresh)
-            .await
-            .map_err(|e| format!("{tried}addresses from the DHT failed ({e})"))
+            .await?
+            .map_err(|e| ConnectError::Failed(format!("{tried}addresses from the DHT failed ({e})")))
     }
 
-    async fn dial_peer(&self, peer: PeerId, addrs: Vec<libp2p::Multiaddr>) -> Result<(), String> {
+    async fn dial_peer(
+        &self,
+        peer: PeerId,
+        addrs: Vec<libp2p::Multiaddr>,
+    ) -> Result<Result<(), String>, ConnectError> {
         self.ask(|reply| Command::Dial { peer, addrs, reply })
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(|_| ConnectError::ShutDown)
     }
 
     /// Open a raw federation stream to `server_name`, connecting first. For tests and
@@ -316,12 +332,13 @@ impl P2p {
             stage: "connect",
         };
         let connect = async {
-            self.connect(peer)
-                .await
-                .map_err(|reason| TransportError::Unreachable {
+            self.connect(peer).await.map_err(|reason| match reason {
+                ConnectError::ShutDown => TransportError::ShutDown,
+                ConnectError::Failed(reason) => TransportError::Unreachable {
                     server: server_name.to_owned(),
                     reason,
-                })?;
+                },
+            })?;
             let mut control = self.inner.control.clone();
             control
                 .open_stream(peer, PROTOCOL)
@@ -337,29 +354,50 @@ impl P2p {
     }
 
     /// Send one federation request to `server_name` and return the response.
+    ///
+    /// A stream that closes before any response head arrives was dropped unread by
+    /// the listener (see `docs/p2p-federation.md`), so the request is sent again, at
+    /// most [`SEND_ATTEMPTS`] times in all.
     pub async fn send(
         &self,
         server_name: &str,
         request: http::Request<Bytes>,
     ) -> Result<http::Response<Bytes>, TransportError> {
         let peer = self.destination(server_name)?;
-        let stream = self.connected_stream(server_name, peer).await?;
         let limits = self.inner.limits;
-        let exchange = carriage::exchange(stream, server_name, request, limits);
-        match tokio::time::timeout(limits.request_timeout, exchange).await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(reason)) => Err(TransportError::Protocol {
+        let (parts, body) = request.into_parts();
+        let mut attempt = 1;
+        loop {
+            let stream = self.connected_stream(server_name, peer).await?;
+            let request = http::Request::from_parts(parts.clone(), body.clone());
+            let exchange = carriage::exchange(stream, server_name, request, limits);
+            let reason = match tokio::time::timeout(limits.request_timeout, exchange).await {
+                Ok(Ok(response)) => return Ok(response),
+                Ok(Err(carriage::ExchangeError::NoResponse(reason))) if attempt < SEND_ATTEMPTS => {
+                    tracing::debug!(server = server_name, attempt, %reason, "stream dropped unread; retrying");
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(5 * attempt as u64)).await;
+                    continue;
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => {
+                    return Err(TransportError::Timeout {
+                        server: server_name.to_owned(),
+                        after: limits.request_timeout,
+                        stage: "request",
+                    });
+                }
+            };
+            return Err(TransportError::Protocol {
                 server: server_name.to_owned(),
                 reason,
-            }),
-            Err(_) => Err(TransportError::Timeout {
-                server: server_name.to_owned(),
-                after: limits.request_timeout,
-                stage: "request",
-            }),
+            });
         }
     }
 }
+
+/// How many times [`P2p::send`] tries a request whose stream was dropped unread.
+pub const SEND_ATTEMPTS: u32 = 3;
 
 impl FederationTransport for P2p {
     fn request(&self, destination: &str, request: http::Request<Bytes>) -> TransportFuture<'_> {
