@@ -13,6 +13,7 @@ pub mod error;
 pub mod events;
 pub mod federation;
 pub mod identity;
+pub mod media;
 pub mod node;
 pub mod rooms;
 pub mod server;

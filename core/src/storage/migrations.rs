@@ -244,6 +244,31 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX peer_addresses_by_time ON peer_addresses(last_seen_ts);
     "#,
+    // 4: the media repository. Bytes live on disk by sha256; these rows map media ids
+    // (and thumbnail sizes) to them. `sha256` is NULL while an async upload is pending.
+    r#"
+    CREATE TABLE media (
+        media_id TEXT PRIMARY KEY,
+        sha256 TEXT,
+        content_type TEXT,
+        filename TEXT,
+        size INTEGER,
+        uploader TEXT NOT NULL,
+        created_ts INTEGER NOT NULL,
+        unused_expires_ts INTEGER
+    );
+    CREATE INDEX media_by_uploader ON media(uploader, created_ts);
+    CREATE TABLE media_thumbnails (
+        media_id TEXT NOT NULL REFERENCES media(media_id) ON DELETE CASCADE,
+        width INTEGER NOT NULL,
+        height INTEGER NOT NULL,
+        method TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        content_type TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        PRIMARY KEY (media_id, width, height, method)
+    );
+    "#,
 ];
 
 /// The schema version this build writes.
