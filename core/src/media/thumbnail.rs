@@ -58,11 +58,11 @@ const MAX_DECODE_ALLOC: u64 = 256 * 1024 * 1024;
 /// The preset to render for a request: the smallest of the method's presets at least as
 /// large as asked for, else the largest one.
 pub fn snap(width: u32, height: u32, method: Method) -> (u32, u32) {
-    let sizes = PRESETS.iter().filter(|p| p.2 == method);
+    let mut sizes = PRESETS.iter().filter(|p| p.2 == method);
     sizes
         .clone()
         .find(|p| p.0 >= width && p.1 >= height)
-        .or_else(|| sizes.last())
+        .or_else(|| sizes.next_back())
         .map_or((width, height), |p| (p.0, p.1))
 }
 
