@@ -15,6 +15,7 @@ pub mod federation;
 pub mod identity;
 pub mod media;
 pub mod node;
+pub mod push;
 pub mod rooms;
 pub mod server;
 pub mod storage;

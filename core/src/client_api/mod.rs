@@ -11,6 +11,7 @@ mod keys;
 mod media;
 mod membership;
 mod profile;
+mod push;
 mod room_keys;
 pub mod rooms;
 mod sync;
@@ -206,6 +207,27 @@ pub fn router(server: Arc<Server>) -> Router {
             get(account_data::get_filter),
         ),
         ("/sync", get(sync::sync_events)),
+        ("/pushrules", get(push::get_all)),
+        ("/pushrules/", get(push::get_all)),
+        ("/pushrules/global", get(push::get_global)),
+        ("/pushrules/global/", get(push::get_global)),
+        (
+            "/pushrules/{scope}/{kind}/{rule_id}",
+            get(push::get_rule)
+                .put(push::put_rule)
+                .delete(push::delete_rule),
+        ),
+        (
+            "/pushrules/{scope}/{kind}/{rule_id}/enabled",
+            get(push::get_enabled).put(push::put_enabled),
+        ),
+        (
+            "/pushrules/{scope}/{kind}/{rule_id}/actions",
+            get(push::get_actions).put(push::put_actions),
+        ),
+        ("/notifications", get(push::notifications)),
+        ("/pushers", get(push::get_pushers)),
+        ("/pushers/set", post(push::set_pusher)),
         ("/keys/upload", post(keys::upload)),
         ("/keys/query", post(keys::query)),
         ("/keys/claim", post(keys::claim)),
