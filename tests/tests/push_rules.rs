@@ -221,6 +221,31 @@ async fn mentions_highlight_messages_notify_and_receipts_reset() {
         "the user name in the body highlights",
     )
     .await;
+
+    // @room highlights when the sender has the power for it (alice created the room)...
+    let room_mention =
+        RoomMessageEventContent::text_plain("lunch!").add_mentions(Mentions::with_room_mention());
+    send(&alice_room, room_mention).await;
+    counts_become(&bob, &room_id, (3, 2), "alice's room mention highlights").await;
+    send(
+        &alice_room,
+        RoomMessageEventContent::text_plain("@room really"),
+    )
+    .await;
+    counts_become(
+        &bob,
+        &room_id,
+        (4, 3),
+        "the legacy @room rule highlights too",
+    )
+    .await;
+    // ...and only notifies when the sender lacks it (bob has power 0, @room needs 50).
+    send(
+        &bob_room,
+        RoomMessageEventContent::text_plain("@room me too"),
+    )
+    .await;
+    counts_become(&alice, &room_id, (1, 0), "bob's @room does not highlight").await;
     shutdown_node(node).await.expect("shutdown");
 }
 
