@@ -3,7 +3,7 @@
 //! delivered to.
 //!
 //! A user's rules are the global account data `m.push_rules` (what clients read in
-//! `/sync`); until a user changes a rule they are ruma's server-default ruleset. Every
+//! `/sync`); until a user changes a rule they are the server defaults (`defaults.rs`). Every
 //! event persisted in a room is evaluated, inside its write transaction, for each other
 //! joined local member; actions that notify become a `push_notifications` row, and
 //! unread counts are the rows after the member's read receipt.
