@@ -25,6 +25,8 @@ pub struct Config {
     pub client_addr: SocketAddr,
     /// Largest accepted request body on the client API (JSON endpoints).
     pub max_request_bytes: usize,
+    /// Largest accepted media upload, in bytes (`m.upload.size`).
+    pub max_upload_bytes: u64,
     /// Registration policy, see [`RegistrationPolicy`].
     pub registration: RegistrationPolicy,
     /// Tokens accepted by `m.login.registration_token`.
@@ -38,6 +40,9 @@ pub const DEFAULT_CLIENT_ADDR: SocketAddr =
 /// Default body limit for JSON requests (Synapse uses a similar order of magnitude).
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1024 * 1024;
 
+/// Default media upload limit: 50 MiB, enough for phone photos and short videos.
+pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 50 * 1024 * 1024;
+
 impl Config {
     /// A configuration with every default filled in.
     pub fn new(data_dir: impl Into<PathBuf>) -> Config {
@@ -45,6 +50,7 @@ impl Config {
             data_dir: data_dir.into(),
             client_addr: DEFAULT_CLIENT_ADDR,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             registration: RegistrationPolicy::Auto,
             registration_tokens: Vec::new(),
         }
@@ -57,6 +63,11 @@ impl Config {
             RegistrationPolicy::Closed => false,
             RegistrationPolicy::Auto => self.client_addr.ip().is_loopback(),
         }
+    }
+
+    /// Where media files live: `<data_dir>/media`.
+    pub fn media_dir(&self) -> PathBuf {
+        self.data_dir.join("media")
     }
 
     /// The SQLite database file.

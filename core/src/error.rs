@@ -42,6 +42,19 @@ pub enum Error {
     /// 413 `M_TOO_LARGE`.
     #[error("{0}")]
     TooLarge(String),
+    /// 400 `M_UNKNOWN`: input the server cannot work with and no errcode fits better
+    /// (the spec's answer for content that cannot be thumbnailed).
+    #[error("{0}")]
+    BadContent(String),
+    /// 409 `M_CANNOT_OVERWRITE_MEDIA`: the media id already has content.
+    #[error("{0}")]
+    CannotOverwriteMedia(String),
+    /// 504 `M_NOT_YET_UPLOADED`: the media id exists but its content has not arrived.
+    #[error("{0}")]
+    NotYetUploaded(String),
+    /// 429 `M_LIMIT_EXCEEDED`.
+    #[error("{0}")]
+    LimitExceeded(String),
     /// 400 `M_USER_IN_USE`.
     #[error("user id already taken")]
     UserInUse,
@@ -101,6 +114,10 @@ impl Error {
             NotFound(_) => (StatusCode::NOT_FOUND, "M_NOT_FOUND"),
             Unrecognized(status, _) => (*status, "M_UNRECOGNIZED"),
             TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE"),
+            BadContent(_) => (StatusCode::BAD_REQUEST, "M_UNKNOWN"),
+            CannotOverwriteMedia(_) => (StatusCode::CONFLICT, "M_CANNOT_OVERWRITE_MEDIA"),
+            NotYetUploaded(_) => (StatusCode::GATEWAY_TIMEOUT, "M_NOT_YET_UPLOADED"),
+            LimitExceeded(_) => (StatusCode::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED"),
             UserInUse => (StatusCode::BAD_REQUEST, "M_USER_IN_USE"),
             InvalidUsername(_) => (StatusCode::BAD_REQUEST, "M_INVALID_USERNAME"),
             RoomInUse(_) => (StatusCode::BAD_REQUEST, "M_ROOM_IN_USE"),

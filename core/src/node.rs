@@ -69,7 +69,9 @@ impl Node {
         let addr = listener
             .local_addr()
             .map_err(|e| StartError::Other(e.to_string()))?;
+        let media = crate::media::MediaStore::open(&config.media_dir())?;
         let server = Arc::new(Server {
+            media,
             config,
             identity,
             db,

@@ -37,6 +37,8 @@ pub struct Server {
     pub db: Db,
     /// Stream positions and wake-ups.
     pub notifier: Notifier,
+    /// Media files on disk.
+    pub media: crate::media::MediaStore,
     /// UIAA sessions, keyed by session id.
     pub uiaa: Mutex<HashMap<String, UiaaSession>>,
     /// When the node started.

@@ -218,6 +218,18 @@ fn build(
                 .push(json!({"type": ty, "content": serde_json::from_str::<Value>(&content)?}));
         }
     }
+    // Push rules are account data clients expect from the first sync, defaults or not.
+    if since.is_none()
+        && filter.account_data.allows(crate::push::PUSH_RULES)
+        && !account_data
+            .iter()
+            .any(|e| e["type"] == crate::push::PUSH_RULES)
+    {
+        account_data.push(json!({
+            "type": crate::push::PUSH_RULES,
+            "content": crate::push::rules_json(c, &caller.user_id)?,
+        }));
+    }
     has_data |= !account_data.is_empty();
 
     let keys = e2ee_sections(c, caller, since, now)?;
@@ -422,7 +434,7 @@ fn joined_room(
     if !has_data && since.is_some() && !full {
         return Ok(None);
     }
-    let (notifications, highlights) = storage::notification_counts(c, room_id, &caller.user_id)?;
+    let (notifications, highlights) = storage::unread_counts(c, room_id, &caller.user_id)?;
     let mut account_data = Vec::new();
     for (_, ty, content) in room_data {
         account_data.push(json!({"type": ty, "content": serde_json::from_str::<Value>(&content)?}));

@@ -27,6 +27,12 @@ fn put(server: &Server, user: &str, room: &str, ty: &str, content: &Value) -> Re
             "m.fully_read is per-room account data".into(),
         ));
     }
+    if ty == crate::push::PUSH_RULES && room.is_empty() {
+        // Rules change only through /pushrules, which keeps them valid and evaluable.
+        return Err(Error::BadJson(
+            "m.push_rules can only be changed through /pushrules".into(),
+        ));
+    }
     let content = content.to_string();
     server.write(|tx| {
         let pos = next_stream_position(tx)?;
@@ -35,6 +41,10 @@ fn put(server: &Server, user: &str, room: &str, ty: &str, content: &Value) -> Re
 }
 
 fn get(server: &Server, user: &str, room: &str, ty: &str) -> JsonResult {
+    if ty == crate::push::PUSH_RULES && room.is_empty() {
+        // Defaults are not stored until the user changes a rule.
+        return Ok(Json(server.db.read(|c| crate::push::rules_json(c, user))?));
+    }
     let raw = server
         .db
         .read(|c| storage::account_data(c, user, room, ty))?;

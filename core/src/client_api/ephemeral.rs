@@ -76,9 +76,8 @@ fn store_receipt(
     };
     server.write(|tx| {
         let pos = next_stream_position(tx)?;
-        storage::set_receipt(tx, room_id, &receipt, pos)?;
-        // Reading up to here clears the unread counts (threads are counted with the room).
-        storage::reset_notification_counts(tx, room_id, &caller.user_id)
+        // Unread counts are the notifications after this receipt, so it resets them.
+        storage::set_receipt(tx, room_id, &receipt, pos)
     })
 }
 

@@ -8,8 +8,10 @@ mod account_data;
 mod ephemeral;
 mod extract;
 mod keys;
+mod media;
 mod membership;
 mod profile;
+mod push;
 mod room_keys;
 pub mod rooms;
 mod sync;
@@ -53,6 +55,51 @@ async fn method_not_allowed() -> Error {
         StatusCode::METHOD_NOT_ALLOWED,
         "method not allowed for this endpoint".into(),
     )
+}
+
+/// The content repository: authenticated media under `/_matrix/client/v1/media`, the
+/// legacy (unauthenticated download) endpoints under `/_matrix/media/{v3,r0}`.
+fn media_routes() -> Vec<(String, MethodRouter<Arc<Server>>)> {
+    let authed = "/_matrix/client/v1/media";
+    let mut routes = vec![
+        (format!("{authed}/config"), get(media::config)),
+        (
+            format!("{authed}/download/{{server_name}}/{{media_id}}"),
+            get(media::download_authed),
+        ),
+        (
+            format!("{authed}/download/{{server_name}}/{{media_id}}/{{file_name}}"),
+            get(media::download_authed_named),
+        ),
+        (
+            format!("{authed}/thumbnail/{{server_name}}/{{media_id}}"),
+            get(media::thumbnail_authed),
+        ),
+        ("/_matrix/media/v1/create".to_owned(), post(media::create)),
+    ];
+    for legacy in ["/_matrix/media/v3", "/_matrix/media/r0"] {
+        routes.extend([
+            (format!("{legacy}/config"), get(media::config)),
+            (format!("{legacy}/upload"), post(media::upload)),
+            (
+                format!("{legacy}/upload/{{server_name}}/{{media_id}}"),
+                put(media::upload_to),
+            ),
+            (
+                format!("{legacy}/download/{{server_name}}/{{media_id}}"),
+                get(media::download_legacy),
+            ),
+            (
+                format!("{legacy}/download/{{server_name}}/{{media_id}}/{{file_name}}"),
+                get(media::download_legacy_named),
+            ),
+            (
+                format!("{legacy}/thumbnail/{{server_name}}/{{media_id}}"),
+                get(media::thumbnail_legacy),
+            ),
+        ]);
+    }
+    routes
 }
 
 /// The whole client-server API router.
@@ -160,6 +207,27 @@ pub fn router(server: Arc<Server>) -> Router {
             get(account_data::get_filter),
         ),
         ("/sync", get(sync::sync_events)),
+        ("/pushrules", get(push::get_all)),
+        ("/pushrules/", get(push::get_all)),
+        ("/pushrules/global", get(push::get_global)),
+        ("/pushrules/global/", get(push::get_global)),
+        (
+            "/pushrules/{scope}/{kind}/{rule_id}",
+            get(push::get_rule)
+                .put(push::put_rule)
+                .delete(push::delete_rule),
+        ),
+        (
+            "/pushrules/{scope}/{kind}/{rule_id}/enabled",
+            get(push::get_enabled).put(push::put_enabled),
+        ),
+        (
+            "/pushrules/{scope}/{kind}/{rule_id}/actions",
+            get(push::get_actions).put(push::put_actions),
+        ),
+        ("/notifications", get(push::notifications)),
+        ("/pushers", get(push::get_pushers)),
+        ("/pushers/set", post(push::set_pusher)),
         ("/keys/upload", post(keys::upload)),
         ("/keys/query", post(keys::query)),
         ("/keys/claim", post(keys::claim)),
@@ -201,6 +269,9 @@ pub fn router(server: Arc<Server>) -> Router {
     ];
     for (path, route) in routes {
         r = client(r, path, route.fallback(method_not_allowed));
+    }
+    for (path, route) in media_routes() {
+        r = r.route(&path, route.fallback(method_not_allowed));
     }
     let cors = CorsLayer::new()
         .allow_origin(Any)

@@ -2,7 +2,7 @@
 
 use ruma::{UserId, events::TimelineEventType, state_res};
 use rusqlite::Connection;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use super::auth::check_local_event;
 use crate::error::Error;
@@ -168,14 +168,7 @@ pub(super) fn persist(
     {
         apply_redaction(c, room_id, version, &stored, target.as_str())?;
     }
-    if pdu.state_key.is_none()
-        && matches!(
-            kind.as_str(),
-            "m.room.message" | "m.room.encrypted" | "m.sticker"
-        )
-    {
-        count_notifications(c, room_id, &stored, pdu)?;
-    }
+    crate::push::on_event(c, room_id, version, &stored)?;
     Ok(pos)
 }
 
@@ -216,47 +209,6 @@ fn apply_redaction(
     unsigned.remove("prev_content");
     unsigned.insert("redacted_because".into(), because);
     storage::set_unsigned(c, target, &Value::Object(unsigned).to_string())
-}
-
-/// Unread counts for the other joined local members.
-///
-/// A stand-in for full push-rule evaluation (the push rules come with the daily-client
-/// work): every message counts as a notification; it highlights when the body mentions
-/// the member's user id, localpart or display name, or `m.mentions` names them.
-fn count_notifications(
-    c: &Connection,
-    room_id: &str,
-    ev: &StoredEvent,
-    pdu: &Pdu,
-) -> Result<(), Error> {
-    let content: Value = serde_json::from_str(pdu.content.get()).unwrap_or(json!({}));
-    let body = content["body"].as_str().unwrap_or("").to_lowercase();
-    let mentioned: Vec<&str> = content["m.mentions"]["user_ids"]
-        .as_array()
-        .map(|a| a.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
-    let mut targets = Vec::new();
-    for user in storage::room_members(c, room_id, "join")? {
-        if user == ev.sender {
-            continue;
-        }
-        let localpart = user
-            .trim_start_matches('@')
-            .split(':')
-            .next()
-            .unwrap_or("")
-            .to_lowercase();
-        let displayname = storage::profile(c, &user)?
-            .and_then(|p| p.0)
-            .map(|d| d.to_lowercase());
-        let highlight = mentioned.contains(&user.as_str())
-            || (!body.is_empty()
-                && (body.contains(&user.to_lowercase())
-                    || (!localpart.is_empty() && body.contains(&localpart))
-                    || displayname.is_some_and(|d| !d.is_empty() && body.contains(&d))));
-        targets.push((user, highlight));
-    }
-    storage::bump_notification_counts(c, room_id, &targets)
 }
 
 /// The create-event path: no prev or auth events, and (v12) the room id comes from it.

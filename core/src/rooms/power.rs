@@ -37,6 +37,11 @@ impl PowerLevels {
             .unwrap_or(0)
     }
 
+    /// Level needed to notify with a key of `notifications` (`room`: `@room`), default 50.
+    pub fn notification_level(&self, key: &str) -> i64 {
+        self.content["notifications"][key].as_i64().unwrap_or(50)
+    }
+
     /// A named threshold such as `redact`, `kick`, `ban` (default 50) or `invite` (0).
     pub fn threshold(&self, name: &str) -> i64 {
         let default = if name == "invite" { 0 } else { 50 };

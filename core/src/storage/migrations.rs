@@ -244,6 +244,58 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX peer_addresses_by_time ON peer_addresses(last_seen_ts);
     "#,
+    // 4: the media repository. Bytes live on disk by sha256; these rows map media ids
+    // (and thumbnail sizes) to them. `sha256` is NULL while an async upload is pending.
+    r#"
+    CREATE TABLE media (
+        media_id TEXT PRIMARY KEY,
+        sha256 TEXT,
+        content_type TEXT,
+        filename TEXT,
+        size INTEGER,
+        uploader TEXT NOT NULL,
+        created_ts INTEGER NOT NULL,
+        unused_expires_ts INTEGER
+    );
+    CREATE INDEX media_by_uploader ON media(uploader, created_ts);
+    CREATE TABLE media_thumbnails (
+        media_id TEXT NOT NULL REFERENCES media(media_id) ON DELETE CASCADE,
+        width INTEGER NOT NULL,
+        height INTEGER NOT NULL,
+        method TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        content_type TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        PRIMARY KEY (media_id, width, height, method)
+    );
+    "#,
+    // 5: push rules. A notification row per (user, event) whose push actions notify;
+    // unread counts are the rows after the user's read receipt, so the stand-in
+    // `notification_counts` table goes. Rules themselves are account data
+    // (`m.push_rules`), which is what clients read in /sync.
+    r#"
+    CREATE TABLE push_notifications (
+        user_id TEXT NOT NULL,
+        room_id TEXT NOT NULL,
+        stream_ordering INTEGER NOT NULL,
+        event_id TEXT NOT NULL,
+        actions TEXT NOT NULL,
+        highlight INTEGER NOT NULL,
+        ts INTEGER NOT NULL,
+        PRIMARY KEY (user_id, stream_ordering)
+    );
+    CREATE INDEX push_notifications_by_room ON push_notifications(user_id, room_id, stream_ordering);
+    CREATE TABLE pushers (
+        user_id TEXT NOT NULL,
+        app_id TEXT NOT NULL,
+        pushkey TEXT NOT NULL,
+        pusher TEXT NOT NULL,
+        created_ts INTEGER NOT NULL,
+        PRIMARY KEY (user_id, app_id, pushkey)
+    );
+    CREATE INDEX pushers_by_key ON pushers(app_id, pushkey);
+    DROP TABLE notification_counts;
+    "#,
 ];
 
 /// The schema version this build writes.

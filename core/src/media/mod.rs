@@ -1,0 +1,452 @@
+//! The content repository: uploads, downloads and thumbnails of `mxc://` media.
+//!
+//! Bytes live on disk by sha256 ([`MediaStore`]); the `media` table maps media ids to
+//! hashes. Media ids are random and checked against `[A-Za-z0-9_-]+` before anything
+//! else happens, and disk paths are built only from hashes, so no request can name a
+//! file outside the store. Only media of this server is served: remote media needs
+//! federation and answers 404 for now.
+
+mod store;
+mod thumbnail;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::Stream;
+
+pub use store::{MediaStore, Stored};
+pub use thumbnail::Method;
+
+use crate::error::Error;
+use crate::server::Server;
+use crate::storage::{self, MediaContent, MediaRow, ThumbnailRow, now_ms};
+
+/// Length of the media ids we mint.
+const MEDIA_ID_LEN: usize = 24;
+/// Longest media id accepted in a request.
+const MAX_MEDIA_ID_LEN: usize = 255;
+/// How long a media id reserved with `/create` stays valid (the spec's 24 h).
+const UNUSED_EXPIRY_MS: i64 = 24 * 60 * 60 * 1000;
+/// Reserved, not yet uploaded ids a user may hold at once.
+const MAX_PENDING_PER_USER: i64 = 20;
+/// Longest a download waits for a pending upload (the spec's default is 20 s).
+const MAX_WAIT: Duration = Duration::from_secs(20);
+/// Pause between two looks at a pending upload.
+const PENDING_POLL: Duration = Duration::from_millis(200);
+/// Largest file we decode for a thumbnail.
+const MAX_THUMBNAIL_SOURCE_BYTES: i64 = 32 * 1024 * 1024;
+/// Longest file name kept.
+const MAX_FILENAME_LEN: usize = 255;
+
+/// Content types a browser may render inline from us. Everything else (HTML, SVG, PDF,
+/// JavaScript, …) is served as an attachment so it can never run in our origin.
+const INLINE_TYPES: &[&str] = &[
+    "text/plain",
+    "text/csv",
+    "application/json",
+    "application/ld+json",
+    "image/jpeg",
+    "image/gif",
+    "image/png",
+    "image/apng",
+    "image/webp",
+    "image/avif",
+    "video/mp4",
+    "video/webm",
+    "video/ogg",
+    "video/quicktime",
+    "audio/mp4",
+    "audio/webm",
+    "audio/aac",
+    "audio/mpeg",
+    "audio/ogg",
+    "audio/wave",
+    "audio/wav",
+    "audio/x-wav",
+    "audio/x-pn-wav",
+    "audio/flac",
+    "audio/x-flac",
+];
+
+/// Fallback content type for anything unnamed or malformed.
+pub const OCTET_STREAM: &str = "application/octet-stream";
+
+/// What a download or thumbnail request gets: an open file and how to present it.
+#[derive(Debug)]
+pub struct Download {
+    /// The bytes.
+    pub file: tokio::fs::File,
+    /// Size in bytes.
+    pub size: u64,
+    /// Content type to send (sanitised).
+    pub content_type: String,
+    /// File name for `Content-Disposition`, if any.
+    pub filename: Option<String>,
+    /// Whether the content may be shown inline.
+    pub inline: bool,
+}
+
+/// Check a media id from a request: `[A-Za-z0-9_-]{1,255}`. Anything else cannot be one
+/// of ours, and is refused before it gets near the disk or the database.
+pub fn validate_media_id(media_id: &str) -> Result<(), Error> {
+    let ok = !media_id.is_empty()
+        && media_id.len() <= MAX_MEDIA_ID_LEN
+        && media_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidParam("invalid media id".into()))
+    }
+}
+
+/// A content type safe to store and send back: `type/subtype` of token characters plus
+/// optional parameters, printable ASCII only; anything else becomes octet-stream.
+pub fn sanitise_content_type(declared: Option<&str>) -> String {
+    let Some(ct) = declared.map(str::trim).filter(|c| !c.is_empty()) else {
+        return OCTET_STREAM.to_owned();
+    };
+    let token = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+    };
+    let essence = ct.split(';').next().unwrap_or_default().trim();
+    let well_formed = ct.len() <= 255
+        && ct.bytes().all(|b| (0x20..0x7f).contains(&b))
+        && essence
+            .split_once('/')
+            .is_some_and(|(t, s)| token(t) && token(s));
+    if well_formed {
+        ct.to_owned()
+    } else {
+        OCTET_STREAM.to_owned()
+    }
+}
+
+/// Whether content of this (sanitised) type may be displayed inline.
+pub fn inline_allowed(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    INLINE_TYPES.contains(&essence.as_str())
+}
+
+/// A file name fit to store: no control characters, bounded length; empty means none.
+pub fn sanitise_filename(name: Option<&str>) -> Option<String> {
+    let clean: String = name?
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_FILENAME_LEN)
+        .collect();
+    (!clean.trim().is_empty()).then_some(clean)
+}
+
+fn mxc(server: &Server, media_id: &str) -> String {
+    format!("mxc://{}/{media_id}", server.server_name())
+}
+
+/// Only our own media exists here; a foreign server name is "not found" until remote
+/// media arrives with federation.
+fn check_local(server: &Server, server_name: &str, media_id: &str) -> Result<(), Error> {
+    validate_media_id(media_id)?;
+    if server_name != server.server_name() {
+        return Err(Error::NotFound("remote media is not available".into()));
+    }
+    Ok(())
+}
+
+/// `POST /upload`: store the body and mint a media id. Returns the `mxc://` URI.
+pub async fn upload<S, E>(
+    server: &Server,
+    uploader: &str,
+    content_type: Option<&str>,
+    filename: Option<&str>,
+    body: S,
+) -> Result<String, Error>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let stored = server
+        .media
+        .write_stream(body, server.config.max_upload_bytes)
+        .await?;
+    let content_type = sanitise_content_type(content_type);
+    let filename = sanitise_filename(filename);
+    let media_id = crate::rooms::random_string(MEDIA_ID_LEN);
+    let content = media_content(&stored, &content_type, filename.as_deref());
+    server
+        .db
+        .write(|tx| storage::insert_media(tx, &media_id, uploader, &content, now_ms()))?;
+    Ok(mxc(server, &media_id))
+}
+
+fn media_content<'a>(
+    stored: &'a Stored,
+    content_type: &'a str,
+    filename: Option<&'a str>,
+) -> MediaContent<'a> {
+    MediaContent {
+        sha256: &stored.sha256,
+        content_type,
+        filename,
+        size: stored.size as i64,
+    }
+}
+
+/// `POST /create`: reserve a media id for a later upload. Returns the URI and when it
+/// expires unused.
+pub fn create(server: &Server, uploader: &str) -> Result<(String, i64), Error> {
+    let media_id = crate::rooms::random_string(MEDIA_ID_LEN);
+    let now = now_ms();
+    let expires = now + UNUSED_EXPIRY_MS;
+    server.db.write(|tx| {
+        if storage::count_pending_media(tx, uploader, now)? >= MAX_PENDING_PER_USER {
+            return Err(Error::LimitExceeded(
+                "too many pending media uploads; finish some first".into(),
+            ));
+        }
+        storage::insert_pending_media(tx, &media_id, uploader, now, expires)
+    })?;
+    Ok((mxc(server, &media_id), expires))
+}
+
+/// Whether `row` can receive content from `uploader` now.
+fn check_pending(row: Option<&MediaRow>, uploader: &str) -> Result<(), Error> {
+    let row = row.ok_or_else(|| Error::NotFound("unknown media id".into()))?;
+    if row.uploader != uploader {
+        return Err(Error::Forbidden(
+            "this media id was created by another user".into(),
+        ));
+    }
+    if row.sha256.is_some() {
+        return Err(Error::CannotOverwriteMedia("media already uploaded".into()));
+    }
+    if row.unused_expires_ts.is_some_and(|t| t <= now_ms()) {
+        return Err(Error::NotFound("this media id has expired".into()));
+    }
+    Ok(())
+}
+
+/// `PUT /upload/{serverName}/{mediaId}`: fill in a media id reserved with [`create`].
+#[allow(clippy::too_many_arguments)]
+pub async fn upload_to<S, E>(
+    server: &Server,
+    uploader: &str,
+    server_name: &str,
+    media_id: &str,
+    content_type: Option<&str>,
+    filename: Option<&str>,
+    body: S,
+) -> Result<(), Error>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    check_local(server, server_name, media_id)?;
+    // Check before reading the body, so a refused upload costs no disk.
+    let row = server.db.read(|c| storage::get_media(c, media_id))?;
+    check_pending(row.as_ref(), uploader)?;
+    let stored = server
+        .media
+        .write_stream(body, server.config.max_upload_bytes)
+        .await?;
+    let content_type = sanitise_content_type(content_type);
+    let filename = sanitise_filename(filename);
+    let content = media_content(&stored, &content_type, filename.as_deref());
+    server.db.write(|tx| {
+        if storage::complete_media(tx, media_id, &content)? {
+            Ok(())
+        } else {
+            Err(Error::CannotOverwriteMedia("media already uploaded".into()))
+        }
+    })
+}
+
+/// The uploaded row for a media id, waiting up to `timeout` for a pending upload.
+async fn uploaded_row(
+    server: &Server,
+    server_name: &str,
+    media_id: &str,
+    timeout: Duration,
+) -> Result<MediaRow, Error> {
+    check_local(server, server_name, media_id)?;
+    let deadline = tokio::time::Instant::now() + timeout.min(MAX_WAIT);
+    loop {
+        let row = server
+            .db
+            .read(|c| storage::get_media(c, media_id))?
+            .filter(|r| r.sha256.is_some() || r.unused_expires_ts.is_some_and(|t| t > now_ms()))
+            .ok_or_else(|| Error::NotFound("media not found".into()))?;
+        if row.sha256.is_some() {
+            return Ok(row);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Error::NotYetUploaded(
+                "the media has not been uploaded yet".into(),
+            ));
+        }
+        tokio::time::sleep(PENDING_POLL).await;
+    }
+}
+
+/// `GET /download`: open the content of a media id.
+pub async fn download(
+    server: &Server,
+    server_name: &str,
+    media_id: &str,
+    timeout: Duration,
+) -> Result<Download, Error> {
+    let row = uploaded_row(server, server_name, media_id, timeout).await?;
+    let sha256 = row.sha256.as_deref().unwrap_or_default();
+    let (file, size) = server.media.open_content(sha256).await?;
+    let content_type = sanitise_content_type(row.content_type.as_deref());
+    Ok(Download {
+        file,
+        size,
+        inline: inline_allowed(&content_type),
+        content_type,
+        filename: row.filename,
+    })
+}
+
+/// `GET /thumbnail`: a (cached) thumbnail of an image, snapped to a preset size.
+pub async fn thumbnail(
+    server: &Server,
+    server_name: &str,
+    media_id: &str,
+    (width, height): (u32, u32),
+    method: Method,
+    timeout: Duration,
+) -> Result<Download, Error> {
+    if width == 0 || height == 0 {
+        return Err(Error::InvalidParam(
+            "width and height must be positive".into(),
+        ));
+    }
+    let row = uploaded_row(server, server_name, media_id, timeout).await?;
+    let (w, h) = thumbnail::snap(width, height, method);
+    let cached = server
+        .db
+        .read(|c| storage::get_thumbnail(c, media_id, w, h, method.as_str()))?;
+    let thumb = match cached {
+        Some(t) => t,
+        None => generate_thumbnail(server, &row, (w, h), method).await?,
+    };
+    let (file, size) = server.media.open_content(&thumb.sha256).await?;
+    let ext = if thumb.content_type == "image/jpeg" {
+        "jpg"
+    } else {
+        "png"
+    };
+    Ok(Download {
+        file,
+        size,
+        content_type: thumb.content_type,
+        filename: Some(format!("thumbnail.{ext}")),
+        inline: true,
+    })
+}
+
+async fn generate_thumbnail(
+    server: &Server,
+    row: &MediaRow,
+    (w, h): (u32, u32),
+    method: Method,
+) -> Result<ThumbnailRow, Error> {
+    if row.size.unwrap_or(0) > MAX_THUMBNAIL_SOURCE_BYTES {
+        return Err(Error::TooLarge(
+            "the content is too large to thumbnail".into(),
+        ));
+    }
+    let _permit = server
+        .media
+        .thumbnail_permits
+        .acquire()
+        .await
+        .map_err(Error::internal)?;
+    let source = server
+        .media
+        .read_content(row.sha256.as_deref().unwrap_or_default())
+        .await?;
+    let rendered = tokio::task::spawn_blocking(move || thumbnail::render(&source, w, h, method))
+        .await
+        .map_err(Error::internal)??;
+    let stored = server.media.write_bytes(&rendered.bytes).await?;
+    let thumb = ThumbnailRow {
+        sha256: stored.sha256,
+        content_type: rendered.content_type.to_owned(),
+        size: stored.size as i64,
+    };
+    server
+        .db
+        .write(|tx| storage::insert_thumbnail(tx, &row.media_id, w, h, method.as_str(), &thumb))?;
+    Ok(thumb)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_ids_are_strict() {
+        assert!(validate_media_id("abcXYZ019_-").is_ok());
+        for bad in [
+            "",
+            "..",
+            "a/b",
+            "a%2Fb",
+            "a.b",
+            "a b",
+            "ü",
+            &"a".repeat(256),
+        ] {
+            assert!(validate_media_id(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn content_types_are_sanitised() {
+        assert_eq!(sanitise_content_type(Some("image/png")), "image/png");
+        assert_eq!(
+            sanitise_content_type(Some("text/plain; charset=utf-8")),
+            "text/plain; charset=utf-8"
+        );
+        assert_eq!(sanitise_content_type(None), OCTET_STREAM);
+        assert_eq!(sanitise_content_type(Some("nonsense")), OCTET_STREAM);
+        assert_eq!(
+            sanitise_content_type(Some("text/html\r\nX: y")),
+            OCTET_STREAM
+        );
+        assert_eq!(sanitise_content_type(Some("a b/c")), OCTET_STREAM);
+    }
+
+    #[test]
+    fn only_passive_types_are_inline() {
+        assert!(inline_allowed("image/png"));
+        assert!(inline_allowed("TEXT/PLAIN; charset=utf-8"));
+        for active in [
+            "text/html",
+            "image/svg+xml",
+            "application/pdf",
+            "text/javascript",
+        ] {
+            assert!(!inline_allowed(active), "{active}");
+        }
+    }
+
+    #[test]
+    fn filenames_lose_control_characters() {
+        assert_eq!(
+            sanitise_filename(Some("a\nb.txt")).as_deref(),
+            Some("ab.txt")
+        );
+        assert_eq!(sanitise_filename(Some("  ")), None);
+        assert_eq!(sanitise_filename(None), None);
+    }
+}

@@ -1,0 +1,223 @@
+//! Push rules: each user's ruleset, its evaluation on every new event, and the
+//! notifications (and unread counts) that follow from it. Pushers are stored, not
+//! delivered to.
+//!
+//! A user's rules are the global account data `m.push_rules` (what clients read in
+//! `/sync`); until a user changes a rule they are the server defaults (`defaults.rs`). Every
+//! event persisted in a room is evaluated, inside its write transaction, for each other
+//! joined local member; actions that notify become a `push_notifications` row, and
+//! unread counts are the rows after the member's read receipt.
+
+mod defaults;
+mod pushers;
+mod rules;
+
+use std::collections::BTreeMap;
+
+use futures::FutureExt;
+use ruma::power_levels::NotificationPowerLevels;
+use ruma::push::{Action, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset};
+use ruma::room_version_rules::RoomPowerLevelsRules;
+use ruma::serde::Raw;
+use ruma::{Int, OwnedRoomId, UInt, UserId};
+use rusqlite::Connection;
+use serde_json::{Value, json};
+
+pub use pushers::{get_pushers, set_pusher};
+pub use rules::{
+    RuleAddress, delete_rule, get_rule, put_rule, rule_actions, rule_enabled, set_rule_actions,
+    set_rule_enabled,
+};
+
+use crate::error::Error;
+use crate::events::rules_for;
+use crate::storage::{self, NewNotification, StoredEvent, next_stream_position, now_ms};
+
+/// The account data type holding a user's push rules.
+pub const PUSH_RULES: &str = "m.push_rules";
+
+/// A user's push rules: the stored ones, else the server defaults.
+pub fn ruleset(c: &Connection, user_id: &UserId) -> Result<Ruleset, Error> {
+    let stored = storage::account_data(c, user_id.as_str(), "", PUSH_RULES)?;
+    let parsed = stored.and_then(|s| {
+        let global = serde_json::from_str::<Value>(&s).ok()?.get("global")?.clone();
+        match serde_json::from_value::<Ruleset>(global) {
+            Ok(rules) => Some(rules),
+            Err(e) => {
+                tracing::warn!(%user_id, error = %e, "stored push rules unreadable; using defaults");
+                None
+            }
+        }
+    });
+    Ok(parsed.unwrap_or_else(|| defaults::server_default(user_id)))
+}
+
+/// The `m.push_rules` content for a ruleset.
+pub fn rules_content(rules: &Ruleset) -> Value {
+    json!({ "global": rules })
+}
+
+/// Store a user's rules as account data at a new stream position, so `/sync` carries
+/// the change.
+fn save_ruleset(c: &Connection, user_id: &str, rules: &Ruleset) -> Result<(), Error> {
+    let content = rules_content(rules).to_string();
+    let pos = next_stream_position(c)?;
+    storage::set_account_data(c, user_id, "", PUSH_RULES, &content, pos)
+}
+
+/// The `m.push_rules` content of a user, defaults included (for `/sync` and
+/// `GET /account_data/m.push_rules`).
+pub fn rules_json(c: &Connection, user_id: &str) -> Result<Value, Error> {
+    let uid = UserId::parse(user_id).map_err(|e| Error::InvalidParam(format!("user id: {e}")))?;
+    Ok(rules_content(&ruleset(c, &uid)?))
+}
+
+/// Who may use `@room`: the sender's power and the room's `notifications.room` level,
+/// in ruma's shape. Only the sender is ever looked up.
+fn power_ctx(
+    c: &Connection,
+    room_id: &str,
+    version: &str,
+    sender: &str,
+) -> Result<PushConditionPowerLevelsCtx, Error> {
+    let levels = crate::rooms::power_levels(c, room_id)?;
+    let clamp = |v: i64| Int::try_from(v).unwrap_or(if v < 0 { Int::MIN } else { Int::MAX });
+    let mut users = BTreeMap::new();
+    if let Ok(sender_id) = UserId::parse(sender) {
+        users.insert(sender_id, clamp(levels.user_level(sender)));
+    }
+    let mut notifications = NotificationPowerLevels::new();
+    notifications.room = clamp(levels.notification_level("room"));
+    let (_, rules) = rules_for(version)?;
+    let power_rules = RoomPowerLevelsRules::new(&rules.authorization, std::iter::empty());
+    Ok(PushConditionPowerLevelsCtx::new(
+        users,
+        Int::from(0u8),
+        notifications,
+        power_rules,
+    ))
+}
+
+/// A member's display name in the room (from their member event), else none.
+fn display_name(c: &Connection, room_id: &str, user_id: &str) -> Result<String, Error> {
+    let Some(id) = storage::current_state_event(c, room_id, "m.room.member", user_id)? else {
+        return Ok(String::new());
+    };
+    let Some(ev) = storage::get_event(c, &id)? else {
+        return Ok(String::new());
+    };
+    let json: Value = serde_json::from_str(&ev.json)?;
+    Ok(json["content"]["displayname"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned())
+}
+
+/// Evaluate a newly persisted event against the push rules of every other joined local
+/// member and record the notifications. Runs in the event's write transaction.
+pub fn on_event(
+    c: &Connection,
+    room_id: &str,
+    version: &str,
+    ev: &StoredEvent,
+) -> Result<(), Error> {
+    let recipients: Vec<String> = storage::joined_local_members(c, room_id)?
+        .into_iter()
+        .filter(|u| *u != ev.sender)
+        .collect();
+    if recipients.is_empty() {
+        return Ok(());
+    }
+    let Ok(room) = OwnedRoomId::try_from(room_id) else {
+        tracing::debug!(
+            room_id,
+            "room id not understood by ruma; no push evaluation"
+        );
+        return Ok(());
+    };
+    let raw: Raw<Value> =
+        Raw::from_json(serde_json::value::RawValue::from_string(ev.json.clone())?);
+    let member_count = storage::room_members(c, room_id, "join")?.len();
+    let member_count = UInt::try_from(member_count).unwrap_or(UInt::MAX);
+    let power = power_ctx(c, room_id, version, &ev.sender)?;
+    let has_mentions = defaults::has_mentions(&ev.json);
+    for user in recipients {
+        let Ok(user_id) = UserId::parse(&user) else {
+            continue;
+        };
+        let mut rules = ruleset(c, &user_id)?;
+        if has_mentions {
+            defaults::disable_legacy_mentions(&mut rules);
+        }
+        let ctx = PushConditionRoomCtx::new(
+            room.clone(),
+            member_count,
+            user_id,
+            display_name(c, room_id, &user)?,
+        )
+        .with_power_levels(power.clone());
+        // Evaluation is async only for optional hooks we do not install (thread
+        // subscriptions), so it completes on the first poll; never block the writer.
+        let Some(actions) = rules.get_actions(&raw, &ctx).now_or_never() else {
+            tracing::warn!(%user, "push rule evaluation did not complete at once; skipped");
+            continue;
+        };
+        record(c, &user, room_id, ev, actions)?;
+    }
+    Ok(())
+}
+
+fn record(
+    c: &Connection,
+    user: &str,
+    room_id: &str,
+    ev: &StoredEvent,
+    actions: &[Action],
+) -> Result<(), Error> {
+    if !actions.iter().any(Action::should_notify) {
+        return Ok(());
+    }
+    let actions_json = serde_json::to_string(actions)?;
+    storage::insert_notification(
+        c,
+        &NewNotification {
+            user_id: user,
+            room_id,
+            stream_ordering: ev.stream_ordering,
+            event_id: &ev.event_id,
+            actions: &actions_json,
+            highlight: actions.iter().any(Action::is_highlight),
+            ts: now_ms(),
+        },
+    )
+}
+
+/// A page of `GET /notifications`: (notification rows with their events, next token).
+pub struct NotificationPage {
+    /// Each notification with its stored event.
+    pub items: Vec<(storage::NotificationRow, StoredEvent)>,
+    /// Where the next page starts, if there may be one.
+    pub next_token: Option<i64>,
+}
+
+/// A user's notifications, newest first.
+pub fn notifications(
+    c: &Connection,
+    user_id: &str,
+    from: Option<i64>,
+    limit: i64,
+    only_highlight: bool,
+) -> Result<NotificationPage, Error> {
+    let limit = limit.clamp(1, 100);
+    let rows = storage::notifications(c, user_id, from.unwrap_or(i64::MAX), limit, only_highlight)?;
+    let next_token = (rows.len() as i64 == limit)
+        .then(|| rows.last().map(|r| r.stream_ordering))
+        .flatten();
+    let mut items = Vec::with_capacity(rows.len());
+    for row in rows {
+        if let Some(ev) = storage::get_event(c, &row.event_id)? {
+            items.push((row, ev));
+        }
+    }
+    Ok(NotificationPage { items, next_token })
+}

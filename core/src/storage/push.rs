@@ -1,0 +1,170 @@
+//! Push notifications (the per-user result of push-rule evaluation) and pushers.
+
+use rusqlite::{Connection, params};
+
+use crate::error::Error;
+
+/// Joined members of a room that are users of this server.
+pub fn joined_local_members(c: &Connection, room_id: &str) -> Result<Vec<String>, Error> {
+    let mut st = c.prepare_cached(
+        "SELECT m.user_id FROM memberships m JOIN users u ON u.user_id = m.user_id
+         WHERE m.room_id = ?1 AND m.membership = 'join' ORDER BY m.user_id",
+    )?;
+    let rows = st.query_map(params![room_id], |r| r.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// A notification to record for one user.
+#[derive(Clone, Debug)]
+pub struct NewNotification<'a> {
+    /// Who is notified.
+    pub user_id: &'a str,
+    /// Room of the event.
+    pub room_id: &'a str,
+    /// The event's stream position.
+    pub stream_ordering: i64,
+    /// The event.
+    pub event_id: &'a str,
+    /// The push actions, as a JSON array.
+    pub actions: &'a str,
+    /// Whether the actions highlight.
+    pub highlight: bool,
+    /// When.
+    pub ts: i64,
+}
+
+/// Record a notification.
+pub fn insert_notification(c: &Connection, n: &NewNotification<'_>) -> Result<(), Error> {
+    c.prepare_cached(
+        "INSERT OR IGNORE INTO push_notifications
+             (user_id, room_id, stream_ordering, event_id, actions, highlight, ts)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        n.user_id,
+        n.room_id,
+        n.stream_ordering,
+        n.event_id,
+        n.actions,
+        n.highlight,
+        n.ts
+    ])?;
+    Ok(())
+}
+
+/// The stream position a user has read up to in a room: their newest `m.read` or
+/// `m.read.private` receipt in any thread (threads are counted with the room).
+const READ_UP_TO: &str = "COALESCE((SELECT MAX(e.stream_ordering) FROM receipts r
+         JOIN events e ON e.event_id = r.event_id
+         WHERE r.room_id = n.room_id AND r.user_id = n.user_id
+           AND r.receipt_type IN ('m.read', 'm.read.private')), 0)";
+
+/// Unread counts: (notifications, highlights) after the user's read receipt.
+pub fn unread_counts(c: &Connection, room_id: &str, user_id: &str) -> Result<(i64, i64), Error> {
+    let sql = format!(
+        "SELECT COUNT(*), COALESCE(SUM(n.highlight), 0) FROM push_notifications n
+         WHERE n.user_id = ?1 AND n.room_id = ?2 AND n.stream_ordering > {READ_UP_TO}"
+    );
+    Ok(c.prepare_cached(&sql)?
+        .query_row(params![user_id, room_id], |r| Ok((r.get(0)?, r.get(1)?)))?)
+}
+
+/// A stored notification, for `GET /notifications`.
+#[derive(Clone, Debug)]
+pub struct NotificationRow {
+    /// Room of the event.
+    pub room_id: String,
+    /// The event's stream position (also the pagination token).
+    pub stream_ordering: i64,
+    /// The event.
+    pub event_id: String,
+    /// Push actions JSON.
+    pub actions: String,
+    /// When.
+    pub ts: i64,
+    /// Whether the user's read receipt covers it.
+    pub read: bool,
+}
+
+/// A user's notifications, newest first, before stream position `before`.
+pub fn notifications(
+    c: &Connection,
+    user_id: &str,
+    before: i64,
+    limit: i64,
+    only_highlight: bool,
+) -> Result<Vec<NotificationRow>, Error> {
+    let sql = format!(
+        "SELECT n.room_id, n.stream_ordering, n.event_id, n.actions, n.ts,
+                n.stream_ordering <= {READ_UP_TO}
+         FROM push_notifications n
+         WHERE n.user_id = ?1 AND n.stream_ordering < ?2 AND (?3 = 0 OR n.highlight = 1)
+         ORDER BY n.stream_ordering DESC LIMIT ?4"
+    );
+    let mut st = c.prepare_cached(&sql)?;
+    let rows = st.query_map(params![user_id, before, only_highlight, limit], |r| {
+        Ok(NotificationRow {
+            room_id: r.get(0)?,
+            stream_ordering: r.get(1)?,
+            event_id: r.get(2)?,
+            actions: r.get(3)?,
+            ts: r.get(4)?,
+            read: r.get(5)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Store (or replace) a pusher; `pusher` is its JSON as `GET /pushers` returns it.
+pub fn set_pusher(
+    c: &Connection,
+    user_id: &str,
+    app_id: &str,
+    pushkey: &str,
+    pusher: &str,
+    now: i64,
+) -> Result<(), Error> {
+    c.execute(
+        "INSERT INTO pushers (user_id, app_id, pushkey, pusher, created_ts) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (user_id, app_id, pushkey) DO UPDATE SET pusher = excluded.pusher",
+        params![user_id, app_id, pushkey, pusher, now],
+    )?;
+    Ok(())
+}
+
+/// Remove a user's pusher. Returns whether one existed.
+pub fn delete_pusher(
+    c: &Connection,
+    user_id: &str,
+    app_id: &str,
+    pushkey: &str,
+) -> Result<bool, Error> {
+    let n = c.execute(
+        "DELETE FROM pushers WHERE user_id = ?1 AND app_id = ?2 AND pushkey = ?3",
+        params![user_id, app_id, pushkey],
+    )?;
+    Ok(n > 0)
+}
+
+/// Remove the pushers other users have for the same app and key (`append: false`).
+pub fn delete_other_users_pushers(
+    c: &Connection,
+    user_id: &str,
+    app_id: &str,
+    pushkey: &str,
+) -> Result<(), Error> {
+    c.execute(
+        "DELETE FROM pushers WHERE app_id = ?2 AND pushkey = ?3 AND user_id != ?1",
+        params![user_id, app_id, pushkey],
+    )?;
+    Ok(())
+}
+
+/// A user's pushers, as stored JSON.
+pub fn pushers(c: &Connection, user_id: &str) -> Result<Vec<String>, Error> {
+    let mut st = c.prepare_cached(
+        "SELECT pusher FROM pushers WHERE user_id = ?1 ORDER BY created_ts, app_id, pushkey",
+    )?;
+    let rows = st.query_map(params![user_id], |r| r.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
