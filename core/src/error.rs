@@ -77,6 +77,12 @@ pub enum Error {
     /// the current one; carries the current version.
     #[error("the backup version is not the current one")]
     WrongRoomKeysVersion(Option<String>),
+    /// 401 `M_UNAUTHORIZED`: a federation request without a valid `X-Matrix` signature.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 502 `M_UNKNOWN`: another server could not be reached or answered badly.
+    #[error("{0}")]
+    RemoteServer(String),
     /// 401 UIAA: more authentication stages are needed; the body is the UIAA object.
     #[error("additional authentication required")]
     Uiaa(serde_json::Value),
@@ -126,6 +132,8 @@ impl Error {
             InvalidSignature(_) => (StatusCode::BAD_REQUEST, "M_INVALID_SIGNATURE"),
             WrongRoomKeysVersion(_) => (StatusCode::FORBIDDEN, "M_WRONG_ROOM_KEYS_VERSION"),
             Uiaa(_) => (StatusCode::UNAUTHORIZED, "M_FORBIDDEN"),
+            Unauthorized(_) => (StatusCode::UNAUTHORIZED, "M_UNAUTHORIZED"),
+            RemoteServer(_) => (StatusCode::BAD_GATEWAY, "M_UNKNOWN"),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN"),
         }
     }

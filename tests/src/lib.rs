@@ -81,6 +81,61 @@ pub async fn start_node_with(config: Config) -> anyhow::Result<Node> {
     }
 }
 
+/// A node with a real libp2p transport attached, listening on loopback only.
+pub struct FederatedNode {
+    pub node: Node,
+    pub p2p: warren_p2p::P2p,
+}
+
+impl FederatedNode {
+    /// The node's server name.
+    pub fn name(&self) -> String {
+        self.node.server_name().to_owned()
+    }
+
+    /// Stop the transport, then the node.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.p2p.shutdown().await;
+        shutdown_node(self.node).await
+    }
+}
+
+/// P2P settings for tests: QUIC on loopback, no mDNS, DHT server, short timeouts.
+pub fn test_p2p_config() -> warren_p2p::P2pConfig {
+    warren_p2p::P2pConfig {
+        listen: vec![
+            "/ip4/127.0.0.1/udp/0/quic-v1"
+                .parse()
+                .unwrap_or_else(|_| warren_p2p::Multiaddr::empty()),
+        ],
+        mdns: false,
+        dht_mode: warren_p2p::DhtMode::Server,
+        connect_timeout: Duration::from_secs(5),
+        ..warren_p2p::P2pConfig::default()
+    }
+}
+
+/// Start a node on `data_dir` with a P2P transport attached.
+pub async fn start_federated_node(data_dir: &Path) -> anyhow::Result<FederatedNode> {
+    let node = start_node(data_dir).await?;
+    let p2p = warren_p2p::P2p::attach(&node, test_p2p_config()).await?;
+    p2p.wait_listening(WAIT).await?;
+    Ok(FederatedNode { node, p2p })
+}
+
+/// Connect `a` to `b` directly.
+pub async fn connect_nodes(a: &FederatedNode, b: &FederatedNode) -> anyhow::Result<()> {
+    let addr = b
+        .p2p
+        .listen_addrs()
+        .await?
+        .into_iter()
+        .next()
+        .context("node b has no listen address")?;
+    a.p2p.dial(addr).await?;
+    Ok(())
+}
+
 /// Shuts a node down, failing if that takes longer than [`WAIT`].
 pub async fn shutdown_node(node: Node) -> anyhow::Result<()> {
     match tokio::time::timeout(WAIT, node.shutdown()).await {

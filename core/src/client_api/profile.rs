@@ -14,11 +14,38 @@ use crate::storage;
 
 type JsonResult = Result<Json<Value>, Error>;
 
-fn load(server: &Server, user_id: &str) -> Result<(Option<String>, Option<String>), Error> {
+/// A local user's profile from the database; a remote user's from their server.
+async fn load(server: &Server, user_id: &str) -> Result<(Option<String>, Option<String>), Error> {
+    if !server.is_local_user(user_id) {
+        return remote_profile(server, user_id).await;
+    }
     server
         .db
         .read(|c| storage::profile(c, user_id))?
         .ok_or_else(|| Error::NotFound("profile not found".into()))
+}
+
+async fn remote_profile(
+    server: &Server,
+    user_id: &str,
+) -> Result<(Option<String>, Option<String>), Error> {
+    let (_, destination) = user_id
+        .rsplit_once(':')
+        .ok_or_else(|| Error::InvalidParam(format!("{user_id} is not a user id")))?;
+    let path = format!(
+        "/_matrix/federation/v1/query/profile?user_id={}",
+        crate::federation::client::encode(user_id)
+    );
+    let profile: Value = crate::federation::client::request_json(
+        server,
+        destination,
+        http::Method::GET,
+        &path,
+        None,
+    )
+    .await?;
+    let field = |name: &str| profile.get(name).and_then(Value::as_str).map(str::to_owned);
+    Ok((field("displayname"), field("avatar_url")))
 }
 
 /// `GET /profile/{userId}`.
@@ -26,7 +53,7 @@ pub(super) async fn get_profile(
     State(server): State<Arc<Server>>,
     P(user_id): P<String>,
 ) -> JsonResult {
-    let (displayname, avatar_url) = load(&server, &user_id)?;
+    let (displayname, avatar_url) = load(&server, &user_id).await?;
     let mut out = json!({});
     if let Some(d) = displayname {
         out["displayname"] = json!(d);
@@ -42,7 +69,7 @@ pub(super) async fn get_field(
     State(server): State<Arc<Server>>,
     P((user_id, field)): P<(String, String)>,
 ) -> JsonResult {
-    let (displayname, avatar_url) = load(&server, &user_id)?;
+    let (displayname, avatar_url) = load(&server, &user_id).await?;
     let value = match field.as_str() {
         "displayname" => displayname,
         "avatar_url" => avatar_url,

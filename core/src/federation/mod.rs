@@ -6,10 +6,14 @@
 //! transport attaches the authenticated origin of each inbound request as an
 //! [`AuthenticatedOrigin`] extension.
 
+pub mod auth;
+pub mod client;
 mod keys;
+mod query;
 mod router;
 pub mod transport;
 
+pub use auth::FederationOrigin;
 pub use router::router;
 pub use transport::{
     AuthenticatedOrigin, FederationTransport, PeerEvent, TransportError, TransportFuture,

@@ -1,0 +1,101 @@
+//! Outbound federation requests: signed with `X-Matrix`, carried by the node's
+//! [`FederationTransport`](super::FederationTransport).
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::auth::sign_request;
+use crate::error::Error;
+use crate::server::Server;
+
+/// Percent-encode one path segment or query value (everything but RFC 3986 unreserved
+/// characters), e.g. a user id in `?user_id=`.
+pub fn encode(component: &str) -> String {
+    const RESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(component, RESERVED).to_string()
+}
+
+/// Largest JSON response body we parse from another server.
+const MAX_RESPONSE_JSON: usize = 16 * 1024 * 1024;
+
+/// Send one signed request to `destination` and return the raw response.
+pub async fn request(
+    server: &Server,
+    destination: &str,
+    method: http::Method,
+    path_and_query: &str,
+    body: Option<&Value>,
+) -> Result<http::Response<Bytes>, Error> {
+    let transport = server
+        .transport()
+        .ok_or_else(|| Error::RemoteServer("federation is not available on this node".into()))?;
+    let bytes = match body {
+        Some(v) => Bytes::from(serde_json::to_vec(v)?),
+        None => Bytes::new(),
+    };
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(path_and_query)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(bytes)
+        .map_err(|e| Error::Internal(format!("building a federation request: {e}")))?;
+    let auth = sign_request(server, destination, &request)?;
+    request
+        .headers_mut()
+        .insert(http::header::AUTHORIZATION, auth);
+    transport
+        .request(destination, request)
+        .await
+        .map_err(|e| Error::RemoteServer(e.to_string()))
+}
+
+/// Send a signed request and parse a successful JSON answer. A Matrix error from the
+/// remote server keeps its status class: 4xx answers become `Forbidden`/`NotFound`/…
+/// with the remote's message, anything else `RemoteServer`.
+pub async fn request_json<T: DeserializeOwned>(
+    server: &Server,
+    destination: &str,
+    method: http::Method,
+    path_and_query: &str,
+    body: Option<&Value>,
+) -> Result<T, Error> {
+    let response = request(server, destination, method, path_and_query, body).await?;
+    let status = response.status();
+    let body = response.into_body();
+    if body.len() > MAX_RESPONSE_JSON {
+        return Err(Error::RemoteServer(format!(
+            "{destination} answered with {} bytes",
+            body.len()
+        )));
+    }
+    if !status.is_success() {
+        return Err(remote_error(destination, status, &body));
+    }
+    serde_json::from_slice(&body)
+        .map_err(|e| Error::RemoteServer(format!("{destination} answered with bad JSON: {e}")))
+}
+
+fn remote_error(destination: &str, status: http::StatusCode, body: &[u8]) -> Error {
+    let parsed: Option<Value> = serde_json::from_slice(body).ok();
+    let message = parsed
+        .as_ref()
+        .and_then(|v| v.get("error"))
+        .and_then(Value::as_str)
+        .unwrap_or("no error message");
+    let errcode = parsed
+        .as_ref()
+        .and_then(|v| v.get("errcode"))
+        .and_then(Value::as_str)
+        .unwrap_or("M_UNKNOWN");
+    let text = format!("{destination} refused: {errcode}: {message}");
+    match status.as_u16() {
+        403 => Error::Forbidden(text),
+        404 => Error::NotFound(text),
+        _ => Error::RemoteServer(format!("{text} (HTTP {status})")),
+    }
+}
