@@ -79,6 +79,9 @@ impl Node {
             uiaa: Default::default(),
             started: Instant::now(),
             transport: Default::default(),
+            outbox_dirty: Default::default(),
+            outbox_wake: Default::default(),
+            sender_task: Default::default(),
         });
         let app = crate::client_api::router(server.clone());
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -143,7 +146,15 @@ impl Node {
         &self,
         transport: Arc<dyn crate::federation::FederationTransport>,
     ) -> bool {
-        self.server.transport.set(transport).is_ok()
+        let events = transport.subscribe();
+        if self.server.transport.set(transport).is_err() {
+            return false;
+        }
+        // The sender delivers whatever the outbox holds, including rows queued before a
+        // restart.
+        let task = crate::federation::sender::start(self.server.clone(), events);
+        *self.server.sender_task.lock() = Some(task);
+        true
     }
 
     /// Stop accepting requests, let in-flight ones finish, flush the database.
@@ -164,6 +175,9 @@ impl Node {
         for t in self.background.drain(..) {
             t.abort();
         }
+        if let Some(sender) = self.server.sender_task.lock().take() {
+            sender.abort();
+        }
         self.server.db.checkpoint()?;
         tracing::info!("node stopped");
         Ok(())
@@ -177,6 +191,9 @@ impl Drop for Node {
         }
         for t in self.background.drain(..) {
             t.abort();
+        }
+        if let Some(sender) = self.server.sender_task.lock().take() {
+            sender.abort();
         }
     }
 }

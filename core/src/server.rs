@@ -3,6 +3,7 @@
 //! Handlers get an `Arc<Server>`; services in `rooms`, `sync` and `client_api` take it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -45,6 +46,13 @@ pub struct Server {
     pub started: Instant,
     /// How federation requests leave this node; set once by the embedding crate.
     pub transport: OnceLock<Arc<dyn FederationTransport>>,
+    /// Set inside a write transaction that queued federation traffic; the sender is
+    /// woken once that transaction has committed.
+    pub outbox_dirty: AtomicBool,
+    /// Wakes the federation sender.
+    pub outbox_wake: tokio::sync::Notify,
+    /// The federation sender task, once a transport is attached.
+    pub sender_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Server {
@@ -60,7 +68,15 @@ impl Server {
             Ok((out, pos))
         })?;
         self.notifier.committed(pos);
+        if self.outbox_dirty.swap(false, Ordering::AcqRel) {
+            self.outbox_wake.notify_one();
+        }
         Ok(out)
+    }
+
+    /// Note that the current write transaction queued federation traffic.
+    pub fn mark_outbox_dirty(&self) {
+        self.outbox_dirty.store(true, Ordering::Release);
     }
 
     /// The federation transport, once one is attached.

@@ -9,8 +9,10 @@
 pub mod auth;
 pub mod client;
 mod keys;
+pub mod outbox;
 mod query;
 mod router;
+pub mod sender;
 pub mod transport;
 
 pub use auth::FederationOrigin;

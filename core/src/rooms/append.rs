@@ -104,6 +104,7 @@ pub fn append_event(
     let pdu = Pdu::from_json(&event_id, &json)?;
     check_local_event(c, &rules, room_id, &pdu)?;
     let pos = persist(c, room_id, &version, &pdu, &json, group_before, txn)?;
+    crate::federation::outbox::enqueue_event(c, server, room_id, &pdu)?;
     Ok(Appended { event_id, pos })
 }
 

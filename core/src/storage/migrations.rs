@@ -296,6 +296,18 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX pushers_by_key ON pushers(app_id, pushkey);
     DROP TABLE notification_counts;
     "#,
+    // 6: the durable federation outbox: one row per PDU or EDU still to deliver to a
+    // destination, written in the same transaction as what it carries.
+    r#"
+    CREATE TABLE federation_outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        destination TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('pdu', 'edu')),
+        payload TEXT NOT NULL,
+        created_ts INTEGER NOT NULL
+    );
+    CREATE INDEX federation_outbox_by_destination ON federation_outbox(destination, id);
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -1,0 +1,212 @@
+//! The federation sender: one task per destination drains its outbox rows into
+//! `PUT /_matrix/federation/v1/send/{txnId}` transactions.
+//!
+//! Nothing is dropped because a peer is away: rows stay in SQLite until the destination
+//! acknowledges them, across restarts. A failed transaction is retried with full-jitter
+//! exponential backoff, and the backoff ends the moment the transport reports the peer
+//! connected or rediscovered (DESIGN.md §4).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use serde_json::json;
+use tokio::sync::{Notify, broadcast};
+use tokio::task::JoinHandle;
+
+use super::PeerEvent;
+use super::client;
+use crate::server::Server;
+use crate::storage::{self, now_ms};
+
+/// Spec limits for one transaction.
+pub const MAX_PDUS_PER_TXN: usize = 50;
+/// Spec limits for one transaction.
+pub const MAX_EDUS_PER_TXN: usize = 100;
+/// First retry delay ceiling; doubled per failure.
+const BACKOFF_BASE: Duration = Duration::from_millis(500);
+/// Largest retry delay ceiling. Peers on a mesh come and go; rediscovery cuts it short.
+const BACKOFF_CAP: Duration = Duration::from_secs(300);
+/// How often the outbox is rescanned even without a wake-up (belt and braces).
+const RESCAN: Duration = Duration::from_secs(60);
+
+/// One destination's task handles.
+struct Destination {
+    /// New rows were queued.
+    wake: Arc<Notify>,
+    /// The peer (re)appeared: retry now.
+    retry_now: Arc<Notify>,
+}
+
+/// Start the sender manager.
+pub fn start(server: Arc<Server>, mut events: broadcast::Receiver<PeerEvent>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut destinations: HashMap<String, Destination> = HashMap::new();
+        let mut rescan = tokio::time::interval(RESCAN);
+        loop {
+            tokio::select! {
+                _ = server.outbox_wake.notified() => wake_all(&server, &mut destinations),
+                _ = rescan.tick() => wake_all(&server, &mut destinations),
+                event = events.recv() => match event {
+                    Ok(PeerEvent::Connected { server_name })
+                    | Ok(PeerEvent::Rediscovered { server_name }) => {
+                        if let Some(d) = destinations.get(&server_name) {
+                            d.retry_now.notify_one();
+                        }
+                    }
+                    Ok(_) => {}
+                    // Missed events: retry everyone rather than wait out backoffs.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        for d in destinations.values() {
+                            d.retry_now.notify_one();
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {
+                        // The transport is gone; keep serving wake-ups until shutdown.
+                        events = broadcast::channel(1).1;
+                    }
+                },
+            }
+        }
+    })
+}
+
+/// Make sure every destination with queued rows has a task, and wake them.
+fn wake_all(server: &Arc<Server>, destinations: &mut HashMap<String, Destination>) {
+    let pending = match server.db.read(storage::outbox_destinations) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the federation outbox");
+            return;
+        }
+    };
+    tracing::trace!(?pending, "federation outbox scan");
+    for name in pending {
+        let d = destinations.entry(name.clone()).or_insert_with(|| {
+            let d = Destination {
+                wake: Arc::new(Notify::new()),
+                retry_now: Arc::new(Notify::new()),
+            };
+            tokio::spawn(destination_task(
+                server.clone(),
+                name,
+                d.wake.clone(),
+                d.retry_now.clone(),
+            ));
+            d
+        });
+        d.wake.notify_one();
+    }
+}
+
+/// Deliver `destination`'s queue, forever: tasks are cheap and bounded by the number of
+/// servers this node shares rooms with.
+async fn destination_task(
+    server: Arc<Server>,
+    destination: String,
+    wake: Arc<Notify>,
+    retry_now: Arc<Notify>,
+) {
+    let mut failures: u32 = 0;
+    loop {
+        let batch = match server
+            .db
+            .read(|c| storage::outbox_batch(c, &destination, MAX_PDUS_PER_TXN, MAX_EDUS_PER_TXN))
+        {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(%destination, error = %e, "cannot read the outbox");
+                tokio::time::sleep(BACKOFF_BASE).await;
+                continue;
+            }
+        };
+        tracing::trace!(%destination, rows = batch.ids.len(), "outbox batch");
+        if batch.ids.is_empty() {
+            wake.notified().await;
+            continue;
+        }
+        match send_transaction(&server, &destination, &batch).await {
+            Ok(()) => {
+                failures = 0;
+                if let Err(e) = server.db.write(|c| storage::outbox_delete(c, &batch.ids)) {
+                    tracing::warn!(%destination, error = %e, "cannot clear delivered rows");
+                }
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                let delay = backoff(failures);
+                tracing::info!(%destination, error = %e, retry_in = ?delay, "federation transaction failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = retry_now.notified() => {
+                        tracing::debug!(%destination, "peer is back; retrying now");
+                        failures = 0;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Full jitter: a uniform delay up to `min(cap, base · 2^(failures-1))`.
+fn backoff(failures: u32) -> Duration {
+    let ceiling = BACKOFF_BASE
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(20))
+        .min(BACKOFF_CAP);
+    let ms = rand::thread_rng().gen_range(0..=ceiling.as_millis() as u64);
+    Duration::from_millis(ms)
+}
+
+/// The transaction id names the first and last rows it carries, so a retry of the same
+/// rows reuses the id (and the receiver's deduplication applies) across restarts.
+fn txn_id(ids: &[i64]) -> String {
+    match (ids.first(), ids.last()) {
+        (Some(a), Some(b)) => format!("w{a}-{b}"),
+        _ => "w0".to_owned(),
+    }
+}
+
+async fn send_transaction(
+    server: &Server,
+    destination: &str,
+    batch: &storage::OutboxBatch,
+) -> Result<(), crate::error::Error> {
+    let body = json!({
+        "origin": server.server_name(),
+        "origin_server_ts": now_ms(),
+        "pdus": batch.pdus,
+        "edus": batch.edus,
+    });
+    let path = format!("/_matrix/federation/v1/send/{}", txn_id(&batch.ids));
+    let answer: serde_json::Value =
+        client::request_json(server, destination, http::Method::PUT, &path, Some(&body)).await?;
+    // Per-PDU errors are the receiver's verdict on our events; retrying cannot change it.
+    if let Some(errors) = answer.get("pdus").and_then(|p| p.as_object()) {
+        for (event_id, result) in errors {
+            if let Some(error) = result.get("error") {
+                tracing::warn!(%destination, %event_id, %error, "destination refused a PDU");
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        for failures in 1..40 {
+            let ceiling = BACKOFF_BASE
+                .saturating_mul(1u32 << (failures - 1).min(20))
+                .min(BACKOFF_CAP);
+            for _ in 0..20 {
+                assert!(backoff(failures) <= ceiling);
+            }
+        }
+        assert!(backoff(1) <= BACKOFF_BASE);
+        assert_eq!(txn_id(&[3, 4, 9]), "w3-9");
+    }
+}
