@@ -29,15 +29,24 @@ pub struct Behaviour {
     pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
     pub(crate) peers: peer_store::Behaviour<peer_store::memory_store::MemoryStore>,
-    pub(crate) stream: libp2p_stream::Behaviour,
+    pub(crate) stream: crate::streams::Behaviour,
 }
 
 /// Build the swarm: QUIC and TCP (Noise + Yamux), the relay client transport, and the
 /// behaviours above, configured from `config`.
-pub fn build_swarm(
+/// The built swarm, the handle that opens federation streams, and the queue of inbound
+/// ones.
+pub(crate) type Built = (
+    Swarm<Behaviour>,
+    crate::streams::Control,
+    tokio::sync::mpsc::Receiver<(libp2p::PeerId, libp2p::Stream)>,
+);
+
+pub(crate) fn build_swarm(
     key: identity::Keypair,
     config: &P2pConfig,
-) -> Result<Swarm<Behaviour>, Box<dyn std::error::Error + Send + Sync>> {
+) -> Result<Built, Box<dyn std::error::Error + Send + Sync>> {
+    let (streams, control, inbound) = crate::streams::Behaviour::new(crate::carriage::PROTOCOL);
     let limits = connection_limits::ConnectionLimits::default()
         .with_max_established(Some(config.max_connections))
         .with_max_established_per_peer(Some(config.max_connections_per_peer))
@@ -106,10 +115,10 @@ pub fn build_swarm(
                 peers: peer_store::Behaviour::new(peer_store::memory_store::MemoryStore::new(
                     Default::default(),
                 )),
-                stream: libp2p_stream::Behaviour::new(),
+                stream: streams,
             }
         })?
         .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
         .build();
-    Ok(swarm)
+    Ok((swarm, control, inbound))
 }

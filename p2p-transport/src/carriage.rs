@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use axum::Router;
 use bytes::Bytes;
-use futures::StreamExt;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -45,13 +44,13 @@ pub(crate) struct Limits {
 
 /// Serve every inbound federation stream until `incoming` ends.
 pub(crate) async fn serve(
-    mut incoming: libp2p_stream::IncomingStreams,
+    mut incoming: tokio::sync::mpsc::Receiver<(PeerId, Stream)>,
     router: Router,
     limits: Limits,
 ) {
     let total = Arc::new(Semaphore::new(limits.total));
     let per_peer: Arc<Mutex<HashMap<PeerId, Arc<Semaphore>>>> = Arc::default();
-    while let Some((peer, stream)) = incoming.next().await {
+    while let Some((peer, stream)) = incoming.recv().await {
         let Ok(origin) = server_name_for_peer_id(&peer) else {
             tracing::debug!(%peer, "federation stream from a non-Warren peer id; dropped");
             continue;

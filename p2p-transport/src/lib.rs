@@ -18,6 +18,7 @@ mod carriage;
 mod config;
 mod driver;
 pub mod identity;
+mod streams;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -106,7 +107,7 @@ pub struct P2p {
 struct Inner {
     local_peer: PeerId,
     commands: mpsc::Sender<Command>,
-    control: libp2p_stream::Control,
+    control: streams::Control,
     events: broadcast::Sender<PeerEvent>,
     limits: Limits,
     connect_timeout: Duration,
@@ -123,12 +124,8 @@ impl P2p {
         config.validate()?;
         let key = keypair_from_seed(server.identity.secret_seed());
         let local_peer = key.public().to_peer_id();
-        let mut swarm =
+        let (mut swarm, control, incoming) =
             behaviour::build_swarm(key, &config).map_err(|e| P2pError::Start(e.to_string()))?;
-        let mut control = swarm.behaviour().stream.new_control();
-        let incoming = control
-            .accept(PROTOCOL)
-            .map_err(|e| P2pError::Start(e.to_string()))?;
         // Keep libp2p from advertising the loopback-only view of addresses as external.
         swarm.behaviour_mut().kad.set_mode(match config.dht_mode {
             DhtMode::Auto => None,
@@ -339,13 +336,13 @@ impl P2p {
                     reason,
                 },
             })?;
-            let mut control = self.inner.control.clone();
-            control
-                .open_stream(peer, PROTOCOL)
+            self.inner
+                .control
+                .open_stream(peer)
                 .await
-                .map_err(|e| TransportError::Unreachable {
+                .map_err(|reason| TransportError::Unreachable {
                     server: server_name.to_owned(),
-                    reason: e.to_string(),
+                    reason,
                 })
         };
         tokio::time::timeout(after, connect)
