@@ -475,6 +475,15 @@ impl Room<'_> {
             }
         }
         let rules = &self.rules.authorization;
+        // From room version 12 the create event is not listed: the room id names it.
+        if rules.room_create_event_id_as_room_id
+            && let Some(create) =
+                load_pdu(c, &format!("${}", self.room_id.trim_start_matches('!')))?
+        {
+            auth_state
+                .entry((StateEventType::RoomCreate, String::new()))
+                .or_insert(create);
+        }
         if let Err(e) = state_res::check_state_independent_auth_rules(rules, pdu, |id: &EventId| {
             load_pdu(c, id.as_str()).ok().flatten()
         }) {
@@ -575,7 +584,7 @@ impl Room<'_> {
             return Ok(None);
         }
         let maps: Vec<StateMap> = states.iter().map(|(s, _)| s.clone()).collect();
-        let state = match resolve_states(c, self.rules, &maps) {
+        let state = match resolve_states(c, self.rules, &maps, None) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(event_id = %pdu.event_id, error = %e, "cannot resolve the state before a received event");
@@ -635,7 +644,7 @@ impl Room<'_> {
                 states.push(state_after_event(c, &e)?.0);
             }
         }
-        match resolve_states(c, self.rules, &states) {
+        match resolve_states(c, self.rules, &states, Some(pdu)) {
             Ok(state) => {
                 let is_state_after_event = state == *after;
                 Ok(NewCurrentState::Replace {

@@ -141,10 +141,14 @@ fn to_ruma(state: &StateMap) -> Result<state_res::StateMap<OwnedEventId>, Error>
 }
 
 /// Resolve several states of one room into one, with the room version's algorithm.
+///
+/// `unstored` is an event the states may name that is not persisted yet (the event
+/// being received).
 pub(super) fn resolve_states(
     c: &Connection,
     rules: &RoomVersionRules,
     states: &[StateMap],
+    unstored: Option<&Pdu>,
 ) -> Result<StateMap, Error> {
     let mut distinct: Vec<&StateMap> = Vec::new();
     for s in states {
@@ -160,9 +164,13 @@ pub(super) fn resolve_states(
     let Some(v2) = rules.state_res.v2_rules() else {
         return Err(Error::internal("room version without state resolution v2"));
     };
+    let mut cache = HashMap::new();
+    if let Some(pdu) = unstored {
+        cache.insert(pdu.event_id.clone(), Some(pdu.clone()));
+    }
     let events = Events {
         c,
-        cache: RefCell::new(HashMap::new()),
+        cache: RefCell::new(cache),
     };
     let maps = distinct
         .iter()
