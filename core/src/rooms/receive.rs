@@ -447,8 +447,9 @@ impl Room<'_> {
                 EventStatus::Outlier if mode == Mode::AuthOnly => {
                     return Ok(Outcome::Outlier { event_id });
                 }
-                // Known as an outlier: look again, its prev events may be known now.
-                EventStatus::Outlier => storage::delete_outlier(c, &event_id)?,
+                // Known as an outlier: look again, its prev events may be known now (the
+                // outlier row is replaced when the event is stored again).
+                EventStatus::Outlier => {}
             },
             None => {}
         }
@@ -539,6 +540,7 @@ impl Room<'_> {
             .state_key
             .as_ref()
             .and_then(|sk| before.get(&(pdu.kind.to_string(), sk.clone())).cloned());
+        storage::delete_outlier(c, &event_id)?;
         let stream_pos = persist_accepted(
             c,
             Accepted {
@@ -689,6 +691,7 @@ impl Room<'_> {
         group_after: Option<i64>,
     ) -> Result<(), Error> {
         let pdu = &ev.pdu;
+        storage::delete_outlier(self.c, &ev.event_id)?;
         let stored = StoredEvent {
             stream_ordering: -next_stream_position(self.c)?,
             event_id: ev.event_id.clone(),
