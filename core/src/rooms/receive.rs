@@ -433,8 +433,8 @@ impl Room<'_> {
     fn process(&self, ev: Checked, mode: Mode) -> Result<Outcome, Error> {
         let c = self.c;
         let event_id = ev.event_id.clone();
-        match storage::get_event_any(c, &event_id)? {
-            Some(e) => match e.status {
+        if let Some(e) = storage::get_event_any(c, &event_id)? {
+            match e.status {
                 EventStatus::Timeline | EventStatus::SoftFailed => {
                     return Ok(Outcome::AlreadyKnown { event_id });
                 }
@@ -450,8 +450,7 @@ impl Room<'_> {
                 // Known as an outlier: look again, its prev events may be known now (the
                 // outlier row is replaced when the event is stored again).
                 EventStatus::Outlier => {}
-            },
-            None => {}
+            }
         }
         let pdu = &ev.pdu;
         if pdu.kind == TimelineEventType::RoomCreate {
