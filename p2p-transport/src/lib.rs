@@ -286,9 +286,9 @@ impl P2p {
                 "{tried}no address found in the DHT"
             )));
         }
-        self.dial_peer(peer, fresh).await?.map_err(|e| {
-            ConnectError::Failed(format!("{tried}addresses from the DHT failed ({e})"))
-        })
+        self.dial_peer(peer, fresh)
+            .await?
+            .map_err(|e| ConnectError::Failed(format!("{tried}addresses from the DHT failed ({e})")))
     }
 
     async fn dial_peer(
