@@ -241,6 +241,10 @@ pub fn state_at(
     let Some(ev) = storage::last_event_at(c, room_id, pos)? else {
         return Ok(Default::default());
     };
+    // The room's state once the event was persisted (forks resolved), when recorded.
+    if let Some(g) = ev.room_state_group {
+        return storage::load_state_group(c, g);
+    }
     let mut state = match ev.state_group_before {
         Some(g) => storage::load_state_group(c, g)?,
         None => Default::default(),

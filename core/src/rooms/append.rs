@@ -10,7 +10,7 @@ use crate::events::{
     self, ClientEventOptions, NewEvent, Pdu, build_pdu, client_event, redact_json, rules_for,
 };
 use crate::server::Server;
-use crate::storage::{self, StateMap, StoredEvent, next_stream_position, now_ms};
+use crate::storage::{self, EventStatus, StateMap, StoredEvent, next_stream_position, now_ms};
 
 /// Most prev_events referenced by one event, as the spec recommends (Synapse uses 10).
 const MAX_PREV_EVENTS: usize = 10;
@@ -25,9 +25,16 @@ pub struct Appended {
 }
 
 /// Load a stored event as a [`Pdu`].
+///
+/// Any stored event, whatever its status (auth and state resolution need outliers too);
+/// rejected events come back with [`Pdu::rejected`] set, so they never authorise anything.
 pub fn load_pdu(c: &Connection, event_id: &str) -> Result<Option<Pdu>, Error> {
-    match storage::get_event(c, event_id)? {
-        Some(e) => Ok(Some(Pdu::from_json(&e.event_id, &e.json)?)),
+    match storage::get_event_any(c, event_id)? {
+        Some(e) => {
+            let mut pdu = Pdu::from_json(&e.event_id, &e.json)?;
+            pdu.rejected = e.status == EventStatus::Rejected;
+            Ok(Some(pdu))
+        }
         None => Ok(None),
     }
 }
@@ -108,7 +115,38 @@ pub fn append_event(
     Ok(Appended { event_id, pos })
 }
 
-/// Persist an authorised event: state, memberships, extremities, redaction, counts.
+/// How the room's current state changes when an event joins the timeline.
+pub(super) enum NewCurrentState {
+    /// The event was built on the room's current state: apply it on top (local events).
+    ApplyEvent,
+    /// The room's whole new current state (a received event: the state after it, or the
+    /// resolution of the states of all forward extremities when the DAG forks).
+    Replace {
+        /// The new current state.
+        state: StateMap,
+        /// Whether `state` is exactly the DAG state after the event (so its state group
+        /// can be reused).
+        is_state_after_event: bool,
+    },
+}
+
+/// An authorised event on its way into the timeline.
+pub(super) struct Accepted<'a> {
+    pub room_id: &'a str,
+    pub version: &'a str,
+    pub pdu: &'a Pdu,
+    /// The PDU JSON to store.
+    pub json: &'a str,
+    /// State group of the DAG state before the event.
+    pub group_before: Option<i64>,
+    /// The event holding the same `(type, state_key)` in the state before the event.
+    pub replaces: Option<String>,
+    pub current: NewCurrentState,
+    /// Sending device and transaction id (local events).
+    pub txn: Option<(&'a str, &'a str)>,
+}
+
+/// Persist an authorised local event: state, memberships, extremities, redaction, counts.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn persist(
     c: &Connection,
@@ -119,29 +157,104 @@ pub(super) fn persist(
     group_before: Option<i64>,
     txn: Option<(&str, &str)>,
 ) -> Result<i64, Error> {
+    let replaces = match &pdu.state_key {
+        Some(sk) => storage::current_state_event(c, room_id, &pdu.kind.to_string(), sk)?,
+        None => None,
+    };
+    persist_accepted(
+        c,
+        Accepted {
+            room_id,
+            version,
+            pdu,
+            json,
+            group_before,
+            replaces,
+            current: NewCurrentState::ApplyEvent,
+            txn,
+        },
+    )
+}
+
+/// Persist an event into the timeline, local or received: stream position, state groups,
+/// current state and memberships, forward extremities, transaction id, redaction, push.
+pub(super) fn persist_accepted(c: &Connection, a: Accepted<'_>) -> Result<i64, Error> {
+    let Accepted {
+        room_id,
+        version,
+        pdu,
+        json,
+        group_before,
+        replaces,
+        current,
+        txn,
+    } = a;
     let pos = next_stream_position(c)?;
     let kind = pdu.kind.to_string();
     let mut unsigned = Map::new();
-    if let Some(sk) = &pdu.state_key {
-        if let Some(prev_id) = storage::current_state_event(c, room_id, &kind, sk)?
-            && let Some(prev) = storage::get_event(c, &prev_id)?
-        {
-            let prev_json: Value = serde_json::from_str(&prev.json)?;
-            unsigned.insert("prev_content".into(), prev_json["content"].clone());
-            unsigned.insert("prev_sender".into(), Value::String(prev.sender.clone()));
-            unsigned.insert("replaces_state".into(), Value::String(prev_id));
-        }
-        let mut changes = StateMap::new();
-        changes.insert((kind.clone(), sk.clone()), pdu.event_id.to_string());
-        let group = storage::new_state_group(c, room_id, group_before, &changes)?;
-        storage::set_current_state_group(c, room_id, group)?;
-        storage::set_current_state(c, room_id, &kind, sk, pdu.event_id.as_str())?;
-        if kind == "m.room.member" {
-            let content: Value = serde_json::from_str(pdu.content.get())?;
-            let membership = content["membership"].as_str().unwrap_or("leave");
-            storage::set_membership(c, room_id, sk, membership, pdu.event_id.as_str(), pos)?;
-        }
+    if let Some(prev_id) = &replaces
+        && let Some(prev) = storage::get_event_any(c, prev_id)?
+    {
+        let prev_json: Value = serde_json::from_str(&prev.json)?;
+        unsigned.insert("prev_content".into(), prev_json["content"].clone());
+        unsigned.insert("prev_sender".into(), Value::String(prev.sender.clone()));
+        unsigned.insert("replaces_state".into(), Value::String(prev_id.clone()));
     }
+    // The DAG state after the event.
+    let group_after = match &pdu.state_key {
+        Some(sk) => {
+            let mut changes = StateMap::new();
+            changes.insert((kind.clone(), sk.clone()), pdu.event_id.to_string());
+            Some(storage::new_state_group(
+                c,
+                room_id,
+                group_before,
+                &changes,
+            )?)
+        }
+        None => group_before,
+    };
+    let room_group = match current {
+        NewCurrentState::ApplyEvent => {
+            if let Some(sk) = &pdu.state_key
+                && let Some(group) = group_after
+            {
+                storage::set_current_state_group(c, room_id, group)?;
+                storage::set_current_state(c, room_id, &kind, sk, pdu.event_id.as_str())?;
+                if kind == "m.room.member" {
+                    let content: Value = serde_json::from_str(pdu.content.get())?;
+                    let membership = content["membership"].as_str().unwrap_or("leave");
+                    storage::set_membership(
+                        c,
+                        room_id,
+                        sk,
+                        membership,
+                        pdu.event_id.as_str(),
+                        pos,
+                    )?;
+                }
+            }
+            storage::room_info(c, room_id)?.and_then(|(_, g)| g)
+        }
+        NewCurrentState::Replace {
+            state,
+            is_state_after_event,
+        } => {
+            let group = match group_after {
+                Some(g) if is_state_after_event => g,
+                _ => {
+                    let old_group = storage::room_info(c, room_id)?.and_then(|(_, g)| g);
+                    let old = match old_group {
+                        Some(g) => storage::load_state_group(c, g)?,
+                        None => StateMap::new(),
+                    };
+                    storage::group_for_state(c, room_id, old_group.map(|g| (g, &old)), &state)?
+                }
+            };
+            replace_current_state(c, room_id, &state, group, pos)?;
+            Some(group)
+        }
+    };
     let stored = StoredEvent {
         stream_ordering: pos,
         event_id: pdu.event_id.to_string(),
@@ -157,6 +270,10 @@ pub(super) fn persist(
         state_group_before: group_before,
         txn_device: txn.map(|(d, _)| d.to_owned()),
         txn_id: txn.map(|(_, t)| t.to_owned()),
+        status: EventStatus::Timeline,
+        rejection_reason: None,
+        state_group_after: group_after,
+        room_state_group: room_group,
     };
     storage::insert_event(c, &stored)?;
     let prev: Vec<String> = pdu.prev_events.iter().map(|e| e.to_string()).collect();
@@ -171,6 +288,41 @@ pub(super) fn persist(
     }
     crate::push::on_event(c, room_id, version, &stored)?;
     Ok(pos)
+}
+
+/// Make `state` the room's current state (table, group pointer and memberships); changed
+/// memberships take position `pos`.
+fn replace_current_state(
+    c: &Connection,
+    room_id: &str,
+    state: &StateMap,
+    group: i64,
+    pos: i64,
+) -> Result<(), Error> {
+    let old = storage::current_state(c, room_id)?;
+    for ((ty, sk), id) in state {
+        if old.get(&(ty.clone(), sk.clone())) == Some(id) {
+            continue;
+        }
+        storage::set_current_state(c, room_id, ty, sk, id)?;
+        if ty == "m.room.member" {
+            let membership = storage::get_event_any(c, id)?
+                .and_then(|e| serde_json::from_str::<Value>(&e.json).ok())
+                .and_then(|v| v["content"]["membership"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| "leave".to_owned());
+            storage::set_membership(c, room_id, sk, &membership, id, pos)?;
+        }
+    }
+    for ((ty, sk), id) in &old {
+        if state.contains_key(&(ty.clone(), sk.clone())) {
+            continue;
+        }
+        storage::delete_current_state(c, room_id, ty, sk)?;
+        if ty == "m.room.member" {
+            storage::set_membership(c, room_id, sk, "leave", id, pos)?;
+        }
+    }
+    storage::set_current_state_group(c, room_id, group)
 }
 
 /// Redact the target in place (when allowed), remembering the redaction in `unsigned`.

@@ -7,11 +7,16 @@ mod append;
 mod auth;
 mod create;
 mod power;
+mod receive;
 mod redact;
+mod resolve;
 
 pub use append::{Appended, append_event, load_pdu, random_string};
 pub use create::{CreateRoom, create_room};
 pub use power::{PowerLevels, power_levels};
+pub use receive::{
+    BoxFuture, MAX_FETCHES, MAX_PDU_BYTES, MISSING_EVENTS_LIMIT, Outcome, RemoteEvents, receive_pdu,
+};
 pub use redact::check_redaction_allowed;
 
 #[cfg(test)]

@@ -55,7 +55,9 @@ pub fn power_levels(c: &Connection, room_id: &str) -> Result<PowerLevels, Error>
         let Some(id) = storage::current_state_event(c, room_id, ty, "")? else {
             return Ok(None);
         };
-        let Some(ev) = storage::get_event(c, &id)? else {
+        // Current state may hold an event that is not in the timeline (a fork built on a
+        // soft-failed event); authority follows the state, not the timeline.
+        let Some(ev) = storage::get_event_any(c, &id)? else {
             return Ok(None);
         };
         let v: Value = serde_json::from_str(&ev.json)?;

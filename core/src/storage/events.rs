@@ -4,6 +4,44 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::error::Error;
 
+/// Why an event is stored, and so who may see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventStatus {
+    /// In the room's timeline: the only events clients see.
+    Timeline,
+    /// Stored without a place in the DAG we know (auth events, events whose prev_events
+    /// are missing). Usable as an auth event; never served to clients.
+    Outlier,
+    /// Passed auth against its auth events and the state before it, failed against the
+    /// current state: kept (other events may build on it), never served, never a
+    /// forward extremity.
+    SoftFailed,
+    /// Failed auth: kept so it is never fetched again and never used as an auth event.
+    Rejected,
+}
+
+impl EventStatus {
+    /// The stored string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventStatus::Timeline => "timeline",
+            EventStatus::Outlier => "outlier",
+            EventStatus::SoftFailed => "soft_failed",
+            EventStatus::Rejected => "rejected",
+        }
+    }
+
+    fn parse(s: &str) -> EventStatus {
+        match s {
+            "timeline" => EventStatus::Timeline,
+            "outlier" => EventStatus::Outlier,
+            "soft_failed" => EventStatus::SoftFailed,
+            // Unknown values are treated as the most restrictive.
+            _ => EventStatus::Rejected,
+        }
+    }
+}
+
 /// An event as stored.
 #[derive(Clone, Debug)]
 pub struct StoredEvent {
@@ -35,9 +73,20 @@ pub struct StoredEvent {
     pub txn_device: Option<String>,
     /// Client transaction id.
     pub txn_id: Option<String>,
+    /// Timeline, outlier, soft-failed or rejected.
+    pub status: EventStatus,
+    /// Why a rejected event was rejected.
+    pub rejection_reason: Option<String>,
+    /// State group holding the DAG state after this event, when known.
+    pub state_group_after: Option<i64>,
+    /// The room's current state group once this (timeline) event was persisted.
+    pub room_state_group: Option<i64>,
 }
 
-const COLUMNS: &str = "stream_ordering, event_id, room_id, type, state_key, sender, depth, origin_server_ts, json, unsigned, redacted_by, state_group_before, txn_device, txn_id";
+const COLUMNS: &str = "stream_ordering, event_id, room_id, type, state_key, sender, depth, origin_server_ts, json, unsigned, redacted_by, state_group_before, txn_device, txn_id, status, rejection_reason, state_group_after, room_state_group";
+
+/// Only events in the timeline are ever served to clients.
+const TIMELINE: &str = "status = 'timeline'";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<StoredEvent> {
     Ok(StoredEvent {
@@ -55,13 +104,17 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<StoredEvent> {
         state_group_before: r.get(11)?,
         txn_device: r.get(12)?,
         txn_id: r.get(13)?,
+        status: EventStatus::parse(&r.get::<_, String>(14)?),
+        rejection_reason: r.get(15)?,
+        state_group_after: r.get(16)?,
+        room_state_group: r.get(17)?,
     })
 }
 
 /// Persist a new event row.
 pub fn insert_event(c: &Connection, e: &StoredEvent) -> Result<(), Error> {
     c.prepare_cached(&format!(
-        "INSERT INTO events ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+        "INSERT INTO events ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
     ))?
     .execute(params![
         e.stream_ordering,
@@ -77,18 +130,49 @@ pub fn insert_event(c: &Connection, e: &StoredEvent) -> Result<(), Error> {
         e.redacted_by,
         e.state_group_before,
         e.txn_device,
-        e.txn_id
+        e.txn_id,
+        e.status.as_str(),
+        e.rejection_reason,
+        e.state_group_after,
+        e.room_state_group
     ])?;
     Ok(())
 }
 
-/// One event by id.
+/// One timeline event by id (what clients may see; outliers, soft-failed and rejected
+/// events are not returned).
 pub fn get_event(c: &Connection, event_id: &str) -> Result<Option<StoredEvent>, Error> {
+    Ok(c.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM events WHERE event_id = ?1 AND {TIMELINE}"
+    ))?
+    .query_row([event_id], from_row)
+    .optional()?)
+}
+
+/// One event by id whatever its status (for auth, state resolution and federation).
+pub fn get_event_any(c: &Connection, event_id: &str) -> Result<Option<StoredEvent>, Error> {
     Ok(
         c.prepare_cached(&format!("SELECT {COLUMNS} FROM events WHERE event_id = ?1"))?
             .query_row([event_id], from_row)
             .optional()?,
     )
+}
+
+/// The status of a stored event, if it is stored.
+pub fn event_status(c: &Connection, event_id: &str) -> Result<Option<EventStatus>, Error> {
+    Ok(
+        c.prepare_cached("SELECT status FROM events WHERE event_id = ?1")?
+            .query_row([event_id], |r| r.get::<_, String>(0))
+            .optional()?
+            .map(|s| EventStatus::parse(&s)),
+    )
+}
+
+/// Forget an outlier row, so the event can be persisted again with a place in the DAG.
+pub fn delete_outlier(c: &Connection, event_id: &str) -> Result<(), Error> {
+    c.prepare_cached("DELETE FROM events WHERE event_id = ?1 AND status = 'outlier'")?
+        .execute([event_id])?;
+    Ok(())
 }
 
 /// Events of a room with `from < stream_ordering <= to`, newest first when `backwards`,
@@ -104,7 +188,7 @@ pub fn room_events(
     let order = if backwards { "DESC" } else { "ASC" };
     let mut st = c.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM events WHERE room_id = ?1 AND stream_ordering > ?2 AND stream_ordering <= ?3
-         ORDER BY stream_ordering {order} LIMIT ?4"
+         AND {TIMELINE} ORDER BY stream_ordering {order} LIMIT ?4"
     ))?;
     let rows = st.query_map(params![room_id, after, up_to, limit as i64], from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -116,12 +200,12 @@ pub fn last_event_at(
     room_id: &str,
     pos: i64,
 ) -> Result<Option<StoredEvent>, Error> {
-    Ok(c
-        .prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM events WHERE room_id = ?1 AND stream_ordering <= ?2 ORDER BY stream_ordering DESC LIMIT 1"
-        ))?
-        .query_row(params![room_id, pos], from_row)
-        .optional()?)
+    Ok(c.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM events WHERE room_id = ?1 AND stream_ordering <= ?2 AND {TIMELINE}
+             ORDER BY stream_ordering DESC LIMIT 1"
+    ))?
+    .query_row(params![room_id, pos], from_row)
+    .optional()?)
 }
 
 /// Replace an event's JSON after redaction.

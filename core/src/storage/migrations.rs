@@ -296,7 +296,23 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX pushers_by_key ON pushers(app_id, pushkey);
     DROP TABLE notification_counts;
     "#,
-    // 6: the durable federation outbox: one row per PDU or EDU still to deliver to a
+    // 6: events received from other servers. `status` says whether an event is in the
+    // room's timeline (`timeline`, the only status clients ever see), or stored for
+    // other reasons: `outlier` (auth event or an event whose prev_events are unknown),
+    // `soft_failed` (passed auth against its own history but not the current state),
+    // `rejected` (failed auth; kept so it is never fetched again nor used as an auth
+    // event). Non-timeline rows take negative stream positions, so no stream range
+    // ever includes them. `state_group_after` is the DAG state after the event (its
+    // prev state plus itself); `room_state_group` the room's current state once the
+    // event was persisted (what /sync shows at that position, forks resolved).
+    r#"
+    ALTER TABLE events ADD COLUMN status TEXT NOT NULL DEFAULT 'timeline';
+    ALTER TABLE events ADD COLUMN rejection_reason TEXT;
+    ALTER TABLE events ADD COLUMN state_group_after INTEGER;
+    ALTER TABLE events ADD COLUMN room_state_group INTEGER;
+    CREATE INDEX events_room_status_depth ON events(room_id, status, depth);
+    "#,
+    // 7: the durable federation outbox: one row per PDU or EDU still to deliver to a
     // destination, written in the same transaction as what it carries.
     r#"
     CREATE TABLE federation_outbox (

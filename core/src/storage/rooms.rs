@@ -83,6 +83,20 @@ pub fn set_current_state(
     Ok(())
 }
 
+/// Drop a state entry from the current state.
+pub fn delete_current_state(
+    c: &Connection,
+    room_id: &str,
+    ty: &str,
+    state_key: &str,
+) -> Result<(), Error> {
+    c.prepare_cached(
+        "DELETE FROM current_state WHERE room_id = ?1 AND type = ?2 AND state_key = ?3",
+    )?
+    .execute(params![room_id, ty, state_key])?;
+    Ok(())
+}
+
 /// Record a user's current membership.
 pub fn set_membership(
     c: &Connection,

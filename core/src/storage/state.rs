@@ -57,6 +57,29 @@ pub fn new_state_group(
     Ok(id)
 }
 
+/// A group holding exactly `state`, given a known group `base` holding `base_state`:
+/// `base` itself when equal, a delta on it when `state` only adds or changes entries, a
+/// full snapshot otherwise.
+pub fn group_for_state(
+    c: &Connection,
+    room_id: &str,
+    base: Option<(i64, &StateMap)>,
+    state: &StateMap,
+) -> Result<i64, Error> {
+    match base {
+        Some((g, old)) if old == state => Ok(g),
+        Some((g, old)) if old.keys().all(|k| state.contains_key(k)) => {
+            let changes: StateMap = state
+                .iter()
+                .filter(|(k, v)| old.get(*k) != Some(*v))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            new_state_group(c, room_id, Some(g), &changes)
+        }
+        _ => new_state_group(c, room_id, None, state),
+    }
+}
+
 /// The full state of a group.
 pub fn load_state_group(c: &Connection, group: i64) -> Result<StateMap, Error> {
     // Collect the chain from this group up to its snapshot, then apply oldest first.
