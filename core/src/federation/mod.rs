@@ -7,11 +7,23 @@
 //! [`AuthenticatedOrigin`] extension.
 
 pub mod auth;
+mod backfill;
 pub mod client;
+mod devices;
+mod directory;
+mod event;
+mod extract;
+mod hierarchy;
 mod keys;
+mod missing_events;
+mod public_rooms;
 mod query;
 mod router;
+mod state;
+pub mod summary;
 pub mod transport;
+pub mod visible;
+pub mod walk;
 
 pub use auth::FederationOrigin;
 pub use router::router;
