@@ -18,6 +18,8 @@ mod keys;
 mod missing_events;
 mod public_rooms;
 mod query;
+#[cfg(test)]
+mod read_tests;
 mod router;
 mod state;
 pub mod summary;
