@@ -7,13 +7,27 @@
 //! [`AuthenticatedOrigin`] extension.
 
 pub mod auth;
+mod backfill;
 pub mod client;
+mod devices;
+mod directory;
+mod event;
+mod extract;
+mod hierarchy;
 mod keys;
+mod missing_events;
 pub mod outbox;
+mod public_rooms;
 mod query;
+#[cfg(test)]
+mod read_tests;
 mod router;
 pub mod sender;
+mod state;
+pub mod summary;
 pub mod transport;
+pub mod visible;
+pub mod walk;
 
 pub use auth::FederationOrigin;
 pub use router::router;

@@ -9,17 +9,65 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::middleware::from_fn_with_state;
-use axum::routing::get;
+use axum::routing::{get, post};
 
 use crate::client_api::unrecognized;
 use crate::server::Server;
 
-use super::{auth, keys, query};
+use super::{
+    auth, backfill, devices, directory, event, hierarchy, keys, missing_events, public_rooms,
+    query, state,
+};
 
 /// The federation router, with `Server` state applied.
 pub fn router(server: Arc<Server>) -> Router {
     let signed = Router::new()
         .route("/_matrix/federation/v1/query/profile", get(query::profile))
+        .route(
+            "/_matrix/federation/v1/event/{event_id}",
+            get(event::get_event),
+        )
+        .route("/_matrix/federation/v1/state/{room_id}", get(state::state))
+        .route(
+            "/_matrix/federation/v1/state_ids/{room_id}",
+            get(state::state_ids),
+        )
+        .route(
+            "/_matrix/federation/v1/event_auth/{room_id}/{event_id}",
+            get(state::event_auth),
+        )
+        .route(
+            "/_matrix/federation/v1/backfill/{room_id}",
+            get(backfill::backfill),
+        )
+        .route(
+            "/_matrix/federation/v1/get_missing_events/{room_id}",
+            post(missing_events::get_missing_events),
+        )
+        .route(
+            "/_matrix/federation/v1/query/directory",
+            get(directory::query_directory),
+        )
+        .route(
+            "/_matrix/federation/v1/user/devices/{user_id}",
+            get(devices::user_devices),
+        )
+        .route(
+            "/_matrix/federation/v1/user/keys/query",
+            post(devices::user_keys_query),
+        )
+        .route(
+            "/_matrix/federation/v1/user/keys/claim",
+            post(devices::user_keys_claim),
+        )
+        .route(
+            "/_matrix/federation/v1/publicRooms",
+            get(public_rooms::get_public_rooms).post(public_rooms::post_public_rooms),
+        )
+        .route(
+            "/_matrix/federation/v1/hierarchy/{room_id}",
+            get(hierarchy::hierarchy),
+        )
         .route_layer(from_fn_with_state(server.clone(), auth::require_signature));
     Router::new()
         .route("/_matrix/federation/v1/version", get(version))
