@@ -447,23 +447,14 @@ impl Driver {
                         .record(peer_id, &without_peer(&remote), "connected");
                 }
                 self.seen(peer_id);
-                let direct = !is_relayed(&remote);
-                let state = self.peers.entry(peer_id).or_default();
-                state.connections.insert(connection_id, remote);
-                // Prefer direct connections (after DCUtR, or a dial that raced a circuit):
-                // circuits are capped in time and bytes, and streams pick a connection at
-                // random, so relayed ones are closed once a direct one exists.
-                if direct {
-                    let relayed: Vec<ConnectionId> = state
-                        .connections
-                        .iter()
-                        .filter(|(_, a)| is_relayed(a))
-                        .map(|(id, _)| *id)
-                        .collect();
-                    for id in relayed {
-                        self.swarm.close_connection(id);
-                    }
-                }
+                // New streams prefer direct connections (see `streams`); relayed ones
+                // are left to end by themselves (circuit limits, idle timeout), never
+                // closed under a request in flight.
+                self.peers
+                    .entry(peer_id)
+                    .or_default()
+                    .connections
+                    .insert(connection_id, remote);
                 if num_established.get() == 1
                     && let Ok(server_name) = server_name_for_peer_id(&peer_id)
                 {
