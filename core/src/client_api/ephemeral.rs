@@ -47,6 +47,7 @@ pub(super) async fn typing(
         .typing
         .then(|| Duration::from_millis(body.timeout.unwrap_or(30_000)));
     server.notifier.set_typing(&room_id, &user_id, timeout);
+    crate::federation::edu::queue_typing(&server, &room_id, &user_id, body.typing)?;
     Ok(Json(json!({})))
 }
 
@@ -78,7 +79,12 @@ fn store_receipt(
         let pos = next_stream_position(tx)?;
         // Unread counts are the notifications after this receipt, so it resets them.
         storage::set_receipt(tx, room_id, &receipt, pos)
-    })
+    })?;
+    // Private receipts stay on this server.
+    if ty == "m.read" {
+        crate::federation::edu::queue_receipt(server, room_id, &receipt)?;
+    }
+    Ok(())
 }
 
 fn store_fully_read(

@@ -11,6 +11,7 @@ mod backfill;
 pub mod client;
 mod devices;
 mod directory;
+pub mod edu;
 mod event;
 mod extract;
 mod hierarchy;
@@ -21,7 +22,9 @@ mod public_rooms;
 mod query;
 #[cfg(test)]
 mod read_tests;
+pub mod remote;
 mod router;
+mod send;
 pub mod sender;
 mod state;
 pub mod summary;

@@ -16,13 +16,17 @@ use crate::server::Server;
 
 use super::{
     auth, backfill, devices, directory, event, hierarchy, keys, missing_events, public_rooms,
-    query, state,
+    query, send, state,
 };
 
 /// The federation router, with `Server` state applied.
 pub fn router(server: Arc<Server>) -> Router {
     let signed = Router::new()
         .route("/_matrix/federation/v1/query/profile", get(query::profile))
+        .route(
+            "/_matrix/federation/v1/send/{txn_id}",
+            axum::routing::put(send::send_transaction),
+        )
         .route(
             "/_matrix/federation/v1/event/{event_id}",
             get(event::get_event),

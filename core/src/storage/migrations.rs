@@ -324,6 +324,18 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX federation_outbox_by_destination ON federation_outbox(destination, id);
     "#,
+    // 8: inbound federation transactions already processed, so a retried transaction
+    // (same origin and id) gets the same answer without being applied twice.
+    r#"
+    CREATE TABLE federation_inbound_txns (
+        origin TEXT NOT NULL,
+        txn_id TEXT NOT NULL,
+        response TEXT NOT NULL,
+        received_ts INTEGER NOT NULL,
+        PRIMARY KEY (origin, txn_id)
+    );
+    CREATE INDEX federation_inbound_txns_by_time ON federation_inbound_txns(received_ts);
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -124,3 +124,42 @@ pub fn joined_servers(c: &Connection, room_id: &str) -> Result<Vec<String>, Erro
     }
     Ok(servers)
 }
+
+/// How long a processed inbound transaction id is remembered.
+const INBOUND_TXN_TTL_MS: i64 = 24 * 3600 * 1000;
+
+/// The answer given to an inbound transaction already processed, if any.
+pub fn inbound_txn_response(
+    c: &Connection,
+    origin: &str,
+    txn_id: &str,
+) -> Result<Option<Value>, Error> {
+    let mut stmt = c.prepare_cached(
+        "SELECT response FROM federation_inbound_txns WHERE origin = ?1 AND txn_id = ?2",
+    )?;
+    let mut rows = stmt.query(params![origin, txn_id])?;
+    match rows.next()? {
+        Some(row) => Ok(Some(serde_json::from_str(&row.get::<_, String>(0)?)?)),
+        None => Ok(None),
+    }
+}
+
+/// Remember an inbound transaction's answer, and forget ones older than a day.
+pub fn record_inbound_txn(
+    c: &Connection,
+    origin: &str,
+    txn_id: &str,
+    response: &Value,
+) -> Result<(), Error> {
+    let now = super::now_ms();
+    c.execute(
+        "INSERT OR REPLACE INTO federation_inbound_txns (origin, txn_id, response, received_ts)
+         VALUES (?1, ?2, ?3, ?4)",
+        params![origin, txn_id, response.to_string(), now],
+    )?;
+    c.execute(
+        "DELETE FROM federation_inbound_txns WHERE received_ts < ?1",
+        [now - INBOUND_TXN_TTL_MS],
+    )?;
+    Ok(())
+}

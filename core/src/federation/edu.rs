@@ -1,0 +1,158 @@
+//! EDUs: ephemeral events between servers (typing notifications and read receipts so
+//! far). Inbound ones are applied if their user belongs to the origin and is joined to
+//! the room; outbound ones are queued for every other server in the room.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::outbox;
+use crate::error::Error;
+use crate::server::Server;
+use crate::storage::{self, Receipt, next_stream_position};
+
+/// Longest typing timeout honoured from another server.
+const MAX_TYPING: Duration = Duration::from_secs(120);
+
+/// Apply one inbound EDU. Malformed or unauthorised EDUs are dropped with a log line:
+/// an EDU has no answer to carry an error in.
+pub async fn receive_edu(server: &Server, origin: &str, edu: Value) {
+    let kind = edu.get("edu_type").and_then(Value::as_str).unwrap_or("");
+    let content = edu.get("content").cloned().unwrap_or(Value::Null);
+    let result = match kind {
+        "m.typing" => typing(server, origin, &content),
+        "m.receipt" => receipts(server, origin, &content),
+        other => {
+            tracing::debug!(%origin, edu_type = other, "EDU type not handled; ignored");
+            Ok(())
+        }
+    };
+    if let Err(e) = result {
+        tracing::info!(%origin, edu_type = kind, error = %e, "EDU dropped");
+    }
+}
+
+/// The user must be from `origin` and joined to `room_id` here.
+fn check_member(server: &Server, origin: &str, room_id: &str, user_id: &str) -> Result<(), Error> {
+    if user_id.rsplit_once(':').map(|(_, s)| s) != Some(origin) {
+        return Err(Error::Forbidden(format!(
+            "{origin} cannot speak for {user_id}"
+        )));
+    }
+    match server
+        .db
+        .read(|c| storage::membership(c, room_id, user_id))?
+    {
+        Some((m, _, _)) if m == "join" => Ok(()),
+        _ => Err(Error::Forbidden(format!(
+            "{user_id} is not joined to {room_id}"
+        ))),
+    }
+}
+
+fn str_field<'a>(v: &'a Value, key: &str) -> Result<&'a str, Error> {
+    v.get(key)
+        .and_then(Value::as_str)
+        .ok_or_else(|| Error::BadJson(format!("missing {key}")))
+}
+
+fn typing(server: &Server, origin: &str, content: &Value) -> Result<(), Error> {
+    let room_id = str_field(content, "room_id")?;
+    let user_id = str_field(content, "user_id")?;
+    let typing = content
+        .get("typing")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    check_member(server, origin, room_id, user_id)?;
+    // The sending server times typing out; a stop EDU may be lost, so expire anyway.
+    let timeout = typing.then_some(MAX_TYPING.min(Duration::from_secs(30)));
+    server.notifier.set_typing(room_id, user_id, timeout);
+    Ok(())
+}
+
+/// `content`: `{room_id: {receipt_type: {user_id: {event_ids: [...], data: {ts}}}}}`.
+fn receipts(server: &Server, origin: &str, content: &Value) -> Result<(), Error> {
+    let rooms = content
+        .as_object()
+        .ok_or_else(|| Error::BadJson("receipt content must be an object".into()))?;
+    for (room_id, by_type) in rooms {
+        let Some(read) = by_type.get("m.read").and_then(Value::as_object) else {
+            continue;
+        };
+        for (user_id, receipt) in read {
+            check_member(server, origin, room_id, user_id)?;
+            let Some(event_id) = receipt
+                .get("event_ids")
+                .and_then(Value::as_array)
+                .and_then(|ids| ids.first())
+                .and_then(Value::as_str)
+            else {
+                continue;
+            };
+            let known = server
+                .db
+                .read(|c| storage::get_event(c, event_id))?
+                .is_some_and(|e| e.room_id == *room_id);
+            if !known {
+                continue;
+            }
+            let r = Receipt {
+                receipt_type: "m.read".into(),
+                user_id: user_id.clone(),
+                thread_id: receipt["data"]["thread_id"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned(),
+                event_id: event_id.to_owned(),
+                ts: receipt["data"]["ts"]
+                    .as_i64()
+                    .unwrap_or_else(storage::now_ms),
+            };
+            server.write(|tx| {
+                let pos = next_stream_position(tx)?;
+                storage::set_receipt(tx, room_id, &r, pos)
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Queue `edu` for every other server with joined members in `room_id`.
+fn queue_for_room(server: &Server, room_id: &str, edu: &Value) -> Result<(), Error> {
+    server.write(|c| {
+        for destination in storage::joined_servers(c, room_id)? {
+            outbox::enqueue_edu(c, server, &destination, edu)?;
+        }
+        Ok(())
+    })
+}
+
+/// Tell the room's other servers that a local user started or stopped typing.
+pub fn queue_typing(
+    server: &Server,
+    room_id: &str,
+    user_id: &str,
+    typing: bool,
+) -> Result<(), Error> {
+    let edu = json!({
+        "edu_type": "m.typing",
+        "content": { "room_id": room_id, "user_id": user_id, "typing": typing },
+    });
+    queue_for_room(server, room_id, &edu)
+}
+
+/// Tell the room's other servers about a local user's public read receipt.
+pub fn queue_receipt(server: &Server, room_id: &str, r: &Receipt) -> Result<(), Error> {
+    let mut data = json!({ "ts": r.ts });
+    if !r.thread_id.is_empty() {
+        data["thread_id"] = json!(r.thread_id);
+    }
+    let edu = json!({
+        "edu_type": "m.receipt",
+        "content": { room_id: { "m.read": { &r.user_id: {
+            "event_ids": [r.event_id],
+            "data": data,
+        }}}},
+    });
+    queue_for_room(server, room_id, &edu)
+}

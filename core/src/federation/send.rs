@@ -1,0 +1,102 @@
+//! `PUT /_matrix/federation/v1/send/{txnId}`: PDUs and EDUs pushed by another server.
+//!
+//! Each PDU goes through the room engine's full receipt checks
+//! ([`receive_pdu`](crate::rooms::receive::receive_pdu)); its verdict is reported per
+//! event id as the spec asks, and the transaction as a whole succeeds. A transaction id
+//! seen before from the same origin gets the stored answer and is not applied again.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use serde_json::{Map, Value, json};
+
+use super::edu;
+use super::extract::{FedJson, FedPath, Origin};
+use super::remote::FederationRemote;
+use super::sender::{MAX_EDUS_PER_TXN, MAX_PDUS_PER_TXN};
+use crate::error::Error;
+use crate::rooms::{Outcome, receive_pdu};
+use crate::server::Server;
+use crate::storage;
+
+pub(super) async fn send_transaction(
+    State(server): State<Arc<Server>>,
+    Origin(origin): Origin,
+    FedPath(txn_id): FedPath<String>,
+    FedJson(body): FedJson<Value>,
+) -> Result<Json<Value>, Error> {
+    if let Some(claimed) = body.get("origin").and_then(Value::as_str)
+        && claimed != origin
+    {
+        return Err(Error::Forbidden(format!(
+            "transaction claims origin {claimed} but was signed by {origin}"
+        )));
+    }
+    let pdus = list(&body, "pdus", MAX_PDUS_PER_TXN)?;
+    let edus = list(&body, "edus", MAX_EDUS_PER_TXN)?;
+    if let Some(answer) = server
+        .db
+        .read(|c| storage::inbound_txn_response(c, &origin, &txn_id))?
+    {
+        return Ok(Json(answer));
+    }
+    let remote = FederationRemote::new(server.clone());
+    let mut results = Map::new();
+    for pdu in pdus {
+        let (event_id, result) = receive_one(&server, &remote, &origin, pdu).await;
+        if let Some(event_id) = event_id {
+            results.insert(event_id, result);
+        }
+    }
+    for e in edus {
+        edu::receive_edu(&server, &origin, e).await;
+    }
+    let answer = json!({ "pdus": results });
+    server.write(|c| storage::record_inbound_txn(c, &origin, &txn_id, &answer))?;
+    Ok(Json(answer))
+}
+
+/// `body[key]` as a list of at most `max` entries (absent means empty).
+fn list(body: &Value, key: &str, max: usize) -> Result<Vec<Value>, Error> {
+    match body.get(key) {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(items)) if items.len() <= max => Ok(items.clone()),
+        Some(Value::Array(items)) => Err(Error::BadJson(format!(
+            "{key}: {} entries, at most {max} allowed",
+            items.len()
+        ))),
+        Some(_) => Err(Error::BadJson(format!("{key} must be a list"))),
+    }
+}
+
+/// Receive one PDU; the per-event answer the spec asks for (`{}` or `{"error": …}`).
+async fn receive_one(
+    server: &Arc<Server>,
+    remote: &FederationRemote,
+    origin: &str,
+    pdu: Value,
+) -> (Option<String>, Value) {
+    let Some(room_id) = pdu
+        .get("room_id")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+    else {
+        return (None, json!({ "error": "PDU without a room_id" }));
+    };
+    match receive_pdu(server, remote, origin, &room_id, pdu).await {
+        Ok(Outcome::Accepted { event_id, .. })
+        | Ok(Outcome::AlreadyKnown { event_id })
+        | Ok(Outcome::Outlier { event_id })
+        // Soft-failed events are accepted as far as the sender is concerned (spec).
+        | Ok(Outcome::SoftFailed { event_id }) => (Some(event_id), json!({})),
+        Ok(Outcome::Rejected { event_id, reason }) => {
+            tracing::info!(%origin, ?event_id, %reason, "rejected a PDU");
+            (event_id, json!({ "error": reason }))
+        }
+        Err(e) => {
+            tracing::warn!(%origin, %room_id, error = %e, "could not process a PDU");
+            (None, json!({ "error": e.to_string() }))
+        }
+    }
+}
