@@ -233,10 +233,8 @@ impl ConnectionHandler for Handler {
             ConnectionEvent::FullyNegotiatedInbound(FullyNegotiatedInbound {
                 protocol: stream,
                 ..
-            }) => {
-                if self.inbound.try_send((self.peer, stream)).is_err() {
-                    tracing::warn!(peer = %self.peer, "inbound federation queue full; stream dropped");
-                }
+            }) if self.inbound.try_send((self.peer, stream)).is_err() => {
+                tracing::warn!(peer = %self.peer, "inbound federation queue full; stream dropped");
             }
             ConnectionEvent::FullyNegotiatedOutbound(FullyNegotiatedOutbound {
                 protocol: stream,
