@@ -233,8 +233,11 @@ impl ConnectionHandler for Handler {
             ConnectionEvent::FullyNegotiatedInbound(FullyNegotiatedInbound {
                 protocol: stream,
                 ..
-            }) if self.inbound.try_send((self.peer, stream)).is_err() => {
-                tracing::warn!(peer = %self.peer, "inbound federation queue full; stream dropped");
+            }) => {
+                let queued = self.inbound.try_send((self.peer, stream));
+                if queued.is_err() {
+                    tracing::warn!(peer = %self.peer, "inbound federation queue full; stream dropped");
+                }
             }
             ConnectionEvent::FullyNegotiatedOutbound(FullyNegotiatedOutbound {
                 protocol: stream,
