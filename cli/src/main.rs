@@ -7,6 +7,7 @@
 
 mod id;
 mod logging;
+mod manage;
 mod output;
 mod run;
 
@@ -120,6 +121,67 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show the running node's uptime, users, rooms, peers, queues and database size.
+    Status {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the peers the running node is connected to.
+    Peers {
+        /// Print a JSON list of objects (peer_id, server_name, addresses, connection, rtt_ms).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Connect the running node to another node's address (a `p2p listen:` line).
+    Connect {
+        /// A multiaddr, usually ending in /p2p/<peer id>.
+        multiaddr: String,
+    },
+    /// Manage the running node's users.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// List the running node's rooms with members and federation state.
+    Rooms {
+        /// Print a JSON list.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `warren user …`: act on the running node's accounts.
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Create a user.
+    Add {
+        /// The user name (the part before the colon).
+        localpart: String,
+        /// The password.
+        #[arg(long)]
+        password: String,
+        /// Make the user a server admin.
+        #[arg(long)]
+        admin: bool,
+    },
+    /// List users.
+    List {
+        /// Print a JSON list.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set a user's password.
+    Passwd {
+        /// A localpart or full user id.
+        user: String,
+        /// The new password.
+        #[arg(long)]
+        password: String,
+    },
+    /// Deactivate a user: no more logins, every device logged out.
+    Deactivate {
+        /// A localpart or full user id.
+        user: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -140,6 +202,22 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run { client_addr, p2p } => run::run(data_dir, client_addr, p2p),
         Command::Id { json } => id::id(&data_dir, json),
+        Command::Status { json } => manage::status(&data_dir, json),
+        Command::Peers { json } => manage::peers(&data_dir, json),
+        Command::Connect { multiaddr } => manage::connect(&data_dir, &multiaddr),
+        Command::Rooms { json } => manage::rooms(&data_dir, json),
+        Command::User(UserCommand::Add {
+            localpart,
+            password,
+            admin,
+        }) => manage::user_add(&data_dir, &localpart, &password, admin),
+        Command::User(UserCommand::List { json }) => manage::user_list(&data_dir, json),
+        Command::User(UserCommand::Passwd { user, password }) => {
+            manage::user_passwd(&data_dir, &user, &password)
+        }
+        Command::User(UserCommand::Deactivate { user }) => {
+            manage::user_deactivate(&data_dir, &user)
+        }
     }
 }
 

@@ -89,16 +89,17 @@ struct RunningNode {
 
 impl RunningNode {
     fn start(data_dir: &Path, client_addr: &str) -> RunningNode {
-        let mut child = match warren()
-            .arg("run")
+        let mut cmd = warren();
+        cmd.arg("run")
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--client-addr")
-            .arg(client_addr)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-        {
+            .arg(client_addr);
+        RunningNode::start_with(cmd)
+    }
+
+    fn start_with(mut cmd: Command) -> RunningNode {
+        let mut child = match cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn() {
             Ok(child) => child,
             Err(e) => panic!("cannot start warren run: {e}"),
         };
@@ -525,4 +526,86 @@ fn bad_log_level_is_a_clean_error() {
     assert_eq!(status.code(), Some(1));
     let line = assert_clean_error(&stderr);
     assert!(line.contains("--log-level"), "{line}");
+}
+
+/// Run `warren <args> --data-dir <dir>` to completion; (exit code, stdout, stderr).
+fn manage(data_dir: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let mut cmd = warren();
+    cmd.args(args).arg("--data-dir").arg(data_dir);
+    let (status, stdout, stderr) = finish(cmd);
+    (status.code(), stdout, stderr)
+}
+
+#[cfg(unix)]
+#[test]
+fn management_commands_drive_a_running_node() {
+    let dir = tempdir();
+    let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
+    let start = |d: &Path| {
+        let mut child = warren();
+        child
+            .arg("run")
+            .arg("--data-dir")
+            .arg(d)
+            .args(["--client-addr", "127.0.0.1:0", "--no-mdns"])
+            .args(["--p2p-listen", "/ip4/127.0.0.1/udp/0/quic-v1"]);
+        RunningNode::start_with(child)
+    };
+    let mut a = start(&a_dir);
+    a.client_url();
+    let a_addr = a
+        .stdout_seen
+        .iter()
+        .find_map(|l| l.strip_prefix("p2p listen: "))
+        .map(str::to_owned)
+        .unwrap_or_default();
+    let a_peer = id_json(&a_dir)["peer_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let mut b = start(&b_dir);
+    b.client_url();
+
+    let (code, out, err) = manage(&b_dir, &["connect", &a_addr]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.starts_with("connected: "), "{out}");
+    let (code, out, err) = manage(&b_dir, &["peers", "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let peers: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_default();
+    let first = &peers[0];
+    assert_eq!(first["peer_id"], a_peer.as_str(), "{out}");
+    assert!(
+        first["server_name"].is_string() && first["addresses"].is_array(),
+        "{out}"
+    );
+
+    let (code, out, err) = manage(&a_dir, &["user", "add", "alice", "--password", "pw-1"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let (code, _, err) = manage(&a_dir, &["user", "add", "alice", "--password", "pw-1"]);
+    assert_eq!(code, Some(1));
+    assert_clean_error(&err);
+    let (_, out, _) = manage(&a_dir, &["user", "list", "--json"]);
+    assert!(out.contains("@alice:"), "{out}");
+    let (code, _, err) = manage(&a_dir, &["user", "passwd", "alice", "--password", "pw-2"]);
+    assert_eq!(code, Some(0), "{err}");
+    let (_, out, _) = manage(&a_dir, &["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_default();
+    assert_eq!(status["users"], 1, "{out}");
+    assert_eq!(status["peers"], 1, "{out}");
+    let (code, out, _) = manage(&a_dir, &["rooms"]);
+    assert_eq!((code, out.trim()), (Some(0), "no rooms"));
+    let (code, _, err) = manage(&a_dir, &["user", "deactivate", "alice"]);
+    assert_eq!(code, Some(0), "{err}");
+
+    a.terminate();
+    a.wait();
+    let (code, _, err) = manage(&a_dir, &["status"]);
+    assert_eq!(code, Some(1));
+    let line = assert_clean_error(&err);
+    assert!(line.contains("not running"), "{line}");
+    let (code, _, err) = manage(&dir.path().join("nothing-here"), &["peers"]);
+    assert_eq!(code, Some(1));
+    assert!(assert_clean_error(&err).contains("no running node"));
+    b.terminate();
+    b.wait();
 }

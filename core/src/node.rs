@@ -82,7 +82,13 @@ impl Node {
             outbox_dirty: Default::default(),
             outbox_wake: Default::default(),
             sender_task: Default::default(),
+            admin_token: Default::default(),
         });
+        let token = crate::admin::load_or_create_token(&server.config.data_dir)
+            .map_err(|e| StartError::Other(format!("cannot create the admin token: {e}")))?;
+        let _ = server.admin_token.set(token);
+        crate::admin::write_url(&server.config.data_dir, &format!("http://{addr}"))
+            .map_err(|e| StartError::Other(format!("cannot record the admin URL: {e}")))?;
         let app = crate::client_api::router(server.clone());
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {

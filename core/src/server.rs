@@ -51,6 +51,8 @@ pub struct Server {
     pub outbox_dirty: AtomicBool,
     /// Wakes the federation sender.
     pub outbox_wake: tokio::sync::Notify,
+    /// The local admin API token (see [`crate::admin`]).
+    pub admin_token: OnceLock<String>,
     /// The federation sender task, once a transport is attached.
     pub sender_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }

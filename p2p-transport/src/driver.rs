@@ -333,6 +333,10 @@ impl Driver {
                 if addresses.is_empty() {
                     addresses = s.connections.values().cloned().collect();
                 }
+                // The peer store may hold one address with and without `/p2p/<id>`.
+                let mut addresses: Vec<Multiaddr> = addresses.iter().map(without_peer).collect();
+                addresses.sort();
+                addresses.dedup();
                 PeerInfo {
                     peer_id: *peer,
                     server_name: server_name_for_peer_id(peer).ok(),

@@ -27,7 +27,9 @@ use axum::Router;
 use bytes::Bytes;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use warren_core::Node;
-use warren_core::federation::{FederationTransport, PeerEvent, TransportError, TransportFuture};
+use warren_core::federation::{
+    FederationTransport, PeerEvent, PeerSummary, TransportError, TransportFuture,
+};
 use warren_core::server::Server;
 
 pub use carriage::PROTOCOL;
@@ -404,5 +406,40 @@ impl FederationTransport for P2p {
 
     fn subscribe(&self) -> broadcast::Receiver<PeerEvent> {
         P2p::subscribe(self)
+    }
+
+    fn peers(&self) -> std::pin::Pin<Box<dyn Future<Output = Vec<PeerSummary>> + Send + '_>> {
+        Box::pin(async move {
+            let peers = P2p::peers(self).await.unwrap_or_default();
+            peers
+                .into_iter()
+                .map(|p| PeerSummary {
+                    peer_id: p.peer_id.to_base58(),
+                    server_name: p.server_name,
+                    addresses: p.addresses.iter().map(|a| a.to_string()).collect(),
+                    connection: p.connection.to_string(),
+                    rtt_ms: p.rtt.map(|d| d.as_secs_f64() * 1000.0),
+                })
+                .collect()
+        })
+    }
+
+    fn connect<'a>(
+        &'a self,
+        address: &'a str,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<String, TransportError>> + Send + 'a>> {
+        Box::pin(async move {
+            let addr: Multiaddr = address.parse().map_err(|e| {
+                TransportError::NotAddressable(format!("bad multiaddr {address}: {e}"))
+            })?;
+            let peer = self
+                .dial(addr)
+                .await
+                .map_err(|e| TransportError::Unreachable {
+                    server: address.to_owned(),
+                    reason: e.to_string(),
+                })?;
+            Ok(server_name_for_peer_id(&peer).unwrap_or_else(|_| peer.to_base58()))
+        })
     }
 }

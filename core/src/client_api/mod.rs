@@ -3,7 +3,7 @@
 //! Handlers are thin: extract (which rejects bad input with Matrix errors), authorise,
 //! call a service in `rooms`/`sync`/`storage`, answer JSON.
 
-mod account;
+pub(crate) mod account;
 mod account_data;
 mod ephemeral;
 mod extract;
@@ -289,6 +289,7 @@ pub fn router(server: Arc<Server>) -> Router {
             header::HeaderName::from_static("x-requested-with"),
         ]);
     r.route("/_warren/health", get(|| async { "ok" }))
+        .merge(crate::admin::routes(server.clone()))
         .fallback(unrecognized)
         .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(cors)

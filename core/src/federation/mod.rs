@@ -35,5 +35,6 @@ pub mod walk;
 pub use auth::FederationOrigin;
 pub use router::router;
 pub use transport::{
-    AuthenticatedOrigin, FederationTransport, PeerEvent, TransportError, TransportFuture,
+    AuthenticatedOrigin, FederationTransport, PeerEvent, PeerSummary, TransportError,
+    TransportFuture,
 };

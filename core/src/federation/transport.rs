@@ -25,6 +25,39 @@ pub trait FederationTransport: Send + Sync + 'static {
 
     /// Peer events (connected, rediscovered, …) from now on.
     fn subscribe(&self) -> broadcast::Receiver<PeerEvent>;
+
+    /// Connected peers, for `warren peers` and the admin API.
+    fn peers(&self) -> Pin<Box<dyn Future<Output = Vec<PeerSummary>> + Send + '_>> {
+        Box::pin(async { Vec::new() })
+    }
+
+    /// Connect to a transport address (for P2P: a multiaddr); returns the server name
+    /// reached.
+    fn connect<'a>(
+        &'a self,
+        address: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<String, TransportError>> + Send + 'a>> {
+        Box::pin(async move {
+            Err(TransportError::NotAddressable(format!(
+                "this transport cannot connect to {address}"
+            )))
+        })
+    }
+}
+
+/// A connected peer as the admin API shows it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct PeerSummary {
+    /// The transport's id for the peer (a libp2p `PeerId`).
+    pub peer_id: String,
+    /// Its server name, when it has one.
+    pub server_name: Option<String>,
+    /// Addresses it is known at.
+    pub addresses: Vec<String>,
+    /// `direct` or `relayed`.
+    pub connection: String,
+    /// Last measured round trip, in milliseconds.
+    pub rtt_ms: Option<f64>,
 }
 
 /// Something that happened to a peer, keyed by its server name.
