@@ -5,6 +5,7 @@
 //! `error: <what went wrong>` on stderr and exit status 1. Usage errors are reported by
 //! clap and exit with status 2.
 
+mod config_file;
 mod id;
 mod logging;
 mod manage;
@@ -85,13 +86,14 @@ struct Cli {
     data_dir: Option<PathBuf>,
 
     /// Log level (error, warn, info, debug, trace, off) or a full filter such as
-    /// `info,warren_core=debug`. RUST_LOG, if set, wins.
-    #[arg(long, global = true, default_value = "info", value_name = "LEVEL")]
-    log_level: String,
+    /// `info,warren_core=debug`. RUST_LOG, if set, wins. [default: info, or `log_level`
+    /// in warren.toml]
+    #[arg(long, global = true, env = "WARREN_LOG_LEVEL", value_name = "LEVEL")]
+    log_level: Option<String>,
 
-    /// Log line format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
+    /// Log line format on stderr. [default: text, or `log_format` in warren.toml]
+    #[arg(long, global = true, value_enum, env = "WARREN_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
 
     #[command(subcommand)]
     command: Command,
@@ -103,13 +105,9 @@ enum Command {
     #[command(long_about = RUN_LONG_ABOUT)]
     Run {
         /// Address for the Matrix client-server API. Port 0 picks a free port.
-        #[arg(
-            long,
-            env = "WARREN_CLIENT_ADDR",
-            default_value = "127.0.0.1:8008",
-            value_name = "IP:PORT"
-        )]
-        client_addr: SocketAddr,
+        /// [default: 127.0.0.1:8008, or `client_addr` in warren.toml]
+        #[arg(long, env = "WARREN_CLIENT_ADDR", value_name = "IP:PORT")]
+        client_addr: Option<SocketAddr>,
 
         #[command(flatten)]
         p2p: run::P2pArgs,
@@ -141,12 +139,22 @@ enum Command {
     /// Manage the running node's users.
     #[command(subcommand)]
     User(UserCommand),
+    /// Check the configuration file (warren.toml in the data directory).
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// List the running node's rooms with members and federation state.
     Rooms {
         /// Print a JSON list.
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `warren config …`.
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Parse warren.toml and report every problem with its key and the allowed values.
+    Check,
 }
 
 /// `warren user …`: act on the running node's accounts.
@@ -197,10 +205,28 @@ fn main() -> ExitCode {
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<()> {
-    logging::init(&cli.log_level, cli.log_format)?;
     let data_dir = resolve_data_dir(cli.data_dir)?;
+    // `run` refuses a bad file; other commands only borrow its log settings.
+    let file = match &cli.command {
+        Command::Run { .. } => {
+            config_file::create_if_missing(&data_dir)?;
+            config_file::load(&data_dir)?
+        }
+        Command::Config(ConfigCommand::Check) => return config_check(&data_dir),
+        _ => config_file::load(&data_dir).unwrap_or_default(),
+    };
+    let level = cli
+        .log_level
+        .or_else(|| file.log_level.clone())
+        .unwrap_or_else(|| "info".to_owned());
+    let format = cli.log_format.unwrap_or(match file.log_format {
+        Some(config_file::FileLogFormat::Json) => LogFormat::Json,
+        _ => LogFormat::Text,
+    });
+    logging::init(&level, format)?;
     match cli.command {
-        Command::Run { client_addr, p2p } => run::run(data_dir, client_addr, p2p),
+        Command::Run { client_addr, p2p } => run::run(data_dir, client_addr, p2p, file),
+        Command::Config(ConfigCommand::Check) => config_check(&data_dir),
         Command::Id { json } => id::id(&data_dir, json),
         Command::Status { json } => manage::status(&data_dir, json),
         Command::Peers { json } => manage::peers(&data_dir, json),
@@ -219,6 +245,20 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             manage::user_deactivate(&data_dir, &user)
         }
     }
+}
+
+/// `warren config check`.
+fn config_check(data_dir: &std::path::Path) -> anyhow::Result<()> {
+    let path = config_file::path(data_dir);
+    if !path.exists() {
+        return output::stdout_lines(&[format!(
+            "ok: {} does not exist; the defaults apply",
+            path.display()
+        )])
+        .context("could not write to stdout");
+    }
+    config_file::load(data_dir)?;
+    output::stdout_lines(&[format!("ok: {}", path.display())]).context("could not write to stdout")
 }
 
 /// `--data-dir` / `WARREN_DATA_DIR`, else the platform's per-user data directory; made
@@ -254,10 +294,13 @@ mod tests {
         let Ok(cli) = Cli::try_parse_from(["warren", "run"]) else {
             panic!("`warren run` must parse");
         };
-        assert_eq!(cli.log_level, "info");
+        assert_eq!(cli.log_level, None);
         assert!(matches!(
             cli.command,
-            Command::Run { client_addr, .. } if client_addr == SocketAddr::from(([127, 0, 0, 1], 8008))
+            Command::Run {
+                client_addr: None,
+                ..
+            }
         ));
     }
 

@@ -8,6 +8,8 @@ use anyhow::{Context as _, anyhow, bail};
 use warren_core::{Config, Node};
 use warren_p2p::{Multiaddr, P2p, P2pConfig};
 
+use crate::config_file::{FileConfig, P2pSection};
+
 use crate::output;
 
 /// How long to wait, after the node is down, for stray runtime tasks before exiting.
@@ -22,57 +24,99 @@ pub struct P2pArgs {
     /// Address to listen on for other nodes (repeatable). [default:
     /// /ip4/0.0.0.0/udp/0/quic-v1 and /ip4/0.0.0.0/tcp/0, i.e. QUIC and TCP on every
     /// interface at random ports]
-    #[arg(long = "p2p-listen", value_name = "MULTIADDR")]
+    #[arg(
+        long = "p2p-listen",
+        value_name = "MULTIADDR",
+        env = "WARREN_P2P_LISTEN",
+        value_delimiter = ','
+    )]
     listen: Vec<Multiaddr>,
 
     /// A peer to connect to at start, ending in /p2p/<peer id> (repeatable). It seeds
     /// the DHT and relays this node if it offers relaying.
-    #[arg(long, value_name = "MULTIADDR")]
+    #[arg(
+        long,
+        value_name = "MULTIADDR",
+        env = "WARREN_BOOTSTRAP",
+        value_delimiter = ','
+    )]
     bootstrap: Vec<Multiaddr>,
 
     /// Do not discover or announce peers on the LAN by multicast DNS.
-    #[arg(long)]
+    #[arg(long, env = "WARREN_NO_MDNS")]
     no_mdns: bool,
 
     /// Relay traffic for peers that cannot reach each other directly (circuit relay v2).
-    #[arg(long)]
+    #[arg(long, env = "WARREN_RELAY_SERVER")]
     relay_server: bool,
 }
 
 impl P2pArgs {
-    fn config(self) -> P2pConfig {
+    /// Flags and environment over the file's `[p2p]` table over the defaults.
+    fn config(self, file: &P2pSection) -> anyhow::Result<P2pConfig> {
+        let parse = |list: &Option<Vec<String>>| -> anyhow::Result<Vec<Multiaddr>> {
+            list.iter()
+                .flatten()
+                .map(|a| a.parse().with_context(|| format!("bad multiaddr {a:?}")))
+                .collect()
+        };
         let mut config = P2pConfig {
-            bootstrap: self.bootstrap,
-            mdns: !self.no_mdns,
-            relay_server: self.relay_server,
+            mdns: !self.no_mdns && file.mdns.unwrap_or(true),
+            relay_server: self.relay_server || file.relay_server.unwrap_or(false),
             ..P2pConfig::default()
+        };
+        config.bootstrap = if self.bootstrap.is_empty() {
+            parse(&file.bootstrap)?
+        } else {
+            self.bootstrap
         };
         if !self.listen.is_empty() {
             config.listen = self.listen;
+        } else if file.listen.is_some() {
+            config.listen = parse(&file.listen)?;
         }
-        config
+        Ok(config)
     }
 }
 
-pub fn run(data_dir: PathBuf, client_addr: SocketAddr, p2p: P2pArgs) -> anyhow::Result<()> {
+pub fn run(
+    data_dir: PathBuf,
+    client_addr: Option<SocketAddr>,
+    p2p: P2pArgs,
+    file: FileConfig,
+) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("warren")
         .build()
         .context("could not start the async runtime")?;
-    let result = runtime.block_on(serve(data_dir, client_addr, p2p.config()));
+    let p2p = p2p.config(&file.p2p)?;
+    let mut config = Config::new(data_dir);
+    config.client_addr = client_addr
+        .or(file.client_addr)
+        .unwrap_or(warren_core::config::DEFAULT_CLIENT_ADDR);
+    if let Some(r) = file.registration {
+        config.registration = r.into();
+    }
+    if let Some(tokens) = file.registration_tokens {
+        config.registration_tokens = tokens;
+    }
+    if let Some(max) = file.max_upload_bytes {
+        config.max_upload_bytes = max;
+    }
+    let result = runtime.block_on(serve(config, p2p));
     // Never hang on exit: the node has already been shut down (or never started).
     runtime.shutdown_timeout(RUNTIME_GRACE);
     result
 }
 
-async fn serve(data_dir: PathBuf, client_addr: SocketAddr, p2p: P2pConfig) -> anyhow::Result<()> {
+async fn serve(config: Config, p2p: P2pConfig) -> anyhow::Result<()> {
+    let data_dir = config.data_dir.clone();
+    let client_addr = config.client_addr;
     // Listen for signals before starting, so a SIGTERM during start-up still gets a clean
     // shutdown instead of killing the process mid-migration.
     let mut signals = Signals::new()?;
 
-    let mut config = Config::new(data_dir.clone());
-    config.client_addr = client_addr;
     tracing::info!(data_dir = %data_dir.display(), %client_addr, "starting warren node");
     // StartError's Display is one clear human line ("address … is already in use").
     let node = Node::start(config).await.map_err(|e| anyhow!("{e}"))?;

@@ -609,3 +609,78 @@ fn management_commands_drive_a_running_node() {
     b.terminate();
     b.wait();
 }
+
+#[cfg(unix)]
+#[test]
+fn config_file_is_created_checked_and_overridden() {
+    let dir = tempdir();
+    let data_dir = dir.path().join("node");
+
+    // First run writes the commented template, which checks out.
+    let mut node = RunningNode::start(&data_dir, "127.0.0.1:0");
+    node.client_url();
+    node.terminate();
+    node.wait();
+    let path = data_dir.join("warren.toml");
+    let template = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(template.contains("# client_addr"), "{template}");
+    let (code, out, err) = manage(&data_dir, &["config", "check"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.starts_with("ok: "), "{out}");
+
+    // Unknown keys and bad values are named, by `config check` and by `run`.
+    for (text, expect) in [
+        ("colour = \"blue\"\n", "colour"),
+        ("registration = \"sometimes\"\n", "sometimes"),
+        (
+            "[p2p]\nbootstrap = [\"/ip4/127.0.0.1/tcp/1\"]\n",
+            "p2p.bootstrap",
+        ),
+    ] {
+        let _ = std::fs::write(&path, text);
+        let (code, _, err) = manage(&data_dir, &["config", "check"]);
+        assert_eq!(code, Some(1), "{text}");
+        let line = assert_clean_error(&err);
+        assert!(line.contains(expect), "{text}: {line}");
+        let (code, _, err) = manage(&data_dir, &["run"]);
+        assert_eq!(code, Some(1), "{text}");
+        assert!(assert_clean_error(&err).contains(expect));
+    }
+
+    // The file's address is busy; the environment overrides it.
+    let holder = match TcpListener::bind("127.0.0.1:0") {
+        Ok(l) => l,
+        Err(e) => panic!("cannot bind a test port: {e}"),
+    };
+    let busy = holder
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let _ = std::fs::write(
+        &path,
+        format!(
+            "client_addr = \"{busy}\"\n[p2p]\nmdns = false\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\n"
+        ),
+    );
+    let (code, _, err) = manage(&data_dir, &["run"]);
+    assert_eq!(code, Some(1));
+    assert!(assert_clean_error(&err).contains(&busy));
+    let mut cmd = warren();
+    cmd.arg("run").arg("--data-dir").arg(&data_dir);
+    cmd.env("WARREN_CLIENT_ADDR", "127.0.0.1:0");
+    let mut node = RunningNode::start_with(cmd);
+    let url = node.client_url();
+    assert!(!url.ends_with(&busy), "{url}");
+    let listens: Vec<&String> = node
+        .stdout_seen
+        .iter()
+        .filter(|l| l.starts_with("p2p listen: "))
+        .collect();
+    assert!(
+        listens.iter().all(|l| l.contains("/ip4/127.0.0.1/tcp/")),
+        "the file's p2p.listen applies: {listens:?}"
+    );
+    node.terminate();
+    node.wait();
+    drop(holder);
+}
