@@ -172,7 +172,10 @@ async fn forward_events(p2p: P2p, notify: mpsc::Sender<Event>) {
             Ok(PeerEvent::Disconnected { server_name }) => Event::PeerDisconnected(server_name),
             Ok(_) => continue,
             Err(RecvError::Lagged(missed)) => {
-                tracing::warn!(missed, "listener fell behind; some peer events were dropped");
+                tracing::warn!(
+                    missed,
+                    "listener fell behind; some peer events were dropped"
+                );
                 continue;
             }
             Err(RecvError::Closed) => return,
