@@ -26,7 +26,8 @@ pub enum NodeState {
 /// the UI thread): hop to your main thread before touching UI.
 #[uniffi::export(with_foreign)]
 pub trait NodeListener: Send + Sync {
-    /// The first connection to another node was established.
+    /// The first connection to another node was established. (Peers connected before
+    /// the listener was set are not replayed: read them with `peers()`.)
     fn on_peer_connected(&self, server_name: String);
     /// The last connection to another node closed.
     fn on_peer_disconnected(&self, server_name: String);

@@ -113,6 +113,32 @@ fn multiaddrs(field: &str, addrs: &[String]) -> Result<Vec<Multiaddr>, WarrenErr
         .collect()
 }
 
+/// A runtime on its way into a [`Node`]. If `start` fails, or its future is dropped
+/// half-way (a cancelled coroutine), the runtime goes without blocking: a plain drop
+/// would wait for its threads, and panic when that happens inside another runtime.
+struct RuntimeGuard(Option<Runtime>);
+
+impl RuntimeGuard {
+    fn handle(&self) -> Result<tokio::runtime::Handle, WarrenError> {
+        self.0
+            .as_ref()
+            .map(|r| r.handle().clone())
+            .ok_or(WarrenError::Stopped)
+    }
+
+    fn into_inner(mut self) -> Option<Runtime> {
+        self.0.take()
+    }
+}
+
+impl Drop for RuntimeGuard {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
 fn build_runtime() -> Result<Runtime, WarrenError> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(WORKER_THREADS)
@@ -242,43 +268,36 @@ impl Node {
             .validate()
             .map_err(|e| WarrenError::invalid(e.to_string()))?;
 
-        let runtime = build_runtime()?;
+        let runtime = RuntimeGuard(Some(build_runtime()?));
+        let handle = runtime.handle()?;
         let data_dir = PathBuf::from(config.data_dir);
-        let started = on(
-            runtime.handle(),
+        let (node, p2p) = on(
+            &handle,
             start_on_runtime(data_dir, config.client_port, p2p_config),
         )
-        .await;
-        let (node, p2p) = match started {
-            Ok(Ok(started)) => started,
-            Ok(Err(e)) | Err(e) => {
-                runtime.shutdown_background();
-                return Err(e);
-            }
-        };
+        .await??;
 
         let slot: Slot = Arc::default();
         let notify = match listener::spawn_dispatcher(slot.clone()) {
             Ok(notify) => notify,
             Err(e) => {
-                let _ = on(runtime.handle(), async move {
+                let _ = on(&handle, async move {
                     p2p.shutdown().await;
                     node.shutdown().await
                 })
                 .await;
-                runtime.shutdown_background();
                 return Err(WarrenError::Start {
                     message: format!("cannot start the listener thread: {e}"),
                 });
             }
         };
-        let events = runtime.spawn(forward_events(p2p.clone(), notify.clone()));
+        let events = handle.spawn(forward_events(p2p.clone(), notify.clone()));
         let this = Node {
             server: node.server().clone(),
             client_url: node.client_url(),
             server_name: node.server_name().to_owned(),
             peer_id: p2p.peer_id().to_string(),
-            runtime: Mutex::new(Some(runtime)),
+            runtime: Mutex::new(runtime.into_inner()),
             running: Mutex::new(Some(Running { node, p2p, events })),
             listener: slot,
             notify: Mutex::new(notify),

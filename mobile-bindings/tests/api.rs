@@ -290,3 +290,25 @@ async fn two_nodes_connect_and_see_each_other() {
         [NodeState::Running, NodeState::Stopping, NodeState::Stopped]
     );
 }
+
+#[tokio::test]
+async fn a_cancelled_start_neither_panics_nor_keeps_the_directory() {
+    let dir = tempdir();
+    // Dropped half-way, inside this runtime: the node's runtime must go without blocking.
+    let cancelled = tokio::time::timeout(Duration::from_millis(1), Node::start(config(dir.path())));
+    if let Ok(Ok(node)) = cancelled.await {
+        // Started within the millisecond after all.
+        stop(&node).await;
+    }
+    let deadline = Instant::now() + WAIT;
+    let node = loop {
+        match Node::start(config(dir.path())).await {
+            Ok(node) => break node,
+            Err(WarrenError::DataDir { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("start after a cancelled start: {e:?}"),
+        }
+    };
+    stop(&node).await;
+}
