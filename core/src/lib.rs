@@ -23,6 +23,7 @@ pub mod storage;
 pub mod streams;
 pub mod sync;
 
+pub use client_api::account::{hash_password, valid_localpart, verify_password};
 pub use config::{Config, RegistrationPolicy};
 pub use error::{Error, StartError};
 pub use identity::Identity;

@@ -72,7 +72,8 @@ fn registration_flows(server: &Server) -> Vec<Value> {
     flows
 }
 
-pub(crate) fn valid_localpart(l: &str) -> bool {
+/// Whether `l` is a valid user-id localpart (the historical lower-case set).
+pub fn valid_localpart(l: &str) -> bool {
     !l.is_empty()
         && l.bytes().all(
             |b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'=' | b'-' | b'/' | b'+'),
