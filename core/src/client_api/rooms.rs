@@ -204,7 +204,7 @@ fn get_state_inner(
     let ev = server.db.read_tx(|c| {
         let state = visible_state(c, room_id, &caller.user_id)?;
         match state.get(&(kind.to_owned(), state_key.to_owned())) {
-            Some(id) => storage::get_event(c, id),
+            Some(id) => storage::get_state_event(c, id),
             None => Ok(None),
         }
     })?;
@@ -265,7 +265,7 @@ pub(super) async fn get_all_state(
         let state = visible_state(c, &room_id, &caller.user_id)?;
         let mut out = Vec::with_capacity(state.len());
         for id in state.values() {
-            if let Some(ev) = storage::get_event(c, id)? {
+            if let Some(ev) = storage::get_state_event(c, id)? {
                 out.push(client_event(&ev, opts(&caller)));
             }
         }
@@ -406,7 +406,7 @@ pub fn lazy_members(
     let mut out = Vec::new();
     for s in senders {
         if let Some(id) = state.get(&("m.room.member".to_owned(), s.to_owned()))
-            && let Some(ev) = storage::get_event(c, id)?
+            && let Some(ev) = storage::get_state_event(c, id)?
         {
             out.push(client_event(&ev, opts(caller)));
         }
@@ -549,7 +549,7 @@ pub(super) async fn context(
         } else {
             let mut v = Vec::new();
             for id in state_map.values() {
-                if let Some(s) = storage::get_event(c, id)? {
+                if let Some(s) = storage::get_state_event(c, id)? {
                     v.push(client_event(&s, opts(&caller)));
                 }
             }
@@ -593,7 +593,7 @@ pub(super) async fn members(
             if ty != "m.room.member" {
                 continue;
             }
-            let Some(ev) = storage::get_event(c, id)? else {
+            let Some(ev) = storage::get_state_event(c, id)? else {
                 continue;
             };
             let v = client_event(&ev, opts(&caller));
@@ -623,7 +623,7 @@ pub(super) async fn joined_members(
             if ty != "m.room.member" {
                 continue;
             }
-            let Some(ev) = storage::get_event(c, id)? else { continue };
+            let Some(ev) = storage::get_state_event(c, id)? else { continue };
             let v: Value = serde_json::from_str(&ev.json)?;
             if v["content"]["membership"] == "join" {
                 out.insert(
