@@ -239,7 +239,13 @@ pub fn state_at(
     pos: i64,
 ) -> Result<storage::StateMap, Error> {
     let Some(ev) = storage::last_event_at(c, room_id, pos)? else {
-        return Ok(Default::default());
+        // Before the first timeline event: the state it was built on (empty for a room
+        // created here; the resident's state for a room joined over federation).
+        return match storage::first_event_after(c, room_id, pos)?.and_then(|e| e.state_group_before)
+        {
+            Some(g) => storage::load_state_group(c, g),
+            None => Ok(Default::default()),
+        };
     };
     // The room's state once the event was persisted (forks resolved), when recorded.
     if let Some(g) = ev.room_state_group {

@@ -265,6 +265,7 @@ pub(super) fn persist_accepted(c: &Connection, a: Accepted<'_>) -> Result<i64, E
         }
         None => group_before,
     };
+    let mut replace_with = None;
     let room_group = match current {
         NewCurrentState::ApplyEvent => {
             if let Some(sk) = &pdu.state_key
@@ -302,7 +303,8 @@ pub(super) fn persist_accepted(c: &Connection, a: Accepted<'_>) -> Result<i64, E
                     storage::group_for_state(c, room_id, old_group.map(|g| (g, &old)), &state)?
                 }
             };
-            replace_current_state(c, room_id, &state, group, pos)?;
+            // Applied once the event row exists: its own membership is read from it.
+            replace_with = Some((state, group));
             Some(group)
         }
     };
@@ -327,6 +329,9 @@ pub(super) fn persist_accepted(c: &Connection, a: Accepted<'_>) -> Result<i64, E
         room_state_group: room_group,
     };
     storage::insert_event(c, &stored)?;
+    if let Some((state, group)) = replace_with {
+        replace_current_state(c, room_id, &state, group, pos)?;
+    }
     let prev: Vec<String> = pdu.prev_events.iter().map(|e| e.to_string()).collect();
     storage::update_forward_extremities(c, room_id, pdu.event_id.as_str(), &prev)?;
     if let Some((device, txn_id)) = txn {

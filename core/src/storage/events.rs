@@ -226,6 +226,20 @@ pub fn last_event_at(
     .optional()?)
 }
 
+/// The oldest timeline event of a room after `pos`.
+pub fn first_event_after(
+    c: &Connection,
+    room_id: &str,
+    pos: i64,
+) -> Result<Option<StoredEvent>, Error> {
+    Ok(c.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM events WHERE room_id = ?1 AND stream_ordering > ?2 AND {TIMELINE}
+             ORDER BY stream_ordering ASC LIMIT 1"
+    ))?
+    .query_row(params![room_id, pos], from_row)
+    .optional()?)
+}
+
 /// Replace an event's JSON after redaction.
 pub fn mark_redacted(
     c: &Connection,
