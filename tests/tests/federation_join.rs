@@ -136,7 +136,7 @@ fn membership_in(sync: &Value, section: &str, room: &str, user: &str) -> Option<
         .iter()
         .filter(|e| e["type"] == "m.room.member" && e["state_key"] == user)
         .filter_map(|e| e["content"]["membership"].as_str())
-        .last()
+        .next_back()
         .map(str::to_owned)
 }
 
