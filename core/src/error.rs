@@ -67,6 +67,10 @@ pub enum Error {
     /// 400 `M_UNSUPPORTED_ROOM_VERSION`.
     #[error("{0}")]
     UnsupportedRoomVersion(String),
+    /// 400 `M_INCOMPATIBLE_ROOM_VERSION`: the joining server does not support the room's
+    /// version (carries the room version, answered as `room_version`).
+    #[error("this room's version ({0}) is not one the joining server supports")]
+    IncompatibleRoomVersion(String),
     /// 400 `M_INVALID_ROOM_STATE`.
     #[error("{0}")]
     InvalidRoomState(String),
@@ -128,6 +132,7 @@ impl Error {
             InvalidUsername(_) => (StatusCode::BAD_REQUEST, "M_INVALID_USERNAME"),
             RoomInUse(_) => (StatusCode::BAD_REQUEST, "M_ROOM_IN_USE"),
             UnsupportedRoomVersion(_) => (StatusCode::BAD_REQUEST, "M_UNSUPPORTED_ROOM_VERSION"),
+            IncompatibleRoomVersion(_) => (StatusCode::BAD_REQUEST, "M_INCOMPATIBLE_ROOM_VERSION"),
             InvalidRoomState(_) => (StatusCode::BAD_REQUEST, "M_INVALID_ROOM_STATE"),
             InvalidSignature(_) => (StatusCode::BAD_REQUEST, "M_INVALID_SIGNATURE"),
             WrongRoomKeysVersion(_) => (StatusCode::FORBIDDEN, "M_WRONG_ROOM_KEYS_VERSION"),
@@ -160,6 +165,11 @@ impl IntoResponse for Error {
                 "errcode": errcode,
                 "error": "the backup version is not the current one",
                 "current_version": current,
+            }),
+            Error::IncompatibleRoomVersion(ref version) => serde_json::json!({
+                "errcode": errcode,
+                "error": self.to_string(),
+                "room_version": version,
             }),
             Error::Internal(detail) => {
                 tracing::error!(%detail, "internal error");

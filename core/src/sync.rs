@@ -302,7 +302,7 @@ fn event_list(
 ) -> Result<Vec<Value>, Error> {
     let mut out = Vec::new();
     for id in ids {
-        if let Some(ev) = storage::get_event(c, &id)? {
+        if let Some(ev) = storage::get_state_event(c, &id)? {
             out.push(client_event(&ev, sync_opts(caller)));
         }
     }
@@ -499,6 +499,19 @@ fn summary(c: &Connection, room_id: &str, me: &str) -> Result<Value, Error> {
 
 fn invite_state(c: &Connection, room_id: &str, invite_event_id: &str) -> Result<Vec<Value>, Error> {
     let mut out = Vec::new();
+    // An invite from another node to a room this node is not in: the stripped state the
+    // inviting server sent along (kept in the invite's `unsigned`), then the invite.
+    if let Some(ev) = storage::get_event_any(c, invite_event_id)?
+        && let Some(Value::Array(state)) = ev
+            .unsigned
+            .as_deref()
+            .and_then(|u| serde_json::from_str::<Value>(u).ok())
+            .and_then(|mut u| u.get_mut("invite_room_state").map(Value::take))
+    {
+        out.extend(state.into_iter().filter(Value::is_object).take(50));
+        out.push(stripped_state(&ev));
+        return Ok(out);
+    }
     for ty in [
         "m.room.create",
         "m.room.join_rules",

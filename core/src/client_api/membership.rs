@@ -2,7 +2,10 @@
 
 use std::sync::Arc;
 
-use axum::{Json, extract::State};
+use axum::{
+    Json,
+    extract::{RawQuery, State},
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -15,7 +18,8 @@ use crate::storage;
 
 type JsonResult = Result<Json<Value>, Error>;
 
-/// Members on other nodes need federation, which arrives with the federation work.
+/// Users of other nodes can be invited through `/invite` only (which speaks the
+/// federation invite protocol); other places that invite refuse them.
 pub(super) fn check_invitee(server: &Server, user_id: &str) -> Result<(), Error> {
     let Ok(parsed) = ruma::UserId::parse(user_id) else {
         return Err(Error::InvalidParam(format!(
@@ -67,15 +71,58 @@ pub(super) struct ReasonBody {
     reason: Option<String>,
 }
 
-fn join(server: &Server, caller: &Caller, room_id: &str, reason: Option<String>) -> JsonResult {
-    if server
-        .db
-        .read(|c| storage::room_info(c, room_id))?
-        .is_none()
-    {
-        return Err(Error::NotFound(format!(
-            "room {room_id} is not known to this node (joining rooms on other nodes needs federation)"
-        )));
+/// Servers named in the query (`server_name`, and `via` as the newer spelling).
+fn via_servers(query: Option<&str>) -> Vec<String> {
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .filter(|(k, _)| *k == "server_name" || *k == "via")
+        .filter_map(|(_, v)| {
+            percent_encoding::percent_decode_str(v)
+                .decode_utf8()
+                .ok()
+                .map(|v| v.into_owned())
+        })
+        .collect()
+}
+
+/// Whether a join must go through another server: the room is unknown here, or no user
+/// of this server is joined any more while users of other servers are.
+fn needs_remote_join(server: &Server, room_id: &str) -> Result<bool, Error> {
+    server.db.read(|c| {
+        if storage::room_info(c, room_id)?.is_none() {
+            return Ok(true);
+        }
+        let joined = storage::room_members(c, room_id, "join")?;
+        let local = joined.iter().any(|u| server.is_local_user(u));
+        Ok(!local && !joined.is_empty())
+    })
+}
+
+async fn join(
+    server: &Arc<Server>,
+    caller: &Caller,
+    room_id: &str,
+    reason: Option<String>,
+    mut via: Vec<String>,
+) -> JsonResult {
+    if needs_remote_join(server, room_id)? {
+        // Also through the server that invited us, then the room's joined servers as
+        // last known, then the server in a v10/v11 room id.
+        let (inviter, residents) = server.db.read(|c| {
+            Ok((
+                crate::rooms::inviting_server(c, room_id, &caller.user_id)?,
+                storage::joined_servers(c, room_id)?,
+            ))
+        })?;
+        via.extend(inviter);
+        via.extend(residents);
+        if let Some((_, s)) = room_id.split_once(':') {
+            via.push(s.to_owned());
+        }
+        crate::rooms::join_remote(server, room_id, &caller.user_id, via).await?;
+        return Ok(Json(json!({"room_id": room_id})));
     }
     // Joining twice is a no-op for the client but still a valid (profile-refreshing) event.
     let ev = member_event(server, caller, &caller.user_id, "join", reason)?;
@@ -88,9 +135,11 @@ pub(super) async fn join_by_id(
     State(server): State<Arc<Server>>,
     Auth(caller): Auth,
     P(room_id): P<String>,
+    RawQuery(query): RawQuery,
     Body(body): Body<ReasonBody>,
 ) -> JsonResult {
-    join(&server, &caller, &room_id, body.reason)
+    let via = via_servers(query.as_deref());
+    join(&server, &caller, &room_id, body.reason, via).await
 }
 
 /// `POST /join/{roomIdOrAlias}`.
@@ -98,19 +147,48 @@ pub(super) async fn join_by_id_or_alias(
     State(server): State<Arc<Server>>,
     Auth(caller): Auth,
     P(target): P<String>,
+    RawQuery(query): RawQuery,
     Body(body): Body<ReasonBody>,
 ) -> JsonResult {
+    let mut via = via_servers(query.as_deref());
     let room_id = if target.starts_with('#') {
-        server
-            .db
-            .read(|c| storage::alias_room(c, &target))?
-            .ok_or_else(|| Error::NotFound(format!("room alias {target} not found")))?
+        let alias = ruma::RoomAliasId::parse(&target)
+            .map_err(|e| Error::InvalidParam(format!("invalid room alias {target:?}: {e}")))?;
+        let alias_server = alias.server_name().as_str();
+        if alias_server == server.server_name() {
+            server
+                .db
+                .read(|c| storage::alias_room(c, &target))?
+                .ok_or_else(|| Error::NotFound(format!("room alias {target} not found")))?
+        } else {
+            let path = format!(
+                "/_matrix/federation/v1/query/directory?room_alias={}",
+                crate::federation::client::encode(&target)
+            );
+            let answer: Value = crate::federation::client::request_json(
+                &server,
+                alias_server,
+                http::Method::GET,
+                &path,
+                None,
+            )
+            .await?;
+            let room_id = answer["room_id"]
+                .as_str()
+                .ok_or_else(|| Error::NotFound(format!("room alias {target} not found")))?
+                .to_owned();
+            via.push(alias_server.to_owned());
+            if let Some(servers) = answer["servers"].as_array() {
+                via.extend(servers.iter().filter_map(Value::as_str).map(str::to_owned));
+            }
+            room_id
+        }
     } else if target.starts_with('!') {
         target
     } else {
         return Err(Error::InvalidParam("expected a room id or alias".into()));
     };
-    join(&server, &caller, &room_id, body.reason)
+    join(&server, &caller, &room_id, body.reason, via).await
 }
 
 /// `POST /rooms/{roomId}/leave`.
@@ -120,6 +198,17 @@ pub(super) async fn leave(
     P(room_id): P<String>,
     Body(body): Body<ReasonBody>,
 ) -> JsonResult {
+    // An invite to a room this node is not in: reject it through the inviting server.
+    let remote_only = server.db.read(|c| {
+        if storage::room_info(c, &room_id)?.is_some() {
+            return Ok(None);
+        }
+        crate::rooms::inviting_server(c, &room_id, &caller.user_id)
+    })?;
+    if let Some(inviter) = remote_only {
+        crate::rooms::leave_remote(&server, &room_id, &caller.user_id, vec![inviter]).await?;
+        return Ok(Json(json!({})));
+    }
     let ev = member_event(&server, &caller, &caller.user_id, "leave", body.reason)?;
     send(&server, &caller, &room_id, ev, None)?;
     Ok(Json(json!({})))
@@ -138,7 +227,19 @@ async fn act_on(
     body: TargetBody,
     membership: &str,
 ) -> JsonResult {
-    check_invitee(&server, &body.user_id)?;
+    let target = ruma::UserId::parse(&body.user_id)
+        .map_err(|_| Error::InvalidParam(format!("{} is not a valid user id", body.user_id)))?;
+    if membership == "invite" && target.server_name().as_str() != server.server_name() {
+        crate::rooms::invite_remote(
+            &server,
+            &room_id,
+            &caller.user_id,
+            &body.user_id,
+            body.reason,
+        )
+        .await?;
+        return Ok(Json(json!({})));
+    }
     if membership == "leave" && body.user_id != caller.user_id {
         // Kick/unban: only meaningful against an existing membership.
         let current = server

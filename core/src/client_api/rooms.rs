@@ -204,7 +204,7 @@ fn get_state_inner(
     let ev = server.db.read_tx(|c| {
         let state = visible_state(c, room_id, &caller.user_id)?;
         match state.get(&(kind.to_owned(), state_key.to_owned())) {
-            Some(id) => storage::get_event(c, id),
+            Some(id) => storage::get_state_event(c, id),
             None => Ok(None),
         }
     })?;
@@ -239,7 +239,13 @@ pub fn state_at(
     pos: i64,
 ) -> Result<storage::StateMap, Error> {
     let Some(ev) = storage::last_event_at(c, room_id, pos)? else {
-        return Ok(Default::default());
+        // Before the first timeline event: the state it was built on (empty for a room
+        // created here; the resident's state for a room joined over federation).
+        return match storage::first_event_after(c, room_id, pos)?.and_then(|e| e.state_group_before)
+        {
+            Some(g) => storage::load_state_group(c, g),
+            None => Ok(Default::default()),
+        };
     };
     // The room's state once the event was persisted (forks resolved), when recorded.
     if let Some(g) = ev.room_state_group {
@@ -265,7 +271,7 @@ pub(super) async fn get_all_state(
         let state = visible_state(c, &room_id, &caller.user_id)?;
         let mut out = Vec::with_capacity(state.len());
         for id in state.values() {
-            if let Some(ev) = storage::get_event(c, id)? {
+            if let Some(ev) = storage::get_state_event(c, id)? {
                 out.push(client_event(&ev, opts(&caller)));
             }
         }
@@ -406,7 +412,7 @@ pub fn lazy_members(
     let mut out = Vec::new();
     for s in senders {
         if let Some(id) = state.get(&("m.room.member".to_owned(), s.to_owned()))
-            && let Some(ev) = storage::get_event(c, id)?
+            && let Some(ev) = storage::get_state_event(c, id)?
         {
             out.push(client_event(&ev, opts(caller)));
         }
@@ -549,7 +555,7 @@ pub(super) async fn context(
         } else {
             let mut v = Vec::new();
             for id in state_map.values() {
-                if let Some(s) = storage::get_event(c, id)? {
+                if let Some(s) = storage::get_state_event(c, id)? {
                     v.push(client_event(&s, opts(&caller)));
                 }
             }
@@ -593,7 +599,7 @@ pub(super) async fn members(
             if ty != "m.room.member" {
                 continue;
             }
-            let Some(ev) = storage::get_event(c, id)? else {
+            let Some(ev) = storage::get_state_event(c, id)? else {
                 continue;
             };
             let v = client_event(&ev, opts(&caller));
@@ -623,7 +629,7 @@ pub(super) async fn joined_members(
             if ty != "m.room.member" {
                 continue;
             }
-            let Some(ev) = storage::get_event(c, id)? else { continue };
+            let Some(ev) = storage::get_state_event(c, id)? else { continue };
             let v: Value = serde_json::from_str(&ev.json)?;
             if v["content"]["membership"] == "join" {
                 out.insert(

@@ -41,7 +41,7 @@ pub fn visibility_for(c: &Connection, room_id: &str, user_id: &str) -> Result<Vi
         )));
     };
     let history = match storage::current_state_event(c, room_id, "m.room.history_visibility", "")? {
-        Some(id) => storage::get_event(c, &id)?
+        Some(id) => storage::get_state_event(c, &id)?
             .and_then(|e| serde_json::from_str::<Value>(&e.json).ok())
             .and_then(|v| {
                 v["content"]["history_visibility"]

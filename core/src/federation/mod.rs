@@ -16,6 +16,7 @@ mod event;
 mod extract;
 mod hierarchy;
 mod keys;
+mod membership;
 mod missing_events;
 pub mod outbox;
 mod public_rooms;

@@ -15,8 +15,8 @@ use crate::client_api::unrecognized;
 use crate::server::Server;
 
 use super::{
-    auth, backfill, devices, directory, event, hierarchy, keys, missing_events, public_rooms,
-    query, send, state,
+    auth, backfill, devices, directory, event, hierarchy, keys, membership, missing_events,
+    public_rooms, query, send, state,
 };
 
 /// The federation router, with `Server` state applied.
@@ -71,6 +71,26 @@ pub fn router(server: Arc<Server>) -> Router {
         .route(
             "/_matrix/federation/v1/hierarchy/{room_id}",
             get(hierarchy::hierarchy),
+        )
+        .route(
+            "/_matrix/federation/v1/make_join/{room_id}/{user_id}",
+            get(membership::make_join),
+        )
+        .route(
+            "/_matrix/federation/v2/send_join/{room_id}/{event_id}",
+            axum::routing::put(membership::send_join),
+        )
+        .route(
+            "/_matrix/federation/v1/make_leave/{room_id}/{user_id}",
+            get(membership::make_leave),
+        )
+        .route(
+            "/_matrix/federation/v2/send_leave/{room_id}/{event_id}",
+            axum::routing::put(membership::send_leave),
+        )
+        .route(
+            "/_matrix/federation/v2/invite/{room_id}/{event_id}",
+            axum::routing::put(membership::invite),
         )
         .route_layer(from_fn_with_state(server.clone(), auth::require_signature));
     Router::new()

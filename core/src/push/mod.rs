@@ -103,7 +103,7 @@ fn display_name(c: &Connection, room_id: &str, user_id: &str) -> Result<String, 
     let Some(id) = storage::current_state_event(c, room_id, "m.room.member", user_id)? else {
         return Ok(String::new());
     };
-    let Some(ev) = storage::get_event(c, &id)? else {
+    let Some(ev) = storage::get_state_event(c, &id)? else {
         return Ok(String::new());
     };
     let json: Value = serde_json::from_str(&ev.json)?;

@@ -60,10 +60,41 @@ pub fn append_event(
             pos,
         });
     }
-    let Some((version, group_before)) = storage::room_info(c, room_id)? else {
-        return Err(Error::Forbidden(format!("unknown room {room_id}")));
-    };
-    let (_, rules) = rules_for(&version)?;
+    let built = build_local_event(c, server, room_id, &ev)?;
+    let pos = persist(
+        c,
+        room_id,
+        &built.version,
+        &built.pdu,
+        &built.json,
+        built.group_before,
+        txn,
+    )?;
+    crate::federation::outbox::enqueue_event(c, server, room_id, &built.pdu)?;
+    Ok(Appended {
+        event_id: built.event_id,
+        pos,
+    })
+}
+
+/// A local event built on the room's current state and authorised, not yet persisted.
+pub(super) struct BuiltEvent {
+    pub event_id: String,
+    pub object: ruma::CanonicalJsonObject,
+    pub json: String,
+    pub pdu: Pdu,
+    pub version: String,
+    pub group_before: Option<i64>,
+}
+
+/// The DAG fields of a new event in `room_id`: prev events (the forward extremities),
+/// auth events (from the current state) and depth.
+pub(super) fn dag_fields(
+    c: &Connection,
+    room_id: &str,
+    rules: &ruma::room_version_rules::RoomVersionRules,
+    ev: &NewEvent,
+) -> Result<(Vec<String>, Vec<String>, i64), Error> {
     let extremities = storage::forward_extremities(c, room_id)?;
     let depth = extremities
         .iter()
@@ -97,11 +128,26 @@ pub fn append_event(
             auth_events.push(id);
         }
     }
+    Ok((prev, auth_events, depth))
+}
+
+/// Build, sign and authorise a local event on the room's current state.
+pub(super) fn build_local_event(
+    c: &Connection,
+    server: &Server,
+    room_id: &str,
+    ev: &NewEvent,
+) -> Result<BuiltEvent, Error> {
+    let Some((version, group_before)) = storage::room_info(c, room_id)? else {
+        return Err(Error::Forbidden(format!("unknown room {room_id}")));
+    };
+    let (_, rules) = rules_for(&version)?;
+    let (prev, auth_events, depth) = dag_fields(c, room_id, &rules, ev)?;
     let (event_id, object) = build_pdu(
         &server.identity,
         &rules,
         Some(room_id),
-        &ev,
+        ev,
         &prev,
         &auth_events,
         depth,
@@ -110,9 +156,14 @@ pub fn append_event(
     let json = serde_json::to_string(&object)?;
     let pdu = Pdu::from_json(&event_id, &json)?;
     check_local_event(c, &rules, room_id, &pdu)?;
-    let pos = persist(c, room_id, &version, &pdu, &json, group_before, txn)?;
-    crate::federation::outbox::enqueue_event(c, server, room_id, &pdu)?;
-    Ok(Appended { event_id, pos })
+    Ok(BuiltEvent {
+        event_id,
+        object,
+        json,
+        pdu,
+        version,
+        group_before,
+    })
 }
 
 /// How the room's current state changes when an event joins the timeline.
@@ -214,6 +265,7 @@ pub(super) fn persist_accepted(c: &Connection, a: Accepted<'_>) -> Result<i64, E
         }
         None => group_before,
     };
+    let mut replace_with = None;
     let room_group = match current {
         NewCurrentState::ApplyEvent => {
             if let Some(sk) = &pdu.state_key
@@ -251,7 +303,8 @@ pub(super) fn persist_accepted(c: &Connection, a: Accepted<'_>) -> Result<i64, E
                     storage::group_for_state(c, room_id, old_group.map(|g| (g, &old)), &state)?
                 }
             };
-            replace_current_state(c, room_id, &state, group, pos)?;
+            // Applied once the event row exists: its own membership is read from it.
+            replace_with = Some((state, group));
             Some(group)
         }
     };
@@ -276,6 +329,9 @@ pub(super) fn persist_accepted(c: &Connection, a: Accepted<'_>) -> Result<i64, E
         room_state_group: room_group,
     };
     storage::insert_event(c, &stored)?;
+    if let Some((state, group)) = replace_with {
+        replace_current_state(c, room_id, &state, group, pos)?;
+    }
     let prev: Vec<String> = pdu.prev_events.iter().map(|e| e.to_string()).collect();
     storage::update_forward_extremities(c, room_id, pdu.event_id.as_str(), &prev)?;
     if let Some((device, txn_id)) = txn {

@@ -9,6 +9,7 @@ mod create;
 mod power;
 mod receive;
 mod redact;
+mod remote_join;
 mod resolve;
 
 pub use append::{Appended, append_event, load_pdu, random_string};
@@ -18,6 +19,10 @@ pub use receive::{
     BoxFuture, MAX_FETCHES, MAX_PDU_BYTES, MISSING_EVENTS_LIMIT, Outcome, RemoteEvents, receive_pdu,
 };
 pub use redact::check_redaction_allowed;
+pub use remote_join::{
+    SUPPORTED_ROOM_VERSIONS, event_id_of, invite_remote, inviting_server, join_remote,
+    leave_remote, membership_template, receive_invite, state_and_auth_chain_before,
+};
 
 #[cfg(test)]
 mod tests {

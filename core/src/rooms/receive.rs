@@ -117,17 +117,24 @@ const MAX_RESOLVED_EXTREMITIES: usize = 10;
 
 /// A PDU that passed the format and signature checks.
 #[derive(Clone, Debug)]
-struct Checked {
-    event_id: String,
+pub(super) struct Checked {
+    pub(super) event_id: String,
     /// The JSON to store (redacted when the content hash did not match; no `unsigned`).
-    json: String,
-    pdu: Pdu,
+    pub(super) json: String,
+    pub(super) pdu: Pdu,
 }
 
-type Dropped = (Option<String>, String);
+pub(super) type Dropped = (Option<String>, String);
 
 /// Checks 1–3: format, event id, signatures, content hash. Needs no database.
-fn check_pdu(value: Value, room_id: &str, rules: &RoomVersionRules) -> Result<Checked, Dropped> {
+///
+/// A room version 12 create event carries no `room_id`: it is accepted when the room id
+/// is the one its event id names.
+pub(super) fn check_pdu(
+    value: Value,
+    room_id: &str,
+    rules: &RoomVersionRules,
+) -> Result<Checked, Dropped> {
     let drop = |reason: String| (None, reason);
     if !value.is_object() {
         return Err(drop("PDU is not a JSON object".into()));
@@ -147,12 +154,21 @@ fn check_pdu(value: Value, room_id: &str, rules: &RoomVersionRules) -> Result<Ch
     }
     state_res::check_pdu_format(&object, &rules.event_format)
         .map_err(|e| drop(format!("bad PDU format: {e}")))?;
+    let v12_create = rules.authorization.room_create_event_id_as_room_id
+        && matches!(object.get("type"), Some(CanonicalJsonValue::String(t)) if t == "m.room.create")
+        && !object.contains_key("room_id");
     match object.get("room_id") {
         Some(CanonicalJsonValue::String(r)) if r == room_id => {}
+        None if v12_create => {}
         _ => return Err(drop(format!("PDU is not for room {room_id}"))),
     }
     let hash = reference_hash(&object, rules).map_err(|e| drop(format!("bad PDU: {e}")))?;
     let event_id = format!("${hash}");
+    if v12_create && crate::events::room_id_from_create_event_id(&event_id) != room_id {
+        return Err(drop(format!(
+            "create event {event_id} does not name room {room_id}"
+        )));
+    }
     let dropped = |reason: String| (Some(event_id.clone()), reason);
 
     // Signatures: every server the room version requires, keys from the server names.
@@ -390,47 +406,55 @@ impl Fetcher<'_> {
 
     /// The fetched events, each after the fetched events among its auth events.
     fn into_dependency_order(self) -> Vec<Checked> {
-        let mut pending: Vec<Checked> = self.fetched.into_values().collect();
-        pending.sort_by(|a, b| a.event_id.cmp(&b.event_id));
-        let mut out: Vec<Checked> = Vec::with_capacity(pending.len());
-        while !pending.is_empty() {
-            let waiting: HashSet<String> = pending.iter().map(|e| e.event_id.clone()).collect();
-            let (ready, rest): (Vec<Checked>, Vec<Checked>) = pending.into_iter().partition(|e| {
-                e.pdu
-                    .auth_events
-                    .iter()
-                    .all(|a| !waiting.contains(a.as_str()))
-            });
-            if ready.is_empty() {
-                // A cycle (impossible with hashed ids): give the rest in any order.
-                out.extend(rest);
-                break;
-            }
-            out.extend(ready);
-            pending = rest;
-        }
-        out
+        dependency_order(self.fetched.into_values().collect())
     }
 }
 
+/// Events ordered so that each comes after the events of the list among its auth events.
+pub(super) fn dependency_order(mut pending: Vec<Checked>) -> Vec<Checked> {
+    pending.sort_by(|a, b| a.event_id.cmp(&b.event_id));
+    pending.dedup_by(|a, b| a.event_id == b.event_id);
+    let mut out: Vec<Checked> = Vec::with_capacity(pending.len());
+    while !pending.is_empty() {
+        let waiting: HashSet<String> = pending.iter().map(|e| e.event_id.clone()).collect();
+        let (ready, rest): (Vec<Checked>, Vec<Checked>) = pending.into_iter().partition(|e| {
+            e.pdu
+                .auth_events
+                .iter()
+                .all(|a| !waiting.contains(a.as_str()))
+        });
+        if ready.is_empty() {
+            // A cycle (impossible with hashed ids): give the rest in any order.
+            out.extend(rest);
+            break;
+        }
+        out.extend(ready);
+        pending = rest;
+    }
+    out
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Mode {
+pub(super) enum Mode {
     /// An auth event: checked against its auth events, stored as an outlier.
     AuthOnly,
+    /// An event of the state or auth chain a resident server gave us when we joined:
+    /// like `AuthOnly`, but the room's create event is accepted too.
+    JoinState,
     /// Every check; the timeline if it passes.
     Full,
 }
 
 /// One room's checks and writes, inside the write transaction.
-struct Room<'a> {
-    c: &'a Connection,
-    room_id: &'a str,
-    version: &'a str,
-    rules: &'a RoomVersionRules,
+pub(super) struct Room<'a> {
+    pub(super) c: &'a Connection,
+    pub(super) room_id: &'a str,
+    pub(super) version: &'a str,
+    pub(super) rules: &'a RoomVersionRules,
 }
 
 impl Room<'_> {
-    fn process(&self, ev: Checked, mode: Mode) -> Result<Outcome, Error> {
+    pub(super) fn process(&self, ev: Checked, mode: Mode) -> Result<Outcome, Error> {
         let c = self.c;
         let event_id = ev.event_id.clone();
         if let Some(e) = storage::get_event_any(c, &event_id)? {
@@ -444,7 +468,7 @@ impl Room<'_> {
                         reason: e.rejection_reason.unwrap_or_else(|| "rejected".into()),
                     });
                 }
-                EventStatus::Outlier if mode == Mode::AuthOnly => {
+                EventStatus::Outlier if mode != Mode::Full => {
                     return Ok(Outcome::Outlier { event_id });
                 }
                 // Known as an outlier: look again, its prev events may be known now (the
@@ -453,7 +477,7 @@ impl Room<'_> {
             }
         }
         let pdu = &ev.pdu;
-        if pdu.kind == TimelineEventType::RoomCreate {
+        if pdu.kind == TimelineEventType::RoomCreate && mode != Mode::JoinState {
             return Ok(Outcome::Rejected {
                 event_id: Some(event_id),
                 reason: "m.room.create is only accepted when creating or joining a room".into(),
@@ -494,7 +518,7 @@ impl Room<'_> {
         }) {
             return self.store_rejected(&ev, format!("against its auth events: {e}"), None);
         }
-        if mode == Mode::AuthOnly {
+        if mode != Mode::Full {
             self.store_other(&ev, EventStatus::Outlier, None, None, None)?;
             return Ok(Outcome::Outlier { event_id });
         }
@@ -716,7 +740,7 @@ impl Room<'_> {
 }
 
 /// Check the state-dependent auth rules against a state map.
-fn check_against(
+pub(super) fn check_against(
     c: &Connection,
     rules: &ruma::room_version_rules::AuthorizationRules,
     pdu: &Pdu,

@@ -158,6 +158,24 @@ pub fn get_event_any(c: &Connection, event_id: &str) -> Result<Option<StoredEven
     )
 }
 
+/// Forget a room's forward extremities (before rejoining it on a resident's state).
+pub fn clear_forward_extremities(c: &Connection, room_id: &str) -> Result<(), Error> {
+    c.prepare_cached("DELETE FROM forward_extremities WHERE room_id = ?1")?
+        .execute([room_id])?;
+    Ok(())
+}
+
+/// One event by id that may be shown as room state: a timeline event, or an outlier
+/// (the state a resident server handed over when this server joined a room over
+/// federation is stored as outliers). Soft-failed and rejected events are not returned.
+pub fn get_state_event(c: &Connection, event_id: &str) -> Result<Option<StoredEvent>, Error> {
+    Ok(c.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM events WHERE event_id = ?1 AND status IN ('timeline', 'outlier')"
+    ))?
+    .query_row([event_id], from_row)
+    .optional()?)
+}
+
 /// The status of a stored event, if it is stored.
 pub fn event_status(c: &Connection, event_id: &str) -> Result<Option<EventStatus>, Error> {
     Ok(
@@ -203,6 +221,20 @@ pub fn last_event_at(
     Ok(c.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM events WHERE room_id = ?1 AND stream_ordering <= ?2 AND {TIMELINE}
              ORDER BY stream_ordering DESC LIMIT 1"
+    ))?
+    .query_row(params![room_id, pos], from_row)
+    .optional()?)
+}
+
+/// The oldest timeline event of a room after `pos`.
+pub fn first_event_after(
+    c: &Connection,
+    room_id: &str,
+    pos: i64,
+) -> Result<Option<StoredEvent>, Error> {
+    Ok(c.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM events WHERE room_id = ?1 AND stream_ordering > ?2 AND {TIMELINE}
+             ORDER BY stream_ordering ASC LIMIT 1"
     ))?
     .query_row(params![room_id, pos], from_row)
     .optional()?)

@@ -1,0 +1,609 @@
+//! Rooms spanning nodes over real libp2p: joining by room id, by alias and by invite,
+//! messages both ways through the outboxes, leave/kick/ban reaching the other server,
+//! a third node joining, and hostile make_join/send_join requests.
+//!
+//! Clients speak raw HTTP; every wait is on a condition over a fresh initial `/sync`.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail, ensure};
+use serde_json::{Value, json};
+use warren_core::events::{NewEvent, build_pdu, rules_for};
+use warren_core::federation::client::{encode, request};
+use warren_core::storage;
+use warren_tests::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+struct User {
+    base: String,
+    session: Session,
+}
+
+impl User {
+    async fn register(node: &FederatedNode, localpart: &str) -> anyhow::Result<User> {
+        let base = node.node.client_url();
+        let session = register_raw(&http_client()?, &base, localpart, "secret-password").await?;
+        Ok(User { base, session })
+    }
+
+    fn id(&self) -> &str {
+        &self.session.user_id
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Value,
+    ) -> anyhow::Result<(u16, Value)> {
+        let response = http_client()?
+            .request(
+                method.clone(),
+                format!("{}/_matrix/client/v3{path}", self.base),
+            )
+            .bearer_auth(&self.session.access_token)
+            .json(&body)
+            .send()
+            .await
+            .with_context(|| format!("{method} {path}"))?;
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        Ok((status, body))
+    }
+
+    async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        let (status, answer) = self.call(reqwest::Method::POST, path, body).await?;
+        ensure!(status == 200, "POST {path}: {status} {answer}");
+        Ok(answer)
+    }
+
+    async fn create_room(&self, body: Value) -> anyhow::Result<String> {
+        let answer = self.post("/createRoom", body).await?;
+        Ok(answer["room_id"].as_str().context("room_id")?.to_owned())
+    }
+
+    async fn say(&self, room: &str, body: &str) -> anyhow::Result<()> {
+        let txn = format!(
+            "t{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_nanos()
+        );
+        let (status, answer) = self
+            .call(
+                reqwest::Method::PUT,
+                &format!("/rooms/{}/send/m.room.message/{txn}", path_segment(room)),
+                json!({"msgtype": "m.text", "body": body}),
+            )
+            .await?;
+        ensure!(status == 200, "send: {status} {answer}");
+        Ok(())
+    }
+
+    /// An initial sync (timeline up to 50 events per room).
+    async fn sync(&self) -> anyhow::Result<Value> {
+        let filter = encode(r#"{"room":{"timeline":{"limit":50},"include_leave":true}}"#);
+        let response = http_client()?
+            .get(format!(
+                "{}/_matrix/client/v3/sync?filter={filter}",
+                self.base
+            ))
+            .bearer_auth(&self.session.access_token)
+            .send()
+            .await?;
+        ensure!(
+            response.status().is_success(),
+            "/sync: {}",
+            response.status()
+        );
+        Ok(response.json().await?)
+    }
+
+    /// Syncs until `cond` holds for the sync body; returns that body.
+    async fn sync_until(&self, what: &str, cond: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
+        let mut last = Value::Null;
+        let label = format!("{} sees {what}", self.id());
+        wait_until(WAIT, &label, async || {
+            last = self.sync().await?;
+            Ok(cond(&last))
+        })
+        .await?;
+        Ok(last)
+    }
+}
+
+/// All events of a room section: state then timeline.
+fn room_events<'a>(sync: &'a Value, section: &str, room: &str) -> Vec<&'a Value> {
+    let r = &sync["rooms"][section][room];
+    r["state"]["events"]
+        .as_array()
+        .into_iter()
+        .chain(r["timeline"]["events"].as_array())
+        .flatten()
+        .collect()
+}
+
+fn has_message(sync: &Value, room: &str, body: &str) -> bool {
+    room_events(sync, "join", room)
+        .iter()
+        .any(|e| e["type"] == "m.room.message" && e["content"]["body"] == body)
+}
+
+/// The last membership of `user` seen in a section of the sync.
+fn membership_in(sync: &Value, section: &str, room: &str, user: &str) -> Option<String> {
+    room_events(sync, section, room)
+        .iter()
+        .filter(|e| e["type"] == "m.room.member" && e["state_key"] == user)
+        .filter_map(|e| e["content"]["membership"].as_str())
+        .next_back()
+        .map(str::to_owned)
+}
+
+async fn two_nodes() -> anyhow::Result<(
+    tempfile::TempDir,
+    tempfile::TempDir,
+    FederatedNode,
+    FederatedNode,
+)> {
+    let (da, db) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let a = start_federated_node(da.path()).await?;
+    let b = start_federated_node(db.path()).await?;
+    connect_nodes(&a, &b).await?;
+    Ok((da, db, a, b))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_by_room_id_then_messages_flow_both_ways_and_leave_is_seen() -> anyhow::Result<()> {
+    let (_da, _db, a, b) = two_nodes().await?;
+    let alice = User::register(&a, "alice").await?;
+    let bob = User::register(&b, "bob").await?;
+    let room = alice
+        .create_room(json!({"preset": "public_chat", "name": "Lobby"}))
+        .await?;
+
+    let joined = bob
+        .post(
+            &format!("/join/{}?server_name={}", path_segment(&room), a.name()),
+            json!({}),
+        )
+        .await?;
+    ensure!(joined["room_id"] == room.as_str(), "join answer {joined}");
+
+    // Bob's first sync: the room with its name, Alice and Bob joined.
+    let sync = bob
+        .sync_until("the joined room", |s| !s["rooms"]["join"][&room].is_null())
+        .await?;
+    let state = sync["rooms"]["join"][&room]["state"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    ensure!(
+        state
+            .iter()
+            .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Lobby"),
+        "no room name in Bob's state: {state:?}"
+    );
+    ensure!(
+        state.iter().any(|e| e["type"] == "m.room.create"),
+        "no create event in Bob's state"
+    );
+    ensure!(membership_in(&sync, "join", &room, alice.id()).as_deref() == Some("join"));
+    ensure!(membership_in(&sync, "join", &room, bob.id()).as_deref() == Some("join"));
+    let members = bob
+        .call(
+            reqwest::Method::GET,
+            &format!("/rooms/{}/joined_members", path_segment(&room)),
+            json!({}),
+        )
+        .await?;
+    ensure!(
+        members.1["joined"].get(alice.id()).is_some()
+            && members.1["joined"].get(bob.id()).is_some(),
+        "joined_members on B: {members:?}"
+    );
+
+    // Alice sees Bob's join; messages go both ways.
+    alice
+        .sync_until("Bob's join", |s| {
+            membership_in(s, "join", &room, bob.id()).as_deref() == Some("join")
+        })
+        .await?;
+    alice.say(&room, "hello bob").await?;
+    bob.sync_until("Alice's message", |s| has_message(s, &room, "hello bob"))
+        .await?;
+    bob.say(&room, "hello alice").await?;
+    alice
+        .sync_until("Bob's reply", |s| has_message(s, &room, "hello alice"))
+        .await?;
+
+    // Bob leaves: Alice sees it.
+    bob.post(&format!("/rooms/{}/leave", path_segment(&room)), json!({}))
+        .await?;
+    alice
+        .sync_until("Bob's leave", |s| {
+            membership_in(s, "join", &room, bob.id()).as_deref() == Some("leave")
+        })
+        .await?;
+    a.stop().await?;
+    b.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_by_alias_and_a_ban_reaches_the_banned_users_server() -> anyhow::Result<()> {
+    let (_da, _db, a, b) = two_nodes().await?;
+    let alice = User::register(&a, "alice").await?;
+    let bob = User::register(&b, "bob").await?;
+    let room = alice
+        .create_room(json!({"preset": "public_chat", "room_alias_name": "lobby"}))
+        .await?;
+    let alias = format!("#lobby:{}", a.name());
+    let joined = bob
+        .post(&format!("/join/{}", path_segment(&alias)), json!({}))
+        .await?;
+    ensure!(joined["room_id"] == room.as_str(), "join answer {joined}");
+    bob.sync_until("the room joined by alias", |s| {
+        membership_in(s, "join", &room, bob.id()).as_deref() == Some("join")
+    })
+    .await?;
+
+    alice
+        .post(
+            &format!("/rooms/{}/ban", path_segment(&room)),
+            json!({"user_id": bob.id(), "reason": "test"}),
+        )
+        .await?;
+    bob.sync_until("the ban", |s| {
+        membership_in(s, "leave", &room, bob.id()).as_deref() == Some("ban")
+    })
+    .await?;
+    let stored = b
+        .node
+        .server()
+        .db
+        .read(|c| storage::membership(c, &room, bob.id()))?;
+    ensure!(
+        stored.as_ref().map(|m| m.0.as_str()) == Some("ban"),
+        "B's membership for Bob: {stored:?}"
+    );
+    a.stop().await?;
+    b.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invite_of_a_remote_user_then_join_messages_and_kick() -> anyhow::Result<()> {
+    let (_da, _db, a, b) = two_nodes().await?;
+    let alice = User::register(&a, "alice").await?;
+    let bob = User::register(&b, "bob").await?;
+    let room = alice
+        .create_room(json!({"preset": "private_chat", "name": "Secret"}))
+        .await?;
+    alice
+        .post(
+            &format!("/rooms/{}/invite", path_segment(&room)),
+            json!({"user_id": bob.id()}),
+        )
+        .await?;
+
+    let sync = bob
+        .sync_until("the invite", |s| !s["rooms"]["invite"][&room].is_null())
+        .await?;
+    let invite_state = sync["rooms"]["invite"][&room]["invite_state"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    ensure!(
+        invite_state
+            .iter()
+            .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Secret"),
+        "invite state: {invite_state:?}"
+    );
+    ensure!(
+        invite_state.iter().any(|e| e["type"] == "m.room.member"
+            && e["state_key"] == bob.id()
+            && e["content"]["membership"] == "invite"),
+        "no invite event in {invite_state:?}"
+    );
+
+    // No server_name: the invite's sender's server is used.
+    bob.post(&format!("/rooms/{}/join", path_segment(&room)), json!({}))
+        .await?;
+    bob.sync_until("the joined private room", |s| {
+        membership_in(s, "join", &room, bob.id()).as_deref() == Some("join")
+    })
+    .await?;
+    alice.say(&room, "welcome").await?;
+    bob.sync_until("the welcome", |s| has_message(s, &room, "welcome"))
+        .await?;
+    bob.say(&room, "thanks").await?;
+    alice
+        .sync_until("the thanks", |s| has_message(s, &room, "thanks"))
+        .await?;
+
+    alice
+        .post(
+            &format!("/rooms/{}/kick", path_segment(&room)),
+            json!({"user_id": bob.id()}),
+        )
+        .await?;
+    bob.sync_until("the kick", |s| {
+        membership_in(s, "leave", &room, bob.id()).as_deref() == Some("leave")
+    })
+    .await?;
+    a.stop().await?;
+    b.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_invite_can_be_rejected() -> anyhow::Result<()> {
+    let (_da, _db, a, b) = two_nodes().await?;
+    let alice = User::register(&a, "alice").await?;
+    let bob = User::register(&b, "bob").await?;
+    let room = alice.create_room(json!({"preset": "private_chat"})).await?;
+    alice
+        .post(
+            &format!("/rooms/{}/invite", path_segment(&room)),
+            json!({"user_id": bob.id()}),
+        )
+        .await?;
+    bob.sync_until("the invite", |s| !s["rooms"]["invite"][&room].is_null())
+        .await?;
+    bob.post(&format!("/rooms/{}/leave", path_segment(&room)), json!({}))
+        .await?;
+    alice
+        .sync_until("Bob's rejection", |s| {
+            membership_in(s, "join", &room, bob.id()).as_deref() == Some("leave")
+        })
+        .await?;
+    let sync = bob.sync().await?;
+    ensure!(
+        sync["rooms"]["invite"][&room].is_null(),
+        "the invite is still shown: {sync}"
+    );
+    a.stop().await?;
+    b.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_third_node_joins_and_hears_the_second() -> anyhow::Result<()> {
+    let (da, db, dc) = (
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+    );
+    let a = start_federated_node(da.path()).await?;
+    let b = start_federated_node(db.path()).await?;
+    let c = start_federated_node(dc.path()).await?;
+    connect_nodes(&a, &b).await?;
+    connect_nodes(&a, &c).await?;
+    connect_nodes(&b, &c).await?;
+    let alice = User::register(&a, "alice").await?;
+    let bob = User::register(&b, "bob").await?;
+    let carol = User::register(&c, "carol").await?;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await?;
+    let via = format!("?server_name={}", a.name());
+    bob.post(&format!("/join/{}{via}", path_segment(&room)), json!({}))
+        .await?;
+    carol
+        .post(&format!("/join/{}{via}", path_segment(&room)), json!({}))
+        .await?;
+    let sync = carol
+        .sync_until("Bob in the room", |s| {
+            membership_in(s, "join", &room, bob.id()).as_deref() == Some("join")
+        })
+        .await?;
+    ensure!(membership_in(&sync, "join", &room, alice.id()).as_deref() == Some("join"));
+    // B learns of Carol's join from A (send_join forwards it), then B's outbox sends
+    // Bob's message to C directly.
+    bob.sync_until("Carol's join", |s| {
+        membership_in(s, "join", &room, carol.id()).as_deref() == Some("join")
+    })
+    .await?;
+    bob.say(&room, "hi carol").await?;
+    carol
+        .sync_until("Bob's message", |s| has_message(s, &room, "hi carol"))
+        .await?;
+    alice
+        .sync_until("Bob's message", |s| has_message(s, &room, "hi carol"))
+        .await?;
+    a.stop().await?;
+    b.stop().await?;
+    c.stop().await?;
+    Ok(())
+}
+
+/// A signed federation request from `from` to `to`: status and JSON body.
+async fn fed(
+    from: &FederatedNode,
+    to: &FederatedNode,
+    method: http::Method,
+    path: &str,
+    body: Option<&Value>,
+) -> anyhow::Result<(u16, Value)> {
+    let response = request(from.node.server(), &to.name(), method, path, body).await?;
+    let status = response.status().as_u16();
+    let body = serde_json::from_slice(response.body()).unwrap_or(Value::Null);
+    Ok((status, body))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_make_join_and_send_join_are_refused() -> anyhow::Result<()> {
+    let (_da, _db, a, b) = two_nodes().await?;
+    let alice = User::register(&a, "alice").await?;
+    let bob = User::register(&b, "bob").await?;
+    let public = alice.create_room(json!({"preset": "public_chat"})).await?;
+    let private = alice.create_room(json!({"preset": "private_chat"})).await?;
+    let vers = "ver=10&ver=11&ver=12";
+
+    // B asks for a template for a user of A.
+    let (status, body) = fed(
+        &b,
+        &a,
+        http::Method::GET,
+        &format!(
+            "/_matrix/federation/v1/make_join/{}/{}?{vers}",
+            encode(&public),
+            encode(alice.id())
+        ),
+        None,
+    )
+    .await?;
+    ensure!(
+        status == 403,
+        "make_join for another server's user: {status} {body}"
+    );
+
+    // A version the joining server does not support.
+    let (status, body) = fed(
+        &b,
+        &a,
+        http::Method::GET,
+        &format!(
+            "/_matrix/federation/v1/make_join/{}/{}?ver=10",
+            encode(&public),
+            encode(bob.id())
+        ),
+        None,
+    )
+    .await?;
+    ensure!(
+        status == 400
+            && body["errcode"] == "M_INCOMPATIBLE_ROOM_VERSION"
+            && body["room_version"] == "12",
+        "make_join with ver=10 only: {status} {body}"
+    );
+
+    // A proper template, signed by B, sent under another event id.
+    let (status, template) = fed(
+        &b,
+        &a,
+        http::Method::GET,
+        &format!(
+            "/_matrix/federation/v1/make_join/{}/{}?{vers}",
+            encode(&public),
+            encode(bob.id())
+        ),
+        None,
+    )
+    .await?;
+    ensure!(status == 200, "make_join: {status} {template}");
+    let join = |room: &str,
+                prev: Vec<String>,
+                auth: Vec<String>,
+                depth: i64|
+     -> anyhow::Result<(String, Value)> {
+        let (_, rules) = rules_for("12")?;
+        let ev = NewEvent {
+            kind: "m.room.member".into(),
+            state_key: Some(bob.id().to_owned()),
+            content: json!({"membership": "join"}),
+            sender: bob.id().to_owned(),
+            redacts: None,
+        };
+        let (id, object) = build_pdu(
+            &b.node.server().identity,
+            &rules,
+            Some(room),
+            &ev,
+            &prev,
+            &auth,
+            depth,
+            1_700_000_000_000,
+        )?;
+        Ok((id, serde_json::to_value(&object)?))
+    };
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect()
+    };
+    let t = &template["event"];
+    let (_, pdu) = join(
+        &public,
+        strings(&t["prev_events"]),
+        strings(&t["auth_events"]),
+        t["depth"].as_i64().unwrap_or(1),
+    )?;
+    let wrong_id = "$aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let (status, body) = fed(
+        &b,
+        &a,
+        http::Method::PUT,
+        &format!(
+            "/_matrix/federation/v2/send_join/{}/{}",
+            encode(&public),
+            encode(wrong_id)
+        ),
+        Some(&pdu),
+    )
+    .await?;
+    ensure!(
+        status == 400,
+        "send_join under a wrong event id: {status} {body}"
+    );
+
+    // A private room: no template, and a hand-made join is refused too.
+    let (status, body) = fed(
+        &b,
+        &a,
+        http::Method::GET,
+        &format!(
+            "/_matrix/federation/v1/make_join/{}/{}?{vers}",
+            encode(&private),
+            encode(bob.id())
+        ),
+        None,
+    )
+    .await?;
+    ensure!(
+        status == 403,
+        "make_join for a private room: {status} {body}"
+    );
+    let (state, extremities) = a.node.server().db.read(|c| {
+        Ok((
+            storage::current_state(c, &private)?,
+            storage::forward_extremities(c, &private)?,
+        ))
+    })?;
+    let auth: Vec<String> = [("m.room.join_rules", ""), ("m.room.power_levels", "")]
+        .iter()
+        .filter_map(|(t, k)| state.get(&((*t).to_owned(), (*k).to_owned())).cloned())
+        .collect();
+    let depth = extremities.iter().map(|(_, d)| *d).max().unwrap_or(0) + 1;
+    let prev = extremities.into_iter().map(|(id, _)| id).collect();
+    let (id, pdu) = join(&private, prev, auth, depth)?;
+    let (status, body) = fed(
+        &b,
+        &a,
+        http::Method::PUT,
+        &format!(
+            "/_matrix/federation/v2/send_join/{}/{}",
+            encode(&private),
+            encode(&id)
+        ),
+        Some(&pdu),
+    )
+    .await?;
+    ensure!(
+        status == 403,
+        "send_join to a private room: {status} {body}"
+    );
+    let membership = a
+        .node
+        .server()
+        .db
+        .read(|c| storage::membership(c, &private, bob.id()))?;
+    if membership.as_ref().is_some_and(|m| m.0 == "join") {
+        bail!("Bob is joined to the private room on A");
+    }
+    a.stop().await?;
+    b.stop().await?;
+    Ok(())
+}
