@@ -62,7 +62,7 @@ async fn clients_on_two_nodes_chat_type_and_read_across_federation() -> anyhow::
 
     // Bob joins through A's server name.
     let via: OwnedServerName = a.name().try_into()?;
-    let target: &matrix_sdk::ruma::RoomOrAliasId = <&RoomId>::from(&*room_id).into();
+    let target: &matrix_sdk::ruma::RoomOrAliasId = (&*room_id).into();
     let bob_room = bob.join_room_by_id_or_alias(target, &[via]).await?;
     sync_until(&alice, WAIT, "alice sees bob join", |r| {
         Ok(timeline_json(r, &room_id)?.iter().any(|ev| {
