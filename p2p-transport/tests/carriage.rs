@@ -181,3 +181,42 @@ async fn restarted_node_reconnects_from_its_address_book() -> TestResult {
     b.stop().await;
     Ok(())
 }
+
+/// After a network switch the node listens afresh, tells its peers, and requests flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_changed_rebinds_and_requests_still_flow() -> TestResult {
+    let a = start(loopback_config()).await?;
+    let b = start(loopback_config()).await?;
+    a.p2p.dial(b.addr_with("quic-v1").await?).await?;
+    let before = a.addrs().await?;
+    let mut events = a.p2p.subscribe();
+    a.p2p.network_changed().await?;
+    // New listeners report their addresses again.
+    let relisted = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Ok(PeerEvent::ListenAddrsChanged { addrs }) = events.recv().await
+                && !addrs.is_empty()
+            {
+                return addrs;
+            }
+        }
+    })
+    .await
+    .map_err(|_| "no ListenAddrsChanged after network_changed")?;
+    assert!(!relisted.is_empty());
+    let after = a.p2p.wait_listening(Duration::from_secs(10)).await?;
+    assert_eq!(
+        after.len(),
+        before.len(),
+        "same listeners, rebound: {before:?} → {after:?}"
+    );
+    for _ in 0..10 {
+        let (status, body) = get_from(&a, &b.name, "/_test/origin").await?;
+        assert_eq!((status, body.as_ref()), (200, a.name.as_bytes()));
+        let (status, body) = get_from(&b, &a.name, "/_test/origin").await?;
+        assert_eq!((status, body.as_ref()), (200, b.name.as_bytes()));
+    }
+    a.stop().await;
+    b.stop().await;
+    Ok(())
+}
