@@ -684,3 +684,48 @@ fn config_file_is_created_checked_and_overridden() {
     node.wait();
     drop(holder);
 }
+
+#[cfg(unix)]
+#[test]
+fn requests_are_logged_with_ids_and_never_with_tokens() {
+    let dir = tempdir();
+    let mut cmd = warren();
+    cmd.arg("run")
+        .arg("--data-dir")
+        .arg(dir.path().join("node"))
+        .args([
+            "--client-addr",
+            "127.0.0.1:0",
+            "--no-mdns",
+            "--log-level",
+            "debug",
+        ])
+        .args(["--p2p-listen", "/ip4/127.0.0.1/tcp/0"]);
+    let mut node = RunningNode::start_with(cmd);
+    let url = node.client_url();
+    let secret = "syt_SECRET_TOKEN_VALUE";
+    let (status, response) = http_get(
+        &url,
+        &format!("/_matrix/client/v3/account/whoami?access_token={secret}"),
+    );
+    assert_eq!(status, 401, "{response}");
+    let id = response
+        .lines()
+        .find_map(|l| l.strip_prefix("x-request-id: "))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no x-request-id header: {response}"))
+        .to_owned();
+    node.terminate();
+    node.wait();
+    let log = node.stderr();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("request failed") && l.contains(&format!("id={id}"))),
+        "the failed request is logged with its id {id}:\n{log}"
+    );
+    assert!(log.contains("/_matrix/client/v3/account/whoami"), "{log}");
+    assert!(
+        !log.contains(secret),
+        "an access token reached the log:\n{log}"
+    );
+}

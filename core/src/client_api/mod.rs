@@ -12,6 +12,7 @@ mod media;
 mod membership;
 mod profile;
 mod push;
+pub mod request_log;
 mod room_keys;
 pub mod rooms;
 mod sync;
@@ -293,5 +294,6 @@ pub fn router(server: Arc<Server>) -> Router {
         .fallback(unrecognized)
         .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(cors)
+        .layer(axum::middleware::from_fn(request_log::log_request))
         .with_state(server)
 }

@@ -99,6 +99,9 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/_matrix/key/v2/server/{key_id}", get(keys::server_keys))
         .merge(signed)
         .fallback(unrecognized)
+        .layer(axum::middleware::from_fn(
+            crate::client_api::request_log::log_request,
+        ))
         .with_state(server)
 }
 
