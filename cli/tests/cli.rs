@@ -729,3 +729,157 @@ fn requests_are_logged_with_ids_and_never_with_tokens() {
         "an access token reached the log:\n{log}"
     );
 }
+
+/// A JSON request over plain HTTP/1.1; (status, parsed body).
+fn http_json(
+    base_url: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let authority = base_url.trim_start_matches("http://").trim_end_matches('/');
+    let mut stream = match TcpStream::connect(authority) {
+        Ok(stream) => stream,
+        Err(e) => panic!("cannot connect to {authority}: {e}"),
+    };
+    let _ = stream.set_read_timeout(Some(DEADLINE));
+    let body = body.to_string();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n{auth}\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    if let Err(e) = stream.write_all(request.as_bytes()) {
+        panic!("cannot send the request: {e}");
+    }
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let json = response
+        .split_once("\r\n\r\n")
+        .and_then(|(_, b)| serde_json::from_str(b).ok())
+        .unwrap_or(serde_json::Value::Null);
+    (status, json)
+}
+
+/// `warren user add` then `/login`; the access token.
+fn user_token(data_dir: &Path, url: &str, localpart: &str) -> String {
+    let (code, out, err) = manage(
+        data_dir,
+        &["user", "add", localpart, "--password", "pw-secret"],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    let (status, body) = http_json(
+        url,
+        "POST",
+        "/_matrix/client/v3/login",
+        None,
+        &serde_json::json!({
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": localpart},
+            "password": "pw-secret",
+        }),
+    );
+    assert_eq!(status, 200, "{body}");
+    body["access_token"].as_str().unwrap_or_default().to_owned()
+}
+
+#[cfg(unix)]
+#[test]
+fn two_processes_connected_with_warren_connect_let_users_chat() {
+    let dir = tempdir();
+    let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
+    let start = |d: &Path| {
+        let mut cmd = warren();
+        cmd.arg("run")
+            .arg("--data-dir")
+            .arg(d)
+            .args(["--client-addr", "127.0.0.1:0", "--no-mdns"])
+            .args(["--p2p-listen", "/ip4/127.0.0.1/udp/0/quic-v1"]);
+        RunningNode::start_with(cmd)
+    };
+    let mut a = start(&a_dir);
+    let a_url = a.client_url();
+    let a_addr = a
+        .stdout_seen
+        .iter()
+        .find_map(|l| l.strip_prefix("p2p listen: "))
+        .map(str::to_owned)
+        .unwrap_or_default();
+    let a_name = id_json(&a_dir)["server_name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let mut b = start(&b_dir);
+    let b_url = b.client_url();
+    let (code, out, err) = manage(&b_dir, &["connect", &a_addr]);
+    assert_eq!(code, Some(0), "{out}{err}");
+
+    let alice = user_token(&a_dir, &a_url, "alice");
+    let bob = user_token(&b_dir, &b_url, "bob");
+    let (status, room) = http_json(
+        &a_url,
+        "POST",
+        "/_matrix/client/v3/createRoom",
+        Some(&alice),
+        &serde_json::json!({"preset": "public_chat", "name": "cli chat"}),
+    );
+    assert_eq!(status, 200, "{room}");
+    let room_id = room["room_id"].as_str().unwrap_or_default().to_owned();
+    let enc = |s: &str| s.replace('!', "%21").replace(':', "%3A");
+    let (status, joined) = http_json(
+        &b_url,
+        "POST",
+        &format!(
+            "/_matrix/client/v3/join/{}?server_name={a_name}",
+            enc(&room_id)
+        ),
+        Some(&bob),
+        &serde_json::json!({}),
+    );
+    assert_eq!(status, 200, "{joined}");
+    let (status, sent) = http_json(
+        &a_url,
+        "PUT",
+        &format!(
+            "/_matrix/client/v3/rooms/{}/send/m.room.message/t1",
+            enc(&room_id)
+        ),
+        Some(&alice),
+        &serde_json::json!({"msgtype": "m.text", "body": "hello over warren connect"}),
+    );
+    assert_eq!(status, 200, "{sent}");
+
+    // Bob's /sync gets it (long-poll until it does, with a deadline).
+    let deadline = Instant::now() + DEADLINE;
+    let mut since = String::new();
+    loop {
+        assert!(Instant::now() < deadline, "bob never received the message");
+        let path = if since.is_empty() {
+            "/_matrix/client/v3/sync?timeout=2000".to_owned()
+        } else {
+            format!("/_matrix/client/v3/sync?timeout=2000&since={since}")
+        };
+        let (status, sync) = http_json(&b_url, "GET", &path, Some(&bob), &serde_json::json!({}));
+        assert_eq!(status, 200, "{sync}");
+        since = sync["next_batch"].as_str().unwrap_or_default().to_owned();
+        let events = &sync["rooms"]["join"][&room_id]["timeline"]["events"];
+        if events.as_array().is_some_and(|evs| {
+            evs.iter()
+                .any(|e| e["content"]["body"] == "hello over warren connect")
+        }) {
+            break;
+        }
+    }
+    a.terminate();
+    b.terminate();
+    a.wait();
+    b.wait();
+}
