@@ -738,11 +738,22 @@ fn http_json(
     token: Option<&str>,
     body: &serde_json::Value,
 ) -> (u16, serde_json::Value) {
+    match try_http_json(base_url, method, path, token, body) {
+        Some(answer) => answer,
+        None => panic!("cannot connect to {base_url}"),
+    }
+}
+
+/// [`http_json`], or `None` when the server cannot be reached.
+fn try_http_json(
+    base_url: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &serde_json::Value,
+) -> Option<(u16, serde_json::Value)> {
     let authority = base_url.trim_start_matches("http://").trim_end_matches('/');
-    let mut stream = match TcpStream::connect(authority) {
-        Ok(stream) => stream,
-        Err(e) => panic!("cannot connect to {authority}: {e}"),
-    };
+    let mut stream = TcpStream::connect(authority).ok()?;
     let _ = stream.set_read_timeout(Some(DEADLINE));
     let body = body.to_string();
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
@@ -751,9 +762,7 @@ fn http_json(
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    if let Err(e) = stream.write_all(request.as_bytes()) {
-        panic!("cannot send the request: {e}");
-    }
+    stream.write_all(request.as_bytes()).ok()?;
     let mut response = Vec::new();
     let _ = stream.read_to_end(&mut response);
     let response = String::from_utf8_lossy(&response).into_owned();
@@ -766,7 +775,7 @@ fn http_json(
         .split_once("\r\n\r\n")
         .and_then(|(_, b)| serde_json::from_str(b).ok())
         .unwrap_or(serde_json::Value::Null);
-    (status, json)
+    Some((status, json))
 }
 
 /// `warren user add` then `/login`; the access token.
@@ -882,4 +891,94 @@ fn two_processes_connected_with_warren_connect_let_users_chat() {
     b.terminate();
     a.wait();
     b.wait();
+}
+
+#[cfg(unix)]
+#[test]
+fn sigterm_while_clients_send_loses_no_acknowledged_event() {
+    let dir = tempdir();
+    let data_dir = dir.path().join("node");
+    let start = || {
+        let mut cmd = warren();
+        cmd.arg("run")
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--client-addr", "127.0.0.1:0", "--no-mdns"])
+            .args(["--p2p-listen", "/ip4/127.0.0.1/tcp/0"]);
+        RunningNode::start_with(cmd)
+    };
+    let mut node = start();
+    let url = node.client_url();
+    let token = user_token(&data_dir, &url, "alice");
+    let (_, room) = http_json(
+        &url,
+        "POST",
+        "/_matrix/client/v3/createRoom",
+        Some(&token),
+        &serde_json::json!({}),
+    );
+    let room_id = room["room_id"]
+        .as_str()
+        .unwrap_or_default()
+        .replace('!', "%21")
+        .replace(':', "%3A");
+
+    // Two clients send as fast as they can; the node is told to stop in the middle.
+    let senders: Vec<_> = (0..2)
+        .map(|c| {
+            let (url, token, room_id) = (url.clone(), token.clone(), room_id.clone());
+            thread::spawn(move || {
+                let mut acknowledged = Vec::new();
+                for i in 0..100_000 {
+                    let Some((status, body)) = try_http_json(
+                        &url,
+                        "PUT",
+                        &format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/c{c}t{i}"),
+                        Some(&token),
+                        &serde_json::json!({"msgtype": "m.text", "body": format!("{c}/{i}")}),
+                    ) else {
+                        break;
+                    };
+                    match (status, body["event_id"].as_str()) {
+                        (200, Some(id)) => acknowledged.push(id.to_owned()),
+                        _ => break,
+                    }
+                }
+                acknowledged
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(300));
+    node.terminate();
+    let status = node.wait();
+    assert!(status.success(), "exit {status}:\n{}", node.stderr());
+    let acknowledged: Vec<String> = senders
+        .into_iter()
+        .flat_map(|s| s.join().unwrap_or_default())
+        .collect();
+    assert!(
+        !acknowledged.is_empty(),
+        "no send was acknowledged before the stop"
+    );
+
+    let mut node = start();
+    let url = node.client_url();
+    for id in &acknowledged {
+        let (status, body) = http_json(
+            &url,
+            "GET",
+            &format!(
+                "/_matrix/client/v3/rooms/{room_id}/event/{}",
+                id.replace('$', "%24")
+            ),
+            Some(&token),
+            &serde_json::json!({}),
+        );
+        assert_eq!(
+            status, 200,
+            "acknowledged event {id} is gone after the restart: {body}"
+        );
+    }
+    node.terminate();
+    node.wait();
 }
