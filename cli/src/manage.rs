@@ -103,22 +103,29 @@ pub fn peers(data_dir: &Path, json_out: bool) -> anyhow::Result<()> {
         return print(vec!["no peers connected".into()]);
     }
     let mut lines = vec![format!(
-        "{:<54} {:<8} {:>8}  {}",
-        "PEER ID", "LINK", "RTT", "SERVER NAME / ADDRESSES"
+        "{:<54} {:<12} {:>8} {:>10}  {}",
+        "PEER ID", "LINK", "RTT", "LAST SEEN", "SERVER NAME / ADDRESSES"
     )];
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
     for p in peers {
         let rtt = p["rtt_ms"]
             .as_f64()
             .map_or("-".to_owned(), |ms| format!("{ms:.1}ms"));
+        let seen = p["last_seen_ts"]
+            .as_i64()
+            .map_or("-".to_owned(), |ts| ago(now - ts));
         lines.push(format!(
-            "{:<54} {:<8} {:>8}  {}",
+            "{:<54} {:<12} {:>8} {:>10}  {}",
             p["peer_id"].as_str().unwrap_or("?"),
             p["connection"].as_str().unwrap_or("?"),
             rtt,
+            seen,
             p["server_name"].as_str().unwrap_or("-"),
         ));
         for a in p["addresses"].as_array().into_iter().flatten() {
-            lines.push(format!("{:<74}{}", "", a.as_str().unwrap_or("?")));
+            lines.push(format!("{:<89}{}", "", a.as_str().unwrap_or("?")));
         }
     }
     print(lines)
@@ -223,6 +230,18 @@ pub fn rooms(data_dir: &Path, json_out: bool) -> anyhow::Result<()> {
         ));
     }
     print(lines)
+}
+
+/// "now", "42s ago", "5m ago", "3h ago", "2d ago".
+fn ago(ms: i64) -> String {
+    let s = ms.max(0) / 1000;
+    match s {
+        0..=4 => "now".into(),
+        5..=119 => format!("{s}s ago"),
+        120..=7199 => format!("{}m ago", s / 60),
+        7200..=172_799 => format!("{}h ago", s / 3600),
+        _ => format!("{}d ago", s / 86_400),
+    }
 }
 
 /// Percent-encode a path segment (user ids contain `@` and `:`).

@@ -118,12 +118,49 @@ async fn status(State(server): State<Arc<Server>>) -> Result<Json<Value>, Error>
     })))
 }
 
+/// Connected peers, then peers known from the address book but not connected, each
+/// with when it was last seen (ms since the epoch).
 async fn peers(State(server): State<Arc<Server>>) -> Result<Json<Value>, Error> {
-    let peers = match server.transport() {
+    let connected = match server.transport() {
         Some(t) => t.peers().await,
         None => Vec::new(),
     };
-    Ok(Json(json!({ "peers": peers })))
+    let book = server.db.read(|c| storage::recent_peer_addresses(c, 512))?;
+    let last_seen = |peer: &str| {
+        book.iter()
+            .filter(|r| r.peer_id == peer)
+            .map(|r| r.last_seen_ts)
+            .max()
+    };
+    let mut out: Vec<Value> = Vec::new();
+    for p in &connected {
+        let mut v = serde_json::to_value(p)?;
+        v["last_seen_ts"] = json!(storage::now_ms());
+        out.push(v);
+    }
+    let mut known: Vec<&str> = Vec::new();
+    for row in &book {
+        if connected.iter().any(|p| p.peer_id == row.peer_id)
+            || known.contains(&row.peer_id.as_str())
+        {
+            continue;
+        }
+        known.push(&row.peer_id);
+        let addresses: Vec<&str> = book
+            .iter()
+            .filter(|r| r.peer_id == row.peer_id)
+            .map(|r| r.address.as_str())
+            .collect();
+        out.push(json!({
+            "peer_id": row.peer_id,
+            "server_name": null,
+            "addresses": addresses,
+            "connection": "disconnected",
+            "rtt_ms": null,
+            "last_seen_ts": last_seen(&row.peer_id),
+        }));
+    }
+    Ok(Json(json!({ "peers": out })))
 }
 
 #[derive(Deserialize)]
