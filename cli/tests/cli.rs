@@ -982,3 +982,45 @@ fn sigterm_while_clients_send_loses_no_acknowledged_event() {
     node.terminate();
     node.wait();
 }
+
+#[test]
+fn unreadable_key_and_newer_database_are_clean_errors() {
+    // A key file of the wrong size.
+    let dir = tempdir();
+    let data_dir = dir.path().join("node");
+    let _ = std::fs::create_dir_all(&data_dir);
+    let _ = std::fs::write(data_dir.join("signing.key"), b"short");
+    let (code, _, err) = manage(
+        &data_dir,
+        &["run", "--client-addr", "127.0.0.1:0", "--no-mdns"],
+    );
+    assert_eq!(code, Some(1));
+    let line = assert_clean_error(&err);
+    assert!(
+        line.contains("signing.key"),
+        "the error should name the key file: {line}"
+    );
+
+    // A database written by a newer version.
+    let dir = tempdir();
+    let data_dir = dir.path().join("node");
+    let _ = std::fs::create_dir_all(&data_dir);
+    match rusqlite::Connection::open(data_dir.join("warren.db")) {
+        Ok(c) => {
+            if let Err(e) = c.pragma_update(None, "user_version", 9999) {
+                panic!("cannot set user_version: {e}");
+            }
+        }
+        Err(e) => panic!("cannot create the database: {e}"),
+    }
+    let (code, _, err) = manage(
+        &data_dir,
+        &["run", "--client-addr", "127.0.0.1:0", "--no-mdns"],
+    );
+    assert_eq!(code, Some(1));
+    let line = assert_clean_error(&err);
+    assert!(
+        line.contains("newer"),
+        "the error should say the database is newer: {line}"
+    );
+}
