@@ -1,0 +1,499 @@
+//! The client-server endpoints of the foundation that the client-flow tests do not reach:
+//! profiles rewriting member events, password change, devices, filters (incl. lazy-loaded
+//! members), account data and tags, /context, /members filters, /forget, read markers,
+//! registration availability and tokens. Raw HTTP against one in-process node.
+
+use reqwest::Client as Http;
+use serde_json::{Value, json};
+use warren_core::RegistrationPolicy;
+use warren_tests::*;
+
+const PW: &str = "a long enough password";
+
+struct Api {
+    http: Http,
+    base: String,
+}
+
+impl Api {
+    fn url(&self, path: &str) -> String {
+        format!("{}/_matrix/client/v3{path}", self.base)
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<(u16, Value)> {
+        let mut req = self.http.request(method, self.url(path)).bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        let v = resp.json().await.unwrap_or(Value::Null);
+        Ok((status, v))
+    }
+
+    async fn get(&self, path: &str, token: &str) -> anyhow::Result<(u16, Value)> {
+        self.call(reqwest::Method::GET, path, token, None).await
+    }
+
+    async fn post(&self, path: &str, token: &str, body: Value) -> anyhow::Result<(u16, Value)> {
+        self.call(reqwest::Method::POST, path, token, Some(body))
+            .await
+    }
+
+    async fn put(&self, path: &str, token: &str, body: Value) -> anyhow::Result<(u16, Value)> {
+        self.call(reqwest::Method::PUT, path, token, Some(body))
+            .await
+    }
+
+    async fn send(&self, room: &str, token: &str, txn: &str, body: &str) -> anyhow::Result<String> {
+        let (s, v) = self
+            .put(
+                &format!("/rooms/{}/send/m.room.message/{txn}", path_segment(room)),
+                token,
+                json!({"msgtype": "m.text", "body": body}),
+            )
+            .await?;
+        anyhow::ensure!(s == 200, "send: {s} {v}");
+        Ok(v["event_id"].as_str().unwrap_or_default().to_owned())
+    }
+
+    async fn login(&self, user: &str, password: &str) -> anyhow::Result<(u16, Value)> {
+        let resp = self
+            .http
+            .post(self.url("/login"))
+            .json(&json!({
+                "type": "m.login.password",
+                "identifier": {"type": "m.id.user", "user": user},
+                "password": password,
+            }))
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.json().await.unwrap_or(Value::Null)))
+    }
+}
+
+async fn node_and_two_users() -> anyhow::Result<(
+    tempfile::TempDir,
+    warren_core::Node,
+    Api,
+    Session,
+    Session,
+    String,
+)> {
+    let dir = tempfile::tempdir()?;
+    let node = start_node(dir.path()).await?;
+    let api = Api {
+        http: http_client()?,
+        base: node.client_url(),
+    };
+    let alice = register_raw(&api.http, &api.base, "alice", PW).await?;
+    let bob = register_raw(&api.http, &api.base, "bob", PW).await?;
+    let (s, room) = api
+        .post(
+            "/createRoom",
+            &alice.access_token,
+            json!({"preset": "public_chat", "name": "coverage"}),
+        )
+        .await?;
+    anyhow::ensure!(s == 200, "createRoom: {room}");
+    let room_id = room["room_id"].as_str().unwrap_or_default().to_owned();
+    let (s, v) = api
+        .post(
+            &format!("/join/{}", path_segment(&room_id)),
+            &bob.access_token,
+            json!({}),
+        )
+        .await?;
+    anyhow::ensure!(s == 200, "join: {v}");
+    Ok((dir, node, api, alice, bob, room_id))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn profile_password_and_devices() -> anyhow::Result<()> {
+    let (_dir, node, api, alice, _bob, room_id) = node_and_two_users().await?;
+    let a = &alice.access_token;
+
+    // A display name change rewrites alice's member event in the room.
+    let (s, _) = api
+        .put(
+            &format!("/profile/{}/displayname", path_segment(&alice.user_id)),
+            a,
+            json!({"displayname": "Alice A."}),
+        )
+        .await?;
+    assert_eq!(s, 200);
+    let (s, member) = api
+        .get(
+            &format!(
+                "/rooms/{}/state/m.room.member/{}",
+                path_segment(&room_id),
+                path_segment(&alice.user_id)
+            ),
+            a,
+        )
+        .await?;
+    assert_eq!(
+        (s, member["displayname"].as_str()),
+        (200, Some("Alice A.")),
+        "{member}"
+    );
+
+    // Devices: list, rename, delete with UIAA.
+    let (_, second) = api.login("alice", PW).await?;
+    let second_device = second["device_id"].as_str().unwrap_or_default().to_owned();
+    let (s, devices) = api.get("/devices", a).await?;
+    assert_eq!(s, 200);
+    assert_eq!(
+        devices["devices"].as_array().map_or(0, Vec::len),
+        2,
+        "{devices}"
+    );
+    let (s, _) = api
+        .put(
+            &format!("/devices/{second_device}"),
+            a,
+            json!({"display_name": "phone"}),
+        )
+        .await?;
+    assert_eq!(s, 200);
+    let (_, one) = api.get(&format!("/devices/{second_device}"), a).await?;
+    assert_eq!(one["display_name"], "phone");
+    let (s, uiaa) = api
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/devices/{second_device}"),
+            a,
+            Some(json!({})),
+        )
+        .await?;
+    assert_eq!(s, 401, "deleting a device needs UIAA: {uiaa}");
+    let session = uiaa["session"].as_str().unwrap_or_default();
+    let (s, v) = api
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/devices/{second_device}"),
+            a,
+            Some(
+                json!({"auth": {"type": "m.login.password", "session": session,
+                "identifier": {"type": "m.id.user", "user": "alice"}, "password": PW}}),
+            ),
+        )
+        .await?;
+    assert_eq!(s, 200, "{v}");
+    let second_token = second["access_token"].as_str().unwrap_or_default();
+    let (s, _) = api.get("/account/whoami", second_token).await?;
+    assert_eq!(s, 401, "the deleted device's token is gone");
+
+    // Password change: old password refused afterwards, new one works.
+    let (s, uiaa) = api
+        .post(
+            "/account/password",
+            a,
+            json!({"new_password": "another long password"}),
+        )
+        .await?;
+    assert_eq!(s, 401, "{uiaa}");
+    let session = uiaa["session"].as_str().unwrap_or_default();
+    let (s, v) = api
+        .post(
+            "/account/password",
+            a,
+            json!({"new_password": "another long password", "logout_devices": false,
+                "auth": {"type": "m.login.password", "session": session,
+                    "identifier": {"type": "m.id.user", "user": "alice"}, "password": PW}}),
+        )
+        .await?;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(api.login("alice", PW).await?.0, 403);
+    assert_eq!(api.login("alice", "another long password").await?.0, 200);
+    shutdown_node(node).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_account_data_tags_and_read_markers() -> anyhow::Result<()> {
+    let (_dir, node, api, alice, bob, room_id) = node_and_two_users().await?;
+    let (a, b) = (&alice.access_token, &bob.access_token);
+    let room = path_segment(&room_id);
+
+    // Filters: stored, read back, used by id with lazy-loaded members.
+    let filter = json!({"room": {"state": {"lazy_load_members": true}, "timeline": {"limit": 5}}});
+    let (s, f) = api
+        .post(
+            &format!("/user/{}/filter", path_segment(&bob.user_id)),
+            b,
+            filter.clone(),
+        )
+        .await?;
+    assert_eq!(s, 200, "{f}");
+    let filter_id = f["filter_id"].as_str().unwrap_or_default().to_owned();
+    let (s, back) = api
+        .get(
+            &format!("/user/{}/filter/{filter_id}", path_segment(&bob.user_id)),
+            b,
+        )
+        .await?;
+    assert_eq!(s, 200);
+    assert_eq!(back["room"]["timeline"]["limit"], 5, "{back}");
+    for i in 0..8 {
+        api.send(&room_id, a, &format!("m{i}"), &format!("message {i}"))
+            .await?;
+    }
+    let (s, sync) = api.get(&format!("/sync?filter={filter_id}"), b).await?;
+    assert_eq!(s, 200);
+    let joined = &sync["rooms"]["join"][&room_id];
+    let timeline = joined["timeline"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(timeline.len(), 5, "the filter's timeline limit applies");
+    assert_eq!(joined["timeline"]["limited"], true);
+    let members_in_state: Vec<&str> = joined["state"]["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["type"] == "m.room.member")
+        .filter_map(|e| e["state_key"].as_str())
+        .collect();
+    assert!(
+        members_in_state.contains(&alice.user_id.as_str()),
+        "the timeline's sender is loaded: {members_in_state:?}"
+    );
+
+    // Account data, global and per room, and tags.
+    let (s, _) = api
+        .put(
+            &format!(
+                "/user/{}/account_data/org.example.pref",
+                path_segment(&bob.user_id)
+            ),
+            b,
+            json!({"theme": "dark"}),
+        )
+        .await?;
+    assert_eq!(s, 200);
+    let (_, pref) = api
+        .get(
+            &format!(
+                "/user/{}/account_data/org.example.pref",
+                path_segment(&bob.user_id)
+            ),
+            b,
+        )
+        .await?;
+    assert_eq!(pref["theme"], "dark");
+    let (s, _) = api
+        .put(
+            &format!(
+                "/user/{}/rooms/{room}/account_data/org.example.note",
+                path_segment(&bob.user_id)
+            ),
+            b,
+            json!({"n": 1}),
+        )
+        .await?;
+    assert_eq!(s, 200);
+    let (s, _) = api
+        .put(
+            &format!(
+                "/user/{}/rooms/{room}/tags/m.favourite",
+                path_segment(&bob.user_id)
+            ),
+            b,
+            json!({"order": 0.5}),
+        )
+        .await?;
+    assert_eq!(s, 200);
+    let (_, tags) = api
+        .get(
+            &format!("/user/{}/rooms/{room}/tags", path_segment(&bob.user_id)),
+            b,
+        )
+        .await?;
+    assert_eq!(tags["tags"]["m.favourite"]["order"], 0.5, "{tags}");
+    let (s, _) = api
+        .put(
+            &format!(
+                "/user/{}/account_data/org.example.pref",
+                path_segment(&alice.user_id)
+            ),
+            b,
+            json!({}),
+        )
+        .await?;
+    assert_eq!(s, 403, "nobody writes another user's account data");
+
+    // Read markers: fully read and a receipt in one call.
+    let last = api.send(&room_id, a, "last", "the last one").await?;
+    let (s, v) = api
+        .post(
+            &format!("/rooms/{room}/read_markers"),
+            b,
+            json!({"m.fully_read": last, "m.read": last}),
+        )
+        .await?;
+    assert_eq!(s, 200, "{v}");
+    let (_, fully) = api
+        .get(
+            &format!(
+                "/user/{}/rooms/{room}/account_data/m.fully_read",
+                path_segment(&bob.user_id)
+            ),
+            b,
+        )
+        .await?;
+    assert_eq!(fully["event_id"], last.as_str());
+    shutdown_node(node).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn context_members_and_forget() -> anyhow::Result<()> {
+    let (_dir, node, api, alice, bob, room_id) = node_and_two_users().await?;
+    let (a, b) = (&alice.access_token, &bob.access_token);
+    let room = path_segment(&room_id);
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(
+            api.send(&room_id, a, &format!("c{i}"), &format!("context {i}"))
+                .await?,
+        );
+    }
+    let (s, ctx) = api
+        .get(
+            &format!("/rooms/{room}/context/{}?limit=2", path_segment(&ids[2])),
+            b,
+        )
+        .await?;
+    assert_eq!(s, 200, "{ctx}");
+    assert_eq!(ctx["event"]["event_id"], ids[2].as_str());
+    let before: Vec<&str> = ctx["events_before"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["event_id"].as_str())
+        .collect();
+    let after: Vec<&str> = ctx["events_after"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["event_id"].as_str())
+        .collect();
+    assert_eq!(before, vec![ids[1].as_str()], "{ctx}");
+    assert_eq!(after, vec![ids[3].as_str()], "{ctx}");
+
+    // Bob leaves; /members filters by membership.
+    let (s, _) = api
+        .post(&format!("/rooms/{room}/leave"), b, json!({}))
+        .await?;
+    assert_eq!(s, 200);
+    let (_, joined) = api
+        .get(&format!("/rooms/{room}/members?membership=join"), a)
+        .await?;
+    let joined: Vec<&str> = joined["chunk"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["state_key"].as_str())
+        .collect();
+    assert_eq!(joined, vec![alice.user_id.as_str()]);
+    let (_, not_joined) = api
+        .get(&format!("/rooms/{room}/members?not_membership=join"), a)
+        .await?;
+    let not_joined: Vec<&str> = not_joined["chunk"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["state_key"].as_str())
+        .collect();
+    assert_eq!(not_joined, vec![bob.user_id.as_str()]);
+
+    // Bob forgets the room: it no longer shows in his sync's leave section.
+    let (s, _) = api
+        .post(&format!("/rooms/{room}/forget"), b, json!({}))
+        .await?;
+    assert_eq!(s, 200);
+    let (_, sync) = api
+        .get("/sync?filter={\"room\":{\"include_leave\":true}}", b)
+        .await?;
+    assert!(
+        sync["rooms"]["leave"].get(&room_id).is_none(),
+        "a forgotten room is not returned: {sync}"
+    );
+    let (s, _) = api
+        .post(&format!("/rooms/{room}/forget"), a, json!({}))
+        .await?;
+    assert_eq!(s, 400, "a joined member cannot forget the room");
+    shutdown_node(node).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_availability_and_tokens() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut config = test_config(dir.path());
+    config.registration = RegistrationPolicy::Closed;
+    config.registration_tokens = vec!["let-me-in".into()];
+    let node = start_node_with(config).await?;
+    let http = http_client()?;
+    let base = node.client_url();
+    let url = format!("{base}/_matrix/client/v3");
+
+    let available: Value = http
+        .get(format!("{url}/register/available?username=carol"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(available["available"], true);
+    let valid: Value = http
+        .get(format!(
+            "{url}/register/m.login.registration_token/validity?token=let-me-in"
+        ))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(valid["valid"], true);
+
+    let first = http
+        .post(format!("{url}/register"))
+        .json(&json!({"username": "carol", "password": PW}))
+        .send()
+        .await?;
+    assert_eq!(first.status().as_u16(), 401);
+    let first: Value = first.json().await?;
+    let flows = first["flows"].to_string();
+    assert!(flows.contains("m.login.registration_token"), "{flows}");
+    assert!(
+        !flows.contains("m.login.dummy"),
+        "closed registration offers no dummy stage: {flows}"
+    );
+    let session = first["session"].as_str().unwrap_or_default();
+    let wrong = http
+        .post(format!("{url}/register"))
+        .json(&json!({"username": "carol", "password": PW,
+            "auth": {"type": "m.login.registration_token", "token": "nope", "session": session}}))
+        .send()
+        .await?;
+    assert_eq!(wrong.status().as_u16(), 401);
+    let ok = http
+        .post(format!("{url}/register"))
+        .json(&json!({"username": "carol", "password": PW,
+            "auth": {"type": "m.login.registration_token", "token": "let-me-in", "session": session}}))
+        .send()
+        .await?;
+    assert_eq!(ok.status().as_u16(), 200);
+    let taken: Value = http
+        .get(format!("{url}/register/available?username=carol"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(taken["errcode"], "M_USER_IN_USE", "{taken}");
+    shutdown_node(node).await
+}
