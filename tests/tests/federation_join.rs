@@ -607,3 +607,80 @@ async fn hostile_make_join_and_send_join_are_refused() -> anyhow::Result<()> {
     b.stop().await?;
     Ok(())
 }
+
+/// Once the room's server ACL denies B, nothing B sends is let into the room on A, and B
+/// cannot make a join there any more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_denied_by_the_acl_is_shut_out() -> anyhow::Result<()> {
+    let (_da, _db, a, b) = two_nodes().await?;
+    let alice = User::register(&a, "alice").await?;
+    let bob = User::register(&b, "bob").await?;
+    let room = alice
+        .create_room(json!({"preset": "public_chat", "name": "Guarded"}))
+        .await?;
+    bob.post(
+        &format!("/join/{}?server_name={}", path_segment(&room), a.name()),
+        json!({}),
+    )
+    .await?;
+    bob.say(&room, "before the ACL").await?;
+    alice
+        .sync_until("bob's message before the ACL", |s| {
+            has_message(s, &room, "before the ACL")
+        })
+        .await?;
+
+    let (status, answer) = alice
+        .call(
+            reqwest::Method::PUT,
+            &format!("/rooms/{}/state/m.room.server_acl/", path_segment(&room)),
+            json!({"allow": ["*"], "deny": [b.name()], "allow_ip_literals": true}),
+        )
+        .await?;
+    ensure!(status == 200, "setting the ACL: {status} {answer}");
+    bob.sync_until("the ACL", |s| {
+        room_events(s, "join", &room)
+            .iter()
+            .any(|e| e["type"] == "m.room.server_acl")
+    })
+    .await?;
+
+    bob.say(&room, "after the ACL").await?;
+    // B's outbox empties once A has answered the transaction (with a per-PDU error).
+    let b_server = b.node.server().clone();
+    let a_name = a.name();
+    wait_until(WAIT, "B's transaction answered by A", || {
+        let depth = b_server
+            .db
+            .read(|c| storage::outbox_depth(c, &a_name))
+            .unwrap_or(-1);
+        async move { Ok(depth == 0) }
+    })
+    .await?;
+    let sync = alice.sync().await?;
+    ensure!(
+        !has_message(&sync, &room, "after the ACL"),
+        "a message from a denied server got into the room"
+    );
+    alice.say(&room, "still usable").await?;
+    alice
+        .sync_until("the room still works", |s| {
+            has_message(s, &room, "still usable")
+        })
+        .await?;
+
+    let path = format!(
+        "/_matrix/federation/v1/make_join/{}/{}?ver=12",
+        encode(&room),
+        encode(&format!("@carol:{}", b.name()))
+    );
+    let answer = request(b.node.server(), &a.name(), http::Method::GET, &path, None).await?;
+    ensure!(
+        answer.status() == 403,
+        "make_join from a denied server: {}",
+        answer.status()
+    );
+    a.stop().await?;
+    b.stop().await?;
+    Ok(())
+}

@@ -39,6 +39,9 @@ fn check_member(server: &Server, origin: &str, room_id: &str, user_id: &str) -> 
             "{origin} cannot speak for {user_id}"
         )));
     }
+    server
+        .db
+        .read(|c| super::visible::check_server_acl(c, room_id, origin))?;
     match server
         .db
         .read(|c| storage::membership(c, room_id, user_id))?

@@ -41,9 +41,10 @@ fn template(
             "{user} is not a user of the requesting server {origin}"
         )));
     }
-    server
-        .db
-        .read_tx(|c| rooms::membership_template(c, room, user, membership))
+    server.db.read_tx(|c| {
+        super::visible::check_server_acl(c, room, origin)?;
+        rooms::membership_template(c, room, user, membership)
+    })
 }
 
 /// `GET /_matrix/federation/v1/make_join/{roomId}/{userId}?ver=…`.
@@ -95,6 +96,9 @@ async fn receive_membership(
     let Some((version, _)) = server.db.read(|c| storage::room_info(c, room))? else {
         return Err(Error::NotFound(format!("room {room} is not known here")));
     };
+    server
+        .db
+        .read(|c| super::visible::check_server_acl(c, room, origin))?;
     if pdu.get("type").and_then(Value::as_str) != Some("m.room.member")
         || pdu.get("room_id").and_then(Value::as_str) != Some(room)
     {

@@ -84,6 +84,21 @@ async fn receive_one(
     else {
         return (None, json!({ "error": "PDU without a room_id" }));
     };
+    // A server the room's ACL denies may not put anything into it (checked on every PDU
+    // of a transaction; the rest of the transaction still counts).
+    if let Err(e) = server
+        .db
+        .read(|c| super::visible::check_server_acl(c, &room_id, origin))
+    {
+        let version = server
+            .db
+            .read(|c| storage::room_info(c, &room_id))
+            .ok()
+            .flatten()
+            .map(|(v, _)| v);
+        let event_id = version.and_then(|v| crate::rooms::event_id_of(&pdu, &v).ok());
+        return (event_id, json!({ "error": e.to_string() }));
+    }
     match receive_pdu(server, remote, origin, &room_id, pdu).await {
         Ok(Outcome::Accepted { event_id, .. })
         | Ok(Outcome::AlreadyKnown { event_id })
