@@ -336,6 +336,34 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX federation_inbound_txns_by_time ON federation_inbound_txns(received_ts);
     "#,
+    // 9: the room directory and full-text search. Aliases are looked up by room; the
+    // search index is an FTS5 table keyed by the event's stream position (rowid), holding
+    // the searchable text of timeline events (`content.body` of `m.room.message`,
+    // `content.name` / `content.topic` of `m.room.name` / `m.room.topic`). Events already
+    // stored are indexed here; redacted ones are not.
+    r#"
+    CREATE INDEX room_aliases_room ON room_aliases(room_id);
+    CREATE VIRTUAL TABLE event_search USING fts5(
+        text,
+        key UNINDEXED,
+        tokenize = 'unicode61 remove_diacritics 2'
+    );
+    INSERT INTO event_search (rowid, text, key)
+        SELECT stream_ordering, json_extract(json, '$.content.body'), 'content.body'
+        FROM events
+        WHERE status = 'timeline' AND redacted_by IS NULL AND type = 'm.room.message'
+          AND json_type(json, '$.content.body') = 'text';
+    INSERT INTO event_search (rowid, text, key)
+        SELECT stream_ordering, json_extract(json, '$.content.name'), 'content.name'
+        FROM events
+        WHERE status = 'timeline' AND redacted_by IS NULL AND type = 'm.room.name'
+          AND json_type(json, '$.content.name') = 'text';
+    INSERT INTO event_search (rowid, text, key)
+        SELECT stream_ordering, json_extract(json, '$.content.topic'), 'content.topic'
+        FROM events
+        WHERE status = 'timeline' AND redacted_by IS NULL AND type = 'm.room.topic'
+          AND json_type(json, '$.content.topic') = 'text';
+    "#,
 ];
 
 /// The schema version this build writes.
