@@ -137,8 +137,7 @@ pub fn search_users(
         .filter(|u| {
             !term.is_empty()
                 && (u.user_id.to_lowercase().contains(&term)
-                    || u
-                        .display_name
+                    || u.display_name
                         .as_deref()
                         .is_some_and(|n| n.to_lowercase().contains(&term)))
         })
@@ -149,8 +148,7 @@ pub fn search_users(
             .display_name
             .as_deref()
             .is_some_and(|n| n.to_lowercase().starts_with(&term))
-            || u
-                .user_id
+            || u.user_id
                 .get(1..)
                 .is_some_and(|l| l.to_lowercase().starts_with(&term));
         (!prefix, u.user_id.clone())

@@ -54,7 +54,9 @@ pub(super) async fn put_alias(
             )));
         }
         if !storage::insert_alias(tx, &alias, &body.room_id, &caller.user_id)? {
-            return Err(Error::Conflict(format!("room alias {alias} already exists")));
+            return Err(Error::Conflict(format!(
+                "room alias {alias} already exists"
+            )));
         }
         Ok(())
     })?;
@@ -132,8 +134,8 @@ pub(super) async fn room_aliases(
     P(room_id): P<String>,
 ) -> JsonResult {
     let aliases = server.db.read_tx(|c| {
-        let joined = storage::membership(c, &room_id, &caller.user_id)?
-            .is_some_and(|(m, _, _)| m == "join");
+        let joined =
+            storage::membership(c, &room_id, &caller.user_id)?.is_some_and(|(m, _, _)| m == "join");
         let world_readable = storage::room_info(c, &room_id)?.is_some()
             && crate::federation::visible::current_history_visibility(c, &room_id)?
                 == "world_readable";

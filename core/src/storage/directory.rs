@@ -6,16 +6,20 @@ use crate::error::Error;
 
 /// An alias's room and the user who created it.
 pub fn alias_entry(c: &Connection, alias: &str) -> Result<Option<(String, String)>, Error> {
-    Ok(c.prepare_cached("SELECT room_id, creator FROM room_aliases WHERE alias = ?1")?
-        .query_row([alias], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?)
+    Ok(
+        c.prepare_cached("SELECT room_id, creator FROM room_aliases WHERE alias = ?1")?
+            .query_row([alias], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?,
+    )
 }
 
 /// Remove an alias; whether it existed.
 pub fn delete_alias(c: &Connection, alias: &str) -> Result<bool, Error> {
-    Ok(c.prepare_cached("DELETE FROM room_aliases WHERE alias = ?1")?
-        .execute([alias])?
-        > 0)
+    Ok(
+        c.prepare_cached("DELETE FROM room_aliases WHERE alias = ?1")?
+            .execute([alias])?
+            > 0,
+    )
 }
 
 /// The local aliases pointing at a room, sorted.
@@ -28,9 +32,11 @@ pub fn room_aliases(c: &Connection, room_id: &str) -> Result<Vec<String>, Error>
 
 /// Whether the room is published in the directory; `None` for an unknown room.
 pub fn room_is_public(c: &Connection, room_id: &str) -> Result<Option<bool>, Error> {
-    Ok(c.prepare_cached("SELECT is_public FROM rooms WHERE room_id = ?1")?
-        .query_row([room_id], |r| r.get(0))
-        .optional()?)
+    Ok(
+        c.prepare_cached("SELECT is_public FROM rooms WHERE room_id = ?1")?
+            .query_row([room_id], |r| r.get(0))
+            .optional()?,
+    )
 }
 
 /// A user the user directory may show.

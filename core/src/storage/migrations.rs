@@ -435,6 +435,59 @@ mod tests {
     }
 
     #[test]
+    fn version_9_indexes_stored_messages_for_search() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        for sql in &MIGRATIONS[..8] {
+            conn.execute_batch(sql).expect("schema up to 8");
+        }
+        conn.pragma_update(None, "user_version", 8).expect("v8");
+        let insert = |pos: i64, ty: &str, json: &str, redacted: Option<&str>| {
+            conn.execute(
+                "INSERT INTO events (stream_ordering, event_id, room_id, type, sender, depth,
+                     origin_server_ts, json, redacted_by, status)
+                 VALUES (?1, ?2, '!r:x', ?3, '@a:x', 1, 0, ?4, ?5, 'timeline')",
+                rusqlite::params![pos, format!("$e{pos}"), ty, json, redacted],
+            )
+            .expect("insert event");
+        };
+        insert(
+            1,
+            "m.room.message",
+            r#"{"content":{"body":"hello mango"}}"#,
+            None,
+        );
+        insert(
+            2,
+            "m.room.message",
+            r#"{"content":{"body":"mango gone"}}"#,
+            Some("$r"),
+        );
+        insert(
+            3,
+            "m.room.topic",
+            r#"{"content":{"topic":"mango talk"}}"#,
+            None,
+        );
+        insert(4, "m.room.message", r#"{"content":{"body":42}}"#, None);
+        run(&mut conn, "mem").expect("upgrade");
+        let mut st = conn
+            .prepare("SELECT rowid, key FROM event_search WHERE event_search MATCH 'mango' ORDER BY rowid")
+            .expect("prepare");
+        let rows: Vec<(i64, String)> = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        assert_eq!(
+            rows,
+            vec![
+                (1, "content.body".to_owned()),
+                (3, "content.topic".to_owned())
+            ]
+        );
+    }
+
+    #[test]
     fn migrations_are_idempotent() {
         let mut conn = Connection::open_in_memory().expect("open");
         run(&mut conn, "mem").expect("first");
