@@ -921,3 +921,95 @@ async fn search_finds_messages_by_word() {
 
     shutdown_node(node).await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_alias_and_public_rooms_over_federation() {
+    let (da, db) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let a = warren_tests::start_federated_node(da.path())
+        .await
+        .expect("node a");
+    let b = warren_tests::start_federated_node(db.path())
+        .await
+        .expect("node b");
+    warren_tests::connect_nodes(&a, &b).await.expect("connect");
+    let (url_a, url_b) = (a.node.client_url(), b.node.client_url());
+    let alice = user(&url_a, "alice").await;
+    let bob = user(&url_b, "bob").await;
+
+    let room = create_room(&url_a, &alice, json!({"preset": "public_chat", "visibility": "public", "name": "Mesh lobby", "room_alias_name": "lobby"})).await;
+    let alias = format!("#lobby:{}", a.name());
+
+    // Bob's node asks Alice's node.
+    let got = ok(&url_b, &bob, Method::GET, &alias_path(&alias), None).await;
+    assert_eq!(got["room_id"], room.as_str(), "{got}");
+    assert_eq!(got["servers"][0], a.name().as_str(), "{got}");
+    let (status, v) = call(
+        &url_b,
+        &bob,
+        Method::GET,
+        &alias_path(&format!("#missing:{}", a.name())),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, v["errcode"].as_str()),
+        (404, Some("M_NOT_FOUND")),
+        "{v}"
+    );
+
+    // Alice's directory, seen from Bob's node (GET and POST with a search term).
+    let (status, v) = call(
+        &url_b,
+        &bob,
+        Method::GET,
+        &format!("/publicRooms?server={}&limit=5", a.name()),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["chunk"][0]["room_id"], room.as_str(), "{v}");
+    let v = ok(
+        &url_b,
+        &bob,
+        Method::POST,
+        &format!("/publicRooms?server={}", a.name()),
+        Some(json!({"filter": {"generic_search_term": "mesh"}})),
+    )
+    .await;
+    assert_eq!(v["chunk"][0]["name"], "Mesh lobby", "{v}");
+    let v = ok(&url_b, &bob, Method::POST, "/publicRooms", Some(json!({}))).await;
+    assert_eq!(
+        v["chunk"],
+        json!([]),
+        "bob's own node publishes nothing: {v}"
+    );
+
+    // Events received over federation are indexed too: Bob joins by the remote alias
+    // and finds Alice's message with his own node's /search.
+    ok(
+        &url_b,
+        &bob,
+        Method::POST,
+        &format!("/join/{}", path_segment(&alias)),
+        Some(json!({})),
+    )
+    .await;
+    let kiwi = send_text(&url_a, &alice, &room, "k1", "a federated kiwi arrives").await;
+    let found = warren_tests::wait_until(
+        warren_tests::WAIT,
+        "bob's node finds the kiwi",
+        async || {
+            let (status, v) = search(&url_b, &bob, json!({"search_term": "kiwi"}), None).await;
+            anyhow::ensure!(status == 200, "search failed: {v}");
+            Ok(result_ids(&v) == vec![kiwi.clone()])
+        },
+    )
+    .await;
+    found.expect("received message is searchable");
+
+    b.stop().await.expect("stop b");
+    a.stop().await.expect("stop a");
+}
