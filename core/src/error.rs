@@ -52,6 +52,9 @@ pub enum Error {
     /// 504 `M_NOT_YET_UPLOADED`: the media id exists but its content has not arrived.
     #[error("{0}")]
     NotYetUploaded(String),
+    /// 409 `M_UNKNOWN`: the resource exists already (a room alias that is taken).
+    #[error("{0}")]
+    Conflict(String),
     /// 429 `M_LIMIT_EXCEEDED`.
     #[error("{0}")]
     LimitExceeded(String),
@@ -127,6 +130,7 @@ impl Error {
             BadContent(_) => (StatusCode::BAD_REQUEST, "M_UNKNOWN"),
             CannotOverwriteMedia(_) => (StatusCode::CONFLICT, "M_CANNOT_OVERWRITE_MEDIA"),
             NotYetUploaded(_) => (StatusCode::GATEWAY_TIMEOUT, "M_NOT_YET_UPLOADED"),
+            Conflict(_) => (StatusCode::CONFLICT, "M_UNKNOWN"),
             LimitExceeded(_) => (StatusCode::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED"),
             UserInUse => (StatusCode::BAD_REQUEST, "M_USER_IN_USE"),
             InvalidUsername(_) => (StatusCode::BAD_REQUEST, "M_INVALID_USERNAME"),

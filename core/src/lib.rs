@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod client_api;
 pub mod config;
+pub mod directory;
 pub mod e2ee;
 pub mod error;
 pub mod events;
@@ -18,6 +19,7 @@ pub mod media;
 pub mod node;
 pub mod push;
 pub mod rooms;
+pub mod search;
 pub mod server;
 pub mod storage;
 pub mod streams;

@@ -5,6 +5,7 @@
 
 pub(crate) mod account;
 mod account_data;
+mod directory;
 mod ephemeral;
 mod extract;
 mod keys;
@@ -15,10 +16,11 @@ mod push;
 pub mod request_log;
 mod room_keys;
 pub mod rooms;
+mod search;
 mod sync;
 mod to_device;
 mod versions;
-mod visibility;
+pub(crate) mod visibility;
 
 use std::sync::Arc;
 
@@ -177,6 +179,23 @@ pub fn router(server: Arc<Server>) -> Router {
         ("/rooms/{room_id}/unban", post(membership::unban)),
         ("/rooms/{room_id}/forget", post(membership::forget)),
         ("/joined_rooms", get(membership::joined_rooms)),
+        (
+            "/directory/room/{room_alias}",
+            get(directory::get_alias)
+                .put(directory::put_alias)
+                .delete(directory::delete_alias),
+        ),
+        ("/rooms/{room_id}/aliases", get(directory::room_aliases)),
+        (
+            "/directory/list/room/{room_id}",
+            get(directory::get_visibility).put(directory::put_visibility),
+        ),
+        (
+            "/publicRooms",
+            get(directory::get_public_rooms).post(directory::post_public_rooms),
+        ),
+        ("/user_directory/search", post(directory::search_users)),
+        ("/search", post(search::search)),
         ("/rooms/{room_id}/typing/{user_id}", put(ephemeral::typing)),
         (
             "/rooms/{room_id}/receipt/{receipt_type}/{event_id}",

@@ -329,6 +329,8 @@ pub(super) fn persist_accepted(c: &Connection, a: Accepted<'_>) -> Result<i64, E
         room_state_group: room_group,
     };
     storage::insert_event(c, &stored)?;
+    // Full-text search: same transaction, so the index never lags the timeline.
+    storage::index_event(c, &stored)?;
     if let Some((state, group)) = replace_with {
         replace_current_state(c, room_id, &state, group, pos)?;
     }
@@ -401,6 +403,7 @@ fn apply_redaction(
     let (_, rules) = rules_for(version)?;
     let redacted = redact_json(&ev.json, &rules)?;
     storage::mark_redacted(c, target, &redacted, &redaction.event_id)?;
+    storage::unindex_event(c, ev.stream_ordering)?;
     let because = client_event(
         redaction,
         ClientEventOptions {

@@ -42,6 +42,29 @@ impl PowerLevels {
         self.content["notifications"][key].as_i64().unwrap_or(50)
     }
 
+    /// Level needed to send an event of type `kind` (`events`, then `state_default`
+    /// or `events_default`; with no power levels event, 0 as the auth rules say).
+    pub fn event_level(&self, kind: &str, is_state: bool) -> i64 {
+        if self.content.is_null() {
+            return 0;
+        }
+        self.content["events"][kind].as_i64().unwrap_or_else(|| {
+            if is_state {
+                self.content["state_default"].as_i64().unwrap_or(50)
+            } else {
+                self.content["events_default"].as_i64().unwrap_or(0)
+            }
+        })
+    }
+
+    /// `state_default` (50 when unset, 0 with no power levels event).
+    pub fn state_default(&self) -> i64 {
+        if self.content.is_null() {
+            return 0;
+        }
+        self.content["state_default"].as_i64().unwrap_or(50)
+    }
+
     /// A named threshold such as `redact`, `kick`, `ban` (default 50) or `invite` (0).
     pub fn threshold(&self, name: &str) -> i64 {
         let default = if name == "invite" { 0 } else { 50 };

@@ -336,6 +336,34 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX federation_inbound_txns_by_time ON federation_inbound_txns(received_ts);
     "#,
+    // 9: the room directory and full-text search. Aliases are looked up by room; the
+    // search index is an FTS5 table keyed by the event's stream position (rowid), holding
+    // the searchable text of timeline events (`content.body` of `m.room.message`,
+    // `content.name` / `content.topic` of `m.room.name` / `m.room.topic`). Events already
+    // stored are indexed here; redacted ones are not.
+    r#"
+    CREATE INDEX room_aliases_room ON room_aliases(room_id);
+    CREATE VIRTUAL TABLE event_search USING fts5(
+        text,
+        key UNINDEXED,
+        tokenize = 'unicode61 remove_diacritics 2'
+    );
+    INSERT INTO event_search (rowid, text, key)
+        SELECT stream_ordering, json_extract(json, '$.content.body'), 'content.body'
+        FROM events
+        WHERE status = 'timeline' AND redacted_by IS NULL AND type = 'm.room.message'
+          AND json_type(json, '$.content.body') = 'text';
+    INSERT INTO event_search (rowid, text, key)
+        SELECT stream_ordering, json_extract(json, '$.content.name'), 'content.name'
+        FROM events
+        WHERE status = 'timeline' AND redacted_by IS NULL AND type = 'm.room.name'
+          AND json_type(json, '$.content.name') = 'text';
+    INSERT INTO event_search (rowid, text, key)
+        SELECT stream_ordering, json_extract(json, '$.content.topic'), 'content.topic'
+        FROM events
+        WHERE status = 'timeline' AND redacted_by IS NULL AND type = 'm.room.topic'
+          AND json_type(json, '$.content.topic') = 'text';
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -404,6 +432,59 @@ mod tests {
             )
             .expect("count");
         assert_eq!(tables, 3);
+    }
+
+    #[test]
+    fn version_9_indexes_stored_messages_for_search() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        for sql in &MIGRATIONS[..8] {
+            conn.execute_batch(sql).expect("schema up to 8");
+        }
+        conn.pragma_update(None, "user_version", 8).expect("v8");
+        let insert = |pos: i64, ty: &str, json: &str, redacted: Option<&str>| {
+            conn.execute(
+                "INSERT INTO events (stream_ordering, event_id, room_id, type, sender, depth,
+                     origin_server_ts, json, redacted_by, status)
+                 VALUES (?1, ?2, '!r:x', ?3, '@a:x', 1, 0, ?4, ?5, 'timeline')",
+                rusqlite::params![pos, format!("$e{pos}"), ty, json, redacted],
+            )
+            .expect("insert event");
+        };
+        insert(
+            1,
+            "m.room.message",
+            r#"{"content":{"body":"hello mango"}}"#,
+            None,
+        );
+        insert(
+            2,
+            "m.room.message",
+            r#"{"content":{"body":"mango gone"}}"#,
+            Some("$r"),
+        );
+        insert(
+            3,
+            "m.room.topic",
+            r#"{"content":{"topic":"mango talk"}}"#,
+            None,
+        );
+        insert(4, "m.room.message", r#"{"content":{"body":42}}"#, None);
+        run(&mut conn, "mem").expect("upgrade");
+        let mut st = conn
+            .prepare("SELECT rowid, key FROM event_search WHERE event_search MATCH 'mango' ORDER BY rowid")
+            .expect("prepare");
+        let rows: Vec<(i64, String)> = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        assert_eq!(
+            rows,
+            vec![
+                (1, "content.body".to_owned()),
+                (3, "content.topic".to_owned())
+            ]
+        );
     }
 
     #[test]

@@ -1,0 +1,342 @@
+//! The room directory (aliases, published rooms, `/publicRooms`) and the user directory.
+
+use std::sync::Arc;
+
+use axum::{Json, extract::State};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::extract::{Auth, Body, P, Q};
+use crate::directory::{self, parse_alias};
+use crate::error::Error;
+use crate::federation::client::{encode, request_json};
+use crate::server::Server;
+use crate::storage;
+
+type JsonResult = Result<Json<Value>, Error>;
+
+/// An alias that must belong to this server (`M_INVALID_PARAM` otherwise).
+fn local_alias(server: &Server, alias: &str) -> Result<String, Error> {
+    let parsed = parse_alias(alias)?;
+    if parsed.server_name().as_str() != server.server_name() {
+        return Err(Error::InvalidParam(format!(
+            "room alias {alias} does not belong to this server"
+        )));
+    }
+    Ok(parsed.to_string())
+}
+
+#[derive(Deserialize)]
+pub(super) struct PutAliasBody {
+    room_id: String,
+}
+
+/// `PUT /directory/room/{roomAlias}`: the caller must be joined to the room.
+pub(super) async fn put_alias(
+    State(server): State<Arc<Server>>,
+    Auth(caller): Auth,
+    P(alias): P<String>,
+    Body(body): Body<PutAliasBody>,
+) -> JsonResult {
+    let alias = local_alias(&server, &alias)?;
+    ruma::RoomId::parse(&body.room_id)
+        .map_err(|e| Error::InvalidParam(format!("invalid room id {:?}: {e}", body.room_id)))?;
+    server.write(|tx| {
+        if storage::room_info(tx, &body.room_id)?.is_none() {
+            return Err(Error::NotFound(format!("unknown room {}", body.room_id)));
+        }
+        let joined = storage::membership(tx, &body.room_id, &caller.user_id)?
+            .is_some_and(|(m, _, _)| m == "join");
+        if !joined {
+            return Err(Error::Forbidden(format!(
+                "you are not joined to {}",
+                body.room_id
+            )));
+        }
+        if !storage::insert_alias(tx, &alias, &body.room_id, &caller.user_id)? {
+            return Err(Error::Conflict(format!(
+                "room alias {alias} already exists"
+            )));
+        }
+        Ok(())
+    })?;
+    tracing::info!(%alias, room_id = %body.room_id, "room alias created");
+    Ok(Json(json!({})))
+}
+
+/// `GET /directory/room/{roomAlias}`: local aliases from the table, others by asking
+/// the alias's server over federation.
+pub(super) async fn get_alias(
+    State(server): State<Arc<Server>>,
+    P(alias): P<String>,
+) -> JsonResult {
+    let parsed = parse_alias(&alias)?;
+    let alias_server = parsed.server_name().as_str();
+    if alias_server != server.server_name() {
+        let path = format!(
+            "/_matrix/federation/v1/query/directory?room_alias={}",
+            encode(parsed.as_str())
+        );
+        let answer: Value =
+            request_json(&server, alias_server, http::Method::GET, &path, None).await?;
+        let room_id = answer["room_id"]
+            .as_str()
+            .ok_or_else(|| Error::NotFound(format!("room alias {alias} not found")))?;
+        let servers: Vec<&str> = answer["servers"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        return Ok(Json(json!({ "room_id": room_id, "servers": servers })));
+    }
+    let (room_id, servers) = server.db.read_tx(|c| {
+        let room_id = storage::alias_room(c, parsed.as_str())?
+            .ok_or_else(|| Error::NotFound(format!("room alias {alias} not found")))?;
+        let servers = directory::resident_servers(c, server.server_name(), &room_id)?;
+        Ok((room_id, servers))
+    })?;
+    Ok(Json(json!({ "room_id": room_id, "servers": servers })))
+}
+
+/// `DELETE /directory/room/{roomAlias}`: by the alias's creator, or a joined member with
+/// the power to send `m.room.canonical_alias`.
+pub(super) async fn delete_alias(
+    State(server): State<Arc<Server>>,
+    Auth(caller): Auth,
+    P(alias): P<String>,
+) -> JsonResult {
+    let alias = local_alias(&server, &alias)?;
+    server.write(|tx| {
+        let (room_id, creator) = storage::alias_entry(tx, &alias)?
+            .ok_or_else(|| Error::NotFound(format!("room alias {alias} not found")))?;
+        let allowed = creator == caller.user_id
+            || directory::can_send_state(
+                tx,
+                &room_id,
+                &caller.user_id,
+                Some("m.room.canonical_alias"),
+            )?;
+        if !allowed {
+            return Err(Error::Forbidden(format!(
+                "you may not remove the room alias {alias}"
+            )));
+        }
+        storage::delete_alias(tx, &alias)?;
+        Ok(())
+    })?;
+    tracing::info!(%alias, "room alias removed");
+    Ok(Json(json!({})))
+}
+
+/// `GET /rooms/{roomId}/aliases`: joined members (or anyone, for world-readable rooms).
+pub(super) async fn room_aliases(
+    State(server): State<Arc<Server>>,
+    Auth(caller): Auth,
+    P(room_id): P<String>,
+) -> JsonResult {
+    let aliases = server.db.read_tx(|c| {
+        let joined =
+            storage::membership(c, &room_id, &caller.user_id)?.is_some_and(|(m, _, _)| m == "join");
+        let world_readable = storage::room_info(c, &room_id)?.is_some()
+            && crate::federation::visible::current_history_visibility(c, &room_id)?
+                == "world_readable";
+        if !joined && !world_readable {
+            return Err(Error::Forbidden(format!(
+                "you are not a member of {room_id}"
+            )));
+        }
+        storage::room_aliases(c, &room_id)
+    })?;
+    Ok(Json(json!({ "aliases": aliases })))
+}
+
+/// `GET /directory/list/room/{roomId}`.
+pub(super) async fn get_visibility(
+    State(server): State<Arc<Server>>,
+    P(room_id): P<String>,
+) -> JsonResult {
+    let public = server
+        .db
+        .read(|c| storage::room_is_public(c, &room_id))?
+        .ok_or_else(|| Error::NotFound(format!("unknown room {room_id}")))?;
+    let visibility = if public { "public" } else { "private" };
+    Ok(Json(json!({ "visibility": visibility })))
+}
+
+#[derive(Deserialize)]
+pub(super) struct VisibilityBody {
+    visibility: Option<String>,
+}
+
+/// `PUT /directory/list/room/{roomId}`: a joined member with the room's `state_default`
+/// power.
+pub(super) async fn put_visibility(
+    State(server): State<Arc<Server>>,
+    Auth(caller): Auth,
+    P(room_id): P<String>,
+    Body(body): Body<VisibilityBody>,
+) -> JsonResult {
+    let public = match body.visibility.as_deref() {
+        Some("public") => true,
+        Some("private") | None => false,
+        Some(other) => {
+            return Err(Error::InvalidParam(format!(
+                "visibility must be public or private, not {other:?}"
+            )));
+        }
+    };
+    server.write(|tx| {
+        if storage::room_is_public(tx, &room_id)?.is_none() {
+            return Err(Error::NotFound(format!("unknown room {room_id}")));
+        }
+        if !directory::can_send_state(tx, &room_id, &caller.user_id, None)? {
+            return Err(Error::Forbidden(
+                "you may not change this room's directory visibility".into(),
+            ));
+        }
+        storage::set_room_public(tx, &room_id, public)
+    })?;
+    Ok(Json(json!({})))
+}
+
+#[derive(Deserialize)]
+pub(super) struct PublicRoomsQuery {
+    limit: Option<String>,
+    since: Option<String>,
+    server: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+pub(super) struct PublicRoomsFilter {
+    generic_search_term: Option<String>,
+    room_types: Option<Vec<Option<String>>>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct PublicRoomsBody {
+    limit: Option<u64>,
+    since: Option<String>,
+    #[serde(default)]
+    filter: PublicRoomsFilter,
+}
+
+#[derive(Deserialize)]
+pub(super) struct ServerQuery {
+    server: Option<String>,
+}
+
+/// The `server` to ask, when it is not this one.
+fn remote_server(server: &Server, name: Option<&str>) -> Result<Option<String>, Error> {
+    match name {
+        None | Some("") => Ok(None),
+        Some(n) if n == server.server_name() => Ok(None),
+        Some(n) => {
+            ruma::ServerName::parse(n)
+                .map_err(|e| Error::InvalidParam(format!("invalid server name {n:?}: {e}")))?;
+            Ok(Some(n.to_owned()))
+        }
+    }
+}
+
+/// `GET /publicRooms` (no authentication needed).
+pub(super) async fn get_public_rooms(
+    State(server): State<Arc<Server>>,
+    Q(q): Q<PublicRoomsQuery>,
+) -> JsonResult {
+    let limit = match q.limit.as_deref() {
+        None | Some("") => None,
+        Some(l) => Some(l.parse::<u64>().map_err(|_| {
+            Error::InvalidParam(format!("limit must be a non-negative integer, not {l:?}"))
+        })?),
+    };
+    if let Some(remote) = remote_server(&server, q.server.as_deref())? {
+        let mut path = "/_matrix/federation/v1/publicRooms".to_owned();
+        let mut sep = '?';
+        if let Some(l) = limit {
+            path.push_str(&format!("{sep}limit={l}"));
+            sep = '&';
+        }
+        if let Some(s) = &q.since {
+            path.push_str(&format!("{sep}since={}", encode(s)));
+        }
+        let answer: Value = request_json(&server, &remote, http::Method::GET, &path, None).await?;
+        return Ok(Json(answer));
+    }
+    let body = server
+        .db
+        .read_tx(|c| directory::public_rooms(c, limit, q.since.as_deref(), None, None))?;
+    Ok(Json(body))
+}
+
+/// `POST /publicRooms`.
+pub(super) async fn post_public_rooms(
+    State(server): State<Arc<Server>>,
+    Auth(_caller): Auth,
+    Q(q): Q<ServerQuery>,
+    Body(body): Body<PublicRoomsBody>,
+) -> JsonResult {
+    if let Some(remote) = remote_server(&server, q.server.as_deref())? {
+        let request = json!({
+            "limit": body.limit,
+            "since": body.since,
+            "filter": {
+                "generic_search_term": body.filter.generic_search_term,
+                "room_types": body.filter.room_types,
+            },
+        });
+        let answer: Value = request_json(
+            &server,
+            &remote,
+            http::Method::POST,
+            "/_matrix/federation/v1/publicRooms",
+            Some(&request),
+        )
+        .await?;
+        return Ok(Json(answer));
+    }
+    let out = server.db.read_tx(|c| {
+        directory::public_rooms(
+            c,
+            body.limit,
+            body.since.as_deref(),
+            body.filter.generic_search_term.as_deref(),
+            body.filter.room_types.as_deref(),
+        )
+    })?;
+    Ok(Json(out))
+}
+
+#[derive(Deserialize)]
+pub(super) struct UserSearchBody {
+    search_term: String,
+    limit: Option<u64>,
+}
+
+/// `POST /user_directory/search`.
+pub(super) async fn search_users(
+    State(server): State<Arc<Server>>,
+    Auth(caller): Auth,
+    Body(body): Body<UserSearchBody>,
+) -> JsonResult {
+    let limit = body.limit.map_or(directory::DEFAULT_USER_LIMIT, |l| {
+        usize::try_from(l)
+            .unwrap_or(directory::MAX_USER_LIMIT)
+            .clamp(1, directory::MAX_USER_LIMIT)
+    });
+    let (users, limited) = server
+        .db
+        .read_tx(|c| directory::search_users(c, &caller.user_id, &body.search_term, limit))?;
+    let results: Vec<Value> = users
+        .into_iter()
+        .map(|u| {
+            let mut v = json!({ "user_id": u.user_id });
+            if let Some(n) = u.display_name {
+                v["display_name"] = json!(n);
+            }
+            if let Some(a) = u.avatar_url {
+                v["avatar_url"] = json!(a);
+            }
+            v
+        })
+        .collect();
+    Ok(Json(json!({ "results": results, "limited": limited })))
+}
