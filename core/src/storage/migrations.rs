@@ -336,6 +336,21 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX federation_inbound_txns_by_time ON federation_inbound_txns(received_ts);
     "#,
+    // 9: reserved for the client directory/search branch; this empty placeholder is
+    // replaced by that migration when the branches merge.
+    "",
+    // 10: to-device messages received from other servers, by (origin, sender,
+    // message_id), so a redelivered `m.direct_to_device` EDU is not delivered twice.
+    r#"
+    CREATE TABLE federation_to_device_seen (
+        origin TEXT NOT NULL,
+        sender TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        received_ts INTEGER NOT NULL,
+        PRIMARY KEY (origin, sender, message_id)
+    );
+    CREATE INDEX federation_to_device_seen_by_time ON federation_to_device_seen(received_ts);
+    "#,
 ];
 
 /// The schema version this build writes.
