@@ -132,15 +132,7 @@ fn queue_for_user(
         let targets = known.iter().filter(|d| device_id == "*" || *d == device_id);
         for target in targets {
             let pos = storage::next_stream_position(tx)?;
-            storage::insert_to_device(
-                tx,
-                pos,
-                user_id,
-                target,
-                sender,
-                event_type,
-                &content,
-            )?;
+            storage::insert_to_device(tx, pos, user_id, target, sender, event_type, &content)?;
         }
     }
     Ok(())

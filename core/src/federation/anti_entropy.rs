@@ -203,7 +203,10 @@ async fn sync_room(
             let mut ours = storage::forward_extremities(c, room)?;
             ours.sort_by(|a, b| b.1.cmp(&a.1));
             ours.truncate(MAX_EXTREMITIES);
-            Ok((missing, ours.into_iter().map(|(id, _)| id).collect::<Vec<_>>()))
+            Ok((
+                missing,
+                ours.into_iter().map(|(id, _)| id).collect::<Vec<_>>(),
+            ))
         })?;
         if missing.is_empty() {
             break;

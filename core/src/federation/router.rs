@@ -15,8 +15,8 @@ use crate::client_api::unrecognized;
 use crate::server::Server;
 
 use super::{
-    anti_entropy, auth, backfill, devices, directory, event, hierarchy, keys, membership, missing_events,
-    public_rooms, query, send, state,
+    anti_entropy, auth, backfill, devices, directory, event, hierarchy, keys, membership,
+    missing_events, public_rooms, query, send, state,
 };
 
 /// The federation router, with `Server` state applied.
