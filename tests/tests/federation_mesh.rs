@@ -276,6 +276,24 @@ async fn messages_cross_a_node_between_two_that_never_meet() -> anyhow::Result<(
     // The two ends never had a connection: delivery was multi-hop.
     ensure!(!connected(&a, &c).await?, "A and C got connected");
     ensure!(!connected(&c, &a).await?, "C and A got connected");
+
+    // C goes away; Alice says more than one `get_missing_events` call carries. C comes
+    // back, still knowing only B, and catches up on all of it through B.
+    c.stop().await?;
+    for i in 0..45 {
+        alice.say(&room, &format!("while away {i}")).await?;
+    }
+    let bob_sees = |s: &Value| has_message(s, &room, "while away 44");
+    bob.sync_until("Alice's last message", bob_sees).await?;
+    let c = mesh_node(dc.path(), isolated_p2p()).await?;
+    let carol = carol.on(&c);
+    connect_nodes(&c, &b).await?;
+    carol
+        .sync_until("all 45 messages, through B", |s| {
+            (0..45).all(|i| has_message(s, &room, &format!("while away {i}")))
+        })
+        .await?;
+    ensure!(!connected(&c, &a).await?, "C and A got connected");
     a.stop().await?;
     b.stop().await?;
     c.stop().await?;

@@ -124,9 +124,7 @@ mod tests {
         assert_eq!(edu["content"]["device_id"], "D1");
         // Nothing for the own server nor for a server sharing no room.
         for other in ["x", "z"] {
-            let n = db
-                .read(|c| storage::outbox_depth(c, other))
-                .expect("depth");
+            let n = db.read(|c| storage::outbox_depth(c, other)).expect("depth");
             assert_eq!(n, 0, "{other}");
         }
         // A remote user's change is recorded but never forwarded.

@@ -12,8 +12,9 @@
 //! durable outbox; anti-entropy covers everything else.
 //!
 //! Bounds: at most [`MAX_ROOMS_PER_PEER`] rooms per peer per pass, [`MAX_ROUNDS`]
-//! rounds of at most [`MAX_EVENTS_PER_ROUND`] events per room, [`MAX_CONCURRENT_PEERS`]
-//! peers at once, one pass per peer at a time.
+//! rounds per room, each walking a gap back with at most [`MAX_GAP_CALLS`] calls of
+//! [`MAX_EVENTS_PER_ROUND`] events, [`MAX_CONCURRENT_PEERS`] peers at once, one pass
+//! per peer at a time, [`PASS_TIMEOUT`] per pass.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -37,10 +38,13 @@ use crate::rooms::{Outcome, RemoteEvents, receive_pdu};
 use crate::server::Server;
 use crate::storage::{self, EventStatus};
 
-/// Most events one `get_missing_events` call of a round asks for.
-pub const MAX_EVENTS_PER_ROUND: usize = 50;
-/// Most rounds per room and pass (a round pulls at most [`MAX_EVENTS_PER_ROUND`]).
-pub const MAX_ROUNDS: usize = 5;
+/// Most events one `get_missing_events` call asks for (what a Warren peer serves at
+/// most).
+pub const MAX_EVENTS_PER_ROUND: usize = 20;
+/// Most `get_missing_events` calls made to walk back one gap.
+pub const MAX_GAP_CALLS: usize = 10;
+/// Most rounds (extremities compared, gap pulled) per room and pass.
+pub const MAX_ROUNDS: usize = 3;
 /// Most rooms compared with one peer per pass.
 pub const MAX_ROOMS_PER_PEER: usize = 100;
 /// Most peers synchronised at the same time.
@@ -177,6 +181,9 @@ async fn sync_room(
     peer: &str,
     room: &str,
 ) -> Result<usize, Error> {
+    let Some((version, _)) = server.db.read(|c| storage::room_info(c, room))? else {
+        return Ok(0);
+    };
     let path = format!(
         "/_matrix/federation/unstable/org.warren.extremities/{}",
         encode(room)
@@ -193,30 +200,19 @@ async fn sync_room(
             .take(MAX_EXTREMITIES)
             .map(str::to_owned)
             .collect();
-        let (missing, ours) = server.db.read(|c| {
+        let missing = server.db.read(|c| {
             let mut missing = Vec::new();
             for id in &theirs {
                 if !known(c, id)? {
                     missing.push(id.clone());
                 }
             }
-            let mut ours = storage::forward_extremities(c, room)?;
-            ours.sort_by(|a, b| b.1.cmp(&a.1));
-            ours.truncate(MAX_EXTREMITIES);
-            Ok((
-                missing,
-                ours.into_iter().map(|(id, _)| id).collect::<Vec<_>>(),
-            ))
+            Ok(missing)
         })?;
         if missing.is_empty() {
             break;
         }
-        let mut gap = remote
-            .get_missing_events(peer, room, ours, missing.clone(), MAX_EVENTS_PER_ROUND)
-            .await?;
-        gap.truncate(MAX_EVENTS_PER_ROUND);
-        // Oldest first, so each event's prev events are in place before it.
-        gap.sort_by_key(|e| e["depth"].as_i64().unwrap_or(0));
+        let gap = collect_gap(server, remote, peer, room, &version, &missing).await?;
         let mut progress = 0;
         for pdu in gap {
             progress += receive(server, remote, peer, room, pdu).await?;
@@ -233,6 +229,75 @@ async fn sync_room(
         }
     }
     Ok(pulled)
+}
+
+/// The events between our forward extremities and `missing` (the peer's extremities we
+/// lack), oldest first: `get_missing_events` calls walking back from `missing` until a
+/// call comes back short (the walk reached what we have) or [`MAX_GAP_CALLS`] calls
+/// of at most [`MAX_EVENTS_PER_ROUND`] events were made.
+async fn collect_gap(
+    server: &Arc<Server>,
+    remote: &FederationRemote,
+    peer: &str,
+    room: &str,
+    version: &str,
+    missing: &[String],
+) -> Result<Vec<Value>, Error> {
+    let ours: Vec<String> = server.db.read(|c| {
+        let mut ours = storage::forward_extremities(c, room)?;
+        ours.sort_by(|a, b| b.1.cmp(&a.1));
+        ours.truncate(MAX_EXTREMITIES);
+        Ok(ours.into_iter().map(|(id, _)| id).collect())
+    })?;
+    let mut have: HashSet<String> = missing.iter().cloned().collect();
+    let mut collected: Vec<Value> = Vec::new();
+    let mut frontier = missing.to_vec();
+    for _ in 0..MAX_GAP_CALLS {
+        let batch = remote
+            .get_missing_events(
+                peer,
+                room,
+                ours.clone(),
+                frontier.clone(),
+                MAX_EVENTS_PER_ROUND,
+            )
+            .await?;
+        let full = batch.len() >= MAX_EVENTS_PER_ROUND;
+        let mut new = 0;
+        for pdu in batch.into_iter().take(MAX_EVENTS_PER_ROUND) {
+            // An event whose id cannot be computed is left to `receive_pdu` to refuse.
+            let id = crate::rooms::event_id_of(&pdu, version).unwrap_or_default();
+            if id.is_empty() || have.insert(id) {
+                collected.push(pdu);
+                new += 1;
+            }
+        }
+        if !full || new == 0 {
+            break;
+        }
+        // Walk on from the prev events that are neither here nor already collected.
+        let prevs: Vec<String> = collected
+            .iter()
+            .flat_map(|e| e["prev_events"].as_array().cloned().unwrap_or_default())
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .filter(|id| !have.contains(id))
+            .collect();
+        frontier = server.db.read(|c| {
+            let mut out = Vec::new();
+            for id in prevs {
+                if out.len() < MAX_EXTREMITIES && !out.contains(&id) && !known(c, &id)? {
+                    out.push(id);
+                }
+            }
+            Ok(out)
+        })?;
+        if frontier.is_empty() {
+            break;
+        }
+    }
+    // Oldest first, so each event's prev events are in place before it.
+    collected.sort_by_key(|e| e["depth"].as_i64().unwrap_or(0));
+    Ok(collected)
 }
 
 /// Receive one pulled PDU; 1 when it joined the timeline (or soft-failed: it is settled).
