@@ -166,8 +166,7 @@ fn has_message(sync: &Value, room: &str, body: &str) -> bool {
 fn is_joined(sync: &Value, room: &str, user: &str) -> bool {
     room_events(sync, room)
         .iter()
-        .filter(|e| e["type"] == "m.room.member" && e["state_key"] == user)
-        .next_back()
+        .rfind(|e| e["type"] == "m.room.member" && e["state_key"] == user)
         .is_some_and(|e| e["content"]["membership"] == "join")
 }
 

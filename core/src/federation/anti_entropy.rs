@@ -71,7 +71,7 @@ pub(super) async fn extremities(
         }
         let mut ids: Vec<(String, i64)> = storage::forward_extremities(c, room)?;
         // The newest first, if there are more than we serve.
-        ids.sort_by(|a, b| b.1.cmp(&a.1));
+        ids.sort_by_key(|e| std::cmp::Reverse(e.1));
         ids.truncate(MAX_EXTREMITIES);
         Ok(ids.into_iter().map(|(id, _)| id).collect::<Vec<_>>())
     })?;
@@ -245,7 +245,7 @@ async fn collect_gap(
 ) -> Result<Vec<Value>, Error> {
     let ours: Vec<String> = server.db.read(|c| {
         let mut ours = storage::forward_extremities(c, room)?;
-        ours.sort_by(|a, b| b.1.cmp(&a.1));
+        ours.sort_by_key(|e| std::cmp::Reverse(e.1));
         ours.truncate(MAX_EXTREMITIES);
         Ok(ours.into_iter().map(|(id, _)| id).collect())
     })?;
