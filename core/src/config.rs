@@ -2,6 +2,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Who may create accounts through `/register`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -31,7 +32,13 @@ pub struct Config {
     pub registration: RegistrationPolicy,
     /// Tokens accepted by `m.login.registration_token`.
     pub registration_tokens: Vec<String>,
+    /// How often (before jitter) anti-entropy asks each connected peer what we miss in
+    /// the rooms we share (it also runs when a peer connects).
+    pub anti_entropy_interval: Duration,
 }
+
+/// Default anti-entropy period.
+pub const DEFAULT_ANTI_ENTROPY_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Default client API address: loopback only, the port clients expect.
 pub const DEFAULT_CLIENT_ADDR: SocketAddr =
@@ -53,6 +60,7 @@ impl Config {
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             registration: RegistrationPolicy::Auto,
             registration_tokens: Vec::new(),
+            anti_entropy_interval: DEFAULT_ANTI_ENTROPY_INTERVAL,
         }
     }
 

@@ -82,6 +82,7 @@ impl Node {
             outbox_dirty: Default::default(),
             outbox_wake: Default::default(),
             sender_task: Default::default(),
+            anti_entropy_task: Default::default(),
             admin_token: Default::default(),
         });
         let token = crate::admin::load_or_create_token(&server.config.data_dir)
@@ -160,6 +161,12 @@ impl Node {
         // restart.
         let task = crate::federation::sender::start(self.server.clone(), events);
         *self.server.sender_task.lock() = Some(task);
+        // Anti-entropy: pull what connected peers have and we miss (DESIGN.md §4).
+        let peer_events = self.server.transport().map(|t| t.subscribe());
+        if let Some(peer_events) = peer_events {
+            let task = crate::federation::anti_entropy::start(self.server.clone(), peer_events);
+            *self.server.anti_entropy_task.lock() = Some(task);
+        }
         true
     }
 
@@ -184,6 +191,9 @@ impl Node {
         if let Some(sender) = self.server.sender_task.lock().take() {
             sender.abort();
         }
+        if let Some(task) = self.server.anti_entropy_task.lock().take() {
+            task.abort();
+        }
         self.server.db.checkpoint()?;
         tracing::info!("node stopped");
         Ok(())
@@ -200,6 +210,9 @@ impl Drop for Node {
         }
         if let Some(sender) = self.server.sender_task.lock().take() {
             sender.abort();
+        }
+        if let Some(task) = self.server.anti_entropy_task.lock().take() {
+            task.abort();
         }
     }
 }

@@ -55,6 +55,8 @@ pub struct Server {
     pub admin_token: OnceLock<String>,
     /// The federation sender task, once a transport is attached.
     pub sender_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The anti-entropy task, once a transport is attached.
+    pub anti_entropy_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Server {

@@ -336,6 +336,8 @@ pub(super) async fn login(
 /// `POST /logout`: ends the session and removes its device.
 pub(super) async fn logout(State(server): State<Arc<Server>>, Auth(caller): Auth) -> JsonResult {
     server.write(|tx| storage::delete_device(tx, &caller.user_id, &caller.device_id))?;
+    // Other servers may have been sent an `m.device_list_update`.
+    server.outbox_wake.notify_one();
     Ok(Json(json!({})))
 }
 
@@ -486,6 +488,8 @@ pub(super) async fn delete_device(
     if !server.write(|tx| storage::delete_device(tx, &caller.user_id, &id))? {
         return Err(Error::NotFound("no such device".into()));
     }
+    // Other servers may have been sent an `m.device_list_update`.
+    server.outbox_wake.notify_one();
     Ok(Json(json!({})))
 }
 
@@ -508,5 +512,7 @@ pub(super) async fn delete_devices(
         }
         Ok(())
     })?;
+    // Other servers may have been sent an `m.device_list_update`.
+    server.outbox_wake.notify_one();
     Ok(Json(json!({})))
 }

@@ -31,7 +31,7 @@ pub(super) async fn query(
     Auth(caller): Auth,
     Body(body): Body<keys::QueryRequest>,
 ) -> JsonResult {
-    Ok(Json(keys::query(&server, &caller, &body)?))
+    Ok(Json(keys::query(&server, &caller, &body).await?))
 }
 
 /// `POST /keys/claim`.
@@ -40,7 +40,7 @@ pub(super) async fn claim(
     Auth(_caller): Auth,
     Body(body): Body<keys::ClaimRequest>,
 ) -> JsonResult {
-    Ok(Json(keys::claim(&server, &body)?))
+    Ok(Json(keys::claim(&server, &body).await?))
 }
 
 #[derive(Deserialize)]

@@ -104,4 +104,45 @@ mod tests {
         let later = key_change(&db, BOB);
         assert!(at(bob_leaves, later).is_empty());
     }
+
+    #[test]
+    fn a_local_change_is_queued_for_servers_sharing_a_room() {
+        let (_dir, db) = test_util::db();
+        member(&db, "!r:x", ALICE, "join");
+        member(&db, "!r:x", "@dave:y", "join");
+        member(&db, "!r:x", "@erin:y", "join");
+        member(&db, "!s:x", "@zed:z", "join");
+        db.write(|tx| storage::mark_device_changed(tx, ALICE, Some("D1")).map(|_| ()))
+            .expect("mark");
+        let batch = db
+            .read(|c| storage::outbox_batch(c, "y", 10, 10))
+            .expect("batch");
+        assert_eq!(batch.edus.len(), 1, "one EDU for server y");
+        let edu = &batch.edus[0];
+        assert_eq!(edu["edu_type"], "m.device_list_update");
+        assert_eq!(edu["content"]["user_id"], ALICE);
+        assert_eq!(edu["content"]["device_id"], "D1");
+        // Nothing for the own server nor for a server sharing no room.
+        for other in ["x", "z"] {
+            let n = db.read(|c| storage::outbox_depth(c, other)).expect("depth");
+            assert_eq!(n, 0, "{other}");
+        }
+        // A remote user's change is recorded but never forwarded.
+        db.write(|tx| storage::mark_remote_device_list_changed(tx, "@dave:y").map(|_| ()))
+            .expect("remote");
+        assert_eq!(db.read(|c| storage::outbox_depth(c, "y")).expect("d"), 1);
+    }
+
+    #[test]
+    fn federated_to_device_ids_are_claimed_once() {
+        let (_dir, db) = test_util::db();
+        let claim = |origin: &str, sender: &str, id: &str| {
+            db.write(|tx| storage::claim_federated_to_device(tx, origin, sender, id))
+                .expect("claim")
+        };
+        assert!(claim("y", "@dave:y", "m1"));
+        assert!(!claim("y", "@dave:y", "m1"));
+        assert!(claim("y", "@erin:y", "m1"));
+        assert!(claim("y", "@dave:y", "m2"));
+    }
 }

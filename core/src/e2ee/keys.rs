@@ -1,6 +1,7 @@
 //! `/keys/upload`, `/keys/query` and `/keys/claim`.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use rusqlite::Connection;
 use serde::Deserialize;
@@ -65,6 +66,8 @@ pub fn upload(server: &Server, caller: &Caller, req: UploadRequest) -> Result<Va
         .write(|tx| {
             if let Some(dk) = &device_keys {
                 store_device_keys(tx, caller, dk)?;
+                // Other servers may have been sent an `m.device_list_update`.
+                server.mark_outbox_dirty();
             }
             for k in &otks {
                 store_one_time_key(tx, caller, k)?;
@@ -143,7 +146,7 @@ fn store_device_keys(tx: &Connection, caller: &Caller, dk: &Value) -> Result<(),
         &caller.device_id,
         &serde_json::to_string(dk)?,
     )?;
-    storage::mark_device_list_changed(tx, &caller.user_id)?;
+    storage::mark_device_changed(tx, &caller.user_id, Some(&caller.device_id))?;
     Ok(())
 }
 
@@ -222,31 +225,85 @@ pub fn one_time_key_counts(c: &Connection, user_id: &str, device_id: &str) -> Re
 pub struct QueryRequest {
     /// `{user_id: [device_id]}`; an empty list means every device.
     pub device_keys: BTreeMap<String, Vec<String>>,
-    /// Accepted; remote servers are not asked.
+    /// Accepted; remote servers get a fixed timeout.
     #[allow(dead_code)]
     pub timeout: Option<u64>,
 }
 
-/// Answer a key query from the local database.
-pub fn query(server: &Server, caller: &Caller, req: &QueryRequest) -> Result<Value, Error> {
-    let mut failures = Map::new();
+/// Longest wait for one remote server's answer to a proxied key query or claim.
+const REMOTE_KEYS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Answer a key query: local users from the database, remote users by asking their
+/// servers (`POST /_matrix/federation/v1/user/keys/query`), all servers at once. A
+/// server that cannot be asked is named in `failures`.
+pub async fn query(server: &Server, caller: &Caller, req: &QueryRequest) -> Result<Value, Error> {
     let mut local = Vec::new();
+    let mut remote: BTreeMap<&str, Map<String, Value>> = BTreeMap::new();
     for (user_id, devices) in &req.device_keys {
         if server.is_local_user(user_id) {
             local.push((user_id.as_str(), devices.as_slice()));
-        } else if let Some((_, remote)) = user_id.rsplit_once(':') {
-            // No federation yet: say so per server, as the spec's `failures` does.
-            failures.insert(
-                remote.to_owned(),
-                json!({"status": 503, "message": "federation is not available yet"}),
-            );
+        } else if let Some((_, destination)) = user_id.rsplit_once(':') {
+            remote
+                .entry(destination)
+                .or_default()
+                .insert(user_id.clone(), json!(devices));
         }
     }
-    server.db.read_tx(|c| {
-        let mut body = query_local(c, &caller.user_id, &local)?;
-        body["failures"] = Value::Object(failures);
-        Ok(body)
-    })
+    let mut body = server
+        .db
+        .read_tx(|c| query_local(c, &caller.user_id, &local))?;
+    let answers = futures::future::join_all(remote.into_iter().map(|(destination, users)| {
+        let request = json!({ "device_keys": users });
+        async move {
+            let answer = ask_remote(server, destination, "query", &request).await;
+            (destination, users, answer)
+        }
+    }))
+    .await;
+    let mut failures = Map::new();
+    for (destination, users, answer) in answers {
+        match answer {
+            Ok(answer) => {
+                for field in ["device_keys", "master_keys", "self_signing_keys"] {
+                    for (user_id, v) in answer[field].as_object().into_iter().flatten() {
+                        // Only what we asked about, and only that server's users.
+                        if users.contains_key(user_id) {
+                            body[field][user_id] = v.clone();
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                failures.insert(destination.to_owned(), remote_failure(&e));
+            }
+        }
+    }
+    body["failures"] = Value::Object(failures);
+    Ok(body)
+}
+
+/// One signed request to `destination`'s `/user/keys/{what}`, with a timeout.
+async fn ask_remote(
+    server: &Server,
+    destination: &str,
+    what: &str,
+    request: &Value,
+) -> Result<Value, Error> {
+    let path = format!("/_matrix/federation/v1/user/keys/{what}");
+    let call = crate::federation::client::request_json::<Value>(
+        server,
+        destination,
+        http::Method::POST,
+        &path,
+        Some(request),
+    );
+    tokio::time::timeout(REMOTE_KEYS_TIMEOUT, call)
+        .await
+        .map_err(|_| Error::RemoteServer(format!("{destination} did not answer in time")))?
+}
+
+fn remote_failure(e: &Error) -> Value {
+    json!({"status": 503, "message": e.to_string()})
 }
 
 /// The local part of a key query: device keys with merged signatures and display names,
@@ -347,26 +404,50 @@ fn visible_signatures(
 pub struct ClaimRequest {
     /// `{user_id: {device_id: algorithm}}`.
     pub one_time_keys: BTreeMap<String, BTreeMap<String, String>>,
-    /// Accepted; remote servers are not asked.
+    /// Accepted; remote servers get a fixed timeout.
     #[allow(dead_code)]
     pub timeout: Option<u64>,
 }
 
-/// Claim one key per requested device, in one write transaction.
-pub fn claim(server: &Server, req: &ClaimRequest) -> Result<Value, Error> {
-    let mut failures = Map::new();
+/// Claim one key per requested device: local ones in one write transaction, remote ones
+/// from their servers (`POST /_matrix/federation/v1/user/keys/claim`).
+pub async fn claim(server: &Server, req: &ClaimRequest) -> Result<Value, Error> {
     let mut local = BTreeMap::new();
+    let mut remote: BTreeMap<&str, Map<String, Value>> = BTreeMap::new();
     for (user_id, devices) in &req.one_time_keys {
         if server.is_local_user(user_id) {
             local.insert(user_id.as_str(), devices);
-        } else if let Some((_, remote)) = user_id.rsplit_once(':') {
-            failures.insert(
-                remote.to_owned(),
-                json!({"status": 503, "message": "federation is not available yet"}),
-            );
+        } else if let Some((_, destination)) = user_id.rsplit_once(':') {
+            remote
+                .entry(destination)
+                .or_default()
+                .insert(user_id.clone(), json!(devices));
         }
     }
-    let claimed = server.db.write(|tx| claim_local(tx, &local))?;
+    let mut claimed = server.db.write(|tx| claim_local(tx, &local))?;
+    let answers = futures::future::join_all(remote.into_iter().map(|(destination, users)| {
+        let request = json!({ "one_time_keys": users });
+        async move {
+            let answer = ask_remote(server, destination, "claim", &request).await;
+            (destination, users, answer)
+        }
+    }))
+    .await;
+    let mut failures = Map::new();
+    for (destination, users, answer) in answers {
+        match answer {
+            Ok(answer) => {
+                for (user_id, v) in answer["one_time_keys"].as_object().into_iter().flatten() {
+                    if users.contains_key(user_id) {
+                        claimed[user_id] = v.clone();
+                    }
+                }
+            }
+            Err(e) => {
+                failures.insert(destination.to_owned(), remote_failure(&e));
+            }
+        }
+    }
     Ok(json!({ "one_time_keys": claimed, "failures": failures }))
 }
 

@@ -51,20 +51,75 @@ pub fn send(
         if !storage::claim_to_device_txn(tx, &caller.user_id, &caller.device_id, txn_id)? {
             return Ok(()); // A retry of a transaction already queued.
         }
+        // Remote users' messages, grouped by their server: one durable EDU per server,
+        // queued in this transaction.
+        let mut remote: BTreeMap<&str, Map<String, Value>> = BTreeMap::new();
         for (user_id, devices) in messages {
             if !server.is_local_user(user_id) {
-                tracing::debug!(%user_id, event_type, "to-device message for a remote user skipped: no federation yet");
+                let Some((_, destination)) = user_id.rsplit_once(':') else {
+                    continue;
+                };
+                let per_device: Map<String, Value> = devices
+                    .iter()
+                    .map(|(d, c)| (d.clone(), c.clone()))
+                    .collect();
+                remote
+                    .entry(destination)
+                    .or_default()
+                    .insert(user_id.clone(), Value::Object(per_device));
                 continue;
             }
-            queue_for_user(tx, caller, user_id, event_type, devices)?;
+            queue_for_user(tx, &caller.user_id, user_id, event_type, devices)?;
+        }
+        for (destination, messages) in remote {
+            let edu = json!({
+                "edu_type": "m.direct_to_device",
+                "content": {
+                    "sender": caller.user_id,
+                    "type": event_type,
+                    "message_id": message_id(),
+                    "messages": messages,
+                },
+            });
+            crate::federation::outbox::enqueue_edu(tx, server, destination, &edu)?;
         }
         Ok(())
     })
 }
 
+/// A fresh id for an outbound `m.direct_to_device` EDU (unique per sender).
+fn message_id() -> String {
+    use rand::Rng;
+    use rand::distributions::Alphanumeric;
+    rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(24)
+        .map(char::from)
+        .collect()
+}
+
+/// Deliver a `m.direct_to_device` EDU's messages to local devices, once per
+/// `(origin, sender, message_id)`. The caller checked that `sender` belongs to `origin`.
+pub fn receive_federated(
+    tx: &Connection,
+    origin: &str,
+    sender: &str,
+    event_type: &str,
+    message_id: &str,
+    messages: &Messages,
+) -> Result<bool, Error> {
+    if !storage::claim_federated_to_device(tx, origin, sender, message_id)? {
+        return Ok(false);
+    }
+    for (user_id, devices) in messages {
+        queue_for_user(tx, sender, user_id, event_type, devices)?;
+    }
+    Ok(true)
+}
+
 fn queue_for_user(
     tx: &Connection,
-    caller: &Caller,
+    sender: &str,
     user_id: &str,
     event_type: &str,
     devices: &BTreeMap<String, Value>,
@@ -77,15 +132,7 @@ fn queue_for_user(
         let targets = known.iter().filter(|d| device_id == "*" || *d == device_id);
         for target in targets {
             let pos = storage::next_stream_position(tx)?;
-            storage::insert_to_device(
-                tx,
-                pos,
-                user_id,
-                target,
-                &caller.user_id,
-                event_type,
-                &content,
-            )?;
+            storage::insert_to_device(tx, pos, user_id, target, sender, event_type, &content)?;
         }
     }
     Ok(())

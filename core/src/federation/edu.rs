@@ -1,12 +1,17 @@
-//! EDUs: ephemeral events between servers (typing notifications and read receipts so
-//! far). Inbound ones are applied if their user belongs to the origin and is joined to
-//! the room; outbound ones are queued for every other server in the room.
+//! EDUs: ephemeral events between servers: typing notifications, read receipts,
+//! direct-to-device messages and device-list updates. Inbound ones are applied if their
+//! user belongs to the origin (and, for room EDUs, is joined to the room); outbound
+//! ones are queued in the durable outbox (room EDUs for every other server in the room;
+//! to-device messages for the target's server, in the `/sendToDevice` transaction;
+//! device-list updates for every server sharing a room, in the transaction that changed
+//! the keys, see `storage::mark_device_changed`). Presence is not federated.
 
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use super::outbox;
+use crate::e2ee::to_device;
 use crate::error::Error;
 use crate::server::Server;
 use crate::storage::{self, Receipt, next_stream_position};
@@ -22,6 +27,8 @@ pub async fn receive_edu(server: &Server, origin: &str, edu: Value) {
     let result = match kind {
         "m.typing" => typing(server, origin, &content),
         "m.receipt" => receipts(server, origin, &content),
+        "m.direct_to_device" => direct_to_device(server, origin, &content),
+        "m.device_list_update" => device_list_update(server, origin, &content),
         other => {
             tracing::debug!(%origin, edu_type = other, "EDU type not handled; ignored");
             Ok(())
@@ -118,6 +125,69 @@ fn receipts(server: &Server, origin: &str, content: &Value) -> Result<(), Error>
         }
     }
     Ok(())
+}
+
+/// `user_id` must belong to `origin`.
+fn check_origin(origin: &str, user_id: &str) -> Result<(), Error> {
+    if user_id.rsplit_once(':').map(|(_, s)| s) != Some(origin) {
+        return Err(Error::Forbidden(format!(
+            "{origin} cannot speak for {user_id}"
+        )));
+    }
+    Ok(())
+}
+
+/// `content`: `{sender, type, message_id, messages: {user_id: {device_id | "*": content}}}`.
+/// Messages for users of other servers are ignored; a message id seen before from the
+/// same sender is not delivered again.
+fn direct_to_device(server: &Server, origin: &str, content: &Value) -> Result<(), Error> {
+    let sender = str_field(content, "sender")?;
+    let event_type = str_field(content, "type")?;
+    let message_id = str_field(content, "message_id")?;
+    check_origin(origin, sender)?;
+    let mut messages = to_device::parse_messages(content)?;
+    messages.retain(|user_id, _| server.is_local_user(user_id));
+    let count: usize = messages.values().map(|d| d.len()).sum();
+    if count > to_device::MAX_MESSAGES_PER_REQUEST {
+        return Err(Error::InvalidParam(format!("{count} messages in one EDU")));
+    }
+    for (user_id, devices) in &messages {
+        for (device_id, c) in devices {
+            if !c.is_object() {
+                return Err(Error::BadJson(format!(
+                    "messages.{user_id}.{device_id} must be an object"
+                )));
+            }
+        }
+    }
+    let delivered = server.write(|tx| {
+        to_device::receive_federated(tx, origin, sender, event_type, message_id, &messages)
+    })?;
+    if !delivered {
+        tracing::debug!(%origin, %sender, %message_id, "to-device EDU seen before; ignored");
+    }
+    Ok(())
+}
+
+/// `content`: `{user_id, device_id, stream_id, …}`. The user's devices are marked changed,
+/// so local users sharing a room see them in `device_lists.changed` and re-query their
+/// keys (which `/keys/query` proxies to the user's server).
+fn device_list_update(server: &Server, origin: &str, content: &Value) -> Result<(), Error> {
+    let user_id = str_field(content, "user_id")?;
+    check_origin(origin, user_id)?;
+    let own = server.server_name();
+    server.write(|tx| {
+        if !storage::servers_sharing_rooms(tx, user_id)?
+            .iter()
+            .any(|s| s == own)
+        {
+            return Err(Error::Forbidden(format!(
+                "{user_id} shares no room with this server"
+            )));
+        }
+        storage::mark_remote_device_list_changed(tx, user_id)?;
+        Ok(())
+    })
 }
 
 /// Queue `edu` for every other server with joined members in `room_id`.

@@ -6,6 +6,7 @@
 //! transport attaches the authenticated origin of each inbound request as an
 //! [`AuthenticatedOrigin`] extension.
 
+pub mod anti_entropy;
 pub mod auth;
 mod backfill;
 pub mod client;

@@ -15,8 +15,8 @@ use crate::client_api::unrecognized;
 use crate::server::Server;
 
 use super::{
-    auth, backfill, devices, directory, event, hierarchy, keys, membership, missing_events,
-    public_rooms, query, send, state,
+    anti_entropy, auth, backfill, devices, directory, event, hierarchy, keys, membership,
+    missing_events, public_rooms, query, send, state,
 };
 
 /// The federation router, with `Server` state applied.
@@ -47,6 +47,10 @@ pub fn router(server: Arc<Server>) -> Router {
         .route(
             "/_matrix/federation/v1/get_missing_events/{room_id}",
             post(missing_events::get_missing_events),
+        )
+        .route(
+            "/_matrix/federation/unstable/org.warren.extremities/{room_id}",
+            get(anti_entropy::extremities),
         )
         .route(
             "/_matrix/federation/v1/query/directory",

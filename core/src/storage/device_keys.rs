@@ -219,11 +219,73 @@ pub fn unused_fallback_key_types(
 /// Record that a user's device list (device keys or cross-signing keys) changed, at a new
 /// stream position, so `/sync` and `/keys/changes` report it. Call inside the write
 /// transaction that made the change.
+///
+/// For a local user this also queues an `m.device_list_update` EDU for every other server
+/// with members in a room the user is joined to (the caller wakes the sender with
+/// `Server::mark_outbox_dirty`). `device_id` names the device when one device changed.
 pub fn mark_device_list_changed(c: &Connection, user_id: &str) -> Result<StreamPosition, Error> {
+    mark_device_changed(c, user_id, None)
+}
+
+/// [`mark_device_list_changed`] naming the device that changed.
+pub fn mark_device_changed(
+    c: &Connection,
+    user_id: &str,
+    device_id: Option<&str>,
+) -> Result<StreamPosition, Error> {
+    let pos = mark_remote_device_list_changed(c, user_id)?;
+    let Some((_, own_server)) = user_id.rsplit_once(':') else {
+        return Ok(pos);
+    };
+    let destinations: Vec<String> = servers_sharing_rooms(c, user_id)?
+        .into_iter()
+        .filter(|s| s != own_server)
+        .collect();
+    if !destinations.is_empty() {
+        let edu = serde_json::json!({
+            "edu_type": "m.device_list_update",
+            "content": {
+                "user_id": user_id,
+                "device_id": device_id.unwrap_or(""),
+                "stream_id": pos,
+                "prev_id": [],
+            },
+        });
+        for d in &destinations {
+            super::enqueue_edu(c, d, &edu)?;
+        }
+    }
+    Ok(pos)
+}
+
+/// Record a device-list change without telling anyone (a remote user's change, learnt
+/// from their server).
+pub fn mark_remote_device_list_changed(
+    c: &Connection,
+    user_id: &str,
+) -> Result<StreamPosition, Error> {
     let pos = super::next_stream_position(c)?;
     c.prepare_cached("INSERT INTO device_list_changes (stream_ordering, user_id) VALUES (?1, ?2)")?
         .execute(params![pos, user_id])?;
     Ok(pos)
+}
+
+/// Servers of users joined to any room `user_id` is joined to.
+pub fn servers_sharing_rooms(c: &Connection, user_id: &str) -> Result<Vec<String>, Error> {
+    let mut st = c.prepare_cached(
+        "SELECT DISTINCT m2.user_id FROM memberships m1 JOIN memberships m2 ON m1.room_id = m2.room_id
+         WHERE m1.user_id = ?1 AND m1.membership = 'join' AND m2.membership = 'join'",
+    )?;
+    let rows = st.query_map([user_id], |r| r.get::<_, String>(0))?;
+    let mut servers: Vec<String> = Vec::new();
+    for user in rows {
+        if let Some((_, s)) = user?.rsplit_once(':')
+            && !servers.iter().any(|x| x == s)
+        {
+            servers.push(s.to_owned());
+        }
+    }
+    Ok(servers)
 }
 
 /// Users whose device list changed in `(after, up_to]` and who are the user themself or

@@ -38,6 +38,25 @@ pub fn device_list_stream_id(c: &Connection, user_id: &str) -> Result<i64, Error
     .query_row([user_id], |r| r.get(0))?)
 }
 
+/// Rooms where both a user of `own` and a user of `peer` are joined (the rooms
+/// anti-entropy compares with `peer`), at most `limit`.
+pub fn rooms_shared_with_server(
+    c: &Connection,
+    own: &str,
+    peer: &str,
+    limit: usize,
+) -> Result<Vec<String>, Error> {
+    let mut st = c.prepare_cached(
+        "SELECT DISTINCT m1.room_id FROM memberships m1 JOIN memberships m2 ON m1.room_id = m2.room_id
+         WHERE m1.membership = 'join' AND m2.membership = 'join'
+           AND substr(m1.user_id, length(m1.user_id) - length(?1)) = ':' || ?1
+           AND substr(m2.user_id, length(m2.user_id) - length(?2)) = ':' || ?2
+         ORDER BY m1.room_id LIMIT ?3",
+    )?;
+    let rows = st.query_map(params![own, peer, limit as i64], |r| r.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -364,6 +364,18 @@ const MIGRATIONS: &[&str] = &[
         WHERE status = 'timeline' AND redacted_by IS NULL AND type = 'm.room.topic'
           AND json_type(json, '$.content.topic') = 'text';
     "#,
+    // 10: to-device messages received from other servers, by (origin, sender,
+    // message_id), so a redelivered `m.direct_to_device` EDU is not delivered twice.
+    r#"
+    CREATE TABLE federation_to_device_seen (
+        origin TEXT NOT NULL,
+        sender TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        received_ts INTEGER NOT NULL,
+        PRIMARY KEY (origin, sender, message_id)
+    );
+    CREATE INDEX federation_to_device_seen_by_time ON federation_to_device_seen(received_ts);
+    "#,
 ];
 
 /// The schema version this build writes.

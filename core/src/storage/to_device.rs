@@ -110,3 +110,25 @@ pub fn delete_to_device_up_to(
         params![user_id, device_id, up_to],
     )?)
 }
+
+/// How long the id of a to-device message received over federation is remembered.
+const SEEN_TTL_MS: i64 = 7 * 24 * 3600 * 1000;
+
+/// Record an inbound federated to-device message id; false when it was seen before.
+/// Ids older than a week are forgotten.
+pub fn claim_federated_to_device(
+    c: &Connection,
+    origin: &str,
+    sender: &str,
+    message_id: &str,
+) -> Result<bool, Error> {
+    let now = super::now_ms();
+    c.prepare_cached("DELETE FROM federation_to_device_seen WHERE received_ts < ?1")?
+        .execute([now - SEEN_TTL_MS])?;
+    Ok(c.prepare_cached(
+        "INSERT INTO federation_to_device_seen (origin, sender, message_id, received_ts)
+         VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+    )?
+    .execute(params![origin, sender, message_id, now])?
+        > 0)
+}

@@ -165,7 +165,7 @@ pub fn delete_device(c: &Connection, user_id: &str, device_id: &str) -> Result<b
     )? > 0;
     if removed {
         super::delete_signatures_on(c, user_id, device_id)?;
-        super::mark_device_list_changed(c, user_id)?;
+        super::mark_device_changed(c, user_id, Some(device_id))?;
     }
     Ok(removed)
 }

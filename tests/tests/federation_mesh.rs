@@ -1,0 +1,484 @@
+//! A mesh of real nodes over libp2p: catch-up after a partition, multi-hop delivery by
+//! anti-entropy (A–B–C with no A–C link), to-device messages across servers, and
+//! device-list updates with proxied key queries.
+//!
+//! Clients speak raw HTTP; every wait is on a condition over a `/sync`.
+
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use serde_json::{Value, json};
+use warren_core::federation::client::encode;
+use warren_tests::*;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Anti-entropy period in these tests (the default is a minute).
+const ANTI_ENTROPY: Duration = Duration::from_millis(500);
+
+struct User {
+    base: String,
+    session: Session,
+}
+
+impl User {
+    async fn register(node: &FederatedNode, localpart: &str) -> anyhow::Result<User> {
+        let base = node.node.client_url();
+        let session = register_raw(&http_client()?, &base, localpart, "secret-password").await?;
+        Ok(User { base, session })
+    }
+
+    /// The same account on a restarted node.
+    fn on(&self, node: &FederatedNode) -> User {
+        User {
+            base: node.node.client_url(),
+            session: self.session.clone(),
+        }
+    }
+
+    fn id(&self) -> &str {
+        &self.session.user_id
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Value,
+    ) -> anyhow::Result<(u16, Value)> {
+        let response = http_client()?
+            .request(
+                method.clone(),
+                format!("{}/_matrix/client/v3{path}", self.base),
+            )
+            .bearer_auth(&self.session.access_token)
+            .json(&body)
+            .send()
+            .await
+            .with_context(|| format!("{method} {path}"))?;
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        Ok((status, body))
+    }
+
+    async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        let (status, answer) = self.call(reqwest::Method::POST, path, body).await?;
+        ensure!(status == 200, "POST {path}: {status} {answer}");
+        Ok(answer)
+    }
+
+    async fn put(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        let (status, answer) = self.call(reqwest::Method::PUT, path, body).await?;
+        ensure!(status == 200, "PUT {path}: {status} {answer}");
+        Ok(answer)
+    }
+
+    async fn device_id(&self) -> anyhow::Result<String> {
+        let (status, me) = self
+            .call(reqwest::Method::GET, "/account/whoami", json!({}))
+            .await?;
+        ensure!(status == 200, "whoami: {status} {me}");
+        Ok(me["device_id"].as_str().context("device_id")?.to_owned())
+    }
+
+    async fn create_room(&self, body: Value) -> anyhow::Result<String> {
+        let answer = self.post("/createRoom", body).await?;
+        Ok(answer["room_id"].as_str().context("room_id")?.to_owned())
+    }
+
+    async fn join_via(&self, room: &str, via: &FederatedNode) -> anyhow::Result<()> {
+        self.post(
+            &format!("/join/{}?server_name={}", path_segment(room), via.name()),
+            json!({}),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn say(&self, room: &str, body: &str) -> anyhow::Result<()> {
+        let txn = format!(
+            "t{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_nanos()
+        );
+        self.put(
+            &format!("/rooms/{}/send/m.room.message/{txn}", path_segment(room)),
+            json!({"msgtype": "m.text", "body": body}),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// A sync without waiting; initial (timeline up to 50 events per room) or since a
+    /// token.
+    async fn sync(&self, since: Option<&str>) -> anyhow::Result<Value> {
+        let filter = encode(r#"{"room":{"timeline":{"limit":50}}}"#);
+        let mut url = format!(
+            "{}/_matrix/client/v3/sync?timeout=0&filter={filter}",
+            self.base
+        );
+        if let Some(since) = since {
+            url.push_str(&format!("&since={}", encode(since)));
+        }
+        let response = http_client()?
+            .get(url)
+            .bearer_auth(&self.session.access_token)
+            .send()
+            .await?;
+        ensure!(
+            response.status().is_success(),
+            "/sync: {}",
+            response.status()
+        );
+        Ok(response.json().await?)
+    }
+
+    /// Initial syncs until `cond` holds; returns that body.
+    async fn sync_until(&self, what: &str, cond: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
+        let mut last = Value::Null;
+        let label = format!("{} sees {what}", self.id());
+        wait_until(WAIT, &label, async || {
+            last = self.sync(None).await?;
+            Ok(cond(&last))
+        })
+        .await?;
+        Ok(last)
+    }
+}
+
+fn room_events<'a>(sync: &'a Value, room: &str) -> Vec<&'a Value> {
+    let r = &sync["rooms"]["join"][room];
+    r["state"]["events"]
+        .as_array()
+        .into_iter()
+        .chain(r["timeline"]["events"].as_array())
+        .flatten()
+        .collect()
+}
+
+fn has_message(sync: &Value, room: &str, body: &str) -> bool {
+    room_events(sync, room)
+        .iter()
+        .any(|e| e["type"] == "m.room.message" && e["content"]["body"] == body)
+}
+
+fn is_joined(sync: &Value, room: &str, user: &str) -> bool {
+    room_events(sync, room)
+        .iter()
+        .rfind(|e| e["type"] == "m.room.member" && e["state_key"] == user)
+        .is_some_and(|e| e["content"]["membership"] == "join")
+}
+
+/// A node whose anti-entropy runs every [`ANTI_ENTROPY`], with the given P2P settings.
+async fn mesh_node(
+    dir: &std::path::Path,
+    p2p: warren_p2p::P2pConfig,
+) -> anyhow::Result<FederatedNode> {
+    let mut config = test_config(dir);
+    config.anti_entropy_interval = ANTI_ENTROPY;
+    let node = start_node_with(config).await?;
+    let p2p = warren_p2p::P2p::attach(&node, p2p).await?;
+    p2p.wait_listening(WAIT).await?;
+    Ok(FederatedNode { node, p2p })
+}
+
+/// Test P2P settings where no node answers DHT queries, so a node only ever learns the
+/// addresses of the peers it is connected to explicitly.
+fn isolated_p2p() -> warren_p2p::P2pConfig {
+    warren_p2p::P2pConfig {
+        dht_mode: warren_p2p::DhtMode::Client,
+        ..test_p2p_config()
+    }
+}
+
+/// Whether `a` has a connection to `b`.
+async fn connected(a: &FederatedNode, b: &FederatedNode) -> anyhow::Result<bool> {
+    let name = b.name();
+    Ok(a.p2p
+        .peers()
+        .await?
+        .iter()
+        .any(|p| p.server_name.as_deref() == Some(name.as_str())))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_catches_up_on_what_it_missed() -> anyhow::Result<()> {
+    let (da, db) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let a = mesh_node(da.path(), test_p2p_config()).await?;
+    let b = mesh_node(db.path(), test_p2p_config()).await?;
+    connect_nodes(&a, &b).await?;
+    let alice = User::register(&a, "alice").await?;
+    let bob = User::register(&b, "bob").await?;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await?;
+    bob.join_via(&room, &a).await?;
+    alice
+        .sync_until("Bob's join", |s| is_joined(s, &room, bob.id()))
+        .await?;
+
+    // B goes away; Alice talks meanwhile.
+    b.stop().await?;
+    for i in 0..5 {
+        alice.say(&room, &format!("missed {i}")).await?;
+    }
+
+    // B comes back on the same data directory (new addresses) and dials A.
+    let b = mesh_node(db.path(), test_p2p_config()).await?;
+    let bob = bob.on(&b);
+    connect_nodes(&b, &a).await?;
+    bob.sync_until("the 5 missed messages", |s| {
+        (0..5).all(|i| has_message(s, &room, &format!("missed {i}")))
+    })
+    .await?;
+    a.stop().await?;
+    b.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_cross_a_node_between_two_that_never_meet() -> anyhow::Result<()> {
+    let (da, db, dc) = (
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+    );
+    let a = mesh_node(da.path(), isolated_p2p()).await?;
+    let b = mesh_node(db.path(), isolated_p2p()).await?;
+    let c = mesh_node(dc.path(), isolated_p2p()).await?;
+    // A–B and B–C only.
+    connect_nodes(&a, &b).await?;
+    connect_nodes(&c, &b).await?;
+    let alice = User::register(&a, "alice").await?;
+    let bob = User::register(&b, "bob").await?;
+    let carol = User::register(&c, "carol").await?;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await?;
+    bob.join_via(&room, &a).await?;
+    carol.join_via(&room, &b).await?;
+    // A hears of Carol's join from B (B's outbox forwards the join it accepted).
+    alice
+        .sync_until("Carol's join", |s| is_joined(s, &room, carol.id()))
+        .await?;
+
+    alice.say(&room, "over the hill").await?;
+    carol
+        .sync_until("Alice's message, through B", |s| {
+            has_message(s, &room, "over the hill")
+        })
+        .await?;
+    carol.say(&room, "and back").await?;
+    alice
+        .sync_until("Carol's message, through B", |s| {
+            has_message(s, &room, "and back")
+        })
+        .await?;
+
+    // The two ends never had a connection: delivery was multi-hop.
+    ensure!(!connected(&a, &c).await?, "A and C got connected");
+    ensure!(!connected(&c, &a).await?, "C and A got connected");
+
+    // C goes away; Alice says more than one `get_missing_events` call carries. C comes
+    // back, still knowing only B, and catches up on all of it through B.
+    c.stop().await?;
+    for i in 0..45 {
+        alice.say(&room, &format!("while away {i}")).await?;
+    }
+    let bob_sees = |s: &Value| has_message(s, &room, "while away 44");
+    bob.sync_until("Alice's last message", bob_sees).await?;
+    let c = mesh_node(dc.path(), isolated_p2p()).await?;
+    let carol = carol.on(&c);
+    connect_nodes(&c, &b).await?;
+    carol
+        .sync_until("all 45 messages, through B", |s| {
+            (0..45).all(|i| has_message(s, &room, &format!("while away {i}")))
+        })
+        .await?;
+    ensure!(!connected(&c, &a).await?, "C and A got connected");
+    a.stop().await?;
+    b.stop().await?;
+    c.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_to_device_message_reaches_a_remote_device_once() -> anyhow::Result<()> {
+    let (da, db) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let a = mesh_node(da.path(), test_p2p_config()).await?;
+    let b = mesh_node(db.path(), test_p2p_config()).await?;
+    connect_nodes(&a, &b).await?;
+    let alice = User::register(&a, "alice").await?;
+    let bob = User::register(&b, "bob").await?;
+    let bob_device = bob.device_id().await?;
+    let start = bob.sync(None).await?;
+    let since = start["next_batch"]
+        .as_str()
+        .context("next_batch")?
+        .to_owned();
+
+    let body = json!({"messages": {bob.id(): {&bob_device: {"secret": "s3cr3t"}}}});
+    alice
+        .put("/sendToDevice/m.test.secret/txn1", body.clone())
+        .await?;
+    // A retried request is not sent again.
+    alice.put("/sendToDevice/m.test.secret/txn1", body).await?;
+
+    let mut got = Value::Null;
+    wait_until(WAIT, "Bob's to-device message", async || {
+        got = bob.sync(Some(&since)).await?;
+        Ok(got["to_device"]["events"]
+            .as_array()
+            .is_some_and(|e| !e.is_empty()))
+    })
+    .await?;
+    let events = got["to_device"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    ensure!(events.len() == 1, "to-device events: {events:?}");
+    ensure!(events[0]["sender"] == alice.id(), "{events:?}");
+    ensure!(events[0]["type"] == "m.test.secret", "{events:?}");
+    ensure!(events[0]["content"]["secret"] == "s3cr3t", "{events:?}");
+
+    // Nothing more arrives: acknowledge, give the outbox time, sync again.
+    let next = got["next_batch"].as_str().context("next_batch")?.to_owned();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = bob.sync(Some(&next)).await?;
+    let more = after["to_device"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    ensure!(more.is_empty(), "delivered again: {more:?}");
+    a.stop().await?;
+    b.stop().await?;
+    Ok(())
+}
+
+/// Canonical JSON of a device's keys, signed by its ed25519 key (hand-built: the
+/// object is small and its keys are written in sorted order).
+fn signed_device_keys(user_id: &str, device_id: &str) -> Value {
+    use base64::Engine;
+    use ed25519_dalek::{Signer, SigningKey};
+    let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
+    let key = SigningKey::from_bytes(&[42; 32]);
+    let ed = b64.encode(key.verifying_key().to_bytes());
+    let curve = b64.encode([7u8; 32]);
+    let canonical = format!(
+        r#"{{"algorithms":["m.olm.v1.curve25519-aes-sha2","m.megolm.v1.aes-sha2"],"device_id":"{device_id}","keys":{{"curve25519:{device_id}":"{curve}","ed25519:{device_id}":"{ed}"}},"user_id":"{user_id}"}}"#
+    );
+    let sig = b64.encode(key.sign(canonical.as_bytes()).to_bytes());
+    let mut v: Value = serde_json::from_str(&canonical).unwrap_or_default();
+    v["signatures"] = json!({ user_id: { format!("ed25519:{device_id}"): sig } });
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_device_key_changes_are_seen_and_queried() -> anyhow::Result<()> {
+    let (da, db) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let a = mesh_node(da.path(), test_p2p_config()).await?;
+    let b = mesh_node(db.path(), test_p2p_config()).await?;
+    connect_nodes(&a, &b).await?;
+    let alice = User::register(&a, "alice").await?;
+    let bob = User::register(&b, "bob").await?;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await?;
+    bob.join_via(&room, &a).await?;
+    let joined = alice
+        .sync_until("Bob's join", |s| is_joined(s, &room, bob.id()))
+        .await?;
+    let since = joined["next_batch"]
+        .as_str()
+        .context("next_batch")?
+        .to_owned();
+
+    let bob_device = bob.device_id().await?;
+    bob.post(
+        "/keys/upload",
+        json!({"device_keys": signed_device_keys(bob.id(), &bob_device)}),
+    )
+    .await?;
+
+    let mut got = Value::Null;
+    wait_until(WAIT, "Bob in Alice's device_lists.changed", async || {
+        got = alice.sync(Some(&since)).await?;
+        Ok(got["device_lists"]["changed"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|u| u == bob.id())))
+    })
+    .await?;
+    let (status, changes) = alice
+        .call(
+            reqwest::Method::GET,
+            &format!(
+                "/keys/changes?from={}&to={}",
+                encode(&since),
+                encode(got["next_batch"].as_str().context("next_batch")?)
+            ),
+            json!({}),
+        )
+        .await?;
+    ensure!(status == 200, "/keys/changes: {status} {changes}");
+    ensure!(
+        changes["changed"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|u| u == bob.id())),
+        "/keys/changes: {changes}"
+    );
+
+    let answer = alice
+        .post("/keys/query", json!({"device_keys": {bob.id(): []}}))
+        .await?;
+    let device = &answer["device_keys"][bob.id()][&bob_device];
+    ensure!(
+        device["keys"][format!("ed25519:{bob_device}")].is_string(),
+        "Bob's device from A: {answer}"
+    );
+    ensure!(
+        answer["failures"].as_object().is_some_and(|f| f.is_empty()),
+        "failures: {answer}"
+    );
+    a.stop().await?;
+    b.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extremities_are_served_to_room_members_only() -> anyhow::Result<()> {
+    use warren_core::federation::client::request;
+    let (da, db) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let a = mesh_node(da.path(), test_p2p_config()).await?;
+    let b = mesh_node(db.path(), test_p2p_config()).await?;
+    connect_nodes(&a, &b).await?;
+    let alice = User::register(&a, "alice").await?;
+    let bob = User::register(&b, "bob").await?;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await?;
+    let path = format!(
+        "/_matrix/federation/unstable/org.warren.extremities/{}",
+        encode(&room)
+    );
+    let ask = async || -> anyhow::Result<(u16, Value)> {
+        let r = request(b.node.server(), &a.name(), http::Method::GET, &path, None).await?;
+        let status = r.status().as_u16();
+        Ok((
+            status,
+            serde_json::from_slice(r.body()).unwrap_or(Value::Null),
+        ))
+    };
+    let (status, body) = ask().await?;
+    ensure!(status == 403, "non-member got {status} {body}");
+
+    bob.join_via(&room, &a).await?;
+    alice
+        .sync_until("Bob's join", |s| is_joined(s, &room, bob.id()))
+        .await?;
+    let (status, body) = ask().await?;
+    ensure!(status == 200, "member got {status} {body}");
+    let ids = body["extremities"].as_array().cloned().unwrap_or_default();
+    ensure!(ids.len() == 1, "extremities: {body}");
+    let stored = a
+        .node
+        .server()
+        .db
+        .read(|c| warren_core::storage::forward_extremities(c, &room))?;
+    ensure!(ids[0] == stored[0].0.as_str(), "{body} vs {stored:?}");
+    a.stop().await?;
+    b.stop().await?;
+    Ok(())
+}
