@@ -8,13 +8,14 @@
 mod client;
 mod suite;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow};
 use serde_json::{Map, Value, json};
+use tokio::runtime::Handle;
 use warren_core::{Config, Node};
 use warren_p2p::{DhtMode, P2p, P2pConfig};
 
@@ -155,20 +156,38 @@ fn profile() -> &'static str {
 }
 
 /// `warren bench`.
+///
+/// The nodes and the load generator run on two separate runtimes: the node's request
+/// handlers do their SQLite writes on the runtime's worker threads, and a client sharing
+/// those threads would be stalled by them and measure its own queueing, not the node.
 pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let nodes = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("warren-node")
+        .build()
+        .context("could not start the nodes' async runtime")?;
+    let load = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("warren-bench")
         .build()
-        .context("could not start the async runtime")?;
-    let result = runtime.block_on(measure(&args));
-    runtime.shutdown_timeout(Duration::from_secs(5));
+        .context("could not start the load generator's async runtime")?;
+    let result = load.block_on(measure(&args, nodes.handle()));
+    load.shutdown_timeout(Duration::from_secs(5));
+    nodes.shutdown_timeout(Duration::from_secs(5));
     let report = result?;
     if args.json {
         output::stdout_lines(&[report.to_string()]).context("could not write to stdout")
     } else {
         output::stdout_lines(&table(&report)).context("could not write to stdout")
     }
+}
+
+/// Run `f` on the nodes' runtime and wait for it here.
+async fn on_nodes<T: Send + 'static>(
+    nodes: &Handle,
+    f: impl Future<Output = anyhow::Result<T>> + Send + 'static,
+) -> anyhow::Result<T> {
+    nodes.spawn(f).await.context("a node task panicked")?
 }
 
 /// Resident set size of this process (VmRSS in /proc/self/status), in MiB; 0 where
@@ -205,8 +224,8 @@ struct BenchNode {
 
 /// Start a node on `dir` with a loopback QUIC transport; returns it once the client API
 /// answers.
-async fn start_node(dir: &Path) -> anyhow::Result<BenchNode> {
-    let mut config = Config::new(dir.to_path_buf());
+async fn start_node(dir: PathBuf) -> anyhow::Result<BenchNode> {
+    let mut config = Config::new(dir);
     config.client_addr = "127.0.0.1:0".parse()?;
     let node = Node::start(config)
         .await
@@ -224,7 +243,7 @@ async fn start_node(dir: &Path) -> anyhow::Result<BenchNode> {
     Ok(BenchNode { node, p2p })
 }
 
-async fn measure(args: &BenchArgs) -> anyhow::Result<Value> {
+async fn measure(args: &BenchArgs, nodes: &Handle) -> anyhow::Result<Value> {
     let sizes = Sizes::new(args.quick);
     let quiet = args.json;
     let progress = move |what: &str| {
@@ -240,21 +259,25 @@ async fn measure(args: &BenchArgs) -> anyhow::Result<Value> {
 
     progress("starting node A");
     let started = Instant::now();
-    let a = start_node(&dir_a).await?;
+    let a = on_nodes(nodes, start_node(dir_a.clone())).await?;
     node.startup_ms = started.elapsed().as_secs_f64() * 1000.0;
     tokio::time::sleep(Duration::from_millis(200)).await;
     node.rss_idle_mib = rss_mib();
 
     progress("starting node B and connecting it to A");
-    let b = start_node(&dir_b).await?;
-    let addr = a
-        .p2p
-        .listen_addrs()
-        .await?
-        .into_iter()
-        .next()
-        .context("node A has no listen address")?;
-    b.p2p.dial(addr).await?;
+    let b = on_nodes(nodes, start_node(dir_b)).await?;
+    let (pa, pb) = (a.p2p.clone(), b.p2p.clone());
+    on_nodes(nodes, async move {
+        let addr = pa
+            .listen_addrs()
+            .await?
+            .into_iter()
+            .next()
+            .context("node A has no listen address")?;
+        pb.dial(addr).await?;
+        Ok(())
+    })
+    .await?;
 
     let db_before = db_bytes(&a.node, &dir_a)?;
     let messages = AtomicU64::new(0);
@@ -305,8 +328,12 @@ async fn measure(args: &BenchArgs) -> anyhow::Result<Value> {
     };
 
     for n in [a, b] {
-        n.p2p.shutdown().await;
-        let _ = n.node.shutdown().await;
+        on_nodes(nodes, async move {
+            n.p2p.shutdown().await;
+            let _ = n.node.shutdown().await;
+            Ok(())
+        })
+        .await?;
     }
     Ok(report(args, &sizes, &local, &node, against.as_ref()))
 }
