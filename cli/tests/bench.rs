@@ -22,6 +22,7 @@ const FIGURES: &[&str] = &[
     "concurrent_sends_ten_rooms_per_s",
     "sync_wake_p50_ms",
     "sync_wake_p99_ms",
+    "sync_wake_small_room_p50_ms",
     "initial_sync_ms",
     "versions_sequential_per_s",
     "versions_concurrent_per_s",
@@ -35,7 +36,7 @@ const FIGURES: &[&str] = &[
 ];
 
 /// The client-API figures, the ones `--against` measures on the other server too.
-const CLIENT_FIGURES: usize = 10;
+const CLIENT_FIGURES: usize = 11;
 
 fn warren() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_warren"));

@@ -174,6 +174,18 @@ impl Client {
         Ok(())
     }
 
+    /// Invite `user` to `room`.
+    pub async fn invite(&self, room: &str, user: &str) -> anyhow::Result<()> {
+        let path = format!("/rooms/{}/invite", encode(room));
+        self.call(
+            reqwest::Method::POST,
+            &path,
+            Some(&json!({"user_id": user})),
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Send one `m.room.message`; returns its event id.
     pub async fn send(&self, room: &str, text: &str) -> anyhow::Result<String> {
         let n = self.txn.fetch_add(1, Ordering::Relaxed);

@@ -437,6 +437,11 @@ const ROWS: &[(&str, &str, &str)] = &[
     ),
     ("sync wake p50", "sync_wake_p50_ms", "ms"),
     ("sync wake p99", "sync_wake_p99_ms", "ms"),
+    (
+        "sync wake p50, 2 members",
+        "sync_wake_small_room_p50_ms",
+        "ms",
+    ),
     ("initial sync", "initial_sync_ms", "ms"),
     ("versions, sequential", "versions_sequential_per_s", "/s"),
     ("versions, 10 clients", "versions_concurrent_per_s", "/s"),
@@ -485,7 +490,7 @@ fn table(report: &Value) -> Vec<String> {
         "memory: process RSS (both nodes run in this process with the load generator)".into(),
     );
     let with_other = !other.is_null();
-    let mut head = format!("{:<24} {:>12} {:<4}", "FIGURE", "WARREN", "");
+    let mut head = format!("{:<26} {:>12} {:<4}", "FIGURE", "WARREN", "");
     if with_other {
         head.push_str(&format!(" {:>12} {:>8}", "OTHER", "RATIO"));
     }
@@ -493,7 +498,7 @@ fn table(report: &Value) -> Vec<String> {
     lines.push(head);
     for &(label, key, unit) in ROWS {
         let v = figures[key].as_f64().unwrap_or(f64::NAN);
-        let mut line = format!("{label:<24} {:>12} {unit:<4}", fmt_value(v));
+        let mut line = format!("{label:<26} {:>12} {unit:<4}", fmt_value(v));
         if with_other {
             match other["figures"][key].as_f64() {
                 Some(o) => line.push_str(&format!(

@@ -80,6 +80,7 @@ pub struct ClientFigures {
     pub concurrent_sends_ten_rooms_per_s: f64,
     pub sync_wake_p50_ms: f64,
     pub sync_wake_p99_ms: f64,
+    pub sync_wake_small_room_p50_ms: f64,
     pub initial_sync_ms: f64,
     pub versions_sequential_per_s: f64,
     pub versions_concurrent_per_s: f64,
@@ -104,6 +105,11 @@ impl ClientFigures {
             ),
             ("sync_wake_p50_ms", self.sync_wake_p50_ms, false),
             ("sync_wake_p99_ms", self.sync_wake_p99_ms, false),
+            (
+                "sync_wake_small_room_p50_ms",
+                self.sync_wake_small_room_p50_ms,
+                false,
+            ),
             ("initial_sync_ms", self.initial_sync_ms, false),
             (
                 "versions_sequential_per_s",
@@ -226,6 +232,23 @@ pub async fn run(
     wake.sort();
     f.sync_wake_p50_ms = percentile_ms(&wake, 0.50);
     f.sync_wake_p99_ms = percentile_ms(&wake, 0.99);
+
+    // The same in a new room of two whose waiting member has nothing unread: separates
+    // the wake-up itself from the cost of a big, busy room.
+    progress("sync wake latency in a small, quiet room");
+    let sender = clients.get(2)?;
+    let small = sender
+        .create_room(json!({"preset": "private_chat"}))
+        .await?;
+    let quiet = accounts.session(super::CONCURRENCY + 2).await?;
+    if quiet.user_id != sender.user_id {
+        sender.invite(&small, &quiet.user_id).await?;
+        quiet.join(&small, None).await?;
+    }
+    let mut wake = wake_latency(&sender, &quiet, &small, sizes.wake_samples).await?;
+    messages.fetch_add(sizes.wake_samples as u64, Ordering::Relaxed);
+    wake.sort();
+    f.sync_wake_small_room_p50_ms = percentile_ms(&wake, 0.50);
 
     progress(&format!(
         "initial sync: filling {} rooms with {} messages each",
