@@ -5,6 +5,7 @@
 //! `error: <what went wrong>` on stderr and exit status 1. Usage errors are reported by
 //! clap and exit with status 2.
 
+mod bench;
 mod config_file;
 mod id;
 mod logging;
@@ -142,6 +143,8 @@ enum Command {
     /// Check the configuration file (warren.toml in the data directory).
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Measure sends, sync, federation, start-up and memory on temporary nodes.
+    Bench(bench::BenchArgs),
     /// List the running node's rooms with members and federation state.
     Rooms {
         /// Print a JSON list.
@@ -213,6 +216,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             config_file::load(&data_dir)?
         }
         Command::Config(ConfigCommand::Check) => return config_check(&data_dir),
+        // The bench's temporary nodes log warnings only, whatever warren.toml says.
+        Command::Bench(_) => config_file::FileConfig {
+            log_level: Some("warn".to_owned()),
+            ..Default::default()
+        },
         _ => config_file::load(&data_dir).unwrap_or_default(),
     };
     let level = cli
@@ -232,6 +240,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Peers { json } => manage::peers(&data_dir, json),
         Command::Connect { multiaddr } => manage::connect(&data_dir, &multiaddr),
         Command::Rooms { json } => manage::rooms(&data_dir, json),
+        Command::Bench(args) => bench::bench(args),
         Command::User(UserCommand::Add {
             localpart,
             password,

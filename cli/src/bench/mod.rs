@@ -1,0 +1,543 @@
+//! `warren bench`: start temporary nodes in-process and measure what users feel: sends,
+//! sync wake-ups, federation propagation, initial sync, start-up, memory, disk.
+//!
+//! The nodes run inside this process (a `warren_core::Node` with a loopback QUIC
+//! transport each, mDNS off), so memory figures are the whole process's RSS: both nodes,
+//! the load generator and its HTTP clients.
+
+mod client;
+mod suite;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow};
+use serde_json::{Map, Value, json};
+use tokio::runtime::Handle;
+use warren_core::{Config, Node};
+use warren_p2p::{DhtMode, P2p, P2pConfig};
+
+use crate::output;
+use suite::{Accounts, ClientFigures};
+
+/// Clients in the concurrent measurements.
+pub const CONCURRENCY: usize = 10;
+
+const LISTEN_WAIT: Duration = Duration::from_secs(10);
+
+const LONG_ABOUT: &str = "\
+Start two temporary nodes in this process (a temporary directory, client API on \
+127.0.0.1, federation over loopback QUIC, mDNS off), drive them over HTTP and print \
+what was measured: sequential and concurrent sends, send latency, how fast a waiting \
+/sync wakes up, federation propagation between the two nodes, initial /sync of a user \
+in many rooms, start-up time, process RSS, database growth and the binary's size; and \
+the load generator's own ceiling (GET /_matrix/client/versions).
+
+Each figure is compared with its budget (PASS/FAIL). Budgets are for release builds at \
+full sizes; the profile is printed. With --against URL the client-API measurements also \
+run against another homeserver and both columns are printed with their ratio. \
+See docs/performance.md.";
+
+/// `warren bench` flags.
+#[derive(Debug, clap::Args)]
+#[command(long_about = LONG_ABOUT)]
+pub struct BenchArgs {
+    /// Tiny sizes: a smoke run of every measurement in seconds, not a measurement.
+    #[arg(long)]
+    quick: bool,
+
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+
+    /// Also run the client-API measurements against this homeserver (its client-server
+    /// API base URL, e.g. http://127.0.0.1:8008).
+    #[arg(long, value_name = "URL")]
+    against: Option<String>,
+
+    /// With --against: log in as this user (localpart or full id) instead of registering
+    /// fresh users (registration must then be open on that server).
+    #[arg(long, requires = "against", requires = "password")]
+    user: Option<String>,
+
+    /// The password of --user.
+    #[arg(long, requires = "user")]
+    password: Option<String>,
+}
+
+/// How much work each measurement does.
+#[derive(Clone, Debug)]
+pub struct Sizes {
+    pub warm_up: usize,
+    pub sequential_sends: usize,
+    pub concurrent_sends_per_client: usize,
+    pub wake_samples: usize,
+    pub federation_samples: usize,
+    pub rooms: usize,
+    pub messages_per_room: usize,
+    pub versions_sequential: usize,
+    pub versions_per_task: usize,
+}
+
+impl Sizes {
+    fn new(quick: bool) -> Sizes {
+        if quick {
+            Sizes {
+                warm_up: 2,
+                sequential_sends: 20,
+                concurrent_sends_per_client: 3,
+                wake_samples: 5,
+                federation_samples: 3,
+                rooms: 3,
+                messages_per_room: 5,
+                versions_sequential: 50,
+                versions_per_task: 10,
+            }
+        } else {
+            Sizes {
+                warm_up: 50,
+                sequential_sends: 2_000,
+                concurrent_sends_per_client: 500,
+                wake_samples: 200,
+                federation_samples: 100,
+                rooms: 100,
+                messages_per_room: 100,
+                versions_sequential: 2_000,
+                versions_per_task: 500,
+            }
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "sequential_sends": self.sequential_sends,
+            "concurrent_clients": CONCURRENCY,
+            "concurrent_sends_per_client": self.concurrent_sends_per_client,
+            "sync_wake_samples": self.wake_samples,
+            "federation_samples": self.federation_samples,
+            "initial_sync_rooms": self.rooms,
+            "initial_sync_messages_per_room": self.messages_per_room,
+        })
+    }
+}
+
+/// Node-level figures of the local run.
+#[derive(Debug, Default)]
+struct NodeFigures {
+    startup_ms: f64,
+    rss_idle_mib: f64,
+    rss_after_mib: f64,
+    db_bytes_per_10k_messages: f64,
+    federation_p50_ms: f64,
+    federation_p99_ms: f64,
+    binary_bytes: f64,
+}
+
+/// A budget: figure key, limit, whether the figure must be at least (true) or at most.
+const BUDGETS: &[(&str, f64, bool)] = &[
+    ("sequential_sends_per_s", 2_000.0, true),
+    ("concurrent_sends_one_room_per_s", 5_000.0, true),
+    ("concurrent_sends_ten_rooms_per_s", 5_000.0, true),
+    ("sync_wake_p50_ms", 2.0, false),
+    ("federation_p50_ms", 20.0, false),
+    ("rss_idle_mib", 30.0, false),
+    ("startup_ms", 300.0, false),
+    ("initial_sync_ms", 500.0, false),
+];
+
+fn profile() -> &'static str {
+    if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    }
+}
+
+/// `warren bench`.
+///
+/// The nodes and the load generator run on two separate runtimes: the node's request
+/// handlers do their SQLite writes on the runtime's worker threads, and a client sharing
+/// those threads would be stalled by them and measure its own queueing, not the node.
+pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let nodes = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("warren-node")
+        .build()
+        .context("could not start the nodes' async runtime")?;
+    let load = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("warren-bench")
+        .build()
+        .context("could not start the load generator's async runtime")?;
+    let result = load.block_on(measure(&args, nodes.handle()));
+    load.shutdown_timeout(Duration::from_secs(5));
+    nodes.shutdown_timeout(Duration::from_secs(5));
+    let report = result?;
+    if args.json {
+        output::stdout_lines(&[report.to_string()]).context("could not write to stdout")
+    } else {
+        output::stdout_lines(&table(&report)).context("could not write to stdout")
+    }
+}
+
+/// Run `f` on the nodes' runtime and wait for it here.
+async fn on_nodes<T: Send + 'static>(
+    nodes: &Handle,
+    f: impl Future<Output = anyhow::Result<T>> + Send + 'static,
+) -> anyhow::Result<T> {
+    nodes.spawn(f).await.context("a node task panicked")?
+}
+
+/// Resident set size of this process (VmRSS in /proc/self/status), in MiB; 0 where
+/// there is no /proc.
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// Bytes of the SQLite database and its WAL after a checkpoint.
+fn db_bytes(node: &Node, data_dir: &Path) -> anyhow::Result<u64> {
+    node.server()
+        .db
+        .checkpoint()
+        .map_err(|e| anyhow!("database checkpoint failed: {e}"))?;
+    let mut total = 0;
+    for entry in std::fs::read_dir(data_dir).context("reading the bench data directory")? {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with("warren.db") {
+            total += entry.metadata()?.len();
+        }
+    }
+    Ok(total)
+}
+
+struct BenchNode {
+    node: Node,
+    p2p: P2p,
+}
+
+/// Start a node on `dir` with a loopback QUIC transport; returns it once the client API
+/// answers.
+async fn start_node(dir: PathBuf) -> anyhow::Result<BenchNode> {
+    let mut config = Config::new(dir);
+    config.client_addr = "127.0.0.1:0".parse()?;
+    let node = Node::start(config)
+        .await
+        .map_err(|e| anyhow!("the bench node did not start: {e}"))?;
+    let p2p_config = P2pConfig {
+        listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse()?],
+        mdns: false,
+        dht_mode: DhtMode::Server,
+        connect_timeout: Duration::from_secs(5),
+        ..P2pConfig::default()
+    };
+    let p2p = P2p::attach(&node, p2p_config).await?;
+    p2p.wait_listening(LISTEN_WAIT).await?;
+    client::versions(&client::http_client()?, &node.client_url()).await?;
+    Ok(BenchNode { node, p2p })
+}
+
+async fn measure(args: &BenchArgs, nodes: &Handle) -> anyhow::Result<Value> {
+    let sizes = Sizes::new(args.quick);
+    let quiet = args.json;
+    let progress = move |what: &str| {
+        if !quiet {
+            eprintln!("bench: {what}");
+        }
+    };
+    let dir = tempfile::tempdir().context("could not create a temporary directory")?;
+    let (dir_a, dir_b) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&dir_a)?;
+    std::fs::create_dir_all(&dir_b)?;
+    let mut node = NodeFigures::default();
+
+    progress("starting node A");
+    let started = Instant::now();
+    let a = on_nodes(nodes, start_node(dir_a.clone())).await?;
+    node.startup_ms = started.elapsed().as_secs_f64() * 1000.0;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    node.rss_idle_mib = rss_mib();
+
+    progress("starting node B and connecting it to A");
+    let b = on_nodes(nodes, start_node(dir_b)).await?;
+    let (pa, pb) = (a.p2p.clone(), b.p2p.clone());
+    on_nodes(nodes, async move {
+        let addr = pa
+            .listen_addrs()
+            .await?
+            .into_iter()
+            .next()
+            .context("node A has no listen address")?;
+        pb.dial(addr).await?;
+        Ok(())
+    })
+    .await?;
+
+    let db_before = db_bytes(&a.node, &dir_a)?;
+    let messages = AtomicU64::new(0);
+    let local = suite::run(
+        &Accounts::register(&a.node.client_url()),
+        &sizes,
+        &messages,
+        &progress,
+    )
+    .await
+    .context("measuring the local node")?;
+    let db_after = db_bytes(&a.node, &dir_a)?;
+    let sent = messages.load(Ordering::Relaxed).max(1);
+    node.db_bytes_per_10k_messages =
+        (db_after.saturating_sub(db_before)) as f64 / sent as f64 * 10_000.0;
+
+    progress("federation propagation A → B");
+    let mut fed = federation(&a, &b, sizes.federation_samples)
+        .await
+        .context("measuring federation propagation")?;
+    fed.sort();
+    node.federation_p50_ms = suite::percentile_ms(&fed, 0.5);
+    node.federation_p99_ms = suite::percentile_ms(&fed, 0.99);
+    node.rss_after_mib = rss_mib();
+    node.binary_bytes = std::env::current_exe()
+        .and_then(std::fs::metadata)
+        .map_or(0.0, |m| m.len() as f64);
+
+    let against = match &args.against {
+        Some(url) => {
+            progress(&format!("the same client-API measurements against {url}"));
+            let accounts = match (&args.user, &args.password) {
+                (Some(user), Some(password)) => Accounts::Login {
+                    base: url.clone(),
+                    user: user.clone(),
+                    password: password.clone(),
+                },
+                _ => Accounts::register(url),
+            };
+            let other = AtomicU64::new(0);
+            Some(
+                suite::run(&accounts, &sizes, &other, &progress)
+                    .await
+                    .with_context(|| format!("measuring {}", accounts.base()))?,
+            )
+        }
+        None => None,
+    };
+
+    for n in [a, b] {
+        on_nodes(nodes, async move {
+            n.p2p.shutdown().await;
+            let _ = n.node.shutdown().await;
+            Ok(())
+        })
+        .await?;
+    }
+    Ok(report(args, &sizes, &local, &node, against.as_ref()))
+}
+
+/// Alice on A creates a public room, Bob on B joins it over federation; then Bob's
+/// waiting /sync against Alice's sends.
+async fn federation(a: &BenchNode, b: &BenchNode, samples: usize) -> anyhow::Result<Vec<Duration>> {
+    let alice =
+        Arc::new(client::Client::register(&a.node.client_url(), "fed_alice", "pw-alice").await?);
+    let bob = Arc::new(client::Client::register(&b.node.client_url(), "fed_bob", "pw-bob").await?);
+    let room = alice.create_room(json!({"preset": "public_chat"})).await?;
+    bob.join(&room, Some(a.node.server_name())).await?;
+    // One message each way first: the connection and both sides' room state are warm.
+    alice.send(&room, "hello").await?;
+    suite::wake_latency(&alice, &bob, &room, samples).await
+}
+
+fn round(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+fn report(
+    args: &BenchArgs,
+    sizes: &Sizes,
+    local: &ClientFigures,
+    node: &NodeFigures,
+    against: Option<&ClientFigures>,
+) -> Value {
+    let mut figures = Map::new();
+    for (key, value, _) in local.rows() {
+        figures.insert(key.into(), json!(round(value)));
+    }
+    for (key, value) in [
+        ("federation_p50_ms", node.federation_p50_ms),
+        ("federation_p99_ms", node.federation_p99_ms),
+        ("startup_ms", node.startup_ms),
+        ("rss_idle_mib", node.rss_idle_mib),
+        ("rss_after_mib", node.rss_after_mib),
+        ("db_bytes_per_10k_messages", node.db_bytes_per_10k_messages),
+        ("binary_bytes", node.binary_bytes),
+    ] {
+        figures.insert(key.into(), json!(round(value)));
+    }
+    let budgets: Vec<Value> = BUDGETS
+        .iter()
+        .map(|&(key, limit, at_least)| {
+            let value = figures.get(key).and_then(Value::as_f64).unwrap_or(f64::NAN);
+            let pass = if at_least {
+                value >= limit
+            } else {
+                value <= limit
+            };
+            json!({
+                "figure": key,
+                "limit": limit,
+                "at_least": at_least,
+                "value": value,
+                "pass": pass,
+            })
+        })
+        .collect();
+    let against = against.map(|other| {
+        let mut theirs = Map::new();
+        let mut ratio = Map::new();
+        for ((key, mine, _), (_, their, _)) in local.rows().into_iter().zip(other.rows()) {
+            theirs.insert(key.into(), json!(round(their)));
+            let r = if their == 0.0 { 0.0 } else { mine / their };
+            ratio.insert(key.into(), json!(round(r)));
+        }
+        json!({
+            "url": args.against,
+            "figures": theirs,
+            "ratio_warren_to_other": ratio,
+        })
+    });
+    json!({
+        "profile": profile(),
+        "quick": args.quick,
+        "sizes": sizes.to_json(),
+        "rss_note": "process RSS: both nodes run inside the bench process with the load generator",
+        "figures": figures,
+        "budgets": budgets,
+        "against": against,
+    })
+}
+
+/// (label, JSON key, unit) of every row of the table, in order.
+const ROWS: &[(&str, &str, &str)] = &[
+    ("sequential sends", "sequential_sends_per_s", "/s"),
+    ("send latency p50", "send_p50_ms", "ms"),
+    ("send latency p99", "send_p99_ms", "ms"),
+    (
+        "10 clients, 1 room",
+        "concurrent_sends_one_room_per_s",
+        "/s",
+    ),
+    (
+        "10 clients, 10 rooms",
+        "concurrent_sends_ten_rooms_per_s",
+        "/s",
+    ),
+    ("sync wake p50", "sync_wake_p50_ms", "ms"),
+    ("sync wake p99", "sync_wake_p99_ms", "ms"),
+    (
+        "sync wake p50, 2 members",
+        "sync_wake_small_room_p50_ms",
+        "ms",
+    ),
+    ("initial sync", "initial_sync_ms", "ms"),
+    ("versions, sequential", "versions_sequential_per_s", "/s"),
+    ("versions, 10 clients", "versions_concurrent_per_s", "/s"),
+    ("federation p50", "federation_p50_ms", "ms"),
+    ("federation p99", "federation_p99_ms", "ms"),
+    ("start-up to serving", "startup_ms", "ms"),
+    ("process RSS idle", "rss_idle_mib", "MiB"),
+    ("process RSS after", "rss_after_mib", "MiB"),
+    ("database per 10k msgs", "db_bytes_per_10k_messages", "B"),
+    ("binary size", "binary_bytes", "B"),
+];
+
+fn fmt_value(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+fn table(report: &Value) -> Vec<String> {
+    let figures = &report["figures"];
+    let other = &report["against"];
+    let mut lines = vec![format!(
+        "profile: {}{}",
+        report["profile"].as_str().unwrap_or("?"),
+        if report["quick"] == true {
+            " (--quick: tiny sizes, figures are not measurements)"
+        } else {
+            ""
+        }
+    )];
+    let s = &report["sizes"];
+    lines.push(format!(
+        "sizes: {} sequential sends, {} clients × {} concurrent sends, {} sync wakes, \
+         {} federation samples, initial sync {} rooms × {} messages",
+        s["sequential_sends"],
+        s["concurrent_clients"],
+        s["concurrent_sends_per_client"],
+        s["sync_wake_samples"],
+        s["federation_samples"],
+        s["initial_sync_rooms"],
+        s["initial_sync_messages_per_room"],
+    ));
+    lines.push(
+        "memory: process RSS (both nodes run in this process with the load generator)".into(),
+    );
+    let with_other = !other.is_null();
+    let mut head = format!("{:<26} {:>12} {:<4}", "FIGURE", "WARREN", "");
+    if with_other {
+        head.push_str(&format!(" {:>12} {:>8}", "OTHER", "RATIO"));
+    }
+    head.push_str("  BUDGET");
+    lines.push(head);
+    for &(label, key, unit) in ROWS {
+        let v = figures[key].as_f64().unwrap_or(f64::NAN);
+        let mut line = format!("{label:<26} {:>12} {unit:<4}", fmt_value(v));
+        if with_other {
+            match other["figures"][key].as_f64() {
+                Some(o) => line.push_str(&format!(
+                    " {:>12} {:>8}",
+                    fmt_value(o),
+                    format!(
+                        "{:.2}",
+                        other["ratio_warren_to_other"][key].as_f64().unwrap_or(0.0)
+                    )
+                )),
+                None => line.push_str(&format!(" {:>12} {:>8}", "-", "-")),
+            }
+        }
+        if let Some(budget) = report["budgets"]
+            .as_array()
+            .and_then(|b| b.iter().find(|b| b["figure"] == key))
+        {
+            let op = if budget["at_least"] == true {
+                "≥"
+            } else {
+                "≤"
+            };
+            line.push_str(&format!(
+                "  {op} {} {}",
+                fmt_value(budget["limit"].as_f64().unwrap_or(0.0)),
+                if budget["pass"] == true {
+                    "PASS"
+                } else {
+                    "FAIL"
+                }
+            ));
+        }
+        lines.push(line);
+    }
+    if with_other {
+        lines.push(format!(
+            "other: {} (ratio = warren / other)",
+            other["url"].as_str().unwrap_or("?")
+        ));
+    }
+    lines
+}
