@@ -312,3 +312,120 @@ async fn a_cancelled_start_neither_panics_nor_keeps_the_directory() {
     };
     stop(&node).await;
 }
+
+/// Percent-encode a path segment.
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn users_on_two_embedded_nodes_join_a_room_together() {
+    let (dir_a, dir_b) = (tempdir(), tempdir());
+    let a = start(config(dir_a.path())).await;
+    let b = start(config(dir_b.path())).await;
+    let addr = match a.listen_addrs().await {
+        Ok(addrs) => addrs.into_iter().next().unwrap_or_default(),
+        Err(e) => panic!("listen_addrs: {e:?}"),
+    };
+    if let Err(e) = b.connect(addr).await {
+        panic!("connect: {e:?}");
+    }
+    let alice = match a
+        .ensure_owner_account("alice".into(), "alice-password".into())
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => panic!("alice: {e:?}"),
+    };
+    let bob = match b
+        .ensure_owner_account("bob".into(), "bob-password".into())
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => panic!("bob: {e:?}"),
+    };
+    let http = reqwest::Client::new();
+    let call =
+        async |method: reqwest::Method, url: String, token: &str, body: serde_json::Value| {
+            let resp = match http
+                .request(method, &url)
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => panic!("{url}: {e}"),
+            };
+            let status = resp.status().as_u16();
+            (
+                status,
+                resp.json::<serde_json::Value>().await.unwrap_or_default(),
+            )
+        };
+    let (status, room) = call(
+        reqwest::Method::POST,
+        format!("{}/_matrix/client/v3/createRoom", a.client_url()),
+        &alice.access_token,
+        serde_json::json!({"preset": "public_chat"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{room}");
+    let room_id = room["room_id"].as_str().unwrap_or_default().to_owned();
+    let (status, joined) = call(
+        reqwest::Method::POST,
+        format!(
+            "{}/_matrix/client/v3/join/{}?server_name={}",
+            b.client_url(),
+            enc(&room_id),
+            a.server_name()
+        ),
+        &bob.access_token,
+        serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(
+        status, 200,
+        "bob joins alice's room on the other node: {joined}"
+    );
+    let (status, _) = call(
+        reqwest::Method::PUT,
+        format!(
+            "{}/_matrix/client/v3/rooms/{}/send/m.room.message/t1",
+            b.client_url(),
+            enc(&room_id)
+        ),
+        &bob.access_token,
+        serde_json::json!({"msgtype": "m.text", "body": "hello from the other phone"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let messages_url = format!(
+        "{}/_matrix/client/v3/rooms/{}/messages?dir=b&limit=20",
+        a.client_url(),
+        enc(&room_id)
+    );
+    wait_until("alice's node to have bob's message", async || {
+        let (_, page) = call(
+            reqwest::Method::GET,
+            messages_url.clone(),
+            &alice.access_token,
+            serde_json::json!({}),
+        )
+        .await;
+        page["chunk"].as_array().is_some_and(|evs| {
+            evs.iter()
+                .any(|e| e["content"]["body"] == "hello from the other phone")
+        })
+    })
+    .await;
+    stop(&b).await;
+    stop(&a).await;
+}
