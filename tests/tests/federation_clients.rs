@@ -119,3 +119,83 @@ async fn clients_on_two_nodes_chat_type_and_read_across_federation() -> anyhow::
     b.stop().await?;
     Ok(())
 }
+
+/// Alice on A invites Bob on B; they take turns for 50 messages; both nodes then show the
+/// same conversation in the same order, and Bob sees Alice's display name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invited_remote_user_and_fifty_messages_in_the_same_order() -> anyhow::Result<()> {
+    let (da, db) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let a = start_federated_node(da.path()).await?;
+    let b = start_federated_node(db.path()).await?;
+    connect_nodes(&b, &a).await?;
+    let alice = register_client(&a.node.client_url(), "alice", "alice-password").await?;
+    let bob = register_client(&b.node.client_url(), "bob", "bob-password").await?;
+    alice.account().set_display_name(Some("Alice of A")).await?;
+    let bob_id = bob
+        .user_id()
+        .map(ToOwned::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("bob has no id"))?;
+
+    let mut create = CreateRoomRequest::new();
+    create.preset = Some(RoomPreset::PrivateChat);
+    create.invite = vec![bob_id.clone()];
+    let alice_room = alice.create_room(create).await?;
+    let room_id = alice_room.room_id().to_owned();
+    sync_until(&bob, WAIT, "bob sees the invite", |r| {
+        Ok(r.rooms.invited.contains_key(&room_id))
+    })
+    .await?;
+    let bob_room = bob
+        .get_room(&room_id)
+        .ok_or_else(|| anyhow::anyhow!("bob has no invited room"))?;
+    bob_room.join().await?;
+
+    for i in 0..25 {
+        let from_a = format!("a{i}");
+        alice_room
+            .send(RoomMessageEventContent::text_plain(&from_a))
+            .await?;
+        sync_until(&bob, WAIT, "bob receives alice's turn", |r| {
+            has_message(r, &room_id, &from_a)
+        })
+        .await?;
+        let from_b = format!("b{i}");
+        bob_room
+            .send(RoomMessageEventContent::text_plain(&from_b))
+            .await?;
+        sync_until(&alice, WAIT, "alice receives bob's turn", |r| {
+            has_message(r, &room_id, &from_b)
+        })
+        .await?;
+    }
+
+    // The same 50 messages, in the same order, on both nodes.
+    let order = |events: Vec<Value>| -> Vec<String> {
+        events
+            .iter()
+            .filter_map(|e| message_body(e).map(str::to_owned))
+            .collect()
+    };
+    let on_a = order(history_backwards(&alice_room, 30).await?);
+    let on_b = order(history_backwards(&bob_room, 30).await?);
+    let expected: Vec<String> = (0..25)
+        .flat_map(|i| [format!("a{i}"), format!("b{i}")])
+        .collect();
+    // `history_backwards` pages back and returns the history oldest first.
+    assert_eq!(on_a, expected, "node A's order");
+    assert_eq!(on_b, expected, "node B's order");
+
+    // Bob sees Alice's display name.
+    let member = bob_room
+        .get_member(
+            alice
+                .user_id()
+                .ok_or_else(|| anyhow::anyhow!("alice has no id"))?,
+        )
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("alice is not a member in bob's view"))?;
+    assert_eq!(member.display_name(), Some("Alice of A"));
+    a.stop().await?;
+    b.stop().await?;
+    Ok(())
+}

@@ -20,18 +20,14 @@ type JsonResult = Result<Json<Value>, Error>;
 
 /// Users of other nodes can be invited through `/invite` only (which speaks the
 /// federation invite protocol); other places that invite refuse them.
-pub(super) fn check_invitee(server: &Server, user_id: &str) -> Result<(), Error> {
+/// A valid user id to invite: `true` for a user of this node, `false` for another's.
+pub(super) fn check_invitee(server: &Server, user_id: &str) -> Result<bool, Error> {
     let Ok(parsed) = ruma::UserId::parse(user_id) else {
         return Err(Error::InvalidParam(format!(
             "{user_id} is not a valid user id"
         )));
     };
-    if parsed.server_name().as_str() != server.server_name() {
-        return Err(Error::Forbidden(format!(
-            "{user_id} is on another node; federation between nodes is not available in this build yet"
-        )));
-    }
-    Ok(())
+    Ok(parsed.server_name().as_str() == server.server_name())
 }
 
 fn member_event(

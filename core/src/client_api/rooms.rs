@@ -63,8 +63,15 @@ pub(super) async fn create_room(
         Some("public") => true,
         Some(other) => return Err(Error::BadJson(format!("unknown visibility {other}"))),
     };
-    for invitee in &body.invite {
-        super::membership::check_invitee(&server, invitee)?;
+    // Local invitees are invited inside the creation; users of other nodes afterwards,
+    // over federation (their server must countersign the invite).
+    let mut local_invites = Vec::new();
+    let mut remote_invites = Vec::new();
+    for invitee in body.invite {
+        match super::membership::check_invitee(&server, &invitee)? {
+            true => local_invites.push(invitee),
+            false => remote_invites.push(invitee),
+        }
     }
     let req = CreateRoom {
         preset: body.preset,
@@ -72,7 +79,7 @@ pub(super) async fn create_room(
         name: body.name,
         topic: body.topic,
         alias_localpart: body.room_alias_name,
-        invite: body.invite,
+        invite: local_invites,
         is_direct: body.is_direct,
         creation_content: body.creation_content,
         initial_state: body
@@ -85,6 +92,15 @@ pub(super) async fn create_room(
     };
     let room_id = server.write(|tx| rooms::create_room(tx, &server, &caller.user_id, req))?;
     tracing::info!(%room_id, creator = %caller.user_id, "room created");
+    for invitee in remote_invites {
+        // The room exists now; a peer that cannot be reached must not make the client
+        // think creation failed (it would create another room). The inviter can retry.
+        if let Err(e) =
+            rooms::invite_remote(&server, &room_id, &caller.user_id, &invitee, None).await
+        {
+            tracing::warn!(%room_id, %invitee, error = %e, "remote invite at room creation failed");
+        }
+    }
     Ok(Json(json!({"room_id": room_id})))
 }
 
@@ -148,7 +164,11 @@ fn put_state_inner(
     content: Value,
 ) -> JsonResult {
     if kind == "m.room.member" {
-        super::membership::check_invitee(&server, &state_key)?;
+        if !super::membership::check_invitee(&server, &state_key)? {
+            return Err(Error::Forbidden(format!(
+                "{state_key} is on another node: invite them with /invite"
+            )));
+        }
     }
     let ev = NewEvent {
         kind,
