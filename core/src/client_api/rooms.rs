@@ -163,12 +163,10 @@ fn put_state_inner(
     state_key: String,
     content: Value,
 ) -> JsonResult {
-    if kind == "m.room.member" {
-        if !super::membership::check_invitee(&server, &state_key)? {
-            return Err(Error::Forbidden(format!(
-                "{state_key} is on another node: invite them with /invite"
-            )));
-        }
+    if kind == "m.room.member" && !super::membership::check_invitee(&server, &state_key)? {
+        return Err(Error::Forbidden(format!(
+            "{state_key} is on another node: use /invite, /kick or /ban for them"
+        )));
     }
     let ev = NewEvent {
         kind,
