@@ -331,21 +331,33 @@ impl P2p {
             stage: "connect",
         };
         let connect = async {
-            self.connect(peer).await.map_err(|reason| match reason {
-                ConnectError::ShutDown => TransportError::ShutDown,
-                ConnectError::Failed(reason) => TransportError::Unreachable {
-                    server: server_name.to_owned(),
-                    reason,
-                },
-            })?;
-            self.inner
-                .control
-                .open_stream(peer)
-                .await
-                .map_err(|reason| TransportError::Unreachable {
-                    server: server_name.to_owned(),
-                    reason,
-                })
+            // A connection can close between being found and carrying the stream (the
+            // peer restarted, our network changed); then connect again, giving the swarm
+            // a moment to notice the closed connection, at most twice.
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                self.connect(peer).await.map_err(|reason| match reason {
+                    ConnectError::ShutDown => TransportError::ShutDown,
+                    ConnectError::Failed(reason) => TransportError::Unreachable {
+                        server: server_name.to_owned(),
+                        reason,
+                    },
+                })?;
+                match self.inner.control.open_stream(peer).await {
+                    Ok(stream) => return Ok(stream),
+                    Err(reason) if attempt < 3 => {
+                        tracing::debug!(server = server_name, %reason, "stream not opened; reconnecting");
+                        tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                    }
+                    Err(reason) => {
+                        return Err(TransportError::Unreachable {
+                            server: server_name.to_owned(),
+                            reason,
+                        });
+                    }
+                }
+            }
         };
         tokio::time::timeout(after, connect)
             .await
