@@ -924,9 +924,11 @@ fn sigterm_while_clients_send_loses_no_acknowledged_event() {
         .replace(':', "%3A");
 
     // Two clients send as fast as they can; the node is told to stop in the middle.
+    let acked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let senders: Vec<_> = (0..2)
         .map(|c| {
             let (url, token, room_id) = (url.clone(), token.clone(), room_id.clone());
+            let acked = Arc::clone(&acked);
             thread::spawn(move || {
                 let mut acknowledged = Vec::new();
                 for i in 0..100_000 {
@@ -940,7 +942,10 @@ fn sigterm_while_clients_send_loses_no_acknowledged_event() {
                         break;
                     };
                     match (status, body["event_id"].as_str()) {
-                        (200, Some(id)) => acknowledged.push(id.to_owned()),
+                        (200, Some(id)) => {
+                            acknowledged.push(id.to_owned());
+                            acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
                         _ => break,
                     }
                 }
@@ -948,7 +953,12 @@ fn sigterm_while_clients_send_loses_no_acknowledged_event() {
             })
         })
         .collect();
-    thread::sleep(Duration::from_millis(300));
+    // Stop once sends are flowing (a few acknowledged), never before.
+    let deadline = Instant::now() + DEADLINE;
+    while acked.load(std::sync::atomic::Ordering::Relaxed) < 20 {
+        assert!(Instant::now() < deadline, "sends never got going");
+        thread::sleep(Duration::from_millis(5));
+    }
     node.terminate();
     let status = node.wait();
     assert!(status.success(), "exit {status}:\n{}", node.stderr());

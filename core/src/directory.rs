@@ -57,12 +57,15 @@ pub fn can_send_state(
 /// A page of this server's published rooms, most joined members first, paginated by
 /// offset (`since`/`next_batch`/`prev_batch` are decimal offsets), filtered by
 /// `generic_search_term` (name, topic, canonical alias; case-insensitive substring).
+/// Served to clients and (`for_servers`) over federation, whose entries also carry the
+/// room version, encryption and restricted-join fields.
 pub fn public_rooms(
     c: &Connection,
     limit: Option<u64>,
     since: Option<&str>,
     term: Option<&str>,
     room_types: Option<&[Option<String>]>,
+    for_servers: bool,
 ) -> Result<Value, Error> {
     // At least one room per page, so `next_batch` always moves on.
     let limit = limit.map_or(MAX_PUBLIC_ROOMS_LIMIT, |l| {
@@ -105,7 +108,7 @@ pub fn public_rooms(
         .map(|r| {
             let mut v = r.json.clone();
             // The client API's PublicRoomsChunk has no room version.
-            if let Some(o) = v.as_object_mut() {
+            if !for_servers && let Some(o) = v.as_object_mut() {
                 o.remove("room_version");
                 o.remove("allowed_room_ids");
                 o.remove("encryption");

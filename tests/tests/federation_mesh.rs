@@ -338,9 +338,19 @@ async fn a_to_device_message_reaches_a_remote_device_once() -> anyhow::Result<()
     ensure!(events[0]["type"] == "m.test.secret", "{events:?}");
     ensure!(events[0]["content"]["secret"] == "s3cr3t", "{events:?}");
 
-    // Nothing more arrives: acknowledge, give the outbox time, sync again.
+    // Nothing more arrives: acknowledge, wait until A has nothing left queued for B
+    // (the retried send went out, or was never queued), sync again.
     let next = got["next_batch"].as_str().context("next_batch")?.to_owned();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let a_server = a.node.server().clone();
+    let b_name = b.name();
+    wait_until(WAIT, "A's outbox for B drained", || {
+        let depth = a_server
+            .db
+            .read(|c| warren_core::storage::outbox_depth(c, &b_name))
+            .unwrap_or(-1);
+        async move { Ok(depth == 0) }
+    })
+    .await?;
     let after = bob.sync(Some(&next)).await?;
     let more = after["to_device"]["events"]
         .as_array()

@@ -263,7 +263,7 @@ pub(super) async fn get_public_rooms(
     }
     let body = server
         .db
-        .read_tx(|c| directory::public_rooms(c, limit, q.since.as_deref(), None, None))?;
+        .read_tx(|c| directory::public_rooms(c, limit, q.since.as_deref(), None, None, false))?;
     Ok(Json(body))
 }
 
@@ -300,6 +300,7 @@ pub(super) async fn post_public_rooms(
             body.since.as_deref(),
             body.filter.generic_search_term.as_deref(),
             body.filter.room_types.as_deref(),
+            false,
         )
     })?;
     Ok(Json(out))
