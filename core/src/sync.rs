@@ -439,7 +439,7 @@ fn joined_room(
     for (_, ty, content) in room_data {
         account_data.push(json!({"type": ty, "content": serde_json::from_str::<Value>(&content)?}));
     }
-    let body = json!({
+    let mut body = json!({
         "timeline": {
             "events": timeline.iter().map(|e| client_event(e, sync_opts(caller))).collect::<Vec<_>>(),
             "limited": limited,
@@ -449,8 +449,17 @@ fn joined_room(
         "ephemeral": {"events": ephemeral},
         "account_data": {"events": account_data},
         "unread_notifications": {"notification_count": notifications, "highlight_count": highlights},
-        "summary": summary(c, room_id, &caller.user_id)?,
     });
+    // The summary only changes with membership; clients keep the last one they saw, so
+    // an incremental sync whose timeline holds no member event leaves it out (as Synapse
+    // does) instead of counting the members on every wake-up.
+    let members_changed = full
+        || limited
+        || timeline.iter().any(|e| e.kind == "m.room.member")
+        || state_events.iter().any(|e| e["type"] == "m.room.member");
+    if members_changed {
+        body["summary"] = summary(c, room_id, &caller.user_id)?;
+    }
     Ok(Some((body, has_data)))
 }
 
@@ -486,12 +495,16 @@ fn receipt_event(receipts: &[storage::Receipt], me: &str) -> Option<Value> {
 fn summary(c: &Connection, room_id: &str, me: &str) -> Result<Value, Error> {
     let joined = storage::count_members(c, room_id, "join")?;
     let invited = storage::count_members(c, room_id, "invite")?;
-    let mut heroes: Vec<String> = storage::room_members(c, room_id, "join")?
-        .into_iter()
-        .chain(storage::room_members(c, room_id, "invite")?)
-        .filter(|u| u != me)
-        .collect();
-    heroes.truncate(5);
+    let mut heroes = storage::some_room_members(c, room_id, "join", me, 5)?;
+    if heroes.len() < 5 {
+        heroes.extend(storage::some_room_members(
+            c,
+            room_id,
+            "invite",
+            me,
+            5 - heroes.len(),
+        )?);
+    }
     Ok(
         json!({"m.joined_member_count": joined, "m.invited_member_count": invited, "m.heroes": heroes}),
     )

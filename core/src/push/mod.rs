@@ -12,9 +12,11 @@ mod defaults;
 mod pushers;
 mod rules;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, LazyLock};
 
 use futures::FutureExt;
+use parking_lot::Mutex;
 use ruma::power_levels::NotificationPowerLevels;
 use ruma::push::{Action, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset};
 use ruma::room_version_rules::RoomPowerLevelsRules;
@@ -39,8 +41,13 @@ pub const PUSH_RULES: &str = "m.push_rules";
 /// A user's push rules: the stored ones, else the server defaults.
 pub fn ruleset(c: &Connection, user_id: &UserId) -> Result<Ruleset, Error> {
     let stored = storage::account_data(c, user_id.as_str(), "", PUSH_RULES)?;
+    Ok(ruleset_from(user_id, stored.as_deref()))
+}
+
+/// The rules in a stored `m.push_rules` content, else the server defaults.
+fn ruleset_from(user_id: &UserId, stored: Option<&str>) -> Ruleset {
     let parsed = stored.and_then(|s| {
-        let global = serde_json::from_str::<Value>(&s).ok()?.get("global")?.clone();
+        let global = serde_json::from_str::<Value>(s).ok()?.get("global")?.clone();
         match serde_json::from_value::<Ruleset>(global) {
             Ok(rules) => Some(rules),
             Err(e) => {
@@ -49,7 +56,45 @@ pub fn ruleset(c: &Connection, user_id: &UserId) -> Result<Ruleset, Error> {
             }
         }
     });
-    Ok(parsed.unwrap_or_else(|| defaults::server_default(user_id)))
+    parsed.unwrap_or_else(|| defaults::server_default(user_id))
+}
+
+/// A user's rules ready for evaluation, as parsed from one stored content: as they are,
+/// and with the legacy mention rules off (for events that carry `m.mentions`).
+struct Prepared {
+    stored: Option<String>,
+    rules: Arc<Ruleset>,
+    without_legacy_mentions: Arc<Ruleset>,
+}
+
+/// Parsed rulesets by user id. Every event is evaluated for every other local member,
+/// and building the defaults or parsing the stored rules costs more than evaluating
+/// them; an entry is used only while the stored content it came from is unchanged, so
+/// there is nothing to invalidate. Bounded: cleared when it grows past [`CACHE_USERS`].
+static PREPARED: LazyLock<Mutex<HashMap<String, Arc<Prepared>>>> = LazyLock::new(Default::default);
+const CACHE_USERS: usize = 4096;
+
+fn prepared(c: &Connection, user_id: &UserId) -> Result<Arc<Prepared>, Error> {
+    let stored = storage::account_data(c, user_id.as_str(), "", PUSH_RULES)?;
+    if let Some(p) = PREPARED.lock().get(user_id.as_str())
+        && p.stored == stored
+    {
+        return Ok(p.clone());
+    }
+    let rules = ruleset_from(user_id, stored.as_deref());
+    let mut without = rules.clone();
+    defaults::disable_legacy_mentions(&mut without);
+    let p = Arc::new(Prepared {
+        stored,
+        rules: Arc::new(rules),
+        without_legacy_mentions: Arc::new(without),
+    });
+    let mut cache = PREPARED.lock();
+    if cache.len() >= CACHE_USERS {
+        cache.clear();
+    }
+    cache.insert(user_id.as_str().to_owned(), p.clone());
+    Ok(p)
 }
 
 /// The `m.push_rules` content for a ruleset.
@@ -137,7 +182,7 @@ pub fn on_event(
     };
     let raw: Raw<Value> =
         Raw::from_json(serde_json::value::RawValue::from_string(ev.json.clone())?);
-    let member_count = storage::room_members(c, room_id, "join")?.len();
+    let member_count = storage::count_members(c, room_id, "join")?;
     let member_count = UInt::try_from(member_count).unwrap_or(UInt::MAX);
     let power = power_ctx(c, room_id, version, &ev.sender)?;
     let has_mentions = defaults::has_mentions(&ev.json);
@@ -145,10 +190,12 @@ pub fn on_event(
         let Ok(user_id) = UserId::parse(&user) else {
             continue;
         };
-        let mut rules = ruleset(c, &user_id)?;
-        if has_mentions {
-            defaults::disable_legacy_mentions(&mut rules);
-        }
+        let prepared = prepared(c, &user_id)?;
+        let rules = if has_mentions {
+            &prepared.without_legacy_mentions
+        } else {
+            &prepared.rules
+        };
         let ctx = PushConditionRoomCtx::new(
             room.clone(),
             member_count,

@@ -376,6 +376,25 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX federation_to_device_seen_by_time ON federation_to_device_seen(received_ts);
     "#,
+    // 11: unread counts kept per (user, room) instead of counted on every /sync: a new
+    // notification adds one, a read receipt recounts what is still after it.
+    r#"
+    CREATE TABLE unread_counts (
+        user_id TEXT NOT NULL,
+        room_id TEXT NOT NULL,
+        notifications INTEGER NOT NULL,
+        highlights INTEGER NOT NULL,
+        PRIMARY KEY (user_id, room_id)
+    ) WITHOUT ROWID;
+    INSERT INTO unread_counts (user_id, room_id, notifications, highlights)
+    SELECT n.user_id, n.room_id, COUNT(*), COALESCE(SUM(n.highlight), 0)
+    FROM push_notifications n
+    WHERE n.stream_ordering > COALESCE((SELECT MAX(e.stream_ordering) FROM receipts r
+             JOIN events e ON e.event_id = r.event_id
+             WHERE r.room_id = n.room_id AND r.user_id = n.user_id
+               AND r.receipt_type IN ('m.read', 'm.read.private')), 0)
+    GROUP BY n.user_id, n.room_id;
+    "#,
 ];
 
 /// The schema version this build writes.

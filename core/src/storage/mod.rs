@@ -6,6 +6,7 @@
 //! is still being written. Nothing holds a connection across an `.await`.
 
 mod account_data;
+mod checkpoint;
 mod cross_signing;
 mod device_keys;
 mod directory;
@@ -61,6 +62,7 @@ pub struct Db {
     writer: Mutex<Connection>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
+    checkpoints: Option<checkpoint::Checkpointer>,
 }
 
 impl std::fmt::Debug for Db {
@@ -86,6 +88,15 @@ impl Db {
         let mut writer = Connection::open(path).map_err(open_err)?;
         configure(&writer).map_err(open_err)?;
         migrations::run(&mut writer, &shown)?;
+        // WAL checkpoints (which fsync) run on their own thread, not inside a commit that
+        // every other writer is waiting for; SQLite's own checkpoint-on-commit stays the
+        // fallback if that thread cannot start.
+        let checkpoints = checkpoint::Checkpointer::start(path);
+        if checkpoints.is_some() {
+            writer
+                .pragma_update(None, "wal_autocheckpoint", 0)
+                .map_err(open_err)?;
+        }
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             let conn = Connection::open_with_flags(
@@ -101,6 +112,7 @@ impl Db {
             writer: Mutex::new(writer),
             readers,
             next_reader: AtomicUsize::new(0),
+            checkpoints,
         })
     }
 
@@ -113,6 +125,10 @@ impl Db {
         let tx = conn.transaction()?;
         let out = f(&tx)?;
         tx.commit()?;
+        drop(conn);
+        if let Some(c) = &self.checkpoints {
+            c.committed();
+        }
         Ok(out)
     }
 
