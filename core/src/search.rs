@@ -12,7 +12,7 @@ use rusqlite::Connection;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::client_api::visibility::{Visibility, visibility_for};
+use crate::client_api::visibility::{Visibility, visibility_for, visible_events};
 use crate::client_api::{Caller, client_opts, state_at};
 use crate::error::Error;
 use crate::events::client_event;
@@ -230,22 +230,25 @@ pub fn room_events(
             MAX_CANDIDATES,
         )?
     };
-    let hits: Vec<storage::SearchHit> = hits
-        .into_iter()
-        .filter(|h| {
-            windows
-                .get(&h.room_id)
-                .is_some_and(|v| v.allows(h.stream_ordering))
-                && filter.allows(&h.kind, &h.sender)
-        })
-        .collect();
-    let count = hits.len();
-    let page = hits.iter().skip(offset).take(limit);
-    let mut results = Vec::new();
-    for hit in page {
-        let Some(ev) = storage::event_at(c, hit.stream_ordering)? else {
+    // Each candidate is judged by the room's state at it (see `client_api::visibility`).
+    let mut visible = Vec::new();
+    for h in hits {
+        let Some(window) = windows.get(&h.room_id) else {
             continue;
         };
+        if !filter.allows(&h.kind, &h.sender) {
+            continue;
+        }
+        if let Some(ev) = storage::event_at(c, h.stream_ordering)?
+            && window.allows(c, &ev)?
+        {
+            visible.push((h, ev));
+        }
+    }
+    let count = visible.len();
+    let page = visible.into_iter().skip(offset).take(limit);
+    let mut results = Vec::new();
+    for (hit, ev) in page {
         let mut result = json!({
             "rank": -hit.bm25,
             "result": client_event(&ev, client_opts(caller)),
@@ -289,12 +292,14 @@ fn context(
     let before = if before_n == 0 {
         Vec::new()
     } else {
-        storage::room_events(c, &ev.room_id, window.min_pos(), pos - 1, before_n, true)?
+        let evs = storage::room_events(c, &ev.room_id, window.min_pos(), pos - 1, before_n, true)?;
+        visible_events(c, window, evs)?
     };
     let after = if after_n == 0 {
         Vec::new()
     } else {
-        storage::room_events(c, &ev.room_id, pos, window.max_pos(), after_n, false)?
+        let evs = storage::room_events(c, &ev.room_id, pos, window.max_pos(), after_n, false)?;
+        visible_events(c, window, evs)?
     };
     let start = before.last().map_or(pos - 1, |e| e.stream_ordering - 1);
     let end = after.last().map_or(pos, |e| e.stream_ordering);

@@ -73,8 +73,7 @@ impl Server {
         let (out, pos) = off_the_reactor(|| {
             self.db.write(|tx| {
                 let out = f(tx)?;
-                let pos: i64 =
-                    tx.query_row("SELECT pos FROM stream_sequence", [], |r| r.get(0))?;
+                let pos: i64 = tx.query_row("SELECT pos FROM stream_sequence", [], |r| r.get(0))?;
                 Ok((out, pos))
             })
         })?;
@@ -119,9 +118,7 @@ impl Server {
 pub fn off_the_reactor<R>(f: impl FnOnce() -> R) -> R {
     use tokio::runtime::{Handle, RuntimeFlavor};
     match Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(f)
-        }
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
         _ => f(),
     }
 }

@@ -14,6 +14,7 @@ use rusqlite::Connection;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use crate::client_api::visibility::{visibility_for, visible_events};
 use crate::client_api::{Caller, RoomEventFilter, client_opts, lazy_members, state_at};
 use crate::e2ee;
 use crate::error::Error;
@@ -21,6 +22,9 @@ use crate::events::{client_event, stripped_state};
 use crate::server::Server;
 use crate::storage::{self, StateMap, StoredEvent};
 use crate::streams::SyncToken;
+
+/// Most events one room's timeline looks at, visible or not.
+const SCAN_BUDGET: usize = 1000;
 
 /// The longest a `/sync` may wait.
 const MAX_TIMEOUT: Duration = Duration::from_secs(60);
@@ -334,16 +338,31 @@ fn joined_room(
         since.map(|s| s.pos).unwrap_or(0)
     };
     let limit = filter.room.timeline.limit.unwrap_or(10).clamp(1, 100);
+    // A room seen for the first time may show events from before the user joined: those
+    // are judged by history visibility. After the join, everything is visible.
+    let vis = if full {
+        Some(visibility_for(c, room_id, &caller.user_id)?)
+    } else {
+        None
+    };
     // Newest first, then reversed; take one extra to learn whether the timeline is limited.
     let mut fetched = Vec::new();
     let mut cursor = now.pos;
     let mut exhausted = false;
-    while fetched.len() <= limit && !exhausted {
+    let mut examined = 0usize;
+    // Bounded like `/messages`: a long stretch of hidden history ends the search early
+    // and marks the timeline limited, so the client paginates on from `prev_batch`.
+    while fetched.len() <= limit && !exhausted && examined < SCAN_BUDGET {
         let page = storage::room_events(c, room_id, since_pos, cursor, limit + 1, true)?;
         exhausted = page.len() < limit + 1;
         for e in page {
+            examined += 1;
             cursor = e.stream_ordering - 1;
-            if filter.room.timeline.allows(&e) {
+            let visible = match &vis {
+                Some(v) => v.allows(c, &e)?,
+                None => true,
+            };
+            if visible && filter.room.timeline.allows(&e) {
                 fetched.push(e);
                 if fetched.len() > limit {
                     break;
@@ -351,7 +370,7 @@ fn joined_room(
             }
         }
     }
-    let limited = fetched.len() > limit;
+    let limited = fetched.len() > limit || !exhausted;
     fetched.truncate(limit);
     fetched.reverse();
     let timeline: Vec<StoredEvent> = fetched;
@@ -561,7 +580,12 @@ fn left_room(
     filter: &Filter,
 ) -> Result<Value, Error> {
     let limit = filter.room.timeline.limit.unwrap_or(10).clamp(1, 100);
-    let mut events = storage::room_events(c, room_id, since_pos, leave_pos, limit + 1, true)?;
+    let events = storage::room_events(c, room_id, since_pos, leave_pos, limit + 1, true)?;
+    let mut events = match visibility_for(c, room_id, &caller.user_id) {
+        Ok(vis) => visible_events(c, &vis, events)?,
+        Err(Error::Forbidden(_)) => Vec::new(),
+        Err(e) => return Err(e),
+    };
     let limited = events.len() > limit;
     events.truncate(limit);
     events.reverse();

@@ -7,13 +7,16 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::extract::{Auth, Body, Caller, P, Q};
-use super::visibility::visibility_for;
+use super::visibility::{visibility_for, visible_events};
 use crate::error::Error;
 use crate::events::{ClientEventOptions, NewEvent, client_event};
 use crate::rooms::{self, CreateRoom};
 use crate::server::Server;
 use crate::storage::{self, StoredEvent, now_ms};
 use crate::streams::SyncToken;
+
+/// Most events one `/messages` call looks at, visible or not.
+const SCAN_BUDGET: usize = 1000;
 
 type JsonResult = Result<Json<Value>, Error>;
 
@@ -345,8 +348,10 @@ pub(super) async fn get_event(
 ) -> JsonResult {
     let ev = server.db.read_tx(|c| {
         let vis = visibility_for(c, &room_id, &caller.user_id)?;
-        Ok(storage::get_event(c, &event_id)?
-            .filter(|e| e.room_id == room_id && vis.allows(e.stream_ordering)))
+        match storage::get_event(c, &event_id)? {
+            Some(e) if vis.allows(c, &e)? => Ok(Some(e)),
+            _ => Ok(None),
+        }
     })?;
     let ev = ev.ok_or_else(|| Error::NotFound("event not found".into()))?;
     Ok(Json(client_event(&ev, opts(&caller))))
@@ -473,8 +478,11 @@ pub(super) async fn messages(
         let mut out: Vec<StoredEvent> = Vec::new();
         let mut cursor = from;
         let mut exhausted = false;
-        // Filtered-out events still advance the cursor; fetch in pages until full.
-        while out.len() < limit && !exhausted {
+        let mut examined = 0usize;
+        // Filtered-out events still advance the cursor; fetch in pages until full, but
+        // look at no more than SCAN_BUDGET events: a long stretch the user may not see
+        // ends the page early with an `end` token to continue from.
+        while out.len() < limit && !exhausted && examined < SCAN_BUDGET {
             let (after, up_to) = if backwards {
                 (to.unwrap_or(0).max(vis.min_pos()), cursor)
             } else {
@@ -486,12 +494,13 @@ pub(super) async fn messages(
             let page = storage::room_events(c, &room_id, after, up_to, limit * 2, backwards)?;
             exhausted = page.len() < limit * 2;
             for e in page {
+                examined += 1;
                 cursor = if backwards {
                     e.stream_ordering - 1
                 } else {
                     e.stream_ordering
                 };
-                if vis.allows(e.stream_ordering) && filter.allows(&e) {
+                if filter.allows(&e) && vis.allows(c, &e)? {
                     out.push(e);
                     if out.len() == limit {
                         break;
@@ -547,21 +556,22 @@ pub(super) async fn context(
     let limit = q.limit.unwrap_or(10).min(100);
     let body = server.db.read_tx(|c| {
         let vis = visibility_for(c, &room_id, &caller.user_id)?;
-        let Some(ev) = storage::get_event(c, &event_id)?.filter(|e| e.room_id == room_id && vis.allows(e.stream_ordering))
-        else {
-            return Err(Error::NotFound("event not found".into()));
+        let ev = match storage::get_event(c, &event_id)? {
+            Some(e) if vis.allows(c, &e)? => e,
+            _ => return Err(Error::NotFound("event not found".into())),
         };
         let before_n = limit / 2;
         let after_n = limit - before_n;
-        let before: Vec<StoredEvent> = storage::room_events(c, &room_id, vis.min_pos(), ev.stream_ordering - 1, before_n, true)?
+        let before = storage::room_events(c, &room_id, vis.min_pos(), ev.stream_ordering - 1, before_n, true)?;
+        let before: Vec<StoredEvent> = visible_events(c, &vis, before)?
             .into_iter()
             .filter(|e| filter.allows(e))
             .collect();
-        let after: Vec<StoredEvent> =
-            storage::room_events(c, &room_id, ev.stream_ordering, vis.max_pos(), after_n, false)?
-                .into_iter()
-                .filter(|e| filter.allows(e))
-                .collect();
+        let after = storage::room_events(c, &room_id, ev.stream_ordering, vis.max_pos(), after_n, false)?;
+        let after: Vec<StoredEvent> = visible_events(c, &vis, after)?
+            .into_iter()
+            .filter(|e| filter.allows(e))
+            .collect();
         let start = before.last().map(|e| e.stream_ordering - 1).unwrap_or(ev.stream_ordering - 1);
         let end = after.last().map(|e| e.stream_ordering).unwrap_or(ev.stream_ordering);
         let state_map = state_at(c, &room_id, ev.stream_ordering)?;

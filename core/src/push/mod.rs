@@ -268,3 +268,119 @@ pub fn notifications(
     }
     Ok(NotificationPage { items, next_token })
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use crate::events::NewEvent;
+    use crate::rooms::{CreateRoom, append_event, create_room};
+    use crate::storage::{self, Receipt, next_stream_position};
+    use crate::{Config, Node};
+
+    fn message(sender: &str, body: &str) -> NewEvent {
+        NewEvent {
+            kind: "m.room.message".into(),
+            state_key: None,
+            content: json!({"msgtype": "m.text", "body": body}),
+            sender: sender.into(),
+            redacts: None,
+        }
+    }
+
+    /// The kept counts follow new events and read receipts the way counting the
+    /// notifications after the receipt would.
+    #[tokio::test]
+    async fn unread_counts_follow_notifications_and_receipts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = Config::new(dir.path());
+        config.client_addr = "127.0.0.1:0".parse().expect("addr");
+        let node = Node::start(config).await.expect("start");
+        let server = node.server().clone();
+        let alice = server.user_id("alice");
+        let bob = server.user_id("bob");
+        server
+            .write(|tx| {
+                for u in [&alice, &bob] {
+                    tx.execute(
+                        "INSERT INTO users (user_id, created_ts) VALUES (?1, 0)",
+                        [u.as_str()],
+                    )?;
+                }
+                Ok(())
+            })
+            .expect("users");
+        let room = server
+            .write(|tx| {
+                let preset = Some("public_chat".into());
+                create_room(
+                    tx,
+                    &server,
+                    &alice,
+                    CreateRoom {
+                        preset,
+                        ..Default::default()
+                    },
+                )
+            })
+            .expect("create");
+        let join = NewEvent {
+            kind: "m.room.member".into(),
+            state_key: Some(bob.clone()),
+            content: json!({"membership": "join"}),
+            sender: bob.clone(),
+            redacts: None,
+        };
+        server
+            .write(|tx| append_event(tx, &server, &room, join, None))
+            .expect("join");
+        let counts = || {
+            server
+                .db
+                .read(|c| storage::unread_counts(c, &room, &bob))
+                .expect("counts")
+        };
+        assert_eq!(counts(), (0, 0));
+        let mut sent = Vec::new();
+        for body in ["one", "two", "bob: three"] {
+            let ev = message(&alice, body);
+            let a = server
+                .write(|tx| append_event(tx, &server, &room, ev, None))
+                .expect("send");
+            sent.push(a.event_id);
+        }
+        // Three notify; the one with bob's name highlights.
+        assert_eq!(counts(), (3, 1));
+        let read = |event_id: &str, receipt_type: &str| {
+            let r = Receipt {
+                receipt_type: receipt_type.into(),
+                user_id: bob.clone(),
+                thread_id: String::new(),
+                event_id: event_id.into(),
+                ts: 0,
+            };
+            server
+                .write(|tx| {
+                    let pos = next_stream_position(tx)?;
+                    storage::set_receipt(tx, &room, &r, pos)
+                })
+                .expect("receipt");
+        };
+        read(&sent[0], "m.read");
+        assert_eq!(counts(), (2, 1));
+        read(&sent[2], "m.read.private");
+        assert_eq!(counts(), (0, 0));
+        // Bob's own messages never count for him; alice's next one does.
+        let own = message(&bob, "mine");
+        server
+            .write(|tx| append_event(tx, &server, &room, own, None))
+            .expect("own");
+        assert_eq!(counts(), (0, 0));
+        let next = message(&alice, "four");
+        server
+            .write(|tx| append_event(tx, &server, &room, next, None))
+            .expect("four");
+        assert_eq!(counts(), (1, 0));
+        node.shutdown().await.expect("shutdown");
+    }
+}

@@ -36,20 +36,21 @@ pub struct NewNotification<'a> {
 /// Record a notification, counting it as unread (it is the room's newest event, so no
 /// receipt covers it yet).
 pub fn insert_notification(c: &Connection, n: &NewNotification<'_>) -> Result<(), Error> {
-    let inserted = c.prepare_cached(
-        "INSERT OR IGNORE INTO push_notifications
+    let inserted = c
+        .prepare_cached(
+            "INSERT OR IGNORE INTO push_notifications
              (user_id, room_id, stream_ordering, event_id, actions, highlight, ts)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?
-    .execute(params![
-        n.user_id,
-        n.room_id,
-        n.stream_ordering,
-        n.event_id,
-        n.actions,
-        n.highlight,
-        n.ts
-    ])?;
+        )?
+        .execute(params![
+            n.user_id,
+            n.room_id,
+            n.stream_ordering,
+            n.event_id,
+            n.actions,
+            n.highlight,
+            n.ts
+        ])?;
     if inserted == 1 {
         c.prepare_cached(
             "INSERT INTO unread_counts (user_id, room_id, notifications, highlights)
