@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use parking_lot::Mutex;
-use rusqlite::Transaction;
+use rusqlite::Connection;
 
 use crate::config::Config;
 use crate::error::Error;
@@ -66,10 +66,7 @@ impl Server {
     /// Called from async handlers: on a multi-threaded runtime the transaction (and the
     /// wait for the single writer) runs in `block_in_place`, so a worker thread that waits
     /// for the writer hands its other tasks to another thread instead of stalling them.
-    pub fn write<T>(
-        &self,
-        f: impl FnOnce(&Transaction<'_>) -> Result<T, Error>,
-    ) -> Result<T, Error> {
+    pub fn write<T>(&self, f: impl FnOnce(&Connection) -> Result<T, Error>) -> Result<T, Error> {
         let (out, pos) = off_the_reactor(|| {
             self.db.write(|tx| {
                 let out = f(tx)?;
