@@ -720,3 +720,126 @@ async fn room_list_service_lists_rooms_with_latest_messages() {
     service.stop_sync().expect("stop sync");
     let _ = tokio::time::timeout(WAIT, sync).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn receipts_typing_account_data_and_leaving() {
+    let (_dir, _node, raw, s) = fixture(&["alice", "bob"]).await;
+    let (alice, bob) = (&s[0], &s[1]);
+    let room = raw.create_room(alice, json!({"name": "Ext"})).await;
+    raw.invite_and_join(alice, &room, bob).await;
+    let m1 = raw.send(bob, &room, "read me").await;
+    let req = json!({
+        "lists": {"all": {"ranges": [[0, 5]], "timeline_limit": 1}},
+        "extensions": {
+            "account_data": {"enabled": true},
+            "receipts": {"enabled": true},
+            "typing": {"enabled": true},
+        },
+    });
+    let r = raw.ss(alice, None, 0, &req).await;
+    let global = r["extensions"]["account_data"]["global"]
+        .as_array()
+        .expect("global account data");
+    assert!(
+        global.iter().any(|e| e["type"] == "m.push_rules"),
+        "the push rules come with the first response: {r}"
+    );
+
+    raw.call(
+        Method::POST,
+        &format!(
+            "/rooms/{}/receipt/m.read/{}",
+            path_segment(&room),
+            path_segment(&m1)
+        ),
+        &bob.access_token,
+        Some(json!({})),
+    )
+    .await;
+    raw.call(
+        Method::PUT,
+        &format!(
+            "/rooms/{}/typing/{}",
+            path_segment(&room),
+            path_segment(&bob.user_id)
+        ),
+        &bob.access_token,
+        Some(json!({"typing": true, "timeout": 30000})),
+    )
+    .await;
+    raw.call(
+        Method::PUT,
+        &format!(
+            "/user/{}/rooms/{}/account_data/org.example.room",
+            path_segment(&alice.user_id),
+            path_segment(&room)
+        ),
+        &alice.access_token,
+        Some(json!({"n": 1})),
+    )
+    .await;
+    raw.call(
+        Method::PUT,
+        &format!(
+            "/user/{}/account_data/org.example.global",
+            path_segment(&alice.user_id)
+        ),
+        &alice.access_token,
+        Some(json!({"n": 2})),
+    )
+    .await;
+
+    // Each long-poll returns with what arrived so far; keep going until all four were seen.
+    let mut p = pos(&r);
+    let (mut receipt, mut typing, mut room_data, mut global_data) = (false, false, false, false);
+    wait_until(
+        WAIT,
+        "receipt, typing and account data arrive",
+        async || {
+            let r = raw.ss(alice, Some(&p), 5_000, &req).await;
+            p = pos(&r);
+            let ext = &r["extensions"];
+            receipt |=
+                ext["receipts"]["rooms"][&room]["content"][&m1]["m.read"][&bob.user_id]["ts"]
+                    .is_i64();
+            typing |= ext["typing"]["rooms"][&room]["content"]["user_ids"] == json!([bob.user_id]);
+            room_data |= ext["account_data"]["rooms"][&room]
+                .as_array()
+                .is_some_and(|a| {
+                    a.iter()
+                        .any(|e| e["type"] == "org.example.room" && e["content"]["n"] == 1)
+                });
+            global_data |= ext["account_data"]["global"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|e| e["type"] == "org.example.global"));
+            Ok(receipt && typing && room_data && global_data)
+        },
+    )
+    .await
+    .expect("extensions");
+
+    // Leaving: the room comes once more, with the leave, then is gone from the list.
+    raw.call(
+        Method::POST,
+        &format!("/rooms/{}/leave", path_segment(&room)),
+        &alice.access_token,
+        Some(json!({})),
+    )
+    .await;
+    let r = raw.ss(alice, Some(&p), 10_000, &req).await;
+    assert_eq!(r["lists"]["all"]["count"], 0, "{r}");
+    let left = &r["rooms"][&room];
+    let leave = left["timeline"]
+        .as_array()
+        .expect("timeline")
+        .iter()
+        .chain(left["required_state"].as_array().expect("required_state"))
+        .any(|e| {
+            e["type"] == "m.room.member"
+                && e["state_key"] == alice.user_id.as_str()
+                && e["content"]["membership"] == "leave"
+        });
+    assert!(leave, "the leave is sent: {r}");
+    let r = raw.ss(alice, Some(&pos(&r)), 0, &req).await;
+    assert!(rooms(&r).is_empty(), "{r}");
+}

@@ -191,8 +191,10 @@ struct RoomSent {
     /// The membership the room was sent with: a change (invite → join, a rejoin) sends
     /// the room afresh.
     membership: String,
-    /// The `required_state` it was sent with; a new one sends the state again.
-    required_state: BTreeSet<(String, String)>,
+    /// The `required_state` it was sent with; a new one sends the state again. Shared
+    /// between the rooms of a list, so a connection's memory grows with its rooms only
+    /// by a few words each.
+    required_state: Arc<BTreeSet<(String, String)>>,
     /// Members already sent for `$LAZY`.
     lazy: HashSet<String>,
 }
@@ -386,7 +388,7 @@ pub async fn sync(
 #[derive(Default, Clone)]
 struct RoomConfig {
     timeline_limit: usize,
-    required_state: BTreeSet<(String, String)>,
+    required_state: Arc<BTreeSet<(String, String)>>,
 }
 
 impl RoomConfig {
@@ -396,7 +398,7 @@ impl RoomConfig {
             .max((d.timeline_limit as usize).min(MAX_TIMELINE_LIMIT));
         for (ty, sk) in &d.required_state {
             let sk = if sk == "$ME" { me } else { sk.as_str() };
-            self.required_state.insert((ty.clone(), sk.to_owned()));
+            Arc::make_mut(&mut self.required_state).insert((ty.clone(), sk.to_owned()));
         }
     }
 
@@ -503,6 +505,15 @@ fn build(
                 .or_default()
                 .merge(details, me);
             subscribed.push(room_id.clone());
+        }
+    }
+
+    // Rooms selected the same way share one `required_state` set.
+    let mut interned: Vec<Arc<BTreeSet<(String, String)>>> = Vec::new();
+    for cfg in selected.values_mut() {
+        match interned.iter().find(|a| **a == cfg.required_state) {
+            Some(a) => cfg.required_state = a.clone(),
+            None => interned.push(cfg.required_state.clone()),
         }
     }
 
@@ -754,7 +765,7 @@ fn joined_room(
     let mut state_ids: BTreeSet<String> = BTreeSet::new();
     if sent.is_none() || config_changed {
         lazy.clear();
-        for (ty, sk) in &cfg.required_state {
+        for (ty, sk) in cfg.required_state.iter() {
             match (ty.as_str(), sk.as_str()) {
                 (_, "$LAZY") => {}
                 ("*", _) => {
@@ -916,7 +927,7 @@ fn left_room(
         RoomSent {
             pos: mpos,
             membership: membership.to_owned(),
-            required_state: BTreeSet::new(),
+            required_state: Default::default(),
             lazy: HashSet::new(),
         },
     ))
