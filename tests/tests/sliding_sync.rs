@@ -843,3 +843,105 @@ async fn receipts_typing_account_data_and_leaving() {
     let r = raw.ss(alice, Some(&pos(&r)), 0, &req).await;
     assert!(rooms(&r).is_empty(), "{r}");
 }
+
+/// Element X's whole sync: `SyncService` runs the room list and, on its own connection,
+/// the encryption sync (to-device and E2EE extensions). Bob uses only that; alice uses
+/// `/sync` v3. Bob sees the invite, joins, and decrypts what alice sends: the room key
+/// reached him over the to-device extension, his keys went up and his device list
+/// reached alice.
+#[tokio::test(flavor = "multi_thread")]
+async fn sync_service_receives_invites_and_decrypts_messages() {
+    use matrix_sdk::RoomState;
+    use matrix_sdk::config::SyncSettings;
+    use matrix_sdk::ruma::api::client::room::create_room::v3::{
+        Request as CreateRoomRequest, RoomPreset,
+    };
+    use matrix_sdk::ruma::events::InitialStateEvent;
+    use matrix_sdk::ruma::events::room::encryption::RoomEncryptionEventContent;
+    use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
+    use matrix_sdk_ui::sync_service::SyncService;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start_node(dir.path()).await.expect("start node");
+    let url = node.client_url();
+    let alice = register_client(&url, "alice", PASSWORD)
+        .await
+        .expect("alice");
+    let bob = register_client(&url, "bob", PASSWORD).await.expect("bob");
+    let bob_id = bob.user_id().expect("bob").to_owned();
+    let bob_device = bob.device_id().expect("bob's device").to_owned();
+    let short = SyncSettings::default().timeout(Duration::from_millis(500));
+    alice
+        .sync_once(short.clone())
+        .await
+        .expect("alice's first sync");
+
+    let sync_service = SyncService::builder(bob.clone())
+        .build()
+        .await
+        .expect("sync service");
+    sync_service.start().await;
+
+    let mut create = CreateRoomRequest::new();
+    create.preset = Some(RoomPreset::PrivateChat);
+    create.invite = vec![bob_id.clone()];
+    create.name = Some("Secret".to_owned());
+    create.initial_state = vec![
+        InitialStateEvent::with_empty_state_key(
+            RoomEncryptionEventContent::with_recommended_defaults(),
+        )
+        .to_raw_any(),
+    ];
+    let alice_room = alice.create_room(create).await.expect("create room");
+    let room_id = alice_room.room_id().to_owned();
+
+    wait_until(WAIT, "bob's room list has the invite", async || {
+        Ok(bob
+            .get_room(&room_id)
+            .is_some_and(|r| r.state() == RoomState::Invited))
+    })
+    .await
+    .expect("invite");
+    bob.join_room_by_id(&room_id).await.expect("bob joins");
+    wait_until(WAIT, "bob's room list has the room as joined", async || {
+        Ok(bob
+            .get_room(&room_id)
+            .is_some_and(|r| r.state() == RoomState::Joined))
+    })
+    .await
+    .expect("joined");
+
+    // Bob's keys were uploaded by the encryption sync; alice fetches them.
+    wait_until(WAIT, "alice knows bob's device", async || {
+        alice.sync_once(short.clone()).await?;
+        Ok(alice
+            .encryption()
+            .get_device(&bob_id, &bob_device)
+            .await?
+            .is_some())
+    })
+    .await
+    .expect("bob's device");
+    let event_id = alice_room
+        .send(RoomMessageEventContent::text_plain("meet at the old mill"))
+        .await
+        .expect("send")
+        .response
+        .event_id;
+
+    let room_id_ref: &RoomId = &room_id;
+    wait_until(WAIT, "bob decrypts alice's message", async || {
+        let room = bob.get_room(room_id_ref).expect("room");
+        let event = room.event(&event_id, None).await?;
+        if event.encryption_info().is_none() {
+            return Ok(false);
+        }
+        let json: Value = serde_json::from_str(event.raw().json().get())?;
+        Ok(json["content"]["body"] == "meet at the old mill")
+    })
+    .await
+    .expect("decrypted");
+
+    sync_service.stop().await;
+    drop(node);
+}
