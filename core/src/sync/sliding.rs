@@ -263,8 +263,8 @@ impl Connections {
         Ok(snap)
     }
 
-    /// Keep a response's snapshot and name it.
-    fn store(&self, key: ConnKey, snap: Snapshot) -> u64 {
+    /// Keep a response's snapshot, built on the one named `base`, and name it.
+    fn store(&self, key: ConnKey, base: Option<&str>, snap: Snapshot) -> u64 {
         let pos = self.next_pos.fetch_add(1, Ordering::Relaxed);
         let mut conns = self.conns.lock();
         if !conns.contains_key(&key)
@@ -282,9 +282,14 @@ impl Connections {
         });
         conn.last_used = Instant::now();
         conn.snapshots.push((pos, Arc::new(snap)));
-        // The requested snapshot and the new one; more only if requests overlap.
+        // The snapshot this response was built on (the client retries it if the response
+        // is lost) and the newest two; older ones go.
+        let base: Option<u64> = base.and_then(|b| b.parse().ok());
         while conn.snapshots.len() > 3 {
-            conn.snapshots.remove(0);
+            let Some(i) = conn.snapshots.iter().position(|(p, _)| Some(*p) != base) else {
+                break;
+            };
+            conn.snapshots.remove(i);
         }
         pos
     }
@@ -373,7 +378,7 @@ pub async fn sync(
             || remaining.is_zero()
             || tokio::time::timeout(remaining, rx.changed()).await.is_err()
         {
-            let pos = server.sliding.store(key, snap);
+            let pos = server.sliding.store(key, params.pos.as_deref(), snap);
             let mut body = body;
             body["pos"] = json!(pos.to_string());
             if let Some(txn) = &req.txn_id {
