@@ -361,3 +361,19 @@ pub fn state_keys_between(
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
+
+/// Whether a room has timeline events in `(after, up_to]`.
+pub fn has_events_between(
+    c: &Connection,
+    room_id: &str,
+    after: i64,
+    up_to: i64,
+) -> Result<bool, Error> {
+    Ok(c.prepare_cached(&format!(
+        "SELECT 1 FROM events WHERE room_id = ?1 AND stream_ordering > ?2 AND stream_ordering <= ?3
+             AND {TIMELINE} LIMIT 1"
+    ))?
+    .query_row(params![room_id, after, up_to], |_| Ok(()))
+    .optional()?
+    .is_some())
+}

@@ -734,6 +734,20 @@ fn joined_room(
 ) -> Result<Option<(Value, RoomSent)>, Error> {
     let me = caller.user_id.as_str();
     let room_id = cand.room_id.as_str();
+    // Most rooms in range have not changed since they were sent: find that out first,
+    // with two index lookups.
+    let config_changed = sent.is_some_and(|s| s.required_state != cfg.required_state);
+    if let Some(s) = sent {
+        let new_events = storage::has_events_between(c, room_id, s.pos, now.pos)?;
+        // Reading moves the unread counts; the client wants those too.
+        let read = !new_events
+            && storage::receipts_since(c, room_id, s.pos, now.pos)?
+                .iter()
+                .any(|r| r.user_id == me);
+        if !new_events && !config_changed && !read {
+            return Ok(None);
+        }
+    }
     let vis = visibility_for(c, room_id, me)?;
     let upper = now.pos.min(vis.max_pos());
     let from = sent.map(|s| s.pos).unwrap_or(0).max(vis.min_pos());
@@ -749,19 +763,6 @@ fn joined_room(
                 .is_some_and(|e| e.stream_ordering > from));
     timeline.truncate(limit);
     timeline.reverse();
-
-    let config_changed = sent.is_some_and(|s| s.required_state != cfg.required_state);
-    if let Some(s) = sent {
-        let new_events = storage::first_event_after(c, room_id, s.pos)?
-            .is_some_and(|e| e.stream_ordering <= upper);
-        // Reading moves the unread counts; the client wants those too.
-        let read = storage::receipts_since(c, room_id, s.pos, now.pos)?
-            .iter()
-            .any(|r| r.user_id == me);
-        if !new_events && !config_changed && !read {
-            return Ok(None);
-        }
-    }
 
     // Required state: everything asked for when the room is new to the client or asked
     // for differently; after a gap wider than the timeline, the entries that changed in
