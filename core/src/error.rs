@@ -99,6 +99,15 @@ pub enum Error {
     /// 403 `M_FORBIDDEN` registration closed.
     #[error("registration is disabled on this node")]
     RegistrationDisabled,
+    /// 400 `M_THREEPID_MEDIUM_NOT_SUPPORTED`: this server handles no third-party ids.
+    #[error("{0}")]
+    ThreepidMediumNotSupported(String),
+    /// 400 `M_THREEPID_AUTH_FAILED`: no validated third-party id session.
+    #[error("{0}")]
+    ThreepidAuthFailed(String),
+    /// 400 `M_THREEPID_NOT_FOUND`: the account has no such third-party id.
+    #[error("{0}")]
+    ThreepidNotFound(String),
     /// 500 `M_UNKNOWN`: our own fault. The detail is logged, not sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -143,6 +152,11 @@ impl Error {
             Uiaa(_) => (StatusCode::UNAUTHORIZED, "M_FORBIDDEN"),
             Unauthorized(_) => (StatusCode::UNAUTHORIZED, "M_UNAUTHORIZED"),
             RemoteServer(_) => (StatusCode::BAD_GATEWAY, "M_UNKNOWN"),
+            ThreepidMediumNotSupported(_) => {
+                (StatusCode::BAD_REQUEST, "M_THREEPID_MEDIUM_NOT_SUPPORTED")
+            }
+            ThreepidAuthFailed(_) => (StatusCode::BAD_REQUEST, "M_THREEPID_AUTH_FAILED"),
+            ThreepidNotFound(_) => (StatusCode::BAD_REQUEST, "M_THREEPID_NOT_FOUND"),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN"),
         }
     }
