@@ -307,8 +307,12 @@ async fn reports(
     axum::extract::Query(q): axum::extract::Query<ReportsQuery>,
 ) -> Result<Json<Value>, Error> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let rows = server.db.read(|c| storage::list_reports(c, q.from, limit))?;
-    let next = (rows.len() == limit).then(|| rows.last().map(|r| r.id)).flatten();
+    let rows = server
+        .db
+        .read(|c| storage::list_reports(c, q.from, limit))?;
+    let next = (rows.len() == limit)
+        .then(|| rows.last().map(|r| r.id))
+        .flatten();
     let reports: Vec<Value> = rows
         .into_iter()
         .map(|r| {

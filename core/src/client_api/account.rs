@@ -559,11 +559,12 @@ pub(super) async fn threepid_add(
     Body(body): Body<ThreepidSessionBody>,
 ) -> JsonResult {
     if body.client_secret.is_none() || body.sid.is_none() {
-        return Err(Error::MissingParam("client_secret and sid are required".into()));
+        return Err(Error::MissingParam(
+            "client_secret and sid are required".into(),
+        ));
     }
     Err(Error::ThreepidAuthFailed(
-        "no validated third-party identifier session: this server does not validate 3PIDs"
-            .into(),
+        "no validated third-party identifier session: this server does not validate 3PIDs".into(),
     ))
 }
 

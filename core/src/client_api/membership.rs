@@ -154,7 +154,11 @@ pub(super) async fn join_by_id_or_alias(
 
 /// A room id, or the room an alias names (asking the alias's server when it is not
 /// ours, whose answer adds to `via`).
-async fn resolve_room(server: &Arc<Server>, target: String, via: &mut Vec<String>) -> Result<String, Error> {
+async fn resolve_room(
+    server: &Arc<Server>,
+    target: String,
+    via: &mut Vec<String>,
+) -> Result<String, Error> {
     if target.starts_with('#') {
         let alias = ruma::RoomAliasId::parse(&target)
             .map_err(|e| Error::InvalidParam(format!("invalid room alias {target:?}: {e}")))?;
@@ -208,9 +212,7 @@ pub(super) async fn knock(
     let mut via = via_servers(query.as_deref());
     let room_id = resolve_room(&server, target, &mut via).await?;
     if needs_remote_join(&server, &room_id)? {
-        let residents = server
-            .db
-            .read(|c| storage::joined_servers(c, &room_id))?;
+        let residents = server.db.read(|c| storage::joined_servers(c, &room_id))?;
         via.extend(residents);
         if let Some((_, s)) = room_id.split_once(':') {
             via.push(s.to_owned());

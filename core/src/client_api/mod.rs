@@ -128,7 +128,10 @@ pub fn router(server: Arc<Server>) -> Router {
         ("/account/whoami", get(account::whoami)),
         ("/account/password", post(account::change_password)),
         ("/account/deactivate", post(account::deactivate)),
-        ("/account/3pid", get(account::threepids).post(account::threepid_add)),
+        (
+            "/account/3pid",
+            get(account::threepids).post(account::threepid_add),
+        ),
         ("/account/3pid/add", post(account::threepid_add)),
         ("/account/3pid/bind", post(account::threepid_add)),
         ("/account/3pid/delete", post(account::threepid_delete)),
@@ -150,7 +153,10 @@ pub fn router(server: Arc<Server>) -> Router {
             post(account::request_token),
         ),
         ("/register/email/requestToken", post(account::request_token)),
-        ("/register/msisdn/requestToken", post(account::request_token)),
+        (
+            "/register/msisdn/requestToken",
+            post(account::request_token),
+        ),
         ("/devices", get(account::devices)),
         (
             "/devices/{device_id}",
@@ -333,6 +339,11 @@ pub fn router(server: Arc<Server>) -> Router {
         (
             "/_matrix/client/v1/rooms/{room_id}/timestamp_to_event",
             get(rooms::timestamp_to_event),
+        ),
+        // Room reports are spec v1.13; clients talking to a v1.11 server use the MSC path.
+        (
+            "/_matrix/client/unstable/org.matrix.msc4151/rooms/{room_id}/report",
+            post(reporting::report_room),
         ),
     ] {
         r = r.route(path, route.fallback(method_not_allowed));

@@ -236,9 +236,7 @@ pub(super) async fn send_knock(
 ) -> Result<Json<Value>, Error> {
     let event_id = receive_membership(&server, &origin, &room, &id, pdu, "knock").await?;
     forward(&server, &room, &event_id, &origin)?;
-    let stripped = server
-        .db
-        .read_tx(|c| rooms::knock_room_state(c, &room))?;
+    let stripped = server.db.read_tx(|c| rooms::knock_room_state(c, &room))?;
     Ok(Json(json!({ "knock_room_state": stripped })))
 }
 

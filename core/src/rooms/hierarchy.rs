@@ -60,7 +60,9 @@ fn parse_token(from: &str, req: &HierarchyRequest) -> Result<usize, Error> {
 /// Whether `user` is joined to or invited into `room_id`.
 fn user_in_room(c: &Connection, room_id: &str, user: &str) -> Result<bool, Error> {
     Ok(matches!(
-        storage::membership(c, room_id, user)?.map(|(m, _, _)| m).as_deref(),
+        storage::membership(c, room_id, user)?
+            .map(|(m, _, _)| m)
+            .as_deref(),
         Some("join") | Some("invite")
     ))
 }

@@ -152,7 +152,10 @@ async fn knock_via(
             storage::insert_event(c, &outlier(&pdu, room_id, json.clone(), Some(unsigned), c)?)?;
         }
         let current = storage::membership(c, room_id, user_id)?.map(|(m, _, _)| m);
-        if !matches!(current.as_deref(), Some("join") | Some("invite") | Some("ban")) {
+        if !matches!(
+            current.as_deref(),
+            Some("join") | Some("invite") | Some("ban")
+        ) {
             let pos = next_stream_position(c)?;
             storage::set_membership(c, room_id, user_id, "knock", &event_id, pos)?;
         }

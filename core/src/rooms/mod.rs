@@ -17,13 +17,13 @@ mod upgrade;
 
 pub use append::{Appended, append_event, load_pdu, random_string};
 pub use create::{CreateRoom, create_room};
+pub use hierarchy::{HierarchyRequest, space_hierarchy};
+pub use knock::{KNOCK_VIA, check_knock_allowed, join_rule, knock_remote, knock_room_state};
 pub use power::{PowerLevels, power_levels};
 pub use receive::{
     BoxFuture, MAX_FETCHES, MAX_PDU_BYTES, MISSING_EVENTS_LIMIT, Outcome, RemoteEvents, receive_pdu,
 };
 pub use redact::check_redaction_allowed;
-pub use hierarchy::{HierarchyRequest, space_hierarchy};
-pub use knock::{KNOCK_VIA, check_knock_allowed, join_rule, knock_remote, knock_room_state};
 pub use remote_join::{
     SUPPORTED_ROOM_VERSIONS, event_id_of, invite_remote, inviting_server, join_remote,
     leave_remote, membership_server, membership_template, receive_invite,

@@ -26,10 +26,10 @@ use ruma::state_res;
 use rusqlite::Connection;
 use serde_json::{Value, json};
 
-use super::knock::{KNOCK_VIA, check_knock_allowed};
 use super::append::{
     Accepted, NewCurrentState, build_local_event, dag_fields, persist, persist_accepted,
 };
+use super::knock::{KNOCK_VIA, check_knock_allowed};
 use super::receive::{Checked, Mode, Room, check_against, check_pdu, dependency_order};
 use crate::error::Error;
 use crate::events::{NewEvent, Pdu, build_pdu, rules_for, stripped_state};
@@ -568,7 +568,8 @@ async fn leave_via(
     user_id: &str,
     dest: &str,
 ) -> Result<String, Error> {
-    let (_, event_id, object) = make_membership(server, dest, room_id, user_id, "leave", None).await?;
+    let (_, event_id, object) =
+        make_membership(server, dest, room_id, user_id, "leave", None).await?;
     let body = serde_json::to_value(&object)?;
     let path = format!(
         "/_matrix/federation/v2/send_leave/{}/{}",
@@ -634,7 +635,11 @@ fn key_map<'a>(servers: impl IntoIterator<Item = &'a str>) -> Result<PublicKeyMa
 }
 
 /// The stripped state sent along with an invite (as `/sync` shows invites).
-pub(super) fn invite_room_state(c: &Connection, room_id: &str, inviter: &str) -> Result<Vec<Value>, Error> {
+pub(super) fn invite_room_state(
+    c: &Connection,
+    room_id: &str,
+    inviter: &str,
+) -> Result<Vec<Value>, Error> {
     let mut out = Vec::new();
     for (ty, sk) in [
         ("m.room.create", ""),

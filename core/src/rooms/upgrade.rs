@@ -63,7 +63,9 @@ pub fn upgrade_room(
 ) -> Result<String, Error> {
     let (_, rules) = rules_for(new_version)?;
     let Some((old_version, _)) = storage::room_info(c, old_room)? else {
-        return Err(Error::NotFound(format!("room {old_room} is not known here")));
+        return Err(Error::NotFound(format!(
+            "room {old_room} is not known here"
+        )));
     };
     if storage::membership(c, old_room, user)?.map(|(m, _, _)| m) != Some("join".into()) {
         return Err(Error::Forbidden(format!("you are not in {old_room}")));
@@ -186,7 +188,13 @@ pub fn upgrade_room(
     if let Some(a) = avatar_url {
         member["avatar_url"] = json!(a);
     }
-    append_event(c, server, &new_room, ev("m.room.member", user, member), None)?;
+    append_event(
+        c,
+        server,
+        &new_room,
+        ev("m.room.member", user, member),
+        None,
+    )?;
 
     // 4. Power levels. Copying state needs the power to send it; a user below that gets
     //    it for the copy and the old levels are restored afterwards (as Synapse does).
@@ -218,8 +226,11 @@ pub fn upgrade_room(
         }
     }
     let level = |key: &str, default: i64| power[key].as_i64().unwrap_or(default);
-    let mut needed = level("state_default", 50)
-        .max(power["events"]["m.room.power_levels"].as_i64().unwrap_or(100));
+    let mut needed = level("state_default", 50).max(
+        power["events"]["m.room.power_levels"]
+            .as_i64()
+            .unwrap_or(100),
+    );
     for (ty, _, _) in &to_copy {
         needed = needed.max(
             power["events"][ty.as_str()]
@@ -251,7 +262,13 @@ pub fn upgrade_room(
         append_event(c, server, &new_room, ev(&ty, &sk, content), None)?;
     }
     for (target, ban) in bans {
-        append_event(c, server, &new_room, ev("m.room.member", &target, ban), None)?;
+        append_event(
+            c,
+            server,
+            &new_room,
+            ev("m.room.member", &target, ban),
+            None,
+        )?;
     }
     if raise {
         append_event(

@@ -41,7 +41,11 @@ pub fn insert_report(c: &Connection, r: &Report) -> Result<i64, Error> {
 }
 
 /// Reports with an id below `before` (all when `None`), newest first, at most `limit`.
-pub fn list_reports(c: &Connection, before: Option<i64>, limit: usize) -> Result<Vec<Report>, Error> {
+pub fn list_reports(
+    c: &Connection,
+    before: Option<i64>,
+    limit: usize,
+) -> Result<Vec<Report>, Error> {
     let mut st = c.prepare_cached(
         "SELECT id, received_ts, room_id, event_id, user_id, reason, score FROM event_reports
          WHERE id < ?1 ORDER BY id DESC LIMIT ?2",
