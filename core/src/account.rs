@@ -26,7 +26,7 @@ pub async fn deactivate(server: &Arc<Server>, user_id: &str, erase: bool) -> Res
             storage::set_displayname(c, user_id, None)?;
             storage::set_avatar_url(c, user_id, None)?;
         }
-        Ok(storage::user_memberships(c, user_id)?)
+        storage::user_memberships(c, user_id)
     })?;
     // Deleted devices may have queued `m.device_list_update`s.
     server.outbox_wake.notify_one();

@@ -86,7 +86,7 @@ fn check_versions(server: &Server, room: &str, query: Option<&str>) -> Result<()
     if versions.is_empty() {
         versions.push("1".into());
     }
-    if let Some((version, _)) = server.db.read(|c| storage::room_info(c, room_id(&room)?))?
+    if let Some((version, _)) = server.db.read(|c| storage::room_info(c, room_id(room)?))?
         && !versions.contains(&version)
     {
         return Err(Error::IncompatibleRoomVersion(version));
