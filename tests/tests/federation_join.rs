@@ -746,6 +746,35 @@ async fn a_knock_across_nodes_is_seen_then_invited_and_joined() -> anyhow::Resul
             })
         })
         .await?;
+    // Carol (also of B) knocks too and is turned away: B is not in the room, so the
+    // kick reaches it as an out-of-band membership change and her knock becomes a leave.
+    let carol = User::register(&b, "carol").await?;
+    carol
+        .post(
+            &format!("/knock/{}?via={}", path_segment(&room), a.name()),
+            json!({}),
+        )
+        .await?;
+    carol
+        .sync_until("carol's knock", |s| !s["rooms"]["knock"][&room].is_null())
+        .await?;
+    alice
+        .sync_until("carol's knock", |s| {
+            membership_in(s, "join", &room, carol.id()).as_deref() == Some("knock")
+        })
+        .await?;
+    alice
+        .post(
+            &format!("/rooms/{}/kick", path_segment(&room)),
+            json!({"user_id": carol.id(), "reason": "not today"}),
+        )
+        .await?;
+    carol
+        .sync_until("the refusal", |s| {
+            s["rooms"]["knock"][&room].is_null() && !s["rooms"]["leave"][&room].is_null()
+        })
+        .await?;
+
     alice
         .post(
             &format!("/rooms/{}/invite", path_segment(&room)),

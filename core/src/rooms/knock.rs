@@ -164,3 +164,85 @@ async fn knock_via(
     tracing::info!(%room_id, %dest, %event_id, "knocked on a room over federation");
     Ok(event_id)
 }
+
+/// The room version named by the stripped `m.room.create` kept with a pending remote
+/// knock or invite.
+fn stripped_room_version(unsigned: &Value) -> Option<String> {
+    ["knock_room_state", "invite_room_state"]
+        .iter()
+        .flat_map(|k| unsigned[*k].as_array().into_iter().flatten())
+        .find(|e| e["type"] == "m.room.create")
+        .and_then(|e| e["content"]["room_version"].as_str().map(str::to_owned))
+}
+
+/// An out-of-band membership change: the resident refused a local user's knock (or
+/// withdrew an invite) on a room this node is not in, and sent the `leave` (or `ban`)
+/// to this server through `/send`. Returns `None` when the PDU is not that case (the
+/// ordinary receipt path then handles it).
+///
+/// Accepted only from the server the knock went through or the invite came from, with a
+/// sender of that server, for a user whose membership here is that pending knock or
+/// invite, and only once the PDU passes the format, hash and signature checks of the
+/// room version named by the stripped state kept with it. It is kept as an outlier and
+/// the membership changes; nothing else about the room is learnt from it.
+pub fn receive_out_of_band_membership(
+    server: &Server,
+    origin: &str,
+    room_id: &str,
+    pdu: &Value,
+) -> Result<Option<String>, Error> {
+    if pdu["type"] != "m.room.member" {
+        return Ok(None);
+    }
+    let (Some(target), Some(membership), Some(sender)) = (
+        pdu["state_key"].as_str(),
+        pdu["content"]["membership"].as_str(),
+        pdu["sender"].as_str(),
+    ) else {
+        return Ok(None);
+    };
+    if !matches!(membership, "leave" | "ban")
+        || !server.is_local_user(target)
+        || sender.rsplit_once(':').map(|(_, s)| s) != Some(origin)
+    {
+        return Ok(None);
+    }
+    let version = server.db.read(|c| {
+        if storage::room_info(c, room_id)?.is_some() {
+            return Ok(None);
+        }
+        if super::membership_server(c, room_id, target)?.as_deref() != Some(origin) {
+            return Ok(None);
+        }
+        let Some((_, event_id, _)) = storage::membership(c, room_id, target)? else {
+            return Ok(None);
+        };
+        Ok(storage::get_event_any(c, &event_id)?
+            .and_then(|e| e.unsigned)
+            .and_then(|u| serde_json::from_str::<Value>(&u).ok())
+            .and_then(|u| stripped_room_version(&u)))
+    })?;
+    let Some(version) = version else {
+        return Ok(None);
+    };
+    let (_, rules) = rules_for(&version)?;
+    let checked = super::receive::check_pdu(pdu.clone(), room_id, &rules)
+        .map_err(|(_, reason)| Error::Forbidden(format!("membership refused: {reason}")))?;
+    let event_id = checked.event_id.clone();
+    server.write(|c| {
+        let current = storage::membership(c, room_id, target)?.map(|(m, _, _)| m);
+        if !matches!(current.as_deref(), Some("knock") | Some("invite")) {
+            return Ok(());
+        }
+        if storage::get_event_any(c, &event_id)?.is_none() {
+            storage::insert_event(
+                c,
+                &outlier(&checked.pdu, room_id, checked.json.clone(), None, c)?,
+            )?;
+        }
+        let pos = next_stream_position(c)?;
+        storage::set_membership(c, room_id, target, membership, &event_id, pos)
+    })?;
+    tracing::info!(%room_id, %target, %origin, membership, "out-of-band membership change");
+    Ok(Some(event_id))
+}

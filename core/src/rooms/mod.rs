@@ -18,7 +18,10 @@ mod upgrade;
 pub use append::{Appended, append_event, load_pdu, random_string};
 pub use create::{CreateRoom, create_room};
 pub use hierarchy::{HierarchyRequest, space_hierarchy};
-pub use knock::{KNOCK_VIA, check_knock_allowed, join_rule, knock_remote, knock_room_state};
+pub use knock::{
+    KNOCK_VIA, check_knock_allowed, join_rule, knock_remote, knock_room_state,
+    receive_out_of_band_membership,
+};
 pub use power::{PowerLevels, power_levels};
 pub use receive::{
     BoxFuture, MAX_FETCHES, MAX_PDU_BYTES, MISSING_EVENTS_LIMIT, Outcome, RemoteEvents, receive_pdu,
