@@ -11,8 +11,8 @@ use crate::server::Server;
 use crate::storage;
 
 /// Deactivate a local account, as Synapse does: the account is marked deactivated and
-/// loses its password (so `/login` answers `M_USER_DEACTIVATED`), every device and
-/// access token goes, then the user leaves every room they are joined to, invited to or
+/// loses its password (so `/login` answers `M_USER_DEACTIVATED`), every device, access
+/// token and pusher goes, then the user leaves every room they are joined to, invited to or
 /// knocking on (which also takes them out of the user directory, built from joined
 /// memberships). `erase` clears the profile and records the erasure.
 ///
@@ -21,6 +21,7 @@ use crate::storage;
 pub async fn deactivate(server: &Arc<Server>, user_id: &str, erase: bool) -> Result<(), Error> {
     let memberships = server.write(|c| {
         storage::deactivate_user(c, user_id)?;
+        storage::delete_user_pushers(c, user_id)?;
         if erase {
             storage::set_erased(c, user_id)?;
             storage::set_displayname(c, user_id, None)?;

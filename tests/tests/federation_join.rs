@@ -1,7 +1,8 @@
 //! Rooms spanning nodes over real libp2p: joining by room id, by alias and by invite,
 //! messages both ways through the outboxes, leave/kick/ban reaching the other server,
 //! a third node joining, hostile make_join/send_join requests, and knocking (a remote
-//! knock, invite and join; hostile make_knock/send_knock requests).
+//! knock, invite and join; a refused remote knock; hostile make_knock/send_knock
+//! requests), and `timestamp_to_event` over federation.
 //!
 //! Clients speak raw HTTP; every wait is on a condition over a fresh initial `/sync`.
 
@@ -949,6 +950,59 @@ async fn hostile_make_knock_and_send_knock_are_refused() -> anyhow::Result<()> {
                 .is_some_and(|s| s.iter().any(|e| e["type"] == "m.room.join_rules")),
         "send_knock: {status} {body}"
     );
+    a.stop().await?;
+    b.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timestamp_to_event_over_federation_needs_a_member() -> anyhow::Result<()> {
+    let (_da, _db, a, b) = two_nodes().await?;
+    let alice = User::register(&a, "alice").await?;
+    let bob = User::register(&b, "bob").await?;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await?;
+    alice.say(&room, "hello").await?;
+    let path = |ts: i64, dir: &str| {
+        format!(
+            "/_matrix/federation/v1/timestamp_to_event/{}?ts={ts}&dir={dir}",
+            encode(&room)
+        )
+    };
+    // B has nobody in the room (history is shared, not world-readable).
+    let (status, body) = fed(&b, &a, http::Method::GET, &path(0, "f"), None).await?;
+    ensure!(status == 403, "before joining: {status} {body}");
+
+    bob.post(
+        &format!("/join/{}?server_name={}", path_segment(&room), a.name()),
+        json!({}),
+    )
+    .await?;
+    let (status, first) = fed(&b, &a, http::Method::GET, &path(0, "f"), None).await?;
+    ensure!(status == 200, "dir=f: {status} {first}");
+    let id = first["event_id"].as_str().context("event_id")?;
+    let (status, event) = alice
+        .call(
+            reqwest::Method::GET,
+            &format!("/rooms/{}/event/{}", path_segment(&room), path_segment(id)),
+            json!({}),
+        )
+        .await?;
+    ensure!(
+        status == 200 && event["type"] == "m.room.create",
+        "the first event is not the create event: {status} {event}"
+    );
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis(),
+    )?;
+    let (status, last) = fed(&b, &a, http::Method::GET, &path(now + 60_000, "b"), None).await?;
+    ensure!(
+        status == 200 && last["origin_server_ts"].as_i64() <= Some(now + 60_000),
+        "dir=b: {status} {last}"
+    );
+    let (status, body) = fed(&b, &a, http::Method::GET, &path(now, "sideways"), None).await?;
+    ensure!(status == 400, "bad dir: {status} {body}");
     a.stop().await?;
     b.stop().await?;
     Ok(())
