@@ -43,15 +43,17 @@ pub async fn deactivate(server: &Arc<Server>, user_id: &str, erase: bool) -> Res
 }
 
 async fn leave(server: &Arc<Server>, room_id: &str, user_id: &str) -> Result<(), Error> {
-    let (known, remote_via) = server.db.read(|c| {
-        let known = storage::room_info(c, room_id)?.is_some()
-            && !storage::room_members(c, room_id, "join")?.is_empty();
-        let via = crate::rooms::membership_server(c, room_id, user_id)?;
-        Ok((known, via))
+    // As `POST /rooms/{roomId}/leave` does: a room known here takes a local leave; a
+    // pending invite or knock on a room this node is not in is rejected (rescinded)
+    // through the server it came from (went through).
+    let remote_via = server.db.read(|c| {
+        if storage::room_info(c, room_id)?.is_some() {
+            return Ok(None);
+        }
+        Ok(Some(crate::rooms::membership_server(c, room_id, user_id)?))
     })?;
-    if !known {
-        // An invite or knock for a room this node is not in: leave through its server.
-        if let Some(via) = remote_via {
+    if let Some(via) = remote_via {
+        if let Some(via) = via {
             crate::rooms::leave_remote(server, room_id, user_id, vec![via]).await?;
         }
         return Ok(());

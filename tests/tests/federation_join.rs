@@ -1,7 +1,7 @@
 //! Rooms spanning nodes over real libp2p: joining by room id, by alias and by invite,
 //! messages both ways through the outboxes, leave/kick/ban reaching the other server,
 //! a third node joining, hostile make_join/send_join requests, and knocking (a remote
-//! knock, invite and join; a refused remote knock; hostile make_knock/send_knock
+//! knock, invite and join; a refused and a rescinded remote knock; hostile make_knock/send_knock
 //! requests), and `timestamp_to_event` over federation.
 //!
 //! Clients speak raw HTTP; every wait is on a condition over a fresh initial `/sync`.
@@ -775,6 +775,25 @@ async fn a_knock_across_nodes_is_seen_then_invited_and_joined() -> anyhow::Resul
             s["rooms"]["knock"][&room].is_null() && !s["rooms"]["leave"][&room].is_null()
         })
         .await?;
+
+    // Dave (of B) knocks and takes it back: /leave goes through the server knocked via.
+    let dave = User::register(&b, "dave").await?;
+    dave.post(
+        &format!("/knock/{}?via={}", path_segment(&room), a.name()),
+        json!({}),
+    )
+    .await?;
+    dave.post(&format!("/rooms/{}/leave", path_segment(&room)), json!({}))
+        .await?;
+    alice
+        .sync_until("dave's rescinded knock", |s| {
+            membership_in(s, "join", &room, dave.id()).as_deref() == Some("leave")
+        })
+        .await?;
+    dave.sync_until("dave's knock gone", |s| {
+        s["rooms"]["knock"][&room].is_null()
+    })
+    .await?;
 
     alice
         .post(

@@ -103,8 +103,9 @@ pub fn upgrade_room(
     if !power.is_object() {
         power = json!({});
     }
-    // The old room's implicit creators (v12) keep their power in a version without them.
-    if old_rules.authorization.explicitly_privilege_room_creators && !explicit_creators {
+    // The old room's implicit creators (v12) who are not creators of the new room keep
+    // their power as an explicit level.
+    if old_rules.authorization.explicitly_privilege_room_creators {
         let mut old_creators = vec![old_create_sender(c, &state)?];
         old_creators.extend(
             old_create["additional_creators"]
@@ -114,7 +115,9 @@ pub fn upgrade_room(
                 .filter_map(|u| u.as_str().map(str::to_owned)),
         );
         for u in old_creators.into_iter().filter(|u| !u.is_empty()) {
-            power["users"][u] = json!(100);
+            if !(explicit_creators && creators.contains(&u)) {
+                power["users"][u] = json!(100);
+            }
         }
     }
     // Creators must not be listed in v12 power levels.
