@@ -2,7 +2,8 @@
 //! messages both ways through the outboxes, leave/kick/ban reaching the other server,
 //! a third node joining, hostile make_join/send_join requests, and knocking (a remote
 //! knock, invite and join; a refused and a rescinded remote knock; hostile make_knock/send_knock
-//! requests), and `timestamp_to_event` over federation.
+//! requests), `timestamp_to_event` over federation and a space hierarchy with a child on
+//! another node.
 //!
 //! Clients speak raw HTTP; every wait is on a condition over a fresh initial `/sync`.
 
@@ -1022,6 +1023,64 @@ async fn timestamp_to_event_over_federation_needs_a_member() -> anyhow::Result<(
     );
     let (status, body) = fed(&b, &a, http::Method::GET, &path(now, "sideways"), None).await?;
     ensure!(status == 400, "bad dir: {status} {body}");
+    a.stop().await?;
+    b.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_space_hierarchy_includes_children_on_another_node() -> anyhow::Result<()> {
+    let (_da, _db, a, b) = two_nodes().await?;
+    let alice = User::register(&a, "alice").await?;
+    let bob = User::register(&b, "bob").await?;
+    let space = alice
+        .create_room(json!({"preset": "public_chat", "name": "Space",
+                            "creation_content": {"type": "m.space"}}))
+        .await?;
+    let open = bob
+        .create_room(json!({"preset": "public_chat", "name": "Over there"}))
+        .await?;
+    let closed = bob
+        .create_room(json!({"preset": "private_chat", "name": "Secret"}))
+        .await?;
+    for (child, order) in [(&open, "a"), (&closed, "b")] {
+        let (status, body) = alice
+            .call(
+                reqwest::Method::PUT,
+                &format!(
+                    "/rooms/{}/state/m.space.child/{}",
+                    path_segment(&space),
+                    path_segment(child)
+                ),
+                json!({"via": [b.name()], "order": order}),
+            )
+            .await?;
+        ensure!(status == 200, "space child: {status} {body}");
+    }
+    let response = http_client()?
+        .get(format!(
+            "{}/_matrix/client/v1/rooms/{}/hierarchy",
+            alice.base,
+            path_segment(&space)
+        ))
+        .bearer_auth(&alice.session.access_token)
+        .send()
+        .await?;
+    ensure!(response.status() == 200, "hierarchy: {}", response.status());
+    let body: Value = response.json().await?;
+    let rooms = body["rooms"].as_array().context("rooms")?;
+    let ids: Vec<&str> = rooms.iter().filter_map(|r| r["room_id"].as_str()).collect();
+    ensure!(ids == [space.as_str(), open.as_str()], "rooms: {body}");
+    ensure!(
+        rooms[1]["name"] == "Over there" && rooms[1]["join_rule"] == "public",
+        "the remote room's summary: {}",
+        rooms[1]
+    );
+    ensure!(
+        rooms[0]["children_state"].as_array().map(Vec::len) == Some(2),
+        "the space lists both children: {}",
+        rooms[0]
+    );
     a.stop().await?;
     b.stop().await?;
     Ok(())

@@ -55,8 +55,6 @@ pub(super) async fn space_hierarchy(
         limit,
         from: q.from,
     };
-    let body = server
-        .db
-        .read_tx(|c| crate::rooms::space_hierarchy(c, &caller.user_id, &room_id, &req))?;
+    let body = crate::rooms::space_hierarchy(&server, &caller.user_id, &room_id, &req).await?;
     Ok(Json(body))
 }
