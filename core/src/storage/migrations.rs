@@ -400,6 +400,22 @@ const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX events_room_type_stream ON events(room_id, type, stream_ordering);
     "#,
+    // 13: room and account lifecycle. Reports of events and rooms to the server's admins;
+    // the `erased` flag of a deactivation that asked for erasure; an index
+    // for `timestamp_to_event`, which looks events of a room up by `origin_server_ts`.
+    r#"
+    CREATE TABLE event_reports (
+        id INTEGER PRIMARY KEY,
+        received_ts INTEGER NOT NULL,
+        room_id TEXT NOT NULL,
+        event_id TEXT,
+        user_id TEXT NOT NULL,
+        reason TEXT,
+        score INTEGER
+    );
+    CREATE INDEX events_room_ts ON events(room_id, origin_server_ts);
+    ALTER TABLE users ADD COLUMN erased INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// The schema version this build writes.
