@@ -12,7 +12,7 @@
 //! readers only ever see committed positions. With no concurrency this is exactly one
 //! transaction per write.
 
-use std::collections::VecDeque;
+use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -24,8 +24,9 @@ use crate::error::Error;
 /// Most writes in one transaction: bounds how long the first of them waits.
 const MAX_BATCH: u32 = 16;
 
-/// How many failed batch commits are remembered for the writes waiting on them.
-const FAILURES_KEPT: usize = 16;
+/// How many batches back a failure is remembered for the writes waiting on it (far
+/// more than can be waiting: a batch holds at most [`MAX_BATCH`] writes).
+const FAILURES_KEPT_FOR: u64 = 1 << 16;
 
 struct Writer {
     conn: Connection,
@@ -42,7 +43,7 @@ struct Commits {
     /// Every batch up to this one has committed or failed.
     done_up_to: u64,
     /// Recent batches whose commit failed, with the error.
-    failed: VecDeque<(u64, String)>,
+    failed: BTreeMap<u64, String>,
 }
 
 /// The writer connection and its batching state.
@@ -103,31 +104,42 @@ impl GroupWriter {
             }
         };
         w.len += 1;
+        if w.conn.is_autocommit() {
+            // SQLite rolled the whole transaction back on its own (disk full, I/O error):
+            // the batch is lost, and every write in it must hear so, this one included.
+            w.open = None;
+            drop(w);
+            let why = match &out {
+                Err(e) => e.to_string(),
+                Ok(_) => "the transaction was rolled back".to_owned(),
+            };
+            self.finish(batch, Some(why.clone()));
+            return match out {
+                Err(e) => Err(e),
+                Ok(_) => Err(Error::internal(format!("write lost: {why}"))),
+            };
+        }
         if self.queued.load(Ordering::SeqCst) > 0 && w.len < MAX_BATCH {
             // Someone is about to take the writer: they (or a later one) commit for us.
             drop(w);
             self.wait_for(batch)?;
             return out;
         }
-        let result = w
-            .conn
-            .prepare_cached("COMMIT")
-            .and_then(|mut st| st.execute([]))
-            .map(|_| ());
-        if result.is_err() {
-            // Leave no half-open transaction behind.
-            let _ = w.conn.execute_batch("ROLLBACK");
-        }
-        w.open = None;
+        let result = commit(&mut w);
         drop(w);
         self.finish(batch, result.as_ref().err().map(|e| e.to_string()));
         result?;
         out
     }
 
-    /// Run `f` on the connection outside any batch (checkpoints, maintenance).
+    /// Run `f` on the connection outside any batch (checkpoints, maintenance): a batch
+    /// left open for a writer about to take over is committed first.
     pub(super) fn with_idle_connection<T>(&self, f: impl FnOnce(&Connection) -> T) -> T {
-        let w = self.writer.lock();
+        let mut w = self.writer.lock();
+        if let Some(batch) = w.open {
+            let result = commit(&mut w);
+            self.finish(batch, result.err().map(|e| e.to_string()));
+        }
         f(&w.conn)
     }
 
@@ -135,10 +147,9 @@ impl GroupWriter {
         let mut c = self.commits.lock();
         c.done_up_to = c.done_up_to.max(batch);
         if let Some(e) = error {
-            c.failed.push_back((batch, e));
-            if c.failed.len() > FAILURES_KEPT {
-                c.failed.pop_front();
-            }
+            c.failed.insert(batch, e);
+            let oldest = batch.saturating_sub(FAILURES_KEPT_FOR);
+            c.failed = c.failed.split_off(&oldest);
         }
         drop(c);
         self.committed.notify_all();
@@ -149,11 +160,26 @@ impl GroupWriter {
         while c.done_up_to < batch {
             self.committed.wait(&mut c);
         }
-        match c.failed.iter().find(|(b, _)| *b == batch) {
-            Some((_, e)) => Err(Error::internal(format!("commit failed: {e}"))),
+        match c.failed.get(&batch) {
+            Some(e) => Err(Error::internal(format!("commit failed: {e}"))),
             None => Ok(()),
         }
     }
+}
+
+/// Commit the open batch (rolling back if the commit fails, so no transaction is left
+/// half open) and mark it closed.
+fn commit(w: &mut Writer) -> Result<(), rusqlite::Error> {
+    let result = w
+        .conn
+        .prepare_cached("COMMIT")
+        .and_then(|mut st| st.execute([]))
+        .map(|_| ());
+    if result.is_err() && !w.conn.is_autocommit() {
+        let _ = w.conn.execute_batch("ROLLBACK");
+    }
+    w.open = None;
+    result
 }
 
 /// Run one write in its own savepoint: kept if it succeeds, undone alone if it fails.
@@ -168,8 +194,11 @@ fn run_in_savepoint<T>(
             Ok(v)
         }
         Err(e) => {
-            conn.prepare_cached("ROLLBACK TO write")?.execute([])?;
-            conn.prepare_cached("RELEASE write")?.execute([])?;
+            // Unless SQLite already rolled everything back (the caller checks).
+            if !conn.is_autocommit() {
+                conn.prepare_cached("ROLLBACK TO write")?.execute([])?;
+                conn.prepare_cached("RELEASE write")?.execute([])?;
+            }
             Err(e)
         }
     }
@@ -270,6 +299,38 @@ mod tests {
                 .expect("count")
         });
         assert_eq!(total, 2);
+    }
+
+    /// When the transaction ends under a write (here an explicit ROLLBACK stands in for
+    /// SQLite abandoning it on a full disk), that write fails, nothing of it is kept, and
+    /// the next write starts a fresh transaction.
+    #[test]
+    fn a_transaction_lost_mid_batch_fails_its_writes_and_the_writer_recovers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let w = writer(&dir);
+        let lost = w.write(|c| {
+            c.execute("INSERT INTO t VALUES (1, 1)", [])?;
+            c.execute_batch("ROLLBACK")?;
+            Ok(())
+        });
+        assert!(
+            lost.is_err(),
+            "a write whose transaction vanished reports an error"
+        );
+        w.write(|c| {
+            c.execute("INSERT INTO t VALUES (2, 2)", [])?;
+            Ok(())
+        })
+        .expect("next write");
+        let total: i64 = w.with_idle_connection(|c| {
+            c.query_row("SELECT COUNT(*) FROM t WHERE writer = 1", [], |r| r.get(0))
+                .expect("count")
+        });
+        assert_eq!(total, 0);
+        assert!(
+            w.writer.lock().conn.is_autocommit(),
+            "no transaction left open"
+        );
     }
 
     #[test]
