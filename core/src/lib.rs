@@ -18,6 +18,7 @@ pub mod identity;
 pub mod media;
 pub mod node;
 pub mod push;
+pub mod relations;
 pub mod rooms;
 pub mod search;
 pub mod server;

@@ -14,6 +14,7 @@ use rusqlite::Connection;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use crate::client_api::visibility::visibility_for;
 use crate::client_api::{Caller, RoomEventFilter, client_opts, lazy_members, state_at};
 use crate::e2ee;
 use crate::error::Error;
@@ -441,7 +442,7 @@ fn joined_room(
     }
     let body = json!({
         "timeline": {
-            "events": timeline.iter().map(|e| client_event(e, sync_opts(caller))).collect::<Vec<_>>(),
+            "events": timeline_events(c, room_id, &timeline, caller)?,
             "limited": limited,
             "prev_batch": SyncToken::at(timeline_start).to_string(),
         },
@@ -452,6 +453,22 @@ fn joined_room(
         "summary": summary(c, room_id, &caller.user_id)?,
     });
     Ok(Some((body, has_data)))
+}
+
+/// Timeline events with their bundled aggregations (edits, threads, references), counted
+/// over the part of the room the user may read; one set of lookups per room.
+fn timeline_events(
+    c: &Connection,
+    room_id: &str,
+    events: &[StoredEvent],
+    caller: &Caller,
+) -> Result<Vec<Value>, Error> {
+    let vis = match visibility_for(c, room_id, &caller.user_id) {
+        Ok(v) => Some(v),
+        Err(Error::Forbidden(_)) => None,
+        Err(e) => return Err(e),
+    };
+    crate::relations::render(c, events, sync_opts(caller), |_| vis)
 }
 
 /// Keep non-member state, plus members who sent timeline events and the user themself.
@@ -569,7 +586,7 @@ fn left_room(
     };
     Ok(json!({
         "timeline": {
-            "events": events.iter().map(|e| client_event(e, sync_opts(caller))).collect::<Vec<_>>(),
+            "events": timeline_events(c, room_id, &events, caller)?,
             "limited": limited,
             "prev_batch": SyncToken::at(start).to_string(),
         },

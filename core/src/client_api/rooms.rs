@@ -10,6 +10,7 @@ use super::extract::{Auth, Body, Caller, P, Q};
 use super::visibility::visibility_for;
 use crate::error::Error;
 use crate::events::{ClientEventOptions, NewEvent, client_event};
+use crate::relations;
 use crate::rooms::{self, CreateRoom};
 use crate::server::Server;
 use crate::storage::{self, StoredEvent, now_ms};
@@ -131,8 +132,15 @@ pub(super) async fn send_message(
         sender: caller.user_id.clone(),
         redacts: None,
     };
-    let event_id = send(&server, &caller, &room_id, ev, Some(&txn_id))?;
-    Ok(Json(json!({"event_id": event_id})))
+    let txn = Some((caller.device_id.as_str(), txn_id.as_str()));
+    let appended = server.write(|tx| {
+        // A retried transaction gets its event back; only a new one is checked.
+        if storage::txn_event(tx, &caller.user_id, &caller.device_id, &txn_id)?.is_none() {
+            relations::check_new_relation(tx, &room_id, &ev.sender, &ev.kind, &ev.content)?;
+        }
+        rooms::append_event(tx, &server, &room_id, ev, txn)
+    })?;
+    Ok(Json(json!({"event_id": appended.event_id})))
 }
 
 /// `PUT /rooms/{roomId}/state/{eventType}/{stateKey}`.
@@ -345,11 +353,15 @@ pub(super) async fn get_event(
 ) -> JsonResult {
     let ev = server.db.read_tx(|c| {
         let vis = visibility_for(c, &room_id, &caller.user_id)?;
-        Ok(storage::get_event(c, &event_id)?
-            .filter(|e| e.room_id == room_id && vis.allows(e.stream_ordering)))
+        let Some(ev) = storage::get_event(c, &event_id)?
+            .filter(|e| e.room_id == room_id && vis.allows(e.stream_ordering))
+        else {
+            return Err(Error::NotFound("event not found".into()));
+        };
+        let mut rendered = relations::render_in_room(c, &[ev], opts(&caller), vis)?;
+        Ok(rendered.pop().unwrap_or_default())
     })?;
-    let ev = ev.ok_or_else(|| Error::NotFound("event not found".into()))?;
-    Ok(Json(client_event(&ev, opts(&caller))))
+    Ok(Json(ev))
 }
 
 /// Event filter for `/messages` and `/context` (the RoomEventFilter subset clients use).
@@ -506,7 +518,8 @@ pub(super) async fn messages(
         } else {
             Vec::new()
         };
-        Ok((out, end, state))
+        let chunk = relations::render_in_room(c, &out, opts(&caller), vis)?;
+        Ok((chunk, end, state))
     })?;
     let start = q
         .from
@@ -514,7 +527,7 @@ pub(super) async fn messages(
         .unwrap_or_else(|| SyncToken::at(from).to_string());
     let mut body = json!({
         "start": start,
-        "chunk": chunk.iter().map(|e| client_event(e, opts(&caller))).collect::<Vec<_>>(),
+        "chunk": chunk,
     });
     if let Some(end) = end {
         body["end"] = json!(end);
@@ -547,23 +560,43 @@ pub(super) async fn context(
     let limit = q.limit.unwrap_or(10).min(100);
     let body = server.db.read_tx(|c| {
         let vis = visibility_for(c, &room_id, &caller.user_id)?;
-        let Some(ev) = storage::get_event(c, &event_id)?.filter(|e| e.room_id == room_id && vis.allows(e.stream_ordering))
+        let Some(ev) = storage::get_event(c, &event_id)?
+            .filter(|e| e.room_id == room_id && vis.allows(e.stream_ordering))
         else {
             return Err(Error::NotFound("event not found".into()));
         };
         let before_n = limit / 2;
         let after_n = limit - before_n;
-        let before: Vec<StoredEvent> = storage::room_events(c, &room_id, vis.min_pos(), ev.stream_ordering - 1, before_n, true)?
-            .into_iter()
-            .filter(|e| filter.allows(e))
-            .collect();
-        let after: Vec<StoredEvent> =
-            storage::room_events(c, &room_id, ev.stream_ordering, vis.max_pos(), after_n, false)?
-                .into_iter()
-                .filter(|e| filter.allows(e))
-                .collect();
-        let start = before.last().map(|e| e.stream_ordering - 1).unwrap_or(ev.stream_ordering - 1);
-        let end = after.last().map(|e| e.stream_ordering).unwrap_or(ev.stream_ordering);
+        let before: Vec<StoredEvent> = storage::room_events(
+            c,
+            &room_id,
+            vis.min_pos(),
+            ev.stream_ordering - 1,
+            before_n,
+            true,
+        )?
+        .into_iter()
+        .filter(|e| filter.allows(e))
+        .collect();
+        let after: Vec<StoredEvent> = storage::room_events(
+            c,
+            &room_id,
+            ev.stream_ordering,
+            vis.max_pos(),
+            after_n,
+            false,
+        )?
+        .into_iter()
+        .filter(|e| filter.allows(e))
+        .collect();
+        let start = before
+            .last()
+            .map(|e| e.stream_ordering - 1)
+            .unwrap_or(ev.stream_ordering - 1);
+        let end = after
+            .last()
+            .map(|e| e.stream_ordering)
+            .unwrap_or(ev.stream_ordering);
         let state_map = state_at(c, &room_id, ev.stream_ordering)?;
         let state: Vec<Value> = if filter.lazy_load_members {
             let mut all = before.clone();
@@ -579,10 +612,19 @@ pub(super) async fn context(
             }
             v
         };
+        // One set of aggregation lookups for the whole answer.
+        let (n_before, n_after) = (before.len(), after.len());
+        let mut all = before;
+        all.push(ev);
+        all.extend(after);
+        let mut rendered = relations::render_in_room(c, &all, opts(&caller), vis)?;
+        let events_after = rendered.split_off(n_before + 1);
+        let event = rendered.pop().unwrap_or_default();
+        debug_assert_eq!(events_after.len(), n_after);
         Ok(json!({
-            "event": client_event(&ev, opts(&caller)),
-            "events_before": before.iter().map(|e| client_event(e, opts(&caller))).collect::<Vec<_>>(),
-            "events_after": after.iter().map(|e| client_event(e, opts(&caller))).collect::<Vec<_>>(),
+            "event": event,
+            "events_before": rendered,
+            "events_after": events_after,
             "start": SyncToken::at(start).to_string(),
             "end": SyncToken::at(end).to_string(),
             "state": state,

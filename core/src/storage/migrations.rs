@@ -376,6 +376,52 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX federation_to_device_seen_by_time ON federation_to_device_seen(received_ts);
     "#,
+    // 11: event relationships (edits, threads, references, reactions). One row per
+    // timeline event whose `content.m.relates_to` has a `rel_type` and an `event_id`,
+    // looked up by parent and type (bundled aggregations, `/relations`); `threads` holds
+    // each thread root with its newest reply, ordered by activity for `/threads`. Rows of
+    // redacted events are deleted (a redacted event relates to nothing). Events already
+    // stored are filled in here.
+    r#"
+    CREATE TABLE event_relations (
+        event_id TEXT PRIMARY KEY,
+        relates_to_id TEXT NOT NULL,
+        rel_type TEXT NOT NULL,
+        room_id TEXT NOT NULL,
+        sender TEXT NOT NULL,
+        type TEXT NOT NULL,
+        stream_ordering INTEGER NOT NULL
+    );
+    CREATE INDEX event_relations_by_type
+        ON event_relations(relates_to_id, rel_type, stream_ordering, sender);
+    CREATE INDEX event_relations_by_pos ON event_relations(relates_to_id, stream_ordering);
+    CREATE TABLE threads (
+        room_id TEXT NOT NULL,
+        root_id TEXT NOT NULL,
+        latest_event_id TEXT NOT NULL,
+        latest_pos INTEGER NOT NULL,
+        PRIMARY KEY (room_id, root_id)
+    );
+    CREATE INDEX threads_by_activity ON threads(room_id, latest_pos);
+    INSERT INTO event_relations
+        (event_id, relates_to_id, rel_type, room_id, sender, type, stream_ordering)
+        SELECT event_id,
+               json_extract(json, '$.content."m.relates_to".event_id'),
+               json_extract(json, '$.content."m.relates_to".rel_type'),
+               room_id, sender, type, stream_ordering
+        FROM events
+        WHERE status = 'timeline' AND redacted_by IS NULL
+          AND json_type(json, '$.content."m.relates_to".event_id') = 'text'
+          AND json_type(json, '$.content."m.relates_to".rel_type') = 'text'
+          AND json_extract(json, '$.content."m.relates_to".event_id') LIKE '$%'
+          AND json_extract(json, '$.content."m.relates_to".event_id') != event_id
+          AND length(json_extract(json, '$.content."m.relates_to".event_id')) <= 255
+          AND length(json_extract(json, '$.content."m.relates_to".rel_type')) BETWEEN 1 AND 255;
+    INSERT INTO threads (room_id, root_id, latest_event_id, latest_pos)
+        SELECT room_id, relates_to_id, event_id, MAX(stream_ordering)
+        FROM event_relations WHERE rel_type = 'm.thread'
+        GROUP BY room_id, relates_to_id;
+    "#,
 ];
 
 /// The schema version this build writes.
