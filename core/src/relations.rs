@@ -115,24 +115,18 @@ pub fn check_new_relation(
             "relations must be in the same room".into(),
         ));
     }
-    match rel_type.as_str() {
-        "m.thread" => {
-            if storage::relation_of(c, &parent_id)?.is_some() {
-                return Err(Error::BadContent(
-                    "cannot start threads from an event with a relation".into(),
-                ));
-            }
-        }
-        "m.annotation" => {
-            if let Some(key) = content["m.relates_to"]["key"].as_str()
-                && storage::has_annotation(c, &parent_id, sender, kind, key)?
-            {
-                return Err(Error::DuplicateAnnotation(
-                    "you already annotated this event with this key".into(),
-                ));
-            }
-        }
-        _ => {}
+    if rel_type == "m.thread" && storage::relation_of(c, &parent_id)?.is_some() {
+        return Err(Error::BadContent(
+            "cannot start threads from an event with a relation".into(),
+        ));
+    }
+    if rel_type == "m.annotation"
+        && let Some(key) = content["m.relates_to"]["key"].as_str()
+        && storage::has_annotation(c, &parent_id, sender, kind, key)?
+    {
+        return Err(Error::DuplicateAnnotation(
+            "you already annotated this event with this key".into(),
+        ));
     }
     Ok(())
 }

@@ -463,6 +463,9 @@ fn timeline_events(
     events: &[StoredEvent],
     caller: &Caller,
 ) -> Result<Vec<Value>, Error> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
     let vis = match visibility_for(c, room_id, &caller.user_id) {
         Ok(v) => Some(v),
         Err(Error::Forbidden(_)) => None,

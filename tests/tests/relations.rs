@@ -436,6 +436,37 @@ async fn a_thread_is_summarised_on_its_root_and_listed_by_threads() {
         .expect("carol");
     assert!(carols.chunk.is_empty());
 
+    // /messages filters on what relates to an event (Synapse's `related_by_*`).
+    let bob_id = bob.client.user_id().expect("bob").to_string();
+    for (filter, expected) in [
+        (
+            json!({"related_by_rel_types": ["m.thread"]}),
+            vec![root_str],
+        ),
+        (
+            json!({"related_by_senders": [bob_id]}),
+            vec![last.as_str(), root_str],
+        ),
+        (
+            json!({"related_by_rel_types": ["m.thread"], "related_by_senders": ["@nobody:x"]}),
+            vec![],
+        ),
+    ] {
+        let path = format!(
+            "/v3/rooms/{}/messages?dir=b&limit=50&filter={}",
+            path_segment(room_id.as_str()),
+            path_segment(&filter.to_string())
+        );
+        let page = get_ok(&url, &carol, &path).await;
+        let ids: Vec<&str> = page["chunk"]
+            .as_array()
+            .expect("chunk")
+            .iter()
+            .filter_map(|e| e["event_id"].as_str())
+            .collect();
+        assert_eq!(ids, expected, "{filter}");
+    }
+
     // More threads, paged by activity: the most recently active first.
     let root2 = send_text(&room, "second root").await;
     send_in_thread(&room, &root2, "in the second thread").await;
@@ -801,4 +832,68 @@ async fn outsiders_cannot_read_relations_or_threads() {
     assert_eq!(status, 400);
 
     shutdown_node(node).await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relations_received_over_federation_are_aggregated() {
+    use matrix_sdk::ruma::OwnedServerName;
+    use warren_tests::{connect_nodes, start_federated_node};
+
+    let (da, db) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let a = start_federated_node(da.path()).await.expect("node a");
+    let b = start_federated_node(db.path()).await.expect("node b");
+    connect_nodes(&b, &a).await.expect("connect");
+    let alice = user(&a.node.client_url(), "alice").await;
+    let bob = user(&b.node.client_url(), "bob").await;
+    let mut create = CreateRoomRequest::new();
+    create.preset = Some(RoomPreset::PublicChat);
+    let room = alice.client.create_room(create).await.expect("create");
+    let room_id = room.room_id().to_owned();
+    let via: OwnedServerName = a.name().try_into().expect("server name");
+    let target: &matrix_sdk::ruma::RoomOrAliasId = (&*room_id).into();
+    let bob_room = bob
+        .client
+        .join_room_by_id_or_alias(target, &[via])
+        .await
+        .expect("bob joins over federation");
+
+    // Bob's messages, edit and thread replies are built on B and received by A.
+    let original = send_text(&bob_room, "typo").await;
+    let edit = send_edit(&bob_room, &original, "no typo").await;
+    send_in_thread(&bob_room, &original, "first reply").await;
+    let last = send_in_thread(&bob_room, &original, "second reply").await;
+
+    let url_a = a.node.client_url();
+    let path = event_path(&room_id, &original);
+    let mut seen = Value::Null;
+    warren_tests::wait_until(WAIT, "node A bundles bob's edit and thread", async || {
+        let (status, ev) = call(&url_a, &alice.token, Method::GET, &path).await;
+        let done = status == 200
+            && bundled_edit(&ev) == Some(edit.as_str())
+            && ev["unsigned"]["m.relations"]["m.thread"]["count"] == 2;
+        seen = ev;
+        Ok(done)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}; last answer: {seen}"));
+    let thread = &seen["unsigned"]["m.relations"]["m.thread"];
+    assert_eq!(thread["latest_event"]["event_id"], last.as_str());
+    assert_eq!(thread["current_user_participated"], false);
+    let threads = get_ok(
+        &url_a,
+        &alice,
+        &format!("/v1/rooms/{}/threads", path_segment(room_id.as_str())),
+    )
+    .await;
+    assert_eq!(
+        threads["chunk"][0]["event_id"],
+        original.as_str(),
+        "{threads}"
+    );
+
+    a.stop().await.expect("stop a");
+    b.stop().await.expect("stop b");
 }

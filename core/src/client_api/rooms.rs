@@ -377,6 +377,12 @@ pub struct RoomEventFilter {
     #[serde(default)]
     pub lazy_load_members: bool,
     pub contains_url: Option<bool>,
+    /// Only events that have a child with one of these relationship types (`/messages`).
+    #[serde(alias = "io.element.relation_types")]
+    pub related_by_rel_types: Option<Vec<String>>,
+    /// Only events that have a child sent by one of these users (`/messages`).
+    #[serde(alias = "io.element.relation_senders")]
+    pub related_by_senders: Option<Vec<String>>,
 }
 
 fn type_matches(pattern: &str, ty: &str) -> bool {
@@ -387,6 +393,26 @@ fn type_matches(pattern: &str, ty: &str) -> bool {
 }
 
 impl RoomEventFilter {
+    /// Of these events, the ids that pass `related_by_rel_types`/`related_by_senders`
+    /// (one lookup for the whole page); `None` when the filter has neither.
+    pub fn related_ids(
+        &self,
+        c: &rusqlite::Connection,
+        events: &[StoredEvent],
+    ) -> Result<Option<std::collections::HashSet<String>>, Error> {
+        if self.related_by_rel_types.is_none() && self.related_by_senders.is_none() {
+            return Ok(None);
+        }
+        let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+        storage::parents_with_children(
+            c,
+            &ids,
+            self.related_by_rel_types.as_deref(),
+            self.related_by_senders.as_deref(),
+        )
+        .map(Some)
+    }
+
     /// Whether an event passes the filter.
     pub fn allows(&self, e: &StoredEvent) -> bool {
         if self.not_types.iter().any(|p| type_matches(p, &e.kind))
@@ -497,13 +523,17 @@ pub(super) async fn messages(
             }
             let page = storage::room_events(c, &room_id, after, up_to, limit * 2, backwards)?;
             exhausted = page.len() < limit * 2;
+            let related = filter.related_ids(c, &page)?;
             for e in page {
                 cursor = if backwards {
                     e.stream_ordering - 1
                 } else {
                     e.stream_ordering
                 };
-                if vis.allows(e.stream_ordering) && filter.allows(&e) {
+                if vis.allows(e.stream_ordering)
+                    && filter.allows(&e)
+                    && related.as_ref().is_none_or(|ids| ids.contains(&e.event_id))
+                {
                     out.push(e);
                     if out.len() == limit {
                         break;

@@ -546,6 +546,81 @@ mod tests {
     }
 
     #[test]
+    fn version_11_fills_relations_and_threads_from_stored_events() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        for sql in &MIGRATIONS[..10] {
+            conn.execute_batch(sql).expect("schema up to 10");
+        }
+        conn.pragma_update(None, "user_version", 10).expect("v10");
+        let insert = |pos: i64, content: &str, status: &str, redacted: Option<&str>| {
+            conn.execute(
+                "INSERT INTO events (stream_ordering, event_id, room_id, type, sender, depth,
+                     origin_server_ts, json, redacted_by, status)
+                 VALUES (?1, ?2, '!r:x', 'm.room.message', '@a:x', 1, 0, ?3, ?4, ?5)",
+                rusqlite::params![
+                    pos,
+                    format!("$e{pos}"),
+                    format!(r#"{{"content":{content}}}"#),
+                    redacted,
+                    status
+                ],
+            )
+            .expect("insert event");
+        };
+        insert(1, r#"{"body":"root"}"#, "timeline", None);
+        let thread = r#"{"body":"r","m.relates_to":{"rel_type":"m.thread","event_id":"$e1"}}"#;
+        insert(2, thread, "timeline", None);
+        insert(3, thread, "timeline", None);
+        // Not relationships: redacted, not in the timeline, a plain reply, a bad id.
+        insert(4, thread, "timeline", Some("$r"));
+        insert(-1, thread, "outlier", None);
+        insert(
+            5,
+            r#"{"m.relates_to":{"m.in_reply_to":{"event_id":"$e1"}}}"#,
+            "timeline",
+            None,
+        );
+        insert(
+            6,
+            r#"{"m.relates_to":{"rel_type":"m.reference","event_id":"e1"}}"#,
+            "timeline",
+            None,
+        );
+        insert(
+            7,
+            r#"{"m.relates_to":{"rel_type":"m.replace","event_id":"$e1"},"m.new_content":{}}"#,
+            "timeline",
+            None,
+        );
+        run(&mut conn, "mem").expect("upgrade");
+        let mut st = conn
+            .prepare("SELECT event_id, relates_to_id, rel_type FROM event_relations ORDER BY stream_ordering")
+            .expect("prepare");
+        let rows: Vec<(String, String, String)> = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        let row = |e: &str, rel: &str| ("$".to_owned() + e, "$e1".to_owned(), rel.to_owned());
+        assert_eq!(
+            rows,
+            vec![
+                row("e2", "m.thread"),
+                row("e3", "m.thread"),
+                row("e7", "m.replace")
+            ]
+        );
+        let thread: (String, String, i64) = conn
+            .query_row(
+                "SELECT root_id, latest_event_id, latest_pos FROM threads",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .expect("one thread");
+        assert_eq!(thread, ("$e1".to_owned(), "$e3".to_owned(), 3));
+    }
+
+    #[test]
     fn migrations_are_idempotent() {
         let mut conn = Connection::open_in_memory().expect("open");
         run(&mut conn, "mem").expect("first");

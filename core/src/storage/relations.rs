@@ -411,3 +411,28 @@ pub fn threads_page(
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
+
+/// Which of `parents` have at least one child whose relationship type is one of
+/// `rel_types` and whose sender is one of `senders` (`None`: any).
+pub fn parents_with_children(
+    c: &Connection,
+    parents: &[&str],
+    rel_types: Option<&[String]>,
+    senders: Option<&[String]>,
+) -> Result<std::collections::HashSet<String>, Error> {
+    if parents.is_empty() {
+        return Ok(Default::default());
+    }
+    let mut st = c.prepare_cached(
+        "SELECT DISTINCT r.relates_to_id FROM json_each(?1) j
+         JOIN event_relations r ON r.relates_to_id = j.value
+         WHERE (?2 IS NULL OR r.rel_type IN (SELECT value FROM json_each(?2)))
+           AND (?3 IS NULL OR r.sender IN (SELECT value FROM json_each(?3)))",
+    )?;
+    let rel_types = rel_types.map(serde_json::to_string).transpose()?;
+    let senders = senders.map(serde_json::to_string).transpose()?;
+    let rows = st.query_map(params![ids_json(parents)?, rel_types, senders], |r| {
+        r.get::<_, String>(0)
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
