@@ -140,7 +140,7 @@ pub fn render(
     opts: ClientEventOptions<'_>,
     window: impl Fn(&str) -> Option<Visibility>,
 ) -> Result<Vec<Value>, Error> {
-    let mut bundles = HashMap::new();
+    let mut bundles: HashMap<String, Map<String, Value>> = HashMap::new();
     let rooms: BTreeSet<&str> = events.iter().map(|e| e.room_id.as_str()).collect();
     for room_id in rooms {
         let Some(vis) = window(room_id) else {
@@ -151,7 +151,7 @@ pub fn render(
     }
     Ok(events
         .iter()
-        .map(|e| with_bundle(client_event(e, opts), bundles.remove(&e.event_id)))
+        .map(|e| with_bundle(client_event(e, opts), bundles.get(&e.event_id).cloned()))
         .collect())
 }
 

@@ -325,10 +325,17 @@ pub fn children(c: &Connection, q: &ChildrenQuery<'_>) -> Result<Vec<StoredEvent
     let order = if q.backwards { "DESC" } else { "ASC" };
     let cols = columns_of("e");
     let sql = if q.depth <= 1 {
+        // With a relationship type the `(relates_to_id, rel_type, stream_ordering)` index
+        // serves the page directly; without one, `(relates_to_id, stream_ordering)` does.
+        let rel_type = if q.rel_type.is_some() {
+            "r.rel_type = ?3"
+        } else {
+            "?3 IS NULL"
+        };
         format!(
             "SELECT {cols} FROM event_relations r JOIN events e ON e.event_id = r.event_id
              WHERE r.relates_to_id = ?1 AND r.room_id = ?2
-               AND (?3 IS NULL OR r.rel_type = ?3) AND (?4 IS NULL OR r.type = ?4)
+               AND {rel_type} AND (?4 IS NULL OR r.type = ?4)
                AND r.stream_ordering > ?5 AND r.stream_ordering <= ?6
                AND e.status = 'timeline'
              ORDER BY r.stream_ordering {order} LIMIT ?7"
