@@ -232,6 +232,26 @@ async fn an_edit_is_bundled_with_the_original_everywhere_it_is_served() {
     .await;
     assert_eq!(bundled_edit(&ctx["event"]), Some(edit.as_str()), "{ctx}");
 
+    // /search results carry the bundle too.
+    let http = http_client().expect("http");
+    let found: Value = http
+        .post(format!("{url}/_matrix/client/v3/search"))
+        .bearer_auth(&bob.token)
+        .json(&json!({"search_categories": {"room_events": {"search_term": "helo"}}}))
+        .send()
+        .await
+        .expect("search")
+        .json()
+        .await
+        .expect("search json");
+    let results = &found["search_categories"]["room_events"]["results"];
+    assert_eq!(results[0]["result"]["event_id"], original_str, "{found}");
+    assert_eq!(
+        bundled_edit(&results[0]["result"]),
+        Some(edit.as_str()),
+        "{found}"
+    );
+
     // A later edit replaces the bundled one.
     let edit2 = send_edit(&room, &original, "hello, world").await;
     let ev = get_ok(&url, &bob, &event_path(&room_id, &original)).await;
