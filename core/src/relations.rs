@@ -38,6 +38,8 @@ pub const MAX_RELATIONS_LIMIT: usize = 1000;
 pub const DEFAULT_THREADS_LIMIT: usize = 5;
 /// Largest page of `/threads`.
 pub const MAX_THREADS_LIMIT: usize = 100;
+/// Most children `/relations` looks at for one page when the viewer may not see them.
+const SCAN_BUDGET: usize = 1000;
 /// Most `m.reference` children bundled per event (the rest are one `/relations` away).
 pub const MAX_BUNDLED_REFERENCES: usize = 100;
 
@@ -134,11 +136,11 @@ pub fn check_new_relation(
 /// Render events in the client format with their bundled aggregations
 /// (`unsigned.m.relations`). `window` gives the viewer's readable part of each room;
 /// rooms it answers `None` for get no aggregations.
-pub fn render(
+pub fn render<'v>(
     c: &Connection,
     events: &[StoredEvent],
     opts: ClientEventOptions<'_>,
-    window: impl Fn(&str) -> Option<Visibility>,
+    window: impl Fn(&str) -> Option<&'v Visibility>,
 ) -> Result<Vec<Value>, Error> {
     let mut bundles: HashMap<String, Map<String, Value>> = HashMap::new();
     let rooms: BTreeSet<&str> = events.iter().map(|e| e.room_id.as_str()).collect();
@@ -160,7 +162,7 @@ pub fn render_in_room(
     c: &Connection,
     events: &[StoredEvent],
     opts: ClientEventOptions<'_>,
-    vis: Visibility,
+    vis: &Visibility,
 ) -> Result<Vec<Value>, Error> {
     render(c, events, opts, |_| Some(vis))
 }
@@ -180,7 +182,7 @@ fn room_bundles(
     room_id: &str,
     events: &[&StoredEvent],
     opts: ClientEventOptions<'_>,
-    vis: Visibility,
+    vis: &Visibility,
 ) -> Result<HashMap<String, Map<String, Value>>, Error> {
     let (min, max) = (vis.min_pos(), vis.max_pos());
     let viewer = opts.viewer.map(|(u, _)| u).unwrap_or_default();
@@ -206,10 +208,12 @@ fn room_bundles(
 
     let threads = storage::thread_counts(c, &roots, room_id, viewer, min, max)?;
     let positions: Vec<i64> = threads.iter().map(|t| t.latest_pos).collect();
-    let latest: HashMap<i64, StoredEvent> = storage::events_at_positions(c, &positions)?
-        .into_iter()
-        .map(|e| (e.stream_ordering, e))
-        .collect();
+    let mut latest: HashMap<i64, StoredEvent> = HashMap::new();
+    for e in storage::events_at_positions(c, &positions)? {
+        if vis.allows(c, &e)? {
+            latest.insert(e.stream_ordering, e);
+        }
+    }
 
     // Edits of the events themselves (not when redacted) and of each thread's newest reply.
     let mut edit_parents: Vec<&str> = eligible
@@ -225,9 +229,12 @@ fn room_bundles(
     );
     edit_parents.sort_unstable();
     edit_parents.dedup();
-    let edits: HashMap<String, StoredEvent> = storage::latest_edits(c, &edit_parents, min, max)?
-        .into_iter()
-        .collect();
+    let mut edits: HashMap<String, StoredEvent> = HashMap::new();
+    for (parent, edit) in storage::latest_edits(c, &edit_parents, min, max)? {
+        if vis.allows(c, &edit)? {
+            edits.insert(parent, edit);
+        }
+    }
 
     let mut ids: Vec<&str> = eligible.iter().map(|e| e.event_id.as_str()).collect();
     ids.sort_unstable();
@@ -328,9 +335,10 @@ pub fn children_page(
         Err(Error::Forbidden(_)) => return Err(not_found()),
         Err(e) => return Err(e),
     };
-    storage::get_event(c, event_id)?
-        .filter(|e| e.room_id == room_id && vis.allows(e.stream_ordering))
-        .ok_or_else(not_found)?;
+    match storage::get_event(c, event_id)? {
+        Some(e) if vis.allows(c, &e)? => {}
+        _ => return Err(not_found()),
+    }
     let limit = p
         .limit
         .unwrap_or(DEFAULT_RELATIONS_LIMIT)
@@ -338,26 +346,38 @@ pub fn children_page(
     let from = p.from.as_deref().map(parse_token).transpose()?;
     let to = p.to.as_deref().map(parse_token).transpose()?;
     let backwards = !p.forwards;
-    // `from` is where the page starts: backwards, children at or before it; forwards,
-    // children after it. `to` bounds the other side.
-    let (after, up_to) = if backwards {
-        (
-            to.unwrap_or(0).max(vis.min_pos()),
-            from.unwrap_or(i64::MAX).min(vis.max_pos()),
-        )
-    } else {
-        (
-            from.unwrap_or(0).max(vis.min_pos()),
-            to.unwrap_or(i64::MAX).min(vis.max_pos()),
-        )
-    };
     let depth = if p.recurse == Some(true) {
         RECURSION_DEPTH
     } else {
         1
     };
-    let mut chunk = if after < up_to {
-        storage::children(
+    // `from` is where the page starts: backwards, children at or before it; forwards,
+    // children after it. `to` bounds the other side.
+    let lower = to.filter(|_| backwards).unwrap_or(0).max(vis.min_pos());
+    let upper = if backwards { from } else { to }
+        .unwrap_or(i64::MAX)
+        .min(vis.max_pos());
+    let mut cursor = if backwards {
+        upper
+    } else {
+        from.unwrap_or(0).max(lower)
+    };
+    // Children the viewer may not see (history visibility, per event) are skipped; read
+    // on until the page is full, the children end, or SCAN_BUDGET rows were looked at
+    // (then the page ends early with a `next_batch` to continue from).
+    let mut chunk: Vec<StoredEvent> = Vec::new();
+    let mut more = false;
+    let mut examined = 0usize;
+    loop {
+        let (after, up_to) = if backwards {
+            (lower, cursor)
+        } else {
+            (cursor, upper)
+        };
+        if after >= up_to {
+            break;
+        }
+        let page = storage::children(
             c,
             &ChildrenQuery {
                 parent: event_id,
@@ -370,20 +390,34 @@ pub fn children_page(
                 limit: limit + 1,
                 backwards,
             },
-        )?
-    } else {
-        Vec::new()
-    };
-    let more = chunk.len() > limit;
-    chunk.truncate(limit);
-    let mut body = json!({"chunk": render_in_room(c, &chunk, opts, vis)?});
-    if more && let Some(last) = chunk.last() {
-        let next = if backwards {
-            last.stream_ordering - 1
-        } else {
-            last.stream_ordering
-        };
-        body["next_batch"] = json!(SyncToken::at(next).to_string());
+        )?;
+        let exhausted = page.len() <= limit;
+        for e in page {
+            if chunk.len() == limit {
+                more = true;
+                break;
+            }
+            examined += 1;
+            cursor = if backwards {
+                e.stream_ordering - 1
+            } else {
+                e.stream_ordering
+            };
+            if vis.allows(c, &e)? {
+                chunk.push(e);
+            }
+        }
+        if more || exhausted {
+            break;
+        }
+        if examined >= SCAN_BUDGET {
+            more = true;
+            break;
+        }
+    }
+    let mut body = json!({"chunk": render_in_room(c, &chunk, opts, &vis)?});
+    if more {
+        body["next_batch"] = json!(SyncToken::at(cursor).to_string());
     }
     if let Some(from) = &p.from {
         body["prev_batch"] = json!(from);
@@ -444,8 +478,7 @@ pub fn threads_page(
             }
             cursor = latest_pos - 1;
             if let Some(root) = found.remove(id)
-                && root.room_id == room_id
-                && vis.allows(root.stream_ordering)
+                && vis.allows(c, &root)?
             {
                 roots.push(root);
             }
@@ -454,7 +487,7 @@ pub fn threads_page(
             break;
         }
     }
-    let mut body = json!({"chunk": render_in_room(c, &roots, opts, vis)?});
+    let mut body = json!({"chunk": render_in_room(c, &roots, opts, &vis)?});
     if more {
         body["next_batch"] = json!(SyncToken::at(cursor).to_string());
     }

@@ -14,7 +14,7 @@ use rusqlite::Connection;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::client_api::visibility::visibility_for;
+use crate::client_api::visibility::{visibility_for, visible_events};
 use crate::client_api::{Caller, RoomEventFilter, client_opts, lazy_members, state_at};
 use crate::e2ee;
 use crate::error::Error;
@@ -22,6 +22,9 @@ use crate::events::{client_event, stripped_state};
 use crate::server::Server;
 use crate::storage::{self, StateMap, StoredEvent};
 use crate::streams::SyncToken;
+
+/// Most events one room's timeline looks at, visible or not.
+const SCAN_BUDGET: usize = 1000;
 
 /// The longest a `/sync` may wait.
 const MAX_TIMEOUT: Duration = Duration::from_secs(60);
@@ -335,16 +338,31 @@ fn joined_room(
         since.map(|s| s.pos).unwrap_or(0)
     };
     let limit = filter.room.timeline.limit.unwrap_or(10).clamp(1, 100);
+    // A room seen for the first time may show events from before the user joined: those
+    // are judged by history visibility. After the join, everything is visible.
+    let vis = if full {
+        Some(visibility_for(c, room_id, &caller.user_id)?)
+    } else {
+        None
+    };
     // Newest first, then reversed; take one extra to learn whether the timeline is limited.
     let mut fetched = Vec::new();
     let mut cursor = now.pos;
     let mut exhausted = false;
-    while fetched.len() <= limit && !exhausted {
+    let mut examined = 0usize;
+    // Bounded like `/messages`: a long stretch of hidden history ends the search early
+    // and marks the timeline limited, so the client paginates on from `prev_batch`.
+    while fetched.len() <= limit && !exhausted && examined < SCAN_BUDGET {
         let page = storage::room_events(c, room_id, since_pos, cursor, limit + 1, true)?;
         exhausted = page.len() < limit + 1;
         for e in page {
+            examined += 1;
             cursor = e.stream_ordering - 1;
-            if filter.room.timeline.allows(&e) {
+            let visible = match &vis {
+                Some(v) => v.allows(c, &e)?,
+                None => true,
+            };
+            if visible && filter.room.timeline.allows(&e) {
                 fetched.push(e);
                 if fetched.len() > limit {
                     break;
@@ -352,7 +370,7 @@ fn joined_room(
             }
         }
     }
-    let limited = fetched.len() > limit;
+    let limited = fetched.len() > limit || !exhausted;
     fetched.truncate(limit);
     fetched.reverse();
     let timeline: Vec<StoredEvent> = fetched;
@@ -440,7 +458,7 @@ fn joined_room(
     for (_, ty, content) in room_data {
         account_data.push(json!({"type": ty, "content": serde_json::from_str::<Value>(&content)?}));
     }
-    let body = json!({
+    let mut body = json!({
         "timeline": {
             "events": timeline_events(c, room_id, &timeline, caller)?,
             "limited": limited,
@@ -450,8 +468,17 @@ fn joined_room(
         "ephemeral": {"events": ephemeral},
         "account_data": {"events": account_data},
         "unread_notifications": {"notification_count": notifications, "highlight_count": highlights},
-        "summary": summary(c, room_id, &caller.user_id)?,
     });
+    // The summary only changes with membership; clients keep the last one they saw, so
+    // an incremental sync whose timeline holds no member event leaves it out (as Synapse
+    // does) instead of counting the members on every wake-up.
+    let members_changed = full
+        || limited
+        || timeline.iter().any(|e| e.kind == "m.room.member")
+        || state_events.iter().any(|e| e["type"] == "m.room.member");
+    if members_changed {
+        body["summary"] = summary(c, room_id, &caller.user_id)?;
+    }
     Ok(Some((body, has_data)))
 }
 
@@ -471,7 +498,7 @@ fn timeline_events(
         Err(Error::Forbidden(_)) => None,
         Err(e) => return Err(e),
     };
-    crate::relations::render(c, events, sync_opts(caller), |_| vis)
+    crate::relations::render(c, events, sync_opts(caller), |_| vis.as_ref())
 }
 
 /// Keep non-member state, plus members who sent timeline events and the user themself.
@@ -506,12 +533,16 @@ fn receipt_event(receipts: &[storage::Receipt], me: &str) -> Option<Value> {
 fn summary(c: &Connection, room_id: &str, me: &str) -> Result<Value, Error> {
     let joined = storage::count_members(c, room_id, "join")?;
     let invited = storage::count_members(c, room_id, "invite")?;
-    let mut heroes: Vec<String> = storage::room_members(c, room_id, "join")?
-        .into_iter()
-        .chain(storage::room_members(c, room_id, "invite")?)
-        .filter(|u| u != me)
-        .collect();
-    heroes.truncate(5);
+    let mut heroes = storage::some_room_members(c, room_id, "join", me, 5)?;
+    if heroes.len() < 5 {
+        heroes.extend(storage::some_room_members(
+            c,
+            room_id,
+            "invite",
+            me,
+            5 - heroes.len(),
+        )?);
+    }
     Ok(
         json!({"m.joined_member_count": joined, "m.invited_member_count": invited, "m.heroes": heroes}),
     )
@@ -568,7 +599,12 @@ fn left_room(
     filter: &Filter,
 ) -> Result<Value, Error> {
     let limit = filter.room.timeline.limit.unwrap_or(10).clamp(1, 100);
-    let mut events = storage::room_events(c, room_id, since_pos, leave_pos, limit + 1, true)?;
+    let events = storage::room_events(c, room_id, since_pos, leave_pos, limit + 1, true)?;
+    let mut events = match visibility_for(c, room_id, &caller.user_id) {
+        Ok(vis) => visible_events(c, &vis, events)?,
+        Err(Error::Forbidden(_)) => Vec::new(),
+        Err(e) => return Err(e),
+    };
     let limited = events.len() > limit;
     events.truncate(limit);
     events.reverse();

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::extract::{Auth, Body, Caller, P, Q};
-use super::visibility::visibility_for;
+use super::visibility::{visibility_for, visible_events};
 use crate::error::Error;
 use crate::events::{ClientEventOptions, NewEvent, client_event};
 use crate::relations;
@@ -15,6 +15,9 @@ use crate::rooms::{self, CreateRoom};
 use crate::server::Server;
 use crate::storage::{self, StoredEvent, now_ms};
 use crate::streams::SyncToken;
+
+/// Most events one `/messages` call looks at, visible or not.
+const SCAN_BUDGET: usize = 1000;
 
 type JsonResult = Result<Json<Value>, Error>;
 
@@ -353,12 +356,11 @@ pub(super) async fn get_event(
 ) -> JsonResult {
     let ev = server.db.read_tx(|c| {
         let vis = visibility_for(c, &room_id, &caller.user_id)?;
-        let Some(ev) = storage::get_event(c, &event_id)?
-            .filter(|e| e.room_id == room_id && vis.allows(e.stream_ordering))
-        else {
-            return Err(Error::NotFound("event not found".into()));
+        let ev = match storage::get_event(c, &event_id)? {
+            Some(e) if vis.allows(c, &e)? => e,
+            _ => return Err(Error::NotFound("event not found".into())),
         };
-        let mut rendered = relations::render_in_room(c, &[ev], opts(&caller), vis)?;
+        let mut rendered = relations::render_in_room(c, &[ev], opts(&caller), &vis)?;
         Ok(rendered.pop().unwrap_or_default())
     })?;
     Ok(Json(ev))
@@ -511,8 +513,11 @@ pub(super) async fn messages(
         let mut out: Vec<StoredEvent> = Vec::new();
         let mut cursor = from;
         let mut exhausted = false;
-        // Filtered-out events still advance the cursor; fetch in pages until full.
-        while out.len() < limit && !exhausted {
+        let mut examined = 0usize;
+        // Filtered-out events still advance the cursor; fetch in pages until full, but
+        // look at no more than SCAN_BUDGET events: a long stretch the user may not see
+        // ends the page early with an `end` token to continue from.
+        while out.len() < limit && !exhausted && examined < SCAN_BUDGET {
             let (after, up_to) = if backwards {
                 (to.unwrap_or(0).max(vis.min_pos()), cursor)
             } else {
@@ -525,14 +530,15 @@ pub(super) async fn messages(
             exhausted = page.len() < limit * 2;
             let related = filter.related_ids(c, &page)?;
             for e in page {
+                examined += 1;
                 cursor = if backwards {
                     e.stream_ordering - 1
                 } else {
                     e.stream_ordering
                 };
-                if vis.allows(e.stream_ordering)
-                    && filter.allows(&e)
+                if filter.allows(&e)
                     && related.as_ref().is_none_or(|ids| ids.contains(&e.event_id))
+                    && vis.allows(c, &e)?
                 {
                     out.push(e);
                     if out.len() == limit {
@@ -548,7 +554,7 @@ pub(super) async fn messages(
         } else {
             Vec::new()
         };
-        let chunk = relations::render_in_room(c, &out, opts(&caller), vis)?;
+        let chunk = relations::render_in_room(c, &out, opts(&caller), &vis)?;
         Ok((chunk, end, state))
     })?;
     let start = q
@@ -590,35 +596,36 @@ pub(super) async fn context(
     let limit = q.limit.unwrap_or(10).min(100);
     let body = server.db.read_tx(|c| {
         let vis = visibility_for(c, &room_id, &caller.user_id)?;
-        let Some(ev) = storage::get_event(c, &event_id)?
-            .filter(|e| e.room_id == room_id && vis.allows(e.stream_ordering))
-        else {
-            return Err(Error::NotFound("event not found".into()));
+        let ev = match storage::get_event(c, &event_id)? {
+            Some(e) if vis.allows(c, &e)? => e,
+            _ => return Err(Error::NotFound("event not found".into())),
         };
         let before_n = limit / 2;
         let after_n = limit - before_n;
-        let before: Vec<StoredEvent> = storage::room_events(
+        let before = storage::room_events(
             c,
             &room_id,
             vis.min_pos(),
             ev.stream_ordering - 1,
             before_n,
             true,
-        )?
-        .into_iter()
-        .filter(|e| filter.allows(e))
-        .collect();
-        let after: Vec<StoredEvent> = storage::room_events(
+        )?;
+        let before: Vec<StoredEvent> = visible_events(c, &vis, before)?
+            .into_iter()
+            .filter(|e| filter.allows(e))
+            .collect();
+        let after = storage::room_events(
             c,
             &room_id,
             ev.stream_ordering,
             vis.max_pos(),
             after_n,
             false,
-        )?
-        .into_iter()
-        .filter(|e| filter.allows(e))
-        .collect();
+        )?;
+        let after: Vec<StoredEvent> = visible_events(c, &vis, after)?
+            .into_iter()
+            .filter(|e| filter.allows(e))
+            .collect();
         let start = before
             .last()
             .map(|e| e.stream_ordering - 1)
@@ -647,7 +654,7 @@ pub(super) async fn context(
         let mut all = before;
         all.push(ev);
         all.extend(after);
-        let mut rendered = relations::render_in_room(c, &all, opts(&caller), vis)?;
+        let mut rendered = relations::render_in_room(c, &all, opts(&caller), &vis)?;
         let events_after = rendered.split_off(n_before + 1);
         let event = rendered.pop().unwrap_or_default();
         debug_assert_eq!(events_after.len(), n_after);

@@ -376,7 +376,26 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX federation_to_device_seen_by_time ON federation_to_device_seen(received_ts);
     "#,
-    // 11: event relationships (edits, threads, references, reactions). One row per
+    // 11: unread counts kept per (user, room) instead of counted on every /sync: a new
+    // notification adds one, a read receipt recounts what is still after it.
+    r#"
+    CREATE TABLE unread_counts (
+        user_id TEXT NOT NULL,
+        room_id TEXT NOT NULL,
+        notifications INTEGER NOT NULL,
+        highlights INTEGER NOT NULL,
+        PRIMARY KEY (user_id, room_id)
+    ) WITHOUT ROWID;
+    INSERT INTO unread_counts (user_id, room_id, notifications, highlights)
+    SELECT n.user_id, n.room_id, COUNT(*), COALESCE(SUM(n.highlight), 0)
+    FROM push_notifications n
+    WHERE n.stream_ordering > COALESCE((SELECT MAX(e.stream_ordering) FROM receipts r
+             JOIN events e ON e.event_id = r.event_id
+             WHERE r.room_id = n.room_id AND r.user_id = n.user_id
+               AND r.receipt_type IN ('m.read', 'm.read.private')), 0)
+    GROUP BY n.user_id, n.room_id;
+    "#,
+    // 12: event relationships (edits, threads, references, reactions). One row per
     // timeline event whose `content.m.relates_to` has a `rel_type` and an `event_id`,
     // looked up by parent and type (bundled aggregations, `/relations`); `threads` holds
     // each thread root with its newest reply, ordered by activity for `/threads`. Rows of
@@ -546,12 +565,12 @@ mod tests {
     }
 
     #[test]
-    fn version_11_fills_relations_and_threads_from_stored_events() {
+    fn version_12_fills_relations_and_threads_from_stored_events() {
         let mut conn = Connection::open_in_memory().expect("open");
-        for sql in &MIGRATIONS[..10] {
-            conn.execute_batch(sql).expect("schema up to 10");
+        for sql in &MIGRATIONS[..11] {
+            conn.execute_batch(sql).expect("schema up to 11");
         }
-        conn.pragma_update(None, "user_version", 10).expect("v10");
+        conn.pragma_update(None, "user_version", 11).expect("v11");
         let insert = |pos: i64, content: &str, status: &str, redacted: Option<&str>| {
             conn.execute(
                 "INSERT INTO events (stream_ordering, event_id, room_id, type, sender, depth,

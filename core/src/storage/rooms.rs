@@ -163,6 +163,24 @@ pub fn room_members(c: &Connection, room_id: &str, membership: &str) -> Result<V
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// Up to `limit` members with a membership other than `except`, in user id order (room
+/// heroes): reads `limit` rows, not the whole member list.
+pub fn some_room_members(
+    c: &Connection,
+    room_id: &str,
+    membership: &str,
+    except: &str,
+    limit: usize,
+) -> Result<Vec<String>, Error> {
+    let mut st = c.prepare_cached(
+        "SELECT user_id FROM memberships WHERE room_id = ?1 AND membership = ?2
+             AND user_id != ?3 ORDER BY user_id LIMIT ?4",
+    )?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = st.query_map(params![room_id, membership, except, limit], |r| r.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 /// Count members with a membership.
 pub fn count_members(c: &Connection, room_id: &str, membership: &str) -> Result<i64, Error> {
     Ok(
