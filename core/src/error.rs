@@ -103,6 +103,10 @@ pub enum Error {
     /// 403 `M_FORBIDDEN` registration closed.
     #[error("registration is disabled on this node")]
     RegistrationDisabled,
+    /// 400 `M_UNKNOWN_POS`: a sliding sync `pos` this node does not know (expired, from
+    /// before a restart, or never issued); the client starts the connection afresh.
+    #[error("unknown or expired sliding sync position {0}")]
+    UnknownPos(String),
     /// 500 `M_UNKNOWN`: our own fault. The detail is logged, not sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -148,6 +152,7 @@ impl Error {
             Uiaa(_) => (StatusCode::UNAUTHORIZED, "M_FORBIDDEN"),
             Unauthorized(_) => (StatusCode::UNAUTHORIZED, "M_UNAUTHORIZED"),
             RemoteServer(_) => (StatusCode::BAD_GATEWAY, "M_UNKNOWN"),
+            UnknownPos(_) => (StatusCode::BAD_REQUEST, "M_UNKNOWN_POS"),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN"),
         }
     }

@@ -57,6 +57,8 @@ pub struct Server {
     pub sender_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The anti-entropy task, once a transport is attached.
     pub anti_entropy_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Sliding sync connections (what each client connection already has).
+    pub sliding: crate::sync::sliding::Connections,
 }
 
 impl Server {

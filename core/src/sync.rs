@@ -1,4 +1,4 @@
-//! `/sync` v3.
+//! `/sync` v3, and simplified sliding sync (MSC4186) in [`sliding`].
 //!
 //! A response is computed at the newest committed position `now`: for each room the
 //! user is in, the events in `(since, now]`, the state they need, ephemeral data and
@@ -22,6 +22,8 @@ use crate::events::{client_event, stripped_state};
 use crate::server::Server;
 use crate::storage::{self, StateMap, StoredEvent};
 use crate::streams::SyncToken;
+
+pub mod sliding;
 
 /// Most events one room's timeline looks at, visible or not.
 const SCAN_BUDGET: usize = 1000;
@@ -313,7 +315,7 @@ fn event_list(
     Ok(out)
 }
 
-fn sync_opts(caller: &Caller) -> crate::events::ClientEventOptions<'_> {
+pub(crate) fn sync_opts(caller: &Caller) -> crate::events::ClientEventOptions<'_> {
     crate::events::ClientEventOptions {
         include_room_id: false,
         ..client_opts(caller)
@@ -484,7 +486,7 @@ fn joined_room(
 
 /// Timeline events with their bundled aggregations (edits, threads, references), counted
 /// over the part of the room the user may read; one set of lookups per room.
-fn timeline_events(
+pub(crate) fn timeline_events(
     c: &Connection,
     room_id: &str,
     events: &[StoredEvent],
@@ -511,7 +513,7 @@ fn lazy_filter(state: StateMap, timeline: &[StoredEvent], me: &str) -> StateMap 
         .collect()
 }
 
-fn receipt_event(receipts: &[storage::Receipt], me: &str) -> Option<Value> {
+pub(crate) fn receipt_event(receipts: &[storage::Receipt], me: &str) -> Option<Value> {
     let mut content: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
     for r in receipts {
         if r.receipt_type == "m.read.private" && r.user_id != me {
@@ -548,7 +550,11 @@ fn summary(c: &Connection, room_id: &str, me: &str) -> Result<Value, Error> {
     )
 }
 
-fn invite_state(c: &Connection, room_id: &str, invite_event_id: &str) -> Result<Vec<Value>, Error> {
+pub(crate) fn invite_state(
+    c: &Connection,
+    room_id: &str,
+    invite_event_id: &str,
+) -> Result<Vec<Value>, Error> {
     let mut out = Vec::new();
     // An invite from another node to a room this node is not in: the stripped state the
     // inviting server sent along (kept in the invite's `unsigned`), then the invite.

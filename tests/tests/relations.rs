@@ -232,6 +232,32 @@ async fn an_edit_is_bundled_with_the_original_everywhere_it_is_served() {
     .await;
     assert_eq!(bundled_edit(&ctx["event"]), Some(edit.as_str()), "{ctx}");
 
+    // Simplified sliding sync (MSC4186) timelines carry it too.
+    let ss: Value = http_client()
+        .expect("http")
+        .post(format!(
+            "{url}/_matrix/client/unstable/org.matrix.simplified_msc3575/sync?timeout=0"
+        ))
+        .bearer_auth(&bob.token)
+        .json(&json!({
+            "conn_id": "relations",
+            "room_subscriptions": {room_id.as_str(): {"timeline_limit": 20, "required_state": []}},
+        }))
+        .send()
+        .await
+        .expect("sliding sync")
+        .json()
+        .await
+        .expect("sliding sync json");
+    let in_ss = ss["rooms"][room_id.as_str()]["timeline"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no timeline: {ss}"))
+        .iter()
+        .find(|ev| ev["event_id"] == original_str)
+        .cloned()
+        .unwrap_or_else(|| panic!("original not in the sliding sync timeline: {ss}"));
+    assert_eq!(bundled_edit(&in_ss), Some(edit.as_str()), "{in_ss}");
+
     // /search results carry the bundle too.
     let http = http_client().expect("http");
     let found: Value = http

@@ -307,6 +307,10 @@ pub fn router(server: Arc<Server>) -> Router {
     ] {
         r = r.route(&path, route.fallback(method_not_allowed));
     }
+    r = r.route(
+        "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync",
+        post(sync::sliding_sync).fallback(method_not_allowed),
+    );
     for (path, route) in media_routes() {
         r = r.route(&path, route.fallback(method_not_allowed));
     }

@@ -18,7 +18,9 @@ use std::sync::{Arc, LazyLock};
 use futures::FutureExt;
 use parking_lot::Mutex;
 use ruma::power_levels::NotificationPowerLevels;
-use ruma::push::{Action, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset};
+use ruma::push::{
+    Action, FlattenedJson, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset,
+};
 use ruma::room_version_rules::RoomPowerLevelsRules;
 use ruma::serde::Raw;
 use ruma::{Int, OwnedRoomId, UInt, UserId};
@@ -182,6 +184,7 @@ pub fn on_event(
     };
     let raw: Raw<Value> =
         Raw::from_json(serde_json::value::RawValue::from_string(ev.json.clone())?);
+    let flat = FlattenedJson::from_raw(&raw);
     let member_count = storage::count_members(c, room_id, "join")?;
     let member_count = UInt::try_from(member_count).unwrap_or(UInt::MAX);
     let power = power_ctx(c, room_id, version, &ev.sender)?;
@@ -203,15 +206,34 @@ pub fn on_event(
             display_name(c, room_id, &user)?,
         )
         .with_power_levels(power.clone());
-        // Evaluation is async only for optional hooks we do not install (thread
-        // subscriptions), so it completes on the first poll; never block the writer.
-        let Some(actions) = rules.get_actions(&raw, &ctx).now_or_never() else {
+        let Some(actions) = first_match(rules, &flat, &ctx) else {
             tracing::warn!(%user, "push rule evaluation did not complete at once; skipped");
             continue;
         };
         record(c, &user, room_id, ev, actions)?;
     }
     Ok(())
+}
+
+/// The actions of the first rule that applies, like `Ruleset::get_actions` but on an
+/// event flattened once for all recipients (ruma flattens it again on every call).
+/// Evaluation is async only for optional hooks we do not install (thread
+/// subscriptions), so it completes on the first poll; `None` if it ever did not, so the
+/// writer is never blocked.
+fn first_match<'r>(
+    rules: &'r Ruleset,
+    event: &FlattenedJson,
+    ctx: &PushConditionRoomCtx,
+) -> Option<&'r [Action]> {
+    async {
+        for rule in rules {
+            if rule.applies(event, ctx).await {
+                return rule.actions();
+            }
+        }
+        &[]
+    }
+    .now_or_never()
 }
 
 fn record(

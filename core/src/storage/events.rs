@@ -335,3 +335,59 @@ pub fn update_forward_extremities(
     .execute(params![room_id, event_id])?;
     Ok(())
 }
+
+/// The position of the newest timeline event of one of `types` at or before `up_to`:
+/// sliding sync's `bump_stamp`. One index probe per type, whatever the room's length.
+pub fn newest_of_types(
+    c: &Connection,
+    room_id: &str,
+    types: &[&str],
+    up_to: i64,
+) -> Result<Option<i64>, Error> {
+    let mut st = c.prepare_cached(&format!(
+        "SELECT stream_ordering FROM events WHERE room_id = ?1 AND type = ?2 AND stream_ordering <= ?3
+         AND {TIMELINE} ORDER BY stream_ordering DESC LIMIT 1"
+    ))?;
+    let mut newest = None;
+    for ty in types {
+        let pos: Option<i64> = st
+            .query_row(params![room_id, ty, up_to], |r| r.get(0))
+            .optional()?;
+        newest = newest.max(pos);
+    }
+    Ok(newest)
+}
+
+/// The distinct `(type, state_key)` of state events in a room's timeline in
+/// `(after, up_to]`: what may have changed in the room state over that gap.
+pub fn state_keys_between(
+    c: &Connection,
+    room_id: &str,
+    after: i64,
+    up_to: i64,
+) -> Result<Vec<(String, String)>, Error> {
+    let mut st = c.prepare_cached(&format!(
+        "SELECT DISTINCT type, state_key FROM events WHERE room_id = ?1 AND stream_ordering > ?2
+         AND stream_ordering <= ?3 AND state_key IS NOT NULL AND {TIMELINE}"
+    ))?;
+    let rows = st.query_map(params![room_id, after, up_to], |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Whether a room has timeline events in `(after, up_to]`.
+pub fn has_events_between(
+    c: &Connection,
+    room_id: &str,
+    after: i64,
+    up_to: i64,
+) -> Result<bool, Error> {
+    Ok(c.prepare_cached(&format!(
+        "SELECT 1 FROM events WHERE room_id = ?1 AND stream_ordering > ?2 AND stream_ordering <= ?3
+             AND {TIMELINE} LIMIT 1"
+    ))?
+    .query_row(params![room_id, after, up_to], |_| Ok(()))
+    .optional()?
+    .is_some())
+}

@@ -395,7 +395,12 @@ const MIGRATIONS: &[&str] = &[
                AND r.receipt_type IN ('m.read', 'm.read.private')), 0)
     GROUP BY n.user_id, n.room_id;
     "#,
-    // 12: event relationships (edits, threads, references, reactions). One row per
+    // 12: sliding sync sorts rooms by their newest event of a few "bump" types; this
+    // index answers "newest event of type T in room R" without walking the room's history.
+    r#"
+    CREATE INDEX events_room_type_stream ON events(room_id, type, stream_ordering);
+    "#,
+    // 13: event relationships (edits, threads, references, reactions). One row per
     // timeline event whose `content.m.relates_to` has a `rel_type` and an `event_id`,
     // looked up by parent and type (bundled aggregations, `/relations`); `threads` holds
     // each thread root with its newest reply, ordered by activity for `/threads`. Rows of
@@ -565,12 +570,12 @@ mod tests {
     }
 
     #[test]
-    fn version_12_fills_relations_and_threads_from_stored_events() {
+    fn version_13_fills_relations_and_threads_from_stored_events() {
         let mut conn = Connection::open_in_memory().expect("open");
-        for sql in &MIGRATIONS[..11] {
-            conn.execute_batch(sql).expect("schema up to 11");
+        for sql in &MIGRATIONS[..12] {
+            conn.execute_batch(sql).expect("schema up to 12");
         }
-        conn.pragma_update(None, "user_version", 11).expect("v11");
+        conn.pragma_update(None, "user_version", 12).expect("v12");
         let insert = |pos: i64, content: &str, status: &str, redacted: Option<&str>| {
             conn.execute(
                 "INSERT INTO events (stream_ordering, event_id, room_id, type, sender, depth,

@@ -245,3 +245,32 @@ pub fn list_rooms(c: &Connection) -> Result<Vec<(String, i64)>, Error> {
     let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
+
+/// Current state entries of one type: (state_key, event_id).
+pub fn current_state_of_type(
+    c: &Connection,
+    room_id: &str,
+    ty: &str,
+) -> Result<Vec<(String, String)>, Error> {
+    let mut st = c.prepare_cached(
+        "SELECT state_key, event_id FROM current_state WHERE room_id = ?1 AND type = ?2",
+    )?;
+    let rows = st.query_map(params![room_id, ty], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Up to `limit` joined or invited members other than `exclude`, longest-standing
+/// first: the heroes a client names an unnamed room after.
+pub fn first_members(
+    c: &Connection,
+    room_id: &str,
+    exclude: &str,
+    limit: usize,
+) -> Result<Vec<String>, Error> {
+    let mut st = c.prepare_cached(
+        "SELECT user_id FROM memberships WHERE room_id = ?1 AND membership IN ('join', 'invite')
+         AND user_id != ?2 ORDER BY stream_ordering, user_id LIMIT ?3",
+    )?;
+    let rows = st.query_map(params![room_id, exclude, limit as i64], |r| r.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
