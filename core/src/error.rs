@@ -107,6 +107,15 @@ pub enum Error {
     /// before a restart, or never issued); the client starts the connection afresh.
     #[error("unknown or expired sliding sync position {0}")]
     UnknownPos(String),
+    /// 400 `M_THREEPID_MEDIUM_NOT_SUPPORTED`: this server handles no third-party ids.
+    #[error("{0}")]
+    ThreepidMediumNotSupported(String),
+    /// 400 `M_THREEPID_AUTH_FAILED`: no validated third-party id session.
+    #[error("{0}")]
+    ThreepidAuthFailed(String),
+    /// 400 `M_THREEPID_NOT_FOUND`: the account has no such third-party id.
+    #[error("{0}")]
+    ThreepidNotFound(String),
     /// 500 `M_UNKNOWN`: our own fault. The detail is logged, not sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -153,6 +162,11 @@ impl Error {
             Unauthorized(_) => (StatusCode::UNAUTHORIZED, "M_UNAUTHORIZED"),
             RemoteServer(_) => (StatusCode::BAD_GATEWAY, "M_UNKNOWN"),
             UnknownPos(_) => (StatusCode::BAD_REQUEST, "M_UNKNOWN_POS"),
+            ThreepidMediumNotSupported(_) => {
+                (StatusCode::BAD_REQUEST, "M_THREEPID_MEDIUM_NOT_SUPPORTED")
+            }
+            ThreepidAuthFailed(_) => (StatusCode::BAD_REQUEST, "M_THREEPID_AUTH_FAILED"),
+            ThreepidNotFound(_) => (StatusCode::BAD_REQUEST, "M_THREEPID_NOT_FOUND"),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN"),
         }
     }

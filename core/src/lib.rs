@@ -6,6 +6,7 @@
 //! Entry points: [`Config`] describes a node, [`Node::start`] opens the data directory,
 //! binds the client API and serves it until [`Node::shutdown`].
 
+pub mod account;
 pub mod admin;
 pub mod client_api;
 pub mod config;

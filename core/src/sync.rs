@@ -170,6 +170,7 @@ fn build(
     let since_pos = since.map(|s| s.pos).unwrap_or(0);
     let mut join = Map::new();
     let mut invite = Map::new();
+    let mut knock = Map::new();
     let mut leave = Map::new();
     let mut has_data = false;
 
@@ -199,6 +200,13 @@ fn build(
                 invite.insert(
                     room_id.clone(),
                     json!({"invite_state": {"events": invite_state(c, &room_id, &event_id)?}}),
+                );
+                has_data = true;
+            }
+            "knock" if since.is_none() || changed => {
+                knock.insert(
+                    room_id.clone(),
+                    json!({"knock_state": {"events": knock_state(c, &room_id, &event_id)?}}),
                 );
                 has_data = true;
             }
@@ -246,7 +254,7 @@ fn build(
     };
     let body = json!({
         "next_batch": next_batch.to_string(),
-        "rooms": {"join": join, "invite": invite, "leave": leave, "knock": {}},
+        "rooms": {"join": join, "invite": invite, "leave": leave, "knock": knock},
         "account_data": {"events": account_data},
         "presence": {"events": []},
         "to_device": {"events": keys.to_device},
@@ -555,15 +563,32 @@ pub(crate) fn invite_state(
     room_id: &str,
     invite_event_id: &str,
 ) -> Result<Vec<Value>, Error> {
+    membership_state(c, room_id, invite_event_id, "invite_room_state")
+}
+
+/// `rooms.knock.*.knock_state`: the room's stripped state and the user's knock.
+fn knock_state(c: &Connection, room_id: &str, knock_event_id: &str) -> Result<Vec<Value>, Error> {
+    membership_state(c, room_id, knock_event_id, "knock_room_state")
+}
+
+/// Stripped state for a pending invite or knock (`remote_key`: where a remote server's
+/// stripped state is kept in the membership event's `unsigned`).
+fn membership_state(
+    c: &Connection,
+    room_id: &str,
+    membership_event_id: &str,
+    remote_key: &str,
+) -> Result<Vec<Value>, Error> {
+    let invite_event_id = membership_event_id;
     let mut out = Vec::new();
-    // An invite from another node to a room this node is not in: the stripped state the
-    // inviting server sent along (kept in the invite's `unsigned`), then the invite.
+    // An invite or knock on a room this node is not in: the stripped state the other
+    // server sent (kept in the event's `unsigned`), then the membership event.
     if let Some(ev) = storage::get_event_any(c, invite_event_id)?
         && let Some(Value::Array(state)) = ev
             .unsigned
             .as_deref()
             .and_then(|u| serde_json::from_str::<Value>(u).ok())
-            .and_then(|mut u| u.get_mut("invite_room_state").map(Value::take))
+            .and_then(|mut u| u.get_mut(remote_key).map(Value::take))
     {
         out.extend(state.into_iter().filter(Value::is_object).take(50));
         out.push(stripped_state(&ev));
@@ -587,7 +612,8 @@ pub(crate) fn invite_state(
     if let Some(ev) = storage::get_event(c, invite_event_id)? {
         out.push(stripped_state(&ev));
         // The inviter's own member event lets clients show who invited.
-        if let Some(id) = storage::current_state_event(c, room_id, "m.room.member", &ev.sender)?
+        if ev.state_key.as_deref() != Some(ev.sender.as_str())
+            && let Some(id) = storage::current_state_event(c, room_id, "m.room.member", &ev.sender)?
             && let Some(inviter) = storage::get_event(c, &id)?
         {
             out.push(stripped_state(&inviter));

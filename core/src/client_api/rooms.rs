@@ -739,3 +739,52 @@ pub(super) async fn joined_members(
     })?;
     Ok(Json(json!({"joined": joined})))
 }
+
+#[derive(Deserialize)]
+pub(super) struct TimestampQuery {
+    ts: Option<String>,
+    dir: Option<String>,
+}
+
+/// `GET /_matrix/client/v1/rooms/{roomId}/timestamp_to_event?ts=&dir=f|b`: the event
+/// closest to `ts` in direction `dir` that the caller may see (by `origin_server_ts`,
+/// one index lookup). Only events stored here are considered; 404 when there is none.
+pub(super) async fn timestamp_to_event(
+    State(server): State<Arc<Server>>,
+    Auth(caller): Auth,
+    P(room_id): P<String>,
+    Q(q): Q<TimestampQuery>,
+) -> JsonResult {
+    let ts: i64 = q
+        .ts
+        .as_deref()
+        .ok_or_else(|| Error::MissingParam("ts is required".into()))?
+        .parse()
+        .map_err(|_| Error::InvalidParam("ts must be an integer (ms since the epoch)".into()))?;
+    let forward = match q.dir.as_deref() {
+        Some("f") => true,
+        Some("b") => false,
+        None => return Err(Error::MissingParam("dir is required".into())),
+        Some(other) => {
+            return Err(Error::InvalidParam(format!(
+                "dir must be f or b, not {other:?}"
+            )));
+        }
+    };
+    let found = server.db.read_tx(|c| {
+        let vis = visibility_for(c, &room_id, &caller.user_id)?;
+        match storage::event_near_ts(c, &room_id, ts, forward)? {
+            Some(e) if vis.allows(c, &e)? => Ok(Some(e)),
+            _ => Ok(None),
+        }
+    })?;
+    let ev = found.ok_or_else(|| {
+        Error::NotFound(format!(
+            "no event found {} {ts}",
+            if forward { "from" } else { "up to" }
+        ))
+    })?;
+    Ok(Json(
+        json!({"event_id": ev.event_id, "origin_server_ts": ev.origin_server_ts}),
+    ))
+}

@@ -391,3 +391,25 @@ pub fn has_events_between(
     .optional()?
     .is_some())
 }
+
+/// The timeline event of a room closest to `ts` in one direction: the newest with
+/// `origin_server_ts <= ts` (`forward == false`) or the oldest with `>= ts`. Uses the
+/// `(room_id, origin_server_ts)` index, so it never scans the room's history.
+pub fn event_near_ts(
+    c: &Connection,
+    room_id: &str,
+    ts: i64,
+    forward: bool,
+) -> Result<Option<StoredEvent>, Error> {
+    let (cmp, order) = if forward {
+        (">=", "ASC")
+    } else {
+        ("<=", "DESC")
+    };
+    Ok(c.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM events WHERE room_id = ?1 AND origin_server_ts {cmp} ?2 AND {TIMELINE}
+             ORDER BY origin_server_ts {order}, stream_ordering {order} LIMIT 1"
+    ))?
+    .query_row(params![room_id, ts], from_row)
+    .optional()?)
+}

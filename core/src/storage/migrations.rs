@@ -400,7 +400,23 @@ const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX events_room_type_stream ON events(room_id, type, stream_ordering);
     "#,
-    // 13: event relationships (edits, threads, references, reactions). One row per
+    // 13: room and account lifecycle. Reports of events and rooms to the server's admins;
+    // the `erased` flag of a deactivation that asked for erasure; an index
+    // for `timestamp_to_event`, which looks events of a room up by `origin_server_ts`.
+    r#"
+    CREATE TABLE event_reports (
+        id INTEGER PRIMARY KEY,
+        received_ts INTEGER NOT NULL,
+        room_id TEXT NOT NULL,
+        event_id TEXT,
+        user_id TEXT NOT NULL,
+        reason TEXT,
+        score INTEGER
+    );
+    CREATE INDEX events_room_ts ON events(room_id, origin_server_ts);
+    ALTER TABLE users ADD COLUMN erased INTEGER NOT NULL DEFAULT 0;
+    "#,
+    // 14: event relationships (edits, threads, references, reactions). One row per
     // timeline event whose `content.m.relates_to` has a `rel_type` and an `event_id`,
     // looked up by parent and type (bundled aggregations, `/relations`); `threads` holds
     // each thread root with its newest reply, ordered by activity for `/threads`. Rows of
@@ -570,12 +586,12 @@ mod tests {
     }
 
     #[test]
-    fn version_13_fills_relations_and_threads_from_stored_events() {
+    fn version_14_fills_relations_and_threads_from_stored_events() {
         let mut conn = Connection::open_in_memory().expect("open");
-        for sql in &MIGRATIONS[..12] {
-            conn.execute_batch(sql).expect("schema up to 12");
+        for sql in &MIGRATIONS[..13] {
+            conn.execute_batch(sql).expect("schema up to 13");
         }
-        conn.pragma_update(None, "user_version", 12).expect("v12");
+        conn.pragma_update(None, "user_version", 13).expect("v13");
         let insert = |pos: i64, content: &str, status: &str, redacted: Option<&str>| {
             conn.execute(
                 "INSERT INTO events (stream_ordering, event_id, room_id, type, sender, depth,

@@ -181,6 +181,12 @@ pub fn delete_pusher(
     Ok(n > 0)
 }
 
+/// Remove every pusher of a user (deactivation).
+pub fn delete_user_pushers(c: &Connection, user_id: &str) -> Result<(), Error> {
+    c.execute("DELETE FROM pushers WHERE user_id = ?1", [user_id])?;
+    Ok(())
+}
+
 /// Remove the pushers other users have for the same app and key (`append: false`).
 pub fn delete_other_users_pushers(
     c: &Connection,
