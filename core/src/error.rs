@@ -58,6 +58,10 @@ pub enum Error {
     /// 429 `M_LIMIT_EXCEEDED`.
     #[error("{0}")]
     LimitExceeded(String),
+    /// 400 `M_DUPLICATE_ANNOTATION` (Synapse's code): the sender already reacted to the
+    /// event with the same key.
+    #[error("{0}")]
+    DuplicateAnnotation(String),
     /// 400 `M_USER_IN_USE`.
     #[error("user id already taken")]
     UserInUse,
@@ -145,6 +149,7 @@ impl Error {
             NotYetUploaded(_) => (StatusCode::GATEWAY_TIMEOUT, "M_NOT_YET_UPLOADED"),
             Conflict(_) => (StatusCode::CONFLICT, "M_UNKNOWN"),
             LimitExceeded(_) => (StatusCode::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED"),
+            DuplicateAnnotation(_) => (StatusCode::BAD_REQUEST, "M_DUPLICATE_ANNOTATION"),
             UserInUse => (StatusCode::BAD_REQUEST, "M_USER_IN_USE"),
             InvalidUsername(_) => (StatusCode::BAD_REQUEST, "M_INVALID_USERNAME"),
             RoomInUse(_) => (StatusCode::BAD_REQUEST, "M_ROOM_IN_USE"),

@@ -19,6 +19,7 @@ pub mod identity;
 pub mod media;
 pub mod node;
 pub mod push;
+pub mod relations;
 pub mod rooms;
 pub mod search;
 pub mod server;

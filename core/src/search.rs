@@ -15,7 +15,6 @@ use serde_json::{Value, json};
 use crate::client_api::visibility::{Visibility, visibility_for, visible_events};
 use crate::client_api::{Caller, client_opts, state_at};
 use crate::error::Error;
-use crate::events::client_event;
 use crate::storage::{self, StoredEvent};
 use crate::streams::SyncToken;
 
@@ -246,12 +245,18 @@ pub fn room_events(
         }
     }
     let count = visible.len();
-    let page = visible.into_iter().skip(offset).take(limit);
+    let page: Vec<(storage::SearchHit, StoredEvent)> =
+        visible.into_iter().skip(offset).take(limit).collect();
+    // Bundled aggregations: one set of lookups per room of the page.
+    let page_events: Vec<StoredEvent> = page.iter().map(|(_, ev)| ev.clone()).collect();
+    let rendered = crate::relations::render(c, &page_events, client_opts(caller), |room| {
+        windows.get(room)
+    })?;
     let mut results = Vec::new();
-    for (hit, ev) in page {
+    for ((hit, ev), rendered) in page.into_iter().zip(rendered) {
         let mut result = json!({
             "rank": -hit.bm25,
-            "result": client_event(&ev, client_opts(caller)),
+            "result": rendered,
         });
         if let Some(ctx) = &criteria.event_context
             && let Some(window) = windows.get(&hit.room_id)
@@ -303,9 +308,15 @@ fn context(
     };
     let start = before.last().map_or(pos - 1, |e| e.stream_ordering - 1);
     let end = after.last().map_or(pos, |e| e.stream_ordering);
+    let n_before = before.len();
+    let mut around = before.clone();
+    around.extend(after.iter().cloned());
+    let mut events_before =
+        crate::relations::render_in_room(c, &around, client_opts(caller), window)?;
+    let events_after = events_before.split_off(n_before);
     let mut out = json!({
-        "events_before": before.iter().map(|e| client_event(e, client_opts(caller))).collect::<Vec<_>>(),
-        "events_after": after.iter().map(|e| client_event(e, client_opts(caller))).collect::<Vec<_>>(),
+        "events_before": events_before,
+        "events_after": events_after,
         "start": SyncToken::at(start).to_string(),
         "end": SyncToken::at(end).to_string(),
     });

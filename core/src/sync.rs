@@ -470,7 +470,7 @@ fn joined_room(
     }
     let mut body = json!({
         "timeline": {
-            "events": timeline.iter().map(|e| client_event(e, sync_opts(caller))).collect::<Vec<_>>(),
+            "events": timeline_events(c, room_id, &timeline, caller)?,
             "limited": limited,
             "prev_batch": SyncToken::at(timeline_start).to_string(),
         },
@@ -490,6 +490,25 @@ fn joined_room(
         body["summary"] = summary(c, room_id, &caller.user_id)?;
     }
     Ok(Some((body, has_data)))
+}
+
+/// Timeline events with their bundled aggregations (edits, threads, references), counted
+/// over the part of the room the user may read; one set of lookups per room.
+pub(crate) fn timeline_events(
+    c: &Connection,
+    room_id: &str,
+    events: &[StoredEvent],
+    caller: &Caller,
+) -> Result<Vec<Value>, Error> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let vis = match visibility_for(c, room_id, &caller.user_id) {
+        Ok(v) => Some(v),
+        Err(Error::Forbidden(_)) => None,
+        Err(e) => return Err(e),
+    };
+    crate::relations::render(c, events, sync_opts(caller), |_| vis.as_ref())
 }
 
 /// Keep non-member state, plus members who sent timeline events and the user themself.
@@ -638,7 +657,7 @@ fn left_room(
     };
     Ok(json!({
         "timeline": {
-            "events": events.iter().map(|e| client_event(e, sync_opts(caller))).collect::<Vec<_>>(),
+            "events": timeline_events(c, room_id, &events, caller)?,
             "limited": limited,
             "prev_batch": SyncToken::at(start).to_string(),
         },

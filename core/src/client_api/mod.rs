@@ -13,6 +13,7 @@ mod media;
 mod membership;
 mod profile;
 mod push;
+mod relations;
 mod reporting;
 pub mod request_log;
 mod room_keys;
@@ -329,6 +330,22 @@ pub fn router(server: Arc<Server>) -> Router {
     ];
     for (path, route) in routes {
         r = client(r, path, route.fallback(method_not_allowed));
+    }
+    // Relationships and threads exist under `/v1` only (as in the spec and Synapse).
+    let v1 = "/_matrix/client/v1/rooms/{room_id}";
+    for (path, route) in [
+        (format!("{v1}/relations/{{event_id}}"), get(relations::all)),
+        (
+            format!("{v1}/relations/{{event_id}}/{{rel_type}}"),
+            get(relations::by_rel_type),
+        ),
+        (
+            format!("{v1}/relations/{{event_id}}/{{rel_type}}/{{event_type}}"),
+            get(relations::by_rel_and_event_type),
+        ),
+        (format!("{v1}/threads"), get(relations::threads)),
+    ] {
+        r = r.route(&path, route.fallback(method_not_allowed));
     }
     r = r.route(
         "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync",

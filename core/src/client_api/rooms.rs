@@ -10,6 +10,7 @@ use super::extract::{Auth, Body, Caller, P, Q};
 use super::visibility::{visibility_for, visible_events};
 use crate::error::Error;
 use crate::events::{ClientEventOptions, NewEvent, client_event};
+use crate::relations;
 use crate::rooms::{self, CreateRoom};
 use crate::server::Server;
 use crate::storage::{self, StoredEvent, now_ms};
@@ -134,8 +135,15 @@ pub(super) async fn send_message(
         sender: caller.user_id.clone(),
         redacts: None,
     };
-    let event_id = send(&server, &caller, &room_id, ev, Some(&txn_id))?;
-    Ok(Json(json!({"event_id": event_id})))
+    let txn = Some((caller.device_id.as_str(), txn_id.as_str()));
+    let appended = server.write(|tx| {
+        // A retried transaction gets its event back; only a new one is checked.
+        if storage::txn_event(tx, &caller.user_id, &caller.device_id, &txn_id)?.is_none() {
+            relations::check_new_relation(tx, &room_id, &ev.sender, &ev.kind, &ev.content)?;
+        }
+        rooms::append_event(tx, &server, &room_id, ev, txn)
+    })?;
+    Ok(Json(json!({"event_id": appended.event_id})))
 }
 
 /// `PUT /rooms/{roomId}/state/{eventType}/{stateKey}`.
@@ -348,13 +356,14 @@ pub(super) async fn get_event(
 ) -> JsonResult {
     let ev = server.db.read_tx(|c| {
         let vis = visibility_for(c, &room_id, &caller.user_id)?;
-        match storage::get_event(c, &event_id)? {
-            Some(e) if vis.allows(c, &e)? => Ok(Some(e)),
-            _ => Ok(None),
-        }
+        let ev = match storage::get_event(c, &event_id)? {
+            Some(e) if vis.allows(c, &e)? => e,
+            _ => return Err(Error::NotFound("event not found".into())),
+        };
+        let mut rendered = relations::render_in_room(c, &[ev], opts(&caller), &vis)?;
+        Ok(rendered.pop().unwrap_or_default())
     })?;
-    let ev = ev.ok_or_else(|| Error::NotFound("event not found".into()))?;
-    Ok(Json(client_event(&ev, opts(&caller))))
+    Ok(Json(ev))
 }
 
 /// Event filter for `/messages` and `/context` (the RoomEventFilter subset clients use).
@@ -370,6 +379,12 @@ pub struct RoomEventFilter {
     #[serde(default)]
     pub lazy_load_members: bool,
     pub contains_url: Option<bool>,
+    /// Only events that have a child with one of these relationship types (`/messages`).
+    #[serde(alias = "io.element.relation_types")]
+    pub related_by_rel_types: Option<Vec<String>>,
+    /// Only events that have a child sent by one of these users (`/messages`).
+    #[serde(alias = "io.element.relation_senders")]
+    pub related_by_senders: Option<Vec<String>>,
 }
 
 fn type_matches(pattern: &str, ty: &str) -> bool {
@@ -380,6 +395,26 @@ fn type_matches(pattern: &str, ty: &str) -> bool {
 }
 
 impl RoomEventFilter {
+    /// Of these events, the ids that pass `related_by_rel_types`/`related_by_senders`
+    /// (one lookup for the whole page); `None` when the filter has neither.
+    pub fn related_ids(
+        &self,
+        c: &rusqlite::Connection,
+        events: &[StoredEvent],
+    ) -> Result<Option<std::collections::HashSet<String>>, Error> {
+        if self.related_by_rel_types.is_none() && self.related_by_senders.is_none() {
+            return Ok(None);
+        }
+        let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+        storage::parents_with_children(
+            c,
+            &ids,
+            self.related_by_rel_types.as_deref(),
+            self.related_by_senders.as_deref(),
+        )
+        .map(Some)
+    }
+
     /// Whether an event passes the filter.
     pub fn allows(&self, e: &StoredEvent) -> bool {
         if self.not_types.iter().any(|p| type_matches(p, &e.kind))
@@ -493,6 +528,7 @@ pub(super) async fn messages(
             }
             let page = storage::room_events(c, &room_id, after, up_to, limit * 2, backwards)?;
             exhausted = page.len() < limit * 2;
+            let related = filter.related_ids(c, &page)?;
             for e in page {
                 examined += 1;
                 cursor = if backwards {
@@ -500,7 +536,10 @@ pub(super) async fn messages(
                 } else {
                     e.stream_ordering
                 };
-                if filter.allows(&e) && vis.allows(c, &e)? {
+                if filter.allows(&e)
+                    && related.as_ref().is_none_or(|ids| ids.contains(&e.event_id))
+                    && vis.allows(c, &e)?
+                {
                     out.push(e);
                     if out.len() == limit {
                         break;
@@ -515,7 +554,8 @@ pub(super) async fn messages(
         } else {
             Vec::new()
         };
-        Ok((out, end, state))
+        let chunk = relations::render_in_room(c, &out, opts(&caller), &vis)?;
+        Ok((chunk, end, state))
     })?;
     let start = q
         .from
@@ -523,7 +563,7 @@ pub(super) async fn messages(
         .unwrap_or_else(|| SyncToken::at(from).to_string());
     let mut body = json!({
         "start": start,
-        "chunk": chunk.iter().map(|e| client_event(e, opts(&caller))).collect::<Vec<_>>(),
+        "chunk": chunk,
     });
     if let Some(end) = end {
         body["end"] = json!(end);
@@ -562,18 +602,38 @@ pub(super) async fn context(
         };
         let before_n = limit / 2;
         let after_n = limit - before_n;
-        let before = storage::room_events(c, &room_id, vis.min_pos(), ev.stream_ordering - 1, before_n, true)?;
+        let before = storage::room_events(
+            c,
+            &room_id,
+            vis.min_pos(),
+            ev.stream_ordering - 1,
+            before_n,
+            true,
+        )?;
         let before: Vec<StoredEvent> = visible_events(c, &vis, before)?
             .into_iter()
             .filter(|e| filter.allows(e))
             .collect();
-        let after = storage::room_events(c, &room_id, ev.stream_ordering, vis.max_pos(), after_n, false)?;
+        let after = storage::room_events(
+            c,
+            &room_id,
+            ev.stream_ordering,
+            vis.max_pos(),
+            after_n,
+            false,
+        )?;
         let after: Vec<StoredEvent> = visible_events(c, &vis, after)?
             .into_iter()
             .filter(|e| filter.allows(e))
             .collect();
-        let start = before.last().map(|e| e.stream_ordering - 1).unwrap_or(ev.stream_ordering - 1);
-        let end = after.last().map(|e| e.stream_ordering).unwrap_or(ev.stream_ordering);
+        let start = before
+            .last()
+            .map(|e| e.stream_ordering - 1)
+            .unwrap_or(ev.stream_ordering - 1);
+        let end = after
+            .last()
+            .map(|e| e.stream_ordering)
+            .unwrap_or(ev.stream_ordering);
         let state_map = state_at(c, &room_id, ev.stream_ordering)?;
         let state: Vec<Value> = if filter.lazy_load_members {
             let mut all = before.clone();
@@ -589,10 +649,19 @@ pub(super) async fn context(
             }
             v
         };
+        // One set of aggregation lookups for the whole answer.
+        let (n_before, n_after) = (before.len(), after.len());
+        let mut all = before;
+        all.push(ev);
+        all.extend(after);
+        let mut rendered = relations::render_in_room(c, &all, opts(&caller), &vis)?;
+        let events_after = rendered.split_off(n_before + 1);
+        let event = rendered.pop().unwrap_or_default();
+        debug_assert_eq!(events_after.len(), n_after);
         Ok(json!({
-            "event": client_event(&ev, opts(&caller)),
-            "events_before": before.iter().map(|e| client_event(e, opts(&caller))).collect::<Vec<_>>(),
-            "events_after": after.iter().map(|e| client_event(e, opts(&caller))).collect::<Vec<_>>(),
+            "event": event,
+            "events_before": rendered,
+            "events_after": events_after,
             "start": SyncToken::at(start).to_string(),
             "end": SyncToken::at(end).to_string(),
             "state": state,

@@ -331,6 +331,8 @@ pub(super) fn persist_accepted(c: &Connection, a: Accepted<'_>) -> Result<i64, E
     storage::insert_event(c, &stored)?;
     // Full-text search: same transaction, so the index never lags the timeline.
     storage::index_event(c, &stored)?;
+    // Relationships (edits, threads, references): same transaction, for the same reason.
+    crate::relations::on_persisted(c, &stored)?;
     if let Some((state, group)) = replace_with {
         replace_current_state(c, room_id, &state, group, pos)?;
     }
@@ -404,6 +406,7 @@ fn apply_redaction(
     let redacted = redact_json(&ev.json, &rules)?;
     storage::mark_redacted(c, target, &redacted, &redaction.event_id)?;
     storage::unindex_event(c, ev.stream_ordering)?;
+    crate::relations::on_redacted(c, target)?;
     let because = client_event(
         redaction,
         ClientEventOptions {

@@ -83,31 +83,45 @@ pub struct StoredEvent {
     pub room_state_group: Option<i64>,
 }
 
-const COLUMNS: &str = "stream_ordering, event_id, room_id, type, state_key, sender, depth, origin_server_ts, json, unsigned, redacted_by, state_group_before, txn_device, txn_id, status, rejection_reason, state_group_after, room_state_group";
+pub(super) const COLUMNS: &str = "stream_ordering, event_id, room_id, type, state_key, sender, depth, origin_server_ts, json, unsigned, redacted_by, state_group_before, txn_device, txn_id, status, rejection_reason, state_group_after, room_state_group";
 
 /// Only events in the timeline are ever served to clients.
 const TIMELINE: &str = "status = 'timeline'";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<StoredEvent> {
+    from_row_at(r, 0)
+}
+
+/// [`COLUMNS`] with each name prefixed by a table alias (`e.` …), for joins.
+pub(super) fn columns_of(alias: &str) -> String {
+    COLUMNS
+        .split(", ")
+        .map(|c| format!("{alias}.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// An event from a row whose [`COLUMNS`] start at index `at`.
+pub(super) fn from_row_at(r: &Row<'_>, at: usize) -> rusqlite::Result<StoredEvent> {
     Ok(StoredEvent {
-        stream_ordering: r.get(0)?,
-        event_id: r.get(1)?,
-        room_id: r.get(2)?,
-        kind: r.get(3)?,
-        state_key: r.get(4)?,
-        sender: r.get(5)?,
-        depth: r.get(6)?,
-        origin_server_ts: r.get(7)?,
-        json: r.get(8)?,
-        unsigned: r.get(9)?,
-        redacted_by: r.get(10)?,
-        state_group_before: r.get(11)?,
-        txn_device: r.get(12)?,
-        txn_id: r.get(13)?,
-        status: EventStatus::parse(&r.get::<_, String>(14)?),
-        rejection_reason: r.get(15)?,
-        state_group_after: r.get(16)?,
-        room_state_group: r.get(17)?,
+        stream_ordering: r.get(at)?,
+        event_id: r.get(at + 1)?,
+        room_id: r.get(at + 2)?,
+        kind: r.get(at + 3)?,
+        state_key: r.get(at + 4)?,
+        sender: r.get(at + 5)?,
+        depth: r.get(at + 6)?,
+        origin_server_ts: r.get(at + 7)?,
+        json: r.get(at + 8)?,
+        unsigned: r.get(at + 9)?,
+        redacted_by: r.get(at + 10)?,
+        state_group_before: r.get(at + 11)?,
+        txn_device: r.get(at + 12)?,
+        txn_id: r.get(at + 13)?,
+        status: EventStatus::parse(&r.get::<_, String>(at + 14)?),
+        rejection_reason: r.get(at + 15)?,
+        state_group_after: r.get(at + 16)?,
+        room_state_group: r.get(at + 17)?,
     })
 }
 

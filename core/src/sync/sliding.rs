@@ -835,7 +835,7 @@ fn joined_room(
         .map(|e| e.stream_ordering - 1)
         .unwrap_or(upper);
     let extra = json!({
-        "timeline": timeline.iter().map(|e| client_event(e, sync_opts(caller))).collect::<Vec<_>>(),
+        "timeline": crate::relations::render_in_room(c, &timeline, sync_opts(caller), &vis)?,
         "required_state": required_state,
         "prev_batch": SyncToken::at(start).to_string(),
         "limited": limited,
@@ -926,7 +926,7 @@ fn left_room(
         .unwrap_or(mpos);
     Ok((
         json!({
-            "timeline": events.iter().map(|e| client_event(e, sync_opts(caller))).collect::<Vec<_>>(),
+            "timeline": super::timeline_events(c, room_id, &events, caller)?,
             "required_state": required_state,
             "prev_batch": SyncToken::at(start).to_string(),
             "limited": limited,
