@@ -25,8 +25,10 @@ use crate::streams::SyncToken;
 
 pub mod sliding;
 
-/// Most events one room's timeline looks at, visible or not.
-const SCAN_BUDGET: usize = 1000;
+/// Most events one room's timeline looks at, visible or not, per timeline event asked
+/// for: an initial sync over many rooms stays cheap; the client pages on from
+/// `prev_batch` when hidden history cut the search short.
+const SCAN_PER_EVENT: usize = 5;
 
 /// The longest a `/sync` may wait.
 const MAX_TIMEOUT: Duration = Duration::from_secs(60);
@@ -362,7 +364,8 @@ fn joined_room(
     let mut examined = 0usize;
     // Bounded like `/messages`: a long stretch of hidden history ends the search early
     // and marks the timeline limited, so the client paginates on from `prev_batch`.
-    while fetched.len() <= limit && !exhausted && examined < SCAN_BUDGET {
+    let scan_budget = (limit + 1) * SCAN_PER_EVENT;
+    while fetched.len() <= limit && !exhausted && examined < scan_budget {
         let page = storage::room_events(c, room_id, since_pos, cursor, limit + 1, true)?;
         exhausted = page.len() < limit + 1;
         for e in page {

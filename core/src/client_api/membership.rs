@@ -245,12 +245,15 @@ pub(super) async fn leave(
 ) -> JsonResult {
     // An invite to (or a knock on) a room this node is not in: reject (rescind) it
     // through the inviting server (the server the knock went through).
-    let remote_only = server.db.read(|c| {
-        if storage::room_info(c, &room_id)?.is_some() {
-            return Ok(None);
-        }
-        crate::rooms::membership_server(c, &room_id, &caller.user_id)
-    })?;
+    // (A room this node knows but no local user is joined to counts: its state here is
+    // stale, and a leave built on it would be refused.)
+    let remote_only = if needs_remote_join(&server, &room_id)? {
+        server
+            .db
+            .read(|c| crate::rooms::membership_server(c, &room_id, &caller.user_id))?
+    } else {
+        None
+    };
     if let Some(inviter) = remote_only {
         crate::rooms::leave_remote(&server, &room_id, &caller.user_id, vec![inviter]).await?;
         return Ok(Json(json!({})));

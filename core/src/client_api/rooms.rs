@@ -16,6 +16,9 @@ use crate::server::Server;
 use crate::storage::{self, StoredEvent, now_ms};
 use crate::streams::SyncToken;
 
+/// Most events `timestamp_to_event` looks at for one the caller may see.
+const NEAR_TS_SCAN: usize = 200;
+
 /// Most events one `/messages` call looks at, visible or not.
 const SCAN_BUDGET: usize = 1000;
 
@@ -773,10 +776,13 @@ pub(super) async fn timestamp_to_event(
     };
     let found = server.db.read_tx(|c| {
         let vis = visibility_for(c, &room_id, &caller.user_id)?;
-        match storage::event_near_ts(c, &room_id, ts, forward)? {
-            Some(e) if vis.allows(c, &e)? => Ok(Some(e)),
-            _ => Ok(None),
+        // The nearest event the caller may see, looking a bounded way past hidden ones.
+        for e in storage::events_near_ts(c, &room_id, ts, forward, NEAR_TS_SCAN)? {
+            if vis.allows(c, &e)? {
+                return Ok(Some(e));
+            }
         }
+        Ok(None)
     })?;
     let ev = found.ok_or_else(|| {
         Error::NotFound(format!(

@@ -401,15 +401,30 @@ pub fn event_near_ts(
     ts: i64,
     forward: bool,
 ) -> Result<Option<StoredEvent>, Error> {
+    Ok(events_near_ts(c, room_id, ts, forward, 1)?
+        .into_iter()
+        .next())
+}
+
+/// Up to `limit` timeline events of a room from `ts` on in one direction, nearest first
+/// (see [`event_near_ts`]).
+pub fn events_near_ts(
+    c: &Connection,
+    room_id: &str,
+    ts: i64,
+    forward: bool,
+    limit: usize,
+) -> Result<Vec<StoredEvent>, Error> {
     let (cmp, order) = if forward {
         (">=", "ASC")
     } else {
         ("<=", "DESC")
     };
-    Ok(c.prepare_cached(&format!(
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut st = c.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM events WHERE room_id = ?1 AND origin_server_ts {cmp} ?2 AND {TIMELINE}
-             ORDER BY origin_server_ts {order}, stream_ordering {order} LIMIT 1"
-    ))?
-    .query_row(params![room_id, ts], from_row)
-    .optional()?)
+             ORDER BY origin_server_ts {order}, stream_ordering {order} LIMIT ?3"
+    ))?;
+    let rows = st.query_map(params![room_id, ts, limit], from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }

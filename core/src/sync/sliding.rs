@@ -47,11 +47,14 @@ const MAX_TIMELINE_LIMIT: usize = 100;
 /// Connections kept in memory; the least recently used is dropped beyond this (its client
 /// gets `M_UNKNOWN_POS` and starts over).
 const MAX_CONNECTIONS: usize = 512;
+/// Connections one user may hold: beyond this their own least recently used one goes, so
+/// one user opening many cannot push everyone else's out.
+const MAX_USER_CONNECTIONS: usize = 16;
 /// Longest accepted `conn_id` (matrix-sdk uses at most 16 characters).
 const MAX_CONN_ID: usize = 64;
 /// Ranges, lists, subscriptions and `required_state` entries per request, so one request
 /// cannot ask for unbounded work.
-const MAX_ITEMS: usize = 256;
+const MAX_ITEMS: usize = 64;
 /// Heroes sent for an unnamed room.
 const MAX_HEROES: usize = 5;
 
@@ -267,14 +270,21 @@ impl Connections {
     fn store(&self, key: ConnKey, base: Option<&str>, snap: Snapshot) -> u64 {
         let pos = self.next_pos.fetch_add(1, Ordering::Relaxed);
         let mut conns = self.conns.lock();
-        if !conns.contains_key(&key)
-            && conns.len() >= MAX_CONNECTIONS
-            && let Some(oldest) = conns
-                .iter()
-                .min_by_key(|(_, c)| c.last_used)
-                .map(|(k, _)| k.clone())
-        {
-            conns.remove(&oldest);
+        if !conns.contains_key(&key) {
+            let users = conns.keys().filter(|k| k.0 == key.0).count();
+            let evict = if users >= MAX_USER_CONNECTIONS {
+                conns
+                    .iter()
+                    .filter(|(k, _)| k.0 == key.0)
+                    .min_by_key(|(_, c)| c.last_used)
+            } else if conns.len() >= MAX_CONNECTIONS {
+                conns.iter().min_by_key(|(_, c)| c.last_used)
+            } else {
+                None
+            };
+            if let Some(oldest) = evict.map(|(k, _)| k.clone()) {
+                conns.remove(&oldest);
+            }
         }
         let conn = conns.entry(key).or_insert_with(|| ConnState {
             last_used: Instant::now(),
@@ -481,19 +491,23 @@ fn build(
                 matching.push(cand);
             }
         }
-        let mut in_range = Vec::new();
-        for (start, end) in &list.ranges {
-            let Some(last) = matching.len().checked_sub(1) else {
-                break;
-            };
-            let (start, end) = (*start as usize, (*end).min(last as u64) as usize);
-            for cand in matching.iter().take(end + 1).skip(start) {
-                selected
-                    .entry(cand.room_id.clone())
-                    .or_default()
-                    .merge(&list.details, me);
-                in_range.push(cand.room_id.clone());
+        // Overlapping ranges name a room once: each is merged once per list.
+        let mut indices = std::collections::BTreeSet::new();
+        if let Some(last) = matching.len().checked_sub(1) {
+            for (start, end) in &list.ranges {
+                let start = usize::try_from(*start).unwrap_or(usize::MAX);
+                let end = usize::try_from((*end).min(last as u64)).unwrap_or(last);
+                indices.extend(start..=end);
             }
+        }
+        let mut in_range = Vec::new();
+        for i in indices {
+            let Some(cand) = matching.get(i) else { break };
+            selected
+                .entry(cand.room_id.clone())
+                .or_default()
+                .merge(&list.details, me);
+            in_range.push(cand.room_id.clone());
         }
         list_rooms.insert(name.as_str(), in_range);
         counts.insert(name.clone(), matching.len());
@@ -773,10 +787,14 @@ fn joined_room(
     let mut state_ids: BTreeSet<String> = BTreeSet::new();
     if sent.is_none() || config_changed {
         lazy.clear();
+        let mut whole_state_done = false;
         for (ty, sk) in cfg.required_state.iter() {
             match (ty.as_str(), sk.as_str()) {
                 (_, "$LAZY") => {}
+                // Every `*` type entry is answered by one pass over the state.
+                ("*", _) if whole_state_done => {}
                 ("*", _) => {
+                    whole_state_done = true;
                     for ((t, k), id) in storage::current_state(c, room_id)? {
                         if cfg.wants(&t, &k) {
                             state_ids.insert(id);
@@ -907,7 +925,12 @@ fn left_room(
 ) -> Result<(Value, RoomSent), Error> {
     const LIMIT: usize = 10;
     let mut events: Vec<StoredEvent> = if sent.membership == "join" {
-        storage::room_events(c, room_id, sent.pos, mpos, LIMIT + 1, true)?
+        let events = storage::room_events(c, room_id, sent.pos, mpos, LIMIT + 1, true)?;
+        match visibility_for(c, room_id, &caller.user_id) {
+            Ok(vis) => visible_events(c, &vis, events)?,
+            Err(Error::Forbidden(_)) => Vec::new(),
+            Err(e) => return Err(e),
+        }
     } else {
         Vec::new()
     };
