@@ -184,14 +184,17 @@ async fn stop(nodes: &Handle, n: BenchNode) -> anyhow::Result<()> {
     .await
 }
 
-/// Join latencies, all of a user on B joining a public room on A (`POST
-/// /join/{roomId}?server_name=<A>`): `remote` rooms with only their creator, then one room
-/// for each entry of `members` with that many members in its state.
+/// Join latencies, each of a user on B joining a public room on A.
 pub struct Joins {
+    /// Rooms that hold only their creator.
     pub remote: Vec<Duration>,
+    /// One room per entry of the `members` asked for, with that many members.
     pub with_members: Vec<Duration>,
 }
 
+/// A user on B joins rooms on A (`POST /join/{roomId}?server_name=<A>`), timed from the
+/// request to its answer: `remote` rooms with only their creator, then one room for each
+/// entry of `members` with that many joined members in its state (their set-up untimed).
 pub async fn joins(
     nodes: &Handle,
     a: &BenchNode,
@@ -200,7 +203,7 @@ pub async fn joins(
     members: &[usize],
     progress: &dyn Fn(&str),
 ) -> anyhow::Result<Joins> {
-    let alice = Arc::new(Client::register(&a.node.client_url(), "join_alice", "pw-alice").await?);
+    let alice = Client::register(&a.node.client_url(), "join_alice", "pw-alice").await?;
     let bob = Client::register(&b.node.client_url(), "join_bob", "pw-bob").await?;
     let via = Some(a.node.server_name());
     let mut out = Joins {
@@ -239,23 +242,23 @@ async fn local_sessions(
     count: usize,
 ) -> anyhow::Result<Vec<Arc<Client>>> {
     let server = a.node.server().clone();
-    let users: Vec<(String, String)> = (first..first + count)
+    // (localpart, user id, access token)
+    let users: Vec<(String, String, String)> = (first..first + count)
         .map(|i| {
-            (
-                server.user_id(&format!("member{i}")),
-                format!("bench-member-{i}-{}", warren_core::rooms::random_string(24)),
-            )
+            let localpart = format!("member{i}");
+            let user_id = server.user_id(&localpart);
+            let token = format!(
+                "bench-{localpart}-{}",
+                warren_core::rooms::random_string(24)
+            );
+            (localpart, user_id, token)
         })
         .collect();
     let made = users.clone();
     on_nodes(nodes, async move {
         server
             .write(|tx| {
-                for (user_id, token) in &made {
-                    let localpart = user_id
-                        .strip_prefix('@')
-                        .and_then(|u| u.split(':').next())
-                        .unwrap_or(user_id);
+                for (localpart, user_id, token) in &made {
                     storage::create_user(tx, user_id, None, false, localpart)?;
                     storage::start_session(tx, user_id, "BENCH", None, token)?;
                 }
@@ -268,7 +271,7 @@ async fn local_sessions(
     let http = super::client::http_client()?;
     Ok(users
         .iter()
-        .map(|(user_id, token)| Arc::new(Client::with_token(&http, &base, user_id, token)))
+        .map(|(_, user_id, token)| Arc::new(Client::with_token(&http, &base, user_id, token)))
         .collect())
 }
 
