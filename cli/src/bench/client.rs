@@ -71,6 +71,19 @@ impl Client {
         })
     }
 
+    /// A session for a token the caller already has, sharing the connection pool `http`
+    /// (many short-lived sessions need not each open their own connections).
+    pub fn with_token(http: &reqwest::Client, base: &str, user_id: &str, token: &str) -> Client {
+        Client {
+            http: http.clone(),
+            base: base.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+            user_id: user_id.to_owned(),
+            txn: AtomicU64::new(0),
+            txn_prefix: format!("b{:x}", nanos()),
+        }
+    }
+
     fn from_login(base: &str, what: &str, body: &Value) -> anyhow::Result<Client> {
         let user_id = body["user_id"]
             .as_str()

@@ -6,10 +6,10 @@
 //! the load generator and its HTTP clients.
 
 mod client;
+mod federation;
 mod suite;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -31,9 +31,11 @@ const LONG_ABOUT: &str = "\
 Start two temporary nodes in this process (a temporary directory, client API on \
 127.0.0.1, federation over loopback QUIC, mDNS off), drive them over HTTP and print \
 what was measured: sequential and concurrent sends, send latency, how fast a waiting \
-/sync wakes up, federation propagation between the two nodes, initial /sync of a user \
-in many rooms, start-up time, process RSS, database growth and the binary's size; and \
-the load generator's own ceiling (GET /_matrix/client/versions).
+/sync wakes up, federation propagation between the two nodes, directly and (with three \
+more nodes) through a libp2p relay, joining a room on the other node (empty, and with \
+100 and 1,000 members), initial /sync of a user in many rooms, start-up time, process \
+RSS, database growth, the binary's and the mobile library's size; and the load \
+generator's own ceiling (GET /_matrix/client/versions).
 
 Each figure is compared with its budget (PASS/FAIL). Budgets are for release builds at \
 full sizes; the profile is printed. With --against URL the client-API measurements also \
@@ -75,6 +77,10 @@ pub struct Sizes {
     pub concurrent_sends_per_client: usize,
     pub wake_samples: usize,
     pub federation_samples: usize,
+    /// Remote joins of rooms with only their creator.
+    pub join_rooms: usize,
+    /// Members in the state of the two big rooms joined (the 100 and 1,000 of the figures).
+    pub join_members: [usize; 2],
     pub rooms: usize,
     pub messages_per_room: usize,
     pub versions_sequential: usize,
@@ -90,6 +96,8 @@ impl Sizes {
                 concurrent_sends_per_client: 3,
                 wake_samples: 5,
                 federation_samples: 3,
+                join_rooms: 3,
+                join_members: [5, 10],
                 rooms: 3,
                 messages_per_room: 5,
                 versions_sequential: 50,
@@ -102,6 +110,8 @@ impl Sizes {
                 concurrent_sends_per_client: 500,
                 wake_samples: 200,
                 federation_samples: 100,
+                join_rooms: 20,
+                join_members: [100, 1_000],
                 rooms: 100,
                 messages_per_room: 100,
                 versions_sequential: 2_000,
@@ -117,6 +127,8 @@ impl Sizes {
             "concurrent_sends_per_client": self.concurrent_sends_per_client,
             "sync_wake_samples": self.wake_samples,
             "federation_samples": self.federation_samples,
+            "join_remote_rooms": self.join_rooms,
+            "join_members": self.join_members,
             "initial_sync_rooms": self.rooms,
             "initial_sync_messages_per_room": self.messages_per_room,
         })
@@ -132,7 +144,14 @@ struct NodeFigures {
     db_bytes_per_10k_messages: f64,
     federation_p50_ms: f64,
     federation_p99_ms: f64,
+    federation_relay_p50_ms: f64,
+    federation_relay_p99_ms: f64,
+    join_remote_p50_ms: f64,
+    join_100_members_ms: f64,
+    join_1000_members_ms: f64,
     binary_bytes: f64,
+    /// None where the library is not built next to this executable.
+    mobile_cdylib_bytes: Option<f64>,
 }
 
 /// A budget: figure key, limit, whether the figure must be at least (true) or at most.
@@ -145,6 +164,8 @@ const BUDGETS: &[(&str, f64, bool)] = &[
     ("rss_idle_mib", 30.0, false),
     ("startup_ms", 300.0, false),
     ("initial_sync_ms", 500.0, false),
+    // From the federation issue: joining a room with 100 members' state ≤ 1 s.
+    ("join_100_members_ms", 1_000.0, false),
 ];
 
 fn profile() -> &'static str {
@@ -222,23 +243,31 @@ struct BenchNode {
     p2p: P2p,
 }
 
-/// Start a node on `dir` with a loopback QUIC transport; returns it once the client API
-/// answers.
-async fn start_node(dir: PathBuf) -> anyhow::Result<BenchNode> {
-    let mut config = Config::new(dir);
-    config.client_addr = "127.0.0.1:0".parse()?;
-    let node = Node::start(config)
-        .await
-        .map_err(|e| anyhow!("the bench node did not start: {e}"))?;
-    let p2p_config = P2pConfig {
+/// The transport of a bench node: QUIC on loopback, no mDNS, DHT server.
+fn loopback_p2p() -> anyhow::Result<P2pConfig> {
+    Ok(P2pConfig {
         listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse()?],
         mdns: false,
         dht_mode: DhtMode::Server,
         connect_timeout: Duration::from_secs(5),
         ..P2pConfig::default()
-    };
+    })
+}
+
+/// Start a node on `dir` with the transport `p2p_config`; returns it once the client API
+/// answers.
+async fn start_node(dir: PathBuf, p2p_config: P2pConfig) -> anyhow::Result<BenchNode> {
+    std::fs::create_dir_all(&dir)?;
+    let mut config = Config::new(dir);
+    config.client_addr = "127.0.0.1:0".parse()?;
+    let node = Node::start(config)
+        .await
+        .map_err(|e| anyhow!("the bench node did not start: {e}"))?;
+    let listens = !p2p_config.listen.is_empty();
     let p2p = P2p::attach(&node, p2p_config).await?;
-    p2p.wait_listening(LISTEN_WAIT).await?;
+    if listens {
+        p2p.wait_listening(LISTEN_WAIT).await?;
+    }
     client::versions(&client::http_client()?, &node.client_url()).await?;
     Ok(BenchNode { node, p2p })
 }
@@ -259,13 +288,13 @@ async fn measure(args: &BenchArgs, nodes: &Handle) -> anyhow::Result<Value> {
 
     progress("starting node A");
     let started = Instant::now();
-    let a = on_nodes(nodes, start_node(dir_a.clone())).await?;
+    let a = on_nodes(nodes, start_node(dir_a.clone(), loopback_p2p()?)).await?;
     node.startup_ms = started.elapsed().as_secs_f64() * 1000.0;
     tokio::time::sleep(Duration::from_millis(200)).await;
     node.rss_idle_mib = rss_mib();
 
     progress("starting node B and connecting it to A");
-    let b = on_nodes(nodes, start_node(dir_b)).await?;
+    let b = on_nodes(nodes, start_node(dir_b, loopback_p2p()?)).await?;
     let (pa, pb) = (a.p2p.clone(), b.p2p.clone());
     on_nodes(nodes, async move {
         let addr = pa
@@ -295,7 +324,7 @@ async fn measure(args: &BenchArgs, nodes: &Handle) -> anyhow::Result<Value> {
         (db_after.saturating_sub(db_before)) as f64 / sent as f64 * 10_000.0;
 
     progress("federation propagation A → B");
-    let mut fed = federation(&a, &b, sizes.federation_samples)
+    let mut fed = federation::propagation(&a, &b, "fed", sizes.federation_samples)
         .await
         .context("measuring federation propagation")?;
     fed.sort();
@@ -305,6 +334,27 @@ async fn measure(args: &BenchArgs, nodes: &Handle) -> anyhow::Result<Value> {
     node.binary_bytes = std::env::current_exe()
         .and_then(std::fs::metadata)
         .map_or(0.0, |m| m.len() as f64);
+    node.mobile_cdylib_bytes = mobile_cdylib_bytes();
+
+    progress("join latency: a user on B joins rooms on A");
+    let [small, large] = sizes.join_members;
+    let joins = federation::joins(nodes, &a, &b, sizes.join_rooms, &[small, large], &progress)
+        .await
+        .context("measuring join latency")?;
+    let mut remote = joins.remote;
+    remote.sort();
+    node.join_remote_p50_ms = suite::percentile_ms(&remote, 0.5);
+    let ms = |d: Option<&Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+    node.join_100_members_ms = ms(joins.with_members.first());
+    node.join_1000_members_ms = ms(joins.with_members.get(1));
+
+    progress("federation propagation through a relay (three more nodes)");
+    let mut relayed = federation::relay_propagation(nodes, dir.path(), sizes.federation_samples)
+        .await
+        .context("measuring federation propagation through a relay")?;
+    relayed.sort();
+    node.federation_relay_p50_ms = suite::percentile_ms(&relayed, 0.5);
+    node.federation_relay_p99_ms = suite::percentile_ms(&relayed, 0.99);
 
     let against = match &args.against {
         Some(url) => {
@@ -338,17 +388,22 @@ async fn measure(args: &BenchArgs, nodes: &Handle) -> anyhow::Result<Value> {
     Ok(report(args, &sizes, &local, &node, against.as_ref()))
 }
 
-/// Alice on A creates a public room, Bob on B joins it over federation; then Bob's
-/// waiting /sync against Alice's sends.
-async fn federation(a: &BenchNode, b: &BenchNode, samples: usize) -> anyhow::Result<Vec<Duration>> {
-    let alice =
-        Arc::new(client::Client::register(&a.node.client_url(), "fed_alice", "pw-alice").await?);
-    let bob = Arc::new(client::Client::register(&b.node.client_url(), "fed_bob", "pw-bob").await?);
-    let room = alice.create_room(json!({"preset": "public_chat"})).await?;
-    bob.join(&room, Some(a.node.server_name())).await?;
-    // One message each way first: the connection and both sides' room state are warm.
-    alice.send(&room, "hello").await?;
-    suite::wake_latency(&alice, &bob, &room, samples).await
+/// Size of the warren-mobile cdylib built next to this executable (the same profile's
+/// target directory), if it is there: `cargo build --release -p warren-mobile`.
+fn mobile_cdylib_bytes() -> Option<f64> {
+    let exe = std::env::current_exe().ok()?;
+    let name = format!(
+        "{}warren_mobile{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    );
+    let dir = exe.parent()?;
+    // A test or example binary lives one level down (target/<profile>/deps).
+    [Some(dir), dir.parent()]
+        .into_iter()
+        .flatten()
+        .find_map(|d| std::fs::metadata(d.join(&name)).ok())
+        .map(|m| m.len() as f64)
 }
 
 fn round(v: f64) -> f64 {
@@ -369,6 +424,11 @@ fn report(
     for (key, value) in [
         ("federation_p50_ms", node.federation_p50_ms),
         ("federation_p99_ms", node.federation_p99_ms),
+        ("federation_relay_p50_ms", node.federation_relay_p50_ms),
+        ("federation_relay_p99_ms", node.federation_relay_p99_ms),
+        ("join_remote_p50_ms", node.join_remote_p50_ms),
+        ("join_100_members_ms", node.join_100_members_ms),
+        ("join_1000_members_ms", node.join_1000_members_ms),
         ("startup_ms", node.startup_ms),
         ("rss_idle_mib", node.rss_idle_mib),
         ("rss_after_mib", node.rss_after_mib),
@@ -376,6 +436,25 @@ fn report(
         ("binary_bytes", node.binary_bytes),
     ] {
         figures.insert(key.into(), json!(round(value)));
+    }
+    // Every figure is a number; one that could not be measured is left out and the notes
+    // say why.
+    let mut notes = Map::new();
+    match node.mobile_cdylib_bytes {
+        Some(bytes) => {
+            figures.insert("mobile_cdylib_bytes".into(), json!(bytes));
+        }
+        None => {
+            notes.insert(
+                "mobile_cdylib_bytes".into(),
+                json!(format!(
+                    "not measured: no {}warren_mobile{} next to this executable; \
+                     build it with `cargo build --release -p warren-mobile`",
+                    std::env::consts::DLL_PREFIX,
+                    std::env::consts::DLL_SUFFIX
+                )),
+            );
+        }
     }
     let budgets: Vec<Value> = BUDGETS
         .iter()
@@ -415,6 +494,7 @@ fn report(
         "sizes": sizes.to_json(),
         "rss_note": "process RSS: both nodes run inside the bench process with the load generator",
         "figures": figures,
+        "notes": notes,
         "budgets": budgets,
         "against": against,
     })
@@ -447,11 +527,17 @@ const ROWS: &[(&str, &str, &str)] = &[
     ("versions, 10 clients", "versions_concurrent_per_s", "/s"),
     ("federation p50", "federation_p50_ms", "ms"),
     ("federation p99", "federation_p99_ms", "ms"),
+    ("federation via relay p50", "federation_relay_p50_ms", "ms"),
+    ("federation via relay p99", "federation_relay_p99_ms", "ms"),
+    ("join remote room p50", "join_remote_p50_ms", "ms"),
+    ("join, 100 members", "join_100_members_ms", "ms"),
+    ("join, 1,000 members", "join_1000_members_ms", "ms"),
     ("start-up to serving", "startup_ms", "ms"),
     ("process RSS idle", "rss_idle_mib", "MiB"),
     ("process RSS after", "rss_after_mib", "MiB"),
     ("database per 10k msgs", "db_bytes_per_10k_messages", "B"),
     ("binary size", "binary_bytes", "B"),
+    ("mobile cdylib size", "mobile_cdylib_bytes", "B"),
 ];
 
 fn fmt_value(v: f64) -> String {
@@ -477,12 +563,15 @@ fn table(report: &Value) -> Vec<String> {
     let s = &report["sizes"];
     lines.push(format!(
         "sizes: {} sequential sends, {} clients × {} concurrent sends, {} sync wakes, \
-         {} federation samples, initial sync {} rooms × {} messages",
+         {} federation samples, {} remote joins, joins of rooms with {} members, \
+         initial sync {} rooms × {} messages",
         s["sequential_sends"],
         s["concurrent_clients"],
         s["concurrent_sends_per_client"],
         s["sync_wake_samples"],
         s["federation_samples"],
+        s["join_remote_rooms"],
+        s["join_members"],
         s["initial_sync_rooms"],
         s["initial_sync_messages_per_room"],
     ));
@@ -497,8 +586,10 @@ fn table(report: &Value) -> Vec<String> {
     head.push_str("  BUDGET");
     lines.push(head);
     for &(label, key, unit) in ROWS {
-        let v = figures[key].as_f64().unwrap_or(f64::NAN);
-        let mut line = format!("{label:<26} {:>12} {unit:<4}", fmt_value(v));
+        let v = figures[key]
+            .as_f64()
+            .map_or_else(|| "-".to_owned(), fmt_value);
+        let mut line = format!("{label:<26} {v:>12} {unit:<4}");
         if with_other {
             match other["figures"][key].as_f64() {
                 Some(o) => line.push_str(&format!(
@@ -532,6 +623,11 @@ fn table(report: &Value) -> Vec<String> {
             ));
         }
         lines.push(line);
+    }
+    if let Some(notes) = report["notes"].as_object() {
+        for (key, note) in notes {
+            lines.push(format!("{key}: {}", note.as_str().unwrap_or("?")));
+        }
     }
     if with_other {
         lines.push(format!(
