@@ -13,8 +13,8 @@ mod receive;
 mod redact;
 mod remote_join;
 mod resolve;
-mod upgrade;
 mod restricted;
+mod upgrade;
 
 pub use append::{Appended, append_event, load_pdu, random_string};
 pub use create::{CreateRoom, create_room};
@@ -28,12 +28,12 @@ pub use receive::{
     BoxFuture, MAX_FETCHES, MAX_PDU_BYTES, MISSING_EVENTS_LIMIT, Outcome, RemoteEvents, receive_pdu,
 };
 pub use redact::check_redaction_allowed;
-pub use restricted::{JoinPolicy, check_join, countersign_join, local_authoriser};
 pub use remote_join::{
     SUPPORTED_ROOM_VERSIONS, event_id_of, invite_remote, inviting_server, join_remote,
     leave_remote, membership_server, membership_template, receive_invite,
     state_and_auth_chain_before,
 };
+pub use restricted::{JoinPolicy, check_join, countersign_join, local_authoriser};
 pub use upgrade::upgrade_room;
 
 #[cfg(test)]

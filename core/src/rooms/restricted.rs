@@ -103,7 +103,10 @@ pub fn check_join(
             break;
         }
         // A room's memberships are only known while this server is in it.
-        known = known || storage::joined_servers(c, room)?.iter().any(|s| s == server_name);
+        known = known
+            || storage::joined_servers(c, room)?
+                .iter()
+                .any(|s| s == server_name);
     }
     let is_local = user_id
         .rsplit_once(':')
@@ -146,10 +149,7 @@ fn authoriser(c: &Connection, server_name: &str, room_id: &str) -> Result<Option
 /// The local user a join names in `join_authorised_via_users_server`, if any; an error
 /// when it names a user of another server (its signature cannot be had here) or is not
 /// a user id.
-pub fn local_authoriser(
-    content: &Value,
-    server_name: &str,
-) -> Result<Option<String>, Error> {
+pub fn local_authoriser(content: &Value, server_name: &str) -> Result<Option<String>, Error> {
     let Some(v) = content.get("join_authorised_via_users_server") else {
         return Ok(None);
     };
@@ -200,9 +200,7 @@ pub fn countersign_join(
     // `check_pdu` keeps a redacted copy when the content hash fails; we sign only whole
     // events.
     if checked.json != signed {
-        return Err(Error::Forbidden(
-            "the join fails its content hash".into(),
-        ));
+        return Err(Error::Forbidden("the join fails its content hash".into()));
     }
     Ok(serde_json::from_str(&signed)?)
 }
