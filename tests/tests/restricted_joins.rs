@@ -327,6 +327,13 @@ async fn hostile_restricted_joins_are_refused() -> anyhow::Result<()> {
         "make_join where A is in no allowed room: {status} {body}"
     );
 
+    // Bob's client gets the same answer when his server tries to join through A.
+    let (status, body) = bob.join(&elsewhere, Some(&a.name())).await?;
+    ensure!(
+        status == 400 && body["errcode"] == "M_UNABLE_TO_AUTHORISE_JOIN",
+        "Bob's join where A is in no allowed room: {status} {body}"
+    );
+
     // Bob is in the space: the template names Alice.
     let (status, body) = bob.join(&space, Some(&a.name())).await?;
     ensure!(status == 200, "Bob's join of the space: {status} {body}");
