@@ -116,6 +116,14 @@ pub enum Error {
     /// 400 `M_THREEPID_NOT_FOUND`: the account has no such third-party id.
     #[error("{0}")]
     ThreepidNotFound(String),
+    /// 400 `M_UNABLE_TO_AUTHORISE_JOIN`: a restricted room's resident cannot tell whether
+    /// the joining user satisfies an allow condition (it is in none of the allowed rooms).
+    #[error("{0}")]
+    UnableToAuthoriseJoin(String),
+    /// 400 `M_UNABLE_TO_GRANT_JOIN`: the user may join a restricted room, but no user of
+    /// this server can authorise it; another server should be tried.
+    #[error("{0}")]
+    UnableToGrantJoin(String),
     /// 500 `M_UNKNOWN`: our own fault. The detail is logged, not sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -167,6 +175,8 @@ impl Error {
             }
             ThreepidAuthFailed(_) => (StatusCode::BAD_REQUEST, "M_THREEPID_AUTH_FAILED"),
             ThreepidNotFound(_) => (StatusCode::BAD_REQUEST, "M_THREEPID_NOT_FOUND"),
+            UnableToAuthoriseJoin(_) => (StatusCode::BAD_REQUEST, "M_UNABLE_TO_AUTHORISE_JOIN"),
+            UnableToGrantJoin(_) => (StatusCode::BAD_REQUEST, "M_UNABLE_TO_GRANT_JOIN"),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN"),
         }
     }

@@ -122,8 +122,16 @@ async fn join(
         return Ok(Json(json!({"room_id": room_id})));
     }
     // Joining twice is a no-op for the client but still a valid (profile-refreshing) event.
-    let ev = member_event(server, caller, &caller.user_id, "join", reason)?;
-    send(server, caller, room_id, ev, None)?;
+    let mut ev = member_event(server, caller, &caller.user_id, "join", reason)?;
+    // The join rule decides in the same transaction the event is built in; a restricted
+    // room names a local user with power to invite (the auth rules check it).
+    server.write(|tx| {
+        let policy = crate::rooms::check_join(tx, server.server_name(), room_id, &caller.user_id)?;
+        if let crate::rooms::JoinPolicy::Authorised(via) = policy {
+            ev.content["join_authorised_via_users_server"] = json!(via);
+        }
+        crate::rooms::append_event(tx, server, room_id, ev, None)
+    })?;
     Ok(Json(json!({"room_id": room_id})))
 }
 

@@ -56,7 +56,8 @@ pub async fn request(
 
 /// Send a signed request and parse a successful JSON answer. A Matrix error from the
 /// remote server keeps its status class: 4xx answers become `Forbidden`/`NotFound`/…
-/// with the remote's message, anything else `RemoteServer`.
+/// with the remote's message (and the restricted-join errcodes stay theirs), anything
+/// else `RemoteServer`.
 pub async fn request_json<T: DeserializeOwned>(
     server: &Server,
     destination: &str,
@@ -94,6 +95,9 @@ fn remote_error(destination: &str, status: http::StatusCode, body: &[u8]) -> Err
         .unwrap_or("M_UNKNOWN");
     let text = format!("{destination} refused: {errcode}: {message}");
     match status.as_u16() {
+        // Restricted joins: the spec asks that these reach the client as they are.
+        400 if errcode == "M_UNABLE_TO_AUTHORISE_JOIN" => Error::UnableToAuthoriseJoin(text),
+        400 if errcode == "M_UNABLE_TO_GRANT_JOIN" => Error::UnableToGrantJoin(text),
         403 => Error::Forbidden(text),
         404 => Error::NotFound(text),
         _ => Error::RemoteServer(format!("{text} (HTTP {status})")),

@@ -11,7 +11,9 @@
 //! The user must belong to the requesting server. A signed join, leave or knock goes
 //! through the ordinary receipt checks ([`receive_pdu`]: signatures, hashes, auth
 //! against its auth events and the room state) and must end in the timeline; it is then
-//! queued for every other server in the room.
+//! queued for every other server in the room. A join to a restricted room names one of
+//! our users in `join_authorised_via_users_server` (`make_join` picks it); we add our
+//! signature in `send_join` and answer the signed event.
 
 use std::sync::Arc;
 
@@ -46,7 +48,7 @@ fn template(
     }
     server.db.read_tx(|c| {
         super::visible::check_server_acl(c, room, origin)?;
-        rooms::membership_template(c, room, user, membership)
+        rooms::membership_template(c, server.server_name(), room, user, membership)
     })
 }
 
@@ -130,7 +132,9 @@ async fn receive_membership(
     let sender = pdu
         .get("sender")
         .and_then(Value::as_str)
-        .unwrap_or_default();
+        .unwrap_or_default()
+        .to_owned();
+    let sender = sender.as_str();
     if pdu.get("state_key").and_then(Value::as_str) != Some(sender) {
         return Err(Error::BadJson("state_key must be the sender".into()));
     }
@@ -148,12 +152,30 @@ async fn receive_membership(
             "the event's id is {computed}, not {id}"
         )));
     }
-    if membership == "join" || membership == "knock" {
-        // The same policy as make_join/make_knock (the auth rules would also refuse, but
-        // as a rejected event rather than a clear answer).
-        server
+    let mut pdu = pdu;
+    if membership == "knock" {
+        // The same policy as make_knock (the auth rules would also refuse, but as a
+        // rejected event rather than a clear answer).
+        server.db.read_tx(|c| {
+            rooms::membership_template(c, server.server_name(), room, sender, membership)
+        })?;
+    } else if membership == "join" {
+        // The same policy as make_join; a restricted join must name one of our users,
+        // and we sign it (our word that the user is in an allowed room).
+        let policy = server
             .db
-            .read_tx(|c| rooms::membership_template(c, room, sender, membership))?;
+            .read_tx(|c| rooms::check_join(c, server.server_name(), room, sender))?;
+        let via = rooms::local_authoriser(&pdu["content"], server.server_name())?;
+        match (policy, via) {
+            (rooms::JoinPolicy::Authorised(_), None) => {
+                return Err(Error::Forbidden(format!(
+                    "{room} is restricted: the join must name a user of this server in \
+                     join_authorised_via_users_server"
+                )));
+            }
+            (_, Some(_)) => pdu = rooms::countersign_join(server, room, &version, pdu)?,
+            (rooms::JoinPolicy::Open, None) => {}
+        }
     }
     let remote = FederationRemote::new(server.clone());
     match receive_pdu(server, &remote, origin, room, pdu).await? {

@@ -13,6 +13,7 @@ mod receive;
 mod redact;
 mod remote_join;
 mod resolve;
+mod restricted;
 mod upgrade;
 
 pub use append::{Appended, append_event, load_pdu, random_string};
@@ -32,6 +33,7 @@ pub use remote_join::{
     leave_remote, membership_server, membership_template, receive_invite,
     state_and_auth_chain_before,
 };
+pub use restricted::{JoinPolicy, check_join, countersign_join, local_authoriser};
 pub use upgrade::upgrade_room;
 
 #[cfg(test)]

@@ -31,6 +31,7 @@ use super::append::{
 };
 use super::knock::{KNOCK_VIA, check_knock_allowed};
 use super::receive::{Checked, Mode, Room, check_against, check_pdu, dependency_order};
+use super::restricted::{JoinPolicy, check_join};
 use crate::error::Error;
 use crate::events::{NewEvent, Pdu, build_pdu, rules_for, stripped_state};
 use crate::federation::client::{encode, request_json};
@@ -58,10 +59,14 @@ fn server_of(user_id: &str) -> Option<&str> {
 /// The `make_join` / `make_leave` answer: the room version and an unsigned event
 /// template with prev events (the forward extremities), auth events and depth.
 ///
-/// Joins: the room must be public, or the user must have a pending invite;
-/// restricted and knock rooms are refused. Leaves: the user must be joined or invited.
+/// Joins: the room must be public, or the user must have a pending invite, or (a
+/// restricted room) be a member of an allowed room as this server (`server_name`) sees
+/// it; the template then names a local user in `join_authorised_via_users_server`,
+/// and its auth events include that user's membership. Knocks: see
+/// `check_knock_allowed`. Leaves: the user must be joined, invited or knocking.
 pub fn membership_template(
     c: &Connection,
+    server_name: &str,
     room_id: &str,
     user_id: &str,
     membership: &str,
@@ -70,33 +75,11 @@ pub fn membership_template(
         return Err(Error::NotFound(format!("room {room_id} is not known here")));
     };
     let (_, rules) = rules_for(&version)?;
+    let mut content = json!({ "membership": membership });
     let current = storage::membership(c, room_id, user_id)?.map(|(m, _, _)| m);
     if membership == "join" {
-        if current.as_deref() == Some("ban") {
-            return Err(Error::Forbidden(format!(
-                "{user_id} is banned from {room_id}"
-            )));
-        }
-        let join_rule = storage::current_state_event(c, room_id, "m.room.join_rules", "")?
-            .and_then(|id| storage::get_state_event(c, &id).ok().flatten())
-            .and_then(|e| serde_json::from_str::<Value>(&e.json).ok())
-            .and_then(|v| v["content"]["join_rule"].as_str().map(str::to_owned))
-            .unwrap_or_else(|| "invite".into());
-        let invited = matches!(current.as_deref(), Some("invite") | Some("join"));
-        match join_rule.as_str() {
-            "public" => {}
-            "invite" | "knock" if invited => {}
-            "restricted" | "knock_restricted" if invited => {}
-            "restricted" | "knock_restricted" => {
-                return Err(Error::Forbidden(
-                    "restricted joins are not supported by this server yet".into(),
-                ));
-            }
-            other => {
-                return Err(Error::Forbidden(format!(
-                    "the room's join rule is {other:?} and {user_id} is not invited"
-                )));
-            }
+        if let JoinPolicy::Authorised(via) = check_join(c, server_name, room_id, user_id)? {
+            content["join_authorised_via_users_server"] = json!(via);
         }
     } else if membership == "knock" {
         check_knock_allowed(c, room_id, user_id, current.as_deref())?;
@@ -111,7 +94,7 @@ pub fn membership_template(
     let ev = NewEvent {
         kind: "m.room.member".into(),
         state_key: Some(user_id.to_owned()),
-        content: json!({ "membership": membership }),
+        content: content.clone(),
         sender: user_id.to_owned(),
         redacts: None,
     };
@@ -121,7 +104,7 @@ pub fn membership_template(
         "type": "m.room.member",
         "sender": user_id,
         "state_key": user_id,
-        "content": { "membership": membership },
+        "content": content,
         "origin": server_of(user_id).unwrap_or_default(),
         "origin_server_ts": now_ms(),
         "depth": depth,
@@ -323,6 +306,18 @@ pub(super) async fn make_membership(
     if let Some(r) = reason {
         content["reason"] = json!(r);
     }
+    if membership == "join"
+        && let Some(via) = t["content"].get("join_authorised_via_users_server")
+    {
+        // A restricted room: the resident names one of its users, and must sign the join
+        // in `send_join` (the signature is checked on the event it gives back).
+        let via = via
+            .as_str()
+            .and_then(|v| ruma::UserId::parse(v).ok())
+            .filter(|v| v.server_name().as_str() == dest)
+            .ok_or_else(|| bad("join_authorised_via_users_server is not a user of it"))?;
+        content["join_authorised_via_users_server"] = json!(via);
+    }
     if membership == "join" || membership == "knock" {
         let (displayname, avatar_url) = server
             .db
@@ -384,12 +379,31 @@ async fn join_via(
     };
     let state = list("state", MAX_JOIN_STATE)?;
     let auth_chain = list("auth_chain", MAX_JOIN_AUTH_CHAIN)?;
-    // The resident may have added its signature (restricted joins); same id or ours.
-    let join_json = match answer.get("event") {
+    // A restricted join comes back signed by the resident as well (checked with the
+    // other signatures in `persist_remote_join`); otherwise the resident's copy, when it
+    // is the same event, or ours.
+    let authorised = object
+        .get("content")
+        .and_then(|c| match c {
+            CanonicalJsonValue::Object(o) => o.get("join_authorised_via_users_server"),
+            _ => None,
+        })
+        .is_some();
+    let join_json = match answer.get("event").filter(|e| !e.is_null()) {
         Some(ev) if event_id_of(ev, &version).ok().as_deref() == Some(event_id.as_str()) => {
             ev.clone()
         }
-        _ => body,
+        Some(_) => {
+            return Err(Error::RemoteServer(format!(
+                "{dest}: send_join answered with another event than our join"
+            )));
+        }
+        None if authorised => {
+            return Err(Error::RemoteServer(format!(
+                "{dest}: send_join did not return the join it authorised"
+            )));
+        }
+        None => body,
     };
     let joined = server.write(|c| {
         persist_remote_join(
@@ -853,5 +867,69 @@ pub fn membership_server(
             .and_then(|u| serde_json::from_str::<Value>(&u).ok())
             .and_then(|u| u[KNOCK_VIA].as_str().map(str::to_owned))),
         _ => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Identity;
+    use crate::{Config, Node};
+
+    /// The joining side keeps a restricted join only with the resident's signature.
+    #[tokio::test]
+    async fn a_restricted_join_needs_the_authorising_servers_signature() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = Config::new(dir.path());
+        config.client_addr = "127.0.0.1:0".parse().expect("addr");
+        let node = Node::start(config).await.expect("start");
+        let server = node.server().clone();
+        let resident = Identity::from_seed([7; 32]).expect("identity");
+        let room = format!("!room:{}", resident.server_name());
+        let (_, rules) = rules_for("11").expect("rules");
+        let ev = NewEvent {
+            kind: "m.room.member".into(),
+            state_key: Some(server.user_id("bob")),
+            content: json!({
+                "membership": "join",
+                "join_authorised_via_users_server": format!("@alice:{}", resident.server_name()),
+            }),
+            sender: server.user_id("bob"),
+            redacts: None,
+        };
+        let some_id = format!("${}", "a".repeat(43));
+        let (id, mut object) = build_pdu(
+            &server.identity,
+            &rules,
+            Some(&room),
+            &ev,
+            std::slice::from_ref(&some_id),
+            std::slice::from_ref(&some_id),
+            3,
+            now_ms(),
+        )
+        .expect("build");
+        let persist = |object: &ruma::CanonicalJsonObject| {
+            let join = serde_json::to_value(object).expect("json");
+            server.write(|c| persist_remote_join(c, &room, "11", join, vec![], vec![], &id))
+        };
+        // Only our signature: refused before anything else is looked at.
+        let Err(e) = persist(&object) else {
+            panic!("a join without the resident's signature was kept");
+        };
+        assert!(e.to_string().contains("signature"), "{e}");
+        // Countersigned: the signatures pass, and the (empty) state is what fails.
+        sign_event(
+            resident.server_name(),
+            resident.keypair(),
+            &mut object,
+            &rules.redaction,
+        )
+        .expect("sign");
+        let Err(e) = persist(&object) else {
+            panic!("a join with no room state was kept");
+        };
+        assert!(e.to_string().contains("no create event"), "{e}");
+        node.shutdown().await.expect("shutdown");
     }
 }
