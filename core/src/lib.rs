@@ -17,6 +17,7 @@ pub mod federation;
 pub mod identity;
 pub mod media;
 pub mod node;
+pub mod presence;
 pub mod push;
 pub mod rooms;
 pub mod search;

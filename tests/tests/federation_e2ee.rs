@@ -5,7 +5,8 @@
 //! `/keys/query` (answered from B's device list, cached on A), remote `/keys/claim` and
 //! to-device messages across nodes. Then bob logs in a second device: A learns of it
 //! from an `m.device_list_update` EDU, alice's client re-queries, and alice's next
-//! message decrypts on the new device too.
+//! message decrypts on the new device too. Bob's cross-signing keys reach A in an
+//! `m.signing_key_update`, and A answers for bob from its cache once B is gone.
 //!
 //! Every wait is a sync or a poll until a condition holds, with a deadline.
 
@@ -183,8 +184,18 @@ async fn encrypted_messages_decrypt_across_nodes_and_on_a_new_remote_device() ->
     wait_decrypts(&bob2, &room_id, &second, "the owl flies at midnight").await?;
     wait_decrypts(&bob, &room_id, &second, "the owl flies at midnight").await?;
 
-    // Node A answers a raw /keys/query for bob with both devices, signed by their own
-    // keys, and names no failure.
+    // Bob sets up cross-signing: node A hears of it from an m.signing_key_update EDU
+    // and alice's client sees bob's identity.
+    bob.encryption().bootstrap_cross_signing(None).await?;
+    wait_until(WAIT, "alice's client knows bob's cross-signing identity", async || {
+        sync_once(&alice).await?;
+        Ok(alice.encryption().get_user_identity(&bob_id).await?.is_some())
+    })
+    .await?;
+
+    // With node B gone, node A still answers a /keys/query for bob: from its cache of
+    // bob's device list (both devices, his master and self-signing keys), no failures.
+    b.stop().await?;
     let answer: Value = http
         .post(format!("{url_a}/_matrix/client/v3/keys/query"))
         .bearer_auth(&alice_token)
@@ -198,10 +209,12 @@ async fn encrypted_messages_decrypt_across_nodes_and_on_a_new_remote_device() ->
         .context("bob's devices")?;
     assert!(devices.contains_key(bob_device.as_str()), "{answer}");
     assert!(devices.contains_key(bob2_device.as_str()), "{answer}");
+    assert!(answer["master_keys"][bob_id.as_str()].is_object(), "{answer}");
+    assert!(answer["self_signing_keys"][bob_id.as_str()].is_object(), "{answer}");
+    assert!(answer["user_signing_keys"].get(bob_id.as_str()).is_none(), "{answer}");
     assert_eq!(answer["failures"], json!({}), "{answer}");
 
     drop((alice_room, bob_room, alice, bob, bob2));
     a.stop().await?;
-    b.stop().await?;
     Ok(())
 }

@@ -233,9 +233,9 @@ pub struct QueryRequest {
 /// Longest wait for one remote server's answer to a proxied key query or claim.
 const REMOTE_KEYS_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Answer a key query: local users from the database, remote users by asking their
-/// servers (`POST /_matrix/federation/v1/user/keys/query`), all servers at once. A
-/// server that cannot be asked is named in `failures`.
+/// Answer a key query: local users from the database, remote users from the remote
+/// device-list cache or by asking their servers (see `remote_devices`), all servers at
+/// once. A server that cannot be asked is named in `failures`.
 pub async fn query(server: &Server, caller: &Caller, req: &QueryRequest) -> Result<Value, Error> {
     let mut local = Vec::new();
     let mut remote: BTreeMap<&str, Map<String, Value>> = BTreeMap::new();
@@ -252,32 +252,7 @@ pub async fn query(server: &Server, caller: &Caller, req: &QueryRequest) -> Resu
     let mut body = server
         .db
         .read_tx(|c| query_local(c, &caller.user_id, &local))?;
-    let answers = futures::future::join_all(remote.into_iter().map(|(destination, users)| {
-        let request = json!({ "device_keys": users });
-        async move {
-            let answer = ask_remote(server, destination, "query", &request).await;
-            (destination, users, answer)
-        }
-    }))
-    .await;
-    let mut failures = Map::new();
-    for (destination, users, answer) in answers {
-        match answer {
-            Ok(answer) => {
-                for field in ["device_keys", "master_keys", "self_signing_keys"] {
-                    for (user_id, v) in answer[field].as_object().into_iter().flatten() {
-                        // Only what we asked about, and only that server's users.
-                        if users.contains_key(user_id) {
-                            body[field][user_id] = v.clone();
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                failures.insert(destination.to_owned(), remote_failure(&e));
-            }
-        }
-    }
+    let failures = super::remote_devices::query(server, remote, &mut body).await;
     body["failures"] = Value::Object(failures);
     Ok(body)
 }
