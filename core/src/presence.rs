@@ -179,6 +179,55 @@ fn edu_entry(p: &PresenceRow, now: i64) -> Value {
     e
 }
 
+/// Most presence entries sent to a server that newly joins a room.
+const MAX_ON_JOIN: usize = 100;
+
+/// A user joined `room_id` (called in the write transaction that records it): the
+/// servers that did not share the room yet need the current presence. A local user's
+/// presence goes to the room's other servers; for a remote user whose server is new to
+/// the room, the presence of the room's local members goes to that server. (Synapse
+/// does the same.) The caller's commit wakes the sender, or its periodic rescan does.
+pub fn on_join(c: &Connection, room_id: &str, user_id: &str) -> Result<(), Error> {
+    let Some((_, user_server)) = user_id.rsplit_once(':') else {
+        return Ok(());
+    };
+    let now = now_ms();
+    if storage::user_exists(c, user_id)? {
+        let Some(p) = storage::presence(c, user_id)? else {
+            return Ok(());
+        };
+        let edu = json!({ "edu_type": "m.presence", "content": { "push": [edu_entry(&p, now)] } });
+        for destination in storage::joined_servers(c, room_id)? {
+            if destination != user_server {
+                storage::enqueue_edu(c, &destination, &edu)?;
+            }
+        }
+        return Ok(());
+    }
+    let members = storage::joined_members(c, room_id)?;
+    let suffix = format!(":{user_server}");
+    if members.iter().any(|m| m != user_id && m.ends_with(&suffix)) {
+        // The server is in the room already and has been told.
+        return Ok(());
+    }
+    let mut push = Vec::new();
+    for member in &members {
+        if push.len() >= MAX_ON_JOIN {
+            break;
+        }
+        if storage::user_exists(c, member)?
+            && let Some(p) = storage::presence(c, member)?
+        {
+            push.push(edu_entry(&p, now));
+        }
+    }
+    if !push.is_empty() {
+        let edu = json!({ "edu_type": "m.presence", "content": { "push": push } });
+        storage::enqueue_edu(c, user_server, &edu)?;
+    }
+    Ok(())
+}
+
 /// Turn local users idle for [`IDLE_AFTER`] `unavailable`; returns how many. Run by the
 /// node every [`SWEEP_EVERY`].
 pub fn sweep_idle(server: &Server, now: i64) -> Result<usize, Error> {
@@ -283,10 +332,7 @@ pub fn receive(server: &Server, origin: &str, content: &Value) -> Result<(), Err
             if !storage::shares_room_with_server(tx, user_id, own)? {
                 continue;
             }
-            let ago = entry["last_active_ago"]
-                .as_i64()
-                .unwrap_or(0)
-                .clamp(0, now);
+            let ago = entry["last_active_ago"].as_i64().unwrap_or(0).clamp(0, now);
             let status_msg = entry["status_msg"]
                 .as_str()
                 .filter(|m| m.len() <= MAX_STATUS_MSG)

@@ -187,10 +187,18 @@ async fn encrypted_messages_decrypt_across_nodes_and_on_a_new_remote_device() ->
     // Bob sets up cross-signing: node A hears of it from an m.signing_key_update EDU
     // and alice's client sees bob's identity.
     bob.encryption().bootstrap_cross_signing(None).await?;
-    wait_until(WAIT, "alice's client knows bob's cross-signing identity", async || {
-        sync_once(&alice).await?;
-        Ok(alice.encryption().get_user_identity(&bob_id).await?.is_some())
-    })
+    wait_until(
+        WAIT,
+        "alice's client knows bob's cross-signing identity",
+        async || {
+            sync_once(&alice).await?;
+            Ok(alice
+                .encryption()
+                .get_user_identity(&bob_id)
+                .await?
+                .is_some())
+        },
+    )
     .await?;
 
     // With node B gone, node A still answers a /keys/query for bob: from its cache of
@@ -209,9 +217,18 @@ async fn encrypted_messages_decrypt_across_nodes_and_on_a_new_remote_device() ->
         .context("bob's devices")?;
     assert!(devices.contains_key(bob_device.as_str()), "{answer}");
     assert!(devices.contains_key(bob2_device.as_str()), "{answer}");
-    assert!(answer["master_keys"][bob_id.as_str()].is_object(), "{answer}");
-    assert!(answer["self_signing_keys"][bob_id.as_str()].is_object(), "{answer}");
-    assert!(answer["user_signing_keys"].get(bob_id.as_str()).is_none(), "{answer}");
+    assert!(
+        answer["master_keys"][bob_id.as_str()].is_object(),
+        "{answer}"
+    );
+    assert!(
+        answer["self_signing_keys"][bob_id.as_str()].is_object(),
+        "{answer}"
+    );
+    assert!(
+        answer["user_signing_keys"].get(bob_id.as_str()).is_none(),
+        "{answer}"
+    );
     assert_eq!(answer["failures"], json!({}), "{answer}");
 
     drop((alice_room, bob_room, alice, bob, bob2));

@@ -538,7 +538,11 @@ async fn state_content(user: &User, room: &str, ty: &str, key: &str) -> anyhow::
     let (status, body) = user
         .call(
             reqwest::Method::GET,
-            &format!("/rooms/{}/state/{ty}/{}", path_segment(room), path_segment(key)),
+            &format!(
+                "/rooms/{}/state/{ty}/{}",
+                path_segment(room),
+                path_segment(key)
+            ),
             Value::Null,
         )
         .await?;
@@ -573,9 +577,9 @@ async fn a_partition_heals_to_the_same_state_and_extremities() -> anyhow::Result
         )
         .await?;
     bob.sync_until("his new power", |s| {
-        room_events(s, &room).iter().any(|e| {
-            e["type"] == "m.room.power_levels" && e["content"]["users"][bob.id()] == 100
-        })
+        room_events(s, &room)
+            .iter()
+            .any(|e| e["type"] == "m.room.power_levels" && e["content"]["users"][bob.id()] == 100)
     })
     .await?;
     let before = current_state(&alice, &room).await?;
@@ -628,16 +632,23 @@ async fn a_partition_heals_to_the_same_state_and_extremities() -> anyhow::Result
     connect_nodes(&b, &a).await?;
 
     let mut last = (Vec::new(), Vec::new());
-    let converged = wait_until(WAIT, "both nodes report the same state and extremities", async || {
-        let (sa, sb) = (current_state(&alice, &room).await?, current_state(&bob, &room).await?);
-        let (ea, eb) = (extremities(&a, &room)?, extremities(&b, &room)?);
-        let same = sa == sb && ea == eb;
-        last = (
-            vec![format!("{sa:?}"), format!("{ea:?}")],
-            vec![format!("{sb:?}"), format!("{eb:?}")],
-        );
-        Ok(same)
-    })
+    let converged = wait_until(
+        WAIT,
+        "both nodes report the same state and extremities",
+        async || {
+            let (sa, sb) = (
+                current_state(&alice, &room).await?,
+                current_state(&bob, &room).await?,
+            );
+            let (ea, eb) = (extremities(&a, &room)?, extremities(&b, &room)?);
+            let same = sa == sb && ea == eb;
+            last = (
+                vec![format!("{sa:?}"), format!("{ea:?}")],
+                vec![format!("{sb:?}"), format!("{eb:?}")],
+            );
+            Ok(same)
+        },
+    )
     .await;
     if let Err(e) = converged {
         anyhow::bail!("{e:#}\nA: {:?}\nB: {:?}", last.0, last.1);

@@ -134,7 +134,10 @@ async fn presence_is_visible_to_room_peers_and_goes_idle() -> anyhow::Result<()>
     .await?;
     assert_eq!(seen["presence"], "online", "{seen}");
     assert_eq!(seen["currently_active"], true, "{seen}");
-    assert!(seen["last_active_ago"].as_i64().is_some_and(|a| a >= 0), "{seen}");
+    assert!(
+        seen["last_active_ago"].as_i64().is_some_and(|a| a >= 0),
+        "{seen}"
+    );
 
     // GET: bob (shares a room) sees it; carol (shares none) may not; a user with no
     // presence recorded is offline.
@@ -145,18 +148,31 @@ async fn presence_is_visible_to_room_peers_and_goes_idle() -> anyhow::Result<()>
     let (status, got) = get_presence(&http, &url, &carol.access_token, &alice_id).await?;
     assert_eq!(status, 403, "{got}");
     assert_eq!(got["errcode"], "M_FORBIDDEN");
-    let (status, got) =
-        get_presence(&http, &url, &carol.access_token, &carol.user_id).await?;
-    assert_eq!((status, got["presence"].clone()), (200, json!("offline")), "{got}");
+    let (status, got) = get_presence(&http, &url, &carol.access_token, &carol.user_id).await?;
+    assert_eq!(
+        (status, got["presence"].clone()),
+        (200, json!("offline")),
+        "{got}"
+    );
 
     // Nobody sets another user's presence; bad states are refused.
-    let (status, got) =
-        put_presence(&http, &url, &token(&bob)?, &alice_id, json!({"presence": "offline"}))
-            .await?;
+    let (status, got) = put_presence(
+        &http,
+        &url,
+        &token(&bob)?,
+        &alice_id,
+        json!({"presence": "offline"}),
+    )
+    .await?;
     assert_eq!(status, 403, "{got}");
-    let (status, got) =
-        put_presence(&http, &url, &token(&alice)?, &alice_id, json!({"presence": "asleep"}))
-            .await?;
+    let (status, got) = put_presence(
+        &http,
+        &url,
+        &token(&alice)?,
+        &alice_id,
+        json!({"presence": "asleep"}),
+    )
+    .await?;
     assert_eq!(status, 400, "{got}");
 
     // A client syncing with set_presence=unavailable marks its user unavailable.
@@ -179,14 +195,34 @@ async fn presence_is_visible_to_room_peers_and_goes_idle() -> anyhow::Result<()>
     let swept = warren_core::presence::sweep_idle(node.server(), later)?;
     assert!(swept >= 1, "nobody was idle");
     sync_until(&bob, WAIT, "bob sees alice go idle", |r| {
-        Ok(presence_of(r, &alice_id)?.is_some_and(|c| {
-            c["presence"] == "unavailable" && c["currently_active"] == false
-        }))
+        Ok(presence_of(r, &alice_id)?
+            .is_some_and(|c| c["presence"] == "unavailable" && c["currently_active"] == false))
     })
     .await?;
     let (_, got) = get_presence(&http, &url, &token(&bob)?, &alice_id).await?;
     assert_eq!(got["presence"], "unavailable", "{got}");
     assert_eq!(got["status_msg"], "reading the spec", "the status survives");
+
+    // An m.presence EDU is only believed for users of its origin who share a room with
+    // a local user: another server cannot set alice's presence, nor store a stranger's.
+    let other = "f".repeat(64);
+    let mallory = format!("@mallory:{other}");
+    warren_core::federation::edu::receive_edu(
+        node.server(),
+        &other,
+        json!({"edu_type": "m.presence", "content": {"push": [
+            {"user_id": alice_id, "presence": "offline", "last_active_ago": 0},
+            {"user_id": mallory, "presence": "online", "last_active_ago": 0},
+        ]}}),
+    )
+    .await;
+    let (_, got) = get_presence(&http, &url, &token(&bob)?, &alice_id).await?;
+    assert_eq!(got["presence"], "unavailable", "{got}");
+    let stored = node
+        .server()
+        .db
+        .read(|c| warren_core::storage::presence(c, &mallory))?;
+    assert_eq!(stored, None);
 
     drop((alice, bob));
     shutdown_node(node).await?;
@@ -205,7 +241,24 @@ async fn presence_crosses_between_nodes() -> anyhow::Result<()> {
     let bob = register_client(&url_b, "bob", "bob-password").await?;
     let alice_id = alice.user_id().context("alice")?.to_string();
     let bob_id = bob.user_id().context("bob")?.to_string();
+    // Set before B shares a room with A: node A sends it when bob's join arrives.
+    let (status, _) = put_presence(
+        &http,
+        &url_a,
+        &token(&alice)?,
+        &alice_id,
+        json!({"presence": "online", "status_msg": "before the join"}),
+    )
+    .await?;
+    assert_eq!(status, 200);
     shared_room(&alice, &bob, Some(a.name())).await?;
+    sync_until(
+        &bob,
+        WAIT,
+        "bob sees alice's status set before he joined",
+        |r| Ok(presence_of(r, &alice_id)?.is_some_and(|c| c["status_msg"] == "before the join")),
+    )
+    .await?;
 
     // A's m.presence EDU reaches B: bob's sync shows alice's status, and B answers GET.
     let (status, _) = put_presence(
@@ -236,11 +289,16 @@ async fn presence_crosses_between_nodes() -> anyhow::Result<()> {
     )
     .await?;
     assert_eq!(status, 200);
-    sync_until(&alice, WAIT, "alice sees bob unavailable from node B", |r| {
-        Ok(presence_of(r, &bob_id)?.is_some_and(|c| {
-            c["presence"] == "unavailable" && c["status_msg"] == "away from the keyboard"
-        }))
-    })
+    sync_until(
+        &alice,
+        WAIT,
+        "alice sees bob unavailable from node B",
+        |r| {
+            Ok(presence_of(r, &bob_id)?.is_some_and(|c| {
+                c["presence"] == "unavailable" && c["status_msg"] == "away from the keyboard"
+            }))
+        },
+    )
     .await?;
 
     drop((alice, bob));

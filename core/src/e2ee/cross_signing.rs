@@ -193,7 +193,10 @@ pub fn commit(server: &Server, caller: &Caller, prepared: &Prepared) -> Result<(
 fn queue_signing_key_update(tx: &Connection, user: &str) -> Result<(), Error> {
     let own = user.rsplit_once(':').map(|(_, s)| s).unwrap_or("");
     let mut content = json!({ "user_id": user });
-    for (field, key_type) in [("master_key", "master"), ("self_signing_key", "self_signing")] {
+    for (field, key_type) in [
+        ("master_key", "master"),
+        ("self_signing_key", "self_signing"),
+    ] {
         if let Some(row) = storage::cross_signing_key(tx, user, key_type)? {
             content[field] = serde_json::from_str(&row.key_json)?;
         }

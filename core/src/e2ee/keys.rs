@@ -412,9 +412,10 @@ pub async fn claim(server: &Server, req: &ClaimRequest) -> Result<Value, Error> 
     for (destination, users, answer) in answers {
         match answer {
             Ok(answer) => {
-                for (user_id, v) in answer["one_time_keys"].as_object().into_iter().flatten() {
-                    if users.contains_key(user_id) {
-                        claimed[user_id] = v.clone();
+                for (user_id, asked) in &users {
+                    let per_device = checked_claim(&answer["one_time_keys"][user_id], asked);
+                    if !per_device.is_empty() {
+                        claimed[user_id] = Value::Object(per_device);
                     }
                 }
             }
@@ -424,6 +425,29 @@ pub async fn claim(server: &Server, req: &ClaimRequest) -> Result<Value, Error> 
         }
     }
     Ok(json!({ "one_time_keys": claimed, "failures": failures }))
+}
+
+/// What a remote server claimed for one user, kept only where it makes sense: devices
+/// we asked about, one key each, of the algorithm we asked for, of a sane size. (The
+/// client checks the key's signature by the device.)
+fn checked_claim(answer: &Value, asked: &Value) -> Map<String, Value> {
+    let mut out = Map::new();
+    for (device_id, algorithm) in asked.as_object().into_iter().flatten() {
+        let Some(keys) = answer[device_id].as_object() else {
+            continue;
+        };
+        let Some(algorithm) = algorithm.as_str() else {
+            continue;
+        };
+        let mut entries = keys.iter();
+        if let (Some((name, key)), None) = (entries.next(), entries.next())
+            && name.split_once(':').is_some_and(|(a, _)| a == algorithm)
+            && key.to_string().len() <= super::remote_devices::MAX_KEY_JSON
+        {
+            out.insert(device_id.clone(), json!({ name: key }));
+        }
+    }
+    out
 }
 
 /// For each device: take (delete) one one-time key of the algorithm; with none left,

@@ -43,8 +43,7 @@ pub fn check_device_keys(user_id: &str, device_id: &str, keys: &Value) -> Result
     if !keys.is_object() {
         return Err("device keys are not an object".into());
     }
-    if keys["user_id"].as_str() != Some(user_id) || keys["device_id"].as_str() != Some(device_id)
-    {
+    if keys["user_id"].as_str() != Some(user_id) || keys["device_id"].as_str() != Some(device_id) {
         return Err(format!(
             "keys listed as {user_id} {device_id} name another device"
         ));
@@ -90,8 +89,7 @@ pub fn check_cross_signing_keys(
         Some(v) => {
             let parsed =
                 parse_key(v, user_id, "self_signing", "self_signing").map_err(|e| e.to_string())?;
-            let master_public =
-                master_public.ok_or("a self-signing key without a master key")?;
+            let master_public = master_public.ok_or("a self-signing key without a master key")?;
             verify_signature(
                 v,
                 user_id,
@@ -137,7 +135,9 @@ fn checked_devices<'a>(
                     .filter(|n| n.len() <= MAX_DISPLAY_NAME)
                     .map(str::to_owned),
             }),
-            Err(e) => tracing::info!(%user_id, %device_id, error = %e, "remote device keys dropped"),
+            Err(e) => {
+                tracing::info!(%user_id, %device_id, error = %e, "remote device keys dropped")
+            }
         }
     }
     out
@@ -169,7 +169,10 @@ async fn fetch_user_devices(server: &Server, user_id: &str) -> Result<Fetched, E
         )));
     }
     let stream_id = answer["stream_id"].as_i64().unwrap_or(0);
-    let devices = answer["devices"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    let devices = answer["devices"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
     let devices = checked_devices(
         user_id,
         devices.iter().filter_map(|d| {
@@ -249,8 +252,8 @@ pub async fn query(
     remote: BTreeMap<&str, Map<String, Value>>,
     body: &mut Value,
 ) -> Map<String, Value> {
-    let answers = futures::future::join_all(remote.into_iter().map(|(destination, users)| {
-        async move {
+    let answers =
+        futures::future::join_all(remote.into_iter().map(|(destination, users)| async move {
             let mut uncached = Map::new();
             let mut found = Vec::new();
             let mut error = None;
@@ -269,9 +272,8 @@ pub async fn query(
                 Some(query_uncached(server, destination, &uncached).await)
             };
             (destination, found, queried, error)
-        }
-    }))
-    .await;
+        }))
+        .await;
     let mut failures = Map::new();
     for (destination, found, queried, error) in answers {
         for (user_id, wanted, f) in found {
@@ -378,7 +380,10 @@ fn add_to_answer(body: &mut Value, user_id: &str, wanted: &Value, f: &Fetched) {
         ("master_keys", &f.list.master_key),
         ("self_signing_keys", &f.list.self_signing_key),
     ] {
-        if let Some(k) = key.as_deref().and_then(|k| serde_json::from_str::<Value>(k).ok()) {
+        if let Some(k) = key
+            .as_deref()
+            .and_then(|k| serde_json::from_str::<Value>(k).ok())
+        {
             body[field][user_id] = k;
         }
     }
@@ -551,14 +556,25 @@ mod tests {
     fn device_keys_must_be_self_signed_and_listed_under_their_own_ids() {
         let keys = device(1, "B1");
         assert!(check_device_keys(BOB, "B1", &keys).is_ok());
-        assert!(check_device_keys(BOB, "B2", &keys).is_err(), "another device id");
-        assert!(check_device_keys("@eve:y", "B1", &keys).is_err(), "another user");
+        assert!(
+            check_device_keys(BOB, "B2", &keys).is_err(),
+            "another device id"
+        );
+        assert!(
+            check_device_keys("@eve:y", "B1", &keys).is_err(),
+            "another user"
+        );
         let mut forged = keys.clone();
         forged["keys"]["curve25519:B1"] = json!("c3dpdGNoZWQ");
         assert!(check_device_keys(BOB, "B1", &forged).is_err(), "tampered");
         let mut huge = device(1, "B1");
         huge["padding"] = json!("x".repeat(MAX_KEY_JSON));
-        sign(&SigningKey::from_bytes(&[1; 32]), BOB, "ed25519:B1", &mut huge);
+        sign(
+            &SigningKey::from_bytes(&[1; 32]),
+            BOB,
+            "ed25519:B1",
+            &mut huge,
+        );
         assert!(check_device_keys(BOB, "B1", &huge).is_err(), "too big");
     }
 
@@ -585,9 +601,16 @@ mod tests {
         assert_eq!(ids, ["B1", "B2"]);
         // A replay changes nothing; a deletion removes the device.
         assert!(!apply(update(12, &[11], "B2", device(2, "B2"))));
-        assert!(apply(json!({"user_id": BOB, "device_id": "B2", "stream_id": 13,
-                             "prev_id": [12], "deleted": true})));
-        assert_eq!(db.read(|c| storage::remote_devices(c, BOB)).expect("d").len(), 1);
+        assert!(apply(
+            json!({"user_id": BOB, "device_id": "B2", "stream_id": 13,
+                             "prev_id": [12], "deleted": true})
+        ));
+        assert_eq!(
+            db.read(|c| storage::remote_devices(c, BOB))
+                .expect("d")
+                .len(),
+            1
+        );
         // Forged keys are not stored: the list goes stale instead.
         let mut forged = device(3, "B3");
         forged["keys"]["ed25519:B3"] = json!(b64(&[9; 32]));

@@ -121,3 +121,12 @@ pub fn idle_online_users(
 pub fn shares_room_or_self(c: &Connection, a: &str, b: &str) -> Result<bool, Error> {
     Ok(a == b || super::share_room(c, a, b)?)
 }
+
+/// Users joined to a room now.
+pub fn joined_members(c: &Connection, room_id: &str) -> Result<Vec<String>, Error> {
+    let mut st = c.prepare_cached(
+        "SELECT user_id FROM memberships WHERE room_id = ?1 AND membership = 'join' ORDER BY user_id",
+    )?;
+    let rows = st.query_map([room_id], |r| r.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}

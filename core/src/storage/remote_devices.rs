@@ -77,7 +77,10 @@ pub fn replace_remote_device_list(
     list: &RemoteDeviceList,
     devices: &[RemoteDevice],
 ) -> Result<(), Error> {
-    c.execute("DELETE FROM remote_device_lists WHERE user_id = ?1", [user_id])?;
+    c.execute(
+        "DELETE FROM remote_device_lists WHERE user_id = ?1",
+        [user_id],
+    )?;
     c.execute(
         "INSERT INTO remote_device_lists
              (user_id, stream_id, stale, master_key, self_signing_key, fetched_ts)
@@ -161,7 +164,10 @@ pub fn set_remote_cross_signing_keys(
 
 /// Forget a cached list (the user no longer shares a room with us, so updates stop).
 pub fn forget_remote_device_list(c: &Connection, user_id: &str) -> Result<(), Error> {
-    c.execute("DELETE FROM remote_device_lists WHERE user_id = ?1", [user_id])?;
+    c.execute(
+        "DELETE FROM remote_device_lists WHERE user_id = ?1",
+        [user_id],
+    )?;
     Ok(())
 }
 
