@@ -519,15 +519,36 @@ async fn current_state(user: &User, room: &str) -> anyhow::Result<Vec<(String, S
     Ok(out)
 }
 
-/// A node's forward extremities of a room, sorted.
-fn extremities(node: &FederatedNode, room: &str) -> anyhow::Result<Vec<String>> {
-    let mut ids: Vec<String> = node
-        .node
-        .server()
-        .db
-        .read(|c| warren_core::storage::forward_extremities(c, room))?
-        .into_iter()
-        .map(|(id, _)| id)
+/// A node's forward extremities of a room, sorted, from its admin API
+/// (`GET /_warren/admin/v1/rooms`, authorised by the token in the data directory).
+async fn extremities(node: &FederatedNode, room: &str) -> anyhow::Result<Vec<String>> {
+    let token = std::fs::read_to_string(
+        node.node
+            .server()
+            .config
+            .data_dir
+            .join(warren_core::admin::TOKEN_FILE),
+    )?;
+    let response = http_client()?
+        .get(format!("{}/_warren/admin/v1/rooms", node.node.client_url()))
+        .bearer_auth(token.trim())
+        .send()
+        .await?;
+    ensure!(
+        response.status().is_success(),
+        "admin rooms: {}",
+        response.status()
+    );
+    let body: Value = response.json().await?;
+    let mut ids: Vec<String> = body["rooms"]
+        .as_array()
+        .context("rooms")?
+        .iter()
+        .find(|r| r["room_id"] == room)
+        .and_then(|r| r["forward_extremities"].as_array())
+        .context("the room's forward_extremities")?
+        .iter()
+        .filter_map(|id| id.as_str().map(str::to_owned))
         .collect();
     ids.sort();
     Ok(ids)
@@ -640,7 +661,7 @@ async fn a_partition_heals_to_the_same_state_and_extremities() -> anyhow::Result
                 current_state(&alice, &room).await?,
                 current_state(&bob, &room).await?,
             );
-            let (ea, eb) = (extremities(&a, &room)?, extremities(&b, &room)?);
+            let (ea, eb) = (extremities(&a, &room).await?, extremities(&b, &room).await?);
             let same = sa == sb && ea == eb;
             last = (
                 vec![format!("{sa:?}"), format!("{ea:?}")],
@@ -673,7 +694,7 @@ async fn a_partition_heals_to_the_same_state_and_extremities() -> anyhow::Result
     // A new event on either side merges the branches: one extremity, the same on both.
     alice.say(&room, "healed").await?;
     wait_until(WAIT, "one shared extremity after a new event", async || {
-        let (ea, eb) = (extremities(&a, &room)?, extremities(&b, &room)?);
+        let (ea, eb) = (extremities(&a, &room).await?, extremities(&b, &room).await?);
         Ok(ea.len() == 1 && ea == eb)
     })
     .await?;
