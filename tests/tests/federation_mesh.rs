@@ -631,6 +631,23 @@ async fn a_partition_heals_to_the_same_state_and_extremities() -> anyhow::Result
         json!({"name": "Named on B"}),
     )
     .await?;
+    // Carol, banned on A meanwhile, still changes her member event on B: the two
+    // member events conflict, and the ban must win on both sides.
+    carol
+        .put(
+            &format!(
+                "/rooms/{}/state/m.room.member/{}",
+                path_segment(&room),
+                path_segment(carol.id())
+            ),
+            json!({"membership": "join", "displayname": "Carol while split"}),
+        )
+        .await?;
+    // More than one get_missing_events call's worth of messages on each side.
+    for i in 0..25 {
+        alice.say(&room, &format!("A while split {i}")).await?;
+        bob.say(&room, &format!("B while split {i}")).await?;
+    }
     let mut levels = state_content(&bob, &room, "m.room.power_levels", "").await?;
     levels["events"]["m.room.topic"] = json!(75);
     bob.put(
@@ -683,6 +700,17 @@ async fn a_partition_heals_to_the_same_state_and_extremities() -> anyhow::Result
         let levels = state_content(user, &room, "m.room.power_levels", "").await?;
         ensure!(levels["events"]["m.room.topic"] == 75, "{levels}");
     }
+    // And the other side's messages from the split (the last ones; an initial sync
+    // shows the newest 50 events).
+    alice
+        .sync_until("bob's last message from the split", |s| {
+            has_message(s, &room, "B while split 24")
+        })
+        .await?;
+    bob.sync_until("alice's last message from the split", |s| {
+        has_message(s, &room, "A while split 24")
+    })
+    .await?;
     let name_a = state_content(&alice, &room, "m.room.name", "").await?;
     let name_b = state_content(&bob, &room, "m.room.name", "").await?;
     ensure!(name_a == name_b, "{name_a} vs {name_b}");
