@@ -201,6 +201,40 @@ async fn encrypted_messages_decrypt_across_nodes_and_on_a_new_remote_device() ->
     )
     .await?;
 
+    // A device-list update whose keys do not verify (here: not signed at all) is not
+    // believed: A marks bob's cached list stale and re-fetches it from B, so the
+    // forged device never shows.
+    warren_core::federation::edu::receive_edu(
+        a.node.server(),
+        &b.name(),
+        json!({"edu_type": "m.device_list_update", "content": {
+            "user_id": bob_id.as_str(),
+            "device_id": "FORGED",
+            "stream_id": 1_000_000_000i64,
+            "prev_id": [],
+            "keys": {
+                "user_id": bob_id.as_str(),
+                "device_id": "FORGED",
+                "algorithms": ["m.olm.v1.curve25519-aes-sha2"],
+                "keys": {"ed25519:FORGED": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"},
+            },
+        }}),
+    )
+    .await;
+    let answer: Value = http
+        .post(format!("{url_a}/_matrix/client/v3/keys/query"))
+        .bearer_auth(&alice_token)
+        .json(&json!({"device_keys": {bob_id.as_str(): []}}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let devices = answer["device_keys"][bob_id.as_str()]
+        .as_object()
+        .context("bob's devices")?;
+    assert!(!devices.contains_key("FORGED"), "{answer}");
+    assert!(devices.contains_key(bob2_device.as_str()), "{answer}");
+
     // With node B gone, node A still answers a /keys/query for bob: from its cache of
     // bob's device list (both devices, his master and self-signing keys), no failures.
     b.stop().await?;

@@ -18,6 +18,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use futures::StreamExt;
 use rusqlite::Connection;
 use serde_json::{Map, Value, json};
 
@@ -34,6 +35,8 @@ pub const MAX_REMOTE_DEVICES: usize = 1000;
 pub const MAX_KEY_JSON: usize = 16 * 1024;
 /// Longest device display name kept.
 const MAX_DISPLAY_NAME: usize = 256;
+/// Most `user/devices` fetches under way to one server for one key query.
+const FETCHES_PER_SERVER: usize = 4;
 /// Longest wait for one remote server's answer.
 pub const REMOTE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -257,11 +260,20 @@ pub async fn query(
             let mut uncached = Map::new();
             let mut found = Vec::new();
             let mut error = None;
-            for (user_id, wanted) in &users {
-                match cached_or_fetched(server, user_id).await {
-                    Ok(Some(f)) => found.push((user_id.clone(), wanted.clone(), f)),
+            // Cache misses cost one `user/devices` request each: a few at a time.
+            let lookups: Vec<_> = users
+                .into_iter()
+                .map(|(user_id, wanted)| async move {
+                    let result = cached_or_fetched(server, &user_id).await;
+                    (user_id, wanted, result)
+                })
+                .collect();
+            let mut lookups = futures::stream::iter(lookups).buffer_unordered(FETCHES_PER_SERVER);
+            while let Some((user_id, wanted, result)) = lookups.next().await {
+                match result {
+                    Ok(Some(f)) => found.push((user_id, wanted, f)),
                     Ok(None) => {
-                        uncached.insert(user_id.clone(), wanted.clone());
+                        uncached.insert(user_id, wanted);
                     }
                     Err(e) => error = Some(e),
                 }
