@@ -184,6 +184,52 @@ async fn encrypted_messages_decrypt_across_nodes_and_on_a_new_remote_device() ->
     wait_decrypts(&bob2, &room_id, &second, "the owl flies at midnight").await?;
     wait_decrypts(&bob, &room_id, &second, "the owl flies at midnight").await?;
 
+    // Bob names his new device: the m.device_list_update carries the device's keys and
+    // name, and A applies it to its cached list (its prev_id is what A has).
+    let renamed = http
+        .put(format!(
+            "{url_b}/_matrix/client/v3/devices/{}",
+            path_segment(bob2_device.as_str())
+        ))
+        .bearer_auth(bob2.access_token().context("bob2's token")?)
+        .json(&json!({"display_name": "bob's laptop"}))
+        .send()
+        .await?;
+    assert_eq!(renamed.status().as_u16(), 200);
+    // Applied in place: the cached list has the name and is not stale (no re-fetch).
+    let a_server = a.node.server().clone();
+    wait_until(WAIT, "A's cache has the new device name", || {
+        let cached = a_server.db.read(|c| {
+            Ok((
+                warren_core::storage::remote_device_list(c, bob_id.as_str())?,
+                warren_core::storage::remote_devices(c, bob_id.as_str())?,
+            ))
+        });
+        let done = cached.is_ok_and(|(list, devices)| {
+            list.is_some_and(|l| !l.stale)
+                && devices.iter().any(|d| {
+                    d.device_id == bob2_device.as_str()
+                        && d.display_name.as_deref() == Some("bob's laptop")
+                })
+        });
+        async move { Ok(done) }
+    })
+    .await?;
+    wait_until(WAIT, "A serves the new device name", async || {
+        let answer: Value = http
+            .post(format!("{url_a}/_matrix/client/v3/keys/query"))
+            .bearer_auth(&alice_token)
+            .json(&json!({"device_keys": {bob_id.as_str(): [bob2_device.as_str()]}}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        Ok(answer["device_keys"][bob_id.as_str()][bob2_device.as_str()]["unsigned"]
+            ["device_display_name"]
+            == "bob's laptop")
+    })
+    .await?;
+
     // Bob sets up cross-signing: node A hears of it from an m.signing_key_update EDU
     // and alice's client sees bob's identity.
     bob.encryption().bootstrap_cross_signing(None).await?;
