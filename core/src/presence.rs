@@ -290,7 +290,8 @@ pub fn get(c: &Connection, caller: &str, user_id: &str) -> Result<Value, Error> 
 }
 
 /// `/sync` `presence.events`: changes in `(after, up_to]` of the user and of users
-/// sharing a room (on an initial sync, `after` is 0: everyone's current presence).
+/// sharing a room (on an initial sync, `after` is 0: everyone's current presence), and
+/// the current presence of users who started sharing a room in that window.
 pub fn for_sync(
     c: &Connection,
     user_id: &str,
@@ -300,12 +301,28 @@ pub fn for_sync(
 ) -> Result<Vec<Value>, Error> {
     let now = now_ms();
     let limit = limit.unwrap_or(MAX_SYNC_EVENTS).min(MAX_SYNC_EVENTS);
-    Ok(
-        storage::presence_visible_to(c, user_id, after, up_to, limit)?
-            .iter()
-            .map(|p| json!({ "type": "m.presence", "sender": p.user_id, "content": content(p, now) }))
-            .collect(),
-    )
+    let mut rows = storage::presence_visible_to(c, user_id, after, up_to, limit)?;
+    // Users who newly share a room: their current presence, even if it did not change
+    // (as Synapse), so a client learns it without an initial sync.
+    if after > 0 {
+        for other in storage::newly_shared_users(c, user_id, after, up_to)? {
+            if rows.len() >= limit {
+                break;
+            }
+            if rows.iter().any(|r| r.user_id == other) {
+                continue;
+            }
+            if let Some(p) = storage::presence(c, &other)?
+                && p.stream_ordering <= up_to
+            {
+                rows.push(p);
+            }
+        }
+    }
+    Ok(rows
+        .iter()
+        .map(|p| json!({ "type": "m.presence", "sender": p.user_id, "content": content(p, now) }))
+        .collect())
 }
 
 /// Apply an inbound `m.presence` EDU: `{push: [{user_id, presence, last_active_ago,

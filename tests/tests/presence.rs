@@ -109,7 +109,7 @@ async fn presence_is_visible_to_room_peers_and_goes_idle() -> anyhow::Result<()>
     let carol = register_raw(&http, &url, "carol", "carol-password").await?;
     let alice_id = alice.user_id().context("alice")?.to_string();
     let bob_id = bob.user_id().context("bob")?.to_string();
-    shared_room(&alice, &bob, None).await?;
+    let room_id = shared_room(&alice, &bob, None).await?;
 
     // Alice sets a status; bob's sync shows it.
     let (status, _) = put_presence(
@@ -138,6 +138,23 @@ async fn presence_is_visible_to_room_peers_and_goes_idle() -> anyhow::Result<()>
         seen["last_active_ago"].as_i64().is_some_and(|a| a >= 0),
         "{seen}"
     );
+
+    // Dave, who shared no room with alice at his last sync, joins: his next incremental
+    // sync carries alice's current presence although it did not change.
+    let dave = register_client(&url, "dave", "dave-password").await?;
+    let first = dave
+        .sync_once(matrix_sdk::config::SyncSettings::default())
+        .await?;
+    assert!(presence_of(&first, &alice_id)?.is_none());
+    dave.join_room_by_id(<&RoomId>::try_from(room_id.as_str())?)
+        .await?;
+    sync_until(
+        &dave,
+        WAIT,
+        "dave sees alice's presence after joining",
+        |r| Ok(presence_of(r, &alice_id)?.is_some_and(|c| c["status_msg"] == "reading the spec")),
+    )
+    .await?;
 
     // GET: bob (shares a room) sees it; carol (shares none) may not; a user with no
     // presence recorded is offline.
@@ -224,7 +241,7 @@ async fn presence_is_visible_to_room_peers_and_goes_idle() -> anyhow::Result<()>
         .read(|c| warren_core::storage::presence(c, &mallory))?;
     assert_eq!(stored, None);
 
-    drop((alice, bob));
+    drop((alice, bob, dave));
     shutdown_node(node).await?;
     Ok(())
 }
