@@ -62,6 +62,7 @@ pub fn routes(server: Arc<Server>) -> Router<Arc<Server>> {
             post(deactivate),
         )
         .route("/_warren/admin/v1/rooms", get(rooms))
+        .route("/_warren/admin/v1/reports", get(reports))
         .route_layer(axum::middleware::from_fn_with_state(server, require_admin))
 }
 
@@ -263,7 +264,7 @@ async fn deactivate(
     UrlPath(who): UrlPath<String>,
 ) -> Result<Json<Value>, Error> {
     let user_id = local_user(&server, &who)?;
-    server.write(|c| storage::deactivate_user(c, &user_id))?;
+    crate::account::deactivate(&server, &user_id, false).await?;
     Ok(Json(json!({ "user_id": user_id, "deactivated": true })))
 }
 
@@ -298,4 +299,44 @@ async fn rooms(State(server): State<Arc<Server>>) -> Result<Json<Value>, Error> 
         Ok(out)
     })?;
     Ok(Json(json!({ "rooms": rooms })))
+}
+
+#[derive(Deserialize)]
+struct ReportsQuery {
+    from: Option<i64>,
+    limit: Option<usize>,
+}
+
+/// `GET /_warren/admin/v1/reports?from=&limit=`: reports of events and rooms, newest
+/// first; `next_token` continues the list.
+async fn reports(
+    State(server): State<Arc<Server>>,
+    axum::extract::Query(q): axum::extract::Query<ReportsQuery>,
+) -> Result<Json<Value>, Error> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let rows = server
+        .db
+        .read(|c| storage::list_reports(c, q.from, limit))?;
+    let next = (rows.len() == limit)
+        .then(|| rows.last().map(|r| r.id))
+        .flatten();
+    let reports: Vec<Value> = rows
+        .into_iter()
+        .map(|r| {
+            json!({
+                "id": r.id,
+                "received_ts": r.received_ts,
+                "room_id": r.room_id,
+                "event_id": r.event_id,
+                "user_id": r.user_id,
+                "reason": r.reason,
+                "score": r.score,
+            })
+        })
+        .collect();
+    let mut body = json!({ "reports": reports });
+    if let Some(n) = next {
+        body["next_token"] = json!(n);
+    }
+    Ok(Json(body))
 }

@@ -58,6 +58,10 @@ pub enum Error {
     /// 429 `M_LIMIT_EXCEEDED`.
     #[error("{0}")]
     LimitExceeded(String),
+    /// 400 `M_DUPLICATE_ANNOTATION` (Synapse's code): the sender already reacted to the
+    /// event with the same key.
+    #[error("{0}")]
+    DuplicateAnnotation(String),
     /// 400 `M_USER_IN_USE`.
     #[error("user id already taken")]
     UserInUse,
@@ -99,6 +103,19 @@ pub enum Error {
     /// 403 `M_FORBIDDEN` registration closed.
     #[error("registration is disabled on this node")]
     RegistrationDisabled,
+    /// 400 `M_UNKNOWN_POS`: a sliding sync `pos` this node does not know (expired, from
+    /// before a restart, or never issued); the client starts the connection afresh.
+    #[error("unknown or expired sliding sync position {0}")]
+    UnknownPos(String),
+    /// 400 `M_THREEPID_MEDIUM_NOT_SUPPORTED`: this server handles no third-party ids.
+    #[error("{0}")]
+    ThreepidMediumNotSupported(String),
+    /// 400 `M_THREEPID_AUTH_FAILED`: no validated third-party id session.
+    #[error("{0}")]
+    ThreepidAuthFailed(String),
+    /// 400 `M_THREEPID_NOT_FOUND`: the account has no such third-party id.
+    #[error("{0}")]
+    ThreepidNotFound(String),
     /// 500 `M_UNKNOWN`: our own fault. The detail is logged, not sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -132,6 +149,7 @@ impl Error {
             NotYetUploaded(_) => (StatusCode::GATEWAY_TIMEOUT, "M_NOT_YET_UPLOADED"),
             Conflict(_) => (StatusCode::CONFLICT, "M_UNKNOWN"),
             LimitExceeded(_) => (StatusCode::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED"),
+            DuplicateAnnotation(_) => (StatusCode::BAD_REQUEST, "M_DUPLICATE_ANNOTATION"),
             UserInUse => (StatusCode::BAD_REQUEST, "M_USER_IN_USE"),
             InvalidUsername(_) => (StatusCode::BAD_REQUEST, "M_INVALID_USERNAME"),
             RoomInUse(_) => (StatusCode::BAD_REQUEST, "M_ROOM_IN_USE"),
@@ -143,6 +161,12 @@ impl Error {
             Uiaa(_) => (StatusCode::UNAUTHORIZED, "M_FORBIDDEN"),
             Unauthorized(_) => (StatusCode::UNAUTHORIZED, "M_UNAUTHORIZED"),
             RemoteServer(_) => (StatusCode::BAD_GATEWAY, "M_UNKNOWN"),
+            UnknownPos(_) => (StatusCode::BAD_REQUEST, "M_UNKNOWN_POS"),
+            ThreepidMediumNotSupported(_) => {
+                (StatusCode::BAD_REQUEST, "M_THREEPID_MEDIUM_NOT_SUPPORTED")
+            }
+            ThreepidAuthFailed(_) => (StatusCode::BAD_REQUEST, "M_THREEPID_AUTH_FAILED"),
+            ThreepidNotFound(_) => (StatusCode::BAD_REQUEST, "M_THREEPID_NOT_FOUND"),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN"),
         }
     }

@@ -6,6 +6,7 @@
 //! Entry points: [`Config`] describes a node, [`Node::start`] opens the data directory,
 //! binds the client API and serves it until [`Node::shutdown`].
 
+pub mod account;
 pub mod admin;
 pub mod client_api;
 pub mod config;
@@ -19,6 +20,7 @@ pub mod media;
 pub mod node;
 pub mod presence;
 pub mod push;
+pub mod relations;
 pub mod rooms;
 pub mod search;
 pub mod server;

@@ -84,6 +84,7 @@ impl Node {
             sender_task: Default::default(),
             anti_entropy_task: Default::default(),
             admin_token: Default::default(),
+            sliding: Default::default(),
         });
         let token = crate::admin::load_or_create_token(&server.config.data_dir)
             .map_err(|e| StartError::Other(format!("cannot create the admin token: {e}")))?;

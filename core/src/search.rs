@@ -12,10 +12,9 @@ use rusqlite::Connection;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::client_api::visibility::{Visibility, visibility_for};
+use crate::client_api::visibility::{Visibility, visibility_for, visible_events};
 use crate::client_api::{Caller, client_opts, state_at};
 use crate::error::Error;
-use crate::events::client_event;
 use crate::storage::{self, StoredEvent};
 use crate::streams::SyncToken;
 
@@ -230,25 +229,34 @@ pub fn room_events(
             MAX_CANDIDATES,
         )?
     };
-    let hits: Vec<storage::SearchHit> = hits
-        .into_iter()
-        .filter(|h| {
-            windows
-                .get(&h.room_id)
-                .is_some_and(|v| v.allows(h.stream_ordering))
-                && filter.allows(&h.kind, &h.sender)
-        })
-        .collect();
-    let count = hits.len();
-    let page = hits.iter().skip(offset).take(limit);
-    let mut results = Vec::new();
-    for hit in page {
-        let Some(ev) = storage::event_at(c, hit.stream_ordering)? else {
+    // Each candidate is judged by the room's state at it (see `client_api::visibility`).
+    let mut visible = Vec::new();
+    for h in hits {
+        let Some(window) = windows.get(&h.room_id) else {
             continue;
         };
+        if !filter.allows(&h.kind, &h.sender) {
+            continue;
+        }
+        if let Some(ev) = storage::event_at(c, h.stream_ordering)?
+            && window.allows(c, &ev)?
+        {
+            visible.push((h, ev));
+        }
+    }
+    let count = visible.len();
+    let page: Vec<(storage::SearchHit, StoredEvent)> =
+        visible.into_iter().skip(offset).take(limit).collect();
+    // Bundled aggregations: one set of lookups per room of the page.
+    let page_events: Vec<StoredEvent> = page.iter().map(|(_, ev)| ev.clone()).collect();
+    let rendered = crate::relations::render(c, &page_events, client_opts(caller), |room| {
+        windows.get(room)
+    })?;
+    let mut results = Vec::new();
+    for ((hit, ev), rendered) in page.into_iter().zip(rendered) {
         let mut result = json!({
             "rank": -hit.bm25,
-            "result": client_event(&ev, client_opts(caller)),
+            "result": rendered,
         });
         if let Some(ctx) = &criteria.event_context
             && let Some(window) = windows.get(&hit.room_id)
@@ -289,18 +297,26 @@ fn context(
     let before = if before_n == 0 {
         Vec::new()
     } else {
-        storage::room_events(c, &ev.room_id, window.min_pos(), pos - 1, before_n, true)?
+        let evs = storage::room_events(c, &ev.room_id, window.min_pos(), pos - 1, before_n, true)?;
+        visible_events(c, window, evs)?
     };
     let after = if after_n == 0 {
         Vec::new()
     } else {
-        storage::room_events(c, &ev.room_id, pos, window.max_pos(), after_n, false)?
+        let evs = storage::room_events(c, &ev.room_id, pos, window.max_pos(), after_n, false)?;
+        visible_events(c, window, evs)?
     };
     let start = before.last().map_or(pos - 1, |e| e.stream_ordering - 1);
     let end = after.last().map_or(pos, |e| e.stream_ordering);
+    let n_before = before.len();
+    let mut around = before.clone();
+    around.extend(after.iter().cloned());
+    let mut events_before =
+        crate::relations::render_in_room(c, &around, client_opts(caller), window)?;
+    let events_after = events_before.split_off(n_before);
     let mut out = json!({
-        "events_before": before.iter().map(|e| client_event(e, client_opts(caller))).collect::<Vec<_>>(),
-        "events_after": after.iter().map(|e| client_event(e, client_opts(caller))).collect::<Vec<_>>(),
+        "events_before": events_before,
+        "events_after": events_after,
         "start": SyncToken::at(start).to_string(),
         "end": SyncToken::at(end).to_string(),
     });

@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use parking_lot::Mutex;
-use rusqlite::Transaction;
+use rusqlite::Connection;
 
 use crate::config::Config;
 use crate::error::Error;
@@ -57,19 +57,24 @@ pub struct Server {
     pub sender_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The anti-entropy task, once a transport is attached.
     pub anti_entropy_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Sliding sync connections (what each client connection already has).
+    pub sliding: crate::sync::sliding::Connections,
 }
 
 impl Server {
     /// Run a write transaction, then publish the stream position it reached so waiting
     /// `/sync` calls wake up.
-    pub fn write<T>(
-        &self,
-        f: impl FnOnce(&Transaction<'_>) -> Result<T, Error>,
-    ) -> Result<T, Error> {
-        let (out, pos) = self.db.write(|tx| {
-            let out = f(tx)?;
-            let pos: i64 = tx.query_row("SELECT pos FROM stream_sequence", [], |r| r.get(0))?;
-            Ok((out, pos))
+    ///
+    /// Called from async handlers: on a multi-threaded runtime the transaction (and the
+    /// wait for the single writer) runs in `block_in_place`, so a worker thread that waits
+    /// for the writer hands its other tasks to another thread instead of stalling them.
+    pub fn write<T>(&self, f: impl FnOnce(&Connection) -> Result<T, Error>) -> Result<T, Error> {
+        let (out, pos) = off_the_reactor(|| {
+            self.db.write(|tx| {
+                let out = f(tx)?;
+                let pos: i64 = tx.query_row("SELECT pos FROM stream_sequence", [], |r| r.get(0))?;
+                Ok((out, pos))
+            })
         })?;
         self.notifier.committed(pos);
         if self.outbox_dirty.swap(false, Ordering::AcqRel) {
@@ -103,5 +108,16 @@ impl Server {
         user_id
             .rsplit_once(':')
             .is_some_and(|(_, server)| server == self.server_name())
+    }
+}
+
+/// Run blocking work from async code without stalling the runtime's other tasks: in
+/// `block_in_place` on a multi-threaded runtime, directly elsewhere (a current-thread
+/// runtime, which cannot give its thread away, or no runtime at all).
+pub fn off_the_reactor<R>(f: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }

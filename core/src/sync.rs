@@ -1,4 +1,4 @@
-//! `/sync` v3.
+//! `/sync` v3, and simplified sliding sync (MSC4186) in [`sliding`].
 //!
 //! A response is computed at the newest committed position `now`: for each room the
 //! user is in, the events in `(since, now]`, the state they need, ephemeral data and
@@ -14,6 +14,7 @@ use rusqlite::Connection;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use crate::client_api::visibility::{visibility_for, visible_events};
 use crate::client_api::{Caller, RoomEventFilter, client_opts, lazy_members, state_at};
 use crate::e2ee;
 use crate::error::Error;
@@ -21,6 +22,11 @@ use crate::events::{client_event, stripped_state};
 use crate::server::Server;
 use crate::storage::{self, StateMap, StoredEvent};
 use crate::streams::SyncToken;
+
+pub mod sliding;
+
+/// Most events one room's timeline looks at, visible or not.
+const SCAN_BUDGET: usize = 1000;
 
 /// The longest a `/sync` may wait.
 const MAX_TIMEOUT: Duration = Duration::from_secs(60);
@@ -164,6 +170,7 @@ fn build(
     let since_pos = since.map(|s| s.pos).unwrap_or(0);
     let mut join = Map::new();
     let mut invite = Map::new();
+    let mut knock = Map::new();
     let mut leave = Map::new();
     let mut has_data = false;
 
@@ -193,6 +200,13 @@ fn build(
                 invite.insert(
                     room_id.clone(),
                     json!({"invite_state": {"events": invite_state(c, &room_id, &event_id)?}}),
+                );
+                has_data = true;
+            }
+            "knock" if since.is_none() || changed => {
+                knock.insert(
+                    room_id.clone(),
+                    json!({"knock_state": {"events": knock_state(c, &room_id, &event_id)?}}),
                 );
                 has_data = true;
             }
@@ -253,7 +267,7 @@ fn build(
     };
     let body = json!({
         "next_batch": next_batch.to_string(),
-        "rooms": {"join": join, "invite": invite, "leave": leave, "knock": {}},
+        "rooms": {"join": join, "invite": invite, "leave": leave, "knock": knock},
         "account_data": {"events": account_data},
         "presence": {"events": presence},
         "to_device": {"events": keys.to_device},
@@ -322,7 +336,7 @@ fn event_list(
     Ok(out)
 }
 
-fn sync_opts(caller: &Caller) -> crate::events::ClientEventOptions<'_> {
+pub(crate) fn sync_opts(caller: &Caller) -> crate::events::ClientEventOptions<'_> {
     crate::events::ClientEventOptions {
         include_room_id: false,
         ..client_opts(caller)
@@ -347,16 +361,31 @@ fn joined_room(
         since.map(|s| s.pos).unwrap_or(0)
     };
     let limit = filter.room.timeline.limit.unwrap_or(10).clamp(1, 100);
+    // A room seen for the first time may show events from before the user joined: those
+    // are judged by history visibility. After the join, everything is visible.
+    let vis = if full {
+        Some(visibility_for(c, room_id, &caller.user_id)?)
+    } else {
+        None
+    };
     // Newest first, then reversed; take one extra to learn whether the timeline is limited.
     let mut fetched = Vec::new();
     let mut cursor = now.pos;
     let mut exhausted = false;
-    while fetched.len() <= limit && !exhausted {
+    let mut examined = 0usize;
+    // Bounded like `/messages`: a long stretch of hidden history ends the search early
+    // and marks the timeline limited, so the client paginates on from `prev_batch`.
+    while fetched.len() <= limit && !exhausted && examined < SCAN_BUDGET {
         let page = storage::room_events(c, room_id, since_pos, cursor, limit + 1, true)?;
         exhausted = page.len() < limit + 1;
         for e in page {
+            examined += 1;
             cursor = e.stream_ordering - 1;
-            if filter.room.timeline.allows(&e) {
+            let visible = match &vis {
+                Some(v) => v.allows(c, &e)?,
+                None => true,
+            };
+            if visible && filter.room.timeline.allows(&e) {
                 fetched.push(e);
                 if fetched.len() > limit {
                     break;
@@ -364,7 +393,7 @@ fn joined_room(
             }
         }
     }
-    let limited = fetched.len() > limit;
+    let limited = fetched.len() > limit || !exhausted;
     fetched.truncate(limit);
     fetched.reverse();
     let timeline: Vec<StoredEvent> = fetched;
@@ -452,9 +481,9 @@ fn joined_room(
     for (_, ty, content) in room_data {
         account_data.push(json!({"type": ty, "content": serde_json::from_str::<Value>(&content)?}));
     }
-    let body = json!({
+    let mut body = json!({
         "timeline": {
-            "events": timeline.iter().map(|e| client_event(e, sync_opts(caller))).collect::<Vec<_>>(),
+            "events": timeline_events(c, room_id, &timeline, caller)?,
             "limited": limited,
             "prev_batch": SyncToken::at(timeline_start).to_string(),
         },
@@ -462,9 +491,37 @@ fn joined_room(
         "ephemeral": {"events": ephemeral},
         "account_data": {"events": account_data},
         "unread_notifications": {"notification_count": notifications, "highlight_count": highlights},
-        "summary": summary(c, room_id, &caller.user_id)?,
     });
+    // The summary only changes with membership; clients keep the last one they saw, so
+    // an incremental sync whose timeline holds no member event leaves it out (as Synapse
+    // does) instead of counting the members on every wake-up.
+    let members_changed = full
+        || limited
+        || timeline.iter().any(|e| e.kind == "m.room.member")
+        || state_events.iter().any(|e| e["type"] == "m.room.member");
+    if members_changed {
+        body["summary"] = summary(c, room_id, &caller.user_id)?;
+    }
     Ok(Some((body, has_data)))
+}
+
+/// Timeline events with their bundled aggregations (edits, threads, references), counted
+/// over the part of the room the user may read; one set of lookups per room.
+pub(crate) fn timeline_events(
+    c: &Connection,
+    room_id: &str,
+    events: &[StoredEvent],
+    caller: &Caller,
+) -> Result<Vec<Value>, Error> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let vis = match visibility_for(c, room_id, &caller.user_id) {
+        Ok(v) => Some(v),
+        Err(Error::Forbidden(_)) => None,
+        Err(e) => return Err(e),
+    };
+    crate::relations::render(c, events, sync_opts(caller), |_| vis.as_ref())
 }
 
 /// Keep non-member state, plus members who sent timeline events and the user themself.
@@ -477,7 +534,7 @@ fn lazy_filter(state: StateMap, timeline: &[StoredEvent], me: &str) -> StateMap 
         .collect()
 }
 
-fn receipt_event(receipts: &[storage::Receipt], me: &str) -> Option<Value> {
+pub(crate) fn receipt_event(receipts: &[storage::Receipt], me: &str) -> Option<Value> {
     let mut content: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
     for r in receipts {
         if r.receipt_type == "m.read.private" && r.user_id != me {
@@ -499,27 +556,52 @@ fn receipt_event(receipts: &[storage::Receipt], me: &str) -> Option<Value> {
 fn summary(c: &Connection, room_id: &str, me: &str) -> Result<Value, Error> {
     let joined = storage::count_members(c, room_id, "join")?;
     let invited = storage::count_members(c, room_id, "invite")?;
-    let mut heroes: Vec<String> = storage::room_members(c, room_id, "join")?
-        .into_iter()
-        .chain(storage::room_members(c, room_id, "invite")?)
-        .filter(|u| u != me)
-        .collect();
-    heroes.truncate(5);
+    let mut heroes = storage::some_room_members(c, room_id, "join", me, 5)?;
+    if heroes.len() < 5 {
+        heroes.extend(storage::some_room_members(
+            c,
+            room_id,
+            "invite",
+            me,
+            5 - heroes.len(),
+        )?);
+    }
     Ok(
         json!({"m.joined_member_count": joined, "m.invited_member_count": invited, "m.heroes": heroes}),
     )
 }
 
-fn invite_state(c: &Connection, room_id: &str, invite_event_id: &str) -> Result<Vec<Value>, Error> {
+pub(crate) fn invite_state(
+    c: &Connection,
+    room_id: &str,
+    invite_event_id: &str,
+) -> Result<Vec<Value>, Error> {
+    membership_state(c, room_id, invite_event_id, "invite_room_state")
+}
+
+/// `rooms.knock.*.knock_state`: the room's stripped state and the user's knock.
+fn knock_state(c: &Connection, room_id: &str, knock_event_id: &str) -> Result<Vec<Value>, Error> {
+    membership_state(c, room_id, knock_event_id, "knock_room_state")
+}
+
+/// Stripped state for a pending invite or knock (`remote_key`: where a remote server's
+/// stripped state is kept in the membership event's `unsigned`).
+fn membership_state(
+    c: &Connection,
+    room_id: &str,
+    membership_event_id: &str,
+    remote_key: &str,
+) -> Result<Vec<Value>, Error> {
+    let invite_event_id = membership_event_id;
     let mut out = Vec::new();
-    // An invite from another node to a room this node is not in: the stripped state the
-    // inviting server sent along (kept in the invite's `unsigned`), then the invite.
+    // An invite or knock on a room this node is not in: the stripped state the other
+    // server sent (kept in the event's `unsigned`), then the membership event.
     if let Some(ev) = storage::get_event_any(c, invite_event_id)?
         && let Some(Value::Array(state)) = ev
             .unsigned
             .as_deref()
             .and_then(|u| serde_json::from_str::<Value>(u).ok())
-            .and_then(|mut u| u.get_mut("invite_room_state").map(Value::take))
+            .and_then(|mut u| u.get_mut(remote_key).map(Value::take))
     {
         out.extend(state.into_iter().filter(Value::is_object).take(50));
         out.push(stripped_state(&ev));
@@ -543,7 +625,8 @@ fn invite_state(c: &Connection, room_id: &str, invite_event_id: &str) -> Result<
     if let Some(ev) = storage::get_event(c, invite_event_id)? {
         out.push(stripped_state(&ev));
         // The inviter's own member event lets clients show who invited.
-        if let Some(id) = storage::current_state_event(c, room_id, "m.room.member", &ev.sender)?
+        if ev.state_key.as_deref() != Some(ev.sender.as_str())
+            && let Some(id) = storage::current_state_event(c, room_id, "m.room.member", &ev.sender)?
             && let Some(inviter) = storage::get_event(c, &id)?
         {
             out.push(stripped_state(&inviter));
@@ -561,7 +644,12 @@ fn left_room(
     filter: &Filter,
 ) -> Result<Value, Error> {
     let limit = filter.room.timeline.limit.unwrap_or(10).clamp(1, 100);
-    let mut events = storage::room_events(c, room_id, since_pos, leave_pos, limit + 1, true)?;
+    let events = storage::room_events(c, room_id, since_pos, leave_pos, limit + 1, true)?;
+    let mut events = match visibility_for(c, room_id, &caller.user_id) {
+        Ok(vis) => visible_events(c, &vis, events)?,
+        Err(Error::Forbidden(_)) => Vec::new(),
+        Err(e) => return Err(e),
+    };
     let limited = events.len() > limit;
     events.truncate(limit);
     events.reverse();
@@ -582,7 +670,7 @@ fn left_room(
     };
     Ok(json!({
         "timeline": {
-            "events": events.iter().map(|e| client_event(e, sync_opts(caller))).collect::<Vec<_>>(),
+            "events": timeline_events(c, room_id, &events, caller)?,
             "limited": limited,
             "prev_batch": SyncToken::at(start).to_string(),
         },

@@ -1,6 +1,9 @@
 //! Rooms spanning nodes over real libp2p: joining by room id, by alias and by invite,
 //! messages both ways through the outboxes, leave/kick/ban reaching the other server,
-//! a third node joining, and hostile make_join/send_join requests.
+//! a third node joining, hostile make_join/send_join requests, and knocking (a remote
+//! knock, invite and join; a refused and a rescinded remote knock; hostile make_knock/send_knock
+//! requests), `timestamp_to_event` over federation and a space hierarchy with a child on
+//! another node.
 //!
 //! Clients speak raw HTTP; every wait is on a condition over a fresh initial `/sync`.
 
@@ -679,6 +682,404 @@ async fn a_server_denied_by_the_acl_is_shut_out() -> anyhow::Result<()> {
         answer.status() == 403,
         "make_join from a denied server: {}",
         answer.status()
+    );
+    a.stop().await?;
+    b.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_knock_across_nodes_is_seen_then_invited_and_joined() -> anyhow::Result<()> {
+    let (_da, _db, a, b) = two_nodes().await?;
+    let alice = User::register(&a, "alice").await?;
+    let bob = User::register(&b, "bob").await?;
+    let room = alice
+        .create_room(json!({
+            "preset": "private_chat",
+            "name": "Knockers",
+            "initial_state": [{"type": "m.room.join_rules", "state_key": "",
+                               "content": {"join_rule": "knock"}}],
+        }))
+        .await?;
+
+    let answer = bob
+        .post(
+            &format!("/knock/{}?via={}", path_segment(&room), a.name()),
+            json!({"reason": "let me in"}),
+        )
+        .await?;
+    ensure!(answer["room_id"] == room.as_str(), "knock answer {answer}");
+
+    // Bob's node shows the stripped state A sent back, and his knock.
+    let sync = bob
+        .sync_until("the knock", |s| !s["rooms"]["knock"][&room].is_null())
+        .await?;
+    let knock_state = sync["rooms"]["knock"][&room]["knock_state"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    ensure!(
+        knock_state
+            .iter()
+            .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Knockers"),
+        "knock_state: {knock_state:?}"
+    );
+    ensure!(
+        knock_state
+            .iter()
+            .any(|e| e["type"] == "m.room.join_rules" && e["content"]["join_rule"] == "knock"),
+        "knock_state: {knock_state:?}"
+    );
+    ensure!(
+        knock_state.iter().any(|e| e["type"] == "m.room.member"
+            && e["state_key"] == bob.id()
+            && e["content"]["membership"] == "knock"),
+        "knock_state: {knock_state:?}"
+    );
+
+    // Alice sees the knock in her room, with the reason, and lets Bob in.
+    alice
+        .sync_until("bob's knock", |s| {
+            room_events(s, "join", &room).iter().any(|e| {
+                e["type"] == "m.room.member"
+                    && e["state_key"] == bob.id()
+                    && e["content"]["membership"] == "knock"
+                    && e["content"]["reason"] == "let me in"
+            })
+        })
+        .await?;
+    // Carol (also of B) knocks too and is turned away: B is not in the room, so the
+    // kick reaches it as an out-of-band membership change and her knock becomes a leave.
+    let carol = User::register(&b, "carol").await?;
+    carol
+        .post(
+            &format!("/knock/{}?via={}", path_segment(&room), a.name()),
+            json!({}),
+        )
+        .await?;
+    carol
+        .sync_until("carol's knock", |s| !s["rooms"]["knock"][&room].is_null())
+        .await?;
+    alice
+        .sync_until("carol's knock", |s| {
+            membership_in(s, "join", &room, carol.id()).as_deref() == Some("knock")
+        })
+        .await?;
+    alice
+        .post(
+            &format!("/rooms/{}/kick", path_segment(&room)),
+            json!({"user_id": carol.id(), "reason": "not today"}),
+        )
+        .await?;
+    carol
+        .sync_until("the refusal", |s| {
+            s["rooms"]["knock"][&room].is_null() && !s["rooms"]["leave"][&room].is_null()
+        })
+        .await?;
+
+    // Dave (of B) knocks and takes it back: /leave goes through the server knocked via.
+    let dave = User::register(&b, "dave").await?;
+    dave.post(
+        &format!("/knock/{}?via={}", path_segment(&room), a.name()),
+        json!({}),
+    )
+    .await?;
+    dave.post(&format!("/rooms/{}/leave", path_segment(&room)), json!({}))
+        .await?;
+    alice
+        .sync_until("dave's rescinded knock", |s| {
+            membership_in(s, "join", &room, dave.id()).as_deref() == Some("leave")
+        })
+        .await?;
+    dave.sync_until("dave's knock gone", |s| {
+        s["rooms"]["knock"][&room].is_null()
+    })
+    .await?;
+
+    alice
+        .post(
+            &format!("/rooms/{}/invite", path_segment(&room)),
+            json!({"user_id": bob.id()}),
+        )
+        .await?;
+    bob.sync_until("the invite after the knock", |s| {
+        !s["rooms"]["invite"][&room].is_null() && s["rooms"]["knock"][&room].is_null()
+    })
+    .await?;
+    bob.post(&format!("/rooms/{}/join", path_segment(&room)), json!({}))
+        .await?;
+    alice.say(&room, "come in").await?;
+    bob.sync_until("alice's welcome", |s| has_message(s, &room, "come in"))
+        .await?;
+    alice
+        .sync_until("bob joined", |s| {
+            membership_in(s, "join", &room, bob.id()).as_deref() == Some("join")
+        })
+        .await?;
+    a.stop().await?;
+    b.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_make_knock_and_send_knock_are_refused() -> anyhow::Result<()> {
+    let (_da, _db, a, b) = two_nodes().await?;
+    let alice = User::register(&a, "alice").await?;
+    let bob = User::register(&b, "bob").await?;
+    let knock_room = alice
+        .create_room(json!({
+            "preset": "private_chat",
+            "initial_state": [{"type": "m.room.join_rules", "state_key": "",
+                               "content": {"join_rule": "knock"}}],
+        }))
+        .await?;
+    let closed = alice.create_room(json!({"preset": "private_chat"})).await?;
+    let vers = "ver=10&ver=11&ver=12";
+    let make_knock = |room: &str, user: &str| {
+        format!(
+            "/_matrix/federation/v1/make_knock/{}/{}?{vers}",
+            encode(room),
+            encode(user)
+        )
+    };
+
+    // A template for a user of another server; a room that takes no knocks.
+    let (status, body) = fed(
+        &b,
+        &a,
+        http::Method::GET,
+        &make_knock(&knock_room, alice.id()),
+        None,
+    )
+    .await?;
+    ensure!(status == 403, "make_knock for alice by B: {status} {body}");
+    let (status, body) = fed(
+        &b,
+        &a,
+        http::Method::GET,
+        &make_knock(&closed, bob.id()),
+        None,
+    )
+    .await?;
+    ensure!(
+        status == 403,
+        "make_knock on an invite-only room: {status} {body}"
+    );
+
+    // A proper template, turned into events B should not be able to pass off as knocks.
+    let (status, template) = fed(
+        &b,
+        &a,
+        http::Method::GET,
+        &make_knock(&knock_room, bob.id()),
+        None,
+    )
+    .await?;
+    ensure!(
+        status == 200 && template["event"]["content"]["membership"] == "knock",
+        "make_knock: {status} {template}"
+    );
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect()
+    };
+    let t = &template["event"];
+    let build = |sender: &str, membership: &str| -> anyhow::Result<(String, Value)> {
+        let (_, rules) = rules_for("12")?;
+        let ev = NewEvent {
+            kind: "m.room.member".into(),
+            state_key: Some(sender.to_owned()),
+            content: json!({"membership": membership}),
+            sender: sender.to_owned(),
+            redacts: None,
+        };
+        let (id, object) = build_pdu(
+            &b.node.server().identity,
+            &rules,
+            Some(&knock_room),
+            &ev,
+            &strings(&t["prev_events"]),
+            &strings(&t["auth_events"]),
+            t["depth"].as_i64().unwrap_or(1),
+            1_700_000_000_000,
+        )?;
+        Ok((id, serde_json::to_value(&object)?))
+    };
+    let send_knock = |id: &str| {
+        format!(
+            "/_matrix/federation/v1/send_knock/{}/{}",
+            encode(&knock_room),
+            encode(id)
+        )
+    };
+    // A join sent as a knock.
+    let (id, join) = build(bob.id(), "join")?;
+    let (status, body) = fed(&b, &a, http::Method::PUT, &send_knock(&id), Some(&join)).await?;
+    ensure!(status == 400, "a join through send_knock: {status} {body}");
+    // A knock under another event id.
+    let (_, knock) = build(bob.id(), "knock")?;
+    let wrong = "$aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let (status, body) = fed(&b, &a, http::Method::PUT, &send_knock(wrong), Some(&knock)).await?;
+    ensure!(
+        status == 400,
+        "send_knock under a wrong id: {status} {body}"
+    );
+    // A knock for alice (a user of A), signed by B.
+    let (id, forged) = build(alice.id(), "knock")?;
+    let (status, body) = fed(&b, &a, http::Method::PUT, &send_knock(&id), Some(&forged)).await?;
+    ensure!(status == 403, "a knock for A's user: {status} {body}");
+    // A knock altered after signing, under the id of the altered event: the signature
+    // no longer verifies. (Altering only the content would not do: a content-hash
+    // mismatch redacts the event, and a redacted knock is still a valid knock.)
+    let (_, mut tampered) = build(bob.id(), "knock")?;
+    tampered["origin_server_ts"] = json!(1_700_000_000_001_i64);
+    let id = warren_core::rooms::event_id_of(&tampered, "12")?;
+    let (status, body) = fed(&b, &a, http::Method::PUT, &send_knock(&id), Some(&tampered)).await?;
+    ensure!(
+        (400..500).contains(&status),
+        "a tampered knock: {status} {body}"
+    );
+    // None of these left a knock in the room.
+    let (status, member) = alice
+        .call(
+            reqwest::Method::GET,
+            &format!(
+                "/rooms/{}/state/m.room.member/{}",
+                path_segment(&knock_room),
+                path_segment(bob.id())
+            ),
+            json!({}),
+        )
+        .await?;
+    ensure!(
+        status == 404,
+        "bob's membership after the forgeries: {status} {member}"
+    );
+
+    // The genuine knock is accepted and answered with stripped state.
+    let (id, knock) = build(bob.id(), "knock")?;
+    let (status, body) = fed(&b, &a, http::Method::PUT, &send_knock(&id), Some(&knock)).await?;
+    ensure!(
+        status == 200
+            && body["knock_room_state"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|e| e["type"] == "m.room.join_rules")),
+        "send_knock: {status} {body}"
+    );
+    a.stop().await?;
+    b.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timestamp_to_event_over_federation_needs_a_member() -> anyhow::Result<()> {
+    let (_da, _db, a, b) = two_nodes().await?;
+    let alice = User::register(&a, "alice").await?;
+    let bob = User::register(&b, "bob").await?;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await?;
+    alice.say(&room, "hello").await?;
+    let path = |ts: i64, dir: &str| {
+        format!(
+            "/_matrix/federation/v1/timestamp_to_event/{}?ts={ts}&dir={dir}",
+            encode(&room)
+        )
+    };
+    // B has nobody in the room (history is shared, not world-readable).
+    let (status, body) = fed(&b, &a, http::Method::GET, &path(0, "f"), None).await?;
+    ensure!(status == 403, "before joining: {status} {body}");
+
+    bob.post(
+        &format!("/join/{}?server_name={}", path_segment(&room), a.name()),
+        json!({}),
+    )
+    .await?;
+    let (status, first) = fed(&b, &a, http::Method::GET, &path(0, "f"), None).await?;
+    ensure!(status == 200, "dir=f: {status} {first}");
+    let id = first["event_id"].as_str().context("event_id")?;
+    let (status, event) = alice
+        .call(
+            reqwest::Method::GET,
+            &format!("/rooms/{}/event/{}", path_segment(&room), path_segment(id)),
+            json!({}),
+        )
+        .await?;
+    ensure!(
+        status == 200 && event["type"] == "m.room.create",
+        "the first event is not the create event: {status} {event}"
+    );
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis(),
+    )?;
+    let (status, last) = fed(&b, &a, http::Method::GET, &path(now + 60_000, "b"), None).await?;
+    ensure!(
+        status == 200 && last["origin_server_ts"].as_i64() <= Some(now + 60_000),
+        "dir=b: {status} {last}"
+    );
+    let (status, body) = fed(&b, &a, http::Method::GET, &path(now, "sideways"), None).await?;
+    ensure!(status == 400, "bad dir: {status} {body}");
+    a.stop().await?;
+    b.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_space_hierarchy_includes_children_on_another_node() -> anyhow::Result<()> {
+    let (_da, _db, a, b) = two_nodes().await?;
+    let alice = User::register(&a, "alice").await?;
+    let bob = User::register(&b, "bob").await?;
+    let space = alice
+        .create_room(json!({"preset": "public_chat", "name": "Space",
+                            "creation_content": {"type": "m.space"}}))
+        .await?;
+    let open = bob
+        .create_room(json!({"preset": "public_chat", "name": "Over there"}))
+        .await?;
+    let closed = bob
+        .create_room(json!({"preset": "private_chat", "name": "Secret"}))
+        .await?;
+    for (child, order) in [(&open, "a"), (&closed, "b")] {
+        let (status, body) = alice
+            .call(
+                reqwest::Method::PUT,
+                &format!(
+                    "/rooms/{}/state/m.space.child/{}",
+                    path_segment(&space),
+                    path_segment(child)
+                ),
+                json!({"via": [b.name()], "order": order}),
+            )
+            .await?;
+        ensure!(status == 200, "space child: {status} {body}");
+    }
+    let response = http_client()?
+        .get(format!(
+            "{}/_matrix/client/v1/rooms/{}/hierarchy",
+            alice.base,
+            path_segment(&space)
+        ))
+        .bearer_auth(&alice.session.access_token)
+        .send()
+        .await?;
+    ensure!(response.status() == 200, "hierarchy: {}", response.status());
+    let body: Value = response.json().await?;
+    let rooms = body["rooms"].as_array().context("rooms")?;
+    let ids: Vec<&str> = rooms.iter().filter_map(|r| r["room_id"].as_str()).collect();
+    ensure!(ids == [space.as_str(), open.as_str()], "rooms: {body}");
+    ensure!(
+        rooms[1]["name"] == "Over there" && rooms[1]["join_rule"] == "public",
+        "the remote room's summary: {}",
+        rooms[1]
+    );
+    ensure!(
+        rooms[0]["children_state"].as_array().map(Vec::len) == Some(2),
+        "the space lists both children: {}",
+        rooms[0]
     );
     a.stop().await?;
     b.stop().await?;

@@ -523,3 +523,78 @@ pub(super) async fn delete_devices(
     server.outbox_wake.notify_one();
     Ok(Json(json!({})))
 }
+
+#[derive(Deserialize)]
+pub(super) struct DeactivateBody {
+    auth: Option<Value>,
+    #[serde(default)]
+    erase: bool,
+}
+
+/// `POST /account/deactivate` (UIAA with the password): the account is deactivated,
+/// logged out everywhere and leaves its rooms (see [`crate::account::deactivate`]).
+/// No identity server was ever bound, hence `no-support`.
+pub(super) async fn deactivate(
+    State(server): State<Arc<Server>>,
+    Auth(caller): Auth,
+    Body(body): Body<DeactivateBody>,
+) -> JsonResult {
+    require_password_uiaa(&server, &caller, body.auth.as_ref()).await?;
+    crate::account::deactivate(&server, &caller.user_id, body.erase).await?;
+    Ok(Json(json!({"id_server_unbind_result": "no-support"})))
+}
+
+// Third-party identifiers. This server keeps none (no e-mail or SMS sending, no identity
+// server; `m.3pid_changes` is off in `/capabilities`): the list is empty and the calls
+// that would add, bind or validate one answer with the spec's 3PID errors.
+
+/// `GET /account/3pid`.
+pub(super) async fn threepids(Auth(_caller): Auth) -> Json<Value> {
+    Json(json!({"threepids": []}))
+}
+
+#[derive(Deserialize)]
+pub(super) struct ThreepidSessionBody {
+    client_secret: Option<String>,
+    sid: Option<String>,
+}
+
+/// `POST /account/3pid/add`, `/account/3pid/bind` and the deprecated `POST /account/3pid`:
+/// there can be no validated session to add from.
+pub(super) async fn threepid_add(
+    Auth(_caller): Auth,
+    Body(body): Body<ThreepidSessionBody>,
+) -> JsonResult {
+    if body.client_secret.is_none() || body.sid.is_none() {
+        return Err(Error::MissingParam(
+            "client_secret and sid are required".into(),
+        ));
+    }
+    Err(Error::ThreepidAuthFailed(
+        "no validated third-party identifier session: this server does not validate 3PIDs".into(),
+    ))
+}
+
+#[derive(Deserialize)]
+pub(super) struct ThreepidBody {
+    medium: String,
+    address: String,
+}
+
+/// `POST /account/3pid/delete` and `/account/3pid/unbind`: the account has none.
+pub(super) async fn threepid_delete(
+    Auth(_caller): Auth,
+    Body(body): Body<ThreepidBody>,
+) -> JsonResult {
+    Err(Error::ThreepidNotFound(format!(
+        "no {} {} on this account",
+        body.medium, body.address
+    )))
+}
+
+/// `POST …/{email,msisdn}/requestToken` (account, registration, password reset).
+pub(super) async fn request_token(Body(_body): Body<Value>) -> JsonResult {
+    Err(Error::ThreepidMediumNotSupported(
+        "this server does not send validation tokens for third-party identifiers".into(),
+    ))
+}

@@ -1,4 +1,5 @@
-//! Membership endpoints: join, leave, invite, kick, ban, unban, forget, joined_rooms.
+//! Membership endpoints: join, knock, leave, invite, kick, ban, unban, forget,
+//! joined_rooms.
 
 use std::sync::Arc;
 
@@ -38,7 +39,7 @@ fn member_event(
     reason: Option<String>,
 ) -> Result<NewEvent, Error> {
     let mut content = json!({"membership": membership});
-    if membership == "join" {
+    if membership == "join" || membership == "knock" {
         let (displayname, avatar_url) = server
             .db
             .read(|c| storage::profile(c, target))?
@@ -147,7 +148,18 @@ pub(super) async fn join_by_id_or_alias(
     Body(body): Body<ReasonBody>,
 ) -> JsonResult {
     let mut via = via_servers(query.as_deref());
-    let room_id = if target.starts_with('#') {
+    let room_id = resolve_room(&server, target, &mut via).await?;
+    join(&server, &caller, &room_id, body.reason, via).await
+}
+
+/// A room id, or the room an alias names (asking the alias's server when it is not
+/// ours, whose answer adds to `via`).
+async fn resolve_room(
+    server: &Arc<Server>,
+    target: String,
+    via: &mut Vec<String>,
+) -> Result<String, Error> {
+    if target.starts_with('#') {
         let alias = ruma::RoomAliasId::parse(&target)
             .map_err(|e| Error::InvalidParam(format!("invalid room alias {target:?}: {e}")))?;
         let alias_server = alias.server_name().as_str();
@@ -155,14 +167,14 @@ pub(super) async fn join_by_id_or_alias(
             server
                 .db
                 .read(|c| storage::alias_room(c, &target))?
-                .ok_or_else(|| Error::NotFound(format!("room alias {target} not found")))?
+                .ok_or_else(|| Error::NotFound(format!("room alias {target} not found")))
         } else {
             let path = format!(
                 "/_matrix/federation/v1/query/directory?room_alias={}",
                 crate::federation::client::encode(&target)
             );
             let answer: Value = crate::federation::client::request_json(
-                &server,
+                server,
                 alias_server,
                 http::Method::GET,
                 &path,
@@ -177,14 +189,51 @@ pub(super) async fn join_by_id_or_alias(
             if let Some(servers) = answer["servers"].as_array() {
                 via.extend(servers.iter().filter_map(Value::as_str).map(str::to_owned));
             }
-            room_id
+            Ok(room_id)
         }
-    } else if target.starts_with('!') {
-        target
+    } else if target.starts_with('!') && ruma::RoomId::parse(&target).is_ok() {
+        Ok(target)
     } else {
-        return Err(Error::InvalidParam("expected a room id or alias".into()));
-    };
-    join(&server, &caller, &room_id, body.reason, via).await
+        Err(Error::InvalidParam("expected a room id or alias".into()))
+    }
+}
+
+/// `POST /knock/{roomIdOrAlias}`: ask to be invited into a room whose join rule is
+/// `knock` or `knock_restricted`. A room this node is in takes the knock as a local
+/// event; otherwise it goes over federation through `via`/`server_name`, the alias's
+/// server and the server in the room id.
+pub(super) async fn knock(
+    State(server): State<Arc<Server>>,
+    Auth(caller): Auth,
+    P(target): P<String>,
+    RawQuery(query): RawQuery,
+    Body(body): Body<ReasonBody>,
+) -> JsonResult {
+    let mut via = via_servers(query.as_deref());
+    let room_id = resolve_room(&server, target, &mut via).await?;
+    if needs_remote_join(&server, &room_id)? {
+        let residents = server.db.read(|c| storage::joined_servers(c, &room_id))?;
+        via.extend(residents);
+        if let Some((_, s)) = room_id.split_once(':') {
+            via.push(s.to_owned());
+        }
+        crate::rooms::knock_remote(
+            &server,
+            &room_id,
+            &caller.user_id,
+            body.reason.as_deref(),
+            via,
+        )
+        .await?;
+        return Ok(Json(json!({"room_id": room_id})));
+    }
+    server.db.read(|c| {
+        let current = storage::membership(c, &room_id, &caller.user_id)?.map(|(m, _, _)| m);
+        crate::rooms::check_knock_allowed(c, &room_id, &caller.user_id, current.as_deref())
+    })?;
+    let ev = member_event(&server, &caller, &caller.user_id, "knock", body.reason)?;
+    send(&server, &caller, &room_id, ev, None)?;
+    Ok(Json(json!({"room_id": room_id})))
 }
 
 /// `POST /rooms/{roomId}/leave`.
@@ -194,12 +243,13 @@ pub(super) async fn leave(
     P(room_id): P<String>,
     Body(body): Body<ReasonBody>,
 ) -> JsonResult {
-    // An invite to a room this node is not in: reject it through the inviting server.
+    // An invite to (or a knock on) a room this node is not in: reject (rescind) it
+    // through the inviting server (the server the knock went through).
     let remote_only = server.db.read(|c| {
         if storage::room_info(c, &room_id)?.is_some() {
             return Ok(None);
         }
-        crate::rooms::inviting_server(c, &room_id, &caller.user_id)
+        crate::rooms::membership_server(c, &room_id, &caller.user_id)
     })?;
     if let Some(inviter) = remote_only {
         crate::rooms::leave_remote(&server, &room_id, &caller.user_id, vec![inviter]).await?;

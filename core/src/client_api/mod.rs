@@ -14,12 +14,16 @@ mod membership;
 mod presence;
 mod profile;
 mod push;
+mod relations;
+mod reporting;
 pub mod request_log;
 mod room_keys;
 pub mod rooms;
 mod search;
+mod spaces;
 mod sync;
 mod to_device;
+mod upgrade;
 mod versions;
 pub(crate) mod visibility;
 
@@ -125,6 +129,36 @@ pub fn router(server: Arc<Server>) -> Router {
         ("/logout/all", post(account::logout_all)),
         ("/account/whoami", get(account::whoami)),
         ("/account/password", post(account::change_password)),
+        ("/account/deactivate", post(account::deactivate)),
+        (
+            "/account/3pid",
+            get(account::threepids).post(account::threepid_add),
+        ),
+        ("/account/3pid/add", post(account::threepid_add)),
+        ("/account/3pid/bind", post(account::threepid_add)),
+        ("/account/3pid/delete", post(account::threepid_delete)),
+        ("/account/3pid/unbind", post(account::threepid_delete)),
+        (
+            "/account/3pid/email/requestToken",
+            post(account::request_token),
+        ),
+        (
+            "/account/3pid/msisdn/requestToken",
+            post(account::request_token),
+        ),
+        (
+            "/account/password/email/requestToken",
+            post(account::request_token),
+        ),
+        (
+            "/account/password/msisdn/requestToken",
+            post(account::request_token),
+        ),
+        ("/register/email/requestToken", post(account::request_token)),
+        (
+            "/register/msisdn/requestToken",
+            post(account::request_token),
+        ),
         ("/devices", get(account::devices)),
         (
             "/devices/{device_id}",
@@ -173,6 +207,13 @@ pub fn router(server: Arc<Server>) -> Router {
             get(rooms::joined_members),
         ),
         ("/rooms/{room_id}/join", post(membership::join_by_id)),
+        ("/knock/{room_id_or_alias}", post(membership::knock)),
+        ("/rooms/{room_id}/upgrade", post(upgrade::upgrade)),
+        (
+            "/rooms/{room_id}/report/{event_id}",
+            post(reporting::report_event),
+        ),
+        ("/rooms/{room_id}/report", post(reporting::report_room)),
         (
             "/join/{room_id_or_alias}",
             post(membership::join_by_id_or_alias),
@@ -294,6 +335,44 @@ pub fn router(server: Arc<Server>) -> Router {
     ];
     for (path, route) in routes {
         r = client(r, path, route.fallback(method_not_allowed));
+    }
+    // Relationships and threads exist under `/v1` only (as in the spec and Synapse).
+    let v1 = "/_matrix/client/v1/rooms/{room_id}";
+    for (path, route) in [
+        (format!("{v1}/relations/{{event_id}}"), get(relations::all)),
+        (
+            format!("{v1}/relations/{{event_id}}/{{rel_type}}"),
+            get(relations::by_rel_type),
+        ),
+        (
+            format!("{v1}/relations/{{event_id}}/{{rel_type}}/{{event_type}}"),
+            get(relations::by_rel_and_event_type),
+        ),
+        (format!("{v1}/threads"), get(relations::threads)),
+    ] {
+        r = r.route(&path, route.fallback(method_not_allowed));
+    }
+    r = r.route(
+        "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync",
+        post(sync::sliding_sync).fallback(method_not_allowed),
+    );
+    // Endpoints the spec only defines under `/v1`.
+    for (path, route) in [
+        (
+            "/_matrix/client/v1/rooms/{room_id}/hierarchy",
+            get(spaces::space_hierarchy),
+        ),
+        (
+            "/_matrix/client/v1/rooms/{room_id}/timestamp_to_event",
+            get(rooms::timestamp_to_event),
+        ),
+        // Room reports are spec v1.13; clients talking to a v1.11 server use the MSC path.
+        (
+            "/_matrix/client/unstable/org.matrix.msc4151/rooms/{room_id}/report",
+            post(reporting::report_room),
+        ),
+    ] {
+        r = r.route(path, route.fallback(method_not_allowed));
     }
     for (path, route) in media_routes() {
         r = r.route(&path, route.fallback(method_not_allowed));

@@ -7,13 +7,17 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::extract::{Auth, Body, Caller, P, Q};
-use super::visibility::visibility_for;
+use super::visibility::{visibility_for, visible_events};
 use crate::error::Error;
 use crate::events::{ClientEventOptions, NewEvent, client_event};
+use crate::relations;
 use crate::rooms::{self, CreateRoom};
 use crate::server::Server;
 use crate::storage::{self, StoredEvent, now_ms};
 use crate::streams::SyncToken;
+
+/// Most events one `/messages` call looks at, visible or not.
+const SCAN_BUDGET: usize = 1000;
 
 type JsonResult = Result<Json<Value>, Error>;
 
@@ -131,8 +135,15 @@ pub(super) async fn send_message(
         sender: caller.user_id.clone(),
         redacts: None,
     };
-    let event_id = send(&server, &caller, &room_id, ev, Some(&txn_id))?;
-    Ok(Json(json!({"event_id": event_id})))
+    let txn = Some((caller.device_id.as_str(), txn_id.as_str()));
+    let appended = server.write(|tx| {
+        // A retried transaction gets its event back; only a new one is checked.
+        if storage::txn_event(tx, &caller.user_id, &caller.device_id, &txn_id)?.is_none() {
+            relations::check_new_relation(tx, &room_id, &ev.sender, &ev.kind, &ev.content)?;
+        }
+        rooms::append_event(tx, &server, &room_id, ev, txn)
+    })?;
+    Ok(Json(json!({"event_id": appended.event_id})))
 }
 
 /// `PUT /rooms/{roomId}/state/{eventType}/{stateKey}`.
@@ -345,11 +356,14 @@ pub(super) async fn get_event(
 ) -> JsonResult {
     let ev = server.db.read_tx(|c| {
         let vis = visibility_for(c, &room_id, &caller.user_id)?;
-        Ok(storage::get_event(c, &event_id)?
-            .filter(|e| e.room_id == room_id && vis.allows(e.stream_ordering)))
+        let ev = match storage::get_event(c, &event_id)? {
+            Some(e) if vis.allows(c, &e)? => e,
+            _ => return Err(Error::NotFound("event not found".into())),
+        };
+        let mut rendered = relations::render_in_room(c, &[ev], opts(&caller), &vis)?;
+        Ok(rendered.pop().unwrap_or_default())
     })?;
-    let ev = ev.ok_or_else(|| Error::NotFound("event not found".into()))?;
-    Ok(Json(client_event(&ev, opts(&caller))))
+    Ok(Json(ev))
 }
 
 /// Event filter for `/messages` and `/context` (the RoomEventFilter subset clients use).
@@ -365,6 +379,12 @@ pub struct RoomEventFilter {
     #[serde(default)]
     pub lazy_load_members: bool,
     pub contains_url: Option<bool>,
+    /// Only events that have a child with one of these relationship types (`/messages`).
+    #[serde(alias = "io.element.relation_types")]
+    pub related_by_rel_types: Option<Vec<String>>,
+    /// Only events that have a child sent by one of these users (`/messages`).
+    #[serde(alias = "io.element.relation_senders")]
+    pub related_by_senders: Option<Vec<String>>,
 }
 
 fn type_matches(pattern: &str, ty: &str) -> bool {
@@ -375,6 +395,26 @@ fn type_matches(pattern: &str, ty: &str) -> bool {
 }
 
 impl RoomEventFilter {
+    /// Of these events, the ids that pass `related_by_rel_types`/`related_by_senders`
+    /// (one lookup for the whole page); `None` when the filter has neither.
+    pub fn related_ids(
+        &self,
+        c: &rusqlite::Connection,
+        events: &[StoredEvent],
+    ) -> Result<Option<std::collections::HashSet<String>>, Error> {
+        if self.related_by_rel_types.is_none() && self.related_by_senders.is_none() {
+            return Ok(None);
+        }
+        let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+        storage::parents_with_children(
+            c,
+            &ids,
+            self.related_by_rel_types.as_deref(),
+            self.related_by_senders.as_deref(),
+        )
+        .map(Some)
+    }
+
     /// Whether an event passes the filter.
     pub fn allows(&self, e: &StoredEvent) -> bool {
         if self.not_types.iter().any(|p| type_matches(p, &e.kind))
@@ -473,8 +513,11 @@ pub(super) async fn messages(
         let mut out: Vec<StoredEvent> = Vec::new();
         let mut cursor = from;
         let mut exhausted = false;
-        // Filtered-out events still advance the cursor; fetch in pages until full.
-        while out.len() < limit && !exhausted {
+        let mut examined = 0usize;
+        // Filtered-out events still advance the cursor; fetch in pages until full, but
+        // look at no more than SCAN_BUDGET events: a long stretch the user may not see
+        // ends the page early with an `end` token to continue from.
+        while out.len() < limit && !exhausted && examined < SCAN_BUDGET {
             let (after, up_to) = if backwards {
                 (to.unwrap_or(0).max(vis.min_pos()), cursor)
             } else {
@@ -485,13 +528,18 @@ pub(super) async fn messages(
             }
             let page = storage::room_events(c, &room_id, after, up_to, limit * 2, backwards)?;
             exhausted = page.len() < limit * 2;
+            let related = filter.related_ids(c, &page)?;
             for e in page {
+                examined += 1;
                 cursor = if backwards {
                     e.stream_ordering - 1
                 } else {
                     e.stream_ordering
                 };
-                if vis.allows(e.stream_ordering) && filter.allows(&e) {
+                if filter.allows(&e)
+                    && related.as_ref().is_none_or(|ids| ids.contains(&e.event_id))
+                    && vis.allows(c, &e)?
+                {
                     out.push(e);
                     if out.len() == limit {
                         break;
@@ -506,7 +554,8 @@ pub(super) async fn messages(
         } else {
             Vec::new()
         };
-        Ok((out, end, state))
+        let chunk = relations::render_in_room(c, &out, opts(&caller), &vis)?;
+        Ok((chunk, end, state))
     })?;
     let start = q
         .from
@@ -514,7 +563,7 @@ pub(super) async fn messages(
         .unwrap_or_else(|| SyncToken::at(from).to_string());
     let mut body = json!({
         "start": start,
-        "chunk": chunk.iter().map(|e| client_event(e, opts(&caller))).collect::<Vec<_>>(),
+        "chunk": chunk,
     });
     if let Some(end) = end {
         body["end"] = json!(end);
@@ -547,23 +596,44 @@ pub(super) async fn context(
     let limit = q.limit.unwrap_or(10).min(100);
     let body = server.db.read_tx(|c| {
         let vis = visibility_for(c, &room_id, &caller.user_id)?;
-        let Some(ev) = storage::get_event(c, &event_id)?.filter(|e| e.room_id == room_id && vis.allows(e.stream_ordering))
-        else {
-            return Err(Error::NotFound("event not found".into()));
+        let ev = match storage::get_event(c, &event_id)? {
+            Some(e) if vis.allows(c, &e)? => e,
+            _ => return Err(Error::NotFound("event not found".into())),
         };
         let before_n = limit / 2;
         let after_n = limit - before_n;
-        let before: Vec<StoredEvent> = storage::room_events(c, &room_id, vis.min_pos(), ev.stream_ordering - 1, before_n, true)?
+        let before = storage::room_events(
+            c,
+            &room_id,
+            vis.min_pos(),
+            ev.stream_ordering - 1,
+            before_n,
+            true,
+        )?;
+        let before: Vec<StoredEvent> = visible_events(c, &vis, before)?
             .into_iter()
             .filter(|e| filter.allows(e))
             .collect();
-        let after: Vec<StoredEvent> =
-            storage::room_events(c, &room_id, ev.stream_ordering, vis.max_pos(), after_n, false)?
-                .into_iter()
-                .filter(|e| filter.allows(e))
-                .collect();
-        let start = before.last().map(|e| e.stream_ordering - 1).unwrap_or(ev.stream_ordering - 1);
-        let end = after.last().map(|e| e.stream_ordering).unwrap_or(ev.stream_ordering);
+        let after = storage::room_events(
+            c,
+            &room_id,
+            ev.stream_ordering,
+            vis.max_pos(),
+            after_n,
+            false,
+        )?;
+        let after: Vec<StoredEvent> = visible_events(c, &vis, after)?
+            .into_iter()
+            .filter(|e| filter.allows(e))
+            .collect();
+        let start = before
+            .last()
+            .map(|e| e.stream_ordering - 1)
+            .unwrap_or(ev.stream_ordering - 1);
+        let end = after
+            .last()
+            .map(|e| e.stream_ordering)
+            .unwrap_or(ev.stream_ordering);
         let state_map = state_at(c, &room_id, ev.stream_ordering)?;
         let state: Vec<Value> = if filter.lazy_load_members {
             let mut all = before.clone();
@@ -579,10 +649,19 @@ pub(super) async fn context(
             }
             v
         };
+        // One set of aggregation lookups for the whole answer.
+        let (n_before, n_after) = (before.len(), after.len());
+        let mut all = before;
+        all.push(ev);
+        all.extend(after);
+        let mut rendered = relations::render_in_room(c, &all, opts(&caller), &vis)?;
+        let events_after = rendered.split_off(n_before + 1);
+        let event = rendered.pop().unwrap_or_default();
+        debug_assert_eq!(events_after.len(), n_after);
         Ok(json!({
-            "event": client_event(&ev, opts(&caller)),
-            "events_before": before.iter().map(|e| client_event(e, opts(&caller))).collect::<Vec<_>>(),
-            "events_after": after.iter().map(|e| client_event(e, opts(&caller))).collect::<Vec<_>>(),
+            "event": event,
+            "events_before": rendered,
+            "events_after": events_after,
             "start": SyncToken::at(start).to_string(),
             "end": SyncToken::at(end).to_string(),
             "state": state,
@@ -659,4 +738,53 @@ pub(super) async fn joined_members(
         Ok(out)
     })?;
     Ok(Json(json!({"joined": joined})))
+}
+
+#[derive(Deserialize)]
+pub(super) struct TimestampQuery {
+    ts: Option<String>,
+    dir: Option<String>,
+}
+
+/// `GET /_matrix/client/v1/rooms/{roomId}/timestamp_to_event?ts=&dir=f|b`: the event
+/// closest to `ts` in direction `dir` that the caller may see (by `origin_server_ts`,
+/// one index lookup). Only events stored here are considered; 404 when there is none.
+pub(super) async fn timestamp_to_event(
+    State(server): State<Arc<Server>>,
+    Auth(caller): Auth,
+    P(room_id): P<String>,
+    Q(q): Q<TimestampQuery>,
+) -> JsonResult {
+    let ts: i64 = q
+        .ts
+        .as_deref()
+        .ok_or_else(|| Error::MissingParam("ts is required".into()))?
+        .parse()
+        .map_err(|_| Error::InvalidParam("ts must be an integer (ms since the epoch)".into()))?;
+    let forward = match q.dir.as_deref() {
+        Some("f") => true,
+        Some("b") => false,
+        None => return Err(Error::MissingParam("dir is required".into())),
+        Some(other) => {
+            return Err(Error::InvalidParam(format!(
+                "dir must be f or b, not {other:?}"
+            )));
+        }
+    };
+    let found = server.db.read_tx(|c| {
+        let vis = visibility_for(c, &room_id, &caller.user_id)?;
+        match storage::event_near_ts(c, &room_id, ts, forward)? {
+            Some(e) if vis.allows(c, &e)? => Ok(Some(e)),
+            _ => Ok(None),
+        }
+    })?;
+    let ev = found.ok_or_else(|| {
+        Error::NotFound(format!(
+            "no event found {} {ts}",
+            if forward { "from" } else { "up to" }
+        ))
+    })?;
+    Ok(Json(
+        json!({"event_id": ev.event_id, "origin_server_ts": ev.origin_server_ts}),
+    ))
 }

@@ -1,9 +1,10 @@
-//! `GET /sync`: parse parameters, then hand over to the sync service.
+//! `GET /sync` and simplified sliding sync: parse parameters, then hand over to the sync
+//! service.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::{Json, extract::State};
+use axum::{Json, body::Bytes, extract::State};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -65,4 +66,34 @@ pub(super) async fn sync_events(
         full_state: q.full_state,
     };
     Ok(Json(sync(server, caller, params).await?))
+}
+
+#[derive(Deserialize)]
+pub(super) struct SlidingQuery {
+    pos: Option<String>,
+    timeout: Option<u64>,
+    #[allow(dead_code)]
+    set_presence: Option<String>,
+}
+
+/// `POST /_matrix/client/unstable/org.matrix.simplified_msc3575/sync` (MSC4186).
+pub(super) async fn sliding_sync(
+    State(server): State<Arc<Server>>,
+    Auth(caller): Auth,
+    Q(q): Q<SlidingQuery>,
+    body: Bytes,
+) -> Result<Json<Value>, Error> {
+    // An empty body is an empty request (no lists, no extensions).
+    let req: crate::sync::sliding::Request = if body.iter().all(u8::is_ascii_whitespace) {
+        Default::default()
+    } else {
+        parse_json(&body)?
+    };
+    let params = crate::sync::sliding::Params {
+        pos: q.pos,
+        timeout: Duration::from_millis(q.timeout.unwrap_or(0)),
+    };
+    Ok(Json(
+        crate::sync::sliding::sync(server, caller, params, req).await?,
+    ))
 }

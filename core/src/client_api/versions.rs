@@ -10,7 +10,9 @@ use crate::events::{DEFAULT_ROOM_VERSION, SUPPORTED_ROOM_VERSIONS};
 pub(super) async fn versions() -> Json<Value> {
     Json(json!({
         "versions": ["r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10", "v1.11"],
-        "unstable_features": {},
+        // Simplified sliding sync (MSC4186), which matrix-sdk discovers here; room reports
+        // on the MSC4151 path (spec v1.13), which v1.11 clients use.
+        "unstable_features": {"org.matrix.simplified_msc3575": true, "org.matrix.msc4151": true},
     }))
 }
 

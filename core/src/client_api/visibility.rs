@@ -1,69 +1,196 @@
-//! History visibility: which part of a room's timeline a user may read.
+//! History visibility: which events of a room's timeline a user may read.
 //!
-//! A simplification of the spec's per-event rule: the room's *current*
-//! `m.room.history_visibility` decides. Members of `shared`/`world_readable` rooms see
-//! the whole history; `joined`/`invited` rooms show history from the user's membership
-//! on. A user who left sees history up to their leave.
+//! Decided per event, as the spec's "Visibility of events" and Synapse do it, from the
+//! room's state *at that event* (its state group before it): the
+//! `m.room.history_visibility` then, and the user's membership then.
+//!
+//! - `world_readable` then: visible.
+//! - the user was joined then: visible.
+//! - `shared` then, and the user is joined now: visible (they joined after it). A user
+//!   who has left is treated as never having joined, as Synapse does.
+//! - `invited` then, and the user was invited then: visible.
+//! - otherwise hidden; the user's own membership events are always visible.
+//!
+//! A history-visibility event is judged by the more permissive of the setting before
+//! and after it, so the change itself is seen by those who could see either side. A user
+//! who has left or been banned sees nothing after that point. Lookups are cached per
+//! state group, and a page of events rarely spans more than a few groups, so the cost
+//! follows the page, not the room's history.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
 
 use rusqlite::Connection;
 use serde_json::Value;
 
 use crate::error::Error;
-use crate::storage;
+use crate::storage::{self, StoredEvent};
 
-/// The readable window of stream positions `(min, max]`.
-#[derive(Clone, Copy, Debug)]
+const HISTORY_VISIBILITY: &str = "m.room.history_visibility";
+
+/// A `history_visibility` setting, ordered from most to least restrictive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Setting {
+    Joined,
+    Invited,
+    Shared,
+    WorldReadable,
+}
+
+impl Setting {
+    /// Unknown or missing values mean `shared`, the spec's default.
+    fn parse(v: Option<&str>) -> Setting {
+        match v {
+            Some("joined") => Setting::Joined,
+            Some("invited") => Setting::Invited,
+            Some("world_readable") => Setting::WorldReadable,
+            _ => Setting::Shared,
+        }
+    }
+}
+
+/// The room's state at an event, as far as visibility needs it.
+#[derive(Clone, Debug)]
+struct At {
+    setting: Setting,
+    membership: Option<String>,
+}
+
+/// What one user may read of one room. Build with [`visibility_for`].
+#[derive(Debug)]
 pub struct Visibility {
-    min: i64,
+    room_id: String,
+    user_id: String,
+    joined_now: bool,
+    /// Nothing after this position is visible (a user who left or was banned).
     max: i64,
+    /// State lookups by state group.
+    cache: RefCell<HashMap<Option<i64>, At>>,
 }
 
 impl Visibility {
-    /// Whether an event at `pos` is readable.
-    pub fn allows(&self, pos: i64) -> bool {
-        pos > self.min && pos <= self.max
-    }
-    /// Lower bound (exclusive).
-    pub fn min_pos(&self) -> i64 {
-        self.min
-    }
-    /// Upper bound (inclusive).
+    /// No event after this position is visible (inclusive bound).
     pub fn max_pos(&self) -> i64 {
         self.max
     }
+
+    /// No event at or before this position is visible (exclusive bound). Always the
+    /// room's start: which older events are visible is decided event by event.
+    pub fn min_pos(&self) -> i64 {
+        0
+    }
+
+    /// Whether the user may read `ev`.
+    pub fn allows(&self, c: &Connection, ev: &StoredEvent) -> Result<bool, Error> {
+        if ev.room_id != self.room_id || ev.stream_ordering > self.max {
+            return Ok(false);
+        }
+        if ev.kind == "m.room.member" && ev.state_key.as_deref() == Some(self.user_id.as_str()) {
+            return Ok(true);
+        }
+        let at = self.at(c, ev.state_group_before)?;
+        let mut setting = at.setting;
+        if ev.kind == HISTORY_VISIBILITY && ev.state_key.as_deref() == Some("") {
+            setting = setting.max(setting_of(&ev.json));
+        }
+        let membership = at.membership.as_deref();
+        Ok(match setting {
+            Setting::WorldReadable => true,
+            _ if membership == Some("join") => true,
+            Setting::Shared => self.joined_now,
+            Setting::Invited => membership == Some("invite"),
+            Setting::Joined => false,
+        })
+    }
+
+    fn at(&self, c: &Connection, group: Option<i64>) -> Result<At, Error> {
+        if let Some(at) = self.cache.borrow().get(&group) {
+            return Ok(at.clone());
+        }
+        let content = |ty: &str, sk: &str| -> Result<Option<Value>, Error> {
+            let Some(g) = group else { return Ok(None) };
+            let Some(id) = storage::state_group_lookup(c, g, ty, sk)? else {
+                return Ok(None);
+            };
+            Ok(storage::get_event_any(c, &id)?
+                .and_then(|e| serde_json::from_str::<Value>(&e.json).ok())
+                .map(|mut v| v["content"].take()))
+        };
+        let setting = Setting::parse(
+            content(HISTORY_VISIBILITY, "")?
+                .as_ref()
+                .and_then(|v| v["history_visibility"].as_str()),
+        );
+        let membership = content("m.room.member", &self.user_id)?
+            .and_then(|v| v["membership"].as_str().map(str::to_owned));
+        let at = At {
+            setting,
+            membership,
+        };
+        self.cache.borrow_mut().insert(group, at.clone());
+        Ok(at)
+    }
 }
 
-/// Work out what `user_id` may read of `room_id`.
+fn setting_of(json: &str) -> Setting {
+    let v: Option<Value> = serde_json::from_str(json).ok();
+    Setting::parse(
+        v.as_ref()
+            .and_then(|v| v["content"]["history_visibility"].as_str()),
+    )
+}
+
+/// Work out what `user_id` may read of `room_id`: forbidden for someone who has never
+/// been in the room or was only ever invited to a room whose history is not readable
+/// by invitees.
 pub fn visibility_for(c: &Connection, room_id: &str, user_id: &str) -> Result<Visibility, Error> {
     let Some((membership, _, pos)) = storage::membership(c, room_id, user_id)? else {
         return Err(Error::Forbidden(format!(
             "you are not a member of {room_id}"
         )));
     };
-    let history = match storage::current_state_event(c, room_id, "m.room.history_visibility", "")? {
-        Some(id) => storage::get_state_event(c, &id)?
-            .and_then(|e| serde_json::from_str::<Value>(&e.json).ok())
-            .and_then(|v| {
-                v["content"]["history_visibility"]
-                    .as_str()
-                    .map(str::to_owned)
-            })
-            .unwrap_or_else(|| "shared".into()),
-        None => "shared".into(),
+    let max = match membership.as_str() {
+        "join" => i64::MAX,
+        // An invitee may read only rooms whose history invitees may see (as Synapse).
+        "invite" if current_setting(c, room_id)? >= Setting::Invited => i64::MAX,
+        "leave" | "ban" => pos,
+        _ => {
+            return Err(Error::Forbidden(format!(
+                "you are not a member of {room_id}"
+            )));
+        }
     };
-    let full_history = matches!(history.as_str(), "shared" | "world_readable");
-    match membership.as_str() {
-        "join" => Ok(Visibility {
-            min: if full_history { 0 } else { pos - 1 },
-            max: i64::MAX,
-        }),
-        "leave" | "ban" => Ok(Visibility { min: 0, max: pos }),
-        "invite" if history == "invited" || history == "world_readable" => Ok(Visibility {
-            min: pos - 1,
-            max: pos,
-        }),
-        _ => Err(Error::Forbidden(format!(
-            "you are not a member of {room_id}"
-        ))),
+    Ok(Visibility {
+        room_id: room_id.to_owned(),
+        user_id: user_id.to_owned(),
+        joined_now: membership == "join",
+        max,
+        cache: RefCell::new(HashMap::new()),
+    })
+}
+
+fn current_setting(c: &Connection, room_id: &str) -> Result<Setting, Error> {
+    Ok(
+        match storage::current_state_event(c, room_id, HISTORY_VISIBILITY, "")? {
+            Some(id) => {
+                storage::get_state_event(c, &id)?.map_or(Setting::Shared, |e| setting_of(&e.json))
+            }
+            None => Setting::Shared,
+        },
+    )
+}
+
+/// Keep the events of `events` the user may read.
+pub fn visible_events(
+    c: &Connection,
+    vis: &Visibility,
+    events: Vec<StoredEvent>,
+) -> Result<Vec<StoredEvent>, Error> {
+    let mut out = Vec::with_capacity(events.len());
+    for e in events {
+        if vis.allows(c, &e)? {
+            out.push(e);
+        }
     }
+    Ok(out)
 }

@@ -84,7 +84,17 @@ pub(super) async fn hierarchy(
 }
 
 fn accessible(c: &Connection, room: &RoomSummary, origin: &str) -> Result<bool, Error> {
-    if room.world_readable || server_in_room(c, &room.room_id, origin)? {
+    accessible_with(room, |id| server_in_room(c, id, origin))
+}
+
+/// Whether someone may see a room in a hierarchy, given `in_room` (whether they are in
+/// a room): they are in it, or it is world-readable, or its join rule lets them in
+/// without an invite. Shared by the federation and the client hierarchy.
+pub(crate) fn accessible_with(
+    room: &RoomSummary,
+    in_room: impl Fn(&str) -> Result<bool, Error>,
+) -> Result<bool, Error> {
+    if room.world_readable || in_room(&room.room_id)? {
         return Ok(true);
     }
     Ok(match room.join_rule.as_str() {
@@ -97,7 +107,7 @@ fn accessible(c: &Connection, room: &RoomSummary, origin: &str) -> Result<bool, 
                 .flatten()
             {
                 if let Some(id) = allowed.as_str()
-                    && server_in_room(c, id, origin)?
+                    && in_room(id)?
                 {
                     any = true;
                     break;
@@ -111,7 +121,7 @@ fn accessible(c: &Connection, room: &RoomSummary, origin: &str) -> Result<bool, 
 
 /// The room's current `m.space.child` events with a non-empty `via`, as stripped state
 /// with `origin_server_ts`, ordered by state key.
-fn children_state(
+pub(crate) fn children_state(
     c: &Connection,
     room_id: &str,
     suggested_only: bool,

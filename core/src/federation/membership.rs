@@ -4,11 +4,14 @@
 //!   `PUT /_matrix/federation/v2/send_join/{roomId}/{eventId}`;
 //! - `GET /_matrix/federation/v1/make_leave/{roomId}/{userId}` and
 //!   `PUT /_matrix/federation/v2/send_leave/{roomId}/{eventId}`;
+//! - `GET /_matrix/federation/v1/make_knock/{roomId}/{userId}?ver=…` and
+//!   `PUT /_matrix/federation/v1/send_knock/{roomId}/{eventId}`;
 //! - `PUT /_matrix/federation/v2/invite/{roomId}/{eventId}` (the invitee's server).
 //!
-//! The user must belong to the requesting server. A signed join or leave goes through
-//! the ordinary receipt checks ([`receive_pdu`]) and must end in the timeline; it is
-//! then queued for every other server in the room. Knocking is not implemented.
+//! The user must belong to the requesting server. A signed join, leave or knock goes
+//! through the ordinary receipt checks ([`receive_pdu`]: signatures, hashes, auth
+//! against its auth events and the room state) and must end in the timeline; it is then
+//! queued for every other server in the room.
 
 use std::sync::Arc;
 
@@ -54,7 +57,28 @@ pub(super) async fn make_join(
     FedPath((room, user)): FedPath<(String, String)>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, Error> {
-    let mut versions: Vec<String> = query_pairs(query.as_deref())?
+    check_versions(&server, &room, query.as_deref())?;
+    let (version, event) = template(&server, &origin, &room, &user, "join")?;
+    Ok(Json(json!({ "room_version": version, "event": event })))
+}
+
+/// `GET /_matrix/federation/v1/make_knock/{roomId}/{userId}?ver=…`: the room must
+/// accept knocks (version and join rule) and the user must not be joined, invited or
+/// banned.
+pub(super) async fn make_knock(
+    State(server): State<Arc<Server>>,
+    Origin(origin): Origin,
+    FedPath((room, user)): FedPath<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, Error> {
+    check_versions(&server, &room, query.as_deref())?;
+    let (version, event) = template(&server, &origin, &room, &user, "knock")?;
+    Ok(Json(json!({ "room_version": version, "event": event })))
+}
+
+/// The room's version must be one of the `ver` the asking server supports.
+fn check_versions(server: &Server, room: &str, query: Option<&str>) -> Result<(), Error> {
+    let mut versions: Vec<String> = query_pairs(query)?
         .into_iter()
         .filter(|(k, _)| k == "ver")
         .map(|(_, v)| v)
@@ -62,13 +86,12 @@ pub(super) async fn make_join(
     if versions.is_empty() {
         versions.push("1".into());
     }
-    if let Some((version, _)) = server.db.read(|c| storage::room_info(c, room_id(&room)?))?
+    if let Some((version, _)) = server.db.read(|c| storage::room_info(c, room_id(room)?))?
         && !versions.contains(&version)
     {
         return Err(Error::IncompatibleRoomVersion(version));
     }
-    let (version, event) = template(&server, &origin, &room, &user, "join")?;
-    Ok(Json(json!({ "room_version": version, "event": event })))
+    Ok(())
 }
 
 /// `GET /_matrix/federation/v1/make_leave/{roomId}/{userId}`.
@@ -125,12 +148,12 @@ async fn receive_membership(
             "the event's id is {computed}, not {id}"
         )));
     }
-    if membership == "join" {
-        // The same policy as make_join (the auth rules would also refuse, but as a
-        // rejected event rather than a clear answer).
+    if membership == "join" || membership == "knock" {
+        // The same policy as make_join/make_knock (the auth rules would also refuse, but
+        // as a rejected event rather than a clear answer).
         server
             .db
-            .read_tx(|c| rooms::membership_template(c, room, sender, "join"))?;
+            .read_tx(|c| rooms::membership_template(c, room, sender, membership))?;
     }
     let remote = FederationRemote::new(server.clone());
     match receive_pdu(server, &remote, origin, room, pdu).await? {
@@ -201,6 +224,20 @@ pub(super) async fn send_leave(
     let event_id = receive_membership(&server, &origin, &room, &id, pdu, "leave").await?;
     forward(&server, &room, &event_id, &origin)?;
     Ok(Json(json!({})))
+}
+
+/// `PUT /_matrix/federation/v1/send_knock/{roomId}/{eventId}`: accept a signed knock
+/// and answer with the room's stripped state, which the knocking user is shown.
+pub(super) async fn send_knock(
+    State(server): State<Arc<Server>>,
+    Origin(origin): Origin,
+    FedPath((room, id)): FedPath<(String, String)>,
+    FedJson(pdu): FedJson<Value>,
+) -> Result<Json<Value>, Error> {
+    let event_id = receive_membership(&server, &origin, &room, &id, pdu, "knock").await?;
+    forward(&server, &room, &event_id, &origin)?;
+    let stripped = server.db.read_tx(|c| rooms::knock_room_state(c, &room))?;
+    Ok(Json(json!({ "knock_room_state": stripped })))
 }
 
 /// `PUT /_matrix/federation/v2/invite/{roomId}/{eventId}`.

@@ -16,7 +16,7 @@ use crate::server::Server;
 
 use super::{
     anti_entropy, auth, backfill, devices, directory, event, hierarchy, keys, membership,
-    missing_events, public_rooms, query, send, state,
+    missing_events, public_rooms, query, send, state, timestamp,
 };
 
 /// The federation router, with `Server` state applied.
@@ -91,6 +91,18 @@ pub fn router(server: Arc<Server>) -> Router {
         .route(
             "/_matrix/federation/v2/send_leave/{room_id}/{event_id}",
             axum::routing::put(membership::send_leave),
+        )
+        .route(
+            "/_matrix/federation/v1/make_knock/{room_id}/{user_id}",
+            get(membership::make_knock),
+        )
+        .route(
+            "/_matrix/federation/v1/send_knock/{room_id}/{event_id}",
+            axum::routing::put(membership::send_knock),
+        )
+        .route(
+            "/_matrix/federation/v1/timestamp_to_event/{room_id}",
+            get(timestamp::timestamp_to_event),
         )
         .route(
             "/_matrix/federation/v2/invite/{room_id}/{event_id}",

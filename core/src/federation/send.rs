@@ -87,6 +87,12 @@ async fn receive_one(
     else {
         return (None, json!({ "error": "PDU without a room_id" }));
     };
+    // A refused knock or withdrawn invite for a room this node is not in.
+    match crate::rooms::receive_out_of_band_membership(server, origin, &room_id, &pdu) {
+        Ok(Some(event_id)) => return (Some(event_id), json!({})),
+        Ok(None) => {}
+        Err(e) => return (None, json!({ "error": e.to_string() })),
+    }
     // A server the room's ACL denies may not put anything into it (checked on every PDU
     // of a transaction; the rest of the transaction still counts).
     if let Err(e) = server

@@ -12,11 +12,15 @@ mod defaults;
 mod pushers;
 mod rules;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, LazyLock};
 
 use futures::FutureExt;
+use parking_lot::Mutex;
 use ruma::power_levels::NotificationPowerLevels;
-use ruma::push::{Action, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset};
+use ruma::push::{
+    Action, FlattenedJson, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset,
+};
 use ruma::room_version_rules::RoomPowerLevelsRules;
 use ruma::serde::Raw;
 use ruma::{Int, OwnedRoomId, UInt, UserId};
@@ -39,8 +43,13 @@ pub const PUSH_RULES: &str = "m.push_rules";
 /// A user's push rules: the stored ones, else the server defaults.
 pub fn ruleset(c: &Connection, user_id: &UserId) -> Result<Ruleset, Error> {
     let stored = storage::account_data(c, user_id.as_str(), "", PUSH_RULES)?;
+    Ok(ruleset_from(user_id, stored.as_deref()))
+}
+
+/// The rules in a stored `m.push_rules` content, else the server defaults.
+fn ruleset_from(user_id: &UserId, stored: Option<&str>) -> Ruleset {
     let parsed = stored.and_then(|s| {
-        let global = serde_json::from_str::<Value>(&s).ok()?.get("global")?.clone();
+        let global = serde_json::from_str::<Value>(s).ok()?.get("global")?.clone();
         match serde_json::from_value::<Ruleset>(global) {
             Ok(rules) => Some(rules),
             Err(e) => {
@@ -49,7 +58,45 @@ pub fn ruleset(c: &Connection, user_id: &UserId) -> Result<Ruleset, Error> {
             }
         }
     });
-    Ok(parsed.unwrap_or_else(|| defaults::server_default(user_id)))
+    parsed.unwrap_or_else(|| defaults::server_default(user_id))
+}
+
+/// A user's rules ready for evaluation, as parsed from one stored content: as they are,
+/// and with the legacy mention rules off (for events that carry `m.mentions`).
+struct Prepared {
+    stored: Option<String>,
+    rules: Arc<Ruleset>,
+    without_legacy_mentions: Arc<Ruleset>,
+}
+
+/// Parsed rulesets by user id. Every event is evaluated for every other local member,
+/// and building the defaults or parsing the stored rules costs more than evaluating
+/// them; an entry is used only while the stored content it came from is unchanged, so
+/// there is nothing to invalidate. Bounded: cleared when it grows past [`CACHE_USERS`].
+static PREPARED: LazyLock<Mutex<HashMap<String, Arc<Prepared>>>> = LazyLock::new(Default::default);
+const CACHE_USERS: usize = 4096;
+
+fn prepared(c: &Connection, user_id: &UserId) -> Result<Arc<Prepared>, Error> {
+    let stored = storage::account_data(c, user_id.as_str(), "", PUSH_RULES)?;
+    if let Some(p) = PREPARED.lock().get(user_id.as_str())
+        && p.stored == stored
+    {
+        return Ok(p.clone());
+    }
+    let rules = ruleset_from(user_id, stored.as_deref());
+    let mut without = rules.clone();
+    defaults::disable_legacy_mentions(&mut without);
+    let p = Arc::new(Prepared {
+        stored,
+        rules: Arc::new(rules),
+        without_legacy_mentions: Arc::new(without),
+    });
+    let mut cache = PREPARED.lock();
+    if cache.len() >= CACHE_USERS {
+        cache.clear();
+    }
+    cache.insert(user_id.as_str().to_owned(), p.clone());
+    Ok(p)
 }
 
 /// The `m.push_rules` content for a ruleset.
@@ -137,7 +184,8 @@ pub fn on_event(
     };
     let raw: Raw<Value> =
         Raw::from_json(serde_json::value::RawValue::from_string(ev.json.clone())?);
-    let member_count = storage::room_members(c, room_id, "join")?.len();
+    let flat = FlattenedJson::from_raw(&raw);
+    let member_count = storage::count_members(c, room_id, "join")?;
     let member_count = UInt::try_from(member_count).unwrap_or(UInt::MAX);
     let power = power_ctx(c, room_id, version, &ev.sender)?;
     let has_mentions = defaults::has_mentions(&ev.json);
@@ -145,10 +193,12 @@ pub fn on_event(
         let Ok(user_id) = UserId::parse(&user) else {
             continue;
         };
-        let mut rules = ruleset(c, &user_id)?;
-        if has_mentions {
-            defaults::disable_legacy_mentions(&mut rules);
-        }
+        let prepared = prepared(c, &user_id)?;
+        let rules = if has_mentions {
+            &prepared.without_legacy_mentions
+        } else {
+            &prepared.rules
+        };
         let ctx = PushConditionRoomCtx::new(
             room.clone(),
             member_count,
@@ -156,15 +206,34 @@ pub fn on_event(
             display_name(c, room_id, &user)?,
         )
         .with_power_levels(power.clone());
-        // Evaluation is async only for optional hooks we do not install (thread
-        // subscriptions), so it completes on the first poll; never block the writer.
-        let Some(actions) = rules.get_actions(&raw, &ctx).now_or_never() else {
+        let Some(actions) = first_match(rules, &flat, &ctx) else {
             tracing::warn!(%user, "push rule evaluation did not complete at once; skipped");
             continue;
         };
         record(c, &user, room_id, ev, actions)?;
     }
     Ok(())
+}
+
+/// The actions of the first rule that applies, like `Ruleset::get_actions` but on an
+/// event flattened once for all recipients (ruma flattens it again on every call).
+/// Evaluation is async only for optional hooks we do not install (thread
+/// subscriptions), so it completes on the first poll; `None` if it ever did not, so the
+/// writer is never blocked.
+fn first_match<'r>(
+    rules: &'r Ruleset,
+    event: &FlattenedJson,
+    ctx: &PushConditionRoomCtx,
+) -> Option<&'r [Action]> {
+    async {
+        for rule in rules {
+            if rule.applies(event, ctx).await {
+                return rule.actions();
+            }
+        }
+        &[]
+    }
+    .now_or_never()
 }
 
 fn record(
@@ -220,4 +289,120 @@ pub fn notifications(
         }
     }
     Ok(NotificationPage { items, next_token })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use crate::events::NewEvent;
+    use crate::rooms::{CreateRoom, append_event, create_room};
+    use crate::storage::{self, Receipt, next_stream_position};
+    use crate::{Config, Node};
+
+    fn message(sender: &str, body: &str) -> NewEvent {
+        NewEvent {
+            kind: "m.room.message".into(),
+            state_key: None,
+            content: json!({"msgtype": "m.text", "body": body}),
+            sender: sender.into(),
+            redacts: None,
+        }
+    }
+
+    /// The kept counts follow new events and read receipts the way counting the
+    /// notifications after the receipt would.
+    #[tokio::test]
+    async fn unread_counts_follow_notifications_and_receipts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = Config::new(dir.path());
+        config.client_addr = "127.0.0.1:0".parse().expect("addr");
+        let node = Node::start(config).await.expect("start");
+        let server = node.server().clone();
+        let alice = server.user_id("alice");
+        let bob = server.user_id("bob");
+        server
+            .write(|tx| {
+                for u in [&alice, &bob] {
+                    tx.execute(
+                        "INSERT INTO users (user_id, created_ts) VALUES (?1, 0)",
+                        [u.as_str()],
+                    )?;
+                }
+                Ok(())
+            })
+            .expect("users");
+        let room = server
+            .write(|tx| {
+                let preset = Some("public_chat".into());
+                create_room(
+                    tx,
+                    &server,
+                    &alice,
+                    CreateRoom {
+                        preset,
+                        ..Default::default()
+                    },
+                )
+            })
+            .expect("create");
+        let join = NewEvent {
+            kind: "m.room.member".into(),
+            state_key: Some(bob.clone()),
+            content: json!({"membership": "join"}),
+            sender: bob.clone(),
+            redacts: None,
+        };
+        server
+            .write(|tx| append_event(tx, &server, &room, join, None))
+            .expect("join");
+        let counts = || {
+            server
+                .db
+                .read(|c| storage::unread_counts(c, &room, &bob))
+                .expect("counts")
+        };
+        assert_eq!(counts(), (0, 0));
+        let mut sent = Vec::new();
+        for body in ["one", "two", "bob: three"] {
+            let ev = message(&alice, body);
+            let a = server
+                .write(|tx| append_event(tx, &server, &room, ev, None))
+                .expect("send");
+            sent.push(a.event_id);
+        }
+        // Three notify; the one with bob's name highlights.
+        assert_eq!(counts(), (3, 1));
+        let read = |event_id: &str, receipt_type: &str| {
+            let r = Receipt {
+                receipt_type: receipt_type.into(),
+                user_id: bob.clone(),
+                thread_id: String::new(),
+                event_id: event_id.into(),
+                ts: 0,
+            };
+            server
+                .write(|tx| {
+                    let pos = next_stream_position(tx)?;
+                    storage::set_receipt(tx, &room, &r, pos)
+                })
+                .expect("receipt");
+        };
+        read(&sent[0], "m.read");
+        assert_eq!(counts(), (2, 1));
+        read(&sent[2], "m.read.private");
+        assert_eq!(counts(), (0, 0));
+        // Bob's own messages never count for him; alice's next one does.
+        let own = message(&bob, "mine");
+        server
+            .write(|tx| append_event(tx, &server, &room, own, None))
+            .expect("own");
+        assert_eq!(counts(), (0, 0));
+        let next = message(&alice, "four");
+        server
+            .write(|tx| append_event(tx, &server, &room, next, None))
+            .expect("four");
+        assert_eq!(counts(), (1, 0));
+        node.shutdown().await.expect("shutdown");
+    }
 }

@@ -331,6 +331,8 @@ pub(super) fn persist_accepted(c: &Connection, a: Accepted<'_>) -> Result<i64, E
     storage::insert_event(c, &stored)?;
     // Full-text search: same transaction, so the index never lags the timeline.
     storage::index_event(c, &stored)?;
+    // Relationships (edits, threads, references): same transaction, for the same reason.
+    crate::relations::on_persisted(c, &stored)?;
     if let Some((state, group)) = replace_with {
         replace_current_state(c, room_id, &state, group, pos)?;
     }
@@ -404,6 +406,7 @@ fn apply_redaction(
     let redacted = redact_json(&ev.json, &rules)?;
     storage::mark_redacted(c, target, &redacted, &redaction.event_id)?;
     storage::unindex_event(c, ev.stream_ordering)?;
+    crate::relations::on_redacted(c, target)?;
     let because = client_event(
         redaction,
         ClientEventOptions {
@@ -430,12 +433,15 @@ pub(super) fn append_create(
     version: &str,
     ev: NewEvent,
     is_public: bool,
+    room_id: Option<String>,
 ) -> Result<String, Error> {
     let (_, rules) = rules_for(version)?;
+    // Room v12 names the room after the create event; older versions take a random id
+    // (or the one chosen ahead by an upgrade, whose tombstone names it first).
     let room_id_field = if rules.authorization.room_create_event_id_as_room_id {
         None
     } else {
-        Some(format!("!{}:{}", random_string(18), server.server_name()))
+        Some(room_id.unwrap_or_else(|| new_room_id(server)))
     };
     let (event_id, object) = build_pdu(
         &server.identity,
@@ -454,6 +460,11 @@ pub(super) fn append_create(
     check_local_event(c, &rules, &room_id, &pdu)?;
     persist(c, &room_id, version, &pdu, &json, None, None)?;
     Ok(room_id)
+}
+
+/// A fresh room id of this server (room versions before 12).
+pub(super) fn new_room_id(server: &Server) -> String {
+    format!("!{}:{}", random_string(18), server.server_name())
 }
 
 /// A random alphanumeric string.

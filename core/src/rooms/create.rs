@@ -101,6 +101,7 @@ pub fn create_room(
         &version,
         ev("m.room.create", "", create),
         req.public,
+        None,
     )?;
 
     // 2. The creator joins.

@@ -6,14 +6,22 @@
 mod append;
 mod auth;
 mod create;
+pub mod hierarchy;
+mod knock;
 mod power;
 mod receive;
 mod redact;
 mod remote_join;
 mod resolve;
+mod upgrade;
 
 pub use append::{Appended, append_event, load_pdu, random_string};
 pub use create::{CreateRoom, create_room};
+pub use hierarchy::{HierarchyRequest, space_hierarchy};
+pub use knock::{
+    KNOCK_VIA, check_knock_allowed, join_rule, knock_remote, knock_room_state,
+    receive_out_of_band_membership,
+};
 pub use power::{PowerLevels, power_levels};
 pub use receive::{
     BoxFuture, MAX_FETCHES, MAX_PDU_BYTES, MISSING_EVENTS_LIMIT, Outcome, RemoteEvents, receive_pdu,
@@ -21,8 +29,10 @@ pub use receive::{
 pub use redact::check_redaction_allowed;
 pub use remote_join::{
     SUPPORTED_ROOM_VERSIONS, event_id_of, invite_remote, inviting_server, join_remote,
-    leave_remote, membership_template, receive_invite, state_and_auth_chain_before,
+    leave_remote, membership_server, membership_template, receive_invite,
+    state_and_auth_chain_before,
 };
+pub use upgrade::upgrade_room;
 
 #[cfg(test)]
 mod tests {

@@ -29,6 +29,7 @@ use serde_json::{Value, json};
 use super::append::{
     Accepted, NewCurrentState, build_local_event, dag_fields, persist, persist_accepted,
 };
+use super::knock::{KNOCK_VIA, check_knock_allowed};
 use super::receive::{Checked, Mode, Room, check_against, check_pdu, dependency_order};
 use crate::error::Error;
 use crate::events::{NewEvent, Pdu, build_pdu, rules_for, stripped_state};
@@ -97,9 +98,14 @@ pub fn membership_template(
                 )));
             }
         }
-    } else if !matches!(current.as_deref(), Some("invite") | Some("join")) {
+    } else if membership == "knock" {
+        check_knock_allowed(c, room_id, user_id, current.as_deref())?;
+    } else if !matches!(
+        current.as_deref(),
+        Some("invite") | Some("join") | Some("knock")
+    ) {
         return Err(Error::Forbidden(format!(
-            "{user_id} is not joined to or invited into {room_id}"
+            "{user_id} is not joined to, invited into or knocking on {room_id}"
         )));
     }
     let ev = NewEvent {
@@ -212,7 +218,7 @@ pub fn event_id_of(pdu: &Value, version: &str) -> Result<String, Error> {
 // ---------------------------------------------------------------------------------------
 
 /// Candidate servers, in order, without duplicates, this server or non-P2P names.
-fn candidates(server: &Server, via: Vec<String>) -> Vec<String> {
+pub(super) fn candidates(server: &Server, via: Vec<String>) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for s in via {
         if s != server.server_name()
@@ -261,12 +267,13 @@ fn versions_query() -> String {
 }
 
 /// `make_*` then sign the template: the version and our signed event.
-async fn make_membership(
+pub(super) async fn make_membership(
     server: &Arc<Server>,
     dest: &str,
     room_id: &str,
     user_id: &str,
     membership: &str,
+    reason: Option<&str>,
 ) -> Result<(String, String, ruma::CanonicalJsonObject), Error> {
     let path = format!(
         "/_matrix/federation/v1/make_{membership}/{}/{}?{}",
@@ -313,7 +320,10 @@ async fn make_membership(
     let auth = refs("auth_events")?;
     let depth = t["depth"].as_i64().ok_or_else(|| bad("depth"))?;
     let mut content = json!({ "membership": membership });
-    if membership == "join" {
+    if let Some(r) = reason {
+        content["reason"] = json!(r);
+    }
+    if membership == "join" || membership == "knock" {
         let (displayname, avatar_url) = server
             .db
             .read(|c| storage::profile(c, user_id))?
@@ -352,7 +362,7 @@ async fn join_via(
     dest: &str,
 ) -> Result<String, Error> {
     let (version, event_id, object) =
-        make_membership(server, dest, room_id, user_id, "join").await?;
+        make_membership(server, dest, room_id, user_id, "join", None).await?;
     let body = serde_json::to_value(&object)?;
     let path = format!(
         "/_matrix/federation/v2/send_join/{}/{}",
@@ -558,7 +568,8 @@ async fn leave_via(
     user_id: &str,
     dest: &str,
 ) -> Result<String, Error> {
-    let (_, event_id, object) = make_membership(server, dest, room_id, user_id, "leave").await?;
+    let (_, event_id, object) =
+        make_membership(server, dest, room_id, user_id, "leave", None).await?;
     let body = serde_json::to_value(&object)?;
     let path = format!(
         "/_matrix/federation/v2/send_leave/{}/{}",
@@ -578,7 +589,7 @@ async fn leave_via(
     Ok(event_id)
 }
 
-fn outlier(
+pub(super) fn outlier(
     pdu: &Pdu,
     room_id: &str,
     json: String,
@@ -624,7 +635,11 @@ fn key_map<'a>(servers: impl IntoIterator<Item = &'a str>) -> Result<PublicKeyMa
 }
 
 /// The stripped state sent along with an invite (as `/sync` shows invites).
-fn invite_room_state(c: &Connection, room_id: &str, inviter: &str) -> Result<Vec<Value>, Error> {
+pub(super) fn invite_room_state(
+    c: &Connection,
+    room_id: &str,
+    inviter: &str,
+) -> Result<Vec<Value>, Error> {
     let mut out = Vec::new();
     for (ty, sk) in [
         ("m.room.create", ""),
@@ -820,6 +835,23 @@ pub fn inviting_server(
     match storage::membership(c, room_id, user_id)? {
         Some((m, event_id, _)) if m == "invite" => Ok(storage::get_event_any(c, &event_id)?
             .and_then(|e| server_of(&e.sender).map(str::to_owned))),
+        _ => Ok(None),
+    }
+}
+
+/// The server to leave through for a pending invite or knock of `user_id` on a room
+/// this node may not be in: the inviting server, or the server a knock went through.
+pub fn membership_server(
+    c: &Connection,
+    room_id: &str,
+    user_id: &str,
+) -> Result<Option<String>, Error> {
+    match storage::membership(c, room_id, user_id)? {
+        Some((m, _, _)) if m == "invite" => inviting_server(c, room_id, user_id),
+        Some((m, event_id, _)) if m == "knock" => Ok(storage::get_event_any(c, &event_id)?
+            .and_then(|e| e.unsigned)
+            .and_then(|u| serde_json::from_str::<Value>(&u).ok())
+            .and_then(|u| u[KNOCK_VIA].as_str().map(str::to_owned))),
         _ => Ok(None),
     }
 }

@@ -85,3 +85,11 @@ pub fn visible_users(c: &Connection, searcher: &str) -> Result<Vec<DirectoryUser
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
+
+/// Point every local alias of room `from` at room `to` (a room upgrade); returns them.
+pub fn move_aliases(c: &Connection, from: &str, to: &str) -> Result<Vec<String>, Error> {
+    let aliases = room_aliases(c, from)?;
+    c.prepare_cached("UPDATE room_aliases SET room_id = ?2 WHERE room_id = ?1")?
+        .execute(params![from, to])?;
+    Ok(aliases)
+}

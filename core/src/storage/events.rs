@@ -83,31 +83,45 @@ pub struct StoredEvent {
     pub room_state_group: Option<i64>,
 }
 
-const COLUMNS: &str = "stream_ordering, event_id, room_id, type, state_key, sender, depth, origin_server_ts, json, unsigned, redacted_by, state_group_before, txn_device, txn_id, status, rejection_reason, state_group_after, room_state_group";
+pub(super) const COLUMNS: &str = "stream_ordering, event_id, room_id, type, state_key, sender, depth, origin_server_ts, json, unsigned, redacted_by, state_group_before, txn_device, txn_id, status, rejection_reason, state_group_after, room_state_group";
 
 /// Only events in the timeline are ever served to clients.
 const TIMELINE: &str = "status = 'timeline'";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<StoredEvent> {
+    from_row_at(r, 0)
+}
+
+/// [`COLUMNS`] with each name prefixed by a table alias (`e.` …), for joins.
+pub(super) fn columns_of(alias: &str) -> String {
+    COLUMNS
+        .split(", ")
+        .map(|c| format!("{alias}.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// An event from a row whose [`COLUMNS`] start at index `at`.
+pub(super) fn from_row_at(r: &Row<'_>, at: usize) -> rusqlite::Result<StoredEvent> {
     Ok(StoredEvent {
-        stream_ordering: r.get(0)?,
-        event_id: r.get(1)?,
-        room_id: r.get(2)?,
-        kind: r.get(3)?,
-        state_key: r.get(4)?,
-        sender: r.get(5)?,
-        depth: r.get(6)?,
-        origin_server_ts: r.get(7)?,
-        json: r.get(8)?,
-        unsigned: r.get(9)?,
-        redacted_by: r.get(10)?,
-        state_group_before: r.get(11)?,
-        txn_device: r.get(12)?,
-        txn_id: r.get(13)?,
-        status: EventStatus::parse(&r.get::<_, String>(14)?),
-        rejection_reason: r.get(15)?,
-        state_group_after: r.get(16)?,
-        room_state_group: r.get(17)?,
+        stream_ordering: r.get(at)?,
+        event_id: r.get(at + 1)?,
+        room_id: r.get(at + 2)?,
+        kind: r.get(at + 3)?,
+        state_key: r.get(at + 4)?,
+        sender: r.get(at + 5)?,
+        depth: r.get(at + 6)?,
+        origin_server_ts: r.get(at + 7)?,
+        json: r.get(at + 8)?,
+        unsigned: r.get(at + 9)?,
+        redacted_by: r.get(at + 10)?,
+        state_group_before: r.get(at + 11)?,
+        txn_device: r.get(at + 12)?,
+        txn_id: r.get(at + 13)?,
+        status: EventStatus::parse(&r.get::<_, String>(at + 14)?),
+        rejection_reason: r.get(at + 15)?,
+        state_group_after: r.get(at + 16)?,
+        room_state_group: r.get(at + 17)?,
     })
 }
 
@@ -352,4 +366,82 @@ pub fn update_forward_extremities(
     )?
     .execute(params![room_id, event_id])?;
     Ok(())
+}
+
+/// The position of the newest timeline event of one of `types` at or before `up_to`:
+/// sliding sync's `bump_stamp`. One index probe per type, whatever the room's length.
+pub fn newest_of_types(
+    c: &Connection,
+    room_id: &str,
+    types: &[&str],
+    up_to: i64,
+) -> Result<Option<i64>, Error> {
+    let mut st = c.prepare_cached(&format!(
+        "SELECT stream_ordering FROM events WHERE room_id = ?1 AND type = ?2 AND stream_ordering <= ?3
+         AND {TIMELINE} ORDER BY stream_ordering DESC LIMIT 1"
+    ))?;
+    let mut newest = None;
+    for ty in types {
+        let pos: Option<i64> = st
+            .query_row(params![room_id, ty, up_to], |r| r.get(0))
+            .optional()?;
+        newest = newest.max(pos);
+    }
+    Ok(newest)
+}
+
+/// The distinct `(type, state_key)` of state events in a room's timeline in
+/// `(after, up_to]`: what may have changed in the room state over that gap.
+pub fn state_keys_between(
+    c: &Connection,
+    room_id: &str,
+    after: i64,
+    up_to: i64,
+) -> Result<Vec<(String, String)>, Error> {
+    let mut st = c.prepare_cached(&format!(
+        "SELECT DISTINCT type, state_key FROM events WHERE room_id = ?1 AND stream_ordering > ?2
+         AND stream_ordering <= ?3 AND state_key IS NOT NULL AND {TIMELINE}"
+    ))?;
+    let rows = st.query_map(params![room_id, after, up_to], |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Whether a room has timeline events in `(after, up_to]`.
+pub fn has_events_between(
+    c: &Connection,
+    room_id: &str,
+    after: i64,
+    up_to: i64,
+) -> Result<bool, Error> {
+    Ok(c.prepare_cached(&format!(
+        "SELECT 1 FROM events WHERE room_id = ?1 AND stream_ordering > ?2 AND stream_ordering <= ?3
+             AND {TIMELINE} LIMIT 1"
+    ))?
+    .query_row(params![room_id, after, up_to], |_| Ok(()))
+    .optional()?
+    .is_some())
+}
+
+/// The timeline event of a room closest to `ts` in one direction: the newest with
+/// `origin_server_ts <= ts` (`forward == false`) or the oldest with `>= ts`. Uses the
+/// `(room_id, origin_server_ts)` index, so it never scans the room's history.
+pub fn event_near_ts(
+    c: &Connection,
+    room_id: &str,
+    ts: i64,
+    forward: bool,
+) -> Result<Option<StoredEvent>, Error> {
+    let (cmp, order) = if forward {
+        (">=", "ASC")
+    } else {
+        ("<=", "DESC")
+    };
+    Ok(c.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM events WHERE room_id = ?1 AND origin_server_ts {cmp} ?2 AND {TIMELINE}
+             ORDER BY origin_server_ts {order}, stream_ordering {order} LIMIT 1"
+    ))?
+    .query_row(params![room_id, ts], from_row)
+    .optional()?)
 }

@@ -376,7 +376,93 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX federation_to_device_seen_by_time ON federation_to_device_seen(received_ts);
     "#,
-    // 11: the remote device-list cache (device keys and cross-signing keys of users of
+    // 11: unread counts kept per (user, room) instead of counted on every /sync: a new
+    // notification adds one, a read receipt recounts what is still after it.
+    r#"
+    CREATE TABLE unread_counts (
+        user_id TEXT NOT NULL,
+        room_id TEXT NOT NULL,
+        notifications INTEGER NOT NULL,
+        highlights INTEGER NOT NULL,
+        PRIMARY KEY (user_id, room_id)
+    ) WITHOUT ROWID;
+    INSERT INTO unread_counts (user_id, room_id, notifications, highlights)
+    SELECT n.user_id, n.room_id, COUNT(*), COALESCE(SUM(n.highlight), 0)
+    FROM push_notifications n
+    WHERE n.stream_ordering > COALESCE((SELECT MAX(e.stream_ordering) FROM receipts r
+             JOIN events e ON e.event_id = r.event_id
+             WHERE r.room_id = n.room_id AND r.user_id = n.user_id
+               AND r.receipt_type IN ('m.read', 'm.read.private')), 0)
+    GROUP BY n.user_id, n.room_id;
+    "#,
+    // 12: sliding sync sorts rooms by their newest event of a few "bump" types; this
+    // index answers "newest event of type T in room R" without walking the room's history.
+    r#"
+    CREATE INDEX events_room_type_stream ON events(room_id, type, stream_ordering);
+    "#,
+    // 13: room and account lifecycle. Reports of events and rooms to the server's admins;
+    // the `erased` flag of a deactivation that asked for erasure; an index
+    // for `timestamp_to_event`, which looks events of a room up by `origin_server_ts`.
+    r#"
+    CREATE TABLE event_reports (
+        id INTEGER PRIMARY KEY,
+        received_ts INTEGER NOT NULL,
+        room_id TEXT NOT NULL,
+        event_id TEXT,
+        user_id TEXT NOT NULL,
+        reason TEXT,
+        score INTEGER
+    );
+    CREATE INDEX events_room_ts ON events(room_id, origin_server_ts);
+    ALTER TABLE users ADD COLUMN erased INTEGER NOT NULL DEFAULT 0;
+    "#,
+    // 14: event relationships (edits, threads, references, reactions). One row per
+    // timeline event whose `content.m.relates_to` has a `rel_type` and an `event_id`,
+    // looked up by parent and type (bundled aggregations, `/relations`); `threads` holds
+    // each thread root with its newest reply, ordered by activity for `/threads`. Rows of
+    // redacted events are deleted (a redacted event relates to nothing). Events already
+    // stored are filled in here.
+    r#"
+    CREATE TABLE event_relations (
+        event_id TEXT PRIMARY KEY,
+        relates_to_id TEXT NOT NULL,
+        rel_type TEXT NOT NULL,
+        room_id TEXT NOT NULL,
+        sender TEXT NOT NULL,
+        type TEXT NOT NULL,
+        stream_ordering INTEGER NOT NULL
+    );
+    CREATE INDEX event_relations_by_type
+        ON event_relations(relates_to_id, rel_type, stream_ordering, sender);
+    CREATE INDEX event_relations_by_pos ON event_relations(relates_to_id, stream_ordering);
+    CREATE TABLE threads (
+        room_id TEXT NOT NULL,
+        root_id TEXT NOT NULL,
+        latest_event_id TEXT NOT NULL,
+        latest_pos INTEGER NOT NULL,
+        PRIMARY KEY (room_id, root_id)
+    );
+    CREATE INDEX threads_by_activity ON threads(room_id, latest_pos);
+    INSERT INTO event_relations
+        (event_id, relates_to_id, rel_type, room_id, sender, type, stream_ordering)
+        SELECT event_id,
+               json_extract(json, '$.content."m.relates_to".event_id'),
+               json_extract(json, '$.content."m.relates_to".rel_type'),
+               room_id, sender, type, stream_ordering
+        FROM events
+        WHERE status = 'timeline' AND redacted_by IS NULL
+          AND json_type(json, '$.content."m.relates_to".event_id') = 'text'
+          AND json_type(json, '$.content."m.relates_to".rel_type') = 'text'
+          AND json_extract(json, '$.content."m.relates_to".event_id') LIKE '$%'
+          AND json_extract(json, '$.content."m.relates_to".event_id') != event_id
+          AND length(json_extract(json, '$.content."m.relates_to".event_id')) <= 255
+          AND length(json_extract(json, '$.content."m.relates_to".rel_type')) BETWEEN 1 AND 255;
+    INSERT INTO threads (room_id, root_id, latest_event_id, latest_pos)
+        SELECT room_id, relates_to_id, event_id, MAX(stream_ordering)
+        FROM event_relations WHERE rel_type = 'm.thread'
+        GROUP BY room_id, relates_to_id;
+    "#,
+    // 15: the remote device-list cache (device keys and cross-signing keys of users of
     // other servers who share a room with a local user, with the `stream_id` of the last
     // `m.device_list_update` applied; `stale` = re-fetch with `user/devices` before use),
     // and presence (local and remote users; `stream_ordering` orders changes for /sync).
@@ -527,6 +613,81 @@ mod tests {
                 (3, "content.topic".to_owned())
             ]
         );
+    }
+
+    #[test]
+    fn version_14_fills_relations_and_threads_from_stored_events() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        for sql in &MIGRATIONS[..13] {
+            conn.execute_batch(sql).expect("schema up to 13");
+        }
+        conn.pragma_update(None, "user_version", 13).expect("v13");
+        let insert = |pos: i64, content: &str, status: &str, redacted: Option<&str>| {
+            conn.execute(
+                "INSERT INTO events (stream_ordering, event_id, room_id, type, sender, depth,
+                     origin_server_ts, json, redacted_by, status)
+                 VALUES (?1, ?2, '!r:x', 'm.room.message', '@a:x', 1, 0, ?3, ?4, ?5)",
+                rusqlite::params![
+                    pos,
+                    format!("$e{pos}"),
+                    format!(r#"{{"content":{content}}}"#),
+                    redacted,
+                    status
+                ],
+            )
+            .expect("insert event");
+        };
+        insert(1, r#"{"body":"root"}"#, "timeline", None);
+        let thread = r#"{"body":"r","m.relates_to":{"rel_type":"m.thread","event_id":"$e1"}}"#;
+        insert(2, thread, "timeline", None);
+        insert(3, thread, "timeline", None);
+        // Not relationships: redacted, not in the timeline, a plain reply, a bad id.
+        insert(4, thread, "timeline", Some("$r"));
+        insert(-1, thread, "outlier", None);
+        insert(
+            5,
+            r#"{"m.relates_to":{"m.in_reply_to":{"event_id":"$e1"}}}"#,
+            "timeline",
+            None,
+        );
+        insert(
+            6,
+            r#"{"m.relates_to":{"rel_type":"m.reference","event_id":"e1"}}"#,
+            "timeline",
+            None,
+        );
+        insert(
+            7,
+            r#"{"m.relates_to":{"rel_type":"m.replace","event_id":"$e1"},"m.new_content":{}}"#,
+            "timeline",
+            None,
+        );
+        run(&mut conn, "mem").expect("upgrade");
+        let mut st = conn
+            .prepare("SELECT event_id, relates_to_id, rel_type FROM event_relations ORDER BY stream_ordering")
+            .expect("prepare");
+        let rows: Vec<(String, String, String)> = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        let row = |e: &str, rel: &str| ("$".to_owned() + e, "$e1".to_owned(), rel.to_owned());
+        assert_eq!(
+            rows,
+            vec![
+                row("e2", "m.thread"),
+                row("e3", "m.thread"),
+                row("e7", "m.replace")
+            ]
+        );
+        let thread: (String, String, i64) = conn
+            .query_row(
+                "SELECT root_id, latest_event_id, latest_pos FROM threads",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .expect("one thread");
+        assert_eq!(thread, ("$e1".to_owned(), "$e3".to_owned(), 3));
     }
 
     #[test]

@@ -1,16 +1,20 @@
 //! SQLite storage: one writer connection, a small pool of readers, versioned migrations.
 //!
-//! All SQL lives under this module. The writer is a mutex-guarded connection: every
-//! write runs in one transaction on it, so writes (and the stream positions assigned
-//! inside them) commit strictly in order, and a reader never sees a position whose row
-//! is still being written. Nothing holds a connection across an `.await`.
+//! All SQL lives under this module. The writer is one connection that runs one write at
+//! a time, so writes (and the stream positions assigned inside them) commit strictly in
+//! order, and a reader never sees a position whose row is still being written. Writes
+//! that queue up behind each other share one transaction ([`group_commit`]); WAL
+//! checkpoints run on a thread of their own ([`checkpoint`]). Nothing holds a connection
+//! across an `.await`.
 
 mod account_data;
+mod checkpoint;
 mod cross_signing;
 mod device_keys;
 mod directory;
 mod events;
 mod federation;
+mod group_commit;
 mod media;
 mod migrations;
 mod outbox;
@@ -18,7 +22,9 @@ mod peers;
 mod presence;
 mod push;
 mod receipts;
+mod relations;
 mod remote_devices;
+mod reports;
 mod room_keys;
 mod rooms;
 mod search;
@@ -38,7 +44,9 @@ pub use peers::*;
 pub use presence::*;
 pub use push::*;
 pub use receipts::*;
+pub use relations::*;
 pub use remote_devices::*;
+pub use reports::*;
 pub use room_keys::*;
 pub use rooms::*;
 pub use search::*;
@@ -50,7 +58,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
-use rusqlite::{Connection, OpenFlags, Transaction};
+use rusqlite::{Connection, OpenFlags};
 
 use crate::error::{Error, StartError};
 use crate::streams::StreamPosition;
@@ -62,9 +70,10 @@ const READERS: usize = 3;
 
 /// The database handle. Cheap to share behind an `Arc`.
 pub struct Db {
-    writer: Mutex<Connection>,
+    writer: group_commit::GroupWriter,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
+    checkpoints: Option<checkpoint::Checkpointer>,
 }
 
 impl std::fmt::Debug for Db {
@@ -90,6 +99,15 @@ impl Db {
         let mut writer = Connection::open(path).map_err(open_err)?;
         configure(&writer).map_err(open_err)?;
         migrations::run(&mut writer, &shown)?;
+        // WAL checkpoints (which fsync) run on their own thread, not inside a commit that
+        // every other writer is waiting for; SQLite's own checkpoint-on-commit stays the
+        // fallback if that thread cannot start.
+        let checkpoints = checkpoint::Checkpointer::start(path);
+        if checkpoints.is_some() {
+            writer
+                .pragma_update(None, "wal_autocheckpoint", 0)
+                .map_err(open_err)?;
+        }
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             let conn = Connection::open_with_flags(
@@ -102,21 +120,20 @@ impl Db {
             readers.push(Mutex::new(conn));
         }
         Ok(Db {
-            writer: Mutex::new(writer),
+            writer: group_commit::GroupWriter::new(writer),
             readers,
             next_reader: AtomicUsize::new(0),
+            checkpoints,
         })
     }
 
-    /// Run `f` in one write transaction; commits if it returns `Ok`.
-    pub fn write<T>(
-        &self,
-        f: impl FnOnce(&Transaction<'_>) -> Result<T, Error>,
-    ) -> Result<T, Error> {
-        let mut conn = self.writer.lock();
-        let tx = conn.transaction()?;
-        let out = f(&tx)?;
-        tx.commit()?;
+    /// Run `f` as one atomic write: all of it is kept if it returns `Ok`, none of it
+    /// otherwise. Returns once the write is committed (see [`group_commit`]).
+    pub fn write<T>(&self, f: impl FnOnce(&Connection) -> Result<T, Error>) -> Result<T, Error> {
+        let out = self.writer.write(f)?;
+        if let Some(c) = &self.checkpoints {
+            c.committed();
+        }
         Ok(out)
     }
 
@@ -152,8 +169,8 @@ impl Db {
 
     /// Flush the WAL into the main file (on clean shutdown).
     pub fn checkpoint(&self) -> Result<(), Error> {
-        let conn = self.writer.lock();
-        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
+        self.writer
+            .with_idle_connection(|conn| conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);"))?;
         Ok(())
     }
 

@@ -1,6 +1,6 @@
 //! Push notifications (the per-user result of push-rule evaluation) and pushers.
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::error::Error;
 
@@ -33,22 +33,56 @@ pub struct NewNotification<'a> {
     pub ts: i64,
 }
 
-/// Record a notification.
+/// Record a notification, counting it as unread (it is the room's newest event, so no
+/// receipt covers it yet).
 pub fn insert_notification(c: &Connection, n: &NewNotification<'_>) -> Result<(), Error> {
-    c.prepare_cached(
-        "INSERT OR IGNORE INTO push_notifications
+    let inserted = c
+        .prepare_cached(
+            "INSERT OR IGNORE INTO push_notifications
              (user_id, room_id, stream_ordering, event_id, actions, highlight, ts)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?
+        .execute(params![
+            n.user_id,
+            n.room_id,
+            n.stream_ordering,
+            n.event_id,
+            n.actions,
+            n.highlight,
+            n.ts
+        ])?;
+    if inserted == 1 {
+        c.prepare_cached(
+            "INSERT INTO unread_counts (user_id, room_id, notifications, highlights)
+             VALUES (?1, ?2, 1, ?3)
+             ON CONFLICT (user_id, room_id) DO UPDATE SET
+                 notifications = notifications + 1,
+                 highlights = highlights + excluded.highlights",
+        )?
+        .execute(params![n.user_id, n.room_id, i64::from(n.highlight)])?;
+    }
+    Ok(())
+}
+
+/// Recount a user's unread notifications in a room after their read receipt moved: only
+/// the notifications after the receipt are visited, never the room's history.
+pub fn recount_unread(c: &Connection, room_id: &str, user_id: &str) -> Result<(), Error> {
+    // The receipt position first, as a plain value: a bound the index range can use.
+    let read_up_to: i64 = c
+        .prepare_cached(
+            "SELECT COALESCE(MAX(e.stream_ordering), 0) FROM receipts r
+             JOIN events e ON e.event_id = r.event_id
+             WHERE r.room_id = ?1 AND r.user_id = ?2
+               AND r.receipt_type IN ('m.read', 'm.read.private')",
+        )?
+        .query_row(params![room_id, user_id], |r| r.get(0))?;
+    c.prepare_cached(
+        "UPDATE unread_counts SET (notifications, highlights) = (
+             SELECT COUNT(*), COALESCE(SUM(highlight), 0) FROM push_notifications
+             WHERE user_id = ?1 AND room_id = ?2 AND stream_ordering > ?3)
+         WHERE user_id = ?1 AND room_id = ?2",
     )?
-    .execute(params![
-        n.user_id,
-        n.room_id,
-        n.stream_ordering,
-        n.event_id,
-        n.actions,
-        n.highlight,
-        n.ts
-    ])?;
+    .execute(params![user_id, room_id, read_up_to])?;
     Ok(())
 }
 
@@ -59,14 +93,15 @@ const READ_UP_TO: &str = "COALESCE((SELECT MAX(e.stream_ordering) FROM receipts 
          WHERE r.room_id = n.room_id AND r.user_id = n.user_id
            AND r.receipt_type IN ('m.read', 'm.read.private')), 0)";
 
-/// Unread counts: (notifications, highlights) after the user's read receipt.
+/// Unread counts: (notifications, highlights) after the user's read receipt. One row
+/// lookup, kept current by [`insert_notification`] and [`recount_unread`].
 pub fn unread_counts(c: &Connection, room_id: &str, user_id: &str) -> Result<(i64, i64), Error> {
-    let sql = format!(
-        "SELECT COUNT(*), COALESCE(SUM(n.highlight), 0) FROM push_notifications n
-         WHERE n.user_id = ?1 AND n.room_id = ?2 AND n.stream_ordering > {READ_UP_TO}"
-    );
-    Ok(c.prepare_cached(&sql)?
-        .query_row(params![user_id, room_id], |r| Ok((r.get(0)?, r.get(1)?)))?)
+    Ok(c.prepare_cached(
+        "SELECT notifications, highlights FROM unread_counts WHERE user_id = ?1 AND room_id = ?2",
+    )?
+    .query_row(params![user_id, room_id], |r| Ok((r.get(0)?, r.get(1)?)))
+    .optional()?
+    .unwrap_or((0, 0)))
 }
 
 /// A stored notification, for `GET /notifications`.
@@ -144,6 +179,12 @@ pub fn delete_pusher(
         params![user_id, app_id, pushkey],
     )?;
     Ok(n > 0)
+}
+
+/// Remove every pusher of a user (deactivation).
+pub fn delete_user_pushers(c: &Connection, user_id: &str) -> Result<(), Error> {
+    c.execute("DELETE FROM pushers WHERE user_id = ?1", [user_id])?;
+    Ok(())
 }
 
 /// Remove the pushers other users have for the same app and key (`append: false`).

@@ -28,6 +28,9 @@ pub fn set_receipt(c: &Connection, room_id: &str, r: &Receipt, pos: i64) -> Resu
              ts = excluded.ts, stream_ordering = excluded.stream_ordering",
         params![room_id, r.receipt_type, r.user_id, r.thread_id, r.event_id, r.ts, pos],
     )?;
+    if matches!(r.receipt_type.as_str(), "m.read" | "m.read.private") {
+        super::recount_unread(c, room_id, &r.user_id)?;
+    }
     Ok(())
 }
 

@@ -188,6 +188,24 @@ pub fn room_members(c: &Connection, room_id: &str, membership: &str) -> Result<V
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// Up to `limit` members with a membership other than `except`, in user id order (room
+/// heroes): reads `limit` rows, not the whole member list.
+pub fn some_room_members(
+    c: &Connection,
+    room_id: &str,
+    membership: &str,
+    except: &str,
+    limit: usize,
+) -> Result<Vec<String>, Error> {
+    let mut st = c.prepare_cached(
+        "SELECT user_id FROM memberships WHERE room_id = ?1 AND membership = ?2
+             AND user_id != ?3 ORDER BY user_id LIMIT ?4",
+    )?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = st.query_map(params![room_id, membership, except, limit], |r| r.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 /// Count members with a membership.
 pub fn count_members(c: &Connection, room_id: &str, membership: &str) -> Result<i64, Error> {
     Ok(
@@ -250,5 +268,34 @@ pub fn list_rooms(c: &Connection) -> Result<Vec<(String, i64)>, Error> {
          FROM rooms r ORDER BY r.room_id",
     )?;
     let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Current state entries of one type: (state_key, event_id).
+pub fn current_state_of_type(
+    c: &Connection,
+    room_id: &str,
+    ty: &str,
+) -> Result<Vec<(String, String)>, Error> {
+    let mut st = c.prepare_cached(
+        "SELECT state_key, event_id FROM current_state WHERE room_id = ?1 AND type = ?2",
+    )?;
+    let rows = st.query_map(params![room_id, ty], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Up to `limit` joined or invited members other than `exclude`, longest-standing
+/// first: the heroes a client names an unnamed room after.
+pub fn first_members(
+    c: &Connection,
+    room_id: &str,
+    exclude: &str,
+    limit: usize,
+) -> Result<Vec<String>, Error> {
+    let mut st = c.prepare_cached(
+        "SELECT user_id FROM memberships WHERE room_id = ?1 AND membership IN ('join', 'invite')
+         AND user_id != ?2 ORDER BY stream_ordering, user_id LIMIT ?3",
+    )?;
+    let rows = st.query_map(params![room_id, exclude, limit as i64], |r| r.get(0))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }

@@ -80,6 +80,35 @@ pub fn group_for_state(
     }
 }
 
+/// One entry of a group's state: walks the delta chain (at most [`MAX_CHAIN`] groups)
+/// only as far as the first group that sets it.
+pub fn state_group_lookup(
+    c: &Connection,
+    group: i64,
+    ty: &str,
+    state_key: &str,
+) -> Result<Option<String>, Error> {
+    let mut entry = c.prepare_cached(
+        "SELECT event_id FROM state_group_entries
+         WHERE state_group = ?1 AND type = ?2 AND state_key = ?3",
+    )?;
+    let mut prev = c.prepare_cached("SELECT prev_group FROM state_groups WHERE id = ?1")?;
+    let mut cur = Some(group);
+    while let Some(g) = cur {
+        if let Some(id) = entry
+            .query_row(params![g, ty, state_key], |r| r.get(0))
+            .optional()?
+        {
+            return Ok(Some(id));
+        }
+        cur = prev
+            .query_row([g], |r| r.get::<_, Option<i64>>(0))
+            .optional()?
+            .flatten();
+    }
+    Ok(None)
+}
+
 /// The full state of a group.
 pub fn load_state_group(c: &Connection, group: i64) -> Result<StateMap, Error> {
     // Collect the chain from this group up to its snapshot, then apply oldest first.

@@ -257,6 +257,12 @@ pub fn deactivate_user(c: &Connection, user_id: &str) -> Result<(), Error> {
     delete_all_devices(c, user_id)
 }
 
+/// Record that a deactivated user asked for their data to be erased.
+pub fn set_erased(c: &Connection, user_id: &str) -> Result<(), Error> {
+    c.execute("UPDATE users SET erased = 1 WHERE user_id = ?1", [user_id])?;
+    Ok(())
+}
+
 /// Store a filter and return its id.
 pub fn save_filter(c: &Connection, user_id: &str, json: &str) -> Result<i64, Error> {
     let id: i64 = c.query_row(

@@ -1,0 +1,39 @@
+//! Room upgrades: `POST /rooms/{roomId}/upgrade` (the work is in
+//! [`rooms::upgrade_room`](crate::rooms::upgrade_room)).
+
+use std::sync::Arc;
+
+use axum::{Json, extract::State};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::extract::{Auth, Body, P};
+use crate::error::Error;
+use crate::server::Server;
+
+#[derive(Deserialize)]
+pub(super) struct UpgradeBody {
+    new_version: String,
+    #[serde(default)]
+    additional_creators: Vec<String>,
+}
+
+/// `POST /rooms/{roomId}/upgrade` → `{replacement_room}`.
+pub(super) async fn upgrade(
+    State(server): State<Arc<Server>>,
+    Auth(caller): Auth,
+    P(room_id): P<String>,
+    Body(body): Body<UpgradeBody>,
+) -> Result<Json<Value>, Error> {
+    let new_room = server.write(|c| {
+        crate::rooms::upgrade_room(
+            c,
+            &server,
+            &caller.user_id,
+            &room_id,
+            &body.new_version,
+            &body.additional_creators,
+        )
+    })?;
+    Ok(Json(json!({ "replacement_room": new_room })))
+}

@@ -1,0 +1,379 @@
+//! `POST /rooms/{roomId}/upgrade`: replace a room with a new one of another version, as
+//! Synapse does.
+//!
+//! The new room's create event names its `predecessor`; the state Synapse copies
+//! (join rules, name, topic, avatar, guest access, history visibility, encryption,
+//! server ACL, related groups, space children and parents, power levels, bans) is
+//! re-sent by the upgrading user; local aliases, the canonical alias and the directory
+//! listing move to the new room; the old room gets an `m.room.tombstone` pointing at the
+//! new one and its power levels are raised so ordinary users can no longer talk or
+//! invite. Everything happens in one write transaction: a failure leaves no half-made
+//! room behind.
+
+use rusqlite::Connection;
+use serde_json::{Map, Value, json};
+
+use super::append::{append_create, append_event, new_room_id};
+use super::power::power_levels;
+use crate::error::Error;
+use crate::events::{NewEvent, rules_for};
+use crate::server::Server;
+use crate::storage;
+
+/// State copied with the empty state key.
+const COPIED: &[&str] = &[
+    "m.room.join_rules",
+    "m.room.name",
+    "m.room.topic",
+    "m.room.history_visibility",
+    "m.room.guest_access",
+    "m.room.avatar",
+    "m.room.encryption",
+    "m.room.server_acl",
+    "m.room.related_groups",
+];
+
+/// State copied whatever its state key.
+const COPIED_ANY_KEY: &[&str] = &["m.space.child", "m.space.parent"];
+
+/// Create-event fields that belong to the old room and are not carried over.
+const NOT_CARRIED: &[&str] = &[
+    "creator",
+    "room_version",
+    "predecessor",
+    "additional_creators",
+];
+
+fn content_of(c: &Connection, event_id: &str) -> Result<Value, Error> {
+    Ok(match storage::get_event_any(c, event_id)? {
+        Some(e) => serde_json::from_str::<Value>(&e.json)?["content"].take(),
+        None => Value::Null,
+    })
+}
+
+/// Upgrade `old_room` to `new_version` on behalf of `user`; returns the new room's id.
+/// `additional_creators` is only used by room versions with explicit creators (v12).
+pub fn upgrade_room(
+    c: &Connection,
+    server: &Server,
+    user: &str,
+    old_room: &str,
+    new_version: &str,
+    additional_creators: &[String],
+) -> Result<String, Error> {
+    let (_, rules) = rules_for(new_version)?;
+    let Some((old_version, _)) = storage::room_info(c, old_room)? else {
+        return Err(Error::NotFound(format!(
+            "room {old_room} is not known here"
+        )));
+    };
+    if storage::membership(c, old_room, user)?.map(|(m, _, _)| m) != Some("join".into()) {
+        return Err(Error::Forbidden(format!("you are not in {old_room}")));
+    }
+    let old_power = power_levels(c, old_room)?;
+    if old_power.user_level(user) < old_power.event_level("m.room.tombstone", true) {
+        return Err(Error::Forbidden(
+            "you do not have the power to upgrade this room (m.room.tombstone)".into(),
+        ));
+    }
+    let (_, old_rules) = rules_for(&old_version)?;
+    let explicit_creators = rules.authorization.explicitly_privilege_room_creators;
+    let mut creators: Vec<String> = vec![user.to_owned()];
+    if explicit_creators {
+        for extra in additional_creators {
+            ruma::UserId::parse(extra).map_err(|_| {
+                Error::InvalidParam(format!("{extra} in additional_creators is not a user id"))
+            })?;
+            if !creators.contains(extra) {
+                creators.push(extra.clone());
+            }
+        }
+    }
+
+    let state = storage::current_state(c, old_room)?;
+    let get = |ty: &str| state.get(&(ty.to_owned(), String::new()));
+    let old_create = match get("m.room.create") {
+        Some(id) => content_of(c, id)?,
+        None => return Err(Error::internal("the old room has no create event")),
+    };
+    let mut power = match get("m.room.power_levels") {
+        Some(id) => content_of(c, id)?,
+        None => Value::Null,
+    };
+    if !power.is_object() {
+        power = json!({});
+    }
+    // The old room's implicit creators (v12) who are not creators of the new room keep
+    // their power as an explicit level.
+    if old_rules.authorization.explicitly_privilege_room_creators {
+        let mut old_creators = vec![old_create_sender(c, &state)?];
+        old_creators.extend(
+            old_create["additional_creators"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|u| u.as_str().map(str::to_owned)),
+        );
+        for u in old_creators.into_iter().filter(|u| !u.is_empty()) {
+            if !(explicit_creators && creators.contains(&u)) {
+                power["users"][u] = json!(100);
+            }
+        }
+    }
+    // Creators must not be listed in v12 power levels.
+    if explicit_creators && let Some(users) = power["users"].as_object_mut() {
+        for u in &creators {
+            users.remove(u);
+        }
+    }
+
+    let ev = |kind: &str, state_key: &str, content: Value| NewEvent {
+        kind: kind.to_owned(),
+        state_key: Some(state_key.to_owned()),
+        content,
+        sender: user.to_owned(),
+        redacts: None,
+    };
+    let tombstone = |new_room: &str| {
+        ev(
+            "m.room.tombstone",
+            "",
+            json!({"body": "This room has been replaced", "replacement_room": new_room}),
+        )
+    };
+
+    // 1. Before v12 the new room's id is chosen here, so the tombstone can go first and
+    //    the predecessor can name it (`event_id` is required there); a v12 room is named
+    //    after its create event, so its predecessor names only the room.
+    let mut predecessor = json!({ "room_id": old_room });
+    let chosen_id = if rules.authorization.room_create_event_id_as_room_id {
+        None
+    } else {
+        let id = new_room_id(server);
+        let t = append_event(c, server, old_room, tombstone(&id), None)?;
+        predecessor["event_id"] = json!(t.event_id);
+        Some(id)
+    };
+
+    // 2. The create event.
+    let mut create = Map::new();
+    if let Value::Object(o) = &old_create {
+        for (k, v) in o {
+            if !NOT_CARRIED.contains(&k.as_str()) {
+                create.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    create.insert("room_version".into(), json!(new_version));
+    create.insert("predecessor".into(), predecessor);
+    if !rules.authorization.use_room_create_sender {
+        create.insert("creator".into(), json!(user));
+    }
+    if explicit_creators && creators.len() > 1 {
+        create.insert("additional_creators".into(), json!(creators[1..]));
+    }
+    let is_public = storage::room_is_public(c, old_room)?.unwrap_or(false);
+    let new_room = append_create(
+        c,
+        server,
+        new_version,
+        ev("m.room.create", "", Value::Object(create)),
+        is_public,
+        chosen_id,
+    )?;
+
+    // 3. The upgrading user joins.
+    let (displayname, avatar_url) = storage::profile(c, user)?.unwrap_or((None, None));
+    let mut member = json!({"membership": "join"});
+    if let Some(d) = displayname {
+        member["displayname"] = json!(d);
+    }
+    if let Some(a) = avatar_url {
+        member["avatar_url"] = json!(a);
+    }
+    append_event(
+        c,
+        server,
+        &new_room,
+        ev("m.room.member", user, member),
+        None,
+    )?;
+
+    // 4. Power levels. Copying state needs the power to send it; a user below that gets
+    //    it for the copy and the old levels are restored afterwards (as Synapse does).
+    let mut to_copy: Vec<(String, String, Value)> = Vec::new();
+    for ((ty, sk), id) in &state {
+        let copied = (sk.is_empty() && COPIED.contains(&ty.as_str()))
+            || COPIED_ANY_KEY.contains(&ty.as_str());
+        if copied {
+            let mut content = content_of(c, id)?;
+            if ty == "m.room.join_rules" {
+                retarget_allow(&mut content, old_room, &new_room);
+            }
+            if content.is_object() {
+                to_copy.push((ty.clone(), sk.clone(), content));
+            }
+        }
+    }
+    let mut bans: Vec<(String, Value)> = Vec::new();
+    for ((ty, sk), id) in &state {
+        if ty == "m.room.member" {
+            let content = content_of(c, id)?;
+            if content["membership"] == "ban" {
+                let mut ban = json!({"membership": "ban"});
+                if let Some(r) = content["reason"].as_str() {
+                    ban["reason"] = json!(r);
+                }
+                bans.push((sk.clone(), ban));
+            }
+        }
+    }
+    let level = |key: &str, default: i64| power[key].as_i64().unwrap_or(default);
+    let mut needed = level("state_default", 50).max(
+        power["events"]["m.room.power_levels"]
+            .as_i64()
+            .unwrap_or(100),
+    );
+    for (ty, _, _) in &to_copy {
+        needed = needed.max(
+            power["events"][ty.as_str()]
+                .as_i64()
+                .unwrap_or(level("state_default", 50)),
+        );
+    }
+    if !bans.is_empty() {
+        needed = needed.max(level("ban", 50));
+    }
+    let own = power["users"][user]
+        .as_i64()
+        .unwrap_or(level("users_default", 0));
+    let raise = !explicit_creators && own < needed;
+    let mut first_power = power.clone();
+    if raise {
+        first_power["users"][user] = json!(needed);
+    }
+    append_event(
+        c,
+        server,
+        &new_room,
+        ev("m.room.power_levels", "", first_power),
+        None,
+    )?;
+
+    // 5. The copied state and bans.
+    for (ty, sk, content) in to_copy {
+        append_event(c, server, &new_room, ev(&ty, &sk, content), None)?;
+    }
+    for (target, ban) in bans {
+        append_event(
+            c,
+            server,
+            &new_room,
+            ev("m.room.member", &target, ban),
+            None,
+        )?;
+    }
+    if raise {
+        append_event(
+            c,
+            server,
+            &new_room,
+            ev("m.room.power_levels", "", power.clone()),
+            None,
+        )?;
+    }
+
+    // 6. Aliases and the directory listing move to the new room.
+    storage::move_aliases(c, old_room, &new_room)?;
+    if let Some(id) = get("m.room.canonical_alias") {
+        let alias = content_of(c, id)?;
+        if alias.get("alias").is_some() || alias.get("alt_aliases").is_some() {
+            append_event(
+                c,
+                server,
+                &new_room,
+                ev("m.room.canonical_alias", "", alias),
+                None,
+            )?;
+            // Best effort: the upgrader may lack the power in the old room.
+            allow_forbidden(append_event(
+                c,
+                server,
+                old_room,
+                ev("m.room.canonical_alias", "", json!({})),
+                None,
+            ))?;
+        }
+    }
+    if is_public {
+        storage::set_room_public(c, old_room, false)?;
+    }
+
+    // 7. The tombstone (v12: now that the new room has its id).
+    if rules.authorization.room_create_event_id_as_room_id {
+        append_event(c, server, old_room, tombstone(&new_room), None)?;
+    }
+
+    // 8. Nobody but moderators may talk or invite in the old room any more.
+    let old_content = match state.get(&("m.room.power_levels".to_owned(), String::new())) {
+        Some(id) => content_of(c, id)?,
+        None => Value::Null,
+    };
+    if old_content.is_object() {
+        let mut restricted = old_content.clone();
+        let limit = (old_content["events_default"].as_i64().unwrap_or(0) + 1).max(50);
+        let mut changed = false;
+        for key in ["events_default", "invite"] {
+            if restricted[key].as_i64().unwrap_or(0) < limit {
+                restricted[key] = json!(limit);
+                changed = true;
+            }
+        }
+        if changed {
+            allow_forbidden(append_event(
+                c,
+                server,
+                old_room,
+                ev("m.room.power_levels", "", restricted),
+                None,
+            ))?;
+        }
+    }
+    Ok(new_room)
+}
+
+/// The sender of the room's create event.
+fn old_create_sender(c: &Connection, state: &storage::StateMap) -> Result<String, Error> {
+    Ok(
+        match state.get(&("m.room.create".to_owned(), String::new())) {
+            Some(id) => storage::get_event_any(c, id)?
+                .map(|e| e.sender)
+                .unwrap_or_default(),
+            None => String::new(),
+        },
+    )
+}
+
+/// A restricted join rule that lets in members of the old room lets in members of the
+/// new one instead.
+fn retarget_allow(content: &mut Value, old_room: &str, new_room: &str) {
+    if let Some(allow) = content["allow"].as_array_mut() {
+        for a in allow {
+            if a["room_id"] == old_room {
+                a["room_id"] = json!(new_room);
+            }
+        }
+    }
+}
+
+/// Ignore an auth failure of an optional event; anything else is an error.
+fn allow_forbidden<T>(r: Result<T, Error>) -> Result<(), Error> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(Error::Forbidden(reason)) => {
+            tracing::info!(%reason, "room upgrade: skipped an event the user may not send");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
