@@ -281,12 +281,19 @@ async fn rooms(State(server): State<Arc<Server>>) -> Result<Json<Value>, Error> 
             for s in servers.iter().filter(|s| *s != server.server_name()) {
                 queued.insert(s.clone(), json!(storage::outbox_depth(c, s)?));
             }
+            // The DAG's tips: after a partition heals, nodes sharing the room should
+            // report the same set (and one, once a new event merges the branches).
+            let extremities: Vec<String> = storage::forward_extremities(c, &room_id)?
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect();
             out.push(json!({
                 "room_id": room_id,
                 "name": name,
                 "joined_members": joined,
                 "servers": servers,
                 "outbound_queue": queued,
+                "forward_extremities": extremities,
             }));
         }
         Ok(out)

@@ -18,6 +18,7 @@ pub mod federation;
 pub mod identity;
 pub mod media;
 pub mod node;
+pub mod presence;
 pub mod push;
 pub mod relations;
 pub mod rooms;

@@ -112,13 +112,29 @@ impl Node {
                 typing_server.notifier.expire_typing();
             }
         });
+        // Presence: online users idle for too long become unavailable.
+        let presence_server = server.clone();
+        let presence = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(crate::presence::SWEEP_EVERY);
+            loop {
+                tick.tick().await;
+                let server = presence_server.clone();
+                let swept = tokio::task::spawn_blocking(move || {
+                    crate::presence::sweep_idle(&server, crate::storage::now_ms())
+                })
+                .await;
+                if let Ok(Err(e)) = swept {
+                    tracing::warn!(error = %e, "presence idle sweep failed");
+                }
+            }
+        });
         tracing::info!(server_name = %server.server_name(), %addr, "node started");
         Ok(Node {
             server,
             addr,
             stop: Some(stop_tx),
             task: Some(task),
-            background: vec![typing],
+            background: vec![typing, presence],
             _lock: lock,
         })
     }

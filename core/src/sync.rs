@@ -248,6 +248,19 @@ fn build(
     }
     has_data |= !account_data.is_empty();
 
+    let presence = if filter.presence.allows("m.presence") {
+        crate::presence::for_sync(
+            c,
+            &caller.user_id,
+            since_pos,
+            now.pos,
+            filter.presence.limit,
+        )?
+    } else {
+        Vec::new()
+    };
+    has_data |= !presence.is_empty();
+
     let keys = e2ee_sections(c, caller, since, now)?;
     has_data |= keys.has_data;
     let next_batch = SyncToken {
@@ -258,7 +271,7 @@ fn build(
         "next_batch": next_batch.to_string(),
         "rooms": {"join": join, "invite": invite, "leave": leave, "knock": knock},
         "account_data": {"events": account_data},
-        "presence": {"events": []},
+        "presence": {"events": presence},
         "to_device": {"events": keys.to_device},
         "device_lists": {"changed": keys.device_lists.changed, "left": keys.device_lists.left},
         "device_one_time_keys_count": keys.one_time_key_counts,

@@ -492,3 +492,242 @@ async fn extremities_are_served_to_room_members_only() -> anyhow::Result<()> {
     b.stop().await?;
     Ok(())
 }
+
+/// `GET /rooms/{id}/state` as `(type, state_key, event_id)`, sorted.
+async fn current_state(user: &User, room: &str) -> anyhow::Result<Vec<(String, String, String)>> {
+    let (status, body) = user
+        .call(
+            reqwest::Method::GET,
+            &format!("/rooms/{}/state", path_segment(room)),
+            Value::Null,
+        )
+        .await?;
+    ensure!(status == 200, "GET state: {status} {body}");
+    let mut out: Vec<(String, String, String)> = body
+        .as_array()
+        .context("state is a list")?
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap_or_default().to_owned(),
+                e["state_key"].as_str().unwrap_or_default().to_owned(),
+                e["event_id"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// A node's forward extremities of a room, sorted, from its admin API
+/// (`GET /_warren/admin/v1/rooms`, authorised by the token in the data directory).
+async fn extremities(node: &FederatedNode, room: &str) -> anyhow::Result<Vec<String>> {
+    let token = std::fs::read_to_string(
+        node.node
+            .server()
+            .config
+            .data_dir
+            .join(warren_core::admin::TOKEN_FILE),
+    )?;
+    let response = http_client()?
+        .get(format!("{}/_warren/admin/v1/rooms", node.node.client_url()))
+        .bearer_auth(token.trim())
+        .send()
+        .await?;
+    ensure!(
+        response.status().is_success(),
+        "admin rooms: {}",
+        response.status()
+    );
+    let body: Value = response.json().await?;
+    let mut ids: Vec<String> = body["rooms"]
+        .as_array()
+        .context("rooms")?
+        .iter()
+        .find(|r| r["room_id"] == room)
+        .and_then(|r| r["forward_extremities"].as_array())
+        .context("the room's forward_extremities")?
+        .iter()
+        .filter_map(|id| id.as_str().map(str::to_owned))
+        .collect();
+    ids.sort();
+    Ok(ids)
+}
+
+/// The content of the current state event `(type, state_key)`, as `user` sees it.
+async fn state_content(user: &User, room: &str, ty: &str, key: &str) -> anyhow::Result<Value> {
+    let (status, body) = user
+        .call(
+            reqwest::Method::GET,
+            &format!(
+                "/rooms/{}/state/{ty}/{}",
+                path_segment(room),
+                path_segment(key)
+            ),
+            Value::Null,
+        )
+        .await?;
+    ensure!(status == 200, "GET state {ty}: {status} {body}");
+    Ok(body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_heals_to_the_same_state_and_extremities() -> anyhow::Result<()> {
+    let (da, db) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let a = mesh_node(da.path(), test_p2p_config()).await?;
+    let b = mesh_node(db.path(), test_p2p_config()).await?;
+    connect_nodes(&a, &b).await?;
+    let alice = User::register(&a, "alice").await?;
+    let bob = User::register(&b, "bob").await?;
+    let carol = User::register(&b, "carol").await?;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await?;
+    bob.join_via(&room, &a).await?;
+    carol.join_via(&room, &a).await?;
+    alice
+        .sync_until("Bob's and Carol's joins", |s| {
+            is_joined(s, &room, bob.id()) && is_joined(s, &room, carol.id())
+        })
+        .await?;
+    // Bob may change state on his side too.
+    let mut levels = state_content(&alice, &room, "m.room.power_levels", "").await?;
+    levels["users"][bob.id()] = json!(100);
+    alice
+        .put(
+            &format!("/rooms/{}/state/m.room.power_levels/", path_segment(&room)),
+            levels,
+        )
+        .await?;
+    bob.sync_until("his new power", |s| {
+        room_events(s, &room)
+            .iter()
+            .any(|e| e["type"] == "m.room.power_levels" && e["content"]["users"][bob.id()] == 100)
+    })
+    .await?;
+    let before = current_state(&alice, &room).await?;
+    wait_until(WAIT, "both nodes agree before the split", async || {
+        Ok(current_state(&bob, &room).await? == before)
+    })
+    .await?;
+
+    // The split: B's transport goes away; B's node and users go on.
+    b.p2p.shutdown().await;
+
+    // Each side changes state meanwhile: the name on both sides, a ban on A, the power
+    // levels on B.
+    alice
+        .put(
+            &format!("/rooms/{}/state/m.room.name/", path_segment(&room)),
+            json!({"name": "Named on A"}),
+        )
+        .await?;
+    alice
+        .post(
+            &format!("/rooms/{}/ban", path_segment(&room)),
+            json!({"user_id": carol.id(), "reason": "partition test"}),
+        )
+        .await?;
+    bob.put(
+        &format!("/rooms/{}/state/m.room.name/", path_segment(&room)),
+        json!({"name": "Named on B"}),
+    )
+    .await?;
+    // Carol, banned on A meanwhile, still changes her member event on B: the two
+    // member events conflict, and the ban must win on both sides.
+    carol
+        .put(
+            &format!(
+                "/rooms/{}/state/m.room.member/{}",
+                path_segment(&room),
+                path_segment(carol.id())
+            ),
+            json!({"membership": "join", "displayname": "Carol while split"}),
+        )
+        .await?;
+    // More than one get_missing_events call's worth of messages on each side.
+    for i in 0..25 {
+        alice.say(&room, &format!("A while split {i}")).await?;
+        bob.say(&room, &format!("B while split {i}")).await?;
+    }
+    let mut levels = state_content(&bob, &room, "m.room.power_levels", "").await?;
+    levels["events"]["m.room.topic"] = json!(75);
+    bob.put(
+        &format!("/rooms/{}/state/m.room.power_levels/", path_segment(&room)),
+        levels,
+    )
+    .await?;
+    ensure!(
+        current_state(&alice, &room).await? != current_state(&bob, &room).await?,
+        "the two sides did not diverge"
+    );
+
+    // Heal: B comes back (its node restarted on the same data, its outbox still holding
+    // what it said while split) and dials A; the outboxes and anti-entropy exchange the
+    // two branches.
+    let b_dir = db.path().to_path_buf();
+    shutdown_node(b.node).await?;
+    let b = mesh_node(&b_dir, test_p2p_config()).await?;
+    let bob = bob.on(&b);
+    connect_nodes(&b, &a).await?;
+
+    let mut last = (Vec::new(), Vec::new());
+    let converged = wait_until(
+        WAIT,
+        "both nodes report the same state and extremities",
+        async || {
+            let (sa, sb) = (
+                current_state(&alice, &room).await?,
+                current_state(&bob, &room).await?,
+            );
+            let (ea, eb) = (extremities(&a, &room).await?, extremities(&b, &room).await?);
+            let same = sa == sb && ea == eb;
+            last = (
+                vec![format!("{sa:?}"), format!("{ea:?}")],
+                vec![format!("{sb:?}"), format!("{eb:?}")],
+            );
+            Ok(same)
+        },
+    )
+    .await;
+    if let Err(e) = converged {
+        anyhow::bail!("{e:#}\nA: {:?}\nB: {:?}", last.0, last.1);
+    }
+
+    // Both branches are in the merged state: carol's ban from A, the power levels from
+    // B, and one of the two names, the same on both nodes.
+    for user in [&alice, &bob] {
+        let member = state_content(user, &room, "m.room.member", carol.id()).await?;
+        ensure!(member["membership"] == "ban", "{member}");
+        let levels = state_content(user, &room, "m.room.power_levels", "").await?;
+        ensure!(levels["events"]["m.room.topic"] == 75, "{levels}");
+    }
+    // And the other side's messages from the split (the last ones; an initial sync
+    // shows the newest 50 events).
+    alice
+        .sync_until("bob's last message from the split", |s| {
+            has_message(s, &room, "B while split 24")
+        })
+        .await?;
+    bob.sync_until("alice's last message from the split", |s| {
+        has_message(s, &room, "A while split 24")
+    })
+    .await?;
+    let name_a = state_content(&alice, &room, "m.room.name", "").await?;
+    let name_b = state_content(&bob, &room, "m.room.name", "").await?;
+    ensure!(name_a == name_b, "{name_a} vs {name_b}");
+    ensure!(
+        name_a["name"] == "Named on A" || name_a["name"] == "Named on B",
+        "{name_a}"
+    );
+
+    // A new event on either side merges the branches: one extremity, the same on both.
+    alice.say(&room, "healed").await?;
+    wait_until(WAIT, "one shared extremity after a new event", async || {
+        let (ea, eb) = (extremities(&a, &room).await?, extremities(&b, &room).await?);
+        Ok(ea.len() == 1 && ea == eb)
+    })
+    .await?;
+
+    a.stop().await?;
+    b.stop().await?;
+    Ok(())
+}

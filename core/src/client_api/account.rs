@@ -464,7 +464,14 @@ pub(super) async fn rename_device(
     Body(body): Body<RenameBody>,
 ) -> JsonResult {
     let found = server.write(|tx| {
-        storage::rename_device(tx, &caller.user_id, &id, body.display_name.as_deref())
+        let found = storage::rename_device(tx, &caller.user_id, &id, body.display_name.as_deref())?;
+        // The display name is public (in key queries and other servers' caches): a
+        // device-list change, as Synapse makes it.
+        if found && storage::device_keys(tx, &caller.user_id, &id)?.is_some() {
+            storage::mark_device_changed(tx, &caller.user_id, Some(&id))?;
+            server.mark_outbox_dirty();
+        }
+        Ok(found)
     })?;
     if !found {
         return Err(Error::NotFound("no such device".into()));

@@ -11,6 +11,7 @@ mod extract;
 mod keys;
 mod media;
 mod membership;
+mod presence;
 mod profile;
 mod push;
 mod relations;
@@ -166,6 +167,10 @@ pub fn router(server: Arc<Server>) -> Router {
                 .delete(account::delete_device),
         ),
         ("/delete_devices", post(account::delete_devices)),
+        (
+            "/presence/{user_id}/status",
+            get(presence::get_status).put(presence::set_status),
+        ),
         ("/profile/{user_id}", get(profile::get_profile)),
         (
             "/profile/{user_id}/{field}",

@@ -22,7 +22,6 @@ pub(super) struct SyncQuery {
     filter: Option<String>,
     #[serde(default)]
     full_state: bool,
-    #[allow(dead_code)]
     set_presence: Option<String>,
 }
 
@@ -37,6 +36,8 @@ pub(super) async fn sync_events(
     {
         return Err(Error::InvalidParam(format!("invalid set_presence {p}")));
     }
+    // Syncing is activity: the user is online unless the client says otherwise.
+    crate::presence::on_sync(&server, &caller.user_id, q.set_presence.as_deref())?;
     let since = match &q.since {
         Some(s) => Some(
             SyncToken::parse(s)

@@ -30,9 +30,9 @@ pub struct SigningKeysRequest {
 }
 
 /// A checked key ready to store.
-struct ParsedKey {
-    key_type: &'static str,
-    row: CrossSigningKeyRow,
+pub(crate) struct ParsedKey {
+    pub(crate) key_type: &'static str,
+    pub(crate) row: CrossSigningKeyRow,
 }
 
 /// Keys checked and compared with the stored ones, waiting for [`commit`].
@@ -95,7 +95,7 @@ fn needs_auth(c: &Connection, user: &str, keys: &[ParsedKey]) -> Result<bool, Er
 }
 
 /// Check one cross-signing key object.
-fn parse_key(
+pub(crate) fn parse_key(
     v: &Value,
     user: &str,
     key_type: &'static str,
@@ -163,6 +163,7 @@ pub fn commit(server: &Server, caller: &Caller, prepared: &Prepared) -> Result<(
             ));
         }
         let mut changed = false;
+        let mut public_change = false;
         for k in &prepared.keys {
             let old = storage::cross_signing_key(tx, user, k.key_type)?;
             if old.as_ref() == Some(&k.row) {
@@ -174,13 +175,39 @@ pub fn commit(server: &Server, caller: &Caller, prepared: &Prepared) -> Result<(
             }
             storage::set_cross_signing_key(tx, user, k.key_type, &k.row)?;
             changed = true;
+            public_change |= k.key_type != "user_signing";
         }
         if changed {
             storage::mark_device_list_changed(tx, user)?;
             server.mark_outbox_dirty();
         }
+        if public_change {
+            queue_signing_key_update(tx, user)?;
+        }
         Ok(())
     })
+}
+
+/// Queue an `m.signing_key_update` with the user's master and self-signing keys for
+/// every other server sharing a room with them (user-signing keys stay private).
+fn queue_signing_key_update(tx: &Connection, user: &str) -> Result<(), Error> {
+    let own = user.rsplit_once(':').map(|(_, s)| s).unwrap_or("");
+    let mut content = json!({ "user_id": user });
+    for (field, key_type) in [
+        ("master_key", "master"),
+        ("self_signing_key", "self_signing"),
+    ] {
+        if let Some(row) = storage::cross_signing_key(tx, user, key_type)? {
+            content[field] = serde_json::from_str(&row.key_json)?;
+        }
+    }
+    let edu = json!({ "edu_type": "m.signing_key_update", "content": content });
+    for destination in storage::servers_sharing_rooms(tx, user)? {
+        if destination != own {
+            storage::enqueue_edu(tx, &destination, &edu)?;
+        }
+    }
+    Ok(())
 }
 
 /// `POST /keys/signatures/upload`: `{user_id: {key_id: signed object}}`. Returns the

@@ -233,9 +233,9 @@ pub struct QueryRequest {
 /// Longest wait for one remote server's answer to a proxied key query or claim.
 const REMOTE_KEYS_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Answer a key query: local users from the database, remote users by asking their
-/// servers (`POST /_matrix/federation/v1/user/keys/query`), all servers at once. A
-/// server that cannot be asked is named in `failures`.
+/// Answer a key query: local users from the database, remote users from the remote
+/// device-list cache or by asking their servers (see `remote_devices`), all servers at
+/// once. A server that cannot be asked is named in `failures`.
 pub async fn query(server: &Server, caller: &Caller, req: &QueryRequest) -> Result<Value, Error> {
     let mut local = Vec::new();
     let mut remote: BTreeMap<&str, Map<String, Value>> = BTreeMap::new();
@@ -252,32 +252,7 @@ pub async fn query(server: &Server, caller: &Caller, req: &QueryRequest) -> Resu
     let mut body = server
         .db
         .read_tx(|c| query_local(c, &caller.user_id, &local))?;
-    let answers = futures::future::join_all(remote.into_iter().map(|(destination, users)| {
-        let request = json!({ "device_keys": users });
-        async move {
-            let answer = ask_remote(server, destination, "query", &request).await;
-            (destination, users, answer)
-        }
-    }))
-    .await;
-    let mut failures = Map::new();
-    for (destination, users, answer) in answers {
-        match answer {
-            Ok(answer) => {
-                for field in ["device_keys", "master_keys", "self_signing_keys"] {
-                    for (user_id, v) in answer[field].as_object().into_iter().flatten() {
-                        // Only what we asked about, and only that server's users.
-                        if users.contains_key(user_id) {
-                            body[field][user_id] = v.clone();
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                failures.insert(destination.to_owned(), remote_failure(&e));
-            }
-        }
-    }
+    let failures = super::remote_devices::query(server, remote, &mut body).await;
     body["failures"] = Value::Object(failures);
     Ok(body)
 }
@@ -437,9 +412,10 @@ pub async fn claim(server: &Server, req: &ClaimRequest) -> Result<Value, Error> 
     for (destination, users, answer) in answers {
         match answer {
             Ok(answer) => {
-                for (user_id, v) in answer["one_time_keys"].as_object().into_iter().flatten() {
-                    if users.contains_key(user_id) {
-                        claimed[user_id] = v.clone();
+                for (user_id, asked) in &users {
+                    let per_device = checked_claim(&answer["one_time_keys"][user_id], asked);
+                    if !per_device.is_empty() {
+                        claimed[user_id] = Value::Object(per_device);
                     }
                 }
             }
@@ -449,6 +425,29 @@ pub async fn claim(server: &Server, req: &ClaimRequest) -> Result<Value, Error> 
         }
     }
     Ok(json!({ "one_time_keys": claimed, "failures": failures }))
+}
+
+/// What a remote server claimed for one user, kept only where it makes sense: devices
+/// we asked about, one key each, of the algorithm we asked for, of a sane size. (The
+/// client checks the key's signature by the device.)
+fn checked_claim(answer: &Value, asked: &Value) -> Map<String, Value> {
+    let mut out = Map::new();
+    for (device_id, algorithm) in asked.as_object().into_iter().flatten() {
+        let Some(keys) = answer[device_id].as_object() else {
+            continue;
+        };
+        let Some(algorithm) = algorithm.as_str() else {
+            continue;
+        };
+        let mut entries = keys.iter();
+        if let (Some((name, key)), None) = (entries.next(), entries.next())
+            && name.split_once(':').is_some_and(|(a, _)| a == algorithm)
+            && key.to_string().len() <= super::remote_devices::MAX_KEY_JSON
+        {
+            out.insert(device_id.clone(), json!({ name: key }));
+        }
+    }
+    out
 }
 
 /// For each device: take (delete) one one-time key of the algorithm; with none left,

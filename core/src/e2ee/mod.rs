@@ -10,6 +10,7 @@ pub mod backup;
 pub mod cross_signing;
 pub mod device_lists;
 pub mod keys;
+pub mod remote_devices;
 pub mod to_device;
 
 use base64::Engine;
@@ -100,7 +101,7 @@ fn check_signatures_shape(v: &Value, what: &str) -> Result<(), Error> {
 }
 
 /// Merge stored signatures into an object's `signatures`.
-fn merge_signatures(object: &mut Value, sigs: &[crate::storage::SignatureRow]) {
+pub(crate) fn merge_signatures(object: &mut Value, sigs: &[crate::storage::SignatureRow]) {
     if sigs.is_empty() || !object.is_object() {
         return;
     }

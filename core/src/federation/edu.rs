@@ -1,17 +1,18 @@
 //! EDUs: ephemeral events between servers: typing notifications, read receipts,
-//! direct-to-device messages and device-list updates. Inbound ones are applied if their
-//! user belongs to the origin (and, for room EDUs, is joined to the room); outbound
-//! ones are queued in the durable outbox (room EDUs for every other server in the room;
+//! presence, direct-to-device messages, device-list and signing-key updates. Inbound
+//! ones are applied if their user belongs to the origin (and, for room EDUs, is joined
+//! to the room; for presence and keys, shares a room with a local user); outbound ones
+//! are queued in the durable outbox (room EDUs for every other server in the room;
 //! to-device messages for the target's server, in the `/sendToDevice` transaction;
-//! device-list updates for every server sharing a room, in the transaction that changed
-//! the keys, see `storage::mark_device_changed`). Presence is not federated.
+//! device-list and signing-key updates for every server sharing a room, in the
+//! transaction that changed the keys, see `storage::mark_device_changed`).
 
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use super::outbox;
-use crate::e2ee::to_device;
+use crate::e2ee::{remote_devices, to_device};
 use crate::error::Error;
 use crate::server::Server;
 use crate::storage::{self, Receipt, next_stream_position};
@@ -29,6 +30,8 @@ pub async fn receive_edu(server: &Server, origin: &str, edu: Value) {
         "m.receipt" => receipts(server, origin, &content),
         "m.direct_to_device" => direct_to_device(server, origin, &content),
         "m.device_list_update" => device_list_update(server, origin, &content),
+        "m.signing_key_update" => signing_key_update(server, origin, &content),
+        "m.presence" => crate::presence::receive(server, origin, &content),
         other => {
             tracing::debug!(%origin, edu_type = other, "EDU type not handled; ignored");
             Ok(())
@@ -169,22 +172,40 @@ fn direct_to_device(server: &Server, origin: &str, content: &Value) -> Result<()
     Ok(())
 }
 
-/// `content`: `{user_id, device_id, stream_id, …}`. The user's devices are marked changed,
-/// so local users sharing a room see them in `device_lists.changed` and re-query their
-/// keys (which `/keys/query` proxies to the user's server).
+/// `content`: `{user_id, device_id, stream_id, prev_id, deleted?, keys?, …}`. Applied to
+/// the remote device-list cache when it follows what we have (else the cached list is
+/// marked stale and re-fetched on the next query), and the user's devices are marked
+/// changed, so local users sharing a room see them in `device_lists.changed` and
+/// re-query their keys.
 fn device_list_update(server: &Server, origin: &str, content: &Value) -> Result<(), Error> {
     let user_id = str_field(content, "user_id")?;
     check_origin(origin, user_id)?;
     let own = server.server_name();
     server.write(|tx| {
-        if !storage::servers_sharing_rooms(tx, user_id)?
-            .iter()
-            .any(|s| s == own)
-        {
+        if !storage::shares_room_with_server(tx, user_id, own)? {
             return Err(Error::Forbidden(format!(
                 "{user_id} shares no room with this server"
             )));
         }
+        remote_devices::apply_device_list_update(tx, user_id, content)?;
+        storage::mark_remote_device_list_changed(tx, user_id)?;
+        Ok(())
+    })
+}
+
+/// `content`: `{user_id, master_key?, self_signing_key?}`: a remote user's new
+/// cross-signing keys. Checked and cached; the user is marked changed so clients re-query.
+fn signing_key_update(server: &Server, origin: &str, content: &Value) -> Result<(), Error> {
+    let user_id = str_field(content, "user_id")?;
+    check_origin(origin, user_id)?;
+    let own = server.server_name();
+    server.write(|tx| {
+        if !storage::shares_room_with_server(tx, user_id, own)? {
+            return Err(Error::Forbidden(format!(
+                "{user_id} shares no room with this server"
+            )));
+        }
+        remote_devices::apply_signing_key_update(tx, user_id, content)?;
         storage::mark_remote_device_list_changed(tx, user_id)?;
         Ok(())
     })

@@ -76,6 +76,21 @@ pub fn device_exists(c: &Connection, user_id: &str, device_id: &str) -> Result<b
     .is_some())
 }
 
+/// A device's display name (`None` for an unknown device or one without a name).
+pub fn device_display_name(
+    c: &Connection,
+    user_id: &str,
+    device_id: &str,
+) -> Result<Option<String>, Error> {
+    Ok(c.query_row(
+        "SELECT display_name FROM devices WHERE user_id = ?1 AND device_id = ?2",
+        params![user_id, device_id],
+        |r| r.get(0),
+    )
+    .optional()?
+    .flatten())
+}
+
 /// Device ids of a user.
 pub fn device_ids(c: &Connection, user_id: &str) -> Result<Vec<String>, Error> {
     let mut st =
@@ -233,6 +248,8 @@ pub fn mark_device_changed(
     user_id: &str,
     device_id: Option<&str>,
 ) -> Result<StreamPosition, Error> {
+    // The previous change is the update a receiver must have seen to apply this one.
+    let prev = super::device_list_stream_id(c, user_id)?;
     let pos = mark_remote_device_list_changed(c, user_id)?;
     let Some((_, own_server)) = user_id.rsplit_once(':') else {
         return Ok(pos);
@@ -242,15 +259,31 @@ pub fn mark_device_changed(
         .filter(|s| s != own_server)
         .collect();
     if !destinations.is_empty() {
-        let edu = serde_json::json!({
-            "edu_type": "m.device_list_update",
-            "content": {
-                "user_id": user_id,
-                "device_id": device_id.unwrap_or(""),
-                "stream_id": pos,
-                "prev_id": [],
-            },
+        let mut content = serde_json::json!({
+            "user_id": user_id,
+            "device_id": device_id.unwrap_or(""),
+            "stream_id": pos,
+            "prev_id": if prev > 0 { vec![prev] } else { vec![] },
         });
+        // With the device's keys (and its owner's signatures on them) a receiver that
+        // caches the list can apply the update without fetching anything.
+        if let Some(device_id) = device_id {
+            if !super::device_exists(c, user_id, device_id)? {
+                content["deleted"] = serde_json::json!(true);
+            } else if let Some(keys) = device_keys(c, user_id, device_id)? {
+                let mut keys: serde_json::Value = serde_json::from_str(&keys)?;
+                let own_sigs: Vec<_> = super::signatures_on(c, user_id, device_id)?
+                    .into_iter()
+                    .filter(|s| s.signer_user_id == user_id)
+                    .collect();
+                crate::e2ee::merge_signatures(&mut keys, &own_sigs);
+                content["keys"] = keys;
+                if let Some(name) = device_display_name(c, user_id, device_id)? {
+                    content["device_display_name"] = serde_json::json!(name);
+                }
+            }
+        }
+        let edu = serde_json::json!({ "edu_type": "m.device_list_update", "content": content });
         for d in &destinations {
             super::enqueue_edu(c, d, &edu)?;
         }

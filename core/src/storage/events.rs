@@ -317,7 +317,17 @@ pub fn forward_extremities(c: &Connection, room_id: &str) -> Result<Vec<(String,
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// A new event becomes an extremity; the events it references stop being ones.
+/// Most soft-failed or rejected ancestors walked through when a new event's prev events
+/// are updated (a chain longer than this leaves an extra extremity, which the next event
+/// sent here merges).
+const MAX_SKIPPED_ANCESTORS: usize = 200;
+
+/// A new event becomes an extremity; the events it references stop being ones. When a
+/// prev event is soft-failed or rejected (it never became an extremity itself), its own
+/// prev events stop being extremities too, through any chain of such events, as
+/// Synapse's `_get_prevs_before_rejected` does: otherwise a node that soft-failed an
+/// event of another branch would keep that branch's older tip as an extremity, and
+/// nodes would disagree about the room's extremities after a partition heals.
 pub fn update_forward_extremities(
     c: &Connection,
     room_id: &str,
@@ -326,8 +336,30 @@ pub fn update_forward_extremities(
 ) -> Result<(), Error> {
     let mut del =
         c.prepare_cached("DELETE FROM forward_extremities WHERE room_id = ?1 AND event_id = ?2")?;
-    for p in prev_events {
+    let mut todo: Vec<String> = prev_events.to_vec();
+    let mut seen = std::collections::HashSet::new();
+    while let Some(p) = todo.pop() {
+        if !seen.insert(p.clone()) {
+            continue;
+        }
         del.execute(params![room_id, p])?;
+        if seen.len() > MAX_SKIPPED_ANCESTORS {
+            continue;
+        }
+        let skipped = matches!(
+            event_status(c, &p)?,
+            Some(EventStatus::SoftFailed | EventStatus::Rejected)
+        );
+        if skipped && let Some(ev) = get_event_any(c, &p)? {
+            let json: serde_json::Value = serde_json::from_str(&ev.json)?;
+            todo.extend(
+                json["prev_events"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v.as_str().map(str::to_owned)),
+            );
+        }
     }
     c.prepare_cached(
         "INSERT OR IGNORE INTO forward_extremities (room_id, event_id) VALUES (?1, ?2)",

@@ -462,6 +462,36 @@ const MIGRATIONS: &[&str] = &[
         FROM event_relations WHERE rel_type = 'm.thread'
         GROUP BY room_id, relates_to_id;
     "#,
+    // 15: the remote device-list cache (device keys and cross-signing keys of users of
+    // other servers who share a room with a local user, with the `stream_id` of the last
+    // `m.device_list_update` applied; `stale` = re-fetch with `user/devices` before use),
+    // and presence (local and remote users; `stream_ordering` orders changes for /sync).
+    r#"
+    CREATE TABLE remote_device_lists (
+        user_id TEXT PRIMARY KEY,
+        stream_id INTEGER NOT NULL,
+        stale INTEGER NOT NULL DEFAULT 0,
+        master_key TEXT,
+        self_signing_key TEXT,
+        fetched_ts INTEGER NOT NULL
+    );
+    CREATE TABLE remote_devices (
+        user_id TEXT NOT NULL REFERENCES remote_device_lists(user_id) ON DELETE CASCADE,
+        device_id TEXT NOT NULL,
+        key_json TEXT NOT NULL,
+        display_name TEXT,
+        PRIMARY KEY (user_id, device_id)
+    );
+    CREATE TABLE presence (
+        user_id TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        status_msg TEXT,
+        last_active_ts INTEGER NOT NULL,
+        currently_active INTEGER NOT NULL DEFAULT 0,
+        stream_ordering INTEGER NOT NULL
+    );
+    CREATE INDEX presence_by_stream ON presence(stream_ordering);
+    "#,
 ];
 
 /// The schema version this build writes.

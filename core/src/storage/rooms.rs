@@ -106,12 +106,37 @@ pub fn set_membership(
     event_id: &str,
     pos: i64,
 ) -> Result<(), Error> {
+    let was_joined = membership == "join"
+        && c.prepare_cached(
+            "SELECT 1 FROM memberships WHERE room_id = ?1 AND user_id = ?2 AND membership = 'join'",
+        )?
+        .query_row(params![room_id, user_id], |_| Ok(()))
+        .optional()?
+        .is_some();
     c.prepare_cached(
         "INSERT INTO memberships (room_id, user_id, membership, event_id, stream_ordering) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership,
              event_id = excluded.event_id, stream_ordering = excluded.stream_ordering, forgotten = 0",
     )?
     .execute(params![room_id, user_id, membership, event_id, pos])?;
+    if membership == "join" && !was_joined {
+        crate::presence::on_join(c, room_id, user_id)?;
+    }
+    if membership != "join" {
+        // Remote users who no longer share a room with any local user: their servers
+        // stop sending us device-list updates, so their cached lists would go stale
+        // unnoticed. Drop them; a later query fetches afresh.
+        c.prepare_cached(
+            "DELETE FROM remote_device_lists WHERE user_id IN (
+                 SELECT user_id FROM memberships WHERE room_id = ?1)
+             AND NOT EXISTS (
+                 SELECT 1 FROM memberships m1 JOIN memberships m2 ON m1.room_id = m2.room_id
+                 JOIN users u ON u.user_id = m2.user_id
+                 WHERE m1.user_id = remote_device_lists.user_id
+                   AND m1.membership = 'join' AND m2.membership = 'join')",
+        )?
+        .execute([room_id])?;
+    }
     Ok(())
 }
 
