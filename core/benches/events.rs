@@ -5,11 +5,12 @@
 //! - `verify_event`: signature and content-hash check of a received PDU;
 //! - `auth_check`: state-independent and state-dependent auth rules for one message;
 //! - `state_resolution`: ruma's `state_res::resolve` (v2.1) on two forks of a room with
-//!   50 members whose name, topic and power levels conflict.
+//!   50 members whose name, topic and power levels conflict;
+//! - `state_resolution_1000`: the same on two forks of a room with 500 members in which
+//!   every member changed their member event on both sides: 1,000 conflicted state
+//!   events.
 //!
-//! Not covered: `/sync` response building needs a running node's database and is not a
-//! public function of the core; `warren bench` measures initial and incremental `/sync`
-//! end to end instead.
+//! `/sync` response building is in `benches/sync.rs` (it needs a node's database).
 //!
 //! Run: `cargo bench -p warren-core --bench events`. `cargo clippy --all-targets` and
 //! `cargo test` only compile this file.
@@ -239,9 +240,8 @@ impl Room {
     }
 }
 
-/// A room with the creator, power levels, public join rules and [`MEMBERS`] members; then
-/// two forks from its last event that set name, topic and power levels differently.
-fn forked_room() -> (Room, Vec<StateMap<OwnedEventId>>) {
+/// A room with the creator, power levels, public join rules and `members` members.
+fn room_with_members(members: usize) -> Room {
     let mut room = Room::new();
     let alice = room.user("alice");
     room.send(
@@ -262,10 +262,44 @@ fn forked_room() -> (Room, Vec<StateMap<OwnedEventId>>) {
         Some(""),
         json!({"join_rule": "public"}),
     );
-    for i in 0..MEMBERS {
+    for i in 0..members {
         let m = room.user(&format!("member{i}"));
         room.send(&m, "m.room.member", Some(&m), json!({"membership": "join"}));
     }
+    room
+}
+
+/// Members in the room whose every member event conflicts.
+const CONFLICTED_MEMBERS: usize = 500;
+
+/// A room of [`CONFLICTED_MEMBERS`] members, then two forks from its last event in which
+/// each member sets a different display name: 1,000 conflicted member events.
+fn widely_forked_room() -> (Room, Vec<StateMap<OwnedEventId>>) {
+    let mut room = room_with_members(CONFLICTED_MEMBERS);
+    let base_last = room.last.clone();
+    let base_depth = room.depth;
+    let base_state = room.state.clone();
+    let mut forks = Vec::new();
+    for side in ["one", "two"] {
+        room.last = base_last.clone();
+        room.depth = base_depth;
+        room.state = base_state.clone();
+        for i in 0..CONFLICTED_MEMBERS {
+            let m = room.user(&format!("member{i}"));
+            let content = json!({"membership": "join", "displayname": format!("{side} {i}")});
+            room.send(&m, "m.room.member", Some(&m), content);
+        }
+        forks.push(room.state.clone());
+    }
+    room.state = base_state;
+    (room, forks)
+}
+
+/// A room with the creator, power levels, public join rules and [`MEMBERS`] members; then
+/// two forks from its last event that set name, topic and power levels differently.
+fn forked_room() -> (Room, Vec<StateMap<OwnedEventId>>) {
+    let mut room = room_with_members(MEMBERS);
+    let alice = room.user("alice");
     let base_last = room.last.clone();
     let base_depth = room.depth;
     let base_state = room.state.clone();
@@ -362,5 +396,43 @@ fn benches(c: &mut Criterion) {
     );
 }
 
-criterion_group!(events, benches);
+fn wide_resolution(c: &mut Criterion) {
+    let (room, forks) = widely_forked_room();
+    let v2 = room
+        .rules
+        .state_res
+        .v2_rules()
+        .expect("room version 12 uses state res v2.1");
+    let resolve = || {
+        let chains = forks.iter().map(|s| room.auth_chain(s)).collect();
+        state_res::resolve(
+            &room.rules.authorization,
+            v2,
+            &forks,
+            chains,
+            |id| room.events.get(id).cloned(),
+            |conflicted| Some(room.conflicted_subgraph(conflicted)),
+        )
+    };
+    let resolved = resolve().expect("the forks resolve");
+    let conflicted = forks[0]
+        .iter()
+        .filter(|(k, v)| forks[1].get(*k) != Some(*v))
+        .count();
+    assert_eq!(conflicted, CONFLICTED_MEMBERS, "every member key conflicts");
+    assert_eq!(
+        resolved.len(),
+        forks[0].len(),
+        "resolved state has every key"
+    );
+    let mut group = c.benchmark_group("wide");
+    group.sample_size(10);
+    group.bench_function(
+        "state_resolution_1000 (2 forks, 500 conflicted keys = 1,000 state events)",
+        |b| b.iter(|| black_box(resolve())),
+    );
+    group.finish();
+}
+
+criterion_group!(events, benches, wide_resolution);
 criterion_main!(events);

@@ -132,6 +132,12 @@ impl GroupWriter {
         out
     }
 
+    /// Whether nobody holds or waits for the writer right now (a hint: it may change at
+    /// once).
+    pub(super) fn is_idle(&self) -> bool {
+        self.queued.load(Ordering::SeqCst) == 0 && !self.writer.is_locked()
+    }
+
     /// Run `f` on the connection outside any batch (checkpoints, maintenance): a batch
     /// left open for a writer about to take over is committed first.
     pub(super) fn with_idle_connection<T>(&self, f: impl FnOnce(&Connection) -> T) -> T {

@@ -82,7 +82,13 @@ impl std::fmt::Debug for Db {
     }
 }
 
+/// Prepared statements kept per connection. A send alone runs a few dozen distinct
+/// statements; with rusqlite's default of 16 the cache thrashed and SQLite re-parsed
+/// them on every request.
+const STATEMENT_CACHE: usize = 256;
+
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -117,6 +123,7 @@ impl Db {
             .map_err(open_err)?;
             conn.pragma_update(None, "busy_timeout", 5000)
                 .map_err(open_err)?;
+            conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
             readers.push(Mutex::new(conn));
         }
         Ok(Db {
@@ -135,6 +142,12 @@ impl Db {
             c.committed();
         }
         Ok(out)
+    }
+
+    /// Whether the writer is free right now (a hint for callers deciding whether a
+    /// write will have to wait).
+    pub fn writer_is_idle(&self) -> bool {
+        self.writer.is_idle()
     }
 
     /// Run `f` on a read connection (a consistent snapshot for its duration when it uses
