@@ -192,6 +192,28 @@ impl Room {
         chain
     }
 
+    /// State resolution (v2.1) of `forks`, with auth chains and the conflicted subgraph
+    /// computed in memory the way `core/src/rooms/resolve.rs` does from storage.
+    fn resolve(
+        &self,
+        forks: &[StateMap<OwnedEventId>],
+    ) -> Result<StateMap<OwnedEventId>, state_res::Error> {
+        let v2 = self
+            .rules
+            .state_res
+            .v2_rules()
+            .expect("room version 12 uses state res v2.1");
+        let chains = forks.iter().map(|s| self.auth_chain(s)).collect();
+        state_res::resolve(
+            &self.rules.authorization,
+            v2,
+            forks,
+            chains,
+            |id| self.events.get(id).cloned(),
+            |conflicted| Some(self.conflicted_subgraph(conflicted)),
+        )
+    }
+
     /// Events on auth paths between conflicted events (the conflicted ones included).
     fn conflicted_subgraph(
         &self,
@@ -368,22 +390,7 @@ fn benches(c: &mut Criterion) {
         b.iter(|| black_box(room.auth_check(black_box(&pdu))))
     });
 
-    let v2 = room
-        .rules
-        .state_res
-        .v2_rules()
-        .expect("room version 12 uses state res v2.1");
-    let resolve = || {
-        let chains = forks.iter().map(|s| room.auth_chain(s)).collect();
-        state_res::resolve(
-            &room.rules.authorization,
-            v2,
-            &forks,
-            chains,
-            |id| room.events.get(id).cloned(),
-            |conflicted| Some(room.conflicted_subgraph(conflicted)),
-        )
-    };
+    let resolve = || room.resolve(&forks);
     let resolved = resolve().expect("the forks resolve");
     assert_eq!(
         resolved.len(),
@@ -398,22 +405,7 @@ fn benches(c: &mut Criterion) {
 
 fn wide_resolution(c: &mut Criterion) {
     let (room, forks) = widely_forked_room();
-    let v2 = room
-        .rules
-        .state_res
-        .v2_rules()
-        .expect("room version 12 uses state res v2.1");
-    let resolve = || {
-        let chains = forks.iter().map(|s| room.auth_chain(s)).collect();
-        state_res::resolve(
-            &room.rules.authorization,
-            v2,
-            &forks,
-            chains,
-            |id| room.events.get(id).cloned(),
-            |conflicted| Some(room.conflicted_subgraph(conflicted)),
-        )
-    };
+    let resolve = || room.resolve(&forks);
     let resolved = resolve().expect("the forks resolve");
     let conflicted = forks[0]
         .iter()

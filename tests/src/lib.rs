@@ -781,6 +781,77 @@ pub fn pseudo_random_bytes(seed: u64, len: usize) -> Vec<u8> {
     out
 }
 
+// ---------------------------------------------------------------------------------------
+// A user driven with raw HTTP
+// ---------------------------------------------------------------------------------------
+
+/// A registered user and the client-API base URL they talk to, for tests that check the
+/// wire format exactly (matrix-sdk would hide it).
+pub struct RawUser {
+    pub base: String,
+    pub session: Session,
+}
+
+impl RawUser {
+    /// Registers `localpart` on the node at `base` (see [`register_raw`]).
+    pub async fn register(base: String, localpart: &str) -> anyhow::Result<RawUser> {
+        let session = register_raw(&http_client()?, &base, localpart, "secret-password").await?;
+        Ok(RawUser { base, session })
+    }
+
+    /// `@localpart:server`.
+    pub fn id(&self) -> &str {
+        &self.session.user_id
+    }
+
+    /// One request under `/_matrix/client/v3` with the user's token: the status and the
+    /// JSON body (`null` when the body is not JSON). A `null` request body is sent as
+    /// JSON `null`, which GET handlers ignore.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Value,
+    ) -> anyhow::Result<(u16, Value)> {
+        let response = http_client()?
+            .request(
+                method.clone(),
+                format!("{}/_matrix/client/v3{path}", self.base),
+            )
+            .bearer_auth(&self.session.access_token)
+            .json(&body)
+            .send()
+            .await
+            .with_context(|| format!("{method} {path}"))?;
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        Ok((status, body))
+    }
+
+    /// A request that must answer 200: its JSON body.
+    pub async fn ok(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Value,
+    ) -> anyhow::Result<Value> {
+        let (status, answer) = self.call(method.clone(), path, body).await?;
+        ensure!(status == 200, "{method} {path}: {status} {answer}");
+        Ok(answer)
+    }
+
+    /// `POST` that must answer 200.
+    pub async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        self.ok(reqwest::Method::POST, path, body).await
+    }
+
+    /// `POST /createRoom`: the new room's id.
+    pub async fn create_room(&self, body: Value) -> anyhow::Result<String> {
+        let answer = self.post("/createRoom", body).await?;
+        Ok(answer["room_id"].as_str().context("room_id")?.to_owned())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

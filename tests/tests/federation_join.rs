@@ -18,52 +18,21 @@ use warren_tests::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-struct User {
-    base: String,
-    session: Session,
+/// A raw-HTTP user ([`RawUser`]) with this file's own requests on top.
+struct User(RawUser);
+
+impl std::ops::Deref for User {
+    type Target = RawUser;
+    fn deref(&self) -> &RawUser {
+        &self.0
+    }
 }
 
 impl User {
     async fn register(node: &FederatedNode, localpart: &str) -> anyhow::Result<User> {
-        let base = node.node.client_url();
-        let session = register_raw(&http_client()?, &base, localpart, "secret-password").await?;
-        Ok(User { base, session })
-    }
-
-    fn id(&self) -> &str {
-        &self.session.user_id
-    }
-
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Value,
-    ) -> anyhow::Result<(u16, Value)> {
-        let response = http_client()?
-            .request(
-                method.clone(),
-                format!("{}/_matrix/client/v3{path}", self.base),
-            )
-            .bearer_auth(&self.session.access_token)
-            .json(&body)
-            .send()
-            .await
-            .with_context(|| format!("{method} {path}"))?;
-        let status = response.status().as_u16();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        Ok((status, body))
-    }
-
-    async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
-        let (status, answer) = self.call(reqwest::Method::POST, path, body).await?;
-        ensure!(status == 200, "POST {path}: {status} {answer}");
-        Ok(answer)
-    }
-
-    async fn create_room(&self, body: Value) -> anyhow::Result<String> {
-        let answer = self.post("/createRoom", body).await?;
-        Ok(answer["room_id"].as_str().context("room_id")?.to_owned())
+        Ok(User(
+            RawUser::register(node.node.client_url(), localpart).await?,
+        ))
     }
 
     async fn say(&self, room: &str, body: &str) -> anyhow::Result<()> {

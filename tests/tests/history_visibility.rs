@@ -4,86 +4,39 @@
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use warren_tests::{Session, http_client, path_segment, register_raw, shutdown_node, start_node};
+use warren_tests::{RawUser, path_segment, shutdown_node, start_node};
 
-const PW: &str = "a long enough password";
-
-struct Api {
-    http: reqwest::Client,
-    base: String,
-}
-
-impl Api {
-    async fn call(
-        &self,
-        who: &Session,
-        method: Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> anyhow::Result<(u16, Value)> {
-        let url = format!("{}/_matrix/client/v3{path}", self.base);
-        let mut req = self
-            .http
-            .request(method, url)
-            .bearer_auth(&who.access_token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await?;
-        let status = resp.status().as_u16();
-        Ok((status, resp.json().await.unwrap_or(Value::Null)))
-    }
-
-    async fn ok(
-        &self,
-        who: &Session,
-        method: Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> anyhow::Result<Value> {
-        let (status, v) = self.call(who, method, path, body).await?;
-        anyhow::ensure!(status == 200, "{path}: {status} {v}");
-        Ok(v)
-    }
-
-    async fn say(&self, who: &Session, room: &str, body: &str) -> anyhow::Result<String> {
-        let path = format!(
-            "/rooms/{}/send/m.room.message/{}",
-            path_segment(room),
-            path_segment(body)
-        );
-        let v = self
-            .ok(
-                who,
-                Method::PUT,
-                &path,
-                Some(json!({"msgtype": "m.text", "body": body})),
-            )
-            .await?;
-        Ok(v["event_id"].as_str().unwrap_or_default().to_owned())
-    }
-
-    async fn set_visibility(&self, who: &Session, room: &str, to: &str) -> anyhow::Result<()> {
-        let path = format!(
-            "/rooms/{}/state/m.room.history_visibility/",
-            path_segment(room)
-        );
-        self.ok(
-            who,
+async fn say(who: &RawUser, room: &str, body: &str) -> anyhow::Result<String> {
+    let path = format!(
+        "/rooms/{}/send/m.room.message/{}",
+        path_segment(room),
+        path_segment(body)
+    );
+    let v = who
+        .ok(
             Method::PUT,
             &path,
-            Some(json!({"history_visibility": to})),
+            json!({"msgtype": "m.text", "body": body}),
         )
         .await?;
-        Ok(())
-    }
+    Ok(v["event_id"].as_str().unwrap_or_default().to_owned())
+}
 
-    /// The bodies of the messages `who` can page back through, oldest first.
-    async fn readable(&self, who: &Session, room: &str) -> anyhow::Result<Vec<String>> {
-        let path = format!("/rooms/{}/messages?dir=b&limit=100", path_segment(room));
-        let v = self.ok(who, Method::GET, &path, None).await?;
-        Ok(bodies(&v["chunk"]).into_iter().rev().collect())
-    }
+async fn set_visibility(who: &RawUser, room: &str, to: &str) -> anyhow::Result<()> {
+    let path = format!(
+        "/rooms/{}/state/m.room.history_visibility/",
+        path_segment(room)
+    );
+    who.ok(Method::PUT, &path, json!({"history_visibility": to}))
+        .await?;
+    Ok(())
+}
+
+/// The bodies of the messages `who` can page back through, oldest first.
+async fn readable(who: &RawUser, room: &str) -> anyhow::Result<Vec<String>> {
+    let path = format!("/rooms/{}/messages?dir=b&limit=100", path_segment(room));
+    let v = who.ok(Method::GET, &path, Value::Null).await?;
+    Ok(bodies(&v["chunk"]).into_iter().rev().collect())
 }
 
 fn bodies(events: &Value) -> Vec<String> {
@@ -100,46 +53,42 @@ fn bodies(events: &Value) -> Vec<String> {
 async fn history_visibility_is_decided_by_the_state_at_each_event() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let node = start_node(dir.path()).await?;
-    let api = Api {
-        http: http_client()?,
-        base: node.client_url().trim_end_matches('/').to_owned(),
-    };
-    let alice = register_raw(&api.http, &api.base, "alice", PW).await?;
-    let bob = register_raw(&api.http, &api.base, "bob", PW).await?;
-    let carol = register_raw(&api.http, &api.base, "carol", PW).await?;
+    let base = node.client_url().trim_end_matches('/').to_owned();
+    let alice = RawUser::register(base.clone(), "alice").await?;
+    let bob = RawUser::register(base.clone(), "bob").await?;
+    let carol = RawUser::register(base.clone(), "carol").await?;
 
-    let created = api
+    let created = alice
         .ok(
-            &alice,
             Method::POST,
             "/createRoom",
-            Some(json!({"preset": "public_chat"})),
+            json!({"preset": "public_chat"}),
         )
         .await?;
     let room = created["room_id"].as_str().unwrap_or_default().to_owned();
     let r = path_segment(&room);
 
     // Three stretches of history with different settings, all before bob joins.
-    api.set_visibility(&alice, &room, "joined").await?;
-    let hidden = api.say(&alice, &room, "joined-only one").await?;
-    api.set_visibility(&alice, &room, "shared").await?;
-    api.say(&alice, &room, "shared one").await?;
-    api.set_visibility(&alice, &room, "joined").await?;
-    api.say(&alice, &room, "joined-only two").await?;
+    set_visibility(&alice, &room, "joined").await?;
+    let hidden = say(&alice, &room, "joined-only one").await?;
+    set_visibility(&alice, &room, "shared").await?;
+    say(&alice, &room, "shared one").await?;
+    set_visibility(&alice, &room, "joined").await?;
+    say(&alice, &room, "joined-only two").await?;
 
-    api.ok(&bob, Method::POST, &format!("/join/{r}"), Some(json!({})))
+    bob.ok(Method::POST, &format!("/join/{r}"), json!({}))
         .await?;
-    api.say(&alice, &room, "after bob joined").await?;
+    say(&alice, &room, "after bob joined").await?;
 
     // Bob joined after all three: only the stretch that was `shared` is his to read,
     // although the room's setting today is `joined`.
     assert_eq!(
-        api.readable(&bob, &room).await?,
+        readable(&bob, &room).await?,
         ["shared one", "after bob joined"]
     );
     // Alice, joined throughout, reads everything.
     assert_eq!(
-        api.readable(&alice, &room).await?,
+        readable(&alice, &room).await?,
         [
             "joined-only one",
             "shared one",
@@ -148,30 +97,27 @@ async fn history_visibility_is_decided_by_the_state_at_each_event() -> anyhow::R
         ]
     );
     // The hidden event is not found by id or by context, nor by search.
-    let (status, _) = api
+    let (status, _) = bob
         .call(
-            &bob,
             Method::GET,
             &format!("/rooms/{r}/event/{}", path_segment(&hidden)),
-            None,
+            Value::Null,
         )
         .await?;
     assert_eq!(status, 404);
-    let (status, _) = api
+    let (status, _) = bob
         .call(
-            &bob,
             Method::GET,
             &format!("/rooms/{r}/context/{}", path_segment(&hidden)),
-            None,
+            Value::Null,
         )
         .await?;
     assert_eq!(status, 404);
-    let found = api
+    let found = bob
         .ok(
-            &bob,
             Method::POST,
             "/search",
-            Some(json!({"search_categories": {"room_events": {"search_term": "one"}}})),
+            json!({"search_categories": {"room_events": {"search_term": "one"}}}),
         )
         .await?;
     let results = &found["search_categories"]["room_events"]["results"];
@@ -184,41 +130,35 @@ async fn history_visibility_is_decided_by_the_state_at_each_event() -> anyhow::R
     assert_eq!(hits, ["shared one"]);
     // Bob's first sync shows the same.
     let filter = json!({"room": {"timeline": {"limit": 50}}}).to_string();
-    let sync = api
+    let sync = bob
         .ok(
-            &bob,
             Method::GET,
             &format!("/sync?filter={}", path_segment(&filter)),
-            None,
+            Value::Null,
         )
         .await?;
     let timeline = bodies(&sync["rooms"]["join"][&room]["timeline"]["events"]);
     assert_eq!(timeline, ["shared one", "after bob joined"]);
 
     // Carol is invited while the room is `invited`: she may read from her invite on.
-    api.set_visibility(&alice, &room, "invited").await?;
-    api.ok(
-        &alice,
-        Method::POST,
-        &format!("/rooms/{r}/invite"),
-        Some(json!({"user_id": carol.user_id})),
-    )
-    .await?;
-    api.say(&alice, &room, "for the invitee").await?;
-    assert_eq!(api.readable(&carol, &room).await?, ["for the invitee"]);
+    set_visibility(&alice, &room, "invited").await?;
+    alice
+        .ok(
+            Method::POST,
+            &format!("/rooms/{r}/invite"),
+            json!({"user_id": carol.id()}),
+        )
+        .await?;
+    say(&alice, &room, "for the invitee").await?;
+    assert_eq!(readable(&carol, &room).await?, ["for the invitee"]);
 
     // Bob leaves: what he could read while joined stays readable, nothing after it is,
     // and the `shared` stretch he read only because he was joined now is not (Synapse).
-    api.ok(
-        &bob,
-        Method::POST,
-        &format!("/rooms/{r}/leave"),
-        Some(json!({})),
-    )
-    .await?;
-    api.say(&alice, &room, "after bob left").await?;
+    bob.ok(Method::POST, &format!("/rooms/{r}/leave"), json!({}))
+        .await?;
+    say(&alice, &room, "after bob left").await?;
     assert_eq!(
-        api.readable(&bob, &room).await?,
+        readable(&bob, &room).await?,
         ["after bob joined", "for the invitee"]
     );
 
@@ -232,33 +172,28 @@ async fn history_visibility_is_decided_by_the_state_at_each_event() -> anyhow::R
 async fn world_readable_history_stays_readable() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let node = start_node(dir.path()).await?;
-    let api = Api {
-        http: http_client()?,
-        base: node.client_url().trim_end_matches('/').to_owned(),
-    };
-    let alice = register_raw(&api.http, &api.base, "alice", PW).await?;
-    let bob = register_raw(&api.http, &api.base, "bob", PW).await?;
-    let created = api
+    let base = node.client_url().trim_end_matches('/').to_owned();
+    let alice = RawUser::register(base.clone(), "alice").await?;
+    let bob = RawUser::register(base.clone(), "bob").await?;
+    let created = alice
         .ok(
-            &alice,
             Method::POST,
             "/createRoom",
-            Some(json!({"preset": "public_chat"})),
+            json!({"preset": "public_chat"}),
         )
         .await?;
     let room = created["room_id"].as_str().unwrap_or_default().to_owned();
-    api.set_visibility(&alice, &room, "world_readable").await?;
-    api.say(&alice, &room, "for the world").await?;
-    api.set_visibility(&alice, &room, "joined").await?;
-    api.say(&alice, &room, "members only").await?;
-    api.ok(
-        &bob,
+    set_visibility(&alice, &room, "world_readable").await?;
+    say(&alice, &room, "for the world").await?;
+    set_visibility(&alice, &room, "joined").await?;
+    say(&alice, &room, "members only").await?;
+    bob.ok(
         Method::POST,
         &format!("/join/{}", path_segment(&room)),
-        Some(json!({})),
+        json!({}),
     )
     .await?;
-    assert_eq!(api.readable(&bob, &room).await?, ["for the world"]);
+    assert_eq!(readable(&bob, &room).await?, ["for the world"]);
     shutdown_node(node).await?;
     Ok(())
 }
