@@ -35,6 +35,37 @@ const TEMPLATE: &str = r#"# Warren node configuration. Every key is optional; th
 # log_level = "info"
 # log_format = "text"
 
+[limits]
+# Largest JSON request body, in bytes (413 M_TOO_LARGE past it).
+# max_request_bytes = 1048576
+# Client API connections open at once; past it the longest-idle one is closed.
+# max_connections = 256
+# Seconds for a request's headers to arrive; for an idle keep-alive connection to be
+# closed; for a request to be answered (504 past it).
+# header_read_timeout_secs = 10
+# idle_timeout_secs = 60
+# request_timeout_secs = 180
+# Federation outbox kept per unreachable destination (rows, and age in seconds); what
+# is dropped is fetched again by anti-entropy when the destination is back.
+# outbox_max_rows = 10000
+# outbox_max_age_secs = 604800
+
+[rate_limits]
+# Token buckets: each action may happen `burst` times at once, then `per_second`.
+# Past it: 429 M_LIMIT_EXCEEDED with retry_after_ms. `enabled = false` turns all off.
+# enabled = true
+# message = { per_second = 50, burst = 500 }          # per user
+# login_address = { per_second = 1, burst = 30 }      # per client address
+# login_account = { per_second = 0.5, burst = 20 }    # per account
+# login_failed = { per_second = 0.1, burst = 5 }      # failed logins, per account
+# registration = { per_second = 1, burst = 100 }      # per client address
+# join = { per_second = 2, burst = 50 }               # per user
+# invite = { per_second = 2, burst = 50 }             # per user
+# room_creation = { per_second = 2, burst = 100 }     # per user
+# media_upload = { per_second = 5, burst = 100 }      # per user
+# federation = { per_second = 500, burst = 5000 }     # per peer: requests, PDUs, EDUs
+# federation_invite = { per_second = 0.5, burst = 20 } # invites, per peer
+
 [p2p]
 # Addresses to listen on for other nodes (default: QUIC and TCP on all interfaces,
 # random ports).
@@ -89,8 +120,117 @@ pub struct P2pSection {
     pub relay_server: Option<bool>,
 }
 
-/// The whole file; absent keys fall back to the next source.
+/// The `[limits]` table.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    pub max_request_bytes: Option<usize>,
+    pub max_connections: Option<usize>,
+    pub header_read_timeout_secs: Option<u64>,
+    pub idle_timeout_secs: Option<u64>,
+    pub request_timeout_secs: Option<u64>,
+    pub outbox_max_rows: Option<usize>,
+    pub outbox_max_age_secs: Option<u64>,
+}
+
+/// One rate: `{ per_second = …, burst = … }`.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RateSpec {
+    pub per_second: f64,
+    pub burst: f64,
+}
+
+/// The `[rate_limits]` table.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitsSection {
+    pub enabled: Option<bool>,
+    pub message: Option<RateSpec>,
+    pub login_address: Option<RateSpec>,
+    pub login_account: Option<RateSpec>,
+    pub login_failed: Option<RateSpec>,
+    pub registration: Option<RateSpec>,
+    pub join: Option<RateSpec>,
+    pub invite: Option<RateSpec>,
+    pub room_creation: Option<RateSpec>,
+    pub media_upload: Option<RateSpec>,
+    pub federation: Option<RateSpec>,
+    pub federation_invite: Option<RateSpec>,
+}
+
+impl RateLimitsSection {
+    /// (key, value) of every rate given.
+    fn given(&self) -> Vec<(&'static str, warren_core::ratelimit::Action, RateSpec)> {
+        use warren_core::ratelimit::Action as A;
+        [
+            ("message", A::Message, self.message),
+            ("login_address", A::LoginAddress, self.login_address),
+            ("login_account", A::LoginAccount, self.login_account),
+            ("login_failed", A::LoginFailed, self.login_failed),
+            ("registration", A::Registration, self.registration),
+            ("join", A::Join, self.join),
+            ("invite", A::Invite, self.invite),
+            ("room_creation", A::RoomCreation, self.room_creation),
+            ("media_upload", A::MediaUpload, self.media_upload),
+            ("federation", A::Federation, self.federation),
+            (
+                "federation_invite",
+                A::FederationInvite,
+                self.federation_invite,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(k, a, r)| r.map(|r| (k, a, r)))
+        .collect()
+    }
+
+    /// The limits this table describes, on top of the defaults.
+    pub fn apply(&self, limits: &mut warren_core::RateLimits) {
+        if self.enabled == Some(false) {
+            *limits = warren_core::RateLimits::off();
+            return;
+        }
+        for (_, action, r) in self.given() {
+            limits.set(
+                action,
+                Some(warren_core::config::Rate::new(r.per_second, r.burst)),
+            );
+        }
+    }
+}
+
+impl LimitsSection {
+    /// Apply the given values to `config`.
+    pub fn apply(&self, config: &mut warren_core::Config) {
+        use std::time::Duration;
+        if let Some(v) = self.max_request_bytes {
+            config.max_request_bytes = v;
+        }
+        let c = &mut config.connections;
+        if let Some(v) = self.max_connections {
+            c.max_connections = v;
+        }
+        if let Some(v) = self.header_read_timeout_secs {
+            c.header_read_timeout = Duration::from_secs(v);
+        }
+        if let Some(v) = self.idle_timeout_secs {
+            c.idle_timeout = Duration::from_secs(v);
+        }
+        if let Some(v) = self.request_timeout_secs {
+            c.request_timeout = Duration::from_secs(v);
+        }
+        if let Some(v) = self.outbox_max_rows {
+            config.outbox.max_rows = v;
+        }
+        if let Some(v) = self.outbox_max_age_secs {
+            config.outbox.max_age = Duration::from_secs(v);
+        }
+    }
+}
+
+/// The whole file; absent keys fall back to the next source.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub client_addr: Option<SocketAddr>,
@@ -99,6 +239,10 @@ pub struct FileConfig {
     pub max_upload_bytes: Option<u64>,
     pub log_level: Option<String>,
     pub log_format: Option<FileLogFormat>,
+    #[serde(default)]
+    pub limits: LimitsSection,
+    #[serde(default)]
+    pub rate_limits: RateLimitsSection,
     #[serde(default)]
     pub p2p: P2pSection,
 }
@@ -130,6 +274,28 @@ pub fn parse(text: &str) -> anyhow::Result<FileConfig> {
             if addr.parse::<warren_p2p::Multiaddr>().is_err() {
                 bail!("{key}: {addr:?} is not a multiaddr (e.g. \"/ip4/0.0.0.0/udp/0/quic-v1\")");
             }
+        }
+    }
+    for (key, _, r) in config.rate_limits.given() {
+        if !(r.per_second.is_finite() && r.per_second >= 0.0) {
+            bail!("rate_limits.{key}.per_second must be a number of at least 0");
+        }
+        if !(r.burst.is_finite() && r.burst >= 1.0) {
+            bail!("rate_limits.{key}.burst must be a number of at least 1");
+        }
+    }
+    let l = &config.limits;
+    for (key, v) in [
+        ("max_request_bytes", l.max_request_bytes.map(|v| v as u64)),
+        ("max_connections", l.max_connections.map(|v| v as u64)),
+        ("header_read_timeout_secs", l.header_read_timeout_secs),
+        ("idle_timeout_secs", l.idle_timeout_secs),
+        ("request_timeout_secs", l.request_timeout_secs),
+        ("outbox_max_rows", l.outbox_max_rows.map(|v| v as u64)),
+        ("outbox_max_age_secs", l.outbox_max_age_secs),
+    ] {
+        if v == Some(0) {
+            bail!("limits.{key} must be at least 1");
         }
     }
     for addr in config.p2p.bootstrap.iter().flatten() {
@@ -198,5 +364,36 @@ mod tests {
         assert!(e.contains("p2p.listen"), "{e}");
         let e = err("[p2p]\nmdsn = true\n");
         assert!(e.contains("mdsn"), "{e}");
+        let e = err("[rate_limits]\nmessage = { per_second = 1, burst = 0 }\n");
+        assert!(e.contains("rate_limits.message.burst"), "{e}");
+        let e = err("[rate_limits]\nmesage = { per_second = 1, burst = 2 }\n");
+        assert!(e.contains("mesage"), "{e}");
+        let e = err("[limits]\nmax_connections = 0\n");
+        assert!(e.contains("limits.max_connections"), "{e}");
+    }
+
+    #[test]
+    fn limits_and_rate_limits_apply_on_top_of_the_defaults() {
+        let parsed = parse(
+            "[limits]\nmax_connections = 32\nidle_timeout_secs = 5\n\
+             [rate_limits]\nmessage = { per_second = 2, burst = 4 }\n",
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        let mut config = warren_core::Config::new("/tmp/x");
+        parsed.limits.apply(&mut config);
+        parsed.rate_limits.apply(&mut config.rate_limits);
+        assert_eq!(config.connections.max_connections, 32);
+        assert_eq!(config.connections.idle_timeout.as_secs(), 5);
+        assert_eq!(
+            config.rate_limits.message,
+            Some(warren_core::config::Rate::new(2.0, 4.0))
+        );
+        assert_eq!(
+            config.rate_limits.join,
+            warren_core::RateLimits::default().join
+        );
+        let off = parse("[rate_limits]\nenabled = false\n").unwrap_or_else(|e| panic!("{e:#}"));
+        off.rate_limits.apply(&mut config.rate_limits);
+        assert_eq!(config.rate_limits, warren_core::RateLimits::off());
     }
 }

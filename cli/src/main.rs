@@ -22,6 +22,10 @@ use clap::{Parser, Subcommand};
 
 use crate::logging::LogFormat;
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const LONG_ABOUT: &str = "\
 Warren is a Matrix homeserver small enough to live on the device it serves.
 

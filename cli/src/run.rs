@@ -104,6 +104,8 @@ pub fn run(
     if let Some(max) = file.max_upload_bytes {
         config.max_upload_bytes = max;
     }
+    file.limits.apply(&mut config);
+    file.rate_limits.apply(&mut config.rate_limits);
     let result = runtime.block_on(serve(config, p2p));
     // Never hang on exit: the node has already been shut down (or never started).
     runtime.shutdown_timeout(RUNTIME_GRACE);

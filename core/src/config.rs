@@ -4,6 +4,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use crate::ratelimit::{Rate, RateLimits};
+
 /// Who may create accounts through `/register`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum RegistrationPolicy {
@@ -35,7 +37,66 @@ pub struct Config {
     /// How often (before jitter) anti-entropy asks each connected peer what we miss in
     /// the rooms we share (it also runs when a peer connects).
     pub anti_entropy_interval: Duration,
+    /// Rate limits (token buckets per user, address and peer); see [`RateLimits`].
+    pub rate_limits: RateLimits,
+    /// Limits on client API connections; see [`ConnectionLimits`].
+    pub connections: ConnectionLimits,
+    /// Bounds of the federation outbox per destination; see [`OutboxLimits`].
+    pub outbox: OutboxLimits,
 }
+
+/// How much the outbox keeps for a destination that does not take it. A server that
+/// vanished (server names are free to mint) would otherwise hold rows for ever. What is
+/// dropped is recovered: PDUs by anti-entropy and backfill when the destination is back,
+/// device lists by the stale-list refetch; typing, receipts and presence are ephemeral.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboxLimits {
+    /// Rows kept per destination; older ones are dropped first.
+    pub max_rows: usize,
+    /// Rows older than this are dropped.
+    pub max_age: Duration,
+}
+
+impl Default for OutboxLimits {
+    fn default() -> Self {
+        OutboxLimits {
+            max_rows: 10_000,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// Bounds on the client API's connections (see `client_api::listener`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Most client connections open at once. A new connection past the cap closes the
+    /// connection that has been idle longest; if every connection has a request in
+    /// flight, the new one is closed instead. Kept well below the usual 1,024 open-files
+    /// limit, which the database, media and the P2P transport share.
+    pub max_connections: usize,
+    /// A request's headers must arrive within this long of its first byte (or of the
+    /// connection opening), or the connection is closed.
+    pub header_read_timeout: Duration,
+    /// A keep-alive connection with no request in flight is closed after this long.
+    pub idle_timeout: Duration,
+    /// A request (body included) must be answered within this long, or it gets
+    /// `504 M_UNKNOWN`. Long-polls (`/sync`, sliding sync) wait at most 60 s by design.
+    pub request_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(180),
+        }
+    }
+}
+
+/// Default cap on client connections.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 
 /// Default anti-entropy period.
 pub const DEFAULT_ANTI_ENTROPY_INTERVAL: Duration = Duration::from_secs(60);
@@ -61,6 +122,9 @@ impl Config {
             registration: RegistrationPolicy::Auto,
             registration_tokens: Vec::new(),
             anti_entropy_interval: DEFAULT_ANTI_ENTROPY_INTERVAL,
+            rate_limits: RateLimits::default(),
+            connections: ConnectionLimits::default(),
+            outbox: OutboxLimits::default(),
         }
     }
 

@@ -58,6 +58,10 @@ pub enum Error {
     /// 429 `M_LIMIT_EXCEEDED`.
     #[error("{0}")]
     LimitExceeded(String),
+    /// 429 `M_LIMIT_EXCEEDED` from a rate limit: the client should retry after this long
+    /// (answered as `retry_after_ms` and a `Retry-After` header).
+    #[error("too many requests; retry in {} ms", .0.as_millis().max(1))]
+    RateLimited(std::time::Duration),
     /// 400 `M_DUPLICATE_ANNOTATION` (Synapse's code): the sender already reacted to the
     /// event with the same key.
     #[error("{0}")]
@@ -124,6 +128,9 @@ pub enum Error {
     /// this server can authorise it; another server should be tried.
     #[error("{0}")]
     UnableToGrantJoin(String),
+    /// 504 `M_UNKNOWN`: the request was not answered within the request timeout.
+    #[error("{0}")]
+    Timeout(String),
     /// 500 `M_UNKNOWN`: our own fault. The detail is logged, not sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -156,7 +163,9 @@ impl Error {
             CannotOverwriteMedia(_) => (StatusCode::CONFLICT, "M_CANNOT_OVERWRITE_MEDIA"),
             NotYetUploaded(_) => (StatusCode::GATEWAY_TIMEOUT, "M_NOT_YET_UPLOADED"),
             Conflict(_) => (StatusCode::CONFLICT, "M_UNKNOWN"),
-            LimitExceeded(_) => (StatusCode::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED"),
+            LimitExceeded(_) | RateLimited(_) => {
+                (StatusCode::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED")
+            }
             DuplicateAnnotation(_) => (StatusCode::BAD_REQUEST, "M_DUPLICATE_ANNOTATION"),
             UserInUse => (StatusCode::BAD_REQUEST, "M_USER_IN_USE"),
             InvalidUsername(_) => (StatusCode::BAD_REQUEST, "M_INVALID_USERNAME"),
@@ -177,8 +186,15 @@ impl Error {
             ThreepidNotFound(_) => (StatusCode::BAD_REQUEST, "M_THREEPID_NOT_FOUND"),
             UnableToAuthoriseJoin(_) => (StatusCode::BAD_REQUEST, "M_UNABLE_TO_AUTHORISE_JOIN"),
             UnableToGrantJoin(_) => (StatusCode::BAD_REQUEST, "M_UNABLE_TO_GRANT_JOIN"),
+            Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "M_UNKNOWN"),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN"),
         }
+    }
+}
+
+impl From<crate::ratelimit::Limited> for Error {
+    fn from(l: crate::ratelimit::Limited) -> Self {
+        Error::RateLimited(l.retry_after)
     }
 }
 
@@ -209,6 +225,22 @@ impl IntoResponse for Error {
                 "error": self.to_string(),
                 "room_version": version,
             }),
+            Error::RateLimited(after) => {
+                let ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX).max(1);
+                let body = serde_json::json!({
+                    "errcode": errcode,
+                    "error": self.to_string(),
+                    "retry_after_ms": ms,
+                });
+                // Whole seconds, rounded up, as RFC 9110 wants.
+                let secs = ms.div_ceil(1000).to_string();
+                return (
+                    status,
+                    [(http::header::RETRY_AFTER, secs)],
+                    axum::Json(body),
+                )
+                    .into_response();
+            }
             Error::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
                 serde_json::json!({"errcode": errcode, "error": "internal server error"})

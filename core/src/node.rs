@@ -70,6 +70,7 @@ impl Node {
             .local_addr()
             .map_err(|e| StartError::Other(e.to_string()))?;
         let media = crate::media::MediaStore::open(&config.media_dir())?;
+        let limiter = crate::ratelimit::Limiter::new(config.rate_limits.clone());
         let server = Arc::new(Server {
             media,
             config,
@@ -85,6 +86,7 @@ impl Node {
             anti_entropy_task: Default::default(),
             admin_token: Default::default(),
             sliding: Default::default(),
+            limiter,
         });
         let token = crate::admin::load_or_create_token(&server.config.data_dir)
             .map_err(|e| StartError::Other(format!("cannot create the admin token: {e}")))?;
@@ -92,17 +94,13 @@ impl Node {
         crate::admin::write_url(&server.config.data_dir, &format!("http://{addr}"))
             .map_err(|e| StartError::Other(format!("cannot record the admin URL: {e}")))?;
         let app = crate::client_api::router(server.clone());
+        let limits = server.config.connections.clone();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let shutdown = async {
                 let _ = stop_rx.await;
             };
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                tracing::error!(error = %e, "client API server failed");
-            }
+            crate::client_api::listener::serve(listener, app, limits, shutdown).await;
         });
         let typing_server = server.clone();
         let typing = tokio::spawn(async move {

@@ -59,6 +59,8 @@ pub struct Server {
     pub anti_entropy_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Sliding sync connections (what each client connection already has).
     pub sliding: crate::sync::sliding::Connections,
+    /// Rate-limit buckets (per user, client address and peer).
+    pub limiter: crate::ratelimit::Limiter,
 }
 
 impl Server {
@@ -88,6 +90,11 @@ impl Server {
             self.outbox_wake.notify_one();
         }
         Ok(out)
+    }
+
+    /// Take one token of `action` for `key`, or answer `429 M_LIMIT_EXCEEDED`.
+    pub fn rate_limit(&self, action: crate::ratelimit::Action, key: &str) -> Result<(), Error> {
+        Ok(self.limiter.take(action, key, 1.0)?)
     }
 
     /// Note that the current write transaction queued federation traffic.

@@ -55,7 +55,10 @@ pub(crate) async fn ensure_owner_account(
             });
         }
         Some((Some(hash), false)) => {
-            if !verify_password(password, hash).await {
+            if !verify_password(password, hash)
+                .await
+                .map_err(WarrenError::internal)?
+            {
                 return Err(WarrenError::Auth {
                     message: format!("wrong password for {user_id}"),
                 });

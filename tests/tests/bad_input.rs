@@ -593,3 +593,314 @@ async fn cors_preflight_and_simple_requests() {
     );
     fx.finish().await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Bounds: what a hostile client or a flood meets (rate limits, connection limits, body
+// limits). Each asserts the limit is reached and answered the way the spec says.
+// ---------------------------------------------------------------------------------------
+
+mod bounds {
+    use std::time::{Duration, Instant};
+
+    use reqwest::StatusCode;
+    use serde_json::{Value, json};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    use warren_core::Node;
+    use warren_core::config::{Rate, RateLimits};
+    use warren_tests::{
+        Framing, Session, client_socket_addr, http_client, parse_matrix_error, raw_upload,
+        register_raw, shutdown_node, start_node_with, test_config,
+    };
+
+    async fn node_with(dir: &tempfile::TempDir, f: impl FnOnce(&mut warren_core::Config)) -> Node {
+        let mut config = test_config(dir.path());
+        f(&mut config);
+        start_node_with(config).await.expect("start node")
+    }
+
+    async fn login(http: &reqwest::Client, base: &str, user: &str, password: &str) -> (u16, Value) {
+        let r = http
+            .post(format!("{base}/_matrix/client/v3/login"))
+            .json(&json!({
+                "type": "m.login.password",
+                "identifier": {"type": "m.id.user", "user": user},
+                "password": password,
+            }))
+            .send()
+            .await
+            .expect("POST /login");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    fn assert_limited(status: u16, body: &Value) {
+        assert_eq!(status, 429, "expected 429, got {status}: {body}");
+        assert_eq!(body["errcode"], "M_LIMIT_EXCEEDED", "{body}");
+        assert!(
+            body["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0),
+            "no retry_after_ms in {body}"
+        );
+    }
+
+    /// Password guessing stops after the failed-attempt burst: 403 for the first wrong
+    /// guesses, then 429 with `retry_after_ms` (before any hashing) even for the right
+    /// password, while another account is unaffected.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn password_guessing_is_throttled_per_account() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node = node_with(&dir, |_| {}).await;
+        let (http, base) = (http_client().expect("http"), node.client_url());
+        register_raw(&http, &base, "alice", "right")
+            .await
+            .expect("alice");
+        register_raw(&http, &base, "bob", "right")
+            .await
+            .expect("bob");
+        let burst = RateLimits::default().login_failed.expect("a limit").burst as usize;
+        for _ in 0..burst {
+            let (status, body) = login(&http, &base, "alice", "wrong").await;
+            assert_eq!(status, 403, "{body}");
+        }
+        let (status, body) = login(&http, &base, "alice", "wrong").await;
+        assert_limited(status, &body);
+        let (status, body) = login(&http, &base, "alice", "right").await;
+        assert_limited(status, &body);
+        let (status, body) = login(&http, &base, "bob", "right").await;
+        assert_eq!(status, 200, "{body}");
+        shutdown_node(node).await.expect("shutdown");
+    }
+
+    /// 64 wrong-password logins at once (no account needed): every one is answered, with
+    /// 403 or 429 and never a server error, and the node serves normally afterwards.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_login_storm_is_answered_and_refused_past_the_limits() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node = node_with(&dir, |_| {}).await;
+        let (http, base) = (http_client().expect("http"), node.client_url());
+        register_raw(&http, &base, "alice", "right")
+            .await
+            .expect("alice");
+        let storm: Vec<_> = (0..64)
+            .map(|i| {
+                let (http, base) = (http.clone(), base.clone());
+                tokio::spawn(async move {
+                    // Half guess alice's password (each a hash), half try unknown accounts.
+                    let user = if i % 2 == 0 {
+                        "alice".to_owned()
+                    } else {
+                        format!("user{i}")
+                    };
+                    login(&http, &base, &user, "guess").await
+                })
+            })
+            .collect();
+        let (mut refused, mut limited) = (0, 0);
+        for t in storm {
+            let (status, body) = t.await.expect("task");
+            match status {
+                403 => refused += 1,
+                429 => {
+                    assert_limited(status, &body);
+                    limited += 1;
+                }
+                other => panic!("login storm answered {other}: {body}"),
+            }
+        }
+        assert!(
+            limited > 0,
+            "no login of 64 was refused ({refused} got 403)"
+        );
+        let versions = http
+            .get(format!("{base}/_matrix/client/versions"))
+            .send()
+            .await
+            .expect("GET /versions");
+        assert_eq!(versions.status(), StatusCode::OK);
+        shutdown_node(node).await.expect("shutdown");
+    }
+
+    async fn send(
+        http: &reqwest::Client,
+        base: &str,
+        s: &Session,
+        room: &str,
+        txn: &str,
+    ) -> (u16, Value) {
+        let r = http
+            .put(format!(
+                "{base}/_matrix/client/v3/rooms/{room}/send/m.room.message/{txn}"
+            ))
+            .bearer_auth(&s.access_token)
+            .json(&json!({"msgtype": "m.text", "body": txn}))
+            .send()
+            .await
+            .expect("PUT send");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Sends past the burst get 429 with `retry_after_ms` and a `Retry-After` header; a
+    /// retried transaction still gets its event back; after the wait, sending works.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn messages_past_the_rate_get_429_and_retries_keep_working() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node = node_with(&dir, |c| {
+            c.rate_limits.message = Some(Rate::new(5.0, 3.0));
+        })
+        .await;
+        let (http, base) = (http_client().expect("http"), node.client_url());
+        let alice = register_raw(&http, &base, "alice", "pw")
+            .await
+            .expect("alice");
+        let room: Value = http
+            .post(format!("{base}/_matrix/client/v3/createRoom"))
+            .bearer_auth(&alice.access_token)
+            .json(&json!({}))
+            .send()
+            .await
+            .expect("createRoom")
+            .json()
+            .await
+            .expect("createRoom JSON");
+        let room = warren_tests::path_segment(room["room_id"].as_str().expect("room_id"));
+        // createRoom's own events do not count; room creation has its own limit.
+        let mut first = None;
+        let mut sent = 0;
+        let limited = loop {
+            let (status, body) = send(&http, &base, &alice, &room, &format!("t{sent}")).await;
+            if status != 200 {
+                break (status, body);
+            }
+            first.get_or_insert(body["event_id"].clone());
+            sent += 1;
+            assert!(sent <= 3, "more than the burst of 3 was accepted");
+        };
+        assert_limited(limited.0, &limited.1);
+        // The retry of an accepted transaction is answered, not limited.
+        let (status, body) = send(&http, &base, &alice, &room, "t0").await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(Some(body["event_id"].clone()), first);
+        let wait = limited.1["retry_after_ms"]
+            .as_u64()
+            .expect("retry_after_ms");
+        tokio::time::sleep(Duration::from_millis(wait + 20)).await;
+        let (status, body) = send(&http, &base, &alice, &room, "after").await;
+        assert_eq!(status, 200, "after waiting retry_after_ms: {body}");
+        shutdown_node(node).await.expect("shutdown");
+    }
+
+    /// Sliding sync bodies stop at the same limit as every other JSON endpoint.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sliding_sync_bodies_are_limited() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node = node_with(&dir, |_| {}).await;
+        let (http, base) = (http_client().expect("http"), node.client_url());
+        let alice = register_raw(&http, &base, "alice", "pw")
+            .await
+            .expect("alice");
+        let big = format!("{{\"lists\": {{}}, \"pad\": \"{}\"}}", "x".repeat(4 << 20));
+        let auth = format!("Bearer {}", alice.access_token);
+        let addr = client_socket_addr(&node).expect("addr");
+        for framing in [Framing::ContentLength, Framing::Chunked] {
+            let response = raw_upload(
+                addr,
+                "POST",
+                "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync",
+                &[
+                    ("Authorization", &auth),
+                    ("Content-Type", "application/json"),
+                ],
+                big.as_bytes(),
+                framing,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("4 MiB sliding sync ({framing:?}): {e:#}"));
+            let err = parse_matrix_error(
+                response.status,
+                response.header("content-type"),
+                &response.body,
+            )
+            .unwrap_or_else(|e| panic!("4 MiB sliding sync ({framing:?}): {e:#}"));
+            assert_eq!((err.status, err.errcode.as_str()), (413, "M_TOO_LARGE"));
+        }
+        let _ = http;
+        shutdown_node(node).await.expect("shutdown");
+    }
+
+    /// Waits until the server closes `stream` (a read returns 0 or fails).
+    async fn closed_by_server(stream: &mut TcpStream, within: Duration) -> bool {
+        let mut buf = [0u8; 512];
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, stream.read(&mut buf)).await {
+                Ok(Ok(0) | Err(_)) => return true,
+                Ok(Ok(_)) => continue,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// Many idle and half-sent connections past the cap: the longest-idle are closed to
+    /// admit new ones, so requests keep being answered; idle and half-sent connections
+    /// are closed after their timeouts.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_and_half_sent_connections_are_shed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node = node_with(&dir, |c| {
+            c.connections.max_connections = 16;
+            c.connections.idle_timeout = Duration::from_millis(600);
+            c.connections.header_read_timeout = Duration::from_millis(600);
+        })
+        .await;
+        let addr = client_socket_addr(&node).expect("addr");
+        let (http, base) = (http_client().expect("http"), node.client_url());
+
+        // 200 connections: idle ones, and ones that sent half a request.
+        let mut held = Vec::new();
+        for i in 0..200 {
+            let mut s = TcpStream::connect(addr).await.expect("connect");
+            if i % 2 == 0 {
+                s.write_all(b"GET /_matrix/client/versions HTTP/1.1\r\nHost: x\r\n")
+                    .await
+                    .expect("half a request");
+            }
+            held.push(s);
+        }
+        // Requests are still answered, each on a new connection past the cap.
+        for _ in 0..20 {
+            let r = reqwest::Client::builder()
+                .no_proxy()
+                .pool_max_idle_per_host(0)
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("client")
+                .get(format!("{base}/_matrix/client/versions"))
+                .send()
+                .await
+                .expect("GET /versions with 200 connections held");
+            assert_eq!(r.status(), StatusCode::OK);
+        }
+        // Every held connection is closed by the server: shed, or timed out.
+        for (i, s) in held.iter_mut().enumerate() {
+            assert!(
+                closed_by_server(s, Duration::from_secs(10)).await,
+                "connection {i} still open"
+            );
+        }
+        // A keep-alive connection that served a request is closed once idle.
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"GET /_matrix/client/versions HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("request");
+        assert!(closed_by_server(&mut s, Duration::from_secs(10)).await);
+        let r = http
+            .get(format!("{base}/_matrix/client/versions"))
+            .send()
+            .await
+            .expect("GET /versions");
+        assert_eq!(r.status(), StatusCode::OK);
+        shutdown_node(node).await.expect("shutdown");
+    }
+}

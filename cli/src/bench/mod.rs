@@ -259,6 +259,8 @@ fn loopback_p2p() -> anyhow::Result<P2pConfig> {
 async fn start_node(dir: PathBuf, p2p_config: P2pConfig) -> anyhow::Result<BenchNode> {
     std::fs::create_dir_all(&dir)?;
     let mut config = Config::new(dir);
+    // Throughput is what is measured, as with Synapse run with its rate limits off.
+    config.rate_limits = warren_core::RateLimits::off();
     config.client_addr = "127.0.0.1:0".parse()?;
     let node = Node::start(config)
         .await

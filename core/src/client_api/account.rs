@@ -3,47 +3,20 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use argon2::{
-    Argon2, PasswordHash, PasswordHasher, PasswordVerifier,
-    password_hash::{SaltString, rand_core::OsRng},
-};
 use axum::{Json, extract::State};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::extract::{Auth, Body, Caller, P, Q};
+use super::extract::{Auth, Body, Caller, ClientIp, P, Q};
 use crate::error::Error;
+use crate::ratelimit::Action;
 use crate::rooms::random_string;
 use crate::server::{Server, UiaaSession};
 use crate::storage;
 
 type JsonResult = Result<Json<Value>, Error>;
 
-/// Hash a password with argon2id, off the async threads.
-pub async fn hash_password(password: String) -> Result<String, Error> {
-    tokio::task::spawn_blocking(move || {
-        let salt = SaltString::generate(&mut OsRng);
-        Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
-            .map(|h| h.to_string())
-    })
-    .await
-    .map_err(Error::internal)?
-    .map_err(Error::internal)
-}
-
-/// Check a password against a stored argon2 hash, off the async threads.
-pub async fn verify_password(password: String, hash: String) -> bool {
-    tokio::task::spawn_blocking(move || {
-        PasswordHash::new(&hash).is_ok_and(|h| {
-            Argon2::default()
-                .verify_password(password.as_bytes(), &h)
-                .is_ok()
-        })
-    })
-    .await
-    .unwrap_or(false)
-}
+pub use crate::password::{hash_password, verify_password};
 
 fn new_session(server: &Server, user_id: Option<String>) -> String {
     let session = random_string(24);
@@ -99,6 +72,7 @@ pub(super) struct KindQuery {
 /// `POST /register`.
 pub(super) async fn register(
     State(server): State<Arc<Server>>,
+    ClientIp(ip): ClientIp,
     Q(q): Q<KindQuery>,
     Body(body): Body<RegisterBody>,
 ) -> JsonResult {
@@ -157,6 +131,8 @@ pub(super) async fn register(
             })));
         }
     }
+    // Counted when an account is about to be made (after UIAA), before the hash.
+    server.rate_limit(Action::Registration, &ip)?;
     if let Some(session) = auth["session"].as_str() {
         server.uiaa.lock().remove(session);
     }
@@ -286,7 +262,7 @@ async fn check_password(server: &Server, user_id: &str, password: &str) -> Resul
     match stored {
         Some((_, true)) => Err(Error::UserDeactivated),
         Some((Some(hash), false)) => {
-            if verify_password(password.to_owned(), hash).await {
+            if verify_password(password.to_owned(), hash).await? {
                 Ok(())
             } else {
                 Err(Error::InvalidCredentials)
@@ -299,6 +275,7 @@ async fn check_password(server: &Server, user_id: &str, password: &str) -> Resul
 /// `POST /login`.
 pub(super) async fn login(
     State(server): State<Arc<Server>>,
+    ClientIp(ip): ClientIp,
     Body(body): Body<LoginBody>,
 ) -> JsonResult {
     if body.kind != "m.login.password" {
@@ -311,7 +288,19 @@ pub(super) async fn login(
     let password = body
         .password
         .ok_or_else(|| Error::MissingParam("password is required".into()))?;
-    check_password(&server, &user_id, &password).await?;
+    // Every limit is checked before the password is hashed: a refused guess costs
+    // nothing. Failed attempts are counted per account once they fail.
+    server.rate_limit(Action::LoginAddress, &ip)?;
+    server.rate_limit(Action::LoginAccount, &user_id)?;
+    server.limiter.check(Action::LoginFailed, &user_id)?;
+    match check_password(&server, &user_id, &password).await {
+        Err(Error::InvalidCredentials) => {
+            // Already refused; an empty bucket only shortens the next wait.
+            let _ = server.limiter.take(Action::LoginFailed, &user_id, 1.0);
+            return Err(Error::InvalidCredentials);
+        }
+        other => other?,
+    }
     let device_id = body
         .device_id
         .unwrap_or_else(|| random_string(10).to_uppercase());

@@ -63,10 +63,38 @@ impl FromRequestParts<Arc<Server>> for Auth {
     }
 }
 
+/// The client's IP address as text (the rate-limit key of logins and registrations);
+/// `"unknown"` where the connection did not record one (a router driven in-process).
+pub struct ClientIp(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let ip = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map_or_else(|| "unknown".to_owned(), |c| c.0.ip().to_string());
+        Ok(ClientIp(ip))
+    }
+}
+
 /// A JSON body of type `T`.
 pub struct Body<T>(pub T);
 
 impl<T: DeserializeOwned> FromRequest<Arc<Server>> for Body<T> {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, server: &Arc<Server>) -> Result<Self, Error> {
+        let RawBody(bytes) = RawBody::from_request(req, server).await?;
+        parse_json(if bytes.is_empty() { b"{}" } else { &bytes }).map(Body)
+    }
+}
+
+/// A request body of at most the configured size, unparsed (413 `M_TOO_LARGE` past it).
+pub struct RawBody(pub bytes::Bytes);
+
+impl FromRequest<Arc<Server>> for RawBody {
     type Rejection = Error;
 
     async fn from_request(req: Request, server: &Arc<Server>) -> Result<Self, Error> {
@@ -80,10 +108,10 @@ impl<T: DeserializeOwned> FromRequest<Arc<Server>> for Body<T> {
         {
             return Err(too_large());
         }
-        let bytes = axum::body::to_bytes(req.into_body(), limit)
+        axum::body::to_bytes(req.into_body(), limit)
             .await
-            .map_err(|_| too_large())?;
-        parse_json(if bytes.is_empty() { b"{}" } else { &bytes }).map(Body)
+            .map(RawBody)
+            .map_err(|_| too_large())
     }
 }
 

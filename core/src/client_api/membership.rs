@@ -14,6 +14,7 @@ use super::extract::{Auth, Body, Caller, P};
 use super::rooms::send;
 use crate::error::Error;
 use crate::events::NewEvent;
+use crate::ratelimit::Action;
 use crate::server::Server;
 use crate::storage;
 
@@ -143,6 +144,7 @@ pub(super) async fn join_by_id(
     RawQuery(query): RawQuery,
     Body(body): Body<ReasonBody>,
 ) -> JsonResult {
+    server.rate_limit(Action::Join, &caller.user_id)?;
     let via = via_servers(query.as_deref());
     join(&server, &caller, &room_id, body.reason, via).await
 }
@@ -155,6 +157,7 @@ pub(super) async fn join_by_id_or_alias(
     RawQuery(query): RawQuery,
     Body(body): Body<ReasonBody>,
 ) -> JsonResult {
+    server.rate_limit(Action::Join, &caller.user_id)?;
     let mut via = via_servers(query.as_deref());
     let room_id = resolve_room(&server, target, &mut via).await?;
     join(&server, &caller, &room_id, body.reason, via).await
@@ -217,6 +220,7 @@ pub(super) async fn knock(
     RawQuery(query): RawQuery,
     Body(body): Body<ReasonBody>,
 ) -> JsonResult {
+    server.rate_limit(Action::Join, &caller.user_id)?;
     let mut via = via_servers(query.as_deref());
     let room_id = resolve_room(&server, target, &mut via).await?;
     if needs_remote_join(&server, &room_id)? {
@@ -286,6 +290,9 @@ async fn act_on(
 ) -> JsonResult {
     let target = ruma::UserId::parse(&body.user_id)
         .map_err(|_| Error::InvalidParam(format!("{} is not a valid user id", body.user_id)))?;
+    if membership == "invite" {
+        server.rate_limit(Action::Invite, &caller.user_id)?;
+    }
     if membership == "invite" && target.server_name().as_str() != server.server_name() {
         crate::rooms::invite_remote(
             &server,

@@ -9,6 +9,7 @@ mod directory;
 mod ephemeral;
 mod extract;
 mod keys;
+pub mod listener;
 mod media;
 mod membership;
 mod presence;
@@ -395,7 +396,11 @@ pub fn router(server: Arc<Server>) -> Router {
     r.route("/_warren/health", get(|| async { "ok" }))
         .merge(crate::admin::routes(server.clone()))
         .fallback(unrecognized)
-        .layer(axum::extract::DefaultBodyLimit::disable())
+        // Extractors outside `extract` (the admin API's JSON) stop at the same size; media
+        // uploads read the raw body under their own limit.
+        .layer(axum::extract::DefaultBodyLimit::max(
+            server.config.max_request_bytes,
+        ))
         .layer(cors)
         .layer(axum::middleware::from_fn(request_log::log_request))
         .with_state(server)

@@ -10,6 +10,7 @@ use super::extract::{Auth, Body, Caller, P, Q};
 use super::visibility::{visibility_for, visible_events};
 use crate::error::Error;
 use crate::events::{ClientEventOptions, NewEvent, client_event};
+use crate::ratelimit::Action;
 use crate::relations;
 use crate::rooms::{self, CreateRoom};
 use crate::server::Server;
@@ -65,6 +66,7 @@ pub(super) async fn create_room(
     Auth(caller): Auth,
     Body(body): Body<CreateRoomBody>,
 ) -> JsonResult {
+    server.rate_limit(Action::RoomCreation, &caller.user_id)?;
     let public = match body.visibility.as_deref() {
         None | Some("private") => false,
         Some("public") => true,
@@ -111,7 +113,8 @@ pub(super) async fn create_room(
     Ok(Json(json!({"room_id": room_id})))
 }
 
-/// Append an event for the caller and answer with its id.
+/// Append an event for the caller and answer with its id. A new event (not a retried
+/// transaction) counts against the caller's message rate limit.
 pub(super) fn send(
     server: &Server,
     caller: &Caller,
@@ -120,7 +123,16 @@ pub(super) fn send(
     txn: Option<&str>,
 ) -> Result<String, Error> {
     let txn = txn.map(|t| (caller.device_id.as_str(), t));
-    let appended = server.write(|tx| rooms::append_event(tx, server, room_id, ev, txn))?;
+    let appended = server.write(|tx| {
+        let retried = match txn {
+            Some((device, t)) => storage::txn_event(tx, &caller.user_id, device, t)?.is_some(),
+            None => false,
+        };
+        if !retried {
+            server.rate_limit(Action::Message, &caller.user_id)?;
+        }
+        rooms::append_event(tx, server, room_id, ev, txn)
+    })?;
     Ok(appended.event_id)
 }
 
@@ -142,6 +154,7 @@ pub(super) async fn send_message(
     let appended = server.write(|tx| {
         // A retried transaction gets its event back; only a new one is checked.
         if storage::txn_event(tx, &caller.user_id, &caller.device_id, &txn_id)?.is_none() {
+            server.rate_limit(Action::Message, &caller.user_id)?;
             relations::check_new_relation(tx, &room_id, &ev.sender, &ev.kind, &ev.content)?;
         }
         rooms::append_event(tx, &server, &room_id, ev, txn)

@@ -4,11 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::{Json, body::Bytes, extract::State};
+use axum::{Json, extract::State};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::extract::{Auth, Q, parse_json};
+use super::extract::{Auth, Q, RawBody, parse_json};
 use crate::error::Error;
 use crate::server::Server;
 use crate::storage;
@@ -81,7 +81,7 @@ pub(super) async fn sliding_sync(
     State(server): State<Arc<Server>>,
     Auth(caller): Auth,
     Q(q): Q<SlidingQuery>,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<Json<Value>, Error> {
     // An empty body is an empty request (no lists, no extensions).
     let req: crate::sync::sliding::Request = if body.iter().all(u8::is_ascii_whitespace) {

@@ -18,6 +18,9 @@ use crate::streams::{StreamPosition, SyncToken};
 /// Most messages one request may carry (a client shards bigger batches).
 pub const MAX_MESSAGES_PER_REQUEST: usize = 1000;
 
+/// Messages waiting for one device at most; past it new messages for it are dropped.
+pub const MAX_PENDING_PER_DEVICE: usize = 4096;
+
 /// Most messages one `/sync` response delivers; the rest follow in the next syncs.
 pub const MAX_MESSAGES_PER_SYNC: usize = 100;
 
@@ -112,6 +115,12 @@ pub fn receive_federated(
         return Ok(false);
     }
     for (user_id, devices) in messages {
+        // Only users who share a room with the sending server: nobody else has a reason
+        // to receive device messages from it, and a stranger could fill any inbox.
+        if !storage::user_shares_room_with_server(tx, user_id, origin)? {
+            tracing::debug!(%origin, %user_id, "to-device for a user sharing no room; dropped");
+            continue;
+        }
         queue_for_user(tx, sender, user_id, event_type, devices)?;
     }
     Ok(true)
@@ -131,6 +140,15 @@ fn queue_for_user(
         // they may have logged out since the sender looked.
         let targets = known.iter().filter(|d| device_id == "*" || *d == device_id);
         for target in targets {
+            // A full inbox (a device that has not synced for a long time) takes nothing
+            // more: to-device messages are best-effort, and what they carry (room keys)
+            // is asked for again.
+            if storage::pending_to_device(tx, user_id, target, MAX_PENDING_PER_DEVICE)?
+                >= MAX_PENDING_PER_DEVICE
+            {
+                tracing::debug!(%user_id, device_id = %target, "to-device inbox full; message dropped");
+                continue;
+            }
             let pos = storage::next_stream_position(tx)?;
             storage::insert_to_device(tx, pos, user_id, target, sender, event_type, &content)?;
         }

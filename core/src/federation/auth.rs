@@ -21,6 +21,7 @@ use ruma::signatures::PublicKeyMap;
 use super::transport::AuthenticatedOrigin;
 use crate::error::Error;
 use crate::identity::{KEY_ID, public_key_from_server_name};
+use crate::ratelimit::Action;
 use crate::server::Server;
 
 /// Largest federation request body read for signature checking. A transaction holds at
@@ -79,6 +80,9 @@ async fn verify(server: &Server, request: Request) -> Result<Request, Error> {
     x_matrix
         .verify_request(&signed, destination, &keys)
         .map_err(|e| Error::Unauthorized(format!("X-Matrix signature rejected: {e}")))?;
+    // Per-peer budget, charged once the origin is proven (nobody can spend another
+    // server's): one token a request here, one per PDU and EDU in `/send`.
+    server.rate_limit(Action::Federation, &origin)?;
     let (mut parts, bytes) = signed.into_parts();
     parts.extensions.insert(FederationOrigin(origin));
     Ok(Request::from_parts(parts, Body::from(bytes)))

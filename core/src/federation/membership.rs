@@ -269,6 +269,7 @@ pub(super) async fn invite(
     FedPath((room, id)): FedPath<(String, String)>,
     FedJson(body): FedJson<Value>,
 ) -> Result<Json<Value>, Error> {
+    server.rate_limit(crate::ratelimit::Action::FederationInvite, &origin)?;
     let room = room_id(&room)?;
     let id = event_id(&id)?;
     let event = rooms::receive_invite(&server, &origin, room, id, &body)?;

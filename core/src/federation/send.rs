@@ -16,6 +16,7 @@ use super::extract::{FedJson, FedPath, Origin};
 use super::remote::FederationRemote;
 use super::sender::{MAX_EDUS_PER_TXN, MAX_PDUS_PER_TXN};
 use crate::error::Error;
+use crate::ratelimit::Action;
 use crate::rooms::{Outcome, receive_pdu};
 use crate::server::Server;
 use crate::storage;
@@ -40,6 +41,14 @@ pub(super) async fn send_transaction(
         .read(|c| storage::inbound_txn_response(c, &origin, &txn_id))?
     {
         return Ok(Json(answer));
+    }
+    // Refused whole, before any of it is processed: the sender keeps the transaction in
+    // its outbox and retries it after `retry_after_ms`.
+    let units = pdus.len() + edus.len();
+    if units > 0 {
+        server
+            .limiter
+            .take(Action::Federation, &origin, units as f64)?;
     }
     let remote = FederationRemote::new(server.clone());
     let mut results = Map::new();

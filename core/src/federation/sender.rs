@@ -30,6 +30,9 @@ const BACKOFF_BASE: Duration = Duration::from_millis(500);
 const BACKOFF_CAP: Duration = Duration::from_secs(300);
 /// How often the outbox is rescanned even without a wake-up (belt and braces).
 const RESCAN: Duration = Duration::from_secs(60);
+/// A destination's task ends after this long with nothing to send; the next row queued
+/// for it starts a new one. Keeps tasks to the destinations that are being talked to.
+const IDLE_EXIT: Duration = Duration::from_secs(600);
 
 /// One destination's task handles.
 struct Destination {
@@ -37,6 +40,8 @@ struct Destination {
     wake: Arc<Notify>,
     /// The peer (re)appeared: retry now.
     retry_now: Arc<Notify>,
+    /// The task; once finished (idle), the entry is replaced.
+    task: JoinHandle<()>,
 }
 
 /// Start the sender manager.
@@ -82,26 +87,28 @@ fn wake_all(server: &Arc<Server>, destinations: &mut HashMap<String, Destination
         }
     };
     tracing::trace!(?pending, "federation outbox scan");
+    destinations.retain(|_, d| !d.task.is_finished());
     for name in pending {
         let d = destinations.entry(name.clone()).or_insert_with(|| {
-            let d = Destination {
-                wake: Arc::new(Notify::new()),
-                retry_now: Arc::new(Notify::new()),
-            };
-            tokio::spawn(destination_task(
+            let (wake, retry_now) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+            let task = tokio::spawn(destination_task(
                 server.clone(),
                 name,
-                d.wake.clone(),
-                d.retry_now.clone(),
+                wake.clone(),
+                retry_now.clone(),
             ));
-            d
+            Destination {
+                wake,
+                retry_now,
+                task,
+            }
         });
         d.wake.notify_one();
     }
 }
 
-/// Deliver `destination`'s queue, forever: tasks are cheap and bounded by the number of
-/// servers this node shares rooms with.
+/// Deliver `destination`'s queue until it has been empty for [`IDLE_EXIT`]. While the
+/// destination fails, its queue is kept within [`crate::config::OutboxLimits`].
 async fn destination_task(
     server: Arc<Server>,
     destination: String,
@@ -123,8 +130,10 @@ async fn destination_task(
         };
         tracing::trace!(%destination, rows = batch.ids.len(), "outbox batch");
         if batch.ids.is_empty() {
-            wake.notified().await;
-            continue;
+            tokio::select! {
+                () = wake.notified() => continue,
+                () = tokio::time::sleep(IDLE_EXIT) => return,
+            }
         }
         match send_transaction(&server, &destination, &batch).await {
             Ok(()) => {
@@ -135,6 +144,7 @@ async fn destination_task(
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
+                trim(&server, &destination);
                 let delay = backoff(failures);
                 tracing::info!(%destination, error = %e, retry_in = ?delay, "federation transaction failed");
                 tokio::select! {
@@ -146,6 +156,25 @@ async fn destination_task(
                 }
             }
         }
+    }
+}
+
+/// Keep a failing destination's queue within its bounds.
+fn trim(server: &Server, destination: &str) {
+    let limits = &server.config.outbox;
+    let older_than =
+        now_ms().saturating_sub(i64::try_from(limits.max_age.as_millis()).unwrap_or(i64::MAX));
+    match server
+        .db
+        .write(|c| storage::trim_outbox(c, destination, limits.max_rows, older_than))
+    {
+        Ok(0) => {}
+        Ok(dropped) => tracing::info!(
+            %destination,
+            dropped,
+            "outbox over its bounds for an unreachable destination; anti-entropy will recover the events"
+        ),
+        Err(e) => tracing::warn!(%destination, error = %e, "cannot trim the outbox"),
     }
 }
 

@@ -87,12 +87,30 @@ impl std::fmt::Debug for Db {
 /// them on every request.
 const STATEMENT_CACHE: usize = 256;
 
+/// How long a connection waits for a lock before failing with "database is locked".
+const BUSY_TIMEOUT_MS: i64 = 5000;
+
+/// Size the WAL file is cut back to whenever the WAL starts over (see [`checkpoint`]).
+pub const WAL_SIZE_LIMIT: i64 = 4 * 1024 * 1024;
+
+/// Page cache of the writer, in KiB (SQLite's default).
+const WRITER_CACHE_KIB: i64 = 2048;
+/// Page cache of each reader, in KiB: the readers' working set is the recent end of a
+/// few tables, and the OS page cache backs them.
+const READER_CACHE_KIB: i64 = 1024;
+/// SQLite's own memory (page caches, statements, sorting) across every connection of
+/// the process, in bytes: past it SQLite frees cache pages before it allocates more.
+const SOFT_HEAP_LIMIT: i64 = 32 * 1024 * 1024;
+
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
+    conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
+    conn.pragma_update(None, "soft_heap_limit", SOFT_HEAP_LIMIT)?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
-    conn.pragma_update(None, "busy_timeout", 5000)?;
+    conn.pragma_update(None, "busy_timeout", BUSY_TIMEOUT_MS)?;
     Ok(())
 }
 
@@ -123,6 +141,8 @@ impl Db {
             .map_err(open_err)?;
             conn.pragma_update(None, "busy_timeout", 5000)
                 .map_err(open_err)?;
+            conn.pragma_update(None, "cache_size", -READER_CACHE_KIB)
+                .map_err(open_err)?;
             conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
             readers.push(Mutex::new(conn));
         }
@@ -140,6 +160,10 @@ impl Db {
         let out = self.writer.write(f)?;
         if let Some(c) = &self.checkpoints {
             c.committed();
+            if c.take_restart_request() {
+                self.writer
+                    .with_idle_connection(checkpoint::restart_from_writer);
+            }
         }
         Ok(out)
     }

@@ -43,6 +43,30 @@ pub fn enqueue_edu(c: &Connection, destination: &str, edu: &Value) -> Result<(),
     Ok(())
 }
 
+/// Drop what `destination` has not taken within the bounds: rows queued before
+/// `older_than_ms`, and all but the newest `keep` rows. Returns how many were dropped.
+/// Dropped PDUs are not lost to the destination: anti-entropy and backfill fetch them
+/// when it is back. Visits at most the destination's rows, through its index.
+pub fn trim_outbox(
+    c: &Connection,
+    destination: &str,
+    keep: usize,
+    older_than_ms: i64,
+) -> Result<usize, Error> {
+    let aged = c
+        .prepare_cached("DELETE FROM federation_outbox WHERE destination = ?1 AND created_ts < ?2")?
+        .execute(params![destination, older_than_ms])?;
+    let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+    let over = c
+        .prepare_cached(
+            "DELETE FROM federation_outbox WHERE destination = ?1 AND id <= (
+                 SELECT id FROM federation_outbox WHERE destination = ?1
+                 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+        )?
+        .execute(params![destination, keep])?;
+    Ok(aged + over)
+}
+
 /// Destinations with anything queued.
 pub fn outbox_destinations(c: &Connection) -> Result<Vec<String>, Error> {
     let mut stmt = c.prepare_cached("SELECT DISTINCT destination FROM federation_outbox")?;
@@ -162,4 +186,57 @@ pub fn record_inbound_txn(
         [now - INBOUND_TXN_TTL_MS],
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_destination_queue_is_trimmed_to_its_newest_rows_and_by_age() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = super::super::Db::open(&dir.path().join("warren.db")).expect("open");
+        db.write(|c| {
+            for i in 0..30 {
+                enqueue_edu(
+                    c,
+                    "gone",
+                    &json!({"edu_type": "m.typing", "content": {"n": i}}),
+                )?;
+            }
+            for i in 0..5 {
+                enqueue_edu(
+                    c,
+                    "here",
+                    &json!({"edu_type": "m.typing", "content": {"n": i}}),
+                )?;
+            }
+            Ok(())
+        })
+        .expect("queue");
+        let dropped = db.write(|c| trim_outbox(c, "gone", 10, 0)).expect("trim");
+        assert_eq!(dropped, 20);
+        let (gone, here) = db
+            .read(|c| Ok((outbox_depth(c, "gone")?, outbox_depth(c, "here")?)))
+            .expect("depth");
+        assert_eq!((gone, here), (10, 5));
+        // The newest ten are what is left, oldest first.
+        let batch = db
+            .read(|c| outbox_batch(c, "gone", 50, 100))
+            .expect("batch");
+        let ns: Vec<i64> = batch
+            .edus
+            .iter()
+            .filter_map(|e| e["content"]["n"].as_i64())
+            .collect();
+        assert_eq!(ns, (20..30).collect::<Vec<_>>());
+        // Everything queued before the cut-off goes, whatever the count.
+        let dropped = db
+            .write(|c| trim_outbox(c, "gone", 10, super::super::now_ms() + 1))
+            .expect("trim by age");
+        assert_eq!(dropped, 10);
+        assert_eq!(db.read(|c| outbox_depth(c, "here")).expect("depth"), 5);
+    }
 }

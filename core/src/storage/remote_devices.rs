@@ -171,6 +171,22 @@ pub fn forget_remote_device_list(c: &Connection, user_id: &str) -> Result<(), Er
     Ok(())
 }
 
+/// Whether the local `user_id` is joined to a room that a user of `server` is joined to.
+/// Visits the members of the user's rooms, stopping at the first match.
+pub fn user_shares_room_with_server(
+    c: &Connection,
+    user_id: &str,
+    server: &str,
+) -> Result<bool, Error> {
+    let suffix = format!("%:{}", server.replace(['%', '_'], ""));
+    Ok(c.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM memberships m1 JOIN memberships m2 ON m1.room_id = m2.room_id
+         WHERE m1.user_id = ?1 AND m1.membership = 'join' AND m2.membership = 'join'
+           AND m2.user_id LIKE ?2)",
+    )?
+    .query_row(params![user_id, suffix], |r| r.get(0))?)
+}
+
 /// Whether `user_id` (of another server) is joined to a room that a user of `own` is
 /// joined to: only then does their server keep us told of their devices.
 pub fn shares_room_with_server(c: &Connection, user_id: &str, own: &str) -> Result<bool, Error> {

@@ -33,6 +33,23 @@ pub fn claim_to_device_txn(
     )? > 0)
 }
 
+/// Messages waiting for a device, counted up to `cap` (never more rows visited).
+pub fn pending_to_device(
+    c: &Connection,
+    user_id: &str,
+    device_id: &str,
+    cap: usize,
+) -> Result<usize, Error> {
+    let cap = i64::try_from(cap).unwrap_or(i64::MAX);
+    let n: i64 = c
+        .prepare_cached(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM to_device_inbox
+             WHERE user_id = ?1 AND device_id = ?2 LIMIT ?3)",
+        )?
+        .query_row(params![user_id, device_id, cap], |r| r.get(0))?;
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
 /// Queue one message for a device at `pos`.
 pub fn insert_to_device(
     c: &Connection,
