@@ -555,6 +555,40 @@ const MIGRATIONS: &[&str] = &[
     INSERT INTO push_notification_users (user_id, rows)
     SELECT user_id, COUNT(*) FROM push_notifications GROUP BY user_id;
     "#,
+    // 17: less storage per message. Client transaction ids in one WITHOUT ROWID b-tree
+    // (it was a table plus the index of its primary key, each holding the user id),
+    // naming the event by its stream position instead of its id: about 150 bytes less
+    // per message sent. The search index becomes contentless: the text it indexed was
+    // a second copy of the event's body, never read back (about 60 bytes); `key` is
+    // still stored (`contentless_unindexed`) and rows can still be deleted on redaction
+    // (`contentless_delete`). (Recreated under its own name: renaming a contentless
+    // FTS5 table left it unwritable.)
+    r#"
+    CREATE TEMP TABLE search_migrating AS SELECT rowid AS pos, text, key FROM event_search;
+    DROP TABLE event_search;
+    CREATE VIRTUAL TABLE event_search USING fts5(
+        text,
+        key UNINDEXED,
+        content = '',
+        contentless_delete = 1,
+        contentless_unindexed = 1,
+        tokenize = 'unicode61 remove_diacritics 2'
+    );
+    INSERT INTO event_search (rowid, text, key) SELECT pos, text, key FROM search_migrating;
+    DROP TABLE search_migrating;
+    CREATE TABLE event_txns_v17 (
+        user_id TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        txn_id TEXT NOT NULL,
+        stream_ordering INTEGER NOT NULL,
+        PRIMARY KEY (user_id, device_id, txn_id)
+    ) WITHOUT ROWID;
+    INSERT INTO event_txns_v17 (user_id, device_id, txn_id, stream_ordering)
+    SELECT t.user_id, t.device_id, t.txn_id, e.stream_ordering
+    FROM event_txns t JOIN events e ON e.event_id = t.event_id;
+    DROP TABLE event_txns;
+    ALTER TABLE event_txns_v17 RENAME TO event_txns;
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -831,6 +865,45 @@ mod tests {
             )
             .expect("counts");
         assert_eq!(counts, (30, 1, 120, want.len() as i64));
+    }
+
+    #[test]
+    fn version_17_search_index_is_contentless_and_deletable() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        for sql in &MIGRATIONS[..16] {
+            conn.execute_batch(sql).expect("schema up to 16");
+        }
+        conn.pragma_update(None, "user_version", 16).expect("v16");
+        conn.execute_batch(
+            "INSERT INTO event_search (rowid, text, key) VALUES (1, 'mango tree', 'content.body')",
+        )
+        .expect("old row");
+        run(&mut conn, "mem").expect("upgrade");
+        conn.execute_batch(
+            "INSERT INTO event_search (rowid, text, key) VALUES (2, 'mango pie', 'content.topic')",
+        )
+        .expect("new row");
+        let hits = |conn: &Connection| -> Vec<(i64, String)> {
+            conn.prepare(
+                "SELECT rowid, key FROM event_search WHERE event_search MATCH 'mango'
+                 ORDER BY bm25(event_search), rowid",
+            )
+            .expect("prepare")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows")
+        };
+        assert_eq!(
+            hits(&conn),
+            vec![
+                (1, "content.body".to_owned()),
+                (2, "content.topic".to_owned())
+            ]
+        );
+        conn.execute("DELETE FROM event_search WHERE rowid = 1", [])
+            .expect("delete");
+        assert_eq!(hits(&conn), vec![(2, "content.topic".to_owned())]);
     }
 
     #[test]
