@@ -249,6 +249,98 @@ async fn mentions_highlight_messages_notify_and_receipts_reset() {
     shutdown_node(node).await.expect("shutdown");
 }
 
+/// `GET /notifications` as bob, as JSON.
+async fn notifications_page(url: &str, bob: &Client, query: &str) -> Value {
+    http_client()
+        .expect("http")
+        .get(format!("{url}/_matrix/client/v3/notifications{query}"))
+        .bearer_auth(token(bob))
+        .send()
+        .await
+        .expect("GET /notifications")
+        .json()
+        .await
+        .expect("notifications JSON")
+}
+
+/// A read receipt folds the notifications it covers (all but the room's newest 10 read
+/// ones, and highlights): `/sync` counts stay those after the receipt, and
+/// `GET /notifications` pages what is kept, newest first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_fold_notifications_and_counts_stay_right() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start_node(dir.path()).await.expect("start node");
+    let url = node.client_url();
+    let Room2 {
+        bob,
+        alice_room,
+        bob_room,
+        room_id,
+        ..
+    } = alice_and_bob(&url).await;
+    let bob_id = bob.user_id().expect("bob id").to_owned();
+    let mention = RoomMessageEventContent::text_plain("a word for Bob")
+        .add_mentions(Mentions::with_user_ids([bob_id]));
+    let mention_id = send(&alice_room, mention).await;
+    let mut plain = Vec::new();
+    for i in 0..24 {
+        plain.push(
+            send(
+                &alice_room,
+                RoomMessageEventContent::text_plain(format!("note {i}")),
+            )
+            .await,
+        );
+    }
+    counts_become(&bob, &room_id, (25, 1), "every message counts").await;
+
+    // Bob reads up to the 20th plain message: four remain unread.
+    bob_room
+        .send_single_receipt(
+            ReceiptType::Read,
+            ReceiptThread::Unthreaded,
+            plain[19].clone(),
+        )
+        .await
+        .expect("receipt");
+    counts_become(&bob, &room_id, (4, 0), "the receipt leaves four").await;
+
+    // Kept: the four unread, the ten newest read ones, and the mention.
+    let first = notifications_page(&url, &bob, "?limit=10").await;
+    let items = first["notifications"].as_array().expect("array");
+    assert_eq!(items.len(), 10, "{first}");
+    assert_eq!(items[0]["event"]["event_id"], plain[23].as_str());
+    assert_eq!(items[3]["read"], false, "{first}");
+    assert_eq!(items[4]["read"], true, "{first}");
+    let next = first["next_token"].as_str().expect("a next_token");
+    let rest = notifications_page(&url, &bob, &format!("?from={next}")).await;
+    let rest = rest["notifications"].as_array().expect("array");
+    assert_eq!(rest.len(), 5, "{rest:?}");
+    assert_eq!(rest[3]["event"]["event_id"], plain[10].as_str());
+    assert_eq!(rest[4]["event"]["event_id"], mention_id.as_str());
+    let highlights = notifications_page(&url, &bob, "?only=highlight").await;
+    assert_eq!(highlights["notifications"][0]["read"], true, "{highlights}");
+    assert_eq!(
+        highlights["notifications"].as_array().map(Vec::len),
+        Some(1),
+        "{highlights}"
+    );
+
+    // Reading everything clears the counts; new messages count from there.
+    bob_room
+        .send_single_receipt(
+            ReceiptType::Read,
+            ReceiptThread::Unthreaded,
+            plain[23].clone(),
+        )
+        .await
+        .expect("receipt");
+    counts_become(&bob, &room_id, (0, 0), "all read").await;
+    send(&alice_room, RoomMessageEventContent::text_plain("later")).await;
+    counts_become(&bob, &room_id, (1, 0), "a new message counts").await;
+    shutdown_node(node).await.expect("shutdown");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_rules_change_what_counts() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -6,7 +6,9 @@
 //! `/sync`); until a user changes a rule they are the server defaults (`defaults.rs`). Every
 //! event persisted in a room is evaluated, inside its write transaction, for each other
 //! joined local member; actions that notify become a `push_notifications` row, and
-//! unread counts are the rows after the member's read receipt.
+//! unread counts are the rows after the member's read receipt, kept per (user, room).
+//! The rows are bounded per user, not per message: a read receipt folds the ones it
+//! covers, and each user keeps at most the newest 100 (see `storage/push.rs`).
 
 mod defaults;
 mod pushers;
@@ -253,10 +255,9 @@ fn record(
             user_id: user,
             room_id,
             stream_ordering: ev.stream_ordering,
-            event_id: &ev.event_id,
             actions: &actions_json,
             highlight: actions.iter().any(Action::is_highlight),
-            ts: now_ms(),
+            now_ms: now_ms(),
         },
     )
 }
@@ -290,6 +291,9 @@ pub fn notifications(
     }
     Ok(NotificationPage { items, next_token })
 }
+
+#[cfg(test)]
+mod bounds_tests;
 
 #[cfg(test)]
 mod tests {

@@ -339,7 +339,7 @@ pub(super) fn persist_accepted(c: &Connection, a: Accepted<'_>) -> Result<i64, E
     let prev: Vec<String> = pdu.prev_events.iter().map(|e| e.to_string()).collect();
     storage::update_forward_extremities(c, room_id, pdu.event_id.as_str(), &prev)?;
     if let Some((device, txn_id)) = txn {
-        storage::insert_txn(c, &stored.sender, device, txn_id, &stored.event_id)?;
+        storage::insert_txn(c, &stored.sender, device, txn_id, stored.stream_ordering)?;
     }
     if kind == "m.room.redaction"
         && let Some(target) = &pdu.redacts

@@ -285,25 +285,28 @@ pub fn txn_event(
     txn_id: &str,
 ) -> Result<Option<String>, Error> {
     Ok(c.query_row(
-        "SELECT event_id FROM event_txns WHERE user_id = ?1 AND device_id = ?2 AND txn_id = ?3",
+        "SELECT e.event_id FROM event_txns t JOIN events e ON e.stream_ordering = t.stream_ordering
+         WHERE t.user_id = ?1 AND t.device_id = ?2 AND t.txn_id = ?3",
         params![user_id, device_id, txn_id],
         |r| r.get(0),
     )
     .optional()?)
 }
 
-/// Remember which event a client transaction produced.
+/// Remember which event (by its stream position, which names it in fewer bytes than
+/// its id) a client transaction produced.
 pub fn insert_txn(
     c: &Connection,
     user_id: &str,
     device_id: &str,
     txn_id: &str,
-    event_id: &str,
+    stream_ordering: i64,
 ) -> Result<(), Error> {
-    c.execute(
-        "INSERT INTO event_txns (user_id, device_id, txn_id, event_id) VALUES (?1, ?2, ?3, ?4)",
-        params![user_id, device_id, txn_id, event_id],
-    )?;
+    c.prepare_cached(
+        "INSERT INTO event_txns (user_id, device_id, txn_id, stream_ordering)
+         VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![user_id, device_id, txn_id, stream_ordering])?;
     Ok(())
 }
 

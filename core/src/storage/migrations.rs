@@ -492,6 +492,103 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX presence_by_stream ON presence(stream_ordering);
     "#,
+    // 16: bounded notification rows (see `storage/push.rs` for the policy). Rows become
+    // one WITHOUT ROWID b-tree keyed (user, room, position), without the event id (the
+    // position names the event) and the timestamp (the event's own is shown); common
+    // action sets are stored as a small integer code. Existing rows get the policy
+    // applied once here: at most the newest 100 per user, nothing older than 30 days,
+    // read rows other than highlights only the newest 10 per room. Unread rows dropped
+    // here are remembered in `unread_counts.pruned_*`, so the kept counts do not change.
+    // `push_notification_users` counts each user's rows, so the cap costs one upsert.
+    // The numbers (100, 10, 30 days) and the action codes must match `storage/push.rs`
+    // as it was when this was written.
+    r#"
+    CREATE TABLE push_notifications_v16 (
+        user_id TEXT NOT NULL,
+        room_id TEXT NOT NULL,
+        stream_ordering INTEGER NOT NULL,
+        actions NOT NULL,
+        highlight INTEGER NOT NULL,
+        PRIMARY KEY (user_id, room_id, stream_ordering)
+    ) WITHOUT ROWID;
+    CREATE TEMP TABLE push_migrating AS
+    SELECT user_id, room_id, stream_ordering, actions, highlight, unread,
+           (ROW_NUMBER() OVER newest_of_user <= 100
+            AND ts >= CAST(strftime('%s', 'now') AS INTEGER) * 1000 - 2592000000
+            AND (unread OR highlight OR ROW_NUMBER() OVER newest_read_of_room <= 10)) AS kept
+    FROM (SELECT n.*, n.stream_ordering > COALESCE((SELECT MAX(e.stream_ordering)
+                 FROM receipts r JOIN events e ON e.event_id = r.event_id
+                 WHERE r.room_id = n.room_id AND r.user_id = n.user_id
+                   AND r.receipt_type IN ('m.read', 'm.read.private')), 0) AS unread
+          FROM push_notifications n)
+    WINDOW newest_of_user AS (PARTITION BY user_id ORDER BY stream_ordering DESC),
+           newest_read_of_room AS (PARTITION BY user_id, room_id, unread
+                                   ORDER BY stream_ordering DESC);
+    INSERT INTO push_notifications_v16 (user_id, room_id, stream_ordering, actions, highlight)
+    SELECT user_id, room_id, stream_ordering,
+           CASE actions
+               WHEN '["notify"]' THEN 0
+               WHEN '["notify",{"set_tweak":"sound","value":"default"}]' THEN 1
+               WHEN '["notify",{"set_tweak":"sound","value":"default"},{"set_tweak":"highlight"}]' THEN 2
+               WHEN '["notify",{"set_tweak":"highlight"}]' THEN 3
+               WHEN '["notify",{"set_tweak":"sound","value":"ring"}]' THEN 4
+               ELSE actions
+           END,
+           highlight
+    FROM push_migrating WHERE kept;
+    ALTER TABLE unread_counts ADD COLUMN pruned_notifications INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE unread_counts ADD COLUMN pruned_highlights INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE unread_counts ADD COLUMN pruned_upto INTEGER NOT NULL DEFAULT 0;
+    UPDATE unread_counts AS u SET
+        pruned_notifications = d.n, pruned_highlights = d.h, pruned_upto = d.top
+    FROM (SELECT user_id, room_id, COUNT(*) AS n, COALESCE(SUM(highlight), 0) AS h,
+                 MAX(stream_ordering) AS top
+          FROM push_migrating WHERE unread AND NOT kept GROUP BY user_id, room_id) AS d
+    WHERE u.user_id = d.user_id AND u.room_id = d.room_id;
+    DROP TABLE push_migrating;
+    DROP TABLE push_notifications;
+    ALTER TABLE push_notifications_v16 RENAME TO push_notifications;
+    CREATE TABLE push_notification_users (
+        user_id TEXT PRIMARY KEY,
+        rows INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO push_notification_users (user_id, rows)
+    SELECT user_id, COUNT(*) FROM push_notifications GROUP BY user_id;
+    "#,
+    // 17: less storage per message. Client transaction ids in one WITHOUT ROWID b-tree
+    // (it was a table plus the index of its primary key, each holding the user id),
+    // naming the event by its stream position instead of its id: about 150 bytes less
+    // per message sent. The search index becomes contentless: the text it indexed was
+    // a second copy of the event's body, never read back (about 60 bytes); `key` is
+    // still stored (`contentless_unindexed`) and rows can still be deleted on redaction
+    // (`contentless_delete`). (Recreated under its own name: renaming a contentless
+    // FTS5 table left it unwritable.)
+    r#"
+    CREATE TEMP TABLE search_migrating AS SELECT rowid AS pos, text, key FROM event_search;
+    DROP TABLE event_search;
+    CREATE VIRTUAL TABLE event_search USING fts5(
+        text,
+        key UNINDEXED,
+        content = '',
+        contentless_delete = 1,
+        contentless_unindexed = 1,
+        tokenize = 'unicode61 remove_diacritics 2'
+    );
+    INSERT INTO event_search (rowid, text, key) SELECT pos, text, key FROM search_migrating;
+    DROP TABLE search_migrating;
+    CREATE TABLE event_txns_v17 (
+        user_id TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        txn_id TEXT NOT NULL,
+        stream_ordering INTEGER NOT NULL,
+        PRIMARY KEY (user_id, device_id, txn_id)
+    ) WITHOUT ROWID;
+    INSERT INTO event_txns_v17 (user_id, device_id, txn_id, stream_ordering)
+    SELECT t.user_id, t.device_id, t.txn_id, e.stream_ordering
+    FROM event_txns t JOIN events e ON e.event_id = t.event_id;
+    DROP TABLE event_txns;
+    ALTER TABLE event_txns_v17 RENAME TO event_txns;
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -688,6 +785,125 @@ mod tests {
             )
             .expect("one thread");
         assert_eq!(thread, ("$e1".to_owned(), "$e3".to_owned(), 3));
+    }
+
+    #[test]
+    fn version_16_applies_the_notification_bounds_to_stored_rows() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        for sql in &MIGRATIONS[..15] {
+            conn.execute_batch(sql).expect("schema up to 15");
+        }
+        conn.pragma_update(None, "user_version", 15).expect("v15");
+        let now = 1_800_000_000_000_i64.max(crate::storage::now_ms());
+        for pos in 1..=130_i64 {
+            conn.execute(
+                "INSERT INTO events (stream_ordering, event_id, room_id, type, sender, depth,
+                     origin_server_ts, json, status)
+                 VALUES (?1, ?2, '!r:x', 'm.room.message', '@a:x', 1, 0, '{}', 'timeline')",
+                rusqlite::params![pos, format!("$e{pos}")],
+            )
+            .expect("event");
+            let actions = match pos {
+                50 => {
+                    r#"["notify",{"set_tweak":"sound","value":"default"},{"set_tweak":"highlight"}]"#
+                }
+                125 => r#"["notify",{"set_tweak":"sound","value":"chime"}]"#,
+                _ => r#"["notify"]"#,
+            };
+            // One unread row is older than the age limit.
+            let ts = if pos == 120 { 0 } else { now };
+            conn.execute(
+                "INSERT INTO push_notifications
+                     (user_id, room_id, stream_ordering, event_id, actions, highlight, ts)
+                 VALUES ('@b:x', '!r:x', ?1, ?2, ?3, ?4, ?5)",
+                rusqlite::params![pos, format!("$e{pos}"), actions, pos == 50, ts],
+            )
+            .expect("notification");
+        }
+        conn.execute_batch(
+            "INSERT INTO receipts (room_id, receipt_type, user_id, thread_id, event_id, ts,
+                 stream_ordering) VALUES ('!r:x', 'm.read', '@b:x', '', '$e100', 0, 131);
+             INSERT INTO unread_counts (user_id, room_id, notifications, highlights)
+                 VALUES ('@b:x', '!r:x', 30, 0);",
+        )
+        .expect("receipt and counts");
+        run(&mut conn, "mem").expect("upgrade");
+        let kept: Vec<i64> = conn
+            .prepare("SELECT stream_ordering FROM push_notifications ORDER BY stream_ordering")
+            .expect("prepare")
+            .query_map([], |r| r.get(0))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        // The highlight, the newest ten read rows, and every unread one but the old one.
+        let mut want = vec![50];
+        want.extend(91..=130);
+        want.retain(|p| *p != 120);
+        assert_eq!(kept, want);
+        let codes: (i64, String) = conn
+            .query_row(
+                "SELECT (SELECT actions FROM push_notifications WHERE stream_ordering = 50),
+                        (SELECT actions FROM push_notifications WHERE stream_ordering = 125)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .expect("actions");
+        assert_eq!(
+            codes,
+            (
+                2,
+                r#"["notify",{"set_tweak":"sound","value":"chime"}]"#.to_owned()
+            )
+        );
+        let counts: (i64, i64, i64, i64) = conn
+            .query_row(
+                "SELECT notifications, pruned_notifications, pruned_upto,
+                        (SELECT rows FROM push_notification_users WHERE user_id = '@b:x')
+                 FROM unread_counts",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .expect("counts");
+        assert_eq!(counts, (30, 1, 120, want.len() as i64));
+    }
+
+    #[test]
+    fn version_17_search_index_is_contentless_and_deletable() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        for sql in &MIGRATIONS[..16] {
+            conn.execute_batch(sql).expect("schema up to 16");
+        }
+        conn.pragma_update(None, "user_version", 16).expect("v16");
+        conn.execute_batch(
+            "INSERT INTO event_search (rowid, text, key) VALUES (1, 'mango tree', 'content.body')",
+        )
+        .expect("old row");
+        run(&mut conn, "mem").expect("upgrade");
+        conn.execute_batch(
+            "INSERT INTO event_search (rowid, text, key) VALUES (2, 'mango pie', 'content.topic')",
+        )
+        .expect("new row");
+        let hits = |conn: &Connection| -> Vec<(i64, String)> {
+            conn.prepare(
+                "SELECT rowid, key FROM event_search WHERE event_search MATCH 'mango'
+                 ORDER BY bm25(event_search), rowid",
+            )
+            .expect("prepare")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows")
+        };
+        assert_eq!(
+            hits(&conn),
+            vec![
+                (1, "content.body".to_owned()),
+                (2, "content.topic".to_owned())
+            ]
+        );
+        conn.execute("DELETE FROM event_search WHERE rowid = 1", [])
+            .expect("delete");
+        assert_eq!(hits(&conn), vec![(2, "content.topic".to_owned())]);
     }
 
     #[test]

@@ -221,6 +221,16 @@ impl Db {
     }
 }
 
+/// Bytes on disk per table and index (SQLite's `dbstat`), largest first: what the
+/// database is made of, for measurements and reports.
+pub fn table_sizes(c: &Connection) -> Result<Vec<(String, i64)>, Error> {
+    let mut st = c.prepare(
+        "SELECT name, SUM(pgsize) AS bytes FROM dbstat GROUP BY name ORDER BY bytes DESC, name",
+    )?;
+    let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 /// Take the next stream position. Must be called inside the write transaction that
 /// persists the row carrying it, so positions commit in order.
 pub fn next_stream_position(tx: &rusqlite::Connection) -> Result<StreamPosition, Error> {

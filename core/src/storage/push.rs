@@ -14,6 +14,57 @@ pub fn joined_local_members(c: &Connection, room_id: &str) -> Result<Vec<String>
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// How many notification rows a user keeps at most (newest first, across rooms):
+/// one full page of `GET /notifications` at its largest `limit`. Rows past it are
+/// dropped whether read or not; unread ones stay counted (see [`recount_unread`]).
+pub const NOTIFICATIONS_PER_USER: i64 = 100;
+
+/// Rows a user may gain past [`NOTIFICATIONS_PER_USER`] before they are trimmed back to
+/// it: trimming walks the user's rows once per this many notifications, not on each.
+pub const NOTIFICATION_SLACK: i64 = 20;
+
+/// Read notifications kept per (user, room) when a read receipt folds the older ones,
+/// so `GET /notifications` still shows each room's recent read ones. Highlights are
+/// not folded; they go only with the per-user cap or the age limit.
+pub const READ_NOTIFICATIONS_KEPT: i64 = 10;
+
+/// Notifications older than this are dropped when the user's rows are next trimmed
+/// (Synapse keeps push actions for the same 30 days).
+pub const NOTIFICATION_MAX_AGE_MS: i64 = 30 * 24 * 3600 * 1000;
+
+/// Action sets stored as their index here instead of as JSON (schema 16). They are
+/// what the default rules produce, as `serde_json` writes ruma's `Action`s; any other
+/// set is stored as its JSON text. Part of the schema: never reorder, only append.
+const ACTION_CODES: [&str; 5] = [
+    r#"["notify"]"#,
+    r#"["notify",{"set_tweak":"sound","value":"default"}]"#,
+    r#"["notify",{"set_tweak":"sound","value":"default"},{"set_tweak":"highlight"}]"#,
+    r#"["notify",{"set_tweak":"highlight"}]"#,
+    r#"["notify",{"set_tweak":"sound","value":"ring"}]"#,
+];
+
+/// The stored form of an action set: its code if it has one, else its JSON.
+fn encode_actions(json: &str) -> rusqlite::types::Value {
+    match ACTION_CODES.iter().position(|known| *known == json) {
+        Some(code) => rusqlite::types::Value::Integer(code as i64),
+        None => rusqlite::types::Value::Text(json.to_owned()),
+    }
+}
+
+/// The JSON of a stored action set; an unknown code or type reads as no actions.
+fn decode_actions(stored: rusqlite::types::Value) -> String {
+    use rusqlite::types::Value;
+    match stored {
+        Value::Text(json) => json,
+        Value::Integer(code) => usize::try_from(code)
+            .ok()
+            .and_then(|i| ACTION_CODES.get(i))
+            .map_or("[]", |json| json)
+            .to_owned(),
+        _ => "[]".to_owned(),
+    }
+}
+
 /// A notification to record for one user.
 #[derive(Clone, Debug)]
 pub struct NewNotification<'a> {
@@ -21,51 +72,117 @@ pub struct NewNotification<'a> {
     pub user_id: &'a str,
     /// Room of the event.
     pub room_id: &'a str,
-    /// The event's stream position.
+    /// The event's stream position (it names the event).
     pub stream_ordering: i64,
-    /// The event.
-    pub event_id: &'a str,
     /// The push actions, as a JSON array.
     pub actions: &'a str,
     /// Whether the actions highlight.
     pub highlight: bool,
-    /// When.
-    pub ts: i64,
+    /// Now, in milliseconds: the age limit is measured from it.
+    pub now_ms: i64,
 }
 
 /// Record a notification, counting it as unread (it is the room's newest event, so no
-/// receipt covers it yet).
+/// receipt covers it yet), and trim the user's rows once they pass the cap by the slack.
 pub fn insert_notification(c: &Connection, n: &NewNotification<'_>) -> Result<(), Error> {
     let inserted = c
         .prepare_cached(
             "INSERT OR IGNORE INTO push_notifications
-             (user_id, room_id, stream_ordering, event_id, actions, highlight, ts)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+             (user_id, room_id, stream_ordering, actions, highlight)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
         )?
         .execute(params![
             n.user_id,
             n.room_id,
             n.stream_ordering,
-            n.event_id,
-            n.actions,
+            encode_actions(n.actions),
             n.highlight,
-            n.ts
         ])?;
-    if inserted == 1 {
-        c.prepare_cached(
-            "INSERT INTO unread_counts (user_id, room_id, notifications, highlights)
-             VALUES (?1, ?2, 1, ?3)
-             ON CONFLICT (user_id, room_id) DO UPDATE SET
-                 notifications = notifications + 1,
-                 highlights = highlights + excluded.highlights",
+    if inserted == 0 {
+        return Ok(());
+    }
+    c.prepare_cached(
+        "INSERT INTO unread_counts (user_id, room_id, notifications, highlights)
+         VALUES (?1, ?2, 1, ?3)
+         ON CONFLICT (user_id, room_id) DO UPDATE SET
+             notifications = notifications + 1,
+             highlights = highlights + excluded.highlights",
+    )?
+    .execute(params![n.user_id, n.room_id, i64::from(n.highlight)])?;
+    let rows: i64 = c
+        .prepare_cached(
+            "INSERT INTO push_notification_users (user_id, rows) VALUES (?1, 1)
+             ON CONFLICT (user_id) DO UPDATE SET rows = rows + 1
+             RETURNING rows",
         )?
-        .execute(params![n.user_id, n.room_id, i64::from(n.highlight)])?;
+        .query_row(params![n.user_id], |r| r.get(0))?;
+    if rows > NOTIFICATIONS_PER_USER + NOTIFICATION_SLACK {
+        trim_notifications(c, n.user_id, n.now_ms)?;
     }
     Ok(())
 }
 
-/// Recount a user's unread notifications in a room after their read receipt moved: only
-/// the notifications after the receipt are visited, never the room's history.
+/// Which of a user's rows (`n`) a trim drops: those past the newest
+/// [`NOTIFICATIONS_PER_USER`] (`?2` is the newest of those, or none) and those whose
+/// event is older than the age limit (`?3`) or gone.
+const DOOMED: &str = "(n.stream_ordering <= ?2
+     OR COALESCE((SELECT e.origin_server_ts FROM events e
+                  WHERE e.stream_ordering = n.stream_ordering), 0) < ?3)";
+
+/// Trim a user's rows to the cap and the age limit. Visits only this user's rows (at
+/// most the cap plus the slack). Dropped rows that were unread are remembered per room
+/// in `unread_counts.pruned_*`, so the kept counts stay as they were.
+pub fn trim_notifications(c: &Connection, user_id: &str, now_ms: i64) -> Result<(), Error> {
+    let past_cap: i64 = c
+        .prepare_cached(
+            "SELECT stream_ordering FROM push_notifications WHERE user_id = ?1
+             ORDER BY stream_ordering DESC LIMIT 1 OFFSET ?2",
+        )?
+        .query_row(params![user_id, NOTIFICATIONS_PER_USER], |r| r.get(0))
+        .optional()?
+        .unwrap_or(i64::MIN);
+    let too_old = now_ms.saturating_sub(NOTIFICATION_MAX_AGE_MS);
+    c.prepare_cached(&format!(
+        "UPDATE unread_counts AS u SET
+             pruned_notifications = u.pruned_notifications + d.n,
+             pruned_highlights = u.pruned_highlights + d.h,
+             pruned_upto = MAX(u.pruned_upto, d.top)
+         FROM (SELECT n.room_id, COUNT(*) AS n, COALESCE(SUM(n.highlight), 0) AS h,
+                      MAX(n.stream_ordering) AS top
+               FROM push_notifications n
+               WHERE n.user_id = ?1 AND {DOOMED} AND n.stream_ordering > {READ_UP_TO}
+               GROUP BY n.room_id) AS d
+         WHERE u.user_id = ?1 AND u.room_id = d.room_id"
+    ))?
+    .execute(params![user_id, past_cap, too_old])?;
+    let dropped = c
+        .prepare_cached(&format!(
+            "DELETE FROM push_notifications AS n WHERE n.user_id = ?1 AND {DOOMED}"
+        ))?
+        .execute(params![user_id, past_cap, too_old])?;
+    forget_rows(c, user_id, dropped)
+}
+
+/// Take deleted rows off a user's row count.
+fn forget_rows(c: &Connection, user_id: &str, deleted: usize) -> Result<(), Error> {
+    if deleted > 0 {
+        c.prepare_cached(
+            "UPDATE push_notification_users SET rows = MAX(rows - ?2, 0) WHERE user_id = ?1",
+        )?
+        .execute(params![user_id, deleted as i64])?;
+    }
+    Ok(())
+}
+
+/// Recount a user's unread notifications in a room after their read receipt moved, then
+/// fold the rows the receipt now covers. Only the rows after the receipt are counted,
+/// never the room's history.
+///
+/// The count is the rows after the receipt plus the unread rows a trim dropped
+/// (`pruned_*`). Those were all after the receipt of their time and at or before
+/// `pruned_upto`: a receipt at or past `pruned_upto` covers them all (the count is
+/// exact again and they are forgotten); a receipt before it still counts them all,
+/// since where each one was is no longer known (an overcount, never an undercount).
 pub fn recount_unread(c: &Connection, room_id: &str, user_id: &str) -> Result<(), Error> {
     // The receipt position first, as a plain value: a bound the index range can use.
     let read_up_to: i64 = c
@@ -77,13 +194,41 @@ pub fn recount_unread(c: &Connection, room_id: &str, user_id: &str) -> Result<()
         )?
         .query_row(params![room_id, user_id], |r| r.get(0))?;
     c.prepare_cached(
-        "UPDATE unread_counts SET (notifications, highlights) = (
-             SELECT COUNT(*), COALESCE(SUM(highlight), 0) FROM push_notifications
-             WHERE user_id = ?1 AND room_id = ?2 AND stream_ordering > ?3)
+        "UPDATE unread_counts SET
+             (notifications, highlights) = (
+                 SELECT COUNT(*) + IIF(?3 >= unread_counts.pruned_upto, 0,
+                                       unread_counts.pruned_notifications),
+                        COALESCE(SUM(highlight), 0) + IIF(?3 >= unread_counts.pruned_upto, 0,
+                                       unread_counts.pruned_highlights)
+                 FROM push_notifications
+                 WHERE user_id = ?1 AND room_id = ?2 AND stream_ordering > ?3),
+             pruned_notifications = IIF(?3 >= pruned_upto, 0, pruned_notifications),
+             pruned_highlights = IIF(?3 >= pruned_upto, 0, pruned_highlights)
          WHERE user_id = ?1 AND room_id = ?2",
     )?
     .execute(params![user_id, room_id, read_up_to])?;
-    Ok(())
+    fold_read(c, room_id, user_id, read_up_to)
+}
+
+/// Drop a user's read notifications in a room, at or before `read_up_to`, but the newest
+/// [`READ_NOTIFICATIONS_KEPT`] of them and highlights. Walks the room's rows of this user
+/// up to the receipt, which the per-user cap bounds.
+fn fold_read(c: &Connection, room_id: &str, user_id: &str, read_up_to: i64) -> Result<(), Error> {
+    let folded = c
+        .prepare_cached(
+            "DELETE FROM push_notifications
+             WHERE user_id = ?1 AND room_id = ?2 AND highlight = 0 AND stream_ordering < (
+                 SELECT stream_ordering FROM push_notifications
+                 WHERE user_id = ?1 AND room_id = ?2 AND stream_ordering <= ?3
+                 ORDER BY stream_ordering DESC LIMIT 1 OFFSET ?4)",
+        )?
+        .execute(params![
+            user_id,
+            room_id,
+            read_up_to,
+            READ_NOTIFICATIONS_KEPT - 1
+        ])?;
+    forget_rows(c, user_id, folded)
 }
 
 /// The stream position a user has read up to in a room: their newest `m.read` or
@@ -104,6 +249,14 @@ pub fn unread_counts(c: &Connection, room_id: &str, user_id: &str) -> Result<(i6
     .unwrap_or((0, 0)))
 }
 
+/// How many notification rows a user has (what the cap applies to).
+pub fn notification_rows(c: &Connection, user_id: &str) -> Result<i64, Error> {
+    Ok(
+        c.prepare_cached("SELECT COUNT(*) FROM push_notifications WHERE user_id = ?1")?
+            .query_row(params![user_id], |r| r.get(0))?,
+    )
+}
+
 /// A stored notification, for `GET /notifications`.
 #[derive(Clone, Debug)]
 pub struct NotificationRow {
@@ -115,13 +268,14 @@ pub struct NotificationRow {
     pub event_id: String,
     /// Push actions JSON.
     pub actions: String,
-    /// When.
+    /// When: the event's `origin_server_ts`.
     pub ts: i64,
     /// Whether the user's read receipt covers it.
     pub read: bool,
 }
 
-/// A user's notifications, newest first, before stream position `before`.
+/// A user's notifications, newest first, before stream position `before`. Sorts the
+/// user's rows, which the cap keeps few.
 pub fn notifications(
     c: &Connection,
     user_id: &str,
@@ -130,9 +284,9 @@ pub fn notifications(
     only_highlight: bool,
 ) -> Result<Vec<NotificationRow>, Error> {
     let sql = format!(
-        "SELECT n.room_id, n.stream_ordering, n.event_id, n.actions, n.ts,
+        "SELECT n.room_id, n.stream_ordering, e.event_id, n.actions, e.origin_server_ts,
                 n.stream_ordering <= {READ_UP_TO}
-         FROM push_notifications n
+         FROM push_notifications n JOIN events e ON e.stream_ordering = n.stream_ordering
          WHERE n.user_id = ?1 AND n.stream_ordering < ?2 AND (?3 = 0 OR n.highlight = 1)
          ORDER BY n.stream_ordering DESC LIMIT ?4"
     );
@@ -142,7 +296,7 @@ pub fn notifications(
             room_id: r.get(0)?,
             stream_ordering: r.get(1)?,
             event_id: r.get(2)?,
-            actions: r.get(3)?,
+            actions: decode_actions(r.get(3)?),
             ts: r.get(4)?,
             read: r.get(5)?,
         })
@@ -208,4 +362,43 @@ pub fn pushers(c: &Connection, user_id: &str) -> Result<Vec<String>, Error> {
     )?;
     let rows = st.query_map(params![user_id], |r| r.get(0))?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use ruma::push::{Action, HighlightTweakValue, Tweak};
+
+    use super::*;
+
+    /// The codes are what `serde_json` writes for ruma's actions of the default rules, so
+    /// the common sets really are stored as codes; anything else round-trips as JSON.
+    #[test]
+    fn action_codes_match_rumas_serialisation() {
+        let sound = |s: &str| Action::SetTweak(Tweak::Sound(s.into()));
+        let sets = [
+            vec![Action::Notify],
+            vec![Action::Notify, sound("default")],
+            vec![
+                Action::Notify,
+                sound("default"),
+                Action::SetTweak(Tweak::Highlight(HighlightTweakValue::Yes)),
+            ],
+            vec![
+                Action::Notify,
+                Action::SetTweak(Tweak::Highlight(HighlightTweakValue::Yes)),
+            ],
+            vec![Action::Notify, sound("ring")],
+        ];
+        for (code, set) in sets.iter().enumerate() {
+            let json = serde_json::to_string(set).expect("json");
+            assert_eq!(json, ACTION_CODES[code]);
+            let stored = encode_actions(&json);
+            assert_eq!(stored, rusqlite::types::Value::Integer(code as i64));
+            assert_eq!(decode_actions(stored), json);
+        }
+        let unusual = serde_json::to_string(&[Action::Notify, sound("chime")]).expect("json");
+        assert_eq!(decode_actions(encode_actions(&unusual)), unusual);
+        assert_eq!(decode_actions(rusqlite::types::Value::Integer(99)), "[]");
+        assert_eq!(decode_actions(rusqlite::types::Value::Null), "[]");
+    }
 }

@@ -1,0 +1,327 @@
+//! The bounds on notification rows: database growth per message in rooms of 60 and 2
+//! local members, the per-user cap, folding on read, and unread counts across both.
+
+use std::sync::Arc;
+
+use serde_json::json;
+
+use crate::events::NewEvent;
+use crate::rooms::{CreateRoom, append_event, create_room};
+use crate::server::Server;
+use crate::storage::{
+    self, NOTIFICATION_SLACK, NOTIFICATIONS_PER_USER, READ_NOTIFICATIONS_KEPT, Receipt,
+    next_stream_position,
+};
+use crate::{Config, Node};
+
+/// A node with one public room whose members are all local users.
+struct Fixture {
+    node: Node,
+    server: Arc<Server>,
+    room: String,
+    members: Vec<String>,
+    sent: usize,
+}
+
+impl Fixture {
+    async fn new(dir: &std::path::Path, members: usize) -> Fixture {
+        let mut config = Config::new(dir);
+        config.client_addr = "127.0.0.1:0".parse().expect("addr");
+        let node = Node::start(config).await.expect("start");
+        let server = node.server().clone();
+        let members: Vec<String> = (0..members)
+            .map(|i| server.user_id(&format!("member{i}")))
+            .collect();
+        server
+            .write(|tx| {
+                for u in &members {
+                    storage::create_user(tx, u, None, false, "")?;
+                }
+                Ok(())
+            })
+            .expect("users");
+        let room = server
+            .write(|tx| {
+                let req = CreateRoom {
+                    preset: Some("public_chat".into()),
+                    ..Default::default()
+                };
+                create_room(tx, &server, &members[0], req)
+            })
+            .expect("create");
+        for u in &members[1..] {
+            let join = NewEvent {
+                kind: "m.room.member".into(),
+                state_key: Some(u.clone()),
+                content: json!({"membership": "join"}),
+                sender: u.clone(),
+                redacts: None,
+            };
+            server
+                .write(|tx| append_event(tx, &server, &room, join, None))
+                .expect("join");
+        }
+        Fixture {
+            node,
+            server,
+            room,
+            members,
+            sent: 0,
+        }
+    }
+
+    /// Send a message (as a client would, with a transaction id), from the members in
+    /// turn; returns its event id.
+    fn send_from(&mut self, sender: usize, body: &str) -> String {
+        self.sent += 1;
+        let ev = NewEvent {
+            kind: "m.room.message".into(),
+            state_key: None,
+            content: json!({"msgtype": "m.text", "body": body}),
+            sender: self.members[sender].clone(),
+            redacts: None,
+        };
+        let txn = format!("txn{}", self.sent);
+        self.server
+            .write(|tx| append_event(tx, &self.server, &self.room, ev, Some(("DEVICE", &txn))))
+            .expect("send")
+            .event_id
+    }
+
+    fn send(&mut self, body: &str) -> String {
+        let sender = self.sent % self.members.len();
+        self.send_from(sender, body)
+    }
+
+    fn read(&self, user: &str, event_id: &str) {
+        let r = Receipt {
+            receipt_type: "m.read".into(),
+            user_id: user.into(),
+            thread_id: String::new(),
+            event_id: event_id.into(),
+            ts: 0,
+        };
+        self.server
+            .write(|tx| {
+                let pos = next_stream_position(tx)?;
+                storage::set_receipt(tx, &self.room, &r, pos)
+            })
+            .expect("receipt");
+    }
+
+    fn counts(&self, user: &str) -> (i64, i64) {
+        self.server
+            .db
+            .read(|c| storage::unread_counts(c, &self.room, user))
+            .expect("counts")
+    }
+
+    fn rows(&self, user: &str) -> i64 {
+        self.server
+            .db
+            .read(|c| storage::notification_rows(c, user))
+            .expect("rows")
+    }
+
+    fn bytes(&self) -> i64 {
+        self.server.db.size_bytes().expect("size")
+    }
+
+    fn tables(&self) -> Vec<(String, i64)> {
+        self.server.db.read(storage::table_sizes).expect("dbstat")
+    }
+
+    fn notifications(&self, user: &str, from: Option<i64>, only_highlight: bool) -> Vec<i64> {
+        self.server
+            .db
+            .read_tx(|c| super::notifications(c, user, from, 100, only_highlight))
+            .expect("notifications")
+            .items
+            .iter()
+            .map(|(row, _)| row.stream_ordering)
+            .collect()
+    }
+}
+
+/// What each table grew by between two `dbstat` snapshots, per message, largest first.
+fn growth_per_message(before: &[(String, i64)], after: &[(String, i64)], n: usize) -> String {
+    let mut rows: Vec<(String, f64)> = after
+        .iter()
+        .map(|(name, bytes)| {
+            let was = before
+                .iter()
+                .find(|(b, _)| b == name)
+                .map_or(0, |(_, v)| *v);
+            (name.clone(), (bytes - was) as f64 / n as f64)
+        })
+        .filter(|(_, per)| *per != 0.0)
+        .collect();
+    rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+    rows.iter()
+        .map(|(name, per)| format!("| {name} | {per:.0} |\n"))
+        .collect()
+}
+
+/// Bytes per message a set of tables grew by between two `dbstat` snapshots.
+fn tables_growth(before: &[(String, i64)], after: &[(String, i64)], tables: &[&str]) -> i64 {
+    let sum = |snapshot: &[(String, i64)]| -> i64 {
+        snapshot
+            .iter()
+            .filter(|(name, _)| tables.contains(&name.as_str()))
+            .map(|(_, bytes)| bytes)
+            .sum()
+    };
+    sum(after) - sum(before)
+}
+
+/// The tables push notifications and unread counts live in.
+const PUSH_TABLES: &[&str] = &[
+    "push_notifications",
+    "push_notification_users",
+    "unread_counts",
+];
+
+/// Send `warm_up` messages, then `measured` more, nobody reading (the most rows a
+/// room's members can keep); returns (all bytes, push tables' bytes) per message over
+/// the measured ones, and prints the figures with the per-table costs.
+async fn measure(members: usize, warm_up: usize, measured: usize) -> (f64, f64) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut f = Fixture::new(dir.path(), members).await;
+    let (start_bytes, start_tables) = (f.bytes(), f.tables());
+    for i in 0..warm_up {
+        f.send(&format!(
+            "warm-up message number {i}, with some ordinary words"
+        ));
+    }
+    let (warm_bytes, warm_tables) = (f.bytes(), f.tables());
+    for i in 0..measured {
+        f.send(&format!(
+            "measured message number {i}, with some ordinary words"
+        ));
+    }
+    let (end_bytes, end_tables) = (f.bytes(), f.tables());
+    let cold = (end_bytes - start_bytes) as f64 / (warm_up + measured) as f64;
+    let steady = (end_bytes - warm_bytes) as f64 / measured as f64;
+    let push = tables_growth(&warm_tables, &end_tables, PUSH_TABLES) as f64 / measured as f64;
+    eprintln!(
+        "{members} members: {cold:.0} B/message over all {} messages, \
+         {steady:.0} B/message over the last {measured} (push tables {push:.0})",
+        warm_up + measured
+    );
+    eprintln!(
+        "per table, all messages:\n{}",
+        growth_per_message(&start_tables, &end_tables, warm_up + measured)
+    );
+    eprintln!(
+        "per table, last {measured}:\n{}",
+        growth_per_message(&warm_tables, &end_tables, measured)
+    );
+    for m in &f.members {
+        assert!(f.rows(m) <= NOTIFICATIONS_PER_USER + NOTIFICATION_SLACK);
+    }
+    f.node.shutdown().await.expect("shutdown");
+    (steady, push)
+}
+
+/// Once every member holds a full cap of rows, a message costs its own storage only:
+/// under 2 KiB in a room of 60 local members, the push tables next to nothing.
+#[tokio::test]
+async fn storage_per_message_in_a_60_member_room() {
+    let (per_message, push) = measure(60, 200, 500).await;
+    assert!(per_message <= 2048.0, "{per_message:.0} bytes per message");
+    assert!(push <= 32.0, "push tables: {push:.0} bytes per message");
+}
+
+/// In a room of two the push tables cost next to nothing per message either. The
+/// target of 1.5 KiB a message is not met (about 1,580 bytes): the event row (the
+/// signed PDU, ~730 bytes of JSON, with its 64-character server name in every id) and
+/// its five indexes are ~1,360 bytes before anything else; this guards against growth.
+#[tokio::test]
+async fn storage_per_message_in_a_2_member_room() {
+    let (per_message, push) = measure(2, 200, 500).await;
+    assert!(per_message <= 1650.0, "{per_message:.0} bytes per message");
+    assert!(push <= 32.0, "push tables: {push:.0} bytes per message");
+}
+
+/// A user who never reads keeps at most the cap (plus the slack) of rows, and their
+/// unread count still counts every message; a receipt after the dropped rows makes it
+/// exact, and one on the newest message clears it and folds the read rows.
+#[tokio::test]
+async fn a_user_who_never_reads_keeps_the_cap_and_exact_counts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut f = Fixture::new(dir.path(), 2).await;
+    let bob = f.members[1].clone();
+    let mut sent = Vec::new();
+    for i in 0..300 {
+        sent.push(f.send_from(0, &format!("message {i}")));
+    }
+    assert!(f.rows(&bob) <= NOTIFICATIONS_PER_USER + NOTIFICATION_SLACK);
+    assert!(f.rows(&bob) >= NOTIFICATIONS_PER_USER);
+    assert_eq!(f.counts(&bob), (300, 0));
+    // The newest rows are all still there, so a receipt among them counts exactly.
+    f.read(&bob, &sent[289]);
+    assert_eq!(f.counts(&bob), (10, 0));
+    // Folded: the 10 unread and the newest read ones kept per room.
+    assert_eq!(f.rows(&bob), 10 + READ_NOTIFICATIONS_KEPT);
+    f.read(&bob, &sent[299]);
+    assert_eq!(f.counts(&bob), (0, 0));
+    assert_eq!(f.rows(&bob), READ_NOTIFICATIONS_KEPT);
+    // Counting goes on as before.
+    f.send_from(0, "one more");
+    assert_eq!(f.counts(&bob), (1, 0));
+    f.node.shutdown().await.expect("shutdown");
+}
+
+/// A receipt on a message whose row the cap already dropped cannot tell how many of the
+/// dropped rows it covers: the count then keeps them all (never fewer than the truth),
+/// and is exact again once a receipt passes them.
+#[tokio::test]
+async fn a_receipt_inside_dropped_rows_never_undercounts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut f = Fixture::new(dir.path(), 2).await;
+    let bob = f.members[1].clone();
+    let mut sent = Vec::new();
+    for i in 0..300 {
+        sent.push(f.send_from(0, &format!("message {i}")));
+    }
+    f.read(&bob, &sent[4]);
+    let (notifications, _) = f.counts(&bob);
+    assert!((295..=300).contains(&notifications), "{notifications}");
+    f.read(&bob, &sent[295]);
+    assert_eq!(f.counts(&bob), (4, 0));
+    f.node.shutdown().await.expect("shutdown");
+}
+
+/// Highlights survive folding and stay listed with `only=highlight`; `GET
+/// /notifications` pages the kept rows newest first.
+#[tokio::test]
+async fn highlights_outlive_folding_and_notifications_page() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut f = Fixture::new(dir.path(), 2).await;
+    let bob = f.members[1].clone();
+    let mention = f.send_from(0, &format!("hello {bob}"));
+    let mut last = String::new();
+    for i in 0..40 {
+        last = f.send_from(0, &format!("message {i}"));
+    }
+    assert_eq!(f.counts(&bob), (41, 1));
+    f.read(&bob, &last);
+    assert_eq!(f.counts(&bob), (0, 0));
+    let all = f.notifications(&bob, None, false);
+    assert_eq!(all.len() as i64, READ_NOTIFICATIONS_KEPT + 1, "{all:?}");
+    assert!(all.windows(2).all(|w| w[0] > w[1]), "newest first: {all:?}");
+    let highlights = f.notifications(&bob, None, true);
+    assert_eq!(highlights.len(), 1);
+    let mention_pos = f
+        .server
+        .db
+        .read(|c| storage::get_event(c, &mention))
+        .expect("get")
+        .expect("event")
+        .stream_ordering;
+    assert_eq!(highlights[0], mention_pos);
+    // Paging: everything before the third newest is the rest of the list.
+    let rest = f.notifications(&bob, Some(all[2]), false);
+    assert_eq!(rest, all[3..]);
+    f.node.shutdown().await.expect("shutdown");
+}
