@@ -73,6 +73,37 @@ impl std::fmt::Display for SyncToken {
 struct TypingState {
     serial: u64,
     rooms: HashMap<String, (u64, HashMap<String, Instant>)>,
+    /// Rooms with nobody typing, and since when.
+    quiet_since: HashMap<String, Instant>,
+}
+
+/// A room whose typing list has been empty this long is forgotten (its entry only told
+/// syncs that the list had emptied; they have long heard it), so the map holds the rooms
+/// typed in lately, not every room ever typed in.
+const FORGET_EMPTY_TYPING_AFTER: Duration = Duration::from_secs(300);
+
+impl TypingState {
+    /// Drop rooms that have had nobody typing for [`FORGET_EMPTY_TYPING_AFTER`].
+    fn forget_quiet_rooms(&mut self, now: Instant) {
+        let rooms = &self.rooms;
+        self.quiet_since
+            .retain(|room, _| rooms.get(room).is_some_and(|(_, users)| users.is_empty()));
+        for (room, (_, users)) in &self.rooms {
+            if users.is_empty() {
+                self.quiet_since.entry(room.clone()).or_insert(now);
+            }
+        }
+        let forget: Vec<String> = self
+            .quiet_since
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) >= FORGET_EMPTY_TYPING_AFTER)
+            .map(|(room, _)| room.clone())
+            .collect();
+        for room in forget {
+            self.rooms.remove(&room);
+            self.quiet_since.remove(&room);
+        }
+    }
 }
 
 /// Publishes positions after commit and wakes waiters.
@@ -178,6 +209,7 @@ impl Notifier {
                 }
             }
             st.serial = next;
+            st.forget_quiet_rooms(now);
             changed.then_some(next)
         };
         if let Some(serial) = changed {
@@ -189,6 +221,26 @@ impl Notifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rooms_quiet_for_long_are_forgotten() {
+        let mut st = TypingState::default();
+        let t0 = Instant::now();
+        st.rooms.insert("!quiet:x".into(), (1, HashMap::new()));
+        st.rooms.insert(
+            "!busy:x".into(),
+            (
+                2,
+                HashMap::from([("@a:x".to_owned(), t0 + Duration::from_secs(3600))]),
+            ),
+        );
+        st.forget_quiet_rooms(t0);
+        assert_eq!(st.rooms.len(), 2, "a room just emptied is kept");
+        st.forget_quiet_rooms(t0 + FORGET_EMPTY_TYPING_AFTER);
+        assert!(st.rooms.contains_key("!busy:x"));
+        assert!(!st.rooms.contains_key("!quiet:x"));
+        assert!(st.quiet_since.is_empty());
+    }
 
     #[test]
     fn tokens_round_trip() {

@@ -18,11 +18,28 @@ type JsonResult = Result<Json<Value>, Error>;
 
 pub use crate::password::{hash_password, verify_password};
 
+/// UIAA sessions kept at once. `/register` without `auth` makes one and needs no account,
+/// so the map is capped: past it the oldest session goes (its client starts over).
+pub const MAX_UIAA_SESSIONS: usize = 1024;
+/// How long a UIAA session lives.
+const UIAA_TTL_SECS: u64 = 15 * 60;
+
 fn new_session(server: &Server, user_id: Option<String>) -> String {
     let session = random_string(24);
     let mut map = server.uiaa.lock();
-    // Sessions live for an hour; sweep old ones whenever a new one starts.
-    map.retain(|_, s| s.created.elapsed().as_secs() < 3600);
+    if map.len() >= MAX_UIAA_SESSIONS {
+        // Sweep the expired; if none were, drop the oldest. Amortised: a sweep frees
+        // room for many inserts unless every session is fresh.
+        map.retain(|_, s| s.created.elapsed().as_secs() < UIAA_TTL_SECS);
+        if map.len() >= MAX_UIAA_SESSIONS
+            && let Some(oldest) = map
+                .iter()
+                .min_by_key(|(_, s)| s.created)
+                .map(|(k, _)| k.clone())
+        {
+            map.remove(&oldest);
+        }
+    }
     map.insert(
         session.clone(),
         UiaaSession {

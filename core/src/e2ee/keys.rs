@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use futures::StreamExt;
 use rusqlite::Connection;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -230,6 +231,10 @@ pub struct QueryRequest {
     pub timeout: Option<u64>,
 }
 
+/// Servers asked at once by one key query or claim: a request naming thousands of
+/// servers (a 1 MiB body holds ~20k users) must not open thousands of requests at once.
+pub const DESTINATIONS_AT_ONCE: usize = 16;
+
 /// Longest wait for one remote server's answer to a proxied key query or claim.
 const REMOTE_KEYS_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -400,14 +405,20 @@ pub async fn claim(server: &Server, req: &ClaimRequest) -> Result<Value, Error> 
         }
     }
     let mut claimed = server.db.write(|tx| claim_local(tx, &local))?;
-    let answers = futures::future::join_all(remote.into_iter().map(|(destination, users)| {
-        let request = json!({ "one_time_keys": users });
-        async move {
-            let answer = ask_remote(server, destination, "claim", &request).await;
-            (destination, users, answer)
-        }
-    }))
-    .await;
+    let asks: Vec<_> = remote
+        .into_iter()
+        .map(|(destination, users)| {
+            let request = json!({ "one_time_keys": users });
+            async move {
+                let answer = ask_remote(server, destination, "claim", &request).await;
+                (destination, users, answer)
+            }
+        })
+        .collect();
+    let answers: Vec<_> = futures::stream::iter(asks)
+        .buffer_unordered(DESTINATIONS_AT_ONCE)
+        .collect()
+        .await;
     let mut failures = Map::new();
     for (destination, users, answer) in answers {
         match answer {

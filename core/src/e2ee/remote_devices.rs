@@ -255,8 +255,9 @@ pub async fn query(
     remote: BTreeMap<&str, Map<String, Value>>,
     body: &mut Value,
 ) -> Map<String, Value> {
-    let answers =
-        futures::future::join_all(remote.into_iter().map(|(destination, users)| async move {
+    let asks: Vec<_> = remote
+        .into_iter()
+        .map(|(destination, users)| async move {
             let mut uncached = Map::new();
             let mut found = Vec::new();
             let mut error = None;
@@ -284,7 +285,11 @@ pub async fn query(
                 Some(query_uncached(server, destination, &uncached).await)
             };
             (destination, found, queried, error)
-        }))
+        })
+        .collect();
+    let answers: Vec<_> = futures::stream::iter(asks)
+        .buffer_unordered(super::keys::DESTINATIONS_AT_ONCE)
+        .collect()
         .await;
     let mut failures = Map::new();
     for (destination, found, queried, error) in answers {

@@ -112,6 +112,10 @@ pub const MAX_PDU_BYTES: usize = 65_536;
 pub const MAX_FETCHES: usize = 100;
 /// How many events one `get_missing_events` call asks for.
 pub const MISSING_EVENTS_LIMIT: usize = 10;
+
+/// Rejected events kept per room (see [`storage::trim_rejected`]): a peer sending signed
+/// events that fail auth cannot grow the database without limit.
+pub const MAX_REJECTED_PER_ROOM: usize = 1000;
 /// Most forward extremities whose states are resolved into the current state.
 const MAX_RESOLVED_EXTREMITIES: usize = 10;
 
@@ -698,6 +702,7 @@ impl Room<'_> {
             group_before,
             group_before,
         )?;
+        storage::trim_rejected(self.c, self.room_id, MAX_REJECTED_PER_ROOM)?;
         Ok(Outcome::Rejected {
             event_id: Some(ev.event_id.clone()),
             reason,

@@ -207,6 +207,30 @@ pub fn delete_outlier(c: &Connection, event_id: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Keep at most `cap` rejected events of a room: past `cap` plus a slack of a tenth, the
+/// lowest (oldest in the DAG) go, so the trim runs once per many rejections. A rejected
+/// event is kept only so it is not fetched and checked again; one that was dropped and
+/// comes back is simply rejected again. Visits at most `cap` index entries to count.
+pub fn trim_rejected(c: &Connection, room_id: &str, cap: usize) -> Result<usize, Error> {
+    let slack = cap / 10 + 1;
+    let limit = i64::try_from(cap + slack).unwrap_or(i64::MAX);
+    let n: i64 = c
+        .prepare_cached(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM events
+             WHERE room_id = ?1 AND status = 'rejected' LIMIT ?2)",
+        )?
+        .query_row(params![room_id, limit], |r| r.get(0))?;
+    if n < limit {
+        return Ok(0);
+    }
+    let drop = i64::try_from(slack).unwrap_or(i64::MAX);
+    Ok(c.prepare_cached(
+        "DELETE FROM events WHERE event_id IN (SELECT event_id FROM events
+         WHERE room_id = ?1 AND status = 'rejected' ORDER BY depth LIMIT ?2)",
+    )?
+    .execute(params![room_id, drop])?)
+}
+
 /// Events of a room with `from < stream_ordering <= to`, newest first when `backwards`,
 /// at most `limit`.
 pub fn room_events(
@@ -462,4 +486,65 @@ pub fn events_near_ts(
     ))?;
     let rows = st.query_map(params![room_id, ts, limit], from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejected(n: i64, room: &str) -> StoredEvent {
+        StoredEvent {
+            stream_ordering: -n,
+            event_id: format!("$r{n}"),
+            room_id: room.to_owned(),
+            kind: "m.room.message".into(),
+            state_key: None,
+            sender: "@evil:x".into(),
+            depth: n,
+            origin_server_ts: 0,
+            json: "{}".into(),
+            unsigned: None,
+            redacted_by: None,
+            state_group_before: None,
+            txn_device: None,
+            txn_id: None,
+            status: EventStatus::Rejected,
+            rejection_reason: Some("auth".into()),
+            state_group_after: None,
+            room_state_group: None,
+        }
+    }
+
+    #[test]
+    fn rejected_events_are_kept_within_the_cap() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = super::super::Db::open(&dir.path().join("warren.db")).expect("open");
+        let count = |room: &str| {
+            db.read(|c| {
+                Ok(c.query_row(
+                    "SELECT COUNT(*) FROM events WHERE room_id = ?1 AND status = 'rejected'",
+                    [room],
+                    |r| r.get::<_, i64>(0),
+                )?)
+            })
+            .expect("count")
+        };
+        db.write(|c| {
+            insert_event(c, &rejected(1_000_000, "!other:x"))?;
+            for n in 1..=500 {
+                insert_event(c, &rejected(n, "!r:x"))?;
+                trim_rejected(c, "!r:x", 100)?;
+            }
+            Ok(())
+        })
+        .expect("insert");
+        let kept = count("!r:x");
+        assert!((100..=111).contains(&kept), "{kept} rejected events kept");
+        // The newest (deepest) are kept; another room is untouched.
+        let newest = db
+            .read(|c| Ok(get_event_any(c, "$r500")?.is_some()))
+            .expect("read");
+        assert!(newest);
+        assert_eq!(count("!other:x"), 1);
+    }
 }

@@ -50,6 +50,12 @@ const MAX_CONNECTIONS: usize = 512;
 /// Connections one user may hold: beyond this their own least recently used one goes, so
 /// one user opening many cannot push everyone else's out.
 const MAX_USER_CONNECTIONS: usize = 16;
+/// A connection unused this long is dropped when a new one starts (its client gets
+/// `M_UNKNOWN_POS` and starts over), so abandoned connections do not sit in memory.
+const CONNECTION_TTL: Duration = Duration::from_secs(30 * 60);
+/// Members remembered per room of a connection as already sent for `$LAZY`; past it the
+/// set starts afresh (members are sent again, which is harmless).
+const MAX_LAZY_MEMBERS: usize = 1000;
 /// Longest accepted `conn_id` (matrix-sdk uses at most 16 characters).
 const MAX_CONN_ID: usize = 64;
 /// Ranges, lists, subscriptions and `required_state` entries per request, so one request
@@ -271,6 +277,7 @@ impl Connections {
         let pos = self.next_pos.fetch_add(1, Ordering::Relaxed);
         let mut conns = self.conns.lock();
         if !conns.contains_key(&key) {
+            conns.retain(|_, c| c.last_used.elapsed() < CONNECTION_TTL);
             let users = conns.keys().filter(|k| k.0 == key.0).count();
             let evict = if users >= MAX_USER_CONNECTIONS {
                 conns
@@ -822,6 +829,9 @@ fn joined_room(
                 state_ids.insert(id);
             }
         }
+    }
+    if lazy.len() > MAX_LAZY_MEMBERS {
+        lazy.clear();
     }
     if cfg.lazy() {
         // The senders of the timeline, and the user, once each per connection.
