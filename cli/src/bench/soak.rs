@@ -261,6 +261,10 @@ struct Sample {
     phase: Phase,
     rss_mib: f64,
     hwm_mib: f64,
+    /// RssAnon: the heap (malloc arenas), stacks.
+    anon_mib: f64,
+    /// RssFile + RssShmem.
+    file_mib: f64,
     wal_mib: f64,
     db_mib: f64,
     fds: u64,
@@ -275,7 +279,7 @@ struct Sample {
     delivery_p99_ms: f64,
 }
 
-const CSV_HEADER: &str = "t_s,phase,rss_mib,hwm_mib,wal_mib,db_mib,fds,threads,sends_per_s,\
+const CSV_HEADER: &str = "t_s,phase,rss_mib,hwm_mib,anon_mib,file_mib,wal_mib,db_mib,fds,threads,sends_per_s,\
 send_p50_ms,send_p99_ms,send_errors,syncs_per_s,sync_errors,delivery_p50_ms,delivery_p99_ms";
 
 fn num(v: f64) -> String {
@@ -297,11 +301,13 @@ fn json_num(v: f64) -> Value {
 impl Sample {
     fn csv(&self) -> String {
         format!(
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             num(self.t),
             self.phase.name(),
             num(self.rss_mib),
             num(self.hwm_mib),
+            num(self.anon_mib),
+            num(self.file_mib),
             num(self.wal_mib),
             num(self.db_mib),
             self.fds,
@@ -323,6 +329,8 @@ impl Sample {
             "phase": self.phase.name(),
             "rss_mib": json_num(self.rss_mib),
             "hwm_mib": json_num(self.hwm_mib),
+            "anon_mib": json_num(self.anon_mib),
+            "file_mib": json_num(self.file_mib),
             "wal_mib": json_num(self.wal_mib),
             "db_mib": json_num(self.db_mib),
             "fds": self.fds,
@@ -488,8 +496,17 @@ impl NodeProcess {
     }
 }
 
-/// (VmRSS, VmHWM, Threads) of `pid`, in KiB, KiB, count.
-fn proc_status(pid: u32) -> (u64, u64, u64) {
+/// What /proc/<pid>/status says (KiB, and a count of threads).
+struct ProcStatus {
+    rss: u64,
+    hwm: u64,
+    anon: u64,
+    /// RssFile + RssShmem: mapped files (the binary, SQLite's shared memory).
+    file: u64,
+    threads: u64,
+}
+
+fn proc_status(pid: u32) -> ProcStatus {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| {
         status
@@ -498,7 +515,13 @@ fn proc_status(pid: u32) -> (u64, u64, u64) {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             .unwrap_or(0)
     };
-    (field("VmRSS:"), field("VmHWM:"), field("Threads:"))
+    ProcStatus {
+        rss: field("VmRSS:"),
+        hwm: field("VmHWM:"),
+        anon: field("RssAnon:"),
+        file: field("RssFile:") + field("RssShmem:"),
+        threads: field("Threads:"),
+    }
 }
 
 fn fd_count(pid: u32) -> u64 {
@@ -533,7 +556,7 @@ struct Sampler {
 
 impl Sampler {
     fn take(&self, since_last: Duration) -> Sample {
-        let (rss, hwm, threads) = proc_status(self.pid);
+        let status = proc_status(self.pid);
         let window = std::mem::take(&mut *lock(&self.shared.window));
         let secs = since_last.as_secs_f64().max(1e-9);
         let sends = window.send_latencies.len();
@@ -542,12 +565,14 @@ impl Sampler {
         Sample {
             t: self.shared.secs(),
             phase: self.shared.phase(),
-            rss_mib: rss as f64 / 1024.0,
-            hwm_mib: hwm as f64 / 1024.0,
+            rss_mib: status.rss as f64 / 1024.0,
+            hwm_mib: status.hwm as f64 / 1024.0,
+            anon_mib: status.anon as f64 / 1024.0,
+            file_mib: status.file as f64 / 1024.0,
             wal_mib: file_len(&self.wal) as f64 / MIB,
             db_mib: file_len(&self.db) as f64 / MIB,
             fds: fd_count(self.pid),
-            threads,
+            threads: status.threads,
             sends_per_s: sends as f64 / secs,
             send_p50_ms,
             send_p99_ms,
@@ -970,6 +995,10 @@ struct Report {
     profile: &'static str,
     params: Value,
     idle_rss: f64,
+    /// The last sample before the load: after registering the users.
+    load_start: Option<Sample>,
+    /// The sample of the highest RSS under load.
+    load_peak: Option<Sample>,
     load_peak_rss: f64,
     load_hwm: f64,
     rest_end_rss: f64,
@@ -1077,6 +1106,12 @@ impl Report {
                 "hold_s": args.hold_secs,
             }),
             idle_rss: idle(Phase::Idle),
+            load_start: before_load.cloned(),
+            load_peak: samples
+                .iter()
+                .filter(|s| s.phase == Phase::Load)
+                .max_by(|a, b| a.rss_mib.total_cmp(&b.rss_mib))
+                .cloned(),
             load_peak_rss: max_of(samples, Some(Phase::Load), |s| s.rss_mib),
             load_hwm: last_of(samples, Phase::Load).map_or(f64::NAN, |s| s.hwm_mib),
             rest_end_rss: idle(Phase::Rest),
@@ -1155,6 +1190,27 @@ impl Report {
                 fmt_f(value, 1)
             ));
         }
+        let split = |s: &Option<Sample>| {
+            s.as_ref().map_or_else(
+                || "-".to_owned(),
+                |s| {
+                    format!(
+                        "{:.1} MiB at {:.0} s ({:.1} anonymous, {:.1} file/shared; {} threads)",
+                        s.rss_mib, s.t, s.anon_mib, s.file_mib, s.threads
+                    )
+                },
+            )
+        };
+        lines.push(format!(
+            "  {:<30} {}",
+            "RSS before the load",
+            split(&self.load_start)
+        ));
+        lines.push(format!(
+            "  {:<30} {}",
+            "RSS at the load's peak",
+            split(&self.load_peak)
+        ));
         lines.push(format!(
             "  {:<30} {:>9} MiB   (VmHWM at the end of the load: the peak between samples too)",
             "RSS high-water mark",
@@ -1232,6 +1288,8 @@ impl Report {
             .collect();
         json!({
             "idle_rss_mib": json_num(self.idle_rss),
+            "before_load": self.load_start.as_ref().map(Sample::json),
+            "load_peak": self.load_peak.as_ref().map(Sample::json),
             "load_peak_rss_mib": json_num(self.load_peak_rss),
             "load_hwm_mib": json_num(self.load_hwm),
             "rest_end_rss_mib": json_num(self.rest_end_rss),
@@ -1317,6 +1375,7 @@ fn chart(args: &SoakArgs, report: &Report, samples: &[Sample], marks: &[(Phase, 
             series: vec![
                 line("RSS (VmRSS)", "#1f77b4", false, &|s| s.rss_mib),
                 line("RSS high-water (VmHWM)", "#9ecae1", true, &|s| s.hwm_mib),
+                line("of it anonymous", "#6baed6", false, &|s| s.anon_mib),
                 line("WAL file", "#ff7f0e", false, &|s| s.wal_mib),
                 line("database file", "#7f7f7f", false, &|s| s.db_mib),
             ],
