@@ -132,12 +132,10 @@ fn panel_svg(s: &mut String, top: f64, x_max: f64, bands: &[Band], panel: &Panel
         .chain(panel.targets.iter().map(|t| t.value))
         .filter(|v| v.is_finite())
         .fold(0.0f64, f64::max);
-    let y_step = nice_step(data_max.max(1e-9), 5.0);
-    let y_max = if data_max > 0.0 {
-        (data_max / y_step).ceil() * y_step
-    } else {
-        1.0
-    };
+    // A panel without data (no sends in the whole run, say) still gets an axis of 0..1.
+    let data_max = if data_max > 0.0 { data_max } else { 1.0 };
+    let y_step = nice_step(data_max, 5.0);
+    let y_max = (data_max / y_step).ceil() * y_step;
     let px = |x: f64| x0 + x / x_max * plot_w;
     let py = |y: f64| y0 + plot_h - y / y_max * plot_h;
 
@@ -195,8 +193,8 @@ fn panel_svg(s: &mut String, top: f64, x_max: f64, bands: &[Band], panel: &Panel
         }
     }
     // Grid, ticks and axis labels.
-    let mut y = 0.0;
-    while y <= y_max + y_step * 0.01 {
+    for i in 0..=((y_max / y_step).round() as usize).min(100) {
+        let y = i as f64 * y_step;
         let yy = py(y);
         let _ = writeln!(
             s,
@@ -210,11 +208,10 @@ fn panel_svg(s: &mut String, top: f64, x_max: f64, bands: &[Band], panel: &Panel
             yy + 4.0,
             fmt_tick(y, y_step)
         );
-        y += y_step;
     }
     let x_step = nice_step(x_max, 10.0);
-    let mut x = 0.0;
-    while x <= x_max + x_step * 0.01 {
+    for i in 0..=((x_max / x_step + 0.01).floor() as usize).min(100) {
+        let x = i as f64 * x_step;
         let xx = px(x);
         let _ = writeln!(
             s,
@@ -228,7 +225,6 @@ fn panel_svg(s: &mut String, top: f64, x_max: f64, bands: &[Band], panel: &Panel
             y0 + plot_h + 16.0,
             fmt_tick(x, x_step)
         );
-        x += x_step;
     }
     let _ = writeln!(
         s,
@@ -253,11 +249,12 @@ fn panel_svg(s: &mut String, top: f64, x_max: f64, bands: &[Band], panel: &Panel
         .iter()
         .filter(|t| t.value.is_finite() && t.value <= y_max)
         .collect();
-    targets.sort_by(|a, b| b.value.total_cmp(&a.value));
-    let mut last_label_y = f64::NEG_INFINITY;
+    // From the lowest up, each label at least a line above the one below it.
+    targets.sort_by(|a, b| a.value.total_cmp(&b.value));
+    let mut last_label_y = f64::INFINITY;
     for target in targets {
         let yy = py(target.value);
-        let label_y = (yy + 4.0).max(last_label_y + 12.0);
+        let label_y = (yy + 4.0).min(y0 + plot_h).min(last_label_y - 12.0);
         last_label_y = label_y;
         let _ = writeln!(
             s,
@@ -358,5 +355,28 @@ mod tests {
         assert_eq!(doc.matches("<polyline").count(), 1);
         assert_eq!(doc.matches("<circle").count(), 1);
         assert!(doc.contains("stroke-dasharray=\"3 3\""));
+    }
+
+    #[test]
+    fn a_panel_without_data_still_has_an_axis() {
+        let doc = svg(
+            "empty",
+            "",
+            5.0,
+            &[],
+            &[Panel {
+                title: "latency".into(),
+                y_label: "ms".into(),
+                series: vec![Series {
+                    label: "p99".into(),
+                    color: "#d62728",
+                    dashed: false,
+                    points: vec![(0.0, f64::NAN), (1.0, f64::NAN)],
+                }],
+                targets: Vec::new(),
+            }],
+        );
+        assert_eq!(doc.matches("<polyline").count(), 0);
+        assert!(doc.len() < 20_000, "{} bytes", doc.len());
     }
 }
