@@ -1034,3 +1034,88 @@ fn unreadable_key_and_newer_database_are_clean_errors() {
         "the error should say the database is newer: {line}"
     );
 }
+
+/// `warren bench soak` at tiny sizes: the node runs as a child process, every phase
+/// (including the login storm and idle connections) runs once, and the samples, the
+/// chart and the summary are written. Not a measurement: nothing is compared here.
+#[test]
+fn bench_soak_writes_samples_chart_and_summary() {
+    let dir = tempdir();
+    let out = dir.path().join("soak");
+    let mut cmd = warren();
+    cmd.args([
+        "bench",
+        "soak",
+        "--sync-clients",
+        "2",
+        "--senders",
+        "1",
+        "--load",
+        "2",
+        "--rest",
+        "1",
+        "--idle",
+        "0.5",
+        "--interval",
+        "0.5",
+        "--logins",
+        "2",
+        "--idle-conns",
+        "2",
+        "--hold",
+        "0.5",
+        "--out",
+    ])
+    .arg(&out);
+    let (status, stdout, stderr) = finish(cmd);
+    assert!(
+        status.success(),
+        "soak failed: {status}\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("soak summary"), "{stdout}");
+    assert!(stdout.contains("RSS peak under load"), "{stdout}");
+
+    let read = |name: &str| match std::fs::read_to_string(out.join(name)) {
+        Ok(text) => text,
+        Err(e) => panic!("cannot read {name}: {e}\nstdout:\n{stdout}"),
+    };
+    let csv = read("samples.csv");
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert!(rows.len() >= 6, "too few samples:\n{csv}");
+    assert!(
+        rows.iter().any(|r| r.contains(",load,")),
+        "no sample under load:\n{csv}"
+    );
+    // Every sample read the node's RSS (column 3) from /proc.
+    for row in &rows {
+        let rss: f64 = row
+            .split(',')
+            .nth(2)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        assert!(rss > 1.0, "no RSS in {row}");
+    }
+
+    let svg = read("soak.svg");
+    assert!(svg.starts_with("<svg"), "{svg}");
+    assert!(svg.trim_end().ends_with("</svg>"));
+    assert!(svg.matches("<polyline").count() >= 3, "{svg}");
+
+    let report: serde_json::Value = match serde_json::from_str(&read("soak.json")) {
+        Ok(v) => v,
+        Err(e) => panic!("soak.json is not JSON: {e}"),
+    };
+    let summary = &report["summary"];
+    assert!(summary["messages"].as_u64().unwrap_or(0) > 0, "{summary}");
+    assert!(summary["load_peak_rss_mib"].as_f64().unwrap_or(0.0) > 1.0);
+    assert!(summary["login_storm"]["forbidden"].as_u64().is_some());
+    assert_eq!(summary["idle_conns"]["opened"], 2);
+    assert_eq!(report["samples"].as_array().map(Vec::len), Some(rows.len()));
+    // The node was stopped with SIGTERM and shut down cleanly.
+    assert!(
+        summary["node_exit"]
+            .as_str()
+            .is_some_and(|s| s.contains("exit status: 0")),
+        "{summary}"
+    );
+}

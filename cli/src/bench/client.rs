@@ -201,14 +201,19 @@ impl Client {
 
     /// Send one `m.room.message`; returns its event id.
     pub async fn send(&self, room: &str, text: &str) -> anyhow::Result<String> {
+        self.send_content(room, &json!({"msgtype": "m.text", "body": text}))
+            .await
+    }
+
+    /// Send one `m.room.message` with the given content; returns its event id.
+    pub async fn send_content(&self, room: &str, body: &Value) -> anyhow::Result<String> {
         let n = self.txn.fetch_add(1, Ordering::Relaxed);
         let path = format!(
             "/rooms/{}/send/m.room.message/{}{n}",
             encode(room),
             self.txn_prefix
         );
-        let body = json!({"msgtype": "m.text", "body": text});
-        let answer = self.call(reqwest::Method::PUT, &path, Some(&body)).await?;
+        let answer = self.call(reqwest::Method::PUT, &path, Some(body)).await?;
         Ok(answer["event_id"]
             .as_str()
             .with_context(|| format!("send: no event_id in {answer}"))?

@@ -7,6 +7,8 @@
 
 mod client;
 mod federation;
+mod plot;
+mod soak;
 mod suite;
 
 use std::path::{Path, PathBuf};
@@ -44,8 +46,11 @@ See docs/performance.md.";
 
 /// `warren bench` flags.
 #[derive(Debug, clap::Args)]
-#[command(long_about = LONG_ABOUT)]
+#[command(long_about = LONG_ABOUT, args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
+    #[command(subcommand)]
+    mode: Option<BenchMode>,
+
     /// Tiny sizes: a smoke run of every measurement in seconds, not a measurement.
     #[arg(long)]
     quick: bool,
@@ -67,6 +72,14 @@ pub struct BenchArgs {
     /// The password of --user.
     #[arg(long, requires = "user")]
     password: Option<String>,
+}
+
+/// Other modes of `warren bench`.
+#[derive(Debug, clap::Subcommand)]
+enum BenchMode {
+    /// Load one node (a child process) for a while and sample its RSS, WAL, database and
+    /// descriptors over time; writes CSV, JSON and an SVG chart.
+    Soak(soak::SoakArgs),
 }
 
 /// How much work each measurement does.
@@ -181,7 +194,10 @@ fn profile() -> &'static str {
 /// The nodes and the load generator run on two separate runtimes: the node's request
 /// handlers do their SQLite writes on the runtime's worker threads, and a client sharing
 /// those threads would be stalled by them and measure its own queueing, not the node.
-pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
+pub fn bench(mut args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(BenchMode::Soak(soak)) = args.mode.take() {
+        return soak::soak(soak);
+    }
     let nodes = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("warren-node")
