@@ -88,6 +88,8 @@ pub fn run(
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("warren")
+        .max_blocking_threads(warren_core::node::MAX_BLOCKING_THREADS)
+        .thread_keep_alive(std::time::Duration::from_secs(2))
         .build()
         .context("could not start the async runtime")?;
     let p2p = p2p.config(&file.p2p)?;

@@ -15,6 +15,12 @@ use crate::server::Server;
 use crate::storage::Db;
 use crate::streams::Notifier;
 
+/// Blocking threads an embedding runtime should allow (tokio's default is 512). Database
+/// work runs on them (`block_in_place`, `spawn_blocking`), and there are only four
+/// connections to run it on, so more threads would only wait on the same locks while
+/// each keeps a stack and an allocator cache. Idle ones exit after a short keep-alive.
+pub const MAX_BLOCKING_THREADS: usize = 32;
+
 /// Lock file that keeps two nodes off one data directory.
 pub const LOCK_FILE: &str = "warren.lock";
 

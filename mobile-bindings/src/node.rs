@@ -144,6 +144,8 @@ fn build_runtime() -> Result<Runtime, WarrenError> {
         .worker_threads(WORKER_THREADS)
         .enable_all()
         .thread_name("warren")
+        .max_blocking_threads(warren_core::node::MAX_BLOCKING_THREADS)
+        .thread_keep_alive(std::time::Duration::from_secs(2))
         .build()
         .map_err(|e| WarrenError::Start {
             message: format!("cannot start the node's runtime: {e}"),

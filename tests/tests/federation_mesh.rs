@@ -299,6 +299,52 @@ async fn messages_cross_a_node_between_two_that_never_meet() -> anyhow::Result<(
     Ok(())
 }
 
+/// A peer cannot fill the to-device inbox of a user who shares no room with any of its
+/// users: the transaction is accepted (and acknowledged), the messages are dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn to_device_for_strangers_is_dropped() -> anyhow::Result<()> {
+    let (da, db) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let a = mesh_node(da.path(), test_p2p_config()).await?;
+    let b = mesh_node(db.path(), test_p2p_config()).await?;
+    connect_nodes(&a, &b).await?;
+    let alice = User::register(&a, "alice").await?;
+    let carol = User::register(&b, "carol").await?;
+    let carol_device = carol.device_id().await?;
+    let start = carol.sync(None).await?;
+    let since = start["next_batch"]
+        .as_str()
+        .context("next_batch")?
+        .to_owned();
+    let body = json!({"messages": {carol.id(): {&carol_device: {"spam": true}}}});
+    alice.put("/sendToDevice/m.test.spam/txn1", body).await?;
+    let a_server = a.node.server().clone();
+    let b_name = b.name();
+    wait_until(
+        WAIT,
+        "A's outbox for B drained (B took the transaction)",
+        || {
+            let depth = a_server
+                .db
+                .read(|c| warren_core::storage::outbox_depth(c, &b_name))
+                .unwrap_or(-1);
+            async move { Ok(depth == 0) }
+        },
+    )
+    .await?;
+    let after = carol.sync(Some(&since)).await?;
+    let got = after["to_device"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    ensure!(
+        got.is_empty(),
+        "a stranger's device message was delivered: {got:?}"
+    );
+    a.stop().await?;
+    b.stop().await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_to_device_message_reaches_a_remote_device_once() -> anyhow::Result<()> {
     let (da, db) = (tempfile::tempdir()?, tempfile::tempdir()?);
@@ -308,6 +354,10 @@ async fn a_to_device_message_reaches_a_remote_device_once() -> anyhow::Result<()
     let alice = User::register(&a, "alice").await?;
     let bob = User::register(&b, "bob").await?;
     let bob_device = bob.device_id().await?;
+    // A node takes device messages from another only for users who share a room with
+    // one of its users (see `to_device_for_strangers_is_dropped` below).
+    let room = alice.create_room(json!({"preset": "public_chat"})).await?;
+    bob.join_via(&room, &a).await?;
     let start = bob.sync(None).await?;
     let since = start["next_batch"]
         .as_str()
