@@ -222,34 +222,13 @@ async fn oversized_bodies_are_too_large() {
     body.extend_from_slice(br#""}"#);
     assert!(serde_json::from_slice::<Value>(&body).is_ok());
 
-    let auth = format!("Bearer {}", fx.alice.access_token);
-    for framing in [Framing::ContentLength, Framing::Chunked] {
-        let response = raw_upload(
-            addr,
-            "POST",
-            "/_matrix/client/v3/createRoom",
-            &[
-                ("Authorization", &auth),
-                ("Content-Type", "application/json"),
-            ],
-            &body,
-            framing,
-        )
-        .await
-        .unwrap_or_else(|e| panic!("10 MiB createRoom ({framing:?}): {e:#}"));
-        let err = parse_matrix_error(
-            response.status,
-            response.header("content-type"),
-            &response.body,
-        )
-        .unwrap_or_else(|e| panic!("10 MiB createRoom ({framing:?}): {e:#}"));
-        assert_eq!(
-            (err.status, err.errcode.as_str()),
-            (413, "M_TOO_LARGE"),
-            "10 MiB createRoom ({framing:?}): {}",
-            err.body
-        );
-    }
+    assert_too_large(
+        addr,
+        "/_matrix/client/v3/createRoom",
+        &fx.alice.access_token,
+        &body,
+    )
+    .await;
 
     // The rejected uploads left nothing behind: a normal request works.
     create_room(
@@ -594,6 +573,39 @@ async fn cors_preflight_and_simple_requests() {
     fx.finish().await;
 }
 
+/// POSTs `body` to `path` with both framings and expects `413 M_TOO_LARGE` each time.
+async fn assert_too_large(addr: std::net::SocketAddr, path: &str, token: &str, body: &[u8]) {
+    let auth = format!("Bearer {token}");
+    for framing in [Framing::ContentLength, Framing::Chunked] {
+        let what = format!("{} bytes to {path} ({framing:?})", body.len());
+        let response = raw_upload(
+            addr,
+            "POST",
+            path,
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            body,
+            framing,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e:#}"));
+        let err = parse_matrix_error(
+            response.status,
+            response.header("content-type"),
+            &response.body,
+        )
+        .unwrap_or_else(|e| panic!("{what}: {e:#}"));
+        assert_eq!(
+            (err.status, err.errcode.as_str()),
+            (413, "M_TOO_LARGE"),
+            "{what}: {}",
+            err.body
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Bounds: what a hostile client or a flood meets (rate limits, connection limits, body
 // limits). Each asserts the limit is reached and answered the way the spec says.
@@ -609,8 +621,8 @@ mod bounds {
     use warren_core::Node;
     use warren_core::config::{Rate, RateLimits};
     use warren_tests::{
-        Framing, Session, client_socket_addr, http_client, parse_matrix_error, raw_upload,
-        register_raw, shutdown_node, start_node_with, test_config,
+        Session, client_socket_addr, http_client, register_raw, shutdown_node, start_node_with,
+        test_config,
     };
 
     async fn node_with(dir: &tempfile::TempDir, f: impl FnOnce(&mut warren_core::Config)) -> Node {
@@ -800,31 +812,14 @@ mod bounds {
             .await
             .expect("alice");
         let big = format!("{{\"lists\": {{}}, \"pad\": \"{}\"}}", "x".repeat(4 << 20));
-        let auth = format!("Bearer {}", alice.access_token);
         let addr = client_socket_addr(&node).expect("addr");
-        for framing in [Framing::ContentLength, Framing::Chunked] {
-            let response = raw_upload(
-                addr,
-                "POST",
-                "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync",
-                &[
-                    ("Authorization", &auth),
-                    ("Content-Type", "application/json"),
-                ],
-                big.as_bytes(),
-                framing,
-            )
-            .await
-            .unwrap_or_else(|e| panic!("4 MiB sliding sync ({framing:?}): {e:#}"));
-            let err = parse_matrix_error(
-                response.status,
-                response.header("content-type"),
-                &response.body,
-            )
-            .unwrap_or_else(|e| panic!("4 MiB sliding sync ({framing:?}): {e:#}"));
-            assert_eq!((err.status, err.errcode.as_str()), (413, "M_TOO_LARGE"));
-        }
-        let _ = http;
+        super::assert_too_large(
+            addr,
+            "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync",
+            &alice.access_token,
+            big.as_bytes(),
+        )
+        .await;
         shutdown_node(node).await.expect("shutdown");
     }
 

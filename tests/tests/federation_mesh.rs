@@ -175,8 +175,18 @@ async fn mesh_node(
     dir: &std::path::Path,
     p2p: warren_p2p::P2pConfig,
 ) -> anyhow::Result<FederatedNode> {
+    mesh_node_with(dir, p2p, |_| {}).await
+}
+
+/// [`mesh_node`] with more of the configuration changed by `f`.
+async fn mesh_node_with(
+    dir: &std::path::Path,
+    p2p: warren_p2p::P2pConfig,
+    f: impl FnOnce(&mut warren_core::Config),
+) -> anyhow::Result<FederatedNode> {
     let mut config = test_config(dir);
     config.anti_entropy_interval = ANTI_ENTROPY;
+    f(&mut config);
     let node = start_node_with(config).await?;
     let p2p = warren_p2p::P2p::attach(&node, p2p).await?;
     p2p.wait_listening(WAIT).await?;
@@ -228,6 +238,50 @@ async fn a_restarted_node_catches_up_on_what_it_missed() -> anyhow::Result<()> {
     connect_nodes(&b, &a).await?;
     bob.sync_until("the 5 missed messages", |s| {
         (0..5).all(|i| has_message(s, &room, &format!("missed {i}")))
+    })
+    .await?;
+    a.stop().await?;
+    b.stop().await?;
+    Ok(())
+}
+
+/// The outbox keeps only so much for a peer that does not answer: what it drops is not
+/// lost, anti-entropy brings it to the peer when it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_outbox_drops_for_an_absent_peer_arrives_by_anti_entropy() -> anyhow::Result<()> {
+    let (da, db) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let a = mesh_node_with(da.path(), test_p2p_config(), |c| c.outbox.max_rows = 2).await?;
+    let b = mesh_node(db.path(), test_p2p_config()).await?;
+    connect_nodes(&a, &b).await?;
+    let alice = User::register(&a, "alice").await?;
+    let bob = User::register(&b, "bob").await?;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await?;
+    bob.join_via(&room, &a).await?;
+    alice
+        .sync_until("Bob's join", |s| is_joined(s, &room, bob.id()))
+        .await?;
+
+    b.stop().await?;
+    // Eight: an initial /sync timeline shows the last ten events.
+    for i in 0..8 {
+        alice.say(&room, &format!("dropped {i}")).await?;
+    }
+    // A fails to deliver and trims B's queue to its bound.
+    let (a_server, b_name) = (a.node.server().clone(), b.name());
+    wait_until(WAIT, "A's outbox for B trimmed to 2 rows", || {
+        let depth = a_server
+            .db
+            .read(|c| warren_core::storage::outbox_depth(c, &b_name))
+            .unwrap_or(-1);
+        async move { Ok((0..=2).contains(&depth)) }
+    })
+    .await?;
+
+    let b = mesh_node(db.path(), test_p2p_config()).await?;
+    let bob = bob.on(&b);
+    connect_nodes(&b, &a).await?;
+    bob.sync_until("all 8 messages", |s| {
+        (0..8).all(|i| has_message(s, &room, &format!("dropped {i}")))
     })
     .await?;
     a.stop().await?;
@@ -299,6 +353,29 @@ async fn messages_cross_a_node_between_two_that_never_meet() -> anyhow::Result<(
     Ok(())
 }
 
+/// Waits until `a` has nothing queued for `b` (every transaction taken).
+async fn outbox_drained(a: &FederatedNode, b: &FederatedNode) -> anyhow::Result<()> {
+    let a_server = a.node.server().clone();
+    let b_name = b.name();
+    wait_until(WAIT, "A's outbox for B drained", || {
+        let depth = a_server
+            .db
+            .read(|c| warren_core::storage::outbox_depth(c, &b_name))
+            .unwrap_or(-1);
+        async move { Ok(depth == 0) }
+    })
+    .await
+}
+
+/// The to-device events of one `/sync` since `since`.
+async fn to_device_since(user: &User, since: &str) -> anyhow::Result<Vec<Value>> {
+    let after = user.sync(Some(since)).await?;
+    Ok(after["to_device"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default())
+}
+
 /// A peer cannot fill the to-device inbox of a user who shares no room with any of its
 /// users: the transaction is accepted (and acknowledged), the messages are dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -317,25 +394,8 @@ async fn to_device_for_strangers_is_dropped() -> anyhow::Result<()> {
         .to_owned();
     let body = json!({"messages": {carol.id(): {&carol_device: {"spam": true}}}});
     alice.put("/sendToDevice/m.test.spam/txn1", body).await?;
-    let a_server = a.node.server().clone();
-    let b_name = b.name();
-    wait_until(
-        WAIT,
-        "A's outbox for B drained (B took the transaction)",
-        || {
-            let depth = a_server
-                .db
-                .read(|c| warren_core::storage::outbox_depth(c, &b_name))
-                .unwrap_or(-1);
-            async move { Ok(depth == 0) }
-        },
-    )
-    .await?;
-    let after = carol.sync(Some(&since)).await?;
-    let got = after["to_device"]["events"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    outbox_drained(&a, &b).await?;
+    let got = to_device_since(&carol, &since).await?;
     ensure!(
         got.is_empty(),
         "a stranger's device message was delivered: {got:?}"
@@ -391,21 +451,8 @@ async fn a_to_device_message_reaches_a_remote_device_once() -> anyhow::Result<()
     // Nothing more arrives: acknowledge, wait until A has nothing left queued for B
     // (the retried send went out, or was never queued), sync again.
     let next = got["next_batch"].as_str().context("next_batch")?.to_owned();
-    let a_server = a.node.server().clone();
-    let b_name = b.name();
-    wait_until(WAIT, "A's outbox for B drained", || {
-        let depth = a_server
-            .db
-            .read(|c| warren_core::storage::outbox_depth(c, &b_name))
-            .unwrap_or(-1);
-        async move { Ok(depth == 0) }
-    })
-    .await?;
-    let after = bob.sync(Some(&next)).await?;
-    let more = after["to_device"]["events"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    outbox_drained(&a, &b).await?;
+    let more = to_device_since(&bob, &next).await?;
     ensure!(more.is_empty(), "delivered again: {more:?}");
     a.stop().await?;
     b.stop().await?;
