@@ -261,13 +261,14 @@ async fn what_the_outbox_drops_for_an_absent_peer_arrives_by_anti_entropy() -> a
         .sync_until("Bob's join", |s| is_joined(s, &room, bob.id()))
         .await?;
 
+    let b_name = b.name();
     b.stop().await?;
     // Eight: an initial /sync timeline shows the last ten events.
     for i in 0..8 {
         alice.say(&room, &format!("dropped {i}")).await?;
     }
     // A fails to deliver and trims B's queue to its bound.
-    let (a_server, b_name) = (a.node.server().clone(), b.name());
+    let a_server = a.node.server().clone();
     wait_until(WAIT, "A's outbox for B trimmed to 2 rows", || {
         let depth = a_server
             .db
