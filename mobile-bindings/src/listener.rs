@@ -190,7 +190,11 @@ mod tests {
         });
         let slot: Slot = Arc::new(Mutex::new(Some(slow.clone() as Arc<dyn NodeListener>)));
         let notify = spawn_dispatcher(slot).expect("listener thread");
-        assert!(notify.send(Event::PeerConnected("first".into())).expect("open"));
+        assert!(
+            notify
+                .send(Event::PeerConnected("first".into()))
+                .expect("open")
+        );
         // The thread is now stuck in the first callback: the queue fills and stays full.
         entered.recv().expect("first callback");
         let mut queued = 0;
@@ -203,14 +207,25 @@ mod tests {
             }
         }
         assert_eq!(queued, QUEUE, "exactly the queue's room is taken");
-        assert!(!notify.send(Event::State(NodeState::Stopping)).expect("open"));
+        assert!(
+            !notify
+                .send(Event::State(NodeState::Stopping))
+                .expect("open")
+        );
         assert!(!notify.send(Event::State(NodeState::Stopped)).expect("open"));
         release.send(()).expect("release");
         done.recv().expect("the newest state is delivered");
         let seen = slow.seen.lock().clone();
-        assert_eq!(seen.len(), 1 + QUEUE + 1, "first, the queue, one coalesced state");
+        assert_eq!(
+            seen.len(),
+            1 + QUEUE + 1,
+            "first, the queue, one coalesced state"
+        );
         assert_eq!(seen[QUEUE], format!("up:p{}", QUEUE - 1));
         assert_eq!(seen.last().map(String::as_str), Some("state:Stopped"));
-        assert!(!seen.iter().any(|s| s == "state:Stopping"), "coalesced away");
+        assert!(
+            !seen.iter().any(|s| s == "state:Stopping"),
+            "coalesced away"
+        );
     }
 }

@@ -361,6 +361,9 @@ mod tests {
         );
         assert_eq!(running.len(), MAX_QUEUED_PASSES);
         running.remove("peer3");
-        assert!(claim(&mut running, "one-too-many"), "a freed slot is reused");
+        assert!(
+            claim(&mut running, "one-too-many"),
+            "a freed slot is reused"
+        );
     }
 }

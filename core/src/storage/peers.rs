@@ -147,7 +147,10 @@ mod tests {
         for i in 0..20 {
             // Two addresses a peer; the second is the newer one.
             record_peer_address(&c, &addr(&format!("p{i:02}"), "/ip4/1.2.3.4/tcp/1", i))?;
-            record_peer_address(&c, &addr(&format!("p{i:02}"), "/ip4/1.2.3.4/tcp/2", 100 + i))?;
+            record_peer_address(
+                &c,
+                &addr(&format!("p{i:02}"), "/ip4/1.2.3.4/tcp/2", 100 + i),
+            )?;
         }
         assert_eq!(prune_peer_addresses(&c, 20)?, 0, "at the cap nothing goes");
         assert_eq!(prune_peer_addresses(&c, 5)?, 30, "15 peers, 2 rows each");
