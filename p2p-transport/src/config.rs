@@ -62,6 +62,10 @@ pub struct P2pConfig {
     /// How many outbound requests may be in flight at once. Default 32. Further callers
     /// wait for a slot, for at most `connect_timeout`, then fail with a timeout.
     pub max_outbound_requests: usize,
+    /// How many outbound requests may be in flight to one peer. Default 8, the default
+    /// `max_inbound_per_peer`, so a Warren sender does not have its own streams reset.
+    /// Further callers wait as for `max_outbound_requests`.
+    pub max_outbound_per_peer: usize,
     /// Connections, established, to all peers together. Default 256; connections past
     /// it are refused.
     pub max_connections: u32,
@@ -96,6 +100,7 @@ impl Default for P2pConfig {
             max_inbound_per_peer: 8,
             max_inbound_total: 64,
             max_outbound_requests: 32,
+            max_outbound_per_peer: 8,
             max_connections: 256,
             max_established_incoming: 64,
             max_connections_per_peer: 4,
@@ -142,9 +147,13 @@ impl P2pConfig {
                 "max_inbound_body_budget must be at least max_body_bytes".into(),
             ));
         }
-        if self.max_outbound_requests == 0 || self.max_response_bytes == 0 {
+        if self.max_outbound_requests == 0
+            || self.max_outbound_per_peer == 0
+            || self.max_response_bytes == 0
+        {
             return Err(ConfigError(
-                "max_outbound_requests and max_response_bytes must be > 0".into(),
+                "max_outbound_requests, max_outbound_per_peer and max_response_bytes must be > 0"
+                    .into(),
             ));
         }
         for addr in &self.bootstrap {

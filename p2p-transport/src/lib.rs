@@ -118,6 +118,10 @@ struct Inner {
     inbound_body_budget: usize,
     /// One permit an outbound request in flight.
     outbound: Arc<tokio::sync::Semaphore>,
+    /// The same, per destination peer.
+    outbound_per_peer:
+        parking_lot::Mutex<std::collections::HashMap<PeerId, Arc<tokio::sync::Semaphore>>>,
+    max_outbound_per_peer: usize,
 }
 
 impl P2p {
@@ -152,6 +156,7 @@ impl P2p {
             carriage::Inbound::new(config.max_inbound_total, config.max_inbound_body_budget);
         let inbound_body_budget = config.max_inbound_body_budget;
         let outbound = Arc::new(tokio::sync::Semaphore::new(config.max_outbound_requests));
+        let max_outbound_per_peer = config.max_outbound_per_peer;
         let (commands, command_rx) = mpsc::channel(256);
         let (events, _) = broadcast::channel(256);
         let book = address_book::AddressBook::start(server);
@@ -171,6 +176,8 @@ impl P2p {
                 inbound,
                 inbound_body_budget,
                 outbound,
+                outbound_per_peer: Default::default(),
+                max_outbound_per_peer,
             }),
         })
     }
@@ -402,11 +409,26 @@ impl P2p {
     ) -> Result<http::Response<Bytes>, TransportError> {
         let peer = self.destination(server_name)?;
         let limits = self.inner.limits;
-        // At most `max_outbound_requests` in flight; the rest wait their turn, each for
-        // at most `connect_timeout`.
-        let slot = self.inner.outbound.clone().acquire_owned();
-        let _slot = match tokio::time::timeout(self.inner.connect_timeout, slot).await {
-            Ok(Ok(slot)) => slot,
+        // At most `max_outbound_requests` in flight, `max_outbound_per_peer` of them to
+        // one peer; the rest wait their turn, each for at most `connect_timeout`.
+        let peer_slots = {
+            let max = self.inner.max_outbound_per_peer;
+            let mut map = self.inner.outbound_per_peer.lock();
+            // Forget idle destinations so the map stays small.
+            if map.len() > 1024 {
+                map.retain(|_, s| s.available_permits() < max);
+            }
+            map.entry(peer)
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(max)))
+                .clone()
+        };
+        let slots = async {
+            let mine = peer_slots.acquire_owned().await?;
+            let all = self.inner.outbound.clone().acquire_owned().await?;
+            Ok::<_, tokio::sync::AcquireError>((mine, all))
+        };
+        let _slots = match tokio::time::timeout(self.inner.connect_timeout, slots).await {
+            Ok(Ok(slots)) => slots,
             Ok(Err(_)) => return Err(TransportError::ShutDown),
             Err(_) => {
                 return Err(TransportError::Timeout {

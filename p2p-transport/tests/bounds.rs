@@ -239,3 +239,43 @@ async fn responses_are_read_only_up_to_the_response_limit() -> TestResult {
     b.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_keeps_within_the_receivers_per_peer_limit() -> TestResult {
+    // V serves 2 requests from one peer at a time and resets the streams past that; A
+    // sends at most 2 at a time to one peer, so 40 concurrent requests all get through
+    // (without the sender's cap, 38 streams would be reset at once and their 3 attempts
+    // soon spent).
+    let v = start(P2pConfig {
+        max_inbound_per_peer: 2,
+        max_inbound_total: 4,
+        ..loopback_config()
+    })
+    .await?;
+    let a = start(P2pConfig {
+        max_outbound_per_peer: 2,
+        ..loopback_config()
+    })
+    .await?;
+    a.p2p.dial(v.addr_with("quic-v1").await?).await?;
+    let sends = (0..40).map(|i| {
+        let req = http::Request::post("/_test/echo").body(Bytes::from(vec![i as u8; 64 * 1024]));
+        let a = &a;
+        let v = &v;
+        async move {
+            let req = req.map_err(|e| e.to_string())?;
+            let resp = a.p2p.send(&v.name, req).await.map_err(|e| e.to_string())?;
+            if resp.status() != 200 || resp.body().len() != 64 * 1024 {
+                return Err(format!("request {i}: {}", resp.status()));
+            }
+            Ok::<_, String>(())
+        }
+    });
+    for r in futures::future::join_all(sends).await {
+        r?;
+    }
+    assert!(v.p2p.inbound_in_flight() <= 2);
+    a.stop().await;
+    v.stop().await;
+    Ok(())
+}
