@@ -4,10 +4,15 @@
 //! Callbacks never run on the node's runtime: events go through a channel to one
 //! dedicated thread per node, which calls the listener in order. A slow or throwing
 //! listener therefore delays only later callbacks, never the node.
+//!
+//! The channel holds at most [`QUEUE`] events. Past that, peer connect/disconnect events
+//! are dropped (a peer churning its connections must not grow memory while the app is
+//! slow) and state changes are coalesced: the newest one waits in a slot of its own and
+//! is delivered once the thread catches up.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::mpsc;
+use std::sync::mpsc::{self, TryRecvError, TrySendError};
 
 use parking_lot::Mutex;
 
@@ -44,31 +49,183 @@ pub(crate) enum Event {
     State(NodeState),
 }
 
+/// Most events waiting for the listener thread.
+pub(crate) const QUEUE: usize = 256;
+
+/// The sending side of the listener thread's queue.
+#[derive(Clone)]
+pub(crate) struct Notifier {
+    tx: mpsc::SyncSender<Event>,
+    /// The newest state change that did not fit in the queue.
+    state: Arc<Mutex<Option<NodeState>>>,
+}
+
+/// The listener thread is gone.
+#[derive(Debug)]
+pub(crate) struct Closed;
+
+impl Notifier {
+    /// Queue `event` without blocking. A full queue drops peer events and keeps the
+    /// newest state change aside; `Ok(false)` says the event was dropped or set aside.
+    pub(crate) fn send(&self, event: Event) -> Result<bool, Closed> {
+        match self.tx.try_send(event) {
+            Ok(()) => Ok(true),
+            Err(TrySendError::Full(Event::State(state))) => {
+                *self.state.lock() = Some(state);
+                Ok(false)
+            }
+            Err(TrySendError::Full(_)) => {
+                tracing::debug!("listener queue full; peer event dropped");
+                Ok(false)
+            }
+            Err(TrySendError::Disconnected(_)) => Err(Closed),
+        }
+    }
+}
+
 /// The listener slot shared by a node and its dispatch thread.
 pub(crate) type Slot = Arc<Mutex<Option<Arc<dyn NodeListener>>>>;
 
 /// Start the dispatch thread. It ends when every sender of the returned channel is gone.
-pub(crate) fn spawn_dispatcher(slot: Slot) -> std::io::Result<mpsc::Sender<Event>> {
-    let (tx, rx) = mpsc::channel::<Event>();
+pub(crate) fn spawn_dispatcher(slot: Slot) -> std::io::Result<Notifier> {
+    let (tx, rx) = mpsc::sync_channel::<Event>(QUEUE);
+    let state: Arc<Mutex<Option<NodeState>>> = Arc::default();
+    let set_aside = state.clone();
     std::thread::Builder::new()
         .name("warren-listener".into())
         .spawn(move || {
-            for event in rx {
-                // Clone out of the lock: a callback may call `set_listener` itself.
-                let Some(listener) = slot.lock().clone() else {
-                    continue;
+            let mut next = rx.recv().ok();
+            while let Some(event) = next {
+                deliver(&slot, event);
+                next = match rx.try_recv() {
+                    Ok(event) => Some(event),
+                    // A state change that found the queue full is delivered once the
+                    // queue has drained: after what was queued before it.
+                    Err(TryRecvError::Empty) => {
+                        deliver_set_aside(&slot, &set_aside);
+                        rx.recv().ok()
+                    }
+                    Err(TryRecvError::Disconnected) => {
+                        deliver_set_aside(&slot, &set_aside);
+                        None
+                    }
                 };
-                // A foreign exception surfaces in Rust as a panic of the generated
-                // callback code; it must not kill this thread or reach the app.
-                let delivered = std::panic::catch_unwind(AssertUnwindSafe(|| match event {
-                    Event::PeerConnected(name) => listener.on_peer_connected(name),
-                    Event::PeerDisconnected(name) => listener.on_peer_disconnected(name),
-                    Event::State(state) => listener.on_state_changed(state),
-                }));
-                if delivered.is_err() {
-                    tracing::warn!("a NodeListener callback failed; event dropped");
-                }
             }
         })?;
-    Ok(tx)
+    Ok(Notifier { tx, state })
+}
+
+fn deliver_set_aside(slot: &Slot, set_aside: &Mutex<Option<NodeState>>) {
+    let state = set_aside.lock().take();
+    if let Some(state) = state {
+        deliver(slot, Event::State(state));
+    }
+}
+
+fn deliver(slot: &Slot, event: Event) {
+    // Clone out of the lock: a callback may call `set_listener` itself.
+    let Some(listener) = slot.lock().clone() else {
+        return;
+    };
+    // A foreign exception surfaces in Rust as a panic of the generated callback code; it
+    // must not kill this thread or reach the app.
+    let delivered = std::panic::catch_unwind(AssertUnwindSafe(|| match event {
+        Event::PeerConnected(name) => listener.on_peer_connected(name),
+        Event::PeerDisconnected(name) => listener.on_peer_disconnected(name),
+        Event::State(state) => listener.on_state_changed(state),
+    }));
+    if delivered.is_err() {
+        tracing::warn!("a NodeListener callback failed; event dropped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Blocks in its first callback until released; records every callback.
+    struct Slow {
+        entered: Mutex<Option<mpsc::Sender<()>>>,
+        release: Mutex<mpsc::Receiver<()>>,
+        seen: Mutex<Vec<String>>,
+        done: mpsc::SyncSender<()>,
+    }
+
+    impl Slow {
+        fn record(&self, what: String) {
+            if let Some(entered) = self.entered.lock().take() {
+                let _ = entered.send(());
+                let _ = self.release.lock().recv();
+            }
+            let last = what == "state:Stopped";
+            self.seen.lock().push(what);
+            if last {
+                let _ = self.done.send(());
+            }
+        }
+    }
+
+    impl NodeListener for Slow {
+        fn on_peer_connected(&self, server_name: String) {
+            self.record(format!("up:{server_name}"));
+        }
+        fn on_peer_disconnected(&self, server_name: String) {
+            self.record(format!("down:{server_name}"));
+        }
+        fn on_state_changed(&self, state: NodeState) {
+            self.record(format!("state:{state:?}"));
+        }
+    }
+
+    #[test]
+    fn a_slow_listener_drops_peer_events_and_keeps_the_newest_state() {
+        let (entered_tx, entered) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel();
+        let (done_tx, done) = mpsc::sync_channel(1);
+        let slow = Arc::new(Slow {
+            entered: Mutex::new(Some(entered_tx)),
+            release: Mutex::new(release_rx),
+            seen: Mutex::new(Vec::new()),
+            done: done_tx,
+        });
+        let slot: Slot = Arc::new(Mutex::new(Some(slow.clone() as Arc<dyn NodeListener>)));
+        let notify = spawn_dispatcher(slot).expect("listener thread");
+        assert!(
+            notify
+                .send(Event::PeerConnected("first".into()))
+                .expect("open")
+        );
+        // The thread is now stuck in the first callback: the queue fills and stays full.
+        entered.recv().expect("first callback");
+        let mut queued = 0;
+        for i in 0..QUEUE + 100 {
+            if notify
+                .send(Event::PeerConnected(format!("p{i}")))
+                .expect("open")
+            {
+                queued += 1;
+            }
+        }
+        assert_eq!(queued, QUEUE, "exactly the queue's room is taken");
+        assert!(
+            !notify
+                .send(Event::State(NodeState::Stopping))
+                .expect("open")
+        );
+        assert!(!notify.send(Event::State(NodeState::Stopped)).expect("open"));
+        release.send(()).expect("release");
+        done.recv().expect("the newest state is delivered");
+        let seen = slow.seen.lock().clone();
+        assert_eq!(
+            seen.len(),
+            1 + QUEUE + 1,
+            "first, the queue, one coalesced state"
+        );
+        assert_eq!(seen[QUEUE], format!("up:p{}", QUEUE - 1));
+        assert_eq!(seen.last().map(String::as_str), Some("state:Stopped"));
+        assert!(
+            !seen.iter().any(|s| s == "state:Stopping"),
+            "coalesced away"
+        );
+    }
 }

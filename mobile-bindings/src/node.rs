@@ -4,7 +4,6 @@ use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::mpsc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -98,7 +97,7 @@ pub struct Node {
     server_name: String,
     peer_id: String,
     listener: Slot,
-    notify: Mutex<mpsc::Sender<Event>>,
+    notify: Mutex<listener::Notifier>,
 }
 
 /// Parse multiaddrs from the config, naming the field in the error.
@@ -192,7 +191,7 @@ async fn start_on_runtime(
 }
 
 /// Forward connect/disconnect events to the listener thread until the transport stops.
-async fn forward_events(p2p: P2p, notify: mpsc::Sender<Event>) {
+async fn forward_events(p2p: P2p, notify: listener::Notifier) {
     let mut events = p2p.subscribe();
     loop {
         let event = match events.recv().await {

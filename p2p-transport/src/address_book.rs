@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::mpsc;
 use warren_core::server::Server;
-use warren_core::storage::{PeerAddress, now_ms, recent_peer_addresses, record_peer_address};
+use warren_core::storage::{
+    MAX_PEERS, PeerAddress, now_ms, prune_peer_addresses, recent_peer_addresses,
+    record_peer_address,
+};
 
 /// Addresses loaded at start: enough to reconnect to every recent peer.
 const LOAD_LIMIT: i64 = 512;
@@ -98,6 +101,8 @@ async fn writer(server: Arc<Server>, mut rx: mpsc::Receiver<PeerAddress>) {
                 for row in &batch {
                     record_peer_address(tx, row)?;
                 }
+                // Fresh peer ids are free: keep the table to the newest MAX_PEERS peers.
+                prune_peer_addresses(tx, MAX_PEERS)?;
                 Ok(())
             })
         })

@@ -16,6 +16,34 @@ pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/warren/kad/1.0.0"
 /// identify protocol version string.
 pub const IDENTIFY_PROTOCOL: &str = "/warren/1.0.0";
 
+/// Streams one peer may have open on one Yamux (TCP) connection. Past it the peer's
+/// stream opens are refused by Yamux. Yamux starts each stream with a 256 KiB receive
+/// window and grows it only as the application reads, so unread data per connection is
+/// at most 64 × 256 KiB = 16 MiB (the connection-wide cap on window growth is not
+/// configurable through `libp2p-yamux` 0.48; it stays at Yamux's 1 GiB, reachable only
+/// by data the carriage actually reads, which its own limits bound).
+pub const YAMUX_MAX_STREAMS: usize = 64;
+/// Streams one peer may have open on one QUIC connection; past it QUIC gives the
+/// peer no more stream credit, so its opens wait.
+pub const QUIC_MAX_STREAMS: u32 = 64;
+/// Unacknowledged bytes a peer may send on one QUIC stream (its flow-control window).
+pub const QUIC_MAX_STREAM_DATA: u32 = 1024 * 1024;
+/// Unacknowledged bytes a peer may send on one QUIC connection, all streams together.
+pub const QUIC_MAX_CONNECTION_DATA: u32 = 8 * 1024 * 1024;
+/// Kademlia records this node stores for others. Warren only uses FIND_NODE, so the
+/// store is kept tiny: a DHT peer's PUT_VALUE past these limits is refused.
+const KAD_MAX_RECORDS: usize = 16;
+/// Largest Kademlia record value stored.
+const KAD_MAX_VALUE_BYTES: usize = 1024;
+/// Provider records (keys this node provides, and providers per key).
+const KAD_MAX_PROVIDED_KEYS: usize = 16;
+
+fn yamux_config() -> yamux::Config {
+    let mut c = yamux::Config::default();
+    c.set_max_num_streams(YAMUX_MAX_STREAMS);
+    c
+}
+
 /// Everything a Warren node runs on its swarm.
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
@@ -50,7 +78,9 @@ pub(crate) fn build_swarm(
     let limits = connection_limits::ConnectionLimits::default()
         .with_max_established(Some(config.max_connections))
         .with_max_established_per_peer(Some(config.max_connections_per_peer))
-        .with_max_pending_incoming(Some(config.max_pending_incoming));
+        .with_max_pending_incoming(Some(config.max_pending_incoming))
+        .with_max_pending_outgoing(Some(config.max_pending_outgoing))
+        .with_max_established_incoming(Some(config.max_established_incoming));
     let mdns_on = config.mdns;
     let relay_on = config.relay_server;
     let dht_mode = config.dht_mode;
@@ -60,10 +90,15 @@ pub(crate) fn build_swarm(
         .with_tcp(
             tcp::Config::default().nodelay(true),
             noise::Config::new,
-            yamux::Config::default,
+            yamux_config,
         )?
-        .with_quic()
-        .with_relay_client(noise::Config::new, yamux::Config::default)?
+        .with_quic_config(|mut c| {
+            c.max_concurrent_stream_limit = QUIC_MAX_STREAMS;
+            c.max_stream_data = QUIC_MAX_STREAM_DATA;
+            c.max_connection_data = QUIC_MAX_CONNECTION_DATA;
+            c
+        })
+        .with_relay_client(noise::Config::new, yamux_config)?
         .with_behaviour(move |key, relay_client| {
             let id = key.public().to_peer_id();
             let mut kad_config = kad::Config::new(KAD_PROTOCOL);
@@ -71,8 +106,16 @@ pub(crate) fn build_swarm(
             // own timer would warn every few seconds on a node that knows nobody yet.
             kad_config.set_periodic_bootstrap_interval(None);
             kad_config.set_query_timeout(std::time::Duration::from_secs(10));
-            let mut kad =
-                kad::Behaviour::with_config(id, kad::store::MemoryStore::new(id), kad_config);
+            let store = kad::store::MemoryStore::with_config(
+                id,
+                kad::store::MemoryStoreConfig {
+                    max_records: KAD_MAX_RECORDS,
+                    max_value_bytes: KAD_MAX_VALUE_BYTES,
+                    max_provided_keys: KAD_MAX_PROVIDED_KEYS,
+                    max_providers_per_key: KAD_MAX_PROVIDED_KEYS,
+                },
+            );
+            let mut kad = kad::Behaviour::with_config(id, store, kad_config);
             match dht_mode {
                 DhtMode::Auto => {}
                 DhtMode::Server => kad.set_mode(Some(kad::Mode::Server)),

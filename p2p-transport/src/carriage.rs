@@ -35,11 +35,31 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Size and time limits for one exchange.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Limits {
+    /// Largest inbound request body.
     pub max_body: usize,
+    /// Largest response body read from a peer.
+    pub max_response: usize,
     pub max_header: usize,
     pub request_timeout: Duration,
     pub per_peer: usize,
     pub total: usize,
+}
+
+/// What the inbound side shares across streams: the in-flight request slots and the
+/// byte budget for request bodies (one permit a byte).
+#[derive(Clone)]
+pub(crate) struct Inbound {
+    pub total: Arc<Semaphore>,
+    pub body_budget: Arc<Semaphore>,
+}
+
+impl Inbound {
+    pub(crate) fn new(total: usize, body_budget: usize) -> Inbound {
+        Inbound {
+            total: Arc::new(Semaphore::new(total)),
+            body_budget: Arc::new(Semaphore::new(body_budget)),
+        }
+    }
 }
 
 /// Serve every inbound federation stream until `incoming` ends.
@@ -47,8 +67,9 @@ pub(crate) async fn serve(
     mut incoming: tokio::sync::mpsc::Receiver<(PeerId, Stream)>,
     router: Router,
     limits: Limits,
+    inbound: Inbound,
 ) {
-    let total = Arc::new(Semaphore::new(limits.total));
+    let total = inbound.total.clone();
     let per_peer: Arc<Mutex<HashMap<PeerId, Arc<Semaphore>>>> = Arc::default();
     while let Some((peer, stream)) = incoming.recv().await {
         let Ok(origin) = server_name_for_peer_id(&peer) else {
@@ -75,19 +96,29 @@ pub(crate) async fn serve(
             continue;
         };
         let router = router.clone();
+        let budget = inbound.body_budget.clone();
         tokio::spawn(async move {
-            serve_stream(stream, origin, router, limits).await;
+            serve_stream(stream, origin, router, limits, budget).await;
             drop((mine, all));
         });
     }
 }
 
-async fn serve_stream(stream: Stream, origin: String, router: Router, limits: Limits) {
+async fn serve_stream(
+    stream: Stream,
+    origin: String,
+    router: Router,
+    limits: Limits,
+    budget: Arc<Semaphore>,
+) {
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let mut req = req.map(|body| axum::body::Body::new(Limited::new(body, limits.max_body)));
-        req.extensions_mut()
-            .insert(AuthenticatedOrigin(origin.clone()));
-        router.clone().oneshot(req)
+        handle(
+            req,
+            origin.clone(),
+            router.clone(),
+            limits.max_body,
+            budget.clone(),
+        )
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .max_buf_size(limits.max_header)
@@ -100,6 +131,104 @@ async fn serve_stream(stream: Stream, origin: String, router: Router, limits: Li
         Ok(Err(e)) => tracing::debug!(error = %e, "federation stream ended with an error"),
         Err(_) => tracing::debug!("federation request exceeded its time limit; stream closed"),
     }
+}
+
+/// Read one request's body within `max_body` and the shared byte `budget`, then hand the
+/// request to `router`. Over the size limit: 413; over the budget: 503, both without
+/// buffering what is left of the body.
+async fn handle(
+    req: Request<Incoming>,
+    origin: String,
+    router: Router,
+    max_body: usize,
+    budget: Arc<Semaphore>,
+) -> Result<Response<axum::body::Body>, std::convert::Infallible> {
+    let (mut parts, mut body) = req.into_parts();
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max_body as u64) {
+        return Ok(refuse(
+            http::StatusCode::PAYLOAD_TOO_LARGE,
+            "M_TOO_LARGE",
+            &format!("federation request bodies are limited to {max_body} bytes"),
+        ));
+    }
+    let busy = || {
+        tracing::debug!("inbound body budget spent; request refused with 503");
+        refuse(
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            "M_UNKNOWN",
+            "too many request bodies in flight; try again later",
+        )
+    };
+    // `declared` fits in u32: it is at most `max_body`, which `validate` keeps there.
+    let charge = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+    let mut held = match declared {
+        Some(n) => match budget.clone().try_acquire_many_owned(charge(n)) {
+            Ok(p) => Some(p),
+            Err(_) => return Ok(busy()),
+        },
+        None => None,
+    };
+    let mut bytes = Vec::with_capacity(declared.map_or(0, |n| n as usize));
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => {
+                return Ok(refuse(
+                    http::StatusCode::BAD_REQUEST,
+                    "M_BAD_JSON",
+                    &format!("cannot read the request body: {e}"),
+                ));
+            }
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if bytes.len() + data.len() > max_body {
+            return Ok(refuse(
+                http::StatusCode::PAYLOAD_TOO_LARGE,
+                "M_TOO_LARGE",
+                &format!("federation request bodies are limited to {max_body} bytes"),
+            ));
+        }
+        // A chunked body is charged as it arrives (a declared length was charged whole).
+        if declared.is_none() && !data.is_empty() {
+            match budget
+                .clone()
+                .try_acquire_many_owned(charge(data.len() as u64))
+            {
+                Ok(p) => match held.as_mut() {
+                    Some(h) => h.merge(p),
+                    None => held = Some(p),
+                },
+                Err(_) => return Ok(busy()),
+            }
+        }
+        bytes.extend_from_slice(&data);
+    }
+    parts.extensions.insert(AuthenticatedOrigin(origin.clone()));
+    let request = Request::from_parts(parts, axum::body::Body::from(bytes));
+    let response = router.oneshot(request).await;
+    // The body (and whatever the handler made of it) is gone once the response is
+    // ready; only then is its charge returned.
+    drop(held);
+    response
+}
+
+/// A Matrix error response.
+fn refuse(status: http::StatusCode, errcode: &str, error: &str) -> Response<axum::body::Body> {
+    let body = serde_json::json!({ "errcode": errcode, "error": error }).to_string();
+    let mut response = Response::new(axum::body::Body::from(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 /// Why an exchange failed.
@@ -150,7 +279,7 @@ pub(crate) async fn exchange(
         }
     };
     let (parts, body) = response.into_parts();
-    let body = Limited::new(body, limits.max_body)
+    let body = Limited::new(body, limits.max_response)
         .collect()
         .await
         .map_err(|e| ExchangeError::Failed(format!("reading response body: {e}")))?

@@ -37,20 +37,48 @@ pub struct P2pConfig {
     pub connect_timeout: Duration,
     /// How long one request may take once connected (both directions).
     pub request_timeout: Duration,
-    /// Largest request or response body carried.
+    /// Largest inbound request body, in bytes. Default 8 MiB, the same as
+    /// `warren_core::federation::auth::MAX_FEDERATION_BODY` (what the signature check
+    /// reads). A request declaring more gets 413 before any of its body is read; a
+    /// chunked one is answered 413 as soon as it passes the limit.
     pub max_body_bytes: usize,
+    /// Largest response body read from a peer, in bytes. Default 16 MiB, the same as
+    /// `warren_core::federation::client::MAX_RESPONSE_JSON`. Reading stops there and the
+    /// request fails; nothing past it is buffered.
+    pub max_response_bytes: usize,
+    /// Bytes of inbound request bodies buffered at once, all peers together. Default
+    /// 32 MiB. A request is charged its `Content-Length` before its body is read (or
+    /// each chunk as it arrives) and keeps the charge until its response is ready; a
+    /// request that does not fit gets 503 at once instead of being buffered.
+    pub max_inbound_body_budget: usize,
     /// Largest request or response head (request line/status and headers).
     pub max_header_bytes: usize,
-    /// How many inbound requests one peer may have in flight; streams past it are reset.
+    /// How many inbound requests one peer may have in flight. Default 8. Streams past
+    /// it are reset unread.
     pub max_inbound_per_peer: usize,
-    /// How many inbound requests all peers together may have in flight.
+    /// How many inbound requests all peers together may have in flight. Default 64.
+    /// Streams past it are reset unread.
     pub max_inbound_total: usize,
-    /// Connections, established, to all peers together.
+    /// How many outbound requests may be in flight at once. Default 32. Further callers
+    /// wait for a slot, for at most `connect_timeout`, then fail with a timeout.
+    pub max_outbound_requests: usize,
+    /// How many outbound requests may be in flight to one peer. Default 8, the default
+    /// `max_inbound_per_peer`, so a Warren sender does not have its own streams reset.
+    /// Further callers wait as for `max_outbound_requests`.
+    pub max_outbound_per_peer: usize,
+    /// Connections, established, to all peers together. Default 256; connections past
+    /// it are refused.
     pub max_connections: u32,
-    /// Connections to one peer.
+    /// Established connections that the peer dialled. Default 64; past it inbound
+    /// connections are refused, so strangers cannot take every slot.
+    pub max_established_incoming: u32,
+    /// Connections to one peer. Default 4.
     pub max_connections_per_peer: u32,
-    /// Inbound connections still handshaking.
+    /// Inbound connections still handshaking. Default 64.
     pub max_pending_incoming: u32,
+    /// Dials in progress. Default 32; a dial past it fails at once (it is retried by
+    /// whatever needed it: the next request, discovery, the redial at start).
+    pub max_pending_outgoing: u32,
     /// How long an idle connection (no streams) is kept open.
     pub idle_connection_timeout: Duration,
 }
@@ -65,13 +93,19 @@ impl Default for P2pConfig {
             dht_mode: DhtMode::Auto,
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(60),
-            max_body_bytes: 64 * 1024 * 1024,
+            max_body_bytes: warren_core::federation::auth::MAX_FEDERATION_BODY,
+            max_response_bytes: warren_core::federation::client::MAX_RESPONSE_JSON,
+            max_inbound_body_budget: 32 * 1024 * 1024,
             max_header_bytes: 16 * 1024,
-            max_inbound_per_peer: 64,
-            max_inbound_total: 512,
+            max_inbound_per_peer: 8,
+            max_inbound_total: 64,
+            max_outbound_requests: 32,
+            max_outbound_per_peer: 8,
             max_connections: 256,
+            max_established_incoming: 64,
             max_connections_per_peer: 4,
             max_pending_incoming: 64,
+            max_pending_outgoing: 32,
             idle_connection_timeout: Duration::from_secs(120),
         }
     }
@@ -100,6 +134,26 @@ impl P2pConfig {
         if self.max_inbound_per_peer == 0 || self.max_inbound_total < self.max_inbound_per_peer {
             return Err(ConfigError(
                 "max_inbound_per_peer must be > 0 and at most max_inbound_total".into(),
+            ));
+        }
+        // Semaphore permits are counted in u32 for one acquisition.
+        if self.max_body_bytes > u32::MAX as usize
+            || self.max_inbound_body_budget > u32::MAX as usize
+        {
+            return Err(ConfigError("body limits must fit in 32 bits".into()));
+        }
+        if self.max_inbound_body_budget < self.max_body_bytes {
+            return Err(ConfigError(
+                "max_inbound_body_budget must be at least max_body_bytes".into(),
+            ));
+        }
+        if self.max_outbound_requests == 0
+            || self.max_outbound_per_peer == 0
+            || self.max_response_bytes == 0
+        {
+            return Err(ConfigError(
+                "max_outbound_requests, max_outbound_per_peer and max_response_bytes must be > 0"
+                    .into(),
             ));
         }
         for addr in &self.bootstrap {

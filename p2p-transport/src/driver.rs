@@ -5,7 +5,7 @@
 //! Requests never wait on it for long: it only starts dials and lookups and replies when
 //! their outcome arrives.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -30,6 +30,93 @@ const MAX_RESERVATIONS: usize = 2;
 const REDISCOVERY_QUIET: Duration = Duration::from_secs(10);
 /// How often the DHT routing table is refreshed.
 const DHT_REFRESH: Duration = Duration::from_secs(300);
+/// Peer ids remembered as already heard of (for discovered vs rediscovered). Past it the
+/// oldest are forgotten: such a peer, heard of again, is reported as discovered again.
+const MAX_KNOWN_PEERS: usize = 4096;
+/// Per-peer records kept. A record lives while the peer is connected, or for
+/// [`REDISCOVERY_QUIET`] after its last rediscovery report; past the cap, a rediscovered
+/// peer without a record is not reported (mDNS repeats itself; a later sighting is).
+const MAX_PEER_STATES: usize = 4096;
+/// mDNS-triggered dials in progress at once. Past it a discovered peer is remembered
+/// (address book, peer store) but not dialled now; the next announcement retries.
+const MAX_MDNS_DIALS: usize = 32;
+/// mDNS-triggered dials: a burst of this many, then [`MDNS_DIAL_REFILL`] apart.
+const MDNS_DIAL_BURST: u32 = 32;
+/// One more mDNS-triggered dial is allowed every this often.
+const MDNS_DIAL_REFILL: Duration = Duration::from_millis(250);
+
+/// A set that keeps at most `cap` items, forgetting the oldest inserted first.
+pub(crate) struct BoundedSet<T> {
+    items: HashSet<T>,
+    order: VecDeque<T>,
+    cap: usize,
+}
+
+impl<T: std::hash::Hash + Eq + Clone> BoundedSet<T> {
+    pub(crate) fn new(cap: usize) -> Self {
+        BoundedSet {
+            items: HashSet::new(),
+            order: VecDeque::new(),
+            cap,
+        }
+    }
+
+    /// Insert; true if it was not there. May forget the oldest item.
+    pub(crate) fn insert(&mut self, item: T) -> bool {
+        if !self.items.insert(item.clone()) {
+            return false;
+        }
+        self.order.push_back(item);
+        while self.order.len() > self.cap {
+            if let Some(old) = self.order.pop_front() {
+                self.items.remove(&old);
+            }
+        }
+        true
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+}
+
+/// A token bucket: `burst` at once, then one per `refill`.
+pub(crate) struct TokenBucket {
+    tokens: u32,
+    burst: u32,
+    refill: Duration,
+    last: Instant,
+}
+
+impl TokenBucket {
+    pub(crate) fn new(burst: u32, refill: Duration, now: Instant) -> Self {
+        TokenBucket {
+            tokens: burst,
+            burst,
+            refill,
+            last: now,
+        }
+    }
+
+    /// Take a token if there is one.
+    pub(crate) fn take(&mut self, now: Instant) -> bool {
+        let earned = now.duration_since(self.last).as_nanos() / self.refill.as_nanos().max(1);
+        if earned > 0 {
+            let earned = u32::try_from(earned).unwrap_or(u32::MAX);
+            self.tokens = self.tokens.saturating_add(earned).min(self.burst);
+            self.last += self.refill * earned.min(self.burst);
+            if self.tokens == self.burst {
+                self.last = now;
+            }
+        }
+        if self.tokens == 0 {
+            return false;
+        }
+        self.tokens -= 1;
+        true
+    }
+}
 
 /// An error and its causes on one line (libp2p's transport errors print an empty
 /// message and keep the reason in `source()`).
@@ -90,6 +177,22 @@ struct PeerState {
     last_reported: Option<Instant>,
 }
 
+impl PeerState {
+    /// Whether the record is still needed: connected, or reported recently enough that
+    /// the rediscovery quiet period applies.
+    fn keep(&self, now: Instant) -> bool {
+        !self.connections.is_empty()
+            || self
+                .last_reported
+                .is_some_and(|t| now.duration_since(t) < REDISCOVERY_QUIET)
+    }
+}
+
+/// Drop the records no longer needed (see [`PeerState::keep`]).
+fn prune_peer_states(peers: &mut HashMap<PeerId, PeerState>, now: Instant) {
+    peers.retain(|_, s| s.keep(now));
+}
+
 pub(crate) struct Driver {
     swarm: Swarm<Behaviour>,
     config: P2pConfig,
@@ -97,9 +200,12 @@ pub(crate) struct Driver {
     events: broadcast::Sender<PeerEvent>,
     book: AddressBook,
     peers: HashMap<PeerId, PeerState>,
-    /// Every peer ever heard of (address book and this run), for discovered vs
-    /// rediscovered.
-    known: HashSet<PeerId>,
+    /// Peers heard of (address book and this run), for discovered vs rediscovered; the
+    /// newest [`MAX_KNOWN_PEERS`].
+    known: BoundedSet<PeerId>,
+    /// mDNS-triggered dials in progress.
+    mdns_dials: HashSet<ConnectionId>,
+    mdns_budget: TokenBucket,
     bootstrap: HashMap<PeerId, Multiaddr>,
     listeners: Vec<ListenerId>,
     /// Relays this node holds (or is asking for) a reservation with.
@@ -133,7 +239,9 @@ impl Driver {
             events,
             book,
             peers: HashMap::new(),
-            known: HashSet::new(),
+            known: BoundedSet::new(MAX_KNOWN_PEERS),
+            mdns_dials: HashSet::new(),
+            mdns_budget: TokenBucket::new(MDNS_DIAL_BURST, MDNS_DIAL_REFILL, Instant::now()),
             bootstrap,
             listeners: Vec::new(),
             reservations: HashMap::new(),
@@ -418,8 +526,14 @@ impl Driver {
         if self.swarm.is_connected(&peer) {
             return;
         }
-        let state = self.peers.entry(peer).or_default();
         let now = Instant::now();
+        if !self.peers.contains_key(&peer) && self.peers.len() >= MAX_PEER_STATES {
+            prune_peer_states(&mut self.peers, now);
+            if self.peers.len() >= MAX_PEER_STATES {
+                return;
+            }
+        }
+        let state = self.peers.entry(peer).or_default();
         if state
             .last_reported
             .is_some_and(|t| now.duration_since(t) < REDISCOVERY_QUIET)
@@ -465,6 +579,7 @@ impl Driver {
                     tracing::debug!(%peer_id, "peer connected");
                     let _ = self.events.send(PeerEvent::Connected { server_name });
                 }
+                self.mdns_dials.remove(&connection_id);
                 for w in self.dial_waiters.remove(&peer_id).unwrap_or_default() {
                     let _ = w.send(Ok(()));
                 }
@@ -480,6 +595,9 @@ impl Driver {
             } => {
                 if let Some(state) = self.peers.get_mut(&peer_id) {
                     state.connections.remove(&connection_id);
+                    if !state.keep(Instant::now()) {
+                        self.peers.remove(&peer_id);
+                    }
                 }
                 if num_established == 0 {
                     if let Some(id) = self.reservations.remove(&peer_id) {
@@ -495,6 +613,7 @@ impl Driver {
                 peer_id,
                 error,
             } => {
+                self.mdns_dials.remove(&connection_id);
                 let reason = error.to_string();
                 if let Some(peer) = peer_id
                     && !self.swarm.is_connected(&peer)
@@ -551,13 +670,21 @@ impl Driver {
                     self.add_address(peer, addr.clone());
                     self.book.record(peer, &addr, "mdns");
                     self.seen(peer);
-                    // On a LAN, connect eagerly: that is the whole point of mDNS here.
-                    if !self.swarm.is_connected(&peer) {
+                    // On a LAN, connect eagerly: that is the whole point of mDNS here. But
+                    // announcements are unauthenticated: dial at most MAX_MDNS_DIALS at
+                    // once, at the token bucket's rate.
+                    if !self.swarm.is_connected(&peer)
+                        && self.mdns_dials.len() < MAX_MDNS_DIALS
+                        && self.mdns_budget.take(Instant::now())
+                    {
                         let opts = DialOpts::peer_id(peer)
                             .addresses(vec![addr])
                             .condition(PeerCondition::DisconnectedAndNotDialing)
                             .build();
-                        let _ = self.swarm.dial(opts);
+                        let id = opts.connection_id();
+                        if self.swarm.dial(opts).is_ok() {
+                            self.mdns_dials.insert(id);
+                        }
                     }
                 }
             }
@@ -577,7 +704,11 @@ impl Driver {
                 result: Ok(rtt),
                 ..
             }) => {
-                self.peers.entry(peer).or_default().rtt = Some(rtt);
+                // Only for a peer with a record: a late ping after the last connection
+                // closed must not bring one back.
+                if let Some(state) = self.peers.get_mut(&peer) {
+                    state.rtt = Some(rtt);
+                }
             }
             BehaviourEvent::RelayClient(relay::client::Event::ReservationReqAccepted {
                 relay_peer_id,
@@ -637,5 +768,79 @@ impl Driver {
                 q.finish();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_peers_are_capped_oldest_first() {
+        let mut known = BoundedSet::new(3);
+        assert!(known.insert(1));
+        assert!(!known.insert(1));
+        assert!(known.insert(2));
+        assert!(known.insert(3));
+        assert!(known.insert(4), "over the cap the oldest goes");
+        assert_eq!(known.len(), 3);
+        assert!(known.insert(1), "1 was forgotten");
+        assert!(!known.insert(4));
+        for i in 0..10_000 {
+            known.insert(100 + i);
+        }
+        assert_eq!(known.len(), 3);
+        assert_eq!(known.order.len(), 3);
+    }
+
+    #[test]
+    fn peer_records_without_connections_or_recent_reports_are_pruned() {
+        let now = Instant::now();
+        let mut peers: HashMap<PeerId, PeerState> = HashMap::new();
+        let connected = PeerId::random();
+        let recent = PeerId::random();
+        let stale = PeerId::random();
+        let empty = PeerId::random();
+        let addr: Multiaddr = "/ip4/127.0.0.1/tcp/1".parse().expect("multiaddr");
+        peers
+            .entry(connected)
+            .or_default()
+            .connections
+            .insert(ConnectionId::new_unchecked(1), addr);
+        peers.entry(recent).or_default().last_reported = Some(now);
+        peers.entry(stale).or_default().last_reported = Some(now);
+        peers.entry(empty).or_default();
+        let later = now + REDISCOVERY_QUIET / 2;
+        prune_peer_states(&mut peers, later);
+        assert_eq!(peers.len(), 3, "only the record with nothing in it goes");
+        prune_peer_states(&mut peers, now + REDISCOVERY_QUIET);
+        let left: Vec<_> = peers.keys().copied().collect();
+        assert_eq!(
+            left,
+            vec![connected],
+            "past the quiet period only connected peers stay"
+        );
+    }
+
+    #[test]
+    fn mdns_dials_are_rate_limited() {
+        let start = Instant::now();
+        let mut bucket = TokenBucket::new(4, Duration::from_millis(100), start);
+        for _ in 0..4 {
+            assert!(bucket.take(start));
+        }
+        assert!(!bucket.take(start), "the burst is spent");
+        assert!(!bucket.take(start + Duration::from_millis(99)));
+        assert!(
+            bucket.take(start + Duration::from_millis(100)),
+            "one refilled"
+        );
+        assert!(!bucket.take(start + Duration::from_millis(150)));
+        // A long pause refills the burst, no more.
+        let later = start + Duration::from_secs(60);
+        for _ in 0..4 {
+            assert!(bucket.take(later));
+        }
+        assert!(!bucket.take(later));
     }
 }

@@ -113,6 +113,15 @@ struct Inner {
     events: broadcast::Sender<PeerEvent>,
     limits: Limits,
     connect_timeout: Duration,
+    /// The carriage's shared inbound limits, for diagnostics.
+    inbound: carriage::Inbound,
+    inbound_body_budget: usize,
+    /// One permit an outbound request in flight.
+    outbound: Arc<tokio::sync::Semaphore>,
+    /// The same, per destination peer.
+    outbound_per_peer:
+        parking_lot::Mutex<std::collections::HashMap<PeerId, Arc<tokio::sync::Semaphore>>>,
+    max_outbound_per_peer: usize,
 }
 
 impl P2p {
@@ -136,19 +145,25 @@ impl P2p {
         });
         let limits = Limits {
             max_body: config.max_body_bytes,
+            max_response: config.max_response_bytes,
             max_header: config.max_header_bytes,
             request_timeout: config.request_timeout,
             per_peer: config.max_inbound_per_peer,
             total: config.max_inbound_total,
         };
         let connect_timeout = config.connect_timeout;
+        let inbound =
+            carriage::Inbound::new(config.max_inbound_total, config.max_inbound_body_budget);
+        let inbound_body_budget = config.max_inbound_body_budget;
+        let outbound = Arc::new(tokio::sync::Semaphore::new(config.max_outbound_requests));
+        let max_outbound_per_peer = config.max_outbound_per_peer;
         let (commands, command_rx) = mpsc::channel(256);
         let (events, _) = broadcast::channel(256);
         let book = address_book::AddressBook::start(server);
         let mut driver = Driver::new(swarm, config, command_rx, events.clone(), book);
         driver.start().map_err(P2pError::Start)?;
         tokio::spawn(driver.run());
-        tokio::spawn(carriage::serve(incoming, router, limits));
+        tokio::spawn(carriage::serve(incoming, router, limits, inbound.clone()));
         tracing::info!(peer_id = %local_peer, "P2P transport started");
         Ok(P2p {
             inner: Arc::new(Inner {
@@ -158,6 +173,11 @@ impl P2p {
                 events,
                 limits,
                 connect_timeout,
+                inbound,
+                inbound_body_budget,
+                outbound,
+                outbound_per_peer: Default::default(),
+                max_outbound_per_peer,
             }),
         })
     }
@@ -168,6 +188,19 @@ impl P2p {
         let p2p = P2p::start(config, node.server().clone(), node.federation_router()).await?;
         node.set_transport(Arc::new(p2p.clone()));
         Ok(p2p)
+    }
+
+    /// Inbound federation requests being served now. For tests and diagnostics.
+    #[doc(hidden)]
+    pub fn inbound_in_flight(&self) -> usize {
+        self.inner.limits.total - self.inner.inbound.total.available_permits()
+    }
+
+    /// Bytes of inbound request bodies charged to the budget now. For tests and
+    /// diagnostics.
+    #[doc(hidden)]
+    pub fn inbound_body_bytes(&self) -> usize {
+        self.inner.inbound_body_budget - self.inner.inbound.body_budget.available_permits()
     }
 
     /// This node's libp2p id.
@@ -376,6 +409,35 @@ impl P2p {
     ) -> Result<http::Response<Bytes>, TransportError> {
         let peer = self.destination(server_name)?;
         let limits = self.inner.limits;
+        // At most `max_outbound_requests` in flight, `max_outbound_per_peer` of them to
+        // one peer; the rest wait their turn, each for at most `connect_timeout`.
+        let peer_slots = {
+            let max = self.inner.max_outbound_per_peer;
+            let mut map = self.inner.outbound_per_peer.lock();
+            // Forget idle destinations so the map stays small.
+            if map.len() > 1024 {
+                map.retain(|_, s| s.available_permits() < max);
+            }
+            map.entry(peer)
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(max)))
+                .clone()
+        };
+        let slots = async {
+            let mine = peer_slots.acquire_owned().await?;
+            let all = self.inner.outbound.clone().acquire_owned().await?;
+            Ok::<_, tokio::sync::AcquireError>((mine, all))
+        };
+        let _slots = match tokio::time::timeout(self.inner.connect_timeout, slots).await {
+            Ok(Ok(slots)) => slots,
+            Ok(Err(_)) => return Err(TransportError::ShutDown),
+            Err(_) => {
+                return Err(TransportError::Timeout {
+                    server: server_name.to_owned(),
+                    after: self.inner.connect_timeout,
+                    stage: "waiting for an outbound request slot",
+                });
+            }
+        };
         let (parts, body) = request.into_parts();
         let mut attempt = 1;
         loop {

@@ -28,7 +28,14 @@ use crate::addr::is_relayed;
 /// Inbound streams waiting for the carriage to pick them up. Past this the newest are
 /// dropped: the carriage accepts far faster than a peer can open streams unless the
 /// node is overloaded, and then shedding is right.
-const INBOUND_QUEUE: usize = 1024;
+const INBOUND_QUEUE: usize = 256;
+/// Open requests waiting for the swarm task to route them. Past it callers of
+/// [`Control::open_stream`] wait for room (they are bounded by the outbound request
+/// limit anyway).
+const CONTROL_QUEUE: usize = 256;
+/// Outbound streams one connection may be opening at once (queued or negotiating).
+/// Past it an open fails at once with "busy".
+pub(crate) const MAX_PENDING_OPENS: usize = 64;
 
 /// The answer to an open request.
 pub(crate) type OpenReply = oneshot::Sender<Result<Stream, String>>;
@@ -45,7 +52,7 @@ impl std::fmt::Debug for OpenRequest {
 /// Handle used outside the swarm to open streams.
 #[derive(Clone)]
 pub(crate) struct Control {
-    requests: mpsc::UnboundedSender<(PeerId, OpenReply)>,
+    requests: mpsc::Sender<(PeerId, OpenReply)>,
 }
 
 impl Control {
@@ -54,6 +61,7 @@ impl Control {
         let (tx, rx) = oneshot::channel();
         self.requests
             .send((peer, tx))
+            .await
             .map_err(|_| "the P2P transport is shut down".to_owned())?;
         rx.await
             .map_err(|_| "the connection closed while opening a stream".to_owned())?
@@ -64,7 +72,7 @@ impl Control {
 pub struct Behaviour {
     protocol: StreamProtocol,
     inbound: mpsc::Sender<(PeerId, Stream)>,
-    requests: mpsc::UnboundedReceiver<(PeerId, OpenReply)>,
+    requests: mpsc::Receiver<(PeerId, OpenReply)>,
     /// Open connections per peer, with whether each is relayed.
     connections: HashMap<PeerId, Vec<(ConnectionId, bool)>>,
     to_swarm: VecDeque<ToSwarm<(), OpenRequest>>,
@@ -76,7 +84,7 @@ impl Behaviour {
         protocol: StreamProtocol,
     ) -> (Behaviour, Control, mpsc::Receiver<(PeerId, Stream)>) {
         let (inbound, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
-        let (requests_tx, requests) = mpsc::unbounded_channel();
+        let (requests_tx, requests) = mpsc::channel(CONTROL_QUEUE);
         let behaviour = Behaviour {
             protocol,
             inbound,
@@ -99,10 +107,15 @@ impl Behaviour {
             protocol: self.protocol.clone(),
             inbound: self.inbound.clone(),
             pending: VecDeque::new(),
+            opening: 0,
         }
     }
 
     fn route(&mut self, peer: PeerId, reply: OpenReply) {
+        // The caller gave up (timed out) while the request waited: nothing to open.
+        if reply.is_closed() {
+            return;
+        }
         let chosen = self.connections.get(&peer).and_then(|conns| {
             conns
                 .iter()
@@ -194,7 +207,10 @@ pub struct Handler {
     peer: PeerId,
     protocol: StreamProtocol,
     inbound: mpsc::Sender<(PeerId, Stream)>,
+    /// Opens not yet handed to the connection.
     pending: VecDeque<OpenReply>,
+    /// Opens handed to the connection and not yet negotiated or failed.
+    opening: usize,
 }
 
 impl ConnectionHandler for Handler {
@@ -213,15 +229,26 @@ impl ConnectionHandler for Handler {
         &mut self,
         _: &mut Context<'_>,
     ) -> Poll<ConnectionHandlerEvent<Self::OutboundProtocol, OpenReply, Self::ToBehaviour>> {
-        match self.pending.pop_front() {
-            Some(reply) => Poll::Ready(ConnectionHandlerEvent::OutboundSubstreamRequest {
+        while let Some(reply) = self.pending.pop_front() {
+            if reply.is_closed() {
+                continue;
+            }
+            self.opening += 1;
+            return Poll::Ready(ConnectionHandlerEvent::OutboundSubstreamRequest {
                 protocol: SubstreamProtocol::new(ReadyUpgrade::new(self.protocol.clone()), reply),
-            }),
-            None => Poll::Pending,
+            });
         }
+        Poll::Pending
     }
 
     fn on_behaviour_event(&mut self, OpenRequest(reply): OpenRequest) {
+        if self.pending.len() + self.opening >= MAX_PENDING_OPENS {
+            let _ = reply.send(Err(format!(
+                "busy: {MAX_PENDING_OPENS} streams already being opened to {}",
+                self.peer
+            )));
+            return;
+        }
         self.pending.push_back(reply);
     }
 
@@ -243,9 +270,11 @@ impl ConnectionHandler for Handler {
                 protocol: stream,
                 info: reply,
             }) => {
+                self.opening = self.opening.saturating_sub(1);
                 let _ = reply.send(Ok(stream));
             }
             ConnectionEvent::DialUpgradeError(DialUpgradeError { info: reply, error }) => {
+                self.opening = self.opening.saturating_sub(1);
                 let reason = match error {
                     StreamUpgradeError::NegotiationFailed => {
                         "the peer does not speak the federation protocol".to_owned()

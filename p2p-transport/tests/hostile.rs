@@ -134,9 +134,12 @@ async fn a_thousand_streams_at_once_do_not_starve_other_peers() -> TestResult {
         held.push(s);
     }
     others_unaffected(&g, &v).await?;
-    // The streams over the per-peer limit were reset: most of what M holds is dead.
+    // The streams over the per-peer limit were reset: at most 16 of what M holds are
+    // alive. (Most of the 1,000 are never opened at all: QUIC gives a peer credit for
+    // 64 streams at a time, and M's own transport refuses more than 64 opens pending on
+    // one connection.)
     let mut dead = 0;
-    for s in held.iter_mut().take(200) {
+    for s in held.iter_mut() {
         let mut buf = [0u8; 1];
         match tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await {
             Ok(Ok(0)) | Ok(Err(_)) => dead += 1,
@@ -144,12 +147,14 @@ async fn a_thousand_streams_at_once_do_not_starve_other_peers() -> TestResult {
         }
     }
     eprintln!(
-        "{} of 1000 streams opened; {dead} of the first 200 were reset",
+        "{} of 1000 streams opened; {dead} of them were reset",
         held.len()
     );
     assert!(
-        dead >= 100,
-        "streams past the limit must be reset, only {dead}/200 were"
+        held.len() - dead <= 16,
+        "streams past the limit must be reset, {} of {} are alive",
+        held.len() - dead,
+        held.len()
     );
     drop(held);
     for n in [v, m, g] {

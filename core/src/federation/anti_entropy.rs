@@ -49,6 +49,10 @@ pub const MAX_ROUNDS: usize = 3;
 pub const MAX_ROOMS_PER_PEER: usize = 100;
 /// Most peers synchronised at the same time.
 pub const MAX_CONCURRENT_PEERS: usize = 4;
+/// Most passes running or waiting for one of the [`MAX_CONCURRENT_PEERS`] slots. A peer
+/// connecting or rediscovered past it gets no pass now (a hostile mesh can announce
+/// fresh peers without end); the periodic pass over connected peers catches up.
+pub const MAX_QUEUED_PASSES: usize = 64;
 /// Most extremities served or used (the `get_missing_events` id limit).
 pub const MAX_EXTREMITIES: usize = 100;
 /// Longest one pass with one peer may take.
@@ -128,7 +132,7 @@ fn spawn_pass(
     running: &Arc<Mutex<HashSet<String>>>,
     peer: String,
 ) {
-    if peer == server.server_name() || !running.lock().insert(peer.clone()) {
+    if peer == server.server_name() || !claim(&mut running.lock(), &peer) {
         return;
     }
     let (server, limiter, running) = (server.clone(), limiter.clone(), running.clone());
@@ -143,6 +147,19 @@ fn spawn_pass(
         }
         running.lock().remove(&peer);
     });
+}
+
+/// Mark a pass with `peer` as running, unless one already is or [`MAX_QUEUED_PASSES`]
+/// are running or waiting.
+fn claim(running: &mut HashSet<String>, peer: &str) -> bool {
+    if running.contains(peer) {
+        return false;
+    }
+    if running.len() >= MAX_QUEUED_PASSES {
+        tracing::debug!(%peer, "too many anti-entropy passes queued; this one is skipped");
+        return false;
+    }
+    running.insert(peer.to_owned())
 }
 
 /// Compare every room shared with `peer` and pull what we miss; returns how many events
@@ -329,5 +346,24 @@ mod tests {
             assert!(d >= Duration::from_secs(30) && d <= Duration::from_secs(90));
         }
         assert!(jittered(Duration::ZERO) >= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn queued_passes_are_capped() {
+        let mut running = HashSet::new();
+        for i in 0..MAX_QUEUED_PASSES {
+            assert!(claim(&mut running, &format!("peer{i}")));
+        }
+        assert!(!claim(&mut running, "peer0"), "one pass per peer at a time");
+        assert!(
+            !claim(&mut running, "one-too-many"),
+            "past the cap a pass is dropped"
+        );
+        assert_eq!(running.len(), MAX_QUEUED_PASSES);
+        running.remove("peer3");
+        assert!(
+            claim(&mut running, "one-too-many"),
+            "a freed slot is reused"
+        );
     }
 }

@@ -20,8 +20,9 @@ pub fn encode(component: &str) -> String {
     percent_encoding::utf8_percent_encode(component, RESERVED).to_string()
 }
 
-/// Largest JSON response body we parse from another server.
-const MAX_RESPONSE_JSON: usize = 16 * 1024 * 1024;
+/// Largest JSON response body we parse from another server. Transports should stop
+/// reading a response past it (the P2P carriage does) rather than collect it first.
+pub const MAX_RESPONSE_JSON: usize = 16 * 1024 * 1024;
 
 /// Send one signed request to `destination` and return the raw response.
 pub async fn request(

@@ -13,6 +13,11 @@ use crate::error::Error;
 /// without bound.
 const MAX_ADDRESSES_PER_PEER: i64 = 16;
 
+/// Most peers kept in the address book. Past it, [`prune_peer_addresses`] forgets the
+/// peers seen longest ago (by their newest address), so spoofed mDNS or DHT sightings of
+/// fresh peer ids cannot grow the table without bound.
+pub const MAX_PEERS: i64 = 4096;
+
 /// One remembered address.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerAddress {
@@ -43,6 +48,26 @@ pub fn record_peer_address(c: &Connection, a: &PeerAddress) -> Result<(), Error>
         params![a.peer_id, MAX_ADDRESSES_PER_PEER],
     )?;
     Ok(())
+}
+
+/// Forget whole peers, the ones seen longest ago first, until at most `max_peers` remain.
+/// Returns how many rows were deleted.
+pub fn prune_peer_addresses(c: &Connection, max_peers: i64) -> Result<usize, Error> {
+    let peers: i64 = c.query_row(
+        "SELECT count(DISTINCT peer_id) FROM peer_addresses",
+        [],
+        |r| r.get(0),
+    )?;
+    if peers <= max_peers {
+        return Ok(0);
+    }
+    let deleted = c.execute(
+        "DELETE FROM peer_addresses WHERE peer_id IN (
+             SELECT peer_id FROM peer_addresses GROUP BY peer_id
+             ORDER BY max(last_seen_ts) DESC LIMIT -1 OFFSET ?1)",
+        params![max_peers],
+    )?;
+    Ok(deleted)
 }
 
 /// The most recently seen addresses, newest first, at most `limit`.
@@ -111,6 +136,31 @@ mod tests {
             recent_peer_addresses(&c, 1)?[0].address,
             "/ip4/1.2.3.4/tcp/138"
         );
+        Ok(())
+    }
+
+    #[test]
+    fn prunes_the_peers_seen_longest_ago() -> Result<(), Error> {
+        let mut c = Connection::open_in_memory()?;
+        super::super::migrations::run(&mut c, "memory")
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        for i in 0..20 {
+            // Two addresses a peer; the second is the newer one.
+            record_peer_address(&c, &addr(&format!("p{i:02}"), "/ip4/1.2.3.4/tcp/1", i))?;
+            record_peer_address(
+                &c,
+                &addr(&format!("p{i:02}"), "/ip4/1.2.3.4/tcp/2", 100 + i),
+            )?;
+        }
+        assert_eq!(prune_peer_addresses(&c, 20)?, 0, "at the cap nothing goes");
+        assert_eq!(prune_peer_addresses(&c, 5)?, 30, "15 peers, 2 rows each");
+        let mut left: Vec<String> = recent_peer_addresses(&c, 100)?
+            .into_iter()
+            .map(|a| a.peer_id)
+            .collect();
+        left.sort();
+        left.dedup();
+        assert_eq!(left, ["p15", "p16", "p17", "p18", "p19"]);
         Ok(())
     }
 }
