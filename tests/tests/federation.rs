@@ -1,6 +1,7 @@
 //! Federation between nodes over real libp2p on loopback: request authentication and
 //! the client-side entry points that already reach other servers.
 
+use anyhow::Context as _;
 use bytes::Bytes;
 use serde_json::{Value, json};
 use warren_core::federation::auth::sign_request;
@@ -122,4 +123,70 @@ async fn federation_requests_must_be_signed_by_the_connected_peer() -> anyhow::R
         n.stop().await?;
     }
     Ok(())
+}
+
+/// A peer past its federation budget gets `429 M_LIMIT_EXCEEDED` with `retry_after_ms`,
+/// charged only once its signature is proven; other peers are not affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_peer_is_rate_limited_and_others_are_not() -> anyhow::Result<()> {
+    let dirs = [
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+    ];
+    let a = start_federated_node(dirs[0].path()).await?;
+    let mut config = test_config(dirs[1].path());
+    config.rate_limits.federation = Some(warren_core::config::Rate::new(0.01, 5.0));
+    let node = start_node_with(config).await?;
+    let p2p = warren_p2p::P2p::attach(&node, test_p2p_config()).await?;
+    p2p.wait_listening(WAIT).await?;
+    let b = FederatedNode { node, p2p };
+    let c = start_federated_node(dirs[2].path()).await?;
+    connect_nodes(&a, &b).await?;
+    connect_nodes(&c, &b).await?;
+    let bob = register_raw(&http_client()?, &b.node.client_url(), "bob", "pw").await?;
+    let profile = format!(
+        "/_matrix/federation/v1/query/profile?user_id={}",
+        client::encode(&bob.user_id)
+    );
+    // The burst of 5 (less whatever A spent on its own when it connected), then 429.
+    let mut limited = None;
+    for _ in 0..6 {
+        let (status, body) = signed_get(&a, &b, &profile).await?;
+        match status {
+            200 => {}
+            429 => {
+                limited = Some(body);
+                break;
+            }
+            other => anyhow::bail!("unexpected {other}: {body}"),
+        }
+    }
+    let body = limited.context("no 429 after 6 requests with a burst of 5")?;
+    assert_eq!(body["errcode"], "M_LIMIT_EXCEEDED", "{body}");
+    assert!(
+        body["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0),
+        "{body}"
+    );
+    // Another peer has its own budget.
+    let (status, body) = signed_get(&c, &b, &profile).await?;
+    assert_eq!(status, 200, "{body}");
+    for n in [a, b, c] {
+        n.stop().await?;
+    }
+    Ok(())
+}
+
+/// A `GET` of `path` from `from` to `to`, signed by `from`: status and JSON body.
+async fn signed_get(
+    from: &FederatedNode,
+    to: &FederatedNode,
+    path: &str,
+) -> anyhow::Result<(u16, Value)> {
+    let mut req = http::Request::get(path).body(Bytes::new())?;
+    let auth = sign_request(from.node.server(), &to.name(), &req)?;
+    req.headers_mut().insert(http::header::AUTHORIZATION, auth);
+    let resp = from.p2p.send(&to.name(), req).await?;
+    let body: Value = serde_json::from_slice(resp.body()).unwrap_or(Value::Null);
+    Ok((resp.status().as_u16(), body))
 }
