@@ -160,3 +160,10 @@ async def main():
 
 
 asyncio.run(main())
+# Leave without interpreter finalization: a node's runtime threads may still be winding
+# down, and a thread that touches a finalizing interpreter is ended by CPython with
+# pthread_exit, whose forced unwind aborts the process when it meets Rust frames
+# ("FATAL: exception not rethrown"). Apps never finalize their runtime this way.
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(0)
