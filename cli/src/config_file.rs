@@ -54,7 +54,7 @@ const TEMPLATE: &str = r#"# Warren node configuration. Every key is optional; th
 # Token buckets: each action may happen `burst` times at once, then `per_second`.
 # Past it: 429 M_LIMIT_EXCEEDED with retry_after_ms. `enabled = false` turns all off.
 # enabled = true
-# message = { per_second = 50, burst = 500 }          # per user
+# message = { per_second = 100, burst = 1000 }        # per user
 # login_address = { per_second = 1, burst = 30 }      # per client address
 # login_account = { per_second = 0.5, burst = 20 }    # per account
 # login_failed = { per_second = 0.1, burst = 5 }      # failed logins, per account

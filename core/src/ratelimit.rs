@@ -93,12 +93,13 @@ pub struct RateLimits {
 
 impl Default for RateLimits {
     /// Limits no person or ordinary client reaches (a bot sending hundreds of messages
-    /// in a burst does not either), that still stop a flood within a second or two. The
+    /// in a burst does not either, nor ten load-test senders at ~60/s each), that still
+    /// stop a runaway sender within seconds. The
     /// login and registration limits are per address: every app on the device shares
     /// 127.0.0.1, so they are far looser than Synapse's (which sees one user per address).
     fn default() -> Self {
         RateLimits {
-            message: Some(Rate::new(50.0, 500.0)),
+            message: Some(Rate::new(100.0, 1000.0)),
             login_address: Some(Rate::new(1.0, 30.0)),
             login_account: Some(Rate::new(0.5, 20.0)),
             login_failed: Some(Rate::new(0.1, 5.0)),
