@@ -21,6 +21,39 @@ use crate::streams::Notifier;
 /// each keeps a stack and an allocator cache. Idle ones exit after a short keep-alive.
 pub const MAX_BLOCKING_THREADS: usize = 32;
 
+/// How long a client transaction id is remembered (as Synapse: a day).
+pub const TXN_ID_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// How often forgotten transaction ids are pruned, and how many at most per pass.
+const TXN_PRUNE_EVERY: Duration = Duration::from_secs(3600);
+const TXN_PRUNE_BATCH: usize = 10_000;
+
+/// Hourly: forget transaction ids older than [`TXN_ID_LIFETIME`], a batch at a time so
+/// no single write holds the writer long.
+async fn prune_transaction_ids(server: Arc<Server>) {
+    let mut tick = tokio::time::interval(TXN_PRUNE_EVERY);
+    loop {
+        tick.tick().await;
+        loop {
+            let cutoff = crate::storage::now_ms()
+                .saturating_sub(i64::try_from(TXN_ID_LIFETIME.as_millis()).unwrap_or(i64::MAX));
+            let s = server.clone();
+            let pruned = tokio::task::spawn_blocking(move || {
+                s.db.write(|c| crate::storage::prune_event_txns(c, cutoff, TXN_PRUNE_BATCH))
+            })
+            .await;
+            match pruned {
+                Ok(Ok(n)) if n == TXN_PRUNE_BATCH => continue,
+                Ok(Ok(_)) => break,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot prune transaction ids");
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+    }
+}
+
 /// Lock file that keeps two nodes off one data directory.
 pub const LOCK_FILE: &str = "warren.lock";
 
@@ -132,13 +165,14 @@ impl Node {
                 }
             }
         });
+        let txns = tokio::spawn(prune_transaction_ids(server.clone()));
         tracing::info!(server_name = %server.server_name(), %addr, "node started");
         Ok(Node {
             server,
             addr,
             stop: Some(stop_tx),
             task: Some(task),
-            background: vec![typing, presence],
+            background: vec![typing, presence, txns],
             _lock: lock,
         })
     }

@@ -334,6 +334,20 @@ pub fn insert_txn(
     Ok(())
 }
 
+/// Forget client transaction ids of events sent before `older_than_ms`, at most `limit`
+/// of them: as Synapse, a transaction id is remembered for a day (a client retries within
+/// seconds or minutes), so the table holds a day of sends, not every send ever.
+pub fn prune_event_txns(c: &Connection, older_than_ms: i64, limit: usize) -> Result<usize, Error> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    Ok(c.prepare_cached(
+        "DELETE FROM event_txns WHERE (user_id, device_id, txn_id) IN (
+             SELECT t.user_id, t.device_id, t.txn_id FROM event_txns t
+             JOIN events e ON e.stream_ordering = t.stream_ordering
+             WHERE e.origin_server_ts < ?1 LIMIT ?2)",
+    )?
+    .execute(params![older_than_ms, limit])?)
+}
+
 /// The room's forward extremities with their depths.
 pub fn forward_extremities(c: &Connection, room_id: &str) -> Result<Vec<(String, i64)>, Error> {
     let mut st = c.prepare_cached(
@@ -513,6 +527,36 @@ mod tests {
             state_group_after: None,
             room_state_group: None,
         }
+    }
+
+    #[test]
+    fn transaction_ids_older_than_the_cutoff_are_forgotten() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = super::super::Db::open(&dir.path().join("warren.db")).expect("open");
+        db.write(|c| {
+            for n in 1..=30_i64 {
+                let mut e = rejected(n, "!r:x");
+                e.stream_ordering = n;
+                e.status = EventStatus::Timeline;
+                e.origin_server_ts = n * 1000;
+                insert_event(c, &e)?;
+                insert_txn(c, "@a:x", "DEV", &format!("t{n}"), n)?;
+            }
+            Ok(())
+        })
+        .expect("insert");
+        // Events sent before t = 20 s lose their transaction ids, ten at a time.
+        let first = db
+            .write(|c| prune_event_txns(c, 20_000, 10))
+            .expect("prune");
+        let second = db
+            .write(|c| prune_event_txns(c, 20_000, 10))
+            .expect("prune");
+        assert_eq!((first, second), (10, 9));
+        let txn = |t: &str| db.read(|c| txn_event(c, "@a:x", "DEV", t)).expect("read");
+        assert_eq!(txn("t19"), None);
+        assert_eq!(txn("t20").as_deref(), Some("$r20"));
+        assert_eq!(txn("t30").as_deref(), Some("$r30"));
     }
 
     #[test]
