@@ -202,6 +202,35 @@ fn isolated_p2p() -> warren_p2p::P2pConfig {
     }
 }
 
+/// A public room of Alice's (on `a`) that Bob has joined, once Alice sees his join.
+async fn shared_room(alice: &User, bob: &User, a: &FederatedNode) -> anyhow::Result<String> {
+    let room = alice.create_room(json!({"preset": "public_chat"})).await?;
+    bob.join_via(&room, a).await?;
+    alice
+        .sync_until("Bob's join", |s| is_joined(s, &room, bob.id()))
+        .await?;
+    Ok(room)
+}
+
+/// Waits until the rows `a` holds for the server `b_name` satisfy `ok`.
+async fn outbox_depth_until(
+    a: &FederatedNode,
+    b_name: &str,
+    what: &str,
+    ok: impl Fn(i64) -> bool,
+) -> anyhow::Result<()> {
+    let a_server = a.node.server().clone();
+    wait_until(WAIT, what, || {
+        let depth = a_server
+            .db
+            .read(|c| warren_core::storage::outbox_depth(c, b_name))
+            .unwrap_or(-1);
+        let done = ok(depth);
+        async move { Ok(done) }
+    })
+    .await
+}
+
 /// Whether `a` has a connection to `b`.
 async fn connected(a: &FederatedNode, b: &FederatedNode) -> anyhow::Result<bool> {
     let name = b.name();
@@ -220,11 +249,7 @@ async fn a_restarted_node_catches_up_on_what_it_missed() -> anyhow::Result<()> {
     connect_nodes(&a, &b).await?;
     let alice = User::register(&a, "alice").await?;
     let bob = User::register(&b, "bob").await?;
-    let room = alice.create_room(json!({"preset": "public_chat"})).await?;
-    bob.join_via(&room, &a).await?;
-    alice
-        .sync_until("Bob's join", |s| is_joined(s, &room, bob.id()))
-        .await?;
+    let room = shared_room(&alice, &bob, &a).await?;
 
     // B goes away; Alice talks meanwhile.
     b.stop().await?;
@@ -255,11 +280,7 @@ async fn what_the_outbox_drops_for_an_absent_peer_arrives_by_anti_entropy() -> a
     connect_nodes(&a, &b).await?;
     let alice = User::register(&a, "alice").await?;
     let bob = User::register(&b, "bob").await?;
-    let room = alice.create_room(json!({"preset": "public_chat"})).await?;
-    bob.join_via(&room, &a).await?;
-    alice
-        .sync_until("Bob's join", |s| is_joined(s, &room, bob.id()))
-        .await?;
+    let room = shared_room(&alice, &bob, &a).await?;
 
     let b_name = b.name();
     b.stop().await?;
@@ -268,13 +289,8 @@ async fn what_the_outbox_drops_for_an_absent_peer_arrives_by_anti_entropy() -> a
         alice.say(&room, &format!("dropped {i}")).await?;
     }
     // A fails to deliver and trims B's queue to its bound.
-    let a_server = a.node.server().clone();
-    wait_until(WAIT, "A's outbox for B trimmed to 2 rows", || {
-        let depth = a_server
-            .db
-            .read(|c| warren_core::storage::outbox_depth(c, &b_name))
-            .unwrap_or(-1);
-        async move { Ok((0..=2).contains(&depth)) }
+    outbox_depth_until(&a, &b_name, "A's outbox for B trimmed to 2 rows", |d| {
+        (0..=2).contains(&d)
     })
     .await?;
 
@@ -356,16 +372,7 @@ async fn messages_cross_a_node_between_two_that_never_meet() -> anyhow::Result<(
 
 /// Waits until `a` has nothing queued for `b` (every transaction taken).
 async fn outbox_drained(a: &FederatedNode, b: &FederatedNode) -> anyhow::Result<()> {
-    let a_server = a.node.server().clone();
-    let b_name = b.name();
-    wait_until(WAIT, "A's outbox for B drained", || {
-        let depth = a_server
-            .db
-            .read(|c| warren_core::storage::outbox_depth(c, &b_name))
-            .unwrap_or(-1);
-        async move { Ok(depth == 0) }
-    })
-    .await
+    outbox_depth_until(a, &b.name(), "A's outbox for B drained", |d| d == 0).await
 }
 
 /// The to-device events of one `/sync` since `since`.

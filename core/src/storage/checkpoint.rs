@@ -7,7 +7,7 @@
 //! writer or readers) after every [`EVERY_COMMITS`] commits, or [`IDLE_AFTER`] after the
 //! last one. An idle node's thread sleeps without waking.
 //!
-//! The WAL is bounded ([`RESTART_ABOVE`], [`TRUNCATE_WHEN_IDLE`]): a passive checkpoint
+//! The WAL is bounded ([`RESTART_ABOVE`], emptied when idle): a passive checkpoint
 //! cannot copy frames that a reader's snapshot still needs, and the writer can only start
 //! the WAL over once every frame is copied, so under steady reads (fifty long-polling
 //! `/sync` clients) passive checkpoints alone let the WAL grow for ever (5.4 GiB after
@@ -39,8 +39,6 @@ pub(super) const RESTART_ABOVE: i64 = 16 * 1024 * 1024;
 /// `RESTART` or `TRUNCATE` checkpoint holds writes back while it waits). One that cannot
 /// finish in time gives up and is tried again; writes are never held longer than this.
 const BUSY_WAIT_MS: i64 = 100;
-/// When the load has stopped, the WAL file is emptied.
-const TRUNCATE_WHEN_IDLE: bool = true;
 
 /// Which checkpoint to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -164,11 +162,7 @@ fn run(conn: &Connection, shared: &Shared) {
         // Idle: nothing waits on the writer, so empty the file. Under load: copy what
         // can be copied without waiting, and have the writer start the WAL over once it
         // is big.
-        let mode = if idle && TRUNCATE_WHEN_IDLE {
-            Mode::Truncate
-        } else {
-            Mode::Passive
-        };
+        let mode = if idle { Mode::Truncate } else { Mode::Passive };
         match checkpoint(conn, mode) {
             Ok(frames) => {
                 let big = frames.saturating_mul(page_size) > RESTART_ABOVE;
