@@ -126,6 +126,7 @@ impl Node {
             admin_token: Default::default(),
             sliding: Default::default(),
             limiter,
+            joins: Default::default(),
         });
         let token = crate::admin::load_or_create_token(&server.config.data_dir)
             .map_err(|e| StartError::Other(format!("cannot create the admin token: {e}")))?;

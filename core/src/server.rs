@@ -61,6 +61,8 @@ pub struct Server {
     pub sliding: crate::sync::sliding::Connections,
     /// Rate-limit buckets (per user, client address and peer).
     pub limiter: crate::ratelimit::Limiter,
+    /// One join at a time per room (see [`crate::rooms::join`]).
+    pub joins: crate::rooms::JoinLocks,
 }
 
 impl Server {

@@ -1054,3 +1054,115 @@ async fn the_space_hierarchy_includes_children_on_another_node() -> anyhow::Resu
     b.stop().await?;
     Ok(())
 }
+
+/// The event id of `user`'s current member event, as `GET /state` on the user's node
+/// shows it.
+async fn member_event_id(user: &User, room: &str, target: &str) -> anyhow::Result<String> {
+    let state = user
+        .ok(
+            reqwest::Method::GET,
+            &format!("/rooms/{}/state", path_segment(room)),
+            Value::Null,
+        )
+        .await?;
+    state
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["type"] == "m.room.member" && e["state_key"] == target)
+        .and_then(|e| e["event_id"].as_str())
+        .map(str::to_owned)
+        .with_context(|| format!("no member event of {target} in {state}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_joins_of_a_remote_room_all_succeed_and_repeated_joins_are_no_ops()
+-> anyhow::Result<()> {
+    let (_da, _db, a, b) = two_nodes().await?;
+    let alice = User::register(&a, "alice").await?;
+    let mut users = Vec::new();
+    for i in 0..4 {
+        users.push(User::register(&b, &format!("user{i}")).await?);
+    }
+    let mut last_room = String::new();
+    for round in 0..10 {
+        let room = alice
+            .create_room(json!({"preset": "public_chat", "name": format!("round {round}")}))
+            .await?;
+        let path = format!("/join/{}?server_name={}", path_segment(&room), a.name());
+        let joins = users.iter().map(|u| {
+            let path = path.clone();
+            async move { u.call(reqwest::Method::POST, &path, json!({})).await }
+        });
+        for (u, answer) in users.iter().zip(futures::future::join_all(joins).await) {
+            let (status, body) = answer?;
+            ensure!(
+                status == 200 && body["room_id"] == room.as_str(),
+                "round {round}: {} joining: {status} {body}",
+                u.id()
+            );
+        }
+        // Every join reaches the room's own node.
+        alice
+            .sync_until(&format!("four joins in round {round}"), |s| {
+                users
+                    .iter()
+                    .all(|u| membership_in(s, "join", &room, u.id()).as_deref() == Some("join"))
+            })
+            .await?;
+        last_room = room;
+    }
+
+    // A repeated join, by a remote and a local user, changes nothing.
+    let bob = &users[0];
+    let before = member_event_id(bob, &last_room, bob.id()).await?;
+    bob.post(
+        &format!("/rooms/{}/join", path_segment(&last_room)),
+        json!({}),
+    )
+    .await?;
+    ensure!(
+        member_event_id(bob, &last_room, bob.id()).await? == before,
+        "a repeated remote-room join made a new member event"
+    );
+    let alice_before = member_event_id(&alice, &last_room, alice.id()).await?;
+    alice
+        .post(
+            &format!("/rooms/{}/join", path_segment(&last_room)),
+            json!({}),
+        )
+        .await?;
+    ensure!(
+        member_event_id(&alice, &last_room, alice.id()).await? == alice_before,
+        "a repeated local join made a new member event"
+    );
+    // A join with new content (a reason, a custom key) is a new event, as in Synapse,
+    // and the custom key is kept; `membership` cannot be overridden.
+    bob.post(
+        &format!("/rooms/{}/join", path_segment(&last_room)),
+        json!({"reason": "back again", "org.example.flag": true, "membership": "ban"}),
+    )
+    .await?;
+    let after = member_event_id(bob, &last_room, bob.id()).await?;
+    ensure!(after != before, "a join with a new reason made no event");
+    let event = bob
+        .ok(
+            reqwest::Method::GET,
+            &format!(
+                "/rooms/{}/event/{}",
+                path_segment(&last_room),
+                path_segment(&after)
+            ),
+            Value::Null,
+        )
+        .await?;
+    ensure!(
+        event["content"]["reason"] == "back again"
+            && event["content"]["org.example.flag"] == true
+            && event["content"]["membership"] == "join",
+        "the join's content: {event}"
+    );
+    a.stop().await?;
+    b.stop().await?;
+    Ok(())
+}

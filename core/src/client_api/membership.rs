@@ -85,54 +85,21 @@ fn via_servers(query: Option<&str>) -> Vec<String> {
         .collect()
 }
 
-/// Whether a join must go through another server: the room is unknown here, or no user
-/// of this server is joined any more while users of other servers are.
-fn needs_remote_join(server: &Server, room_id: &str) -> Result<bool, Error> {
-    server.db.read(|c| {
-        if storage::room_info(c, room_id)?.is_none() {
-            return Ok(true);
-        }
-        let joined = storage::room_members(c, room_id, "join")?;
-        let local = joined.iter().any(|u| server.is_local_user(u));
-        Ok(!local && !joined.is_empty())
-    })
-}
+/// The `/join` body: a reason and any custom keys for the member event
+/// (`third_party_signed` is not supported and is ignored).
+type JoinBody = serde_json::Map<String, Value>;
 
 async fn join(
     server: &Arc<Server>,
     caller: &Caller,
     room_id: &str,
-    reason: Option<String>,
-    mut via: Vec<String>,
+    body: JoinBody,
+    via: Vec<String>,
 ) -> JsonResult {
-    if needs_remote_join(server, room_id)? {
-        // Also through the server that invited us, then the room's joined servers as
-        // last known, then the server in a v10/v11 room id.
-        let (inviter, residents) = server.db.read(|c| {
-            Ok((
-                crate::rooms::inviting_server(c, room_id, &caller.user_id)?,
-                storage::joined_servers(c, room_id)?,
-            ))
-        })?;
-        via.extend(inviter);
-        via.extend(residents);
-        if let Some((_, s)) = room_id.split_once(':') {
-            via.push(s.to_owned());
-        }
-        crate::rooms::join_remote(server, room_id, &caller.user_id, via).await?;
-        return Ok(Json(json!({"room_id": room_id})));
+    if body.get("reason").is_some_and(|r| !r.is_string()) {
+        return Err(Error::BadJson("reason must be a string".into()));
     }
-    // Joining twice is a no-op for the client but still a valid (profile-refreshing) event.
-    let mut ev = member_event(server, caller, &caller.user_id, "join", reason)?;
-    // The join rule decides in the same transaction the event is built in; a restricted
-    // room names a local user with power to invite (the auth rules check it).
-    server.write(|tx| {
-        let policy = crate::rooms::check_join(tx, server.server_name(), room_id, &caller.user_id)?;
-        if let crate::rooms::JoinPolicy::Authorised(via) = policy {
-            ev.content["join_authorised_via_users_server"] = json!(via);
-        }
-        crate::rooms::append_event(tx, server, room_id, ev, None)
-    })?;
+    crate::rooms::join(server, &caller.user_id, room_id, body, via).await?;
     Ok(Json(json!({"room_id": room_id})))
 }
 
@@ -142,11 +109,11 @@ pub(super) async fn join_by_id(
     Auth(caller): Auth,
     P(room_id): P<String>,
     RawQuery(query): RawQuery,
-    Body(body): Body<ReasonBody>,
+    Body(body): Body<JoinBody>,
 ) -> JsonResult {
     server.rate_limit(Action::Join, &caller.user_id)?;
     let via = via_servers(query.as_deref());
-    join(&server, &caller, &room_id, body.reason, via).await
+    join(&server, &caller, &room_id, body, via).await
 }
 
 /// `POST /join/{roomIdOrAlias}`.
@@ -155,12 +122,12 @@ pub(super) async fn join_by_id_or_alias(
     Auth(caller): Auth,
     P(target): P<String>,
     RawQuery(query): RawQuery,
-    Body(body): Body<ReasonBody>,
+    Body(body): Body<JoinBody>,
 ) -> JsonResult {
     server.rate_limit(Action::Join, &caller.user_id)?;
     let mut via = via_servers(query.as_deref());
     let room_id = resolve_room(&server, target, &mut via).await?;
-    join(&server, &caller, &room_id, body.reason, via).await
+    join(&server, &caller, &room_id, body, via).await
 }
 
 /// A room id, or the room an alias names (asking the alias's server when it is not
@@ -223,7 +190,7 @@ pub(super) async fn knock(
     server.rate_limit(Action::Join, &caller.user_id)?;
     let mut via = via_servers(query.as_deref());
     let room_id = resolve_room(&server, target, &mut via).await?;
-    if needs_remote_join(&server, &room_id)? {
+    if crate::rooms::needs_remote_join(&server, &room_id)? {
         let residents = server.db.read(|c| storage::joined_servers(c, &room_id))?;
         via.extend(residents);
         if let Some((_, s)) = room_id.split_once(':') {
@@ -259,7 +226,7 @@ pub(super) async fn leave(
     // through the inviting server (the server the knock went through).
     // (A room this node knows but no local user is joined to counts: its state here is
     // stale, and a leave built on it would be refused.)
-    let remote_only = if needs_remote_join(&server, &room_id)? {
+    let remote_only = if crate::rooms::needs_remote_join(&server, &room_id)? {
         server
             .db
             .read(|c| crate::rooms::membership_server(c, &room_id, &caller.user_id))?

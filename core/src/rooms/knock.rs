@@ -114,6 +114,15 @@ pub async fn knock_remote(
     Err(last.unwrap_or_else(|| Error::NotFound(format!("cannot knock on {room_id}"))))
 }
 
+/// A member content with just the reason, if any.
+fn reason_content(reason: Option<&str>) -> serde_json::Map<String, serde_json::Value> {
+    let mut content = serde_json::Map::new();
+    if let Some(r) = reason {
+        content.insert("reason".into(), serde_json::Value::from(r));
+    }
+    content
+}
+
 async fn knock_via(
     server: &Arc<Server>,
     room_id: &str,
@@ -121,8 +130,15 @@ async fn knock_via(
     reason: Option<&str>,
     dest: &str,
 ) -> Result<String, Error> {
-    let (version, event_id, object) =
-        make_membership(server, dest, room_id, user_id, "knock", reason).await?;
+    let (version, event_id, object) = make_membership(
+        server,
+        dest,
+        room_id,
+        user_id,
+        "knock",
+        reason_content(reason),
+    )
+    .await?;
     let (_, rules) = rules_for(&version)?;
     if !rules.authorization.knocking {
         return Err(Error::IncompatibleRoomVersion(version));

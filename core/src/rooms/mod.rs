@@ -7,6 +7,7 @@ mod append;
 mod auth;
 mod create;
 pub mod hierarchy;
+mod join;
 mod knock;
 mod power;
 mod receive;
@@ -19,6 +20,7 @@ mod upgrade;
 pub use append::{Appended, append_event, load_pdu, random_string};
 pub use create::{CreateRoom, create_room};
 pub use hierarchy::{HierarchyRequest, space_hierarchy};
+pub use join::{JoinLocks, MAX_ROOMS_JOINING, join, join_content, needs_remote_join};
 pub use knock::{
     KNOCK_VIA, check_knock_allowed, join_rule, knock_remote, knock_room_state,
     receive_out_of_band_membership,
@@ -29,9 +31,8 @@ pub use receive::{
 };
 pub use redact::check_redaction_allowed;
 pub use remote_join::{
-    SUPPORTED_ROOM_VERSIONS, event_id_of, invite_remote, inviting_server, join_remote,
-    leave_remote, membership_server, membership_template, receive_invite,
-    state_and_auth_chain_before,
+    SUPPORTED_ROOM_VERSIONS, event_id_of, invite_remote, inviting_server, leave_remote,
+    membership_server, membership_template, receive_invite, state_and_auth_chain_before,
 };
 pub use restricted::{JoinPolicy, check_join, countersign_join, local_authoriser};
 pub use upgrade::upgrade_room;

@@ -24,11 +24,12 @@ use ruma::serde::Base64;
 use ruma::signatures::{PublicKeyMap, sign_event, verify_json};
 use ruma::state_res;
 use rusqlite::Connection;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use super::append::{
     Accepted, NewCurrentState, build_local_event, dag_fields, persist, persist_accepted,
 };
+use super::join::join_content;
 use super::knock::{KNOCK_VIA, check_knock_allowed};
 use super::receive::{Checked, Mode, Room, check_against, check_pdu, dependency_order};
 use super::restricted::{JoinPolicy, check_join};
@@ -220,6 +221,7 @@ pub async fn join_remote(
     server: &Arc<Server>,
     room_id: &str,
     user_id: &str,
+    content: Map<String, Value>,
     via: Vec<String>,
 ) -> Result<String, Error> {
     let via = candidates(server, via);
@@ -230,7 +232,7 @@ pub async fn join_remote(
     }
     let mut last = None;
     for dest in via {
-        match join_via(server, room_id, user_id, &dest).await {
+        match join_via(server, room_id, user_id, content.clone(), &dest).await {
             Ok(id) => return Ok(id),
             Err(e) => {
                 tracing::info!(%room_id, %dest, error = %e, "remote join failed");
@@ -256,7 +258,7 @@ pub(super) async fn make_membership(
     room_id: &str,
     user_id: &str,
     membership: &str,
-    reason: Option<&str>,
+    client_content: Map<String, Value>,
 ) -> Result<(String, String, ruma::CanonicalJsonObject), Error> {
     let path = format!(
         "/_matrix/federation/v1/make_{membership}/{}/{}?{}",
@@ -302,10 +304,17 @@ pub(super) async fn make_membership(
     let prev = refs("prev_events")?;
     let auth = refs("auth_events")?;
     let depth = t["depth"].as_i64().ok_or_else(|| bad("depth"))?;
-    let mut content = json!({ "membership": membership });
-    if let Some(r) = reason {
-        content["reason"] = json!(r);
-    }
+    let mut content = if membership == "join" || membership == "knock" {
+        let mut c = server
+            .db
+            .read(|c| join_content(c, user_id, client_content))?;
+        c.insert("membership".into(), json!(membership));
+        Value::Object(c)
+    } else {
+        let mut c = client_content;
+        c.insert("membership".into(), json!(membership));
+        Value::Object(c)
+    };
     if membership == "join"
         && let Some(via) = t["content"].get("join_authorised_via_users_server")
     {
@@ -317,18 +326,6 @@ pub(super) async fn make_membership(
             .filter(|v| v.server_name().as_str() == dest)
             .ok_or_else(|| bad("join_authorised_via_users_server is not a user of it"))?;
         content["join_authorised_via_users_server"] = json!(via);
-    }
-    if membership == "join" || membership == "knock" {
-        let (displayname, avatar_url) = server
-            .db
-            .read(|c| storage::profile(c, user_id))?
-            .unwrap_or((None, None));
-        if let Some(d) = displayname {
-            content["displayname"] = json!(d);
-        }
-        if let Some(a) = avatar_url {
-            content["avatar_url"] = json!(a);
-        }
     }
     let ev = NewEvent {
         kind: "m.room.member".into(),
@@ -354,10 +351,11 @@ async fn join_via(
     server: &Arc<Server>,
     room_id: &str,
     user_id: &str,
+    content: Map<String, Value>,
     dest: &str,
 ) -> Result<String, Error> {
     let (version, event_id, object) =
-        make_membership(server, dest, room_id, user_id, "join", None).await?;
+        make_membership(server, dest, room_id, user_id, "join", content).await?;
     let body = serde_json::to_value(&object)?;
     let path = format!(
         "/_matrix/federation/v2/send_join/{}/{}",
@@ -433,6 +431,11 @@ fn persist_remote_join(
         return Err(Error::RemoteServer(
             "our join came back with another id".into(),
         ));
+    }
+    // The resident may have sent our join on to us already (this node was in the room
+    // through another user): it passed the ordinary checks then, and is in the timeline.
+    if storage::get_event(c, event_id)?.is_some() {
+        return Ok(join.event_id);
     }
     let mut state_ids: HashSet<String> = HashSet::new();
     let mut checked: Vec<Checked> = Vec::new();
@@ -583,7 +586,7 @@ async fn leave_via(
     dest: &str,
 ) -> Result<String, Error> {
     let (_, event_id, object) =
-        make_membership(server, dest, room_id, user_id, "leave", None).await?;
+        make_membership(server, dest, room_id, user_id, "leave", Map::new()).await?;
     let body = serde_json::to_value(&object)?;
     let path = format!(
         "/_matrix/federation/v2/send_leave/{}/{}",

@@ -1,0 +1,258 @@
+//! Joining a room, as `/join` asks: a local event when a user of this node is already in
+//! the room, the federation handshake ([`join_remote`]) otherwise.
+//!
+//! Joins of one room are serialised here, per room. Without that, several users of this
+//! node joining a room it is not yet in would each run the remote handshake at once, and
+//! each persist the resident's view of the room on top of the others'. Serialised, the
+//! first join makes this node resident and the others become ordinary local joins, as
+//! in Synapse.
+//!
+//! A join by a user who is already joined, with the same content, creates nothing and
+//! answers with the current member event (Synapse does the same), so a client or bot
+//! that joins on every start does not flood the room with member events.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use rusqlite::Connection;
+use serde_json::{Map, Value, json};
+use tokio::sync::OwnedMutexGuard;
+
+use super::remote_join::join_remote;
+use super::restricted::{JoinPolicy, check_join};
+use crate::error::Error;
+use crate::events::NewEvent;
+use crate::server::Server;
+use crate::storage;
+
+/// Most rooms with a join in flight at once; further joins of other rooms get 429.
+/// Joins are rate limited per user, so this only bites a node under a join storm.
+pub const MAX_ROOMS_JOINING: usize = 1024;
+
+/// Content keys this server sets itself; a client's `/join` body cannot override them.
+const RESERVED_KEYS: &[&str] = &[
+    "membership",
+    "displayname",
+    "avatar_url",
+    "join_authorised_via_users_server",
+    "third_party_invite",
+    "third_party_signed",
+];
+
+/// A lock per room with a join in progress. Entries live only while a join holds or
+/// waits for them, so the map holds at most [`MAX_ROOMS_JOINING`] rooms.
+#[derive(Default)]
+pub struct JoinLocks {
+    rooms: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Holds a room's join lock; dropping it forgets the room when nobody else waits.
+pub struct JoinGuard<'a> {
+    locks: &'a JoinLocks,
+    room_id: String,
+    guard: Option<OwnedMutexGuard<()>>,
+}
+
+impl JoinLocks {
+    /// Wait for the room's turn. Errors with 429 when too many rooms are being joined.
+    pub async fn lock(&self, room_id: &str) -> Result<JoinGuard<'_>, Error> {
+        let mutex = {
+            let mut rooms = self.rooms.lock();
+            if !rooms.contains_key(room_id) && rooms.len() >= MAX_ROOMS_JOINING {
+                return Err(Error::LimitExceeded(
+                    "too many rooms are being joined at once; try again shortly".into(),
+                ));
+            }
+            Arc::clone(rooms.entry(room_id.to_owned()).or_default())
+        };
+        let guard = mutex.lock_owned().await;
+        Ok(JoinGuard {
+            locks: self,
+            room_id: room_id.to_owned(),
+            guard: Some(guard),
+        })
+    }
+
+    /// Rooms with a join in flight.
+    pub fn len(&self) -> usize {
+        self.rooms.lock().len()
+    }
+
+    /// Whether no join is in flight.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Drop for JoinGuard<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut rooms = self.locks.rooms.lock();
+        // Only the map's own reference left: no join holds or waits for this room.
+        if rooms
+            .get(&self.room_id)
+            .is_some_and(|m| Arc::strong_count(m) == 1)
+        {
+            rooms.remove(&self.room_id);
+        }
+    }
+}
+
+/// Whether a join must go through another server: the room is unknown here, or no user
+/// of this server is joined any more while users of other servers are.
+pub fn needs_remote_join(server: &Server, room_id: &str) -> Result<bool, Error> {
+    server.db.read(|c| {
+        if storage::room_info(c, room_id)?.is_none() {
+            return Ok(true);
+        }
+        let joined = storage::room_members(c, room_id, "join")?;
+        let local = joined.iter().any(|u| server.is_local_user(u));
+        Ok(!local && !joined.is_empty())
+    })
+}
+
+/// The member content a join by `user_id` carries: the client's own keys (a reason,
+/// custom keys), then the user's profile and `membership`, which the client cannot set.
+pub fn join_content(
+    c: &Connection,
+    user_id: &str,
+    mut content: Map<String, Value>,
+) -> Result<Map<String, Value>, Error> {
+    content.retain(|k, _| !RESERVED_KEYS.contains(&k.as_str()));
+    content.insert("membership".into(), json!("join"));
+    let (displayname, avatar_url) = storage::profile(c, user_id)?.unwrap_or((None, None));
+    if let Some(d) = displayname {
+        content.insert("displayname".into(), json!(d));
+    }
+    if let Some(a) = avatar_url {
+        content.insert("avatar_url".into(), json!(a));
+    }
+    Ok(content)
+}
+
+/// Join local user `user_id` to `room_id` with the client's `content` (reason, custom
+/// keys), through `via` when the room must be joined over federation. Returns the
+/// member event id: the existing one when the user is already joined with this content.
+pub async fn join(
+    server: &Arc<Server>,
+    user_id: &str,
+    room_id: &str,
+    content: Map<String, Value>,
+    mut via: Vec<String>,
+) -> Result<String, Error> {
+    let _turn = server.joins.lock(room_id).await?;
+    if needs_remote_join(server, room_id)? {
+        // Also through the server that invited us, then the room's joined servers as
+        // last known, then the server in a v10/v11 room id.
+        let (inviter, residents) = server.db.read(|c| {
+            Ok((
+                super::inviting_server(c, room_id, user_id)?,
+                storage::joined_servers(c, room_id)?,
+            ))
+        })?;
+        via.extend(inviter);
+        via.extend(residents);
+        if let Some((_, s)) = room_id.split_once(':') {
+            via.push(s.to_owned());
+        }
+        return join_remote(server, room_id, user_id, content, via).await;
+    }
+    server.write(|tx| join_local(tx, server, room_id, user_id, content))
+}
+
+/// A join in a room this node is in, decided and written in one transaction.
+fn join_local(
+    tx: &Connection,
+    server: &Server,
+    room_id: &str,
+    user_id: &str,
+    content: Map<String, Value>,
+) -> Result<String, Error> {
+    let mut content = join_content(tx, user_id, content)?;
+    if let Some(existing) = unchanged_join(tx, room_id, user_id, &content)? {
+        return Ok(existing);
+    }
+    // The join rule decides in the same transaction the event is built in; a restricted
+    // room names a local user with power to invite (the auth rules check it).
+    if let JoinPolicy::Authorised(via) = check_join(tx, server.server_name(), room_id, user_id)? {
+        content.insert("join_authorised_via_users_server".into(), json!(via));
+    }
+    let ev = NewEvent {
+        kind: "m.room.member".into(),
+        state_key: Some(user_id.to_owned()),
+        content: Value::Object(content),
+        sender: user_id.to_owned(),
+        redacts: None,
+    };
+    Ok(super::append_event(tx, server, room_id, ev, None)?.event_id)
+}
+
+/// The user's current join event when it already says what a new join would: the same
+/// content, sent by the user. (`join_authorised_via_users_server` is left out of the
+/// comparison: it is only needed to get in, never to stay.)
+fn unchanged_join(
+    c: &Connection,
+    room_id: &str,
+    user_id: &str,
+    content: &Map<String, Value>,
+) -> Result<Option<String>, Error> {
+    let Some(id) = storage::current_state_event(c, room_id, "m.room.member", user_id)? else {
+        return Ok(None);
+    };
+    let Some(ev) = storage::get_event(c, &id)? else {
+        return Ok(None);
+    };
+    let json: Value = serde_json::from_str(&ev.json)?;
+    let Some(mut current) = json.get("content").and_then(Value::as_object).cloned() else {
+        return Ok(None);
+    };
+    current.remove("join_authorised_via_users_server");
+    let same = ev.sender == user_id
+        && current.get("membership") == Some(&json!("join"))
+        && &current == content;
+    Ok(same.then_some(id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn join_locks_serialise_a_room_and_forget_it_afterwards() {
+        let locks = JoinLocks::default();
+        let first = locks.lock("!a:x").await.expect("first");
+        // A second join of the same room waits; another room does not.
+        let waiting =
+            tokio::time::timeout(std::time::Duration::from_millis(20), locks.lock("!a:x")).await;
+        assert!(waiting.is_err(), "a second join of the room did not wait");
+        let other = locks.lock("!b:x").await.expect("other room");
+        assert_eq!(locks.len(), 2);
+        drop(first);
+        let again = locks.lock("!a:x").await.expect("after the first");
+        drop((again, other));
+        assert!(
+            locks.is_empty(),
+            "rooms are forgotten once their joins are done"
+        );
+    }
+
+    #[tokio::test]
+    async fn too_many_rooms_joining_at_once_get_429() {
+        let locks = JoinLocks::default();
+        let mut held = Vec::new();
+        for i in 0..MAX_ROOMS_JOINING {
+            held.push(locks.lock(&format!("!{i}:x")).await.expect("under the cap"));
+        }
+        assert!(matches!(
+            locks.lock("!one-more:x").await,
+            Err(Error::LimitExceeded(_))
+        ));
+        // Once one join is done, another room may start.
+        drop(held.pop());
+        let more = locks.lock("!one-more:x").await.expect("room again");
+        drop(more);
+        held.clear();
+        assert!(locks.is_empty());
+    }
+}
