@@ -1,14 +1,18 @@
 //! The room directory and the user directory: alias rules, the local public room list
 //! and user search. Handlers live in `client_api::directory`; SQL in `storage`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
 
 use rusqlite::Connection;
 use serde_json::{Value, json};
 
 use crate::error::Error;
-use crate::federation::summary::{RoomSummary, room_summary};
+use crate::federation::client::request_json;
+use crate::federation::summary::room_summary;
 use crate::rooms;
+use crate::server::Server;
 use crate::storage;
 
 /// Largest (and default) page of `/publicRooms`.
@@ -54,31 +58,45 @@ pub fn can_send_state(
     Ok(power.user_level(user_id) >= needed)
 }
 
+/// What a `/publicRooms` request asks for.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RoomQuery<'a> {
+    /// Page size (at most [`MAX_PUBLIC_ROOMS_LIMIT`]).
+    pub limit: Option<u64>,
+    /// Offset token from an earlier page.
+    pub since: Option<&'a str>,
+    /// Case-insensitive substring of the name, topic or canonical alias.
+    pub term: Option<&'a str>,
+    /// Room types to list (`None` in the list: rooms without a type).
+    pub room_types: Option<&'a [Option<String>]>,
+}
+
 /// A page of this server's published rooms, most joined members first, paginated by
 /// offset (`since`/`next_batch`/`prev_batch` are decimal offsets), filtered by
 /// `generic_search_term` (name, topic, canonical alias; case-insensitive substring).
 /// Served to clients and (`for_servers`) over federation, whose entries also carry the
 /// room version, encryption and restricted-join fields.
-pub fn public_rooms(
-    c: &Connection,
-    limit: Option<u64>,
-    since: Option<&str>,
-    term: Option<&str>,
-    room_types: Option<&[Option<String>]>,
-    for_servers: bool,
-) -> Result<Value, Error> {
-    // At least one room per page, so `next_batch` always moves on.
-    let limit = limit.map_or(MAX_PUBLIC_ROOMS_LIMIT, |l| {
-        usize::try_from(l)
-            .unwrap_or(MAX_PUBLIC_ROOMS_LIMIT)
-            .clamp(1, MAX_PUBLIC_ROOMS_LIMIT)
-    });
-    let offset: usize = match since {
-        None | Some("") => 0,
+pub fn public_rooms(c: &Connection, q: RoomQuery<'_>, for_servers: bool) -> Result<Value, Error> {
+    let offset = parse_offset(q.since)?;
+    let (rooms, total) = local_entries(c, q, for_servers)?;
+    Ok(page(rooms, q.limit, offset, total))
+}
+
+fn parse_offset(since: Option<&str>) -> Result<usize, Error> {
+    match since {
+        None | Some("") => Ok(0),
         Some(s) => s
             .parse()
-            .map_err(|_| Error::InvalidParam(format!("invalid since token {s:?}")))?,
-    };
+            .map_err(|_| Error::InvalidParam(format!("invalid since token {s:?}"))),
+    }
+}
+
+/// This server's published rooms that match, sorted, and how many are published.
+fn local_entries(
+    c: &Connection,
+    q: RoomQuery<'_>,
+    for_servers: bool,
+) -> Result<(Vec<Value>, usize), Error> {
     let mut rooms = Vec::new();
     for room_id in storage::published_rooms(c)? {
         if let Some(s) = room_summary(c, &room_id)? {
@@ -86,44 +104,157 @@ pub fn public_rooms(
         }
     }
     let total = rooms.len();
-    let term = term.map(str::trim).filter(|t| !t.is_empty());
-    let mut rooms: Vec<RoomSummary> = rooms
+    let term = q.term.map(str::trim).filter(|t| !t.is_empty());
+    let rooms: Vec<Value> = rooms
         .into_iter()
         .filter(|r| term.is_none_or(|t| r.matches(t)))
         .filter(|r| {
-            room_types.is_none_or(|types| {
+            q.room_types.is_none_or(|types| {
                 types.is_empty() || types.iter().any(|t| t.as_deref() == r.room_type())
             })
         })
-        .collect();
-    rooms.sort_by(|a, b| {
-        b.num_joined_members
-            .cmp(&a.num_joined_members)
-            .then_with(|| a.room_id.cmp(&b.room_id))
-    });
-    let start = offset.min(rooms.len());
-    let end = start.saturating_add(limit).min(rooms.len());
-    let chunk: Vec<Value> = rooms[start..end]
-        .iter()
         .map(|r| {
-            let mut v = r.json.clone();
-            // The client API's PublicRoomsChunk has no room version.
-            if !for_servers && let Some(o) = v.as_object_mut() {
-                o.remove("room_version");
-                o.remove("allowed_room_ids");
-                o.remove("encryption");
+            let mut v = r.json;
+            if !for_servers {
+                client_entry(&mut v);
             }
             v
         })
         .collect();
+    Ok((sorted(rooms), total))
+}
+
+/// The client API's PublicRoomsChunk has no room version, nor the federation-only keys.
+fn client_entry(v: &mut Value) {
+    if let Some(o) = v.as_object_mut() {
+        o.remove("room_version");
+        o.remove("allowed_room_ids");
+        o.remove("encryption");
+    }
+}
+
+/// Most joined members first, then by room id.
+fn sorted(mut rooms: Vec<Value>) -> Vec<Value> {
+    let members = |v: &Value| v["num_joined_members"].as_u64().unwrap_or(0);
+    rooms.sort_by(|a, b| {
+        members(b)
+            .cmp(&members(a))
+            .then_with(|| a["room_id"].as_str().cmp(&b["room_id"].as_str()))
+    });
+    rooms
+}
+
+/// One page of sorted entries, with the offset tokens around it.
+fn page(rooms: Vec<Value>, limit: Option<u64>, offset: usize, total: usize) -> Value {
+    // At least one room per page, so `next_batch` always moves on.
+    let limit = limit.map_or(MAX_PUBLIC_ROOMS_LIMIT, |l| {
+        usize::try_from(l)
+            .unwrap_or(MAX_PUBLIC_ROOMS_LIMIT)
+            .clamp(1, MAX_PUBLIC_ROOMS_LIMIT)
+    });
+    let start = offset.min(rooms.len());
+    let end = start.saturating_add(limit).min(rooms.len());
+    let more = end < rooms.len();
+    let chunk: Vec<Value> = rooms.into_iter().skip(start).take(end - start).collect();
     let mut body = json!({ "chunk": chunk, "total_room_count_estimate": total });
-    if end < rooms.len() {
+    if more {
         body["next_batch"] = json!(end.to_string());
     }
     if start > 0 {
         body["prev_batch"] = json!(start.saturating_sub(limit).to_string());
     }
-    Ok(body)
+    body
+}
+
+/// The directory network (a `third_party_instance_id`) that lists the public rooms of
+/// every connected peer along with this node's: the mesh's serverless room directory.
+pub const MESH_NETWORK: &str = "warren.mesh";
+/// Most peers asked for one mesh directory page.
+pub const MAX_MESH_PEERS: usize = 32;
+/// How long one peer may take to answer; a slow peer's rooms are left out.
+pub const MESH_PEER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A page of the public rooms of this node and every connected peer (at most
+/// [`MAX_MESH_PEERS`], [`MAX_PUBLIC_ROOMS_LIMIT`] rooms each), merged, without
+/// duplicates, most joined members first. Peers are asked again for every page, so a
+/// page reflects who is connected now; a peer that does not answer in
+/// [`MESH_PEER_TIMEOUT`] is left out of it.
+pub async fn mesh_public_rooms(server: &Arc<Server>, q: RoomQuery<'_>) -> Result<Value, Error> {
+    let offset = parse_offset(q.since)?;
+    let (mut rooms, mut total) = server.db.read_tx(|c| local_entries(c, q, false))?;
+    let peers = connected_servers(server).await;
+    let request = json!({
+        "limit": MAX_PUBLIC_ROOMS_LIMIT,
+        "filter": { "generic_search_term": q.term, "room_types": q.room_types },
+    });
+    let asks = peers.iter().map(|peer| {
+        let request = &request;
+        async move {
+            let answer = tokio::time::timeout(
+                MESH_PEER_TIMEOUT,
+                request_json::<Value>(
+                    server,
+                    peer,
+                    http::Method::POST,
+                    "/_matrix/federation/v1/publicRooms",
+                    Some(request),
+                ),
+            )
+            .await;
+            match answer {
+                Ok(Ok(v)) => Some(v),
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "a peer's room directory failed");
+                    None
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "a peer's room directory timed out");
+                    None
+                }
+            }
+        }
+    });
+    let mut seen: HashSet<String> = rooms
+        .iter()
+        .filter_map(|r| r["room_id"].as_str().map(str::to_owned))
+        .collect();
+    for answer in futures::future::join_all(asks).await.into_iter().flatten() {
+        total += answer["total_room_count_estimate"]
+            .as_u64()
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(0)
+            .min(MAX_PUBLIC_ROOMS_LIMIT);
+        let chunk = answer["chunk"].as_array().cloned().unwrap_or_default();
+        for mut entry in chunk.into_iter().take(MAX_PUBLIC_ROOMS_LIMIT) {
+            let Some(room_id) = entry["room_id"].as_str().map(str::to_owned) else {
+                continue;
+            };
+            if ruma::RoomId::parse(&room_id).is_err() || !seen.insert(room_id) {
+                continue;
+            }
+            client_entry(&mut entry);
+            rooms.push(entry);
+        }
+    }
+    Ok(page(sorted(rooms), q.limit, offset, total))
+}
+
+/// Server names of the connected peers, without duplicates or this node.
+async fn connected_servers(server: &Server) -> Vec<String> {
+    let Some(transport) = server.transport.get() else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = Vec::new();
+    for p in transport.peers().await {
+        if let Some(name) = p.server_name
+            && name != server.server_name()
+            && !names.contains(&name)
+        {
+            names.push(name);
+        }
+    }
+    names.truncate(MAX_MESH_PEERS);
+    names
 }
 
 /// Users matching `term` (case-insensitive substring of the user id or display name)

@@ -1166,3 +1166,113 @@ async fn concurrent_joins_of_a_remote_room_all_succeed_and_repeated_joins_are_no
     b.stop().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_room_directory_of_a_peer_and_of_the_whole_mesh() -> anyhow::Result<()> {
+    let (_da, _db, a, b) = two_nodes().await?;
+    let alice = User::register(&a, "alice").await?;
+    let bob = User::register(&b, "bob").await?;
+    let on_a = alice
+        .create_room(
+            json!({"preset": "public_chat", "name": "Garden on A", "visibility": "public"}),
+        )
+        .await?;
+    let on_b = bob
+        .create_room(
+            json!({"preset": "public_chat", "name": "Kitchen on B", "visibility": "public"}),
+        )
+        .await?;
+    let ids = |page: &Value| -> Vec<String> {
+        page["chunk"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["room_id"].as_str().map(str::to_owned))
+            .collect()
+    };
+
+    // One peer's directory, GET and POST (with a search term).
+    let got = bob
+        .ok(
+            reqwest::Method::GET,
+            &format!("/publicRooms?server={}", a.name()),
+            Value::Null,
+        )
+        .await?;
+    ensure!(
+        ids(&got) == vec![on_a.clone()],
+        "A's directory from B: {got}"
+    );
+    ensure!(got["chunk"][0]["name"] == "Garden on A", "{got}");
+    let searched = bob
+        .post(
+            &format!("/publicRooms?server={}", a.name()),
+            json!({"filter": {"generic_search_term": "garden"}}),
+        )
+        .await?;
+    ensure!(ids(&searched) == vec![on_a.clone()], "{searched}");
+    let none = bob
+        .post(
+            &format!("/publicRooms?server={}", a.name()),
+            json!({"filter": {"generic_search_term": "kitchen"}}),
+        )
+        .await?;
+    ensure!(ids(&none).is_empty(), "{none}");
+
+    // Without a network, only this node's rooms.
+    let local = bob.post("/publicRooms", json!({})).await?;
+    ensure!(ids(&local) == vec![on_b.clone()], "{local}");
+
+    // The mesh network, as the protocols list offers it: this node's and every
+    // connected peer's rooms, paginated.
+    let protocols = bob
+        .ok(reqwest::Method::GET, "/thirdparty/protocols", Value::Null)
+        .await?;
+    let instance = protocols["mesh"]["instances"][0]["instance_id"]
+        .as_str()
+        .context("no mesh instance")?
+        .to_owned();
+    let mesh = bob
+        .post("/publicRooms", json!({"third_party_instance_id": instance}))
+        .await?;
+    let mut all = ids(&mesh);
+    all.sort();
+    let mut want = vec![on_a.clone(), on_b.clone()];
+    want.sort();
+    ensure!(all == want, "the mesh directory: {mesh}");
+    let first = bob
+        .post(
+            "/publicRooms",
+            json!({"include_all_networks": true, "limit": 1}),
+        )
+        .await?;
+    let next = first["next_batch"].as_str().context("no next_batch")?;
+    let second = bob
+        .post(
+            "/publicRooms",
+            json!({"include_all_networks": true, "limit": 1, "since": next}),
+        )
+        .await?;
+    let mut paged = [ids(&first), ids(&second)].concat();
+    paged.sort();
+    ensure!(paged == want, "paged mesh directory: {first} then {second}");
+    ensure!(second.get("next_batch").is_none(), "{second}");
+    let search = bob
+        .post(
+            "/publicRooms",
+            json!({"third_party_instance_id": instance, "filter": {"generic_search_term": "garden"}}),
+        )
+        .await?;
+    ensure!(ids(&search) == vec![on_a.clone()], "{search}");
+    // A network nobody publishes under is empty.
+    let other = bob
+        .post(
+            "/publicRooms",
+            json!({"third_party_instance_id": "irc.example"}),
+        )
+        .await?;
+    ensure!(ids(&other).is_empty(), "{other}");
+    a.stop().await?;
+    b.stop().await?;
+    Ok(())
+}

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::extract::{Auth, Body, P, Q};
-use crate::directory::{self, parse_alias};
+use crate::directory::{self, RoomQuery, parse_alias};
 use crate::error::Error;
 use crate::federation::client::{encode, request_json};
 use crate::server::Server;
@@ -217,6 +217,11 @@ pub(super) struct PublicRoomsBody {
     since: Option<String>,
     #[serde(default)]
     filter: PublicRoomsFilter,
+    /// [`directory::MESH_NETWORK`]: the rooms of every connected peer too.
+    third_party_instance_id: Option<String>,
+    /// All networks: here, the mesh's.
+    #[serde(default)]
+    include_all_networks: bool,
 }
 
 #[derive(Deserialize)]
@@ -261,9 +266,17 @@ pub(super) async fn get_public_rooms(
         let answer: Value = request_json(&server, &remote, http::Method::GET, &path, None).await?;
         return Ok(Json(answer));
     }
-    let body = server
-        .db
-        .read_tx(|c| directory::public_rooms(c, limit, q.since.as_deref(), None, None, false))?;
+    let body = server.db.read_tx(|c| {
+        directory::public_rooms(
+            c,
+            RoomQuery {
+                limit,
+                since: q.since.as_deref(),
+                ..Default::default()
+            },
+            false,
+        )
+    })?;
     Ok(Json(body))
 }
 
@@ -293,16 +306,22 @@ pub(super) async fn post_public_rooms(
         .await?;
         return Ok(Json(answer));
     }
-    let out = server.db.read_tx(|c| {
-        directory::public_rooms(
-            c,
-            body.limit,
-            body.since.as_deref(),
-            body.filter.generic_search_term.as_deref(),
-            body.filter.room_types.as_deref(),
-            false,
-        )
-    })?;
+    let query = RoomQuery {
+        limit: body.limit,
+        since: body.since.as_deref(),
+        term: body.filter.generic_search_term.as_deref(),
+        room_types: body.filter.room_types.as_deref(),
+    };
+    let out = match body.third_party_instance_id.as_deref() {
+        Some(directory::MESH_NETWORK) => directory::mesh_public_rooms(&server, query).await?,
+        // No bridge publishes rooms under another network here (Synapse answers the
+        // same for a network it does not know).
+        Some(_) => json!({ "chunk": [], "total_room_count_estimate": 0 }),
+        None if body.include_all_networks => directory::mesh_public_rooms(&server, query).await?,
+        None => server
+            .db
+            .read_tx(|c| directory::public_rooms(c, query, false))?,
+    };
     Ok(Json(out))
 }
 
@@ -340,4 +359,38 @@ pub(super) async fn search_users(
         })
         .collect();
     Ok(Json(json!({ "results": results, "limited": limited })))
+}
+
+/// The protocol under which the mesh's directory network is listed.
+const MESH_PROTOCOL: &str = "mesh";
+
+/// The mesh directory as a third-party protocol with one instance, which is how
+/// clients (Element's server picker, for one) offer a directory network.
+fn mesh_protocol() -> Value {
+    json!({
+        "user_fields": [],
+        "location_fields": [],
+        "icon": "",
+        "field_types": {},
+        "instances": [{
+            "desc": "Public rooms of all connected peers",
+            "network_id": MESH_PROTOCOL,
+            "instance_id": directory::MESH_NETWORK,
+            "fields": {},
+        }],
+    })
+}
+
+/// `GET /thirdparty/protocols`.
+pub(super) async fn protocols(Auth(_caller): Auth) -> JsonResult {
+    Ok(Json(json!({ MESH_PROTOCOL: mesh_protocol() })))
+}
+
+/// `GET /thirdparty/protocol/{protocol}`.
+pub(super) async fn protocol(Auth(_caller): Auth, P(name): P<String>) -> JsonResult {
+    if name == MESH_PROTOCOL {
+        Ok(Json(mesh_protocol()))
+    } else {
+        Err(Error::NotFound(format!("unknown protocol {name:?}")))
+    }
 }

@@ -242,6 +242,8 @@ pub fn router(server: Arc<Server>) -> Router {
             get(directory::get_public_rooms).post(directory::post_public_rooms),
         ),
         ("/user_directory/search", post(directory::search_users)),
+        ("/thirdparty/protocols", get(directory::protocols)),
+        ("/thirdparty/protocol/{protocol}", get(directory::protocol)),
         ("/search", post(search::search)),
         ("/rooms/{room_id}/typing/{user_id}", put(ephemeral::typing)),
         (

@@ -64,10 +64,12 @@ fn public_rooms(
     let page = server.db.read_tx(|c| {
         crate::directory::public_rooms(
             c,
-            limit,
-            since,
-            filter.generic_search_term.as_deref(),
-            filter.room_types.as_deref(),
+            crate::directory::RoomQuery {
+                limit,
+                since,
+                term: filter.generic_search_term.as_deref(),
+                room_types: filter.room_types.as_deref(),
+            },
             true,
         )
     })?;
