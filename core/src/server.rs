@@ -65,6 +65,15 @@ pub struct Server {
     pub joins: crate::rooms::JoinLocks,
 }
 
+thread_local! {
+    /// Set by [`Server::mark_outbox_dirty`] on the thread running a write, taken by
+    /// [`Server::write`] once that write's closure returns. A single shared flag is not
+    /// enough: one write committing could clear the mark of another still uncommitted,
+    /// wake the sender before that write's rows are visible, and leave them waiting for
+    /// the sender's periodic rescan.
+    static OUTBOX_QUEUED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 impl Server {
     /// Run a write transaction, then publish the stream position it reached so waiting
     /// `/sync` calls wake up.
@@ -77,18 +86,26 @@ impl Server {
     pub fn write<T>(&self, f: impl FnOnce(&Connection) -> Result<T, Error>) -> Result<T, Error> {
         let run = || {
             self.db.write(|tx| {
-                let out = f(tx)?;
+                let out = f(tx);
+                // Taken on the thread that ran `f` (the writer runs each write on its
+                // caller's thread), whether `f` succeeded or not.
+                let queued = OUTBOX_QUEUED.replace(false);
+                let out = out?;
                 let pos: i64 = tx.query_row("SELECT pos FROM stream_sequence", [], |r| r.get(0))?;
-                Ok((out, pos))
+                Ok((out, pos, queued))
             })
         };
-        let (out, pos) = if self.db.writer_is_idle() {
+        let (out, pos, queued) = if self.db.writer_is_idle() {
             run()
         } else {
             off_the_reactor(run)
         }?;
         self.notifier.committed(pos);
-        if self.outbox_dirty.swap(false, Ordering::AcqRel) {
+        // This write's own mark decides. The shared flag covers marks made outside
+        // `Server::write`; taking it here may wake the sender before another write's
+        // rows are committed, but that write wakes it again after its own commit.
+        let shared = self.outbox_dirty.swap(false, Ordering::AcqRel);
+        if queued || shared {
             self.outbox_wake.notify_one();
         }
         Ok(out)
@@ -99,8 +116,10 @@ impl Server {
         Ok(self.limiter.take(action, key, 1.0)?)
     }
 
-    /// Note that the current write transaction queued federation traffic.
+    /// Note that the current write transaction queued federation traffic: the sender is
+    /// woken once that write has committed.
     pub fn mark_outbox_dirty(&self) {
+        OUTBOX_QUEUED.set(true);
         self.outbox_dirty.store(true, Ordering::Release);
     }
 
@@ -135,5 +154,57 @@ pub fn off_the_reactor<R>(f: impl FnOnce() -> R) -> R {
     match Handle::try_current() {
         Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
         _ => f(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::{Config, Node};
+
+    /// One write commits while another, on another thread, has queued federation
+    /// traffic but not committed yet: the first wakes the sender (too early for the
+    /// second's rows), and the second must wake it again after its own commit.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_write_that_queues_traffic_wakes_the_sender_after_its_commit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = Config::new(dir.path());
+        config.client_addr = "127.0.0.1:0".parse().expect("addr");
+        let node = Node::start(config).await.expect("start");
+        let server = node.server().clone();
+        let woken = |server: &super::Server| {
+            let notified = server.outbox_wake.notified();
+            futures::FutureExt::now_or_never(tokio::time::timeout(
+                Duration::from_millis(1),
+                notified,
+            ))
+            .is_some_and(|r| r.is_ok())
+        };
+        // The second write marks on its own thread (as it would inside its closure)...
+        let (marked_tx, marked_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let second = {
+            let server = server.clone();
+            std::thread::spawn(move || {
+                server.mark_outbox_dirty();
+                marked_tx.send(()).expect("send");
+                go_rx.recv().expect("go");
+                server.write(|_| Ok(())).expect("second write");
+            })
+        };
+        marked_rx.recv().expect("marked");
+        // ...then the first write commits and wakes the sender.
+        server.write(|_| Ok(())).expect("first write");
+        assert!(woken(&server), "the first write did not wake the sender");
+        go_tx.send(()).expect("go");
+        tokio::task::spawn_blocking(move || second.join().expect("join"))
+            .await
+            .expect("join");
+        assert!(
+            woken(&server),
+            "the second write's traffic waits for the periodic rescan"
+        );
+        node.shutdown().await.expect("shutdown");
     }
 }
