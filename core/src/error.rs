@@ -142,6 +142,15 @@ impl Error {
         Error::Internal(e.to_string())
     }
 
+    /// The message fit for the outside (a client, a peer): an internal error's detail
+    /// (database or JSON text) stays in the log.
+    pub fn public_message(&self) -> String {
+        match self {
+            Error::Internal(_) => "internal server error".to_owned(),
+            other => other.to_string(),
+        }
+    }
+
     /// The HTTP status and Matrix `errcode`.
     pub fn status_and_code(&self) -> (StatusCode, &'static str) {
         use Error::*;
@@ -281,4 +290,18 @@ pub enum StartError {
     /// Any other I/O or database failure at start.
     #[error("{0}")]
     Other(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_details_never_leave_the_node() {
+        let db = Error::from(rusqlite::Error::InvalidColumnName("secret_column".into()));
+        assert!(db.to_string().contains("secret_column"), "kept for the log");
+        assert_eq!(db.public_message(), "internal server error");
+        let bad = Error::BadJson("missing field".into());
+        assert_eq!(bad.public_message(), bad.to_string());
+    }
 }

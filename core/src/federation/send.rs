@@ -100,7 +100,7 @@ async fn receive_one(
     match crate::rooms::receive_out_of_band_membership(server, origin, &room_id, &pdu) {
         Ok(Some(event_id)) => return (Some(event_id), json!({})),
         Ok(None) => {}
-        Err(e) => return (None, json!({ "error": e.to_string() })),
+        Err(e) => return (None, json!({ "error": e.public_message() })),
     }
     // A server the room's ACL denies may not put anything into it (checked on every PDU
     // of a transaction; the rest of the transaction still counts).
@@ -115,7 +115,7 @@ async fn receive_one(
             .flatten()
             .map(|(v, _)| v);
         let event_id = version.and_then(|v| crate::rooms::event_id_of(&pdu, &v).ok());
-        return (event_id, json!({ "error": e.to_string() }));
+        return (event_id, json!({ "error": e.public_message() }));
     }
     match receive_pdu(server, remote, origin, &room_id, pdu).await {
         Ok(Outcome::Accepted { event_id, .. })
@@ -129,7 +129,7 @@ async fn receive_one(
         }
         Err(e) => {
             tracing::warn!(%origin, %room_id, error = %e, "could not process a PDU");
-            (None, json!({ "error": e.to_string() }))
+            (None, json!({ "error": e.public_message() }))
         }
     }
 }
