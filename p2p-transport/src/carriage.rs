@@ -158,11 +158,17 @@ async fn handle(
     }
     let busy = || {
         tracing::debug!("inbound body budget spent; request refused with 503");
-        refuse(
+        let mut response = refuse(
             http::StatusCode::SERVICE_UNAVAILABLE,
             "M_UNKNOWN",
             "too many request bodies in flight; try again later",
-        )
+        );
+        // Bodies in flight finish within seconds; the sender's backoff does the rest.
+        response.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("1"),
+        );
+        response
     };
     // `declared` fits in u32: it is at most `max_body`, which `validate` keeps there.
     let charge = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);

@@ -141,6 +141,10 @@ async fn the_body_budget_answers_503_instead_of_buffering() -> TestResult {
     s.write_all(head.as_bytes()).await?;
     let text = answer(&mut s).await;
     assert!(text.starts_with("HTTP/1.1 503"), "got {text:?}");
+    assert!(
+        text.to_ascii_lowercase().contains("retry-after: 1\r\n"),
+        "no Retry-After in {text:?}"
+    );
     // So does a chunked one, on its first chunk.
     let mut s = m.p2p.open_stream(&v.name).await?;
     s.write_all(
