@@ -4,6 +4,7 @@
 //! variables, command-line flags. Unknown keys and bad values are errors that name the
 //! key and say what is allowed; `warren config check` reports them without starting.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -141,48 +142,27 @@ pub struct RateSpec {
     pub burst: f64,
 }
 
-/// The `[rate_limits]` table.
+/// The `[rate_limits]` table: `enabled`, and a rate per action, keyed by
+/// [`Action::name`](warren_core::ratelimit::Action::name).
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct RateLimitsSection {
     pub enabled: Option<bool>,
-    pub message: Option<RateSpec>,
-    pub login_address: Option<RateSpec>,
-    pub login_account: Option<RateSpec>,
-    pub login_failed: Option<RateSpec>,
-    pub registration: Option<RateSpec>,
-    pub join: Option<RateSpec>,
-    pub invite: Option<RateSpec>,
-    pub room_creation: Option<RateSpec>,
-    pub media_upload: Option<RateSpec>,
-    pub federation: Option<RateSpec>,
-    pub federation_invite: Option<RateSpec>,
+    #[serde(flatten)]
+    pub rates: BTreeMap<String, RateSpec>,
 }
 
 impl RateLimitsSection {
-    /// (key, value) of every rate given.
-    fn given(&self) -> Vec<(&'static str, warren_core::ratelimit::Action, RateSpec)> {
-        use warren_core::ratelimit::Action as A;
-        [
-            ("message", A::Message, self.message),
-            ("login_address", A::LoginAddress, self.login_address),
-            ("login_account", A::LoginAccount, self.login_account),
-            ("login_failed", A::LoginFailed, self.login_failed),
-            ("registration", A::Registration, self.registration),
-            ("join", A::Join, self.join),
-            ("invite", A::Invite, self.invite),
-            ("room_creation", A::RoomCreation, self.room_creation),
-            ("media_upload", A::MediaUpload, self.media_upload),
-            ("federation", A::Federation, self.federation),
-            (
-                "federation_invite",
-                A::FederationInvite,
-                self.federation_invite,
-            ),
-        ]
-        .into_iter()
-        .filter_map(|(k, a, r)| r.map(|r| (k, a, r)))
-        .collect()
+    /// (key, action, value) of every rate given; an unknown key is an error.
+    fn given(&self) -> anyhow::Result<Vec<(&str, warren_core::ratelimit::Action, RateSpec)>> {
+        self.rates
+            .iter()
+            .map(
+                |(key, r)| match warren_core::ratelimit::Action::from_name(key) {
+                    Some(action) => Ok((key.as_str(), action, *r)),
+                    None => bail!("unknown key rate_limits.{key}"),
+                },
+            )
+            .collect()
     }
 
     /// The limits this table describes, on top of the defaults.
@@ -191,7 +171,7 @@ impl RateLimitsSection {
             *limits = warren_core::RateLimits::off();
             return;
         }
-        for (_, action, r) in self.given() {
+        for (_, action, r) in self.given().unwrap_or_default() {
             limits.set(
                 action,
                 Some(warren_core::config::Rate::new(r.per_second, r.burst)),
@@ -276,7 +256,7 @@ pub fn parse(text: &str) -> anyhow::Result<FileConfig> {
             }
         }
     }
-    for (key, _, r) in config.rate_limits.given() {
+    for (key, _, r) in config.rate_limits.given()? {
         if !(r.per_second.is_finite() && r.per_second >= 0.0) {
             bail!("rate_limits.{key}.per_second must be a number of at least 0");
         }
@@ -325,6 +305,7 @@ pub fn create_if_missing(data_dir: &Path) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use warren_core::ratelimit::Action;
 
     #[test]
     fn the_template_parses_to_all_defaults() {
@@ -385,12 +366,12 @@ mod tests {
         assert_eq!(config.connections.max_connections, 32);
         assert_eq!(config.connections.idle_timeout.as_secs(), 5);
         assert_eq!(
-            config.rate_limits.message,
+            config.rate_limits.rate(Action::Message),
             Some(warren_core::config::Rate::new(2.0, 4.0))
         );
         assert_eq!(
-            config.rate_limits.join,
-            warren_core::RateLimits::default().join
+            config.rate_limits.rate(Action::Join),
+            warren_core::RateLimits::default().rate(Action::Join)
         );
         let off = parse("[rate_limits]\nenabled = false\n").unwrap_or_else(|e| panic!("{e:#}"));
         off.rate_limits.apply(&mut config.rate_limits);

@@ -64,31 +64,49 @@ pub enum Action {
     FederationInvite,
 }
 
-/// The configured rates; `None` turns an action's limit off.
+impl Action {
+    /// Every action, in the order of [`Action::name`]'s table.
+    pub const ALL: [Action; 11] = [
+        Action::Message,
+        Action::LoginAddress,
+        Action::LoginAccount,
+        Action::LoginFailed,
+        Action::Registration,
+        Action::Join,
+        Action::Invite,
+        Action::RoomCreation,
+        Action::MediaUpload,
+        Action::Federation,
+        Action::FederationInvite,
+    ];
+
+    /// The action's key in `warren.toml`'s `[rate_limits]` table.
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Message => "message",
+            Action::LoginAddress => "login_address",
+            Action::LoginAccount => "login_account",
+            Action::LoginFailed => "login_failed",
+            Action::Registration => "registration",
+            Action::Join => "join",
+            Action::Invite => "invite",
+            Action::RoomCreation => "room_creation",
+            Action::MediaUpload => "media_upload",
+            Action::Federation => "federation",
+            Action::FederationInvite => "federation_invite",
+        }
+    }
+
+    /// The action a `[rate_limits]` key names.
+    pub fn from_name(name: &str) -> Option<Action> {
+        Action::ALL.into_iter().find(|a| a.name() == name)
+    }
+}
+
+/// The configured rates, one per [`Action`]; `None` turns an action's limit off.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RateLimits {
-    /// See [`Action::Message`].
-    pub message: Option<Rate>,
-    /// See [`Action::LoginAddress`].
-    pub login_address: Option<Rate>,
-    /// See [`Action::LoginAccount`].
-    pub login_account: Option<Rate>,
-    /// See [`Action::LoginFailed`].
-    pub login_failed: Option<Rate>,
-    /// See [`Action::Registration`].
-    pub registration: Option<Rate>,
-    /// See [`Action::Join`].
-    pub join: Option<Rate>,
-    /// See [`Action::Invite`].
-    pub invite: Option<Rate>,
-    /// See [`Action::RoomCreation`].
-    pub room_creation: Option<Rate>,
-    /// See [`Action::MediaUpload`].
-    pub media_upload: Option<Rate>,
-    /// See [`Action::Federation`].
-    pub federation: Option<Rate>,
-    /// See [`Action::FederationInvite`].
-    pub federation_invite: Option<Rate>,
+    rates: [Option<Rate>; Action::ALL.len()],
 }
 
 impl Default for RateLimits {
@@ -98,19 +116,23 @@ impl Default for RateLimits {
     /// login and registration limits are per address: every app on the device shares
     /// 127.0.0.1, so they are far looser than Synapse's (which sees one user per address).
     fn default() -> Self {
-        RateLimits {
-            message: Some(Rate::new(100.0, 1000.0)),
-            login_address: Some(Rate::new(1.0, 30.0)),
-            login_account: Some(Rate::new(0.5, 20.0)),
-            login_failed: Some(Rate::new(0.1, 5.0)),
-            registration: Some(Rate::new(1.0, 100.0)),
-            join: Some(Rate::new(2.0, 50.0)),
-            invite: Some(Rate::new(2.0, 50.0)),
-            room_creation: Some(Rate::new(2.0, 100.0)),
-            media_upload: Some(Rate::new(5.0, 100.0)),
-            federation: Some(Rate::new(500.0, 5_000.0)),
-            federation_invite: Some(Rate::new(0.5, 20.0)),
+        let mut limits = RateLimits::off();
+        for (action, per_second, burst) in [
+            (Action::Message, 100.0, 1000.0),
+            (Action::LoginAddress, 1.0, 30.0),
+            (Action::LoginAccount, 0.5, 20.0),
+            (Action::LoginFailed, 0.1, 5.0),
+            (Action::Registration, 1.0, 100.0),
+            (Action::Join, 2.0, 50.0),
+            (Action::Invite, 2.0, 50.0),
+            (Action::RoomCreation, 2.0, 100.0),
+            (Action::MediaUpload, 5.0, 100.0),
+            (Action::Federation, 500.0, 5_000.0),
+            (Action::FederationInvite, 0.5, 20.0),
+        ] {
+            limits.set(action, Some(Rate::new(per_second, burst)));
         }
+        limits
     }
 }
 
@@ -118,53 +140,18 @@ impl RateLimits {
     /// Every limit off (benchmarks, or a node whose only client is trusted).
     pub fn off() -> RateLimits {
         RateLimits {
-            message: None,
-            login_address: None,
-            login_account: None,
-            login_failed: None,
-            registration: None,
-            join: None,
-            invite: None,
-            room_creation: None,
-            media_upload: None,
-            federation: None,
-            federation_invite: None,
+            rates: [None; Action::ALL.len()],
         }
     }
 
     /// The rate of `action`, if it is limited.
     pub fn rate(&self, action: Action) -> Option<Rate> {
-        match action {
-            Action::Message => self.message,
-            Action::LoginAddress => self.login_address,
-            Action::LoginAccount => self.login_account,
-            Action::LoginFailed => self.login_failed,
-            Action::Registration => self.registration,
-            Action::Join => self.join,
-            Action::Invite => self.invite,
-            Action::RoomCreation => self.room_creation,
-            Action::MediaUpload => self.media_upload,
-            Action::Federation => self.federation,
-            Action::FederationInvite => self.federation_invite,
-        }
+        self.rates[action as usize]
     }
 
     /// Set the rate of `action` (`None`: unlimited).
     pub fn set(&mut self, action: Action, rate: Option<Rate>) {
-        let slot = match action {
-            Action::Message => &mut self.message,
-            Action::LoginAddress => &mut self.login_address,
-            Action::LoginAccount => &mut self.login_account,
-            Action::LoginFailed => &mut self.login_failed,
-            Action::Registration => &mut self.registration,
-            Action::Join => &mut self.join,
-            Action::Invite => &mut self.invite,
-            Action::RoomCreation => &mut self.room_creation,
-            Action::MediaUpload => &mut self.media_upload,
-            Action::Federation => &mut self.federation,
-            Action::FederationInvite => &mut self.federation_invite,
-        };
-        *slot = rate;
+        self.rates[action as usize] = rate;
     }
 }
 
@@ -317,6 +304,27 @@ fn evict(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_action_has_its_own_name_and_slot() {
+        let mut names: Vec<&str> = Action::ALL.iter().map(|a| a.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Action::ALL.len());
+        for a in Action::ALL {
+            assert_eq!(Action::from_name(a.name()), Some(a));
+            let mut limits = RateLimits::off();
+            limits.set(a, Some(Rate::new(1.0, 2.0)));
+            for b in Action::ALL {
+                assert_eq!(limits.rate(b).is_some(), a == b, "{a:?} / {b:?}");
+            }
+            assert!(
+                RateLimits::default().rate(a).is_some(),
+                "{a:?} has no default"
+            );
+        }
+        assert_eq!(Action::from_name("mesage"), None);
+    }
+
     use super::*;
 
     fn one(rate: Rate) -> Limiter {

@@ -669,7 +669,10 @@ mod bounds {
         register_raw(&http, &base, "bob", "right")
             .await
             .expect("bob");
-        let burst = RateLimits::default().login_failed.expect("a limit").burst as usize;
+        let burst = RateLimits::default()
+            .rate(warren_core::ratelimit::Action::LoginFailed)
+            .expect("a limit")
+            .burst as usize;
         for _ in 0..burst {
             let (status, body) = login(&http, &base, "alice", "wrong").await;
             assert_eq!(status, 403, "{body}");
@@ -758,7 +761,10 @@ mod bounds {
     async fn messages_past_the_rate_get_429_and_retries_keep_working() {
         let dir = tempfile::tempdir().expect("tempdir");
         let node = node_with(&dir, |c| {
-            c.rate_limits.message = Some(Rate::new(5.0, 3.0));
+            c.rate_limits.set(
+                warren_core::ratelimit::Action::Message,
+                Some(Rate::new(5.0, 3.0)),
+            );
         })
         .await;
         let (http, base) = (http_client().expect("http"), node.client_url());

@@ -136,7 +136,10 @@ async fn a_flooding_peer_is_rate_limited_and_others_are_not() -> anyhow::Result<
     ];
     let a = start_federated_node(dirs[0].path()).await?;
     let mut config = test_config(dirs[1].path());
-    config.rate_limits.federation = Some(warren_core::config::Rate::new(0.01, 5.0));
+    config.rate_limits.set(
+        warren_core::ratelimit::Action::Federation,
+        Some(warren_core::config::Rate::new(0.01, 5.0)),
+    );
     let node = start_node_with(config).await?;
     let p2p = warren_p2p::P2p::attach(&node, test_p2p_config()).await?;
     p2p.wait_listening(WAIT).await?;
