@@ -329,6 +329,142 @@ async fn sending_to_an_unknown_room_is_forbidden() {
     fx.finish().await;
 }
 
+impl Fixture {
+    /// One request as alice.
+    async fn alice(&self, method: Method, path: &str, body: Value) -> reqwest::Response {
+        self.http
+            .request(method.clone(), self.url(path))
+            .bearer_auth(&self.alice.access_token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+}
+
+/// What peers would drop is refused locally, so a room never diverges between nodes and
+/// no profile field can make member events unsignable.
+#[tokio::test(flavor = "multi_thread")]
+async fn what_peers_would_refuse_is_refused_here() {
+    let fx = fixture().await;
+    let room = create_room(&fx, &fx.alice.access_token, json!({})).await;
+    let r = path_segment(&room);
+    let long = "x".repeat(256);
+
+    // Event types and state keys over 255 bytes; events over 65,536 bytes.
+    let response = fx
+        .alice(
+            Method::PUT,
+            &format!("/_matrix/client/v3/rooms/{r}/send/{long}/t1"),
+            json!({}),
+        )
+        .await;
+    expect_error("a 256-byte event type", response, 413, "M_TOO_LARGE").await;
+    let response = fx
+        .alice(
+            Method::PUT,
+            &format!("/_matrix/client/v3/rooms/{r}/state/org.example.state/{long}"),
+            json!({}),
+        )
+        .await;
+    expect_error("a 256-byte state key", response, 413, "M_TOO_LARGE").await;
+    let response = fx
+        .alice(
+            Method::PUT,
+            &format!("/_matrix/client/v3/rooms/{r}/send/m.room.message/t2"),
+            json!({"msgtype": "m.text", "body": "y".repeat(65_000)}),
+        )
+        .await;
+    expect_error("a 65 kB message", response, 413, "M_TOO_LARGE").await;
+
+    // Invites of user ids that are not valid.
+    let server = fx.node.server_name();
+    for bad in [
+        format!("@:{server}"),
+        format!("@\u{1F600}:{server}"),
+        "alice".into(),
+    ] {
+        let response = fx
+            .alice(
+                Method::POST,
+                &format!("/_matrix/client/v3/rooms/{r}/invite"),
+                json!({"user_id": bad}),
+            )
+            .await;
+        expect_error(
+            &format!("inviting {bad:?}"),
+            response,
+            400,
+            "M_INVALID_PARAM",
+        )
+        .await;
+    }
+
+    // Profile fields over Synapse's limits; member events stay signable.
+    let me = path_segment(&fx.alice.user_id);
+    let response = fx
+        .alice(
+            Method::PUT,
+            &format!("/_matrix/client/v3/profile/{me}/displayname"),
+            json!({"displayname": "d".repeat(64 * 1024)}),
+        )
+        .await;
+    expect_error("a 64 KiB display name", response, 400, "M_INVALID_PARAM").await;
+    let response = fx
+        .alice(
+            Method::PUT,
+            &format!("/_matrix/client/v3/profile/{me}/avatar_url"),
+            json!({"avatar_url": format!("mxc://{server}/{}", "a".repeat(2000))}),
+        )
+        .await;
+    expect_error("a 2 kB avatar URL", response, 400, "M_INVALID_PARAM").await;
+    let response = fx
+        .alice(
+            Method::PUT,
+            &format!("/_matrix/client/v3/profile/{me}/displayname"),
+            json!({"displayname": "Alice ".repeat(40)}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK, "a 240-character name");
+    create_room(&fx, &fx.alice.access_token, json!({"name": "after"})).await;
+
+    // Names that are not P2P server names are the request's fault, not a peer's.
+    for path in [
+        "/_matrix/client/v3/profile/@bob:example.org",
+        "/_matrix/client/v3/directory/room/%23lobby:example.org",
+    ] {
+        let response = fx.alice(Method::GET, path, Value::Null).await;
+        expect_error(path, response, 400, "M_INVALID_PARAM").await;
+    }
+    let response = fx
+        .alice(
+            Method::POST,
+            "/_matrix/client/v3/join/%23lobby:example.org",
+            json!({}),
+        )
+        .await;
+    expect_error(
+        "joining #lobby:example.org",
+        response,
+        400,
+        "M_INVALID_PARAM",
+    )
+    .await;
+
+    // Server-controlled account data: 405 M_BAD_JSON, as the spec says.
+    for path in [
+        format!("/_matrix/client/v3/user/{me}/account_data/m.fully_read"),
+        format!("/_matrix/client/v3/user/{me}/rooms/{r}/account_data/m.fully_read"),
+        format!("/_matrix/client/v3/user/{me}/account_data/m.push_rules"),
+    ] {
+        let response = fx
+            .alice(Method::PUT, &path, json!({"event_id": "$x"}))
+            .await;
+        expect_error(&path, response, 405, "M_BAD_JSON").await;
+    }
+    fx.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn members_without_power_cannot_change_state() {
     let fx = fixture().await;

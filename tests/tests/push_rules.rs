@@ -660,7 +660,7 @@ async fn pushrules_api() {
         .send()
         .await
         .expect("PUT account data");
-    expect_error(direct, 400, "M_BAD_JSON").await;
+    expect_error(direct, 405, "M_BAD_JSON").await;
     expect_error(
         http.get(url("/")).send().await.expect("GET without token"),
         401,

@@ -22,15 +22,16 @@ fn own(caller: &Caller, user_id: &str) -> Result<(), Error> {
 }
 
 fn put(server: &Server, user: &str, room: &str, ty: &str, content: &Value) -> Result<(), Error> {
-    if ty == "m.fully_read" && room.is_empty() {
-        return Err(Error::BadJson(
-            "m.fully_read is per-room account data".into(),
+    // The spec's 405: the read marker moves through /read_markers (which checks the
+    // event), push rules through /pushrules (which keeps them valid and evaluable).
+    if ty == "m.fully_read" {
+        return Err(Error::ServerControlled(
+            "Cannot set m.fully_read through this API; use /read_markers".into(),
         ));
     }
     if ty == crate::push::PUSH_RULES && room.is_empty() {
-        // Rules change only through /pushrules, which keeps them valid and evaluable.
-        return Err(Error::BadJson(
-            "m.push_rules can only be changed through /pushrules".into(),
+        return Err(Error::ServerControlled(
+            "Cannot set m.push_rules through this API; use /pushrules".into(),
         ));
     }
     let content = content.to_string();

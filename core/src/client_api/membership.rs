@@ -24,12 +24,18 @@ type JsonResult = Result<Json<Value>, Error>;
 /// federation invite protocol); other places that invite refuse them.
 /// A valid user id to invite: `true` for a user of this node, `false` for another's.
 pub(super) fn check_invitee(server: &Server, user_id: &str) -> Result<bool, Error> {
-    let Ok(parsed) = ruma::UserId::parse(user_id) else {
-        return Err(Error::InvalidParam(format!(
-            "{user_id} is not a valid user id"
-        )));
-    };
+    let parsed = valid_user_id(user_id)?;
     Ok(parsed.server_name().as_str() == server.server_name())
+}
+
+/// A user id a membership may name: the spec's grammar, historical ids included (an
+/// empty localpart, or one outside printable ASCII, is refused: peers would drop the
+/// event).
+pub(super) fn valid_user_id(user_id: &str) -> Result<ruma::OwnedUserId, Error> {
+    ruma::UserId::parse(user_id)
+        .ok()
+        .filter(|u| u.validate_historical().is_ok())
+        .ok_or_else(|| Error::InvalidParam(format!("{user_id} is not a valid user id")))
 }
 
 fn member_event(
@@ -43,8 +49,7 @@ fn member_event(
     if membership == "join" || membership == "knock" {
         let (displayname, avatar_url) = server
             .db
-            .read(|c| storage::profile(c, target))?
-            .unwrap_or((None, None));
+            .read(|c| crate::rooms::member_profile(c, target))?;
         if let Some(d) = displayname {
             content["displayname"] = json!(d);
         }
@@ -255,8 +260,7 @@ async fn act_on(
     body: TargetBody,
     membership: &str,
 ) -> JsonResult {
-    let target = ruma::UserId::parse(&body.user_id)
-        .map_err(|_| Error::InvalidParam(format!("{} is not a valid user id", body.user_id)))?;
+    let target = valid_user_id(&body.user_id)?;
     if membership == "invite" {
         server.rate_limit(Action::Invite, &caller.user_id)?;
     }

@@ -98,6 +98,21 @@ pub(super) async fn set_field(
         Value::Null => None,
         _ => return Err(Error::BadJson(format!("{field} must be a string"))),
     };
+    match (field.as_str(), value.as_deref()) {
+        ("displayname", Some(d)) if d.chars().count() > crate::rooms::MAX_DISPLAYNAME_LEN => {
+            return Err(Error::InvalidParam(format!(
+                "displayname is too long (at most {} characters)",
+                crate::rooms::MAX_DISPLAYNAME_LEN
+            )));
+        }
+        ("avatar_url", Some(a)) if a.len() > crate::rooms::MAX_AVATAR_URL_LEN => {
+            return Err(Error::InvalidParam(format!(
+                "avatar_url is too long (at most {} bytes)",
+                crate::rooms::MAX_AVATAR_URL_LEN
+            )));
+        }
+        _ => {}
+    }
     server.write(|tx| match field.as_str() {
         "displayname" => storage::set_displayname(tx, &user_id, value.as_deref()),
         "avatar_url" => storage::set_avatar_url(tx, &user_id, value.as_deref()),
@@ -108,13 +123,12 @@ pub(super) async fn set_field(
 }
 
 fn update_member_events(server: &Server, caller: &Caller) -> Result<(), Error> {
-    let (rooms, profile) = server.db.read(|c| {
+    let (rooms, (displayname, avatar_url)) = server.db.read(|c| {
         Ok((
             storage::rooms_with_membership(c, &caller.user_id, "join")?,
-            storage::profile(c, &caller.user_id)?,
+            crate::rooms::member_profile(c, &caller.user_id)?,
         ))
     })?;
-    let (displayname, avatar_url) = profile.unwrap_or((None, None));
     for room_id in rooms {
         let mut content = json!({"membership": "join"});
         if let Some(d) = &displayname {

@@ -75,6 +75,10 @@ pub fn build_pdu(
         &rules.redaction,
     )
     .map_err(|e| Error::BadJson(format!("cannot sign event: {e}")))?;
+    // Never make what peers refuse: the receiving side's format checks (the whole event
+    // at most 65,536 bytes; type, state key, sender and room id at most 255) apply here.
+    ruma::state_res::check_pdu_format(&object, &rules.event_format)
+        .map_err(|e| Error::TooLarge(format!("event rejected: {e}")))?;
     let hash = reference_hash(&object, rules)
         .map_err(|e| Error::TooLarge(format!("event rejected: {e}")))?;
     Ok((format!("${hash}"), object))

@@ -32,6 +32,13 @@ pub async fn request(
     path_and_query: &str,
     body: Option<&Value>,
 ) -> Result<http::Response<Bytes>, Error> {
+    // Every node's server name is its key in hex; anything else names no node (a DNS
+    // homeserver, a typo) and no transport could reach it: the request is at fault.
+    if crate::identity::public_key_from_server_name(destination).is_none() {
+        return Err(Error::InvalidParam(format!(
+            "{destination:?} is not the server name of a P2P node (64 hex characters)"
+        )));
+    }
     let transport = server
         .transport()
         .ok_or_else(|| Error::RemoteServer("federation is not available on this node".into()))?;

@@ -105,7 +105,7 @@ pub fn create_room(
     )?;
 
     // 2. The creator joins.
-    let (displayname, avatar_url) = storage::profile(c, creator)?.unwrap_or((None, None));
+    let (displayname, avatar_url) = super::member_profile(c, creator)?;
     let mut member = json!({"membership": "join"});
     if let Some(d) = displayname {
         member["displayname"] = json!(d);

@@ -112,6 +112,25 @@ pub fn needs_remote_join(server: &Server, room_id: &str) -> Result<bool, Error> 
     })
 }
 
+/// Longest display name accepted, in characters (Synapse's limit).
+pub const MAX_DISPLAYNAME_LEN: usize = 256;
+/// Longest avatar URL accepted, in bytes (Synapse's limit).
+pub const MAX_AVATAR_URL_LEN: usize = 1000;
+
+/// The user's display name and avatar as member events carry them. Values over the
+/// limits (stored before the limits existed) are left out, so no profile field can make
+/// a member event too large to sign or for peers to accept.
+pub fn member_profile(
+    c: &Connection,
+    user_id: &str,
+) -> Result<(Option<String>, Option<String>), Error> {
+    let (displayname, avatar_url) = storage::profile(c, user_id)?.unwrap_or((None, None));
+    Ok((
+        displayname.filter(|d| d.chars().count() <= MAX_DISPLAYNAME_LEN),
+        avatar_url.filter(|a| a.len() <= MAX_AVATAR_URL_LEN),
+    ))
+}
+
 /// The member content a join by `user_id` carries: the client's own keys (a reason,
 /// custom keys), then the user's profile and `membership`, which the client cannot set.
 pub fn join_content(
@@ -121,7 +140,7 @@ pub fn join_content(
 ) -> Result<Map<String, Value>, Error> {
     content.retain(|k, _| !RESERVED_KEYS.contains(&k.as_str()));
     content.insert("membership".into(), json!("join"));
-    let (displayname, avatar_url) = storage::profile(c, user_id)?.unwrap_or((None, None));
+    let (displayname, avatar_url) = member_profile(c, user_id)?;
     if let Some(d) = displayname {
         content.insert("displayname".into(), json!(d));
     }

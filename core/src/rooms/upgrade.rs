@@ -183,7 +183,7 @@ pub fn upgrade_room(
     )?;
 
     // 3. The upgrading user joins.
-    let (displayname, avatar_url) = storage::profile(c, user)?.unwrap_or((None, None));
+    let (displayname, avatar_url) = super::member_profile(c, user)?;
     let mut member = json!({"membership": "join"});
     if let Some(d) = displayname {
         member["displayname"] = json!(d);
