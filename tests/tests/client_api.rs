@@ -497,3 +497,89 @@ async fn registration_availability_and_tokens() -> anyhow::Result<()> {
     assert_eq!(taken["errcode"], "M_USER_IN_USE", "{taken}");
     shutdown_node(node).await
 }
+
+/// Transaction ids are scoped per device and endpoint: the same id in another room, as
+/// another event type or on another device is a new event; a retry in the same place
+/// gets the first event back; a redaction's transaction id comes back unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_ids_are_scoped_per_device_and_endpoint() -> anyhow::Result<()> {
+    let (_dir, node, api, alice, _bob, room_id) = node_and_two_users().await?;
+    let a = &alice.access_token;
+    let (s, other) = api.post("/createRoom", a, json!({})).await?;
+    anyhow::ensure!(s == 200, "createRoom: {other}");
+    let other = other["room_id"].as_str().unwrap_or_default().to_owned();
+
+    let first = api.send(&room_id, a, "same", "one").await?;
+    let again = api.send(&room_id, a, "same", "one, retried").await?;
+    anyhow::ensure!(first == again, "a retry made a new event");
+    let elsewhere = api.send(&other, a, "same", "two").await?;
+    anyhow::ensure!(
+        elsewhere != first,
+        "another room returned the first room's event"
+    );
+    anyhow::ensure!(
+        api.send(&other, a, "same", "two, retried").await? == elsewhere,
+        "a retry in the second room made a new event"
+    );
+    let (s, reaction) = api
+        .put(
+            &format!("/rooms/{}/send/m.reaction/same", path_segment(&room_id)),
+            a,
+            json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": first, "key": "+1"}}),
+        )
+        .await?;
+    anyhow::ensure!(
+        s == 200 && reaction["event_id"] != first.as_str(),
+        "{reaction}"
+    );
+    // Another device of the same user has its own transactions.
+    let (s, login) = api
+        .post(
+            "/login",
+            "",
+            json!({"type": "m.login.password", "identifier": {"type": "m.id.user",
+                   "user": "alice"}, "password": PW}),
+        )
+        .await?;
+    anyhow::ensure!(s == 200, "login: {login}");
+    let second_device = login["access_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    anyhow::ensure!(
+        api.send(&room_id, &second_device, "same", "three").await? != first,
+        "another device's transaction returned the first device's event"
+    );
+    // A redaction's transaction id comes back as the client sent it.
+    let (s, redaction) = api
+        .put(
+            &format!(
+                "/rooms/{}/redact/{}/same",
+                path_segment(&room_id),
+                path_segment(&first)
+            ),
+            a,
+            json!({}),
+        )
+        .await?;
+    anyhow::ensure!(s == 200, "redact: {redaction}");
+    let redaction_id = redaction["event_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let (s, sync) = api.get("/sync", a).await?;
+    anyhow::ensure!(s == 200, "sync: {sync}");
+    let events = sync["rooms"]["join"][&room_id]["timeline"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let echoed = events
+        .iter()
+        .find(|e| e["event_id"] == redaction_id.as_str())
+        .map(|e| e["unsigned"]["transaction_id"].clone());
+    anyhow::ensure!(
+        echoed == Some(json!("same")),
+        "the redaction's transaction id: {echoed:?}"
+    );
+    shutdown_node(node).await
+}

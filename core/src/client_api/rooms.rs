@@ -125,7 +125,7 @@ pub(super) fn send(
     let txn = txn.map(|t| (caller.device_id.as_str(), t));
     let appended = server.write(|tx| {
         let retried = match txn {
-            Some((device, t)) => storage::txn_event(tx, &caller.user_id, device, t)?.is_some(),
+            Some((device, t)) => rooms::is_retry(tx, room_id, &ev, device, t)?,
             None => false,
         };
         if !retried {
@@ -153,7 +153,7 @@ pub(super) async fn send_message(
     let txn = Some((caller.device_id.as_str(), txn_id.as_str()));
     let appended = server.write(|tx| {
         // A retried transaction gets its event back; only a new one is checked.
-        if storage::txn_event(tx, &caller.user_id, &caller.device_id, &txn_id)?.is_none() {
+        if !rooms::is_retry(tx, &room_id, &ev, &caller.device_id, &txn_id)? {
             server.rate_limit(Action::Message, &caller.user_id)?;
             relations::check_new_relation(tx, &room_id, &ev.sender, &ev.kind, &ev.content)?;
         }
@@ -354,13 +354,7 @@ pub(super) async fn redact(
         sender: caller.user_id.clone(),
         redacts: Some(event_id),
     };
-    let event_id = send(
-        &server,
-        &caller,
-        &room_id,
-        ev,
-        Some(&format!("redact-{txn_id}")),
-    )?;
+    let event_id = send(&server, &caller, &room_id, ev, Some(&txn_id))?;
     Ok(Json(json!({"event_id": event_id})))
 }
 

@@ -10,7 +10,9 @@ use crate::events::{
     self, ClientEventOptions, NewEvent, Pdu, build_pdu, client_event, redact_json, rules_for,
 };
 use crate::server::Server;
-use crate::storage::{self, EventStatus, StateMap, StoredEvent, next_stream_position, now_ms};
+use crate::storage::{
+    self, EventStatus, StateMap, StoredEvent, TxnSlot, next_stream_position, now_ms,
+};
 
 /// Most prev_events referenced by one event, as the spec recommends (Synapse uses 10).
 const MAX_PREV_EVENTS: usize = 10;
@@ -49,17 +51,28 @@ pub fn append_event(
     ev: NewEvent,
     txn: Option<(&str, &str)>,
 ) -> Result<Appended, Error> {
-    if let Some((device, txn_id)) = txn
-        && let Some(existing) = storage::txn_event(c, &ev.sender, device, txn_id)?
-    {
-        let pos = storage::get_event(c, &existing)?
-            .map(|e| e.stream_ordering)
-            .unwrap_or(0);
-        return Ok(Appended {
-            event_id: existing,
-            pos,
-        });
+    let mut key = None;
+    if let Some((device, txn_id)) = txn {
+        match storage::txn_lookup(c, &ev.sender, device, txn_id, txn_scope(room_id, &ev))? {
+            TxnSlot::Done(existing) => {
+                let pos = storage::get_event(c, &existing)?
+                    .map(|e| e.stream_ordering)
+                    .unwrap_or(0);
+                return Ok(Appended {
+                    event_id: existing,
+                    pos,
+                });
+            }
+            TxnSlot::Free(k) => key = Some(k),
+        }
     }
+    let txn = txn
+        .zip(key.as_deref())
+        .map(|((device, txn_id), key)| ClientTxn {
+            device,
+            txn_id,
+            key,
+        });
     let built = build_local_event(c, server, room_id, &ev)?;
     let pos = persist(
         c,
@@ -75,6 +88,34 @@ pub fn append_event(
         event_id: built.event_id,
         pos,
     })
+}
+
+/// A local event's client transaction: the sending device, the client's id (given back
+/// as `unsigned.transaction_id`) and the key it is remembered under
+/// ([`storage::txn_lookup`]).
+#[derive(Clone, Copy, Debug)]
+pub struct ClientTxn<'a> {
+    pub device: &'a str,
+    pub txn_id: &'a str,
+    pub key: &'a str,
+}
+
+/// The scope of a client transaction id: the room, the event type and the redacted
+/// event, which together stand for the endpoint's path.
+fn txn_scope<'a>(room_id: &'a str, ev: &'a NewEvent) -> (&'a str, &'a str, Option<&'a str>) {
+    (room_id, ev.kind.as_str(), ev.redacts.as_deref())
+}
+
+/// Whether sending `ev` with this transaction id is a retry of an earlier send.
+pub fn is_retry(
+    c: &Connection,
+    room_id: &str,
+    ev: &NewEvent,
+    device: &str,
+    txn_id: &str,
+) -> Result<bool, Error> {
+    let slot = storage::txn_lookup(c, &ev.sender, device, txn_id, txn_scope(room_id, ev))?;
+    Ok(matches!(slot, TxnSlot::Done(_)))
 }
 
 /// A local event built on the room's current state and authorised, not yet persisted.
@@ -193,8 +234,8 @@ pub(super) struct Accepted<'a> {
     /// The event holding the same `(type, state_key)` in the state before the event.
     pub replaces: Option<String>,
     pub current: NewCurrentState,
-    /// Sending device and transaction id (local events).
-    pub txn: Option<(&'a str, &'a str)>,
+    /// The client transaction (local events).
+    pub txn: Option<ClientTxn<'a>>,
 }
 
 /// Persist an authorised local event: state, memberships, extremities, redaction, counts.
@@ -206,7 +247,7 @@ pub(super) fn persist(
     pdu: &Pdu,
     json: &str,
     group_before: Option<i64>,
-    txn: Option<(&str, &str)>,
+    txn: Option<ClientTxn<'_>>,
 ) -> Result<i64, Error> {
     let replaces = match &pdu.state_key {
         Some(sk) => storage::current_state_event(c, room_id, &pdu.kind.to_string(), sk)?,
@@ -321,8 +362,8 @@ pub(super) fn persist_accepted(c: &Connection, a: Accepted<'_>) -> Result<i64, E
         unsigned: (!unsigned.is_empty()).then(|| Value::Object(unsigned).to_string()),
         redacted_by: None,
         state_group_before: group_before,
-        txn_device: txn.map(|(d, _)| d.to_owned()),
-        txn_id: txn.map(|(_, t)| t.to_owned()),
+        txn_device: txn.map(|t| t.device.to_owned()),
+        txn_id: txn.map(|t| t.txn_id.to_owned()),
         status: EventStatus::Timeline,
         rejection_reason: None,
         state_group_after: group_after,
@@ -338,8 +379,8 @@ pub(super) fn persist_accepted(c: &Connection, a: Accepted<'_>) -> Result<i64, E
     }
     let prev: Vec<String> = pdu.prev_events.iter().map(|e| e.to_string()).collect();
     storage::update_forward_extremities(c, room_id, pdu.event_id.as_str(), &prev)?;
-    if let Some((device, txn_id)) = txn {
-        storage::insert_txn(c, &stored.sender, device, txn_id, stored.stream_ordering)?;
+    if let Some(t) = txn {
+        storage::insert_txn(c, &stored.sender, t.device, t.key, stored.stream_ordering)?;
     }
     if kind == "m.room.redaction"
         && let Some(target) = &pdu.redacts

@@ -301,20 +301,54 @@ pub fn set_unsigned(c: &Connection, event_id: &str, unsigned: &str) -> Result<()
     Ok(())
 }
 
-/// The event a client transaction already produced, if any.
-pub fn txn_event(
+/// What a client transaction id means for a new send.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TxnSlot {
+    /// A retry: the transaction already produced this event.
+    Done(String),
+    /// A new transaction, to be remembered under this key.
+    Free(String),
+}
+
+/// Look a client transaction up in its scope. Transaction ids are scoped per device and
+/// per endpoint (the spec; Synapse keys them by the request path): the same id sent to
+/// another room, as another event type or redacting another event, is a new
+/// transaction. The plain id is the key of the first use, so the common case stores
+/// nothing extra; a reuse in another scope is keyed by the id and its scope.
+pub fn txn_lookup(
     c: &Connection,
     user_id: &str,
     device_id: &str,
     txn_id: &str,
-) -> Result<Option<String>, Error> {
-    Ok(c.query_row(
-        "SELECT e.event_id FROM event_txns t JOIN events e ON e.stream_ordering = t.stream_ordering
-         WHERE t.user_id = ?1 AND t.device_id = ?2 AND t.txn_id = ?3",
-        params![user_id, device_id, txn_id],
-        |r| r.get(0),
-    )
-    .optional()?)
+    scope: (&str, &str, Option<&str>),
+) -> Result<TxnSlot, Error> {
+    let (room_id, kind, redacts) = scope;
+    let find = |key: &str| -> Result<Option<(String, bool)>, Error> {
+        Ok(c.prepare_cached(
+            "SELECT e.event_id, e.room_id = ?4 AND e.type = ?5
+                 AND json_extract(e.json, '$.redacts') IS ?6
+             FROM event_txns t JOIN events e ON e.stream_ordering = t.stream_ordering
+             WHERE t.user_id = ?1 AND t.device_id = ?2 AND t.txn_id = ?3",
+        )?
+        .query_row(
+            params![user_id, device_id, key, room_id, kind, redacts],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?)
+    };
+    match find(txn_id)? {
+        None => return Ok(TxnSlot::Free(txn_id.to_owned())),
+        Some((event_id, true)) => return Ok(TxnSlot::Done(event_id)),
+        Some((_, false)) => {}
+    }
+    let scoped = format!(
+        "{txn_id}\u{1f}{room_id}\u{1f}{kind}\u{1f}{}",
+        redacts.unwrap_or_default()
+    );
+    Ok(match find(&scoped)? {
+        Some((event_id, _)) => TxnSlot::Done(event_id),
+        None => TxnSlot::Free(scoped),
+    })
 }
 
 /// Remember which event (by its stream position, which names it in fewer bytes than
@@ -553,10 +587,61 @@ mod tests {
             .write(|c| prune_event_txns(c, 20_000, 10))
             .expect("prune");
         assert_eq!((first, second), (10, 9));
-        let txn = |t: &str| db.read(|c| txn_event(c, "@a:x", "DEV", t)).expect("read");
-        assert_eq!(txn("t19"), None);
-        assert_eq!(txn("t20").as_deref(), Some("$r20"));
-        assert_eq!(txn("t30").as_deref(), Some("$r30"));
+        let scope = ("!r:x", "m.room.message", None);
+        let txn = |t: &str| {
+            db.read(|c| txn_lookup(c, "@a:x", "DEV", t, scope))
+                .expect("read")
+        };
+        assert_eq!(txn("t19"), TxnSlot::Free("t19".into()));
+        assert_eq!(txn("t20"), TxnSlot::Done("$r20".into()));
+        assert_eq!(txn("t30"), TxnSlot::Done("$r30".into()));
+    }
+
+    #[test]
+    fn transaction_ids_are_scoped_per_room_type_and_target() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = super::super::Db::open(&dir.path().join("warren.db")).expect("open");
+        let lookup = |scope: (&str, &str, Option<&str>)| {
+            db.read(|c| txn_lookup(c, "@a:x", "DEV", "t1", scope))
+                .expect("read")
+        };
+        let here = ("!r:x", "m.room.message", None);
+        assert_eq!(lookup(here), TxnSlot::Free("t1".into()));
+        db.write(|c| {
+            let mut e = rejected(1, "!r:x");
+            e.stream_ordering = 1;
+            e.status = EventStatus::Timeline;
+            insert_event(c, &e)?;
+            insert_txn(c, "@a:x", "DEV", "t1", 1)
+        })
+        .expect("insert");
+        assert_eq!(lookup(here), TxnSlot::Done("$r1".into()));
+        // The same id in another room, as another type or redacting: new transactions,
+        // each under a key of its own.
+        for other in [
+            ("!other:x", "m.room.message", None),
+            ("!r:x", "m.reaction", None),
+            ("!r:x", "m.room.redaction", Some("$r1")),
+        ] {
+            let TxnSlot::Free(key) = lookup(other) else {
+                panic!("{other:?} counted as a retry");
+            };
+            assert_ne!(key, "t1");
+        }
+        let other = ("!other:x", "m.room.message", None);
+        let TxnSlot::Free(key) = lookup(other) else {
+            panic!("a retry");
+        };
+        db.write(|c| {
+            let mut e = rejected(2, "!other:x");
+            e.stream_ordering = 2;
+            e.status = EventStatus::Timeline;
+            insert_event(c, &e)?;
+            insert_txn(c, "@a:x", "DEV", &key, 2)
+        })
+        .expect("insert");
+        assert_eq!(lookup(other), TxnSlot::Done("$r2".into()));
+        assert_eq!(lookup(here), TxnSlot::Done("$r1".into()));
     }
 
     #[test]
