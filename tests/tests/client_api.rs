@@ -583,3 +583,34 @@ async fn transaction_ids_are_scoped_per_device_and_endpoint() -> anyhow::Result<
     );
     shutdown_node(node).await
 }
+
+/// A state PUT with unchanged content creates nothing and answers with the current
+/// event; changed content, or another sender, makes a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unchanged_state_is_not_sent_again() -> anyhow::Result<()> {
+    let (_dir, node, api, alice, _bob, room_id) = node_and_two_users().await?;
+    let a = &alice.access_token;
+    let path = format!("/rooms/{}/state/m.room.topic", path_segment(&room_id));
+    let put = async |content: Value| -> anyhow::Result<String> {
+        let (s, v) = api.put(&path, a, content).await?;
+        anyhow::ensure!(s == 200, "PUT topic: {v}");
+        Ok(v["event_id"].as_str().unwrap_or_default().to_owned())
+    };
+    let first = put(json!({"topic": "plans"})).await?;
+    let (_, before) = api.get("/sync", a).await?;
+    let since = before["next_batch"].as_str().unwrap_or_default().to_owned();
+    anyhow::ensure!(
+        put(json!({"topic": "plans"})).await? == first,
+        "a repeat made an event"
+    );
+    let (s, after) = api
+        .get(&format!("/sync?since={since}&timeout=0"), a)
+        .await?;
+    anyhow::ensure!(s == 200, "{after}");
+    anyhow::ensure!(
+        after["rooms"]["join"][&room_id].is_null(),
+        "the repeat reached /sync: {after}"
+    );
+    anyhow::ensure!(put(json!({"topic": "new plans"})).await? != first);
+    shutdown_node(node).await
+}

@@ -202,7 +202,14 @@ fn put_state_inner(
         sender: caller.user_id.clone(),
         redacts: None,
     };
-    let event_id = send(&server, &caller, &room_id, ev, None)?;
+    // Unchanged state creates nothing: the current event is the answer.
+    let event_id = server.write(|tx| match rooms::unchanged_state(tx, &room_id, &ev)? {
+        Some(existing) => Ok(existing),
+        None => {
+            server.rate_limit(Action::Message, &caller.user_id)?;
+            Ok(rooms::append_event(tx, &server, &room_id, ev, None)?.event_id)
+        }
+    })?;
     Ok(Json(json!({"event_id": event_id})))
 }
 

@@ -118,6 +118,33 @@ pub fn is_retry(
     Ok(matches!(slot, TxnSlot::Done(_)))
 }
 
+/// The current state event a state event would replace, when it is the same: same
+/// type and state key, same sender, same content. Sending it again would change
+/// nothing, so the existing event stands for it (as Synapse deduplicates state).
+pub fn unchanged_state(
+    c: &Connection,
+    room_id: &str,
+    ev: &NewEvent,
+) -> Result<Option<String>, Error> {
+    let Some(state_key) = &ev.state_key else {
+        return Ok(None);
+    };
+    let Some(id) = storage::current_state_event(c, room_id, &ev.kind, state_key)? else {
+        return Ok(None);
+    };
+    let Some(current) = storage::get_state_event(c, &id)? else {
+        return Ok(None);
+    };
+    // Only a joined sender's repeat is answered this way; anyone else goes through the
+    // auth rules and gets their refusal.
+    let joined = storage::membership(c, room_id, &ev.sender)?.is_some_and(|(m, _, _)| m == "join");
+    if current.sender != ev.sender || current.redacted_by.is_some() || !joined {
+        return Ok(None);
+    }
+    let json: Value = serde_json::from_str(&current.json)?;
+    Ok((json.get("content") == Some(&ev.content)).then_some(id))
+}
+
 /// A local event built on the room's current state and authorised, not yet persisted.
 pub(super) struct BuiltEvent {
     pub event_id: String,

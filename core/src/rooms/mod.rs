@@ -17,7 +17,9 @@ mod resolve;
 mod restricted;
 mod upgrade;
 
-pub use append::{Appended, ClientTxn, append_event, is_retry, load_pdu, random_string};
+pub use append::{
+    Appended, ClientTxn, append_event, is_retry, load_pdu, random_string, unchanged_state,
+};
 pub use create::{CreateRoom, create_room};
 pub use hierarchy::{HierarchyRequest, space_hierarchy};
 pub use join::{
