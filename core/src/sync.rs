@@ -157,6 +157,40 @@ fn room_allowed(f: &RoomFilter, room_id: &str) -> bool {
             .is_none_or(|r| r.iter().any(|x| x == room_id))
 }
 
+/// Most member events walked back to find a user's membership at a sync token; a user
+/// whose membership changed more often since is treated as newly joined (full state,
+/// which is always correct, only larger).
+const MAX_MEMBERSHIP_WALK: usize = 64;
+
+/// Whether the user was joined at stream position `pos` and stayed joined since: walks
+/// back from the member event `event_id` (the user's current one) through
+/// `unsigned.replaces_state`. A leave (or any other membership) since `pos` followed by
+/// a join makes the room newly joined again, as in Synapse.
+fn joined_throughout(c: &Connection, event_id: &str, pos: i64) -> Result<bool, Error> {
+    let mut next = Some(event_id.to_owned());
+    for _ in 0..MAX_MEMBERSHIP_WALK {
+        let Some(id) = next.take() else {
+            return Ok(false);
+        };
+        let Some(ev) = storage::get_state_event(c, &id)? else {
+            return Ok(false);
+        };
+        let json: Value = serde_json::from_str(&ev.json)?;
+        if json["content"]["membership"] != "join" {
+            return Ok(false);
+        }
+        if ev.stream_ordering <= pos {
+            return Ok(true);
+        }
+        next = ev
+            .unsigned
+            .as_deref()
+            .and_then(|u| serde_json::from_str::<Value>(u).ok())
+            .and_then(|u| u["replaces_state"].as_str().map(str::to_owned));
+    }
+    Ok(false)
+}
+
 /// Build one response at `now`. Returns the body and whether it carries anything.
 fn build(
     c: &Connection,
@@ -183,7 +217,10 @@ fn build(
         let changed = mpos > since_pos;
         match membership.as_str() {
             "join" => {
-                let newly = since.is_none() || changed;
+                // Only a real transition into `join` since `since` is a new join; a
+                // display name change or a repeated join is an ordinary timeline event.
+                let newly =
+                    since.is_none() || (changed && !joined_throughout(c, &event_id, since_pos)?);
                 if let Some(room) = joined_room(
                     c,
                     server,

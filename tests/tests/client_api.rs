@@ -614,3 +614,63 @@ async fn unchanged_state_is_not_sent_again() -> anyhow::Result<()> {
     anyhow::ensure!(put(json!({"topic": "new plans"})).await? != first);
     shutdown_node(node).await
 }
+
+/// A member event that is not a transition into `join` (a display name change) is an
+/// ordinary timeline event in an incremental `/sync`: no replay of earlier messages, no
+/// `limited`. A real rejoin is a new join again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rename_is_not_a_new_join_in_sync() -> anyhow::Result<()> {
+    let (_dir, node, api, alice, bob, room_id) = node_and_two_users().await?;
+    let (a, b) = (&alice.access_token, &bob.access_token);
+    for i in 0..5 {
+        api.send(&room_id, a, &format!("old{i}"), &format!("old {i}"))
+            .await?;
+    }
+    let (_, first) = api.get("/sync", b).await?;
+    let since = first["next_batch"].as_str().unwrap_or_default().to_owned();
+    let (s, v) = api
+        .put(
+            &format!("/profile/{}/displayname", path_segment(&bob.user_id)),
+            b,
+            json!({"displayname": "Robert"}),
+        )
+        .await?;
+    anyhow::ensure!(s == 200, "{v}");
+    let (_, next) = api
+        .get(&format!("/sync?since={since}&timeout=0"), b)
+        .await?;
+    let room = &next["rooms"]["join"][&room_id];
+    let timeline = room["timeline"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    anyhow::ensure!(
+        timeline.len() == 1
+            && timeline[0]["type"] == "m.room.member"
+            && timeline[0]["content"]["displayname"] == "Robert",
+        "the rename's sync: {room}"
+    );
+    anyhow::ensure!(room["timeline"]["limited"] == false, "{room}");
+    anyhow::ensure!(
+        room["state"]["events"].as_array().is_none_or(Vec::is_empty),
+        "full state for a rename: {room}"
+    );
+
+    // Leaving and joining again is a new join: the room comes with its state.
+    let since = next["next_batch"].as_str().unwrap_or_default().to_owned();
+    let r = path_segment(&room_id);
+    api.post(&format!("/rooms/{r}/leave"), b, json!({})).await?;
+    api.post(&format!("/rooms/{r}/join"), b, json!({})).await?;
+    let (_, again) = api
+        .get(&format!("/sync?since={since}&timeout=0"), b)
+        .await?;
+    let state = again["rooms"]["join"][&room_id]["state"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    anyhow::ensure!(
+        state.iter().any(|e| e["type"] == "m.room.create"),
+        "a rejoin without the room's state: {again}"
+    );
+    shutdown_node(node).await
+}
