@@ -674,3 +674,62 @@ async fn a_rename_is_not_a_new_join_in_sync() -> anyhow::Result<()> {
     );
     shutdown_node(node).await
 }
+
+/// Membership edges: kicking a user who left is 403, `joined_members` of a room one left
+/// is 403, `/event` answers a non-member in a `world_readable` room and hides the
+/// event (404) otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_and_visibility_edges() -> anyhow::Result<()> {
+    let (_dir, node, api, alice, bob, room_id) = node_and_two_users().await?;
+    let (a, b) = (&alice.access_token, &bob.access_token);
+    let r = path_segment(&room_id);
+    let event = api.send(&room_id, a, "e1", "hello").await?;
+    api.post(&format!("/rooms/{r}/leave"), b, json!({})).await?;
+    let (s, v) = api
+        .post(
+            &format!("/rooms/{r}/kick"),
+            a,
+            json!({"user_id": bob.user_id}),
+        )
+        .await?;
+    anyhow::ensure!(
+        s == 403 && v["errcode"] == "M_FORBIDDEN",
+        "kick of a leaver: {s} {v}"
+    );
+    let (s, v) = api.get(&format!("/rooms/{r}/joined_members"), b).await?;
+    anyhow::ensure!(s == 403, "joined_members after leaving: {s} {v}");
+    let (s, v) = api.get(&format!("/rooms/{r}/joined_members"), a).await?;
+    anyhow::ensure!(s == 200 && v["joined"].get(&alice.user_id).is_some(), "{v}");
+
+    // A room bob was never in: hidden, until it is world-readable.
+    let (_, created) = api
+        .post("/createRoom", a, json!({"preset": "private_chat"}))
+        .await?;
+    let private = created["room_id"].as_str().unwrap_or_default().to_owned();
+    let p = path_segment(&private);
+    let secret = api.send(&private, a, "e2", "secret").await?;
+    let path = format!("/rooms/{p}/event/{}", path_segment(&secret));
+    let (s, v) = api.get(&path, b).await?;
+    anyhow::ensure!(s == 404 && v["errcode"] == "M_NOT_FOUND", "{s} {v}");
+    let (s, v) = api
+        .put(
+            &format!("/rooms/{p}/state/m.room.history_visibility"),
+            a,
+            json!({"history_visibility": "world_readable"}),
+        )
+        .await?;
+    anyhow::ensure!(s == 200, "{v}");
+    // What was sent before stays hidden (visibility is decided per event).
+    let (s, _) = api.get(&path, b).await?;
+    anyhow::ensure!(s == 404, "an event from before world_readable: {s}");
+    let public = api.send(&private, a, "e3", "public").await?;
+    let (s, v) = api
+        .get(&format!("/rooms/{p}/event/{}", path_segment(&public)), b)
+        .await?;
+    anyhow::ensure!(s == 200 && v["content"]["body"] == "public", "{s} {v}");
+    let (s, v) = api
+        .get(&format!("/rooms/{r}/event/{}", path_segment(&event)), b)
+        .await?;
+    anyhow::ensure!(s == 200, "bob saw this before leaving: {s} {v}");
+    shutdown_node(node).await
+}

@@ -277,10 +277,16 @@ async fn act_on(
     }
     if membership == "leave" && body.user_id != caller.user_id {
         // Kick/unban: only meaningful against an existing membership.
+        // A kick needs someone to kick (Synapse: 403 for a user who left or was never
+        // there); an unban needs a ban.
         let current = server
             .db
-            .read(|c| storage::membership(c, &room_id, &body.user_id))?;
-        if current.is_none() {
+            .read(|c| storage::membership(c, &room_id, &body.user_id))?
+            .map(|(m, _, _)| m);
+        if !matches!(
+            current.as_deref(),
+            Some("join" | "invite" | "knock" | "ban")
+        ) {
             return Err(Error::Forbidden(format!(
                 "{} is not in the room",
                 body.user_id

@@ -372,7 +372,13 @@ pub(super) async fn get_event(
     P((room_id, event_id)): P<(String, String)>,
 ) -> JsonResult {
     let ev = server.db.read_tx(|c| {
-        let vis = visibility_for(c, &room_id, &caller.user_id)?;
+        // The spec's 404 for "not found or you may not read it": the same answer either
+        // way, so nobody learns which events exist in a room they cannot see.
+        let hidden = || Error::NotFound("event not found".into());
+        let vis = visibility_for(c, &room_id, &caller.user_id).map_err(|e| match e {
+            Error::Forbidden(_) => hidden(),
+            other => other,
+        })?;
         let ev = match storage::get_event(c, &event_id)? {
             Some(e) if vis.allows(c, &e)? => e,
             _ => return Err(Error::NotFound("event not found".into())),
@@ -737,6 +743,13 @@ pub(super) async fn joined_members(
     P(room_id): P<String>,
 ) -> JsonResult {
     let joined = server.db.read_tx(|c| {
+        // Only current members (Synapse's rule): a user who left sees no member list.
+        let membership = storage::membership(c, &room_id, &caller.user_id)?.map(|(m, _, _)| m);
+        if membership.as_deref() != Some("join") {
+            return Err(Error::Forbidden(
+                "only current members of the room may list its joined members".into(),
+            ));
+        }
         let state = visible_state(c, &room_id, &caller.user_id)?;
         let mut out = serde_json::Map::new();
         for ((ty, sk), id) in state.iter() {

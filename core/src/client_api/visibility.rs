@@ -144,22 +144,23 @@ fn setting_of(json: &str) -> Setting {
 /// been in the room or was only ever invited to a room whose history is not readable
 /// by invitees.
 pub fn visibility_for(c: &Connection, room_id: &str, user_id: &str) -> Result<Visibility, Error> {
-    let Some((membership, _, pos)) = storage::membership(c, room_id, user_id)? else {
-        return Err(Error::Forbidden(format!(
-            "you are not a member of {room_id}"
-        )));
-    };
-    let max = match membership.as_str() {
-        "join" => i64::MAX,
+    let found = storage::membership(c, room_id, user_id)?;
+    let membership = found.as_ref().map(|(m, _, _)| m.as_str());
+    let max = match (membership, found.as_ref().map(|(_, _, p)| *p)) {
+        (Some("join"), _) => i64::MAX,
         // An invitee may read only rooms whose history invitees may see (as Synapse).
-        "invite" if current_setting(c, room_id)? >= Setting::Invited => i64::MAX,
-        "leave" | "ban" => pos,
+        (Some("invite"), _) if current_setting(c, room_id)? >= Setting::Invited => i64::MAX,
+        (Some("leave" | "ban"), Some(pos)) => pos,
+        // Anyone may read a world-readable room (event by event: only what was
+        // world-readable when it was sent).
+        _ if current_setting(c, room_id)? == Setting::WorldReadable => i64::MAX,
         _ => {
             return Err(Error::Forbidden(format!(
                 "you are not a member of {room_id}"
             )));
         }
     };
+    let membership = membership.unwrap_or_default().to_owned();
     Ok(Visibility {
         room_id: room_id.to_owned(),
         user_id: user_id.to_owned(),
