@@ -589,6 +589,23 @@ const MIGRATIONS: &[&str] = &[
     DROP TABLE event_txns;
     ALTER TABLE event_txns_v17 RENAME TO event_txns;
     "#,
+    // 18: backfill (history from before this node joined a room). Per room, the prev
+    // events of stored timeline events that this node does not have: where `/messages`
+    // asks another server for older events (`/backfill`). `depth` orders them (the
+    // child's depth minus one), `via` is the server to ask first (the one a join went
+    // through, or the one that served the child). A room with none has its history back
+    // to its creation. Backfilled events themselves are ordinary timeline rows in
+    // `events`, at positions of their own below every other (see `streams.rs`).
+    r#"
+    CREATE TABLE backfill_extremities (
+        room_id TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        depth INTEGER NOT NULL,
+        via TEXT,
+        PRIMARY KEY (room_id, event_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX backfill_extremities_depth ON backfill_extremities(room_id, depth);
+    "#,
 ];
 
 /// The schema version this build writes.
