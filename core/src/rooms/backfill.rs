@@ -331,3 +331,307 @@ async fn apply(
         Ok(added)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    //! A fake resident server (an in-memory transport answering `make_join`,
+    //! `send_join`, `backfill` and `event` with events it signs) lets a node join, then
+    //! backfill a history holding an event that fails auth and one with a bad signature.
+
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use serde_json::{Value, json};
+    use tokio::sync::broadcast;
+
+    use super::*;
+    use crate::events::{NewEvent, build_pdu};
+    use crate::federation::{FederationTransport, PeerEvent, TransportFuture};
+    use crate::identity::Identity;
+    use crate::storage::EventStatus;
+    use crate::{Config, Node};
+
+    struct FakeResident {
+        answers: HashMap<&'static str, Value>,
+        events: HashMap<String, Value>,
+        peers: broadcast::Sender<PeerEvent>,
+    }
+
+    impl FederationTransport for FakeResident {
+        fn request(&self, _dest: &str, request: http::Request<Bytes>) -> TransportFuture<'_> {
+            let path = request.uri().path().to_owned();
+            let answer = if let Some(id) = path.strip_prefix("/_matrix/federation/v1/event/") {
+                let id = percent_encoding::percent_decode_str(id)
+                    .decode_utf8_lossy()
+                    .to_string();
+                self.events
+                    .get(&id)
+                    .map(|pdu| json!({"origin": "x", "origin_server_ts": 0, "pdus": [pdu]}))
+            } else {
+                self.answers
+                    .iter()
+                    .find(|(prefix, _)| path.starts_with(*prefix))
+                    .map(|(_, v)| v.clone())
+            };
+            Box::pin(async move {
+                let (status, body) = match answer {
+                    Some(v) => (200, v),
+                    None => (404, json!({"errcode": "M_NOT_FOUND", "error": "no"})),
+                };
+                Ok(http::Response::builder()
+                    .status(status)
+                    .body(Bytes::from(body.to_string()))
+                    .expect("response"))
+            })
+        }
+
+        fn subscribe(&self) -> broadcast::Receiver<PeerEvent> {
+            self.peers.subscribe()
+        }
+    }
+
+    #[tokio::test]
+    async fn backfilled_events_are_checked_as_any_received_pdu() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = Config::new(dir.path());
+        config.client_addr = "127.0.0.1:0".parse().expect("addr");
+        let node = Node::start(config).await.expect("start");
+        let server = node.server().clone();
+
+        let resident = Identity::from_seed([7; 32]).expect("identity");
+        let impostor = Identity::from_seed([9; 32]).expect("identity");
+        let fake = resident.server_name().to_owned();
+        let room = format!("!history:{fake}");
+        let alice = format!("@alice:{fake}");
+        let (_, rules) = rules_for("11").expect("rules");
+        let mut pdus: Vec<(String, Value)> = Vec::new();
+        let mut ev = |who: &Identity,
+                      sender: &str,
+                      kind: &str,
+                      state_key: Option<&str>,
+                      content: Value,
+                      prev: &[&str],
+                      auth: &[&str],
+                      depth: i64|
+         -> String {
+            let prev: Vec<String> = prev.iter().map(|s| s.to_string()).collect();
+            let auth: Vec<String> = auth.iter().map(|s| s.to_string()).collect();
+            let new = NewEvent {
+                kind: kind.into(),
+                state_key: state_key.map(str::to_owned),
+                content,
+                sender: sender.to_owned(),
+                redacts: None,
+            };
+            let (id, object) = build_pdu(
+                who,
+                &rules,
+                Some(&room),
+                &new,
+                &prev,
+                &auth,
+                depth,
+                1_000 + depth,
+            )
+            .expect("build");
+            pdus.push((id.clone(), serde_json::to_value(&object).expect("json")));
+            id
+        };
+        let r = &resident;
+        let create = ev(
+            r,
+            &alice,
+            "m.room.create",
+            Some(""),
+            json!({"room_version": "11"}),
+            &[],
+            &[],
+            1,
+        );
+        let join = ev(
+            r,
+            &alice,
+            "m.room.member",
+            Some(&alice),
+            json!({"membership": "join"}),
+            &[&create],
+            &[&create],
+            2,
+        );
+        let power = ev(
+            r,
+            &alice,
+            "m.room.power_levels",
+            Some(""),
+            json!({"users": {alice.clone(): 100}}),
+            &[&join],
+            &[&create, &join],
+            3,
+        );
+        let rules_ev = ev(
+            r,
+            &alice,
+            "m.room.join_rules",
+            Some(""),
+            json!({"join_rule": "public"}),
+            &[&power],
+            &[&create, &join, &power],
+            4,
+        );
+        let good1 = ev(
+            r,
+            &alice,
+            "m.room.message",
+            None,
+            json!({"body": "good 1"}),
+            &[&rules_ev],
+            &[&create, &join, &power],
+            5,
+        );
+        // Sent by someone who never joined: fails auth.
+        let mallory = ev(
+            r,
+            &format!("@mallory:{fake}"),
+            "m.room.message",
+            None,
+            json!({"body": "intruder"}),
+            &[&good1],
+            &[&create, &power],
+            6,
+        );
+        let good2 = ev(
+            r,
+            &alice,
+            "m.room.message",
+            None,
+            json!({"body": "good 2"}),
+            &[&mallory],
+            &[&create, &join, &power],
+            7,
+        );
+        // Claims to be alice's but is signed by another key: dropped.
+        let forged = ev(
+            &impostor,
+            &alice,
+            "m.room.message",
+            None,
+            json!({"body": "forged"}),
+            &[&good2],
+            &[&create, &join, &power],
+            8,
+        );
+        let good3 = ev(
+            r,
+            &alice,
+            "m.room.message",
+            None,
+            json!({"body": "good 3"}),
+            &[&good2],
+            &[&create, &join, &power],
+            8,
+        );
+        let by_id: HashMap<String, Value> = pdus.iter().cloned().collect();
+        let pdu = |id: &str| by_id[id].clone();
+        let mut backfill: Vec<Value> = [
+            &good3, &forged, &good2, &mallory, &good1, &rules_ev, &power, &join, &create,
+        ]
+        .iter()
+        .map(|id| pdu(id))
+        .collect();
+        // A copy of a good event with its content changed: its hash fails, so only its
+        // redacted form (no body) may be kept.
+        let mut altered = pdu(&good1);
+        altered["content"]["body"] = json!("altered");
+        backfill.push(altered);
+
+        let bob = server.user_id("bob");
+        let template = json!({
+            "room_version": "11",
+            "event": {
+                "room_id": room, "type": "m.room.member", "sender": bob, "state_key": bob,
+                "content": {"membership": "join"}, "origin": server.server_name(),
+                "origin_server_ts": 2_000, "depth": 9, "prev_events": [good3],
+                "auth_events": [create, power, rules_ev],
+            }
+        });
+        let transport = Arc::new(FakeResident {
+            answers: HashMap::from([
+                ("/_matrix/federation/v1/make_join/", template),
+                (
+                    "/_matrix/federation/v2/send_join/",
+                    json!({"state": [pdu(&create), pdu(&join), pdu(&power), pdu(&rules_ev)],
+                           "auth_chain": [pdu(&create), pdu(&join), pdu(&power)]}),
+                ),
+                (
+                    "/_matrix/federation/v1/backfill/",
+                    json!({"origin": fake, "origin_server_ts": 0, "pdus": backfill}),
+                ),
+            ]),
+            events: by_id.clone(),
+            peers: broadcast::channel(4).0,
+        });
+        assert!(node.set_transport(transport));
+        let joined = crate::rooms::join_remote(&server, &room, &bob, vec![fake.clone()])
+            .await
+            .expect("join");
+        let gap = server
+            .db
+            .read(|c| storage::backfill_extremities(c, &room, 10))
+            .expect("read");
+        assert_eq!(gap.len(), 1);
+        assert_eq!(
+            (gap[0].event_id.as_str(), gap[0].via.as_deref()),
+            (good3.as_str(), Some(fake.as_str()))
+        );
+
+        let done = super::backfill(&server, &room).await.expect("backfill");
+        assert!(done.answered);
+        let (timeline, statuses, gap) = server
+            .db
+            .read(|c| {
+                let t = storage::room_events(c, &room, i64::MIN, i64::MAX, 50, false)?;
+                let mut s = Vec::new();
+                for id in [&mallory, &forged] {
+                    s.push(storage::event_status(c, id)?);
+                }
+                Ok((t, s, storage::backfill_extremities(c, &room, 10)?))
+            })
+            .expect("read");
+        let ids: Vec<&str> = timeline.iter().map(|e| e.event_id.as_str()).collect();
+        assert_eq!(
+            ids,
+            vec![
+                create.as_str(),
+                join.as_str(),
+                power.as_str(),
+                rules_ev.as_str(),
+                good1.as_str(),
+                good2.as_str(),
+                good3.as_str(),
+                joined.as_str()
+            ],
+            "history in depth order, then the join"
+        );
+        // Backfilled below the live stream; the join is the only live event.
+        assert!(
+            timeline[..7]
+                .iter()
+                .all(|e| crate::streams::is_backfill_position(e.stream_ordering))
+        );
+        assert!(timeline[7].stream_ordering > 0);
+        assert!(
+            timeline[4].json.contains("good 1"),
+            "the good copy was kept"
+        );
+        assert_eq!(statuses, vec![Some(EventStatus::Rejected), None]);
+        assert!(gap.is_empty(), "the creation closes the gap: {gap:?}");
+        // The state before a backfilled event is known (visibility needs it).
+        assert!(
+            timeline[..7]
+                .iter()
+                .all(|e| e.state_group_before.is_some() || e.kind == "m.room.create")
+        );
+        node.shutdown().await.expect("shutdown");
+    }
+}

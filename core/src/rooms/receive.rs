@@ -520,7 +520,7 @@ impl Room<'_> {
         }
 
         // 4. Auth events: all known, and the event passes auth against them.
-        if let Some(outcome) = self.check_auth_events(&ev)? {
+        if let Some(outcome) = self.check_auth_events(&ev, None)? {
             return Ok(outcome);
         }
         let rules = &self.rules.authorization;
@@ -590,8 +590,13 @@ impl Room<'_> {
     }
 
     /// Check 4: the auth events are all stored and the event passes auth against them.
-    /// `Some` outcome when it does not (missing auth events, or stored as rejected).
-    fn check_auth_events(&self, ev: &Checked) -> Result<Option<Outcome>, Error> {
+    /// `Some` outcome when it does not (missing auth events, or stored as rejected with
+    /// `group_before` as the state before it, when known).
+    fn check_auth_events(
+        &self,
+        ev: &Checked,
+        group_before: Option<i64>,
+    ) -> Result<Option<Outcome>, Error> {
         let c = self.c;
         let pdu = &ev.pdu;
         let event_id = ev.event_id.clone();
@@ -622,14 +627,14 @@ impl Room<'_> {
             load_pdu(c, id.as_str()).ok().flatten()
         }) {
             return self
-                .store_rejected(ev, format!("auth events: {e}"), None)
+                .store_rejected(ev, format!("auth events: {e}"), group_before)
                 .map(Some);
         }
         if let Err(e) = state_res::check_state_dependent_auth_rules(rules, pdu, |ty, sk| {
             auth_state.get(&(ty.clone(), sk.to_owned())).cloned()
         }) {
             return self
-                .store_rejected(ev, format!("against its auth events: {e}"), None)
+                .store_rejected(ev, format!("against its auth events: {e}"), group_before)
                 .map(Some);
         }
         Ok(None)
@@ -677,9 +682,8 @@ impl Room<'_> {
                 reason: "not this room's create event".into(),
             });
         }
-        if let Some(outcome) = self.check_auth_events(&ev)? {
-            return Ok(outcome);
-        }
+        // The state before it first: a rejected event keeps it, so the history built on
+        // it (the state after a rejected event is the state before it) can go on.
         let (before, group_before) = if is_create {
             (StateMap::new(), None)
         } else if let Some((state, group)) = self.state_before(pdu)? {
@@ -693,6 +697,9 @@ impl Room<'_> {
             }
             return Ok(Outcome::Outlier { event_id });
         };
+        if let Some(outcome) = self.check_auth_events(&ev, group_before)? {
+            return Ok(outcome);
+        }
         if !is_create && let Err(e) = check_against(c, &self.rules.authorization, pdu, &before) {
             return self.store_rejected(
                 &ev,

@@ -155,4 +155,65 @@ mod tests {
             None
         );
     }
+    #[test]
+    fn room_events_walk_the_live_stream_then_backfilled_history() {
+        use crate::storage::{EventStatus, StoredEvent, insert_event, room_events};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = super::super::Db::open(&dir.path().join("warren.db")).expect("open");
+        let ev = |pos: i64, id: &str, status: EventStatus| StoredEvent {
+            stream_ordering: pos,
+            event_id: id.to_owned(),
+            room_id: "!r:x".into(),
+            kind: "m.room.message".into(),
+            state_key: None,
+            sender: "@a:x".into(),
+            depth: 1,
+            origin_server_ts: 0,
+            json: "{}".into(),
+            unsigned: None,
+            redacted_by: None,
+            state_group_before: None,
+            txn_device: None,
+            txn_id: None,
+            status,
+            rejection_reason: None,
+            state_group_after: None,
+            room_state_group: None,
+        };
+        let deep = backfill_position(30, 0).expect("pos");
+        db.write(|c| {
+            insert_event(c, &ev(7, "$live7", EventStatus::Timeline))?;
+            insert_event(c, &ev(5, "$live5", EventStatus::Timeline))?;
+            insert_event(c, &ev(-6, "$outlier", EventStatus::Outlier))?;
+            // Arrived in this order, sorted by depth.
+            insert_event(c, &ev(deep, "$depth30", EventStatus::Timeline))?;
+            let shallow = next_backfill_position(c, 10)?.expect("pos");
+            insert_event(c, &ev(shallow, "$depth10", EventStatus::Timeline))?;
+            let tie = next_backfill_position(c, 30)?.expect("pos");
+            assert_eq!(tie, deep + 1);
+            insert_event(c, &ev(tie, "$depth30b", EventStatus::Timeline))
+        })
+        .expect("write");
+        let ids = |after: i64, up_to: i64, limit: usize, backwards: bool| -> Vec<String> {
+            db.read(|c| room_events(c, "!r:x", after, up_to, limit, backwards))
+                .expect("read")
+                .into_iter()
+                .map(|e| e.event_id)
+                .collect()
+        };
+        assert_eq!(
+            ids(i64::MIN, i64::MAX, 10, true),
+            ["$live7", "$live5", "$depth30b", "$depth30", "$depth10"]
+        );
+        assert_eq!(
+            ids(i64::MIN, i64::MAX, 10, false),
+            ["$depth10", "$depth30", "$depth30b", "$live5", "$live7"]
+        );
+        // A page that ends in the live stream continues below it; limits hold across.
+        assert_eq!(ids(i64::MIN, 6, 2, true), ["$live5", "$depth30b"]);
+        assert_eq!(ids(i64::MIN, deep, 5, true), ["$depth30", "$depth10"]);
+        // /sync ranges start at a token (never negative): no backfilled event.
+        assert_eq!(ids(0, i64::MAX, 10, true), ["$live7", "$live5"]);
+        assert_eq!(ids(4, 7, 10, false), ["$live5", "$live7"]);
+    }
 }
