@@ -1167,6 +1167,20 @@ async fn a_late_joiner_pages_back_through_history_from_before_the_join() -> anyh
                     .as_str()),
         "history does not end with bob's join"
     );
+    // All of it in one page now that it is here: the page ends at the creation (no `end`).
+    let mut options = matrix_sdk::room::MessagesOptions::backward();
+    options.limit = matrix_sdk::ruma::UInt::from(1000u32);
+    let page = bob_room.messages(options).await?;
+    ensure!(
+        page.end.is_none(),
+        "a page reaching the creation has an end token"
+    );
+    ensure!(
+        page.chunk.len() == history.len(),
+        "{} events in one page, {} paged",
+        page.chunk.len(),
+        history.len()
+    );
     drop((bob_room, bob));
     a.stop().await?;
     b.stop().await?;
