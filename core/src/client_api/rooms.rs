@@ -559,7 +559,14 @@ pub(super) async fn messages(
             break;
         }
         backfill_calls += 1;
-        let done = rooms::backfill::backfill(&server, &room_id).await?;
+        // Our own failure while storing history must not cost the client what is here.
+        let done = match rooms::backfill::backfill(&server, &room_id).await {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::warn!(%room_id, error = %e, "backfill failed");
+                rooms::backfill::Backfilled::default()
+            }
+        };
         if done.added == 0 {
             backfill_stalled = true;
             break;
