@@ -1204,11 +1204,15 @@ async fn backfilled_history_is_served_once_and_respects_history_visibility() -> 
             "initial_state": [{"type": "m.room.history_visibility", "state_key": "",
                                "content": {"history_visibility": "joined"}}]}))
         .await?;
+    let unreachable = alice
+        .create_room(json!({"preset": "public_chat", "name": "Soon unreachable"}))
+        .await?;
     for i in 0..30 {
         alice.say(&shared, &format!("old {i:02}")).await?;
         alice.say(&joined_only, &format!("secret {i:02}")).await?;
     }
-    for room in [&shared, &joined_only] {
+    alice.say(&unreachable, "only on A").await?;
+    for room in [&shared, &joined_only, &unreachable] {
         bob.post(
             &format!("/join/{}?server_name={}", path_segment(room), a.name()),
             json!({}),
@@ -1216,9 +1220,10 @@ async fn backfilled_history_is_served_once_and_respects_history_visibility() -> 
         .await?;
     }
     let first = bob
-        .sync_until("both rooms", |s| {
-            s["rooms"]["join"][shared.as_str()].is_object()
-                && s["rooms"]["join"][joined_only.as_str()].is_object()
+        .sync_until("the three rooms", |s| {
+            [&shared, &joined_only, &unreachable]
+                .iter()
+                .all(|r| s["rooms"]["join"][r.as_str()].is_object())
         })
         .await?;
     let next_batch = first["next_batch"]
@@ -1364,7 +1369,23 @@ async fn backfilled_history_is_served_once_and_respects_history_visibility() -> 
         "members-only history does not reach the creation: {:?}",
         hidden.first()
     );
+
+    // With A gone, paging back answers with what is here, within the bounds, and ends.
     a.stop().await?;
+    let started = std::time::Instant::now();
+    let (local, _) = page_back(&bob, &unreachable, None, 10).await?;
+    ensure!(
+        started.elapsed() < Duration::from_secs(60),
+        "paging with the peer gone took {:?}",
+        started.elapsed()
+    );
+    ensure!(
+        local
+            .iter()
+            .any(|e| e["type"] == "m.room.member" && e["state_key"] == bob.id()),
+        "bob's own join is not served: {local:?}"
+    );
+    ensure!(bodies_with(&local, "only on A").is_empty());
     b.stop().await?;
     Ok(())
 }
