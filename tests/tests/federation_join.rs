@@ -1212,6 +1212,44 @@ async fn backfilled_history_is_served_once_and_respects_history_visibility() -> 
         alice.say(&joined_only, &format!("secret {i:02}")).await?;
     }
     alice.say(&unreachable, "only on A").await?;
+    // An edit and a reaction from before the join, on A.
+    let on_a = alice
+        .ok(
+            reqwest::Method::GET,
+            &format!("/rooms/{}/messages?dir=b&limit=100", path_segment(&shared)),
+            Value::Null,
+        )
+        .await?;
+    let id_on_a = |body: &str| -> anyhow::Result<String> {
+        on_a["chunk"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["content"]["body"] == body)
+            .and_then(|e| e["event_id"].as_str().map(str::to_owned))
+            .with_context(|| format!("{body} on A"))
+    };
+    let (edited, reacted) = (id_on_a("old 16")?, id_on_a("old 15")?);
+    for (kind, content) in [
+        (
+            "m.room.message",
+            json!({"msgtype": "m.text", "body": "* old 16 edited",
+                   "m.new_content": {"msgtype": "m.text", "body": "old 16 edited"},
+                   "m.relates_to": {"rel_type": "m.replace", "event_id": edited}}),
+        ),
+        (
+            "m.reaction",
+            json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": reacted, "key": "+1"}}),
+        ),
+    ] {
+        alice
+            .ok(
+                reqwest::Method::PUT,
+                &format!("/rooms/{}/send/{kind}/rel-{kind}", path_segment(&shared)),
+                content,
+            )
+            .await?;
+    }
     for room in [&shared, &joined_only, &unreachable] {
         bob.post(
             &format!("/join/{}?server_name={}", path_segment(room), a.name()),
@@ -1288,6 +1326,37 @@ async fn backfilled_history_is_served_once_and_respects_history_visibility() -> 
     ensure!(
         ctx["events_after"][0]["content"]["body"] == "old 16",
         "{ctx}"
+    );
+    // Relationships from before the join count: the edit is bundled, the reaction listed.
+    let old16 = bob
+        .ok(
+            reqwest::Method::GET,
+            &format!(
+                "/rooms/{}/event/{}",
+                path_segment(&shared),
+                path_segment(&edited)
+            ),
+            Value::Null,
+        )
+        .await?;
+    ensure!(
+        old16["unsigned"]["m.relations"]["m.replace"].is_object(),
+        "no bundled edit: {old16}"
+    );
+    let (status, reactions) = bob
+        .call(
+            reqwest::Method::GET,
+            &format!(
+                "/../v1/rooms/{}/relations/{}/m.annotation", // `/relations` is under v1
+                path_segment(&shared),
+                path_segment(&reacted)
+            ),
+            Value::Null,
+        )
+        .await?;
+    ensure!(
+        status == 200 && reactions["chunk"].as_array().is_some_and(|c| c.len() == 1),
+        "{status} {reactions}"
     );
     // Paging forwards from the context's end goes on through history into the live part.
     let fwd = bob

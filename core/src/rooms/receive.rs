@@ -645,9 +645,10 @@ impl Room<'_> {
     /// [`check_pdu`]; here auth against its auth events and against the state before
     /// it), where the state before it comes from its prev events when they are here, else
     /// from `given_state` (the serving server's `/state` at the event). It takes a
-    /// backfill position (by depth: see [`crate::streams::BACKFILL_BASE`]) and changes
-    /// nothing else: not the current state, the forward extremities, memberships or
-    /// notifications, and it is never soft-failed (it is history, not news). The room's
+    /// backfill position (by depth: see [`crate::streams::BACKFILL_BASE`]) and its
+    /// relationship (edits, reactions, threads), and changes nothing else: not the
+    /// current state, the forward extremities, memberships, search or notifications,
+    /// and it is never soft-failed (it is history, not news). The room's
     /// create event (`create_id`), stored as an outlier when the room was joined, joins
     /// the timeline this way at the start of its history.
     pub(super) fn process_backfilled(
@@ -757,6 +758,10 @@ impl Room<'_> {
             room_state_group: None,
         };
         storage::insert_event(c, &stored)?;
+        // Edits, reactions and thread replies from before the join count in bundled
+        // aggregations and `/relations` (a backfilled thread reply never displaces a
+        // live one as its thread's newest: its position is lower).
+        crate::relations::on_persisted(c, &stored)?;
         Ok(Outcome::Accepted {
             event_id,
             stream_pos: pos,
