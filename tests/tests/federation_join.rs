@@ -1426,6 +1426,21 @@ async fn backfilled_history_is_served_once_and_respects_history_visibility() -> 
     )
     .await?;
 
+    // Backfilled history is searchable, as far as bob may read it.
+    let found = bob
+        .post(
+            "/search",
+            json!({"search_categories": {"room_events": {"search_term": "07"}}}),
+        )
+        .await?;
+    let hits: Vec<&str> = found["search_categories"]["room_events"]["results"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["result"]["content"]["body"].as_str())
+        .collect();
+    ensure!(hits == ["old 07"], "search found {hits:?}");
+
     // Members-only history: paging reaches the creation, no message from before shows.
     let (hidden, _) = page_back(&bob, &joined_only, None, 10).await?;
     ensure!(

@@ -645,9 +645,10 @@ impl Room<'_> {
     /// [`check_pdu`]; here auth against its auth events and against the state before
     /// it), where the state before it comes from its prev events when they are here, else
     /// from `given_state` (the serving server's `/state` at the event). It takes a
-    /// backfill position (by depth: see [`crate::streams::BACKFILL_BASE`]) and its
-    /// relationship (edits, reactions, threads), and changes nothing else: not the
-    /// current state, the forward extremities, memberships, search or notifications,
+    /// backfill position (by depth: see [`crate::streams::BACKFILL_BASE`]), its search
+    /// text and its relationship (edits, reactions, threads), and changes nothing
+    /// else: not the current state, the forward extremities, memberships or
+    /// notifications,
     /// and it is never soft-failed (it is history, not news). The room's
     /// create event (`create_id`), stored as an outlier when the room was joined, joins
     /// the timeline this way at the start of its history.
@@ -758,6 +759,8 @@ impl Room<'_> {
             room_state_group: None,
         };
         storage::insert_event(c, &stored)?;
+        // History is searchable like the rest (search orders it below live events).
+        storage::index_event(c, &stored)?;
         // Edits, reactions and thread replies from before the join count in bundled
         // aggregations and `/relations` (a backfilled thread reply never displaces a
         // live one as its thread's newest: its position is lower).
