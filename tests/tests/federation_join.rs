@@ -1271,6 +1271,20 @@ async fn backfilled_history_is_served_once_and_respects_history_visibility() -> 
     let tl = &first["rooms"]["join"][shared.as_str()]["timeline"];
     ensure!(tl["limited"] == true, "join's timeline not limited: {tl}");
     let prev_batch = tl["prev_batch"].as_str().context("prev_batch")?.to_owned();
+    // Sliding sync says the same for a room new to the connection.
+    let (status, ss) = bob
+        .call(
+            reqwest::Method::POST,
+            "/../unstable/org.matrix.simplified_msc3575/sync?timeout=0",
+            json!({"conn_id": "backfill", "lists": {"all": {
+                "ranges": [[0, 9]], "timeline_limit": 5, "required_state": []}}}),
+        )
+        .await?;
+    let ss_room = &ss["rooms"][shared.as_str()];
+    ensure!(
+        status == 200 && ss_room["limited"] == true && ss_room["prev_batch"].is_string(),
+        "sliding sync: {status} {ss_room}"
+    );
 
     // From prev_batch: all 30 old messages, in order, down to the creation.
     let (history, ends) = page_back(&bob, &shared, Some(&prev_batch), 10).await?;
