@@ -25,7 +25,7 @@ use crate::client_api::visibility::{Visibility, visibility_for};
 use crate::error::Error;
 use crate::events::{ClientEventOptions, client_event};
 use crate::storage::{self, ChildrenQuery, Relation, StoredEvent};
-use crate::streams::SyncToken;
+use crate::streams::PageToken;
 
 /// How many levels `/relations?recurse=true` follows (the spec asks for at least 3;
 /// Synapse uses 3).
@@ -312,9 +312,11 @@ pub struct RelationsParams {
     pub recurse: Option<bool>,
 }
 
+/// A position token: the live stream's `s…` or backfilled history's `t…` (see
+/// [`PageToken`]); children and threads from before a join sort below the live ones.
 fn parse_token(t: &str) -> Result<i64, Error> {
-    SyncToken::parse(t)
-        .map(|t| t.pos)
+    PageToken::parse(t)
+        .map(|t| t.0)
         .ok_or_else(|| Error::InvalidParam(format!("invalid pagination token {t}")))
 }
 
@@ -353,14 +355,17 @@ pub fn children_page(
     };
     // `from` is where the page starts: backwards, children at or before it; forwards,
     // children after it. `to` bounds the other side.
-    let lower = to.filter(|_| backwards).unwrap_or(0).max(vis.min_pos());
+    let lower = to
+        .filter(|_| backwards)
+        .unwrap_or(i64::MIN)
+        .max(vis.min_pos());
     let upper = if backwards { from } else { to }
         .unwrap_or(i64::MAX)
         .min(vis.max_pos());
     let mut cursor = if backwards {
         upper
     } else {
-        from.unwrap_or(0).max(lower)
+        from.unwrap_or(i64::MIN).max(lower)
     };
     // Children the viewer may not see (history visibility, per event) are skipped; read
     // on until the page is full, the children end, or SCAN_BUDGET rows were looked at
@@ -417,7 +422,7 @@ pub fn children_page(
     }
     let mut body = json!({"chunk": render_in_room(c, &chunk, opts, &vis)?});
     if more {
-        body["next_batch"] = json!(SyncToken::at(cursor).to_string());
+        body["next_batch"] = json!(PageToken::at(cursor).to_string());
     }
     if let Some(from) = &p.from {
         body["prev_batch"] = json!(from);
@@ -489,7 +494,7 @@ pub fn threads_page(
     }
     let mut body = json!({"chunk": render_in_room(c, &roots, opts, &vis)?});
     if more {
-        body["next_batch"] = json!(SyncToken::at(cursor).to_string());
+        body["next_batch"] = json!(PageToken::at(cursor).to_string());
     }
     Ok(body)
 }

@@ -16,7 +16,7 @@ use crate::client_api::visibility::{Visibility, visibility_for, visible_events};
 use crate::client_api::{Caller, client_opts, state_at};
 use crate::error::Error;
 use crate::storage::{self, StoredEvent};
-use crate::streams::SyncToken;
+use crate::streams::PageToken;
 
 /// Default page size.
 pub const DEFAULT_LIMIT: usize = 10;
@@ -317,8 +317,8 @@ fn context(
     let mut out = json!({
         "events_before": events_before,
         "events_after": events_after,
-        "start": SyncToken::at(start).to_string(),
-        "end": SyncToken::at(end).to_string(),
+        "start": PageToken::at(start).to_string(),
+        "end": PageToken::at(end).to_string(),
     });
     if ctx.include_profile {
         let state = state_at(c, &ev.room_id, pos)?;

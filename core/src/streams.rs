@@ -68,6 +68,86 @@ impl std::fmt::Display for SyncToken {
     }
 }
 
+/// Backfilled events (history from before this node joined a room, fetched from other
+/// servers with `/backfill`) take positions in their own range, below every other
+/// position: below zero, so no `/sync` range (which starts at a token, never negative)
+/// ever includes them, and below the negative positions of outliers, soft-failed and
+/// rejected events. Inside the range a position encodes the event's DAG depth, so
+/// backfilled events sort topologically whatever order they arrived in:
+/// `BACKFILL_BASE + depth << BACKFILL_TIE_BITS + tie`, the tie counting events of one
+/// depth (forks).
+pub const BACKFILL_BASE: StreamPosition = i64::MIN / 2;
+/// Bits of a backfill position that tell events of the same depth apart.
+pub const BACKFILL_TIE_BITS: u32 = 20;
+/// Events of a depth at or above this cannot be backfilled (a real room is nowhere near).
+pub const MAX_BACKFILL_DEPTH: i64 = 1 << 41;
+/// Every backfill position is below this (it is `-2^61`, far below any outlier's).
+pub const BACKFILL_END: StreamPosition = BACKFILL_BASE + (MAX_BACKFILL_DEPTH << BACKFILL_TIE_BITS);
+
+/// The backfill position of the `tie`-th event of depth `depth`; `None` out of range.
+pub fn backfill_position(depth: i64, tie: i64) -> Option<StreamPosition> {
+    if !(0..MAX_BACKFILL_DEPTH).contains(&depth) || !(0..1 << BACKFILL_TIE_BITS).contains(&tie) {
+        return None;
+    }
+    Some(BACKFILL_BASE + (depth << BACKFILL_TIE_BITS) + tie)
+}
+
+/// Whether a position is one of a backfilled event (or a cursor between them).
+pub fn is_backfill_position(pos: StreamPosition) -> bool {
+    (BACKFILL_BASE..BACKFILL_END).contains(&pos)
+}
+
+/// A `/messages` (and `/context`, `/relations`) pagination token: a position in the live
+/// stream (`s{pos}_…`, the `/sync` token format, always accepted) or among backfilled
+/// events (`t{depth}_{tie}`, as Synapse's topological tokens). Backwards pagination runs
+/// from the live stream (`s0` is before its first event) straight on into backfilled
+/// history; the two kinds order as one sequence of positions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageToken(pub StreamPosition);
+
+impl PageToken {
+    /// Parse either form; `None` for anything else.
+    pub fn parse(s: &str) -> Option<PageToken> {
+        if let Some(rest) = s.strip_prefix('t') {
+            let (depth, tie) = rest.split_once('_')?;
+            let depth: i64 = depth.parse().ok()?;
+            let tie: i64 = tie.parse().ok()?;
+            return backfill_position(depth, tie).map(PageToken);
+        }
+        SyncToken::parse(s).map(|t| PageToken(t.pos))
+    }
+
+    /// The token for a cursor position: live positions as `s{pos}_0`, backfill positions
+    /// as `t{depth}_{tie}`; a position between the two ranges (where only outliers live)
+    /// is the bottom of the live stream, `s0_0`, from which backwards paging goes on into
+    /// backfilled history.
+    pub fn at(pos: StreamPosition) -> PageToken {
+        if pos >= 0 || is_backfill_position(pos) {
+            PageToken(pos)
+        } else if pos < BACKFILL_BASE {
+            PageToken(BACKFILL_BASE)
+        } else {
+            PageToken(0)
+        }
+    }
+}
+
+impl std::fmt::Display for PageToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if is_backfill_position(self.0) {
+            let off = self.0 - BACKFILL_BASE;
+            write!(
+                f,
+                "t{}_{}",
+                off >> BACKFILL_TIE_BITS,
+                off & ((1 << BACKFILL_TIE_BITS) - 1)
+            )
+        } else {
+            SyncToken::at(self.0.max(0)).fmt(f)
+        }
+    }
+}
+
 /// Who is typing where, with expiry.
 #[derive(Default)]
 struct TypingState {
@@ -264,6 +344,36 @@ mod tests {
         // The inbox cannot be ahead of the stream; no fourth part.
         assert_eq!(SyncToken::parse("s42_7_43"), None);
         assert_eq!(SyncToken::parse("s42_7_40_1"), None);
+    }
+
+    #[test]
+    fn page_tokens_cover_the_live_stream_and_backfilled_history() {
+        // Live positions keep the /sync format, both ways.
+        assert_eq!(PageToken::parse("s42_7"), Some(PageToken(42)));
+        assert_eq!(PageToken::at(42).to_string(), "s42_0");
+        // Backfilled positions are topological: depth, then a tie counter.
+        let p = backfill_position(120, 3).expect("in range");
+        assert_eq!(PageToken::at(p).to_string(), "t120_3");
+        assert_eq!(PageToken::parse("t120_3"), Some(PageToken(p)));
+        assert!(p < 0 && is_backfill_position(p));
+        // Deeper is later; every backfill position is below every live and outlier one.
+        let deeper = backfill_position(121, 0).expect("in range");
+        assert!(p < deeper && deeper < BACKFILL_END && BACKFILL_END < -(1 << 60));
+        // One before the first tie of a depth is the last tie of the depth below.
+        assert_eq!(
+            PageToken::at(deeper - 1).to_string(),
+            format!("t120_{}", (1 << BACKFILL_TIE_BITS) - 1)
+        );
+        // Between the ranges (outliers) reads as the bottom of the live stream.
+        assert_eq!(PageToken::at(-5).to_string(), "s0_0");
+        assert_eq!(PageToken::at(i64::MIN), PageToken(BACKFILL_BASE));
+        // Out of range or malformed: refused; /sync never takes a backfill position.
+        assert_eq!(PageToken::parse("t-1_0"), None);
+        assert_eq!(PageToken::parse(&format!("t{MAX_BACKFILL_DEPTH}_0")), None);
+        assert_eq!(PageToken::parse("t5_1048576"), None);
+        assert_eq!(PageToken::parse("t5"), None);
+        assert_eq!(SyncToken::parse("t120_3"), None);
+        assert_eq!(backfill_position(0, 0), Some(BACKFILL_BASE));
     }
 
     #[test]

@@ -433,7 +433,11 @@ fn joined_room(
             }
         }
     }
-    let limited = fetched.len() > limit || !exhausted;
+    // A room joined over federation has history before its first event here (on other
+    // servers, or backfilled already): the timeline is limited, and `prev_batch` leads
+    // `/messages` back into it (backfilling as it goes).
+    let limited =
+        fetched.len() > limit || !exhausted || (full && storage::has_earlier_history(c, room_id)?);
     fetched.truncate(limit);
     fetched.reverse();
     let timeline: Vec<StoredEvent> = fetched;

@@ -1276,3 +1276,436 @@ async fn the_room_directory_of_a_peer_and_of_the_whole_mesh() -> anyhow::Result<
     b.stop().await?;
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------
+// Backfill: history from before a join over federation
+// ---------------------------------------------------------------------------------------
+
+/// `GET /messages` backwards from `from` in pages of `limit` until a page has no `end`;
+/// returns the events oldest first and the pages' `end` tokens. Fails if a token repeats
+/// or an event comes twice.
+async fn page_back(
+    user: &User,
+    room: &str,
+    from: Option<&str>,
+    limit: usize,
+) -> anyhow::Result<(Vec<Value>, Vec<String>)> {
+    let mut from = from.map(str::to_owned);
+    let mut newest_first = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut ends = Vec::new();
+    for _ in 0..100 {
+        let mut path = format!("/rooms/{}/messages?dir=b&limit={limit}", path_segment(room));
+        if let Some(f) = &from {
+            path.push_str(&format!("&from={}", encode(f)));
+        }
+        let page = user.ok(reqwest::Method::GET, &path, Value::Null).await?;
+        for ev in page["chunk"].as_array().context("chunk")? {
+            let id = ev["event_id"].as_str().context("event_id")?.to_owned();
+            ensure!(seen.insert(id.clone()), "{id} returned twice");
+            newest_first.push(ev.clone());
+        }
+        match page["end"].as_str() {
+            Some(end) => {
+                ensure!(from.as_deref() != Some(end), "end {end} did not advance");
+                ends.push(end.to_owned());
+                from = Some(end.to_owned());
+            }
+            None => {
+                newest_first.reverse();
+                return Ok((newest_first, ends));
+            }
+        }
+    }
+    bail!("history did not end after 100 pages")
+}
+
+fn bodies_with(events: &[Value], prefix: &str) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .filter_map(|e| e["content"]["body"].as_str())
+        .filter(|b| b.starts_with(prefix))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A matrix-sdk user on B who joins late pages back through all 120 messages sent on A
+/// before the join, in order, to the room's creation; the join's `/sync` is `limited`
+/// with a `prev_batch` that leads there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_joiner_pages_back_through_history_from_before_the_join() -> anyhow::Result<()> {
+    use matrix_sdk::ruma::{OwnedRoomId, OwnedServerName, RoomOrAliasId};
+
+    let (_da, _db, a, b) = two_nodes().await?;
+    let alice = User::register(&a, "alice").await?;
+    let room = alice
+        .create_room(json!({"preset": "public_chat", "name": "History"}))
+        .await?;
+    for i in 0..120 {
+        alice.say(&room, &format!("early {i:03}")).await?;
+    }
+
+    let bob = register_client(&b.node.client_url(), "bob", "bob-password").await?;
+    let room_id: OwnedRoomId = room.as_str().try_into()?;
+    let via: OwnedServerName = a.name().try_into()?;
+    let target: &RoomOrAliasId = (&*room_id).into();
+    let bob_room = bob.join_room_by_id_or_alias(target, &[via]).await?;
+    let joined = sync_until(&bob, WAIT, "bob's sync has the room", |r| {
+        Ok(r.rooms.joined.contains_key(&room_id))
+    })
+    .await?;
+    let timeline = &joined.rooms.joined[&room_id].timeline;
+    ensure!(timeline.limited, "the join's timeline is not limited");
+    ensure!(timeline.prev_batch.is_some(), "no prev_batch");
+
+    // Pages of 25 (the last one partial), through the backfill, to the creation.
+    let history = history_backwards(&bob_room, 25).await?;
+    let early = history
+        .iter()
+        .filter_map(message_body)
+        .filter(|b| b.starts_with("early "))
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+    let want: Vec<String> = (0..120).map(|i| format!("early {i:03}")).collect();
+    ensure!(
+        early == want,
+        "history out of order or incomplete: {early:?}"
+    );
+    ensure!(
+        history
+            .first()
+            .is_some_and(|e| e["type"] == "m.room.create"),
+        "history does not start at the creation: {:?}",
+        history.first()
+    );
+    ensure!(
+        history.last().is_some_and(|e| e["type"] == "m.room.member"
+            && e["state_key"]
+                == bob
+                    .user_id()
+                    .map(|u| u.to_string())
+                    .unwrap_or_default()
+                    .as_str()),
+        "history does not end with bob's join"
+    );
+    // All of it in one page now that it is here: the page ends at the creation (no `end`).
+    let mut options = matrix_sdk::room::MessagesOptions::backward();
+    options.limit = matrix_sdk::ruma::UInt::from(1000u32);
+    let page = bob_room.messages(options).await?;
+    ensure!(
+        page.end.is_none(),
+        "a page reaching the creation has an end token"
+    );
+    ensure!(
+        page.chunk.len() == history.len(),
+        "{} events in one page, {} paged",
+        page.chunk.len(),
+        history.len()
+    );
+    drop((bob_room, bob));
+    a.stop().await?;
+    b.stop().await?;
+    Ok(())
+}
+
+/// Raw HTTP: the join's `prev_batch` leads into backfilled history; `/event` and
+/// `/context` work on a backfilled event; a later incremental `/sync` does not repeat
+/// backfilled events; a room whose history is visible to joined members only shows none
+/// of the messages from before the join, though paging still reaches the creation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfilled_history_is_served_once_and_respects_history_visibility() -> anyhow::Result<()> {
+    let (_da, _db, a, b) = two_nodes().await?;
+    let alice = User::register(&a, "alice").await?;
+    let bob = User::register(&b, "bob").await?;
+    let shared = alice
+        .create_room(json!({"preset": "public_chat", "name": "Shared"}))
+        .await?;
+    let joined_only = alice
+        .create_room(json!({"preset": "public_chat", "name": "Members only",
+            "initial_state": [{"type": "m.room.history_visibility", "state_key": "",
+                               "content": {"history_visibility": "joined"}}]}))
+        .await?;
+    let unreachable = alice
+        .create_room(json!({"preset": "public_chat", "name": "Soon unreachable"}))
+        .await?;
+    for i in 0..30 {
+        alice.say(&shared, &format!("old {i:02}")).await?;
+        alice.say(&joined_only, &format!("secret {i:02}")).await?;
+    }
+    alice.say(&unreachable, "only on A").await?;
+    // An edit and a reaction from before the join, on A.
+    let on_a = alice
+        .ok(
+            reqwest::Method::GET,
+            &format!("/rooms/{}/messages?dir=b&limit=100", path_segment(&shared)),
+            Value::Null,
+        )
+        .await?;
+    let id_on_a = |body: &str| -> anyhow::Result<String> {
+        on_a["chunk"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["content"]["body"] == body)
+            .and_then(|e| e["event_id"].as_str().map(str::to_owned))
+            .with_context(|| format!("{body} on A"))
+    };
+    let (edited, reacted) = (id_on_a("old 16")?, id_on_a("old 15")?);
+    for (kind, content) in [
+        (
+            "m.room.message",
+            json!({"msgtype": "m.text", "body": "* old 16 edited",
+                   "m.new_content": {"msgtype": "m.text", "body": "old 16 edited"},
+                   "m.relates_to": {"rel_type": "m.replace", "event_id": edited}}),
+        ),
+        (
+            "m.reaction",
+            json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": reacted, "key": "+1"}}),
+        ),
+    ] {
+        alice
+            .ok(
+                reqwest::Method::PUT,
+                &format!("/rooms/{}/send/{kind}/rel-{kind}", path_segment(&shared)),
+                content,
+            )
+            .await?;
+    }
+    for room in [&shared, &joined_only, &unreachable] {
+        bob.post(
+            &format!("/join/{}?server_name={}", path_segment(room), a.name()),
+            json!({}),
+        )
+        .await?;
+    }
+    let first = bob
+        .sync_until("the three rooms", |s| {
+            [&shared, &joined_only, &unreachable]
+                .iter()
+                .all(|r| s["rooms"]["join"][r.as_str()].is_object())
+        })
+        .await?;
+    let next_batch = first["next_batch"]
+        .as_str()
+        .context("next_batch")?
+        .to_owned();
+    let tl = &first["rooms"]["join"][shared.as_str()]["timeline"];
+    ensure!(tl["limited"] == true, "join's timeline not limited: {tl}");
+    let prev_batch = tl["prev_batch"].as_str().context("prev_batch")?.to_owned();
+    // Sliding sync says the same for a room new to the connection.
+    let (status, ss) = bob
+        .call(
+            reqwest::Method::POST,
+            "/../unstable/org.matrix.simplified_msc3575/sync?timeout=0",
+            json!({"conn_id": "backfill", "lists": {"all": {
+                "ranges": [[0, 9]], "timeline_limit": 5, "required_state": []}}}),
+        )
+        .await?;
+    let ss_room = &ss["rooms"][shared.as_str()];
+    ensure!(
+        status == 200 && ss_room["limited"] == true && ss_room["prev_batch"].is_string(),
+        "sliding sync: {status} {ss_room}"
+    );
+
+    // From prev_batch: all 30 old messages, in order, down to the creation.
+    let (history, ends) = page_back(&bob, &shared, Some(&prev_batch), 10).await?;
+    let want: Vec<String> = (0..30).map(|i| format!("old {i:02}")).collect();
+    ensure!(
+        bodies_with(&history, "old ") == want,
+        "{:?}",
+        bodies_with(&history, "old ")
+    );
+    ensure!(
+        history
+            .first()
+            .is_some_and(|e| e["type"] == "m.room.create")
+    );
+    ensure!(
+        ends.iter().any(|t| t.starts_with('t')),
+        "no topological token among {ends:?}"
+    );
+
+    // A backfilled event: /event and /context.
+    let old = history
+        .iter()
+        .find(|e| e["content"]["body"] == "old 15")
+        .context("old 15")?;
+    let id = old["event_id"].as_str().context("id")?;
+    let ev = bob
+        .ok(
+            reqwest::Method::GET,
+            &format!(
+                "/rooms/{}/event/{}",
+                path_segment(&shared),
+                path_segment(id)
+            ),
+            Value::Null,
+        )
+        .await?;
+    ensure!(ev["content"]["body"] == "old 15", "{ev}");
+    let ctx = bob
+        .ok(
+            reqwest::Method::GET,
+            &format!(
+                "/rooms/{}/context/{}?limit=4",
+                path_segment(&shared),
+                path_segment(id)
+            ),
+            Value::Null,
+        )
+        .await?;
+    ensure!(
+        ctx["events_before"][0]["content"]["body"] == "old 14",
+        "{ctx}"
+    );
+    ensure!(
+        ctx["events_after"][0]["content"]["body"] == "old 16",
+        "{ctx}"
+    );
+    // Relationships from before the join count: the edit is bundled, the reaction listed.
+    let old16 = bob
+        .ok(
+            reqwest::Method::GET,
+            &format!(
+                "/rooms/{}/event/{}",
+                path_segment(&shared),
+                path_segment(&edited)
+            ),
+            Value::Null,
+        )
+        .await?;
+    ensure!(
+        old16["unsigned"]["m.relations"]["m.replace"].is_object(),
+        "no bundled edit: {old16}"
+    );
+    let (status, reactions) = bob
+        .call(
+            reqwest::Method::GET,
+            &format!(
+                "/../v1/rooms/{}/relations/{}/m.annotation", // `/relations` is under v1
+                path_segment(&shared),
+                path_segment(&reacted)
+            ),
+            Value::Null,
+        )
+        .await?;
+    ensure!(
+        status == 200 && reactions["chunk"].as_array().is_some_and(|c| c.len() == 1),
+        "{status} {reactions}"
+    );
+    // Paging forwards from the context's end goes on through history into the live part.
+    let fwd = bob
+        .ok(
+            reqwest::Method::GET,
+            &format!(
+                "/rooms/{}/messages?dir=f&limit=50&from={}",
+                path_segment(&shared),
+                encode(ctx["end"].as_str().context("end")?)
+            ),
+            Value::Null,
+        )
+        .await?;
+    let after: Vec<String> = fwd["chunk"]
+        .as_array()
+        .context("chunk")?
+        .iter()
+        .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+        .collect();
+    ensure!(
+        after.first().map(String::as_str) == Some("old 18") && after.iter().any(|b| b == "old 29"),
+        "{after:?}"
+    );
+    ensure!(
+        fwd["chunk"].as_array().is_some_and(|c| c
+            .iter()
+            .any(|e| e["type"] == "m.room.member" && e["state_key"] == bob.id())),
+        "forward paging does not reach bob's join"
+    );
+
+    // A new message reaches bob incrementally, without any backfilled event.
+    alice.say(&shared, "new").await?;
+    let filter = encode(r#"{"room":{"timeline":{"limit":50}}}"#);
+    let mut since = next_batch;
+    let mut got_new = false;
+    wait_until(
+        WAIT,
+        "bob's incremental sync has the new message",
+        async || {
+            let s = bob
+                .ok(
+                    reqwest::Method::GET,
+                    &format!(
+                        "/sync?since={}&timeout=1000&filter={filter}",
+                        encode(&since)
+                    ),
+                    Value::Null,
+                )
+                .await?;
+            since = s["next_batch"].as_str().context("next_batch")?.to_owned();
+            for room in [&shared, &joined_only] {
+                let events = s["rooms"]["join"][room.as_str()]["timeline"]["events"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                for e in &events {
+                    let body = e["content"]["body"].as_str().unwrap_or_default();
+                    ensure!(
+                        !body.starts_with("old ") && !body.starts_with("secret "),
+                        "incremental sync repeats a backfilled event: {e}"
+                    );
+                    got_new |= body == "new";
+                }
+            }
+            Ok(got_new)
+        },
+    )
+    .await?;
+
+    // Backfilled history is searchable, as far as bob may read it.
+    let found = bob
+        .post(
+            "/search",
+            json!({"search_categories": {"room_events": {"search_term": "07"}}}),
+        )
+        .await?;
+    let hits: Vec<&str> = found["search_categories"]["room_events"]["results"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["result"]["content"]["body"].as_str())
+        .collect();
+    ensure!(hits == ["old 07"], "search found {hits:?}");
+
+    // Members-only history: paging reaches the creation, no message from before shows.
+    let (hidden, _) = page_back(&bob, &joined_only, None, 10).await?;
+    ensure!(
+        bodies_with(&hidden, "secret ").is_empty(),
+        "pre-join messages revealed: {:?}",
+        bodies_with(&hidden, "secret ")
+    );
+    ensure!(
+        hidden.first().is_some_and(|e| e["type"] == "m.room.create"),
+        "members-only history does not reach the creation: {:?}",
+        hidden.first()
+    );
+
+    // With A gone, paging back answers with what is here, within the bounds, and ends.
+    a.stop().await?;
+    let started = std::time::Instant::now();
+    let (local, _) = page_back(&bob, &unreachable, None, 10).await?;
+    ensure!(
+        started.elapsed() < Duration::from_secs(60),
+        "paging with the peer gone took {:?}",
+        started.elapsed()
+    );
+    ensure!(
+        local
+            .iter()
+            .any(|e| e["type"] == "m.room.member" && e["state_key"] == bob.id()),
+        "bob's own join is not served: {local:?}"
+    );
+    ensure!(bodies_with(&local, "only on A").is_empty());
+    b.stop().await?;
+    Ok(())
+}

@@ -75,9 +75,10 @@ impl Visibility {
     }
 
     /// No event at or before this position is visible (exclusive bound). Always the
-    /// room's start: which older events are visible is decided event by event.
+    /// room's start, backfilled history included (it sorts below the live stream):
+    /// which older events are visible is decided event by event.
     pub fn min_pos(&self) -> i64 {
-        0
+        i64::MIN
     }
 
     /// Whether the user may read `ev`.

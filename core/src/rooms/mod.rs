@@ -5,6 +5,7 @@
 
 mod append;
 mod auth;
+pub mod backfill;
 mod create;
 pub mod hierarchy;
 mod join;

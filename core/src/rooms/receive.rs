@@ -342,8 +342,39 @@ pub async fn receive_pdu(
     })
 }
 
+/// The events of `batch` and the auth events they need that are neither stored here nor
+/// in the batch, fetched from `origin` (checked by [`check_pdu`]; at most `budget`
+/// fetches), all in auth-dependency order: what is processed with [`Mode::AuthOnly`]
+/// before a batch of backfilled events is put in place.
+pub(super) async fn with_auth_events(
+    server: &Arc<Server>,
+    remote: &dyn RemoteEvents,
+    origin: &str,
+    room_id: &str,
+    rules: &RoomVersionRules,
+    batch: &[Checked],
+    budget: usize,
+) -> Result<Vec<Checked>, Error> {
+    let mut fetcher = Fetcher {
+        server,
+        remote,
+        origin,
+        room_id,
+        rules,
+        budget,
+        fetched: batch
+            .iter()
+            .map(|e| (e.event_id.clone(), e.clone()))
+            .collect(),
+    };
+    for ev in batch {
+        fetcher.fetch_auth_events(&ev.pdu).await?;
+    }
+    Ok(fetcher.into_dependency_order())
+}
+
 /// Whether an event is stored with a known state after it (so it can be a prev event).
-fn has_state(c: &Connection, event_id: &str) -> Result<bool, Error> {
+pub(super) fn has_state(c: &Connection, event_id: &str) -> Result<bool, Error> {
     Ok(
         storage::get_event_any(c, event_id)?.is_some_and(|e| match e.status {
             EventStatus::Timeline | EventStatus::SoftFailed => true,
@@ -489,39 +520,10 @@ impl Room<'_> {
         }
 
         // 4. Auth events: all known, and the event passes auth against them.
-        let mut auth_state: HashMap<(StateEventType, String), Pdu> = HashMap::new();
-        for a in &pdu.auth_events {
-            let Some(auth) = load_pdu(c, a.as_str())? else {
-                // Not stored: the event may come again once its auth events can be had.
-                return Ok(Outcome::Rejected {
-                    event_id: Some(event_id),
-                    reason: format!("auth event {a} is missing"),
-                });
-            };
-            if let Some(sk) = &auth.state_key {
-                auth_state.insert((auth.kind.to_string().into(), sk.clone()), auth);
-            }
+        if let Some(outcome) = self.check_auth_events(&ev, None)? {
+            return Ok(outcome);
         }
         let rules = &self.rules.authorization;
-        // From room version 12 the create event is not listed: the room id names it.
-        if rules.room_create_event_id_as_room_id
-            && let Some(create) =
-                load_pdu(c, &format!("${}", self.room_id.trim_start_matches('!')))?
-        {
-            auth_state
-                .entry((StateEventType::RoomCreate, String::new()))
-                .or_insert(create);
-        }
-        if let Err(e) = state_res::check_state_independent_auth_rules(rules, pdu, |id: &EventId| {
-            load_pdu(c, id.as_str()).ok().flatten()
-        }) {
-            return self.store_rejected(&ev, format!("auth events: {e}"), None);
-        }
-        if let Err(e) = state_res::check_state_dependent_auth_rules(rules, pdu, |ty, sk| {
-            auth_state.get(&(ty.clone(), sk.to_owned())).cloned()
-        }) {
-            return self.store_rejected(&ev, format!("against its auth events: {e}"), None);
-        }
         if mode != Mode::Full {
             self.store_other(&ev, EventStatus::Outlier, None, None, None)?;
             return Ok(Outcome::Outlier { event_id });
@@ -587,9 +589,191 @@ impl Room<'_> {
         })
     }
 
+    /// Check 4: the auth events are all stored and the event passes auth against them.
+    /// `Some` outcome when it does not (missing auth events, or stored as rejected with
+    /// `group_before` as the state before it, when known).
+    fn check_auth_events(
+        &self,
+        ev: &Checked,
+        group_before: Option<i64>,
+    ) -> Result<Option<Outcome>, Error> {
+        let c = self.c;
+        let pdu = &ev.pdu;
+        let event_id = ev.event_id.clone();
+        let mut auth_state: HashMap<(StateEventType, String), Pdu> = HashMap::new();
+        for a in &pdu.auth_events {
+            let Some(auth) = load_pdu(c, a.as_str())? else {
+                // Not stored: the event may come again once its auth events can be had.
+                return Ok(Some(Outcome::Rejected {
+                    event_id: Some(event_id),
+                    reason: format!("auth event {a} is missing"),
+                }));
+            };
+            if let Some(sk) = &auth.state_key {
+                auth_state.insert((auth.kind.to_string().into(), sk.clone()), auth);
+            }
+        }
+        let rules = &self.rules.authorization;
+        // From room version 12 the create event is not listed: the room id names it.
+        if rules.room_create_event_id_as_room_id
+            && let Some(create) =
+                load_pdu(c, &format!("${}", self.room_id.trim_start_matches('!')))?
+        {
+            auth_state
+                .entry((StateEventType::RoomCreate, String::new()))
+                .or_insert(create);
+        }
+        if let Err(e) = state_res::check_state_independent_auth_rules(rules, pdu, |id: &EventId| {
+            load_pdu(c, id.as_str()).ok().flatten()
+        }) {
+            return self
+                .store_rejected(ev, format!("auth events: {e}"), group_before)
+                .map(Some);
+        }
+        if let Err(e) = state_res::check_state_dependent_auth_rules(rules, pdu, |ty, sk| {
+            auth_state.get(&(ty.clone(), sk.to_owned())).cloned()
+        }) {
+            return self
+                .store_rejected(ev, format!("against its auth events: {e}"), group_before)
+                .map(Some);
+        }
+        Ok(None)
+    }
+
+    /// A backfilled event: history older than the room's timeline here, fetched with
+    /// `/backfill`. Checked as any received event (signatures and hashes were checked by
+    /// [`check_pdu`]; here auth against its auth events and against the state before
+    /// it), where the state before it comes from its prev events when they are here, else
+    /// from `given_state` (the serving server's `/state` at the event). It takes a
+    /// backfill position (by depth: see [`crate::streams::BACKFILL_BASE`]), its search
+    /// text and its relationship (edits, reactions, threads), and changes nothing
+    /// else: not the current state, the forward extremities, memberships or
+    /// notifications,
+    /// and it is never soft-failed (it is history, not news). The room's
+    /// create event (`create_id`), stored as an outlier when the room was joined, joins
+    /// the timeline this way at the start of its history.
+    pub(super) fn process_backfilled(
+        &self,
+        ev: Checked,
+        given_state: Option<&StateMap>,
+        create_id: &str,
+    ) -> Result<Outcome, Error> {
+        let c = self.c;
+        let event_id = ev.event_id.clone();
+        if let Some(e) = storage::get_event_any(c, &event_id)? {
+            match e.status {
+                EventStatus::Timeline | EventStatus::SoftFailed => {
+                    return Ok(Outcome::AlreadyKnown { event_id });
+                }
+                EventStatus::Rejected => {
+                    return Ok(Outcome::Rejected {
+                        event_id: Some(event_id),
+                        reason: e.rejection_reason.unwrap_or_else(|| "rejected".into()),
+                    });
+                }
+                // Known as an outlier (an auth or state event): it takes its place in
+                // the timeline now.
+                EventStatus::Outlier => {}
+            }
+        }
+        let pdu = &ev.pdu;
+        let is_create = pdu.kind == TimelineEventType::RoomCreate;
+        if is_create && event_id != create_id {
+            return Ok(Outcome::Rejected {
+                event_id: Some(event_id),
+                reason: "not this room's create event".into(),
+            });
+        }
+        // The state before it first: a rejected event keeps it, so the history built on
+        // it (the state after a rejected event is the state before it) can go on.
+        let (before, group_before) = if is_create {
+            (StateMap::new(), None)
+        } else if let Some((state, group)) = self.state_before(pdu)? {
+            (state, Some(group))
+        } else if let Some(state) = given_state {
+            let group = storage::group_for_state(c, self.room_id, None, state)?;
+            (state.clone(), Some(group))
+        } else {
+            if storage::event_status(c, &event_id)?.is_none() {
+                self.store_other(&ev, EventStatus::Outlier, None, None, None)?;
+            }
+            return Ok(Outcome::Outlier { event_id });
+        };
+        if let Some(outcome) = self.check_auth_events(&ev, group_before)? {
+            return Ok(outcome);
+        }
+        if !is_create && let Err(e) = check_against(c, &self.rules.authorization, pdu, &before) {
+            return self.store_rejected(
+                &ev,
+                format!("against the state before it: {e}"),
+                group_before,
+            );
+        }
+        let Some(pos) = storage::next_backfill_position(c, pdu.depth)? else {
+            // A depth no real room reaches: kept out of the timeline.
+            if storage::event_status(c, &event_id)?.is_none() {
+                self.store_other(&ev, EventStatus::Outlier, None, None, None)?;
+            }
+            return Ok(Outcome::Outlier { event_id });
+        };
+        let group_after = match group_before {
+            Some(g) => self.group_after(pdu, g, &before)?,
+            None => {
+                let mut after = StateMap::new();
+                if let Some(sk) = &pdu.state_key {
+                    after.insert((pdu.kind.to_string(), sk.clone()), event_id.clone());
+                }
+                Some(storage::group_for_state(c, self.room_id, None, &after)?)
+            }
+        };
+        // What a client shows for a state change: the content it replaced.
+        let mut unsigned = serde_json::Map::new();
+        if let Some(sk) = &pdu.state_key
+            && let Some(prev_id) = before.get(&(pdu.kind.to_string(), sk.clone()))
+            && let Some(prev) = storage::get_event_any(c, prev_id)?
+        {
+            let prev_json: Value = serde_json::from_str(&prev.json)?;
+            unsigned.insert("prev_content".into(), prev_json["content"].clone());
+            unsigned.insert("prev_sender".into(), Value::String(prev.sender.clone()));
+            unsigned.insert("replaces_state".into(), Value::String(prev_id.clone()));
+        }
+        storage::delete_outlier(c, &event_id)?;
+        let stored = StoredEvent {
+            stream_ordering: pos,
+            event_id: event_id.clone(),
+            room_id: self.room_id.to_owned(),
+            kind: pdu.kind.to_string(),
+            state_key: pdu.state_key.clone(),
+            sender: pdu.sender.to_string(),
+            depth: pdu.depth,
+            origin_server_ts: i64::from(pdu.origin_server_ts.get()),
+            json: ev.json.clone(),
+            unsigned: (!unsigned.is_empty()).then(|| Value::Object(unsigned).to_string()),
+            redacted_by: None,
+            state_group_before: group_before,
+            txn_device: None,
+            txn_id: None,
+            status: EventStatus::Timeline,
+            rejection_reason: None,
+            state_group_after: group_after,
+            room_state_group: None,
+        };
+        storage::insert_event(c, &stored)?;
+        // History is searchable like the rest (search orders it below live events).
+        storage::index_event(c, &stored)?;
+        // Edits, reactions and thread replies from before the join count in bundled
+        // aggregations and `/relations` (a backfilled thread reply never displaces a
+        // live one as its thread's newest: its position is lower).
+        crate::relations::on_persisted(c, &stored)?;
+        Ok(Outcome::Accepted {
+            event_id,
+            stream_pos: pos,
+        })
+    }
+
     /// The DAG state before `pdu` and a group holding it; `None` when a prev event is
     /// missing or an outlier.
-    fn state_before(&self, pdu: &Pdu) -> Result<Option<(StateMap, i64)>, Error> {
+    pub(super) fn state_before(&self, pdu: &Pdu) -> Result<Option<(StateMap, i64)>, Error> {
         let c = self.c;
         let mut states: Vec<(StateMap, Option<i64>)> = Vec::new();
         for p in &pdu.prev_events {

@@ -404,9 +404,12 @@ async fn join_via(
         None => body,
     };
     let joined = server.write(|c| {
-        persist_remote_join(
+        let joined = persist_remote_join(
             c, room_id, &version, join_json, state, auth_chain, &event_id,
-        )
+        )?;
+        // The history before the join is on `dest`: where backfilling starts.
+        super::backfill::note_remote_join(c, room_id, &joined, dest)?;
+        Ok(joined)
     })?;
     tracing::info!(%room_id, %dest, event_id = %joined, "joined a room over federation");
     Ok(joined)

@@ -3,6 +3,7 @@
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::error::Error;
+use crate::streams::BACKFILL_END;
 
 /// Why an event is stored, and so who may see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -231,9 +232,45 @@ pub fn trim_rejected(c: &Connection, room_id: &str, cap: usize) -> Result<usize,
     .execute(params![room_id, drop])?)
 }
 
-/// Events of a room with `from < stream_ordering <= to`, newest first when `backwards`,
-/// at most `limit`.
+/// Timeline events of a room with `after < stream_ordering <= up_to`, newest first when
+/// `backwards`, at most `limit`. Positions run through two ranges: the live stream
+/// (positive) and, below it, backfilled history (see [`crate::streams::BACKFILL_BASE`]);
+/// the negative positions between them hold only non-timeline rows (outliers …), which
+/// are never walked through: each range is one index range scan of its own.
 pub fn room_events(
+    c: &Connection,
+    room_id: &str,
+    after: i64,
+    up_to: i64,
+    limit: usize,
+    backwards: bool,
+) -> Result<Vec<StoredEvent>, Error> {
+    let live = (after.max(0), up_to);
+    let backfilled = (after, up_to.min(BACKFILL_END - 1));
+    let ranges = if backwards {
+        [live, backfilled]
+    } else {
+        [backfilled, live]
+    };
+    let mut out = Vec::new();
+    for (lo, hi) in ranges {
+        if lo >= hi || out.len() >= limit {
+            continue;
+        }
+        out.extend(events_in_range(
+            c,
+            room_id,
+            lo,
+            hi,
+            limit - out.len(),
+            backwards,
+        )?);
+    }
+    Ok(out)
+}
+
+/// Timeline events of a room with `after < stream_ordering <= up_to` (one range scan).
+fn events_in_range(
     c: &Connection,
     room_id: &str,
     after: i64,
@@ -246,21 +283,24 @@ pub fn room_events(
         "SELECT {COLUMNS} FROM events WHERE room_id = ?1 AND stream_ordering > ?2 AND stream_ordering <= ?3
          AND {TIMELINE} ORDER BY stream_ordering {order} LIMIT ?4"
     ))?;
-    let rows = st.query_map(params![room_id, after, up_to, limit as i64], from_row)?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = st.query_map(params![room_id, after, up_to, limit], from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// The newest event of a room at or before `pos`.
+/// The newest timeline event of a room at or before `pos`, within the range `pos` is in:
+/// a live position finds live events only, a backfill position backfilled ones.
 pub fn last_event_at(
     c: &Connection,
     room_id: &str,
     pos: i64,
 ) -> Result<Option<StoredEvent>, Error> {
+    let lower = if pos >= 0 { 0 } else { i64::MIN };
     Ok(c.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM events WHERE room_id = ?1 AND stream_ordering <= ?2 AND {TIMELINE}
-             ORDER BY stream_ordering DESC LIMIT 1"
+        "SELECT {COLUMNS} FROM events WHERE room_id = ?1 AND stream_ordering > ?3
+             AND stream_ordering <= ?2 AND {TIMELINE} ORDER BY stream_ordering DESC LIMIT 1"
     ))?
-    .query_row(params![room_id, pos], from_row)
+    .query_row(params![room_id, pos, lower], from_row)
     .optional()?)
 }
 

@@ -589,6 +589,33 @@ const MIGRATIONS: &[&str] = &[
     DROP TABLE event_txns;
     ALTER TABLE event_txns_v17 RENAME TO event_txns;
     "#,
+    // 18: backfill (history from before this node joined a room). Per room, the prev
+    // events of stored timeline events that this node does not have: where `/messages`
+    // asks another server for older events (`/backfill`). `depth` orders them (the
+    // child's depth minus one), `via` is the server to ask first (the one a join went
+    // through, or the one that served the child). A room with none has its history back
+    // to its creation. Backfilled events themselves are ordinary timeline rows in
+    // `events`, at positions of their own below every other (see `streams.rs`). Rooms
+    // joined over federation before this version get their gaps here: the prev events
+    // of timeline events that are not stored with a known state (one pass over the
+    // stored events, once).
+    r#"
+    CREATE TABLE backfill_extremities (
+        room_id TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        depth INTEGER NOT NULL,
+        via TEXT,
+        PRIMARY KEY (room_id, event_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX backfill_extremities_depth ON backfill_extremities(room_id, depth);
+    INSERT OR IGNORE INTO backfill_extremities (room_id, event_id, depth, via)
+    SELECT e.room_id, p.value, e.depth - 1, NULL
+    FROM events e, json_each(e.json, '$.prev_events') p
+    WHERE e.status = 'timeline' AND json_valid(e.json) AND p.type = 'text'
+      AND NOT EXISTS (SELECT 1 FROM events x WHERE x.event_id = p.value
+          AND (x.status IN ('timeline', 'soft_failed')
+               OR (x.status = 'rejected' AND x.state_group_before IS NOT NULL)));
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -904,6 +931,52 @@ mod tests {
         conn.execute("DELETE FROM event_search WHERE rowid = 1", [])
             .expect("delete");
         assert_eq!(hits(&conn), vec![(2, "content.topic".to_owned())]);
+    }
+
+    #[test]
+    fn version_18_finds_the_gaps_of_rooms_joined_before_it() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        for sql in &MIGRATIONS[..17] {
+            conn.execute_batch(sql).expect("schema up to 17");
+        }
+        conn.pragma_update(None, "user_version", 17).expect("v17");
+        let insert = |pos: i64, id: &str, depth: i64, prevs: &str, status: &str| {
+            conn.execute(
+                "INSERT INTO events (stream_ordering, event_id, room_id, type, sender, depth,
+                     origin_server_ts, json, status)
+                 VALUES (?1, ?2, '!r:x', 'm.room.message', '@a:x', ?3, 0, ?4, ?5)",
+                rusqlite::params![
+                    pos,
+                    id,
+                    depth,
+                    format!(r#"{{"prev_events":{prevs}}}"#),
+                    status
+                ],
+            )
+            .expect("insert event");
+        };
+        // A join on prev events this node never had; events after it build on it.
+        insert(1, "$join", 10, r#"["$theirs1","$theirs2"]"#, "timeline");
+        insert(2, "$next", 11, r#"["$join"]"#, "timeline");
+        // An outlier's missing prevs are no gap of the timeline; a known outlier prev is.
+        insert(-3, "$out", 4, r#"["$gone"]"#, "outlier");
+        insert(3, "$fork", 12, r#"["$next","$out"]"#, "timeline");
+        run(&mut conn, "mem").expect("upgrade");
+        let gaps: Vec<(String, i64)> = conn
+            .prepare("SELECT event_id, depth FROM backfill_extremities ORDER BY event_id")
+            .expect("prepare")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        assert_eq!(
+            gaps,
+            vec![
+                ("$out".to_owned(), 11),
+                ("$theirs1".to_owned(), 9),
+                ("$theirs2".to_owned(), 9)
+            ]
+        );
     }
 
     #[test]

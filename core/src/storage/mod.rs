@@ -8,6 +8,7 @@
 //! across an `.await`.
 
 mod account_data;
+mod backfill;
 mod checkpoint;
 mod cross_signing;
 mod device_keys;
@@ -33,6 +34,7 @@ mod to_device;
 mod users;
 
 pub use account_data::*;
+pub use backfill::*;
 pub use cross_signing::*;
 pub use device_keys::*;
 pub use directory::*;

@@ -781,7 +781,10 @@ fn joined_room(
     let limited = timeline.len() > limit
         || (limit == 0
             && storage::last_event_at(c, room_id, upper)?
-                .is_some_and(|e| e.stream_ordering > from));
+                .is_some_and(|e| e.stream_ordering > from))
+        // A room new to the client with history before its first event here (joined
+        // over federation): `prev_batch` leads `/messages` into the backfill.
+        || (sent.is_none() && limit > 0 && storage::has_earlier_history(c, room_id)?);
     timeline.truncate(limit);
     timeline.reverse();
     // Events from before the user could see the room are judged per event.
