@@ -17,6 +17,7 @@ mod event;
 mod extract;
 pub mod hierarchy;
 mod keys;
+mod media;
 mod membership;
 mod missing_events;
 pub mod outbox;
