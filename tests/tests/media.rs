@@ -786,8 +786,18 @@ async fn remote_media_is_fetched_cached_and_outlives_its_origin() {
     let bob_token = bob.access_token().expect("bob's token");
     let base_b = b.node.client_url();
 
-    // Alice sends three attachments: an image bob opens, one he never opens, and an
-    // encrypted file (its `file.url`).
+    // Alice sends a video larger than the prefetch budget (16 MiB) and than the
+    // transport's cap on buffered responses, then three attachments: an image bob
+    // opens, one he never opens, and an encrypted file (its `file.url`).
+    let video = pseudo_random_bytes(0x71DE0, 20 * 1024 * 1024 + 7);
+    let video_uri = upload_as(&alice, "video/mp4", video.clone()).await;
+    send_event(
+        &alice,
+        &room,
+        "vid0",
+        serde_json::json!({"msgtype": "m.video", "body": "big.mp4", "url": video_uri}),
+    )
+    .await;
     let opened = png(400, 200);
     let unopened = png(120, 90);
     let cipher = pseudo_random_bytes(0xC1F, 40_000);
@@ -908,6 +918,15 @@ async fn remote_media_is_fetched_cached_and_outlives_its_origin() {
     )
     .await
     .expect("prefetch");
+    // The video was over the prefetch budget: only fetched when asked for, streamed.
+    let video_id = media_id(&video_uri);
+    assert!(
+        !is_cached(&b, &origin, video_id),
+        "the video was not prefetched"
+    );
+    let (status, ct, body) = fetch(&format!("{v1}/download/{origin}/{video_id}"), token).await;
+    assert_eq!((status, ct.as_str()), (200, "video/mp4"));
+    assert!(body == video, "the video's bytes differ");
 
     // Alice's node goes away; bob still has everything, in every form.
     a.stop().await.expect("stop A");
@@ -918,6 +937,7 @@ async fn remote_media_is_fetched_cached_and_outlives_its_origin() {
         .expect("the opened picture from the cache");
     assert!(again == opened);
     for (id, bytes, ct) in [
+        (video_id, &video, "video/mp4"),
         (unopened_id, &unopened, "image/png"),
         (cipher_id, &cipher, "application/octet-stream"),
     ] {

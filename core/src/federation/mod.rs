@@ -39,6 +39,6 @@ pub mod walk;
 pub use auth::FederationOrigin;
 pub use router::router;
 pub use transport::{
-    AuthenticatedOrigin, FederationTransport, PeerEvent, PeerSummary, TransportError,
-    TransportFuture,
+    AuthenticatedOrigin, BodyStream, FederationTransport, PeerEvent, PeerSummary, StreamingFuture,
+    TransportError, TransportFuture,
 };

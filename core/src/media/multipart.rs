@@ -7,6 +7,9 @@
 //! streamed from disk. Parsing works on a body already in memory (the transport bounds
 //! it), looks at a bounded number of header bytes, and never panics on what a peer sent.
 
+use bytes::{Bytes, BytesMut};
+use futures::{Stream, StreamExt};
+
 /// Longest boundary RFC 2046 allows.
 const MAX_BOUNDARY_LEN: usize = 70;
 /// Most header bytes read for one part.
@@ -91,51 +94,56 @@ fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
         .map(|i| i + from)
 }
 
-/// One part: its headers (names lower-cased) and body.
-type Part<'a> = (Vec<(String, String)>, &'a [u8]);
+/// One part's headers (names lower-cased).
+type Headers = Vec<(String, String)>;
 
-/// The parts of a multipart body.
-fn parts<'a>(boundary: &str, body: &'a [u8]) -> Result<Vec<Part<'a>>, String> {
-    let delimiter = format!("--{boundary}");
-    let inner = format!("\r\n--{boundary}");
-    // The first delimiter opens the body or follows the preamble's CRLF.
-    let mut pos = if body.starts_with(delimiter.as_bytes()) {
-        0
-    } else {
-        find(body, inner.as_bytes(), 0).ok_or("no multipart boundary in the body")? + 2
-    };
-    let mut out = Vec::new();
-    loop {
-        pos += delimiter.len();
-        let rest = body.get(pos..).ok_or("truncated multipart body")?;
-        if rest.starts_with(b"--") {
-            return Ok(out);
-        }
-        // Transport padding, then CRLF.
-        let line_end = find(body, b"\r\n", pos).ok_or("truncated multipart body")?;
-        if !body[pos..line_end]
-            .iter()
-            .all(|b| *b == b' ' || *b == b'\t')
-        {
-            return Err("garbage after a multipart boundary".into());
-        }
-        let start = line_end + 2;
-        let end = find(body, inner.as_bytes(), start)
-            .ok_or("a multipart part is not terminated by its boundary")?;
-        out.push(part(&body[start..end])?);
-        if out.len() > 2 {
-            return Err("more than two parts".into());
-        }
-        pos = end + 2;
-    }
+/// What precedes the content: the media part's headers, or its redirect.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Head {
+    /// The bytes follow, starting at `offset` of the buffer given to [`parse_head`].
+    Content {
+        /// The part's `Content-Type`, if given.
+        content_type: Option<String>,
+        /// The part's `Content-Disposition`, if given.
+        content_disposition: Option<String>,
+        /// Where the content starts.
+        offset: usize,
+    },
+    /// The bytes are elsewhere.
+    Location(String),
 }
 
-fn part(raw: &[u8]) -> Result<Part<'_>, String> {
-    let (head, body) = if raw.starts_with(b"\r\n") {
-        (&raw[..0], &raw[2..])
+/// Most bytes before the content: the metadata part and the media part's headers.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// The opening delimiter and the one that ends each part (`CRLF--boundary`).
+fn delimiters(boundary: &str) -> (String, String) {
+    (format!("--{boundary}"), format!("\r\n--{boundary}"))
+}
+
+/// Skip a delimiter's transport padding and CRLF from `pos` (just after `--boundary`):
+/// where the part starts, `None` when more bytes are needed.
+fn after_delimiter(buf: &[u8], pos: usize) -> Result<Option<usize>, String> {
+    let Some(line_end) = find(buf, b"\r\n", pos) else {
+        return Ok(None);
+    };
+    if !buf[pos..line_end].iter().all(|b| *b == b' ' || *b == b'\t') {
+        return Err("garbage after a multipart boundary".into());
+    }
+    Ok(Some(line_end + 2))
+}
+
+/// Headers from `raw` (a part's start): the headers and where its body starts, `None`
+/// when more bytes are needed.
+fn part_headers(raw: &[u8]) -> Result<Option<(Headers, usize)>, String> {
+    let (head, body_start) = if raw.starts_with(b"\r\n") {
+        (&raw[..0], 2)
+    } else if let Some(end) = find(raw, b"\r\n\r\n", 0) {
+        (&raw[..end], end + 4)
+    } else if raw.len() > MAX_PART_HEADER_BYTES {
+        return Err("multipart part headers are too large".into());
     } else {
-        let end = find(raw, b"\r\n\r\n", 0).ok_or("a multipart part has no header end")?;
-        (&raw[..end], &raw[end + 4..])
+        return Ok(None);
     };
     if head.len() > MAX_PART_HEADER_BYTES {
         return Err("multipart part headers are too large".into());
@@ -148,7 +156,7 @@ fn part(raw: &[u8]) -> Result<Part<'_>, String> {
             .ok_or_else(|| format!("bad multipart header line {line:?}"))?;
         headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
     }
-    Ok((headers, body))
+    Ok(Some((headers, body_start)))
 }
 
 fn header(headers: &[(String, String)], name: &str) -> Option<String> {
@@ -158,13 +166,38 @@ fn header(headers: &[(String, String)], name: &str) -> Option<String> {
         .map(|(_, v)| v.clone())
 }
 
-/// Parse a federation media response body given its `Content-Type` header.
-pub fn parse<'a>(content_type: &str, body: &'a [u8]) -> Result<MediaPart<'a>, String> {
-    let boundary = boundary_of(content_type)?;
-    let mut parts = parts(&boundary, body)?.into_iter();
-    let (Some((meta_headers, meta)), Some((headers, content))) = (parts.next(), parts.next())
-    else {
-        return Err("expected two parts (metadata and media)".into());
+/// Parse what precedes the content of a federation media response from the start of
+/// its body: `Ok(None)` while more bytes are needed (the caller reads on, up to
+/// [`MAX_HEAD_BYTES`]).
+pub fn parse_head(boundary: &str, buf: &[u8]) -> Result<Option<Head>, String> {
+    let (delimiter, inner) = delimiters(boundary);
+    let more = |buf: &[u8]| {
+        if buf.len() >= MAX_HEAD_BYTES {
+            Err(format!(
+                "no media content within the first {MAX_HEAD_BYTES} bytes"
+            ))
+        } else {
+            Ok(None)
+        }
+    };
+    // The first delimiter opens the body or follows the preamble's CRLF.
+    let open = if buf.starts_with(delimiter.as_bytes()) {
+        0
+    } else if let Some(i) = find(buf, inner.as_bytes(), 0) {
+        i + 2
+    } else {
+        return more(buf);
+    };
+    let Some(meta_start) = after_delimiter(buf, open + delimiter.len())? else {
+        return more(buf);
+    };
+    let Some(meta_end) = find(buf, inner.as_bytes(), meta_start) else {
+        return more(buf);
+    };
+    let meta = &buf[meta_start..meta_end];
+    let (meta_headers, meta_body) = match part_headers(meta)? {
+        Some((h, start)) => (h, &meta[start..]),
+        None => return Err("the metadata part has no header end".into()),
     };
     let meta_type = header(&meta_headers, "content-type").unwrap_or_default();
     if !meta_type
@@ -178,17 +211,121 @@ pub fn parse<'a>(content_type: &str, body: &'a [u8]) -> Result<MediaPart<'a>, St
             "the metadata part is {meta_type:?}, not application/json"
         ));
     }
-    if !serde_json::from_slice::<serde_json::Value>(meta).is_ok_and(|v| v.is_object()) {
+    if !serde_json::from_slice::<serde_json::Value>(meta_body).is_ok_and(|v| v.is_object()) {
         return Err("the metadata part is not a JSON object".into());
     }
-    if let Some(location) = header(&headers, "location") {
-        return Ok(MediaPart::Location(location));
+    let second = meta_end + inner.len();
+    let Some(rest) = buf.get(second..second + 2) else {
+        return more(buf);
+    };
+    if rest == b"--" {
+        return Err("expected two parts (metadata and media)".into());
     }
-    Ok(MediaPart::Content {
+    let Some(part_start) = after_delimiter(buf, second)? else {
+        return more(buf);
+    };
+    let Some((headers, body_start)) = part_headers(&buf[part_start..])? else {
+        return more(buf);
+    };
+    if let Some(location) = header(&headers, "location") {
+        return Ok(Some(Head::Location(location)));
+    }
+    Ok(Some(Head::Content {
         content_type: header(&headers, "content-type"),
         content_disposition: header(&headers, "content-disposition"),
-        body: content,
+        offset: part_start + body_start,
+    }))
+}
+
+/// Parse a whole federation media response body given its `Content-Type` header.
+pub fn parse<'a>(content_type: &str, body: &'a [u8]) -> Result<MediaPart<'a>, String> {
+    let boundary = boundary_of(content_type)?;
+    let head = parse_head(&boundary, body)?.ok_or("truncated multipart body")?;
+    let (content_type, content_disposition, offset) = match head {
+        Head::Location(l) => return Ok(MediaPart::Location(l)),
+        Head::Content {
+            content_type,
+            content_disposition,
+            offset,
+        } => (content_type, content_disposition, offset),
+    };
+    let (_, inner) = delimiters(&boundary);
+    let end = find(body, inner.as_bytes(), offset)
+        .ok_or("a multipart part is not terminated by its boundary")?;
+    let after = &body[end + inner.len()..];
+    if !after.starts_with(b"--") {
+        return Err("more than two parts".into());
+    }
+    Ok(MediaPart::Content {
+        content_type,
+        content_disposition,
+        body: &body[offset..end],
     })
+}
+
+/// The content of the media part as it arrives: the bytes after the head (`first`,
+/// what [`parse_head`] saw past its offset) and then `rest`, up to the closing
+/// delimiter. The last `CRLF--boundary` bytes are held back until it is clear they are
+/// not the delimiter; a body that ends without one is an error. Nothing after the
+/// delimiter is read.
+pub fn content<S, E>(
+    boundary: &str,
+    first: Bytes,
+    rest: S,
+) -> impl Stream<Item = Result<Bytes, String>> + Send + Unpin + use<S, E>
+where
+    S: Stream<Item = Result<Bytes, E>> + Send + Unpin + 'static,
+    E: std::fmt::Display,
+{
+    struct State<S> {
+        held: BytesMut,
+        rest: S,
+        inner: Vec<u8>,
+        pending_first: bool,
+        done: bool,
+    }
+    let (_, inner) = delimiters(boundary);
+    let state = State {
+        held: BytesMut::from(&first[..]),
+        rest,
+        inner: inner.into_bytes(),
+        pending_first: true,
+        done: false,
+    };
+    Box::pin(futures::stream::unfold(state, |mut st| async move {
+        loop {
+            if st.done {
+                return None;
+            }
+            if !st.pending_first {
+                match st.rest.next().await {
+                    Some(Ok(chunk)) => st.held.extend_from_slice(&chunk),
+                    Some(Err(e)) => {
+                        st.done = true;
+                        return Some((Err(e.to_string()), st));
+                    }
+                    None => {
+                        st.done = true;
+                        let e = "the media part ended without its closing boundary".to_owned();
+                        return Some((Err(e), st));
+                    }
+                }
+            }
+            st.pending_first = false;
+            // Search only where a delimiter can start: the held-back tail and the new
+            // bytes.
+            if let Some(i) = find(&st.held, &st.inner, 0) {
+                st.done = true;
+                let out = st.held.split_to(i).freeze();
+                return Some((Ok(out), st));
+            }
+            let keep = st.inner.len() - 1;
+            if st.held.len() > keep {
+                let out = st.held.split_to(st.held.len() - keep).freeze();
+                return Some((Ok(out), st));
+            }
+        }
+    }))
 }
 
 /// The file name in a `Content-Disposition` value: `filename*=utf-8''…` (RFC 8187)
@@ -306,6 +443,70 @@ mod tests {
             "y".repeat(MAX_PART_HEADER_BYTES)
         );
         assert!(parse(ct, huge.as_bytes()).is_err());
+    }
+
+    /// `content` over `body` cut into chunks of `size`.
+    fn streamed(boundary: &str, body: &[u8], size: usize) -> Result<Vec<u8>, String> {
+        let head = parse_head(boundary, body)?.ok_or("no head")?;
+        let Head::Content { offset, .. } = head else {
+            return Err("redirect".into());
+        };
+        // Like a transport: the first chunk read for the head holds some content too.
+        let first_len = (offset + size).min(body.len());
+        let first = Bytes::copy_from_slice(&body[offset..first_len]);
+        let rest: Vec<Result<Bytes, String>> = body[first_len..]
+            .chunks(size)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        let stream = content(boundary, first, futures::stream::iter(rest));
+        futures::executor::block_on(async move {
+            let mut out = Vec::new();
+            let mut stream = stream;
+            while let Some(chunk) = stream.next().await {
+                out.extend_from_slice(&chunk?);
+            }
+            Ok(out)
+        })
+    }
+
+    #[test]
+    fn streamed_content_stops_at_the_boundary_whatever_the_chunking() {
+        let bytes: Vec<u8> = b"\r\n--AbCdEf012 almost\r\n--AbCdEf0124x"
+            .iter()
+            .chain(&[0u8, 255, 13, 10, 45, 45][..])
+            .copied()
+            .cycle()
+            .take(300)
+            .collect();
+        let (_, mut body) = response(&bytes);
+        body.extend_from_slice(b"epilogue that is never read");
+        for size in [1, 2, 3, 7, 13, 64, 1000] {
+            assert_eq!(
+                streamed("AbCdEf0123", &body, size).as_deref(),
+                Ok(&bytes[..]),
+                "{size}"
+            );
+        }
+        let (_, body) = response(b"");
+        assert_eq!(streamed("AbCdEf0123", &body, 1).as_deref(), Ok(&b""[..]));
+        // Cut short: an error, never a silently truncated file.
+        let (_, body) = response(&bytes);
+        for size in [1, 5, 100] {
+            assert!(streamed("AbCdEf0123", &body[..body.len() - 16], size).is_err());
+        }
+    }
+
+    #[test]
+    fn heads_need_their_bytes() {
+        let (_, body) = response(b"xyz");
+        for cut in 0..body.len() - 3 - tail("AbCdEf0123").len() {
+            assert_eq!(parse_head("AbCdEf0123", &body[..cut]), Ok(None), "{cut}");
+        }
+        assert!(matches!(
+            parse_head("AbCdEf0123", &body),
+            Ok(Some(Head::Content { .. }))
+        ));
+        assert!(parse_head("b", &vec![b'x'; MAX_HEAD_BYTES]).is_err());
     }
 
     #[test]

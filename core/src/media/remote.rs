@@ -36,7 +36,9 @@ use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc};
 
-use super::multipart::{self, MediaPart};
+use futures::StreamExt;
+
+use super::multipart::{self, Head};
 use crate::error::Error;
 use crate::events::Pdu;
 use crate::federation::client::{self, encode};
@@ -51,7 +53,9 @@ pub const FETCH_CONCURRENCY: usize = 4;
 /// Distinct remote items being fetched or waited for at once.
 pub const MAX_IN_FLIGHT: usize = 64;
 /// Longest one fetch may take, whoever waits for it.
-pub const FETCH_TIMEOUT: Duration = Duration::from_secs(90);
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(180);
+/// Most bytes of an origin's error answer read.
+const MAX_ERROR_BODY: usize = 64 * 1024;
 /// How long the origin is asked to wait for a pending upload.
 const ORIGIN_WAIT_MS: u64 = 20_000;
 /// Queued prefetches; more are dropped.
@@ -264,6 +268,11 @@ pub(super) async fn original(
     if let Some(hit) = cached(server, origin, media_id).await? {
         return Ok(hit);
     }
+    if server.transport().is_none() {
+        return Err(Error::NotFound(
+            "remote media is not cached and this node has no federation to fetch it".into(),
+        ));
+    }
     fetch_shared(server, origin, media_id, on_demand_limit(server), wait).await?;
     cached(server, origin, media_id)
         .await?
@@ -310,8 +319,8 @@ async fn fetch_shared(
     }
 }
 
-/// One fetch: ask the origin, check the answer, store the bytes, record the row, and
-/// evict what no longer fits.
+/// One fetch: ask the origin, check the answer, stream the bytes to the store, record
+/// the row, and evict what no longer fits. Bounded by [`FETCH_TIMEOUT`] as a whole.
 async fn fetch_and_store(
     server: &Server,
     origin: &str,
@@ -324,16 +333,26 @@ async fn fetch_and_store(
         .acquire()
         .await
         .map_err(Error::internal)?;
+    tokio::time::timeout(FETCH_TIMEOUT, fetch_inner(server, origin, media_id, limit))
+        .await
+        .map_err(|_| {
+            Error::Timeout(format!(
+                "fetching media from {origin} took longer than {FETCH_TIMEOUT:?}"
+            ))
+        })?
+}
+
+async fn fetch_inner(
+    server: &Server,
+    origin: &str,
+    media_id: &str,
+    limit: u64,
+) -> Result<(), Error> {
     let path = format!(
         "/_matrix/federation/v1/media/download/{}?timeout_ms={ORIGIN_WAIT_MS}",
         encode(media_id)
     );
-    let response = tokio::time::timeout(
-        FETCH_TIMEOUT,
-        client::request(server, origin, http::Method::GET, &path, None),
-    )
-    .await
-    .map_err(|_| Error::Timeout(format!("{origin} did not answer within {FETCH_TIMEOUT:?}")))??;
+    let response = client::request_streaming(server, origin, &path).await?;
     let status = response.status();
     let content_type = response
         .headers()
@@ -341,54 +360,95 @@ async fn fetch_and_store(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    let body = response.into_body();
+    let declared = response
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let mut body = response.into_body();
+    let remote = |e: String| Error::RemoteServer(format!("{origin}: {e}"));
     if !status.is_success() {
-        return Err(origin_error(origin, status, &body));
+        let mut text = Vec::new();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| remote(e.to_string()))?;
+            text.extend_from_slice(&chunk);
+            if text.len() > MAX_ERROR_BODY {
+                break;
+            }
+        }
+        return Err(origin_error(origin, status, &text));
     }
-    let (part_type, disposition, bytes) = match multipart::parse(&content_type, &body) {
-        Ok(MediaPart::Content {
+    // The whole response may not exceed the content limit by more than the framing.
+    if declared.is_some_and(|n| n > limit.saturating_add(multipart::MAX_HEAD_BYTES as u64)) {
+        return Err(Error::TooLarge(format!(
+            "the remote media is larger than {limit} bytes"
+        )));
+    }
+    let boundary = multipart::boundary_of(&content_type)
+        .map_err(|e| remote(format!("a malformed media response: {e}")))?;
+    let mut buf = Vec::new();
+    let head = loop {
+        if let Some(head) = multipart::parse_head(&boundary, &buf)
+            .map_err(|e| remote(format!("a malformed media response: {e}")))?
+        {
+            break head;
+        }
+        match body.next().await {
+            Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
+            Some(Err(e)) => return Err(remote(e.to_string())),
+            None => return Err(remote("the media response ended early".into())),
+        }
+    };
+    let (part_type, disposition, offset) = match head {
+        Head::Content {
             content_type,
             content_disposition,
-            body,
-        }) => (content_type, content_disposition, body),
-        Ok(MediaPart::Location(url)) => {
+            offset,
+        } => (content_type, content_disposition, offset),
+        Head::Location(url) => {
             return Err(Error::RemoteServer(format!(
                 "{origin} redirected the download to {url}; this node fetches media \
                  over the P2P transport only"
             )));
         }
-        Err(e) => {
-            return Err(Error::RemoteServer(format!(
-                "{origin} sent a malformed media response: {e}"
-            )));
-        }
     };
+    let first = bytes::Bytes::from(buf).slice(offset..);
+    let content = multipart::content(&boundary, first, body);
     store_fetched(
         server,
         (origin, media_id),
         part_type.as_deref(),
         disposition.as_deref(),
-        bytes,
+        content,
         limit,
     )
     .await
 }
 
-/// Keep fetched bytes: the file, the row naming it, then eviction down to the cap.
-async fn store_fetched(
+/// Keep fetched bytes: the file (refused past `limit`), the row naming it, then
+/// eviction down to the cap.
+async fn store_fetched<S>(
     server: &Server,
     (origin, media_id): (&str, &str),
     content_type: Option<&str>,
     disposition: Option<&str>,
-    bytes: &[u8],
+    content: S,
     limit: u64,
-) -> Result<(), Error> {
-    if bytes.len() as u64 > limit {
-        return Err(Error::TooLarge(format!(
-            "the remote media is larger than {limit} bytes"
-        )));
-    }
-    let stored = server.media.write_bytes(bytes).await?;
+) -> Result<(), Error>
+where
+    S: futures::Stream<Item = Result<bytes::Bytes, String>> + Unpin,
+{
+    let stored = match server.media.write_stream(content, limit).await {
+        Ok(s) => s,
+        Err(Error::TooLarge(_)) => {
+            return Err(Error::TooLarge(format!(
+                "the remote media is larger than {limit} bytes"
+            )));
+        }
+        // The stream failed: the origin's fault, not the client's.
+        Err(Error::BadContent(e)) => return Err(Error::RemoteServer(format!("{origin}: {e}"))),
+        Err(e) => return Err(e),
+    };
     let content_type = super::sanitise_content_type(content_type);
     let filename = super::sanitise_filename(
         disposition
@@ -569,6 +629,10 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn one(bytes: Vec<u8>) -> impl futures::Stream<Item = Result<bytes::Bytes, String>> + Unpin {
+        futures::stream::iter([Ok(bytes::Bytes::from(bytes))])
+    }
+
     async fn node(cap: u64) -> (tempfile::TempDir, crate::Node) {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut config = crate::Config::new(dir.path());
@@ -626,7 +690,7 @@ mod tests {
                 (&origin, id),
                 Some("image/png"),
                 None,
-                &blob(i as u8 + 1),
+                one(blob(i as u8 + 1)),
                 10_000,
             )
             .await
@@ -645,7 +709,7 @@ mod tests {
             .expect("read")
             .expect("hit");
         assert_eq!(row.size, 1_000);
-        store_fetched(server, (&origin, "m4"), None, None, &blob(4), 10_000)
+        store_fetched(server, (&origin, "m4"), None, None, one(blob(4)), 10_000)
             .await
             .expect("store past the cap");
         assert_eq!(cached_ids(server), ["m1", "m3", "m4"]);
@@ -661,7 +725,7 @@ mod tests {
                 (&origin, id),
                 None,
                 None,
-                &blob(i as u8 + 5),
+                one(blob(i as u8 + 5)),
                 10_000,
             )
             .await
@@ -686,7 +750,7 @@ mod tests {
             );
         }
         // Larger than the per-file limit: refused, nothing kept.
-        let err = store_fetched(server, (&origin, "big"), None, None, &blob(9), 999)
+        let err = store_fetched(server, (&origin, "big"), None, None, one(blob(9)), 999)
             .await
             .expect_err("too large");
         assert!(matches!(err, Error::TooLarge(_)), "{err:?}");
