@@ -1,9 +1,11 @@
 //! The content repository against a real node: matrix-sdk uploads and downloads
 //! (authenticated media, spec v1.11), thumbnails of a generated PNG, the async
 //! `/create` + `PUT /upload` flow, and bad input over raw HTTP — oversized uploads,
-//! path-traversal media ids, non-images to thumbnail, downloads without a token.
+//! path-traversal media ids, non-images to thumbnail, downloads without a token. Across
+//! two nodes over libp2p: the federation media endpoints' multipart answers, and remote
+//! media fetched, cached, prefetched and still served once its origin is gone.
 //!
-//! Each test starts its own node on its own temporary directory.
+//! Each test starts its own node(s) on temporary directories.
 
 use std::io::Cursor;
 use std::path::Path;

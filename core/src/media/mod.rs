@@ -411,14 +411,14 @@ pub async fn thumbnail(
         ));
     }
     let (w, h) = thumbnail::snap(width, height, method);
-    let thumb = if remote_origin(server, server_name, media_id, allow_remote)? {
+    let (thumb, file, size) = if remote_origin(server, server_name, media_id, allow_remote)? {
         remote_thumbnail(server, (server_name, media_id), (w, h), method, timeout).await?
     } else {
         let row = uploaded_row(server, server_name, media_id, timeout).await?;
         let cached = server
             .db
             .read(|c| storage::get_thumbnail(c, media_id, w, h, method.as_str()))?;
-        match cached {
+        let thumb = match cached {
             Some(t) => t,
             None => {
                 let sha256 = row.sha256.as_deref().unwrap_or_default();
@@ -431,9 +431,10 @@ pub async fn thumbnail(
                 drop(stored);
                 thumb
             }
-        }
+        };
+        let (file, size) = server.media.open_content(&thumb.sha256).await?;
+        (thumb, file, size)
     };
-    let (file, size) = server.media.open_content(&thumb.sha256).await?;
     let ext = if thumb.content_type == "image/jpeg" {
         "jpg"
     } else {
@@ -455,24 +456,34 @@ async fn remote_thumbnail(
     (w, h): (u32, u32),
     method: Method,
     timeout: Duration,
-) -> Result<ThumbnailRow, Error> {
+) -> Result<(ThumbnailRow, tokio::fs::File, u64), Error> {
     let (row, file, _) = remote::original(server, origin, media_id, timeout.min(MAX_WAIT)).await?;
     drop(file);
     let key = (origin, media_id);
     if let Some(t) = server
         .db
         .read(|c| storage::get_remote_thumbnail(c, key, w, h, method.as_str()))?
-        && server.media.has_content(&t.sha256).await
+        && let Ok((file, size)) = server.media.open_content(&t.sha256).await
     {
-        return Ok(t);
+        return Ok((t, file, size));
     }
     let (thumb, stored) = generate_thumbnail(server, &row.sha256, row.size, (w, h), method).await?;
-    server
+    let kept = server
         .db
         .write(|tx| storage::insert_remote_thumbnail(tx, key, w, h, method.as_str(), &thumb))?;
     drop(stored);
+    if !kept {
+        // The original was evicted meanwhile (a cache far too small for its traffic):
+        // keep nothing of it; the client may ask again.
+        remote::remove_if_unused(server, &thumb.sha256).await?;
+        return Err(Error::NotYetUploaded(
+            "the remote media was evicted while thumbnailing; try again".into(),
+        ));
+    }
+    // Open before eviction runs, so an open file is served whatever it removes.
+    let (file, size) = server.media.open_content(&thumb.sha256).await?;
     remote::enforce_cap(server).await?;
-    Ok(thumb)
+    Ok((thumb, file, size))
 }
 
 /// Render a thumbnail of stored content and store it. The returned [`Stored`] must live

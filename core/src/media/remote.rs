@@ -514,6 +514,15 @@ pub(super) async fn enforce_cap(server: &Server) -> Result<(), Error> {
     Ok(())
 }
 
+/// Remove stored bytes that no row names (a thumbnail whose original went meanwhile).
+pub(super) async fn remove_if_unused(server: &Server, sha256: &str) -> Result<(), Error> {
+    let _exclusive = server.media.lock_for_collection().await;
+    if !server.db.read(|c| storage::content_referenced(c, sha256))? {
+        server.media.remove_content(sha256).await?;
+    }
+    Ok(())
+}
+
 /// `(origin, media id)` of an `mxc://` URI, if well-formed.
 pub fn parse_mxc(uri: &str) -> Option<(String, String)> {
     let (origin, media_id) = uri.strip_prefix("mxc://")?.split_once('/')?;
