@@ -245,6 +245,7 @@ impl Node {
         for t in self.background.drain(..) {
             t.abort();
         }
+        self.server.remote_media.abort_fetches();
         if let Some(sender) = self.server.sender_task.lock().take() {
             sender.abort();
         }
@@ -265,6 +266,7 @@ impl Drop for Node {
         for t in self.background.drain(..) {
             t.abort();
         }
+        self.server.remote_media.abort_fetches();
         if let Some(sender) = self.server.sender_task.lock().take() {
             sender.abort();
         }

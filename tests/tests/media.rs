@@ -912,6 +912,22 @@ async fn remote_media_is_fetched_cached_and_outlives_its_origin() {
         assert_eq!((status, errcode.as_str()), expected, "{url}");
     }
 
+    // `timeout_ms` bounds the wait, not the fetch: a download that gives up at once
+    // still leaves the item cached.
+    let late = png(50, 50);
+    let late_id = media_id(&upload_as(&alice, "image/png", late.clone()).await).to_owned();
+    let (status, errcode) = fetch_error(
+        &format!("{v1}/download/{origin}/{late_id}?timeout_ms=0"),
+        token,
+    )
+    .await;
+    assert_eq!((status, errcode.as_str()), (504, "M_UNKNOWN"));
+    wait_until(WAIT, "the abandoned fetch filled the cache", async || {
+        Ok(is_cached(&b, &origin, &late_id))
+    })
+    .await
+    .expect("fetch went on");
+
     // Without anyone asking, B fetched the other two as their events arrived.
     wait_until(
         WAIT,
@@ -939,6 +955,7 @@ async fn remote_media_is_fetched_cached_and_outlives_its_origin() {
         .expect("the opened picture from the cache");
     assert!(again == opened);
     for (id, bytes, ct) in [
+        (late_id.as_str(), &late, "image/png"),
         (video_id, &video, "video/mp4"),
         (unopened_id, &unopened, "image/png"),
         (cipher_id, &cipher, "application/octet-stream"),

@@ -107,8 +107,11 @@ impl From<FetchError> for Error {
 type Flight = Shared<BoxFuture<'static, Result<(), FetchError>>>;
 
 /// Concurrent work keyed by `K`, run once per key at a time, with a cap on keys.
+/// A flight in the map: the limit it runs with, its shared outcome, its task.
+type Entry = (u64, Flight, tokio::task::AbortHandle);
+
 pub(crate) struct SingleFlight<K> {
-    flights: Arc<Mutex<HashMap<K, (u64, Flight)>>>,
+    flights: Arc<Mutex<HashMap<K, Entry>>>,
     max: usize,
 }
 
@@ -127,7 +130,7 @@ impl<K: std::hash::Hash + Eq + Clone + Send + 'static> SingleFlight<K> {
         F: Future<Output = Result<(), Error>> + Send + 'static,
     {
         let mut map = self.flights.lock();
-        if let Some((l, f)) = map.get(&key) {
+        if let Some((l, f, _)) = map.get(&key) {
             return Ok((*l, f.clone()));
         }
         if map.len() >= self.max {
@@ -142,14 +145,22 @@ impl<K: std::hash::Hash + Eq + Clone + Send + 'static> SingleFlight<K> {
             flights.lock().remove(&k);
             out
         });
+        let abort = task.abort_handle();
         let flight = async move {
             task.await
                 .unwrap_or_else(|e| Err(FetchError::Internal(format!("media fetch task: {e}"))))
         }
         .boxed()
         .shared();
-        map.insert(key, (limit, flight.clone()));
+        map.insert(key, (limit, flight.clone(), abort));
         Ok((limit, flight))
+    }
+
+    /// Abort every flight (node shutdown); their waiters get an error.
+    fn abort_all(&self) {
+        for (_, (_, _, abort)) in self.flights.lock().drain() {
+            abort.abort();
+        }
     }
 
     #[cfg(test)]
@@ -213,6 +224,11 @@ impl std::fmt::Debug for RemoteMedia {
 }
 
 impl RemoteMedia {
+    /// Stop every fetch in flight (node shutdown).
+    pub fn abort_fetches(&self) {
+        self.flights.abort_all();
+    }
+
     /// Prefetches dropped because the queue was full.
     pub fn prefetch_dropped(&self) -> u64 {
         self.prefetch.dropped.load(Ordering::Relaxed)
@@ -651,30 +667,25 @@ mod tests {
         (dir, node)
     }
 
-    fn set_access(server: &Server, media_id: &str, ts: i64) {
+    fn set_access(server: &Server, origin: &str, media_id: &str, ts: i64) {
         server
             .db
-            .write(|tx| {
-                tx.execute(
-                    "UPDATE remote_media SET last_access_ts = ?1 WHERE media_id = ?2",
-                    rusqlite::params![ts, media_id],
-                )?;
-                Ok(())
-            })
+            .write(|tx| storage::touch_remote_media(tx, origin, media_id, ts))
             .expect("set access time");
     }
 
-    fn cached_ids(server: &Server) -> Vec<String> {
-        server
-            .db
-            .read(|c| {
-                let mut st = c.prepare("SELECT media_id FROM remote_media ORDER BY media_id")?;
-                let ids = st
-                    .query_map([], |r| r.get(0))?
-                    .collect::<Result<Vec<String>, _>>()?;
-                Ok(ids)
+    /// Which of m1…m7 are cached.
+    fn cached_ids(server: &Server, origin: &str) -> Vec<String> {
+        (1..=7)
+            .map(|i| format!("m{i}"))
+            .filter(|id| {
+                server
+                    .db
+                    .read(|c| storage::get_remote_media(c, origin, id))
+                    .expect("read")
+                    .is_some()
             })
-            .expect("list")
+            .collect()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -704,7 +715,7 @@ mod tests {
             )
             .await
             .expect("store");
-            set_access(server, id, 1_000 + i as i64);
+            set_access(server, &origin, id, 1_000 + i as i64);
         }
         assert_eq!(
             server.db.read(storage::remote_media_total).expect("total"),
@@ -721,7 +732,7 @@ mod tests {
         store_fetched(server, (&origin, "m4"), None, None, one(blob(4)), 10_000)
             .await
             .expect("store past the cap");
-        assert_eq!(cached_ids(server), ["m1", "m3", "m4"]);
+        assert_eq!(cached_ids(server, &origin), ["m1", "m3", "m4"]);
         assert!(
             !server.media.has_content(&sha(2)).await,
             "m2's file is gone"
@@ -740,7 +751,7 @@ mod tests {
             .await
             .expect("store");
         }
-        assert_eq!(cached_ids(server), ["m5", "m6", "m7"]);
+        assert_eq!(cached_ids(server, &origin), ["m5", "m6", "m7"]);
         assert!(server.db.read(storage::remote_media_total).expect("total") <= 3_000);
         assert!(
             server.media.has_content(&sha(1)).await,
@@ -870,6 +881,14 @@ mod tests {
             }
             tokio::task::yield_now().await;
         }
+        assert_eq!(flights.len(), 0);
+        // Shutdown aborts what is in flight; its waiters get an error, not a hang.
+        let (_held_shut, shut) = tokio::sync::watch::channel(false);
+        let (_, stuck) = flights
+            .join(4, 10, work(runs.clone(), shut))
+            .expect("flight");
+        flights.abort_all();
+        assert!(matches!(stuck.await, Err(FetchError::Internal(_))));
         assert_eq!(flights.len(), 0);
     }
 }
