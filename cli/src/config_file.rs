@@ -51,6 +51,17 @@ const TEMPLATE: &str = r#"# Warren node configuration. Every key is optional; th
 # outbox_max_rows = 10000
 # outbox_max_age_secs = 604800
 
+[media]
+# Media of other nodes kept on disk (originals and thumbnails made of them), in bytes;
+# past it the least recently read items are evicted. This node's own uploads are never
+# evicted and do not count. Also the largest remote file fetched at all.
+# remote_cache_bytes = 536870912
+# Fetch media that events from other nodes refer to (pictures, files, avatars) as they
+# arrive, so it is still there when the sender's device is gone.
+# prefetch = true
+# Largest file fetched that way; larger ones are fetched when someone opens them.
+# prefetch_max_bytes = 16777216
+
 [rate_limits]
 # Token buckets: each action may happen `burst` times at once, then `per_second`.
 # Past it: 429 M_LIMIT_EXCEEDED with retry_after_ms. `enabled = false` turns all off.
@@ -132,6 +143,31 @@ pub struct LimitsSection {
     pub request_timeout_secs: Option<u64>,
     pub outbox_max_rows: Option<usize>,
     pub outbox_max_age_secs: Option<u64>,
+}
+
+/// The `[media]` table.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MediaSection {
+    pub remote_cache_bytes: Option<u64>,
+    pub prefetch: Option<bool>,
+    pub prefetch_max_bytes: Option<u64>,
+}
+
+impl MediaSection {
+    /// Apply the given values to `config`.
+    pub fn apply(&self, config: &mut warren_core::Config) {
+        let m = &mut config.media;
+        if let Some(v) = self.remote_cache_bytes {
+            m.remote_cache_bytes = v;
+        }
+        if let Some(v) = self.prefetch {
+            m.prefetch = v;
+        }
+        if let Some(v) = self.prefetch_max_bytes {
+            m.prefetch_max_bytes = v;
+        }
+    }
 }
 
 /// One rate: `{ per_second = …, burst = … }`.
@@ -222,6 +258,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub limits: LimitsSection,
     #[serde(default)]
+    pub media: MediaSection,
+    #[serde(default)]
     pub rate_limits: RateLimitsSection,
     #[serde(default)]
     pub p2p: P2pSection,
@@ -276,6 +314,14 @@ pub fn parse(text: &str) -> anyhow::Result<FileConfig> {
     ] {
         if v == Some(0) {
             bail!("limits.{key} must be at least 1");
+        }
+    }
+    for (key, v) in [
+        ("remote_cache_bytes", config.media.remote_cache_bytes),
+        ("prefetch_max_bytes", config.media.prefetch_max_bytes),
+    ] {
+        if v == Some(0) {
+            bail!("media.{key} must be at least 1");
         }
     }
     for addr in config.p2p.bootstrap.iter().flatten() {
@@ -351,6 +397,24 @@ mod tests {
         assert!(e.contains("mesage"), "{e}");
         let e = err("[limits]\nmax_connections = 0\n");
         assert!(e.contains("limits.max_connections"), "{e}");
+        let e = err("[media]\nremote_cache_bytes = 0\n");
+        assert!(e.contains("media.remote_cache_bytes"), "{e}");
+        let e = err("[media]\nprefech = false\n");
+        assert!(e.contains("prefech"), "{e}");
+    }
+
+    #[test]
+    fn media_applies_on_top_of_the_defaults() {
+        let parsed = parse("[media]\nremote_cache_bytes = 1000\nprefetch = false\n")
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let mut config = warren_core::Config::new("/tmp/x");
+        parsed.media.apply(&mut config);
+        assert_eq!(config.media.remote_cache_bytes, 1000);
+        assert!(!config.media.prefetch);
+        assert_eq!(
+            config.media.prefetch_max_bytes,
+            warren_core::config::DEFAULT_PREFETCH_MAX_BYTES
+        );
     }
 
     #[test]

@@ -107,6 +107,7 @@ pub fn run(
         config.max_upload_bytes = max;
     }
     file.limits.apply(&mut config);
+    file.media.apply(&mut config);
     file.rate_limits.apply(&mut config.rate_limits);
     let result = runtime.block_on(serve(config, p2p));
     // Never hang on exit: the node has already been shut down (or never started).

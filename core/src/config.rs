@@ -43,6 +43,37 @@ pub struct Config {
     pub connections: ConnectionLimits,
     /// Bounds of the federation outbox per destination; see [`OutboxLimits`].
     pub outbox: OutboxLimits,
+    /// The cache and prefetching of other nodes' media; see [`MediaConfig`].
+    pub media: MediaConfig,
+}
+
+/// Media of other nodes: how much is kept, and what is fetched before anyone asks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MediaConfig {
+    /// Bytes of other nodes' media (originals and thumbnails made of them) kept on disk.
+    /// Past it the least recently read items are evicted; this node's own media is never
+    /// evicted and does not count. Also the largest remote file fetched at all.
+    pub remote_cache_bytes: u64,
+    /// Fetch media that events arriving from other nodes refer to (attachments,
+    /// stickers, avatars) in the background, so it outlives the sender's device.
+    pub prefetch: bool,
+    /// Largest file fetched by prefetching; larger ones are fetched when a client asks.
+    pub prefetch_max_bytes: u64,
+}
+
+/// Default remote media cache: 512 MiB.
+pub const DEFAULT_REMOTE_CACHE_BYTES: u64 = 512 * 1024 * 1024;
+/// Default largest prefetched file: 16 MiB (the P2P transport's default response cap).
+pub const DEFAULT_PREFETCH_MAX_BYTES: u64 = 16 * 1024 * 1024;
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            remote_cache_bytes: DEFAULT_REMOTE_CACHE_BYTES,
+            prefetch: true,
+            prefetch_max_bytes: DEFAULT_PREFETCH_MAX_BYTES,
+        }
+    }
 }
 
 /// How much the outbox keeps for a destination that does not take it. A server that
@@ -125,6 +156,7 @@ impl Config {
             rate_limits: RateLimits::default(),
             connections: ConnectionLimits::default(),
             outbox: OutboxLimits::default(),
+            media: MediaConfig::default(),
         }
     }
 

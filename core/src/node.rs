@@ -112,6 +112,7 @@ impl Node {
         let limiter = crate::ratelimit::Limiter::new(config.rate_limits.clone());
         let server = Arc::new(Server {
             media,
+            remote_media: Default::default(),
             config,
             identity,
             db,
@@ -167,13 +168,14 @@ impl Node {
             }
         });
         let txns = tokio::spawn(prune_transaction_ids(server.clone()));
+        let prefetch = crate::media::remote::start_prefetch(server.clone());
         tracing::info!(server_name = %server.server_name(), %addr, "node started");
         Ok(Node {
             server,
             addr,
             stop: Some(stop_tx),
             task: Some(task),
-            background: vec![typing, presence, txns],
+            background: vec![typing, presence, txns, prefetch],
             _lock: lock,
         })
     }
@@ -244,6 +246,7 @@ impl Node {
         for t in self.background.drain(..) {
             t.abort();
         }
+        self.server.remote_media.abort_fetches();
         if let Some(sender) = self.server.sender_task.lock().take() {
             sender.abort();
         }
@@ -264,6 +267,7 @@ impl Drop for Node {
         for t in self.background.drain(..) {
             t.abort();
         }
+        self.server.remote_media.abort_fetches();
         if let Some(sender) = self.server.sender_task.lock().take() {
             sender.abort();
         }

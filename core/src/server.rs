@@ -40,6 +40,8 @@ pub struct Server {
     pub notifier: Notifier,
     /// Media files on disk.
     pub media: crate::media::MediaStore,
+    /// Other nodes' media: fetches in flight and the prefetch queue.
+    pub remote_media: crate::media::RemoteMedia,
     /// UIAA sessions, keyed by session id.
     pub uiaa: Mutex<HashMap<String, UiaaSession>>,
     /// When the node started.

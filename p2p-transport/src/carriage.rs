@@ -256,13 +256,20 @@ impl std::fmt::Display for ExchangeError {
     }
 }
 
-/// Write `request` on `stream` and read the response, within the limits.
-pub(crate) async fn exchange(
+/// Write `request` on `stream` and read the response head. The connection task must
+/// live while the body is read, and be aborted after.
+async fn exchange_head(
     stream: Stream,
     host: &str,
     request: Request<Bytes>,
     limits: Limits,
-) -> Result<Response<Bytes>, ExchangeError> {
+) -> Result<
+    (
+        Response<Incoming>,
+        tokio::task::JoinHandle<hyper::Result<()>>,
+    ),
+    ExchangeError,
+> {
     let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
         .max_buf_size(limits.max_header)
         .handshake::<_, Full<Bytes>>(TokioIo::new(stream.compat()))
@@ -277,19 +284,91 @@ pub(crate) async fn exchange(
         .send_request(Request::from_parts(parts, Full::new(body)))
         .await
         .map_err(|e| ExchangeError::NoResponse(format!("no response: {e}")));
-    let response = match response {
-        Ok(r) => r,
+    match response {
+        Ok(r) => Ok((r, conn)),
         Err(e) => {
             conn.abort();
-            return Err(e);
+            Err(e)
         }
-    };
+    }
+}
+
+/// Write `request` on `stream` and read the response, within the limits.
+pub(crate) async fn exchange(
+    stream: Stream,
+    host: &str,
+    request: Request<Bytes>,
+    limits: Limits,
+) -> Result<Response<Bytes>, ExchangeError> {
+    let (response, conn) = exchange_head(stream, host, request, limits).await?;
     let (parts, body) = response.into_parts();
     let body = Limited::new(body, limits.max_response)
         .collect()
         .await
-        .map_err(|e| ExchangeError::Failed(format!("reading response body: {e}")))?
-        .to_bytes();
+        .map_err(|e| ExchangeError::Failed(format!("reading response body: {e}")));
     conn.abort();
-    Ok(Response::from_parts(parts, body))
+    Ok(Response::from_parts(parts, body?.to_bytes()))
+}
+
+/// Write `request` on `stream` and read the response head; the body is left to the
+/// caller, as a stream of data chunks that keeps the connection (and `hold`) alive
+/// until it ends or is dropped.
+pub(crate) async fn exchange_streaming<H: Send + 'static>(
+    stream: Stream,
+    host: &str,
+    request: Request<Bytes>,
+    limits: Limits,
+    hold: H,
+) -> Result<Response<BodyChunks<H>>, ExchangeError> {
+    let (response, conn) = exchange_head(stream, host, request, limits).await?;
+    let (parts, body) = response.into_parts();
+    Ok(Response::from_parts(
+        parts,
+        BodyChunks {
+            body,
+            conn,
+            _hold: hold,
+        },
+    ))
+}
+
+/// A response body read as it arrives (data frames only); aborts its connection when
+/// dropped.
+pub(crate) struct BodyChunks<H> {
+    body: Incoming,
+    conn: tokio::task::JoinHandle<hyper::Result<()>>,
+    _hold: H,
+}
+
+impl<H> Drop for BodyChunks<H> {
+    fn drop(&mut self) {
+        self.conn.abort();
+    }
+}
+
+impl<H: Unpin> futures::Stream for BodyChunks<H> {
+    type Item = Result<Bytes, String>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use hyper::body::Body as _;
+        use std::task::Poll;
+        loop {
+            match std::pin::Pin::new(&mut self.body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        return Poll::Ready(Some(Ok(data)));
+                    }
+                    // Trailers: skip.
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    return Poll::Ready(Some(Err(format!("reading response body: {e}"))));
+                }
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
 }

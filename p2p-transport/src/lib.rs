@@ -28,7 +28,7 @@ use bytes::Bytes;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use warren_core::Node;
 use warren_core::federation::{
-    FederationTransport, PeerEvent, PeerSummary, TransportError, TransportFuture,
+    FederationTransport, PeerEvent, PeerSummary, StreamingFuture, TransportError, TransportFuture,
 };
 use warren_core::server::Server;
 
@@ -407,6 +407,52 @@ impl P2p {
         server_name: &str,
         request: http::Request<Bytes>,
     ) -> Result<http::Response<Bytes>, TransportError> {
+        let limits = self.inner.limits;
+        self.send_with(server_name, request, |stream, request, _slots| {
+            carriage::exchange(stream, server_name, request, limits)
+        })
+        .await
+    }
+
+    /// Like [`send`](Self::send), but the response body is returned as a stream as soon
+    /// as the head arrived (within the request timeout), without the response size cap:
+    /// the caller bounds what it reads and how long. The outbound request slots stay
+    /// taken until the body stream ends or is dropped.
+    pub async fn send_streaming(
+        &self,
+        server_name: &str,
+        request: http::Request<Bytes>,
+    ) -> Result<http::Response<warren_core::federation::BodyStream>, TransportError> {
+        use futures::StreamExt as _;
+        let limits = self.inner.limits;
+        let response = self
+            .send_with(server_name, request, |stream, request, slots| {
+                carriage::exchange_streaming(stream, server_name, request, limits, slots)
+            })
+            .await?;
+        let server = server_name.to_owned();
+        let (parts, body) = response.into_parts();
+        let body: warren_core::federation::BodyStream = Box::pin(body.map(move |chunk| {
+            chunk.map_err(|reason| TransportError::Protocol {
+                server: server.clone(),
+                reason,
+            })
+        }));
+        Ok(http::Response::from_parts(parts, body))
+    }
+
+    /// Take outbound slots, open a stream and run `exchange` on it, retrying a stream
+    /// dropped unread (see [`send`](Self::send)).
+    async fn send_with<T, F, Fut>(
+        &self,
+        server_name: &str,
+        request: http::Request<Bytes>,
+        exchange: F,
+    ) -> Result<T, TransportError>
+    where
+        F: Fn(libp2p::Stream, http::Request<Bytes>, Arc<OutboundSlots>) -> Fut,
+        Fut: Future<Output = Result<T, carriage::ExchangeError>>,
+    {
         let peer = self.destination(server_name)?;
         let limits = self.inner.limits;
         // At most `max_outbound_requests` in flight, `max_outbound_per_peer` of them to
@@ -427,8 +473,8 @@ impl P2p {
             let all = self.inner.outbound.clone().acquire_owned().await?;
             Ok::<_, tokio::sync::AcquireError>((mine, all))
         };
-        let _slots = match tokio::time::timeout(self.inner.connect_timeout, slots).await {
-            Ok(Ok(slots)) => slots,
+        let slots = match tokio::time::timeout(self.inner.connect_timeout, slots).await {
+            Ok(Ok(slots)) => Arc::new(slots),
             Ok(Err(_)) => return Err(TransportError::ShutDown),
             Err(_) => {
                 return Err(TransportError::Timeout {
@@ -443,7 +489,7 @@ impl P2p {
         loop {
             let stream = self.connected_stream(server_name, peer).await?;
             let request = http::Request::from_parts(parts.clone(), body.clone());
-            let exchange = carriage::exchange(stream, server_name, request, limits);
+            let exchange = exchange(stream, request, slots.clone());
             let reason = match tokio::time::timeout(limits.request_timeout, exchange).await {
                 Ok(Ok(response)) => return Ok(response),
                 Ok(Err(carriage::ExchangeError::NoResponse(reason))) if attempt < SEND_ATTEMPTS => {
@@ -469,6 +515,12 @@ impl P2p {
     }
 }
 
+/// The outbound request slots one request holds (its peer's and the global one).
+type OutboundSlots = (
+    tokio::sync::OwnedSemaphorePermit,
+    tokio::sync::OwnedSemaphorePermit,
+);
+
 /// How many times [`P2p::send`] tries a request whose stream was dropped unread.
 pub const SEND_ATTEMPTS: u32 = 3;
 
@@ -476,6 +528,15 @@ impl FederationTransport for P2p {
     fn request(&self, destination: &str, request: http::Request<Bytes>) -> TransportFuture<'_> {
         let destination = destination.to_owned();
         Box::pin(async move { self.send(&destination, request).await })
+    }
+
+    fn request_streaming(
+        &self,
+        destination: &str,
+        request: http::Request<Bytes>,
+    ) -> StreamingFuture<'_> {
+        let destination = destination.to_owned();
+        Box::pin(async move { self.send_streaming(&destination, request).await })
     }
 
     fn subscribe(&self) -> broadcast::Receiver<PeerEvent> {

@@ -1,9 +1,11 @@
 //! The content repository against a real node: matrix-sdk uploads and downloads
 //! (authenticated media, spec v1.11), thumbnails of a generated PNG, the async
 //! `/create` + `PUT /upload` flow, and bad input over raw HTTP — oversized uploads,
-//! path-traversal media ids, non-images to thumbnail, downloads without a token.
+//! path-traversal media ids, non-images to thumbnail, downloads without a token. Across
+//! two nodes over libp2p: the federation media endpoints' multipart answers, and remote
+//! media fetched, cached, prefetched and still served once its origin is gone.
 //!
-//! Each test starts its own node on its own temporary directory.
+//! Each test starts its own node(s) on temporary directories.
 
 use std::io::Cursor;
 use std::path::Path;
@@ -18,9 +20,10 @@ use serde_json::Value;
 use tempfile::TempDir;
 use warren_core::Node;
 use warren_tests::{
-    Framing, Session, client_socket_addr, http_client, matrix_error, parse_matrix_error,
-    pseudo_random_bytes, raw_upload, register_client, register_raw, shutdown_node, start_node,
-    start_node_with, test_config,
+    FederatedNode, Framing, RawUser, Session, WAIT, client_socket_addr, connect_nodes, http_client,
+    matrix_error, parse_matrix_error, path_segment, pseudo_random_bytes, raw_upload,
+    register_client, register_raw, shutdown_node, start_federated_node, start_node,
+    start_node_with, test_config, wait_until,
 };
 
 /// A PNG of `width`×`height` with a colour gradient.
@@ -676,4 +679,480 @@ async fn create_then_put_upload() {
         .expect("PUT");
     expect_error(response, 404, "M_NOT_FOUND").await;
     f.finish().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Media across nodes: fetched over federation, cached, prefetched, served multipart
+// ---------------------------------------------------------------------------------------
+
+/// A GET with an optional token: status, content type and body.
+async fn fetch(url: &str, token: Option<&str>) -> (u16, String, Vec<u8>) {
+    let mut request = http_client().expect("http").get(url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.expect("GET");
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body = response.bytes().await.expect("body").to_vec();
+    (status, content_type, body)
+}
+
+/// The Matrix error of a GET: (status, errcode).
+async fn fetch_error(url: &str, token: Option<&str>) -> (u16, String) {
+    let (status, _, body) = fetch(url, token).await;
+    let v: Value = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| panic!("{url}: {status} is not Matrix error JSON"));
+    (status, v["errcode"].as_str().unwrap_or_default().to_owned())
+}
+
+/// Raw `POST /_matrix/media/v3/upload`: the `mxc://` URI.
+async fn upload_as(user: &RawUser, content_type: &str, body: Vec<u8>) -> String {
+    let response = http_client()
+        .expect("http")
+        .post(format!("{}/_matrix/media/v3/upload", user.base))
+        .bearer_auth(&user.session.access_token)
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .expect("POST /upload");
+    assert_eq!(response.status(), StatusCode::OK, "upload");
+    let v: Value = response.json().await.expect("JSON");
+    v["content_uri"].as_str().expect("content_uri").to_owned()
+}
+
+async fn send_event(user: &RawUser, room: &str, txn: &str, content: Value) {
+    user.ok(
+        reqwest::Method::PUT,
+        &format!("/rooms/{}/send/m.room.message/{txn}", path_segment(room)),
+        content,
+    )
+    .await
+    .expect("send");
+}
+
+fn is_cached(node: &FederatedNode, origin: &str, media_id: &str) -> bool {
+    node.node
+        .server()
+        .db
+        .read(|c| warren_core::storage::get_remote_media(c, origin, media_id))
+        .expect("read the cache")
+        .is_some()
+}
+
+/// Two connected nodes, alice on A with a public room, bob (matrix-sdk) on B in it.
+async fn shared_room() -> (
+    TempDir,
+    TempDir,
+    FederatedNode,
+    FederatedNode,
+    RawUser,
+    Client,
+    String,
+) {
+    let (da, db) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let a = start_federated_node(da.path()).await.expect("node A");
+    let b = start_federated_node(db.path()).await.expect("node B");
+    connect_nodes(&b, &a).await.expect("connect");
+    let alice = RawUser::register(a.node.client_url(), "alice")
+        .await
+        .expect("alice");
+    let bob = register_client(&b.node.client_url(), "bob", "bob's password")
+        .await
+        .expect("bob");
+    let room = alice
+        .create_room(serde_json::json!({"preset": "public_chat"}))
+        .await
+        .expect("room");
+    let room_id = matrix_sdk::ruma::OwnedRoomOrAliasId::try_from(room.as_str()).expect("room id");
+    let via = matrix_sdk::ruma::OwnedServerName::try_from(a.name()).expect("server name");
+    bob.join_room_by_id_or_alias(&room_id, &[via])
+        .await
+        .expect("bob joins over federation");
+    (da, db, a, b, alice, bob, room)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_media_is_fetched_cached_and_outlives_its_origin() {
+    let (_da, _db, a, b, alice, bob, room) = shared_room().await;
+    let origin = a.name();
+    let bob_token = bob.access_token().expect("bob's token");
+    let base_b = b.node.client_url();
+
+    // Alice sends a video larger than the prefetch budget (16 MiB) and than the
+    // transport's cap on buffered responses, then three attachments: an image bob
+    // opens, one he never opens, and an encrypted file (its `file.url`).
+    let video = pseudo_random_bytes(0x71DE0, 20 * 1024 * 1024 + 7);
+    let video_uri = upload_as(&alice, "video/mp4", video.clone()).await;
+    send_event(
+        &alice,
+        &room,
+        "vid0",
+        serde_json::json!({"msgtype": "m.video", "body": "big.mp4", "url": video_uri}),
+    )
+    .await;
+    let opened = png(400, 200);
+    let unopened = png(120, 90);
+    let cipher = pseudo_random_bytes(0xC1F, 40_000);
+    let opened_uri = upload_as(&alice, "image/png", opened.clone()).await;
+    let unopened_uri = upload_as(&alice, "image/png", unopened.clone()).await;
+    let cipher_uri = upload_as(&alice, "application/octet-stream", cipher.clone()).await;
+    send_event(
+        &alice,
+        &room,
+        "img1",
+        serde_json::json!({
+            "msgtype": "m.image", "body": "opened.png", "url": opened_uri,
+            "info": {"mimetype": "image/png", "w": 400, "h": 200}
+        }),
+    )
+    .await;
+    send_event(
+        &alice,
+        &room,
+        "img2",
+        serde_json::json!({
+            "msgtype": "m.image", "body": "unopened.png", "url": unopened_uri
+        }),
+    )
+    .await;
+    send_event(
+        &alice,
+        &room,
+        "file3",
+        serde_json::json!({
+            "msgtype": "m.file", "body": "secret.bin",
+            "file": {"url": cipher_uri, "v": "v2", "key": {}, "iv": "", "hashes": {}}
+        }),
+    )
+    .await;
+    let (opened_id, unopened_id, cipher_id) = (
+        media_id(&opened_uri),
+        media_id(&unopened_uri),
+        media_id(&cipher_uri),
+    );
+
+    // Bob opens the first picture: several at once through matrix-sdk (authenticated
+    // media), then the legacy path; all the same bytes.
+    let sdk_request = MediaRequestParameters {
+        source: MediaSource::Plain(OwnedMxcUri::from(opened_uri.as_str())),
+        format: MediaFormat::File,
+    };
+    let downloads = futures::future::join_all(
+        (0..4).map(|_| async { bob.media().get_media_content(&sdk_request, false).await }),
+    )
+    .await;
+    for d in downloads {
+        assert!(d.expect("matrix-sdk download of remote media") == opened);
+    }
+    let v1 = format!("{base_b}/_matrix/client/v1/media");
+    let v3 = format!("{base_b}/_matrix/media/v3");
+    let (status, ct, body) = fetch(&format!("{v3}/download/{origin}/{opened_id}"), None).await;
+    assert_eq!((status, ct.as_str()), (200, "image/png"));
+    assert!(body == opened, "legacy download differs");
+    let (status, _, body) =
+        fetch(&format!("{v3}/download/{origin}/{opened_id}/pic.png"), None).await;
+    assert!(status == 200 && body == opened, "legacy named download");
+    // Thumbnails, made on B from the cached original.
+    let thumb = sdk_thumbnail(
+        &bob,
+        &OwnedMxcUri::from(opened_uri.as_str()),
+        Method::Crop,
+        96,
+        96,
+    )
+    .await;
+    assert_eq!(dimensions(&thumb), (96, 96));
+    let (status, ct, body) = fetch(
+        &format!("{v3}/thumbnail/{origin}/{opened_id}?width=320&height=240&method=scale"),
+        None,
+    )
+    .await;
+    assert_eq!((status, ct.as_str()), (200, "image/png"));
+    assert_eq!(dimensions(&body), (320, 160));
+
+    // What is not there, or not asked for, is a clean 404 (or 400 for a bad id).
+    let token = Some(bob_token.as_str());
+    for (url, expected) in [
+        (
+            format!("{v1}/download/{origin}/NoSuchMedia"),
+            (404, "M_NOT_FOUND"),
+        ),
+        (
+            format!("{v1}/thumbnail/{origin}/NoSuchMedia?width=32&height=32"),
+            (404, "M_NOT_FOUND"),
+        ),
+        (
+            format!("{v1}/download/{origin}/bad.id"),
+            (400, "M_INVALID_PARAM"),
+        ),
+        (
+            format!("{v1}/download/not-a-node/abc"),
+            (404, "M_NOT_FOUND"),
+        ),
+        (
+            format!("{v1}/download/{}/abc", "f".repeat(64)),
+            (502, "M_UNKNOWN"),
+        ),
+        (
+            format!("{v3}/download/{origin}/{opened_id}?allow_remote=false"),
+            (404, "M_NOT_FOUND"),
+        ),
+    ] {
+        let (status, errcode) = fetch_error(&url, token).await;
+        assert_eq!((status, errcode.as_str()), expected, "{url}");
+    }
+
+    // `timeout_ms` bounds the wait, not the fetch: a download that gives up at once
+    // still leaves the item cached.
+    let late = png(50, 50);
+    let late_id = media_id(&upload_as(&alice, "image/png", late.clone()).await).to_owned();
+    let (status, errcode) = fetch_error(
+        &format!("{v1}/download/{origin}/{late_id}?timeout_ms=0"),
+        token,
+    )
+    .await;
+    assert_eq!((status, errcode.as_str()), (504, "M_UNKNOWN"));
+    wait_until(WAIT, "the abandoned fetch filled the cache", async || {
+        Ok(is_cached(&b, &origin, &late_id))
+    })
+    .await
+    .expect("fetch went on");
+
+    // Without anyone asking, B fetched the other two as their events arrived.
+    wait_until(
+        WAIT,
+        "B prefetched the unopened image and the file",
+        async || Ok(is_cached(&b, &origin, unopened_id) && is_cached(&b, &origin, cipher_id)),
+    )
+    .await
+    .expect("prefetch");
+    // The video was over the prefetch budget: only fetched when asked for, streamed.
+    let video_id = media_id(&video_uri);
+    assert!(
+        !is_cached(&b, &origin, video_id),
+        "the video was not prefetched"
+    );
+    let (status, ct, body) = fetch(&format!("{v1}/download/{origin}/{video_id}"), token).await;
+    assert_eq!((status, ct.as_str()), (200, "video/mp4"));
+    assert!(body == video, "the video's bytes differ");
+
+    // Alice's node goes away; bob still has everything, in every form.
+    a.stop().await.expect("stop A");
+    let again = bob
+        .media()
+        .get_media_content(&sdk_request, false)
+        .await
+        .expect("the opened picture from the cache");
+    assert!(again == opened);
+    for (id, bytes, ct) in [
+        (late_id.as_str(), &late, "image/png"),
+        (video_id, &video, "video/mp4"),
+        (unopened_id, &unopened, "image/png"),
+        (cipher_id, &cipher, "application/octet-stream"),
+    ] {
+        let (status, got_ct, body) = fetch(&format!("{v1}/download/{origin}/{id}"), token).await;
+        assert_eq!((status, got_ct.as_str()), (200, ct), "{id}");
+        assert!(body == *bytes, "{id}: bytes differ");
+        let (status, _, body) = fetch(&format!("{v3}/download/{origin}/{id}"), None).await;
+        assert!(status == 200 && body == *bytes, "{id} (legacy)");
+    }
+    let (status, _, body) = fetch(
+        &format!("{v1}/thumbnail/{origin}/{unopened_id}?width=32&height=32&method=crop"),
+        token,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        dimensions(&body),
+        (32, 32),
+        "a thumbnail never asked for before"
+    );
+    // Something never fetched cannot be had now: a Matrix error, not a hang.
+    let (status, errcode) = fetch_error(
+        &format!("{v1}/download/{origin}/NeverSeen?timeout_ms=15000"),
+        token,
+    )
+    .await;
+    assert!(
+        matches!(status, 502 | 504) && errcode == "M_UNKNOWN",
+        "{status} {errcode}"
+    );
+    b.stop().await.expect("stop B");
+}
+
+/// One part of a multipart body: its headers (lower-case names) and bytes.
+type Part = (Vec<(String, String)>, Vec<u8>);
+
+/// The two parts of a federation media response, split independently of the node's
+/// own parser.
+fn split_multipart(content_type: &str, body: &[u8]) -> Vec<Part> {
+    let boundary = content_type
+        .strip_prefix("multipart/mixed; boundary=")
+        .unwrap_or_else(|| panic!("content type {content_type:?}"));
+    let text = body.to_vec();
+    let open = format!("--{boundary}\r\n");
+    let close = format!("\r\n--{boundary}--\r\n");
+    assert!(text.starts_with(open.as_bytes()), "opens with the boundary");
+    assert!(text.ends_with(close.as_bytes()), "closes with the boundary");
+    let inner = &text[open.len()..text.len() - close.len()];
+    let separator = format!("\r\n--{boundary}\r\n");
+    let at = inner
+        .windows(separator.len())
+        .position(|w| w == separator.as_bytes())
+        .expect("two parts");
+    [&inner[..at], &inner[at + separator.len()..]]
+        .into_iter()
+        .map(|part| {
+            let end = part
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .expect("part headers end");
+            let headers = std::str::from_utf8(&part[..end])
+                .expect("headers are text")
+                .split("\r\n")
+                .map(|l| {
+                    let (n, v) = l.split_once(':').expect("header line");
+                    (n.trim().to_ascii_lowercase(), v.trim().to_owned())
+                })
+                .collect();
+            (headers, part[end + 4..].to_vec())
+        })
+        .collect()
+}
+
+fn part_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn federation_media_endpoints_answer_multipart() {
+    let (da, db) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let a = start_federated_node(da.path()).await.expect("node A");
+    let b = start_federated_node(db.path()).await.expect("node B");
+    connect_nodes(&b, &a).await.expect("connect");
+    let alice = RawUser::register(a.node.client_url(), "alice")
+        .await
+        .expect("alice");
+    let bob = RawUser::register(b.node.client_url(), "bob")
+        .await
+        .expect("bob");
+    let image = png(300, 300);
+    let uri = upload_as(&alice, "image/png", image.clone()).await;
+    let id = media_id(&uri).to_owned();
+    let bobs = upload_as(&bob, "text/plain", b"bob's".to_vec()).await;
+
+    let fed = async |to: &FederatedNode, path: &str| {
+        let response = warren_core::federation::client::request(
+            b.node.server(),
+            &to.name(),
+            http::Method::GET,
+            path,
+            None,
+        )
+        .await
+        .expect("federation request");
+        let ct = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        (
+            response.status().as_u16(),
+            ct,
+            response.into_body().to_vec(),
+        )
+    };
+
+    let (status, ct, body) = fed(&a, &format!("/_matrix/federation/v1/media/download/{id}")).await;
+    assert_eq!(status, 200);
+    let parts = split_multipart(&ct, &body);
+    assert_eq!(
+        part_header(&parts[0].0, "content-type"),
+        Some("application/json")
+    );
+    assert_eq!(
+        serde_json::from_slice::<Value>(&parts[0].1).expect("JSON"),
+        serde_json::json!({})
+    );
+    assert_eq!(part_header(&parts[1].0, "content-type"), Some("image/png"));
+    assert!(
+        part_header(&parts[1].0, "content-disposition").is_some_and(|d| d.starts_with("inline"))
+    );
+    assert!(parts[1].1 == image, "the second part is the image");
+    // The node's own parser agrees.
+    assert!(matches!(
+        warren_core::media::multipart::parse(&ct, &body),
+        Ok(warren_core::media::multipart::MediaPart::Content { body, .. }) if body == image.as_slice()
+    ));
+
+    let (status, ct, body) = fed(
+        &a,
+        &format!("/_matrix/federation/v1/media/thumbnail/{id}?width=96&height=96&method=crop&animated=false&timeout_ms=1000"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let parts = split_multipart(&ct, &body);
+    assert_eq!(part_header(&parts[1].0, "content-type"), Some("image/png"));
+    assert_eq!(dimensions(&parts[1].1), (96, 96));
+
+    // Unknown, hostile, or another server's media: Matrix errors.
+    for (path, expected) in [
+        (
+            "/_matrix/federation/v1/media/download/NoSuchMedia".to_owned(),
+            (404, "M_NOT_FOUND"),
+        ),
+        (
+            format!("/_matrix/federation/v1/media/download/{}", media_id(&bobs)),
+            (404, "M_NOT_FOUND"),
+        ),
+        (
+            "/_matrix/federation/v1/media/download/..%2F..%2Fwarren.db".to_owned(),
+            (400, "M_INVALID_PARAM"),
+        ),
+        (
+            format!("/_matrix/federation/v1/media/thumbnail/{id}?width=0&height=5"),
+            (400, "M_INVALID_PARAM"),
+        ),
+        (
+            format!("/_matrix/federation/v1/media/thumbnail/{id}?width=5&height=5&method=zoom"),
+            (400, "M_INVALID_PARAM"),
+        ),
+    ] {
+        let (status, _, body) = fed(&a, &path).await;
+        let v: Value = serde_json::from_slice(&body).expect("error JSON");
+        assert_eq!(
+            (status, v["errcode"].as_str().unwrap_or_default()),
+            expected,
+            "{path}: {v}"
+        );
+    }
+    // Unsigned: refused like every federation request.
+    let transport = b.node.server().transport().expect("transport").clone();
+    let unsigned = http::Request::get(format!("/_matrix/federation/v1/media/download/{id}"))
+        .body(bytes::Bytes::new())
+        .expect("request");
+    let response = transport
+        .request(&a.name(), unsigned)
+        .await
+        .expect("carried");
+    assert_eq!(response.status().as_u16(), 401);
+    a.stop().await.expect("stop A");
+    b.stop().await.expect("stop B");
 }

@@ -120,6 +120,8 @@ pub(super) async fn upload_to(
 #[derive(Deserialize)]
 pub(super) struct DownloadQuery {
     timeout_ms: Option<u64>,
+    /// Legacy endpoints only in the spec; honoured on both (default true).
+    allow_remote: Option<bool>,
 }
 
 impl DownloadQuery {
@@ -134,41 +136,14 @@ pub(super) struct ThumbnailQuery {
     height: u32,
     method: Option<String>,
     timeout_ms: Option<u64>,
+    allow_remote: Option<bool>,
     // `animated` is accepted; thumbnails are always static, which the spec allows.
-}
-
-/// RFC 6266/8187 `Content-Disposition`: a plain ASCII `filename` for old agents and
-/// `filename*` with the exact (percent-encoded UTF-8) name.
-fn content_disposition(inline: bool, filename: Option<&str>) -> String {
-    let kind = if inline { "inline" } else { "attachment" };
-    let Some(name) = filename else {
-        return kind.to_owned();
-    };
-    let ascii: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || " ._-()".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let mut encoded = String::new();
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
-            encoded.push(char::from(b));
-        } else {
-            encoded.push_str(&format!("%{b:02X}"));
-        }
-    }
-    format!("{kind}; filename=\"{ascii}\"; filename*=utf-8''{encoded}")
 }
 
 /// Stream a download with its safety headers.
 fn media_response(download: Download, name_override: Option<String>) -> Response {
     let filename = media::sanitise_filename(name_override.as_deref()).or(download.filename);
-    let disposition = content_disposition(download.inline, filename.as_deref());
+    let disposition = media::content_disposition(download.inline, filename.as_deref());
     let content_type = HeaderValue::from_str(&download.content_type)
         .unwrap_or(HeaderValue::from_static(media::OCTET_STREAM));
     let disposition =
@@ -200,17 +175,24 @@ fn media_response(download: Download, name_override: Option<String>) -> Response
 }
 
 async fn download_inner(
-    server: &Server,
+    server: &Arc<Server>,
     (server_name, media_id): (String, String),
     name_override: Option<String>,
     query: &DownloadQuery,
 ) -> Result<Response, Error> {
-    let d = media::download(server, &server_name, &media_id, query.timeout()).await?;
+    let d = media::download(
+        server,
+        &server_name,
+        &media_id,
+        query.timeout(),
+        query.allow_remote.unwrap_or(true),
+    )
+    .await?;
     Ok(media_response(d, name_override))
 }
 
 async fn thumbnail_inner(
-    server: &Server,
+    server: &Arc<Server>,
     (server_name, media_id): (String, String),
     query: &ThumbnailQuery,
 ) -> Result<Response, Error> {
@@ -223,6 +205,7 @@ async fn thumbnail_inner(
         (query.width, query.height),
         method,
         timeout,
+        query.allow_remote.unwrap_or(true),
     )
     .await?;
     Ok(media_response(d, None))
@@ -284,22 +267,4 @@ pub(super) async fn thumbnail_legacy(
     Q(query): Q<ThumbnailQuery>,
 ) -> Result<Response, Error> {
     thumbnail_inner(&server, path, &query).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dispositions_are_quoted_safely() {
-        assert_eq!(content_disposition(true, None), "inline");
-        assert_eq!(
-            content_disposition(false, Some("a \"b\";c.html")),
-            "attachment; filename=\"a _b__c.html\"; filename*=utf-8''a%20%22b%22%3Bc.html"
-        );
-        assert_eq!(
-            content_disposition(true, Some("ü.png")),
-            "inline; filename=\"_.png\"; filename*=utf-8''%C3%BC.png"
-        );
-    }
 }

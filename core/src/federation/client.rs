@@ -24,14 +24,14 @@ pub fn encode(component: &str) -> String {
 /// reading a response past it (the P2P carriage does) rather than collect it first.
 pub const MAX_RESPONSE_JSON: usize = 16 * 1024 * 1024;
 
-/// Send one signed request to `destination` and return the raw response.
-pub async fn request(
+/// A signed request to `destination`, ready for the transport.
+fn signed(
     server: &Server,
     destination: &str,
     method: http::Method,
     path_and_query: &str,
     body: Option<&Value>,
-) -> Result<http::Response<Bytes>, Error> {
+) -> Result<http::Request<Bytes>, Error> {
     // Every node's server name is its key in hex; anything else names no node (a DNS
     // homeserver, a typo) and no transport could reach it: the request is at fault.
     if crate::identity::public_key_from_server_name(destination).is_none() {
@@ -39,9 +39,6 @@ pub async fn request(
             "{destination:?} is not the server name of a P2P node (64 hex characters)"
         )));
     }
-    let transport = server
-        .transport()
-        .ok_or_else(|| Error::RemoteServer("federation is not available on this node".into()))?;
     let bytes = match body {
         Some(v) => Bytes::from(serde_json::to_vec(v)?),
         None => Bytes::new(),
@@ -56,8 +53,44 @@ pub async fn request(
     request
         .headers_mut()
         .insert(http::header::AUTHORIZATION, auth);
+    Ok(request)
+}
+
+fn transport(server: &Server) -> Result<&std::sync::Arc<dyn super::FederationTransport>, Error> {
+    server
+        .transport()
+        .ok_or_else(|| Error::RemoteServer("federation is not available on this node".into()))
+}
+
+/// Send one signed request to `destination` and return the raw response.
+pub async fn request(
+    server: &Server,
+    destination: &str,
+    method: http::Method,
+    path_and_query: &str,
+    body: Option<&Value>,
+) -> Result<http::Response<Bytes>, Error> {
+    let transport = transport(server)?;
+    let request = signed(server, destination, method, path_and_query, body)?;
     transport
         .request(destination, request)
+        .await
+        .map_err(|e| Error::RemoteServer(e.to_string()))
+}
+
+/// Send one signed `GET` to `destination`; the response body arrives as a stream that
+/// the caller bounds (see [`FederationTransport::request_streaming`]).
+///
+/// [`FederationTransport::request_streaming`]: super::FederationTransport::request_streaming
+pub async fn request_streaming(
+    server: &Server,
+    destination: &str,
+    path_and_query: &str,
+) -> Result<http::Response<super::BodyStream>, Error> {
+    let transport = transport(server)?;
+    let request = signed(server, destination, http::Method::GET, path_and_query, None)?;
+    transport
+        .request_streaming(destination, request)
         .await
         .map_err(|e| Error::RemoteServer(e.to_string()))
 }

@@ -17,6 +17,7 @@ mod event;
 mod extract;
 pub mod hierarchy;
 mod keys;
+mod media;
 mod membership;
 mod missing_events;
 pub mod outbox;
@@ -38,6 +39,6 @@ pub mod walk;
 pub use auth::FederationOrigin;
 pub use router::router;
 pub use transport::{
-    AuthenticatedOrigin, FederationTransport, PeerEvent, PeerSummary, TransportError,
-    TransportFuture,
+    AuthenticatedOrigin, BodyStream, FederationTransport, PeerEvent, PeerSummary, StreamingFuture,
+    TransportError, TransportFuture,
 };

@@ -15,7 +15,7 @@ use crate::client_api::unrecognized;
 use crate::server::Server;
 
 use super::{
-    anti_entropy, auth, backfill, devices, directory, event, hierarchy, keys, membership,
+    anti_entropy, auth, backfill, devices, directory, event, hierarchy, keys, media, membership,
     missing_events, public_rooms, query, send, state, timestamp,
 };
 
@@ -107,6 +107,14 @@ pub fn router(server: Arc<Server>) -> Router {
         .route(
             "/_matrix/federation/v2/invite/{room_id}/{event_id}",
             axum::routing::put(membership::invite),
+        )
+        .route(
+            "/_matrix/federation/v1/media/download/{media_id}",
+            get(media::download),
+        )
+        .route(
+            "/_matrix/federation/v1/media/thumbnail/{media_id}",
+            get(media::thumbnail),
         )
         .route_layer(from_fn_with_state(server.clone(), auth::require_signature));
     Router::new()

@@ -8,11 +8,20 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::Stream;
 use tokio::sync::broadcast;
 
 /// The future a transport returns for one request.
 pub type TransportFuture<'a> =
     Pin<Box<dyn Future<Output = Result<http::Response<Bytes>, TransportError>> + Send + 'a>>;
+
+/// A response body handed over as it arrives (see
+/// [`FederationTransport::request_streaming`]). Dropping it ends the exchange.
+pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, TransportError>> + Send>>;
+
+/// The future [`FederationTransport::request_streaming`] returns.
+pub type StreamingFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<http::Response<BodyStream>, TransportError>> + Send + 'a>>;
 
 /// Carries server-server requests to other nodes, addressed by server name.
 pub trait FederationTransport: Send + Sync + 'static {
@@ -22,6 +31,24 @@ pub trait FederationTransport: Send + Sync + 'static {
     /// the transport decides how to reach the server. Errors are about reaching the
     /// server; an HTTP error status from the server is an `Ok` response.
     fn request(&self, destination: &str, request: http::Request<Bytes>) -> TransportFuture<'_>;
+
+    /// Like [`request`](Self::request), but the response body is handed over as it
+    /// arrives instead of collected, and is not capped by the transport: the caller
+    /// bounds what it reads (and how long), and drops the stream to stop. Used for
+    /// media, which may be larger than any JSON response. The default collects the
+    /// body with [`request`](Self::request) (fine for in-memory transports).
+    fn request_streaming(
+        &self,
+        destination: &str,
+        request: http::Request<Bytes>,
+    ) -> StreamingFuture<'_> {
+        let response = self.request(destination, request);
+        Box::pin(async move {
+            let (parts, body) = response.await?.into_parts();
+            let body: BodyStream = Box::pin(futures::stream::once(async move { Ok(body) }));
+            Ok(http::Response::from_parts(parts, body))
+        })
+    }
 
     /// Peer events (connected, rediscovered, …) from now on.
     fn subscribe(&self) -> broadcast::Receiver<PeerEvent>;

@@ -3,17 +3,29 @@
 //! Bytes live on disk by sha256 ([`MediaStore`]); the `media` table maps media ids to
 //! hashes. Media ids are random and checked against `[A-Za-z0-9_-]+` before anything
 //! else happens, and disk paths are built only from hashes, so no request can name a
-//! file outside the store. Only media of this server is served: remote media needs
-//! federation and answers 404 for now.
+//! file outside the store.
+//!
+//! Media of other nodes (`mxc://<other server>/…`) is fetched from its origin over the
+//! federation media API, kept in a bounded least-recently-used cache and served from it
+//! afterwards ([`remote`]); media referenced by events arriving from other nodes is
+//! prefetched within a budget, so it outlives its sender's device. Thumbnails of remote
+//! media are made here from the cached original (the origin's thumbnails are not asked
+//! for): one fetch serves every size, and thumbnails keep working once the origin is
+//! gone. The federation endpoints serve only this node's own media
+//! ([`multipart`] is their response format).
 
+pub mod multipart;
+pub mod remote;
 mod store;
 mod thumbnail;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::Stream;
 
+pub use remote::RemoteMedia;
 pub use store::{MediaStore, Stored};
 pub use thumbnail::Method;
 
@@ -146,12 +158,40 @@ pub fn sanitise_filename(name: Option<&str>) -> Option<String> {
     (!clean.trim().is_empty()).then_some(clean)
 }
 
+/// RFC 6266/8187 `Content-Disposition`: a plain ASCII `filename` for old agents and
+/// `filename*` with the exact (percent-encoded UTF-8) name.
+pub fn content_disposition(inline: bool, filename: Option<&str>) -> String {
+    let kind = if inline { "inline" } else { "attachment" };
+    let Some(name) = filename else {
+        return kind.to_owned();
+    };
+    let ascii: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || " ._-()".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let mut encoded = String::new();
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
+            encoded.push(char::from(b));
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    format!("{kind}; filename=\"{ascii}\"; filename*=utf-8''{encoded}")
+}
+
 fn mxc(server: &Server, media_id: &str) -> String {
     format!("mxc://{}/{media_id}", server.server_name())
 }
 
-/// Only our own media exists here; a foreign server name is "not found" until remote
-/// media arrives with federation.
+/// Media ids uploaded to or waited for here are our own; a foreign server name is "not
+/// found" (remote media is fetched by [`download`] and [`thumbnail`] only).
 fn check_local(server: &Server, server_name: &str, media_id: &str) -> Result<(), Error> {
     validate_media_id(media_id)?;
     if server_name != server.server_name() {
@@ -295,13 +335,52 @@ async fn uploaded_row(
     }
 }
 
-/// `GET /download`: open the content of a media id.
-pub async fn download(
+/// Whether a download names another server's media, which may be fetched: checks the
+/// media id first, then the server name (`allow_remote = false` or a name that cannot be
+/// a node: 404).
+fn remote_origin(
     server: &Server,
     server_name: &str,
     media_id: &str,
+    allow_remote: bool,
+) -> Result<bool, Error> {
+    validate_media_id(media_id)?;
+    if server_name == server.server_name() {
+        return Ok(false);
+    }
+    if !allow_remote {
+        return Err(Error::NotFound(
+            "remote media was not asked for (allow_remote=false)".into(),
+        ));
+    }
+    if !remote::is_remote_server(server, server_name) {
+        return Err(Error::NotFound(format!(
+            "{server_name:?} is not a server this node can reach"
+        )));
+    }
+    Ok(true)
+}
+
+/// `GET /download`: open the content of a media id, fetching another server's media
+/// into the cache first when `allow_remote`.
+pub async fn download(
+    server: &Arc<Server>,
+    server_name: &str,
+    media_id: &str,
     timeout: Duration,
+    allow_remote: bool,
 ) -> Result<Download, Error> {
+    if remote_origin(server, server_name, media_id, allow_remote)? {
+        let (row, file, size) =
+            remote::original(server, server_name, media_id, timeout.min(MAX_WAIT)).await?;
+        return Ok(Download {
+            file,
+            size,
+            inline: inline_allowed(&row.content_type),
+            content_type: row.content_type,
+            filename: row.filename,
+        });
+    }
     let row = uploaded_row(server, server_name, media_id, timeout).await?;
     let sha256 = row.sha256.as_deref().unwrap_or_default();
     let (file, size) = server.media.open_content(sha256).await?;
@@ -315,30 +394,47 @@ pub async fn download(
     })
 }
 
-/// `GET /thumbnail`: a (cached) thumbnail of an image, snapped to a preset size.
+/// `GET /thumbnail`: a (cached) thumbnail of an image, snapped to a preset size. For
+/// another server's media it is made here from the cached original.
 pub async fn thumbnail(
-    server: &Server,
+    server: &Arc<Server>,
     server_name: &str,
     media_id: &str,
     (width, height): (u32, u32),
     method: Method,
     timeout: Duration,
+    allow_remote: bool,
 ) -> Result<Download, Error> {
     if width == 0 || height == 0 {
         return Err(Error::InvalidParam(
             "width and height must be positive".into(),
         ));
     }
-    let row = uploaded_row(server, server_name, media_id, timeout).await?;
     let (w, h) = thumbnail::snap(width, height, method);
-    let cached = server
-        .db
-        .read(|c| storage::get_thumbnail(c, media_id, w, h, method.as_str()))?;
-    let thumb = match cached {
-        Some(t) => t,
-        None => generate_thumbnail(server, &row, (w, h), method).await?,
+    let (thumb, file, size) = if remote_origin(server, server_name, media_id, allow_remote)? {
+        remote_thumbnail(server, (server_name, media_id), (w, h), method, timeout).await?
+    } else {
+        let row = uploaded_row(server, server_name, media_id, timeout).await?;
+        let cached = server
+            .db
+            .read(|c| storage::get_thumbnail(c, media_id, w, h, method.as_str()))?;
+        let thumb = match cached {
+            Some(t) => t,
+            None => {
+                let sha256 = row.sha256.as_deref().unwrap_or_default();
+                let (thumb, stored) =
+                    generate_thumbnail(server, sha256, row.size.unwrap_or(0), (w, h), method)
+                        .await?;
+                server.db.write(|tx| {
+                    storage::insert_thumbnail(tx, media_id, w, h, method.as_str(), &thumb)
+                })?;
+                drop(stored);
+                thumb
+            }
+        };
+        let (file, size) = server.media.open_content(&thumb.sha256).await?;
+        (thumb, file, size)
     };
-    let (file, size) = server.media.open_content(&thumb.sha256).await?;
     let ext = if thumb.content_type == "image/jpeg" {
         "jpg"
     } else {
@@ -353,13 +449,53 @@ pub async fn thumbnail(
     })
 }
 
-async fn generate_thumbnail(
-    server: &Server,
-    row: &MediaRow,
+/// A thumbnail of a remote item, from the cache or made from its (fetched) original.
+async fn remote_thumbnail(
+    server: &Arc<Server>,
+    (origin, media_id): (&str, &str),
     (w, h): (u32, u32),
     method: Method,
-) -> Result<ThumbnailRow, Error> {
-    if row.size.unwrap_or(0) > MAX_THUMBNAIL_SOURCE_BYTES {
+    timeout: Duration,
+) -> Result<(ThumbnailRow, tokio::fs::File, u64), Error> {
+    let (row, file, _) = remote::original(server, origin, media_id, timeout.min(MAX_WAIT)).await?;
+    drop(file);
+    let key = (origin, media_id);
+    if let Some(t) = server
+        .db
+        .read(|c| storage::get_remote_thumbnail(c, key, w, h, method.as_str()))?
+        && let Ok((file, size)) = server.media.open_content(&t.sha256).await
+    {
+        return Ok((t, file, size));
+    }
+    let (thumb, stored) = generate_thumbnail(server, &row.sha256, row.size, (w, h), method).await?;
+    let kept = server
+        .db
+        .write(|tx| storage::insert_remote_thumbnail(tx, key, w, h, method.as_str(), &thumb))?;
+    drop(stored);
+    if !kept {
+        // The original was evicted meanwhile (a cache far too small for its traffic):
+        // keep nothing of it; the client may ask again.
+        remote::remove_if_unused(server, &thumb.sha256).await?;
+        return Err(Error::NotYetUploaded(
+            "the remote media was evicted while thumbnailing; try again".into(),
+        ));
+    }
+    // Open before eviction runs, so an open file is served whatever it removes.
+    let (file, size) = server.media.open_content(&thumb.sha256).await?;
+    remote::enforce_cap(server).await?;
+    Ok((thumb, file, size))
+}
+
+/// Render a thumbnail of stored content and store it. The returned [`Stored`] must live
+/// until the row naming the thumbnail is written.
+async fn generate_thumbnail(
+    server: &Server,
+    sha256: &str,
+    size: i64,
+    (w, h): (u32, u32),
+    method: Method,
+) -> Result<(ThumbnailRow, Stored), Error> {
+    if size > MAX_THUMBNAIL_SOURCE_BYTES {
         return Err(Error::TooLarge(
             "the content is too large to thumbnail".into(),
         ));
@@ -370,23 +506,17 @@ async fn generate_thumbnail(
         .acquire()
         .await
         .map_err(Error::internal)?;
-    let source = server
-        .media
-        .read_content(row.sha256.as_deref().unwrap_or_default())
-        .await?;
+    let source = server.media.read_content(sha256).await?;
     let rendered = tokio::task::spawn_blocking(move || thumbnail::render(&source, w, h, method))
         .await
         .map_err(Error::internal)??;
     let stored = server.media.write_bytes(&rendered.bytes).await?;
     let thumb = ThumbnailRow {
-        sha256: stored.sha256,
+        sha256: stored.sha256.clone(),
         content_type: rendered.content_type.to_owned(),
         size: stored.size as i64,
     };
-    server
-        .db
-        .write(|tx| storage::insert_thumbnail(tx, &row.media_id, w, h, method.as_str(), &thumb))?;
-    Ok(thumb)
+    Ok((thumb, stored))
 }
 
 #[cfg(test)]
@@ -438,6 +568,19 @@ mod tests {
         ] {
             assert!(!inline_allowed(active), "{active}");
         }
+    }
+
+    #[test]
+    fn dispositions_are_quoted_safely() {
+        assert_eq!(content_disposition(true, None), "inline");
+        assert_eq!(
+            content_disposition(false, Some("a \"b\";c.html")),
+            "attachment; filename=\"a _b__c.html\"; filename*=utf-8''a%20%22b%22%3Bc.html"
+        );
+        assert_eq!(
+            content_disposition(true, Some("ü.png")),
+            "inline; filename=\"_.png\"; filename*=utf-8''%C3%BC.png"
+        );
     }
 
     #[test]

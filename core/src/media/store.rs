@@ -6,6 +6,7 @@
 //! exist. Paths are built only from hex hashes we computed, never from client input.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -15,12 +16,18 @@ use tokio::io::AsyncWriteExt;
 use crate::error::{Error, StartError};
 
 /// Bytes stored by [`MediaStore::write_stream`] / [`MediaStore::write_bytes`].
+///
+/// While it is alive it holds a share of the store's collection lock, so eviction cannot
+/// remove the file between its commit and the database row that names it: keep it until
+/// that row is written.
 #[derive(Clone, Debug)]
 pub struct Stored {
     /// Lowercase hex sha256.
     pub sha256: String,
     /// Size in bytes.
     pub size: u64,
+    /// Keeps eviction from removing these bytes until the row naming them is written.
+    _hold: Arc<tokio::sync::OwnedRwLockReadGuard<()>>,
 }
 
 /// The on-disk content store.
@@ -29,6 +36,9 @@ pub struct MediaStore {
     root: PathBuf,
     /// Thumbnailing is CPU- and memory-heavy; at most this many run at once.
     pub(super) thumbnail_permits: tokio::sync::Semaphore,
+    /// Writers hold it shared from a file's commit until their row is written; eviction
+    /// holds it exclusively while it decides which files no row uses and removes them.
+    collect: Arc<tokio::sync::RwLock<()>>,
 }
 
 /// Removes a temporary file when dropped, unless it was moved into place.
@@ -66,6 +76,7 @@ impl MediaStore {
         Ok(MediaStore {
             root: root.to_path_buf(),
             thumbnail_permits: tokio::sync::Semaphore::new(2),
+            collect: Arc::default(),
         })
     }
 
@@ -117,8 +128,12 @@ impl MediaStore {
             file.write_all(&chunk).await.map_err(Error::internal)?;
         }
         let sha256 = hex::encode(hasher.finalize());
-        self.commit(file, temp, &sha256).await?;
-        Ok(Stored { sha256, size })
+        let hold = self.commit(file, temp, &sha256).await?;
+        Ok(Stored {
+            sha256,
+            size,
+            _hold: hold,
+        })
     }
 
     /// Store bytes already in memory (thumbnails).
@@ -126,26 +141,29 @@ impl MediaStore {
         let (mut file, temp) = self.new_temp().await?;
         file.write_all(bytes).await.map_err(Error::internal)?;
         let sha256 = hex::encode(Sha256::digest(bytes));
-        self.commit(file, temp, &sha256).await?;
+        let hold = self.commit(file, temp, &sha256).await?;
         Ok(Stored {
             sha256,
             size: bytes.len() as u64,
+            _hold: hold,
         })
     }
 
-    /// Make a finished temp file durable and move it to its content path.
+    /// Make a finished temp file durable and move it to its content path. Returns the
+    /// shared collection lock, held until the caller's row names the content.
     async fn commit(
         &self,
         file: tokio::fs::File,
         mut temp: TempFile,
         sha256: &str,
-    ) -> Result<(), Error> {
+    ) -> Result<Arc<tokio::sync::OwnedRwLockReadGuard<()>>, Error> {
         file.sync_all().await.map_err(Error::internal)?;
         drop(file);
+        let hold = Arc::new(self.collect.clone().read_owned().await);
         let dest = self.content_path(sha256)?;
         if tokio::fs::try_exists(&dest).await.unwrap_or(false) {
             // Same hash, same bytes: keep the copy we have (the temp file is dropped).
-            return Ok(());
+            return Ok(hold);
         }
         let dir = dest
             .parent()
@@ -161,7 +179,32 @@ impl MediaStore {
         if let Ok(d) = tokio::fs::File::open(dir).await {
             let _ = d.sync_all().await;
         }
-        Ok(())
+        Ok(hold)
+    }
+
+    /// Take the collection lock exclusively: no writer is between committing a file and
+    /// writing the row that names it while the guard lives.
+    pub async fn lock_for_collection(&self) -> tokio::sync::OwnedRwLockWriteGuard<()> {
+        self.collect.clone().write_owned().await
+    }
+
+    /// Remove stored bytes no row uses any more (call with
+    /// [`lock_for_collection`](Self::lock_for_collection) held). Missing files are fine.
+    pub async fn remove_content(&self, sha256: &str) -> Result<(), Error> {
+        let path = self.content_path(sha256)?;
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::internal(format!("removing {}: {e}", path.display()))),
+        }
+    }
+
+    /// Whether the bytes with this hash are on disk.
+    pub async fn has_content(&self, sha256: &str) -> bool {
+        match self.content_path(sha256) {
+            Ok(p) => tokio::fs::try_exists(&p).await.unwrap_or(false),
+            Err(_) => false,
+        }
     }
 
     /// Open stored bytes for reading; also returns their size on disk.

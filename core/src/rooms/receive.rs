@@ -321,7 +321,8 @@ pub async fn receive_pdu(
     let fetched = fetcher.into_dependency_order();
 
     // Check-and-persist phase: one write transaction.
-    server.write(|tx| {
+    let media = crate::media::remote::remote_references(server, &checked.pdu);
+    let outcome = server.write(|tx| {
         let room = Room {
             c: tx,
             room_id,
@@ -339,7 +340,12 @@ pub async fn receive_pdu(
             tracing::debug!(event_id = %id, ?outcome, "missing event");
         }
         room.process(checked, Mode::Full)
-    })
+    })?;
+    // After the commit, off the PDU's path: queue the media it refers to for prefetching.
+    if matches!(outcome, Outcome::Accepted { .. }) {
+        crate::media::remote::prefetch(server, media);
+    }
+    Ok(outcome)
 }
 
 /// The events of `batch` and the auth events they need that are neither stored here nor

@@ -616,6 +616,42 @@ const MIGRATIONS: &[&str] = &[
           AND (x.status IN ('timeline', 'soft_failed')
                OR (x.status = 'rejected' AND x.state_group_before IS NOT NULL)));
     "#,
+    // 19: the remote media cache: media of other servers fetched over federation,
+    // keyed by (origin, media_id), bytes by sha256 in the same store as local media.
+    // Bounded by total size, evicted least recently used first (`last_access_ts`);
+    // thumbnails made here from a cached original go with it. The sha256 indexes let
+    // eviction see cheaply whether any other row still uses a file before removing it.
+    r#"
+    CREATE TABLE remote_media (
+        origin TEXT NOT NULL,
+        media_id TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        content_type TEXT NOT NULL,
+        filename TEXT,
+        size INTEGER NOT NULL,
+        created_ts INTEGER NOT NULL,
+        last_access_ts INTEGER NOT NULL,
+        PRIMARY KEY (origin, media_id)
+    );
+    CREATE INDEX remote_media_by_access ON remote_media(last_access_ts);
+    CREATE INDEX remote_media_by_sha256 ON remote_media(sha256);
+    CREATE TABLE remote_media_thumbnails (
+        origin TEXT NOT NULL,
+        media_id TEXT NOT NULL,
+        width INTEGER NOT NULL,
+        height INTEGER NOT NULL,
+        method TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        content_type TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        PRIMARY KEY (origin, media_id, width, height, method),
+        FOREIGN KEY (origin, media_id) REFERENCES remote_media(origin, media_id)
+            ON DELETE CASCADE
+    );
+    CREATE INDEX remote_media_thumbnails_by_sha256 ON remote_media_thumbnails(sha256);
+    CREATE INDEX media_by_sha256 ON media(sha256);
+    CREATE INDEX media_thumbnails_by_sha256 ON media_thumbnails(sha256);
+    "#,
 ];
 
 /// The schema version this build writes.
