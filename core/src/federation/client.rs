@@ -32,13 +32,6 @@ fn signed(
     path_and_query: &str,
     body: Option<&Value>,
 ) -> Result<http::Request<Bytes>, Error> {
-    // Every node's server name is its key in hex; anything else names no node (a DNS
-    // homeserver, a typo) and no transport could reach it: the request is at fault.
-    if crate::identity::public_key_from_server_name(destination).is_none() {
-        return Err(Error::InvalidParam(format!(
-            "{destination:?} is not the server name of a P2P node (64 hex characters)"
-        )));
-    }
     let bytes = match body {
         Some(v) => Bytes::from(serde_json::to_vec(v)?),
         None => Bytes::new(),
@@ -56,7 +49,18 @@ fn signed(
     Ok(request)
 }
 
-fn transport(server: &Server) -> Result<&std::sync::Arc<dyn super::FederationTransport>, Error> {
+/// The transport to reach `destination` with. A name that is not 64 hex characters
+/// names no node (a DNS homeserver, a typo): no transport could reach it, so the
+/// request is at fault (400), not a peer (502).
+fn transport<'a>(
+    server: &'a Server,
+    destination: &str,
+) -> Result<&'a std::sync::Arc<dyn super::FederationTransport>, Error> {
+    if crate::identity::public_key_from_server_name(destination).is_none() {
+        return Err(Error::InvalidParam(format!(
+            "{destination:?} is not the server name of a P2P node (64 hex characters)"
+        )));
+    }
     server
         .transport()
         .ok_or_else(|| Error::RemoteServer("federation is not available on this node".into()))
@@ -70,7 +74,7 @@ pub async fn request(
     path_and_query: &str,
     body: Option<&Value>,
 ) -> Result<http::Response<Bytes>, Error> {
-    let transport = transport(server)?;
+    let transport = transport(server, destination)?;
     let request = signed(server, destination, method, path_and_query, body)?;
     transport
         .request(destination, request)
@@ -87,7 +91,7 @@ pub async fn request_streaming(
     destination: &str,
     path_and_query: &str,
 ) -> Result<http::Response<super::BodyStream>, Error> {
-    let transport = transport(server)?;
+    let transport = transport(server, destination)?;
     let request = signed(server, destination, http::Method::GET, path_and_query, None)?;
     transport
         .request_streaming(destination, request)
