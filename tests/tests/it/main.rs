@@ -1,0 +1,25 @@
+//! The integration tests: one binary, a module per area (each extra test binary links
+//! matrix-sdk again, which was most of CI's time on two cores). Helpers shared by the
+//! modules live in the `warren-tests` library (`tests/src/lib.rs`).
+
+mod bad_input;
+mod client_api;
+mod client_flow;
+mod directory_search;
+mod e2ee;
+mod federation;
+mod federation_clients;
+mod federation_e2ee;
+mod federation_join;
+mod federation_mesh;
+mod federation_read;
+mod federation_receive;
+mod federation_sender;
+mod history_visibility;
+mod media;
+mod presence;
+mod push_rules;
+mod relations;
+mod restricted_joins;
+mod room_lifecycle;
+mod sliding_sync;
