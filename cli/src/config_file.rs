@@ -62,6 +62,16 @@ const TEMPLATE: &str = r#"# Warren node configuration. Every key is optional; th
 # Largest file fetched that way; larger ones are fetched when someone opens them.
 # prefetch_max_bytes = 16777216
 
+[voip]
+# TURN servers for calls (GET /voip/turnServer). With a shared secret (coturn's
+# static-auth-secret) each user gets credentials valid for turn_user_lifetime_secs;
+# otherwise fixed turn_username / turn_password. Nothing set: no TURN server.
+# turn_uris = ["turn:turn.example.org:3478?transport=udp"]
+# turn_shared_secret = "..."
+# turn_user_lifetime_secs = 86400
+# A LiveKit JWT service for Element Call, advertised in /.well-known/matrix/client.
+# livekit_service_url = "https://livekit-jwt.example.org"
+
 [rate_limits]
 # Token buckets: each action may happen `burst` times at once, then `per_second`.
 # Past it: 429 M_LIMIT_EXCEEDED with retry_after_ms. `enabled = false` turns all off.
@@ -170,6 +180,41 @@ impl MediaSection {
     }
 }
 
+/// The `[voip]` table.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct VoipSection {
+    pub turn_uris: Option<Vec<String>>,
+    pub turn_shared_secret: Option<String>,
+    pub turn_username: Option<String>,
+    pub turn_password: Option<String>,
+    pub turn_user_lifetime_secs: Option<u64>,
+    pub livekit_service_url: Option<String>,
+}
+
+impl VoipSection {
+    /// Apply the given values to `config`.
+    pub fn apply(&self, config: &mut warren_core::Config) {
+        let v = &mut config.voip;
+        if let Some(uris) = &self.turn_uris {
+            v.turn_uris = uris.clone();
+        }
+        v.turn_shared_secret = self
+            .turn_shared_secret
+            .clone()
+            .or(v.turn_shared_secret.take());
+        v.turn_username = self.turn_username.clone().or(v.turn_username.take());
+        v.turn_password = self.turn_password.clone().or(v.turn_password.take());
+        if let Some(secs) = self.turn_user_lifetime_secs {
+            v.turn_user_lifetime = Some(std::time::Duration::from_secs(secs));
+        }
+        v.livekit_service_url = self
+            .livekit_service_url
+            .clone()
+            .or(v.livekit_service_url.take());
+    }
+}
+
 /// One rate: `{ per_second = …, burst = … }`.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -260,6 +305,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub media: MediaSection,
     #[serde(default)]
+    pub voip: VoipSection,
+    #[serde(default)]
     pub rate_limits: RateLimitsSection,
     #[serde(default)]
     pub p2p: P2pSection,
@@ -323,6 +370,23 @@ pub fn parse(text: &str) -> anyhow::Result<FileConfig> {
         if v == Some(0) {
             bail!("media.{key} must be at least 1");
         }
+    }
+    let voip = &config.voip;
+    for uri in voip.turn_uris.iter().flatten() {
+        if !["turn:", "turns:", "stun:", "stuns:"]
+            .iter()
+            .any(|p| uri.starts_with(p))
+        {
+            bail!("voip.turn_uris: {uri:?} must start with turn:, turns:, stun: or stuns:");
+        }
+    }
+    if voip.turn_user_lifetime_secs == Some(0) {
+        bail!("voip.turn_user_lifetime_secs must be at least 1");
+    }
+    if let Some(url) = &voip.livekit_service_url
+        && !(url.starts_with("https://") || url.starts_with("http://"))
+    {
+        bail!("voip.livekit_service_url: {url:?} must be an http(s) URL");
     }
     for addr in config.p2p.bootstrap.iter().flatten() {
         if !addr.contains("/p2p/") {
@@ -401,6 +465,34 @@ mod tests {
         assert!(e.contains("media.remote_cache_bytes"), "{e}");
         let e = err("[media]\nprefech = false\n");
         assert!(e.contains("prefech"), "{e}");
+    }
+
+    #[test]
+    fn voip_is_checked_and_applied() {
+        let err = |text: &str| match parse(text) {
+            Ok(c) => panic!("{text:?} must be refused, got {c:?}"),
+            Err(e) => format!("{e:#}"),
+        };
+        let e = err("[voip]\nturn_uris = [\"http://x\"]\n");
+        assert!(e.contains("voip.turn_uris"), "{e}");
+        let e = err("[voip]\nlivekit_service_url = \"ftp://x\"\n");
+        assert!(e.contains("voip.livekit_service_url"), "{e}");
+        let parsed = parse(
+            "[voip]\nturn_uris = [\"turn:t.example:3478\"]\nturn_shared_secret = \"s\"\n\
+             turn_user_lifetime_secs = 60\n",
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        let mut config = warren_core::Config::new("/tmp/x");
+        parsed.voip.apply(&mut config);
+        assert_eq!(
+            config.voip.turn_uris,
+            vec!["turn:t.example:3478".to_owned()]
+        );
+        assert_eq!(config.voip.turn_shared_secret.as_deref(), Some("s"));
+        assert_eq!(
+            config.voip.turn_user_lifetime.map(|d| d.as_secs()),
+            Some(60)
+        );
     }
 
     #[test]

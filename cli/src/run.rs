@@ -108,6 +108,7 @@ pub fn run(
     }
     file.limits.apply(&mut config);
     file.media.apply(&mut config);
+    file.voip.apply(&mut config);
     file.rate_limits.apply(&mut config.rate_limits);
     let result = runtime.block_on(serve(config, p2p));
     // Never hang on exit: the node has already been shut down (or never started).

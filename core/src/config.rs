@@ -45,6 +45,29 @@ pub struct Config {
     pub outbox: OutboxLimits,
     /// The cache and prefetching of other nodes' media; see [`MediaConfig`].
     pub media: MediaConfig,
+    /// TURN servers for calls and the MatrixRTC focus; see [`VoipConfig`].
+    pub voip: VoipConfig,
+}
+
+/// What clients need for calls: TURN servers (`/voip/turnServer`) and, for Element Call,
+/// a LiveKit focus (`/.well-known/matrix/client`). Nothing configured: no TURN servers
+/// (clients then try direct and STUN-only connections) and no focus.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VoipConfig {
+    /// TURN URIs handed to clients, e.g. `turn:turn.example.org:3478?transport=udp`.
+    pub turn_uris: Vec<String>,
+    /// Shared secret of the TURN server (coturn's `static-auth-secret`): each user gets
+    /// time-limited credentials made from it, as Synapse's `turn_shared_secret`.
+    pub turn_shared_secret: Option<String>,
+    /// Fixed TURN credentials, used when no shared secret is set.
+    pub turn_username: Option<String>,
+    /// See `turn_username`.
+    pub turn_password: Option<String>,
+    /// How long credentials made from the shared secret stay valid (default a day).
+    pub turn_user_lifetime: Option<Duration>,
+    /// A LiveKit JWT service for MatrixRTC (Element Call), advertised in
+    /// `/.well-known/matrix/client` as `org.matrix.msc4143.rtc_foci`.
+    pub livekit_service_url: Option<String>,
 }
 
 /// Media of other nodes: how much is kept, and what is fetched before anyone asks.
@@ -157,6 +180,7 @@ impl Config {
             connections: ConnectionLimits::default(),
             outbox: OutboxLimits::default(),
             media: MediaConfig::default(),
+            voip: VoipConfig::default(),
         }
     }
 

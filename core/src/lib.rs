@@ -18,6 +18,7 @@ pub mod federation;
 pub mod identity;
 pub mod media;
 pub mod node;
+pub mod openid;
 pub mod password;
 pub mod presence;
 pub mod push;
@@ -29,6 +30,7 @@ pub mod server;
 pub mod storage;
 pub mod streams;
 pub mod sync;
+pub mod voip;
 
 pub use client_api::account::{hash_password, valid_localpart, verify_password};
 pub use config::{Config, RateLimits, RegistrationPolicy};

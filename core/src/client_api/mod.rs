@@ -12,6 +12,7 @@ mod keys;
 pub mod listener;
 mod media;
 mod membership;
+mod openid;
 mod presence;
 mod profile;
 mod push;
@@ -27,6 +28,7 @@ mod to_device;
 mod upgrade;
 mod versions;
 pub(crate) mod visibility;
+mod voip;
 
 use std::sync::Arc;
 
@@ -113,12 +115,22 @@ fn media_routes() -> Vec<(String, MethodRouter<Arc<Server>>)> {
 
 /// The whole client-server API router.
 pub fn router(server: Arc<Server>) -> Router {
-    let mut r: Router<Arc<Server>> = Router::new().route(
-        "/_matrix/client/versions",
-        get(versions::versions).fallback(method_not_allowed),
-    );
+    let mut r: Router<Arc<Server>> = Router::new()
+        .route(
+            "/_matrix/client/versions",
+            get(versions::versions).fallback(method_not_allowed),
+        )
+        .route(
+            "/.well-known/matrix/client",
+            get(voip::well_known_client).fallback(method_not_allowed),
+        );
     let routes: Vec<(&str, MethodRouter<Arc<Server>>)> = vec![
         ("/capabilities", get(versions::capabilities)),
+        ("/voip/turnServer", get(voip::turn_server)),
+        (
+            "/user/{user_id}/openid/request_token",
+            post(openid::request_token),
+        ),
         ("/register", post(account::register)),
         ("/register/available", get(account::available)),
         (

@@ -20,6 +20,7 @@ mod keys;
 mod media;
 mod membership;
 mod missing_events;
+mod openid;
 pub mod outbox;
 mod public_rooms;
 mod query;

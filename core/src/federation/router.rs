@@ -1,7 +1,7 @@
 //! The inbound server-server API, mounted by the transport on its streams.
 //!
 //! The self-describing endpoints (`/federation/v1/version`, the self-certifying key
-//! server) are open; everything else sits behind [`auth::require_signature`] and may
+//! server) and `openid/userinfo` (asked by third parties that are not servers) are open; everything else sits behind [`auth::require_signature`] and may
 //! trust the [`FederationOrigin`](super::FederationOrigin) it sets. Unknown paths get
 //! `404 M_UNRECOGNIZED` like the client API.
 
@@ -16,7 +16,7 @@ use crate::server::Server;
 
 use super::{
     anti_entropy, auth, backfill, devices, directory, event, hierarchy, keys, media, membership,
-    missing_events, public_rooms, query, send, state, timestamp,
+    missing_events, openid, public_rooms, query, send, state, timestamp,
 };
 
 /// The federation router, with `Server` state applied.
@@ -121,6 +121,10 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/_matrix/federation/v1/version", get(version))
         .route("/_matrix/key/v2/server", get(keys::server_keys))
         .route("/_matrix/key/v2/server/{key_id}", get(keys::server_keys))
+        .route(
+            "/_matrix/federation/v1/openid/userinfo",
+            get(openid::userinfo),
+        )
         .merge(signed)
         .fallback(unrecognized)
         .layer(axum::middleware::from_fn(

@@ -652,6 +652,17 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX media_by_sha256 ON media(sha256);
     CREATE INDEX media_thumbnails_by_sha256 ON media_thumbnails(sha256);
     "#,
+    // 20: OpenID tokens (Element Call and widgets prove who a user is to a third party,
+    // which asks `/federation/v1/openid/userinfo`). An hour each, a few per user.
+    r#"
+    CREATE TABLE openid_tokens (
+        token TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL,
+        expires_ts INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX openid_tokens_by_user ON openid_tokens(user_id, expires_ts);
+    CREATE INDEX openid_tokens_by_expiry ON openid_tokens(expires_ts);
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -23,3 +23,4 @@ mod relations;
 mod restricted_joins;
 mod room_lifecycle;
 mod sliding_sync;
+mod voip;
