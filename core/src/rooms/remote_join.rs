@@ -412,7 +412,41 @@ async fn join_via(
         Ok(joined)
     })?;
     tracing::info!(%room_id, %dest, event_id = %joined, "joined a room over federation");
+    // The room's avatar and its members' avatars came with the state, not as events:
+    // queue them for prefetching too, so they outlive the devices that set them.
+    let media = server.db.read(|c| state_media(server, c, room_id))?;
+    crate::media::remote::prefetch(server, media);
     Ok(joined)
+}
+
+/// Most state events looked at for media to prefetch after a join (the room avatar,
+/// then member avatars); the prefetch queue bounds what is fetched.
+const MAX_JOIN_STATE_MEDIA: usize = 64;
+
+/// Media of other servers named by the room's avatar and members' avatars.
+fn state_media(
+    server: &Server,
+    c: &Connection,
+    room_id: &str,
+) -> Result<Vec<(String, String)>, Error> {
+    let state = storage::current_state(c, room_id)?;
+    let ids = state
+        .iter()
+        .filter(|((ty, _), _)| ty == "m.room.avatar")
+        .chain(state.iter().filter(|((ty, _), _)| ty == "m.room.member"))
+        .map(|(_, id)| id)
+        .take(MAX_JOIN_STATE_MEDIA);
+    let mut out = Vec::new();
+    for id in ids {
+        if let Some(pdu) = super::load_pdu(c, id)? {
+            for item in crate::media::remote::remote_references(server, &pdu) {
+                if !out.contains(&item) {
+                    out.push(item);
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Check and store the state and auth chain a resident gave us, then put our join into

@@ -1156,3 +1156,65 @@ async fn federation_media_endpoints_answer_multipart() {
     a.stop().await.expect("stop A");
     b.stop().await.expect("stop B");
 }
+
+/// The room's avatar and its members' avatars arrive with the state of a join, not as
+/// events: they are prefetched all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn avatars_in_the_state_of_a_join_are_prefetched() {
+    let (da, db) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let a = start_federated_node(da.path()).await.expect("node A");
+    let b = start_federated_node(db.path()).await.expect("node B");
+    connect_nodes(&b, &a).await.expect("connect");
+    let alice = RawUser::register(a.node.client_url(), "alice")
+        .await
+        .expect("alice");
+    let bob = RawUser::register(b.node.client_url(), "bob")
+        .await
+        .expect("bob");
+    let png = |seed| {
+        let mut bytes = Vec::new();
+        image::RgbImage::from_fn(8, 8, |x, y| image::Rgb([x as u8 * 30, y as u8 * 30, seed]))
+            .write_to(
+                &mut std::io::Cursor::new(&mut bytes),
+                image::ImageFormat::Png,
+            )
+            .expect("png");
+        bytes
+    };
+    let face = upload_as(&alice, "image/png", png(1)).await;
+    let room_avatar = upload_as(&alice, "image/png", png(2)).await;
+    alice
+        .ok(
+            reqwest::Method::PUT,
+            &format!("/profile/{}/avatar_url", path_segment(alice.id())),
+            serde_json::json!({"avatar_url": face}),
+        )
+        .await
+        .expect("avatar");
+    let room = alice
+        .create_room(
+            serde_json::json!({"preset": "public_chat", "initial_state": [
+                {"type": "m.room.avatar", "state_key": "", "content": {"url": room_avatar}}
+            ]}),
+        )
+        .await
+        .expect("room");
+    bob.post(
+        &format!("/join/{}?server_name={}", path_segment(&room), a.name()),
+        serde_json::json!({}),
+    )
+    .await
+    .expect("bob joins");
+    let id = |mxc: &str| mxc.rsplit('/').next().unwrap_or_default().to_owned();
+    let origin = a.name();
+    wait_until(WAIT, "both avatars in B's cache", async || {
+        Ok(is_cached(&b, &origin, &id(&face)) && is_cached(&b, &origin, &id(&room_avatar)))
+    })
+    .await
+    .expect("prefetched");
+    a.stop().await.expect("stop A");
+    b.stop().await.expect("stop B");
+}
