@@ -38,6 +38,66 @@ pub fn resident_servers(c: &Connection, own: &str, room_id: &str) -> Result<Vec<
     Ok(std::iter::once(own.to_owned()).chain(others).collect())
 }
 
+/// Most aliases one `m.room.canonical_alias` may list (`alias` plus `alt_aliases`).
+pub const MAX_CANONICAL_ALIASES: usize = 32;
+
+/// Check an `m.room.canonical_alias` content before it is sent, as the spec asks: every
+/// alias in `alias` and `alt_aliases` must be well-formed, exist, and name `room_id`
+/// (`400 M_BAD_ALIAS` otherwise). Aliases of this server are looked up here, others
+/// with the alias's server (`query/directory`).
+pub async fn check_canonical_alias(
+    server: &Server,
+    room_id: &str,
+    content: &Value,
+) -> Result<(), Error> {
+    let mut aliases: Vec<String> = Vec::new();
+    match content.get("alias") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(a)) => aliases.push(a.clone()),
+        Some(_) => return Err(Error::BadJson("alias must be a string".into())),
+    }
+    match content.get("alt_aliases") {
+        None => {}
+        Some(Value::Array(list)) => {
+            for a in list {
+                let a = a
+                    .as_str()
+                    .ok_or_else(|| Error::BadJson("alt_aliases must be strings".into()))?;
+                aliases.push(a.to_owned());
+            }
+        }
+        Some(_) => return Err(Error::BadJson("alt_aliases must be a list".into())),
+    }
+    if aliases.len() > MAX_CANONICAL_ALIASES {
+        return Err(Error::BadJson(format!(
+            "at most {MAX_CANONICAL_ALIASES} aliases in a canonical alias event"
+        )));
+    }
+    for alias in aliases {
+        let parsed = parse_alias(&alias)?;
+        let target = if parsed.server_name().as_str() == server.server_name() {
+            server.db.read(|c| storage::alias_room(c, &alias))?
+        } else {
+            let path = format!(
+                "/_matrix/federation/v1/query/directory?room_alias={}",
+                crate::federation::client::encode(&alias)
+            );
+            let dest = parsed.server_name().as_str();
+            match request_json::<Value>(server, dest, http::Method::GET, &path, None).await {
+                Ok(v) => v["room_id"].as_str().map(str::to_owned),
+                Err(Error::NotFound(_)) => None,
+                Err(e) => return Err(e),
+            }
+        };
+        if target.as_deref() != Some(room_id) {
+            return Err(Error::BadAlias(format!(
+                "{alias} does not point to this room"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Whether `user_id` is joined to `room_id` and has at least the power needed to send a
 /// state event of type `kind`.
 pub fn can_send_state(

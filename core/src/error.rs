@@ -131,6 +131,9 @@ pub enum Error {
     /// 504 `M_UNKNOWN`: the request was not answered within the request timeout.
     #[error("{0}")]
     Timeout(String),
+    /// A canonical alias that does not exist or names another room (`400 M_BAD_ALIAS`).
+    #[error("{0}")]
+    BadAlias(String),
     /// Data only the server may change (`405 M_BAD_JSON`, e.g. `m.fully_read` account data).
     #[error("{0}")]
     ServerControlled(String),
@@ -199,6 +202,7 @@ impl Error {
             UnableToAuthoriseJoin(_) => (StatusCode::BAD_REQUEST, "M_UNABLE_TO_AUTHORISE_JOIN"),
             UnableToGrantJoin(_) => (StatusCode::BAD_REQUEST, "M_UNABLE_TO_GRANT_JOIN"),
             Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "M_UNKNOWN"),
+            BadAlias(_) => (StatusCode::BAD_REQUEST, "M_BAD_ALIAS"),
             ServerControlled(_) => (StatusCode::METHOD_NOT_ALLOWED, "M_BAD_JSON"),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN"),
         }

@@ -1013,3 +1013,75 @@ async fn remote_alias_and_public_rooms_over_federation() {
     b.stop().await.expect("stop b");
     a.stop().await.expect("stop a");
 }
+
+/// `m.room.canonical_alias`: every alias in `alias` and `alt_aliases` must exist and
+/// point to the room (`400 M_BAD_ALIAS`), as the spec asks.
+#[tokio::test(flavor = "multi_thread")]
+async fn canonical_aliases_must_point_to_the_room() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start_node(dir.path()).await.expect("node");
+    let url = node.client_url();
+    let alice = user(&url, "alice").await;
+    let server = server_of(&alice.id).to_owned();
+    let room = create_room(&url, &alice, json!({"preset": "public_chat"})).await;
+    let other = create_room(&url, &alice, json!({"preset": "public_chat"})).await;
+    let here = format!("#here:{server}");
+    let there = format!("#there:{server}");
+    ok(
+        &url,
+        &alice,
+        Method::PUT,
+        &alias_path(&here),
+        Some(json!({"room_id": room})),
+    )
+    .await;
+    ok(
+        &url,
+        &alice,
+        Method::PUT,
+        &alias_path(&there),
+        Some(json!({"room_id": other})),
+    )
+    .await;
+    let path = format!(
+        "/rooms/{}/state/m.room.canonical_alias",
+        path_segment(&room)
+    );
+    for (content, what) in [
+        (
+            json!({"alias": format!("#nowhere:{server}")}),
+            "an alias that does not exist",
+        ),
+        (json!({"alias": there}), "an alias of another room"),
+        (
+            json!({"alias": here, "alt_aliases": [there]}),
+            "an alt alias of another room",
+        ),
+    ] {
+        let (status, v) = call(&url, &alice, Method::PUT, &path, Some(content)).await;
+        assert_eq!(
+            (status, v["errcode"].as_str()),
+            (400, Some("M_BAD_ALIAS")),
+            "{what}: {v}"
+        );
+    }
+    let (status, v) = call(
+        &url,
+        &alice,
+        Method::PUT,
+        &path,
+        Some(json!({"alias": "nonsense"})),
+    )
+    .await;
+    assert_eq!(status, 400, "a malformed alias: {v}");
+    ok(
+        &url,
+        &alice,
+        Method::PUT,
+        &path,
+        Some(json!({"alias": here, "alt_aliases": [here]})),
+    )
+    .await;
+    ok(&url, &alice, Method::PUT, &path, Some(json!({}))).await;
+    shutdown_node(node).await.expect("shutdown");
+}
