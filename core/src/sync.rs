@@ -53,6 +53,50 @@ pub struct Filter {
     pub event_format: Option<String>,
 }
 
+impl Filter {
+    /// Check what serde cannot: room lists hold room ids and sender lists user ids
+    /// (`400 M_BAD_JSON` otherwise, as Synapse's filter schema answers).
+    pub fn validate(&self) -> Result<(), Error> {
+        let rooms = |list: &[String], key: &str| -> Result<(), Error> {
+            match list
+                .iter()
+                .find(|r| ruma::RoomId::parse(r.as_str()).is_err())
+            {
+                Some(bad) => Err(Error::BadJson(format!(
+                    "filter: {key} must hold room ids, not {bad:?}"
+                ))),
+                None => Ok(()),
+            }
+        };
+        let users = |list: &[String], key: &str| -> Result<(), Error> {
+            match list
+                .iter()
+                .find(|u| ruma::UserId::parse(u.as_str()).is_err())
+            {
+                Some(bad) => Err(Error::BadJson(format!(
+                    "filter: {key} must hold user ids, not {bad:?}"
+                ))),
+                None => Ok(()),
+            }
+        };
+        let room = &self.room;
+        rooms(room.rooms.as_deref().unwrap_or_default(), "room.rooms")?;
+        rooms(&room.not_rooms, "room.not_rooms")?;
+        for (name, f) in [
+            ("timeline", &room.timeline),
+            ("state", &room.state),
+            ("ephemeral", &room.ephemeral),
+        ] {
+            users(
+                f.senders.as_deref().unwrap_or_default(),
+                &format!("room.{name}.senders"),
+            )?;
+            users(&f.not_senders, &format!("room.{name}.not_senders"))?;
+        }
+        Ok(())
+    }
+}
+
 /// Filter on non-room events.
 #[derive(Deserialize, Default, Clone)]
 pub struct EventFilter {

@@ -386,7 +386,10 @@ pub(super) async fn require_password_uiaa(
     let user = user_from_identifier(server, auth.get("identifier"), auth["user"].as_str())
         .unwrap_or_else(|_| caller.user_id.clone());
     if user != caller.user_id {
-        return Err(retry("you can only authenticate as yourself"));
+        // Not a stage to retry: the request itself is wrong (Synapse's 403).
+        return Err(Error::Forbidden(
+            "you can only authenticate as yourself".into(),
+        ));
     }
     let password = auth["password"].as_str().unwrap_or_default();
     check_password(server, &caller.user_id, password)

@@ -157,7 +157,8 @@ pub(super) async fn create_filter(
 ) -> JsonResult {
     own(&caller, &user)?;
     // Validate the shape now so a bad filter fails here, not at every /sync.
-    let _: crate::sync::Filter = parse_json(filter.to_string().as_bytes())?;
+    let parsed: crate::sync::Filter = parse_json(filter.to_string().as_bytes())?;
+    parsed.validate()?;
     let id = server.write(|tx| storage::save_filter(tx, &user, &filter.to_string()))?;
     Ok(Json(json!({"filter_id": id.to_string()})))
 }

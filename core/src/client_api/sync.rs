@@ -59,6 +59,7 @@ pub(super) async fn sync_events(
             parse_json(raw.as_bytes())?
         }
     };
+    filter.validate()?;
     let params = SyncParams {
         since,
         timeout: Duration::from_millis(q.timeout.unwrap_or(0)),

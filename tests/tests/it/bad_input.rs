@@ -465,6 +465,63 @@ async fn what_peers_would_refuse_is_refused_here() {
     fx.finish().await;
 }
 
+/// Filters whose room lists are not room ids, or sender lists not user ids, are
+/// refused when saved and inline; user-interactive auth as another user is 403.
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_filters_and_uia_for_another_user_are_refused() {
+    let fx = fixture().await;
+    let me = path_segment(&fx.alice.user_id);
+    for bad in [
+        json!({"room": {"rooms": "!x:y"}}),
+        json!({"room": {"rooms": ["not-a-room"]}}),
+        json!({"room": {"not_rooms": ["#alias:y"]}}),
+        json!({"room": {"timeline": {"senders": ["bob"]}}}),
+    ] {
+        let response = fx
+            .alice(
+                Method::POST,
+                &format!("/_matrix/client/v3/user/{me}/filter"),
+                bad.clone(),
+            )
+            .await;
+        expect_error(&format!("saving {bad}"), response, 400, "M_BAD_JSON").await;
+        let inline = path_segment(&bad.to_string());
+        let response = fx
+            .alice(
+                Method::GET,
+                &format!("/_matrix/client/v3/sync?filter={inline}"),
+                Value::Null,
+            )
+            .await;
+        expect_error(&format!("syncing with {bad}"), response, 400, "M_BAD_JSON").await;
+    }
+    let good = json!({"room": {"rooms": ["!a:b"], "timeline": {"senders": ["@bob:b"]}}});
+    let response = fx
+        .alice(
+            Method::POST,
+            &format!("/_matrix/client/v3/user/{me}/filter"),
+            good,
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+
+    register_raw(&fx.http, &fx.base, "bob", "bob's password")
+        .await
+        .expect("bob");
+    let bob = format!("@bob:{}", fx.node.server_name());
+    let response = fx
+        .alice(
+            Method::POST,
+            "/_matrix/client/v3/account/password",
+            json!({"new_password": "x", "auth": {"type": "m.login.password",
+                   "identifier": {"type": "m.id.user", "user": bob},
+                   "password": "bob's password"}}),
+        )
+        .await;
+    expect_error("UIA as another user", response, 403, "M_FORBIDDEN").await;
+    fx.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn members_without_power_cannot_change_state() {
     let fx = fixture().await;
