@@ -10,8 +10,9 @@
 //!   only when it is older than [`TOUCH_AFTER_MS`], so reading costs no write.
 //! - **Single flight.** Concurrent requests for one item share one fetch (a task of its
 //!   own, so a client that gives up does not cancel it for the others). At most
-//!   [`FETCH_CONCURRENCY`] fetches run at once and [`MAX_IN_FLIGHT`] distinct items may
-//!   be waited for; past that, `429 M_LIMIT_EXCEEDED`.
+//!   [`FETCH_CONCURRENCY`] fetches run at once, [`FETCHES_PER_ORIGIN`] of them from one
+//!   origin, and [`MAX_IN_FLIGHT`] distinct items may be waited for; past that,
+//!   `429 M_LIMIT_EXCEEDED`.
 //! - **Prefetch.** When an event from another node references media (see
 //!   [`references`]), the item is queued for a background fetch after the event is
 //!   committed: a bounded queue ([`PREFETCH_QUEUE`], dropped when full — it is only a
@@ -50,6 +51,9 @@ pub const TOUCH_AFTER_MS: i64 = 60_000;
 /// Fetches from other servers running at once (each response is buffered by the
 /// transport, up to its response cap).
 pub const FETCH_CONCURRENCY: usize = 4;
+/// Fetches from one origin running at once: a slow or hostile origin can hold no more
+/// than this many of the [`FETCH_CONCURRENCY`] slots.
+pub const FETCHES_PER_ORIGIN: usize = 2;
 /// Distinct remote items being fetched or waited for at once.
 pub const MAX_IN_FLIGHT: usize = 64;
 /// Longest one fetch may take, whoever waits for it.
@@ -202,6 +206,9 @@ impl PrefetchQueue {
 pub struct RemoteMedia {
     flights: SingleFlight<Key>,
     fetch_permits: Arc<Semaphore>,
+    /// Per-origin permits, present while a fetch from that origin holds or waits for
+    /// one (so at most [`MAX_IN_FLIGHT`] entries).
+    origin_permits: Mutex<HashMap<String, Arc<Semaphore>>>,
     prefetch: PrefetchQueue,
 }
 
@@ -210,6 +217,7 @@ impl Default for RemoteMedia {
         RemoteMedia {
             flights: SingleFlight::new(MAX_IN_FLIGHT),
             fetch_permits: Arc::new(Semaphore::new(FETCH_CONCURRENCY)),
+            origin_permits: Mutex::new(HashMap::new()),
             prefetch: PrefetchQueue::new(PREFETCH_QUEUE),
         }
     }
@@ -343,12 +351,62 @@ async fn fetch_and_store(
     media_id: &str,
     limit: u64,
 ) -> Result<(), Error> {
-    let _permit = server
-        .remote_media
+    let media = &server.remote_media;
+    let slots = OriginSlots::new(media, origin);
+    let _origin = slots.semaphore().acquire().await.map_err(Error::internal)?;
+    let _permit = media
         .fetch_permits
         .acquire()
         .await
         .map_err(Error::internal)?;
+    fetch_bounded(server, origin, media_id, limit).await
+}
+
+/// A fetch's hold on its origin's slots. Dropped (also when the fetch is aborted), it
+/// forgets the origin once no other fetch of it holds or waits for a slot.
+struct OriginSlots<'a> {
+    media: &'a RemoteMedia,
+    origin: String,
+    semaphore: Arc<Semaphore>,
+}
+
+impl<'a> OriginSlots<'a> {
+    fn new(media: &'a RemoteMedia, origin: &str) -> Self {
+        let semaphore = Arc::clone(
+            media
+                .origin_permits
+                .lock()
+                .entry(origin.to_owned())
+                .or_insert_with(|| Arc::new(Semaphore::new(FETCHES_PER_ORIGIN))),
+        );
+        OriginSlots {
+            media,
+            origin: origin.to_owned(),
+            semaphore,
+        }
+    }
+
+    fn semaphore(&self) -> &Semaphore {
+        &self.semaphore
+    }
+}
+
+impl Drop for OriginSlots<'_> {
+    fn drop(&mut self) {
+        let mut origins = self.media.origin_permits.lock();
+        // The map's reference and ours: nobody else holds or waits for this origin.
+        if Arc::strong_count(&self.semaphore) == 2 {
+            origins.remove(&self.origin);
+        }
+    }
+}
+
+async fn fetch_bounded(
+    server: &Server,
+    origin: &str,
+    media_id: &str,
+    limit: u64,
+) -> Result<(), Error> {
     tokio::time::timeout(FETCH_TIMEOUT, fetch_inner(server, origin, media_id, limit))
         .await
         .map_err(|_| {
@@ -844,6 +902,81 @@ mod tests {
             q.offer(("o".into(), "m5".into())),
             "room again after one is taken"
         );
+    }
+
+    /// A transport whose answers never come, counting requests per destination.
+    struct Stalled {
+        asked: Mutex<HashMap<String, usize>>,
+        peers: tokio::sync::broadcast::Sender<crate::federation::PeerEvent>,
+    }
+
+    impl crate::federation::FederationTransport for Stalled {
+        fn request(
+            &self,
+            dest: &str,
+            _request: http::Request<bytes::Bytes>,
+        ) -> crate::federation::TransportFuture<'_> {
+            *self.asked.lock().entry(dest.to_owned()).or_default() += 1;
+            Box::pin(futures::future::pending())
+        }
+
+        fn subscribe(&self) -> tokio::sync::broadcast::Receiver<crate::federation::PeerEvent> {
+            self.peers.subscribe()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_slow_origin_holds_at_most_its_share_of_the_fetch_slots() {
+        let (_dir, node) = node(1 << 20).await;
+        let server = node.server().clone();
+        let stalled = Arc::new(Stalled {
+            asked: Mutex::new(HashMap::new()),
+            peers: tokio::sync::broadcast::channel(4).0,
+        });
+        assert!(node.set_transport(stalled.clone()));
+        let name = |seed| {
+            crate::identity::Identity::from_seed([seed; 32])
+                .expect("identity")
+                .server_name()
+                .to_owned()
+        };
+        let (slow, other) = (name(3), name(4));
+        let mut tasks = Vec::new();
+        for i in 0..4 {
+            let (server, slow) = (server.clone(), slow.clone());
+            tasks.push(tokio::spawn(async move {
+                fetch_and_store(&server, &slow, &format!("m{i}"), 1024).await
+            }));
+        }
+        let (s, o) = (server.clone(), other.clone());
+        tasks.push(tokio::spawn(async move {
+            fetch_and_store(&s, &o, "x", 1024).await
+        }));
+        let asked = |dest: &str| stalled.asked.lock().get(dest).copied().unwrap_or(0);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while (asked(&slow) < FETCHES_PER_ORIGIN || asked(&other) < 1)
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(asked(&other), 1, "another origin is not kept waiting");
+        // Give the waiting fetches every chance to (wrongly) start.
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(asked(&slow), FETCHES_PER_ORIGIN, "the slow origin's share");
+        assert_eq!(server.remote_media.origin_permits.lock().len(), 2);
+        for t in &tasks {
+            t.abort();
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        assert!(
+            server.remote_media.origin_permits.lock().is_empty(),
+            "aborted fetches forget their origins"
+        );
+        node.shutdown().await.expect("shutdown");
     }
 
     #[tokio::test]
