@@ -61,6 +61,27 @@ pub fn forward_received(
     event_origin: &str,
     from: &str,
 ) -> Result<Vec<String>, Error> {
+    let destinations = forward_destinations(c, server, room_id, event_origin, from)?;
+    if destinations.is_empty() {
+        return Ok(destinations);
+    }
+    let queued = storage::enqueue_pdu_once(c, &destinations, event_id)?;
+    if !queued.is_empty() {
+        server.mark_outbox_dirty();
+    }
+    Ok(queued)
+}
+
+/// Where [`forward_received`] would send an event of `event_origin`'s that came from
+/// `from`: the room's joined servers but those three, at most
+/// [`MAX_FORWARD_DESTINATIONS`] of them.
+pub fn forward_destinations(
+    c: &Connection,
+    server: &Server,
+    room_id: &str,
+    event_origin: &str,
+    from: &str,
+) -> Result<Vec<String>, Error> {
     let mut destinations: Vec<String> = storage::joined_servers(c, room_id)?
         .into_iter()
         .filter(|d| d != server.server_name() && d != event_origin && d != from)
@@ -70,14 +91,7 @@ pub fn forward_received(
         destinations.shuffle(&mut rand::thread_rng());
         destinations.truncate(MAX_FORWARD_DESTINATIONS);
     }
-    if destinations.is_empty() {
-        return Ok(destinations);
-    }
-    let queued = storage::enqueue_pdu_once(c, &destinations, event_id)?;
-    if !queued.is_empty() {
-        server.mark_outbox_dirty();
-    }
-    Ok(queued)
+    Ok(destinations)
 }
 
 /// Queue an EDU for one destination.

@@ -109,12 +109,30 @@ fn after_receipt(
     event_origin: Option<&str>,
     forward: bool,
 ) -> Result<(), Error> {
-    server.write(|c| {
-        storage::outbox_forget_pdu(c, origin, event_id)?;
-        let Some(event_origin) = event_origin else {
-            return Ok(());
+    let forward = forward.then_some(event_origin).flatten();
+    // Decided on a reader first: most receipts (a room of two servers) need no write.
+    let (pending, forwarding) = server.db.read(|c| {
+        let pending = storage::outbox_has_pdu(c, origin, event_id)?;
+        let forwarding = match forward {
+            Some(event_origin) => {
+                storage::is_forward_extremity(c, room_id, event_id)?
+                    && !outbox::forward_destinations(c, server, room_id, event_origin, origin)?
+                        .is_empty()
+            }
+            None => false,
         };
-        if forward && storage::is_forward_extremity(c, room_id, event_id)? {
+        Ok((pending, forwarding))
+    })?;
+    if !pending && !forwarding {
+        return Ok(());
+    }
+    server.write(|c| {
+        if pending {
+            storage::outbox_forget_pdu(c, origin, event_id)?;
+        }
+        if let Some(event_origin) = forward.filter(|_| forwarding)
+            && storage::is_forward_extremity(c, room_id, event_id)?
+        {
             let to =
                 outbox::forward_received(c, server, room_id, event_id, event_origin, origin)?;
             if !to.is_empty() {
