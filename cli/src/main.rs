@@ -179,7 +179,8 @@ enum Command {
     },
     /// List the peers the running node is connected to.
     Peers {
-        /// Print a JSON list of objects (peer_id, server_name, addresses, connection, rtt_ms).
+        /// Print a JSON list of objects (peer_id, server_name, addresses, connection,
+        /// transport, rtt_ms).
         #[arg(long)]
         json: bool,
     },

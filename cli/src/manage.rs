@@ -119,7 +119,7 @@ pub fn peers(data_dir: &Path, json_out: bool) -> anyhow::Result<()> {
         lines.push(format!(
             "{:<54} {:<12} {:>8} {:>10}  {}",
             p["peer_id"].as_str().unwrap_or("?"),
-            p["connection"].as_str().unwrap_or("?"),
+            link(&p),
             rtt,
             seen,
             p["server_name"].as_str().unwrap_or("-"),
@@ -254,4 +254,14 @@ fn encode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// The LINK column: `direct` or `relayed`, with what requests run over when known
+/// (`direct/quic`, `direct/tcp`, `relayed`).
+fn link(p: &Value) -> String {
+    let connection = p["connection"].as_str().unwrap_or("?");
+    match p["transport"].as_str() {
+        Some(t) if connection == "direct" => format!("{connection}/{t}"),
+        _ => connection.to_owned(),
+    }
 }

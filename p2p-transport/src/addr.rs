@@ -1,5 +1,8 @@
 //! Small multiaddr helpers.
 
+use std::net::IpAddr;
+
+use libp2p::core::ConnectedPoint;
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 
@@ -28,6 +31,41 @@ pub fn is_relayed(addr: &Multiaddr) -> bool {
 /// Whether the address uses QUIC; dialled first.
 pub fn is_quic(addr: &Multiaddr) -> bool {
     addr.iter().any(|p| matches!(p, Protocol::QuicV1))
+}
+
+/// Whether a connection goes through a relay circuit, seen from either end. The
+/// dialler's remote address names the circuit; on the listening end the remote address
+/// is only `/p2p/<peer>` and the circuit shows in the local (relayed listen) address.
+pub fn endpoint_is_relayed(endpoint: &ConnectedPoint) -> bool {
+    match endpoint {
+        ConnectedPoint::Dialer { address, .. } => is_relayed(address),
+        ConnectedPoint::Listener {
+            local_addr,
+            send_back_addr,
+        } => is_relayed(local_addr) || is_relayed(send_back_addr),
+    }
+}
+
+/// What a connection runs over, for display: `relayed`, `quic`, `tcp` or `other`.
+pub fn transport_name(remote: &Multiaddr, relayed: bool) -> &'static str {
+    if relayed {
+        "relayed"
+    } else if is_quic(remote) {
+        "quic"
+    } else if remote.iter().any(|p| matches!(p, Protocol::Tcp(_))) {
+        "tcp"
+    } else {
+        "other"
+    }
+}
+
+/// The IP address at the start of `addr`, if it has one.
+pub fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
+    match addr.iter().next() {
+        Some(Protocol::Ip4(ip)) => Some(IpAddr::V4(ip)),
+        Some(Protocol::Ip6(ip)) => Some(IpAddr::V6(ip)),
+        _ => None,
+    }
 }
 
 /// `<relay addr>/p2p/<relay>/p2p-circuit/p2p/<target>`: reach `target` through `relay`.
@@ -62,7 +100,24 @@ mod tests {
         let quic: Multiaddr = "/ip4/127.0.0.1/udp/1/quic-v1".parse()?;
         let mut v = vec![c.clone(), base.clone(), quic.clone()];
         sort_for_dialling(&mut v);
-        assert_eq!(v, vec![quic, base, c]);
+        assert_eq!(v, vec![quic.clone(), base.clone(), c.clone()]);
+        assert_eq!(transport_name(&quic, false), "quic");
+        assert_eq!(transport_name(&base, false), "tcp");
+        assert_eq!(transport_name(&base, true), "relayed");
+        assert_eq!(ip_of(&quic), Some("127.0.0.1".parse()?));
+        // The listening end of a circuit sees only `/p2p/<peer>` as remote address.
+        let inbound_circuit = ConnectedPoint::Listener {
+            local_addr: without_peer(&with_peer)
+                .with(Protocol::P2p(relay))
+                .with(Protocol::P2pCircuit),
+            send_back_addr: Multiaddr::empty().with(Protocol::P2p(target)),
+        };
+        assert!(endpoint_is_relayed(&inbound_circuit));
+        let inbound_direct = ConnectedPoint::Listener {
+            local_addr: base.clone(),
+            send_back_addr: base.clone(),
+        };
+        assert!(!endpoint_is_relayed(&inbound_direct));
         Ok(())
     }
 }

@@ -30,6 +30,10 @@ pub const QUIC_MAX_STREAMS: u32 = 64;
 pub const QUIC_MAX_STREAM_DATA: u32 = 1024 * 1024;
 /// Unacknowledged bytes a peer may send on one QUIC connection, all streams together.
 pub const QUIC_MAX_CONNECTION_DATA: u32 = 8 * 1024 * 1024;
+/// How long a QUIC handshake may take. libp2p's default, 5 s, is shorter than the
+/// retransmissions a lossy radio link needs; the dial as a whole is still bounded by the
+/// connect timeout.
+pub const QUIC_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 /// Kademlia records this node stores for others. Warren only uses FIND_NODE, so the
 /// store is kept tiny: a DHT peer's PUT_VALUE past these limits is refused.
 const KAD_MAX_RECORDS: usize = 16;
@@ -96,6 +100,7 @@ pub(crate) fn build_swarm(
             c.max_concurrent_stream_limit = QUIC_MAX_STREAMS;
             c.max_stream_data = QUIC_MAX_STREAM_DATA;
             c.max_connection_data = QUIC_MAX_CONNECTION_DATA;
+            c.handshake_timeout = QUIC_HANDSHAKE_TIMEOUT;
             c
         })
         .with_relay_client(noise::Config::new, yamux_config)?

@@ -33,9 +33,13 @@ pub struct P2pConfig {
     pub relay_server: bool,
     /// Kademlia server/client mode.
     pub dht_mode: DhtMode,
-    /// How long to try to reach a peer before a request fails.
+    /// How long to try to reach a peer before a request fails. Default 30 s: on a lossy
+    /// link (40 % TCP loss) the SYN alone is retransmitted at 1, 3, 7 and 15 s, and the
+    /// noise and multistream round trips each wait out retransmission timeouts; 10 s
+    /// gave up on most such connections that would have completed.
     pub connect_timeout: Duration,
-    /// How long one request may take once connected (both directions).
+    /// How long one request may take once connected (both directions). Default 60 s,
+    /// long enough for a full transaction over a lossy link.
     pub request_timeout: Duration,
     /// Largest inbound request body, in bytes. Default 8 MiB, the same as
     /// `warren_core::federation::auth::MAX_FEDERATION_BODY` (what the signature check
@@ -91,7 +95,7 @@ impl Default for P2pConfig {
             mdns: true,
             relay_server: false,
             dht_mode: DhtMode::Auto,
-            connect_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(60),
             max_body_bytes: warren_core::federation::auth::MAX_FEDERATION_BODY,
             max_response_bytes: warren_core::federation::client::MAX_RESPONSE_JSON,

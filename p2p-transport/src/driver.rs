@@ -17,7 +17,10 @@ use libp2p::{Multiaddr, PeerId, Swarm, identify, kad, mdns, ping, relay};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use warren_core::federation::PeerEvent;
 
-use crate::addr::{circuit_via, is_relayed, peer_of, sort_for_dialling, without_peer};
+use crate::addr::{
+    circuit_via, endpoint_is_relayed, ip_of, is_quic, is_relayed, peer_of, sort_for_dialling,
+    transport_name, without_peer,
+};
 use crate::address_book::AddressBook;
 use crate::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL};
 use crate::config::P2pConfig;
@@ -44,6 +47,39 @@ const MAX_MDNS_DIALS: usize = 32;
 const MDNS_DIAL_BURST: u32 = 32;
 /// One more mDNS-triggered dial is allowed every this often.
 const MDNS_DIAL_REFILL: Duration = Duration::from_millis(250);
+
+/// QUIC's head start: when a peer is dialled at QUIC and other (TCP, relayed) addresses,
+/// QUIC is dialled alone first, the rest this long after (or at once if QUIC fails). A
+/// concurrent dial of everything let TCP win on a LAN, and mDNS dialled whichever
+/// address it heard first.
+pub(crate) const QUIC_HEAD_START: Duration = Duration::from_millis(500);
+/// Dials waiting out QUIC's head start; past it, a peer's addresses are dialled all at
+/// once.
+const MAX_FALLBACKS: usize = 256;
+
+/// The rest of a dial that gave QUIC a head start.
+struct Fallback {
+    due: Instant,
+    addrs: Vec<Multiaddr>,
+    extend: bool,
+}
+
+/// One open connection.
+#[derive(Clone, Debug)]
+struct Conn {
+    /// The remote address (on the listening end of a circuit only `/p2p/<peer>`).
+    remote: Multiaddr,
+    /// Through a relay circuit (seen from either end).
+    relayed: bool,
+    /// This node dialled it.
+    dialer: bool,
+}
+
+impl Conn {
+    fn quic(&self) -> bool {
+        !self.relayed && is_quic(&self.remote)
+    }
+}
 
 /// A set that keeps at most `cap` items, forgetting the oldest inserted first.
 pub(crate) struct BoundedSet<T> {
@@ -169,8 +205,8 @@ pub(crate) enum Command {
 /// Per-peer facts the swarm itself does not keep.
 #[derive(Default)]
 struct PeerState {
-    /// Open connections and their remote addresses.
-    connections: HashMap<ConnectionId, Multiaddr>,
+    /// Open connections.
+    connections: HashMap<ConnectionId, Conn>,
     rtt: Option<Duration>,
     /// Offers circuit relay v2 (seen in identify).
     relay: bool,
@@ -217,6 +253,11 @@ pub(crate) struct Driver {
     dht_bootstrapped: bool,
     /// Configured listeners that have not reported an address yet.
     pending_listeners: HashSet<ListenerId>,
+    /// Dials giving QUIC a head start, by peer (at most [`MAX_FALLBACKS`]).
+    fallbacks: HashMap<PeerId, Fallback>,
+    /// QUIC dials to peers connected otherwise (see `maybe_upgrade_to_quic`); at most one
+    /// per peer.
+    quic_upgrades: HashMap<PeerId, ConnectionId>,
 }
 
 impl Driver {
@@ -250,6 +291,8 @@ impl Driver {
             lookups: HashMap::new(),
             dht_bootstrapped: false,
             pending_listeners: HashSet::new(),
+            fallbacks: HashMap::new(),
+            quic_upgrades: HashMap::new(),
         }
     }
 
@@ -274,13 +317,8 @@ impl Driver {
             by_peer.entry(peer).or_default().push(addr);
         }
         // Reconnect to everyone we knew, without waiting for any discovery.
-        for (peer, mut addrs) in by_peer {
-            sort_for_dialling(&mut addrs);
-            let opts = DialOpts::peer_id(peer)
-                .addresses(addrs)
-                .condition(PeerCondition::DisconnectedAndNotDialing)
-                .build();
-            if let Err(e) = self.swarm.dial(opts) {
+        for (peer, addrs) in by_peer {
+            if let Err(e) = self.dial_quic_first(peer, addrs, false) {
                 tracing::debug!(%peer, error = %e, "redial of a known peer not started");
             }
         }
@@ -309,8 +347,11 @@ impl Driver {
 
     pub(crate) async fn run(mut self) {
         let mut refresh = tokio::time::interval(DHT_REFRESH);
+        let mut fallback_tick = tokio::time::interval(QUIC_HEAD_START / 5);
+        fallback_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = fallback_tick.tick(), if !self.fallbacks.is_empty() => self.due_fallbacks(),
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 command = self.commands.recv() => match command {
                     Some(Command::Shutdown(done)) => {
@@ -369,7 +410,11 @@ impl Driver {
             if !state.relay || *relay == peer {
                 continue;
             }
-            let relay_addr = state.connections.values().find(|a| !is_relayed(a));
+            let relay_addr = state
+                .connections
+                .values()
+                .find(|c| !c.relayed)
+                .map(|c| &c.remote);
             if let Some(relay_addr) = relay_addr {
                 addrs.push(circuit_via(relay_addr, *relay, peer));
             }
@@ -389,19 +434,146 @@ impl Driver {
             let _ = reply.send(Ok(()));
             return;
         }
-        let opts = DialOpts::peer_id(peer)
-            .addresses(addrs)
-            .condition(PeerCondition::DisconnectedAndNotDialing)
-            .extend_addresses_through_behaviour()
-            .build();
-        match self.swarm.dial(opts) {
+        match self.dial_quic_first(peer, addrs, true) {
             // Already dialling counts: the waiter is answered when that dial ends.
-            Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => {
+            Ok(_) | Err(DialError::DialPeerConditionFalse(_)) => {
                 self.dial_waiters.entry(peer).or_default().push(reply);
             }
             Err(e) => {
                 let _ = reply.send(Err(e.to_string()));
             }
+        }
+    }
+
+    /// Dial `peer` at `addrs` unless connected or already dialling, QUIC first: when
+    /// there are QUIC and other addresses, QUIC is dialled alone and the rest after
+    /// [`QUIC_HEAD_START`] or as soon as QUIC fails. `extend` adds the addresses the
+    /// behaviours know (peer store, DHT) to the dial that covers the rest. Returns the
+    /// first dial's connection id.
+    fn dial_quic_first(
+        &mut self,
+        peer: PeerId,
+        mut addrs: Vec<Multiaddr>,
+        extend: bool,
+    ) -> Result<ConnectionId, DialError> {
+        sort_for_dialling(&mut addrs);
+        addrs.dedup();
+        let (quic, rest): (Vec<_>, Vec<_>) = addrs
+            .iter()
+            .cloned()
+            .partition(|a| is_quic(a) && !is_relayed(a));
+        let head_start = !quic.is_empty()
+            && (!rest.is_empty() || extend)
+            && self.fallbacks.len() < MAX_FALLBACKS;
+        if !head_start {
+            let mut opts = DialOpts::peer_id(peer)
+                .addresses(addrs)
+                .condition(PeerCondition::DisconnectedAndNotDialing);
+            if extend {
+                opts = opts.extend_addresses_through_behaviour();
+            }
+            let opts = opts.build();
+            let id = opts.connection_id();
+            return self.swarm.dial(opts).map(|()| id);
+        }
+        let opts = DialOpts::peer_id(peer)
+            .addresses(quic)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .build();
+        let id = opts.connection_id();
+        self.swarm.dial(opts)?;
+        self.fallbacks.insert(
+            peer,
+            Fallback {
+                due: Instant::now() + QUIC_HEAD_START,
+                addrs: rest,
+                extend,
+            },
+        );
+        Ok(id)
+    }
+
+    /// Start the rest of `peer`'s QUIC-first dial, if one waits and the peer is not
+    /// connected yet. Whether a dial was started.
+    fn fire_fallback(&mut self, peer: PeerId) -> bool {
+        let Some(f) = self.fallbacks.remove(&peer) else {
+            return false;
+        };
+        if self.swarm.is_connected(&peer) || (f.addrs.is_empty() && !f.extend) {
+            return false;
+        }
+        // `Disconnected`, not `…AndNotDialing`: the QUIC dial may still be running.
+        let mut opts = DialOpts::peer_id(peer)
+            .addresses(f.addrs)
+            .condition(PeerCondition::Disconnected);
+        if f.extend {
+            opts = opts.extend_addresses_through_behaviour();
+        }
+        match self.swarm.dial(opts.build()) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "fallback dial not started");
+                false
+            }
+        }
+    }
+
+    /// Fallback dials whose QUIC head start is over.
+    fn due_fallbacks(&mut self) {
+        let now = Instant::now();
+        let due: Vec<PeerId> = self
+            .fallbacks
+            .iter()
+            .filter(|(_, f)| f.due <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in due {
+            self.fire_fallback(peer);
+        }
+    }
+
+    /// A peer this node dialled over something other than QUIC (a TCP bootstrap
+    /// address, an old address-book entry) announced a QUIC listen address at an IP we
+    /// already reach it at: dial that too. New streams go to the QUIC connection (see
+    /// `streams`); the other one closes when idle. At most one such dial per peer at a
+    /// time; identify repeats rarely, so a peer whose UDP is blocked is not hammered.
+    fn maybe_upgrade_to_quic(&mut self, peer: PeerId, listen: &[Multiaddr]) {
+        let Some(state) = self.peers.get(&peer) else {
+            return;
+        };
+        if self.quic_upgrades.contains_key(&peer)
+            || state.connections.values().any(Conn::quic)
+            || !state.connections.values().any(|c| c.dialer && !c.relayed)
+        {
+            return;
+        }
+        let ips: HashSet<std::net::IpAddr> = state
+            .connections
+            .values()
+            .filter(|c| !c.relayed)
+            .filter_map(|c| ip_of(&c.remote))
+            .collect();
+        let quic: Vec<Multiaddr> = listen
+            .iter()
+            .map(without_peer)
+            .filter(|a| {
+                is_quic(a) && !is_relayed(a) && ip_of(a).is_some_and(|ip| ips.contains(&ip))
+            })
+            .collect();
+        if quic.is_empty() {
+            return;
+        }
+        let opts = DialOpts::peer_id(peer)
+            .addresses(quic)
+            .condition(PeerCondition::Always)
+            .build();
+        let id = opts.connection_id();
+        match self.swarm.dial(opts) {
+            Ok(()) => {
+                tracing::debug!(%peer, "dialling the peer's QUIC address too");
+                self.quic_upgrades.insert(peer, id);
+            }
+            Err(e) => tracing::debug!(%peer, error = %e, "QUIC upgrade dial not started"),
         }
     }
 
@@ -430,7 +602,13 @@ impl Driver {
             .iter()
             .filter(|(_, s)| !s.connections.is_empty())
             .map(|(peer, s)| {
-                let direct = s.connections.values().any(|a| !is_relayed(a));
+                let direct = s.connections.values().any(|c| !c.relayed);
+                // What new streams use (see `streams`): QUIC, other direct, relayed.
+                let transport = s
+                    .connections
+                    .values()
+                    .min_by_key(|c| (c.relayed, !c.quic()))
+                    .map_or("relayed", |c| transport_name(&c.remote, c.relayed));
                 let mut addresses: Vec<Multiaddr> = self
                     .swarm
                     .behaviour()
@@ -439,7 +617,7 @@ impl Driver {
                     .map(|it| it.cloned().collect())
                     .unwrap_or_default();
                 if addresses.is_empty() {
-                    addresses = s.connections.values().cloned().collect();
+                    addresses = s.connections.values().map(|c| c.remote.clone()).collect();
                 }
                 // The peer store may hold one address with and without `/p2p/<id>`.
                 let mut addresses: Vec<Multiaddr> = addresses.iter().map(without_peer).collect();
@@ -454,6 +632,7 @@ impl Driver {
                     } else {
                         ConnectionKind::Relayed
                     },
+                    transport: transport.to_owned(),
                     rtt: s.rtt,
                 }
             })
@@ -499,7 +678,12 @@ impl Driver {
         if !state.relay || !self.bootstrap.contains_key(&relay) {
             return;
         }
-        let Some(addr) = state.connections.values().find(|a| !is_relayed(a)).cloned() else {
+        let Some(addr) = state
+            .connections
+            .values()
+            .find(|c| !c.relayed)
+            .map(|c| c.remote.clone())
+        else {
             return;
         };
         let circuit = without_peer(&addr)
@@ -560,6 +744,12 @@ impl Driver {
                 ..
             } => {
                 let remote = endpoint.get_remote_address().clone();
+                let relayed = endpoint_is_relayed(&endpoint);
+                let dialer = matches!(endpoint, ConnectedPoint::Dialer { .. });
+                self.fallbacks.remove(&peer_id);
+                if self.quic_upgrades.get(&peer_id) == Some(&connection_id) {
+                    self.quic_upgrades.remove(&peer_id);
+                }
                 if let ConnectedPoint::Dialer { .. } = endpoint {
                     self.book
                         .record(peer_id, &without_peer(&remote), "connected");
@@ -568,11 +758,14 @@ impl Driver {
                 // New streams prefer direct connections (see `streams`); relayed ones
                 // are left to end by themselves (circuit limits, idle timeout), never
                 // closed under a request in flight.
-                self.peers
-                    .entry(peer_id)
-                    .or_default()
-                    .connections
-                    .insert(connection_id, remote);
+                self.peers.entry(peer_id).or_default().connections.insert(
+                    connection_id,
+                    Conn {
+                        remote,
+                        relayed,
+                        dialer,
+                    },
+                );
                 if num_established.get() == 1
                     && let Ok(server_name) = server_name_for_peer_id(&peer_id)
                 {
@@ -614,9 +807,17 @@ impl Driver {
                 error,
             } => {
                 self.mdns_dials.remove(&connection_id);
+                if let Some(peer) = peer_id
+                    && self.quic_upgrades.get(&peer) == Some(&connection_id)
+                {
+                    self.quic_upgrades.remove(&peer);
+                }
                 let reason = error.to_string();
+                // A QUIC dial with a head start failed: the rest goes now, and whoever
+                // waits for the peer waits for that.
                 if let Some(peer) = peer_id
                     && !self.swarm.is_connected(&peer)
+                    && !self.fire_fallback(peer)
                 {
                     for w in self.dial_waiters.remove(&peer).unwrap_or_default() {
                         let _ = w.send(Err(reason.clone()));
@@ -666,25 +867,28 @@ impl Driver {
                 self.on_identify(peer_id, info)
             }
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                // One dial per peer with all its announced addresses (QUIC first), not
+                // one per address in announcement order.
+                let mut by_peer: Vec<(PeerId, Vec<Multiaddr>)> = Vec::new();
                 for (peer, addr) in found {
                     self.add_address(peer, addr.clone());
                     self.book.record(peer, &addr, "mdns");
                     self.seen(peer);
+                    match by_peer.iter_mut().find(|(p, _)| *p == peer) {
+                        Some((_, addrs)) => addrs.push(addr),
+                        None => by_peer.push((peer, vec![addr])),
+                    }
+                }
+                for (peer, addrs) in by_peer {
                     // On a LAN, connect eagerly: that is the whole point of mDNS here. But
                     // announcements are unauthenticated: dial at most MAX_MDNS_DIALS at
                     // once, at the token bucket's rate.
                     if !self.swarm.is_connected(&peer)
                         && self.mdns_dials.len() < MAX_MDNS_DIALS
                         && self.mdns_budget.take(Instant::now())
+                        && let Ok(id) = self.dial_quic_first(peer, addrs, false)
                     {
-                        let opts = DialOpts::peer_id(peer)
-                            .addresses(vec![addr])
-                            .condition(PeerCondition::DisconnectedAndNotDialing)
-                            .build();
-                        let id = opts.connection_id();
-                        if self.swarm.dial(opts).is_ok() {
-                            self.mdns_dials.insert(id);
-                        }
+                        self.mdns_dials.insert(id);
                     }
                 }
             }
@@ -736,6 +940,7 @@ impl Driver {
             self.peers.entry(peer).or_default().relay = true;
             self.maybe_reserve(peer);
         }
+        self.maybe_upgrade_to_quic(peer, &info.listen_addrs);
     }
 
     fn on_query(&mut self, id: kad::QueryId, result: kad::QueryResult, last: bool) {
@@ -802,11 +1007,14 @@ mod tests {
         let stale = PeerId::random();
         let empty = PeerId::random();
         let addr: Multiaddr = "/ip4/127.0.0.1/tcp/1".parse().expect("multiaddr");
-        peers
-            .entry(connected)
-            .or_default()
-            .connections
-            .insert(ConnectionId::new_unchecked(1), addr);
+        peers.entry(connected).or_default().connections.insert(
+            ConnectionId::new_unchecked(1),
+            Conn {
+                remote: addr,
+                relayed: false,
+                dialer: true,
+            },
+        );
         peers.entry(recent).or_default().last_reported = Some(now);
         peers.entry(stale).or_default().last_reported = Some(now);
         peers.entry(empty).or_default();

@@ -79,6 +79,8 @@ pub struct PeerInfo {
     pub addresses: Vec<Multiaddr>,
     /// Direct or relayed.
     pub connection: ConnectionKind,
+    /// What new streams to it run over: `quic`, `tcp`, `relayed` (or `other`).
+    pub transport: String,
     /// Last measured round-trip time.
     pub rtt: Option<Duration>,
 }
@@ -553,6 +555,7 @@ impl FederationTransport for P2p {
                     server_name: p.server_name,
                     addresses: p.addresses.iter().map(|a| a.to_string()).collect(),
                     connection: p.connection.to_string(),
+                    transport: Some(p.transport),
                     rtt_ms: p.rtt.map(|d| d.as_secs_f64() * 1000.0),
                 })
                 .collect()

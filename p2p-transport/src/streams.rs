@@ -23,7 +23,7 @@ use libp2p::swarm::{
 use libp2p::{PeerId, StreamProtocol};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::addr::is_relayed;
+use crate::addr::{endpoint_is_relayed, is_quic};
 
 /// Inbound streams waiting for the carriage to pick them up. Past this the newest are
 /// dropped: the carriage accepts far faster than a peer can open streams unless the
@@ -56,7 +56,8 @@ pub(crate) struct Control {
 }
 
 impl Control {
-    /// Open a stream to a connected peer (direct connections preferred).
+    /// Open a stream to a connected peer (direct QUIC preferred, then other direct
+    /// connections, then relayed ones).
     pub(crate) async fn open_stream(&self, peer: PeerId) -> Result<Stream, String> {
         let (tx, rx) = oneshot::channel();
         self.requests
@@ -73,8 +74,9 @@ pub struct Behaviour {
     protocol: StreamProtocol,
     inbound: mpsc::Sender<(PeerId, Stream)>,
     requests: mpsc::Receiver<(PeerId, OpenReply)>,
-    /// Open connections per peer, with whether each is relayed.
-    connections: HashMap<PeerId, Vec<(ConnectionId, bool)>>,
+    /// Open connections per peer, each with its rank: 0 direct QUIC, 1 other direct, 2
+    /// relayed. New streams go to the best-ranked (oldest among equals).
+    connections: HashMap<PeerId, Vec<(ConnectionId, u8)>>,
     to_swarm: VecDeque<ToSwarm<(), OpenRequest>>,
 }
 
@@ -119,9 +121,9 @@ impl Behaviour {
         let chosen = self.connections.get(&peer).and_then(|conns| {
             conns
                 .iter()
-                .find(|(_, relayed)| !relayed)
-                .or_else(|| conns.first())
-                .map(|(id, _)| *id)
+                .enumerate()
+                .min_by_key(|(i, (_, rank))| (*rank, *i))
+                .map(|(_, (id, _))| *id)
         });
         match chosen {
             Some(connection) => self.to_swarm.push_back(ToSwarm::NotifyHandler {
@@ -164,11 +166,17 @@ impl NetworkBehaviour for Behaviour {
     fn on_swarm_event(&mut self, event: FromSwarm<'_>) {
         match event {
             FromSwarm::ConnectionEstablished(e) => {
-                let relayed = is_relayed(e.endpoint.get_remote_address());
+                let rank = if endpoint_is_relayed(e.endpoint) {
+                    2
+                } else if is_quic(e.endpoint.get_remote_address()) {
+                    0
+                } else {
+                    1
+                };
                 self.connections
                     .entry(e.peer_id)
                     .or_default()
-                    .push((e.connection_id, relayed));
+                    .push((e.connection_id, rank));
             }
             FromSwarm::ConnectionClosed(e) => {
                 if let Some(conns) = self.connections.get_mut(&e.peer_id) {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use common::*;
 use warren_core::federation::PeerEvent;
-use warren_p2p::{DhtMode, P2pConfig};
+use warren_p2p::{ConnectionKind, DhtMode, P2pConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_that_only_reach_a_relay_talk_through_it() -> TestResult {
@@ -64,6 +64,17 @@ async fn nodes_that_only_reach_a_relay_talk_through_it() -> TestResult {
     let (status, body) = get_from(&b, &a.name, "/_test/origin").await?;
     assert_eq!(status, 200);
     assert_eq!(body, b.name.as_bytes());
+    // Both ends report the circuit as relayed (the listening end sees only `/p2p/<id>`
+    // as the remote address; the circuit shows in its local address).
+    for (me, other) in [(&a, &b), (&b, &a)] {
+        let peers = me.p2p.peers().await?;
+        let info = peers
+            .iter()
+            .find(|p| p.server_name.as_deref() == Some(other.name.as_str()))
+            .ok_or("the other end is not listed")?;
+        assert_eq!(info.connection, ConnectionKind::Relayed, "{}", me.name);
+        assert_eq!(info.transport, "relayed", "{}", me.name);
+    }
     for n in [a, b, r] {
         n.stop().await;
     }
@@ -143,5 +154,49 @@ async fn mdns_discovers_peers_on_the_lan_where_multicast_works() -> TestResult {
     }
     a.stop().await;
     b.stop().await;
+    Ok(())
+}
+
+/// What `peer` is reached over, as `me` reports it.
+async fn transport_to(me: &TestNode, peer: &TestNode) -> Option<String> {
+    me.p2p.peers().await.ok().and_then(|peers| {
+        peers
+            .into_iter()
+            .find(|p| p.server_name.as_deref() == Some(peer.name.as_str()))
+            .map(|p| p.transport)
+    })
+}
+
+/// Two nodes that both offer QUIC and TCP end up talking over QUIC, on both ends, even
+/// when the first connection was made over TCP (a TCP bootstrap address): the dialler
+/// dials the QUIC address the peer announces, and new streams prefer it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_offering_quic_and_tcp_talk_over_quic() -> TestResult {
+    let b = start(loopback_config()).await?;
+    let b_tcp = b.addr_with("tcp").await?;
+    let b_id = b.p2p.peer_id();
+    let a = start(P2pConfig {
+        bootstrap: vec![b_tcp.with(libp2p::multiaddr::Protocol::P2p(b_id))],
+        ..loopback_config()
+    })
+    .await?;
+    for (me, other) in [(&a, &b), (&b, &a)] {
+        wait_for(Duration::from_secs(15), "a QUIC connection", || async {
+            transport_to(me, other).await.as_deref() == Some("quic")
+        })
+        .await?;
+    }
+    let (status, body) = get_from(&a, &b.name, "/_test/origin").await?;
+    assert_eq!((status, body.as_ref()), (200, a.name.as_bytes()));
+
+    // A restarted A knows both of B's addresses (address book) and dials QUIC first.
+    let dir = a.stop().await;
+    let a = start_in(dir, loopback_config()).await?;
+    let (status, _) = get_from(&a, &b.name, "/_test/origin").await?;
+    assert_eq!(status, 200);
+    assert_eq!(transport_to(&a, &b).await.as_deref(), Some("quic"));
+    for n in [a, b] {
+        n.stop().await;
+    }
     Ok(())
 }

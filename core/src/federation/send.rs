@@ -13,6 +13,7 @@ use serde_json::{Map, Value, json};
 
 use super::edu;
 use super::extract::{FedJson, FedPath, Origin};
+use super::outbox::{self, MAX_FORWARDED_PER_TXN};
 use super::remote::FederationRemote;
 use super::sender::{MAX_EDUS_PER_TXN, MAX_PDUS_PER_TXN};
 use crate::error::Error;
@@ -52,8 +53,34 @@ pub(super) async fn send_transaction(
     }
     let remote = FederationRemote::new(server.clone());
     let mut results = Map::new();
+    let mut forwarded = 0;
     for pdu in pdus {
-        let (event_id, result) = receive_one(&server, &remote, &origin, pdu).await;
+        let room_id = pdu
+            .get("room_id")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let event_origin = pdu
+            .get("sender")
+            .and_then(Value::as_str)
+            .and_then(|s| s.split_once(':'))
+            .map(|(_, s)| s.to_owned());
+        let (event_id, result, accepted) = receive_one(&server, &remote, &origin, pdu).await;
+        if let (Some(event_id), Some(room_id)) = (&event_id, &room_id)
+            && result.get("error").is_none()
+        {
+            let forward = accepted && forwarded < MAX_FORWARDED_PER_TXN;
+            forwarded += usize::from(forward);
+            if let Err(e) = after_receipt(
+                &server,
+                &origin,
+                room_id,
+                event_id,
+                event_origin.as_deref(),
+                forward,
+            ) {
+                tracing::warn!(%origin, %event_id, error = %e, "could not forward a PDU");
+            }
+        }
         if let Some(event_id) = event_id {
             results.insert(event_id, result);
         }
@@ -69,6 +96,53 @@ pub(super) async fn send_transaction(
     Ok(Json(answer))
 }
 
+/// What follows a PDU that `origin` sent us and we hold now: `origin` has it, so any
+/// row still queued to send it there goes; and, when `forward`, push across hops: an
+/// event accepted live that is still a forward extremity is queued for the room's other
+/// servers (see [`outbox::forward_received`]). Old events that others have already
+/// built on are left to anti-entropy and backfill.
+fn after_receipt(
+    server: &Server,
+    origin: &str,
+    room_id: &str,
+    event_id: &str,
+    event_origin: Option<&str>,
+    forward: bool,
+) -> Result<(), Error> {
+    let forward = forward.then_some(event_origin).flatten();
+    // Decided on a reader first: most receipts (a room of two servers) need no write.
+    let (pending, forwarding) = server.db.read(|c| {
+        let pending = storage::outbox_has_pdu(c, origin, event_id)?;
+        let forwarding = match forward {
+            Some(event_origin) => {
+                storage::is_forward_extremity(c, room_id, event_id)?
+                    && !outbox::forward_destinations(c, server, room_id, event_origin, origin)?
+                        .is_empty()
+            }
+            None => false,
+        };
+        Ok((pending, forwarding))
+    })?;
+    if !pending && !forwarding {
+        return Ok(());
+    }
+    server.write(|c| {
+        if pending {
+            storage::outbox_forget_pdu(c, origin, event_id)?;
+        }
+        if let Some(event_origin) = forward.filter(|_| forwarding)
+            && storage::is_forward_extremity(c, room_id, event_id)?
+        {
+            let to =
+                outbox::forward_received(c, server, room_id, event_id, event_origin, origin)?;
+            if !to.is_empty() {
+                tracing::debug!(%event_id, from = %origin, destinations = ?to, "forwarding a received PDU");
+            }
+        }
+        Ok(())
+    })
+}
+
 /// `body[key]` as a list of at most `max` entries (absent means empty).
 fn list(body: &Value, key: &str, max: usize) -> Result<Vec<Value>, Error> {
     match body.get(key) {
@@ -82,25 +156,59 @@ fn list(body: &Value, key: &str, max: usize) -> Result<Vec<Value>, Error> {
     }
 }
 
-/// Receive one PDU; the per-event answer the spec asks for (`{}` or `{"error": …}`).
+/// Receive one PDU; the per-event answer the spec asks for (`{}` or `{"error": …}`),
+/// and whether it was accepted into the timeline just now.
 async fn receive_one(
     server: &Arc<Server>,
     remote: &FederationRemote,
     origin: &str,
     pdu: Value,
-) -> (Option<String>, Value) {
+) -> (Option<String>, Value, bool) {
+    let (event_id, result) = receive_inner(server, remote, origin, pdu).await;
+    let accepted = matches!(result, Received::Accepted);
+    let answer = match result {
+        Received::Accepted | Received::Fine => json!({}),
+        Received::Error(e) => e,
+    };
+    (event_id, answer, accepted)
+}
+
+/// What became of one received PDU.
+enum Received {
+    /// Newly in the timeline.
+    Accepted,
+    /// Known already, soft-failed, stored as an outlier, or an out-of-band membership.
+    Fine,
+    /// The per-event error answer.
+    Error(Value),
+}
+
+async fn receive_inner(
+    server: &Arc<Server>,
+    remote: &FederationRemote,
+    origin: &str,
+    pdu: Value,
+) -> (Option<String>, Received) {
     let Some(room_id) = pdu
         .get("room_id")
         .and_then(Value::as_str)
         .map(str::to_owned)
     else {
-        return (None, json!({ "error": "PDU without a room_id" }));
+        return (
+            None,
+            Received::Error(json!({ "error": "PDU without a room_id" })),
+        );
     };
     // A refused knock or withdrawn invite for a room this node is not in.
     match crate::rooms::receive_out_of_band_membership(server, origin, &room_id, &pdu) {
-        Ok(Some(event_id)) => return (Some(event_id), json!({})),
+        Ok(Some(event_id)) => return (Some(event_id), Received::Fine),
         Ok(None) => {}
-        Err(e) => return (None, json!({ "error": e.public_message() })),
+        Err(e) => {
+            return (
+                None,
+                Received::Error(json!({ "error": e.public_message() })),
+            );
+        }
     }
     // A server the room's ACL denies may not put anything into it (checked on every PDU
     // of a transaction; the rest of the transaction still counts).
@@ -115,21 +223,24 @@ async fn receive_one(
             .flatten()
             .map(|(v, _)| v);
         let event_id = version.and_then(|v| crate::rooms::event_id_of(&pdu, &v).ok());
-        return (event_id, json!({ "error": e.public_message() }));
+        return (
+            event_id,
+            Received::Error(json!({ "error": e.public_message() })),
+        );
     }
     match receive_pdu(server, remote, origin, &room_id, pdu).await {
-        Ok(Outcome::Accepted { event_id, .. })
-        | Ok(Outcome::AlreadyKnown { event_id })
+        Ok(Outcome::Accepted { event_id, .. }) => (Some(event_id), Received::Accepted),
+        Ok(Outcome::AlreadyKnown { event_id })
         | Ok(Outcome::Outlier { event_id })
         // Soft-failed events are accepted as far as the sender is concerned (spec).
-        | Ok(Outcome::SoftFailed { event_id }) => (Some(event_id), json!({})),
+        | Ok(Outcome::SoftFailed { event_id }) => (Some(event_id), Received::Fine),
         Ok(Outcome::Rejected { event_id, reason }) => {
             tracing::info!(%origin, ?event_id, %reason, "rejected a PDU");
-            (event_id, json!({ "error": reason }))
+            (event_id, Received::Error(json!({ "error": reason })))
         }
         Err(e) => {
             tracing::warn!(%origin, %room_id, error = %e, "could not process a PDU");
-            (None, json!({ "error": e.public_message() }))
+            (None, Received::Error(json!({ "error": e.public_message() })))
         }
     }
 }

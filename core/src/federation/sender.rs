@@ -27,7 +27,14 @@ pub const MAX_EDUS_PER_TXN: usize = 100;
 /// First retry delay ceiling; doubled per failure.
 const BACKOFF_BASE: Duration = Duration::from_millis(500);
 /// Largest retry delay ceiling. Peers on a mesh come and go; rediscovery cuts it short.
-const BACKOFF_CAP: Duration = Duration::from_secs(300);
+/// A minute, not more: a link that fails for a while (loss, a flapping radio) without
+/// the peer ever disconnecting produces no rediscovery, and its queue should not sit for
+/// five minutes once the link is good again.
+const BACKOFF_CAP: Duration = Duration::from_secs(60);
+/// The ceiling while the transport still has a connection to the destination: the
+/// failure was the link's (a lossy link timing a request out) or the peer's, not its
+/// absence, so retry soon.
+const CONNECTED_BACKOFF_CAP: Duration = Duration::from_secs(5);
 /// How often the outbox is rescanned even without a wake-up (belt and braces).
 const RESCAN: Duration = Duration::from_secs(60);
 /// A destination's task ends after this long with nothing to send; the next row queued
@@ -145,7 +152,12 @@ async fn destination_task(
             Err(e) => {
                 failures = failures.saturating_add(1);
                 trim(&server, &destination);
-                let delay = backoff(failures);
+                let cap = if still_connected(&server, &destination).await {
+                    CONNECTED_BACKOFF_CAP
+                } else {
+                    BACKOFF_CAP
+                };
+                let delay = backoff(failures, cap);
                 tracing::info!(%destination, error = %e, retry_in = ?delay, "federation transaction failed");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
@@ -178,11 +190,23 @@ fn trim(server: &Server, destination: &str) {
     }
 }
 
+/// Whether the transport reports a connection to `destination` right now.
+async fn still_connected(server: &Server, destination: &str) -> bool {
+    let Some(transport) = server.transport() else {
+        return false;
+    };
+    transport
+        .peers()
+        .await
+        .iter()
+        .any(|p| p.server_name.as_deref() == Some(destination))
+}
+
 /// Full jitter: a uniform delay up to `min(cap, base · 2^(failures-1))`.
-fn backoff(failures: u32) -> Duration {
+fn backoff(failures: u32, cap: Duration) -> Duration {
     let ceiling = BACKOFF_BASE
         .saturating_mul(1u32 << failures.saturating_sub(1).min(20))
-        .min(BACKOFF_CAP);
+        .min(cap);
     let ms = rand::thread_rng().gen_range(0..=ceiling.as_millis() as u64);
     Duration::from_millis(ms)
 }
@@ -232,10 +256,11 @@ mod tests {
                 .saturating_mul(1u32 << (failures - 1).min(20))
                 .min(BACKOFF_CAP);
             for _ in 0..20 {
-                assert!(backoff(failures) <= ceiling);
+                assert!(backoff(failures, BACKOFF_CAP) <= ceiling);
+                assert!(backoff(failures, CONNECTED_BACKOFF_CAP) <= CONNECTED_BACKOFF_CAP);
             }
         }
-        assert!(backoff(1) <= BACKOFF_BASE);
+        assert!(backoff(1, BACKOFF_CAP) <= BACKOFF_BASE);
         assert_eq!(txn_id(&[3, 4, 9]), "w3-9");
     }
 }

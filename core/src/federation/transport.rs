@@ -83,6 +83,10 @@ pub struct PeerSummary {
     pub addresses: Vec<String>,
     /// `direct` or `relayed`.
     pub connection: String,
+    /// What new requests to it run over: `quic`, `tcp` or `relayed`, when the transport
+    /// says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transport: Option<String>,
     /// Last measured round trip, in milliseconds.
     pub rtt_ms: Option<f64>,
 }

@@ -432,6 +432,14 @@ pub fn forward_extremities(c: &Connection, room_id: &str) -> Result<Vec<(String,
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// Whether `event_id` is one of the room's forward extremities.
+pub fn is_forward_extremity(c: &Connection, room_id: &str, event_id: &str) -> Result<bool, Error> {
+    Ok(
+        c.prepare_cached("SELECT 1 FROM forward_extremities WHERE room_id = ?1 AND event_id = ?2")?
+            .exists(params![room_id, event_id])?,
+    )
+}
+
 /// Most soft-failed or rejected ancestors walked through when a new event's prev events
 /// are updated (a chain longer than this leaves an extra extremity, which the next event
 /// sent here merges).

@@ -33,6 +33,69 @@ pub fn enqueue_pdu(c: &Connection, destinations: &[String], event_id: &str) -> R
     Ok(())
 }
 
+/// Queue a PDU (by event id) for each destination that has no row for it yet: a
+/// forwarded event is queued at most once per destination while undelivered. Returns
+/// the destinations actually queued. Looks only at each destination's rows (bounded by
+/// the outbox limits), through its index.
+pub fn enqueue_pdu_once(
+    c: &Connection,
+    destinations: &[String],
+    event_id: &str,
+) -> Result<Vec<String>, Error> {
+    let mut stmt = c.prepare_cached(
+        "INSERT INTO federation_outbox (destination, kind, payload, created_ts)
+         SELECT ?1, 'pdu', ?2, ?3 WHERE NOT EXISTS (
+             SELECT 1 FROM federation_outbox
+             WHERE destination = ?1 AND kind = 'pdu' AND payload = ?2)",
+    )?;
+    let now = super::now_ms();
+    let mut queued = Vec::new();
+    for d in destinations {
+        if stmt.execute(params![d, event_id, now])? > 0 {
+            queued.push(d.clone());
+        }
+    }
+    Ok(queued)
+}
+
+/// Drop the undelivered PDU rows for `event_id` queued for `destination`: it sent us the
+/// event, so it has it. Returns how many rows went.
+pub fn outbox_forget_pdu(
+    c: &Connection,
+    destination: &str,
+    event_id: &str,
+) -> Result<usize, Error> {
+    Ok(c.prepare_cached(
+        "DELETE FROM federation_outbox WHERE destination = ?1 AND kind = 'pdu' AND payload = ?2",
+    )?
+    .execute(params![destination, event_id])?)
+}
+
+/// Whether a PDU row for `event_id` waits for `destination`.
+pub fn outbox_has_pdu(c: &Connection, destination: &str, event_id: &str) -> Result<bool, Error> {
+    Ok(c.prepare_cached(
+        "SELECT 1 FROM federation_outbox WHERE destination = ?1 AND kind = 'pdu' AND payload = ?2",
+    )?
+    .exists(params![destination, event_id])?)
+}
+
+/// How many remembered inbound transactions from `origin` answered for `event_id` (each
+/// inbound transaction's answer names its PDUs); for tests and diagnostics.
+pub fn inbound_txns_carrying(c: &Connection, origin: &str, event_id: &str) -> Result<i64, Error> {
+    let mut stmt =
+        c.prepare_cached("SELECT response FROM federation_inbound_txns WHERE origin = ?1")?;
+    let mut rows = stmt.query([origin])?;
+    let mut n = 0;
+    while let Some(row) = rows.next()? {
+        let response: String = row.get(0)?;
+        let v: Value = serde_json::from_str(&response).unwrap_or(Value::Null);
+        if v["pdus"].get(event_id).is_some() {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 /// Queue an EDU for one destination.
 pub fn enqueue_edu(c: &Connection, destination: &str, edu: &Value) -> Result<(), Error> {
     c.execute(
@@ -193,6 +256,30 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn a_forwarded_pdu_is_queued_once_per_destination_and_forgotten_when_received() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = super::super::Db::open(&dir.path().join("warren.db")).expect("open");
+        let dests = vec!["b".to_owned(), "c".to_owned()];
+        let first = db
+            .write(|c| enqueue_pdu_once(c, &dests, "$e"))
+            .expect("queue");
+        assert_eq!(first, dests);
+        // Again, and with one new destination: only the new one is queued.
+        let again = db
+            .write(|c| enqueue_pdu_once(c, &["b".to_owned(), "d".to_owned()], "$e"))
+            .expect("queue again");
+        assert_eq!(again, vec!["d".to_owned()]);
+        assert_eq!(db.read(|c| outbox_depth(c, "b")).expect("depth"), 1);
+        // B sent us the event: it has it, its row goes; C's stays.
+        let gone = db
+            .write(|c| outbox_forget_pdu(c, "b", "$e"))
+            .expect("forget");
+        assert_eq!(gone, 1);
+        assert!(!db.read(|c| outbox_has_pdu(c, "b", "$e")).expect("has"));
+        assert!(db.read(|c| outbox_has_pdu(c, "c", "$e")).expect("has"));
+    }
 
     #[test]
     fn a_destination_queue_is_trimmed_to_its_newest_rows_and_by_age() {

@@ -836,3 +836,129 @@ async fn a_partition_heals_to_the_same_state_and_extremities() -> anyhow::Result
     b.stop().await?;
     Ok(())
 }
+
+/// How many inbound transactions `to` remembers from `from` that carried `event_id`.
+fn carried(to: &FederatedNode, from: &FederatedNode, event_id: &str) -> anyhow::Result<i64> {
+    let from = from.name();
+    Ok(to
+        .node
+        .server()
+        .db
+        .read(|c| warren_core::storage::inbound_txns_carrying(c, &from, event_id))?)
+}
+
+/// Push across hops: on an A–B–C line (A and C never connect) with anti-entropy
+/// effectively off, B forwards what it accepts from one end to the other at once, once
+/// per destination, and not back; a copy it already holds is not forwarded again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_in_the_middle_forwards_new_events_at_once_and_once() -> anyhow::Result<()> {
+    let (da, db, dc) = (
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+    );
+    // Only forwarding can carry anything across B.
+    let no_anti_entropy =
+        |c: &mut warren_core::Config| c.anti_entropy_interval = Duration::from_secs(24 * 3600);
+    let a = mesh_node_with(da.path(), isolated_p2p(), no_anti_entropy).await?;
+    let b = mesh_node_with(db.path(), isolated_p2p(), no_anti_entropy).await?;
+    let c = mesh_node_with(dc.path(), isolated_p2p(), no_anti_entropy).await?;
+    connect_nodes(&a, &b).await?;
+    connect_nodes(&c, &b).await?;
+    let alice = User::register(&a, "alice").await?;
+    let bob = User::register(&b, "bob").await?;
+    let carol = User::register(&c, "carol").await?;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await?;
+    bob.join_via(&room, &a).await?;
+    carol.join_via(&room, &b).await?;
+    alice
+        .sync_until("Carol's join", |s| is_joined(s, &room, carol.id()))
+        .await?;
+
+    // A → B → C, well inside the anti-entropy period (here a day; by default a minute).
+    let txn = "hop-1";
+    let sent = alice
+        .put(
+            &format!("/rooms/{}/send/m.room.message/{txn}", path_segment(&room)),
+            json!({"msgtype": "m.text", "body": "over the hill"}),
+        )
+        .await?;
+    let event_id = sent["event_id"].as_str().context("event_id")?.to_owned();
+    let started = std::time::Instant::now();
+    carol
+        .sync_until("Alice's message, forwarded by B", |s| {
+            has_message(s, &room, "over the hill")
+        })
+        .await?;
+    let took = started.elapsed();
+    ensure!(
+        took < Duration::from_secs(10),
+        "A→B→C took {took:?}; forwarding should be immediate"
+    );
+    // C → B → A.
+    let started = std::time::Instant::now();
+    carol.say(&room, "and back").await?;
+    alice
+        .sync_until("Carol's message, forwarded by B", |s| {
+            has_message(s, &room, "and back")
+        })
+        .await?;
+    let took = started.elapsed();
+    ensure!(took < Duration::from_secs(10), "C→B→A took {took:?}");
+    ensure!(!connected(&a, &c).await?, "A and C got connected");
+
+    // Once per destination: B got the event from A once and handed it to C once; C,
+    // which got it from B and cannot tell whether A has it, sent it nowhere (A is its
+    // origin, B its sender).
+    ensure!(
+        carried(&b, &a, &event_id)? == 1,
+        "B got it from A more than once"
+    );
+    ensure!(
+        carried(&c, &b, &event_id)? == 1,
+        "C got it from B more than once"
+    );
+    ensure!(carried(&b, &c, &event_id)? == 0, "C forwarded it back to B");
+
+    // A copy B already holds (A sends the same event again in a new transaction) is
+    // not forwarded again: nothing is queued for C.
+    let pdu: Value = {
+        let stored = a
+            .node
+            .server()
+            .db
+            .read(|c| warren_core::storage::get_event(c, &event_id))?
+            .context("the event on A")?;
+        serde_json::from_str(&stored.json)?
+    };
+    let body = json!({
+        "origin": a.name(),
+        "origin_server_ts": 0,
+        "pdus": [pdu],
+    });
+    let _: Value = warren_core::federation::client::request_json(
+        a.node.server(),
+        &b.name(),
+        http::Method::PUT,
+        "/_matrix/federation/v1/send/again-1",
+        Some(&body),
+    )
+    .await?;
+    let c_name = c.name();
+    ensure!(
+        !b.node
+            .server()
+            .db
+            .read(|conn| warren_core::storage::outbox_has_pdu(conn, &c_name, &event_id))?,
+        "B queued a known event for C again"
+    );
+    ensure!(
+        carried(&b, &a, &event_id)? == 2,
+        "the repeat did not reach B"
+    );
+
+    a.stop().await?;
+    b.stop().await?;
+    c.stop().await?;
+    Ok(())
+}
