@@ -31,7 +31,7 @@ pub mod streams;
 pub mod sync;
 
 pub use client_api::account::{hash_password, valid_localpart, verify_password};
-pub use config::{Config, RateLimits, RegistrationPolicy};
+pub use config::{Config, PushConfig, RateLimits, RegistrationPolicy};
 pub use error::{Error, StartError};
 pub use identity::Identity;
 pub use node::Node;
