@@ -199,6 +199,8 @@ pub fn on_event(
     let member_count = UInt::try_from(member_count).unwrap_or(UInt::MAX);
     let power = power_ctx(c, room_id, version, &ev.sender)?;
     let has_mentions = defaults::has_mentions(&ev.json);
+    // What local notifications say about the event, looked up once for all recipients.
+    let mut about: Option<About> = None;
     for user in recipients {
         let Ok(user_id) = UserId::parse(&user) else {
             continue;
@@ -220,9 +222,28 @@ pub fn on_event(
             tracing::warn!(%user, "push rule evaluation did not complete at once; skipped");
             continue;
         };
-        record(c, &user, room_id, ev, actions)?;
+        record(c, &user, room_id, ev, actions, &mut about)?;
     }
     Ok(())
+}
+
+/// The parts of a local notification that are the same for every recipient.
+struct About {
+    body: Option<String>,
+    sender_display_name: Option<String>,
+    room_name: Option<String>,
+}
+
+impl About {
+    fn of(c: &Connection, room_id: &str, ev: &StoredEvent) -> Result<About, Error> {
+        let json: Value = serde_json::from_str(&ev.json)?;
+        let name = display_name(c, room_id, &ev.sender)?;
+        Ok(About {
+            body: json["content"]["body"].as_str().map(str::to_owned),
+            sender_display_name: (!name.is_empty()).then_some(name),
+            room_name: room_name(c, room_id)?,
+        })
+    }
 }
 
 /// The actions of the first rule that applies, like `Ruleset::get_actions` but on an
@@ -252,6 +273,7 @@ fn record(
     room_id: &str,
     ev: &StoredEvent,
     actions: &[Action],
+    about: &mut Option<About>,
 ) -> Result<(), Error> {
     if !actions.iter().any(Action::should_notify) {
         return Ok(());
@@ -274,36 +296,26 @@ fn record(
         local::mark_pushes_queued();
     }
     if local::wanted() {
-        local::add(local_notification(c, user, room_id, ev, highlight)?);
+        let about = match about {
+            Some(a) => a,
+            None => about.insert(About::of(c, room_id, ev)?),
+        };
+        let (notification_count, highlight_count) = storage::unread_counts(c, room_id, user)?;
+        local::add(LocalNotification {
+            user_id: user.to_owned(),
+            room_id: room_id.to_owned(),
+            event_id: ev.event_id.clone(),
+            event_type: ev.kind.clone(),
+            sender: ev.sender.clone(),
+            sender_display_name: about.sender_display_name.clone(),
+            room_name: about.room_name.clone(),
+            body: about.body.clone(),
+            highlight,
+            notification_count,
+            highlight_count,
+        });
     }
     Ok(())
-}
-
-/// The details of a notification an app shows itself.
-fn local_notification(
-    c: &Connection,
-    user: &str,
-    room_id: &str,
-    ev: &StoredEvent,
-    highlight: bool,
-) -> Result<LocalNotification, Error> {
-    let json: Value = serde_json::from_str(&ev.json)?;
-    let body = json["content"]["body"].as_str().map(str::to_owned);
-    let sender_name = display_name(c, room_id, &ev.sender)?;
-    let (notification_count, highlight_count) = storage::unread_counts(c, room_id, user)?;
-    Ok(LocalNotification {
-        user_id: user.to_owned(),
-        room_id: room_id.to_owned(),
-        event_id: ev.event_id.clone(),
-        event_type: ev.kind.clone(),
-        sender: ev.sender.clone(),
-        sender_display_name: (!sender_name.is_empty()).then_some(sender_name),
-        room_name: room_name(c, room_id)?,
-        body,
-        highlight,
-        notification_count,
-        highlight_count,
-    })
 }
 
 /// The room's `m.room.name`, if it has a non-empty one.
