@@ -72,6 +72,19 @@ const TEMPLATE: &str = r#"# Warren node configuration. Every key is optional; th
 # A LiveKit JWT service for Element Call, advertised in /.well-known/matrix/client.
 # livekit_service_url = "https://livekit-jwt.example.org"
 
+[push]
+# A command run for each notification of a user of this node (desktop notifications
+# without a push service), with the details in WARREN_* environment variables; see
+# docs/operations.md. `--on-notify` overrides it.
+# on_notify = "notify-send \"$WARREN_ROOM_NAME\" \"$WARREN_BODY\""
+# Notifications kept queued per push gateway (http pusher) while it fails, and their
+# age in seconds; past either the oldest are dropped.
+# queue_rows = 100
+# queue_max_age_secs = 86400
+# Seconds a request to a push gateway may take; most seconds between retries.
+# request_timeout_secs = 15
+# backoff_cap_secs = 600
+
 [rate_limits]
 # Token buckets: each action may happen `burst` times at once, then `per_second`.
 # Past it: 429 M_LIMIT_EXCEEDED with retry_after_ms. `enabled = false` turns all off.
@@ -153,6 +166,37 @@ pub struct LimitsSection {
     pub request_timeout_secs: Option<u64>,
     pub outbox_max_rows: Option<usize>,
     pub outbox_max_age_secs: Option<u64>,
+}
+
+/// The `[push]` table.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PushSection {
+    pub on_notify: Option<String>,
+    pub queue_rows: Option<usize>,
+    pub queue_max_age_secs: Option<u64>,
+    pub request_timeout_secs: Option<u64>,
+    pub backoff_cap_secs: Option<u64>,
+}
+
+impl PushSection {
+    /// Apply the given values to `config`.
+    pub fn apply(&self, config: &mut warren_core::Config) {
+        use std::time::Duration;
+        let p = &mut config.push;
+        if let Some(v) = self.queue_rows {
+            p.queue_rows = v;
+        }
+        if let Some(v) = self.queue_max_age_secs {
+            p.queue_max_age = Duration::from_secs(v);
+        }
+        if let Some(v) = self.request_timeout_secs {
+            p.request_timeout = Duration::from_secs(v);
+        }
+        if let Some(v) = self.backoff_cap_secs {
+            p.backoff_cap = Duration::from_secs(v);
+        }
+    }
 }
 
 /// The `[media]` table.
@@ -307,6 +351,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub voip: VoipSection,
     #[serde(default)]
+    pub push: PushSection,
+    #[serde(default)]
     pub rate_limits: RateLimitsSection,
     #[serde(default)]
     pub p2p: P2pSection,
@@ -387,6 +433,20 @@ pub fn parse(text: &str) -> anyhow::Result<FileConfig> {
         && !(url.starts_with("https://") || url.starts_with("http://"))
     {
         bail!("voip.livekit_service_url: {url:?} must be an http(s) URL");
+    }
+    let p = &config.push;
+    for (key, v) in [
+        ("queue_rows", p.queue_rows.map(|v| v as u64)),
+        ("queue_max_age_secs", p.queue_max_age_secs),
+        ("request_timeout_secs", p.request_timeout_secs),
+        ("backoff_cap_secs", p.backoff_cap_secs),
+    ] {
+        if v == Some(0) {
+            bail!("push.{key} must be at least 1");
+        }
+    }
+    if p.on_notify.as_deref().is_some_and(|c| c.trim().is_empty()) {
+        bail!("push.on_notify must not be empty");
     }
     for addr in config.p2p.bootstrap.iter().flatten() {
         if !addr.contains("/p2p/") {

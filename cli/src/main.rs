@@ -10,6 +10,7 @@ mod config_file;
 mod id;
 mod logging;
 mod manage;
+mod notify;
 mod output;
 mod run;
 
@@ -161,6 +162,13 @@ enum Command {
         #[arg(long, env = "WARREN_CLIENT_ADDR", value_name = "IP:PORT")]
         client_addr: Option<SocketAddr>,
 
+        /// Run CMD (through `sh -c`) for each notification of a user of this node, with
+        /// the details in environment variables (WARREN_ROOM_NAME, WARREN_SENDER_NAME,
+        /// WARREN_BODY, …; see docs/operations.md), never in the command line. At most 4
+        /// run at once, each for at most 30 s. [default: `push.on_notify` in warren.toml]
+        #[arg(long, env = "WARREN_ON_NOTIFY", value_name = "CMD")]
+        on_notify: Option<String>,
+
         #[command(flatten)]
         p2p: run::P2pArgs,
     },
@@ -286,7 +294,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
     });
     logging::init(&level, format)?;
     match cli.command {
-        Command::Run { client_addr, p2p } => run::run(data_dir, client_addr, p2p, file),
+        Command::Run {
+            client_addr,
+            on_notify,
+            p2p,
+        } => run::run(data_dir, client_addr, on_notify, p2p, file),
         Command::Config(ConfigCommand::Check) => config_check(&data_dir),
         Command::Id { json } => id::id(&data_dir, json),
         Command::Status { json } => manage::status(&data_dir, json),

@@ -82,6 +82,7 @@ impl P2pArgs {
 pub fn run(
     data_dir: PathBuf,
     client_addr: Option<SocketAddr>,
+    on_notify: Option<String>,
     p2p: P2pArgs,
     file: FileConfig,
 ) -> anyhow::Result<()> {
@@ -109,14 +110,18 @@ pub fn run(
     file.limits.apply(&mut config);
     file.media.apply(&mut config);
     file.voip.apply(&mut config);
+    file.push.apply(&mut config);
+    let on_notify = on_notify
+        .or(file.push.on_notify.clone())
+        .filter(|c| !c.trim().is_empty());
     file.rate_limits.apply(&mut config.rate_limits);
-    let result = runtime.block_on(serve(config, p2p));
+    let result = runtime.block_on(serve(config, p2p, on_notify));
     // Never hang on exit: the node has already been shut down (or never started).
     runtime.shutdown_timeout(RUNTIME_GRACE);
     result
 }
 
-async fn serve(config: Config, p2p: P2pConfig) -> anyhow::Result<()> {
+async fn serve(config: Config, p2p: P2pConfig, on_notify: Option<String>) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
     let client_addr = config.client_addr;
     // Listen for signals before starting, so a SIGTERM during start-up still gets a clean
@@ -141,6 +146,8 @@ async fn serve(config: Config, p2p: P2pConfig) -> anyhow::Result<()> {
             return Err(e);
         }
     };
+    // Desktop notifications: a command per notification (never blocking the node).
+    let on_notify = on_notify.map(|command| crate::notify::start(node.server(), command));
     let mut lines = vec![
         format!("server name: {}", node.server_name()),
         format!("peer id: {peer_id}"),
@@ -159,6 +166,9 @@ async fn serve(config: Config, p2p: P2pConfig) -> anyhow::Result<()> {
     let signal = signals.recv().await;
     tracing::info!(signal, "shutting down");
     let _ = output::stdout_lines(&[format!("stopping: {signal} received")]);
+    if let Some(task) = on_notify {
+        task.abort();
+    }
     p2p.shutdown().await;
     tokio::select! {
         stopped = stop(node) => stopped?,

@@ -47,6 +47,8 @@ pub struct Config {
     pub media: MediaConfig,
     /// TURN servers for calls and the MatrixRTC focus; see [`VoipConfig`].
     pub voip: VoipConfig,
+    /// Delivery to push gateways (http pushers); see [`PushConfig`].
+    pub push: PushConfig,
 }
 
 /// What clients need for calls: TURN servers (`/voip/turnServer`) and, for Element Call,
@@ -68,6 +70,32 @@ pub struct VoipConfig {
     /// A LiveKit JWT service for MatrixRTC (Element Call), advertised in
     /// `/.well-known/matrix/client` as `org.matrix.msc4143.rtc_foci`.
     pub livekit_service_url: Option<String>,
+}
+
+/// Delivery to push gateways: the per-pusher queue's bounds, the HTTP client's timeout
+/// and the retry backoff's ceiling.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PushConfig {
+    /// Notifications kept queued per pusher while its gateway fails; past it the oldest
+    /// are dropped (a phone shows the newest, and the badge count is current anyway).
+    pub queue_rows: usize,
+    /// Queued notifications older than this are dropped.
+    pub queue_max_age: Duration,
+    /// A request to a gateway (connect, send, answer) must finish within this long.
+    pub request_timeout: Duration,
+    /// Largest delay between retries of a failing gateway.
+    pub backoff_cap: Duration,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        PushConfig {
+            queue_rows: 100,
+            queue_max_age: Duration::from_secs(24 * 3600),
+            request_timeout: Duration::from_secs(15),
+            backoff_cap: Duration::from_secs(600),
+        }
+    }
 }
 
 /// Media of other nodes: how much is kept, and what is fetched before anyone asks.
@@ -181,6 +209,7 @@ impl Config {
             outbox: OutboxLimits::default(),
             media: MediaConfig::default(),
             voip: VoipConfig::default(),
+            push: PushConfig::default(),
         }
     }
 

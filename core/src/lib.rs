@@ -33,7 +33,7 @@ pub mod sync;
 pub mod voip;
 
 pub use client_api::account::{hash_password, valid_localpart, verify_password};
-pub use config::{Config, RateLimits, RegistrationPolicy};
+pub use config::{Config, PushConfig, RateLimits, RegistrationPolicy};
 pub use error::{Error, StartError};
 pub use identity::Identity;
 pub use node::Node;

@@ -122,6 +122,9 @@ impl Node {
             transport: Default::default(),
             outbox_dirty: Default::default(),
             outbox_wake: Default::default(),
+            push_wake: Default::default(),
+            local_notifications: Default::default(),
+            push_task: Default::default(),
             sender_task: Default::default(),
             anti_entropy_task: Default::default(),
             admin_token: Default::default(),
@@ -169,6 +172,8 @@ impl Node {
         });
         let txns = tokio::spawn(prune_transaction_ids(server.clone()));
         let prefetch = crate::media::remote::start_prefetch(server.clone());
+        // Push gateways get whatever the push queue holds, rows from before a restart too.
+        *server.push_task.lock() = Some(crate::push::delivery::start(server.clone()));
         tracing::info!(server_name = %server.server_name(), %addr, "node started");
         Ok(Node {
             server,
@@ -247,6 +252,9 @@ impl Node {
             t.abort();
         }
         self.server.remote_media.abort_fetches();
+        if let Some(task) = self.server.push_task.lock().take() {
+            task.abort();
+        }
         if let Some(sender) = self.server.sender_task.lock().take() {
             sender.abort();
         }
@@ -268,6 +276,9 @@ impl Drop for Node {
             t.abort();
         }
         self.server.remote_media.abort_fetches();
+        if let Some(task) = self.server.push_task.lock().take() {
+            task.abort();
+        }
         if let Some(sender) = self.server.sender_task.lock().take() {
             sender.abort();
         }

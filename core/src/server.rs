@@ -53,6 +53,12 @@ pub struct Server {
     pub outbox_dirty: AtomicBool,
     /// Wakes the federation sender.
     pub outbox_wake: tokio::sync::Notify,
+    /// Wakes the push deliverer (rows were queued for http pushers).
+    pub push_wake: tokio::sync::Notify,
+    /// Notifications for the embedding app (mobile listener, `--on-notify`).
+    pub local_notifications: crate::push::LocalNotifications,
+    /// The push deliverer task.
+    pub push_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The local admin API token (see [`crate::admin`]).
     pub admin_token: OnceLock<String>,
     /// The federation sender task, once a transport is attached.
@@ -86,23 +92,33 @@ impl Server {
     /// runtime, so the worker thread hands its other tasks on instead of stalling them
     /// while it waits.
     pub fn write<T>(&self, f: impl FnOnce(&Connection) -> Result<T, Error>) -> Result<T, Error> {
+        let wanted = self.local_notifications.wanted();
         let run = || {
             self.db.write(|tx| {
+                crate::push::local::begin(wanted);
                 let out = f(tx);
                 // Taken on the thread that ran `f` (the writer runs each write on its
                 // caller's thread), whether `f` succeeded or not.
                 let queued = OUTBOX_QUEUED.replace(false);
+                let push = crate::push::local::take();
                 let out = out?;
                 let pos: i64 = tx.query_row("SELECT pos FROM stream_sequence", [], |r| r.get(0))?;
-                Ok((out, pos, queued))
+                Ok((out, pos, queued, push))
             })
         };
-        let (out, pos, queued) = if self.db.writer_is_idle() {
+        let (out, pos, queued, push) = if self.db.writer_is_idle() {
             run()
         } else {
             off_the_reactor(run)
         }?;
         self.notifier.committed(pos);
+        // Push effects of this write, now that it is committed.
+        if push.pushes_queued {
+            self.push_wake.notify_one();
+        }
+        for n in push.local {
+            self.local_notifications.publish(n);
+        }
         // This write's own mark decides. The shared flag covers marks made outside
         // `Server::write`; taking it here may wake the sender before another write's
         // rows are committed, but that write wakes it again after its own commit.

@@ -12,7 +12,9 @@
 //!   screen;
 //! - [`Node::peers`], [`Node::connect`], [`Node::network_changed`],
 //!   [`Node::kick_backoff`] deal with other nodes;
-//! - [`NodeListener`] (set with [`Node::set_listener`]) hears about peers and state;
+//! - [`NodeListener`] (set with [`Node::set_listener`]) hears about peers and state,
+//!   and gets a [`Notification`] for each event that should notify a user of the node
+//!   (local notifications with no push service);
 //! - [`Node::stop`] stops it, cleanly and idempotently.
 //!
 //! Every method that waits (start, stop, anything that asks the network or hashes a
@@ -30,5 +32,5 @@ mod node;
 
 pub use account::Credentials;
 pub use error::WarrenError;
-pub use listener::{NodeListener, NodeState};
+pub use listener::{NodeListener, NodeState, Notification};
 pub use node::{ConnectionKind, Node, NodeConfig, PeerInfo};

@@ -83,6 +83,8 @@ struct Running {
     p2p: P2p,
     /// Forwards peer events to the listener thread.
     events: JoinHandle<()>,
+    /// Forwards notifications to the listener thread.
+    notifications: JoinHandle<()>,
 }
 
 /// A running Warren node. Thread-safe; every method may be called from any thread.
@@ -213,6 +215,28 @@ async fn forward_events(p2p: P2p, notify: listener::Notifier) {
     }
 }
 
+/// Forward the node's local notifications to the listener thread until it stops. Never
+/// waits on the app: the listener thread's notification queue drops its oldest.
+async fn forward_notifications(server: Arc<Server>, notify: listener::Notifier) {
+    let mut notifications = server.local_notifications.subscribe();
+    drop(server);
+    loop {
+        let n = match notifications.recv().await {
+            Ok(n) => n,
+            Err(RecvError::Lagged(missed)) => {
+                tracing::warn!(missed, "notifications dropped: the listener fell behind");
+                continue;
+            }
+            Err(RecvError::Closed) => return,
+        };
+        match notify.notify(listener::Notification::from(&*n)) {
+            Ok(false) => {}
+            Ok(true) => tracing::debug!("listener slow; oldest notification dropped"),
+            Err(_) => return,
+        }
+    }
+}
+
 impl Node {
     fn handle(&self) -> Result<tokio::runtime::Handle, WarrenError> {
         self.runtime
@@ -293,13 +317,20 @@ impl Node {
             }
         };
         let events = handle.spawn(forward_events(p2p.clone(), notify.clone()));
+        let notifications =
+            handle.spawn(forward_notifications(node.server().clone(), notify.clone()));
         let this = Node {
             server: node.server().clone(),
             client_url: node.client_url(),
             server_name: node.server_name().to_owned(),
             peer_id: p2p.peer_id().to_string(),
             runtime: Mutex::new(runtime.into_inner()),
-            running: Mutex::new(Some(Running { node, p2p, events })),
+            running: Mutex::new(Some(Running {
+                node,
+                p2p,
+                events,
+                notifications,
+            })),
             listener: slot,
             notify: Mutex::new(notify),
         };
@@ -431,6 +462,7 @@ impl Node {
         let result = on(&handle, async move {
             running.p2p.shutdown().await;
             running.events.abort();
+            running.notifications.abort();
             running.node.shutdown().await
         })
         .await;
@@ -470,6 +502,7 @@ impl Drop for Node {
                     let stop = async {
                         running.p2p.shutdown().await;
                         running.events.abort();
+                        running.notifications.abort();
                         running.node.shutdown().await
                     };
                     if tokio::time::timeout(DROP_GRACE, stop).await.is_err() {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::time::Instant;
-use warren_mobile::{Node, NodeConfig, NodeListener, NodeState, WarrenError};
+use warren_mobile::{Node, NodeConfig, NodeListener, NodeState, Notification, WarrenError};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -51,6 +51,7 @@ struct Recorder {
     connected: Mutex<Vec<String>>,
     disconnected: Mutex<Vec<String>>,
     states: Mutex<Vec<NodeState>>,
+    notifications: Mutex<Vec<Notification>>,
 }
 
 impl NodeListener for Recorder {
@@ -62,6 +63,9 @@ impl NodeListener for Recorder {
     }
     fn on_state_changed(&self, state: NodeState) {
         self.states.lock().push(state);
+    }
+    fn on_notification(&self, notification: Notification) {
+        self.notifications.lock().push(notification);
     }
 }
 
@@ -351,6 +355,8 @@ async fn users_on_two_embedded_nodes_join_a_room_together() {
         Ok(c) => c,
         Err(e) => panic!("bob: {e:?}"),
     };
+    let recorder = Arc::new(Recorder::default());
+    a.set_listener(Some(recorder.clone()));
     let http = reqwest::Client::new();
     let call =
         async |method: reqwest::Method, url: String, token: &str, body: serde_json::Value| {
@@ -426,6 +432,92 @@ async fn users_on_two_embedded_nodes_join_a_room_together() {
         })
     })
     .await;
+    // Alice's phone shows it without any push service: her node's listener was told.
+    wait_until("alice's listener to get the notification", async || {
+        !recorder.notifications.lock().is_empty()
+    })
+    .await;
+    let n = recorder.notifications.lock()[0].clone();
+    assert_eq!(n.user_id, alice.user_id);
+    assert_eq!(n.room_id, room_id);
+    assert_eq!(n.sender, bob.user_id);
+    assert_eq!(n.body.as_deref(), Some("hello from the other phone"));
+    assert_eq!(n.notification_count, 1);
     stop(&b).await;
     stop(&a).await;
+}
+
+/// The listener gets a notification for each event the push rules say should notify a
+/// user of the node, with the details an app shows; none for the sender.
+#[tokio::test]
+async fn the_listener_gets_local_notifications() {
+    let dir = tempdir();
+    let node = start(config(dir.path())).await;
+    let recorder = Arc::new(Recorder::default());
+    node.set_listener(Some(recorder.clone()));
+    let account = async |name: &str| match node.ensure_owner_account(name.into(), "pw".into()).await
+    {
+        Ok(c) => c,
+        Err(e) => panic!("{name}: {e:?}"),
+    };
+    let alice = account("alice").await;
+    let bob = account("bob").await;
+    let http = reqwest::Client::new();
+    let call =
+        async |method: reqwest::Method, path: String, token: &str, body: serde_json::Value| {
+            let url = format!("{}/_matrix/client/v3{path}", node.client_url());
+            let resp = match http
+                .request(method, &url)
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => panic!("{url}: {e}"),
+            };
+            let status = resp.status().as_u16();
+            let body = resp.json::<serde_json::Value>().await.unwrap_or_default();
+            assert_eq!(status, 200, "{url}: {body}");
+            body
+        };
+    let room = call(
+        reqwest::Method::POST,
+        "/createRoom".into(),
+        &alice.access_token,
+        serde_json::json!({"name": "Lounge", "preset": "private_chat", "invite": [bob.user_id]}),
+    )
+    .await;
+    let room_id = room["room_id"].as_str().unwrap_or_default().to_owned();
+    call(
+        reqwest::Method::POST,
+        format!("/join/{}", enc(&room_id)),
+        &bob.access_token,
+        serde_json::json!({}),
+    )
+    .await;
+    let sent = call(
+        reqwest::Method::PUT,
+        format!("/rooms/{}/send/m.room.message/n1", enc(&room_id)),
+        &alice.access_token,
+        serde_json::json!({"msgtype": "m.text", "body": "hi bob",
+                           "m.mentions": {"user_ids": [bob.user_id]}}),
+    )
+    .await;
+    wait_until("the notification", async || {
+        !recorder.notifications.lock().is_empty()
+    })
+    .await;
+    let got = recorder.notifications.lock().clone();
+    assert_eq!(got.len(), 1, "{got:?}");
+    let n = &got[0];
+    assert_eq!(n.user_id, bob.user_id);
+    assert_eq!(n.room_id, room_id);
+    assert_eq!(n.event_id, sent["event_id"].as_str().unwrap_or_default());
+    assert_eq!(n.sender, alice.user_id);
+    assert_eq!(n.room_name.as_deref(), Some("Lounge"));
+    assert_eq!(n.body.as_deref(), Some("hi bob"));
+    assert!(n.highlight);
+    assert_eq!((n.notification_count, n.highlight_count), (1, 1));
+    stop(&node).await;
 }

@@ -1,6 +1,7 @@
 //! Push rules: each user's ruleset, its evaluation on every new event, and the
-//! notifications (and unread counts) that follow from it. Pushers are stored, not
-//! delivered to.
+//! notifications (and unread counts) that follow from it, the http pushers they are
+//! delivered to (`delivery.rs`) and the notifications an embedding app shows itself
+//! (`local.rs`).
 //!
 //! A user's rules are the global account data `m.push_rules` (what clients read in
 //! `/sync`); until a user changes a rule they are the server defaults (`defaults.rs`). Every
@@ -9,8 +10,14 @@
 //! unread counts are the rows after the member's read receipt, kept per (user, room).
 //! The rows are bounded per user, not per message: a read receipt folds the ones it
 //! covers, and each user keeps at most the newest 100 (see `storage/push.rs`).
+//!
+//! In the same transaction, each notification is queued for each of the user's http
+//! pushers (`push_queue`), and, while someone subscribes, kept for
+//! [`LocalNotifications`]; both take effect after the commit (`Server::write`).
 
 mod defaults;
+pub mod delivery;
+pub mod local;
 mod pushers;
 mod rules;
 
@@ -29,6 +36,7 @@ use ruma::{Int, OwnedRoomId, UInt, UserId};
 use rusqlite::Connection;
 use serde_json::{Value, json};
 
+pub use local::{LocalNotification, LocalNotifications};
 pub use pushers::{get_pushers, set_pusher};
 pub use rules::{
     RuleAddress, delete_rule, get_rule, put_rule, rule_actions, rule_enabled, set_rule_actions,
@@ -148,7 +156,7 @@ fn power_ctx(
 }
 
 /// A member's display name in the room (from their member event), else none.
-fn display_name(c: &Connection, room_id: &str, user_id: &str) -> Result<String, Error> {
+pub(crate) fn display_name(c: &Connection, room_id: &str, user_id: &str) -> Result<String, Error> {
     let Some(id) = storage::current_state_event(c, room_id, "m.room.member", user_id)? else {
         return Ok(String::new());
     };
@@ -191,6 +199,8 @@ pub fn on_event(
     let member_count = UInt::try_from(member_count).unwrap_or(UInt::MAX);
     let power = power_ctx(c, room_id, version, &ev.sender)?;
     let has_mentions = defaults::has_mentions(&ev.json);
+    // What local notifications say about the event, looked up once for all recipients.
+    let mut about: Option<About> = None;
     for user in recipients {
         let Ok(user_id) = UserId::parse(&user) else {
             continue;
@@ -212,9 +222,28 @@ pub fn on_event(
             tracing::warn!(%user, "push rule evaluation did not complete at once; skipped");
             continue;
         };
-        record(c, &user, room_id, ev, actions)?;
+        record(c, &user, room_id, ev, actions, &mut about)?;
     }
     Ok(())
+}
+
+/// The parts of a local notification that are the same for every recipient.
+struct About {
+    body: Option<String>,
+    sender_display_name: Option<String>,
+    room_name: Option<String>,
+}
+
+impl About {
+    fn of(c: &Connection, room_id: &str, ev: &StoredEvent) -> Result<About, Error> {
+        let json: Value = serde_json::from_str(&ev.json)?;
+        let name = display_name(c, room_id, &ev.sender)?;
+        Ok(About {
+            body: json["content"]["body"].as_str().map(str::to_owned),
+            sender_display_name: (!name.is_empty()).then_some(name),
+            room_name: room_name(c, room_id)?,
+        })
+    }
 }
 
 /// The actions of the first rule that applies, like `Ruleset::get_actions` but on an
@@ -244,11 +273,14 @@ fn record(
     room_id: &str,
     ev: &StoredEvent,
     actions: &[Action],
+    about: &mut Option<About>,
 ) -> Result<(), Error> {
     if !actions.iter().any(Action::should_notify) {
         return Ok(());
     }
     let actions_json = serde_json::to_string(actions)?;
+    let highlight = actions.iter().any(Action::is_highlight);
+    let now = now_ms();
     storage::insert_notification(
         c,
         &NewNotification {
@@ -256,10 +288,49 @@ fn record(
             room_id,
             stream_ordering: ev.stream_ordering,
             actions: &actions_json,
-            highlight: actions.iter().any(Action::is_highlight),
-            now_ms: now_ms(),
+            highlight,
+            now_ms: now,
         },
-    )
+    )?;
+    if storage::enqueue_pushes(c, user, room_id, &ev.event_id, &actions_json, now)? > 0 {
+        local::mark_pushes_queued();
+    }
+    if local::wanted() {
+        let about = match about {
+            Some(a) => a,
+            None => about.insert(About::of(c, room_id, ev)?),
+        };
+        let (notification_count, highlight_count) = storage::unread_counts(c, room_id, user)?;
+        local::add(LocalNotification {
+            user_id: user.to_owned(),
+            room_id: room_id.to_owned(),
+            event_id: ev.event_id.clone(),
+            event_type: ev.kind.clone(),
+            sender: ev.sender.clone(),
+            sender_display_name: about.sender_display_name.clone(),
+            room_name: about.room_name.clone(),
+            body: about.body.clone(),
+            highlight,
+            notification_count,
+            highlight_count,
+        });
+    }
+    Ok(())
+}
+
+/// The room's `m.room.name`, if it has a non-empty one.
+pub(crate) fn room_name(c: &Connection, room_id: &str) -> Result<Option<String>, Error> {
+    let Some(id) = storage::current_state_event(c, room_id, "m.room.name", "")? else {
+        return Ok(None);
+    };
+    let Some(ev) = storage::get_state_event(c, &id)? else {
+        return Ok(None);
+    };
+    let json: Value = serde_json::from_str(&ev.json)?;
+    Ok(json["content"]["name"]
+        .as_str()
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned))
 }
 
 /// A page of `GET /notifications`: (notification rows with their events, next token).
@@ -294,6 +365,9 @@ pub fn notifications(
 
 #[cfg(test)]
 mod bounds_tests;
+
+#[cfg(test)]
+mod delivery_tests;
 
 #[cfg(test)]
 mod tests {

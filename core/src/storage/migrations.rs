@@ -663,6 +663,25 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX openid_tokens_by_user ON openid_tokens(user_id, expires_ts);
     CREATE INDEX openid_tokens_by_expiry ON openid_tokens(expires_ts);
     "#,
+    // 21: the push queue: what each http pusher still has to be sent, one row per
+    // (pusher, notification), written in the notification's transaction and deleted once
+    // the push gateway took it. Bounded per pusher by rows and age (oldest dropped
+    // first); goes with its pusher.
+    r#"
+    CREATE TABLE push_queue (
+        id INTEGER PRIMARY KEY,
+        user_id TEXT NOT NULL,
+        app_id TEXT NOT NULL,
+        pushkey TEXT NOT NULL,
+        room_id TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        actions TEXT NOT NULL,
+        created_ts INTEGER NOT NULL,
+        FOREIGN KEY (user_id, app_id, pushkey) REFERENCES pushers(user_id, app_id, pushkey)
+            ON DELETE CASCADE
+    );
+    CREATE INDEX push_queue_by_pusher ON push_queue(user_id, app_id, pushkey, id);
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -364,6 +364,139 @@ pub fn pushers(c: &Connection, user_id: &str) -> Result<Vec<String>, Error> {
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// Which pusher a push queue row belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PusherKey {
+    /// The pusher's user.
+    pub user_id: String,
+    /// Its app id.
+    pub app_id: String,
+    /// Its pushkey.
+    pub pushkey: String,
+}
+
+/// Queue a notification for each http pusher of `user_id`, in the notification's
+/// transaction. Returns how many rows were queued (one per pusher).
+pub fn enqueue_pushes(
+    c: &Connection,
+    user_id: &str,
+    room_id: &str,
+    event_id: &str,
+    actions: &str,
+    now: i64,
+) -> Result<usize, Error> {
+    Ok(c.prepare_cached(
+        "INSERT INTO push_queue (user_id, app_id, pushkey, room_id, event_id, actions, created_ts)
+         SELECT user_id, app_id, pushkey, ?2, ?3, ?4, ?5 FROM pushers
+         WHERE user_id = ?1 AND json_extract(pusher, '$.kind') = 'http'",
+    )?
+    .execute(params![user_id, room_id, event_id, actions, now])?)
+}
+
+/// Pushers with anything queued.
+pub fn push_queue_pushers(c: &Connection) -> Result<Vec<PusherKey>, Error> {
+    let mut st = c.prepare_cached("SELECT DISTINCT user_id, app_id, pushkey FROM push_queue")?;
+    let rows = st.query_map([], |r| {
+        Ok(PusherKey {
+            user_id: r.get(0)?,
+            app_id: r.get(1)?,
+            pushkey: r.get(2)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The oldest queued notification of a pusher, with the pusher itself.
+#[derive(Clone, Debug)]
+pub struct QueuedPush {
+    /// Row id, to delete once delivered.
+    pub id: i64,
+    /// Room of the event.
+    pub room_id: String,
+    /// The event.
+    pub event_id: String,
+    /// Push actions JSON.
+    pub actions: String,
+    /// The pusher's JSON (as `GET /pushers` returns it).
+    pub pusher: String,
+    /// When the pusher was created, in milliseconds.
+    pub pusher_ts: i64,
+}
+
+/// The oldest row queued for `key`, if any.
+pub fn push_queue_head(c: &Connection, key: &PusherKey) -> Result<Option<QueuedPush>, Error> {
+    Ok(c.prepare_cached(
+        "SELECT q.id, q.room_id, q.event_id, q.actions, p.pusher, p.created_ts
+         FROM push_queue q JOIN pushers p
+           ON p.user_id = q.user_id AND p.app_id = q.app_id AND p.pushkey = q.pushkey
+         WHERE q.user_id = ?1 AND q.app_id = ?2 AND q.pushkey = ?3
+         ORDER BY q.id LIMIT 1",
+    )?
+    .query_row(params![key.user_id, key.app_id, key.pushkey], |r| {
+        Ok(QueuedPush {
+            id: r.get(0)?,
+            room_id: r.get(1)?,
+            event_id: r.get(2)?,
+            actions: r.get(3)?,
+            pusher: r.get(4)?,
+            pusher_ts: r.get(5)?,
+        })
+    })
+    .optional()?)
+}
+
+/// Forget a delivered (or undeliverable) row.
+pub fn delete_queued_push(c: &Connection, id: i64) -> Result<(), Error> {
+    c.prepare_cached("DELETE FROM push_queue WHERE id = ?1")?
+        .execute([id])?;
+    Ok(())
+}
+
+/// How many rows are queued for a pusher.
+pub fn push_queue_depth(c: &Connection, key: &PusherKey) -> Result<i64, Error> {
+    Ok(c.prepare_cached(
+        "SELECT COUNT(*) FROM push_queue WHERE user_id = ?1 AND app_id = ?2 AND pushkey = ?3",
+    )?
+    .query_row(params![key.user_id, key.app_id, key.pushkey], |r| r.get(0))?)
+}
+
+/// Keep a pusher's queue within its bounds: drop rows queued before `older_than_ms`
+/// and all but the newest `keep`. Returns how many were dropped. Visits only this
+/// pusher's rows, through its index.
+pub fn trim_push_queue(
+    c: &Connection,
+    key: &PusherKey,
+    keep: usize,
+    older_than_ms: i64,
+) -> Result<usize, Error> {
+    let aged = c
+        .prepare_cached(
+            "DELETE FROM push_queue WHERE user_id = ?1 AND app_id = ?2 AND pushkey = ?3
+             AND created_ts < ?4",
+        )?
+        .execute(params![key.user_id, key.app_id, key.pushkey, older_than_ms])?;
+    let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+    let over = c
+        .prepare_cached(
+            "DELETE FROM push_queue WHERE user_id = ?1 AND app_id = ?2 AND pushkey = ?3
+             AND id <= (SELECT id FROM push_queue
+                        WHERE user_id = ?1 AND app_id = ?2 AND pushkey = ?3
+                        ORDER BY id DESC LIMIT 1 OFFSET ?4)",
+        )?
+        .execute(params![key.user_id, key.app_id, key.pushkey, keep])?;
+    Ok(aged + over)
+}
+
+/// A user's unread notifications across the rooms they are joined to (the badge).
+pub fn total_unread(c: &Connection, user_id: &str) -> Result<i64, Error> {
+    Ok(c.prepare_cached(
+        "SELECT COALESCE(SUM(u.notifications), 0) FROM unread_counts u
+         JOIN memberships m ON m.room_id = u.room_id AND m.user_id = u.user_id
+         WHERE u.user_id = ?1 AND m.membership = 'join'",
+    )?
+    .query_row(params![user_id], |r| r.get(0))?)
+}
+
 #[cfg(test)]
 mod tests {
     use ruma::push::{Action, HighlightTweakValue, Tweak};

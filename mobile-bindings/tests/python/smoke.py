@@ -46,6 +46,7 @@ def http(method, url, body=None, token=None):
 class Recorder(wm.NodeListener):
     def __init__(self):
         self.states = []
+        self.notifications = []
         self.lock = threading.Lock()
 
     def on_peer_connected(self, server_name):
@@ -57,6 +58,19 @@ class Recorder(wm.NodeListener):
     def on_state_changed(self, state):
         with self.lock:
             self.states.append(state)
+
+    def on_notification(self, notification):
+        with self.lock:
+            self.notifications.append(notification)
+
+    def wait_for_notification(self, timeout=10):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if self.notifications:
+                    return self.notifications[0]
+            time.sleep(0.01)
+        raise AssertionError("listener never got a notification")
 
     def wait_for(self, state, timeout=10):
         deadline = time.monotonic() + timeout
@@ -121,11 +135,31 @@ async def main():
     assert status == 200, (status, reg)
 
     status, room = http(
-        "POST", url + "/_matrix/client/v3/createRoom", {"name": "smoke"}, token=creds.access_token
+        "POST",
+        url + "/_matrix/client/v3/createRoom",
+        {"name": "smoke", "invite": [reg["user_id"]]},
+        token=creds.access_token,
     )
     assert status == 200, (status, room)
     room_id = room["room_id"]
     step(f"created {room_id}")
+
+    # Bob joins and writes: alice's app is told, with no push service in between.
+    status, _ = http("POST", url + f"/_matrix/client/v3/join/{room_id}", {}, token=reg["access_token"])
+    assert status == 200, status
+    status, sent = http(
+        "PUT",
+        url + f"/_matrix/client/v3/rooms/{room_id}/send/m.room.message/smoke1",
+        {"msgtype": "m.text", "body": "hello alice"},
+        token=reg["access_token"],
+    )
+    assert status == 200, (status, sent)
+    note = recorder.wait_for_notification()
+    assert note.user_id == creds.user_id, note
+    assert note.event_id == sent["event_id"], note
+    assert note.body == "hello alice" and note.room_name == "smoke", note
+    assert note.notification_count == 1, note
+    step(f"notification: {note.room_name}: {note.body}")
 
     try:
         await node.ensure_owner_account("alice", "wrong")

@@ -18,6 +18,7 @@ mod federation_sender;
 mod history_visibility;
 mod media;
 mod presence;
+mod push_gateway;
 mod push_rules;
 mod relations;
 mod restricted_joins;
