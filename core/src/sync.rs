@@ -57,27 +57,20 @@ impl Filter {
     /// Check what serde cannot: room lists hold room ids and sender lists user ids
     /// (`400 M_BAD_JSON` otherwise, as Synapse's filter schema answers).
     pub fn validate(&self) -> Result<(), Error> {
-        let rooms = |list: &[String], key: &str| -> Result<(), Error> {
-            match list
-                .iter()
-                .find(|r| ruma::RoomId::parse(r.as_str()).is_err())
-            {
-                Some(bad) => Err(Error::BadJson(format!(
-                    "filter: {key} must hold room ids, not {bad:?}"
-                ))),
-                None => Ok(()),
-            }
+        let check = |list: &[String], key: &str, what: &str, ok: fn(&str) -> bool| match list
+            .iter()
+            .find(|v| !ok(v))
+        {
+            Some(bad) => Err(Error::BadJson(format!(
+                "filter: {key} must hold {what}, not {bad:?}"
+            ))),
+            None => Ok(()),
         };
-        let users = |list: &[String], key: &str| -> Result<(), Error> {
-            match list
-                .iter()
-                .find(|u| ruma::UserId::parse(u.as_str()).is_err())
-            {
-                Some(bad) => Err(Error::BadJson(format!(
-                    "filter: {key} must hold user ids, not {bad:?}"
-                ))),
-                None => Ok(()),
-            }
+        let rooms = |list: &[String], key: &str| {
+            check(list, key, "room ids", |r| ruma::RoomId::parse(r).is_ok())
+        };
+        let users = |list: &[String], key: &str| {
+            check(list, key, "user ids", |u| ruma::UserId::parse(u).is_ok())
         };
         let room = &self.room;
         rooms(room.rooms.as_deref().unwrap_or_default(), "room.rooms")?;

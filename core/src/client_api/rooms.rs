@@ -173,7 +173,7 @@ pub(super) async fn put_state(
     P((room_id, kind, state_key)): P<(String, String, String)>,
     Body(content): Body<Value>,
 ) -> JsonResult {
-    put_state_checked(server, caller, room_id, kind, state_key, content).await
+    put_state_inner(server, caller, room_id, kind, state_key, content).await
 }
 
 /// `PUT /rooms/{roomId}/state/{eventType}` (empty state key).
@@ -183,26 +183,10 @@ pub(super) async fn put_state_empty(
     P((room_id, kind)): P<(String, String)>,
     Body(content): Body<Value>,
 ) -> JsonResult {
-    put_state_checked(server, caller, room_id, kind, String::new(), content).await
+    put_state_inner(server, caller, room_id, kind, String::new(), content).await
 }
 
-/// State PUTs whose content the spec asks the server to check against more than the
-/// auth rules (a canonical alias must exist and point to the room).
-async fn put_state_checked(
-    server: Arc<Server>,
-    caller: Caller,
-    room_id: String,
-    kind: String,
-    state_key: String,
-    content: Value,
-) -> JsonResult {
-    if kind == "m.room.canonical_alias" && state_key.is_empty() {
-        crate::directory::check_canonical_alias(&server, &room_id, &content).await?;
-    }
-    put_state_inner(server, caller, room_id, kind, state_key, content)
-}
-
-fn put_state_inner(
+async fn put_state_inner(
     server: Arc<Server>,
     caller: Caller,
     room_id: String,
@@ -214,6 +198,11 @@ fn put_state_inner(
         return Err(Error::Forbidden(format!(
             "{state_key} is on another node: use /invite, /kick or /ban for them"
         )));
+    }
+    // The spec asks more of a canonical alias than the auth rules do: every alias must
+    // exist and point to the room.
+    if kind == "m.room.canonical_alias" && state_key.is_empty() {
+        crate::directory::check_canonical_alias(&server, &room_id, &content).await?;
     }
     let ev = NewEvent {
         kind,
