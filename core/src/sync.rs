@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::client_api::visibility::{visibility_for, visible_events};
-use crate::client_api::{Caller, RoomEventFilter, client_opts, lazy_members, state_at};
+use crate::client_api::{Caller, RoomEventFilter, client_opts, state_at};
 use crate::e2ee;
 use crate::error::Error;
 use crate::events::{client_event, stripped_state};
@@ -516,29 +516,7 @@ fn joined_room(
                 .filter(|(k, v)| before.get(k) != Some(v))
                 .collect()
         };
-        let wanted = if filter.room.state.lazy_load_members {
-            lazy_filter(wanted, &timeline, &caller.user_id)
-        } else {
-            wanted
-        };
-        let in_timeline: std::collections::HashSet<&str> =
-            timeline.iter().map(|e| e.event_id.as_str()).collect();
-        let ids = wanted
-            .into_values()
-            .filter(|id| !in_timeline.contains(id.as_str()));
-        event_list(c, ids, caller)?
-            .into_iter()
-            .filter(|v| {
-                v["type"].as_str().is_some_and(|t| {
-                    filter
-                        .room
-                        .state
-                        .types
-                        .as_ref()
-                        .is_none_or(|ts| ts.iter().any(|x| x == t))
-                })
-            })
-            .collect()
+        state_section(c, wanted, &timeline, caller, filter)?
     } else {
         Vec::new()
     };
@@ -606,6 +584,40 @@ pub(crate) fn timeline_events(
 }
 
 /// Keep non-member state, plus members who sent timeline events and the user themself.
+/// The `state` section's events for `wanted`: members only as lazy loading asks, none
+/// already in the timeline, only the types the state filter allows.
+fn state_section(
+    c: &Connection,
+    wanted: StateMap,
+    timeline: &[StoredEvent],
+    caller: &Caller,
+    filter: &Filter,
+) -> Result<Vec<Value>, Error> {
+    let wanted = if filter.room.state.lazy_load_members {
+        lazy_filter(wanted, timeline, &caller.user_id)
+    } else {
+        wanted
+    };
+    let in_timeline: std::collections::HashSet<&str> =
+        timeline.iter().map(|e| e.event_id.as_str()).collect();
+    let ids = wanted
+        .into_values()
+        .filter(|id| !in_timeline.contains(id.as_str()));
+    Ok(event_list(c, ids, caller)?
+        .into_iter()
+        .filter(|v| {
+            v["type"].as_str().is_some_and(|t| {
+                filter
+                    .room
+                    .state
+                    .types
+                    .as_ref()
+                    .is_none_or(|ts| ts.iter().any(|x| x == t))
+            })
+        })
+        .collect())
+}
+
 fn lazy_filter(state: StateMap, timeline: &[StoredEvent], me: &str) -> StateMap {
     state
         .into_iter()
@@ -725,29 +737,37 @@ fn left_room(
     filter: &Filter,
 ) -> Result<Value, Error> {
     let limit = filter.room.timeline.limit.unwrap_or(10).clamp(1, 100);
-    let events = storage::room_events(c, room_id, since_pos, leave_pos, limit + 1, true)?;
+    let mut events = storage::room_events(c, room_id, since_pos, leave_pos, limit + 1, true)?;
+    // Limited when events since `since` are left out, filtered or not.
+    let limited = events.len() > limit;
+    events.truncate(limit);
     let mut events = match visibility_for(c, room_id, &caller.user_id) {
         Ok(vis) => visible_events(c, &vis, events)?,
         Err(Error::Forbidden(_)) => Vec::new(),
         Err(e) => return Err(e),
     };
-    let limited = events.len() > limit;
-    events.truncate(limit);
+    events.retain(|e| filter.room.timeline.allows(e));
     events.reverse();
     let start = events
         .first()
         .map(|e| e.stream_ordering - 1)
         .unwrap_or(leave_pos);
-    let state = if limited || since_pos == 0 {
-        let ids = state_at(c, room_id, start)?.into_values();
-        event_list(c, ids, caller)?
+    // As for a joined room: the full state at the timeline's start on an initial sync,
+    // what changed since `since` before a limited timeline, nothing otherwise.
+    let state = if since_pos == 0 || limited {
+        let start_state = state_at(c, room_id, start)?;
+        let wanted: StateMap = if since_pos == 0 {
+            start_state
+        } else {
+            let before = state_at(c, room_id, since_pos)?;
+            start_state
+                .into_iter()
+                .filter(|(k, v)| before.get(k) != Some(v))
+                .collect()
+        };
+        state_section(c, wanted, &events, caller, filter)?
     } else {
         Vec::new()
-    };
-    let members = if filter.room.state.lazy_load_members {
-        lazy_members(c, &state_at(c, room_id, start)?, &events, caller)?
-    } else {
-        state
     };
     Ok(json!({
         "timeline": {
@@ -755,7 +775,7 @@ fn left_room(
             "limited": limited,
             "prev_batch": SyncToken::at(start).to_string(),
         },
-        "state": {"events": members},
+        "state": {"events": state},
         "account_data": {"events": []},
     }))
 }

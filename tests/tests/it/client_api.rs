@@ -733,3 +733,69 @@ async fn membership_and_visibility_edges() -> anyhow::Result<()> {
     anyhow::ensure!(s == 200, "bob saw this before leaving: {s} {v}");
     shutdown_node(node).await
 }
+
+/// The `leave` section: an incremental sync after leaving carries the timeline up to the
+/// leave (limited only when events were left out), an initial sync lists left rooms only
+/// with `include_leave`, and lazy-loading members keeps the room's other state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn left_rooms_in_sync() -> anyhow::Result<()> {
+    let (_dir, node, api, alice, bob, room_id) = node_and_two_users().await?;
+    let (a, b) = (&alice.access_token, &bob.access_token);
+    let r = path_segment(&room_id);
+    let (_, first) = api.get("/sync", b).await?;
+    let since = first["next_batch"].as_str().unwrap_or_default().to_owned();
+    api.send(&room_id, a, "l1", "before the leave").await?;
+    api.post(&format!("/rooms/{r}/leave"), b, json!({})).await?;
+    api.send(&room_id, a, "l2", "after the leave").await?;
+
+    let (_, next) = api
+        .get(&format!("/sync?since={since}&timeout=0"), b)
+        .await?;
+    let left = &next["rooms"]["leave"][&room_id];
+    let timeline = left["timeline"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let bodies: Vec<&str> = timeline
+        .iter()
+        .filter_map(|e| e["content"]["body"].as_str())
+        .collect();
+    anyhow::ensure!(bodies == ["before the leave"], "{left}");
+    anyhow::ensure!(
+        timeline
+            .last()
+            .is_some_and(|e| e["type"] == "m.room.member" && e["content"]["membership"] == "leave"),
+        "the leave ends the timeline: {left}"
+    );
+    anyhow::ensure!(left["timeline"]["limited"] == false, "{left}");
+    anyhow::ensure!(next["rooms"]["join"][&room_id].is_null(), "{next}");
+
+    // A small timeline limit leaves events out: limited, with the state before it.
+    let filter = path_segment(r#"{"room":{"timeline":{"limit":1}}}"#);
+    let (_, small) = api
+        .get(&format!("/sync?since={since}&timeout=0&filter={filter}"), b)
+        .await?;
+    let left = &small["rooms"]["leave"][&room_id];
+    anyhow::ensure!(left["timeline"]["limited"] == true, "{left}");
+    anyhow::ensure!(
+        left["timeline"]["events"].as_array().map(Vec::len) == Some(1),
+        "{left}"
+    );
+
+    // Initial syncs: only with include_leave; lazy members keep the room's name.
+    let (_, initial) = api.get("/sync", b).await?;
+    anyhow::ensure!(initial["rooms"]["leave"][&room_id].is_null(), "{initial}");
+    let filter =
+        path_segment(r#"{"room":{"include_leave":true,"state":{"lazy_load_members":true}}}"#);
+    let (_, with_leave) = api.get(&format!("/sync?filter={filter}"), b).await?;
+    let left = &with_leave["rooms"]["leave"][&room_id];
+    let state = left["state"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    anyhow::ensure!(
+        state.iter().any(|e| e["type"] == "m.room.name"),
+        "lazy loading dropped the room's name: {left}"
+    );
+    shutdown_node(node).await
+}
