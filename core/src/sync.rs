@@ -228,6 +228,26 @@ fn joined_throughout(c: &Connection, event_id: &str, pos: i64) -> Result<bool, E
     Ok(false)
 }
 
+/// The users `user_id` ignores (`m.ignored_user_list` account data).
+fn ignored_users(c: &Connection, user_id: &str) -> Result<Vec<String>, Error> {
+    let Some(raw) = storage::account_data(c, user_id, "", "m.ignored_user_list")? else {
+        return Ok(Vec::new());
+    };
+    let v: Value = serde_json::from_str(&raw).unwrap_or(Value::Null);
+    Ok(v["ignored_users"]
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default())
+}
+
+/// Whether the invite `event_id` was sent by one of `ignored`.
+fn invited_by_ignored(c: &Connection, event_id: &str, ignored: &[String]) -> Result<bool, Error> {
+    if ignored.is_empty() {
+        return Ok(false);
+    }
+    Ok(storage::get_state_event(c, event_id)?.is_some_and(|e| ignored.contains(&e.sender)))
+}
+
 /// Build one response at `now`. Returns the body and whether it carries anything.
 fn build(
     c: &Connection,
@@ -247,6 +267,7 @@ fn build(
     let mut leave = Map::new();
     let mut has_data = false;
 
+    let ignored = ignored_users(c, &caller.user_id)?;
     for (room_id, membership, event_id, mpos) in storage::user_memberships(c, &caller.user_id)? {
         if !room_allowed(&filter.room, &room_id) {
             continue;
@@ -273,6 +294,11 @@ fn build(
                 }
             }
             "invite" if since.is_none() || changed => {
+                // An invite from someone the user ignores is not shown (the spec's
+                // "Ignoring users").
+                if invited_by_ignored(c, &event_id, &ignored)? {
+                    continue;
+                }
                 invite.insert(
                     room_id.clone(),
                     json!({"invite_state": {"events": invite_state(c, &room_id, &event_id)?}}),

@@ -799,3 +799,38 @@ async fn left_rooms_in_sync() -> anyhow::Result<()> {
     );
     shutdown_node(node).await
 }
+
+/// Invites from ignored users are not shown in `/sync`; others are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invites_from_ignored_users_are_hidden() -> anyhow::Result<()> {
+    let (_dir, node, api, alice, bob, _room) = node_and_two_users().await?;
+    let (a, b) = (&alice.access_token, &bob.access_token);
+    let carol = register_raw(&api.http, &api.base, "carol", PW).await?;
+    let (s, v) = api
+        .put(
+            &format!(
+                "/user/{}/account_data/m.ignored_user_list",
+                path_segment(&bob.user_id)
+            ),
+            b,
+            json!({"ignored_users": {alice.user_id.clone(): {}}}),
+        )
+        .await?;
+    anyhow::ensure!(s == 200, "{v}");
+    let invite_bob = async |token: &str| -> anyhow::Result<String> {
+        let (_, created) = api
+            .post("/createRoom", token, json!({"invite": [bob.user_id]}))
+            .await?;
+        Ok(created["room_id"].as_str().unwrap_or_default().to_owned())
+    };
+    let from_alice = invite_bob(a).await?;
+    let from_carol = invite_bob(&carol.access_token).await?;
+    let (_, sync) = api.get("/sync", b).await?;
+    let invites = &sync["rooms"]["invite"];
+    anyhow::ensure!(
+        invites[&from_alice].is_null(),
+        "an ignored user's invite: {invites}"
+    );
+    anyhow::ensure!(!invites[&from_carol].is_null(), "carol's invite: {invites}");
+    shutdown_node(node).await
+}
