@@ -151,10 +151,19 @@ pub fn render<'v>(
         let in_room: Vec<&StoredEvent> = events.iter().filter(|e| e.room_id == room_id).collect();
         bundles.extend(room_bundles(c, room_id, &in_room, opts, vis)?);
     }
-    Ok(events
+    events
         .iter()
-        .map(|e| with_bundle(client_event(e, opts), bundles.get(&e.event_id).cloned()))
-        .collect())
+        .map(|e| {
+            let mut v = with_bundle(client_event(e, opts), bundles.get(&e.event_id).cloned());
+            // MSC4115 (spec v1.11): the viewer's membership at the event.
+            if let Some(vis) = window(&e.room_id)
+                && let Some(unsigned) = v.get_mut("unsigned").and_then(Value::as_object_mut)
+            {
+                unsigned.insert("membership".into(), Value::String(vis.membership_at(c, e)?));
+            }
+            Ok(v)
+        })
+        .collect()
 }
 
 /// [`render`] for events of one room the viewer reads with `vis`.

@@ -609,7 +609,6 @@ pub(crate) fn timeline_events(
     crate::relations::render(c, events, sync_opts(caller), |_| vis.as_ref())
 }
 
-/// Keep non-member state, plus members who sent timeline events and the user themself.
 /// The `state` section's events for `wanted`: members only as lazy loading asks, none
 /// already in the timeline, only the types the state filter allows.
 fn state_section(
@@ -644,6 +643,7 @@ fn state_section(
         .collect())
 }
 
+/// Keep non-member state, plus members who sent timeline events and the user themself.
 fn lazy_filter(state: StateMap, timeline: &[StoredEvent], me: &str) -> StateMap {
     state
         .into_iter()

@@ -104,6 +104,21 @@ impl Visibility {
         })
     }
 
+    /// The user's membership at `ev` (MSC4115's `unsigned.membership`): after the event
+    /// for the user's own member events, before it for the rest; `leave` when none.
+    pub fn membership_at(&self, c: &Connection, ev: &StoredEvent) -> Result<String, Error> {
+        if ev.kind == "m.room.member" && ev.state_key.as_deref() == Some(self.user_id.as_str()) {
+            let v: Value = serde_json::from_str(&ev.json)?;
+            if let Some(m) = v["content"]["membership"].as_str() {
+                return Ok(m.to_owned());
+            }
+        }
+        Ok(self
+            .at(c, ev.state_group_before)?
+            .membership
+            .unwrap_or_else(|| "leave".to_owned()))
+    }
+
     fn at(&self, c: &Connection, group: Option<i64>) -> Result<At, Error> {
         if let Some(at) = self.cache.borrow().get(&group) {
             return Ok(at.clone());

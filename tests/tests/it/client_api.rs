@@ -834,3 +834,70 @@ async fn invites_from_ignored_users_are_hidden() -> anyhow::Result<()> {
     anyhow::ensure!(!invites[&from_carol].is_null(), "carol's invite: {invites}");
     shutdown_node(node).await
 }
+
+/// MSC4115 (spec v1.11): served events carry the viewer's membership at each event in
+/// `unsigned.membership`: `/messages`, `/event` and the `/sync` timeline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn served_events_carry_the_viewers_membership() -> anyhow::Result<()> {
+    let (_dir, node, api, alice, bob, room_id) = node_and_two_users().await?;
+    let (a, b) = (&alice.access_token, &bob.access_token);
+    let r = path_segment(&room_id);
+    let joined = api.send(&room_id, a, "m1", "while bob is here").await?;
+    api.post(&format!("/rooms/{r}/leave"), b, json!({})).await?;
+    api.send(&room_id, a, "m2", "after bob left").await?;
+    let (_, page) = api
+        .get(&format!("/rooms/{r}/messages?dir=b&limit=50"), a)
+        .await?;
+    let membership_of = |page: &Value, body: &str| {
+        page["chunk"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["content"]["body"] == body)
+            .map(|e| e["unsigned"]["membership"].clone())
+    };
+    anyhow::ensure!(
+        membership_of(&page, "after bob left") == Some(json!("join")),
+        "alice is joined: {page}"
+    );
+    let (_, bobs) = api
+        .get(&format!("/rooms/{r}/messages?dir=b&limit=50"), b)
+        .await?;
+    anyhow::ensure!(
+        membership_of(&bobs, "while bob is here") == Some(json!("join")),
+        "{bobs}"
+    );
+    let leave = bobs["chunk"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["type"] == "m.room.member" && e["state_key"] == bob.user_id.as_str())
+        .cloned()
+        .unwrap_or_default();
+    anyhow::ensure!(
+        leave["unsigned"]["membership"] == "leave",
+        "bob's own leave: {leave}"
+    );
+    let (_, ev) = api
+        .get(&format!("/rooms/{r}/event/{}", path_segment(&joined)), b)
+        .await?;
+    anyhow::ensure!(ev["unsigned"]["membership"] == "join", "{ev}");
+    let (_, sync) = api.get("/sync", a).await?;
+    let timeline = sync["rooms"]["join"][&room_id]["timeline"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    // Every event says; before her own join (the create event) alice was not a member.
+    anyhow::ensure!(
+        !timeline.is_empty()
+            && timeline
+                .iter()
+                .all(|e| e["unsigned"]["membership"].is_string())
+            && timeline
+                .iter()
+                .filter(|e| e["type"] == "m.room.message")
+                .all(|e| e["unsigned"]["membership"] == "join"),
+        "{timeline:?}"
+    );
+    shutdown_node(node).await
+}
