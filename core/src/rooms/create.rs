@@ -223,8 +223,7 @@ pub fn create_room(
         )?;
     }
     if let Some(topic) = &req.topic {
-        let content =
-            json!({"topic": topic, "m.topic": [{"mimetype": "text/plain", "body": topic}]});
+        let content = json!({"topic": topic, "m.topic": {"m.text": [{"mimetype": "text/plain", "body": topic}]}});
         append_event(c, server, &room_id, ev("m.room.topic", "", content), None)?;
     }
 

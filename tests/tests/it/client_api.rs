@@ -901,3 +901,28 @@ async fn served_events_carry_the_viewers_membership() -> anyhow::Result<()> {
     );
     shutdown_node(node).await
 }
+
+/// `createRoom`'s `topic` writes the rich form too (spec v1.15 `m.topic`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_room_topic_is_rich() -> anyhow::Result<()> {
+    let (_dir, node, api, alice, _bob, _room) = node_and_two_users().await?;
+    let a = &alice.access_token;
+    let (_, created) = api
+        .post("/createRoom", a, json!({"topic": "plans for saturday"}))
+        .await?;
+    let room = created["room_id"].as_str().unwrap_or_default().to_owned();
+    let (s, topic) = api
+        .get(
+            &format!("/rooms/{}/state/m.room.topic", path_segment(&room)),
+            a,
+        )
+        .await?;
+    anyhow::ensure!(
+        s == 200
+            && topic["topic"] == "plans for saturday"
+            && topic["m.topic"]["m.text"]
+                == json!([{"mimetype": "text/plain", "body": "plans for saturday"}]),
+        "{topic}"
+    );
+    shutdown_node(node).await
+}
