@@ -31,6 +31,9 @@ const TEMPLATE: &str = r#"# Warren node configuration. Every key is optional; th
 # Largest media upload, in bytes.
 # max_upload_bytes = 52428800
 
+# Version of rooms created without one (10, 11 or 12).
+# default_room_version = "12"
+
 # Log level (error, warn, info, debug, trace, off, or a filter such as
 # "info,warren_p2p=debug") and format ("text" or "json").
 # log_level = "info"
@@ -342,6 +345,7 @@ pub struct FileConfig {
     pub registration: Option<Registration>,
     pub registration_tokens: Option<Vec<String>>,
     pub max_upload_bytes: Option<u64>,
+    pub default_room_version: Option<String>,
     pub log_level: Option<String>,
     pub log_format: Option<FileLogFormat>,
     #[serde(default)]
@@ -416,6 +420,14 @@ pub fn parse(text: &str) -> anyhow::Result<FileConfig> {
         if v == Some(0) {
             bail!("media.{key} must be at least 1");
         }
+    }
+    if let Some(v) = &config.default_room_version
+        && !warren_core::events::SUPPORTED_ROOM_VERSIONS.contains(&v.as_str())
+    {
+        bail!(
+            "default_room_version {v:?} is not one this build supports ({})",
+            warren_core::events::SUPPORTED_ROOM_VERSIONS.join(", ")
+        );
     }
     let voip = &config.voip;
     for uri in voip.turn_uris.iter().flatten() {
@@ -525,6 +537,15 @@ mod tests {
         assert!(e.contains("media.remote_cache_bytes"), "{e}");
         let e = err("[media]\nprefech = false\n");
         assert!(e.contains("prefech"), "{e}");
+    }
+
+    #[test]
+    fn default_room_version_is_checked() {
+        assert!(parse("default_room_version = \"11\"\n").is_ok());
+        let e = parse("default_room_version = \"2\"\n")
+            .map(|_| ())
+            .expect_err("version 2 is not supported");
+        assert!(format!("{e:#}").contains("default_room_version"), "{e:#}");
     }
 
     #[test]

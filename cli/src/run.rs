@@ -107,6 +107,9 @@ pub fn run(
     if let Some(max) = file.max_upload_bytes {
         config.max_upload_bytes = max;
     }
+    if let Some(v) = &file.default_room_version {
+        config.default_room_version = v.clone();
+    }
     file.limits.apply(&mut config);
     file.media.apply(&mut config);
     file.voip.apply(&mut config);

@@ -45,6 +45,9 @@ pub struct Config {
     pub outbox: OutboxLimits,
     /// The cache and prefetching of other nodes' media; see [`MediaConfig`].
     pub media: MediaConfig,
+    /// The version of rooms created without one (`createRoom`, `/capabilities`); one of
+    /// [`SUPPORTED_ROOM_VERSIONS`](crate::events::SUPPORTED_ROOM_VERSIONS).
+    pub default_room_version: String,
     /// TURN servers for calls and the MatrixRTC focus; see [`VoipConfig`].
     pub voip: VoipConfig,
     /// Delivery to push gateways (http pushers); see [`PushConfig`].
@@ -208,6 +211,7 @@ impl Config {
             connections: ConnectionLimits::default(),
             outbox: OutboxLimits::default(),
             media: MediaConfig::default(),
+            default_room_version: crate::events::DEFAULT_ROOM_VERSION.to_owned(),
             voip: VoipConfig::default(),
             push: PushConfig::default(),
         }

@@ -90,6 +90,13 @@ fn lock_data_dir(config: &Config) -> Result<File, StartError> {
 impl Node {
     /// Open the data directory, bind the client API and start serving.
     pub async fn start(config: Config) -> Result<Node, StartError> {
+        if !crate::events::SUPPORTED_ROOM_VERSIONS.contains(&config.default_room_version.as_str()) {
+            return Err(StartError::Other(format!(
+                "default room version {:?} is not supported (supported: {})",
+                config.default_room_version,
+                crate::events::SUPPORTED_ROOM_VERSIONS.join(", ")
+            )));
+        }
         let identity = Identity::load_or_create(&config.data_dir)?;
         let lock = lock_data_dir(&config)?;
         let db = Db::open(&config.database_path())?;

@@ -4,7 +4,7 @@ use axum::Json;
 use serde_json::{Value, json};
 
 use super::extract::Auth;
-use crate::events::{DEFAULT_ROOM_VERSION, SUPPORTED_ROOM_VERSIONS};
+use crate::events::SUPPORTED_ROOM_VERSIONS;
 
 /// `GET /_matrix/client/versions`.
 pub(super) async fn versions() -> Json<Value> {
@@ -17,7 +17,10 @@ pub(super) async fn versions() -> Json<Value> {
 }
 
 /// `GET /capabilities`.
-pub(super) async fn capabilities(Auth(_caller): Auth) -> Json<Value> {
+pub(super) async fn capabilities(
+    axum::extract::State(server): axum::extract::State<std::sync::Arc<crate::server::Server>>,
+    Auth(_caller): Auth,
+) -> Json<Value> {
     let available: serde_json::Map<String, Value> = SUPPORTED_ROOM_VERSIONS
         .iter()
         .map(|v| ((*v).to_owned(), json!("stable")))
@@ -25,7 +28,7 @@ pub(super) async fn capabilities(Auth(_caller): Auth) -> Json<Value> {
     Json(json!({
         "capabilities": {
             "m.change_password": {"enabled": true},
-            "m.room_versions": {"default": DEFAULT_ROOM_VERSION, "available": available},
+            "m.room_versions": {"default": server.config.default_room_version, "available": available},
             "m.set_displayname": {"enabled": true},
             "m.set_avatar_url": {"enabled": true},
             "m.3pid_changes": {"enabled": false},

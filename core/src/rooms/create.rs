@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use super::append::{append_create, append_event};
 use crate::error::Error;
-use crate::events::{DEFAULT_ROOM_VERSION, NewEvent, rules_for};
+use crate::events::{NewEvent, rules_for};
 use crate::server::Server;
 use crate::storage;
 
@@ -47,7 +47,7 @@ pub fn create_room(
     let version = req
         .room_version
         .clone()
-        .unwrap_or_else(|| DEFAULT_ROOM_VERSION.to_owned());
+        .unwrap_or_else(|| server.config.default_room_version.clone());
     let (_, rules) = rules_for(&version)?;
     let alias = match &req.alias_localpart {
         Some(local) => {

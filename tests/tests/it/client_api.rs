@@ -926,3 +926,43 @@ async fn create_room_topic_is_rich() -> anyhow::Result<()> {
     );
     shutdown_node(node).await
 }
+
+/// `default_room_version` decides the version of rooms created without one, and
+/// `/capabilities` says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_room_version_is_configurable() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut config = test_config(dir.path());
+    config.default_room_version = "11".into();
+    let node = start_node_with(config).await?;
+    let api = Api {
+        http: http_client()?,
+        base: node.client_url(),
+    };
+    let alice = register_raw(&api.http, &api.base, "alice", PW).await?;
+    let a = &alice.access_token;
+    let (_, caps) = api.get("/capabilities", a).await?;
+    anyhow::ensure!(
+        caps["capabilities"]["m.room_versions"]["default"] == "11",
+        "{caps}"
+    );
+    let (_, created) = api.post("/createRoom", a, json!({})).await?;
+    let room = created["room_id"].as_str().unwrap_or_default().to_owned();
+    let (_, create) = api
+        .get(
+            &format!("/rooms/{}/state/m.room.create", path_segment(&room)),
+            a,
+        )
+        .await?;
+    anyhow::ensure!(create["room_version"] == "11", "{create}");
+    shutdown_node(node).await?;
+
+    let dir = tempfile::tempdir()?;
+    let mut config = test_config(dir.path());
+    config.default_room_version = "2".into();
+    anyhow::ensure!(
+        warren_core::Node::start(config).await.is_err(),
+        "an unsupported default room version must not start"
+    );
+    Ok(())
+}
