@@ -304,6 +304,28 @@ mod tests {
     }
 
     #[test]
+    fn the_largest_queues_are_listed_up_to_the_limit_with_the_total() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = super::super::Db::open(&dir.path().join("warren.db")).expect("open");
+        db.write(|c| {
+            for (dest, n) in [("a", 1), ("b", 3), ("c", 2)] {
+                for i in 0..n {
+                    enqueue_edu(
+                        c,
+                        dest,
+                        &json!({"edu_type": "m.typing", "content": {"n": i}}),
+                    )?;
+                }
+            }
+            Ok(())
+        })
+        .expect("queue");
+        let (top, total) = db.read(|c| outbox_largest_depths(c, 2)).expect("depths");
+        assert_eq!(top, vec![("b".to_owned(), 3), ("c".to_owned(), 2)]);
+        assert_eq!(total, 3);
+    }
+
+    #[test]
     fn a_destination_queue_is_trimmed_to_its_newest_rows_and_by_age() {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = super::super::Db::open(&dir.path().join("warren.db")).expect("open");

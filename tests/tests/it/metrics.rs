@@ -312,3 +312,63 @@ async fn metrics_parse_count_requests_by_template_and_need_the_admin_token() -> 
     }
     Ok(())
 }
+
+/// Scrapes `node`'s metrics with its admin token and parses them.
+async fn scrape(dir: &std::path::Path, base: &str) -> anyhow::Result<Vec<Sample>> {
+    let token = std::fs::read_to_string(dir.join(warren_core::admin::TOKEN_FILE))?;
+    let text = http_client()?
+        .get(format!(
+            "{}/_warren/admin/v1/metrics",
+            base.trim_end_matches('/')
+        ))
+        .bearer_auth(token.trim())
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    parse(&text).with_context(|| text.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn federation_requests_and_peers_are_counted() -> anyhow::Result<()> {
+    let (da, db) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let a = start_federated_node(da.path()).await?;
+    let b = start_federated_node(db.path()).await?;
+    connect_nodes(&a, &b).await?;
+    let r = warren_core::federation::client::request(
+        b.node.server(),
+        &a.name(),
+        http::Method::GET,
+        "/_matrix/federation/v1/version",
+        None,
+    )
+    .await?;
+    ensure!(r.status() == 200, "version: {}", r.status());
+
+    let samples = scrape(da.path(), &a.node.client_url()).await?;
+    let counted = find(
+        &samples,
+        "warren_http_requests_total",
+        &[
+            ("api", "federation"),
+            ("endpoint", "/_matrix/federation/v1/version"),
+            ("method", "GET"),
+            ("status", "200"),
+        ],
+    )
+    .context("federation request not counted")?;
+    ensure!(counted.value >= 1.0, "{counted:?}");
+    let peers = find(&samples, "warren_peers_connected", &[]).context("peers")?;
+    ensure!(peers.value >= 1.0, "{peers:?}");
+    let queues = samples
+        .iter()
+        .filter(|s| s.name == "warren_federation_queue_depth")
+        .count();
+    ensure!(
+        queues <= warren_core::metrics::MAX_QUEUE_DESTINATIONS,
+        "{queues} queue series"
+    );
+    a.stop().await?;
+    b.stop().await
+}
