@@ -3,14 +3,16 @@
 //! Served by the admin API at `GET /_warren/admin/v1/metrics` in the Prometheus text
 //! exposition format 0.0.4 (see `docs/operations.md` for every name and label).
 //!
-//! Counting costs a request an uncontended lock on a bounded map (no allocation once
-//! its series exists); an event persisted costs one atomic add. Counters are per
+//! Counting costs a request a short lock on a bounded map, looked up by the template's
+//! `&str` (no allocation once its series exist); an event persisted costs one atomic add. Counters are per
 //! process: a process normally runs one node (tests that start several share them).
 //!
 //! Label sets are bounded: `endpoint` is the matched route template (never the raw
 //! path), `unmatched` for paths no route knows; `method` is one of seven names or
-//! `other`; `status` is a number below 1000. On top of that, at most [`MAX_SERIES`]
-//! request series exist; a new one past that is counted under `endpoint="overflow"`.
+//! `other`; `status` is a number below 1000. On top of that, at most about
+//! [`MAX_SERIES`] request series and as many histograms exist (2 × [`MAX_SERIES`] in
+//! all); a request that would need a new one past that is counted under
+//! `endpoint="overflow"`.
 //! The federation queue reports at most [`MAX_QUEUE_DESTINATIONS`] destinations.
 
 use std::collections::HashMap;
@@ -78,12 +80,20 @@ impl Histogram {
     }
 }
 
-type RequestKey = (Api, String, &'static str, u16);
+/// One route template's series.
+#[derive(Default)]
+struct Endpoint {
+    requests: HashMap<(Api, &'static str, u16), u64>,
+    durations: HashMap<Api, Histogram>,
+}
 
 #[derive(Default)]
 struct Http {
-    requests: HashMap<RequestKey, u64>,
-    durations: HashMap<(Api, String), Histogram>,
+    /// By route template: a lookup by `&str`, so counting allocates only for a new
+    /// series.
+    endpoints: HashMap<String, Endpoint>,
+    /// Request series and histograms, in all.
+    series: usize,
 }
 
 static HTTP: LazyLock<Mutex<Http>> = LazyLock::new(|| Mutex::new(Http::default()));
@@ -103,6 +113,44 @@ fn method_label(method: &http::Method) -> &'static str {
     }
 }
 
+impl Http {
+    /// Whether the series exist already (a new one is allowed below the bound).
+    fn has(&self, endpoint: &str, api: Api, method: &'static str, status: u16) -> bool {
+        self.endpoints.get(endpoint).is_some_and(|e| {
+            e.requests.contains_key(&(api, method, status)) && e.durations.contains_key(&api)
+        })
+    }
+
+    fn record(&mut self, endpoint: &str, api: Api, method: &'static str, status: u16, s: f64) {
+        let full = self.series + 2 > 2 * MAX_SERIES;
+        let endpoint = if full && !self.has(endpoint, api, method, status) {
+            OVERFLOW
+        } else {
+            endpoint
+        };
+        if !self.endpoints.contains_key(endpoint) {
+            self.endpoints
+                .insert(endpoint.to_owned(), Endpoint::default());
+        }
+        let Some(e) = self.endpoints.get_mut(endpoint) else {
+            return;
+        };
+        let mut added = 0;
+        *e.requests.entry((api, method, status)).or_insert_with(|| {
+            added += 1;
+            0
+        }) += 1;
+        e.durations
+            .entry(api)
+            .or_insert_with(|| {
+                added += 1;
+                Histogram::default()
+            })
+            .observe(s);
+        self.series += added;
+    }
+}
+
 /// Count one request: `endpoint` is the matched route template, `None` when no route
 /// matched.
 pub fn record_request(
@@ -115,26 +163,10 @@ pub fn record_request(
     let endpoint = endpoint.unwrap_or(UNMATCHED);
     let method = method_label(method);
     let status = status.min(999);
-    let mut http = HTTP.lock().unwrap_or_else(|e| e.into_inner());
-    let key = (api, endpoint.to_owned(), method, status);
-    let full = http.requests.len() >= MAX_SERIES;
-    let key = if full && !http.requests.contains_key(&key) {
-        (api, OVERFLOW.to_owned(), method, status)
-    } else {
-        key
-    };
-    *http.requests.entry(key).or_default() += 1;
-    let hkey = (api, endpoint.to_owned());
-    let full = http.durations.len() >= MAX_SERIES;
-    let hkey = if full && !http.durations.contains_key(&hkey) {
-        (api, OVERFLOW.to_owned())
-    } else {
-        hkey
-    };
-    http.durations
-        .entry(hkey)
-        .or_default()
-        .observe(elapsed.as_secs_f64());
+    let seconds = elapsed.as_secs_f64();
+    HTTP.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .record(endpoint, api, method, status, seconds);
 }
 
 /// Count an event written to the database: `local` when this node created it.
@@ -222,16 +254,21 @@ pub fn format_value(v: f64) -> String {
     }
 }
 
+type RequestKey = (Api, String, &'static str, u16);
+
 fn encode_http(enc: &mut Encoder) {
     let (mut requests, mut durations) = {
         let http = HTTP.lock().unwrap_or_else(|e| e.into_inner());
-        let requests: Vec<(RequestKey, u64)> =
-            http.requests.iter().map(|(k, v)| (k.clone(), *v)).collect();
-        let durations: Vec<((Api, String), Histogram)> = http
-            .durations
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let mut requests: Vec<(RequestKey, u64)> = Vec::new();
+        let mut durations: Vec<((Api, String), Histogram)> = Vec::new();
+        for (endpoint, e) in &http.endpoints {
+            for ((api, method, status), n) in &e.requests {
+                requests.push(((*api, endpoint.clone(), method, *status), *n));
+            }
+            for (api, h) in &e.durations {
+                durations.push(((*api, endpoint.clone()), h.clone()));
+            }
+        }
         (requests, durations)
     };
     requests.sort_by(|a, b| a.0.cmp(&b.0));
@@ -416,5 +453,28 @@ mod tests {
         assert_eq!(method_label(&http::Method::GET), "GET");
         let odd = http::Method::from_bytes(b"BREW").expect("method");
         assert_eq!(method_label(&odd), "other");
+    }
+}
+
+#[cfg(test)]
+mod bound_tests {
+    use super::*;
+
+    #[test]
+    fn series_past_the_bound_go_to_overflow() {
+        let mut http = Http::default();
+        for i in 0..MAX_SERIES + 10 {
+            http.record(&format!("/r/{i}"), Api::Client, "GET", 200, 0.01);
+        }
+        assert!(http.series <= 2 * MAX_SERIES + 2, "{}", http.series);
+        assert!(http.endpoints.len() <= MAX_SERIES + 1);
+        let overflow = http.endpoints.get(OVERFLOW).expect("overflow");
+        assert_eq!(overflow.requests[&(Api::Client, "GET", 200)], 10);
+        // An existing series still counts under its own template.
+        http.record("/r/0", Api::Client, "GET", 200, 0.01);
+        assert_eq!(
+            http.endpoints["/r/0"].requests[&(Api::Client, "GET", 200)],
+            2
+        );
     }
 }

@@ -34,12 +34,9 @@ pub async fn log_federation_request(request: Request, next: Next) -> Response {
 
 async fn log(api: Api, request: Request, next: Next) -> Response {
     // The template, never the path: the metrics' labels stay bounded.
-    let endpoint = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_owned());
+    let endpoint = request.extensions().get::<MatchedPath>().cloned();
     let api = match &endpoint {
-        Some(e) if e.starts_with("/_warren/admin/") => Api::Admin,
+        Some(e) if e.as_str().starts_with("/_warren/admin/") => Api::Admin,
         _ => api,
     };
     let id = format!("{:x}", NEXT_ID.fetch_add(1, Ordering::Relaxed));
@@ -50,7 +47,13 @@ async fn log(api: Api, request: Request, next: Next) -> Response {
     let mut response = next.run(request).instrument(span.clone()).await;
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
-    crate::metrics::record_request(api, endpoint.as_deref(), &method, status, elapsed);
+    crate::metrics::record_request(
+        api,
+        endpoint.as_ref().map(MatchedPath::as_str),
+        &method,
+        status,
+        elapsed,
+    );
     let ms = elapsed.as_secs_f64() * 1000.0;
     span.in_scope(|| {
         if status >= 400 {
