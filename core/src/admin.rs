@@ -63,6 +63,7 @@ pub fn routes(server: Arc<Server>) -> Router<Arc<Server>> {
         )
         .route("/_warren/admin/v1/rooms", get(rooms))
         .route("/_warren/admin/v1/reports", get(reports))
+        .route("/_warren/admin/v1/metrics", get(metrics))
         .route_layer(axum::middleware::from_fn_with_state(server, require_admin))
 }
 
@@ -339,4 +340,14 @@ async fn reports(
         body["next_token"] = json!(n);
     }
     Ok(Json(body))
+}
+
+/// Prometheus text exposition format 0.0.4 (see [`crate::metrics`]).
+async fn metrics(State(server): State<Arc<Server>>) -> Result<Response, Error> {
+    let body = crate::metrics::render(&server).await?;
+    Ok((
+        [(http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        body,
+    )
+        .into_response())
 }

@@ -17,6 +17,7 @@ pub mod events;
 pub mod federation;
 pub mod identity;
 pub mod media;
+pub mod metrics;
 pub mod node;
 pub mod openid;
 pub mod password;

@@ -128,7 +128,7 @@ pub fn router(server: Arc<Server>) -> Router {
         .merge(signed)
         .fallback(unrecognized)
         .layer(axum::middleware::from_fn(
-            crate::client_api::request_log::log_request,
+            crate::client_api::request_log::log_federation_request,
         ))
         .with_state(server)
 }

@@ -397,6 +397,7 @@ pub(super) fn persist_accepted(c: &Connection, a: Accepted<'_>) -> Result<i64, E
         room_state_group: room_group,
     };
     storage::insert_event(c, &stored)?;
+    crate::metrics::event_persisted(true);
     // Full-text search: same transaction, so the index never lags the timeline.
     storage::index_event(c, &stored)?;
     // Relationships (edits, threads, references): same transaction, for the same reason.

@@ -765,6 +765,7 @@ impl Room<'_> {
             room_state_group: None,
         };
         storage::insert_event(c, &stored)?;
+        crate::metrics::event_persisted(false);
         // History is searchable like the rest (search orders it below live events).
         storage::index_event(c, &stored)?;
         // Edits, reactions and thread replies from before the join count in bundled
@@ -930,7 +931,9 @@ impl Room<'_> {
             state_group_after: group_after,
             room_state_group: None,
         };
-        storage::insert_event(self.c, &stored)
+        storage::insert_event(self.c, &stored)?;
+        crate::metrics::event_persisted(false);
+        Ok(())
     }
 }
 

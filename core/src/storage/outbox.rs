@@ -146,6 +146,28 @@ pub fn outbox_depth(c: &Connection, destination: &str) -> Result<i64, Error> {
     )?)
 }
 
+/// The `limit` largest queues (destination, rows), largest first, and how many
+/// destinations have anything queued: one grouped scan of the (trimmed) outbox.
+pub fn outbox_largest_depths(
+    c: &Connection,
+    limit: usize,
+) -> Result<(Vec<(String, i64)>, i64), Error> {
+    let mut stmt = c.prepare_cached(
+        "SELECT destination, count(*) AS n FROM federation_outbox
+         GROUP BY destination ORDER BY n DESC, destination",
+    )?;
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    let mut total = 0;
+    while let Some(r) = rows.next()? {
+        total += 1;
+        if out.len() < limit {
+            out.push((r.get(0)?, r.get(1)?));
+        }
+    }
+    Ok((out, total))
+}
+
 /// The oldest rows for `destination`: at most `max_pdus` PDUs and `max_edus` EDUs, in
 /// queue order. A PDU whose event is gone (cannot happen today; defensive) is skipped
 /// but its row still returned so it is cleared.
@@ -279,6 +301,28 @@ mod tests {
         assert_eq!(gone, 1);
         assert!(!db.read(|c| outbox_has_pdu(c, "b", "$e")).expect("has"));
         assert!(db.read(|c| outbox_has_pdu(c, "c", "$e")).expect("has"));
+    }
+
+    #[test]
+    fn the_largest_queues_are_listed_up_to_the_limit_with_the_total() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = super::super::Db::open(&dir.path().join("warren.db")).expect("open");
+        db.write(|c| {
+            for (dest, n) in [("a", 1), ("b", 3), ("c", 2)] {
+                for i in 0..n {
+                    enqueue_edu(
+                        c,
+                        dest,
+                        &json!({"edu_type": "m.typing", "content": {"n": i}}),
+                    )?;
+                }
+            }
+            Ok(())
+        })
+        .expect("queue");
+        let (top, total) = db.read(|c| outbox_largest_depths(c, 2)).expect("depths");
+        assert_eq!(top, vec![("b".to_owned(), 3), ("c".to_owned(), 2)]);
+        assert_eq!(total, 3);
     }
 
     #[test]

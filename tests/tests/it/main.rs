@@ -17,6 +17,7 @@ mod federation_receive;
 mod federation_sender;
 mod history_visibility;
 mod media;
+mod metrics;
 mod presence;
 mod push_gateway;
 mod push_rules;
