@@ -133,7 +133,16 @@ pub async fn connect_nodes(a: &FederatedNode, b: &FederatedNode) -> anyhow::Resu
         .next()
         .context("node b has no listen address")?;
     a.p2p.dial(addr).await?;
-    Ok(())
+    // The dial returns once `a` holds the connection; `b` may register it a moment
+    // later. Requests either way need both sides to know it.
+    let (a_name, b_name) = (a.name(), b.name());
+    wait_until(WAIT, "both nodes see the connection", async || {
+        let knows = |peers: Vec<warren_p2p::PeerInfo>, name: &str| {
+            peers.iter().any(|p| p.server_name.as_deref() == Some(name))
+        };
+        Ok(knows(a.p2p.peers().await?, &b_name) && knows(b.p2p.peers().await?, &a_name))
+    })
+    .await
 }
 
 /// Shuts a node down, failing if that takes longer than [`WAIT`].

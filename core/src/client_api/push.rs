@@ -213,6 +213,6 @@ pub(super) async fn set_pusher(
     Auth(caller): Auth,
     Body(body): Body<Value>,
 ) -> JsonResult {
-    push::set_pusher(&server, &caller.user_id, &body)?;
+    push::set_pusher(&server, &caller.user_id, &caller.device_id, &body)?;
     Ok(Json(json!({})))
 }

@@ -93,7 +93,7 @@ async fn a_failing_gateways_queue_keeps_its_bound() {
     let pusher = json!({"kind": "http", "app_id": "a", "pushkey": "k",
         "data": {"url": "http://127.0.0.1:1/_matrix/push/v1/notify"}});
     f.server
-        .write(|tx| storage::set_pusher(tx, &f.bob, "a", "k", &pusher.to_string(), 0))
+        .write(|tx| storage::set_pusher(tx, &f.bob, "DEV", "a", "k", &pusher.to_string(), 0))
         .expect("pusher");
     let key = PusherKey {
         user_id: f.bob.clone(),

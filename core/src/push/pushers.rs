@@ -77,8 +77,15 @@ fn checked_pusher(body: &Value) -> Result<Value, Error> {
     Ok(Value::Object(pusher))
 }
 
-/// `POST /pushers/set`: add, replace, or (`kind: null`) delete a pusher.
-pub fn set_pusher(server: &Server, user_id: &str, body: &Value) -> Result<(), Error> {
+/// `POST /pushers/set`: add, replace, or (`kind: null`) delete a pusher. The pusher
+/// belongs to `device_id`, the device that set it: it goes when that device goes (a
+/// logout, a password change that logs out the other devices).
+pub fn set_pusher(
+    server: &Server,
+    user_id: &str,
+    device_id: &str,
+    body: &Value,
+) -> Result<(), Error> {
     let app_id = string(body, "app_id", MAX_APP_ID)?.to_owned();
     let pushkey = string(body, "pushkey", MAX_PUSHKEY)?.to_owned();
     if body.get("kind").is_some_and(Value::is_null) {
@@ -92,7 +99,7 @@ pub fn set_pusher(server: &Server, user_id: &str, body: &Value) -> Result<(), Er
             // The spec: without `append`, this key now belongs to this user only.
             storage::delete_other_users_pushers(tx, user_id, &app_id, &pushkey)?;
         }
-        storage::set_pusher(tx, user_id, &app_id, &pushkey, &pusher, now_ms())
+        storage::set_pusher(tx, user_id, device_id, &app_id, &pushkey, &pusher, now_ms())
     })
 }
 

@@ -682,6 +682,13 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX push_queue_by_pusher ON push_queue(user_id, app_id, pushkey, id);
     "#,
+    // 22: which device set a pusher, so the pusher goes when the device does (a logout,
+    // a password change logging out the other devices). Pushers set before this
+    // version have none and stay until removed.
+    r#"
+    ALTER TABLE pushers ADD COLUMN device_id TEXT;
+    CREATE INDEX pushers_by_device ON pushers(user_id, device_id);
+    "#,
 ];
 
 /// The schema version this build writes.

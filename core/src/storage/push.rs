@@ -308,16 +308,26 @@ pub fn notifications(
 pub fn set_pusher(
     c: &Connection,
     user_id: &str,
+    device_id: &str,
     app_id: &str,
     pushkey: &str,
     pusher: &str,
     now: i64,
 ) -> Result<(), Error> {
     c.execute(
-        "INSERT INTO pushers (user_id, app_id, pushkey, pusher, created_ts) VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT (user_id, app_id, pushkey) DO UPDATE SET pusher = excluded.pusher",
-        params![user_id, app_id, pushkey, pusher, now],
+        "INSERT INTO pushers (user_id, app_id, pushkey, pusher, created_ts, device_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (user_id, app_id, pushkey)
+         DO UPDATE SET pusher = excluded.pusher, device_id = excluded.device_id",
+        params![user_id, app_id, pushkey, pusher, now, device_id],
     )?;
+    Ok(())
+}
+
+/// Remove the pushers a device set (the device is gone).
+pub fn delete_device_pushers(c: &Connection, user_id: &str, device_id: &str) -> Result<(), Error> {
+    c.prepare_cached("DELETE FROM pushers WHERE user_id = ?1 AND device_id = ?2")?
+        .execute(params![user_id, device_id])?;
     Ok(())
 }
 

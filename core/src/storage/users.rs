@@ -163,6 +163,9 @@ pub fn delete_device(c: &Connection, user_id: &str, device_id: &str) -> Result<b
         "DELETE FROM devices WHERE user_id = ?1 AND device_id = ?2",
         params![user_id, device_id],
     )? > 0;
+    // Its pushers go with it (the spec, for a password change that logs out the
+    // other devices; Synapse, for every logout).
+    super::delete_device_pushers(c, user_id, device_id)?;
     if removed {
         super::delete_signatures_on(c, user_id, device_id)?;
         super::mark_device_changed(c, user_id, Some(device_id))?;

@@ -966,3 +966,59 @@ async fn the_default_room_version_is_configurable() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A pusher belongs to the device that set it: a password change that logs out the
+/// other devices removes theirs, and the changing device keeps its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_change_removes_the_other_devices_pushers() -> anyhow::Result<()> {
+    let (_dir, node, api, alice, _bob, _room) = node_and_two_users().await?;
+    let a = &alice.access_token;
+    let (s, login) = api
+        .post(
+            "/login",
+            "",
+            json!({"type": "m.login.password", "identifier": {"type": "m.id.user",
+                   "user": "alice"}, "password": PW}),
+        )
+        .await?;
+    anyhow::ensure!(s == 200, "login: {login}");
+    let phone = login["access_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let pusher = |key: &str| {
+        json!({"kind": "http", "app_id": "org.example.app", "pushkey": key,
+               "app_display_name": "App", "device_display_name": "Device", "lang": "en",
+               "data": {"url": "http://127.0.0.1:9/_matrix/push/v1/notify"}})
+    };
+    for (token, key) in [(a.as_str(), "laptop-key"), (phone.as_str(), "phone-key")] {
+        let (s, v) = api.post("/pushers/set", token, pusher(key)).await?;
+        anyhow::ensure!(s == 200, "{v}");
+    }
+    let keys = async || -> anyhow::Result<Vec<String>> {
+        let (_, v) = api.get("/pushers", a).await?;
+        let mut keys: Vec<String> = v["pushers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["pushkey"].as_str().map(str::to_owned))
+            .collect();
+        keys.sort();
+        Ok(keys)
+    };
+    anyhow::ensure!(keys().await? == ["laptop-key", "phone-key"]);
+    let (s, v) = api
+        .post(
+            "/account/password",
+            a,
+            json!({"new_password": "a new passphrase", "auth": {"type": "m.login.password",
+                   "identifier": {"type": "m.id.user", "user": "alice"}, "password": PW}}),
+        )
+        .await?;
+    anyhow::ensure!(s == 200, "password change: {v}");
+    anyhow::ensure!(
+        keys().await? == ["laptop-key"],
+        "the logged-out phone's pusher stayed"
+    );
+    shutdown_node(node).await
+}
