@@ -119,7 +119,7 @@ pub fn is_retry(
 }
 
 /// The current state event a state event would replace, when it is the same: same
-/// type and state key, same sender, same content. Sending it again would change
+/// type and state key, same sender (who is joined), same content. Sending it again would change
 /// nothing, so the existing event stands for it (as Synapse deduplicates state).
 pub fn unchanged_state(
     c: &Connection,
@@ -141,7 +141,14 @@ pub fn unchanged_state(
     if current.sender != ev.sender || current.redacted_by.is_some() || !joined {
         return Ok(None);
     }
-    let json: Value = serde_json::from_str(&current.json)?;
+    let mut json: Value = serde_json::from_str(&current.json)?;
+    // A restricted join's authorising user is only needed to get in, never to stay:
+    // a repeated join without it is the same join.
+    if ev.kind == "m.room.member"
+        && let Some(content) = json.get_mut("content").and_then(Value::as_object_mut)
+    {
+        content.remove("join_authorised_via_users_server");
+    }
     Ok((json.get("content") == Some(&ev.content)).then_some(id))
 }
 

@@ -188,49 +188,25 @@ fn join_local(
     user_id: &str,
     content: Map<String, Value>,
 ) -> Result<String, Error> {
-    let mut content = join_content(tx, user_id, content)?;
-    if let Some(existing) = unchanged_join(tx, room_id, user_id, &content)? {
+    let mut ev = NewEvent {
+        kind: "m.room.member".into(),
+        state_key: Some(user_id.to_owned()),
+        content: Value::Object(join_content(tx, user_id, content)?),
+        sender: user_id.to_owned(),
+        redacts: None,
+    };
+    // Already joined with this content: nothing to send.
+    if let Some(existing) = super::unchanged_state(tx, room_id, &ev)? {
         return Ok(existing);
     }
     // The join rule decides in the same transaction the event is built in; a restricted
     // room names a local user with power to invite (the auth rules check it).
-    if let JoinPolicy::Authorised(via) = check_join(tx, server.server_name(), room_id, user_id)? {
+    if let JoinPolicy::Authorised(via) = check_join(tx, server.server_name(), room_id, user_id)?
+        && let Some(content) = ev.content.as_object_mut()
+    {
         content.insert("join_authorised_via_users_server".into(), json!(via));
     }
-    let ev = NewEvent {
-        kind: "m.room.member".into(),
-        state_key: Some(user_id.to_owned()),
-        content: Value::Object(content),
-        sender: user_id.to_owned(),
-        redacts: None,
-    };
     Ok(super::append_event(tx, server, room_id, ev, None)?.event_id)
-}
-
-/// The user's current join event when it already says what a new join would: the same
-/// content, sent by the user. (`join_authorised_via_users_server` is left out of the
-/// comparison: it is only needed to get in, never to stay.)
-fn unchanged_join(
-    c: &Connection,
-    room_id: &str,
-    user_id: &str,
-    content: &Map<String, Value>,
-) -> Result<Option<String>, Error> {
-    let Some(id) = storage::current_state_event(c, room_id, "m.room.member", user_id)? else {
-        return Ok(None);
-    };
-    let Some(ev) = storage::get_event(c, &id)? else {
-        return Ok(None);
-    };
-    let json: Value = serde_json::from_str(&ev.json)?;
-    let Some(mut current) = json.get("content").and_then(Value::as_object).cloned() else {
-        return Ok(None);
-    };
-    current.remove("join_authorised_via_users_server");
-    let same = ev.sender == user_id
-        && current.get("membership") == Some(&json!("join"))
-        && &current == content;
-    Ok(same.then_some(id))
 }
 
 #[cfg(test)]
