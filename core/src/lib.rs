@@ -16,6 +16,7 @@ pub mod error;
 pub mod events;
 pub mod federation;
 pub mod identity;
+pub mod keyed;
 pub mod media;
 pub mod metrics;
 pub mod node;

@@ -137,7 +137,7 @@ impl Node {
             admin_token: Default::default(),
             sliding: Default::default(),
             limiter,
-            joins: Default::default(),
+            joins: crate::keyed::KeyedPermits::new(1, crate::rooms::MAX_ROOMS_JOINING),
         });
         let token = crate::admin::load_or_create_token(&server.config.data_dir)
             .map_err(|e| StartError::Other(format!("cannot create the admin token: {e}")))?;

@@ -70,7 +70,7 @@ pub struct Server {
     /// Rate-limit buckets (per user, client address and peer).
     pub limiter: crate::ratelimit::Limiter,
     /// One join at a time per room (see [`crate::rooms::join`]).
-    pub joins: crate::rooms::JoinLocks,
+    pub joins: crate::keyed::KeyedPermits,
 }
 
 thread_local! {

@@ -206,9 +206,8 @@ impl PrefetchQueue {
 pub struct RemoteMedia {
     flights: SingleFlight<Key>,
     fetch_permits: Arc<Semaphore>,
-    /// Per-origin permits, present while a fetch from that origin holds or waits for
-    /// one (so at most [`MAX_IN_FLIGHT`] entries).
-    origin_permits: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// [`FETCHES_PER_ORIGIN`] slots per origin, for the origins with a fetch in flight.
+    origin_permits: crate::keyed::KeyedPermits,
     prefetch: PrefetchQueue,
 }
 
@@ -217,7 +216,7 @@ impl Default for RemoteMedia {
         RemoteMedia {
             flights: SingleFlight::new(MAX_IN_FLIGHT),
             fetch_permits: Arc::new(Semaphore::new(FETCH_CONCURRENCY)),
-            origin_permits: Mutex::new(HashMap::new()),
+            origin_permits: crate::keyed::KeyedPermits::new(FETCHES_PER_ORIGIN, MAX_IN_FLIGHT),
             prefetch: PrefetchQueue::new(PREFETCH_QUEUE),
         }
     }
@@ -352,53 +351,13 @@ async fn fetch_and_store(
     limit: u64,
 ) -> Result<(), Error> {
     let media = &server.remote_media;
-    let slots = OriginSlots::new(media, origin);
-    let _origin = slots.semaphore().acquire().await.map_err(Error::internal)?;
+    let _origin = media.origin_permits.acquire(origin).await?;
     let _permit = media
         .fetch_permits
         .acquire()
         .await
         .map_err(Error::internal)?;
     fetch_bounded(server, origin, media_id, limit).await
-}
-
-/// A fetch's hold on its origin's slots. Dropped (also when the fetch is aborted), it
-/// forgets the origin once no other fetch of it holds or waits for a slot.
-struct OriginSlots<'a> {
-    media: &'a RemoteMedia,
-    origin: String,
-    semaphore: Arc<Semaphore>,
-}
-
-impl<'a> OriginSlots<'a> {
-    fn new(media: &'a RemoteMedia, origin: &str) -> Self {
-        let semaphore = Arc::clone(
-            media
-                .origin_permits
-                .lock()
-                .entry(origin.to_owned())
-                .or_insert_with(|| Arc::new(Semaphore::new(FETCHES_PER_ORIGIN))),
-        );
-        OriginSlots {
-            media,
-            origin: origin.to_owned(),
-            semaphore,
-        }
-    }
-
-    fn semaphore(&self) -> &Semaphore {
-        &self.semaphore
-    }
-}
-
-impl Drop for OriginSlots<'_> {
-    fn drop(&mut self) {
-        let mut origins = self.media.origin_permits.lock();
-        // The map's reference and ours: nobody else holds or waits for this origin.
-        if Arc::strong_count(&self.semaphore) == 2 {
-            origins.remove(&self.origin);
-        }
-    }
 }
 
 async fn fetch_bounded(
@@ -965,7 +924,7 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert_eq!(asked(&slow), FETCHES_PER_ORIGIN, "the slow origin's share");
-        assert_eq!(server.remote_media.origin_permits.lock().len(), 2);
+        assert_eq!(server.remote_media.origin_permits.len(), 2);
         for t in &tasks {
             t.abort();
         }
@@ -973,7 +932,7 @@ mod tests {
             let _ = t.await;
         }
         assert!(
-            server.remote_media.origin_permits.lock().is_empty(),
+            server.remote_media.origin_permits.is_empty(),
             "aborted fetches forget their origins"
         );
         node.shutdown().await.expect("shutdown");

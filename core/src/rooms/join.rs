@@ -11,13 +11,10 @@
 //! answers with the current member event (Synapse does the same), so a client or bot
 //! that joins on every start does not flood the room with member events.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use parking_lot::Mutex;
 use rusqlite::Connection;
 use serde_json::{Map, Value, json};
-use tokio::sync::OwnedMutexGuard;
 
 use super::remote_join::join_remote;
 use super::restricted::{JoinPolicy, check_join};
@@ -26,7 +23,8 @@ use crate::events::NewEvent;
 use crate::server::Server;
 use crate::storage;
 
-/// Most rooms with a join in flight at once; further joins of other rooms get 429.
+/// Most rooms with a join in flight at once (`Server::joins`); further joins of other
+/// rooms get 429.
 /// Joins are rate limited per user, so this only bites a node under a join storm.
 pub const MAX_ROOMS_JOINING: usize = 1024;
 
@@ -39,65 +37,6 @@ const RESERVED_KEYS: &[&str] = &[
     "third_party_invite",
     "third_party_signed",
 ];
-
-/// A lock per room with a join in progress. Entries live only while a join holds or
-/// waits for them, so the map holds at most [`MAX_ROOMS_JOINING`] rooms.
-#[derive(Default)]
-pub struct JoinLocks {
-    rooms: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-/// Holds a room's join lock; dropping it forgets the room when nobody else waits.
-pub struct JoinGuard<'a> {
-    locks: &'a JoinLocks,
-    room_id: String,
-    guard: Option<OwnedMutexGuard<()>>,
-}
-
-impl JoinLocks {
-    /// Wait for the room's turn. Errors with 429 when too many rooms are being joined.
-    pub async fn lock(&self, room_id: &str) -> Result<JoinGuard<'_>, Error> {
-        let mutex = {
-            let mut rooms = self.rooms.lock();
-            if !rooms.contains_key(room_id) && rooms.len() >= MAX_ROOMS_JOINING {
-                return Err(Error::LimitExceeded(
-                    "too many rooms are being joined at once; try again shortly".into(),
-                ));
-            }
-            Arc::clone(rooms.entry(room_id.to_owned()).or_default())
-        };
-        let guard = mutex.lock_owned().await;
-        Ok(JoinGuard {
-            locks: self,
-            room_id: room_id.to_owned(),
-            guard: Some(guard),
-        })
-    }
-
-    /// Rooms with a join in flight.
-    pub fn len(&self) -> usize {
-        self.rooms.lock().len()
-    }
-
-    /// Whether no join is in flight.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-impl Drop for JoinGuard<'_> {
-    fn drop(&mut self) {
-        drop(self.guard.take());
-        let mut rooms = self.locks.rooms.lock();
-        // Only the map's own reference left: no join holds or waits for this room.
-        if rooms
-            .get(&self.room_id)
-            .is_some_and(|m| Arc::strong_count(m) == 1)
-        {
-            rooms.remove(&self.room_id);
-        }
-    }
-}
 
 /// Whether a join must go through another server: the room is unknown here, or no user
 /// of this server is joined any more while users of other servers are.
@@ -160,7 +99,7 @@ pub async fn join(
     content: Map<String, Value>,
     mut via: Vec<String>,
 ) -> Result<String, Error> {
-    let _turn = server.joins.lock(room_id).await?;
+    let _turn = server.joins.acquire(room_id).await?;
     if needs_remote_join(server, room_id)? {
         // Also through the server that invited us, then the room's joined servers as
         // last known, then the server in a v10/v11 room id.
@@ -207,47 +146,4 @@ fn join_local(
         content.insert("join_authorised_via_users_server".into(), json!(via));
     }
     Ok(super::append_event(tx, server, room_id, ev, None)?.event_id)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn join_locks_serialise_a_room_and_forget_it_afterwards() {
-        let locks = JoinLocks::default();
-        let first = locks.lock("!a:x").await.expect("first");
-        // A second join of the same room waits; another room does not.
-        let waiting =
-            tokio::time::timeout(std::time::Duration::from_millis(20), locks.lock("!a:x")).await;
-        assert!(waiting.is_err(), "a second join of the room did not wait");
-        let other = locks.lock("!b:x").await.expect("other room");
-        assert_eq!(locks.len(), 2);
-        drop(first);
-        let again = locks.lock("!a:x").await.expect("after the first");
-        drop((again, other));
-        assert!(
-            locks.is_empty(),
-            "rooms are forgotten once their joins are done"
-        );
-    }
-
-    #[tokio::test]
-    async fn too_many_rooms_joining_at_once_get_429() {
-        let locks = JoinLocks::default();
-        let mut held = Vec::new();
-        for i in 0..MAX_ROOMS_JOINING {
-            held.push(locks.lock(&format!("!{i}:x")).await.expect("under the cap"));
-        }
-        assert!(matches!(
-            locks.lock("!one-more:x").await,
-            Err(Error::LimitExceeded(_))
-        ));
-        // Once one join is done, another room may start.
-        drop(held.pop());
-        let more = locks.lock("!one-more:x").await.expect("room again");
-        drop(more);
-        held.clear();
-        assert!(locks.is_empty());
-    }
 }

@@ -24,8 +24,8 @@ pub use append::{
 pub use create::{CreateRoom, create_room};
 pub use hierarchy::{HierarchyRequest, space_hierarchy};
 pub use join::{
-    JoinLocks, MAX_AVATAR_URL_LEN, MAX_DISPLAYNAME_LEN, MAX_ROOMS_JOINING, join, join_content,
-    member_profile, needs_remote_join,
+    MAX_AVATAR_URL_LEN, MAX_DISPLAYNAME_LEN, MAX_ROOMS_JOINING, join, join_content, member_profile,
+    needs_remote_join,
 };
 pub use knock::{
     KNOCK_VIA, check_knock_allowed, join_rule, knock_remote, knock_room_state,
