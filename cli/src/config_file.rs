@@ -346,6 +346,9 @@ pub struct FileConfig {
     pub registration_tokens: Option<Vec<String>>,
     pub max_upload_bytes: Option<u64>,
     pub default_room_version: Option<String>,
+    /// Application service registration files; relative paths are taken from the data
+    /// directory.
+    pub app_service_config_files: Option<Vec<PathBuf>>,
     pub log_level: Option<String>,
     pub log_format: Option<FileLogFormat>,
     #[serde(default)]

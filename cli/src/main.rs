@@ -169,6 +169,11 @@ enum Command {
         #[arg(long, env = "WARREN_ON_NOTIFY", value_name = "CMD")]
         on_notify: Option<String>,
 
+        /// An application service registration file (Synapse's YAML format); repeat for
+        /// several. Added to `app_service_config_files` in warren.toml.
+        #[arg(long = "appservice", value_name = "FILE")]
+        appservices: Vec<std::path::PathBuf>,
+
         #[command(flatten)]
         p2p: run::P2pArgs,
     },
@@ -207,6 +212,21 @@ enum Command {
     Bench(bench::BenchArgs),
     /// List the running node's rooms with members and federation state.
     Rooms {
+        /// Print a JSON list.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The running node's application services (bridges, bots).
+    #[command(subcommand)]
+    Appservice(AppserviceCommand),
+}
+
+/// `warren appservice …`.
+#[derive(Debug, Subcommand)]
+enum AppserviceCommand {
+    /// List the registered application services with their namespaces, how far behind
+    /// their transactions are and the last delivery error.
+    List {
         /// Print a JSON list.
         #[arg(long)]
         json: bool,
@@ -297,14 +317,18 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Run {
             client_addr,
             on_notify,
+            appservices,
             p2p,
-        } => run::run(data_dir, client_addr, on_notify, p2p, file),
+        } => run::run(data_dir, client_addr, on_notify, appservices, p2p, file),
         Command::Config(ConfigCommand::Check) => config_check(&data_dir),
         Command::Id { json } => id::id(&data_dir, json),
         Command::Status { json } => manage::status(&data_dir, json),
         Command::Peers { json } => manage::peers(&data_dir, json),
         Command::Connect { multiaddr } => manage::connect(&data_dir, &multiaddr),
         Command::Rooms { json } => manage::rooms(&data_dir, json),
+        Command::Appservice(AppserviceCommand::List { json }) => {
+            manage::appservice_list(&data_dir, json)
+        }
         Command::Bench(args) => bench::bench(args),
         Command::User(UserCommand::Add {
             localpart,

@@ -89,6 +89,57 @@ pub fn status(data_dir: &Path, json_out: bool) -> anyhow::Result<()> {
         }
         _ => lines.push("outbound queue: empty".into()),
     }
+    for a in s["appservices"].as_array().into_iter().flatten() {
+        lines.push(appservice_line(a));
+    }
+    print(lines)
+}
+
+/// One appservice: id, how far behind, and the last error if its deliveries fail.
+fn appservice_line(a: &Value) -> String {
+    let id = a["id"].as_str().unwrap_or("?");
+    let behind = a["events_behind"].as_i64().unwrap_or(0);
+    match (a["url"].as_str(), a["last_error"].as_str()) {
+        (None, _) => format!("appservice {id}: no url (takes no transactions)"),
+        (Some(_), Some(e)) => format!(
+            "appservice {id}: {behind} events behind, failing ({} attempts): {e}",
+            a["failures"]
+        ),
+        (Some(_), None) => format!("appservice {id}: {behind} events behind"),
+    }
+}
+
+/// `warren appservice list`.
+pub fn appservice_list(data_dir: &Path, json_out: bool) -> anyhow::Result<()> {
+    let answer = get(data_dir, "appservices")?;
+    let list = answer["appservices"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if json_out {
+        return print(vec![Value::Array(list).to_string()]);
+    }
+    if list.is_empty() {
+        return print(vec!["no application services registered".into()]);
+    }
+    let mut lines = Vec::new();
+    for a in &list {
+        lines.push(appservice_line(a));
+        lines.push(format!("  file: {}", a["file"].as_str().unwrap_or("?")));
+        lines.push(format!("  url: {}", a["url"].as_str().unwrap_or("(none)")));
+        lines.push(format!("  sender: {}", a["sender"].as_str().unwrap_or("?")));
+        for kind in ["users", "aliases", "rooms"] {
+            let regexes: Vec<&str> = a["namespaces"][kind]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            if !regexes.is_empty() {
+                lines.push(format!("  {kind}: {}", regexes.join(", ")));
+            }
+        }
+    }
     print(lines)
 }
 

@@ -83,6 +83,7 @@ pub fn run(
     data_dir: PathBuf,
     client_addr: Option<SocketAddr>,
     on_notify: Option<String>,
+    appservices: Vec<PathBuf>,
     p2p: P2pArgs,
     file: FileConfig,
 ) -> anyhow::Result<()> {
@@ -94,7 +95,14 @@ pub fn run(
         .build()
         .context("could not start the async runtime")?;
     let p2p = p2p.config(&file.p2p)?;
-    let mut config = Config::new(data_dir);
+    let mut config = Config::new(data_dir.clone());
+    config.app_service_config_files = file
+        .app_service_config_files
+        .iter()
+        .flatten()
+        .map(|f| data_dir.join(f))
+        .chain(appservices)
+        .collect();
     config.client_addr = client_addr
         .or(file.client_addr)
         .unwrap_or(warren_core::config::DEFAULT_CLIENT_ADDR);

@@ -89,6 +89,7 @@ fn populate(server: &Arc<Server>) -> (Caller, String) {
         user_id: bob,
         device_id: "BENCH".into(),
         token: "bob-token".into(),
+        appservice: None,
     };
     (caller, last)
 }

@@ -10,6 +10,14 @@ use crate::events::NewEvent;
 use crate::server::Server;
 use crate::storage;
 
+/// Whether `l` is a valid user-id localpart (the historical lower-case set).
+pub fn valid_localpart(l: &str) -> bool {
+    !l.is_empty()
+        && l.bytes().all(
+            |b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'=' | b'-' | b'/' | b'+'),
+        )
+}
+
 /// Deactivate a local account, as Synapse does: the account is marked deactivated and
 /// loses its password (so `/login` answers `M_USER_DEACTIVATED`), every device, access
 /// token and pusher goes, then the user leaves every room they are joined to, invited to or

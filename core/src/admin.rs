@@ -64,6 +64,7 @@ pub fn routes(server: Arc<Server>) -> Router<Arc<Server>> {
         .route("/_warren/admin/v1/rooms", get(rooms))
         .route("/_warren/admin/v1/reports", get(reports))
         .route("/_warren/admin/v1/metrics", get(metrics))
+        .route("/_warren/admin/v1/appservices", get(appservices))
         .route_layer(axum::middleware::from_fn_with_state(server, require_admin))
 }
 
@@ -117,7 +118,15 @@ async fn status(State(server): State<Arc<Server>>) -> Result<Json<Value>, Error>
         "federation": server.transport().is_some(),
         "outbound_queue": queue,
         "database_bytes": server.db.size_bytes()?,
+        "appservices": crate::appservice::report(&server)?,
     })))
+}
+
+/// Registered application services with their queue position and last error.
+async fn appservices(State(server): State<Arc<Server>>) -> Result<Json<Value>, Error> {
+    Ok(Json(
+        json!({"appservices": crate::appservice::report(&server)?}),
+    ))
 }
 
 /// Connected peers, then peers known from the address book but not connected, each

@@ -52,6 +52,8 @@ pub struct Config {
     pub voip: VoipConfig,
     /// Delivery to push gateways (http pushers); see [`PushConfig`].
     pub push: PushConfig,
+    /// Application service registration files (Synapse's YAML format).
+    pub app_service_config_files: Vec<PathBuf>,
 }
 
 /// What clients need for calls: TURN servers (`/voip/turnServer`) and, for Element Call,
@@ -214,6 +216,7 @@ impl Config {
             default_room_version: crate::events::DEFAULT_ROOM_VERSION.to_owned(),
             voip: VoipConfig::default(),
             push: PushConfig::default(),
+            app_service_config_files: Vec::new(),
         }
     }
 

@@ -137,6 +137,17 @@ pub enum Error {
     /// Data only the server may change (`405 M_BAD_JSON`, e.g. `m.fully_read` account data).
     #[error("{0}")]
     ServerControlled(String),
+    /// 400 `M_EXCLUSIVE`: a user id or alias an application service holds exclusively.
+    #[error("{0}")]
+    Exclusive(String),
+    /// An application service could not be reached (`ping`): the status and errcode
+    /// the spec gives (`M_URL_NOT_SET`, `M_CONNECTION_FAILED`, `M_CONNECTION_TIMEOUT`).
+    #[error("{2}")]
+    AppserviceFailed(StatusCode, &'static str, String),
+    /// 502 `M_BAD_STATUS`: an application service answered a ping with an error; its
+    /// status and body are passed on.
+    #[error("the appservice answered {0}")]
+    AppserviceBadStatus(u16, String),
     /// 500 `M_UNKNOWN`: our own fault. The detail is logged, not sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -204,6 +215,9 @@ impl Error {
             Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "M_UNKNOWN"),
             BadAlias(_) => (StatusCode::BAD_REQUEST, "M_BAD_ALIAS"),
             ServerControlled(_) => (StatusCode::METHOD_NOT_ALLOWED, "M_BAD_JSON"),
+            Exclusive(_) => (StatusCode::BAD_REQUEST, "M_EXCLUSIVE"),
+            AppserviceFailed(status, code, _) => (*status, code),
+            AppserviceBadStatus(..) => (StatusCode::BAD_GATEWAY, "M_BAD_STATUS"),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN"),
         }
     }
@@ -258,6 +272,12 @@ impl IntoResponse for Error {
                 )
                     .into_response();
             }
+            Error::AppserviceBadStatus(code, ref body) => serde_json::json!({
+                "errcode": errcode,
+                "error": self.to_string(),
+                "status": code,
+                "body": body,
+            }),
             Error::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
                 serde_json::json!({"errcode": errcode, "error": "internal server error"})

@@ -8,6 +8,7 @@
 
 pub mod account;
 pub mod admin;
+pub mod appservice;
 pub mod client_api;
 pub mod config;
 pub mod directory;

@@ -98,6 +98,11 @@ impl Node {
             )));
         }
         let identity = Identity::load_or_create(&config.data_dir)?;
+        let appservices = crate::appservice::registration::load_all(
+            &config.app_service_config_files,
+            identity.server_name(),
+        )
+        .map_err(StartError::Other)?;
         let lock = lock_data_dir(&config)?;
         let db = Db::open(&config.database_path())?;
         let pos = db
@@ -138,7 +143,10 @@ impl Node {
             sliding: Default::default(),
             limiter,
             joins: crate::keyed::KeyedPermits::new(1, crate::rooms::MAX_ROOMS_JOINING),
+            appservices: crate::appservice::AppServices::new(appservices),
         });
+        crate::appservice::register_senders(&server)
+            .map_err(|e| StartError::Other(format!("appservice sender users: {e}")))?;
         let token = crate::admin::load_or_create_token(&server.config.data_dir)
             .map_err(|e| StartError::Other(format!("cannot create the admin token: {e}")))?;
         let _ = server.admin_token.set(token);
@@ -181,13 +189,15 @@ impl Node {
         let prefetch = crate::media::remote::start_prefetch(server.clone());
         // Push gateways get whatever the push queue holds, rows from before a restart too.
         *server.push_task.lock() = Some(crate::push::delivery::start(server.clone()));
+        let mut background = vec![typing, presence, txns, prefetch];
+        background.extend(crate::appservice::sender::start(&server));
         tracing::info!(server_name = %server.server_name(), %addr, "node started");
         Ok(Node {
             server,
             addr,
             stop: Some(stop_tx),
             task: Some(task),
-            background: vec![typing, presence, txns, prefetch],
+            background,
             _lock: lock,
         })
     }

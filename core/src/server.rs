@@ -71,6 +71,8 @@ pub struct Server {
     pub limiter: crate::ratelimit::Limiter,
     /// One join at a time per room (see [`crate::rooms::join`]).
     pub joins: crate::keyed::KeyedPermits,
+    /// Registered application services.
+    pub appservices: crate::appservice::AppServices,
 }
 
 thread_local! {

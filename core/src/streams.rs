@@ -272,6 +272,35 @@ impl Notifier {
         Some(list)
     }
 
+    /// The typing serial now, and each room whose typing list changed after
+    /// `since_serial` with who is typing there now (an application service's view; a
+    /// serial from before a restart counts as nothing seen).
+    pub fn typing_changes_since(&self, since_serial: u64) -> (u64, Vec<(String, Vec<String>)>) {
+        let st = self.typing.lock();
+        let since = if since_serial > st.serial {
+            0
+        } else {
+            since_serial
+        };
+        let now = Instant::now();
+        let mut out: Vec<(String, Vec<String>)> = st
+            .rooms
+            .iter()
+            .filter(|(_, (serial, _))| *serial > since)
+            .map(|(room, (_, users))| {
+                let mut list: Vec<String> = users
+                    .iter()
+                    .filter(|(_, exp)| **exp > now)
+                    .map(|(u, _)| u.clone())
+                    .collect();
+                list.sort();
+                (room.clone(), list)
+            })
+            .collect();
+        out.sort();
+        (st.serial, out)
+    }
+
     /// Expire typing notices whose timeout passed, bumping the serial so syncs see it.
     pub fn expire_typing(&self) {
         let changed = {

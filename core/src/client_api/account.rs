@@ -7,7 +7,7 @@ use axum::{Json, extract::State};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::extract::{Auth, Body, Caller, ClientIp, P, Q};
+use super::extract::{AppserviceToken, Auth, Body, Caller, ClientIp, P, Q};
 use crate::error::Error;
 use crate::ratelimit::Action;
 use crate::rooms::random_string;
@@ -62,13 +62,7 @@ fn registration_flows(server: &Server) -> Vec<Value> {
     flows
 }
 
-/// Whether `l` is a valid user-id localpart (the historical lower-case set).
-pub fn valid_localpart(l: &str) -> bool {
-    !l.is_empty()
-        && l.bytes().all(
-            |b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'=' | b'-' | b'/' | b'+'),
-        )
-}
+pub use crate::account::valid_localpart;
 
 #[derive(Deserialize)]
 pub(super) struct RegisterBody {
@@ -79,7 +73,13 @@ pub(super) struct RegisterBody {
     auth: Option<Value>,
     #[serde(default)]
     inhibit_login: bool,
+    /// `m.login.application_service` for an appservice registering one of its users.
+    #[serde(rename = "type")]
+    kind: Option<String>,
 }
+
+/// The login type of application services.
+const APPSERVICE_LOGIN: &str = "m.login.application_service";
 
 #[derive(Deserialize)]
 pub(super) struct KindQuery {
@@ -90,9 +90,18 @@ pub(super) struct KindQuery {
 pub(super) async fn register(
     State(server): State<Arc<Server>>,
     ClientIp(ip): ClientIp,
+    AppserviceToken(appservice): AppserviceToken,
     Q(q): Q<KindQuery>,
-    Body(body): Body<RegisterBody>,
+    Body(mut body): Body<RegisterBody>,
 ) -> JsonResult {
+    let as_login = body.kind.as_deref() == Some(APPSERVICE_LOGIN)
+        || body
+            .auth
+            .as_ref()
+            .is_some_and(|a| a["type"] == APPSERVICE_LOGIN);
+    if as_login || appservice.is_some() {
+        return register_appservice_user(&server, appservice, as_login, body).await;
+    }
     if q.kind.as_deref() == Some("guest") {
         return Err(Error::Forbidden(
             "guest access is not enabled on this node".into(),
@@ -115,11 +124,12 @@ pub(super) async fn register(
     if user_id.len() > 255 {
         return Err(Error::InvalidUsername("user id is too long".into()));
     }
+    check_not_exclusive(&server, &user_id)?;
     if server.db.read(|c| storage::user_exists(c, &user_id))? {
         return Err(Error::UserInUse);
     }
     // User-interactive auth: one dummy stage when open, or a registration token.
-    let Some(auth) = body.auth else {
+    let Some(auth) = body.auth.take() else {
         let session = new_session(&server, None);
         return Err(Error::Uiaa(
             json!({"flows": flows, "params": {}, "session": session}),
@@ -153,23 +163,87 @@ pub(super) async fn register(
     if let Some(session) = auth["session"].as_str() {
         server.uiaa.lock().remove(session);
     }
-    let hash = match body.password {
+    let hash = match body.password.clone() {
         Some(p) => Some(hash_password(p).await?),
         None => None,
     };
+    create_account(&server, &user_id, &localpart, hash.as_deref(), body)
+}
+
+/// An ordinary registration may not take a user id an appservice holds exclusively.
+fn check_not_exclusive(server: &Server, user_id: &str) -> Result<(), Error> {
+    match server.appservices.exclusive_user_owner(user_id) {
+        Some(_) => Err(Error::Exclusive(format!(
+            "{user_id} is reserved by an application service"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// `POST /register` with `m.login.application_service`: an appservice creates one of
+/// its users, with no password and no user-interactive auth, exempt from the
+/// registration rate limit.
+async fn register_appservice_user(
+    server: &Server,
+    appservice: Option<Arc<crate::appservice::Registered>>,
+    as_login: bool,
+    body: RegisterBody,
+) -> JsonResult {
+    let Some(a) = appservice else {
+        return Err(Error::MissingToken);
+    };
+    if !as_login {
+        return Err(Error::InvalidParam(format!(
+            "an application service registers users with type {APPSERVICE_LOGIN}"
+        )));
+    }
+    let localpart = body
+        .username
+        .as_deref()
+        .map(str::to_lowercase)
+        .ok_or_else(|| Error::MissingParam("username is required".into()))?;
+    if !valid_localpart(&localpart) {
+        return Err(Error::InvalidUsername(
+            "user names may contain only a-z, 0-9 and ._=-/+".into(),
+        ));
+    }
+    let user_id = server.user_id(&localpart);
+    if !a.is_user_in_namespace(&user_id) {
+        return Err(Error::Exclusive(format!(
+            "{user_id} is not in the application service's namespaces"
+        )));
+    }
+    if let Some(owner) = server.appservices.exclusive_user_owner(&user_id)
+        && owner.id != a.id
+    {
+        return Err(Error::Exclusive(format!(
+            "{user_id} is reserved by another application service"
+        )));
+    }
+    create_account(server, &user_id, &localpart, None, body)
+}
+
+/// Create the account and, unless `inhibit_login`, its first device and token.
+fn create_account(
+    server: &Server,
+    user_id: &str,
+    localpart: &str,
+    hash: Option<&str>,
+    body: RegisterBody,
+) -> JsonResult {
     let device_id = body
         .device_id
         .unwrap_or_else(|| random_string(10).to_uppercase());
     let token = random_string(40);
     let created = server.write(|tx| {
-        if storage::user_exists(tx, &user_id)? {
+        if storage::user_exists(tx, user_id)? {
             return Ok(false);
         }
-        storage::create_user(tx, &user_id, hash.as_deref(), false, &localpart)?;
+        storage::create_user(tx, user_id, hash, false, localpart)?;
         if !body.inhibit_login {
             storage::start_session(
                 tx,
-                &user_id,
+                user_id,
                 &device_id,
                 body.initial_device_display_name.as_deref(),
                 &token,
@@ -210,10 +284,9 @@ pub(super) async fn available(
             "user names may contain only a-z, 0-9 and ._=-/+".into(),
         ));
     }
-    if server
-        .db
-        .read(|c| storage::user_exists(c, &server.user_id(&local)))?
-    {
+    let user_id = server.user_id(&local);
+    check_not_exclusive(&server, &user_id)?;
+    if server.db.read(|c| storage::user_exists(c, &user_id))? {
         return Err(Error::UserInUse);
     }
     Ok(Json(json!({"available": true})))
@@ -236,7 +309,7 @@ pub(super) async fn token_validity(
 
 /// `GET /login`.
 pub(super) async fn login_flows() -> Json<Value> {
-    Json(json!({"flows": [{"type": "m.login.password"}]}))
+    Json(json!({"flows": [{"type": "m.login.password"}, {"type": APPSERVICE_LOGIN}]}))
 }
 
 #[derive(Deserialize)]
@@ -293,8 +366,12 @@ async fn check_password(server: &Server, user_id: &str, password: &str) -> Resul
 pub(super) async fn login(
     State(server): State<Arc<Server>>,
     ClientIp(ip): ClientIp,
+    AppserviceToken(appservice): AppserviceToken,
     Body(body): Body<LoginBody>,
 ) -> JsonResult {
+    if body.kind == APPSERVICE_LOGIN {
+        return login_appservice_user(&server, appservice, body);
+    }
     if body.kind != "m.login.password" {
         return Err(Error::Unrecognized(
             http::StatusCode::BAD_REQUEST,
@@ -317,6 +394,48 @@ pub(super) async fn login(
             return Err(Error::InvalidCredentials);
         }
         other => other?,
+    }
+    let device_id = body
+        .device_id
+        .unwrap_or_else(|| random_string(10).to_uppercase());
+    let token = random_string(40);
+    server.write(|tx| {
+        storage::start_session(
+            tx,
+            &user_id,
+            &device_id,
+            body.initial_device_display_name.as_deref(),
+            &token,
+        )
+    })?;
+    Ok(Json(json!({
+        "user_id": user_id,
+        "access_token": token,
+        "device_id": device_id,
+        "home_server": server.server_name(),
+    })))
+}
+
+/// `POST /login` with `m.login.application_service`: a new device and token for one of
+/// the appservice's users, with no password.
+fn login_appservice_user(
+    server: &Server,
+    appservice: Option<Arc<crate::appservice::Registered>>,
+    body: LoginBody,
+) -> JsonResult {
+    let Some(a) = appservice else {
+        return Err(Error::MissingToken);
+    };
+    let user_id = user_from_identifier(server, body.identifier.as_ref(), body.user.as_deref())?;
+    if !a.is_user_in_namespace(&user_id) {
+        return Err(Error::Exclusive(format!(
+            "{user_id} is not in the application service's namespaces"
+        )));
+    }
+    match server.db.read(|c| storage::user_password(c, &user_id))? {
+        Some((_, false)) => {}
+        Some((_, true)) => return Err(Error::UserDeactivated),
+        None => return Err(Error::InvalidCredentials),
     }
     let device_id = body
         .device_id

@@ -6,7 +6,7 @@ use axum::{Json, extract::State};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::extract::{Auth, Body, P, Q};
+use super::extract::{Auth, Body, Caller, P, Q};
 use crate::directory::{self, RoomQuery, parse_alias};
 use crate::error::Error;
 use crate::federation::client::{encode, request_json};
@@ -26,6 +26,28 @@ fn local_alias(server: &Server, alias: &str) -> Result<String, Error> {
     Ok(parsed.to_string())
 }
 
+/// An alias an application service holds exclusively is for it alone; an
+/// appservice creates aliases only in its own namespace (`M_EXCLUSIVE` otherwise).
+pub(super) fn check_alias_namespace(
+    server: &Server,
+    caller: &Caller,
+    alias: &str,
+) -> Result<(), Error> {
+    if let Some(a) = &caller.appservice
+        && !a.is_alias_in_namespace(alias)
+    {
+        return Err(Error::Exclusive(format!(
+            "{alias} is not in the application service's alias namespace"
+        )));
+    }
+    match server.appservices.exclusive_alias_owner(alias) {
+        Some(owner) if caller.appservice.as_ref().is_none_or(|a| a.id != owner.id) => Err(
+            Error::Exclusive(format!("{alias} is reserved by an application service")),
+        ),
+        _ => Ok(()),
+    }
+}
+
 #[derive(Deserialize)]
 pub(super) struct PutAliasBody {
     room_id: String,
@@ -39,6 +61,7 @@ pub(super) async fn put_alias(
     Body(body): Body<PutAliasBody>,
 ) -> JsonResult {
     let alias = local_alias(&server, &alias)?;
+    check_alias_namespace(&server, &caller, &alias)?;
     ruma::RoomId::parse(&body.room_id)
         .map_err(|e| Error::InvalidParam(format!("invalid room id {:?}: {e}", body.room_id)))?;
     server.write(|tx| {
@@ -87,6 +110,16 @@ pub(super) async fn get_alias(
             .map(|a| a.iter().filter_map(Value::as_str).collect())
             .unwrap_or_default();
         return Ok(Json(json!({ "room_id": room_id, "servers": servers })));
+    }
+    // An alias in an appservice's namespace that does not exist yet: the appservice
+    // may create it when asked (`/_matrix/app/v1/rooms/{alias}`).
+    if !server.appservices.is_empty()
+        && server
+            .db
+            .read(|c| storage::alias_room(c, parsed.as_str()))?
+            .is_none()
+    {
+        crate::appservice::query::query_alias(&server, parsed.as_str()).await;
     }
     let (room_id, servers) = server.db.read_tx(|c| {
         let room_id = storage::alias_room(c, parsed.as_str())?
@@ -381,16 +414,111 @@ fn mesh_protocol() -> Value {
     })
 }
 
-/// `GET /thirdparty/protocols`.
-pub(super) async fn protocols(Auth(_caller): Auth) -> JsonResult {
-    Ok(Json(json!({ MESH_PROTOCOL: mesh_protocol() })))
+/// `GET /thirdparty/protocols`: the mesh directory and every protocol the application
+/// services declare, as they describe them.
+pub(super) async fn protocols(
+    State(server): State<Arc<Server>>,
+    Auth(_caller): Auth,
+) -> JsonResult {
+    let mut all = crate::appservice::query::protocols(&server).await;
+    all.insert(MESH_PROTOCOL.to_owned(), mesh_protocol());
+    Ok(Json(Value::Object(all)))
 }
 
 /// `GET /thirdparty/protocol/{protocol}`.
-pub(super) async fn protocol(Auth(_caller): Auth, P(name): P<String>) -> JsonResult {
+pub(super) async fn protocol(
+    State(server): State<Arc<Server>>,
+    Auth(_caller): Auth,
+    P(name): P<String>,
+) -> JsonResult {
     if name == MESH_PROTOCOL {
-        Ok(Json(mesh_protocol()))
-    } else {
-        Err(Error::NotFound(format!("unknown protocol {name:?}")))
+        return Ok(Json(mesh_protocol()));
     }
+    crate::appservice::query::protocol(&server, &name)
+        .await
+        .map(Json)
+        .ok_or_else(|| Error::NotFound(format!("unknown protocol {name:?}")))
+}
+
+/// The query string as pairs, without the access token and masquerading parameters.
+fn lookup_fields(q: &std::collections::BTreeMap<String, String>) -> Vec<(String, String)> {
+    q.iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "access_token" | "user_id" | "device_id"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// `GET /thirdparty/location/{protocol}` and `/thirdparty/user/{protocol}`: asked of
+/// the application services that declare the protocol.
+async fn lookup_protocol(
+    server: &Server,
+    kind: &str,
+    protocol: &str,
+    q: &std::collections::BTreeMap<String, String>,
+) -> JsonResult {
+    if protocol != MESH_PROTOCOL
+        && !server
+            .appservices
+            .all()
+            .iter()
+            .any(|a| a.protocols.iter().any(|p| p == protocol))
+    {
+        return Err(Error::NotFound(format!("unknown protocol {protocol:?}")));
+    }
+    let found =
+        crate::appservice::query::lookup(server, kind, Some(protocol), &lookup_fields(q)).await;
+    Ok(Json(Value::Array(found)))
+}
+
+/// `GET /thirdparty/location/{protocol}`.
+pub(super) async fn location_for_protocol(
+    State(server): State<Arc<Server>>,
+    Auth(_caller): Auth,
+    P(protocol): P<String>,
+    Q(q): Q<std::collections::BTreeMap<String, String>>,
+) -> JsonResult {
+    lookup_protocol(&server, "location", &protocol, &q).await
+}
+
+/// `GET /thirdparty/user/{protocol}`.
+pub(super) async fn user_for_protocol(
+    State(server): State<Arc<Server>>,
+    Auth(_caller): Auth,
+    P(protocol): P<String>,
+    Q(q): Q<std::collections::BTreeMap<String, String>>,
+) -> JsonResult {
+    lookup_protocol(&server, "user", &protocol, &q).await
+}
+
+/// `GET /thirdparty/location?alias=` and `/thirdparty/user?userid=`: reverse lookups,
+/// asked of every application service.
+async fn reverse_lookup(
+    server: &Server,
+    kind: &str,
+    key: &str,
+    q: &std::collections::BTreeMap<String, String>,
+) -> JsonResult {
+    if !q.contains_key(key) {
+        return Err(Error::MissingParam(format!("{key} is required")));
+    }
+    let found = crate::appservice::query::lookup(server, kind, None, &lookup_fields(q)).await;
+    Ok(Json(Value::Array(found)))
+}
+
+/// `GET /thirdparty/location?alias=`.
+pub(super) async fn location_for_alias(
+    State(server): State<Arc<Server>>,
+    Auth(_caller): Auth,
+    Q(q): Q<std::collections::BTreeMap<String, String>>,
+) -> JsonResult {
+    reverse_lookup(&server, "location", "alias", &q).await
+}
+
+/// `GET /thirdparty/user?userid=`.
+pub(super) async fn user_for_user_id(
+    State(server): State<Arc<Server>>,
+    Auth(_caller): Auth,
+    Q(q): Q<std::collections::BTreeMap<String, String>>,
+) -> JsonResult {
+    reverse_lookup(&server, "user", "userid", &q).await
 }

@@ -24,6 +24,16 @@ pub struct Caller {
     pub device_id: String,
     /// The token itself (for logout).
     pub token: String,
+    /// The application service whose `as_token` this is, acting as `user_id`.
+    pub appservice: Option<Arc<crate::appservice::Registered>>,
+}
+
+impl Caller {
+    /// Whether rate limits apply (not to an appservice registered with
+    /// `rate_limited: false`).
+    pub fn rate_limited(&self) -> bool {
+        self.appservice.as_ref().is_none_or(|a| a.rate_limited)
+    }
 }
 
 /// Requires a valid access token.
@@ -51,16 +61,96 @@ impl FromRequestParts<Arc<Server>> for Auth {
 
     async fn from_request_parts(parts: &mut Parts, server: &Arc<Server>) -> Result<Self, Error> {
         let token = access_token(parts).ok_or(Error::MissingToken)?;
+        if let Some(a) = server.appservices.by_token(&token) {
+            return appservice_caller(parts, server, a.clone(), token).map(Auth);
+        }
         let owner = server.db.read(|c| storage::token_owner(c, &token))?;
         match owner {
             Some(o) if !o.deactivated => Ok(Auth(Caller {
                 user_id: o.user_id,
                 device_id: o.device_id,
                 token,
+                appservice: None,
             })),
             _ => Err(Error::UnknownToken),
         }
     }
+}
+
+/// The application service whose `as_token` the request carries, if any (endpoints
+/// that work without a token but treat an appservice differently: `/register`,
+/// `/login`).
+pub struct AppserviceToken(pub Option<Arc<crate::appservice::Registered>>);
+
+impl FromRequestParts<Arc<Server>> for AppserviceToken {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, server: &Arc<Server>) -> Result<Self, Error> {
+        Ok(AppserviceToken(
+            access_token(parts).and_then(|t| server.appservices.by_token(&t).cloned()),
+        ))
+    }
+}
+
+/// A query parameter, percent-decoded.
+pub fn query_param(parts: &Parts, name: &str) -> Option<String> {
+    parts.uri.query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == name).then(|| {
+            percent_encoding::percent_decode_str(&v.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+    })
+}
+
+/// An appservice acting as its own user or, with `user_id=`, as a user in its
+/// namespaces (who must exist); with `device_id=` (MSC3202, also under its unstable
+/// name) as one of that user's devices.
+fn appservice_caller(
+    parts: &Parts,
+    server: &Server,
+    a: Arc<crate::appservice::Registered>,
+    token: String,
+) -> Result<Caller, Error> {
+    let user_id = query_param(parts, "user_id").unwrap_or_else(|| a.sender.clone());
+    if !server.is_local_user(&user_id) || !a.is_user_in_namespace(&user_id) {
+        return Err(Error::Exclusive(format!(
+            "the application service cannot act as {user_id}: not in its namespaces"
+        )));
+    }
+    let device = query_param(parts, "device_id")
+        .or_else(|| query_param(parts, "org.matrix.msc3202.device_id"));
+    let (exists, device_ok) = server.db.read(|c| {
+        let exists = match storage::user_password(c, &user_id)? {
+            Some((_, deactivated)) => !deactivated,
+            None => false,
+        };
+        let device_ok = match &device {
+            Some(d) => storage::device_exists(c, &user_id, d)?,
+            None => true,
+        };
+        Ok((exists, device_ok))
+    })?;
+    if !exists {
+        return Err(Error::Forbidden(format!(
+            "the application service has not registered {user_id}"
+        )));
+    }
+    if !device_ok {
+        return Err(Error::Forbidden(format!(
+            "{user_id} has no device {}",
+            device.as_deref().unwrap_or_default()
+        )));
+    }
+    Ok(Caller {
+        user_id,
+        // Without `device_id=` the appservice acts with no device of the user's; its
+        // transaction ids are scoped to this empty device.
+        device_id: device.unwrap_or_default(),
+        token,
+        appservice: Some(a),
+    })
 }
 
 /// The client's IP address as text (the rate-limit key of logins and registrations);

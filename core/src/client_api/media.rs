@@ -68,7 +68,7 @@ pub(super) async fn upload(
     headers: HeaderMap,
     body: HttpBody,
 ) -> Result<Json<Value>, Error> {
-    server.rate_limit(crate::ratelimit::Action::MediaUpload, &caller.user_id)?;
+    super::rate_limit(&server, crate::ratelimit::Action::MediaUpload, &caller)?;
     check_declared_length(&server, &headers)?;
     let uri = media::upload(
         &server,
@@ -86,7 +86,7 @@ pub(super) async fn create(
     State(server): State<Arc<Server>>,
     Auth(caller): Auth,
 ) -> Result<Json<Value>, Error> {
-    server.rate_limit(crate::ratelimit::Action::MediaUpload, &caller.user_id)?;
+    super::rate_limit(&server, crate::ratelimit::Action::MediaUpload, &caller)?;
     let (uri, expires) = media::create(&server, &caller.user_id)?;
     Ok(Json(
         json!({ "content_uri": uri, "unused_expires_at": expires }),
@@ -102,7 +102,7 @@ pub(super) async fn upload_to(
     headers: HeaderMap,
     body: HttpBody,
 ) -> Result<Json<Value>, Error> {
-    server.rate_limit(crate::ratelimit::Action::MediaUpload, &caller.user_id)?;
+    super::rate_limit(&server, crate::ratelimit::Action::MediaUpload, &caller)?;
     check_declared_length(&server, &headers)?;
     media::upload_to(
         &server,

@@ -116,7 +116,7 @@ pub(super) async fn join_by_id(
     RawQuery(query): RawQuery,
     Body(body): Body<JoinBody>,
 ) -> JsonResult {
-    server.rate_limit(Action::Join, &caller.user_id)?;
+    super::rate_limit(&server, Action::Join, &caller)?;
     let via = via_servers(query.as_deref());
     join(&server, &caller, &room_id, body, via).await
 }
@@ -129,7 +129,7 @@ pub(super) async fn join_by_id_or_alias(
     RawQuery(query): RawQuery,
     Body(body): Body<JoinBody>,
 ) -> JsonResult {
-    server.rate_limit(Action::Join, &caller.user_id)?;
+    super::rate_limit(&server, Action::Join, &caller)?;
     let mut via = via_servers(query.as_deref());
     let room_id = resolve_room(&server, target, &mut via).await?;
     join(&server, &caller, &room_id, body, via).await
@@ -192,7 +192,7 @@ pub(super) async fn knock(
     RawQuery(query): RawQuery,
     Body(body): Body<ReasonBody>,
 ) -> JsonResult {
-    server.rate_limit(Action::Join, &caller.user_id)?;
+    super::rate_limit(&server, Action::Join, &caller)?;
     let mut via = via_servers(query.as_deref());
     let room_id = resolve_room(&server, target, &mut via).await?;
     if crate::rooms::needs_remote_join(&server, &room_id)? {
@@ -262,7 +262,7 @@ async fn act_on(
 ) -> JsonResult {
     let target = valid_user_id(&body.user_id)?;
     if membership == "invite" {
-        server.rate_limit(Action::Invite, &caller.user_id)?;
+        super::rate_limit(&server, Action::Invite, &caller)?;
     }
     if membership == "invite" && target.server_name().as_str() != server.server_name() {
         crate::rooms::invite_remote(

@@ -5,6 +5,7 @@
 
 pub(crate) mod account;
 mod account_data;
+mod appservice;
 mod directory;
 mod ephemeral;
 mod extract;
@@ -256,6 +257,16 @@ pub fn router(server: Arc<Server>) -> Router {
         ("/user_directory/search", post(directory::search_users)),
         ("/thirdparty/protocols", get(directory::protocols)),
         ("/thirdparty/protocol/{protocol}", get(directory::protocol)),
+        (
+            "/thirdparty/location/{protocol}",
+            get(directory::location_for_protocol),
+        ),
+        (
+            "/thirdparty/user/{protocol}",
+            get(directory::user_for_protocol),
+        ),
+        ("/thirdparty/location", get(directory::location_for_alias)),
+        ("/thirdparty/user", get(directory::user_for_user_id)),
         ("/search", post(search::search)),
         ("/rooms/{room_id}/typing/{user_id}", put(ephemeral::typing)),
         (
@@ -381,6 +392,10 @@ pub fn router(server: Arc<Server>) -> Router {
             "/_matrix/client/v1/rooms/{room_id}/timestamp_to_event",
             get(rooms::timestamp_to_event),
         ),
+        (
+            "/_matrix/client/v1/appservice/{appservice_id}/ping",
+            post(appservice::ping),
+        ),
         // Room reports are spec v1.13; clients talking to a v1.11 server use the MSC path.
         (
             "/_matrix/client/unstable/org.matrix.msc4151/rooms/{room_id}/report",
@@ -418,4 +433,18 @@ pub fn router(server: Arc<Server>) -> Router {
         .layer(cors)
         .layer(axum::middleware::from_fn(request_log::log_request))
         .with_state(server)
+}
+
+/// Take one token of `action` for the caller, unless the caller is an application
+/// service registered with `rate_limited: false`.
+pub(crate) fn rate_limit(
+    server: &Server,
+    action: crate::ratelimit::Action,
+    caller: &Caller,
+) -> Result<(), Error> {
+    if caller.rate_limited() {
+        server.rate_limit(action, &caller.user_id)
+    } else {
+        Ok(())
+    }
 }

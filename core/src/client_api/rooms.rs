@@ -70,7 +70,11 @@ pub(super) async fn create_room(
     Auth(caller): Auth,
     Body(body): Body<CreateRoomBody>,
 ) -> JsonResult {
-    server.rate_limit(Action::RoomCreation, &caller.user_id)?;
+    super::rate_limit(&server, Action::RoomCreation, &caller)?;
+    if let Some(local) = &body.room_alias_name {
+        let alias = format!("#{local}:{}", server.server_name());
+        super::directory::check_alias_namespace(&server, &caller, &alias)?;
+    }
     let public = match body.visibility.as_deref() {
         None | Some("private") => false,
         Some("public") => true,
@@ -133,11 +137,25 @@ pub(super) fn send(
             None => false,
         };
         if !retried {
-            server.rate_limit(Action::Message, &caller.user_id)?;
+            super::rate_limit(&server, Action::Message, &caller)?;
         }
         rooms::append_event(tx, server, room_id, ev, txn)
     })?;
     Ok(appended.event_id)
+}
+
+/// The `ts` query parameter of sends and state: an application service may set the
+/// event's `origin_server_ts` (a bridged message keeps its original time).
+#[derive(Deserialize)]
+pub(super) struct TsQuery {
+    ts: Option<i64>,
+}
+
+impl TsQuery {
+    /// The timestamp to use, honoured for application services only.
+    fn for_caller(&self, caller: &Caller) -> Option<i64> {
+        caller.appservice.as_ref().and(self.ts).filter(|t| *t >= 0)
+    }
 }
 
 /// `PUT /rooms/{roomId}/send/{eventType}/{txnId}`.
@@ -145,8 +163,10 @@ pub(super) async fn send_message(
     State(server): State<Arc<Server>>,
     Auth(caller): Auth,
     P((room_id, kind, txn_id)): P<(String, String, String)>,
+    Q(ts): Q<TsQuery>,
     Body(content): Body<Value>,
 ) -> JsonResult {
+    let ts = ts.for_caller(&caller);
     let ev = NewEvent {
         kind,
         state_key: None,
@@ -158,10 +178,10 @@ pub(super) async fn send_message(
     let appended = server.write(|tx| {
         // A retried transaction gets its event back; only a new one is checked.
         if !rooms::is_retry(tx, &room_id, &ev, &caller.device_id, &txn_id)? {
-            server.rate_limit(Action::Message, &caller.user_id)?;
+            super::rate_limit(&server, Action::Message, &caller)?;
             relations::check_new_relation(tx, &room_id, &ev.sender, &ev.kind, &ev.content)?;
         }
-        rooms::append_event(tx, &server, &room_id, ev, txn)
+        rooms::append_event_at(tx, &server, &room_id, ev, txn, ts)
     })?;
     Ok(Json(json!({"event_id": appended.event_id})))
 }
@@ -171,9 +191,11 @@ pub(super) async fn put_state(
     State(server): State<Arc<Server>>,
     Auth(caller): Auth,
     P((room_id, kind, state_key)): P<(String, String, String)>,
+    Q(ts): Q<TsQuery>,
     Body(content): Body<Value>,
 ) -> JsonResult {
-    put_state_inner(server, caller, room_id, kind, state_key, content).await
+    let ts = ts.for_caller(&caller);
+    put_state_inner(server, caller, room_id, kind, state_key, content, ts).await
 }
 
 /// `PUT /rooms/{roomId}/state/{eventType}` (empty state key).
@@ -181,9 +203,11 @@ pub(super) async fn put_state_empty(
     State(server): State<Arc<Server>>,
     Auth(caller): Auth,
     P((room_id, kind)): P<(String, String)>,
+    Q(ts): Q<TsQuery>,
     Body(content): Body<Value>,
 ) -> JsonResult {
-    put_state_inner(server, caller, room_id, kind, String::new(), content).await
+    let ts = ts.for_caller(&caller);
+    put_state_inner(server, caller, room_id, kind, String::new(), content, ts).await
 }
 
 async fn put_state_inner(
@@ -193,6 +217,7 @@ async fn put_state_inner(
     kind: String,
     state_key: String,
     content: Value,
+    ts: Option<i64>,
 ) -> JsonResult {
     if kind == "m.room.member" && !super::membership::check_invitee(&server, &state_key)? {
         return Err(Error::Forbidden(format!(
@@ -215,8 +240,8 @@ async fn put_state_inner(
     let event_id = server.write(|tx| match rooms::unchanged_state(tx, &room_id, &ev)? {
         Some(existing) => Ok(existing),
         None => {
-            server.rate_limit(Action::Message, &caller.user_id)?;
-            Ok(rooms::append_event(tx, &server, &room_id, ev, None)?.event_id)
+            super::rate_limit(&server, Action::Message, &caller)?;
+            Ok(rooms::append_event_at(tx, &server, &room_id, ev, None, ts)?.event_id)
         }
     })?;
     Ok(Json(json!({"event_id": event_id})))

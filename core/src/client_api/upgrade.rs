@@ -25,7 +25,7 @@ pub(super) async fn upgrade(
     P(room_id): P<String>,
     Body(body): Body<UpgradeBody>,
 ) -> Result<Json<Value>, Error> {
-    server.rate_limit(crate::ratelimit::Action::RoomCreation, &caller.user_id)?;
+    super::rate_limit(&server, crate::ratelimit::Action::RoomCreation, &caller)?;
     let new_room = server.write(|c| {
         crate::rooms::upgrade_room(
             c,

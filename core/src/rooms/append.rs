@@ -51,6 +51,19 @@ pub fn append_event(
     ev: NewEvent,
     txn: Option<(&str, &str)>,
 ) -> Result<Appended, Error> {
+    append_event_at(c, server, room_id, ev, txn, None)
+}
+
+/// [`append_event`] with the event's `origin_server_ts` given (an application service's
+/// `ts` parameter, for bridged messages that keep their original time); now when `None`.
+pub fn append_event_at(
+    c: &Connection,
+    server: &Server,
+    room_id: &str,
+    ev: NewEvent,
+    txn: Option<(&str, &str)>,
+    ts: Option<i64>,
+) -> Result<Appended, Error> {
     let mut key = None;
     if let Some((device, txn_id)) = txn {
         match storage::txn_lookup(c, &ev.sender, device, txn_id, txn_scope(room_id, &ev))? {
@@ -73,7 +86,7 @@ pub fn append_event(
             txn_id,
             key,
         });
-    let built = build_local_event(c, server, room_id, &ev)?;
+    let built = build_local_event(c, server, room_id, &ev, ts)?;
     let pos = persist(
         c,
         room_id,
@@ -212,6 +225,7 @@ pub(super) fn build_local_event(
     server: &Server,
     room_id: &str,
     ev: &NewEvent,
+    ts: Option<i64>,
 ) -> Result<BuiltEvent, Error> {
     let Some((version, group_before)) = storage::room_info(c, room_id)? else {
         return Err(Error::Forbidden(format!("unknown room {room_id}")));
@@ -226,7 +240,7 @@ pub(super) fn build_local_event(
         &prev,
         &auth_events,
         depth,
-        now_ms(),
+        ts.unwrap_or_else(now_ms),
     )?;
     let json = serde_json::to_string(&object)?;
     let pdu = Pdu::from_json(&event_id, &json)?;

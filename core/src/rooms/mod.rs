@@ -19,7 +19,8 @@ mod restricted;
 mod upgrade;
 
 pub use append::{
-    Appended, ClientTxn, append_event, is_retry, load_pdu, random_string, unchanged_state,
+    Appended, ClientTxn, append_event, append_event_at, is_retry, load_pdu, random_string,
+    unchanged_state,
 };
 pub use create::{CreateRoom, create_room};
 pub use hierarchy::{HierarchyRequest, space_hierarchy};

@@ -741,7 +741,7 @@ pub async fn invite_remote(
         redacts: None,
     };
     let (built, stripped) = server.db.read_tx(|c| {
-        let built = build_local_event(c, server, room_id, &ev)?;
+        let built = build_local_event(c, server, room_id, &ev, None)?;
         let stripped = invite_room_state(c, room_id, sender)?;
         Ok((built, stripped))
     })?;

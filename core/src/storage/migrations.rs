@@ -689,6 +689,21 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE pushers ADD COLUMN device_id TEXT;
     CREATE INDEX pushers_by_device ON pushers(user_id, device_id);
     "#,
+    // 23: application services. Each follows the event stream from its own position;
+    // `pending` is the transaction built but not yet acknowledged (resent as it is, with
+    // the same id, until the appservice takes it), so a transaction id always names the
+    // same content and nothing between two positions is skipped or sent twice.
+    r#"
+    CREATE TABLE appservice_stream (
+        as_id TEXT PRIMARY KEY,
+        pos INTEGER NOT NULL,
+        typing_serial INTEGER NOT NULL DEFAULT 0,
+        last_txn INTEGER NOT NULL DEFAULT 0,
+        pending_txn INTEGER,
+        pending_up_to INTEGER,
+        pending_body TEXT
+    );
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -8,6 +8,7 @@
 //! across an `.await`.
 
 mod account_data;
+mod appservice;
 mod backfill;
 mod checkpoint;
 mod cross_signing;
@@ -35,6 +36,7 @@ mod to_device;
 mod users;
 
 pub use account_data::*;
+pub use appservice::*;
 pub use backfill::*;
 pub use cross_signing::*;
 pub use device_keys::*;
