@@ -150,6 +150,21 @@ pub async fn query_user(server: &Server, user_id: &str) -> bool {
     false
 }
 
+/// A local user's profile; a user unknown here but in an appservice's namespace is
+/// asked of the appservice first (it may create the user, as bridges do for puppets).
+pub async fn local_profile(
+    server: &Server,
+    user_id: &str,
+) -> Result<Option<crate::storage::Profile>, Error> {
+    if let Some(p) = server.db.read(|c| crate::storage::profile(c, user_id))? {
+        return Ok(Some(p));
+    }
+    if query_user(server, user_id).await {
+        return server.db.read(|c| crate::storage::profile(c, user_id));
+    }
+    Ok(None)
+}
+
 /// Ask the appservices whose namespace holds `alias` whether it exists (they create the
 /// room and alias before answering 200). Whether one said yes.
 pub async fn query_alias(server: &Server, alias: &str) -> bool {

@@ -184,16 +184,24 @@ pub fn load_all(files: &[PathBuf], server_name: &str) -> Result<Vec<AppService>,
         let text = std::fs::read_to_string(file)
             .map_err(|e| format!("appservice {}: cannot read: {e}", file.display()))?;
         let a = parse(file, &text, server_name)?;
-        let mut seen_tokens = HashSet::new();
-        for other in &out {
-            seen_tokens.extend([other.as_token.as_str(), other.hs_token.as_str()]);
-            if other.id == a.id {
-                return Err(problem(
-                    file,
-                    "id",
-                    format!("{:?} is also the id in {}", a.id, other.file.display()),
-                ));
+        // Checked in this order, so a file with several problems names the first.
+        if let Some(other) = out.iter().find(|o| o.id == a.id) {
+            return Err(problem(
+                file,
+                "id",
+                format!("{:?} is also the id in {}", a.id, other.file.display()),
+            ));
+        }
+        let tokens: HashSet<&str> = out
+            .iter()
+            .flat_map(|o| [o.as_token.as_str(), o.hs_token.as_str()])
+            .collect();
+        for (key, token) in [("as_token", &a.as_token), ("hs_token", &a.hs_token)] {
+            if tokens.contains(token.as_str()) {
+                return Err(problem(file, key, "is also a token of another appservice"));
             }
+        }
+        for other in &out {
             if other.sender == a.sender {
                 return Err(problem(
                     file,
@@ -202,7 +210,7 @@ pub fn load_all(files: &[PathBuf], server_name: &str) -> Result<Vec<AppService>,
                 ));
             }
             for (mine, theirs) in [(&a, other), (other, &a)] {
-                if theirs.claims_user(&mine.sender) && theirs.sender != mine.sender {
+                if theirs.claims_user(&mine.sender) {
                     return Err(problem(
                         &mine.file,
                         "sender_localpart",
@@ -213,16 +221,6 @@ pub fn load_all(files: &[PathBuf], server_name: &str) -> Result<Vec<AppService>,
                         ),
                     ));
                 }
-            }
-        }
-        for key in ["as_token", "hs_token"] {
-            let token = if key == "as_token" {
-                &a.as_token
-            } else {
-                &a.hs_token
-            };
-            if seen_tokens.contains(token.as_str()) {
-                return Err(problem(file, key, "is also a token of another appservice"));
             }
         }
         out.push(a);

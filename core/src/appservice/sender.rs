@@ -66,6 +66,11 @@ pub fn start(server: &Arc<Server>) -> Vec<JoinHandle<()>> {
 async fn run(server: Arc<Server>, a: Arc<Registered>, client: reqwest::Client) {
     let mut changes = server.notifier.subscribe();
     let mut failures: u32 = 0;
+    let start = server.notifier.current().pos;
+    while let Err(e) = server.write(|tx| storage::ensure_appservice_stream(tx, &a.id, start)) {
+        tracing::warn!(appservice = %a.id, error = %e, "cannot start the appservice stream");
+        tokio::time::sleep(RESCAN).await;
+    }
     loop {
         let next = crate::server::off_the_reactor(|| next_transaction(&server, &a));
         let (txn, up_to, typing, body) = match next {
@@ -155,9 +160,7 @@ fn next_transaction(
     a: &Registered,
 ) -> Result<Option<(i64, i64, u64, String)>, Error> {
     let now = server.notifier.current();
-    let st = server
-        .db
-        .read(|c| storage::appservice_stream(c, &a.id, now.pos))?;
+    let st = server.db.read(|c| storage::appservice_stream(c, &a.id))?;
     if let Some((txn, up_to, body)) = st.pending {
         return Ok(Some((txn, up_to, st.typing_serial, body)));
     }

@@ -19,17 +19,9 @@ async fn load(server: &Server, user_id: &str) -> Result<(Option<String>, Option<
     if !server.is_local_user(user_id) {
         return remote_profile(server, user_id).await;
     }
-    if let Some(p) = server.db.read(|c| storage::profile(c, user_id))? {
-        return Ok(p);
-    }
-    // A user in an appservice's namespace may exist once it is asked
-    // (`/_matrix/app/v1/users/{userId}`).
-    if crate::appservice::query::query_user(server, user_id).await
-        && let Some(p) = server.db.read(|c| storage::profile(c, user_id))?
-    {
-        return Ok(p);
-    }
-    Err(Error::NotFound("profile not found".into()))
+    crate::appservice::query::local_profile(server, user_id)
+        .await?
+        .ok_or_else(|| Error::NotFound("profile not found".into()))
 }
 
 async fn remote_profile(

@@ -137,7 +137,7 @@ pub(super) fn send(
             None => false,
         };
         if !retried {
-            super::rate_limit(&server, Action::Message, &caller)?;
+            super::rate_limit(server, Action::Message, caller)?;
         }
         rooms::append_event(tx, server, room_id, ev, txn)
     })?;

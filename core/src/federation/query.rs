@@ -9,7 +9,6 @@ use serde_json::{Value, json};
 
 use crate::error::Error;
 use crate::server::Server;
-use crate::storage;
 
 #[derive(Deserialize)]
 pub(super) struct ProfileQuery {
@@ -27,9 +26,8 @@ pub(super) async fn profile(
             q.user_id
         )));
     }
-    let (displayname, avatar_url) = server
-        .db
-        .read(|c| storage::profile(c, &q.user_id))?
+    let (displayname, avatar_url) = crate::appservice::query::local_profile(&server, &q.user_id)
+        .await?
         .ok_or_else(|| Error::NotFound("profile not found".into()))?;
     let mut out = json!({});
     let want = |f: &str| q.field.as_deref().is_none_or(|w| w == f);

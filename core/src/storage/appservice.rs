@@ -19,15 +19,20 @@ pub struct AppserviceStream {
     pub pending: Option<(i64, StreamPosition, String)>,
 }
 
-/// The appservice's row, created at `start` (the stream's current position: a new
-/// appservice gets what happens from now on, not the node's history).
-pub fn appservice_stream(
+/// Give an appservice its row if it has none, at `start` (the stream's current
+/// position: a new appservice gets what happens from now on, not the node's history).
+pub fn ensure_appservice_stream(
     c: &Connection,
     as_id: &str,
     start: StreamPosition,
-) -> Result<AppserviceStream, Error> {
+) -> Result<(), Error> {
     c.prepare_cached("INSERT OR IGNORE INTO appservice_stream (as_id, pos) VALUES (?1, ?2)")?
         .execute(params![as_id, start])?;
+    Ok(())
+}
+
+/// The appservice's row (see [`ensure_appservice_stream`]).
+pub fn appservice_stream(c: &Connection, as_id: &str) -> Result<AppserviceStream, Error> {
     let row = c
         .prepare_cached(
             "SELECT pos, typing_serial, last_txn, pending_txn, pending_up_to, pending_body

@@ -2,6 +2,7 @@
 //! matrix-sdk again, which was most of CI's time on two cores). Helpers shared by the
 //! modules live in the `warren-tests` library (`tests/src/lib.rs`).
 
+mod appservice;
 mod bad_input;
 mod client_api;
 mod client_flow;
