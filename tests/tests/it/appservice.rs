@@ -313,3 +313,331 @@ async fn appservice_tokens_act_only_within_their_namespaces() -> anyhow::Result<
     ensure!(s == 400 && body["errcode"] == "M_EXCLUSIVE", "{s} {body}");
     shutdown_node(node).await
 }
+
+/// A fake appservice (an axum server in the test) that records every transaction
+/// attempt and answers 503 while `down` is set.
+#[derive(Default)]
+struct FakeAppservice {
+    down: std::sync::atomic::AtomicBool,
+    /// Every attempt: transaction id, body, `Authorization` header, taken or not.
+    attempts: parking_lot::Mutex<Vec<(String, Value, String, bool)>>,
+}
+
+impl FakeAppservice {
+    fn taken(&self) -> Vec<(String, Value)> {
+        self.attempts
+            .lock()
+            .iter()
+            .filter(|a| a.3)
+            .map(|a| (a.0.clone(), a.1.clone()))
+            .collect()
+    }
+
+    fn taken_events(&self) -> Vec<Value> {
+        self.taken()
+            .into_iter()
+            .flat_map(|(_, b)| b["events"].as_array().cloned().unwrap_or_default())
+            .collect()
+    }
+}
+
+async fn fake_transaction(
+    axum::extract::State(fake): axum::extract::State<std::sync::Arc<FakeAppservice>>,
+    axum::extract::Path(txn): axum::extract::Path<String>,
+    headers: http::HeaderMap,
+    axum::Json(body): axum::Json<Value>,
+) -> (http::StatusCode, axum::Json<Value>) {
+    let down = fake.down.load(std::sync::atomic::Ordering::SeqCst);
+    let auth = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    fake.attempts.lock().push((txn, body, auth, !down));
+    if down {
+        (http::StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({})))
+    } else {
+        (http::StatusCode::OK, axum::Json(json!({})))
+    }
+}
+
+async fn fake_appservice() -> (std::sync::Arc<FakeAppservice>, String) {
+    let fake = std::sync::Arc::new(FakeAppservice::default());
+    let app = axum::Router::new()
+        .route(
+            "/_matrix/app/v1/transactions/{txn}",
+            axum::routing::put(fake_transaction),
+        )
+        .with_state(fake.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the fake appservice");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (fake, format!("http://{addr}"))
+}
+
+/// A raw request with the appservice token, acting as `as_user` when given.
+async fn as_call(
+    base: &str,
+    method: reqwest::Method,
+    path: &str,
+    as_user: Option<&str>,
+    body: Value,
+) -> anyhow::Result<(u16, Value)> {
+    let mut url = format!("{base}/_matrix/client{path}");
+    if let Some(u) = as_user {
+        url.push(if url.contains('?') { '&' } else { '?' });
+        url.push_str(&format!("user_id={}", warren_tests::path_segment(u)));
+    }
+    let r = http_client()?
+        .request(method, url)
+        .bearer_auth("as-tok")
+        .json(&body)
+        .send()
+        .await?;
+    Ok((r.status().as_u16(), r.json().await.unwrap_or(Value::Null)))
+}
+
+/// While the appservice is down the node keeps one pending transaction and retries it;
+/// the pending transaction survives a restart of the node and is resent with the same id
+/// and the same content; then everything follows in order, in transactions of at most
+/// 100 events, each event once. The appservice (`rate_limited: false`) sends past the
+/// message rate limit that stops an ordinary user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_transaction_queue_survives_restarts_and_delivers_in_bounded_batches()
+-> anyhow::Result<()> {
+    use warren_core::config::Rate;
+    use warren_core::ratelimit::Action;
+    let (fake, url) = fake_appservice().await;
+    fake.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    let dir = tempfile::tempdir()?;
+    let reg = dir.path().join("r.yaml");
+    std::fs::write(&reg, registration("queue", Some(&url), "as-tok", "hs-tok"))?;
+    let config = || {
+        let mut c = test_config(dir.path());
+        c.app_service_config_files = vec![reg.clone()];
+        c.rate_limits
+            .set(Action::Message, Some(Rate::new(1.0, 5.0)));
+        c
+    };
+    let node = start_node_with(config()).await?;
+    let base = node.client_url();
+    let server = node.server_name().to_owned();
+    let puppet = format!("@bridge_q:{server}");
+    let (s, r) = as_call(
+        &base,
+        reqwest::Method::POST,
+        "/v3/register",
+        None,
+        json!({"type": "m.login.application_service", "username": "bridge_q"}),
+    )
+    .await?;
+    ensure!(s == 200, "{s} {r}");
+    let (s, room) = as_call(
+        &base,
+        reqwest::Method::POST,
+        "/v3/createRoom",
+        Some(&puppet),
+        json!({}),
+    )
+    .await?;
+    ensure!(s == 200, "{s} {room}");
+    let room_id = room["room_id"].as_str().context("room_id")?.to_owned();
+    const N: usize = 250;
+    for i in 0..N {
+        let (s, r) = as_call(
+            &base,
+            reqwest::Method::PUT,
+            &format!("/v3/rooms/{room_id}/send/m.room.message/t{i}"),
+            Some(&puppet),
+            json!({"msgtype": "m.text", "body": format!("m{i}")}),
+        )
+        .await?;
+        ensure!(s == 200, "send {i} as the appservice: {s} {r}");
+    }
+    // An ordinary user is held to the limit.
+    let bob = warren_tests::RawUser::register(base.clone(), "bob").await?;
+    let bob_room = bob.create_room(json!({})).await?;
+    let mut limited = false;
+    for i in 0..10 {
+        let (s, _) = bob
+            .call(
+                reqwest::Method::PUT,
+                &format!("/rooms/{bob_room}/send/m.room.message/b{i}"),
+                json!({"msgtype": "m.text", "body": "x"}),
+            )
+            .await?;
+        limited |= s == 429;
+    }
+    ensure!(limited, "an ordinary user was never rate limited");
+    warren_tests::wait_until(Duration::from_secs(30), "a failed attempt", async || {
+        Ok(!fake.attempts.lock().is_empty())
+    })
+    .await?;
+    let (first_txn, first_body, auth, _) = fake.attempts.lock()[0].clone();
+    ensure!(auth == "Bearer hs-tok", "{auth}");
+    shutdown_node(node).await?;
+
+    fake.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    let node = start_node_with(config()).await?;
+    warren_tests::wait_until(Duration::from_secs(60), "every message", async || {
+        let bodies: Vec<String> = fake
+            .taken_events()
+            .iter()
+            .filter(|e| e["room_id"] == room_id.as_str() && e["type"] == "m.room.message")
+            .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+            .collect();
+        Ok(bodies.len() >= N)
+    })
+    .await?;
+    let taken = fake.taken();
+    ensure!(
+        taken[0].0 == first_txn && taken[0].1 == first_body,
+        "the pending transaction was not resent as it was: {} vs {first_txn}",
+        taken[0].0
+    );
+    let mut last = 0u64;
+    let mut ids = std::collections::HashSet::new();
+    for (txn, body) in &taken {
+        let n: u64 = txn.parse().context("numeric txn id")?;
+        ensure!(n > last, "transaction ids not increasing: {n} after {last}");
+        last = n;
+        let events = body["events"].as_array().context("events")?;
+        ensure!(
+            events.len() <= 100,
+            "{} events in one transaction",
+            events.len()
+        );
+        for e in events {
+            ensure!(
+                ids.insert(e["event_id"].to_string()),
+                "{} sent twice",
+                e["event_id"]
+            );
+        }
+    }
+    let bodies: Vec<String> = fake
+        .taken_events()
+        .iter()
+        .filter(|e| e["room_id"] == room_id.as_str() && e["type"] == "m.room.message")
+        .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+        .collect();
+    let expected: Vec<String> = (0..N).map(|i| format!("m{i}")).collect();
+    ensure!(
+        bodies == expected,
+        "out of order: {:?}",
+        &bodies[..bodies.len().min(10)]
+    );
+    // Bob's room has no user of the appservice: none of it was sent.
+    ensure!(
+        !fake
+            .taken_events()
+            .iter()
+            .any(|e| e["room_id"] == bob_room.as_str()),
+        "an unrelated room reached the appservice"
+    );
+    shutdown_node(node).await
+}
+
+/// MSC3202: the appservice acts as one of its users' devices, and gets the to-device
+/// messages for its users with the device's one-time key counts (MSC4203's field).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_masquerading_and_to_device_reach_the_appservice() -> anyhow::Result<()> {
+    let (fake, url) = fake_appservice().await;
+    let dir = tempfile::tempdir()?;
+    let reg = dir.path().join("r.yaml");
+    std::fs::write(
+        &reg,
+        registration("devices", Some(&url), "as-tok", "hs-tok") + "org.matrix.msc3202: true\n",
+    )?;
+    let mut config = test_config(dir.path());
+    config.app_service_config_files = vec![reg];
+    let node = start_node_with(config).await?;
+    let base = node.client_url();
+    let server = node.server_name().to_owned();
+    let puppet = format!("@bridge_d:{server}");
+    as_call(
+        &base,
+        reqwest::Method::POST,
+        "/v3/register",
+        None,
+        json!({"type": "m.login.application_service", "username": "bridge_d", "inhibit_login": true}),
+    )
+    .await?;
+    let (s, login) = as_call(
+        &base,
+        reqwest::Method::POST,
+        "/v3/login",
+        None,
+        json!({"type": "m.login.application_service", "identifier": {"type": "m.id.user", "user": puppet}, "device_id": "PUPPETDEV"}),
+    )
+    .await?;
+    ensure!(s == 200 && login["device_id"] == "PUPPETDEV", "{s} {login}");
+    let (s, who) = as_call(
+        &base,
+        reqwest::Method::GET,
+        "/v3/account/whoami?device_id=PUPPETDEV",
+        Some(&puppet),
+        Value::Null,
+    )
+    .await?;
+    ensure!(s == 200 && who["device_id"] == "PUPPETDEV", "{s} {who}");
+    let (s, e) = as_call(
+        &base,
+        reqwest::Method::GET,
+        "/v3/account/whoami?device_id=NOSUCH",
+        Some(&puppet),
+        Value::Null,
+    )
+    .await?;
+    ensure!(s == 403, "an unknown device: {s} {e}");
+    // The device uploads a one-time key, as the appservice.
+    let (s, up) = as_call(
+        &base,
+        reqwest::Method::POST,
+        "/v3/keys/upload?device_id=PUPPETDEV",
+        Some(&puppet),
+        json!({"one_time_keys": {"signed_curve25519:AAAA": {"key": "k", "signatures": {}}}}),
+    )
+    .await?;
+    ensure!(s == 200, "{s} {up}");
+    let bob = warren_tests::RawUser::register(base.clone(), "bob").await?;
+    bob.ok(
+        reqwest::Method::PUT,
+        "/sendToDevice/m.test.hello/td1",
+        json!({"messages": {puppet.clone(): {"PUPPETDEV": {"hi": "there"}}}}),
+    )
+    .await?;
+    warren_tests::wait_until(
+        Duration::from_secs(30),
+        "the to-device message",
+        async || {
+            Ok(fake
+                .taken()
+                .iter()
+                .any(|(_, b)| b["de.sorunome.msc2409.to_device"].is_array()))
+        },
+    )
+    .await?;
+    let body = fake
+        .taken()
+        .into_iter()
+        .map(|(_, b)| b)
+        .find(|b| b["de.sorunome.msc2409.to_device"].is_array())
+        .context("a transaction with to-device")?;
+    let td = &body["de.sorunome.msc2409.to_device"][0];
+    ensure!(
+        td["type"] == "m.test.hello"
+            && td["sender"] == bob.id()
+            && td["to_user_id"] == puppet.as_str()
+            && td["to_device_id"] == "PUPPETDEV"
+            && td["content"]["hi"] == "there",
+        "{td}"
+    );
+    let count = &body["org.matrix.msc3202.device_one_time_keys_count"][&puppet]["PUPPETDEV"];
+    ensure!(count["signed_curve25519"] == 1, "{body}");
+    shutdown_node(node).await
+}
