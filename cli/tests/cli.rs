@@ -1119,3 +1119,77 @@ fn bench_soak_writes_samples_chart_and_summary() {
         "{summary}"
     );
 }
+
+fn appservice_registration(id: &str, sender: &str, token: &str) -> String {
+    format!(
+        "id: {id}\nurl: null\nas_token: as-{token}\nhs_token: hs-{token}\n\
+         sender_localpart: {sender}\nnamespaces:\n  users:\n  - exclusive: true\n    \
+         regex: '@{id}_.*'\n"
+    )
+}
+
+#[cfg(unix)]
+#[test]
+fn appservices_come_from_the_flag_and_the_config_file_and_are_listed() {
+    let dir = tempdir();
+    let data_dir = dir.path().join("node");
+    std::fs::create_dir_all(&data_dir).expect("mkdir");
+    std::fs::write(
+        data_dir.join("one.yaml"),
+        appservice_registration("one", "onebot", "1"),
+    )
+    .expect("write");
+    std::fs::write(
+        data_dir.join("warren.toml"),
+        "app_service_config_files = [\"one.yaml\"]\n",
+    )
+    .expect("write");
+    let two = dir.path().join("two.yaml");
+    std::fs::write(&two, appservice_registration("two", "twobot", "2")).expect("write");
+
+    // A bad registration: one clean line naming the file and key, and no node.
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, appservice_registration("one", "badbot", "3")).expect("write");
+    let mut cmd = warren();
+    cmd.arg("run")
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .args(["--client-addr", "127.0.0.1:0", "--no-mdns"])
+        .arg("--appservice")
+        .arg(&bad);
+    let (status, _, err) = finish(cmd);
+    assert!(!status.success());
+    let line = assert_clean_error(&err);
+    assert!(
+        line.contains("bad.yaml") && line.contains(": id:"),
+        "{line}"
+    );
+
+    let mut cmd = warren();
+    cmd.arg("run")
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .args(["--client-addr", "127.0.0.1:0", "--no-mdns"])
+        .arg("--appservice")
+        .arg(&two);
+    let mut node = RunningNode::start_with(cmd);
+    node.client_url();
+    let (code, out, err) = manage(&data_dir, &["appservice", "list", "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let list: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_default();
+    let ids: Vec<&str> = list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["one", "two"], "{out}");
+    let (code, out, _) = manage(&data_dir, &["appservice", "list"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("appservice one: no url"), "{out}");
+    assert!(out.contains("users: @two_.*"), "{out}");
+    let (_, out, _) = manage(&data_dir, &["status"]);
+    assert!(out.contains("appservice two:"), "{out}");
+    node.terminate();
+    node.wait();
+}

@@ -140,9 +140,9 @@ pub fn report(
                 "sender": a.sender,
                 "file": a.file.display().to_string(),
                 "namespaces": {
-                    "users": a.users.iter().map(|p| p.regex.as_str()).collect::<Vec<_>>(),
-                    "aliases": a.aliases.iter().map(|p| p.regex.as_str()).collect::<Vec<_>>(),
-                    "rooms": a.rooms.iter().map(|p| p.regex.as_str()).collect::<Vec<_>>(),
+                    "users": a.users.iter().map(|p| p.source.as_str()).collect::<Vec<_>>(),
+                    "aliases": a.aliases.iter().map(|p| p.source.as_str()).collect::<Vec<_>>(),
+                    "rooms": a.rooms.iter().map(|p| p.source.as_str()).collect::<Vec<_>>(),
                 },
                 "rate_limited": a.rate_limited,
                 "receive_ephemeral": a.receive_ephemeral,

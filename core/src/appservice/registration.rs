@@ -28,6 +28,8 @@ pub struct Pattern {
     pub regex: Regex,
     /// Only this appservice may create what matches.
     pub exclusive: bool,
+    /// The regex as the file gives it.
+    pub source: String,
 }
 
 /// A registration, checked and compiled.
@@ -111,6 +113,7 @@ fn compile(file: &Path, key: &str, list: &[Namespace]) -> Result<Vec<Pattern>, S
                 .map(|regex| Pattern {
                     regex,
                     exclusive: ns.exclusive,
+                    source: ns.regex.clone(),
                 })
                 .map_err(|e| {
                     let first = e.to_string().lines().last().unwrap_or_default().to_owned();
