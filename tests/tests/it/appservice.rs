@@ -368,6 +368,26 @@ async fn fake_appservice() -> (std::sync::Arc<FakeAppservice>, String) {
             "/_matrix/app/v1/transactions/{txn}",
             axum::routing::put(fake_transaction),
         )
+        .route(
+            "/_matrix/app/v1/thirdparty/protocol/fakechat",
+            axum::routing::get(async || {
+                axum::Json(json!({
+                    "user_fields": ["nick"], "location_fields": ["channel"], "icon": "mxc://x/y",
+                    "field_types": {}, "instances": [{"desc": "Fake", "network_id": "fakenet", "fields": {}}],
+                }))
+            }),
+        )
+        .route(
+            "/_matrix/app/v1/thirdparty/user/fakechat",
+            axum::routing::get(
+                async |axum::extract::Query(q): axum::extract::Query<std::collections::BTreeMap<String, String>>| {
+                    axum::Json(json!([{
+                        "userid": format!("@bridge_{}:x", q.get("nick").cloned().unwrap_or_default()),
+                        "protocol": "fakechat", "fields": q,
+                    }]))
+                },
+            ),
+        )
         .with_state(fake.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -551,7 +571,8 @@ async fn device_masquerading_and_to_device_reach_the_appservice() -> anyhow::Res
     let reg = dir.path().join("r.yaml");
     std::fs::write(
         &reg,
-        registration("devices", Some(&url), "as-tok", "hs-tok") + "org.matrix.msc3202: true\n",
+        registration("devices", Some(&url), "as-tok", "hs-tok")
+            + "org.matrix.msc3202: true\nprotocols: [fakechat]\n",
     )?;
     let mut config = test_config(dir.path());
     config.app_service_config_files = vec![reg];
@@ -639,5 +660,29 @@ async fn device_masquerading_and_to_device_reach_the_appservice() -> anyhow::Res
     );
     let count = &body["org.matrix.msc3202.device_one_time_keys_count"][&puppet]["PUPPETDEV"];
     ensure!(count["signed_curve25519"] == 1, "{body}");
+    // Third-party lookups go to the appservice that declares the protocol.
+    let protocols = bob
+        .ok(reqwest::Method::GET, "/thirdparty/protocols", Value::Null)
+        .await?;
+    ensure!(
+        protocols["fakechat"]["instances"][0]["instance_id"] == "devices|fakenet"
+            && protocols["mesh"].is_object(),
+        "{protocols}"
+    );
+    let users = bob
+        .ok(
+            reqwest::Method::GET,
+            "/thirdparty/user/fakechat?nick=zoe",
+            Value::Null,
+        )
+        .await?;
+    ensure!(
+        users[0]["userid"] == "@bridge_zoe:x" && users[0]["fields"]["nick"] == "zoe",
+        "{users}"
+    );
+    let (s, _) = bob
+        .call(reqwest::Method::GET, "/thirdparty/user/nosuch", Value::Null)
+        .await?;
+    ensure!(s == 404, "an undeclared protocol: {s}");
     shutdown_node(node).await
 }
