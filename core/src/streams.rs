@@ -186,6 +186,17 @@ impl TypingState {
     }
 }
 
+/// Who is still typing at `now`, sorted.
+fn typing_now(users: &HashMap<String, Instant>, now: Instant) -> Vec<String> {
+    let mut list: Vec<String> = users
+        .iter()
+        .filter(|(_, exp)| **exp > now)
+        .map(|(u, _)| u.clone())
+        .collect();
+    list.sort();
+    list
+}
+
 /// Publishes positions after commit and wakes waiters.
 pub struct Notifier {
     tx: watch::Sender<SyncToken>,
@@ -262,14 +273,7 @@ impl Notifier {
         if !force && *serial <= since_serial && since_serial <= st.serial {
             return None;
         }
-        let now = Instant::now();
-        let mut list: Vec<String> = users
-            .iter()
-            .filter(|(_, exp)| **exp > now)
-            .map(|(u, _)| u.clone())
-            .collect();
-        list.sort();
-        Some(list)
+        Some(typing_now(users, Instant::now()))
     }
 
     /// The typing serial now, and each room whose typing list changed after
@@ -287,15 +291,7 @@ impl Notifier {
             .rooms
             .iter()
             .filter(|(_, (serial, _))| *serial > since)
-            .map(|(room, (_, users))| {
-                let mut list: Vec<String> = users
-                    .iter()
-                    .filter(|(_, exp)| **exp > now)
-                    .map(|(u, _)| u.clone())
-                    .collect();
-                list.sort();
-                (room.clone(), list)
-            })
+            .map(|(room, (_, users))| (room.clone(), typing_now(users, now)))
             .collect();
         out.sort();
         (st.serial, out)

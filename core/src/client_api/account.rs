@@ -367,7 +367,7 @@ pub(super) async fn login(
     State(server): State<Arc<Server>>,
     ClientIp(ip): ClientIp,
     AppserviceToken(appservice): AppserviceToken,
-    Body(body): Body<LoginBody>,
+    Body(mut body): Body<LoginBody>,
 ) -> JsonResult {
     if body.kind == APPSERVICE_LOGIN {
         return login_appservice_user(&server, appservice, body);
@@ -381,6 +381,7 @@ pub(super) async fn login(
     let user_id = user_from_identifier(&server, body.identifier.as_ref(), body.user.as_deref())?;
     let password = body
         .password
+        .take()
         .ok_or_else(|| Error::MissingParam("password is required".into()))?;
     // Every limit is checked before the password is hashed: a refused guess costs
     // nothing. Failed attempts are counted per account once they fail.
@@ -395,6 +396,11 @@ pub(super) async fn login(
         }
         other => other?,
     }
+    log_in(&server, &user_id, body)
+}
+
+/// A new device (the one asked for, or a random id) and access token for `user_id`.
+fn log_in(server: &Server, user_id: &str, body: LoginBody) -> JsonResult {
     let device_id = body
         .device_id
         .unwrap_or_else(|| random_string(10).to_uppercase());
@@ -402,7 +408,7 @@ pub(super) async fn login(
     server.write(|tx| {
         storage::start_session(
             tx,
-            &user_id,
+            user_id,
             &device_id,
             body.initial_device_display_name.as_deref(),
             &token,
@@ -437,25 +443,7 @@ fn login_appservice_user(
         Some((_, true)) => return Err(Error::UserDeactivated),
         None => return Err(Error::InvalidCredentials),
     }
-    let device_id = body
-        .device_id
-        .unwrap_or_else(|| random_string(10).to_uppercase());
-    let token = random_string(40);
-    server.write(|tx| {
-        storage::start_session(
-            tx,
-            &user_id,
-            &device_id,
-            body.initial_device_display_name.as_deref(),
-            &token,
-        )
-    })?;
-    Ok(Json(json!({
-        "user_id": user_id,
-        "access_token": token,
-        "device_id": device_id,
-        "home_server": server.server_name(),
-    })))
+    log_in(server, &user_id, body)
 }
 
 /// `POST /logout`: ends the session and removes its device.
