@@ -11,6 +11,7 @@ pub mod admin;
 pub mod appservice;
 pub mod client_api;
 pub mod config;
+pub mod delayed_events;
 pub mod directory;
 pub mod e2ee;
 pub mod error;

@@ -144,6 +144,7 @@ impl Node {
             limiter,
             joins: crate::keyed::KeyedPermits::new(1, crate::rooms::MAX_ROOMS_JOINING),
             appservices: crate::appservice::AppServices::new(appservices),
+            delayed_wake: Default::default(),
         });
         crate::appservice::register_senders(&server)
             .map_err(|e| StartError::Other(format!("appservice sender users: {e}")))?;
@@ -189,7 +190,8 @@ impl Node {
         let prefetch = crate::media::remote::start_prefetch(server.clone());
         // Push gateways get whatever the push queue holds, rows from before a restart too.
         *server.push_task.lock() = Some(crate::push::delivery::start(server.clone()));
-        let mut background = vec![typing, presence, txns, prefetch];
+        let delayed = crate::delayed_events::start(server.clone());
+        let mut background = vec![typing, presence, txns, prefetch, delayed];
         background.extend(crate::appservice::sender::start(&server));
         tracing::info!(server_name = %server.server_name(), %addr, "node started");
         Ok(Node {

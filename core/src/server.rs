@@ -73,6 +73,8 @@ pub struct Server {
     pub joins: crate::keyed::KeyedPermits,
     /// Registered application services.
     pub appservices: crate::appservice::AppServices,
+    /// Wakes the delayed-event task (one was added, restarted or cancelled).
+    pub delayed_wake: tokio::sync::Notify,
 }
 
 thread_local! {

@@ -6,6 +6,7 @@
 pub(crate) mod account;
 mod account_data;
 mod appservice;
+mod delayed_events;
 mod directory;
 mod ephemeral;
 mod extract;
@@ -404,6 +405,19 @@ pub fn router(server: Arc<Server>) -> Router {
     ] {
         r = r.route(path, route.fallback(method_not_allowed));
     }
+    r = r
+        .route(
+            delayed_events::PREFIX,
+            get(delayed_events::list).fallback(method_not_allowed),
+        )
+        .route(
+            &format!("{}/{{delay_id}}", delayed_events::PREFIX),
+            post(delayed_events::update).fallback(method_not_allowed),
+        )
+        .route(
+            &format!("{}/{{delay_id}}/{{action}}", delayed_events::PREFIX),
+            post(delayed_events::update_by_path).fallback(method_not_allowed),
+        );
     for (path, route) in media_routes() {
         r = r.route(&path, route.fallback(method_not_allowed));
     }

@@ -144,11 +144,14 @@ pub(super) fn send(
     Ok(appended.event_id)
 }
 
-/// The `ts` query parameter of sends and state: an application service may set the
-/// event's `origin_server_ts` (a bridged message keeps its original time).
+/// The query parameters of sends and state: `ts`, with which an application service
+/// sets the event's `origin_server_ts` (a bridged message keeps its original time), and
+/// MSC4140's delay, which makes it a delayed event.
 #[derive(Deserialize)]
 pub(super) struct TsQuery {
     ts: Option<i64>,
+    #[serde(rename = "org.matrix.msc4140.delay")]
+    delay: Option<u64>,
 }
 
 impl TsQuery {
@@ -166,6 +169,18 @@ pub(super) async fn send_message(
     Q(ts): Q<TsQuery>,
     Body(content): Body<Value>,
 ) -> JsonResult {
+    if let Some(delay) = ts.delay {
+        return super::delayed_events::schedule(
+            &server,
+            &caller,
+            &room_id,
+            &kind,
+            None,
+            Some(&txn_id),
+            &content,
+            delay,
+        );
+    }
     let ts = ts.for_caller(&caller);
     let ev = NewEvent {
         kind,
@@ -194,6 +209,18 @@ pub(super) async fn put_state(
     Q(ts): Q<TsQuery>,
     Body(content): Body<Value>,
 ) -> JsonResult {
+    if let Some(delay) = ts.delay {
+        return super::delayed_events::schedule(
+            &server,
+            &caller,
+            &room_id,
+            &kind,
+            Some(&state_key),
+            None,
+            &content,
+            delay,
+        );
+    }
     let ts = ts.for_caller(&caller);
     put_state_inner(server, caller, room_id, kind, state_key, content, ts).await
 }
@@ -206,6 +233,18 @@ pub(super) async fn put_state_empty(
     Q(ts): Q<TsQuery>,
     Body(content): Body<Value>,
 ) -> JsonResult {
+    if let Some(delay) = ts.delay {
+        return super::delayed_events::schedule(
+            &server,
+            &caller,
+            &room_id,
+            &kind,
+            Some(""),
+            None,
+            &content,
+            delay,
+        );
+    }
     let ts = ts.for_caller(&caller);
     put_state_inner(server, caller, room_id, kind, String::new(), content, ts).await
 }

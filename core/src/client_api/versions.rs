@@ -12,7 +12,12 @@ pub(super) async fn versions() -> Json<Value> {
         "versions": ["r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10", "v1.11"],
         // Simplified sliding sync (MSC4186), which matrix-sdk discovers here; room reports
         // on the MSC4151 path (spec v1.13), which v1.11 clients use.
-        "unstable_features": {"org.matrix.simplified_msc3575": true, "org.matrix.msc4151": true},
+        // Delayed events (MSC4140), which Element Call looks for.
+        "unstable_features": {
+            "org.matrix.simplified_msc3575": true,
+            "org.matrix.msc4151": true,
+            "org.matrix.msc4140": true,
+        },
     }))
 }
 

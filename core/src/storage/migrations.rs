@@ -704,6 +704,27 @@ const MIGRATIONS: &[&str] = &[
         pending_body TEXT
     );
     "#,
+    // 24: delayed events (MSC4140): sent by the node when their time comes, unless the
+    // client cancels or restarts them first (Element Call's "leave the call if I drop").
+    r#"
+    CREATE TABLE delayed_events (
+        delay_id TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        txn_id TEXT,
+        room_id TEXT NOT NULL,
+        type TEXT NOT NULL,
+        state_key TEXT,
+        content TEXT NOT NULL,
+        delay_ms INTEGER NOT NULL,
+        running_since INTEGER NOT NULL,
+        send_at INTEGER NOT NULL
+    );
+    CREATE INDEX delayed_events_due ON delayed_events(send_at);
+    CREATE INDEX delayed_events_by_user ON delayed_events(user_id, running_since);
+    CREATE UNIQUE INDEX delayed_events_txn ON delayed_events(user_id, device_id, txn_id)
+        WHERE txn_id IS NOT NULL;
+    "#,
 ];
 
 /// The schema version this build writes.
