@@ -1091,7 +1091,7 @@ mod tests {
 
     #[test]
     fn version_17_search_index_is_contentless_and_deletable() {
-        let mut conn = Connection::open_in_memory().expect("open");
+        let conn = Connection::open_in_memory().expect("open");
         for sql in &MIGRATIONS[..16] {
             conn.execute_batch(sql).expect("schema up to 16");
         }
