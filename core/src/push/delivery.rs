@@ -54,13 +54,10 @@ impl Drop for PusherTask {
 /// included, and is woken after each write that queued rows.
 pub fn start(server: Arc<Server>) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let client = match client(&server.config.push) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot build the push HTTP client; pushes stay queued");
-                return;
-            }
-        };
+        // Built when a pusher first has something queued, not at start: building it
+        // loads and parses the system's root certificates, memory (and code) a node
+        // without http pushers never needs (docs/performance.md, "Memory").
+        let mut client = LazyClient::default();
         let mut tasks: HashMap<PusherKey, PusherTask> = HashMap::new();
         let mut rescan = tokio::time::interval(RESCAN);
         loop {
@@ -68,9 +65,34 @@ pub fn start(server: Arc<Server>) -> JoinHandle<()> {
                 () = server.push_wake.notified() => {}
                 _ = rescan.tick() => {}
             }
-            wake_all(&server, &client, &mut tasks);
+            wake_all(&server, &mut client, &mut tasks);
         }
     })
+}
+
+/// The gateway client, built on first use.
+#[derive(Default)]
+struct LazyClient {
+    client: Option<reqwest::Client>,
+    /// Building it failed already (said once in the log, not at every rescan).
+    failed: bool,
+}
+
+impl LazyClient {
+    fn get(&mut self, config: &crate::config::PushConfig) -> Option<reqwest::Client> {
+        if self.client.is_none() {
+            match client(config) {
+                Ok(c) => self.client = Some(c),
+                Err(e) => {
+                    if !self.failed {
+                        tracing::error!(error = %e, "cannot build the push HTTP client; pushes stay queued");
+                    }
+                    self.failed = true;
+                }
+            }
+        }
+        self.client.clone()
+    }
 }
 
 /// The bounded HTTP client for gateways.
@@ -86,7 +108,7 @@ fn client(config: &crate::config::PushConfig) -> Result<reqwest::Client, reqwest
 
 fn wake_all(
     server: &Arc<Server>,
-    client: &reqwest::Client,
+    client: &mut LazyClient,
     tasks: &mut HashMap<PusherKey, PusherTask>,
 ) {
     let pending = match server.db.read(storage::push_queue_pushers) {
@@ -97,6 +119,12 @@ fn wake_all(
         }
     };
     tasks.retain(|_, t| !t.task.is_finished());
+    if pending.is_empty() {
+        return;
+    }
+    let Some(client) = client.get(&server.config.push) else {
+        return;
+    };
     for key in pending {
         let t = tasks.entry(key.clone()).or_insert_with(|| {
             let wake = Arc::new(Notify::new());

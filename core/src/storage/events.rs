@@ -363,15 +363,24 @@ pub fn txn_lookup(
     scope: (&str, &str, Option<&str>),
 ) -> Result<TxnSlot, Error> {
     let (room_id, kind, redacts) = scope;
+    // The row is keyed by a hash; the event itself says whose transaction it was.
     let find = |key: &str| -> Result<Option<(String, bool)>, Error> {
         Ok(c.prepare_cached(
-            "SELECT e.event_id, e.room_id = ?4 AND e.type = ?5
-                 AND json_extract(e.json, '$.redacts') IS ?6
+            "SELECT e.event_id, e.room_id = ?5 AND e.type = ?6
+                 AND json_extract(e.json, '$.redacts') IS ?7
              FROM event_txns t JOIN events e ON e.stream_ordering = t.stream_ordering
-             WHERE t.user_id = ?1 AND t.device_id = ?2 AND t.txn_id = ?3",
+             WHERE t.key = ?1 AND e.sender = ?2 AND e.txn_device = ?3 AND e.txn_id = ?4",
         )?
         .query_row(
-            params![user_id, device_id, key, room_id, kind, redacts],
+            params![
+                txn_key(user_id, device_id, key),
+                user_id,
+                device_id,
+                txn_id,
+                room_id,
+                kind,
+                redacts
+            ],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()?)
@@ -391,20 +400,37 @@ pub fn txn_lookup(
     })
 }
 
+/// The key of a client transaction in `event_txns`: the first 8 bytes of the SHA-256 of
+/// the user id, device id and transaction key (each length-prefixed, so no two triples
+/// share an input). 64 bits, so a collision is practically impossible, and harmless:
+/// a hit must also match the event's own sender, device and transaction id.
+pub(crate) fn txn_key(user_id: &str, device_id: &str, key: &str) -> i64 {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in [user_id, device_id, key] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    let digest = h.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    i64::from_le_bytes(first)
+}
+
 /// Remember which event (by its stream position, which names it in fewer bytes than
-/// its id) a client transaction produced.
+/// its id) a client transaction produced. `key` is the transaction's key from
+/// [`txn_lookup`]; the event row holds the sender, device and plain transaction id.
 pub fn insert_txn(
     c: &Connection,
     user_id: &str,
     device_id: &str,
-    txn_id: &str,
+    key: &str,
     stream_ordering: i64,
 ) -> Result<(), Error> {
-    c.prepare_cached(
-        "INSERT INTO event_txns (user_id, device_id, txn_id, stream_ordering)
-         VALUES (?1, ?2, ?3, ?4)",
-    )?
-    .execute(params![user_id, device_id, txn_id, stream_ordering])?;
+    // REPLACE: a row under the same key that is not this client's (a 64-bit collision)
+    // gives way; the newer transaction is the one a retry can still come for.
+    c.prepare_cached("INSERT OR REPLACE INTO event_txns (key, stream_ordering) VALUES (?1, ?2)")?
+        .execute(params![txn_key(user_id, device_id, key), stream_ordering])?;
     Ok(())
 }
 
@@ -414,8 +440,8 @@ pub fn insert_txn(
 pub fn prune_event_txns(c: &Connection, older_than_ms: i64, limit: usize) -> Result<usize, Error> {
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     Ok(c.prepare_cached(
-        "DELETE FROM event_txns WHERE (user_id, device_id, txn_id) IN (
-             SELECT t.user_id, t.device_id, t.txn_id FROM event_txns t
+        "DELETE FROM event_txns WHERE key IN (
+             SELECT t.key FROM event_txns t
              JOIN events e ON e.stream_ordering = t.stream_ordering
              WHERE e.origin_server_ts < ?1 LIMIT ?2)",
     )?
@@ -611,15 +637,65 @@ mod tests {
         }
     }
 
+    /// A timeline event at `pos` sent by `@a:x` from device `DEV` as transaction `txn`.
+    fn sent(pos: i64, room: &str, txn: &str) -> StoredEvent {
+        let mut e = rejected(pos, room);
+        e.stream_ordering = pos;
+        e.status = EventStatus::Timeline;
+        e.rejection_reason = None;
+        e.sender = "@a:x".into();
+        e.txn_device = Some("DEV".into());
+        e.txn_id = Some(txn.into());
+        e
+    }
+
+    #[test]
+    fn transaction_keys_differ_by_user_device_and_key() {
+        let k = txn_key("@a:x", "DEV", "t1");
+        assert_eq!(k, txn_key("@a:x", "DEV", "t1"));
+        for other in [
+            txn_key("@b:x", "DEV", "t1"),
+            txn_key("@a:x", "DEV2", "t1"),
+            txn_key("@a:x", "DEV", "t2"),
+            // No two triples share an input: the parts are length-prefixed.
+            txn_key("@a:x", "DEVt", "1"),
+        ] {
+            assert_ne!(k, other);
+        }
+    }
+
+    #[test]
+    fn a_transaction_row_answers_only_its_own_client() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = super::super::Db::open(&dir.path().join("warren.db")).expect("open");
+        db.write(|c| {
+            insert_event(c, &sent(1, "!r:x", "t1"))?;
+            insert_txn(c, "@a:x", "DEV", "t1", 1)?;
+            // A row whose key points at an event of another client (as a hash
+            // collision would): never taken for that client's retry.
+            c.execute(
+                "INSERT INTO event_txns (key, stream_ordering) VALUES (?1, 1)",
+                [txn_key("@b:x", "DEV", "t1")],
+            )?;
+            Ok(())
+        })
+        .expect("insert");
+        let scope = ("!r:x", "m.room.message", None);
+        let lookup = |user: &str| {
+            db.read(|c| txn_lookup(c, user, "DEV", "t1", scope))
+                .expect("read")
+        };
+        assert_eq!(lookup("@a:x"), TxnSlot::Done("$r1".into()));
+        assert_eq!(lookup("@b:x"), TxnSlot::Free("t1".into()));
+    }
+
     #[test]
     fn transaction_ids_older_than_the_cutoff_are_forgotten() {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = super::super::Db::open(&dir.path().join("warren.db")).expect("open");
         db.write(|c| {
             for n in 1..=30_i64 {
-                let mut e = rejected(n, "!r:x");
-                e.stream_ordering = n;
-                e.status = EventStatus::Timeline;
+                let mut e = sent(n, "!r:x", &format!("t{n}"));
                 e.origin_server_ts = n * 1000;
                 insert_event(c, &e)?;
                 insert_txn(c, "@a:x", "DEV", &format!("t{n}"), n)?;
@@ -656,10 +732,7 @@ mod tests {
         let here = ("!r:x", "m.room.message", None);
         assert_eq!(lookup(here), TxnSlot::Free("t1".into()));
         db.write(|c| {
-            let mut e = rejected(1, "!r:x");
-            e.stream_ordering = 1;
-            e.status = EventStatus::Timeline;
-            insert_event(c, &e)?;
+            insert_event(c, &sent(1, "!r:x", "t1"))?;
             insert_txn(c, "@a:x", "DEV", "t1", 1)
         })
         .expect("insert");
@@ -681,10 +754,7 @@ mod tests {
             panic!("a retry");
         };
         db.write(|c| {
-            let mut e = rejected(2, "!other:x");
-            e.stream_ordering = 2;
-            e.status = EventStatus::Timeline;
-            insert_event(c, &e)?;
+            insert_event(c, &sent(2, "!other:x", "t1"))?;
             insert_txn(c, "@a:x", "DEV", &key, 2)
         })
         .expect("insert");

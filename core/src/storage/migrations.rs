@@ -689,7 +689,57 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE pushers ADD COLUMN device_id TEXT;
     CREATE INDEX pushers_by_device ON pushers(user_id, device_id);
     "#,
-    // 23: application services. Each follows the event stream from its own position;
+    // 23: less storage per message (the bounded-resources target of 1.5 KiB a message in
+    // a room of two). The `(room_id, status, depth)` index held every timeline event
+    // (~66 bytes each) for the one query that needs it, the trim of rejected events: it
+    // becomes a partial index of rejected events only. The search index drops `key`
+    // (~33 bytes a message in `event_search_content`): it followed from the event's type
+    // (`content.body` of `m.room.message`, `content.name` of `m.room.name`,
+    // `content.topic` of `m.room.topic`), so searches filter on `events.type` instead.
+    // A contentless table cannot be read back, so it is rebuilt from the events, as
+    // version 9 built it (redacted events stay out).
+    r#"
+    DROP INDEX events_room_status_depth;
+    CREATE INDEX events_rejected_depth ON events(room_id, depth) WHERE status = 'rejected';
+    DROP TABLE event_search;
+    CREATE VIRTUAL TABLE event_search USING fts5(
+        text,
+        content = '',
+        contentless_delete = 1,
+        tokenize = 'unicode61 remove_diacritics 2'
+    );
+    INSERT INTO event_search (rowid, text)
+        SELECT stream_ordering, json_extract(json, '$.content.body')
+        FROM events
+        WHERE status = 'timeline' AND redacted_by IS NULL AND type = 'm.room.message'
+          AND json_type(json, '$.content.body') = 'text'
+          AND trim(json_extract(json, '$.content.body')) != '';
+    INSERT INTO event_search (rowid, text)
+        SELECT stream_ordering, json_extract(json, '$.content.name')
+        FROM events
+        WHERE status = 'timeline' AND redacted_by IS NULL AND type = 'm.room.name'
+          AND json_type(json, '$.content.name') = 'text'
+          AND trim(json_extract(json, '$.content.name')) != '';
+    INSERT INTO event_search (rowid, text)
+        SELECT stream_ordering, json_extract(json, '$.content.topic')
+        FROM events
+        WHERE status = 'timeline' AND redacted_by IS NULL AND type = 'm.room.topic'
+          AND json_type(json, '$.content.topic') = 'text'
+          AND trim(json_extract(json, '$.content.topic')) != '';
+    "#,
+    // 24: client transaction ids keyed by a 64-bit hash of (user, device, transaction
+    // key) instead of the three strings (~100 bytes a message sent; the user id alone is
+    // up to 73 bytes here). The row names the event by stream position; a hit is checked
+    // against the event's own sender, `txn_device` and `txn_id`, so a hash collision can
+    // never answer with another client's event. The rows are copied with their keys
+    // computed in Rust ([`rekey_event_txns`], same transaction).
+    r#"
+    CREATE TABLE event_txns_v24 (
+        key INTEGER PRIMARY KEY,
+        stream_ordering INTEGER NOT NULL
+    );
+    "#,
+    // 25: application services. Each follows the event stream from its own position;
     // `pending` is the transaction built but not yet acknowledged (resent as it is, with
     // the same id, until the appservice takes it), so a transaction id always names the
     // same content and nothing between two positions is skipped or sent twice.
@@ -704,7 +754,7 @@ const MIGRATIONS: &[&str] = &[
         pending_body TEXT
     );
     "#,
-    // 24: delayed events (MSC4140): sent by the node when their time comes, unless the
+    // 26: delayed events (MSC4140): sent by the node when their time comes, unless the
     // client cancels or restarts them first (Element Call's "leave the call if I drop").
     r#"
     CREATE TABLE delayed_events (
@@ -730,6 +780,31 @@ const MIGRATIONS: &[&str] = &[
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
+/// The version whose transaction ids are keyed by hash ([`rekey_event_txns`]).
+const EVENT_TXNS_KEYED: usize = 24;
+
+/// The second half of version 24: every `event_txns` row into `event_txns_v24` under
+/// its hashed key, then the new table takes the old one's name.
+fn rekey_event_txns(tx: &Connection) -> rusqlite::Result<()> {
+    let rows: Vec<(String, String, String, i64)> = tx
+        .prepare("SELECT user_id, device_id, txn_id, stream_ordering FROM event_txns")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut insert =
+        tx.prepare("INSERT OR REPLACE INTO event_txns_v24 (key, stream_ordering) VALUES (?1, ?2)")?;
+    for (user, device, txn, pos) in rows {
+        insert.execute(rusqlite::params![
+            super::events::txn_key(&user, &device, &txn),
+            pos
+        ])?;
+    }
+    drop(insert);
+    tx.execute_batch(
+        "DROP TABLE event_txns;
+         ALTER TABLE event_txns_v24 RENAME TO event_txns;",
+    )
+}
+
 /// Bring the schema up to [`SCHEMA_VERSION`], refusing newer databases.
 pub fn run(conn: &mut Connection, shown: &str) -> Result<(), StartError> {
     let err = |e: rusqlite::Error| StartError::Other(format!("migrating database {shown}: {e}"));
@@ -746,6 +821,9 @@ pub fn run(conn: &mut Connection, shown: &str) -> Result<(), StartError> {
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
         let tx = conn.transaction().map_err(err)?;
         tx.execute_batch(sql).map_err(err)?;
+        if i + 1 == EVENT_TXNS_KEYED {
+            rekey_event_txns(&tx).map_err(err)?;
+        }
         tx.pragma_update(None, "user_version", (i + 1) as i64)
             .map_err(err)?;
         tx.commit().map_err(err)?;
@@ -830,9 +908,15 @@ mod tests {
             None,
         );
         insert(4, "m.room.message", r#"{"content":{"body":42}}"#, None);
+        // Up to the current version: version 23 rebuilds the index from the events the
+        // same way (without `key`, which the event's type gives).
         run(&mut conn, "mem").expect("upgrade");
         let mut st = conn
-            .prepare("SELECT rowid, key FROM event_search WHERE event_search MATCH 'mango' ORDER BY rowid")
+            .prepare(
+                "SELECT s.rowid, e.type FROM event_search s
+                 JOIN events e ON e.stream_ordering = s.rowid
+                 WHERE event_search MATCH 'mango' ORDER BY s.rowid",
+            )
             .expect("prepare");
         let rows: Vec<(i64, String)> = st
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -842,10 +926,48 @@ mod tests {
         assert_eq!(
             rows,
             vec![
-                (1, "content.body".to_owned()),
-                (3, "content.topic".to_owned())
+                (1, "m.room.message".to_owned()),
+                (3, "m.room.topic".to_owned())
             ]
         );
+    }
+
+    #[test]
+    fn version_24_keeps_the_transactions_it_rekeys() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        for sql in &MIGRATIONS[..23] {
+            conn.execute_batch(sql).expect("schema up to 23");
+        }
+        conn.pragma_update(None, "user_version", 23).expect("v23");
+        conn.execute_batch(
+            r#"INSERT INTO events (stream_ordering, event_id, room_id, type, sender, depth,
+                   origin_server_ts, json, status, txn_device, txn_id)
+               VALUES (7, '$sent', '!r:x', 'm.room.message', '@a:x', 1, 0, '{}', 'timeline',
+                   'DEV', 't1');
+               INSERT INTO event_txns (user_id, device_id, txn_id, stream_ordering)
+               VALUES ('@a:x', 'DEV', 't1', 7);"#,
+        )
+        .expect("a sent event");
+        run(&mut conn, "mem").expect("upgrade");
+        let scope = ("!r:x", "m.room.message", None);
+        assert_eq!(
+            crate::storage::txn_lookup(&conn, "@a:x", "DEV", "t1", scope).expect("lookup"),
+            crate::storage::TxnSlot::Done("$sent".into())
+        );
+        assert_eq!(
+            crate::storage::txn_lookup(&conn, "@a:x", "DEV2", "t1", scope).expect("lookup"),
+            crate::storage::TxnSlot::Free("t1".into())
+        );
+        // The rejected-events index is partial: a timeline event is not in it.
+        let indexed: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM events INDEXED BY events_rejected_depth
+                 WHERE room_id = '!r:x' AND status = 'rejected'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("partial index usable");
+        assert_eq!(indexed, 0);
     }
 
     #[test]
@@ -1005,7 +1127,7 @@ mod tests {
 
     #[test]
     fn version_17_search_index_is_contentless_and_deletable() {
-        let mut conn = Connection::open_in_memory().expect("open");
+        let conn = Connection::open_in_memory().expect("open");
         for sql in &MIGRATIONS[..16] {
             conn.execute_batch(sql).expect("schema up to 16");
         }
@@ -1014,7 +1136,8 @@ mod tests {
             "INSERT INTO event_search (rowid, text, key) VALUES (1, 'mango tree', 'content.body')",
         )
         .expect("old row");
-        run(&mut conn, "mem").expect("upgrade");
+        // Version 17 alone: version 23 drops `key` again.
+        conn.execute_batch(MIGRATIONS[16]).expect("version 17");
         conn.execute_batch(
             "INSERT INTO event_search (rowid, text, key) VALUES (2, 'mango pie', 'content.topic')",
         )

@@ -2,7 +2,8 @@
 //!
 //! One row per searchable timeline event, `rowid` = the event's stream position. The
 //! text is `content.body` of `m.room.message`, `content.name` of `m.room.name` or
-//! `content.topic` of `m.room.topic`; `key` says which.
+//! `content.topic` of `m.room.topic`. Which of them (the search `key`) follows from the
+//! event's type, so the index stores the text's tokens only (schema 23).
 
 use rusqlite::{Connection, params};
 use serde_json::Value;
@@ -10,14 +11,17 @@ use serde_json::Value;
 use super::StoredEvent;
 use crate::error::Error;
 
+/// The searchable keys with the event type each belongs to and the content field that
+/// holds its text.
+const KEYS: [(&str, &str, &str); 3] = [
+    ("content.body", "m.room.message", "body"),
+    ("content.name", "m.room.name", "name"),
+    ("content.topic", "m.room.topic", "topic"),
+];
+
 /// The searchable key and text of an event, if it has one.
 pub fn searchable_text(kind: &str, json: &str) -> Option<(&'static str, String)> {
-    let (key, field) = match kind {
-        "m.room.message" => ("content.body", "body"),
-        "m.room.name" => ("content.name", "name"),
-        "m.room.topic" => ("content.topic", "topic"),
-        _ => return None,
-    };
+    let &(key, _, field) = KEYS.iter().find(|(_, t, _)| *t == kind)?;
     let v: Value = serde_json::from_str(json).ok()?;
     let text = v["content"][field].as_str()?;
     (!text.trim().is_empty()).then(|| (key, text.to_owned()))
@@ -25,9 +29,9 @@ pub fn searchable_text(kind: &str, json: &str) -> Option<(&'static str, String)>
 
 /// Index a timeline event (no-op for events without searchable text).
 pub fn index_event(c: &Connection, e: &StoredEvent) -> Result<(), Error> {
-    if let Some((key, text)) = searchable_text(&e.kind, &e.json) {
-        c.prepare_cached("INSERT INTO event_search (rowid, text, key) VALUES (?1, ?2, ?3)")?
-            .execute(params![e.stream_ordering, text, key])?;
+    if let Some((_, text)) = searchable_text(&e.kind, &e.json) {
+        c.prepare_cached("INSERT INTO event_search (rowid, text) VALUES (?1, ?2)")?
+            .execute(params![e.stream_ordering, text])?;
     }
     Ok(())
 }
@@ -74,15 +78,21 @@ pub fn search_events(
         "SELECT e.stream_ordering, e.room_id, e.type, e.sender, bm25(event_search)
          FROM event_search JOIN events e ON e.stream_ordering = event_search.rowid
          WHERE event_search MATCH ?1
-           AND event_search.key IN (SELECT value FROM json_each(?2))
+           AND e.type IN (SELECT value FROM json_each(?2))
            AND e.room_id IN (SELECT value FROM json_each(?3))
            AND e.status = 'timeline' AND e.redacted_by IS NULL
          ORDER BY {order} LIMIT ?4"
     ))?;
-    let keys = serde_json::to_string(keys)?;
+    // A key names the one event type whose text it is.
+    let types: Vec<&str> = KEYS
+        .iter()
+        .filter(|(k, _, _)| keys.contains(k))
+        .map(|(_, t, _)| *t)
+        .collect();
+    let types = serde_json::to_string(&types)?;
     let rooms = serde_json::to_string(rooms)?;
     let cap = i64::try_from(cap).unwrap_or(i64::MAX);
-    let rows = st.query_map(params![query, keys, rooms, cap], |r| {
+    let rows = st.query_map(params![query, types, rooms, cap], |r| {
         Ok(SearchHit {
             stream_ordering: r.get(0)?,
             room_id: r.get(1)?,
