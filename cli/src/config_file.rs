@@ -112,8 +112,10 @@ const TEMPLATE: &str = r#"# Warren node configuration. Every key is optional; th
 # bootstrap = []
 # Discover peers on the LAN by multicast DNS.
 # mdns = true
-# Relay traffic for peers that cannot reach each other directly.
-# relay_server = false
+# Relay traffic for peers that cannot reach each other directly (circuit relay v2,
+# within small bounds: 16 reservations, 8 circuits, 2 per peer, 2 MiB and 10 minutes
+# per circuit).
+# relay_server = true
 "#;
 
 /// Registration policy as written in the file.

@@ -46,8 +46,14 @@ pub struct P2pArgs {
     #[arg(long, env = "WARREN_NO_MDNS")]
     no_mdns: bool,
 
-    /// Relay traffic for peers that cannot reach each other directly (circuit relay v2).
-    #[arg(long, env = "WARREN_RELAY_SERVER")]
+    /// Do not relay traffic for peers that cannot reach each other directly. By default
+    /// every node offers circuit relay v2 to its peers, within small bounds (see
+    /// docs/operations.md).
+    #[arg(long, env = "WARREN_NO_RELAY_SERVER", conflicts_with = "relay_server")]
+    no_relay_server: bool,
+
+    /// Relay for peers (the default; kept for scripts written when it was opt-in).
+    #[arg(long, env = "WARREN_RELAY_SERVER", hide = true)]
     relay_server: bool,
 }
 
@@ -62,7 +68,8 @@ impl P2pArgs {
         };
         let mut config = P2pConfig {
             mdns: !self.no_mdns && file.mdns.unwrap_or(true),
-            relay_server: self.relay_server || file.relay_server.unwrap_or(false),
+            relay_server: self.relay_server
+                || (!self.no_relay_server && file.relay_server.unwrap_or(true)),
             ..P2pConfig::default()
         };
         config.bootstrap = if self.bootstrap.is_empty() {
