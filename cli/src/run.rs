@@ -248,3 +248,42 @@ impl Signals {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        p2p: P2pArgs,
+    }
+
+    fn relay(args: &[&str], file: Option<bool>) -> bool {
+        let cli = Cli::try_parse_from(std::iter::once("warren").chain(args.iter().copied()))
+            .expect("flags parse");
+        let file = P2pSection {
+            relay_server: file,
+            ..P2pSection::default()
+        };
+        cli.p2p.config(&file).expect("config").relay_server
+    }
+
+    #[test]
+    fn relaying_is_on_unless_turned_off() {
+        assert!(relay(&[], None), "on by default");
+        assert!(!relay(&["--no-relay-server"], None));
+        assert!(!relay(&[], Some(false)), "off in warren.toml");
+        assert!(relay(&[], Some(true)));
+        assert!(
+            relay(&["--relay-server"], Some(false)),
+            "the old flag still turns it on"
+        );
+        assert!(
+            Cli::try_parse_from(["warren", "--relay-server", "--no-relay-server"]).is_err(),
+            "contradictory flags"
+        );
+    }
+}

@@ -232,3 +232,29 @@ impl P2pConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relaying_is_on_by_default_and_its_limits_are_checked() {
+        let c = P2pConfig::default();
+        assert!(c.relay_server);
+        assert!(c.validate().is_ok());
+        let bad = |f: fn(&mut RelayLimits)| {
+            let mut c = P2pConfig::default();
+            f(&mut c.relay_limits);
+            c.validate().is_err()
+        };
+        assert!(bad(|r| r.max_circuits = 0));
+        assert!(bad(|r| r.max_circuits_per_peer = 0));
+        assert!(bad(|r| r.max_circuits_per_peer = r.max_circuits + 1));
+        assert!(bad(|r| r.max_reservations = 0));
+        assert!(bad(|r| r.max_circuit_bytes = 0));
+        assert!(bad(|r| r.max_circuit_duration = Duration::ZERO));
+        let mut c = P2pConfig::default();
+        c.max_connections_per_peer = c.max_connections + 1;
+        assert!(c.validate().is_err());
+    }
+}
