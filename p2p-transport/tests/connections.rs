@@ -162,3 +162,48 @@ async fn idle_connections_are_closed() -> TestResult {
     }
     Ok(())
 }
+
+/// Dials in progress: one to an address that never answers (a UDP socket that reads and
+/// says nothing) holds the only slot; another dial fails at once, and succeeds once the
+/// first has given up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dials_past_the_pending_limit_fail_at_once() -> TestResult {
+    let v = start(plain()).await?;
+    let v_addr = v.addr_with("quic-v1").await?;
+    let a = start(P2pConfig {
+        max_pending_outgoing: 1,
+        connect_timeout: Duration::from_secs(3),
+        ..plain()
+    })
+    .await?;
+    let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    let port = silent.local_addr()?.port();
+    let nowhere: libp2p::Multiaddr = format!(
+        "/ip4/127.0.0.1/udp/{port}/quic-v1/p2p/{}",
+        libp2p::PeerId::random()
+    )
+    .parse()?;
+    let stuck = {
+        let p2p = a.p2p.clone();
+        tokio::spawn(async move { p2p.dial(nowhere).await })
+    };
+    // The QUIC handshake's first packet arriving shows the dial is in progress.
+    let mut buf = [0u8; 2048];
+    tokio::time::timeout(WAIT, silent.recv_from(&mut buf)).await??;
+    let started = std::time::Instant::now();
+    let refused = a.p2p.dial(v_addr.clone()).await;
+    assert!(refused.is_err(), "a second dial in progress: {refused:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "refused at once, not after a timeout"
+    );
+    assert!(stuck.await?.is_err(), "nobody answered the first dial");
+    wait_for(WAIT, "a dial once the slot is free", || async {
+        a.p2p.dial(v_addr.clone()).await.is_ok()
+    })
+    .await?;
+    for n in [a, v] {
+        n.stop().await;
+    }
+    Ok(())
+}
