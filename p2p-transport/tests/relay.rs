@@ -125,15 +125,30 @@ async fn relaying_can_be_turned_off() -> TestResult {
     let c = start(unreachable()).await?;
     meet(&a, &b_addr).await?;
     meet(&c, &b_addr).await?;
-    // Identify has run once B's agent version is known through a request both ways.
-    let (status, _) = get_from(&a, &b.name, "/_test/origin").await?;
-    assert_eq!(status, 200);
+    // Identify has run (B's protocols are known) once B's TCP listen address, which
+    // only identify tells, is in A's and C's view of B.
+    let b_peer = b.p2p.peer_id();
+    for n in [&a, &c] {
+        wait_for(WAIT, "identify from B", || async {
+            n.p2p.peers().await.is_ok_and(|p| {
+                p.iter().any(|p| {
+                    p.peer_id == b_peer
+                        && p.addresses.iter().any(|x| x.to_string().contains("/tcp/"))
+                })
+            })
+        })
+        .await?;
+        let status = n.p2p.relay_status().await?;
+        assert!(
+            status.reservations.is_empty() && status.refused == 0,
+            "{status:?}"
+        );
+    }
     let err = get_from(&a, &c.name, "/_test/origin").await;
     assert!(
         err.is_err(),
         "A reached C through a node that does not relay"
     );
-    assert!(a.p2p.relay_status().await?.reservations.is_empty());
     for n in [a, c, b] {
         n.stop().await;
     }
@@ -271,6 +286,40 @@ async fn a_circuit_is_closed_past_its_duration() -> TestResult {
     .await?;
     assert_eq!(get_from(&a, &b.name, "/_test/origin").await?.0, 200);
     for n in [a, b, r] {
+        n.stop().await;
+    }
+    Ok(())
+}
+
+/// With every setting at its default (DHT mode too), two nodes that each found only a
+/// neighbour reach each other through it at once, and hole punching then gives them a
+/// direct connection where one is possible (here, on loopback, it always is).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn defaults_everywhere_a_shared_neighbour_connects_and_then_a_direct_link() -> TestResult {
+    let defaults = || P2pConfig {
+        dht_mode: DhtMode::Auto,
+        ..loopback_config()
+    };
+    let b = start(defaults()).await?;
+    let b_addr = b.addr_with("quic-v1").await?;
+    let a = start(defaults()).await?;
+    let c = start(defaults()).await?;
+    meet(&a, &b_addr).await?;
+    meet(&c, &b_addr).await?;
+    reserved(&c, &b).await?;
+    let (status, body) = get_from(&a, &c.name, "/_test/origin").await?;
+    assert_eq!((status, body.as_ref()), (200, a.name.as_bytes()));
+    let c_peer = c.p2p.peer_id();
+    wait_for(WAIT, "a direct connection A–C", || async {
+        a.p2p.peers().await.is_ok_and(|p| {
+            p.iter()
+                .any(|p| p.peer_id == c_peer && p.connection == ConnectionKind::Direct)
+        })
+    })
+    .await?;
+    let (status, _) = get_from(&c, &a.name, "/_test/origin").await?;
+    assert_eq!(status, 200);
+    for n in [a, c, b] {
         n.stop().await;
     }
     Ok(())
