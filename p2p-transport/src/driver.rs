@@ -472,8 +472,9 @@ impl Driver {
                 self.own_dials.insert(id, peer);
                 self.dial_waiters.entry(peer).or_default().push(reply);
             }
+            // `Disconnected` is false only when a connection exists.
             Err(DialError::DialPeerConditionFalse(_)) => {
-                self.dial_waiters.entry(peer).or_default().push(reply);
+                let _ = reply.send(Ok(()));
             }
             Err(e) => {
                 let _ = reply.send(Err(e.to_string()));
