@@ -72,6 +72,7 @@ impl P2pArgs {
                 || (!self.no_relay_server && file.relay_server.unwrap_or(true)),
             ..P2pConfig::default()
         };
+        file.apply_relay_limits(&mut config.relay_limits);
         config.bootstrap = if self.bootstrap.is_empty() {
             parse(&file.bootstrap)?
         } else {
@@ -269,6 +270,23 @@ mod tests {
             ..P2pSection::default()
         };
         cli.p2p.config(&file).expect("config").relay_server
+    }
+
+    #[test]
+    fn relay_limits_come_from_the_file() {
+        let cli = Cli::try_parse_from(["warren"]).expect("flags parse");
+        let file = P2pSection {
+            relay_max_circuits: Some(3),
+            relay_max_circuit_secs: Some(30),
+            ..P2pSection::default()
+        };
+        let limits = cli.p2p.config(&file).expect("config").relay_limits;
+        assert_eq!(limits.max_circuits, 3);
+        assert_eq!(limits.max_circuit_duration, Duration::from_secs(30));
+        assert_eq!(
+            limits.max_reservations,
+            warren_p2p::RelayLimits::default().max_reservations
+        );
     }
 
     #[test]
