@@ -324,3 +324,28 @@ async fn defaults_everywhere_a_shared_neighbour_connects_and_then_a_direct_link(
     }
     Ok(())
 }
+
+/// After a network change a node renews its reservations with the relays it is still
+/// connected to, bootstrap peers or not, and stays reachable through them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reservations_with_any_relay_are_renewed_after_a_network_change() -> TestResult {
+    let b = start(loopback_config()).await?;
+    let b_addr = b.addr_with("quic-v1").await?;
+    let a = start(unreachable()).await?;
+    let c = start(unreachable()).await?;
+    meet(&a, &b_addr).await?;
+    meet(&c, &b_addr).await?;
+    reserved(&a, &b).await?;
+    a.p2p.network_changed().await?;
+    assert!(
+        a.p2p.relay_status().await?.reservations.is_empty(),
+        "the old reservation is dropped"
+    );
+    reserved(&a, &b).await?;
+    let (status, _) = get_from(&c, &a.name, "/_test/origin").await?;
+    assert_eq!(status, 200);
+    for n in [a, c, b] {
+        n.stop().await;
+    }
+    Ok(())
+}
