@@ -112,8 +112,17 @@ const TEMPLATE: &str = r#"# Warren node configuration. Every key is optional; th
 # bootstrap = []
 # Discover peers on the LAN by multicast DNS.
 # mdns = true
-# Relay traffic for peers that cannot reach each other directly.
-# relay_server = false
+# Relay traffic for peers that cannot reach each other directly (circuit relay v2,
+# within small bounds: 16 reservations, 8 circuits, 2 per peer, 2 MiB and 10 minutes
+# per circuit).
+# relay_server = true
+# What relaying may cost: reservations held for others, circuits at once (all peers,
+# and per peer), bytes (both directions) and seconds per circuit.
+# relay_max_reservations = 16
+# relay_max_circuits = 8
+# relay_max_circuits_per_peer = 2
+# relay_max_circuit_bytes = 2097152
+# relay_max_circuit_secs = 600
 "#;
 
 /// Registration policy as written in the file.
@@ -156,6 +165,32 @@ pub struct P2pSection {
     pub bootstrap: Option<Vec<String>>,
     pub mdns: Option<bool>,
     pub relay_server: Option<bool>,
+    pub relay_max_reservations: Option<usize>,
+    pub relay_max_circuits: Option<usize>,
+    pub relay_max_circuits_per_peer: Option<usize>,
+    pub relay_max_circuit_bytes: Option<u64>,
+    pub relay_max_circuit_secs: Option<u64>,
+}
+
+impl P2pSection {
+    /// Apply the relay limits given to `limits`.
+    pub fn apply_relay_limits(&self, limits: &mut warren_p2p::RelayLimits) {
+        if let Some(v) = self.relay_max_reservations {
+            limits.max_reservations = v;
+        }
+        if let Some(v) = self.relay_max_circuits {
+            limits.max_circuits = v;
+        }
+        if let Some(v) = self.relay_max_circuits_per_peer {
+            limits.max_circuits_per_peer = v;
+        }
+        if let Some(v) = self.relay_max_circuit_bytes {
+            limits.max_circuit_bytes = v;
+        }
+        if let Some(v) = self.relay_max_circuit_secs {
+            limits.max_circuit_duration = std::time::Duration::from_secs(v);
+        }
+    }
 }
 
 /// The `[limits]` table.
@@ -468,6 +503,29 @@ pub fn parse(text: &str) -> anyhow::Result<FileConfig> {
             bail!("p2p.bootstrap: {addr:?} must end in /p2p/<peer id>");
         }
     }
+    let p = &config.p2p;
+    for (key, v) in [
+        (
+            "relay_max_reservations",
+            p.relay_max_reservations.map(|v| v as u64),
+        ),
+        ("relay_max_circuits", p.relay_max_circuits.map(|v| v as u64)),
+        (
+            "relay_max_circuits_per_peer",
+            p.relay_max_circuits_per_peer.map(|v| v as u64),
+        ),
+        ("relay_max_circuit_bytes", p.relay_max_circuit_bytes),
+        ("relay_max_circuit_secs", p.relay_max_circuit_secs),
+    ] {
+        if v == Some(0) {
+            bail!("p2p.{key} must be at least 1");
+        }
+    }
+    let mut relay = warren_p2p::RelayLimits::default();
+    p.apply_relay_limits(&mut relay);
+    if relay.max_circuits_per_peer > relay.max_circuits {
+        bail!("p2p.relay_max_circuits_per_peer must be at most p2p.relay_max_circuits");
+    }
     Ok(config)
 }
 
@@ -530,6 +588,10 @@ mod tests {
         assert!(e.contains("p2p.listen"), "{e}");
         let e = err("[p2p]\nmdsn = true\n");
         assert!(e.contains("mdsn"), "{e}");
+        let e = err("[p2p]\nrelay_max_circuits = 0\n");
+        assert!(e.contains("p2p.relay_max_circuits"), "{e}");
+        let e = err("[p2p]\nrelay_max_circuits = 2\nrelay_max_circuits_per_peer = 3\n");
+        assert!(e.contains("p2p.relay_max_circuits_per_peer"), "{e}");
         let e = err("[rate_limits]\nmessage = { per_second = 1, burst = 0 }\n");
         assert!(e.contains("rate_limits.message.burst"), "{e}");
         let e = err("[rate_limits]\nmesage = { per_second = 1, burst = 2 }\n");

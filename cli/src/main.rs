@@ -86,7 +86,8 @@ matrix-rust-sdk, bots) can log in to it.
 
 Nodes find and reach each other over libp2p (QUIC first, TCP as fallback): mDNS on the \
 LAN, a Kademlia DHT seeded by --bootstrap peers, and circuit relays for nodes that \
-cannot be reached directly. Rooms spanning nodes are being built.
+cannot be reached directly (every node relays for its neighbours unless started with \
+--no-relay-server). Rooms spanning nodes are being built.
 
 Quick start:
   warren run           start a node with the defaults (stop it with Ctrl-C)

@@ -46,8 +46,14 @@ pub struct P2pArgs {
     #[arg(long, env = "WARREN_NO_MDNS")]
     no_mdns: bool,
 
-    /// Relay traffic for peers that cannot reach each other directly (circuit relay v2).
-    #[arg(long, env = "WARREN_RELAY_SERVER")]
+    /// Do not relay traffic for peers that cannot reach each other directly. By default
+    /// every node offers circuit relay v2 to its peers, within small bounds (see
+    /// docs/operations.md).
+    #[arg(long, env = "WARREN_NO_RELAY_SERVER", conflicts_with = "relay_server")]
+    no_relay_server: bool,
+
+    /// Relay for peers (the default; kept for scripts written when it was opt-in).
+    #[arg(long, env = "WARREN_RELAY_SERVER", hide = true)]
     relay_server: bool,
 }
 
@@ -62,9 +68,11 @@ impl P2pArgs {
         };
         let mut config = P2pConfig {
             mdns: !self.no_mdns && file.mdns.unwrap_or(true),
-            relay_server: self.relay_server || file.relay_server.unwrap_or(false),
+            relay_server: self.relay_server
+                || (!self.no_relay_server && file.relay_server.unwrap_or(true)),
             ..P2pConfig::default()
         };
+        file.apply_relay_limits(&mut config.relay_limits);
         config.bootstrap = if self.bootstrap.is_empty() {
             parse(&file.bootstrap)?
         } else {
@@ -247,5 +255,61 @@ impl Signals {
             // Cannot listen: run until killed rather than stopping at once.
             Err(_) => std::future::pending().await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        p2p: P2pArgs,
+    }
+
+    fn relay(args: &[&str], file: Option<bool>) -> bool {
+        let cli = Cli::try_parse_from(std::iter::once("warren").chain(args.iter().copied()))
+            .expect("flags parse");
+        let file = P2pSection {
+            relay_server: file,
+            ..P2pSection::default()
+        };
+        cli.p2p.config(&file).expect("config").relay_server
+    }
+
+    #[test]
+    fn relay_limits_come_from_the_file() {
+        let cli = Cli::try_parse_from(["warren"]).expect("flags parse");
+        let file = P2pSection {
+            relay_max_circuits: Some(3),
+            relay_max_circuit_secs: Some(30),
+            ..P2pSection::default()
+        };
+        let limits = cli.p2p.config(&file).expect("config").relay_limits;
+        assert_eq!(limits.max_circuits, 3);
+        assert_eq!(limits.max_circuit_duration, Duration::from_secs(30));
+        assert_eq!(
+            limits.max_reservations,
+            warren_p2p::RelayLimits::default().max_reservations
+        );
+    }
+
+    #[test]
+    fn relaying_is_on_unless_turned_off() {
+        assert!(relay(&[], None), "on by default");
+        assert!(!relay(&["--no-relay-server"], None));
+        assert!(!relay(&[], Some(false)), "off in warren.toml");
+        assert!(relay(&[], Some(true)));
+        assert!(
+            relay(&["--relay-server"], Some(false)),
+            "the old flag still turns it on"
+        );
+        assert!(
+            Cli::try_parse_from(["warren", "--relay-server", "--no-relay-server"]).is_err(),
+            "contradictory flags"
+        );
     }
 }

@@ -42,6 +42,24 @@ const KAD_MAX_VALUE_BYTES: usize = 1024;
 /// Provider records (keys this node provides, and providers per key).
 const KAD_MAX_PROVIDED_KEYS: usize = 16;
 
+/// libp2p's relay configuration for `limits` (its rate limiters kept: 30 circuits and
+/// reservations per peer per 2 min, 60 per IP address per minute).
+fn relay_config(limits: &crate::config::RelayLimits) -> relay::Config {
+    relay::Config {
+        max_reservations: limits.max_reservations,
+        // A peer reserves once per connection; libp2p admits one more than this (see
+        // below), so two connections' worth.
+        max_reservations_per_peer: 1,
+        max_circuits: limits.max_circuits,
+        // libp2p-relay 0.22 refuses a circuit when the source already has *more* than
+        // this many, so it admits one more than the setting: pass one less.
+        max_circuits_per_peer: limits.max_circuits_per_peer.saturating_sub(1),
+        max_circuit_bytes: limits.max_circuit_bytes,
+        max_circuit_duration: limits.max_circuit_duration,
+        ..relay::Config::default()
+    }
+}
+
 fn yamux_config() -> yamux::Config {
     let mut c = yamux::Config::default();
     c.set_max_num_streams(YAMUX_MAX_STREAMS);
@@ -87,6 +105,7 @@ pub(crate) fn build_swarm(
         .with_max_established_incoming(Some(config.max_established_incoming));
     let mdns_on = config.mdns;
     let relay_on = config.relay_server;
+    let relay_config = relay_config(&config.relay_limits);
     let dht_mode = config.dht_mode;
     let idle = config.idle_connection_timeout;
     let swarm = SwarmBuilder::with_existing_identity(key)
@@ -141,7 +160,7 @@ pub(crate) fn build_swarm(
                 limits: connection_limits::Behaviour::new(limits),
                 relay_client,
                 relay_server: Toggle::from(
-                    relay_on.then(|| relay::Behaviour::new(id, relay::Config::default())),
+                    relay_on.then(|| relay::Behaviour::new(id, relay_config)),
                 ),
                 identify: identify::Behaviour::new(
                     identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())

@@ -19,7 +19,8 @@ pub enum DhtMode {
 }
 
 /// Transport configuration. `Default` gives a node that listens on QUIC and TCP on all
-/// interfaces at random ports, with mDNS on and relaying for others off.
+/// interfaces at random ports, with mDNS on, and that relays for its peers within
+/// [`RelayLimits`].
 #[derive(Clone, Debug)]
 pub struct P2pConfig {
     /// Addresses to listen on. Default: QUIC and TCP on `0.0.0.0`, random ports.
@@ -29,8 +30,13 @@ pub struct P2pConfig {
     pub bootstrap: Vec<Multiaddr>,
     /// LAN discovery by multicast DNS.
     pub mdns: bool,
-    /// Offer circuit relay v2 to other peers.
+    /// Offer circuit relay v2 to other peers (default on), within `relay_limits`, so
+    /// two peers that both reach this node reach each other through it. A node holds
+    /// reservations with up to three relay-capable peers it is connected to, however it
+    /// found them (configuration, mDNS, the DHT, a manual dial).
     pub relay_server: bool,
+    /// What relaying for others may cost this node.
+    pub relay_limits: RelayLimits,
     /// Kademlia server/client mode.
     pub dht_mode: DhtMode,
     /// How long to try to reach a peer before a request fails. Default 30 s: on a lossy
@@ -93,7 +99,8 @@ impl Default for P2pConfig {
             listen: default_listen(),
             bootstrap: Vec::new(),
             mdns: true,
-            relay_server: false,
+            relay_server: true,
+            relay_limits: RelayLimits::default(),
             dht_mode: DhtMode::Auto,
             connect_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(60),
@@ -111,6 +118,39 @@ impl Default for P2pConfig {
             max_pending_incoming: 64,
             max_pending_outgoing: 32,
             idle_connection_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// The bounds on relaying for other peers (circuit relay v2), chosen for a phone: a few
+/// circuits of a few MiB each, for minutes. Past a bound the relay refuses the
+/// reservation or circuit (`RESOURCE_LIMIT_EXCEEDED`), or closes the circuit; the peers
+/// then try another relay or a direct connection, and the federation sender retries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayLimits {
+    /// Peers that may hold a reservation (be reachable through this node) at once.
+    /// Default 16.
+    pub max_reservations: usize,
+    /// Circuits relayed at once, all peers together. Default 8.
+    pub max_circuits: usize,
+    /// Circuits one peer may be an end of at once. Default 2.
+    pub max_circuits_per_peer: usize,
+    /// Bytes one circuit may carry, both directions together; the circuit is closed
+    /// past it (the next request opens a new one). Default 2 MiB: a federation
+    /// transaction or a join of a small room fits many times over.
+    pub max_circuit_bytes: u64,
+    /// How long one circuit may stay open. Default 10 min.
+    pub max_circuit_duration: Duration,
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        RelayLimits {
+            max_reservations: 16,
+            max_circuits: 8,
+            max_circuits_per_peer: 2,
+            max_circuit_bytes: 2 * 1024 * 1024,
+            max_circuit_duration: Duration::from_secs(10 * 60),
         }
     }
 }
@@ -160,6 +200,28 @@ impl P2pConfig {
                     .into(),
             ));
         }
+        let r = &self.relay_limits;
+        if r.max_reservations == 0
+            || r.max_circuits == 0
+            || r.max_circuits_per_peer == 0
+            || r.max_circuits_per_peer > r.max_circuits
+            || r.max_circuit_bytes == 0
+            || r.max_circuit_duration.is_zero()
+        {
+            return Err(ConfigError(
+                "relay limits must be > 0, with max_circuits_per_peer at most max_circuits".into(),
+            ));
+        }
+        if self.max_connections == 0
+            || self.max_connections_per_peer == 0
+            || self.max_connections_per_peer > self.max_connections
+        {
+            return Err(ConfigError(
+                "max_connections and max_connections_per_peer must be > 0, with \
+                 max_connections_per_peer at most max_connections"
+                    .into(),
+            ));
+        }
         for addr in &self.bootstrap {
             if crate::addr::peer_of(addr).is_none() {
                 return Err(ConfigError(format!(
@@ -168,5 +230,31 @@ impl P2pConfig {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relaying_is_on_by_default_and_its_limits_are_checked() {
+        let c = P2pConfig::default();
+        assert!(c.relay_server);
+        assert!(c.validate().is_ok());
+        let bad = |f: fn(&mut RelayLimits)| {
+            let mut c = P2pConfig::default();
+            f(&mut c.relay_limits);
+            c.validate().is_err()
+        };
+        assert!(bad(|r| r.max_circuits = 0));
+        assert!(bad(|r| r.max_circuits_per_peer = 0));
+        assert!(bad(|r| r.max_circuits_per_peer = r.max_circuits + 1));
+        assert!(bad(|r| r.max_reservations = 0));
+        assert!(bad(|r| r.max_circuit_bytes = 0));
+        assert!(bad(|r| r.max_circuit_duration = Duration::ZERO));
+        let mut c = P2pConfig::default();
+        c.max_connections_per_peer = c.max_connections + 1;
+        assert!(c.validate().is_err());
     }
 }

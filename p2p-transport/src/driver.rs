@@ -27,8 +27,10 @@ use crate::config::P2pConfig;
 use crate::identity::server_name_for_peer_id;
 use crate::{ConnectionKind, PeerInfo};
 
-/// At most this many relay reservations are held at once.
-const MAX_RESERVATIONS: usize = 2;
+/// At most this many relay reservations are held at once. Any connected peer that
+/// offers relaying qualifies (bootstrap, mDNS, DHT, a manual dial), first come first
+/// served; a reservation keeps its connection open past the idle timeout.
+pub(crate) const MAX_RESERVATIONS: usize = 3;
 /// A peer's rediscovery is reported at most this often (mDNS re-announces constantly).
 const REDISCOVERY_QUIET: Duration = Duration::from_secs(10);
 /// How often the DHT routing table is refreshed.
@@ -198,6 +200,8 @@ pub(crate) enum Command {
     Peers(oneshot::Sender<Vec<PeerInfo>>),
     /// Current listen addresses, and whether every configured listener has one.
     ListenAddrs(oneshot::Sender<(bool, Vec<Multiaddr>)>),
+    /// Relays holding a reservation for this node, and reservations refused so far.
+    RelayStatus(oneshot::Sender<crate::RelayStatus>),
     NetworkChanged(oneshot::Sender<()>),
     Shutdown(oneshot::Sender<()>),
 }
@@ -246,7 +250,13 @@ pub(crate) struct Driver {
     listeners: Vec<ListenerId>,
     /// Relays this node holds (or is asking for) a reservation with.
     reservations: HashMap<PeerId, ListenerId>,
+    /// Relays that accepted this node's reservation (a subset of `reservations`).
+    reserved: HashSet<PeerId>,
+    /// Reservation requests refused or failed since start.
+    reservations_refused: u64,
     dial_waiters: HashMap<PeerId, Vec<oneshot::Sender<Result<(), String>>>>,
+    /// Dials started for `dial_waiters` (their outcome answers them), by connection.
+    own_dials: HashMap<ConnectionId, PeerId>,
     addr_waiters: HashMap<ConnectionId, oneshot::Sender<Result<PeerId, String>>>,
     lookups: HashMap<kad::QueryId, (PeerId, oneshot::Sender<Vec<Multiaddr>>)>,
     /// Whether the DHT has been bootstrapped since its first peer arrived.
@@ -286,7 +296,10 @@ impl Driver {
             bootstrap,
             listeners: Vec::new(),
             reservations: HashMap::new(),
+            reserved: HashSet::new(),
+            reservations_refused: 0,
             dial_waiters: HashMap::new(),
+            own_dials: HashMap::new(),
             addr_waiters: HashMap::new(),
             lookups: HashMap::new(),
             dht_bootstrapped: false,
@@ -318,7 +331,9 @@ impl Driver {
         }
         // Reconnect to everyone we knew, without waiting for any discovery.
         for (peer, addrs) in by_peer {
-            if let Err(e) = self.dial_quic_first(peer, addrs, false) {
+            if let Err(e) =
+                self.dial_quic_first(peer, addrs, false, PeerCondition::DisconnectedAndNotDialing)
+            {
                 tracing::debug!(%peer, error = %e, "redial of a known peer not started");
             }
         }
@@ -388,6 +403,14 @@ impl Driver {
                 let ready = self.pending_listeners.is_empty();
                 let _ = reply.send((ready, self.swarm.listeners().cloned().collect()));
             }
+            Command::RelayStatus(reply) => {
+                let mut reservations: Vec<PeerId> = self.reserved.iter().copied().collect();
+                reservations.sort_by_key(|p| p.to_base58());
+                let _ = reply.send(crate::RelayStatus {
+                    reservations,
+                    refused: self.reservations_refused,
+                });
+            }
             Command::NetworkChanged(reply) => {
                 self.network_changed();
                 let _ = reply.send(());
@@ -434,10 +457,24 @@ impl Driver {
             let _ = reply.send(Ok(()));
             return;
         }
-        match self.dial_quic_first(peer, addrs, true) {
-            // Already dialling counts: the waiter is answered when that dial ends.
-            Ok(_) | Err(DialError::DialPeerConditionFalse(_)) => {
+        // A dial of ours in progress counts: the waiter is answered when it ends. A dial
+        // someone else started (DCUtR's hole punching, the DHT) does not: it may try
+        // only an address the peer does not answer at, for longer than the connect
+        // timeout, while a circuit would connect at once.
+        if let Some(waiters) = self.dial_waiters.get_mut(&peer)
+            && !waiters.is_empty()
+        {
+            waiters.push(reply);
+            return;
+        }
+        match self.dial_quic_first(peer, addrs, true, PeerCondition::Disconnected) {
+            Ok(id) => {
+                self.own_dials.insert(id, peer);
                 self.dial_waiters.entry(peer).or_default().push(reply);
+            }
+            // `Disconnected` is false only when a connection exists.
+            Err(DialError::DialPeerConditionFalse(_)) => {
+                let _ = reply.send(Ok(()));
             }
             Err(e) => {
                 let _ = reply.send(Err(e.to_string()));
@@ -455,20 +492,26 @@ impl Driver {
         peer: PeerId,
         mut addrs: Vec<Multiaddr>,
         extend: bool,
+        condition: PeerCondition,
     ) -> Result<ConnectionId, DialError> {
         sort_for_dialling(&mut addrs);
         addrs.dedup();
+        // Circuits go with QUIC: a relay is no competitor for QUIC (new streams prefer
+        // a direct connection anyway), and a peer reachable only through one must not
+        // wait out QUIC's head start, or lose its circuits when the QUIC dial to an
+        // address it does not listen on (a hole-punching candidate) outlives the
+        // connect timeout.
         let (quic, rest): (Vec<_>, Vec<_>) = addrs
             .iter()
             .cloned()
-            .partition(|a| is_quic(a) && !is_relayed(a));
-        let head_start = !quic.is_empty()
+            .partition(|a| is_quic(a) || is_relayed(a));
+        let head_start = quic.iter().any(|a| !is_relayed(a))
             && (!rest.is_empty() || extend)
             && self.fallbacks.len() < MAX_FALLBACKS;
         if !head_start {
             let mut opts = DialOpts::peer_id(peer)
                 .addresses(addrs)
-                .condition(PeerCondition::DisconnectedAndNotDialing);
+                .condition(condition);
             if extend {
                 opts = opts.extend_addresses_through_behaviour();
             }
@@ -478,7 +521,7 @@ impl Driver {
         }
         let opts = DialOpts::peer_id(peer)
             .addresses(quic)
-            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .condition(condition)
             .build();
         let id = opts.connection_id();
         self.swarm.dial(opts)?;
@@ -509,8 +552,15 @@ impl Driver {
         if f.extend {
             opts = opts.extend_addresses_through_behaviour();
         }
-        match self.swarm.dial(opts.build()) {
-            Ok(()) => true,
+        let opts = opts.build();
+        let id = opts.connection_id();
+        match self.swarm.dial(opts) {
+            Ok(()) => {
+                if self.dial_waiters.get(&peer).is_some_and(|w| !w.is_empty()) {
+                    self.own_dials.insert(id, peer);
+                }
+                true
+            }
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "fallback dial not started");
                 false
@@ -650,6 +700,7 @@ impl Driver {
         for (_, id) in self.reservations.drain() {
             self.swarm.remove_listener(id);
         }
+        self.reserved.clear();
         if let Err(e) = self.listen() {
             tracing::warn!(error = %e, "re-listening after a network change failed");
         }
@@ -661,13 +712,31 @@ impl Driver {
                 .condition(PeerCondition::DisconnectedAndNotDialing)
                 .build();
             let _ = self.swarm.dial(opts);
-            self.maybe_reserve(peer);
+        }
+        // Renew reservations with the relays still connected (bootstrap peers first).
+        let mut relays: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, s)| s.relay)
+            .map(|(p, _)| *p)
+            .collect();
+        relays.sort_by_key(|p| !self.bootstrap.contains_key(p));
+        for relay in relays {
+            self.maybe_reserve(relay);
         }
         let _ = self.swarm.behaviour_mut().kad.bootstrap();
     }
 
-    /// Hold a reservation with a bootstrap peer that relays, so peers that cannot reach
-    /// us directly can through it.
+    /// Whether a listen address may be announced as external: not loopback, unless every
+    /// configured listen address is loopback (a node on one machine, tests).
+    fn advertisable(&self, address: &Multiaddr) -> bool {
+        let loopback = |a: &Multiaddr| ip_of(a).is_some_and(|ip| ip.is_loopback());
+        !loopback(address) || self.config.listen.iter().all(loopback)
+    }
+
+    /// Hold a reservation with a connected peer that relays (however it was found:
+    /// bootstrap, mDNS, the DHT, a dial), so peers that cannot reach us directly but
+    /// reach it can reach us through it. At most [`MAX_RESERVATIONS`].
     fn maybe_reserve(&mut self, relay: PeerId) {
         if self.reservations.contains_key(&relay) || self.reservations.len() >= MAX_RESERVATIONS {
             return;
@@ -675,7 +744,7 @@ impl Driver {
         let Some(state) = self.peers.get(&relay) else {
             return;
         };
-        if !state.relay || !self.bootstrap.contains_key(&relay) {
+        if !state.relay {
             return;
         }
         let Some(addr) = state
@@ -747,6 +816,7 @@ impl Driver {
                 let relayed = endpoint_is_relayed(&endpoint);
                 let dialer = matches!(endpoint, ConnectedPoint::Dialer { .. });
                 self.fallbacks.remove(&peer_id);
+                self.own_dials.remove(&connection_id);
                 if self.quic_upgrades.get(&peer_id) == Some(&connection_id) {
                     self.quic_upgrades.remove(&peer_id);
                 }
@@ -793,6 +863,7 @@ impl Driver {
                     }
                 }
                 if num_established == 0 {
+                    self.reserved.remove(&peer_id);
                     if let Some(id) = self.reservations.remove(&peer_id) {
                         self.swarm.remove_listener(id);
                     }
@@ -813,11 +884,15 @@ impl Driver {
                     self.quic_upgrades.remove(&peer);
                 }
                 let reason = error.to_string();
+                self.own_dials.remove(&connection_id);
                 // A QUIC dial with a head start failed: the rest goes now, and whoever
-                // waits for the peer waits for that.
+                // waits for the peer waits for that. Waiters are answered once none of
+                // the dials started for them is left: a dial someone else started (hole
+                // punching) failing meanwhile answers nobody.
                 if let Some(peer) = peer_id
                     && !self.swarm.is_connected(&peer)
                     && !self.fire_fallback(peer)
+                    && !self.own_dials.values().any(|p| *p == peer)
                 {
                     for w in self.dial_waiters.remove(&peer).unwrap_or_default() {
                         let _ = w.send(Err(reason.clone()));
@@ -833,16 +908,29 @@ impl Driver {
             } => {
                 tracing::info!(%address, "listening");
                 self.pending_listeners.remove(&listener_id);
-                // An operator who turns relaying on says this node is reachable; without
-                // this, relay v2 only advertises itself once AutoNAT confirms an address,
-                // which takes several probes (and never happens on a LAN of two).
-                if self.config.relay_server && !is_relayed(&address) {
+                // A node that relays says it is reachable at its listen addresses (the
+                // peers that use it as a relay are connected to it anyway); without this,
+                // relay v2 only advertises itself once AutoNAT confirms an address, which
+                // takes several probes and never happens on a LAN of two. Loopback
+                // addresses only count when the node listens on nothing else.
+                if self.config.relay_server && !is_relayed(&address) && self.advertisable(&address)
+                {
                     self.swarm.add_external_address(address.clone());
                 }
                 self.emit_listen_addrs();
             }
+            // The relay client confirms every relayed address as external. Kept, it
+            // would make a node reachable only through a relay advertise relaying
+            // itself (relay v2 turns on with any external address) and serve the DHT;
+            // its relayed addresses still reach peers as listen addresses (identify).
+            SwarmEvent::ExternalAddrConfirmed { address } if is_relayed(&address) => {
+                self.swarm.remove_external_address(&address);
+            }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
                 tracing::debug!(%address, "no longer listening");
+                if self.config.relay_server && !is_relayed(&address) {
+                    self.swarm.remove_external_address(&address);
+                }
                 self.emit_listen_addrs();
             }
             SwarmEvent::ListenerClosed {
@@ -850,10 +938,23 @@ impl Driver {
                 reason,
                 ..
             } => {
-                self.reservations.retain(|_, id| *id != listener_id);
+                let relay = self
+                    .reservations
+                    .iter()
+                    .find(|(_, id)| **id == listener_id)
+                    .map(|(p, _)| *p);
+                if let Some(relay) = relay {
+                    self.reservations.remove(&relay);
+                    self.reserved.remove(&relay);
+                }
                 self.pending_listeners.remove(&listener_id);
                 if let Err(e) = reason {
-                    tracing::debug!(error = %e, "listener closed");
+                    if let Some(relay) = relay {
+                        self.reservations_refused += 1;
+                        tracing::info!(%relay, error = %error_chain(&e), "relay reservation refused or lost");
+                    } else {
+                        tracing::debug!(error = %e, "listener closed");
+                    }
                 }
                 self.emit_listen_addrs();
             }
@@ -886,7 +987,12 @@ impl Driver {
                     if !self.swarm.is_connected(&peer)
                         && self.mdns_dials.len() < MAX_MDNS_DIALS
                         && self.mdns_budget.take(Instant::now())
-                        && let Ok(id) = self.dial_quic_first(peer, addrs, false)
+                        && let Ok(id) = self.dial_quic_first(
+                            peer,
+                            addrs,
+                            false,
+                            PeerCondition::DisconnectedAndNotDialing,
+                        )
                     {
                         self.mdns_dials.insert(id);
                     }
@@ -919,6 +1025,9 @@ impl Driver {
                 ..
             }) => {
                 tracing::info!(relay = %relay_peer_id, "relay reservation accepted");
+                if self.reservations.contains_key(&relay_peer_id) {
+                    self.reserved.insert(relay_peer_id);
+                }
             }
             _ => {}
         }

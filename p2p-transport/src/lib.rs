@@ -6,7 +6,7 @@
 //! key; the [`identity`] module converts between them (DESIGN.md §2).
 //!
 //! [`P2p`] runs the swarm (QUIC first, TCP + Noise + Yamux as fallback; identify, ping,
-//! AutoNAT, relay v2 client and optional server, DCUtR, Kademlia, mDNS) and carries the
+//! AutoNAT, relay v2 client and server (on by default, bounded), DCUtR, Kademlia, mDNS) and carries the
 //! Matrix server-server API as HTTP/1.1 on libp2p streams (protocol
 //! `/matrix/federation/1`, see `docs/p2p-federation.md`). It implements `warren-core`'s
 //! [`FederationTransport`]; it knows nothing about rooms.
@@ -33,7 +33,7 @@ use warren_core::federation::{
 use warren_core::server::Server;
 
 pub use carriage::PROTOCOL;
-pub use config::{ConfigError, DhtMode, P2pConfig, default_listen};
+pub use config::{ConfigError, DhtMode, P2pConfig, RelayLimits, default_listen};
 pub use identity::{
     AddressError, SERVER_NAME_LEN, keypair_from_seed, peer_id_for_server_name,
     peer_id_from_public_key, public_key_from_server_name, server_name_for_peer_id,
@@ -83,6 +83,16 @@ pub struct PeerInfo {
     pub transport: String,
     /// Last measured round-trip time.
     pub rtt: Option<Duration>,
+}
+
+/// This node's relay reservations (as a client of other nodes' relays).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RelayStatus {
+    /// Relays that accepted a reservation for this node: peers connected to one of them
+    /// can reach this node through it.
+    pub reservations: Vec<PeerId>,
+    /// Reservation requests refused (a relay at its limits) or lost since start.
+    pub refused: u64,
 }
 
 /// Why the transport could not start or a command failed.
@@ -281,6 +291,11 @@ impl P2p {
     /// renew relay reservations and tell peers the new addresses.
     pub async fn network_changed(&self) -> Result<(), P2pError> {
         self.ask(Command::NetworkChanged).await
+    }
+
+    /// The relays this node holds reservations with.
+    pub async fn relay_status(&self) -> Result<RelayStatus, P2pError> {
+        self.ask(Command::RelayStatus).await
     }
 
     /// Peer events from now on.

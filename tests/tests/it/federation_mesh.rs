@@ -193,11 +193,12 @@ async fn mesh_node_with(
     Ok(FederatedNode { node, p2p })
 }
 
-/// Test P2P settings where no node answers DHT queries, so a node only ever learns the
-/// addresses of the peers it is connected to explicitly.
+/// Test P2P settings where no node answers DHT queries or relays, so a node only ever
+/// reaches the peers it is connected to explicitly.
 fn isolated_p2p() -> warren_p2p::P2pConfig {
     warren_p2p::P2pConfig {
         dht_mode: warren_p2p::DhtMode::Client,
+        relay_server: false,
         ..test_p2p_config()
     }
 }
@@ -960,5 +961,95 @@ async fn a_member_in_the_middle_forwards_new_events_at_once_and_once() -> anyhow
     a.stop().await?;
     b.stop().await?;
     c.stop().await?;
+    Ok(())
+}
+
+/// Any neighbour connects you: A and C each reach only B, which runs with the default
+/// P2P settings (so it relays) and whose node has no user in the room, or any user at
+/// all. A and C listen on nothing (a direct dial between them cannot succeed) and know
+/// only B's address, found as mDNS or `warren connect` would find it: no bootstrap
+/// peers, no flags. C joins Alice's room on A and messages flow both ways, over a
+/// circuit through B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_member_neighbour_relays_a_join_and_messages() -> anyhow::Result<()> {
+    let (da, db, dc) = (
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+    );
+    let b = mesh_node(db.path(), test_p2p_config()).await?;
+    let b_addr = b
+        .p2p
+        .listen_addrs()
+        .await?
+        .into_iter()
+        .next()
+        .context("B's address")?;
+    // Only a relayed address; a DHT client, as `DhtMode::Auto` keeps such a node.
+    let behind_b = || warren_p2p::P2pConfig {
+        listen: vec![],
+        dht_mode: warren_p2p::DhtMode::Auto,
+        ..test_p2p_config()
+    };
+    let mut ends = Vec::new();
+    for dir in [&da, &dc] {
+        let mut config = test_config(dir.path());
+        config.anti_entropy_interval = ANTI_ENTROPY;
+        let node = start_node_with(config).await?;
+        let p2p = warren_p2p::P2p::attach(&node, behind_b()).await?;
+        p2p.dial(b_addr.clone()).await?;
+        // Returns once B accepted a reservation: the node's only listen address.
+        let addrs = p2p.wait_listening(WAIT).await?;
+        ensure!(
+            addrs.iter().all(|a| a.to_string().contains("p2p-circuit")),
+            "{addrs:?}"
+        );
+        ends.push(FederatedNode { node, p2p });
+    }
+    let c = ends.pop().context("C")?;
+    let a = ends.pop().context("A")?;
+
+    let alice = User::register(&a, "alice").await?;
+    let carol = User::register(&c, "carol").await?;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await?;
+    carol.join_via(&room, &a).await?;
+    alice
+        .sync_until("Carol's join", |s| is_joined(s, &room, carol.id()))
+        .await?;
+    alice.say(&room, "through a stranger").await?;
+    carol
+        .sync_until("Alice's message", |s| {
+            has_message(s, &room, "through a stranger")
+        })
+        .await?;
+    carol.say(&room, "and back").await?;
+    alice
+        .sync_until("Carol's message", |s| has_message(s, &room, "and back"))
+        .await?;
+
+    // A and C talk over a circuit; B has no account, so no member of the room.
+    for (me, other) in [(&a, &c), (&c, &a)] {
+        let name = other.name();
+        let link = me
+            .p2p
+            .peers()
+            .await?
+            .into_iter()
+            .find(|p| p.server_name.as_deref() == Some(name.as_str()))
+            .context("the other end is not connected")?;
+        ensure!(
+            link.connection == warren_p2p::ConnectionKind::Relayed,
+            "{link:?}"
+        );
+    }
+    let room_on_b = b
+        .node
+        .server()
+        .db
+        .read(|conn| warren_core::storage::room_info(conn, &room))?;
+    ensure!(room_on_b.is_none(), "B knows the room");
+    a.stop().await?;
+    c.stop().await?;
+    b.stop().await?;
     Ok(())
 }
