@@ -7,8 +7,9 @@ use axum::{Json, extract::State};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::extract::{Auth, Body, Caller, P};
-use crate::delayed_events::{self, Action, Schedule};
+use super::extract::{Auth, Body, P};
+pub(super) use crate::delayed_events::Schedule;
+use crate::delayed_events::{self, Action};
 use crate::error::Error;
 use crate::server::Server;
 
@@ -16,29 +17,8 @@ use crate::server::Server;
 pub(super) const PREFIX: &str = "/_matrix/client/unstable/org.matrix.msc4140/delayed_events";
 
 /// Schedule the event of a send or state PUT that carried a delay: `{"delay_id": …}`.
-pub(super) fn schedule(
-    server: &Server,
-    caller: &Caller,
-    room_id: &str,
-    kind: &str,
-    state_key: Option<&str>,
-    txn_id: Option<&str>,
-    content: &Value,
-    delay_ms: u64,
-) -> Result<Json<Value>, Error> {
-    let delay_id = delayed_events::schedule(
-        server,
-        Schedule {
-            user_id: &caller.user_id,
-            device_id: &caller.device_id,
-            txn_id,
-            room_id,
-            kind,
-            state_key,
-            content,
-            delay_ms,
-        },
-    )?;
+pub(super) fn schedule(server: &Server, s: Schedule<'_>) -> Result<Json<Value>, Error> {
+    let delay_id = delayed_events::schedule(server, s)?;
     Ok(Json(json!({"delay_id": delay_id})))
 }
 

@@ -172,13 +172,16 @@ pub(super) async fn send_message(
     if let Some(delay) = ts.delay {
         return super::delayed_events::schedule(
             &server,
-            &caller,
-            &room_id,
-            &kind,
-            None,
-            Some(&txn_id),
-            &content,
-            delay,
+            super::delayed_events::Schedule {
+                user_id: &caller.user_id,
+                device_id: &caller.device_id,
+                txn_id: Some(&txn_id),
+                room_id: &room_id,
+                kind: &kind,
+                state_key: None,
+                content: &content,
+                delay_ms: delay,
+            },
         );
     }
     let ts = ts.for_caller(&caller);
@@ -212,13 +215,16 @@ pub(super) async fn put_state(
     if let Some(delay) = ts.delay {
         return super::delayed_events::schedule(
             &server,
-            &caller,
-            &room_id,
-            &kind,
-            Some(&state_key),
-            None,
-            &content,
-            delay,
+            super::delayed_events::Schedule {
+                user_id: &caller.user_id,
+                device_id: &caller.device_id,
+                txn_id: None,
+                room_id: &room_id,
+                kind: &kind,
+                state_key: Some(&state_key),
+                content: &content,
+                delay_ms: delay,
+            },
         );
     }
     let ts = ts.for_caller(&caller);
@@ -236,13 +242,16 @@ pub(super) async fn put_state_empty(
     if let Some(delay) = ts.delay {
         return super::delayed_events::schedule(
             &server,
-            &caller,
-            &room_id,
-            &kind,
-            Some(""),
-            None,
-            &content,
-            delay,
+            super::delayed_events::Schedule {
+                user_id: &caller.user_id,
+                device_id: &caller.device_id,
+                txn_id: None,
+                room_id: &room_id,
+                kind: &kind,
+                state_key: Some(""),
+                content: &content,
+                delay_ms: delay,
+            },
         );
     }
     let ts = ts.for_caller(&caller);
