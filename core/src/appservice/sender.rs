@@ -164,7 +164,9 @@ fn next_transaction(
     if let Some((txn, up_to, body)) = st.pending {
         return Ok(Some((txn, up_to, st.typing_serial, body)));
     }
-    if st.pos >= now.pos && st.typing_serial == now.typing {
+    // Typing changes alone concern only an appservice that takes ephemeral events.
+    let typing_changed = a.receive_ephemeral && st.typing_serial != now.typing;
+    if st.pos >= now.pos && !typing_changed {
         return Ok(None);
     }
     let built = server
@@ -347,7 +349,7 @@ fn ephemeral(
     let mut out = Vec::new();
     // Receipts, one `m.receipt` event per room.
     let mut receipts: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
-    for (room_id, r) in storage::receipts_between(c, after, up_to)? {
+    for (room_id, r) in storage::receipts_between(c, after, up_to, MAX_EPHEMERAL)? {
         if !interest.room(c, &room_id)? {
             continue;
         }
@@ -375,7 +377,7 @@ fn ephemeral(
     }
     // Presence of its users and of the users it shares rooms with.
     let now = now_ms();
-    for p in storage::presence_between(c, after, up_to)? {
+    for p in storage::presence_between(c, after, up_to, MAX_EPHEMERAL)? {
         if !interest.user(c, &p.user_id)? {
             continue;
         }

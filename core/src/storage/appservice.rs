@@ -133,17 +133,20 @@ pub fn timeline_events_between(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// Receipts written in `(after, up_to]` in any room: `(room, receipt)`.
+/// Public receipts written in `(after, up_to]` in any room, at most `limit`:
+/// `(room, receipt)`.
 pub fn receipts_between(
     c: &Connection,
     after: StreamPosition,
     up_to: StreamPosition,
+    limit: usize,
 ) -> Result<Vec<(String, super::Receipt)>, Error> {
     let mut st = c.prepare_cached(
         "SELECT room_id, receipt_type, user_id, thread_id, event_id, ts FROM receipts
-         WHERE stream_ordering > ?1 AND stream_ordering <= ?2 AND receipt_type = 'm.read'",
+         WHERE stream_ordering > ?1 AND stream_ordering <= ?2 AND receipt_type = 'm.read'
+         ORDER BY stream_ordering LIMIT ?3",
     )?;
-    let rows = st.query_map(params![after, up_to], |r| {
+    let rows = st.query_map(params![after, up_to, limit as i64], |r| {
         Ok((
             r.get(0)?,
             super::Receipt {
@@ -158,18 +161,20 @@ pub fn receipts_between(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// Presence rows changed in `(after, up_to]`.
+/// Presence rows changed in `(after, up_to]`, at most `limit`.
 pub fn presence_between(
     c: &Connection,
     after: StreamPosition,
     up_to: StreamPosition,
+    limit: usize,
 ) -> Result<Vec<super::PresenceRow>, Error> {
     let mut out = Vec::new();
     let ids: Vec<String> = c
         .prepare_cached(
-            "SELECT user_id FROM presence WHERE stream_ordering > ?1 AND stream_ordering <= ?2",
+            "SELECT user_id FROM presence WHERE stream_ordering > ?1 AND stream_ordering <= ?2
+             ORDER BY stream_ordering LIMIT ?3",
         )?
-        .query_map(params![after, up_to], |r| r.get(0))?
+        .query_map(params![after, up_to, limit as i64], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     for id in ids {
         if let Some(p) = super::presence(c, &id)? {
