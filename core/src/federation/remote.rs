@@ -68,4 +68,20 @@ impl RemoteEvents for FederationRemote {
                 .unwrap_or_default())
         })
     }
+
+    fn state_before<'a>(
+        &'a self,
+        origin: &'a str,
+        room_id: &'a str,
+        event_id: &'a str,
+    ) -> BoxFuture<'a, Result<Value, Error>> {
+        Box::pin(async move {
+            let path = format!(
+                "/_matrix/federation/v1/state/{}?event_id={}",
+                encode(room_id),
+                encode(event_id)
+            );
+            request_json(&self.server, origin, http::Method::GET, &path, None).await
+        })
+    }
 }

@@ -35,6 +35,20 @@ pub fn load_pdu(c: &Connection, event_id: &str) -> Result<Option<StoredEvent>, E
     storage::get_event(c, event_id)
 }
 
+/// An event of a room's state or of an auth chain. Besides timeline events these are
+/// outliers: a node that joined over federation has the state and auth chain from
+/// before its join only as outliers, and a `/state` or auth chain without them would
+/// leave out the room's create event, its power levels and older members. Rejected and
+/// soft-failed events are never served.
+fn load_state_pdu(c: &Connection, event_id: &str) -> Result<Option<StoredEvent>, Error> {
+    Ok(storage::get_event_any(c, event_id)?.filter(|e| {
+        matches!(
+            e.status,
+            storage::EventStatus::Timeline | storage::EventStatus::Outlier
+        )
+    }))
+}
+
 /// An event of `room_id`, or `404 M_NOT_FOUND` (unknown, or in another room).
 pub fn load_room_pdu(c: &Connection, room_id: &str, event_id: &str) -> Result<StoredEvent, Error> {
     match load_pdu(c, event_id)? {
@@ -294,7 +308,7 @@ pub fn auth_chain(
         if !seen.insert(id.clone()) {
             continue;
         }
-        let Some(ev) = load_pdu(c, &id)? else {
+        let Some(ev) = load_state_pdu(c, &id)? else {
             continue;
         };
         if ev.room_id != room_id {
@@ -311,7 +325,7 @@ pub fn auth_chain(
 pub fn state_events(c: &Connection, state: &StateMap) -> Result<Vec<StoredEvent>, Error> {
     let mut out = Vec::with_capacity(state.len());
     for id in state.values() {
-        if let Some(ev) = load_pdu(c, id)? {
+        if let Some(ev) = load_state_pdu(c, id)? {
             out.push(ev);
         }
     }

@@ -70,6 +70,18 @@ pub trait RemoteEvents: Send + Sync {
         latest: Vec<String>,
         limit: usize,
     ) -> BoxFuture<'a, Result<Vec<Value>, Error>>;
+
+    /// `GET /_matrix/federation/v1/state/{roomId}?event_id=` on `origin`: the state
+    /// before the event (`pdus`) and its auth chain (`auth_chain`).
+    fn state_before<'a>(
+        &'a self,
+        origin: &'a str,
+        room_id: &'a str,
+        event_id: &'a str,
+    ) -> BoxFuture<'a, Result<Value, Error>> {
+        let _ = (origin, room_id, event_id);
+        Box::pin(async { Err(Error::NotFound("no state from this source".into())) })
+    }
 }
 
 /// What became of a received PDU.
@@ -339,8 +351,21 @@ pub async fn receive_pdu(
             let outcome = room.process(ev, Mode::Full)?;
             tracing::debug!(event_id = %id, ?outcome, "missing event");
         }
-        room.process(checked, Mode::Full)
+        room.process(checked.clone(), Mode::Full)
     })?;
+    // Prev events that stayed missing (the gap reaches back further than one
+    // `get_missing_events`, or into history from before our join, known here only as
+    // state): the state before the event comes from the server that sent it, checked
+    // event by event as a join's state, as Synapse does for missing prevs. Without it
+    // the event would stay an outlier, out of every timeline, for good.
+    let outcome = match outcome {
+        Outcome::Outlier { .. } => {
+            with_state_from(server, remote, origin, room_id, &version, &rules, checked)
+                .await?
+                .unwrap_or(outcome)
+        }
+        other => other,
+    };
     // After the commit, off the PDU's path: queue the media it refers to for prefetching.
     if matches!(outcome, Outcome::Accepted { .. }) {
         crate::media::remote::prefetch(server, media);
@@ -388,6 +413,89 @@ pub(super) fn has_state(c: &Connection, event_id: &str) -> Result<bool, Error> {
             EventStatus::Outlier => false,
         }),
     )
+}
+
+/// Most state events accepted from a `/state` answer for a received event.
+const MAX_STATE_EVENTS: usize = super::remote_join::MAX_JOIN_STATE;
+
+/// Accept `checked` with the state before it as `origin` gives it (`/state`): each state
+/// event checked (format, signatures, auth against its auth events), the event checked
+/// against that state and against the current state, as any received event. `None`
+/// when the state cannot be had.
+async fn with_state_from(
+    server: &Arc<Server>,
+    remote: &dyn RemoteEvents,
+    origin: &str,
+    room_id: &str,
+    version: &str,
+    rules: &RoomVersionRules,
+    checked: Checked,
+) -> Result<Option<Outcome>, Error> {
+    let answer = match remote
+        .state_before(origin, room_id, &checked.event_id)
+        .await
+    {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::info!(%origin, event_id = %checked.event_id, error = %e, "cannot fetch the state before a received event");
+            return Ok(None);
+        }
+    };
+    let mut ids = Vec::new();
+    let mut state_events = Vec::new();
+    for (is_state, list) in [(true, &answer["pdus"]), (false, &answer["auth_chain"])] {
+        for v in list.as_array().into_iter().flatten().take(MAX_STATE_EVENTS) {
+            match check_pdu(v.clone(), room_id, rules) {
+                Ok(ev) => {
+                    if is_state {
+                        ids.push(ev.event_id.clone());
+                    }
+                    state_events.push(ev);
+                }
+                Err((eid, reason)) => {
+                    tracing::info!(%origin, ?eid, %reason, "dropped a state event of a received event");
+                }
+            }
+        }
+    }
+    let mut seeds = state_events.clone();
+    seeds.push(checked.clone());
+    let auth =
+        with_auth_events(server, remote, origin, room_id, rules, &seeds, MAX_FETCHES).await?;
+    let outcome = server.write(|c| {
+        let room = Room {
+            c,
+            room_id,
+            version,
+            rules,
+        };
+        for ev in auth.into_iter().chain(state_events) {
+            // (The room's create event is here already: it comes back as known.)
+            if ev.event_id != checked.event_id {
+                room.process(ev, Mode::AuthOnly)?;
+            }
+        }
+        let mut state = StateMap::new();
+        for id in &ids {
+            if let Some(e) = storage::get_event_any(c, id)?
+                && e.status != EventStatus::Rejected
+                && let Some(sk) = e.state_key
+            {
+                state.insert((e.kind, sk), e.event_id);
+            }
+        }
+        // The room's create event never changes: ours stands in if the answer left it
+        // out.
+        let create = ("m.room.create".to_owned(), String::new());
+        if !state.contains_key(&create)
+            && let Some(id) = storage::current_state_event(c, room_id, "m.room.create", "")?
+        {
+            state.insert(create, id);
+        }
+        tracing::debug!(event_id = %checked.event_id, given = ids.len(), kept = state.len(), "state before a received event, from its sender");
+        room.process_given(checked, Mode::Full, Some(&state))
+    })?;
+    Ok(Some(outcome))
 }
 
 /// Fetches missing auth events from the origin, breadth first, within a budget.
@@ -496,6 +604,17 @@ pub(super) struct Room<'a> {
 
 impl Room<'_> {
     pub(super) fn process(&self, ev: Checked, mode: Mode) -> Result<Outcome, Error> {
+        self.process_given(ev, mode, None)
+    }
+
+    /// [`Room::process`], with the state before the event given (from the server that
+    /// sent it) for when its prev events are not all here.
+    pub(super) fn process_given(
+        &self,
+        ev: Checked,
+        mode: Mode,
+        given_state: Option<&StateMap>,
+    ) -> Result<Outcome, Error> {
         let c = self.c;
         let event_id = ev.event_id.clone();
         if let Some(e) = storage::get_event_any(c, &event_id)? {
@@ -535,8 +654,16 @@ impl Room<'_> {
             return Ok(Outcome::Outlier { event_id });
         }
 
-        // 5. The state before the event, from its prev events.
-        let Some((before, group_before)) = self.state_before(pdu)? else {
+        // 5. The state before the event, from its prev events (or as given).
+        let from_prevs = self.state_before(pdu)?;
+        let Some((before, group_before)) = (match (from_prevs, given_state) {
+            (Some(known), _) => Some(known),
+            (None, Some(state)) => Some((
+                state.clone(),
+                storage::group_for_state(c, self.room_id, None, state)?,
+            )),
+            (None, None) => None,
+        }) else {
             self.store_other(&ev, EventStatus::Outlier, None, None, None)?;
             return Ok(Outcome::Outlier { event_id });
         };

@@ -1709,3 +1709,70 @@ async fn backfilled_history_is_served_once_and_respects_history_visibility() -> 
     b.stop().await?;
     Ok(())
 }
+
+/// A node that joined over federation has the state from before its join only as
+/// outliers; its `/state` and `/state_ids` still give the whole state (the create event,
+/// the power levels, the members who were there) and the auth chain. Without them (as
+/// before) a
+/// third node asking it for the state before an event (gap filling across hops, or
+/// backfill) would get a state without the create event and reject the event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joined_node_serves_the_state_from_before_its_join() -> anyhow::Result<()> {
+    let (_da, _db, a, b) = two_nodes().await?;
+    let alice = User::register(&a, "alice").await?;
+    let bob = User::register(&b, "bob").await?;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await?;
+    bob.post(
+        &format!("/join/{}?server_name={}", path_segment(&room), a.name()),
+        json!({}),
+    )
+    .await?;
+    let sent = bob
+        .call(
+            reqwest::Method::PUT,
+            &format!("/rooms/{}/send/m.room.message/s1", path_segment(&room)),
+            json!({"msgtype": "m.text", "body": "after the join"}),
+        )
+        .await?;
+    let event_id = sent.1["event_id"].as_str().context("event_id")?.to_owned();
+    let path = format!(
+        "/_matrix/federation/v1/state/{}?event_id={}",
+        path_segment(&room),
+        path_segment(&event_id)
+    );
+    let answer: Value = warren_core::federation::client::request_json(
+        a.node.server(),
+        &b.name(),
+        http::Method::GET,
+        &path,
+        None,
+    )
+    .await?;
+    let types: Vec<(&str, &str)> = answer["pdus"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| Some((e["type"].as_str()?, e["state_key"].as_str()?)))
+        .collect();
+    for wanted in [
+        ("m.room.create", ""),
+        ("m.room.power_levels", ""),
+        ("m.room.join_rules", ""),
+        ("m.room.member", alice.id()),
+        ("m.room.member", bob.id()),
+    ] {
+        ensure!(
+            types.contains(&wanted),
+            "{wanted:?} missing from B's /state: {types:?}"
+        );
+    }
+    // (From room version 12 the create event is named by the room id, not listed.)
+    ensure!(
+        answer["auth_chain"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|e| e["type"] == "m.room.power_levels")),
+        "no power levels in the auth chain"
+    );
+    b.stop().await?;
+    a.stop().await
+}

@@ -1,0 +1,403 @@
+#!/usr/bin/env python3
+"""The mesh lab: real `warren` processes in Linux network namespaces.
+
+Each node runs in a namespace of its own. Nodes are linked by veth pairs (one /24 per
+link, no routing between links), so two nodes talk only if they share a link or go
+through a node that carries them (as a room member or a relay). Every node also has a
+management link to the lab (10.99.<i>.2), where its client API listens; nodes never
+reach each other through it (the lab's namespace does not forward).
+
+    sudo python3 tests/lab/lab.py [--binary target/release/warren] [--messages N] SCENARIO...
+    sudo python3 tests/lab/lab.py --list
+
+Prints, per scenario, the delivery ratio, latency p50/p95/max and the time to
+converge, and exits 1 when a scenario misses its target. Needs root, iproute2, and for
+the loss scenarios nftables. When namespaces cannot be made it says so and fails.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+PREFIX = "wl"
+
+
+def sh(*args, check=True, ns=None):
+    cmd = (["ip", "netns", "exec", ns] if ns else []) + list(args)
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)}: {r.stderr.strip() or r.stdout.strip()}")
+    return r.stdout
+
+
+class Node:
+    def __init__(self, lab, index, name):
+        self.lab, self.index, self.name = lab, index, name
+        self.ns = f"{PREFIX}-{name}"
+        self.mgmt_ip = f"10.99.{index}.2"
+        self.link_ips = []
+        self.data_dir = os.path.join(lab.workdir, name)
+        self.proc = None
+        self.listen = []
+        self.server_name = None
+
+    @property
+    def url(self):
+        return f"http://{self.mgmt_ip}:8008"
+
+    def start(self, relay=True):
+        args = [self.lab.binary, "run", "--data-dir", self.data_dir, "--client-addr",
+                f"{self.mgmt_ip}:8008", "--no-mdns"]
+        # On every interface, as a node normally listens. (Listening on each link's
+        # address instead makes a node with several links dial QUIC from whichever of
+        # its sockets libp2p picks, often on the wrong link: the answer never comes.)
+        args += ["--p2p-listen", "/ip4/0.0.0.0/udp/0/quic-v1", "--p2p-listen", "/ip4/0.0.0.0/tcp/0"]
+        if not relay:
+            args.append("--no-relay-server")
+        log = open(os.path.join(self.lab.workdir, f"{self.name}.log"), "w")
+        self.proc = subprocess.Popen(["ip", "netns", "exec", self.ns] + args,
+                                     stdout=subprocess.PIPE, stderr=log, text=True,
+                                     env={**os.environ, "RUST_LOG": os.environ.get("LAB_LOG", "warn")})
+        self.listen = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"{self.name} exited; see {log.name}")
+            if line.startswith("server name: "):
+                self.server_name = line.split(": ", 1)[1].strip()
+            if line.startswith("p2p listen: "):
+                self.listen.append(line.split(": ", 1)[1].strip())
+            if line.startswith("client API: "):
+                return
+        raise RuntimeError(f"{self.name} did not start")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.proc = None
+
+    def warren(self, *args):
+        return sh(self.lab.binary, *args, "--data-dir", self.data_dir)
+
+    def connect(self, other):
+        """Dial `other` at its QUIC address on a link the two share (its listeners are on
+        every interface, at one port)."""
+        mine = {ip.rsplit(".", 1)[0] for ip in self.link_ips}
+        ip = next(i for i in other.link_ips if i.rsplit(".", 1)[0] in mine)
+        quic = next(a for a in other.listen if "/quic-v1" in a)
+        parts = quic.split("/")
+        parts[2] = ip
+        addr = "/".join(parts)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self.warren("connect", addr)
+                return
+            except RuntimeError:
+                # A loaded machine can miss the dial timeout; the link is there.
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
+
+    def user(self, localpart):
+        self.warren("user", "add", localpart, "--password", "lab-password-1")
+        body = {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": localpart},
+                "password": "lab-password-1"}
+        token = call(self.url, "POST", "/_matrix/client/v3/login", body)["access_token"]
+        return User(self, f"@{localpart}:{self.server_name}", token)
+
+
+def call(base, method, path, body=None, token=None, timeout=70):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(base + path, data=data, method=method)
+    req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return json.loads(r.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        raise RuntimeError(f"{method} {path}: {e.code} {e.read().decode(errors='replace')}")
+
+
+class User:
+    def __init__(self, node, user_id, token):
+        self.node, self.user_id, self.token = node, user_id, token
+        self.since = None
+        self.txn = 0
+
+    def call(self, method, path, body=None, timeout=70):
+        return call(self.node.url, method, path, body, self.token, timeout)
+
+    def create_room(self):
+        return self.call("POST", "/_matrix/client/v3/createRoom", {"preset": "public_chat"})["room_id"]
+
+    def join(self, room_id, via, deadline_s=90):
+        q = urllib.parse.quote(room_id)
+        last = None
+        deadline = time.monotonic() + deadline_s
+        while time.monotonic() < deadline:
+            try:
+                return self.call("POST", f"/_matrix/client/v3/join/{q}?server_name={via.server_name}", {})
+            except RuntimeError as e:
+                last = e
+                time.sleep(1)
+        raise RuntimeError(f"{self.user_id} could not join: {last}")
+
+    def send(self, room_id, body):
+        self.txn += 1
+        q = urllib.parse.quote(room_id)
+        return self.call("PUT", f"/_matrix/client/v3/rooms/{q}/send/m.room.message/lab{self.txn}",
+                         {"msgtype": "m.text", "body": body})
+
+    def sync_bodies(self, room_id, timeout_ms=1000):
+        path = f"/_matrix/client/v3/sync?timeout={timeout_ms}"
+        if self.since:
+            path += "&since=" + urllib.parse.quote(self.since)
+        r = self.call("GET", path)
+        self.since = r["next_batch"]
+        room = r.get("rooms", {}).get("join", {}).get(room_id, {})
+        return [e["content"].get("body") for e in room.get("timeline", {}).get("events", [])
+                if e.get("type") == "m.room.message"]
+
+
+class Lab:
+    def __init__(self, binary):
+        self.binary = os.path.abspath(binary)
+        self.workdir = tempfile.mkdtemp(prefix="warren-lab-")
+        self.nodes = []
+        self.links = 0
+
+    def node(self, name):
+        i = len(self.nodes) + 1
+        n = Node(self, i, name)
+        sh("ip", "netns", "add", n.ns)
+        sh("ip", "link", "set", "lo", "up", ns=n.ns)
+        host, inner = f"wm{i}", f"wm{i}n"
+        sh("ip", "link", "add", host, "type", "veth", "peer", "name", inner)
+        sh("ip", "link", "set", inner, "netns", n.ns)
+        sh("ip", "addr", "add", f"10.99.{i}.1/24", "dev", host)
+        sh("ip", "link", "set", host, "up")
+        sh("ip", "addr", "add", f"{n.mgmt_ip}/24", "dev", inner, ns=n.ns)
+        sh("ip", "link", "set", inner, "up", ns=n.ns)
+        self.nodes.append(n)
+        return n
+
+    def link(self, a, b):
+        self.links += 1
+        k = self.links
+        ia, ib = f"wl{k}a", f"wl{k}b"
+        sh("ip", "link", "add", ia, "type", "veth", "peer", "name", ib)
+        for (node, dev, host) in ((a, ia, 1), (b, ib, 2)):
+            sh("ip", "link", "set", dev, "netns", node.ns)
+            ip = f"10.77.{k}.{host}"
+            sh("ip", "addr", "add", f"{ip}/24", "dev", dev, ns=node.ns)
+            sh("ip", "link", "set", dev, "up", ns=node.ns)
+            node.link_ips.append(ip)
+        return (a, ia, b, ib)
+
+    def loss(self, node, percent):
+        """Drop `percent` % of the packets `node` receives on its links (nftables)."""
+        if not shutil.which("nft"):
+            raise RuntimeError("nft (nftables) is needed for loss: apt-get install nftables")
+        rules = (
+            "table inet lab {\n  chain input {\n    type filter hook input priority 0;\n"
+            f"    iifname != \"lo\" iifname != \"wm{node.index}n\" numgen random mod 100 < {percent} drop\n"
+            "  }\n}\n"
+        )
+        path = os.path.join(self.workdir, f"loss-{node.name}.nft")
+        with open(path, "w") as f:
+            f.write(rules)
+        sh("nft", "-f", path, ns=node.ns)
+
+    def close(self):
+        for n in self.nodes:
+            n.stop()
+        for n in self.nodes:
+            sh("ip", "netns", "del", n.ns, check=False)
+            sh("ip", "link", "del", f"wm{n.index}", check=False)
+        if os.environ.get("LAB_KEEP"):
+            print(f"logs kept in {self.workdir}")
+        else:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def measure(sender, receiver, room_id, count, settle_s):
+    """Send `count` messages, and read them at the receiver: (ratio, latencies, converge)."""
+    receiver.sync_bodies(room_id, timeout_ms=0)
+    sent_at = {}
+    for i in range(count):
+        body = f"lab message {i}"
+        sent_at[body] = time.monotonic()
+        sender.send(room_id, body)
+    got = {}
+    deadline = time.monotonic() + settle_s
+    while len(got) < count and time.monotonic() < deadline:
+        for b in receiver.sync_bodies(room_id, timeout_ms=1000):
+            if b in sent_at and b not in got:
+                got[b] = time.monotonic()
+    lat = sorted(got[b] - sent_at[b] for b in got)
+    converge = (max(got.values()) - min(sent_at.values())) if got else float("inf")
+    return len(got) / count, lat, converge
+
+
+def pct(xs, p):
+    if not xs:
+        return float("nan")
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def line(lab, member_in_middle, loss=None):
+    a, b, c = lab.node("a"), lab.node("b"), lab.node("c")
+    lab.link(a, b)
+    lab.link(b, c)
+    if loss:
+        lab.loss(c, loss)
+    # A member in the middle carries events as a member; relaying is then turned off
+    # so the path is B's forwarding, not a circuit.
+    relay = not member_in_middle
+    for n in (a, b, c):
+        n.start(relay=relay or n is not b)
+    a.connect(b)
+    c.connect(b)
+    alice, carol = a.user("alice"), c.user("carol")
+    room = alice.create_room()
+    if member_in_middle:
+        bob = b.user("bob")
+        bob.join(room, a)
+        carol.join(room, b)
+    else:
+        carol.join(room, a)
+    return alice, carol, room
+
+
+def chain(lab, length):
+    """A line of `length` nodes, each with a member of the room: only forwarding by the
+    members in between carries an event end to end (a relay circuit is one hop)."""
+    nodes = [lab.node(f"n{i}") for i in range(length)]
+    for x, y in zip(nodes, nodes[1:]):
+        lab.link(x, y)
+    for n in nodes:
+        n.start()
+    for x, y in zip(nodes, nodes[1:]):
+        y.connect(x)
+    users = [n.user(f"u{i}") for i, n in enumerate(nodes)]
+    room = users[0].create_room()
+    for i in range(1, length):
+        users[i].join(room, nodes[i - 1])
+    return users[0], users[-1], room
+
+
+def offline_courier(lab):
+    """A–B–C with B's user in the room; C is off while A sends, then comes back: B
+    carries what C missed."""
+    alice, carol, room = line(lab, True)
+    c = carol.node
+    b = lab.nodes[1]
+    carol.sync_bodies(room, timeout_ms=0)
+    c.stop()
+    return alice, carol, room, lambda: (c.start(), c.connect(b))
+
+
+SCENARIOS = {
+    # name: (builder, target p50 seconds, target delivery ratio)
+    "line-member": (lambda lab: line(lab, True), 1.0, 1.0),
+    "line-neighbour": (lambda lab: line(lab, False), 0.1, 1.0),
+    "line-loss20": (lambda lab: line(lab, False, loss=20), 5.0, 0.99),
+    "line10-members": (lambda lab: chain(lab, 10), 5.0, 1.0),
+    "line4-members": (lambda lab: chain(lab, 4), 2.0, 1.0),
+    "offline-courier": (offline_courier, 5.0, 1.0),
+}
+
+
+def run(binary, name, messages, settle_s):
+    build, target_p50, target_ratio = SCENARIOS[name]
+    lab = Lab(binary)
+    try:
+        started = time.monotonic()
+        built = build(lab)
+        setup = time.monotonic() - started
+        if len(built) == 4:
+            # The receiver is away while the messages are sent; latency counts from its
+            # return.
+            sender, receiver, room, come_back = built
+            for i in range(messages):
+                sender.send(room, f"lab message {i}")
+            time.sleep(1)
+            back = time.monotonic()
+            come_back()
+            got, lat = set(), []
+            deadline = time.monotonic() + settle_s
+            while len(got) < messages and time.monotonic() < deadline:
+                for b in receiver.sync_bodies(room, timeout_ms=1000):
+                    if b and b.startswith("lab message ") and b not in got:
+                        got.add(b)
+                        lat.append(time.monotonic() - back)
+            ratio, lat = len(got) / messages, sorted(lat)
+            converge = lat[-1] if lat else float("inf")
+        else:
+            sender, receiver, room = built
+            ratio, lat, converge = measure(sender, receiver, room, messages, settle_s)
+    finally:
+        lab.close()
+    p50, p95 = pct(lat, 50), pct(lat, 95)
+    ok = ratio >= target_ratio and p50 <= target_p50
+    print(f"{name:16} delivered {ratio:6.1%}  p50 {p50*1000:8.1f} ms  p95 {p95*1000:8.1f} ms  "
+          f"max {(lat[-1] if lat else float('nan'))*1000:8.1f} ms  converged {converge:6.2f} s  "
+          f"(setup {setup:4.1f} s)  target p50 <= {target_p50*1000:.0f} ms, >= {target_ratio:.0%}: "
+          f"{'PASS' if ok else 'MISS'}", flush=True)
+    return {"scenario": name, "delivered": ratio, "p50_ms": p50 * 1000, "p95_ms": p95 * 1000,
+            "max_ms": (lat[-1] * 1000) if lat else None, "converged_s": converge, "pass": ok}
+
+
+def preflight():
+    if os.geteuid() != 0:
+        sys.exit("the mesh lab needs root (it creates network namespaces)")
+    probe = f"{PREFIX}-probe"
+    r = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"cannot create network namespaces here: {r.stderr.strip()}")
+    subprocess.run(["ip", "netns", "del", probe])
+    stale = [l.split()[0] for l in sh("ip", "netns", "list").splitlines() if l.startswith(PREFIX + "-")]
+    for ns in stale:
+        subprocess.run(["ip", "netns", "del", ns])
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("scenarios", nargs="*")
+    p.add_argument("--binary", default="target/release/warren")
+    p.add_argument("--messages", type=int, default=20)
+    p.add_argument("--settle", type=float, default=120.0, help="seconds to wait for delivery")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--list", action="store_true")
+    args = p.parse_args()
+    if args.list or not args.scenarios:
+        for name, (_, p50, ratio) in SCENARIOS.items():
+            print(f"{name:16} target p50 <= {p50*1000:.0f} ms, delivery >= {ratio:.0%}")
+        return
+    if not os.path.exists(args.binary):
+        sys.exit(f"no warren binary at {args.binary} (cargo build --release -p warren-cli)")
+    preflight()
+    results = [run(args.binary, s, args.messages, args.settle) for s in args.scenarios]
+    if args.json:
+        print(json.dumps(results))
+    sys.exit(0 if all(r["pass"] for r in results) else 1)
+
+
+if __name__ == "__main__":
+    main()
