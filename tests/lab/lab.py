@@ -324,7 +324,7 @@ SCENARIOS = {
 }
 
 
-def run(binary, name, messages, settle_s):
+def run(binary, name, messages, settle_s, delivery_only=False):
     build, target_p50, target_ratio = SCENARIOS[name]
     lab = Lab(binary)
     try:
@@ -355,7 +355,7 @@ def run(binary, name, messages, settle_s):
     finally:
         lab.close()
     p50, p95 = pct(lat, 50), pct(lat, 95)
-    ok = ratio >= target_ratio and p50 <= target_p50
+    ok = ratio >= target_ratio and (delivery_only or p50 <= target_p50)
     print(f"{name:16} delivered {ratio:6.1%}  p50 {p50*1000:8.1f} ms  p95 {p95*1000:8.1f} ms  "
           f"max {(lat[-1] if lat else float('nan'))*1000:8.1f} ms  converged {converge:6.2f} s  "
           f"(setup {setup:4.1f} s)  target p50 <= {target_p50*1000:.0f} ms, >= {target_ratio:.0%}: "
@@ -384,6 +384,8 @@ def main():
     p.add_argument("--messages", type=int, default=20)
     p.add_argument("--settle", type=float, default=120.0, help="seconds to wait for delivery")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--delivery-only", action="store_true",
+                   help="pass on delivery alone (CI: debug builds on a shared machine)")
     p.add_argument("--list", action="store_true")
     args = p.parse_args()
     if args.list or not args.scenarios:
@@ -393,7 +395,11 @@ def main():
     if not os.path.exists(args.binary):
         sys.exit(f"no warren binary at {args.binary} (cargo build --release -p warren-cli)")
     preflight()
-    results = [run(args.binary, s, args.messages, args.settle) for s in args.scenarios]
+    unknown = [s for s in args.scenarios if s not in SCENARIOS]
+    if unknown:
+        sys.exit(f"unknown scenario(s) {unknown}; --list shows them")
+    results = [run(args.binary, s, args.messages, args.settle, args.delivery_only)
+               for s in args.scenarios]
     if args.json:
         print(json.dumps(results))
     sys.exit(0 if all(r["pass"] for r in results) else 1)
