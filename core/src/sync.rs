@@ -23,6 +23,7 @@ use crate::server::Server;
 use crate::storage::{self, StateMap, StoredEvent};
 use crate::streams::SyncToken;
 
+pub mod initial_cache;
 pub mod sliding;
 
 /// Most events one room's timeline looks at, visible or not, per timeline event asked
@@ -185,6 +186,57 @@ pub async fn sync(server: Arc<Server>, caller: Caller, params: SyncParams) -> Re
             return Ok(body);
         }
     }
+}
+
+/// Run `/sync` and serialise the answer. An initial sync (no `since`) is answered from
+/// [`initial_cache`] when the same device asked the same thing and nothing changed since;
+/// `filter_key` is the filter exactly as the client gave it.
+pub async fn sync_serialized(
+    server: Arc<Server>,
+    caller: Caller,
+    params: SyncParams,
+    filter_key: &str,
+) -> Result<bytes::Bytes, Error> {
+    if params.since.is_some() {
+        let body = sync(server, caller, params).await?;
+        return Ok(serde_json::to_vec(&body)?.into());
+    }
+    let key = initial_cache::Key {
+        user_id: caller.user_id.clone(),
+        device_id: caller.device_id.clone(),
+        filter: filter_key.to_owned(),
+        full_state: params.full_state,
+    };
+    // The write generation first, then the token: a write that lands in between is
+    // either in the snapshot built below or makes this entry unservable (see `Built`).
+    let built = initial_cache::Built {
+        writes: server.db.write_generation(),
+        token: server.notifier.current(),
+    };
+    if let Some(body) = server.initial_syncs.get(&key, built) {
+        return Ok(body);
+    }
+    let (body, _) = {
+        let server = server.clone();
+        tokio::task::spawn_blocking(move || {
+            server.db.read_tx(|c| {
+                build(
+                    c,
+                    &server,
+                    &caller,
+                    None,
+                    built.token,
+                    &params.filter,
+                    params.full_state,
+                )
+            })
+        })
+        .await
+        .map_err(Error::internal)??
+    };
+    let body: bytes::Bytes = serde_json::to_vec(&body)?.into();
+    server.initial_syncs.put(key, built, body.clone());
+    Ok(body)
 }
 
 fn room_allowed(f: &RoomFilter, room_id: &str) -> bool {
