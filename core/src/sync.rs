@@ -161,31 +161,49 @@ pub async fn sync(server: Arc<Server>, caller: Caller, params: SyncParams) -> Re
     loop {
         rx.borrow_and_update();
         let now = server.notifier.current();
-        let (body, has_data) = {
-            let server = server.clone();
-            let caller = caller.clone();
-            let filter = params.filter.clone();
-            let since = params.since;
-            let full_state = params.full_state;
-            tokio::task::spawn_blocking(move || {
-                server
-                    .db
-                    .read_tx(|c| build(c, &server, &caller, since, now, &filter, full_state))
-            })
-            .await
-            .map_err(Error::internal)??
-        };
-        if has_data || params.since.is_none() || params.full_state {
-            return Ok(body);
+        let waiting = !deadline.saturating_duration_since(Instant::now()).is_zero();
+        // A `since` equal to the current token (stream position, typing serial, to-device
+        // inbox delivered) leaves nothing for `build` to find: everything it returns has a
+        // later position or typing serial. A long-poll that starts there (the usual next
+        // request after a sync) waits at once instead of building an empty answer.
+        let nothing_new = params.since == Some(now) && !params.full_state;
+        if !(waiting && nothing_new) {
+            let (body, has_data) = build_at(&server, &caller, &params, now).await?;
+            if has_data || params.since.is_none() || params.full_state {
+                return Ok(body);
+            }
+            if deadline.saturating_duration_since(Instant::now()).is_zero() {
+                return Ok(body);
+            }
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
-            return Ok(body);
-        }
         if tokio::time::timeout(remaining, rx.changed()).await.is_err() {
-            return Ok(body);
+            // Time is up with nothing new: the answer at the token reached now.
+            let now = server.notifier.current();
+            return Ok(build_at(&server, &caller, &params, now).await?.0);
         }
     }
+}
+
+/// [`build`] at `now` on a blocking thread, in one read transaction.
+async fn build_at(
+    server: &Arc<Server>,
+    caller: &Caller,
+    params: &SyncParams,
+    now: SyncToken,
+) -> Result<(Value, bool), Error> {
+    let server = server.clone();
+    let caller = caller.clone();
+    let filter = params.filter.clone();
+    let since = params.since;
+    let full_state = params.full_state;
+    tokio::task::spawn_blocking(move || {
+        server
+            .db
+            .read_tx(|c| build(c, &server, &caller, since, now, &filter, full_state))
+    })
+    .await
+    .map_err(Error::internal)?
 }
 
 /// Run `/sync` and serialise the answer. An initial sync (no `since`) is answered from
@@ -216,24 +234,7 @@ pub async fn sync_serialized(
     if let Some(body) = server.initial_syncs.get(&key, built) {
         return Ok(body);
     }
-    let (body, _) = {
-        let server = server.clone();
-        tokio::task::spawn_blocking(move || {
-            server.db.read_tx(|c| {
-                build(
-                    c,
-                    &server,
-                    &caller,
-                    None,
-                    built.token,
-                    &params.filter,
-                    params.full_state,
-                )
-            })
-        })
-        .await
-        .map_err(Error::internal)??
-    };
+    let (body, _) = build_at(&server, &caller, &params, built.token).await?;
     let body: bytes::Bytes = serde_json::to_vec(&body)?.into();
     server.initial_syncs.put(key, built, body.clone());
     Ok(body)
