@@ -180,7 +180,7 @@ async fn repeated_initial_sync_is_cached_and_never_stale() {
     .expect("upload");
     let s = twice(&bob, &server).await;
     assert_eq!(
-        s["device_one_time_key_counts"]["signed_curve25519"], 1,
+        s["device_one_time_keys_count"]["signed_curve25519"], 1,
         "{s}"
     );
     alice
@@ -192,7 +192,7 @@ async fn repeated_initial_sync_is_cached_and_never_stale() {
         .expect("claim");
     let s = twice(&bob, &server).await;
     assert_ne!(
-        s["device_one_time_key_counts"]["signed_curve25519"], 1,
+        s["device_one_time_keys_count"]["signed_curve25519"], 1,
         "{s}"
     );
 
