@@ -141,6 +141,7 @@ impl Node {
             anti_entropy_task: Default::default(),
             admin_token: Default::default(),
             sliding: Default::default(),
+            initial_syncs: Default::default(),
             limiter,
             joins: crate::keyed::KeyedPermits::new(1, crate::rooms::MAX_ROOMS_JOINING),
             appservices: crate::appservice::AppServices::new(appservices),

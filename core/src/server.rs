@@ -67,6 +67,8 @@ pub struct Server {
     pub anti_entropy_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Sliding sync connections (what each client connection already has).
     pub sliding: crate::sync::sliding::Connections,
+    /// The last initial `/sync` answers (see [`crate::sync::initial_cache`]).
+    pub initial_syncs: crate::sync::initial_cache::InitialSyncCache,
     /// Rate-limit buckets (per user, client address and peer).
     pub limiter: crate::ratelimit::Limiter,
     /// One join at a time per room (see [`crate::rooms::join`]).

@@ -23,6 +23,7 @@ use crate::server::Server;
 use crate::storage::{self, StateMap, StoredEvent};
 use crate::streams::SyncToken;
 
+pub mod initial_cache;
 pub mod sliding;
 
 /// Most events one room's timeline looks at, visible or not, per timeline event asked
@@ -160,31 +161,83 @@ pub async fn sync(server: Arc<Server>, caller: Caller, params: SyncParams) -> Re
     loop {
         rx.borrow_and_update();
         let now = server.notifier.current();
-        let (body, has_data) = {
-            let server = server.clone();
-            let caller = caller.clone();
-            let filter = params.filter.clone();
-            let since = params.since;
-            let full_state = params.full_state;
-            tokio::task::spawn_blocking(move || {
-                server
-                    .db
-                    .read_tx(|c| build(c, &server, &caller, since, now, &filter, full_state))
-            })
-            .await
-            .map_err(Error::internal)??
-        };
-        if has_data || params.since.is_none() || params.full_state {
-            return Ok(body);
+        let waiting = !deadline.saturating_duration_since(Instant::now()).is_zero();
+        // A `since` equal to the current token (stream position, typing serial, to-device
+        // inbox delivered) leaves nothing for `build` to find: everything it returns has a
+        // later position or typing serial. A long-poll that starts there (the usual next
+        // request after a sync) waits at once instead of building an empty answer.
+        let nothing_new = params.since == Some(now) && !params.full_state;
+        if !(waiting && nothing_new) {
+            let (body, has_data) = build_at(&server, &caller, &params, now).await?;
+            if has_data || params.since.is_none() || params.full_state {
+                return Ok(body);
+            }
+            if deadline.saturating_duration_since(Instant::now()).is_zero() {
+                return Ok(body);
+            }
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
-            return Ok(body);
-        }
         if tokio::time::timeout(remaining, rx.changed()).await.is_err() {
-            return Ok(body);
+            // Time is up with nothing new: the answer at the token reached now.
+            let now = server.notifier.current();
+            return Ok(build_at(&server, &caller, &params, now).await?.0);
         }
     }
+}
+
+/// [`build`] at `now` on a blocking thread, in one read transaction.
+async fn build_at(
+    server: &Arc<Server>,
+    caller: &Caller,
+    params: &SyncParams,
+    now: SyncToken,
+) -> Result<(Value, bool), Error> {
+    let server = server.clone();
+    let caller = caller.clone();
+    let filter = params.filter.clone();
+    let since = params.since;
+    let full_state = params.full_state;
+    tokio::task::spawn_blocking(move || {
+        server
+            .db
+            .read_tx(|c| build(c, &server, &caller, since, now, &filter, full_state))
+    })
+    .await
+    .map_err(Error::internal)?
+}
+
+/// Run `/sync` and serialise the answer. An initial sync (no `since`) is answered from
+/// [`initial_cache`] when the same device asked the same thing and nothing changed since;
+/// `filter_key` is the filter exactly as the client gave it.
+pub async fn sync_serialized(
+    server: Arc<Server>,
+    caller: Caller,
+    params: SyncParams,
+    filter_key: &str,
+) -> Result<bytes::Bytes, Error> {
+    if params.since.is_some() {
+        let body = sync(server, caller, params).await?;
+        return Ok(serde_json::to_vec(&body)?.into());
+    }
+    let key = initial_cache::Key {
+        user_id: caller.user_id.clone(),
+        device_id: caller.device_id.clone(),
+        filter: filter_key.to_owned(),
+        full_state: params.full_state,
+    };
+    // The write generation first, then the token: a write that lands in between is
+    // either in the snapshot built below or makes this entry unservable (see `Built`).
+    let built = initial_cache::Built {
+        writes: server.db.write_generation(),
+        token: server.notifier.current(),
+    };
+    if let Some(body) = server.initial_syncs.get(&key, built) {
+        return Ok(body);
+    }
+    let (body, _) = build_at(&server, &caller, &params, built.token).await?;
+    let body: bytes::Bytes = serde_json::to_vec(&body)?.into();
+    server.initial_syncs.put(key, built, body.clone());
+    Ok(body)
 }
 
 fn room_allowed(f: &RoomFilter, room_id: &str) -> bool {

@@ -540,7 +540,12 @@ const ROWS: &[(&str, &str, &str)] = &[
         "sync_wake_small_room_p50_ms",
         "ms",
     ),
-    ("initial sync", "initial_sync_ms", "ms"),
+    ("initial sync, new device", "initial_sync_ms", "ms"),
+    (
+        "initial sync, same device",
+        "initial_sync_same_device_ms",
+        "ms",
+    ),
     ("versions, sequential", "versions_sequential_per_s", "/s"),
     ("versions, 10 clients", "versions_concurrent_per_s", "/s"),
     ("federation p50", "federation_p50_ms", "ms"),

@@ -54,6 +54,21 @@ impl Accounts {
         }
     }
 
+    /// Another device of session number `i`'s user (a password login).
+    pub async fn new_device(&self, i: usize) -> anyhow::Result<Arc<Client>> {
+        let client = match self {
+            Accounts::Register { base, prefix } => {
+                Client::login(base, &format!("{prefix}_{i}"), PASSWORD).await?
+            }
+            Accounts::Login {
+                base,
+                user,
+                password,
+            } => Client::login(base, user, password).await?,
+        };
+        Ok(Arc::new(client))
+    }
+
     /// Session number `i`: a new user, or a new device of the given user.
     pub async fn session(&self, i: usize) -> anyhow::Result<Arc<Client>> {
         let client = match self {
@@ -82,6 +97,7 @@ pub struct ClientFigures {
     pub sync_wake_p99_ms: f64,
     pub sync_wake_small_room_p50_ms: f64,
     pub initial_sync_ms: f64,
+    pub initial_sync_same_device_ms: f64,
     pub versions_sequential_per_s: f64,
     pub versions_concurrent_per_s: f64,
 }
@@ -111,6 +127,11 @@ impl ClientFigures {
                 false,
             ),
             ("initial_sync_ms", self.initial_sync_ms, false),
+            (
+                "initial_sync_same_device_ms",
+                self.initial_sync_same_device_ms,
+                false,
+            ),
             (
                 "versions_sequential_per_s",
                 self.versions_sequential_per_s,
@@ -255,7 +276,8 @@ pub async fn run(
         sizes.rooms, sizes.messages_per_room
     ));
     let reader = accounts.session(super::CONCURRENCY + 1).await?;
-    f.initial_sync_ms = initial_sync(&reader, sizes, messages).await?;
+    (f.initial_sync_ms, f.initial_sync_same_device_ms) =
+        initial_sync(accounts, &reader, sizes, messages).await?;
     Ok(f)
 }
 
@@ -363,12 +385,17 @@ pub async fn wake_latency(
 }
 
 /// Fill `rooms` × `messages_per_room` (10 rooms at a time), then time `GET /sync` without
-/// `since` and without a filter (the server's default timeline limit): the median of 3.
+/// `since` and without a filter (the server's default timeline limit) both ways: from a
+/// new device each time (a fresh login, not timed), and repeated from the same device
+/// with nothing changed in between (what a server may answer from a cache; that
+/// device's first initial sync is not timed). The median of 3 each, in milliseconds:
+/// (new device, same device again).
 async fn initial_sync(
+    accounts: &Accounts,
     reader: &Arc<Client>,
     sizes: &Sizes,
     messages: &AtomicU64,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, f64)> {
     let mut rooms = Vec::with_capacity(sizes.rooms);
     for _ in 0..sizes.rooms {
         rooms.push(
@@ -396,11 +423,10 @@ async fn initial_sync(
         (sizes.rooms * sizes.messages_per_room) as u64,
         Ordering::Relaxed,
     );
-    let mut times = Vec::new();
-    for _ in 0..3 {
+    let timed = |device: Arc<Client>| async move {
         let t = Instant::now();
-        let sync = reader.sync(None, 0, None).await?;
-        times.push(t.elapsed());
+        let sync = device.sync(None, 0, None).await?;
+        let took = t.elapsed();
         let joined = sync["rooms"]["join"].as_object().map_or(0, |j| j.len());
         if joined < sizes.rooms {
             bail!(
@@ -408,7 +434,23 @@ async fn initial_sync(
                 sizes.rooms
             );
         }
+        anyhow::Ok(took)
+    };
+    let mut new_device = Vec::new();
+    for _ in 0..3 {
+        let device = accounts.new_device(super::CONCURRENCY + 1).await?;
+        new_device.push(timed(device).await?);
     }
-    times.sort();
-    Ok(percentile_ms(&times, 0.5))
+    // The reader's own device: once untimed (its first initial sync), then 3 more.
+    timed(reader.clone()).await?;
+    let mut same_device = Vec::new();
+    for _ in 0..3 {
+        same_device.push(timed(reader.clone()).await?);
+    }
+    new_device.sort();
+    same_device.sort();
+    Ok((
+        percentile_ms(&new_device, 0.5),
+        percentile_ms(&same_device, 0.5),
+    ))
 }

@@ -449,6 +449,9 @@ fn login_appservice_user(
 /// `POST /logout`: ends the session and removes its device.
 pub(super) async fn logout(State(server): State<Arc<Server>>, Auth(caller): Auth) -> JsonResult {
     server.write(|tx| storage::delete_device(tx, &caller.user_id, &caller.device_id))?;
+    server
+        .initial_syncs
+        .forget_device(&caller.user_id, &caller.device_id);
     // Other servers may have been sent an `m.device_list_update`.
     server.outbox_wake.notify_one();
     Ok(Json(json!({})))
@@ -460,6 +463,7 @@ pub(super) async fn logout_all(
     Auth(caller): Auth,
 ) -> JsonResult {
     server.write(|tx| storage::delete_all_devices(tx, &caller.user_id))?;
+    server.initial_syncs.forget_user(&caller.user_id);
     Ok(Json(json!({})))
 }
 
@@ -592,6 +596,7 @@ pub(super) async fn rename_device(
     if !found {
         return Err(Error::NotFound("no such device".into()));
     }
+    server.initial_syncs.forget_device(&caller.user_id, &id);
     Ok(Json(json!({})))
 }
 
@@ -635,6 +640,9 @@ pub(super) async fn delete_devices(
         }
         Ok(())
     })?;
+    for d in &body.devices {
+        server.initial_syncs.forget_device(&caller.user_id, d);
+    }
     // Other servers may have been sent an `m.device_list_update`.
     server.outbox_wake.notify_one();
     Ok(Json(json!({})))

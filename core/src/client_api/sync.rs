@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::response::IntoResponse;
 use axum::{Json, extract::State};
 use serde::Deserialize;
 use serde_json::Value;
@@ -13,7 +14,7 @@ use crate::error::Error;
 use crate::server::Server;
 use crate::storage;
 use crate::streams::SyncToken;
-use crate::sync::{Filter, SyncParams, sync};
+use crate::sync::{Filter, SyncParams, sync_serialized};
 
 #[derive(Deserialize)]
 pub(super) struct SyncQuery {
@@ -30,7 +31,7 @@ pub(super) async fn sync_events(
     State(server): State<Arc<Server>>,
     Auth(caller): Auth,
     Q(q): Q<SyncQuery>,
-) -> Result<Json<Value>, Error> {
+) -> Result<axum::response::Response, Error> {
     if let Some(p) = &q.set_presence
         && !matches!(p.as_str(), "online" | "offline" | "unavailable")
     {
@@ -66,7 +67,13 @@ pub(super) async fn sync_events(
         filter,
         full_state: q.full_state,
     };
-    Ok(Json(sync(server, caller, params).await?))
+    let filter_key = q.filter.unwrap_or_default();
+    let body = sync_serialized(server, caller, params, &filter_key).await?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response())
 }
 
 #[derive(Deserialize)]

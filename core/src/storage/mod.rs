@@ -63,7 +63,7 @@ pub use to_device::*;
 pub use users::*;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags};
@@ -82,6 +82,9 @@ pub struct Db {
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
     checkpoints: Option<checkpoint::Checkpointer>,
+    /// Counts write transactions that have finished (committed or not): see
+    /// [`Db::write_generation`].
+    writes: AtomicU64,
 }
 
 impl std::fmt::Debug for Db {
@@ -159,13 +162,19 @@ impl Db {
             readers,
             next_reader: AtomicUsize::new(0),
             checkpoints,
+            writes: AtomicU64::new(0),
         })
     }
 
     /// Run `f` as one atomic write: all of it is kept if it returns `Ok`, none of it
     /// otherwise. Returns once the write is committed (see [`group_commit`]).
     pub fn write<T>(&self, f: impl FnOnce(&Connection) -> Result<T, Error>) -> Result<T, Error> {
-        let out = self.writer.write(f)?;
+        let out = self.writer.write(f);
+        // Counted after the commit, whatever the outcome: a reader that saw the same
+        // generation before it opened its snapshot and after it is done knows no write
+        // changed anything in between.
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        let out = out?;
         if let Some(c) = &self.checkpoints {
             c.committed();
             if c.take_restart_request() {
@@ -174,6 +183,13 @@ impl Db {
             }
         }
         Ok(out)
+    }
+
+    /// How many write transactions have finished. Read it before opening a snapshot: a
+    /// later reading that is still the same means nothing was written since (answers
+    /// built from that snapshot are still current; see [`crate::sync::initial_cache`]).
+    pub fn write_generation(&self) -> u64 {
+        self.writes.load(Ordering::SeqCst)
     }
 
     /// Whether the writer is free right now (a hint for callers deciding whether a

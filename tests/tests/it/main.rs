@@ -18,6 +18,7 @@ mod federation_read;
 mod federation_receive;
 mod federation_sender;
 mod history_visibility;
+mod initial_sync_cache;
 mod media;
 mod metrics;
 mod presence;
