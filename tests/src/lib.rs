@@ -31,6 +31,8 @@ use warren_core::{Config, Node};
 
 pub use warren_core;
 
+pub mod sim;
+
 /// Default deadline for anything a test waits on.
 pub const WAIT: Duration = Duration::from_secs(20);
 

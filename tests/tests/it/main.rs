@@ -27,5 +27,6 @@ mod push_rules;
 mod relations;
 mod restricted_joins;
 mod room_lifecycle;
+mod simulation;
 mod sliding_sync;
 mod voip;
