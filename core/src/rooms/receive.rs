@@ -493,7 +493,20 @@ async fn with_state_from(
             state.insert(create, id);
         }
         tracing::debug!(event_id = %checked.event_id, given = ids.len(), kept = state.len(), "state before a received event, from its sender");
-        room.process_given(checked, Mode::Full, Some(&state))
+        let prevs: Vec<String> = checked.pdu.prev_events.iter().map(|p| p.to_string()).collect();
+        let depth = checked.pdu.depth;
+        let outcome = room.process_given(checked, Mode::Full, Some(&state))?;
+        if matches!(outcome, Outcome::Accepted { .. }) {
+            // Its missing prev events are a gap behind it (backward extremities): one
+            // that arrives later has a child here already, so it is not a forward
+            // extremity, and backfill may fill the gap from `origin`.
+            for p in prevs {
+                if !has_state(c, &p)? {
+                    storage::add_backfill_extremity(c, room_id, &p, depth - 1, Some(origin))?;
+                }
+            }
+        }
+        Ok(outcome)
     })?;
     Ok(Some(outcome))
 }

@@ -510,10 +510,19 @@ pub fn update_forward_extremities(
             );
         }
     }
-    c.prepare_cached(
-        "INSERT OR IGNORE INTO forward_extremities (room_id, event_id) VALUES (?1, ?2)",
-    )?
-    .execute(params![room_id, event_id])?;
+    // An event that was a gap behind a stored event (a backward extremity: its child
+    // came first, accepted with the state its sender gave) has a child already: it
+    // closes the gap and is not a forward extremity.
+    let was_gap = c
+        .prepare_cached("DELETE FROM backfill_extremities WHERE room_id = ?1 AND event_id = ?2")?
+        .execute(params![room_id, event_id])?
+        > 0;
+    if !was_gap {
+        c.prepare_cached(
+            "INSERT OR IGNORE INTO forward_extremities (room_id, event_id) VALUES (?1, ?2)",
+        )?
+        .execute(params![room_id, event_id])?;
+    }
     Ok(())
 }
 
