@@ -1,0 +1,217 @@
+//! Client-server API edges from issue 15, over raw HTTP or matrix-sdk: refresh tokens,
+//! push rules on room upgrade, unknown push rule kinds, `/members?at=`, rich `m.topic`
+//! on state PUTs, and a command bot that is renamed mid-way.
+//!
+//! Each test starts its own node on its own temporary directory; every wait is on a
+//! condition, with a deadline.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use warren_tests::{
+    RawUser, WAIT, http_client, path_segment, shutdown_node, start_node_with, test_config,
+    wait_until,
+};
+
+/// `POST {base}/_matrix/client/v3{path}` without a token: status and JSON body.
+async fn post_anonymous(base: &str, path: &str, body: Value) -> anyhow::Result<(u16, Value)> {
+    let response = http_client()?
+        .post(format!("{base}/_matrix/client/v3{path}"))
+        .json(&body)
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    Ok((status, response.json().await.unwrap_or(Value::Null)))
+}
+
+/// `user` with another access token.
+fn with_token(user: &RawUser, token: &str) -> RawUser {
+    let mut session = user.session.clone();
+    session.access_token = token.to_owned();
+    RawUser {
+        base: user.base.clone(),
+        session,
+    }
+}
+
+fn str_field<'a>(v: &'a Value, key: &str) -> &'a str {
+    v[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("no string {key} in {v}"))
+}
+
+#[tokio::test]
+async fn refresh_tokens_expire_refresh_and_keep_the_device() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = test_config(dir.path());
+    config.refreshable_access_token_lifetime = Duration::from_secs(4);
+    let node = start_node_with(config).await.expect("start node");
+    let base = node.client_url();
+
+    // A client that does not ask gets a token that does not expire, as before.
+    let plain = RawUser::register(base.clone(), "plain")
+        .await
+        .expect("register plain");
+    let (_, login) = post_anonymous(
+        &base,
+        "/login",
+        json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "plain"},
+               "password": "secret-password"}),
+    )
+    .await
+    .expect("login without refresh");
+    assert!(login.get("refresh_token").is_none(), "{login}");
+    assert!(login.get("expires_in_ms").is_none(), "{login}");
+
+    // Registration asking for one: both fields.
+    let (status, first) = post_anonymous(
+        &base,
+        "/register",
+        json!({"username": "bot", "password": "bot-password", "refresh_token": true,
+               "auth": {"type": "m.login.dummy"}}),
+    )
+    .await
+    .expect("register with refresh");
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["expires_in_ms"], 4000, "{first}");
+    let refresh0 = str_field(&first, "refresh_token").to_owned();
+    let device = str_field(&first, "device_id").to_owned();
+
+    // Login asking for one, on the same device.
+    let (status, login) = post_anonymous(
+        &base,
+        "/login",
+        json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "bot"},
+               "password": "bot-password", "device_id": device, "refresh_token": true}),
+    )
+    .await
+    .expect("login with refresh");
+    assert_eq!(status, 200, "{login}");
+    assert_eq!(login["expires_in_ms"], 4000, "{login}");
+    // Logging in again replaced the device's earlier session.
+    let (status, _) = post_anonymous(&base, "/refresh", json!({"refresh_token": refresh0}))
+        .await
+        .expect("refresh with the replaced token");
+    assert_eq!(status, 401);
+    let refresh1 = str_field(&login, "refresh_token").to_owned();
+    let bot = RawUser {
+        base: base.clone(),
+        session: warren_tests::Session {
+            user_id: str_field(&login, "user_id").to_owned(),
+            access_token: str_field(&login, "access_token").to_owned(),
+        },
+    };
+    let room = plain.create_room(json!({})).await.expect("create room");
+    plain
+        .post(
+            &format!("/rooms/{}/invite", path_segment(&room)),
+            json!({"user_id": bot.id()}),
+        )
+        .await
+        .expect("invite bot");
+    bot.post(&format!("/join/{}", path_segment(&room)), json!({}))
+        .await
+        .expect("bot joins");
+    let send_path = format!("/rooms/{}/send/m.room.message/txn-1", path_segment(&room));
+    let sent = bot
+        .ok(
+            Method::PUT,
+            &send_path,
+            json!({"msgtype": "m.text", "body": "once"}),
+        )
+        .await
+        .expect("send");
+    let event_id = str_field(&sent, "event_id").to_owned();
+
+    // The access token expires: 401 M_UNKNOWN_TOKEN with soft_logout.
+    wait_until(WAIT, "the refreshable access token expires", async || {
+        let (status, body) = bot
+            .call(Method::GET, "/account/whoami", Value::Null)
+            .await?;
+        if status == 200 {
+            return Ok(false);
+        }
+        anyhow::ensure!(status == 401, "{status} {body}");
+        anyhow::ensure!(body["errcode"] == "M_UNKNOWN_TOKEN", "{body}");
+        anyhow::ensure!(body["soft_logout"] == true, "{body}");
+        Ok(true)
+    })
+    .await
+    .expect("expiry");
+    // The plain user's token does not expire.
+    plain
+        .ok(Method::GET, "/account/whoami", Value::Null)
+        .await
+        .expect("plain token still works");
+
+    // Refresh: a new pair. The old refresh token stays valid until the new pair is used,
+    // so refreshing twice works; the first new pair is then never used.
+    let (status, unused) = post_anonymous(&base, "/refresh", json!({"refresh_token": refresh1}))
+        .await
+        .expect("refresh");
+    assert_eq!(status, 200, "{unused}");
+    assert_eq!(unused["expires_in_ms"], 4000, "{unused}");
+    let (status, fresh) = post_anonymous(&base, "/refresh", json!({"refresh_token": refresh1}))
+        .await
+        .expect("refresh again");
+    assert_eq!(status, 200, "{fresh}");
+    let refresh2 = str_field(&fresh, "refresh_token").to_owned();
+    assert_ne!(refresh2, refresh1);
+    let bot = with_token(&bot, str_field(&fresh, "access_token"));
+
+    // Same device; the retried transaction returns the same event.
+    let who = bot
+        .ok(Method::GET, "/account/whoami", Value::Null)
+        .await
+        .expect("whoami after refresh");
+    assert_eq!(who["device_id"], device.as_str(), "{who}");
+    let again = bot
+        .ok(
+            Method::PUT,
+            &send_path,
+            json!({"msgtype": "m.text", "body": "once"}),
+        )
+        .await
+        .expect("retried send");
+    assert_eq!(again["event_id"], event_id.as_str(), "{again}");
+
+    // The new access token has been used: the old refresh token and the never-used pair
+    // are gone, the new refresh token works.
+    for (what, token) in [
+        ("the old refresh token", refresh1.as_str()),
+        (
+            "the unused pair's refresh token",
+            str_field(&unused, "refresh_token"),
+        ),
+    ] {
+        let (status, body) = post_anonymous(&base, "/refresh", json!({"refresh_token": token}))
+            .await
+            .expect("refresh with a revoked token");
+        assert_eq!(status, 401, "{what}: {body}");
+        assert_eq!(body["errcode"], "M_UNKNOWN_TOKEN", "{what}: {body}");
+        assert!(body.get("soft_logout").is_none_or(|s| s == false), "{body}");
+    }
+    let (status, _) = with_token(&bot, str_field(&unused, "access_token"))
+        .call(Method::GET, "/account/whoami", Value::Null)
+        .await
+        .expect("whoami with the unused pair");
+    assert_eq!(status, 401);
+    let (status, body) = post_anonymous(&base, "/refresh", json!({"refresh_token": refresh2}))
+        .await
+        .expect("refresh with the new token");
+    assert_eq!(status, 200, "{body}");
+
+    // Logging out removes the device and its refresh tokens.
+    let bot = with_token(&bot, str_field(&body, "access_token"));
+    bot.post("/logout", json!({})).await.expect("logout");
+    let (status, _) = post_anonymous(
+        &base,
+        "/refresh",
+        json!({"refresh_token": str_field(&body, "refresh_token")}),
+    )
+    .await
+    .expect("refresh after logout");
+    assert_eq!(status, 401);
+    shutdown_node(node).await.expect("shutdown");
+}
