@@ -10,8 +10,8 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 use warren_tests::{
-    RawUser, WAIT, http_client, path_segment, shutdown_node, start_node_with, test_config,
-    wait_until,
+    RawUser, WAIT, http_client, path_segment, shutdown_node, start_node, start_node_with,
+    test_config, wait_until,
 };
 
 /// `POST {base}/_matrix/client/v3{path}` without a token: status and JSON body.
@@ -213,5 +213,205 @@ async fn refresh_tokens_expire_refresh_and_keep_the_device() {
     .await
     .expect("refresh after logout");
     assert_eq!(status, 401);
+    shutdown_node(node).await.expect("shutdown");
+}
+
+/// A user on a fresh node, and the room they created.
+async fn node_and_user(localpart: &str) -> (tempfile::TempDir, warren_core::Node, RawUser) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start_node(dir.path()).await.expect("start node");
+    let user = RawUser::register(node.client_url(), localpart)
+        .await
+        .expect("register");
+    (dir, node, user)
+}
+
+async fn join(user: &RawUser, room: &str) {
+    user.post(&format!("/join/{}", path_segment(room)), json!({}))
+        .await
+        .expect("join");
+}
+
+#[tokio::test]
+async fn push_rules_for_a_room_follow_its_upgrade() {
+    let (_dir, node, alice) = node_and_user("alice").await;
+    let bob = RawUser::register(alice.base.clone(), "bob")
+        .await
+        .expect("register bob");
+    let carol = RawUser::register(alice.base.clone(), "carol")
+        .await
+        .expect("register carol");
+    let room = alice
+        .create_room(json!({"preset": "public_chat"}))
+        .await
+        .expect("create room");
+    let other = alice
+        .create_room(json!({"preset": "public_chat"}))
+        .await
+        .expect("create another room");
+    join(&bob, &room).await;
+    let rule = |kind: &str, id: &str| format!("/pushrules/global/{kind}/{}", path_segment(id));
+
+    // Alice mutes the room; Bob has a disabled override naming it and a rule for
+    // another room; Carol (not a member) has a room rule for it too.
+    alice
+        .ok(
+            Method::PUT,
+            &rule("room", &room),
+            json!({"actions": ["dont_notify"]}),
+        )
+        .await
+        .expect("alice's room rule");
+    let conditions = json!([
+        {"kind": "event_match", "key": "room_id", "pattern": room},
+        {"kind": "event_match", "key": "type", "pattern": "m.room.message"}
+    ]);
+    bob.ok(
+        Method::PUT,
+        &rule("override", "quiet-here"),
+        json!({"actions": [], "conditions": conditions}),
+    )
+    .await
+    .expect("bob's override");
+    bob.ok(
+        Method::PUT,
+        &format!("{}/enabled", rule("override", "quiet-here")),
+        json!({"enabled": false}),
+    )
+    .await
+    .expect("disable bob's override");
+    bob.ok(
+        Method::PUT,
+        &rule("underride", &format!("loud-{other}")),
+        json!({"actions": ["notify"], "conditions": [
+            {"kind": "event_match", "key": "room_id", "pattern": other}]}),
+    )
+    .await
+    .expect("bob's rule for another room");
+    carol
+        .ok(
+            Method::PUT,
+            &rule("room", &room),
+            json!({"actions": ["dont_notify"]}),
+        )
+        .await
+        .expect("carol's room rule");
+
+    let upgraded = alice
+        .post(
+            &format!("/rooms/{}/upgrade", path_segment(&room)),
+            json!({"new_version": "12"}),
+        )
+        .await
+        .expect("upgrade");
+    let new_room = str_field(&upgraded, "replacement_room").to_owned();
+
+    let copied = alice
+        .ok(Method::GET, &rule("room", &new_room), Value::Null)
+        .await
+        .expect("alice's rule for the new room");
+    assert_eq!(copied["actions"], json!(["dont_notify"]), "{copied}");
+    assert_eq!(copied["enabled"], true, "{copied}");
+    // The old rule stays.
+    alice
+        .ok(Method::GET, &rule("room", &room), Value::Null)
+        .await
+        .expect("alice's rule for the old room");
+
+    // Bob's override is copied under the new room's id, pointing at it, still disabled.
+    let copied = bob
+        .ok(Method::GET, &rule("override", &new_room), Value::Null)
+        .await
+        .expect("bob's override for the new room");
+    assert_eq!(copied["enabled"], false, "{copied}");
+    assert_eq!(
+        copied["conditions"],
+        json!([
+            {"kind": "event_match", "key": "room_id", "pattern": new_room},
+            {"kind": "event_match", "key": "type", "pattern": "m.room.message"}
+        ]),
+        "{copied}"
+    );
+    let all = bob
+        .ok(Method::GET, "/pushrules/", Value::Null)
+        .await
+        .expect("bob's rules");
+    let underride = all["global"]["underride"]
+        .as_array()
+        .expect("underride list");
+    assert_eq!(
+        underride
+            .iter()
+            .filter(|r| r["rule_id"]
+                .as_str()
+                .is_some_and(|id| id.starts_with("loud-")))
+            .count(),
+        1,
+        "the rule for another room is not copied: {underride:?}"
+    );
+    // Carol was not in the room: nothing copied.
+    let (status, _) = carol
+        .call(Method::GET, &rule("room", &new_room), Value::Null)
+        .await
+        .expect("carol's rules");
+    assert_eq!(status, 404);
+    shutdown_node(node).await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn unknown_push_rule_kinds_are_not_found() {
+    let (_dir, node, alice) = node_and_user("alice").await;
+    for path in [
+        "/pushrules/global/sideways/x",
+        "/pushrules/global/sideways/x/enabled",
+        "/pushrules/global/sideways/x/actions",
+        "/pushrules/device/override/x",
+    ] {
+        let (status, body) = alice
+            .call(Method::GET, path, Value::Null)
+            .await
+            .expect("GET rule");
+        assert_eq!(status, 404, "GET {path}: {body}");
+        assert_eq!(body["errcode"], "M_NOT_FOUND", "GET {path}: {body}");
+    }
+    for (method, path, body) in [
+        (Method::DELETE, "/pushrules/global/sideways/x", Value::Null),
+        (
+            Method::PUT,
+            "/pushrules/global/sideways/x/enabled",
+            json!({"enabled": false}),
+        ),
+        (
+            Method::PUT,
+            "/pushrules/global/sideways/x/actions",
+            json!({"actions": []}),
+        ),
+    ] {
+        let (status, answer) = alice
+            .call(method.clone(), path, body)
+            .await
+            .expect("change rule");
+        assert_eq!(status, 404, "{method} {path}: {answer}");
+        assert_eq!(
+            answer["errcode"], "M_NOT_FOUND",
+            "{method} {path}: {answer}"
+        );
+    }
+    // A known kind with an unknown rule: 404 too; creating a rule of an unknown kind is a
+    // bad request.
+    let (status, _) = alice
+        .call(Method::GET, "/pushrules/global/override/nope", Value::Null)
+        .await
+        .expect("GET unknown rule");
+    assert_eq!(status, 404);
+    let (status, answer) = alice
+        .call(
+            Method::PUT,
+            "/pushrules/global/sideways/x",
+            json!({"actions": []}),
+        )
+        .await
+        .expect("PUT unknown kind");
+    assert_eq!(status, 400, "{answer}");
     shutdown_node(node).await.expect("shutdown");
 }
