@@ -415,3 +415,52 @@ async fn unknown_push_rule_kinds_are_not_found() {
     assert_eq!(status, 400, "{answer}");
     shutdown_node(node).await.expect("shutdown");
 }
+
+#[tokio::test]
+async fn topic_state_puts_gain_the_rich_form() {
+    let (_dir, node, alice) = node_and_user("alice").await;
+    let room = alice
+        .create_room(json!({"topic": "first"}))
+        .await
+        .expect("create room");
+    let topic_path = format!("/rooms/{}/state/m.room.topic", path_segment(&room));
+    let created = alice
+        .ok(Method::GET, &topic_path, Value::Null)
+        .await
+        .expect("topic from createRoom");
+    let rich = |t: &str| json!({"m.text": [{"mimetype": "text/plain", "body": t}]});
+    assert_eq!(created["m.topic"], rich("first"), "{created}");
+
+    let put = alice
+        .ok(Method::PUT, &topic_path, json!({"topic": "second"}))
+        .await
+        .expect("PUT topic");
+    let stored = alice
+        .ok(Method::GET, &topic_path, Value::Null)
+        .await
+        .expect("GET topic");
+    assert_eq!(
+        stored,
+        json!({"topic": "second", "m.topic": rich("second")}),
+        "{stored}"
+    );
+    // The same PUT again changes nothing: the same event.
+    let again = alice
+        .ok(Method::PUT, &topic_path, json!({"topic": "second"}))
+        .await
+        .expect("PUT the same topic");
+    assert_eq!(again["event_id"], put["event_id"]);
+    // A client's own rich form is kept as sent.
+    let own = json!({"topic": "plain", "m.topic": {"m.text": [
+        {"mimetype": "text/html", "body": "<b>plain</b>"}, {"body": "plain"}]}});
+    alice
+        .ok(Method::PUT, &topic_path, own.clone())
+        .await
+        .expect("PUT a rich topic");
+    let stored = alice
+        .ok(Method::GET, &topic_path, Value::Null)
+        .await
+        .expect("GET topic");
+    assert_eq!(stored, own);
+    shutdown_node(node).await.expect("shutdown");
+}
