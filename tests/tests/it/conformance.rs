@@ -464,3 +464,132 @@ async fn topic_state_puts_gain_the_rich_form() {
     assert_eq!(stored, own);
     shutdown_node(node).await.expect("shutdown");
 }
+
+/// The user ids of `/members?at=` whose membership is `join`.
+async fn joined_at(user: &RawUser, room: &str, at: &str) -> anyhow::Result<Vec<String>> {
+    let v = user
+        .ok(
+            Method::GET,
+            &format!(
+                "/rooms/{}/members?membership=join&at={}",
+                path_segment(room),
+                path_segment(at)
+            ),
+            Value::Null,
+        )
+        .await?;
+    let mut ids: Vec<String> = v["chunk"]
+        .as_array()
+        .map(|chunk| {
+            chunk
+                .iter()
+                .filter_map(|e| e["state_key"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    Ok(ids)
+}
+
+#[tokio::test]
+async fn members_at_takes_sync_and_pagination_tokens() {
+    let (_dir, node, alice) = node_and_user("alice").await;
+    let bob = RawUser::register(alice.base.clone(), "bob")
+        .await
+        .expect("register bob");
+    let room = alice
+        .create_room(json!({"preset": "public_chat"}))
+        .await
+        .expect("create room");
+    let put_msg = async |txn: &str| {
+        alice
+            .ok(
+                Method::PUT,
+                &format!("/rooms/{}/send/m.room.message/{txn}", path_segment(&room)),
+                json!({"msgtype": "m.text", "body": txn}),
+            )
+            .await
+            .expect("send")
+    };
+    put_msg("before-bob").await;
+    let before = alice
+        .ok(Method::GET, "/sync?timeout=0", Value::Null)
+        .await
+        .expect("sync before bob");
+    let before_token = str_field(&before, "next_batch").to_owned();
+    join(&bob, &room).await;
+    put_msg("after-bob").await;
+    let now = alice
+        .ok(Method::GET, "/sync?timeout=0", Value::Null)
+        .await
+        .expect("sync after bob");
+    let now_token = str_field(&now, "next_batch").to_owned();
+
+    let alone = vec![alice.id().to_owned()];
+    let mut both = vec![alice.id().to_owned(), bob.id().to_owned()];
+    both.sort();
+    assert_eq!(
+        joined_at(&alice, &room, &before_token)
+            .await
+            .expect("at sync token"),
+        alone
+    );
+    assert_eq!(
+        joined_at(&alice, &room, &now_token)
+            .await
+            .expect("at the newer sync token"),
+        both
+    );
+
+    // `/messages` tokens: `end` of one message back from now is before "after-bob",
+    // after Bob's join; paging on past Bob's join gives a token from before it.
+    let page = |from: String, limit: u32| {
+        let alice = &alice;
+        let room = room.clone();
+        async move {
+            alice
+                .ok(
+                    Method::GET,
+                    &format!(
+                        "/rooms/{}/messages?dir=b&limit={limit}&from={}",
+                        path_segment(&room),
+                        path_segment(&from)
+                    ),
+                    Value::Null,
+                )
+                .await
+                .expect("messages")
+        }
+    };
+    let first = page(now_token.clone(), 1).await;
+    let start = str_field(&first, "start").to_owned();
+    assert_eq!(
+        joined_at(&alice, &room, &start).await.expect("at start"),
+        both
+    );
+    let end = str_field(&first, "end").to_owned();
+    assert_eq!(joined_at(&alice, &room, &end).await.expect("at end"), both);
+    let second = page(end, 2).await;
+    let end = str_field(&second, "end").to_owned();
+    assert_eq!(
+        joined_at(&alice, &room, &end)
+            .await
+            .expect("at end before the join"),
+        alone,
+        "{second}"
+    );
+
+    // Tokens the server never hands out: 400.
+    for bad in ["nonsense", "s", "sx_1", "t1", "t-5_0", "12"] {
+        let (status, body) = alice
+            .call(
+                Method::GET,
+                &format!("/rooms/{}/members?at={bad}", path_segment(&room)),
+                Value::Null,
+            )
+            .await
+            .expect("members with a bad token");
+        assert_eq!(status, 400, "at={bad}: {body}");
+    }
+    shutdown_node(node).await.expect("shutdown");
+}
