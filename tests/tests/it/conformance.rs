@@ -593,3 +593,174 @@ async fn members_at_takes_sync_and_pagination_tokens() {
     }
     shutdown_node(node).await.expect("shutdown");
 }
+
+/// What the bot has done so far.
+#[derive(Default)]
+struct Bot {
+    joins: usize,
+    /// Every `!ping` event the bot's syncs delivered, in order (duplicates included).
+    commands: Vec<String>,
+    /// Member events of the bot itself that its syncs delivered.
+    own_member_events: Vec<Value>,
+    /// Whether any joined room's timeline came back `limited` after the join.
+    limited_after_join: bool,
+}
+
+/// One `/sync` of the bot: join rooms it is invited to, answer `!ping` commands.
+async fn bot_step(client: &matrix_sdk::Client, bot: &mut Bot) -> anyhow::Result<()> {
+    let settings = matrix_sdk::config::SyncSettings::default().timeout(Duration::from_secs(2));
+    let response = client.sync_once(settings).await?;
+    let me = client.user_id().map(|u| u.to_string()).unwrap_or_default();
+    for room_id in response.rooms.invited.keys() {
+        client.join_room_by_id(room_id).await?;
+        bot.joins += 1;
+    }
+    for (room_id, update) in &response.rooms.joined {
+        if bot.joins > 0 && update.timeline.limited {
+            bot.limited_after_join = true;
+        }
+        for ev in warren_tests::timeline_json(&response, room_id)? {
+            if ev["type"] == "m.room.member" && ev["state_key"] == me.as_str() {
+                bot.own_member_events.push(ev.clone());
+            }
+            let Some(body) = warren_tests::message_body(&ev) else {
+                continue;
+            };
+            if ev["sender"] == me.as_str() || !body.starts_with("!ping") {
+                continue;
+            }
+            bot.commands.push(str_field(&ev, "event_id").to_owned());
+            if let Some(room) = client.get_room(room_id) {
+                room.send(
+                    matrix_sdk::ruma::events::room::message::RoomMessageEventContent::text_plain(
+                        format!("pong {body}"),
+                    ),
+                )
+                .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Steps the bot until `done` holds, with a deadline.
+async fn run_bot_until(
+    client: &matrix_sdk::Client,
+    bot: &mut Bot,
+    what: &str,
+    done: impl Fn(&Bot) -> bool,
+) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while !done(bot) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        bot_step(client, bot).await.expect("bot sync");
+    }
+}
+
+#[tokio::test]
+async fn a_renamed_command_bot_joins_once_and_answers_each_command_once() {
+    let (_dir, node, alice) = node_and_user("alice").await;
+    let client = warren_tests::register_client(&alice.base, "pingbot", "bot-password")
+        .await
+        .expect("register the bot");
+    let bot_id = client.user_id().expect("logged in").to_string();
+    let mut bot = Bot::default();
+    bot_step(&client, &mut bot).await.expect("initial sync");
+
+    let room = alice
+        .create_room(json!({"invite": [bot_id]}))
+        .await
+        .expect("create room");
+    run_bot_until(&client, &mut bot, "the bot joins", |b| b.joins > 0).await;
+
+    let mut txn = 0;
+    let mut send = async |body: &str| {
+        txn += 1;
+        alice
+            .ok(
+                Method::PUT,
+                &format!("/rooms/{}/send/m.room.message/t{txn}", path_segment(&room)),
+                json!({"msgtype": "m.text", "body": body}),
+            )
+            .await
+            .expect("alice sends")
+    };
+    send("!ping 1").await;
+    run_bot_until(&client, &mut bot, "the bot sees !ping 1", |b| {
+        b.commands.len() == 1
+    })
+    .await;
+
+    // Renamed mid-way: a member event that is not a new join.
+    client
+        .account()
+        .set_display_name(Some("Ping Bot, renamed"))
+        .await
+        .expect("rename the bot");
+    run_bot_until(&client, &mut bot, "the bot sees its rename", |b| {
+        b.own_member_events
+            .iter()
+            .any(|e| e["content"]["displayname"] == "Ping Bot, renamed")
+    })
+    .await;
+    // Alice renames herself too (in the room only).
+    alice
+        .ok(
+            Method::PUT,
+            &format!(
+                "/rooms/{}/state/m.room.member/{}",
+                path_segment(&room),
+                path_segment(alice.id())
+            ),
+            json!({"membership": "join", "displayname": "Alice here"}),
+        )
+        .await
+        .expect("alice's room nickname");
+    send("!ping 2").await;
+    run_bot_until(&client, &mut bot, "the bot sees !ping 2", |b| {
+        b.commands.len() >= 2
+    })
+    .await;
+    // A few more syncs bring nothing old back.
+    send("!ping 3").await;
+    run_bot_until(&client, &mut bot, "the bot sees !ping 3", |b| {
+        b.commands.len() >= 3
+    })
+    .await;
+    for _ in 0..2 {
+        bot_step(&client, &mut bot).await.expect("bot sync");
+    }
+
+    assert_eq!(bot.joins, 1, "the bot joined once");
+    let mut unique = bot.commands.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        bot.commands.len(),
+        "a command came back: {:?}",
+        bot.commands
+    );
+    assert_eq!(bot.commands.len(), 3);
+    assert!(!bot.limited_after_join, "a timeline came back limited");
+    // Alice got one answer per command.
+    let messages = alice
+        .ok(
+            Method::GET,
+            &format!("/rooms/{}/messages?dir=b&limit=50", path_segment(&room)),
+            Value::Null,
+        )
+        .await
+        .expect("messages");
+    let pongs = messages["chunk"]
+        .as_array()
+        .expect("chunk")
+        .iter()
+        .filter(|e| warren_tests::message_body(e).is_some_and(|b| b.starts_with("pong")))
+        .count();
+    assert_eq!(pongs, 3, "{messages}");
+    shutdown_node(node).await.expect("shutdown");
+}
