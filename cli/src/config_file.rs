@@ -34,6 +34,10 @@ const TEMPLATE: &str = r#"# Warren node configuration. Every key is optional; th
 # Version of rooms created without one (10, 11 or 12).
 # default_room_version = "12"
 
+# Lifetime, in seconds, of access tokens given to clients that ask for a refresh token
+# (`refresh_token: true` on /login or /register); other tokens never expire.
+# refreshable_access_token_lifetime_secs = 300
+
 # Log level (error, warn, info, debug, trace, off, or a filter such as
 # "info,warren_p2p=debug") and format ("text" or "json").
 # log_level = "info"
@@ -381,6 +385,7 @@ pub struct FileConfig {
     pub registration_tokens: Option<Vec<String>>,
     pub max_upload_bytes: Option<u64>,
     pub default_room_version: Option<String>,
+    pub refreshable_access_token_lifetime_secs: Option<u64>,
     /// Application service registration files; relative paths are taken from the data
     /// directory.
     pub app_service_config_files: Option<Vec<PathBuf>>,
@@ -458,6 +463,9 @@ pub fn parse(text: &str) -> anyhow::Result<FileConfig> {
         if v == Some(0) {
             bail!("media.{key} must be at least 1");
         }
+    }
+    if config.refreshable_access_token_lifetime_secs == Some(0) {
+        bail!("refreshable_access_token_lifetime_secs must be at least 1");
     }
     if let Some(v) = &config.default_room_version
         && !warren_core::events::SUPPORTED_ROOM_VERSIONS.contains(&v.as_str())

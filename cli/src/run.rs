@@ -126,6 +126,9 @@ pub fn run(
     if let Some(v) = &file.default_room_version {
         config.default_room_version = v.clone();
     }
+    if let Some(secs) = file.refreshable_access_token_lifetime_secs {
+        config.refreshable_access_token_lifetime = std::time::Duration::from_secs(secs);
+    }
     file.limits.apply(&mut config);
     file.media.apply(&mut config);
     file.voip.apply(&mut config);

@@ -54,7 +54,15 @@ pub struct Config {
     pub push: PushConfig,
     /// Application service registration files (Synapse's YAML format).
     pub app_service_config_files: Vec<PathBuf>,
+    /// How long an access token lives when the client asked for a refresh token
+    /// (`refresh_token: true` on `/login` or `/register`); tokens issued without one
+    /// never expire.
+    pub refreshable_access_token_lifetime: Duration,
 }
+
+/// Default lifetime of refreshable access tokens: five minutes, as Synapse's
+/// `refreshable_access_token_lifetime`.
+pub const DEFAULT_REFRESHABLE_ACCESS_TOKEN_LIFETIME: Duration = Duration::from_secs(5 * 60);
 
 /// What clients need for calls: TURN servers (`/voip/turnServer`) and, for Element Call,
 /// a LiveKit focus (`/.well-known/matrix/client`). Nothing configured: no TURN servers
@@ -217,6 +225,7 @@ impl Config {
             voip: VoipConfig::default(),
             push: PushConfig::default(),
             app_service_config_files: Vec::new(),
+            refreshable_access_token_lifetime: DEFAULT_REFRESHABLE_ACCESS_TOKEN_LIFETIME,
         }
     }
 

@@ -27,6 +27,10 @@ pub enum Error {
     /// 401 `M_UNKNOWN_TOKEN`.
     #[error("unknown or expired access token")]
     UnknownToken,
+    /// 401 `M_UNKNOWN_TOKEN` with `soft_logout: true`: a refreshable access token that
+    /// has expired (the client refreshes it and keeps its device).
+    #[error("the access token has expired")]
+    ExpiredToken,
     /// 403 `M_FORBIDDEN`: auth rules or policy say no.
     #[error("{0}")]
     Forbidden(String),
@@ -177,7 +181,7 @@ impl Error {
             InvalidParam(_) => (StatusCode::BAD_REQUEST, "M_INVALID_PARAM"),
             MissingParam(_) => (StatusCode::BAD_REQUEST, "M_MISSING_PARAM"),
             MissingToken => (StatusCode::UNAUTHORIZED, "M_MISSING_TOKEN"),
-            UnknownToken => (StatusCode::UNAUTHORIZED, "M_UNKNOWN_TOKEN"),
+            UnknownToken | ExpiredToken => (StatusCode::UNAUTHORIZED, "M_UNKNOWN_TOKEN"),
             Forbidden(_) | InvalidCredentials | RegistrationDisabled => {
                 (StatusCode::FORBIDDEN, "M_FORBIDDEN")
             }
@@ -246,6 +250,11 @@ impl IntoResponse for Error {
         let (status, errcode) = self.status_and_code();
         let body = match self {
             Error::Uiaa(body) => body,
+            Error::ExpiredToken => serde_json::json!({
+                "errcode": errcode,
+                "error": self.to_string(),
+                "soft_logout": true,
+            }),
             Error::WrongRoomKeysVersion(current) => serde_json::json!({
                 "errcode": errcode,
                 "error": "the backup version is not the current one",

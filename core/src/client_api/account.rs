@@ -73,6 +73,9 @@ pub(super) struct RegisterBody {
     auth: Option<Value>,
     #[serde(default)]
     inhibit_login: bool,
+    /// The client can refresh: its access token expires (spec v1.3).
+    #[serde(default)]
+    refresh_token: bool,
     /// `m.login.application_service` for an appservice registering one of its users.
     #[serde(rename = "type")]
     kind: Option<String>,
@@ -235,6 +238,7 @@ fn create_account(
         .device_id
         .unwrap_or_else(|| random_string(10).to_uppercase());
     let token = random_string(40);
+    let refresh = body.refresh_token.then(|| Refresh::new(server));
     let created = server.write(|tx| {
         if storage::user_exists(tx, user_id)? {
             return Ok(false);
@@ -248,6 +252,9 @@ fn create_account(
                 body.initial_device_display_name.as_deref(),
                 &token,
             )?;
+            if let Some(r) = &refresh {
+                storage::make_refreshable(tx, &token, &r.token, r.expires_ts)?;
+            }
         }
         Ok(true)
     })?;
@@ -260,12 +267,74 @@ fn create_account(
             json!({"user_id": user_id, "home_server": server.server_name()}),
         ));
     }
-    Ok(Json(json!({
+    let mut answer = json!({
         "user_id": user_id,
         "access_token": token,
         "device_id": device_id,
         "home_server": server.server_name(),
-    })))
+    });
+    if let Some(r) = refresh {
+        r.answer(server, &mut answer);
+    }
+    Ok(Json(answer))
+}
+
+/// A refresh token about to be issued with an access token, and when that token
+/// expires.
+struct Refresh {
+    token: String,
+    expires_ts: i64,
+}
+
+impl Refresh {
+    fn new(server: &Server) -> Refresh {
+        let lifetime = i64::try_from(server.config.refreshable_access_token_lifetime.as_millis())
+            .unwrap_or(i64::MAX);
+        Refresh {
+            token: random_string(40),
+            expires_ts: storage::now_ms().saturating_add(lifetime),
+        }
+    }
+
+    /// `refresh_token` and `expires_in_ms` in a login, registration or refresh answer.
+    fn answer(self, server: &Server, answer: &mut Value) {
+        let ms = server.config.refreshable_access_token_lifetime.as_millis();
+        answer["refresh_token"] = json!(self.token);
+        answer["expires_in_ms"] = json!(u64::try_from(ms).unwrap_or(u64::MAX));
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct RefreshBody {
+    refresh_token: String,
+}
+
+/// `POST /refresh`: a new access token and refresh token for the device of a refresh
+/// token. The old refresh token keeps working until the new pair is first used (the
+/// spec's "the old refresh token remains valid until the new access token or refresh
+/// token is used"); the device, and so its transaction ids, stay the same.
+pub(super) async fn refresh(
+    State(server): State<Arc<Server>>,
+    Body(body): Body<RefreshBody>,
+) -> JsonResult {
+    let access = random_string(40);
+    let refresh = Refresh::new(&server);
+    let owner = server.write(|tx| {
+        storage::refresh_session(
+            tx,
+            &body.refresh_token,
+            &access,
+            &refresh.token,
+            refresh.expires_ts,
+        )
+    })?;
+    match owner {
+        Some(o) if !o.deactivated => {}
+        _ => return Err(Error::UnknownToken),
+    }
+    let mut answer = json!({"access_token": access});
+    refresh.answer(&server, &mut answer);
+    Ok(Json(answer))
 }
 
 #[derive(Deserialize)]
@@ -321,6 +390,9 @@ pub(super) struct LoginBody {
     password: Option<String>,
     device_id: Option<String>,
     initial_device_display_name: Option<String>,
+    /// The client can refresh: its access token expires (spec v1.3).
+    #[serde(default)]
+    refresh_token: bool,
 }
 
 fn user_from_identifier(
@@ -405,6 +477,7 @@ fn log_in(server: &Server, user_id: &str, body: LoginBody) -> JsonResult {
         .device_id
         .unwrap_or_else(|| random_string(10).to_uppercase());
     let token = random_string(40);
+    let refresh = body.refresh_token.then(|| Refresh::new(server));
     server.write(|tx| {
         storage::start_session(
             tx,
@@ -412,14 +485,22 @@ fn log_in(server: &Server, user_id: &str, body: LoginBody) -> JsonResult {
             &device_id,
             body.initial_device_display_name.as_deref(),
             &token,
-        )
+        )?;
+        if let Some(r) = &refresh {
+            storage::make_refreshable(tx, &token, &r.token, r.expires_ts)?;
+        }
+        Ok(())
     })?;
-    Ok(Json(json!({
+    let mut answer = json!({
         "user_id": user_id,
         "access_token": token,
         "device_id": device_id,
         "home_server": server.server_name(),
-    })))
+    });
+    if let Some(r) = refresh {
+        r.answer(server, &mut answer);
+    }
+    Ok(Json(answer))
 }
 
 /// `POST /login` with `m.login.application_service`: a new device and token for one of

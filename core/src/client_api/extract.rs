@@ -66,13 +66,25 @@ impl FromRequestParts<Arc<Server>> for Auth {
         }
         let owner = server.db.read(|c| storage::token_owner(c, &token))?;
         match owner {
-            Some(o) if !o.deactivated => Ok(Auth(Caller {
-                user_id: o.user_id,
-                device_id: o.device_id,
-                token,
-                appservice: None,
-            })),
-            _ => Err(Error::UnknownToken),
+            Some(o) if o.deactivated => Err(Error::UnknownToken),
+            Some(o) if o.expires_ts.is_some_and(|t| t <= storage::now_ms()) => {
+                Err(Error::ExpiredToken)
+            }
+            Some(o) => {
+                // The first use of a refreshed pair ends the refresh token it replaced.
+                if o.replaces.is_some()
+                    && let Some(refresh) = &o.refresh_token
+                {
+                    server.write(|tx| storage::revoke_replaced(tx, refresh))?;
+                }
+                Ok(Auth(Caller {
+                    user_id: o.user_id,
+                    device_id: o.device_id,
+                    token,
+                    appservice: None,
+                }))
+            }
+            None => Err(Error::UnknownToken),
         }
     }
 }

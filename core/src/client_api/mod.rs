@@ -140,6 +140,7 @@ pub fn router(server: Arc<Server>) -> Router {
             get(account::token_validity),
         ),
         ("/login", get(account::login_flows).post(account::login)),
+        ("/refresh", post(account::refresh)),
         ("/logout", post(account::logout)),
         ("/logout/all", post(account::logout_all)),
         ("/account/whoami", get(account::whoami)),

@@ -277,6 +277,10 @@ async fn put_state_inner(
     if kind == "m.room.canonical_alias" && state_key.is_empty() {
         crate::directory::check_canonical_alias(&server, &room_id, &content).await?;
     }
+    let mut content = content;
+    if kind == "m.room.topic" && state_key.is_empty() {
+        rooms::add_rich_topic(&mut content);
+    }
     let ev = NewEvent {
         kind,
         state_key: Some(state_key),

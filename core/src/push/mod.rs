@@ -39,8 +39,8 @@ use serde_json::{Value, json};
 pub use local::{LocalNotification, LocalNotifications};
 pub use pushers::{get_pushers, set_pusher};
 pub use rules::{
-    RuleAddress, delete_rule, get_rule, put_rule, rule_actions, rule_enabled, set_rule_actions,
-    set_rule_enabled,
+    RuleAddress, copy_room_rules, delete_rule, get_rule, put_rule, rule_actions, rule_enabled,
+    set_rule_actions, set_rule_enabled,
 };
 
 use crate::error::Error;

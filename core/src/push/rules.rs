@@ -26,12 +26,25 @@ pub struct RuleAddress<'a> {
 }
 
 impl RuleAddress<'_> {
+    /// The kind of an existing rule to read or change: a rule under an unknown scope
+    /// or kind does not exist (404 `M_NOT_FOUND`, as the spec's "the push rule does
+    /// not exist").
     fn kind(&self) -> Result<RuleKind, Error> {
+        self.parse_kind().map_err(Error::NotFound)
+    }
+
+    /// The kind of a rule to create: an unknown scope or kind is a bad request
+    /// (400 `M_INVALID_PARAM`).
+    fn new_kind(&self) -> Result<RuleKind, Error> {
+        self.parse_kind().map_err(Error::InvalidParam)
+    }
+
+    fn parse_kind(&self) -> Result<RuleKind, String> {
         if self.scope != "global" {
-            return Err(Error::InvalidParam(format!(
+            return Err(format!(
                 "unknown push rule scope {:?} (only global)",
                 self.scope
-            )));
+            ));
         }
         match self.kind {
             "override" => Ok(RuleKind::Override),
@@ -39,9 +52,7 @@ impl RuleAddress<'_> {
             "sender" => Ok(RuleKind::Sender),
             "room" => Ok(RuleKind::Room),
             "content" => Ok(RuleKind::Content),
-            other => Err(Error::InvalidParam(format!(
-                "unknown push rule kind {other:?}"
-            ))),
+            other => Err(format!("unknown push rule kind {other:?}")),
         }
     }
 }
@@ -200,7 +211,7 @@ pub fn put_rule(
     after: Option<&str>,
     body: &Value,
 ) -> Result<(), Error> {
-    let kind = at.kind()?;
+    let kind = at.new_kind()?;
     let rule = new_rule(kind, at.rule_id, body)?;
     modify(server, user_id, |rules| {
         rules.insert(rule, after, before).map_err(insert_error)
@@ -216,4 +227,81 @@ pub fn delete_rule(server: &Server, user_id: &str, at: RuleAddress<'_>) -> Resul
             other => Error::InvalidParam(other.to_string()),
         })
     })
+}
+
+/// Room upgrades: `user_id`'s rules for `old_room` — its `room` rule, and `override` /
+/// `underride` rules with an `event_match` on `room_id` naming it — copied for
+/// `new_room`, enabled or not as they were, as Synapse's
+/// `copy_push_rules_from_room_to_room_for_user`. Rules already there are left alone.
+pub fn copy_room_rules(
+    c: &rusqlite::Connection,
+    user_id: &str,
+    old_room: &str,
+    new_room: &str,
+) -> Result<(), Error> {
+    let uid = user(user_id)?;
+    let Ok(new_id) = OwnedRoomId::try_from(new_room) else {
+        return Ok(());
+    };
+    let mut rules = ruleset(c, &uid)?;
+    let mut copies: Vec<(RuleKind, NewPushRule, bool)> = Vec::new();
+    if let Some(r) = rules.room.iter().find(|r| r.rule_id.as_str() == old_room) {
+        copies.push((
+            RuleKind::Room,
+            NewPushRule::Room(NewSimplePushRule::new(new_id, r.actions.clone())),
+            r.enabled,
+        ));
+    }
+    for (kind, set) in [
+        (RuleKind::Override, &rules.override_),
+        (RuleKind::Underride, &rules.underride),
+    ] {
+        for r in set.iter().filter(|r| !r.default) {
+            let names_old = r.conditions.iter().any(|cond| {
+                matches!(cond, PushCondition::EventMatch(m) if m.key == "room_id" && m.pattern == old_room)
+            });
+            if !names_old {
+                continue;
+            }
+            let conditions = r
+                .conditions
+                .iter()
+                .map(|cond| match cond {
+                    PushCondition::EventMatch(m) if m.key == "room_id" && m.pattern == old_room => {
+                        let mut m = m.clone();
+                        m.pattern = new_room.to_owned();
+                        PushCondition::EventMatch(m)
+                    }
+                    other => other.clone(),
+                })
+                .collect();
+            // Synapse names the copy after the new room.
+            let rule_id = if r.rule_id.contains(old_room) {
+                r.rule_id.replace(old_room, new_room)
+            } else {
+                new_room.to_owned()
+            };
+            let rule = NewConditionalPushRule::new(rule_id, conditions, r.actions.clone());
+            let rule = match &kind {
+                RuleKind::Override => NewPushRule::Override(rule),
+                _ => NewPushRule::Underride(rule),
+            };
+            copies.push((kind.clone(), rule, r.enabled));
+        }
+    }
+    let mut changed = false;
+    for (kind, rule, enabled) in copies {
+        let id = rule.rule_id().to_owned();
+        if rules.get(kind.clone(), &id).is_some() {
+            continue;
+        }
+        if rules.insert(rule, None, None).is_ok() {
+            let _ = rules.set_enabled(kind, &id, enabled);
+            changed = true;
+        }
+    }
+    if changed {
+        save_ruleset(c, user_id, &rules)?;
+    }
+    Ok(())
 }

@@ -223,7 +223,8 @@ pub fn create_room(
         )?;
     }
     if let Some(topic) = &req.topic {
-        let content = json!({"topic": topic, "m.topic": {"m.text": [{"mimetype": "text/plain", "body": topic}]}});
+        let mut content = json!({ "topic": topic });
+        add_rich_topic(&mut content);
         append_event(c, server, &room_id, ev("m.room.topic", "", content), None)?;
     }
 
@@ -242,4 +243,21 @@ pub fn create_room(
         )?;
     }
     Ok(room_id)
+}
+
+/// `m.room.topic` content with a plain `topic` and no `m.topic` gains the rich form
+/// (MSC3765, spec v1.15): `m.topic: {"m.text": [{"mimetype": "text/plain", "body": topic}]}`.
+/// Used by `createRoom` and state PUTs, so clients reading either form agree.
+pub fn add_rich_topic(content: &mut Value) {
+    if content.get("m.topic").is_some() {
+        return;
+    }
+    let Some(topic) = content
+        .get("topic")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+    else {
+        return;
+    };
+    content["m.topic"] = json!({"m.text": [{"mimetype": "text/plain", "body": topic}]});
 }

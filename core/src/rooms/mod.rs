@@ -22,7 +22,7 @@ pub use append::{
     Appended, ClientTxn, append_event, append_event_at, is_retry, load_pdu, random_string,
     unchanged_state,
 };
-pub use create::{CreateRoom, create_room};
+pub use create::{CreateRoom, add_rich_topic, create_room};
 pub use hierarchy::{HierarchyRequest, space_hierarchy};
 pub use join::{
     MAX_AVATAR_URL_LEN, MAX_DISPLAYNAME_LEN, MAX_ROOMS_JOINING, join, join_content, member_profile,

@@ -309,6 +309,12 @@ pub fn upgrade_room(
         storage::set_room_public(c, old_room, false)?;
     }
 
+    // 6b. Each local member's push rules for the old room now also cover the new one
+    // (Synapse's `transfer_room_state_on_room_upgrade`).
+    for member in storage::joined_local_members(c, old_room)? {
+        crate::push::copy_room_rules(c, &member, old_room, &new_room)?;
+    }
+
     // 7. The tombstone (v12: now that the new room has its id).
     if rules.authorization.room_create_event_id_as_room_id {
         append_event(c, server, old_room, tombstone(&new_room), None)?;

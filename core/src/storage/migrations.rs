@@ -775,6 +775,23 @@ const MIGRATIONS: &[&str] = &[
     CREATE UNIQUE INDEX delayed_events_txn ON delayed_events(user_id, device_id, txn_id)
         WHERE txn_id IS NOT NULL;
     "#,
+    // 27: refresh tokens (spec v1.3). An access token issued with one expires at
+    // `expires_ts`; `refresh_token` names the refresh token issued with it. A refresh
+    // token's `prev` is the one it replaced, revoked once the new pair is first used.
+    r#"
+    ALTER TABLE access_tokens ADD COLUMN expires_ts INTEGER;
+    ALTER TABLE access_tokens ADD COLUMN refresh_token TEXT;
+    CREATE TABLE refresh_tokens (
+        token TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        prev TEXT,
+        FOREIGN KEY (user_id, device_id) REFERENCES devices(user_id, device_id) ON DELETE CASCADE
+    );
+    CREATE INDEX refresh_tokens_by_prev ON refresh_tokens(prev);
+    CREATE INDEX access_tokens_by_refresh ON access_tokens(refresh_token)
+        WHERE refresh_token IS NOT NULL;
+    "#,
 ];
 
 /// The schema version this build writes.

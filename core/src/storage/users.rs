@@ -13,6 +13,14 @@ pub struct TokenOwner {
     pub device_id: String,
     /// Whether the account is deactivated.
     pub deactivated: bool,
+    /// When the token stops working (ms since the epoch); `None` for tokens issued
+    /// without a refresh token, which never expire.
+    pub expires_ts: Option<i64>,
+    /// The refresh token this token's own refresh token replaced, still valid until
+    /// this token is first used (then [`revoke_replaced`] removes it).
+    pub replaces: Option<String>,
+    /// The refresh token issued with this token.
+    pub refresh_token: Option<String>,
 }
 
 /// A device row.
@@ -125,21 +133,137 @@ pub fn start_session(
         "DELETE FROM access_tokens WHERE user_id = ?1 AND device_id = ?2",
         params![user_id, device_id],
     )?;
+    c.execute(
+        "DELETE FROM refresh_tokens WHERE user_id = ?1 AND device_id = ?2",
+        params![user_id, device_id],
+    )?;
     upsert_device(c, user_id, device_id, display_name)?;
     insert_token(c, token, user_id, device_id)
+}
+
+/// Make the access token `token` (just issued) refreshable: it expires at `expires_ts`
+/// and `refresh` (new) refreshes it.
+pub fn make_refreshable(
+    c: &Connection,
+    token: &str,
+    refresh: &str,
+    expires_ts: i64,
+) -> Result<(), Error> {
+    c.execute(
+        "INSERT INTO refresh_tokens (token, user_id, device_id)
+         SELECT ?2, user_id, device_id FROM access_tokens WHERE token = ?1",
+        params![token, refresh],
+    )?;
+    c.execute(
+        "UPDATE access_tokens SET expires_ts = ?2, refresh_token = ?3 WHERE token = ?1",
+        params![token, expires_ts, refresh],
+    )?;
+    Ok(())
+}
+
+/// Remove a refresh token and the access tokens issued with it.
+fn delete_refresh_token(c: &Connection, refresh: &str) -> Result<(), Error> {
+    c.execute(
+        "DELETE FROM access_tokens WHERE refresh_token = ?1",
+        [refresh],
+    )?;
+    c.execute("DELETE FROM refresh_tokens WHERE token = ?1", [refresh])?;
+    Ok(())
+}
+
+/// `POST /refresh`: a new access token `access` (expiring at `expires_ts`) and refresh
+/// token `new_refresh` for the device of `old_refresh`, which stays valid until the new
+/// pair is first used (so a client that lost the answer can refresh again). The owner
+/// of `old_refresh`, or `None` if it is not a live refresh token.
+pub fn refresh_session(
+    c: &Connection,
+    old_refresh: &str,
+    access: &str,
+    new_refresh: &str,
+    expires_ts: i64,
+) -> Result<Option<TokenOwner>, Error> {
+    let found: Option<(String, String, Option<String>, bool)> = c
+        .query_row(
+            "SELECT r.user_id, r.device_id, r.prev, u.deactivated FROM refresh_tokens r
+                 JOIN users u ON u.user_id = r.user_id WHERE r.token = ?1",
+            [old_refresh],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .optional()?;
+    let Some((user_id, device_id, prev, deactivated)) = found else {
+        return Ok(None);
+    };
+    // Using `old_refresh` ends the one it replaced, and any pair an earlier use of
+    // `old_refresh` gave out but the client never used.
+    if let Some(prev) = prev {
+        delete_refresh_token(c, &prev)?;
+    }
+    let earlier: Vec<String> = c
+        .prepare("SELECT token FROM refresh_tokens WHERE prev = ?1")?
+        .query_map([old_refresh], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for t in earlier {
+        delete_refresh_token(c, &t)?;
+    }
+    c.execute(
+        "UPDATE refresh_tokens SET prev = NULL WHERE token = ?1",
+        [old_refresh],
+    )?;
+    c.execute(
+        "INSERT INTO refresh_tokens (token, user_id, device_id, prev) VALUES (?1, ?2, ?3, ?4)",
+        params![new_refresh, user_id, device_id, old_refresh],
+    )?;
+    c.execute(
+        "INSERT INTO access_tokens (token, user_id, device_id, expires_ts, refresh_token)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![access, user_id, device_id, expires_ts, new_refresh],
+    )?;
+    Ok(Some(TokenOwner {
+        user_id,
+        device_id,
+        deactivated,
+        expires_ts: Some(expires_ts),
+        replaces: Some(old_refresh.to_owned()),
+        refresh_token: Some(new_refresh.to_owned()),
+    }))
+}
+
+/// The pair issued with refresh token `refresh` has been used: the refresh token it
+/// replaced, and that one's access tokens, stop working.
+pub fn revoke_replaced(c: &Connection, refresh: &str) -> Result<(), Error> {
+    let prev: Option<Option<String>> = c
+        .query_row(
+            "SELECT prev FROM refresh_tokens WHERE token = ?1",
+            [refresh],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(Some(prev)) = prev {
+        delete_refresh_token(c, &prev)?;
+        c.execute(
+            "UPDATE refresh_tokens SET prev = NULL WHERE token = ?1",
+            [refresh],
+        )?;
+    }
+    Ok(())
 }
 
 /// Who owns this token, if anyone.
 pub fn token_owner(c: &Connection, token: &str) -> Result<Option<TokenOwner>, Error> {
     Ok(c.query_row(
-        "SELECT t.user_id, t.device_id, u.deactivated FROM access_tokens t
-             JOIN users u ON u.user_id = t.user_id WHERE t.token = ?1",
+        "SELECT t.user_id, t.device_id, u.deactivated, t.expires_ts, r.prev, t.refresh_token
+             FROM access_tokens t JOIN users u ON u.user_id = t.user_id
+             LEFT JOIN refresh_tokens r ON r.token = t.refresh_token
+             WHERE t.token = ?1",
         [token],
         |r| {
             Ok(TokenOwner {
                 user_id: r.get(0)?,
                 device_id: r.get(1)?,
                 deactivated: r.get(2)?,
+                expires_ts: r.get(3)?,
+                replaces: r.get(4)?,
+                refresh_token: r.get(5)?,
             })
         },
     )

@@ -6,6 +6,7 @@ mod appservice;
 mod bad_input;
 mod client_api;
 mod client_flow;
+mod conformance;
 mod delayed_events;
 mod directory_search;
 mod e2ee;
