@@ -22,6 +22,12 @@ pub(super) async fn upload(
     Auth(caller): Auth,
     Body(body): Body<keys::UploadRequest>,
 ) -> JsonResult {
+    // An application service acting without `device_id=` has no device to hold keys.
+    if caller.device_id.is_empty() {
+        return Err(Error::MissingParam(
+            "keys belong to a device: an application service names one with device_id=".into(),
+        ));
+    }
     Ok(Json(keys::upload(&server, &caller, body)?))
 }
 

@@ -279,6 +279,14 @@ async fn appservice_tokens_act_only_within_their_namespaces() -> anyhow::Result<
             && ev["sender"] == format!("@bridge_ann:{server}"),
         "{s} {ev}"
     );
+    // Keys need a device: acting without `device_id=` there is none.
+    let (s, e) = call(
+        reqwest::Method::POST,
+        &format!("/v3/keys/upload?user_id={ann}"),
+        json!({"one_time_keys": {"signed_curve25519:AAAA": {"key": "k", "signatures": {}}}}),
+    )
+    .await?;
+    ensure!(s == 400 && e["errcode"] == "M_MISSING_PARAM", "{s} {e}");
     // Login as the puppet.
     let (s, l) = call(
         reqwest::Method::POST,
