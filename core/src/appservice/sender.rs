@@ -432,21 +432,19 @@ fn device_data(
     left.retain(|u| !changed.contains(u));
     // Key counts of the devices that got to-device messages (the messages that
     // establish Olm sessions follow key claims).
-    let mut counts: Map<String, Value> = Map::new();
-    let mut fallback: Map<String, Value> = Map::new();
+    let mut counts: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+    let mut fallback: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
     for (user, device) in &devices {
         let n = crate::e2ee::keys::one_time_key_counts(c, user, device)?;
         counts
             .entry(user.clone())
-            .or_insert_with(|| json!({}))
-            .as_object_mut()
-            .map(|m| m.insert(device.clone(), n));
+            .or_default()
+            .insert(device.clone(), n);
         let types = storage::unused_fallback_key_types(c, user, device)?;
         fallback
             .entry(user.clone())
-            .or_insert_with(|| json!({}))
-            .as_object_mut()
-            .map(|m| m.insert(device.clone(), json!(types)));
+            .or_default()
+            .insert(device.clone(), json!(types));
     }
     if !to_device.is_empty() {
         body.insert(
@@ -463,11 +461,11 @@ fn device_data(
     if !counts.is_empty() {
         body.insert(
             "org.matrix.msc3202.device_one_time_keys_count".into(),
-            Value::Object(counts),
+            json!(counts),
         );
         body.insert(
             "org.matrix.msc3202.device_unused_fallback_key_types".into(),
-            Value::Object(fallback),
+            json!(fallback),
         );
     }
     Ok(())

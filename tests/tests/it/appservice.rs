@@ -200,16 +200,9 @@ async fn appservice_tokens_act_only_within_their_namespaces() -> anyhow::Result<
     let base = node.client_url();
     let server = node.server_name().to_owned();
     let http = http_client()?;
-    let call =
-        async |method: reqwest::Method, path: &str, body: Value| -> anyhow::Result<(u16, Value)> {
-            let r = http
-                .request(method, format!("{base}/_matrix/client{path}"))
-                .bearer_auth("as-tok")
-                .json(&body)
-                .send()
-                .await?;
-            Ok((r.status().as_u16(), r.json().await.unwrap_or(Value::Null)))
-        };
+    let call = async |method: reqwest::Method, path: &str, body: Value| {
+        as_call(&base, method, path, None, body).await
+    };
     // Its own user exists from the start.
     let (s, who) = call(reqwest::Method::GET, "/v3/account/whoami", Value::Null).await?;
     ensure!(
