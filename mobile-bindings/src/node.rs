@@ -421,6 +421,37 @@ impl Node {
         Ok(())
     }
 
+    /// Name an always-on peer (a home Pi, a friend's laptop) as this node's mailbox: its
+    /// server name, or a multiaddr (dialled to learn it). Other nodes leave what they
+    /// cannot deliver while this device sleeps with it, and this node collects it when
+    /// it connects to the mailbox. Returns the mailbox's server name.
+    pub async fn add_mailbox(&self, mailbox: String) -> Result<String, WarrenError> {
+        self.p2p()?;
+        let server = self.server.clone();
+        on(&self.handle()?, async move {
+            warren_core::mailbox::record::add(&server, &mailbox).await
+        })
+        .await?
+        .map_err(mailbox_error)
+    }
+
+    /// Stop using a mailbox. Returns whether it was one.
+    pub fn remove_mailbox(&self, server_name: String) -> Result<bool, WarrenError> {
+        self.p2p()?;
+        warren_core::mailbox::record::remove(&self.server, &server_name).map_err(mailbox_error)
+    }
+
+    /// The server names of this node's mailboxes.
+    pub fn mailboxes(&self) -> Result<Vec<String>, WarrenError> {
+        self.p2p()?;
+        let own = self
+            .server
+            .db
+            .read(warren_core::storage::own_mailboxes)
+            .map_err(WarrenError::internal)?;
+        Ok(own.into_iter().map(|(name, _)| name).collect())
+    }
+
     /// Retry federation now instead of waiting out backoffs: wakes the sender of queued
     /// events. Call when the app returns to the foreground.
     pub fn kick_backoff(&self) -> Result<(), WarrenError> {
@@ -514,5 +545,16 @@ impl Drop for Node {
         if let Err(e) = spawned {
             tracing::warn!(error = %e, "cannot shut down a dropped node cleanly");
         }
+    }
+}
+
+/// A mailbox change refused: a bad name or address, a peer that cannot be reached, or
+/// the node's own failure.
+fn mailbox_error(e: warren_core::error::Error) -> WarrenError {
+    use warren_core::error::Error;
+    match e {
+        Error::InvalidParam(m) => WarrenError::invalid(m),
+        Error::RemoteServer(message) => WarrenError::Network { message },
+        other => WarrenError::internal(other),
     }
 }

@@ -64,23 +64,23 @@ impl Shared {
     /// Queue this node's record for `peer` unless it has this version already (or this
     /// node names no mailbox).
     fn share(&mut self, server: &Server, peer: &str) {
-        let result = server.write(|c| {
-            let Some((own, value)) = record::held(c, server.server_name())? else {
-                return Ok(());
-            };
-            if own.mailboxes.is_empty() {
-                return Ok(());
+        let own = match server.db.read(|c| record::held(c, server.server_name())) {
+            Ok(Some((own, value))) if !own.mailboxes.is_empty() => (own, value),
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read this node's mailbox record");
+                return;
             }
-            if own.ts != self.ts || self.peers.len() >= MAX_SHARED {
-                self.ts = own.ts;
-                self.peers.clear();
-            }
-            if self.peers.insert(peer.to_owned()) {
-                outbox::enqueue_edu(c, server, peer, &record::edu(&value))?;
-            }
-            Ok(())
-        });
-        if let Err(e) = result {
+        };
+        if own.0.ts != self.ts || self.peers.len() >= MAX_SHARED {
+            self.ts = own.0.ts;
+            self.peers.clear();
+        }
+        if !self.peers.insert(peer.to_owned()) {
+            return;
+        }
+        let edu = record::edu(&own.1);
+        if let Err(e) = server.write(|c| outbox::enqueue_edu(c, server, peer, &edu)) {
             tracing::warn!(%peer, error = %e, "could not queue the mailbox record");
         }
     }
