@@ -103,6 +103,8 @@ pub fn upgrade_room(
     if !power.is_object() {
         power = json!({});
     }
+    // Room versions before 10 allow levels written as strings; later ones do not.
+    super::power::integer_levels(&mut power);
     // The old room's implicit creators (v12) who are not creators of the new room keep
     // their power as an explicit level.
     if old_rules.authorization.explicitly_privilege_room_creators {
