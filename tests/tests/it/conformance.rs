@@ -764,3 +764,125 @@ async fn a_renamed_command_bot_joins_once_and_answers_each_command_once() {
     assert_eq!(pongs, 3, "{messages}");
     shutdown_node(node).await.expect("shutdown");
 }
+
+/// The user ids of a `/user_directory/search` answer, and its `limited` flag.
+async fn directory_search(
+    user: &RawUser,
+    term: &str,
+    limit: u64,
+) -> anyhow::Result<(Vec<String>, bool, Value)> {
+    let v = user
+        .post(
+            "/user_directory/search",
+            json!({"search_term": term, "limit": limit}),
+        )
+        .await?;
+    let ids = v["results"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["user_id"].as_str().map(str::to_owned))
+        .collect();
+    let limited = v["limited"].as_bool().unwrap_or(false);
+    Ok((ids, limited, v))
+}
+
+#[tokio::test]
+async fn user_directory_matches_ids_names_and_room_nicknames_once_per_user() {
+    let (_dir, node, alice) = node_and_user("alice").await;
+    let reg = |name: &'static str| RawUser::register(alice.base.clone(), name);
+    let bob = reg("bob").await.expect("bob");
+    let carol = reg("carol").await.expect("carol");
+    let dave = reg("dave").await.expect("dave");
+    let erin = reg("erin").await.expect("erin");
+
+    bob.ok(
+        Method::PUT,
+        &format!("/profile/{}/displayname", path_segment(bob.id())),
+        json!({"displayname": "Robert Tables"}),
+    )
+    .await
+    .expect("bob's display name");
+    // Bob shares two rooms with Alice, with a different nickname in each.
+    let first = alice
+        .create_room(json!({"preset": "private_chat", "invite": [bob.id()]}))
+        .await
+        .expect("first room");
+    let second = alice
+        .create_room(json!({"preset": "private_chat", "invite": [bob.id()]}))
+        .await
+        .expect("second room");
+    for (room, nick) in [(&first, "Bobcat"), (&second, "Captain Drop")] {
+        join(&bob, room).await;
+        bob.ok(
+            Method::PUT,
+            &format!(
+                "/rooms/{}/state/m.room.member/{}",
+                path_segment(room),
+                path_segment(bob.id())
+            ),
+            json!({"membership": "join", "displayname": nick}),
+        )
+        .await
+        .expect("per-room nickname");
+    }
+    // Carol and Dave talk in private: strangers to Alice. Erin sits in a public room.
+    let private = carol
+        .create_room(json!({"preset": "private_chat", "invite": [dave.id()]}))
+        .await
+        .expect("private room");
+    join(&dave, &private).await;
+    erin.create_room(json!({"preset": "public_chat"}))
+        .await
+        .expect("erin's public room");
+
+    let server = alice.id().split_once(':').expect("server").1.to_owned();
+    for term in [
+        "bob",
+        "BOB",
+        &format!("@bob:{server}"),
+        "robert",
+        "tables",
+        "bobcat",
+        "captain drop",
+        "drop",
+    ] {
+        let (ids, limited, v) = directory_search(&alice, term, 10).await.expect("search");
+        assert_eq!(ids, vec![bob.id().to_owned()], "{term}: {v}");
+        assert!(!limited, "{term}: {v}");
+        // The global display name is shown, whichever nickname matched.
+        assert_eq!(v["results"][0]["display_name"], "Robert Tables", "{term}: {v}");
+    }
+    // Strangers are not found; a user in a public room is.
+    for term in ["carol", "dave"] {
+        let (ids, _, v) = directory_search(&alice, term, 10).await.expect("search");
+        assert!(ids.is_empty(), "{term}: {v}");
+    }
+    let (ids, _, v) = directory_search(&alice, "erin", 10).await.expect("search");
+    assert_eq!(ids, vec![erin.id().to_owned()], "{v}");
+    // Carol finds Dave, with whom she shares a room.
+    let (ids, _, v) = directory_search(&carol, "dave", 10).await.expect("search");
+    assert_eq!(ids, vec![dave.id().to_owned()], "{v}");
+
+    // Every user id holds the server name: all visible users match, one each.
+    let (all, limited, v) = directory_search(&alice, &server, 50).await.expect("search");
+    let mut unique = all.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), all.len(), "one result per user: {v}");
+    assert_eq!(all.len(), 3, "alice, bob and erin: {v}");
+    assert!(!limited, "{v}");
+    let (some, limited, v) = directory_search(&alice, &server, 2).await.expect("search");
+    assert_eq!(some.len(), 2, "{v}");
+    assert!(limited, "{v}");
+
+    // Bob leaves both rooms: no longer a room mate, no longer found.
+    for room in [&first, &second] {
+        bob.post(&format!("/rooms/{}/leave", path_segment(room)), json!({}))
+            .await
+            .expect("leave");
+    }
+    let (ids, _, v) = directory_search(&alice, "bobcat", 10).await.expect("search");
+    assert!(ids.is_empty(), "{v}");
+    shutdown_node(node).await.expect("shutdown");
+}
