@@ -10,8 +10,8 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 use warren_tests::{
-    RawUser, WAIT, http_client, path_segment, shutdown_node, start_node, start_node_with,
-    test_config, wait_until,
+    RawUser, WAIT, connect_nodes, http_client, path_segment, shutdown_node,
+    start_federated_node, start_node, start_node_with, test_config, wait_until,
 };
 
 /// `POST {base}/_matrix/client/v3{path}` without a token: status and JSON body.
@@ -885,4 +885,69 @@ async fn user_directory_matches_ids_names_and_room_nicknames_once_per_user() {
     let (ids, _, v) = directory_search(&alice, "bobcat", 10).await.expect("search");
     assert!(ids.is_empty(), "{v}");
     shutdown_node(node).await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_rules_follow_an_upgrade_when_a_member_on_another_node_joins_later() {
+    let (da, db) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let a = start_federated_node(da.path()).await.expect("node a");
+    let b = start_federated_node(db.path()).await.expect("node b");
+    connect_nodes(&a, &b).await.expect("connect");
+    let alice = RawUser::register(a.node.client_url(), "alice")
+        .await
+        .expect("alice");
+    let bob = RawUser::register(b.node.client_url(), "bob")
+        .await
+        .expect("bob");
+    let room = alice
+        .create_room(json!({"preset": "public_chat"}))
+        .await
+        .expect("room");
+    bob.post(
+        &format!("/join/{}?server_name={}", path_segment(&room), a.name()),
+        json!({}),
+    )
+    .await
+    .expect("bob joins over federation");
+    let rule = |id: &str| format!("/pushrules/global/room/{}", path_segment(id));
+    bob.ok(
+        Method::PUT,
+        &rule(&room),
+        json!({"actions": ["dont_notify"]}),
+    )
+    .await
+    .expect("bob mutes the room");
+
+    // Alice upgrades on her node: Bob's rules live on his, which the upgrade cannot reach.
+    let upgraded = alice
+        .post(
+            &format!("/rooms/{}/upgrade", path_segment(&room)),
+            json!({"new_version": "11"}),
+        )
+        .await
+        .expect("upgrade");
+    let new_room = str_field(&upgraded, "replacement_room").to_owned();
+    let (status, _) = bob
+        .call(Method::GET, &rule(&new_room), Value::Null)
+        .await
+        .expect("rule before the join");
+    assert_eq!(status, 404);
+
+    // Bob follows the tombstone: joining the new room copies his rule.
+    bob.post(
+        &format!("/join/{}?server_name={}", path_segment(&new_room), a.name()),
+        json!({}),
+    )
+    .await
+    .expect("bob joins the new room");
+    let copied = bob
+        .ok(Method::GET, &rule(&new_room), Value::Null)
+        .await
+        .expect("bob's rule for the new room");
+    assert_eq!(copied["actions"], json!(["dont_notify"]), "{copied}");
+    a.stop().await.expect("stop a");
+    b.stop().await.expect("stop b");
 }
