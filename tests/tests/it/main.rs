@@ -31,4 +31,5 @@ mod room_lifecycle;
 mod room_versions;
 mod simulation;
 mod sliding_sync;
+mod url_preview;
 mod voip;
