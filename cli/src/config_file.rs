@@ -501,7 +501,10 @@ pub fn parse(text: &str) -> anyhow::Result<FileConfig> {
         ("remote_cache_bytes", config.media.remote_cache_bytes),
         ("prefetch_max_bytes", config.media.prefetch_max_bytes),
         ("url_preview_max_bytes", config.media.url_preview_max_bytes),
-        ("url_preview_timeout_secs", config.media.url_preview_timeout_secs),
+        (
+            "url_preview_timeout_secs",
+            config.media.url_preview_timeout_secs,
+        ),
     ] {
         if v == Some(0) {
             bail!("media.{key} must be at least 1");
@@ -729,7 +732,10 @@ mod tests {
         let p = &config.media.url_preview;
         assert!(p.enabled);
         assert!(p.allows("127.0.0.1".parse().expect("ip")));
-        assert!(!p.allows("10.0.0.1".parse().expect("ip")), "the default deny list stays");
+        assert!(
+            !p.allows("10.0.0.1".parse().expect("ip")),
+            "the default deny list stays"
+        );
         assert_eq!(p.max_bytes, 1000);
         assert_eq!(p.timeout, std::time::Duration::from_secs(3));
         assert_eq!(p.cache_entries, 7);

@@ -238,11 +238,15 @@ impl IpRange {
         use std::net::IpAddr;
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u128::from(net) & mask == u128::from(ip) & mask
             }
             _ => false,
@@ -413,7 +417,14 @@ mod tests {
             defaults.ip_range_blacklist.len(),
             DEFAULT_URL_PREVIEW_BLACKLIST.len()
         );
-        for denied in ["127.0.0.1", "192.168.1.1", "::1", "fe80::1", "::ffff:10.0.0.1", "0.0.0.0"] {
+        for denied in [
+            "127.0.0.1",
+            "192.168.1.1",
+            "::1",
+            "fe80::1",
+            "::ffff:10.0.0.1",
+            "0.0.0.0",
+        ] {
             assert!(!defaults.allows(denied.parse().expect("ip")), "{denied}");
         }
         for allowed in ["93.184.216.34", "2606:2800:220:1::1"] {

@@ -88,7 +88,11 @@ impl UrlPreviews {
                     .connect_timeout(config.timeout)
                     .timeout(config.timeout)
                     .pool_max_idle_per_host(1)
-                    .user_agent(concat!("warren/", env!("CARGO_PKG_VERSION"), " (URL preview)"))
+                    .user_agent(concat!(
+                        "warren/",
+                        env!("CARGO_PKG_VERSION"),
+                        " (URL preview)"
+                    ))
                     .build()
                     .map_err(|e| e.to_string())
             })
@@ -161,7 +165,10 @@ async fn fetch(
         check_host(config, &url).await?;
         let mut response = client
             .get(url.clone())
-            .header(reqwest::header::ACCEPT, "text/html,application/xhtml+xml,image/*;q=0.9,*/*;q=0.5")
+            .header(
+                reqwest::header::ACCEPT,
+                "text/html,application/xhtml+xml,image/*;q=0.9,*/*;q=0.5",
+            )
             .send()
             .await
             .map_err(|e| fetch_error(&url, "cannot fetch", &e))?;
@@ -171,7 +178,9 @@ async fn fetch(
                 .headers()
                 .get(reqwest::header::LOCATION)
                 .and_then(|l| l.to_str().ok())
-                .ok_or_else(|| Error::RemoteServer(format!("{url}: redirect without a location")))?;
+                .ok_or_else(|| {
+                    Error::RemoteServer(format!("{url}: redirect without a location"))
+                })?;
             url = url
                 .join(location)
                 .map_err(|e| Error::RemoteServer(format!("{url}: bad redirect: {e}")))?;
@@ -182,7 +191,10 @@ async fn fetch(
         }
         let too_large =
             || Error::RemoteServer(format!("{url} is larger than {} bytes", config.max_bytes));
-        if response.content_length().is_some_and(|n| n > config.max_bytes) {
+        if response
+            .content_length()
+            .is_some_and(|n| n > config.max_bytes)
+        {
             return Err(too_large());
         }
         let content_type = response
@@ -299,9 +311,18 @@ async fn build(
         .map_err(|e| Error::internal(format!("HTML parsing: {e}")))?;
     // The image is fetched with the same checks and stored as this node's media, since
     // clients must not fetch arbitrary URLs themselves.
-    if let Some(image) = og.remove("og:image").and_then(|v| v.as_str().map(str::to_owned)) {
+    if let Some(image) = og
+        .remove("og:image")
+        .and_then(|v| v.as_str().map(str::to_owned))
+    {
         // The page's claims about its image give way to what is stored.
-        for key in ["og:image:width", "og:image:height", "og:image:type", "og:image:url", "og:image:secure_url"] {
+        for key in [
+            "og:image:width",
+            "og:image:height",
+            "og:image:type",
+            "og:image:url",
+            "og:image:secure_url",
+        ] {
             og.remove(key);
         }
         if let Ok(image_url) = page.url.join(&image)
@@ -429,7 +450,11 @@ impl html5ever::tokenizer::TokenSink for MetaSink {
                 }
                 (TagKind::EndTag, "title") => {
                     if scan.in_title {
-                        let text = scan.title_text.split_whitespace().collect::<Vec<_>>().join(" ");
+                        let text = scan
+                            .title_text
+                            .split_whitespace()
+                            .collect::<Vec<_>>()
+                            .join(" ");
                         if !text.is_empty() {
                             scan.title = Some(clip(&text));
                         }
@@ -452,10 +477,10 @@ impl html5ever::tokenizer::TokenSink for MetaSink {
                 (TagKind::StartTag, "plaintext") => return TokenSinkResult::Plaintext,
                 _ => {}
             },
-            Token::CharacterTokens(text) => {
-                if scan.in_title && scan.title_text.len() < 4 * MAX_VALUE_CHARS {
-                    scan.title_text.push_str(&text);
-                }
+            Token::CharacterTokens(text)
+                if scan.in_title && scan.title_text.len() < 4 * MAX_VALUE_CHARS =>
+            {
+                scan.title_text.push_str(&text);
             }
             _ => {}
         }

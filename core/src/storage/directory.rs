@@ -79,7 +79,13 @@ pub fn visible_users(c: &Connection, searcher: &str) -> Result<Vec<DirectoryUser
         let member_avatar: Option<String> = r.get(2).ok().flatten();
         let profile_name: Option<String> = r.get(3)?;
         let profile_avatar: Option<String> = r.get(4)?;
-        Ok((r.get::<_, String>(0)?, names, member_avatar, profile_name, profile_avatar))
+        Ok((
+            r.get::<_, String>(0)?,
+            names,
+            member_avatar,
+            profile_name,
+            profile_avatar,
+        ))
     })?;
     let mut users = Vec::new();
     for row in rows {

@@ -1,6 +1,8 @@
 //! Client-server API edges from issue 15, over raw HTTP or matrix-sdk: refresh tokens,
-//! push rules on room upgrade, unknown push rule kinds, `/members?at=`, rich `m.topic`
-//! on state PUTs, and a command bot that is renamed mid-way.
+//! push rules on room upgrade (also for a member on another node who joins the new room
+//! later), unknown push rule kinds, `/members?at=`, rich `m.topic` on state PUTs, a
+//! command bot that is renamed mid-way, the user directory (ids, names, per-room
+//! nicknames, one result per user) and the `/versions` list.
 //!
 //! Each test starts its own node on its own temporary directory; every wait is on a
 //! condition, with a deadline.
@@ -10,8 +12,8 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 use warren_tests::{
-    RawUser, WAIT, connect_nodes, http_client, path_segment, shutdown_node,
-    start_federated_node, start_node, start_node_with, test_config, wait_until,
+    RawUser, WAIT, connect_nodes, http_client, path_segment, shutdown_node, start_federated_node,
+    start_node, start_node_with, test_config, wait_until,
 };
 
 /// `POST {base}/_matrix/client/v3{path}` without a token: status and JSON body.
@@ -851,7 +853,10 @@ async fn user_directory_matches_ids_names_and_room_nicknames_once_per_user() {
         assert_eq!(ids, vec![bob.id().to_owned()], "{term}: {v}");
         assert!(!limited, "{term}: {v}");
         // The global display name is shown, whichever nickname matched.
-        assert_eq!(v["results"][0]["display_name"], "Robert Tables", "{term}: {v}");
+        assert_eq!(
+            v["results"][0]["display_name"], "Robert Tables",
+            "{term}: {v}"
+        );
     }
     // Strangers are not found; a user in a public room is.
     for term in ["carol", "dave"] {
@@ -882,7 +887,9 @@ async fn user_directory_matches_ids_names_and_room_nicknames_once_per_user() {
             .await
             .expect("leave");
     }
-    let (ids, _, v) = directory_search(&alice, "bobcat", 10).await.expect("search");
+    let (ids, _, v) = directory_search(&alice, "bobcat", 10)
+        .await
+        .expect("search");
     assert!(ids.is_empty(), "{v}");
     shutdown_node(node).await.expect("shutdown");
 }
@@ -950,4 +957,38 @@ async fn push_rules_follow_an_upgrade_when_a_member_on_another_node_joins_later(
     assert_eq!(copied["actions"], json!(["dont_notify"]), "{copied}");
     a.stop().await.expect("stop a");
     b.stop().await.expect("stop b");
+}
+
+#[tokio::test]
+async fn versions_lists_the_implemented_spec_versions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start_node(dir.path()).await.expect("node");
+    let v: Value = http_client()
+        .expect("client")
+        .get(format!("{}/_matrix/client/versions", node.client_url()))
+        .send()
+        .await
+        .expect("GET /versions")
+        .json()
+        .await
+        .expect("json");
+    let versions: Vec<&str> = v["versions"]
+        .as_array()
+        .expect("versions")
+        .iter()
+        .map(|x| x.as_str().expect("a string"))
+        .collect();
+    // r0.6.1 for old clients, then every v1.x up to v1.11 (authenticated media, MSC4115
+    // membership on served events), with no gap and nothing past what is implemented.
+    let mut expected = vec!["r0.6.1".to_owned()];
+    expected.extend((1..=11).map(|n| format!("v1.{n}")));
+    assert_eq!(versions, expected, "{v}");
+    for feature in [
+        "org.matrix.simplified_msc3575",
+        "org.matrix.msc4151",
+        "org.matrix.msc4140",
+    ] {
+        assert_eq!(v["unstable_features"][feature], true, "{feature}: {v}");
+    }
+    shutdown_node(node).await.expect("shutdown");
 }

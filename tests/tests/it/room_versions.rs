@@ -2,7 +2,7 @@
 //! locally (messages, state, power levels with the version's rules, redaction, a second
 //! member), `/capabilities` lists them, `default_room_version` is honoured, versions 1
 //! and 2 are refused with `M_UNSUPPORTED_ROOM_VERSION`, and rooms of older versions
-//! (v3's standard-base64 event ids, v5) are joined across two nodes.
+//! (v3's standard-base64 event ids, v5 by invite) are joined across two nodes.
 //!
 //! Each test starts its own node(s) on temporary directories; every wait is on a
 //! condition, with a deadline.
@@ -78,7 +78,9 @@ async fn every_supported_room_version_is_created_and_used() -> anyhow::Result<()
 
     for v in VERSIONS {
         let room = alice
-            .create_room(json!({"preset": "private_chat", "room_version": v, "name": format!("v{v}")}))
+            .create_room(
+                json!({"preset": "private_chat", "room_version": v, "name": format!("v{v}")}),
+            )
             .await
             .with_context(|| format!("create a v{v} room"))?;
         // Room ids carry the server name before v12, and are the create event's hash from it.
@@ -189,11 +191,7 @@ async fn every_supported_room_version_is_created_and_used() -> anyhow::Result<()
     // Versions 1 and 2 (and unknown ones) are refused with the spec's error code.
     for v in ["1", "2", "99", "org.example.nope"] {
         let (status, answer) = alice
-            .call(
-                Method::POST,
-                "/createRoom",
-                json!({"room_version": v}),
-            )
+            .call(Method::POST, "/createRoom", json!({"room_version": v}))
             .await?;
         ensure!(
             status == 400 && answer["errcode"] == "M_UNSUPPORTED_ROOM_VERSION",
@@ -330,12 +328,30 @@ async fn rooms_of_old_versions_are_joined_across_nodes() -> anyhow::Result<()> {
     let alice = RawUser::register(a.node.client_url(), "alice").await?;
     let bob = RawUser::register(b.node.client_url(), "bob").await?;
     for v in ["3", "5"] {
+        // The v5 room is private: Bob's node takes a v5 invite over federation first.
+        let preset = if v == "5" {
+            "private_chat"
+        } else {
+            "public_chat"
+        };
         let room = alice
-            .create_room(json!({"preset": "public_chat", "room_version": v}))
+            .create_room(json!({"preset": preset, "room_version": v}))
             .await?;
+        if v == "5" {
+            alice
+                .post(&room_path(&room, "/invite"), json!({"user_id": bob.id()}))
+                .await
+                .context("a remote invite into a v5 room")?;
+        }
         // Enough events that some v3 ids (standard base64) hold '/' or '+'.
         for i in 0..8 {
-            send_text(&alice, &room, &format!("pre{v}-{i}"), &format!("before {i}")).await?;
+            send_text(
+                &alice,
+                &room,
+                &format!("pre{v}-{i}"),
+                &format!("before {i}"),
+            )
+            .await?;
         }
         let joined = bob
             .post(
@@ -364,15 +380,18 @@ async fn rooms_of_old_versions_are_joined_across_nodes() -> anyhow::Result<()> {
         send_text(&alice, &room, &format!("hello{v}"), "hello bob").await?;
         wait_for_room(&bob, &room, &format!("bob sees v{v} messages"), |events| {
             events.iter().any(|e| e["content"]["body"] == "hello bob")
-                && events
-                    .iter()
-                    .any(|e| e["type"] == "m.room.topic" && e["content"]["topic"] == format!("v{v} topic"))
+                && events.iter().any(|e| {
+                    e["type"] == "m.room.topic" && e["content"]["topic"] == format!("v{v} topic")
+                })
         })
         .await?;
         send_text(&bob, &room, &format!("reply{v}"), "hello alice").await?;
-        wait_for_room(&alice, &room, &format!("alice sees bob's v{v} reply"), |events| {
-            events.iter().any(|e| e["content"]["body"] == "hello alice")
-        })
+        wait_for_room(
+            &alice,
+            &room,
+            &format!("alice sees bob's v{v} reply"),
+            |events| events.iter().any(|e| e["content"]["body"] == "hello alice"),
+        )
         .await?;
         // Bob pages back over federation-received history.
         let messages = recent_messages(&bob, &room).await?;

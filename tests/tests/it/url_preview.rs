@@ -13,7 +13,9 @@ use axum::response::{IntoResponse, Redirect};
 use axum::routing::get;
 use serde_json::Value;
 use warren_core::config::IpRange;
-use warren_tests::{RawUser, http_client, path_segment, shutdown_node, start_node_with, test_config};
+use warren_tests::{
+    RawUser, http_client, path_segment, shutdown_node, start_node_with, test_config,
+};
 
 fn png(width: u32, height: u32) -> Vec<u8> {
     let img = image::RgbaImage::from_fn(width, height, |x, y| {
@@ -189,7 +191,10 @@ async fn url_previews_read_opengraph_within_limits() {
     assert_eq!(status, 200, "{og}");
     assert_eq!(og["og:title"], "The Page", "{og}");
     assert_eq!(og["og:description"], "What the page is about", "{og}");
-    assert!(og.get("og:site_name").is_none(), "script text is not markup: {og}");
+    assert!(
+        og.get("og:site_name").is_none(),
+        "script text is not markup: {og}"
+    );
     assert_eq!(og["og:image:type"], "image/png", "{og}");
     assert_eq!(og["og:image:width"], 8, "the stored image's size: {og}");
     assert_eq!(og["og:image:height"], 6, "{og}");
@@ -216,7 +221,11 @@ async fn url_previews_read_opengraph_within_limits() {
         format!("http://localhost:{port}/page"),
     ] {
         let (status, og) = preview(&alice, LEGACY, Some(&url)).await;
-        assert_eq!((status, &og["og:title"]), (200, &Value::from("The Page")), "{url}: {og}");
+        assert_eq!(
+            (status, &og["og:title"]),
+            (200, &Value::from("The Page")),
+            "{url}: {og}"
+        );
     }
     let (status, og) = preview(&alice, V1, Some(&format!("{web}/plain"))).await;
     assert_eq!(status, 200, "{og}");
@@ -224,12 +233,20 @@ async fn url_previews_read_opengraph_within_limits() {
     assert_eq!(og["og:description"], "Described", "{og}");
     // A direct image.
     let (status, og) = preview(&alice, V1, Some(&format!("{web}/img.png"))).await;
-    assert_eq!((status, &og["og:image:type"]), (200, &Value::from("image/png")), "{og}");
+    assert_eq!(
+        (status, &og["og:image:type"]),
+        (200, &Value::from("image/png")),
+        "{og}"
+    );
 
     // The cache: the second preview does not fetch again.
     for _ in 0..2 {
         let (status, og) = preview(&alice, V1, Some(&format!("{web}/counted"))).await;
-        assert_eq!((status, &og["og:title"]), (200, &Value::from("counted")), "{og}");
+        assert_eq!(
+            (status, &og["og:title"]),
+            (200, &Value::from("counted")),
+            "{og}"
+        );
     }
     assert_eq!(hits.load(Ordering::SeqCst), 1);
 
@@ -239,7 +256,11 @@ async fn url_previews_read_opengraph_within_limits() {
     let started = Instant::now();
     let (status, body) = preview(&alice, V1, Some(&format!("{web}/slow"))).await;
     assert_eq!(status, 504, "over the time limit: {body}");
-    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
     let (status, body) = preview(&alice, V1, Some(&format!("{web}/missing"))).await;
     assert_eq!(status, 502, "{body}");
     for url in [
@@ -262,11 +283,19 @@ async fn url_previews_read_opengraph_within_limits() {
         (Some("file:///etc/passwd"), "M_INVALID_PARAM"),
     ] {
         let (status, body) = preview(&alice, V1, url).await;
-        assert_eq!((status, body["errcode"].as_str()), (400, Some(code)), "{url:?}: {body}");
+        assert_eq!(
+            (status, body["errcode"].as_str()),
+            (400, Some(code)),
+            "{url:?}: {body}"
+        );
     }
     let anonymous = http_client()
         .expect("client")
-        .get(format!("{}{V1}/preview_url?url={}", alice.base, path_segment(&web)))
+        .get(format!(
+            "{}{V1}/preview_url?url={}",
+            alice.base,
+            path_segment(&web)
+        ))
         .send()
         .await
         .expect("request");
