@@ -36,11 +36,25 @@ const MAX_PROPERTIES: usize = 50;
 /// Longest URL previewed.
 const MAX_URL_LEN: usize = 2048;
 
+/// Previews fetched at once (each may hold `max_bytes` in memory); others wait, within
+/// their time limit.
+const MAX_CONCURRENT: usize = 4;
+
 /// The preview cache and the HTTP client previews use.
-#[derive(Default)]
 pub struct UrlPreviews {
     cache: Mutex<HashMap<String, (Instant, Value)>>,
     client: OnceLock<Result<reqwest::Client, String>>,
+    permits: tokio::sync::Semaphore,
+}
+
+impl Default for UrlPreviews {
+    fn default() -> Self {
+        UrlPreviews {
+            cache: Mutex::default(),
+            client: OnceLock::new(),
+            permits: tokio::sync::Semaphore::new(MAX_CONCURRENT),
+        }
+    }
 }
 
 impl UrlPreviews {
@@ -287,6 +301,12 @@ async fn build(
     user: &str,
     url: Url,
 ) -> Result<Value, Error> {
+    let _permit = server
+        .url_previews
+        .permits
+        .acquire()
+        .await
+        .map_err(|_| Error::internal("URL previews are shutting down"))?;
     let page = fetch(&server.url_previews, config, url).await?;
     let mime = page
         .content_type

@@ -115,12 +115,19 @@ pub async fn join(
             via.push(s.to_owned());
         }
         let event_id = join_remote(server, room_id, user_id, content, via).await?;
-        server.write(|tx| super::upgrade::copy_rules_from_predecessor(tx, room_id, user_id))?;
+        // The join stands whatever happens to the copy.
+        if let Err(e) =
+            server.write(|tx| super::upgrade::copy_rules_from_predecessor(tx, room_id, user_id))
+        {
+            tracing::warn!(room_id, user_id, error = %e, "copying push rules after a join");
+        }
         return Ok(event_id);
     }
     server.write(|tx| {
         let event_id = join_local(tx, server, room_id, user_id, content)?;
-        super::upgrade::copy_rules_from_predecessor(tx, room_id, user_id)?;
+        if let Err(e) = super::upgrade::copy_rules_from_predecessor(tx, room_id, user_id) {
+            tracing::warn!(room_id, user_id, error = %e, "copying push rules after a join");
+        }
         Ok(event_id)
     })
 }
