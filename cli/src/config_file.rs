@@ -81,6 +81,18 @@ const TEMPLATE: &str = r#"# Warren node configuration. Every key is optional; th
 # url_preview_timeout_secs = 10
 # url_preview_cache_entries = 256
 
+[mailbox]
+# Hold mail for nodes that name this one as their mailbox (`warren mailbox add` on
+# theirs): what other nodes could not deliver to them while they were away, until they
+# collect it. Bounds: owners held for, bytes per owner and per depositor and owner,
+# deposits per owner, and how long a deposit is kept (seconds).
+# serve = true
+# max_owners = 8
+# owner_quota_bytes = 33554432
+# depositor_quota_bytes = 8388608
+# max_deposits_per_owner = 10000
+# ttl_secs = 604800
+
 [voip]
 # TURN servers for calls (GET /voip/turnServer). With a shared secret (coturn's
 # static-auth-secret) each user gets credentials valid for turn_user_lifetime_secs;
@@ -307,6 +319,43 @@ impl MediaSection {
     }
 }
 
+/// The `[mailbox]` table.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MailboxSection {
+    pub serve: Option<bool>,
+    pub max_owners: Option<usize>,
+    pub owner_quota_bytes: Option<u64>,
+    pub depositor_quota_bytes: Option<u64>,
+    pub max_deposits_per_owner: Option<u64>,
+    pub ttl_secs: Option<u64>,
+}
+
+impl MailboxSection {
+    /// Apply the given values to `config`.
+    pub fn apply(&self, config: &mut warren_core::Config) {
+        let m = &mut config.mailbox;
+        if let Some(v) = self.serve {
+            m.serve = v;
+        }
+        if let Some(v) = self.max_owners {
+            m.max_owners = v;
+        }
+        if let Some(v) = self.owner_quota_bytes {
+            m.owner_quota_bytes = v;
+        }
+        if let Some(v) = self.depositor_quota_bytes {
+            m.depositor_quota_bytes = v;
+        }
+        if let Some(v) = self.max_deposits_per_owner {
+            m.max_deposits_per_owner = v;
+        }
+        if let Some(v) = self.ttl_secs {
+            m.ttl = std::time::Duration::from_secs(v);
+        }
+    }
+}
+
 /// The `[voip]` table.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -437,6 +486,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub media: MediaSection,
     #[serde(default)]
+    pub mailbox: MailboxSection,
+    #[serde(default)]
     pub voip: VoipSection,
     #[serde(default)]
     pub push: PushSection,
@@ -524,6 +575,18 @@ pub fn parse(text: &str) -> anyhow::Result<FileConfig> {
             if let Err(e) = range.parse::<warren_core::config::IpRange>() {
                 bail!("media.{key}: {e}");
             }
+        }
+    }
+    let m = &config.mailbox;
+    for (key, v) in [
+        ("max_owners", m.max_owners.map(|v| v as u64)),
+        ("owner_quota_bytes", m.owner_quota_bytes),
+        ("depositor_quota_bytes", m.depositor_quota_bytes),
+        ("max_deposits_per_owner", m.max_deposits_per_owner),
+        ("ttl_secs", m.ttl_secs),
+    ] {
+        if v == Some(0) {
+            bail!("mailbox.{key} must be at least 1");
         }
     }
     if config.refreshable_access_token_lifetime_secs == Some(0) {

@@ -220,6 +220,32 @@ enum Command {
     /// The running node's application services (bridges, bots).
     #[command(subcommand)]
     Appservice(AppserviceCommand),
+    /// The running node's mailboxes: always-on peers that hold its mail while it is away.
+    #[command(subcommand)]
+    Mailbox(MailboxCommand),
+}
+
+/// `warren mailbox …`.
+#[derive(Debug, Subcommand)]
+enum MailboxCommand {
+    /// Name a peer as a mailbox of this node (its server name, or a multiaddr that is
+    /// dialled to learn it); the signed record goes to the peer and to every node this
+    /// one shares a room with.
+    Add {
+        /// A server name (64 hex characters) or a multiaddr.
+        mailbox: String,
+    },
+    /// Stop using a peer as a mailbox.
+    Remove {
+        /// Its server name.
+        server_name: String,
+    },
+    /// List this node's mailboxes, and the mail it holds for other nodes.
+    List {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `warren appservice …`.
@@ -330,6 +356,13 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Appservice(AppserviceCommand::List { json }) => {
             manage::appservice_list(&data_dir, json)
         }
+        Command::Mailbox(MailboxCommand::Add { mailbox }) => {
+            manage::mailbox_add(&data_dir, &mailbox)
+        }
+        Command::Mailbox(MailboxCommand::Remove { server_name }) => {
+            manage::mailbox_remove(&data_dir, &server_name)
+        }
+        Command::Mailbox(MailboxCommand::List { json }) => manage::mailbox_list(&data_dir, json),
         Command::Bench(args) => bench::bench(args),
         Command::User(UserCommand::Add {
             localpart,

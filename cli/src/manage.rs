@@ -66,6 +66,10 @@ fn post(data_dir: &Path, path: &str, body: Value) -> anyhow::Result<Value> {
     runtime()?.block_on(call(data_dir, reqwest::Method::POST, path, Some(body)))
 }
 
+fn delete(data_dir: &Path, path: &str) -> anyhow::Result<Value> {
+    runtime()?.block_on(call(data_dir, reqwest::Method::DELETE, path, None))
+}
+
 /// `warren status`.
 pub fn status(data_dir: &Path, json_out: bool) -> anyhow::Result<()> {
     let s = get(data_dir, "status")?;
@@ -178,6 +182,59 @@ pub fn peers(data_dir: &Path, json_out: bool) -> anyhow::Result<()> {
         for a in p["addresses"].as_array().into_iter().flatten() {
             lines.push(format!("{:<89}{}", "", a.as_str().unwrap_or("?")));
         }
+    }
+    print(lines)
+}
+
+/// `warren mailbox add`.
+pub fn mailbox_add(data_dir: &Path, mailbox: &str) -> anyhow::Result<()> {
+    let answer = post(data_dir, "mailboxes", json!({ "mailbox": mailbox }))?;
+    print(vec![format!(
+        "mailbox added: {}",
+        answer["added"].as_str().unwrap_or("?")
+    )])
+}
+
+/// `warren mailbox remove`.
+pub fn mailbox_remove(data_dir: &Path, server_name: &str) -> anyhow::Result<()> {
+    let answer = delete(data_dir, &format!("mailboxes/{server_name}"))?;
+    print(vec![format!(
+        "mailbox removed: {}",
+        answer["removed"].as_str().unwrap_or("?")
+    )])
+}
+
+/// `warren mailbox list`.
+pub fn mailbox_list(data_dir: &Path, json_out: bool) -> anyhow::Result<()> {
+    let answer = get(data_dir, "mailboxes")?;
+    if json_out {
+        return print(vec![answer.to_string()]);
+    }
+    let mut lines = Vec::new();
+    let mine = answer["mailboxes"].as_array().cloned().unwrap_or_default();
+    if mine.is_empty() {
+        lines.push("no mailboxes: mail for this node waits until it is online".to_owned());
+    } else {
+        lines.push("mailboxes of this node:".to_owned());
+        for m in &mine {
+            let address = m["address"].as_str().unwrap_or("");
+            lines.push(
+                format!("  {} {address}", m["server_name"].as_str().unwrap_or("?"))
+                    .trim_end()
+                    .to_owned(),
+            );
+        }
+    }
+    if answer["serving"].as_bool() == Some(false) {
+        lines.push("holding mail for others: off".to_owned());
+    }
+    for h in answer["holding"].as_array().into_iter().flatten() {
+        lines.push(format!(
+            "holding for {}: {} deposits, {} bytes",
+            h["owner"].as_str().unwrap_or("?"),
+            h["deposits"].as_i64().unwrap_or(0),
+            h["bytes"].as_i64().unwrap_or(0)
+        ));
     }
     print(lines)
 }

@@ -131,6 +131,7 @@ pub fn run(
     }
     file.limits.apply(&mut config);
     file.media.apply(&mut config);
+    file.mailbox.apply(&mut config);
     file.voip.apply(&mut config);
     file.push.apply(&mut config);
     let on_notify = on_notify

@@ -65,6 +65,14 @@ pub fn routes(server: Arc<Server>) -> Router<Arc<Server>> {
         .route("/_warren/admin/v1/reports", get(reports))
         .route("/_warren/admin/v1/metrics", get(metrics))
         .route("/_warren/admin/v1/appservices", get(appservices))
+        .route(
+            "/_warren/admin/v1/mailboxes",
+            get(mailboxes).post(add_mailbox),
+        )
+        .route(
+            "/_warren/admin/v1/mailboxes/{server_name}",
+            axum::routing::delete(remove_mailbox),
+        )
         .route_layer(axum::middleware::from_fn_with_state(server, require_admin))
 }
 
@@ -127,6 +135,36 @@ async fn appservices(State(server): State<Arc<Server>>) -> Result<Json<Value>, E
     Ok(Json(
         json!({"appservices": crate::appservice::report(&server)?}),
     ))
+}
+
+async fn mailboxes(State(server): State<Arc<Server>>) -> Result<Json<Value>, Error> {
+    Ok(Json(crate::mailbox::report(&server)?))
+}
+
+#[derive(Deserialize)]
+struct MailboxBody {
+    /// A server name or a multiaddr.
+    mailbox: String,
+}
+
+async fn add_mailbox(
+    State(server): State<Arc<Server>>,
+    Json(body): Json<MailboxBody>,
+) -> Result<Json<Value>, Error> {
+    let name = crate::mailbox::record::add(&server, &body.mailbox).await?;
+    Ok(Json(json!({ "added": name })))
+}
+
+async fn remove_mailbox(
+    State(server): State<Arc<Server>>,
+    UrlPath(name): UrlPath<String>,
+) -> Result<Json<Value>, Error> {
+    if !crate::mailbox::record::remove(&server, &name)? {
+        return Err(Error::NotFound(format!(
+            "{name} is not a mailbox of this node"
+        )));
+    }
+    Ok(Json(json!({ "removed": name })))
 }
 
 /// Connected peers, then peers known from the address book but not connected, each

@@ -43,6 +43,8 @@ pub struct Config {
     pub connections: ConnectionLimits,
     /// Bounds of the federation outbox per destination; see [`OutboxLimits`].
     pub outbox: OutboxLimits,
+    /// Holding mail for other nodes (this node as a mailbox); see [`MailboxConfig`].
+    pub mailbox: MailboxConfig,
     /// The cache and prefetching of other nodes' media; see [`MediaConfig`].
     pub media: MediaConfig,
     /// The version of rooms created without one (`createRoom`, `/capabilities`); one of
@@ -307,6 +309,39 @@ impl Default for OutboxLimits {
     }
 }
 
+/// This node as a mailbox: what it holds for nodes that named it (see
+/// [`crate::mailbox`]). A deposit past a bound is refused with `429 M_LIMIT_EXCEEDED`
+/// (room frees up as the owner drains its mail or deposits expire); the depositor keeps
+/// it in its outbox (within [`OutboxLimits`]) and anti-entropy covers the rest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MailboxConfig {
+    /// Hold deposits for nodes that name this one as a mailbox.
+    pub serve: bool,
+    /// Most owners deposits are held for at once.
+    pub max_owners: usize,
+    /// Bytes held for one owner.
+    pub owner_quota_bytes: u64,
+    /// Bytes held for one owner from one depositor.
+    pub depositor_quota_bytes: u64,
+    /// Deposits held for one owner.
+    pub max_deposits_per_owner: u64,
+    /// How long a deposit is held before it is dropped.
+    pub ttl: Duration,
+}
+
+impl Default for MailboxConfig {
+    fn default() -> Self {
+        MailboxConfig {
+            serve: true,
+            max_owners: 8,
+            owner_quota_bytes: 32 * 1024 * 1024,
+            depositor_quota_bytes: 8 * 1024 * 1024,
+            max_deposits_per_owner: 10_000,
+            ttl: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
 /// Bounds on the client API's connections (see `client_api::listener`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConnectionLimits {
@@ -366,6 +401,7 @@ impl Config {
             rate_limits: RateLimits::default(),
             connections: ConnectionLimits::default(),
             outbox: OutboxLimits::default(),
+            mailbox: MailboxConfig::default(),
             media: MediaConfig::default(),
             default_room_version: crate::events::DEFAULT_ROOM_VERSION.to_owned(),
             voip: VoipConfig::default(),

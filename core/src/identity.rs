@@ -96,6 +96,17 @@ impl Identity {
         self.seed
     }
 
+    /// Sign a JSON object as this server (canonical JSON; signatures already on it are
+    /// kept). Fails if the value is not an object or not canonical JSON (floats, integers
+    /// out of range).
+    pub fn sign_json(&self, value: &serde_json::Value) -> Result<serde_json::Value, String> {
+        let mut object: ruma::CanonicalJsonObject = serde_json::from_value(value.clone())
+            .map_err(|e| format!("not canonical JSON: {e}"))?;
+        ruma::signatures::sign_json(&self.server_name, &self.keypair, &mut object)
+            .map_err(|e| format!("signing: {e}"))?;
+        serde_json::to_value(object).map_err(|e| e.to_string())
+    }
+
     /// The key pair in the form ruma's signing functions take.
     pub fn keypair(&self) -> &Ed25519KeyPair {
         &self.keypair

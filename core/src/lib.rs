@@ -19,6 +19,7 @@ pub mod events;
 pub mod federation;
 pub mod identity;
 pub mod keyed;
+pub mod mailbox;
 pub mod media;
 pub mod metrics;
 pub mod node;

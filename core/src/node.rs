@@ -140,6 +140,8 @@ impl Node {
             push_task: Default::default(),
             sender_task: Default::default(),
             anti_entropy_task: Default::default(),
+            mailbox_task: Default::default(),
+            mailbox_wake: Default::default(),
             admin_token: Default::default(),
             sliding: Default::default(),
             initial_syncs: Default::default(),
@@ -251,6 +253,11 @@ impl Node {
             let task = crate::federation::anti_entropy::start(self.server.clone(), peer_events);
             *self.server.anti_entropy_task.lock() = Some(task);
         }
+        // Mailboxes: collect what others left for this node while it was away.
+        if let Some(peer_events) = self.server.transport().map(|t| t.subscribe()) {
+            let task = crate::mailbox::drain::start(self.server.clone(), peer_events);
+            *self.server.mailbox_task.lock() = Some(task);
+        }
         true
     }
 
@@ -282,6 +289,9 @@ impl Node {
         if let Some(task) = self.server.anti_entropy_task.lock().take() {
             task.abort();
         }
+        if let Some(task) = self.server.mailbox_task.lock().take() {
+            task.abort();
+        }
         self.server.db.checkpoint()?;
         tracing::info!("node stopped");
         Ok(())
@@ -304,6 +314,9 @@ impl Drop for Node {
             sender.abort();
         }
         if let Some(task) = self.server.anti_entropy_task.lock().take() {
+            task.abort();
+        }
+        if let Some(task) = self.server.mailbox_task.lock().take() {
             task.abort();
         }
     }

@@ -67,6 +67,10 @@ pub struct Server {
     pub sender_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The anti-entropy task, once a transport is attached.
     pub anti_entropy_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The mailbox task (collecting this node's mail), once a transport is attached.
+    pub mailbox_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Asks the mailbox task to collect mail now (a mailbox was just named).
+    pub mailbox_wake: tokio::sync::Notify,
     /// Sliding sync connections (what each client connection already has).
     pub sliding: crate::sync::sliding::Connections,
     /// The last initial `/sync` answers (see [`crate::sync::initial_cache`]).

@@ -32,6 +32,7 @@ pub async fn receive_edu(server: &Server, origin: &str, edu: Value) {
         "m.device_list_update" => device_list_update(server, origin, &content),
         "m.signing_key_update" => signing_key_update(server, origin, &content),
         "m.presence" => crate::presence::receive(server, origin, &content),
+        crate::mailbox::EDU_TYPE => crate::mailbox::record::receive(server, &content).map(|_| ()),
         other => {
             tracing::debug!(%origin, edu_type = other, "EDU type not handled; ignored");
             Ok(())

@@ -15,8 +15,8 @@ use crate::client_api::unrecognized;
 use crate::server::Server;
 
 use super::{
-    anti_entropy, auth, backfill, devices, directory, event, hierarchy, keys, media, membership,
-    missing_events, openid, public_rooms, query, send, state, timestamp,
+    anti_entropy, auth, backfill, devices, directory, event, hierarchy, keys, mailbox, media,
+    membership, missing_events, openid, public_rooms, query, send, state, timestamp,
 };
 
 /// The federation router, with `Server` state applied.
@@ -51,6 +51,22 @@ pub fn router(server: Arc<Server>) -> Router {
         .route(
             "/_matrix/federation/unstable/org.warren.extremities/{room_id}",
             get(anti_entropy::extremities),
+        )
+        .route(
+            "/_matrix/federation/unstable/org.warren.mailbox/deposit/{owner}/{txn_id}",
+            axum::routing::put(mailbox::put_deposit),
+        )
+        .route(
+            "/_matrix/federation/unstable/org.warren.mailbox/deposits",
+            get(mailbox::get_deposits),
+        )
+        .route(
+            "/_matrix/federation/unstable/org.warren.mailbox/ack",
+            post(mailbox::ack),
+        )
+        .route(
+            "/_matrix/federation/unstable/org.warren.mailbox/record/{owner}",
+            get(mailbox::get_record),
         )
         .route(
             "/_matrix/federation/v1/query/directory",

@@ -28,6 +28,21 @@ pub(super) async fn send_transaction(
     FedPath(txn_id): FedPath<String>,
     FedJson(body): FedJson<Value>,
 ) -> Result<Json<Value>, Error> {
+    apply_transaction(&server, &origin, &txn_id, &body)
+        .await
+        .map(Json)
+}
+
+/// Apply a transaction that `origin` sent, directly (`/send`) or through one of this
+/// node's mailboxes (signed by `origin` itself; see [`crate::mailbox`]), and return the
+/// spec's answer. A transaction id seen before from the same origin gets the stored
+/// answer and is not applied again.
+pub(crate) async fn apply_transaction(
+    server: &Arc<Server>,
+    origin: &str,
+    txn_id: &str,
+    body: &Value,
+) -> Result<Value, Error> {
     if let Some(claimed) = body.get("origin").and_then(Value::as_str)
         && claimed != origin
     {
@@ -35,13 +50,14 @@ pub(super) async fn send_transaction(
             "transaction claims origin {claimed} but was signed by {origin}"
         )));
     }
-    let pdus = list(&body, "pdus", MAX_PDUS_PER_TXN)?;
-    let edus = list(&body, "edus", MAX_EDUS_PER_TXN)?;
+    let (origin, txn_id) = (origin.to_owned(), txn_id.to_owned());
+    let pdus = list(body, "pdus", MAX_PDUS_PER_TXN)?;
+    let edus = list(body, "edus", MAX_EDUS_PER_TXN)?;
     if let Some(answer) = server
         .db
         .read(|c| storage::inbound_txn_response(c, &origin, &txn_id))?
     {
-        return Ok(Json(answer));
+        return Ok(answer);
     }
     // Refused whole, before any of it is processed: the sender keeps the transaction in
     // its outbox and retries it after `retry_after_ms`.
@@ -64,14 +80,14 @@ pub(super) async fn send_transaction(
             .and_then(Value::as_str)
             .and_then(|s| s.split_once(':'))
             .map(|(_, s)| s.to_owned());
-        let (event_id, result, accepted) = receive_one(&server, &remote, &origin, pdu).await;
+        let (event_id, result, accepted) = receive_one(server, &remote, &origin, pdu).await;
         if let (Some(event_id), Some(room_id)) = (&event_id, &room_id)
             && result.get("error").is_none()
         {
             let forward = accepted && forwarded < MAX_FORWARDED_PER_TXN;
             forwarded += usize::from(forward);
             if let Err(e) = after_receipt(
-                &server,
+                server,
                 &origin,
                 room_id,
                 event_id,
@@ -86,14 +102,14 @@ pub(super) async fn send_transaction(
         }
     }
     for e in edus {
-        edu::receive_edu(&server, &origin, e).await;
+        edu::receive_edu(server, &origin, e).await;
     }
     let answer = json!({ "pdus": results });
     // What arrived may have queued EDUs (presence for a server that just joined a
     // room): wake the sender with this commit.
     server.mark_outbox_dirty();
     server.write(|c| storage::record_inbound_txn(c, &origin, &txn_id, &answer))?;
-    Ok(Json(answer))
+    Ok(answer)
 }
 
 /// What follows a PDU that `origin` sent us and we hold now: `origin` has it, so any

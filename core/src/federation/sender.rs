@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rand::Rng;
 use serde_json::json;
@@ -35,6 +35,9 @@ const BACKOFF_CAP: Duration = Duration::from_secs(60);
 /// failure was the link's (a lossy link timing a request out) or the peer's, not its
 /// absence, so retry soon.
 const CONNECTED_BACKOFF_CAP: Duration = Duration::from_secs(5);
+/// While a destination's mailbox takes its mail, the destination itself is tried again
+/// after its backoff, but not sooner than this: each try may wait out a dial timeout.
+const MIN_DIRECT_RETRY: Duration = Duration::from_secs(2);
 /// How often the outbox is rescanned even without a wake-up (belt and braces).
 const RESCAN: Duration = Duration::from_secs(60);
 /// A destination's task ends after this long with nothing to send; the next row queued
@@ -123,6 +126,9 @@ async fn destination_task(
     retry_now: Arc<Notify>,
 ) {
     let mut failures: u32 = 0;
+    // While the destination is away and one of its mailboxes takes its mail: when to
+    // try the destination itself again (a reconnection ends it at once).
+    let mut direct_after: Option<Instant> = None;
     loop {
         let batch = match server
             .db
@@ -139,18 +145,57 @@ async fn destination_task(
         if batch.ids.is_empty() {
             tokio::select! {
                 () = wake.notified() => continue,
+                () = retry_now.notified() => {
+                    direct_after = None;
+                    continue;
+                }
                 () = tokio::time::sleep(IDLE_EXIT) => return,
             }
         }
-        match send_transaction(&server, &destination, &batch).await {
+        let direct = direct_after.is_none_or(|t| Instant::now() >= t);
+        let sent = if direct {
+            send_transaction(&server, &destination, &batch).await
+        } else {
+            Err(crate::error::Error::RemoteServer(format!(
+                "{destination} is away; its mail goes to its mailbox"
+            )))
+        };
+        match sent {
             Ok(()) => {
                 failures = 0;
-                if let Err(e) = server.db.write(|c| storage::outbox_delete(c, &batch.ids)) {
-                    tracing::warn!(%destination, error = %e, "cannot clear delivered rows");
-                }
+                direct_after = None;
+                delivered(&server, &destination, &batch);
             }
             Err(e) => {
-                failures = failures.saturating_add(1);
+                if direct {
+                    failures = failures.saturating_add(1);
+                }
+                let txn = txn_id(&batch.ids);
+                match crate::mailbox::deposit::deposit(
+                    &server,
+                    &destination,
+                    &txn,
+                    &batch.pdus,
+                    &batch.edus,
+                )
+                .await
+                {
+                    Ok(mailbox) => {
+                        tracing::info!(%destination, %mailbox, txn_id = %txn, "left a transaction with the destination's mailbox");
+                        delivered(&server, &destination, &batch);
+                        if direct {
+                            direct_after = Some(
+                                Instant::now()
+                                    + backoff(failures, BACKOFF_CAP).max(MIN_DIRECT_RETRY),
+                            );
+                        }
+                        continue;
+                    }
+                    Err(why) => {
+                        tracing::debug!(%destination, error = %why, "no mailbox took the transaction");
+                        direct_after = None;
+                    }
+                }
                 trim(&server, &destination);
                 let cap = if still_connected(&server, &destination).await {
                     CONNECTED_BACKOFF_CAP
@@ -168,6 +213,13 @@ async fn destination_task(
                 }
             }
         }
+    }
+}
+
+/// Forget rows the destination (or its mailbox) has taken.
+fn delivered(server: &Server, destination: &str, batch: &storage::OutboxBatch) {
+    if let Err(e) = server.db.write(|c| storage::outbox_delete(c, &batch.ids)) {
+        tracing::warn!(%destination, error = %e, "cannot clear delivered rows");
     }
 }
 

@@ -15,13 +15,12 @@
 //! server counter-sign it, then persists it; [`receive_invite`] is the invitee's side.
 //! [`leave_remote`] rejects an invite to a room this node is not in.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
 use ruma::CanonicalJsonValue;
 use ruma::events::TimelineEventType;
-use ruma::serde::Base64;
-use ruma::signatures::{PublicKeyMap, sign_event, verify_json};
+use ruma::signatures::{sign_event, verify_json};
 use ruma::state_res;
 use rusqlite::Connection;
 use serde_json::{Map, Value, json};
@@ -36,7 +35,7 @@ use super::restricted::{JoinPolicy, check_join};
 use crate::error::Error;
 use crate::events::{NewEvent, Pdu, build_pdu, rules_for, stripped_state};
 use crate::federation::client::{encode, request_json};
-use crate::identity::{KEY_ID, public_key_from_server_name};
+use crate::identity::public_key_from_server_name;
 use crate::server::Server;
 use crate::storage::{self, EventStatus, StateMap, StoredEvent, next_stream_position, now_ms};
 
@@ -676,18 +675,6 @@ pub(super) fn outlier(
 // Invites
 // ---------------------------------------------------------------------------------------
 
-fn key_map<'a>(servers: impl IntoIterator<Item = &'a str>) -> Result<PublicKeyMap, Error> {
-    let mut keys = PublicKeyMap::new();
-    for s in servers {
-        let key = public_key_from_server_name(s)
-            .ok_or_else(|| Error::Forbidden(format!("{s} is not a P2P server name")))?;
-        let mut set = BTreeMap::new();
-        set.insert(KEY_ID.to_owned(), Base64::new(key.to_vec()));
-        keys.insert(s.to_owned(), set);
-    }
-    Ok(keys)
-}
-
 /// The stripped state sent along with an invite (as `/sync` shows invites).
 pub(super) fn invite_room_state(
     c: &Connection,
@@ -781,8 +768,11 @@ pub async fn invite_remote(
             "{dest} did not sign the invite"
         )));
     }
-    verify_json(&key_map(signers.iter().map(String::as_str))?, &redacted)
-        .map_err(|e| Error::RemoteServer(format!("{dest}: bad signature on the invite: {e}")))?;
+    verify_json(
+        &crate::federation::keys::key_map(signers.iter().map(String::as_str))?,
+        &redacted,
+    )
+    .map_err(|e| Error::RemoteServer(format!("{dest}: bad signature on the invite: {e}")))?;
     let pdu = checked.pdu;
     let json = checked.json;
     server.write(|c| {

@@ -792,6 +792,36 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX access_tokens_by_refresh ON access_tokens(refresh_token)
         WHERE refresh_token IS NOT NULL;
     "#,
+    // 28: mailboxes (store-and-forward for nodes that are never online together).
+    // `mailbox_records` keeps signed records of which peers hold whose mail (this node's
+    // own among them); `own_mailboxes` the peers this node named; `mailbox_deposits` the
+    // signed transactions other nodes left here for an owner, until it drains them.
+    r#"
+    CREATE TABLE mailbox_records (
+        owner TEXT PRIMARY KEY,
+        record TEXT NOT NULL,
+        ts INTEGER NOT NULL,
+        received_ts INTEGER NOT NULL
+    );
+    CREATE INDEX mailbox_records_by_age ON mailbox_records(received_ts);
+    CREATE TABLE own_mailboxes (
+        server_name TEXT PRIMARY KEY,
+        address TEXT,
+        added_ts INTEGER NOT NULL
+    );
+    CREATE TABLE mailbox_deposits (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        owner TEXT NOT NULL,
+        depositor TEXT NOT NULL,
+        txn_id TEXT NOT NULL,
+        body TEXT NOT NULL,
+        bytes INTEGER NOT NULL,
+        received_ts INTEGER NOT NULL,
+        UNIQUE (owner, depositor, txn_id)
+    );
+    CREATE INDEX mailbox_deposits_by_owner ON mailbox_deposits(owner, id);
+    CREATE INDEX mailbox_deposits_by_age ON mailbox_deposits(received_ts);
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -16,31 +16,31 @@ const WAIT: Duration = Duration::from_secs(60);
 /// Anti-entropy period in these tests (the default is a minute).
 const ANTI_ENTROPY: Duration = Duration::from_millis(500);
 
-struct User {
+pub(crate) struct User {
     base: String,
     session: Session,
 }
 
 impl User {
-    async fn register(node: &FederatedNode, localpart: &str) -> anyhow::Result<User> {
+    pub(crate) async fn register(node: &FederatedNode, localpart: &str) -> anyhow::Result<User> {
         let base = node.node.client_url();
         let session = register_raw(&http_client()?, &base, localpart, "secret-password").await?;
         Ok(User { base, session })
     }
 
     /// The same account on a restarted node.
-    fn on(&self, node: &FederatedNode) -> User {
+    pub(crate) fn on(&self, node: &FederatedNode) -> User {
         User {
             base: node.node.client_url(),
             session: self.session.clone(),
         }
     }
 
-    fn id(&self) -> &str {
+    pub(crate) fn id(&self) -> &str {
         &self.session.user_id
     }
 
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -61,19 +61,19 @@ impl User {
         Ok((status, body))
     }
 
-    async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+    pub(crate) async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
         let (status, answer) = self.call(reqwest::Method::POST, path, body).await?;
         ensure!(status == 200, "POST {path}: {status} {answer}");
         Ok(answer)
     }
 
-    async fn put(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+    pub(crate) async fn put(&self, path: &str, body: Value) -> anyhow::Result<Value> {
         let (status, answer) = self.call(reqwest::Method::PUT, path, body).await?;
         ensure!(status == 200, "PUT {path}: {status} {answer}");
         Ok(answer)
     }
 
-    async fn device_id(&self) -> anyhow::Result<String> {
+    pub(crate) async fn device_id(&self) -> anyhow::Result<String> {
         let (status, me) = self
             .call(reqwest::Method::GET, "/account/whoami", json!({}))
             .await?;
@@ -81,12 +81,12 @@ impl User {
         Ok(me["device_id"].as_str().context("device_id")?.to_owned())
     }
 
-    async fn create_room(&self, body: Value) -> anyhow::Result<String> {
+    pub(crate) async fn create_room(&self, body: Value) -> anyhow::Result<String> {
         let answer = self.post("/createRoom", body).await?;
         Ok(answer["room_id"].as_str().context("room_id")?.to_owned())
     }
 
-    async fn join_via(&self, room: &str, via: &FederatedNode) -> anyhow::Result<()> {
+    pub(crate) async fn join_via(&self, room: &str, via: &FederatedNode) -> anyhow::Result<()> {
         self.post(
             &format!("/join/{}?server_name={}", path_segment(room), via.name()),
             json!({}),
@@ -95,7 +95,7 @@ impl User {
         Ok(())
     }
 
-    async fn say(&self, room: &str, body: &str) -> anyhow::Result<()> {
+    pub(crate) async fn say(&self, room: &str, body: &str) -> anyhow::Result<()> {
         let txn = format!(
             "t{}",
             std::time::SystemTime::now()
@@ -112,7 +112,7 @@ impl User {
 
     /// A sync without waiting; initial (timeline up to 50 events per room) or since a
     /// token.
-    async fn sync(&self, since: Option<&str>) -> anyhow::Result<Value> {
+    pub(crate) async fn sync(&self, since: Option<&str>) -> anyhow::Result<Value> {
         let filter = encode(r#"{"room":{"timeline":{"limit":50}}}"#);
         let mut url = format!(
             "{}/_matrix/client/v3/sync?timeout=0&filter={filter}",
@@ -135,7 +135,11 @@ impl User {
     }
 
     /// Initial syncs until `cond` holds; returns that body.
-    async fn sync_until(&self, what: &str, cond: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
+    pub(crate) async fn sync_until(
+        &self,
+        what: &str,
+        cond: impl Fn(&Value) -> bool,
+    ) -> anyhow::Result<Value> {
         let mut last = Value::Null;
         let label = format!("{} sees {what}", self.id());
         wait_until(WAIT, &label, async || {
@@ -147,7 +151,7 @@ impl User {
     }
 }
 
-fn room_events<'a>(sync: &'a Value, room: &str) -> Vec<&'a Value> {
+pub(crate) fn room_events<'a>(sync: &'a Value, room: &str) -> Vec<&'a Value> {
     let r = &sync["rooms"]["join"][room];
     r["state"]["events"]
         .as_array()
@@ -157,13 +161,13 @@ fn room_events<'a>(sync: &'a Value, room: &str) -> Vec<&'a Value> {
         .collect()
 }
 
-fn has_message(sync: &Value, room: &str, body: &str) -> bool {
+pub(crate) fn has_message(sync: &Value, room: &str, body: &str) -> bool {
     room_events(sync, room)
         .iter()
         .any(|e| e["type"] == "m.room.message" && e["content"]["body"] == body)
 }
 
-fn is_joined(sync: &Value, room: &str, user: &str) -> bool {
+pub(crate) fn is_joined(sync: &Value, room: &str, user: &str) -> bool {
     room_events(sync, room)
         .iter()
         .rfind(|e| e["type"] == "m.room.member" && e["state_key"] == user)
@@ -171,7 +175,7 @@ fn is_joined(sync: &Value, room: &str, user: &str) -> bool {
 }
 
 /// A node whose anti-entropy runs every [`ANTI_ENTROPY`], with the given P2P settings.
-async fn mesh_node(
+pub(crate) async fn mesh_node(
     dir: &std::path::Path,
     p2p: warren_p2p::P2pConfig,
 ) -> anyhow::Result<FederatedNode> {
@@ -179,7 +183,7 @@ async fn mesh_node(
 }
 
 /// [`mesh_node`] with more of the configuration changed by `f`.
-async fn mesh_node_with(
+pub(crate) async fn mesh_node_with(
     dir: &std::path::Path,
     p2p: warren_p2p::P2pConfig,
     f: impl FnOnce(&mut warren_core::Config),
@@ -195,7 +199,7 @@ async fn mesh_node_with(
 
 /// Test P2P settings where no node answers DHT queries or relays, so a node only ever
 /// reaches the peers it is connected to explicitly.
-fn isolated_p2p() -> warren_p2p::P2pConfig {
+pub(crate) fn isolated_p2p() -> warren_p2p::P2pConfig {
     warren_p2p::P2pConfig {
         dht_mode: warren_p2p::DhtMode::Client,
         relay_server: false,
@@ -204,7 +208,11 @@ fn isolated_p2p() -> warren_p2p::P2pConfig {
 }
 
 /// A public room of Alice's (on `a`) that Bob has joined, once Alice sees his join.
-async fn shared_room(alice: &User, bob: &User, a: &FederatedNode) -> anyhow::Result<String> {
+pub(crate) async fn shared_room(
+    alice: &User,
+    bob: &User,
+    a: &FederatedNode,
+) -> anyhow::Result<String> {
     let room = alice.create_room(json!({"preset": "public_chat"})).await?;
     bob.join_via(&room, a).await?;
     alice
@@ -214,7 +222,7 @@ async fn shared_room(alice: &User, bob: &User, a: &FederatedNode) -> anyhow::Res
 }
 
 /// Waits until the rows `a` holds for the server `b_name` satisfy `ok`.
-async fn outbox_depth_until(
+pub(crate) async fn outbox_depth_until(
     a: &FederatedNode,
     b_name: &str,
     what: &str,

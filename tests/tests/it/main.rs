@@ -20,6 +20,7 @@ mod federation_receive;
 mod federation_sender;
 mod history_visibility;
 mod initial_sync_cache;
+mod mailbox;
 mod media;
 mod metrics;
 mod presence;
