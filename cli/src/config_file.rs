@@ -68,6 +68,18 @@ const TEMPLATE: &str = r#"# Warren node configuration. Every key is optional; th
 # prefetch = true
 # Largest file fetched that way; larger ones are fetched when someone opens them.
 # prefetch_max_bytes = 16777216
+# URL previews (GET /_matrix/client/v1/media/preview_url): off, since the node would
+# fetch any URL a local user names from this device's network. When on, addresses in
+# url_preview_ip_range_blacklist (the default: private, loopback, link-local,
+# multicast and documentation ranges) are never fetched from, unless listed in
+# url_preview_ip_range_whitelist; bodies over url_preview_max_bytes and previews over
+# url_preview_timeout_secs fail; url_preview_cache_entries previews are kept an hour.
+# url_preview_enabled = false
+# url_preview_ip_range_blacklist = ["127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16", "::1/128", "fe80::/10", "fc00::/7", ...]
+# url_preview_ip_range_whitelist = []
+# url_preview_max_bytes = 10485760
+# url_preview_timeout_secs = 10
+# url_preview_cache_entries = 256
 
 [mailbox]
 # Hold mail for nodes that name this one as their mailbox (`warren mailbox add` on
@@ -260,6 +272,12 @@ pub struct MediaSection {
     pub remote_cache_bytes: Option<u64>,
     pub prefetch: Option<bool>,
     pub prefetch_max_bytes: Option<u64>,
+    pub url_preview_enabled: Option<bool>,
+    pub url_preview_ip_range_blacklist: Option<Vec<String>>,
+    pub url_preview_ip_range_whitelist: Option<Vec<String>>,
+    pub url_preview_max_bytes: Option<u64>,
+    pub url_preview_timeout_secs: Option<u64>,
+    pub url_preview_cache_entries: Option<usize>,
 }
 
 impl MediaSection {
@@ -274,6 +292,29 @@ impl MediaSection {
         }
         if let Some(v) = self.prefetch_max_bytes {
             m.prefetch_max_bytes = v;
+        }
+        // The ranges were checked by `validate`; one that does not parse is skipped.
+        let ranges = |list: &Vec<String>| -> Vec<warren_core::config::IpRange> {
+            list.iter().filter_map(|r| r.parse().ok()).collect()
+        };
+        let p = &mut m.url_preview;
+        if let Some(v) = self.url_preview_enabled {
+            p.enabled = v;
+        }
+        if let Some(v) = &self.url_preview_ip_range_blacklist {
+            p.ip_range_blacklist = ranges(v);
+        }
+        if let Some(v) = &self.url_preview_ip_range_whitelist {
+            p.ip_range_whitelist = ranges(v);
+        }
+        if let Some(v) = self.url_preview_max_bytes {
+            p.max_bytes = v;
+        }
+        if let Some(v) = self.url_preview_timeout_secs {
+            p.timeout = std::time::Duration::from_secs(v);
+        }
+        if let Some(v) = self.url_preview_cache_entries {
+            p.cache_entries = v;
         }
     }
 }
@@ -510,9 +551,30 @@ pub fn parse(text: &str) -> anyhow::Result<FileConfig> {
     for (key, v) in [
         ("remote_cache_bytes", config.media.remote_cache_bytes),
         ("prefetch_max_bytes", config.media.prefetch_max_bytes),
+        ("url_preview_max_bytes", config.media.url_preview_max_bytes),
+        (
+            "url_preview_timeout_secs",
+            config.media.url_preview_timeout_secs,
+        ),
     ] {
         if v == Some(0) {
             bail!("media.{key} must be at least 1");
+        }
+    }
+    for (key, list) in [
+        (
+            "url_preview_ip_range_blacklist",
+            &config.media.url_preview_ip_range_blacklist,
+        ),
+        (
+            "url_preview_ip_range_whitelist",
+            &config.media.url_preview_ip_range_whitelist,
+        ),
+    ] {
+        for range in list.iter().flatten() {
+            if let Err(e) = range.parse::<warren_core::config::IpRange>() {
+                bail!("media.{key}: {e}");
+            }
         }
     }
     let m = &config.mailbox;
@@ -710,6 +772,36 @@ mod tests {
             config.voip.turn_user_lifetime.map(|d| d.as_secs()),
             Some(60)
         );
+    }
+
+    #[test]
+    fn url_preview_keys_are_checked_and_applied() {
+        let err = |text: &str| match parse(text) {
+            Ok(c) => panic!("{text:?} must be refused, got {c:?}"),
+            Err(e) => format!("{e:#}"),
+        };
+        let e = err("[media]\nurl_preview_ip_range_blacklist = [\"10.0.0.0/40\"]\n");
+        assert!(e.contains("media.url_preview_ip_range_blacklist"), "{e}");
+        let e = err("[media]\nurl_preview_timeout_secs = 0\n");
+        assert!(e.contains("media.url_preview_timeout_secs"), "{e}");
+        let parsed = parse(
+            "[media]\nurl_preview_enabled = true\nurl_preview_ip_range_whitelist = [\"127.0.0.1\"]\n\
+             url_preview_max_bytes = 1000\nurl_preview_timeout_secs = 3\nurl_preview_cache_entries = 7\n",
+        )
+        .expect("valid");
+        let mut config = warren_core::Config::new("/tmp/x");
+        assert!(!config.media.url_preview.enabled, "off by default");
+        parsed.media.apply(&mut config);
+        let p = &config.media.url_preview;
+        assert!(p.enabled);
+        assert!(p.allows("127.0.0.1".parse().expect("ip")));
+        assert!(
+            !p.allows("10.0.0.1".parse().expect("ip")),
+            "the default deny list stays"
+        );
+        assert_eq!(p.max_bytes, 1000);
+        assert_eq!(p.timeout, std::time::Duration::from_secs(3));
+        assert_eq!(p.cache_entries, 7);
     }
 
     #[test]

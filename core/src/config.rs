@@ -125,6 +125,8 @@ pub struct MediaConfig {
     pub prefetch: bool,
     /// Largest file fetched by prefetching; larger ones are fetched when a client asks.
     pub prefetch_max_bytes: u64,
+    /// URL previews (`/preview_url`): off unless switched on.
+    pub url_preview: UrlPreviewConfig,
 }
 
 /// Default remote media cache: 512 MiB.
@@ -138,7 +140,151 @@ impl Default for MediaConfig {
             remote_cache_bytes: DEFAULT_REMOTE_CACHE_BYTES,
             prefetch: true,
             prefetch_max_bytes: DEFAULT_PREFETCH_MAX_BYTES,
+            url_preview: UrlPreviewConfig::default(),
         }
+    }
+}
+
+/// URL previews: the node fetches a URL a client names and answers with its OpenGraph
+/// data. Off by default: the node would fetch arbitrary URLs for any local user, from
+/// the device's network (its LAN, its router, services on loopback).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UrlPreviewConfig {
+    /// Serve `/preview_url` at all (Synapse's `url_preview_enabled`).
+    pub enabled: bool,
+    /// Addresses never fetched from, whatever a URL or its redirects resolve to
+    /// (Synapse's `url_preview_ip_range_blacklist`); the default is every private,
+    /// loopback, link-local, multicast and documentation range.
+    pub ip_range_blacklist: Vec<IpRange>,
+    /// Exceptions to the deny list (Synapse's `url_preview_ip_range_whitelist`).
+    pub ip_range_whitelist: Vec<IpRange>,
+    /// Largest response body read, in bytes (Synapse's `max_spider_size`); past it the
+    /// fetch fails.
+    pub max_bytes: u64,
+    /// Time allowed for a whole preview: redirects, the page and its image.
+    pub timeout: Duration,
+    /// Previews kept in memory (an hour each), least recently made dropped first.
+    pub cache_entries: usize,
+}
+
+/// Default largest previewed body: 10 MiB, as Synapse's `max_spider_size`.
+pub const DEFAULT_URL_PREVIEW_MAX_BYTES: u64 = 10 * 1024 * 1024;
+/// Default time for a preview.
+pub const DEFAULT_URL_PREVIEW_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default previews cached.
+pub const DEFAULT_URL_PREVIEW_CACHE_ENTRIES: usize = 256;
+
+/// The ranges URL previews never fetch from by default: those of Synapse's sample
+/// `url_preview_ip_range_blacklist`, plus "this network" and the unspecified addresses.
+pub const DEFAULT_URL_PREVIEW_BLACKLIST: &[&str] = &[
+    "0.0.0.0/8",
+    "127.0.0.0/8",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "192.0.0.0/24",
+    "169.254.0.0/16",
+    "192.88.99.0/24",
+    "198.18.0.0/15",
+    "192.0.2.0/24",
+    "198.51.100.0/24",
+    "203.0.113.0/24",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+    "::/128",
+    "::1/128",
+    "fe80::/10",
+    "fc00::/7",
+    "2001:db8::/32",
+    "ff00::/8",
+    "fec0::/10",
+];
+
+impl Default for UrlPreviewConfig {
+    fn default() -> Self {
+        UrlPreviewConfig {
+            enabled: false,
+            ip_range_blacklist: DEFAULT_URL_PREVIEW_BLACKLIST
+                .iter()
+                .filter_map(|r| r.parse().ok())
+                .collect(),
+            ip_range_whitelist: Vec::new(),
+            max_bytes: DEFAULT_URL_PREVIEW_MAX_BYTES,
+            timeout: DEFAULT_URL_PREVIEW_TIMEOUT,
+            cache_entries: DEFAULT_URL_PREVIEW_CACHE_ENTRIES,
+        }
+    }
+}
+
+impl UrlPreviewConfig {
+    /// Whether previews may fetch from `ip` (IPv4-mapped IPv6 addresses count as IPv4).
+    pub fn allows(&self, ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.ip_range_whitelist.iter().any(|r| r.contains(ip))
+            || !self.ip_range_blacklist.iter().any(|r| r.contains(ip))
+    }
+}
+
+/// An IP range in CIDR notation (`10.0.0.0/8`, `fe80::/10`; a bare address is one
+/// address).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IpRange {
+    addr: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl IpRange {
+    /// Whether `ip` lies in the range (an IPv4 range never holds an IPv6 address).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for IpRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: std::net::IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP address or CIDR range"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{s:?} has a bad prefix length (0 to {max})"))?,
+        };
+        Ok(IpRange { addr, prefix })
+    }
+}
+
+impl std::fmt::Display for IpRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
     }
 }
 
@@ -288,6 +434,43 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ip_ranges_parse_and_match() {
+        let r: IpRange = "10.0.0.0/8".parse().expect("range");
+        assert!(r.contains("10.1.2.3".parse().expect("ip")));
+        assert!(!r.contains("11.0.0.1".parse().expect("ip")));
+        let one: IpRange = "192.0.2.1".parse().expect("address");
+        assert!(one.contains("192.0.2.1".parse().expect("ip")));
+        assert!(!one.contains("192.0.2.2".parse().expect("ip")));
+        let all: IpRange = "::/0".parse().expect("range");
+        assert!(all.contains("2001:db8::1".parse().expect("ip")));
+        assert!(!all.contains("10.0.0.1".parse().expect("ip")));
+        assert!("10.0.0.0/33".parse::<IpRange>().is_err());
+        assert!("nope/8".parse::<IpRange>().is_err());
+        let defaults = UrlPreviewConfig::default();
+        assert_eq!(
+            defaults.ip_range_blacklist.len(),
+            DEFAULT_URL_PREVIEW_BLACKLIST.len()
+        );
+        for denied in [
+            "127.0.0.1",
+            "192.168.1.1",
+            "::1",
+            "fe80::1",
+            "::ffff:10.0.0.1",
+            "0.0.0.0",
+        ] {
+            assert!(!defaults.allows(denied.parse().expect("ip")), "{denied}");
+        }
+        for allowed in ["93.184.216.34", "2606:2800:220:1::1"] {
+            assert!(defaults.allows(allowed.parse().expect("ip")), "{allowed}");
+        }
+        let mut open = defaults.clone();
+        open.ip_range_whitelist = vec!["127.0.0.1/32".parse().expect("range")];
+        assert!(open.allows("127.0.0.1".parse().expect("ip")));
+        assert!(!open.allows("127.0.0.2".parse().expect("ip")));
+    }
 
     #[test]
     fn auto_registration_follows_loopback() {

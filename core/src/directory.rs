@@ -317,8 +317,11 @@ async fn connected_servers(server: &Server) -> Vec<String> {
     names
 }
 
-/// Users matching `term` (case-insensitive substring of the user id or display name)
-/// among those `searcher` may see; at most `limit`, and whether there were more.
+/// Users matching `term` among those `searcher` may see, one result per user: a
+/// case-insensitive substring of the full user id (so the localpart too), of the local
+/// profile's display name, or of any display name (per-room nickname) their member
+/// events carry in rooms the searcher may see. At most `limit`, and whether there were
+/// more.
 pub fn search_users(
     c: &Connection,
     searcher: &str,
@@ -326,22 +329,25 @@ pub fn search_users(
     limit: usize,
 ) -> Result<(Vec<storage::DirectoryUser>, bool), Error> {
     let term = term.trim().to_lowercase();
+    if term.is_empty() {
+        return Ok((Vec::new(), false));
+    }
+    let names = |u: &storage::DirectoryUser| -> Vec<String> {
+        u.display_name
+            .iter()
+            .chain(&u.room_names)
+            .map(|n| n.to_lowercase())
+            .collect()
+    };
     let mut found: Vec<storage::DirectoryUser> = storage::visible_users(c, searcher)?
         .into_iter()
         .filter(|u| {
-            !term.is_empty()
-                && (u.user_id.to_lowercase().contains(&term)
-                    || u.display_name
-                        .as_deref()
-                        .is_some_and(|n| n.to_lowercase().contains(&term)))
+            u.user_id.to_lowercase().contains(&term) || names(u).iter().any(|n| n.contains(&term))
         })
         .collect();
-    // Display-name prefix matches first, then by user id.
+    // Prefix matches (of a name or the localpart) first, then by user id.
     found.sort_by_key(|u| {
-        let prefix = u
-            .display_name
-            .as_deref()
-            .is_some_and(|n| n.to_lowercase().starts_with(&term))
+        let prefix = names(u).iter().any(|n| n.starts_with(&term))
             || u.user_id
                 .get(1..)
                 .is_some_and(|l| l.to_lowercase().starts_with(&term));

@@ -125,6 +125,7 @@ impl Node {
         let server = Arc::new(Server {
             media,
             remote_media: Default::default(),
+            url_previews: Default::default(),
             config,
             identity,
             db,

@@ -42,6 +42,8 @@ pub struct Server {
     pub media: crate::media::MediaStore,
     /// Other nodes' media: fetches in flight and the prefetch queue.
     pub remote_media: crate::media::RemoteMedia,
+    /// URL previews: their cache and HTTP client.
+    pub url_previews: crate::media::preview::UrlPreviews,
     /// UIAA sessions, keyed by session id.
     pub uiaa: Mutex<HashMap<String, UiaaSession>>,
     /// When the node started.

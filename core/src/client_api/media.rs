@@ -35,6 +35,22 @@ pub(super) async fn config(State(server): State<Arc<Server>>, Auth(_): Auth) -> 
 }
 
 #[derive(Deserialize)]
+pub(super) struct PreviewQuery {
+    url: Option<String>,
+}
+
+/// `GET /_matrix/client/v1/media/preview_url` (and the legacy `/_matrix/media/v3` one).
+pub(super) async fn preview_url(
+    State(server): State<Arc<Server>>,
+    Auth(caller): Auth,
+    Q(query): Q<PreviewQuery>,
+) -> Result<Json<Value>, Error> {
+    let answer =
+        media::preview::preview_url(&server, &caller.user_id, query.url.as_deref()).await?;
+    Ok(Json(answer))
+}
+
+#[derive(Deserialize)]
 pub(super) struct UploadQuery {
     filename: Option<String>,
 }

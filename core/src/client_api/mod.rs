@@ -76,6 +76,7 @@ fn media_routes() -> Vec<(String, MethodRouter<Arc<Server>>)> {
     let authed = "/_matrix/client/v1/media";
     let mut routes = vec![
         (format!("{authed}/config"), get(media::config)),
+        (format!("{authed}/preview_url"), get(media::preview_url)),
         (
             format!("{authed}/download/{{server_name}}/{{media_id}}"),
             get(media::download_authed),
@@ -93,6 +94,7 @@ fn media_routes() -> Vec<(String, MethodRouter<Arc<Server>>)> {
     for legacy in ["/_matrix/media/v3", "/_matrix/media/r0"] {
         routes.extend([
             (format!("{legacy}/config"), get(media::config)),
+            (format!("{legacy}/preview_url"), get(media::preview_url)),
             (format!("{legacy}/upload"), post(media::upload)),
             (
                 format!("{legacy}/upload/{{server_name}}/{{media_id}}"),

@@ -186,7 +186,7 @@ mod tests {
     #[test]
     fn built_events_verify_with_the_key_from_the_server_name() {
         let id = identity();
-        for v in ["10", "11", "12"] {
+        for v in crate::events::SUPPORTED_ROOM_VERSIONS {
             let (_, rules) = rules_for(v).expect("rules");
             let room = format!("!r:{}", id.server_name());
             let (event_id, obj) = build_pdu(

@@ -15,6 +15,7 @@
 //! ([`multipart`] is their response format).
 
 pub mod multipart;
+pub mod preview;
 pub mod remote;
 mod store;
 mod thumbnail;
@@ -220,6 +221,24 @@ where
     let filename = sanitise_filename(filename);
     let media_id = crate::rooms::random_string(MEDIA_ID_LEN);
     let content = media_content(&stored, &content_type, filename.as_deref());
+    server
+        .db
+        .write(|tx| storage::insert_media(tx, &media_id, uploader, &content, now_ms()))?;
+    Ok(mxc(server, &media_id))
+}
+
+/// Store `bytes` as this node's media on behalf of `uploader` (URL preview images).
+/// Returns the `mxc://` URI.
+pub async fn store_bytes(
+    server: &Server,
+    uploader: &str,
+    content_type: &str,
+    bytes: &[u8],
+) -> Result<String, Error> {
+    let stored = server.media.write_bytes(bytes).await?;
+    let content_type = sanitise_content_type(Some(content_type));
+    let media_id = crate::rooms::random_string(MEDIA_ID_LEN);
+    let content = media_content(&stored, &content_type, None);
     server
         .db
         .write(|tx| storage::insert_media(tx, &media_id, uploader, &content, now_ms()))?;

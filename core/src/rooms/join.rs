@@ -114,9 +114,22 @@ pub async fn join(
         if let Some((_, s)) = room_id.split_once(':') {
             via.push(s.to_owned());
         }
-        return join_remote(server, room_id, user_id, content, via).await;
+        let event_id = join_remote(server, room_id, user_id, content, via).await?;
+        // The join stands whatever happens to the copy.
+        if let Err(e) =
+            server.write(|tx| super::upgrade::copy_rules_from_predecessor(tx, room_id, user_id))
+        {
+            tracing::warn!(room_id, user_id, error = %e, "copying push rules after a join");
+        }
+        return Ok(event_id);
     }
-    server.write(|tx| join_local(tx, server, room_id, user_id, content))
+    server.write(|tx| {
+        let event_id = join_local(tx, server, room_id, user_id, content)?;
+        if let Err(e) = super::upgrade::copy_rules_from_predecessor(tx, room_id, user_id) {
+            tracing::warn!(room_id, user_id, error = %e, "copying push rules after a join");
+        }
+        Ok(event_id)
+    })
 }
 
 /// A join in a room this node is in, decided and written in one transaction.

@@ -31,15 +31,14 @@ impl PowerLevels {
                 0
             };
         }
-        self.content["users"][user_id]
-            .as_i64()
-            .or_else(|| self.content["users_default"].as_i64())
+        level(&self.content["users"][user_id])
+            .or_else(|| level(&self.content["users_default"]))
             .unwrap_or(0)
     }
 
     /// Level needed to notify with a key of `notifications` (`room`: `@room`), default 50.
     pub fn notification_level(&self, key: &str) -> i64 {
-        self.content["notifications"][key].as_i64().unwrap_or(50)
+        level(&self.content["notifications"][key]).unwrap_or(50)
     }
 
     /// Level needed to send an event of type `kind` (`events`, then `state_default`
@@ -48,11 +47,11 @@ impl PowerLevels {
         if self.content.is_null() {
             return 0;
         }
-        self.content["events"][kind].as_i64().unwrap_or_else(|| {
+        level(&self.content["events"][kind]).unwrap_or_else(|| {
             if is_state {
-                self.content["state_default"].as_i64().unwrap_or(50)
+                level(&self.content["state_default"]).unwrap_or(50)
             } else {
-                self.content["events_default"].as_i64().unwrap_or(0)
+                level(&self.content["events_default"]).unwrap_or(0)
             }
         })
     }
@@ -62,13 +61,45 @@ impl PowerLevels {
         if self.content.is_null() {
             return 0;
         }
-        self.content["state_default"].as_i64().unwrap_or(50)
+        level(&self.content["state_default"]).unwrap_or(50)
     }
 
     /// A named threshold such as `redact`, `kick`, `ban` (default 50) or `invite` (0).
     pub fn threshold(&self, name: &str) -> i64 {
         let default = if name == "invite" { 0 } else { 50 };
-        self.content[name].as_i64().unwrap_or(default)
+        level(&self.content[name]).unwrap_or(default)
+    }
+}
+
+/// A power level: an integer, or (room versions before 10) a string holding one.
+fn level(v: &Value) -> Option<i64> {
+    v.as_i64()
+        .or_else(|| v.as_str().and_then(|s| s.trim().parse::<i64>().ok()))
+}
+
+/// Rewrite string levels (allowed before room version 10) as integers, in place, so the
+/// content can be copied into a room of any version.
+pub(crate) fn integer_levels(content: &mut Value) {
+    let Some(obj) = content.as_object_mut() else {
+        return;
+    };
+    for (key, v) in obj.iter_mut() {
+        match key.as_str() {
+            "users" | "events" | "notifications" => {
+                if let Some(map) = v.as_object_mut() {
+                    for inner in map.values_mut() {
+                        if let (true, Some(n)) = (inner.is_string(), level(inner)) {
+                            *inner = Value::from(n);
+                        }
+                    }
+                }
+            }
+            _ => {
+                if let (true, Some(n)) = (v.is_string(), level(v)) {
+                    *v = Value::from(n);
+                }
+            }
+        }
     }
 }
 

@@ -39,8 +39,8 @@ use crate::identity::public_key_from_server_name;
 use crate::server::Server;
 use crate::storage::{self, EventStatus, StateMap, StoredEvent, next_stream_position, now_ms};
 
-/// Room versions this server can join.
-pub const SUPPORTED_ROOM_VERSIONS: &[&str] = &["10", "11", "12"];
+/// Room versions this server can join (the same as it can create).
+pub use crate::events::SUPPORTED_ROOM_VERSIONS;
 /// Most state events accepted from a `send_join` answer.
 pub const MAX_JOIN_STATE: usize = 10_000;
 /// Most auth-chain events accepted from a `send_join` answer.

@@ -51,6 +51,28 @@ fn content_of(c: &Connection, event_id: &str) -> Result<Value, Error> {
     })
 }
 
+/// A local user who joins a room that replaced another gets their push rules for the
+/// old room copied (Synapse's `copy_user_state_if_room_upgrade`): members of the old
+/// room on other nodes, or who were not joined when it was upgraded, were not covered
+/// by the copy the upgrade itself makes. Rules already there are left alone.
+pub(super) fn copy_rules_from_predecessor(
+    c: &Connection,
+    room_id: &str,
+    user_id: &str,
+) -> Result<(), Error> {
+    let Some(create) = storage::current_state_event(c, room_id, "m.room.create", "")? else {
+        return Ok(());
+    };
+    let content = content_of(c, &create)?;
+    let Some(old_room) = content["predecessor"]["room_id"].as_str() else {
+        return Ok(());
+    };
+    if old_room == room_id {
+        return Ok(());
+    }
+    crate::push::copy_room_rules(c, user_id, old_room, room_id)
+}
+
 /// Upgrade `old_room` to `new_version` on behalf of `user`; returns the new room's id.
 /// `additional_creators` is only used by room versions with explicit creators (v12).
 pub fn upgrade_room(
@@ -103,6 +125,8 @@ pub fn upgrade_room(
     if !power.is_object() {
         power = json!({});
     }
+    // Room versions before 10 allow levels written as strings; later ones do not.
+    super::power::integer_levels(&mut power);
     // The old room's implicit creators (v12) who are not creators of the new room keep
     // their power as an explicit level.
     if old_rules.authorization.explicitly_privilege_room_creators {

@@ -44,15 +44,17 @@ pub fn room_is_public(c: &Connection, room_id: &str) -> Result<Option<bool>, Err
 pub struct DirectoryUser {
     /// `@user:server`.
     pub user_id: String,
-    /// Display name from a member event (or the local profile).
+    /// Display name: the local profile's, else one from a member event.
     pub display_name: Option<String>,
-    /// Avatar from a member event (or the local profile).
+    /// Avatar: the local profile's, else one from a member event.
     pub avatar_url: Option<String>,
+    /// Every display name the user's member events carry in the rooms the searcher may
+    /// see (per-room nicknames included), without duplicates.
+    pub room_names: Vec<String>,
 }
 
-/// Users `searcher` may find: joined members of rooms the searcher is joined to, and of
-/// rooms that are published or have a `public` join rule. Display names and avatars come
-/// from the member event of one such room (the local profile when that has none).
+/// Users `searcher` may find, one row each: joined members of rooms the searcher is
+/// joined to, and of rooms that are published or have a `public` join rule.
 pub fn visible_users(c: &Connection, searcher: &str) -> Result<Vec<DirectoryUser>, Error> {
     let mut st = c.prepare_cached(
         "WITH visible_rooms AS (
@@ -63,7 +65,7 @@ pub fn visible_users(c: &Connection, searcher: &str) -> Result<Vec<DirectoryUser
                      AND json_extract(e.json, '$.content.join_rule') = 'public'
          )
          SELECT m.user_id,
-                MAX(json_extract(e.json, '$.content.displayname')),
+                json_group_array(DISTINCT json_extract(e.json, '$.content.displayname')),
                 MAX(json_extract(e.json, '$.content.avatar_url')),
                 u.displayname, u.avatar_url
          FROM memberships m
@@ -73,17 +75,38 @@ pub fn visible_users(c: &Connection, searcher: &str) -> Result<Vec<DirectoryUser
          GROUP BY m.user_id ORDER BY m.user_id",
     )?;
     let rows = st.query_map(params![searcher], |r| {
-        let member_name: Option<String> = r.get(1).ok().flatten();
+        let names: String = r.get(1)?;
         let member_avatar: Option<String> = r.get(2).ok().flatten();
         let profile_name: Option<String> = r.get(3)?;
         let profile_avatar: Option<String> = r.get(4)?;
-        Ok(DirectoryUser {
-            user_id: r.get(0)?,
-            display_name: member_name.or(profile_name),
-            avatar_url: member_avatar.or(profile_avatar),
-        })
+        Ok((
+            r.get::<_, String>(0)?,
+            names,
+            member_avatar,
+            profile_name,
+            profile_avatar,
+        ))
     })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    let mut users = Vec::new();
+    for row in rows {
+        let (user_id, names, member_avatar, profile_name, profile_avatar) = row?;
+        // Display names that are not strings (a hostile member event) are skipped.
+        let mut room_names: Vec<String> = serde_json::from_str::<Vec<serde_json::Value>>(&names)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .filter(|n| !n.is_empty())
+            .collect();
+        room_names.sort();
+        room_names.dedup();
+        users.push(DirectoryUser {
+            display_name: profile_name.or_else(|| room_names.first().cloned()),
+            avatar_url: profile_avatar.or(member_avatar),
+            user_id,
+            room_names,
+        });
+    }
+    Ok(users)
 }
 
 /// Point every local alias of room `from` at room `to` (a room upgrade); returns them.

@@ -1,6 +1,8 @@
 //! Client-server API edges from issue 15, over raw HTTP or matrix-sdk: refresh tokens,
-//! push rules on room upgrade, unknown push rule kinds, `/members?at=`, rich `m.topic`
-//! on state PUTs, and a command bot that is renamed mid-way.
+//! push rules on room upgrade (also for a member on another node who joins the new room
+//! later), unknown push rule kinds, `/members?at=`, rich `m.topic` on state PUTs, a
+//! command bot that is renamed mid-way, the user directory (ids, names, per-room
+//! nicknames, one result per user) and the `/versions` list.
 //!
 //! Each test starts its own node on its own temporary directory; every wait is on a
 //! condition, with a deadline.
@@ -10,8 +12,8 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 use warren_tests::{
-    RawUser, WAIT, http_client, path_segment, shutdown_node, start_node, start_node_with,
-    test_config, wait_until,
+    RawUser, WAIT, connect_nodes, http_client, path_segment, shutdown_node, start_federated_node,
+    start_node, start_node_with, test_config, wait_until,
 };
 
 /// `POST {base}/_matrix/client/v3{path}` without a token: status and JSON body.
@@ -762,5 +764,231 @@ async fn a_renamed_command_bot_joins_once_and_answers_each_command_once() {
         .filter(|e| warren_tests::message_body(e).is_some_and(|b| b.starts_with("pong")))
         .count();
     assert_eq!(pongs, 3, "{messages}");
+    shutdown_node(node).await.expect("shutdown");
+}
+
+/// The user ids of a `/user_directory/search` answer, and its `limited` flag.
+async fn directory_search(
+    user: &RawUser,
+    term: &str,
+    limit: u64,
+) -> anyhow::Result<(Vec<String>, bool, Value)> {
+    let v = user
+        .post(
+            "/user_directory/search",
+            json!({"search_term": term, "limit": limit}),
+        )
+        .await?;
+    let ids = v["results"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["user_id"].as_str().map(str::to_owned))
+        .collect();
+    let limited = v["limited"].as_bool().unwrap_or(false);
+    Ok((ids, limited, v))
+}
+
+#[tokio::test]
+async fn user_directory_matches_ids_names_and_room_nicknames_once_per_user() {
+    let (_dir, node, alice) = node_and_user("alice").await;
+    let reg = |name: &'static str| RawUser::register(alice.base.clone(), name);
+    let bob = reg("bob").await.expect("bob");
+    let carol = reg("carol").await.expect("carol");
+    let dave = reg("dave").await.expect("dave");
+    let erin = reg("erin").await.expect("erin");
+
+    bob.ok(
+        Method::PUT,
+        &format!("/profile/{}/displayname", path_segment(bob.id())),
+        json!({"displayname": "Robert Tables"}),
+    )
+    .await
+    .expect("bob's display name");
+    // Bob shares two rooms with Alice, with a different nickname in each.
+    let first = alice
+        .create_room(json!({"preset": "private_chat", "invite": [bob.id()]}))
+        .await
+        .expect("first room");
+    let second = alice
+        .create_room(json!({"preset": "private_chat", "invite": [bob.id()]}))
+        .await
+        .expect("second room");
+    for (room, nick) in [(&first, "Bobcat"), (&second, "Captain Drop")] {
+        join(&bob, room).await;
+        bob.ok(
+            Method::PUT,
+            &format!(
+                "/rooms/{}/state/m.room.member/{}",
+                path_segment(room),
+                path_segment(bob.id())
+            ),
+            json!({"membership": "join", "displayname": nick}),
+        )
+        .await
+        .expect("per-room nickname");
+    }
+    // Carol and Dave talk in private: strangers to Alice. Erin sits in a public room.
+    let private = carol
+        .create_room(json!({"preset": "private_chat", "invite": [dave.id()]}))
+        .await
+        .expect("private room");
+    join(&dave, &private).await;
+    erin.create_room(json!({"preset": "public_chat"}))
+        .await
+        .expect("erin's public room");
+
+    let server = alice.id().split_once(':').expect("server").1.to_owned();
+    for term in [
+        "bob",
+        "BOB",
+        &format!("@bob:{server}"),
+        "robert",
+        "tables",
+        "bobcat",
+        "captain drop",
+        "drop",
+    ] {
+        let (ids, limited, v) = directory_search(&alice, term, 10).await.expect("search");
+        assert_eq!(ids, vec![bob.id().to_owned()], "{term}: {v}");
+        assert!(!limited, "{term}: {v}");
+        // The global display name is shown, whichever nickname matched.
+        assert_eq!(
+            v["results"][0]["display_name"], "Robert Tables",
+            "{term}: {v}"
+        );
+    }
+    // Strangers are not found; a user in a public room is.
+    for term in ["carol", "dave"] {
+        let (ids, _, v) = directory_search(&alice, term, 10).await.expect("search");
+        assert!(ids.is_empty(), "{term}: {v}");
+    }
+    let (ids, _, v) = directory_search(&alice, "erin", 10).await.expect("search");
+    assert_eq!(ids, vec![erin.id().to_owned()], "{v}");
+    // Carol finds Dave, with whom she shares a room.
+    let (ids, _, v) = directory_search(&carol, "dave", 10).await.expect("search");
+    assert_eq!(ids, vec![dave.id().to_owned()], "{v}");
+
+    // Every user id holds the server name: all visible users match, one each.
+    let (all, limited, v) = directory_search(&alice, &server, 50).await.expect("search");
+    let mut unique = all.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), all.len(), "one result per user: {v}");
+    assert_eq!(all.len(), 3, "alice, bob and erin: {v}");
+    assert!(!limited, "{v}");
+    let (some, limited, v) = directory_search(&alice, &server, 2).await.expect("search");
+    assert_eq!(some.len(), 2, "{v}");
+    assert!(limited, "{v}");
+
+    // Bob leaves both rooms: no longer a room mate, no longer found.
+    for room in [&first, &second] {
+        bob.post(&format!("/rooms/{}/leave", path_segment(room)), json!({}))
+            .await
+            .expect("leave");
+    }
+    let (ids, _, v) = directory_search(&alice, "bobcat", 10)
+        .await
+        .expect("search");
+    assert!(ids.is_empty(), "{v}");
+    shutdown_node(node).await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_rules_follow_an_upgrade_when_a_member_on_another_node_joins_later() {
+    let (da, db) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let a = start_federated_node(da.path()).await.expect("node a");
+    let b = start_federated_node(db.path()).await.expect("node b");
+    connect_nodes(&a, &b).await.expect("connect");
+    let alice = RawUser::register(a.node.client_url(), "alice")
+        .await
+        .expect("alice");
+    let bob = RawUser::register(b.node.client_url(), "bob")
+        .await
+        .expect("bob");
+    let room = alice
+        .create_room(json!({"preset": "public_chat"}))
+        .await
+        .expect("room");
+    bob.post(
+        &format!("/join/{}?server_name={}", path_segment(&room), a.name()),
+        json!({}),
+    )
+    .await
+    .expect("bob joins over federation");
+    let rule = |id: &str| format!("/pushrules/global/room/{}", path_segment(id));
+    bob.ok(
+        Method::PUT,
+        &rule(&room),
+        json!({"actions": ["dont_notify"]}),
+    )
+    .await
+    .expect("bob mutes the room");
+
+    // Alice upgrades on her node: Bob's rules live on his, which the upgrade cannot reach.
+    let upgraded = alice
+        .post(
+            &format!("/rooms/{}/upgrade", path_segment(&room)),
+            json!({"new_version": "11"}),
+        )
+        .await
+        .expect("upgrade");
+    let new_room = str_field(&upgraded, "replacement_room").to_owned();
+    let (status, _) = bob
+        .call(Method::GET, &rule(&new_room), Value::Null)
+        .await
+        .expect("rule before the join");
+    assert_eq!(status, 404);
+
+    // Bob follows the tombstone: joining the new room copies his rule.
+    bob.post(
+        &format!("/join/{}?server_name={}", path_segment(&new_room), a.name()),
+        json!({}),
+    )
+    .await
+    .expect("bob joins the new room");
+    let copied = bob
+        .ok(Method::GET, &rule(&new_room), Value::Null)
+        .await
+        .expect("bob's rule for the new room");
+    assert_eq!(copied["actions"], json!(["dont_notify"]), "{copied}");
+    a.stop().await.expect("stop a");
+    b.stop().await.expect("stop b");
+}
+
+#[tokio::test]
+async fn versions_lists_the_implemented_spec_versions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start_node(dir.path()).await.expect("node");
+    let v: Value = http_client()
+        .expect("client")
+        .get(format!("{}/_matrix/client/versions", node.client_url()))
+        .send()
+        .await
+        .expect("GET /versions")
+        .json()
+        .await
+        .expect("json");
+    let versions: Vec<&str> = v["versions"]
+        .as_array()
+        .expect("versions")
+        .iter()
+        .map(|x| x.as_str().expect("a string"))
+        .collect();
+    // r0.6.1 for old clients, then every v1.x up to v1.11 (authenticated media, MSC4115
+    // membership on served events), with no gap and nothing past what is implemented.
+    let mut expected = vec!["r0.6.1".to_owned()];
+    expected.extend((1..=11).map(|n| format!("v1.{n}")));
+    assert_eq!(versions, expected, "{v}");
+    for feature in [
+        "org.matrix.simplified_msc3575",
+        "org.matrix.msc4151",
+        "org.matrix.msc4140",
+    ] {
+        assert_eq!(v["unstable_features"][feature], true, "{feature}: {v}");
+    }
     shutdown_node(node).await.expect("shutdown");
 }

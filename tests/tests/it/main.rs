@@ -29,6 +29,8 @@ mod push_rules;
 mod relations;
 mod restricted_joins;
 mod room_lifecycle;
+mod room_versions;
 mod simulation;
 mod sliding_sync;
+mod url_preview;
 mod voip;
