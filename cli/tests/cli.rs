@@ -579,6 +579,35 @@ fn management_commands_drive_a_running_node() {
         "{out}"
     );
 
+    // B names A as its mailbox (by address), lists it, and drops it again.
+    let a_name = id_json(&a_dir)["server_name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let (code, out, err) = manage(&b_dir, &["mailbox", "add", &a_addr]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(out.trim(), format!("mailbox added: {a_name}"));
+    let (code, out, err) = manage(&b_dir, &["mailbox", "list", "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let list: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_default();
+    assert_eq!(
+        list["mailboxes"][0]["server_name"],
+        a_name.as_str(),
+        "{out}"
+    );
+    assert_eq!(list["mailboxes"][0]["address"], a_addr.as_str(), "{out}");
+    let (code, _, err) = manage(&b_dir, &["mailbox", "add", "not-a-node"]);
+    assert_eq!(code, Some(1));
+    assert_clean_error(&err);
+    let (code, out, err) = manage(&b_dir, &["mailbox", "remove", &a_name]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let (code, _, err) = manage(&b_dir, &["mailbox", "remove", &a_name]);
+    assert_eq!(code, Some(1));
+    assert!(assert_clean_error(&err).contains("not a mailbox"), "{err}");
+    let (code, out, _) = manage(&b_dir, &["mailbox", "list"]);
+    assert_eq!(code, Some(0));
+    assert!(out.starts_with("no mailboxes"), "{out}");
+
     let (code, out, err) = manage(&a_dir, &["user", "add", "alice", "--password", "pw-1"]);
     assert_eq!(code, Some(0), "{out}{err}");
     let (code, _, err) = manage(&a_dir, &["user", "add", "alice", "--password", "pw-1"]);
