@@ -170,34 +170,39 @@ async fn destination_task(
                 if direct {
                     failures = failures.saturating_add(1);
                 }
-                let txn = txn_id(&batch.ids);
-                match crate::mailbox::deposit::deposit(
-                    &server,
-                    &destination,
-                    &txn,
-                    &batch.pdus,
-                    &batch.edus,
-                )
-                .await
-                {
-                    Ok(mailbox) => {
-                        tracing::info!(%destination, %mailbox, txn_id = %txn, "left a transaction with the destination's mailbox");
-                        delivered(&server, &destination, &batch);
-                        if direct {
-                            direct_after = Some(
-                                Instant::now()
-                                    + backoff(failures, BACKOFF_CAP).max(MIN_DIRECT_RETRY),
-                            );
+                // Still connected: the link or the peer failed this once, and a mailbox
+                // would only delay it. Away: its mailbox (if it named one) takes it.
+                let connected = still_connected(&server, &destination).await;
+                if !connected {
+                    let txn = txn_id(&batch.ids);
+                    match crate::mailbox::deposit::deposit(
+                        &server,
+                        &destination,
+                        &txn,
+                        &batch.pdus,
+                        &batch.edus,
+                    )
+                    .await
+                    {
+                        Ok(mailbox) => {
+                            tracing::info!(%destination, %mailbox, txn_id = %txn, "left a transaction with the destination's mailbox");
+                            delivered(&server, &destination, &batch);
+                            if direct {
+                                direct_after = Some(
+                                    Instant::now()
+                                        + backoff(failures, BACKOFF_CAP).max(MIN_DIRECT_RETRY),
+                                );
+                            }
+                            continue;
                         }
-                        continue;
-                    }
-                    Err(why) => {
-                        tracing::debug!(%destination, error = %why, "no mailbox took the transaction");
-                        direct_after = None;
+                        Err(why) => {
+                            tracing::debug!(%destination, error = %why, "no mailbox took the transaction");
+                        }
                     }
                 }
+                direct_after = None;
                 trim(&server, &destination);
-                let cap = if still_connected(&server, &destination).await {
+                let cap = if connected {
                     CONNECTED_BACKOFF_CAP
                 } else {
                     BACKOFF_CAP
