@@ -18,11 +18,13 @@ the loss scenarios nftables. When namespaces cannot be made it says so and fails
 import argparse
 import json
 import os
+import random
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -195,6 +197,11 @@ class Lab:
         self.workdir = tempfile.mkdtemp(prefix="warren-lab-")
         self.nodes = []
         self.links = 0
+        self.adjacent = {}
+        # A scenario that disturbs the network while messages are sent sets this to a
+        # function of a threading.Event (set when sending is over); it must leave every
+        # node running when it returns.
+        self.during = None
 
     def node(self, name):
         i = len(self.nodes) + 1
@@ -212,6 +219,8 @@ class Lab:
         return n
 
     def link(self, a, b):
+        self.adjacent.setdefault(a.name, []).append(b)
+        self.adjacent.setdefault(b.name, []).append(a)
         self.links += 1
         k = self.links
         ia, ib = f"wl{k}a", f"wl{k}b"
@@ -248,6 +257,44 @@ class Lab:
             print(f"logs kept in {self.workdir}")
         else:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def measure_disturbed(lab, sender, receiver, room_id, count, settle_s):
+    """One message a second while `lab.during` disturbs the network; the receiver is read
+    all along (its node may be down now and then). Latency counts from each send."""
+    receiver.sync_bodies(room_id, timeout_ms=0)
+    sent_at, got = {}, {}
+    done = threading.Event()
+
+    def read():
+        while not done.is_set():
+            try:
+                for b in receiver.sync_bodies(room_id, timeout_ms=1000):
+                    if b in sent_at and b not in got:
+                        got[b] = time.monotonic()
+            except (RuntimeError, OSError, urllib.error.URLError):
+                time.sleep(0.5)
+
+    stop = threading.Event()
+    disturber = threading.Thread(target=lab.during, args=(stop,), daemon=True)
+    reader = threading.Thread(target=read, daemon=True)
+    disturber.start()
+    reader.start()
+    for i in range(count):
+        body = f"lab message {i}"
+        sent_at[body] = time.monotonic()
+        sender.send(room_id, body)
+        time.sleep(1)
+    stop.set()
+    disturber.join()
+    deadline = time.monotonic() + settle_s
+    while len(got) < count and time.monotonic() < deadline:
+        time.sleep(0.2)
+    done.set()
+    reader.join()
+    lat = sorted(got[b] - sent_at[b] for b in got)
+    converge = (max(got.values()) - min(sent_at.values())) if got else float("inf")
+    return len(got) / count, lat, converge
 
 
 def measure(sender, receiver, room_id, count, settle_s):
@@ -316,6 +363,92 @@ def chain(lab, length):
     return users[0], users[-1], room
 
 
+def members_everywhere(lab, nodes, edges, dials=None):
+    """Link `edges` (pairs of indexes), start every node, dial along `dials` (default:
+    every edge), put a member on every node (each joining through a neighbour already in
+    the room)."""
+    for x, y in edges:
+        lab.link(nodes[x], nodes[y])
+    for n in nodes:
+        n.start()
+    for x, y in (edges if dials is None else dials):
+        nodes[y].connect(nodes[x])
+    users = [n.user(f"u{i}") for i, n in enumerate(nodes)]
+    room = users[0].create_room()
+    joined = {0}
+    while len(joined) < len(nodes):
+        for x, y in edges:
+            for a, b in ((x, y), (y, x)):
+                if a in joined and b not in joined:
+                    users[b].join(room, nodes[a])
+                    joined.add(b)
+    return users, room
+
+
+def star(lab, leaves=5):
+    """A hub with no user, `leaves` members around it: every message crosses the hub,
+    which relays (leaves are not linked to each other)."""
+    hub = lab.node("hub")
+    nodes = [lab.node(f"l{i}") for i in range(leaves)]
+    for n in nodes:
+        lab.link(hub, n)
+    hub.start()
+    for n in nodes:
+        n.start()
+        n.connect(hub)
+    users = [n.user(f"u{i}") for i, n in enumerate(nodes)]
+    room = users[0].create_room()
+    for u in users[1:]:
+        u.join(room, nodes[0])
+    return users[0], users[-1], room
+
+
+def grid(lab, side=3):
+    """A side×side grid of member nodes, each linked to its right and lower neighbour;
+    from one corner to the opposite one."""
+    nodes = [lab.node(f"g{i}") for i in range(side * side)]
+    edges = []
+    for r in range(side):
+        for c in range(side):
+            i = r * side + c
+            if c + 1 < side:
+                edges.append((i, i + 1))
+            if r + 1 < side:
+                edges.append((i, i + side))
+    users, room = members_everywhere(lab, nodes, edges)
+    return users[0], users[-1], room
+
+
+def churn(lab, size=6, period_s=10.0, down_s=3.0):
+    """`size` member nodes, all linked to each other; while the first sends one message a
+    second, every `period_s` one of the others (the receiver too) is stopped for
+    `down_s` and started again on the same data directory."""
+    nodes = [lab.node(f"n{i}") for i in range(size)]
+    edges = [(i, j) for i in range(size) for j in range(i + 1, size)]
+    # Each dials the first; the rest they find through it (identify, the DHT).
+    users, room = members_everywhere(lab, nodes, edges, dials=[(0, i) for i in range(1, size)])
+    rng = random.Random(int(os.environ.get("LAB_SEED", "7")))
+
+    # Every other node in turn, in a seeded order with the receiver second.
+    order = nodes[1:-1]
+    rng.shuffle(order)
+    order.insert(1, nodes[-1])
+
+    def disturb(stop):
+        turn = 0
+        while not stop.wait(period_s):
+            n = order[turn % len(order)]
+            turn += 1
+            print(f"  churn: restarting {n.name}", file=sys.stderr, flush=True)
+            n.stop()
+            time.sleep(down_s)
+            n.start()
+            n.connect(nodes[0])
+
+    lab.during = disturb
+    return users[0], users[-1], room
+
+
 def offline_courier(lab):
     """A–B–C with B's user in the room; C is off while A sends, then comes back: B
     carries what C missed."""
@@ -358,6 +491,9 @@ SCENARIOS = {
     "line4-members": (lambda lab: chain(lab, 4), 2.0, 1.0),
     "offline-courier": (offline_courier, 5.0, 1.0),
     "mailbox-pair": (mailbox_pair, 5.0, 1.0),
+    "star5": (star, 1.0, 1.0),
+    "grid3": (grid, 2.0, 1.0),
+    "churn6": (churn, 5.0, 1.0),
 }
 
 
@@ -391,7 +527,10 @@ def run(binary, name, messages, settle_s, delivery_only=False):
             converge = lat[-1] if lat else float("inf")
         else:
             sender, receiver, room = built
-            ratio, lat, converge = measure(sender, receiver, room, messages, settle_s)
+            if lab.during:
+                ratio, lat, converge = measure_disturbed(lab, sender, receiver, room, messages, settle_s)
+            else:
+                ratio, lat, converge = measure(sender, receiver, room, messages, settle_s)
     finally:
         lab.close()
     p50, p95 = pct(lat, 50), pct(lat, 95)
