@@ -51,6 +51,7 @@ class Node:
         self.proc = None
         self.listen = []
         self.server_name = None
+        self.tcp_only = False
 
     @property
     def url(self):
@@ -62,7 +63,9 @@ class Node:
         # On every interface, as a node normally listens. (Listening on each link's
         # address instead makes a node with several links dial QUIC from whichever of
         # its sockets libp2p picks, often on the wrong link: the answer never comes.)
-        args += ["--p2p-listen", "/ip4/0.0.0.0/udp/0/quic-v1", "--p2p-listen", "/ip4/0.0.0.0/tcp/0"]
+        if not self.tcp_only:
+            args += ["--p2p-listen", "/ip4/0.0.0.0/udp/0/quic-v1"]
+        args += ["--p2p-listen", "/ip4/0.0.0.0/tcp/0"]
         if not relay:
             args.append("--no-relay-server")
         log = open(os.path.join(self.lab.workdir, f"{self.name}.log"), "w")
@@ -100,7 +103,8 @@ class Node:
         every interface, at one port)."""
         mine = {ip.rsplit(".", 1)[0] for ip in self.link_ips}
         ip = next(i for i in other.link_ips if i.rsplit(".", 1)[0] in mine)
-        quic = next(a for a in other.listen if "/quic-v1" in a)
+        quic = next((a for a in other.listen if "/quic-v1" in a), None)
+        quic = quic or next(a for a in other.listen if "/tcp/" in a)
         parts = quic.split("/")
         parts[2] = ip
         addr = "/".join(parts)
@@ -449,6 +453,22 @@ def churn(lab, size=6, period_s=10.0, down_s=3.0):
     return users[0], users[-1], room
 
 
+def pair_loss(lab, percent, tcp_only):
+    """A–B linked directly, `percent` % of the packets into B dropped; over TCP only
+    when `tcp_only` (neither node offers QUIC)."""
+    a, b = lab.node("a"), lab.node("b")
+    lab.link(a, b)
+    lab.loss(b, percent)
+    for n in (a, b):
+        n.tcp_only = tcp_only
+        n.start()
+    b.connect(a)
+    alice, bob = a.user("alice"), b.user("bob")
+    room = alice.create_room()
+    bob.join(room, a)
+    return alice, bob, room
+
+
 def offline_courier(lab):
     """A–B–C with B's user in the room; C is off while A sends, then comes back: B
     carries what C missed."""
@@ -491,6 +511,8 @@ SCENARIOS = {
     "line4-members": (lambda lab: chain(lab, 4), 2.0, 1.0),
     "offline-courier": (offline_courier, 5.0, 1.0),
     "mailbox-pair": (mailbox_pair, 5.0, 1.0),
+    "pair-tcp-loss40": (lambda lab: pair_loss(lab, 40, True), 120.0, 0.99),
+    "pair-quic-loss20": (lambda lab: pair_loss(lab, 20, False), 5.0, 0.99),
     "star5": (star, 1.0, 1.0),
     "grid3": (grid, 2.0, 1.0),
     "churn6": (churn, 5.0, 1.0),
