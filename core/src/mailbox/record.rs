@@ -85,17 +85,36 @@ pub fn receive(server: &Server, value: &Value) -> Result<bool, Error> {
         return Ok(false);
     }
     let text = serde_json::to_string(value)?;
-    server.db.write(|c| {
+    let names_me = record.names(server.server_name());
+    let stored = server.db.write(|c| {
         storage::store_mailbox_record(
             c,
             &record.owner,
             &text,
             record.ts,
             now_ms(),
-            MAX_RECORDS,
-            server.server_name(),
+            names_me,
+            bounds(server),
         )
-    })
+    })?;
+    match stored {
+        storage::RecordStored::Stored => Ok(true),
+        storage::RecordStored::Stale => Ok(false),
+        storage::RecordStored::Full => Err(Error::LimitExceeded(format!(
+            "{} names this node as its mailbox, but it holds mail for as many nodes as it will",
+            record.owner
+        ))),
+    }
+}
+
+/// The bounds records are kept within: [`MAX_RECORDS`] of other nodes, and four times
+/// `max_owners` owners naming this node (deposits are held for `max_owners` at once).
+fn bounds(server: &Server) -> storage::RecordBounds<'_> {
+    storage::RecordBounds {
+        max_others: MAX_RECORDS,
+        max_naming_this_node: server.config.mailbox.max_owners.saturating_mul(4),
+        this_node: server.server_name(),
+    }
 }
 
 /// The record held for `owner` (this node's own included), as verified when received.
@@ -189,8 +208,8 @@ pub fn change(server: &Server, change: Change) -> Result<Option<MailboxRecord>, 
             &serde_json::to_string(&signed)?,
             record.ts,
             now_ms(),
-            MAX_RECORDS,
-            me,
+            false,
+            bounds(server),
         )?;
         let mut to: Vec<String> = storage::servers_sharing_rooms_with(c, me)?;
         for (m, _) in before.iter().chain(after.iter()) {

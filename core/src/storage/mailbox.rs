@@ -55,33 +55,74 @@ pub fn mailbox_record(c: &Connection, owner: &str) -> Result<Option<(String, i64
     )
 }
 
-/// Keep `owner`'s record unless one at least as new is held. At most `max_records` are
-/// kept: past it the least recently received go, never `keep`'s (this node's own).
-/// Returns whether the record was stored.
+/// How a record is kept (see [`store_mailbox_record`]).
+#[derive(Clone, Copy, Debug)]
+pub struct RecordBounds<'a> {
+    /// Records of owners that do not name this node, at most (least recently received
+    /// dropped first).
+    pub max_others: usize,
+    /// Records naming this node (owners it holds mail for), at most: a new owner past it
+    /// is refused, and these are never pushed out by other records.
+    pub max_naming_this_node: usize,
+    /// This node's own server name: its record is never dropped.
+    pub this_node: &'a str,
+}
+
+/// What became of a record offered to [`store_mailbox_record`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordStored {
+    /// Kept (new, or newer than the one held).
+    Stored,
+    /// One at least as new is held.
+    Stale,
+    /// It names this node, and as many owners as allowed already do.
+    Full,
+}
+
+/// Keep `owner`'s record unless one at least as new is held, within `bounds`.
 pub fn store_mailbox_record(
     c: &Connection,
     owner: &str,
     record: &str,
     ts: i64,
     now: i64,
-    max_records: usize,
-    keep: &str,
-) -> Result<bool, Error> {
-    let stored = c.execute(
-        "INSERT INTO mailbox_records (owner, record, ts, received_ts) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (owner) DO UPDATE SET record = ?2, ts = ?3, received_ts = ?4
-         WHERE excluded.ts > mailbox_records.ts",
-        params![owner, record, ts, now],
-    )? > 0;
-    if stored {
-        c.execute(
-            "DELETE FROM mailbox_records WHERE owner IN (
-                 SELECT owner FROM mailbox_records WHERE owner != ?1
-                 ORDER BY received_ts DESC, owner LIMIT -1 OFFSET ?2)",
-            params![keep, max_records.saturating_sub(1) as i64],
-        )?;
+    names_this_node: bool,
+    bounds: RecordBounds<'_>,
+) -> Result<RecordStored, Error> {
+    let held: Option<(i64, bool)> = c
+        .query_row(
+            "SELECT ts, names_this_node FROM mailbox_records WHERE owner = ?1",
+            [owner],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    if held.is_some_and(|(held_ts, _)| held_ts >= ts) {
+        return Ok(RecordStored::Stale);
     }
-    Ok(stored)
+    if names_this_node && owner != bounds.this_node && !held.is_some_and(|(_, named)| named) {
+        let naming: i64 = c.query_row(
+            "SELECT COUNT(*) FROM mailbox_records WHERE names_this_node = 1",
+            [],
+            |r| r.get(0),
+        )?;
+        if naming as usize >= bounds.max_naming_this_node {
+            return Ok(RecordStored::Full);
+        }
+    }
+    c.execute(
+        "INSERT INTO mailbox_records (owner, record, ts, received_ts, names_this_node)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (owner) DO UPDATE SET record = ?2, ts = ?3, received_ts = ?4,
+             names_this_node = ?5",
+        params![owner, record, ts, now, names_this_node],
+    )?;
+    c.execute(
+        "DELETE FROM mailbox_records WHERE owner IN (
+             SELECT owner FROM mailbox_records WHERE owner != ?1 AND names_this_node = 0
+             ORDER BY received_ts DESC, owner LIMIT -1 OFFSET ?2)",
+        params![bounds.this_node, bounds.max_others as i64],
+    )?;
+    Ok(RecordStored::Stored)
 }
 
 /// A deposit held for its owner.
@@ -252,24 +293,41 @@ mod tests {
     }
 
     #[test]
-    fn records_keep_the_newest_and_stay_within_their_bound() {
+    fn records_keep_the_newest_and_stay_within_their_bounds() {
         let c = db();
-        assert!(store_mailbox_record(&c, "me", "{}", 1, 1, 2, "me").expect("own"));
-        assert!(store_mailbox_record(&c, "a", "a1", 5, 2, 2, "me").expect("a"));
+        let bounds = RecordBounds {
+            max_others: 1,
+            max_naming_this_node: 1,
+            this_node: "me",
+        };
+        let store = |owner: &str, record: &str, ts: i64, now: i64, names: bool| {
+            store_mailbox_record(&c, owner, record, ts, now, names, bounds).expect("store")
+        };
+        assert_eq!(store("me", "{}", 1, 1, false), RecordStored::Stored);
+        assert_eq!(store("a", "a1", 5, 2, false), RecordStored::Stored);
         // An older or equal record does not replace a newer one.
-        assert!(!store_mailbox_record(&c, "a", "a0", 4, 3, 2, "me").expect("older"));
-        assert!(!store_mailbox_record(&c, "a", "a0", 5, 3, 2, "me").expect("same"));
+        assert_eq!(store("a", "a0", 4, 3, false), RecordStored::Stale);
+        assert_eq!(store("a", "a0", 5, 3, false), RecordStored::Stale);
         assert_eq!(
             mailbox_record(&c, "a").expect("read"),
             Some(("a1".into(), 5))
         );
-        // A bound of two: ours and the most recently received other; ours never goes.
-        assert!(store_mailbox_record(&c, "b", "b1", 1, 4, 2, "me").expect("b"));
+        // One other at most: the least recently received goes; ours never does.
+        assert_eq!(store("b", "b1", 1, 4, false), RecordStored::Stored);
         assert!(mailbox_record(&c, "a").expect("a").is_none());
-        assert!(store_mailbox_record(&c, "c", "c1", 1, 5, 2, "me").expect("c"));
-        assert!(mailbox_record(&c, "b").expect("b").is_none());
+        // An owner naming this node is not pushed out by others...
+        assert_eq!(store("o", "o1", 1, 5, true), RecordStored::Stored);
+        assert_eq!(store("c", "c1", 1, 6, false), RecordStored::Stored);
+        assert_eq!(store("d", "d1", 1, 7, false), RecordStored::Stored);
+        assert!(mailbox_record(&c, "o").expect("o").is_some());
+        assert!(mailbox_record(&c, "c").expect("c").is_none());
         assert!(mailbox_record(&c, "me").expect("me").is_some());
-        assert!(mailbox_record(&c, "c").expect("c").is_some());
+        // ...and a second one past the bound is refused, while the first may renew.
+        assert_eq!(store("p", "p1", 1, 8, true), RecordStored::Full);
+        assert_eq!(store("o", "o2", 2, 9, true), RecordStored::Stored);
+        // Once it stops naming this node it is an ordinary record again.
+        assert_eq!(store("o", "o3", 3, 10, false), RecordStored::Stored);
+        assert_eq!(store("p", "p1", 1, 11, true), RecordStored::Stored);
     }
 
     #[test]

@@ -794,16 +794,18 @@ const MIGRATIONS: &[&str] = &[
     "#,
     // 28: mailboxes (store-and-forward for nodes that are never online together).
     // `mailbox_records` keeps signed records of which peers hold whose mail (this node's
-    // own among them); `own_mailboxes` the peers this node named; `mailbox_deposits` the
+    // own among them; `names_this_node` marks the owners this node holds mail for, which
+    // other records never push out); `own_mailboxes` the peers this node named; `mailbox_deposits` the
     // signed transactions other nodes left here for an owner, until it drains them.
     r#"
     CREATE TABLE mailbox_records (
         owner TEXT PRIMARY KEY,
         record TEXT NOT NULL,
         ts INTEGER NOT NULL,
-        received_ts INTEGER NOT NULL
+        received_ts INTEGER NOT NULL,
+        names_this_node INTEGER NOT NULL DEFAULT 0
     );
-    CREATE INDEX mailbox_records_by_age ON mailbox_records(received_ts);
+    CREATE INDEX mailbox_records_by_age ON mailbox_records(names_this_node, received_ts);
     CREATE TABLE own_mailboxes (
         server_name TEXT PRIMARY KEY,
         address TEXT,

@@ -206,6 +206,22 @@ async fn a_mailbox_holds_only_signed_mail_for_its_owners_within_its_quotas() -> 
     let e = deposit::accept(server, d1n, other, "x", &transaction(&d1, other, "x", 10)?);
     ensure!(matches!(e, Err(Error::LimitExceeded(_))), "owners: {e:?}");
 
+    // Records naming this node are kept for four times `max_owners` owners (here 4):
+    // others cannot push them out, and a fifth owner is refused.
+    for seed in 10..12 {
+        let extra = Identity::from_seed([seed; 32]).map_err(anyhow::Error::msg)?;
+        ensure!(
+            record::receive(server, &mailbox_record(&extra, &[&me], 1)?)?,
+            "owner {seed}"
+        );
+    }
+    let fifth = Identity::from_seed([12; 32]).map_err(anyhow::Error::msg)?;
+    let e = record::receive(server, &mailbox_record(&fifth, &[&me], 1)?);
+    ensure!(
+        matches!(e, Err(Error::LimitExceeded(_))),
+        "fifth owner: {e:?}"
+    );
+
     // The owner's record stops naming this node: nothing more is taken.
     ensure!(
         record::receive(server, &mailbox_record(&owner, &[], 6)?)?,
