@@ -87,6 +87,8 @@ const TEMPLATE: &str = r#"# Warren node configuration. Every key is optional; th
 # collect it. Bounds: owners held for, bytes per owner and per depositor and owner,
 # deposits per owner, and how long a deposit is kept (seconds).
 # serve = true
+# Only for these nodes (server names); empty: any node that names this one.
+# allowed_owners = []
 # max_owners = 8
 # owner_quota_bytes = 33554432
 # depositor_quota_bytes = 8388608
@@ -324,6 +326,7 @@ impl MediaSection {
 #[serde(deny_unknown_fields)]
 pub struct MailboxSection {
     pub serve: Option<bool>,
+    pub allowed_owners: Option<Vec<String>>,
     pub max_owners: Option<usize>,
     pub owner_quota_bytes: Option<u64>,
     pub depositor_quota_bytes: Option<u64>,
@@ -337,6 +340,9 @@ impl MailboxSection {
         let m = &mut config.mailbox;
         if let Some(v) = self.serve {
             m.serve = v;
+        }
+        if let Some(v) = &self.allowed_owners {
+            m.allowed_owners = v.clone();
         }
         if let Some(v) = self.max_owners {
             m.max_owners = v;
@@ -578,6 +584,11 @@ pub fn parse(text: &str) -> anyhow::Result<FileConfig> {
         }
     }
     let m = &config.mailbox;
+    for owner in m.allowed_owners.iter().flatten() {
+        if warren_core::identity::public_key_from_server_name(owner).is_none() {
+            bail!("mailbox.allowed_owners: {owner:?} is not a server name (64 hex characters)");
+        }
+    }
     for (key, v) in [
         ("max_owners", m.max_owners.map(|v| v as u64)),
         ("owner_quota_bytes", m.owner_quota_bytes),
@@ -816,6 +827,30 @@ mod tests {
             config.media.prefetch_max_bytes,
             warren_core::config::DEFAULT_PREFETCH_MAX_BYTES
         );
+    }
+
+    #[test]
+    fn mailbox_applies_on_top_of_the_defaults_and_checks_owners() {
+        let owner = "ab".repeat(32);
+        let parsed = parse(&format!(
+            "[mailbox]\nallowed_owners = [\"{owner}\"]\nttl_secs = 60\nserve = false\n"
+        ))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        let mut config = warren_core::Config::new("/tmp/x");
+        parsed.mailbox.apply(&mut config);
+        assert_eq!(config.mailbox.allowed_owners, vec![owner]);
+        assert_eq!(config.mailbox.ttl, std::time::Duration::from_secs(60));
+        assert!(!config.mailbox.serve);
+        assert_eq!(config.mailbox.max_owners, 8);
+        let e = parse("[mailbox]\nallowed_owners = [\"@me:x\"]\n").map(|_| ());
+        assert!(
+            format!(
+                "{:#}",
+                e.err().unwrap_or_else(|| anyhow::anyhow!("accepted"))
+            )
+            .contains("mailbox.allowed_owners")
+        );
+        assert!(parse("[mailbox]\nmax_owners = 0\n").is_err());
     }
 
     #[test]

@@ -317,6 +317,9 @@ impl Default for OutboxLimits {
 pub struct MailboxConfig {
     /// Hold deposits for nodes that name this one as a mailbox.
     pub serve: bool,
+    /// Hold deposits only for these owners (server names); empty: for any node that
+    /// names this one, within the bounds below.
+    pub allowed_owners: Vec<String>,
     /// Most owners deposits are held for at once.
     pub max_owners: usize,
     /// Bytes held for one owner.
@@ -333,6 +336,7 @@ impl Default for MailboxConfig {
     fn default() -> Self {
         MailboxConfig {
             serve: true,
+            allowed_owners: Vec::new(),
             max_owners: 8,
             owner_quota_bytes: 32 * 1024 * 1024,
             depositor_quota_bytes: 8 * 1024 * 1024,

@@ -129,6 +129,11 @@ pub fn accept(
             "this node does not hold mail for others".into(),
         ));
     }
+    if !limits.allowed_owners.is_empty() && !limits.allowed_owners.iter().any(|o| o == owner) {
+        return Err(Error::Forbidden(format!(
+            "this node holds mail only for the nodes its operator allows, not {owner}"
+        )));
+    }
     let me = server.server_name();
     let named = server
         .db

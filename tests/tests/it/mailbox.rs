@@ -222,6 +222,29 @@ async fn a_mailbox_holds_only_signed_mail_for_its_owners_within_its_quotas() -> 
         "fifth owner: {e:?}"
     );
 
+    // An operator's allow list refuses owners not on it.
+    let allowed = {
+        let dir = tempfile::tempdir()?;
+        let mut config = test_config(dir.path());
+        config.mailbox.allowed_owners = vec![other.to_owned()];
+        let strict = start_node_with(config).await?;
+        let me = strict.server_name().to_owned();
+        record::receive(strict.server(), &mailbox_record(&owner, &[&me], 9)?)?;
+        let e = deposit::accept(
+            strict.server(),
+            d1n,
+            o,
+            "t1",
+            &transaction(&d1, o, "t1", 10)?,
+        );
+        shutdown_node(strict).await?;
+        e
+    };
+    ensure!(
+        matches!(allowed, Err(Error::Forbidden(_))),
+        "allow list: {allowed:?}"
+    );
+
     // The owner's record stops naming this node: nothing more is taken.
     ensure!(
         record::receive(server, &mailbox_record(&owner, &[], 6)?)?,
