@@ -202,10 +202,14 @@ class Lab:
         self.nodes = []
         self.links = 0
         self.adjacent = {}
+        self.link_devices = []
         # A scenario that disturbs the network while messages are sent sets this to a
         # function of a threading.Event (set when sending is over); it must leave every
         # node running when it returns.
         self.during = None
+        # A scenario that needs more than delivery sets this to a function that says
+        # whether every node has converged.
+        self.converged = None
 
     def node(self, name):
         i = len(self.nodes) + 1
@@ -235,7 +239,15 @@ class Lab:
             sh("ip", "addr", "add", f"{ip}/24", "dev", dev, ns=node.ns)
             sh("ip", "link", "set", dev, "up", ns=node.ns)
             node.link_ips.append(ip)
+        self.link_devices.append((a, ia, b, ib))
         return (a, ia, b, ib)
+
+    def set_link(self, link, up):
+        """Take a link down (a partition) or up again, on both ends."""
+        a, ia, b, ib = link
+        state = "up" if up else "down"
+        sh("ip", "link", "set", ia, state, ns=a.ns)
+        sh("ip", "link", "set", ib, state, ns=b.ns)
 
     def loss(self, node, percent):
         """Drop `percent` % of the packets `node` receives on its links (nftables)."""
@@ -469,6 +481,68 @@ def pair_loss(lab, percent, tcp_only):
     return alice, bob, room
 
 
+def partition(lab, size=4):
+    """A line of `size` member nodes cut in the middle: each half renames the room and
+    the first node sends while they are apart; then the link comes back. Every message
+    must reach the last node, and every node must end with the same room name."""
+    nodes = [lab.node(f"p{i}") for i in range(size)]
+    for x, y in zip(nodes, nodes[1:]):
+        lab.link(x, y)
+    cut = lab.link_devices[size // 2 - 1]
+    for n in nodes:
+        n.start()
+    for x, y in zip(nodes, nodes[1:]):
+        y.connect(x)
+    users = [n.user(f"u{i}") for i, n in enumerate(nodes)]
+    # Both ends may rename the room.
+    powers = {"users": {users[-1].user_id: 100}}  # the creator has all power (v12)
+    room = users[0].call("POST", "/_matrix/client/v3/createRoom",
+                         {"preset": "public_chat", "power_level_content_override": powers})["room_id"]
+    for i in range(1, size):
+        users[i].join(room, nodes[i - 1])
+    # Everyone sees everyone joined before the cut.
+    last = users[-1]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(room_members(last, room)) < size:
+        time.sleep(0.5)
+    lab.set_link(cut, up=False)
+    q = urllib.parse.quote(room)
+    users[0].call("PUT", f"/_matrix/client/v3/rooms/{q}/state/m.room.name/", {"name": "west"})
+    last.call("PUT", f"/_matrix/client/v3/rooms/{q}/state/m.room.name/", {"name": "east"})
+
+    def names():
+        out = []
+        for u in users:
+            try:
+                out.append(u.call("GET", f"/_matrix/client/v3/rooms/{q}/state/m.room.name/")["name"])
+            except RuntimeError as e:
+                out.append(str(e))
+        return out
+
+    def converged():
+        """every node reports the same room name"""
+        return len(set(names())) == 1
+
+    lab.converged = converged
+
+    def heal():
+        time.sleep(1)
+        back = time.monotonic()
+        lab.set_link(cut, up=True)
+        return back
+
+    return users[0], last, room, heal
+
+
+def room_members(user, room):
+    q = urllib.parse.quote(room)
+    try:
+        joined = user.call("GET", f"/_matrix/client/v3/rooms/{q}/joined_members")["joined"]
+    except RuntimeError:
+        return []
+    return list(joined)
+
+
 def offline_courier(lab):
     """A–B–C with B's user in the room; C is off while A sends, then comes back: B
     carries what C missed."""
@@ -513,6 +587,7 @@ SCENARIOS = {
     "mailbox-pair": (mailbox_pair, 5.0, 1.0),
     "pair-tcp-loss40": (lambda lab: pair_loss(lab, 40, True), 120.0, 0.99),
     "pair-quic-loss20": (lambda lab: pair_loss(lab, 20, False), 5.0, 0.99),
+    "partition4": (partition, 10.0, 1.0),
     "star5": (star, 1.0, 1.0),
     "grid3": (grid, 2.0, 1.0),
     "churn6": (churn, 5.0, 1.0),
@@ -547,6 +622,15 @@ def run(binary, name, messages, settle_s, delivery_only=False):
                         lat.append(time.monotonic() - back)
             ratio, lat = len(got) / messages, sorted(lat)
             converge = lat[-1] if lat else float("inf")
+            # A scenario may ask for more than delivery (the same state everywhere).
+            if lab.converged:
+                while not lab.converged() and time.monotonic() < deadline:
+                    time.sleep(0.5)
+                if lab.converged():
+                    converge = max(converge, time.monotonic() - back)
+                else:
+                    print(f"{name}: the nodes did not converge: {lab.converged.__doc__}", flush=True)
+                    ratio, converge = 0.0, float("inf")
         else:
             sender, receiver, room = built
             if lab.during:
