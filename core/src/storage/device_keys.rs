@@ -310,15 +310,7 @@ pub fn servers_sharing_rooms(c: &Connection, user_id: &str) -> Result<Vec<String
          WHERE m1.user_id = ?1 AND m1.membership = 'join' AND m2.membership = 'join'",
     )?;
     let rows = st.query_map([user_id], |r| r.get::<_, String>(0))?;
-    let mut servers: Vec<String> = Vec::new();
-    for user in rows {
-        if let Some((_, s)) = user?.rsplit_once(':')
-            && !servers.iter().any(|x| x == s)
-        {
-            servers.push(s.to_owned());
-        }
-    }
-    Ok(servers)
+    super::servers_of(rows)
 }
 
 /// Users whose device list changed in `(after, up_to]` and who are the user themself or

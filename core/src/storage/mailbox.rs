@@ -270,15 +270,8 @@ pub fn servers_sharing_rooms_with(c: &Connection, server_name: &str) -> Result<V
          WHERE m1.membership = 'join' AND m2.membership = 'join' AND m1.user_id LIKE ?1",
     )?;
     let rows = st.query_map([format!("%:{server_name}")], |r| r.get::<_, String>(0))?;
-    let mut servers: Vec<String> = Vec::new();
-    for user in rows {
-        if let Some((_, s)) = user?.rsplit_once(':')
-            && s != server_name
-            && !servers.iter().any(|x| x == s)
-        {
-            servers.push(s.to_owned());
-        }
-    }
+    let mut servers = super::servers_of(rows)?;
+    servers.retain(|s| s != server_name);
     Ok(servers)
 }
 

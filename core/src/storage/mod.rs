@@ -274,3 +274,18 @@ pub fn now_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
+
+/// The distinct servers of user ids, in the order first seen.
+fn servers_of(
+    users: impl Iterator<Item = rusqlite::Result<String>>,
+) -> Result<Vec<String>, crate::error::Error> {
+    let mut servers: Vec<String> = Vec::new();
+    for user in users {
+        if let Some((_, s)) = user?.rsplit_once(':')
+            && !servers.iter().any(|x| x == s)
+        {
+            servers.push(s.to_owned());
+        }
+    }
+    Ok(servers)
+}

@@ -222,16 +222,7 @@ pub fn joined_servers(c: &Connection, room_id: &str) -> Result<Vec<String>, Erro
         "SELECT user_id FROM memberships WHERE room_id = ?1 AND membership = 'join'",
     )?;
     let rows = stmt.query_map([room_id], |r| r.get::<_, String>(0))?;
-    let mut servers: Vec<String> = Vec::new();
-    for user in rows {
-        let user = user?;
-        if let Some((_, server)) = user.rsplit_once(':')
-            && !servers.iter().any(|s| s == server)
-        {
-            servers.push(server.to_owned());
-        }
-    }
-    Ok(servers)
+    super::servers_of(rows)
 }
 
 /// How long a processed inbound transaction id is remembered.
