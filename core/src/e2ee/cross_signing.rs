@@ -179,7 +179,6 @@ pub fn commit(server: &Server, caller: &Caller, prepared: &Prepared) -> Result<(
         }
         if changed {
             storage::mark_device_list_changed(tx, user)?;
-            server.mark_outbox_dirty();
         }
         if public_change {
             queue_signing_key_update(tx, user)?;
@@ -242,7 +241,6 @@ pub fn upload_signatures(
         // Whoever shares a room with a signed user re-fetches their keys and sees it.
         for user in touched {
             storage::mark_device_list_changed(tx, user)?;
-            server.mark_outbox_dirty();
         }
         Ok(json!({ "failures": failures }))
     })

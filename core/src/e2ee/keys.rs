@@ -67,8 +67,6 @@ pub fn upload(server: &Server, caller: &Caller, req: UploadRequest) -> Result<Va
         .write(|tx| {
             if let Some(dk) = &device_keys {
                 store_device_keys(tx, caller, dk)?;
-                // Other servers may have been sent an `m.device_list_update`.
-                server.mark_outbox_dirty();
             }
             for k in &otks {
                 store_one_time_key(tx, caller, k)?;

@@ -236,8 +236,8 @@ pub fn unused_fallback_key_types(
 /// transaction that made the change.
 ///
 /// For a local user this also queues an `m.device_list_update` EDU for every other server
-/// with members in a room the user is joined to (the caller wakes the sender with
-/// `Server::mark_outbox_dirty`). `device_id` names the device when one device changed.
+/// with members in a room the user is joined to (the sender is woken once the write
+/// commits, see [`super::effects`]). `device_id` names the device when one device changed.
 pub fn mark_device_list_changed(c: &Connection, user_id: &str) -> Result<StreamPosition, Error> {
     mark_device_changed(c, user_id, None)
 }
