@@ -29,6 +29,7 @@ pub mod presence;
 pub mod push;
 pub mod ratelimit;
 pub mod relations;
+pub mod requester;
 pub mod rooms;
 pub mod search;
 pub mod server;

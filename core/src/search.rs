@@ -13,8 +13,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::client_api::visibility::{Visibility, visibility_for, visible_events};
-use crate::client_api::{Caller, client_opts, state_at};
+use crate::client_api::{client_opts, state_at};
 use crate::error::Error;
+use crate::requester::Requester;
 use crate::storage::{self, StoredEvent};
 use crate::streams::PageToken;
 
@@ -177,7 +178,7 @@ pub fn fts_query(words: &[String]) -> String {
 /// previous answer.
 pub fn room_events(
     c: &Connection,
-    caller: &Caller,
+    caller: &Requester,
     criteria: &RoomEventsCriteria,
     next_batch: Option<&str>,
 ) -> Result<Value, Error> {
@@ -286,7 +287,7 @@ fn clamp_context(n: Option<u64>) -> usize {
 /// Events around a result, within what the caller may read.
 fn context(
     c: &Connection,
-    caller: &Caller,
+    caller: &Requester,
     ev: &StoredEvent,
     window: &Visibility,
     ctx: &EventContext,

@@ -7,7 +7,7 @@ use axum::{Json, extract::State};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::extract::{AppserviceToken, Auth, Body, Caller, ClientIp, P, Q};
+use super::extract::{AppserviceToken, Auth, Body, ClientIp, P, Q, Requester};
 use crate::error::Error;
 use crate::ratelimit::Action;
 use crate::rooms::random_string;
@@ -554,7 +554,7 @@ pub(super) async fn whoami(Auth(caller): Auth) -> Json<Value> {
 /// UIAA with `m.login.password` for sensitive operations on one's own account.
 pub(super) async fn require_password_uiaa(
     server: &Server,
-    caller: &Caller,
+    caller: &Requester,
     auth: Option<&Value>,
 ) -> Result<(), Error> {
     let flows = json!([{"stages": ["m.login.password"]}]);

@@ -6,7 +6,7 @@ use axum::{Json, extract::State};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::extract::{Auth, Body, Caller, P, Q};
+use super::extract::{Auth, Body, P, Q, Requester};
 use super::visibility::{visibility_for, visible_events};
 use crate::error::Error;
 use crate::events::{ClientEventOptions, NewEvent, client_event};
@@ -29,7 +29,7 @@ const MAX_BACKFILL_CALLS: usize = 2;
 
 type JsonResult = Result<Json<Value>, Error>;
 
-pub fn opts(caller: &Caller) -> ClientEventOptions<'_> {
+pub fn opts(caller: &Requester) -> ClientEventOptions<'_> {
     ClientEventOptions {
         viewer: Some((&caller.user_id, &caller.device_id)),
         include_room_id: true,
@@ -125,7 +125,7 @@ pub(super) async fn create_room(
 /// transaction) counts against the caller's message rate limit.
 pub(super) fn send(
     server: &Server,
-    caller: &Caller,
+    caller: &Requester,
     room_id: &str,
     ev: NewEvent,
     txn: Option<&str>,
@@ -156,7 +156,7 @@ pub(super) struct TsQuery {
 
 impl TsQuery {
     /// The timestamp to use, honoured for application services only.
-    fn for_caller(&self, caller: &Caller) -> Option<i64> {
+    fn for_caller(&self, caller: &Requester) -> Option<i64> {
         caller.appservice.as_ref().and(self.ts).filter(|t| *t >= 0)
     }
 }
@@ -260,7 +260,7 @@ pub(super) async fn put_state_empty(
 
 async fn put_state_inner(
     server: Arc<Server>,
-    caller: Caller,
+    caller: Requester,
     room_id: String,
     kind: String,
     state_key: String,
@@ -333,7 +333,7 @@ pub(super) async fn get_state_empty(
 
 fn get_state_inner(
     server: &Server,
-    caller: &Caller,
+    caller: &Requester,
     room_id: &str,
     kind: &str,
     state_key: &str,
@@ -571,7 +571,7 @@ pub fn lazy_members(
     c: &rusqlite::Connection,
     state: &storage::StateMap,
     events: &[StoredEvent],
-    caller: &Caller,
+    caller: &Requester,
 ) -> Result<Vec<Value>, Error> {
     let mut senders: Vec<&str> = events.iter().map(|e| e.sender.as_str()).collect();
     senders.sort();
