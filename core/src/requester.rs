@@ -19,6 +19,16 @@ pub struct Requester {
 }
 
 impl Requester {
+    /// How events are rendered for this requester (its transaction ids, room ids
+    /// included).
+    pub fn event_options(&self) -> crate::events::ClientEventOptions<'_> {
+        crate::events::ClientEventOptions {
+            viewer: Some((&self.user_id, &self.device_id)),
+            include_room_id: true,
+            now_ms: crate::storage::now_ms(),
+        }
+    }
+
     /// Whether rate limits apply (not to an appservice registered with
     /// `rate_limited: false`).
     pub fn rate_limited(&self) -> bool {

@@ -14,12 +14,13 @@ use rusqlite::Connection;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::client_api::visibility::{visibility_for, visible_events};
-use crate::client_api::{RoomEventFilter, client_opts, state_at};
 use crate::e2ee;
 use crate::error::Error;
 use crate::events::{client_event, stripped_state};
 use crate::requester::Requester;
+use crate::rooms::filter::RoomEventFilter;
+use crate::rooms::state_at::state_at;
+use crate::rooms::visibility::{visibility_for, visible_events};
 use crate::server::Server;
 use crate::storage::{self, StateMap, StoredEvent};
 use crate::streams::SyncToken;
@@ -499,7 +500,7 @@ fn event_list(
 pub(crate) fn sync_opts(caller: &Requester) -> crate::events::ClientEventOptions<'_> {
     crate::events::ClientEventOptions {
         include_room_id: false,
-        ..client_opts(caller)
+        ..caller.event_options()
     }
 }
 

@@ -7,6 +7,7 @@ mod append;
 mod auth;
 pub mod backfill;
 mod create;
+pub mod filter;
 pub mod hierarchy;
 mod join;
 mod knock;
@@ -16,7 +17,9 @@ mod redact;
 mod remote_join;
 mod resolve;
 mod restricted;
+pub mod state_at;
 mod upgrade;
+pub mod visibility;
 
 pub use append::{
     Appended, ClientTxn, append_event, append_event_at, is_retry, load_pdu, random_string,

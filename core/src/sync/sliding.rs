@@ -31,11 +31,11 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::{invite_state, receipt_event, sync_opts};
-use crate::client_api::visibility::{visibility_for, visible_events};
 use crate::e2ee;
 use crate::error::Error;
 use crate::events::client_event;
 use crate::requester::Requester;
+use crate::rooms::visibility::{visibility_for, visible_events};
 use crate::server::Server;
 use crate::storage::{self, StoredEvent};
 use crate::streams::{StreamPosition, SyncToken};
