@@ -276,7 +276,7 @@ pub fn mark_device_changed(
                     .into_iter()
                     .filter(|s| s.signer_user_id == user_id)
                     .collect();
-                crate::e2ee::merge_signatures(&mut keys, &own_sigs);
+                merge_signatures(&mut keys, &own_sigs);
                 content["keys"] = keys;
                 if let Some(name) = device_display_name(c, user_id, device_id)? {
                     content["device_display_name"] = serde_json::json!(name);
@@ -379,4 +379,22 @@ pub fn possibly_unshared_users(
     )?;
     let rows = st.query_map(params![user_id, after, up_to], |r| r.get(0))?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Merge stored signatures into an object's `signatures`.
+pub fn merge_signatures(object: &mut serde_json::Value, sigs: &[super::SignatureRow]) {
+    if sigs.is_empty() || !object.is_object() {
+        return;
+    }
+    if !object["signatures"].is_object() {
+        object["signatures"] = serde_json::Value::Object(serde_json::Map::new());
+    }
+    for s in sigs {
+        if !object["signatures"][&s.signer_user_id].is_object() {
+            object["signatures"][&s.signer_user_id] =
+                serde_json::Value::Object(serde_json::Map::new());
+        }
+        object["signatures"][&s.signer_user_id][&s.signer_key_id] =
+            serde_json::Value::String(s.signature.clone());
+    }
 }
