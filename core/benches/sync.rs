@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::json;
-use warren_core::client_api::Caller;
+use warren_core::client_api::Requester;
 use warren_core::events::NewEvent;
 use warren_core::rooms::{CreateRoom, append_event, create_room};
 use warren_core::server::Server;
@@ -39,7 +39,7 @@ fn message(sender: &str, body: String) -> NewEvent {
 }
 
 /// Users, rooms and messages; returns bob's caller and the last room.
-fn populate(server: &Arc<Server>) -> (Caller, String) {
+fn populate(server: &Arc<Server>) -> (Requester, String) {
     let alice = server.user_id("alice");
     let bob = server.user_id("bob");
     server
@@ -85,10 +85,9 @@ fn populate(server: &Arc<Server>) -> (Caller, String) {
         }
         last = room;
     }
-    let caller = Caller {
+    let caller = Requester {
         user_id: bob,
         device_id: "BENCH".into(),
-        token: "bob-token".into(),
         appservice: None,
     };
     (caller, last)

@@ -38,8 +38,6 @@ pub async fn deactivate(server: &Arc<Server>, user_id: &str, erase: bool) -> Res
         storage::user_memberships(c, user_id)
     })?;
     server.initial_syncs.forget_user(user_id);
-    // Deleted devices may have queued `m.device_list_update`s.
-    server.outbox_wake.notify_one();
     for (room_id, membership, _, _) in memberships {
         if !matches!(membership.as_str(), "join" | "invite" | "knock") {
             continue;

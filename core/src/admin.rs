@@ -17,8 +17,9 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::client_api::account::{hash_password, valid_localpart};
+use crate::account::valid_localpart;
 use crate::error::Error;
+use crate::password::hash_password;
 use crate::server::Server;
 use crate::storage;
 

@@ -29,6 +29,7 @@ pub mod presence;
 pub mod push;
 pub mod ratelimit;
 pub mod relations;
+pub mod requester;
 pub mod rooms;
 pub mod search;
 pub mod server;
@@ -37,8 +38,9 @@ pub mod streams;
 pub mod sync;
 pub mod voip;
 
-pub use client_api::account::{hash_password, valid_localpart, verify_password};
+pub use account::valid_localpart;
 pub use config::{Config, PushConfig, RateLimits, RegistrationPolicy};
 pub use error::{Error, StartError};
 pub use identity::Identity;
 pub use node::Node;
+pub use password::{hash_password, verify_password};

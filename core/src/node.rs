@@ -133,7 +133,6 @@ impl Node {
             uiaa: Default::default(),
             started: Instant::now(),
             transport: Default::default(),
-            outbox_dirty: Default::default(),
             outbox_wake: Default::default(),
             push_wake: Default::default(),
             local_notifications: Default::default(),
@@ -150,6 +149,13 @@ impl Node {
             appservices: crate::appservice::AppServices::new(appservices),
             delayed_wake: Default::default(),
         });
+        // Each write's effects (wake-ups, stream positions) run after its commit.
+        let after_commit = Arc::downgrade(&server);
+        server.db.set_after_commit(Box::new(move |effects| {
+            if let Some(server) = after_commit.upgrade() {
+                server.after_commit(effects);
+            }
+        }));
         crate::appservice::register_senders(&server)
             .map_err(|e| StartError::Other(format!("appservice sender users: {e}")))?;
         let token = crate::admin::load_or_create_token(&server.config.data_dir)

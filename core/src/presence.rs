@@ -153,15 +153,10 @@ fn change(
         "edu_type": "m.presence",
         "content": { "push": [edu_entry(&new, now)] },
     });
-    let mut queued = false;
     for destination in storage::servers_sharing_rooms(tx, &new.user_id)? {
         if destination != own {
             storage::enqueue_edu(tx, &destination, &edu)?;
-            queued = true;
         }
-    }
-    if queued {
-        server.mark_outbox_dirty();
     }
     Ok(())
 }
@@ -186,7 +181,7 @@ const MAX_ON_JOIN: usize = 100;
 /// servers that did not share the room yet need the current presence. A local user's
 /// presence goes to the room's other servers; for a remote user whose server is new to
 /// the room, the presence of the room's local members goes to that server. (Synapse
-/// does the same.) The caller's commit wakes the sender, or its periodic rescan does.
+/// does the same.) The sender is woken once the write commits (`storage::effects`).
 pub fn on_join(c: &Connection, room_id: &str, user_id: &str) -> Result<(), Error> {
     let Some((_, user_server)) = user_id.rsplit_once(':') else {
         return Ok(());

@@ -21,9 +21,9 @@ use std::collections::{BTreeSet, HashMap};
 use rusqlite::Connection;
 use serde_json::{Map, Value, json};
 
-use crate::client_api::visibility::{Visibility, visibility_for};
 use crate::error::Error;
 use crate::events::{ClientEventOptions, client_event};
+use crate::rooms::visibility::{Visibility, visibility_for};
 use crate::storage::{self, ChildrenQuery, Relation, StoredEvent};
 use crate::streams::PageToken;
 

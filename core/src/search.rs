@@ -4,7 +4,7 @@
 //! The search term is split into words; every word must match (as a prefix) the indexed
 //! text of one of the requested keys. Results come from rooms the searcher is joined to,
 //! or left/was banned from (up to their leave), within the part of the history the
-//! searcher may read (`client_api::visibility`). Pagination is by offset.
+//! searcher may read (`rooms::visibility`). Pagination is by offset.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -12,9 +12,10 @@ use rusqlite::Connection;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::client_api::visibility::{Visibility, visibility_for, visible_events};
-use crate::client_api::{Caller, client_opts, state_at};
 use crate::error::Error;
+use crate::requester::Requester;
+use crate::rooms::state_at::state_at;
+use crate::rooms::visibility::{Visibility, visibility_for, visible_events};
 use crate::storage::{self, StoredEvent};
 use crate::streams::PageToken;
 
@@ -177,7 +178,7 @@ pub fn fts_query(words: &[String]) -> String {
 /// previous answer.
 pub fn room_events(
     c: &Connection,
-    caller: &Caller,
+    caller: &Requester,
     criteria: &RoomEventsCriteria,
     next_batch: Option<&str>,
 ) -> Result<Value, Error> {
@@ -229,7 +230,7 @@ pub fn room_events(
             MAX_CANDIDATES,
         )?
     };
-    // Each candidate is judged by the room's state at it (see `client_api::visibility`).
+    // Each candidate is judged by the room's state at it (see `rooms::visibility`).
     let mut visible = Vec::new();
     for h in hits {
         let Some(window) = windows.get(&h.room_id) else {
@@ -249,7 +250,7 @@ pub fn room_events(
         visible.into_iter().skip(offset).take(limit).collect();
     // Bundled aggregations: one set of lookups per room of the page.
     let page_events: Vec<StoredEvent> = page.iter().map(|(_, ev)| ev.clone()).collect();
-    let rendered = crate::relations::render(c, &page_events, client_opts(caller), |room| {
+    let rendered = crate::relations::render(c, &page_events, caller.event_options(), |room| {
         windows.get(room)
     })?;
     let mut results = Vec::new();
@@ -286,7 +287,7 @@ fn clamp_context(n: Option<u64>) -> usize {
 /// Events around a result, within what the caller may read.
 fn context(
     c: &Connection,
-    caller: &Caller,
+    caller: &Requester,
     ev: &StoredEvent,
     window: &Visibility,
     ctx: &EventContext,
@@ -312,7 +313,7 @@ fn context(
     let mut around = before.clone();
     around.extend(after.iter().cloned());
     let mut events_before =
-        crate::relations::render_in_room(c, &around, client_opts(caller), window)?;
+        crate::relations::render_in_room(c, &around, caller.event_options(), window)?;
     let events_after = events_before.split_off(n_before);
     let mut out = json!({
         "events_before": events_before,

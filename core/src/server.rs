@@ -3,7 +3,6 @@
 //! Handlers get an `Arc<Server>`; services in `rooms`, `sync` and `client_api` take it.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -50,12 +49,10 @@ pub struct Server {
     pub started: Instant,
     /// How federation requests leave this node; set once by the embedding crate.
     pub transport: OnceLock<Arc<dyn FederationTransport>>,
-    /// Set inside a write transaction that queued federation traffic; the sender is
-    /// woken once that transaction has committed.
-    pub outbox_dirty: AtomicBool,
-    /// Wakes the federation sender.
+    /// Wakes the federation sender: after each write that queued traffic (see
+    /// [`Server::after_commit`]), or to retry at once.
     pub outbox_wake: tokio::sync::Notify,
-    /// Wakes the push deliverer (rows were queued for http pushers).
+    /// Wakes the push deliverer: after each write that queued rows for http pushers.
     pub push_wake: tokio::sync::Notify,
     /// Notifications for the embedding app (mobile listener, `--on-notify`).
     pub local_notifications: crate::push::LocalNotifications,
@@ -85,18 +82,11 @@ pub struct Server {
     pub delayed_wake: tokio::sync::Notify,
 }
 
-thread_local! {
-    /// Set by [`Server::mark_outbox_dirty`] on the thread running a write, taken by
-    /// [`Server::write`] once that write's closure returns. A single shared flag is not
-    /// enough: one write committing could clear the mark of another still uncommitted,
-    /// wake the sender before that write's rows are visible, and leave them waiting for
-    /// the sender's periodic rescan.
-    static OUTBOX_QUEUED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
 impl Server {
-    /// Run a write transaction, then publish the stream position it reached so waiting
-    /// `/sync` calls wake up.
+    /// Run a write transaction; once it has committed, its effects run (see
+    /// [`crate::storage::effects`]: the federation sender and push deliverer are woken
+    /// if it queued rows for them, waiting `/sync` calls if it took a stream position)
+    /// and its local notifications are published.
     ///
     /// Called from async handlers. A write that finds the writer free runs right here
     /// (a few hundred microseconds, cheaper than moving the task to another thread);
@@ -111,46 +101,39 @@ impl Server {
                 let out = f(tx);
                 // Taken on the thread that ran `f` (the writer runs each write on its
                 // caller's thread), whether `f` succeeded or not.
-                let queued = OUTBOX_QUEUED.replace(false);
-                let push = crate::push::local::take();
-                let out = out?;
-                let pos: i64 = tx.query_row("SELECT pos FROM stream_sequence", [], |r| r.get(0))?;
-                Ok((out, pos, queued, push))
+                let local = crate::push::local::take();
+                Ok((out?, local.local))
             })
         };
-        let (out, pos, queued, push) = if self.db.writer_is_idle() {
+        let (out, local) = if self.db.writer_is_idle() {
             run()
         } else {
             off_the_reactor(run)
         }?;
-        self.notifier.committed(pos);
-        // Push effects of this write, now that it is committed.
-        if push.pushes_queued {
-            self.push_wake.notify_one();
-        }
-        for n in push.local {
+        for n in local {
             self.local_notifications.publish(n);
         }
-        // This write's own mark decides. The shared flag covers marks made outside
-        // `Server::write`; taking it here may wake the sender before another write's
-        // rows are committed, but that write wakes it again after its own commit.
-        let shared = self.outbox_dirty.swap(false, Ordering::AcqRel);
-        if queued || shared {
+        Ok(out)
+    }
+
+    /// Run one committed write's effects: called by the database after each write, on
+    /// the writing thread, once the batch holding the write has committed (installed by
+    /// [`crate::Node::start`]).
+    pub fn after_commit(&self, effects: crate::storage::effects::Effects) {
+        if let Some(pos) = effects.stream_pos {
+            self.notifier.committed(pos);
+        }
+        if effects.federation_queued() {
             self.outbox_wake.notify_one();
         }
-        Ok(out)
+        if effects.pushes_queued() {
+            self.push_wake.notify_one();
+        }
     }
 
     /// Take one token of `action` for `key`, or answer `429 M_LIMIT_EXCEEDED`.
     pub fn rate_limit(&self, action: crate::ratelimit::Action, key: &str) -> Result<(), Error> {
         Ok(self.limiter.take(action, key, 1.0)?)
-    }
-
-    /// Note that the current write transaction queued federation traffic: the sender is
-    /// woken once that write has committed.
-    pub fn mark_outbox_dirty(&self) {
-        OUTBOX_QUEUED.set(true);
-        self.outbox_dirty.store(true, Ordering::Release);
     }
 
     /// The federation transport, once one is attached.
@@ -189,13 +172,12 @@ pub fn off_the_reactor<R>(f: impl FnOnce() -> R) -> R {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use crate::{Config, Node};
 
-    /// One write commits while another, on another thread, has queued federation
-    /// traffic but not committed yet: the first wakes the sender (too early for the
-    /// second's rows), and the second must wake it again after its own commit.
+    /// The race suspected in issue 16: one write commits while another, on another
+    /// thread, has queued federation traffic but not committed yet. The first must not
+    /// wake the sender (the rows are not visible yet, and the wake-up would be spent);
+    /// the second wakes it after its own commit, when a scan finds its rows.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn each_write_that_queues_traffic_wakes_the_sender_after_its_commit() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -203,37 +185,92 @@ mod tests {
         config.client_addr = "127.0.0.1:0".parse().expect("addr");
         let node = Node::start(config).await.expect("start");
         let server = node.server().clone();
-        let woken = |server: &super::Server| {
-            let notified = server.outbox_wake.notified();
-            futures::FutureExt::now_or_never(tokio::time::timeout(
-                Duration::from_millis(1),
-                notified,
-            ))
-            .is_some_and(|r| r.is_ok())
-        };
-        // The second write marks on its own thread (as it would inside its closure)...
-        let (marked_tx, marked_rx) = std::sync::mpsc::channel();
+        let _ = sender_woken(&server);
+        let (queued_tx, queued_rx) = std::sync::mpsc::channel();
         let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
-        let second = {
+        let first = {
             let server = server.clone();
             std::thread::spawn(move || {
-                server.mark_outbox_dirty();
-                marked_tx.send(()).expect("send");
-                go_rx.recv().expect("go");
-                server.write(|_| Ok(())).expect("second write");
+                server
+                    .write(|c| {
+                        let edu = serde_json::json!({ "edu_type": "m.presence", "content": {} });
+                        crate::storage::enqueue_edu(c, "elsewhere", &edu)?;
+                        queued_tx.send(()).expect("send");
+                        go_rx.recv().expect("go");
+                        Ok(())
+                    })
+                    .expect("queueing write");
             })
         };
-        marked_rx.recv().expect("marked");
-        // ...then the first write commits and wakes the sender.
-        server.write(|_| Ok(())).expect("first write");
-        assert!(woken(&server), "the first write did not wake the sender");
+        queued_rx.recv().expect("queued");
+        // Under the old shared flag, any other write finishing now woke it here.
+        assert!(
+            !sender_woken(&server),
+            "woken while the queued rows are uncommitted"
+        );
         go_tx.send(()).expect("go");
-        tokio::task::spawn_blocking(move || second.join().expect("join"))
+        tokio::task::spawn_blocking(move || first.join().expect("join"))
             .await
             .expect("join");
         assert!(
-            woken(&server),
-            "the second write's traffic waits for the periodic rescan"
+            sender_woken(&server),
+            "the queued traffic waits for the periodic rescan"
+        );
+        let depth = server
+            .db
+            .read(|c| crate::storage::outbox_depth(c, "elsewhere"))
+            .expect("depth");
+        assert_eq!(depth, 1);
+        // A write that queues nothing wakes nobody.
+        server.write(|_| Ok(())).expect("empty write");
+        assert!(!sender_woken(&server), "an empty write woke the sender");
+        node.shutdown().await.expect("shutdown");
+    }
+
+    /// Whether the federation sender has a wake-up waiting (taking it).
+    fn sender_woken(server: &super::Server) -> bool {
+        futures::FutureExt::now_or_never(server.outbox_wake.notified()).is_some()
+    }
+
+    /// Rows queued by storage itself (presence on a join, a device-list change), with no
+    /// mark from the caller, wake the sender once the write commits.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rows_queued_in_storage_wake_the_sender() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = Config::new(dir.path());
+        config.client_addr = "127.0.0.1:0".parse().expect("addr");
+        let node = Node::start(config).await.expect("start");
+        let server = node.server().clone();
+        let _ = sender_woken(&server);
+        let edu = serde_json::json!({ "edu_type": "m.presence", "content": {} });
+        server
+            .write(|c| crate::storage::enqueue_edu(c, "elsewhere", &edu))
+            .expect("write");
+        assert!(
+            sender_woken(&server),
+            "an EDU queued in storage waits for the rescan"
+        );
+        node.shutdown().await.expect("shutdown");
+    }
+
+    /// A write through `Db::write` (not `Server::write`) that queues traffic wakes the
+    /// sender after its commit too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_db_write_that_queues_traffic_wakes_the_sender() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = Config::new(dir.path());
+        config.client_addr = "127.0.0.1:0".parse().expect("addr");
+        let node = Node::start(config).await.expect("start");
+        let server = node.server().clone();
+        let _ = sender_woken(&server);
+        let edu = serde_json::json!({ "edu_type": "m.presence", "content": {} });
+        server
+            .db
+            .write(|c| crate::federation::outbox::enqueue_edu(c, &server, "elsewhere", &edu))
+            .expect("write");
+        assert!(
+            sender_woken(&server),
+            "an EDU queued in Db::write waits for the rescan"
         );
         node.shutdown().await.expect("shutdown");
     }

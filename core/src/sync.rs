@@ -14,11 +14,13 @@ use rusqlite::Connection;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::client_api::visibility::{visibility_for, visible_events};
-use crate::client_api::{Caller, RoomEventFilter, client_opts, state_at};
 use crate::e2ee;
 use crate::error::Error;
 use crate::events::{client_event, stripped_state};
+use crate::requester::Requester;
+use crate::rooms::filter::RoomEventFilter;
+use crate::rooms::state_at::state_at;
+use crate::rooms::visibility::{visibility_for, visible_events};
 use crate::server::Server;
 use crate::storage::{self, StateMap, StoredEvent};
 use crate::streams::SyncToken;
@@ -151,7 +153,11 @@ pub struct SyncParams {
 }
 
 /// Run `/sync`, waiting up to the timeout for something to return.
-pub async fn sync(server: Arc<Server>, caller: Caller, params: SyncParams) -> Result<Value, Error> {
+pub async fn sync(
+    server: Arc<Server>,
+    caller: Requester,
+    params: SyncParams,
+) -> Result<Value, Error> {
     let deadline = Instant::now() + params.timeout.min(MAX_TIMEOUT);
     // Syncing with `since` acknowledges the to-device messages delivered up to it.
     if let Some(since) = &params.since {
@@ -188,7 +194,7 @@ pub async fn sync(server: Arc<Server>, caller: Caller, params: SyncParams) -> Re
 /// [`build`] at `now` on a blocking thread, in one read transaction.
 async fn build_at(
     server: &Arc<Server>,
-    caller: &Caller,
+    caller: &Requester,
     params: &SyncParams,
     now: SyncToken,
 ) -> Result<(Value, bool), Error> {
@@ -211,7 +217,7 @@ async fn build_at(
 /// `filter_key` is the filter exactly as the client gave it.
 pub async fn sync_serialized(
     server: Arc<Server>,
-    caller: Caller,
+    caller: Requester,
     params: SyncParams,
     filter_key: &str,
 ) -> Result<bytes::Bytes, Error> {
@@ -305,7 +311,7 @@ fn invited_by_ignored(c: &Connection, event_id: &str, ignored: &[String]) -> Res
 fn build(
     c: &Connection,
     server: &Server,
-    caller: &Caller,
+    caller: &Requester,
     since: Option<SyncToken>,
     now: SyncToken,
     filter: &Filter,
@@ -449,7 +455,7 @@ struct E2eeSections {
 /// device's key counts, which are always present so clients know when to upload more.
 fn e2ee_sections(
     c: &Connection,
-    caller: &Caller,
+    caller: &Requester,
     since: Option<SyncToken>,
     now: SyncToken,
 ) -> Result<E2eeSections, Error> {
@@ -480,7 +486,7 @@ fn e2ee_sections(
 fn event_list(
     c: &Connection,
     ids: impl Iterator<Item = String>,
-    caller: &Caller,
+    caller: &Requester,
 ) -> Result<Vec<Value>, Error> {
     let mut out = Vec::new();
     for id in ids {
@@ -491,10 +497,10 @@ fn event_list(
     Ok(out)
 }
 
-pub(crate) fn sync_opts(caller: &Caller) -> crate::events::ClientEventOptions<'_> {
+pub(crate) fn sync_opts(caller: &Requester) -> crate::events::ClientEventOptions<'_> {
     crate::events::ClientEventOptions {
         include_room_id: false,
-        ..client_opts(caller)
+        ..caller.event_options()
     }
 }
 
@@ -503,7 +509,7 @@ pub(crate) fn sync_opts(caller: &Caller) -> crate::events::ClientEventOptions<'_
 fn joined_room(
     c: &Connection,
     server: &Server,
-    caller: &Caller,
+    caller: &Requester,
     room_id: &str,
     since: Option<SyncToken>,
     now: SyncToken,
@@ -649,7 +655,7 @@ pub(crate) fn timeline_events(
     c: &Connection,
     room_id: &str,
     events: &[StoredEvent],
-    caller: &Caller,
+    caller: &Requester,
 ) -> Result<Vec<Value>, Error> {
     if events.is_empty() {
         return Ok(Vec::new());
@@ -668,7 +674,7 @@ fn state_section(
     c: &Connection,
     wanted: StateMap,
     timeline: &[StoredEvent],
-    caller: &Caller,
+    caller: &Requester,
     filter: &Filter,
 ) -> Result<Vec<Value>, Error> {
     let wanted = if filter.room.state.lazy_load_members {
@@ -809,7 +815,7 @@ fn membership_state(
 
 fn left_room(
     c: &Connection,
-    caller: &Caller,
+    caller: &Requester,
     room_id: &str,
     since_pos: i64,
     leave_pos: i64,

@@ -7,7 +7,7 @@ use axum::{Json, extract::State};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::extract::{AppserviceToken, Auth, Body, Caller, ClientIp, P, Q};
+use super::extract::{AppserviceToken, Auth, Body, ClientIp, P, Q, Requester};
 use crate::error::Error;
 use crate::ratelimit::Action;
 use crate::rooms::random_string;
@@ -533,8 +533,6 @@ pub(super) async fn logout(State(server): State<Arc<Server>>, Auth(caller): Auth
     server
         .initial_syncs
         .forget_device(&caller.user_id, &caller.device_id);
-    // Other servers may have been sent an `m.device_list_update`.
-    server.outbox_wake.notify_one();
     Ok(Json(json!({})))
 }
 
@@ -556,7 +554,7 @@ pub(super) async fn whoami(Auth(caller): Auth) -> Json<Value> {
 /// UIAA with `m.login.password` for sensitive operations on one's own account.
 pub(super) async fn require_password_uiaa(
     server: &Server,
-    caller: &Caller,
+    caller: &Requester,
     auth: Option<&Value>,
 ) -> Result<(), Error> {
     let flows = json!([{"stages": ["m.login.password"]}]);
@@ -670,7 +668,6 @@ pub(super) async fn rename_device(
         // device-list change, as Synapse makes it.
         if found && storage::device_keys(tx, &caller.user_id, &id)?.is_some() {
             storage::mark_device_changed(tx, &caller.user_id, Some(&id))?;
-            server.mark_outbox_dirty();
         }
         Ok(found)
     })?;
@@ -697,8 +694,6 @@ pub(super) async fn delete_device(
     if !server.write(|tx| storage::delete_device(tx, &caller.user_id, &id))? {
         return Err(Error::NotFound("no such device".into()));
     }
-    // Other servers may have been sent an `m.device_list_update`.
-    server.outbox_wake.notify_one();
     Ok(Json(json!({})))
 }
 
@@ -724,8 +719,6 @@ pub(super) async fn delete_devices(
     for d in &body.devices {
         server.initial_syncs.forget_device(&caller.user_id, d);
     }
-    // Other servers may have been sent an `m.device_list_update`.
-    server.outbox_wake.notify_one();
     Ok(Json(json!({})))
 }
 

@@ -5,14 +5,14 @@ use std::sync::Arc;
 use axum::{Json, extract::State};
 use serde_json::{Value, json};
 
-use super::extract::{Auth, Body, Caller, P, parse_json};
+use super::extract::{Auth, Body, P, Requester, parse_json};
 use crate::error::Error;
 use crate::server::Server;
 use crate::storage::{self, next_stream_position};
 
 type JsonResult = Result<Json<Value>, Error>;
 
-fn own(caller: &Caller, user_id: &str) -> Result<(), Error> {
+fn own(caller: &Requester, user_id: &str) -> Result<(), Error> {
     if caller.user_id != user_id {
         return Err(Error::Forbidden(
             "you can only access your own account data".into(),

@@ -6,7 +6,7 @@ use axum::{Json, extract::State};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::extract::{Auth, Body, Caller, P, Q};
+use super::extract::{Auth, Body, P, Q, Requester};
 use crate::directory::{self, RoomQuery, parse_alias};
 use crate::error::Error;
 use crate::federation::client::{encode, request_json};
@@ -30,7 +30,7 @@ fn local_alias(server: &Server, alias: &str) -> Result<String, Error> {
 /// appservice creates aliases only in its own namespace (`M_EXCLUSIVE` otherwise).
 pub(super) fn check_alias_namespace(
     server: &Server,
-    caller: &Caller,
+    caller: &Requester,
     alias: &str,
 ) -> Result<(), Error> {
     if let Some(a) = &caller.appservice

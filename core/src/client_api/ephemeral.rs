@@ -7,7 +7,7 @@ use axum::{Json, extract::State};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::extract::{Auth, Body, Caller, P};
+use super::extract::{Auth, Body, P, Requester};
 use crate::error::Error;
 use crate::server::Server;
 use crate::storage::{self, Receipt, next_stream_position, now_ms};
@@ -53,7 +53,7 @@ pub(super) async fn typing(
 
 fn store_receipt(
     server: &Server,
-    caller: &Caller,
+    caller: &Requester,
     room_id: &str,
     ty: &str,
     event_id: &str,
@@ -89,7 +89,7 @@ fn store_receipt(
 
 fn store_fully_read(
     server: &Server,
-    caller: &Caller,
+    caller: &Requester,
     room_id: &str,
     event_id: &str,
 ) -> Result<(), Error> {

@@ -15,29 +15,10 @@ use crate::error::Error;
 use crate::server::Server;
 use crate::storage;
 
-/// The authenticated caller.
-#[derive(Clone, Debug)]
-pub struct Caller {
-    /// `@user:server`.
-    pub user_id: String,
-    /// Device of the access token.
-    pub device_id: String,
-    /// The token itself (for logout).
-    pub token: String,
-    /// The application service whose `as_token` this is, acting as `user_id`.
-    pub appservice: Option<Arc<crate::appservice::Registered>>,
-}
-
-impl Caller {
-    /// Whether rate limits apply (not to an appservice registered with
-    /// `rate_limited: false`).
-    pub fn rate_limited(&self) -> bool {
-        self.appservice.as_ref().is_none_or(|a| a.rate_limited)
-    }
-}
+pub use crate::requester::Requester;
 
 /// Requires a valid access token.
-pub struct Auth(pub Caller);
+pub struct Auth(pub Requester);
 
 fn access_token(parts: &Parts) -> Option<String> {
     if let Some(h) = parts
@@ -62,7 +43,7 @@ impl FromRequestParts<Arc<Server>> for Auth {
     async fn from_request_parts(parts: &mut Parts, server: &Arc<Server>) -> Result<Self, Error> {
         let token = access_token(parts).ok_or(Error::MissingToken)?;
         if let Some(a) = server.appservices.by_token(&token) {
-            return appservice_caller(parts, server, a.clone(), token).map(Auth);
+            return appservice_caller(parts, server, a.clone()).map(Auth);
         }
         let owner = server.db.read(|c| storage::token_owner(c, &token))?;
         match owner {
@@ -77,10 +58,9 @@ impl FromRequestParts<Arc<Server>> for Auth {
                 {
                     server.write(|tx| storage::revoke_replaced(tx, refresh))?;
                 }
-                Ok(Auth(Caller {
+                Ok(Auth(Requester {
                     user_id: o.user_id,
                     device_id: o.device_id,
-                    token,
                     appservice: None,
                 }))
             }
@@ -123,8 +103,7 @@ fn appservice_caller(
     parts: &Parts,
     server: &Server,
     a: Arc<crate::appservice::Registered>,
-    token: String,
-) -> Result<Caller, Error> {
+) -> Result<Requester, Error> {
     let user_id = query_param(parts, "user_id").unwrap_or_else(|| a.sender.clone());
     if !server.is_local_user(&user_id) || !a.is_user_in_namespace(&user_id) {
         return Err(Error::Exclusive(format!(
@@ -155,12 +134,11 @@ fn appservice_caller(
             device.as_deref().unwrap_or_default()
         )));
     }
-    Ok(Caller {
+    Ok(Requester {
         user_id,
         // Without `device_id=` the appservice acts with no device of the user's; its
         // transaction ids are scoped to this empty device.
         device_id: device.unwrap_or_default(),
-        token,
         appservice: Some(a),
     })
 }

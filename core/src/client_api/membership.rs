@@ -10,7 +10,7 @@ use axum::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::extract::{Auth, Body, Caller, P};
+use super::extract::{Auth, Body, P, Requester};
 use super::rooms::send;
 use crate::error::Error;
 use crate::events::NewEvent;
@@ -40,7 +40,7 @@ pub(super) fn valid_user_id(user_id: &str) -> Result<ruma::OwnedUserId, Error> {
 
 fn member_event(
     server: &Server,
-    caller: &Caller,
+    caller: &Requester,
     target: &str,
     membership: &str,
     reason: Option<String>,
@@ -96,7 +96,7 @@ type JoinBody = serde_json::Map<String, Value>;
 
 async fn join(
     server: &Arc<Server>,
-    caller: &Caller,
+    caller: &Requester,
     room_id: &str,
     body: JoinBody,
     via: Vec<String>,
@@ -255,7 +255,7 @@ pub(super) struct TargetBody {
 
 async fn act_on(
     server: Arc<Server>,
-    caller: Caller,
+    caller: Requester,
     room_id: String,
     body: TargetBody,
     membership: &str,

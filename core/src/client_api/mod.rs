@@ -29,7 +29,6 @@ mod sync;
 mod to_device;
 mod upgrade;
 mod versions;
-pub(crate) mod visibility;
 mod voip;
 
 use std::sync::Arc;
@@ -41,9 +40,10 @@ use axum::{
 use http::{Method, StatusCode, header};
 use tower_http::cors::{Any, CorsLayer};
 
-pub use extract::{Caller, parse_json};
-pub use rooms::RoomEventFilter;
-pub use rooms::{lazy_members, opts as client_opts, state_at};
+pub use crate::rooms::filter::RoomEventFilter;
+pub use crate::rooms::state_at::state_at;
+pub use extract::{Requester, parse_json};
+pub use rooms::{lazy_members, opts as client_opts};
 
 use crate::error::Error;
 use crate::server::Server;
@@ -457,7 +457,7 @@ pub fn router(server: Arc<Server>) -> Router {
 pub(crate) fn rate_limit(
     server: &Server,
     action: crate::ratelimit::Action,
-    caller: &Caller,
+    caller: &Requester,
 ) -> Result<(), Error> {
     if caller.rate_limited() {
         server.rate_limit(action, &caller.user_id)

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::{Json, extract::State};
 use serde_json::{Value, json};
 
-use super::extract::{Auth, Body, Caller, P};
+use super::extract::{Auth, Body, P, Requester};
 use super::rooms::send;
 use crate::error::Error;
 use crate::events::NewEvent;
@@ -121,7 +121,7 @@ pub(super) async fn set_field(
     Ok(Json(json!({})))
 }
 
-fn update_member_events(server: &Server, caller: &Caller) -> Result<(), Error> {
+fn update_member_events(server: &Server, caller: &Requester) -> Result<(), Error> {
     let (rooms, (displayname, avatar_url)) = server.db.read(|c| {
         Ok((
             storage::rooms_with_membership(c, &caller.user_id, "join")?,

@@ -59,7 +59,7 @@ impl RelationsQuery {
 
 async fn relations_inner(
     server: Arc<Server>,
-    caller: super::Caller,
+    caller: super::Requester,
     room_id: String,
     event_id: String,
     params: RelationsParams,

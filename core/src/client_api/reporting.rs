@@ -9,8 +9,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::extract::{Auth, Body, P};
-use super::visibility::visibility_for;
 use crate::error::Error;
+use crate::rooms::visibility::visibility_for;
 use crate::server::Server;
 use crate::storage::{self, Report, now_ms};
 

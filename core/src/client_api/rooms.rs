@@ -6,15 +6,17 @@ use axum::{Json, extract::State};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::extract::{Auth, Body, Caller, P, Q};
-use super::visibility::{visibility_for, visible_events};
+use super::extract::{Auth, Body, P, Q, Requester};
 use crate::error::Error;
 use crate::events::{ClientEventOptions, NewEvent, client_event};
 use crate::ratelimit::Action;
 use crate::relations;
+use crate::rooms::filter::RoomEventFilter;
+use crate::rooms::state_at::state_at;
+use crate::rooms::visibility::{visibility_for, visible_events};
 use crate::rooms::{self, CreateRoom};
 use crate::server::Server;
-use crate::storage::{self, StoredEvent, now_ms};
+use crate::storage::{self, StoredEvent};
 use crate::streams::PageToken;
 
 /// Most events `timestamp_to_event` looks at for one the caller may see.
@@ -29,12 +31,8 @@ const MAX_BACKFILL_CALLS: usize = 2;
 
 type JsonResult = Result<Json<Value>, Error>;
 
-pub fn opts(caller: &Caller) -> ClientEventOptions<'_> {
-    ClientEventOptions {
-        viewer: Some((&caller.user_id, &caller.device_id)),
-        include_room_id: true,
-        now_ms: now_ms(),
-    }
+pub fn opts(caller: &Requester) -> ClientEventOptions<'_> {
+    caller.event_options()
 }
 
 #[derive(Deserialize)]
@@ -125,7 +123,7 @@ pub(super) async fn create_room(
 /// transaction) counts against the caller's message rate limit.
 pub(super) fn send(
     server: &Server,
-    caller: &Caller,
+    caller: &Requester,
     room_id: &str,
     ev: NewEvent,
     txn: Option<&str>,
@@ -156,7 +154,7 @@ pub(super) struct TsQuery {
 
 impl TsQuery {
     /// The timestamp to use, honoured for application services only.
-    fn for_caller(&self, caller: &Caller) -> Option<i64> {
+    fn for_caller(&self, caller: &Requester) -> Option<i64> {
         caller.appservice.as_ref().and(self.ts).filter(|t| *t >= 0)
     }
 }
@@ -260,7 +258,7 @@ pub(super) async fn put_state_empty(
 
 async fn put_state_inner(
     server: Arc<Server>,
-    caller: Caller,
+    caller: Requester,
     room_id: String,
     kind: String,
     state_key: String,
@@ -333,7 +331,7 @@ pub(super) async fn get_state_empty(
 
 fn get_state_inner(
     server: &Server,
-    caller: &Caller,
+    caller: &Requester,
     room_id: &str,
     kind: &str,
     state_key: &str,
@@ -368,35 +366,6 @@ pub(super) fn visible_state(
             "you are not a member of {room_id}"
         ))),
     }
-}
-
-/// The room state right after the event at stream position `pos` (or the newest before it).
-pub fn state_at(
-    c: &rusqlite::Connection,
-    room_id: &str,
-    pos: i64,
-) -> Result<storage::StateMap, Error> {
-    let Some(ev) = storage::last_event_at(c, room_id, pos)? else {
-        // Before the first timeline event: the state it was built on (empty for a room
-        // created here; the resident's state for a room joined over federation).
-        return match storage::first_event_after(c, room_id, pos)?.and_then(|e| e.state_group_before)
-        {
-            Some(g) => storage::load_state_group(c, g),
-            None => Ok(Default::default()),
-        };
-    };
-    // The room's state once the event was persisted (forks resolved), when recorded.
-    if let Some(g) = ev.room_state_group {
-        return storage::load_state_group(c, g);
-    }
-    let mut state = match ev.state_group_before {
-        Some(g) => storage::load_state_group(c, g)?,
-        None => Default::default(),
-    };
-    if let Some(sk) = &ev.state_key {
-        state.insert((ev.kind.clone(), sk.clone()), ev.event_id.clone());
-    }
-    Ok(state)
 }
 
 /// `GET /rooms/{roomId}/state`.
@@ -475,82 +444,6 @@ pub(super) async fn get_event(
     Ok(Json(ev))
 }
 
-/// Event filter for `/messages` and `/context` (the RoomEventFilter subset clients use).
-#[derive(Deserialize, Default, Clone)]
-pub struct RoomEventFilter {
-    pub limit: Option<usize>,
-    pub types: Option<Vec<String>>,
-    #[serde(default)]
-    pub not_types: Vec<String>,
-    pub senders: Option<Vec<String>>,
-    #[serde(default)]
-    pub not_senders: Vec<String>,
-    #[serde(default)]
-    pub lazy_load_members: bool,
-    pub contains_url: Option<bool>,
-    /// Only events that have a child with one of these relationship types (`/messages`).
-    #[serde(alias = "io.element.relation_types")]
-    pub related_by_rel_types: Option<Vec<String>>,
-    /// Only events that have a child sent by one of these users (`/messages`).
-    #[serde(alias = "io.element.relation_senders")]
-    pub related_by_senders: Option<Vec<String>>,
-}
-
-fn type_matches(pattern: &str, ty: &str) -> bool {
-    match pattern.strip_suffix('*') {
-        Some(prefix) => ty.starts_with(prefix),
-        None => pattern == ty,
-    }
-}
-
-impl RoomEventFilter {
-    /// Of these events, the ids that pass `related_by_rel_types`/`related_by_senders`
-    /// (one lookup for the whole page); `None` when the filter has neither.
-    pub fn related_ids(
-        &self,
-        c: &rusqlite::Connection,
-        events: &[StoredEvent],
-    ) -> Result<Option<std::collections::HashSet<String>>, Error> {
-        if self.related_by_rel_types.is_none() && self.related_by_senders.is_none() {
-            return Ok(None);
-        }
-        let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
-        storage::parents_with_children(
-            c,
-            &ids,
-            self.related_by_rel_types.as_deref(),
-            self.related_by_senders.as_deref(),
-        )
-        .map(Some)
-    }
-
-    /// Whether an event passes the filter.
-    pub fn allows(&self, e: &StoredEvent) -> bool {
-        if self.not_types.iter().any(|p| type_matches(p, &e.kind))
-            || self.not_senders.contains(&e.sender)
-        {
-            return false;
-        }
-        if let Some(types) = &self.types
-            && !types.iter().any(|p| type_matches(p, &e.kind))
-        {
-            return false;
-        }
-        if let Some(senders) = &self.senders
-            && !senders.contains(&e.sender)
-        {
-            return false;
-        }
-        if let Some(want) = self.contains_url {
-            let has = e.json.contains("\"url\"");
-            if has != want {
-                return false;
-            }
-        }
-        true
-    }
-}
-
 #[derive(Deserialize)]
 pub(super) struct MessagesQuery {
     from: Option<String>,
@@ -571,7 +464,7 @@ pub fn lazy_members(
     c: &rusqlite::Connection,
     state: &storage::StateMap,
     events: &[StoredEvent],
-    caller: &Caller,
+    caller: &Requester,
 ) -> Result<Vec<Value>, Error> {
     let mut senders: Vec<&str> = events.iter().map(|e| e.sender.as_str()).collect();
     senders.sort();
@@ -721,7 +614,7 @@ impl Page {
         &mut self,
         c: &rusqlite::Connection,
         room_id: &str,
-        vis: &super::visibility::Visibility,
+        vis: &crate::rooms::visibility::Visibility,
         filter: &RoomEventFilter,
         limit: usize,
         backwards: bool,

@@ -10,8 +10,8 @@ use rusqlite::Connection;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::client_api::Caller;
 use crate::error::Error;
+use crate::requester::Requester;
 use crate::server::Server;
 use crate::storage::{self, BackupKeyRow, BackupVersionRow};
 
@@ -98,7 +98,7 @@ fn version_json(c: &Connection, user_id: &str, row: &BackupVersionRow) -> Result
 /// Create a backup version; it becomes the current one.
 pub fn create_version(
     server: &Server,
-    caller: &Caller,
+    caller: &Requester,
     req: &VersionRequest,
 ) -> Result<Value, Error> {
     let auth_data = serde_json::to_string(&req.auth_data)?;
@@ -111,7 +111,7 @@ pub fn create_version(
 /// The current version (`None`) or a given one.
 pub fn get_version(
     server: &Server,
-    caller: &Caller,
+    caller: &Requester,
     version: Option<&str>,
 ) -> Result<Value, Error> {
     let wanted = version.map(parse_version).transpose()?;
@@ -128,7 +128,7 @@ pub fn get_version(
 /// Replace a version's `auth_data` (the algorithm cannot change).
 pub fn update_version(
     server: &Server,
-    caller: &Caller,
+    caller: &Requester,
     version: &str,
     req: &VersionRequest,
 ) -> Result<Value, Error> {
@@ -153,7 +153,7 @@ pub fn update_version(
 }
 
 /// Delete a version and its keys.
-pub fn delete_version(server: &Server, caller: &Caller, version: &str) -> Result<Value, Error> {
+pub fn delete_version(server: &Server, caller: &Requester, version: &str) -> Result<Value, Error> {
     let v = parse_version(version)?;
     if !server
         .db
@@ -184,7 +184,7 @@ fn writable_version(c: &Connection, user_id: &str, version: &str) -> Result<i64,
 /// Store keys under the replacement rule; answers `{etag, count}`.
 pub fn put_keys(
     server: &Server,
-    caller: &Caller,
+    caller: &Requester,
     version: &str,
     keys: Vec<BackupKeyRow>,
 ) -> Result<Value, Error> {
@@ -274,7 +274,7 @@ fn key_json(k: &BackupKeyRow) -> Result<Value, Error> {
 /// Read keys of a version: `{rooms}`, `{sessions}` or one key, by scope.
 pub fn get_keys(
     server: &Server,
-    caller: &Caller,
+    caller: &Requester,
     version: &str,
     scope: Scope<'_>,
 ) -> Result<Value, Error> {
@@ -318,7 +318,7 @@ fn rooms_json(rows: &[BackupKeyRow]) -> Result<Value, Error> {
 /// Delete keys of a version by scope; answers `{etag, count}`.
 pub fn delete_keys(
     server: &Server,
-    caller: &Caller,
+    caller: &Requester,
     version: &str,
     scope: Scope<'_>,
 ) -> Result<Value, Error> {

@@ -11,8 +11,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::{check_signatures_shape, object, signed_part, string_field, verify_signature};
-use crate::client_api::Caller;
 use crate::error::Error;
+use crate::requester::Requester;
 use crate::server::Server;
 use crate::storage::{self, CrossSigningKeyRow, SignatureRow};
 
@@ -47,7 +47,7 @@ pub struct Prepared {
 /// or existing) master key.
 pub fn prepare(
     server: &Server,
-    caller: &Caller,
+    caller: &Requester,
     req: &SigningKeysRequest,
 ) -> Result<Prepared, Error> {
     let user = caller.user_id.as_str();
@@ -152,7 +152,7 @@ fn signed_part_with_signatures(v: &Value) -> Value {
 
 /// Store checked keys. A replaced key takes its old signatures with it, both those on
 /// it and those it made, since they vouch for a key that is gone.
-pub fn commit(server: &Server, caller: &Caller, prepared: &Prepared) -> Result<(), Error> {
+pub fn commit(server: &Server, caller: &Requester, prepared: &Prepared) -> Result<(), Error> {
     let user = caller.user_id.as_str();
     server.write(|tx| {
         // Another upload may have landed since `prepare` decided no auth was needed; it
@@ -179,7 +179,6 @@ pub fn commit(server: &Server, caller: &Caller, prepared: &Prepared) -> Result<(
         }
         if changed {
             storage::mark_device_list_changed(tx, user)?;
-            server.mark_outbox_dirty();
         }
         if public_change {
             queue_signing_key_update(tx, user)?;
@@ -214,7 +213,7 @@ fn queue_signing_key_update(tx: &Connection, user: &str) -> Result<(), Error> {
 /// per-key `failures`; good signatures are stored even when others fail.
 pub fn upload_signatures(
     server: &Server,
-    caller: &Caller,
+    caller: &Requester,
     body: &Map<String, Value>,
 ) -> Result<Value, Error> {
     for (user, keys) in body {
@@ -242,7 +241,6 @@ pub fn upload_signatures(
         // Whoever shares a room with a signed user re-fetches their keys and sees it.
         for user in touched {
             storage::mark_device_list_changed(tx, user)?;
-            server.mark_outbox_dirty();
         }
         Ok(json!({ "failures": failures }))
     })
@@ -261,7 +259,7 @@ struct Target {
 fn sign_one(
     tx: &Connection,
     server: &Server,
-    caller: &Caller,
+    caller: &Requester,
     target_user: &str,
     key_id: &str,
     signed: &Value,
@@ -288,7 +286,7 @@ fn sign_one(
 /// The caller's signatures in `signed` that are not part of the stored key, each made
 /// by a key allowed to sign the target and verified.
 fn new_signatures(
-    caller: &Caller,
+    caller: &Requester,
     target_user: &str,
     signed: &Value,
     target: &Target,
@@ -326,7 +324,7 @@ fn new_signatures(
 /// other users' master keys by the caller's user-signing key.
 fn find_target(
     tx: &Connection,
-    caller: &Caller,
+    caller: &Requester,
     target_user: &str,
     key_id: &str,
 ) -> Result<Result<Target, String>, Error> {

@@ -11,8 +11,8 @@ use serde_json::{Map, Value, json};
 use super::{
     check_signatures_shape, merge_signatures, object, signed_part, string_field, verify_signature,
 };
-use crate::client_api::Caller;
 use crate::error::Error;
+use crate::requester::Requester;
 use crate::server::Server;
 use crate::storage;
 
@@ -45,7 +45,7 @@ struct NamedKey<'a> {
 }
 
 /// Upload keys for the caller's device; returns `one_time_key_counts`.
-pub fn upload(server: &Server, caller: &Caller, req: UploadRequest) -> Result<Value, Error> {
+pub fn upload(server: &Server, caller: &Requester, req: UploadRequest) -> Result<Value, Error> {
     let device_keys = req
         .device_keys
         .as_ref()
@@ -67,8 +67,6 @@ pub fn upload(server: &Server, caller: &Caller, req: UploadRequest) -> Result<Va
         .write(|tx| {
             if let Some(dk) = &device_keys {
                 store_device_keys(tx, caller, dk)?;
-                // Other servers may have been sent an `m.device_list_update`.
-                server.mark_outbox_dirty();
             }
             for k in &otks {
                 store_one_time_key(tx, caller, k)?;
@@ -83,7 +81,7 @@ pub fn upload(server: &Server, caller: &Caller, req: UploadRequest) -> Result<Va
 
 /// Check a `DeviceKeys` object: it must be the caller's device, have string keys
 /// including its own ed25519 key, and carry a valid self-signature by that key.
-fn validate_device_keys(dk: &Value, caller: &Caller) -> Result<Value, Error> {
+fn validate_device_keys(dk: &Value, caller: &Requester) -> Result<Value, Error> {
     object(dk, "device_keys")?;
     let user_id = string_field(dk, "user_id", "device_keys")?;
     let device_id = string_field(dk, "device_id", "device_keys")?;
@@ -127,7 +125,7 @@ fn validate_device_keys(dk: &Value, caller: &Caller) -> Result<Value, Error> {
 /// Store device keys. The identity keys of a device never change: a different upload for
 /// a device that has keys is refused (log in as a new device instead), the same keys with
 /// new signatures replace the old ones.
-fn store_device_keys(tx: &Connection, caller: &Caller, dk: &Value) -> Result<(), Error> {
+fn store_device_keys(tx: &Connection, caller: &Requester, dk: &Value) -> Result<(), Error> {
     let existing = storage::device_keys(tx, &caller.user_id, &caller.device_id)?;
     if let Some(old) = existing {
         let old: Value = serde_json::from_str(&old)?;
@@ -186,7 +184,7 @@ fn named_keys<'a>(map: &'a Map<String, Value>, what: &str) -> Result<Vec<NamedKe
 
 /// Store a one-time key; re-uploading the same key is harmless, a different key under a
 /// used id is an error (the client's state is broken).
-fn store_one_time_key(tx: &Connection, caller: &Caller, k: &NamedKey<'_>) -> Result<(), Error> {
+fn store_one_time_key(tx: &Connection, caller: &Requester, k: &NamedKey<'_>) -> Result<(), Error> {
     let (user, device) = (&caller.user_id, &caller.device_id);
     match storage::one_time_key(tx, user, device, k.algorithm, k.key_id)? {
         Some(old) if old == k.json => Ok(()),
@@ -200,7 +198,7 @@ fn store_one_time_key(tx: &Connection, caller: &Caller, k: &NamedKey<'_>) -> Res
 
 /// Replace the fallback key of an algorithm, unless it is the same key (then keep its
 /// used flag, so a retried upload does not resurrect a used key as "unused").
-fn store_fallback_key(tx: &Connection, caller: &Caller, k: &NamedKey<'_>) -> Result<(), Error> {
+fn store_fallback_key(tx: &Connection, caller: &Requester, k: &NamedKey<'_>) -> Result<(), Error> {
     let (user, device) = (&caller.user_id, &caller.device_id);
     if let Some((id, json, _)) = storage::fallback_key(tx, user, device, k.algorithm)?
         && id == k.key_id
@@ -241,7 +239,11 @@ const REMOTE_KEYS_TIMEOUT: Duration = Duration::from_secs(10);
 /// Answer a key query: local users from the database, remote users from the remote
 /// device-list cache or by asking their servers (see `remote_devices`), all servers at
 /// once. A server that cannot be asked is named in `failures`.
-pub async fn query(server: &Server, caller: &Caller, req: &QueryRequest) -> Result<Value, Error> {
+pub async fn query(
+    server: &Server,
+    caller: &Requester,
+    req: &QueryRequest,
+) -> Result<Value, Error> {
     let mut local = Vec::new();
     let mut remote: BTreeMap<&str, Map<String, Value>> = BTreeMap::new();
     for (user_id, devices) in &req.device_keys {

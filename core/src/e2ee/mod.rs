@@ -100,22 +100,7 @@ fn check_signatures_shape(v: &Value, what: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// Merge stored signatures into an object's `signatures`.
-pub(crate) fn merge_signatures(object: &mut Value, sigs: &[crate::storage::SignatureRow]) {
-    if sigs.is_empty() || !object.is_object() {
-        return;
-    }
-    if !object["signatures"].is_object() {
-        object["signatures"] = Value::Object(Map::new());
-    }
-    for s in sigs {
-        if !object["signatures"][&s.signer_user_id].is_object() {
-            object["signatures"][&s.signer_user_id] = Value::Object(Map::new());
-        }
-        object["signatures"][&s.signer_user_id][&s.signer_key_id] =
-            Value::String(s.signature.clone());
-    }
-}
+pub(crate) use crate::storage::merge_signatures;
 
 #[cfg(test)]
 pub(crate) mod test_util {

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use rusqlite::Connection;
 use serde_json::{Map, Value, json};
 
-use crate::client_api::Caller;
 use crate::error::Error;
+use crate::requester::Requester;
 use crate::server::Server;
 use crate::storage;
 use crate::streams::{StreamPosition, SyncToken};
@@ -30,7 +30,7 @@ pub type Messages = BTreeMap<String, BTreeMap<String, Value>>;
 /// Queue messages for local devices, once per `(device, txn_id)` of the sender.
 pub fn send(
     server: &Server,
-    caller: &Caller,
+    caller: &Requester,
     event_type: &str,
     txn_id: &str,
     messages: &Messages,
@@ -158,7 +158,7 @@ fn queue_for_user(
 
 /// Delete what the device acknowledged by syncing with `since`. A token from the future
 /// (a restored database) acknowledges nothing: deleting on its word could lose messages.
-pub fn acknowledge(server: &Server, caller: &Caller, since: &SyncToken) -> Result<(), Error> {
+pub fn acknowledge(server: &Server, caller: &Requester, since: &SyncToken) -> Result<(), Error> {
     let current = server.notifier.current().pos;
     if since.pos > current {
         return Ok(());
@@ -189,7 +189,7 @@ pub struct Delivery {
 /// Messages for the caller's device in `(after, up_to]`, at most [`MAX_MESSAGES_PER_SYNC`].
 pub fn for_sync(
     c: &Connection,
-    caller: &Caller,
+    caller: &Requester,
     after: StreamPosition,
     up_to: StreamPosition,
 ) -> Result<Delivery, Error> {

@@ -201,7 +201,6 @@ fn forward(server: &Server, room: &str, event_id: &str, origin: &str) -> Result<
             .collect();
         if !destinations.is_empty() {
             storage::enqueue_pdu(c, &destinations, event_id)?;
-            server.mark_outbox_dirty();
         }
         Ok(())
     })

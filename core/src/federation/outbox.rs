@@ -31,8 +31,8 @@ pub fn enqueue_event(
     if destinations.is_empty() {
         return Ok(());
     }
+    // The sender is woken once the write commits (storage::effects).
     storage::enqueue_pdu(c, &destinations, pdu.event_id.as_str())?;
-    server.mark_outbox_dirty();
     Ok(())
 }
 
@@ -65,11 +65,7 @@ pub fn forward_received(
     if destinations.is_empty() {
         return Ok(destinations);
     }
-    let queued = storage::enqueue_pdu_once(c, &destinations, event_id)?;
-    if !queued.is_empty() {
-        server.mark_outbox_dirty();
-    }
-    Ok(queued)
+    storage::enqueue_pdu_once(c, &destinations, event_id)
 }
 
 /// Where [`forward_received`] would send an event of `event_origin`'s that came from
@@ -104,7 +100,5 @@ pub fn enqueue_edu(
     if destination == server.server_name() {
         return Ok(());
     }
-    storage::enqueue_edu(c, destination, edu)?;
-    server.mark_outbox_dirty();
-    Ok(())
+    storage::enqueue_edu(c, destination, edu)
 }

@@ -105,9 +105,6 @@ pub(crate) async fn apply_transaction(
         edu::receive_edu(server, &origin, e).await;
     }
     let answer = json!({ "pdus": results });
-    // What arrived may have queued EDUs (presence for a server that just joined a
-    // room): wake the sender with this commit.
-    server.mark_outbox_dirty();
     server.write(|c| storage::record_inbound_txn(c, &origin, &txn_id, &answer))?;
     Ok(answer)
 }

@@ -78,13 +78,12 @@ impl LocalNotifications {
     }
 }
 
-/// What the write running on this thread has to do once it commits.
+/// The local notifications of the write running on this thread, published once it
+/// commits.
 #[derive(Default)]
 pub(crate) struct AfterCommit {
     /// Gather local notifications (someone listens).
     wanted: bool,
-    /// Rows were added to the push queue: wake the deliverer.
-    pub(crate) pushes_queued: bool,
     /// Local notifications to publish, oldest first.
     pub(crate) local: VecDeque<LocalNotification>,
 }
@@ -112,11 +111,6 @@ pub(crate) fn take() -> AfterCommit {
 /// Whether the current write gathers local notifications.
 pub(crate) fn wanted() -> bool {
     PENDING.with_borrow(|p| p.wanted)
-}
-
-/// The current write queued rows for pushers.
-pub(crate) fn mark_pushes_queued() {
-    PENDING.with_borrow_mut(|p| p.pushes_queued = true);
 }
 
 /// The current write produced a local notification.
@@ -184,13 +178,11 @@ mod tests {
         for i in 0..PER_WRITE + 5 {
             add(n(i));
         }
-        mark_pushes_queued();
         let done = take();
-        assert!(done.pushes_queued);
         assert_eq!(done.local.len(), PER_WRITE);
         assert_eq!(done.local.front().map(|x| x.event_id.as_str()), Some("$e5"));
         // Taken: the next write starts clean.
         let again = take();
-        assert!(!again.pushes_queued && again.local.is_empty() && !again.wanted);
+        assert!(again.local.is_empty() && !again.wanted);
     }
 }

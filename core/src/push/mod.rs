@@ -292,9 +292,8 @@ fn record(
             now_ms: now,
         },
     )?;
-    if storage::enqueue_pushes(c, user, room_id, &ev.event_id, &actions_json, now)? > 0 {
-        local::mark_pushes_queued();
-    }
+    // Rows queued here wake the deliverer once the write commits (storage::effects).
+    storage::enqueue_pushes(c, user, room_id, &ev.event_id, &actions_json, now)?;
     if local::wanted() {
         let about = match about {
             Some(a) => a,

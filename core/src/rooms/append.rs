@@ -365,14 +365,7 @@ pub(super) fn persist_accepted(c: &Connection, a: Accepted<'_>) -> Result<i64, E
                 if kind == "m.room.member" {
                     let content: Value = serde_json::from_str(pdu.content.get())?;
                     let membership = content["membership"].as_str().unwrap_or("leave");
-                    storage::set_membership(
-                        c,
-                        room_id,
-                        sk,
-                        membership,
-                        pdu.event_id.as_str(),
-                        pos,
-                    )?;
+                    super::set_membership(c, room_id, sk, membership, pdu.event_id.as_str(), pos)?;
                 }
             }
             storage::room_info(c, room_id)?.and_then(|(_, g)| g)
@@ -460,7 +453,7 @@ fn replace_current_state(
                 .and_then(|e| serde_json::from_str::<Value>(&e.json).ok())
                 .and_then(|v| v["content"]["membership"].as_str().map(str::to_owned))
                 .unwrap_or_else(|| "leave".to_owned());
-            storage::set_membership(c, room_id, sk, &membership, id, pos)?;
+            super::set_membership(c, room_id, sk, &membership, id, pos)?;
         }
     }
     for ((ty, sk), id) in &old {
@@ -469,7 +462,7 @@ fn replace_current_state(
         }
         storage::delete_current_state(c, room_id, ty, sk)?;
         if ty == "m.room.member" {
-            storage::set_membership(c, room_id, sk, "leave", id, pos)?;
+            super::set_membership(c, room_id, sk, "leave", id, pos)?;
         }
     }
     storage::set_current_state_group(c, room_id, group)

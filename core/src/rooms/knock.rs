@@ -173,7 +173,7 @@ async fn knock_via(
             Some("join") | Some("invite") | Some("ban")
         ) {
             let pos = next_stream_position(c)?;
-            storage::set_membership(c, room_id, user_id, "knock", &event_id, pos)?;
+            super::set_membership(c, room_id, user_id, "knock", &event_id, pos)?;
         }
         Ok(())
     })?;
@@ -262,7 +262,7 @@ pub fn receive_out_of_band_membership(
             )?;
         }
         let pos = next_stream_position(c)?;
-        storage::set_membership(c, room_id, target, membership, &event_id, pos)
+        super::set_membership(c, room_id, target, membership, &event_id, pos)
     })?;
     tracing::info!(%room_id, %target, %origin, membership, "out-of-band membership change");
     Ok(Some(event_id))

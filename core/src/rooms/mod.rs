@@ -7,6 +7,7 @@ mod append;
 mod auth;
 pub mod backfill;
 mod create;
+pub mod filter;
 pub mod hierarchy;
 mod join;
 mod knock;
@@ -16,7 +17,9 @@ mod redact;
 mod remote_join;
 mod resolve;
 mod restricted;
+pub mod state_at;
 mod upgrade;
+pub mod visibility;
 
 pub use append::{
     Appended, ClientTxn, append_event, append_event_at, is_retry, load_pdu, random_string,
@@ -43,6 +46,22 @@ pub use remote_join::{
 };
 pub use restricted::{JoinPolicy, check_join, countersign_join, local_authoriser};
 pub use upgrade::upgrade_room;
+
+/// Record a user's current membership; a new join also sends presence where it is newly
+/// needed (see [`crate::presence::on_join`]).
+pub(crate) fn set_membership(
+    c: &rusqlite::Connection,
+    room_id: &str,
+    user_id: &str,
+    membership: &str,
+    event_id: &str,
+    pos: i64,
+) -> Result<(), crate::error::Error> {
+    if crate::storage::set_membership(c, room_id, user_id, membership, event_id, pos)? {
+        crate::presence::on_join(c, room_id, user_id)?;
+    }
+    Ok(())
+}
 
 #[cfg(test)]
 mod tests {

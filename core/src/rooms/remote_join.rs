@@ -637,7 +637,7 @@ async fn leave_via(
             storage::insert_event(c, &outlier(&pdu, room_id, json.clone(), None, c)?)?;
         }
         let pos = next_stream_position(c)?;
-        storage::set_membership(c, room_id, user_id, "leave", &event_id, pos)
+        super::set_membership(c, room_id, user_id, "leave", &event_id, pos)
     })?;
     Ok(event_id)
 }
@@ -863,7 +863,7 @@ pub fn receive_invite(
         let current = storage::membership(c, room_id, &invitee)?.map(|(m, _, _)| m);
         if !matches!(current.as_deref(), Some("join") | Some("ban")) {
             let pos = next_stream_position(c)?;
-            storage::set_membership(c, room_id, &invitee, "invite", event_id, pos)?;
+            super::set_membership(c, room_id, &invitee, "invite", event_id, pos)?;
         }
         Ok(())
     })?;

@@ -236,8 +236,8 @@ pub fn unused_fallback_key_types(
 /// transaction that made the change.
 ///
 /// For a local user this also queues an `m.device_list_update` EDU for every other server
-/// with members in a room the user is joined to (the caller wakes the sender with
-/// `Server::mark_outbox_dirty`). `device_id` names the device when one device changed.
+/// with members in a room the user is joined to (the sender is woken once the write
+/// commits, see [`super::effects`]). `device_id` names the device when one device changed.
 pub fn mark_device_list_changed(c: &Connection, user_id: &str) -> Result<StreamPosition, Error> {
     mark_device_changed(c, user_id, None)
 }
@@ -276,7 +276,7 @@ pub fn mark_device_changed(
                     .into_iter()
                     .filter(|s| s.signer_user_id == user_id)
                     .collect();
-                crate::e2ee::merge_signatures(&mut keys, &own_sigs);
+                merge_signatures(&mut keys, &own_sigs);
                 content["keys"] = keys;
                 if let Some(name) = device_display_name(c, user_id, device_id)? {
                     content["device_display_name"] = serde_json::json!(name);
@@ -371,4 +371,22 @@ pub fn possibly_unshared_users(
     )?;
     let rows = st.query_map(params![user_id, after, up_to], |r| r.get(0))?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Merge stored signatures into an object's `signatures`.
+pub fn merge_signatures(object: &mut serde_json::Value, sigs: &[super::SignatureRow]) {
+    if sigs.is_empty() || !object.is_object() {
+        return;
+    }
+    if !object["signatures"].is_object() {
+        object["signatures"] = serde_json::Value::Object(serde_json::Map::new());
+    }
+    for s in sigs {
+        if !object["signatures"][&s.signer_user_id].is_object() {
+            object["signatures"][&s.signer_user_id] =
+                serde_json::Value::Object(serde_json::Map::new());
+        }
+        object["signatures"][&s.signer_user_id][&s.signer_key_id] =
+            serde_json::Value::String(s.signature.clone());
+    }
 }

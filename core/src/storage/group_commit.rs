@@ -11,6 +11,10 @@
 //! transaction holding its write has committed, so an acknowledged write is durable and
 //! readers only ever see committed positions. With no concurrency this is exactly one
 //! transaction per write.
+//!
+//! Each write also hands back its after-commit [`Effects`] (collected while it ran, see
+//! [`super::effects`]) only once the batch holding it has committed; a write that fails
+//! or whose batch is lost hands back none.
 
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
@@ -19,6 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use parking_lot::{Condvar, Mutex};
 use rusqlite::Connection;
 
+use super::effects::{Collector, Effects};
 use crate::error::Error;
 
 /// Most writes in one transaction: bounds how long the first of them waits.
@@ -53,10 +58,14 @@ pub(super) struct GroupWriter {
     queued: AtomicUsize,
     commits: Mutex<Commits>,
     committed: Condvar,
+    /// The effects of the write holding the writer.
+    effects: Collector,
 }
 
 impl GroupWriter {
     pub(super) fn new(conn: Connection) -> GroupWriter {
+        let effects = Collector::default();
+        effects.install(&conn);
         GroupWriter {
             writer: Mutex::new(Writer {
                 conn,
@@ -67,14 +76,16 @@ impl GroupWriter {
             queued: AtomicUsize::new(0),
             commits: Mutex::new(Commits::default()),
             committed: Condvar::new(),
+            effects,
         }
     }
 
-    /// Run `f` as one atomic write; returns once it is committed (or failed).
+    /// Run `f` as one atomic write; returns once it is committed (or failed), with what
+    /// it left to do after its commit.
     pub(super) fn write<T>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, Error>,
-    ) -> Result<T, Error> {
+    ) -> Result<(T, Effects), Error> {
         self.queued.fetch_add(1, Ordering::SeqCst);
         let mut w = self.writer.lock();
         self.queued.fetch_sub(1, Ordering::SeqCst);
@@ -90,8 +101,9 @@ impl GroupWriter {
                 w.last_batch
             }
         };
-        let out = match std::panic::catch_unwind(AssertUnwindSafe(|| run_in_savepoint(&w.conn, f)))
-        {
+        let out = match std::panic::catch_unwind(AssertUnwindSafe(|| {
+            run_in_savepoint(&w.conn, &self.effects, f)
+        })) {
             Ok(out) => out,
             Err(panic) => {
                 // A bug, not bad input: undo the whole batch (its other writes fail with
@@ -189,12 +201,16 @@ fn commit(w: &mut Writer) -> Result<(), rusqlite::Error> {
 }
 
 /// Run one write in its own savepoint: kept if it succeeds, undone alone if it fails.
+/// Its effects are taken inside the savepoint, so reading them can fail the write too.
 fn run_in_savepoint<T>(
     conn: &Connection,
+    effects: &Collector,
     f: impl FnOnce(&Connection) -> Result<T, Error>,
-) -> Result<T, Error> {
+) -> Result<(T, Effects), Error> {
     conn.prepare_cached("SAVEPOINT write")?.execute([])?;
-    match f(conn) {
+    effects.clear();
+    let out = f(conn).and_then(|v| Ok((v, effects.take(conn)?)));
+    match out {
         Ok(v) => {
             conn.prepare_cached("RELEASE write")?.execute([])?;
             Ok(v)
@@ -220,7 +236,10 @@ mod tests {
         let conn = Connection::open(dir.path().join("t.db")).expect("open");
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
-             CREATE TABLE t (writer INTEGER NOT NULL, n INTEGER NOT NULL);",
+             CREATE TABLE t (writer INTEGER NOT NULL, n INTEGER NOT NULL);
+             CREATE TABLE federation_outbox (id INTEGER PRIMARY KEY, destination TEXT);
+             CREATE TABLE stream_sequence (pos INTEGER NOT NULL);
+             INSERT INTO stream_sequence (pos) VALUES (0);",
         )
         .expect("schema");
         Arc::new(GroupWriter::new(conn))
@@ -305,6 +324,74 @@ mod tests {
                 .expect("count")
         });
         assert_eq!(total, 2);
+    }
+
+    /// Two writes in one transaction each get their own effects, only once the batch
+    /// holding them has committed; a failed write's effects are dropped and do not leak
+    /// into the next write.
+    #[test]
+    fn each_write_in_a_batch_gets_its_own_effects_after_the_commit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let w = writer(&dir);
+        let path = dir.path().join("t.db");
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let first = {
+            let w = w.clone();
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let inner = w.clone();
+                let (_, effects) = w
+                    .write(|c| {
+                        c.execute(
+                            "INSERT INTO federation_outbox (destination) VALUES ('d')",
+                            [],
+                        )?;
+                        c.execute("UPDATE stream_sequence SET pos = pos + 1", [])?;
+                        started_tx.send(()).expect("signal");
+                        while inner.queued.load(Ordering::SeqCst) == 0 {
+                            std::thread::yield_now();
+                        }
+                        Ok(())
+                    })
+                    .expect("first write");
+                // Handed back after the commit: another connection sees the row.
+                let other = Connection::open(path).expect("other");
+                let seen: i64 = other
+                    .query_row("SELECT COUNT(*) FROM federation_outbox", [], |r| r.get(0))
+                    .expect("count");
+                (effects, seen)
+            })
+        };
+        started_rx.recv().expect("first write started");
+        let (_, second) = w
+            .write(|c| {
+                c.execute("INSERT INTO t VALUES (2, 2)", [])?;
+                Ok(())
+            })
+            .expect("second write");
+        let (first, seen) = first.join().expect("first thread");
+        assert_eq!(w.writer.lock().last_batch, 1, "one transaction for both");
+        assert!(first.federation_queued() && !first.pushes_queued());
+        assert_eq!(first.stream_pos, Some(1));
+        assert_eq!(seen, 1, "effects handed back before the commit");
+        assert!(
+            second.is_empty(),
+            "the second write took the first's effects"
+        );
+
+        let failed = w.write(|c| -> Result<(), Error> {
+            c.execute(
+                "INSERT INTO federation_outbox (destination) VALUES ('d')",
+                [],
+            )?;
+            Err(Error::Forbidden("no".into()))
+        });
+        assert!(failed.is_err());
+        let (_, after) = w.write(|_| Ok(())).expect("empty write");
+        assert!(
+            after.is_empty(),
+            "a failed write's effects leaked: {after:?}"
+        );
     }
 
     /// When the transaction ends under a write (here an explicit ROLLBACK stands in for

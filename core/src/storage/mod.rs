@@ -15,6 +15,7 @@ mod cross_signing;
 mod delayed_events;
 mod device_keys;
 mod directory;
+pub mod effects;
 mod events;
 mod federation;
 mod group_commit;
@@ -87,6 +88,8 @@ pub struct Db {
     /// Counts write transactions that have finished (committed or not): see
     /// [`Db::write_generation`].
     writes: AtomicU64,
+    /// Runs each write's effects after its commit (see [`effects`]).
+    after_commit: std::sync::OnceLock<effects::AfterCommit>,
 }
 
 impl std::fmt::Debug for Db {
@@ -165,18 +168,34 @@ impl Db {
             next_reader: AtomicUsize::new(0),
             checkpoints,
             writes: AtomicU64::new(0),
+            after_commit: std::sync::OnceLock::new(),
         })
     }
 
+    /// Install what runs each write's [`effects::Effects`] once the write has committed
+    /// (the node wakes its tasks and publishes stream positions). Set once; until then
+    /// effects are dropped.
+    pub fn set_after_commit(&self, f: effects::AfterCommit) {
+        if self.after_commit.set(f).is_err() {
+            tracing::warn!("the database's after-commit handler is already set");
+        }
+    }
+
     /// Run `f` as one atomic write: all of it is kept if it returns `Ok`, none of it
-    /// otherwise. Returns once the write is committed (see [`group_commit`]).
+    /// otherwise. Returns once the write is committed (see [`group_commit`]), after
+    /// running its effects (see [`effects`]).
     pub fn write<T>(&self, f: impl FnOnce(&Connection) -> Result<T, Error>) -> Result<T, Error> {
         let out = self.writer.write(f);
         // Counted after the commit, whatever the outcome: a reader that saw the same
         // generation before it opened its snapshot and after it is done knows no write
         // changed anything in between.
         self.writes.fetch_add(1, Ordering::SeqCst);
-        let out = out?;
+        let (out, effects) = out?;
+        if !effects.is_empty()
+            && let Some(run) = self.after_commit.get()
+        {
+            run(effects);
+        }
         if let Some(c) = &self.checkpoints {
             c.committed();
             if c.take_restart_request() {

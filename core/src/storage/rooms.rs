@@ -97,7 +97,8 @@ pub fn delete_current_state(
     Ok(())
 }
 
-/// Record a user's current membership.
+/// Record a user's current membership. Returns whether the user has just joined (was
+/// not joined before): the room engine then sends presence where it is newly needed.
 pub fn set_membership(
     c: &Connection,
     room_id: &str,
@@ -105,7 +106,7 @@ pub fn set_membership(
     membership: &str,
     event_id: &str,
     pos: i64,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     let was_joined = membership == "join"
         && c.prepare_cached(
             "SELECT 1 FROM memberships WHERE room_id = ?1 AND user_id = ?2 AND membership = 'join'",
@@ -119,9 +120,7 @@ pub fn set_membership(
              event_id = excluded.event_id, stream_ordering = excluded.stream_ordering, forgotten = 0",
     )?
     .execute(params![room_id, user_id, membership, event_id, pos])?;
-    if membership == "join" && !was_joined {
-        crate::presence::on_join(c, room_id, user_id)?;
-    }
+    let joined = membership == "join" && !was_joined;
     if membership != "join" {
         // Remote users who no longer share a room with any local user: their servers
         // stop sending us device-list updates, so their cached lists would go stale
@@ -137,7 +136,7 @@ pub fn set_membership(
         )?
         .execute([room_id])?;
     }
-    Ok(())
+    Ok(joined)
 }
 
 /// A user's membership in a room: (membership, event id, stream position).

@@ -31,11 +31,11 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::{invite_state, receipt_event, sync_opts};
-use crate::client_api::Caller;
-use crate::client_api::visibility::{visibility_for, visible_events};
 use crate::e2ee;
 use crate::error::Error;
 use crate::events::client_event;
+use crate::requester::Requester;
+use crate::rooms::visibility::{visibility_for, visible_events};
 use crate::server::Server;
 use crate::storage::{self, StoredEvent};
 use crate::streams::{StreamPosition, SyncToken};
@@ -323,7 +323,7 @@ pub struct Params {
 /// Run one sliding sync request, waiting up to the timeout when there is nothing new.
 pub async fn sync(
     server: Arc<Server>,
-    caller: Caller,
+    caller: Requester,
     params: Params,
     req: Request,
 ) -> Result<Value, Error> {
@@ -452,7 +452,7 @@ struct Candidate {
 fn build(
     c: &Connection,
     server: &Server,
-    caller: &Caller,
+    caller: &Requester,
     req: &Request,
     prev: &Snapshot,
     now: SyncToken,
@@ -746,7 +746,7 @@ fn list_allows(
 /// A joined room's update, `None` when the client has it all already.
 fn joined_room(
     c: &Connection,
-    caller: &Caller,
+    caller: &Requester,
     cand: &Candidate,
     cfg: &RoomConfig,
     sent: Option<&RoomSent>,
@@ -930,7 +930,7 @@ fn invited_room(
 /// timeline up to the leave, and the user's own membership.
 fn left_room(
     c: &Connection,
-    caller: &Caller,
+    caller: &Requester,
     room_id: &str,
     membership: &str,
     mpos: StreamPosition,

@@ -103,7 +103,6 @@ fn enqueue(a: &warren_core::Node, destination: &str, ids: &[String]) -> anyhow::
         for id in ids {
             storage::enqueue_pdu(c, &[destination.to_owned()], id)?;
         }
-        server.mark_outbox_dirty();
         Ok(())
     })?;
     Ok(())

@@ -1,0 +1,37 @@
+//! Who is asking: the domain requester that services take.
+//!
+//! Services (`sync`, `search`, `e2ee`, …) act for a [`Requester`], never for an HTTP
+//! request: the client API's `Auth` extractor builds one from an access token or an
+//! appservice's `as_token`, and other entry points (the mobile API, tests, benches)
+//! build one directly. This module depends on nothing above the services.
+
+use std::sync::Arc;
+
+/// The user (and device) a service acts for.
+#[derive(Clone, Debug)]
+pub struct Requester {
+    /// `@user:server`.
+    pub user_id: String,
+    /// The device acting (empty for an appservice acting without a device).
+    pub device_id: String,
+    /// The application service acting as `user_id`, if one is.
+    pub appservice: Option<Arc<crate::appservice::Registered>>,
+}
+
+impl Requester {
+    /// How events are rendered for this requester (its transaction ids, room ids
+    /// included).
+    pub fn event_options(&self) -> crate::events::ClientEventOptions<'_> {
+        crate::events::ClientEventOptions {
+            viewer: Some((&self.user_id, &self.device_id)),
+            include_room_id: true,
+            now_ms: crate::storage::now_ms(),
+        }
+    }
+
+    /// Whether rate limits apply (not to an appservice registered with
+    /// `rate_limited: false`).
+    pub fn rate_limited(&self) -> bool {
+        self.appservice.as_ref().is_none_or(|a| a.rate_limited)
+    }
+}
