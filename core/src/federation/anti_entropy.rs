@@ -211,7 +211,7 @@ async fn sync_room(
         encode(room)
     );
     let mut pulled = 0;
-    for _ in 0..MAX_ROUNDS {
+    for round in 0..MAX_ROUNDS {
         let answer: Value = request_json(server, peer, http::Method::GET, &path, None).await?;
         let theirs: Vec<String> = answer["extremities"]
             .as_array()
@@ -231,9 +231,12 @@ async fn sync_room(
             }
             // Gaps in our live timeline (an event accepted with the state its sender
             // gave, its prev events missing): no extremity of anyone's names them, so
-            // comparing extremities never would.
+            // comparing extremities never would. Asked of the peer that sent that
+            // event (which has what lies behind it).
             let mut gaps = HashSet::new();
-            for id in storage::live_backfill_extremities(c, room, MAX_GAPS)? {
+            // (In the first round: the later ones go on with what it pulled.)
+            let limit = if round == 0 { MAX_GAPS } else { 0 };
+            for id in storage::live_backfill_extremities(c, room, peer, limit)? {
                 if !missing.contains(&id) && !known(c, &id)? {
                     gaps.insert(id.clone());
                     missing.push(id);

@@ -95,19 +95,25 @@ pub fn live_start_depth(c: &Connection, room_id: &str) -> Result<Option<i64>, Er
 /// history from before this node joined (below the depth of the room's first live
 /// event, which is the join, or the create event for the room's creator). Anti-entropy
 /// pulls these from peers, so that every node ends with the same timeline.
+///
+/// Only the gaps to ask `via` about: those it was the origin of (it sent the event
+/// accepted with its state, so it has what lies behind), or with no origin known. A
+/// gap is then asked of one peer, not of every peer in every pass.
 pub fn live_backfill_extremities(
     c: &Connection,
     room_id: &str,
+    via: &str,
     limit: usize,
 ) -> Result<Vec<String>, Error> {
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let mut st = c.prepare_cached(
-        "SELECT event_id FROM backfill_extremities WHERE room_id = ?1 AND depth >= (
+        "SELECT event_id FROM backfill_extremities WHERE room_id = ?1
+             AND (via = ?2 OR via IS NULL) AND depth >= (
              SELECT depth FROM events WHERE room_id = ?1 AND stream_ordering > 0
              ORDER BY stream_ordering LIMIT 1)
-         ORDER BY depth DESC, event_id LIMIT ?2",
+         ORDER BY depth DESC, event_id LIMIT ?3",
     )?;
-    let rows = st.query_map(params![room_id, limit], |r| r.get(0))?;
+    let rows = st.query_map(params![room_id, via, limit], |r| r.get(0))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 

@@ -305,6 +305,7 @@ async fn many_nodes_run(spec: ManyNodes) -> anyhow::Result<()> {
         .await;
     joined.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
     let t_joined = started.elapsed();
+    eprintln!("{n_nodes} nodes started in {t_started:?}, joined at {t_joined:?}");
 
     // Churn: some nodes go offline and send while away; everyone sends one message.
     for n in &nodes[offline.clone()] {
@@ -326,11 +327,14 @@ async fn many_nodes_run(spec: ManyNodes) -> anyhow::Result<()> {
         .buffer_unordered(PARALLEL)
         .collect()
         .await;
-    sent.into_iter().collect::<anyhow::Result<Vec<Value>>>()?;
+    sent.into_iter()
+        .collect::<anyhow::Result<Vec<Value>>>()
+        .with_context(|| format!("after {:?}; network {:?}", started.elapsed(), net.stats()))?;
     for n in &nodes[offline] {
         net.set_online(n.name(), true);
     }
     let t_sent = started.elapsed();
+    eprintln!("{n_nodes} nodes sent at {t_sent:?}");
 
     let expected: BTreeSet<String> = (0..n_nodes).map(|i| format!("hello from {i}")).collect();
     let first_live = nodes
