@@ -245,6 +245,19 @@ pub async fn receive_pdu(
             });
         }
     };
+    // A copy of an event already settled here (forwarding and anti-entropy bring the
+    // same event many times: in a mesh of n nodes each new event arrives up to n - 1
+    // times): its id alone (the reference hash, which covers the room and everything
+    // the signatures do) says so, without checking signatures again.
+    if pdu.get("room_id").and_then(Value::as_str) == Some(room_id)
+        && let Ok(event_id) = super::event_id_of(&pdu, &version)
+        && matches!(
+            server.db.read(|c| storage::event_status(c, &event_id))?,
+            Some(EventStatus::Timeline | EventStatus::SoftFailed)
+        )
+    {
+        return Ok(Outcome::AlreadyKnown { event_id });
+    }
     let checked = match check_pdu(pdu, room_id, &rules) {
         Ok(c) => c,
         Err((event_id, reason)) => {

@@ -316,12 +316,24 @@ async fn many_nodes_run(spec: ManyNodes) -> anyhow::Result<()> {
             let user = &nodes[i].user;
             let path = format!("/rooms/{}/send/m.room.message/m{i}", encode(&room));
             async move {
-                user.ok(
-                    reqwest::Method::PUT,
-                    &path,
-                    json!({ "msgtype": "m.text", "body": format!("hello from {i}") }),
-                )
-                .await
+                // A node busy with the others' events may answer after the client's
+                // timeout; the same transaction id makes the retry the same event.
+                let deadline = Instant::now() + Duration::from_secs(120);
+                loop {
+                    let sent = user
+                        .ok(
+                            reqwest::Method::PUT,
+                            &path,
+                            json!({ "msgtype": "m.text", "body": format!("hello from {i}") }),
+                        )
+                        .await;
+                    match sent {
+                        Err(e) if Instant::now() < deadline => {
+                            eprintln!("node {i}'s send is retried: {e:#}");
+                        }
+                        other => break other,
+                    }
+                }
             }
         })
         .buffer_unordered(PARALLEL)
