@@ -6,7 +6,10 @@
 //! Warren endpoint), and for those we do not have, `get_missing_events` with our own
 //! extremities as `earliest_events`. What comes back goes through
 //! [`receive_pdu`](crate::rooms::receive::receive_pdu) oldest first, with the peer as
-//! the origin to fetch auth events from. Events are signed by their origins, so a peer
+//! the origin to fetch auth events from. Gaps in our live timeline are pulled the same
+//! way: where an event was accepted with the state its sender gave because its prev
+//! events could not be had, those prev events are backward extremities, which no
+//! forward extremity names. Events are signed by their origins, so a peer
 //! may relay events of a third server: this gives multi-hop delivery (A–B–C with no
 //! A–C link) and catch-up after partitions. Our own events reach peers through the
 //! durable outbox; anti-entropy covers everything else.
@@ -53,6 +56,8 @@ pub const MAX_CONCURRENT_PEERS: usize = 4;
 /// connecting or rediscovered past it gets no pass now (a hostile mesh can announce
 /// fresh peers without end); the periodic pass over connected peers catches up.
 pub const MAX_QUEUED_PASSES: usize = 64;
+/// Most gaps in a room's live timeline (backward extremities) pulled per round.
+pub const MAX_GAPS: usize = 20;
 /// Most extremities served or used (the `get_missing_events` id limit).
 pub const MAX_EXTREMITIES: usize = 100;
 /// Longest one pass with one peer may take.
@@ -206,7 +211,7 @@ async fn sync_room(
         encode(room)
     );
     let mut pulled = 0;
-    for _ in 0..MAX_ROUNDS {
+    for round in 0..MAX_ROUNDS {
         let answer: Value = request_json(server, peer, http::Method::GET, &path, None).await?;
         let theirs: Vec<String> = answer["extremities"]
             .as_array()
@@ -217,14 +222,27 @@ async fn sync_room(
             .take(MAX_EXTREMITIES)
             .map(str::to_owned)
             .collect();
-        let missing = server.db.read(|c| {
+        let (missing, gaps, live_start) = server.db.read(|c| {
             let mut missing = Vec::new();
             for id in &theirs {
                 if !known(c, id)? {
                     missing.push(id.clone());
                 }
             }
-            Ok(missing)
+            // Gaps in our live timeline (an event accepted with the state its sender
+            // gave, its prev events missing): no extremity of anyone's names them, so
+            // comparing extremities never would. Asked of the peer that sent that
+            // event (which has what lies behind it).
+            let mut gaps = HashSet::new();
+            // (In the first round: the later ones go on with what it pulled.)
+            let limit = if round == 0 { MAX_GAPS } else { 0 };
+            for id in storage::live_backfill_extremities(c, room, peer, limit)? {
+                if !missing.contains(&id) && !known(c, &id)? {
+                    gaps.insert(id.clone());
+                    missing.push(id);
+                }
+            }
+            Ok((missing, gaps, storage::live_start_depth(c, room)?))
         })?;
         if missing.is_empty() {
             break;
@@ -236,6 +254,19 @@ async fn sync_room(
         }
         for id in &missing {
             match remote.get_event(peer, id).await {
+                // A gap's depth is a guess (its child's, less one): one that turns out
+                // to be from before our join is history, left to backfill, and never
+                // asked for again here.
+                Ok(pdu)
+                    if gaps.contains(id)
+                        && pdu["depth"]
+                            .as_i64()
+                            .zip(live_start)
+                            .is_some_and(|(d, start)| d < start) =>
+                {
+                    let depth = pdu["depth"].as_i64().unwrap_or(0);
+                    server.write(|c| storage::set_backfill_extremity_depth(c, room, id, depth))?;
+                }
                 Ok(pdu) => progress += receive(server, remote, peer, room, pdu).await?,
                 Err(e) => tracing::debug!(%peer, event_id = %id, error = %e, "cannot fetch"),
             }

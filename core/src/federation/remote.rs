@@ -54,18 +54,31 @@ impl RemoteEvents for FederationRemote {
                 "/_matrix/federation/v1/get_missing_events/{}",
                 encode(room_id)
             );
+            // Nothing from before this node joined: that history is not ours to take
+            // into the live timeline (backfill fetches it, into backfill positions). A
+            // walk into it would put the room's old state events, held here as
+            // outliers, into the timeline as forward extremities no other node has.
+            let min_depth = self
+                .server
+                .db
+                .read(|c| crate::storage::live_start_depth(c, room_id))?
+                .unwrap_or(0);
             let body = json!({
                 "earliest_events": earliest,
                 "latest_events": latest,
                 "limit": limit,
+                "min_depth": min_depth,
             });
             let answer: Value =
                 request_json(&self.server, origin, http::Method::POST, &path, Some(&body)).await?;
             Ok(answer
                 .get("events")
                 .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter(|e| e["depth"].as_i64().is_none_or(|d| d >= min_depth))
                 .cloned()
-                .unwrap_or_default())
+                .collect())
         })
     }
 

@@ -313,8 +313,9 @@ async fn apply(
                         added += 1;
                     }
                     // Settled (a rejected event is never shown, but the history behind
-                    // it goes on): the gap moves to its prev events.
-                    storage::remove_backfill_extremity(c, room_id, &id)?;
+                    // it goes on): the gap moves to its prev events, which (a gap in
+                    // the live timeline) stop being forward extremities here.
+                    storage::close_gap(c, room_id, &id, &prevs)?;
                     for p in prevs {
                         if !has_state(c, &p)? {
                             storage::add_backfill_extremity(c, room_id, &p, depth - 1, Some(dest))?;

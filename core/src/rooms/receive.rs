@@ -245,6 +245,19 @@ pub async fn receive_pdu(
             });
         }
     };
+    // A copy of an event already settled here (forwarding and anti-entropy bring the
+    // same event many times: in a mesh of n nodes each new event arrives up to n - 1
+    // times): its id alone (the reference hash, which covers the room and everything
+    // the signatures do) says so, without checking signatures again.
+    if pdu.get("room_id").and_then(Value::as_str) == Some(room_id)
+        && let Ok(event_id) = super::event_id_of(&pdu, &version)
+        && matches!(
+            server.db.read(|c| storage::event_status(c, &event_id))?,
+            Some(EventStatus::Timeline | EventStatus::SoftFailed)
+        )
+    {
+        return Ok(Outcome::AlreadyKnown { event_id });
+    }
     let checked = match check_pdu(pdu, room_id, &rules) {
         Ok(c) => c,
         Err((event_id, reason)) => {
@@ -688,9 +701,16 @@ impl Room<'_> {
             );
         }
 
+        // A gap behind a stored event (a backward extremity: its child was accepted
+        // with the state its sender gave) is history, not news: the timeline has moved
+        // past it, so it is not soft-failed (as backfilled events are not), and it
+        // changes the current state only by what it does to the forward extremities.
+        let is_gap = storage::is_backfill_extremity(c, self.room_id, &event_id)?;
+
         // 6. The current state.
         let current = storage::current_state(c, self.room_id)?;
-        if current != before
+        if !is_gap
+            && current != before
             && let Err(e) = check_against(c, rules, pdu, &current)
         {
             tracing::info!(%event_id, error = %e, "soft-failing received event");
@@ -710,7 +730,11 @@ impl Room<'_> {
         if let Some(sk) = &pdu.state_key {
             after.insert((pdu.kind.to_string(), sk.clone()), event_id.clone());
         }
-        let new_current = self.new_current_state(pdu, &after)?;
+        let new_current = if is_gap {
+            self.gap_current_state(pdu, current)?
+        } else {
+            self.new_current_state(pdu, &after)?
+        };
         let replaces = pdu
             .state_key
             .as_ref()
@@ -1019,6 +1043,47 @@ impl Room<'_> {
         }
     }
 
+    /// The room's current state once `pdu`, a gap behind a stored event, is in the
+    /// timeline: it is not a forward extremity, but its prev events stop being ones (a
+    /// node that had it before its child never counted them), so the current state is
+    /// the resolution of the states after the extremities that remain; `current` when
+    /// none would.
+    fn gap_current_state(&self, pdu: &Pdu, current: StateMap) -> Result<NewCurrentState, Error> {
+        let c = self.c;
+        let prevs: Vec<String> = pdu.prev_events.iter().map(|e| e.to_string()).collect();
+        let before = storage::forward_extremities(c, self.room_id)?;
+        // (`persist_accepted` does this again, to no effect.)
+        storage::remove_prev_extremities(c, self.room_id, &prevs)?;
+        let remaining: Vec<String> = storage::forward_extremities(c, self.room_id)?
+            .into_iter()
+            .map(|(id, _)| id)
+            .take(MAX_RESOLVED_EXTREMITIES)
+            .collect();
+        let keep = NewCurrentState::Replace {
+            state: current,
+            is_state_after_event: false,
+        };
+        if remaining.is_empty() || remaining.len() == before.len() {
+            return Ok(keep);
+        }
+        let mut states = Vec::new();
+        for id in &remaining {
+            if let Some(e) = storage::get_event_any(c, id)? {
+                states.push(state_after_event(c, &e)?.0);
+            }
+        }
+        match resolve_states(c, self.rules, &states, None) {
+            Ok(state) => Ok(NewCurrentState::Replace {
+                state,
+                is_state_after_event: false,
+            }),
+            Err(e) => {
+                tracing::warn!(event_id = %pdu.event_id, error = %e, "cannot resolve the current state; keeping it");
+                Ok(keep)
+            }
+        }
+    }
+
     fn store_rejected(
         &self,
         ev: &Checked,
@@ -1033,6 +1098,12 @@ impl Room<'_> {
             group_before,
             group_before,
         )?;
+        // A gap behind a stored event is settled: its prev events are no forward
+        // extremities (the state after a rejected event is the one before it).
+        if group_before.is_some() {
+            let prevs: Vec<String> = ev.pdu.prev_events.iter().map(|e| e.to_string()).collect();
+            storage::close_gap(self.c, self.room_id, &ev.event_id, &prevs)?;
+        }
         storage::trim_rejected(self.c, self.room_id, MAX_REJECTED_PER_ROOM)?;
         Ok(Outcome::Rejected {
             event_id: Some(ev.event_id.clone()),

@@ -35,15 +35,86 @@ pub fn add_backfill_extremity(
     Ok(())
 }
 
-/// The event is stored now (or will never be fetched): no longer a gap.
+/// The event is stored now (or will never be fetched): no longer a gap. Returns whether
+/// it was one.
 pub fn remove_backfill_extremity(
     c: &Connection,
     room_id: &str,
     event_id: &str,
+) -> Result<bool, Error> {
+    Ok(
+        c.prepare_cached("DELETE FROM backfill_extremities WHERE room_id = ?1 AND event_id = ?2")?
+            .execute(params![room_id, event_id])?
+            > 0,
+    )
+}
+
+/// Set a backward extremity's depth to the event's own (once it is known, from the
+/// event itself), rather than its child's less one.
+pub fn set_backfill_extremity_depth(
+    c: &Connection,
+    room_id: &str,
+    event_id: &str,
+    depth: i64,
 ) -> Result<(), Error> {
-    c.prepare_cached("DELETE FROM backfill_extremities WHERE room_id = ?1 AND event_id = ?2")?
-        .execute(params![room_id, event_id])?;
+    c.prepare_cached(
+        "UPDATE backfill_extremities SET depth = ?3 WHERE room_id = ?1 AND event_id = ?2",
+    )?
+    .execute(params![room_id, event_id, depth])?;
     Ok(())
+}
+
+/// Whether `event_id` is a backward extremity of `room_id`: missing here, and the prev
+/// event of a stored event.
+pub fn is_backfill_extremity(c: &Connection, room_id: &str, event_id: &str) -> Result<bool, Error> {
+    Ok(
+        c.prepare_cached(
+            "SELECT 1 FROM backfill_extremities WHERE room_id = ?1 AND event_id = ?2",
+        )?
+        .exists(params![room_id, event_id])?,
+    )
+}
+
+/// The depth of the room's first live event (the join that brought this node in, or the
+/// create event for the room's creator): events below it are history from before this
+/// node joined, which only backfill fetches (into backfill positions), never the live
+/// paths (`get_missing_events` asks for nothing below it, as Synapse's `min_depth`).
+/// `None` when the room has no live event here.
+pub fn live_start_depth(c: &Connection, room_id: &str) -> Result<Option<i64>, Error> {
+    Ok(c.prepare_cached(
+        "SELECT depth FROM events WHERE room_id = ?1 AND stream_ordering > 0
+             ORDER BY stream_ordering LIMIT 1",
+    )?
+    .query_row([room_id], |r| r.get(0))
+    .optional()?)
+}
+
+/// The room's backward extremities inside its live timeline, deepest first, at most
+/// `limit`: gaps left where an event was accepted with the state its sender gave
+/// because its prev events could not be had (see `rooms::receive`), as opposed to the
+/// history from before this node joined (below the depth of the room's first live
+/// event, which is the join, or the create event for the room's creator). Anti-entropy
+/// pulls these from peers, so that every node ends with the same timeline.
+///
+/// Only the gaps to ask `via` about: those it was the origin of (it sent the event
+/// accepted with its state, so it has what lies behind), or with no origin known. A
+/// gap is then asked of one peer, not of every peer in every pass.
+pub fn live_backfill_extremities(
+    c: &Connection,
+    room_id: &str,
+    via: &str,
+    limit: usize,
+) -> Result<Vec<String>, Error> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut st = c.prepare_cached(
+        "SELECT event_id FROM backfill_extremities WHERE room_id = ?1
+             AND (via = ?2 OR via IS NULL) AND depth >= (
+             SELECT depth FROM events WHERE room_id = ?1 AND stream_ordering > 0
+             ORDER BY stream_ordering LIMIT 1)
+         ORDER BY depth DESC, event_id LIMIT ?3",
+    )?;
+    let rows = st.query_map(params![room_id, via, limit], |r| r.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// The room's deepest backward extremities, at most `limit`.

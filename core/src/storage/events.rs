@@ -471,16 +471,53 @@ pub fn is_forward_extremity(c: &Connection, room_id: &str, event_id: &str) -> Re
 /// sent here merges).
 const MAX_SKIPPED_ANCESTORS: usize = 200;
 
-/// A new event becomes an extremity; the events it references stop being ones. When a
-/// prev event is soft-failed or rejected (it never became an extremity itself), its own
-/// prev events stop being extremities too, through any chain of such events, as
-/// Synapse's `_get_prevs_before_rejected` does: otherwise a node that soft-failed an
-/// event of another branch would keep that branch's older tip as an extremity, and
-/// nodes would disagree about the room's extremities after a partition heals.
+/// A new event becomes an extremity; the events it references stop being ones (see
+/// [`remove_prev_extremities`]). An event that was a gap behind a stored event (a
+/// backward extremity: its child came first, accepted with the state its sender gave)
+/// has a child already: it closes the gap and is not a forward extremity.
 pub fn update_forward_extremities(
     c: &Connection,
     room_id: &str,
     event_id: &str,
+    prev_events: &[String],
+) -> Result<(), Error> {
+    remove_prev_extremities(c, room_id, prev_events)?;
+    let was_gap = crate::storage::remove_backfill_extremity(c, room_id, event_id)?;
+    if !was_gap {
+        c.prepare_cached(
+            "INSERT OR IGNORE INTO forward_extremities (room_id, event_id) VALUES (?1, ?2)",
+        )?
+        .execute(params![room_id, event_id])?;
+    }
+    Ok(())
+}
+
+/// A soft-failed or rejected event stored where it was a gap behind a stored event
+/// (a backward extremity): the gap is closed, and its prev events stop being forward
+/// extremities, as they would have had the event been here before its child (the
+/// child's prev events then led through it). Returns whether it was a gap.
+pub fn close_gap(
+    c: &Connection,
+    room_id: &str,
+    event_id: &str,
+    prev_events: &[String],
+) -> Result<bool, Error> {
+    let was_gap = crate::storage::remove_backfill_extremity(c, room_id, event_id)?;
+    if was_gap {
+        remove_prev_extremities(c, room_id, prev_events)?;
+    }
+    Ok(was_gap)
+}
+
+/// The events a new event references stop being forward extremities. When a prev event
+/// is soft-failed or rejected (it never became an extremity itself), its own prev
+/// events stop being extremities too, through any chain of such events, as Synapse's
+/// `_get_prevs_before_rejected` does: otherwise a node that soft-failed an event of
+/// another branch would keep that branch's older tip as an extremity, and nodes would
+/// disagree about the room's extremities after a partition heals.
+pub fn remove_prev_extremities(
+    c: &Connection,
+    room_id: &str,
     prev_events: &[String],
 ) -> Result<(), Error> {
     let mut del =
@@ -509,19 +546,6 @@ pub fn update_forward_extremities(
                     .filter_map(|v| v.as_str().map(str::to_owned)),
             );
         }
-    }
-    // An event that was a gap behind a stored event (a backward extremity: its child
-    // came first, accepted with the state its sender gave) has a child already: it
-    // closes the gap and is not a forward extremity.
-    let was_gap = c
-        .prepare_cached("DELETE FROM backfill_extremities WHERE room_id = ?1 AND event_id = ?2")?
-        .execute(params![room_id, event_id])?
-        > 0;
-    if !was_gap {
-        c.prepare_cached(
-            "INSERT OR IGNORE INTO forward_extremities (room_id, event_id) VALUES (?1, ?2)",
-        )?
-        .execute(params![room_id, event_id])?;
     }
     Ok(())
 }
