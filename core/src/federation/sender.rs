@@ -54,6 +54,14 @@ struct Destination {
     task: JoinHandle<()>,
 }
 
+/// A destination's task ends with its entry: when the manager stops (the node shuts
+/// down), so do all of them, instead of holding the server until they idle out.
+impl Drop for Destination {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// Start the sender manager.
 pub fn start(server: Arc<Server>, mut events: broadcast::Receiver<PeerEvent>) -> JoinHandle<()> {
     tokio::spawn(async move {
