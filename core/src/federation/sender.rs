@@ -193,7 +193,14 @@ async fn destination_task(
                     .await
                     {
                         Ok(mailbox) => {
-                            tracing::info!(%destination, %mailbox, txn_id = %txn, "left a transaction with the destination's mailbox");
+                            match mailbox {
+                                Some(mailbox) => {
+                                    tracing::info!(%destination, %mailbox, txn_id = %txn, "left a transaction with the destination's mailbox")
+                                }
+                                None => {
+                                    tracing::debug!(%destination, "dropped typing and presence for a destination that is away")
+                                }
+                            }
                             delivered(&server, &destination, &batch);
                             if direct {
                                 direct_after = Some(

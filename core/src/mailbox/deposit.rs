@@ -18,7 +18,8 @@ use crate::storage::{self, now_ms};
 const PERISHABLE_EDUS: [&str; 2] = ["m.typing", "m.presence"];
 
 /// Deposit one transaction for `destination` with the first of its mailboxes that takes
-/// it. Returns the mailbox, or an error when no mailbox is known or none took it (the
+/// it. Returns the mailbox, `None` when nothing in it is worth keeping (only typing and
+/// presence: the rows can go), or an error when no mailbox is known or none took it (the
 /// caller keeps the rows and backs off as usual).
 pub async fn deposit(
     server: &Arc<Server>,
@@ -26,7 +27,7 @@ pub async fn deposit(
     txn_id: &str,
     pdus: &[Value],
     edus: &[Value],
-) -> Result<String, Error> {
+) -> Result<Option<String>, Error> {
     let Some((record, _)) = server.db.read(|c| record::held(c, destination))? else {
         return Err(Error::NotFound(format!(
             "no mailbox known for {destination}"
@@ -39,6 +40,9 @@ pub async fn deposit(
             !PERISHABLE_EDUS.contains(&kind)
         })
         .collect();
+    if pdus.is_empty() && edus.is_empty() {
+        return Ok(None);
+    }
     let body = keys::sign(
         server,
         &json!({
@@ -55,14 +59,14 @@ pub async fn deposit(
         if mailbox == server.server_name() {
             // This node is the destination's mailbox itself: hold it here.
             match accept(server, server.server_name(), destination, txn_id, &body) {
-                Ok(()) => return Ok(mailbox.clone()),
+                Ok(()) => return Ok(Some(mailbox.clone())),
                 Err(e) => last = e,
             }
             continue;
         }
         let hints = record.addresses.get(mailbox).cloned().unwrap_or_default();
         match put(server, mailbox, destination, txn_id, &body, &hints).await {
-            Ok(()) => return Ok(mailbox.clone()),
+            Ok(()) => return Ok(Some(mailbox.clone())),
             Err(e) => {
                 tracing::debug!(%destination, %mailbox, error = %e, "mailbox did not take a deposit");
                 last = e;
