@@ -33,7 +33,9 @@ use std::time::Duration;
 use rusqlite::Connection;
 use serde_json::Value;
 
-use super::receive::{Checked, Mode, Room, check_pdu, has_state, with_auth_events};
+use super::receive::{
+    Checked, Mode, Room, check_pdu, checked_state_answer, has_state, with_auth_events,
+};
 use super::{MAX_FETCHES, Outcome};
 use crate::error::Error;
 use crate::events::rules_for;
@@ -52,9 +54,6 @@ pub const MAX_SERVERS_TRIED: usize = 3;
 pub const MAX_STATE_FETCHES: usize = 2;
 /// Longest one call may take, every request included.
 pub const BACKFILL_TIMEOUT: Duration = Duration::from_secs(15);
-/// Most state events accepted from one `/state` answer (as a join's).
-const MAX_STATE_EVENTS: usize = super::remote_join::MAX_JOIN_STATE;
-
 /// Record the gap before a join persisted over federation (in the join's write
 /// transaction): its prev events that are not here become backward extremities, to be
 /// asked of `via` (the resident the join went through) first.
@@ -239,24 +238,8 @@ async fn apply(
                 continue;
             }
         };
-        let mut ids = Vec::new();
-        for (is_state, list) in [(true, &answer["pdus"]), (false, &answer["auth_chain"])] {
-            for v in list.as_array().into_iter().flatten().take(MAX_STATE_EVENTS) {
-                match check_pdu(v.clone(), room_id, rules) {
-                    Ok(ev) => {
-                        if is_state {
-                            ids.push(ev.event_id.clone());
-                        }
-                        if !seen.contains(&ev.event_id) {
-                            state_events.push(ev);
-                        }
-                    }
-                    Err((eid, reason)) => {
-                        tracing::info!(%dest, ?eid, %reason, "dropped a state event of a backfill");
-                    }
-                }
-            }
-        }
+        let (ids, events) = checked_state_answer(&answer, room_id, rules, dest);
+        state_events.extend(events.into_iter().filter(|ev| !seen.contains(&ev.event_id)));
         given.insert(id, ids);
     }
     // 4: the auth events the batch and those states need, fetched from the same server.

@@ -428,8 +428,38 @@ pub(super) fn has_state(c: &Connection, event_id: &str) -> Result<bool, Error> {
     )
 }
 
-/// Most state events accepted from a `/state` answer for a received event.
+/// Most state events, and most auth chain events, taken from one `/state` answer.
 const MAX_STATE_EVENTS: usize = super::remote_join::MAX_JOIN_STATE;
+
+/// The events of a `/state` answer from `from`: its state (`pdus`) and `auth_chain`, at
+/// most [`MAX_STATE_EVENTS`] of each, each checked for format, hashes and signatures
+/// (a bad one is dropped with a log line). Returns the ids of the state events, and
+/// every event that passed.
+pub(super) fn checked_state_answer(
+    answer: &Value,
+    room_id: &str,
+    rules: &RoomVersionRules,
+    from: &str,
+) -> (Vec<String>, Vec<Checked>) {
+    let mut ids = Vec::new();
+    let mut events = Vec::new();
+    for (is_state, list) in [(true, &answer["pdus"]), (false, &answer["auth_chain"])] {
+        for v in list.as_array().into_iter().flatten().take(MAX_STATE_EVENTS) {
+            match check_pdu(v.clone(), room_id, rules) {
+                Ok(ev) => {
+                    if is_state {
+                        ids.push(ev.event_id.clone());
+                    }
+                    events.push(ev);
+                }
+                Err((eid, reason)) => {
+                    tracing::info!(%from, ?eid, %reason, "dropped an event of a /state answer");
+                }
+            }
+        }
+    }
+    (ids, events)
+}
 
 /// Accept `checked` with the state before it as `origin` gives it (`/state`): each state
 /// event checked (format, signatures, auth against its auth events), the event checked
@@ -454,23 +484,7 @@ async fn with_state_from(
             return Ok(None);
         }
     };
-    let mut ids = Vec::new();
-    let mut state_events = Vec::new();
-    for (is_state, list) in [(true, &answer["pdus"]), (false, &answer["auth_chain"])] {
-        for v in list.as_array().into_iter().flatten().take(MAX_STATE_EVENTS) {
-            match check_pdu(v.clone(), room_id, rules) {
-                Ok(ev) => {
-                    if is_state {
-                        ids.push(ev.event_id.clone());
-                    }
-                    state_events.push(ev);
-                }
-                Err((eid, reason)) => {
-                    tracing::info!(%origin, ?eid, %reason, "dropped a state event of a received event");
-                }
-            }
-        }
-    }
+    let (ids, state_events) = checked_state_answer(&answer, room_id, rules, origin);
     let mut seeds = state_events.clone();
     seeds.push(checked.clone());
     let auth =
