@@ -14,6 +14,15 @@ use crate::error::Error;
 use crate::federation::FederationTransport;
 use crate::identity::Identity;
 use crate::storage::Db;
+use crate::storage::effects::Touched;
+
+/// What a write that took a stream position without saying whom it concerns touched.
+static EVERYONE: Touched = Touched {
+    rooms: Vec::new(),
+    users: Vec::new(),
+    members_of: Vec::new(),
+    everyone: true,
+};
 use crate::streams::Notifier;
 
 /// An in-progress user-interactive authentication session.
@@ -122,6 +131,9 @@ impl Server {
     pub fn after_commit(&self, effects: crate::storage::effects::Effects) {
         if let Some(pos) = effects.stream_pos {
             self.notifier.committed(pos);
+            // Every waiter when the write did not say whom it concerns.
+            self.notifier
+                .wake(effects.touched.as_deref().unwrap_or(&EVERYONE));
         }
         if effects.federation_queued() {
             self.outbox_wake.notify_one();

@@ -7,11 +7,15 @@
 //! to-device inbox (it caps each response), the token also says how far that inbox was
 //! delivered: `s{position}_{typing}_{to_device}`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
+
+use crate::storage::effects::Touched;
 
 /// A position in the persisted stream.
 pub type StreamPosition = i64;
@@ -201,6 +205,120 @@ fn typing_now(users: &HashMap<String, Instant>, now: Instant) -> Vec<String> {
 pub struct Notifier {
     tx: watch::Sender<SyncToken>,
     typing: Mutex<TypingState>,
+    waiters: Arc<Mutex<Waiters>>,
+    /// Wake-ups handed to waiting long-polls so far.
+    wakeups: AtomicU64,
+}
+
+/// Most rooms one long-poll is woken for by name; a user in more rooms is woken by any
+/// change (and the build skips the rooms that did not change).
+pub const MAX_WAITER_ROOMS: usize = 10_000;
+
+/// The long-polls waiting now, indexed by what wakes them.
+///
+/// Bounded by the long-polls in flight (each a client request: the client listener caps
+/// connections) times the rooms each names (at most [`MAX_WAITER_ROOMS`]).
+#[derive(Default)]
+struct Waiters {
+    next_id: u64,
+    entries: HashMap<u64, WaiterEntry>,
+    by_user: HashMap<String, HashSet<u64>>,
+    by_room: HashMap<String, HashSet<u64>>,
+    /// Woken by anything.
+    broad: HashSet<u64>,
+}
+
+struct WaiterEntry {
+    user: String,
+    rooms: Vec<String>,
+    notify: Arc<Notify>,
+}
+
+impl Waiters {
+    fn unindex(&mut self, id: u64) {
+        let Some(e) = self.entries.get(&id) else {
+            return;
+        };
+        for room in &e.rooms {
+            if let Some(set) = self.by_room.get_mut(room) {
+                set.remove(&id);
+                if set.is_empty() {
+                    self.by_room.remove(room);
+                }
+            }
+        }
+        self.broad.remove(&id);
+    }
+
+    /// Wake the broad waiters and those of `users` and `rooms`; returns how many.
+    fn wake<'a>(
+        &self,
+        users: impl Iterator<Item = &'a String>,
+        rooms: impl Iterator<Item = &'a String>,
+    ) -> u64 {
+        let mut woken: HashSet<u64> = self.broad.clone();
+        for u in users {
+            woken.extend(self.by_user.get(u).into_iter().flatten());
+        }
+        for r in rooms {
+            woken.extend(self.by_room.get(r).into_iter().flatten());
+        }
+        let mut n = 0;
+        for id in woken {
+            if let Some(e) = self.entries.get(&id) {
+                e.notify.notify_one();
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
+/// One waiting long-poll: woken (once, the wake-up kept until it is awaited) by a
+/// committed change that concerns its user or one of its rooms. Unregistered on drop.
+pub struct Waiter {
+    id: u64,
+    notify: Arc<Notify>,
+    waiters: Arc<Mutex<Waiters>>,
+}
+
+impl Waiter {
+    /// From now on, wake only for changes to the user's own data or to `rooms` (the
+    /// rooms the user is in), no longer for anything at all. Changes committed before
+    /// this call already woke the waiter.
+    pub fn narrow(&self, rooms: Vec<String>) {
+        if rooms.len() > MAX_WAITER_ROOMS {
+            return;
+        }
+        let mut w = self.waiters.lock();
+        w.unindex(self.id);
+        for room in &rooms {
+            w.by_room.entry(room.clone()).or_default().insert(self.id);
+        }
+        if let Some(e) = w.entries.get_mut(&self.id) {
+            e.rooms = rooms;
+        }
+    }
+
+    /// Wait for a wake-up (returns at once if one came since the last wait).
+    pub async fn notified(&self) {
+        self.notify.notified().await;
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        let mut w = self.waiters.lock();
+        w.unindex(self.id);
+        if let Some(e) = w.entries.remove(&self.id)
+            && let Some(set) = w.by_user.get_mut(&e.user)
+        {
+            set.remove(&self.id);
+            if set.is_empty() {
+                w.by_user.remove(&e.user);
+            }
+        }
+    }
 }
 
 impl Notifier {
@@ -210,7 +328,67 @@ impl Notifier {
         Notifier {
             tx,
             typing: Mutex::new(TypingState::default()),
+            waiters: Arc::default(),
+            wakeups: AtomicU64::new(0),
         }
+    }
+
+    /// Register a long-poll of `user_id`, woken by any change until it is
+    /// [narrowed](Waiter::narrow) to the user's rooms. Register before reading the
+    /// position to build at: a change committed after that position wakes it.
+    pub fn waiter(&self, user_id: &str) -> Waiter {
+        let notify = Arc::new(Notify::new());
+        let mut w = self.waiters.lock();
+        w.next_id += 1;
+        let id = w.next_id;
+        w.entries.insert(
+            id,
+            WaiterEntry {
+                user: user_id.to_owned(),
+                rooms: Vec::new(),
+                notify: notify.clone(),
+            },
+        );
+        w.by_user.entry(user_id.to_owned()).or_default().insert(id);
+        w.broad.insert(id);
+        Waiter {
+            id,
+            notify,
+            waiters: self.waiters.clone(),
+        }
+    }
+
+    /// Wake the long-polls a committed write concerns: call after [`Notifier::committed`]
+    /// (so a waiter woken finds the new position), with what the write touched.
+    pub fn wake(&self, touched: &Touched) {
+        let w = self.waiters.lock();
+        let n = if touched.everyone {
+            for e in w.entries.values() {
+                e.notify.notify_one();
+            }
+            w.entries.len() as u64
+        } else {
+            w.wake(
+                touched.users.iter(),
+                touched.rooms.iter().chain(&touched.members_of),
+            )
+        };
+        self.wakeups.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// How many wake-ups were handed to waiting long-polls so far.
+    pub fn wakeups(&self) -> u64 {
+        self.wakeups.load(Ordering::Relaxed)
+    }
+
+    /// How many long-polls are waiting.
+    pub fn waiting(&self) -> usize {
+        self.waiters.lock().entries.len()
+    }
+
+    /// How many of them any change wakes (not yet narrowed to their rooms).
+    pub fn waiting_for_anything(&self) -> usize {
+        self.waiters.lock().broad.len()
     }
 
     /// The newest fully committed token.
@@ -257,6 +435,12 @@ impl Notifier {
             serial
         };
         self.tx.send_modify(|t| t.typing = serial);
+        let room = room_id.to_owned();
+        let n = self
+            .waiters
+            .lock()
+            .wake(std::iter::empty(), std::iter::once(&room));
+        self.wakeups.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Users typing in a room now, if the room's typing changed after `since_serial`
@@ -302,23 +486,25 @@ impl Notifier {
         let changed = {
             let mut st = self.typing.lock();
             let now = Instant::now();
-            let mut changed = false;
+            let mut changed = Vec::new();
             let mut next = st.serial;
-            for (serial, users) in st.rooms.values_mut() {
+            for (room, (serial, users)) in st.rooms.iter_mut() {
                 let before = users.len();
                 users.retain(|_, exp| *exp > now);
                 if users.len() != before {
                     next += 1;
                     *serial = next;
-                    changed = true;
+                    changed.push(room.clone());
                 }
             }
             st.serial = next;
             st.forget_quiet_rooms(now);
-            changed.then_some(next)
+            (!changed.is_empty()).then_some((next, changed))
         };
-        if let Some(serial) = changed {
+        if let Some((serial, rooms)) = changed {
             self.tx.send_modify(|t| t.typing = serial);
+            let n = self.waiters.lock().wake(std::iter::empty(), rooms.iter());
+            self.wakeups.fetch_add(n, Ordering::Relaxed);
         }
     }
 }

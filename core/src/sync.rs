@@ -27,6 +27,8 @@ use crate::streams::SyncToken;
 
 pub mod initial_cache;
 pub mod sliding;
+#[cfg(test)]
+mod wake_tests;
 
 /// Most events one room's timeline looks at, visible or not, per timeline event asked
 /// for: an initial sync over many rooms stays cheap; the client pages on from
@@ -163,9 +165,10 @@ pub async fn sync(
     if let Some(since) = &params.since {
         e2ee::to_device::acknowledge(&server, &caller, since)?;
     }
-    let mut rx = server.notifier.subscribe();
+    // Registered before the first position is read: a change committed after it wakes
+    // this call, even while it is still building.
+    let waiter = server.notifier.waiter(&caller.user_id);
     loop {
-        rx.borrow_and_update();
         let now = server.notifier.current();
         let waiting = !deadline.saturating_duration_since(Instant::now()).is_zero();
         // A `since` equal to the current token (stream position, typing serial, to-device
@@ -173,22 +176,51 @@ pub async fn sync(
         // later position or typing serial. A long-poll that starts there (the usual next
         // request after a sync) waits at once instead of building an empty answer.
         let nothing_new = params.since == Some(now) && !params.full_state;
-        if !(waiting && nothing_new) {
-            let (body, has_data) = build_at(&server, &caller, &params, now).await?;
-            if has_data || params.since.is_none() || params.full_state {
-                return Ok(body);
+        let rooms = if !(waiting && nothing_new) {
+            let built = build_at(&server, &caller, &params, now).await?;
+            if built.has_data || params.since.is_none() || params.full_state {
+                return Ok(built.body);
             }
             if deadline.saturating_duration_since(Instant::now()).is_zero() {
-                return Ok(body);
+                return Ok(built.body);
             }
-        }
+            built.rooms
+        } else {
+            server
+                .db
+                .read(|c| joined_rooms(c, &caller.user_id, &params.filter))?
+        };
+        // From here on only what concerns the user or their rooms wakes the call.
+        waiter.narrow(rooms);
         let remaining = deadline.saturating_duration_since(Instant::now());
-        if tokio::time::timeout(remaining, rx.changed()).await.is_err() {
+        if tokio::time::timeout(remaining, waiter.notified())
+            .await
+            .is_err()
+        {
             // Time is up with nothing new: the answer at the token reached now.
             let now = server.notifier.current();
-            return Ok(build_at(&server, &caller, &params, now).await?.0);
+            return Ok(build_at(&server, &caller, &params, now).await?.body);
         }
     }
+}
+
+/// The rooms the user is joined to that the filter lets through: what a waiting `/sync`
+/// is woken for, besides the user's own data.
+fn joined_rooms(c: &Connection, user_id: &str, filter: &Filter) -> Result<Vec<String>, Error> {
+    Ok(storage::user_memberships(c, user_id)?
+        .into_iter()
+        .filter(|(room, membership, _, _)| membership == "join" && room_allowed(&filter.room, room))
+        .map(|(room, ..)| room)
+        .collect())
+}
+
+/// One built response.
+struct Built {
+    body: Value,
+    /// Whether it carries anything.
+    has_data: bool,
+    /// The joined rooms it looked at.
+    rooms: Vec<String>,
 }
 
 /// [`build`] at `now` on a blocking thread, in one read transaction.
@@ -197,7 +229,7 @@ async fn build_at(
     caller: &Requester,
     params: &SyncParams,
     now: SyncToken,
-) -> Result<(Value, bool), Error> {
+) -> Result<Built, Error> {
     let server = server.clone();
     let caller = caller.clone();
     let filter = params.filter.clone();
@@ -240,7 +272,7 @@ pub async fn sync_serialized(
     if let Some(body) = server.initial_syncs.get(&key, built) {
         return Ok(body);
     }
-    let (body, _) = build_at(&server, &caller, &params, built.token).await?;
+    let body = build_at(&server, &caller, &params, built.token).await?.body;
     let body: bytes::Bytes = serde_json::to_vec(&body)?.into();
     server.initial_syncs.put(key, built, body.clone());
     Ok(body)
@@ -307,7 +339,25 @@ fn invited_by_ignored(c: &Connection, event_id: &str, ignored: &[String]) -> Res
     Ok(storage::get_state_event(c, event_id)?.is_some_and(|e| ignored.contains(&e.sender)))
 }
 
-/// Build one response at `now`. Returns the body and whether it carries anything.
+/// Whether nothing a joined room's section shows changed in `(since, now]`: no event,
+/// receipt or unread count (the writer's record of changed rooms), no typing change and
+/// none of the user's account data for the room. Such a room is left out of an
+/// incremental sync without a query.
+fn quiet_since(
+    server: &Server,
+    room_id: &str,
+    since: SyncToken,
+    room_data: &[(String, String, String)],
+) -> bool {
+    !server.db.room_changes().changed_since(room_id, since.pos)
+        && !room_data.iter().any(|(r, _, _)| r == room_id)
+        && server
+            .notifier
+            .typing_since(room_id, since.typing, false)
+            .is_none()
+}
+
+/// Build one response at `now`.
 fn build(
     c: &Connection,
     server: &Server,
@@ -316,7 +366,7 @@ fn build(
     now: SyncToken,
     filter: &Filter,
     full_state: bool,
-) -> Result<(Value, bool), Error> {
+) -> Result<Built, Error> {
     // A token from the future (e.g. a database restored from backup) is treated as initial.
     let since = since.filter(|s| s.pos <= now.pos);
     let since_pos = since.map(|s| s.pos).unwrap_or(0);
@@ -325,7 +375,13 @@ fn build(
     let mut knock = Map::new();
     let mut leave = Map::new();
     let mut has_data = false;
+    let mut joined = Vec::new();
 
+    // The user's account data changed since `since`, global and per room, read once.
+    let (global_data, room_data): (Vec<_>, Vec<_>) =
+        storage::account_data_since(c, &caller.user_id, since_pos, now.pos)?
+            .into_iter()
+            .partition(|(room, _, _)| room.is_empty());
     let ignored = ignored_users(c, &caller.user_id)?;
     for (room_id, membership, event_id, mpos) in storage::user_memberships(c, &caller.user_id)? {
         if !room_allowed(&filter.room, &room_id) {
@@ -334,20 +390,38 @@ fn build(
         let changed = mpos > since_pos;
         match membership.as_str() {
             "join" => {
+                joined.push(room_id.clone());
+                if let Some(s) = since
+                    && !full_state
+                    && quiet_since(server, &room_id, s, &room_data)
+                {
+                    continue;
+                }
                 // Only a real transition into `join` since `since` is a new join; a
                 // display name change or a repeated join is an ordinary timeline event.
                 let newly =
                     since.is_none() || (changed && !joined_throughout(c, &event_id, since_pos)?);
-                if let Some(room) = joined_room(
-                    c,
-                    server,
-                    caller,
-                    &room_id,
-                    since,
-                    now,
-                    filter,
-                    full_state || newly,
-                )? {
+                let full = full_state || newly;
+                // A room seen whole for the first time in an incremental sync shows all
+                // of its account data, not only what changed since `since`.
+                let data = if full && since.is_some() {
+                    storage::account_data_since(c, &caller.user_id, 0, now.pos)?
+                } else {
+                    Vec::new()
+                };
+                let data = if full && since.is_some() {
+                    &data
+                } else {
+                    &room_data
+                };
+                let data: Vec<(String, String)> = data
+                    .iter()
+                    .filter(|(r, ty, _)| r == &room_id && filter.room.account_data.allows(ty))
+                    .map(|(_, ty, content)| (ty.clone(), content.clone()))
+                    .collect();
+                if let Some(room) =
+                    joined_room(c, server, caller, &room_id, since, now, filter, full, data)?
+                {
                     has_data |= room.1;
                     join.insert(room_id, room.0);
                 }
@@ -386,9 +460,8 @@ fn build(
     }
 
     let mut account_data = Vec::new();
-    for (room, ty, content) in storage::account_data_since(c, &caller.user_id, since_pos, now.pos)?
-    {
-        if room.is_empty() && filter.account_data.allows(&ty) {
+    for (_, ty, content) in global_data {
+        if filter.account_data.allows(&ty) {
             account_data
                 .push(json!({"type": ty, "content": serde_json::from_str::<Value>(&content)?}));
         }
@@ -436,7 +509,11 @@ fn build(
         "device_one_time_keys_count": keys.one_time_key_counts,
         "device_unused_fallback_key_types": keys.unused_fallback_key_types,
     });
-    Ok((body, has_data))
+    Ok(Built {
+        body,
+        has_data,
+        rooms: joined,
+    })
 }
 
 /// The end-to-end encryption parts of a sync response.
@@ -515,6 +592,7 @@ fn joined_room(
     now: SyncToken,
     filter: &Filter,
     full: bool,
+    room_data: Vec<(String, String)>,
 ) -> Result<Option<(Value, bool)>, Error> {
     let since_pos = if full {
         0
@@ -579,10 +657,6 @@ fn joined_room(
         if since.is_some() { since_pos } else { 0 },
         now.pos,
     )?;
-    let room_data = storage::account_data_since(c, &caller.user_id, since_pos, now.pos)?
-        .into_iter()
-        .filter(|(r, ty, _)| r == room_id && filter.room.account_data.allows(ty))
-        .collect::<Vec<_>>();
 
     // State: full at the start of the timeline for initial/newly joined rooms, the delta
     // since `since` when the timeline is limited, nothing otherwise (it is in the timeline).
@@ -622,7 +696,7 @@ fn joined_room(
     }
     let (notifications, highlights) = storage::unread_counts(c, room_id, &caller.user_id)?;
     let mut account_data = Vec::new();
-    for (_, ty, content) in room_data {
+    for (ty, content) in room_data {
         account_data.push(json!({"type": ty, "content": serde_json::from_str::<Value>(&content)?}));
     }
     let mut body = json!({

@@ -23,21 +23,86 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use rusqlite::Connection;
+use parking_lot::Mutex;
 use rusqlite::hooks::Action;
+use rusqlite::{Connection, OptionalExtension};
 
+use super::changes::RoomChanges;
 use crate::streams::StreamPosition;
 
 const OUTBOX: u8 = 1;
 const PUSH_QUEUE: u8 = 2;
 const STREAM: u8 = 4;
 
+/// Most changed rows of the tables `/sync` reads that one write lists (room by room,
+/// user by user); a write changing more (joining a large room) wakes every waiter.
+const MAX_TRACKED_ROWS: usize = 256;
+
+/// Most rooms a user's presence or device change wakes the members of, one by one; a
+/// user in more rooms wakes every waiter.
+const MAX_SHARED_ROOMS: usize = 256;
+
+/// The tables whose changed rows say whose `/sync` a write concerns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tracked {
+    Events,
+    Receipts,
+    AccountData,
+    Memberships,
+    ToDevice,
+    DeviceLists,
+    Presence,
+}
+
+impl Tracked {
+    fn of(action: Action, table: &str) -> Option<Tracked> {
+        let changed = matches!(action, Action::SQLITE_INSERT | Action::SQLITE_UPDATE);
+        let t = match table {
+            "events" => Tracked::Events,
+            "receipts" => Tracked::Receipts,
+            "account_data" => Tracked::AccountData,
+            "memberships" => Tracked::Memberships,
+            "to_device_inbox" => Tracked::ToDevice,
+            "device_list_changes" => Tracked::DeviceLists,
+            "presence" => Tracked::Presence,
+            _ => return None,
+        };
+        changed.then_some(t)
+    }
+}
+
+/// Whose `/sync` a committed write concerns: the long-polls to wake (see
+/// [`crate::streams::Notifier::wake`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Touched {
+    /// Rooms whose timeline, state, receipts or unread counts changed.
+    pub rooms: Vec<String>,
+    /// Users whose own data changed: a membership, account data, to-device messages,
+    /// their devices or presence.
+    pub users: Vec<String>,
+    /// Rooms whose members should look again although the room did not change (a
+    /// member's presence or devices did).
+    pub members_of: Vec<String>,
+    /// Too much changed to list: every waiter looks again.
+    pub everyone: bool,
+}
+
+impl Touched {
+    fn add(list: &mut Vec<String>, v: String) {
+        if !list.contains(&v) {
+            list.push(v);
+        }
+    }
+}
+
 /// The after-commit effects of one write.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Effects {
     flags: u8,
     /// The stream position the write reached, if it took one.
     pub stream_pos: Option<StreamPosition>,
+    /// Whose `/sync` the write concerns (only with a stream position).
+    pub touched: Option<Box<Touched>>,
 }
 
 impl Effects {
@@ -60,21 +125,53 @@ impl Effects {
 /// Runs each write's effects once its batch has committed (installed by the node).
 pub type AfterCommit = Box<dyn Fn(Effects) + Send + Sync>;
 
+/// Rows of the tracked tables a write changed.
+#[derive(Default)]
+struct Rows {
+    rows: Vec<(Tracked, i64)>,
+    overflow: bool,
+}
+
 /// The effects of the write running on the writer connection so far.
-#[derive(Clone, Default)]
-pub(super) struct Collector(Arc<AtomicU8>);
+#[derive(Clone)]
+pub(super) struct Collector {
+    flags: Arc<AtomicU8>,
+    rows: Arc<Mutex<Rows>>,
+    /// Told, before the commit, which rooms each write changed.
+    room_changes: Arc<RoomChanges>,
+}
 
 impl Collector {
+    pub(super) fn new(room_changes: Arc<RoomChanges>) -> Collector {
+        Collector {
+            flags: Arc::default(),
+            rows: Arc::default(),
+            room_changes,
+        }
+    }
+
     /// Collect on `conn` (the writer) from now on.
     pub(super) fn install(&self, conn: &Connection) {
-        let noted = self.0.clone();
+        let noted = self.flags.clone();
+        let rows = self.rows.clone();
         conn.update_hook(Some(
-            move |action: Action, _db: &str, table: &str, _rowid: i64| {
+            move |action: Action, _db: &str, table: &str, rowid: i64| {
                 let flag = match (action, table) {
                     (Action::SQLITE_INSERT, "federation_outbox") => OUTBOX,
                     (Action::SQLITE_INSERT, "push_queue") => PUSH_QUEUE,
                     (Action::SQLITE_UPDATE, "stream_sequence") => STREAM,
-                    _ => return,
+                    _ => {
+                        if let Some(t) = Tracked::of(action, table) {
+                            // Only the writer's thread takes it while the writer is held.
+                            let mut r = rows.lock();
+                            if r.rows.len() < MAX_TRACKED_ROWS {
+                                r.rows.push((t, rowid));
+                            } else {
+                                r.overflow = true;
+                            }
+                        }
+                        return;
+                    }
                 };
                 // Only the writer's thread touches it while the writer is held.
                 noted.fetch_or(flag, Ordering::Relaxed);
@@ -84,13 +181,16 @@ impl Collector {
 
     /// A write starts: forget what an earlier one (or a failed one) left.
     pub(super) fn clear(&self) {
-        self.0.store(0, Ordering::Relaxed);
+        self.flags.store(0, Ordering::Relaxed);
+        *self.rows.lock() = Rows::default();
     }
 
-    /// The write's closure succeeded: its effects, read inside its transaction.
+    /// The write's closure succeeded: its effects, read inside its transaction. The
+    /// rooms it changed are recorded in [`RoomChanges`] here, before the commit.
     pub(super) fn take(&self, conn: &Connection) -> Result<Effects, rusqlite::Error> {
-        let flags = self.0.swap(0, Ordering::Relaxed);
-        let stream_pos = if flags & STREAM != 0 {
+        let flags = self.flags.swap(0, Ordering::Relaxed);
+        let rows = std::mem::take(&mut *self.rows.lock());
+        let stream_pos: Option<StreamPosition> = if flags & STREAM != 0 {
             Some(
                 conn.prepare_cached("SELECT pos FROM stream_sequence")?
                     .query_row([], |r| r.get(0))?,
@@ -98,11 +198,115 @@ impl Collector {
         } else {
             None
         };
+        // Rows changed without a new stream position are nothing `/sync` returns.
+        let touched = match stream_pos {
+            Some(pos) if rows.overflow || !rows.rows.is_empty() => {
+                let touched = resolve(conn, &rows)?;
+                if touched.everyone {
+                    self.room_changes.record_all(pos);
+                } else {
+                    for room in &touched.rooms {
+                        self.room_changes.record(room, pos);
+                    }
+                }
+                Some(Box::new(touched))
+            }
+            _ => None,
+        };
         Ok(Effects {
             flags: flags & !STREAM,
             stream_pos,
+            touched,
         })
     }
+}
+
+/// The rooms and users behind a write's changed rows (rows it changed and then deleted
+/// are gone and name nobody).
+fn resolve(conn: &Connection, rows: &Rows) -> Result<Touched, rusqlite::Error> {
+    let mut t = Touched {
+        everyone: rows.overflow,
+        ..Touched::default()
+    };
+    if t.everyone {
+        return Ok(t);
+    }
+    let mut shared_by: Vec<String> = Vec::new();
+    for &(table, rowid) in &rows.rows {
+        match table {
+            Tracked::Events => {
+                let row: Option<(String, String, Option<String>)> = conn
+                    .prepare_cached(
+                        "SELECT room_id, type, state_key FROM events WHERE stream_ordering = ?1",
+                    )?
+                    .query_row([rowid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .optional()?;
+                if let Some((room, kind, state_key)) = row {
+                    Touched::add(&mut t.rooms, room);
+                    if kind == "m.room.member"
+                        && let Some(user) = state_key
+                    {
+                        Touched::add(&mut t.users, user);
+                    }
+                }
+            }
+            Tracked::Receipts => {
+                if let Some(room) =
+                    one(conn, "SELECT room_id FROM receipts WHERE rowid = ?1", rowid)?
+                {
+                    Touched::add(&mut t.rooms, room);
+                }
+            }
+            Tracked::AccountData | Tracked::Memberships | Tracked::ToDevice => {
+                let sql = match table {
+                    Tracked::AccountData => "SELECT user_id FROM account_data WHERE rowid = ?1",
+                    Tracked::Memberships => "SELECT user_id FROM memberships WHERE rowid = ?1",
+                    _ => "SELECT user_id FROM to_device_inbox WHERE rowid = ?1",
+                };
+                if let Some(user) = one(conn, sql, rowid)? {
+                    Touched::add(&mut t.users, user);
+                }
+            }
+            Tracked::DeviceLists | Tracked::Presence => {
+                let sql = match table {
+                    Tracked::DeviceLists => {
+                        "SELECT user_id FROM device_list_changes WHERE rowid = ?1"
+                    }
+                    _ => "SELECT user_id FROM presence WHERE rowid = ?1",
+                };
+                if let Some(user) = one(conn, sql, rowid)? {
+                    Touched::add(&mut shared_by, user.clone());
+                    Touched::add(&mut t.users, user);
+                }
+            }
+        }
+    }
+    // A user's presence and device changes are for everyone sharing a room with them.
+    for user in shared_by {
+        let mut st = conn.prepare_cached(
+            "SELECT room_id FROM memberships WHERE user_id = ?1 AND membership = 'join' LIMIT ?2",
+        )?;
+        let rooms = st
+            .query_map(rusqlite::params![user, MAX_SHARED_ROOMS as i64 + 1], |r| {
+                r.get(0)
+            })?
+            .collect::<Result<Vec<String>, _>>()?;
+        if rooms.len() > MAX_SHARED_ROOMS {
+            t.everyone = true;
+            return Ok(t);
+        }
+        for room in rooms {
+            Touched::add(&mut t.members_of, room);
+        }
+    }
+    Ok(t)
+}
+
+/// The first column of the row `rowid` of one query, if that row is still there.
+fn one(conn: &Connection, sql: &str, rowid: i64) -> Result<Option<String>, rusqlite::Error> {
+    conn.prepare_cached(sql)?
+        .query_row([rowid], |r| r.get(0))
+        .optional()
 }
 
 #[cfg(test)]

@@ -18,11 +18,13 @@
 
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::{Condvar, Mutex};
 use rusqlite::Connection;
 
+use super::changes::RoomChanges;
 use super::effects::{Collector, Effects};
 use crate::error::Error;
 
@@ -63,8 +65,8 @@ pub(super) struct GroupWriter {
 }
 
 impl GroupWriter {
-    pub(super) fn new(conn: Connection) -> GroupWriter {
-        let effects = Collector::default();
+    pub(super) fn new(conn: Connection, room_changes: Arc<RoomChanges>) -> GroupWriter {
+        let effects = Collector::new(room_changes);
         effects.install(&conn);
         GroupWriter {
             writer: Mutex::new(Writer {
@@ -242,7 +244,7 @@ mod tests {
              INSERT INTO stream_sequence (pos) VALUES (0);",
         )
         .expect("schema");
-        Arc::new(GroupWriter::new(conn))
+        Arc::new(GroupWriter::new(conn, Arc::new(RoomChanges::new(0))))
     }
 
     /// Many threads writing at once: every successful write is kept, every failed one

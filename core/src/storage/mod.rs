@@ -10,6 +10,7 @@
 mod account_data;
 mod appservice;
 mod backfill;
+pub mod changes;
 mod checkpoint;
 mod cross_signing;
 mod delayed_events;
@@ -90,6 +91,8 @@ pub struct Db {
     writes: AtomicU64,
     /// Runs each write's effects after its commit (see [`effects`]).
     after_commit: std::sync::OnceLock<effects::AfterCommit>,
+    /// Which rooms changed after a stream position (see [`changes`]).
+    room_changes: std::sync::Arc<changes::RoomChanges>,
 }
 
 impl std::fmt::Debug for Db {
@@ -162,8 +165,13 @@ impl Db {
             conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
             readers.push(Mutex::new(conn));
         }
+        let opened_at: StreamPosition = writer
+            .query_row("SELECT pos FROM stream_sequence", [], |r| r.get(0))
+            .map_err(open_err)?;
+        let room_changes = std::sync::Arc::new(changes::RoomChanges::new(opened_at));
         Ok(Db {
-            writer: group_commit::GroupWriter::new(writer),
+            writer: group_commit::GroupWriter::new(writer, room_changes.clone()),
+            room_changes,
             readers,
             next_reader: AtomicUsize::new(0),
             checkpoints,
@@ -204,6 +212,12 @@ impl Db {
             }
         }
         Ok(out)
+    }
+
+    /// Which rooms changed after a stream position, as far as this process saw them
+    /// written (every position before it opened counts as "any room").
+    pub fn room_changes(&self) -> &changes::RoomChanges {
+        &self.room_changes
     }
 
     /// How many write transactions have finished. Read it before opening a snapshot: a

@@ -372,9 +372,10 @@ pub async fn sync(
     }
     let deadline = Instant::now() + params.timeout.min(MAX_TIMEOUT);
     let req = Arc::new(req);
-    let mut rx = server.notifier.subscribe();
+    // Registered before the first position is read: a change committed after it wakes
+    // this call, even while it is still building.
+    let waiter = server.notifier.waiter(&caller.user_id);
     loop {
-        rx.borrow_and_update();
         let now = server.notifier.current();
         let (body, snap, has_data) = {
             let server = server.clone();
@@ -390,10 +391,22 @@ pub async fn sync(
             .map_err(Error::internal)??
         };
         let remaining = deadline.saturating_duration_since(Instant::now());
-        if has_data
-            || prev.token.is_none()
-            || remaining.is_zero()
-            || tokio::time::timeout(remaining, rx.changed()).await.is_err()
+        let done = has_data || prev.token.is_none() || remaining.is_zero();
+        if !done {
+            // From here on only what concerns the user or their rooms wakes the call.
+            let rooms = server.db.read(|c| {
+                Ok(storage::user_memberships(c, &caller.user_id)?
+                    .into_iter()
+                    .filter(|(_, membership, _, _)| membership == "join")
+                    .map(|(room, ..)| room)
+                    .collect())
+            })?;
+            waiter.narrow(rooms);
+        }
+        if done
+            || tokio::time::timeout(remaining, waiter.notified())
+                .await
+                .is_err()
         {
             let pos = server.sliding.store(key, params.pos.as_deref(), snap);
             let mut body = body;
