@@ -66,9 +66,14 @@ pub fn relation_in(content: &Value, own_id: &str) -> Option<(String, String)> {
 }
 
 fn content_of(e: &StoredEvent) -> Value {
-    serde_json::from_str::<Value>(&e.json)
+    /// Only the content: the rest of the PDU is skipped, not built.
+    #[derive(serde::Deserialize)]
+    struct Content {
+        content: Option<Value>,
+    }
+    serde_json::from_str::<Content>(&e.json)
         .ok()
-        .and_then(|mut v| v.get_mut("content").map(Value::take))
+        .and_then(|v| v.content)
         .unwrap_or(Value::Null)
 }
 

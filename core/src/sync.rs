@@ -701,7 +701,7 @@ fn joined_room(
     }
     let mut body = json!({
         "timeline": {
-            "events": timeline_events(c, room_id, &timeline, caller)?,
+            "events": timeline_events_seen_with(c, room_id, &timeline, caller, vis.as_ref())?,
             "limited": limited,
             "prev_batch": SyncToken::at(timeline_start).to_string(),
         },
@@ -731,8 +731,22 @@ pub(crate) fn timeline_events(
     events: &[StoredEvent],
     caller: &Requester,
 ) -> Result<Vec<Value>, Error> {
+    timeline_events_seen_with(c, room_id, events, caller, None)
+}
+
+/// [`timeline_events`], with the user's view of the room when the caller has it already.
+fn timeline_events_seen_with(
+    c: &Connection,
+    room_id: &str,
+    events: &[StoredEvent],
+    caller: &Requester,
+    vis: Option<&crate::rooms::visibility::Visibility>,
+) -> Result<Vec<Value>, Error> {
     if events.is_empty() {
         return Ok(Vec::new());
+    }
+    if let Some(vis) = vis {
+        return crate::relations::render(c, events, sync_opts(caller), |_| Some(vis));
     }
     let vis = match visibility_for(c, room_id, &caller.user_id) {
         Ok(v) => Some(v),

@@ -1,5 +1,6 @@
 //! The client-server event format, built from a stored PDU.
 
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::storage::StoredEvent;
@@ -15,33 +16,45 @@ pub struct ClientEventOptions<'a> {
     pub now_ms: i64,
 }
 
-const CLIENT_FIELDS: &[&str] = &[
-    "type",
-    "content",
-    "sender",
-    "origin_server_ts",
-    "state_key",
-    "redacts",
-];
+/// The fields of a PDU the client format keeps. Parsing only these skips the rest
+/// (signatures, hashes, auth and prev events) without building them, and moves
+/// `content` into the answer instead of copying it.
+#[derive(Deserialize, Default)]
+struct ClientFields {
+    #[serde(rename = "type")]
+    kind: Option<Value>,
+    content: Option<Value>,
+    sender: Option<Value>,
+    origin_server_ts: Option<Value>,
+    state_key: Option<Value>,
+    redacts: Option<Value>,
+}
 
 /// Render a stored event in the client format (`ClientEvent` / `ClientEventWithoutRoomID`).
 pub fn client_event(e: &StoredEvent, opts: ClientEventOptions<'_>) -> Value {
-    let pdu: Map<String, Value> = serde_json::from_str(&e.json).unwrap_or_default();
+    let pdu: ClientFields = serde_json::from_str(&e.json).unwrap_or_default();
     let mut out = Map::new();
-    for field in CLIENT_FIELDS {
-        if let Some(v) = pdu.get(*field) {
-            out.insert((*field).to_owned(), v.clone());
+    // From v11 `redacts` lives in content; clients still look for it at the top level.
+    let redacts = pdu.redacts.or_else(|| {
+        (e.kind == "m.room.redaction")
+            .then(|| pdu.content.as_ref().and_then(|c| c.get("redacts")).cloned())
+            .flatten()
+    });
+    for (field, value) in [
+        ("type", pdu.kind),
+        ("sender", pdu.sender),
+        ("origin_server_ts", pdu.origin_server_ts),
+        ("state_key", pdu.state_key),
+        ("redacts", redacts),
+    ] {
+        if let Some(v) = value {
+            out.insert(field.to_owned(), v);
         }
     }
-    // From v11 `redacts` lives in content; clients still look for it at the top level.
-    if e.kind == "m.room.redaction"
-        && !out.contains_key("redacts")
-        && let Some(r) = pdu.get("content").and_then(|c| c.get("redacts"))
-    {
-        out.insert("redacts".to_owned(), r.clone());
-    }
-    out.entry("content")
-        .or_insert_with(|| Value::Object(Map::new()));
+    out.insert(
+        "content".to_owned(),
+        pdu.content.unwrap_or_else(|| Value::Object(Map::new())),
+    );
     out.insert("event_id".to_owned(), Value::String(e.event_id.clone()));
     if opts.include_room_id {
         out.insert("room_id".to_owned(), Value::String(e.room_id.clone()));
