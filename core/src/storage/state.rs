@@ -111,31 +111,27 @@ pub fn state_group_lookup(
 
 /// The full state of a group.
 pub fn load_state_group(c: &Connection, group: i64) -> Result<StateMap, Error> {
-    // Collect the chain from this group up to its snapshot, then apply oldest first.
-    let mut chain = vec![group];
-    let mut cur = group;
-    while let Some(prev) = c
-        .query_row(
-            "SELECT prev_group FROM state_groups WHERE id = ?1",
-            [cur],
-            |r| r.get::<_, Option<i64>>(0),
-        )
-        .optional()?
-        .flatten()
-    {
-        chain.push(prev);
-        cur = prev;
-    }
-    let mut state = StateMap::new();
+    // The chain from this group up to its snapshot (at most MAX_CHAIN + 1 groups), and
+    // their entries oldest group first, so each group's entries override the older ones:
+    // one statement, kept prepared.
     let mut st = c.prepare_cached(
-        "SELECT type, state_key, event_id FROM state_group_entries WHERE state_group = ?1",
+        "WITH RECURSIVE chain(id, depth) AS (
+             SELECT ?1, 0
+             UNION ALL
+             SELECT g.prev_group, chain.depth + 1 FROM state_groups g JOIN chain ON g.id = chain.id
+             WHERE g.prev_group IS NOT NULL AND chain.depth <= ?2
+         )
+         SELECT e.type, e.state_key, e.event_id
+         FROM chain JOIN state_group_entries e ON e.state_group = chain.id
+         ORDER BY chain.depth DESC",
     )?;
-    for g in chain.iter().rev() {
-        let rows = st.query_map([g], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))?;
-        for row in rows {
-            let (k, v) = row?;
-            state.insert(k, v);
-        }
+    let mut state = StateMap::new();
+    let rows = st.query_map(params![group, MAX_CHAIN], |r| {
+        Ok(((r.get(0)?, r.get(1)?), r.get(2)?))
+    })?;
+    for row in rows {
+        let (k, v) = row?;
+        state.insert(k, v);
     }
     Ok(state)
 }

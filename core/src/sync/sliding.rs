@@ -216,6 +216,9 @@ struct Snapshot {
     token: Option<SyncToken>,
     rooms: HashMap<String, RoomSent>,
     counts: BTreeMap<String, usize>,
+    /// Each joined room's bump stamp at `token`: a room unchanged since is not looked up
+    /// again (the lists order every room the user is in, on every request).
+    bumps: HashMap<String, StreamPosition>,
 }
 
 struct ConnState {
@@ -478,10 +481,22 @@ fn build(
     // The rooms the lists range over, newest bump first.
     let mut candidates = Vec::new();
     let mut left = Vec::new();
+    let changes = server.db.room_changes();
+    let mut bumps = HashMap::new();
     for (room_id, membership, event_id, mpos) in memberships {
         let bump = match membership.as_str() {
             "join" => {
-                storage::newest_of_types(c, &room_id, BUMP_EVENT_TYPES, now.pos)?.unwrap_or(mpos)
+                let known = prev
+                    .token
+                    .filter(|t| !changes.changed_since(&room_id, t.pos))
+                    .and_then(|_| prev.bumps.get(&room_id).copied());
+                let bump = match known {
+                    Some(b) => b,
+                    None => storage::newest_of_types(c, &room_id, BUMP_EVENT_TYPES, now.pos)?
+                        .unwrap_or(mpos),
+                };
+                bumps.insert(room_id.clone(), bump);
+                bump
             }
             "invite" | "knock" => mpos,
             _ => {
@@ -560,6 +575,7 @@ fn build(
         token: Some(now),
         rooms: prev.rooms.clone(),
         counts: counts.clone(),
+        bumps,
     };
     let mut rooms = Map::new();
     let mut initial_rooms = HashSet::new();
@@ -572,6 +588,15 @@ fn build(
             .get(room_id)
             .filter(|s| s.membership == cand.membership);
         let update = match cand.membership.as_str() {
+            // Sent before with the same state asked for, and unchanged since (the
+            // writer's record of changed rooms): nothing to send, nothing to look up.
+            "join"
+                if sent.is_some_and(|s| {
+                    s.required_state == cfg.required_state && !changes.changed_since(room_id, s.pos)
+                }) =>
+            {
+                None
+            }
             "join" => joined_room(c, caller, cand, cfg, sent, now, &direct)?,
             _ => invited_room(c, cand, cfg, sent)?,
         };
