@@ -217,6 +217,12 @@ fn room_bundles(
     if eligible.is_empty() {
         return Ok(HashMap::new());
     }
+    // One lookup settles the usual case: none of these events has a relation, so none
+    // has a thread, an edit or references (an empty bundle is left out anyway).
+    let ids: Vec<&str> = eligible.iter().map(|e| e.event_id.as_str()).collect();
+    if !storage::any_relations(c, &ids)? {
+        return Ok(HashMap::new());
+    }
     roots.sort_unstable();
     roots.dedup();
 

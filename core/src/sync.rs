@@ -560,18 +560,24 @@ fn e2ee_sections(
     })
 }
 
+/// The state events `ids`, in that order, read in one statement.
 fn event_list(
     c: &Connection,
     ids: impl Iterator<Item = String>,
     caller: &Requester,
 ) -> Result<Vec<Value>, Error> {
-    let mut out = Vec::new();
-    for id in ids {
-        if let Some(ev) = storage::get_state_event(c, &id)? {
-            out.push(client_event(&ev, sync_opts(caller)));
-        }
-    }
-    Ok(out)
+    let ids: Vec<String> = ids.collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let mut found: std::collections::HashMap<String, StoredEvent> =
+        storage::get_state_events(c, &refs)?
+            .into_iter()
+            .map(|e| (e.event_id.clone(), e))
+            .collect();
+    Ok(ids
+        .iter()
+        .filter_map(|id| found.remove(id))
+        .map(|ev| client_event(&ev, sync_opts(caller)))
+        .collect())
 }
 
 pub(crate) fn sync_opts(caller: &Requester) -> crate::events::ClientEventOptions<'_> {

@@ -191,6 +191,20 @@ pub fn get_state_event(c: &Connection, event_id: &str) -> Result<Option<StoredEv
     .optional()?)
 }
 
+/// [`get_state_event`] for many ids in one statement (any order; unknown, soft-failed
+/// and rejected ones left out).
+pub fn get_state_events(c: &Connection, ids: &[&str]) -> Result<Vec<StoredEvent>, Error> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut st = c.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM events WHERE event_id IN (SELECT value FROM json_each(?1))
+         AND status IN ('timeline', 'outlier')"
+    ))?;
+    let rows = st.query_map([serde_json::to_string(ids)?], from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 /// The status of a stored event, if it is stored.
 pub fn event_status(c: &Connection, event_id: &str) -> Result<Option<EventStatus>, Error> {
     Ok(

@@ -202,6 +202,20 @@ pub fn latest_edits(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// Whether any of `ids` is the parent of a relation (a thread reply, an edit, a
+/// reference, an annotation), in any window: most timelines have none, and then there is
+/// nothing to bundle and no need to ask for each kind.
+pub fn any_relations(c: &Connection, ids: &[&str]) -> Result<bool, Error> {
+    if ids.is_empty() {
+        return Ok(false);
+    }
+    Ok(c.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM json_each(?1) j
+                        JOIN event_relations r ON r.relates_to_id = j.value)",
+    )?
+    .query_row([ids_json(ids)?], |r| r.get(0))?)
+}
+
 /// Reply counts, newest reply and the viewer's participation for each thread root, over
 /// the replies inside the window `(min, max]`. Roots without replies are left out.
 pub fn thread_counts(
