@@ -25,6 +25,7 @@ const FIGURES: &[&str] = &[
     "sync_wake_small_room_p50_ms",
     "initial_sync_ms",
     "initial_sync_same_device_ms",
+    "initial_sync_1000_rooms_ms",
     "versions_sequential_per_s",
     "versions_concurrent_per_s",
     "federation_p50_ms",
@@ -42,7 +43,7 @@ const FIGURES: &[&str] = &[
 ];
 
 /// The client-API figures, the ones `--against` measures on the other server too.
-const CLIENT_FIGURES: usize = 12;
+const CLIENT_FIGURES: usize = 13;
 
 fn warren() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_warren"));

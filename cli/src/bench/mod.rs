@@ -96,6 +96,10 @@ pub struct Sizes {
     pub join_members: [usize; 2],
     pub rooms: usize,
     pub messages_per_room: usize,
+    /// Rooms of the reader for the large initial sync (the 100 above included; the
+    /// others hold `large_messages_per_room` messages each).
+    pub large_rooms: usize,
+    pub large_messages_per_room: usize,
     pub versions_sequential: usize,
     pub versions_per_task: usize,
 }
@@ -113,6 +117,8 @@ impl Sizes {
                 join_members: [5, 10],
                 rooms: 3,
                 messages_per_room: 5,
+                large_rooms: 6,
+                large_messages_per_room: 2,
                 versions_sequential: 50,
                 versions_per_task: 10,
             }
@@ -127,6 +133,8 @@ impl Sizes {
                 join_members: [100, 1_000],
                 rooms: 100,
                 messages_per_room: 100,
+                large_rooms: 1_000,
+                large_messages_per_room: 10,
                 versions_sequential: 2_000,
                 versions_per_task: 500,
             }
@@ -144,6 +152,8 @@ impl Sizes {
             "join_members": self.join_members,
             "initial_sync_rooms": self.rooms,
             "initial_sync_messages_per_room": self.messages_per_room,
+            "initial_sync_large_rooms": self.large_rooms,
+            "initial_sync_large_messages_per_room": self.large_messages_per_room,
         })
     }
 }
@@ -546,6 +556,11 @@ const ROWS: &[(&str, &str, &str)] = &[
         "initial_sync_same_device_ms",
         "ms",
     ),
+    (
+        "initial sync, 1,000 rooms",
+        "initial_sync_1000_rooms_ms",
+        "ms",
+    ),
     ("versions, sequential", "versions_sequential_per_s", "/s"),
     ("versions, 10 clients", "versions_concurrent_per_s", "/s"),
     ("federation p50", "federation_p50_ms", "ms"),
@@ -587,7 +602,7 @@ fn table(report: &Value) -> Vec<String> {
     lines.push(format!(
         "sizes: {} sequential sends, {} clients × {} concurrent sends, {} sync wakes, \
          {} federation samples, {} remote joins, joins of rooms with {} members, \
-         initial sync {} rooms × {} messages",
+         initial sync {} rooms × {} messages, then {} rooms (the new ones with {} messages)",
         s["sequential_sends"],
         s["concurrent_clients"],
         s["concurrent_sends_per_client"],
@@ -597,6 +612,8 @@ fn table(report: &Value) -> Vec<String> {
         s["join_members"],
         s["initial_sync_rooms"],
         s["initial_sync_messages_per_room"],
+        s["initial_sync_large_rooms"],
+        s["initial_sync_large_messages_per_room"],
     ));
     lines.push(
         "memory: process RSS (both nodes run in this process with the load generator)".into(),

@@ -98,6 +98,7 @@ pub struct ClientFigures {
     pub sync_wake_small_room_p50_ms: f64,
     pub initial_sync_ms: f64,
     pub initial_sync_same_device_ms: f64,
+    pub initial_sync_1000_rooms_ms: f64,
     pub versions_sequential_per_s: f64,
     pub versions_concurrent_per_s: f64,
 }
@@ -130,6 +131,11 @@ impl ClientFigures {
             (
                 "initial_sync_same_device_ms",
                 self.initial_sync_same_device_ms,
+                false,
+            ),
+            (
+                "initial_sync_1000_rooms_ms",
+                self.initial_sync_1000_rooms_ms,
                 false,
             ),
             (
@@ -278,6 +284,11 @@ pub async fn run(
     let reader = accounts.session(super::CONCURRENCY + 1).await?;
     (f.initial_sync_ms, f.initial_sync_same_device_ms) =
         initial_sync(accounts, &reader, sizes, messages).await?;
+    progress(&format!(
+        "initial sync: {} rooms in all, the new ones with {} messages each",
+        sizes.large_rooms, sizes.large_messages_per_room
+    ));
+    f.initial_sync_1000_rooms_ms = large_initial_sync(accounts, &reader, sizes, messages).await?;
     Ok(f)
 }
 
@@ -384,6 +395,79 @@ pub async fn wake_latency(
     Ok(out)
 }
 
+/// Create `count` rooms of `reader`'s and send `messages` messages in each (10 rooms at
+/// a time).
+async fn fill_rooms(
+    reader: &Arc<Client>,
+    count: usize,
+    messages: usize,
+) -> anyhow::Result<Vec<String>> {
+    let mut rooms = Vec::with_capacity(count);
+    for _ in 0..count {
+        rooms.push(
+            reader
+                .create_room(json!({"preset": "private_chat"}))
+                .await?,
+        );
+    }
+    for chunk in rooms.chunks(super::CONCURRENCY) {
+        let mut tasks = JoinSet::new();
+        for room in chunk {
+            let c = reader.clone();
+            let room = room.clone();
+            tasks.spawn(async move {
+                for i in 0..messages {
+                    c.send(&room, &format!("history {i}")).await?;
+                }
+                Ok(())
+            });
+        }
+        join_all(tasks).await?;
+    }
+    Ok(rooms)
+}
+
+/// `GET /sync` without `since` and without a filter from a new device of `user` (a
+/// fresh login, not timed): how long it took, checking it lists at least `rooms` rooms.
+async fn timed_initial_sync(
+    accounts: &Accounts,
+    user: usize,
+    rooms: usize,
+) -> anyhow::Result<Duration> {
+    let device = accounts.new_device(user).await?;
+    let t = Instant::now();
+    let sync = device.sync(None, 0, None).await?;
+    let took = t.elapsed();
+    let joined = sync["rooms"]["join"].as_object().map_or(0, |j| j.len());
+    if joined < rooms {
+        bail!("initial /sync lists {joined} joined rooms, expected at least {rooms}");
+    }
+    Ok(took)
+}
+
+/// Bring the reader (who has `rooms` rooms already) to `large_rooms` rooms, the new
+/// ones with `large_messages_per_room` messages each, then time an initial sync from a
+/// new device: the median of 3, in milliseconds.
+async fn large_initial_sync(
+    accounts: &Accounts,
+    reader: &Arc<Client>,
+    sizes: &Sizes,
+    messages: &AtomicU64,
+) -> anyhow::Result<f64> {
+    let more = sizes.large_rooms.saturating_sub(sizes.rooms);
+    fill_rooms(reader, more, sizes.large_messages_per_room).await?;
+    messages.fetch_add(
+        (more * sizes.large_messages_per_room) as u64,
+        Ordering::Relaxed,
+    );
+    let mut times = Vec::new();
+    for _ in 0..3 {
+        times.push(timed_initial_sync(accounts, super::CONCURRENCY + 1, sizes.large_rooms).await?);
+    }
+    times.sort();
+    Ok(percentile_ms(&times, 0.5))
+}
+
 /// Fill `rooms` × `messages_per_room` (10 rooms at a time), then time `GET /sync` without
 /// `since` and without a filter (the server's default timeline limit) both ways: from a
 /// new device each time (a fresh login, not timed), and repeated from the same device
@@ -396,29 +480,7 @@ async fn initial_sync(
     sizes: &Sizes,
     messages: &AtomicU64,
 ) -> anyhow::Result<(f64, f64)> {
-    let mut rooms = Vec::with_capacity(sizes.rooms);
-    for _ in 0..sizes.rooms {
-        rooms.push(
-            reader
-                .create_room(json!({"preset": "private_chat"}))
-                .await?,
-        );
-    }
-    for chunk in rooms.chunks(super::CONCURRENCY) {
-        let mut tasks = JoinSet::new();
-        for room in chunk {
-            let c = reader.clone();
-            let room = room.clone();
-            let n = sizes.messages_per_room;
-            tasks.spawn(async move {
-                for i in 0..n {
-                    c.send(&room, &format!("history {i}")).await?;
-                }
-                Ok(())
-            });
-        }
-        join_all(tasks).await?;
-    }
+    fill_rooms(reader, sizes.rooms, sizes.messages_per_room).await?;
     messages.fetch_add(
         (sizes.rooms * sizes.messages_per_room) as u64,
         Ordering::Relaxed,
@@ -438,8 +500,7 @@ async fn initial_sync(
     };
     let mut new_device = Vec::new();
     for _ in 0..3 {
-        let device = accounts.new_device(super::CONCURRENCY + 1).await?;
-        new_device.push(timed(device).await?);
+        new_device.push(timed_initial_sync(accounts, super::CONCURRENCY + 1, sizes.rooms).await?);
     }
     // The reader's own device: once untimed (its first initial sync), then 3 more.
     timed(reader.clone()).await?;
