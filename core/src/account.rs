@@ -3,10 +3,8 @@
 
 use std::sync::Arc;
 
-use serde_json::json;
-
 use crate::error::Error;
-use crate::events::NewEvent;
+use crate::requester::Requester;
 use crate::server::Server;
 use crate::storage;
 
@@ -24,8 +22,12 @@ pub fn valid_localpart(l: &str) -> bool {
 /// knocking on (which also takes them out of the user directory, built from joined
 /// memberships). `erase` clears the profile and records the erasure.
 ///
-/// A room the user cannot leave (a failing remote leave) is logged and skipped: the
-/// account is deactivated whatever happens to one room.
+/// Each room is left as `POST /rooms/{roomId}/leave` leaves it (the membership service's
+/// [`crate::membership::leave`]): a room this node is in with a local leave event, a
+/// pending invite or knock on a room it is not in through the server it came from. The
+/// node acts for the user, so no rate limit holds the leaves back. A room the user
+/// cannot leave (a failing remote leave) is logged and skipped: the account is
+/// deactivated whatever happens to one room.
 pub async fn deactivate(server: &Arc<Server>, user_id: &str, erase: bool) -> Result<(), Error> {
     let memberships = server.write(|c| {
         storage::deactivate_user(c, user_id)?;
@@ -38,40 +40,14 @@ pub async fn deactivate(server: &Arc<Server>, user_id: &str, erase: bool) -> Res
         storage::user_memberships(c, user_id)
     })?;
     server.initial_syncs.forget_user(user_id);
+    let requester = Requester::node_acting_for(user_id);
     for (room_id, membership, _, _) in memberships {
         if !matches!(membership.as_str(), "join" | "invite" | "knock") {
             continue;
         }
-        if let Err(e) = leave(server, &room_id, user_id).await {
+        if let Err(e) = crate::membership::leave(server, &requester, &room_id, None).await {
             tracing::info!(%room_id, %user_id, error = %e, "deactivation: could not leave");
         }
     }
-    Ok(())
-}
-
-async fn leave(server: &Arc<Server>, room_id: &str, user_id: &str) -> Result<(), Error> {
-    // As `POST /rooms/{roomId}/leave` does: a room known here takes a local leave; a
-    // pending invite or knock on a room this node is not in is rejected (rescinded)
-    // through the server it came from (went through).
-    let remote_via = server.db.read(|c| {
-        if storage::room_info(c, room_id)?.is_some() {
-            return Ok(None);
-        }
-        Ok(Some(crate::rooms::membership_server(c, room_id, user_id)?))
-    })?;
-    if let Some(via) = remote_via {
-        if let Some(via) = via {
-            crate::rooms::leave_remote(server, room_id, user_id, vec![via]).await?;
-        }
-        return Ok(());
-    }
-    let ev = NewEvent {
-        kind: "m.room.member".into(),
-        state_key: Some(user_id.to_owned()),
-        content: json!({ "membership": "leave" }),
-        sender: user_id.to_owned(),
-        redacts: None,
-    };
-    server.write(|c| crate::rooms::append_event(c, server, room_id, ev, None))?;
     Ok(())
 }

@@ -21,6 +21,7 @@ pub mod identity;
 pub mod keyed;
 pub mod mailbox;
 pub mod media;
+pub mod membership;
 pub mod metrics;
 pub mod node;
 pub mod openid;

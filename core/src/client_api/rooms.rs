@@ -83,7 +83,7 @@ pub(super) async fn create_room(
     let mut local_invites = Vec::new();
     let mut remote_invites = Vec::new();
     for invitee in body.invite {
-        match super::membership::check_invitee(&server, &invitee)? {
+        match crate::membership::check_invitee(&server, &invitee)? {
             true => local_invites.push(invitee),
             false => remote_invites.push(invitee),
         }
@@ -265,7 +265,7 @@ async fn put_state_inner(
     content: Value,
     ts: Option<i64>,
 ) -> JsonResult {
-    if kind == "m.room.member" && !super::membership::check_invitee(&server, &state_key)? {
+    if kind == "m.room.member" && !crate::membership::check_invitee(&server, &state_key)? {
         return Err(Error::Forbidden(format!(
             "{state_key} is on another node: use /invite, /kick or /ban for them"
         )));
