@@ -304,7 +304,7 @@ async fn set_password(
         return Err(Error::InvalidParam("the password must not be empty".into()));
     }
     let hash = hash_password(body.password).await?;
-    server.write(|c| storage::set_password(c, &user_id, &hash))?;
+    crate::account::set_password(&server, &user_id, &hash, None)?;
     Ok(Json(json!({ "user_id": user_id })))
 }
 

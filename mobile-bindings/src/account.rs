@@ -1,7 +1,8 @@
 //! `ensure_owner_account`: the device's user, signed in without a registration screen.
 //!
-//! Uses the node's storage directly (the same rows `/register` and `/login` write), not
-//! HTTP, so it works whatever the registration policy is.
+//! Uses the node's accounts service directly (the session `/register` and `/login`
+//! start, `warren_core::account::Session`), not HTTP, so it works whatever the
+//! registration policy is.
 
 use std::sync::Arc;
 
@@ -71,8 +72,7 @@ pub(crate) async fn ensure_owner_account(
             });
         }
     };
-    let device_id = warren_core::rooms::random_string(10).to_uppercase();
-    let access_token = warren_core::rooms::random_string(40);
+    let session = warren_core::account::Session::new(&server, &user_id, None, false);
     let created = server.write(|tx| {
         if let Some(hash) = &new_hash {
             // Someone may have registered the name since the read above.
@@ -81,7 +81,7 @@ pub(crate) async fn ensure_owner_account(
             }
             storage::create_user(tx, &user_id, Some(hash), false, &localpart)?;
         }
-        storage::start_session(tx, &user_id, &device_id, None, &access_token)?;
+        session.start(tx, None)?;
         Ok(true)
     })?;
     if !created {
@@ -94,8 +94,8 @@ pub(crate) async fn ensure_owner_account(
     }
     Ok(Credentials {
         user_id,
-        access_token,
-        device_id,
+        access_token: session.access_token,
+        device_id: session.device_id,
     })
 }
 

@@ -1,5 +1,4 @@
-//! Account lifecycle services: deactivation (`POST /account/deactivate` and the admin
-//! API).
+//! Deactivation (`POST /account/deactivate` and the admin API).
 
 use std::sync::Arc;
 
@@ -7,14 +6,6 @@ use crate::error::Error;
 use crate::requester::Requester;
 use crate::server::Server;
 use crate::storage;
-
-/// Whether `l` is a valid user-id localpart (the historical lower-case set).
-pub fn valid_localpart(l: &str) -> bool {
-    !l.is_empty()
-        && l.bytes().all(
-            |b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'=' | b'-' | b'/' | b'+'),
-        )
-}
 
 /// Deactivate a local account, as Synapse does: the account is marked deactivated and
 /// loses its password (so `/login` answers `M_USER_DEACTIVATED`), every device, access
@@ -31,6 +22,7 @@ pub fn valid_localpart(l: &str) -> bool {
 pub async fn deactivate(server: &Arc<Server>, user_id: &str, erase: bool) -> Result<(), Error> {
     let memberships = server.write(|c| {
         storage::deactivate_user(c, user_id)?;
+        super::devices::delete_all_devices_in(c, user_id)?;
         storage::delete_user_pushers(c, user_id)?;
         if erase {
             storage::set_erased(c, user_id)?;
