@@ -31,6 +31,7 @@ pub mod push;
 pub mod ratelimit;
 pub mod relations;
 pub mod requester;
+pub mod room_writes;
 pub mod rooms;
 pub mod search;
 pub mod server;

@@ -6,9 +6,9 @@ use axum::{Json, extract::State};
 use serde_json::{Value, json};
 
 use super::extract::{Auth, Body, P, Requester};
-use super::rooms::send;
 use crate::error::Error;
 use crate::events::NewEvent;
+use crate::room_writes::send;
 use crate::server::Server;
 use crate::storage;
 
