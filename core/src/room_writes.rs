@@ -1,4 +1,5 @@
-//! What a requester writes into rooms: new rooms, messages, state and redactions. The
+//! What a requester writes into rooms: new rooms, messages, state, redactions and
+//! upgrades. The
 //! client API's room handlers parse and answer; the checks a client's write needs on
 //! top of the room engine's auth rules (rate limits, a retried transaction, a relation's
 //! target, a canonical alias that must exist, a member event only for users of this
@@ -172,4 +173,27 @@ pub fn redact(
         redacts: Some(event_id),
     };
     send(server, requester, room_id, ev, Some(txn_id))
+}
+
+/// Upgrade `room_id` to `new_version` for the requester (`POST /rooms/{roomId}/upgrade`,
+/// the work is [`rooms::upgrade_room`]'s, in one write transaction). Counts as a room
+/// creation for rate limits. Returns the new room's id.
+pub fn upgrade_room(
+    server: &Server,
+    requester: &Requester,
+    room_id: &str,
+    new_version: &str,
+    additional_creators: &[String],
+) -> Result<String, Error> {
+    server.rate_limit_requester(Action::RoomCreation, requester)?;
+    server.write(|c| {
+        rooms::upgrade_room(
+            c,
+            server,
+            &requester.user_id,
+            room_id,
+            new_version,
+            additional_creators,
+        )
+    })
 }

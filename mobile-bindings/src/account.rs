@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use warren_core::server::Server;
 use warren_core::storage;
-use warren_core::{hash_password, valid_localpart, verify_password};
+use warren_core::{Error, account, hash_password, valid_localpart, verify_password};
 
 use crate::WarrenError;
 
@@ -72,23 +72,28 @@ pub(crate) async fn ensure_owner_account(
             });
         }
     };
-    let session = warren_core::account::Session::new(&server, &user_id, None, false);
-    let created = server.write(|tx| {
-        if let Some(hash) = &new_hash {
-            // Someone may have registered the name since the read above.
-            if storage::user_exists(tx, &user_id)? {
-                return Ok(false);
+    let session = match &new_hash {
+        Some(hash) => {
+            let session = account::Session::new(&server, &user_id, None, false);
+            match account::register(
+                &server,
+                &user_id,
+                &localpart,
+                Some(hash),
+                Some((&session, None)),
+            ) {
+                // Someone registered the name since the read above.
+                Err(Error::UserInUse) => {
+                    return Err(WarrenError::Auth {
+                        message: format!("{user_id} was registered concurrently; try again"),
+                    });
+                }
+                other => other?,
             }
-            storage::create_user(tx, &user_id, Some(hash), false, &localpart)?;
+            session
         }
-        session.start(tx, None)?;
-        Ok(true)
-    })?;
-    if !created {
-        return Err(WarrenError::Auth {
-            message: format!("{user_id} was registered concurrently; try again"),
-        });
-    }
+        None => account::log_in(&server, &user_id, None, None, false)?,
+    };
     if new_hash.is_some() {
         tracing::info!(%user_id, "created the owner account");
     }

@@ -8,6 +8,7 @@
 
 mod deactivate;
 mod devices;
+mod register;
 mod sessions;
 
 pub use deactivate::deactivate;
@@ -15,6 +16,7 @@ pub use devices::{
     delete_all_devices, delete_device, delete_device_in, delete_devices, rename_device,
     set_password,
 };
+pub use register::register;
 pub use sessions::{RefreshToken, Session, log_in, refresh};
 
 /// Whether `l` is a valid user-id localpart (the historical lower-case set).

@@ -236,20 +236,9 @@ fn create_account(
     body: RegisterBody,
 ) -> JsonResult {
     let session = Session::new(server, user_id, body.device_id, body.refresh_token);
-    let created = server.write(|tx| {
-        if storage::user_exists(tx, user_id)? {
-            return Ok(false);
-        }
-        storage::create_user(tx, user_id, hash, false, localpart)?;
-        if !body.inhibit_login {
-            session.start(tx, body.initial_device_display_name.as_deref())?;
-        }
-        Ok(true)
-    })?;
-    if !created {
-        return Err(Error::UserInUse);
-    }
-    tracing::info!(%user_id, "registered user");
+    let display_name = body.initial_device_display_name.as_deref();
+    let first_session = (!body.inhibit_login).then_some((&session, display_name));
+    crate::account::register(server, user_id, localpart, hash, first_session)?;
     if body.inhibit_login {
         return Ok(Json(
             json!({"user_id": user_id, "home_server": server.server_name()}),
