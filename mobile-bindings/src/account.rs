@@ -80,6 +80,7 @@ pub(crate) async fn ensure_owner_account(
                 &user_id,
                 &localpart,
                 Some(hash),
+                false,
                 Some((&session, None)),
             ) {
                 // Someone registered the name since the read above.

@@ -238,7 +238,7 @@ fn create_account(
     let session = Session::new(server, user_id, body.device_id, body.refresh_token);
     let display_name = body.initial_device_display_name.as_deref();
     let first_session = (!body.inhibit_login).then_some((&session, display_name));
-    crate::account::register(server, user_id, localpart, hash, first_session)?;
+    crate::account::register(server, user_id, localpart, hash, false, first_session)?;
     if body.inhibit_login {
         return Ok(Json(
             json!({"user_id": user_id, "home_server": server.server_name()}),
