@@ -27,6 +27,7 @@ pub mod node;
 pub mod openid;
 pub mod password;
 pub mod presence;
+pub mod profile;
 pub mod push;
 pub mod ratelimit;
 pub mod relations;

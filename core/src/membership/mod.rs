@@ -1,5 +1,6 @@
 //! The membership service: joining, leaving, inviting, knocking, kicking, banning,
-//! unbanning and forgetting, for a local user, in rooms this node is in or not.
+//! unbanning and forgetting, and the member events that follow a profile change, for a
+//! local user, in rooms this node is in or not.
 //!
 //! Every entry point goes through here: the client API's membership and room handlers,
 //! account deactivation (`crate::account`, used by `/account/deactivate` and the admin
@@ -18,6 +19,7 @@ mod join;
 mod kick;
 mod knock;
 mod leave;
+mod profile;
 
 use rusqlite::Connection;
 use serde_json::{Value, json};
@@ -29,6 +31,7 @@ pub use join::{join, join_by_id_or_alias};
 pub use kick::kick;
 pub use knock::knock;
 pub use leave::leave;
+pub use profile::profile_changed;
 
 use crate::error::Error;
 use crate::events::NewEvent;
