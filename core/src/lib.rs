@@ -14,6 +14,7 @@ pub mod config;
 pub mod delayed_events;
 pub mod directory;
 pub mod e2ee;
+pub mod ephemeral;
 pub mod error;
 pub mod events;
 pub mod federation;
