@@ -32,6 +32,7 @@ pub mod profile;
 pub mod push;
 pub mod ratelimit;
 pub mod relations;
+pub mod reporting;
 pub mod requester;
 pub mod room_writes;
 pub mod rooms;
