@@ -7,6 +7,7 @@
 //! binds the client API and serves it until [`Node::shutdown`].
 
 pub mod account;
+pub mod account_data;
 pub mod admin;
 pub mod appservice;
 pub mod client_api;
