@@ -16,8 +16,8 @@ pub use devices::{
     delete_all_devices, delete_device, delete_device_in, delete_devices, rename_device,
     set_password,
 };
-pub use register::register;
-pub use sessions::{RefreshToken, Session, log_in, refresh};
+pub use register::{register, use_registration_token};
+pub use sessions::{RefreshToken, Session, first_use_after_refresh, log_in, refresh};
 
 /// Whether `l` is a valid user-id localpart (the historical lower-case set).
 pub fn valid_localpart(l: &str) -> bool {

@@ -36,3 +36,9 @@ pub fn register(
     tracing::info!(%user_id, "registered user");
     Ok(())
 }
+
+/// Count one use of the registration token `token` (checked by the caller against the
+/// configured tokens); returns the uses before this one.
+pub fn use_registration_token(server: &Server, token: &str) -> Result<i64, Error> {
+    server.write(|tx| storage::use_registration_token(tx, token))
+}

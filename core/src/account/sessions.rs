@@ -114,3 +114,10 @@ pub fn refresh(server: &Server, refresh_token: &str) -> Result<(String, RefreshT
         _ => Err(Error::UnknownToken),
     }
 }
+
+/// The pair issued with `refresh_token` by `/refresh` has been used for the first time:
+/// the refresh token it replaced, and that one's access tokens, stop working (the
+/// spec's "until the new access token or refresh token is used").
+pub fn first_use_after_refresh(server: &Server, refresh_token: &str) -> Result<(), Error> {
+    server.write(|tx| storage::revoke_replaced(tx, refresh_token))
+}

@@ -149,7 +149,7 @@ pub(super) async fn register(
                     "errcode": "M_FORBIDDEN", "error": "invalid registration token"
                 })));
             }
-            server.write(|tx| storage::use_registration_token(tx, token))?;
+            crate::account::use_registration_token(&server, token)?;
         }
         _ => {
             let session = auth["session"]

@@ -56,7 +56,7 @@ impl FromRequestParts<Arc<Server>> for Auth {
                 if o.replaces.is_some()
                     && let Some(refresh) = &o.refresh_token
                 {
-                    server.write(|tx| storage::revoke_replaced(tx, refresh))?;
+                    crate::account::first_use_after_refresh(server, refresh)?;
                 }
                 Ok(Auth(Requester::user(o.user_id, o.device_id)))
             }
