@@ -56,3 +56,21 @@ impl Requester {
         !self.by_node && self.appservice.as_ref().is_none_or(|a| a.rate_limited)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Requester;
+
+    /// Deactivation leaves every room through the node acting for the user: a user in
+    /// many rooms must not run into the message rate limit half way.
+    #[test]
+    fn only_the_node_acting_for_a_user_skips_rate_limits() {
+        assert!(Requester::user("@a:x", "D").rate_limited());
+        let node = Requester::node_acting_for("@a:x");
+        assert!(!node.rate_limited());
+        assert_eq!(
+            (node.user_id.as_str(), node.device_id.as_str()),
+            ("@a:x", "")
+        );
+    }
+}
