@@ -85,11 +85,7 @@ fn populate(server: &Arc<Server>) -> (Requester, String) {
         }
         last = room;
     }
-    let caller = Requester {
-        user_id: bob,
-        device_id: "BENCH".into(),
-        appservice: None,
-    };
+    let caller = Requester::user(bob, "BENCH");
     (caller, last)
 }
 

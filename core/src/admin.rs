@@ -266,12 +266,7 @@ async fn add_user(
     }
     let user_id = server.user_id(&localpart);
     let hash = hash_password(body.password).await?;
-    server.write(|c| {
-        if storage::user_exists(c, &user_id)? {
-            return Err(Error::UserInUse);
-        }
-        storage::create_user(c, &user_id, Some(&hash), body.admin, &localpart)
-    })?;
+    crate::account::register(&server, &user_id, &localpart, Some(&hash), body.admin, None)?;
     Ok(Json(json!({ "user_id": user_id })))
 }
 
@@ -304,7 +299,7 @@ async fn set_password(
         return Err(Error::InvalidParam("the password must not be empty".into()));
     }
     let hash = hash_password(body.password).await?;
-    server.write(|c| storage::set_password(c, &user_id, &hash))?;
+    crate::account::set_password(&server, &user_id, &hash, None)?;
     Ok(Json(json!({ "user_id": user_id })))
 }
 

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use crate::error::Error;
 use crate::federation::client::request_json;
 use crate::federation::summary::room_summary;
+use crate::requester::Requester;
 use crate::rooms;
 use crate::server::Server;
 use crate::storage;
@@ -96,6 +97,80 @@ pub async fn check_canonical_alias(
         }
     }
     Ok(())
+}
+
+/// Create the local alias `alias` (checked by the caller: this node's, in the
+/// requester's namespace) for `room_id`, to which the requester must be joined.
+pub fn create_alias(
+    server: &Server,
+    requester: &Requester,
+    alias: &str,
+    room_id: &str,
+) -> Result<(), Error> {
+    server.write(|tx| {
+        if storage::room_info(tx, room_id)?.is_none() {
+            return Err(Error::NotFound(format!("unknown room {room_id}")));
+        }
+        let joined = storage::membership(tx, room_id, &requester.user_id)?
+            .is_some_and(|(m, _, _)| m == "join");
+        if !joined {
+            return Err(Error::Forbidden(format!("you are not joined to {room_id}")));
+        }
+        if !storage::insert_alias(tx, alias, room_id, &requester.user_id)? {
+            return Err(Error::Conflict(format!(
+                "room alias {alias} already exists"
+            )));
+        }
+        Ok(())
+    })?;
+    tracing::info!(%alias, %room_id, "room alias created");
+    Ok(())
+}
+
+/// Remove the local alias `alias`: by its creator, or a joined member with the power to
+/// send `m.room.canonical_alias`.
+pub fn delete_alias(server: &Server, requester: &Requester, alias: &str) -> Result<(), Error> {
+    server.write(|tx| {
+        let (room_id, creator) = storage::alias_entry(tx, alias)?
+            .ok_or_else(|| Error::NotFound(format!("room alias {alias} not found")))?;
+        let allowed = creator == requester.user_id
+            || can_send_state(
+                tx,
+                &room_id,
+                &requester.user_id,
+                Some("m.room.canonical_alias"),
+            )?;
+        if !allowed {
+            return Err(Error::Forbidden(format!(
+                "you may not remove the room alias {alias}"
+            )));
+        }
+        storage::delete_alias(tx, alias)?;
+        Ok(())
+    })?;
+    tracing::info!(%alias, "room alias removed");
+    Ok(())
+}
+
+/// Publish `room_id` in (or withdraw it from) the public room list: a joined member with
+/// the room's `state_default` power.
+pub fn set_visibility(
+    server: &Server,
+    requester: &Requester,
+    room_id: &str,
+    public: bool,
+) -> Result<(), Error> {
+    server.write(|tx| {
+        if storage::room_is_public(tx, room_id)?.is_none() {
+            return Err(Error::NotFound(format!("unknown room {room_id}")));
+        }
+        if !can_send_state(tx, room_id, &requester.user_id, None)? {
+            return Err(Error::Forbidden(
+                "you may not change this room's directory visibility".into(),
+            ));
+        }
+        storage::set_room_public(tx, room_id, public)
+    })
 }
 
 /// Whether `user_id` is joined to `room_id` and has at least the power needed to send a

@@ -7,6 +7,7 @@
 //! binds the client API and serves it until [`Node::shutdown`].
 
 pub mod account;
+pub mod account_data;
 pub mod admin;
 pub mod appservice;
 pub mod client_api;
@@ -14,6 +15,7 @@ pub mod config;
 pub mod delayed_events;
 pub mod directory;
 pub mod e2ee;
+pub mod ephemeral;
 pub mod error;
 pub mod events;
 pub mod federation;
@@ -21,15 +23,19 @@ pub mod identity;
 pub mod keyed;
 pub mod mailbox;
 pub mod media;
+pub mod membership;
 pub mod metrics;
 pub mod node;
 pub mod openid;
 pub mod password;
 pub mod presence;
+pub mod profile;
 pub mod push;
 pub mod ratelimit;
 pub mod relations;
+pub mod reporting;
 pub mod requester;
+pub mod room_writes;
 pub mod rooms;
 pub mod search;
 pub mod server;

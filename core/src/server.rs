@@ -83,7 +83,7 @@ pub struct Server {
     pub initial_syncs: crate::sync::initial_cache::InitialSyncCache,
     /// Rate-limit buckets (per user, client address and peer).
     pub limiter: crate::ratelimit::Limiter,
-    /// One join at a time per room (see [`crate::rooms::join`]).
+    /// One join at a time per room (see [`crate::membership::join`]).
     pub joins: crate::keyed::KeyedPermits,
     /// Registered application services.
     pub appservices: crate::appservice::AppServices,
@@ -146,6 +146,20 @@ impl Server {
     /// Take one token of `action` for `key`, or answer `429 M_LIMIT_EXCEEDED`.
     pub fn rate_limit(&self, action: crate::ratelimit::Action, key: &str) -> Result<(), Error> {
         Ok(self.limiter.take(action, key, 1.0)?)
+    }
+
+    /// Take one token of `action` for `requester`, unless no limit applies to it (an
+    /// application service registered with `rate_limited: false`, the node itself).
+    pub fn rate_limit_requester(
+        &self,
+        action: crate::ratelimit::Action,
+        requester: &crate::requester::Requester,
+    ) -> Result<(), Error> {
+        if requester.rate_limited() {
+            self.rate_limit(action, &requester.user_id)
+        } else {
+            Ok(())
+        }
     }
 
     /// The federation transport, once one is attached.

@@ -1,13 +1,14 @@
 //! `ensure_owner_account`: the device's user, signed in without a registration screen.
 //!
-//! Uses the node's storage directly (the same rows `/register` and `/login` write), not
-//! HTTP, so it works whatever the registration policy is.
+//! Uses the node's accounts service directly (the session `/register` and `/login`
+//! start, `warren_core::account::Session`), not HTTP, so it works whatever the
+//! registration policy is.
 
 use std::sync::Arc;
 
 use warren_core::server::Server;
 use warren_core::storage;
-use warren_core::{hash_password, valid_localpart, verify_password};
+use warren_core::{Error, account, hash_password, valid_localpart, verify_password};
 
 use crate::WarrenError;
 
@@ -71,31 +72,36 @@ pub(crate) async fn ensure_owner_account(
             });
         }
     };
-    let device_id = warren_core::rooms::random_string(10).to_uppercase();
-    let access_token = warren_core::rooms::random_string(40);
-    let created = server.write(|tx| {
-        if let Some(hash) = &new_hash {
-            // Someone may have registered the name since the read above.
-            if storage::user_exists(tx, &user_id)? {
-                return Ok(false);
+    let session = match &new_hash {
+        Some(hash) => {
+            let session = account::Session::new(&server, &user_id, None, false);
+            match account::register(
+                &server,
+                &user_id,
+                &localpart,
+                Some(hash),
+                false,
+                Some((&session, None)),
+            ) {
+                // Someone registered the name since the read above.
+                Err(Error::UserInUse) => {
+                    return Err(WarrenError::Auth {
+                        message: format!("{user_id} was registered concurrently; try again"),
+                    });
+                }
+                other => other?,
             }
-            storage::create_user(tx, &user_id, Some(hash), false, &localpart)?;
+            session
         }
-        storage::start_session(tx, &user_id, &device_id, None, &access_token)?;
-        Ok(true)
-    })?;
-    if !created {
-        return Err(WarrenError::Auth {
-            message: format!("{user_id} was registered concurrently; try again"),
-        });
-    }
+        None => account::log_in(&server, &user_id, None, None, false)?,
+    };
     if new_hash.is_some() {
         tracing::info!(%user_id, "created the owner account");
     }
     Ok(Credentials {
         user_id,
-        access_token,
-        device_id,
+        access_token: session.access_token,
+        device_id: session.device_id,
     })
 }
 

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::extract::{AppserviceToken, Auth, Body, ClientIp, P, Q, Requester};
+use crate::account::{RefreshToken, Session};
 use crate::error::Error;
 use crate::ratelimit::Action;
 use crate::rooms::random_string;
@@ -148,7 +149,7 @@ pub(super) async fn register(
                     "errcode": "M_FORBIDDEN", "error": "invalid registration token"
                 })));
             }
-            server.write(|tx| storage::use_registration_token(tx, token))?;
+            crate::account::use_registration_token(&server, token)?;
         }
         _ => {
             let session = auth["session"]
@@ -234,74 +235,37 @@ fn create_account(
     hash: Option<&str>,
     body: RegisterBody,
 ) -> JsonResult {
-    let device_id = body
-        .device_id
-        .unwrap_or_else(|| random_string(10).to_uppercase());
-    let token = random_string(40);
-    let refresh = body.refresh_token.then(|| Refresh::new(server));
-    let created = server.write(|tx| {
-        if storage::user_exists(tx, user_id)? {
-            return Ok(false);
-        }
-        storage::create_user(tx, user_id, hash, false, localpart)?;
-        if !body.inhibit_login {
-            storage::start_session(
-                tx,
-                user_id,
-                &device_id,
-                body.initial_device_display_name.as_deref(),
-                &token,
-            )?;
-            if let Some(r) = &refresh {
-                storage::make_refreshable(tx, &token, &r.token, r.expires_ts)?;
-            }
-        }
-        Ok(true)
-    })?;
-    if !created {
-        return Err(Error::UserInUse);
-    }
-    tracing::info!(%user_id, "registered user");
+    let session = Session::new(server, user_id, body.device_id, body.refresh_token);
+    let display_name = body.initial_device_display_name.as_deref();
+    let first_session = (!body.inhibit_login).then_some((&session, display_name));
+    crate::account::register(server, user_id, localpart, hash, false, first_session)?;
     if body.inhibit_login {
         return Ok(Json(
             json!({"user_id": user_id, "home_server": server.server_name()}),
         ));
     }
+    Ok(Json(session_answer(server, session)))
+}
+
+/// The answer to a login or registration that started `session`.
+fn session_answer(server: &Server, session: Session) -> Value {
     let mut answer = json!({
-        "user_id": user_id,
-        "access_token": token,
-        "device_id": device_id,
+        "user_id": session.user_id,
+        "access_token": session.access_token,
+        "device_id": session.device_id,
         "home_server": server.server_name(),
     });
-    if let Some(r) = refresh {
-        r.answer(server, &mut answer);
+    if let Some(r) = session.refresh {
+        refresh_answer(server, r, &mut answer);
     }
-    Ok(Json(answer))
+    answer
 }
 
-/// A refresh token about to be issued with an access token, and when that token
-/// expires.
-struct Refresh {
-    token: String,
-    expires_ts: i64,
-}
-
-impl Refresh {
-    fn new(server: &Server) -> Refresh {
-        let lifetime = i64::try_from(server.config.refreshable_access_token_lifetime.as_millis())
-            .unwrap_or(i64::MAX);
-        Refresh {
-            token: random_string(40),
-            expires_ts: storage::now_ms().saturating_add(lifetime),
-        }
-    }
-
-    /// `refresh_token` and `expires_in_ms` in a login, registration or refresh answer.
-    fn answer(self, server: &Server, answer: &mut Value) {
-        let ms = server.config.refreshable_access_token_lifetime.as_millis();
-        answer["refresh_token"] = json!(self.token);
-        answer["expires_in_ms"] = json!(u64::try_from(ms).unwrap_or(u64::MAX));
-    }
+/// `refresh_token` and `expires_in_ms` in a login, registration or refresh answer.
+fn refresh_answer(server: &Server, refresh: RefreshToken, answer: &mut Value) {
+    let ms = server.config.refreshable_access_token_lifetime.as_millis();
+    answer["refresh_token"] = json!(refresh.token);
+    answer["expires_in_ms"] = json!(u64::try_from(ms).unwrap_or(u64::MAX));
 }
 
 #[derive(Deserialize)]
@@ -317,23 +281,9 @@ pub(super) async fn refresh(
     State(server): State<Arc<Server>>,
     Body(body): Body<RefreshBody>,
 ) -> JsonResult {
-    let access = random_string(40);
-    let refresh = Refresh::new(&server);
-    let owner = server.write(|tx| {
-        storage::refresh_session(
-            tx,
-            &body.refresh_token,
-            &access,
-            &refresh.token,
-            refresh.expires_ts,
-        )
-    })?;
-    match owner {
-        Some(o) if !o.deactivated => {}
-        _ => return Err(Error::UnknownToken),
-    }
+    let (access, refresh) = crate::account::refresh(&server, &body.refresh_token)?;
     let mut answer = json!({"access_token": access});
-    refresh.answer(&server, &mut answer);
+    refresh_answer(&server, refresh, &mut answer);
     Ok(Json(answer))
 }
 
@@ -473,34 +423,14 @@ pub(super) async fn login(
 
 /// A new device (the one asked for, or a random id) and access token for `user_id`.
 fn log_in(server: &Server, user_id: &str, body: LoginBody) -> JsonResult {
-    let device_id = body
-        .device_id
-        .unwrap_or_else(|| random_string(10).to_uppercase());
-    let token = random_string(40);
-    let refresh = body.refresh_token.then(|| Refresh::new(server));
-    server.write(|tx| {
-        storage::start_session(
-            tx,
-            user_id,
-            &device_id,
-            body.initial_device_display_name.as_deref(),
-            &token,
-        )?;
-        if let Some(r) = &refresh {
-            storage::make_refreshable(tx, &token, &r.token, r.expires_ts)?;
-        }
-        Ok(())
-    })?;
-    let mut answer = json!({
-        "user_id": user_id,
-        "access_token": token,
-        "device_id": device_id,
-        "home_server": server.server_name(),
-    });
-    if let Some(r) = refresh {
-        r.answer(server, &mut answer);
-    }
-    Ok(Json(answer))
+    let session = crate::account::log_in(
+        server,
+        user_id,
+        body.device_id,
+        body.initial_device_display_name.as_deref(),
+        body.refresh_token,
+    )?;
+    Ok(Json(session_answer(server, session)))
 }
 
 /// `POST /login` with `m.login.application_service`: a new device and token for one of
@@ -529,10 +459,7 @@ fn login_appservice_user(
 
 /// `POST /logout`: ends the session and removes its device.
 pub(super) async fn logout(State(server): State<Arc<Server>>, Auth(caller): Auth) -> JsonResult {
-    server.write(|tx| storage::delete_device(tx, &caller.user_id, &caller.device_id))?;
-    server
-        .initial_syncs
-        .forget_device(&caller.user_id, &caller.device_id);
+    crate::account::delete_device(&server, &caller.user_id, &caller.device_id)?;
     Ok(Json(json!({})))
 }
 
@@ -541,8 +468,7 @@ pub(super) async fn logout_all(
     State(server): State<Arc<Server>>,
     Auth(caller): Auth,
 ) -> JsonResult {
-    server.write(|tx| storage::delete_all_devices(tx, &caller.user_id))?;
-    server.initial_syncs.forget_user(&caller.user_id);
+    crate::account::delete_all_devices(&server, &caller.user_id)?;
     Ok(Json(json!({})))
 }
 
@@ -606,13 +532,11 @@ pub(super) async fn change_password(
 ) -> JsonResult {
     require_password_uiaa(&server, &caller, body.auth.as_ref()).await?;
     let hash = hash_password(body.new_password).await?;
-    server.write(|tx| {
-        storage::set_password(tx, &caller.user_id, &hash)?;
-        if body.logout_devices.unwrap_or(true) {
-            storage::delete_other_tokens(tx, &caller.user_id, &caller.device_id)?;
-        }
-        Ok(())
-    })?;
+    let keep_only = body
+        .logout_devices
+        .unwrap_or(true)
+        .then_some(caller.device_id.as_str());
+    crate::account::set_password(&server, &caller.user_id, &hash, keep_only)?;
     Ok(Json(json!({})))
 }
 
@@ -662,19 +586,11 @@ pub(super) async fn rename_device(
     P(id): P<String>,
     Body(body): Body<RenameBody>,
 ) -> JsonResult {
-    let found = server.write(|tx| {
-        let found = storage::rename_device(tx, &caller.user_id, &id, body.display_name.as_deref())?;
-        // The display name is public (in key queries and other servers' caches): a
-        // device-list change, as Synapse makes it.
-        if found && storage::device_keys(tx, &caller.user_id, &id)?.is_some() {
-            storage::mark_device_changed(tx, &caller.user_id, Some(&id))?;
-        }
-        Ok(found)
-    })?;
+    let found =
+        crate::account::rename_device(&server, &caller.user_id, &id, body.display_name.as_deref())?;
     if !found {
         return Err(Error::NotFound("no such device".into()));
     }
-    server.initial_syncs.forget_device(&caller.user_id, &id);
     Ok(Json(json!({})))
 }
 
@@ -691,7 +607,7 @@ pub(super) async fn delete_device(
     Body(body): Body<AuthOnlyBody>,
 ) -> JsonResult {
     require_password_uiaa(&server, &caller, body.auth.as_ref()).await?;
-    if !server.write(|tx| storage::delete_device(tx, &caller.user_id, &id))? {
+    if !crate::account::delete_device(&server, &caller.user_id, &id)? {
         return Err(Error::NotFound("no such device".into()));
     }
     Ok(Json(json!({})))
@@ -710,15 +626,7 @@ pub(super) async fn delete_devices(
     Body(body): Body<DeleteDevicesBody>,
 ) -> JsonResult {
     require_password_uiaa(&server, &caller, body.auth.as_ref()).await?;
-    server.write(|tx| {
-        for d in &body.devices {
-            storage::delete_device(tx, &caller.user_id, d)?;
-        }
-        Ok(())
-    })?;
-    for d in &body.devices {
-        server.initial_syncs.forget_device(&caller.user_id, d);
-    }
+    crate::account::delete_devices(&server, &caller.user_id, &body.devices)?;
     Ok(Json(json!({})))
 }
 

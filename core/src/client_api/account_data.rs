@@ -1,4 +1,5 @@
-//! Account data (global and per room), room tags and filters.
+//! Account data (global and per room), room tags and filters (the work is
+//! [`crate::account_data`]'s).
 
 use std::sync::Arc;
 
@@ -6,9 +7,10 @@ use axum::{Json, extract::State};
 use serde_json::{Value, json};
 
 use super::extract::{Auth, Body, P, Requester, parse_json};
+use crate::account_data;
 use crate::error::Error;
 use crate::server::Server;
-use crate::storage::{self, next_stream_position};
+use crate::storage;
 
 type JsonResult = Result<Json<Value>, Error>;
 
@@ -19,26 +21,6 @@ fn own(caller: &Requester, user_id: &str) -> Result<(), Error> {
         ));
     }
     Ok(())
-}
-
-fn put(server: &Server, user: &str, room: &str, ty: &str, content: &Value) -> Result<(), Error> {
-    // The spec's 405: the read marker moves through /read_markers (which checks the
-    // event), push rules through /pushrules (which keeps them valid and evaluable).
-    if ty == "m.fully_read" {
-        return Err(Error::ServerControlled(
-            "Cannot set m.fully_read through this API; use /read_markers".into(),
-        ));
-    }
-    if ty == crate::push::PUSH_RULES && room.is_empty() {
-        return Err(Error::ServerControlled(
-            "Cannot set m.push_rules through this API; use /pushrules".into(),
-        ));
-    }
-    let content = content.to_string();
-    server.write(|tx| {
-        let pos = next_stream_position(tx)?;
-        storage::set_account_data(tx, user, room, ty, &content, pos)
-    })
 }
 
 fn get(server: &Server, user: &str, room: &str, ty: &str) -> JsonResult {
@@ -61,7 +43,7 @@ pub(super) async fn put_global(
     Body(content): Body<Value>,
 ) -> JsonResult {
     own(&caller, &user)?;
-    put(&server, &user, "", &ty, &content)?;
+    account_data::set(&server, &user, "", &ty, &content)?;
     Ok(Json(json!({})))
 }
 
@@ -86,7 +68,7 @@ pub(super) async fn put_room(
     if !room.starts_with('!') {
         return Err(Error::InvalidParam("invalid room id".into()));
     }
-    put(&server, &user, &room, &ty, &content)?;
+    account_data::set(&server, &user, &room, &ty, &content)?;
     Ok(Json(json!({})))
 }
 
@@ -100,15 +82,6 @@ pub(super) async fn get_room(
     get(&server, &user, &room, &ty)
 }
 
-fn tags(server: &Server, user: &str, room: &str) -> Result<Value, Error> {
-    let raw = server
-        .db
-        .read(|c| storage::account_data(c, user, room, "m.tag"))?;
-    Ok(raw
-        .and_then(|r| serde_json::from_str(&r).ok())
-        .unwrap_or_else(|| json!({"tags": {}})))
-}
-
 /// `GET /user/{userId}/rooms/{roomId}/tags`.
 pub(super) async fn get_tags(
     State(server): State<Arc<Server>>,
@@ -116,7 +89,7 @@ pub(super) async fn get_tags(
     P((user, room)): P<(String, String)>,
 ) -> JsonResult {
     own(&caller, &user)?;
-    Ok(Json(tags(&server, &user, &room)?))
+    Ok(Json(account_data::tags(&server, &user, &room)?))
 }
 
 /// `PUT /user/{userId}/rooms/{roomId}/tags/{tag}`.
@@ -127,9 +100,7 @@ pub(super) async fn put_tag(
     Body(info): Body<Value>,
 ) -> JsonResult {
     own(&caller, &user)?;
-    let mut all = tags(&server, &user, &room)?;
-    all["tags"][&tag] = info;
-    put(&server, &user, &room, "m.tag", &all)?;
+    account_data::set_tag(&server, &user, &room, &tag, Some(info))?;
     Ok(Json(json!({})))
 }
 
@@ -140,11 +111,7 @@ pub(super) async fn delete_tag(
     P((user, room, tag)): P<(String, String, String)>,
 ) -> JsonResult {
     own(&caller, &user)?;
-    let mut all = tags(&server, &user, &room)?;
-    if let Some(map) = all["tags"].as_object_mut() {
-        map.remove(&tag);
-    }
-    put(&server, &user, &room, "m.tag", &all)?;
+    account_data::set_tag(&server, &user, &room, &tag, None)?;
     Ok(Json(json!({})))
 }
 
@@ -159,7 +126,7 @@ pub(super) async fn create_filter(
     // Validate the shape now so a bad filter fails here, not at every /sync.
     let parsed: crate::sync::Filter = parse_json(filter.to_string().as_bytes())?;
     parsed.validate()?;
-    let id = server.write(|tx| storage::save_filter(tx, &user, &filter.to_string()))?;
+    let id = account_data::save_filter(&server, &user, &filter)?;
     Ok(Json(json!({"filter_id": id.to_string()})))
 }
 

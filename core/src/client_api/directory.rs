@@ -64,26 +64,7 @@ pub(super) async fn put_alias(
     check_alias_namespace(&server, &caller, &alias)?;
     ruma::RoomId::parse(&body.room_id)
         .map_err(|e| Error::InvalidParam(format!("invalid room id {:?}: {e}", body.room_id)))?;
-    server.write(|tx| {
-        if storage::room_info(tx, &body.room_id)?.is_none() {
-            return Err(Error::NotFound(format!("unknown room {}", body.room_id)));
-        }
-        let joined = storage::membership(tx, &body.room_id, &caller.user_id)?
-            .is_some_and(|(m, _, _)| m == "join");
-        if !joined {
-            return Err(Error::Forbidden(format!(
-                "you are not joined to {}",
-                body.room_id
-            )));
-        }
-        if !storage::insert_alias(tx, &alias, &body.room_id, &caller.user_id)? {
-            return Err(Error::Conflict(format!(
-                "room alias {alias} already exists"
-            )));
-        }
-        Ok(())
-    })?;
-    tracing::info!(%alias, room_id = %body.room_id, "room alias created");
+    directory::create_alias(&server, &caller, &alias, &body.room_id)?;
     Ok(Json(json!({})))
 }
 
@@ -138,25 +119,7 @@ pub(super) async fn delete_alias(
     P(alias): P<String>,
 ) -> JsonResult {
     let alias = local_alias(&server, &alias)?;
-    server.write(|tx| {
-        let (room_id, creator) = storage::alias_entry(tx, &alias)?
-            .ok_or_else(|| Error::NotFound(format!("room alias {alias} not found")))?;
-        let allowed = creator == caller.user_id
-            || directory::can_send_state(
-                tx,
-                &room_id,
-                &caller.user_id,
-                Some("m.room.canonical_alias"),
-            )?;
-        if !allowed {
-            return Err(Error::Forbidden(format!(
-                "you may not remove the room alias {alias}"
-            )));
-        }
-        storage::delete_alias(tx, &alias)?;
-        Ok(())
-    })?;
-    tracing::info!(%alias, "room alias removed");
+    directory::delete_alias(&server, &caller, &alias)?;
     Ok(Json(json!({})))
 }
 
@@ -217,17 +180,7 @@ pub(super) async fn put_visibility(
             )));
         }
     };
-    server.write(|tx| {
-        if storage::room_is_public(tx, &room_id)?.is_none() {
-            return Err(Error::NotFound(format!("unknown room {room_id}")));
-        }
-        if !directory::can_send_state(tx, &room_id, &caller.user_id, None)? {
-            return Err(Error::Forbidden(
-                "you may not change this room's directory visibility".into(),
-            ));
-        }
-        storage::set_room_public(tx, &room_id, public)
-    })?;
+    directory::set_visibility(&server, &caller, &room_id, public)?;
     Ok(Json(json!({})))
 }
 

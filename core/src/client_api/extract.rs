@@ -56,13 +56,9 @@ impl FromRequestParts<Arc<Server>> for Auth {
                 if o.replaces.is_some()
                     && let Some(refresh) = &o.refresh_token
                 {
-                    server.write(|tx| storage::revoke_replaced(tx, refresh))?;
+                    crate::account::first_use_after_refresh(server, refresh)?;
                 }
-                Ok(Auth(Requester {
-                    user_id: o.user_id,
-                    device_id: o.device_id,
-                    appservice: None,
-                }))
+                Ok(Auth(Requester::user(o.user_id, o.device_id)))
             }
             None => Err(Error::UnknownToken),
         }
@@ -140,6 +136,7 @@ fn appservice_caller(
         // transaction ids are scoped to this empty device.
         device_id: device.unwrap_or_default(),
         appservice: Some(a),
+        by_node: false,
     })
 }
 

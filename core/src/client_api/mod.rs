@@ -452,16 +452,11 @@ pub fn router(server: Arc<Server>) -> Router {
         .with_state(server)
 }
 
-/// Take one token of `action` for the caller, unless the caller is an application
-/// service registered with `rate_limited: false`.
+/// Take one token of `action` for the caller (see [`Server::rate_limit_requester`]).
 pub(crate) fn rate_limit(
     server: &Server,
     action: crate::ratelimit::Action,
     caller: &Requester,
 ) -> Result<(), Error> {
-    if caller.rate_limited() {
-        server.rate_limit(action, &caller.user_id)
-    } else {
-        Ok(())
-    }
+    server.rate_limit_requester(action, caller)
 }

@@ -1,6 +1,6 @@
 //! Reporting content: `POST /rooms/{roomId}/report/{eventId}` and
 //! `POST /rooms/{roomId}/report` (spec v1.13). Reports are stored for the node's admins
-//! (`GET /_warren/admin/v1/reports`).
+//! (`GET /_warren/admin/v1/reports`); the work is [`crate::reporting`]'s.
 
 use std::sync::Arc;
 
@@ -10,9 +10,7 @@ use serde_json::{Value, json};
 
 use super::extract::{Auth, Body, P};
 use crate::error::Error;
-use crate::rooms::visibility::visibility_for;
 use crate::server::Server;
-use crate::storage::{self, Report, now_ms};
 
 /// Longest reason stored.
 const MAX_REASON_BYTES: usize = 4096;
@@ -55,26 +53,7 @@ pub(super) async fn report_event(
         },
     };
     let reason = reason(&body)?;
-    server.write(|c| {
-        let not_found = || Error::NotFound(format!("event {event_id} not found"));
-        let vis = visibility_for(c, &room_id, &caller.user_id).map_err(|_| not_found())?;
-        match storage::get_event(c, &event_id)? {
-            Some(e) if vis.allows(c, &e)? => {}
-            _ => return Err(not_found()),
-        }
-        storage::insert_report(
-            c,
-            &Report {
-                id: 0,
-                received_ts: now_ms(),
-                room_id: room_id.clone(),
-                event_id: Some(event_id.clone()),
-                user_id: caller.user_id.clone(),
-                reason,
-                score,
-            },
-        )
-    })?;
+    crate::reporting::report_event(&server, &caller, &room_id, &event_id, reason, score)?;
     Ok(Json(json!({})))
 }
 
@@ -87,22 +66,6 @@ pub(super) async fn report_room(
     Body(body): Body<ReportBody>,
 ) -> Result<Json<Value>, Error> {
     let reason = reason(&body)?;
-    server.write(|c| {
-        if storage::room_info(c, &room_id)?.is_none() {
-            return Err(Error::NotFound(format!("room {room_id} not found")));
-        }
-        storage::insert_report(
-            c,
-            &Report {
-                id: 0,
-                received_ts: now_ms(),
-                room_id: room_id.clone(),
-                event_id: None,
-                user_id: caller.user_id.clone(),
-                reason,
-                score: None,
-            },
-        )
-    })?;
+    crate::reporting::report_room(&server, &caller, &room_id, reason)?;
     Ok(Json(json!({})))
 }

@@ -8,9 +8,9 @@ use serde_json::{Value, json};
 
 use super::extract::{Auth, Body, P, Q, Requester};
 use crate::error::Error;
-use crate::events::{ClientEventOptions, NewEvent, client_event};
-use crate::ratelimit::Action;
+use crate::events::{ClientEventOptions, client_event};
 use crate::relations;
+use crate::room_writes;
 use crate::rooms::filter::RoomEventFilter;
 use crate::rooms::state_at::state_at;
 use crate::rooms::visibility::{visibility_for, visible_events};
@@ -68,7 +68,6 @@ pub(super) async fn create_room(
     Auth(caller): Auth,
     Body(body): Body<CreateRoomBody>,
 ) -> JsonResult {
-    super::rate_limit(&server, Action::RoomCreation, &caller)?;
     if let Some(local) = &body.room_alias_name {
         let alias = format!("#{local}:{}", server.server_name());
         super::directory::check_alias_namespace(&server, &caller, &alias)?;
@@ -78,23 +77,13 @@ pub(super) async fn create_room(
         Some("public") => true,
         Some(other) => return Err(Error::BadJson(format!("unknown visibility {other}"))),
     };
-    // Local invitees are invited inside the creation; users of other nodes afterwards,
-    // over federation (their server must countersign the invite).
-    let mut local_invites = Vec::new();
-    let mut remote_invites = Vec::new();
-    for invitee in body.invite {
-        match super::membership::check_invitee(&server, &invitee)? {
-            true => local_invites.push(invitee),
-            false => remote_invites.push(invitee),
-        }
-    }
     let req = CreateRoom {
         preset: body.preset,
         public,
         name: body.name,
         topic: body.topic,
         alias_localpart: body.room_alias_name,
-        invite: local_invites,
+        invite: body.invite,
         is_direct: body.is_direct,
         creation_content: body.creation_content,
         initial_state: body
@@ -105,41 +94,8 @@ pub(super) async fn create_room(
         power_level_content_override: body.power_level_content_override,
         room_version: body.room_version,
     };
-    let room_id = server.write(|tx| rooms::create_room(tx, &server, &caller.user_id, req))?;
-    tracing::info!(%room_id, creator = %caller.user_id, "room created");
-    for invitee in remote_invites {
-        // The room exists now; a peer that cannot be reached must not make the client
-        // think creation failed (it would create another room). The inviter can retry.
-        if let Err(e) =
-            rooms::invite_remote(&server, &room_id, &caller.user_id, &invitee, None).await
-        {
-            tracing::warn!(%room_id, %invitee, error = %e, "remote invite at room creation failed");
-        }
-    }
+    let room_id = room_writes::create_room(&server, &caller, req).await?;
     Ok(Json(json!({"room_id": room_id})))
-}
-
-/// Append an event for the caller and answer with its id. A new event (not a retried
-/// transaction) counts against the caller's message rate limit.
-pub(super) fn send(
-    server: &Server,
-    caller: &Requester,
-    room_id: &str,
-    ev: NewEvent,
-    txn: Option<&str>,
-) -> Result<String, Error> {
-    let txn = txn.map(|t| (caller.device_id.as_str(), t));
-    let appended = server.write(|tx| {
-        let retried = match txn {
-            Some((device, t)) => rooms::is_retry(tx, room_id, &ev, device, t)?,
-            None => false,
-        };
-        if !retried {
-            super::rate_limit(server, Action::Message, caller)?;
-        }
-        rooms::append_event(tx, server, room_id, ev, txn)
-    })?;
-    Ok(appended.event_id)
 }
 
 /// The query parameters of sends and state: `ts`, with which an application service
@@ -183,23 +139,9 @@ pub(super) async fn send_message(
         );
     }
     let ts = ts.for_caller(&caller);
-    let ev = NewEvent {
-        kind,
-        state_key: None,
-        content,
-        sender: caller.user_id.clone(),
-        redacts: None,
-    };
-    let txn = Some((caller.device_id.as_str(), txn_id.as_str()));
-    let appended = server.write(|tx| {
-        // A retried transaction gets its event back; only a new one is checked.
-        if !rooms::is_retry(tx, &room_id, &ev, &caller.device_id, &txn_id)? {
-            super::rate_limit(&server, Action::Message, &caller)?;
-            relations::check_new_relation(tx, &room_id, &ev.sender, &ev.kind, &ev.content)?;
-        }
-        rooms::append_event_at(tx, &server, &room_id, ev, txn, ts)
-    })?;
-    Ok(Json(json!({"event_id": appended.event_id})))
+    let event_id =
+        room_writes::send_message(&server, &caller, &room_id, kind, content, &txn_id, ts)?;
+    Ok(Json(json!({"event_id": event_id})))
 }
 
 /// `PUT /rooms/{roomId}/state/{eventType}/{stateKey}`.
@@ -265,35 +207,8 @@ async fn put_state_inner(
     content: Value,
     ts: Option<i64>,
 ) -> JsonResult {
-    if kind == "m.room.member" && !super::membership::check_invitee(&server, &state_key)? {
-        return Err(Error::Forbidden(format!(
-            "{state_key} is on another node: use /invite, /kick or /ban for them"
-        )));
-    }
-    // The spec asks more of a canonical alias than the auth rules do: every alias must
-    // exist and point to the room.
-    if kind == "m.room.canonical_alias" && state_key.is_empty() {
-        crate::directory::check_canonical_alias(&server, &room_id, &content).await?;
-    }
-    let mut content = content;
-    if kind == "m.room.topic" && state_key.is_empty() {
-        rooms::add_rich_topic(&mut content);
-    }
-    let ev = NewEvent {
-        kind,
-        state_key: Some(state_key),
-        content,
-        sender: caller.user_id.clone(),
-        redacts: None,
-    };
-    // Unchanged state creates nothing: the current event is the answer.
-    let event_id = server.write(|tx| match rooms::unchanged_state(tx, &room_id, &ev)? {
-        Some(existing) => Ok(existing),
-        None => {
-            super::rate_limit(&server, Action::Message, &caller)?;
-            Ok(rooms::append_event_at(tx, &server, &room_id, ev, None, ts)?.event_id)
-        }
-    })?;
+    let event_id =
+        room_writes::put_state(&server, &caller, &room_id, kind, state_key, content, ts).await?;
     Ok(Json(json!({"event_id": event_id})))
 }
 
@@ -399,24 +314,7 @@ pub(super) async fn redact(
     P((room_id, event_id, txn_id)): P<(String, String, String)>,
     Body(body): Body<RedactBody>,
 ) -> JsonResult {
-    let allowed = server
-        .db
-        .read(|c| rooms::check_redaction_allowed(c, &room_id, &caller.user_id, &event_id))?;
-    if !allowed {
-        return Err(Error::Forbidden("you may not redact this event".into()));
-    }
-    let mut content = json!({});
-    if let Some(reason) = body.reason {
-        content["reason"] = json!(reason);
-    }
-    let ev = NewEvent {
-        kind: "m.room.redaction".into(),
-        state_key: None,
-        content,
-        sender: caller.user_id.clone(),
-        redacts: Some(event_id),
-    };
-    let event_id = send(&server, &caller, &room_id, ev, Some(&txn_id))?;
+    let event_id = room_writes::redact(&server, &caller, &room_id, event_id, body.reason, &txn_id)?;
     Ok(Json(json!({"event_id": event_id})))
 }
 

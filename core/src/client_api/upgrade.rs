@@ -1,5 +1,6 @@
 //! Room upgrades: `POST /rooms/{roomId}/upgrade` (the work is in
-//! [`rooms::upgrade_room`](crate::rooms::upgrade_room)).
+//! [`room_writes::upgrade_room`](crate::room_writes::upgrade_room), over the room
+//! engine's [`rooms::upgrade_room`](crate::rooms::upgrade_room)).
 
 use std::sync::Arc;
 
@@ -25,16 +26,12 @@ pub(super) async fn upgrade(
     P(room_id): P<String>,
     Body(body): Body<UpgradeBody>,
 ) -> Result<Json<Value>, Error> {
-    super::rate_limit(&server, crate::ratelimit::Action::RoomCreation, &caller)?;
-    let new_room = server.write(|c| {
-        crate::rooms::upgrade_room(
-            c,
-            &server,
-            &caller.user_id,
-            &room_id,
-            &body.new_version,
-            &body.additional_creators,
-        )
-    })?;
+    let new_room = crate::room_writes::upgrade_room(
+        &server,
+        &caller,
+        &room_id,
+        &body.new_version,
+        &body.additional_creators,
+    )?;
     Ok(Json(json!({ "replacement_room": new_room })))
 }

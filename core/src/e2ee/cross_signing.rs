@@ -178,7 +178,7 @@ pub fn commit(server: &Server, caller: &Requester, prepared: &Prepared) -> Resul
             public_change |= k.key_type != "user_signing";
         }
         if changed {
-            storage::mark_device_list_changed(tx, user)?;
+            super::device_lists::mark_changed(tx, user, None)?;
         }
         if public_change {
             queue_signing_key_update(tx, user)?;
@@ -240,7 +240,7 @@ pub fn upload_signatures(
         }
         // Whoever shares a room with a signed user re-fetches their keys and sees it.
         for user in touched {
-            storage::mark_device_list_changed(tx, user)?;
+            super::device_lists::mark_changed(tx, user, None)?;
         }
         Ok(json!({ "failures": failures }))
     })

@@ -1,13 +1,73 @@
-//! Which users' device lists a user must re-fetch: `/sync` `device_lists` and
-//! `GET /keys/changes`.
+//! Device-list changes: recording one and telling the servers that share a room with a
+//! local user (`m.device_list_update`), and which users' device lists a user must
+//! re-fetch (`/sync` `device_lists` and `GET /keys/changes`).
 
 use std::collections::BTreeSet;
 
 use rusqlite::Connection;
+use serde_json::json;
 
 use crate::error::Error;
 use crate::storage;
 use crate::streams::StreamPosition;
+
+/// Record that `user_id`'s device list (device keys or cross-signing keys) changed, at a
+/// new stream position, so `/sync` and `/keys/changes` report it. Call inside the write
+/// transaction that made the change.
+///
+/// This also queues an `m.device_list_update` EDU for every other server with members
+/// in a room the user is joined to (the sender is woken once the write commits, see
+/// `storage::effects`). `device_id` names the device when one device changed. (A
+/// remote user's change, learnt from their server, is only recorded:
+/// `storage::record_device_list_change`.)
+pub fn mark_changed(
+    c: &Connection,
+    user_id: &str,
+    device_id: Option<&str>,
+) -> Result<StreamPosition, Error> {
+    // The previous change is the update a receiver must have seen to apply this one.
+    let prev = storage::device_list_stream_id(c, user_id)?;
+    let pos = storage::record_device_list_change(c, user_id)?;
+    let Some((_, own_server)) = user_id.rsplit_once(':') else {
+        return Ok(pos);
+    };
+    let destinations: Vec<String> = storage::servers_sharing_rooms(c, user_id)?
+        .into_iter()
+        .filter(|s| s != own_server)
+        .collect();
+    if destinations.is_empty() {
+        return Ok(pos);
+    }
+    let mut content = json!({
+        "user_id": user_id,
+        "device_id": device_id.unwrap_or(""),
+        "stream_id": pos,
+        "prev_id": if prev > 0 { vec![prev] } else { vec![] },
+    });
+    // With the device's keys (and its owner's signatures on them) a receiver that caches
+    // the list can apply the update without fetching anything.
+    if let Some(device_id) = device_id {
+        if !storage::device_exists(c, user_id, device_id)? {
+            content["deleted"] = json!(true);
+        } else if let Some(keys) = storage::device_keys(c, user_id, device_id)? {
+            let mut keys: serde_json::Value = serde_json::from_str(&keys)?;
+            let own_sigs: Vec<_> = storage::signatures_on(c, user_id, device_id)?
+                .into_iter()
+                .filter(|s| s.signer_user_id == user_id)
+                .collect();
+            storage::merge_signatures(&mut keys, &own_sigs);
+            content["keys"] = keys;
+            if let Some(name) = storage::device_display_name(c, user_id, device_id)? {
+                content["device_display_name"] = json!(name);
+            }
+        }
+    }
+    let edu = json!({ "edu_type": "m.device_list_update", "content": content });
+    for d in &destinations {
+        storage::enqueue_edu(c, d, &edu)?;
+    }
+    Ok(pos)
+}
 
 /// `changed` and `left` for `user_id` over `(after, up_to]`.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -73,8 +133,7 @@ mod tests {
     }
 
     fn key_change(db: &storage::Db, user: &str) -> StreamPosition {
-        db.write(|tx| storage::mark_device_list_changed(tx, user))
-            .expect("mark")
+        db.write(|tx| mark_changed(tx, user, None)).expect("mark")
     }
 
     #[test]
@@ -112,7 +171,7 @@ mod tests {
         member(&db, "!r:x", "@dave:y", "join");
         member(&db, "!r:x", "@erin:y", "join");
         member(&db, "!s:x", "@zed:z", "join");
-        db.write(|tx| storage::mark_device_changed(tx, ALICE, Some("D1")).map(|_| ()))
+        db.write(|tx| mark_changed(tx, ALICE, Some("D1")).map(|_| ()))
             .expect("mark");
         let batch = db
             .read(|c| storage::outbox_batch(c, "y", 10, 10))
@@ -128,7 +187,7 @@ mod tests {
             assert_eq!(n, 0, "{other}");
         }
         // A remote user's change is recorded but never forwarded.
-        db.write(|tx| storage::mark_remote_device_list_changed(tx, "@dave:y").map(|_| ()))
+        db.write(|tx| storage::record_device_list_change(tx, "@dave:y").map(|_| ()))
             .expect("remote");
         assert_eq!(db.read(|c| storage::outbox_depth(c, "y")).expect("d"), 1);
     }

@@ -145,7 +145,7 @@ fn store_device_keys(tx: &Connection, caller: &Requester, dk: &Value) -> Result<
         &caller.device_id,
         &serde_json::to_string(dk)?,
     )?;
-    storage::mark_device_changed(tx, &caller.user_id, Some(&caller.device_id))?;
+    super::device_lists::mark_changed(tx, &caller.user_id, Some(&caller.device_id))?;
     Ok(())
 }
 
@@ -612,7 +612,7 @@ mod tests {
         })
         .expect("keys and a pending message");
         let before = db.max_stream_position().expect("pos");
-        db.write(|tx| storage::delete_device(tx, ALICE, "A1").map(|_| ()))
+        db.write(|tx| crate::account::delete_device_in(tx, ALICE, "A1").map(|_| ()))
             .expect("delete");
         let (keys, counts, inbox, changes) = db
             .read(|c| {

@@ -5,7 +5,7 @@
 //! are queued in the durable outbox (room EDUs for every other server in the room;
 //! to-device messages for the target's server, in the `/sendToDevice` transaction;
 //! device-list and signing-key updates for every server sharing a room, in the
-//! transaction that changed the keys, see `storage::mark_device_changed`).
+//! transaction that changed the keys, see `e2ee::device_lists::mark_changed`).
 
 use std::time::Duration;
 
@@ -189,7 +189,7 @@ fn device_list_update(server: &Server, origin: &str, content: &Value) -> Result<
             )));
         }
         remote_devices::apply_device_list_update(tx, user_id, content)?;
-        storage::mark_remote_device_list_changed(tx, user_id)?;
+        storage::record_device_list_change(tx, user_id)?;
         Ok(())
     })
 }
@@ -207,7 +207,7 @@ fn signing_key_update(server: &Server, origin: &str, content: &Value) -> Result<
             )));
         }
         remote_devices::apply_signing_key_update(tx, user_id, content)?;
-        storage::mark_remote_device_list_changed(tx, user_id)?;
+        storage::record_device_list_change(tx, user_id)?;
         Ok(())
     })
 }

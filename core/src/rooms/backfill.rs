@@ -556,9 +556,9 @@ mod tests {
             peers: broadcast::channel(4).0,
         });
         assert!(node.set_transport(transport));
-        let joined = crate::rooms::join(
+        let joined = crate::membership::join(
             &server,
-            &bob,
+            &crate::requester::Requester::node_acting_for(bob.clone()),
             &room,
             serde_json::Map::new(),
             vec![fake.clone()],

@@ -28,7 +28,7 @@ pub use append::{
 pub use create::{CreateRoom, add_rich_topic, create_room};
 pub use hierarchy::{HierarchyRequest, space_hierarchy};
 pub use join::{
-    MAX_AVATAR_URL_LEN, MAX_DISPLAYNAME_LEN, MAX_ROOMS_JOINING, join, join_content, member_profile,
+    MAX_AVATAR_URL_LEN, MAX_DISPLAYNAME_LEN, MAX_ROOMS_JOINING, join_content, member_profile,
     needs_remote_join,
 };
 pub use knock::{
@@ -41,11 +41,12 @@ pub use receive::{
 };
 pub use redact::check_redaction_allowed;
 pub use remote_join::{
-    SUPPORTED_ROOM_VERSIONS, event_id_of, invite_remote, inviting_server, leave_remote,
-    membership_server, membership_template, receive_invite, state_and_auth_chain_before,
+    SUPPORTED_ROOM_VERSIONS, event_id_of, invite_remote, inviting_server, join_remote,
+    leave_remote, membership_server, membership_template, receive_invite,
+    state_and_auth_chain_before,
 };
 pub use restricted::{JoinPolicy, check_join, countersign_join, local_authoriser};
-pub use upgrade::upgrade_room;
+pub use upgrade::{copy_rules_from_predecessor, upgrade_room};
 
 /// Record a user's current membership; a new join also sends presence where it is newly
 /// needed (see [`crate::presence::on_join`]).

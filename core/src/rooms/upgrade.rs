@@ -55,7 +55,7 @@ fn content_of(c: &Connection, event_id: &str) -> Result<Value, Error> {
 /// old room copied (Synapse's `copy_user_state_if_room_upgrade`): members of the old
 /// room on other nodes, or who were not joined when it was upgraded, were not covered
 /// by the copy the upgrade itself makes. Rules already there are left alone.
-pub(super) fn copy_rules_from_predecessor(
+pub fn copy_rules_from_predecessor(
     c: &Connection,
     room_id: &str,
     user_id: &str,
@@ -206,15 +206,8 @@ pub fn upgrade_room(
         chosen_id,
     )?;
 
-    // 3. The upgrading user joins.
-    let (displayname, avatar_url) = super::member_profile(c, user)?;
-    let mut member = json!({"membership": "join"});
-    if let Some(d) = displayname {
-        member["displayname"] = json!(d);
-    }
-    if let Some(a) = avatar_url {
-        member["avatar_url"] = json!(a);
-    }
+    // 3. The upgrading user joins, with the content any join of theirs carries.
+    let member = Value::Object(super::join_content(c, user, Map::new())?);
     append_event(
         c,
         server,

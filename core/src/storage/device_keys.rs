@@ -231,72 +231,11 @@ pub fn unused_fallback_key_types(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// Record that a user's device list (device keys or cross-signing keys) changed, at a new
-/// stream position, so `/sync` and `/keys/changes` report it. Call inside the write
-/// transaction that made the change.
-///
-/// For a local user this also queues an `m.device_list_update` EDU for every other server
-/// with members in a room the user is joined to (the sender is woken once the write
-/// commits, see [`super::effects`]). `device_id` names the device when one device changed.
-pub fn mark_device_list_changed(c: &Connection, user_id: &str) -> Result<StreamPosition, Error> {
-    mark_device_changed(c, user_id, None)
-}
-
-/// [`mark_device_list_changed`] naming the device that changed.
-pub fn mark_device_changed(
-    c: &Connection,
-    user_id: &str,
-    device_id: Option<&str>,
-) -> Result<StreamPosition, Error> {
-    // The previous change is the update a receiver must have seen to apply this one.
-    let prev = super::device_list_stream_id(c, user_id)?;
-    let pos = mark_remote_device_list_changed(c, user_id)?;
-    let Some((_, own_server)) = user_id.rsplit_once(':') else {
-        return Ok(pos);
-    };
-    let destinations: Vec<String> = servers_sharing_rooms(c, user_id)?
-        .into_iter()
-        .filter(|s| s != own_server)
-        .collect();
-    if !destinations.is_empty() {
-        let mut content = serde_json::json!({
-            "user_id": user_id,
-            "device_id": device_id.unwrap_or(""),
-            "stream_id": pos,
-            "prev_id": if prev > 0 { vec![prev] } else { vec![] },
-        });
-        // With the device's keys (and its owner's signatures on them) a receiver that
-        // caches the list can apply the update without fetching anything.
-        if let Some(device_id) = device_id {
-            if !super::device_exists(c, user_id, device_id)? {
-                content["deleted"] = serde_json::json!(true);
-            } else if let Some(keys) = device_keys(c, user_id, device_id)? {
-                let mut keys: serde_json::Value = serde_json::from_str(&keys)?;
-                let own_sigs: Vec<_> = super::signatures_on(c, user_id, device_id)?
-                    .into_iter()
-                    .filter(|s| s.signer_user_id == user_id)
-                    .collect();
-                merge_signatures(&mut keys, &own_sigs);
-                content["keys"] = keys;
-                if let Some(name) = device_display_name(c, user_id, device_id)? {
-                    content["device_display_name"] = serde_json::json!(name);
-                }
-            }
-        }
-        let edu = serde_json::json!({ "edu_type": "m.device_list_update", "content": content });
-        for d in &destinations {
-            super::enqueue_edu(c, d, &edu)?;
-        }
-    }
-    Ok(pos)
-}
-
-/// Record a device-list change without telling anyone (a remote user's change, learnt
-/// from their server).
-pub fn mark_remote_device_list_changed(
-    c: &Connection,
-    user_id: &str,
-) -> Result<StreamPosition, Error> {
+/// Record that `user_id`'s device list (device keys or cross-signing keys) changed, at a
+/// new stream position, so `/sync` and `/keys/changes` report it. Telling other servers
+/// of a local user's change is the e2ee service's (`e2ee::device_lists::mark_changed`),
+/// which calls this.
+pub fn record_device_list_change(c: &Connection, user_id: &str) -> Result<StreamPosition, Error> {
     let pos = super::next_stream_position(c)?;
     c.prepare_cached("INSERT INTO device_list_changes (stream_ordering, user_id) VALUES (?1, ?2)")?
         .execute(params![pos, user_id])?;

@@ -277,7 +277,8 @@ pub fn delete_token(c: &Connection, token: &str) -> Result<(), Error> {
 }
 
 /// Remove a device and, through the foreign keys, its tokens, keys and pending to-device
-/// messages. Other users learn of it as a device-list change.
+/// messages. Whether it existed. (Recording the device-list change is the caller's:
+/// `account::delete_device_in`.)
 pub fn delete_device(c: &Connection, user_id: &str, device_id: &str) -> Result<bool, Error> {
     c.execute(
         "DELETE FROM access_tokens WHERE user_id = ?1 AND device_id = ?2",
@@ -292,27 +293,8 @@ pub fn delete_device(c: &Connection, user_id: &str, device_id: &str) -> Result<b
     super::delete_device_pushers(c, user_id, device_id)?;
     if removed {
         super::delete_signatures_on(c, user_id, device_id)?;
-        super::mark_device_changed(c, user_id, Some(device_id))?;
     }
     Ok(removed)
-}
-
-/// Remove every device and token of a user (logout/all).
-pub fn delete_all_devices(c: &Connection, user_id: &str) -> Result<(), Error> {
-    for device_id in super::device_ids(c, user_id)? {
-        delete_device(c, user_id, &device_id)?;
-    }
-    Ok(())
-}
-
-/// Remove every token and device of a user except those of `keep_device`.
-pub fn delete_other_tokens(c: &Connection, user_id: &str, keep_device: &str) -> Result<(), Error> {
-    for device_id in super::device_ids(c, user_id)? {
-        if device_id != keep_device {
-            delete_device(c, user_id, &device_id)?;
-        }
-    }
-    Ok(())
 }
 
 /// All devices of a user.
@@ -375,13 +357,14 @@ pub fn set_avatar_url(c: &Connection, user_id: &str, url: Option<&str>) -> Resul
     Ok(())
 }
 
-/// Mark an account deactivated.
+/// Mark an account deactivated (its devices are the caller's to delete:
+/// `account::deactivate`).
 pub fn deactivate_user(c: &Connection, user_id: &str) -> Result<(), Error> {
     c.execute(
         "UPDATE users SET deactivated = 1, password_hash = NULL WHERE user_id = ?1",
         [user_id],
     )?;
-    delete_all_devices(c, user_id)
+    Ok(())
 }
 
 /// Record that a deactivated user asked for their data to be erased.

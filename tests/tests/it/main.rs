@@ -22,6 +22,7 @@ mod history_visibility;
 mod initial_sync_cache;
 mod mailbox;
 mod media;
+mod membership;
 mod metrics;
 mod presence;
 mod push_gateway;
