@@ -104,11 +104,7 @@ fn world(node: &Node) -> World {
     World {
         server,
         alice,
-        bob: Requester {
-            user_id: bob,
-            device_id: "DEV".into(),
-            appservice: None,
-        },
+        bob: Requester::user(bob, "DEV"),
         carol,
         shared,
         other,
