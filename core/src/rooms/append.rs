@@ -4,7 +4,7 @@ use ruma::{UserId, events::TimelineEventType, state_res};
 use rusqlite::Connection;
 use serde_json::{Map, Value};
 
-use super::auth::check_local_event;
+use super::auth::{AuthState, check_local_event, check_local_event_with};
 use crate::error::Error;
 use crate::events::{
     self, ClientEventOptions, NewEvent, Pdu, build_pdu, client_event, redact_json, rules_for,
@@ -183,6 +183,18 @@ pub(super) fn dag_fields(
     rules: &ruma::room_version_rules::RoomVersionRules,
     ev: &NewEvent,
 ) -> Result<(Vec<String>, Vec<String>, i64), Error> {
+    let (prev, auth_events, depth, _) = dag_fields_and_auth_state(c, room_id, rules, ev)?;
+    Ok((prev, auth_events, depth))
+}
+
+/// [`dag_fields`] and the part of the current state the event's auth rules read (its
+/// auth events and the create event), parsed, for [`check_local_event_with`].
+fn dag_fields_and_auth_state(
+    c: &Connection,
+    room_id: &str,
+    rules: &ruma::room_version_rules::RoomVersionRules,
+    ev: &NewEvent,
+) -> Result<(Vec<String>, Vec<String>, i64, AuthState), Error> {
     let extremities = storage::forward_extremities(c, room_id)?;
     let depth = extremities
         .iter()
@@ -208,15 +220,16 @@ pub(super) fn dag_fields(
         &rules.authorization,
     )
     .map_err(|e| Error::BadJson(format!("invalid content for {}: {e}", ev.kind)))?;
+    let state = AuthState::load(c, room_id, &auth_types)?;
     let mut auth_events = Vec::with_capacity(auth_types.len());
     for (ty, sk) in &auth_types {
-        if let Some(id) = storage::current_state_event(c, room_id, &ty.to_string(), sk)?
-            && !auth_events.contains(&id)
+        if let Some(id) = state.event_id(&ty.to_string(), sk)
+            && !auth_events.iter().any(|a| a == id)
         {
-            auth_events.push(id);
+            auth_events.push(id.to_owned());
         }
     }
-    Ok((prev, auth_events, depth))
+    Ok((prev, auth_events, depth, state))
 }
 
 /// Build, sign and authorise a local event on the room's current state.
@@ -231,7 +244,8 @@ pub(super) fn build_local_event(
         return Err(Error::Forbidden(format!("unknown room {room_id}")));
     };
     let (_, rules) = rules_for(&version)?;
-    let (prev, auth_events, depth) = dag_fields(c, room_id, &rules, ev)?;
+    let (prev, auth_events, depth, auth_state) =
+        dag_fields_and_auth_state(c, room_id, &rules, ev)?;
     let (event_id, object) = build_pdu(
         &server.identity,
         &rules,
@@ -244,7 +258,7 @@ pub(super) fn build_local_event(
     )?;
     let json = serde_json::to_string(&object)?;
     let pdu = Pdu::from_json(&event_id, &json)?;
-    check_local_event(c, &rules, room_id, &pdu)?;
+    check_local_event_with(c, &rules, room_id, &pdu, &auth_state)?;
     Ok(BuiltEvent {
         event_id,
         object,

@@ -106,8 +106,12 @@ const STATEMENT_CACHE: usize = 256;
 /// How long a connection waits for a lock before failing with "database is locked".
 const BUSY_TIMEOUT_MS: i64 = 5000;
 
-/// Size the WAL file is cut back to whenever the WAL starts over (see [`checkpoint`]).
-pub const WAL_SIZE_LIMIT: i64 = 4 * 1024 * 1024;
+/// Size the WAL file is cut back to whenever the WAL starts over under load (see
+/// [`checkpoint`]; an idle node's WAL is emptied). As large as the WAL the writer starts
+/// over at (`checkpoint::RESTART_ABOVE`): cut back to 4 MiB, the file was shortened at
+/// every restart and grown again by the next few thousand commits, and growing it (new
+/// page-cache pages and blocks for every frame) took a third of a send's time.
+pub const WAL_SIZE_LIMIT: i64 = checkpoint::RESTART_ABOVE;
 
 /// Page cache of the writer, in KiB (SQLite's default).
 const WRITER_CACHE_KIB: i64 = 2048;
@@ -139,6 +143,16 @@ impl Db {
         let mut writer = Connection::open(path).map_err(open_err)?;
         configure(&writer).map_err(open_err)?;
         migrations::run(&mut writer, &shown)?;
+        // Each write runs in a savepoint of its own (group commit), so SQLite keeps the
+        // original of every page the write changes in a sub-journal, which it spills to
+        // a temporary file past 64 KiB: a send touches more pages than that, and created,
+        // wrote and deleted a file in /var/tmp every time (a quarter of a send's time).
+        // In memory, it holds at most the pages of the write running, which the page
+        // cache and the WAL hold too. Set after the migrations, whose temporary tables
+        // and sorts may be large.
+        writer
+            .pragma_update(None, "temp_store", "MEMORY")
+            .map_err(open_err)?;
         // WAL checkpoints (which fsync) run on their own thread, not inside a commit that
         // every other writer is waiting for; SQLite's own checkpoint-on-commit stays the
         // fallback if that thread cannot start.
