@@ -119,7 +119,12 @@ fn benches(c: &mut Criterion) {
         let (room, sender) = room_of(&server, &format!("m{members}u"), members);
         // Warm up caches and the statement cache, as a running node has.
         for _ in 0..20 {
-            send(&server, &room, &sender, counter.fetch_add(1, Ordering::Relaxed));
+            send(
+                &server,
+                &room,
+                &sender,
+                counter.fetch_add(1, Ordering::Relaxed),
+            );
         }
         c.bench_function(&format!("send_message ({members} members)"), |b| {
             b.iter(|| {

@@ -213,13 +213,9 @@ pub fn on_event(
         } else {
             &prepared.rules
         };
-        let ctx = PushConditionRoomCtx::new(
-            room.clone(),
-            member_count,
-            user_id,
-            recipient.display_name,
-        )
-        .with_power_levels(power.clone());
+        let ctx =
+            PushConditionRoomCtx::new(room.clone(), member_count, user_id, recipient.display_name)
+                .with_power_levels(power.clone());
         let Some(actions) = first_match(rules, &flat, &ctx) else {
             tracing::warn!(user = %recipient.user_id, "push rule evaluation did not complete at once; skipped");
             continue;
@@ -228,7 +224,11 @@ pub fn on_event(
             continue;
         }
         let highlight = actions.iter().any(Action::is_highlight);
-        notified.push((recipient.user_id, serde_json::to_string(actions)?, highlight));
+        notified.push((
+            recipient.user_id,
+            serde_json::to_string(actions)?,
+            highlight,
+        ));
     }
     record(c, room_id, ev, &notified)
 }

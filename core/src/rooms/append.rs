@@ -244,8 +244,7 @@ pub(super) fn build_local_event(
         return Err(Error::Forbidden(format!("unknown room {room_id}")));
     };
     let (_, rules) = rules_for(&version)?;
-    let (prev, auth_events, depth, auth_state) =
-        dag_fields_and_auth_state(c, room_id, &rules, ev)?;
+    let (prev, auth_events, depth, auth_state) = dag_fields_and_auth_state(c, room_id, &rules, ev)?;
     let (event_id, object) = build_pdu(
         &server.identity,
         &rules,

@@ -37,7 +37,10 @@ impl AuthState {
             .iter()
             .map(|(ty, sk)| (ty.to_string(), sk.as_str()))
             .collect();
-        if !wanted.iter().any(|(ty, sk)| ty == "m.room.create" && sk.is_empty()) {
+        if !wanted
+            .iter()
+            .any(|(ty, sk)| ty == "m.room.create" && sk.is_empty())
+        {
             wanted.push(("m.room.create".to_owned(), ""));
         }
         let wanted: Vec<(&str, &str)> = wanted.iter().map(|(t, s)| (t.as_str(), *s)).collect();
@@ -122,7 +125,9 @@ pub(super) fn check_local_event_with(
         let id = match known_id {
             Some(id) => Some(id.to_owned()),
             None if known.was_asked(&ty, sk) => None,
-            None => storage::current_state_event(c, room_id, &ty, sk).ok().flatten(),
+            None => storage::current_state_event(c, room_id, &ty, sk)
+                .ok()
+                .flatten(),
         };
         id.and_then(|id| load_pdu(c, &id).ok().flatten().map(Arc::new))
     };

@@ -258,7 +258,12 @@ mod tests {
             let joined = append(
                 &server,
                 &room,
-                ev(&bob, "m.room.member", Some(&bob), json!({"membership": "join"})),
+                ev(
+                    &bob,
+                    "m.room.member",
+                    Some(&bob),
+                    json!({"membership": "join"}),
+                ),
             )
             .expect("join");
             // A first join: bob had no member event yet.
@@ -268,8 +273,12 @@ mod tests {
                 "room version {version}"
             );
             let msg = json!({"msgtype": "m.text", "body": "hi"});
-            let sent = append(&server, &room, ev(&bob, "m.room.message", None, msg.clone()))
-                .expect("send");
+            let sent = append(
+                &server,
+                &room,
+                ev(&bob, "m.room.message", None, msg.clone()),
+            )
+            .expect("send");
             assert_eq!(
                 auth_of(&sent.event_id),
                 with_create(vec![power.clone(), joined.event_id.clone()]),

@@ -293,11 +293,14 @@ pub fn table_sizes(c: &Connection) -> Result<Vec<(String, i64)>, Error> {
 /// Take the next stream position. Must be called inside the write transaction that
 /// persists the row carrying it, so positions commit in order.
 pub fn next_stream_position(tx: &rusqlite::Connection) -> Result<StreamPosition, Error> {
-    Ok(tx.query_row(
-        "UPDATE stream_sequence SET pos = pos + 1 RETURNING pos",
-        [],
-        |r| r.get(0),
-    )?)
+    // Two cached statements, not `RETURNING` (which SQLite runs through an ephemeral
+    // table it opens and frees on every call) nor an uncached `query_row`: every event
+    // takes a position.
+    tx.prepare_cached("UPDATE stream_sequence SET pos = pos + 1")?
+        .execute([])?;
+    Ok(tx
+        .prepare_cached("SELECT pos FROM stream_sequence")?
+        .query_row([], |r| r.get(0))?)
 }
 
 /// Current time in milliseconds since the epoch.

@@ -171,21 +171,22 @@ pub fn insert_notifications(
              highlights = highlights + excluded.highlights",
     )?
     .execute(params![inserted, room_id])?;
+    c.prepare_cached(
+        "INSERT INTO push_notification_users (user_id, rows)
+         SELECT value ->> 0, 1 FROM json_each(?1) WHERE true
+         ON CONFLICT (user_id) DO UPDATE SET rows = rows + 1",
+    )?
+    .execute(params![inserted])?;
     let over: Vec<String> = c
         .prepare_cached(
-            "INSERT INTO push_notification_users (user_id, rows)
-             SELECT value ->> 0, 1 FROM json_each(?1) WHERE true
-             ON CONFLICT (user_id) DO UPDATE SET rows = rows + 1
-             RETURNING user_id, rows",
+            "SELECT p.user_id FROM json_each(?1) AS j
+             CROSS JOIN push_notification_users p ON p.user_id = j.value ->> 0
+             WHERE p.rows > ?2",
         )?
-        .query_map(params![inserted], |r| Ok((r.get(0)?, r.get::<_, i64>(1)?)))?
-        .filter_map(|row| match row {
-            Ok((user, rows)) if rows > NOTIFICATIONS_PER_USER + NOTIFICATION_SLACK => {
-                Some(Ok(user))
-            }
-            Ok(_) => None,
-            Err(e) => Some(Err(e)),
-        })
+        .query_map(
+            params![inserted, NOTIFICATIONS_PER_USER + NOTIFICATION_SLACK],
+            |r| r.get(0),
+        )?
         .collect::<Result<_, _>>()?;
     for user in over {
         trim_notifications(c, &user, now_ms)?;
