@@ -194,6 +194,45 @@ mod tests {
         node.shutdown().await.expect("shutdown");
     }
 
+    /// Identical create events (room version 12 names a room after its create event,
+    /// and a fast node creates several rooms of one user in a millisecond) each get a
+    /// room of their own instead of failing on the first one's id.
+    #[tokio::test]
+    async fn identical_rooms_created_at_once_get_distinct_ids() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = Config::new(dir.path());
+        config.client_addr = "127.0.0.1:0".parse().expect("addr");
+        let node = Node::start(config).await.expect("start");
+        let server = node.server().clone();
+        let alice = server.user_id("alice");
+        let create = ev(
+            &alice,
+            "m.room.create",
+            Some(""),
+            json!({"room_version": "12"}),
+        );
+        let rooms = server
+            .write(|tx| {
+                (0..3)
+                    .map(|_| {
+                        append::append_create_at(
+                            tx,
+                            &server,
+                            "12",
+                            create.clone(),
+                            false,
+                            None,
+                            1_700_000_000_000,
+                        )
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .expect("every room is created");
+        let distinct: std::collections::HashSet<&String> = rooms.iter().collect();
+        assert_eq!(distinct.len(), 3, "{rooms:?}");
+        node.shutdown().await.expect("shutdown");
+    }
+
     /// The auth events of local events are read from the current state once
     /// (`AuthState`): a message names the power levels and its sender's member event, a
     /// join also the join rules, and (room versions before 12) the create event; events
