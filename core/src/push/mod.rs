@@ -45,7 +45,7 @@ pub use rules::{
 
 use crate::error::Error;
 use crate::events::rules_for;
-use crate::storage::{self, NewNotification, StoredEvent, next_stream_position, now_ms};
+use crate::storage::{self, StoredEvent, next_stream_position, now_ms};
 
 /// The account data type holding a user's push rules.
 pub const PUSH_RULES: &str = "m.push_rules";
@@ -86,12 +86,13 @@ struct Prepared {
 static PREPARED: LazyLock<Mutex<HashMap<String, Arc<Prepared>>>> = LazyLock::new(Default::default);
 const CACHE_USERS: usize = 4096;
 
-fn prepared(c: &Connection, user_id: &UserId) -> Result<Arc<Prepared>, Error> {
-    let stored = storage::account_data(c, user_id.as_str(), "", PUSH_RULES)?;
+/// A user's prepared rules, from their stored `m.push_rules` content (`None`: none
+/// stored, the defaults).
+fn prepared(user_id: &UserId, stored: Option<String>) -> Arc<Prepared> {
     if let Some(p) = PREPARED.lock().get(user_id.as_str())
         && p.stored == stored
     {
-        return Ok(p.clone());
+        return p.clone();
     }
     let rules = ruleset_from(user_id, stored.as_deref());
     let mut without = rules.clone();
@@ -106,7 +107,7 @@ fn prepared(c: &Connection, user_id: &UserId) -> Result<Arc<Prepared>, Error> {
         cache.clear();
     }
     cache.insert(user_id.as_str().to_owned(), p.clone());
-    Ok(p)
+    p
 }
 
 /// The `m.push_rules` content for a ruleset.
@@ -172,16 +173,17 @@ pub(crate) fn display_name(c: &Connection, room_id: &str, user_id: &str) -> Resu
 
 /// Evaluate a newly persisted event against the push rules of every other joined local
 /// member and record the notifications. Runs in the event's write transaction.
+///
+/// The members, their rules and display names are read in one statement, and the
+/// notifications of all of them written in a few (`storage::insert_notifications`,
+/// `storage::enqueue_pushes_for`): the statements per event do not grow with the room.
 pub fn on_event(
     c: &Connection,
     room_id: &str,
     version: &str,
     ev: &StoredEvent,
 ) -> Result<(), Error> {
-    let recipients: Vec<String> = storage::joined_local_members(c, room_id)?
-        .into_iter()
-        .filter(|u| *u != ev.sender)
-        .collect();
+    let recipients = storage::push_recipients(c, room_id, &ev.sender)?;
     if recipients.is_empty() {
         return Ok(());
     }
@@ -199,32 +201,36 @@ pub fn on_event(
     let member_count = UInt::try_from(member_count).unwrap_or(UInt::MAX);
     let power = power_ctx(c, room_id, version, &ev.sender)?;
     let has_mentions = defaults::has_mentions(&ev.json);
-    // What local notifications say about the event, looked up once for all recipients.
-    let mut about: Option<About> = None;
-    for user in recipients {
-        let Ok(user_id) = UserId::parse(&user) else {
+    // (user, actions JSON, highlight) of each member the event notifies.
+    let mut notified: Vec<(String, String, bool)> = Vec::new();
+    for recipient in recipients {
+        let Ok(user_id) = UserId::parse(&recipient.user_id) else {
             continue;
         };
-        let prepared = prepared(c, &user_id)?;
+        let prepared = prepared(&user_id, recipient.push_rules);
         let rules = if has_mentions {
             &prepared.without_legacy_mentions
         } else {
             &prepared.rules
         };
-        let ctx = PushConditionRoomCtx::new(
-            room.clone(),
-            member_count,
-            user_id,
-            display_name(c, room_id, &user)?,
-        )
-        .with_power_levels(power.clone());
+        let ctx =
+            PushConditionRoomCtx::new(room.clone(), member_count, user_id, recipient.display_name)
+                .with_power_levels(power.clone());
         let Some(actions) = first_match(rules, &flat, &ctx) else {
-            tracing::warn!(%user, "push rule evaluation did not complete at once; skipped");
+            tracing::warn!(user = %recipient.user_id, "push rule evaluation did not complete at once; skipped");
             continue;
         };
-        record(c, &user, room_id, ev, actions, &mut about)?;
+        if !actions.iter().any(Action::should_notify) {
+            continue;
+        }
+        let highlight = actions.iter().any(Action::is_highlight);
+        notified.push((
+            recipient.user_id,
+            serde_json::to_string(actions)?,
+            highlight,
+        ));
     }
-    Ok(())
+    record(c, room_id, ev, &notified)
 }
 
 /// The parts of a local notification that are the same for every recipient.
@@ -267,52 +273,52 @@ fn first_match<'r>(
     .now_or_never()
 }
 
+/// Record the notifications of one event: rows and unread counts, the queue of each
+/// user's http pushers, and local notifications while someone subscribes.
 fn record(
     c: &Connection,
-    user: &str,
     room_id: &str,
     ev: &StoredEvent,
-    actions: &[Action],
-    about: &mut Option<About>,
+    notified: &[(String, String, bool)],
 ) -> Result<(), Error> {
-    if !actions.iter().any(Action::should_notify) {
+    if notified.is_empty() {
         return Ok(());
     }
-    let actions_json = serde_json::to_string(actions)?;
-    let highlight = actions.iter().any(Action::is_highlight);
     let now = now_ms();
-    storage::insert_notification(
-        c,
-        &NewNotification {
+    let rows: Vec<storage::UserNotification<'_>> = notified
+        .iter()
+        .map(|(user, actions, highlight)| storage::UserNotification {
             user_id: user,
-            room_id,
-            stream_ordering: ev.stream_ordering,
-            actions: &actions_json,
-            highlight,
-            now_ms: now,
-        },
-    )?;
+            actions,
+            highlight: *highlight,
+        })
+        .collect();
+    storage::insert_notifications(c, room_id, ev.stream_ordering, &rows, now)?;
     // Rows queued here wake the deliverer once the write commits (storage::effects).
-    storage::enqueue_pushes(c, user, room_id, &ev.event_id, &actions_json, now)?;
+    let queued: Vec<(&str, &str)> = notified
+        .iter()
+        .map(|(user, actions, _)| (user.as_str(), actions.as_str()))
+        .collect();
+    storage::enqueue_pushes_for(c, &queued, room_id, &ev.event_id, now)?;
     if local::wanted() {
-        let about = match about {
-            Some(a) => a,
-            None => about.insert(About::of(c, room_id, ev)?),
-        };
-        let (notification_count, highlight_count) = storage::unread_counts(c, room_id, user)?;
-        local::add(LocalNotification {
-            user_id: user.to_owned(),
-            room_id: room_id.to_owned(),
-            event_id: ev.event_id.clone(),
-            event_type: ev.kind.clone(),
-            sender: ev.sender.clone(),
-            sender_display_name: about.sender_display_name.clone(),
-            room_name: about.room_name.clone(),
-            body: about.body.clone(),
-            highlight,
-            notification_count,
-            highlight_count,
-        });
+        // What local notifications say about the event, looked up once for all.
+        let about = About::of(c, room_id, ev)?;
+        for (user, _, highlight) in notified {
+            let (notification_count, highlight_count) = storage::unread_counts(c, room_id, user)?;
+            local::add(LocalNotification {
+                user_id: user.clone(),
+                room_id: room_id.to_owned(),
+                event_id: ev.event_id.clone(),
+                event_type: ev.kind.clone(),
+                sender: ev.sender.clone(),
+                sender_display_name: about.sender_display_name.clone(),
+                room_name: about.room_name.clone(),
+                body: about.body.clone(),
+                highlight: *highlight,
+                notification_count,
+                highlight_count,
+            });
+        }
     }
     Ok(())
 }
@@ -480,6 +486,82 @@ mod tests {
             .write(|tx| append_event(tx, &server, &room, next, None))
             .expect("four");
         assert_eq!(counts(), (1, 0));
+        node.shutdown().await.expect("shutdown");
+    }
+
+    /// One event's notifications are written for all members together
+    /// (`push_recipients`, `insert_notifications`): each other joined local member is
+    /// evaluated with their own display name in the room, the sender and a member who
+    /// left are not, and the counts match one row each.
+    #[tokio::test]
+    async fn one_event_notifies_each_member_with_their_display_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = Config::new(dir.path());
+        config.client_addr = "127.0.0.1:0".parse().expect("addr");
+        let node = Node::start(config).await.expect("start");
+        let server = node.server().clone();
+        let [alice, bob, carol, dave] =
+            ["alice", "bob", "carol", "dave"].map(|u| server.user_id(u));
+        server
+            .write(|tx| {
+                for u in [&alice, &bob, &carol, &dave] {
+                    storage::create_user(tx, u, None, false, "")?;
+                }
+                Ok(())
+            })
+            .expect("users");
+        let room = server
+            .write(|tx| {
+                let preset = Some("public_chat".into());
+                create_room(
+                    tx,
+                    &server,
+                    &alice,
+                    CreateRoom {
+                        preset,
+                        ..Default::default()
+                    },
+                )
+            })
+            .expect("create");
+        let member = |user: &str, content: serde_json::Value| {
+            let ev = NewEvent {
+                kind: "m.room.member".into(),
+                state_key: Some(user.to_owned()),
+                content,
+                sender: user.to_owned(),
+                redacts: None,
+            };
+            server
+                .write(|tx| append_event(tx, &server, &room, ev, None))
+                .expect("membership");
+        };
+        member(&bob, json!({"membership": "join", "displayname": "Robert"}));
+        member(&carol, json!({"membership": "join", "displayname": 7}));
+        member(&dave, json!({"membership": "join"}));
+        member(&dave, json!({"membership": "leave"}));
+        let counts = |user: &str| {
+            server
+                .db
+                .read(|c| storage::unread_counts(c, &room, user))
+                .expect("counts")
+        };
+        let ev = message(&alice, "hello Robert");
+        server
+            .write(|tx| append_event(tx, &server, &room, ev, None))
+            .expect("send");
+        // Bob's display name highlights; carol's is no string, so it never matches.
+        assert_eq!(counts(&bob), (1, 1));
+        assert_eq!(counts(&carol), (1, 0));
+        assert_eq!(counts(&alice), (0, 0));
+        assert_eq!(counts(&dave), (0, 0));
+        let rows = |user: &str| {
+            server
+                .db
+                .read(|c| storage::notification_rows(c, user))
+                .expect("rows")
+        };
+        assert_eq!((rows(&bob), rows(&carol), rows(&dave)), (1, 1, 0));
         node.shutdown().await.expect("shutdown");
     }
 }

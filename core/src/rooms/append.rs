@@ -4,7 +4,7 @@ use ruma::{UserId, events::TimelineEventType, state_res};
 use rusqlite::Connection;
 use serde_json::{Map, Value};
 
-use super::auth::check_local_event;
+use super::auth::{AuthState, check_local_event, check_local_event_with};
 use crate::error::Error;
 use crate::events::{
     self, ClientEventOptions, NewEvent, Pdu, build_pdu, client_event, redact_json, rules_for,
@@ -16,6 +16,10 @@ use crate::storage::{
 
 /// Most prev_events referenced by one event, as the spec recommends (Synapse uses 10).
 const MAX_PREV_EVENTS: usize = 10;
+
+/// Most create events built for one new room whose id (room version 12: the create
+/// event's hash) is taken; past it the insertion fails as before.
+const MAX_CREATE_ATTEMPTS: u32 = 16;
 
 /// Result of appending an event.
 #[derive(Clone, Debug)]
@@ -183,6 +187,18 @@ pub(super) fn dag_fields(
     rules: &ruma::room_version_rules::RoomVersionRules,
     ev: &NewEvent,
 ) -> Result<(Vec<String>, Vec<String>, i64), Error> {
+    let (prev, auth_events, depth, _) = dag_fields_and_auth_state(c, room_id, rules, ev)?;
+    Ok((prev, auth_events, depth))
+}
+
+/// [`dag_fields`] and the part of the current state the event's auth rules read (its
+/// auth events and the create event), parsed, for [`check_local_event_with`].
+fn dag_fields_and_auth_state(
+    c: &Connection,
+    room_id: &str,
+    rules: &ruma::room_version_rules::RoomVersionRules,
+    ev: &NewEvent,
+) -> Result<(Vec<String>, Vec<String>, i64, AuthState), Error> {
     let extremities = storage::forward_extremities(c, room_id)?;
     let depth = extremities
         .iter()
@@ -208,15 +224,16 @@ pub(super) fn dag_fields(
         &rules.authorization,
     )
     .map_err(|e| Error::BadJson(format!("invalid content for {}: {e}", ev.kind)))?;
+    let state = AuthState::load(c, room_id, &auth_types)?;
     let mut auth_events = Vec::with_capacity(auth_types.len());
     for (ty, sk) in &auth_types {
-        if let Some(id) = storage::current_state_event(c, room_id, &ty.to_string(), sk)?
-            && !auth_events.contains(&id)
+        if let Some(id) = state.event_id(&ty.to_string(), sk)
+            && !auth_events.iter().any(|a| a == id)
         {
-            auth_events.push(id);
+            auth_events.push(id.to_owned());
         }
     }
-    Ok((prev, auth_events, depth))
+    Ok((prev, auth_events, depth, state))
 }
 
 /// Build, sign and authorise a local event on the room's current state.
@@ -231,7 +248,7 @@ pub(super) fn build_local_event(
         return Err(Error::Forbidden(format!("unknown room {room_id}")));
     };
     let (_, rules) = rules_for(&version)?;
-    let (prev, auth_events, depth) = dag_fields(c, room_id, &rules, ev)?;
+    let (prev, auth_events, depth, auth_state) = dag_fields_and_auth_state(c, room_id, &rules, ev)?;
     let (event_id, object) = build_pdu(
         &server.identity,
         &rules,
@@ -244,7 +261,7 @@ pub(super) fn build_local_event(
     )?;
     let json = serde_json::to_string(&object)?;
     let pdu = Pdu::from_json(&event_id, &json)?;
-    check_local_event(c, &rules, room_id, &pdu)?;
+    check_local_event_with(c, &rules, room_id, &pdu, &auth_state)?;
     Ok(BuiltEvent {
         event_id,
         object,
@@ -518,6 +535,19 @@ pub(super) fn append_create(
     is_public: bool,
     room_id: Option<String>,
 ) -> Result<String, Error> {
+    append_create_at(c, server, version, ev, is_public, room_id, now_ms())
+}
+
+/// [`append_create`] with the create event's timestamp given (where it starts).
+pub(super) fn append_create_at(
+    c: &Connection,
+    server: &Server,
+    version: &str,
+    ev: NewEvent,
+    is_public: bool,
+    room_id: Option<String>,
+    ts: i64,
+) -> Result<String, Error> {
     let (_, rules) = rules_for(version)?;
     // Room v12 names the room after the create event; older versions take a random id
     // (or the one chosen ahead by an upgrade, whose tombstone names it first).
@@ -526,17 +556,35 @@ pub(super) fn append_create(
     } else {
         Some(room_id.unwrap_or_else(|| new_room_id(server)))
     };
-    let (event_id, object) = build_pdu(
-        &server.identity,
-        &rules,
-        room_id_field.as_deref(),
-        &ev,
-        &[],
-        &[],
-        1,
-        now_ms(),
-    )?;
-    let room_id = room_id_field.unwrap_or_else(|| events::room_id_from_create_event_id(&event_id));
+    // From room version 12 the same create event (same sender, content and millisecond)
+    // names the same room: a user who creates two identical rooms within a millisecond
+    // (a script, a fast enough node) would get the first one's id again, and its
+    // insertion fails. A later timestamp makes it another event; a few tries suffice.
+    let mut ts = ts;
+    let mut attempts = 0;
+    let (event_id, object, room_id) = loop {
+        let (event_id, object) = build_pdu(
+            &server.identity,
+            &rules,
+            room_id_field.as_deref(),
+            &ev,
+            &[],
+            &[],
+            1,
+            ts,
+        )?;
+        let room_id = room_id_field
+            .clone()
+            .unwrap_or_else(|| events::room_id_from_create_event_id(&event_id));
+        attempts += 1;
+        if room_id_field.is_some()
+            || attempts >= MAX_CREATE_ATTEMPTS
+            || storage::room_info(c, &room_id)?.is_none()
+        {
+            break (event_id, object, room_id);
+        }
+        ts = ts.saturating_add(1);
+    };
     let json = serde_json::to_string(&object)?;
     let pdu = Pdu::from_json(&event_id, &json)?;
     storage::insert_room(c, &room_id, version, &ev.sender, is_public)?;

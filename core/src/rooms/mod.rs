@@ -194,4 +194,154 @@ mod tests {
         assert!(again.pos > sent.pos);
         node.shutdown().await.expect("shutdown");
     }
+
+    /// Identical create events (room version 12 names a room after its create event,
+    /// and a fast node creates several rooms of one user in a millisecond) each get a
+    /// room of their own instead of failing on the first one's id.
+    #[tokio::test]
+    async fn identical_rooms_created_at_once_get_distinct_ids() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = Config::new(dir.path());
+        config.client_addr = "127.0.0.1:0".parse().expect("addr");
+        let node = Node::start(config).await.expect("start");
+        let server = node.server().clone();
+        let alice = server.user_id("alice");
+        let create = ev(
+            &alice,
+            "m.room.create",
+            Some(""),
+            json!({"room_version": "12"}),
+        );
+        let rooms = server
+            .write(|tx| {
+                (0..3)
+                    .map(|_| {
+                        append::append_create_at(
+                            tx,
+                            &server,
+                            "12",
+                            create.clone(),
+                            false,
+                            None,
+                            1_700_000_000_000,
+                        )
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .expect("every room is created");
+        let distinct: std::collections::HashSet<&String> = rooms.iter().collect();
+        assert_eq!(distinct.len(), 3, "{rooms:?}");
+        node.shutdown().await.expect("shutdown");
+    }
+
+    /// The auth events of local events are read from the current state once
+    /// (`AuthState`): a message names the power levels and its sender's member event, a
+    /// join also the join rules, and (room versions before 12) the create event; events
+    /// that fail the rules still fail.
+    #[tokio::test]
+    async fn auth_events_come_from_the_current_state() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = Config::new(dir.path());
+        config.client_addr = "127.0.0.1:0".parse().expect("addr");
+        let node = Node::start(config).await.expect("start");
+        let server = node.server().clone();
+        let alice = server.user_id("alice");
+        let bob = server.user_id("bob");
+        for version in ["12", "10"] {
+            let room = server
+                .write(|tx| {
+                    create_room(
+                        tx,
+                        &server,
+                        &alice,
+                        CreateRoom {
+                            preset: Some("public_chat".into()),
+                            room_version: Some(version.into()),
+                            ..Default::default()
+                        },
+                    )
+                })
+                .expect("create");
+            let current = |ty: &str, sk: &str| {
+                server
+                    .db
+                    .read(|c| crate::storage::current_state_event(c, &room, ty, sk))
+                    .expect("state")
+                    .expect("entry")
+            };
+            let auth_of = |event_id: &str| -> Vec<String> {
+                let ev = server
+                    .db
+                    .read(|c| crate::storage::get_event(c, event_id))
+                    .expect("read")
+                    .expect("stored");
+                let json: serde_json::Value = serde_json::from_str(&ev.json).expect("json");
+                let mut ids: Vec<String> = json["auth_events"]
+                    .as_array()
+                    .expect("auth_events")
+                    .iter()
+                    .map(|v| v.as_str().expect("id").to_owned())
+                    .collect();
+                ids.sort();
+                ids
+            };
+            let with_create = |mut ids: Vec<String>| {
+                if version != "12" {
+                    ids.push(current("m.room.create", ""));
+                }
+                ids.sort();
+                ids
+            };
+            let power = current("m.room.power_levels", "");
+            let join_rules = current("m.room.join_rules", "");
+            let alice_member = current("m.room.member", &alice);
+            let joined = append(
+                &server,
+                &room,
+                ev(
+                    &bob,
+                    "m.room.member",
+                    Some(&bob),
+                    json!({"membership": "join"}),
+                ),
+            )
+            .expect("join");
+            // A first join: bob had no member event yet.
+            assert_eq!(
+                auth_of(&joined.event_id),
+                with_create(vec![power.clone(), join_rules.clone()]),
+                "room version {version}"
+            );
+            let msg = json!({"msgtype": "m.text", "body": "hi"});
+            let sent = append(
+                &server,
+                &room,
+                ev(&bob, "m.room.message", None, msg.clone()),
+            )
+            .expect("send");
+            assert_eq!(
+                auth_of(&sent.event_id),
+                with_create(vec![power.clone(), joined.event_id.clone()]),
+                "room version {version}"
+            );
+            let named = append(
+                &server,
+                &room,
+                ev(&alice, "m.room.name", Some(""), json!({"name": "n"})),
+            )
+            .expect("name");
+            assert_eq!(
+                auth_of(&named.event_id),
+                with_create(vec![power.clone(), alice_member.clone()]),
+                "room version {version}"
+            );
+            let refused = append(
+                &server,
+                &room,
+                ev(&bob, "m.room.name", Some(""), json!({"name": "x"})),
+            );
+            assert!(matches!(refused, Err(Error::Forbidden(_))), "{refused:?}");
+        }
+        node.shutdown().await.expect("shutdown");
+    }
 }

@@ -105,17 +105,25 @@ pub(crate) fn integer_levels(content: &mut Value) {
 
 /// Power levels from the room's current state.
 pub fn power_levels(c: &Connection, room_id: &str) -> Result<PowerLevels, Error> {
+    // Both events in one statement (push evaluation reads them on every send). Current
+    // state may hold an event that is not in the timeline (a fork built on a
+    // soft-failed event); authority follows the state, not the timeline.
+    let entries = storage::current_state_events(
+        c,
+        room_id,
+        &[("m.room.create", ""), ("m.room.power_levels", "")],
+    )?;
     let content_of = |ty: &str| -> Result<Option<(Value, String)>, Error> {
-        let Some(id) = storage::current_state_event(c, room_id, ty, "")? else {
+        let Some((json, _)) = entries
+            .iter()
+            .find(|e| e.kind == ty)
+            .and_then(|e| e.row.as_ref())
+        else {
             return Ok(None);
         };
-        // Current state may hold an event that is not in the timeline (a fork built on a
-        // soft-failed event); authority follows the state, not the timeline.
-        let Some(ev) = storage::get_event_any(c, &id)? else {
-            return Ok(None);
-        };
-        let v: Value = serde_json::from_str(&ev.json)?;
-        Ok(Some((v["content"].clone(), ev.sender)))
+        let mut v: Value = serde_json::from_str(json)?;
+        let sender = v["sender"].as_str().unwrap_or_default().to_owned();
+        Ok(Some((v["content"].take(), sender)))
     };
     let mut creators = HashSet::new();
     let mut creators_infinite = false;

@@ -32,7 +32,7 @@ impl EventStatus {
         }
     }
 
-    fn parse(s: &str) -> EventStatus {
+    pub(super) fn parse(s: &str) -> EventStatus {
         match s {
             "timeline" => EventStatus::Timeline,
             "outlier" => EventStatus::Outlier,

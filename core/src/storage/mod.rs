@@ -109,8 +109,12 @@ const STATEMENT_CACHE: usize = 256;
 /// How long a connection waits for a lock before failing with "database is locked".
 const BUSY_TIMEOUT_MS: i64 = 5000;
 
-/// Size the WAL file is cut back to whenever the WAL starts over (see [`checkpoint`]).
-pub const WAL_SIZE_LIMIT: i64 = 4 * 1024 * 1024;
+/// Size the WAL file is cut back to whenever the WAL starts over under load (see
+/// [`checkpoint`]; an idle node's WAL is emptied). As large as the WAL the writer starts
+/// over at (`checkpoint::RESTART_ABOVE`): cut back to 4 MiB, the file was shortened at
+/// every restart and grown again by the next few thousand commits, and growing it (new
+/// page-cache pages and blocks for every frame) took a third of a send's time.
+pub const WAL_SIZE_LIMIT: i64 = checkpoint::RESTART_ABOVE;
 
 /// Page cache of the writer, in KiB (SQLite's default).
 const WRITER_CACHE_KIB: i64 = 2048;
@@ -142,6 +146,16 @@ impl Db {
         let mut writer = Connection::open(path).map_err(open_err)?;
         configure(&writer).map_err(open_err)?;
         migrations::run(&mut writer, &shown)?;
+        // Each write runs in a savepoint of its own (group commit), so SQLite keeps the
+        // original of every page the write changes in a sub-journal, which it spills to
+        // a temporary file past 64 KiB: a send touches more pages than that, and created,
+        // wrote and deleted a file in /var/tmp every time (a quarter of a send's time).
+        // In memory, it holds at most the pages of the write running, which the page
+        // cache and the WAL hold too. Set after the migrations, whose temporary tables
+        // and sorts may be large.
+        writer
+            .pragma_update(None, "temp_store", "MEMORY")
+            .map_err(open_err)?;
         // WAL checkpoints (which fsync) run on their own thread, not inside a commit that
         // every other writer is waiting for; SQLite's own checkpoint-on-commit stays the
         // fallback if that thread cannot start.
@@ -293,11 +307,14 @@ pub fn table_sizes(c: &Connection) -> Result<Vec<(String, i64)>, Error> {
 /// Take the next stream position. Must be called inside the write transaction that
 /// persists the row carrying it, so positions commit in order.
 pub fn next_stream_position(tx: &rusqlite::Connection) -> Result<StreamPosition, Error> {
-    Ok(tx.query_row(
-        "UPDATE stream_sequence SET pos = pos + 1 RETURNING pos",
-        [],
-        |r| r.get(0),
-    )?)
+    // Two cached statements, not `RETURNING` (which SQLite runs through an ephemeral
+    // table it opens and frees on every call) nor an uncached `query_row`: every event
+    // takes a position.
+    tx.prepare_cached("UPDATE stream_sequence SET pos = pos + 1")?
+        .execute([])?;
+    Ok(tx
+        .prepare_cached("SELECT pos FROM stream_sequence")?
+        .query_row([], |r| r.get(0))?)
 }
 
 /// Current time in milliseconds since the epoch.

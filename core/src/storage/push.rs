@@ -14,6 +14,51 @@ pub fn joined_local_members(c: &Connection, room_id: &str) -> Result<Vec<String>
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// A joined local member to evaluate a new event's push rules for.
+#[derive(Clone, Debug)]
+pub struct PushRecipient {
+    /// The member.
+    pub user_id: String,
+    /// Their stored `m.push_rules` account data, if any.
+    pub push_rules: Option<String>,
+    /// Their display name in the room (their member event's `displayname` when it is a
+    /// string), else empty.
+    pub display_name: String,
+}
+
+/// The joined local members of a room but `except` (the sender), with what push-rule
+/// evaluation needs of each, in one statement instead of three per member.
+pub fn push_recipients(
+    c: &Connection,
+    room_id: &str,
+    except: &str,
+) -> Result<Vec<PushRecipient>, Error> {
+    // The member event is read as `get_state_event` would: timeline or outlier only.
+    let mut st = c.prepare_cached(
+        "SELECT m.user_id, ad.content,
+                IIF(json_type(e.json, '$.content.displayname') = 'text',
+                    json_extract(e.json, '$.content.displayname'), '')
+         FROM memberships m
+         JOIN users u ON u.user_id = m.user_id
+         LEFT JOIN account_data ad
+             ON ad.user_id = m.user_id AND ad.room_id = '' AND ad.type = 'm.push_rules'
+         LEFT JOIN current_state cs
+             ON cs.room_id = m.room_id AND cs.type = 'm.room.member' AND cs.state_key = m.user_id
+         LEFT JOIN events e
+             ON e.event_id = cs.event_id AND e.status IN ('timeline', 'outlier')
+         WHERE m.room_id = ?1 AND m.membership = 'join' AND m.user_id <> ?2
+         ORDER BY m.user_id",
+    )?;
+    let rows = st.query_map(params![room_id, except], |r| {
+        Ok(PushRecipient {
+            user_id: r.get(0)?,
+            push_rules: r.get(1)?,
+            display_name: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 /// How many notification rows a user keeps at most (newest first, across rooms):
 /// one full page of `GET /notifications` at its largest `limit`. Rows past it are
 /// dropped whether read or not; unread ones stay counted (see [`recount_unread`]).
@@ -65,59 +110,86 @@ fn decode_actions(stored: rusqlite::types::Value) -> String {
     }
 }
 
-/// A notification to record for one user.
+/// One user's notification of an event, for [`insert_notifications`].
 #[derive(Clone, Debug)]
-pub struct NewNotification<'a> {
+pub struct UserNotification<'a> {
     /// Who is notified.
     pub user_id: &'a str,
-    /// Room of the event.
-    pub room_id: &'a str,
-    /// The event's stream position (it names the event).
-    pub stream_ordering: i64,
     /// The push actions, as a JSON array.
     pub actions: &'a str,
     /// Whether the actions highlight.
     pub highlight: bool,
-    /// Now, in milliseconds: the age limit is measured from it.
-    pub now_ms: i64,
 }
 
-/// Record a notification, counting it as unread (it is the room's newest event, so no
-/// receipt covers it yet), and trim the user's rows once they pass the cap by the slack.
-pub fn insert_notification(c: &Connection, n: &NewNotification<'_>) -> Result<(), Error> {
-    let inserted = c
+/// Record the notifications of one event (its room and stream position) for the users it
+/// notifies, counting each as unread (it is the room's newest event, so no receipt
+/// covers it yet), in three statements whatever their number: the rows, the unread
+/// counts and the per-user row counts; then trim the rows of each user past the cap by
+/// the slack.
+pub fn insert_notifications(
+    c: &Connection,
+    room_id: &str,
+    stream_ordering: i64,
+    notified: &[UserNotification<'_>],
+    now_ms: i64,
+) -> Result<(), Error> {
+    if notified.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<serde_json::Value> = notified
+        .iter()
+        .map(|n| {
+            let actions = match encode_actions(n.actions) {
+                rusqlite::types::Value::Integer(code) => serde_json::Value::from(code),
+                _ => serde_json::Value::from(n.actions),
+            };
+            serde_json::json!([n.user_id, actions, i64::from(n.highlight)])
+        })
+        .collect();
+    let rows = serde_json::Value::from(rows).to_string();
+    // Only the rows actually inserted are counted.
+    let inserted: Vec<(String, i64)> = c
         .prepare_cached(
             "INSERT OR IGNORE INTO push_notifications
              (user_id, room_id, stream_ordering, actions, highlight)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+             SELECT value ->> 0, ?2, ?3, value ->> 1, value ->> 2 FROM json_each(?1)
+             RETURNING user_id, highlight",
         )?
-        .execute(params![
-            n.user_id,
-            n.room_id,
-            n.stream_ordering,
-            encode_actions(n.actions),
-            n.highlight,
-        ])?;
-    if inserted == 0 {
+        .query_map(params![rows, room_id, stream_ordering], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    if inserted.is_empty() {
         return Ok(());
     }
+    let inserted = serde_json::to_string(&inserted)?;
     c.prepare_cached(
         "INSERT INTO unread_counts (user_id, room_id, notifications, highlights)
-         VALUES (?1, ?2, 1, ?3)
+         SELECT value ->> 0, ?2, 1, value ->> 1 FROM json_each(?1) WHERE true
          ON CONFLICT (user_id, room_id) DO UPDATE SET
              notifications = notifications + 1,
              highlights = highlights + excluded.highlights",
     )?
-    .execute(params![n.user_id, n.room_id, i64::from(n.highlight)])?;
-    let rows: i64 = c
+    .execute(params![inserted, room_id])?;
+    c.prepare_cached(
+        "INSERT INTO push_notification_users (user_id, rows)
+         SELECT value ->> 0, 1 FROM json_each(?1) WHERE true
+         ON CONFLICT (user_id) DO UPDATE SET rows = rows + 1",
+    )?
+    .execute(params![inserted])?;
+    let over: Vec<String> = c
         .prepare_cached(
-            "INSERT INTO push_notification_users (user_id, rows) VALUES (?1, 1)
-             ON CONFLICT (user_id) DO UPDATE SET rows = rows + 1
-             RETURNING rows",
+            "SELECT p.user_id FROM json_each(?1) AS j
+             CROSS JOIN push_notification_users p ON p.user_id = j.value ->> 0
+             WHERE p.rows > ?2",
         )?
-        .query_row(params![n.user_id], |r| r.get(0))?;
-    if rows > NOTIFICATIONS_PER_USER + NOTIFICATION_SLACK {
-        trim_notifications(c, n.user_id, n.now_ms)?;
+        .query_map(
+            params![inserted, NOTIFICATIONS_PER_USER + NOTIFICATION_SLACK],
+            |r| r.get(0),
+        )?
+        .collect::<Result<_, _>>()?;
+    for user in over {
+        trim_notifications(c, &user, now_ms)?;
     }
     Ok(())
 }
@@ -239,7 +311,7 @@ const READ_UP_TO: &str = "COALESCE((SELECT MAX(e.stream_ordering) FROM receipts 
            AND r.receipt_type IN ('m.read', 'm.read.private')), 0)";
 
 /// Unread counts: (notifications, highlights) after the user's read receipt. One row
-/// lookup, kept current by [`insert_notification`] and [`recount_unread`].
+/// lookup, kept current by [`insert_notifications`] and [`recount_unread`].
 pub fn unread_counts(c: &Connection, room_id: &str, user_id: &str) -> Result<(i64, i64), Error> {
     Ok(c.prepare_cached(
         "SELECT notifications, highlights FROM unread_counts WHERE user_id = ?1 AND room_id = ?2",
@@ -401,6 +473,29 @@ pub fn enqueue_pushes(
          WHERE user_id = ?1 AND json_extract(pusher, '$.kind') = 'http'",
     )?
     .execute(params![user_id, room_id, event_id, actions, now])?)
+}
+
+/// [`enqueue_pushes`] for many users notified of one event, in one statement:
+/// `notified` is `(user id, actions JSON)` of each.
+pub fn enqueue_pushes_for(
+    c: &Connection,
+    notified: &[(&str, &str)],
+    room_id: &str,
+    event_id: &str,
+    now: i64,
+) -> Result<usize, Error> {
+    if notified.is_empty() {
+        return Ok(0);
+    }
+    let notified = serde_json::to_string(notified)?;
+    // CROSS JOIN: the notified users drive the loop, each a prefix probe of `pushers`.
+    Ok(c.prepare_cached(
+        "INSERT INTO push_queue (user_id, app_id, pushkey, room_id, event_id, actions, created_ts)
+         SELECT p.user_id, p.app_id, p.pushkey, ?2, ?3, j.value ->> 1, ?4
+         FROM json_each(?1) AS j CROSS JOIN pushers p ON p.user_id = j.value ->> 0
+         WHERE json_extract(p.pusher, '$.kind') = 'http'",
+    )?
+    .execute(params![notified, room_id, event_id, now])?)
 }
 
 /// Pushers with anything queued.

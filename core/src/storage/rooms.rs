@@ -59,6 +59,50 @@ pub fn current_state_event(
     .optional()?)
 }
 
+/// An entry of a room's current state with its event row, if stored.
+#[derive(Clone, Debug)]
+pub struct CurrentStateEvent {
+    /// Event type.
+    pub kind: String,
+    /// State key.
+    pub state_key: String,
+    /// The event the entry points to.
+    pub event_id: String,
+    /// The event's stored JSON and status, `None` when the row is missing.
+    pub row: Option<(String, super::EventStatus)>,
+}
+
+/// Several entries of a room's current state with their events (whatever their status,
+/// as [`super::get_event_any`]), in one statement: what a new event's auth rules read.
+/// `keys` are `(type, state_key)` pairs; those not in the current state are left out.
+pub fn current_state_events(
+    c: &Connection,
+    room_id: &str,
+    keys: &[(&str, &str)],
+) -> Result<Vec<CurrentStateEvent>, Error> {
+    let keys = serde_json::to_string(keys)?;
+    // CROSS JOIN keeps the few keys as the outer loop: one primary-key probe each, never
+    // a walk over the room's whole state.
+    let mut st = c.prepare_cached(
+        "SELECT cs.type, cs.state_key, cs.event_id, e.json, e.status
+         FROM json_each(?2) AS k
+         CROSS JOIN current_state cs
+             ON cs.room_id = ?1 AND cs.type = k.value ->> 0 AND cs.state_key = k.value ->> 1
+         LEFT JOIN events e ON e.event_id = cs.event_id",
+    )?;
+    let rows = st.query_map(params![room_id, keys], |r| {
+        let json: Option<String> = r.get(3)?;
+        let status: Option<String> = r.get(4)?;
+        Ok(CurrentStateEvent {
+            kind: r.get(0)?,
+            state_key: r.get(1)?,
+            event_id: r.get(2)?,
+            row: json.zip(status.map(|s| super::EventStatus::parse(&s))),
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 /// The whole current state of a room.
 pub fn current_state(c: &Connection, room_id: &str) -> Result<StateMap, Error> {
     let mut st =
