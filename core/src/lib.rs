@@ -42,6 +42,8 @@ pub mod server;
 pub mod storage;
 pub mod streams;
 pub mod sync;
+#[cfg(test)]
+mod test_support;
 pub mod voip;
 
 pub use account::valid_localpart;

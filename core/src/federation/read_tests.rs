@@ -2,38 +2,21 @@
 //! may read, what they see, and the DAG walks. A "remote" server is put in a room by
 //! appending a join for one of its users locally (rooms do not span nodes yet).
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::visible::{
     RoomRead, auth_chain, authorize_room_read, load_room_pdu, state_before, state_events,
 };
 use super::walk;
+use crate::Error;
 use crate::events::NewEvent;
 use crate::rooms::{CreateRoom, append_event, create_room};
 use crate::server::Server;
 use crate::storage::StoredEvent;
-use crate::{Config, Error, Node};
+use crate::test_support::{ev, node};
 
 const REMOTE: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
 const OTHER: &str = "cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
-
-async fn node() -> (tempfile::TempDir, Node) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = Config::new(dir.path());
-    config.client_addr = "127.0.0.1:0".parse().expect("addr");
-    let node = Node::start(config).await.expect("start");
-    (dir, node)
-}
-
-fn ev(sender: &str, kind: &str, state_key: Option<&str>, content: Value) -> NewEvent {
-    NewEvent {
-        kind: kind.into(),
-        state_key: state_key.map(str::to_owned),
-        content,
-        sender: sender.into(),
-        redacts: None,
-    }
-}
 
 fn send(server: &Server, room: &str, e: NewEvent) -> String {
     server

@@ -9,31 +9,13 @@ use futures::FutureExt;
 use serde_json::{Value, json};
 
 use super::{Filter, SyncParams, sync};
-use crate::events::NewEvent;
+use crate::Node;
 use crate::requester::Requester;
 use crate::rooms::{CreateRoom, append_event, create_room};
 use crate::server::Server;
 use crate::storage::{self, PresenceRow, Receipt, next_stream_position, now_ms};
 use crate::streams::{SyncToken, Waiter};
-use crate::{Config, Node};
-
-async fn node() -> (tempfile::TempDir, Node) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = Config::new(dir.path());
-    config.client_addr = "127.0.0.1:0".parse().expect("addr");
-    let node = Node::start(config).await.expect("start");
-    (dir, node)
-}
-
-fn ev(sender: &str, kind: &str, state_key: Option<&str>, content: Value) -> NewEvent {
-    NewEvent {
-        kind: kind.into(),
-        state_key: state_key.map(str::to_owned),
-        content,
-        sender: sender.into(),
-        redacts: None,
-    }
-}
+use crate::test_support::{ev, node};
 
 fn send(server: &Server, room: &str, sender: &str, body: &str) -> String {
     let e = ev(
