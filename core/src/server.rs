@@ -198,7 +198,6 @@ pub fn off_the_reactor<R>(f: impl FnOnce() -> R) -> R {
 
 #[cfg(test)]
 mod tests {
-    use crate::{Config, Node};
 
     /// The race suspected in issue 16: one write commits while another, on another
     /// thread, has queued federation traffic but not committed yet. The first must not
@@ -206,10 +205,7 @@ mod tests {
     /// the second wakes it after its own commit, when a scan finds its rows.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn each_write_that_queues_traffic_wakes_the_sender_after_its_commit() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut config = Config::new(dir.path());
-        config.client_addr = "127.0.0.1:0".parse().expect("addr");
-        let node = Node::start(config).await.expect("start");
+        let (_dir, node) = crate::test_support::node().await;
         let server = node.server().clone();
         let _ = sender_woken(&server);
         let (queued_tx, queued_rx) = std::sync::mpsc::channel();
@@ -262,10 +258,7 @@ mod tests {
     /// mark from the caller, wake the sender once the write commits.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn rows_queued_in_storage_wake_the_sender() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut config = Config::new(dir.path());
-        config.client_addr = "127.0.0.1:0".parse().expect("addr");
-        let node = Node::start(config).await.expect("start");
+        let (_dir, node) = crate::test_support::node().await;
         let server = node.server().clone();
         let _ = sender_woken(&server);
         let edu = serde_json::json!({ "edu_type": "m.presence", "content": {} });
@@ -283,10 +276,7 @@ mod tests {
     /// sender after its commit too.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_db_write_that_queues_traffic_wakes_the_sender() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut config = Config::new(dir.path());
-        config.client_addr = "127.0.0.1:0".parse().expect("addr");
-        let node = Node::start(config).await.expect("start");
+        let (_dir, node) = crate::test_support::node().await;
         let server = node.server().clone();
         let _ = sender_woken(&server);
         let edu = serde_json::json!({ "edu_type": "m.presence", "content": {} });

@@ -381,7 +381,6 @@ mod tests {
     use crate::events::NewEvent;
     use crate::rooms::{CreateRoom, append_event, create_room};
     use crate::storage::{self, Receipt, next_stream_position};
-    use crate::{Config, Node};
 
     fn message(sender: &str, body: &str) -> NewEvent {
         NewEvent {
@@ -397,10 +396,7 @@ mod tests {
     /// notifications after the receipt would.
     #[tokio::test]
     async fn unread_counts_follow_notifications_and_receipts() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut config = Config::new(dir.path());
-        config.client_addr = "127.0.0.1:0".parse().expect("addr");
-        let node = Node::start(config).await.expect("start");
+        let (_dir, node) = crate::test_support::node().await;
         let server = node.server().clone();
         let alice = server.user_id("alice");
         let bob = server.user_id("bob");
@@ -495,10 +491,7 @@ mod tests {
     /// left are not, and the counts match one row each.
     #[tokio::test]
     async fn one_event_notifies_each_member_with_their_display_name() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut config = Config::new(dir.path());
-        config.client_addr = "127.0.0.1:0".parse().expect("addr");
-        let node = Node::start(config).await.expect("start");
+        let (_dir, node) = crate::test_support::node().await;
         let server = node.server().clone();
         let [alice, bob, carol, dave] =
             ["alice", "bob", "carol", "dave"].map(|u| server.user_id(u));

@@ -334,7 +334,6 @@ mod tests {
     use crate::federation::{FederationTransport, PeerEvent, TransportFuture};
     use crate::identity::Identity;
     use crate::storage::EventStatus;
-    use crate::{Config, Node};
 
     struct FakeResident {
         answers: HashMap<&'static str, Value>,
@@ -377,10 +376,7 @@ mod tests {
 
     #[tokio::test]
     async fn backfilled_events_are_checked_as_any_received_pdu() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut config = Config::new(dir.path());
-        config.client_addr = "127.0.0.1:0".parse().expect("addr");
-        let node = Node::start(config).await.expect("start");
+        let (_dir, node) = crate::test_support::node().await;
         let server = node.server().clone();
 
         let resident = Identity::from_seed([7; 32]).expect("identity");

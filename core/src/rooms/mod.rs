@@ -69,9 +69,9 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::Error;
     use crate::events::NewEvent;
     use crate::server::Server;
-    use crate::{Config, Error, Node};
 
     fn ev(
         sender: &str,
@@ -94,10 +94,7 @@ mod tests {
 
     #[tokio::test]
     async fn auth_rules_reject_what_the_sender_may_not_do() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut config = Config::new(dir.path());
-        config.client_addr = "127.0.0.1:0".parse().expect("addr");
-        let node = Node::start(config).await.expect("start");
+        let (_dir, node) = crate::test_support::node().await;
         let server = node.server().clone();
         let alice = server.user_id("alice");
         let bob = server.user_id("bob");
@@ -200,10 +197,7 @@ mod tests {
     /// room of their own instead of failing on the first one's id.
     #[tokio::test]
     async fn identical_rooms_created_at_once_get_distinct_ids() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut config = Config::new(dir.path());
-        config.client_addr = "127.0.0.1:0".parse().expect("addr");
-        let node = Node::start(config).await.expect("start");
+        let (_dir, node) = crate::test_support::node().await;
         let server = node.server().clone();
         let alice = server.user_id("alice");
         let create = ev(
@@ -240,10 +234,7 @@ mod tests {
     /// that fail the rules still fail.
     #[tokio::test]
     async fn auth_events_come_from_the_current_state() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut config = Config::new(dir.path());
-        config.client_addr = "127.0.0.1:0".parse().expect("addr");
-        let node = Node::start(config).await.expect("start");
+        let (_dir, node) = crate::test_support::node().await;
         let server = node.server().clone();
         let alice = server.user_id("alice");
         let bob = server.user_id("bob");

@@ -904,15 +904,11 @@ pub fn membership_server(
 mod tests {
     use super::*;
     use crate::identity::Identity;
-    use crate::{Config, Node};
 
     /// The joining side keeps a restricted join only with the resident's signature.
     #[tokio::test]
     async fn a_restricted_join_needs_the_authorising_servers_signature() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut config = Config::new(dir.path());
-        config.client_addr = "127.0.0.1:0".parse().expect("addr");
-        let node = Node::start(config).await.expect("start");
+        let (_dir, node) = crate::test_support::node().await;
         let server = node.server().clone();
         let resident = Identity::from_seed([7; 32]).expect("identity");
         let room = format!("!room:{}", resident.server_name());
