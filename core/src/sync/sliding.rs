@@ -396,15 +396,9 @@ pub async fn sync(
         let remaining = deadline.saturating_duration_since(Instant::now());
         let done = has_data || prev.token.is_none() || remaining.is_zero();
         if !done {
-            // From here on only what concerns the user or their rooms wakes the call.
-            let rooms = server.db.read(|c| {
-                Ok(storage::user_memberships(c, &caller.user_id)?
-                    .into_iter()
-                    .filter(|(_, membership, _, _)| membership == "join")
-                    .map(|(room, ..)| room)
-                    .collect())
-            })?;
-            waiter.narrow(rooms);
+            // From here on only what concerns the user or their rooms (the joined rooms
+            // the build just ordered) wakes the call.
+            waiter.narrow(snap.bumps.keys().cloned().collect());
         }
         if done
             || tokio::time::timeout(remaining, waiter.notified())

@@ -214,9 +214,14 @@ async fn a_waiting_sync_sleeps_through_other_rooms_and_wakes_for_its_own() {
         params(Some(since), Duration::from_secs(30)),
     ));
     // Wait until the long-poll waits, narrowed to bob's rooms.
-    while s.notifier.waiting() == 0 || s.notifier.waiting_for_anything() > 0 {
-        tokio::task::yield_now().await;
-    }
+    let narrowed = async {
+        while s.notifier.waiting() == 0 || s.notifier.waiting_for_anything() > 0 {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), narrowed)
+        .await
+        .expect("the long-poll waits, narrowed to bob's rooms");
     let wakeups = s.notifier.wakeups();
     for i in 0..20 {
         send(&s, &w.other, &w.carol, &format!("elsewhere {i}"));
