@@ -8,7 +8,7 @@ mod format;
 mod pdu;
 
 pub use build::{NewEvent, build_pdu, redact_json, room_id_from_create_event_id};
-pub use format::{ClientEventOptions, client_event, stripped_state};
+pub use format::{ClientEvent, ClientEventOptions, client_event, stripped_state};
 pub use pdu::Pdu;
 
 use ruma::{RoomVersionId, room_version_rules::RoomVersionRules};
