@@ -52,7 +52,11 @@ const MAX_ID_LEN: usize = 255;
 /// `m.in_reply_to` alone (a plain reply) is not a relationship; ids that are not event
 /// ids, over-long values and an event relating to itself are ignored.
 pub fn relation_in(content: &Value, own_id: &str) -> Option<(String, String)> {
-    let rel = content.get("m.relates_to")?;
+    relation_from(content.get("m.relates_to")?, own_id)
+}
+
+/// [`relation_in`] of a `m.relates_to` value.
+fn relation_from(rel: &Value, own_id: &str) -> Option<(String, String)> {
     let rel_type = rel.get("rel_type")?.as_str()?;
     let parent = rel.get("event_id")?.as_str()?;
     if rel_type.is_empty()
@@ -66,21 +70,25 @@ pub fn relation_in(content: &Value, own_id: &str) -> Option<(String, String)> {
     Some((rel_type.to_owned(), parent.to_owned()))
 }
 
-fn content_of(e: &StoredEvent) -> Value {
-    /// Only the content: the rest of the PDU is skipped, not built.
+/// [`relation_in`] of a stored event. Only `content.m.relates_to` is built: the rest of
+/// the PDU and of its content is skipped.
+fn relation_of(e: &StoredEvent) -> Option<(String, String)> {
+    #[derive(serde::Deserialize)]
+    struct Pdu {
+        content: Option<Content>,
+    }
     #[derive(serde::Deserialize)]
     struct Content {
-        content: Option<Value>,
+        #[serde(rename = "m.relates_to")]
+        relates_to: Option<Value>,
     }
-    serde_json::from_str::<Content>(&e.json)
-        .ok()
-        .and_then(|v| v.content)
-        .unwrap_or(Value::Null)
+    let pdu: Pdu = serde_json::from_str(&e.json).ok()?;
+    relation_from(pdu.content?.relates_to.as_ref()?, &e.event_id)
 }
 
 /// Record the relationship of a newly persisted timeline event (same transaction).
 pub fn on_persisted(c: &Connection, e: &StoredEvent) -> Result<(), Error> {
-    let Some((rel_type, parent)) = relation_in(&content_of(e), &e.event_id) else {
+    let Some((rel_type, parent)) = relation_of(e) else {
         return Ok(());
     };
     storage::insert_relation(
@@ -227,7 +235,7 @@ fn room_bundles(
         if e.state_key.is_some() {
             continue;
         }
-        match relation_in(&content_of(e), &e.event_id) {
+        match relation_of(e) {
             Some((rel, _)) if rel == "m.replace" || rel == "m.annotation" => continue,
             Some(_) => {}
             None => roots.push(&e.event_id),
