@@ -26,8 +26,14 @@ use warren_core::streams::SyncToken;
 use warren_core::sync::{Filter, SyncParams, sync};
 use warren_core::{Config, Node};
 
-const ROOMS: usize = 20;
-const MESSAGES: usize = 50;
+/// Rooms and messages per room; `WARREN_BENCH_ROOMS` and `WARREN_BENCH_MESSAGES` change
+/// them (e.g. 1,000 rooms of 10 messages, as `warren bench` measures, for profiling).
+fn size(var: &str, default: usize) -> usize {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
 
 fn message(sender: &str, body: String) -> NewEvent {
     NewEvent {
@@ -53,7 +59,7 @@ fn populate(server: &Arc<Server>) -> (Requester, String) {
         })
         .expect("users");
     let mut last = String::new();
-    for r in 0..ROOMS {
+    for r in 0..size("WARREN_BENCH_ROOMS", 20) {
         let preset = Some("public_chat".into());
         let room = server
             .write(|c| {
@@ -78,7 +84,7 @@ fn populate(server: &Arc<Server>) -> (Requester, String) {
         server
             .write(|c| append_event(c, server, &room, join, None))
             .expect("join");
-        for m in 0..MESSAGES {
+        for m in 0..size("WARREN_BENCH_MESSAGES", 50) {
             let ev = message(&alice, format!("room {r} message {m}"));
             server
                 .write(|c| append_event(c, server, &room, ev, None))
@@ -119,7 +125,7 @@ fn benches(c: &mut Criterion) {
         .expect("JSON");
     assert_eq!(
         initial["rooms"]["join"].as_object().map(|r| r.len()),
-        Some(ROOMS),
+        Some(size("WARREN_BENCH_ROOMS", 20)),
         "every room is in the initial sync"
     );
     // Built and written out, as the client API answers it.

@@ -823,7 +823,7 @@ fn state_section(
                 .state
                 .types
                 .as_ref()
-                .is_none_or(|ts| ts.iter().any(|x| *x == e.kind))
+                .is_none_or(|ts| ts.contains(&e.kind))
         })
         .collect())
 }

@@ -78,7 +78,7 @@ impl<'a> ClientEvent<'a> {
         // From v11 `redacts` lives in content; clients still look for it at the top level.
         let redacts = pdu.redacts.or_else(|| {
             (e.kind == "m.room.redaction")
-                .then(|| pdu.content)
+                .then_some(pdu.content)
                 .flatten()
                 .and_then(|c| serde_json::from_str::<RedactsInContent<'a>>(c.get()).ok())
                 .and_then(|c| c.redacts)
