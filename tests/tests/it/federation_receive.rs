@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use warren_core::error::Error;
-use warren_core::events::{NewEvent, build_pdu, rules_for};
+use warren_core::events::{EventReference, NewEvent, build_pdu, rules_for};
 use warren_core::rooms::{BoxFuture, CreateRoom, Outcome, RemoteEvents, create_room, receive_pdu};
 use warren_core::server::Server;
 use warren_core::storage::{self, EventStatus};
@@ -231,8 +231,17 @@ impl Harness {
             sender: sender.into(),
             redacts: None,
         };
-        let (id, obj) =
-            build_pdu(signer, &rules, Some(&self.room), &ev, prev, auth, depth, ts).expect("build");
+        let (id, obj) = build_pdu(
+            signer,
+            &rules,
+            Some(&self.room),
+            &ev,
+            &EventReference::ids(prev),
+            &EventReference::ids(auth),
+            depth,
+            ts,
+        )
+        .expect("build");
         (id, serde_json::to_value(&obj).expect("json"))
     }
 
