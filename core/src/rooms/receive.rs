@@ -2,8 +2,10 @@
 //! PDU", in order.
 //!
 //! 1. Format: a JSON object within the size limits, the room version's required keys,
-//!    the expected room, bounded `prev_events`/`auth_events`. The event id is the
-//!    reference hash. `m.room.create` events are never accepted this way.
+//!    the expected room, bounded `prev_events`/`auth_events` in the room version's
+//!    reference format. The event id is the reference hash; in room versions 1 and 2
+//!    the PDU's own `event_id`, of the sender's server (and an id already stored keeps
+//!    its first event). `m.room.create` events are never accepted this way.
 //! 2. Signatures: the servers the room version requires (the sender's, for everything
 //!    but third-party invites) must have signed; the key comes from the server name.
 //!    Failure drops the event.
