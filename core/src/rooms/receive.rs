@@ -295,7 +295,9 @@ pub async fn receive_pdu(
     // A copy of an event already settled here (forwarding and anti-entropy bring the
     // same event many times: in a mesh of n nodes each new event arrives up to n - 1
     // times): its id alone (the reference hash, which covers the room and everything
-    // the signatures do) says so, without checking signatures again.
+    // the signatures do) says so, without checking signatures again. In room versions 1
+    // and 2 the id is the sender's choice, and another event under a settled id is
+    // ignored the same way: the first one stays (see `is_another_event`).
     if pdu.get("room_id").and_then(Value::as_str) == Some(room_id)
         && let Ok(event_id) = super::event_id_of(&pdu, &version)
         && matches!(
@@ -660,7 +662,9 @@ pub(super) fn dependency_order(mut pending: Vec<Checked>) -> Vec<Checked> {
                 .all(|a| !waiting.contains(a.as_str()))
         });
         if ready.is_empty() {
-            // A cycle (impossible with hashed ids): give the rest in any order.
+            // A cycle (impossible with hashed ids; in room versions 1 and 2 a server can
+            // sign events that name each other, which then fail their auth checks for want
+            // of stored auth events): give the rest in any order.
             out.extend(rest);
             break;
         }
