@@ -7,6 +7,7 @@
 //! lists goes through this module, so every path handles both formats.
 
 use ruma::room_version_rules::EventFormatRules;
+use ruma::{EventId, OwnedEventId};
 use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
 
@@ -142,24 +143,52 @@ pub fn parse_references(
 }
 
 /// Serde: a list of references in either format, as event ids (for [`super::Pdu`]).
-pub(super) fn deserialize_ids<'de, D, Id>(deserializer: D) -> Result<Vec<Id>, D::Error>
+pub(super) fn deserialize_ids<'de, D>(deserializer: D) -> Result<Vec<OwnedEventId>, D::Error>
 where
     D: Deserializer<'de>,
-    Id: Deserialize<'de>,
 {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Entry<Id> {
-        Id(Id),
-        Pair(Id, serde::de::IgnoredAny),
-    }
-    let entries = Vec::<Entry<Id>>::deserialize(deserializer)?;
-    Ok(entries
+    Ok(Vec::<AnyReference>::deserialize(deserializer)?
         .into_iter()
-        .map(|e| match e {
-            Entry::Id(id) | Entry::Pair(id, _) => id,
-        })
+        .map(|r| r.0)
         .collect())
+}
+
+/// One reference in either format, read straight from the input (an untagged enum
+/// would buffer every entry first, and [`super::Pdu`] is parsed on every auth check).
+struct AnyReference(OwnedEventId);
+
+impl<'de> Deserialize<'de> for AnyReference {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = AnyReference;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an event id or an [event id, hashes] pair")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, id: &str) -> Result<AnyReference, E> {
+                EventId::parse(id).map(AnyReference).map_err(E::custom)
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<AnyReference, A::Error> {
+                use serde::de::Error;
+                let id: OwnedEventId = seq
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(0, &self))?;
+                seq.next_element::<serde::de::IgnoredAny>()?
+                    .ok_or_else(|| A::Error::invalid_length(1, &self))?;
+                if seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    return Err(A::Error::invalid_length(3, &self));
+                }
+                Ok(AnyReference(id))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 #[cfg(test)]
@@ -222,13 +251,27 @@ mod tests {
         #[derive(Deserialize)]
         struct T {
             #[serde(deserialize_with = "deserialize_ids")]
-            prev_events: Vec<ruma::OwnedEventId>,
+            prev_events: Vec<OwnedEventId>,
         }
         let t: T = serde_json::from_value(json!({"prev_events": [["$a:x", {"sha256": "h"}]]}))
             .expect("pairs");
         assert_eq!(t.prev_events[0].as_str(), "$a:x");
         let t: T = serde_json::from_value(json!({"prev_events": ["$abc"]})).expect("ids");
         assert_eq!(t.prev_events[0].as_str(), "$abc");
-        assert!(serde_json::from_value::<T>(json!({"prev_events": [5]})).is_err());
+        for bad in [
+            json!([5]),
+            json!(["not an id"]),
+            json!([["$a:x"]]),
+            json!([["$a:x", {}, 3]]),
+        ] {
+            assert!(
+                serde_json::from_value::<T>(json!({ "prev_events": bad })).is_err(),
+                "{bad}"
+            );
+        }
+        // Parsed from text as well (borrowed strings).
+        let t: T = serde_json::from_str(r#"{"prev_events": [["$a:x", {"sha256": "h"}], "$b"]}"#)
+            .expect("text");
+        assert_eq!(t.prev_events.len(), 2);
     }
 }
