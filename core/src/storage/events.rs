@@ -561,14 +561,7 @@ pub fn remove_prev_extremities(
             Some(EventStatus::SoftFailed | EventStatus::Rejected)
         );
         if skipped && let Some(ev) = get_event_any(c, &p)? {
-            let json: serde_json::Value = serde_json::from_str(&ev.json)?;
-            todo.extend(
-                json["prev_events"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|v| v.as_str().map(str::to_owned)),
-            );
+            todo.extend(crate::events::reference_ids_in(&ev.json, "prev_events"));
         }
     }
     Ok(())
