@@ -6,7 +6,8 @@
 //! server the knock went through), with the `make_leave`/`send_leave` handshake. A room
 //! this node knows but no local user is joined to counts as not in: its state here is
 //! stale (it stopped receiving the room's events when its last user left), and a leave
-//! built on it would be refused by the auth rules.
+//! built on it would be refused by the auth rules. When no server answers, the invite
+//! or knock is left locally, out of band (`rooms::leave_out_of_band`).
 
 use std::sync::Arc;
 
@@ -32,7 +33,15 @@ pub async fn leave(
         None
     };
     if let Some(via) = remote_via {
-        return rooms::leave_remote(server, room_id, user_id, vec![via]).await;
+        return match rooms::leave_remote(server, room_id, user_id, vec![via]).await {
+            Ok(id) => Ok(id),
+            // Unreachable or refusing: the invite or knock is dropped here all the same
+            // (see `rooms::leave_out_of_band`).
+            Err(e) => {
+                tracing::info!(%room_id, %user_id, error = %e, "remote leave failed; leaving out of band");
+                rooms::leave_out_of_band(server, room_id, user_id, reason)
+            }
+        };
     }
     super::send_member_event(server, requester, room_id, user_id, "leave", reason)
 }

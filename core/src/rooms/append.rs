@@ -194,7 +194,7 @@ pub(super) fn dag_fields(
 
 /// References to stored events as the room version writes them: bare ids from version
 /// 3, ids with each event's reference hash in versions 1 and 2.
-fn references(
+pub(super) fn references(
     c: &Connection,
     rules: &ruma::room_version_rules::RoomVersionRules,
     ids: Vec<String>,

@@ -11,6 +11,7 @@ pub mod filter;
 pub mod hierarchy;
 mod join;
 mod knock;
+mod out_of_band;
 mod power;
 mod receive;
 mod redact;
@@ -36,6 +37,7 @@ pub use knock::{
     KNOCK_VIA, check_knock_allowed, join_rule, knock_remote, knock_room_state,
     receive_out_of_band_membership,
 };
+pub use out_of_band::leave_out_of_band;
 pub use power::{PowerLevels, power_levels};
 pub use receive::{
     BoxFuture, MAX_FETCHES, MAX_PDU_BYTES, MISSING_EVENTS_LIMIT, Outcome, RemoteEvents, receive_pdu,

@@ -170,3 +170,50 @@ async fn deactivation_leaves_local_and_remote_rooms() -> anyhow::Result<()> {
     b.stop().await?;
     Ok(())
 }
+
+/// Alice (node A) is invited to a room of Bob's (node B); B then goes away. Rejecting
+/// the invite cannot go through B, and it still succeeds: A makes the leave itself, out
+/// of band (as Synapse does), and her next sync moves the room from `invite` to `leave`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invite_from_a_server_that_is_gone_is_rejected_out_of_band() -> anyhow::Result<()> {
+    let (da, db) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let a = mesh_node(da.path(), test_p2p_config()).await?;
+    let b = mesh_node(db.path(), test_p2p_config()).await?;
+    connect_nodes(&a, &b).await?;
+    let alice = User::register(&a, "alice").await?;
+    let bob = User::register(&b, "bob").await?;
+    let room = bob
+        .create_room(json!({"preset": "private_chat", "invite": [alice.id()]}))
+        .await?;
+    let invited = alice
+        .sync_until("the invite", |s| !s["rooms"]["invite"][&room].is_null())
+        .await?;
+    let since = invited["next_batch"]
+        .as_str()
+        .context("next_batch")?
+        .to_owned();
+    b.stop().await?;
+
+    let (status, body) = alice
+        .call(
+            reqwest::Method::POST,
+            &format!("/rooms/{}/leave", path_segment(&room)),
+            json!({"reason": "not now"}),
+        )
+        .await?;
+    ensure!(status == 200, "rejecting the invite: {status} {body}");
+    let after = alice.sync(Some(&since)).await?;
+    ensure!(
+        after["rooms"]["invite"][&room].is_null(),
+        "the invite is gone: {after}"
+    );
+    ensure!(
+        !after["rooms"]["leave"][&room].is_null(),
+        "the room is in `leave`: {after}"
+    );
+    // Nothing is pending any more: a later initial sync shows no invite either.
+    let later = alice.sync(None).await?;
+    ensure!(later["rooms"]["invite"][&room].is_null(), "{later}");
+    a.stop().await?;
+    Ok(())
+}
