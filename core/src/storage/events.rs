@@ -488,7 +488,8 @@ const MAX_SKIPPED_ANCESTORS: usize = 200;
 /// A new event becomes an extremity; the events it references stop being ones (see
 /// [`remove_prev_extremities`]). An event that was a gap behind a stored event (a
 /// backward extremity: its child came first, accepted with the state its sender gave)
-/// has a child already: it closes the gap and is not a forward extremity.
+/// has a child already: it closes the gap and is not a forward extremity. Nor is one
+/// that a stored outlier names as a prev event (see [`has_outlier_child`]).
 pub fn update_forward_extremities(
     c: &Connection,
     room_id: &str,
@@ -497,13 +498,50 @@ pub fn update_forward_extremities(
 ) -> Result<(), Error> {
     remove_prev_extremities(c, room_id, prev_events)?;
     let was_gap = crate::storage::remove_backfill_extremity(c, room_id, event_id)?;
-    if !was_gap {
+    let depth: Option<i64> = c
+        .prepare_cached("SELECT depth FROM events WHERE event_id = ?1")?
+        .query_row([event_id], |r| r.get(0))
+        .optional()?;
+    let has_child = match depth {
+        Some(depth) => has_outlier_child(c, room_id, event_id, depth)?,
+        None => false,
+    };
+    if !was_gap && !has_child {
         c.prepare_cached(
             "INSERT OR IGNORE INTO forward_extremities (room_id, event_id) VALUES (?1, ?2)",
         )?
         .execute(params![room_id, event_id])?;
     }
     Ok(())
+}
+
+/// Whether a stored outlier of the room names `event_id` (a stored event) as a prev
+/// event: the event has a child here already, so it is no forward extremity, whatever
+/// order the two came in. The outliers are the state and auth chain a join brought, so
+/// this is mostly the history from before this node joined: an event of it that comes
+/// live after the join (a peer's delayed delivery or forwarding, a peer's extremity
+/// pulled by anti-entropy) joins the timeline on top of what it refers to, but its
+/// child (say the room's current name, or a member's second join) is held only as
+/// state, and no gap pull ever brings that child into the timeline (it is below the
+/// join), so the event would stay a forward extremity no other node has. Children
+/// are deeper than their parents, so only the outliers deeper than the event are
+/// read (none for a new event at the top of the DAG): `depth` is the event's. Both
+/// reference forms are matched: ids (room version 3 on) and `[id, hashes]` pairs
+/// (versions 1 and 2).
+pub fn has_outlier_child(
+    c: &Connection,
+    room_id: &str,
+    event_id: &str,
+    depth: i64,
+) -> Result<bool, Error> {
+    Ok(c.prepare_cached(
+        "SELECT 1 FROM events e, json_each(e.json, '$.prev_events') p
+             WHERE e.room_id = ?1 AND e.status = 'outlier' AND e.depth > ?3
+               AND json_valid(e.json)
+               AND (p.value = ?2 OR (p.type = 'array' AND json_extract(p.value, '$[0]') = ?2))
+             LIMIT 1",
+    )?
+    .exists(params![room_id, event_id, depth])?)
 }
 
 /// A soft-failed or rejected event stored where it was a gap behind a stored event
