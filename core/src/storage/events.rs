@@ -735,6 +735,48 @@ mod tests {
     }
 
     #[test]
+    fn an_event_an_outlier_refers_to_is_no_forward_extremity() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = super::super::Db::open(&dir.path().join("warren.db")).expect("open");
+        // (stream position, id, depth, status, prev_events)
+        let ev = |pos: i64, id: &str, depth: i64, status: EventStatus, prevs: &str| {
+            let mut e = rejected(pos.abs(), "!r:x");
+            e.stream_ordering = pos;
+            e.event_id = id.to_owned();
+            e.depth = depth;
+            e.status = status;
+            e.rejection_reason = None;
+            e.json = format!(r#"{{"prev_events":{prevs}}}"#);
+            e
+        };
+        let outlier = EventStatus::Outlier;
+        db.write(|c| {
+            // Held as state: `$b` (referring to `$a`, room version 3 on) and `$d`
+            // (referring to `$c`, versions 1 and 2: `[id, hashes]`).
+            insert_event(c, &ev(-1, "$b", 5, outlier, r#"["$a"]"#))?;
+            insert_event(c, &ev(-2, "$d", 7, outlier, r#"[["$c",{"sha256":"x"}]]"#))?;
+            assert!(has_outlier_child(c, "!r:x", "$a", 4)?);
+            assert!(has_outlier_child(c, "!r:x", "$c", 6)?);
+            assert!(!has_outlier_child(c, "!r:x", "$b", 5)?, "no child");
+            assert!(!has_outlier_child(c, "!s:x", "$a", 4)?, "another room");
+            assert!(
+                !has_outlier_child(c, "!r:x", "$a", 5)?,
+                "children are deeper than their parents"
+            );
+            // `$a` comes into the timeline late: it is no forward extremity; `$e`, on
+            // top of it, is one.
+            insert_event(c, &ev(3, "$a", 4, EventStatus::Timeline, "[]"))?;
+            update_forward_extremities(c, "!r:x", "$a", &[])?;
+            assert!(!is_forward_extremity(c, "!r:x", "$a")?);
+            insert_event(c, &ev(4, "$e", 5, EventStatus::Timeline, r#"["$a"]"#))?;
+            update_forward_extremities(c, "!r:x", "$e", &["$a".to_owned()])?;
+            assert!(is_forward_extremity(c, "!r:x", "$e")?);
+            Ok(())
+        })
+        .expect("write");
+    }
+
+    #[test]
     fn transaction_keys_differ_by_user_device_and_key() {
         let k = txn_key("@a:x", "DEV", "t1");
         assert_eq!(k, txn_key("@a:x", "DEV", "t1"));
