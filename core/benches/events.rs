@@ -26,7 +26,9 @@ use ruma::state_res::{self, StateMap, utils::event_id_set::EventIdSet};
 use ruma::{CanonicalJsonObject, EventId, OwnedEventId, room_version_rules::RoomVersionRules};
 use serde_json::{Value, json};
 use warren_core::Identity;
-use warren_core::events::{NewEvent, Pdu, build_pdu, room_id_from_create_event_id, rules_for};
+use warren_core::events::{
+    EventReference, NewEvent, Pdu, build_pdu, room_id_from_create_event_id, rules_for,
+};
 use warren_core::identity::KEY_ID;
 
 /// Members joined before the fork (besides the creator).
@@ -136,8 +138,8 @@ impl Room {
             &self.rules,
             Some(&self.room_id),
             ev,
-            &[prev.to_owned()],
-            &auth,
+            &[EventReference::id(prev)],
+            &EventReference::ids(&auth),
             depth,
             1_000 + depth,
         )

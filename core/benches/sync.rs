@@ -1,4 +1,5 @@
-//! Criterion micro-benchmark of `/sync` response building on a real node database:
+//! Criterion micro-benchmark of `/sync` response building and writing out (the JSON
+//! bytes the client API sends) on a real node database:
 //! a user in 20 rooms of 50 messages each (two members per room).
 //!
 //! - `sync_initial`: an initial sync (no `since`), the server's default timeline limit;
@@ -25,8 +26,14 @@ use warren_core::streams::SyncToken;
 use warren_core::sync::{Filter, SyncParams, sync};
 use warren_core::{Config, Node};
 
-const ROOMS: usize = 20;
-const MESSAGES: usize = 50;
+/// Rooms and messages per room; `WARREN_BENCH_ROOMS` and `WARREN_BENCH_MESSAGES` change
+/// them (e.g. 1,000 rooms of 10 messages, as `warren bench` measures, for profiling).
+fn size(var: &str, default: usize) -> usize {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
 
 fn message(sender: &str, body: String) -> NewEvent {
     NewEvent {
@@ -52,7 +59,7 @@ fn populate(server: &Arc<Server>) -> (Requester, String) {
         })
         .expect("users");
     let mut last = String::new();
-    for r in 0..ROOMS {
+    for r in 0..size("WARREN_BENCH_ROOMS", 20) {
         let preset = Some("public_chat".into());
         let room = server
             .write(|c| {
@@ -77,7 +84,7 @@ fn populate(server: &Arc<Server>) -> (Requester, String) {
         server
             .write(|c| append_event(c, server, &room, join, None))
             .expect("join");
-        for m in 0..MESSAGES {
+        for m in 0..size("WARREN_BENCH_MESSAGES", 50) {
             let ev = message(&alice, format!("room {r} message {m}"));
             server
                 .write(|c| append_event(c, server, &room, ev, None))
@@ -113,17 +120,22 @@ fn benches(c: &mut Criterion) {
 
     let initial = rt
         .block_on(sync(server.clone(), caller.clone(), params(None)))
-        .expect("initial sync");
+        .expect("initial sync")
+        .to_value()
+        .expect("JSON");
     assert_eq!(
         initial["rooms"]["join"].as_object().map(|r| r.len()),
-        Some(ROOMS),
+        Some(size("WARREN_BENCH_ROOMS", 20)),
         "every room is in the initial sync"
     );
+    // Built and written out, as the client API answers it.
     c.bench_function("sync_initial (20 rooms x 50 messages)", |b| {
         b.iter(|| {
             black_box(
                 rt.block_on(sync(server.clone(), caller.clone(), params(None)))
-                    .expect("sync"),
+                    .expect("sync")
+                    .to_bytes()
+                    .expect("JSON"),
             )
         })
     });
@@ -136,7 +148,9 @@ fn benches(c: &mut Criterion) {
     let since = Some(before);
     let one = rt
         .block_on(sync(server.clone(), caller.clone(), params(since)))
-        .expect("incremental sync");
+        .expect("incremental sync")
+        .to_value()
+        .expect("JSON");
     assert_eq!(
         one["rooms"]["join"][&room]["timeline"]["events"]
             .as_array()
@@ -148,7 +162,9 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             black_box(
                 rt.block_on(sync(server.clone(), caller.clone(), params(since)))
-                    .expect("sync"),
+                    .expect("sync")
+                    .to_bytes()
+                    .expect("JSON"),
             )
         })
     });

@@ -19,10 +19,11 @@
 use std::collections::{BTreeSet, HashMap};
 
 use rusqlite::Connection;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use crate::error::Error;
-use crate::events::{ClientEventOptions, client_event};
+use crate::events::{ClientEvent, ClientEventOptions, client_event};
 use crate::rooms::visibility::{Visibility, visibility_for};
 use crate::storage::{self, ChildrenQuery, Relation, StoredEvent};
 use crate::streams::PageToken;
@@ -51,7 +52,11 @@ const MAX_ID_LEN: usize = 255;
 /// `m.in_reply_to` alone (a plain reply) is not a relationship; ids that are not event
 /// ids, over-long values and an event relating to itself are ignored.
 pub fn relation_in(content: &Value, own_id: &str) -> Option<(String, String)> {
-    let rel = content.get("m.relates_to")?;
+    relation_from(content.get("m.relates_to")?, own_id)
+}
+
+/// [`relation_in`] of a `m.relates_to` value.
+fn relation_from(rel: &Value, own_id: &str) -> Option<(String, String)> {
     let rel_type = rel.get("rel_type")?.as_str()?;
     let parent = rel.get("event_id")?.as_str()?;
     if rel_type.is_empty()
@@ -65,21 +70,25 @@ pub fn relation_in(content: &Value, own_id: &str) -> Option<(String, String)> {
     Some((rel_type.to_owned(), parent.to_owned()))
 }
 
-fn content_of(e: &StoredEvent) -> Value {
-    /// Only the content: the rest of the PDU is skipped, not built.
+/// [`relation_in`] of a stored event. Only `content.m.relates_to` is built: the rest of
+/// the PDU and of its content is skipped.
+fn relation_of(e: &StoredEvent) -> Option<(String, String)> {
+    #[derive(serde::Deserialize)]
+    struct Pdu {
+        content: Option<Content>,
+    }
     #[derive(serde::Deserialize)]
     struct Content {
-        content: Option<Value>,
+        #[serde(rename = "m.relates_to")]
+        relates_to: Option<Value>,
     }
-    serde_json::from_str::<Content>(&e.json)
-        .ok()
-        .and_then(|v| v.content)
-        .unwrap_or(Value::Null)
+    let pdu: Pdu = serde_json::from_str(&e.json).ok()?;
+    relation_from(pdu.content?.relates_to.as_ref()?, &e.event_id)
 }
 
 /// Record the relationship of a newly persisted timeline event (same transaction).
 pub fn on_persisted(c: &Connection, e: &StoredEvent) -> Result<(), Error> {
-    let Some((rel_type, parent)) = relation_in(&content_of(e), &e.event_id) else {
+    let Some((rel_type, parent)) = relation_of(e) else {
         return Ok(());
     };
     storage::insert_relation(
@@ -147,28 +156,7 @@ pub fn render<'v>(
     opts: ClientEventOptions<'_>,
     window: impl Fn(&str) -> Option<&'v Visibility>,
 ) -> Result<Vec<Value>, Error> {
-    let mut bundles: HashMap<String, Map<String, Value>> = HashMap::new();
-    let rooms: BTreeSet<&str> = events.iter().map(|e| e.room_id.as_str()).collect();
-    for room_id in rooms {
-        let Some(vis) = window(room_id) else {
-            continue;
-        };
-        let in_room: Vec<&StoredEvent> = events.iter().filter(|e| e.room_id == room_id).collect();
-        bundles.extend(room_bundles(c, room_id, &in_room, opts, vis)?);
-    }
-    events
-        .iter()
-        .map(|e| {
-            let mut v = with_bundle(client_event(e, opts), bundles.get(&e.event_id).cloned());
-            // MSC4115 (spec v1.11): the viewer's membership at the event.
-            if let Some(vis) = window(&e.room_id)
-                && let Some(unsigned) = v.get_mut("unsigned").and_then(Value::as_object_mut)
-            {
-                unsigned.insert("membership".into(), Value::String(vis.membership_at(c, e)?));
-            }
-            Ok(v)
-        })
-        .collect()
+    render_with(c, events, opts, window, |e| e.to_value())
 }
 
 /// [`render`] for events of one room the viewer reads with `vis`.
@@ -181,13 +169,53 @@ pub fn render_in_room(
     render(c, events, opts, |_| Some(vis))
 }
 
-fn with_bundle(mut ev: Value, bundle: Option<Map<String, Value>>) -> Value {
-    if let Some(b) = bundle.filter(|b| !b.is_empty())
-        && let Some(unsigned) = ev.get_mut("unsigned").and_then(Value::as_object_mut)
-    {
-        unsigned.insert("m.relations".to_owned(), Value::Object(b));
+/// [`render_in_room`] as JSON text, for answers that place events as they are.
+pub fn render_raw_in_room(
+    c: &Connection,
+    events: &[StoredEvent],
+    opts: ClientEventOptions<'_>,
+    vis: Option<&Visibility>,
+) -> Result<Vec<Box<RawValue>>, Error> {
+    render_with(c, events, opts, |_| vis, |e| e.to_raw())
+}
+
+/// [`render`], finishing each event with `finish`.
+fn render_with<'v, T>(
+    c: &Connection,
+    events: &[StoredEvent],
+    opts: ClientEventOptions<'_>,
+    window: impl Fn(&str) -> Option<&'v Visibility>,
+    finish: impl Fn(&ClientEvent<'_>) -> T,
+) -> Result<Vec<T>, Error> {
+    let mut bundles: HashMap<String, Map<String, Value>> = HashMap::new();
+    let rooms: BTreeSet<&str> = events.iter().map(|e| e.room_id.as_str()).collect();
+    for room_id in rooms {
+        let Some(vis) = window(room_id) else {
+            continue;
+        };
+        let in_room: Vec<&StoredEvent> = events.iter().filter(|e| e.room_id == room_id).collect();
+        bundles.extend(room_bundles(c, room_id, &in_room, opts, vis)?);
     }
-    ev
+    events
+        .iter()
+        .map(|e| {
+            let mut ev = ClientEvent::new(e, opts);
+            add_bundle(&mut ev, bundles.remove(&e.event_id));
+            // MSC4115 (spec v1.11): the viewer's membership at the event.
+            if let Some(vis) = window(&e.room_id) {
+                ev.unsigned
+                    .insert("membership".into(), Value::String(vis.membership_at(c, e)?));
+            }
+            Ok(finish(&ev))
+        })
+        .collect()
+}
+
+fn add_bundle(ev: &mut ClientEvent<'_>, bundle: Option<Map<String, Value>>) {
+    if let Some(b) = bundle.filter(|b| !b.is_empty()) {
+        ev.unsigned
+            .insert("m.relations".to_owned(), Value::Object(b));
+    }
 }
 
 /// The aggregations of events of one room, keyed by event id.
@@ -207,7 +235,7 @@ fn room_bundles(
         if e.state_key.is_some() {
             continue;
         }
-        match relation_in(&content_of(e), &e.event_id) {
+        match relation_of(e) {
             Some((rel, _)) if rel == "m.replace" || rel == "m.annotation" => continue,
             Some(_) => {}
             None => roots.push(&e.event_id),
@@ -289,14 +317,15 @@ fn room_bundles(
         let Some(latest_ev) = latest.get(&t.latest_pos) else {
             continue;
         };
-        let mut latest_json = client_event(latest_ev, opts);
+        let mut latest_ev_json = ClientEvent::new(latest_ev, opts);
         if latest_ev.redacted_by.is_none()
             && let Some(edit) = edit_json(&latest_ev.event_id)
         {
             let mut b = Map::new();
             b.insert("m.replace".to_owned(), edit);
-            latest_json = with_bundle(latest_json, Some(b));
+            add_bundle(&mut latest_ev_json, Some(b));
         }
+        let latest_json = latest_ev_json.to_value();
         let root_sender = eligible
             .iter()
             .find(|e| e.event_id == t.root_id)

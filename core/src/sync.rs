@@ -12,21 +12,26 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use crate::e2ee;
 use crate::error::Error;
-use crate::events::{client_event, stripped_state};
+use crate::events::{ClientEvent, stripped_state};
 use crate::requester::Requester;
 use crate::rooms::filter::RoomEventFilter;
 use crate::rooms::state_at::state_at;
-use crate::rooms::visibility::{visibility_for, visible_events};
+use crate::rooms::visibility::{Visibility, visibility_for, visible_events};
 use crate::server::Server;
 use crate::storage::{self, StateMap, StoredEvent};
 use crate::streams::SyncToken;
 
+mod body;
 pub mod initial_cache;
 pub mod sliding;
+
+pub use body::SyncBody;
+use body::{Events, RoomSection, Rooms, Timeline};
 #[cfg(test)]
 mod wake_tests;
 
@@ -159,7 +164,7 @@ pub async fn sync(
     server: Arc<Server>,
     caller: Requester,
     params: SyncParams,
-) -> Result<Value, Error> {
+) -> Result<SyncBody, Error> {
     let deadline = Instant::now() + params.timeout.min(MAX_TIMEOUT);
     // Syncing with `since` acknowledges the to-device messages delivered up to it.
     if let Some(since) = &params.since {
@@ -216,7 +221,7 @@ fn joined_rooms(c: &Connection, user_id: &str, filter: &Filter) -> Result<Vec<St
 
 /// One built response.
 struct Built {
-    body: Value,
+    body: SyncBody,
     /// Whether it carries anything.
     has_data: bool,
     /// The joined rooms it looked at.
@@ -254,8 +259,7 @@ pub async fn sync_serialized(
     filter_key: &str,
 ) -> Result<bytes::Bytes, Error> {
     if params.since.is_some() {
-        let body = sync(server, caller, params).await?;
-        return Ok(serde_json::to_vec(&body)?.into());
+        return Ok(sync(server, caller, params).await?.to_bytes()?);
     }
     let key = initial_cache::Key {
         user_id: caller.user_id.clone(),
@@ -272,8 +276,10 @@ pub async fn sync_serialized(
     if let Some(body) = server.initial_syncs.get(&key, built) {
         return Ok(body);
     }
-    let body = build_at(&server, &caller, &params, built.token).await?.body;
-    let body: bytes::Bytes = serde_json::to_vec(&body)?.into();
+    let body = build_at(&server, &caller, &params, built.token)
+        .await?
+        .body
+        .to_bytes()?;
     server.initial_syncs.put(key, built, body.clone());
     Ok(body)
 }
@@ -370,10 +376,7 @@ fn build(
     // A token from the future (e.g. a database restored from backup) is treated as initial.
     let since = since.filter(|s| s.pos <= now.pos);
     let since_pos = since.map(|s| s.pos).unwrap_or(0);
-    let mut join = Map::new();
-    let mut invite = Map::new();
-    let mut knock = Map::new();
-    let mut leave = Map::new();
+    let mut rooms = Rooms::default();
     let mut has_data = false;
     let mut joined = Vec::new();
 
@@ -423,7 +426,7 @@ fn build(
                     joined_room(c, server, caller, &room_id, since, now, filter, full, data)?
                 {
                     has_data |= room.1;
-                    join.insert(room_id, room.0);
+                    rooms.join.insert(room_id, room.0);
                 }
             }
             "invite" if since.is_none() || changed => {
@@ -432,14 +435,14 @@ fn build(
                 if invited_by_ignored(c, &event_id, &ignored)? {
                     continue;
                 }
-                invite.insert(
+                rooms.invite.insert(
                     room_id.clone(),
                     json!({"invite_state": {"events": invite_state(c, &room_id, &event_id)?}}),
                 );
                 has_data = true;
             }
             "knock" if since.is_none() || changed => {
-                knock.insert(
+                rooms.knock.insert(
                     room_id.clone(),
                     json!({"knock_state": {"events": knock_state(c, &room_id, &event_id)?}}),
                 );
@@ -449,7 +452,7 @@ fn build(
                 if (since.is_some() && changed)
                     || (since.is_none() && filter.room.include_leave) =>
             {
-                leave.insert(
+                rooms.leave.insert(
                     room_id.clone(),
                     left_room(c, caller, &room_id, since_pos, mpos, filter)?,
                 );
@@ -499,9 +502,7 @@ fn build(
         to_device: keys.to_device_up_to,
         ..now
     };
-    let body = json!({
-        "next_batch": next_batch.to_string(),
-        "rooms": {"join": join, "invite": invite, "leave": leave, "knock": knock},
+    let rest = json!({
         "account_data": {"events": account_data},
         "presence": {"events": presence},
         "to_device": {"events": keys.to_device},
@@ -509,6 +510,14 @@ fn build(
         "device_one_time_keys_count": keys.one_time_key_counts,
         "device_unused_fallback_key_types": keys.unused_fallback_key_types,
     });
+    let Value::Object(rest) = rest else {
+        unreachable!("json! of an object is an object")
+    };
+    let body = SyncBody {
+        next_batch: next_batch.to_string(),
+        rooms,
+        rest,
+    };
     Ok(Built {
         body,
         has_data,
@@ -564,8 +573,7 @@ fn e2ee_sections(
 fn event_list(
     c: &Connection,
     ids: impl Iterator<Item = String>,
-    caller: &Requester,
-) -> Result<Vec<Value>, Error> {
+) -> Result<Vec<StoredEvent>, Error> {
     let ids: Vec<String> = ids.collect();
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     let mut found: std::collections::HashMap<String, StoredEvent> =
@@ -573,11 +581,7 @@ fn event_list(
             .into_iter()
             .map(|e| (e.event_id.clone(), e))
             .collect();
-    Ok(ids
-        .iter()
-        .filter_map(|id| found.remove(id))
-        .map(|ev| client_event(&ev, sync_opts(caller)))
-        .collect())
+    Ok(ids.iter().filter_map(|id| found.remove(id)).collect())
 }
 
 pub(crate) fn sync_opts(caller: &Requester) -> crate::events::ClientEventOptions<'_> {
@@ -599,7 +603,7 @@ fn joined_room(
     filter: &Filter,
     full: bool,
     room_data: Vec<(String, String)>,
-) -> Result<Option<(Value, bool)>, Error> {
+) -> Result<Option<(RoomSection, bool)>, Error> {
     let since_pos = if full {
         0
     } else {
@@ -670,7 +674,7 @@ fn joined_room(
         .first()
         .map(|e| e.stream_ordering - 1)
         .unwrap_or(now.pos);
-    let state_events: Vec<Value> = if full || limited {
+    let state_events: Vec<StoredEvent> = if full || limited {
         let start_state = state_at(c, room_id, timeline_start)?;
         let wanted: StateMap = if full {
             start_state
@@ -705,27 +709,38 @@ fn joined_room(
     for (ty, content) in room_data {
         account_data.push(json!({"type": ty, "content": serde_json::from_str::<Value>(&content)?}));
     }
-    let mut body = json!({
-        "timeline": {
-            "events": timeline_events_seen_with(c, room_id, &timeline, caller, vis.as_ref())?,
-            "limited": limited,
-            "prev_batch": SyncToken::at(timeline_start).to_string(),
-        },
-        "state": {"events": state_events},
-        "ephemeral": {"events": ephemeral},
-        "account_data": {"events": account_data},
-        "unread_notifications": {"notification_count": notifications, "highlight_count": highlights},
-    });
+    let mut rest = Map::new();
+    rest.insert("ephemeral".into(), json!({"events": ephemeral}));
+    rest.insert("account_data".into(), json!({"events": account_data}));
+    rest.insert(
+        "unread_notifications".into(),
+        json!({"notification_count": notifications, "highlight_count": highlights}),
+    );
     // The summary only changes with membership; clients keep the last one they saw, so
     // an incremental sync whose timeline holds no member event leaves it out (as Synapse
     // does) instead of counting the members on every wake-up.
     let members_changed = full
         || limited
         || timeline.iter().any(|e| e.kind == "m.room.member")
-        || state_events.iter().any(|e| e["type"] == "m.room.member");
+        || state_events.iter().any(|e| e.kind == "m.room.member");
     if members_changed {
-        body["summary"] = summary(c, room_id, &caller.user_id)?;
+        rest.insert("summary".into(), summary(c, room_id, &caller.user_id)?);
     }
+    let events = match vis {
+        Some(vis) => {
+            crate::relations::render_raw_in_room(c, &timeline, sync_opts(caller), Some(&vis))?
+        }
+        None => raw_timeline_events(c, room_id, &timeline, caller)?,
+    };
+    let body = RoomSection {
+        timeline: Timeline {
+            events,
+            limited,
+            prev_batch: SyncToken::at(timeline_start).to_string(),
+        },
+        state: rendered(&state_events, caller),
+        rest,
+    };
     Ok(Some((body, has_data)))
 }
 
@@ -737,29 +752,48 @@ pub(crate) fn timeline_events(
     events: &[StoredEvent],
     caller: &Requester,
 ) -> Result<Vec<Value>, Error> {
-    timeline_events_seen_with(c, room_id, events, caller, None)
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let vis = readable(c, room_id, caller)?;
+    crate::relations::render(c, events, sync_opts(caller), |_| vis.as_ref())
 }
 
-/// [`timeline_events`], with the user's view of the room when the caller has it already.
-fn timeline_events_seen_with(
+/// [`timeline_events`], as JSON text.
+fn raw_timeline_events(
     c: &Connection,
     room_id: &str,
     events: &[StoredEvent],
     caller: &Requester,
-    vis: Option<&crate::rooms::visibility::Visibility>,
-) -> Result<Vec<Value>, Error> {
+) -> Result<Vec<Box<RawValue>>, Error> {
     if events.is_empty() {
         return Ok(Vec::new());
     }
-    if let Some(vis) = vis {
-        return crate::relations::render(c, events, sync_opts(caller), |_| Some(vis));
+    let vis = readable(c, room_id, caller)?;
+    crate::relations::render_raw_in_room(c, events, sync_opts(caller), vis.as_ref())
+}
+
+/// The user's view of a room, `None` if they may not read it (no aggregations then).
+fn readable(
+    c: &Connection,
+    room_id: &str,
+    caller: &Requester,
+) -> Result<Option<Visibility>, Error> {
+    match visibility_for(c, room_id, &caller.user_id) {
+        Ok(v) => Ok(Some(v)),
+        Err(Error::Forbidden(_)) => Ok(None),
+        Err(e) => Err(e),
     }
-    let vis = match visibility_for(c, room_id, &caller.user_id) {
-        Ok(v) => Some(v),
-        Err(Error::Forbidden(_)) => None,
-        Err(e) => return Err(e),
-    };
-    crate::relations::render(c, events, sync_opts(caller), |_| vis.as_ref())
+}
+
+/// State events as JSON text for a room section.
+fn rendered(events: &[StoredEvent], caller: &Requester) -> Events {
+    Events {
+        events: events
+            .iter()
+            .map(|e| ClientEvent::new(e, sync_opts(caller)).to_raw())
+            .collect(),
+    }
 }
 
 /// The `state` section's events for `wanted`: members only as lazy loading asks, none
@@ -770,7 +804,7 @@ fn state_section(
     timeline: &[StoredEvent],
     caller: &Requester,
     filter: &Filter,
-) -> Result<Vec<Value>, Error> {
+) -> Result<Vec<StoredEvent>, Error> {
     let wanted = if filter.room.state.lazy_load_members {
         lazy_filter(wanted, timeline, &caller.user_id)
     } else {
@@ -781,17 +815,15 @@ fn state_section(
     let ids = wanted
         .into_values()
         .filter(|id| !in_timeline.contains(id.as_str()));
-    Ok(event_list(c, ids, caller)?
+    Ok(event_list(c, ids)?
         .into_iter()
-        .filter(|v| {
-            v["type"].as_str().is_some_and(|t| {
-                filter
-                    .room
-                    .state
-                    .types
-                    .as_ref()
-                    .is_none_or(|ts| ts.iter().any(|x| x == t))
-            })
+        .filter(|e| {
+            filter
+                .room
+                .state
+                .types
+                .as_ref()
+                .is_none_or(|ts| ts.contains(&e.kind))
         })
         .collect())
 }
@@ -914,7 +946,7 @@ fn left_room(
     since_pos: i64,
     leave_pos: i64,
     filter: &Filter,
-) -> Result<Value, Error> {
+) -> Result<RoomSection, Error> {
     let limit = filter.room.timeline.limit.unwrap_or(10).clamp(1, 100);
     let mut events = storage::room_events(c, room_id, since_pos, leave_pos, limit + 1, true)?;
     // Limited when events since `since` are left out, filtered or not.
@@ -948,13 +980,15 @@ fn left_room(
     } else {
         Vec::new()
     };
-    Ok(json!({
-        "timeline": {
-            "events": timeline_events(c, room_id, &events, caller)?,
-            "limited": limited,
-            "prev_batch": SyncToken::at(start).to_string(),
+    let mut rest = Map::new();
+    rest.insert("account_data".into(), json!({"events": []}));
+    Ok(RoomSection {
+        timeline: Timeline {
+            events: raw_timeline_events(c, room_id, &events, caller)?,
+            limited,
+            prev_batch: SyncToken::at(start).to_string(),
         },
-        "state": {"events": state},
-        "account_data": {"events": []},
-    }))
+        state: rendered(&state, caller),
+        rest,
+    })
 }

@@ -44,6 +44,21 @@ const KAD_MAX_PROVIDED_KEYS: usize = 16;
 
 /// libp2p's relay configuration for `limits` (its rate limiters kept: 30 circuits and
 /// reservations per peer per 2 min, 60 per IP address per minute).
+/// The relay server (circuit relay v2 "hop"), on for good from the start.
+///
+/// Left to itself it turns on and off as the node's external addresses come and go, and
+/// each time tells every connection's handler, relayed connections included. Those
+/// have no relay handler (a placeholder stands in), and libp2p-relay 0.22 panics
+/// there (`libp2p-swarm` `handler/either.rs`, "entered unreachable code"), which kills
+/// the connection: a node with a relayed connection lost it whenever an address
+/// changed (a relayed address confirmed, then dropped by the driver; a listener
+/// closing). Every node relays by default, so the status never needs to change.
+fn relay_server(id: libp2p::PeerId, config: relay::Config) -> relay::Behaviour {
+    let mut server = relay::Behaviour::new(id, config);
+    server.set_status(Some(relay::Status::Enable));
+    server
+}
+
 fn relay_config(limits: &crate::config::RelayLimits) -> relay::Config {
     relay::Config {
         max_reservations: limits.max_reservations,
@@ -159,9 +174,7 @@ pub(crate) fn build_swarm(
             Behaviour {
                 limits: connection_limits::Behaviour::new(limits),
                 relay_client,
-                relay_server: Toggle::from(
-                    relay_on.then(|| relay::Behaviour::new(id, relay_config)),
-                ),
+                relay_server: Toggle::from(relay_on.then(|| relay_server(id, relay_config))),
                 identify: identify::Behaviour::new(
                     identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
                         .with_agent_version(format!("warren/{}", env!("CARGO_PKG_VERSION")))

@@ -910,9 +910,11 @@ impl Driver {
                 self.pending_listeners.remove(&listener_id);
                 // A node that relays says it is reachable at its listen addresses (the
                 // peers that use it as a relay are connected to it anyway); without this,
-                // relay v2 only advertises itself once AutoNAT confirms an address, which
-                // takes several probes and never happens on a LAN of two. Loopback
-                // addresses only count when the node listens on nothing else.
+                // nothing would be external until AutoNAT confirms an address, which
+                // takes several probes and never happens on a LAN of two, and the DHT
+                // would not be served. (The relay server itself is on from the start:
+                // `behaviour::relay_server`.) Loopback addresses only count when the
+                // node listens on nothing else.
                 if self.config.relay_server && !is_relayed(&address) && self.advertisable(&address)
                 {
                     self.swarm.add_external_address(address.clone());
@@ -920,9 +922,8 @@ impl Driver {
                 self.emit_listen_addrs();
             }
             // The relay client confirms every relayed address as external. Kept, it
-            // would make a node reachable only through a relay advertise relaying
-            // itself (relay v2 turns on with any external address) and serve the DHT;
-            // its relayed addresses still reach peers as listen addresses (identify).
+            // would make a node reachable only through a relay serve the DHT; its
+            // relayed addresses still reach peers as listen addresses (identify).
             SwarmEvent::ExternalAddrConfirmed { address } if is_relayed(&address) => {
                 self.swarm.remove_external_address(&address);
             }

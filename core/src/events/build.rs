@@ -8,6 +8,7 @@ use ruma::{
 };
 use serde_json::{Value, json};
 
+use super::reference::{EventReference, references_json};
 use crate::error::Error;
 use crate::identity::Identity;
 
@@ -27,14 +28,19 @@ pub struct NewEvent {
 }
 
 /// Build, hash and sign a PDU. Returns its event id and canonical JSON.
+///
+/// The references are written in the room version's format (pairs with the referenced
+/// event's hash in versions 1 and 2, see [`super::reference`]). The event id is the
+/// reference hash from room version 3 on; in versions 1 and 2 it is `$random:server`,
+/// carried in the PDU's own `event_id` field, which the signature covers.
 #[allow(clippy::too_many_arguments)]
 pub fn build_pdu(
     identity: &Identity,
     rules: &RoomVersionRules,
     room_id: Option<&str>,
     ev: &NewEvent,
-    prev_events: &[String],
-    auth_events: &[String],
+    prev_events: &[EventReference],
+    auth_events: &[EventReference],
     depth: i64,
     origin_server_ts: i64,
 ) -> Result<(String, CanonicalJsonObject), Error> {
@@ -43,10 +49,17 @@ pub fn build_pdu(
         "type": ev.kind,
         "sender": ev.sender,
         "origin_server_ts": origin_server_ts,
-        "prev_events": prev_events,
-        "auth_events": auth_events,
+        "prev_events": references_json(prev_events, &rules.event_format),
+        "auth_events": references_json(auth_events, &rules.event_format),
         "depth": depth,
     });
+    let own_id = rules
+        .event_format
+        .require_event_id
+        .then(|| random_event_id(identity.server_name()));
+    if let Some(id) = &own_id {
+        value["event_id"] = Value::String(id.clone());
+    }
     if let Some(redacts) = &ev.redacts {
         if rules.redaction.content_field_redacts
             && let Some(obj) = content.as_object_mut()
@@ -81,7 +94,42 @@ pub fn build_pdu(
         .map_err(|e| Error::TooLarge(format!("event rejected: {e}")))?;
     let hash = reference_hash(&object, rules)
         .map_err(|e| Error::TooLarge(format!("event rejected: {e}")))?;
-    Ok((format!("${hash}"), object))
+    Ok((own_id.unwrap_or_else(|| format!("${hash}")), object))
+}
+
+/// The id of a PDU in a room of these rules: its own `event_id` field in room versions
+/// 1 and 2 (which must name the server that made it), else its reference hash. `Err`
+/// says why there is none.
+pub fn event_id_of(
+    object: &CanonicalJsonObject,
+    rules: &RoomVersionRules,
+) -> Result<String, String> {
+    if !rules.event_format.require_event_id {
+        let hash = reference_hash(object, rules).map_err(|e| format!("bad PDU: {e}"))?;
+        return Ok(format!("${hash}"));
+    }
+    let Some(CanonicalJsonValue::String(id)) = object.get("event_id") else {
+        return Err("the PDU has no event_id, which its room version requires".into());
+    };
+    let parsed = ruma::EventId::parse(id).map_err(|e| format!("bad event_id {id}: {e}"))?;
+    if parsed.server_name().is_none() {
+        return Err(format!("event_id {id} names no server"));
+    }
+    Ok(id.clone())
+}
+
+/// A fresh event id of the original format (room versions 1 and 2): `$` and 18 random
+/// letters and digits (as Synapse makes them), then this server's name, which must sign
+/// the event.
+fn random_event_id(server_name: &str) -> String {
+    use rand::Rng;
+    use rand::distributions::Alphanumeric;
+    let local: String = rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(18)
+        .map(char::from)
+        .collect();
+    format!("${local}:{server_name}")
 }
 
 /// Room ids from room version 12 on are the create event's reference hash.
@@ -200,9 +248,16 @@ mod tests {
                 1000,
             )
             .expect("build");
+            // Versions 1 and 2: `$random:server`, in the PDU; later: the hash, outside it.
+            let own = rules.event_format.require_event_id;
             assert!(
-                event_id.starts_with('$') && !event_id.contains(':'),
+                event_id.starts_with('$') && event_id.contains(':') == own,
                 "{event_id}"
+            );
+            assert_eq!(
+                obj.get("event_id").and_then(|v| v.as_str()),
+                own.then_some(event_id.as_str()),
+                "v{v}"
             );
             let key = crate::identity::public_key_from_server_name(id.server_name()).expect("key");
             let mut keys = std::collections::BTreeMap::new();

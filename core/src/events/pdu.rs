@@ -12,7 +12,8 @@ use crate::error::Error;
 /// A PDU with the fields auth and state resolution read.
 #[derive(Clone, Debug)]
 pub struct Pdu {
-    /// Event id (not part of the PDU JSON from room version 3 on).
+    /// Event id (the PDU's `event_id` field in room versions 1 and 2; the reference hash,
+    /// not part of the PDU JSON, from room version 3 on).
     pub event_id: OwnedEventId,
     /// Room id; absent on a v12 create event.
     pub room_id: Option<OwnedRoomId>,
@@ -47,9 +48,10 @@ struct Fields {
     kind: TimelineEventType,
     content: Box<RawValue>,
     state_key: Option<String>,
-    #[serde(default)]
+    // Bare ids from room version 3, `[id, hashes]` pairs before (see `reference`).
+    #[serde(default, deserialize_with = "super::reference::deserialize_ids")]
     prev_events: Vec<OwnedEventId>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::reference::deserialize_ids")]
     auth_events: Vec<OwnedEventId>,
     redacts: Option<OwnedEventId>,
     #[serde(default)]

@@ -326,8 +326,7 @@ async fn collect_gap(
         // Walk on from the prev events that are neither here nor already collected.
         let prevs: Vec<String> = collected
             .iter()
-            .flat_map(|e| e["prev_events"].as_array().cloned().unwrap_or_default())
-            .filter_map(|v| v.as_str().map(str::to_owned))
+            .flat_map(|e| crate::events::reference_ids(e, "prev_events"))
             .filter(|id| !have.contains(id))
             .collect();
         frontier = server.db.read(|c| {

@@ -59,19 +59,9 @@ pub fn load_room_pdu(c: &Connection, room_id: &str, event_id: &str) -> Result<St
     }
 }
 
-/// The event ids in a PDU's `prev_events` or `auth_events` (room versions 3+).
+/// The event ids in a stored PDU's `prev_events` or `auth_events` (either format).
 pub fn event_refs(ev: &StoredEvent, field: &str) -> Vec<String> {
-    serde_json::from_str::<Value>(&ev.json)
-        .ok()
-        .and_then(|v| {
-            v.get(field).and_then(Value::as_array).map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_owned)
-                    .collect()
-            })
-        })
-        .unwrap_or_default()
+    crate::events::reference_ids_in(&ev.json, field)
 }
 
 /// The `content` of a stored PDU (`{}` when absent or unreadable).

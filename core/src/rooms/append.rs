@@ -7,7 +7,8 @@ use serde_json::{Map, Value};
 use super::auth::{AuthState, check_local_event, check_local_event_with};
 use crate::error::Error;
 use crate::events::{
-    self, ClientEventOptions, NewEvent, Pdu, build_pdu, client_event, redact_json, rules_for,
+    self, ClientEventOptions, EventReference, NewEvent, Pdu, build_pdu, client_event, redact_json,
+    rules_for,
 };
 use crate::server::Server;
 use crate::storage::{
@@ -186,9 +187,34 @@ pub(super) fn dag_fields(
     room_id: &str,
     rules: &ruma::room_version_rules::RoomVersionRules,
     ev: &NewEvent,
-) -> Result<(Vec<String>, Vec<String>, i64), Error> {
+) -> Result<(Vec<EventReference>, Vec<EventReference>, i64), Error> {
     let (prev, auth_events, depth, _) = dag_fields_and_auth_state(c, room_id, rules, ev)?;
     Ok((prev, auth_events, depth))
+}
+
+/// References to stored events as the room version writes them: bare ids from version
+/// 3, ids with each event's reference hash in versions 1 and 2.
+fn references(
+    c: &Connection,
+    rules: &ruma::room_version_rules::RoomVersionRules,
+    ids: Vec<String>,
+) -> Result<Vec<EventReference>, Error> {
+    if !events::uses_pairs(&rules.event_format) {
+        return Ok(ids.into_iter().map(EventReference::id).collect());
+    }
+    ids.into_iter()
+        .map(|id| {
+            let Some(e) = storage::get_event_any(c, &id)? else {
+                return Err(Error::internal(format!(
+                    "referenced event {id} is not stored"
+                )));
+            };
+            let object: ruma::CanonicalJsonObject = serde_json::from_str(&e.json)?;
+            let hash = ruma::signatures::reference_hash(&object, rules)
+                .map_err(|e| Error::internal(format!("reference hash of {id}: {e}")))?;
+            Ok(EventReference::with_hash(id, hash))
+        })
+        .collect()
 }
 
 /// [`dag_fields`] and the part of the current state the event's auth rules read (its
@@ -198,7 +224,7 @@ fn dag_fields_and_auth_state(
     room_id: &str,
     rules: &ruma::room_version_rules::RoomVersionRules,
     ev: &NewEvent,
-) -> Result<(Vec<String>, Vec<String>, i64, AuthState), Error> {
+) -> Result<(Vec<EventReference>, Vec<EventReference>, i64, AuthState), Error> {
     let extremities = storage::forward_extremities(c, room_id)?;
     let depth = extremities
         .iter()
@@ -233,7 +259,12 @@ fn dag_fields_and_auth_state(
             auth_events.push(id.to_owned());
         }
     }
-    Ok((prev, auth_events, depth, state))
+    Ok((
+        references(c, rules, prev)?,
+        references(c, rules, auth_events)?,
+        depth,
+        state,
+    ))
 }
 
 /// Build, sign and authorise a local event on the room's current state.

@@ -76,13 +76,7 @@ pub fn note_remote_join(
 }
 
 fn refs(json: &Value, field: &str) -> Vec<String> {
-    json[field]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .map(str::to_owned)
-        .collect()
+    crate::events::reference_ids(json, field)
 }
 
 /// What a [`backfill`] call achieved.
@@ -330,7 +324,7 @@ mod tests {
     use tokio::sync::broadcast;
 
     use super::*;
-    use crate::events::{NewEvent, build_pdu};
+    use crate::events::{EventReference, NewEvent, build_pdu};
     use crate::federation::{FederationTransport, PeerEvent, TransportFuture};
     use crate::identity::Identity;
     use crate::storage::EventStatus;
@@ -409,8 +403,8 @@ mod tests {
                 &rules,
                 Some(&room),
                 &new,
-                &prev,
-                &auth,
+                &EventReference::ids(&prev),
+                &EventReference::ids(&auth),
                 depth,
                 1_000 + depth,
             )

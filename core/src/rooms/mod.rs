@@ -16,6 +16,7 @@ mod receive;
 mod redact;
 mod remote_join;
 mod resolve;
+mod resolve_v1;
 mod restricted;
 pub mod state_at;
 mod upgrade;

@@ -2,8 +2,10 @@
 //! PDU", in order.
 //!
 //! 1. Format: a JSON object within the size limits, the room version's required keys,
-//!    the expected room, bounded `prev_events`/`auth_events`. The event id is the
-//!    reference hash. `m.room.create` events are never accepted this way.
+//!    the expected room, bounded `prev_events`/`auth_events` in the room version's
+//!    reference format. The event id is the reference hash; in room versions 1 and 2
+//!    the PDU's own `event_id`, of the sender's server (and an id already stored keeps
+//!    its first event). `m.room.create` events are never accepted this way.
 //! 2. Signatures: the servers the room version requires (the sender's, for everything
 //!    but third-party invites) must have signed; the key comes from the server name.
 //!    Failure drops the event.
@@ -32,8 +34,7 @@ use ruma::events::{StateEventType, TimelineEventType};
 use ruma::room_version_rules::RoomVersionRules;
 use ruma::serde::Base64;
 use ruma::signatures::{
-    PublicKeyMap, Verified, reference_hash, required_server_signatures_to_verify_event,
-    verify_event,
+    PublicKeyMap, Verified, required_server_signatures_to_verify_event, verify_event,
 };
 use ruma::state_res;
 use ruma::{CanonicalJsonValue, EventId};
@@ -178,14 +179,17 @@ pub(super) fn check_pdu(
         None if v12_create => {}
         _ => return Err(drop(format!("PDU is not for room {room_id}"))),
     }
-    let hash = reference_hash(&object, rules).map_err(|e| drop(format!("bad PDU: {e}")))?;
-    let event_id = format!("${hash}");
+    let event_id = crate::events::event_id_of(&object, rules).map_err(drop)?;
+    if rules.event_format.require_event_id {
+        check_own_event_id(&object, &event_id).map_err(drop)?;
+    }
     if v12_create && crate::events::room_id_from_create_event_id(&event_id) != room_id {
         return Err(drop(format!(
             "create event {event_id} does not name room {room_id}"
         )));
     }
     let dropped = |reason: String| (Some(event_id.clone()), reason);
+    check_reference_format(&object, rules).map_err(dropped)?;
 
     // Signatures: every server the room version requires, keys from the server names.
     let servers = required_server_signatures_to_verify_event(&object, &rules.signatures)
@@ -218,6 +222,49 @@ pub(super) fn check_pdu(
     })
 }
 
+/// Room versions 1 and 2: an event's own id must name its sender's server, which then
+/// signs it (the signature check requires the id's server and the sender's), so no
+/// server can mint ids in another's name.
+fn check_own_event_id(object: &ruma::CanonicalJsonObject, event_id: &str) -> Result<(), String> {
+    let sender = match object.get("sender") {
+        Some(CanonicalJsonValue::String(s)) => s.as_str(),
+        _ => return Err("the PDU has no sender".into()),
+    };
+    let id_server = event_id.split_once(':').map(|(_, s)| s);
+    let sender_server = sender.split_once(':').map(|(_, s)| s);
+    if id_server.is_none() || id_server != sender_server {
+        return Err(format!(
+            "event id {event_id} is not of the sender's server ({sender})"
+        ));
+    }
+    Ok(())
+}
+
+/// `prev_events` and `auth_events` in the room version's format (bare ids, or
+/// `[id, hashes]` pairs in versions 1 and 2), within the spec's bounds.
+fn check_reference_format(
+    object: &ruma::CanonicalJsonObject,
+    rules: &RoomVersionRules,
+) -> Result<(), String> {
+    for field in ["prev_events", "auth_events"] {
+        let mut lists = serde_json::Map::new();
+        if let Some(list) = object.get(field) {
+            lists.insert(
+                field.to_owned(),
+                serde_json::to_value(list).map_err(|e| e.to_string())?,
+            );
+        }
+        // (The lengths were bounded by `check_pdu_format`.)
+        crate::events::parse_references(
+            &Value::Object(lists),
+            field,
+            &rules.event_format,
+            usize::MAX,
+        )?;
+    }
+    Ok(())
+}
+
 /// Receive one PDU from `origin` for `room_id`: check it, fetch what it needs, store it
 /// as the spec says (timeline, soft-failed, outlier or rejected).
 ///
@@ -248,7 +295,9 @@ pub async fn receive_pdu(
     // A copy of an event already settled here (forwarding and anti-entropy bring the
     // same event many times: in a mesh of n nodes each new event arrives up to n - 1
     // times): its id alone (the reference hash, which covers the room and everything
-    // the signatures do) says so, without checking signatures again.
+    // the signatures do) says so, without checking signatures again. In room versions 1
+    // and 2 the id is the sender's choice, and another event under a settled id is
+    // ignored the same way: the first one stays (see `is_another_event`).
     if pdu.get("room_id").and_then(Value::as_str) == Some(room_id)
         && let Ok(event_id) = super::event_id_of(&pdu, &version)
         && matches!(
@@ -613,7 +662,9 @@ pub(super) fn dependency_order(mut pending: Vec<Checked>) -> Vec<Checked> {
                 .all(|a| !waiting.contains(a.as_str()))
         });
         if ready.is_empty() {
-            // A cycle (impossible with hashed ids): give the rest in any order.
+            // A cycle (impossible with hashed ids; in room versions 1 and 2 a server can
+            // sign events that name each other, which then fail their auth checks for want
+            // of stored auth events): give the rest in any order.
             out.extend(rest);
             break;
         }
@@ -658,6 +709,9 @@ impl Room<'_> {
         let c = self.c;
         let event_id = ev.event_id.clone();
         if let Some(e) = storage::get_event_any(c, &event_id)? {
+            if is_another_event(self.rules, &e.json, &ev) {
+                return Ok(another_event(event_id));
+            }
             match e.status {
                 EventStatus::Timeline | EventStatus::SoftFailed => {
                     return Ok(Outcome::AlreadyKnown { event_id });
@@ -848,6 +902,9 @@ impl Room<'_> {
         let c = self.c;
         let event_id = ev.event_id.clone();
         if let Some(e) = storage::get_event_any(c, &event_id)? {
+            if is_another_event(self.rules, &e.json, &ev) {
+                return Ok(another_event(event_id));
+            }
             match e.status {
                 EventStatus::Timeline | EventStatus::SoftFailed => {
                     return Ok(Outcome::AlreadyKnown { event_id });
@@ -1162,6 +1219,33 @@ impl Room<'_> {
         storage::insert_event(self.c, &stored)?;
         crate::metrics::event_persisted(false);
         Ok(())
+    }
+}
+
+/// Room versions 1 and 2: whether the stored event `stored_json` is another event than
+/// `ev` under the same id. Ids there are chosen by the sending server, not computed from
+/// the content, so a server could reuse one; the first event stays (as in Synapse), and
+/// nothing built on it changes under anyone's feet. Later versions' ids are hashes of
+/// the content, so a stored event with the id is always the same one.
+pub(super) fn is_another_event(rules: &RoomVersionRules, stored_json: &str, ev: &Checked) -> bool {
+    if !rules.event_format.require_event_id {
+        return false;
+    }
+    // The reference hash ignores signatures and survives redaction: a copy redacted on
+    // either side (or signed by more servers) is still the same event.
+    let hash = |json: &str| {
+        serde_json::from_str::<ruma::CanonicalJsonObject>(json)
+            .ok()
+            .and_then(|o| ruma::signatures::reference_hash(&o, rules).ok())
+    };
+    hash(stored_json) != hash(&ev.json)
+}
+
+fn another_event(event_id: String) -> Outcome {
+    tracing::info!(%event_id, "refused a received event reusing the id of another");
+    Outcome::Rejected {
+        event_id: Some(event_id),
+        reason: "the event id is taken by another event here".into(),
     }
 }
 

@@ -33,7 +33,9 @@ use super::knock::{KNOCK_VIA, check_knock_allowed};
 use super::receive::{Checked, Mode, Room, check_against, check_pdu, dependency_order};
 use super::restricted::{JoinPolicy, check_join};
 use crate::error::Error;
-use crate::events::{NewEvent, Pdu, build_pdu, rules_for, stripped_state};
+use crate::events::{
+    NewEvent, Pdu, build_pdu, parse_references, references_json, rules_for, stripped_state,
+};
 use crate::federation::client::{encode, request_json};
 use crate::identity::public_key_from_server_name;
 use crate::server::Server;
@@ -108,8 +110,8 @@ pub fn membership_template(
         "origin": server_of(user_id).unwrap_or_default(),
         "origin_server_ts": now_ms(),
         "depth": depth,
-        "prev_events": prev,
-        "auth_events": auth_events,
+        "prev_events": references_json(&prev, &rules.event_format),
+        "auth_events": references_json(&auth_events, &rules.event_format),
     });
     Ok((version, template))
 }
@@ -165,21 +167,11 @@ pub fn state_and_auth_chain_before(
 }
 
 fn auth_refs(e: &StoredEvent) -> Vec<String> {
-    serde_json::from_str::<Value>(&e.json)
-        .ok()
-        .and_then(|v| {
-            v.get("auth_events").and_then(Value::as_array).map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_owned)
-                    .collect()
-            })
-        })
-        .unwrap_or_default()
+    crate::events::reference_ids_in(&e.json, "auth_events")
 }
 
-/// The event id a PDU would have in `version` (its reference hash), for checking the id
-/// a `send_join`/`send_leave`/`invite` path names.
+/// The event id a PDU has in `version` (its reference hash; its `event_id` field in
+/// versions 1 and 2), for checking the id a `send_join`/`send_leave`/`invite` path names.
 pub fn event_id_of(pdu: &Value, version: &str) -> Result<String, Error> {
     let (_, rules) = rules_for(version)?;
     let mut object = match CanonicalJsonValue::try_from(pdu.clone()) {
@@ -191,9 +183,7 @@ pub fn event_id_of(pdu: &Value, version: &str) -> Result<String, Error> {
         }
     };
     object.remove("unsigned");
-    let hash = ruma::signatures::reference_hash(&object, &rules)
-        .map_err(|e| Error::BadJson(format!("bad event: {e}")))?;
-    Ok(format!("${hash}"))
+    crate::events::event_id_of(&object, &rules).map_err(Error::BadJson)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -291,15 +281,9 @@ pub(super) async fn make_membership(
     if t.get("room_id").is_some_and(|r| r != room_id) {
         return Err(bad("another room"));
     }
-    let refs = |field: &str| -> Result<Vec<String>, Error> {
-        let list = t[field].as_array().ok_or_else(|| bad(field))?;
-        if list.len() > 20 {
-            return Err(bad(field));
-        }
-        list.iter()
-            .map(|v| v.as_str().map(str::to_owned).ok_or_else(|| bad(field)))
-            .collect()
-    };
+    // Kept as the resident wrote them (with their hashes in room versions 1 and 2).
+    let refs =
+        |field: &str| parse_references(t, field, &rules.event_format, 20).map_err(|e| bad(&e));
     let prev = refs("prev_events")?;
     let auth = refs("auth_events")?;
     let depth = t["depth"].as_i64().ok_or_else(|| bad("depth"))?;
@@ -903,6 +887,7 @@ pub fn membership_server(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::EventReference;
     use crate::identity::Identity;
 
     /// The joining side keeps a restricted join only with the resident's signature.
@@ -929,8 +914,8 @@ mod tests {
             &rules,
             Some(&room),
             &ev,
-            std::slice::from_ref(&some_id),
-            std::slice::from_ref(&some_id),
+            &EventReference::ids(std::slice::from_ref(&some_id)),
+            &EventReference::ids(std::slice::from_ref(&some_id)),
             3,
             now_ms(),
         )

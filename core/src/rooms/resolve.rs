@@ -1,6 +1,7 @@
 //! State resolution over stored events: ruma's `resolve` (v2, or v2.1 for room version
 //! 12 per the room version rules), fed with auth chains and the conflicted state
-//! subgraph walked from storage.
+//! subgraph walked from storage; room version 1's original algorithm is
+//! [`super::resolve_v1`].
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -161,9 +162,6 @@ pub(super) fn resolve_states(
         [one] => return Ok((*one).clone()),
         _ => {}
     }
-    let Some(v2) = rules.state_res.v2_rules() else {
-        return Err(Error::internal("room version without state resolution v2"));
-    };
     let mut cache = HashMap::new();
     if let Some(pdu) = unstored {
         cache.insert(pdu.event_id.clone(), Some(pdu.clone()));
@@ -171,6 +169,14 @@ pub(super) fn resolve_states(
     let events = Events {
         c,
         cache: RefCell::new(cache),
+    };
+    let Some(v2) = rules.state_res.v2_rules() else {
+        // Room version 1: the original algorithm.
+        return Ok(super::resolve_v1::resolve_v1(
+            &rules.authorization,
+            &distinct,
+            |id| EventId::parse(id).ok().and_then(|id| events.get(&id)),
+        ));
     };
     let maps = distinct
         .iter()

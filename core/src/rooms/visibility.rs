@@ -21,7 +21,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use rusqlite::Connection;
-use serde_json::Value;
+use serde::Deserialize;
 
 use crate::error::Error;
 use crate::storage::{self, StoredEvent};
@@ -107,11 +107,11 @@ impl Visibility {
     /// The user's membership at `ev` (MSC4115's `unsigned.membership`): after the event
     /// for the user's own member events, before it for the rest; `leave` when none.
     pub fn membership_at(&self, c: &Connection, ev: &StoredEvent) -> Result<String, Error> {
-        if ev.kind == "m.room.member" && ev.state_key.as_deref() == Some(self.user_id.as_str()) {
-            let v: Value = serde_json::from_str(&ev.json)?;
-            if let Some(m) = v["content"]["membership"].as_str() {
-                return Ok(m.to_owned());
-            }
+        if ev.kind == "m.room.member"
+            && ev.state_key.as_deref() == Some(self.user_id.as_str())
+            && let Some(m) = membership_of(&ev.json)
+        {
+            return Ok(m);
         }
         Ok(self
             .at(c, ev.state_group_before)?
@@ -123,22 +123,16 @@ impl Visibility {
         if let Some(at) = self.cache.borrow().get(&group) {
             return Ok(at.clone());
         }
-        let content = |ty: &str, sk: &str| -> Result<Option<Value>, Error> {
+        // The event's JSON of one state key at the group, if any.
+        let json = |ty: &str, sk: &str| -> Result<Option<String>, Error> {
             let Some(g) = group else { return Ok(None) };
-            let Some(id) = storage::state_group_lookup(c, g, ty, sk)? else {
-                return Ok(None);
-            };
-            Ok(storage::get_event_any(c, &id)?
-                .and_then(|e| serde_json::from_str::<Value>(&e.json).ok())
-                .map(|mut v| v["content"].take()))
+            match storage::state_group_lookup(c, g, ty, sk)? {
+                Some(id) => storage::event_json(c, &id),
+                None => Ok(None),
+            }
         };
-        let setting = Setting::parse(
-            content(HISTORY_VISIBILITY, "")?
-                .as_ref()
-                .and_then(|v| v["history_visibility"].as_str()),
-        );
-        let membership = content("m.room.member", &self.user_id)?
-            .and_then(|v| v["membership"].as_str().map(str::to_owned));
+        let setting = json(HISTORY_VISIBILITY, "")?.map_or(Setting::Shared, |j| setting_of(&j));
+        let membership = json("m.room.member", &self.user_id)?.and_then(|j| membership_of(&j));
         let at = At {
             setting,
             membership,
@@ -148,12 +142,31 @@ impl Visibility {
     }
 }
 
+/// An event's content, parsed into `T` (the fields it names; the rest is skipped).
+#[derive(Deserialize)]
+struct Pdu<T> {
+    content: T,
+}
+
 fn setting_of(json: &str) -> Setting {
-    let v: Option<Value> = serde_json::from_str(json).ok();
-    Setting::parse(
-        v.as_ref()
-            .and_then(|v| v["content"]["history_visibility"].as_str()),
-    )
+    #[derive(Deserialize)]
+    struct Content {
+        history_visibility: Option<String>,
+    }
+    let pdu: Option<Pdu<Content>> = serde_json::from_str(json).ok();
+    Setting::parse(pdu.and_then(|p| p.content.history_visibility).as_deref())
+}
+
+/// `content.membership` of a member event's JSON.
+fn membership_of(json: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Content {
+        membership: Option<String>,
+    }
+    serde_json::from_str::<Pdu<Content>>(json)
+        .ok()?
+        .content
+        .membership
 }
 
 /// Work out what `user_id` may read of `room_id`: forbidden for someone who has never

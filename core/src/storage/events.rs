@@ -173,6 +173,16 @@ pub fn get_event_any(c: &Connection, event_id: &str) -> Result<Option<StoredEven
     )
 }
 
+/// The stored JSON of one event by id, whatever its status (for readers that need one
+/// field of it, not the whole row).
+pub fn event_json(c: &Connection, event_id: &str) -> Result<Option<String>, Error> {
+    Ok(
+        c.prepare_cached("SELECT json FROM events WHERE event_id = ?1")?
+            .query_row([event_id], |r| r.get(0))
+            .optional()?,
+    )
+}
+
 /// Forget a room's forward extremities (before rejoining it on a resident's state).
 pub fn clear_forward_extremities(c: &Connection, room_id: &str) -> Result<(), Error> {
     c.prepare_cached("DELETE FROM forward_extremities WHERE room_id = ?1")?
@@ -589,14 +599,7 @@ pub fn remove_prev_extremities(
             Some(EventStatus::SoftFailed | EventStatus::Rejected)
         );
         if skipped && let Some(ev) = get_event_any(c, &p)? {
-            let json: serde_json::Value = serde_json::from_str(&ev.json)?;
-            todo.extend(
-                json["prev_events"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|v| v.as_str().map(str::to_owned)),
-            );
+            todo.extend(crate::events::reference_ids_in(&ev.json, "prev_events"));
         }
     }
     Ok(())

@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::FutureExt;
 use serde_json::{Value, json};
 
-use super::{Filter, SyncParams, sync};
+use super::{Filter, SyncParams};
 use crate::Node;
 use crate::requester::Requester;
 use crate::rooms::{CreateRoom, append_event, create_room};
@@ -16,6 +16,15 @@ use crate::server::Server;
 use crate::storage::{self, PresenceRow, Receipt, next_stream_position, now_ms};
 use crate::streams::{SyncToken, Waiter};
 use crate::test_support::{ev, node};
+
+/// `/sync`, as the JSON value a client would read.
+async fn sync(
+    server: Arc<Server>,
+    caller: Requester,
+    params: SyncParams,
+) -> Result<Value, crate::error::Error> {
+    Ok(super::sync(server, caller, params).await?.to_value()?)
+}
 
 fn send(server: &Server, room: &str, sender: &str, body: &str) -> String {
     let e = ev(

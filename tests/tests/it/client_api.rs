@@ -959,7 +959,7 @@ async fn the_default_room_version_is_configurable() -> anyhow::Result<()> {
 
     let dir = tempfile::tempdir()?;
     let mut config = test_config(dir.path());
-    config.default_room_version = "2".into();
+    config.default_room_version = "99".into();
     anyhow::ensure!(
         warren_core::Node::start(config).await.is_err(),
         "an unsupported default room version must not start"

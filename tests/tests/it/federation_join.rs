@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 use serde_json::{Value, json};
-use warren_core::events::{NewEvent, build_pdu, rules_for};
+use warren_core::events::{EventReference, NewEvent, build_pdu, rules_for};
 use warren_core::federation::client::{encode, request};
 use warren_core::storage;
 use warren_tests::*;
@@ -481,8 +481,8 @@ async fn hostile_make_join_and_send_join_are_refused() -> anyhow::Result<()> {
             &rules,
             Some(room),
             &ev,
-            &prev,
-            &auth,
+            &EventReference::ids(&prev),
+            &EventReference::ids(&auth),
             depth,
             1_700_000_000_000,
         )?;
@@ -871,8 +871,8 @@ async fn hostile_make_knock_and_send_knock_are_refused() -> anyhow::Result<()> {
             &rules,
             Some(&knock_room),
             &ev,
-            &strings(&t["prev_events"]),
-            &strings(&t["auth_events"]),
+            &EventReference::ids(&strings(&t["prev_events"])),
+            &EventReference::ids(&strings(&t["auth_events"])),
             t["depth"].as_i64().unwrap_or(1),
             1_700_000_000_000,
         )?;

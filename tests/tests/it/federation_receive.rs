@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use warren_core::error::Error;
-use warren_core::events::{NewEvent, build_pdu, rules_for};
+use warren_core::events::{EventReference, NewEvent, build_pdu, rules_for};
 use warren_core::rooms::{BoxFuture, CreateRoom, Outcome, RemoteEvents, create_room, receive_pdu};
 use warren_core::server::Server;
 use warren_core::storage::{self, EventStatus};
@@ -231,8 +231,17 @@ impl Harness {
             sender: sender.into(),
             redacts: None,
         };
-        let (id, obj) =
-            build_pdu(signer, &rules, Some(&self.room), &ev, prev, auth, depth, ts).expect("build");
+        let (id, obj) = build_pdu(
+            signer,
+            &rules,
+            Some(&self.room),
+            &ev,
+            &EventReference::ids(prev),
+            &EventReference::ids(auth),
+            depth,
+            ts,
+        )
+        .expect("build");
         (id, serde_json::to_value(&obj).expect("json"))
     }
 
@@ -371,7 +380,7 @@ fn ids(timeline: &[Value]) -> Vec<String> {
 
 #[tokio::test]
 async fn remote_join_and_message_reach_local_sync_in_every_room_version() {
-    for version in ["10", "11", "12"] {
+    for version in ["1", "2", "10", "11", "12"] {
         let h = Harness::new(version).await;
         let join = h.bob_joins().await;
         let bob = h.remote.user("bob");
@@ -850,5 +859,115 @@ async fn garbage_and_oversized_pdus_are_rejected_without_panics() {
     assert!(matches!(out, Outcome::Rejected { .. }), "{out:?}");
     // The node still works: the good event goes through.
     assert!(matches!(h.receive(good).await, Outcome::Accepted { .. }));
+    h.finish().await;
+}
+
+/// Room versions 1 and 2: a PDU carries its own id (`$random:server`), which only the
+/// sender's server may mint and which must be the one signed; an id already stored
+/// keeps its first event (nothing built on it changes).
+#[tokio::test]
+async fn original_event_ids_are_checked_and_never_reused() {
+    let h = Harness::new("1").await;
+    h.bob_joins().await;
+    let bob = h.remote.user("bob");
+    let auth = h.auth_now(&bob, "m.room.message", None);
+    let (_, rules) = rules_for("1").expect("rules");
+    // A PDU edited by `edit`, then hashed and signed again by the remote server.
+    let resign = |pdu: &Value, edit: &dyn Fn(&mut Value)| -> Value {
+        let mut v = pdu.clone();
+        edit(&mut v);
+        if let Some(o) = v.as_object_mut() {
+            o.remove("signatures");
+            o.remove("hashes");
+        }
+        let mut obj: ruma::CanonicalJsonObject = serde_json::from_value(v).expect("object");
+        ruma::signatures::hash_and_sign_event(
+            h.remote.name(),
+            h.remote.id.keypair(),
+            &mut obj,
+            &rules.redaction,
+        )
+        .expect("sign");
+        serde_json::to_value(obj).expect("json")
+    };
+    let rejected_for = |out: Outcome, what: &str| match out {
+        Outcome::Rejected { reason, .. } => assert!(reason.contains(what), "{reason}"),
+        other => panic!("expected a rejection for {what}, got {other:?}"),
+    };
+    let (id, pdu) = h.build(
+        "bob",
+        "m.room.message",
+        None,
+        json!({"msgtype": "m.text", "body": "original"}),
+        &h.extremities(),
+        &auth,
+    );
+    assert!(id.ends_with(&format!(":{}", h.remote.name())), "{id}");
+    assert_eq!(pdu["event_id"], id.as_str());
+    assert!(pdu["prev_events"][0].is_array(), "{pdu}");
+
+    // An id in another server's name, though signed by the sender's: dropped.
+    let local = h.server.server_name().to_owned();
+    let stolen = resign(&pdu, &|v| v["event_id"] = json!(format!("$stolen:{local}")));
+    rejected_for(h.receive(stolen).await, "sender's server");
+    // The id changed after signing: the signature no longer verifies.
+    let mut altered = pdu.clone();
+    altered["event_id"] = json!(format!("$altered:{}", h.remote.name()));
+    rejected_for(h.receive(altered).await, "signature");
+    // References as bare ids (the format of room version 3 on): dropped.
+    let bare = resign(&pdu, &|v| v["prev_events"] = json!(h.extremities()));
+    rejected_for(h.receive(bare).await, "pairs");
+
+    // The real one is accepted under its own id; the same id with other content later
+    // changes nothing.
+    accepted(&h.receive(pdu.clone()).await, &id);
+    let reused = resign(&pdu, &|v| v["content"]["body"] = json!("replaced"));
+    assert!(!matches!(h.receive(reused).await, Outcome::Accepted { .. }));
+    let (status, fetched) = h.alice_event(&id).await;
+    assert_eq!(
+        (status, &fetched["content"]["body"]),
+        (200, &json!("original"))
+    );
+
+    // An outlier (its prev event is unknown) keeps its id too: an event reusing it that
+    // could join the timeline is refused, and the stored one stays as it was.
+    let (gap, _) = h.build_signed(
+        &h.remote.id,
+        &bob,
+        "m.room.message",
+        None,
+        json!({"msgtype": "m.text", "body": "lost"}),
+        &h.extremities(),
+        &auth,
+        now_ms(),
+    );
+    let (outlier, opdu) = h.build(
+        "bob",
+        "m.room.message",
+        None,
+        json!({"msgtype": "m.text", "body": "first"}),
+        std::slice::from_ref(&gap),
+        &auth,
+    );
+    assert_eq!(
+        h.receive(opdu.clone()).await,
+        Outcome::Outlier {
+            event_id: outlier.clone()
+        }
+    );
+    let prevs: Vec<Value> = h.extremities().iter().map(|e| json!([e, {}])).collect();
+    let takeover = resign(&opdu, &|v| {
+        v["prev_events"] = json!(prevs);
+        v["content"]["body"] = json!("second");
+    });
+    rejected_for(h.receive(takeover).await, "taken");
+    assert_eq!(h.status(&outlier), Some(EventStatus::Outlier));
+    let stored = h
+        .server
+        .db
+        .read(|c| storage::get_event_any(c, &outlier))
+        .expect("read")
+        .expect("stored");
+    assert!(stored.json.contains("first") && !stored.json.contains("second"));
     h.finish().await;
 }

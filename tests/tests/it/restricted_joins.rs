@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use serde_json::{Value, json};
-use warren_core::events::{NewEvent, build_pdu, rules_for};
+use warren_core::events::{EventReference, NewEvent, build_pdu, rules_for};
 use warren_core::federation::client::{encode, request};
 use warren_core::storage;
 use warren_tests::*;
@@ -334,8 +334,8 @@ async fn hostile_restricted_joins_are_refused() -> anyhow::Result<()> {
             &rules,
             Some(&room),
             &ev,
-            &strings(&t["prev_events"]),
-            &strings(&t["auth_events"]),
+            &EventReference::ids(&strings(&t["prev_events"])),
+            &EventReference::ids(&strings(&t["auth_events"])),
             t["depth"].as_i64().unwrap_or(1),
             1_700_000_000_000,
         )?;

@@ -1,8 +1,10 @@
-//! Room versions (issue 15, item 3): every version from 3 to 12 can be created and used
+//! Room versions (issue 15, item 3): every version from 1 to 12 can be created and used
 //! locally (messages, state, power levels with the version's rules, redaction, a second
-//! member), `/capabilities` lists them, `default_room_version` is honoured, versions 1
-//! and 2 are refused with `M_UNSUPPORTED_ROOM_VERSION`, and rooms of older versions
-//! (v3's standard-base64 event ids, v5 by invite) are joined across two nodes.
+//! member), `/capabilities` lists them, `default_room_version` is honoured, unknown
+//! versions are refused with `M_UNSUPPORTED_ROOM_VERSION`, and rooms of older versions
+//! (v1 and v2's `$random:server` ids and `[id, hash]` references, v3's standard-base64
+//! event ids, invites) are joined across two nodes and upgraded; a v1 room resolves a
+//! partition with the original state resolution.
 //!
 //! Each test starts its own node(s) on temporary directories; every wait is on a
 //! condition, with a deadline.
@@ -14,12 +16,21 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use warren_tests::{
     RawUser, connect_nodes, path_segment, shutdown_node, start_federated_node, start_node,
-    start_node_with, test_config, wait_until,
+    start_node_with, test_config, test_p2p_config, wait_until,
 };
+
+use crate::federation_mesh::{User as MeshUser, is_joined, mesh_node};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-const VERSIONS: [&str; 10] = ["3", "4", "5", "6", "7", "8", "9", "10", "11", "12"];
+const VERSIONS: [&str; 12] = [
+    "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12",
+];
+
+/// Versions 1 and 2: event ids `$random:server`, not hashes.
+fn has_server_event_ids(v: &str) -> bool {
+    v == "1" || v == "2"
+}
 
 fn room_path(room: &str, rest: &str) -> String {
     format!("/rooms/{}{rest}", path_segment(room))
@@ -72,9 +83,6 @@ async fn every_supported_room_version_is_created_and_used() -> anyhow::Result<()
     for v in VERSIONS {
         ensure!(versions["available"][v] == "stable", "{v}: {versions}");
     }
-    for v in ["1", "2"] {
-        ensure!(versions["available"].get(v).is_none(), "{v}: {versions}");
-    }
 
     for v in VERSIONS {
         let room = alice
@@ -102,7 +110,7 @@ async fn every_supported_room_version_is_created_and_used() -> anyhow::Result<()
 
         let first = send_text(&alice, &room, &format!("a{v}"), "hello").await?;
         ensure!(
-            first.starts_with('$') && !first.contains(':'),
+            first.starts_with('$') && first.contains(':') == has_server_event_ids(v),
             "v{v} event id {first}"
         );
         // The fetched event answers under its id (v3 ids may hold '/' and '+').
@@ -188,8 +196,8 @@ async fn every_supported_room_version_is_created_and_used() -> anyhow::Result<()
         ensure!(topic["topic"] == format!("topic of v{v}"), "v{v}: {topic}");
     }
 
-    // Versions 1 and 2 (and unknown ones) are refused with the spec's error code.
-    for v in ["1", "2", "99", "org.example.nope"] {
+    // Unknown versions are refused with the spec's error code.
+    for v in ["13", "99", "org.example.nope"] {
         let (status, answer) = alice
             .call(Method::POST, "/createRoom", json!({"room_version": v}))
             .await?;
@@ -285,11 +293,11 @@ async fn default_room_version_comes_from_the_config() -> anyhow::Result<()> {
     // A version this build refuses stops the node from starting, with a clear message.
     let dir = tempfile::tempdir()?;
     let mut config = test_config(dir.path());
-    config.default_room_version = "2".into();
+    config.default_room_version = "99".into();
     let err = start_node_with(config)
         .await
         .err()
-        .context("a node with default room version 2 started")?;
+        .context("a node with default room version 99 started")?;
     ensure!(format!("{err}").contains("room version"), "{err}");
     Ok(())
 }
@@ -327,9 +335,11 @@ async fn rooms_of_old_versions_are_joined_across_nodes() -> anyhow::Result<()> {
     connect_nodes(&a, &b).await?;
     let alice = RawUser::register(a.node.client_url(), "alice").await?;
     let bob = RawUser::register(b.node.client_url(), "bob").await?;
-    for v in ["3", "5"] {
-        // The v5 room is private: Bob's node takes a v5 invite over federation first.
-        let preset = if v == "5" {
+    for v in ["1", "2", "3", "5"] {
+        // The v1, v2 and v5 rooms are private: Bob's node takes an invite over federation
+        // first (v1 and v2 invites carry their own event ids and [id, hash] references).
+        let invited = v != "3";
+        let preset = if invited {
             "private_chat"
         } else {
             "public_chat"
@@ -337,11 +347,11 @@ async fn rooms_of_old_versions_are_joined_across_nodes() -> anyhow::Result<()> {
         let room = alice
             .create_room(json!({"preset": preset, "room_version": v}))
             .await?;
-        if v == "5" {
+        if invited {
             alice
                 .post(&room_path(&room, "/invite"), json!({"user_id": bob.id()}))
                 .await
-                .context("a remote invite into a v5 room")?;
+                .with_context(|| format!("a remote invite into a v{v} room"))?;
         }
         // Enough events that some v3 ids (standard base64) hold '/' or '+'.
         for i in 0..8 {
@@ -399,6 +409,18 @@ async fn rooms_of_old_versions_are_joined_across_nodes() -> anyhow::Result<()> {
             messages.iter().any(|(_, b)| b == "hello bob"),
             "v{v}: {messages:?}"
         );
+        if has_server_event_ids(v) {
+            // Ids made on either node name it, and each node took the other's as given.
+            for (server, body) in [(a.name(), "hello bob"), (b.name(), "hello alice")] {
+                ensure!(
+                    messages
+                        .iter()
+                        .any(|(id, b)| b == body && id.ends_with(&format!(":{server}"))),
+                    "v{v} {body}: {messages:?}"
+                );
+            }
+            upgrade_across_nodes(&alice, &bob, &a, &room).await?;
+        }
         if v == "3" {
             // ~10 ids of 43 standard-base64 characters: all free of '/' and '+' with a
             // chance of about one in a million.
@@ -410,6 +432,216 @@ async fn rooms_of_old_versions_are_joined_across_nodes() -> anyhow::Result<()> {
             );
         }
     }
+    a.stop().await?;
+    b.stop().await?;
+    Ok(())
+}
+
+/// Alice upgrades `room` to version 12; Bob, on the other node, sees the tombstone and
+/// follows it into the new room.
+async fn upgrade_across_nodes(
+    alice: &RawUser,
+    bob: &RawUser,
+    a: &warren_tests::FederatedNode,
+    room: &str,
+) -> anyhow::Result<()> {
+    let upgraded = alice
+        .post(&room_path(room, "/upgrade"), json!({"new_version": "12"}))
+        .await
+        .context("upgrade to 12")?;
+    let new_room = upgraded["replacement_room"]
+        .as_str()
+        .context("replacement_room")?
+        .to_owned();
+    wait_for_room(bob, room, "bob sees the tombstone", |events| {
+        events.iter().any(|e| {
+            e["type"] == "m.room.tombstone" && e["content"]["replacement_room"] == new_room.as_str()
+        })
+    })
+    .await?;
+    // The old room was invite-only, and so is the new one.
+    alice
+        .post(
+            &room_path(&new_room, "/invite"),
+            json!({"user_id": bob.id()}),
+        )
+        .await?;
+    bob.post(
+        &format!("/join/{}?server_name={}", path_segment(&new_room), a.name()),
+        json!({}),
+    )
+    .await
+    .context("bob joins the upgraded room")?;
+    let create = bob
+        .ok(
+            Method::GET,
+            &room_path(&new_room, "/state/m.room.create/"),
+            Value::Null,
+        )
+        .await?;
+    ensure!(
+        create["room_version"] == "12" && create["predecessor"]["room_id"] == room,
+        "{create}"
+    );
+    send_text(bob, &new_room, &format!("up-{room}"), "upgraded").await?;
+    wait_for_room(
+        alice,
+        &new_room,
+        "alice sees bob in the new room",
+        |events| events.iter().any(|e| e["content"]["body"] == "upgraded"),
+    )
+    .await
+}
+
+/// `GET /rooms/{id}/state` as `(type, state_key, event_id)`, sorted.
+async fn current_state(
+    user: &MeshUser,
+    room: &str,
+) -> anyhow::Result<Vec<(String, String, String)>> {
+    let (status, body) = user
+        .call(Method::GET, &room_path(room, "/state"), Value::Null)
+        .await?;
+    ensure!(status == 200, "GET state: {status} {body}");
+    let mut out: Vec<(String, String, String)> = body
+        .as_array()
+        .context("state is a list")?
+        .iter()
+        .map(|e| {
+            let field = |k: &str| e[k].as_str().unwrap_or_default().to_owned();
+            (field("type"), field("state_key"), field("event_id"))
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// The content of the current state event `(type, "")` or `(type, key)`.
+async fn state_of(user: &MeshUser, room: &str, ty: &str, key: &str) -> anyhow::Result<Value> {
+    let (status, body) = user
+        .call(
+            Method::GET,
+            &room_path(room, &format!("/state/{ty}/{}", path_segment(key))),
+            Value::Null,
+        )
+        .await?;
+    ensure!(status == 200, "GET state {ty}: {status} {body}");
+    Ok(body)
+}
+
+/// Room version 1 resolves state with the original algorithm (`rooms::resolve_v1`):
+/// both sides of a partition rename the room, and Carol's member event conflicts with
+/// her ban; once healed, both nodes hold the same state, with the ban.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v1_room_resolves_a_partition_to_the_same_state() -> anyhow::Result<()> {
+    let (da, db) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let a = mesh_node(da.path(), test_p2p_config()).await?;
+    let b = mesh_node(db.path(), test_p2p_config()).await?;
+    connect_nodes(&a, &b).await?;
+    let alice = MeshUser::register(&a, "alice").await?;
+    let bob = MeshUser::register(&b, "bob").await?;
+    let carol = MeshUser::register(&b, "carol").await?;
+    let room = alice
+        .create_room(json!({"preset": "public_chat", "room_version": "1"}))
+        .await?;
+    bob.join_via(&room, &a).await?;
+    carol.join_via(&room, &a).await?;
+    alice
+        .sync_until("Bob's and Carol's joins", |s| {
+            is_joined(s, &room, bob.id()) && is_joined(s, &room, carol.id())
+        })
+        .await?;
+    // Bob may rename the room too.
+    let mut levels = state_of(&alice, &room, "m.room.power_levels", "").await?;
+    levels["users"][bob.id()] = json!(100);
+    alice
+        .put(&room_path(&room, "/state/m.room.power_levels/"), levels)
+        .await?;
+    let before = current_state(&alice, &room).await?;
+    wait_until(WAIT, "both nodes agree before the split", async || {
+        Ok(current_state(&bob, &room).await? == before)
+    })
+    .await?;
+
+    // The split: B's transport goes away; B's node and users go on.
+    b.p2p.shutdown().await;
+    alice
+        .put(
+            &room_path(&room, "/state/m.room.name/"),
+            json!({"name": "Named on A"}),
+        )
+        .await?;
+    alice
+        .put(
+            &room_path(&room, "/state/m.room.topic/"),
+            json!({"topic": "Topic from A"}),
+        )
+        .await?;
+    alice
+        .post(
+            &room_path(&room, "/ban"),
+            json!({"user_id": carol.id(), "reason": "v1 partition test"}),
+        )
+        .await?;
+    bob.put(
+        &room_path(&room, "/state/m.room.name/"),
+        json!({"name": "Named on B"}),
+    )
+    .await?;
+    carol
+        .put(
+            &room_path(
+                &room,
+                &format!("/state/m.room.member/{}", path_segment(carol.id())),
+            ),
+            json!({"membership": "join", "displayname": "Carol while split"}),
+        )
+        .await?;
+    for i in 0..3 {
+        alice.say(&room, &format!("A while split {i}")).await?;
+        bob.say(&room, &format!("B while split {i}")).await?;
+    }
+    ensure!(
+        current_state(&alice, &room).await? != current_state(&bob, &room).await?,
+        "the two sides did not diverge"
+    );
+
+    // Heal: B's node restarts on the same data and dials A; outboxes and anti-entropy
+    // exchange the two branches.
+    let b_dir = db.path().to_path_buf();
+    shutdown_node(b.node).await?;
+    let b = mesh_node(&b_dir, test_p2p_config()).await?;
+    let bob = bob.on(&b);
+    connect_nodes(&b, &a).await?;
+    let mut last = String::new();
+    let converged = wait_until(WAIT, "both nodes hold the same state", async || {
+        let (sa, sb) = (
+            current_state(&alice, &room).await?,
+            current_state(&bob, &room).await?,
+        );
+        last = format!("A: {sa:?}\nB: {sb:?}");
+        let topic_in =
+            |s: &[(String, String, String)]| s.iter().any(|(t, _, _)| t == "m.room.topic");
+        Ok(sa == sb && topic_in(&sa))
+    })
+    .await;
+    if let Err(e) = converged {
+        anyhow::bail!("{e:#}\n{last}");
+    }
+    for user in [&alice, &bob] {
+        let member = state_of(user, &room, "m.room.member", carol.id()).await?;
+        ensure!(member["membership"] == "ban", "{member}");
+        let topic = state_of(user, &room, "m.room.topic", "").await?;
+        ensure!(topic["topic"] == "Topic from A", "{topic}");
+    }
+    let (name_a, name_b) = (
+        state_of(&alice, &room, "m.room.name", "").await?,
+        state_of(&bob, &room, "m.room.name", "").await?,
+    );
+    ensure!(name_a == name_b, "{name_a} vs {name_b}");
+    ensure!(
+        name_a["name"] == "Named on A" || name_a["name"] == "Named on B",
+        "{name_a}"
+    );
     a.stop().await?;
     b.stop().await?;
     Ok(())
