@@ -773,7 +773,10 @@ impl Room<'_> {
         // with the state its sender gave) is history, not news: the timeline has moved
         // past it, so it is not soft-failed (as backfilled events are not), and it
         // changes the current state only by what it does to the forward extremities.
-        let is_gap = storage::is_backfill_extremity(c, self.room_id, &event_id)?;
+        // So is an event a stored outlier names as a prev event (history from before our
+        // join that comes live: see `storage::has_outlier_child`).
+        let is_gap = storage::is_backfill_extremity(c, self.room_id, &event_id)?
+            || storage::has_outlier_child(c, self.room_id, &event_id, pdu.depth)?;
 
         // 6. The current state.
         let current = storage::current_state(c, self.room_id)?;

@@ -498,7 +498,8 @@ const MAX_SKIPPED_ANCESTORS: usize = 200;
 /// A new event becomes an extremity; the events it references stop being ones (see
 /// [`remove_prev_extremities`]). An event that was a gap behind a stored event (a
 /// backward extremity: its child came first, accepted with the state its sender gave)
-/// has a child already: it closes the gap and is not a forward extremity.
+/// has a child already: it closes the gap and is not a forward extremity. Nor is one
+/// that a stored outlier names as a prev event (see [`has_outlier_child`]).
 pub fn update_forward_extremities(
     c: &Connection,
     room_id: &str,
@@ -507,13 +508,50 @@ pub fn update_forward_extremities(
 ) -> Result<(), Error> {
     remove_prev_extremities(c, room_id, prev_events)?;
     let was_gap = crate::storage::remove_backfill_extremity(c, room_id, event_id)?;
-    if !was_gap {
+    let depth: Option<i64> = c
+        .prepare_cached("SELECT depth FROM events WHERE event_id = ?1")?
+        .query_row([event_id], |r| r.get(0))
+        .optional()?;
+    let has_child = match depth {
+        Some(depth) => has_outlier_child(c, room_id, event_id, depth)?,
+        None => false,
+    };
+    if !was_gap && !has_child {
         c.prepare_cached(
             "INSERT OR IGNORE INTO forward_extremities (room_id, event_id) VALUES (?1, ?2)",
         )?
         .execute(params![room_id, event_id])?;
     }
     Ok(())
+}
+
+/// Whether a stored outlier of the room names `event_id` (a stored event) as a prev
+/// event: the event has a child here already, so it is no forward extremity, whatever
+/// order the two came in. The outliers are the state and auth chain a join brought, so
+/// this is mostly the history from before this node joined: an event of it that comes
+/// live after the join (a peer's delayed delivery or forwarding, a peer's extremity
+/// pulled by anti-entropy) joins the timeline on top of what it refers to, but its
+/// child (say the room's current name, or a member's second join) is held only as
+/// state, and no gap pull ever brings that child into the timeline (it is below the
+/// join), so the event would stay a forward extremity no other node has. Children
+/// are deeper than their parents, so only the outliers deeper than the event are
+/// read (none for a new event at the top of the DAG): `depth` is the event's. Both
+/// reference forms are matched: ids (room version 3 on) and `[id, hashes]` pairs
+/// (versions 1 and 2).
+pub fn has_outlier_child(
+    c: &Connection,
+    room_id: &str,
+    event_id: &str,
+    depth: i64,
+) -> Result<bool, Error> {
+    Ok(c.prepare_cached(
+        "SELECT 1 FROM events e, json_each(e.json, '$.prev_events') p
+             WHERE e.room_id = ?1 AND e.status = 'outlier' AND e.depth > ?3
+               AND json_valid(e.json)
+               AND (p.value = ?2 OR (p.type = 'array' AND json_extract(p.value, '$[0]') = ?2))
+             LIMIT 1",
+    )?
+    .exists(params![room_id, event_id, depth])?)
 }
 
 /// A soft-failed or rejected event stored where it was a gap behind a stored event
@@ -697,6 +735,48 @@ mod tests {
         e.txn_device = Some("DEV".into());
         e.txn_id = Some(txn.into());
         e
+    }
+
+    #[test]
+    fn an_event_an_outlier_refers_to_is_no_forward_extremity() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = super::super::Db::open(&dir.path().join("warren.db")).expect("open");
+        // (stream position, id, depth, status, prev_events)
+        let ev = |pos: i64, id: &str, depth: i64, status: EventStatus, prevs: &str| {
+            let mut e = rejected(pos.abs(), "!r:x");
+            e.stream_ordering = pos;
+            e.event_id = id.to_owned();
+            e.depth = depth;
+            e.status = status;
+            e.rejection_reason = None;
+            e.json = format!(r#"{{"prev_events":{prevs}}}"#);
+            e
+        };
+        let outlier = EventStatus::Outlier;
+        db.write(|c| {
+            // Held as state: `$b` (referring to `$a`, room version 3 on) and `$d`
+            // (referring to `$c`, versions 1 and 2: `[id, hashes]`).
+            insert_event(c, &ev(-1, "$b", 5, outlier, r#"["$a"]"#))?;
+            insert_event(c, &ev(-2, "$d", 7, outlier, r#"[["$c",{"sha256":"x"}]]"#))?;
+            assert!(has_outlier_child(c, "!r:x", "$a", 4)?);
+            assert!(has_outlier_child(c, "!r:x", "$c", 6)?);
+            assert!(!has_outlier_child(c, "!r:x", "$b", 5)?, "no child");
+            assert!(!has_outlier_child(c, "!s:x", "$a", 4)?, "another room");
+            assert!(
+                !has_outlier_child(c, "!r:x", "$a", 5)?,
+                "children are deeper than their parents"
+            );
+            // `$a` comes into the timeline late: it is no forward extremity; `$e`, on
+            // top of it, is one.
+            insert_event(c, &ev(3, "$a", 4, EventStatus::Timeline, "[]"))?;
+            update_forward_extremities(c, "!r:x", "$a", &[])?;
+            assert!(!is_forward_extremity(c, "!r:x", "$a")?);
+            insert_event(c, &ev(4, "$e", 5, EventStatus::Timeline, r#"["$a"]"#))?;
+            update_forward_extremities(c, "!r:x", "$e", &["$a".to_owned()])?;
+            assert!(is_forward_extremity(c, "!r:x", "$e")?);
+            Ok(())
+        })
+        .expect("write");
     }
 
     #[test]
