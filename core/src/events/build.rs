@@ -27,6 +27,9 @@ pub struct NewEvent {
     pub redacts: Option<String>,
 }
 
+/// The longest event type or state key peers accept, in bytes (the spec's size limits).
+const MAX_ID_BYTES: usize = 255;
+
 /// Build, hash and sign a PDU. Returns its event id and canonical JSON.
 ///
 /// The references are written in the room version's format (pairs with the referenced
@@ -90,6 +93,17 @@ pub fn build_pdu(
     .map_err(|e| Error::BadJson(format!("cannot sign event: {e}")))?;
     // Never make what peers refuse: the receiving side's format checks (the whole event
     // at most 65,536 bytes; type, state key, sender and room id at most 255) apply here.
+    // A type or state key that is too long is a malformed request (400), not a large one.
+    for (field, value) in [
+        ("type", Some(&ev.kind)),
+        ("state_key", ev.state_key.as_ref()),
+    ] {
+        if value.is_some_and(|v| v.len() > MAX_ID_BYTES) {
+            return Err(Error::InvalidParam(format!(
+                "the event's {field} is longer than {MAX_ID_BYTES} bytes"
+            )));
+        }
+    }
     ruma::state_res::check_pdu_format(&object, &rules.event_format)
         .map_err(|e| Error::TooLarge(format!("event rejected: {e}")))?;
     let hash = reference_hash(&object, rules)

@@ -359,7 +359,7 @@ async fn what_peers_would_refuse_is_refused_here() {
             json!({}),
         )
         .await;
-    expect_error("a 256-byte event type", response, 413, "M_TOO_LARGE").await;
+    expect_error("a 256-byte event type", response, 400, "M_INVALID_PARAM").await;
     let response = fx
         .alice(
             Method::PUT,
@@ -367,7 +367,7 @@ async fn what_peers_would_refuse_is_refused_here() {
             json!({}),
         )
         .await;
-    expect_error("a 256-byte state key", response, 413, "M_TOO_LARGE").await;
+    expect_error("a 256-byte state key", response, 400, "M_INVALID_PARAM").await;
     let response = fx
         .alice(
             Method::PUT,
