@@ -858,8 +858,7 @@ pub(crate) fn receipt_event(receipts: &[storage::Receipt], me: &str) -> Option<V
 }
 
 fn summary(c: &Connection, room_id: &str, me: &str) -> Result<Value, Error> {
-    let joined = storage::count_members(c, room_id, "join")?;
-    let invited = storage::count_members(c, room_id, "invite")?;
+    let (joined, invited) = storage::member_counts(c, room_id)?;
     let mut heroes = storage::some_room_members(c, room_id, "join", me, 5)?;
     if heroes.len() < 5 {
         heroes.extend(storage::some_room_members(

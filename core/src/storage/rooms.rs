@@ -259,6 +259,17 @@ pub fn count_members(c: &Connection, room_id: &str, membership: &str) -> Result<
     )
 }
 
+/// How many members are joined and how many invited (`m.joined_member_count`,
+/// `m.invited_member_count`), in one pass over the room's members.
+pub fn member_counts(c: &Connection, room_id: &str) -> Result<(i64, i64), Error> {
+    Ok(c.prepare_cached(
+        "SELECT COUNT(*) FILTER (WHERE membership = 'join'),
+                COUNT(*) FILTER (WHERE membership = 'invite')
+         FROM memberships WHERE room_id = ?1",
+    )?
+    .query_row([room_id], |r| Ok((r.get(0)?, r.get(1)?)))?)
+}
+
 /// Hide a left room from the user's sync.
 pub fn forget_room(c: &Connection, room_id: &str, user_id: &str) -> Result<(), Error> {
     c.execute(
@@ -341,4 +352,33 @@ pub fn first_members(
     )?;
     let rows = st.query_map(params![room_id, exclude, limit as i64], |r| r.get(0))?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_counts_count_joined_and_invited_members_of_one_room() -> Result<(), Error> {
+        let dir = tempfile::tempdir().map_err(Error::internal)?;
+        let db = super::super::Db::open(&dir.path().join("warren.db")).map_err(Error::internal)?;
+        db.write(|c| {
+            let rows = [
+                ("!r:x", "@a:x", "join"),
+                ("!r:x", "@b:x", "join"),
+                ("!r:x", "@c:x", "invite"),
+                ("!r:x", "@d:x", "leave"),
+                ("!r:x", "@e:x", "ban"),
+                ("!r:x", "@f:x", "knock"),
+                ("!s:x", "@a:x", "invite"),
+            ];
+            for (pos, (room, user, membership)) in (1..).zip(rows) {
+                set_membership(c, room, user, membership, &format!("$e{pos}"), pos)?;
+            }
+            assert_eq!(member_counts(c, "!r:x")?, (2, 1));
+            assert_eq!(member_counts(c, "!s:x")?, (0, 1));
+            assert_eq!(member_counts(c, "!none:x")?, (0, 0));
+            Ok(())
+        })
+    }
 }

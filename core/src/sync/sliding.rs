@@ -893,6 +893,7 @@ fn joined_room(
 
     let mut body = room_meta(c, me, room_id)?;
     let (notifications, highlights) = storage::unread_counts(c, room_id, me)?;
+    let (joined, invited) = storage::member_counts(c, room_id)?;
     let start = timeline
         .first()
         .map(|e| e.stream_ordering - 1)
@@ -903,8 +904,8 @@ fn joined_room(
         "prev_batch": SyncToken::at(start).to_string(),
         "limited": limited,
         "num_live": if sent.is_some() { timeline.len() } else { 0 },
-        "joined_count": storage::count_members(c, room_id, "join")?,
-        "invited_count": storage::count_members(c, room_id, "invite")?,
+        "joined_count": joined,
+        "invited_count": invited,
         "notification_count": notifications,
         "highlight_count": highlights,
         "bump_stamp": cand.bump,
