@@ -502,17 +502,23 @@ fn build(
         to_device: keys.to_device_up_to,
         ..now
     };
-    let rest = json!({
-        "account_data": {"events": account_data},
-        "presence": {"events": presence},
-        "to_device": {"events": keys.to_device},
-        "device_lists": {"changed": keys.device_lists.changed, "left": keys.device_lists.left},
-        "device_one_time_keys_count": keys.one_time_key_counts,
-        "device_unused_fallback_key_types": keys.unused_fallback_key_types,
-    });
-    let Value::Object(rest) = rest else {
-        unreachable!("json! of an object is an object")
-    };
+    let rest = Map::from_iter([
+        ("account_data".into(), json!({"events": account_data})),
+        ("presence".into(), json!({"events": presence})),
+        ("to_device".into(), json!({"events": keys.to_device})),
+        (
+            "device_lists".into(),
+            json!({"changed": keys.device_lists.changed, "left": keys.device_lists.left}),
+        ),
+        (
+            "device_one_time_keys_count".into(),
+            keys.one_time_key_counts,
+        ),
+        (
+            "device_unused_fallback_key_types".into(),
+            json!(keys.unused_fallback_key_types),
+        ),
+    ]);
     let body = SyncBody {
         next_batch: next_batch.to_string(),
         rooms,

@@ -468,7 +468,7 @@ pub(super) fn persist_accepted(c: &Connection, a: Accepted<'_>) -> Result<i64, E
         replace_current_state(c, room_id, &state, group, pos)?;
     }
     let prev: Vec<String> = pdu.prev_events.iter().map(|e| e.to_string()).collect();
-    storage::update_forward_extremities(c, room_id, pdu.event_id.as_str(), &prev)?;
+    storage::update_forward_extremities(c, room_id, pdu.event_id.as_str(), pdu.depth, &prev)?;
     if let Some(t) = txn {
         storage::insert_txn(c, &stored.sender, t.device, t.key, stored.stream_ordering)?;
     }

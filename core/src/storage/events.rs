@@ -504,19 +504,12 @@ pub fn update_forward_extremities(
     c: &Connection,
     room_id: &str,
     event_id: &str,
+    depth: i64,
     prev_events: &[String],
 ) -> Result<(), Error> {
     remove_prev_extremities(c, room_id, prev_events)?;
     let was_gap = crate::storage::remove_backfill_extremity(c, room_id, event_id)?;
-    let depth: Option<i64> = c
-        .prepare_cached("SELECT depth FROM events WHERE event_id = ?1")?
-        .query_row([event_id], |r| r.get(0))
-        .optional()?;
-    let has_child = match depth {
-        Some(depth) => has_outlier_child(c, room_id, event_id, depth)?,
-        None => false,
-    };
-    if !was_gap && !has_child {
+    if !was_gap && !has_outlier_child(c, room_id, event_id, depth)? {
         c.prepare_cached(
             "INSERT OR IGNORE INTO forward_extremities (room_id, event_id) VALUES (?1, ?2)",
         )?
@@ -769,10 +762,10 @@ mod tests {
             // `$a` comes into the timeline late: it is no forward extremity; `$e`, on
             // top of it, is one.
             insert_event(c, &ev(3, "$a", 4, EventStatus::Timeline, "[]"))?;
-            update_forward_extremities(c, "!r:x", "$a", &[])?;
+            update_forward_extremities(c, "!r:x", "$a", 4, &[])?;
             assert!(!is_forward_extremity(c, "!r:x", "$a")?);
             insert_event(c, &ev(4, "$e", 5, EventStatus::Timeline, r#"["$a"]"#))?;
-            update_forward_extremities(c, "!r:x", "$e", &["$a".to_owned()])?;
+            update_forward_extremities(c, "!r:x", "$e", 5, &["$a".to_owned()])?;
             assert!(is_forward_extremity(c, "!r:x", "$e")?);
             Ok(())
         })
