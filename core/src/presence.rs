@@ -10,7 +10,10 @@
 //! [`ACTIVITY_GRANULARITY`]), so a syncing client does not wake everyone up.
 //!
 //! Remote presence arrives in `m.presence` EDUs and is accepted only for users of the
-//! sending server who share a room with a local user.
+//! sending server who share a room with a local user. Presence of a user who shares
+//! none yet is held back (bounded: `storage::MAX_PENDING_PRESENCE` rows, ten minutes):
+//! the server that stored a join sends its members' presence at once, often before the
+//! joining node has stored the join itself; the join places it ([`on_join`]).
 
 use std::time::Duration;
 
@@ -187,7 +190,9 @@ pub fn on_join(c: &Connection, room_id: &str, user_id: &str) -> Result<(), Error
         return Ok(());
     };
     let now = now_ms();
-    if storage::user_exists(c, user_id)? {
+    let local = storage::user_exists(c, user_id)?;
+    place_held(c, room_id, user_id, local, now)?;
+    if local {
         let Some(p) = storage::presence(c, user_id)? else {
             return Ok(());
         };
@@ -219,6 +224,37 @@ pub fn on_join(c: &Connection, room_id: &str, user_id: &str) -> Result<(), Error
     if !push.is_empty() {
         let edu = json!({ "edu_type": "m.presence", "content": { "push": push } });
         storage::enqueue_edu(c, user_server, &edu)?;
+    }
+    Ok(())
+}
+
+/// Place presence held back by [`receive`] whose user now shares `room_id` with a local
+/// user: every held member of the room when a local user joins, the joining user when a
+/// remote one joins a room with local members.
+fn place_held(
+    c: &Connection,
+    room_id: &str,
+    user_id: &str,
+    local: bool,
+    now: i64,
+) -> Result<(), Error> {
+    let users = if local {
+        storage::pending_presence_in_room(c, room_id)?
+    } else if storage::has_pending_presence(c, user_id)?
+        && !storage::joined_local_members(c, room_id)?.is_empty()
+    {
+        vec![user_id.to_owned()]
+    } else {
+        return Ok(());
+    };
+    for user in users {
+        if let Some(p) = storage::take_pending_presence(c, &user, now)? {
+            let p = PresenceRow {
+                stream_ordering: next_stream_position(c)?,
+                ..p
+            };
+            storage::set_presence(c, &p)?;
+        }
     }
     Ok(())
 }
@@ -341,9 +377,6 @@ pub fn receive(server: &Server, origin: &str, content: &Value) -> Result<(), Err
             let Some(state) = entry["presence"].as_str().filter(|s| valid_state(s)) else {
                 continue;
             };
-            if !storage::shares_room_with_server(tx, user_id, own)? {
-                continue;
-            }
             let ago = entry["last_active_ago"].as_i64().unwrap_or(0).clamp(0, now);
             let status_msg = entry["status_msg"]
                 .as_str()
@@ -357,6 +390,12 @@ pub fn receive(server: &Server, origin: &str, content: &Value) -> Result<(), Err
                 currently_active: entry["currently_active"].as_bool().unwrap_or(false),
                 stream_ordering: 0,
             };
+            if !storage::shares_room_with_server(tx, user_id, own)? {
+                // The join that makes us share a room may still be on its way (the
+                // server that stored it sends presence at once): hold it until then.
+                storage::hold_presence(tx, &new, now)?;
+                continue;
+            }
             let old = storage::presence(tx, user_id)?;
             let significant = old.as_ref().is_none_or(|o| {
                 o.state != new.state
@@ -375,4 +414,106 @@ pub fn receive(server: &Server, origin: &str, content: &Value) -> Result<(), Err
         }
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::rooms::{CreateRoom, create_room};
+
+    fn edu(users: &[String]) -> Value {
+        json!({ "push": users.iter().map(|u| json!({
+            "user_id": u, "presence": "online", "last_active_ago": 5,
+        })).collect::<Vec<_>>() })
+    }
+
+    #[tokio::test]
+    async fn presence_that_arrives_before_the_join_is_placed_by_the_join() {
+        let (_dir, node) = crate::test_support::node().await;
+        let server = node.server().clone();
+        let bob = server.user_id("bob");
+        let remote = "a".repeat(64);
+        let alice = format!("@alice:{remote}");
+        let room = server
+            .write(|tx| {
+                storage::create_user(tx, &bob, None, false, "bob")?;
+                create_room(tx, &server, &bob, CreateRoom::default())
+            })
+            .expect("create");
+
+        // Alice's server sends her presence before this node has stored her join.
+        receive(&server, &remote, &edu(std::slice::from_ref(&alice))).expect("receive");
+        let (held, placed) = server
+            .db
+            .read(|c| {
+                Ok((
+                    storage::pending_presence_count(c)?,
+                    storage::presence(c, &alice)?,
+                ))
+            })
+            .expect("read");
+        assert_eq!((held, placed), (1, None));
+
+        // The join makes them share a room: the presence is placed, with a new position.
+        server
+            .write(|tx| {
+                let pos = next_stream_position(tx)?;
+                crate::rooms::set_membership(tx, &room, &alice, "join", "$join", pos)
+            })
+            .expect("join");
+        let (held, placed) = server
+            .db
+            .read(|c| {
+                Ok((
+                    storage::pending_presence_count(c)?,
+                    storage::presence(c, &alice)?,
+                ))
+            })
+            .expect("read");
+        assert_eq!(held, 0);
+        let placed = placed.expect("placed");
+        assert_eq!(placed.state, "online");
+        assert!(placed.stream_ordering > 0);
+        let shown = server
+            .db
+            .read(|c| for_sync(c, &bob, 0, i64::MAX, None))
+            .expect("sync");
+        assert!(
+            shown.iter().any(|e| e["sender"] == alice.as_str()),
+            "{shown:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn held_presence_is_bounded_in_rows_and_age() {
+        let (_dir, node) = crate::test_support::node().await;
+        let server = node.server().clone();
+        let remote = "b".repeat(64);
+        let users: Vec<String> = (0..storage::MAX_PENDING_PRESENCE + 50)
+            .map(|i| format!("@u{i}:{remote}"))
+            .collect();
+        for chunk in users.chunks(MAX_PUSH) {
+            receive(&server, &remote, &edu(chunk)).expect("receive");
+        }
+        let held = server
+            .db
+            .read(storage::pending_presence_count)
+            .expect("count");
+        assert_eq!(held, storage::MAX_PENDING_PRESENCE);
+
+        // A row held longer than the time to live is not placed, and goes.
+        let now = now_ms();
+        let stale = server
+            .write(|tx| {
+                storage::take_pending_presence(
+                    tx,
+                    users.last().expect("user"),
+                    now + storage::PENDING_PRESENCE_TTL_MS + 1,
+                )
+            })
+            .expect("take");
+        assert_eq!(stale, None);
+    }
 }

@@ -824,6 +824,20 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX mailbox_deposits_by_owner ON mailbox_deposits(owner, id);
     CREATE INDEX mailbox_deposits_by_age ON mailbox_deposits(received_ts);
     "#,
+    // 29: remote presence held back because its user shared no room with a local user
+    // yet (a join still being stored); placed into `presence` when a join makes them
+    // share one. Bounded in rows and age (`storage/presence.rs`).
+    r#"
+    CREATE TABLE presence_pending (
+        user_id TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        status_msg TEXT,
+        last_active_ts INTEGER NOT NULL,
+        currently_active INTEGER NOT NULL DEFAULT 0,
+        received_ts INTEGER NOT NULL
+    );
+    CREATE INDEX presence_pending_by_age ON presence_pending(received_ts);
+    "#,
 ];
 
 /// The schema version this build writes.

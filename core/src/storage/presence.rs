@@ -130,3 +130,83 @@ pub fn joined_members(c: &Connection, room_id: &str) -> Result<Vec<String>, Erro
     let rows = st.query_map([room_id], |r| r.get(0))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
+
+/// Most remote presence rows held back for users who share no room yet; past it the
+/// longest-held go. What is lost is refreshed by the user's next change.
+pub const MAX_PENDING_PRESENCE: i64 = 1000;
+/// How long a held-back presence row is worth placing (ms): the join that makes its
+/// user share a room follows within seconds.
+pub const PENDING_PRESENCE_TTL_MS: i64 = 10 * 60 * 1000;
+
+/// Hold a remote user's presence (its `stream_ordering` is ignored) until a join makes
+/// them share a room; drops expired rows and the longest-held beyond the cap.
+pub fn hold_presence(c: &Connection, p: &PresenceRow, now: i64) -> Result<(), Error> {
+    c.prepare_cached(
+        "INSERT OR REPLACE INTO presence_pending
+             (user_id, state, status_msg, last_active_ts, currently_active, received_ts)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        p.user_id,
+        p.state,
+        p.status_msg,
+        p.last_active_ts,
+        p.currently_active,
+        now
+    ])?;
+    c.prepare_cached("DELETE FROM presence_pending WHERE received_ts < ?1")?
+        .execute([now - PENDING_PRESENCE_TTL_MS])?;
+    c.prepare_cached(
+        "DELETE FROM presence_pending WHERE user_id IN (
+             SELECT user_id FROM presence_pending ORDER BY received_ts DESC, user_id
+             LIMIT -1 OFFSET ?1)",
+    )?
+    .execute([MAX_PENDING_PRESENCE])?;
+    Ok(())
+}
+
+/// Take the held-back presence of `user_id`, if any is still fresh at `now`.
+pub fn take_pending_presence(
+    c: &Connection,
+    user_id: &str,
+    now: i64,
+) -> Result<Option<PresenceRow>, Error> {
+    let held = c
+        .prepare_cached(
+            "DELETE FROM presence_pending WHERE user_id = ?1
+             RETURNING user_id, state, status_msg, last_active_ts, currently_active, received_ts",
+        )?
+        .query_row([user_id], row)
+        .optional()?;
+    // `row` read `received_ts` into `stream_ordering`: judge freshness by it, then clear it.
+    Ok(held
+        .filter(|p| p.stream_ordering >= now - PENDING_PRESENCE_TTL_MS)
+        .map(|p| PresenceRow {
+            stream_ordering: 0,
+            ..p
+        }))
+}
+
+/// Users with held-back presence who are joined to `room_id`.
+pub fn pending_presence_in_room(c: &Connection, room_id: &str) -> Result<Vec<String>, Error> {
+    let mut st = c.prepare_cached(
+        "SELECT p.user_id FROM presence_pending p JOIN memberships m
+             ON m.user_id = p.user_id AND m.room_id = ?1 AND m.membership = 'join'",
+    )?;
+    let rows = st.query_map([room_id], |r| r.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Whether any presence is held back for `user_id` (a primary-key lookup: the common
+/// answer on every join is no).
+pub fn has_pending_presence(c: &Connection, user_id: &str) -> Result<bool, Error> {
+    Ok(
+        c.prepare_cached("SELECT 1 FROM presence_pending WHERE user_id = ?1")?
+            .exists([user_id])?,
+    )
+}
+
+/// How many presence rows are held back (for tests and metrics).
+pub fn pending_presence_count(c: &Connection) -> Result<i64, Error> {
+    Ok(c.query_row("SELECT count(*) FROM presence_pending", [], |r| r.get(0))?)
+}
