@@ -528,7 +528,8 @@ pub fn update_forward_extremities(
 /// state, and no gap pull ever brings that child into the timeline (it is below the
 /// join), so the event would stay a forward extremity no other node has. Children
 /// are deeper than their parents, so only the outliers deeper than the event are
-/// read (none for a new event at the top of the DAG): `depth` is the event's. Both
+/// read (none for a new event at the top of the DAG; index `events_outlier_depth`):
+/// `depth` is the event's. Both
 /// reference forms are matched: ids (room version 3 on) and `[id, hashes]` pairs
 /// (versions 1 and 2).
 pub fn has_outlier_child(
@@ -537,15 +538,16 @@ pub fn has_outlier_child(
     event_id: &str,
     depth: i64,
 ) -> Result<bool, Error> {
-    Ok(c.prepare_cached(
-        "SELECT 1 FROM events e, json_each(e.json, '$.prev_events') p
-             WHERE e.room_id = ?1 AND e.status = 'outlier' AND e.depth > ?3
-               AND json_valid(e.json)
-               AND (p.value = ?2 OR (p.type = 'array' AND json_extract(p.value, '$[0]') = ?2))
-             LIMIT 1",
-    )?
-    .exists(params![room_id, event_id, depth])?)
+    Ok(c.prepare_cached(OUTLIER_CHILD)?
+        .exists(params![room_id, event_id, depth])?)
 }
+
+/// [`has_outlier_child`]'s query: `(room, event id, depth)`.
+const OUTLIER_CHILD: &str = "SELECT 1 FROM events e, json_each(e.json, '$.prev_events') p
+     WHERE e.room_id = ?1 AND e.status = 'outlier' AND e.depth > ?3
+       AND json_valid(e.json)
+       AND (p.value = ?2 OR (p.type = 'array' AND json_extract(p.value, '$[0]') = ?2))
+     LIMIT 1";
 
 /// A soft-failed or rejected event stored where it was a gap behind a stored event
 /// (a backward extremity): the gap is closed, and its prev events stop being forward
@@ -728,6 +730,25 @@ mod tests {
         e.txn_device = Some("DEV".into());
         e.txn_id = Some(txn.into());
         e
+    }
+
+    /// Run on every persisted event: it must read only the room's outliers deeper than
+    /// the event, never the room's history.
+    #[test]
+    fn the_outlier_child_check_reads_only_deeper_outliers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = super::super::Db::open(&dir.path().join("warren.db")).expect("open");
+        let plan = db
+            .read(|c| {
+                let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {OUTLIER_CHILD}"))?;
+                let rows = st.query_map(params!["!r:x", "$a", 4], |r| r.get::<_, String>(3))?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?.join("\n"))
+            })
+            .expect("plan");
+        assert!(
+            plan.contains("USING INDEX events_outlier_depth (room_id=? AND depth>?)"),
+            "{plan}"
+        );
     }
 
     #[test]
