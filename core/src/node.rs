@@ -144,6 +144,7 @@ impl Node {
             admin_token: Default::default(),
             sliding: Default::default(),
             initial_syncs: Default::default(),
+            room_sections: Default::default(),
             limiter,
             joins: crate::keyed::KeyedPermits::new(1, crate::rooms::MAX_ROOMS_JOINING),
             appservices: crate::appservice::AppServices::new(appservices),

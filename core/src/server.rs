@@ -81,6 +81,8 @@ pub struct Server {
     pub sliding: crate::sync::sliding::Connections,
     /// The last initial `/sync` answers (see [`crate::sync::initial_cache`]).
     pub initial_syncs: crate::sync::initial_cache::InitialSyncCache,
+    /// Rooms as initial syncs last showed them (see [`crate::sync::room_cache`]).
+    pub room_sections: crate::sync::room_cache::RoomSectionCache,
     /// Rate-limit buckets (per user, client address and peer).
     pub limiter: crate::ratelimit::Limiter,
     /// One join at a time per room (see [`crate::membership::join`]).

@@ -28,10 +28,13 @@ use crate::streams::SyncToken;
 
 mod body;
 pub mod initial_cache;
+pub mod room_cache;
 pub mod sliding;
 
 pub use body::SyncBody;
 use body::{Events, RoomSection, Rooms, Timeline};
+#[cfg(test)]
+mod room_cache_tests;
 #[cfg(test)]
 mod wake_tests;
 
@@ -615,6 +618,117 @@ fn joined_room(
     } else {
         since.map(|s| s.pos).unwrap_or(0)
     };
+    let shown = if since.is_none() {
+        // An initial sync: the room as this user last saw it, if its events are the same.
+        let key = room_cache::Key {
+            user_id: caller.user_id.clone(),
+            room_id: room_id.to_owned(),
+            filters: serde_json::to_string(&(&filter.room.timeline, &filter.room.state))?,
+        };
+        let (newest, oldest) = storage::room_span(c, room_id, now.pos)?;
+        let span = room_cache::Span { newest, oldest };
+        match server.room_sections.get(&key, span, &caller.device_id) {
+            Some(section) => Shown {
+                has_events: !section.timeline.is_empty() || !section.state.is_empty(),
+                members_changed: true,
+                section,
+            },
+            None => {
+                let (shown, echoes) = shown(c, caller, room_id, since_pos, now, filter, full)?;
+                server
+                    .room_sections
+                    .put(key, span, echoes, shown.section.clone());
+                shown
+            }
+        }
+    } else {
+        shown(c, caller, room_id, since_pos, now, filter, full)?.0
+    };
+
+    let typing_users = if filter.room.ephemeral.limit == Some(0) {
+        None
+    } else {
+        server.notifier.typing_since(
+            room_id,
+            since.map(|s| s.typing).unwrap_or(0),
+            since.is_none(),
+        )
+    };
+    let receipts = storage::receipts_since(
+        c,
+        room_id,
+        if since.is_some() { since_pos } else { 0 },
+        now.pos,
+    )?;
+
+    let mut ephemeral = Vec::new();
+    if let Some(users) = &typing_users {
+        ephemeral.push(json!({"type": "m.typing", "content": {"user_ids": users}}));
+    }
+    if let Some(r) = receipt_event(&receipts, &caller.user_id) {
+        ephemeral.push(r);
+    }
+    let has_data = shown.has_events || !ephemeral.is_empty() || !room_data.is_empty();
+    if !has_data && since.is_some() && !full {
+        return Ok(None);
+    }
+    let (notifications, highlights) = storage::unread_counts(c, room_id, &caller.user_id)?;
+    let mut account_data = Vec::new();
+    for (ty, content) in room_data {
+        account_data.push(json!({"type": ty, "content": serde_json::from_str::<Value>(&content)?}));
+    }
+    let mut rest = Map::new();
+    rest.insert("ephemeral".into(), json!({"events": ephemeral}));
+    rest.insert("account_data".into(), json!({"events": account_data}));
+    rest.insert(
+        "unread_notifications".into(),
+        json!({"notification_count": notifications, "highlight_count": highlights}),
+    );
+    // The summary only changes with membership; clients keep the last one they saw, so
+    // an incremental sync whose timeline holds no member event leaves it out (as Synapse
+    // does) instead of counting the members on every wake-up.
+    if shown.members_changed {
+        rest.insert("summary".into(), summary(c, room_id, &caller.user_id)?);
+    }
+    let section = shown.section;
+    let body = RoomSection {
+        timeline: Timeline {
+            events: section.timeline,
+            limited: section.limited,
+            prev_batch: section.prev_batch,
+        },
+        state: Events {
+            events: section.state,
+        },
+        rest,
+    };
+    Ok(Some((body, has_data)))
+}
+
+/// A room's rendered timeline and state, and what the rest of its section needs to know
+/// of them.
+struct Shown {
+    section: room_cache::Section,
+    /// Whether the timeline or the state holds an event.
+    has_events: bool,
+    /// Whether the summary is due (see its use).
+    members_changed: bool,
+}
+
+/// Build a room's timeline (the newest events the user may see, after `since_pos`) and
+/// state (full at the start of the timeline when `full`, the delta since `since_pos` when
+/// the timeline is limited, nothing otherwise: it is in the timeline), rendered; with
+/// the devices the rendering echoes transaction ids to (see [`room_cache`]).
+#[allow(clippy::too_many_arguments)]
+fn shown(
+    c: &Connection,
+    caller: &Requester,
+    room_id: &str,
+    since_pos: i64,
+    now: SyncToken,
+    filter: &Filter,
+    full: bool,
+) -> Result<(Shown, room_cache::Echoes), Error> {
     let limit = filter.room.timeline.limit.unwrap_or(10).clamp(1, 100);
     // A room seen for the first time may show events from before the user joined: those
     // are judged by history visibility. After the join, everything is visible.
@@ -658,24 +772,6 @@ fn joined_room(
     fetched.reverse();
     let timeline: Vec<StoredEvent> = fetched;
 
-    let typing_users = if filter.room.ephemeral.limit == Some(0) {
-        None
-    } else {
-        server.notifier.typing_since(
-            room_id,
-            since.map(|s| s.typing).unwrap_or(0),
-            since.is_none(),
-        )
-    };
-    let receipts = storage::receipts_since(
-        c,
-        room_id,
-        if since.is_some() { since_pos } else { 0 },
-        now.pos,
-    )?;
-
-    // State: full at the start of the timeline for initial/newly joined rooms, the delta
-    // since `since` when the timeline is limited, nothing otherwise (it is in the timeline).
     let timeline_start = timeline
         .first()
         .map(|e| e.stream_ordering - 1)
@@ -695,59 +791,52 @@ fn joined_room(
     } else {
         Vec::new()
     };
-
-    let mut ephemeral = Vec::new();
-    if let Some(users) = &typing_users {
-        ephemeral.push(json!({"type": "m.typing", "content": {"user_ids": users}}));
-    }
-    if let Some(r) = receipt_event(&receipts, &caller.user_id) {
-        ephemeral.push(r);
-    }
-    let has_data = !timeline.is_empty()
-        || !state_events.is_empty()
-        || !ephemeral.is_empty()
-        || !room_data.is_empty();
-    if !has_data && since.is_some() && !full {
-        return Ok(None);
-    }
-    let (notifications, highlights) = storage::unread_counts(c, room_id, &caller.user_id)?;
-    let mut account_data = Vec::new();
-    for (ty, content) in room_data {
-        account_data.push(json!({"type": ty, "content": serde_json::from_str::<Value>(&content)?}));
-    }
-    let mut rest = Map::new();
-    rest.insert("ephemeral".into(), json!({"events": ephemeral}));
-    rest.insert("account_data".into(), json!({"events": account_data}));
-    rest.insert(
-        "unread_notifications".into(),
-        json!({"notification_count": notifications, "highlight_count": highlights}),
-    );
-    // The summary only changes with membership; clients keep the last one they saw, so
-    // an incremental sync whose timeline holds no member event leaves it out (as Synapse
-    // does) instead of counting the members on every wake-up.
     let members_changed = full
         || limited
         || timeline.iter().any(|e| e.kind == "m.room.member")
         || state_events.iter().any(|e| e.kind == "m.room.member");
-    if members_changed {
-        rest.insert("summary".into(), summary(c, room_id, &caller.user_id)?);
-    }
+    let echoes = echoes(timeline.iter().chain(&state_events), caller);
     let events = match vis {
         Some(vis) => {
             crate::relations::render_raw_in_room(c, &timeline, sync_opts(caller), Some(&vis))?
         }
         None => raw_timeline_events(c, room_id, &timeline, caller)?,
     };
-    let body = RoomSection {
-        timeline: Timeline {
-            events,
+    let shown = Shown {
+        has_events: !timeline.is_empty() || !state_events.is_empty(),
+        members_changed,
+        section: room_cache::Section {
+            timeline: events,
             limited,
             prev_batch: SyncToken::at(timeline_start).to_string(),
+            state: rendered(&state_events, caller).events,
         },
-        state: rendered(&state_events, caller),
-        rest,
     };
-    Ok(Some((body, has_data)))
+    Ok((shown, echoes))
+}
+
+/// The caller's devices whose transaction ids `events` carry: a rendering of them
+/// echoes them to those devices only (see [`room_cache`]).
+fn echoes<'a>(
+    events: impl Iterator<Item = &'a StoredEvent>,
+    caller: &Requester,
+) -> room_cache::Echoes {
+    let mut senders: Vec<String> = Vec::new();
+    for e in events {
+        if e.sender == caller.user_id
+            && e.txn_id.is_some()
+            && let Some(d) = &e.txn_device
+            && !senders.contains(d)
+        {
+            senders.push(d.clone());
+        }
+    }
+    room_cache::Echoes {
+        device: senders
+            .contains(&caller.device_id)
+            .then(|| caller.device_id.clone()),
+        senders,
+    }
 }
 
 /// Timeline events with their bundled aggregations (edits, threads, references), counted

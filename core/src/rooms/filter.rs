@@ -1,12 +1,12 @@
 //! Room event filters (the spec's `RoomEventFilter`, the subset clients use).
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::storage::{self, StoredEvent};
 
 /// Event filter for `/messages` and `/context` (the RoomEventFilter subset clients use).
-#[derive(Deserialize, Default, Clone)]
+#[derive(Deserialize, Serialize, Default, Clone)]
 pub struct RoomEventFilter {
     pub limit: Option<usize>,
     pub types: Option<Vec<String>>,

@@ -542,6 +542,22 @@ pub fn has_outlier_child(
         .exists(params![room_id, event_id, depth])?)
 }
 
+/// The newest and oldest stream positions of a room's events up to `up_to` (index
+/// `events_room_stream`, two seeks): what a cached sync section of the room was built
+/// from (see `sync::room_cache`).
+pub fn room_span(
+    c: &Connection,
+    room_id: &str,
+    up_to: i64,
+) -> Result<(Option<i64>, Option<i64>), Error> {
+    Ok(c.prepare_cached(
+        "SELECT (SELECT max(stream_ordering) FROM events
+                 WHERE room_id = ?1 AND stream_ordering <= ?2),
+                (SELECT min(stream_ordering) FROM events WHERE room_id = ?1)",
+    )?
+    .query_row(params![room_id, up_to], |r| Ok((r.get(0)?, r.get(1)?)))?)
+}
+
 /// [`has_outlier_child`]'s query: `(room, event id, depth)`.
 const OUTLIER_CHILD: &str = "SELECT 1 FROM events e, json_each(e.json, '$.prev_events') p
      WHERE e.room_id = ?1 AND e.status = 'outlier' AND e.depth > ?3

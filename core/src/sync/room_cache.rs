@@ -1,0 +1,311 @@
+//! The rendered timeline and state of each room as an initial `/sync` last showed it to a
+//! user, kept per (user, room, timeline and state filters), so that the next initial
+//! sync of that user (a new device logging in, an app restarted without its token)
+//! builds only what changed: rooms whose events did not move are copied, not read,
+//! judged by visibility and rendered again. What is per device or per request (unread
+//! counts, receipts, typing, account data, the summary) is always built fresh.
+//!
+//! A section is served again only while the room's events are the ones it was built
+//! from: the room's newest and oldest stream positions up to the sync's token
+//! ([`Span`], two index lookups). Every change a section shows comes with a room event
+//! of its own: a new message or state, a membership (which moves history visibility),
+//! an edit or reaction (bundled aggregations), a redaction (which also rewrites its
+//! target in place), backfilled history (older positions). A section is personal only
+//! through `unsigned.transaction_id`, echoed to the device that sent an event: one that
+//! echoes none serves any device that sent none of its events; one that echoes some
+//! serves only that device. Times inside it (`unsigned.age`) are as of the build, so a
+//! section older than [`MAX_AGE`] is built again.
+//!
+//! Bounds: [`MAX_ENTRIES`] sections and [`MAX_BYTES`] of rendered events in all, least
+//! recently used dropped first; a section larger than [`MAX_SECTION_BYTES`] is not kept.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde_json::value::RawValue;
+
+/// Sections kept at most.
+pub const MAX_ENTRIES: usize = 2048;
+/// Bytes of rendered events kept at most, all sections together.
+pub const MAX_BYTES: usize = 8 * 1024 * 1024;
+/// The largest section kept.
+pub const MAX_SECTION_BYTES: usize = 512 * 1024;
+/// A section older than this is built again even if its room did not change.
+pub const MAX_AGE: Duration = Duration::from_secs(60);
+
+/// Whose view of which room, under which filters.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub user_id: String,
+    pub room_id: String,
+    /// The timeline and state filters, serialised.
+    pub filters: String,
+}
+
+/// The room's events a section was built from: the newest and oldest stream positions
+/// of the room's events up to the sync's token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    pub newest: Option<i64>,
+    pub oldest: Option<i64>,
+}
+
+/// A room's rendered `timeline` and `state`.
+#[derive(Clone, Debug)]
+pub struct Section {
+    pub timeline: Vec<Box<RawValue>>,
+    pub limited: bool,
+    pub prev_batch: String,
+    pub state: Vec<Box<RawValue>>,
+}
+
+impl Section {
+    fn bytes(&self) -> usize {
+        self.timeline
+            .iter()
+            .chain(&self.state)
+            .map(|e| e.get().len())
+            .sum::<usize>()
+            + self.prev_batch.len()
+    }
+}
+
+/// Which devices a section may be shown to (see the module's comment).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Echoes {
+    /// The device whose transaction ids the section echoes, if any.
+    pub device: Option<String>,
+    /// Every device of the user that sent an event of the section (its transaction id
+    /// would be echoed to that device).
+    pub senders: Vec<String>,
+}
+
+impl Echoes {
+    fn serves(&self, device_id: &str) -> bool {
+        match &self.device {
+            Some(d) => d == device_id,
+            None => !self.senders.iter().any(|d| d == device_id),
+        }
+    }
+}
+
+struct Entry {
+    span: Span,
+    echoes: Echoes,
+    at: Instant,
+    section: Section,
+    bytes: usize,
+    used: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    entries: HashMap<Key, Entry>,
+    bytes: usize,
+    clock: u64,
+}
+
+impl Inner {
+    fn remove(&mut self, key: &Key) {
+        if let Some(e) = self.entries.remove(key) {
+            self.bytes -= e.bytes;
+        }
+    }
+}
+
+/// The cache (one per node).
+#[derive(Default)]
+pub struct RoomSectionCache {
+    inner: Mutex<Inner>,
+}
+
+impl RoomSectionCache {
+    /// The section for `key` if it was built from exactly the room's events `span` and
+    /// may be shown to `device_id`. An entry that no longer matches its room is dropped.
+    pub fn get(&self, key: &Key, span: Span, device_id: &str) -> Option<Section> {
+        let mut inner = self.inner.lock();
+        inner.clock += 1;
+        let clock = inner.clock;
+        let e = inner.entries.get_mut(key)?;
+        if e.span != span || e.at.elapsed() >= MAX_AGE {
+            inner.remove(key);
+            return None;
+        }
+        if !e.echoes.serves(device_id) {
+            return None;
+        }
+        e.used = clock;
+        Some(e.section.clone())
+    }
+
+    /// Keep a section built from `span`, dropping the least recently used to stay within
+    /// the bounds.
+    pub fn put(&self, key: Key, span: Span, echoes: Echoes, section: Section) {
+        let bytes = section.bytes();
+        if bytes > MAX_SECTION_BYTES {
+            return;
+        }
+        let mut inner = self.inner.lock();
+        inner.remove(&key);
+        while inner.entries.len() >= MAX_ENTRIES || inner.bytes + bytes > MAX_BYTES {
+            let Some(oldest) = inner
+                .entries
+                .iter()
+                .min_by_key(|(_, e)| e.used)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            inner.remove(&oldest);
+        }
+        inner.clock += 1;
+        let used = inner.clock;
+        inner.bytes += bytes;
+        inner.entries.insert(
+            key,
+            Entry {
+                span,
+                echoes,
+                at: Instant::now(),
+                section,
+                bytes,
+                used,
+            },
+        );
+    }
+
+    /// Drop every section of a user (deactivation, logout everywhere).
+    pub fn forget_user(&self, user_id: &str) {
+        let mut inner = self.inner.lock();
+        let gone: Vec<Key> = inner
+            .entries
+            .keys()
+            .filter(|k| k.user_id == user_id)
+            .cloned()
+            .collect();
+        for k in gone {
+            inner.remove(&k);
+        }
+    }
+
+    /// Sections kept now and their rendered bytes.
+    pub fn usage(&self) -> (usize, usize) {
+        let inner = self.inner.lock();
+        (inner.entries.len(), inner.bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(room: &str) -> Key {
+        Key {
+            user_id: "@u:x".into(),
+            room_id: room.into(),
+            filters: String::new(),
+        }
+    }
+
+    fn section(bytes: usize) -> Section {
+        let text = format!("\"{}\"", "a".repeat(bytes.saturating_sub(2)));
+        Section {
+            timeline: vec![RawValue::from_string(text).expect("json")],
+            limited: false,
+            prev_batch: String::new(),
+            state: Vec::new(),
+        }
+    }
+
+    const SPAN: Span = Span {
+        newest: Some(10),
+        oldest: Some(1),
+    };
+
+    fn anyone() -> Echoes {
+        Echoes {
+            device: None,
+            senders: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn served_only_while_the_room_is_unchanged() {
+        let cache = RoomSectionCache::default();
+        cache.put(key("!a:x"), SPAN, anyone(), section(10));
+        assert!(cache.get(&key("!a:x"), SPAN, "D").is_some());
+        let moved = Span {
+            newest: Some(11),
+            ..SPAN
+        };
+        assert!(cache.get(&key("!a:x"), moved, "D").is_none());
+        // The stale entry went with the miss.
+        assert!(cache.get(&key("!a:x"), SPAN, "D").is_none());
+        assert_eq!(cache.usage(), (0, 0));
+        // Backfilled history moves the oldest position.
+        cache.put(key("!a:x"), SPAN, anyone(), section(10));
+        let backfilled = Span {
+            oldest: Some(-5),
+            ..SPAN
+        };
+        assert!(cache.get(&key("!a:x"), backfilled, "D").is_none());
+    }
+
+    #[test]
+    fn transaction_ids_are_echoed_only_to_their_device() {
+        let cache = RoomSectionCache::default();
+        // Built for device A, which sent one of the events: A's alone.
+        let mine = Echoes {
+            device: Some("A".into()),
+            senders: vec!["A".into()],
+        };
+        cache.put(key("!a:x"), SPAN, mine, section(10));
+        assert!(cache.get(&key("!a:x"), SPAN, "A").is_some());
+        assert!(cache.get(&key("!a:x"), SPAN, "B").is_none());
+        // Built for a new device C: any device that sent nothing in it, not A.
+        let others = Echoes {
+            device: None,
+            senders: vec!["A".into()],
+        };
+        cache.put(key("!a:x"), SPAN, others, section(10));
+        assert!(cache.get(&key("!a:x"), SPAN, "C").is_some());
+        assert!(cache.get(&key("!a:x"), SPAN, "D").is_some());
+        assert!(cache.get(&key("!a:x"), SPAN, "A").is_none());
+    }
+
+    #[test]
+    fn bounded_by_entries_and_bytes_least_recently_used_first() {
+        let cache = RoomSectionCache::default();
+        for i in 0..MAX_ENTRIES + 10 {
+            cache.put(key(&format!("!{i}:x")), SPAN, anyone(), section(8));
+            // Keep the first one in use: it is never the least recently used.
+            assert!(cache.get(&key("!0:x"), SPAN, "D").is_some());
+        }
+        assert_eq!(cache.usage().0, MAX_ENTRIES);
+        assert!(
+            cache.get(&key("!1:x"), SPAN, "D").is_none(),
+            "oldest unused dropped"
+        );
+        assert!(cache.get(&key("!0:x"), SPAN, "D").is_some());
+
+        let big = MAX_SECTION_BYTES - 16;
+        for i in 0..(MAX_BYTES / big) + 4 {
+            cache.put(key(&format!("!big{i}:x")), SPAN, anyone(), section(big));
+        }
+        assert!(cache.usage().1 <= MAX_BYTES);
+        cache.put(
+            key("!huge:x"),
+            SPAN,
+            anyone(),
+            section(MAX_SECTION_BYTES + 1),
+        );
+        assert!(
+            cache.get(&key("!huge:x"), SPAN, "D").is_none(),
+            "too large to keep"
+        );
+
+        cache.forget_user("@u:x");
+        assert_eq!(cache.usage(), (0, 0));
+    }
+}
