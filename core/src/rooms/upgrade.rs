@@ -149,24 +149,8 @@ pub fn upgrade_room(
     copy_state(c, &room, &state, old_room, power, !explicit_creators)?;
 
     // 6. Aliases and the directory listing move to the new room.
-    storage::move_aliases(c, old_room, &new_room)?;
-    if let Some(id) = get("m.room.canonical_alias") {
-        let alias = content_of(c, id)?;
-        if alias.get("alias").is_some() || alias.get("alt_aliases").is_some() {
-            room.send("m.room.canonical_alias", "", alias)?;
-            // Best effort: the upgrader may lack the power in the old room.
-            allow_forbidden(append_event(
-                c,
-                server,
-                old_room,
-                state_event(user, "m.room.canonical_alias", "", json!({})),
-                None,
-            ))?;
-        }
-    }
-    if is_public {
-        storage::set_room_public(c, old_room, false)?;
-    }
+    let alias = get("m.room.canonical_alias");
+    move_aliases(c, server, &room, old_room, alias, is_public)?;
 
     // 6b. Each local member's push rules for the old room now also cover the new one
     // (Synapse's `transfer_room_state_on_room_upgrade`).
@@ -383,6 +367,37 @@ fn power_to_copy(power: &Value, to_copy: &[(String, String, Value)], bans: bool)
         needed = needed.max(level("ban", 50));
     }
     needed
+}
+
+/// Step 6: local aliases, the canonical alias and the directory listing move to the new
+/// room. `canonical_alias` is the old room's canonical alias event.
+fn move_aliases(
+    c: &Connection,
+    server: &Server,
+    room: &NewRoom<'_>,
+    old_room: &str,
+    canonical_alias: Option<&String>,
+    is_public: bool,
+) -> Result<(), Error> {
+    storage::move_aliases(c, old_room, &room.room_id)?;
+    if let Some(id) = canonical_alias {
+        let alias = content_of(c, id)?;
+        if alias.get("alias").is_some() || alias.get("alt_aliases").is_some() {
+            room.send("m.room.canonical_alias", "", alias)?;
+            // Best effort: the upgrader may lack the power in the old room.
+            allow_forbidden(append_event(
+                c,
+                server,
+                old_room,
+                state_event(room.creator(), "m.room.canonical_alias", "", json!({})),
+                None,
+            ))?;
+        }
+    }
+    if is_public {
+        storage::set_room_public(c, old_room, false)?;
+    }
+    Ok(())
 }
 
 /// Step 8: raise the old room's `events_default` and `invite` so that only moderators

@@ -19,7 +19,7 @@ use crate::server::Server;
 pub(in crate::client_api) struct TsQuery {
     ts: Option<i64>,
     #[serde(rename = "org.matrix.msc4140.delay")]
-    pub(super) delay: Option<u64>,
+    delay: Option<u64>,
 }
 
 impl TsQuery {
@@ -27,6 +27,43 @@ impl TsQuery {
     pub(super) fn for_caller(&self, caller: &Requester) -> Option<i64> {
         caller.appservice.as_ref().and(self.ts).filter(|t| *t >= 0)
     }
+
+    /// With a delay, the event is kept to be sent later (`{"delay_id": …}`) instead of
+    /// sent now.
+    pub(super) fn schedule(
+        &self,
+        server: &Server,
+        caller: &Requester,
+        room_id: &str,
+        kind: &str,
+        key: Key<'_>,
+        content: &Value,
+    ) -> Option<JsonResult> {
+        let delay_ms = self.delay?;
+        let (txn_id, state_key) = match key {
+            Key::Txn(t) => (Some(t), None),
+            Key::State(k) => (None, Some(k)),
+        };
+        Some(delayed_events::schedule(
+            server,
+            delayed_events::Schedule {
+                user_id: &caller.user_id,
+                device_id: &caller.device_id,
+                txn_id,
+                room_id,
+                kind,
+                state_key,
+                content,
+                delay_ms,
+            },
+        ))
+    }
+}
+
+/// What tells a send from a state PUT: a message's transaction id, a state event's key.
+pub(super) enum Key<'a> {
+    Txn(&'a str),
+    State(&'a str),
 }
 
 /// `PUT /rooms/{roomId}/send/{eventType}/{txnId}`.
@@ -37,20 +74,15 @@ pub(in crate::client_api) async fn send_message(
     Q(ts): Q<TsQuery>,
     Body(content): Body<Value>,
 ) -> JsonResult {
-    if let Some(delay) = ts.delay {
-        return delayed_events::schedule(
-            &server,
-            delayed_events::Schedule {
-                user_id: &caller.user_id,
-                device_id: &caller.device_id,
-                txn_id: Some(&txn_id),
-                room_id: &room_id,
-                kind: &kind,
-                state_key: None,
-                content: &content,
-                delay_ms: delay,
-            },
-        );
+    if let Some(delayed) = ts.schedule(
+        &server,
+        &caller,
+        &room_id,
+        &kind,
+        Key::Txn(&txn_id),
+        &content,
+    ) {
+        return delayed;
     }
     let ts = ts.for_caller(&caller);
     let event_id =

@@ -7,9 +7,8 @@ use axum::{Json, extract::State};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::send::TsQuery;
+use super::send::{Key, TsQuery};
 use super::{JsonResult, opts, visible_state};
-use crate::client_api::delayed_events;
 use crate::client_api::extract::{Auth, Body, P, Q, Requester};
 use crate::error::Error;
 use crate::events::client_event;
@@ -25,22 +24,6 @@ pub(in crate::client_api) async fn put_state(
     Q(ts): Q<TsQuery>,
     Body(content): Body<Value>,
 ) -> JsonResult {
-    if let Some(delay) = ts.delay {
-        return delayed_events::schedule(
-            &server,
-            delayed_events::Schedule {
-                user_id: &caller.user_id,
-                device_id: &caller.device_id,
-                txn_id: None,
-                room_id: &room_id,
-                kind: &kind,
-                state_key: Some(&state_key),
-                content: &content,
-                delay_ms: delay,
-            },
-        );
-    }
-    let ts = ts.for_caller(&caller);
     put_state_inner(server, caller, room_id, kind, state_key, content, ts).await
 }
 
@@ -52,22 +35,6 @@ pub(in crate::client_api) async fn put_state_empty(
     Q(ts): Q<TsQuery>,
     Body(content): Body<Value>,
 ) -> JsonResult {
-    if let Some(delay) = ts.delay {
-        return delayed_events::schedule(
-            &server,
-            delayed_events::Schedule {
-                user_id: &caller.user_id,
-                device_id: &caller.device_id,
-                txn_id: None,
-                room_id: &room_id,
-                kind: &kind,
-                state_key: Some(""),
-                content: &content,
-                delay_ms: delay,
-            },
-        );
-    }
-    let ts = ts.for_caller(&caller);
     put_state_inner(server, caller, room_id, kind, String::new(), content, ts).await
 }
 
@@ -78,8 +45,13 @@ async fn put_state_inner(
     kind: String,
     state_key: String,
     content: Value,
-    ts: Option<i64>,
+    ts: TsQuery,
 ) -> JsonResult {
+    let key = Key::State(&state_key);
+    if let Some(delayed) = ts.schedule(&server, &caller, &room_id, &kind, key, &content) {
+        return delayed;
+    }
+    let ts = ts.for_caller(&caller);
     let event_id =
         room_writes::put_state(&server, &caller, &room_id, kind, state_key, content, ts).await?;
     Ok(Json(json!({"event_id": event_id})))

@@ -27,7 +27,26 @@ pub(super) struct Source<'a> {
     pub(super) rules: &'a RoomVersionRules,
 }
 
-impl Source<'_> {
+/// A [`Source`]'s parts, as its functions use them.
+type Parts<'a> = (
+    &'a Arc<Server>,
+    &'a dyn RemoteEvents,
+    &'a str,
+    &'a str,
+    &'a RoomVersionRules,
+);
+
+impl<'a> Source<'a> {
+    pub(super) fn parts(self) -> Parts<'a> {
+        (
+            self.server,
+            self.remote,
+            self.origin,
+            self.room_id,
+            self.rules,
+        )
+    }
+
     /// The auth events `checked` lacks, and when its prev events are not all here, the
     /// gap before it (oldest first) and the auth events the gap lacks: the fetched auth
     /// events in dependency order, and the gap.
@@ -62,13 +81,7 @@ impl Source<'_> {
     /// `get_missing_events` (each checked; a bad one is dropped with a log line), oldest
     /// first.
     async fn missing_events(self, event_id: &str) -> Result<Vec<Checked>, Error> {
-        let Source {
-            server,
-            remote,
-            origin,
-            room_id,
-            rules,
-        } = self;
+        let (server, remote, origin, room_id, rules) = self.parts();
         let earliest: Vec<String> = server
             .db
             .read(|c| storage::forward_extremities(c, room_id))?
@@ -190,13 +203,7 @@ struct Fetcher<'a> {
 
 impl Fetcher<'_> {
     async fn fetch_auth_events(&mut self, pdu: &Pdu) -> Result<(), Error> {
-        let Source {
-            server,
-            remote,
-            origin,
-            room_id,
-            rules,
-        } = self.source;
+        let (server, remote, origin, room_id, rules) = self.source.parts();
         let mut queue: VecDeque<String> = pdu.auth_events.iter().map(|e| e.to_string()).collect();
         while let Some(id) = queue.pop_front() {
             if self.fetched.contains_key(&id) {

@@ -34,13 +34,7 @@ impl Source<'_> {
         version: &str,
         checked: Checked,
     ) -> Result<Option<Outcome>, Error> {
-        let Source {
-            server,
-            remote,
-            origin,
-            room_id,
-            rules,
-        } = self;
+        let (server, remote, origin, room_id, rules) = self.parts();
         let answer = match remote
             .state_before(origin, room_id, &checked.event_id)
             .await
