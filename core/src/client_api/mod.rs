@@ -117,24 +117,24 @@ fn media_routes() -> Vec<(String, MethodRouter<Arc<Server>>)> {
     routes
 }
 
-/// The whole client-server API router.
-pub fn router(server: Arc<Server>) -> Router {
-    let mut r: Router<Arc<Server>> = Router::new()
-        .route(
-            "/_matrix/client/versions",
-            get(versions::versions).fallback(method_not_allowed),
-        )
-        .route(
-            "/.well-known/matrix/client",
-            get(voip::well_known_client).fallback(method_not_allowed),
-        );
-    let routes: Vec<(&str, MethodRouter<Arc<Server>>)> = vec![
+/// Client API routes of one area: paths under `/_matrix/client/{v3,r0}`.
+type Routes = Vec<(&'static str, MethodRouter<Arc<Server>>)>;
+
+/// The server's capabilities, TURN servers and OpenID tokens.
+fn server_routes() -> Routes {
+    vec![
         ("/capabilities", get(versions::capabilities)),
         ("/voip/turnServer", get(voip::turn_server)),
         (
             "/user/{user_id}/openid/request_token",
             post(openid::request_token),
         ),
+    ]
+}
+
+/// Registration, login, the account and its devices.
+fn account_routes() -> Routes {
+    vec![
         ("/register", post(account::register)),
         ("/register/available", get(account::available)),
         (
@@ -185,6 +185,12 @@ pub fn router(server: Arc<Server>) -> Router {
                 .delete(account::delete_device),
         ),
         ("/delete_devices", post(account::delete_devices)),
+    ]
+}
+
+/// Presence and profiles.
+fn profile_routes() -> Routes {
+    vec![
         (
             "/presence/{user_id}/status",
             get(presence::get_status).put(presence::set_status),
@@ -194,6 +200,12 @@ pub fn router(server: Arc<Server>) -> Router {
             "/profile/{user_id}/{field}",
             get(profile::get_field).put(profile::set_field),
         ),
+    ]
+}
+
+/// Rooms: creating, sending, state, redaction, reading events and members, upgrades and reports.
+fn room_routes() -> Routes {
+    vec![
         ("/createRoom", post(rooms::create_room)),
         (
             "/rooms/{room_id}/send/{event_type}/{txn_id}",
@@ -224,14 +236,20 @@ pub fn router(server: Arc<Server>) -> Router {
             "/rooms/{room_id}/joined_members",
             get(rooms::joined_members),
         ),
-        ("/rooms/{room_id}/join", post(membership::join_by_id)),
-        ("/knock/{room_id_or_alias}", post(membership::knock)),
         ("/rooms/{room_id}/upgrade", post(upgrade::upgrade)),
         (
             "/rooms/{room_id}/report/{event_id}",
             post(reporting::report_event),
         ),
         ("/rooms/{room_id}/report", post(reporting::report_room)),
+    ]
+}
+
+/// Joining, knocking, leaving, invites, kicks and bans.
+fn membership_routes() -> Routes {
+    vec![
+        ("/rooms/{room_id}/join", post(membership::join_by_id)),
+        ("/knock/{room_id_or_alias}", post(membership::knock)),
         (
             "/join/{room_id_or_alias}",
             post(membership::join_by_id_or_alias),
@@ -243,6 +261,12 @@ pub fn router(server: Arc<Server>) -> Router {
         ("/rooms/{room_id}/unban", post(membership::unban)),
         ("/rooms/{room_id}/forget", post(membership::forget)),
         ("/joined_rooms", get(membership::joined_rooms)),
+    ]
+}
+
+/// The room directory and aliases, the user directory, third-party lookups and search.
+fn directory_routes() -> Routes {
+    vec![
         (
             "/directory/room/{room_alias}",
             get(directory::get_alias)
@@ -272,6 +296,12 @@ pub fn router(server: Arc<Server>) -> Router {
         ("/thirdparty/location", get(directory::location_for_alias)),
         ("/thirdparty/user", get(directory::user_for_user_id)),
         ("/search", post(search::search)),
+    ]
+}
+
+/// Typing notifications, receipts and read markers.
+fn ephemeral_routes() -> Routes {
+    vec![
         ("/rooms/{room_id}/typing/{user_id}", put(ephemeral::typing)),
         (
             "/rooms/{room_id}/receipt/{receipt_type}/{event_id}",
@@ -281,6 +311,12 @@ pub fn router(server: Arc<Server>) -> Router {
             "/rooms/{room_id}/read_markers",
             post(ephemeral::read_markers),
         ),
+    ]
+}
+
+/// Account data, room tags and filters.
+fn account_data_routes() -> Routes {
+    vec![
         (
             "/user/{user_id}/account_data/{event_type}",
             get(account_data::get_global).put(account_data::put_global),
@@ -302,7 +338,17 @@ pub fn router(server: Arc<Server>) -> Router {
             "/user/{user_id}/filter/{filter_id}",
             get(account_data::get_filter),
         ),
-        ("/sync", get(sync::sync_events)),
+    ]
+}
+
+/// `/sync`.
+fn sync_routes() -> Routes {
+    vec![("/sync", get(sync::sync_events))]
+}
+
+/// Push rules, notifications and pushers.
+fn push_routes() -> Routes {
+    vec![
         ("/pushrules", get(push::get_all)),
         ("/pushrules/", get(push::get_all)),
         ("/pushrules/global", get(push::get_global)),
@@ -324,6 +370,12 @@ pub fn router(server: Arc<Server>) -> Router {
         ("/notifications", get(push::notifications)),
         ("/pushers", get(push::get_pushers)),
         ("/pushers/set", post(push::set_pusher)),
+    ]
+}
+
+/// End-to-end encryption: device keys, to-device messages and key backups.
+fn e2ee_routes() -> Routes {
+    vec![
         ("/keys/upload", post(keys::upload)),
         ("/keys/query", post(keys::query)),
         ("/keys/claim", post(keys::claim)),
@@ -362,13 +414,15 @@ pub fn router(server: Arc<Server>) -> Router {
                 .put(room_keys::put_session)
                 .delete(room_keys::delete_session),
         ),
-    ];
-    for (path, route) in routes {
-        r = client(r, path, route.fallback(method_not_allowed));
-    }
+    ]
+}
+
+/// Endpoints outside `/v3` and `/r0`: those the spec only defines under `/v1`, and
+/// unstable ones.
+fn v1_routes() -> Vec<(String, MethodRouter<Arc<Server>>)> {
     // Relationships and threads exist under `/v1` only (as in the spec and Synapse).
     let v1 = "/_matrix/client/v1/rooms/{room_id}";
-    for (path, route) in [
+    let mut routes = vec![
         (format!("{v1}/relations/{{event_id}}"), get(relations::all)),
         (
             format!("{v1}/relations/{{event_id}}/{{rel_type}}"),
@@ -379,13 +433,11 @@ pub fn router(server: Arc<Server>) -> Router {
             get(relations::by_rel_and_event_type),
         ),
         (format!("{v1}/threads"), get(relations::threads)),
-    ] {
-        r = r.route(&path, route.fallback(method_not_allowed));
-    }
-    r = r.route(
-        "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync",
-        post(sync::sliding_sync).fallback(method_not_allowed),
-    );
+        (
+            "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync".to_owned(),
+            post(sync::sliding_sync),
+        ),
+    ];
     // Endpoints the spec only defines under `/v1`.
     for (path, route) in [
         (
@@ -406,25 +458,25 @@ pub fn router(server: Arc<Server>) -> Router {
             post(reporting::report_room),
         ),
     ] {
-        r = r.route(path, route.fallback(method_not_allowed));
+        routes.push((path.to_owned(), route));
     }
-    r = r
-        .route(
-            delayed_events::PREFIX,
-            get(delayed_events::list).fallback(method_not_allowed),
-        )
-        .route(
-            &format!("{}/{{delay_id}}", delayed_events::PREFIX),
-            post(delayed_events::update).fallback(method_not_allowed),
-        )
-        .route(
-            &format!("{}/{{delay_id}}/{{action}}", delayed_events::PREFIX),
-            post(delayed_events::update_by_path).fallback(method_not_allowed),
-        );
-    for (path, route) in media_routes() {
-        r = r.route(&path, route.fallback(method_not_allowed));
-    }
-    let cors = CorsLayer::new()
+    routes.extend([
+        (delayed_events::PREFIX.to_owned(), get(delayed_events::list)),
+        (
+            format!("{}/{{delay_id}}", delayed_events::PREFIX),
+            post(delayed_events::update),
+        ),
+        (
+            format!("{}/{{delay_id}}/{{action}}", delayed_events::PREFIX),
+            post(delayed_events::update_by_path),
+        ),
+    ]);
+    routes
+}
+
+/// Any origin may call the API from a browser.
+fn cors() -> CorsLayer {
+    CorsLayer::new()
         .allow_origin(Any)
         .allow_methods([
             Method::GET,
@@ -438,7 +490,39 @@ pub fn router(server: Arc<Server>) -> Router {
             header::CONTENT_TYPE,
             header::ACCEPT,
             header::HeaderName::from_static("x-requested-with"),
-        ]);
+        ])
+}
+
+/// The whole client-server API router.
+pub fn router(server: Arc<Server>) -> Router {
+    let mut r: Router<Arc<Server>> = Router::new()
+        .route(
+            "/_matrix/client/versions",
+            get(versions::versions).fallback(method_not_allowed),
+        )
+        .route(
+            "/.well-known/matrix/client",
+            get(voip::well_known_client).fallback(method_not_allowed),
+        );
+    let routes = [
+        server_routes(),
+        account_routes(),
+        profile_routes(),
+        room_routes(),
+        membership_routes(),
+        directory_routes(),
+        ephemeral_routes(),
+        account_data_routes(),
+        sync_routes(),
+        push_routes(),
+        e2ee_routes(),
+    ];
+    for (path, route) in routes.into_iter().flatten() {
+        r = client(r, path, route.fallback(method_not_allowed));
+    }
+    for (path, route) in v1_routes().into_iter().chain(media_routes()) {
+        r = r.route(&path, route.fallback(method_not_allowed));
+    }
     r.route("/_warren/health", get(|| async { "ok" }))
         .merge(crate::admin::routes(server.clone()))
         .fallback(unrecognized)
@@ -447,7 +531,7 @@ pub fn router(server: Arc<Server>) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(
             server.config.max_request_bytes,
         ))
-        .layer(cors)
+        .layer(cors())
         .layer(axum::middleware::from_fn(request_log::log_request))
         .with_state(server)
 }

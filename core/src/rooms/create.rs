@@ -1,12 +1,13 @@
 //! `/createRoom`: the create event, the creator's join, power levels, presets,
 //! initial state, name, topic, alias and invites, in the order the spec gives.
 
+use ruma::room_version_rules::RoomVersionRules;
 use rusqlite::Connection;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
-use super::append::{append_create, append_event};
+use super::new_room::{Create, NewRoom};
 use crate::error::Error;
-use crate::events::{NewEvent, rules_for};
+use crate::events::rules_for;
 use crate::server::Server;
 use crate::storage;
 
@@ -49,21 +50,70 @@ pub fn create_room(
         .clone()
         .unwrap_or_else(|| server.config.default_room_version.clone());
     let (_, rules) = rules_for(&version)?;
-    let alias = match &req.alias_localpart {
-        Some(local) => {
-            if local.is_empty() || local.contains(':') || local.contains(char::is_whitespace) {
-                return Err(Error::InvalidParam(
-                    "room_alias_name is not a valid alias localpart".into(),
-                ));
-            }
-            let alias = format!("#{local}:{}", server.server_name());
-            if storage::alias_room(c, &alias)?.is_some() {
-                return Err(Error::RoomInUse(format!("alias {alias} already exists")));
-            }
-            Some(alias)
-        }
-        None => None,
+    let alias = new_alias(c, server, &req)?;
+    let preset = preset_of(&req)?;
+
+    // 1. m.room.create, 2. the creator joins.
+    let content = match &req.creation_content {
+        Some(Value::Object(o)) => o.clone(),
+        Some(_) => return Err(Error::BadJson("creation_content must be an object".into())),
+        None => Map::new(),
     };
+    let create = Create {
+        version: &version,
+        rules: &rules,
+        content,
+        is_public: req.public,
+        room_id: None,
+    };
+    let room = NewRoom::start(c, server, creator, create)?;
+
+    // 3. Power levels (creators are implicit from v12 and must not be listed).
+    let power = default_power_levels(&rules, creator, &preset, &req);
+    room.send("m.room.power_levels", "", power)?;
+
+    // 4. Canonical alias.
+    if let Some(alias) = &alias {
+        storage::insert_alias(c, alias, &room.room_id, creator)?;
+        room.send("m.room.canonical_alias", "", json!({"alias": alias}))?;
+    }
+
+    // 5. Preset state, unless initial_state overrides it.
+    send_preset_state(&room, &preset, &req)?;
+
+    // 6. initial_state, then name and topic.
+    send_initial_state(&room, &req)?;
+
+    // 7. Invites.
+    for invitee in &req.invite {
+        let mut content = json!({"membership": "invite"});
+        if req.is_direct {
+            content["is_direct"] = json!(true);
+        }
+        room.send("m.room.member", invitee, content)?;
+    }
+    Ok(room.room_id)
+}
+
+/// The alias `room_alias_name` asks for, when it is valid and free.
+fn new_alias(c: &Connection, server: &Server, req: &CreateRoom) -> Result<Option<String>, Error> {
+    let Some(local) = &req.alias_localpart else {
+        return Ok(None);
+    };
+    if local.is_empty() || local.contains(':') || local.contains(char::is_whitespace) {
+        return Err(Error::InvalidParam(
+            "room_alias_name is not a valid alias localpart".into(),
+        ));
+    }
+    let alias = format!("#{local}:{}", server.server_name());
+    if storage::alias_room(c, &alias)?.is_some() {
+        return Err(Error::RoomInUse(format!("alias {alias} already exists")));
+    }
+    Ok(Some(alias))
+}
+
+/// The preset asked for, else the one `visibility` implies.
+fn preset_of(req: &CreateRoom) -> Result<String, Error> {
     let preset = req.preset.clone().unwrap_or_else(|| {
         if req.public {
             "public_chat".into()
@@ -77,51 +127,16 @@ pub fn create_room(
     ) {
         return Err(Error::BadJson(format!("unknown preset {preset}")));
     }
+    Ok(preset)
+}
 
-    // 1. m.room.create
-    let mut create = match &req.creation_content {
-        Some(Value::Object(o)) => Value::Object(o.clone()),
-        Some(_) => return Err(Error::BadJson("creation_content must be an object".into())),
-        None => json!({}),
-    };
-    create["room_version"] = json!(version);
-    if !rules.authorization.use_room_create_sender {
-        create["creator"] = json!(creator);
-    }
-    let ev = |kind: &str, state_key: &str, content: Value| NewEvent {
-        kind: kind.to_owned(),
-        state_key: Some(state_key.to_owned()),
-        content,
-        sender: creator.to_owned(),
-        redacts: None,
-    };
-    let room_id = append_create(
-        c,
-        server,
-        &version,
-        ev("m.room.create", "", create),
-        req.public,
-        None,
-    )?;
-
-    // 2. The creator joins.
-    let (displayname, avatar_url) = super::member_profile(c, creator)?;
-    let mut member = json!({"membership": "join"});
-    if let Some(d) = displayname {
-        member["displayname"] = json!(d);
-    }
-    if let Some(a) = avatar_url {
-        member["avatar_url"] = json!(a);
-    }
-    append_event(
-        c,
-        server,
-        &room_id,
-        ev("m.room.member", creator, member),
-        None,
-    )?;
-
-    // 3. Power levels (creators are implicit from v12 and must not be listed).
+/// The power levels of a new room, with `power_level_content_override` merged over.
+fn default_power_levels(
+    rules: &RoomVersionRules,
+    creator: &str,
+    preset: &str,
+    req: &CreateRoom,
+) -> Value {
     let mut users = serde_json::Map::new();
     if !rules.authorization.explicitly_privilege_room_creators {
         users.insert(creator.to_owned(), json!(100));
@@ -157,27 +172,12 @@ pub fn create_room(
             power[k] = v.clone();
         }
     }
-    append_event(
-        c,
-        server,
-        &room_id,
-        ev("m.room.power_levels", "", power),
-        None,
-    )?;
+    power
+}
 
-    // 4. Canonical alias.
-    if let Some(alias) = &alias {
-        storage::insert_alias(c, alias, &room_id, creator)?;
-        append_event(
-            c,
-            server,
-            &room_id,
-            ev("m.room.canonical_alias", "", json!({"alias": alias})),
-            None,
-        )?;
-    }
-
-    // 5. Preset state, unless initial_state overrides it.
+/// The join rules, history visibility and guest access the preset gives, each unless
+/// `initial_state` sets it.
+fn send_preset_state(room: &NewRoom<'_>, preset: &str, req: &CreateRoom) -> Result<(), Error> {
     let overridden = |ty: &str| {
         req.initial_state
             .iter()
@@ -200,49 +200,31 @@ pub fn create_room(
     }
     for (ty, content) in preset_state {
         if !overridden(ty) {
-            append_event(c, server, &room_id, ev(ty, "", content), None)?;
+            room.send(ty, "", content)?;
         }
     }
+    Ok(())
+}
 
-    // 6. initial_state, then name and topic.
+/// `initial_state` (never a create or member event), then the name and topic.
+fn send_initial_state(room: &NewRoom<'_>, req: &CreateRoom) -> Result<(), Error> {
     for (ty, sk, content) in &req.initial_state {
         if ty == "m.room.create" || ty == "m.room.member" {
             return Err(Error::BadJson(format!(
                 "{ty} cannot be set through initial_state"
             )));
         }
-        append_event(c, server, &room_id, ev(ty, sk, content.clone()), None)?;
+        room.send(ty, sk, content.clone())?;
     }
     if let Some(name) = &req.name {
-        append_event(
-            c,
-            server,
-            &room_id,
-            ev("m.room.name", "", json!({"name": name})),
-            None,
-        )?;
+        room.send("m.room.name", "", json!({"name": name}))?;
     }
     if let Some(topic) = &req.topic {
         let mut content = json!({ "topic": topic });
         add_rich_topic(&mut content);
-        append_event(c, server, &room_id, ev("m.room.topic", "", content), None)?;
+        room.send("m.room.topic", "", content)?;
     }
-
-    // 7. Invites.
-    for invitee in &req.invite {
-        let mut content = json!({"membership": "invite"});
-        if req.is_direct {
-            content["is_direct"] = json!(true);
-        }
-        append_event(
-            c,
-            server,
-            &room_id,
-            ev("m.room.member", invitee, content),
-            None,
-        )?;
-    }
-    Ok(room_id)
+    Ok(())
 }
 
 /// `m.room.topic` content with a plain `topic` and no `m.topic` gains the rich form

@@ -11,6 +11,7 @@ pub mod filter;
 pub mod hierarchy;
 mod join;
 mod knock;
+mod new_room;
 mod out_of_band;
 mod power;
 mod receive;

@@ -1,0 +1,105 @@
+//! The room's current state once a received event is in the timeline: the resolution
+//! of the states after the forward extremities.
+
+use std::collections::HashSet;
+
+use super::persist::Room;
+use super::state_before::state_after_event;
+use crate::error::Error;
+use crate::events::Pdu;
+use crate::rooms::append::NewCurrentState;
+use crate::rooms::resolve::resolve_states;
+use crate::storage::{self, StateMap};
+
+/// Most forward extremities whose states are resolved into the current state.
+const MAX_RESOLVED_EXTREMITIES: usize = 10;
+
+impl Room<'_> {
+    /// The room's current state once `pdu` (with DAG state `after` after it) is in the
+    /// timeline: the resolution of the states after each forward extremity.
+    pub(super) fn new_current_state(
+        &self,
+        pdu: &Pdu,
+        after: &StateMap,
+    ) -> Result<NewCurrentState, Error> {
+        let c = self.c;
+        let prevs: HashSet<&str> = pdu.prev_events.iter().map(|e| e.as_str()).collect();
+        let others: Vec<String> = storage::forward_extremities(c, self.room_id)?
+            .into_iter()
+            .map(|(id, _)| id)
+            .filter(|id| !prevs.contains(id.as_str()) && id != pdu.event_id.as_str())
+            .take(MAX_RESOLVED_EXTREMITIES)
+            .collect();
+        let just_this = NewCurrentState::Replace {
+            state: after.clone(),
+            is_state_after_event: true,
+        };
+        if others.is_empty() {
+            return Ok(just_this);
+        }
+        let mut states = vec![after.clone()];
+        for id in &others {
+            if let Some(e) = storage::get_event_any(c, id)? {
+                states.push(state_after_event(c, &e)?.0);
+            }
+        }
+        match resolve_states(c, self.rules, &states, Some(pdu)) {
+            Ok(state) => {
+                let is_state_after_event = state == *after;
+                Ok(NewCurrentState::Replace {
+                    state,
+                    is_state_after_event,
+                })
+            }
+            Err(e) => {
+                tracing::warn!(event_id = %pdu.event_id, error = %e, "cannot resolve the current state; using the event's");
+                Ok(just_this)
+            }
+        }
+    }
+
+    /// The room's current state once `pdu`, a gap behind a stored event, is in the
+    /// timeline: it is not a forward extremity, but its prev events stop being ones (a
+    /// node that had it before its child never counted them), so the current state is
+    /// the resolution of the states after the extremities that remain; `current` when
+    /// none would.
+    pub(super) fn gap_current_state(
+        &self,
+        pdu: &Pdu,
+        current: StateMap,
+    ) -> Result<NewCurrentState, Error> {
+        let c = self.c;
+        let prevs: Vec<String> = pdu.prev_events.iter().map(|e| e.to_string()).collect();
+        let before = storage::forward_extremities(c, self.room_id)?;
+        // (`persist_accepted` does this again, to no effect.)
+        storage::remove_prev_extremities(c, self.room_id, &prevs)?;
+        let remaining: Vec<String> = storage::forward_extremities(c, self.room_id)?
+            .into_iter()
+            .map(|(id, _)| id)
+            .take(MAX_RESOLVED_EXTREMITIES)
+            .collect();
+        let keep = NewCurrentState::Replace {
+            state: current,
+            is_state_after_event: false,
+        };
+        if remaining.is_empty() || remaining.len() == before.len() {
+            return Ok(keep);
+        }
+        let mut states = Vec::new();
+        for id in &remaining {
+            if let Some(e) = storage::get_event_any(c, id)? {
+                states.push(state_after_event(c, &e)?.0);
+            }
+        }
+        match resolve_states(c, self.rules, &states, None) {
+            Ok(state) => Ok(NewCurrentState::Replace {
+                state,
+                is_state_after_event: false,
+            }),
+            Err(e) => {
+                tracing::warn!(event_id = %pdu.event_id, error = %e, "cannot resolve the current state; keeping it");
+                Ok(keep)
+            }
+        }
+    }
+}
