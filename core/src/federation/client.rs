@@ -2,10 +2,13 @@
 //! [`FederationTransport`](super::FederationTransport).
 
 use bytes::Bytes;
+use ruma::api::federation::authentication::ServerSignatures;
+use ruma::api::path_builder::SinglePath;
+use ruma::api::{IncomingResponse, OutgoingRequest};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::auth::sign_request;
+use super::auth::{sign_request, signature_input};
 use crate::error::Error;
 use crate::server::Server;
 
@@ -111,19 +114,59 @@ pub async fn request_json<T: DeserializeOwned>(
     body: Option<&Value>,
 ) -> Result<T, Error> {
     let response = request(server, destination, method, path_and_query, body).await?;
-    let status = response.status();
-    let body = response.into_body();
-    if body.len() > MAX_RESPONSE_JSON {
+    let body = successful(destination, response)?.into_body();
+    serde_json::from_slice(&body).map_err(|e| bad_json(destination, e))
+}
+
+/// Send a typed federation request (a ruma `…::v1::Request`, or one of Warren's own
+/// endpoints declared the same way) to `destination`, signed with `X-Matrix`, and
+/// parse the answer into its response type. Errors as [`request_json`]: a refusal keeps
+/// its status class, a body over [`MAX_RESPONSE_JSON`] or of the wrong shape is the
+/// peer's fault (`RemoteServer`).
+pub async fn execute<R>(
+    server: &Server,
+    destination: &str,
+    request: R,
+) -> Result<R::IncomingResponse, Error>
+where
+    R: OutgoingRequest<Authentication = ServerSignatures, PathBuilder = SinglePath>,
+{
+    let transport = transport(server, destination)?;
+    // The URI is the path and query only (the transport addresses the node), and ruma
+    // signs it with the same `X-Matrix` input as `sign_request`.
+    let input = signature_input(server, destination)?;
+    let request = request
+        .try_into_http_request::<Vec<u8>>("", input, ())
+        .map_err(|e| Error::Internal(format!("building a federation request: {e}")))?
+        .map(Bytes::from);
+    let response = transport
+        .request(destination, request)
+        .await
+        .map_err(|e| Error::RemoteServer(e.to_string()))?;
+    let response = successful(destination, response)?;
+    R::IncomingResponse::try_from_http_response(response).map_err(|e| bad_json(destination, e))
+}
+
+/// The response if it is a success of a size we parse; the remote's refusal otherwise.
+fn successful(
+    destination: &str,
+    response: http::Response<Bytes>,
+) -> Result<http::Response<Bytes>, Error> {
+    let len = response.body().len();
+    if len > MAX_RESPONSE_JSON {
         return Err(Error::RemoteServer(format!(
-            "{destination} answered with {} bytes",
-            body.len()
+            "{destination} answered with {len} bytes"
         )));
     }
+    let status = response.status();
     if !status.is_success() {
-        return Err(remote_error(destination, status, &body));
+        return Err(remote_error(destination, status, response.body()));
     }
-    serde_json::from_slice(&body)
-        .map_err(|e| Error::RemoteServer(format!("{destination} answered with bad JSON: {e}")))
+    Ok(response)
+}
+
+fn bad_json(destination: &str, e: impl std::fmt::Display) -> Error {
+    Error::RemoteServer(format!("{destination} answered with bad JSON: {e}"))
 }
 
 fn remote_error(destination: &str, status: http::StatusCode, body: &[u8]) -> Error {
