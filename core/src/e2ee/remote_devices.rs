@@ -161,8 +161,7 @@ async fn fetch_user_devices(server: &Server, user_id: &str) -> Result<Fetched, E
         .rsplit_once(':')
         .map(|(_, s)| s)
         .ok_or_else(|| Error::InvalidParam(format!("{user_id} has no server")))?;
-    let user = ruma::OwnedUserId::try_from(user_id)
-        .map_err(|e| Error::InvalidParam(format!("{user_id} is not a user id: {e}")))?;
+    let user = client::parse_id(user_id)?;
     let call = client::execute(server, destination, get_devices::v1::Request::new(user));
     let answer = tokio::time::timeout(REMOTE_TIMEOUT, call)
         .await

@@ -23,6 +23,15 @@ pub fn encode(component: &str) -> String {
     percent_encoding::utf8_percent_encode(component, RESERVED).to_string()
 }
 
+/// A Matrix id (room, event, user, …) as a typed request names it; a malformed one is
+/// a bad parameter.
+pub fn parse_id<T>(id: &str) -> Result<T, Error>
+where
+    T: for<'a> TryFrom<&'a str, Error = ruma::IdParseError>,
+{
+    T::try_from(id).map_err(|e| Error::InvalidParam(format!("bad id {id:?}: {e}")))
+}
+
 /// Largest JSON response body we parse from another server. Transports should stop
 /// reading a response past it (the P2P carriage does) rather than collect it first.
 pub const MAX_RESPONSE_JSON: usize = 16 * 1024 * 1024;

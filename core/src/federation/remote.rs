@@ -6,7 +6,7 @@ use std::sync::Arc;
 use ruma::api::federation::event::{get_event, get_missing_events, get_room_state};
 use serde_json::{Value, json};
 
-use super::client::execute;
+use super::client::{execute, parse_id as id};
 use crate::error::Error;
 use crate::rooms::{BoxFuture, RemoteEvents};
 use crate::server::Server;
@@ -21,14 +21,6 @@ impl FederationRemote {
     pub fn new(server: Arc<Server>) -> FederationRemote {
         FederationRemote { server }
     }
-}
-
-/// A room or event id from a PDU or the database, as a request names it.
-fn id<T>(id: &str) -> Result<T, Error>
-where
-    T: for<'a> TryFrom<&'a str, Error = ruma::IdParseError>,
-{
-    T::try_from(id).map_err(|e| Error::InvalidParam(format!("bad id {id:?}: {e}")))
 }
 
 fn ids(list: Vec<String>) -> Result<Vec<ruma::OwnedEventId>, Error> {

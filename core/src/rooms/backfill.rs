@@ -40,7 +40,7 @@ use super::receive::{
 use super::{MAX_FETCHES, Outcome, RemoteEvents};
 use crate::error::Error;
 use crate::events::rules_for;
-use crate::federation::client::execute;
+use crate::federation::client::{execute, parse_id};
 use crate::federation::remote::FederationRemote;
 use crate::server::Server;
 use crate::storage::{self, StateMap};
@@ -133,13 +133,12 @@ async fn backfill_once(server: &Arc<Server>, room_id: &str) -> Result<Backfilled
             servers.push(s);
         }
     }
-    let room = ruma::OwnedRoomId::try_from(room_id).map_err(Error::internal)?;
     let v = extremities
-        .into_iter()
-        .map(|e| ruma::OwnedEventId::try_from(e.event_id).map_err(Error::internal))
+        .iter()
+        .map(|e| parse_id(&e.event_id))
         .collect::<Result<Vec<_>, _>>()?;
     let limit = ruma::UInt::new_saturating(MAX_BACKFILL_EVENTS as u64);
-    let request = get_backfill::v1::Request::new(room, v, limit);
+    let request = get_backfill::v1::Request::new(parse_id(room_id)?, v, limit);
     for dest in servers.into_iter().take(MAX_SERVERS_TRIED) {
         let answer = match execute(server, &dest, request.clone()).await {
             Ok(a) => a,
