@@ -284,9 +284,6 @@ async fn claim_remote(
 /// A destination's entry in a key answer's `failures` (an internal error's detail
 /// stays in the log).
 pub(super) fn remote_failure(e: &Error) -> Value {
-    if let Error::Internal(detail) = e {
-        tracing::warn!(%detail, "a remote key request failed");
-    }
     json!({"status": 503, "message": e.public_message()})
 }
 
