@@ -406,17 +406,20 @@ pub async fn remote_public_rooms(
         let r = execute(server, remote, request).await?;
         (r.chunk, r.next_batch, r.prev_batch, r.total_room_count_estimate)
     };
-    let mut body = json!({ "chunk": chunk });
-    if let Some(total) = total {
-        body["total_room_count_estimate"] = json!(total);
+    let mut body = serde_json::Map::new();
+    body.insert("chunk".into(), json!(chunk));
+    // The optional fields only when the remote gave them.
+    let optional = [
+        ("total_room_count_estimate", total.map(|t| json!(t))),
+        ("next_batch", next_batch.map(Value::String)),
+        ("prev_batch", prev_batch.map(Value::String)),
+    ];
+    for (key, value) in optional {
+        if let Some(v) = value {
+            body.insert(key.into(), v);
+        }
     }
-    if let Some(next) = next_batch {
-        body["next_batch"] = json!(next);
-    }
-    if let Some(prev) = prev_batch {
-        body["prev_batch"] = json!(prev);
-    }
-    Ok(body)
+    Ok(Value::Object(body))
 }
 
 /// Server names of the connected peers, without duplicates or this node.
