@@ -337,7 +337,8 @@ pub async fn mesh_public_rooms(server: &Arc<Server>, q: RoomQuery<'_>) -> Result
     let asks = peers.iter().map(|peer| {
         let request = request.clone();
         async move {
-            let answer = tokio::time::timeout(MESH_PEER_TIMEOUT, execute(server, peer, request)).await;
+            let answer =
+                tokio::time::timeout(MESH_PEER_TIMEOUT, execute(server, peer, request)).await;
             match answer {
                 Ok(Ok(v)) => Some(v),
                 Ok(Err(e)) => {
@@ -398,13 +399,23 @@ pub async fn remote_public_rooms(
 ) -> Result<Value, Error> {
     let (chunk, next_batch, prev_batch, total) = if filtered {
         let r = execute(server, remote, filtered_request(q)).await?;
-        (r.chunk, r.next_batch, r.prev_batch, r.total_room_count_estimate)
+        (
+            r.chunk,
+            r.next_batch,
+            r.prev_batch,
+            r.total_room_count_estimate,
+        )
     } else {
         let mut request = get_public_rooms::v1::Request::new();
         request.limit = q.limit.map(ruma::UInt::new_saturating);
         request.since = q.since.map(str::to_owned);
         let r = execute(server, remote, request).await?;
-        (r.chunk, r.next_batch, r.prev_batch, r.total_room_count_estimate)
+        (
+            r.chunk,
+            r.next_batch,
+            r.prev_batch,
+            r.total_room_count_estimate,
+        )
     };
     let mut body = serde_json::Map::new();
     body.insert("chunk".into(), json!(chunk));

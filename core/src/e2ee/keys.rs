@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::StreamExt;
+use ruma::api::federation::keys::claim_keys;
 use rusqlite::Connection;
 use serde::Deserialize;
-use ruma::api::federation::keys::claim_keys;
 use serde_json::{Map, Value, json};
 
 use super::{
@@ -274,7 +274,11 @@ async fn claim_remote(
 ) -> Result<Value, Error> {
     let claims = serde_json::from_value(Value::Object(users.clone()))
         .map_err(|e| Error::InvalidParam(format!("bad user or device id in a key claim: {e}")))?;
-    let call = crate::federation::client::execute(server, destination, claim_keys::v1::Request::new(claims));
+    let call = crate::federation::client::execute(
+        server,
+        destination,
+        claim_keys::v1::Request::new(claims),
+    );
     let answer = tokio::time::timeout(REMOTE_KEYS_TIMEOUT, call)
         .await
         .map_err(|_| Error::RemoteServer(format!("{destination} did not answer in time")))??;
@@ -408,11 +412,9 @@ pub async fn claim(server: &Server, req: &ClaimRequest) -> Result<Value, Error> 
     let mut claimed = server.db.write(|tx| claim_local(tx, &local))?;
     let asks: Vec<_> = remote
         .into_iter()
-        .map(|(destination, users)| {
-            async move {
-                let answer = claim_remote(server, destination, &users).await;
-                (destination, users, answer)
-            }
+        .map(|(destination, users)| async move {
+            let answer = claim_remote(server, destination, &users).await;
+            (destination, users, answer)
         })
         .collect();
     let answers: Vec<_> = futures::stream::iter(asks)

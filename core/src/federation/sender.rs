@@ -306,7 +306,11 @@ async fn send_transaction(
         origin,
         ruma::MilliSecondsSinceUnixEpoch(ts),
     );
-    request.pdus = batch.pdus.iter().map(to_raw_value).collect::<Result<_, _>>()?;
+    request.pdus = batch
+        .pdus
+        .iter()
+        .map(to_raw_value)
+        .collect::<Result<_, _>>()?;
     request.edus = batch
         .edus
         .iter()

@@ -20,8 +20,8 @@ use std::sync::Arc;
 
 use ruma::CanonicalJsonValue;
 use ruma::api::federation::membership::{
-    create_invite, create_join_event, create_leave_event, prepare_join_event,
-    prepare_knock_event, prepare_leave_event,
+    create_invite, create_join_event, create_leave_event, prepare_join_event, prepare_knock_event,
+    prepare_leave_event,
 };
 use ruma::events::TimelineEventType;
 use ruma::signatures::{sign_event, verify_json};
