@@ -1,6 +1,8 @@
 //! Outbound federation requests: signed with `X-Matrix`, carried by the node's
 //! [`FederationTransport`](super::FederationTransport).
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use ruma::api::federation::authentication::ServerSignatures;
 use ruma::api::path_builder::SinglePath;
@@ -67,7 +69,7 @@ fn signed(
 fn transport<'a>(
     server: &'a Server,
     destination: &str,
-) -> Result<&'a std::sync::Arc<dyn super::FederationTransport>, Error> {
+) -> Result<&'a Arc<dyn super::FederationTransport>, Error> {
     if crate::identity::public_key_from_server_name(destination).is_none() {
         return Err(Error::InvalidParam(format!(
             "{destination:?} is not the server name of a P2P node (64 hex characters)"
@@ -90,23 +92,6 @@ pub async fn request(
     let request = signed(server, destination, method, path_and_query, body)?;
     transport
         .request(destination, request)
-        .await
-        .map_err(|e| Error::RemoteServer(e.to_string()))
-}
-
-/// Send one signed `GET` to `destination`; the response body arrives as a stream that
-/// the caller bounds (see [`FederationTransport::request_streaming`]).
-///
-/// [`FederationTransport::request_streaming`]: super::FederationTransport::request_streaming
-pub async fn request_streaming(
-    server: &Server,
-    destination: &str,
-    path_and_query: &str,
-) -> Result<http::Response<super::BodyStream>, Error> {
-    let transport = transport(server, destination)?;
-    let request = signed(server, destination, http::Method::GET, path_and_query, None)?;
-    transport
-        .request_streaming(destination, request)
         .await
         .map_err(|e| Error::RemoteServer(e.to_string()))
 }
@@ -140,20 +125,51 @@ pub async fn execute<R>(
 where
     R: OutgoingRequest<Authentication = ServerSignatures, PathBuilder = SinglePath>,
 {
-    let transport = transport(server, destination)?;
-    // The URI is the path and query only (the transport addresses the node), and ruma
-    // signs it with the same `X-Matrix` input as `sign_request`.
-    let input = signature_input(server, destination)?;
-    let request = request
-        .try_into_http_request::<Vec<u8>>("", input, ())
-        .map_err(|e| Error::Internal(format!("building a federation request: {e}")))?
-        .map(Bytes::from);
+    let (transport, request) = typed(server, destination, request)?;
     let response = transport
         .request(destination, request)
         .await
         .map_err(|e| Error::RemoteServer(e.to_string()))?;
     let response = successful(destination, response)?;
     R::IncomingResponse::try_from_http_response(response).map_err(|e| bad_json(destination, e))
+}
+
+/// Like [`execute`], but the response is handed over as it arrives, whatever its
+/// status, for the caller to bound and parse (media: see
+/// [`FederationTransport::request_streaming`](super::FederationTransport::request_streaming)).
+pub async fn execute_streaming<R>(
+    server: &Server,
+    destination: &str,
+    request: R,
+) -> Result<http::Response<super::BodyStream>, Error>
+where
+    R: OutgoingRequest<Authentication = ServerSignatures, PathBuilder = SinglePath>,
+{
+    let (transport, request) = typed(server, destination, request)?;
+    transport
+        .request_streaming(destination, request)
+        .await
+        .map_err(|e| Error::RemoteServer(e.to_string()))
+}
+
+/// The transport to `destination` and `request` as the signed `http::Request` it
+/// carries: the URI is the path and query only (the transport addresses the node), and
+/// ruma signs it with the same `X-Matrix` input as [`sign_request`].
+fn typed<'a, R>(
+    server: &'a Server,
+    destination: &str,
+    request: R,
+) -> Result<(&'a Arc<dyn super::FederationTransport>, http::Request<Bytes>), Error>
+where
+    R: OutgoingRequest<Authentication = ServerSignatures, PathBuilder = SinglePath>,
+{
+    let transport = transport(server, destination)?;
+    let input = signature_input(server, destination)?;
+    let request = request
+        .try_into_http_request::<Vec<u8>>("", input, ())
+        .map_err(|e| Error::Internal(format!("building a federation request: {e}")))?
+        .map(Bytes::from);
+    Ok((transport, request))
 }
 
 /// The response if it is a success of a size we parse; the remote's refusal otherwise.
