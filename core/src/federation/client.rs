@@ -80,7 +80,10 @@ fn transport<'a>(
         .ok_or_else(|| Error::RemoteServer("federation is not available on this node".into()))
 }
 
-/// Send one signed request to `destination` and return the raw response.
+/// Send one signed request, built by hand, to `destination` and return the raw
+/// response. The node itself sends typed requests ([`execute`]); this and
+/// [`request_json`] are for tests that need a request no type would build (a malformed
+/// one, an endpoint under test).
 pub async fn request(
     server: &Server,
     destination: &str,
@@ -159,7 +162,13 @@ fn typed<'a, R>(
     server: &'a Server,
     destination: &str,
     request: R,
-) -> Result<(&'a Arc<dyn super::FederationTransport>, http::Request<Bytes>), Error>
+) -> Result<
+    (
+        &'a Arc<dyn super::FederationTransport>,
+        http::Request<Bytes>,
+    ),
+    Error,
+>
 where
     R: OutgoingRequest<Authentication = ServerSignatures, PathBuilder = SinglePath>,
 {
