@@ -9,7 +9,10 @@ use rusqlite::Connection;
 use serde_json::{Value, json};
 
 use crate::error::Error;
-use crate::federation::client::request_json;
+use ruma::api::federation::directory::{get_public_rooms, get_public_rooms_filtered};
+use ruma::directory::RoomTypeFilter;
+
+use crate::federation::client::execute;
 use crate::federation::summary::room_summary;
 use crate::requester::Requester;
 use crate::rooms;
@@ -27,6 +30,19 @@ pub const MAX_USER_LIMIT: usize = 100;
 pub fn parse_alias(alias: &str) -> Result<ruma::OwnedRoomAliasId, Error> {
     ruma::RoomAliasId::parse(alias)
         .map_err(|e| Error::InvalidParam(format!("invalid room alias {alias:?}: {e}")))
+}
+
+/// The room another server's alias names and the servers it says are in it
+/// (`GET /_matrix/federation/v1/query/directory`).
+pub async fn query_remote_alias(
+    server: &Server,
+    alias: &ruma::RoomAliasId,
+) -> Result<(String, Vec<String>), Error> {
+    let request =
+        ruma::api::federation::query::get_room_information::v1::Request::new(alias.to_owned());
+    let answer = execute(server, alias.server_name().as_str(), request).await?;
+    let servers = answer.servers.iter().map(|s| s.to_string()).collect();
+    Ok((answer.room_id.to_string(), servers))
 }
 
 /// This server first, then the other servers with joined members, sorted.
@@ -79,13 +95,8 @@ pub async fn check_canonical_alias(
         let target = if parsed.server_name().as_str() == server.server_name() {
             server.db.read(|c| storage::alias_room(c, &alias))?
         } else {
-            let path = format!(
-                "/_matrix/federation/v1/query/directory?room_alias={}",
-                crate::federation::client::encode(&alias)
-            );
-            let dest = parsed.server_name().as_str();
-            match request_json::<Value>(server, dest, http::Method::GET, &path, None).await {
-                Ok(v) => v["room_id"].as_str().map(str::to_owned),
+            match query_remote_alias(server, &parsed).await {
+                Ok((room_id, _)) => Some(room_id),
                 Err(Error::NotFound(_)) => None,
                 Err(e) => return Err(e),
             }
@@ -318,24 +329,16 @@ pub async fn mesh_public_rooms(server: &Arc<Server>, q: RoomQuery<'_>) -> Result
     let offset = parse_offset(q.since)?;
     let (mut rooms, mut total) = server.db.read_tx(|c| local_entries(c, q, false))?;
     let peers = connected_servers(server).await;
-    let request = json!({
-        "limit": MAX_PUBLIC_ROOMS_LIMIT,
-        "filter": { "generic_search_term": q.term, "room_types": q.room_types },
+    let request = filtered_request(RoomQuery {
+        limit: Some(MAX_PUBLIC_ROOMS_LIMIT as u64),
+        since: None,
+        ..q
     });
     let asks = peers.iter().map(|peer| {
-        let request = &request;
+        let request = request.clone();
         async move {
-            let answer = tokio::time::timeout(
-                MESH_PEER_TIMEOUT,
-                request_json::<Value>(
-                    server,
-                    peer,
-                    http::Method::POST,
-                    "/_matrix/federation/v1/publicRooms",
-                    Some(request),
-                ),
-            )
-            .await;
+            let answer =
+                tokio::time::timeout(MESH_PEER_TIMEOUT, execute(server, peer, request)).await;
             match answer {
                 Ok(Ok(v)) => Some(v),
                 Ok(Err(e)) => {
@@ -354,24 +357,80 @@ pub async fn mesh_public_rooms(server: &Arc<Server>, q: RoomQuery<'_>) -> Result
         .filter_map(|r| r["room_id"].as_str().map(str::to_owned))
         .collect();
     for answer in futures::future::join_all(asks).await.into_iter().flatten() {
-        total += answer["total_room_count_estimate"]
-            .as_u64()
-            .and_then(|n| usize::try_from(n).ok())
+        total += answer
+            .total_room_count_estimate
+            .and_then(|n| usize::try_from(u64::from(n)).ok())
             .unwrap_or(0)
             .min(MAX_PUBLIC_ROOMS_LIMIT);
-        let chunk = answer["chunk"].as_array().cloned().unwrap_or_default();
-        for mut entry in chunk.into_iter().take(MAX_PUBLIC_ROOMS_LIMIT) {
-            let Some(room_id) = entry["room_id"].as_str().map(str::to_owned) else {
-                continue;
-            };
-            if ruma::RoomId::parse(&room_id).is_err() || !seen.insert(room_id) {
+        for entry in answer.chunk.into_iter().take(MAX_PUBLIC_ROOMS_LIMIT) {
+            if !seen.insert(entry.room_id.to_string()) {
                 continue;
             }
+            let mut entry = serde_json::to_value(entry)?;
             client_entry(&mut entry);
             rooms.push(entry);
         }
     }
     Ok(page(sorted(rooms), q.limit, offset, total))
+}
+
+/// `POST /_matrix/federation/v1/publicRooms` for a client's query.
+fn filtered_request(q: RoomQuery<'_>) -> get_public_rooms_filtered::v1::Request {
+    let mut request = get_public_rooms_filtered::v1::Request::new();
+    request.limit = q.limit.map(ruma::UInt::new_saturating);
+    request.since = q.since.map(str::to_owned);
+    request.filter.generic_search_term = q.term.map(str::to_owned);
+    request.filter.room_types = q
+        .room_types
+        .unwrap_or_default()
+        .iter()
+        .map(|t| RoomTypeFilter::from(t.as_deref()))
+        .collect();
+    request
+}
+
+/// A page of `remote`'s public rooms, as the client API answers it: with `POST` and
+/// the query's filter when `filtered`, else with `GET` (limit and `since` only).
+pub async fn remote_public_rooms(
+    server: &Server,
+    remote: &str,
+    q: RoomQuery<'_>,
+    filtered: bool,
+) -> Result<Value, Error> {
+    let (chunk, next_batch, prev_batch, total) = if filtered {
+        let r = execute(server, remote, filtered_request(q)).await?;
+        (
+            r.chunk,
+            r.next_batch,
+            r.prev_batch,
+            r.total_room_count_estimate,
+        )
+    } else {
+        let mut request = get_public_rooms::v1::Request::new();
+        request.limit = q.limit.map(ruma::UInt::new_saturating);
+        request.since = q.since.map(str::to_owned);
+        let r = execute(server, remote, request).await?;
+        (
+            r.chunk,
+            r.next_batch,
+            r.prev_batch,
+            r.total_room_count_estimate,
+        )
+    };
+    let mut body = serde_json::Map::new();
+    body.insert("chunk".into(), json!(chunk));
+    // The optional fields only when the remote gave them.
+    let optional = [
+        ("total_room_count_estimate", total.map(|t| json!(t))),
+        ("next_batch", next_batch.map(Value::String)),
+        ("prev_batch", prev_batch.map(Value::String)),
+    ];
+    for (key, value) in optional {
+        if let Some(v) = value {
+            body.insert(key.into(), v);
+        }
+    }
+    Ok(Value::Object(body))
 }
 
 /// Server names of the connected peers, without duplicates or this node.

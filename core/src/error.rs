@@ -6,6 +6,9 @@
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 
+/// What a client or peer is told of an internal error (the detail stays in the log).
+pub const INTERNAL_MESSAGE: &str = "internal server error";
+
 /// An error answered to a client (or logged, for internal failures).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -164,10 +167,13 @@ impl Error {
     }
 
     /// The message fit for the outside (a client, a peer): an internal error's detail
-    /// (database or JSON text) stays in the log.
+    /// (database or JSON text) is logged here and answered as [`INTERNAL_MESSAGE`].
     pub fn public_message(&self) -> String {
         match self {
-            Error::Internal(_) => "internal server error".to_owned(),
+            Error::Internal(detail) => {
+                tracing::error!(%detail, "internal error");
+                INTERNAL_MESSAGE.to_owned()
+            }
             other => other.to_string(),
         }
     }
@@ -287,9 +293,8 @@ impl IntoResponse for Error {
                 "status": code,
                 "body": body,
             }),
-            Error::Internal(detail) => {
-                tracing::error!(%detail, "internal error");
-                serde_json::json!({"errcode": errcode, "error": "internal server error"})
+            Error::Internal(_) => {
+                serde_json::json!({"errcode": errcode, "error": self.public_message()})
             }
             other => serde_json::json!({"errcode": errcode, "error": other.to_string()}),
         };
@@ -337,8 +342,34 @@ mod tests {
     fn internal_details_never_leave_the_node() {
         let db = Error::from(rusqlite::Error::InvalidColumnName("secret_column".into()));
         assert!(db.to_string().contains("secret_column"), "kept for the log");
-        assert_eq!(db.public_message(), "internal server error");
+        assert_eq!(db.public_message(), INTERNAL_MESSAGE);
         let bad = Error::BadJson("missing field".into());
         assert_eq!(bad.public_message(), bad.to_string());
+    }
+
+    /// What a peer (or client) reads when a handler fails on our side: the status and
+    /// a fixed message, none of the database text.
+    #[tokio::test]
+    async fn a_peer_gets_a_sanitized_internal_error() {
+        let db = Error::from(rusqlite::Error::InvalidColumnName("secret_column".into()));
+        let response = db.into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .expect("body");
+        let text = String::from_utf8_lossy(&body);
+        assert!(!text.contains("secret_column"), "{text}");
+        assert!(!text.contains("database"), "{text}");
+        let body: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(
+            body,
+            serde_json::json!({"errcode": "M_UNKNOWN", "error": INTERNAL_MESSAGE})
+        );
+        // Other errors keep their message: it is the peer's own fault.
+        let response = Error::Forbidden("not in the room".into()).into_response();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .expect("body");
+        assert!(String::from_utf8_lossy(&body).contains("not in the room"));
     }
 }

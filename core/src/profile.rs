@@ -26,18 +26,9 @@ async fn remote_profile(server: &Server, user_id: &str) -> Result<Profile, Error
     let (_, destination) = user_id
         .rsplit_once(':')
         .ok_or_else(|| Error::InvalidParam(format!("{user_id} is not a user id")))?;
-    let path = format!(
-        "/_matrix/federation/v1/query/profile?user_id={}",
-        crate::federation::client::encode(user_id)
-    );
-    let profile: Value = crate::federation::client::request_json(
-        server,
-        destination,
-        http::Method::GET,
-        &path,
-        None,
-    )
-    .await?;
+    let user = crate::federation::client::parse_id(user_id)?;
+    let request = ruma::api::federation::query::get_profile_information::v1::Request::new(user);
+    let profile = crate::federation::client::execute(server, destination, request).await?;
     let field = |name: &str| profile.get(name).and_then(Value::as_str).map(str::to_owned);
     Ok((field("displayname"), field("avatar_url")))
 }

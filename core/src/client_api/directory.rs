@@ -9,7 +9,6 @@ use serde_json::{Value, json};
 use super::extract::{Auth, Body, P, Q, Requester};
 use crate::directory::{self, RoomQuery, parse_alias};
 use crate::error::Error;
-use crate::federation::client::{encode, request_json};
 use crate::server::Server;
 use crate::storage;
 
@@ -77,19 +76,7 @@ pub(super) async fn get_alias(
     let parsed = parse_alias(&alias)?;
     let alias_server = parsed.server_name().as_str();
     if alias_server != server.server_name() {
-        let path = format!(
-            "/_matrix/federation/v1/query/directory?room_alias={}",
-            encode(parsed.as_str())
-        );
-        let answer: Value =
-            request_json(&server, alias_server, http::Method::GET, &path, None).await?;
-        let room_id = answer["room_id"]
-            .as_str()
-            .ok_or_else(|| Error::NotFound(format!("room alias {alias} not found")))?;
-        let servers: Vec<&str> = answer["servers"]
-            .as_array()
-            .map(|a| a.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
+        let (room_id, servers) = directory::query_remote_alias(&server, &parsed).await?;
         return Ok(Json(json!({ "room_id": room_id, "servers": servers })));
     }
     // An alias in an appservice's namespace that does not exist yet: the appservice
@@ -240,16 +227,12 @@ pub(super) async fn get_public_rooms(
         })?),
     };
     if let Some(remote) = remote_server(&server, q.server.as_deref())? {
-        let mut path = "/_matrix/federation/v1/publicRooms".to_owned();
-        let mut sep = '?';
-        if let Some(l) = limit {
-            path.push_str(&format!("{sep}limit={l}"));
-            sep = '&';
-        }
-        if let Some(s) = &q.since {
-            path.push_str(&format!("{sep}since={}", encode(s)));
-        }
-        let answer: Value = request_json(&server, &remote, http::Method::GET, &path, None).await?;
+        let query = RoomQuery {
+            limit,
+            since: q.since.as_deref(),
+            ..Default::default()
+        };
+        let answer = directory::remote_public_rooms(&server, &remote, query, false).await?;
         return Ok(Json(answer));
     }
     let body = server.db.read_tx(|c| {
@@ -273,31 +256,16 @@ pub(super) async fn post_public_rooms(
     Q(q): Q<ServerQuery>,
     Body(body): Body<PublicRoomsBody>,
 ) -> JsonResult {
-    if let Some(remote) = remote_server(&server, q.server.as_deref())? {
-        let request = json!({
-            "limit": body.limit,
-            "since": body.since,
-            "filter": {
-                "generic_search_term": body.filter.generic_search_term,
-                "room_types": body.filter.room_types,
-            },
-        });
-        let answer: Value = request_json(
-            &server,
-            &remote,
-            http::Method::POST,
-            "/_matrix/federation/v1/publicRooms",
-            Some(&request),
-        )
-        .await?;
-        return Ok(Json(answer));
-    }
     let query = RoomQuery {
         limit: body.limit,
         since: body.since.as_deref(),
         term: body.filter.generic_search_term.as_deref(),
         room_types: body.filter.room_types.as_deref(),
     };
+    if let Some(remote) = remote_server(&server, q.server.as_deref())? {
+        let answer = directory::remote_public_rooms(&server, &remote, query, true).await?;
+        return Ok(Json(answer));
+    }
     let out = match body.third_party_instance_id.as_deref() {
         Some(directory::MESH_NETWORK) => directory::mesh_public_rooms(&server, query).await?,
         // No bridge publishes rooms under another network here (Synapse answers the

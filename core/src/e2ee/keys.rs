@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::StreamExt;
+use ruma::api::federation::keys::claim_keys;
 use rusqlite::Connection;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -264,28 +265,30 @@ pub async fn query(
     Ok(body)
 }
 
-/// One signed request to `destination`'s `/user/keys/{what}`, with a timeout.
-async fn ask_remote(
+/// `POST /_matrix/federation/v1/user/keys/claim` to `destination` for `users`
+/// (`{user_id: {device_id: algorithm}}`), with a timeout.
+async fn claim_remote(
     server: &Server,
     destination: &str,
-    what: &str,
-    request: &Value,
+    users: &Map<String, Value>,
 ) -> Result<Value, Error> {
-    let path = format!("/_matrix/federation/v1/user/keys/{what}");
-    let call = crate::federation::client::request_json::<Value>(
+    let claims = serde_json::from_value(Value::Object(users.clone()))
+        .map_err(|e| Error::InvalidParam(format!("bad user or device id in a key claim: {e}")))?;
+    let call = crate::federation::client::execute(
         server,
         destination,
-        http::Method::POST,
-        &path,
-        Some(request),
+        claim_keys::v1::Request::new(claims),
     );
-    tokio::time::timeout(REMOTE_KEYS_TIMEOUT, call)
+    let answer = tokio::time::timeout(REMOTE_KEYS_TIMEOUT, call)
         .await
-        .map_err(|_| Error::RemoteServer(format!("{destination} did not answer in time")))?
+        .map_err(|_| Error::RemoteServer(format!("{destination} did not answer in time")))??;
+    Ok(json!({ "one_time_keys": answer.one_time_keys }))
 }
 
-fn remote_failure(e: &Error) -> Value {
-    json!({"status": 503, "message": e.to_string()})
+/// A destination's entry in a key answer's `failures` (an internal error's detail
+/// stays in the log).
+pub(super) fn remote_failure(e: &Error) -> Value {
+    json!({"status": 503, "message": e.public_message()})
 }
 
 /// The local part of a key query: device keys with merged signatures and display names,
@@ -409,12 +412,9 @@ pub async fn claim(server: &Server, req: &ClaimRequest) -> Result<Value, Error> 
     let mut claimed = server.db.write(|tx| claim_local(tx, &local))?;
     let asks: Vec<_> = remote
         .into_iter()
-        .map(|(destination, users)| {
-            let request = json!({ "one_time_keys": users });
-            async move {
-                let answer = ask_remote(server, destination, "claim", &request).await;
-                (destination, users, answer)
-            }
+        .map(|(destination, users)| async move {
+            let answer = claim_remote(server, destination, &users).await;
+            (destination, users, answer)
         })
         .collect();
     let answers: Vec<_> = futures::stream::iter(asks)

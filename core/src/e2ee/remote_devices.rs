@@ -24,6 +24,9 @@ use serde_json::{Map, Value, json};
 
 use super::cross_signing::parse_key;
 use super::verify_signature;
+use ruma::api::federation::device::get_devices;
+use ruma::api::federation::keys::get_keys;
+
 use crate::error::Error;
 use crate::federation::client;
 use crate::server::Server;
@@ -158,24 +161,24 @@ async fn fetch_user_devices(server: &Server, user_id: &str) -> Result<Fetched, E
         .rsplit_once(':')
         .map(|(_, s)| s)
         .ok_or_else(|| Error::InvalidParam(format!("{user_id} has no server")))?;
-    let path = format!(
-        "/_matrix/federation/v1/user/devices/{}",
-        client::encode(user_id)
-    );
-    let call = client::request_json::<Value>(server, destination, http::Method::GET, &path, None);
+    let user = client::parse_id(user_id)?;
+    let call = client::execute(server, destination, get_devices::v1::Request::new(user));
     let answer = tokio::time::timeout(REMOTE_TIMEOUT, call)
         .await
         .map_err(|_| Error::RemoteServer(format!("{destination} did not answer in time")))??;
-    if answer["user_id"].as_str() != Some(user_id) {
+    if answer.user_id != user_id {
         return Err(Error::RemoteServer(format!(
             "{destination} answered for another user"
         )));
     }
-    let stream_id = answer["stream_id"].as_i64().unwrap_or(0);
-    let devices = answer["devices"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or(&[]);
+    let stream_id = i64::try_from(u64::from(answer.stream_id)).unwrap_or(0);
+    let devices = serde_json::to_value(&answer.devices)?;
+    let devices = devices.as_array().map(Vec::as_slice).unwrap_or(&[]);
+    let master_key = answer.master_key.map(serde_json::to_value).transpose()?;
+    let self_signing_key = answer
+        .self_signing_key
+        .map(serde_json::to_value)
+        .transpose()?;
     let devices = checked_devices(
         user_id,
         devices.iter().filter_map(|d| {
@@ -188,8 +191,8 @@ async fn fetch_user_devices(server: &Server, user_id: &str) -> Result<Fetched, E
     );
     let (master_key, self_signing_key) = check_cross_signing_keys(
         user_id,
-        answer.get("master_key"),
-        answer.get("self_signing_key"),
+        master_key.as_ref(),
+        self_signing_key.as_ref(),
         None,
     )
     .unwrap_or_else(|e| {
@@ -303,12 +306,12 @@ pub async fn query(
                 }
             }
             Some(Err(e)) => {
-                failures.insert(destination.to_owned(), remote_failure(&e));
+                failures.insert(destination.to_owned(), super::keys::remote_failure(&e));
             }
             None => {}
         }
         if let Some(e) = error {
-            failures.insert(destination.to_owned(), remote_failure(&e));
+            failures.insert(destination.to_owned(), super::keys::remote_failure(&e));
         }
     }
     failures
@@ -320,17 +323,17 @@ async fn query_uncached(
     destination: &str,
     users: &Map<String, Value>,
 ) -> Result<Vec<(String, Fetched)>, Error> {
-    let request = json!({ "device_keys": users });
-    let call = client::request_json::<Value>(
-        server,
-        destination,
-        http::Method::POST,
-        "/_matrix/federation/v1/user/keys/query",
-        Some(&request),
-    );
+    let device_keys = serde_json::from_value(Value::Object(users.clone()))
+        .map_err(|e| Error::InvalidParam(format!("bad user or device id in a key query: {e}")))?;
+    let call = client::execute(server, destination, get_keys::v1::Request::new(device_keys));
     let answer = tokio::time::timeout(REMOTE_TIMEOUT, call)
         .await
         .map_err(|_| Error::RemoteServer(format!("{destination} did not answer in time")))??;
+    let answer = json!({
+        "device_keys": answer.device_keys,
+        "master_keys": answer.master_keys,
+        "self_signing_keys": answer.self_signing_keys,
+    });
     let mut out = Vec::new();
     // Only what we asked about, and only that server's users.
     for user_id in users.keys() {
@@ -404,10 +407,6 @@ fn add_to_answer(body: &mut Value, user_id: &str, wanted: &Value, f: &Fetched) {
             body[field][user_id] = k;
         }
     }
-}
-
-fn remote_failure(e: &Error) -> Value {
-    json!({"status": 503, "message": e.to_string()})
 }
 
 /// Apply an `m.device_list_update` from `user_id`'s server to the cache (inside the

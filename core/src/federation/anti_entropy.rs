@@ -32,10 +32,11 @@ use tokio::sync::{Semaphore, broadcast};
 use tokio::task::JoinHandle;
 
 use super::PeerEvent;
-use super::client::{encode, request_json};
+use super::client::execute;
 use super::extract::{FedPath, Origin, room_id};
 use super::remote::FederationRemote;
 use super::visible::authorize_room_read;
+use super::warren_api::Extremities;
 use crate::error::Error;
 use crate::rooms::{Outcome, RemoteEvents, receive_pdu};
 use crate::server::Server;
@@ -206,17 +207,15 @@ async fn sync_room(
     let Some((version, _)) = server.db.read(|c| storage::room_info(c, room))? else {
         return Ok(0);
     };
-    let path = format!(
-        "/_matrix/federation/unstable/org.warren.extremities/{}",
-        encode(room)
-    );
+    let request = Extremities {
+        room_id: room.to_owned(),
+    };
     let mut pulled = 0;
     for round in 0..MAX_ROUNDS {
-        let answer: Value = request_json(server, peer, http::Method::GET, &path, None).await?;
-        let theirs: Vec<String> = answer["extremities"]
-            .as_array()
-            .into_iter()
-            .flatten()
+        let answer = execute(server, peer, request.clone()).await?;
+        let theirs: Vec<String> = answer
+            .extremities
+            .iter()
             .filter_map(Value::as_str)
             .filter(|id| ruma::EventId::parse(*id).is_ok())
             .take(MAX_EXTREMITIES)

@@ -15,7 +15,7 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
-use ruma::api::federation::authentication::XMatrix;
+use ruma::api::federation::authentication::{ServerSignaturesInput, XMatrix};
 use ruma::signatures::PublicKeyMap;
 
 use super::transport::AuthenticatedOrigin;
@@ -99,21 +99,29 @@ async fn read_body(body: Body) -> Result<Bytes, Error> {
     }
 }
 
+/// What `X-Matrix` signs a request from this server to `destination` with (the
+/// input of ruma's `ServerSignatures` scheme).
+pub fn signature_input<'a>(
+    server: &'a Server,
+    destination: &str,
+) -> Result<ServerSignaturesInput<'a>, Error> {
+    let origin = ruma::OwnedServerName::try_from(server.server_name()).map_err(Error::internal)?;
+    let destination = ruma::OwnedServerName::try_from(destination)
+        .map_err(|e| Error::InvalidParam(format!("bad server name {destination}: {e}")))?;
+    Ok(ServerSignaturesInput::new(
+        origin,
+        destination,
+        server.identity.keypair(),
+    ))
+}
+
 /// The `Authorization` header value for a request from this server.
 pub fn sign_request(
     server: &Server,
     destination: &str,
     request: &http::Request<Bytes>,
 ) -> Result<http::HeaderValue, Error> {
-    let origin = ruma::OwnedServerName::try_from(server.server_name()).map_err(Error::internal)?;
-    let destination = ruma::OwnedServerName::try_from(destination)
-        .map_err(|e| Error::InvalidParam(format!("bad server name {destination}: {e}")))?;
-    let input = ruma::api::federation::authentication::ServerSignaturesInput::new(
-        origin,
-        destination,
-        server.identity.keypair(),
-    );
-    let x_matrix = XMatrix::try_from_http_request(request, input)
+    let x_matrix = XMatrix::try_from_http_request(request, signature_input(server, destination)?)
         .map_err(|e| Error::Internal(format!("signing a federation request: {e}")))?;
     Ok(http::HeaderValue::from(&x_matrix))
 }

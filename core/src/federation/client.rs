@@ -1,11 +1,16 @@
 //! Outbound federation requests: signed with `X-Matrix`, carried by the node's
 //! [`FederationTransport`](super::FederationTransport).
 
+use std::sync::Arc;
+
 use bytes::Bytes;
+use ruma::api::federation::authentication::ServerSignatures;
+use ruma::api::path_builder::SinglePath;
+use ruma::api::{IncomingResponse, OutgoingRequest};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::auth::sign_request;
+use super::auth::{sign_request, signature_input};
 use crate::error::Error;
 use crate::server::Server;
 
@@ -18,6 +23,15 @@ pub fn encode(component: &str) -> String {
         .remove(b'_')
         .remove(b'~');
     percent_encoding::utf8_percent_encode(component, RESERVED).to_string()
+}
+
+/// A Matrix id (room, event, user, …) as a typed request names it; a malformed one is
+/// a bad parameter.
+pub fn parse_id<T>(id: &str) -> Result<T, Error>
+where
+    T: for<'a> TryFrom<&'a str, Error = ruma::IdParseError>,
+{
+    T::try_from(id).map_err(|e| Error::InvalidParam(format!("bad id {id:?}: {e}")))
 }
 
 /// Largest JSON response body we parse from another server. Transports should stop
@@ -55,7 +69,7 @@ fn signed(
 fn transport<'a>(
     server: &'a Server,
     destination: &str,
-) -> Result<&'a std::sync::Arc<dyn super::FederationTransport>, Error> {
+) -> Result<&'a Arc<dyn super::FederationTransport>, Error> {
     if crate::identity::public_key_from_server_name(destination).is_none() {
         return Err(Error::InvalidParam(format!(
             "{destination:?} is not the server name of a P2P node (64 hex characters)"
@@ -66,7 +80,10 @@ fn transport<'a>(
         .ok_or_else(|| Error::RemoteServer("federation is not available on this node".into()))
 }
 
-/// Send one signed request to `destination` and return the raw response.
+/// Send one signed request, built by hand, to `destination` and return the raw
+/// response. The node itself sends typed requests ([`execute`]); this and
+/// [`request_json`] are for tests that need a request no type would build (a malformed
+/// one, an endpoint under test).
 pub async fn request(
     server: &Server,
     destination: &str,
@@ -78,23 +95,6 @@ pub async fn request(
     let request = signed(server, destination, method, path_and_query, body)?;
     transport
         .request(destination, request)
-        .await
-        .map_err(|e| Error::RemoteServer(e.to_string()))
-}
-
-/// Send one signed `GET` to `destination`; the response body arrives as a stream that
-/// the caller bounds (see [`FederationTransport::request_streaming`]).
-///
-/// [`FederationTransport::request_streaming`]: super::FederationTransport::request_streaming
-pub async fn request_streaming(
-    server: &Server,
-    destination: &str,
-    path_and_query: &str,
-) -> Result<http::Response<super::BodyStream>, Error> {
-    let transport = transport(server, destination)?;
-    let request = signed(server, destination, http::Method::GET, path_and_query, None)?;
-    transport
-        .request_streaming(destination, request)
         .await
         .map_err(|e| Error::RemoteServer(e.to_string()))
 }
@@ -111,19 +111,96 @@ pub async fn request_json<T: DeserializeOwned>(
     body: Option<&Value>,
 ) -> Result<T, Error> {
     let response = request(server, destination, method, path_and_query, body).await?;
-    let status = response.status();
-    let body = response.into_body();
-    if body.len() > MAX_RESPONSE_JSON {
+    let body = successful(destination, response)?.into_body();
+    serde_json::from_slice(&body).map_err(|e| bad_json(destination, e))
+}
+
+/// Send a typed federation request (a ruma `…::v1::Request`, or one of Warren's own
+/// endpoints declared the same way) to `destination`, signed with `X-Matrix`, and
+/// parse the answer into its response type. Errors as [`request_json`]: a refusal keeps
+/// its status class, a body over [`MAX_RESPONSE_JSON`] or of the wrong shape is the
+/// peer's fault (`RemoteServer`).
+pub async fn execute<R>(
+    server: &Server,
+    destination: &str,
+    request: R,
+) -> Result<R::IncomingResponse, Error>
+where
+    R: OutgoingRequest<Authentication = ServerSignatures, PathBuilder = SinglePath>,
+{
+    let (transport, request) = typed(server, destination, request)?;
+    let response = transport
+        .request(destination, request)
+        .await
+        .map_err(|e| Error::RemoteServer(e.to_string()))?;
+    let response = successful(destination, response)?;
+    R::IncomingResponse::try_from_http_response(response).map_err(|e| bad_json(destination, e))
+}
+
+/// Like [`execute`], but the response is handed over as it arrives, whatever its
+/// status, for the caller to bound and parse (media: see
+/// [`FederationTransport::request_streaming`](super::FederationTransport::request_streaming)).
+pub async fn execute_streaming<R>(
+    server: &Server,
+    destination: &str,
+    request: R,
+) -> Result<http::Response<super::BodyStream>, Error>
+where
+    R: OutgoingRequest<Authentication = ServerSignatures, PathBuilder = SinglePath>,
+{
+    let (transport, request) = typed(server, destination, request)?;
+    transport
+        .request_streaming(destination, request)
+        .await
+        .map_err(|e| Error::RemoteServer(e.to_string()))
+}
+
+/// The transport to `destination` and `request` as the signed `http::Request` it
+/// carries: the URI is the path and query only (the transport addresses the node), and
+/// ruma signs it with the same `X-Matrix` input as [`sign_request`].
+fn typed<'a, R>(
+    server: &'a Server,
+    destination: &str,
+    request: R,
+) -> Result<
+    (
+        &'a Arc<dyn super::FederationTransport>,
+        http::Request<Bytes>,
+    ),
+    Error,
+>
+where
+    R: OutgoingRequest<Authentication = ServerSignatures, PathBuilder = SinglePath>,
+{
+    let transport = transport(server, destination)?;
+    let input = signature_input(server, destination)?;
+    let request = request
+        .try_into_http_request::<Vec<u8>>("", input, ())
+        .map_err(|e| Error::Internal(format!("building a federation request: {e}")))?
+        .map(Bytes::from);
+    Ok((transport, request))
+}
+
+/// The response if it is a success of a size we parse; the remote's refusal otherwise.
+fn successful(
+    destination: &str,
+    response: http::Response<Bytes>,
+) -> Result<http::Response<Bytes>, Error> {
+    let len = response.body().len();
+    if len > MAX_RESPONSE_JSON {
         return Err(Error::RemoteServer(format!(
-            "{destination} answered with {} bytes",
-            body.len()
+            "{destination} answered with {len} bytes"
         )));
     }
+    let status = response.status();
     if !status.is_success() {
-        return Err(remote_error(destination, status, &body));
+        return Err(remote_error(destination, status, response.body()));
     }
-    serde_json::from_slice(&body)
-        .map_err(|e| Error::RemoteServer(format!("{destination} answered with bad JSON: {e}")))
+    Ok(response)
+}
+
+fn bad_json(destination: &str, e: impl std::fmt::Display) -> Error {
+    Error::RemoteServer(format!("{destination} answered with bad JSON: {e}"))
 }
 
 fn remote_error(destination: &str, status: http::StatusCode, body: &[u8]) -> Error {

@@ -37,6 +37,7 @@ mod timestamp;
 pub mod transport;
 pub mod visible;
 pub mod walk;
+pub mod warren_api;
 
 pub use auth::FederationOrigin;
 pub use router::router;

@@ -3,9 +3,10 @@
 
 use std::sync::Arc;
 
+use ruma::api::federation::event::{get_event, get_missing_events, get_room_state};
 use serde_json::{Value, json};
 
-use super::client::{encode, request_json};
+use super::client::{execute, parse_id as id};
 use crate::error::Error;
 use crate::rooms::{BoxFuture, RemoteEvents};
 use crate::server::Server;
@@ -22,6 +23,10 @@ impl FederationRemote {
     }
 }
 
+fn ids(list: Vec<String>) -> Result<Vec<ruma::OwnedEventId>, Error> {
+    list.iter().map(|e| id(e)).collect()
+}
+
 impl RemoteEvents for FederationRemote {
     fn get_event<'a>(
         &'a self,
@@ -29,15 +34,9 @@ impl RemoteEvents for FederationRemote {
         event_id: &'a str,
     ) -> BoxFuture<'a, Result<Value, Error>> {
         Box::pin(async move {
-            let path = format!("/_matrix/federation/v1/event/{}", encode(event_id));
-            let answer: Value =
-                request_json(&self.server, origin, http::Method::GET, &path, None).await?;
-            answer
-                .get("pdus")
-                .and_then(Value::as_array)
-                .and_then(|pdus| pdus.first())
-                .cloned()
-                .ok_or_else(|| Error::RemoteServer(format!("{origin} sent no PDU for {event_id}")))
+            let request = get_event::v1::Request::new(id(event_id)?);
+            let answer = execute(&self.server, origin, request).await?;
+            Ok(serde_json::from_str(answer.pdu.get())?)
         })
     }
 
@@ -50,10 +49,6 @@ impl RemoteEvents for FederationRemote {
         limit: usize,
     ) -> BoxFuture<'a, Result<Vec<Value>, Error>> {
         Box::pin(async move {
-            let path = format!(
-                "/_matrix/federation/v1/get_missing_events/{}",
-                encode(room_id)
-            );
             // Nothing from before this node joined: that history is not ours to take
             // into the live timeline (backfill fetches it, into backfill positions). A
             // walk into it would put the room's old state events, held here as
@@ -63,21 +58,16 @@ impl RemoteEvents for FederationRemote {
                 .db
                 .read(|c| crate::storage::live_start_depth(c, room_id))?
                 .unwrap_or(0);
-            let body = json!({
-                "earliest_events": earliest,
-                "latest_events": latest,
-                "limit": limit,
-                "min_depth": min_depth,
-            });
-            let answer: Value =
-                request_json(&self.server, origin, http::Method::POST, &path, Some(&body)).await?;
+            let mut request =
+                get_missing_events::v1::Request::new(id(room_id)?, ids(earliest)?, ids(latest)?);
+            request.limit = ruma::UInt::new_saturating(limit as u64);
+            request.min_depth = ruma::UInt::new_saturating(u64::try_from(min_depth).unwrap_or(0));
+            let answer = execute(&self.server, origin, request).await?;
             Ok(answer
-                .get("events")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
+                .events
+                .iter()
+                .filter_map(|e| serde_json::from_str::<Value>(e.get()).ok())
                 .filter(|e| e["depth"].as_i64().is_none_or(|d| d >= min_depth))
-                .cloned()
                 .collect())
         })
     }
@@ -89,12 +79,9 @@ impl RemoteEvents for FederationRemote {
         event_id: &'a str,
     ) -> BoxFuture<'a, Result<Value, Error>> {
         Box::pin(async move {
-            let path = format!(
-                "/_matrix/federation/v1/state/{}?event_id={}",
-                encode(room_id),
-                encode(event_id)
-            );
-            request_json(&self.server, origin, http::Method::GET, &path, None).await
+            let request = get_room_state::v1::Request::new(id(event_id)?, id(room_id)?);
+            let answer = execute(&self.server, origin, request).await?;
+            Ok(json!({ "pdus": answer.pdus, "auth_chain": answer.auth_chain }))
         })
     }
 }

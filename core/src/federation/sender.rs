@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use serde_json::json;
+use ruma::api::federation::transactions::send_transaction_message::v1::Request;
+use serde_json::value::to_raw_value;
 use tokio::sync::{Notify, broadcast};
 use tokio::task::JoinHandle;
 
@@ -297,21 +298,29 @@ async fn send_transaction(
     destination: &str,
     batch: &storage::OutboxBatch,
 ) -> Result<(), crate::error::Error> {
-    let body = json!({
-        "origin": server.server_name(),
-        "origin_server_ts": now_ms(),
-        "pdus": batch.pdus,
-        "edus": batch.edus,
-    });
-    let path = format!("/_matrix/federation/v1/send/{}", txn_id(&batch.ids));
-    let answer: serde_json::Value =
-        client::request_json(server, destination, http::Method::PUT, &path, Some(&body)).await?;
+    let origin = ruma::OwnedServerName::try_from(server.server_name())
+        .map_err(crate::error::Error::internal)?;
+    let ts = ruma::UInt::new_saturating(u64::try_from(now_ms()).unwrap_or(0));
+    let mut request = Request::new(
+        txn_id(&batch.ids).into(),
+        origin,
+        ruma::MilliSecondsSinceUnixEpoch(ts),
+    );
+    request.pdus = batch
+        .pdus
+        .iter()
+        .map(to_raw_value)
+        .collect::<Result<_, _>>()?;
+    request.edus = batch
+        .edus
+        .iter()
+        .map(|edu| to_raw_value(edu).map(ruma::serde::Raw::from_json))
+        .collect::<Result<_, _>>()?;
+    let answer = client::execute(server, destination, request).await?;
     // Per-PDU errors are the receiver's verdict on our events; retrying cannot change it.
-    if let Some(errors) = answer.get("pdus").and_then(|p| p.as_object()) {
-        for (event_id, result) in errors {
-            if let Some(error) = result.get("error") {
-                tracing::warn!(%destination, %event_id, %error, "destination refused a PDU");
-            }
+    for (event_id, result) in answer.pdus {
+        if let Err(error) = result {
+            tracing::warn!(%destination, %event_id, %error, "destination refused a PDU");
         }
     }
     Ok(())

@@ -5,11 +5,11 @@ use std::sync::Arc;
 use ruma::CanonicalJsonObject;
 use serde_json::{Value, json};
 
-use super::PREFIX;
 use super::record;
 use crate::error::Error;
-use crate::federation::client::{self, encode};
+use crate::federation::client;
 use crate::federation::keys;
+use crate::federation::warren_api::Deposit;
 use crate::server::Server;
 use crate::storage::{self, now_ms};
 
@@ -86,9 +86,12 @@ async fn put(
     body: &Value,
     hints: &[String],
 ) -> Result<(), Error> {
-    let path = format!("{PREFIX}/deposit/{}/{}", encode(owner), encode(txn_id));
-    let first =
-        client::request_json::<Value>(server, mailbox, http::Method::PUT, &path, Some(body)).await;
+    let request = Deposit {
+        owner: owner.to_owned(),
+        txn_id: txn_id.to_owned(),
+        transaction: body.clone(),
+    };
+    let first = client::execute(server, mailbox, request.clone()).await;
     match first {
         Ok(_) => return Ok(()),
         Err(Error::RemoteServer(e)) if !hints.is_empty() => {
@@ -112,9 +115,7 @@ async fn put(
         }
         Err(e) => return Err(e),
     }
-    client::request_json::<Value>(server, mailbox, http::Method::PUT, &path, Some(body))
-        .await
-        .map(|_| ())
+    client::execute(server, mailbox, request).await.map(|_| ())
 }
 
 /// The mailbox's side: hold `body`, a transaction `depositor` signed for `owner`, if

@@ -5,15 +5,15 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
-use super::{MAX_DRAIN_BATCH, PREFIX, record};
+use super::{MAX_DRAIN_BATCH, record};
 use crate::error::Error;
 use crate::federation::PeerEvent;
-use crate::federation::client::request_json;
+use crate::federation::client::execute;
+use crate::federation::warren_api::{Ack, Deposits};
 use crate::federation::{keys, outbox};
 use crate::server::Server;
 use crate::storage;
@@ -114,25 +114,16 @@ async fn drain_logged(server: &Arc<Server>, mailbox: &str) {
     }
 }
 
-#[derive(Deserialize)]
-struct Answer {
-    deposits: Vec<HeldDeposit>,
-}
-
-#[derive(Deserialize)]
-struct HeldDeposit {
-    id: i64,
-    transaction: Value,
-}
-
 /// Collect everything `mailbox` holds for this node, in the order it was left: apply
 /// each deposit as a transaction from its depositor, then acknowledge it. Returns how
 /// many deposits were taken.
 pub async fn drain_from(server: &Arc<Server>, mailbox: &str) -> Result<usize, Error> {
     let mut taken = 0;
     loop {
-        let path = format!("{PREFIX}/deposits?limit={MAX_DRAIN_BATCH}");
-        let answer: Answer = request_json(server, mailbox, http::Method::GET, &path, None).await?;
+        let request = Deposits {
+            limit: MAX_DRAIN_BATCH,
+        };
+        let answer = execute(server, mailbox, request).await?;
         if answer.deposits.is_empty() {
             return Ok(taken);
         }
@@ -160,14 +151,7 @@ pub async fn drain_from(server: &Arc<Server>, mailbox: &str) -> Result<usize, Er
         }
         taken += done.len();
         if !done.is_empty() {
-            let _: Value = request_json(
-                server,
-                mailbox,
-                http::Method::POST,
-                &format!("{PREFIX}/ack"),
-                Some(&json!({ "ids": done })),
-            )
-            .await?;
+            execute(server, mailbox, Ack { ids: done }).await?;
         }
         match stop {
             None => {}

@@ -34,6 +34,7 @@ use std::time::Duration;
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use parking_lot::Mutex;
+use ruma::api::federation::authenticated_media::get_content;
 use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc};
 
@@ -42,7 +43,7 @@ use futures::StreamExt;
 use super::multipart::{self, Head};
 use crate::error::Error;
 use crate::events::Pdu;
-use crate::federation::client::{self, encode};
+use crate::federation::client;
 use crate::server::Server;
 use crate::storage::{self, RemoteMediaRow, now_ms};
 
@@ -381,11 +382,9 @@ async fn fetch_inner(
     media_id: &str,
     limit: u64,
 ) -> Result<(), Error> {
-    let path = format!(
-        "/_matrix/federation/v1/media/download/{}?timeout_ms={ORIGIN_WAIT_MS}",
-        encode(media_id)
-    );
-    let response = client::request_streaming(server, origin, &path).await?;
+    let mut request = get_content::v1::Request::new(media_id.to_owned());
+    request.timeout_ms = Duration::from_millis(ORIGIN_WAIT_MS);
+    let response = client::execute_streaming(server, origin, request).await?;
     let status = response.status();
     let content_type = response
         .headers()

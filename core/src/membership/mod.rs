@@ -22,7 +22,7 @@ mod leave;
 mod profile;
 
 use rusqlite::Connection;
-use serde_json::{Value, json};
+use serde_json::json;
 
 pub use ban::{ban, unban};
 pub use forget::forget;
@@ -75,26 +75,9 @@ pub async fn resolve_room(
                 .read(|c| storage::alias_room(c, &target))?
                 .ok_or_else(|| Error::NotFound(format!("room alias {target} not found")))
         } else {
-            let path = format!(
-                "/_matrix/federation/v1/query/directory?room_alias={}",
-                crate::federation::client::encode(&target)
-            );
-            let answer: Value = crate::federation::client::request_json(
-                server,
-                alias_server,
-                http::Method::GET,
-                &path,
-                None,
-            )
-            .await?;
-            let room_id = answer["room_id"]
-                .as_str()
-                .ok_or_else(|| Error::NotFound(format!("room alias {target} not found")))?
-                .to_owned();
+            let (room_id, servers) = crate::directory::query_remote_alias(server, &alias).await?;
             via.push(alias_server.to_owned());
-            if let Some(servers) = answer["servers"].as_array() {
-                via.extend(servers.iter().filter_map(Value::as_str).map(str::to_owned));
-            }
+            via.extend(servers);
             Ok(room_id)
         }
     } else if target.starts_with('!') && ruma::RoomId::parse(&target).is_ok() {

@@ -30,16 +30,17 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ruma::api::federation::backfill::get_backfill;
 use rusqlite::Connection;
 use serde_json::Value;
 
 use super::receive::{
     Checked, Mode, Room, check_pdu, checked_state_answer, has_state, with_auth_events,
 };
-use super::{MAX_FETCHES, Outcome};
+use super::{MAX_FETCHES, Outcome, RemoteEvents};
 use crate::error::Error;
 use crate::events::rules_for;
-use crate::federation::client::{encode, request_json};
+use crate::federation::client::{execute, parse_id};
 use crate::federation::remote::FederationRemote;
 use crate::server::Server;
 use crate::storage::{self, StateMap};
@@ -132,30 +133,26 @@ async fn backfill_once(server: &Arc<Server>, room_id: &str) -> Result<Backfilled
             servers.push(s);
         }
     }
-    let v: Vec<String> = extremities.into_iter().map(|e| e.event_id).collect();
-    let query: String = v
+    let v = extremities
         .iter()
-        .map(|id| format!("v={}", encode(id)))
-        .chain(std::iter::once(format!("limit={MAX_BACKFILL_EVENTS}")))
-        .collect::<Vec<_>>()
-        .join("&");
-    let path = format!(
-        "/_matrix/federation/v1/backfill/{}?{query}",
-        encode(room_id)
-    );
+        .map(|e| parse_id(&e.event_id))
+        .collect::<Result<Vec<_>, _>>()?;
+    let limit = ruma::UInt::new_saturating(MAX_BACKFILL_EVENTS as u64);
+    let request = get_backfill::v1::Request::new(parse_id(room_id)?, v, limit);
     for dest in servers.into_iter().take(MAX_SERVERS_TRIED) {
-        let answer: Value = match request_json(server, &dest, http::Method::GET, &path, None).await
-        {
+        let answer = match execute(server, &dest, request.clone()).await {
             Ok(a) => a,
             Err(e) => {
                 tracing::info!(%room_id, %dest, error = %e, "backfill request failed");
                 continue;
             }
         };
-        let pdus: Vec<Value> = answer["pdus"]
-            .as_array()
-            .map(|a| a.iter().take(MAX_BACKFILL_EVENTS).cloned().collect())
-            .unwrap_or_default();
+        let pdus: Vec<Value> = answer
+            .pdus
+            .iter()
+            .take(MAX_BACKFILL_EVENTS)
+            .filter_map(|pdu| serde_json::from_str(pdu.get()).ok())
+            .collect();
         if pdus.is_empty() {
             continue;
         }
@@ -217,15 +214,11 @@ async fn apply(
         }
         Ok(out)
     })?;
+    let remote = FederationRemote::new(server.clone());
     let mut given: HashMap<String, Vec<String>> = HashMap::new();
     let mut state_events: Vec<Checked> = Vec::new();
     for id in needs_state.into_iter().take(MAX_STATE_FETCHES) {
-        let path = format!(
-            "/_matrix/federation/v1/state/{}?event_id={}",
-            encode(room_id),
-            encode(&id)
-        );
-        let answer: Value = match request_json(server, dest, http::Method::GET, &path, None).await {
+        let answer = match remote.state_before(dest, room_id, &id).await {
             Ok(a) => a,
             Err(e) => {
                 tracing::info!(%room_id, %dest, event_id = %id, error = %e, "cannot fetch the state before a backfilled event");
@@ -237,7 +230,6 @@ async fn apply(
         given.insert(id, ids);
     }
     // 4: the auth events the batch and those states need, fetched from the same server.
-    let remote = FederationRemote::new(server.clone());
     let mut seeds = state_events;
     seeds.extend(batch.iter().cloned());
     let auth = with_auth_events(server, &remote, dest, room_id, rules, &seeds, MAX_FETCHES).await?;

@@ -18,9 +18,10 @@ use rusqlite::Connection;
 use serde_json::{Map, Value, json};
 
 use crate::error::Error;
-use crate::federation::client::{encode, request_json};
+use crate::federation::client::execute;
 use crate::federation::hierarchy::{accessible_with, children_state};
 use crate::federation::summary::{RoomSummary, room_summary};
+use crate::federation::warren_api::Hierarchy;
 use crate::identity::public_key_from_server_name;
 use crate::server::Server;
 use crate::storage;
@@ -223,31 +224,25 @@ impl Remote {
                 return None;
             }
             self.fetches += 1;
-            let path = format!(
-                "/_matrix/federation/v1/hierarchy/{}?suggested_only={suggested_only}",
-                encode(room_id)
-            );
-            let answer: Value =
-                match request_json(server, dest, http::Method::GET, &path, None).await {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::info!(%room_id, %dest, error = %e, "remote hierarchy failed");
-                        continue;
-                    }
-                };
-            let Some(summary) = remote_summary(room_id, &answer["room"]) else {
+            let request = Hierarchy {
+                room_id: room_id.to_owned(),
+                suggested_only,
+            };
+            let answer = match execute(server, dest, request).await {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::info!(%room_id, %dest, error = %e, "remote hierarchy failed");
+                    continue;
+                }
+            };
+            let Some(summary) = remote_summary(room_id, &answer.room) else {
                 continue;
             };
             let entry = Entry {
                 summary,
-                children: remote_children(&answer["room"]["children_state"], suggested_only),
+                children: remote_children(&answer.room["children_state"], suggested_only),
             };
-            for child in answer["children"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .take(MAX_REMOTE_CHILDREN)
-            {
+            for child in answer.children.iter().take(MAX_REMOTE_CHILDREN) {
                 if let Some(id) = child["room_id"].as_str()
                     && let Some(summary) = remote_summary(id, child)
                 {

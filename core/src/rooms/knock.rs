@@ -9,13 +9,14 @@
 
 use std::sync::Arc;
 
+use ruma::api::federation::membership::create_knock_event;
 use rusqlite::Connection;
 use serde_json::{Value, json};
 
 use super::remote_join::{candidates, invite_room_state, make_membership, outlier};
 use crate::error::Error;
 use crate::events::{Pdu, rules_for};
-use crate::federation::client::{encode, request_json};
+use crate::federation::client::{execute, parse_id};
 use crate::server::Server;
 use crate::storage::{self, next_stream_position};
 
@@ -143,13 +144,13 @@ async fn knock_via(
     if !rules.authorization.knocking {
         return Err(Error::IncompatibleRoomVersion(version));
     }
-    let body = serde_json::to_value(&object)?;
-    let path = format!(
-        "/_matrix/federation/v1/send_knock/{}/{}",
-        encode(room_id),
-        encode(&event_id)
+    let request = create_knock_event::v1::Request::new(
+        parse_id(room_id)?,
+        parse_id(&event_id)?,
+        serde_json::value::to_raw_value(&object)?,
     );
-    let answer: Value = request_json(server, dest, http::Method::PUT, &path, Some(&body)).await?;
+    let answer = execute(server, dest, request).await?;
+    let answer = json!({ "knock_room_state": answer.knock_room_state });
     // Stripped state is shown to the user as the resident describes the room; keep only
     // objects with the stripped-state fields, and not too many.
     let stripped: Vec<Value> = answer["knock_room_state"]

@@ -19,10 +19,15 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
 use ruma::CanonicalJsonValue;
+use ruma::api::federation::membership::{
+    create_invite, create_join_event, create_leave_event, prepare_join_event, prepare_knock_event,
+    prepare_leave_event,
+};
 use ruma::events::TimelineEventType;
 use ruma::signatures::{sign_event, verify_json};
 use ruma::state_res;
 use rusqlite::Connection;
+use serde_json::value::RawValue as RawJsonValue;
 use serde_json::{Map, Value, json};
 
 use super::append::{
@@ -36,7 +41,7 @@ use crate::error::Error;
 use crate::events::{
     NewEvent, Pdu, build_pdu, parse_references, references_json, rules_for, stripped_state,
 };
-use crate::federation::client::{encode, request_json};
+use crate::federation::client::{execute, parse_id};
 use crate::identity::public_key_from_server_name;
 use crate::server::Server;
 use crate::storage::{self, EventStatus, StateMap, StoredEvent, next_stream_position, now_ms};
@@ -232,12 +237,41 @@ pub async fn join_remote(
     Err(last.unwrap_or_else(|| Error::NotFound(format!("cannot join {room_id}"))))
 }
 
-fn versions_query() -> String {
-    SUPPORTED_ROOM_VERSIONS
-        .iter()
-        .map(|v| format!("ver={v}"))
-        .collect::<Vec<_>>()
-        .join("&")
+/// `make_{membership}` on `dest`: the room version it names and the event template.
+async fn make_template(
+    server: &Server,
+    dest: &str,
+    room_id: &str,
+    user_id: &str,
+    membership: &str,
+) -> Result<(Option<String>, Box<RawJsonValue>), Error> {
+    let (room, user) = (parse_id(room_id)?, parse_id(user_id)?);
+    let ver = || {
+        SUPPORTED_ROOM_VERSIONS
+            .iter()
+            .map(|v| parse_id(v))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    Ok(match membership {
+        "join" => {
+            let mut request = prepare_join_event::v1::Request::new(room, user);
+            request.ver = ver()?;
+            let answer = execute(server, dest, request).await?;
+            (answer.room_version.map(|v| v.to_string()), answer.event)
+        }
+        "knock" => {
+            let mut request = prepare_knock_event::v1::Request::new(room, user);
+            request.ver = ver()?;
+            let answer = execute(server, dest, request).await?;
+            (Some(answer.room_version.to_string()), answer.event)
+        }
+        "leave" => {
+            let request = prepare_leave_event::v1::Request::new(room, user);
+            let answer = execute(server, dest, request).await?;
+            (answer.room_version.map(|v| v.to_string()), answer.event)
+        }
+        other => return Err(Error::internal(format!("no make_{other} endpoint"))),
+    })
 }
 
 /// `make_*` then sign the template: the version and our signed event.
@@ -249,26 +283,18 @@ pub(super) async fn make_membership(
     membership: &str,
     client_content: Map<String, Value>,
 ) -> Result<(String, String, ruma::CanonicalJsonObject), Error> {
-    let path = format!(
-        "/_matrix/federation/v1/make_{membership}/{}/{}?{}",
-        encode(room_id),
-        encode(user_id),
-        versions_query()
-    );
-    let answer: Value = request_json(server, dest, http::Method::GET, &path, None).await?;
-    let version = answer["room_version"]
-        .as_str()
-        .ok_or_else(|| {
-            Error::RemoteServer(format!("{dest}: make_{membership} without room_version"))
-        })?
-        .to_owned();
+    let (version, template) = make_template(server, dest, room_id, user_id, membership).await?;
+    let version = version.ok_or_else(|| {
+        Error::RemoteServer(format!("{dest}: make_{membership} without room_version"))
+    })?;
     if !SUPPORTED_ROOM_VERSIONS.contains(&version.as_str()) {
         return Err(Error::UnsupportedRoomVersion(format!(
             "room {room_id} has version {version}, which this server does not support"
         )));
     }
     let (_, rules) = rules_for(&version)?;
-    let t = &answer["event"];
+    let template: Value = serde_json::from_str(template.get())?;
+    let t = &template;
     let bad =
         |what: &str| Error::RemoteServer(format!("{dest}: make_{membership} template: {what}"));
     if t["type"] != "m.room.member"
@@ -339,13 +365,12 @@ async fn join_via(
 ) -> Result<String, Error> {
     let (version, event_id, object) =
         make_membership(server, dest, room_id, user_id, "join", content).await?;
-    let body = serde_json::to_value(&object)?;
-    let path = format!(
-        "/_matrix/federation/v2/send_join/{}/{}",
-        encode(room_id),
-        encode(&event_id)
+    let request = create_join_event::v2::Request::new(
+        parse_id(room_id)?,
+        parse_id(&event_id)?,
+        serde_json::value::to_raw_value(&object)?,
     );
-    let answer: Value = request_json(server, dest, http::Method::PUT, &path, Some(&body)).await?;
+    let answer = serde_json::to_value(execute(server, dest, request).await?.room_state)?;
     let list = |key: &str, max: usize| -> Result<Vec<Value>, Error> {
         match answer.get(key) {
             Some(Value::Array(a)) if a.len() <= max => Ok(a.clone()),
@@ -384,7 +409,7 @@ async fn join_via(
                 "{dest}: send_join did not return the join it authorised"
             )));
         }
-        None => body,
+        None => serde_json::to_value(&object)?,
     };
     let joined = server.write(|c| {
         let joined = persist_remote_join(
@@ -607,13 +632,12 @@ async fn leave_via(
 ) -> Result<String, Error> {
     let (_, event_id, object) =
         make_membership(server, dest, room_id, user_id, "leave", Map::new()).await?;
-    let body = serde_json::to_value(&object)?;
-    let path = format!(
-        "/_matrix/federation/v2/send_leave/{}/{}",
-        encode(room_id),
-        encode(&event_id)
+    let request = create_leave_event::v2::Request::new(
+        parse_id(room_id)?,
+        parse_id(&event_id)?,
+        serde_json::value::to_raw_value(&object)?,
     );
-    let _: Value = request_json(server, dest, http::Method::PUT, &path, Some(&body)).await?;
+    execute(server, dest, request).await?;
     let json = serde_json::to_string(&object)?;
     let pdu = Pdu::from_json(&event_id, &json)?;
     server.write(|c| {
@@ -716,21 +740,19 @@ pub async fn invite_remote(
         let stripped = invite_room_state(c, room_id, sender)?;
         Ok((built, stripped))
     })?;
-    let body = json!({
-        "event": built.object,
-        "room_version": built.version,
-        "invite_room_state": stripped,
-    });
-    let path = format!(
-        "/_matrix/federation/v2/invite/{}/{}",
-        encode(room_id),
-        encode(&built.event_id)
+    let invite_room_state = stripped
+        .iter()
+        .map(|v| serde_json::from_str(&v.to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let request = create_invite::v2::Request::new(
+        parse_id(room_id)?,
+        parse_id(&built.event_id)?,
+        parse_id(&built.version)?,
+        serde_json::value::to_raw_value(&built.object)?,
+        invite_room_state,
     );
-    let answer: Value = request_json(server, &dest, http::Method::PUT, &path, Some(&body)).await?;
-    let signed = answer
-        .get("event")
-        .cloned()
-        .ok_or_else(|| Error::RemoteServer(format!("{dest}: invite answer without event")))?;
+    let answer = execute(server, &dest, request).await?;
+    let signed: Value = serde_json::from_str(answer.event.get())?;
     let (_, rules) = rules_for(&built.version)?;
     let checked = check_pdu(signed, room_id, &rules)
         .map_err(|(_, r)| Error::RemoteServer(format!("{dest}: counter-signed invite: {r}")))?;
