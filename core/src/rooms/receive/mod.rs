@@ -156,7 +156,7 @@ pub async fn receive_pdu(
         Err(e) => {
             return Ok(Outcome::Rejected {
                 event_id: None,
-                reason: e.to_string(),
+                reason: e.public_message(),
             });
         }
     };
