@@ -42,6 +42,7 @@ pub mod server;
 pub mod storage;
 pub mod streams;
 pub mod sync;
+pub mod tasks;
 #[cfg(test)]
 mod test_support;
 pub mod voip;

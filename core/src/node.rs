@@ -63,9 +63,11 @@ pub struct Node {
     addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
-    background: Vec<JoinHandle<()>>,
     _lock: File,
 }
+
+/// How long `shutdown` waits for the background tasks to stop.
+const TASKS_STOP_GRACE: Duration = Duration::from_secs(5);
 
 fn lock_data_dir(config: &Config) -> Result<File, StartError> {
     let path = config.data_dir.join(LOCK_FILE);
@@ -136,10 +138,7 @@ impl Node {
             outbox_wake: Default::default(),
             push_wake: Default::default(),
             local_notifications: Default::default(),
-            push_task: Default::default(),
-            sender_task: Default::default(),
-            anti_entropy_task: Default::default(),
-            mailbox_task: Default::default(),
+            tasks: Default::default(),
             mailbox_wake: Default::default(),
             admin_token: Default::default(),
             sliding: Default::default(),
@@ -174,7 +173,7 @@ impl Node {
             crate::client_api::listener::serve(listener, app, limits, shutdown).await;
         });
         let typing_server = server.clone();
-        let typing = tokio::spawn(async move {
+        server.tasks.spawn("typing expiry", async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
@@ -183,7 +182,7 @@ impl Node {
         });
         // Presence: online users idle for too long become unavailable.
         let presence_server = server.clone();
-        let presence = tokio::spawn(async move {
+        server.tasks.spawn("presence idle sweep", async move {
             let mut tick = tokio::time::interval(crate::presence::SWEEP_EVERY);
             loop {
                 tick.tick().await;
@@ -197,20 +196,36 @@ impl Node {
                 }
             }
         });
-        let txns = tokio::spawn(prune_transaction_ids(server.clone()));
-        let prefetch = crate::media::remote::start_prefetch(server.clone());
+        let tasks = &server.tasks;
+        tasks.spawn(
+            "transaction id pruning",
+            prune_transaction_ids(server.clone()),
+        );
+        tasks.add(
+            "media prefetch",
+            crate::media::remote::start_prefetch(server.clone()),
+        );
         // Push gateways get whatever the push queue holds, rows from before a restart too.
-        *server.push_task.lock() = Some(crate::push::delivery::start(server.clone()));
-        let delayed = crate::delayed_events::start(server.clone());
-        let mut background = vec![typing, presence, txns, prefetch, delayed];
-        background.extend(crate::appservice::sender::start(&server));
+        tasks.add(
+            "push delivery",
+            crate::push::delivery::start(server.clone()),
+        );
+        tasks.add(
+            "delayed events",
+            crate::delayed_events::start(server.clone()),
+        );
+        for (i, sender) in crate::appservice::sender::start(&server)
+            .into_iter()
+            .enumerate()
+        {
+            tasks.add(format!("application service sender {i}"), sender);
+        }
         tracing::info!(server_name = %server.server_name(), %addr, "node started");
         Ok(Node {
             server,
             addr,
             stop: Some(stop_tx),
             task: Some(task),
-            background,
             _lock: lock,
         })
     }
@@ -253,17 +268,17 @@ impl Node {
         // The sender delivers whatever the outbox holds, including rows queued before a
         // restart.
         let task = crate::federation::sender::start(self.server.clone(), events);
-        *self.server.sender_task.lock() = Some(task);
+        self.server.tasks.add("federation sender", task);
         // Anti-entropy: pull what connected peers have and we miss (DESIGN.md §4).
         let peer_events = self.server.transport().map(|t| t.subscribe());
         if let Some(peer_events) = peer_events {
             let task = crate::federation::anti_entropy::start(self.server.clone(), peer_events);
-            *self.server.anti_entropy_task.lock() = Some(task);
+            self.server.tasks.add("anti-entropy", task);
         }
         // Mailboxes: collect what others left for this node while it was away.
         if let Some(peer_events) = self.server.transport().map(|t| t.subscribe()) {
             let task = crate::mailbox::drain::start(self.server.clone(), peer_events);
-            *self.server.mailbox_task.lock() = Some(task);
+            self.server.tasks.add("mailbox drain", task);
         }
         true
     }
@@ -283,22 +298,9 @@ impl Node {
                 tracing::warn!("in-flight requests did not finish in 5 s; stopping anyway");
             }
         }
-        for t in self.background.drain(..) {
-            t.abort();
-        }
         self.server.remote_media.abort_fetches();
-        if let Some(task) = self.server.push_task.lock().take() {
-            task.abort();
-        }
-        if let Some(sender) = self.server.sender_task.lock().take() {
-            sender.abort();
-        }
-        if let Some(task) = self.server.anti_entropy_task.lock().take() {
-            task.abort();
-        }
-        if let Some(task) = self.server.mailbox_task.lock().take() {
-            task.abort();
-        }
+        // No task is still writing when the last checkpoint runs.
+        self.server.tasks.stop(TASKS_STOP_GRACE).await;
         self.server.db.checkpoint()?;
         tracing::info!("node stopped");
         Ok(())
@@ -310,21 +312,7 @@ impl Drop for Node {
         if let Some(task) = self.task.take() {
             task.abort();
         }
-        for t in self.background.drain(..) {
-            t.abort();
-        }
         self.server.remote_media.abort_fetches();
-        if let Some(task) = self.server.push_task.lock().take() {
-            task.abort();
-        }
-        if let Some(sender) = self.server.sender_task.lock().take() {
-            sender.abort();
-        }
-        if let Some(task) = self.server.anti_entropy_task.lock().take() {
-            task.abort();
-        }
-        if let Some(task) = self.server.mailbox_task.lock().take() {
-            task.abort();
-        }
+        self.server.tasks.abort_all();
     }
 }

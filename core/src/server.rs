@@ -65,16 +65,10 @@ pub struct Server {
     pub push_wake: tokio::sync::Notify,
     /// Notifications for the embedding app (mobile listener, `--on-notify`).
     pub local_notifications: crate::push::LocalNotifications,
-    /// The push deliverer task.
-    pub push_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The local admin API token (see [`crate::admin`]).
     pub admin_token: OnceLock<String>,
-    /// The federation sender task, once a transport is attached.
-    pub sender_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    /// The anti-entropy task, once a transport is attached.
-    pub anti_entropy_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    /// The mailbox task (collecting this node's mail), once a transport is attached.
-    pub mailbox_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The background tasks (see [`crate::tasks`]).
+    pub tasks: crate::tasks::Tasks,
     /// Asks the mailbox task to collect mail now (a mailbox was just named).
     pub mailbox_wake: tokio::sync::Notify,
     /// Sliding sync connections (what each client connection already has).
