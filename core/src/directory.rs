@@ -435,7 +435,7 @@ pub async fn remote_public_rooms(
 
 /// Server names of the connected peers, without duplicates or this node.
 async fn connected_servers(server: &Server) -> Vec<String> {
-    let Some(transport) = server.transport.get() else {
+    let Some(transport) = server.federation.transport.get() else {
         return Vec::new();
     };
     let mut names: Vec<String> = Vec::new();

@@ -134,16 +134,12 @@ impl Node {
             notifier: Notifier::new(pos),
             uiaa: Default::default(),
             started: Instant::now(),
-            transport: Default::default(),
-            outbox_wake: Default::default(),
+            federation: Default::default(),
             push_wake: Default::default(),
             local_notifications: Default::default(),
             tasks: Default::default(),
-            mailbox_wake: Default::default(),
             admin_token: Default::default(),
-            sliding: Default::default(),
-            initial_syncs: Default::default(),
-            room_sections: Default::default(),
+            sync: Default::default(),
             limiter,
             joins: crate::keyed::KeyedPermits::new(1, crate::rooms::MAX_ROOMS_JOINING),
             appservices: crate::appservice::AppServices::new(appservices),
@@ -262,7 +258,7 @@ impl Node {
         transport: Arc<dyn crate::federation::FederationTransport>,
     ) -> bool {
         let events = transport.subscribe();
-        if self.server.transport.set(transport).is_err() {
+        if self.server.federation.transport.set(transport).is_err() {
             return false;
         }
         // The sender delivers whatever the outbox holds, including rows queued before a

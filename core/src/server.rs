@@ -2,11 +2,9 @@
 //!
 //! Handlers get an `Arc<Server>`; services in `rooms`, `sync` and `client_api` take it.
 
-use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use parking_lot::Mutex;
 use rusqlite::Connection;
 
 use crate::config::Config;
@@ -25,17 +23,6 @@ static EVERYONE: Touched = Touched {
 };
 use crate::streams::Notifier;
 
-/// An in-progress user-interactive authentication session.
-#[derive(Clone, Debug)]
-pub struct UiaaSession {
-    /// Stages completed so far.
-    pub completed: Vec<String>,
-    /// For authenticated endpoints: the user the session belongs to.
-    pub user_id: Option<String>,
-    /// Created at, for expiry.
-    pub created: Instant,
-}
-
 /// One node's services.
 pub struct Server {
     /// Configuration.
@@ -52,15 +39,12 @@ pub struct Server {
     pub remote_media: crate::media::RemoteMedia,
     /// URL previews: their cache and HTTP client.
     pub url_previews: crate::media::preview::UrlPreviews,
-    /// UIAA sessions, keyed by session id.
-    pub uiaa: Mutex<HashMap<String, UiaaSession>>,
+    /// The client API's user-interactive authentication sessions.
+    pub uiaa: crate::client_api::account::UiaaSessions,
     /// When the node started.
     pub started: Instant,
-    /// How federation requests leave this node; set once by the embedding crate.
-    pub transport: OnceLock<Arc<dyn FederationTransport>>,
-    /// Wakes the federation sender: after each write that queued traffic (see
-    /// [`Server::after_commit`]), or to retry at once.
-    pub outbox_wake: tokio::sync::Notify,
+    /// Federation's state: the transport, the sender's and the mailbox's wake-ups.
+    pub federation: crate::federation::FederationState,
     /// Wakes the push deliverer: after each write that queued rows for http pushers.
     pub push_wake: tokio::sync::Notify,
     /// Notifications for the embedding app (mobile listener, `--on-notify`).
@@ -69,14 +53,8 @@ pub struct Server {
     pub admin_token: OnceLock<String>,
     /// The background tasks (see [`crate::tasks`]).
     pub tasks: crate::tasks::Tasks,
-    /// Asks the mailbox task to collect mail now (a mailbox was just named).
-    pub mailbox_wake: tokio::sync::Notify,
-    /// Sliding sync connections (what each client connection already has).
-    pub sliding: crate::sync::sliding::Connections,
-    /// The last initial `/sync` answers (see [`crate::sync::initial_cache`]).
-    pub initial_syncs: crate::sync::initial_cache::InitialSyncCache,
-    /// Rooms as initial syncs last showed them (see [`crate::sync::room_cache`]).
-    pub room_sections: crate::sync::room_cache::RoomSectionCache,
+    /// What `/sync` and sliding sync keep between requests (see [`crate::sync::SyncState`]).
+    pub sync: crate::sync::SyncState,
     /// Rate-limit buckets (per user, client address and peer).
     pub limiter: crate::ratelimit::Limiter,
     /// One join at a time per room (see [`crate::membership::join`]).
@@ -132,7 +110,7 @@ impl Server {
                 .wake(effects.touched.as_deref().unwrap_or(&EVERYONE));
         }
         if effects.federation_queued() {
-            self.outbox_wake.notify_one();
+            self.federation.outbox_wake.notify_one();
         }
         if effects.pushes_queued() {
             self.push_wake.notify_one();
@@ -160,7 +138,7 @@ impl Server {
 
     /// The federation transport, once one is attached.
     pub fn transport(&self) -> Option<&Arc<dyn FederationTransport>> {
-        self.transport.get()
+        self.federation.transport.get()
     }
 
     /// The server name (64 hex characters).
@@ -247,7 +225,7 @@ mod tests {
 
     /// Whether the federation sender has a wake-up waiting (taking it).
     fn sender_woken(server: &super::Server) -> bool {
-        futures::FutureExt::now_or_never(server.outbox_wake.notified()).is_some()
+        futures::FutureExt::now_or_never(server.federation.outbox_wake.notified()).is_some()
     }
 
     /// Rows queued by storage itself (presence on a join, a device-list change), with no

@@ -43,6 +43,17 @@ mod wake_tests;
 /// `prev_batch` when hidden history cut the search short.
 const SCAN_PER_EVENT: usize = 5;
 
+/// What `/sync` and sliding sync keep between requests, in memory, each bounded.
+#[derive(Default)]
+pub struct SyncState {
+    /// The last initial `/sync` answers (see [`initial_cache`]).
+    pub initial: initial_cache::InitialSyncCache,
+    /// Rooms as initial syncs last showed them (see [`room_cache`]).
+    pub rooms: room_cache::RoomSectionCache,
+    /// Sliding sync connections (what each client connection already has).
+    pub sliding: sliding::Connections,
+}
+
 /// The longest a `/sync` may wait.
 const MAX_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -276,14 +287,14 @@ pub async fn sync_serialized(
         writes: server.db.write_generation(),
         token: server.notifier.current(),
     };
-    if let Some(body) = server.initial_syncs.get(&key, built) {
+    if let Some(body) = server.sync.initial.get(&key, built) {
         return Ok(body);
     }
     let body = build_at(&server, &caller, &params, built.token)
         .await?
         .body
         .to_bytes()?;
-    server.initial_syncs.put(key, built, body.clone());
+    server.sync.initial.put(key, built, body.clone());
     Ok(body)
 }
 
@@ -627,7 +638,7 @@ fn joined_room(
         };
         let (newest, oldest) = storage::room_span(c, room_id, now.pos)?;
         let span = room_cache::Span { newest, oldest };
-        match server.room_sections.get(&key, span, &caller.device_id) {
+        match server.sync.rooms.get(&key, span, &caller.device_id) {
             Some(section) => Shown {
                 has_events: !section.timeline.is_empty() || !section.state.is_empty(),
                 members_changed: true,
@@ -636,7 +647,8 @@ fn joined_room(
             None => {
                 let (shown, echoes) = shown(c, caller, room_id, since_pos, now, filter, full)?;
                 server
-                    .room_sections
+                    .sync
+                    .rooms
                     .put(key, span, echoes, shown.section.clone());
                 shown
             }

@@ -458,7 +458,7 @@ impl Node {
         if self.running.lock().is_none() {
             return Err(WarrenError::Stopped);
         }
-        self.server.outbox_wake.notify_one();
+        self.server.federation.outbox_wake.notify_one();
         Ok(())
     }
 

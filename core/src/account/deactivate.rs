@@ -31,8 +31,8 @@ pub async fn deactivate(server: &Arc<Server>, user_id: &str, erase: bool) -> Res
         }
         storage::user_memberships(c, user_id)
     })?;
-    server.initial_syncs.forget_user(user_id);
-    server.room_sections.forget_user(user_id);
+    server.sync.initial.forget_user(user_id);
+    server.sync.rooms.forget_user(user_id);
     let requester = Requester::node_acting_for(user_id);
     for (room_id, membership, _, _) in memberships {
         if !matches!(membership.as_str(), "join" | "invite" | "knock") {

@@ -41,7 +41,7 @@ fn delete_other_devices_in(
 /// Delete (log out) one device of `user_id`. Whether it existed.
 pub fn delete_device(server: &Server, user_id: &str, device_id: &str) -> Result<bool, Error> {
     let removed = server.write(|tx| delete_device_in(tx, user_id, device_id))?;
-    server.initial_syncs.forget_device(user_id, device_id);
+    server.sync.initial.forget_device(user_id, device_id);
     Ok(removed)
 }
 
@@ -54,7 +54,7 @@ pub fn delete_devices(server: &Server, user_id: &str, device_ids: &[String]) -> 
         Ok(())
     })?;
     for d in device_ids {
-        server.initial_syncs.forget_device(user_id, d);
+        server.sync.initial.forget_device(user_id, d);
     }
     Ok(())
 }
@@ -62,7 +62,7 @@ pub fn delete_devices(server: &Server, user_id: &str, device_ids: &[String]) -> 
 /// Delete every device of `user_id` (`/logout/all`).
 pub fn delete_all_devices(server: &Server, user_id: &str) -> Result<(), Error> {
     server.write(|tx| delete_all_devices_in(tx, user_id))?;
-    server.initial_syncs.forget_user(user_id);
+    server.sync.initial.forget_user(user_id);
     Ok(())
 }
 
@@ -83,7 +83,7 @@ pub fn rename_device(
         Ok(found)
     })?;
     if found {
-        server.initial_syncs.forget_device(user_id, device_id);
+        server.sync.initial.forget_device(user_id, device_id);
     }
     Ok(found)
 }

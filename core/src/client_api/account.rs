@@ -12,12 +12,27 @@ use crate::account::{RefreshToken, Session};
 use crate::error::Error;
 use crate::ratelimit::Action;
 use crate::rooms::random_string;
-use crate::server::{Server, UiaaSession};
+use crate::server::Server;
 use crate::storage;
 
 type JsonResult = Result<Json<Value>, Error>;
 
 pub use crate::password::{hash_password, verify_password};
+
+/// An in-progress user-interactive authentication session.
+#[derive(Clone, Debug)]
+pub struct UiaaSession {
+    /// Stages completed so far.
+    pub completed: Vec<String>,
+    /// For authenticated endpoints: the user the session belongs to.
+    pub user_id: Option<String>,
+    /// Created at, for expiry.
+    pub created: std::time::Instant,
+}
+
+/// The client API's UIAA sessions, keyed by session id (kept on the `Server`, which is
+/// the router's state).
+pub type UiaaSessions = parking_lot::Mutex<std::collections::HashMap<String, UiaaSession>>;
 
 /// UIAA sessions kept at once. `/register` without `auth` makes one and needs no account,
 /// so the map is capped: past it the oldest session goes (its client starts over).

@@ -40,6 +40,18 @@ pub mod walk;
 pub mod warren_api;
 
 pub use auth::FederationOrigin;
+
+/// What federation keeps on the node (`Server::federation`).
+#[derive(Default)]
+pub struct FederationState {
+    /// How federation requests leave this node; set once by the embedding crate.
+    pub transport: std::sync::OnceLock<std::sync::Arc<dyn FederationTransport>>,
+    /// Wakes the federation sender: after each write that queued traffic (see
+    /// [`crate::server::Server::after_commit`]), or to retry at once.
+    pub outbox_wake: tokio::sync::Notify,
+    /// Asks the mailbox task to collect mail now (a mailbox was just named).
+    pub mailbox_wake: tokio::sync::Notify,
+}
 pub use router::router;
 pub use transport::{
     AuthenticatedOrigin, BodyStream, FederationTransport, PeerEvent, PeerSummary, StreamingFuture,

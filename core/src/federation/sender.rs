@@ -70,7 +70,7 @@ pub fn start(server: Arc<Server>, mut events: broadcast::Receiver<PeerEvent>) ->
         let mut rescan = tokio::time::interval(RESCAN);
         loop {
             tokio::select! {
-                _ = server.outbox_wake.notified() => wake_all(&server, &mut destinations),
+                _ = server.federation.outbox_wake.notified() => wake_all(&server, &mut destinations),
                 _ = rescan.tick() => wake_all(&server, &mut destinations),
                 event = events.recv() => match event {
                     Ok(PeerEvent::Connected { server_name })

@@ -33,7 +33,7 @@ pub fn start(server: Arc<Server>, mut events: broadcast::Receiver<PeerEvent>) ->
         loop {
             tokio::select! {
                 _ = every.tick() => drain_all(&server).await,
-                () = server.mailbox_wake.notified() => drain_all(&server).await,
+                () = server.federation.mailbox_wake.notified() => drain_all(&server).await,
                 event = events.recv() => match event {
                     Ok(PeerEvent::Connected { server_name })
                     | Ok(PeerEvent::Rediscovered { server_name }) => {

@@ -250,7 +250,7 @@ pub async fn add(server: &Server, target: &str) -> Result<String, Error> {
         },
     )?;
     // Collect anything it may already hold for this node.
-    server.mailbox_wake.notify_one();
+    server.federation.mailbox_wake.notify_one();
     Ok(server_name)
 }
 

@@ -98,7 +98,7 @@ async fn a_new_devices_initial_sync_shows_the_room_as_a_rebuild_would() {
         .read(|c| storage::room_span(c, &room, i64::MAX))
         .map(|(newest, oldest)| room_cache::Span { newest, oldest })
         .expect("span");
-    assert!(server.room_sections.get(&key, span, "C").is_some(), "kept");
+    assert!(server.sync.rooms.get(&key, span, "C").is_some(), "kept");
     let c = initial(&server, &alice, "C").await;
     assert_eq!(timeline(&c, &room), timeline(&b, &room));
     assert_eq!(
@@ -121,7 +121,7 @@ async fn a_new_devices_initial_sync_shows_the_room_as_a_rebuild_would() {
         .expect("redact");
     let e = initial(&server, &alice, "E").await;
     assert_eq!(event(&e, &room, &first)["content"], json!({}));
-    assert!(server.room_sections.usage().0 >= 1);
+    assert!(server.sync.rooms.usage().0 >= 1);
 }
 
 /// A redaction of `target` by `sender`.

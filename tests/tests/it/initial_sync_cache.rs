@@ -21,9 +21,9 @@ async fn twice(user: &RawUser, server: &warren_core::server::Server) -> Value {
     let again = initial(user).await;
     assert_eq!(first, again, "nothing changed in between");
     assert!(
-        server.initial_syncs.usage().0 >= 1,
+        server.sync.initial.usage().0 >= 1,
         "the answer is kept: {:?}",
-        server.initial_syncs.usage()
+        server.sync.initial.usage()
     );
     again
 }
@@ -230,11 +230,11 @@ async fn repeated_initial_sync_is_cached_and_never_stale() {
         Some(1),
         "{filtered}"
     );
-    assert_eq!(server.initial_syncs.usage().0, 2);
+    assert_eq!(server.sync.initial.usage().0, 2);
 
     // Logout drops the device's answers.
     bob.post("/logout", json!({})).await.expect("logout");
-    assert_eq!(server.initial_syncs.usage().0, 0);
+    assert_eq!(server.sync.initial.usage().0, 0);
     drop(server);
     shutdown_node(node).await.expect("shutdown");
 }

@@ -139,7 +139,7 @@ pub async fn sync(
         None => None,
     };
     let key = (caller.user_id.clone(), caller.device_id.clone(), conn_id);
-    let prev = server.sliding.start(&key, params.pos.as_deref())?;
+    let prev = server.sync.sliding.start(&key, params.pos.as_deref())?;
     // Sending `since` says everything up to it arrived: delete it from the inbox.
     if req.extensions.to_device.enabled == Some(true)
         && let Some(since) = to_device_since
@@ -178,7 +178,7 @@ pub async fn sync(
                 .await
                 .is_err()
         {
-            let pos = server.sliding.store(key, params.pos.as_deref(), snap);
+            let pos = server.sync.sliding.store(key, params.pos.as_deref(), snap);
             let mut body = body;
             body["pos"] = json!(pos.to_string());
             if let Some(txn) = &req.txn_id {
