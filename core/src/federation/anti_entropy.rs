@@ -32,8 +32,8 @@ use tokio::sync::{Semaphore, broadcast};
 use tokio::task::JoinHandle;
 
 use super::PeerEvent;
+use super::api::extract::{FedPath, Origin, room_id};
 use super::client::execute;
-use super::extract::{FedPath, Origin, room_id};
 use super::remote::FederationRemote;
 use super::visible::authorize_room_read;
 use super::warren_api::Extremities;

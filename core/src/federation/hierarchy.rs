@@ -15,7 +15,7 @@ use rusqlite::Connection;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::extract::{FedPath, FedQuery, Origin, room_id};
+use super::api::extract::{FedPath, FedQuery, Origin, room_id};
 use super::summary::{RoomSummary, room_summary};
 use super::visible::{check_server_acl, content, load_pdu, server_in_room};
 use crate::error::Error;

@@ -7,33 +7,17 @@
 //! [`AuthenticatedOrigin`] extension.
 
 pub mod anti_entropy;
+mod api;
 pub mod auth;
-mod backfill;
 pub mod client;
-mod devices;
-mod directory;
 pub mod edu;
-mod event;
-mod extract;
 pub mod hierarchy;
 pub(crate) mod keys;
-mod mailbox;
-mod media;
-mod membership;
-mod missing_events;
-mod openid;
 pub mod outbox;
-mod public_rooms;
-mod query;
-#[cfg(test)]
-mod read_tests;
 pub mod remote;
-mod router;
-pub(crate) mod send;
 pub mod sender;
-mod state;
 pub mod summary;
-mod timestamp;
+pub mod transaction;
 pub mod transport;
 pub mod visible;
 pub mod walk;
@@ -52,7 +36,7 @@ pub struct FederationState {
     /// Asks the mailbox task to collect mail now (a mailbox was just named).
     pub mailbox_wake: tokio::sync::Notify,
 }
-pub use router::router;
+pub use api::router;
 pub use transport::{
     AuthenticatedOrigin, BodyStream, FederationTransport, PeerEvent, PeerSummary, StreamingFuture,
     TransportError, TransportFuture,

@@ -174,6 +174,6 @@ async fn apply(server: &Arc<Server>, transaction: &Value) -> Result<(), Error> {
     let object: ruma::CanonicalJsonObject = serde_json::from_value(transaction.clone())
         .map_err(|e| Error::BadJson(format!("a deposit that is not canonical JSON: {e}")))?;
     keys::verify_signed_by(origin, &object)?;
-    crate::federation::send::apply_transaction(server, origin, txn_id, transaction).await?;
+    crate::federation::transaction::apply_transaction(server, origin, txn_id, transaction).await?;
     Ok(())
 }

@@ -9,9 +9,9 @@ use serde_json::Value;
 
 use super::event::transaction;
 use super::extract::{FedPath, Origin, event_id, query_pairs, room_id};
-use super::visible::authorize_room_read;
-use super::walk::{self, MAX_BACKFILL};
 use crate::error::Error;
+use crate::federation::visible::authorize_room_read;
+use crate::federation::walk::{self, MAX_BACKFILL};
 use crate::server::Server;
 
 /// Most `v` events one request may start from.

@@ -9,9 +9,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::extract::{FedJson, FedPath, Origin, event_id, room_id};
-use super::visible::{authorize_room_read, load_room_pdu};
-use super::walk;
 use crate::error::Error;
+use crate::federation::visible::{authorize_room_read, load_room_pdu};
+use crate::federation::walk;
 use crate::server::Server;
 
 /// Most event ids in `earliest_events` or `latest_events`.

@@ -22,8 +22,8 @@ use axum::extract::{RawQuery, State};
 use serde_json::{Value, json};
 
 use super::extract::{FedJson, FedPath, Origin, event_id, query_pairs, room_id, user_id};
-use super::remote::FederationRemote;
 use crate::error::Error;
+use crate::federation::remote::FederationRemote;
 use crate::rooms::{self, Outcome, receive_pdu};
 use crate::server::Server;
 use crate::storage;
@@ -47,7 +47,7 @@ fn template(
         )));
     }
     server.db.read_tx(|c| {
-        super::visible::check_server_acl(c, room, origin)?;
+        crate::federation::visible::check_server_acl(c, room, origin)?;
         rooms::membership_template(c, server.server_name(), room, user, membership)
     })
 }
@@ -123,7 +123,7 @@ async fn receive_membership(
     };
     server
         .db
-        .read(|c| super::visible::check_server_acl(c, room, origin))?;
+        .read(|c| crate::federation::visible::check_server_acl(c, room, origin))?;
     if pdu.get("type").and_then(Value::as_str) != Some("m.room.member")
         || pdu.get("room_id").and_then(Value::as_str) != Some(room)
     {

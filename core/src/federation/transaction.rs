@@ -1,4 +1,5 @@
-//! `PUT /_matrix/federation/v1/send/{txnId}`: PDUs and EDUs pushed by another server.
+//! Applying a transaction of PDUs and EDUs another server pushed (`/send`, or left in one
+//! of this node's mailboxes).
 //!
 //! Each PDU goes through the room engine's full receipt checks
 //! ([`receive_pdu`](crate::rooms::receive::receive_pdu)); its verdict is reported per
@@ -7,12 +8,9 @@
 
 use std::sync::Arc;
 
-use axum::Json;
-use axum::extract::State;
 use serde_json::{Map, Value, json};
 
 use super::edu;
-use super::extract::{FedJson, FedPath, Origin};
 use super::outbox::{self, MAX_FORWARDED_PER_TXN};
 use super::remote::FederationRemote;
 use super::sender::{MAX_EDUS_PER_TXN, MAX_PDUS_PER_TXN};
@@ -21,17 +19,6 @@ use crate::ratelimit::Action;
 use crate::rooms::{Outcome, receive_pdu};
 use crate::server::Server;
 use crate::storage;
-
-pub(super) async fn send_transaction(
-    State(server): State<Arc<Server>>,
-    Origin(origin): Origin,
-    FedPath(txn_id): FedPath<String>,
-    FedJson(body): FedJson<Value>,
-) -> Result<Json<Value>, Error> {
-    apply_transaction(&server, &origin, &txn_id, &body)
-        .await
-        .map(Json)
-}
 
 /// Apply a transaction that `origin` sent, directly (`/send`) or through one of this
 /// node's mailboxes (signed by `origin` itself; see [`crate::mailbox`]), and return the

@@ -4,12 +4,12 @@
 
 use serde_json::json;
 
-use super::visible::{
-    RoomRead, auth_chain, authorize_room_read, load_room_pdu, state_before, state_events,
-};
-use super::walk;
 use crate::Error;
 use crate::events::NewEvent;
+use crate::federation::visible::{
+    RoomRead, auth_chain, authorize_room_read, load_room_pdu, state_before, state_events,
+};
+use crate::federation::walk;
 use crate::rooms::{CreateRoom, append_event, create_room};
 use crate::server::Server;
 use crate::storage::StoredEvent;

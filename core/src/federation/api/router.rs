@@ -2,7 +2,7 @@
 //!
 //! The self-describing endpoints (`/federation/v1/version`, the self-certifying key
 //! server) and `openid/userinfo` (asked by third parties that are not servers) are open; everything else sits behind [`auth::require_signature`] and may
-//! trust the [`FederationOrigin`](super::FederationOrigin) it sets. Unknown paths get
+//! trust the [`FederationOrigin`](crate::federation::FederationOrigin) it sets. Unknown paths get
 //! `404 M_UNRECOGNIZED` like the client API.
 
 use std::sync::Arc;
@@ -15,9 +15,10 @@ use crate::client_api::unrecognized;
 use crate::server::Server;
 
 use super::{
-    anti_entropy, auth, backfill, devices, directory, event, hierarchy, keys, mailbox, media,
-    membership, missing_events, openid, public_rooms, query, send, state, timestamp,
+    backfill, devices, directory, event, mailbox, media, membership, missing_events, openid,
+    public_rooms, query, send, state, timestamp,
 };
+use crate::federation::{anti_entropy, auth, hierarchy, keys};
 
 /// The federation router, with `Server` state applied.
 pub fn router(server: Arc<Server>) -> Router {

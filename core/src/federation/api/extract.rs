@@ -7,14 +7,14 @@ use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use http::request::Parts;
 use serde::de::DeserializeOwned;
 
-use super::FederationOrigin;
-use super::auth::MAX_FEDERATION_BODY;
 use crate::client_api::parse_json;
 use crate::error::Error;
+use crate::federation::FederationOrigin;
+use crate::federation::auth::MAX_FEDERATION_BODY;
 use crate::server::Server;
 
 /// The verified origin server of a signed request (set by `auth::require_signature`).
-pub(super) struct Origin(pub String);
+pub(in crate::federation) struct Origin(pub String);
 
 impl FromRequestParts<Arc<Server>> for Origin {
     type Rejection = Error;
@@ -29,7 +29,7 @@ impl FromRequestParts<Arc<Server>> for Origin {
 }
 
 /// Path parameters.
-pub(super) struct FedPath<T>(pub T);
+pub(in crate::federation) struct FedPath<T>(pub T);
 
 impl<T: DeserializeOwned + Send> FromRequestParts<Arc<Server>> for FedPath<T> {
     type Rejection = Error;
@@ -43,7 +43,7 @@ impl<T: DeserializeOwned + Send> FromRequestParts<Arc<Server>> for FedPath<T> {
 }
 
 /// Query parameters (single-valued; see [`query_pairs`] for repeated ones).
-pub(super) struct FedQuery<T>(pub T);
+pub(in crate::federation) struct FedQuery<T>(pub T);
 
 impl<T: DeserializeOwned + Send> FromRequestParts<Arc<Server>> for FedQuery<T> {
     type Rejection = Error;
@@ -57,7 +57,7 @@ impl<T: DeserializeOwned + Send> FromRequestParts<Arc<Server>> for FedQuery<T> {
 }
 
 /// A JSON object body. The signature check already bounded its size.
-pub(super) struct FedJson<T>(pub T);
+pub(in crate::federation) struct FedJson<T>(pub T);
 
 impl<T: DeserializeOwned> FromRequest<Arc<Server>> for FedJson<T> {
     type Rejection = Error;
@@ -75,7 +75,9 @@ impl<T: DeserializeOwned> FromRequest<Arc<Server>> for FedJson<T> {
 }
 
 /// Decode `a=1&b=2&a=3` into pairs, keeping repeated keys (`/backfill?v=…&v=…`).
-pub(super) fn query_pairs(raw: Option<&str>) -> Result<Vec<(String, String)>, Error> {
+pub(in crate::federation) fn query_pairs(
+    raw: Option<&str>,
+) -> Result<Vec<(String, String)>, Error> {
     let decode = |s: &str| {
         percent_encoding::percent_decode_str(&s.replace('+', " "))
             .decode_utf8()
@@ -93,21 +95,21 @@ pub(super) fn query_pairs(raw: Option<&str>) -> Result<Vec<(String, String)>, Er
 }
 
 /// A syntactically valid room id, or `400 M_INVALID_PARAM`.
-pub(super) fn room_id(s: &str) -> Result<&str, Error> {
+pub(in crate::federation) fn room_id(s: &str) -> Result<&str, Error> {
     ruma::RoomId::parse(s)
         .map(|_| s)
         .map_err(|e| Error::InvalidParam(format!("invalid room id {s:?}: {e}")))
 }
 
 /// A syntactically valid event id, or `400 M_INVALID_PARAM`.
-pub(super) fn event_id(s: &str) -> Result<&str, Error> {
+pub(in crate::federation) fn event_id(s: &str) -> Result<&str, Error> {
     ruma::EventId::parse(s)
         .map(|_| s)
         .map_err(|e| Error::InvalidParam(format!("invalid event id {s:?}: {e}")))
 }
 
 /// A syntactically valid user id, or `400 M_INVALID_PARAM`.
-pub(super) fn user_id(s: &str) -> Result<&str, Error> {
+pub(in crate::federation) fn user_id(s: &str) -> Result<&str, Error> {
     ruma::UserId::parse(s)
         .map(|_| s)
         .map_err(|e| Error::InvalidParam(format!("invalid user id {s:?}: {e}")))

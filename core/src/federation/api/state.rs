@@ -9,10 +9,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::extract::{FedPath, FedQuery, Origin, event_id, room_id};
-use super::visible::{
+use crate::error::Error;
+use crate::federation::visible::{
     RoomRead, auth_chain, authorize_room_read, load_room_pdu, state_before, state_events,
 };
-use crate::error::Error;
 use crate::server::Server;
 use crate::storage::StoredEvent;
 

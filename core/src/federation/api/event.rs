@@ -7,8 +7,8 @@ use axum::extract::State;
 use serde_json::{Value, json};
 
 use super::extract::{FedPath, Origin, event_id};
-use super::visible::{authorize_room_read, load_pdu};
 use crate::error::Error;
+use crate::federation::visible::{authorize_room_read, load_pdu};
 use crate::server::Server;
 use crate::storage::now_ms;
 

@@ -1,6 +1,6 @@
 //! `GET /_matrix/federation/v1/timestamp_to_event/{roomId}?ts=&dir=f|b`: the event
 //! closest to a time, for a server that may read the room
-//! ([`authorize_room_read`](super::visible::authorize_room_read)).
+//! ([`authorize_room_read`](crate::federation::visible::authorize_room_read)).
 
 use std::sync::Arc;
 
@@ -9,8 +9,8 @@ use axum::extract::{RawQuery, State};
 use serde_json::{Value, json};
 
 use super::extract::{FedPath, Origin, query_pairs, room_id};
-use super::visible::authorize_room_read;
 use crate::error::Error;
+use crate::federation::visible::authorize_room_read;
 use crate::server::Server;
 use crate::storage;
 
