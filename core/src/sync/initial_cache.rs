@@ -14,12 +14,12 @@
 //! Bounds: [`MAX_ENTRIES`] answers and [`MAX_BYTES`] of them in all, least recently used
 //! dropped first; an answer larger than the byte bound is not kept.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
 
+use super::lru::Lru;
 use crate::streams::SyncToken;
 
 /// Answers kept at most.
@@ -56,35 +56,19 @@ struct Entry {
     built: Built,
     at: Instant,
     body: Bytes,
-    used: u64,
-}
-
-#[derive(Default)]
-struct Inner {
-    entries: HashMap<Key, Entry>,
-    bytes: usize,
-    clock: u64,
-}
-
-impl Inner {
-    fn remove(&mut self, key: &Key) {
-        if let Some(e) = self.entries.remove(key) {
-            self.bytes -= e.body.len();
-        }
-    }
-
-    fn retain(&mut self, keep: impl Fn(&Key) -> bool) {
-        let drop: Vec<Key> = self.entries.keys().filter(|k| !keep(k)).cloned().collect();
-        for k in drop {
-            self.remove(&k);
-        }
-    }
 }
 
 /// The cache; one per server.
-#[derive(Default)]
 pub struct InitialSyncCache {
-    inner: Mutex<Inner>,
+    inner: Mutex<Lru<Key, Entry>>,
+}
+
+impl Default for InitialSyncCache {
+    fn default() -> Self {
+        InitialSyncCache {
+            inner: Mutex::new(Lru::new(MAX_ENTRIES, MAX_BYTES)),
+        }
+    }
 }
 
 impl InitialSyncCache {
@@ -92,14 +76,9 @@ impl InitialSyncCache {
     /// that no longer matches is dropped.
     pub fn get(&self, key: &Key, now: Built) -> Option<Bytes> {
         let mut inner = self.inner.lock();
-        inner.clock += 1;
-        let clock = inner.clock;
-        let fresh = match inner.entries.get_mut(key) {
+        let fresh = match inner.get(key) {
             None => return None,
-            Some(e) if e.built == now && e.at.elapsed() < MAX_AGE => {
-                e.used = clock;
-                Some(e.body.clone())
-            }
+            Some(e) if e.built == now && e.at.elapsed() < MAX_AGE => Some(e.body.clone()),
             Some(_) => None,
         };
         if fresh.is_none() {
@@ -111,55 +90,33 @@ impl InitialSyncCache {
     /// Keep an answer built from `built`, dropping the least recently used to stay
     /// within the bounds.
     pub fn put(&self, key: Key, built: Built, body: Bytes) {
-        if body.len() > MAX_BYTES {
-            return;
-        }
         let mut inner = self.inner.lock();
-        inner.remove(&key);
         // Entries built from an older node state can never be served again.
-        inner.entries.retain(|_, e| e.built == built);
-        inner.bytes = inner.entries.values().map(|e| e.body.len()).sum();
-        while inner.entries.len() >= MAX_ENTRIES || inner.bytes + body.len() > MAX_BYTES {
-            let Some(oldest) = inner
-                .entries
-                .iter()
-                .min_by_key(|(_, e)| e.used)
-                .map(|(k, _)| k.clone())
-            else {
-                break;
-            };
-            inner.remove(&oldest);
-        }
-        inner.clock += 1;
-        let used = inner.clock;
-        inner.bytes += body.len();
-        inner.entries.insert(
-            key,
-            Entry {
-                built,
-                at: Instant::now(),
-                body,
-                used,
-            },
-        );
+        inner.retain(|_, e| e.built == built);
+        let bytes = body.len();
+        let entry = Entry {
+            built,
+            at: Instant::now(),
+            body,
+        };
+        inner.put(key, entry, bytes);
     }
 
     /// Drop a device's answers (logout, device deleted).
     pub fn forget_device(&self, user_id: &str, device_id: &str) {
         self.inner
             .lock()
-            .retain(|k| k.user_id != user_id || k.device_id != device_id);
+            .retain(|k, _| k.user_id != user_id || k.device_id != device_id);
     }
 
     /// Drop every answer of a user (logout everywhere, deactivation).
     pub fn forget_user(&self, user_id: &str) {
-        self.inner.lock().retain(|k| k.user_id != user_id);
+        self.inner.lock().retain(|k, _| k.user_id != user_id);
     }
 
     /// Answers kept now and their total size in bytes.
     pub fn usage(&self) -> (usize, usize) {
-        let inner = self.inner.lock();
-        (inner.entries.len(), inner.bytes)
+        self.inner.lock().usage()
     }
 }
 

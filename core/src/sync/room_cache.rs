@@ -19,11 +19,12 @@
 //! Bounds: [`MAX_ENTRIES`] sections and [`MAX_BYTES`] of rendered events in all, least
 //! recently used dropped first; a section larger than [`MAX_SECTION_BYTES`] is not kept.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use serde_json::value::RawValue;
+
+use super::lru::Lru;
 
 /// Sections kept at most.
 pub const MAX_ENTRIES: usize = 2048;
@@ -95,29 +96,19 @@ struct Entry {
     echoes: Echoes,
     at: Instant,
     section: Section,
-    bytes: usize,
-    used: u64,
-}
-
-#[derive(Default)]
-struct Inner {
-    entries: HashMap<Key, Entry>,
-    bytes: usize,
-    clock: u64,
-}
-
-impl Inner {
-    fn remove(&mut self, key: &Key) {
-        if let Some(e) = self.entries.remove(key) {
-            self.bytes -= e.bytes;
-        }
-    }
 }
 
 /// The cache (one per node).
-#[derive(Default)]
 pub struct RoomSectionCache {
-    inner: Mutex<Inner>,
+    inner: Mutex<Lru<Key, Entry>>,
+}
+
+impl Default for RoomSectionCache {
+    fn default() -> Self {
+        RoomSectionCache {
+            inner: Mutex::new(Lru::new(MAX_ENTRIES, MAX_BYTES)),
+        }
+    }
 }
 
 impl RoomSectionCache {
@@ -125,74 +116,40 @@ impl RoomSectionCache {
     /// may be shown to `device_id`. An entry that no longer matches its room is dropped.
     pub fn get(&self, key: &Key, span: Span, device_id: &str) -> Option<Section> {
         let mut inner = self.inner.lock();
-        inner.clock += 1;
-        let clock = inner.clock;
-        let e = inner.entries.get_mut(key)?;
+        let e = inner.get(key)?;
         if e.span != span || e.at.elapsed() >= MAX_AGE {
             inner.remove(key);
             return None;
         }
-        if !e.echoes.serves(device_id) {
-            return None;
-        }
-        e.used = clock;
-        Some(e.section.clone())
+        e.echoes.serves(device_id).then(|| e.section.clone())
     }
 
     /// Keep a section built from `span`, dropping the least recently used to stay within
-    /// the bounds.
+    /// the bounds; one larger than [`MAX_SECTION_BYTES`] is not kept.
     pub fn put(&self, key: Key, span: Span, echoes: Echoes, section: Section) {
         let bytes = section.bytes();
+        let mut inner = self.inner.lock();
         if bytes > MAX_SECTION_BYTES {
+            inner.remove(&key);
             return;
         }
-        let mut inner = self.inner.lock();
-        inner.remove(&key);
-        while inner.entries.len() >= MAX_ENTRIES || inner.bytes + bytes > MAX_BYTES {
-            let Some(oldest) = inner
-                .entries
-                .iter()
-                .min_by_key(|(_, e)| e.used)
-                .map(|(k, _)| k.clone())
-            else {
-                break;
-            };
-            inner.remove(&oldest);
-        }
-        inner.clock += 1;
-        let used = inner.clock;
-        inner.bytes += bytes;
-        inner.entries.insert(
-            key,
-            Entry {
-                span,
-                echoes,
-                at: Instant::now(),
-                section,
-                bytes,
-                used,
-            },
-        );
+        let entry = Entry {
+            span,
+            echoes,
+            at: Instant::now(),
+            section,
+        };
+        inner.put(key, entry, bytes);
     }
 
     /// Drop every section of a user (deactivation, logout everywhere).
     pub fn forget_user(&self, user_id: &str) {
-        let mut inner = self.inner.lock();
-        let gone: Vec<Key> = inner
-            .entries
-            .keys()
-            .filter(|k| k.user_id == user_id)
-            .cloned()
-            .collect();
-        for k in gone {
-            inner.remove(&k);
-        }
+        self.inner.lock().retain(|k, _| k.user_id != user_id);
     }
 
     /// Sections kept now and their rendered bytes.
     pub fn usage(&self) -> (usize, usize) {
-        let inner = self.inner.lock();
-        (inner.entries.len(), inner.bytes)
+        self.inner.lock().usage()
     }
 }
 
