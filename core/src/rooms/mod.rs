@@ -45,9 +45,9 @@ pub use receive::{
 };
 pub use redact::check_redaction_allowed;
 pub use remote_join::{
-    SUPPORTED_ROOM_VERSIONS, event_id_of, invite_remote, inviting_server, join_remote,
-    leave_remote, membership_server, membership_template, receive_invite,
-    state_and_auth_chain_before,
+    JoinAnswer, SUPPORTED_ROOM_VERSIONS, accept_membership, event_id_of, invite_remote,
+    inviting_server, join_answer, join_remote, leave_remote, membership_server,
+    membership_template, receive_invite, state_and_auth_chain_before,
 };
 pub use restricted::{JoinPolicy, check_join, countersign_join, local_authoriser};
 pub use upgrade::{copy_rules_from_predecessor, upgrade_room};

@@ -8,12 +8,8 @@
 //!   `PUT /_matrix/federation/v1/send_knock/{roomId}/{eventId}`;
 //! - `PUT /_matrix/federation/v2/invite/{roomId}/{eventId}` (the invitee's server).
 //!
-//! The user must belong to the requesting server. A signed join, leave or knock goes
-//! through the ordinary receipt checks ([`receive_pdu`]: signatures, hashes, auth
-//! against its auth events and the room state) and must end in the timeline; it is then
-//! queued for every other server in the room. A join to a restricted room names one of
-//! our users in `join_authorised_via_users_server` (`make_join` picks it); we add our
-//! signature in `send_join` and answer the signed event.
+//! The user must belong to the requesting server. A signed join, leave or knock is
+//! accepted by the room engine ([`rooms::accept_membership`]).
 
 use std::sync::Arc;
 
@@ -23,8 +19,7 @@ use serde_json::{Value, json};
 
 use super::extract::{FedJson, FedPath, Origin, event_id, query_pairs, room_id, user_id};
 use crate::error::Error;
-use crate::federation::remote::FederationRemote;
-use crate::rooms::{self, Outcome, receive_pdu};
+use crate::rooms;
 use crate::server::Server;
 use crate::storage;
 
@@ -106,106 +101,6 @@ pub(super) async fn make_leave(
     Ok(Json(json!({ "room_version": version, "event": event })))
 }
 
-/// Checks common to `send_join` and `send_leave`, then the receipt checks. Returns the
-/// accepted event's id.
-async fn receive_membership(
-    server: &Arc<Server>,
-    origin: &str,
-    room: &str,
-    id: &str,
-    pdu: Value,
-    membership: &str,
-) -> Result<String, Error> {
-    let room = room_id(room)?;
-    let id = event_id(id)?;
-    let Some((version, _)) = server.db.read(|c| storage::room_info(c, room))? else {
-        return Err(Error::NotFound(format!("room {room} is not known here")));
-    };
-    server
-        .db
-        .read(|c| crate::federation::visible::check_server_acl(c, room, origin))?;
-    if pdu.get("type").and_then(Value::as_str) != Some("m.room.member")
-        || pdu.get("room_id").and_then(Value::as_str) != Some(room)
-    {
-        return Err(Error::BadJson(format!("not a membership event of {room}")));
-    }
-    let sender = pdu
-        .get("sender")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
-    let sender = sender.as_str();
-    if pdu.get("state_key").and_then(Value::as_str) != Some(sender) {
-        return Err(Error::BadJson("state_key must be the sender".into()));
-    }
-    if pdu["content"]["membership"].as_str() != Some(membership) {
-        return Err(Error::BadJson(format!("membership must be {membership}")));
-    }
-    if server_of(sender) != origin {
-        return Err(Error::Forbidden(format!(
-            "{sender} is not a user of the requesting server {origin}"
-        )));
-    }
-    let computed = rooms::event_id_of(&pdu, &version)?;
-    if computed != id {
-        return Err(Error::BadJson(format!(
-            "the event's id is {computed}, not {id}"
-        )));
-    }
-    let mut pdu = pdu;
-    if membership == "knock" {
-        // The same policy as make_knock (the auth rules would also refuse, but as a
-        // rejected event rather than a clear answer).
-        server.db.read_tx(|c| {
-            rooms::membership_template(c, server.server_name(), room, sender, membership)
-        })?;
-    } else if membership == "join" {
-        // The same policy as make_join; a restricted join must name one of our users,
-        // and we sign it (our word that the user is in an allowed room).
-        let policy = server
-            .db
-            .read_tx(|c| rooms::check_join(c, server.server_name(), room, sender))?;
-        let via = rooms::local_authoriser(&pdu["content"], server.server_name())?;
-        match (policy, via) {
-            (rooms::JoinPolicy::Authorised(_), None) => {
-                return Err(Error::Forbidden(format!(
-                    "{room} is restricted: the join must name a user of this server in \
-                     join_authorised_via_users_server"
-                )));
-            }
-            (_, Some(_)) => pdu = rooms::countersign_join(server, room, &version, pdu)?,
-            (rooms::JoinPolicy::Open, None) => {}
-        }
-    }
-    let remote = FederationRemote::new(server.clone());
-    match receive_pdu(server, &remote, origin, room, pdu).await? {
-        Outcome::Accepted { event_id, .. } | Outcome::AlreadyKnown { event_id } => Ok(event_id),
-        Outcome::Rejected { reason, .. } => Err(Error::Forbidden(format!(
-            "the {membership} event was rejected: {reason}"
-        ))),
-        Outcome::SoftFailed { .. } => Err(Error::Forbidden(format!(
-            "the {membership} event fails auth against the room's current state"
-        ))),
-        Outcome::Outlier { .. } => Err(Error::BadJson(format!(
-            "the {membership} event's prev_events are unknown here"
-        ))),
-    }
-}
-
-/// Queue an accepted event for the room's other servers (not the one that sent it).
-fn forward(server: &Server, room: &str, event_id: &str, origin: &str) -> Result<(), Error> {
-    server.write(|c| {
-        let destinations: Vec<String> = storage::joined_servers(c, room)?
-            .into_iter()
-            .filter(|s| s != server.server_name() && s != origin)
-            .collect();
-        if !destinations.is_empty() {
-            storage::enqueue_pdu(c, &destinations, event_id)?;
-        }
-        Ok(())
-    })
-}
-
 /// `PUT /_matrix/federation/v2/send_join/{roomId}/{eventId}`.
 pub(super) async fn send_join(
     State(server): State<Arc<Server>>,
@@ -213,25 +108,16 @@ pub(super) async fn send_join(
     FedPath((room, id)): FedPath<(String, String)>,
     FedJson(pdu): FedJson<Value>,
 ) -> Result<Json<Value>, Error> {
-    let event_id = receive_membership(&server, &origin, &room, &id, pdu, "join").await?;
-    forward(&server, &room, &event_id, &origin)?;
-    let (state, auth_chain, event, servers) = server.db.read_tx(|c| {
-        let (state, chain) = rooms::state_and_auth_chain_before(c, &event_id)?;
-        let event = storage::get_event(c, &event_id)?
-            .map(|e| serde_json::from_str::<Value>(&e.json))
-            .transpose()?
-            .unwrap_or(Value::Null);
-        let mut servers = storage::joined_servers(c, &room)?;
-        servers.sort();
-        Ok((state, chain, event, servers))
-    })?;
+    let (room, id) = (room_id(&room)?, event_id(&id)?);
+    let event_id = rooms::accept_membership(&server, &origin, room, id, pdu, "join").await?;
+    let answer = rooms::join_answer(&server, room, &event_id)?;
     Ok(Json(json!({
         "origin": server.server_name(),
-        "state": state,
-        "auth_chain": auth_chain,
-        "event": event,
+        "state": answer.state,
+        "auth_chain": answer.auth_chain,
+        "event": answer.event,
         "members_omitted": false,
-        "servers_in_room": servers,
+        "servers_in_room": answer.servers,
     })))
 }
 
@@ -242,8 +128,8 @@ pub(super) async fn send_leave(
     FedPath((room, id)): FedPath<(String, String)>,
     FedJson(pdu): FedJson<Value>,
 ) -> Result<Json<Value>, Error> {
-    let event_id = receive_membership(&server, &origin, &room, &id, pdu, "leave").await?;
-    forward(&server, &room, &event_id, &origin)?;
+    let (room, id) = (room_id(&room)?, event_id(&id)?);
+    rooms::accept_membership(&server, &origin, room, id, pdu, "leave").await?;
     Ok(Json(json!({})))
 }
 
@@ -255,9 +141,9 @@ pub(super) async fn send_knock(
     FedPath((room, id)): FedPath<(String, String)>,
     FedJson(pdu): FedJson<Value>,
 ) -> Result<Json<Value>, Error> {
-    let event_id = receive_membership(&server, &origin, &room, &id, pdu, "knock").await?;
-    forward(&server, &room, &event_id, &origin)?;
-    let stripped = server.db.read_tx(|c| rooms::knock_room_state(c, &room))?;
+    let (room, id) = (room_id(&room)?, event_id(&id)?);
+    rooms::accept_membership(&server, &origin, room, id, pdu, "knock").await?;
+    let stripped = server.db.read_tx(|c| rooms::knock_room_state(c, room))?;
     Ok(Json(json!({ "knock_room_state": stripped })))
 }
 

@@ -245,6 +245,7 @@ pub(super) fn outlier(
 mod invite;
 mod join;
 mod leave;
+mod resident;
 #[cfg(test)]
 mod tests;
 
@@ -253,3 +254,4 @@ pub use invite::{invite_remote, inviting_server, membership_server, receive_invi
 pub use join::join_remote;
 pub(super) use join::make_membership;
 pub use leave::leave_remote;
+pub use resident::{JoinAnswer, accept_membership, join_answer};
