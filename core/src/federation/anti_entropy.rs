@@ -23,16 +23,13 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Json;
-use axum::extract::State;
 use parking_lot::Mutex;
 use rand::Rng;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::{Semaphore, broadcast};
 use tokio::task::JoinHandle;
 
 use super::PeerEvent;
-use super::api::extract::{FedPath, Origin, room_id};
 use super::client::execute;
 use super::remote::FederationRemote;
 use super::visible::authorize_room_read;
@@ -64,16 +61,11 @@ pub const MAX_EXTREMITIES: usize = 100;
 /// Longest one pass with one peer may take.
 const PASS_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// `GET /_matrix/federation/unstable/org.warren.extremities/{roomId}`: this server's
-/// forward extremities of a room, for a server with joined members in it.
-pub(super) async fn extremities(
-    State(server): State<Arc<Server>>,
-    Origin(origin): Origin,
-    FedPath(room): FedPath<String>,
-) -> Result<Json<Value>, Error> {
-    let room = room_id(&room)?;
-    let ids = server.db.read_tx(|c| {
-        let read = authorize_room_read(c, room, &origin)?;
+/// This server's forward extremities of a room (the newest [`MAX_EXTREMITIES`]), for
+/// `origin`, which must have joined members in it.
+pub fn served_extremities(server: &Server, origin: &str, room: &str) -> Result<Vec<String>, Error> {
+    server.db.read_tx(|c| {
+        let read = authorize_room_read(c, room, origin)?;
         if !read.origin_joined {
             return Err(Error::Forbidden(format!(
                 "server {origin} is not in room {room}"
@@ -84,8 +76,7 @@ pub(super) async fn extremities(
         ids.sort_by_key(|e| std::cmp::Reverse(e.1));
         ids.truncate(MAX_EXTREMITIES);
         Ok(ids.into_iter().map(|(id, _)| id).collect::<Vec<_>>())
-    })?;
-    Ok(Json(json!({ "extremities": ids })))
+    })
 }
 
 /// Start the anti-entropy task: a pass with a peer when it connects or is

@@ -1,5 +1,5 @@
-//! `GET /_matrix/federation/v1/hierarchy/{roomId}?suggested_only=`: a space and its
-//! direct children (one level, no pagination, as the spec's federation version says).
+//! A space and its direct children as another server may see them (the handler of
+//! `GET /_matrix/federation/v1/hierarchy/{roomId}?suggested_only=` is in `api/`) (one level, no pagination, as the spec's federation version says).
 //!
 //! A room is accessible to the origin when the origin has a joined member, or the room
 //! is world-readable, or its join rule lets the origin's users in without an invite
@@ -7,15 +7,9 @@
 //! origin is in). An inaccessible space is `404`; an inaccessible child is listed in
 //! `inaccessible_children`; children this server does not know are left out.
 
-use std::sync::Arc;
-
-use axum::Json;
-use axum::extract::State;
 use rusqlite::Connection;
-use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::api::extract::{FedPath, FedQuery, Origin, room_id};
 use super::summary::{RoomSummary, room_summary};
 use super::visible::{check_server_acl, content, load_pdu, server_in_room};
 use crate::error::Error;
@@ -25,32 +19,19 @@ use crate::storage;
 /// Most `m.space.child` entries considered for one space.
 const MAX_CHILDREN: usize = 500;
 
-#[derive(Deserialize)]
-pub(super) struct HierarchyQuery {
-    suggested_only: Option<String>,
-}
-
-pub(super) async fn hierarchy(
-    State(server): State<Arc<Server>>,
-    Origin(origin): Origin,
-    FedPath(room): FedPath<String>,
-    FedQuery(q): FedQuery<HierarchyQuery>,
-) -> Result<Json<Value>, Error> {
-    let room = room_id(&room)?;
-    let suggested_only = match q.suggested_only.as_deref() {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(other) => {
-            return Err(Error::InvalidParam(format!(
-                "suggested_only must be true or false, not {other:?}"
-            )));
-        }
-    };
-    let body = server.db.read_tx(|c| {
+/// The space `room` as `origin` may see it: the room with its `children_state`, its
+/// accessible children (each with theirs) and the ids of the inaccessible ones.
+pub fn hierarchy(
+    server: &Server,
+    origin: &str,
+    room: &str,
+    suggested_only: bool,
+) -> Result<Value, Error> {
+    server.db.read_tx(|c| {
         let not_found = || Error::NotFound(format!("room {room} is not known here"));
         let summary = room_summary(c, room)?.ok_or_else(not_found)?;
-        check_server_acl(c, room, &origin)?;
-        if !accessible(c, &summary, &origin)? {
+        check_server_acl(c, room, origin)?;
+        if !accessible(c, &summary, origin)? {
             return Err(not_found());
         }
         let children_state = children_state(c, room, suggested_only)?;
@@ -63,7 +44,7 @@ pub(super) async fn hierarchy(
             let Some(s) = room_summary(c, child_id)? else {
                 continue;
             };
-            let ok = check_server_acl(c, child_id, &origin).is_ok() && accessible(c, &s, &origin)?;
+            let ok = check_server_acl(c, child_id, origin).is_ok() && accessible(c, &s, origin)?;
             if ok {
                 let mut json = s.json.clone();
                 json["children_state"] = json!(self::children_state(c, child_id, false)?);
@@ -79,8 +60,7 @@ pub(super) async fn hierarchy(
             "children": children,
             "inaccessible_children": inaccessible,
         }))
-    })?;
-    Ok(Json(body))
+    })
 }
 
 fn accessible(c: &Connection, room: &RoomSummary, origin: &str) -> Result<bool, Error> {

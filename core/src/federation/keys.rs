@@ -3,11 +3,8 @@
 //! On a P2P node the key is also spelled by the server name, so a peer never needs this
 //! endpoint to verify us; it is served so standard tooling and notary-style checks work.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Json;
-use axum::extract::State;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD_NO_PAD;
 use std::collections::BTreeMap;
@@ -25,9 +22,8 @@ use crate::storage::now_ms;
 /// server name), so a week is conservative.
 const VALIDITY: Duration = Duration::from_secs(7 * 24 * 3600);
 
-pub(super) async fn server_keys(
-    State(server): State<Arc<Server>>,
-) -> Result<Json<serde_json::Value>, Error> {
+/// The node's key response (`GET /_matrix/key/v2/server`), signed by itself.
+pub fn server_keys(server: &Server) -> Result<serde_json::Value, Error> {
     let name = server.server_name();
     let body = serde_json::json!({
         "server_name": name,
@@ -40,7 +36,7 @@ pub(super) async fn server_keys(
     let mut object: CanonicalJsonObject = serde_json::from_value(body)?;
     ruma::signatures::sign_json(name, server.identity.keypair(), &mut object)
         .map_err(|e| Error::Internal(format!("signing key response: {e}")))?;
-    Ok(Json(serde_json::to_value(object)?))
+    Ok(serde_json::to_value(object)?)
 }
 
 /// The verify keys of P2P servers, read from their names, as ruma's signature checks

@@ -15,10 +15,10 @@ use crate::client_api::unrecognized;
 use crate::server::Server;
 
 use super::{
-    backfill, devices, directory, event, mailbox, media, membership, missing_events, openid,
-    public_rooms, query, send, state, timestamp,
+    backfill, devices, directory, event, extremities, hierarchy, keys, mailbox, media, membership,
+    missing_events, openid, public_rooms, query, send, state, timestamp,
 };
-use crate::federation::{anti_entropy, auth, hierarchy, keys};
+use crate::federation::auth;
 
 /// The federation router, with `Server` state applied.
 pub fn router(server: Arc<Server>) -> Router {
@@ -51,7 +51,7 @@ pub fn router(server: Arc<Server>) -> Router {
         )
         .route(
             "/_matrix/federation/unstable/org.warren.extremities/{room_id}",
-            get(anti_entropy::extremities),
+            get(extremities::extremities),
         )
         .route(
             "/_matrix/federation/unstable/org.warren.mailbox/deposit/{owner}/{txn_id}",
