@@ -300,6 +300,8 @@ fn build(
             .into_iter()
             .partition(|(room, _, _)| room.is_empty());
     let ignored = ignored_users(c, &caller.user_id)?;
+    // What the rooms kept between initial syncs are kept under (`room_cache::Key`).
+    let filters_key = serde_json::to_string(&(&filter.room.timeline, &filter.room.state))?;
     for (room_id, membership, event_id, mpos) in storage::user_memberships(c, &caller.user_id)? {
         if !room_allowed(&filter.room, &room_id) {
             continue;
@@ -336,9 +338,18 @@ fn build(
                     .filter(|(r, ty, _)| r == &room_id && filter.room.account_data.allows(ty))
                     .map(|(_, ty, content)| (ty.clone(), content.clone()))
                     .collect();
-                if let Some(room) =
-                    joined_room(c, server, caller, &room_id, since, now, filter, full, data)?
-                {
+                if let Some(room) = joined_room(
+                    c,
+                    server,
+                    caller,
+                    &room_id,
+                    since,
+                    now,
+                    filter,
+                    &filters_key,
+                    full,
+                    data,
+                )? {
                     has_data |= room.1;
                     rooms.join.insert(room_id, room.0);
                 }

@@ -13,6 +13,7 @@ pub(super) fn joined_room(
     since: Option<SyncToken>,
     now: SyncToken,
     filter: &Filter,
+    filters_key: &str,
     full: bool,
     room_data: Vec<(String, String)>,
 ) -> Result<Option<(RoomSection, bool)>, Error> {
@@ -26,14 +27,13 @@ pub(super) fn joined_room(
         let key = room_cache::Key {
             user_id: caller.user_id.clone(),
             room_id: room_id.to_owned(),
-            filters: serde_json::to_string(&(&filter.room.timeline, &filter.room.state))?,
+            filters: filters_key.to_owned(),
         };
         let (newest, oldest) = storage::room_span(c, room_id, now.pos)?;
         let span = room_cache::Span { newest, oldest };
         match server.sync.rooms.get(&key, span, &caller.device_id) {
             Some(section) => Shown {
                 has_events: !section.timeline.is_empty() || !section.state.is_empty(),
-                members_changed: true,
                 section,
             },
             None => {
@@ -88,13 +88,10 @@ pub(super) fn joined_room(
         "unread_notifications".into(),
         json!({"notification_count": notifications, "highlight_count": highlights}),
     );
-    // The summary only changes with membership; clients keep the last one they saw, so
-    // an incremental sync whose timeline holds no member event leaves it out (as Synapse
-    // does) instead of counting the members on every wake-up.
-    if shown.members_changed {
-        rest.insert("summary".into(), summary(c, room_id, &caller.user_id)?);
-    }
     let section = shown.section;
+    if let Some(summary) = section.summary {
+        rest.insert("summary".into(), summary);
+    }
     let body = RoomSection {
         timeline: Timeline {
             events: section.timeline,
@@ -115,8 +112,6 @@ struct Shown {
     section: room_cache::Section,
     /// Whether the timeline or the state holds an event.
     has_events: bool,
-    /// Whether the summary is due (see its use).
-    members_changed: bool,
 }
 
 /// Build a room's timeline (the newest events the user may see, after `since_pos`) and
@@ -206,14 +201,22 @@ fn shown(
         }
         None => raw_timeline_events(c, room_id, &timeline, caller)?,
     };
+    // The summary only changes with membership; clients keep the last one they saw, so
+    // an incremental sync whose timeline holds no member event leaves it out (as Synapse
+    // does) instead of counting the members on every wake-up.
+    let summary = if members_changed {
+        Some(summary(c, room_id, &caller.user_id)?)
+    } else {
+        None
+    };
     let shown = Shown {
         has_events: !timeline.is_empty() || !state_events.is_empty(),
-        members_changed,
         section: room_cache::Section {
             timeline: events,
             limited,
             prev_batch: SyncToken::at(timeline_start).to_string(),
             state: rendered(&state_events, caller).events,
+            summary,
         },
     };
     Ok((shown, echoes))

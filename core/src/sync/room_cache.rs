@@ -2,8 +2,9 @@
 //! user, kept per (user, room, timeline and state filters), so that the next initial
 //! sync of that user (a new device logging in, an app restarted without its token)
 //! builds only what changed: rooms whose events did not move are copied, not read,
-//! judged by visibility and rendered again. What is per device or per request (unread
-//! counts, receipts, typing, account data, the summary) is always built fresh.
+//! judged by visibility and rendered again, their summary (member counts, heroes) not
+//! counted again. What is per device or per request (unread counts, receipts, typing,
+//! account data) is always built fresh.
 //!
 //! A section is served again only while the room's events are the ones it was built
 //! from: the room's newest and oldest stream positions up to the sync's token
@@ -59,6 +60,8 @@ pub struct Section {
     pub limited: bool,
     pub prev_batch: String,
     pub state: Vec<Box<RawValue>>,
+    /// The room `summary` (member counts and heroes), when the section carries one.
+    pub summary: Option<serde_json::Value>,
 }
 
 impl Section {
@@ -69,6 +72,7 @@ impl Section {
             .map(|e| e.get().len())
             .sum::<usize>()
             + self.prev_batch.len()
+            + self.summary.as_ref().map_or(0, |s| s.to_string().len())
     }
 }
 
@@ -172,6 +176,7 @@ mod tests {
             limited: false,
             prev_batch: String::new(),
             state: Vec::new(),
+            summary: None,
         }
     }
 

@@ -1,6 +1,6 @@
 //! Initial syncs served partly from [`super::room_cache`]: a new device sees exactly what
 //! a rebuild would show, transaction ids reach only the device that sent them, and every
-//! change to a room (a message, a redaction) shows at once.
+//! change to a room (a message, a redaction, a new member in the summary) shows at once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -105,6 +105,10 @@ async fn a_new_devices_initial_sync_shows_the_room_as_a_rebuild_would() {
         c["rooms"]["join"][&room]["state"],
         b["rooms"]["join"][&room]["state"]
     );
+    assert_eq!(
+        c["rooms"]["join"][&room]["summary"]["m.joined_member_count"],
+        1
+    );
     // A still gets its transaction id.
     let a = initial(&server, &alice, "A").await;
     assert_eq!(event(&a, &room, &first)["unsigned"]["transaction_id"], "t1");
@@ -122,6 +126,25 @@ async fn a_new_devices_initial_sync_shows_the_room_as_a_rebuild_would() {
     let e = initial(&server, &alice, "E").await;
     assert_eq!(event(&e, &room, &first)["content"], json!({}));
     assert!(server.sync.rooms.usage().0 >= 1);
+
+    // A new member changes the summary (member counts, heroes) at once.
+    let bob = server.user_id("bob");
+    let join = ev(
+        &bob,
+        "m.room.member",
+        Some(&bob),
+        json!({"membership": "join"}),
+    );
+    server
+        .write(|c| {
+            storage::create_user(c, &bob, None, false, "bob")?;
+            append_event(c, &server, &room, join, None)
+        })
+        .expect("join");
+    let f = initial(&server, &alice, "F").await;
+    let summary = &f["rooms"]["join"][&room]["summary"];
+    assert_eq!(summary["m.joined_member_count"], 2);
+    assert_eq!(summary["m.heroes"], json!([bob]));
 }
 
 /// A redaction of `target` by `sender`.
