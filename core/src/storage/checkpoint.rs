@@ -113,13 +113,39 @@ impl Checkpointer {
         self.shared.restart_wanted.swap(false, Ordering::AcqRel)
     }
 
-    /// Note one commit; wakes the thread on the first and at the threshold.
+    /// Note one commit; wakes the thread on the first and at the threshold. A thread so
+    /// far behind that commits keep piling up (starved of CPU) cannot be relied on to
+    /// notice a big WAL: the writer then restarts the WAL itself, every
+    /// [`EVERY_COMMITS`] commits, until the thread catches up.
     pub(super) fn committed(&self) {
         let mut st = self.shared.state.lock();
         st.pending = st.pending.saturating_add(1);
         if st.pending == 1 || st.pending == EVERY_COMMITS {
             self.shared.wake.notify_one();
         }
+        if st.pending > EVERY_COMMITS && st.pending.is_multiple_of(EVERY_COMMITS) {
+            self.shared.restart_wanted.store(true, Ordering::Release);
+        }
+    }
+
+    /// Restart the WAL from the writer connection, between batches (see the module
+    /// comment). One that readers kept from finishing while the WAL is past twice
+    /// [`RESTART_ABOVE`] is asked for again at once: each following write then waits (at
+    /// most [`BUSY_WAIT_MS`]) for a moment without readers, which bounds the WAL where
+    /// retrying only every [`EVERY_COMMITS`] commits did not.
+    pub(super) fn restart_on(&self, conn: &Connection) {
+        let _ = conn.busy_timeout(Duration::from_millis(BUSY_WAIT_MS as u64));
+        let page_size: i64 = conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .unwrap_or(4096);
+        match checkpoint(conn, Mode::Restart) {
+            Ok(frames) if frames.saturating_mul(page_size) > 2 * RESTART_ABOVE => {
+                self.shared.restart_wanted.store(true, Ordering::Release);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "WAL restart failed"),
+        }
+        let _ = conn.busy_timeout(Duration::from_millis(super::BUSY_TIMEOUT_MS as u64));
     }
 }
 
@@ -178,15 +204,6 @@ fn run(conn: &Connection, shared: &Shared) {
             st.pending = st.pending.max(1);
         }
     }
-}
-
-/// Restart the WAL from the writer connection, between batches (see the module comment).
-pub(super) fn restart_from_writer(conn: &Connection) {
-    let _ = conn.busy_timeout(Duration::from_millis(BUSY_WAIT_MS as u64));
-    if let Err(e) = checkpoint(conn, Mode::Restart) {
-        tracing::warn!(error = %e, "WAL restart failed");
-    }
-    let _ = conn.busy_timeout(Duration::from_millis(super::BUSY_TIMEOUT_MS as u64));
 }
 
 /// Run one checkpoint; returns the frames left in the WAL for the next decision (all of

@@ -237,8 +237,7 @@ impl Db {
         if let Some(c) = &self.checkpoints {
             c.committed();
             if c.take_restart_request() {
-                self.writer
-                    .with_idle_connection(checkpoint::restart_from_writer);
+                self.writer.with_idle_connection(|conn| c.restart_on(conn));
             }
         }
         Ok(out)
