@@ -300,8 +300,12 @@ fn build(
             .into_iter()
             .partition(|(room, _, _)| room.is_empty());
     let ignored = ignored_users(c, &caller.user_id)?;
-    // What the rooms kept between initial syncs are kept under (`room_cache::Key`).
-    let filters_key = serde_json::to_string(&(&filter.room.timeline, &filter.room.state))?;
+    // What the rooms kept between initial syncs are kept under (`room_cache::Key`); only
+    // an initial sync uses it.
+    let filters_key = match since {
+        None => serde_json::to_string(&(&filter.room.timeline, &filter.room.state))?,
+        Some(_) => String::new(),
+    };
     for (room_id, membership, event_id, mpos) in storage::user_memberships(c, &caller.user_id)? {
         if !room_allowed(&filter.room, &room_id) {
             continue;
