@@ -201,6 +201,10 @@ impl Node {
             "media prefetch",
             crate::media::remote::start_prefetch(server.clone()),
         );
+        tasks.add(
+            "search indexer",
+            crate::search::start_indexer(server.clone()),
+        );
         // Push gateways get whatever the push queue holds, rows from before a restart too.
         tasks.add(
             "push delivery",

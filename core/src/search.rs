@@ -1,5 +1,9 @@
 //! Server-side search (`POST /search`, the `room_events` category) over the FTS5 index
-//! that `rooms::append` fills as timeline events are persisted.
+//! of timeline events (`storage/search.rs`).
+//!
+//! Live events enter the index after their commit, many to a write ([`catch_up`]): the
+//! indexer task does it [`INDEX_DELAY`] after commits, and every search does it first
+//! for whatever is still waiting, so a search sees every event committed before it.
 //!
 //! The search term is split into words; every word must match (as a prefix) the indexed
 //! text of one of the requested keys. Results come from rooms the searcher is joined to,
@@ -7,6 +11,8 @@
 //! searcher may read (`rooms::visibility`). Pagination is by offset.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
 
 use rusqlite::Connection;
 use serde::Deserialize;
@@ -16,8 +22,63 @@ use crate::error::Error;
 use crate::requester::Requester;
 use crate::rooms::state_at::state_at;
 use crate::rooms::visibility::{Visibility, visibility_for, visible_events};
+use crate::server::Server;
 use crate::storage::{self, StoredEvent};
 use crate::streams::PageToken;
+
+/// Most live events indexed in one write: one write holds the writer for a few
+/// milliseconds at most.
+pub const INDEX_BATCH: usize = 512;
+
+/// How long the indexer waits after a commit before it indexes: a burst of sends is
+/// indexed in a few writes, not one each. The index lags the timeline by about this
+/// much (searches never do: they catch up first).
+pub const INDEX_DELAY: Duration = Duration::from_millis(500);
+
+/// Index every live event committed so far that is not indexed yet, in writes of at
+/// most [`INDEX_BATCH`] events. Returns how many went into the index. Events committed
+/// while it runs are left to the next call, so it ends however busy the node is.
+pub fn catch_up(server: &Server) -> Result<usize, Error> {
+    let (behind, until) = server.db.read(|c| {
+        Ok((
+            storage::search_index_behind(c)?,
+            storage::newest_live_position(c)?,
+        ))
+    })?;
+    if !behind {
+        return Ok(0);
+    }
+    let mut indexed = 0;
+    loop {
+        let batch = server.write(|c| storage::index_pending(c, INDEX_BATCH, until))?;
+        indexed += batch.indexed;
+        if !batch.more {
+            return Ok(indexed);
+        }
+    }
+}
+
+/// The search indexer: indexes what a previous run left (a restart after a crash), then
+/// [`INDEX_DELAY`] after each commit, whatever has come since.
+pub fn start_indexer(server: Arc<Server>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut positions = server.notifier.subscribe();
+        loop {
+            let s = server.clone();
+            match tokio::task::spawn_blocking(move || catch_up(&s)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "search indexing failed; retried after the next commit")
+                }
+                Err(e) => tracing::warn!(error = %e, "search indexing task failed"),
+            }
+            if positions.changed().await.is_err() {
+                return;
+            }
+            tokio::time::sleep(INDEX_DELAY).await;
+        }
+    })
+}
 
 /// Default page size.
 pub const DEFAULT_LIMIT: usize = 10;
@@ -350,6 +411,9 @@ fn context(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod search_tests;
 
 #[cfg(test)]
 mod tests {

@@ -36,6 +36,8 @@ pub(super) async fn search(
     let Some(criteria) = body.search_categories.room_events else {
         return Ok(Json(json!({ "search_categories": {} })));
     };
+    // Whatever the indexer has not reached yet (it runs shortly after commits).
+    search::catch_up(&server)?;
     let room_events = server
         .db
         .read_tx(|c| search::room_events(c, &caller, &criteria, q.next_batch.as_deref()))?;

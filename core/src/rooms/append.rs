@@ -460,8 +460,7 @@ pub(super) fn persist_accepted(c: &Connection, a: Accepted<'_>) -> Result<i64, E
     };
     storage::insert_event(c, &stored)?;
     crate::metrics::event_persisted(true);
-    // Full-text search: same transaction, so the index never lags the timeline.
-    storage::index_event(c, &stored)?;
+    // Full-text search indexes it after the commit, with others (`crate::search`).
     // Relationships (edits, threads, references): same transaction, for the same reason.
     crate::relations::on_persisted(c, &stored)?;
     if let Some((state, group)) = replace_with {

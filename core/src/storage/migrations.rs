@@ -845,6 +845,17 @@ const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX events_outlier_depth ON events(room_id, depth) WHERE status = 'outlier';
     "#,
+    // 31: live events are indexed for search in batches after their commit, not inside
+    // it (`storage/search.rs`); `up_to` is the last live stream position looked at.
+    // Everything stored before this version was indexed as it was persisted.
+    r#"
+    CREATE TABLE search_indexed (
+        id INTEGER PRIMARY KEY CHECK (id = 0),
+        up_to INTEGER NOT NULL
+    );
+    INSERT INTO search_indexed (id, up_to)
+        SELECT 0, MAX(COALESCE(MAX(stream_ordering), 0), 0) FROM events;
+    "#,
 ];
 
 /// The schema version this build writes.
