@@ -1,7 +1,10 @@
 //! Reading power levels for decisions the auth rules leave to the server
 //! (applying redactions, notification counts).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, LazyLock};
+
+use parking_lot::Mutex;
 
 use rusqlite::Connection;
 use serde_json::Value;
@@ -103,8 +106,54 @@ pub(crate) fn integer_levels(content: &mut Value) {
     }
 }
 
-/// Power levels from the room's current state.
-pub fn power_levels(c: &Connection, room_id: &str) -> Result<PowerLevels, Error> {
+/// The events power levels were parsed from: the create event and the power levels
+/// event (if any), each with whether it is redacted. Event ids are content hashes, so a
+/// key always stands for the same content, on any node.
+type Key = Vec<(String, String, bool)>;
+
+/// Parsed power levels by the events they came from. Push evaluation reads them on every
+/// send; parsing them again cost more than a tenth of a send. Nothing to invalidate: a
+/// new power levels event is a new key, and the room's current entries are looked up
+/// (without their JSON) every time. Bounded: cleared when it holds [`CACHE_BYTES`] of
+/// event JSON or [`CACHE_ENTRIES`] entries; power levels bigger than [`CACHE_MAX_ENTRY`]
+/// are parsed every time.
+static CACHE: LazyLock<Mutex<Cache>> = LazyLock::new(Default::default);
+const CACHE_ENTRIES: usize = 1024;
+const CACHE_BYTES: usize = 4 << 20;
+const CACHE_MAX_ENTRY: usize = 256 << 10;
+
+#[derive(Default)]
+struct Cache {
+    entries: HashMap<Key, Arc<PowerLevels>>,
+    bytes: usize,
+}
+
+/// Power levels from the room's current state (parsed once per set of events, see
+/// [`CACHE`]).
+pub fn power_levels(c: &Connection, room_id: &str) -> Result<Arc<PowerLevels>, Error> {
+    const KEYS: [(&str, &str); 2] = [("m.room.create", ""), ("m.room.power_levels", "")];
+    let mut key = storage::current_state_refs(c, room_id, &KEYS)?;
+    key.sort();
+    if let Some(hit) = CACHE.lock().entries.get(&key) {
+        return Ok(hit.clone());
+    }
+    let (levels, bytes) = read_power_levels(c, room_id)?;
+    let levels = Arc::new(levels);
+    if bytes <= CACHE_MAX_ENTRY {
+        let mut cache = CACHE.lock();
+        if cache.entries.len() >= CACHE_ENTRIES || cache.bytes + bytes > CACHE_BYTES {
+            cache.entries.clear();
+            cache.bytes = 0;
+        }
+        cache.bytes += bytes;
+        cache.entries.insert(key, levels.clone());
+    }
+    Ok(levels)
+}
+
+/// Power levels read and parsed from the room's current state, with the size of the
+/// JSON they came from.
+fn read_power_levels(c: &Connection, room_id: &str) -> Result<(PowerLevels, usize), Error> {
     // Both events in one statement (push evaluation reads them on every send). Current
     // state may hold an event that is not in the timeline (a fork built on a
     // soft-failed event); authority follows the state, not the timeline.
@@ -125,6 +174,11 @@ pub fn power_levels(c: &Connection, room_id: &str) -> Result<PowerLevels, Error>
         let sender = v["sender"].as_str().unwrap_or_default().to_owned();
         Ok(Some((v["content"].take(), sender)))
     };
+    let bytes = entries
+        .iter()
+        .filter_map(|e| e.row.as_ref())
+        .map(|(json, _)| json.len())
+        .sum();
     let mut creators = HashSet::new();
     let mut creators_infinite = false;
     if let Some((create, sender)) = content_of("m.room.create")? {
@@ -137,9 +191,61 @@ pub fn power_levels(c: &Connection, room_id: &str) -> Result<PowerLevels, Error>
     let content = content_of("m.room.power_levels")?
         .map(|(c, _)| c)
         .unwrap_or(Value::Null);
-    Ok(PowerLevels {
-        content,
-        creators,
-        creators_infinite,
-    })
+    Ok((
+        PowerLevels {
+            content,
+            creators,
+            creators_infinite,
+        },
+        bytes,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::power_levels;
+    use crate::rooms::{CreateRoom, append_event, create_room};
+    use crate::storage;
+    use crate::test_support::{ev, node};
+
+    /// The cached levels follow the room: a new power levels event, and its redaction
+    /// (which keeps `users` but drops `notifications`), show at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cached_power_levels_follow_new_and_redacted_events() {
+        let (_dir, node) = node().await;
+        let server = node.server().clone();
+        let alice = server.user_id("alice");
+        let bob = server.user_id("bob");
+        let room = server
+            .write(|c| {
+                storage::create_user(c, &alice, None, false, "alice")?;
+                create_room(c, &server, &alice, CreateRoom::default())
+            })
+            .expect("room");
+        let read = || server.db.read(|c| power_levels(c, &room)).expect("levels");
+        assert_eq!(read().user_level(&bob), 0);
+        assert_eq!(read().notification_level("room"), 50);
+        let content = json!({"users": {bob.clone(): 40},
+                             "notifications": {"room": 20}});
+        let pl = ev(&alice, "m.room.power_levels", Some(""), content);
+        let pl_id = server
+            .write(|c| append_event(c, &server, &room, pl, None))
+            .expect("power levels")
+            .event_id;
+        assert_eq!(read().user_level(&bob), 40);
+        assert_eq!(read().notification_level("room"), 20);
+        let mut redaction = ev(&alice, "m.room.redaction", None, json!({}));
+        redaction.redacts = Some(pl_id);
+        server
+            .write(|c| append_event(c, &server, &room, redaction, None))
+            .expect("redaction");
+        assert_eq!(read().user_level(&bob), 40, "redaction keeps users");
+        assert_eq!(
+            read().notification_level("room"),
+            50,
+            "redaction drops notifications"
+        );
+    }
 }

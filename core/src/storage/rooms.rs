@@ -103,6 +103,29 @@ pub fn current_state_events(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// Which events stand at several entries of a room's current state, and whether each is
+/// redacted, without their JSON: enough to tell whether something parsed from them
+/// before still holds (an event's content changes only when it is redacted). `keys` as
+/// in [`current_state_events`]; entries whose event row is missing are left out.
+pub fn current_state_refs(
+    c: &Connection,
+    room_id: &str,
+    keys: &[(&str, &str)],
+) -> Result<Vec<(String, String, bool)>, Error> {
+    let keys = serde_json::to_string(keys)?;
+    let mut st = c.prepare_cached(
+        "SELECT cs.type, cs.event_id, e.redacted_by IS NOT NULL
+         FROM json_each(?2) AS k
+         CROSS JOIN current_state cs
+             ON cs.room_id = ?1 AND cs.type = k.value ->> 0 AND cs.state_key = k.value ->> 1
+         JOIN events e ON e.event_id = cs.event_id",
+    )?;
+    let rows = st.query_map(params![room_id, keys], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 /// The whole current state of a room.
 pub fn current_state(c: &Connection, room_id: &str) -> Result<StateMap, Error> {
     let mut st =
