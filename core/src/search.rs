@@ -28,7 +28,7 @@ use crate::streams::PageToken;
 
 /// Most live events indexed in one write: one write holds the writer for a few
 /// milliseconds at most.
-pub const INDEX_BATCH: usize = 512;
+pub const INDEX_BATCH: usize = 256;
 
 /// How long the indexer waits after a commit before it indexes: a burst of sends is
 /// indexed in a few writes, not one each. The index lags the timeline by about this
