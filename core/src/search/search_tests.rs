@@ -176,7 +176,7 @@ async fn the_indexer_catches_up_with_nobody_searching() {
                 c,
                 "\"heron\"*",
                 &["content.body"],
-                &[room.clone()],
+                std::slice::from_ref(&room),
                 false,
                 n + 1,
             )
