@@ -41,7 +41,7 @@ use body::{Events, RoomSection, Rooms, Timeline};
 use filter::room_allowed;
 pub use filter::{EventFilter, Filter, RoomFilter};
 pub(crate) use joined::timeline_events;
-use joined::{joined_room, raw_timeline_events, rendered, state_section};
+use joined::{echoes, joined_room, raw_timeline_events, rendered, state_section};
 pub(crate) use other_rooms::invite_state;
 use other_rooms::{knock_state, left_room};
 #[cfg(test)]
@@ -63,6 +63,9 @@ pub struct SyncState {
     pub rooms: room_cache::RoomSectionCache,
     /// Sliding sync connections (what each client connection already has).
     pub sliding: sliding::Connections,
+    /// Rooms as the first response of a sliding sync connection last showed them (see
+    /// [`sliding::CachedRoom`]).
+    pub sliding_rooms: room_cache::RoomCache<sliding::CachedRoom>,
 }
 
 /// The longest a `/sync` may wait.

@@ -33,6 +33,7 @@ pub async fn deactivate(server: &Arc<Server>, user_id: &str, erase: bool) -> Res
     })?;
     server.sync.initial.forget_user(user_id);
     server.sync.rooms.forget_user(user_id);
+    server.sync.sliding_rooms.forget_user(user_id);
     let requester = Requester::node_acting_for(user_id);
     for (room_id, membership, _, _) in memberships {
         if !matches!(membership.as_str(), "join" | "invite" | "knock") {

@@ -224,7 +224,7 @@ fn shown(
 
 /// The caller's devices whose transaction ids `events` carry: a rendering of them
 /// echoes them to those devices only (see [`room_cache`]).
-fn echoes<'a>(
+pub(super) fn echoes<'a>(
     events: impl Iterator<Item = &'a StoredEvent>,
     caller: &Requester,
 ) -> room_cache::Echoes {

@@ -64,7 +64,14 @@ pub struct Section {
     pub summary: Option<serde_json::Value>,
 }
 
-impl Section {
+/// What a room cache keeps per room: [`Section`] for `/sync`, a rendered room for
+/// sliding sync.
+pub trait Cached: Clone {
+    /// The rendered bytes it counts for against [`MAX_BYTES`].
+    fn bytes(&self) -> usize;
+}
+
+impl Cached for Section {
     fn bytes(&self) -> usize {
         self.timeline
             .iter()
@@ -95,30 +102,33 @@ impl Echoes {
     }
 }
 
-struct Entry {
+struct Entry<S> {
     span: Span,
     echoes: Echoes,
     at: Instant,
-    section: Section,
+    section: S,
 }
 
-/// The cache (one per node).
-pub struct RoomSectionCache {
-    inner: Mutex<Lru<Key, Entry>>,
+/// A cache of rendered rooms (one of each kind per node).
+pub struct RoomCache<S> {
+    inner: Mutex<Lru<Key, Entry<S>>>,
 }
 
-impl Default for RoomSectionCache {
+/// The rooms kept between initial `/sync`s.
+pub type RoomSectionCache = RoomCache<Section>;
+
+impl<S> Default for RoomCache<S> {
     fn default() -> Self {
-        RoomSectionCache {
+        RoomCache {
             inner: Mutex::new(Lru::new(MAX_ENTRIES, MAX_BYTES)),
         }
     }
 }
 
-impl RoomSectionCache {
+impl<S: Cached> RoomCache<S> {
     /// The section for `key` if it was built from exactly the room's events `span` and
     /// may be shown to `device_id`. An entry that no longer matches its room is dropped.
-    pub fn get(&self, key: &Key, span: Span, device_id: &str) -> Option<Section> {
+    pub fn get(&self, key: &Key, span: Span, device_id: &str) -> Option<S> {
         let mut inner = self.inner.lock();
         let e = inner.get(key)?;
         if e.span != span || e.at.elapsed() >= MAX_AGE {
@@ -130,7 +140,7 @@ impl RoomSectionCache {
 
     /// Keep a section built from `span`, dropping the least recently used to stay within
     /// the bounds; one larger than [`MAX_SECTION_BYTES`] is not kept.
-    pub fn put(&self, key: Key, span: Span, echoes: Echoes, section: Section) {
+    pub fn put(&self, key: Key, span: Span, echoes: Echoes, section: S) {
         let bytes = section.bytes();
         let mut inner = self.inner.lock();
         if bytes > MAX_SECTION_BYTES {

@@ -282,7 +282,7 @@ fn rooms(
             {
                 None
             }
-            "join" => joined_room(c, caller, cand, cfg, sent, now, direct)?,
+            "join" => joined_room(c, server, caller, cand, cfg, sent, now, direct)?,
             _ => invited_room(c, cand, cfg, sent)?,
         };
         if sent.is_none() {

@@ -30,7 +30,7 @@ use rusqlite::Connection;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{invite_state, receipt_event, sync_opts};
+use super::{invite_state, receipt_event, room_cache, sync_opts};
 use crate::e2ee;
 use crate::error::Error;
 use crate::events::client_event;
@@ -85,7 +85,10 @@ mod rooms;
 use build::{Candidate, RoomConfig, build};
 pub use connections::Connections;
 use connections::{RoomSent, Snapshot};
+#[cfg(test)]
+mod cache_tests;
 pub use request::*;
+pub use rooms::CachedRoom;
 use rooms::{invited_room, joined_room, left_room};
 
 /// Parsed query parameters.

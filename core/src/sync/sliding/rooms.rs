@@ -2,9 +2,33 @@
 
 use super::*;
 
+/// A joined room as a connection's first response showed it: what a new connection of
+/// the same user (an app restarted, another device) is shown of the room while its
+/// events are the same, kept in [`crate::sync::SyncState::sliding_rooms`] under the
+/// same rules as the rooms of initial `/sync`s ([`room_cache`]). Only the per-request
+/// parts (unread counts, `bump_stamp`, `is_dm`) are added fresh.
+#[derive(Clone)]
+pub struct CachedRoom {
+    /// The room's response without its per-request fields.
+    body: Value,
+    /// The members sent for `$LAZY`.
+    lazy: HashSet<String>,
+    /// Where the timeline ended when history visibility ended it before the token.
+    capped_at: Option<StreamPosition>,
+    bytes: usize,
+}
+
+impl room_cache::Cached for CachedRoom {
+    fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
 /// A joined room's update, `None` when the client has it all already.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn joined_room(
     c: &Connection,
+    server: &Server,
     caller: &Requester,
     cand: &Candidate,
     cfg: &RoomConfig,
@@ -12,6 +36,95 @@ pub(super) fn joined_room(
     now: SyncToken,
     direct: &HashSet<String>,
 ) -> Result<Option<(Value, RoomSent)>, Error> {
+    let me = caller.user_id.as_str();
+    let room_id = cand.room_id.as_str();
+    let (mut body, record, num_live) = match sent {
+        None => {
+            let (room, record) = first_time(c, server, caller, cand, cfg, now)?;
+            (room.body, record, 0)
+        }
+        Some(_) => match room_part(c, caller, cand, cfg, sent, now)? {
+            Some((part, record, _)) => {
+                let live = part.num_live;
+                (part.room.body, record, live)
+            }
+            None => return Ok(None),
+        },
+    };
+    let (notifications, highlights) = storage::unread_counts(c, room_id, me)?;
+    let extra = json!({
+        "num_live": num_live,
+        "notification_count": notifications,
+        "highlight_count": highlights,
+        "bump_stamp": cand.bump,
+        "is_dm": direct.contains(room_id),
+    });
+    merge(&mut body, extra);
+    if sent.is_none() {
+        body["initial"] = json!(true);
+    }
+    Ok(Some((body, record)))
+}
+
+/// A room new to the connection: as the user's last connection was shown it, if its
+/// events are the same (see [`CachedRoom`]), else built and kept.
+fn first_time(
+    c: &Connection,
+    server: &Server,
+    caller: &Requester,
+    cand: &Candidate,
+    cfg: &RoomConfig,
+    now: SyncToken,
+) -> Result<(CachedRoom, RoomSent), Error> {
+    let key = room_cache::Key {
+        user_id: caller.user_id.clone(),
+        room_id: cand.room_id.clone(),
+        // Apart from `/sync`'s keys, which are filters as JSON.
+        filters: format!("sliding {} {:?}", cfg.timeline_limit, cfg.required_state),
+    };
+    let (newest, oldest) = storage::room_span(c, &cand.room_id, now.pos)?;
+    let span = room_cache::Span { newest, oldest };
+    let room = match server.sync.sliding_rooms.get(&key, span, &caller.device_id) {
+        Some(room) => room,
+        None => {
+            let Some((part, _, echoes)) = room_part(c, caller, cand, cfg, None, now)? else {
+                return Err(Error::internal(
+                    "a room new to the connection built nothing",
+                ));
+            };
+            server
+                .sync
+                .sliding_rooms
+                .put(key, span, echoes, part.room.clone());
+            part.room
+        }
+    };
+    let record = RoomSent {
+        pos: room.capped_at.unwrap_or(now.pos),
+        membership: cand.membership.clone(),
+        required_state: cfg.required_state.clone(),
+        lazy: room.lazy.clone(),
+    };
+    Ok((room, record))
+}
+
+/// A room's part of a response that does not depend on the request: `None` when the
+/// client has it all already.
+struct RoomPart {
+    room: CachedRoom,
+    num_live: usize,
+}
+
+/// Build a joined room's [`RoomPart`], with what the connection records of it and the
+/// devices its timeline echoes transaction ids to.
+fn room_part(
+    c: &Connection,
+    caller: &Requester,
+    cand: &Candidate,
+    cfg: &RoomConfig,
+    sent: Option<&RoomSent>,
+    now: SyncToken,
+) -> Result<Option<(RoomPart, RoomSent, room_cache::Echoes)>, Error> {
     let me = caller.user_id.as_str();
     let room_id = cand.room_id.as_str();
     // Most rooms in range have not changed since they were sent: find that out first,
@@ -119,38 +232,38 @@ pub(super) fn joined_room(
     }
 
     let mut body = room_meta(c, me, room_id)?;
-    let (notifications, highlights) = storage::unread_counts(c, room_id, me)?;
     let (joined, invited) = storage::member_counts(c, room_id)?;
     let start = timeline
         .first()
         .map(|e| e.stream_ordering - 1)
         .unwrap_or(upper);
+    let echoes = crate::sync::echoes(timeline.iter(), caller);
     let extra = json!({
         "timeline": crate::relations::render_in_room(c, &timeline, sync_opts(caller), &vis)?,
         "required_state": required_state,
         "prev_batch": SyncToken::at(start).to_string(),
         "limited": limited,
-        "num_live": if sent.is_some() { timeline.len() } else { 0 },
         "joined_count": joined,
         "invited_count": invited,
-        "notification_count": notifications,
-        "highlight_count": highlights,
-        "bump_stamp": cand.bump,
-        "is_dm": direct.contains(room_id),
     });
     merge(&mut body, extra);
-    if sent.is_none() {
-        body["initial"] = json!(true);
-    }
-    Ok(Some((
-        body,
-        RoomSent {
-            pos: upper,
-            membership: cand.membership.clone(),
-            required_state: cfg.required_state.clone(),
+    let bytes = serde_json::to_string(&body).map_or(usize::MAX, |s| s.len());
+    let record = RoomSent {
+        pos: upper,
+        membership: cand.membership.clone(),
+        required_state: cfg.required_state.clone(),
+        lazy: lazy.clone(),
+    };
+    let part = RoomPart {
+        room: CachedRoom {
+            body,
             lazy,
+            capped_at: (upper < now.pos).then_some(upper),
+            bytes,
         },
-    )))
+        num_live: if sent.is_some() { timeline.len() } else { 0 },
+    };
+    Ok(Some((part, record, echoes)))
 }
 
 /// An invite (or knock): the stripped state, once.
