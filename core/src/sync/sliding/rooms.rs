@@ -9,18 +9,19 @@ use super::*;
 /// parts (unread counts, `bump_stamp`, `is_dm`) are added fresh.
 #[derive(Clone)]
 pub struct CachedRoom {
-    /// The room's response without its per-request fields.
-    body: Value,
+    /// The room's response without its per-request fields, as JSON text: a value tree
+    /// would take several times its size in memory, and parsing it back costs a
+    /// fraction of building it.
+    body: Arc<str>,
     /// The members sent for `$LAZY`.
     lazy: HashSet<String>,
     /// Where the timeline ended when history visibility ended it before the token.
     capped_at: Option<StreamPosition>,
-    bytes: usize,
 }
 
 impl room_cache::Cached for CachedRoom {
     fn bytes(&self) -> usize {
-        self.bytes
+        self.body.len()
     }
 }
 
@@ -40,14 +41,11 @@ pub(super) fn joined_room(
     let room_id = cand.room_id.as_str();
     let (mut body, record, num_live) = match sent {
         None => {
-            let (room, record) = first_time(c, server, caller, cand, cfg, now)?;
-            (room.body, record, 0)
+            let (body, record) = first_time(c, server, caller, cand, cfg, now)?;
+            (body, record, 0)
         }
         Some(_) => match room_part(c, caller, cand, cfg, sent, now)? {
-            Some((part, record, _)) => {
-                let live = part.num_live;
-                (part.room.body, record, live)
-            }
+            Some((part, record, _)) => (part.body, record, part.num_live),
             None => return Ok(None),
         },
     };
@@ -75,7 +73,7 @@ fn first_time(
     cand: &Candidate,
     cfg: &RoomConfig,
     now: SyncToken,
-) -> Result<(CachedRoom, RoomSent), Error> {
+) -> Result<(Value, RoomSent), Error> {
     let key = room_cache::Key {
         user_id: caller.user_id.clone(),
         room_id: cand.room_id.clone(),
@@ -84,34 +82,44 @@ fn first_time(
     };
     let (newest, oldest) = storage::room_span(c, &cand.room_id, now.pos)?;
     let span = room_cache::Span { newest, oldest };
-    let room = match server.sync.sliding_rooms.get(&key, span, &caller.device_id) {
-        Some(room) => room,
+    let cached = server.sync.sliding_rooms.get(&key, span, &caller.device_id);
+    let (body, room) = match cached {
+        Some(room) => (serde_json::from_str(&room.body)?, room),
         None => {
             let Some((part, _, echoes)) = room_part(c, caller, cand, cfg, None, now)? else {
                 return Err(Error::internal(
                     "a room new to the connection built nothing",
                 ));
             };
+            let room = CachedRoom {
+                body: serde_json::to_string(&part.body)?.into(),
+                lazy: part.lazy,
+                capped_at: part.capped_at,
+            };
             server
                 .sync
                 .sliding_rooms
-                .put(key, span, echoes, part.room.clone());
-            part.room
+                .put(key, span, echoes, room.clone());
+            (part.body, room)
         }
     };
     let record = RoomSent {
         pos: room.capped_at.unwrap_or(now.pos),
         membership: cand.membership.clone(),
         required_state: cfg.required_state.clone(),
-        lazy: room.lazy.clone(),
+        lazy: room.lazy,
     };
-    Ok((room, record))
+    Ok((body, record))
 }
 
-/// A room's part of a response that does not depend on the request: `None` when the
-/// client has it all already.
+/// A joined room's part of a response that does not depend on the request.
 struct RoomPart {
-    room: CachedRoom,
+    /// The room's response without its per-request fields.
+    body: Value,
+    /// The members sent for `$LAZY`.
+    lazy: HashSet<String>,
+    /// Where the timeline ended when history visibility ended it before the token.
+    capped_at: Option<StreamPosition>,
     num_live: usize,
 }
 
@@ -247,7 +255,6 @@ fn room_part(
         "invited_count": invited,
     });
     merge(&mut body, extra);
-    let bytes = serde_json::to_string(&body).map_or(usize::MAX, |s| s.len());
     let record = RoomSent {
         pos: upper,
         membership: cand.membership.clone(),
@@ -255,12 +262,9 @@ fn room_part(
         lazy: lazy.clone(),
     };
     let part = RoomPart {
-        room: CachedRoom {
-            body,
-            lazy,
-            capped_at: (upper < now.pos).then_some(upper),
-            bytes,
-        },
+        body,
+        lazy,
+        capped_at: (upper < now.pos).then_some(upper),
         num_live: if sent.is_some() { timeline.len() } else { 0 },
     };
     Ok(Some((part, record, echoes)))
