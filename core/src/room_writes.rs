@@ -94,12 +94,14 @@ pub fn send_message(
         redacts: None,
     };
     let txn = Some((requester.device_id.as_str(), txn_id));
+    // The members' push rules are evaluated here, on a reader, not in the single writer.
+    let push = server.db.read(|c| crate::push::plan(c, room_id, &ev))?;
     let appended = server.write(|tx| {
         if !rooms::is_retry(tx, room_id, &ev, &requester.device_id, txn_id)? {
             server.rate_limit_requester(Action::Message, requester)?;
             crate::relations::check_new_relation(tx, room_id, &ev.sender, &ev.kind, &ev.content)?;
         }
-        rooms::append_event_at(tx, server, room_id, ev, txn, ts)
+        rooms::append_planned(tx, server, room_id, ev, txn, ts, push)
     })?;
     Ok(appended.event_id)
 }

@@ -69,6 +69,20 @@ pub fn append_event_at(
     txn: Option<(&str, &str)>,
     ts: Option<i64>,
 ) -> Result<Appended, Error> {
+    append_planned(c, server, room_id, ev, txn, ts, None)
+}
+
+/// [`append_event_at`] with the members' push rules already evaluated for the event
+/// ([`crate::push::plan`], before the write); evaluated in the write when `None`.
+pub fn append_planned(
+    c: &Connection,
+    server: &Server,
+    room_id: &str,
+    ev: NewEvent,
+    txn: Option<(&str, &str)>,
+    ts: Option<i64>,
+    push: Option<crate::push::Planned>,
+) -> Result<Appended, Error> {
     let mut key = None;
     if let Some((device, txn_id)) = txn {
         match storage::txn_lookup(c, &ev.sender, device, txn_id, txn_scope(room_id, &ev))? {
@@ -100,6 +114,7 @@ pub fn append_event_at(
         &built.json,
         built.group_before,
         txn,
+        push,
     )?;
     crate::federation::outbox::enqueue_event(c, server, room_id, &built.pdu)?;
     Ok(Appended {
@@ -332,6 +347,9 @@ pub(super) struct Accepted<'a> {
     pub current: NewCurrentState,
     /// The client transaction (local events).
     pub txn: Option<ClientTxn<'a>>,
+    /// The members' push rules evaluated before the write (local sends), else evaluated
+    /// here.
+    pub push: Option<crate::push::Planned>,
 }
 
 /// Persist an authorised local event: state, memberships, extremities, redaction, counts.
@@ -344,6 +362,7 @@ pub(super) fn persist(
     json: &str,
     group_before: Option<i64>,
     txn: Option<ClientTxn<'_>>,
+    push: Option<crate::push::Planned>,
 ) -> Result<i64, Error> {
     let replaces = match &pdu.state_key {
         Some(sk) => storage::current_state_event(c, room_id, &pdu.kind.to_string(), sk)?,
@@ -360,6 +379,7 @@ pub(super) fn persist(
             replaces,
             current: NewCurrentState::ApplyEvent,
             txn,
+            push,
         },
     )
 }
@@ -376,6 +396,7 @@ pub(super) fn persist_accepted(c: &Connection, a: Accepted<'_>) -> Result<i64, E
         replaces,
         current,
         txn,
+        push,
     } = a;
     let pos = next_stream_position(c)?;
     let kind = pdu.kind.to_string();
@@ -476,7 +497,7 @@ pub(super) fn persist_accepted(c: &Connection, a: Accepted<'_>) -> Result<i64, E
     {
         apply_redaction(c, room_id, version, &stored, target.as_str())?;
     }
-    crate::push::on_event(c, room_id, version, &stored)?;
+    crate::push::on_event(c, room_id, version, &stored, push)?;
     Ok(pos)
 }
 
@@ -619,7 +640,7 @@ pub(super) fn append_create_at(
     let pdu = Pdu::from_json(&event_id, &json)?;
     storage::insert_room(c, &room_id, version, &ev.sender, is_public)?;
     check_local_event(c, &rules, &room_id, &pdu)?;
-    persist(c, &room_id, version, &pdu, &json, None, None)?;
+    persist(c, &room_id, version, &pdu, &json, None, None, None)?;
     Ok(room_id)
 }
 

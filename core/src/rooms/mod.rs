@@ -25,8 +25,8 @@ mod upgrade;
 pub mod visibility;
 
 pub use append::{
-    Appended, ClientTxn, append_event, append_event_at, is_retry, load_pdu, random_string,
-    unchanged_state,
+    Appended, ClientTxn, append_event, append_event_at, append_planned, is_retry, load_pdu,
+    random_string, unchanged_state,
 };
 pub use create::{CreateRoom, add_rich_topic, create_room};
 pub use hierarchy::{HierarchyRequest, space_hierarchy};

@@ -210,6 +210,7 @@ impl Room<'_> {
                 replaces,
                 current: new_current,
                 txn: None,
+                push: None,
             },
         )?;
         Ok(Outcome::Accepted {

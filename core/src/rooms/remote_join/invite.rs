@@ -105,7 +105,7 @@ pub async fn invite_remote(
         let (version, group_before) = storage::room_info(c, room_id)?
             .ok_or_else(|| Error::NotFound(format!("room {room_id} is gone")))?;
         crate::rooms::auth::check_local_event(c, &rules, room_id, &pdu)?;
-        persist(c, room_id, &version, &pdu, &json, group_before, None)?;
+        persist(c, room_id, &version, &pdu, &json, group_before, None, None)?;
         crate::federation::outbox::enqueue_event(c, server, room_id, &pdu)
     })?;
     Ok(built.event_id)

@@ -392,6 +392,7 @@ pub(super) fn persist_remote_join(
                 is_state_after_event: true,
             },
             txn: None,
+            push: None,
         },
     )?;
     Ok(join.event_id)
