@@ -26,6 +26,7 @@ use matrix_sdk::ruma::serde::Raw;
 use matrix_sdk::ruma::{RoomId, UInt};
 use matrix_sdk::sync::SyncResponse;
 use serde_json::{Value, json};
+use tempfile::TempDir;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -135,6 +136,23 @@ pub async fn start_federated_node(data_dir: &Path) -> anyhow::Result<FederatedNo
     let p2p = warren_p2p::P2p::attach(&node, test_p2p_config()).await?;
     p2p.wait_listening(WAIT).await?;
     Ok(FederatedNode { node, p2p })
+}
+
+/// Two nodes started by `start` (e.g. [`start_federated_node`]) on fresh data
+/// directories, `a` connected to `b`: the directories of `a` and `b`, then the nodes.
+/// Keep the directories bound (`_da`, not `_`) for as long as the nodes run; a node
+/// restarted on one of them keeps its identity and data.
+pub async fn connected_nodes<F>(
+    start: F,
+) -> anyhow::Result<(TempDir, TempDir, FederatedNode, FederatedNode)>
+where
+    F: AsyncFn(&Path) -> anyhow::Result<FederatedNode>,
+{
+    let (da, db) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let a = start(da.path()).await?;
+    let b = start(db.path()).await?;
+    connect_nodes(&a, &b).await?;
+    Ok((da, db, a, b))
 }
 
 /// Connect `a` to `b` directly.
@@ -874,6 +892,27 @@ impl RawUser {
     pub async fn create_room(&self, body: Value) -> anyhow::Result<String> {
         let answer = self.post("/createRoom", body).await?;
         Ok(answer["room_id"].as_str().context("room_id")?.to_owned())
+    }
+
+    /// `PUT` that must answer 200.
+    pub async fn put(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        self.ok(reqwest::Method::PUT, path, body).await
+    }
+
+    /// Sends a text message to `room` (a new transaction id each time).
+    pub async fn say(&self, room: &str, body: &str) -> anyhow::Result<()> {
+        let txn = format!(
+            "t{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_nanos()
+        );
+        self.put(
+            &format!("/rooms/{}/send/m.room.message/{txn}", path_segment(room)),
+            json!({"msgtype": "m.text", "body": body}),
+        )
+        .await?;
+        Ok(())
     }
 }
 
