@@ -58,13 +58,29 @@ async fn prune_transaction_ids(server: Arc<Server>) {
 pub const LOCK_FILE: &str = "warren.lock";
 
 /// A started node. Dropping it without [`Node::shutdown`] aborts the server task.
-pub struct Node {
+///
+/// `L` says where the client API is served: [`Listening`] (the default, from
+/// [`Node::start`]) on a TCP socket, or [`Unbound`] (from [`Node::start_unbound`]) nowhere:
+/// such a node binds no socket at all, has no [`Node::client_url`] or
+/// [`Node::local_addr`], and its client API is driven in-process through
+/// [`Node::client_router`].
+pub struct Node<L = Listening> {
     server: Arc<Server>,
-    addr: SocketAddr,
+    client: L,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
     _lock: File,
 }
+
+/// A [`Node`] whose client API listens on a TCP socket (`Config::client_addr`).
+#[derive(Clone, Copy, Debug)]
+pub struct Listening {
+    addr: SocketAddr,
+}
+
+/// A [`Node`] whose client API listens nowhere: [`Node::start_unbound`].
+#[derive(Clone, Copy, Debug)]
+pub struct Unbound;
 
 /// How long `shutdown` waits for the background tasks to stop.
 const TASKS_STOP_GRACE: Duration = Duration::from_secs(5);
@@ -89,9 +105,19 @@ fn lock_data_dir(config: &Config) -> Result<File, StartError> {
     }
 }
 
-impl Node {
-    /// Open the data directory, bind the client API and start serving.
-    pub async fn start(config: Config) -> Result<Node, StartError> {
+/// A data directory opened and locked, its database open: the start of a node before
+/// its client API is bound (or not) and its services built.
+struct Opened {
+    config: Config,
+    identity: Identity,
+    appservices: Vec<crate::appservice::registration::AppService>,
+    lock: File,
+    db: Db,
+    pos: crate::streams::StreamPosition,
+}
+
+impl Opened {
+    fn open(config: Config) -> Result<Opened, StartError> {
         if !crate::events::SUPPORTED_ROOM_VERSIONS.contains(&config.default_room_version.as_str()) {
             return Err(StartError::Other(format!(
                 "default room version {:?} is not supported (supported: {})",
@@ -110,18 +136,26 @@ impl Node {
         let pos = db
             .max_stream_position()
             .map_err(|e| StartError::Other(e.to_string()))?;
-        let listener = tokio::net::TcpListener::bind(config.client_addr)
-            .await
-            .map_err(|e| {
-                if e.kind() == std::io::ErrorKind::AddrInUse {
-                    StartError::AddrInUse(config.client_addr.to_string())
-                } else {
-                    StartError::Bind(config.client_addr.to_string(), e.to_string())
-                }
-            })?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| StartError::Other(e.to_string()))?;
+        Ok(Opened {
+            config,
+            identity,
+            appservices,
+            lock,
+            db,
+            pos,
+        })
+    }
+
+    /// Build the node's services over the opened database.
+    fn into_server(self) -> Result<(Arc<Server>, File), StartError> {
+        let Opened {
+            config,
+            identity,
+            appservices,
+            lock,
+            db,
+            pos,
+        } = self;
         let media = crate::media::MediaStore::open(&config.media_dir())?;
         let limiter = crate::ratelimit::Limiter::new(config.rate_limits.clone());
         let server = Arc::new(Server {
@@ -157,6 +191,84 @@ impl Node {
         let token = crate::admin::load_or_create_token(&server.config.data_dir)
             .map_err(|e| StartError::Other(format!("cannot create the admin token: {e}")))?;
         let _ = server.admin_token.set(token);
+        Ok((server, lock))
+    }
+}
+
+/// Start the node's background tasks (those that need no transport).
+fn spawn_background_tasks(server: &Arc<Server>) {
+    let typing_server = server.clone();
+    server.tasks.spawn("typing expiry", async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            typing_server.notifier.expire_typing();
+        }
+    });
+    // Presence: online users idle for too long become unavailable.
+    let presence_server = server.clone();
+    server.tasks.spawn("presence idle sweep", async move {
+        let mut tick = tokio::time::interval(crate::presence::SWEEP_EVERY);
+        loop {
+            tick.tick().await;
+            let server = presence_server.clone();
+            let swept = tokio::task::spawn_blocking(move || {
+                crate::presence::sweep_idle(&server, crate::storage::now_ms())
+            })
+            .await;
+            if let Ok(Err(e)) = swept {
+                tracing::warn!(error = %e, "presence idle sweep failed");
+            }
+        }
+    });
+    let tasks = &server.tasks;
+    tasks.spawn(
+        "transaction id pruning",
+        prune_transaction_ids(server.clone()),
+    );
+    tasks.add(
+        "media prefetch",
+        crate::media::remote::start_prefetch(server.clone()),
+    );
+    tasks.add(
+        "search indexer",
+        crate::search::start_indexer(server.clone()),
+    );
+    // Push gateways get whatever the push queue holds, rows from before a restart too.
+    tasks.add(
+        "push delivery",
+        crate::push::delivery::start(server.clone()),
+    );
+    tasks.add(
+        "delayed events",
+        crate::delayed_events::start(server.clone()),
+    );
+    for (i, sender) in crate::appservice::sender::start(server)
+        .into_iter()
+        .enumerate()
+    {
+        tasks.add(format!("application service sender {i}"), sender);
+    }
+}
+
+impl Node {
+    /// Open the data directory, bind the client API and start serving.
+    pub async fn start(config: Config) -> Result<Node, StartError> {
+        let opened = Opened::open(config)?;
+        let client_addr = opened.config.client_addr;
+        let listener = tokio::net::TcpListener::bind(client_addr)
+            .await
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::AddrInUse {
+                    StartError::AddrInUse(client_addr.to_string())
+                } else {
+                    StartError::Bind(client_addr.to_string(), e.to_string())
+                }
+            })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| StartError::Other(e.to_string()))?;
+        let (server, lock) = opened.into_server()?;
         crate::admin::write_url(&server.config.data_dir, &format!("http://{addr}"))
             .map_err(|e| StartError::Other(format!("cannot record the admin URL: {e}")))?;
         let app = crate::client_api::router(server.clone());
@@ -168,86 +280,66 @@ impl Node {
             };
             crate::client_api::listener::serve(listener, app, limits, shutdown).await;
         });
-        let typing_server = server.clone();
-        server.tasks.spawn("typing expiry", async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tick.tick().await;
-                typing_server.notifier.expire_typing();
-            }
-        });
-        // Presence: online users idle for too long become unavailable.
-        let presence_server = server.clone();
-        server.tasks.spawn("presence idle sweep", async move {
-            let mut tick = tokio::time::interval(crate::presence::SWEEP_EVERY);
-            loop {
-                tick.tick().await;
-                let server = presence_server.clone();
-                let swept = tokio::task::spawn_blocking(move || {
-                    crate::presence::sweep_idle(&server, crate::storage::now_ms())
-                })
-                .await;
-                if let Ok(Err(e)) = swept {
-                    tracing::warn!(error = %e, "presence idle sweep failed");
-                }
-            }
-        });
-        let tasks = &server.tasks;
-        tasks.spawn(
-            "transaction id pruning",
-            prune_transaction_ids(server.clone()),
-        );
-        tasks.add(
-            "media prefetch",
-            crate::media::remote::start_prefetch(server.clone()),
-        );
-        tasks.add(
-            "search indexer",
-            crate::search::start_indexer(server.clone()),
-        );
-        // Push gateways get whatever the push queue holds, rows from before a restart too.
-        tasks.add(
-            "push delivery",
-            crate::push::delivery::start(server.clone()),
-        );
-        tasks.add(
-            "delayed events",
-            crate::delayed_events::start(server.clone()),
-        );
-        for (i, sender) in crate::appservice::sender::start(&server)
-            .into_iter()
-            .enumerate()
-        {
-            tasks.add(format!("application service sender {i}"), sender);
-        }
+        spawn_background_tasks(&server);
         tracing::info!(server_name = %server.server_name(), %addr, "node started");
         Ok(Node {
             server,
-            addr,
+            client: Listening { addr },
             stop: Some(stop_tx),
             task: Some(task),
             _lock: lock,
         })
     }
 
+    /// Base URL of the client-server API.
+    pub fn client_url(&self) -> String {
+        format!("http://{}", self.client.addr)
+    }
+
+    /// The bound client API address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.client.addr
+    }
+}
+
+impl Node<Unbound> {
+    /// Start a node as [`Node::start`] does, except that its client API binds no socket
+    /// (`Config::client_addr` is ignored) and no admin URL is recorded in the data
+    /// directory: requests reach it only in-process, through [`Node::client_router`].
+    /// For tests and embedders that need no HTTP client; everything else (database,
+    /// background tasks, [`Node::set_transport`], [`Node::shutdown`]) is the same.
+    pub async fn start_unbound(config: Config) -> Result<Node<Unbound>, StartError> {
+        let (server, lock) = Opened::open(config)?.into_server()?;
+        spawn_background_tasks(&server);
+        tracing::info!(server_name = %server.server_name(), "node started (client API unbound)");
+        Ok(Node {
+            server,
+            client: Unbound,
+            stop: None,
+            task: None,
+            _lock: lock,
+        })
+    }
+}
+
+impl<L> Node<L> {
     /// The server name: 64 lowercase hex characters of the public key.
     pub fn server_name(&self) -> &str {
         self.server.server_name()
     }
 
-    /// Base URL of the client-server API.
-    pub fn client_url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// The bound client API address.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.addr
-    }
-
     /// The node's services (for embedding and tests).
     pub fn server(&self) -> &Arc<Server> {
         &self.server
+    }
+
+    /// The client-server API as a router, to be called in-process (e.g. with
+    /// `tower::ServiceExt::oneshot`). This is the router a listening node serves, without
+    /// what its listener adds: no connection limits, no request timeout, and no peer
+    /// address (`ConnectInfo`), so per-address rate limits key such requests as
+    /// `"unknown"`.
+    pub fn client_router(&self) -> axum::Router {
+        crate::client_api::router(self.server.clone())
     }
 
     /// The inbound server-server API, for a transport to serve on its streams.
@@ -307,7 +399,7 @@ impl Node {
     }
 }
 
-impl Drop for Node {
+impl<L> Drop for Node<L> {
     fn drop(&mut self) {
         if let Some(task) = self.task.take() {
             task.abort();

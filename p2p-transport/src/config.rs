@@ -48,7 +48,7 @@ pub struct P2pConfig {
     /// long enough for a full transaction over a lossy link.
     pub request_timeout: Duration,
     /// Largest inbound request body, in bytes. Default 8 MiB, the same as
-    /// `warren_core::federation::auth::MAX_FEDERATION_BODY` (what the signature check
+    /// `warren_core::federation::MAX_FEDERATION_BODY` (what the signature check
     /// reads). A request declaring more gets 413 before any of its body is read; a
     /// chunked one is answered 413 as soon as it passes the limit.
     pub max_body_bytes: usize,
@@ -104,7 +104,7 @@ impl Default for P2pConfig {
             dht_mode: DhtMode::Auto,
             connect_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(60),
-            max_body_bytes: warren_core::federation::auth::MAX_FEDERATION_BODY,
+            max_body_bytes: warren_core::federation::MAX_FEDERATION_BODY,
             max_response_bytes: warren_core::federation::client::MAX_RESPONSE_JSON,
             max_inbound_body_budget: 32 * 1024 * 1024,
             max_header_bytes: 16 * 1024,

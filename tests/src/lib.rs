@@ -2,7 +2,9 @@
 //!
 //! The tests under `tests/tests/` start real [`Node`]s in-process (each on its own
 //! temporary data directory, client API on `127.0.0.1:0`) and talk to them the way real
-//! clients do: through `matrix-sdk` (in-memory stores) or through raw HTTP.
+//! clients do: through `matrix-sdk` (in-memory stores) or through raw HTTP. Tests that
+//! need no real client start nodes that bind no socket ([`start_unbound_node`]) and call
+//! their client API in-process ([`InProcessApi`], [`InProcessUser`]).
 //!
 //! Rules these helpers follow, so that tests built on them stay deterministic:
 //! - every wait is on a condition with a deadline ([`wait_until`], [`sync_until`]); a
@@ -24,13 +26,16 @@ use matrix_sdk::ruma::serde::Raw;
 use matrix_sdk::ruma::{RoomId, UInt};
 use matrix_sdk::sync::SyncResponse;
 use serde_json::{Value, json};
+use tempfile::TempDir;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use warren_core::{Config, Node};
 
+pub use in_process::{InProcessApi, InProcessUser, start_unbound_node, start_unbound_node_with};
 pub use warren_core;
 
+mod in_process;
 pub mod sim;
 
 /// Default deadline for anything a test waits on.
@@ -70,7 +75,15 @@ pub async fn start_node(data_dir: &Path) -> anyhow::Result<Node> {
 /// [`WAIT`].
 pub async fn start_node_with(config: Config) -> anyhow::Result<Node> {
     let data_dir = config.data_dir.clone();
-    match tokio::time::timeout(WAIT, Node::start(config)).await {
+    start_with(&data_dir, Node::start(config)).await
+}
+
+/// Awaits a node's start on `data_dir`, failing if it takes longer than [`WAIT`].
+async fn start_with<N>(
+    data_dir: &Path,
+    start: impl Future<Output = Result<N, warren_core::error::StartError>>,
+) -> anyhow::Result<N> {
+    match tokio::time::timeout(WAIT, start).await {
         Ok(Ok(node)) => Ok(node),
         Ok(Err(err)) => Err(anyhow!(
             "node on {} failed to start: {err}",
@@ -125,6 +138,23 @@ pub async fn start_federated_node(data_dir: &Path) -> anyhow::Result<FederatedNo
     Ok(FederatedNode { node, p2p })
 }
 
+/// Two nodes started by `start` (e.g. [`start_federated_node`]) on fresh data
+/// directories, `a` connected to `b`: the directories of `a` and `b`, then the nodes.
+/// Keep the directories bound (`_da`, not `_`) for as long as the nodes run; a node
+/// restarted on one of them keeps its identity and data.
+pub async fn connected_nodes<F>(
+    start: F,
+) -> anyhow::Result<(TempDir, TempDir, FederatedNode, FederatedNode)>
+where
+    F: AsyncFn(&Path) -> anyhow::Result<FederatedNode>,
+{
+    let (da, db) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let a = start(da.path()).await?;
+    let b = start(db.path()).await?;
+    connect_nodes(&a, &b).await?;
+    Ok((da, db, a, b))
+}
+
 /// Connect `a` to `b` directly.
 pub async fn connect_nodes(a: &FederatedNode, b: &FederatedNode) -> anyhow::Result<()> {
     let addr = b
@@ -148,7 +178,7 @@ pub async fn connect_nodes(a: &FederatedNode, b: &FederatedNode) -> anyhow::Resu
 }
 
 /// Shuts a node down, failing if that takes longer than [`WAIT`].
-pub async fn shutdown_node(node: Node) -> anyhow::Result<()> {
+pub async fn shutdown_node<L>(node: Node<L>) -> anyhow::Result<()> {
     match tokio::time::timeout(WAIT, node.shutdown()).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(err)) => Err(anyhow!("node shutdown failed: {err}")),
@@ -455,19 +485,31 @@ pub async fn register_raw(
     password: &str,
 ) -> anyhow::Result<Session> {
     let url = format!("{base_url}/_matrix/client/v3/register");
-    let mut body = json!({ "username": localpart, "password": password });
+    register_with(localpart, password, async |body| {
+        let response = http
+            .post(&url)
+            .json(body)
+            .send()
+            .await
+            .context("POST /register")?;
+        let status = response.status().as_u16();
+        let answer: Value = response
+            .json()
+            .await
+            .context("POST /register: body is not JSON")?;
+        Ok((status, answer))
+    })
+    .await
+}
 
-    let first = http
-        .post(&url)
-        .json(&body)
-        .send()
-        .await
-        .context("POST /register")?;
-    let status = first.status().as_u16();
-    let first: Value = first
-        .json()
-        .await
-        .context("POST /register: body is not JSON")?;
+/// The registration flow of [`register_raw`] over `post`, which sends one `POST
+/// /register` body and returns the status and the JSON answer.
+async fn register_with<F>(localpart: &str, password: &str, mut post: F) -> anyhow::Result<Session>
+where
+    F: AsyncFnMut(&Value) -> anyhow::Result<(u16, Value)>,
+{
+    let mut body = json!({ "username": localpart, "password": password });
+    let (status, first) = post(&body).await?;
     let done = if status == 200 {
         first
     } else {
@@ -489,17 +531,7 @@ pub async fn register_raw(
             auth["session"] = session.clone();
         }
         body["auth"] = auth;
-        let second = http
-            .post(&url)
-            .json(&body)
-            .send()
-            .await
-            .context("POST /register (dummy)")?;
-        let status = second.status().as_u16();
-        let second: Value = second
-            .json()
-            .await
-            .context("POST /register (dummy): body is not JSON")?;
+        let (status, second) = post(&body).await.context("POST /register (dummy)")?;
         ensure!(
             status == 200,
             "POST /register with m.login.dummy: got {status}: {second}"
@@ -860,6 +892,27 @@ impl RawUser {
     pub async fn create_room(&self, body: Value) -> anyhow::Result<String> {
         let answer = self.post("/createRoom", body).await?;
         Ok(answer["room_id"].as_str().context("room_id")?.to_owned())
+    }
+
+    /// `PUT` that must answer 200.
+    pub async fn put(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        self.ok(reqwest::Method::PUT, path, body).await
+    }
+
+    /// Sends a text message to `room` (a new transaction id each time).
+    pub async fn say(&self, room: &str, body: &str) -> anyhow::Result<()> {
+        let txn = format!(
+            "t{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_nanos()
+        );
+        self.put(
+            &format!("/rooms/{}/send/m.room.message/{txn}", path_segment(room)),
+            json!({"msgtype": "m.text", "body": body}),
+        )
+        .await?;
+        Ok(())
     }
 }
 

@@ -5,7 +5,9 @@
 //! handed to the destination's router with an [`AuthenticatedOrigin`] extension naming
 //! the sender, exactly as `warren-p2p` serves a request from an authenticated libp2p
 //! peer, so the node checks the `X-Matrix` signature and origin as it would over
-//! libp2p. No sockets are involved.
+//! libp2p. No sockets are involved: nodes started with
+//! [`start_unbound_node`](crate::start_unbound_node) bind none for their client API
+//! either, and their users call it in-process ([`InProcessUser`](crate::InProcessUser)).
 //!
 //! Faults, all drawn from one seeded generator:
 //! - **loss**: a request is lost on the way there (the destination never sees it) or its
@@ -196,7 +198,7 @@ impl SimNetwork {
     /// name) replaces the stopped one; links set down stay down.
     ///
     /// Fails if the node already has a transport.
-    pub fn attach(self: &Arc<Self>, node: &Node) -> anyhow::Result<()> {
+    pub fn attach<L>(self: &Arc<Self>, node: &Node<L>) -> anyhow::Result<()> {
         let name = node.server_name().to_owned();
         {
             let mut state = self.state.lock();

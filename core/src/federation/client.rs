@@ -4,13 +4,12 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use ruma::api::federation::authentication::ServerSignatures;
+use ruma::api::federation::authentication::{ServerSignatures, ServerSignaturesInput, XMatrix};
 use ruma::api::path_builder::SinglePath;
 use ruma::api::{IncomingResponse, OutgoingRequest};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::auth::{sign_request, signature_input};
 use crate::error::Error;
 use crate::server::Server;
 
@@ -37,6 +36,33 @@ where
 /// Largest JSON response body we parse from another server. Transports should stop
 /// reading a response past it (the P2P carriage does) rather than collect it first.
 pub const MAX_RESPONSE_JSON: usize = 16 * 1024 * 1024;
+
+/// What `X-Matrix` signs a request from this server to `destination` with (the
+/// input of ruma's `ServerSignatures` scheme).
+pub fn signature_input<'a>(
+    server: &'a Server,
+    destination: &str,
+) -> Result<ServerSignaturesInput<'a>, Error> {
+    let origin = ruma::OwnedServerName::try_from(server.server_name()).map_err(Error::internal)?;
+    let destination = ruma::OwnedServerName::try_from(destination)
+        .map_err(|e| Error::InvalidParam(format!("bad server name {destination}: {e}")))?;
+    Ok(ServerSignaturesInput::new(
+        origin,
+        destination,
+        server.identity.keypair(),
+    ))
+}
+
+/// The `Authorization` header value for a request from this server.
+pub fn sign_request(
+    server: &Server,
+    destination: &str,
+    request: &http::Request<Bytes>,
+) -> Result<http::HeaderValue, Error> {
+    let x_matrix = XMatrix::try_from_http_request(request, signature_input(server, destination)?)
+        .map_err(|e| Error::Internal(format!("signing a federation request: {e}")))?;
+    Ok(http::HeaderValue::from(&x_matrix))
+}
 
 /// A signed request to `destination`, ready for the transport.
 fn signed(

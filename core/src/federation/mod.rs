@@ -8,7 +8,6 @@
 
 pub mod anti_entropy;
 mod api;
-pub mod auth;
 pub mod client;
 pub mod edu;
 pub mod hierarchy;
@@ -23,7 +22,7 @@ pub mod visible;
 pub mod walk;
 pub mod warren_api;
 
-pub use auth::FederationOrigin;
+pub use api::auth::{FederationOrigin, MAX_FEDERATION_BODY};
 
 /// What federation keeps on the node (`Server::federation`).
 #[derive(Default)]

@@ -4,8 +4,8 @@
 use anyhow::Context as _;
 use bytes::Bytes;
 use serde_json::{Value, json};
-use warren_core::federation::auth::sign_request;
 use warren_core::federation::client;
+use warren_core::federation::client::sign_request;
 use warren_tests::*;
 
 /// Alice on A sets a display name; Bob on B reads her profile through federation.

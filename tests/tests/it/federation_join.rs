@@ -35,24 +35,6 @@ impl User {
         ))
     }
 
-    async fn say(&self, room: &str, body: &str) -> anyhow::Result<()> {
-        let txn = format!(
-            "t{}",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)?
-                .as_nanos()
-        );
-        let (status, answer) = self
-            .call(
-                reqwest::Method::PUT,
-                &format!("/rooms/{}/send/m.room.message/{txn}", path_segment(room)),
-                json!({"msgtype": "m.text", "body": body}),
-            )
-            .await?;
-        ensure!(status == 200, "send: {status} {answer}");
-        Ok(())
-    }
-
     /// An initial sync (timeline up to 50 events per room).
     async fn sync(&self) -> anyhow::Result<Value> {
         let filter = encode(r#"{"room":{"timeline":{"limit":50},"include_leave":true}}"#);
@@ -118,11 +100,7 @@ async fn two_nodes() -> anyhow::Result<(
     FederatedNode,
     FederatedNode,
 )> {
-    let (da, db) = (tempfile::tempdir()?, tempfile::tempdir()?);
-    let a = start_federated_node(da.path()).await?;
-    let b = start_federated_node(db.path()).await?;
-    connect_nodes(&a, &b).await?;
-    Ok((da, db, a, b))
+    connected_nodes(start_federated_node).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,10 +4,12 @@
 //!
 //! Clients speak raw HTTP; every wait is on a condition over a `/sync`.
 
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use serde_json::{Value, json};
+use tempfile::TempDir;
 use warren_core::federation::client::encode;
 use warren_tests::*;
 
@@ -16,61 +18,29 @@ const WAIT: Duration = Duration::from_secs(60);
 /// Anti-entropy period in these tests (the default is a minute).
 const ANTI_ENTROPY: Duration = Duration::from_millis(500);
 
-pub(crate) struct User {
-    base: String,
-    session: Session,
+/// A raw-HTTP user ([`RawUser`]) with the calls these tests make on top.
+pub(crate) struct User(RawUser);
+
+impl std::ops::Deref for User {
+    type Target = RawUser;
+    fn deref(&self) -> &RawUser {
+        &self.0
+    }
 }
 
 impl User {
     pub(crate) async fn register(node: &FederatedNode, localpart: &str) -> anyhow::Result<User> {
-        let base = node.node.client_url();
-        let session = register_raw(&http_client()?, &base, localpart, "secret-password").await?;
-        Ok(User { base, session })
+        Ok(User(
+            RawUser::register(node.node.client_url(), localpart).await?,
+        ))
     }
 
     /// The same account on a restarted node.
     pub(crate) fn on(&self, node: &FederatedNode) -> User {
-        User {
+        User(RawUser {
             base: node.node.client_url(),
             session: self.session.clone(),
-        }
-    }
-
-    pub(crate) fn id(&self) -> &str {
-        &self.session.user_id
-    }
-
-    pub(crate) async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Value,
-    ) -> anyhow::Result<(u16, Value)> {
-        let response = http_client()?
-            .request(
-                method.clone(),
-                format!("{}/_matrix/client/v3{path}", self.base),
-            )
-            .bearer_auth(&self.session.access_token)
-            .json(&body)
-            .send()
-            .await
-            .with_context(|| format!("{method} {path}"))?;
-        let status = response.status().as_u16();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        Ok((status, body))
-    }
-
-    pub(crate) async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
-        let (status, answer) = self.call(reqwest::Method::POST, path, body).await?;
-        ensure!(status == 200, "POST {path}: {status} {answer}");
-        Ok(answer)
-    }
-
-    pub(crate) async fn put(&self, path: &str, body: Value) -> anyhow::Result<Value> {
-        let (status, answer) = self.call(reqwest::Method::PUT, path, body).await?;
-        ensure!(status == 200, "PUT {path}: {status} {answer}");
-        Ok(answer)
+        })
     }
 
     pub(crate) async fn device_id(&self) -> anyhow::Result<String> {
@@ -81,30 +51,10 @@ impl User {
         Ok(me["device_id"].as_str().context("device_id")?.to_owned())
     }
 
-    pub(crate) async fn create_room(&self, body: Value) -> anyhow::Result<String> {
-        let answer = self.post("/createRoom", body).await?;
-        Ok(answer["room_id"].as_str().context("room_id")?.to_owned())
-    }
-
     pub(crate) async fn join_via(&self, room: &str, via: &FederatedNode) -> anyhow::Result<()> {
         self.post(
             &format!("/join/{}?server_name={}", path_segment(room), via.name()),
             json!({}),
-        )
-        .await?;
-        Ok(())
-    }
-
-    pub(crate) async fn say(&self, room: &str, body: &str) -> anyhow::Result<()> {
-        let txn = format!(
-            "t{}",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)?
-                .as_nanos()
-        );
-        self.put(
-            &format!("/rooms/{}/send/m.room.message/{txn}", path_segment(room)),
-            json!({"msgtype": "m.text", "body": body}),
         )
         .await?;
         Ok(())
@@ -174,6 +124,30 @@ pub(crate) fn is_joined(sync: &Value, room: &str, user: &str) -> bool {
         .is_some_and(|e| e["content"]["membership"] == "join")
 }
 
+/// `alice` says `there` in `room` and waits until `carol` sees it; `carol` answers
+/// `back` and waits until `alice` sees that.
+pub(crate) async fn talk_both_ways(
+    alice: &User,
+    carol: &User,
+    room: &str,
+    there: &str,
+    back: &str,
+) -> anyhow::Result<()> {
+    alice.say(room, there).await?;
+    carol
+        .sync_until(&format!("{} saying {there:?}", alice.id()), |s| {
+            has_message(s, room, there)
+        })
+        .await?;
+    carol.say(room, back).await?;
+    alice
+        .sync_until(&format!("{} saying {back:?}", carol.id()), |s| {
+            has_message(s, room, back)
+        })
+        .await?;
+    Ok(())
+}
+
 /// A node whose anti-entropy runs every [`ANTI_ENTROPY`], with the given P2P settings.
 pub(crate) async fn mesh_node(
     dir: &std::path::Path,
@@ -195,6 +169,13 @@ pub(crate) async fn mesh_node_with(
     let p2p = warren_p2p::P2p::attach(&node, p2p).await?;
     p2p.wait_listening(WAIT).await?;
     Ok(FederatedNode { node, p2p })
+}
+
+/// Two [`mesh_node`]s with the default test P2P settings, `a` connected to `b` (see
+/// [`connected_nodes`]).
+pub(crate) async fn mesh_pair() -> anyhow::Result<(TempDir, TempDir, FederatedNode, FederatedNode)>
+{
+    connected_nodes(async |dir: &Path| mesh_node(dir, test_p2p_config()).await).await
 }
 
 /// Test P2P settings where no node answers DHT queries or relays, so a node only ever
@@ -252,10 +233,7 @@ async fn connected(a: &FederatedNode, b: &FederatedNode) -> anyhow::Result<bool>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_catches_up_on_what_it_missed() -> anyhow::Result<()> {
-    let (da, db) = (tempfile::tempdir()?, tempfile::tempdir()?);
-    let a = mesh_node(da.path(), test_p2p_config()).await?;
-    let b = mesh_node(db.path(), test_p2p_config()).await?;
-    connect_nodes(&a, &b).await?;
+    let (_da, db, a, b) = mesh_pair().await?;
     let alice = User::register(&a, "alice").await?;
     let bob = User::register(&b, "bob").await?;
     let room = shared_room(&alice, &bob, &a).await?;
@@ -267,9 +245,8 @@ async fn a_restarted_node_catches_up_on_what_it_missed() -> anyhow::Result<()> {
     }
 
     // B comes back on the same data directory (new addresses) and dials A.
-    let b = mesh_node(db.path(), test_p2p_config()).await?;
+    let b = restarted(db.path(), &a).await?;
     let bob = bob.on(&b);
-    connect_nodes(&b, &a).await?;
     bob.sync_until("the 5 missed messages", |s| {
         (0..5).all(|i| has_message(s, &room, &format!("missed {i}")))
     })
@@ -303,9 +280,8 @@ async fn what_the_outbox_drops_for_an_absent_peer_arrives_by_anti_entropy() -> a
     })
     .await?;
 
-    let b = mesh_node(db.path(), test_p2p_config()).await?;
+    let b = restarted(db.path(), &a).await?;
     let bob = bob.on(&b);
-    connect_nodes(&b, &a).await?;
     bob.sync_until("all 8 messages", |s| {
         (0..8).all(|i| has_message(s, &room, &format!("dropped {i}")))
     })
@@ -339,18 +315,8 @@ async fn messages_cross_a_node_between_two_that_never_meet() -> anyhow::Result<(
         .sync_until("Carol's join", |s| is_joined(s, &room, carol.id()))
         .await?;
 
-    alice.say(&room, "over the hill").await?;
-    carol
-        .sync_until("Alice's message, through B", |s| {
-            has_message(s, &room, "over the hill")
-        })
-        .await?;
-    carol.say(&room, "and back").await?;
-    alice
-        .sync_until("Carol's message, through B", |s| {
-            has_message(s, &room, "and back")
-        })
-        .await?;
+    // Both ways through B.
+    talk_both_ways(&alice, &carol, &room, "over the hill", "and back").await?;
 
     // The two ends never had a connection: delivery was multi-hop.
     ensure!(!connected(&a, &c).await?, "A and C got connected");
@@ -397,10 +363,7 @@ async fn to_device_since(user: &User, since: &str) -> anyhow::Result<Vec<Value>>
 /// users: the transaction is accepted (and acknowledged), the messages are dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn to_device_for_strangers_is_dropped() -> anyhow::Result<()> {
-    let (da, db) = (tempfile::tempdir()?, tempfile::tempdir()?);
-    let a = mesh_node(da.path(), test_p2p_config()).await?;
-    let b = mesh_node(db.path(), test_p2p_config()).await?;
-    connect_nodes(&a, &b).await?;
+    let (_da, _db, a, b) = mesh_pair().await?;
     let alice = User::register(&a, "alice").await?;
     let carol = User::register(&b, "carol").await?;
     let carol_device = carol.device_id().await?;
@@ -424,10 +387,7 @@ async fn to_device_for_strangers_is_dropped() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_to_device_message_reaches_a_remote_device_once() -> anyhow::Result<()> {
-    let (da, db) = (tempfile::tempdir()?, tempfile::tempdir()?);
-    let a = mesh_node(da.path(), test_p2p_config()).await?;
-    let b = mesh_node(db.path(), test_p2p_config()).await?;
-    connect_nodes(&a, &b).await?;
+    let (_da, _db, a, b) = mesh_pair().await?;
     let alice = User::register(&a, "alice").await?;
     let bob = User::register(&b, "bob").await?;
     let bob_device = bob.device_id().await?;
@@ -478,7 +438,7 @@ async fn a_to_device_message_reaches_a_remote_device_once() -> anyhow::Result<()
 
 /// Canonical JSON of a device's keys, signed by its ed25519 key (hand-built: the
 /// object is small and its keys are written in sorted order).
-fn signed_device_keys(user_id: &str, device_id: &str) -> Value {
+pub(crate) fn signed_device_keys(user_id: &str, device_id: &str) -> Value {
     use base64::Engine;
     use ed25519_dalek::{Signer, SigningKey};
     let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
@@ -496,10 +456,7 @@ fn signed_device_keys(user_id: &str, device_id: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remote_device_key_changes_are_seen_and_queried() -> anyhow::Result<()> {
-    let (da, db) = (tempfile::tempdir()?, tempfile::tempdir()?);
-    let a = mesh_node(da.path(), test_p2p_config()).await?;
-    let b = mesh_node(db.path(), test_p2p_config()).await?;
-    connect_nodes(&a, &b).await?;
+    let (_da, _db, a, b) = mesh_pair().await?;
     let alice = User::register(&a, "alice").await?;
     let bob = User::register(&b, "bob").await?;
     let room = alice.create_room(json!({"preset": "public_chat"})).await?;
@@ -566,10 +523,7 @@ async fn remote_device_key_changes_are_seen_and_queried() -> anyhow::Result<()> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn extremities_are_served_to_room_members_only() -> anyhow::Result<()> {
     use warren_core::federation::client::request;
-    let (da, db) = (tempfile::tempdir()?, tempfile::tempdir()?);
-    let a = mesh_node(da.path(), test_p2p_config()).await?;
-    let b = mesh_node(db.path(), test_p2p_config()).await?;
-    connect_nodes(&a, &b).await?;
+    let (_da, _db, a, b) = mesh_pair().await?;
     let alice = User::register(&a, "alice").await?;
     let bob = User::register(&b, "bob").await?;
     let room = alice.create_room(json!({"preset": "public_chat"})).await?;
@@ -608,7 +562,10 @@ async fn extremities_are_served_to_room_members_only() -> anyhow::Result<()> {
 }
 
 /// `GET /rooms/{id}/state` as `(type, state_key, event_id)`, sorted.
-async fn current_state(user: &User, room: &str) -> anyhow::Result<Vec<(String, String, String)>> {
+pub(crate) async fn current_state(
+    user: &User,
+    room: &str,
+) -> anyhow::Result<Vec<(String, String, String)>> {
     let (status, body) = user
         .call(
             reqwest::Method::GET,
@@ -669,7 +626,12 @@ async fn extremities(node: &FederatedNode, room: &str) -> anyhow::Result<Vec<Str
 }
 
 /// The content of the current state event `(type, state_key)`, as `user` sees it.
-async fn state_content(user: &User, room: &str, ty: &str, key: &str) -> anyhow::Result<Value> {
+pub(crate) async fn state_content(
+    user: &User,
+    room: &str,
+    ty: &str,
+    key: &str,
+) -> anyhow::Result<Value> {
     let (status, body) = user
         .call(
             reqwest::Method::GET,
@@ -685,46 +647,86 @@ async fn state_content(user: &User, room: &str, ty: &str, key: &str) -> anyhow::
     Ok(body)
 }
 
+/// Waits until `alice`'s and `bob`'s nodes report the same current state of `room`, then
+/// splits them: `b`'s transport goes away; its node and users go on.
+pub(crate) async fn split_once_agreed(
+    alice: &User,
+    bob: &User,
+    room: &str,
+    b: &FederatedNode,
+) -> anyhow::Result<()> {
+    let before = current_state(alice, room).await?;
+    wait_until(WAIT, "both nodes agree before the split", async || {
+        Ok(current_state(bob, room).await? == before)
+    })
+    .await?;
+    b.p2p.shutdown().await;
+    Ok(())
+}
+
+/// Heals a split made by [`split_once_agreed`]: `b`'s node restarts on `b_dir` (the same
+/// data, its outbox still holding what it said while split) and dials `a`.
+pub(crate) async fn restart_and_reconnect(
+    b: FederatedNode,
+    b_dir: &Path,
+    a: &FederatedNode,
+) -> anyhow::Result<FederatedNode> {
+    shutdown_node(b.node).await?;
+    restarted(b_dir, a).await
+}
+
+/// A stopped node started again on its data directory `dir` (new addresses), dialling
+/// `a`.
+pub(crate) async fn restarted(dir: &Path, a: &FederatedNode) -> anyhow::Result<FederatedNode> {
+    let b = mesh_node(dir, test_p2p_config()).await?;
+    connect_nodes(&b, a).await?;
+    Ok(b)
+}
+
+/// Bob and Carol join Alice's `room` through `a`; once Alice sees both, she gives Bob
+/// power level 100, so that he may change the room's state too.
+pub(crate) async fn bob_and_carol_join(
+    alice: &User,
+    bob: &User,
+    carol: &User,
+    room: &str,
+    a: &FederatedNode,
+) -> anyhow::Result<()> {
+    bob.join_via(room, a).await?;
+    carol.join_via(room, a).await?;
+    alice
+        .sync_until("Bob's and Carol's joins", |s| {
+            is_joined(s, room, bob.id()) && is_joined(s, room, carol.id())
+        })
+        .await?;
+    let mut levels = state_content(alice, room, "m.room.power_levels", "").await?;
+    levels["users"][bob.id()] = json!(100);
+    alice
+        .put(
+            &format!("/rooms/{}/state/m.room.power_levels/", path_segment(room)),
+            levels,
+        )
+        .await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_heals_to_the_same_state_and_extremities() -> anyhow::Result<()> {
-    let (da, db) = (tempfile::tempdir()?, tempfile::tempdir()?);
-    let a = mesh_node(da.path(), test_p2p_config()).await?;
-    let b = mesh_node(db.path(), test_p2p_config()).await?;
-    connect_nodes(&a, &b).await?;
+    let (_da, db, a, b) = mesh_pair().await?;
     let alice = User::register(&a, "alice").await?;
     let bob = User::register(&b, "bob").await?;
     let carol = User::register(&b, "carol").await?;
     let room = alice.create_room(json!({"preset": "public_chat"})).await?;
-    bob.join_via(&room, &a).await?;
-    carol.join_via(&room, &a).await?;
-    alice
-        .sync_until("Bob's and Carol's joins", |s| {
-            is_joined(s, &room, bob.id()) && is_joined(s, &room, carol.id())
-        })
-        .await?;
     // Bob may change state on his side too.
-    let mut levels = state_content(&alice, &room, "m.room.power_levels", "").await?;
-    levels["users"][bob.id()] = json!(100);
-    alice
-        .put(
-            &format!("/rooms/{}/state/m.room.power_levels/", path_segment(&room)),
-            levels,
-        )
-        .await?;
+    bob_and_carol_join(&alice, &bob, &carol, &room, &a).await?;
     bob.sync_until("his new power", |s| {
         room_events(s, &room)
             .iter()
             .any(|e| e["type"] == "m.room.power_levels" && e["content"]["users"][bob.id()] == 100)
     })
     .await?;
-    let before = current_state(&alice, &room).await?;
-    wait_until(WAIT, "both nodes agree before the split", async || {
-        Ok(current_state(&bob, &room).await? == before)
-    })
-    .await?;
-
     // The split: B's transport goes away; B's node and users go on.
-    b.p2p.shutdown().await;
+    split_once_agreed(&alice, &bob, &room, &b).await?;
 
     // Each side changes state meanwhile: the name on both sides, a ban on A, the power
     // levels on B.
@@ -777,11 +779,8 @@ async fn a_partition_heals_to_the_same_state_and_extremities() -> anyhow::Result
     // Heal: B comes back (its node restarted on the same data, its outbox still holding
     // what it said while split) and dials A; the outboxes and anti-entropy exchange the
     // two branches.
-    let b_dir = db.path().to_path_buf();
-    shutdown_node(b.node).await?;
-    let b = mesh_node(&b_dir, test_p2p_config()).await?;
+    let b = restart_and_reconnect(b, db.path(), &a).await?;
     let bob = bob.on(&b);
-    connect_nodes(&b, &a).await?;
 
     let mut last = (Vec::new(), Vec::new());
     let converged = wait_until(
@@ -1024,16 +1023,7 @@ async fn a_non_member_neighbour_relays_a_join_and_messages() -> anyhow::Result<(
     alice
         .sync_until("Carol's join", |s| is_joined(s, &room, carol.id()))
         .await?;
-    alice.say(&room, "through a stranger").await?;
-    carol
-        .sync_until("Alice's message", |s| {
-            has_message(s, &room, "through a stranger")
-        })
-        .await?;
-    carol.say(&room, "and back").await?;
-    alice
-        .sync_until("Carol's message", |s| has_message(s, &room, "and back"))
-        .await?;
+    talk_both_ways(&alice, &carol, &room, "through a stranger", "and back").await?;
 
     // A and C talk over a circuit; B has no account, so no member of the room.
     for (me, other) in [(&a, &c), (&c, &a)] {

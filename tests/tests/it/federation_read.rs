@@ -12,6 +12,8 @@ use warren_core::events::NewEvent;
 use warren_core::federation::client::{self, encode};
 use warren_tests::*;
 
+use crate::federation_mesh::signed_device_keys;
+
 /// A signed federation request from `from` to `to`: the status and the JSON body.
 async fn fed(
     from: &FederatedNode,
@@ -505,24 +507,6 @@ async fn room_reads_are_authorised_and_shaped() -> anyhow::Result<()> {
     a.stop().await?;
     b.stop().await?;
     Ok(())
-}
-
-/// Canonical JSON of a device's keys, signed by its ed25519 key (hand-built: the
-/// object is small and its keys are written in sorted order).
-fn signed_device_keys(user_id: &str, device_id: &str) -> Value {
-    use base64::Engine;
-    use ed25519_dalek::{Signer, SigningKey};
-    let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
-    let key = SigningKey::from_bytes(&[42; 32]);
-    let ed = b64.encode(key.verifying_key().to_bytes());
-    let curve = b64.encode([7u8; 32]);
-    let canonical = format!(
-        r#"{{"algorithms":["m.olm.v1.curve25519-aes-sha2","m.megolm.v1.aes-sha2"],"device_id":"{device_id}","keys":{{"curve25519:{device_id}":"{curve}","ed25519:{device_id}":"{ed}"}},"user_id":"{user_id}"}}"#
-    );
-    let sig = b64.encode(key.sign(canonical.as_bytes()).to_bytes());
-    let mut v: Value = serde_json::from_str(&canonical).unwrap_or_default();
-    v["signatures"] = json!({ user_id: { format!("ed25519:{device_id}"): sig } });
-    v
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

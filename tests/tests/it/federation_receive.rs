@@ -295,6 +295,27 @@ impl Harness {
         id
     }
 
+    /// A harness where Bob (on the remote server) has joined the room.
+    async fn with_bob(version: &str) -> Harness {
+        let h = Harness::new(version).await;
+        h.bob_joins().await;
+        h
+    }
+
+    /// Bob's text message on the room's forward extremities, with the auth events of
+    /// the current state.
+    fn bob_says(&self, body: &str) -> (String, Value) {
+        let auth = self.auth_now(&self.remote.user("bob"), "m.room.message", None);
+        self.build(
+            "bob",
+            "m.room.message",
+            None,
+            json!({"msgtype": "m.text", "body": body}),
+            &self.extremities(),
+            &auth,
+        )
+    }
+
     /// A local event by Alice.
     fn alice_sends(&self, kind: &str, state_key: Option<&str>, content: Value) -> String {
         let ev = NewEvent {
@@ -385,15 +406,7 @@ async fn remote_join_and_message_reach_local_sync_in_every_room_version() {
         let join = h.bob_joins().await;
         let bob = h.remote.user("bob");
         assert_eq!(h.current("m.room.member", &bob), Some(join.clone()));
-        let auth = h.auth_now(&bob, "m.room.message", None);
-        let (msg, pdu) = h.build(
-            "bob",
-            "m.room.message",
-            None,
-            json!({"msgtype": "m.text", "body": "hello from afar"}),
-            &h.extremities(),
-            &auth,
-        );
+        let (msg, pdu) = h.bob_says("hello from afar");
         let out = h.receive(pdu.clone()).await;
         accepted(&out, &msg);
         assert_eq!(h.extremities(), vec![msg.clone()], "v{version}");
@@ -428,8 +441,7 @@ async fn remote_join_and_message_reach_local_sync_in_every_room_version() {
 
 #[tokio::test]
 async fn forged_and_foreign_signatures_are_dropped() {
-    let h = Harness::new("12").await;
-    h.bob_joins().await;
+    let h = Harness::with_bob("12").await;
     let bob = h.remote.user("bob");
     let auth = h.auth_now(&bob, "m.room.message", None);
     let content = json!({"msgtype": "m.text", "body": "x"});
@@ -501,18 +513,8 @@ async fn forged_and_foreign_signatures_are_dropped() {
 
 #[tokio::test]
 async fn tampered_content_is_stored_redacted() {
-    let h = Harness::new("11").await;
-    h.bob_joins().await;
-    let bob = h.remote.user("bob");
-    let auth = h.auth_now(&bob, "m.room.message", None);
-    let (id, mut pdu) = h.build(
-        "bob",
-        "m.room.message",
-        None,
-        json!({"msgtype": "m.text", "body": "original"}),
-        &h.extremities(),
-        &auth,
-    );
+    let h = Harness::with_bob("11").await;
+    let (id, mut pdu) = h.bob_says("original");
     pdu["content"]["body"] = json!("tampered");
     // Same event id: the reference hash covers the redacted form only.
     let out = h.receive(pdu).await;
@@ -525,8 +527,7 @@ async fn tampered_content_is_stored_redacted() {
 
 #[tokio::test]
 async fn power_level_change_without_power_is_rejected_and_never_served() {
-    let h = Harness::new("12").await;
-    h.bob_joins().await;
+    let h = Harness::with_bob("12").await;
     let bob = h.remote.user("bob");
     let auth = h.auth_now(&bob, "m.room.power_levels", Some(""));
     let pl_before = h.current("m.room.power_levels", "").expect("pl");
@@ -572,18 +573,10 @@ async fn power_level_change_without_power_is_rejected_and_never_served() {
 
 #[tokio::test]
 async fn event_built_before_a_ban_is_soft_failed() {
-    let h = Harness::new("12").await;
-    h.bob_joins().await;
+    let h = Harness::with_bob("12").await;
     let bob = h.remote.user("bob");
     let auth = h.auth_now(&bob, "m.room.message", None);
-    let (m1, pdu) = h.build(
-        "bob",
-        "m.room.message",
-        None,
-        json!({"msgtype": "m.text", "body": "one"}),
-        &h.extremities(),
-        &auth,
-    );
+    let (m1, pdu) = h.bob_says("one");
     accepted(&h.receive(pdu).await, &m1);
     // Alice bans Bob.
     let ban = h.alice_sends(
@@ -663,21 +656,11 @@ async fn missing_prev_and_auth_events_are_fetched_and_accepted_in_order() {
 
 #[tokio::test]
 async fn unfetchable_prev_makes_an_outlier() {
-    let h = Harness::new("12").await;
-    h.bob_joins().await;
+    let h = Harness::with_bob("12").await;
     let bob = h.remote.user("bob");
     let auth = h.auth_now(&bob, "m.room.message", None);
     // Bob's event the node never gets (and the remote cannot serve at first).
-    let (gap, gap_pdu) = h.build_signed(
-        &h.remote.id,
-        &bob,
-        "m.room.message",
-        None,
-        json!({"msgtype": "m.text", "body": "lost"}),
-        &h.extremities(),
-        &auth,
-        now_ms(),
-    );
+    let (gap, gap_pdu) = h.bob_says("lost");
     let before = h.extremities();
     let (id, pdu) = h.build(
         "bob",
@@ -708,8 +691,7 @@ async fn unfetchable_prev_makes_an_outlier() {
 
 #[tokio::test]
 async fn concurrent_branches_merge_by_state_resolution() {
-    let h = Harness::new("12").await;
-    h.bob_joins().await;
+    let h = Harness::with_bob("12").await;
     let bob = h.remote.user("bob");
     // Alice gives Bob the power to set the topic; both branches start here.
     // (Room version 12: the creator's power is infinite and not listed.)
@@ -780,18 +762,8 @@ async fn concurrent_branches_merge_by_state_resolution() {
 
 #[tokio::test]
 async fn garbage_and_oversized_pdus_are_rejected_without_panics() {
-    let h = Harness::new("12").await;
-    h.bob_joins().await;
-    let bob = h.remote.user("bob");
-    let auth = h.auth_now(&bob, "m.room.message", None);
-    let (_, good) = h.build(
-        "bob",
-        "m.room.message",
-        None,
-        json!({"msgtype": "m.text", "body": "ok"}),
-        &h.extremities(),
-        &auth,
-    );
+    let h = Harness::with_bob("12").await;
+    let (_, good) = h.bob_says("ok");
     let mut cases: Vec<(&str, Value)> = vec![
         ("null", Value::Null),
         ("array", json!([1, 2, 3])),
@@ -867,8 +839,7 @@ async fn garbage_and_oversized_pdus_are_rejected_without_panics() {
 /// keeps its first event (nothing built on it changes).
 #[tokio::test]
 async fn original_event_ids_are_checked_and_never_reused() {
-    let h = Harness::new("1").await;
-    h.bob_joins().await;
+    let h = Harness::with_bob("1").await;
     let bob = h.remote.user("bob");
     let auth = h.auth_now(&bob, "m.room.message", None);
     let (_, rules) = rules_for("1").expect("rules");
@@ -931,16 +902,7 @@ async fn original_event_ids_are_checked_and_never_reused() {
 
     // An outlier (its prev event is unknown) keeps its id too: an event reusing it that
     // could join the timeline is refused, and the stored one stays as it was.
-    let (gap, _) = h.build_signed(
-        &h.remote.id,
-        &bob,
-        "m.room.message",
-        None,
-        json!({"msgtype": "m.text", "body": "lost"}),
-        &h.extremities(),
-        &auth,
-        now_ms(),
-    );
+    let (gap, _) = h.bob_says("lost");
     let (outlier, opdu) = h.build(
         "bob",
         "m.room.message",

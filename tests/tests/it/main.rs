@@ -19,6 +19,7 @@ mod federation_read;
 mod federation_receive;
 mod federation_sender;
 mod history_visibility;
+mod in_process;
 mod initial_sync_cache;
 mod mailbox;
 mod media;

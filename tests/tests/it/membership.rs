@@ -9,7 +9,7 @@ use anyhow::{Context, ensure};
 use serde_json::json;
 use warren_tests::*;
 
-use crate::federation_mesh::{User, is_joined, mesh_node};
+use crate::federation_mesh::{User, is_joined, mesh_pair};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -43,10 +43,7 @@ async fn membership_seen_by(
 /// When she deactivates her account, Bob's node sees her leave all four.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deactivation_leaves_local_and_remote_rooms() -> anyhow::Result<()> {
-    let (da, db) = (tempfile::tempdir()?, tempfile::tempdir()?);
-    let a = mesh_node(da.path(), test_p2p_config()).await?;
-    let b = mesh_node(db.path(), test_p2p_config()).await?;
-    connect_nodes(&a, &b).await?;
+    let (_da, _db, a, b) = mesh_pair().await?;
     let alice = User::register(&a, "alice").await?;
     let bob = User::register(&b, "bob").await?;
 
@@ -176,10 +173,7 @@ async fn deactivation_leaves_local_and_remote_rooms() -> anyhow::Result<()> {
 /// of band (as Synapse does), and her next sync moves the room from `invite` to `leave`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invite_from_a_server_that_is_gone_is_rejected_out_of_band() -> anyhow::Result<()> {
-    let (da, db) = (tempfile::tempdir()?, tempfile::tempdir()?);
-    let a = mesh_node(da.path(), test_p2p_config()).await?;
-    let b = mesh_node(db.path(), test_p2p_config()).await?;
-    connect_nodes(&a, &b).await?;
+    let (_da, _db, a, b) = mesh_pair().await?;
     let alice = User::register(&a, "alice").await?;
     let bob = User::register(&b, "bob").await?;
     let room = bob

@@ -16,10 +16,13 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use warren_tests::{
     RawUser, connect_nodes, path_segment, shutdown_node, start_federated_node, start_node,
-    start_node_with, test_config, test_p2p_config, wait_until,
+    start_node_with, test_config, wait_until,
 };
 
-use crate::federation_mesh::{User as MeshUser, is_joined, mesh_node};
+use crate::federation_mesh::{
+    User as MeshUser, bob_and_carol_join, current_state, mesh_pair, restart_and_reconnect,
+    split_once_agreed, state_content,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -45,6 +48,16 @@ async fn send_text(user: &RawUser, room: &str, txn: &str, body: &str) -> anyhow:
         )
         .await?;
     Ok(answer["event_id"].as_str().context("event_id")?.to_owned())
+}
+
+/// The content of the room's state event `(ty, "")`, as `user` sees it.
+async fn room_state(user: &RawUser, room: &str, ty: &str) -> anyhow::Result<Value> {
+    user.ok(
+        Method::GET,
+        &room_path(room, &format!("/state/{ty}/")),
+        Value::Null,
+    )
+    .await
 }
 
 /// The bodies of the room's last messages (newest first), redacted ones as `null`.
@@ -93,13 +106,7 @@ async fn every_supported_room_version_is_created_and_used() -> anyhow::Result<()
             .with_context(|| format!("create a v{v} room"))?;
         // Room ids carry the server name before v12, and are the create event's hash from it.
         ensure!(room.contains(':') == (v != "12"), "v{v} room id {room}");
-        let create = alice
-            .ok(
-                Method::GET,
-                &room_path(&room, "/state/m.room.create/"),
-                Value::Null,
-            )
-            .await?;
+        let create = room_state(&alice, &room, "m.room.create").await?;
         ensure!(create["room_version"] == v, "v{v}: {create}");
         // `creator` is in the content until v11, which takes the sender instead.
         let old = v.parse::<u32>()? < 11;
@@ -132,13 +139,7 @@ async fn every_supported_room_version_is_created_and_used() -> anyhow::Result<()
             )
             .await
             .with_context(|| format!("v{v} topic"))?;
-        let mut power = alice
-            .ok(
-                Method::GET,
-                &room_path(&room, "/state/m.room.power_levels/"),
-                Value::Null,
-            )
-            .await?;
+        let mut power = room_state(&alice, &room, "m.room.power_levels").await?;
         power["events"]["m.room.topic"] = json!(75);
         alice
             .ok(
@@ -186,13 +187,7 @@ async fn every_supported_room_version_is_created_and_used() -> anyhow::Result<()
             messages.iter().any(|(_, body)| body == "hi alice"),
             "v{v} bob's message: {messages:?}"
         );
-        let topic = bob
-            .ok(
-                Method::GET,
-                &room_path(&room, "/state/m.room.topic/"),
-                Value::Null,
-            )
-            .await?;
+        let topic = room_state(&bob, &room, "m.room.topic").await?;
         ensure!(topic["topic"] == format!("topic of v{v}"), "v{v}: {topic}");
     }
 
@@ -222,13 +217,7 @@ async fn an_old_room_upgrades_with_its_string_power_levels() -> anyhow::Result<(
     bob.post(&format!("/join/{}", path_segment(&room)), json!({}))
         .await?;
     // Room versions before 10 accept levels written as strings.
-    let mut power = alice
-        .ok(
-            Method::GET,
-            &room_path(&room, "/state/m.room.power_levels/"),
-            Value::Null,
-        )
-        .await?;
+    let mut power = room_state(&alice, &room, "m.room.power_levels").await?;
     power["users"][bob.id()] = json!("60");
     power["events"]["m.room.name"] = json!("55");
     alice
@@ -254,13 +243,7 @@ async fn an_old_room_upgrades_with_its_string_power_levels() -> anyhow::Result<(
         .as_str()
         .context("replacement_room")?
         .to_owned();
-    let power = alice
-        .ok(
-            Method::GET,
-            &room_path(&new_room, "/state/m.room.power_levels/"),
-            Value::Null,
-        )
-        .await?;
+    let power = room_state(&alice, &new_room, "m.room.power_levels").await?;
     ensure!(power["users"][bob.id()] == 60, "{power}");
     ensure!(power["events"]["m.room.name"] == 55, "{power}");
     shutdown_node(node).await?;
@@ -280,13 +263,7 @@ async fn default_room_version_comes_from_the_config() -> anyhow::Result<()> {
         "{caps}"
     );
     let room = alice.create_room(json!({})).await?;
-    let create = alice
-        .ok(
-            Method::GET,
-            &room_path(&room, "/state/m.room.create/"),
-            Value::Null,
-        )
-        .await?;
+    let create = room_state(&alice, &room, "m.room.create").await?;
     ensure!(create["room_version"] == "9", "{create}");
     shutdown_node(node).await?;
 
@@ -371,13 +348,7 @@ async fn rooms_of_old_versions_are_joined_across_nodes() -> anyhow::Result<()> {
             .await
             .with_context(|| format!("bob joins the v{v} room"))?;
         ensure!(joined["room_id"] == room.as_str(), "{joined}");
-        let create = bob
-            .ok(
-                Method::GET,
-                &room_path(&room, "/state/m.room.create/"),
-                Value::Null,
-            )
-            .await?;
+        let create = room_state(&bob, &room, "m.room.create").await?;
         ensure!(create["room_version"] == v, "{create}");
 
         alice
@@ -472,13 +443,7 @@ async fn upgrade_across_nodes(
     )
     .await
     .context("bob joins the upgraded room")?;
-    let create = bob
-        .ok(
-            Method::GET,
-            &room_path(&new_room, "/state/m.room.create/"),
-            Value::Null,
-        )
-        .await?;
+    let create = room_state(bob, &new_room, "m.room.create").await?;
     ensure!(
         create["room_version"] == "12" && create["predecessor"]["room_id"] == room,
         "{create}"
@@ -493,77 +458,22 @@ async fn upgrade_across_nodes(
     .await
 }
 
-/// `GET /rooms/{id}/state` as `(type, state_key, event_id)`, sorted.
-async fn current_state(
-    user: &MeshUser,
-    room: &str,
-) -> anyhow::Result<Vec<(String, String, String)>> {
-    let (status, body) = user
-        .call(Method::GET, &room_path(room, "/state"), Value::Null)
-        .await?;
-    ensure!(status == 200, "GET state: {status} {body}");
-    let mut out: Vec<(String, String, String)> = body
-        .as_array()
-        .context("state is a list")?
-        .iter()
-        .map(|e| {
-            let field = |k: &str| e[k].as_str().unwrap_or_default().to_owned();
-            (field("type"), field("state_key"), field("event_id"))
-        })
-        .collect();
-    out.sort();
-    Ok(out)
-}
-
-/// The content of the current state event `(type, "")` or `(type, key)`.
-async fn state_of(user: &MeshUser, room: &str, ty: &str, key: &str) -> anyhow::Result<Value> {
-    let (status, body) = user
-        .call(
-            Method::GET,
-            &room_path(room, &format!("/state/{ty}/{}", path_segment(key))),
-            Value::Null,
-        )
-        .await?;
-    ensure!(status == 200, "GET state {ty}: {status} {body}");
-    Ok(body)
-}
-
 /// Room version 1 resolves state with the original algorithm (`rooms::resolve_v1`):
 /// both sides of a partition rename the room, and Carol's member event conflicts with
 /// her ban; once healed, both nodes hold the same state, with the ban.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_v1_room_resolves_a_partition_to_the_same_state() -> anyhow::Result<()> {
-    let (da, db) = (tempfile::tempdir()?, tempfile::tempdir()?);
-    let a = mesh_node(da.path(), test_p2p_config()).await?;
-    let b = mesh_node(db.path(), test_p2p_config()).await?;
-    connect_nodes(&a, &b).await?;
+    let (_da, db, a, b) = mesh_pair().await?;
     let alice = MeshUser::register(&a, "alice").await?;
     let bob = MeshUser::register(&b, "bob").await?;
     let carol = MeshUser::register(&b, "carol").await?;
     let room = alice
         .create_room(json!({"preset": "public_chat", "room_version": "1"}))
         .await?;
-    bob.join_via(&room, &a).await?;
-    carol.join_via(&room, &a).await?;
-    alice
-        .sync_until("Bob's and Carol's joins", |s| {
-            is_joined(s, &room, bob.id()) && is_joined(s, &room, carol.id())
-        })
-        .await?;
     // Bob may rename the room too.
-    let mut levels = state_of(&alice, &room, "m.room.power_levels", "").await?;
-    levels["users"][bob.id()] = json!(100);
-    alice
-        .put(&room_path(&room, "/state/m.room.power_levels/"), levels)
-        .await?;
-    let before = current_state(&alice, &room).await?;
-    wait_until(WAIT, "both nodes agree before the split", async || {
-        Ok(current_state(&bob, &room).await? == before)
-    })
-    .await?;
-
+    bob_and_carol_join(&alice, &bob, &carol, &room, &a).await?;
     // The split: B's transport goes away; B's node and users go on.
-    b.p2p.shutdown().await;
+    split_once_agreed(&alice, &bob, &room, &b).await?;
     alice
         .put(
             &room_path(&room, "/state/m.room.name/"),
@@ -607,11 +517,8 @@ async fn a_v1_room_resolves_a_partition_to_the_same_state() -> anyhow::Result<()
 
     // Heal: B's node restarts on the same data and dials A; outboxes and anti-entropy
     // exchange the two branches.
-    let b_dir = db.path().to_path_buf();
-    shutdown_node(b.node).await?;
-    let b = mesh_node(&b_dir, test_p2p_config()).await?;
+    let b = restart_and_reconnect(b, db.path(), &a).await?;
     let bob = bob.on(&b);
-    connect_nodes(&b, &a).await?;
     let mut last = String::new();
     let converged = wait_until(WAIT, "both nodes hold the same state", async || {
         let (sa, sb) = (
@@ -628,14 +535,14 @@ async fn a_v1_room_resolves_a_partition_to_the_same_state() -> anyhow::Result<()
         anyhow::bail!("{e:#}\n{last}");
     }
     for user in [&alice, &bob] {
-        let member = state_of(user, &room, "m.room.member", carol.id()).await?;
+        let member = state_content(user, &room, "m.room.member", carol.id()).await?;
         ensure!(member["membership"] == "ban", "{member}");
-        let topic = state_of(user, &room, "m.room.topic", "").await?;
+        let topic = state_content(user, &room, "m.room.topic", "").await?;
         ensure!(topic["topic"] == "Topic from A", "{topic}");
     }
     let (name_a, name_b) = (
-        state_of(&alice, &room, "m.room.name", "").await?,
-        state_of(&bob, &room, "m.room.name", "").await?,
+        state_content(&alice, &room, "m.room.name", "").await?,
+        state_content(&bob, &room, "m.room.name", "").await?,
     );
     ensure!(name_a == name_b, "{name_a} vs {name_b}");
     ensure!(

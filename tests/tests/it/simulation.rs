@@ -1,6 +1,7 @@
 //! Many nodes in one process over the in-memory federation network
 //! (`warren_tests::sim`): seeded loss, latency, partitions and churn, no sockets between
-//! nodes (each node's client API still listens on loopback for the test's users).
+//! at all: each node's client API is unbound and its users call it in-process
+//! (`warren_tests::InProcessUser`).
 //!
 //! - [`fifty_nodes_join_one_room_and_converge`] (ignored: slow) and
 //!   [`twelve_nodes_join_one_room_and_converge`]: 50 or 12 nodes, one room joined
@@ -29,8 +30,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail, ensure};
 use futures::StreamExt as _;
 use serde_json::{Value, json};
+use warren_core::RateLimits;
 use warren_core::federation::client::encode;
-use warren_core::{Node, RateLimits};
+use warren_core::node::{Node, Unbound};
 use warren_tests::sim::{SimFaults, SimNetwork, SimRng};
 use warren_tests::*;
 
@@ -52,18 +54,13 @@ fn sim_config(dir: &std::path::Path, anti_entropy: Duration) -> warren_core::Con
     config.anti_entropy_interval = anti_entropy;
     // Hundreds of requests between the same few nodes in a second are the point here.
     config.rate_limits = RateLimits::off();
-    // A niced test process beside a build gets a few percent of a core: a node could
-    // leave a new client connection unread past the 10 s header timeout, which closed
-    // it ("connection closed before message completed" on `/register`; 3 seeds of
-    // about 500 while builds ran, every seed with two busy loops beside it).
-    config.connections.header_read_timeout = Duration::from_secs(120);
     config
 }
 
-/// A node of the simulation, with its user.
+/// A node of the simulation (its client API unbound), with its user.
 struct SimNode {
-    node: Node,
-    user: RawUser,
+    node: Node<Unbound>,
+    user: InProcessUser,
     _dir: tempfile::TempDir,
 }
 
@@ -84,9 +81,11 @@ async fn start_nodes(
             let net = net.clone();
             async move {
                 let dir = tempfile::tempdir().context("tempdir")?;
-                let node = start_node_with(sim_config(dir.path(), anti_entropy)).await?;
+                let node = start_unbound_node_with(sim_config(dir.path(), anti_entropy)).await?;
                 net.attach(&node)?;
-                let user = RawUser::register(node.client_url(), &format!("user{i}")).await?;
+                let user = InProcessApi::new(&node)
+                    .register(&format!("user{i}"))
+                    .await?;
                 Ok(SimNode {
                     node,
                     user,
@@ -110,7 +109,12 @@ async fn stop_nodes(nodes: Vec<SimNode>) -> anyhow::Result<()> {
 }
 
 /// Join `room` through `via`, retrying while the network loses requests.
-async fn join(user: &RawUser, room: &str, via: &str, deadline: Instant) -> anyhow::Result<()> {
+async fn join(
+    user: &InProcessUser,
+    room: &str,
+    via: &str,
+    deadline: Instant,
+) -> anyhow::Result<()> {
     let path = format!("/join/{}?server_name={}", encode(room), encode(via));
     loop {
         let (status, body) = user.call(reqwest::Method::POST, &path, json!({})).await?;
@@ -136,7 +140,7 @@ struct RoomView {
     extremities: BTreeSet<String>,
 }
 
-fn room_view(node: &Node, room: &str) -> anyhow::Result<RoomView> {
+fn room_view(node: &Node<Unbound>, room: &str) -> anyhow::Result<RoomView> {
     let view = node.server().db.read_tx(|c| {
         let mut st =
             c.prepare("SELECT event_id FROM events WHERE room_id = ?1 AND status = 'timeline'")?;
@@ -158,7 +162,7 @@ fn room_view(node: &Node, room: &str) -> anyhow::Result<RoomView> {
 }
 
 /// Message bodies in a node's timeline of `room`.
-fn message_bodies(node: &Node, room: &str) -> anyhow::Result<BTreeSet<String>> {
+fn message_bodies(node: &Node<Unbound>, room: &str) -> anyhow::Result<BTreeSet<String>> {
     let bodies = node.server().db.read_tx(|c| {
         let mut st = c.prepare(
             "SELECT json FROM events WHERE room_id = ?1 AND status = 'timeline' \
@@ -212,7 +216,7 @@ fn disagreement(views: &[RoomView]) -> Option<String> {
 /// every event but the history from before that join (the join's ancestors), which a
 /// node fetches only when a client pages back into it (backfill).
 fn expected_timeline(
-    full: &Node,
+    full: &Node<Unbound>,
     full_timeline: &BTreeSet<String>,
     first_live: &str,
 ) -> anyhow::Result<BTreeSet<String>> {
@@ -221,7 +225,7 @@ fn expected_timeline(
 }
 
 /// Every ancestor of `event_id` (through `prev_events`) that `node` holds, or names.
-fn ancestors(node: &Node, event_id: &str) -> anyhow::Result<BTreeSet<String>> {
+fn ancestors(node: &Node<Unbound>, event_id: &str) -> anyhow::Result<BTreeSet<String>> {
     let ids = node.server().db.read_tx(|c| {
         let mut st = c.prepare(
             "WITH RECURSIVE anc(id) AS (
@@ -241,7 +245,7 @@ fn ancestors(node: &Node, event_id: &str) -> anyhow::Result<BTreeSet<String>> {
 }
 
 /// The room's first live event on a node: its join (the create event on the creator's).
-fn first_live_event(node: &Node, room: &str) -> anyhow::Result<String> {
+fn first_live_event(node: &Node<Unbound>, room: &str) -> anyhow::Result<String> {
     let id = node.server().db.read_tx(|c| {
         Ok(c.query_row(
             "SELECT event_id FROM events WHERE room_id = ?1 AND stream_ordering > 0 \

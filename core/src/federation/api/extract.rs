@@ -7,10 +7,9 @@ use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use http::request::Parts;
 use serde::de::DeserializeOwned;
 
+use super::auth::{FederationOrigin, MAX_FEDERATION_BODY};
 use crate::client_api::parse_json;
 use crate::error::Error;
-use crate::federation::FederationOrigin;
-use crate::federation::auth::MAX_FEDERATION_BODY;
 use crate::server::Server;
 
 /// The verified origin server of a signed request (set by `auth::require_signature`).

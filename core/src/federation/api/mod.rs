@@ -3,6 +3,7 @@
 //! sender, EDUs, anti-entropy, transactions, the outbound client) are beside this module
 //! in `federation`.
 
+pub(super) mod auth;
 pub(super) mod backfill;
 pub(super) mod devices;
 pub(super) mod directory;

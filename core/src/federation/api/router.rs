@@ -15,10 +15,9 @@ use crate::client_api::unrecognized;
 use crate::server::Server;
 
 use super::{
-    backfill, devices, directory, event, extremities, hierarchy, keys, mailbox, media, membership,
-    missing_events, openid, public_rooms, query, send, state, timestamp,
+    auth, backfill, devices, directory, event, extremities, hierarchy, keys, mailbox, media,
+    membership, missing_events, openid, public_rooms, query, send, state, timestamp,
 };
-use crate::federation::auth;
 
 /// The federation router, with `Server` state applied.
 pub fn router(server: Arc<Server>) -> Router {

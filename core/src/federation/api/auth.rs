@@ -6,6 +6,9 @@
 //! When the transport authenticated the peer (the [`AuthenticatedOrigin`] extension), the
 //! signed origin must be that same peer: a node cannot relay requests in another node's
 //! name, even with a valid signature replayed from it.
+//!
+//! Outbound requests are signed by the federation client
+//! ([`sign_request`](crate::federation::client::sign_request)).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,11 +18,11 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
-use ruma::api::federation::authentication::{ServerSignaturesInput, XMatrix};
+use ruma::api::federation::authentication::XMatrix;
 use ruma::signatures::PublicKeyMap;
 
-use super::transport::AuthenticatedOrigin;
 use crate::error::Error;
+use crate::federation::transport::AuthenticatedOrigin;
 use crate::identity::{KEY_ID, public_key_from_server_name};
 use crate::ratelimit::Action;
 use crate::server::Server;
@@ -97,31 +100,4 @@ async fn read_body(body: Body) -> Result<Bytes, Error> {
         ))),
         Err(e) => Err(Error::BadJson(format!("cannot read the request body: {e}"))),
     }
-}
-
-/// What `X-Matrix` signs a request from this server to `destination` with (the
-/// input of ruma's `ServerSignatures` scheme).
-pub fn signature_input<'a>(
-    server: &'a Server,
-    destination: &str,
-) -> Result<ServerSignaturesInput<'a>, Error> {
-    let origin = ruma::OwnedServerName::try_from(server.server_name()).map_err(Error::internal)?;
-    let destination = ruma::OwnedServerName::try_from(destination)
-        .map_err(|e| Error::InvalidParam(format!("bad server name {destination}: {e}")))?;
-    Ok(ServerSignaturesInput::new(
-        origin,
-        destination,
-        server.identity.keypair(),
-    ))
-}
-
-/// The `Authorization` header value for a request from this server.
-pub fn sign_request(
-    server: &Server,
-    destination: &str,
-    request: &http::Request<Bytes>,
-) -> Result<http::HeaderValue, Error> {
-    let x_matrix = XMatrix::try_from_http_request(request, signature_input(server, destination)?)
-        .map_err(|e| Error::Internal(format!("signing a federation request: {e}")))?;
-    Ok(http::HeaderValue::from(&x_matrix))
 }
