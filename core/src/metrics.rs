@@ -98,6 +98,8 @@ struct Http {
 
 static HTTP: LazyLock<Mutex<Http>> = LazyLock::new(|| Mutex::new(Http::default()));
 static EVENTS_LOCAL: AtomicU64 = AtomicU64::new(0);
+static SENDS_PREBUILT: AtomicU64 = AtomicU64::new(0);
+static SENDS_REBUILT: AtomicU64 = AtomicU64::new(0);
 static EVENTS_REMOTE: AtomicU64 = AtomicU64::new(0);
 
 fn method_label(method: &http::Method) -> &'static str {
@@ -173,6 +175,25 @@ pub fn record_request(
 pub fn event_persisted(local: bool) {
     let counter = if local { &EVENTS_LOCAL } else { &EVENTS_REMOTE };
     counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Count a send whose event was built ahead of its write (`rooms::prebuild`): `used`
+/// when the write took it, else the room had moved on and the write built it again.
+pub fn send_prebuilt(used: bool) {
+    let counter = if used {
+        &SENDS_PREBUILT
+    } else {
+        &SENDS_REBUILT
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Sends built ahead of their write so far: (taken by the write, built again).
+pub fn sends_prebuilt() -> (u64, u64) {
+    (
+        SENDS_PREBUILT.load(Ordering::Relaxed),
+        SENDS_REBUILT.load(Ordering::Relaxed),
+    )
 }
 
 /// Writes the text exposition format.
@@ -360,6 +381,18 @@ pub async fn render(server: &Server) -> Result<String, Error> {
         enc.sample(
             "warren_events_persisted_total",
             &[("origin", origin)],
+            counter.load(Ordering::Relaxed) as f64,
+        );
+    }
+    enc.family(
+        "warren_sends_built_ahead_total",
+        "Local sends whose event was built before its write: used by the write, or built again because the room had moved on.",
+        Kind::Counter,
+    );
+    for (outcome, counter) in [("used", &SENDS_PREBUILT), ("rebuilt", &SENDS_REBUILT)] {
+        enc.sample(
+            "warren_sends_built_ahead_total",
+            &[("outcome", outcome)],
             counter.load(Ordering::Relaxed) as f64,
         );
     }

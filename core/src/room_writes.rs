@@ -94,14 +94,21 @@ pub fn send_message(
         redacts: None,
     };
     let txn = Some((requester.device_id.as_str(), txn_id));
-    // The members' push rules are evaluated here, on a reader, not in the single writer.
-    let push = server.db.read(|c| crate::push::plan(c, room_id, &ev))?;
+    // The members' push rules are evaluated, and the event built and signed, here on a
+    // read snapshot, not in the single writer (which builds it again if the room moved
+    // on meanwhile). A failure here is left to the write, which answers it.
+    let ahead = server.db.read_tx(|c| {
+        Ok(rooms::Prepared {
+            push: crate::push::plan(c, room_id, &ev)?,
+            built: rooms::prebuild(c, server, room_id, &ev, ts).ok(),
+        })
+    })?;
     let appended = server.write(|tx| {
         if !rooms::is_retry(tx, room_id, &ev, &requester.device_id, txn_id)? {
             server.rate_limit_requester(Action::Message, requester)?;
             crate::relations::check_new_relation(tx, room_id, &ev.sender, &ev.kind, &ev.content)?;
         }
-        rooms::append_planned(tx, server, room_id, ev, txn, ts, push)
+        rooms::append_prepared(tx, server, room_id, ev, txn, ts, ahead)
     })?;
     Ok(appended.event_id)
 }

@@ -69,19 +69,75 @@ pub fn append_event_at(
     txn: Option<(&str, &str)>,
     ts: Option<i64>,
 ) -> Result<Appended, Error> {
-    append_planned(c, server, room_id, ev, txn, ts, None)
+    append_prepared(c, server, room_id, ev, txn, ts, Prepared::default())
 }
 
-/// [`append_event_at`] with the members' push rules already evaluated for the event
-/// ([`crate::push::plan`], before the write); evaluated in the write when `None`.
-pub fn append_planned(
+/// What a local send works out on a reader before its write, so the single writer does
+/// less while every other write waits: the members' push rules evaluated
+/// ([`crate::push::plan`]) and the event built and signed ([`prebuild`]). Each part
+/// left `None` is done in the write.
+#[derive(Default)]
+pub struct Prepared {
+    pub push: Option<crate::push::Planned>,
+    pub built: Option<Prebuilt>,
+}
+
+/// A local event built, signed and authorised on a reader's snapshot, with the room's
+/// forward extremities it was built on.
+pub struct Prebuilt {
+    built: BuiltEvent,
+    extremities: Vec<String>,
+}
+
+/// Build, sign and authorise a local event ahead of its write, on a read snapshot
+/// (`c` inside a read transaction). The write uses it only while the room is as it was
+/// ([`Prebuilt::still_current`]): the same forward extremities (so the same prev
+/// events and depth) and the same current state (so the same auth events and the same
+/// auth decision). Another event in the room in between makes the write build it again.
+pub fn prebuild(
+    c: &Connection,
+    server: &Server,
+    room_id: &str,
+    ev: &NewEvent,
+    ts: Option<i64>,
+) -> Result<Prebuilt, Error> {
+    let extremities = storage::forward_extremities(c, room_id)?
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    let built = build_local_event(c, server, room_id, ev, ts)?;
+    Ok(Prebuilt { built, extremities })
+}
+
+impl Prebuilt {
+    /// The id of the event built.
+    pub fn event_id(&self) -> &str {
+        &self.built.event_id
+    }
+
+    /// Whether the room (as the write sees it) is still the one the event was built on.
+    fn still_current(&self, c: &Connection, room_id: &str) -> Result<bool, Error> {
+        let Some((version, group)) = storage::room_info(c, room_id)? else {
+            return Ok(false);
+        };
+        if version != self.built.version || group != self.built.group_before {
+            return Ok(false);
+        }
+        let now = storage::forward_extremities(c, room_id)?;
+        Ok(now.len() == self.extremities.len()
+            && now.iter().zip(&self.extremities).all(|((a, _), b)| a == b))
+    }
+}
+
+/// [`append_event_at`] with what was [`Prepared`] before the write.
+pub fn append_prepared(
     c: &Connection,
     server: &Server,
     room_id: &str,
     ev: NewEvent,
     txn: Option<(&str, &str)>,
     ts: Option<i64>,
-    push: Option<crate::push::Planned>,
+    ahead: Prepared,
 ) -> Result<Appended, Error> {
     let mut key = None;
     if let Some((device, txn_id)) = txn {
@@ -105,7 +161,18 @@ pub fn append_planned(
             txn_id,
             key,
         });
-    let built = build_local_event(c, server, room_id, &ev, ts)?;
+    let built = match ahead.built {
+        Some(p) if p.still_current(c, room_id)? => {
+            crate::metrics::send_prebuilt(true);
+            p.built
+        }
+        prebuilt => {
+            if prebuilt.is_some() {
+                crate::metrics::send_prebuilt(false);
+            }
+            build_local_event(c, server, room_id, &ev, ts)?
+        }
+    };
     let pos = persist(
         c,
         room_id,
@@ -114,7 +181,7 @@ pub fn append_planned(
         &built.json,
         built.group_before,
         txn,
-        push,
+        ahead.push,
     )?;
     crate::federation::outbox::enqueue_event(c, server, room_id, &built.pdu)?;
     Ok(Appended {

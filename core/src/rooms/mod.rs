@@ -14,6 +14,8 @@ mod knock;
 mod new_room;
 mod out_of_band;
 mod power;
+#[cfg(test)]
+mod prebuild_tests;
 mod receive;
 mod redact;
 mod remote_join;
@@ -25,8 +27,8 @@ mod upgrade;
 pub mod visibility;
 
 pub use append::{
-    Appended, ClientTxn, append_event, append_event_at, append_planned, is_retry, load_pdu,
-    random_string, unchanged_state,
+    Appended, ClientTxn, Prebuilt, Prepared, append_event, append_event_at, append_prepared,
+    is_retry, load_pdu, prebuild, random_string, unchanged_state,
 };
 pub use create::{CreateRoom, add_rich_topic, create_room};
 pub use hierarchy::{HierarchyRequest, space_hierarchy};
