@@ -5,8 +5,9 @@
 //!
 //! A user's rules are the global account data `m.push_rules` (what clients read in
 //! `/sync`); until a user changes a rule they are the server defaults (`defaults.rs`). Every
-//! event persisted in a room is evaluated, inside its write transaction, for each other
-//! joined local member; actions that notify become a `push_notifications` row, and
+//! event persisted in a room is evaluated for each other joined local member, inside its
+//! write transaction, or for a local message just before it on a reader ([`plan`]);
+//! actions that notify become a `push_notifications` row, and
 //! unread counts are the rows after the member's read receipt, kept per (user, room).
 //! The rows are bounded per user, not per message: a read receipt folds the ones it
 //! covers, and each user keeps at most the newest 100 (see `storage/push.rs`).
