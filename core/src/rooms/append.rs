@@ -4,12 +4,10 @@ use ruma::{UserId, events::TimelineEventType, state_res};
 use rusqlite::Connection;
 use serde_json::{Map, Value};
 
-use super::auth::{AuthState, check_local_event, check_local_event_with};
+use super::ahead::Prepared;
+use super::auth::{AuthState, check_local_event_with};
 use crate::error::Error;
-use crate::events::{
-    self, ClientEventOptions, EventReference, NewEvent, Pdu, build_pdu, client_event, redact_json,
-    rules_for,
-};
+use crate::events::{self, EventReference, NewEvent, Pdu, build_pdu, rules_for};
 use crate::server::Server;
 use crate::storage::{
     self, EventStatus, StateMap, StoredEvent, TxnSlot, next_stream_position, now_ms,
@@ -17,10 +15,6 @@ use crate::storage::{
 
 /// Most prev_events referenced by one event, as the spec recommends (Synapse uses 10).
 const MAX_PREV_EVENTS: usize = 10;
-
-/// Most create events built for one new room whose id (room version 12: the create
-/// event's hash) is taken; past it the insertion fails as before.
-const MAX_CREATE_ATTEMPTS: u32 = 16;
 
 /// Result of appending an event.
 #[derive(Clone, Debug)]
@@ -72,63 +66,6 @@ pub fn append_event_at(
     append_prepared(c, server, room_id, ev, txn, ts, Prepared::default())
 }
 
-/// What a local send works out on a reader before its write, so the single writer does
-/// less while every other write waits: the members' push rules evaluated
-/// ([`crate::push::plan`]) and the event built and signed ([`prebuild`]). Each part
-/// left `None` is done in the write.
-#[derive(Default)]
-pub struct Prepared {
-    pub push: Option<crate::push::Planned>,
-    pub built: Option<Prebuilt>,
-}
-
-/// A local event built, signed and authorised on a reader's snapshot, with the room's
-/// forward extremities it was built on.
-pub struct Prebuilt {
-    built: BuiltEvent,
-    extremities: Vec<String>,
-}
-
-/// Build, sign and authorise a local event ahead of its write, on a read snapshot
-/// (`c` inside a read transaction). The write uses it only while the room is as it was
-/// ([`Prebuilt::still_current`]): the same forward extremities (so the same prev
-/// events and depth) and the same current state (so the same auth events and the same
-/// auth decision). Another event in the room in between makes the write build it again.
-pub fn prebuild(
-    c: &Connection,
-    server: &Server,
-    room_id: &str,
-    ev: &NewEvent,
-    ts: Option<i64>,
-) -> Result<Prebuilt, Error> {
-    let extremities = storage::forward_extremities(c, room_id)?
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect();
-    let built = build_local_event(c, server, room_id, ev, ts)?;
-    Ok(Prebuilt { built, extremities })
-}
-
-impl Prebuilt {
-    /// The id of the event built.
-    pub fn event_id(&self) -> &str {
-        &self.built.event_id
-    }
-
-    /// Whether the room (as the write sees it) is still the one the event was built on.
-    fn still_current(&self, c: &Connection, room_id: &str) -> Result<bool, Error> {
-        let Some((version, group)) = storage::room_info(c, room_id)? else {
-            return Ok(false);
-        };
-        if version != self.built.version || group != self.built.group_before {
-            return Ok(false);
-        }
-        let now = storage::forward_extremities(c, room_id)?;
-        Ok(now.len() == self.extremities.len()
-            && now.iter().zip(&self.extremities).all(|((a, _), b)| a == b))
-    }
-}
-
 /// [`append_event_at`] with what was [`Prepared`] before the write.
 pub fn append_prepared(
     c: &Connection,
@@ -164,7 +101,7 @@ pub fn append_prepared(
     let built = match ahead.built {
         Some(p) if p.still_current(c, room_id)? => {
             crate::metrics::send_prebuilt(true);
-            p.built
+            p.into_built()
         }
         prebuilt => {
             if prebuilt.is_some() {
@@ -562,7 +499,7 @@ pub(super) fn persist_accepted(c: &Connection, a: Accepted<'_>) -> Result<i64, E
     if kind == "m.room.redaction"
         && let Some(target) = &pdu.redacts
     {
-        apply_redaction(c, room_id, version, &stored, target.as_str())?;
+        super::redact::apply_redaction(c, room_id, version, &stored, target.as_str())?;
     }
     crate::push::on_event(c, room_id, version, &stored, push)?;
     Ok(pos)
@@ -601,119 +538,6 @@ fn replace_current_state(
         }
     }
     storage::set_current_state_group(c, room_id, group)
-}
-
-/// Redact the target in place (when allowed), remembering the redaction in `unsigned`.
-fn apply_redaction(
-    c: &Connection,
-    room_id: &str,
-    version: &str,
-    redaction: &StoredEvent,
-    target: &str,
-) -> Result<(), Error> {
-    let Some(ev) = storage::get_event(c, target)? else {
-        return Ok(());
-    };
-    if ev.room_id != room_id || ev.redacted_by.is_some() {
-        return Ok(());
-    }
-    if !super::check_redaction_allowed(c, room_id, &redaction.sender, target)? {
-        return Ok(());
-    }
-    let (_, rules) = rules_for(version)?;
-    let redacted = redact_json(&ev.json, &rules)?;
-    storage::mark_redacted(c, target, &redacted, &redaction.event_id)?;
-    storage::unindex_event(c, ev.stream_ordering)?;
-    crate::relations::on_redacted(c, target)?;
-    let because = client_event(
-        redaction,
-        ClientEventOptions {
-            include_room_id: true,
-            now_ms: now_ms(),
-            viewer: None,
-        },
-    );
-    let mut unsigned: Map<String, Value> = ev
-        .unsigned
-        .as_deref()
-        .and_then(|u| serde_json::from_str(u).ok())
-        .unwrap_or_default();
-    // prev_content of a redacted state event must not leak the content either.
-    unsigned.remove("prev_content");
-    unsigned.insert("redacted_because".into(), because);
-    storage::set_unsigned(c, target, &Value::Object(unsigned).to_string())
-}
-
-/// The create-event path: no prev or auth events, and (v12) the room id comes from it.
-pub(super) fn append_create(
-    c: &Connection,
-    server: &Server,
-    version: &str,
-    ev: NewEvent,
-    is_public: bool,
-    room_id: Option<String>,
-) -> Result<String, Error> {
-    append_create_at(c, server, version, ev, is_public, room_id, now_ms())
-}
-
-/// [`append_create`] with the create event's timestamp given (where it starts).
-pub(super) fn append_create_at(
-    c: &Connection,
-    server: &Server,
-    version: &str,
-    ev: NewEvent,
-    is_public: bool,
-    room_id: Option<String>,
-    ts: i64,
-) -> Result<String, Error> {
-    let (_, rules) = rules_for(version)?;
-    // Room v12 names the room after the create event; older versions take a random id
-    // (or the one chosen ahead by an upgrade, whose tombstone names it first).
-    let room_id_field = if rules.authorization.room_create_event_id_as_room_id {
-        None
-    } else {
-        Some(room_id.unwrap_or_else(|| new_room_id(server)))
-    };
-    // From room version 12 the same create event (same sender, content and millisecond)
-    // names the same room: a user who creates two identical rooms within a millisecond
-    // (a script, a fast enough node) would get the first one's id again, and its
-    // insertion fails. A later timestamp makes it another event; a few tries suffice.
-    let mut ts = ts;
-    let mut attempts = 0;
-    let (event_id, object, room_id) = loop {
-        let (event_id, object) = build_pdu(
-            &server.identity,
-            &rules,
-            room_id_field.as_deref(),
-            &ev,
-            &[],
-            &[],
-            1,
-            ts,
-        )?;
-        let room_id = room_id_field
-            .clone()
-            .unwrap_or_else(|| events::room_id_from_create_event_id(&event_id));
-        attempts += 1;
-        if room_id_field.is_some()
-            || attempts >= MAX_CREATE_ATTEMPTS
-            || storage::room_info(c, &room_id)?.is_none()
-        {
-            break (event_id, object, room_id);
-        }
-        ts = ts.saturating_add(1);
-    };
-    let json = serde_json::to_string(&object)?;
-    let pdu = Pdu::from_json(&event_id, &json)?;
-    storage::insert_room(c, &room_id, version, &ev.sender, is_public)?;
-    check_local_event(c, &rules, &room_id, &pdu)?;
-    persist(c, &room_id, version, &pdu, &json, None, None, None)?;
-    Ok(room_id)
-}
-
-/// A fresh room id of this server (room versions before 12).
-pub(super) fn new_room_id(server: &Server) -> String {
-    format!("!{}:{}", random_string(18), server.server_name())
 }
 
 /// A random alphanumeric string.

@@ -3,10 +3,12 @@
 //! Every local write to a room runs inside the single database writer, which serialises
 //! writes to a room (and the stream positions they take).
 
+mod ahead;
 mod append;
 mod auth;
 pub mod backfill;
 mod create;
+mod create_event;
 pub mod filter;
 pub mod hierarchy;
 mod join;
@@ -26,9 +28,10 @@ pub mod state_at;
 mod upgrade;
 pub mod visibility;
 
+pub use ahead::{Prebuilt, Prepared, prebuild};
 pub use append::{
-    Appended, ClientTxn, Prebuilt, Prepared, append_event, append_event_at, append_prepared,
-    is_retry, load_pdu, prebuild, random_string, unchanged_state,
+    Appended, ClientTxn, append_event, append_event_at, append_prepared, is_retry, load_pdu,
+    random_string, unchanged_state,
 };
 pub use create::{CreateRoom, add_rich_topic, create_room};
 pub use hierarchy::{HierarchyRequest, space_hierarchy};
@@ -216,7 +219,7 @@ mod tests {
             .write(|tx| {
                 (0..3)
                     .map(|_| {
-                        append::append_create_at(
+                        create_event::append_create_at(
                             tx,
                             &server,
                             "12",

@@ -6,7 +6,8 @@ use ruma::room_version_rules::RoomVersionRules;
 use rusqlite::Connection;
 use serde_json::{Map, Value, json};
 
-use super::append::{Appended, append_create, append_event};
+use super::append::{Appended, append_event};
+use super::create_event::append_create;
 use crate::error::Error;
 use crate::events::NewEvent;
 use crate::server::Server;

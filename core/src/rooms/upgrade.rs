@@ -14,7 +14,8 @@ use ruma::room_version_rules::RoomVersionRules;
 use rusqlite::Connection;
 use serde_json::{Map, Value, json};
 
-use super::append::{append_event, new_room_id};
+use super::append::append_event;
+use super::create_event::new_room_id;
 use super::new_room::{Create, NewRoom, state_event};
 use super::power::power_levels;
 use crate::error::Error;
