@@ -250,12 +250,12 @@ impl Waiters {
         self.broad.remove(&id);
     }
 
-    /// Wake the broad waiters and those of `users` and `rooms`; returns how many.
-    fn wake<'a>(
+    /// The broad waiters and those of `users` and `rooms`.
+    fn to_wake<'a>(
         &self,
         users: impl Iterator<Item = &'a String>,
         rooms: impl Iterator<Item = &'a String>,
-    ) -> u64 {
+    ) -> Vec<Arc<Notify>> {
         let mut woken: HashSet<u64> = self.broad.clone();
         for u in users {
             woken.extend(self.by_user.get(u).into_iter().flatten());
@@ -263,14 +263,10 @@ impl Waiters {
         for r in rooms {
             woken.extend(self.by_room.get(r).into_iter().flatten());
         }
-        let mut n = 0;
-        for id in woken {
-            if let Some(e) = self.entries.get(&id) {
-                e.notify.notify_one();
-                n += 1;
-            }
-        }
-        n
+        woken
+            .into_iter()
+            .filter_map(|id| self.entries.get(&id).map(|e| e.notify.clone()))
+            .collect()
     }
 }
 
@@ -361,19 +357,44 @@ impl Notifier {
     /// Wake the long-polls a committed write concerns: call after [`Notifier::committed`]
     /// (so a waiter woken finds the new position), with what the write touched.
     pub fn wake(&self, touched: &Touched) {
-        let w = self.waiters.lock();
-        let n = if touched.everyone {
-            for e in w.entries.values() {
-                e.notify.notify_one();
+        let woken: Vec<Arc<Notify>> = {
+            let w = self.waiters.lock();
+            if touched.everyone {
+                w.entries.values().map(|e| e.notify.clone()).collect()
+            } else {
+                w.to_wake(
+                    touched.users.iter(),
+                    touched.rooms.iter().chain(&touched.members_of),
+                )
             }
-            w.entries.len() as u64
-        } else {
-            w.wake(
-                touched.users.iter(),
-                touched.rooms.iter().chain(&touched.members_of),
-            )
         };
-        self.wakeups.fetch_add(n, Ordering::Relaxed);
+        self.notify(woken);
+    }
+
+    /// Wake these long-polls. On a runtime worker (a write that ran on the handler's
+    /// thread), a task woken here would wait in this worker's next-task slot until the
+    /// writing request has finished its answer: they are woken from a task of their own
+    /// instead, which an idle worker picks up at once.
+    fn notify(&self, woken: Vec<Arc<Notify>>) {
+        if woken.is_empty() {
+            return;
+        }
+        self.wakeups
+            .fetch_add(woken.len() as u64, Ordering::Relaxed);
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                h.spawn(async move {
+                    for n in woken {
+                        n.notify_one();
+                    }
+                });
+            }
+            _ => {
+                for n in woken {
+                    n.notify_one();
+                }
+            }
+        }
     }
 
     /// How many wake-ups were handed to waiting long-polls so far.
@@ -436,11 +457,11 @@ impl Notifier {
         };
         self.tx.send_modify(|t| t.typing = serial);
         let room = room_id.to_owned();
-        let n = self
+        let woken = self
             .waiters
             .lock()
-            .wake(std::iter::empty(), std::iter::once(&room));
-        self.wakeups.fetch_add(n, Ordering::Relaxed);
+            .to_wake(std::iter::empty(), std::iter::once(&room));
+        self.notify(woken);
     }
 
     /// Users typing in a room now, if the room's typing changed after `since_serial`
@@ -503,8 +524,11 @@ impl Notifier {
         };
         if let Some((serial, rooms)) = changed {
             self.tx.send_modify(|t| t.typing = serial);
-            let n = self.waiters.lock().wake(std::iter::empty(), rooms.iter());
-            self.wakeups.fetch_add(n, Ordering::Relaxed);
+            let woken = self
+                .waiters
+                .lock()
+                .to_wake(std::iter::empty(), rooms.iter());
+            self.notify(woken);
         }
     }
 }
