@@ -50,7 +50,12 @@ pub fn catch_up(server: &Server) -> Result<usize, Error> {
     }
     let mut indexed = 0;
     loop {
-        let batch = server.write(|c| storage::index_pending(c, INDEX_BATCH, until))?;
+        // Nothing `/sync` shows: the answers kept for repeated initial syncs stay valid.
+        let batch = crate::server::off_the_reactor(|| {
+            server
+                .db
+                .write_unseen_by_sync(|c| storage::index_pending(c, INDEX_BATCH, until))
+        })?;
         indexed += batch.indexed;
         if !batch.more {
             return Ok(indexed);

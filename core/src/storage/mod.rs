@@ -223,11 +223,31 @@ impl Db {
     /// otherwise. Returns once the write is committed (see [`group_commit`]), after
     /// running its effects (see [`effects`]).
     pub fn write<T>(&self, f: impl FnOnce(&Connection) -> Result<T, Error>) -> Result<T, Error> {
+        self.write_counted(f, true)
+    }
+
+    /// [`Db::write`] for a write whose rows no `/sync` answer shows (the search index):
+    /// it does not move [`Db::write_generation`], so the answers kept for repeated
+    /// initial syncs stay valid across it.
+    pub fn write_unseen_by_sync<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        self.write_counted(f, false)
+    }
+
+    fn write_counted<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, Error>,
+        counted: bool,
+    ) -> Result<T, Error> {
         let out = self.writer.write(f);
         // Counted after the commit, whatever the outcome: a reader that saw the same
         // generation before it opened its snapshot and after it is done knows no write
         // changed anything in between.
-        self.writes.fetch_add(1, Ordering::SeqCst);
+        if counted {
+            self.writes.fetch_add(1, Ordering::SeqCst);
+        }
         let (out, effects) = out?;
         if !effects.is_empty()
             && let Some(run) = self.after_commit.get()
