@@ -94,18 +94,27 @@ pub fn send_message(
         redacts: None,
     };
     let txn = Some((requester.device_id.as_str(), txn_id));
-    // The members' push rules are evaluated, and the event built and signed, here on a
-    // read snapshot, not in the single writer (which builds it again if the room moved
-    // on meanwhile). A failure here is left to the write, which answers it.
+    // A new send (not a retried transaction) takes its rate-limit token first, so a
+    // limited client costs no work. Then the event is built, signed and authorised,
+    // and the members' push rules evaluated, here on a read snapshot rather than in
+    // the single writer, which uses them only if the room has not moved on (and builds
+    // and evaluates again if it has). A failure here is left to the write to answer.
     let ahead = server.db.read_tx(|c| {
+        if rooms::is_retry(c, room_id, &ev, &requester.device_id, txn_id)? {
+            return Ok(rooms::Prepared::default());
+        }
+        server.rate_limit_requester(Action::Message, requester)?;
+        let Ok(built) = rooms::prebuild(c, server, room_id, &ev, ts) else {
+            // Not allowed as the room stands: nobody's rules are evaluated for it.
+            return Ok(rooms::Prepared::default());
+        };
         Ok(rooms::Prepared {
-            push: crate::push::plan(c, room_id, &ev)?,
-            built: rooms::prebuild(c, server, room_id, &ev, ts).ok(),
+            push: crate::push::plan(c, room_id, &ev).ok().flatten(),
+            built: Some(built),
         })
     })?;
     let appended = server.write(|tx| {
         if !rooms::is_retry(tx, room_id, &ev, &requester.device_id, txn_id)? {
-            server.rate_limit_requester(Action::Message, requester)?;
             crate::relations::check_new_relation(tx, room_id, &ev.sender, &ev.kind, &ev.content)?;
         }
         rooms::append_prepared(tx, server, room_id, ev, txn, ts, ahead)

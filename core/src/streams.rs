@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -208,6 +208,8 @@ pub struct Notifier {
     waiters: Arc<Mutex<Waiters>>,
     /// Wake-ups handed to waiting long-polls so far.
     wakeups: AtomicU64,
+    /// Wake-up tasks spawned and not yet run ([`Notifier::wakes_pending`]).
+    in_flight: Arc<AtomicUsize>,
 }
 
 /// Most rooms one long-poll is woken for by name; a user in more rooms is woken by any
@@ -326,6 +328,7 @@ impl Notifier {
             typing: Mutex::new(TypingState::default()),
             waiters: Arc::default(),
             wakeups: AtomicU64::new(0),
+            in_flight: Arc::default(),
         }
     }
 
@@ -383,10 +386,13 @@ impl Notifier {
             .fetch_add(woken.len() as u64, Ordering::Relaxed);
         match tokio::runtime::Handle::try_current() {
             Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                let in_flight = self.in_flight.clone();
+                in_flight.fetch_add(1, Ordering::SeqCst);
                 h.spawn(async move {
                     for n in woken {
                         n.notify_one();
                     }
+                    in_flight.fetch_sub(1, Ordering::SeqCst);
                 });
             }
             _ => {
@@ -400,6 +406,12 @@ impl Notifier {
     /// How many wake-ups were handed to waiting long-polls so far.
     pub fn wakeups(&self) -> u64 {
         self.wakeups.load(Ordering::Relaxed)
+    }
+
+    /// Wake-up tasks handed to the runtime and not yet run: zero means every wake-up of
+    /// the writes committed so far has reached its long-polls.
+    pub fn wakes_pending(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
     }
 
     /// How many long-polls are waiting.

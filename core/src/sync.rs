@@ -55,7 +55,6 @@ mod wake_tests;
 const SCAN_PER_EVENT: usize = 5;
 
 /// What `/sync` and sliding sync keep between requests, in memory, each bounded.
-#[derive(Default)]
 pub struct SyncState {
     /// The last initial `/sync` answers (see [`initial_cache`]).
     pub initial: initial_cache::InitialSyncCache,
@@ -66,6 +65,25 @@ pub struct SyncState {
     /// Rooms as the first response of a sliding sync connection last showed them (see
     /// [`sliding::CachedRoom`]).
     pub sliding_rooms: room_cache::RoomCache<sliding::CachedRoom>,
+}
+
+/// Rooms kept for sliding sync's first responses at most, and their JSON text in all:
+/// half of what `/sync` keeps ([`room_cache::MAX_ENTRIES`], [`room_cache::MAX_BYTES`]),
+/// so the two together stay within 12 MiB.
+pub const SLIDING_ROOMS_KEPT: (usize, usize) = (1024, 4 * 1024 * 1024);
+
+impl Default for SyncState {
+    fn default() -> Self {
+        SyncState {
+            initial: Default::default(),
+            rooms: Default::default(),
+            sliding: Default::default(),
+            sliding_rooms: room_cache::RoomCache::with_bounds(
+                SLIDING_ROOMS_KEPT.0,
+                SLIDING_ROOMS_KEPT.1,
+            ),
+        }
+    }
 }
 
 /// The longest a `/sync` may wait.

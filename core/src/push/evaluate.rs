@@ -27,9 +27,11 @@ pub struct Planned {
 /// records the result, instead of reading the members and their rules and evaluating
 /// them while every other write waits (most of a send's time in the writer in a room
 /// of ten, and growing with the room). The event is judged by what it will carry
-/// (`type`, `content`, `sender`, `room_id`, `state_key`); as in Synapse, a membership
-/// change committed between this and the write is not reflected (a member who joins
-/// in between is not notified of it). `None` for a room this node does not know.
+/// (`type`, `content`, `sender`, `room_id`, `state_key`). The write records the plan
+/// only when the event built on the same snapshot is still current (the room's state
+/// and extremities unchanged, [`crate::rooms::Prebuilt`]); otherwise it evaluates again
+/// itself, so a member who left or joined in between is judged as the room now
+/// stands. `None` for a room this node does not know.
 pub fn plan(
     c: &Connection,
     room_id: &str,

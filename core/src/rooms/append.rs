@@ -98,16 +98,18 @@ pub fn append_prepared(
             txn_id,
             key,
         });
-    let built = match ahead.built {
+    // What was worked out ahead holds only for the room as it was then: the push plan
+    // too (a member who left or was banned in between must not be notified).
+    let (built, push) = match ahead.built {
         Some(p) if p.still_current(c, room_id)? => {
             crate::metrics::send_prebuilt(true);
-            p.into_built()
+            (p.into_built(), ahead.push)
         }
         prebuilt => {
             if prebuilt.is_some() {
                 crate::metrics::send_prebuilt(false);
             }
-            build_local_event(c, server, room_id, &ev, ts)?
+            (build_local_event(c, server, room_id, &ev, ts)?, None)
         }
     };
     let pos = persist(
@@ -118,7 +120,7 @@ pub fn append_prepared(
         &built.json,
         built.group_before,
         txn,
-        ahead.push,
+        push,
     )?;
     crate::federation::outbox::enqueue_event(c, server, room_id, &built.pdu)?;
     Ok(Appended {

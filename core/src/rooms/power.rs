@@ -115,16 +115,17 @@ type Key = Vec<(String, String, bool)>;
 /// send; parsing them again cost more than a tenth of a send. Nothing to invalidate: a
 /// new power levels event is a new key, and the room's current entries are looked up
 /// (without their JSON) every time. Bounded: cleared when it holds [`CACHE_BYTES`] of
-/// event JSON or [`CACHE_ENTRIES`] entries; power levels bigger than [`CACHE_MAX_ENTRY`]
-/// are parsed every time.
+/// the event JSON its entries were parsed from (the parsed values take a few times
+/// that) or [`CACHE_ENTRIES`] entries; power levels bigger than [`CACHE_MAX_ENTRY`] are
+/// parsed every time. One per process: a key names the same content on any node.
 static CACHE: LazyLock<Mutex<Cache>> = LazyLock::new(Default::default);
 const CACHE_ENTRIES: usize = 1024;
-const CACHE_BYTES: usize = 4 << 20;
-const CACHE_MAX_ENTRY: usize = 256 << 10;
+const CACHE_BYTES: usize = 1 << 20;
+const CACHE_MAX_ENTRY: usize = 128 << 10;
 
 #[derive(Default)]
 struct Cache {
-    entries: HashMap<Key, Arc<PowerLevels>>,
+    entries: HashMap<Key, (Arc<PowerLevels>, usize)>,
     bytes: usize,
 }
 
@@ -134,7 +135,7 @@ pub fn power_levels(c: &Connection, room_id: &str) -> Result<Arc<PowerLevels>, E
     const KEYS: [(&str, &str); 2] = [("m.room.create", ""), ("m.room.power_levels", "")];
     let mut key = storage::current_state_refs(c, room_id, &KEYS)?;
     key.sort();
-    if let Some(hit) = CACHE.lock().entries.get(&key) {
+    if let Some((hit, _)) = CACHE.lock().entries.get(&key) {
         return Ok(hit.clone());
     }
     let (levels, bytes) = read_power_levels(c, room_id)?;
@@ -146,7 +147,10 @@ pub fn power_levels(c: &Connection, room_id: &str) -> Result<Arc<PowerLevels>, E
             cache.bytes = 0;
         }
         cache.bytes += bytes;
-        cache.entries.insert(key, levels.clone());
+        // Two readers that missed at once both insert: count the entry once.
+        if let Some((_, replaced)) = cache.entries.insert(key, (levels.clone(), bytes)) {
+            cache.bytes -= replaced;
+        }
     }
     Ok(levels)
 }

@@ -102,3 +102,65 @@ async fn a_prebuilt_event_is_used_only_while_the_room_is_unchanged() {
     assert_eq!(extremities.len(), 1, "no fork: {extremities:?}");
     assert_eq!(extremities[0].0, third.event_id);
 }
+
+/// A push plan made with a prebuilt event holds only as long as that event does: a
+/// member who leaves in between is not notified of the message built again after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_who_left_in_between_is_not_notified_by_a_stale_plan() {
+    let (_dir, node) = node().await;
+    let server = node.server().clone();
+    let alice = server.user_id("alice");
+    let bob = server.user_id("bob");
+    let room = server
+        .write(|c| {
+            storage::create_user(c, &alice, None, false, "alice")?;
+            storage::create_user(c, &bob, None, false, "bob")?;
+            let room = create_room(
+                c,
+                &server,
+                &alice,
+                CreateRoom {
+                    preset: Some("public_chat".into()),
+                    ..Default::default()
+                },
+            )?;
+            let join = ev(
+                &bob,
+                "m.room.member",
+                Some(&bob),
+                json!({"membership": "join"}),
+            );
+            append_event(c, &server, &room, join, None)?;
+            Ok(room)
+        })
+        .expect("room");
+    let msg = message(&alice, "are you there");
+    let ahead = server
+        .db
+        .read_tx(|c| {
+            Ok(Prepared {
+                push: crate::push::plan(c, &room, &msg)?,
+                built: Some(prebuild(c, &server, &room, &msg, None)?),
+            })
+        })
+        .expect("ahead");
+    server
+        .write(|c| {
+            let leave = ev(
+                &bob,
+                "m.room.member",
+                Some(&bob),
+                json!({"membership": "leave"}),
+            );
+            append_event(c, &server, &room, leave, None)
+        })
+        .expect("leave");
+    server
+        .write(|c| append_prepared(c, &server, &room, msg, None, None, ahead))
+        .expect("send");
+    let rows = server
+        .db
+        .read(|c| storage::notifications(c, &bob, i64::MAX, 10, false))
+        .expect("rows");
+    assert!(rows.is_empty(), "notified after leaving: {rows:?}");
+}

@@ -119,8 +119,15 @@ pub type RoomSectionCache = RoomCache<Section>;
 
 impl<S> Default for RoomCache<S> {
     fn default() -> Self {
+        RoomCache::with_bounds(MAX_ENTRIES, MAX_BYTES)
+    }
+}
+
+impl<S> RoomCache<S> {
+    /// A cache of at most `entries` rooms and `bytes` of rendered events.
+    pub fn with_bounds(entries: usize, bytes: usize) -> Self {
         RoomCache {
-            inner: Mutex::new(Lru::new(MAX_ENTRIES, MAX_BYTES)),
+            inner: Mutex::new(Lru::new(entries, bytes)),
         }
     }
 }

@@ -102,8 +102,14 @@ fn world(node: &Node) -> World {
     }
 }
 
-/// Whether the waiter was woken since it last looked (takes the wake-up).
-fn woken(w: &Waiter) -> bool {
+/// Whether the waiter was woken since it last looked (takes the wake-up), once every
+/// wake-up of the writes so far has been delivered (they run as tasks of their own).
+async fn woken(s: &Server, w: &Waiter) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while s.notifier.wakes_pending() > 0 {
+        assert!(std::time::Instant::now() < deadline, "wake-ups never ran");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     w.notified().now_or_never().is_some()
 }
 
@@ -116,21 +122,24 @@ async fn a_commit_wakes_only_the_long_polls_it_concerns() {
     let waiter = s.notifier.waiter(bob);
     // Before it is narrowed to bob's rooms, anything wakes it.
     send(s, &w.other, &w.carol, "before");
-    assert!(woken(&waiter));
+    assert!(woken(s, &waiter).await);
     waiter.narrow(vec![w.shared.clone()]);
 
     send(s, &w.other, &w.carol, "in a room bob is not in");
-    assert!(!woken(&waiter), "a message elsewhere does not wake bob");
+    assert!(
+        !woken(s, &waiter).await,
+        "a message elsewhere does not wake bob"
+    );
     send(s, &w.shared, &w.alice, "in bob's room");
-    assert!(woken(&waiter), "a message in bob's room does");
+    assert!(woken(s, &waiter).await, "a message in bob's room does");
 
     // Typing: in bob's room only.
     s.notifier
         .set_typing(&w.other, &w.carol, Some(Duration::from_secs(30)));
-    assert!(!woken(&waiter));
+    assert!(!woken(s, &waiter).await);
     s.notifier
         .set_typing(&w.shared, &w.alice, Some(Duration::from_secs(30)));
-    assert!(woken(&waiter));
+    assert!(woken(s, &waiter).await);
 
     // Receipts: in bob's room only.
     let receipt = |user: &str, event_id: String| Receipt {
@@ -141,17 +150,17 @@ async fn a_commit_wakes_only_the_long_polls_it_concerns() {
         ts: now_ms(),
     };
     let there = send(s, &w.other, &w.carol, "to read");
-    assert!(!woken(&waiter));
+    assert!(!woken(s, &waiter).await);
     let r = receipt(&w.carol, there);
     s.write(|c| storage::set_receipt(c, &w.other, &r, next_stream_position(c)?))
         .expect("receipt");
-    assert!(!woken(&waiter));
+    assert!(!woken(s, &waiter).await);
     let here = send(s, &w.shared, &w.alice, "to read");
-    assert!(woken(&waiter));
+    assert!(woken(s, &waiter).await);
     let r = receipt(&w.alice, here);
     s.write(|c| storage::set_receipt(c, &w.shared, &r, next_stream_position(c)?))
         .expect("receipt");
-    assert!(woken(&waiter));
+    assert!(woken(s, &waiter).await);
 
     // Account data and to-device messages: bob's own, not carol's.
     for user in [&w.carol, bob] {
@@ -159,13 +168,17 @@ async fn a_commit_wakes_only_the_long_polls_it_concerns() {
             storage::set_account_data(c, user, "", "org.example", "{}", next_stream_position(c)?)
         })
         .expect("account data");
-        assert_eq!(woken(&waiter), user == bob, "account data of {user}");
+        assert_eq!(
+            woken(s, &waiter).await,
+            user == bob,
+            "account data of {user}"
+        );
         s.write(|c| {
             let pos = next_stream_position(c)?;
             storage::insert_to_device(c, pos, user, "DEV", &w.alice, "m.test", "{}")
         })
         .expect("to-device");
-        assert_eq!(woken(&waiter), user == bob, "to-device for {user}");
+        assert_eq!(woken(s, &waiter).await, user == bob, "to-device for {user}");
     }
 
     // Presence: of someone sharing a room with bob, not of a stranger.
@@ -182,12 +195,16 @@ async fn a_commit_wakes_only_the_long_polls_it_concerns() {
             storage::set_presence(c, &row)
         })
         .expect("presence");
-        assert_eq!(woken(&waiter), user == &w.alice, "presence of {user}");
+        assert_eq!(
+            woken(s, &waiter).await,
+            user == &w.alice,
+            "presence of {user}"
+        );
     }
 
     // Joining a room bob was not in names bob.
     join(s, &w.other, bob);
-    assert!(woken(&waiter), "bob's own membership wakes him");
+    assert!(woken(s, &waiter).await, "bob's own membership wakes him");
     assert_eq!(s.notifier.waiting(), 1);
     drop(waiter);
     assert_eq!(s.notifier.waiting(), 0, "a finished long-poll is forgotten");
