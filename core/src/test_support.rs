@@ -26,3 +26,50 @@ pub fn ev(sender: &str, kind: &str, state_key: Option<&str>, content: Value) -> 
         redacts: None,
     }
 }
+
+/// An `m.text` message from `sender`.
+pub fn message(sender: &str, body: &str) -> NewEvent {
+    ev(
+        sender,
+        "m.room.message",
+        None,
+        serde_json::json!({"msgtype": "m.text", "body": body}),
+    )
+}
+
+/// A room of local users, in one write: `creator` (created as a user with the others)
+/// makes it with `options`, then every one of `members` joins. Returns the room id.
+pub fn room_with(
+    server: &crate::server::Server,
+    creator: &str,
+    members: &[&str],
+    options: crate::rooms::CreateRoom,
+) -> String {
+    server
+        .write(|c| {
+            for u in std::iter::once(&creator).chain(members) {
+                crate::storage::create_user(c, u, None, false, u)?;
+            }
+            let room = crate::rooms::create_room(c, server, creator, options)?;
+            for u in members {
+                let join = ev(
+                    u,
+                    "m.room.member",
+                    Some(u),
+                    serde_json::json!({"membership": "join"}),
+                );
+                crate::rooms::append_event(c, server, &room, join, None)?;
+            }
+            Ok(room)
+        })
+        .expect("room")
+}
+
+/// A public room of local users (see [`room_with`]).
+pub fn public_room(server: &crate::server::Server, creator: &str, members: &[&str]) -> String {
+    let options = crate::rooms::CreateRoom {
+        preset: Some("public_chat".into()),
+        ..Default::default()
+    };
+    room_with(server, creator, members, options)
+}

@@ -5,36 +5,16 @@ use serde_json::{Value, json};
 
 use crate::requester::Requester;
 use crate::room_writes::send_message;
-use crate::rooms::{CreateRoom, append_event, create_room};
+use crate::rooms::append_event;
 use crate::storage;
-use crate::test_support::{ev, node};
+use crate::test_support::{ev, node, public_room};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_planned_send_notifies_as_an_evaluation_in_the_write_does() {
     let (_dir, node) = node().await;
     let server = node.server().clone();
     let [alice, bob, carol] = ["alice", "bob", "carol"].map(|u| server.user_id(u));
-    let room = server
-        .write(|c| {
-            for u in [&alice, &bob, &carol] {
-                storage::create_user(c, u, None, false, u)?;
-            }
-            let room = create_room(
-                c,
-                &server,
-                &alice,
-                CreateRoom {
-                    preset: Some("public_chat".into()),
-                    ..Default::default()
-                },
-            )?;
-            for u in [&bob, &carol] {
-                let join = ev(u, "m.room.member", Some(u), json!({"membership": "join"}));
-                append_event(c, &server, &room, join, None)?;
-            }
-            Ok(room)
-        })
-        .expect("room");
+    let room = public_room(&server, &alice, &[&bob, &carol]);
     // Bob's display name is mentioned: a highlight for him, a plain notification for
     // Carol (a room of three is not a one-to-one room).
     server

@@ -210,9 +210,8 @@ mod tests {
     use serde_json::json;
 
     use super::power_levels;
-    use crate::rooms::{CreateRoom, append_event, create_room};
-    use crate::storage;
-    use crate::test_support::{ev, node};
+    use crate::rooms::{CreateRoom, append_event};
+    use crate::test_support::{ev, node, room_with};
 
     /// The cached levels follow the room: a new power levels event, and its redaction
     /// (which keeps `users` but drops `notifications`), show at once.
@@ -222,12 +221,7 @@ mod tests {
         let server = node.server().clone();
         let alice = server.user_id("alice");
         let bob = server.user_id("bob");
-        let room = server
-            .write(|c| {
-                storage::create_user(c, &alice, None, false, "alice")?;
-                create_room(c, &server, &alice, CreateRoom::default())
-            })
-            .expect("room");
+        let room = room_with(&server, &alice, &[], CreateRoom::default());
         let read = || server.db.read(|c| power_levels(c, &room)).expect("levels");
         assert_eq!(read().user_level(&bob), 0);
         assert_eq!(read().notification_level("room"), 50);

@@ -3,31 +3,17 @@
 
 use serde_json::json;
 
-use super::{Prepared, append_event, append_prepared, create_room, load_pdu, prebuild};
+use super::{Prepared, append_event, append_prepared, load_pdu, prebuild};
 use crate::rooms::CreateRoom;
 use crate::storage;
-use crate::test_support::{ev, node};
-
-fn message(sender: &str, body: &str) -> crate::events::NewEvent {
-    ev(
-        sender,
-        "m.room.message",
-        None,
-        json!({"msgtype": "m.text", "body": body}),
-    )
-}
+use crate::test_support::{ev, message, node, public_room, room_with};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prebuilt_event_is_used_only_while_the_room_is_unchanged() {
     let (_dir, node) = node().await;
     let server = node.server().clone();
     let alice = server.user_id("alice");
-    let room = server
-        .write(|c| {
-            storage::create_user(c, &alice, None, false, "alice")?;
-            create_room(c, &server, &alice, CreateRoom::default())
-        })
-        .expect("room");
+    let room = room_with(&server, &alice, &[], CreateRoom::default());
     let ahead = |body: &str| {
         server
             .db
@@ -111,29 +97,7 @@ async fn a_member_who_left_in_between_is_not_notified_by_a_stale_plan() {
     let server = node.server().clone();
     let alice = server.user_id("alice");
     let bob = server.user_id("bob");
-    let room = server
-        .write(|c| {
-            storage::create_user(c, &alice, None, false, "alice")?;
-            storage::create_user(c, &bob, None, false, "bob")?;
-            let room = create_room(
-                c,
-                &server,
-                &alice,
-                CreateRoom {
-                    preset: Some("public_chat".into()),
-                    ..Default::default()
-                },
-            )?;
-            let join = ev(
-                &bob,
-                "m.room.member",
-                Some(&bob),
-                json!({"membership": "join"}),
-            );
-            append_event(c, &server, &room, join, None)?;
-            Ok(room)
-        })
-        .expect("room");
+    let room = public_room(&server, &alice, &[&bob]);
     let msg = message(&alice, "are you there");
     let ahead = server
         .db

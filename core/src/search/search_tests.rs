@@ -8,19 +8,14 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::requester::Requester;
-use crate::rooms::{CreateRoom, append_event, create_room};
+use crate::rooms::{CreateRoom, append_event};
 use crate::search::{self, RoomEventsCriteria};
 use crate::server::Server;
 use crate::storage;
-use crate::test_support::{ev, node};
+use crate::test_support::{ev, node, room_with};
 
 fn room_of(server: &Arc<Server>, user: &str) -> String {
-    server
-        .write(|c| {
-            storage::create_user(c, user, None, false, user)?;
-            create_room(c, server, user, CreateRoom::default())
-        })
-        .expect("room")
+    room_with(server, user, &[], CreateRoom::default())
 }
 
 fn message(server: &Server, room: &str, sender: &str, body: &str) -> String {

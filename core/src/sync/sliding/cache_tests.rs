@@ -10,10 +10,9 @@ use serde_json::{Value, json};
 
 use super::{Params, Request};
 use crate::requester::Requester;
-use crate::rooms::{CreateRoom, append_event, append_event_at, create_room};
+use crate::rooms::{CreateRoom, append_event, append_event_at};
 use crate::server::Server;
-use crate::storage;
-use crate::test_support::{ev, node};
+use crate::test_support::{ev, message, node, room_with};
 
 /// The first response of a new connection of `user`'s `device`, for the one room.
 async fn first_response(server: &Arc<Server>, user: &str, device: &str, room: &str) -> Value {
@@ -60,37 +59,18 @@ fn txn_ids(room: &Value) -> Vec<Value> {
         .collect()
 }
 
-fn message(sender: &str, body: &str) -> crate::events::NewEvent {
-    ev(
-        sender,
-        "m.room.message",
-        None,
-        json!({"msgtype": "m.text", "body": body}),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_connection_sees_the_room_as_a_rebuild_would() {
     let (_dir, node) = node().await;
     let server = node.server().clone();
     let alice = server.user_id("alice");
     let bob = server.user_id("bob");
-    let room = server
-        .write(|c| {
-            storage::create_user(c, &alice, None, false, "alice")?;
-            storage::create_user(c, &bob, None, false, "bob")?;
-            create_room(
-                c,
-                &server,
-                &alice,
-                CreateRoom {
-                    preset: Some("public_chat".into()),
-                    name: Some("the room".into()),
-                    ..Default::default()
-                },
-            )
-        })
-        .expect("room");
+    let options = CreateRoom {
+        preset: Some("public_chat".into()),
+        name: Some("the room".into()),
+        ..Default::default()
+    };
+    let room = room_with(&server, &alice, &[&bob], options);
     server
         .write(|c| {
             let join = ev(
