@@ -37,6 +37,14 @@ pub fn message(sender: &str, body: &str) -> NewEvent {
     )
 }
 
+/// Append an `m.text` message from `sender` to `room` in a write of its own; its id.
+pub fn send(server: &crate::server::Server, room: &str, sender: &str, body: &str) -> String {
+    server
+        .write(|c| crate::rooms::append_event(c, server, room, message(sender, body), None))
+        .expect("send")
+        .event_id
+}
+
 /// A room of local users, in one write: `creator` (created as a user with the others)
 /// makes it with `options`, then every one of `members` joins. Returns the room id.
 pub fn room_with(

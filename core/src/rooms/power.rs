@@ -140,19 +140,27 @@ pub fn power_levels(c: &Connection, room_id: &str) -> Result<Arc<PowerLevels>, E
     }
     let (levels, bytes) = read_power_levels(c, room_id)?;
     let levels = Arc::new(levels);
-    if bytes <= CACHE_MAX_ENTRY {
-        let mut cache = CACHE.lock();
-        if cache.entries.len() >= CACHE_ENTRIES || cache.bytes + bytes > CACHE_BYTES {
-            cache.entries.clear();
-            cache.bytes = 0;
+    CACHE.lock().keep(key, levels.clone(), bytes);
+    Ok(levels)
+}
+
+impl Cache {
+    /// Keep `levels`, parsed from `bytes` of JSON, within the bounds: too big to keep,
+    /// or cleared first when full.
+    fn keep(&mut self, key: Key, levels: Arc<PowerLevels>, bytes: usize) {
+        if bytes > CACHE_MAX_ENTRY {
+            return;
         }
-        cache.bytes += bytes;
+        if self.entries.len() >= CACHE_ENTRIES || self.bytes + bytes > CACHE_BYTES {
+            self.entries.clear();
+            self.bytes = 0;
+        }
+        self.bytes += bytes;
         // Two readers that missed at once both insert: count the entry once.
-        if let Some((_, replaced)) = cache.entries.insert(key, (levels.clone(), bytes)) {
-            cache.bytes -= replaced;
+        if let Some((_, replaced)) = self.entries.insert(key, (levels, bytes)) {
+            self.bytes -= replaced;
         }
     }
-    Ok(levels)
 }
 
 /// Power levels read and parsed from the room's current state, with the size of the
@@ -207,9 +215,11 @@ fn read_power_levels(c: &Connection, room_id: &str) -> Result<(PowerLevels, usiz
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use serde_json::json;
 
-    use super::power_levels;
+    use super::{CACHE_BYTES, CACHE_ENTRIES, CACHE_MAX_ENTRY, Cache, PowerLevels, power_levels};
     use crate::rooms::{CreateRoom, append_event};
     use crate::test_support::{ev, node, room_with};
 
@@ -245,5 +255,40 @@ mod tests {
             50,
             "redaction drops notifications"
         );
+    }
+
+    fn key(i: usize) -> Vec<(String, String, bool)> {
+        vec![("m.room.create".into(), format!("$e{i}"), false)]
+    }
+
+    /// The cache is bounded in entries and in bytes (cleared when either is reached),
+    /// keeps nothing too big, and counts an entry kept twice once.
+    #[test]
+    fn the_cache_is_bounded_in_entries_and_bytes() {
+        let levels = Arc::new(PowerLevels::default());
+        let mut cache = Cache::default();
+        for i in 0..CACHE_ENTRIES {
+            cache.keep(key(i), levels.clone(), 10);
+        }
+        assert_eq!(cache.entries.len(), CACHE_ENTRIES);
+        cache.keep(key(CACHE_ENTRIES), levels.clone(), 10);
+        assert_eq!(
+            (cache.entries.len(), cache.bytes),
+            (1, 10),
+            "cleared when full"
+        );
+
+        cache.keep(key(0), levels.clone(), 10);
+        assert_eq!(cache.bytes, 20, "counted once");
+        cache.keep(key(1), levels.clone(), CACHE_MAX_ENTRY + 1);
+        assert!(!cache.entries.contains_key(&key(1)), "too big to keep");
+
+        let mut cache = Cache::default();
+        let n = CACHE_BYTES / CACHE_MAX_ENTRY;
+        for i in 0..=n {
+            cache.keep(key(i), levels.clone(), CACHE_MAX_ENTRY);
+            assert!(cache.bytes <= CACHE_BYTES);
+        }
+        assert_eq!(cache.entries.len(), 1, "cleared when the bytes ran out");
     }
 }

@@ -12,23 +12,10 @@ use crate::rooms::{CreateRoom, append_event};
 use crate::search::{self, RoomEventsCriteria};
 use crate::server::Server;
 use crate::storage;
-use crate::test_support::{ev, node, room_with};
+use crate::test_support::{ev, message, node, room_with, send};
 
 fn room_of(server: &Arc<Server>, user: &str) -> String {
     room_with(server, user, &[], CreateRoom::default())
-}
-
-fn message(server: &Server, room: &str, sender: &str, body: &str) -> String {
-    let e = ev(
-        sender,
-        "m.room.message",
-        None,
-        json!({"msgtype": "m.text", "body": body}),
-    );
-    server
-        .write(|c| append_event(c, server, room, e, None))
-        .expect("send")
-        .event_id
 }
 
 /// The event ids a search for `term` finds for `user`.
@@ -57,12 +44,7 @@ async fn a_send_leaves_the_index_alone_and_a_search_sees_it() {
     // The send and the look at the index in one write: nothing can index in between.
     let (sent, behind) = server
         .write(|c| {
-            let e = ev(
-                &alice,
-                "m.room.message",
-                None,
-                json!({"msgtype": "m.text", "body": "otters hold hands"}),
-            );
+            let e = message(&alice, "otters hold hands");
             let sent = append_event(c, &server, &room, e, None)?.event_id;
             Ok((sent, storage::search_index_lag(c)?))
         })
@@ -84,16 +66,9 @@ async fn an_event_redacted_before_it_was_indexed_is_never_found() {
     let room = room_of(&server, &alice);
     let (kept, gone) = server
         .write(|c| {
-            let m = |body: &str| {
-                ev(
-                    &alice,
-                    "m.room.message",
-                    None,
-                    json!({"msgtype": "m.text", "body": body}),
-                )
-            };
-            let kept = append_event(c, &server, &room, m("badgers dig"), None)?.event_id;
-            let gone = append_event(c, &server, &room, m("badgers sleep"), None)?.event_id;
+            let kept = append_event(c, &server, &room, message(&alice, "badgers dig"), None)?;
+            let gone = append_event(c, &server, &room, message(&alice, "badgers sleep"), None)?;
+            let (kept, gone) = (kept.event_id, gone.event_id);
             let mut redaction = ev(&alice, "m.room.redaction", None, json!({}));
             redaction.redacts = Some(gone.clone());
             append_event(c, &server, &room, redaction, None)?;
@@ -114,7 +89,7 @@ async fn index_pending_takes_a_batch_at_a_time_and_stops_at_until() {
     search::catch_up(&server).expect("catch up");
     let positions: Vec<i64> = (0..5)
         .map(|i| {
-            let id = message(&server, &room, &alice, &format!("word{i}"));
+            let id = send(&server, &room, &alice, &format!("word{i}"));
             server
                 .db
                 .read(|c| Ok(storage::get_event(c, &id)?.expect("stored").stream_ordering))
@@ -144,12 +119,7 @@ async fn the_indexer_catches_up_with_nobody_searching() {
     server
         .write(|c| {
             for i in 0..n {
-                let e = ev(
-                    &alice,
-                    "m.room.message",
-                    None,
-                    json!({"msgtype": "m.text", "body": format!("heron {i}")}),
-                );
+                let e = message(&alice, &format!("heron {i}"));
                 append_event(c, &server, &room, e, None)?;
             }
             Ok(())
@@ -188,7 +158,7 @@ async fn indexing_keeps_the_kept_initial_sync_answers_valid() {
     let server = node.server().clone();
     let alice = server.user_id("alice");
     let room = room_of(&server, &alice);
-    message(&server, &room, &alice, "kingfisher");
+    send(&server, &room, &alice, "kingfisher");
     let before = server.db.write_generation();
     let behind = server.db.read(storage::search_index_lag).expect("lag");
     let indexed = search::catch_up(&server).expect("catch up");

@@ -15,7 +15,7 @@ use crate::rooms::{CreateRoom, append_event, create_room};
 use crate::server::Server;
 use crate::storage::{self, PresenceRow, Receipt, next_stream_position, now_ms};
 use crate::streams::{SyncToken, Waiter};
-use crate::test_support::{ev, node};
+use crate::test_support::{ev, node, send};
 
 /// `/sync`, as the JSON value a client would read.
 async fn sync(
@@ -24,19 +24,6 @@ async fn sync(
     params: SyncParams,
 ) -> Result<Value, crate::error::Error> {
     Ok(super::sync(server, caller, params).await?.to_value()?)
-}
-
-fn send(server: &Server, room: &str, sender: &str, body: &str) -> String {
-    let e = ev(
-        sender,
-        "m.room.message",
-        None,
-        json!({"msgtype": "m.text", "body": body}),
-    );
-    server
-        .write(|tx| append_event(tx, server, room, e, None))
-        .expect("send")
-        .event_id
 }
 
 fn join(server: &Server, room: &str, user: &str) {
