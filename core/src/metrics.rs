@@ -100,6 +100,8 @@ static HTTP: LazyLock<Mutex<Http>> = LazyLock::new(|| Mutex::new(Http::default()
 static EVENTS_LOCAL: AtomicU64 = AtomicU64::new(0);
 static SENDS_PREBUILT: AtomicU64 = AtomicU64::new(0);
 static SENDS_REBUILT: AtomicU64 = AtomicU64::new(0);
+static RECEIVED_LINEAR: AtomicU64 = AtomicU64::new(0);
+static RECEIVED_RESOLVED: AtomicU64 = AtomicU64::new(0);
 static EVENTS_REMOTE: AtomicU64 = AtomicU64::new(0);
 
 fn method_label(method: &http::Method) -> &'static str {
@@ -175,6 +177,27 @@ pub fn record_request(
 pub fn event_persisted(local: bool) {
     let counter = if local { &EVENTS_LOCAL } else { &EVENTS_REMOTE };
     counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Count a received event checked and persisted into the timeline path: `linear` when
+/// it extended the room's current state (point lookups only), else its state was
+/// loaded and, where the DAG forks, resolved.
+pub fn received_state(linear: bool) {
+    let counter = if linear {
+        &RECEIVED_LINEAR
+    } else {
+        &RECEIVED_RESOLVED
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Received events that reached the state checks so far: (extending the current
+/// state, loaded and resolved).
+pub fn received_states() -> (u64, u64) {
+    (
+        RECEIVED_LINEAR.load(Ordering::Relaxed),
+        RECEIVED_RESOLVED.load(Ordering::Relaxed),
+    )
 }
 
 /// Count a send whose event was built ahead of its write (`rooms::prebuild`): `used`
@@ -393,6 +416,21 @@ pub async fn render(server: &Server) -> Result<String, Error> {
         enc.sample(
             "warren_sends_built_ahead_total",
             &[("outcome", outcome)],
+            counter.load(Ordering::Relaxed) as f64,
+        );
+    }
+    enc.family(
+        "warren_received_events_state_total",
+        "Received events that reached the state checks: extending the room's current state (checked by point lookups), or with their state loaded and resolved.",
+        Kind::Counter,
+    );
+    for (path, counter) in [
+        ("linear", &RECEIVED_LINEAR),
+        ("resolved", &RECEIVED_RESOLVED),
+    ] {
+        enc.sample(
+            "warren_received_events_state_total",
+            &[("path", path)],
             counter.load(Ordering::Relaxed) as f64,
         );
     }

@@ -59,7 +59,7 @@ pub fn room_summary(c: &Connection, room_id: &str) -> Result<Option<RoomSummary>
     let world_readable = current_history_visibility(c, room_id)? == "world_readable";
     let guest_can_join =
         text("m.room.guest_access", "guest_access")?.as_deref() == Some("can_join");
-    let num_joined_members = storage::count_members(c, room_id, "join")?;
+    let (num_joined_members, _) = storage::member_counts(c, room_id)?;
     let mut out = Map::new();
     out.insert("room_id".into(), json!(room_id));
     out.insert("num_joined_members".into(), json!(num_joined_members));

@@ -97,7 +97,7 @@ fn evaluate(
     let raw: Raw<Value> =
         Raw::from_json(serde_json::value::RawValue::from_string(json.to_owned())?);
     let flat = FlattenedJson::from_raw(&raw);
-    let member_count = storage::count_members(c, room_id, "join")?;
+    let (member_count, _) = storage::member_counts(c, room_id)?;
     let member_count = UInt::try_from(member_count).unwrap_or(UInt::MAX);
     let power = power_ctx(c, room_id, version, sender)?;
     let has_mentions = defaults::has_mentions(json);

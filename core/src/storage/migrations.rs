@@ -856,6 +856,29 @@ const MIGRATIONS: &[&str] = &[
     INSERT INTO search_indexed (id, up_to)
         SELECT 0, MAX(COALESCE(MAX(stream_ordering), 0), 0) FROM events;
     "#,
+    // 32: what every event needs of a room's members, kept instead of counted: the
+    // joined and invited counts (push rules' member count, room summaries) and the
+    // joined members who are users of this node (push evaluation). Both were a pass
+    // over all of the room's members per event; kept by `storage::set_membership`.
+    r#"
+    CREATE TABLE room_member_counts (
+        room_id TEXT PRIMARY KEY,
+        joined INTEGER NOT NULL,
+        invited INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO room_member_counts (room_id, joined, invited)
+        SELECT room_id, COUNT(*) FILTER (WHERE membership = 'join'),
+               COUNT(*) FILTER (WHERE membership = 'invite')
+        FROM memberships GROUP BY room_id;
+    CREATE TABLE local_joins (
+        room_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        PRIMARY KEY (room_id, user_id)
+    ) WITHOUT ROWID;
+    INSERT INTO local_joins (room_id, user_id)
+        SELECT m.room_id, m.user_id FROM memberships m JOIN users u ON u.user_id = m.user_id
+        WHERE m.membership = 'join';
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -1289,6 +1312,42 @@ mod tests {
                 ("$theirs1".to_owned(), 9),
                 ("$theirs2".to_owned(), 9)
             ]
+        );
+    }
+
+    #[test]
+    fn version_32_counts_the_members_of_rooms_joined_before_it() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        for sql in &MIGRATIONS[..31] {
+            conn.execute_batch(sql).expect("schema up to 31");
+        }
+        conn.pragma_update(None, "user_version", 31).expect("v31");
+        conn.execute_batch(
+            "INSERT INTO users (user_id, created_ts) VALUES ('@a:here', 0), ('@b:here', 0);
+             INSERT INTO memberships (room_id, user_id, membership, event_id, stream_ordering)
+             VALUES ('!r:x', '@a:here', 'join', '$1', 1), ('!r:x', '@b:here', 'leave', '$2', 2),
+                    ('!r:x', '@r:there', 'join', '$3', 3), ('!r:x', '@s:there', 'invite', '$4', 4),
+                    ('!q:x', '@b:here', 'join', '$5', 5);",
+        )
+        .expect("rows");
+        run(&mut conn, "mem").expect("upgrade");
+        let rows = |sql: &str| -> Vec<String> {
+            conn.prepare(sql)
+                .expect("prepare")
+                .query_map([], |r| r.get(0))
+                .expect("query")
+                .collect::<Result<_, _>>()
+                .expect("rows")
+        };
+        assert_eq!(
+            rows(
+                "SELECT room_id || ' ' || joined || ' ' || invited FROM room_member_counts ORDER BY 1"
+            ),
+            ["!q:x 1 0", "!r:x 2 1"]
+        );
+        assert_eq!(
+            rows("SELECT room_id || ' ' || user_id FROM local_joins ORDER BY 1"),
+            ["!q:x @b:here", "!r:x @a:here"]
         );
     }
 

@@ -7,8 +7,8 @@ use crate::error::Error;
 /// Joined members of a room that are users of this server.
 pub fn joined_local_members(c: &Connection, room_id: &str) -> Result<Vec<String>, Error> {
     let mut st = c.prepare_cached(
-        "SELECT m.user_id FROM memberships m JOIN users u ON u.user_id = m.user_id
-         WHERE m.room_id = ?1 AND m.membership = 'join' ORDER BY m.user_id",
+        "SELECT l.user_id FROM local_joins l JOIN users u ON u.user_id = l.user_id
+         WHERE l.room_id = ?1 ORDER BY l.user_id",
     )?;
     let rows = st.query_map(params![room_id], |r| r.get(0))?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -27,7 +27,8 @@ pub struct PushRecipient {
 }
 
 /// The joined local members of a room but `except` (the sender), with what push-rule
-/// evaluation needs of each, in one statement instead of three per member.
+/// evaluation needs of each, in one statement instead of three per member. Reads the
+/// room's local members only (`local_joins`), not all of its members.
 pub fn push_recipients(
     c: &Connection,
     room_id: &str,
@@ -38,7 +39,7 @@ pub fn push_recipients(
         "SELECT m.user_id, ad.content,
                 IIF(json_type(e.json, '$.content.displayname') = 'text',
                     json_extract(e.json, '$.content.displayname'), '')
-         FROM memberships m
+         FROM local_joins m
          JOIN users u ON u.user_id = m.user_id
          LEFT JOIN account_data ad
              ON ad.user_id = m.user_id AND ad.room_id = '' AND ad.type = 'm.push_rules'
@@ -46,7 +47,7 @@ pub fn push_recipients(
              ON cs.room_id = m.room_id AND cs.type = 'm.room.member' AND cs.state_key = m.user_id
          LEFT JOIN events e
              ON e.event_id = cs.event_id AND e.status IN ('timeline', 'outlier')
-         WHERE m.room_id = ?1 AND m.membership = 'join' AND m.user_id <> ?2
+         WHERE m.room_id = ?1 AND m.user_id <> ?2
          ORDER BY m.user_id",
     )?;
     let rows = st.query_map(params![room_id, except], |r| {

@@ -174,13 +174,14 @@ pub fn set_membership(
     event_id: &str,
     pos: i64,
 ) -> Result<bool, Error> {
-    let was_joined = membership == "join"
-        && c.prepare_cached(
-            "SELECT 1 FROM memberships WHERE room_id = ?1 AND user_id = ?2 AND membership = 'join'",
-        )?
-        .query_row(params![room_id, user_id], |_| Ok(()))
-        .optional()?
-        .is_some();
+    let was: Option<String> = c
+        .prepare_cached("SELECT membership FROM memberships WHERE room_id = ?1 AND user_id = ?2")?
+        .query_row(params![room_id, user_id], |r| r.get(0))
+        .optional()?;
+    let was_joined = was.as_deref() == Some("join");
+    if was.as_deref() != Some(membership) {
+        keep_member_counts(c, room_id, user_id, was.as_deref(), membership)?;
+    }
     c.prepare_cached(
         "INSERT INTO memberships (room_id, user_id, membership, event_id, stream_ordering) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership,
@@ -204,6 +205,42 @@ pub fn set_membership(
         .execute([room_id])?;
     }
     Ok(joined)
+}
+
+/// Keep `room_member_counts` and `local_joins` (schema 32) as a membership changes from
+/// `was` to `now`.
+fn keep_member_counts(
+    c: &Connection,
+    room_id: &str,
+    user_id: &str,
+    was: Option<&str>,
+    now: &str,
+) -> Result<(), Error> {
+    let delta = |m: &str| i64::from(now == m) - i64::from(was == Some(m));
+    let (joined, invited) = (delta("join"), delta("invite"));
+    if joined != 0 || invited != 0 {
+        c.prepare_cached(
+            "INSERT INTO room_member_counts (room_id, joined, invited) VALUES (?1, ?2, ?3)
+             ON CONFLICT (room_id) DO UPDATE SET joined = joined + excluded.joined,
+                 invited = invited + excluded.invited",
+        )?
+        .execute(params![room_id, joined, invited])?;
+    }
+    match joined {
+        1 => {
+            c.prepare_cached(
+                "INSERT OR IGNORE INTO local_joins (room_id, user_id)
+                 SELECT ?1, user_id FROM users WHERE user_id = ?2",
+            )?
+            .execute(params![room_id, user_id])?;
+        }
+        -1 => {
+            c.prepare_cached("DELETE FROM local_joins WHERE room_id = ?1 AND user_id = ?2")?
+                .execute(params![room_id, user_id])?;
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// A user's membership in a room: (membership, event id, stream position).
@@ -272,25 +309,15 @@ pub fn some_room_members(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// Count members with a membership.
-pub fn count_members(c: &Connection, room_id: &str, membership: &str) -> Result<i64, Error> {
-    Ok(
-        c.prepare_cached(
-            "SELECT COUNT(*) FROM memberships WHERE room_id = ?1 AND membership = ?2",
-        )?
-        .query_row(params![room_id, membership], |r| r.get(0))?,
-    )
-}
-
 /// How many members are joined and how many invited (`m.joined_member_count`,
-/// `m.invited_member_count`), in one pass over the room's members.
+/// `m.invited_member_count`): kept per room, one row read.
 pub fn member_counts(c: &Connection, room_id: &str) -> Result<(i64, i64), Error> {
-    Ok(c.prepare_cached(
-        "SELECT COUNT(*) FILTER (WHERE membership = 'join'),
-                COUNT(*) FILTER (WHERE membership = 'invite')
-         FROM memberships WHERE room_id = ?1",
-    )?
-    .query_row([room_id], |r| Ok((r.get(0)?, r.get(1)?)))?)
+    Ok(
+        c.prepare_cached("SELECT joined, invited FROM room_member_counts WHERE room_id = ?1")?
+            .query_row([room_id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?
+            .unwrap_or((0, 0)),
+    )
 }
 
 /// Hide a left room from the user's sync.
@@ -401,6 +428,69 @@ mod tests {
             assert_eq!(member_counts(c, "!r:x")?, (2, 1));
             assert_eq!(member_counts(c, "!s:x")?, (0, 1));
             assert_eq!(member_counts(c, "!none:x")?, (0, 0));
+            Ok(())
+        })
+    }
+
+    /// The kept counts and local joins stay what counting the memberships gives, through
+    /// joins, invites, leaves, bans and repeats, for local and remote users alike.
+    #[test]
+    fn kept_member_counts_and_local_joins_follow_every_change() -> Result<(), Error> {
+        let dir = tempfile::tempdir().map_err(Error::internal)?;
+        let db = super::super::Db::open(&dir.path().join("warren.db")).map_err(Error::internal)?;
+        let counted = |c: &Connection, room: &str| -> Result<(i64, i64, Vec<String>), Error> {
+            let (joined, invited) = c.query_row(
+                "SELECT COUNT(*) FILTER (WHERE membership = 'join'),
+                        COUNT(*) FILTER (WHERE membership = 'invite')
+                 FROM memberships WHERE room_id = ?1",
+                [room],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            let mut st = c.prepare(
+                "SELECT m.user_id FROM memberships m JOIN users u ON u.user_id = m.user_id
+                 WHERE m.room_id = ?1 AND m.membership = 'join' ORDER BY m.user_id",
+            )?;
+            let local = st
+                .query_map([room], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            Ok((joined, invited, local))
+        };
+        db.write(|c| {
+            for u in ["@a:here", "@b:here"] {
+                super::super::create_user(c, u, None, false, u)?;
+            }
+            let changes = [
+                ("@a:here", "join"),
+                ("@r:there", "invite"),
+                ("@r:there", "join"),
+                ("@r:there", "join"),
+                ("@b:here", "invite"),
+                ("@b:here", "join"),
+                ("@a:here", "leave"),
+                ("@s:there", "knock"),
+                ("@s:there", "invite"),
+                ("@r:there", "ban"),
+                ("@b:here", "join"),
+                ("@a:here", "join"),
+                ("@b:here", "leave"),
+            ];
+            for (pos, (user, membership)) in (1..).zip(changes) {
+                set_membership(c, "!r:x", user, membership, &format!("$e{pos}"), pos)?;
+                let (joined, invited, local) = counted(c, "!r:x")?;
+                assert_eq!(member_counts(c, "!r:x")?, (joined, invited), "after {pos}");
+                assert_eq!(
+                    super::super::joined_local_members(c, "!r:x")?,
+                    local,
+                    "after {pos}"
+                );
+            }
+            // An account made after its join (as an imported database may have it).
+            set_membership(c, "!r:x", "@late:here", "join", "$late", 100)?;
+            super::super::create_user(c, "@late:here", None, false, "late")?;
+            assert_eq!(
+                super::super::joined_local_members(c, "!r:x")?,
+                counted(c, "!r:x")?.2
+            );
             Ok(())
         })
     }

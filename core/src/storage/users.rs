@@ -48,6 +48,13 @@ pub fn create_user(
         "INSERT INTO users (user_id, password_hash, is_admin, displayname, created_ts) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![user_id, password_hash, is_admin, displayname, super::now_ms()],
     )?;
+    // Joins recorded before the account (none in practice): the account's rooms have a
+    // local member now (`local_joins`, see `set_membership`).
+    c.prepare_cached(
+        "INSERT OR IGNORE INTO local_joins (room_id, user_id)
+         SELECT room_id, user_id FROM memberships WHERE user_id = ?1 AND membership = 'join'",
+    )?
+    .execute([user_id])?;
     Ok(())
 }
 

@@ -439,6 +439,89 @@ async fn remote_join_and_message_reach_local_sync_in_every_room_version() {
     }
 }
 
+/// Events that extend the room's current state take the path that checks them by
+/// looking entries up (no state loaded or resolved): what they may do is still judged
+/// against the current state, and the state they leave is the one a full resolution
+/// would (the current-state table, its group and the memberships agree).
+#[tokio::test]
+async fn events_extending_the_current_state_are_judged_by_it() {
+    let h = Harness::with_bob("12").await;
+    let bob = h.remote.user("bob");
+    let (linear_before, _) = warren_core::metrics::received_states();
+    let pl_content = |power: i64| {
+        json!({
+            // (In room version 12 the creator's power is not listed.)
+            "users": {bob.clone(): power},
+            "users_default": 0, "events_default": 0, "state_default": 50,
+            "ban": 50, "kick": 50, "redact": 50, "invite": 0,
+        })
+    };
+    let pl_with_power = h.alice_sends("m.room.power_levels", Some(""), pl_content(100));
+    let topic = |text: &str, auth: &[String]| {
+        h.build(
+            "bob",
+            "m.room.topic",
+            Some(""),
+            json!({"topic": text}),
+            &h.extremities(),
+            auth,
+        )
+    };
+    let (first, pdu) = topic("bob's", &h.auth_now(&bob, "m.room.topic", Some("")));
+    accepted(&h.receive(pdu).await, &first);
+    assert_eq!(h.current("m.room.topic", ""), Some(first.clone()));
+
+    // Alice takes the power back. Bob's next change cites the old power levels: it
+    // passes against its own auth events, not against the state before it.
+    h.alice_sends("m.room.power_levels", Some(""), pl_content(0));
+    let mut stale = h.auth_now(&bob, "m.room.topic", Some(""));
+    let pl_now = h.current("m.room.power_levels", "").expect("pl");
+    stale.retain(|a| *a != pl_now);
+    stale.push(pl_with_power);
+    let (second, pdu) = topic("bob's again", &stale);
+    let out = h.receive(pdu).await;
+    assert!(
+        matches!(&out, Outcome::Rejected { event_id: Some(e), reason } if *e == second && reason.contains("state before")),
+        "{out:?}"
+    );
+    assert_eq!(h.current("m.room.topic", ""), Some(first));
+
+    // A state event of his own: the current state, its group and his membership follow.
+    let (renamed, pdu) = h.build(
+        "bob",
+        "m.room.member",
+        Some(&bob),
+        json!({"membership": "join", "displayname": "Bob"}),
+        &h.extremities(),
+        &h.auth_now(&bob, "m.room.member", Some(&bob)),
+    );
+    accepted(&h.receive(pdu).await, &renamed);
+    assert_eq!(h.current("m.room.member", &bob), Some(renamed.clone()));
+    let (table, group, membership) = h
+        .server
+        .db
+        .read(|c| {
+            let (_, group) = storage::room_info(c, &h.room)?.expect("room");
+            Ok((
+                storage::current_state(c, &h.room)?,
+                storage::load_state_group(c, group.expect("group"))?,
+                storage::membership(c, &h.room, &bob)?,
+            ))
+        })
+        .expect("read");
+    assert_eq!(table, group, "the current-state table and its group differ");
+    assert_eq!(
+        membership.map(|(m, e, _)| (m, e)),
+        Some(("join".to_owned(), renamed))
+    );
+    let (linear_after, _) = warren_core::metrics::received_states();
+    assert!(
+        linear_after >= linear_before + 3,
+        "the three events were not judged by lookups"
+    );
+    h.finish().await;
+}
+
 #[tokio::test]
 async fn forged_and_foreign_signatures_are_dropped() {
     let h = Harness::with_bob("12").await;

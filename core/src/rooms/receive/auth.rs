@@ -13,7 +13,7 @@ use super::persist::Room;
 use crate::error::Error;
 use crate::events::Pdu;
 use crate::rooms::load_pdu;
-use crate::storage::StateMap;
+use crate::storage::{self, StateMap};
 
 impl Room<'_> {
     /// Check 4: the auth events are all stored and the event passes auth against them.
@@ -79,5 +79,21 @@ pub(in crate::rooms) fn check_against(
         state
             .get(&(ty.to_string(), sk.to_owned()))
             .and_then(|id| load_pdu(c, id).ok().flatten())
+    })
+}
+
+/// Check the state-dependent auth rules against the room's current state, looking up
+/// only the entries the rules ask for.
+pub(in crate::rooms) fn check_against_current(
+    c: &Connection,
+    rules: &ruma::room_version_rules::AuthorizationRules,
+    pdu: &Pdu,
+    room_id: &str,
+) -> Result<(), String> {
+    state_res::check_state_dependent_auth_rules(rules, pdu, |ty, sk| {
+        storage::current_state_event(c, room_id, &ty.to_string(), sk)
+            .ok()
+            .flatten()
+            .and_then(|id| load_pdu(c, &id).ok().flatten())
     })
 }

@@ -5,11 +5,12 @@ use ruma::events::TimelineEventType;
 use ruma::room_version_rules::RoomVersionRules;
 use rusqlite::Connection;
 
-use super::auth::check_against;
+use super::auth::{check_against, check_against_current};
 use super::check::{Checked, another_event, is_another_event};
 use super::{MAX_REJECTED_PER_ROOM, Outcome};
 use crate::error::Error;
-use crate::rooms::append::{Accepted, persist_accepted};
+use crate::events::Pdu;
+use crate::rooms::append::{Accepted, NewCurrentState, persist_accepted};
 use crate::server::Server;
 use crate::storage::{self, EventStatus, StateMap, StoredEvent, next_stream_position};
 
@@ -98,6 +99,16 @@ impl Room<'_> {
             return Ok(Outcome::Outlier { event_id });
         }
 
+        // 5 to 7 for the common case, an event that extends the room's current state:
+        // checked and applied by point lookups, with nothing loaded, compared or
+        // resolved that grows with the room's state.
+        if given_state.is_none()
+            && let Some(group) = self.linear_before(pdu)?
+        {
+            return self.accept_linear(ev, group);
+        }
+        crate::metrics::received_state(false);
+
         // 5. The state before the event, from its prev events (or as given).
         let from_prevs = self.state_before(pdu)?;
         let Some((before, group_before)) = (match (from_prevs, given_state) {
@@ -163,8 +174,7 @@ impl Room<'_> {
         // changes the current state only by what it does to the forward extremities.
         // So is an event a stored outlier names as a prev event (history from before our
         // join that comes live: see `storage::has_outlier_child`).
-        let is_gap = storage::is_backfill_extremity(c, self.room_id, &event_id)?
-            || storage::has_outlier_child(c, self.room_id, &event_id, pdu.depth)?;
+        let is_gap = self.is_gap(pdu)?;
 
         // 6. The current state.
         let current = storage::current_state(c, self.room_id)?;
@@ -217,6 +227,59 @@ impl Room<'_> {
             event_id,
             stream_pos,
         })
+    }
+
+    /// Checks 5 to 7 for an event that extends the room's current state (held by
+    /// `group`, see [`Room::linear_before`]): the state before it is the current state,
+    /// so check 6 is check 5, and the current state after it is the current state with
+    /// the event applied, as for a local event.
+    fn accept_linear(&self, ev: Checked, group: i64) -> Result<Outcome, Error> {
+        let c = self.c;
+        let pdu = &ev.pdu;
+        let event_id = ev.event_id.clone();
+        crate::metrics::received_state(true);
+        if let Err(e) = check_against_current(c, &self.rules.authorization, pdu, self.room_id) {
+            return self.store_rejected(
+                &ev,
+                format!("against the state before it: {e}"),
+                Some(group),
+            );
+        }
+        let replaces = match &pdu.state_key {
+            Some(sk) => storage::current_state_event(c, self.room_id, &pdu.kind.to_string(), sk)?,
+            None => None,
+        };
+        storage::delete_outlier(c, &event_id)?;
+        let stream_pos = persist_accepted(
+            c,
+            Accepted {
+                room_id: self.room_id,
+                version: self.version,
+                pdu,
+                json: &ev.json,
+                group_before: Some(group),
+                replaces,
+                current: NewCurrentState::ApplyEvent,
+                txn: None,
+                push: None,
+            },
+        )?;
+        Ok(Outcome::Accepted {
+            event_id,
+            stream_pos,
+        })
+    }
+
+    /// Whether `pdu` is history behind a stored event rather than news: a backward
+    /// extremity (its child was accepted with the state its sender gave), or a prev event
+    /// a stored outlier names (history from before our join that comes live: see
+    /// `storage::has_outlier_child`).
+    pub(super) fn is_gap(&self, pdu: &Pdu) -> Result<bool, Error> {
+        let event_id = pdu.event_id.as_str();
+        Ok(
+            storage::is_backfill_extremity(self.c, self.room_id, event_id)?
+                || storage::has_outlier_child(self.c, self.room_id, event_id, pdu.depth)?,
+        )
     }
 
     pub(super) fn store_rejected(

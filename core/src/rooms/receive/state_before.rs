@@ -128,6 +128,50 @@ impl Room<'_> {
         Ok(outcome)
     }
 
+    /// The room's current state group, when `pdu` extends the room's current state:
+    /// every prev event is in the timeline (or soft-failed) with that group as the state
+    /// after it, and every forward extremity is one of them. Then the state before the
+    /// event is the current state, nothing needs resolving, and the current state after
+    /// it is the state after the event. `None` otherwise, and for a gap (history behind
+    /// a stored event), which [`Room::state_before`] and the resolution handle. Reads a
+    /// row per prev event and per forward extremity, whatever the size of the state.
+    pub(super) fn linear_before(&self, pdu: &Pdu) -> Result<Option<i64>, Error> {
+        let c = self.c;
+        let Some((_, Some(current))) = storage::room_info(c, self.room_id)? else {
+            return Ok(None);
+        };
+        if pdu.prev_events.is_empty() {
+            return Ok(None);
+        }
+        for p in &pdu.prev_events {
+            let Some(prev) = storage::get_event_any(c, p.as_str())? else {
+                return Ok(None);
+            };
+            let after = match prev.status {
+                EventStatus::Timeline | EventStatus::SoftFailed => {
+                    match (&prev.state_key, prev.state_group_after) {
+                        (_, Some(g)) => Some(g),
+                        (None, None) => prev.state_group_before,
+                        (Some(_), None) => None,
+                    }
+                }
+                EventStatus::Rejected | EventStatus::Outlier => None,
+            };
+            if after != Some(current) {
+                return Ok(None);
+            }
+        }
+        let extremities = storage::forward_extremities(c, self.room_id)?;
+        let extends = !extremities.is_empty()
+            && extremities
+                .iter()
+                .all(|(id, _)| pdu.prev_events.iter().any(|p| p.as_str() == id));
+        if !extends || self.is_gap(pdu)? {
+            return Ok(None);
+        }
+        Ok(Some(current))
+    }
+
     /// The DAG state before `pdu` and a group holding it; `None` when a prev event is
     /// missing or an outlier.
     pub(super) fn state_before(&self, pdu: &Pdu) -> Result<Option<(StateMap, i64)>, Error> {
