@@ -101,7 +101,8 @@ static EVENTS_LOCAL: AtomicU64 = AtomicU64::new(0);
 static SENDS_PREBUILT: AtomicU64 = AtomicU64::new(0);
 static SENDS_REBUILT: AtomicU64 = AtomicU64::new(0);
 static RECEIVED_LINEAR: AtomicU64 = AtomicU64::new(0);
-static RECEIVED_RESOLVED: AtomicU64 = AtomicU64::new(0);
+static RECEIVED_AHEAD: AtomicU64 = AtomicU64::new(0);
+static RECEIVED_IN_WRITE: AtomicU64 = AtomicU64::new(0);
 static EVENTS_REMOTE: AtomicU64 = AtomicU64::new(0);
 
 fn method_label(method: &http::Method) -> &'static str {
@@ -179,24 +180,34 @@ pub fn event_persisted(local: bool) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Count a received event checked and persisted into the timeline path: `linear` when
-/// it extended the room's current state (point lookups only), else its state was
-/// loaded and, where the DAG forks, resolved.
-pub fn received_state(linear: bool) {
-    let counter = if linear {
-        &RECEIVED_LINEAR
-    } else {
-        &RECEIVED_RESOLVED
+/// How a received event's state was worked out (see `rooms::receive`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReceivedState {
+    /// It extends the room's current state: checked by point lookups, nothing resolved.
+    Linear,
+    /// Its state was resolved on a read snapshot before the write.
+    ResolvedAhead,
+    /// Its state was resolved inside the write.
+    ResolvedInWrite,
+}
+
+/// Count a received event that reached the state checks, by how its state was had.
+pub fn received_state(path: ReceivedState) {
+    let counter = match path {
+        ReceivedState::Linear => &RECEIVED_LINEAR,
+        ReceivedState::ResolvedAhead => &RECEIVED_AHEAD,
+        ReceivedState::ResolvedInWrite => &RECEIVED_IN_WRITE,
     };
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Received events that reached the state checks so far: (extending the current
-/// state, loaded and resolved).
-pub fn received_states() -> (u64, u64) {
+/// state, resolved ahead of the write, resolved in the write).
+pub fn received_states() -> (u64, u64, u64) {
     (
         RECEIVED_LINEAR.load(Ordering::Relaxed),
-        RECEIVED_RESOLVED.load(Ordering::Relaxed),
+        RECEIVED_AHEAD.load(Ordering::Relaxed),
+        RECEIVED_IN_WRITE.load(Ordering::Relaxed),
     )
 }
 
@@ -421,12 +432,13 @@ pub async fn render(server: &Server) -> Result<String, Error> {
     }
     enc.family(
         "warren_received_events_state_total",
-        "Received events that reached the state checks: extending the room's current state (checked by point lookups), or with their state loaded and resolved.",
+        "Received events that reached the state checks: extending the room's current state (checked by point lookups), resolved on a read snapshot before the write, or resolved in the write.",
         Kind::Counter,
     );
     for (path, counter) in [
         ("linear", &RECEIVED_LINEAR),
-        ("resolved", &RECEIVED_RESOLVED),
+        ("ahead", &RECEIVED_AHEAD),
+        ("in_write", &RECEIVED_IN_WRITE),
     ] {
         enc.sample(
             "warren_received_events_state_total",

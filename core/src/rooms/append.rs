@@ -325,6 +325,7 @@ pub(super) fn build_local_event(
 }
 
 /// How the room's current state changes when an event joins the timeline.
+#[derive(Debug)]
 pub(super) enum NewCurrentState {
     /// The event was built on the room's current state: apply it on top (local events).
     ApplyEvent,

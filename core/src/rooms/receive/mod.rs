@@ -22,12 +22,14 @@
 //!    and the room's current state becomes the resolution of its forward extremities.
 //!
 //!
-//! Fetching is async and holds no database connection; every check and write then runs
-//! in one write transaction. One module per step: [`check`] (1–3), [`fetch`] (what 4
+//! Fetching is async and holds no database connection; the states 5 to 7 need are then
+//! resolved on a read snapshot ([`ahead`]), and every check and write runs in one write
+//! transaction, which takes the resolved states while they still hold. One module per step: [`check`] (1–3), [`fetch`] (what 4
 //! and 5 lack), [`auth`] (4, and the checks against a state), [`state_before`] (5),
 //! [`resolve`] (the current state after 7), [`persist`] (the verdict, stored), and
 //! [`backfilled`] for history fetched with `/backfill`.
 
+mod ahead;
 mod auth;
 mod backfilled;
 mod check;
@@ -184,10 +186,14 @@ pub async fn receive_pdu(
     };
     let (fetched, gap) = source.auth_events_and_gap(&checked).await?;
 
+    // Resolution phase, on a read snapshot: what the write can take as it is.
+    let ahead = ahead::resolve_ahead(server, room_id, &version, &rules, &checked)?;
+
     // Check-and-persist phase: one write transaction.
     let media = crate::media::remote::remote_references(server, &checked.pdu);
-    let outcome =
-        persist::process_received(server, room_id, &version, &rules, fetched, gap, &checked)?;
+    let outcome = persist::process_received(
+        server, room_id, &version, &rules, fetched, gap, &checked, ahead,
+    )?;
     // Prev events that stayed missing (the gap reaches back further than one
     // `get_missing_events`, or into history from before our join, known here only as
     // state): the state before the event comes from the server that sent it, checked

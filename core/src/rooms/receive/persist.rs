@@ -5,11 +5,14 @@ use ruma::events::TimelineEventType;
 use ruma::room_version_rules::RoomVersionRules;
 use rusqlite::Connection;
 
+use super::ahead::Ahead;
 use super::auth::{check_against, check_against_current};
 use super::check::{Checked, another_event, is_another_event};
+use super::resolve::CurrentAhead;
 use super::{MAX_REJECTED_PER_ROOM, Outcome};
 use crate::error::Error;
 use crate::events::Pdu;
+use crate::metrics::ReceivedState;
 use crate::rooms::append::{Accepted, NewCurrentState, persist_accepted};
 use crate::server::Server;
 use crate::storage::{self, EventStatus, StateMap, StoredEvent, next_stream_position};
@@ -43,6 +46,7 @@ pub(super) fn process_received(
     fetched: Vec<Checked>,
     gap: Vec<Checked>,
     checked: &Checked,
+    ahead: Option<Ahead>,
 ) -> Result<Outcome, Error> {
     server.write(|tx| {
         let room = Room {
@@ -61,22 +65,24 @@ pub(super) fn process_received(
             let outcome = room.process(ev, Mode::Full)?;
             tracing::debug!(event_id = %id, ?outcome, "missing event");
         }
-        room.process(checked.clone(), Mode::Full)
+        room.process_given(checked.clone(), Mode::Full, None, ahead)
     })
 }
 
 impl Room<'_> {
     pub(in crate::rooms) fn process(&self, ev: Checked, mode: Mode) -> Result<Outcome, Error> {
-        self.process_given(ev, mode, None)
+        self.process_given(ev, mode, None, None)
     }
 
     /// [`Room::process`], with the state before the event given (from the server that
-    /// sent it) for when its prev events are not all here.
+    /// sent it) for when its prev events are not all here, or resolved ahead of the
+    /// write ([`super::ahead`]).
     pub(in crate::rooms) fn process_given(
         &self,
         ev: Checked,
         mode: Mode,
         given_state: Option<&StateMap>,
+        ahead: Option<Ahead>,
     ) -> Result<Outcome, Error> {
         let event_id = ev.event_id.clone();
         if let Some(outcome) = self.stored_outcome(&ev, mode != Mode::Full)? {
@@ -107,10 +113,17 @@ impl Room<'_> {
         {
             return self.accept_linear(ev, group);
         }
-        crate::metrics::received_state(false);
+        crate::metrics::received_state(if ahead.is_some() {
+            ReceivedState::ResolvedAhead
+        } else {
+            ReceivedState::ResolvedInWrite
+        });
 
         // 5. The state before the event, from its prev events (or as given).
-        let from_prevs = self.state_before(pdu)?;
+        let (from_prevs, current_ahead) = match ahead {
+            Some(a) => (Some(self.group_for(a.before)?), Some(a.current)),
+            None => (self.state_before(pdu)?, None),
+        };
         let Some((before, group_before)) = (match (from_prevs, given_state) {
             (Some(known), _) => Some(known),
             (None, Some(state)) => Some((
@@ -129,7 +142,7 @@ impl Room<'_> {
                 Some(group_before),
             );
         }
-        self.accept(ev, before, group_before)
+        self.accept(ev, before, group_before, current_ahead)
     }
 
     /// What is stored already under `ev`'s id, when it settles the event: in the
@@ -164,7 +177,13 @@ impl Room<'_> {
 
     /// Checks 6 and 7 for an event that passed auth against `before`, the state before
     /// it (held by `group_before`): soft-failed, or into the timeline.
-    fn accept(&self, ev: Checked, before: StateMap, group_before: i64) -> Result<Outcome, Error> {
+    fn accept(
+        &self,
+        ev: Checked,
+        before: StateMap,
+        group_before: i64,
+        current_ahead: Option<CurrentAhead>,
+    ) -> Result<Outcome, Error> {
         let c = self.c;
         let pdu = &ev.pdu;
         let event_id = ev.event_id.clone();
@@ -202,7 +221,7 @@ impl Room<'_> {
         let new_current = if is_gap {
             self.gap_current_state(pdu, current)?
         } else {
-            self.new_current_state(pdu, &after)?
+            self.new_current_state(pdu, &after, current_ahead)?
         };
         let replaces = pdu
             .state_key
@@ -237,7 +256,7 @@ impl Room<'_> {
         let c = self.c;
         let pdu = &ev.pdu;
         let event_id = ev.event_id.clone();
-        crate::metrics::received_state(true);
+        crate::metrics::received_state(ReceivedState::Linear);
         if let Err(e) = check_against_current(c, &self.rules.authorization, pdu, self.room_id) {
             return self.store_rejected(
                 &ev,

@@ -11,23 +11,51 @@ use crate::rooms::append::NewCurrentState;
 use crate::rooms::resolve::resolve_states;
 use crate::storage::{self, StateMap};
 
+/// The current state after a received event, resolved ahead of its write, and the
+/// forward extremities it was resolved with.
+#[derive(Debug)]
+pub(super) struct CurrentAhead {
+    pub(super) extremities: Vec<(String, i64)>,
+    pub(super) state: NewCurrentState,
+}
+
 /// Most forward extremities whose states are resolved into the current state.
 const MAX_RESOLVED_EXTREMITIES: usize = 10;
 
 impl Room<'_> {
     /// The room's current state once `pdu` (with DAG state `after` after it) is in the
-    /// timeline: the resolution of the states after each forward extremity.
+    /// timeline: the resolution of the states after each forward extremity. Taken from
+    /// `ahead` (resolved on a read snapshot before the write) when the room's forward
+    /// extremities are still the ones it was resolved with.
     pub(super) fn new_current_state(
         &self,
         pdu: &Pdu,
         after: &StateMap,
+        ahead: Option<CurrentAhead>,
+    ) -> Result<NewCurrentState, Error> {
+        let extremities = storage::forward_extremities(self.c, self.room_id)?;
+        if let Some(a) = ahead {
+            if a.extremities == extremities {
+                return Ok(a.state);
+            }
+            tracing::debug!(event_id = %pdu.event_id, "forward extremities moved since the state was resolved ahead; resolving again");
+        }
+        self.current_from(pdu, after, &extremities)
+    }
+
+    /// [`Room::new_current_state`] with the room's forward extremities given. Reads only.
+    pub(super) fn current_from(
+        &self,
+        pdu: &Pdu,
+        after: &StateMap,
+        extremities: &[(String, i64)],
     ) -> Result<NewCurrentState, Error> {
         let c = self.c;
         let prevs: HashSet<&str> = pdu.prev_events.iter().map(|e| e.as_str()).collect();
-        let others: Vec<String> = storage::forward_extremities(c, self.room_id)?
-            .into_iter()
-            .map(|(id, _)| id)
-            .filter(|id| !prevs.contains(id.as_str()) && id != pdu.event_id.as_str())
+        let others: Vec<&str> = extremities
+            .iter()
+            .map(|(id, _)| id.as_str())
+            .filter(|id| !prevs.contains(id) && *id != pdu.event_id.as_str())
             .take(MAX_RESOLVED_EXTREMITIES)
             .collect();
         let just_this = NewCurrentState::Replace {
@@ -38,7 +66,7 @@ impl Room<'_> {
             return Ok(just_this);
         }
         let mut states = vec![after.clone()];
-        for id in &others {
+        for id in others {
             if let Some(e) = storage::get_event_any(c, id)? {
                 states.push(state_after_event(c, &e)?.0);
             }

@@ -108,7 +108,7 @@ impl Room<'_> {
             .map(|p| p.to_string())
             .collect();
         let depth = checked.pdu.depth;
-        let outcome = self.process_given(checked, Mode::Full, Some(state))?;
+        let outcome = self.process_given(checked, Mode::Full, Some(state), None)?;
         if matches!(outcome, Outcome::Accepted { .. }) {
             // Its missing prev events are a gap behind it (backward extremities): one
             // that arrives later has a child here already, so it is not a forward
@@ -175,6 +175,17 @@ impl Room<'_> {
     /// The DAG state before `pdu` and a group holding it; `None` when a prev event is
     /// missing or an outlier.
     pub(super) fn state_before(&self, pdu: &Pdu) -> Result<Option<(StateMap, i64)>, Error> {
+        match self.resolved_before(pdu)? {
+            Some(before) => self.group_for(before).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The states after `pdu`'s prev events and their resolution, the state before it;
+    /// `None` when a prev event is missing or an outlier, or the states cannot be
+    /// resolved. Reads only, so it can run on a read snapshot ahead of the write (see
+    /// [`super::ahead`]): the states after stored events never change.
+    pub(super) fn resolved_before(&self, pdu: &Pdu) -> Result<Option<Before>, Error> {
         let c = self.c;
         let mut states: Vec<(StateMap, Option<i64>)> = Vec::new();
         for p in &pdu.prev_events {
@@ -198,20 +209,25 @@ impl Room<'_> {
             return Ok(None);
         }
         let maps: Vec<StateMap> = states.iter().map(|(s, _)| s.clone()).collect();
-        let state = match resolve_states(c, self.rules, &maps, None) {
-            Ok(s) => s,
+        match resolve_states(c, self.rules, &maps, None) {
+            Ok(state) => Ok(Some(Before { state, states })),
             Err(e) => {
                 tracing::warn!(event_id = %pdu.event_id, error = %e, "cannot resolve the state before a received event");
-                return Ok(None);
+                Ok(None)
             }
-        };
-        // Reuse a group that holds exactly this state, else store one.
+        }
+    }
+
+    /// The resolved state before an event, with a group holding it: one of the prev
+    /// events' groups when it holds exactly this state, else a new one on top of one.
+    pub(super) fn group_for(&self, before: Before) -> Result<(StateMap, i64), Error> {
+        let Before { state, states } = before;
         let base = states
             .iter()
             .find_map(|(s, g)| g.filter(|_| *s == state).map(|g| (g, s)))
             .or_else(|| states.iter().find_map(|(s, g)| g.map(|g| (g, s))));
-        let group = storage::group_for_state(c, self.room_id, base, &state)?;
-        Ok(Some((state, group)))
+        let group = storage::group_for_state(self.c, self.room_id, base, &state)?;
+        Ok((state, group))
     }
 
     /// A group for the DAG state after `pdu`, given the state before it.
@@ -233,6 +249,15 @@ impl Room<'_> {
             &after,
         )?))
     }
+}
+
+/// The state before a received event, resolved from the states after its prev events.
+#[derive(Debug)]
+pub(super) struct Before {
+    /// The resolution.
+    pub(super) state: StateMap,
+    /// The states after the prev events, with the groups holding them when known.
+    states: Vec<(StateMap, Option<i64>)>,
 }
 
 /// The DAG state after a stored event, with the group holding it when there is one.
