@@ -22,6 +22,14 @@ pub struct Planned {
     notified: Notified,
 }
 
+impl Planned {
+    /// Who the plan notifies.
+    #[cfg(test)]
+    pub(crate) fn notified_users(&self) -> Vec<String> {
+        self.notified.iter().map(|(u, _, _)| u.clone()).collect()
+    }
+}
+
 /// Evaluate a local event about to be sent against the push rules of every other
 /// joined local member, on a reader, before its write: the single writer then only
 /// records the result, instead of reading the members and their rules and evaluating
@@ -51,6 +59,23 @@ pub fn plan(
     }
     let notified = evaluate(c, room_id, &version, &ev.sender, &draft.to_string())?;
     Ok(Some(Planned { notified }))
+}
+
+/// Evaluate a received event (its PDU JSON, as its write would evaluate it) against the
+/// push rules of every other joined local member, on a reader, before its write. The
+/// write records the plan only while the room's current state is the one it was planned
+/// on (`rooms::receive`), so who is a member, their display names and the power levels
+/// are the write's own.
+pub fn plan_received(
+    c: &Connection,
+    room_id: &str,
+    version: &str,
+    sender: &str,
+    json: &str,
+) -> Result<Planned, Error> {
+    Ok(Planned {
+        notified: evaluate(c, room_id, version, sender, json)?,
+    })
 }
 
 /// Record the notifications of a newly persisted event: those [`plan`]ned for it, else

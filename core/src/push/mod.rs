@@ -34,7 +34,7 @@ use ruma::{Int, UserId};
 use rusqlite::Connection;
 use serde_json::{Value, json};
 
-pub use evaluate::{Planned, on_event, plan};
+pub use evaluate::{Planned, on_event, plan, plan_received};
 pub use local::{LocalNotification, LocalNotifications};
 pub use pushers::{get_pushers, set_pusher};
 pub use rules::{

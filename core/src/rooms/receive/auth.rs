@@ -1,6 +1,7 @@
 //! Check 4, auth against the event's own auth events, and the checks against a state
 //! (the state before the event, check 5; the current state, check 6).
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 
 use ruma::events::StateEventType;
@@ -83,17 +84,25 @@ pub(in crate::rooms) fn check_against(
 }
 
 /// Check the state-dependent auth rules against the room's current state, looking up
-/// only the entries the rules ask for.
+/// only the entries the rules ask for. The outer `Err` is a database failure (the
+/// verdict would rest on an entry that could not be read), the inner one the verdict.
 pub(in crate::rooms) fn check_against_current(
     c: &Connection,
     rules: &ruma::room_version_rules::AuthorizationRules,
     pdu: &Pdu,
     room_id: &str,
-) -> Result<(), String> {
-    state_res::check_state_dependent_auth_rules(rules, pdu, |ty, sk| {
-        storage::current_state_event(c, room_id, &ty.to_string(), sk)
-            .ok()
-            .flatten()
-            .and_then(|id| load_pdu(c, &id).ok().flatten())
-    })
+) -> Result<Result<(), String>, Error> {
+    let failed = RefCell::new(None);
+    let verdict = state_res::check_state_dependent_auth_rules(rules, pdu, |ty, sk| {
+        let found = storage::current_state_event(c, room_id, &ty.to_string(), sk)
+            .and_then(|id| id.map_or(Ok(None), |id| load_pdu(c, &id)));
+        found.unwrap_or_else(|e| {
+            failed.replace(Some(e));
+            None
+        })
+    });
+    match failed.into_inner() {
+        Some(e) => Err(e),
+        None => Ok(verdict),
+    }
 }

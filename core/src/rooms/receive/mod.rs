@@ -187,13 +187,20 @@ pub async fn receive_pdu(
     let (fetched, gap) = source.auth_events_and_gap(&checked).await?;
 
     // Resolution phase, on a read snapshot: what the write can take as it is.
-    let ahead = ahead::resolve_ahead(server, room_id, &version, &rules, &checked)?;
+    let ahead = if fetched.is_empty() {
+        ahead::work_ahead(server, room_id, &version, &rules, &checked)?
+    } else {
+        ahead::Ahead::default()
+    };
 
     // Check-and-persist phase: one write transaction.
     let media = crate::media::remote::remote_references(server, &checked.pdu);
-    let outcome = persist::process_received(
-        server, room_id, &version, &rules, fetched, gap, &checked, ahead,
-    )?;
+    let gathered = persist::Gathered {
+        fetched,
+        gap,
+        ahead,
+    };
+    let outcome = persist::process_received(server, room_id, &version, &rules, gathered, &checked)?;
     // Prev events that stayed missing (the gap reaches back further than one
     // `get_missing_events`, or into history from before our join, known here only as
     // state): the state before the event comes from the server that sent it, checked

@@ -5,7 +5,7 @@ use ruma::events::TimelineEventType;
 use ruma::room_version_rules::RoomVersionRules;
 use rusqlite::Connection;
 
-use super::ahead::Ahead;
+use super::ahead::{Ahead, PushAhead};
 use super::auth::{check_against, check_against_current};
 use super::check::{Checked, another_event, is_another_event};
 use super::resolve::CurrentAhead;
@@ -36,6 +36,16 @@ pub(in crate::rooms) struct Room<'a> {
     pub(in crate::rooms) rules: &'a RoomVersionRules,
 }
 
+/// What the phases before a received event's write bring to it.
+pub(super) struct Gathered {
+    /// Its auth events that were missing, fetched.
+    pub(super) fetched: Vec<Checked>,
+    /// The events between the room's forward extremities and it, fetched.
+    pub(super) gap: Vec<Checked>,
+    /// What was worked out on a read snapshot ([`super::ahead`]).
+    pub(super) ahead: Ahead,
+}
+
 /// The check-and-persist phase of a received event, in one write transaction: the
 /// fetched auth events (as outliers), the gap before it, then the event itself.
 pub(super) fn process_received(
@@ -43,11 +53,14 @@ pub(super) fn process_received(
     room_id: &str,
     version: &str,
     rules: &RoomVersionRules,
-    fetched: Vec<Checked>,
-    gap: Vec<Checked>,
+    gathered: Gathered,
     checked: &Checked,
-    ahead: Option<Ahead>,
 ) -> Result<Outcome, Error> {
+    let Gathered {
+        fetched,
+        gap,
+        ahead,
+    } = gathered;
     server.write(|tx| {
         let room = Room {
             c: tx,
@@ -65,7 +78,7 @@ pub(super) fn process_received(
             let outcome = room.process(ev, Mode::Full)?;
             tracing::debug!(event_id = %id, ?outcome, "missing event");
         }
-        room.process_given(checked.clone(), Mode::Full, None, ahead)
+        room.process_given(checked.clone(), Mode::Full, None, Some(ahead))
     })
 }
 
@@ -111,16 +124,23 @@ impl Room<'_> {
         if given_state.is_none()
             && let Some(group) = self.linear_before(pdu)?
         {
-            return self.accept_linear(ev, group);
+            return self.accept_linear(ev, group, ahead.and_then(|a| a.push));
         }
-        crate::metrics::received_state(if ahead.is_some() {
+        let resolved = ahead.and_then(|a| a.resolved);
+        crate::metrics::received_state(if resolved.is_some() {
             ReceivedState::ResolvedAhead
         } else {
             ReceivedState::ResolvedInWrite
         });
 
         // 5. The state before the event, from its prev events (or as given).
-        let (from_prevs, current_ahead) = match ahead {
+        // The state before it as resolved ahead holds while its prev events are all still
+        // stored with their states (a rejected one may have been trimmed since).
+        let resolved = match resolved {
+            Some(r) if self.prevs_have_state(pdu)? => Some(r),
+            _ => None,
+        };
+        let (from_prevs, current_ahead) = match resolved {
             Some(a) => (Some(self.group_for(a.before)?), Some(a.current)),
             None => (self.state_before(pdu)?, None),
         };
@@ -252,12 +272,17 @@ impl Room<'_> {
     /// `group`, see [`Room::linear_before`]): the state before it is the current state,
     /// so check 6 is check 5, and the current state after it is the current state with
     /// the event applied, as for a local event.
-    fn accept_linear(&self, ev: Checked, group: i64) -> Result<Outcome, Error> {
+    fn accept_linear(
+        &self,
+        ev: Checked,
+        group: i64,
+        push: Option<PushAhead>,
+    ) -> Result<Outcome, Error> {
         let c = self.c;
         let pdu = &ev.pdu;
         let event_id = ev.event_id.clone();
         crate::metrics::received_state(ReceivedState::Linear);
-        if let Err(e) = check_against_current(c, &self.rules.authorization, pdu, self.room_id) {
+        if let Err(e) = check_against_current(c, &self.rules.authorization, pdu, self.room_id)? {
             return self.store_rejected(
                 &ev,
                 format!("against the state before it: {e}"),
@@ -280,7 +305,10 @@ impl Room<'_> {
                 replaces,
                 current: NewCurrentState::ApplyEvent,
                 txn: None,
-                push: None,
+                // Evaluated ahead on this very state, else evaluated here.
+                push: push
+                    .filter(|p| p.group == group && pdu.state_key.is_none())
+                    .map(|p| p.planned),
             },
         )?;
         Ok(Outcome::Accepted {

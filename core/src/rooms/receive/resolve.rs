@@ -12,11 +12,19 @@ use crate::rooms::resolve::resolve_states;
 use crate::storage::{self, StateMap};
 
 /// The current state after a received event, resolved ahead of its write, and the
-/// forward extremities it was resolved with.
+/// forward extremities it was resolved with ([`sorted_ids`]).
 #[derive(Debug)]
 pub(super) struct CurrentAhead {
-    pub(super) extremities: Vec<(String, i64)>,
+    pub(super) extremities: Vec<String>,
     pub(super) state: NewCurrentState,
+}
+
+/// Forward extremities as a set to compare: their ids, sorted (`forward_extremities`
+/// orders by depth only, so ties may come back in either order).
+pub(super) fn sorted_ids(extremities: Vec<(String, i64)>) -> Vec<String> {
+    let mut ids: Vec<String> = extremities.into_iter().map(|(id, _)| id).collect();
+    ids.sort_unstable();
+    ids
 }
 
 /// Most forward extremities whose states are resolved into the current state.
@@ -35,7 +43,7 @@ impl Room<'_> {
     ) -> Result<NewCurrentState, Error> {
         let extremities = storage::forward_extremities(self.c, self.room_id)?;
         if let Some(a) = ahead {
-            if a.extremities == extremities {
+            if a.extremities == sorted_ids(extremities.clone()) {
                 return Ok(a.state);
             }
             tracing::debug!(event_id = %pdu.event_id, "forward extremities moved since the state was resolved ahead; resolving again");

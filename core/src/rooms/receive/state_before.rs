@@ -128,7 +128,10 @@ impl Room<'_> {
         Ok(outcome)
     }
 
-    /// The room's current state group, when `pdu` extends the room's current state:
+    /// The room's current state group, when `pdu` extends the room's current state (the
+    /// `current_state` table and the room's `current_state_group` are written together,
+    /// by `append::persist_accepted`, so checks against the table are checks against the
+    /// group):
     /// every prev event is in the timeline (or soft-failed) with that group as the state
     /// after it, and every forward extremity is one of them. Then the state before the
     /// event is the current state, nothing needs resolving, and the current state after
@@ -170,6 +173,16 @@ impl Room<'_> {
             return Ok(None);
         }
         Ok(Some(current))
+    }
+
+    /// Whether every prev event of `pdu` is stored with a known state after it.
+    pub(super) fn prevs_have_state(&self, pdu: &Pdu) -> Result<bool, Error> {
+        for p in &pdu.prev_events {
+            if !has_state(self.c, p.as_str())? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// The DAG state before `pdu` and a group holding it; `None` when a prev event is
