@@ -193,14 +193,14 @@ pub fn set_membership(
         // Remote users who no longer share a room with any local user: their servers
         // stop sending us device-list updates, so their cached lists would go stale
         // unnoticed. Drop them; a later query fetches afresh.
+        // Whether a room has a local member is one lookup in `local_joins` (it was a
+        // walk of each of the user's rooms' members).
         c.prepare_cached(
             "DELETE FROM remote_device_lists WHERE user_id IN (
                  SELECT user_id FROM memberships WHERE room_id = ?1)
              AND NOT EXISTS (
-                 SELECT 1 FROM memberships m1 JOIN memberships m2 ON m1.room_id = m2.room_id
-                 JOIN users u ON u.user_id = m2.user_id
-                 WHERE m1.user_id = remote_device_lists.user_id
-                   AND m1.membership = 'join' AND m2.membership = 'join')",
+                 SELECT 1 FROM memberships m JOIN local_joins l ON l.room_id = m.room_id
+                 WHERE m.user_id = remote_device_lists.user_id AND m.membership = 'join')",
         )?
         .execute([room_id])?;
     }
@@ -428,6 +428,43 @@ mod tests {
             assert_eq!(member_counts(c, "!r:x")?, (2, 1));
             assert_eq!(member_counts(c, "!s:x")?, (0, 1));
             assert_eq!(member_counts(c, "!none:x")?, (0, 0));
+            Ok(())
+        })
+    }
+
+    /// A remote user's cached device list goes when they no longer share a joined room
+    /// with a local user, and only then.
+    #[test]
+    fn device_lists_go_with_the_last_room_shared_with_a_local_user() -> Result<(), Error> {
+        let dir = tempfile::tempdir().map_err(Error::internal)?;
+        let db = super::super::Db::open(&dir.path().join("warren.db")).map_err(Error::internal)?;
+        db.write(|c| {
+            super::super::create_user(c, "@a:here", None, false, "a")?;
+            let cached = |c: &Connection| -> Result<bool, Error> {
+                Ok(c.query_row(
+                    "SELECT COUNT(*) FROM remote_device_lists WHERE user_id = '@r:there'",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )? == 1)
+            };
+            let mut pos = 0;
+            let mut set = |c: &Connection, room: &str, user: &str, m: &str| {
+                pos += 1;
+                set_membership(c, room, user, m, &format!("$e{pos}"), pos)
+            };
+            for room in ["!one:x", "!two:x"] {
+                set(c, room, "@a:here", "join")?;
+                set(c, room, "@r:there", "join")?;
+            }
+            c.execute(
+                "INSERT INTO remote_device_lists (user_id, stream_id, fetched_ts)
+                 VALUES ('@r:there', 1, 0)",
+                [],
+            )?;
+            set(c, "!one:x", "@r:there", "leave")?;
+            assert!(cached(c)?, "still shares !two:x with a local user");
+            set(c, "!two:x", "@a:here", "leave")?;
+            assert!(!cached(c)?, "shares no room with a local user any more");
             Ok(())
         })
     }
