@@ -247,23 +247,37 @@ impl Room<'_> {
             .state_key
             .as_ref()
             .and_then(|sk| before.get(&(pdu.kind.to_string(), sk.clone())).cloned());
-        storage::delete_outlier(c, &event_id)?;
+        self.join_timeline(&ev, group_before, replaces, new_current, None)
+    }
+
+    /// Check 7's write: `ev` joins the timeline (an outlier row of it is replaced), with
+    /// the state group before it, the state event it replaces, the room's new current
+    /// state and its notifications when they were worked out ahead.
+    fn join_timeline(
+        &self,
+        ev: &Checked,
+        group_before: i64,
+        replaces: Option<String>,
+        current: NewCurrentState,
+        push: Option<crate::push::Planned>,
+    ) -> Result<Outcome, Error> {
+        storage::delete_outlier(self.c, &ev.event_id)?;
         let stream_pos = persist_accepted(
-            c,
+            self.c,
             Accepted {
                 room_id: self.room_id,
                 version: self.version,
-                pdu,
+                pdu: &ev.pdu,
                 json: &ev.json,
                 group_before: Some(group_before),
                 replaces,
-                current: new_current,
+                current,
                 txn: None,
-                push: None,
+                push,
             },
         )?;
         Ok(Outcome::Accepted {
-            event_id,
+            event_id: ev.event_id.clone(),
             stream_pos,
         })
     }
@@ -280,7 +294,6 @@ impl Room<'_> {
     ) -> Result<Outcome, Error> {
         let c = self.c;
         let pdu = &ev.pdu;
-        let event_id = ev.event_id.clone();
         crate::metrics::received_state(ReceivedState::Linear);
         if let Err(e) = check_against_current(c, &self.rules.authorization, pdu, self.room_id)? {
             return self.store_rejected(
@@ -293,28 +306,11 @@ impl Room<'_> {
             Some(sk) => storage::current_state_event(c, self.room_id, &pdu.kind.to_string(), sk)?,
             None => None,
         };
-        storage::delete_outlier(c, &event_id)?;
-        let stream_pos = persist_accepted(
-            c,
-            Accepted {
-                room_id: self.room_id,
-                version: self.version,
-                pdu,
-                json: &ev.json,
-                group_before: Some(group),
-                replaces,
-                current: NewCurrentState::ApplyEvent,
-                txn: None,
-                // Evaluated ahead on this very state, else evaluated here.
-                push: push
-                    .filter(|p| p.group == group && pdu.state_key.is_none())
-                    .map(|p| p.planned),
-            },
-        )?;
-        Ok(Outcome::Accepted {
-            event_id,
-            stream_pos,
-        })
+        // Notifications evaluated ahead on this very state, else evaluated here.
+        let push = push
+            .filter(|p| p.group == group && pdu.state_key.is_none())
+            .map(|p| p.planned);
+        self.join_timeline(&ev, group, replaces, NewCurrentState::ApplyEvent, push)
     }
 
     /// Whether `pdu` is history behind a stored event rather than news: a backward
