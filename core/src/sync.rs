@@ -115,6 +115,10 @@ pub async fn sync(
     // Registered before the first position is read: a change committed after it wakes
     // this call, even while it is still building.
     let waiter = server.notifier.waiter(&caller.user_id);
+    // Whether the call was woken by a change: then the build is a small delta (what one
+    // commit or a few touched), run on this worker rather than handed to the blocking
+    // pool and back, two thread wake-ups that were a good part of the wake latency.
+    let mut woken = false;
     loop {
         let now = server.notifier.current();
         let waiting = !deadline.saturating_duration_since(Instant::now()).is_zero();
@@ -124,7 +128,7 @@ pub async fn sync(
         // request after a sync) waits at once instead of building an empty answer.
         let nothing_new = params.since == Some(now) && !params.full_state;
         let rooms = if !(waiting && nothing_new) {
-            let built = build_at(&server, &caller, &params, now).await?;
+            let built = build_at(&server, &caller, &params, now, woken).await?;
             if built.has_data || params.since.is_none() || params.full_state {
                 return Ok(built.body);
             }
@@ -146,8 +150,9 @@ pub async fn sync(
         {
             // Time is up with nothing new: the answer at the token reached now.
             let now = server.notifier.current();
-            return Ok(build_at(&server, &caller, &params, now).await?.body);
+            return Ok(build_at(&server, &caller, &params, now, false).await?.body);
         }
+        woken = true;
     }
 }
 
@@ -170,18 +175,29 @@ struct Built {
     rooms: Vec<String>,
 }
 
-/// [`build`] at `now` on a blocking thread, in one read transaction.
+/// [`build`] at `now` in one read transaction: on a blocking thread, or, for the small
+/// delta a woken long-poll builds (`delta`), on this worker with its other tasks handed
+/// on (`off_the_reactor`), so the answer does not wait for two thread wake-ups.
 async fn build_at(
     server: &Arc<Server>,
     caller: &Requester,
     params: &SyncParams,
     now: SyncToken,
+    delta: bool,
 ) -> Result<Built, Error> {
+    let since = params.since;
+    let full_state = params.full_state;
+    if delta {
+        let filter = &params.filter;
+        return crate::server::off_the_reactor(|| {
+            server
+                .db
+                .read_tx(|c| build(c, server, caller, since, now, filter, full_state))
+        });
+    }
     let server = server.clone();
     let caller = caller.clone();
     let filter = params.filter.clone();
-    let since = params.since;
-    let full_state = params.full_state;
     tokio::task::spawn_blocking(move || {
         server
             .db
@@ -218,7 +234,7 @@ pub async fn sync_serialized(
     if let Some(body) = server.sync.initial.get(&key, built) {
         return Ok(body);
     }
-    let body = build_at(&server, &caller, &params, built.token)
+    let body = build_at(&server, &caller, &params, built.token, false)
         .await?
         .body
         .to_bytes()?;
