@@ -187,8 +187,12 @@ pub async fn receive_pdu(
     let (fetched, gap) = source.auth_events_and_gap(&checked).await?;
 
     // Resolution phase, on a read snapshot: what the write can take as it is.
+    // A failure here is left to the write, which does it all itself.
     let ahead = if fetched.is_empty() {
-        ahead::work_ahead(server, room_id, &version, &rules, &checked)?
+        ahead::work_ahead(server, room_id, &version, &rules, &checked).unwrap_or_else(|e| {
+            tracing::debug!(event_id = %checked.event_id, error = %e, "nothing worked out ahead");
+            ahead::Ahead::default()
+        })
     } else {
         ahead::Ahead::default()
     };
