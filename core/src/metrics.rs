@@ -260,6 +260,18 @@ impl Encoder {
         let _ = writeln!(self.out, "# TYPE {name} {kind}");
     }
 
+    /// A counter family with one label, a sample per (label value, counter).
+    pub fn counters(&mut self, name: &str, help: &str, label: &str, each: &[(&str, &AtomicU64)]) {
+        self.family(name, help, Kind::Counter);
+        for (value, counter) in each {
+            self.sample(
+                name,
+                &[(label, value)],
+                counter.load(Ordering::Relaxed) as f64,
+            );
+        }
+    }
+
     /// One sample line.
     pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
         self.out.push_str(name);
@@ -406,46 +418,28 @@ pub async fn render(server: &Server) -> Result<String, Error> {
 
     let mut enc = Encoder::default();
     encode_http(&mut enc);
-    enc.family(
+    enc.counters(
         "warren_events_persisted_total",
         "Events written to the database: created here (local) or received (remote).",
-        Kind::Counter,
+        "origin",
+        &[("local", &EVENTS_LOCAL), ("remote", &EVENTS_REMOTE)],
     );
-    for (origin, counter) in [("local", &EVENTS_LOCAL), ("remote", &EVENTS_REMOTE)] {
-        enc.sample(
-            "warren_events_persisted_total",
-            &[("origin", origin)],
-            counter.load(Ordering::Relaxed) as f64,
-        );
-    }
-    enc.family(
+    enc.counters(
         "warren_sends_built_ahead_total",
         "Local sends whose event was built before its write: used by the write, or built again because the room had moved on.",
-        Kind::Counter,
+        "outcome",
+        &[("used", &SENDS_PREBUILT), ("rebuilt", &SENDS_REBUILT)],
     );
-    for (outcome, counter) in [("used", &SENDS_PREBUILT), ("rebuilt", &SENDS_REBUILT)] {
-        enc.sample(
-            "warren_sends_built_ahead_total",
-            &[("outcome", outcome)],
-            counter.load(Ordering::Relaxed) as f64,
-        );
-    }
-    enc.family(
+    enc.counters(
         "warren_received_events_state_total",
         "Received events that reached the state checks: extending the room's current state (checked by point lookups), resolved on a read snapshot before the write, or resolved in the write.",
-        Kind::Counter,
+        "path",
+        &[
+            ("linear", &RECEIVED_LINEAR),
+            ("ahead", &RECEIVED_AHEAD),
+            ("in_write", &RECEIVED_IN_WRITE),
+        ],
     );
-    for (path, counter) in [
-        ("linear", &RECEIVED_LINEAR),
-        ("ahead", &RECEIVED_AHEAD),
-        ("in_write", &RECEIVED_IN_WRITE),
-    ] {
-        enc.sample(
-            "warren_received_events_state_total",
-            &[("path", path)],
-            counter.load(Ordering::Relaxed) as f64,
-        );
-    }
     enc.family(
         "warren_federation_queue_depth",
         "Rows queued for a destination (the 50 largest queues only).",
