@@ -126,20 +126,18 @@ impl Room<'_> {
         {
             return self.accept_linear(ev, group, ahead.and_then(|a| a.push));
         }
-        let resolved = ahead.and_then(|a| a.resolved);
+        // 5. The state before the event, from its prev events (or as given).
+        // The state before it as resolved ahead holds while its prev events are all still
+        // stored with their states (a rejected one may have been trimmed since).
+        let resolved = match ahead.and_then(|a| a.resolved) {
+            Some(r) if self.prevs_have_state(pdu)? => Some(r),
+            _ => None,
+        };
         crate::metrics::received_state(if resolved.is_some() {
             ReceivedState::ResolvedAhead
         } else {
             ReceivedState::ResolvedInWrite
         });
-
-        // 5. The state before the event, from its prev events (or as given).
-        // The state before it as resolved ahead holds while its prev events are all still
-        // stored with their states (a rejected one may have been trimmed since).
-        let resolved = match resolved {
-            Some(r) if self.prevs_have_state(pdu)? => Some(r),
-            _ => None,
-        };
         let (from_prevs, current_ahead) = match resolved {
             Some(a) => (Some(self.group_for(a.before)?), Some(a.current)),
             None => (self.state_before(pdu)?, None),
