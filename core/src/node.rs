@@ -175,6 +175,7 @@ impl Opened {
             admin_token: Default::default(),
             sync: Default::default(),
             limiter,
+            local_heads: Default::default(),
             joins: crate::keyed::KeyedPermits::new(1, crate::rooms::MAX_ROOMS_JOINING),
             appservices: crate::appservice::AppServices::new(appservices),
             delayed_wake: Default::default(),

@@ -113,6 +113,9 @@ pub fn send_message(
             built: Some(built),
         })
     })?;
+    if let Some(built) = &ahead.built {
+        built.wait_turn();
+    }
     let appended = server.write(|tx| {
         if !rooms::is_retry(tx, room_id, &ev, &requester.device_id, txn_id)? {
             crate::relations::check_new_relation(tx, room_id, &ev.sender, &ev.kind, &ev.content)?;

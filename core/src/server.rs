@@ -57,6 +57,9 @@ pub struct Server {
     pub sync: crate::sync::SyncState,
     /// Rate-limit buckets (per user, client address and peer).
     pub limiter: crate::ratelimit::Limiter,
+    /// Where the local messages built ahead of their writes have taken each room
+    /// ([`crate::rooms::prebuild`]).
+    pub local_heads: crate::rooms::heads::LocalHeads,
     /// One join at a time per room (see [`crate::membership::join`]).
     pub joins: crate::keyed::KeyedPermits,
     /// Registered application services.

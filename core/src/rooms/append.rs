@@ -4,7 +4,7 @@ use ruma::{UserId, events::TimelineEventType, state_res};
 use rusqlite::Connection;
 use serde_json::{Map, Value};
 
-use super::ahead::Prepared;
+use super::ahead::{Prepared, Staleness};
 use super::auth::{AuthState, check_local_event_with};
 use crate::error::Error;
 use crate::events::{self, EventReference, NewEvent, Pdu, build_pdu, rules_for};
@@ -98,18 +98,26 @@ pub fn append_prepared(
             txn_id,
             key,
         });
-    // What was worked out ahead holds only for the room as it was then: the push plan
-    // too (a member who left or was banned in between must not be notified).
-    let (built, push) = match ahead.built {
-        Some(p) if p.still_current(c, room_id)? => {
+    // What was worked out ahead holds only for the room as it was then. The event
+    // itself needs the same extremities too; the push plan only the same state (a
+    // member who left or was banned in between must not be notified).
+    let staleness = match &ahead.built {
+        Some(p) => Some(p.staleness(c, room_id)?),
+        None => None,
+    };
+    let (built, push) = match (ahead.built, staleness) {
+        (Some(p), Some(Staleness::Current)) => {
             crate::metrics::send_prebuilt(true);
             (p.into_built(), ahead.push)
         }
-        prebuilt => {
+        (prebuilt, staleness) => {
             if prebuilt.is_some() {
                 crate::metrics::send_prebuilt(false);
             }
-            (build_local_event(c, server, room_id, &ev, ts)?, None)
+            let push = ahead
+                .push
+                .filter(|_| staleness == Some(Staleness::SameState));
+            (build_local_event(c, server, room_id, &ev, ts)?, push)
         }
     };
     let pos = persist(
@@ -209,7 +217,9 @@ pub(super) fn dag_fields(
     rules: &ruma::room_version_rules::RoomVersionRules,
     ev: &NewEvent,
 ) -> Result<(Vec<EventReference>, Vec<EventReference>, i64), Error> {
-    let (prev, auth_events, depth, _) = dag_fields_and_auth_state(c, room_id, rules, ev)?;
+    let extremities = storage::forward_extremities(c, room_id)?;
+    let (prev, auth_events, depth, _) =
+        dag_fields_and_auth_state(c, room_id, rules, ev, extremities)?;
     Ok((prev, auth_events, depth))
 }
 
@@ -238,15 +248,16 @@ pub(super) fn references(
         .collect()
 }
 
-/// [`dag_fields`] and the part of the current state the event's auth rules read (its
-/// auth events and the create event), parsed, for [`check_local_event_with`].
+/// [`dag_fields`] on the given forward extremities, and the part of the current state
+/// the event's auth rules read (its auth events and the create event), parsed, for
+/// [`check_local_event_with`].
 fn dag_fields_and_auth_state(
     c: &Connection,
     room_id: &str,
     rules: &ruma::room_version_rules::RoomVersionRules,
     ev: &NewEvent,
+    extremities: Vec<(String, i64)>,
 ) -> Result<(Vec<EventReference>, Vec<EventReference>, i64, AuthState), Error> {
-    let extremities = storage::forward_extremities(c, room_id)?;
     let depth = extremities
         .iter()
         .map(|(_, d)| *d)
@@ -299,8 +310,32 @@ pub(super) fn build_local_event(
     let Some((version, group_before)) = storage::room_info(c, room_id)? else {
         return Err(Error::Forbidden(format!("unknown room {room_id}")));
     };
+    let extremities = storage::forward_extremities(c, room_id)?;
+    build_local_event_on(
+        c,
+        server,
+        room_id,
+        ev,
+        ts,
+        (version, group_before),
+        extremities,
+    )
+}
+
+/// [`build_local_event`] on the given forward extremities (ordered, with their depths)
+/// of the room at `(version, current state group)`.
+pub(super) fn build_local_event_on(
+    c: &Connection,
+    server: &Server,
+    room_id: &str,
+    ev: &NewEvent,
+    ts: Option<i64>,
+    (version, group_before): (String, Option<i64>),
+    extremities: Vec<(String, i64)>,
+) -> Result<BuiltEvent, Error> {
     let (_, rules) = rules_for(&version)?;
-    let (prev, auth_events, depth, auth_state) = dag_fields_and_auth_state(c, room_id, &rules, ev)?;
+    let (prev, auth_events, depth, auth_state) =
+        dag_fields_and_auth_state(c, room_id, &rules, ev, extremities)?;
     let (event_id, object) = build_pdu(
         &server.identity,
         &rules,

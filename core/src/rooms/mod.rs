@@ -10,6 +10,7 @@ pub mod backfill;
 mod create;
 mod create_event;
 pub mod filter;
+pub mod heads;
 pub mod hierarchy;
 mod join;
 mod knock;

@@ -128,3 +128,185 @@ async fn a_member_who_left_in_between_is_not_notified_by_a_stale_plan() {
         .expect("rows");
     assert!(rows.is_empty(), "notified after leaving: {rows:?}");
 }
+
+/// Sends to one room from several clients at once: each is built ahead on the message
+/// built ahead before it, so when the writes come in the order the events were built,
+/// every write takes its event as built, and the timeline is one line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_built_ahead_together_are_each_built_on_the_one_before() {
+    let (_dir, node) = node().await;
+    let server = node.server().clone();
+    let alice = server.user_id("alice");
+    let bob = server.user_id("bob");
+    let room = public_room(&server, &alice, &[&bob]);
+    let ahead = |sender: &str, body: &str| {
+        let msg = message(sender, body);
+        server
+            .db
+            .read_tx(|c| {
+                Ok(Prepared {
+                    push: crate::push::plan(c, &room, &msg)?,
+                    built: Some(prebuild(c, &server, &room, &msg, None)?),
+                })
+            })
+            .expect("ahead")
+    };
+    let write = |sender: &str, body: &str, prepared: Prepared| {
+        server
+            .write(|c| {
+                append_prepared(
+                    c,
+                    &server,
+                    &room,
+                    message(sender, body),
+                    None,
+                    None,
+                    prepared,
+                )
+            })
+            .expect("write")
+    };
+
+    // Three built before any is written, then written in turn.
+    let first = ahead(&alice, "one");
+    let second = ahead(&bob, "two");
+    let third = ahead(&alice, "three");
+    let ids: Vec<String> = [&first, &second, &third]
+        .iter()
+        .map(|p| p.built.as_ref().expect("built").event_id().to_owned())
+        .collect();
+    let written = [
+        write(&alice, "one", first).event_id,
+        write(&bob, "two", second).event_id,
+        write(&alice, "three", third).event_id,
+    ];
+    assert_eq!(written.to_vec(), ids, "every write took its event as built");
+    let prev_of = |id: &str| -> Vec<String> {
+        let pdu = server
+            .db
+            .read(|c| load_pdu(c, id))
+            .expect("read")
+            .expect("stored");
+        pdu.prev_events.iter().map(|e| e.to_string()).collect()
+    };
+    assert_eq!(prev_of(&ids[1]), vec![ids[0].clone()]);
+    assert_eq!(prev_of(&ids[2]), vec![ids[1].clone()]);
+    let extremities = server
+        .db
+        .read(|c| storage::forward_extremities(c, &room))
+        .expect("extremities");
+    assert_eq!(extremities, vec![(ids[2].clone(), extremities[0].1)]);
+
+    // Alice and bob were each notified of the other's messages.
+    let notified = |user: &str| {
+        server
+            .db
+            .read(|c| storage::notifications(c, user, i64::MAX, 10, false))
+            .expect("rows")
+            .len()
+    };
+    assert_eq!(notified(&bob), 2, "bob: one and three");
+    assert_eq!(notified(&alice), 1, "alice: two");
+}
+
+/// A message built on one built ahead whose write never came (its send failed after
+/// building) cannot be persisted as built: its write builds it again on what the room
+/// holds, and the chain starts again from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_built_on_one_never_written_is_built_again() {
+    let (_dir, node) = node().await;
+    let server = node.server().clone();
+    let alice = server.user_id("alice");
+    let room = room_with(&server, &alice, &[], CreateRoom::default());
+    let ahead = |body: &str| {
+        server
+            .db
+            .read_tx(|c| prebuild(c, &server, &room, &message(&alice, body), None))
+            .expect("prebuild")
+    };
+    let write = |body: &str, built| {
+        server
+            .write(|c| {
+                let prepared = Prepared { push: None, built };
+                append_prepared(
+                    c,
+                    &server,
+                    &room,
+                    message(&alice, body),
+                    None,
+                    None,
+                    prepared,
+                )
+            })
+            .expect("write")
+    };
+    let before = server
+        .db
+        .read(|c| storage::forward_extremities(c, &room))
+        .expect("extremities");
+    let lost = ahead("lost");
+    let next = ahead("next");
+    let lost_id = lost.event_id().to_owned();
+    let next_id = next.event_id().to_owned();
+    drop(lost);
+    let written = write("next", Some(next));
+    assert_ne!(
+        written.event_id, next_id,
+        "built on an event that is not stored"
+    );
+    let pdu = server
+        .db
+        .read(|c| load_pdu(c, &written.event_id))
+        .expect("read")
+        .expect("stored");
+    let prev: Vec<String> = pdu.prev_events.iter().map(|e| e.to_string()).collect();
+    assert_eq!(prev, vec![before[0].0.clone()], "not on {lost_id}");
+
+    // The next message is built on what the database holds, and taken as built.
+    let after = ahead("after");
+    let after_id = after.event_id().to_owned();
+    assert_eq!(write("after", Some(after)).event_id, after_id);
+}
+
+/// A message built ahead that another message overtook is built again on the newer
+/// one, and notifies as planned: who is notified depends on the room's state, which a
+/// message does not change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_overtaken_by_another_notifies_as_planned() {
+    let (_dir, node) = node().await;
+    let server = node.server().clone();
+    let alice = server.user_id("alice");
+    let bob = server.user_id("bob");
+    let room = public_room(&server, &alice, &[&bob]);
+    let msg = message(&alice, "overtaken");
+    let ahead = server
+        .db
+        .read_tx(|c| {
+            Ok(Prepared {
+                push: crate::push::plan(c, &room, &msg)?,
+                built: Some(prebuild(c, &server, &room, &msg, None)?),
+            })
+        })
+        .expect("ahead");
+    let built_id = ahead.built.as_ref().expect("built").event_id().to_owned();
+    let other = server
+        .write(|c| append_event(c, &server, &room, message(&bob, "first"), None))
+        .expect("other");
+    let sent = server
+        .write(|c| append_prepared(c, &server, &room, msg, None, None, ahead))
+        .expect("send");
+    assert_ne!(sent.event_id, built_id, "built again on the newer message");
+    let pdu = server
+        .db
+        .read(|c| load_pdu(c, &sent.event_id))
+        .expect("read")
+        .expect("stored");
+    let prev: Vec<String> = pdu.prev_events.iter().map(|e| e.to_string()).collect();
+    assert_eq!(prev, vec![other.event_id]);
+    let rows = server
+        .db
+        .read(|c| storage::notifications(c, &bob, i64::MAX, 10, false))
+        .expect("rows");
+    assert_eq!(rows.len(), 1, "bob notified once: {rows:?}");
+    assert_eq!(rows[0].event_id, sent.event_id);
+}

@@ -1,0 +1,321 @@
+//! Local messages built ahead one after another: where the sends built ahead of their
+//! writes ([`super::prebuild`]) have taken each room.
+//!
+//! A message built ahead on the room's forward extremities as a reader sees them is
+//! stale as soon as another send to the room commits first: with several clients in one
+//! room that is nearly every send, and the single writer builds and signs them all
+//! again. So each room keeps the chain of messages built ahead since its extremities
+//! were last read: the next message is built on the newest of them (the tip), which the
+//! writer will have persisted by the time it takes this one when the writes arrive in
+//! the order they were built. Nothing here is trusted: the write still takes a prebuilt
+//! event only if the room's extremities are exactly the ones it was built on
+//! (`Prebuilt::staleness`), and builds it again otherwise (a send whose write failed
+//! or was overtaken). A chain only grows while the database is where the chain leaves
+//! it (at its base, or at one of its events) with the same current state; anything else
+//! (a received event, a state event, a write that built its event again) starts a new
+//! one from the database.
+//!
+//! The writes of a chain's events take the writer in the order they were built
+//! ([`Turn`]).
+//!
+//! Bounds: [`MAX_ROOMS`] rooms, [`CHAIN_KEPT`] events per room, [`TURN_WAIT`] per send. A room over the limit
+//! is built on the database's extremities, as without this.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex, MutexGuard};
+
+/// Most rooms with a chain kept.
+pub const MAX_ROOMS: usize = 1_024;
+
+/// Most events of one room's chain remembered (a database further behind than this
+/// starts a new chain).
+pub const CHAIN_KEPT: usize = 32;
+
+/// The chains of the rooms sent to lately, bounded in rooms.
+#[derive(Default)]
+pub struct LocalHeads {
+    rooms: Mutex<HashMap<String, Arc<RoomHead>>>,
+}
+
+/// One room's chain, and the turns of the writes of the events built on it.
+#[derive(Default)]
+pub struct RoomHead {
+    head: Mutex<Head>,
+    /// Signalled when a write takes its turn.
+    taken: Condvar,
+}
+
+impl RoomHead {
+    /// The chain, locked: held while building on it.
+    pub fn lock(&self) -> MutexGuard<'_, Head> {
+        self.head.lock()
+    }
+}
+
+/// The place of an event built ahead among the writes of the room's chain. Writes come
+/// to the single writer in the order their callers reach it, which is not always the
+/// order the events were built in, and one overtaken breaks the chain for every event
+/// built after it (each is built again in the writer, on other prev events). So a send
+/// waits ([`Turn::wait`]) until the write of the event built before it has taken the
+/// writer, at most [`TURN_WAIT`]. A turn is taken when it is dropped: when its write
+/// takes the event, or when the send ends without a write.
+pub struct Turn {
+    room: Arc<RoomHead>,
+    ticket: u64,
+}
+
+/// Longest a write waits for the one before it (which runs on another thread between
+/// its build and its write, with nothing to wait for itself, so is at most microseconds
+/// away); past it the write goes ahead, and is built again if overtaken.
+pub const TURN_WAIT: Duration = Duration::from_millis(20);
+
+impl Turn {
+    /// The next turn of `room`, whose chain `head` (locked) just had an event built on.
+    pub fn next(room: &Arc<RoomHead>, head: &mut Head) -> Turn {
+        head.tickets += 1;
+        Turn {
+            room: Arc::clone(room),
+            ticket: head.tickets,
+        }
+    }
+
+    /// Wait until the write of the event built before this one has taken its turn.
+    pub fn wait(&self) {
+        let deadline = Instant::now() + TURN_WAIT;
+        let mut head = self.room.head.lock();
+        while head.taken_up_to.saturating_add(1) < self.ticket {
+            if self.room.taken.wait_until(&mut head, deadline).timed_out() {
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let mut head = self.room.head.lock();
+        head.taken_up_to = head.taken_up_to.max(self.ticket);
+        drop(head);
+        self.room.taken.notify_all();
+    }
+}
+
+/// One room's chain of messages built ahead.
+#[derive(Debug, Default)]
+pub struct Head {
+    /// Turns handed out ([`Turn`]), and the latest taken.
+    tickets: u64,
+    taken_up_to: u64,
+    /// The room version and current state group the chain was built on.
+    at: Option<(String, Option<i64>)>,
+    /// The room's forward extremities in the database when the chain began.
+    base: Vec<String>,
+    /// The greatest depth among them.
+    base_depth: i64,
+    /// The events built ahead since, oldest first, with their depth; the last is the tip.
+    chain: VecDeque<(String, i64)>,
+}
+
+impl LocalHeads {
+    /// The chain of `room_id`. Holding its lock while building keeps two sends from
+    /// building on the same tip. Over [`MAX_ROOMS`], the chains nobody holds are
+    /// forgotten; if every one is held, an unshared chain is handed out (the send is
+    /// built as it would be without chains).
+    pub fn room(&self, room_id: &str) -> Arc<RoomHead> {
+        let mut rooms = self.rooms.lock();
+        if let Some(head) = rooms.get(room_id) {
+            return Arc::clone(head);
+        }
+        if rooms.len() >= MAX_ROOMS {
+            rooms.retain(|_, head| Arc::strong_count(head) > 1);
+            if rooms.len() >= MAX_ROOMS {
+                return Arc::default();
+            }
+        }
+        Arc::clone(rooms.entry(room_id.to_owned()).or_default())
+    }
+
+    /// Rooms with a chain kept.
+    pub fn len(&self) -> usize {
+        self.rooms.lock().len()
+    }
+
+    /// Whether no room has a chain kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Head {
+    /// The extremities to build the next event on, given the room's version, current
+    /// state group and forward extremities (ordered, with depths) as the builder's
+    /// snapshot sees them: the chain's tip when the database is at the chain's base or
+    /// at one of its events (or behind the base: an older snapshot), with the same
+    /// state; else the database's own (and the chain starts again from them).
+    pub fn extremities(
+        &mut self,
+        version: &str,
+        group: Option<i64>,
+        in_db: Vec<(String, i64)>,
+    ) -> Vec<(String, i64)> {
+        if let Some(tip) = self.continues(version, group, &in_db) {
+            return vec![tip];
+        }
+        self.at = Some((version.to_owned(), group));
+        self.base = in_db.iter().map(|(id, _)| id.clone()).collect();
+        self.base_depth = max_depth(&in_db);
+        self.chain.clear();
+        in_db
+    }
+
+    fn continues(
+        &self,
+        version: &str,
+        group: Option<i64>,
+        in_db: &[(String, i64)],
+    ) -> Option<(String, i64)> {
+        let (v, g) = self.at.as_ref()?;
+        let tip = self.chain.back()?;
+        if v != version || *g != group {
+            return None;
+        }
+        let at_base = in_db.iter().map(|(id, _)| id).eq(self.base.iter());
+        let at_chain = match in_db {
+            [(id, _)] => self.chain.iter().any(|(built, _)| built == id),
+            _ => false,
+        };
+        // A snapshot taken before the chain's base was written: the database has moved
+        // on since, to the base at least.
+        let behind = max_depth(in_db) < self.base_depth;
+        (at_base || at_chain || behind).then(|| tip.clone())
+    }
+
+    /// Record an event built on what [`Head::extremities`] gave. A message extends the
+    /// chain; a state event ends it (the state the chain was built on changes with it).
+    pub fn built(&mut self, event_id: &str, depth: i64, is_state: bool) {
+        if is_state {
+            self.at = None;
+            self.chain.clear();
+            return;
+        }
+        self.chain.push_back((event_id.to_owned(), depth));
+        if self.chain.len() > CHAIN_KEPT {
+            self.chain.pop_front();
+        }
+    }
+}
+
+fn max_depth(extremities: &[(String, i64)]) -> i64 {
+    extremities.iter().map(|(_, d)| *d).max().unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ext(ids: &[(&str, i64)]) -> Vec<(String, i64)> {
+        ids.iter().map(|(id, d)| ((*id).to_owned(), *d)).collect()
+    }
+
+    #[test]
+    fn messages_chain_while_the_database_is_where_the_chain_leaves_it() {
+        let mut head = Head::default();
+        let db = ext(&[("$a", 5)]);
+        assert_eq!(
+            head.extremities("10", Some(1), db.clone()),
+            db,
+            "no chain yet"
+        );
+        head.built("$m1", 6, false);
+        // Not committed yet: the database is still at the base.
+        assert_eq!(
+            head.extremities("10", Some(1), db.clone()),
+            ext(&[("$m1", 6)])
+        );
+        head.built("$m2", 7, false);
+        // The first committed: the database is at an event of the chain.
+        assert_eq!(
+            head.extremities("10", Some(1), ext(&[("$m1", 6)])),
+            ext(&[("$m2", 7)])
+        );
+        head.built("$m3", 8, false);
+        // Read on a snapshot older than the chain's base: still the tip.
+        assert_eq!(
+            head.extremities("10", Some(1), ext(&[("$old", 4)])),
+            ext(&[("$m3", 8)])
+        );
+        // Another state: the database's extremities, and a new chain.
+        let other = ext(&[("$m3", 8)]);
+        assert_eq!(head.extremities("10", Some(2), other.clone()), other);
+        head.built("$m4", 9, false);
+        // An event from elsewhere (not in the chain): the database's, a new chain.
+        let forked = ext(&[("$r", 9), ("$m4", 9)]);
+        assert_eq!(head.extremities("10", Some(2), forked.clone()), forked);
+        // A state event ends the chain.
+        head.built("$s", 10, true);
+        let db = ext(&[("$s", 10)]);
+        assert_eq!(head.extremities("10", Some(3), db.clone()), db);
+    }
+
+    #[test]
+    fn a_chain_remembers_its_newest_events_only() {
+        let mut head = Head::default();
+        head.extremities("10", None, ext(&[("$a", 1)]));
+        for i in 0..CHAIN_KEPT + 5 {
+            head.built(&format!("$m{i}"), 2 + i as i64, false);
+        }
+        assert_eq!(head.chain.len(), CHAIN_KEPT);
+        // Committed only up to an event the chain no longer holds: start again.
+        let behind = ext(&[("$m2", 4)]);
+        assert_eq!(head.extremities("10", None, behind.clone()), behind);
+    }
+
+    #[test]
+    fn a_write_waits_for_the_turn_of_the_event_built_before_it() {
+        let room = Arc::new(RoomHead::default());
+        let first = Turn::next(&room, &mut room.lock());
+        let second = Turn::next(&room, &mut room.lock());
+        first.wait();
+        let (done, waited) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            second.wait();
+            done.send(()).expect("send");
+            second
+        });
+        assert!(
+            waited.recv_timeout(Duration::from_millis(5)).is_err(),
+            "the second went ahead of the first"
+        );
+        drop(first);
+        waited
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the second goes once the first took its turn");
+        let second = waiter.join().expect("waiter");
+
+        // One whose predecessor never takes its turn goes ahead after TURN_WAIT.
+        let third = Turn::next(&room, &mut room.lock());
+        let fourth = Turn::next(&room, &mut room.lock());
+        drop(second);
+        let started = Instant::now();
+        fourth.wait();
+        assert!(started.elapsed() >= TURN_WAIT, "went ahead of the third");
+        drop(third);
+    }
+
+    #[test]
+    fn rooms_are_bounded_and_chains_in_use_are_kept() {
+        let heads = LocalHeads::default();
+        let held = heads.room("!held");
+        for i in 0..MAX_ROOMS + 10 {
+            heads.room(&format!("!r{i}"));
+        }
+        assert!(heads.len() <= MAX_ROOMS, "{} rooms kept", heads.len());
+        assert!(
+            Arc::ptr_eq(&held, &heads.room("!held")),
+            "a chain being built on is never forgotten"
+        );
+    }
+}
