@@ -440,6 +440,28 @@ pub async fn render(server: &Server) -> Result<String, Error> {
             ("in_write", &RECEIVED_IN_WRITE),
         ],
     );
+    let writer = server.db.writer_stats();
+    let writer_counters: [(&str, &str, f64); 3] = [
+        (
+            "warren_writer_writes_total",
+            "Writes run by the single writer.",
+            writer.writes as f64,
+        ),
+        (
+            "warren_writer_commits_total",
+            "Transactions the single writer committed (a batch of writes each).",
+            writer.commits as f64,
+        ),
+        (
+            "warren_writer_busy_seconds_total",
+            "Time the single writer was held by a write or a commit: its rate is how close the node is to its write throughput.",
+            writer.busy_ns as f64 / 1e9,
+        ),
+    ];
+    for (name, help, value) in writer_counters {
+        enc.family(name, help, Kind::Counter);
+        enc.sample(name, &[], value);
+    }
     enc.family(
         "warren_federation_queue_depth",
         "Rows queued for a destination (the 50 largest queues only).",

@@ -35,11 +35,10 @@ impl Planned {
 /// records the result, instead of reading the members and their rules and evaluating
 /// them while every other write waits (most of a send's time in the writer in a room
 /// of ten, and growing with the room). The event is judged by what it will carry
-/// (`type`, `content`, `sender`, `room_id`, `state_key`), none of which changes when
-/// the write has to build it again on newer prev events. The write records the plan
-/// only while the room's version and current state are the ones the event was built on
-/// ahead on the same snapshot ([`crate::rooms::Prebuilt`]); otherwise it evaluates
-/// again itself, so a member who left or joined in between is judged as the room now
+/// (`type`, `content`, `sender`, `room_id`, `state_key`). The write records the plan
+/// only when the event built on the same snapshot is still current (the room's state
+/// and extremities unchanged, [`crate::rooms::Prebuilt`]); otherwise it evaluates again
+/// itself, so a member who left or joined in between is judged as the room now
 /// stands. `None` for a room this node does not know.
 pub fn plan(
     c: &Connection,

@@ -8,7 +8,7 @@ use rusqlite::Connection;
 use super::append::{BuiltEvent, build_local_event_on};
 use super::heads::Turn;
 use crate::error::Error;
-use crate::events::NewEvent;
+use crate::events::{NewEvent, rules_for, uses_pairs};
 use crate::server::Server;
 use crate::storage;
 
@@ -27,19 +27,22 @@ pub struct Prepared {
 pub struct Prebuilt {
     built: BuiltEvent,
     extremities: Vec<String>,
-    /// Taken when this is dropped: by the write, or by a send that ends without one.
-    turn: Turn,
+    /// Its place in the room's chain, if it was built on one: taken when this is
+    /// dropped, by the write or by a send that ends without one.
+    turn: Option<Turn>,
 }
 
 /// Build, sign and authorise a local event ahead of its write, on a read snapshot
 /// (`c` inside a read transaction). The write uses it only while the room is as it was
-/// ([`Prebuilt::staleness`]): the same forward extremities (so the same prev
+/// ([`Prebuilt::still_current`]): the same forward extremities (so the same prev
 /// events and depth) and the same current state (so the same auth events and the same
-/// auth decision). Another event in the room in between makes the write build it again.
+/// auth decision); otherwise it builds the event again.
 ///
 /// A message is built on the newest message built ahead in the room when the database
 /// is where those leave it (see [`super::heads`]), so sends to one room from several
-/// clients at once are each still current when their writes come in turn.
+/// clients at once are each still current when their writes come in turn. Not in rooms
+/// of versions 1 and 2, whose prev events are referenced with their hashes, read from
+/// the stored events.
 pub fn prebuild(
     c: &Connection,
     server: &Server,
@@ -51,32 +54,31 @@ pub fn prebuild(
         return Err(Error::Forbidden(format!("unknown room {room_id}")));
     };
     let in_db = storage::forward_extremities(c, room_id)?;
+    let (_, rules) = rules_for(&version)?;
+    if ev.state_key.is_some() || uses_pairs(&rules.event_format) {
+        let extremities = in_db.iter().map(|(id, _)| id.clone()).collect();
+        let built = build_local_event_on(c, server, room_id, ev, ts, (version, group), in_db)?;
+        return Ok(Prebuilt {
+            built,
+            extremities,
+            turn: None,
+        });
+    }
     let room = server.local_heads.room(room_id);
     // Held while building, so two sends never build on the same tip.
     let mut head = room.lock();
-    let on = head.extremities(&version, group, in_db);
+    let (on, chained) = head.extremities(&version, group, in_db);
     let extremities = on.iter().map(|(id, _)| id.clone()).collect();
     let built = build_local_event_on(c, server, room_id, ev, ts, (version, group), on)?;
-    head.built(&built.event_id, built.pdu.depth, ev.state_key.is_some());
-    let turn = Turn::next(&room, &mut head);
+    let turn = chained.then(|| {
+        head.built(&built.event_id, built.pdu.depth);
+        Turn::next(&room, &mut head)
+    });
     Ok(Prebuilt {
         built,
         extremities,
         turn,
     })
-}
-
-/// How the room stands, for the write, against what an event was built on ahead.
-#[derive(Debug, PartialEq, Eq)]
-pub(super) enum Staleness {
-    /// As it was: the event built ahead is the one to persist.
-    Current,
-    /// Same version and current state, other forward extremities: the event must be
-    /// built again (other prev events), but what depends only on the state (who is
-    /// notified) still holds.
-    SameState,
-    /// Another state: nothing worked out ahead holds.
-    Changed,
 }
 
 impl Prebuilt {
@@ -88,7 +90,15 @@ impl Prebuilt {
     /// Wait (briefly, see [`Turn`]) until the write of the message built before this
     /// one in the room has taken the writer, so this write finds it written.
     pub fn wait_turn(&self) {
-        self.turn.wait();
+        if let Some(turn) = &self.turn {
+            turn.wait();
+        }
+    }
+
+    /// The event built.
+    #[cfg(test)]
+    pub(super) fn built_pdu(&self) -> &crate::events::Pdu {
+        &self.built.pdu
     }
 
     /// The id of the event built.
@@ -96,22 +106,16 @@ impl Prebuilt {
         &self.built.event_id
     }
 
-    /// How the room (as the write sees it) stands against the one the event was built
-    /// on.
-    pub(super) fn staleness(&self, c: &Connection, room_id: &str) -> Result<Staleness, Error> {
+    /// Whether the room (as the write sees it) is still the one the event was built on.
+    pub(super) fn still_current(&self, c: &Connection, room_id: &str) -> Result<bool, Error> {
         let Some((version, group)) = storage::room_info(c, room_id)? else {
-            return Ok(Staleness::Changed);
+            return Ok(false);
         };
         if version != self.built.version || group != self.built.group_before {
-            return Ok(Staleness::Changed);
+            return Ok(false);
         }
         let now = storage::forward_extremities(c, room_id)?;
-        let same = now.len() == self.extremities.len()
-            && now.iter().zip(&self.extremities).all(|((a, _), b)| a == b);
-        Ok(if same {
-            Staleness::Current
-        } else {
-            Staleness::SameState
-        })
+        Ok(now.len() == self.extremities.len()
+            && now.iter().zip(&self.extremities).all(|((a, _), b)| a == b))
     }
 }

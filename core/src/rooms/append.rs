@@ -4,7 +4,7 @@ use ruma::{UserId, events::TimelineEventType, state_res};
 use rusqlite::Connection;
 use serde_json::{Map, Value};
 
-use super::ahead::{Prepared, Staleness};
+use super::ahead::Prepared;
 use super::auth::{AuthState, check_local_event_with};
 use crate::error::Error;
 use crate::events::{self, EventReference, NewEvent, Pdu, build_pdu, rules_for};
@@ -98,26 +98,19 @@ pub fn append_prepared(
             txn_id,
             key,
         });
-    // What was worked out ahead holds only for the room as it was then. The event
-    // itself needs the same extremities too; the push plan only the same state (a
-    // member who left or was banned in between must not be notified).
-    let staleness = match &ahead.built {
-        Some(p) => Some(p.staleness(c, room_id)?),
-        None => None,
-    };
-    let (built, push) = match (ahead.built, staleness) {
-        (Some(p), Some(Staleness::Current)) => {
+    // What was worked out ahead holds only for the room as it was then: the push plan
+    // too (a member who left or was banned in between must not be notified, and a
+    // redaction in between may have changed a display name without changing the state).
+    let (built, push) = match ahead.built {
+        Some(p) if p.still_current(c, room_id)? => {
             crate::metrics::send_prebuilt(true);
             (p.into_built(), ahead.push)
         }
-        (prebuilt, staleness) => {
+        prebuilt => {
             if prebuilt.is_some() {
                 crate::metrics::send_prebuilt(false);
             }
-            let push = ahead
-                .push
-                .filter(|_| staleness == Some(Staleness::SameState));
-            (build_local_event(c, server, room_id, &ev, ts)?, push)
+            (build_local_event(c, server, room_id, &ev, ts)?, None)
         }
     };
     let pos = persist(

@@ -11,9 +11,11 @@
 //! event only if the room's extremities are exactly the ones it was built on
 //! (`Prebuilt::staleness`), and builds it again otherwise (a send whose write failed
 //! or was overtaken). A chain only grows while the database is where the chain leaves
-//! it (at its base, or at one of its events) with the same current state; anything else
-//! (a received event, a state event, a write that built its event again) starts a new
-//! one from the database.
+//! it (at its base, at one of its events, or behind its base on an older snapshot) with
+//! the same current state; anything else (a received event, a state event, a write that
+//! built its event again) starts a new one from the database, once the writes of the
+//! old one are done (see [`Head::extremities`]). Only messages chain, and not in rooms
+//! of versions 1 and 2 (their prev events carry hashes read from stored events).
 //!
 //! The writes of a chain's events take the writer in the order they were built
 //! ([`Turn`]).
@@ -67,9 +69,9 @@ pub struct Turn {
     ticket: u64,
 }
 
-/// Longest a write waits for the one before it (which runs on another thread between
-/// its build and its write, with nothing to wait for itself, so is at most microseconds
-/// away); past it the write goes ahead, and is built again if overtaken.
+/// Longest a write waits for the one before it, which is on another thread between its
+/// build and its write: evaluating the members' push rules, waiting for its own turn or
+/// for the writer. Past it the write goes ahead, and is built again if overtaken.
 pub const TURN_WAIT: Duration = Duration::from_millis(20);
 
 impl Turn {
@@ -82,15 +84,25 @@ impl Turn {
         }
     }
 
-    /// Wait until the write of the event built before this one has taken its turn.
+    /// Wait until the write of the event built before this one has taken its turn
+    /// (off the async reactor when it has not yet).
     pub fn wait(&self) {
-        let deadline = Instant::now() + TURN_WAIT;
-        let mut head = self.room.head.lock();
-        while head.taken_up_to.saturating_add(1) < self.ticket {
-            if self.room.taken.wait_until(&mut head, deadline).timed_out() {
-                return;
-            }
+        if self.is_due() {
+            return;
         }
+        crate::server::off_the_reactor(|| {
+            let deadline = Instant::now() + TURN_WAIT;
+            let mut head = self.room.head.lock();
+            while head.taken_up_to.saturating_add(1) < self.ticket {
+                if self.room.taken.wait_until(&mut head, deadline).timed_out() {
+                    return;
+                }
+            }
+        });
+    }
+
+    fn is_due(&self) -> bool {
+        self.room.head.lock().taken_up_to.saturating_add(1) >= self.ticket
     }
 }
 
@@ -150,25 +162,35 @@ impl LocalHeads {
 }
 
 impl Head {
-    /// The extremities to build the next event on, given the room's version, current
+    /// The extremities to build the next message on, given the room's version, current
     /// state group and forward extremities (ordered, with depths) as the builder's
-    /// snapshot sees them: the chain's tip when the database is at the chain's base or
-    /// at one of its events (or behind the base: an older snapshot), with the same
-    /// state; else the database's own (and the chain starts again from them).
+    /// snapshot sees them, and whether the message joins the chain (takes a [`Turn`]):
+    /// - the chain's tip, when the database is at the chain's base, at one of its events
+    ///   or behind the base (an older snapshot), with the same state;
+    /// - else the database's own, and a new chain starts from them, unless messages of
+    ///   the broken chain are still on their way to the writer: each will be built again
+    ///   there and move the extremities once more, so a chain started now would be
+    ///   overtaken by them, and the next, for as long as sends keep coming. The message
+    ///   is then built on the database's extremities outside any chain (as without
+    ///   chains), and a chain starts again once those writes are done.
     pub fn extremities(
         &mut self,
         version: &str,
         group: Option<i64>,
         in_db: Vec<(String, i64)>,
-    ) -> Vec<(String, i64)> {
+    ) -> (Vec<(String, i64)>, bool) {
         if let Some(tip) = self.continues(version, group, &in_db) {
-            return vec![tip];
+            return (vec![tip], true);
+        }
+        self.chain.clear();
+        if self.taken_up_to < self.tickets {
+            self.at = None;
+            return (in_db, false);
         }
         self.at = Some((version.to_owned(), group));
         self.base = in_db.iter().map(|(id, _)| id.clone()).collect();
         self.base_depth = max_depth(&in_db);
-        self.chain.clear();
-        in_db
+        (in_db, true)
     }
 
     fn continues(
@@ -193,14 +215,8 @@ impl Head {
         (at_base || at_chain || behind).then(|| tip.clone())
     }
 
-    /// Record an event built on what [`Head::extremities`] gave. A message extends the
-    /// chain; a state event ends it (the state the chain was built on changes with it).
-    pub fn built(&mut self, event_id: &str, depth: i64, is_state: bool) {
-        if is_state {
-            self.at = None;
-            self.chain.clear();
-            return;
-        }
+    /// Record a message built on what [`Head::extremities`] gave, in the chain.
+    pub fn built(&mut self, event_id: &str, depth: i64) {
         self.chain.push_back((event_id.to_owned(), depth));
         if self.chain.len() > CHAIN_KEPT {
             self.chain.pop_front();
@@ -220,57 +236,97 @@ mod tests {
         ids.iter().map(|(id, d)| ((*id).to_owned(), *d)).collect()
     }
 
+    /// `head.extremities(..)` for room version 10, and a turn taken when it chained.
+    fn next(
+        head: &mut Head,
+        group: Option<i64>,
+        in_db: &[(&str, i64)],
+    ) -> (Vec<(String, i64)>, bool) {
+        let (on, chained) = head.extremities("10", group, ext(in_db));
+        if chained {
+            head.tickets += 1;
+        }
+        (on, chained)
+    }
+
+    /// Every turn handed out taken (the writes done).
+    fn written(head: &mut Head) {
+        head.taken_up_to = head.tickets;
+    }
+
     #[test]
     fn messages_chain_while_the_database_is_where_the_chain_leaves_it() {
         let mut head = Head::default();
-        let db = ext(&[("$a", 5)]);
+        let db = [("$a", 5)];
         assert_eq!(
-            head.extremities("10", Some(1), db.clone()),
-            db,
+            next(&mut head, Some(1), &db),
+            (ext(&db), true),
             "no chain yet"
         );
-        head.built("$m1", 6, false);
+        head.built("$m1", 6);
         // Not committed yet: the database is still at the base.
-        assert_eq!(
-            head.extremities("10", Some(1), db.clone()),
-            ext(&[("$m1", 6)])
-        );
-        head.built("$m2", 7, false);
+        assert_eq!(next(&mut head, Some(1), &db), (ext(&[("$m1", 6)]), true));
+        head.built("$m2", 7);
         // The first committed: the database is at an event of the chain.
         assert_eq!(
-            head.extremities("10", Some(1), ext(&[("$m1", 6)])),
-            ext(&[("$m2", 7)])
+            next(&mut head, Some(1), &[("$m1", 6)]),
+            (ext(&[("$m2", 7)]), true)
         );
-        head.built("$m3", 8, false);
+        head.built("$m3", 8);
         // Read on a snapshot older than the chain's base: still the tip.
         assert_eq!(
-            head.extremities("10", Some(1), ext(&[("$old", 4)])),
-            ext(&[("$m3", 8)])
+            next(&mut head, Some(1), &[("$old", 4)]),
+            (ext(&[("$m3", 8)]), true)
         );
+        head.built("$m4", 9);
+        written(&mut head);
         // Another state: the database's extremities, and a new chain.
-        let other = ext(&[("$m3", 8)]);
-        assert_eq!(head.extremities("10", Some(2), other.clone()), other);
-        head.built("$m4", 9, false);
+        let other = [("$s", 9)];
+        assert_eq!(next(&mut head, Some(2), &other), (ext(&other), true));
+        head.built("$m5", 10);
+        written(&mut head);
         // An event from elsewhere (not in the chain): the database's, a new chain.
-        let forked = ext(&[("$r", 9), ("$m4", 9)]);
-        assert_eq!(head.extremities("10", Some(2), forked.clone()), forked);
-        // A state event ends the chain.
-        head.built("$s", 10, true);
-        let db = ext(&[("$s", 10)]);
-        assert_eq!(head.extremities("10", Some(3), db.clone()), db);
+        let forked = [("$r", 10), ("$m5", 10)];
+        assert_eq!(next(&mut head, Some(2), &forked), (ext(&forked), true));
+    }
+
+    #[test]
+    fn no_chain_starts_while_the_writes_of_a_broken_one_are_on_their_way() {
+        let mut head = Head::default();
+        next(&mut head, None, &[("$a", 1)]);
+        head.built("$m1", 2);
+        next(&mut head, None, &[("$a", 1)]);
+        head.built("$m2", 3);
+        // $m1 was built again in the writer ($x): the chain is broken, and $m2's write
+        // (which will be built again too) is still to come.
+        head.taken_up_to = 1;
+        let db = [("$x", 2)];
+        assert_eq!(
+            next(&mut head, None, &db),
+            (ext(&db), false),
+            "outside any chain"
+        );
+        assert_eq!(next(&mut head, None, &db), (ext(&db), false), "still");
+        // $m2's write done: a new chain from what the database holds.
+        written(&mut head);
+        let db = [("$y", 3)];
+        assert_eq!(next(&mut head, None, &db), (ext(&db), true));
+        head.built("$m3", 4);
+        assert_eq!(next(&mut head, None, &db), (ext(&[("$m3", 4)]), true));
     }
 
     #[test]
     fn a_chain_remembers_its_newest_events_only() {
         let mut head = Head::default();
-        head.extremities("10", None, ext(&[("$a", 1)]));
+        next(&mut head, None, &[("$a", 1)]);
         for i in 0..CHAIN_KEPT + 5 {
-            head.built(&format!("$m{i}"), 2 + i as i64, false);
+            head.built(&format!("$m{i}"), 2 + i as i64);
         }
         assert_eq!(head.chain.len(), CHAIN_KEPT);
+        written(&mut head);
         // Committed only up to an event the chain no longer holds: start again.
-        let behind = ext(&[("$m2", 4)]);
-        assert_eq!(head.extremities("10", None, behind.clone()), behind);
+        let behind = [("$m2", 4)];
+        assert_eq!(next(&mut head, None, &behind), (ext(&behind), true));
     }
 
     #[test]

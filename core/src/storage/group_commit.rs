@@ -19,7 +19,8 @@
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
 use rusqlite::Connection;
@@ -62,6 +63,35 @@ pub(super) struct GroupWriter {
     committed: Condvar,
     /// The effects of the write holding the writer.
     effects: Collector,
+    /// How much the writer has done (see [`WriterStats`]).
+    stats: Stats,
+}
+
+/// What the single writer has done since the database was opened: how busy it is is how
+/// close the node is to its write throughput (every write waits for it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Writes run (committed or failed).
+    pub writes: u64,
+    /// Transactions committed (each holding one write or several, see the module's
+    /// documentation).
+    pub commits: u64,
+    /// Time the writer was held by a write or a commit, in nanoseconds.
+    pub busy_ns: u64,
+}
+
+#[derive(Default)]
+struct Stats {
+    writes: AtomicU64,
+    commits: AtomicU64,
+    busy_ns: AtomicU64,
+}
+
+impl Stats {
+    fn held(&self, since: Instant) {
+        let ns = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.busy_ns.fetch_add(ns, Ordering::Relaxed);
+    }
 }
 
 impl GroupWriter {
@@ -79,6 +109,7 @@ impl GroupWriter {
             commits: Mutex::new(Commits::default()),
             committed: Condvar::new(),
             effects,
+            stats: Stats::default(),
         }
     }
 
@@ -90,7 +121,9 @@ impl GroupWriter {
     ) -> Result<(T, Effects), Error> {
         self.queued.fetch_add(1, Ordering::SeqCst);
         let mut w = self.writer.lock();
+        let held_since = Instant::now();
         self.queued.fetch_sub(1, Ordering::SeqCst);
+        self.stats.writes.fetch_add(1, Ordering::Relaxed);
         let batch = match w.open {
             Some(b) => b,
             None => {
@@ -135,15 +168,29 @@ impl GroupWriter {
         }
         if self.queued.load(Ordering::SeqCst) > 0 && w.len < MAX_BATCH {
             // Someone is about to take the writer: they (or a later one) commit for us.
+            self.stats.held(held_since);
             drop(w);
             self.wait_for(batch)?;
             return out;
         }
         let result = commit(&mut w);
+        if result.is_ok() {
+            self.stats.commits.fetch_add(1, Ordering::Relaxed);
+        }
+        self.stats.held(held_since);
         drop(w);
         self.finish(batch, result.as_ref().err().map(|e| e.to_string()));
         result?;
         out
+    }
+
+    /// What the writer has done so far.
+    pub(super) fn stats(&self) -> WriterStats {
+        WriterStats {
+            writes: self.stats.writes.load(Ordering::Relaxed),
+            commits: self.stats.commits.load(Ordering::Relaxed),
+            busy_ns: self.stats.busy_ns.load(Ordering::Relaxed),
+        }
     }
 
     /// Whether nobody holds or waits for the writer right now (a hint: it may change at
@@ -321,6 +368,9 @@ mod tests {
         .expect("second write");
         first.join().expect("first thread").expect("first write");
         assert_eq!(w.writer.lock().last_batch, 1, "one transaction for both");
+        let stats = w.stats();
+        assert_eq!((stats.writes, stats.commits), (2, 1), "{stats:?}");
+        assert!(stats.busy_ns > 0, "{stats:?}");
         let total: i64 = w.with_idle_connection(|c| {
             c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
                 .expect("count")
@@ -373,6 +423,9 @@ mod tests {
             .expect("second write");
         let (first, seen) = first.join().expect("first thread");
         assert_eq!(w.writer.lock().last_batch, 1, "one transaction for both");
+        let stats = w.stats();
+        assert_eq!((stats.writes, stats.commits), (2, 1), "{stats:?}");
+        assert!(stats.busy_ns > 0, "{stats:?}");
         assert!(first.federation_queued() && !first.pushes_queued());
         assert_eq!(first.stream_pos, Some(1));
         assert_eq!(seen, 1, "effects handed back before the commit");

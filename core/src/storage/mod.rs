@@ -20,6 +20,7 @@ pub mod effects;
 mod events;
 mod federation;
 mod group_commit;
+pub use group_commit::WriterStats;
 mod mailbox;
 mod media;
 mod migrations;
@@ -274,6 +275,12 @@ impl Db {
     /// built from that snapshot are still current; see [`crate::sync::initial_cache`]).
     pub fn write_generation(&self) -> u64 {
         self.writes.load(Ordering::SeqCst)
+    }
+
+    /// What the single writer has done since the database was opened (writes, commits,
+    /// time held).
+    pub fn writer_stats(&self) -> WriterStats {
+        self.writer.stats()
     }
 
     /// Whether the writer is free right now (a hint for callers deciding whether a

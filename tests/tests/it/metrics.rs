@@ -304,6 +304,22 @@ async fn metrics_parse_count_requests_by_template_and_need_the_admin_token() -> 
     ] {
         find(&samples, gauge, &[]).with_context(|| format!("{gauge}:\n{text}"))?;
     }
+    // The writer has run the test's writes, committed them, and was held for them.
+    let writer = |name: &str| -> anyhow::Result<f64> {
+        Ok(find(&samples, name, &[])
+            .with_context(|| format!("{name}:\n{text}"))?
+            .value)
+    };
+    let writes = writer("warren_writer_writes_total")?;
+    let commits = writer("warren_writer_commits_total")?;
+    ensure!(
+        writes >= 1.0 && commits >= 1.0 && commits <= writes,
+        "{writes} writes, {commits} commits"
+    );
+    ensure!(
+        writer("warren_writer_busy_seconds_total")? > 0.0,
+        "writer busy time"
+    );
     let db = find(&samples, "warren_database_bytes", &[]).context("database bytes")?;
     ensure!(db.value > 0.0, "{db:?}");
     if cfg!(target_os = "linux") {
