@@ -4,9 +4,25 @@
 use serde_json::json;
 
 use super::{Prepared, append_event, append_prepared, load_pdu, prebuild};
+use crate::events::NewEvent;
 use crate::rooms::CreateRoom;
+use crate::server::Server;
 use crate::storage;
 use crate::test_support::{ev, message, node, public_room, room_with};
+
+/// What `room_writes::send_message` works out before its write: the push plan and the
+/// event built ahead, on one read snapshot.
+fn prepare(server: &Server, room: &str, msg: &NewEvent) -> Prepared {
+    server
+        .db
+        .read_tx(|c| {
+            Ok(Prepared {
+                push: crate::push::plan(c, room, msg)?,
+                built: Some(prebuild(c, server, room, msg, None)?),
+            })
+        })
+        .expect("ahead")
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prebuilt_event_is_used_only_while_the_room_is_unchanged() {
@@ -99,15 +115,7 @@ async fn a_member_who_left_in_between_is_not_notified_by_a_stale_plan() {
     let bob = server.user_id("bob");
     let room = public_room(&server, &alice, &[&bob]);
     let msg = message(&alice, "are you there");
-    let ahead = server
-        .db
-        .read_tx(|c| {
-            Ok(Prepared {
-                push: crate::push::plan(c, &room, &msg)?,
-                built: Some(prebuild(c, &server, &room, &msg, None)?),
-            })
-        })
-        .expect("ahead");
+    let ahead = prepare(&server, &room, &msg);
     server
         .write(|c| {
             let leave = ev(
@@ -139,18 +147,7 @@ async fn messages_built_ahead_together_are_each_built_on_the_one_before() {
     let alice = server.user_id("alice");
     let bob = server.user_id("bob");
     let room = public_room(&server, &alice, &[&bob]);
-    let ahead = |sender: &str, body: &str| {
-        let msg = message(sender, body);
-        server
-            .db
-            .read_tx(|c| {
-                Ok(Prepared {
-                    push: crate::push::plan(c, &room, &msg)?,
-                    built: Some(prebuild(c, &server, &room, &msg, None)?),
-                })
-            })
-            .expect("ahead")
-    };
+    let ahead = |sender: &str, body: &str| prepare(&server, &room, &message(sender, body));
     let write = |sender: &str, body: &str, prepared: Prepared| {
         server
             .write(|c| {
@@ -278,15 +275,7 @@ async fn an_overtaken_message_is_built_again_and_notifies_once() {
     let bob = server.user_id("bob");
     let room = public_room(&server, &alice, &[&bob]);
     let msg = message(&alice, "overtaken");
-    let ahead = server
-        .db
-        .read_tx(|c| {
-            Ok(Prepared {
-                push: crate::push::plan(c, &room, &msg)?,
-                built: Some(prebuild(c, &server, &room, &msg, None)?),
-            })
-        })
-        .expect("ahead");
+    let ahead = prepare(&server, &room, &msg);
     let built_id = ahead.built.as_ref().expect("built").event_id().to_owned();
     let other = server
         .write(|c| append_event(c, &server, &room, message(&bob, "first"), None))
