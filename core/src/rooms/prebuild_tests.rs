@@ -333,3 +333,82 @@ async fn messages_do_not_chain_in_rooms_of_version_1() {
         "both on the stored extremities"
     );
 }
+
+/// Many clients sending to one room at once, as the handler runs each send (built ahead
+/// on the room's chain, waiting for its turn, then the write): every message is stored
+/// once, the timeline stays one line (each message's one prev event is the message
+/// before it), and the room ends with one forward extremity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sends_to_one_room_make_one_line() {
+    const CLIENTS: usize = 8;
+    const EACH: usize = 25;
+    let (_dir, node) = node().await;
+    let server = node.server().clone();
+    let users: Vec<String> = (0..CLIENTS)
+        .map(|i| server.user_id(&format!("u{i}")))
+        .collect();
+    let others: Vec<&str> = users[1..].iter().map(String::as_str).collect();
+    let room = public_room(&server, &users[0], &others);
+    let before = server
+        .db
+        .read(|c| storage::forward_extremities(c, &room))
+        .expect("extremities");
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, user) in users.iter().enumerate() {
+        let (server, room, user) = (server.clone(), room.clone(), user.clone());
+        tasks.spawn(async move {
+            let requester = crate::requester::Requester {
+                device_id: format!("D{i}"),
+                ..crate::requester::Requester::node_acting_for(user)
+            };
+            let mut sent = Vec::new();
+            for n in 0..EACH {
+                let id = crate::room_writes::send_message(
+                    &server,
+                    &requester,
+                    &room,
+                    "m.room.message".into(),
+                    json!({"msgtype": "m.text", "body": format!("{i}/{n}")}),
+                    &format!("t{n}"),
+                    None,
+                )
+                .expect("send");
+                sent.push(id);
+                tokio::task::yield_now().await;
+            }
+            sent
+        });
+    }
+    let mut sent = std::collections::HashSet::new();
+    while let Some(ids) = tasks.join_next().await {
+        sent.extend(ids.expect("task"));
+    }
+    assert_eq!(sent.len(), CLIENTS * EACH, "every message stored once");
+
+    // Each message has one prev event, the base or another message, and no event is
+    // the prev of two: one line from the base.
+    let mut child_of = std::collections::HashMap::new();
+    for id in &sent {
+        let pdu = server
+            .db
+            .read(|c| load_pdu(c, id))
+            .expect("read")
+            .expect("stored");
+        let prev: Vec<String> = pdu.prev_events.iter().map(|e| e.to_string()).collect();
+        assert_eq!(prev.len(), 1, "{id}: {prev:?}");
+        assert!(
+            sent.contains(&prev[0]) || prev[0] == before[0].0,
+            "{id} on an unknown event {}",
+            prev[0]
+        );
+        if let Some(other) = child_of.insert(prev[0].clone(), id.clone()) {
+            panic!("{} is the prev of both {other} and {id}", prev[0]);
+        }
+    }
+    let extremities = server
+        .db
+        .read(|c| storage::forward_extremities(c, &room))
+        .expect("extremities");
+    assert_eq!(extremities.len(), 1, "{extremities:?}");
+    assert!(sent.contains(&extremities[0].0));
+}
