@@ -67,7 +67,7 @@ pub fn prebuild(
     let room = server.local_heads.room(room_id);
     // Held while building, so two sends never build on the same tip.
     let mut head = room.lock();
-    let (on, chained) = head.extremities(&version, group, in_db);
+    let (on, chained) = head.extremities(&version, group, in_db, room.taken_up_to());
     let extremities = on.iter().map(|(id, _)| id.clone()).collect();
     let built = build_local_event_on(c, server, room_id, ev, ts, (version, group), on)?;
     let turn = chained.then(|| {

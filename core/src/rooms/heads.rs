@@ -46,6 +46,9 @@ pub struct LocalHeads {
 #[derive(Default)]
 pub struct RoomHead {
     head: Mutex<Head>,
+    /// The latest turn taken. Apart from the chain: the writer takes turns (a write
+    /// drops its event's [`Turn`]) and must never wait for a build holding the chain.
+    taken_up_to: Mutex<u64>,
     /// Signalled when a write takes its turn.
     taken: Condvar,
 }
@@ -54,6 +57,11 @@ impl RoomHead {
     /// The chain, locked: held while building on it.
     pub fn lock(&self) -> MutexGuard<'_, Head> {
         self.head.lock()
+    }
+
+    /// The latest turn taken.
+    pub fn taken_up_to(&self) -> u64 {
+        *self.taken_up_to.lock()
     }
 }
 
@@ -92,9 +100,9 @@ impl Turn {
         }
         crate::server::off_the_reactor(|| {
             let deadline = Instant::now() + TURN_WAIT;
-            let mut head = self.room.head.lock();
-            while head.taken_up_to.saturating_add(1) < self.ticket {
-                if self.room.taken.wait_until(&mut head, deadline).timed_out() {
+            let mut taken = self.room.taken_up_to.lock();
+            while taken.saturating_add(1) < self.ticket {
+                if self.room.taken.wait_until(&mut taken, deadline).timed_out() {
                     return;
                 }
             }
@@ -102,15 +110,15 @@ impl Turn {
     }
 
     fn is_due(&self) -> bool {
-        self.room.head.lock().taken_up_to.saturating_add(1) >= self.ticket
+        self.room.taken_up_to().saturating_add(1) >= self.ticket
     }
 }
 
 impl Drop for Turn {
     fn drop(&mut self) {
-        let mut head = self.room.head.lock();
-        head.taken_up_to = head.taken_up_to.max(self.ticket);
-        drop(head);
+        let mut taken = self.room.taken_up_to.lock();
+        *taken = (*taken).max(self.ticket);
+        drop(taken);
         self.room.taken.notify_all();
     }
 }
@@ -118,9 +126,8 @@ impl Drop for Turn {
 /// One room's chain of messages built ahead.
 #[derive(Debug, Default)]
 pub struct Head {
-    /// Turns handed out ([`Turn`]), and the latest taken.
+    /// Turns handed out ([`Turn`]).
     tickets: u64,
-    taken_up_to: u64,
     /// The room version and current state group the chain was built on.
     at: Option<(String, Option<i64>)>,
     /// The room's forward extremities in the database when the chain began.
@@ -164,7 +171,8 @@ impl LocalHeads {
 impl Head {
     /// The extremities to build the next message on, given the room's version, current
     /// state group and forward extremities (ordered, with depths) as the builder's
-    /// snapshot sees them, and whether the message joins the chain (takes a [`Turn`]):
+    /// snapshot sees them, and the latest turn taken ([`RoomHead::taken_up_to`]); and
+    /// whether the message joins the chain (takes a [`Turn`]):
     /// - the chain's tip, when the database is at the chain's base, at one of its events
     ///   or behind the base (an older snapshot), with the same state;
     /// - else the database's own, and a new chain starts from them, unless messages of
@@ -178,12 +186,13 @@ impl Head {
         version: &str,
         group: Option<i64>,
         in_db: Vec<(String, i64)>,
+        taken_up_to: u64,
     ) -> (Vec<(String, i64)>, bool) {
         if let Some(tip) = self.continues(version, group, &in_db) {
             return (vec![tip], true);
         }
         self.chain.clear();
-        if self.taken_up_to < self.tickets {
+        if taken_up_to < self.tickets {
             self.at = None;
             return (in_db, false);
         }
@@ -236,97 +245,103 @@ mod tests {
         ids.iter().map(|(id, d)| ((*id).to_owned(), *d)).collect()
     }
 
-    /// `head.extremities(..)` for room version 10, and a turn taken when it chained.
-    fn next(
-        head: &mut Head,
-        group: Option<i64>,
-        in_db: &[(&str, i64)],
-    ) -> (Vec<(String, i64)>, bool) {
-        let (on, chained) = head.extremities("10", group, ext(in_db));
-        if chained {
-            head.tickets += 1;
-        }
-        (on, chained)
+    /// A chain and the latest turn taken.
+    #[derive(Default)]
+    struct Chain {
+        head: Head,
+        taken: u64,
     }
 
-    /// Every turn handed out taken (the writes done).
-    fn written(head: &mut Head) {
-        head.taken_up_to = head.tickets;
+    impl Chain {
+        /// `head.extremities(..)` for room version 10, and a turn handed out when it
+        /// chained.
+        fn next(
+            &mut self,
+            group: Option<i64>,
+            in_db: &[(&str, i64)],
+        ) -> (Vec<(String, i64)>, bool) {
+            let (on, chained) = self.head.extremities("10", group, ext(in_db), self.taken);
+            if chained {
+                self.head.tickets += 1;
+            }
+            (on, chained)
+        }
+
+        fn built(&mut self, id: &str, depth: i64) {
+            self.head.built(id, depth);
+        }
+
+        /// Every turn handed out taken (the writes done).
+        fn written(&mut self) {
+            self.taken = self.head.tickets;
+        }
     }
 
     #[test]
     fn messages_chain_while_the_database_is_where_the_chain_leaves_it() {
-        let mut head = Head::default();
+        let mut head = Chain::default();
         let db = [("$a", 5)];
-        assert_eq!(
-            next(&mut head, Some(1), &db),
-            (ext(&db), true),
-            "no chain yet"
-        );
+        assert_eq!(head.next(Some(1), &db), (ext(&db), true), "no chain yet");
         head.built("$m1", 6);
         // Not committed yet: the database is still at the base.
-        assert_eq!(next(&mut head, Some(1), &db), (ext(&[("$m1", 6)]), true));
+        assert_eq!(head.next(Some(1), &db), (ext(&[("$m1", 6)]), true));
         head.built("$m2", 7);
         // The first committed: the database is at an event of the chain.
         assert_eq!(
-            next(&mut head, Some(1), &[("$m1", 6)]),
+            head.next(Some(1), &[("$m1", 6)]),
             (ext(&[("$m2", 7)]), true)
         );
         head.built("$m3", 8);
         // Read on a snapshot older than the chain's base: still the tip.
         assert_eq!(
-            next(&mut head, Some(1), &[("$old", 4)]),
+            head.next(Some(1), &[("$old", 4)]),
             (ext(&[("$m3", 8)]), true)
         );
         head.built("$m4", 9);
-        written(&mut head);
+        head.written();
         // Another state: the database's extremities, and a new chain.
         let other = [("$s", 9)];
-        assert_eq!(next(&mut head, Some(2), &other), (ext(&other), true));
+        assert_eq!(head.next(Some(2), &other), (ext(&other), true));
         head.built("$m5", 10);
-        written(&mut head);
+        head.written();
         // An event from elsewhere (not in the chain): the database's, a new chain.
         let forked = [("$r", 10), ("$m5", 10)];
-        assert_eq!(next(&mut head, Some(2), &forked), (ext(&forked), true));
+        assert_eq!(head.next(Some(2), &forked), (ext(&forked), true));
     }
 
     #[test]
     fn no_chain_starts_while_the_writes_of_a_broken_one_are_on_their_way() {
-        let mut head = Head::default();
-        next(&mut head, None, &[("$a", 1)]);
+        let mut head = Chain::default();
+        head.next(None, &[("$a", 1)]);
         head.built("$m1", 2);
-        next(&mut head, None, &[("$a", 1)]);
+        head.next(None, &[("$a", 1)]);
         head.built("$m2", 3);
         // $m1 was built again in the writer ($x): the chain is broken, and $m2's write
         // (which will be built again too) is still to come.
-        head.taken_up_to = 1;
+        head.taken = 1;
         let db = [("$x", 2)];
-        assert_eq!(
-            next(&mut head, None, &db),
-            (ext(&db), false),
-            "outside any chain"
-        );
-        assert_eq!(next(&mut head, None, &db), (ext(&db), false), "still");
+        assert_eq!(head.next(None, &db), (ext(&db), false), "outside any chain");
+        assert_eq!(head.next(None, &db), (ext(&db), false), "still");
         // $m2's write done: a new chain from what the database holds.
-        written(&mut head);
+        head.written();
         let db = [("$y", 3)];
-        assert_eq!(next(&mut head, None, &db), (ext(&db), true));
+        assert_eq!(head.next(None, &db), (ext(&db), true));
         head.built("$m3", 4);
-        assert_eq!(next(&mut head, None, &db), (ext(&[("$m3", 4)]), true));
+        assert_eq!(head.next(None, &db), (ext(&[("$m3", 4)]), true));
     }
 
     #[test]
     fn a_chain_remembers_its_newest_events_only() {
-        let mut head = Head::default();
-        next(&mut head, None, &[("$a", 1)]);
+        let mut head = Chain::default();
+        head.next(None, &[("$a", 1)]);
         for i in 0..CHAIN_KEPT + 5 {
             head.built(&format!("$m{i}"), 2 + i as i64);
         }
-        assert_eq!(head.chain.len(), CHAIN_KEPT);
-        written(&mut head);
+        assert_eq!(head.head.chain.len(), CHAIN_KEPT);
+        head.written();
         // Committed only up to an event the chain no longer holds: start again.
         let behind = [("$m2", 4)];
-        assert_eq!(next(&mut head, None, &behind), (ext(&behind), true));
+        assert_eq!(head.next(None, &behind), (ext(&behind), true));
     }
 
     #[test]
