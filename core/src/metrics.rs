@@ -454,7 +454,7 @@ pub async fn render(server: &Server) -> Result<String, Error> {
         ),
         (
             "warren_writer_busy_seconds_total",
-            "Time the single writer was held by a write or a commit: its rate is how close the node is to its write throughput.",
+            "Time the single writer was held by a write, a commit or a WAL-restarting checkpoint: its rate is how close the node is to its write throughput.",
             writer.busy_ns as f64 / 1e9,
         ),
     ];

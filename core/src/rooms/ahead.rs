@@ -6,7 +6,7 @@
 use rusqlite::Connection;
 
 use super::append::{BuiltEvent, build_local_event_on};
-use super::heads::Turn;
+use super::heads::{RoomHead, Turn};
 use crate::error::Error;
 use crate::events::{NewEvent, rules_for, uses_pairs};
 use crate::server::Server;
@@ -55,25 +55,23 @@ pub fn prebuild(
     };
     let in_db = storage::forward_extremities(c, room_id)?;
     let (_, rules) = rules_for(&version)?;
-    if ev.state_key.is_some() || uses_pairs(&rules.event_format) {
-        let extremities = in_db.iter().map(|(id, _)| id.clone()).collect();
-        let built = build_local_event_on(c, server, room_id, ev, ts, (version, group), in_db)?;
-        return Ok(Prebuilt {
-            built,
-            extremities,
-            turn: None,
-        });
-    }
-    let room = server.local_heads.room(room_id);
+    let chains = ev.state_key.is_none() && !uses_pairs(&rules.event_format);
+    let room = chains.then(|| server.local_heads.room(room_id));
     // Held while building, so two sends never build on the same tip.
-    let mut head = room.lock();
-    let (on, chained) = head.extremities(&version, group, in_db, room.taken_up_to());
+    let mut head = room.as_deref().map(RoomHead::lock);
+    let (on, chained) = match (&room, head.as_deref_mut()) {
+        (Some(room), Some(head)) => head.extremities(&version, group, in_db, room.taken_up_to()),
+        _ => (in_db, false),
+    };
     let extremities = on.iter().map(|(id, _)| id.clone()).collect();
     let built = build_local_event_on(c, server, room_id, ev, ts, (version, group), on)?;
-    let turn = chained.then(|| {
-        head.built(&built.event_id, built.pdu.depth);
-        Turn::next(&room, &mut head)
-    });
+    let turn = match (&room, head.as_deref_mut()) {
+        (Some(room), Some(head)) if chained => {
+            head.built(&built.event_id, built.pdu.depth);
+            Some(Turn::next(room, head))
+        }
+        _ => None,
+    };
     Ok(Prebuilt {
         built,
         extremities,

@@ -9,7 +9,7 @@
 //! writer will have persisted by the time it takes this one when the writes arrive in
 //! the order they were built. Nothing here is trusted: the write still takes a prebuilt
 //! event only if the room's extremities are exactly the ones it was built on
-//! (`Prebuilt::staleness`), and builds it again otherwise (a send whose write failed
+//! (`Prebuilt::still_current`), and builds it again otherwise (a send whose write failed
 //! or was overtaken). A chain only grows while the database is where the chain leaves
 //! it (at its base, at one of its events, or behind its base on an older snapshot) with
 //! the same current state; anything else (a received event, a state event, a write that
@@ -20,8 +20,8 @@
 //! The writes of a chain's events take the writer in the order they were built
 //! ([`Turn`]).
 //!
-//! Bounds: [`MAX_ROOMS`] rooms, [`CHAIN_KEPT`] events per room, [`TURN_WAIT`] per send. A room over the limit
-//! is built on the database's extremities, as without this.
+//! Bounds: [`MAX_ROOMS`] rooms, [`CHAIN_KEPT`] events per room, [`TURN_WAIT`] per send.
+//! A room over the limit is built on the database's extremities, as without this.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use super::{Prepared, append_event, append_prepared, load_pdu, prebuild};
+use super::{Appended, Prebuilt, Prepared, append_event, append_prepared, load_pdu, prebuild};
 use crate::events::NewEvent;
 use crate::rooms::CreateRoom;
 use crate::server::Server;
@@ -24,39 +24,51 @@ fn prepare(server: &Server, room: &str, msg: &NewEvent) -> Prepared {
         .expect("ahead")
 }
 
+/// The event built ahead alone (no push plan).
+fn built_ahead(server: &Server, room: &str, msg: &NewEvent) -> Prebuilt {
+    server
+        .db
+        .read_tx(|c| prebuild(c, server, room, msg, None))
+        .expect("prebuild")
+}
+
+/// The write of a send, with what was worked out before it.
+fn write_prepared(server: &Server, room: &str, msg: NewEvent, prepared: Prepared) -> Appended {
+    server
+        .write(|c| append_prepared(c, server, room, msg, None, None, prepared))
+        .expect("write")
+}
+
+/// A stored event's prev events.
+fn prev_of(server: &Server, event_id: &str) -> Vec<String> {
+    let pdu = server
+        .db
+        .read(|c| load_pdu(c, event_id))
+        .expect("read")
+        .expect("stored");
+    pdu.prev_events.iter().map(|e| e.to_string()).collect()
+}
+
+/// Only the event built ahead, as a write takes it.
+fn only(built: Prebuilt) -> Prepared {
+    Prepared {
+        push: None,
+        built: Some(built),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prebuilt_event_is_used_only_while_the_room_is_unchanged() {
     let (_dir, node) = node().await;
     let server = node.server().clone();
     let alice = server.user_id("alice");
     let room = room_with(&server, &alice, &[], CreateRoom::default());
-    let ahead = |body: &str| {
-        server
-            .db
-            .read_tx(|c| prebuild(c, &server, &room, &message(&alice, body), None))
-            .expect("prebuild")
-    };
+    let ahead = |body: &str| built_ahead(&server, &room, &message(&alice, body));
 
     // Nothing in between: the write takes the event built ahead, as it was built.
     let early = ahead("first");
     let early_id = early.event_id().to_owned();
-    let first = server
-        .write(|c| {
-            let prepared = Prepared {
-                push: None,
-                built: Some(early),
-            };
-            append_prepared(
-                c,
-                &server,
-                &room,
-                message(&alice, "first"),
-                None,
-                None,
-                prepared,
-            )
-        })
-        .expect("first");
+    let first = write_prepared(&server, &room, message(&alice, "first"), only(early));
     assert_eq!(first.event_id, early_id, "the prebuilt event was persisted");
 
     // Built ahead, then another event arrives first: the write builds it again on top.
@@ -65,35 +77,13 @@ async fn a_prebuilt_event_is_used_only_while_the_room_is_unchanged() {
     let second = server
         .write(|c| append_event(c, &server, &room, message(&alice, "second"), None))
         .expect("second");
-    let third = server
-        .write(|c| {
-            let prepared = Prepared {
-                push: None,
-                built: Some(stale),
-            };
-            append_prepared(
-                c,
-                &server,
-                &room,
-                message(&alice, "third"),
-                None,
-                None,
-                prepared,
-            )
-        })
-        .expect("third");
+    let third = write_prepared(&server, &room, message(&alice, "third"), only(stale));
     assert_ne!(
         third.event_id, stale_id,
         "a stale prebuilt event is not persisted"
     );
-    let pdu = server
-        .db
-        .read(|c| load_pdu(c, &third.event_id))
-        .expect("read")
-        .expect("stored");
-    let prev: Vec<String> = pdu.prev_events.iter().map(|e| e.to_string()).collect();
     assert_eq!(
-        prev,
+        prev_of(&server, &third.event_id),
         vec![second.event_id.clone()],
         "built on the newest event"
     );
@@ -127,9 +117,7 @@ async fn a_member_who_left_in_between_is_not_notified_by_a_stale_plan() {
             append_event(c, &server, &room, leave, None)
         })
         .expect("leave");
-    server
-        .write(|c| append_prepared(c, &server, &room, msg, None, None, ahead))
-        .expect("send");
+    write_prepared(&server, &room, msg, ahead);
     let rows = server
         .db
         .read(|c| storage::notifications(c, &bob, i64::MAX, 10, false))
@@ -148,20 +136,8 @@ async fn messages_built_ahead_together_are_each_built_on_the_one_before() {
     let bob = server.user_id("bob");
     let room = public_room(&server, &alice, &[&bob]);
     let ahead = |sender: &str, body: &str| prepare(&server, &room, &message(sender, body));
-    let write = |sender: &str, body: &str, prepared: Prepared| {
-        server
-            .write(|c| {
-                append_prepared(
-                    c,
-                    &server,
-                    &room,
-                    message(sender, body),
-                    None,
-                    None,
-                    prepared,
-                )
-            })
-            .expect("write")
+    let write = |sender: &str, body: &str, prepared| {
+        write_prepared(&server, &room, message(sender, body), prepared)
     };
 
     // Three built before any is written, then written in turn.
@@ -178,16 +154,8 @@ async fn messages_built_ahead_together_are_each_built_on_the_one_before() {
         write(&alice, "three", third).event_id,
     ];
     assert_eq!(written.to_vec(), ids, "every write took its event as built");
-    let prev_of = |id: &str| -> Vec<String> {
-        let pdu = server
-            .db
-            .read(|c| load_pdu(c, id))
-            .expect("read")
-            .expect("stored");
-        pdu.prev_events.iter().map(|e| e.to_string()).collect()
-    };
-    assert_eq!(prev_of(&ids[1]), vec![ids[0].clone()]);
-    assert_eq!(prev_of(&ids[2]), vec![ids[1].clone()]);
+    assert_eq!(prev_of(&server, &ids[1]), vec![ids[0].clone()]);
+    assert_eq!(prev_of(&server, &ids[2]), vec![ids[1].clone()]);
     let extremities = server
         .db
         .read(|c| storage::forward_extremities(c, &room))
@@ -215,28 +183,9 @@ async fn a_message_built_on_one_never_written_is_built_again() {
     let server = node.server().clone();
     let alice = server.user_id("alice");
     let room = room_with(&server, &alice, &[], CreateRoom::default());
-    let ahead = |body: &str| {
-        server
-            .db
-            .read_tx(|c| prebuild(c, &server, &room, &message(&alice, body), None))
-            .expect("prebuild")
-    };
-    let write = |body: &str, built| {
-        server
-            .write(|c| {
-                let prepared = Prepared { push: None, built };
-                append_prepared(
-                    c,
-                    &server,
-                    &room,
-                    message(&alice, body),
-                    None,
-                    None,
-                    prepared,
-                )
-            })
-            .expect("write")
-    };
+    let ahead = |body: &str| built_ahead(&server, &room, &message(&alice, body));
+    let write =
+        |body: &str, built| write_prepared(&server, &room, message(&alice, body), only(built));
     let before = server
         .db
         .read(|c| storage::forward_extremities(c, &room))
@@ -246,23 +195,21 @@ async fn a_message_built_on_one_never_written_is_built_again() {
     let lost_id = lost.event_id().to_owned();
     let next_id = next.event_id().to_owned();
     drop(lost);
-    let written = write("next", Some(next));
+    let written = write("next", next);
     assert_ne!(
         written.event_id, next_id,
         "built on an event that is not stored"
     );
-    let pdu = server
-        .db
-        .read(|c| load_pdu(c, &written.event_id))
-        .expect("read")
-        .expect("stored");
-    let prev: Vec<String> = pdu.prev_events.iter().map(|e| e.to_string()).collect();
-    assert_eq!(prev, vec![before[0].0.clone()], "not on {lost_id}");
+    assert_eq!(
+        prev_of(&server, &written.event_id),
+        vec![before[0].0.clone()],
+        "not on {lost_id}"
+    );
 
     // The next message is built on what the database holds, and taken as built.
     let after = ahead("after");
     let after_id = after.event_id().to_owned();
-    assert_eq!(write("after", Some(after)).event_id, after_id);
+    assert_eq!(write("after", after).event_id, after_id);
 }
 
 /// A message built ahead that another message overtook is built again on the newer
@@ -280,17 +227,9 @@ async fn an_overtaken_message_is_built_again_and_notifies_once() {
     let other = server
         .write(|c| append_event(c, &server, &room, message(&bob, "first"), None))
         .expect("other");
-    let sent = server
-        .write(|c| append_prepared(c, &server, &room, msg, None, None, ahead))
-        .expect("send");
+    let sent = write_prepared(&server, &room, msg, ahead);
     assert_ne!(sent.event_id, built_id, "built again on the newer message");
-    let pdu = server
-        .db
-        .read(|c| load_pdu(c, &sent.event_id))
-        .expect("read")
-        .expect("stored");
-    let prev: Vec<String> = pdu.prev_events.iter().map(|e| e.to_string()).collect();
-    assert_eq!(prev, vec![other.event_id]);
+    assert_eq!(prev_of(&server, &sent.event_id), vec![other.event_id]);
     let rows = server
         .db
         .read(|c| storage::notifications(c, &bob, i64::MAX, 10, false))
@@ -312,15 +251,10 @@ async fn messages_do_not_chain_in_rooms_of_version_1() {
         ..Default::default()
     };
     let room = room_with(&server, &alice, &[], create);
-    let ahead = |body: &str| {
-        server
-            .db
-            .read_tx(|c| prebuild(c, &server, &room, &message(&alice, body), None))
-            .expect("prebuild")
-    };
+    let ahead = |body: &str| built_ahead(&server, &room, &message(&alice, body));
     let first = ahead("one");
     let second = ahead("two");
-    let prev = |p: &super::Prebuilt| -> Vec<String> {
+    let prev = |p: &Prebuilt| -> Vec<String> {
         p.built_pdu()
             .prev_events
             .iter()
@@ -389,12 +323,7 @@ async fn concurrent_sends_to_one_room_make_one_line() {
     // the prev of two: one line from the base.
     let mut child_of = std::collections::HashMap::new();
     for id in &sent {
-        let pdu = server
-            .db
-            .read(|c| load_pdu(c, id))
-            .expect("read")
-            .expect("stored");
-        let prev: Vec<String> = pdu.prev_events.iter().map(|e| e.to_string()).collect();
+        let prev = prev_of(&server, id);
         assert_eq!(prev.len(), 1, "{id}: {prev:?}");
         assert!(
             sent.contains(&prev[0]) || prev[0] == before[0].0,

@@ -76,7 +76,8 @@ pub struct WriterStats {
     /// Transactions committed (each holding one write or several, see the module's
     /// documentation).
     pub commits: u64,
-    /// Time the writer was held by a write or a commit, in nanoseconds.
+    /// Time the writer was held by a write, a commit or maintenance (a checkpoint that
+    /// restarts the WAL), in nanoseconds.
     pub busy_ns: u64,
 }
 
@@ -145,6 +146,7 @@ impl GroupWriter {
                 // it, none is half-applied) and let the panic go on.
                 let _ = w.conn.execute_batch("ROLLBACK");
                 w.open = None;
+                self.stats.held(held_since);
                 drop(w);
                 self.finish(batch, Some("a write panicked".into()));
                 std::panic::resume_unwind(panic);
@@ -155,6 +157,7 @@ impl GroupWriter {
             // SQLite rolled the whole transaction back on its own (disk full, I/O error):
             // the batch is lost, and every write in it must hear so, this one included.
             w.open = None;
+            self.stats.held(held_since);
             drop(w);
             let why = match &out {
                 Err(e) => e.to_string(),
@@ -173,10 +176,7 @@ impl GroupWriter {
             self.wait_for(batch)?;
             return out;
         }
-        let result = commit(&mut w);
-        if result.is_ok() {
-            self.stats.commits.fetch_add(1, Ordering::Relaxed);
-        }
+        let result = self.commit(&mut w);
         self.stats.held(held_since);
         drop(w);
         self.finish(batch, result.as_ref().err().map(|e| e.to_string()));
@@ -203,11 +203,23 @@ impl GroupWriter {
     /// left open for a writer about to take over is committed first.
     pub(super) fn with_idle_connection<T>(&self, f: impl FnOnce(&Connection) -> T) -> T {
         let mut w = self.writer.lock();
+        let held_since = Instant::now();
         if let Some(batch) = w.open {
-            let result = commit(&mut w);
+            let result = self.commit(&mut w);
             self.finish(batch, result.err().map(|e| e.to_string()));
         }
-        f(&w.conn)
+        let out = f(&w.conn);
+        self.stats.held(held_since);
+        out
+    }
+
+    /// [`commit`], counted.
+    fn commit(&self, w: &mut Writer) -> Result<(), rusqlite::Error> {
+        let result = commit(w);
+        if result.is_ok() {
+            self.stats.commits.fetch_add(1, Ordering::Relaxed);
+        }
+        result
     }
 
     fn finish(&self, batch: u64, error: Option<String>) {
