@@ -122,9 +122,34 @@ const WRITER_CACHE_KIB: i64 = 2048;
 /// Page cache of each reader, in KiB: the readers' working set is the recent end of a
 /// few tables, and the OS page cache backs them.
 const READER_CACHE_KIB: i64 = 1024;
-/// SQLite's own memory (page caches, statements, sorting) across every connection of
-/// the process, in bytes: past it SQLite frees cache pages before it allocates more.
-const SOFT_HEAP_LIMIT: i64 = 32 * 1024 * 1024;
+
+/// The compile option that turns off SQLite's memory statistics, which take a
+/// process-wide mutex around every allocation; [`SHARED_PAGE_CACHE`] takes another
+/// around every page fetched (one page cache shared by every connection). The
+/// workspace builds SQLite without both (`.cargo/config.toml`); with them, the writer
+/// slept on these mutexes, held by a reader on the other core, for about half of the
+/// time it held the database. Each connection's
+/// page cache is bounded by its own `cache_size` either way, so no memory bound rests on
+/// them (SQLite's soft heap limit needs memory statistics and is not used).
+const WITHOUT_GLOBAL_MUTEXES: &str = "DEFAULT_MEMSTATUS=0";
+/// See [`WITHOUT_GLOBAL_MUTEXES`].
+const SHARED_PAGE_CACHE: &str = "ENABLE_MEMORY_MANAGEMENT";
+
+/// Which process-wide mutexes (see [`WITHOUT_GLOBAL_MUTEXES`]) the linked SQLite takes.
+fn global_mutexes(conn: &Connection) -> rusqlite::Result<Vec<&'static str>> {
+    let mut st = conn.prepare("PRAGMA compile_options")?;
+    let options = st
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    let mut found = Vec::new();
+    if !options.iter().any(|o| o == WITHOUT_GLOBAL_MUTEXES) {
+        found.push("memory statistics");
+    }
+    if options.iter().any(|o| o == SHARED_PAGE_CACHE) {
+        found.push("shared page cache");
+    }
+    Ok(found)
+}
 
 /// Keep each cached statement's query plan whatever values are bound to it. Without
 /// this SQLite (3.4x and later) reads a bound `LIMIT ?` while planning, marks the
@@ -146,7 +171,6 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
     conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
-    conn.pragma_update(None, "soft_heap_limit", SOFT_HEAP_LIMIT)?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.pragma_update(None, "busy_timeout", BUSY_TIMEOUT_MS)?;
@@ -161,6 +185,14 @@ impl Db {
             |e: rusqlite::Error| StartError::Other(format!("cannot open database {shown}: {e}"));
         let mut writer = Connection::open(path).map_err(open_err)?;
         configure(&writer).map_err(open_err)?;
+        match global_mutexes(&writer) {
+            Ok(found) if !found.is_empty() => tracing::warn!(
+                mutexes = ?found,
+                "SQLite built with process-wide mutexes; writes will be slower (build with the workspace's .cargo/config.toml)"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "cannot read SQLite's compile options"),
+        }
         migrations::run(&mut writer, &shown)?;
         // Each write runs in a savepoint of its own (group commit), so SQLite keeps the
         // original of every page the write changes in a sub-journal, which it spills to
@@ -398,6 +430,15 @@ mod tests {
         }
         Ok(c.prepare_cached(sql)?
             .get_status(StatementStatus::RePrepare))
+    }
+
+    /// The build keeps `.cargo/config.toml`'s flags: without them every statement of the
+    /// writer and the readers takes SQLite's global mutexes.
+    #[test]
+    fn sqlite_is_built_without_process_wide_mutexes() -> Result<(), Error> {
+        let conn = Connection::open_in_memory()?;
+        assert_eq!(global_mutexes(&conn)?, Vec::<&str>::new());
+        Ok(())
     }
 
     #[test]
