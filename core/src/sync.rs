@@ -28,7 +28,7 @@ use crate::streams::SyncToken;
 
 mod body;
 pub mod initial_cache;
-mod lru;
+pub(crate) mod lru;
 pub mod room_cache;
 pub mod sliding;
 

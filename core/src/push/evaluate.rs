@@ -2,13 +2,14 @@
 //! message's write ([`plan`]) or inside a persisted event's write ([`on_event`]).
 
 use futures::FutureExt;
+use ruma::OwnedRoomId;
 use ruma::push::{Action, FlattenedJson, PushConditionRoomCtx, Ruleset};
 use ruma::serde::Raw;
-use ruma::{OwnedRoomId, UInt, UserId};
 use rusqlite::Connection;
 use serde_json::{Value, json};
 
-use super::{defaults, power_ctx, prepared, record};
+use super::context::room_context;
+use super::{defaults, record};
 use crate::error::Error;
 use crate::storage::{self, StoredEvent};
 
@@ -108,8 +109,8 @@ fn evaluate(
     sender: &str,
     json: &str,
 ) -> Result<Notified, Error> {
-    let recipients = storage::push_recipients(c, room_id, sender)?;
-    if recipients.is_empty() {
+    let context = room_context(c, room_id)?;
+    if context.members.iter().all(|m| m.user_id.as_str() == sender) {
         return Ok(Vec::new());
     }
     let Ok(room) = OwnedRoomId::try_from(room_id) else {
@@ -122,26 +123,28 @@ fn evaluate(
     let raw: Raw<Value> =
         Raw::from_json(serde_json::value::RawValue::from_string(json.to_owned())?);
     let flat = FlattenedJson::from_raw(&raw);
-    let (member_count, _) = storage::member_counts(c, room_id)?;
-    let member_count = UInt::try_from(member_count).unwrap_or(UInt::MAX);
-    let power = power_ctx(c, room_id, version, sender)?;
+    let power = context.power(version, sender)?;
     let has_mentions = defaults::has_mentions(json);
     let mut notified: Notified = Vec::new();
-    for recipient in recipients {
-        let Ok(user_id) = UserId::parse(&recipient.user_id) else {
-            continue;
-        };
-        let prepared = prepared(&user_id, recipient.push_rules);
+    for member in context
+        .members
+        .iter()
+        .filter(|m| m.user_id.as_str() != sender)
+    {
         let rules = if has_mentions {
-            &prepared.without_legacy_mentions
+            &member.rules.without_legacy_mentions
         } else {
-            &prepared.rules
+            &member.rules.rules
         };
-        let ctx =
-            PushConditionRoomCtx::new(room.clone(), member_count, user_id, recipient.display_name)
-                .with_power_levels(power.clone());
+        let ctx = PushConditionRoomCtx::new(
+            room.clone(),
+            context.member_count,
+            member.user_id.clone(),
+            member.display_name.clone(),
+        )
+        .with_power_levels(power.clone());
         let Some(actions) = first_match(rules, &flat, &ctx) else {
-            tracing::warn!(user = %recipient.user_id, "push rule evaluation did not complete at once; skipped");
+            tracing::warn!(user = %member.user_id, "push rule evaluation did not complete at once; skipped");
             continue;
         };
         if !actions.iter().any(Action::should_notify) {
@@ -149,7 +152,7 @@ fn evaluate(
         }
         let highlight = actions.iter().any(Action::is_highlight);
         notified.push((
-            recipient.user_id,
+            member.user_id.to_string(),
             serde_json::to_string(actions)?,
             highlight,
         ));

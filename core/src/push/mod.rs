@@ -16,6 +16,9 @@
 //! pushers (`push_queue`), and, while someone subscribes, kept for
 //! [`LocalNotifications`]; both take effect after the commit (`Server::write`).
 
+mod context;
+#[cfg(test)]
+mod context_tests;
 mod defaults;
 pub mod delivery;
 mod evaluate;
@@ -131,13 +134,11 @@ pub fn rules_json(c: &Connection, user_id: &str) -> Result<Value, Error> {
 
 /// Who may use `@room`: the sender's power and the room's `notifications.room` level,
 /// in ruma's shape. Only the sender is ever looked up.
-fn power_ctx(
-    c: &Connection,
-    room_id: &str,
+fn power_ctx_from(
+    levels: &crate::rooms::PowerLevels,
     version: &str,
     sender: &str,
 ) -> Result<PushConditionPowerLevelsCtx, Error> {
-    let levels = crate::rooms::power_levels(c, room_id)?;
     let clamp = |v: i64| Int::try_from(v).unwrap_or(if v < 0 { Int::MIN } else { Int::MAX });
     let mut users = BTreeMap::new();
     if let Ok(sender_id) = UserId::parse(sender) {

@@ -349,10 +349,14 @@ pub fn mark_redacted(
     redacted_json: &str,
     redacted_by: &str,
 ) -> Result<(), Error> {
-    c.execute(
-        "UPDATE events SET json = ?2, redacted_by = ?3 WHERE event_id = ?1",
-        params![event_id, redacted_json, redacted_by],
-    )?;
+    c.prepare_cached("UPDATE events SET json = ?2, redacted_by = ?3 WHERE event_id = ?1")?
+        .execute(params![event_id, redacted_json, redacted_by])?;
+    // What the room's state events say may have changed under the same state group.
+    c.prepare_cached(
+        "UPDATE rooms SET redactions = redactions + 1
+         WHERE room_id = (SELECT room_id FROM events WHERE event_id = ?1)",
+    )?
+    .execute([event_id])?;
     Ok(())
 }
 

@@ -879,6 +879,14 @@ const MIGRATIONS: &[&str] = &[
         SELECT m.room_id, m.user_id FROM memberships m JOIN users u ON u.user_id = m.user_id
         WHERE m.membership = 'join';
     "#,
+    // 33: what names a room's push context (its members, their display names and push
+    // rules, the power levels; `push::context`), so it is kept instead of read for every
+    // event: the room's redactions counted (a redaction changes what a state event says
+    // without changing the state group) and the newest push rules change found at once.
+    r#"
+    ALTER TABLE rooms ADD COLUMN redactions INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX account_data_by_type ON account_data(type, stream_ordering);
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -60,6 +60,23 @@ pub fn push_recipients(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// What a room's push context is built from, as of this snapshot: its current state
+/// group, its redactions so far, and the newest change of anyone's push rules (push
+/// rules account data is never deleted, so this only grows). Equal keys mean equal
+/// members, display names, power levels and rules. `None` for an unknown room or one
+/// without current state.
+pub fn push_context_key(c: &Connection, room_id: &str) -> Result<Option<[i64; 3]>, Error> {
+    let row: Option<(Option<i64>, i64, Option<i64>)> = c
+        .prepare_cached(
+            "SELECT current_state_group, redactions,
+                    (SELECT MAX(stream_ordering) FROM account_data WHERE type = 'm.push_rules')
+             FROM rooms WHERE room_id = ?1",
+        )?
+        .query_row([room_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    Ok(row.and_then(|(group, redactions, rules)| Some([group?, redactions, rules.unwrap_or(0)])))
+}
+
 /// How many notification rows a user keeps at most (newest first, across rooms):
 /// one full page of `GET /notifications` at its largest `limit`. Rows past it are
 /// dropped whether read or not; unread ones stay counted (see [`recount_unread`]).

@@ -11,7 +11,7 @@ struct Slot<V> {
 }
 
 /// Entries of `V` by `K`, each with the size it counts for.
-pub(super) struct Lru<K, V> {
+pub(crate) struct Lru<K, V> {
     slots: HashMap<K, Slot<V>>,
     bytes: usize,
     clock: u64,
@@ -20,7 +20,7 @@ pub(super) struct Lru<K, V> {
 }
 
 impl<K: Hash + Eq + Clone, V> Lru<K, V> {
-    pub(super) fn new(max_entries: usize, max_bytes: usize) -> Self {
+    pub(crate) fn new(max_entries: usize, max_bytes: usize) -> Self {
         Lru {
             slots: HashMap::new(),
             bytes: 0,
@@ -31,7 +31,7 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
     }
 
     /// The entry for `key`, marked as used now.
-    pub(super) fn get(&mut self, key: &K) -> Option<&mut V> {
+    pub(crate) fn get(&mut self, key: &K) -> Option<&mut V> {
         self.clock += 1;
         let clock = self.clock;
         let slot = self.slots.get_mut(key)?;
@@ -41,7 +41,7 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
 
     /// Keep `value` (counting `bytes`) under `key`, dropping the least recently used
     /// entries to stay within the bounds. A value larger than the byte bound is not kept.
-    pub(super) fn put(&mut self, key: K, value: V, bytes: usize) {
+    pub(crate) fn put(&mut self, key: K, value: V, bytes: usize) {
         self.remove(&key);
         if bytes > self.max_bytes {
             return;
@@ -69,14 +69,20 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
         );
     }
 
-    pub(super) fn remove(&mut self, key: &K) {
+    /// How many entries are kept.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub(crate) fn remove(&mut self, key: &K) {
         if let Some(s) = self.slots.remove(key) {
             self.bytes -= s.bytes;
         }
     }
 
     /// Keep only the entries `keep` accepts.
-    pub(super) fn retain(&mut self, mut keep: impl FnMut(&K, &V) -> bool) {
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&K, &V) -> bool) {
         let drop: Vec<K> = self
             .slots
             .iter()
@@ -89,7 +95,7 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
     }
 
     /// Entries kept and the bytes they count for.
-    pub(super) fn usage(&self) -> (usize, usize) {
+    pub(crate) fn usage(&self) -> (usize, usize) {
         (self.slots.len(), self.bytes)
     }
 }

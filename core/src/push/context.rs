@@ -1,0 +1,117 @@
+//! What evaluating an event against the push rules of a room's local members needs of
+//! the room: who they are, their display names and prepared rules, the member count and
+//! the power levels. Every message in a room is evaluated for every other member, and
+//! reading this for each one (a join of the members, their rules, their member events'
+//! JSON) was a third of the evaluation. It is kept per room instead, and used while
+//! [`storage::push_context_key`] is unchanged: the same state group (members, display
+//! names, power levels), no redaction since (which changes what a state event says
+//! without changing the group) and no push rules change of anyone since. The key is
+//! read in the caller's own snapshot, so a context is never used with a newer or older
+//! database state than it was read from.
+//!
+//! Bounds: [`MAX_ROOMS`] rooms and [`MAX_MEMBERS`] members in all, least recently used
+//! dropped first; a room larger than that is read for each event as before.
+//!
+//! Process-wide, like the prepared rulesets: entries are told apart by the database
+//! file as well as the room (two nodes of one process share rooms, not state groups).
+
+use std::sync::{Arc, LazyLock};
+
+use parking_lot::Mutex;
+use ruma::push::PushConditionPowerLevelsCtx;
+use ruma::{OwnedUserId, UInt, UserId};
+use rusqlite::Connection;
+
+use super::{Prepared, power_ctx_from, prepared};
+use crate::error::Error;
+use crate::rooms::PowerLevels;
+use crate::storage;
+use crate::sync::lru::Lru;
+
+/// Rooms whose context is kept at most.
+pub const MAX_ROOMS: usize = 256;
+/// Members of all kept contexts together at most: as many as the prepared rulesets kept
+/// (`push::CACHE_USERS`), since each member holds one (a few kilobytes), so the two
+/// together pin at most twice that many.
+pub const MAX_MEMBERS: usize = 4096;
+
+/// A joined local member, ready for evaluation.
+pub(super) struct Member {
+    pub(super) user_id: OwnedUserId,
+    pub(super) display_name: String,
+    pub(super) rules: Arc<Prepared>,
+}
+
+/// A room's push context at one [`storage::push_context_key`].
+pub(super) struct RoomContext {
+    key: Option<[i64; 3]>,
+    /// Every joined local member, the sender of an event included (skipped at use).
+    pub(super) members: Vec<Member>,
+    pub(super) member_count: UInt,
+    levels: Arc<PowerLevels>,
+}
+
+impl RoomContext {
+    /// The power-level context for an event from `sender`.
+    pub(super) fn power(
+        &self,
+        version: &str,
+        sender: &str,
+    ) -> Result<PushConditionPowerLevelsCtx, Error> {
+        power_ctx_from(&self.levels, version, sender)
+    }
+}
+
+type Key = (String, String);
+
+static CONTEXTS: LazyLock<Mutex<Lru<Key, Arc<RoomContext>>>> =
+    LazyLock::new(|| Mutex::new(Lru::new(MAX_ROOMS, MAX_MEMBERS)));
+
+/// The push context of `room_id` as this snapshot (`c`) has it.
+pub(super) fn room_context(c: &Connection, room_id: &str) -> Result<Arc<RoomContext>, Error> {
+    let key = storage::push_context_key(c, room_id)?;
+    let cache_key = match (key, c.path()) {
+        (Some(_), Some(path)) if !path.is_empty() => Some((path.to_owned(), room_id.to_owned())),
+        _ => None,
+    };
+    if let Some(k) = &cache_key
+        && let Some(hit) = CONTEXTS.lock().get(k)
+        && hit.key == key
+    {
+        return Ok(hit.clone());
+    }
+    let context = Arc::new(read(c, room_id, key)?);
+    if let Some(k) = cache_key {
+        // Counted as at least one, so the room bound holds for rooms without members.
+        let weight = context.members.len().max(1);
+        CONTEXTS.lock().put(k, context.clone(), weight);
+    }
+    Ok(context)
+}
+
+fn read(c: &Connection, room_id: &str, key: Option<[i64; 3]>) -> Result<RoomContext, Error> {
+    let members = storage::push_recipients(c, room_id, "")?
+        .into_iter()
+        .filter_map(|r| {
+            let user_id = UserId::parse(&r.user_id).ok()?;
+            Some(Member {
+                rules: prepared(&user_id, r.push_rules),
+                user_id,
+                display_name: r.display_name,
+            })
+        })
+        .collect();
+    let (member_count, _) = storage::member_counts(c, room_id)?;
+    Ok(RoomContext {
+        key,
+        members,
+        member_count: UInt::try_from(member_count).unwrap_or(UInt::MAX),
+        levels: crate::rooms::power_levels(c, room_id)?,
+    })
+}
+
+/// How many rooms' contexts are kept (for tests of the bound).
+#[cfg(test)]
+pub(super) fn kept() -> usize {
+    CONTEXTS.lock().len()
+}
