@@ -133,6 +133,10 @@ impl Opened {
         .map_err(StartError::Other)?;
         let lock = lock_data_dir(&config)?;
         let db = Db::open(&config.database_path())?;
+        // What the process kept of a database at this path before may not be this one's.
+        if let Ok(Some(path)) = db.read(|c| Ok(c.path().map(str::to_owned))) {
+            crate::push::forget_database(&path);
+        }
         let pos = db
             .max_stream_position()
             .map_err(|e| StartError::Other(e.to_string()))?;

@@ -13,7 +13,9 @@
 //! dropped first; a room larger than that is read for each event as before.
 //!
 //! Process-wide, like the prepared rulesets: entries are told apart by the database
-//! file as well as the room (two nodes of one process share rooms, not state groups).
+//! file as well as the room (two nodes of one process share rooms, not state groups),
+//! and a node starting forgets those of its file ([`forget_database`]). Only contexts
+//! read on a committed snapshot are kept (see [`room_context`]).
 
 use std::sync::{Arc, LazyLock};
 
@@ -81,7 +83,12 @@ pub(super) fn room_context(c: &Connection, room_id: &str) -> Result<Arc<RoomCont
         return Ok(hit.clone());
     }
     let context = Arc::new(read(c, room_id, key)?);
-    if let Some(k) = cache_key {
+    // Kept only when read from a committed snapshot (a reader): the writer's view holds
+    // its own uncommitted rows, and a write rolled back hands its state group id and
+    // redaction count out again for a different state. Keys of committed states never
+    // repeat, so the writer may still use what readers kept.
+    let committed = c.is_readonly(rusqlite::MAIN_DB).unwrap_or(false);
+    if let Some(k) = cache_key.filter(|_| committed) {
         // Counted as at least one, so the room bound holds for rooms without members.
         let weight = context.members.len().max(1);
         CONTEXTS.lock().put(k, context.clone(), weight);
@@ -108,6 +115,13 @@ fn read(c: &Connection, room_id: &str, key: Option<[i64; 3]>) -> Result<RoomCont
         member_count: UInt::try_from(member_count).unwrap_or(UInt::MAX),
         levels: crate::rooms::power_levels(c, room_id)?,
     })
+}
+
+/// Forget every context kept for the database at `path`: a database opened there now
+/// may be another one (a node's data wiped, or restored from a copy, and started again
+/// in the same process) whose state group ids and counts repeat those of the last.
+pub fn forget_database(path: &str) {
+    CONTEXTS.lock().retain(|(p, _), _| p.as_str() != path);
 }
 
 /// How many rooms' contexts are kept (for tests of the bound).

@@ -188,3 +188,22 @@ async fn contexts_are_kept_for_a_bounded_number_of_rooms() {
     assert!(same_context(&server, rooms.last().expect("rooms"), &last));
     assert_eq!(kept(), MAX_ROOMS, "full, not emptied");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_context_read_inside_a_write_is_not_kept() {
+    let (_dir, node) = node().await;
+    let server = node.server().clone();
+    let [alice, bob] = ["alice", "bob"].map(|u| server.user_id(u));
+    let room = public_room(&server, &alice, &[&bob]);
+    // The writer sees its own uncommitted rows; a rolled-back write hands its state
+    // group id out again, so nothing it read may be kept under that id.
+    let in_write = server
+        .write(|c| room_context(c, &room))
+        .expect("context in a write");
+    assert!(!same_context(&server, &room, &in_write));
+    let kept_context = context(&server, &room);
+    assert!(
+        same_context(&server, &room, &kept_context),
+        "a reader's is kept"
+    );
+}

@@ -17,6 +17,7 @@
 //! [`LocalNotifications`]; both take effect after the commit (`Server::write`).
 
 mod context;
+pub use context::forget_database;
 #[cfg(test)]
 mod context_tests;
 mod defaults;

@@ -351,10 +351,11 @@ pub fn mark_redacted(
 ) -> Result<(), Error> {
     c.prepare_cached("UPDATE events SET json = ?2, redacted_by = ?3 WHERE event_id = ?1")?
         .execute(params![event_id, redacted_json, redacted_by])?;
-    // What the room's state events say may have changed under the same state group.
+    // What the room's state says may have changed under the same state group.
     c.prepare_cached(
         "UPDATE rooms SET redactions = redactions + 1
-         WHERE room_id = (SELECT room_id FROM events WHERE event_id = ?1)",
+         WHERE room_id = (SELECT room_id FROM events
+                          WHERE event_id = ?1 AND state_key IS NOT NULL)",
     )?
     .execute([event_id])?;
     Ok(())
