@@ -136,6 +136,7 @@ impl Opened {
         // What the process kept of a database at this path before may not be this one's.
         if let Ok(Some(path)) = db.read(|c| Ok(c.path().map(str::to_owned))) {
             crate::push::forget_database(&path);
+            crate::rooms::forget_database(&path);
         }
         let pos = db
             .max_stream_position()

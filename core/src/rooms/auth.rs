@@ -1,6 +1,8 @@
 //! Event authorisation with ruma-state-res, against the room's current state.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
+
+use parking_lot::Mutex;
 
 use ruma::{EventId, events::StateEventType, room_version_rules::RoomVersionRules, state_res};
 use rusqlite::Connection;
@@ -9,12 +11,45 @@ use super::load_pdu;
 use crate::error::Error;
 use crate::events::Pdu;
 use crate::storage::{self, EventStatus};
+use crate::sync::lru::Lru;
+
+#[cfg(test)]
+#[path = "auth_kept_tests.rs"]
+mod kept_tests;
+
+/// Auth states read on committed snapshots, by database file, room, the room's
+/// [`storage::state_version`] (state group and redactions of state events, so equal
+/// versions mean equal events) and the keys asked: a room's messages come from a few
+/// senders, and reading and parsing the create event, the power levels and the sender's
+/// member event again for every message was a third of building it ahead. Bounded:
+/// [`KEPT_ENTRIES`] entries and [`KEPT_BYTES`] of the JSON they were parsed from, least
+/// recently used dropped first. A node starting forgets its file's ([`forget_database`]).
+static KEPT: LazyLock<Mutex<Lru<KeptKey, AuthState>>> =
+    LazyLock::new(|| Mutex::new(Lru::new(KEPT_ENTRIES, KEPT_BYTES)));
+/// Auth states kept at most.
+pub const KEPT_ENTRIES: usize = 512;
+/// JSON bytes of the events of the kept auth states at most.
+pub const KEPT_BYTES: usize = 4 << 20;
+
+type KeptKey = (String, String, [i64; 2], Vec<(String, String)>);
+
+/// Forget the auth states kept for the database at `path` (see
+/// [`crate::push::forget_database`]).
+pub fn forget_database(path: &str) {
+    KEPT.lock().retain(|(p, ..), _| p.as_str() != path);
+}
+
+/// How many auth states are kept (for tests of the bound).
+#[cfg(test)]
+pub(crate) fn kept() -> usize {
+    KEPT.lock().len()
+}
 
 /// The entries of a room's current state that a new event's auth rules read, each with
 /// its parsed event, read together once per event (one statement) instead of once by
 /// the DAG fields, once by the state-independent check (by event id) and once more by
 /// the state-dependent check (by type and state key).
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub(super) struct AuthState {
     /// The `(type, state_key)` pairs that were read, found or not.
     asked: Vec<(String, String)>,
@@ -27,42 +62,73 @@ pub(super) struct AuthState {
 
 impl AuthState {
     /// Read `keys` of the room's current state (plus the create event, which the checks
-    /// of room version 12 read by id though it is no auth event there).
+    /// of room version 12 read by id though it is no auth event there), or take them
+    /// from [`KEPT`].
     pub(super) fn load(
         c: &Connection,
         room_id: &str,
         keys: &[(StateEventType, String)],
     ) -> Result<AuthState, Error> {
-        let mut wanted: Vec<(String, &str)> = keys
+        let mut asked: Vec<(String, String)> = keys
             .iter()
-            .map(|(ty, sk)| (ty.to_string(), sk.as_str()))
+            .map(|(ty, sk)| (ty.to_string(), sk.clone()))
             .collect();
-        if !wanted
+        if !asked
             .iter()
             .any(|(ty, sk)| ty == "m.room.create" && sk.is_empty())
         {
-            wanted.push(("m.room.create".to_owned(), ""));
+            asked.push(("m.room.create".to_owned(), String::new()));
         }
-        let wanted: Vec<(&str, &str)> = wanted.iter().map(|(t, s)| (t.as_str(), *s)).collect();
+        let kept_key = match (storage::state_version(c, room_id)?, c.path()) {
+            (Some(version), Some(path)) if !path.is_empty() => {
+                Some((path.to_owned(), room_id.to_owned(), version, asked.clone()))
+            }
+            _ => None,
+        };
+        if let Some(k) = &kept_key
+            && let Some(hit) = KEPT.lock().get(k)
+        {
+            return Ok(hit.clone());
+        }
+        let (state, bytes) = Self::read(c, room_id, asked)?;
+        // Kept only when read on a committed snapshot (a reader), as push contexts are:
+        // a write rolled back hands its state group id out again.
+        let committed = c.is_readonly(rusqlite::MAIN_DB).unwrap_or(false);
+        if let Some(k) = kept_key.filter(|_| committed) {
+            KEPT.lock().put(k, state.clone(), bytes);
+        }
+        Ok(state)
+    }
+
+    /// [`AuthState::load`] from the database, with the bytes of JSON it parsed.
+    fn read(
+        c: &Connection,
+        room_id: &str,
+        asked: Vec<(String, String)>,
+    ) -> Result<(AuthState, usize), Error> {
+        let wanted: Vec<(&str, &str)> = asked
+            .iter()
+            .map(|(t, s)| (t.as_str(), s.as_str()))
+            .collect();
+        let entries = storage::current_state_events(c, room_id, &wanted)?;
         let mut state = AuthState {
-            asked: wanted
-                .iter()
-                .map(|(t, s)| ((*t).to_owned(), (*s).to_owned()))
-                .collect(),
+            asked,
             ..AuthState::default()
         };
-        for entry in storage::current_state_events(c, room_id, &wanted)? {
+        let mut bytes = 0;
+        for entry in entries {
             if let Some((json, status)) = &entry.row
                 && let Ok(mut pdu) = Pdu::from_json(&entry.event_id, json)
             {
                 pdu.rejected = *status == EventStatus::Rejected;
+                bytes += json.len();
                 state.pdus.push(Arc::new(pdu));
             }
             state
                 .ids
                 .push(((entry.kind, entry.state_key), entry.event_id));
         }
-        Ok(state)
+        Ok((state, bytes))
     }
 
     /// The current event id of `(ty, state_key)`, if it was read.

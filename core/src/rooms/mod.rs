@@ -6,6 +6,7 @@
 mod ahead;
 mod append;
 mod auth;
+pub use auth::forget_database;
 pub mod backfill;
 mod create;
 mod create_event;

@@ -29,6 +29,18 @@ pub fn room_info(c: &Connection, room_id: &str) -> Result<Option<(String, Option
     )
 }
 
+/// What a room's current state is, as of this snapshot: its state group and how many of
+/// its state events have been redacted (a redaction changes what a state event says
+/// without changing the group). Equal versions mean the same events with the same
+/// content. `None` for an unknown room or one without current state.
+pub fn state_version(c: &Connection, room_id: &str) -> Result<Option<[i64; 2]>, Error> {
+    let row: Option<(Option<i64>, i64)> = c
+        .prepare_cached("SELECT current_state_group, redactions FROM rooms WHERE room_id = ?1")?
+        .query_row([room_id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    Ok(row.and_then(|(group, redactions)| Some([group?, redactions])))
+}
+
 /// Point the room at a new current state group.
 pub fn set_current_state_group(c: &Connection, room_id: &str, group: i64) -> Result<(), Error> {
     c.prepare_cached("UPDATE rooms SET current_state_group = ?2 WHERE room_id = ?1")?

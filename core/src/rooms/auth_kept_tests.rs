@@ -1,0 +1,114 @@
+//! Auth states kept between local events ([`super::KEPT`]): shared while the room's
+//! state version is unchanged, read again after a change, never kept from the writer,
+//! bounded.
+
+use std::sync::Arc;
+
+use ruma::events::StateEventType;
+use serde_json::json;
+
+use super::{AuthState, KEPT_ENTRIES, kept};
+use crate::requester::Requester;
+use crate::room_writes::send_message;
+use crate::rooms::append_event;
+use crate::server::Server;
+use crate::test_support::{ev, node, public_room};
+
+fn keys(sender: &str) -> Vec<(StateEventType, String)> {
+    vec![
+        (StateEventType::RoomPowerLevels, String::new()),
+        (StateEventType::RoomMember, sender.to_owned()),
+    ]
+}
+
+fn load(server: &Server, room: &str, sender: &str) -> AuthState {
+    server
+        .db
+        .read(|c| AuthState::load(c, room, &keys(sender)))
+        .expect("auth state")
+}
+
+/// Whether two auth states hold the very same parsed events.
+fn shared(a: &AuthState, b: &AuthState) -> bool {
+    a.pdus.len() == b.pdus.len() && a.pdus.iter().zip(&b.pdus).all(|(x, y)| Arc::ptr_eq(x, y))
+}
+
+fn send(
+    server: &Server,
+    room: &str,
+    sender: &str,
+    txn: &str,
+) -> Result<String, crate::error::Error> {
+    send_message(
+        server,
+        &Requester::user(sender.to_owned(), "D"),
+        room,
+        "m.room.message".into(),
+        json!({"msgtype": "m.text", "body": txn}),
+        txn,
+        None,
+    )
+}
+
+fn events_default(server: &Server, room: &str, alice: &str, level: i64) {
+    server
+        .write(|c| {
+            let pl = ev(
+                alice,
+                "m.room.power_levels",
+                Some(""),
+                // Room version 12: the creator's power needs no entry.
+                json!({"events_default": level}),
+            );
+            append_event(c, server, room, pl, None)
+        })
+        .expect("power levels");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_auth_state_is_shared_until_the_power_levels_change() {
+    let (_dir, node) = node().await;
+    let server = node.server().clone();
+    let [alice, bob] = ["alice", "bob"].map(|u| server.user_id(u));
+    let room = public_room(&server, &alice, &[&bob]);
+    let first = load(&server, &room, &bob);
+    assert!(shared(&first, &load(&server, &room, &bob)));
+    send(&server, &room, &bob, "t1").expect("bob may send");
+
+    events_default(&server, &room, &alice, 50);
+    let raised = load(&server, &room, &bob);
+    assert!(!shared(&first, &raised), "a new state group is read again");
+    assert!(
+        send(&server, &room, &bob, "t2").is_err(),
+        "bob's message is judged by the new power levels"
+    );
+    events_default(&server, &room, &alice, 0);
+    send(&server, &room, &bob, "t3").expect("bob may send again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auth_state_read_inside_a_write_is_not_kept() {
+    let (_dir, node) = node().await;
+    let server = node.server().clone();
+    let [alice, bob] = ["alice", "bob"].map(|u| server.user_id(u));
+    let room = public_room(&server, &alice, &[&bob]);
+    let in_write = server
+        .write(|c| AuthState::load(c, &room, &keys(&bob)))
+        .expect("auth state in a write");
+    assert!(!shared(&in_write, &load(&server, &room, &bob)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_states_are_kept_for_a_bounded_number_of_keys() {
+    let (_dir, node) = node().await;
+    let server = node.server().clone();
+    let [alice, bob] = ["alice", "bob"].map(|u| server.user_id(u));
+    let room = public_room(&server, &alice, &[&bob]);
+    // Each sender asks for a different member key: a different entry each.
+    for i in 0..KEPT_ENTRIES + 16 {
+        load(&server, &room, &format!("@user{i}:example.org"));
+        assert!(kept() <= KEPT_ENTRIES, "{} kept", kept());
+    }
+    let last = load(&server, &room, &bob);
+    assert!(shared(&last, &load(&server, &room, &bob)));
+}
