@@ -46,7 +46,7 @@ pub(super) struct Member {
 
 /// A room's push context at one [`storage::push_context_key`].
 pub(super) struct RoomContext {
-    key: Option<[i64; 3]>,
+    pub(super) key: Option<[i64; 3]>,
     /// Every joined local member, the sender of an event included (skipped at use).
     pub(super) members: Vec<Member>,
     pub(super) member_count: UInt,

@@ -21,9 +21,18 @@ type Notified = Vec<(String, String, bool)>;
 #[derive(Debug)]
 pub struct Planned {
     notified: Notified,
+    /// The room's push context key the evaluation saw (`None`: none, or no room).
+    key: Option<[i64; 3]>,
 }
 
 impl Planned {
+    /// Whether the room's push context (members, display names, power levels, anyone's
+    /// push rules) is still the one the plan was evaluated on, as `c` sees it: a plan
+    /// made before a push rules change or a state redaction is evaluated again.
+    pub fn still_current(&self, c: &Connection, room_id: &str) -> Result<bool, Error> {
+        Ok(self.key.is_some() && storage::push_context_key(c, room_id)? == self.key)
+    }
+
     /// Who the plan notifies.
     #[cfg(test)]
     pub(crate) fn notified_users(&self) -> Vec<String> {
@@ -58,8 +67,7 @@ pub fn plan(
     if let Some(sk) = &ev.state_key {
         draft["state_key"] = json!(sk);
     }
-    let notified = evaluate(c, room_id, &version, &ev.sender, &draft.to_string())?;
-    Ok(Some(Planned { notified }))
+    evaluate(c, room_id, &version, &ev.sender, &draft.to_string()).map(Some)
 }
 
 /// Evaluate a received event (its PDU JSON, as its write would evaluate it) against the
@@ -74,13 +82,13 @@ pub fn plan_received(
     sender: &str,
     json: &str,
 ) -> Result<Planned, Error> {
-    Ok(Planned {
-        notified: evaluate(c, room_id, version, sender, json)?,
-    })
+    evaluate(c, room_id, version, sender, json)
 }
 
-/// Record the notifications of a newly persisted event: those [`plan`]ned for it, else
-/// those of an evaluation of the push rules of every other joined local member now.
+/// Record the notifications of a newly persisted event: those [`plan`]ned for it while
+/// the room's push context is still the one planned on ([`Planned::still_current`];
+/// the callers have checked the state and extremities), else those of an evaluation of
+/// the push rules of every other joined local member now.
 /// Runs in the event's write transaction.
 ///
 /// The members, their rules and display names are read in one statement, and the
@@ -94,8 +102,8 @@ pub fn on_event(
     planned: Option<Planned>,
 ) -> Result<(), Error> {
     let notified = match planned {
-        Some(p) => p.notified,
-        None => evaluate(c, room_id, version, &ev.sender, &ev.json)?,
+        Some(p) if p.still_current(c, room_id)? => p.notified,
+        _ => evaluate(c, room_id, version, &ev.sender, &ev.json)?.notified,
     };
     record(c, room_id, ev, &notified)
 }
@@ -108,17 +116,21 @@ fn evaluate(
     version: &str,
     sender: &str,
     json: &str,
-) -> Result<Notified, Error> {
+) -> Result<Planned, Error> {
     let context = room_context(c, room_id)?;
+    let nobody = Planned {
+        notified: Vec::new(),
+        key: context.key,
+    };
     if context.members.iter().all(|m| m.user_id.as_str() == sender) {
-        return Ok(Vec::new());
+        return Ok(nobody);
     }
     let Ok(room) = OwnedRoomId::try_from(room_id) else {
         tracing::debug!(
             room_id,
             "room id not understood by ruma; no push evaluation"
         );
-        return Ok(Vec::new());
+        return Ok(nobody);
     };
     let raw: Raw<Value> =
         Raw::from_json(serde_json::value::RawValue::from_string(json.to_owned())?);
@@ -157,7 +169,10 @@ fn evaluate(
             highlight,
         ));
     }
-    Ok(notified)
+    Ok(Planned {
+        notified,
+        key: context.key,
+    })
 }
 
 /// The actions of the first rule that applies, like `Ruleset::get_actions` but on an

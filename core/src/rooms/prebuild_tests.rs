@@ -341,3 +341,31 @@ async fn concurrent_sends_to_one_room_make_one_line() {
     assert_eq!(extremities.len(), 1, "{extremities:?}");
     assert!(sent.contains(&extremities[0].0));
 }
+
+/// A push plan made before a member changed their push rules is evaluated again by the
+/// write, though the event built with it is still current (account data moves no
+/// extremity).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_made_before_a_push_rules_change_is_evaluated_again() {
+    let (_dir, node) = node().await;
+    let server = node.server().clone();
+    let [alice, bob] = ["alice", "bob"].map(|u| server.user_id(u));
+    let room = public_room(&server, &alice, &[&bob]);
+    let msg = message(&alice, "muted by now");
+    let prepared = prepare(&server, &room, &msg);
+    let master = crate::push::RuleAddress {
+        scope: "global",
+        kind: "override",
+        rule_id: ".m.rule.master",
+    };
+    crate::push::set_rule_enabled(&server, &bob, master, true).expect("bob mutes everything");
+    let appended = write_prepared(&server, &room, msg, prepared);
+    let rows = server
+        .db
+        .read(|c| storage::notifications(c, &bob, i64::MAX, 10, false))
+        .expect("rows");
+    assert!(
+        rows.iter().all(|r| r.event_id != appended.event_id),
+        "bob's new rules apply: {rows:?}"
+    );
+}
