@@ -9,8 +9,8 @@
 //! read in the caller's own snapshot, so a context is never used with a newer or older
 //! database state than it was read from.
 //!
-//! Bounds: [`MAX_ROOMS`] rooms and [`MAX_MEMBERS`] members in all, least recently used
-//! dropped first; a room larger than that is read for each event as before.
+//! Bounds: [`MAX_ROOMS`] rooms and [`MAX_BYTES`] in all, least recently used dropped
+//! first; a room larger than that is read for each event as before.
 //!
 //! Process-wide, like the prepared rulesets: entries are told apart by the database
 //! file as well as the room (two nodes of one process share rooms, not state groups),
@@ -32,10 +32,14 @@ use crate::sync::lru::Lru;
 
 /// Rooms whose context is kept at most.
 pub const MAX_ROOMS: usize = 256;
-/// Members of all kept contexts together at most: as many as the prepared rulesets kept
-/// (`push::CACHE_USERS`), since each member holds one (a few kilobytes), so the two
-/// together pin at most twice that many.
-pub const MAX_MEMBERS: usize = 4096;
+/// Bytes of all kept contexts together at most, each member counted as [`MEMBER_BYTES`]
+/// plus their user id, display name and stored push rules: about 4,096 members of
+/// short names, as many as the prepared rulesets kept (`push::CACHE_USERS`), since each
+/// member holds one, so the two together pin at most twice that many.
+pub const MAX_BYTES: usize = 4 << 20;
+/// What a member counts for beyond their strings (their share of a prepared ruleset
+/// and the entry itself).
+pub const MEMBER_BYTES: usize = 1024;
 
 /// A joined local member, ready for evaluation.
 pub(super) struct Member {
@@ -51,6 +55,8 @@ pub(super) struct RoomContext {
     pub(super) members: Vec<Member>,
     pub(super) member_count: UInt,
     levels: Arc<PowerLevels>,
+    /// What it counts for against [`MAX_BYTES`].
+    bytes: usize,
 }
 
 impl RoomContext {
@@ -67,7 +73,7 @@ impl RoomContext {
 type Key = (String, String);
 
 static CONTEXTS: LazyLock<Mutex<Lru<Key, Arc<RoomContext>>>> =
-    LazyLock::new(|| Mutex::new(Lru::new(MAX_ROOMS, MAX_MEMBERS)));
+    LazyLock::new(|| Mutex::new(Lru::new(MAX_ROOMS, MAX_BYTES)));
 
 /// The push context of `room_id` as this snapshot (`c`) has it.
 pub(super) fn room_context(c: &Connection, room_id: &str) -> Result<Arc<RoomContext>, Error> {
@@ -89,18 +95,21 @@ pub(super) fn room_context(c: &Connection, room_id: &str) -> Result<Arc<RoomCont
     // repeat, so the writer may still use what readers kept.
     let committed = c.is_readonly(rusqlite::MAIN_DB).unwrap_or(false);
     if let Some(k) = cache_key.filter(|_| committed) {
-        // Counted as at least one, so the room bound holds for rooms without members.
-        let weight = context.members.len().max(1);
-        CONTEXTS.lock().put(k, context.clone(), weight);
+        CONTEXTS.lock().put(k, context.clone(), context.bytes);
     }
     Ok(context)
 }
 
 fn read(c: &Connection, room_id: &str, key: Option<[i64; 3]>) -> Result<RoomContext, Error> {
+    let mut bytes = MEMBER_BYTES;
     let members = storage::push_recipients(c, room_id, "")?
         .into_iter()
         .filter_map(|r| {
             let user_id = UserId::parse(&r.user_id).ok()?;
+            bytes += MEMBER_BYTES
+                + r.user_id.len()
+                + r.display_name.len()
+                + r.push_rules.as_ref().map_or(0, String::len);
             Some(Member {
                 rules: prepared(&user_id, r.push_rules),
                 user_id,
@@ -114,6 +123,7 @@ fn read(c: &Connection, room_id: &str, key: Option<[i64; 3]>) -> Result<RoomCont
         members,
         member_count: UInt::try_from(member_count).unwrap_or(UInt::MAX),
         levels: crate::rooms::power_levels(c, room_id)?,
+        bytes,
     })
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use super::context::{MAX_ROOMS, kept, room_context};
+use super::context::{MAX_BYTES, MAX_ROOMS, kept, room_context};
 use super::{RuleAddress, set_rule_enabled};
 use crate::requester::Requester;
 use crate::room_writes::{redact, send_message};
@@ -206,4 +206,33 @@ async fn a_context_read_inside_a_write_is_not_kept() {
         same_context(&server, &room, &kept_context),
         "a reader's is kept"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_whose_members_outweigh_the_byte_bound_is_read_each_time() {
+    let (_dir, node) = node().await;
+    let server = node.server().clone();
+    let alice = server.user_id("alice");
+    // Display names of 60,000 bytes (an event stays under 64 KiB): enough members of
+    // them outweigh the whole bound.
+    let name = "n".repeat(60_000);
+    let members: Vec<String> = (0..MAX_BYTES / name.len() + 1)
+        .map(|i| server.user_id(&format!("m{i}")))
+        .collect();
+    let refs: Vec<&str> = members.iter().map(String::as_str).collect();
+    let room = public_room(&server, &alice, &refs);
+    for m in &members {
+        set_display_name(&server, &room, m, &name);
+    }
+    let first = context(&server, &room);
+    assert_eq!(first.members.len(), members.len() + 1);
+    assert!(!same_context(&server, &room, &first), "too large to keep");
+    // A small room is still kept beside it.
+    let small = server
+        .write(|c| {
+            crate::rooms::create_room(c, &server, &alice, crate::rooms::CreateRoom::default())
+        })
+        .expect("small room");
+    let kept_small = context(&server, &small);
+    assert!(same_context(&server, &small, &kept_small));
 }
