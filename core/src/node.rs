@@ -134,9 +134,9 @@ impl Opened {
         let lock = lock_data_dir(&config)?;
         let db = Db::open(&config.database_path())?;
         // What the process kept of a database at this path before may not be this one's.
-        if let Ok(Some(path)) = db.read(|c| Ok(c.path().map(str::to_owned))) {
-            crate::push::forget_database(&path);
-            crate::rooms::forget_database(&path);
+        if let Some(file) = db.file() {
+            crate::push::forget_database(&file);
+            crate::rooms::forget_database(&file);
         }
         let pos = db
             .max_stream_position()

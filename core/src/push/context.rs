@@ -15,7 +15,7 @@
 //! Process-wide, like the prepared rulesets: entries are told apart by the database
 //! file as well as the room (two nodes of one process share rooms, not state groups),
 //! and a node starting forgets those of its file ([`forget_database`]). Only contexts
-//! read on a committed snapshot are kept (see [`room_context`]).
+//! read on a committed snapshot are kept ([`storage::is_committed_snapshot`]).
 
 use std::sync::{Arc, LazyLock};
 
@@ -78,10 +78,9 @@ static CONTEXTS: LazyLock<Mutex<Lru<Key, Arc<RoomContext>>>> =
 /// The push context of `room_id` as this snapshot (`c`) has it.
 pub(super) fn room_context(c: &Connection, room_id: &str) -> Result<Arc<RoomContext>, Error> {
     let key = storage::push_context_key(c, room_id)?;
-    let cache_key = match (key, c.path()) {
-        (Some(_), Some(path)) if !path.is_empty() => Some((path.to_owned(), room_id.to_owned())),
-        _ => None,
-    };
+    let cache_key = key
+        .and(storage::file_of(c))
+        .map(|file| (file.to_owned(), room_id.to_owned()));
     if let Some(k) = &cache_key
         && let Some(hit) = CONTEXTS.lock().get(k)
         && hit.key == key
@@ -89,12 +88,8 @@ pub(super) fn room_context(c: &Connection, room_id: &str) -> Result<Arc<RoomCont
         return Ok(hit.clone());
     }
     let context = Arc::new(read(c, room_id, key)?);
-    // Kept only when read from a committed snapshot (a reader): the writer's view holds
-    // its own uncommitted rows, and a write rolled back hands its state group id and
-    // redaction count out again for a different state. Keys of committed states never
-    // repeat, so the writer may still use what readers kept.
-    let committed = c.is_readonly(rusqlite::MAIN_DB).unwrap_or(false);
-    if let Some(k) = cache_key.filter(|_| committed) {
+    // The writer may use what readers kept, never keep what it read itself.
+    if let Some(k) = cache_key.filter(|_| storage::is_committed_snapshot(c)) {
         CONTEXTS.lock().put(k, context.clone(), context.bytes);
     }
     Ok(context)
@@ -102,7 +97,7 @@ pub(super) fn room_context(c: &Connection, room_id: &str) -> Result<Arc<RoomCont
 
 fn read(c: &Connection, room_id: &str, key: Option<[i64; 3]>) -> Result<RoomContext, Error> {
     let mut bytes = MEMBER_BYTES;
-    let members = storage::push_recipients(c, room_id, "")?
+    let members = storage::push_recipients(c, room_id)?
         .into_iter()
         .filter_map(|r| {
             let user_id = UserId::parse(&r.user_id).ok()?;

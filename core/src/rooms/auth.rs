@@ -79,9 +79,9 @@ impl AuthState {
         {
             asked.push(("m.room.create".to_owned(), String::new()));
         }
-        let kept_key = match (storage::state_version(c, room_id)?, c.path()) {
-            (Some(version), Some(path)) if !path.is_empty() => {
-                Some((path.to_owned(), room_id.to_owned(), version, asked.clone()))
+        let kept_key = match (storage::state_version(c, room_id)?, storage::file_of(c)) {
+            (Some(version), Some(file)) => {
+                Some((file.to_owned(), room_id.to_owned(), version, asked.clone()))
             }
             _ => None,
         };
@@ -91,10 +91,7 @@ impl AuthState {
             return Ok(hit.clone());
         }
         let (state, bytes) = Self::read(c, room_id, asked)?;
-        // Kept only when read on a committed snapshot (a reader), as push contexts are:
-        // a write rolled back hands its state group id out again.
-        let committed = c.is_readonly(rusqlite::MAIN_DB).unwrap_or(false);
-        if let Some(k) = kept_key.filter(|_| committed) {
+        if let Some(k) = kept_key.filter(|_| storage::is_committed_snapshot(c)) {
             KEPT.lock().put(k, state.clone(), bytes);
         }
         Ok(state)

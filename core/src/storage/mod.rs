@@ -151,6 +151,21 @@ fn global_mutexes(conn: &Connection) -> rusqlite::Result<Vec<&'static str>> {
     Ok(found)
 }
 
+/// The database file a connection reads, as SQLite names it: what process-wide caches
+/// of what was read tell nodes apart by (two nodes of one process share rooms, not
+/// state group ids). `None` for an in-memory database.
+pub fn file_of(c: &Connection) -> Option<&str> {
+    c.path().filter(|p| !p.is_empty())
+}
+
+/// Whether what `c` reads is committed (a reader's snapshot), so that it may be kept
+/// under the state version it was read at. The writer's view holds its own uncommitted
+/// rows, and a write rolled back hands its state group id and counts out again for a
+/// different state; keys of committed states never repeat.
+pub fn is_committed_snapshot(c: &Connection) -> bool {
+    c.is_readonly(rusqlite::MAIN_DB).unwrap_or(false)
+}
+
 /// Keep each cached statement's query plan whatever values are bound to it. Without
 /// this SQLite (3.4x and later) reads a bound `LIMIT ?` while planning, marks the
 /// statement to be planned again whenever that parameter is bound, and so parsed and
@@ -349,6 +364,13 @@ impl Db {
     /// The highest committed stream position.
     pub fn max_stream_position(&self) -> Result<StreamPosition, Error> {
         self.read(|c| Ok(c.query_row("SELECT pos FROM stream_sequence", [], |r| r.get(0))?))
+    }
+
+    /// The database file, as SQLite names it ([`file_of`]).
+    pub fn file(&self) -> Option<String> {
+        self.read(|c| Ok(file_of(c).map(str::to_owned)))
+            .ok()
+            .flatten()
     }
 
     /// Flush the WAL into the main file (on clean shutdown).

@@ -26,14 +26,10 @@ pub struct PushRecipient {
     pub display_name: String,
 }
 
-/// The joined local members of a room but `except` (the sender), with what push-rule
-/// evaluation needs of each, in one statement instead of three per member. Reads the
-/// room's local members only (`local_joins`), not all of its members.
-pub fn push_recipients(
-    c: &Connection,
-    room_id: &str,
-    except: &str,
-) -> Result<Vec<PushRecipient>, Error> {
+/// The joined local members of a room, with what push-rule evaluation needs of each, in
+/// one statement instead of three per member. Reads the room's local members only
+/// (`local_joins`), not all of its members.
+pub fn push_recipients(c: &Connection, room_id: &str) -> Result<Vec<PushRecipient>, Error> {
     // The member event is read as `get_state_event` would: timeline or outlier only.
     let mut st = c.prepare_cached(
         "SELECT m.user_id, ad.content,
@@ -47,10 +43,10 @@ pub fn push_recipients(
              ON cs.room_id = m.room_id AND cs.type = 'm.room.member' AND cs.state_key = m.user_id
          LEFT JOIN events e
              ON e.event_id = cs.event_id AND e.status IN ('timeline', 'outlier')
-         WHERE m.room_id = ?1 AND m.user_id <> ?2
+         WHERE m.room_id = ?1
          ORDER BY m.user_id",
     )?;
-    let rows = st.query_map(params![room_id, except], |r| {
+    let rows = st.query_map([room_id], |r| {
         Ok(PushRecipient {
             user_id: r.get(0)?,
             push_rules: r.get(1)?,
@@ -60,21 +56,21 @@ pub fn push_recipients(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// What a room's push context is built from, as of this snapshot: its current state
-/// group, its redactions so far, and the newest change of anyone's push rules (push
-/// rules account data is never deleted, so this only grows). Equal keys mean equal
-/// members, display names, power levels and rules. `None` for an unknown room or one
-/// without current state.
+/// What a room's push context is built from, as of this snapshot: its
+/// [`super::state_version`] and the newest change of anyone's push rules (push rules
+/// account data is never deleted, so this only grows). Equal keys mean equal members,
+/// display names, power levels and rules. `None` for an unknown room or one without
+/// current state.
 pub fn push_context_key(c: &Connection, room_id: &str) -> Result<Option<[i64; 3]>, Error> {
-    let row: Option<(Option<i64>, i64, Option<i64>)> = c
+    let Some([group, redactions]) = super::state_version(c, room_id)? else {
+        return Ok(None);
+    };
+    let rules: Option<i64> = c
         .prepare_cached(
-            "SELECT current_state_group, redactions,
-                    (SELECT MAX(stream_ordering) FROM account_data WHERE type = 'm.push_rules')
-             FROM rooms WHERE room_id = ?1",
+            "SELECT MAX(stream_ordering) FROM account_data WHERE type = 'm.push_rules'",
         )?
-        .query_row([room_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .optional()?;
-    Ok(row.and_then(|(group, redactions, rules)| Some([group?, redactions, rules.unwrap_or(0)])))
+        .query_row([], |r| r.get(0))?;
+    Ok(Some([group, redactions, rules.unwrap_or(0)]))
 }
 
 /// How many notification rows a user keeps at most (newest first, across rooms):
