@@ -1,5 +1,5 @@
 //! The bounds on notification rows: database growth per message in rooms of 60 and 2
-//! local members, the per-user cap, folding on read, and unread counts across both.
+//! local members, the per-room cap, and unread counts across it.
 
 use std::sync::Arc;
 
@@ -9,8 +9,7 @@ use crate::events::NewEvent;
 use crate::rooms::{CreateRoom, append_event, create_room};
 use crate::server::Server;
 use crate::storage::{
-    self, NOTIFICATION_SLACK, NOTIFICATIONS_PER_USER, READ_NOTIFICATIONS_KEPT, Receipt,
-    next_stream_position,
+    self, NOTIFICATION_SLACK, NOTIFIED_EVENTS_PER_ROOM, Receipt, next_stream_position,
 };
 use crate::{Config, Node};
 
@@ -181,7 +180,7 @@ fn tables_growth(before: &[(String, i64)], after: &[(String, i64)], tables: &[&s
 /// The tables push notifications and unread counts live in.
 const PUSH_TABLES: &[&str] = &[
     "push_notifications",
-    "push_notification_users",
+    "push_notification_rooms",
     "unread_counts",
 ];
 
@@ -221,7 +220,7 @@ async fn measure(members: usize, warm_up: usize, measured: usize) -> (f64, f64) 
         growth_per_message(&warm_tables, &end_tables, measured)
     );
     for m in &f.members {
-        assert!(f.rows(m) <= NOTIFICATIONS_PER_USER + NOTIFICATION_SLACK);
+        assert!(f.rows(m) <= NOTIFIED_EVENTS_PER_ROOM + NOTIFICATION_SLACK);
     }
     f.node.shutdown().await.expect("shutdown");
     (steady, push)
@@ -242,16 +241,16 @@ async fn storage_per_message_in_a_60_member_room() {
 /// to nothing.
 #[tokio::test]
 async fn storage_per_message_in_a_2_member_room() {
-    // Whole trim cycles (a trim every 101 notifications once the cap is reached), so
+    // Whole trim cycles (a trim every 26 notifications once the cap is reached), so
     // the rows are as many at the end as at the start of the measured messages.
-    let (per_message, push) = measure(2, 300, 505).await;
+    let (per_message, push) = measure(2, 300, 520).await;
     assert!(per_message <= 1536.0, "{per_message:.0} bytes per message");
     assert!(push <= 32.0, "push tables: {push:.0} bytes per message");
 }
 
-/// A user who never reads keeps at most the cap (plus the slack) of rows, and their
-/// unread count still counts every message; a receipt after the dropped rows makes it
-/// exact, and one on the newest message clears it and folds the read rows.
+/// A user who never reads keeps at most the room's cap (plus the slack) of rows, and
+/// their unread count still counts every message; a receipt after the dropped rows makes
+/// it exact, and one on the newest message clears it. Reading drops no rows.
 #[tokio::test]
 async fn a_user_who_never_reads_keeps_the_cap_and_exact_counts() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -261,20 +260,76 @@ async fn a_user_who_never_reads_keeps_the_cap_and_exact_counts() {
     for i in 0..300 {
         sent.push(f.send_from(0, &format!("message {i}")));
     }
-    assert!(f.rows(&bob) <= NOTIFICATIONS_PER_USER + NOTIFICATION_SLACK);
-    assert!(f.rows(&bob) >= NOTIFICATIONS_PER_USER);
+    assert!(f.rows(&bob) <= NOTIFIED_EVENTS_PER_ROOM + NOTIFICATION_SLACK);
+    assert!(f.rows(&bob) >= NOTIFIED_EVENTS_PER_ROOM);
     assert_eq!(f.counts(&bob), (300, 0));
     // The newest rows are all still there, so a receipt among them counts exactly.
     f.read(&bob, &sent[289]);
     assert_eq!(f.counts(&bob), (10, 0));
-    // Folded: the 10 unread and the newest read ones kept per room.
-    assert_eq!(f.rows(&bob), 10 + READ_NOTIFICATIONS_KEPT);
+    let rows = f.rows(&bob);
     f.read(&bob, &sent[299]);
     assert_eq!(f.counts(&bob), (0, 0));
-    assert_eq!(f.rows(&bob), READ_NOTIFICATIONS_KEPT);
+    assert_eq!(f.rows(&bob), rows);
     // Counting goes on as before.
     f.send_from(0, "one more");
     assert_eq!(f.counts(&bob), (1, 0));
+    f.node.shutdown().await.expect("shutdown");
+}
+
+/// The cap is per room: a busy room's notifications never push out a quiet room's, and
+/// `GET /notifications` lists both rooms' rows newest first.
+#[tokio::test]
+async fn a_busy_room_leaves_a_quiet_rooms_notifications() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut f = Fixture::new(dir.path(), 2).await;
+    let (alice, bob) = (f.members[0].clone(), f.members[1].clone());
+    let quiet = f
+        .server
+        .write(|tx| {
+            let req = CreateRoom {
+                preset: Some("public_chat".into()),
+                ..Default::default()
+            };
+            create_room(tx, &f.server, &alice, req)
+        })
+        .expect("create");
+    let server = f.server.clone();
+    let send = |room: &str, sender: &str, body: &str| {
+        let ev = NewEvent {
+            kind: "m.room.message".into(),
+            state_key: None,
+            content: json!({"msgtype": "m.text", "body": body}),
+            sender: sender.to_owned(),
+            redacts: None,
+        };
+        server
+            .write(|tx| append_event(tx, &server, room, ev, None))
+            .expect("send")
+            .pos
+    };
+    let join = NewEvent {
+        kind: "m.room.member".into(),
+        state_key: Some(bob.clone()),
+        content: json!({"membership": "join"}),
+        sender: bob.clone(),
+        redacts: None,
+    };
+    f.server
+        .write(|tx| append_event(tx, &f.server, &quiet, join, None))
+        .expect("join");
+    let early = send(&quiet, &alice, "before the storm");
+    for i in 0..200 {
+        f.send_from(0, &format!("busy {i}"));
+    }
+    let late = send(&quiet, &alice, "after the storm");
+    let busy_rows = f.rows(&bob) - 2;
+    assert!(busy_rows <= NOTIFIED_EVENTS_PER_ROOM + NOTIFICATION_SLACK);
+    let listed = f.notifications(&bob, None, false);
+    assert_eq!(listed.len() as i64, busy_rows + 2, "{listed:?}");
+    assert!(listed.windows(2).all(|w| w[0] > w[1]), "newest first: {listed:?}");
+    assert_eq!((listed[0], listed[listed.len() - 1]), (late, early));
+    // Paging from the busy room's oldest kept row reaches the quiet room's first.
+    assert_eq!(f.notifications(&bob, Some(listed[listed.len() - 2]), false), [early]);
     f.node.shutdown().await.expect("shutdown");
 }
 
@@ -298,10 +353,10 @@ async fn a_receipt_inside_dropped_rows_never_undercounts() {
     f.node.shutdown().await.expect("shutdown");
 }
 
-/// Highlights survive folding and stay listed with `only=highlight`; `GET
-/// /notifications` pages the kept rows newest first.
+/// Highlights are listed with `only=highlight`; reading keeps the rows (`GET
+/// /notifications` marks them read); pages go newest first.
 #[tokio::test]
-async fn highlights_outlive_folding_and_notifications_page() {
+async fn highlights_are_listed_and_notifications_page() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut f = Fixture::new(dir.path(), 2).await;
     let bob = f.members[1].clone();
@@ -314,7 +369,7 @@ async fn highlights_outlive_folding_and_notifications_page() {
     f.read(&bob, &last);
     assert_eq!(f.counts(&bob), (0, 0));
     let all = f.notifications(&bob, None, false);
-    assert_eq!(all.len() as i64, READ_NOTIFICATIONS_KEPT + 1, "{all:?}");
+    assert_eq!(all.len(), 41, "{all:?}");
     assert!(all.windows(2).all(|w| w[0] > w[1]), "newest first: {all:?}");
     let highlights = f.notifications(&bob, None, true);
     assert_eq!(highlights.len(), 1);

@@ -887,6 +887,37 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE rooms ADD COLUMN redactions INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX account_data_by_type ON account_data(type, stream_ordering);
     "#,
+    // 34: notification rows of one event side by side. Keyed by user first, a message
+    // dirtied one b-tree leaf per notified member (and split them in the middle of the
+    // tree); keyed by room and position, its rows are one insert at the end of the
+    // room's range. The cap is per room now (the newest 50 notifying events, 25 of
+    // slack; `storage/push.rs`), counted in `push_notification_rooms`, so the per-user
+    // count goes. Rows are copied as they are: a room over the cap is trimmed by its
+    // next notification. `GET /notifications` finds a user's rooms through
+    // `unread_counts`, so every (user, room) with rows gets one.
+    r#"
+    CREATE TABLE push_notifications_v34 (
+        room_id TEXT NOT NULL,
+        stream_ordering INTEGER NOT NULL,
+        user_id TEXT NOT NULL,
+        actions NOT NULL,
+        highlight INTEGER NOT NULL,
+        PRIMARY KEY (room_id, stream_ordering, user_id)
+    ) WITHOUT ROWID;
+    INSERT INTO push_notifications_v34 (room_id, stream_ordering, user_id, actions, highlight)
+    SELECT room_id, stream_ordering, user_id, actions, highlight FROM push_notifications;
+    DROP TABLE push_notifications;
+    ALTER TABLE push_notifications_v34 RENAME TO push_notifications;
+    DROP TABLE push_notification_users;
+    CREATE TABLE push_notification_rooms (
+        room_id TEXT PRIMARY KEY,
+        events INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO push_notification_rooms (room_id, events)
+    SELECT room_id, COUNT(DISTINCT stream_ordering) FROM push_notifications GROUP BY room_id;
+    INSERT OR IGNORE INTO unread_counts (user_id, room_id, notifications, highlights)
+    SELECT DISTINCT user_id, room_id, 0, 0 FROM push_notifications;
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -1228,7 +1259,7 @@ mod tests {
         let counts: (i64, i64, i64, i64) = conn
             .query_row(
                 "SELECT notifications, pruned_notifications, pruned_upto,
-                        (SELECT rows FROM push_notification_users WHERE user_id = '@b:x')
+                        (SELECT events FROM push_notification_rooms WHERE room_id = '!r:x')
                  FROM unread_counts",
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),

@@ -73,23 +73,17 @@ pub fn push_context_key(c: &Connection, room_id: &str) -> Result<Option<[i64; 3]
     Ok(Some([group, redactions, rules.unwrap_or(0)]))
 }
 
-/// How many notification rows a user keeps at most (newest first, across rooms):
-/// one full page of `GET /notifications` at its largest `limit`. Rows past it are
-/// dropped whether read or not; unread ones stay counted (see [`recount_unread`]).
-pub const NOTIFICATIONS_PER_USER: i64 = 100;
+/// How many notifying events a room keeps the rows of (newest first; each has a row
+/// per local member it notified). Rows past it are dropped whether read or not; unread
+/// ones stay counted (see [`recount_unread`]). Per room rather than per user so that a
+/// message's rows are written side by side, not one b-tree leaf per member.
+pub const NOTIFIED_EVENTS_PER_ROOM: i64 = 50;
 
-/// Rows a user may gain past [`NOTIFICATIONS_PER_USER`] before they are trimmed back to
-/// it: trimming walks the user's rows once per this many notifications, not on each
-/// (one walk of at most 200 rows per 100 notifications: two rows looked at per row
-/// kept, where a slack of 20 cost six).
-pub const NOTIFICATION_SLACK: i64 = 100;
+/// Notifying events a room may gain past [`NOTIFIED_EVENTS_PER_ROOM`] before its rows are
+/// trimmed back to it: one walk of the room's oldest rows per this many notifications.
+pub const NOTIFICATION_SLACK: i64 = 25;
 
-/// Read notifications kept per (user, room) when a read receipt folds the older ones,
-/// so `GET /notifications` still shows each room's recent read ones. Highlights are
-/// not folded; they go only with the per-user cap or the age limit.
-pub const READ_NOTIFICATIONS_KEPT: i64 = 10;
-
-/// Notifications older than this are dropped when the user's rows are next trimmed
+/// Notifications older than this are dropped when the room's rows are next trimmed
 /// (Synapse keeps push actions for the same 30 days).
 pub const NOTIFICATION_MAX_AGE_MS: i64 = 30 * 24 * 3600 * 1000;
 
@@ -139,9 +133,9 @@ pub struct UserNotification<'a> {
 
 /// Record the notifications of one event (its room and stream position) for the users it
 /// notifies, counting each as unread (it is the room's newest event, so no receipt
-/// covers it yet), in three statements whatever their number: the rows, the unread
-/// counts and the per-user row counts; then trim the rows of each user past the cap by
-/// the slack.
+/// covers it yet), in three statements whatever their number: the rows (side by side,
+/// at the end of the room's range), the unread counts and the room's count of notifying
+/// events; then trim the room's rows past the cap by the slack.
 pub fn insert_notifications(
     c: &Connection,
     room_id: &str,
@@ -167,8 +161,8 @@ pub fn insert_notifications(
     let inserted: Vec<(String, i64)> = c
         .prepare_cached(
             "INSERT OR IGNORE INTO push_notifications
-             (user_id, room_id, stream_ordering, actions, highlight)
-             SELECT value ->> 0, ?2, ?3, value ->> 1, value ->> 2 FROM json_each(?1)
+             (room_id, stream_ordering, user_id, actions, highlight)
+             SELECT ?2, ?3, value ->> 0, value ->> 1, value ->> 2 FROM json_each(?1)
              RETURNING user_id, highlight",
         )?
         .query_map(params![rows, room_id, stream_ordering], |r| {
@@ -188,80 +182,85 @@ pub fn insert_notifications(
     )?
     .execute(params![inserted, room_id])?;
     // Counted and checked against the cap in one statement.
-    let counts: Vec<(String, i64)> = c
+    let events: i64 = c
         .prepare_cached(
-            "INSERT INTO push_notification_users (user_id, rows)
-             SELECT value ->> 0, 1 FROM json_each(?1) WHERE true
-             ON CONFLICT (user_id) DO UPDATE SET rows = rows + 1
-             RETURNING user_id, rows",
+            "INSERT INTO push_notification_rooms (room_id, events) VALUES (?1, 1)
+             ON CONFLICT (room_id) DO UPDATE SET events = events + 1
+             RETURNING events",
         )?
-        .query_map(params![inserted], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?;
-    for (user, rows) in counts {
-        if rows > NOTIFICATIONS_PER_USER + NOTIFICATION_SLACK {
-            trim_notifications(c, &user, now_ms)?;
-        }
+        .query_row([room_id], |r| r.get(0))?;
+    if events > NOTIFIED_EVENTS_PER_ROOM + NOTIFICATION_SLACK {
+        trim_notifications(c, room_id, now_ms)?;
     }
     Ok(())
 }
 
-/// Which of a user's rows (`n`) a trim drops: those past the newest
-/// [`NOTIFICATIONS_PER_USER`] (`?2` is the newest of those, or none) and those whose
-/// event is older than the age limit (`?3`) or gone.
-const DOOMED: &str = "(n.stream_ordering <= ?2
-     OR COALESCE((SELECT e.origin_server_ts FROM events e
-                  WHERE e.stream_ordering = n.stream_ordering), 0) < ?3)";
-
-/// Trim a user's rows to the cap and the age limit. Visits only this user's rows (at
-/// most the cap plus the slack). Dropped rows that were unread are remembered per room
-/// in `unread_counts.pruned_*`, so the kept counts stay as they were.
-pub fn trim_notifications(c: &Connection, user_id: &str, now_ms: i64) -> Result<(), Error> {
-    let past_cap: i64 = c
-        .prepare_cached(
-            "SELECT stream_ordering FROM push_notifications WHERE user_id = ?1
-             ORDER BY stream_ordering DESC LIMIT 1 OFFSET ?2",
-        )?
-        .query_row(params![user_id, NOTIFICATIONS_PER_USER], |r| r.get(0))
-        .optional()?
-        .unwrap_or(i64::MIN);
+/// Trim a room's rows to the newest [`NOTIFIED_EVENTS_PER_ROOM`] notifying events and the
+/// age limit. Visits only this room's rows (at most the cap plus the slack events'). The
+/// dropped rows that were unread are remembered per user in `unread_counts.pruned_*`,
+/// so the kept counts stay as they were.
+pub fn trim_notifications(c: &Connection, room_id: &str, now_ms: i64) -> Result<(), Error> {
     let too_old = now_ms.saturating_sub(NOTIFICATION_MAX_AGE_MS);
-    c.prepare_cached(&format!(
-        "UPDATE unread_counts AS u SET
-             pruned_notifications = u.pruned_notifications + d.n,
-             pruned_highlights = u.pruned_highlights + d.h,
-             pruned_upto = MAX(u.pruned_upto, d.top)
-         FROM (SELECT n.room_id, COUNT(*) AS n, COALESCE(SUM(n.highlight), 0) AS h,
-                      MAX(n.stream_ordering) AS top
-               FROM push_notifications n
-               WHERE n.user_id = ?1 AND {DOOMED} AND n.stream_ordering > {READ_UP_TO}
-               GROUP BY n.room_id) AS d
-         WHERE u.user_id = ?1 AND u.room_id = d.room_id"
-    ))?
-    .execute(params![user_id, past_cap, too_old])?;
-    let dropped = c
-        .prepare_cached(&format!(
-            "DELETE FROM push_notifications AS n WHERE n.user_id = ?1 AND {DOOMED}"
-        ))?
-        .execute(params![user_id, past_cap, too_old])?;
-    forget_rows(c, user_id, dropped)
-}
-
-/// Take deleted rows off a user's row count.
-fn forget_rows(c: &Connection, user_id: &str, deleted: usize) -> Result<(), Error> {
-    if deleted > 0 {
-        c.prepare_cached(
-            "UPDATE push_notification_users SET rows = MAX(rows - ?2, 0) WHERE user_id = ?1",
+    // The room's notifying events, newest first, each looked up once for its age (an
+    // event that is gone counts as old).
+    let kept: Vec<(i64, bool)> = c
+        .prepare_cached(
+            "SELECT k.stream_ordering,
+                    COALESCE((SELECT e.origin_server_ts FROM events e
+                              WHERE e.stream_ordering = k.stream_ordering), 0) < ?2
+             FROM (SELECT DISTINCT stream_ordering FROM push_notifications
+                   WHERE room_id = ?1) AS k
+             ORDER BY k.stream_ordering DESC",
         )?
-        .execute(params![user_id, deleted as i64])?;
+        .query_map(params![room_id, too_old], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let cap = usize::try_from(NOTIFIED_EVENTS_PER_ROOM).unwrap_or(usize::MAX);
+    let doomed: Vec<i64> = kept
+        .iter()
+        .enumerate()
+        .filter(|(i, (_, old))| *i >= cap || *old)
+        .map(|(_, (pos, _))| *pos)
+        .collect();
+    let remaining = kept.len() - doomed.len();
+    if !doomed.is_empty() {
+        let doomed = serde_json::to_string(&doomed)?;
+        // Each user's read position in the room read once, not once per row.
+        c.prepare_cached(
+            "WITH doomed AS (SELECT value AS pos FROM json_each(?2)),
+                  reads AS (SELECT r.user_id, MAX(e.stream_ordering) AS pos FROM receipts r
+                            JOIN events e ON e.event_id = r.event_id
+                            WHERE r.room_id = ?1
+                              AND r.receipt_type IN ('m.read', 'm.read.private')
+                            GROUP BY r.user_id)
+             UPDATE unread_counts AS u SET
+                 pruned_notifications = u.pruned_notifications + d.n,
+                 pruned_highlights = u.pruned_highlights + d.h,
+                 pruned_upto = MAX(u.pruned_upto, d.top)
+             FROM (SELECT n.user_id, COUNT(*) AS n, COALESCE(SUM(n.highlight), 0) AS h,
+                          MAX(n.stream_ordering) AS top
+                   FROM doomed CROSS JOIN push_notifications n
+                       ON n.room_id = ?1 AND n.stream_ordering = doomed.pos
+                   LEFT JOIN reads ON reads.user_id = n.user_id
+                   WHERE n.stream_ordering > COALESCE(reads.pos, 0)
+                   GROUP BY n.user_id) AS d
+             WHERE u.user_id = d.user_id AND u.room_id = ?1",
+        )?
+        .execute(params![room_id, doomed])?;
+        c.prepare_cached(
+            "DELETE FROM push_notifications
+             WHERE room_id = ?1 AND stream_ordering IN (SELECT value FROM json_each(?2))",
+        )?
+        .execute(params![room_id, doomed])?;
     }
+    c.prepare_cached("UPDATE push_notification_rooms SET events = ?2 WHERE room_id = ?1")?
+        .execute(params![room_id, remaining as i64])?;
     Ok(())
 }
 
-/// Recount a user's unread notifications in a room after their read receipt moved, then
-/// fold the rows the receipt now covers. Only the rows after the receipt are counted,
-/// never the room's history.
+/// Recount a user's unread notifications in a room after their read receipt moved. Only
+/// the room's rows after the receipt are looked at, never its history.
 ///
-/// The count is the rows after the receipt plus the unread rows a trim dropped
+/// The count is the user's rows after the receipt plus the unread rows a trim dropped
 /// (`pruned_*`). Those were all after the receipt of their time and at or before
 /// `pruned_upto`: a receipt at or past `pruned_upto` covers them all (the count is
 /// exact again and they are forgotten); a receipt before it still counts them all,
@@ -284,34 +283,13 @@ pub fn recount_unread(c: &Connection, room_id: &str, user_id: &str) -> Result<()
                         COALESCE(SUM(highlight), 0) + IIF(?3 >= unread_counts.pruned_upto, 0,
                                        unread_counts.pruned_highlights)
                  FROM push_notifications
-                 WHERE user_id = ?1 AND room_id = ?2 AND stream_ordering > ?3),
+                 WHERE room_id = ?2 AND stream_ordering > ?3 AND user_id = ?1),
              pruned_notifications = IIF(?3 >= pruned_upto, 0, pruned_notifications),
              pruned_highlights = IIF(?3 >= pruned_upto, 0, pruned_highlights)
          WHERE user_id = ?1 AND room_id = ?2",
     )?
     .execute(params![user_id, room_id, read_up_to])?;
-    fold_read(c, room_id, user_id, read_up_to)
-}
-
-/// Drop a user's read notifications in a room, at or before `read_up_to`, but the newest
-/// [`READ_NOTIFICATIONS_KEPT`] of them and highlights. Walks the room's rows of this user
-/// up to the receipt, which the per-user cap bounds.
-fn fold_read(c: &Connection, room_id: &str, user_id: &str, read_up_to: i64) -> Result<(), Error> {
-    let folded = c
-        .prepare_cached(
-            "DELETE FROM push_notifications
-             WHERE user_id = ?1 AND room_id = ?2 AND highlight = 0 AND stream_ordering < (
-                 SELECT stream_ordering FROM push_notifications
-                 WHERE user_id = ?1 AND room_id = ?2 AND stream_ordering <= ?3
-                 ORDER BY stream_ordering DESC LIMIT 1 OFFSET ?4)",
-        )?
-        .execute(params![
-            user_id,
-            room_id,
-            read_up_to,
-            READ_NOTIFICATIONS_KEPT - 1
-        ])?;
-    forget_rows(c, user_id, folded)
+    Ok(())
 }
 
 /// The stream position a user has read up to in a room: their newest `m.read` or
@@ -332,7 +310,8 @@ pub fn unread_counts(c: &Connection, room_id: &str, user_id: &str) -> Result<(i6
     .unwrap_or((0, 0)))
 }
 
-/// How many notification rows a user has (what the cap applies to).
+/// How many notification rows a user has, in all rooms. Walks every row: for tests and
+/// diagnostics, not for a request.
 pub fn notification_rows(c: &Connection, user_id: &str) -> Result<i64, Error> {
     Ok(
         c.prepare_cached("SELECT COUNT(*) FROM push_notifications WHERE user_id = ?1")?
@@ -357,8 +336,10 @@ pub struct NotificationRow {
     pub read: bool,
 }
 
-/// A user's notifications, newest first, before stream position `before`. Sorts the
-/// user's rows, which the cap keeps few.
+/// A user's notifications, newest first, before stream position `before`. Reads the rows
+/// of each room the user was ever notified in (one `unread_counts` row each, which the
+/// rows never outlive), so at most the per-room cap's worth per room; whether each is
+/// read is looked up for the page only.
 pub fn notifications(
     c: &Connection,
     user_id: &str,
@@ -369,9 +350,14 @@ pub fn notifications(
     let sql = format!(
         "SELECT n.room_id, n.stream_ordering, e.event_id, n.actions, e.origin_server_ts,
                 n.stream_ordering <= {READ_UP_TO}
-         FROM push_notifications n JOIN events e ON e.stream_ordering = n.stream_ordering
-         WHERE n.user_id = ?1 AND n.stream_ordering < ?2 AND (?3 = 0 OR n.highlight = 1)
-         ORDER BY n.stream_ordering DESC LIMIT ?4"
+         FROM (SELECT p.room_id, p.stream_ordering, p.user_id, p.actions
+               FROM unread_counts u CROSS JOIN push_notifications p
+                   ON p.room_id = u.room_id AND p.stream_ordering < ?2
+                  AND p.user_id = u.user_id
+               WHERE u.user_id = ?1 AND (?3 = 0 OR p.highlight = 1)
+               ORDER BY p.stream_ordering DESC LIMIT ?4) AS n
+         JOIN events e ON e.stream_ordering = n.stream_ordering
+         ORDER BY n.stream_ordering DESC"
     );
     let mut st = c.prepare_cached(&sql)?;
     let rows = st.query_map(params![user_id, before, only_highlight, limit], |r| {

@@ -263,11 +263,11 @@ async fn notifications_page(url: &str, bob: &Client, query: &str) -> Value {
         .expect("notifications JSON")
 }
 
-/// A read receipt folds the notifications it covers (all but the room's newest 10 read
-/// ones, and highlights): `/sync` counts stay those after the receipt, and
-/// `GET /notifications` pages what is kept, newest first.
+/// A read receipt keeps the notifications it covers (marked read; only the room's cap
+/// drops them): `/sync` counts stay those after the receipt, and `GET /notifications`
+/// pages what is kept, newest first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn receipts_fold_notifications_and_counts_stay_right() {
+async fn receipts_mark_notifications_read_and_counts_stay_right() {
     let dir = tempfile::tempdir().expect("tempdir");
     let node = start_node(dir.path()).await.expect("start node");
     let url = node.client_url();
@@ -305,7 +305,7 @@ async fn receipts_fold_notifications_and_counts_stay_right() {
         .expect("receipt");
     counts_become(&bob, &room_id, (4, 0), "the receipt leaves four").await;
 
-    // Kept: the four unread, the ten newest read ones, and the mention.
+    // Kept: the four unread, the twenty read ones, and the mention.
     let first = notifications_page(&url, &bob, "?limit=10").await;
     let items = first["notifications"].as_array().expect("array");
     assert_eq!(items.len(), 10, "{first}");
@@ -315,9 +315,9 @@ async fn receipts_fold_notifications_and_counts_stay_right() {
     let next = first["next_token"].as_str().expect("a next_token");
     let rest = notifications_page(&url, &bob, &format!("?from={next}")).await;
     let rest = rest["notifications"].as_array().expect("array");
-    assert_eq!(rest.len(), 5, "{rest:?}");
-    assert_eq!(rest[3]["event"]["event_id"], plain[10].as_str());
-    assert_eq!(rest[4]["event"]["event_id"], mention_id.as_str());
+    assert_eq!(rest.len(), 15, "{rest:?}");
+    assert_eq!(rest[13]["event"]["event_id"], plain[0].as_str());
+    assert_eq!(rest[14]["event"]["event_id"], mention_id.as_str());
     let highlights = notifications_page(&url, &bob, "?only=highlight").await;
     assert_eq!(highlights["notifications"][0]["read"], true, "{highlights}");
     assert_eq!(
