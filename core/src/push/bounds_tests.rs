@@ -326,10 +326,16 @@ async fn a_busy_room_leaves_a_quiet_rooms_notifications() {
     assert!(busy_rows <= NOTIFIED_EVENTS_PER_ROOM + NOTIFICATION_SLACK);
     let listed = f.notifications(&bob, None, false);
     assert_eq!(listed.len() as i64, busy_rows + 2, "{listed:?}");
-    assert!(listed.windows(2).all(|w| w[0] > w[1]), "newest first: {listed:?}");
+    assert!(
+        listed.windows(2).all(|w| w[0] > w[1]),
+        "newest first: {listed:?}"
+    );
     assert_eq!((listed[0], listed[listed.len() - 1]), (late, early));
     // Paging from the busy room's oldest kept row reaches the quiet room's first.
-    assert_eq!(f.notifications(&bob, Some(listed[listed.len() - 2]), false), [early]);
+    assert_eq!(
+        f.notifications(&bob, Some(listed[listed.len() - 2]), false),
+        [early]
+    );
     f.node.shutdown().await.expect("shutdown");
 }
 
@@ -384,5 +390,51 @@ async fn highlights_are_listed_and_notifications_page() {
     // Paging: everything before the third newest is the rest of the list.
     let rest = f.notifications(&bob, Some(all[2]), false);
     assert_eq!(rest, all[3..]);
+    f.node.shutdown().await.expect("shutdown");
+}
+
+/// Unread counts are the stored counts plus the rows not yet folded into them: exact
+/// after every message across folds and trims, with receipts landing before, inside and
+/// after the unfolded rows, and the badge (`total_unread`) the same sum.
+#[tokio::test]
+async fn unread_counts_stay_exact_across_folds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut f = Fixture::new(dir.path(), 3).await;
+    let (bob, carol) = (f.members[1].clone(), f.members[2].clone());
+    let badge = |f: &Fixture, user: &str| {
+        f.server
+            .db
+            .read(|c| storage::total_unread(c, user))
+            .expect("badge")
+    };
+    let mut sent = Vec::new();
+    let mut read = 0;
+    let mut highlights = 0;
+    for i in 0..200 {
+        let body = if i % 37 == 5 {
+            format!("hey {bob}")
+        } else {
+            format!("message {i}")
+        };
+        sent.push(f.send_from(0, &body));
+        if i % 37 == 5 {
+            highlights += 1;
+        }
+        // Receipts now and then, some on a message a few back.
+        if i % 23 == 22 {
+            read = i - 3;
+            f.read(&bob, &sent[read]);
+            highlights = (read + 1..=i).filter(|j| j % 37 == 5).count();
+        }
+        let unread = if read == 0 && i < 22 { i + 1 } else { i - read };
+        assert_eq!(
+            f.counts(&bob),
+            (unread as i64, highlights as i64),
+            "bob after message {i}"
+        );
+        assert_eq!(badge(&f, &bob), unread as i64, "bob's badge after {i}");
+        // Carol never reads.
+        assert_eq!(f.counts(&carol).0, i as i64 + 1, "carol after message {i}");
+    }
     f.node.shutdown().await.expect("shutdown");
 }

@@ -893,8 +893,11 @@ const MIGRATIONS: &[&str] = &[
     // room's range. The cap is per room now (the newest 50 notifying events, 25 of
     // slack; `storage/push.rs`), counted in `push_notification_rooms`, so the per-user
     // count goes. Rows are copied as they are: a room over the cap is trimmed by its
-    // next notification. `GET /notifications` finds a user's rooms through
-    // `unread_counts`, so every (user, room) with rows gets one.
+    // next notification. Unread counts are no longer bumped per message: the rows of a
+    // room's newest notifying events (at most 25) are counted when read and folded
+    // into `unread_counts` every 25 (`folded_upto`; `counted_upto` per user after a
+    // receipt's recount). Stored counts were exact, so every room starts folded up to
+    // its newest row. Every (user, room) with rows gets an `unread_counts` row.
     r#"
     CREATE TABLE push_notifications_v34 (
         room_id TEXT NOT NULL,
@@ -911,10 +914,13 @@ const MIGRATIONS: &[&str] = &[
     DROP TABLE push_notification_users;
     CREATE TABLE push_notification_rooms (
         room_id TEXT PRIMARY KEY,
-        events INTEGER NOT NULL
+        events INTEGER NOT NULL,
+        folded_upto INTEGER NOT NULL DEFAULT 0
     ) WITHOUT ROWID;
-    INSERT INTO push_notification_rooms (room_id, events)
-    SELECT room_id, COUNT(DISTINCT stream_ordering) FROM push_notifications GROUP BY room_id;
+    INSERT INTO push_notification_rooms (room_id, events, folded_upto)
+    SELECT room_id, COUNT(DISTINCT stream_ordering), MAX(stream_ordering)
+    FROM push_notifications GROUP BY room_id;
+    ALTER TABLE unread_counts ADD COLUMN counted_upto INTEGER NOT NULL DEFAULT 0;
     INSERT OR IGNORE INTO unread_counts (user_id, room_id, notifications, highlights)
     SELECT DISTINCT user_id, room_id, 0, 0 FROM push_notifications;
     "#,

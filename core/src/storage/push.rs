@@ -81,6 +81,8 @@ pub const NOTIFIED_EVENTS_PER_ROOM: i64 = 50;
 
 /// Notifying events a room may gain past [`NOTIFIED_EVENTS_PER_ROOM`] before its rows are
 /// trimmed back to it: one walk of the room's oldest rows per this many notifications.
+/// Also how many notifying events' rows are counted when read before they are folded
+/// into the stored unread counts (see [`unread_counts`]).
 pub const NOTIFICATION_SLACK: i64 = 25;
 
 /// Notifications older than this are dropped when the room's rows are next trimmed
@@ -132,10 +134,11 @@ pub struct UserNotification<'a> {
 }
 
 /// Record the notifications of one event (its room and stream position) for the users it
-/// notifies, counting each as unread (it is the room's newest event, so no receipt
-/// covers it yet), in three statements whatever their number: the rows (side by side,
-/// at the end of the room's range), the unread counts and the room's count of notifying
-/// events; then trim the room's rows past the cap by the slack.
+/// notifies, in two statements whatever their number: the rows (side by side, at the end
+/// of the room's range) and the room's count of notifying events. Nothing per user: the
+/// rows are unread (it is the room's newest event, so no receipt covers it yet) and are
+/// counted when read until the room's next fold, every [`NOTIFICATION_SLACK`] notifying
+/// events, which also trims the room's rows past the cap.
 pub fn insert_notifications(
     c: &Connection,
     room_id: &str,
@@ -146,42 +149,26 @@ pub fn insert_notifications(
     if notified.is_empty() {
         return Ok(());
     }
-    let rows: Vec<serde_json::Value> = notified
-        .iter()
-        .map(|n| {
-            let actions = match encode_actions(n.actions) {
-                rusqlite::types::Value::Integer(code) => serde_json::Value::from(code),
-                _ => serde_json::Value::from(n.actions),
-            };
-            serde_json::json!([n.user_id, actions, i64::from(n.highlight)])
-        })
-        .collect();
-    let rows = serde_json::Value::from(rows).to_string();
-    // Only the rows actually inserted are counted.
-    let inserted: Vec<(String, i64)> = c
-        .prepare_cached(
-            "INSERT OR IGNORE INTO push_notifications
-             (room_id, stream_ordering, user_id, actions, highlight)
-             SELECT ?2, ?3, value ->> 0, value ->> 1, value ->> 2 FROM json_each(?1)
-             RETURNING user_id, highlight",
-        )?
-        .query_map(params![rows, room_id, stream_ordering], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })?
-        .collect::<Result<_, _>>()?;
-    if inserted.is_empty() {
+    let mut insert = c.prepare_cached(
+        "INSERT OR IGNORE INTO push_notifications
+         (room_id, stream_ordering, user_id, actions, highlight)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    let mut inserted = 0;
+    for n in notified {
+        inserted += insert.execute(params![
+            room_id,
+            stream_ordering,
+            n.user_id,
+            encode_actions(n.actions),
+            n.highlight
+        ])?;
+    }
+    if inserted == 0 {
+        // Recorded before (the same event persisted again): already counted.
         return Ok(());
     }
-    let inserted = serde_json::to_string(&inserted)?;
-    c.prepare_cached(
-        "INSERT INTO unread_counts (user_id, room_id, notifications, highlights)
-         SELECT value ->> 0, ?2, 1, value ->> 1 FROM json_each(?1) WHERE true
-         ON CONFLICT (user_id, room_id) DO UPDATE SET
-             notifications = notifications + 1,
-             highlights = highlights + excluded.highlights",
-    )?
-    .execute(params![inserted, room_id])?;
-    // Counted and checked against the cap in one statement.
+    // Counted and checked against the cap and the fold in one statement.
     let events: i64 = c
         .prepare_cached(
             "INSERT INTO push_notification_rooms (room_id, events) VALUES (?1, 1)
@@ -191,7 +178,41 @@ pub fn insert_notifications(
         .query_row([room_id], |r| r.get(0))?;
     if events > NOTIFIED_EVENTS_PER_ROOM + NOTIFICATION_SLACK {
         trim_notifications(c, room_id, now_ms)?;
+    } else if events % NOTIFICATION_SLACK == 0 {
+        fold_unread(c, room_id)?;
     }
+    Ok(())
+}
+
+/// Add the room's rows not yet counted to each notified user's stored unread counts, and
+/// mark the room counted up to its newest row. A row is not yet counted when it is after
+/// both the room's last fold and the user's last recount (a receipt); such rows are all
+/// after the user's receipt, so all unread. One upsert per user with such rows.
+fn fold_unread(c: &Connection, room_id: &str) -> Result<(), Error> {
+    let (folded, newest): (i64, i64) = c
+        .prepare_cached(
+            "SELECT COALESCE((SELECT folded_upto FROM push_notification_rooms
+                              WHERE room_id = ?1), 0),
+                    COALESCE((SELECT MAX(stream_ordering) FROM push_notifications
+                              WHERE room_id = ?1), 0)",
+        )?
+        .query_row([room_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    c.prepare_cached(
+        "INSERT INTO unread_counts (user_id, room_id, notifications, highlights, counted_upto)
+         SELECT n.user_id, ?1, COUNT(*), COALESCE(SUM(n.highlight), 0), ?3
+         FROM push_notifications n
+         LEFT JOIN unread_counts u ON u.user_id = n.user_id AND u.room_id = ?1
+         WHERE n.room_id = ?1 AND n.stream_ordering > ?2
+           AND n.stream_ordering > COALESCE(u.counted_upto, 0)
+         GROUP BY n.user_id
+         ON CONFLICT (user_id, room_id) DO UPDATE SET
+             notifications = notifications + excluded.notifications,
+             highlights = highlights + excluded.highlights,
+             counted_upto = excluded.counted_upto",
+    )?
+    .execute(params![room_id, folded, newest])?;
+    c.prepare_cached("UPDATE push_notification_rooms SET folded_upto = ?2 WHERE room_id = ?1")?
+        .execute(params![room_id, newest])?;
     Ok(())
 }
 
@@ -200,6 +221,8 @@ pub fn insert_notifications(
 /// dropped rows that were unread are remembered per user in `unread_counts.pruned_*`,
 /// so the kept counts stay as they were.
 pub fn trim_notifications(c: &Connection, room_id: &str, now_ms: i64) -> Result<(), Error> {
+    // Counted first, so what is dropped below is in the stored counts.
+    fold_unread(c, room_id)?;
     let too_old = now_ms.saturating_sub(NOTIFICATION_MAX_AGE_MS);
     // The room's notifying events, newest first, each looked up once for its age (an
     // event that is gone counts as old).
@@ -275,6 +298,12 @@ pub fn recount_unread(c: &Connection, room_id: &str, user_id: &str) -> Result<()
                AND r.receipt_type IN ('m.read', 'm.read.private')",
         )?
         .query_row(params![room_id, user_id], |r| r.get(0))?;
+    // Counted up to the room's newest row: every later row is after this receipt.
+    c.prepare_cached(
+        "INSERT INTO unread_counts (user_id, room_id, notifications, highlights)
+         VALUES (?1, ?2, 0, 0) ON CONFLICT (user_id, room_id) DO NOTHING",
+    )?
+    .execute(params![user_id, room_id])?;
     c.prepare_cached(
         "UPDATE unread_counts SET
              (notifications, highlights) = (
@@ -285,7 +314,9 @@ pub fn recount_unread(c: &Connection, room_id: &str, user_id: &str) -> Result<()
                  FROM push_notifications
                  WHERE room_id = ?2 AND stream_ordering > ?3 AND user_id = ?1),
              pruned_notifications = IIF(?3 >= pruned_upto, 0, pruned_notifications),
-             pruned_highlights = IIF(?3 >= pruned_upto, 0, pruned_highlights)
+             pruned_highlights = IIF(?3 >= pruned_upto, 0, pruned_highlights),
+             counted_upto = (SELECT COALESCE(MAX(stream_ordering), 0) FROM push_notifications
+                             WHERE room_id = ?2)
          WHERE user_id = ?1 AND room_id = ?2",
     )?
     .execute(params![user_id, room_id, read_up_to])?;
@@ -299,15 +330,30 @@ const READ_UP_TO: &str = "COALESCE((SELECT MAX(e.stream_ordering) FROM receipts 
          WHERE r.room_id = n.room_id AND r.user_id = n.user_id
            AND r.receipt_type IN ('m.read', 'm.read.private')), 0)";
 
-/// Unread counts: (notifications, highlights) after the user's read receipt. One row
-/// lookup, kept current by [`insert_notifications`] and [`recount_unread`].
+/// Unread counts: (notifications, highlights) after the user's read receipt. The stored
+/// counts (kept by folds and receipts' recounts) plus the user's rows after both the
+/// room's last fold and the user's last recount: at most [`NOTIFICATION_SLACK`]
+/// notifying events' rows of the room, through the key.
 pub fn unread_counts(c: &Connection, room_id: &str, user_id: &str) -> Result<(i64, i64), Error> {
-    Ok(c.prepare_cached(
-        "SELECT notifications, highlights FROM unread_counts WHERE user_id = ?1 AND room_id = ?2",
-    )?
-    .query_row(params![user_id, room_id], |r| Ok((r.get(0)?, r.get(1)?)))
-    .optional()?
-    .unwrap_or((0, 0)))
+    let (notifications, highlights, counted_upto): (i64, i64, i64) = c
+        .prepare_cached(
+            "SELECT COALESCE(u.notifications, 0), COALESCE(u.highlights, 0),
+                    MAX(COALESCE(u.counted_upto, 0), COALESCE(r.folded_upto, 0))
+             FROM (SELECT 1) LEFT JOIN unread_counts u ON u.user_id = ?1 AND u.room_id = ?2
+             LEFT JOIN push_notification_rooms r ON r.room_id = ?2",
+        )?
+        .query_row(params![user_id, room_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
+    let (recent, recent_highlights): (i64, i64) = c
+        .prepare_cached(
+            "SELECT COUNT(*), COALESCE(SUM(highlight), 0) FROM push_notifications
+             WHERE room_id = ?1 AND stream_ordering > ?2 AND user_id = ?3",
+        )?
+        .query_row(params![room_id, counted_upto, user_id], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    Ok((notifications + recent, highlights + recent_highlights))
 }
 
 /// How many notification rows a user has, in all rooms. Walks every row: for tests and
@@ -337,9 +383,9 @@ pub struct NotificationRow {
 }
 
 /// A user's notifications, newest first, before stream position `before`. Reads the rows
-/// of each room the user was ever notified in (one `unread_counts` row each, which the
-/// rows never outlive), so at most the per-room cap's worth per room; whether each is
-/// read is looked up for the page only.
+/// of each room the user is joined to or was counted in (an `unread_counts` row, made by
+/// the room's first fold or receipt after their first notification), so at most the
+/// per-room cap's worth per room; whether each is read is looked up for the page only.
 pub fn notifications(
     c: &Connection,
     user_id: &str,
@@ -351,10 +397,13 @@ pub fn notifications(
         "SELECT n.room_id, n.stream_ordering, e.event_id, n.actions, e.origin_server_ts,
                 n.stream_ordering <= {READ_UP_TO}
          FROM (SELECT p.room_id, p.stream_ordering, p.user_id, p.actions
-               FROM unread_counts u CROSS JOIN push_notifications p
-                   ON p.room_id = u.room_id AND p.stream_ordering < ?2
-                  AND p.user_id = u.user_id
-               WHERE u.user_id = ?1 AND (?3 = 0 OR p.highlight = 1)
+               FROM (SELECT room_id FROM unread_counts WHERE user_id = ?1
+                     UNION
+                     SELECT room_id FROM memberships
+                     WHERE user_id = ?1 AND membership = 'join') AS u
+               CROSS JOIN push_notifications p
+                   ON p.room_id = u.room_id AND p.stream_ordering < ?2 AND p.user_id = ?1
+               WHERE ?3 = 0 OR p.highlight = 1
                ORDER BY p.stream_ordering DESC LIMIT ?4) AS n
          JOIN events e ON e.stream_ordering = n.stream_ordering
          ORDER BY n.stream_ordering DESC"
@@ -589,12 +638,20 @@ pub fn trim_push_queue(
     Ok(aged + over)
 }
 
-/// A user's unread notifications across the rooms they are joined to (the badge).
+/// A user's unread notifications across the rooms they are joined to (the badge): each
+/// room's stored count plus its rows not yet counted, as [`unread_counts`].
 pub fn total_unread(c: &Connection, user_id: &str) -> Result<i64, Error> {
     Ok(c.prepare_cached(
-        "SELECT COALESCE(SUM(u.notifications), 0) FROM unread_counts u
-         JOIN memberships m ON m.room_id = u.room_id AND m.user_id = u.user_id
-         WHERE u.user_id = ?1 AND m.membership = 'join'",
+        "SELECT COALESCE(SUM(COALESCE(u.notifications, 0)
+                    + (SELECT COUNT(*) FROM push_notifications n
+                       WHERE n.room_id = m.room_id
+                         AND n.stream_ordering > MAX(COALESCE(u.counted_upto, 0),
+                                                     COALESCE(r.folded_upto, 0))
+                         AND n.user_id = m.user_id)), 0)
+         FROM memberships m
+         LEFT JOIN unread_counts u ON u.room_id = m.room_id AND u.user_id = m.user_id
+         LEFT JOIN push_notification_rooms r ON r.room_id = m.room_id
+         WHERE m.user_id = ?1 AND m.membership = 'join'",
     )?
     .query_row(params![user_id], |r| r.get(0))?)
 }
