@@ -9,7 +9,8 @@ use crate::events::NewEvent;
 use crate::rooms::{CreateRoom, append_event, create_room};
 use crate::server::Server;
 use crate::storage::{
-    self, NOTIFICATION_SLACK, NOTIFIED_EVENTS_PER_ROOM, Receipt, next_stream_position,
+    self, HIGHLIGHT_EVENTS_KEPT, NOTIFICATION_SLACK, NOTIFIED_EVENTS_PER_ROOM, Receipt,
+    next_stream_position,
 };
 use crate::{Config, Node};
 
@@ -436,5 +437,70 @@ async fn unread_counts_stay_exact_across_folds() {
         // Carol never reads.
         assert_eq!(f.counts(&carol).0, i as i64 + 1, "carol after message {i}");
     }
+    f.node.shutdown().await.expect("shutdown");
+}
+
+/// A mention stays listed under `only=highlight` after the room's plain notifications
+/// moved past the cap, and only the newest [`HIGHLIGHT_EVENTS_KEPT`] such mentions do.
+#[tokio::test]
+async fn mentions_outlive_the_cap_up_to_their_own() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut f = Fixture::new(dir.path(), 3).await;
+    let (bob, carol) = (f.members[1].clone(), f.members[2].clone());
+    let mut mentions = Vec::new();
+    for i in 0..(HIGHLIGHT_EVENTS_KEPT + 5) {
+        mentions.push(f.send_from(0, &format!("{bob}, look at {i}")));
+    }
+    for i in 0..200 {
+        f.send_from(0, &format!("plain {i}"));
+    }
+    let position = |id: &str| {
+        f.server
+            .db
+            .read(|c| storage::get_event(c, id))
+            .expect("get")
+            .expect("event")
+            .stream_ordering
+    };
+    let newest: Vec<i64> = mentions
+        .iter()
+        .rev()
+        .take(HIGHLIGHT_EVENTS_KEPT as usize)
+        .map(|id| position(id))
+        .collect();
+    assert_eq!(f.notifications(&bob, None, true), newest);
+    // Carol was not mentioned: the mentions' rows of hers went with the cap.
+    let carol_rows = f.rows(&carol);
+    assert!(
+        carol_rows <= NOTIFIED_EVENTS_PER_ROOM + NOTIFICATION_SLACK,
+        "{carol_rows}"
+    );
+    assert_eq!(
+        f.counts(&bob),
+        (HIGHLIGHT_EVENTS_KEPT + 205, HIGHLIGHT_EVENTS_KEPT + 5)
+    );
+    f.node.shutdown().await.expect("shutdown");
+}
+
+/// Another server's user's read receipt counts nothing here: no unread-count row is made
+/// for them (only this server's users are notified).
+#[tokio::test]
+async fn a_remote_users_receipt_makes_no_counts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut f = Fixture::new(dir.path(), 2).await;
+    let last = f.send_from(0, "hello");
+    let remote = "@someone:elsewhere.example";
+    f.read(remote, &last);
+    f.read(&f.members[1].clone(), &last);
+    let rows: Vec<String> = f
+        .server
+        .db
+        .read(|c| {
+            let mut st = c.prepare("SELECT user_id FROM unread_counts")?;
+            let rows = st.query_map([], |r| r.get(0))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .expect("rows");
+    assert_eq!(rows, [f.members[1].clone()]);
     f.node.shutdown().await.expect("shutdown");
 }

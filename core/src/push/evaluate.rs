@@ -93,7 +93,8 @@ pub fn plan_received(
 ///
 /// The members, their rules and display names are read in one statement, and the
 /// notifications of all of them written in a few (`storage::insert_notifications`,
-/// `storage::enqueue_pushes_for`): the statements per event do not grow with the room.
+/// `storage::enqueue_pushes_for`): the statements per event do not grow with the room,
+/// and the rows of one event are written side by side.
 pub fn on_event(
     c: &Connection,
     room_id: &str,

@@ -8,9 +8,10 @@
 //! event persisted in a room is evaluated for each other joined local member, inside its
 //! write transaction, or for a local message just before it on a reader ([`plan`]);
 //! actions that notify become a `push_notifications` row, and
-//! unread counts are the rows after the member's read receipt, kept per (user, room).
-//! The rows are bounded per user, not per message: a read receipt folds the ones it
-//! covers, and each user keeps at most the newest 100 (see `storage/push.rs`).
+//! unread counts are the rows after the member's read receipt, kept per (user, room) and
+//! folded from the rows every 25 notifying events of the room. The rows are bounded per
+//! room, not per message: each room keeps the rows of its newest 50 notifying events
+//! (and of its newest mentions past them; see `storage/push.rs`).
 //!
 //! In the same transaction, each notification is queued for each of the user's http
 //! pushers (`push_queue`), and, while someone subscribes, kept for

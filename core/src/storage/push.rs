@@ -85,6 +85,11 @@ pub const NOTIFIED_EVENTS_PER_ROOM: i64 = 50;
 /// into the stored unread counts (see [`unread_counts`]).
 pub const NOTIFICATION_SLACK: i64 = 25;
 
+/// Highlighting events (mentions) a room keeps the highlight rows of past
+/// [`NOTIFIED_EVENTS_PER_ROOM`], newest first, so a mention in a busy room stays listed
+/// under `only=highlight` after the room's plain notifications moved on.
+pub const HIGHLIGHT_EVENTS_KEPT: i64 = 25;
+
 /// Notifications older than this are dropped when the room's rows are next trimmed
 /// (Synapse keeps push actions for the same 30 days).
 pub const NOTIFICATION_MAX_AGE_MS: i64 = 30 * 24 * 3600 * 1000;
@@ -149,21 +154,27 @@ pub fn insert_notifications(
     if notified.is_empty() {
         return Ok(());
     }
-    let mut insert = c.prepare_cached(
-        "INSERT OR IGNORE INTO push_notifications
-         (room_id, stream_ordering, user_id, actions, highlight)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?;
-    let mut inserted = 0;
-    for n in notified {
-        inserted += insert.execute(params![
+    let rows: Vec<serde_json::Value> = notified
+        .iter()
+        .map(|n| {
+            let actions = match encode_actions(n.actions) {
+                rusqlite::types::Value::Integer(code) => serde_json::Value::from(code),
+                _ => serde_json::Value::from(n.actions),
+            };
+            serde_json::json!([n.user_id, actions, i64::from(n.highlight)])
+        })
+        .collect();
+    let inserted = c
+        .prepare_cached(
+            "INSERT OR IGNORE INTO push_notifications
+             (room_id, stream_ordering, user_id, actions, highlight)
+             SELECT ?2, ?3, value ->> 0, value ->> 1, value ->> 2 FROM json_each(?1)",
+        )?
+        .execute(params![
+            serde_json::Value::from(rows).to_string(),
             room_id,
-            stream_ordering,
-            n.user_id,
-            encode_actions(n.actions),
-            n.highlight
+            stream_ordering
         ])?;
-    }
     if inserted == 0 {
         // Recorded before (the same event persisted again): already counted.
         return Ok(());
@@ -176,12 +187,39 @@ pub fn insert_notifications(
              RETURNING events",
         )?
         .query_row([room_id], |r| r.get(0))?;
-    if events > NOTIFIED_EVENTS_PER_ROOM + NOTIFICATION_SLACK {
+    if events >= NOTIFIED_EVENTS_PER_ROOM + NOTIFICATION_SLACK {
         trim_notifications(c, room_id, now_ms)?;
     } else if events % NOTIFICATION_SLACK == 0 {
         fold_unread(c, room_id)?;
     }
     Ok(())
+}
+
+/// A user's rows in a room after stream position `after`: (how many, how many
+/// highlight). Steps from one notifying event of the room to the next through the key
+/// and looks up the user's row of each, two seeks per event whatever the room's size,
+/// instead of walking every notified member's rows.
+fn user_rows_after(
+    c: &Connection,
+    room_id: &str,
+    user_id: &str,
+    after: i64,
+) -> Result<(i64, i64), Error> {
+    Ok(c.prepare_cached(
+        "WITH RECURSIVE ev(pos) AS (
+                 SELECT (SELECT MIN(stream_ordering) FROM push_notifications
+                         WHERE room_id = ?1 AND stream_ordering > ?3)
+                 UNION ALL
+                 SELECT (SELECT MIN(stream_ordering) FROM push_notifications
+                         WHERE room_id = ?1 AND stream_ordering > ev.pos)
+                 FROM ev WHERE ev.pos IS NOT NULL)
+             SELECT COUNT(*), COALESCE(SUM(n.highlight), 0)
+             FROM ev JOIN push_notifications n
+                 ON n.room_id = ?1 AND n.stream_ordering = ev.pos AND n.user_id = ?2",
+    )?
+    .query_row(params![room_id, user_id, after], |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })?)
 }
 
 /// Add the room's rows not yet counted to each notified user's stored unread counts, and
@@ -216,68 +254,104 @@ fn fold_unread(c: &Connection, room_id: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// Trim a room's rows to the newest [`NOTIFIED_EVENTS_PER_ROOM`] notifying events and the
-/// age limit. Visits only this room's rows (at most the cap plus the slack events'). The
-/// dropped rows that were unread are remembered per user in `unread_counts.pruned_*`,
-/// so the kept counts stay as they were.
+/// Trim a room's rows to the newest [`NOTIFIED_EVENTS_PER_ROOM`] notifying events (and
+/// the highlight rows of the newest [`HIGHLIGHT_EVENTS_KEPT`] highlighting events before
+/// them) and the age limit. Visits only this room's events (at most the cap, the slack
+/// and the kept highlights). The dropped rows that were unread are remembered per user
+/// in `unread_counts.pruned_*`, so the kept counts stay as they were.
 pub fn trim_notifications(c: &Connection, room_id: &str, now_ms: i64) -> Result<(), Error> {
     // Counted first, so what is dropped below is in the stored counts.
     fold_unread(c, room_id)?;
     let too_old = now_ms.saturating_sub(NOTIFICATION_MAX_AGE_MS);
-    // The room's notifying events, newest first, each looked up once for its age (an
-    // event that is gone counts as old).
-    let kept: Vec<(i64, bool)> = c
+    // The room's notifying events, newest first: whether each is past the age limit (an
+    // event that is gone counts as old) and whether it highlighted anyone.
+    let events: Vec<(i64, bool, bool)> = c
         .prepare_cached(
             "SELECT k.stream_ordering,
                     COALESCE((SELECT e.origin_server_ts FROM events e
-                              WHERE e.stream_ordering = k.stream_ordering), 0) < ?2
-             FROM (SELECT DISTINCT stream_ordering FROM push_notifications
-                   WHERE room_id = ?1) AS k
+                              WHERE e.stream_ordering = k.stream_ordering), 0) < ?2,
+                    k.highlight
+             FROM (SELECT stream_ordering, MAX(highlight) AS highlight FROM push_notifications
+                   WHERE room_id = ?1 GROUP BY stream_ordering) AS k
              ORDER BY k.stream_ordering DESC",
         )?
-        .query_map(params![room_id, too_old], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .query_map(params![room_id, too_old], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?
         .collect::<Result<_, _>>()?;
-    let cap = usize::try_from(NOTIFIED_EVENTS_PER_ROOM).unwrap_or(usize::MAX);
-    let doomed: Vec<i64> = kept
+    let (all_rows, plain_rows) = doomed_rows(&events);
+    let in_window = events
         .iter()
-        .enumerate()
-        .filter(|(i, (_, old))| *i >= cap || *old)
-        .map(|(_, (pos, _))| *pos)
-        .collect();
-    let remaining = kept.len() - doomed.len();
-    if !doomed.is_empty() {
-        let doomed = serde_json::to_string(&doomed)?;
-        // Each user's read position in the room read once, not once per row.
+        .take(usize::try_from(NOTIFIED_EVENTS_PER_ROOM).unwrap_or(usize::MAX))
+        .filter(|(_, old, _)| !old)
+        .count();
+    if !all_rows.is_empty() || !plain_rows.is_empty() {
+        let (all_rows, plain_rows) = (
+            serde_json::to_string(&all_rows)?,
+            serde_json::to_string(&plain_rows)?,
+        );
+        // Read positions are looked up for the users losing rows only.
         c.prepare_cached(
-            "WITH doomed AS (SELECT value AS pos FROM json_each(?2)),
+            "WITH dropped AS (SELECT n.user_id, n.stream_ordering, n.highlight
+                              FROM push_notifications n
+                              WHERE n.room_id = ?1
+                                AND (n.stream_ordering IN (SELECT value FROM json_each(?2))
+                                     OR (n.highlight = 0 AND n.stream_ordering IN
+                                         (SELECT value FROM json_each(?3))))),
                   reads AS (SELECT r.user_id, MAX(e.stream_ordering) AS pos FROM receipts r
                             JOIN events e ON e.event_id = r.event_id
                             WHERE r.room_id = ?1
                               AND r.receipt_type IN ('m.read', 'm.read.private')
+                              AND r.user_id IN (SELECT user_id FROM dropped)
                             GROUP BY r.user_id)
              UPDATE unread_counts AS u SET
                  pruned_notifications = u.pruned_notifications + d.n,
                  pruned_highlights = u.pruned_highlights + d.h,
                  pruned_upto = MAX(u.pruned_upto, d.top)
-             FROM (SELECT n.user_id, COUNT(*) AS n, COALESCE(SUM(n.highlight), 0) AS h,
-                          MAX(n.stream_ordering) AS top
-                   FROM doomed CROSS JOIN push_notifications n
-                       ON n.room_id = ?1 AND n.stream_ordering = doomed.pos
-                   LEFT JOIN reads ON reads.user_id = n.user_id
-                   WHERE n.stream_ordering > COALESCE(reads.pos, 0)
-                   GROUP BY n.user_id) AS d
+             FROM (SELECT dropped.user_id, COUNT(*) AS n,
+                          COALESCE(SUM(dropped.highlight), 0) AS h,
+                          MAX(dropped.stream_ordering) AS top
+                   FROM dropped LEFT JOIN reads ON reads.user_id = dropped.user_id
+                   WHERE dropped.stream_ordering > COALESCE(reads.pos, 0)
+                   GROUP BY dropped.user_id) AS d
              WHERE u.user_id = d.user_id AND u.room_id = ?1",
         )?
-        .execute(params![room_id, doomed])?;
+        .execute(params![room_id, all_rows, plain_rows])?;
         c.prepare_cached(
             "DELETE FROM push_notifications
-             WHERE room_id = ?1 AND stream_ordering IN (SELECT value FROM json_each(?2))",
+             WHERE room_id = ?1
+               AND (stream_ordering IN (SELECT value FROM json_each(?2))
+                    OR (highlight = 0 AND stream_ordering IN (SELECT value FROM json_each(?3))))",
         )?
-        .execute(params![room_id, doomed])?;
+        .execute(params![room_id, all_rows, plain_rows])?;
     }
     c.prepare_cached("UPDATE push_notification_rooms SET events = ?2 WHERE room_id = ?1")?
-        .execute(params![room_id, remaining as i64])?;
+        .execute(params![room_id, in_window as i64])?;
     Ok(())
+}
+
+/// Which of a room's notifying events (newest first: position, past the age limit,
+/// highlighted anyone) lose rows in a trim: (those losing all their rows, those losing
+/// the rows that do not highlight). Past the age limit, all rows; past the cap, all rows
+/// too, but for the newest [`HIGHLIGHT_EVENTS_KEPT`] highlighting events there, which
+/// keep their highlight rows.
+fn doomed_rows(events: &[(i64, bool, bool)]) -> (Vec<i64>, Vec<i64>) {
+    let cap = usize::try_from(NOTIFIED_EVENTS_PER_ROOM).unwrap_or(usize::MAX);
+    let mut highlights_kept = 0;
+    let (mut all_rows, mut plain_rows) = (Vec::new(), Vec::new());
+    for (i, &(pos, old, highlight)) in events.iter().enumerate() {
+        if old {
+            all_rows.push(pos);
+        } else if i >= cap {
+            if highlight && highlights_kept < HIGHLIGHT_EVENTS_KEPT {
+                highlights_kept += 1;
+                plain_rows.push(pos);
+            } else {
+                all_rows.push(pos);
+            }
+        }
+    }
+    (all_rows, plain_rows)
 }
 
 /// Recount a user's unread notifications in a room after their read receipt moved. Only
@@ -289,6 +363,13 @@ pub fn trim_notifications(c: &Connection, room_id: &str, now_ms: i64) -> Result<
 /// exact again and they are forgotten); a receipt before it still counts them all,
 /// since where each one was is no longer known (an overcount, never an undercount).
 pub fn recount_unread(c: &Connection, room_id: &str, user_id: &str) -> Result<(), Error> {
+    // Only this server's users are notified; other servers' receipts count nothing here.
+    let local: bool = c
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM users WHERE user_id = ?1)")?
+        .query_row([user_id], |r| r.get(0))?;
+    if !local {
+        return Ok(());
+    }
     // The receipt position first, as a plain value: a bound the index range can use.
     let read_up_to: i64 = c
         .prepare_cached(
@@ -298,6 +379,7 @@ pub fn recount_unread(c: &Connection, room_id: &str, user_id: &str) -> Result<()
                AND r.receipt_type IN ('m.read', 'm.read.private')",
         )?
         .query_row(params![room_id, user_id], |r| r.get(0))?;
+    let (after, after_highlights) = user_rows_after(c, room_id, user_id, read_up_to)?;
     // Counted up to the room's newest row: every later row is after this receipt.
     c.prepare_cached(
         "INSERT INTO unread_counts (user_id, room_id, notifications, highlights)
@@ -306,20 +388,21 @@ pub fn recount_unread(c: &Connection, room_id: &str, user_id: &str) -> Result<()
     .execute(params![user_id, room_id])?;
     c.prepare_cached(
         "UPDATE unread_counts SET
-             (notifications, highlights) = (
-                 SELECT COUNT(*) + IIF(?3 >= unread_counts.pruned_upto, 0,
-                                       unread_counts.pruned_notifications),
-                        COALESCE(SUM(highlight), 0) + IIF(?3 >= unread_counts.pruned_upto, 0,
-                                       unread_counts.pruned_highlights)
-                 FROM push_notifications
-                 WHERE room_id = ?2 AND stream_ordering > ?3 AND user_id = ?1),
+             notifications = ?4 + IIF(?3 >= pruned_upto, 0, pruned_notifications),
+             highlights = ?5 + IIF(?3 >= pruned_upto, 0, pruned_highlights),
              pruned_notifications = IIF(?3 >= pruned_upto, 0, pruned_notifications),
              pruned_highlights = IIF(?3 >= pruned_upto, 0, pruned_highlights),
              counted_upto = (SELECT COALESCE(MAX(stream_ordering), 0) FROM push_notifications
                              WHERE room_id = ?2)
          WHERE user_id = ?1 AND room_id = ?2",
     )?
-    .execute(params![user_id, room_id, read_up_to])?;
+    .execute(params![
+        user_id,
+        room_id,
+        read_up_to,
+        after,
+        after_highlights
+    ])?;
     Ok(())
 }
 
@@ -333,7 +416,7 @@ const READ_UP_TO: &str = "COALESCE((SELECT MAX(e.stream_ordering) FROM receipts 
 /// Unread counts: (notifications, highlights) after the user's read receipt. The stored
 /// counts (kept by folds and receipts' recounts) plus the user's rows after both the
 /// room's last fold and the user's last recount: at most [`NOTIFICATION_SLACK`]
-/// notifying events' rows of the room, through the key.
+/// notifying events of the room, each looked up through the key.
 pub fn unread_counts(c: &Connection, room_id: &str, user_id: &str) -> Result<(i64, i64), Error> {
     let (notifications, highlights, counted_upto): (i64, i64, i64) = c
         .prepare_cached(
@@ -345,14 +428,7 @@ pub fn unread_counts(c: &Connection, room_id: &str, user_id: &str) -> Result<(i6
         .query_row(params![user_id, room_id], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
         })?;
-    let (recent, recent_highlights): (i64, i64) = c
-        .prepare_cached(
-            "SELECT COUNT(*), COALESCE(SUM(highlight), 0) FROM push_notifications
-             WHERE room_id = ?1 AND stream_ordering > ?2 AND user_id = ?3",
-        )?
-        .query_row(params![room_id, counted_upto, user_id], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })?;
+    let (recent, recent_highlights) = user_rows_after(c, room_id, user_id, counted_upto)?;
     Ok((notifications + recent, highlights + recent_highlights))
 }
 
@@ -383,9 +459,9 @@ pub struct NotificationRow {
 }
 
 /// A user's notifications, newest first, before stream position `before`. Reads the rows
-/// of each room the user is joined to or was counted in (an `unread_counts` row, made by
-/// the room's first fold or receipt after their first notification), so at most the
-/// per-room cap's worth per room; whether each is read is looked up for the page only.
+/// of each room the user has a membership in or was counted in (an `unread_counts` row),
+/// at most the per-room cap's events' rows per room (of all its notified members: the
+/// key leads with the room); whether each is read is looked up for the page only.
 pub fn notifications(
     c: &Connection,
     user_id: &str,
@@ -399,11 +475,11 @@ pub fn notifications(
          FROM (SELECT p.room_id, p.stream_ordering, p.user_id, p.actions
                FROM (SELECT room_id FROM unread_counts WHERE user_id = ?1
                      UNION
-                     SELECT room_id FROM memberships
-                     WHERE user_id = ?1 AND membership = 'join') AS u
+                     SELECT room_id FROM memberships WHERE user_id = ?1) AS u
                CROSS JOIN push_notifications p
                    ON p.room_id = u.room_id AND p.stream_ordering < ?2 AND p.user_id = ?1
-               WHERE ?3 = 0 OR p.highlight = 1
+               WHERE (?3 = 0 OR p.highlight = 1)
+                 AND EXISTS (SELECT 1 FROM events x WHERE x.stream_ordering = p.stream_ordering)
                ORDER BY p.stream_ordering DESC LIMIT ?4) AS n
          JOIN events e ON e.stream_ordering = n.stream_ordering
          ORDER BY n.stream_ordering DESC"
@@ -639,21 +715,32 @@ pub fn trim_push_queue(
 }
 
 /// A user's unread notifications across the rooms they are joined to (the badge): each
-/// room's stored count plus its rows not yet counted, as [`unread_counts`].
+/// room's stored count plus its rows not yet counted, as [`unread_counts`] (looked for
+/// only in rooms with rows after the counted ones).
 pub fn total_unread(c: &Connection, user_id: &str) -> Result<i64, Error> {
-    Ok(c.prepare_cached(
-        "SELECT COALESCE(SUM(COALESCE(u.notifications, 0)
-                    + (SELECT COUNT(*) FROM push_notifications n
-                       WHERE n.room_id = m.room_id
-                         AND n.stream_ordering > MAX(COALESCE(u.counted_upto, 0),
-                                                     COALESCE(r.folded_upto, 0))
-                         AND n.user_id = m.user_id)), 0)
-         FROM memberships m
-         LEFT JOIN unread_counts u ON u.room_id = m.room_id AND u.user_id = m.user_id
-         LEFT JOIN push_notification_rooms r ON r.room_id = m.room_id
-         WHERE m.user_id = ?1 AND m.membership = 'join'",
-    )?
-    .query_row(params![user_id], |r| r.get(0))?)
+    let rooms: Vec<(String, i64, i64, Option<i64>)> = c
+        .prepare_cached(
+            "SELECT m.room_id, COALESCE(u.notifications, 0),
+                    MAX(COALESCE(u.counted_upto, 0), COALESCE(r.folded_upto, 0)),
+                    (SELECT MAX(n.stream_ordering) FROM push_notifications n
+                     WHERE n.room_id = m.room_id)
+             FROM memberships m
+             LEFT JOIN unread_counts u ON u.room_id = m.room_id AND u.user_id = m.user_id
+             LEFT JOIN push_notification_rooms r ON r.room_id = m.room_id
+             WHERE m.user_id = ?1 AND m.membership = 'join'",
+        )?
+        .query_map(params![user_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut total = 0;
+    for (room_id, counted, upto, newest) in rooms {
+        total += counted;
+        if newest.is_some_and(|newest| newest > upto) {
+            total += user_rows_after(c, &room_id, user_id, upto)?.0;
+        }
+    }
+    Ok(total)
 }
 
 #[cfg(test)]
