@@ -504,3 +504,37 @@ async fn a_remote_users_receipt_makes_no_counts() {
     assert_eq!(rows, [f.members[1].clone()]);
     f.node.shutdown().await.expect("shutdown");
 }
+
+/// In a room whose unfolded rows are more than a read walks (30 members, 24 messages:
+/// 696 rows), counts come from stepping from event to event, and agree with the walk.
+#[tokio::test]
+async fn counts_in_a_large_room_step_through_events() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut f = Fixture::new(dir.path(), 30).await;
+    let (bob, carol) = (f.members[1].clone(), f.members[2].clone());
+    let mut sent = Vec::new();
+    for i in 0..24 {
+        let body = if i == 7 {
+            format!("hey {bob}")
+        } else {
+            format!("message {i}")
+        };
+        sent.push(f.send_from(0, &body));
+    }
+    assert_eq!(f.counts(&bob), (24, 1));
+    assert_eq!(f.counts(&carol), (24, 0));
+    // A receipt inside the unfolded rows: a recount by stepping too.
+    f.read(&bob, &sent[9]);
+    assert_eq!(f.counts(&bob), (14, 0));
+    let badge = f
+        .server
+        .db
+        .read(|c| storage::total_unread(c, &carol))
+        .expect("badge");
+    assert_eq!(badge, 24);
+    // The 25th folds them; the counts stay.
+    f.send_from(0, "the twenty-fifth");
+    assert_eq!(f.counts(&bob), (15, 0));
+    assert_eq!(f.counts(&carol), (25, 0));
+    f.node.shutdown().await.expect("shutdown");
+}

@@ -139,8 +139,8 @@ pub struct UserNotification<'a> {
 }
 
 /// Record the notifications of one event (its room and stream position) for the users it
-/// notifies, in two statements whatever their number: the rows (side by side, at the end
-/// of the room's range) and the room's count of notifying events. Nothing per user: the
+/// notifies: the rows (side by side, at the end of the room's range, one leaf for a
+/// room of ten) and the room's count of notifying events. No other write per user: the
 /// rows are unread (it is the room's newest event, so no receipt covers it yet) and are
 /// counted when read until the room's next fold, every [`NOTIFICATION_SLACK`] notifying
 /// events, which also trims the room's rows past the cap.
@@ -154,27 +154,23 @@ pub fn insert_notifications(
     if notified.is_empty() {
         return Ok(());
     }
-    let rows: Vec<serde_json::Value> = notified
-        .iter()
-        .map(|n| {
-            let actions = match encode_actions(n.actions) {
-                rusqlite::types::Value::Integer(code) => serde_json::Value::from(code),
-                _ => serde_json::Value::from(n.actions),
-            };
-            serde_json::json!([n.user_id, actions, i64::from(n.highlight)])
-        })
-        .collect();
-    let inserted = c
-        .prepare_cached(
-            "INSERT OR IGNORE INTO push_notifications
-             (room_id, stream_ordering, user_id, actions, highlight)
-             SELECT ?2, ?3, value ->> 0, value ->> 1, value ->> 2 FROM json_each(?1)",
-        )?
-        .execute(params![
-            serde_json::Value::from(rows).to_string(),
+    // One cached insert per member: cheaper than one statement over a JSON array of
+    // them (measured, 10 clients in one room: ~6 % more sends per second).
+    let mut insert = c.prepare_cached(
+        "INSERT OR IGNORE INTO push_notifications
+         (room_id, stream_ordering, user_id, actions, highlight)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    let mut inserted = 0;
+    for n in notified {
+        inserted += insert.execute(params![
             room_id,
-            stream_ordering
+            stream_ordering,
+            n.user_id,
+            encode_actions(n.actions),
+            n.highlight
         ])?;
+    }
     if inserted == 0 {
         // Recorded before (the same event persisted again): already counted.
         return Ok(());
@@ -195,16 +191,33 @@ pub fn insert_notifications(
     Ok(())
 }
 
+/// Rows a read walks before it steps from event to event instead (see
+/// [`user_rows_after`]).
+const ROWS_WALKED: i64 = 512;
+
 /// A user's rows in a room after stream position `after`: (how many, how many
-/// highlight). Steps from one notifying event of the room to the next through the key
-/// and looks up the user's row of each, two seeks per event whatever the room's size,
-/// instead of walking every notified member's rows.
+/// highlight). Walks the room's rows after it (every notified member's) when they are
+/// few, else steps from one notifying event of the room to the next through the key and
+/// looks up the user's row of each: two seeks per event whatever the room's size.
 fn user_rows_after(
     c: &Connection,
     room_id: &str,
     user_id: &str,
     after: i64,
 ) -> Result<(i64, i64), Error> {
+    let (walked, count, highlights): (i64, i64, i64) = c
+        .prepare_cached(
+            "SELECT COUNT(*), COALESCE(SUM(user_id = ?3), 0),
+                    COALESCE(SUM(user_id = ?3 AND highlight), 0)
+             FROM (SELECT user_id, highlight FROM push_notifications
+                   WHERE room_id = ?1 AND stream_ordering > ?2 LIMIT ?4)",
+        )?
+        .query_row(params![room_id, after, user_id, ROWS_WALKED], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
+    if walked < ROWS_WALKED {
+        return Ok((count, highlights));
+    }
     Ok(c.prepare_cached(
         "WITH RECURSIVE ev(pos) AS (
                  SELECT (SELECT MIN(stream_ordering) FROM push_notifications
