@@ -12,6 +12,7 @@ use crate::storage::{
     self, HIGHLIGHT_EVENTS_KEPT, NOTIFICATION_SLACK, NOTIFIED_EVENTS_PER_ROOM, Receipt,
     next_stream_position,
 };
+use crate::test_support::{ev, message};
 use crate::{Config, Node};
 
 /// A node with one public room whose members are all local users.
@@ -296,25 +297,17 @@ async fn a_busy_room_leaves_a_quiet_rooms_notifications() {
         .expect("create");
     let server = f.server.clone();
     let send = |room: &str, sender: &str, body: &str| {
-        let ev = NewEvent {
-            kind: "m.room.message".into(),
-            state_key: None,
-            content: json!({"msgtype": "m.text", "body": body}),
-            sender: sender.to_owned(),
-            redacts: None,
-        };
         server
-            .write(|tx| append_event(tx, &server, room, ev, None))
+            .write(|tx| append_event(tx, &server, room, message(sender, body), None))
             .expect("send")
             .pos
     };
-    let join = NewEvent {
-        kind: "m.room.member".into(),
-        state_key: Some(bob.clone()),
-        content: json!({"membership": "join"}),
-        sender: bob.clone(),
-        redacts: None,
-    };
+    let join = ev(
+        &bob,
+        "m.room.member",
+        Some(&bob),
+        json!({"membership": "join"}),
+    );
     f.server
         .write(|tx| append_event(tx, &f.server, &quiet, join, None))
         .expect("join");
