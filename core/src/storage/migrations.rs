@@ -924,6 +924,20 @@ const MIGRATIONS: &[&str] = &[
     INSERT OR IGNORE INTO unread_counts (user_id, room_id, notifications, highlights)
     SELECT DISTINCT user_id, room_id, 0, 0 FROM push_notifications;
     "#,
+    // 35: a room's forward extremities in one b-tree. As a rowid table with its primary
+    // key beside it, every event sent rewrote two pages (the row and the key's index):
+    // one of the ten WAL frames a message's commit wrote. Same key, same order.
+    r#"
+    CREATE TABLE forward_extremities_v35 (
+        room_id TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        PRIMARY KEY (room_id, event_id)
+    ) WITHOUT ROWID;
+    INSERT INTO forward_extremities_v35 (room_id, event_id)
+    SELECT room_id, event_id FROM forward_extremities;
+    DROP TABLE forward_extremities;
+    ALTER TABLE forward_extremities_v35 RENAME TO forward_extremities;
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -1393,6 +1407,36 @@ mod tests {
         assert_eq!(
             rows("SELECT room_id || ' ' || user_id FROM local_joins ORDER BY 1"),
             ["!q:x @b:here", "!r:x @a:here"]
+        );
+    }
+
+    #[test]
+    fn version_35_keeps_the_forward_extremities_in_one_b_tree() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        for sql in &MIGRATIONS[..34] {
+            conn.execute_batch(sql).expect("schema up to 34");
+        }
+        conn.pragma_update(None, "user_version", 34).expect("v34");
+        conn.execute_batch(
+            "INSERT INTO forward_extremities (room_id, event_id)
+             VALUES ('!r:x', '$b'), ('!r:x', '$a'), ('!s:x', '$c');",
+        )
+        .expect("extremities");
+        run(&mut conn, "mem").expect("upgrade");
+        let kept: Vec<(String, String)> = conn
+            .prepare("SELECT room_id, event_id FROM forward_extremities")
+            .expect("prepare")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        let want = [("!r:x", "$a"), ("!r:x", "$b"), ("!s:x", "$c")]
+            .map(|(r, e)| (r.to_owned(), e.to_owned()));
+        assert_eq!(kept, want);
+        // No rowid, so no second b-tree for the key.
+        assert!(
+            conn.prepare("SELECT rowid FROM forward_extremities")
+                .is_err()
         );
     }
 
