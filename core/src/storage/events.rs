@@ -477,11 +477,12 @@ pub fn prune_event_txns(c: &Connection, older_than_ms: i64, limit: usize) -> Res
     .execute(params![older_than_ms, limit])?)
 }
 
-/// The room's forward extremities with their depths.
+/// The room's forward extremities with their depths, deepest first (ties by event id, so
+/// two readings of the same extremities compare equal as lists).
 pub fn forward_extremities(c: &Connection, room_id: &str) -> Result<Vec<(String, i64)>, Error> {
     let mut st = c.prepare_cached(
         "SELECT f.event_id, e.depth FROM forward_extremities f JOIN events e ON e.event_id = f.event_id
-         WHERE f.room_id = ?1 ORDER BY e.depth DESC",
+         WHERE f.room_id = ?1 ORDER BY e.depth DESC, f.event_id",
     )?;
     let rows = st.query_map([room_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(rows.collect::<Result<_, _>>()?)

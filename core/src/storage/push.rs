@@ -207,12 +207,12 @@ fn user_rows_after(
 ) -> Result<(i64, i64), Error> {
     let (walked, count, highlights): (i64, i64, i64) = c
         .prepare_cached(
-            "SELECT COUNT(*), COALESCE(SUM(user_id = ?3), 0),
-                    COALESCE(SUM(user_id = ?3 AND highlight), 0)
+            "SELECT COUNT(*), COALESCE(SUM(user_id = ?2), 0),
+                    COALESCE(SUM(user_id = ?2 AND highlight), 0)
              FROM (SELECT user_id, highlight FROM push_notifications
-                   WHERE room_id = ?1 AND stream_ordering > ?2 LIMIT ?4)",
+                   WHERE room_id = ?1 AND stream_ordering > ?3 LIMIT ?4)",
         )?
-        .query_row(params![room_id, after, user_id, ROWS_WALKED], |r| {
+        .query_row(params![room_id, user_id, after, ROWS_WALKED], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
         })?;
     if walked < ROWS_WALKED {
@@ -429,7 +429,8 @@ const READ_UP_TO: &str = "COALESCE((SELECT MAX(e.stream_ordering) FROM receipts 
 /// Unread counts: (notifications, highlights) after the user's read receipt. The stored
 /// counts (kept by folds and receipts' recounts) plus the user's rows after both the
 /// room's last fold and the user's last recount: at most [`NOTIFICATION_SLACK`]
-/// notifying events of the room, each looked up through the key.
+/// notifying events of the room, walked when few, else stepped through (see
+/// [`user_rows_after`]).
 pub fn unread_counts(c: &Connection, room_id: &str, user_id: &str) -> Result<(i64, i64), Error> {
     let (notifications, highlights, counted_upto): (i64, i64, i64) = c
         .prepare_cached(
