@@ -353,10 +353,13 @@ impl Db {
     /// Run `f` inside a read transaction, so several queries see one snapshot.
     pub fn read_tx<T>(&self, f: impl FnOnce(&Connection) -> Result<T, Error>) -> Result<T, Error> {
         self.read(|conn| {
-            conn.execute_batch("BEGIN DEFERRED")?;
+            // Cached statements: every send and every `/sync` opens one of these.
+            conn.prepare_cached("BEGIN DEFERRED")?.execute([])?;
             let out = f(conn);
             // A read-only transaction has nothing to commit; end it either way.
-            let _ = conn.execute_batch("COMMIT");
+            let _ = conn
+                .prepare_cached("COMMIT")
+                .and_then(|mut st| st.execute([]));
             out
         })
     }
