@@ -117,6 +117,24 @@ impl Fixture {
             .expect("counts")
     }
 
+    /// The user's badge: unread notifications across their joined rooms.
+    fn badge(&self, user: &str) -> i64 {
+        self.server
+            .db
+            .read(|c| storage::total_unread(c, user))
+            .expect("badge")
+    }
+
+    /// An event's stream position.
+    fn position(&self, event_id: &str) -> i64 {
+        self.server
+            .db
+            .read(|c| storage::get_event(c, event_id))
+            .expect("get")
+            .expect("event")
+            .stream_ordering
+    }
+
     fn rows(&self, user: &str) -> i64 {
         self.server
             .db
@@ -373,14 +391,7 @@ async fn highlights_are_listed_and_notifications_page() {
     assert!(all.windows(2).all(|w| w[0] > w[1]), "newest first: {all:?}");
     let highlights = f.notifications(&bob, None, true);
     assert_eq!(highlights.len(), 1);
-    let mention_pos = f
-        .server
-        .db
-        .read(|c| storage::get_event(c, &mention))
-        .expect("get")
-        .expect("event")
-        .stream_ordering;
-    assert_eq!(highlights[0], mention_pos);
+    assert_eq!(highlights[0], f.position(&mention));
     // Paging: everything before the third newest is the rest of the list.
     let rest = f.notifications(&bob, Some(all[2]), false);
     assert_eq!(rest, all[3..]);
@@ -395,12 +406,6 @@ async fn unread_counts_stay_exact_across_folds() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut f = Fixture::new(dir.path(), 3).await;
     let (bob, carol) = (f.members[1].clone(), f.members[2].clone());
-    let badge = |f: &Fixture, user: &str| {
-        f.server
-            .db
-            .read(|c| storage::total_unread(c, user))
-            .expect("badge")
-    };
     let mut sent = Vec::new();
     let mut read = 0;
     let mut highlights = 0;
@@ -426,7 +431,7 @@ async fn unread_counts_stay_exact_across_folds() {
             (unread as i64, highlights as i64),
             "bob after message {i}"
         );
-        assert_eq!(badge(&f, &bob), unread as i64, "bob's badge after {i}");
+        assert_eq!(f.badge(&bob), unread as i64, "bob's badge after {i}");
         // Carol never reads.
         assert_eq!(f.counts(&carol).0, i as i64 + 1, "carol after message {i}");
     }
@@ -447,19 +452,11 @@ async fn mentions_outlive_the_cap_up_to_their_own() {
     for i in 0..200 {
         f.send_from(0, &format!("plain {i}"));
     }
-    let position = |id: &str| {
-        f.server
-            .db
-            .read(|c| storage::get_event(c, id))
-            .expect("get")
-            .expect("event")
-            .stream_ordering
-    };
     let newest: Vec<i64> = mentions
         .iter()
         .rev()
         .take(HIGHLIGHT_EVENTS_KEPT as usize)
-        .map(|id| position(id))
+        .map(|id| f.position(id))
         .collect();
     assert_eq!(f.notifications(&bob, None, true), newest);
     // Carol was not mentioned: the mentions' rows of hers went with the cap.
@@ -521,12 +518,7 @@ async fn counts_in_a_large_room_step_through_events() {
     // by stepping too.
     f.read(&bob, &sent[3]);
     assert_eq!(f.counts(&bob), (20, 1));
-    let badge = f
-        .server
-        .db
-        .read(|c| storage::total_unread(c, &carol))
-        .expect("badge");
-    assert_eq!(badge, 24);
+    assert_eq!(f.badge(&carol), 24);
     // The 25th folds them; the counts stay.
     f.send_from(0, "the twenty-fifth");
     assert_eq!(f.counts(&bob), (21, 1));

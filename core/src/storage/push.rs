@@ -426,6 +426,11 @@ const READ_UP_TO: &str = "COALESCE((SELECT MAX(e.stream_ordering) FROM receipts 
          WHERE r.room_id = n.room_id AND r.user_id = n.user_id
            AND r.receipt_type IN ('m.read', 'm.read.private')), 0)";
 
+/// Up to where a user's stored counts in a room (`u`, their `unread_counts` row; `r`, the
+/// room's `push_notification_rooms` row; either may be missing) count its rows: the
+/// room's last fold or the user's last recount, whichever is later.
+const COUNTED_UPTO: &str = "MAX(COALESCE(u.counted_upto, 0), COALESCE(r.folded_upto, 0))";
+
 /// Unread counts: (notifications, highlights) after the user's read receipt. The stored
 /// counts (kept by folds and receipts' recounts) plus the user's rows after both the
 /// room's last fold and the user's last recount: at most [`NOTIFICATION_SLACK`]
@@ -433,12 +438,11 @@ const READ_UP_TO: &str = "COALESCE((SELECT MAX(e.stream_ordering) FROM receipts 
 /// [`user_rows_after`]).
 pub fn unread_counts(c: &Connection, room_id: &str, user_id: &str) -> Result<(i64, i64), Error> {
     let (notifications, highlights, counted_upto): (i64, i64, i64) = c
-        .prepare_cached(
-            "SELECT COALESCE(u.notifications, 0), COALESCE(u.highlights, 0),
-                    MAX(COALESCE(u.counted_upto, 0), COALESCE(r.folded_upto, 0))
+        .prepare_cached(&format!(
+            "SELECT COALESCE(u.notifications, 0), COALESCE(u.highlights, 0), {COUNTED_UPTO}
              FROM (SELECT 1) LEFT JOIN unread_counts u ON u.user_id = ?1 AND u.room_id = ?2
-             LEFT JOIN push_notification_rooms r ON r.room_id = ?2",
-        )?
+             LEFT JOIN push_notification_rooms r ON r.room_id = ?2"
+        ))?
         .query_row(params![user_id, room_id], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
         })?;
@@ -733,16 +737,15 @@ pub fn trim_push_queue(
 /// only in rooms with rows after the counted ones).
 pub fn total_unread(c: &Connection, user_id: &str) -> Result<i64, Error> {
     let rooms: Vec<(String, i64, i64, Option<i64>)> = c
-        .prepare_cached(
-            "SELECT m.room_id, COALESCE(u.notifications, 0),
-                    MAX(COALESCE(u.counted_upto, 0), COALESCE(r.folded_upto, 0)),
+        .prepare_cached(&format!(
+            "SELECT m.room_id, COALESCE(u.notifications, 0), {COUNTED_UPTO},
                     (SELECT MAX(n.stream_ordering) FROM push_notifications n
                      WHERE n.room_id = m.room_id)
              FROM memberships m
              LEFT JOIN unread_counts u ON u.room_id = m.room_id AND u.user_id = m.user_id
              LEFT JOIN push_notification_rooms r ON r.room_id = m.room_id
-             WHERE m.user_id = ?1 AND m.membership = 'join'",
-        )?
+             WHERE m.user_id = ?1 AND m.membership = 'join'"
+        ))?
         .query_map(params![user_id], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
         })?
