@@ -21,6 +21,7 @@ pub mod events;
 pub mod federation;
 pub mod identity;
 pub mod keyed;
+pub(crate) mod lru;
 pub mod mailbox;
 pub mod media;
 pub mod membership;

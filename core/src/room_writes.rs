@@ -94,6 +94,14 @@ pub fn send_message(
         redacts: None,
     };
     let txn = Some((requester.device_id.as_str(), txn_id));
+    let sending = server.local_heads.sending();
+    let ev = match sending.alone() && server.db.writer_is_idle() {
+        true => match send_alone(server, requester, room_id, ev, txn_id, ts)? {
+            Alone::Sent(event_id) => return Ok(event_id),
+            Alone::Declined(ev) => ev,
+        },
+        false => ev,
+    };
     // A new send (not a retried transaction) takes its rate-limit token first, so a
     // limited client costs no work. Then the event is built, signed and authorised,
     // and the members' push rules evaluated, here on a read snapshot rather than in
@@ -123,6 +131,65 @@ pub fn send_message(
         rooms::append_prepared(tx, server, room_id, ev, txn, ts, ahead)
     })?;
     Ok(appended.event_id)
+}
+
+/// A message sent while no other send is under way and the writer is free: built,
+/// signed, authorised and evaluated inside its write, with no read transaction before
+/// it. Building ahead on a reader ([`rooms::prebuild`]) is what keeps the writer free
+/// for others while a send signs; with nobody else sending it only adds a snapshot
+/// whose page cache starts cold after every write, and the checks that the room has
+/// not moved on since. Only where the room's push context is kept in memory (evaluating
+/// every member's rules is then cheap); otherwise the event comes back
+/// ([`Alone::Declined`]) to be sent the usual way, which keeps the context for the next
+/// send.
+fn send_alone(
+    server: &Server,
+    requester: &Requester,
+    room_id: &str,
+    ev: NewEvent,
+    txn_id: &str,
+    ts: Option<i64>,
+) -> Result<Alone, Error> {
+    let mut ev = Some(ev);
+    let appended = server.write(|tx| {
+        if !crate::push::context_is_kept(tx, room_id)? {
+            return Ok(None);
+        }
+        let Some(ev) = ev.take() else {
+            return Ok(None);
+        };
+        if !rooms::is_retry(tx, room_id, &ev, &requester.device_id, txn_id)? {
+            server.rate_limit_requester(Action::Message, requester)?;
+            crate::relations::check_new_relation(tx, room_id, &ev.sender, &ev.kind, &ev.content)?;
+        }
+        let txn = Some((requester.device_id.as_str(), txn_id));
+        rooms::append_prepared(tx, server, room_id, ev, txn, ts, rooms::Prepared::default())
+            .map(Some)
+    })?;
+    match (appended, ev) {
+        (Some(appended), _) => Ok(Alone::Sent(appended.event_id)),
+        (None, Some(ev)) => Ok(Alone::Declined(ev)),
+        (None, None) => Err(Error::internal("a send lost its event")),
+    }
+}
+
+/// What [`send_alone`] did.
+#[derive(Debug)]
+enum Alone {
+    /// Sent: the event's id.
+    Sent(String),
+    /// Not sent, to be sent the usual way.
+    Declined(NewEvent),
+}
+
+impl Alone {
+    #[cfg(test)]
+    fn sent(self) -> Option<String> {
+        match self {
+            Alone::Sent(id) => Some(id),
+            Alone::Declined(_) => None,
+        }
+    }
 }
 
 /// A state event (`PUT /rooms/{roomId}/state/{eventType}/{stateKey}`) from the
@@ -217,4 +284,81 @@ pub fn upgrade_room(
             additional_creators,
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage;
+    use crate::test_support::{message, node, public_room};
+
+    /// A send with nobody else sending: built in its write once the room's push context
+    /// is kept, sent the usual way (on a reader first) before; the same event, the same
+    /// notifications and the same retry answer either way.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lone_send_is_built_in_its_write_once_the_push_context_is_kept() {
+        let (_dir, node) = node().await;
+        let server = node.server().clone();
+        let alice = server.user_id("alice");
+        let bob = server.user_id("bob");
+        let room = public_room(&server, &alice, &[&bob]);
+        let caller = Requester::user(alice.clone(), "PHONE");
+        let kept = || {
+            server
+                .db
+                .read(|c| crate::push::context_is_kept(c, &room))
+                .expect("read")
+        };
+        assert!(!kept(), "nothing evaluated in the room yet");
+        let alone = |body: &str, txn: &str| {
+            send_alone(&server, &caller, &room, message(&alice, body), txn, None).expect("send")
+        };
+        // Not kept: the event comes back, unsent, for the usual way.
+        let Alone::Declined(back) = alone("first", "t1") else {
+            panic!("sent without a kept context");
+        };
+        assert_eq!(back.content["body"], "first");
+        let first = send_message(&server, &caller, &room, back.kind, back.content, "t1", None)
+            .expect("first");
+        assert!(kept(), "the usual way keeps the context");
+        let second = alone("second", "t2").sent().expect("built in the write");
+        assert_ne!(first, second);
+        // A retried transaction gets its event back, whichever way it was sent.
+        assert_eq!(alone("second", "t2").sent().expect("retry"), second);
+        assert_eq!(alone("first", "t1").sent().expect("retry"), first);
+        let (prev, stored) = server
+            .db
+            .read(|c| {
+                Ok((
+                    crate::rooms::load_pdu(c, &second)?.expect("stored"),
+                    storage::unread_counts(c, &room, &bob)?,
+                ))
+            })
+            .expect("read");
+        assert_eq!(
+            prev.prev_events
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            vec![first],
+            "built on the room's head"
+        );
+        assert_eq!(stored, (2, 0), "bob notified of both, once each");
+        // A new member changes the context: handed back again until a send keeps it.
+        let carol = server.user_id("carol");
+        server
+            .write(|c| {
+                storage::create_user(c, &carol, None, false, "carol")?;
+                let join = crate::test_support::ev(
+                    &carol,
+                    "m.room.member",
+                    Some(&carol),
+                    serde_json::json!({"membership": "join"}),
+                );
+                crate::rooms::append_event(c, &server, &room, join, None)
+            })
+            .expect("join");
+        assert!(!kept());
+        assert!(alone("third", "t3").sent().is_none());
+    }
 }

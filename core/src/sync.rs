@@ -28,7 +28,6 @@ use crate::streams::SyncToken;
 
 mod body;
 pub mod initial_cache;
-pub(crate) mod lru;
 pub mod room_cache;
 pub mod sliding;
 

@@ -45,7 +45,7 @@ impl FromRequestParts<Arc<Server>> for Auth {
         if let Some(a) = server.appservices.by_token(&token) {
             return appservice_caller(parts, server, a.clone()).map(Auth);
         }
-        let owner = server.db.read(|c| storage::token_owner(c, &token))?;
+        let owner = server.db.token_owner(&token)?;
         match owner {
             Some(o) if o.deactivated => Err(Error::UnknownToken),
             Some(o) if o.expires_ts.is_some_and(|t| t <= storage::now_ms()) => {

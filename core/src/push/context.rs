@@ -26,9 +26,9 @@ use rusqlite::Connection;
 
 use super::{Prepared, power_ctx_from, prepared};
 use crate::error::Error;
+use crate::lru::Lru;
 use crate::rooms::PowerLevels;
 use crate::storage;
-use crate::sync::lru::Lru;
 
 /// Rooms whose context is kept at most.
 pub const MAX_ROOMS: usize = 256;
@@ -74,6 +74,20 @@ type Key = (String, String);
 
 static CONTEXTS: LazyLock<Mutex<Lru<Key, Arc<RoomContext>>>> =
     LazyLock::new(|| Mutex::new(Lru::new(MAX_ROOMS, MAX_BYTES)));
+
+/// Whether the push context of `room_id` as `c` has it is kept in memory, so that
+/// evaluating an event's push rules on `c` reads no member's rules (what makes
+/// evaluating them inside the single writer cheap).
+pub fn is_kept(c: &Connection, room_id: &str) -> Result<bool, Error> {
+    let key = storage::push_context_key(c, room_id)?;
+    let Some(k) = key
+        .and(storage::file_of(c))
+        .map(|file| (file.to_owned(), room_id.to_owned()))
+    else {
+        return Ok(false);
+    };
+    Ok(CONTEXTS.lock().get(&k).is_some_and(|hit| hit.key == key))
+}
 
 /// The push context of `room_id` as this snapshot (`c`) has it.
 pub(super) fn room_context(c: &Connection, room_id: &str) -> Result<Arc<RoomContext>, Error> {

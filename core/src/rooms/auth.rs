@@ -10,8 +10,8 @@ use rusqlite::Connection;
 use super::load_pdu;
 use crate::error::Error;
 use crate::events::Pdu;
+use crate::lru::Lru;
 use crate::storage::{self, EventStatus};
-use crate::sync::lru::Lru;
 
 #[cfg(test)]
 #[path = "auth_kept_tests.rs"]

@@ -25,6 +25,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
@@ -40,6 +41,28 @@ pub const CHAIN_KEPT: usize = 32;
 #[derive(Default)]
 pub struct LocalHeads {
     rooms: Mutex<HashMap<String, Arc<RoomHead>>>,
+    /// Local message sends under way (see [`LocalHeads::sending`]).
+    sending: AtomicUsize,
+}
+
+/// A local message send under way; counted while it lives.
+pub struct Sending<'a> {
+    heads: &'a LocalHeads,
+    /// Sends under way when this one began, itself included.
+    under_way: usize,
+}
+
+impl Sending<'_> {
+    /// Whether no other send was under way when this one began.
+    pub fn alone(&self) -> bool {
+        self.under_way == 1
+    }
+}
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        self.heads.sending.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// One room's chain, and the turns of the writes of the events built on it.
@@ -139,6 +162,14 @@ pub struct Head {
 }
 
 impl LocalHeads {
+    /// A local message send begins: counted until the returned guard is dropped.
+    pub fn sending(&self) -> Sending<'_> {
+        Sending {
+            heads: self,
+            under_way: self.sending.fetch_add(1, Ordering::SeqCst) + 1,
+        }
+    }
+
     /// The chain of `room_id`. Holding its lock while building keeps two sends from
     /// building on the same tip. Over [`MAX_ROOMS`], the chains nobody holds are
     /// forgotten; if every one is held, an unshared chain is handed out (the send is

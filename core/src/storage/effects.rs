@@ -33,6 +33,7 @@ use crate::streams::StreamPosition;
 const OUTBOX: u8 = 1;
 const PUSH_QUEUE: u8 = 2;
 const STREAM: u8 = 4;
+const AUTH: u8 = 8;
 
 /// Most changed rows of the tables `/sync` reads that one write lists (room by room,
 /// user by user); a write changing more (joining a large room) wakes every waiter.
@@ -120,6 +121,12 @@ impl Effects {
     pub fn pushes_queued(&self) -> bool {
         self.flags & PUSH_QUEUE != 0
     }
+
+    /// An access token, refresh token, device or user was changed or deleted: the
+    /// token owners kept in memory are stale (see [`super::token_cache`]).
+    pub fn tokens_changed(&self) -> bool {
+        self.flags & AUTH != 0
+    }
 }
 
 /// Runs each write's effects once its batch has committed (installed by the node).
@@ -160,6 +167,13 @@ impl Collector {
                     (Action::SQLITE_INSERT, "federation_outbox") => OUTBOX,
                     (Action::SQLITE_INSERT, "push_queue") => PUSH_QUEUE,
                     (Action::SQLITE_UPDATE, "stream_sequence") => STREAM,
+                    // Whatever can end or change an access token's owner: logout,
+                    // refresh, device deletion (and its cascade), deactivation.
+                    (
+                        Action::SQLITE_UPDATE | Action::SQLITE_DELETE,
+                        "access_tokens" | "refresh_tokens" | "users",
+                    )
+                    | (Action::SQLITE_DELETE, "devices") => AUTH,
                     _ => {
                         if let Some(t) = Tracked::of(action, table) {
                             // Only the writer's thread takes it while the writer is held.

@@ -38,6 +38,8 @@ mod rooms;
 mod search;
 mod state;
 mod to_device;
+mod token_cache;
+pub use token_cache::MAX_TOKENS;
 mod users;
 
 pub use account_data::*;
@@ -94,6 +96,8 @@ pub struct Db {
     after_commit: std::sync::OnceLock<effects::AfterCommit>,
     /// Which rooms changed after a stream position (see [`changes`]).
     room_changes: std::sync::Arc<changes::RoomChanges>,
+    /// The owners of access tokens looked up lately (see [`token_cache`]).
+    tokens: token_cache::TokenCache,
 }
 
 impl std::fmt::Debug for Db {
@@ -255,6 +259,7 @@ impl Db {
             checkpoints,
             writes: AtomicU64::new(0),
             after_commit: std::sync::OnceLock::new(),
+            tokens: token_cache::TokenCache::new(),
         })
     }
 
@@ -297,6 +302,10 @@ impl Db {
             self.writes.fetch_add(1, Ordering::SeqCst);
         }
         let (out, effects) = out?;
+        // Before the caller hears of the commit: a logged-out token fails from now on.
+        if effects.tokens_changed() {
+            self.tokens.invalidate();
+        }
         if !effects.is_empty()
             && let Some(run) = self.after_commit.get()
         {
@@ -362,6 +371,14 @@ impl Db {
                 .and_then(|mut st| st.execute([]));
             out
         })
+    }
+
+    /// Who owns an access token, if anyone: from the owners kept in memory while no
+    /// write has changed tokens, devices or users since, else read (see
+    /// [`token_cache`]).
+    pub fn token_owner(&self, token: &str) -> Result<Option<TokenOwner>, Error> {
+        self.tokens
+            .owner(token, || self.read(|c| users::token_owner(c, token)))
     }
 
     /// The highest committed stream position.

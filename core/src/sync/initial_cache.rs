@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use super::lru::Lru;
+use crate::lru::Lru;
 use crate::streams::SyncToken;
 
 /// Answers kept at most.

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde_json::value::RawValue;
 
-use super::lru::Lru;
+use crate::lru::Lru;
 
 /// Sections kept at most.
 pub const MAX_ENTRIES: usize = 2048;

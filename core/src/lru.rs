@@ -1,6 +1,8 @@
 //! A map bounded in entries and in bytes, least recently used dropped first: what the
-//! sync caches ([`super::initial_cache`], [`super::room_cache`]) keep their entries in.
+//! in-memory caches keep their entries in (the sync caches, push contexts, auth state,
+//! access tokens).
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::Hash;
 
@@ -31,7 +33,11 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
     }
 
     /// The entry for `key`, marked as used now.
-    pub(crate) fn get(&mut self, key: &K) -> Option<&mut V> {
+    pub(crate) fn get<Q>(&mut self, key: &Q) -> Option<&mut V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.clock += 1;
         let clock = self.clock;
         let slot = self.slots.get_mut(key)?;
