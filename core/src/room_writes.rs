@@ -133,15 +133,21 @@ pub fn send_message(
     Ok(appended.event_id)
 }
 
+/// Most members whose push rules a send built in its write evaluates there ([`send_alone`]):
+/// each costs about as much as signing the event, and a write holding the writer for a
+/// big room's evaluations would keep every other write waiting.
+const ALONE_MAX_MEMBERS: usize = 16;
+
 /// A message sent while no other send is under way and the writer is free: built,
 /// signed, authorised and evaluated inside its write, with no read transaction before
 /// it. Building ahead on a reader ([`rooms::prebuild`]) is what keeps the writer free
 /// for others while a send signs; with nobody else sending it only adds a snapshot
 /// whose page cache starts cold after every write, and the checks that the room has
-/// not moved on since. Only where the room's push context is kept in memory (evaluating
-/// every member's rules is then cheap); otherwise the event comes back
-/// ([`Alone::Declined`]) to be sent the usual way, which keeps the context for the next
-/// send.
+/// not moved on since. Only where the room's push context is kept in memory and has
+/// at most [`ALONE_MAX_MEMBERS`] members to evaluate (so the write holds the writer for
+/// about as long as one built ahead would); otherwise the event comes back
+/// ([`Alone::Declined`]) to be sent the usual way, which keeps the context for the
+/// next send.
 fn send_alone(
     server: &Server,
     requester: &Requester,
@@ -152,7 +158,7 @@ fn send_alone(
 ) -> Result<Alone, Error> {
     let mut ev = Some(ev);
     let appended = server.write(|tx| {
-        if !crate::push::context_is_kept(tx, room_id)? {
+        if !crate::push::kept_members(tx, room_id)?.is_some_and(|n| n <= ALONE_MAX_MEMBERS) {
             return Ok(None);
         }
         let Some(ev) = ev.take() else {
@@ -306,8 +312,9 @@ mod tests {
         let kept = || {
             server
                 .db
-                .read(|c| crate::push::context_is_kept(c, &room))
+                .read(|c| crate::push::kept_members(c, &room))
                 .expect("read")
+                .is_some()
         };
         assert!(!kept(), "nothing evaluated in the room yet");
         let alone = |body: &str, txn: &str| {
@@ -360,5 +367,33 @@ mod tests {
             .expect("join");
         assert!(!kept());
         assert!(alone("third", "t3").sent().is_none());
+    }
+
+    /// In a room with more members to evaluate than a write should hold the writer for,
+    /// a lone send is built ahead as usual even with the push context kept.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lone_send_to_a_big_room_is_built_ahead() {
+        let (_dir, node) = node().await;
+        let server = node.server().clone();
+        let alice = server.user_id("alice");
+        let others: Vec<String> = (0..ALONE_MAX_MEMBERS)
+            .map(|i| server.user_id(&format!("m{i}")))
+            .collect();
+        let others: Vec<&str> = others.iter().map(String::as_str).collect();
+        let room = public_room(&server, &alice, &others);
+        let caller = Requester::user(alice.clone(), "PHONE");
+        let msg = message(&alice, "hello");
+        send_message(&server, &caller, &room, msg.kind, msg.content, "t1", None).expect("send");
+        let kept = server
+            .db
+            .read(|c| crate::push::kept_members(c, &room))
+            .expect("read");
+        assert_eq!(kept, Some(ALONE_MAX_MEMBERS + 1), "every member, kept");
+        let declined =
+            send_alone(&server, &caller, &room, message(&alice, "two"), "t2", None).expect("send");
+        assert!(
+            declined.sent().is_none(),
+            "too many members to evaluate in the write"
+        );
     }
 }

@@ -75,18 +75,23 @@ type Key = (String, String);
 static CONTEXTS: LazyLock<Mutex<Lru<Key, Arc<RoomContext>>>> =
     LazyLock::new(|| Mutex::new(Lru::new(MAX_ROOMS, MAX_BYTES)));
 
-/// Whether the push context of `room_id` as `c` has it is kept in memory, so that
-/// evaluating an event's push rules on `c` reads no member's rules (what makes
-/// evaluating them inside the single writer cheap).
-pub fn is_kept(c: &Connection, room_id: &str) -> Result<bool, Error> {
+/// How many members' push rules an event of `room_id` is evaluated against, if the
+/// room's push context as `c` has it is kept in memory: then evaluating reads no
+/// member's rules, and costs about that many rulesets' evaluations (what decides
+/// whether it is cheap enough to do inside the single writer). `None` if not kept.
+pub fn kept_members(c: &Connection, room_id: &str) -> Result<Option<usize>, Error> {
     let key = storage::push_context_key(c, room_id)?;
     let Some(k) = key
         .and(storage::file_of(c))
         .map(|file| (file.to_owned(), room_id.to_owned()))
     else {
-        return Ok(false);
+        return Ok(None);
     };
-    Ok(CONTEXTS.lock().get(&k).is_some_and(|hit| hit.key == key))
+    Ok(CONTEXTS
+        .lock()
+        .get(&k)
+        .filter(|hit| hit.key == key)
+        .map(|hit| hit.members.len()))
 }
 
 /// The push context of `room_id` as this snapshot (`c`) has it.

@@ -18,7 +18,7 @@
 //! [`LocalNotifications`]; both take effect after the commit (`Server::write`).
 
 mod context;
-pub use context::{forget_database, is_kept as context_is_kept};
+pub use context::{forget_database, kept_members};
 #[cfg(test)]
 mod context_tests;
 mod defaults;
