@@ -4,7 +4,7 @@ use ruma::{
     CanonicalJsonObject, CanonicalJsonValue,
     canonical_json::{RedactedBecause, redact},
     room_version_rules::RoomVersionRules,
-    signatures::{hash_and_sign_event, reference_hash},
+    signatures::{add_content_hash_to_event, reference_hash},
 };
 use serde_json::{Value, json};
 
@@ -84,13 +84,7 @@ pub fn build_pdu(
         Ok(_) => return Err(Error::internal("event is not an object")),
         Err(e) => return Err(Error::BadJson(format!("event is not canonical JSON: {e}"))),
     };
-    hash_and_sign_event(
-        identity.server_name(),
-        identity.keypair(),
-        &mut object,
-        &rules.redaction,
-    )
-    .map_err(|e| Error::BadJson(format!("cannot sign event: {e}")))?;
+    let hash = hash_and_sign(identity, rules, &mut object)?;
     // Never make what peers refuse: the receiving side's format checks (the whole event
     // at most 65,536 bytes; type, state key, sender and room id at most 255) apply here.
     // A type or state key that is too long is a malformed request (400), not a large one.
@@ -106,10 +100,57 @@ pub fn build_pdu(
     }
     ruma::state_res::check_pdu_format(&object, &rules.event_format)
         .map_err(|e| Error::TooLarge(format!("event rejected: {e}")))?;
-    let hash = reference_hash(&object, rules)
-        .map_err(|e| Error::TooLarge(format!("event rejected: {e}")))?;
     Ok((own_id.unwrap_or_else(|| format!("${hash}")), object))
 }
+
+/// Add the content hash and this server's signature to a new event (no `signatures`
+/// or `unsigned` yet); returns its reference hash. What ruma's `hash_and_sign_event`
+/// and `reference_hash` do, with the redacted event serialised once instead of twice:
+/// the bytes signed (the redacted event without `signatures` and `unsigned`) are the
+/// bytes the reference hash is taken of.
+fn hash_and_sign(
+    identity: &Identity,
+    rules: &RoomVersionRules,
+    object: &mut CanonicalJsonObject,
+) -> Result<String, Error> {
+    use base64::Engine;
+    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    use ruma::room_version_rules::EventIdFormatVersion;
+    use ruma::signatures::KeyPair;
+    use sha2::{Digest, Sha256};
+
+    let signing_error =
+        |e: &dyn std::fmt::Display| Error::BadJson(format!("cannot sign event: {e}"));
+    add_content_hash_to_event(object).map_err(|e| signing_error(&e))?;
+    let redacted = redact(object.clone(), &rules.redaction, None::<RedactedBecause>)
+        .map_err(|e| signing_error(&e))?;
+    let signed = serde_json::to_string(&redacted).map_err(|e| signing_error(&e))?;
+    if signed.len() > MAX_PDU_BYTES {
+        return Err(Error::TooLarge(format!(
+            "event rejected: larger than {MAX_PDU_BYTES} bytes"
+        )));
+    }
+    let signature = identity.keypair().sign(signed.as_bytes());
+    let mut by_key = CanonicalJsonObject::new();
+    by_key.insert(
+        signature.id(),
+        CanonicalJsonValue::String(signature.base64()),
+    );
+    let mut signatures = CanonicalJsonObject::new();
+    signatures.insert(
+        identity.server_name().to_owned(),
+        CanonicalJsonValue::Object(by_key),
+    );
+    object.insert("signatures".into(), CanonicalJsonValue::Object(signatures));
+    let digest = Sha256::digest(signed.as_bytes());
+    Ok(match rules.event_id_format {
+        EventIdFormatVersion::V1 | EventIdFormatVersion::V2 => STANDARD_NO_PAD.encode(digest),
+        _ => URL_SAFE_NO_PAD.encode(digest),
+    })
+}
+
+/// The largest PDU peers accept, in bytes of canonical JSON (the spec's size limit).
+const MAX_PDU_BYTES: usize = 65_536;
 
 /// The id of a PDU in a room of these rules: its own `event_id` field in room versions
 /// 1 and 2 (which must name the server that made it), else its reference hash. `Err`
@@ -233,7 +274,8 @@ mod tests {
             _ => unreachable!("object literal"),
         };
         let (_, rules) = rules_for("10").expect("rules");
-        hash_and_sign_event("domain", id.keypair(), &mut obj, &rules.redaction).expect("sign");
+        ruma::signatures::hash_and_sign_event("domain", id.keypair(), &mut obj, &rules.redaction)
+            .expect("sign");
         let v = serde_json::to_value(&obj).expect("value");
         assert_eq!(
             v["hashes"]["sha256"],
@@ -283,6 +325,44 @@ mod tests {
             map.insert(id.server_name().to_owned(), keys);
             let verified = ruma::signatures::verify_event(&map, &obj, &rules).expect("verify");
             assert_eq!(verified, ruma::signatures::Verified::All);
+        }
+    }
+
+    /// Hashing and signing with one serialisation of the redacted event gives what
+    /// ruma's `hash_and_sign_event` and `reference_hash` give (ed25519 signatures are
+    /// deterministic), in every supported room version.
+    #[test]
+    fn one_serialisation_signs_and_hashes_as_ruma_does() {
+        let id = identity();
+        for v in crate::events::SUPPORTED_ROOM_VERSIONS {
+            let (_, rules) = rules_for(v).expect("rules");
+            let room = format!("!r:{}", id.server_name());
+            let (event_id, ours) = build_pdu(
+                &id,
+                &rules,
+                Some(&room),
+                &message(id.server_name()),
+                &[],
+                &[],
+                1,
+                1000,
+            )
+            .expect("build");
+            let mut theirs = ours.clone();
+            theirs.remove("hashes");
+            theirs.remove("signatures");
+            ruma::signatures::hash_and_sign_event(
+                id.server_name(),
+                id.keypair(),
+                &mut theirs,
+                &rules.redaction,
+            )
+            .expect("sign");
+            assert_eq!(ours, theirs, "v{v}");
+            let hash = reference_hash(&theirs, &rules).expect("hash");
+            if !rules.event_format.require_event_id {
+                assert_eq!(event_id, format!("${hash}"), "v{v}");
+            }
         }
     }
 
