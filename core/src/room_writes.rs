@@ -158,7 +158,7 @@ fn send_alone(
 ) -> Result<Alone, Error> {
     let mut ev = Some(ev);
     let appended = server.write(|tx| {
-        if !crate::push::kept_members(tx, room_id)?.is_some_and(|n| n <= ALONE_MAX_MEMBERS) {
+        if crate::push::kept_members(tx, room_id)?.is_none_or(|n| n > ALONE_MAX_MEMBERS) {
             return Ok(None);
         }
         let Some(ev) = ev.take() else {
