@@ -135,8 +135,8 @@ impl Opened {
         let db = Db::open(&config.database_path())?;
         // What the process kept of a database at this path before may not be this one's.
         if let Some(file) = db.file() {
-            crate::push::forget_database(&file);
-            crate::rooms::forget_database(&file);
+            crate::push::forget_database(file);
+            crate::rooms::forget_database(file);
         }
         let pos = db
             .max_stream_position()

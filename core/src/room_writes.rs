@@ -95,7 +95,12 @@ pub fn send_message(
     };
     let txn = Some((requester.device_id.as_str(), txn_id));
     let sending = server.local_heads.sending();
-    let ev = match sending.alone() && server.db.writer_is_idle() {
+    let may_go_alone = sending.alone()
+        && server.db.writer_is_idle()
+        && server.db.file().is_some_and(|file| {
+            crate::push::may_be_kept_with_at_most(file, room_id, ALONE_MAX_MEMBERS)
+        });
+    let ev = match may_go_alone {
         true => match send_alone(server, requester, room_id, ev, txn_id, ts)? {
             Alone::Sent(event_id) => return Ok(event_id),
             Alone::Declined(ev) => ev,
@@ -317,6 +322,11 @@ mod tests {
                 .is_some()
         };
         assert!(!kept(), "nothing evaluated in the room yet");
+        let hint = || {
+            let file = server.db.file().expect("a file");
+            crate::push::may_be_kept_with_at_most(file, &room, ALONE_MAX_MEMBERS)
+        };
+        assert!(!hint(), "not even tried before the room's context is kept");
         let alone = |body: &str, txn: &str| {
             send_alone(&server, &caller, &room, message(&alice, body), txn, None).expect("send")
         };
@@ -328,6 +338,7 @@ mod tests {
         let first = send_message(&server, &caller, &room, back.kind, back.content, "t1", None)
             .expect("first");
         assert!(kept(), "the usual way keeps the context");
+        assert!(hint());
         let second = alone("second", "t2").sent().expect("built in the write");
         assert_ne!(first, second);
         // A retried transaction gets its event back, whichever way it was sent.
@@ -389,6 +400,11 @@ mod tests {
             .read(|c| crate::push::kept_members(c, &room))
             .expect("read");
         assert_eq!(kept, Some(ALONE_MAX_MEMBERS + 1), "every member, kept");
+        let file = server.db.file().expect("a file");
+        assert!(
+            !crate::push::may_be_kept_with_at_most(file, &room, ALONE_MAX_MEMBERS),
+            "not even tried"
+        );
         let declined =
             send_alone(&server, &caller, &room, message(&alice, "two"), "t2", None).expect("send");
         assert!(

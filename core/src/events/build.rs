@@ -119,17 +119,17 @@ fn hash_and_sign(
     use ruma::signatures::KeyPair;
     use sha2::{Digest, Sha256};
 
+    debug_assert!(
+        !object.contains_key("signatures") && !object.contains_key("unsigned"),
+        "only a new event's own fields are signed and hashed here"
+    );
     let signing_error =
         |e: &dyn std::fmt::Display| Error::BadJson(format!("cannot sign event: {e}"));
     add_content_hash_to_event(object).map_err(|e| signing_error(&e))?;
     let redacted = redact(object.clone(), &rules.redaction, None::<RedactedBecause>)
         .map_err(|e| signing_error(&e))?;
+    // Its size is checked on the whole event afterwards (`check_pdu_format`).
     let signed = serde_json::to_string(&redacted).map_err(|e| signing_error(&e))?;
-    if signed.len() > MAX_PDU_BYTES {
-        return Err(Error::TooLarge(format!(
-            "event rejected: larger than {MAX_PDU_BYTES} bytes"
-        )));
-    }
     let signature = identity.keypair().sign(signed.as_bytes());
     let mut by_key = CanonicalJsonObject::new();
     by_key.insert(
@@ -148,9 +148,6 @@ fn hash_and_sign(
         _ => URL_SAFE_NO_PAD.encode(digest),
     })
 }
-
-/// The largest PDU peers accept, in bytes of canonical JSON (the spec's size limit).
-const MAX_PDU_BYTES: usize = 65_536;
 
 /// The id of a PDU in a room of these rules: its own `event_id` field in room versions
 /// 1 and 2 (which must name the server that made it), else its reference hash. `Err`

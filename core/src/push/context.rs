@@ -94,6 +94,16 @@ pub fn kept_members(c: &Connection, room_id: &str) -> Result<Option<usize>, Erro
         .map(|hit| hit.members.len()))
 }
 
+/// Whether a push context of `room_id` in the database `file` is kept with at most
+/// `max` members, whatever state it was read at: a hint that needs no connection, for
+/// deciding whether to try [`kept_members`] (which checks it is current) at all.
+pub fn may_be_kept_with_at_most(file: &str, room_id: &str, max: usize) -> bool {
+    CONTEXTS
+        .lock()
+        .get(&(file.to_owned(), room_id.to_owned()))
+        .is_some_and(|hit| hit.members.len() <= max)
+}
+
 /// The push context of `room_id` as this snapshot (`c`) has it.
 pub(super) fn room_context(c: &Connection, room_id: &str) -> Result<Arc<RoomContext>, Error> {
     let key = storage::push_context_key(c, room_id)?;

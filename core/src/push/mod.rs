@@ -18,7 +18,7 @@
 //! [`LocalNotifications`]; both take effect after the commit (`Server::write`).
 
 mod context;
-pub use context::{forget_database, kept_members};
+pub use context::{forget_database, kept_members, may_be_kept_with_at_most};
 #[cfg(test)]
 mod context_tests;
 mod defaults;

@@ -98,6 +98,8 @@ pub struct Db {
     room_changes: std::sync::Arc<changes::RoomChanges>,
     /// The owners of access tokens looked up lately (see [`token_cache`]).
     tokens: token_cache::TokenCache,
+    /// The database file, as SQLite names it ([`file_of`]).
+    file: Option<String>,
 }
 
 impl std::fmt::Debug for Db {
@@ -168,6 +170,28 @@ pub fn file_of(c: &Connection) -> Option<&str> {
 /// different state; keys of committed states never repeat.
 pub fn is_committed_snapshot(c: &Connection) -> bool {
     c.is_readonly(rusqlite::MAIN_DB).unwrap_or(false)
+}
+
+/// Ends a reader's transaction when dropped (see [`Db::read_tx`]). A read-only
+/// transaction has nothing to commit; `COMMIT` ends it either way.
+struct EndRead<'a>(&'a Connection);
+
+impl Drop for EndRead<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .0
+            .prepare_cached("COMMIT")
+            .and_then(|mut st| st.execute([]));
+    }
+}
+
+/// A reader, out of any transaction a caller left open (one that began its own and
+/// panicked before ending it), so that what it reads is current.
+fn fresh(conn: &Connection) -> &Connection {
+    if !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    conn
 }
 
 /// Keep each cached statement's query plan whatever values are bound to it. Without
@@ -251,6 +275,7 @@ impl Db {
             .query_row("SELECT pos FROM stream_sequence", [], |r| r.get(0))
             .map_err(open_err)?;
         let room_changes = std::sync::Arc::new(changes::RoomChanges::new(opened_at));
+        let file = file_of(&writer).map(str::to_owned);
         Ok(Db {
             writer: group_commit::GroupWriter::new(writer, room_changes.clone()),
             room_changes,
@@ -260,6 +285,7 @@ impl Db {
             writes: AtomicU64::new(0),
             after_commit: std::sync::OnceLock::new(),
             tokens: token_cache::TokenCache::new(),
+            file,
         })
     }
 
@@ -351,12 +377,12 @@ impl Db {
         // Prefer a free reader; fall back to waiting on the round-robin choice.
         for r in &self.readers {
             if let Some(conn) = r.try_lock() {
-                return f(&conn);
+                return f(fresh(&conn));
             }
         }
         let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
         let conn = self.readers[i].lock();
-        f(&conn)
+        f(fresh(&conn))
     }
 
     /// Run `f` inside a read transaction, so several queries see one snapshot.
@@ -364,12 +390,10 @@ impl Db {
         self.read(|conn| {
             // Cached statements: every send and every `/sync` opens one of these.
             conn.prepare_cached("BEGIN DEFERRED")?.execute([])?;
-            let out = f(conn);
-            // A read-only transaction has nothing to commit; end it either way.
-            let _ = conn
-                .prepare_cached("COMMIT")
-                .and_then(|mut st| st.execute([]));
-            out
+            // Ended however `f` ends, a panic included: a reader left inside a
+            // transaction would answer from its old snapshot for ever after.
+            let _end = EndRead(conn);
+            f(conn)
         })
     }
 
@@ -387,10 +411,8 @@ impl Db {
     }
 
     /// The database file, as SQLite names it ([`file_of`]).
-    pub fn file(&self) -> Option<String> {
-        self.read(|c| Ok(file_of(c).map(str::to_owned)))
-            .ok()
-            .flatten()
+    pub fn file(&self) -> Option<&str> {
+        self.file.as_deref()
     }
 
     /// Flush the WAL into the main file (on clean shutdown).
@@ -491,6 +513,30 @@ mod tests {
                    ORDER BY user_id LIMIT ?2";
         assert_eq!(db.read(|c| replans(c, sql, 5))?, 0, "on a reader");
         assert_eq!(db.write(|c| replans(c, sql, 5))?, 0, "on the writer");
+        Ok(())
+    }
+
+    /// A read transaction whose closure panics is still ended, and a reader left inside
+    /// one by a caller is taken out of it: later reads see later commits.
+    #[test]
+    fn a_reader_never_stays_on_an_old_snapshot() -> Result<(), Error> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::open(&dir.path().join("warren.db")).expect("open");
+        let pos = || db.max_stream_position();
+        let before = pos()?;
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = db.read_tx(|c| -> Result<(), Error> {
+                c.query_row("SELECT pos FROM stream_sequence", [], |r| {
+                    r.get::<_, i64>(0)
+                })?;
+                panic!("a bug while reading");
+            });
+        }));
+        assert!(panicked.is_err());
+        // A caller that begins a transaction of its own and leaves it open.
+        db.read(|c| Ok(c.execute_batch("BEGIN; SELECT pos FROM stream_sequence;")?))?;
+        db.write(|c| next_stream_position(c).map(|_| ()))?;
+        assert!(pos()? > before, "the reader sees the commit");
         Ok(())
     }
 }
