@@ -23,7 +23,7 @@ pub struct Prepared {
 }
 
 /// A local event built, signed and authorised on a reader's snapshot, with the room's
-/// forward extremities it was built on.
+/// forward extremities it was built on (in id order).
 pub struct Prebuilt {
     built: BuiltEvent,
     extremities: Vec<String>,
@@ -63,7 +63,9 @@ pub fn prebuild(
         (Some(room), Some(head)) => head.extremities(&version, group, in_db, room.taken_up_to()),
         _ => (in_db, false),
     };
-    let extremities = on.iter().map(|(id, _)| id.clone()).collect();
+    // In id order, as `still_current` reads them.
+    let mut extremities: Vec<String> = on.iter().map(|(id, _)| id.clone()).collect();
+    extremities.sort_unstable();
     let built = build_local_event_on(c, server, room_id, ev, ts, (version, group), on)?;
     let turn = match (&room, head.as_deref_mut()) {
         (Some(room), Some(head)) if chained => {
@@ -112,8 +114,9 @@ impl Prebuilt {
         if version != self.built.version || group != self.built.group_before {
             return Ok(false);
         }
-        let now = storage::forward_extremities(c, room_id)?;
-        Ok(now.len() == self.extremities.len()
-            && now.iter().zip(&self.extremities).all(|((a, _), b)| a == b))
+        // The same extremities make the same prev events and depth: compared as sets,
+        // both in id order (the depths, which would need every extremity looked up in
+        // `events`, follow from the ids).
+        Ok(storage::forward_extremity_ids(c, room_id)? == self.extremities)
     }
 }
