@@ -58,7 +58,18 @@ pub(super) struct AuthState {
     /// The parsed events, by event id (an entry whose event is missing or unreadable
     /// has none; lookups then go to the database as before).
     pdus: Vec<Arc<Pdu>>,
+    /// For an auth state read on a committed snapshot (and kept in [`KEPT`]): the
+    /// `(sender, type)` of message events the rules allowed on it (see
+    /// [`check_local_event_with`]), shared by every copy of the kept entry. `None` for
+    /// one the writer read itself.
+    allowed: Option<Arc<Mutex<Allowed>>>,
 }
+
+/// `(sender, type)` pairs of message events allowed on one auth state.
+type Allowed = Vec<(String, String)>;
+
+/// Most `(sender, type)` decisions remembered per kept auth state.
+const ALLOWED_KEPT: usize = 16;
 
 impl AuthState {
     /// Read `keys` of the room's current state (plus the create event, which the checks
@@ -90,8 +101,9 @@ impl AuthState {
         {
             return Ok(hit.clone());
         }
-        let (state, bytes) = Self::read(c, room_id, asked)?;
+        let (mut state, bytes) = Self::read(c, room_id, asked)?;
         if let Some(k) = kept_key.filter(|_| storage::is_committed_snapshot(c)) {
+            state.allowed = Some(Arc::default());
             KEPT.lock().put(k, state.clone(), bytes);
         }
         Ok(state)
@@ -141,6 +153,23 @@ impl AuthState {
         self.asked.iter().any(|(t, s)| t == ty && s == state_key)
     }
 
+    /// Whether a message event of `kind` from `sender` was allowed on this state before.
+    fn allowed_before(&self, sender: &str, kind: &str) -> bool {
+        self.allowed
+            .as_ref()
+            .is_some_and(|a| a.lock().iter().any(|(s, k)| s == sender && k == kind))
+    }
+
+    /// Remember that a message event of `kind` from `sender` is allowed on this state.
+    fn remember_allowed(&self, sender: &str, kind: &str) {
+        if let Some(a) = &self.allowed {
+            let mut a = a.lock();
+            if a.len() < ALLOWED_KEPT && !a.iter().any(|(s, k)| s == sender && k == kind) {
+                a.push((sender.to_owned(), kind.to_owned()));
+            }
+        }
+    }
+
     fn pdu(&self, event_id: &str) -> Option<Arc<Pdu>> {
         self.pdus
             .iter()
@@ -172,6 +201,17 @@ pub(super) fn check_local_event_with(
     pdu: &Pdu,
     known: &AuthState,
 ) -> Result<(), Error> {
+    // For a message event (no state key, not a redaction, whose target would matter)
+    // the rules read only its type, its sender and the auth state: its auth events are
+    // chosen from that state, and its content is not looked at. So a type a sender was
+    // allowed to send on a state (one read on a committed snapshot, whose key never
+    // comes back with other events) is allowed again without running the rules.
+    let decided_once =
+        pdu.state_key.is_none() && pdu.kind != ruma::events::TimelineEventType::RoomRedaction;
+    let (sender, kind) = (pdu.sender.as_str(), pdu.kind.to_string());
+    if decided_once && known.allowed_before(sender, &kind) {
+        return Ok(());
+    }
     let fetch_event = |id: &EventId| {
         known
             .pdu(id.as_str())
@@ -196,5 +236,8 @@ pub(super) fn check_local_event_with(
     };
     state_res::check_state_dependent_auth_rules(&rules.authorization, pdu, fetch_state)
         .map_err(|e| Error::Forbidden(format!("event not allowed: {e}")))?;
+    if decided_once {
+        known.remember_allowed(sender, &kind);
+    }
     Ok(())
 }

@@ -112,3 +112,33 @@ async fn auth_states_are_kept_for_a_bounded_number_of_keys() {
     let last = load(&server, &room, &bob);
     assert!(shared(&last, &load(&server, &room, &bob)));
 }
+
+/// A message type a sender was allowed to send on a kept state is allowed again without
+/// the rules; each decision is the sender's and the type's own, and a new state decides
+/// anew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_state_remembers_what_each_sender_may_send() {
+    let (_dir, node) = node().await;
+    let server = node.server().clone();
+    let [alice, bob, carol] = ["alice", "bob", "carol"].map(|u| server.user_id(u));
+    let room = public_room(&server, &alice, &[&bob]);
+    send(&server, &room, &bob, "t1").expect("bob may send");
+    send(&server, &room, &bob, "t2").expect("bob may send again");
+    let kept_state = load(&server, &room, &bob);
+    assert!(kept_state.allowed_before(&bob, "m.room.message"));
+    assert!(!kept_state.allowed_before(&bob, "m.room.other"));
+    assert!(!kept_state.allowed_before(&alice, "m.room.message"));
+    // Carol never joined: refused, whatever bob was allowed.
+    assert!(send(&server, &room, &carol, "t3").is_err());
+    // A new state (messages need power 50) decides again: bob is refused.
+    events_default(&server, &room, &alice, 50);
+    assert!(send(&server, &room, &bob, "t4").is_err());
+    assert!(!load(&server, &room, &bob).allowed_before(&bob, "m.room.message"));
+    // One read inside a write (of a state no reader has kept yet) keeps no decision.
+    events_default(&server, &room, &alice, 0);
+    let in_write = server
+        .write(|c| AuthState::load(c, &room, &keys(&bob)))
+        .expect("auth state in a write");
+    in_write.remember_allowed(&bob, "m.room.message");
+    assert!(!in_write.allowed_before(&bob, "m.room.message"));
+}
