@@ -26,6 +26,9 @@ pub struct Prepared {
 /// forward extremities it was built on (in id order).
 pub struct Prebuilt {
     built: BuiltEvent,
+    /// The room's state version it was built on (`storage::state_version`: the state
+    /// group and the count of redacted state events).
+    state_version: Option<[i64; 2]>,
     extremities: Vec<String>,
     /// Its place in the room's chain, if it was built on one: taken when this is
     /// dropped, by the write or by a send that ends without one.
@@ -76,6 +79,7 @@ pub fn prebuild(
     };
     Ok(Prebuilt {
         built,
+        state_version: storage::state_version(c, room_id)?,
         extremities,
         turn,
     })
@@ -111,7 +115,12 @@ impl Prebuilt {
         let Some((version, group)) = storage::room_info(c, room_id)? else {
             return Ok(false);
         };
-        if version != self.built.version || group != self.built.group_before {
+        // The redactions too: a redaction of a current state event (one received into
+        // a gap) changes the state the event was authorised on without a new group.
+        if version != self.built.version
+            || group != self.built.group_before
+            || storage::state_version(c, room_id)? != self.state_version
+        {
             return Ok(false);
         }
         // The same extremities make the same prev events and depth: compared as sets,

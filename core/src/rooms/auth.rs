@@ -65,6 +65,21 @@ pub(super) struct AuthState {
     allowed: Option<Arc<Mutex<Allowed>>>,
 }
 
+/// Whether the auth rules treat events of `kind` apart (reading their content, their
+/// state key or the event they redact): create, member, third-party invite, power
+/// levels (checked whatever the state key), redaction, aliases.
+fn has_rules_of_its_own(kind: &ruma::events::TimelineEventType) -> bool {
+    use ruma::events::TimelineEventType as T;
+    matches!(
+        kind,
+        T::RoomCreate
+            | T::RoomMember
+            | T::RoomThirdPartyInvite
+            | T::RoomPowerLevels
+            | T::RoomRedaction
+    ) || kind.to_string() == "m.room.aliases"
+}
+
 /// `(sender, type)` pairs of message events allowed on one auth state.
 type Allowed = Vec<(String, String)>;
 
@@ -201,13 +216,12 @@ pub(super) fn check_local_event_with(
     pdu: &Pdu,
     known: &AuthState,
 ) -> Result<(), Error> {
-    // For a message event (no state key, not a redaction, whose target would matter)
-    // the rules read only its type, its sender and the auth state: its auth events are
-    // chosen from that state, and its content is not looked at. So a type a sender was
-    // allowed to send on a state (one read on a committed snapshot, whose key never
-    // comes back with other events) is allowed again without running the rules.
-    let decided_once =
-        pdu.state_key.is_none() && pdu.kind != ruma::events::TimelineEventType::RoomRedaction;
+    // For an event without a state key, of a type the rules have no rule of its own
+    // for, the rules read only its type, its sender and the auth state: its auth events
+    // are chosen from that state, and its content is not looked at. So a type a sender
+    // was allowed to send on a state (one read on a committed snapshot, whose key never
+    // comes back with other state) is allowed again without running the rules.
+    let decided_once = pdu.state_key.is_none() && !has_rules_of_its_own(&pdu.kind);
     let (sender, kind) = (pdu.sender.as_str(), pdu.kind.to_string());
     if decided_once && known.allowed_before(sender, &kind) {
         return Ok(());

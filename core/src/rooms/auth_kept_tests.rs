@@ -142,3 +142,35 @@ async fn a_kept_state_remembers_what_each_sender_may_send() {
     in_write.remember_allowed(&bob, "m.room.message");
     assert!(!in_write.allowed_before(&bob, "m.room.message"));
 }
+
+/// Types the rules treat apart read the event itself: never allowed from memory. A
+/// power levels event sent as a message (no state key) is checked on its content each
+/// time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn types_with_rules_of_their_own_are_always_checked() {
+    let (_dir, node) = node().await;
+    let server = node.server().clone();
+    let [alice, bob] = ["alice", "bob"].map(|u| server.user_id(u));
+    let room = public_room(&server, &alice, &[&bob]);
+    let send_pl = |txn: &str, content: serde_json::Value| {
+        send_message(
+            &server,
+            &Requester::user(alice.clone(), "D"),
+            &room,
+            "m.room.power_levels".into(),
+            content,
+            txn,
+            None,
+        )
+    };
+    send_pl("p1", json!({})).expect("a valid one is allowed");
+    send_pl("p2", json!({})).expect("twice");
+    assert!(
+        !load(&server, &room, &alice).allowed_before(&alice, "m.room.power_levels"),
+        "not remembered"
+    );
+    assert!(
+        send_pl("p3", json!({"ban": "not a number"})).is_err(),
+        "an invalid one is refused on its content"
+    );
+}
