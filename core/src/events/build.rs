@@ -284,23 +284,19 @@ mod tests {
         );
     }
 
+    /// A message built by `id` in a room of `rules`.
+    fn built_message(id: &Identity, rules: &RoomVersionRules) -> (String, CanonicalJsonObject) {
+        let room = format!("!r:{}", id.server_name());
+        let ev = message(id.server_name());
+        build_pdu(id, rules, Some(&room), &ev, &[], &[], 1, 1000).expect("build")
+    }
+
     #[test]
     fn built_events_verify_with_the_key_from_the_server_name() {
         let id = identity();
         for v in crate::events::SUPPORTED_ROOM_VERSIONS {
             let (_, rules) = rules_for(v).expect("rules");
-            let room = format!("!r:{}", id.server_name());
-            let (event_id, obj) = build_pdu(
-                &id,
-                &rules,
-                Some(&room),
-                &message(id.server_name()),
-                &[],
-                &[],
-                1,
-                1000,
-            )
-            .expect("build");
+            let (event_id, obj) = built_message(&id, &rules);
             // Versions 1 and 2: `$random:server`, in the PDU; later: the hash, outside it.
             let own = rules.event_format.require_event_id;
             assert!(
@@ -333,18 +329,7 @@ mod tests {
         let id = identity();
         for v in crate::events::SUPPORTED_ROOM_VERSIONS {
             let (_, rules) = rules_for(v).expect("rules");
-            let room = format!("!r:{}", id.server_name());
-            let (event_id, ours) = build_pdu(
-                &id,
-                &rules,
-                Some(&room),
-                &message(id.server_name()),
-                &[],
-                &[],
-                1,
-                1000,
-            )
-            .expect("build");
+            let (event_id, ours) = built_message(&id, &rules);
             let mut theirs = ours.clone();
             theirs.remove("hashes");
             theirs.remove("signatures");
