@@ -81,44 +81,42 @@ static CONTEXTS: LazyLock<Mutex<Lru<Key, Arc<RoomContext>>>> =
 /// whether it is cheap enough to do inside the single writer). `None` if not kept.
 pub fn kept_members(c: &Connection, room_id: &str) -> Result<Option<usize>, Error> {
     let key = storage::push_context_key(c, room_id)?;
-    let Some(k) = key
-        .and(storage::file_of(c))
-        .map(|file| (file.to_owned(), room_id.to_owned()))
-    else {
-        return Ok(None);
-    };
-    Ok(CONTEXTS
-        .lock()
-        .get(&k)
-        .filter(|hit| hit.key == key)
-        .map(|hit| hit.members.len()))
+    Ok(kept_at(c, room_id, key).map(|hit| hit.members.len()))
 }
 
 /// Whether a push context of `room_id` in the database `file` is kept with at most
 /// `max` members, whatever state it was read at: a hint that needs no connection, for
 /// deciding whether to try [`kept_members`] (which checks it is current) at all.
 pub fn may_be_kept_with_at_most(file: &str, room_id: &str, max: usize) -> bool {
+    kept_in(file, room_id).is_some_and(|hit| hit.members.len() <= max)
+}
+
+/// The context of `room_id` kept for the database `file`, read at whatever state.
+fn kept_in(file: &str, room_id: &str) -> Option<Arc<RoomContext>> {
     CONTEXTS
         .lock()
         .get(&(file.to_owned(), room_id.to_owned()))
-        .is_some_and(|hit| hit.members.len() <= max)
+        .cloned()
+}
+
+/// The context of `room_id` kept for `c`'s database at `key`, if any.
+fn kept_at(c: &Connection, room_id: &str, key: Option<[i64; 3]>) -> Option<Arc<RoomContext>> {
+    let file = key.and(storage::file_of(c))?;
+    kept_in(file, room_id).filter(|hit| hit.key == key)
 }
 
 /// The push context of `room_id` as this snapshot (`c`) has it.
 pub(super) fn room_context(c: &Connection, room_id: &str) -> Result<Arc<RoomContext>, Error> {
     let key = storage::push_context_key(c, room_id)?;
-    let cache_key = key
-        .and(storage::file_of(c))
-        .map(|file| (file.to_owned(), room_id.to_owned()));
-    if let Some(k) = &cache_key
-        && let Some(hit) = CONTEXTS.lock().get(k)
-        && hit.key == key
-    {
-        return Ok(hit.clone());
+    if let Some(hit) = kept_at(c, room_id, key) {
+        return Ok(hit);
     }
     let context = Arc::new(read(c, room_id, key)?);
     // The writer may use what readers kept, never keep what it read itself.
-    if let Some(k) = cache_key.filter(|_| storage::is_committed_snapshot(c)) {
+    if let Some(file) = key.and(storage::file_of(c))
+        && storage::is_committed_snapshot(c)
+    {
+        let k = (file.to_owned(), room_id.to_owned());
         CONTEXTS.lock().put(k, context.clone(), context.bytes);
     }
     Ok(context)

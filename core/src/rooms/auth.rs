@@ -68,16 +68,16 @@ pub(super) struct AuthState {
 /// Whether the auth rules treat events of `kind` apart (reading their content, their
 /// state key or the event they redact): create, member, third-party invite, power
 /// levels (checked whatever the state key), redaction, aliases.
-fn has_rules_of_its_own(kind: &ruma::events::TimelineEventType) -> bool {
-    use ruma::events::TimelineEventType as T;
+fn has_rules_of_its_own(kind: &str) -> bool {
     matches!(
         kind,
-        T::RoomCreate
-            | T::RoomMember
-            | T::RoomThirdPartyInvite
-            | T::RoomPowerLevels
-            | T::RoomRedaction
-    ) || kind.to_string() == "m.room.aliases"
+        "m.room.create"
+            | "m.room.member"
+            | "m.room.third_party_invite"
+            | "m.room.power_levels"
+            | "m.room.redaction"
+            | "m.room.aliases"
+    )
 }
 
 /// `(sender, type)` pairs of message events allowed on one auth state.
@@ -221,8 +221,8 @@ pub(super) fn check_local_event_with(
     // are chosen from that state, and its content is not looked at. So a type a sender
     // was allowed to send on a state (one read on a committed snapshot, whose key never
     // comes back with other state) is allowed again without running the rules.
-    let decided_once = pdu.state_key.is_none() && !has_rules_of_its_own(&pdu.kind);
     let (sender, kind) = (pdu.sender.as_str(), pdu.kind.to_string());
+    let decided_once = pdu.state_key.is_none() && !has_rules_of_its_own(&kind);
     if decided_once && known.allowed_before(sender, &kind) {
         return Ok(());
     }
