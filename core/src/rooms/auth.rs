@@ -84,7 +84,7 @@ fn has_rules_of_its_own(kind: &str) -> bool {
 type Allowed = Vec<(String, String)>;
 
 /// Most `(sender, type)` decisions remembered per kept auth state.
-const ALLOWED_KEPT: usize = 16;
+pub(super) const ALLOWED_KEPT: usize = 16;
 
 impl AuthState {
     /// Read `keys` of the room's current state (plus the create event, which the checks

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use ruma::events::StateEventType;
 use serde_json::json;
 
-use super::{AuthState, KEPT_ENTRIES, kept};
+use super::{ALLOWED_KEPT, AuthState, KEPT_ENTRIES, kept};
 use crate::requester::Requester;
 use crate::room_writes::send_message;
 use crate::rooms::append_event;
@@ -173,4 +173,39 @@ async fn types_with_rules_of_their_own_are_always_checked() {
         send_pl("p3", json!({"ban": "not a number"})).is_err(),
         "an invalid one is refused on its content"
     );
+}
+
+/// Each kept state remembers at most [`ALLOWED_KEPT`] decisions; past that, types are
+/// checked every time (and still allowed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_state_remembers_a_bounded_number_of_decisions() {
+    let (_dir, node) = node().await;
+    let server = node.server().clone();
+    let [alice, bob] = ["alice", "bob"].map(|u| server.user_id(u));
+    let room = public_room(&server, &alice, &[&bob]);
+    let caller = Requester::user(bob.clone(), "D");
+    let kinds: Vec<String> = (0..ALLOWED_KEPT + 4)
+        .map(|i| format!("org.example.t{i}"))
+        .collect();
+    for (i, kind) in kinds.iter().enumerate() {
+        send_message(
+            &server,
+            &caller,
+            &room,
+            kind.clone(),
+            json!({}),
+            &format!("k{i}"),
+            None,
+        )
+        .expect("allowed");
+    }
+    let state = load(&server, &room, &bob);
+    let remembered = kinds
+        .iter()
+        .filter(|k| state.allowed_before(&bob, k))
+        .count();
+    assert_eq!(remembered, ALLOWED_KEPT);
+    // One past the bound is still allowed, on the rules.
+    let last = kinds.last().expect("kinds").clone();
+    send_message(&server, &caller, &room, last, json!({}), "again", None).expect("allowed");
 }
