@@ -139,10 +139,13 @@ impl Checkpointer {
             .query_row("PRAGMA page_size", [], |r| r.get(0))
             .unwrap_or(4096);
         match checkpoint(conn, Mode::Restart) {
-            Ok(frames) if frames.saturating_mul(page_size) > 2 * RESTART_ABOVE => {
+            // It collided with the checkpoint thread's own run: the next write tries again
+            // (the WAL grew without limit when this request was dropped).
+            Ok(None) => self.shared.restart_wanted.store(true, Ordering::Release),
+            Ok(Some(frames)) if frames.saturating_mul(page_size) > 2 * RESTART_ABOVE => {
                 self.shared.restart_wanted.store(true, Ordering::Release);
             }
-            Ok(_) => {}
+            Ok(Some(_)) => {}
             Err(e) => tracing::warn!(error = %e, "WAL restart failed"),
         }
         let _ = conn.busy_timeout(Duration::from_millis(super::BUSY_TIMEOUT_MS as u64));
@@ -188,18 +191,34 @@ fn run(conn: &Connection, shared: &Shared) {
         };
         // Idle: nothing waits on the writer, so empty the file. Under load: copy what
         // can be copied without waiting, and have the writer start the WAL over once it
-        // is big.
+        // is big. While the writer is asked to, stay out of its way: a checkpoint holds
+        // SQLite's checkpoint lock, which makes the writer's restart fail at once, and
+        // under a fast load this thread's passive runs (tens of milliseconds each) came
+        // back to back, so the writer's restart never found the lock free.
+        // (Looked at again once the load stops, when no write will act on the request.)
+        if !idle && shared.restart_wanted.load(Ordering::Acquire) {
+            let mut st = shared.state.lock();
+            st.pending = st.pending.max(1);
+            continue;
+        }
         let mode = if idle { Mode::Truncate } else { Mode::Passive };
-        match checkpoint(conn, mode) {
-            Ok(frames) => {
+        let ran = match checkpoint(conn, mode) {
+            Ok(Some(frames)) => {
                 let big = frames.saturating_mul(page_size) > RESTART_ABOVE;
                 shared.restart_wanted.store(big, Ordering::Release);
+                true
             }
-            Err(e) => tracing::warn!(error = %e, ?mode, "WAL checkpoint failed"),
-        }
-        // After a run under load, or an idle one that readers kept from finishing,
-        // look again once the load stops, even if no commit comes to wake this thread.
-        if !idle || shared.restart_wanted.load(Ordering::Acquire) {
+            // The writer was restarting the WAL: leave its request as it is.
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!(error = %e, ?mode, "WAL checkpoint failed");
+                true
+            }
+        };
+        // After a run under load, or an idle one that readers (or the writer's restart)
+        // kept from finishing, look again once the load stops, even if no commit comes
+        // to wake this thread.
+        if !idle || !ran || shared.restart_wanted.load(Ordering::Acquire) {
             let mut st = shared.state.lock();
             st.pending = st.pending.max(1);
         }
@@ -207,22 +226,31 @@ fn run(conn: &Connection, shared: &Shared) {
 }
 
 /// Run one checkpoint; returns the frames left in the WAL for the next decision (all of
-/// them if the checkpoint was busy, none once the WAL was started over or emptied).
-fn checkpoint(conn: &Connection, mode: Mode) -> rusqlite::Result<i64> {
+/// them if readers kept it from finishing, none once the WAL was started over or
+/// emptied), or `None` if it could not run at all: another connection was checkpointing
+/// at that moment (SQLite answers busy at once, without calling the busy handler).
+fn checkpoint(conn: &Connection, mode: Mode) -> rusqlite::Result<Option<i64>> {
     let (busy, log, _copied): (i64, i64, i64) =
         conn.query_row(mode.pragma(), [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    if log < 0 {
+        tracing::debug!(
+            ?mode,
+            "WAL checkpoint could not run (another one under way)"
+        );
+        return Ok(None);
+    }
     if busy != 0 {
         tracing::debug!(
             ?mode,
             log,
             "WAL checkpoint could not finish (readers or a writer busy)"
         );
-        return Ok(log);
+        return Ok(Some(log));
     }
-    Ok(match mode {
+    Ok(Some(match mode {
         Mode::Passive => log,
         Mode::Restart | Mode::Truncate => 0,
-    })
+    }))
 }
 
 #[cfg(test)]
