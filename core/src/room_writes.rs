@@ -130,10 +130,9 @@ pub fn send_message(
         built.wait_turn();
     }
     let appended = server.write(|tx| {
-        if !rooms::is_retry(tx, room_id, &ev, &requester.device_id, txn_id)? {
-            crate::relations::check_new_relation(tx, room_id, &ev.sender, &ev.kind, &ev.content)?;
-        }
-        rooms::append_prepared(tx, server, room_id, ev, txn, ts, ahead)
+        rooms::append_prepared_checked(tx, server, room_id, ev, txn, ts, ahead, |ev| {
+            crate::relations::check_new_relation(tx, room_id, &ev.sender, &ev.kind, &ev.content)
+        })
     })?;
     Ok(appended.event_id)
 }
@@ -169,13 +168,13 @@ fn send_alone(
         let Some(ev) = ev.take() else {
             return Ok(None);
         };
-        if !rooms::is_retry(tx, room_id, &ev, &requester.device_id, txn_id)? {
-            server.rate_limit_requester(Action::Message, requester)?;
-            crate::relations::check_new_relation(tx, room_id, &ev.sender, &ev.kind, &ev.content)?;
-        }
         let txn = Some((requester.device_id.as_str(), txn_id));
-        rooms::append_prepared(tx, server, room_id, ev, txn, ts, rooms::Prepared::default())
-            .map(Some)
+        let ahead = rooms::Prepared::default();
+        rooms::append_prepared_checked(tx, server, room_id, ev, txn, ts, ahead, |ev| {
+            server.rate_limit_requester(Action::Message, requester)?;
+            crate::relations::check_new_relation(tx, room_id, &ev.sender, &ev.kind, &ev.content)
+        })
+        .map(Some)
     })?;
     match (appended, ev) {
         (Some(appended), _) => Ok(Alone::Sent(appended.event_id)),

@@ -76,6 +76,23 @@ pub fn append_prepared(
     ts: Option<i64>,
     ahead: Prepared,
 ) -> Result<Appended, Error> {
+    append_prepared_checked(c, server, room_id, ev, txn, ts, ahead, |_| Ok(()))
+}
+
+/// [`append_prepared`], running `new_event_only` first when the event is new (not a
+/// retried transaction, whose event is the answer): the checks a retry skips (rate
+/// limit, relation) without a second lookup of the transaction.
+#[allow(clippy::too_many_arguments)]
+pub fn append_prepared_checked(
+    c: &Connection,
+    server: &Server,
+    room_id: &str,
+    ev: NewEvent,
+    txn: Option<(&str, &str)>,
+    ts: Option<i64>,
+    ahead: Prepared,
+    new_event_only: impl FnOnce(&NewEvent) -> Result<(), Error>,
+) -> Result<Appended, Error> {
     let mut key = None;
     if let Some((device, txn_id)) = txn {
         match storage::txn_lookup(c, &ev.sender, device, txn_id, txn_scope(room_id, &ev))? {
@@ -91,6 +108,7 @@ pub fn append_prepared(
             TxnSlot::Free(k) => key = Some(k),
         }
     }
+    new_event_only(&ev)?;
     let txn = txn
         .zip(key.as_deref())
         .map(|((device, txn_id), key)| ClientTxn {
