@@ -95,8 +95,11 @@ pub fn send_message(
     };
     let txn = Some((requester.device_id.as_str(), txn_id));
     let sending = server.local_heads.sending();
+    // A client out of tokens is refused on a reader (below), not in a write: a local
+    // app sending as fast as it can must not hold the writer with every refusal.
     let may_go_alone = sending.alone()
         && server.db.writer_is_idle()
+        && server.rate_limit_allows(Action::Message, requester)
         && server.db.file().is_some_and(|file| {
             crate::push::may_be_kept_with_at_most(file, room_id, ALONE_MAX_MEMBERS)
         });
@@ -377,6 +380,45 @@ mod tests {
             .expect("join");
         assert!(!kept());
         assert!(alone("third", "t3").sent().is_none());
+    }
+
+    /// A client out of message tokens is refused without taking the writer, lone or
+    /// not; its retried transactions still get their events back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rate_limited_send_is_refused_without_a_write() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = crate::Config::new(dir.path());
+        config.client_addr = "127.0.0.1:0".parse().expect("addr");
+        config.rate_limits.set(
+            Action::Message,
+            Some(crate::ratelimit::Rate::new(0.001, 2.0)),
+        );
+        let node = crate::node::Node::start(config).await.expect("start");
+        let server = node.server().clone();
+        let alice = server.user_id("alice");
+        let bob = server.user_id("bob");
+        let room = public_room(&server, &alice, &[&bob]);
+        let caller = Requester::user(alice.clone(), "PHONE");
+        let send = |body: &str, txn: &str| {
+            let msg = message(&alice, body);
+            send_message(&server, &caller, &room, msg.kind, msg.content, txn, None)
+        };
+        let first = send("first", "t1").expect("first token");
+        // The push context is kept now: the second goes alone, with the last token.
+        let second = send("second", "t2").expect("second token");
+        let writes = server.db.writer_stats().writes;
+        let refused = send("third", "t3").expect_err("no token left");
+        assert!(
+            matches!(refused, Error::RateLimited(_)),
+            "refused as rate limited: {refused:?}"
+        );
+        assert_eq!(
+            server.db.writer_stats().writes,
+            writes,
+            "refused without taking the writer"
+        );
+        assert_eq!(send("second", "t2").expect("a retry"), second);
+        assert_eq!(send("first", "t1").expect("a retry"), first);
     }
 
     /// In a room with more members to evaluate than a write should hold the writer for,

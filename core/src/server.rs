@@ -139,6 +139,16 @@ impl Server {
         }
     }
 
+    /// Whether [`Server::rate_limit_requester`] would let `requester` through now,
+    /// without taking a token.
+    pub fn rate_limit_allows(
+        &self,
+        action: crate::ratelimit::Action,
+        requester: &crate::requester::Requester,
+    ) -> bool {
+        !requester.rate_limited() || self.limiter.check(action, &requester.user_id).is_ok()
+    }
+
     /// The federation transport, once one is attached.
     pub fn transport(&self) -> Option<&Arc<dyn FederationTransport>> {
         self.federation.transport.get()
