@@ -227,12 +227,17 @@ fn run(conn: &Connection, shared: &Shared) {
 
 /// Run one checkpoint; returns the frames left in the WAL for the next decision (all of
 /// them if readers kept it from finishing, none once the WAL was started over or
-/// emptied), or `None` if it could not run at all: another connection was checkpointing
-/// at that moment (SQLite answers busy at once, without calling the busy handler).
+/// emptied, or not in WAL mode at all), or `None` if it could not run: another
+/// connection was checkpointing at that moment (SQLite answers busy at once, without
+/// calling the busy handler).
 fn checkpoint(conn: &Connection, mode: Mode) -> rusqlite::Result<Option<i64>> {
     let (busy, log, _copied): (i64, i64, i64) =
         conn.query_row(mode.pragma(), [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
     if log < 0 {
+        if busy == 0 {
+            // Not in WAL mode (a file system without shared memory): no WAL to bound.
+            return Ok(Some(0));
+        }
         tracing::debug!(
             ?mode,
             "WAL checkpoint could not run (another one under way)"
