@@ -163,6 +163,25 @@ fn quick_json_has_every_figure_as_a_number() {
         assert!(FIGURES.contains(&b["figure"].as_str().unwrap_or("")), "{b}");
     }
     assert!(report["against"].is_null());
+    // Node A's writer per phase: every send phase ran writes, each share is a percentage.
+    let writer = report["writer"].as_array().cloned().unwrap_or_default();
+    let phase = |name: &str| {
+        writer
+            .iter()
+            .find(|p| p["phase"].as_str().is_some_and(|n| n.starts_with(name)))
+            .cloned()
+            .unwrap_or_else(|| panic!("no writer figures for {name}: {report}"))
+    };
+    for name in [
+        "sequential sends",
+        "concurrent sends, 10 clients in 10 rooms",
+    ] {
+        let p = phase(name);
+        assert!(p["writes"].as_u64() > Some(0), "{p}");
+        assert!(p["commits"].as_u64() > Some(0), "{p}");
+        let busy = p["busy_pct"].as_f64().unwrap_or(-1.0);
+        assert!((0.0..=100.0).contains(&busy), "{p}");
+    }
 }
 
 /// A `warren run` child on a temporary directory; killed when dropped.

@@ -338,14 +338,26 @@ async fn measure(args: &BenchArgs, nodes: &Handle) -> anyhow::Result<Value> {
 
     let db_before = db_bytes(&a.node, &dir_a)?;
     let messages = AtomicU64::new(0);
+    // Node A's single writer at the start of each phase: how busy it was in each.
+    let server_a = a.node.server().clone();
+    let marks = std::cell::RefCell::new(Vec::new());
+    let mark = |what: &str| {
+        progress(what);
+        let stats = server_a.db.writer_stats();
+        marks
+            .borrow_mut()
+            .push((what.to_owned(), Instant::now(), stats));
+    };
     let local = suite::run(
         &Accounts::register(&a.node.client_url()),
         &sizes,
         &messages,
-        &progress,
+        &mark,
     )
     .await
     .context("measuring the local node")?;
+    mark("(end)");
+    let writer = writer_phases(&marks.into_inner());
     let db_after = db_bytes(&a.node, &dir_a)?;
     let sent = messages.load(Ordering::Relaxed).max(1);
     node.db_bytes_per_10k_messages =
@@ -413,7 +425,35 @@ async fn measure(args: &BenchArgs, nodes: &Handle) -> anyhow::Result<Value> {
         })
         .await?;
     }
-    Ok(report(args, &sizes, &local, &node, against.as_ref()))
+    let mut report = report(args, &sizes, &local, &node, against.as_ref());
+    report["writer"] = writer;
+    Ok(report)
+}
+
+/// Node A's writer in each client-API phase, from the marks taken as each began (the
+/// phase's setup, such as creating its rooms, included): how long the phase took, the
+/// writes and commits it ran, and the share of its time the writer was held. A share
+/// near 100 % means sends queued for the writer; well below it, they did not.
+fn writer_phases(marks: &[(String, Instant, warren_core::storage::WriterStats)]) -> Value {
+    let phases: Vec<Value> = marks
+        .windows(2)
+        .map(|w| {
+            let ((phase, from, before), (_, to, after)) = (&w[0], &w[1]);
+            let seconds = to.duration_since(*from).as_secs_f64();
+            let writes = after.writes.saturating_sub(before.writes);
+            let commits = after.commits.saturating_sub(before.commits);
+            let busy = after.busy_ns.saturating_sub(before.busy_ns) as f64 / 1e9;
+            json!({
+                "phase": phase,
+                "seconds": round(seconds),
+                "writes": writes,
+                "commits": commits,
+                "writes_per_commit": round(writes as f64 / commits.max(1) as f64),
+                "busy_pct": round(100.0 * busy / seconds.max(1e-9)),
+            })
+        })
+        .collect();
+    Value::Array(phases)
 }
 
 /// Size of the warren-mobile cdylib built next to this executable (the same profile's
@@ -674,6 +714,18 @@ fn table(report: &Value) -> Vec<String> {
             "other: {} (ratio = warren / other)",
             other["url"].as_str().unwrap_or("?")
         ));
+    }
+    if let Some(phases) = report["writer"].as_array() {
+        lines.push("node A's writer, per phase: held, writes, writes per commit".into());
+        for p in phases {
+            lines.push(format!(
+                "  {:<60} {:>5.1} % {:>7} {:>6.2}",
+                p["phase"].as_str().unwrap_or("?"),
+                p["busy_pct"].as_f64().unwrap_or(0.0),
+                p["writes"].as_u64().unwrap_or(0),
+                p["writes_per_commit"].as_f64().unwrap_or(0.0),
+            ));
+        }
     }
     lines
 }
