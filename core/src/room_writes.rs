@@ -133,7 +133,7 @@ pub fn send_message(
         built.wait_turn();
     }
     let appended = server.write(|tx| {
-        rooms::append_prepared_checked(tx, server, room_id, ev, txn, ts, ahead, |ev| {
+        rooms::append_prepared(tx, server, room_id, ev, txn, ts, ahead, |ev| {
             crate::relations::check_new_relation(tx, room_id, &ev.sender, &ev.kind, &ev.content)
         })
     })?;
@@ -173,7 +173,7 @@ fn send_alone(
         };
         let txn = Some((requester.device_id.as_str(), txn_id));
         let ahead = rooms::Prepared::default();
-        rooms::append_prepared_checked(tx, server, room_id, ev, txn, ts, ahead, |ev| {
+        rooms::append_prepared(tx, server, room_id, ev, txn, ts, ahead, |ev| {
             server.rate_limit_requester(Action::Message, requester)?;
             crate::relations::check_new_relation(tx, room_id, &ev.sender, &ev.kind, &ev.content)
         })

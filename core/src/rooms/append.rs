@@ -63,27 +63,17 @@ pub fn append_event_at(
     txn: Option<(&str, &str)>,
     ts: Option<i64>,
 ) -> Result<Appended, Error> {
-    append_prepared(c, server, room_id, ev, txn, ts, Prepared::default())
+    append_prepared(c, server, room_id, ev, txn, ts, Prepared::default(), |_| {
+        Ok(())
+    })
 }
 
-/// [`append_event_at`] with what was [`Prepared`] before the write.
-pub fn append_prepared(
-    c: &Connection,
-    server: &Server,
-    room_id: &str,
-    ev: NewEvent,
-    txn: Option<(&str, &str)>,
-    ts: Option<i64>,
-    ahead: Prepared,
-) -> Result<Appended, Error> {
-    append_prepared_checked(c, server, room_id, ev, txn, ts, ahead, |_| Ok(()))
-}
-
-/// [`append_prepared`], running `new_event_only` first when the event is new (not a
-/// retried transaction, whose event is the answer): the checks a retry skips (rate
-/// limit, relation) without a second lookup of the transaction.
+/// [`append_event_at`] with what was [`Prepared`] before the write, running
+/// `new_event_only` first when the event is new (not a retried transaction, whose event
+/// is the answer): the checks a retry skips (rate limit, relation) without a second
+/// lookup of the transaction.
 #[allow(clippy::too_many_arguments)]
-pub fn append_prepared_checked(
+pub fn append_prepared(
     c: &Connection,
     server: &Server,
     room_id: &str,

@@ -32,8 +32,8 @@ pub mod visibility;
 
 pub use ahead::{Prebuilt, Prepared, prebuild};
 pub use append::{
-    Appended, ClientTxn, append_event, append_event_at, append_prepared, append_prepared_checked,
-    is_retry, load_pdu, random_string, unchanged_state,
+    Appended, ClientTxn, append_event, append_event_at, append_prepared, is_retry, load_pdu,
+    random_string, unchanged_state,
 };
 pub use create::{CreateRoom, add_rich_topic, create_room};
 pub use hierarchy::{HierarchyRequest, space_hierarchy};

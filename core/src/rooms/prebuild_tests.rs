@@ -35,7 +35,7 @@ fn built_ahead(server: &Server, room: &str, msg: &NewEvent) -> Prebuilt {
 /// The write of a send, with what was worked out before it.
 fn write_prepared(server: &Server, room: &str, msg: NewEvent, prepared: Prepared) -> Appended {
     server
-        .write(|c| append_prepared(c, server, room, msg, None, None, prepared))
+        .write(|c| append_prepared(c, server, room, msg, None, None, prepared, |_| Ok(())))
         .expect("write")
 }
 
