@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use rusqlite::Connection;
 use serde_json::Value;
 
 use crate::error::Error;
@@ -76,7 +77,8 @@ pub fn send(
 /// A message event (`PUT /rooms/{roomId}/send/{eventType}/{txnId}`) of `kind` from the
 /// requester, at `ts` (an application service's timestamp) if given. A retried
 /// transaction gets its event back; only a new one is rate limited and has its
-/// relation checked.
+/// relation checked. Blocks its thread while it waits for the writer; async callers use
+/// [`send_message_async`], the same send.
 pub fn send_message(
     server: &Server,
     requester: &Requester,
@@ -86,35 +88,110 @@ pub fn send_message(
     txn_id: &str,
     ts: Option<i64>,
 ) -> Result<String, Error> {
-    let ev = NewEvent {
+    let ev = message(requester, kind, content);
+    let sending = server.local_heads.sending();
+    let ev = match may_go_alone(server, requester, room_id, &sending) {
+        true => {
+            match server.write(|tx| send_alone(tx, server, requester, room_id, ev, txn_id, ts))? {
+                Alone::Sent(event_id) => return Ok(event_id),
+                Alone::Declined(ev) => ev,
+            }
+        }
+        false => ev,
+    };
+    let ready = ready_to_write(server, requester, room_id, ev, txn_id, ts)?;
+    server.write(|tx| ready.append(tx, server))
+}
+
+/// [`send_message`] for async callers: its writes are queued for the writer
+/// ([`Server::write_async`]) instead of waited for on a blocked thread.
+pub async fn send_message_async(
+    server: &Arc<Server>,
+    requester: &Requester,
+    room_id: &str,
+    kind: String,
+    content: Value,
+    txn_id: &str,
+    ts: Option<i64>,
+) -> Result<String, Error> {
+    let ev = message(requester, kind, content);
+    let sending = server.local_heads.sending();
+    let ev = match may_go_alone(server, requester, room_id, &sending) {
+        true => {
+            let (s, r) = (Arc::clone(server), requester.clone());
+            let (room, txn) = (room_id.to_owned(), txn_id.to_owned());
+            let alone = server
+                .write_async(move |tx| send_alone(tx, &s, &r, &room, ev, &txn, ts))
+                .await?;
+            match alone {
+                Alone::Sent(event_id) => return Ok(event_id),
+                Alone::Declined(ev) => ev,
+            }
+        }
+        false => ev,
+    };
+    let ready = ready_to_write(server, requester, room_id, ev, txn_id, ts)?;
+    let s = Arc::clone(server);
+    let event_id = server.write_async(move |tx| ready.append(tx, &s)).await;
+    drop(sending);
+    event_id
+}
+
+/// The message event `requester` sends.
+fn message(requester: &Requester, kind: String, content: Value) -> NewEvent {
+    NewEvent {
         kind,
         state_key: None,
         content,
         sender: requester.user_id.clone(),
         redacts: None,
-    };
-    let txn = Some((requester.device_id.as_str(), txn_id));
-    let sending = server.local_heads.sending();
-    // A client out of tokens is refused on a reader (below), not in a write: a local
-    // app sending as fast as it can must not hold the writer with every refusal.
-    let may_go_alone = sending.alone()
+    }
+}
+
+/// Whether a send may be built in its write ([`send_alone`]): no other send under way,
+/// the writer free, the client not out of tokens and the room's push context kept with
+/// few enough members. A client out of tokens is refused on a reader (in
+/// [`ready_to_write`]), not in a write: a local app sending as fast as it can must not
+/// hold the writer with every refusal.
+fn may_go_alone(
+    server: &Server,
+    requester: &Requester,
+    room_id: &str,
+    sending: &crate::rooms::heads::Sending<'_>,
+) -> bool {
+    sending.alone()
         && server.db.writer_is_idle()
         && server.rate_limit_allows(Action::Message, requester)
         && server.db.file().is_some_and(|file| {
             crate::push::may_be_kept_with_at_most(file, room_id, ALONE_MAX_MEMBERS)
-        });
-    let ev = match may_go_alone {
-        true => match send_alone(server, requester, room_id, ev, txn_id, ts)? {
-            Alone::Sent(event_id) => return Ok(event_id),
-            Alone::Declined(ev) => ev,
-        },
-        false => ev,
-    };
-    // A new send (not a retried transaction) takes its rate-limit token first, so a
-    // limited client costs no work. Then the event is built, signed and authorised,
-    // and the members' push rules evaluated, here on a read snapshot rather than in
-    // the single writer, which uses them only if the room has not moved on (and builds
-    // and evaluates again if it has). A failure here is left to the write to answer.
+        })
+}
+
+/// A send made ready on a reader, owning what its write needs.
+struct ReadySend {
+    room_id: String,
+    ev: NewEvent,
+    device_id: String,
+    txn_id: String,
+    ts: Option<i64>,
+    ahead: rooms::Prepared,
+}
+
+/// Build a send ahead of its write. A new send (not a retried transaction) takes its
+/// rate-limit token first, so a limited client costs no work. Then the event is built,
+/// signed and authorised, and the members' push rules evaluated, here on a read
+/// snapshot rather than in the single writer, which uses them only if the room has not
+/// moved on (and builds and evaluates again if it has). A failure here is left to the
+/// write to answer. Returns once the send built before it in the room has taken the
+/// writer.
+fn ready_to_write(
+    server: &Server,
+    requester: &Requester,
+    room_id: &str,
+    ev: NewEvent,
+    txn_id: &str,
+    ts: Option<i64>,
+) -> Result<ReadySend, Error> {
     let ahead = server.db.read_tx(|c| {
         if rooms::is_retry(c, room_id, &ev, &requester.device_id, txn_id)? {
             return Ok(rooms::Prepared::default());
@@ -132,12 +209,34 @@ pub fn send_message(
     if let Some(built) = &ahead.built {
         built.wait_turn();
     }
-    let appended = server.write(|tx| {
-        rooms::append_prepared(tx, server, room_id, ev, txn, ts, ahead, |ev| {
-            crate::relations::check_new_relation(tx, room_id, &ev.sender, &ev.kind, &ev.content)
-        })
-    })?;
-    Ok(appended.event_id)
+    Ok(ReadySend {
+        room_id: room_id.to_owned(),
+        ev,
+        device_id: requester.device_id.clone(),
+        txn_id: txn_id.to_owned(),
+        ts,
+        ahead,
+    })
+}
+
+impl ReadySend {
+    /// The write: the event appended (the one built ahead if the room has not moved
+    /// on), its relation checked unless the transaction is a retry.
+    fn append(self, tx: &Connection, server: &Server) -> Result<String, Error> {
+        let ReadySend {
+            room_id,
+            ev,
+            device_id,
+            txn_id,
+            ts,
+            ahead,
+        } = self;
+        let txn = Some((device_id.as_str(), txn_id.as_str()));
+        let appended = rooms::append_prepared(tx, server, &room_id, ev, txn, ts, ahead, |ev| {
+            crate::relations::check_new_relation(tx, &room_id, &ev.sender, &ev.kind, &ev.content)
+        })?;
+        Ok(appended.event_id)
+    }
 }
 
 /// Most members whose push rules a send built in its write evaluates there ([`send_alone`]):
@@ -145,17 +244,18 @@ pub fn send_message(
 /// big room's evaluations would keep every other write waiting.
 const ALONE_MAX_MEMBERS: usize = 16;
 
-/// A message sent while no other send is under way and the writer is free: built,
-/// signed, authorised and evaluated inside its write, with no read transaction before
-/// it. Building ahead on a reader ([`rooms::prebuild`]) is what keeps the writer free
-/// for others while a send signs; with nobody else sending it only adds a snapshot
-/// whose page cache starts cold after every write, and the checks that the room has
-/// not moved on since. Only where the room's push context is kept in memory and has
-/// at most [`ALONE_MAX_MEMBERS`] members to evaluate (so the write holds the writer for
-/// about as long as one built ahead would); otherwise the event comes back
-/// ([`Alone::Declined`]) to be sent the usual way, which keeps the context for the
+/// The write of a message sent while no other send is under way and the writer is
+/// free: built, signed, authorised and evaluated inside its write, with no read
+/// transaction before it. Building ahead on a reader ([`rooms::prebuild`]) is what
+/// keeps the writer free for others while a send signs; with nobody else sending it
+/// only adds a snapshot whose page cache starts cold after every write, and the checks
+/// that the room has not moved on since. Only where the room's push context is kept in
+/// memory and has at most [`ALONE_MAX_MEMBERS`] members to evaluate (so the write holds
+/// the writer for about as long as one built ahead would); otherwise the event comes
+/// back ([`Alone::Declined`]) to be sent the usual way, which keeps the context for the
 /// next send.
 fn send_alone(
+    tx: &Connection,
     server: &Server,
     requester: &Requester,
     room_id: &str,
@@ -163,27 +263,16 @@ fn send_alone(
     txn_id: &str,
     ts: Option<i64>,
 ) -> Result<Alone, Error> {
-    let mut ev = Some(ev);
-    let appended = server.write(|tx| {
-        if crate::push::kept_members(tx, room_id)?.is_none_or(|n| n > ALONE_MAX_MEMBERS) {
-            return Ok(None);
-        }
-        let Some(ev) = ev.take() else {
-            return Ok(None);
-        };
-        let txn = Some((requester.device_id.as_str(), txn_id));
-        let ahead = rooms::Prepared::default();
-        rooms::append_prepared(tx, server, room_id, ev, txn, ts, ahead, |ev| {
-            server.rate_limit_requester(Action::Message, requester)?;
-            crate::relations::check_new_relation(tx, room_id, &ev.sender, &ev.kind, &ev.content)
-        })
-        .map(Some)
-    })?;
-    match (appended, ev) {
-        (Some(appended), _) => Ok(Alone::Sent(appended.event_id)),
-        (None, Some(ev)) => Ok(Alone::Declined(ev)),
-        (None, None) => Err(Error::internal("a send lost its event")),
+    if crate::push::kept_members(tx, room_id)?.is_none_or(|n| n > ALONE_MAX_MEMBERS) {
+        return Ok(Alone::Declined(ev));
     }
+    let txn = Some((requester.device_id.as_str(), txn_id));
+    let ahead = rooms::Prepared::default();
+    let appended = rooms::append_prepared(tx, server, room_id, ev, txn, ts, ahead, |ev| {
+        server.rate_limit_requester(Action::Message, requester)?;
+        crate::relations::check_new_relation(tx, room_id, &ev.sender, &ev.kind, &ev.content)
+    })?;
+    Ok(Alone::Sent(appended.event_id))
 }
 
 /// What [`send_alone`] did.
@@ -330,7 +419,19 @@ mod tests {
         };
         assert!(!hint(), "not even tried before the room's context is kept");
         let alone = |body: &str, txn: &str| {
-            send_alone(&server, &caller, &room, message(&alice, body), txn, None).expect("send")
+            server
+                .write(|tx| {
+                    send_alone(
+                        tx,
+                        &server,
+                        &caller,
+                        &room,
+                        message(&alice, body),
+                        txn,
+                        None,
+                    )
+                })
+                .expect("send")
         };
         // Not kept: the event comes back, unsent, for the usual way.
         let Alone::Declined(back) = alone("first", "t1") else {
@@ -446,8 +547,19 @@ mod tests {
             !crate::push::may_be_kept_with_at_most(file, &room, ALONE_MAX_MEMBERS),
             "not even tried"
         );
-        let declined =
-            send_alone(&server, &caller, &room, message(&alice, "two"), "t2", None).expect("send");
+        let declined = server
+            .write(|tx| {
+                send_alone(
+                    tx,
+                    &server,
+                    &caller,
+                    &room,
+                    message(&alice, "two"),
+                    "t2",
+                    None,
+                )
+            })
+            .expect("send");
         assert!(
             declined.sent().is_none(),
             "too many members to evaluate in the write"

@@ -102,6 +102,30 @@ impl Server {
         Ok(out)
     }
 
+    /// [`Server::write`] without blocking a thread: the write is queued for whoever holds
+    /// the writer to run in its transaction, or run here at once if nobody does (see
+    /// [`crate::storage::Db::write_async`]); the same effects follow its commit.
+    pub async fn write_async<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let wanted = self.local_notifications.wanted();
+        let (out, local) = self
+            .db
+            .write_async(move |tx| {
+                // On whichever thread runs the write: begun and taken around it alone.
+                crate::push::local::begin(wanted);
+                let out = f(tx);
+                let local = crate::push::local::take();
+                Ok((out?, local.local))
+            })
+            .await?;
+        for n in local {
+            self.local_notifications.publish(n);
+        }
+        Ok(out)
+    }
+
     /// Run one committed write's effects: called by the database after each write, on
     /// the writing thread, once the batch holding the write has committed (installed by
     /// [`crate::Node::start`]).

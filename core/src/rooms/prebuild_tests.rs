@@ -297,7 +297,7 @@ async fn concurrent_sends_to_one_room_make_one_line() {
             };
             let mut sent = Vec::new();
             for n in 0..EACH {
-                let id = crate::room_writes::send_message(
+                let id = crate::room_writes::send_message_async(
                     &server,
                     &requester,
                     &room,
@@ -306,6 +306,7 @@ async fn concurrent_sends_to_one_room_make_one_line() {
                     &format!("t{n}"),
                     None,
                 )
+                .await
                 .expect("send");
                 sent.push(id);
                 tokio::task::yield_now().await;

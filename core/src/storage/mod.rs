@@ -85,7 +85,7 @@ const READERS: usize = 3;
 
 /// The database handle. Cheap to share behind an `Arc`.
 pub struct Db {
-    writer: group_commit::GroupWriter,
+    writer: std::sync::Arc<group_commit::GroupWriter>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
     checkpoints: Option<checkpoint::Checkpointer>,
@@ -315,12 +315,37 @@ impl Db {
         self.write_counted(f, false)
     }
 
+    /// [`Db::write`] for async callers: the write is queued for whoever holds the
+    /// writer to run in its transaction (or run here and now if nobody does), and its
+    /// caller waits without blocking a thread. Same outcome as [`Db::write`].
+    pub async fn write_async<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let queued = self.writer.submit(f);
+        let out = queued.await.unwrap_or_else(|_| {
+            Err(Error::internal(
+                "write lost: dropped unrun (it panicked, or no transaction could start)",
+            ))
+        });
+        self.after_write(out, true)
+    }
+
     fn write_counted<T>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, Error>,
         counted: bool,
     ) -> Result<T, Error> {
         let out = self.writer.write(f);
+        self.after_write(out, counted)
+    }
+
+    /// What follows every write once its batch has ended, on the caller's side.
+    fn after_write<T>(
+        &self,
+        out: Result<(T, effects::Effects), Error>,
+        counted: bool,
+    ) -> Result<T, Error> {
         // Counted after the commit, whatever the outcome: a reader that saw the same
         // generation before it opened its snapshot and after it is done knows no write
         // changed anything in between.

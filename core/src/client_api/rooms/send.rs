@@ -86,6 +86,7 @@ pub(in crate::client_api) async fn send_message(
     }
     let ts = ts.for_caller(&caller);
     let event_id =
-        room_writes::send_message(&server, &caller, &room_id, kind, content, &txn_id, ts)?;
+        room_writes::send_message_async(&server, &caller, &room_id, kind, content, &txn_id, ts)
+            .await?;
     Ok(Json(json!({"event_id": event_id})))
 }
