@@ -100,6 +100,9 @@ pub fn send_message(
         false => ev,
     };
     let ready = ready_to_write(server, requester, room_id, ev, txn_id, ts)?;
+    if let Some(built) = &ready.ahead.built {
+        built.wait_turn();
+    }
     server.write(|tx| ready.append(tx, server))
 }
 
@@ -131,6 +134,9 @@ pub async fn send_message_async(
         false => ev,
     };
     let ready = ready_to_write(server, requester, room_id, ev, txn_id, ts)?;
+    if let Some(built) = &ready.ahead.built {
+        built.wait_turn_async().await;
+    }
     let s = Arc::clone(server);
     let event_id = server.write_async(move |tx| ready.append(tx, &s)).await;
     drop(sending);
@@ -182,8 +188,7 @@ struct ReadySend {
 /// signed and authorised, and the members' push rules evaluated, here on a read
 /// snapshot rather than in the single writer, which uses them only if the room has not
 /// moved on (and builds and evaluates again if it has). A failure here is left to the
-/// write to answer. Returns once the send built before it in the room has taken the
-/// writer.
+/// write to answer. Its write is to wait for its turn (`Prebuilt::wait_turn`) first.
 fn ready_to_write(
     server: &Server,
     requester: &Requester,
@@ -206,9 +211,6 @@ fn ready_to_write(
             built: Some(built),
         })
     })?;
-    if let Some(built) = &ahead.built {
-        built.wait_turn();
-    }
     Ok(ReadySend {
         room_id: room_id.to_owned(),
         ev,

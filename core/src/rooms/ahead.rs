@@ -99,6 +99,13 @@ impl Prebuilt {
         }
     }
 
+    /// [`Prebuilt::wait_turn`] without blocking a thread.
+    pub async fn wait_turn_async(&self) {
+        if let Some(turn) = &self.turn {
+            turn.wait_async().await;
+        }
+    }
+
     /// The event built.
     #[cfg(test)]
     pub(super) fn built_pdu(&self) -> &crate::events::Pdu {

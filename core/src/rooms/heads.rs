@@ -74,6 +74,8 @@ pub struct RoomHead {
     taken_up_to: Mutex<u64>,
     /// Signalled when a write takes its turn.
     taken: Condvar,
+    /// The same, for sends waiting without a thread ([`Turn::wait_async`]).
+    taken_async: tokio::sync::Notify,
 }
 
 impl RoomHead {
@@ -132,6 +134,21 @@ impl Turn {
         });
     }
 
+    /// [`Turn::wait`] without blocking a thread: for async callers.
+    pub async fn wait_async(&self) {
+        let deadline = tokio::time::Instant::now() + TURN_WAIT;
+        loop {
+            // Registered before the check: a turn taken in between still wakes it.
+            let taken = self.room.taken_async.notified();
+            if self.is_due() {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, taken).await.is_err() {
+                return;
+            }
+        }
+    }
+
     fn is_due(&self) -> bool {
         self.room.taken_up_to().saturating_add(1) >= self.ticket
     }
@@ -143,6 +160,7 @@ impl Drop for Turn {
         *taken = (*taken).max(self.ticket);
         drop(taken);
         self.room.taken.notify_all();
+        self.room.taken_async.notify_waiters();
     }
 }
 
@@ -403,6 +421,35 @@ mod tests {
         drop(second);
         let started = Instant::now();
         fourth.wait();
+        assert!(started.elapsed() >= TURN_WAIT, "went ahead of the third");
+        drop(third);
+    }
+
+    /// The same wait without a thread: woken when the turn before it is taken, and
+    /// going ahead after [`TURN_WAIT`] when it never is.
+    #[tokio::test]
+    async fn an_async_send_waits_for_its_turn_without_a_thread() {
+        let room = Arc::new(RoomHead::default());
+        let first = Turn::next(&room, &mut room.lock());
+        let second = Turn::next(&room, &mut room.lock());
+        first.wait_async().await;
+        let waiter = tokio::spawn(async move {
+            second.wait_async().await;
+            second
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "the second went ahead of the first");
+        drop(first);
+        let second = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("the second goes once the first took its turn")
+            .expect("waiter");
+
+        let third = Turn::next(&room, &mut room.lock());
+        let fourth = Turn::next(&room, &mut room.lock());
+        drop(second);
+        let started = Instant::now();
+        fourth.wait_async().await;
         assert!(started.elapsed() >= TURN_WAIT, "went ahead of the third");
         drop(third);
     }
