@@ -10,6 +10,7 @@ pub mod account;
 pub mod account_data;
 pub mod admin;
 pub mod appservice;
+pub mod blocking;
 pub mod client_api;
 pub mod config;
 pub mod delayed_events;

@@ -526,6 +526,66 @@ mod tests {
 
     /// In a room with more members to evaluate than a write should hold the writer for,
     /// a lone send is built ahead as usual even with the push context kept.
+    /// A send whose request is dropped while its write waits in the queue (a client
+    /// that hung up): the write still commits, and its effects still run (the new
+    /// position published, the write counted), on a task of its own.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_send_cancelled_while_queued_still_commits_with_its_effects() {
+        use std::time::{Duration, Instant};
+        let (_dir, node) = node().await;
+        let server = node.server().clone();
+        let alice = server.user_id("alice");
+        let room = public_room(&server, &alice, &[]);
+        let caller = Requester::user(alice.clone(), "PHONE");
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let holder = {
+            let server = server.clone();
+            std::thread::spawn(move || {
+                server.db.write(|_| {
+                    held_tx.send(()).expect("signal");
+                    release_rx.recv().expect("release");
+                    Ok(())
+                })
+            })
+        };
+        held_rx.recv().expect("the writer is held");
+        let before = (server.notifier.current().pos, server.db.write_generation());
+        let msg = message(&alice, "nobody waits for me");
+        let send = send_message_async(&server, &caller, &room, msg.kind, msg.content, "t1", None);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), send)
+                .await
+                .is_err(),
+            "a send finished while the writer was held"
+        );
+        release_tx.send(()).expect("release");
+        holder.join().expect("holder").expect("held write");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let pos = server.notifier.current().pos;
+            // The held write and the send, each counted once.
+            if pos > before.0 && server.db.write_generation() >= before.1 + 2 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cancelled send's effects never ran"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let stored = server
+            .db
+            .read(|c| {
+                storage::txn_lookup(c, &alice, "PHONE", "t1", (&room, "m.room.message", None))
+            })
+            .expect("lookup");
+        assert!(
+            matches!(stored, storage::TxnSlot::Done(_)),
+            "the send was not stored: {stored:?}"
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_lone_send_to_a_big_room_is_built_ahead() {
         let (_dir, node) = node().await;

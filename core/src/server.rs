@@ -104,22 +104,42 @@ impl Server {
 
     /// [`Server::write`] without blocking a thread: the write is queued for whoever holds
     /// the writer to run in its transaction, or run here at once if nobody does (see
-    /// [`crate::storage::Db::write_async`]); the same effects follow its commit.
+    /// [`crate::storage::Db::submit`]); the same effects follow its commit. A caller
+    /// dropped while its write is queued (a client that hung up) does not take them
+    /// along: the write may still commit, and then its effects and notifications follow
+    /// it on a task of their own.
     pub async fn write_async<T: Send + 'static>(
-        &self,
+        self: &Arc<Self>,
         f: impl FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
     ) -> Result<T, Error> {
         let wanted = self.local_notifications.wanted();
-        let (out, local) = self
-            .db
-            .write_async(move |tx| {
-                // On whichever thread runs the write: begun and taken around it alone.
-                crate::push::local::begin(wanted);
-                let out = f(tx);
-                let local = crate::push::local::take();
-                Ok((out?, local.local))
-            })
-            .await?;
+        let queued = self.db.submit(move |tx| {
+            // On whichever thread runs the write: begun and taken around it alone.
+            crate::push::local::begin(wanted);
+            let out = f(tx);
+            let local = crate::push::local::take();
+            Ok((out?, local.local))
+        });
+        let mut waiting = QueuedWrite {
+            server: Arc::clone(self),
+            queued: Some(queued),
+        };
+        let outcome = match waiting.queued.as_mut() {
+            Some(queued) => queued.await,
+            None => return Err(Error::internal("a queued write lost its answer")),
+        };
+        waiting.queued = None;
+        self.after_queued_write(outcome)
+    }
+
+    /// What follows a queued write once its batch has ended, as after [`Server::write`].
+    fn after_queued_write<T>(&self, outcome: QueuedOutcome<T>) -> Result<T, Error> {
+        let out = outcome.unwrap_or_else(|_| {
+            Err(Error::internal(
+                "write lost: dropped unrun (it panicked, or no transaction could start)",
+            ))
+        });
+        let (out, local) = self.db.after_write(out, true)?;
         for n in local {
             self.local_notifications.publish(n);
         }
@@ -196,14 +216,54 @@ impl Server {
     }
 }
 
-/// Run blocking work from async code without stalling the runtime's other tasks: in
-/// `block_in_place` on a multi-threaded runtime, directly elsewhere (a current-thread
-/// runtime, which cannot give its thread away, or no runtime at all).
-pub fn off_the_reactor<R>(f: impl FnOnce() -> R) -> R {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    match Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
-        _ => f(),
+pub use crate::blocking::off_the_reactor;
+
+/// What a queued write's caller receives: its value and the local notifications it
+/// produced, with its effects, or why it failed (or nothing, if it was dropped unrun).
+type QueuedOutcome<T> = Result<
+    Result<
+        (
+            (
+                T,
+                std::collections::VecDeque<crate::push::local::LocalNotification>,
+            ),
+            crate::storage::effects::Effects,
+        ),
+        Error,
+    >,
+    tokio::sync::oneshot::error::RecvError,
+>;
+
+/// A queued write still waited for. Dropped before its answer came (the request was
+/// cancelled), it hands the wait to a task of its own, so that a write which commits
+/// still has its effects run and its notifications published.
+struct QueuedWrite<T: Send + 'static> {
+    server: Arc<Server>,
+    queued: Option<
+        crate::storage::Queued<(
+            T,
+            std::collections::VecDeque<crate::push::local::LocalNotification>,
+        )>,
+    >,
+}
+
+impl<T: Send + 'static> Drop for QueuedWrite<T> {
+    fn drop(&mut self) {
+        let Some(queued) = self.queued.take() else {
+            return;
+        };
+        let server = Arc::clone(&self.server);
+        let finish = async move {
+            let outcome: QueuedOutcome<T> = queued.await;
+            // Nobody to answer: the outcome only has its effects to run.
+            let _ = server.after_queued_write(outcome);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(finish);
+            }
+            Err(_) => tracing::warn!("a cancelled write's effects were dropped: no runtime"),
+        }
     }
 }
 

@@ -70,7 +70,7 @@ type Job = Box<dyn FnOnce(&Connection, &Collector) -> Done + Send>;
 type Done = Box<dyn FnOnce(Option<&str>) + Send>;
 
 /// The outcome of a queued write, as its caller receives it.
-pub(super) type Queued<T> = oneshot::Receiver<Result<(T, Effects), Error>>;
+pub(crate) type Queued<T> = oneshot::Receiver<Result<(T, Effects), Error>>;
 
 #[derive(Default)]
 struct Commits {
@@ -301,14 +301,18 @@ impl GroupWriter {
             let batch = match self.open_batch(&mut w) {
                 Ok(batch) => batch,
                 Err(e) => {
-                    // Dropped unrun, their callers hear of it; later ones try again.
+                    // Dropped unrun, their callers hear of it; ones queued since are
+                    // tried again (the loop looks at the queue once more).
                     tracing::error!(error = %e, "could not start a write transaction");
-                    let dropped = std::mem::take(&mut *self.jobs.lock());
-                    self.jobs_queued.store(0, Ordering::SeqCst);
+                    let dropped = {
+                        let mut jobs = self.jobs.lock();
+                        self.jobs_queued.store(0, Ordering::SeqCst);
+                        std::mem::take(&mut *jobs)
+                    };
                     self.stats.held(held_since);
                     drop(w);
                     drop(dropped);
-                    return false;
+                    continue;
                 }
             };
             if let Some(why) = self.run_queued(&mut w) {
@@ -821,6 +825,41 @@ mod tests {
         });
         assert_eq!(rows, [1, 2, 3]);
         assert!(w.is_idle());
+    }
+
+    /// A queued write that cannot start a transaction (another connection holds the
+    /// database's write lock) is dropped unrun, its caller told so, and the writer takes
+    /// the next one once the lock is free.
+    #[test]
+    fn a_queued_write_that_cannot_begin_is_answered_and_the_next_runs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let w = writer(&dir);
+        w.with_idle_connection(|c| c.busy_timeout(std::time::Duration::ZERO))
+            .expect("no busy wait");
+        let other = Connection::open(dir.path().join("t.db")).expect("other");
+        other.execute_batch("BEGIN IMMEDIATE").expect("lock");
+        let refused = w.submit(|c| {
+            c.execute("INSERT INTO t VALUES (1, 1)", [])?;
+            Ok(())
+        });
+        assert!(refused.blocking_recv().is_err(), "dropped unrun");
+        assert!(w.is_idle(), "nothing left queued");
+        other.execute_batch("COMMIT").expect("unlock");
+        w.submit(|c| {
+            c.execute("INSERT INTO t VALUES (2, 2)", [])?;
+            Ok(())
+        })
+        .blocking_recv()
+        .expect("answer")
+        .expect("write once the lock is free");
+        let rows: Vec<i64> = w.with_idle_connection(|c| {
+            let mut st = c.prepare("SELECT n FROM t").expect("prepare");
+            st.query_map([], |r| r.get(0))
+                .expect("query")
+                .collect::<Result<_, _>>()
+                .expect("rows")
+        });
+        assert_eq!(rows, [2]);
     }
 
     #[test]

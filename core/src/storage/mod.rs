@@ -20,6 +20,7 @@ pub mod effects;
 mod events;
 mod federation;
 mod group_commit;
+pub(crate) use group_commit::Queued;
 pub use group_commit::WriterStats;
 mod mailbox;
 mod media;
@@ -315,20 +316,17 @@ impl Db {
         self.write_counted(f, false)
     }
 
-    /// [`Db::write`] for async callers: the write is queued for whoever holds the
-    /// writer to run in its transaction (or run here and now if nobody does), and its
-    /// caller waits without blocking a thread. Same outcome as [`Db::write`].
-    pub async fn write_async<T: Send + 'static>(
+    /// Queue `f` as one atomic write for whoever holds the writer to run in its
+    /// transaction, or run it here and now if nobody does (see
+    /// [`group_commit::GroupWriter::submit`]); what it returns is to be handed to
+    /// [`Db::after_write`] once received, as [`Db::write`] does. For async callers
+    /// (`Server::write_async`), which wait without blocking a thread. The caller must
+    /// hold no lock a queued write may take: this thread may run others' writes.
+    pub(crate) fn submit<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
-    ) -> Result<T, Error> {
-        let queued = self.writer.submit(f);
-        let out = queued.await.unwrap_or_else(|_| {
-            Err(Error::internal(
-                "write lost: dropped unrun (it panicked, or no transaction could start)",
-            ))
-        });
-        self.after_write(out, true)
+    ) -> Queued<T> {
+        self.writer.submit(f)
     }
 
     fn write_counted<T>(
@@ -340,8 +338,9 @@ impl Db {
         self.after_write(out, counted)
     }
 
-    /// What follows every write once its batch has ended, on the caller's side.
-    fn after_write<T>(
+    /// What follows every write once its batch has ended, on the caller's side (a
+    /// write's count, its effects, a WAL restart asked for).
+    pub(crate) fn after_write<T>(
         &self,
         out: Result<(T, effects::Effects), Error>,
         counted: bool,
@@ -365,7 +364,10 @@ impl Db {
         if let Some(c) = &self.checkpoints {
             c.committed();
             if c.take_restart_request() {
-                self.writer.with_idle_connection(|conn| c.restart_on(conn));
+                // Waits for the writer and for readers: off an async worker's reactor.
+                crate::blocking::off_the_reactor(|| {
+                    self.writer.with_idle_connection(|conn| c.restart_on(conn))
+                });
             }
         }
         Ok(out)
