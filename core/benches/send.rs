@@ -7,8 +7,9 @@
 //! - `send_message (100 members)`: the same into a room of 100 local members (99 are
 //!   notified: push rules evaluated, notification rows and unread counts written).
 //!
-//! Each iteration is what the handler does (`room_writes::send_message`): the members'
-//! push rules evaluated on a reader, then one write (its own transaction, committed, as
+//! Each iteration is what the handler does (`room_writes::send_message_async`, run to
+//! completion on the node's runtime): the members' push rules evaluated on a reader, or
+//! (a lone send into a room whose push context is kept) inside its write, then one write (its own transaction, committed, as
 //! a sequential client gets): the retry check, the relation check, then
 //! `rooms::append_planned` (DAG fields, building, hashing and signing, auth, persisting,
 //! notification rows, federation outbox). The search index is filled after the commits
@@ -25,7 +26,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::json;
 use warren_core::events::NewEvent;
 use warren_core::requester::Requester;
-use warren_core::room_writes::send_message;
+use warren_core::room_writes::send_message_async;
 use warren_core::rooms::{CreateRoom, append_event, create_room};
 use warren_core::server::Server;
 use warren_core::storage;
@@ -75,15 +76,21 @@ fn room_of(server: &Arc<Server>, name: &str, members: usize) -> (String, String)
     (room, creator)
 }
 
-/// One client send, as the handler runs it: `room_writes::send_message` (the push rules
-/// evaluated on a reader, then the write). The requester is the node acting for the
-/// sender, with a device, so no rate limit stops the benchmark.
-fn send(server: &Server, room: &str, sender: &str, n: u64) -> String {
+/// One client send, as the handler runs it: `room_writes::send_message_async` on the
+/// node's runtime. The requester is the node acting for the sender, with a device, so
+/// no rate limit stops the benchmark.
+fn send(
+    rt: &tokio::runtime::Runtime,
+    server: &Arc<Server>,
+    room: &str,
+    sender: &str,
+    n: u64,
+) -> String {
     let requester = Requester {
         device_id: DEVICE.to_owned(),
         ..Requester::node_acting_for(sender)
     };
-    send_message(
+    rt.block_on(send_message_async(
         server,
         &requester,
         room,
@@ -91,7 +98,7 @@ fn send(server: &Server, room: &str, sender: &str, n: u64) -> String {
         json!({"msgtype": "m.text", "body": format!("message {n} of the send benchmark")}),
         &format!("txn{n}"),
         None,
-    )
+    ))
     .expect("send")
 }
 
@@ -113,6 +120,7 @@ fn benches(c: &mut Criterion) {
         // Warm up caches and the statement cache, as a running node has.
         for _ in 0..20 {
             send(
+                &rt,
                 &server,
                 &room,
                 &sender,
@@ -122,6 +130,7 @@ fn benches(c: &mut Criterion) {
         c.bench_function(&format!("send_message ({members} members)"), |b| {
             b.iter(|| {
                 black_box(send(
+                    &rt,
                     &server,
                     &room,
                     &sender,

@@ -77,37 +77,8 @@ pub fn send(
 /// A message event (`PUT /rooms/{roomId}/send/{eventType}/{txnId}`) of `kind` from the
 /// requester, at `ts` (an application service's timestamp) if given. A retried
 /// transaction gets its event back; only a new one is rate limited and has its
-/// relation checked. Blocks its thread while it waits for the writer; async callers use
-/// [`send_message_async`], the same send.
-pub fn send_message(
-    server: &Server,
-    requester: &Requester,
-    room_id: &str,
-    kind: String,
-    content: Value,
-    txn_id: &str,
-    ts: Option<i64>,
-) -> Result<String, Error> {
-    let ev = message(requester, kind, content);
-    let sending = server.local_heads.sending();
-    let ev = match may_go_alone(server, requester, room_id, &sending) {
-        true => {
-            match server.write(|tx| send_alone(tx, server, requester, room_id, ev, txn_id, ts))? {
-                Alone::Sent(event_id) => return Ok(event_id),
-                Alone::Declined(ev) => ev,
-            }
-        }
-        false => ev,
-    };
-    let ready = ready_to_write(server, requester, room_id, ev, txn_id, ts)?;
-    if let Some(built) = &ready.ahead.built {
-        built.wait_turn();
-    }
-    server.write(|tx| ready.append(tx, server))
-}
-
-/// [`send_message`] for async callers: its writes are queued for the writer
-/// ([`Server::write_async`]) instead of waited for on a blocked thread.
+/// relation checked. No thread waits: its writes are queued for the writer
+/// ([`Server::write_async`]).
 pub async fn send_message_async(
     server: &Arc<Server>,
     requester: &Requester,
@@ -135,7 +106,7 @@ pub async fn send_message_async(
     };
     let ready = ready_to_write(server, requester, room_id, ev, txn_id, ts)?;
     if let Some(built) = &ready.ahead.built {
-        built.wait_turn_async().await;
+        built.wait_turn().await;
     }
     let s = Arc::clone(server);
     let event_id = server.write_async(move |tx| ready.append(tx, &s)).await;
@@ -440,8 +411,10 @@ mod tests {
             panic!("sent without a kept context");
         };
         assert_eq!(back.content["body"], "first");
-        let first = send_message(&server, &caller, &room, back.kind, back.content, "t1", None)
-            .expect("first");
+        let first =
+            send_message_async(&server, &caller, &room, back.kind, back.content, "t1", None)
+                .await
+                .expect("first");
         assert!(kept(), "the usual way keeps the context");
         assert!(hint());
         let second = alone("second", "t2").sent().expect("built in the write");
@@ -502,15 +475,15 @@ mod tests {
         let bob = server.user_id("bob");
         let room = public_room(&server, &alice, &[&bob]);
         let caller = Requester::user(alice.clone(), "PHONE");
-        let send = |body: &str, txn: &str| {
+        let send = |body: &str, txn: &'static str| {
             let msg = message(&alice, body);
-            send_message(&server, &caller, &room, msg.kind, msg.content, txn, None)
+            send_message_async(&server, &caller, &room, msg.kind, msg.content, txn, None)
         };
-        let first = send("first", "t1").expect("first token");
+        let first = send("first", "t1").await.expect("first token");
         // The push context is kept now: the second goes alone, with the last token.
-        let second = send("second", "t2").expect("second token");
+        let second = send("second", "t2").await.expect("second token");
         let writes = server.db.writer_stats().writes;
-        let refused = send("third", "t3").expect_err("no token left");
+        let refused = send("third", "t3").await.expect_err("no token left");
         assert!(
             matches!(refused, Error::RateLimited(_)),
             "refused as rate limited: {refused:?}"
@@ -520,8 +493,8 @@ mod tests {
             writes,
             "refused without taking the writer"
         );
-        assert_eq!(send("second", "t2").expect("a retry"), second);
-        assert_eq!(send("first", "t1").expect("a retry"), first);
+        assert_eq!(send("second", "t2").await.expect("a retry"), second);
+        assert_eq!(send("first", "t1").await.expect("a retry"), first);
     }
 
     /// In a room with more members to evaluate than a write should hold the writer for,
@@ -598,7 +571,9 @@ mod tests {
         let room = public_room(&server, &alice, &others);
         let caller = Requester::user(alice.clone(), "PHONE");
         let msg = message(&alice, "hello");
-        send_message(&server, &caller, &room, msg.kind, msg.content, "t1", None).expect("send");
+        send_message_async(&server, &caller, &room, msg.kind, msg.content, "t1", None)
+            .await
+            .expect("send");
         let kept = server
             .db
             .read(|c| crate::push::kept_members(c, &room))

@@ -1,6 +1,6 @@
 //! A room's push context is kept ([`super::context`]) and used only while nothing it
 //! was read from has changed: a member joining, a display name, its redaction, anyone's
-//! push rules. Each test sends through the planned path (`room_writes::send_message`,
+//! push rules. Each test sends through the planned path (`room_writes::send_message_async`,
 //! evaluated on a reader) and checks who was notified, with what.
 
 use std::sync::Arc;
@@ -10,15 +10,15 @@ use serde_json::{Value, json};
 use super::context::{MAX_BYTES, MAX_ROOMS, kept, room_context};
 use super::{RuleAddress, set_rule_enabled};
 use crate::requester::Requester;
-use crate::room_writes::{redact, send_message};
+use crate::room_writes::{redact, send_message_async};
 use crate::rooms::append_event;
 use crate::server::Server;
 use crate::storage;
 use crate::test_support::{ev, node, public_room};
 
 /// Send `body` from `sender` as a client does; its event id.
-fn send(server: &Server, room: &str, sender: &str, body: &str, txn: &str) -> String {
-    send_message(
+async fn send(server: &Arc<Server>, room: &str, sender: &str, body: &str, txn: &str) -> String {
+    send_message_async(
         server,
         &Requester::user(sender.to_owned(), "D"),
         room,
@@ -27,6 +27,7 @@ fn send(server: &Server, room: &str, sender: &str, body: &str, txn: &str) -> Str
         txn,
         None,
     )
+    .await
     .expect("send")
 }
 
@@ -83,10 +84,10 @@ async fn a_kept_context_is_used_until_a_member_joins_or_a_rule_changes() {
     server
         .write(|c| storage::create_user(c, &carol, None, false, &carol))
         .expect("carol");
-    let first = send(&server, &room, &alice, "one", "t1");
+    let first = send(&server, &room, &alice, "one", "t1").await;
     assert!(notified(&server, &bob, &first).0);
     let kept_context = context(&server, &room);
-    send(&server, &room, &alice, "two", "t2");
+    send(&server, &room, &alice, "two", "t2").await;
     assert!(
         same_context(&server, &room, &kept_context),
         "a message changes nothing the context was read from"
@@ -104,7 +105,7 @@ async fn a_kept_context_is_used_until_a_member_joins_or_a_rule_changes() {
         })
         .expect("carol joins");
     assert!(!same_context(&server, &room, &kept_context));
-    let third = send(&server, &room, &alice, "three", "t3");
+    let third = send(&server, &room, &alice, "three", "t3").await;
     assert!(
         notified(&server, &carol, &third).0,
         "a new member is evaluated"
@@ -118,7 +119,7 @@ async fn a_kept_context_is_used_until_a_member_joins_or_a_rule_changes() {
     };
     set_rule_enabled(&server, &carol, master, true).expect("carol mutes everything");
     assert!(!same_context(&server, &room, &kept_context));
-    let fourth = send(&server, &room, &alice, "four", "t4");
+    let fourth = send(&server, &room, &alice, "four", "t4").await;
     assert!(
         !notified(&server, &carol, &fourth).0,
         "carol's new rules are used"
@@ -135,7 +136,7 @@ async fn a_display_name_counts_from_its_event_until_that_is_redacted() {
     // the display name highlights.
     let room = public_room(&server, &alice, &[&bob, &carol]);
     let named = set_display_name(&server, &room, &bob, "Bobby");
-    let mention = send(&server, &room, &alice, "hello Bobby", "t1");
+    let mention = send(&server, &room, &alice, "hello Bobby", "t1").await;
     assert_eq!(notified(&server, &bob, &mention), (true, true));
 
     let kept_context = context(&server, &room);
@@ -151,7 +152,7 @@ async fn a_display_name_counts_from_its_event_until_that_is_redacted() {
     )
     .expect("redact");
     assert!(!same_context(&server, &room, &kept_context));
-    let again = send(&server, &room, &alice, "hello Bobby", "t2");
+    let again = send(&server, &room, &alice, "hello Bobby", "t2").await;
     assert_eq!(
         notified(&server, &bob, &again),
         (true, false),

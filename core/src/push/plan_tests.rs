@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 
 use crate::requester::Requester;
-use crate::room_writes::send_message;
+use crate::room_writes::send_message_async;
 use crate::rooms::append_event;
 use crate::storage;
 use crate::test_support::{ev, node, public_room};
@@ -30,7 +30,7 @@ async fn a_planned_send_notifies_as_an_evaluation_in_the_write_does() {
         .expect("display name");
     let content = json!({"msgtype": "m.text", "body": "hello Bobby"});
     let requester = Requester::user(alice.clone(), "D");
-    send_message(
+    send_message_async(
         &server,
         &requester,
         &room,
@@ -39,6 +39,7 @@ async fn a_planned_send_notifies_as_an_evaluation_in_the_write_does() {
         "t1",
         None,
     )
+    .await
     .expect("planned send");
     server
         .write(|c| {

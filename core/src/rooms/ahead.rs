@@ -93,14 +93,7 @@ impl Prebuilt {
 
     /// Wait (briefly, see [`Turn`]) until the write of the message built before this
     /// one in the room has taken the writer, so this write finds it written.
-    pub fn wait_turn(&self) {
-        if let Some(turn) = &self.turn {
-            turn.wait();
-        }
-    }
-
-    /// [`Prebuilt::wait_turn`] without blocking a thread.
-    pub async fn wait_turn_async(&self) {
+    pub async fn wait_turn(&self) {
         if let Some(turn) = &self.turn {
             turn.wait_async().await;
         }

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::{ALLOWED_KEPT, AuthState, KEPT_ENTRIES, kept};
 use crate::requester::Requester;
-use crate::room_writes::send_message;
+use crate::room_writes::send_message_async;
 use crate::rooms::append_event;
 use crate::server::Server;
 use crate::test_support::{ev, node, public_room};
@@ -33,13 +33,13 @@ fn shared(a: &AuthState, b: &AuthState) -> bool {
     a.pdus.len() == b.pdus.len() && a.pdus.iter().zip(&b.pdus).all(|(x, y)| Arc::ptr_eq(x, y))
 }
 
-fn send(
-    server: &Server,
+async fn send(
+    server: &Arc<Server>,
     room: &str,
     sender: &str,
     txn: &str,
 ) -> Result<String, crate::error::Error> {
-    send_message(
+    send_message_async(
         server,
         &Requester::user(sender.to_owned(), "D"),
         room,
@@ -48,6 +48,7 @@ fn send(
         txn,
         None,
     )
+    .await
 }
 
 fn events_default(server: &Server, room: &str, alice: &str, level: i64) {
@@ -73,17 +74,21 @@ async fn a_kept_auth_state_is_shared_until_the_power_levels_change() {
     let room = public_room(&server, &alice, &[&bob]);
     let first = load(&server, &room, &bob);
     assert!(shared(&first, &load(&server, &room, &bob)));
-    send(&server, &room, &bob, "t1").expect("bob may send");
+    send(&server, &room, &bob, "t1")
+        .await
+        .expect("bob may send");
 
     events_default(&server, &room, &alice, 50);
     let raised = load(&server, &room, &bob);
     assert!(!shared(&first, &raised), "a new state group is read again");
     assert!(
-        send(&server, &room, &bob, "t2").is_err(),
+        send(&server, &room, &bob, "t2").await.is_err(),
         "bob's message is judged by the new power levels"
     );
     events_default(&server, &room, &alice, 0);
-    send(&server, &room, &bob, "t3").expect("bob may send again");
+    send(&server, &room, &bob, "t3")
+        .await
+        .expect("bob may send again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,17 +127,21 @@ async fn a_kept_state_remembers_what_each_sender_may_send() {
     let server = node.server().clone();
     let [alice, bob, carol] = ["alice", "bob", "carol"].map(|u| server.user_id(u));
     let room = public_room(&server, &alice, &[&bob]);
-    send(&server, &room, &bob, "t1").expect("bob may send");
-    send(&server, &room, &bob, "t2").expect("bob may send again");
+    send(&server, &room, &bob, "t1")
+        .await
+        .expect("bob may send");
+    send(&server, &room, &bob, "t2")
+        .await
+        .expect("bob may send again");
     let kept_state = load(&server, &room, &bob);
     assert!(kept_state.allowed_before(&bob, "m.room.message"));
     assert!(!kept_state.allowed_before(&bob, "m.room.other"));
     assert!(!kept_state.allowed_before(&alice, "m.room.message"));
     // Carol never joined: refused, whatever bob was allowed.
-    assert!(send(&server, &room, &carol, "t3").is_err());
+    assert!(send(&server, &room, &carol, "t3").await.is_err());
     // A new state (messages need power 50) decides again: bob is refused.
     events_default(&server, &room, &alice, 50);
-    assert!(send(&server, &room, &bob, "t4").is_err());
+    assert!(send(&server, &room, &bob, "t4").await.is_err());
     assert!(!load(&server, &room, &bob).allowed_before(&bob, "m.room.message"));
     // One read inside a write (of a state no reader has kept yet) keeps no decision.
     events_default(&server, &room, &alice, 0);
@@ -152,10 +161,11 @@ async fn types_with_rules_of_their_own_are_always_checked() {
     let server = node.server().clone();
     let [alice, bob] = ["alice", "bob"].map(|u| server.user_id(u));
     let room = public_room(&server, &alice, &[&bob]);
-    let send_pl = |txn: &str, content: serde_json::Value| {
-        send_message(
+    let caller = Requester::user(alice.clone(), "D");
+    let send_pl = |txn: &'static str, content: serde_json::Value| {
+        send_message_async(
             &server,
-            &Requester::user(alice.clone(), "D"),
+            &caller,
             &room,
             "m.room.power_levels".into(),
             content,
@@ -163,14 +173,16 @@ async fn types_with_rules_of_their_own_are_always_checked() {
             None,
         )
     };
-    send_pl("p1", json!({})).expect("a valid one is allowed");
-    send_pl("p2", json!({})).expect("twice");
+    send_pl("p1", json!({}))
+        .await
+        .expect("a valid one is allowed");
+    send_pl("p2", json!({})).await.expect("twice");
     assert!(
         !load(&server, &room, &alice).allowed_before(&alice, "m.room.power_levels"),
         "not remembered"
     );
     assert!(
-        send_pl("p3", json!({"ban": "not a number"})).is_err(),
+        send_pl("p3", json!({"ban": "not a number"})).await.is_err(),
         "an invalid one is refused on its content"
     );
 }
@@ -188,7 +200,7 @@ async fn a_kept_state_remembers_a_bounded_number_of_decisions() {
         .map(|i| format!("org.example.t{i}"))
         .collect();
     for (i, kind) in kinds.iter().enumerate() {
-        send_message(
+        send_message_async(
             &server,
             &caller,
             &room,
@@ -197,6 +209,7 @@ async fn a_kept_state_remembers_a_bounded_number_of_decisions() {
             &format!("k{i}"),
             None,
         )
+        .await
         .expect("allowed");
     }
     let state = load(&server, &room, &bob);
@@ -207,5 +220,7 @@ async fn a_kept_state_remembers_a_bounded_number_of_decisions() {
     assert_eq!(remembered, ALLOWED_KEPT);
     // One past the bound is still allowed, on the rules.
     let last = kinds.last().expect("kinds").clone();
-    send_message(&server, &caller, &room, last, json!({}), "again", None).expect("allowed");
+    send_message_async(&server, &caller, &room, last, json!({}), "again", None)
+        .await
+        .expect("allowed");
 }

@@ -26,9 +26,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use parking_lot::{Condvar, Mutex, MutexGuard};
+use parking_lot::{Mutex, MutexGuard};
 
 /// Most rooms with a chain kept.
 pub const MAX_ROOMS: usize = 1_024;
@@ -73,9 +73,7 @@ pub struct RoomHead {
     /// drops its event's [`Turn`]) and must never wait for a build holding the chain.
     taken_up_to: Mutex<u64>,
     /// Signalled when a write takes its turn.
-    taken: Condvar,
-    /// The same, for sends waiting without a thread ([`Turn::wait_async`]).
-    taken_async: tokio::sync::Notify,
+    taken: tokio::sync::Notify,
 }
 
 impl RoomHead {
@@ -94,7 +92,7 @@ impl RoomHead {
 /// to the single writer in the order their callers reach it, which is not always the
 /// order the events were built in, and one overtaken breaks the chain for every event
 /// built after it (each is built again in the writer, on other prev events). So a send
-/// waits ([`Turn::wait`]) until the write of the event built before it has taken the
+/// waits ([`Turn::wait_async`]) until the write of the event built before it has taken the
 /// writer, at most [`TURN_WAIT`]. A turn is taken when it is dropped: when its write
 /// takes the event, or when the send ends without a write.
 pub struct Turn {
@@ -117,29 +115,13 @@ impl Turn {
         }
     }
 
-    /// Wait until the write of the event built before this one has taken its turn
-    /// (off the async reactor when it has not yet).
-    pub fn wait(&self) {
-        if self.is_due() {
-            return;
-        }
-        crate::server::off_the_reactor(|| {
-            let deadline = Instant::now() + TURN_WAIT;
-            let mut taken = self.room.taken_up_to.lock();
-            while taken.saturating_add(1) < self.ticket {
-                if self.room.taken.wait_until(&mut taken, deadline).timed_out() {
-                    return;
-                }
-            }
-        });
-    }
-
-    /// [`Turn::wait`] without blocking a thread: for async callers.
+    /// Wait until the write of the event built before this one has taken its turn, at
+    /// most [`TURN_WAIT`], without holding a thread.
     pub async fn wait_async(&self) {
         let deadline = tokio::time::Instant::now() + TURN_WAIT;
         loop {
             // Registered before the check: a turn taken in between still wakes it.
-            let taken = self.room.taken_async.notified();
+            let taken = self.room.taken.notified();
             if self.is_due() {
                 return;
             }
@@ -159,8 +141,7 @@ impl Drop for Turn {
         let mut taken = self.room.taken_up_to.lock();
         *taken = (*taken).max(self.ticket);
         drop(taken);
-        self.room.taken.notify_all();
-        self.room.taken_async.notify_waiters();
+        self.room.taken.notify_waiters();
     }
 }
 
@@ -393,40 +374,8 @@ mod tests {
         assert_eq!(head.next(None, &behind), (ext(&behind), true));
     }
 
-    #[test]
-    fn a_write_waits_for_the_turn_of_the_event_built_before_it() {
-        let room = Arc::new(RoomHead::default());
-        let first = Turn::next(&room, &mut room.lock());
-        let second = Turn::next(&room, &mut room.lock());
-        first.wait();
-        let (done, waited) = std::sync::mpsc::channel();
-        let waiter = std::thread::spawn(move || {
-            second.wait();
-            done.send(()).expect("send");
-            second
-        });
-        assert!(
-            waited.recv_timeout(Duration::from_millis(5)).is_err(),
-            "the second went ahead of the first"
-        );
-        drop(first);
-        waited
-            .recv_timeout(Duration::from_secs(5))
-            .expect("the second goes once the first took its turn");
-        let second = waiter.join().expect("waiter");
-
-        // One whose predecessor never takes its turn goes ahead after TURN_WAIT.
-        let third = Turn::next(&room, &mut room.lock());
-        let fourth = Turn::next(&room, &mut room.lock());
-        drop(second);
-        let started = Instant::now();
-        fourth.wait();
-        assert!(started.elapsed() >= TURN_WAIT, "went ahead of the third");
-        drop(third);
-    }
-
-    /// The same wait without a thread: woken when the turn before it is taken, and
-    /// going ahead after [`TURN_WAIT`] when it never is.
+    /// A send waits for the turn of the event built before it: woken when that turn is
+    /// taken, and going ahead after [`TURN_WAIT`] when it never is.
     #[tokio::test]
     async fn an_async_send_waits_for_its_turn_without_a_thread() {
         let room = Arc::new(RoomHead::default());
@@ -448,7 +397,7 @@ mod tests {
         let third = Turn::next(&room, &mut room.lock());
         let fourth = Turn::next(&room, &mut room.lock());
         drop(second);
-        let started = Instant::now();
+        let started = std::time::Instant::now();
         fourth.wait_async().await;
         assert!(started.elapsed() >= TURN_WAIT, "went ahead of the third");
         drop(third);

@@ -539,6 +539,17 @@ mod tests {
         GroupWriter::new(conn, Arc::new(RoomChanges::new(0)))
     }
 
+    /// The integers `sql` selects, read on the writer's connection between batches.
+    fn column(w: &GroupWriter, sql: &str) -> Vec<i64> {
+        w.with_idle_connection(|c| {
+            let mut st = c.prepare(sql).expect("prepare");
+            st.query_map([], |r| r.get(0))
+                .expect("query")
+                .collect::<Result<_, _>>()
+                .expect("rows")
+        })
+    }
+
     /// Many threads writing at once: every successful write is kept, every failed one
     /// is undone alone, and each caller returns only after its write committed.
     #[test]
@@ -778,13 +789,7 @@ mod tests {
         assert_eq!((*three, effects.stream_pos), (3, Some(2)), "own effects");
         let stats = w.stats();
         assert_eq!((stats.writes, stats.commits), (4, 1), "{stats:?}");
-        let rows: Vec<i64> = w.with_idle_connection(|c| {
-            let mut st = c.prepare("SELECT n FROM t ORDER BY n").expect("prepare");
-            st.query_map([], |r| r.get(0))
-                .expect("query")
-                .collect::<Result<_, _>>()
-                .expect("rows")
-        });
+        let rows = column(&w, "SELECT n FROM t ORDER BY n");
         assert_eq!(rows, [0, 1, 3]);
     }
 
@@ -816,13 +821,7 @@ mod tests {
         .blocking_recv()
         .expect("answer")
         .expect("write after the panic");
-        let rows: Vec<i64> = w.with_idle_connection(|c| {
-            let mut st = c.prepare("SELECT n FROM t ORDER BY n").expect("prepare");
-            st.query_map([], |r| r.get(0))
-                .expect("query")
-                .collect::<Result<_, _>>()
-                .expect("rows")
-        });
+        let rows = column(&w, "SELECT n FROM t ORDER BY n");
         assert_eq!(rows, [1, 2, 3]);
         assert!(w.is_idle());
     }
@@ -852,13 +851,7 @@ mod tests {
         .blocking_recv()
         .expect("answer")
         .expect("write once the lock is free");
-        let rows: Vec<i64> = w.with_idle_connection(|c| {
-            let mut st = c.prepare("SELECT n FROM t").expect("prepare");
-            st.query_map([], |r| r.get(0))
-                .expect("query")
-                .collect::<Result<_, _>>()
-                .expect("rows")
-        });
+        let rows = column(&w, "SELECT n FROM t");
         assert_eq!(rows, [2]);
     }
 
@@ -878,13 +871,7 @@ mod tests {
             Ok(())
         })
         .expect("write after panic");
-        let rows: Vec<i64> = w.with_idle_connection(|c| {
-            let mut st = c.prepare("SELECT writer FROM t").expect("prepare");
-            st.query_map([], |r| r.get(0))
-                .expect("query")
-                .collect::<Result<_, _>>()
-                .expect("rows")
-        });
+        let rows = column(&w, "SELECT writer FROM t");
         assert_eq!(rows, [2]);
     }
 }
