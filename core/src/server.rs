@@ -2,15 +2,18 @@
 //!
 //! Handlers get an `Arc<Server>`; services in `rooms`, `sync` and `client_api` take it.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use rusqlite::Connection;
+use tokio::sync::oneshot::error::RecvError;
 
 use crate::config::Config;
 use crate::error::Error;
 use crate::federation::FederationTransport;
 use crate::identity::Identity;
+use crate::push::local::LocalNotification;
 use crate::storage::Db;
 use crate::storage::effects::Touched;
 
@@ -81,25 +84,21 @@ impl Server {
     /// while it waits.
     pub fn write<T>(&self, f: impl FnOnce(&Connection) -> Result<T, Error>) -> Result<T, Error> {
         let wanted = self.local_notifications.wanted();
-        let run = || {
-            self.db.write(|tx| {
-                crate::push::local::begin(wanted);
-                let out = f(tx);
-                // Taken on the thread that ran `f` (the writer runs each write on its
-                // caller's thread), whether `f` succeeded or not.
-                let local = crate::push::local::take();
-                Ok((out?, local.local))
-            })
-        };
+        let run = || self.db.write(|tx| gathering_local(wanted, tx, f));
         let (out, local) = if self.db.writer_is_idle() {
             run()
         } else {
             off_the_reactor(run)
         }?;
+        self.publish_local(local);
+        Ok(out)
+    }
+
+    /// Publish the local notifications a committed write produced.
+    fn publish_local(&self, local: VecDeque<LocalNotification>) {
         for n in local {
             self.local_notifications.publish(n);
         }
-        Ok(out)
     }
 
     /// [`Server::write`] without blocking a thread: the write is queued for whoever holds
@@ -113,22 +112,12 @@ impl Server {
         f: impl FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
     ) -> Result<T, Error> {
         let wanted = self.local_notifications.wanted();
-        let queued = self.db.submit(move |tx| {
-            // On whichever thread runs the write: begun and taken around it alone.
-            crate::push::local::begin(wanted);
-            let out = f(tx);
-            let local = crate::push::local::take();
-            Ok((out?, local.local))
-        });
+        let queued = self.db.submit(move |tx| gathering_local(wanted, tx, f));
         let mut waiting = QueuedWrite {
             server: Arc::clone(self),
             queued: Some(queued),
         };
-        let outcome = match waiting.queued.as_mut() {
-            Some(queued) => queued.await,
-            None => return Err(Error::internal("a queued write lost its answer")),
-        };
-        waiting.queued = None;
+        let outcome = waiting.answer().await;
         self.after_queued_write(outcome)
     }
 
@@ -140,9 +129,7 @@ impl Server {
             ))
         });
         let (out, local) = self.db.after_write(out, true)?;
-        for n in local {
-            self.local_notifications.publish(n);
-        }
+        self.publish_local(local);
         Ok(out)
     }
 
@@ -218,33 +205,46 @@ impl Server {
 
 pub use crate::blocking::off_the_reactor;
 
-/// What a queued write's caller receives: its value and the local notifications it
-/// produced, with its effects, or why it failed (or nothing, if it was dropped unrun).
-type QueuedOutcome<T> = Result<
-    Result<
-        (
-            (
-                T,
-                std::collections::VecDeque<crate::push::local::LocalNotification>,
-            ),
-            crate::storage::effects::Effects,
-        ),
-        Error,
-    >,
-    tokio::sync::oneshot::error::RecvError,
->;
+/// Run the write `f` on `tx` gathering the local notifications it produces, on the
+/// thread that runs it (the writer runs each write on one thread, its caller's or the
+/// holder's), whether `f` succeeds or not.
+fn gathering_local<T>(
+    wanted: bool,
+    tx: &Connection,
+    f: impl FnOnce(&Connection) -> Result<T, Error>,
+) -> Result<Written<T>, Error> {
+    crate::push::local::begin(wanted);
+    let out = f(tx);
+    let local = crate::push::local::take();
+    Ok((out?, local.local))
+}
+
+/// A write's value and the local notifications it produced.
+type Written<T> = (T, VecDeque<LocalNotification>);
+
+/// What a queued write's caller receives: its value and local notifications, with its
+/// effects, or why it failed (or nothing, if it was dropped unrun).
+type QueuedOutcome<T> =
+    Result<Result<(Written<T>, crate::storage::effects::Effects), Error>, RecvError>;
 
 /// A queued write still waited for. Dropped before its answer came (the request was
 /// cancelled), it hands the wait to a task of its own, so that a write which commits
 /// still has its effects run and its notifications published.
 struct QueuedWrite<T: Send + 'static> {
     server: Arc<Server>,
-    queued: Option<
-        crate::storage::Queued<(
-            T,
-            std::collections::VecDeque<crate::push::local::LocalNotification>,
-        )>,
-    >,
+    queued: Option<crate::storage::Queued<Written<T>>>,
+}
+
+impl<T: Send + 'static> QueuedWrite<T> {
+    /// Wait for the answer; once it came, dropping this hands nothing on.
+    async fn answer(&mut self) -> QueuedOutcome<T> {
+        let outcome = match self.queued.as_mut() {
+            Some(queued) => queued.await,
+            None => Ok(Err(Error::internal("a queued write was answered twice"))),
+        };
+        self.queued = None;
+        outcome
+    }
 }
 
 impl<T: Send + 'static> Drop for QueuedWrite<T> {

@@ -181,18 +181,13 @@ impl GroupWriter {
             }
         };
         w.len += 1;
-        let lost = if w.conn.is_autocommit() {
+        if w.conn.is_autocommit() {
             // SQLite rolled the whole transaction back on its own (disk full, I/O error):
             // the batch is lost, and every write in it must hear so, this one included.
-            w.open = None;
-            Some(match &out {
+            let why = match &out {
                 Err(e) => e.to_string(),
                 Ok(_) => "the transaction was rolled back".to_owned(),
-            })
-        } else {
-            None
-        };
-        if let Some(why) = lost {
+            };
             self.lose(w, batch, held_since, why.clone());
             return match out {
                 Err(e) => Err(e),
@@ -206,12 +201,7 @@ impl GroupWriter {
             self.wait_for(batch)?;
             return out;
         }
-        let result = self.commit(&mut w);
-        let done = std::mem::take(&mut w.done);
-        self.stats.held(held_since);
-        drop(w);
-        self.finish(batch, result.as_ref().err().map(|e| e.to_string()), done);
-        result?;
+        self.commit_and_release(w, batch, held_since)?;
         out
     }
 
@@ -324,11 +314,8 @@ impl GroupWriter {
                 self.stats.held(held_since);
                 return false;
             }
-            let result = self.commit(&mut w);
-            let done = std::mem::take(&mut w.done);
-            self.stats.held(held_since);
-            drop(w);
-            self.finish(batch, result.err().map(|e| e.to_string()), done);
+            // Its outcome goes to the writes' callers.
+            let _ = self.commit_and_release(w, batch, held_since);
         }
     }
 
@@ -378,8 +365,24 @@ impl GroupWriter {
         Ok(w.last_batch)
     }
 
-    /// The open batch was lost (rolled back, `w.open` already cleared): release the
-    /// writer and fail every write in it.
+    /// Commit the open batch, release the writer and tell every write in the batch how
+    /// it ended.
+    fn commit_and_release(
+        &self,
+        mut w: parking_lot::MutexGuard<'_, Writer>,
+        batch: u64,
+        held_since: Instant,
+    ) -> Result<(), rusqlite::Error> {
+        let result = self.commit(&mut w);
+        let done = std::mem::take(&mut w.done);
+        self.stats.held(held_since);
+        drop(w);
+        self.finish(batch, result.as_ref().err().map(|e| e.to_string()), done);
+        result
+    }
+
+    /// The open batch was lost (rolled back): release the writer and fail every write
+    /// in it.
     fn lose(
         &self,
         mut w: parking_lot::MutexGuard<'_, Writer>,
@@ -824,6 +827,41 @@ mod tests {
         let rows = column(&w, "SELECT n FROM t ORDER BY n");
         assert_eq!(rows, [1, 2, 3]);
         assert!(w.is_idle());
+    }
+
+    /// More writes queued than one transaction takes: run in transactions of at most
+    /// [`MAX_BATCH`], every one answered.
+    #[test]
+    fn a_long_queue_is_run_in_bounded_transactions() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let w = writer(&dir);
+        const QUEUED: i64 = 40;
+        let (queued, _) = w
+            .write(|_| {
+                Ok((0..QUEUED)
+                    .map(|n| {
+                        w.submit(move |c| {
+                            c.execute("INSERT INTO t VALUES (?1, ?1)", [n])?;
+                            Ok(())
+                        })
+                    })
+                    .collect::<Vec<_>>())
+            })
+            .expect("blocking write");
+        for answer in queued {
+            answer
+                .blocking_recv()
+                .expect("answer")
+                .expect("queued write");
+        }
+        let stats = w.stats();
+        let fewest = 1 + (QUEUED as u64).div_ceil(u64::from(MAX_BATCH));
+        assert_eq!(stats.writes, 1 + QUEUED as u64, "{stats:?}");
+        assert!(
+            stats.commits >= fewest,
+            "a transaction took more than MAX_BATCH: {stats:?}"
+        );
+        assert_eq!(column(&w, "SELECT COUNT(*) FROM t"), [QUEUED]);
     }
 
     /// A queued write that cannot start a transaction (another connection holds the
